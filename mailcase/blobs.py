@@ -1,0 +1,52 @@
+"""Content-addressed file store for raw messages and attachments.
+
+A blob lives at ``DIR/ab/cd/abcd…`` (its sha256). Names that senders chose
+never reach the file system: they are kept in the database as data only.
+Writes are atomic (temporary file, fsync, rename), so a crash leaves either
+the whole blob or none; writing the same content twice is a no-op, which makes
+re-processing a message after a crash idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from mailcase.store import ensure_private_dir
+
+
+class BlobStore:
+    """Owner-only directory of immutable blobs keyed by sha256."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        ensure_private_dir(directory)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError("not a sha256 hex digest")
+        return self.directory / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes) -> str:
+        """Store ``data``; return its sha256. Safe to call again with the same data."""
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.path(digest)
+        if target.exists():
+            return digest
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest
+
+    def get(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()

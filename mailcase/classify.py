@@ -1,0 +1,296 @@
+"""Decide what kind of mail an :class:`InboundMail` is, before anything acts on it (no I/O).
+
+A help desk that answers bounces, out-of-office replies or newsletters talks to
+machines, and two help desks answering each other loop forever. The rules run
+in a fixed order and the first that matches decides:
+
+1. ``BOUNCE``: a delivery-status report (RFC 3464), a null ``Return-Path``
+   (RFC 5321 section 4.5.5), mail from ``MAILER-DAEMON`` or ``postmaster``, or
+   Exim's and Gmail's ``X-Failed-Recipients``.
+2. ``AUTO_REPLY``: ``Auto-Submitted`` other than ``no`` (RFC 3834), the
+   ``X-Autoreply``/``X-Autorespond``/``X-Autoresponder``/``X-Auto-Response-Suppress``
+   headers, our own loop header or our own address, any other
+   ``multipart/report`` (read receipts per RFC 8098, abuse reports per
+   RFC 5965), ``Precedence: auto_reply``, or a vacation subject.
+3. ``BULK``: ``Precedence: bulk|list|junk`` or RFC 2369/2919 list headers.
+4. ``CUSTOMER`` otherwise.
+
+Every decision carries a ``reason`` naming the header or rule, for the log.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.utils import parseaddr
+from enum import StrEnum
+
+from mailcase.inbound import InboundMail
+
+LOOP_HEADER = "X-Mailcase-Loop"
+"""Header mailcase puts on every notice it sends, so it can recognise its own mail."""
+
+
+class MailKind(StrEnum):
+    """What a received message is, as far as the help desk is concerned."""
+
+    CUSTOMER = "customer"
+    AUTO_REPLY = "auto_reply"
+    BOUNCE = "bounce"
+    BULK = "bulk"
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The kind of a message and the header or rule that decided it ("" for customers)."""
+
+    kind: MailKind
+    reason: str
+
+
+_CUSTOMER = Classification(MailKind.CUSTOMER, "")
+
+# parseaddr is only a fallback for a From with no addr-spec; bound its input.
+_MAX_FROM_CHARS = 1000
+
+# Reasons quote header values for the log; keep them one short line.
+_REASON_VALUE_CHARS = 80
+
+# Local parts MTAs send bounces from (RFC 5321 section 4.5.5 and the
+# "MAILER-DAEMON" convention of sendmail, Postfix, Exim and Gmail).
+_BOUNCE_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster"})
+
+# Local parts of addresses nobody reads: bounce senders, "noreply" senders,
+# VERP bounce addresses ("bounces+token@", "bounce-123@").
+_AUTOMATIC_LOCAL_PART = re.compile(
+    r"(?:mailer-?daemon|postmaster|mailer|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?)"
+    r"(?:[-_.].*)?",
+    re.DOTALL,
+)
+
+# Non-standard headers auto-responders add. X-Auto-Response-Suppress is what
+# Exchange and Outlook put on their own automatic mail; any value counts.
+_AUTO_REPLY_HEADERS = (
+    "X-Autoreply",
+    "X-Autorespond",
+    "X-Autoresponder",
+    "X-Auto-Response-Suppress",
+)
+
+_BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
+# "auto_reply" is what vacation(1) and many ticket systems write; some write a hyphen.
+_AUTO_REPLY_PRECEDENCE = frozenset({"auto_reply", "auto-reply"})
+
+# RFC 6522: the report-type parameter of multipart/report, quoted or not.
+_REPORT_TYPE = re.compile(r"""report-type\s*=\s*["']?([A-Za-z0-9._-]{1,64})""", re.IGNORECASE)
+_NULL_PATH = re.compile(r"<\s*>|")
+_COMMENT = re.compile(r"\([^()]{0,200}\)")
+
+# Reply and forward prefixes of es/en/pt/de/fr clients: "Re:", "RE:", "RV:"
+# (Outlook in Spanish), "Fw:", "Fwd:", "RES:", "ENC:", "AW:", "WG:", "TR:",
+# with Outlook's counters ("Re[2]:").
+_SUBJECT_PREFIX = re.compile(
+    r"\s*(?:re|rv|fw|fwd|res|enc|aw|wg|tr)\s*(?:\[\d{1,4}\]|\(\d{1,4}\))?\s*[:：]",
+    re.IGNORECASE,
+)
+_MAX_SUBJECT_PREFIXES = 20
+
+# Subjects of out-of-office replies that carry no RFC 3834 header (Gmail's
+# vacation responder with a custom subject, Outlook rules, phone carriers).
+# Compared accent-insensitively and case-insensitively at the start.
+_VACATION_PHRASES_SOURCE = (
+    "Respuesta automática",
+    "Autorespuesta",
+    "Auto respuesta",
+    "Fuera de la oficina",
+    "Fuera de oficina",
+    "Ausente",
+    "Vacaciones",
+    "Out of office",
+    "Out of the office",
+    "Automatic reply",
+    "Auto reply",
+    "Autoreply",
+    "Auto-Reply",
+    "Auto response",
+    "Autoresponse",
+    "Abwesenheit",
+    "Abwesenheitsnotiz",
+    "Automatische Antwort",
+    "Réponse automatique",
+    "Resposta automática",
+)
+
+
+def _fold(text: str) -> str:
+    """Case- and accent-insensitive form: "Respuesta Automática" → "respuesta automatica"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+# Longest first, so the reason names the most specific phrase.
+_VACATION_PHRASES = tuple(
+    sorted({_fold(p) for p in _VACATION_PHRASES_SOURCE}, key=lambda p: (-len(p), p))
+)
+
+
+def classify(mail: InboundMail, *, own_addresses: frozenset[str] = frozenset()) -> Classification:
+    """Classify ``mail`` as a customer's message, an auto-reply, a bounce or bulk mail.
+
+    ``own_addresses`` are the help desk's own mailboxes: mail from them is
+    treated as an auto-reply, so mailcase never answers itself.
+
+    Guarantees: never raises for any :class:`InboundMail`; the first matching
+    rule (bounce, then auto-reply, then bulk) decides; ``reason`` names the
+    header and value or the rule that matched, and is ``""`` exactly when the
+    kind is ``CUSTOMER``.
+    """
+    return _bounce(mail) or _auto_reply(mail, own_addresses) or _bulk(mail) or _CUSTOMER
+
+
+def is_automatic_address(address: str) -> bool:
+    """Whether ``address`` belongs to a machine that nobody reads.
+
+    True for the local parts MAILER-DAEMON, postmaster, mailer, noreply,
+    no-reply, donotreply, do-not-reply, bounce and bounces (case-insensitive,
+    ignoring a ``+tag``, and also when followed by ``-``, ``_`` or ``.`` and more,
+    as in ``noreply-facturas@`` or VERP ``bounce-123@``). Accepts a bare local
+    part, an addr-spec or ``<addr-spec>``; never raises.
+    """
+    return bool(_AUTOMATIC_LOCAL_PART.fullmatch(_local_part(address)))
+
+
+def _local_part(address: str) -> str:
+    addr = address.strip().strip("<>").strip()
+    local = addr.rpartition("@")[0] if "@" in addr else addr
+    return local.split("+", 1)[0].strip().strip('"').lower()
+
+
+def _show(value: str) -> str:
+    """A header value as one short line, safe to put in a log line."""
+    line = " ".join(value.split())
+    if len(line) > _REASON_VALUE_CHARS:
+        line = line[: _REASON_VALUE_CHARS - 1] + "…"
+    return line
+
+
+def _report_type(mail: InboundMail) -> str:
+    match = _REPORT_TYPE.search(mail.header("content-type"))
+    return match.group(1).lower() if match else ""
+
+
+def _bounce(mail: InboundMail) -> Classification | None:
+    def bounce(reason: str) -> Classification:
+        return Classification(MailKind.BOUNCE, reason)
+
+    # RFC 3464 DSNs travel as multipart/report; report-type=delivery-status
+    # (RFC 6522); a few MTAs send the bare message/delivery-status part.
+    if mail.content_type == "multipart/report" and _report_type(mail) == "delivery-status":
+        return bounce("Content-Type: multipart/report; report-type=delivery-status")
+    if mail.content_type == "message/delivery-status":
+        return bounce("Content-Type: message/delivery-status")
+    if "return-path" in mail.headers:
+        return_path = mail.header("return-path").strip()
+        # RFC 5321 section 4.5.5: notifications are sent with the null
+        # reverse-path, which the delivering MTA records as "Return-Path: <>".
+        # GMX records it as an empty value; sendmail writes <MAILER-DAEMON>.
+        if _NULL_PATH.fullmatch(return_path):
+            return bounce(f"Return-Path: {return_path or '(empty)'}")
+        if _local_part(return_path) == "mailer-daemon":
+            return bounce(f"Return-Path: {_show(return_path)}")
+    for field, address in (("From", mail.from_address), ("Sender", mail.sender)):
+        if address and _local_part(address) in _BOUNCE_LOCAL_PARTS:
+            return bounce(f"{field}: {_show(address)}")
+    if not mail.from_address and _is_bare_mailer_daemon(mail.header("from")):
+        return bounce(f"From: {_show(mail.header('from'))}")
+    if "x-failed-recipients" in mail.headers:
+        # Exim and Gmail list the addresses that failed in this header.
+        return bounce(f"X-Failed-Recipients: {_show(mail.header('x-failed-recipients'))}")
+    return None
+
+
+def _is_bare_mailer_daemon(from_header: str) -> bool:
+    """Whether a From with no usable address names MAILER-DAEMON or postmaster.
+
+    DragonFly's dma writes ``From: MAILER-DAEMON <>`` and old sendmail a bare
+    ``From: MAILER-DAEMON``; parse_inbound finds no addr-spec in either.
+    """
+    name, addr = parseaddr(from_header[:_MAX_FROM_CHARS])
+    return _local_part(addr) in _BOUNCE_LOCAL_PARTS or (
+        not addr and _local_part(name) in _BOUNCE_LOCAL_PARTS
+    )
+
+
+def _auto_reply(mail: InboundMail, own_addresses: Iterable[str]) -> Classification | None:
+    def auto_reply(reason: str) -> Classification:
+        return Classification(MailKind.AUTO_REPLY, reason)
+
+    # RFC 3834 section 5: any Auto-Submitted keyword except "no" marks mail a
+    # program sent; the keyword may carry parameters and comments.
+    for value in mail.headers.get("auto-submitted", ()):
+        keyword = _COMMENT.sub("", value.split(";", 1)[0]).strip().lower()
+        if keyword != "no":
+            return auto_reply(f"Auto-Submitted: {_show(value)}")
+    for name in _AUTO_REPLY_HEADERS:
+        if name.lower() in mail.headers:
+            return auto_reply(f"{name}: {_show(mail.header(name))}")
+    if LOOP_HEADER.lower() in mail.headers:
+        return auto_reply(f"{LOOP_HEADER}: {_show(mail.header(LOOP_HEADER))}")
+    # Compare the customer parse_inbound settled on, not the raw From: a web
+    # form may send from one of our own mailboxes on behalf of a customer.
+    own = {a.strip().lower() for a in own_addresses}
+    if mail.sender and mail.sender in own:
+        return auto_reply(f"own address: {_show(mail.sender)}")
+    # Any other report is machine-generated too: read receipts (RFC 8098,
+    # report-type=disposition-notification) and abuse reports (RFC 5965).
+    if mail.content_type == "multipart/report":
+        report_type = _report_type(mail) or "(none)"
+        return auto_reply(f"Content-Type: multipart/report; report-type={_show(report_type)}")
+    if mail.content_type == "message/disposition-notification":
+        return auto_reply("Content-Type: message/disposition-notification")
+    precedence = _precedence(mail)
+    if precedence in _AUTO_REPLY_PRECEDENCE:
+        return auto_reply(f"Precedence: {precedence}")
+    phrase = _vacation_phrase(mail.subject)
+    if phrase:
+        return auto_reply(f"Subject: starts with {phrase!r}")
+    return None
+
+
+def _bulk(mail: InboundMail) -> Classification | None:
+    def bulk(reason: str) -> Classification:
+        return Classification(MailKind.BULK, reason)
+
+    precedence = _precedence(mail)
+    if precedence in _BULK_PRECEDENCE:
+        return bulk(f"Precedence: {precedence}")
+    # RFC 2919 (List-Id) and RFC 2369 (List-Unsubscribe): mailing lists and
+    # newsletters; RFC 8058 makes List-Unsubscribe mandatory for bulk senders.
+    for name in ("List-Id", "List-Unsubscribe"):
+        if name.lower() in mail.headers:
+            return bulk(f"{name}: {_show(mail.header(name))}")
+    return None
+
+
+def _precedence(mail: InboundMail) -> str:
+    words = mail.header("precedence").split()
+    return words[0].lower() if words else ""
+
+
+def _vacation_phrase(subject: str) -> str:
+    """The vacation phrase ``subject`` starts with (folded), or ""."""
+    text = _fold(subject).lstrip()
+    for _ in range(_MAX_SUBJECT_PREFIXES):
+        match = _SUBJECT_PREFIX.match(text)
+        if match is None:
+            break
+        text = text[match.end() :].lstrip()
+    for phrase in _VACATION_PHRASES:
+        if text.startswith(phrase):
+            rest = text[len(phrase) :]
+            # A whole word or phrase: "Ausente:" matches, "Ausentes" does not.
+            if not rest or not rest[0].isalnum():
+                return phrase
+    return ""

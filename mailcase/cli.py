@@ -1,0 +1,322 @@
+"""The command line: the only module that prints or exits.
+
+Global options come before the command: ``mailcase --config PATH --debug poll``.
+Errors are one line on stderr naming what failed (mailbox, key, file) and a
+named exit code from :mod:`mailcase.errors`; ``--debug`` adds the traceback.
+``--json`` output is for machines: stable keys, ISO 8601 UTC dates, no secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from mailcase import __version__
+from mailcase.config import Settings, config_path, load_settings
+from mailcase.errors import (
+    EXIT_CONFIG,
+    EXIT_DATABASE,
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    ConfigError,
+    DatabaseError,
+    MailboxError,
+    MailcaseError,
+    NotFoundError,
+)
+from mailcase.logs import configure
+from mailcase.models import Case, CaseMessage, LedgerEntry, Notice, StoredAttachment
+from mailcase.store import Store, case_by_folio
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 on usage errors too
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"mailcase: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mailcase", description="Support mail in, tracked cases out.")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $MAILCASE_CONFIG or /etc/mailcase/mailcase.toml)",
+    )
+    parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    parser.add_argument("--version", action="version", version=f"mailcase {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("poll", help="read every mailbox once, then deliver the outbox")
+    commands.add_parser("run", help="run the daemon (poll on a schedule, deliver notices)")
+
+    cases = commands.add_parser("cases", help="list and show cases").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    listing = cases.add_parser("list", help="list cases, newest first")
+    listing.add_argument("--status", help="only cases with this status (open, resolved, closed)")
+    listing.add_argument("--json", action="store_true")
+    show = cases.add_parser("show", help="one case with its messages")
+    show.add_argument("folio")
+    show.add_argument("--json", action="store_true")
+
+    messages = commands.add_parser("messages", help="the ledger of fetched messages")
+    msg_actions = messages.add_subparsers(dest="action", required=True, metavar="ACTION")
+    msg_list = msg_actions.add_parser("list", help="every fetched message and its disposition")
+    msg_list.add_argument("--disposition", help="only this disposition (e.g. quarantined)")
+    msg_list.add_argument("--mailbox", help="only this mailbox")
+    msg_list.add_argument("--json", action="store_true")
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    db.add_parser("upgrade", help="apply pending migrations")
+    db.add_parser("current", help="show the schema revision")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(config_path(args.config))
+        configure("debug" if args.debug else settings.log.level, settings.log.format)
+        return _dispatch(args, settings)
+    except ConfigError as exc:
+        return _fail(args, exc, EXIT_CONFIG)
+    except DatabaseError as exc:
+        return _fail(args, exc, EXIT_DATABASE)
+    except NotFoundError as exc:
+        return _fail(args, exc, EXIT_NOT_FOUND)
+    except MailcaseError as exc:
+        return _fail(args, exc, EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except BrokenPipeError:  # `mailcase cases list | head`
+        return EXIT_OK
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"mailcase: {exc}", file=sys.stderr)
+    return code
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "db":
+        return _db(args, settings)
+    handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "poll": _poll,
+        "run": _run,
+        "cases": _cases,
+        "messages": _messages,
+    }
+    return handlers[args.command](args, settings)
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store.open(settings.database.url, auto_upgrade=args.action == "upgrade")
+    current, head = store.revisions()
+    if args.action == "upgrade":
+        print(f"database is at revision {current} (latest)")
+    else:
+        state = "up to date" if current == head else f"needs upgrade to {head}"
+        print(f"database revision {current or 'none'}: {state}")
+    return EXIT_OK
+
+
+def _poll(args: argparse.Namespace, settings: Settings) -> int:
+    from mailcase.outbox import deliver_outbox
+    from mailcase.service import Runtime, poll_mailbox
+
+    rt = Runtime.open(settings)
+    failed: list[MailboxError] = []
+    for name in settings.mailboxes:
+        try:
+            poll_mailbox(rt, name)
+        except MailboxError as exc:
+            failed.append(exc)
+    deliver_outbox(rt.store, settings)
+    for failure in failed:
+        print(f"mailcase: {failure}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from mailcase.daemon import run_daemon
+    from mailcase.service import Runtime
+
+    run_daemon(Runtime.open(settings))
+    return EXIT_OK
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _open_store(settings: Settings) -> Store:
+    return Store.open(settings.database.url, auto_upgrade=settings.database.upgrades_itself)
+
+
+def case_summary(case: Case) -> dict[str, Any]:
+    return {
+        "folio": case.folio,
+        "status": case.status,
+        "customer": case.customer,
+        "subject": case.subject,
+        "mailbox": case.mailbox,
+        "created_at": _iso(case.created_at),
+        "updated_at": _iso(case.updated_at),
+    }
+
+
+def case_detail(session: Session, case: Case) -> dict[str, Any]:
+    """The ``cases show --json`` object: the case and its messages, oldest first."""
+    rows = session.exec(
+        select(CaseMessage)
+        .where(CaseMessage.case_id == case.id)
+        # Recorded order, not Date headers: senders' clocks are not to be trusted.
+        .order_by(col(CaseMessage.id))
+    ).all()
+    ids = [m.id for m in rows]
+    attachments: dict[int, list[dict[str, Any]]] = {}
+    if ids:
+        for att in session.exec(
+            select(StoredAttachment)
+            .where(col(StoredAttachment.case_message_id).in_(ids))
+            .order_by(col(StoredAttachment.id))
+        ).all():
+            attachments.setdefault(att.case_message_id, []).append(
+                {
+                    "filename": att.filename,
+                    "content_type": att.content_type,
+                    "size": att.size,
+                    "sha256": att.sha256,
+                }
+            )
+    statuses = {
+        n.id: n.status for n in session.exec(select(Notice).where(Notice.case_id == case.id)).all()
+    }
+    detail = case_summary(case)
+    detail.update(outcome=case.outcome, cause=case.cause, customer_name=case.customer_name)
+    detail["messages"] = [
+        {
+            "direction": m.direction,
+            "kind": m.kind,
+            "from": m.from_addr,
+            "to": m.to_addrs,
+            "subject": m.subject,
+            "date": _iso(m.date),
+            "message_id": m.message_id,
+            "text": m.text,
+            "attachments": attachments.get(m.id or 0, []),
+            **({"delivery": statuses.get(m.notice_id)} if m.notice_id else {}),
+        }
+        for m in rows
+    ]
+    return detail
+
+
+def _cases(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    with store.transaction() as session:
+        if args.action == "list":
+            query = select(Case).order_by(col(Case.created_at).desc(), col(Case.id).desc())
+            if args.status:
+                query = query.where(Case.status == args.status)
+            items = [case_summary(c) for c in session.exec(query).all()]
+            if args.json:
+                _print_json(items)
+            else:
+                _print_table(
+                    items, ["folio", "status", "customer", "mailbox", "created_at", "subject"]
+                )
+            return EXIT_OK
+        case = case_by_folio(session, args.folio.strip().upper())
+        if case is None:
+            raise NotFoundError(f"no case with folio {args.folio}")
+        detail = case_detail(session, case)
+    if args.json:
+        _print_json(detail)
+    else:
+        _print_case(detail)
+    return EXIT_OK
+
+
+def ledger_row(entry: LedgerEntry, folio: str | None) -> dict[str, Any]:
+    return {
+        "mailbox": entry.mailbox,
+        "uid": entry.uid,
+        "uidvalidity": entry.uidvalidity,
+        "message_id": entry.message_id,
+        "disposition": entry.disposition,
+        "folio": folio,
+        "reason": entry.reason,
+        "received_at": _iso(entry.received_at),
+        "ingested_at": _iso(entry.ingested_at),
+    }
+
+
+def _messages(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    with store.transaction() as session:
+        query = (
+            select(LedgerEntry, Case.folio)
+            .join(Case, col(LedgerEntry.case_id) == col(Case.id), isouter=True)
+            .order_by(col(LedgerEntry.id))
+        )
+        if args.disposition:
+            query = query.where(LedgerEntry.disposition == args.disposition)
+        if args.mailbox:
+            query = query.where(LedgerEntry.mailbox == args.mailbox)
+        items = [ledger_row(entry, folio) for entry, folio in session.exec(query).all()]
+    if args.json:
+        _print_json(items)
+    else:
+        _print_table(items, ["mailbox", "uid", "disposition", "folio", "message_id", "reason"])
+    return EXIT_OK
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+def _cell(value: Any, width: int = 60) -> str:
+    text = "" if value is None else " ".join(str(value).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _print_case(detail: dict[str, Any]) -> None:
+    for key in ("folio", "status", "outcome", "customer", "mailbox", "subject", "created_at"):
+        print(f"{key + ':':12} {detail.get(key) if detail.get(key) is not None else '-'}")
+    for m in detail["messages"]:
+        arrow = "<-" if m["direction"] == "in" else "->"
+        print(f"\n{arrow} {m['date']}  {m['kind']}  {m['from']} → {m['to']}")
+        print(f"   {m['subject']}")
+        for line in (m["text"] or "").splitlines()[:40]:
+            print(f"   | {line}")
+        for att in m["attachments"]:
+            print(f"   [adjunto] {att['filename']} ({att['content_type']}, {att['size']} bytes)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

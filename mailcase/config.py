@@ -1,0 +1,316 @@
+"""The settings model: one TOML file, validated once at start-up.
+
+Where the file comes from: ``--config PATH``, else ``$MAILCASE_CONFIG``, else
+``/etc/mailcase/mailcase.toml``. Every key is documented next to its default in
+``config/mailcase.example.toml`` (a test loads that file).
+
+Environment variables override the file, pydantic-settings style:
+``MAILCASE_DATABASE__URL=... mailcase poll``. Secrets come from ``password``,
+``password_file`` or, under systemd, ``password_credential`` (a name under
+``$CREDENTIALS_DIRECTORY``, see ``LoadCredential=``); they are held as
+:class:`~pydantic.SecretStr` so they never print.
+
+:func:`load_settings` raises :class:`~mailcase.errors.ConfigError` with one
+sentence naming the key and the file; nothing else in this module exits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mailcase.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/mailcase/mailcase.toml")
+
+Security = Literal["tls", "starttls", "none"]
+_ADDRESS_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+def _check_address(value: str) -> str:
+    value = value.strip().lower()
+    if not _ADDRESS_RE.match(value):
+        raise ValueError(f"{value!r} is not a mail address")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Secret(_Section):
+    """A server login: a password given inline, in a file, or as a systemd credential."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_credential: str | None = None
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> Self:
+        given = [
+            n
+            for n in ("password", "password_file", "password_credential")
+            if getattr(self, n) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        return self
+
+    def resolved_password(self) -> str | None:
+        """The password from whichever source was configured (files read now)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return _read_secret(self.password_file)
+        if self.password_credential is not None:
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError(
+                    f"password_credential {self.password_credential!r} needs "
+                    "$CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+                )
+            return _read_secret(Path(directory) / self.password_credential)
+        return None
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot read password file {path}: {exc.strerror}") from exc
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Server(_Secret):
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Security = "tls"
+    ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
+    allow_insecure: bool = False  # permit security = "none" to a non-loopback host
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_cleartext(self) -> Self:
+        # Passwords in clear over a network are refused unless the admin says
+        # so explicitly; loopback (a local relay) is the usual exception.
+        if self.security == "none" and not _is_loopback(self.host) and not self.allow_insecure:
+            raise ValueError(
+                f'security = "none" to non-loopback host {self.host} needs allow_insecure = true'
+            )
+        return self
+
+
+class MailboxSettings(_Server):
+    """One support mailbox read over IMAP; the table key is its name."""
+
+    address: str
+    folder: str = "INBOX"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _check_address(value)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "tls" else 143)
+
+    @property
+    def login(self) -> str:
+        return self.username or self.address
+
+
+class SmtpSettings(_Server):
+    retry_for_hours: float = Field(default=72.0, gt=0)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"tls": 465, "starttls": 587, "none": 25}[self.security]
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:////var/lib/mailcase/mailcase.db"
+    auto_upgrade: bool | None = None  # None: yes for SQLite, no for other databases
+
+    @property
+    def upgrades_itself(self) -> bool:
+        if self.auto_upgrade is not None:
+            return self.auto_upgrade
+        return self.url.startswith("sqlite")
+
+
+class StorageSettings(_Section):
+    directory: Path = Path("/var/lib/mailcase/store")
+
+
+class AgentsSettings(_Section):
+    addresses: list[str] = Field(default_factory=list)
+    notify: str | None = None
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [_check_address(a) for a in value]
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+
+class WebFormSettings(_Section):
+    senders: list[str] = Field(default_factory=list)
+
+    @field_validator("senders")
+    @classmethod
+    def _senders(cls, value: list[str]) -> list[str]:
+        return [_check_address(a) for a in value]
+
+
+class FolioSettings(_Section):
+    prefix: str = Field(default="PLR", pattern=r"^[A-Z][A-Z0-9]{0,9}$")
+
+
+class PollSettings(_Section):
+    interval_seconds: int = Field(default=60, ge=5)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+
+
+class NoticesSettings(_Section):
+    language: Literal["es", "en"] = "es"
+
+
+class TemplatesSettings(_Section):
+    directory: Path | None = None  # admin overrides; missing files fall back to the shipped ones
+
+
+class CompanySettings(_Section):
+    """Who the customer is dealing with; shown in every notice."""
+
+    name: str = "Soporte"
+    phone: str = ""
+    email: str = ""
+    website: str = ""
+    address: str = ""
+    hours: str = ""
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Unknown keys are errors, at every level."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix="MAILCASE_",
+        env_nested_delimiter="__",
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    storage: StorageSettings = StorageSettings()
+    mailboxes: dict[str, MailboxSettings]
+    smtp: SmtpSettings
+    agents: AgentsSettings = AgentsSettings()
+    web_form: WebFormSettings = WebFormSettings()
+    folio: FolioSettings = FolioSettings()
+    poll: PollSettings = PollSettings()
+    notices: NoticesSettings = NoticesSettings()
+    templates: TemplatesSettings = TemplatesSettings()
+    company: CompanySettings = CompanySettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    @field_validator("mailboxes")
+    @classmethod
+    def _mailboxes(cls, value: dict[str, MailboxSettings]) -> dict[str, MailboxSettings]:
+        if not value:
+            raise ValueError("at least one [mailboxes.NAME] table is required")
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise ValueError(f"mailbox name {name!r} may use only letters, digits, _ . -")
+        return value
+
+    @property
+    def own_addresses(self) -> frozenset[str]:
+        """Addresses that are mailcase itself: never answered, never mailed."""
+        own = {m.address for m in self.mailboxes.values()}
+        if self.agents.notify:
+            own.add(self.agents.notify)
+        return frozenset(own)
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The file to read: the explicit path, else $MAILCASE_CONFIG, else the default."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("MAILCASE_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate ``path``; raise :class:`ConfigError` naming the key on any problem."""
+    try:
+        with path.open("rb") as fh:
+            data: dict[str, Any] = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{describe_validation_error(exc)} in {path}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One sentence for the first problem pydantic found, naming the dotted key."""
+    err = exc.errors(include_url=False)[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {key}"
+    if kind == "missing":
+        return f"missing required key {key}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"bad value for {key}: {message}"

@@ -1,0 +1,61 @@
+"""The one exception tree of mailcase, and the process exit codes.
+
+::
+
+    MailcaseError
+    ├── ConfigError          bad or missing configuration: exit 2, never retried
+    ├── DatabaseError        the database cannot be opened or is too old
+    ├── MailboxError         one mailbox cannot be read (connect, login, folder):
+    │                        that mailbox backs off, the others go on
+    ├── DeliveryError        SMTP delivery of one notice failed
+    │   └── PermanentDeliveryError   5xx: do not retry
+    └── MessageError         one message cannot be processed: it is quarantined
+                             and the poll goes on
+
+Only ``cli`` turns these into exit codes and printed sentences.
+"""
+
+from __future__ import annotations
+
+# Named exit codes, in one place, so systemd can use RestartPreventExitStatus=.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a mailbox could not be read, a command failed
+EXIT_CONFIG = 2  # bad configuration or usage: restarting will not help
+EXIT_DATABASE = 3  # the database cannot be opened or needs `db upgrade`
+EXIT_NOT_FOUND = 4  # a folio or message named on the command line does not exist
+
+
+class MailcaseError(Exception):
+    """Root of every error mailcase raises on purpose; its text is one sentence."""
+
+
+class ConfigError(MailcaseError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class DatabaseError(MailcaseError):
+    """The database cannot be opened, or its schema is not the code's."""
+
+
+class MailboxError(MailcaseError):
+    """One mailbox could not be read; carries the mailbox name."""
+
+    def __init__(self, mailbox: str, message: str) -> None:
+        super().__init__(f"mailbox {mailbox}: {message}")
+        self.mailbox = mailbox
+
+
+class DeliveryError(MailcaseError):
+    """A notice could not be handed to the SMTP server; worth retrying."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The SMTP server refused a notice for good (5xx); do not retry."""
+
+
+class MessageError(MailcaseError):
+    """One message could not be processed; it is quarantined with this reason."""
+
+
+class NotFoundError(MailcaseError):
+    """A folio or message named by the user does not exist."""

@@ -1,0 +1,74 @@
+"""Folios (``PLR-2026-000123``): their format, and finding them in subjects (no I/O).
+
+A folio is ``PREFIX-YYYY-NNNNNN``: the configured prefix, the year the case was
+opened and a per-year sequence, zero-padded to six digits (it grows past six
+digits rather than wrap). Customers and their mail clients mangle subjects, so
+:func:`find_folios` tolerates ``Re:``/``RV:``/``Fwd:`` prefixes (they do not
+matter: the folio is searched anywhere), any letter case, and spaces or
+underscores around the dashes, e.g. ``re: [folio plr - 2026 - 123]``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from functools import lru_cache
+
+FOLIO_DIGITS = 6
+
+
+def format_folio(prefix: str, year: int, number: int) -> str:
+    """The canonical folio text for ``number`` in ``year``."""
+    return f"{prefix}-{year:04d}-{number:0{FOLIO_DIGITS}d}"
+
+
+@lru_cache(maxsize=16)
+def _folio_pattern(prefix: str) -> re.Pattern[str]:
+    # The prefix comes from config: escape it, never splice it raw into a regex.
+    sep = r"[\s_]*[-‐‑–—][\s_]*"  # ASCII and Unicode dashes some clients substitute
+    return re.compile(
+        rf"(?<![A-Za-z0-9]){re.escape(prefix)}{sep}(\d{{4}}){sep}(\d{{1,9}})(?!\d)",
+        re.IGNORECASE,
+    )
+
+
+def find_folios(subject: str, prefix: str) -> list[str]:
+    """Every folio of ``prefix`` in ``subject``, canonicalised, in order of appearance."""
+    found: dict[str, None] = {}
+    for match in _folio_pattern(prefix).finditer(subject):
+        year, number = int(match.group(1)), int(match.group(2))
+        if number > 0:
+            found[format_folio(prefix, year, number)] = None
+    return list(found)
+
+
+_REPLY_PREFIX = re.compile(
+    r"^\s*(?:(?:re|rv|fw|fwd|tr|aw|wg|r|enc|res|ref)\s*(?:\[\d+\])?\s*[::]\s*)+",
+    re.IGNORECASE,
+)
+
+
+def strip_reply_prefixes(subject: str) -> str:
+    """``subject`` without leading Re:/RE:/RV:/Fwd:/Fw:/ENC: markers (es and en clients)."""
+    return _REPLY_PREFIX.sub("", subject).strip()
+
+
+def tagged_subject(folio: str, subject: str) -> str:
+    """``[Folio X] subject``, without doubling a tag the subject already carries."""
+    bare = remove_folio_tags(strip_reply_prefixes(subject), folio.split("-", 1)[0])
+    return f"[Folio {folio}] {bare}".rstrip()
+
+
+def remove_folio_tags(subject: str, prefix: str) -> str:
+    """``subject`` without any ``[Folio PREFIX-…]`` tag (the rest of the text kept)."""
+    return " ".join(_folio_tag_pattern(prefix).sub(" ", subject).split())
+
+
+@lru_cache(maxsize=16)
+def _folio_tag_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"\[\s*folio\s+{_folio_pattern(prefix).pattern}\s*\]", re.IGNORECASE)
+
+
+def new_message_id(domain: str) -> str:
+    """A fresh, unguessable RFC 5322 Message-ID of ours: ``<mc.RANDOM@domain>``."""
+    return f"<mc.{secrets.token_hex(12)}@{domain}>"

@@ -1,0 +1,158 @@
+"""The IMAP adapter: fetch messages above a UID checkpoint, flag what was handled.
+
+Ingestion never looks at ``\\Seen``: a person may have read a customer's mail
+in webmail before mailcase polled. What was handled is marked afterwards with
+the keyword ``$MailcaseDone`` (when the folder accepts keywords) and ``\\Seen``.
+Every failure to reach or read the mailbox becomes :class:`MailboxError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import imapclient
+from imapclient.exceptions import IMAPClientError, LoginError
+
+from mailcase.config import MailboxSettings
+from mailcase.errors import MailboxError
+
+DONE_KEYWORD = b"$MailcaseDone"
+SEEN = b"\\Seen"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMessage:
+    uid: int
+    raw: bytes
+    internal_date: datetime | None
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying TLS context; ``ca_file`` replaces the system store when given."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+class ImapMailbox:
+    """One logged-in, selected folder. Use as a context manager."""
+
+    def __init__(self, name: str, settings: MailboxSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.client: Any = None
+        self.uidvalidity = 0
+        self.can_keyword = False
+
+    def __enter__(self) -> ImapMailbox:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _fail(self, what: str, exc: BaseException) -> MailboxError:
+        detail = str(exc) or type(exc).__name__
+        return MailboxError(self.name, f"{what} ({detail})")
+
+    def connect(self) -> None:
+        """Connect, log in and select the folder; raise MailboxError naming the step."""
+        s = self.settings
+        ca = str(s.ca_file) if s.ca_file else None
+        where = f"{s.host}:{s.effective_port}"
+        try:
+            self.client = imapclient.IMAPClient(
+                s.host,
+                port=s.effective_port,
+                ssl=s.security == "tls",
+                ssl_context=tls_context(ca) if s.security == "tls" else None,
+                timeout=s.timeout_seconds,
+            )
+            if s.security == "starttls":
+                self.client.starttls(tls_context(ca))
+        except (OSError, IMAPClientError, ssl.SSLError) as exc:
+            self.client = None
+            raise self._fail(f"cannot connect to {where}", exc) from exc
+        try:
+            self.client.login(s.login, s.resolved_password() or "")
+        except LoginError as exc:
+            self.close()
+            raise MailboxError(self.name, f"login refused for {s.login} at {where}") from exc
+        except (OSError, IMAPClientError) as exc:
+            self.close()
+            raise self._fail(f"login failed at {where}", exc) from exc
+        try:
+            info = self.client.select_folder(s.folder)
+        except (OSError, IMAPClientError) as exc:
+            self.close()
+            raise self._fail(f"cannot open folder {s.folder!r}", exc) from exc
+        self.uidvalidity = int(info.get(b"UIDVALIDITY", 0))
+        permanent = info.get(b"PERMANENTFLAGS", ())
+        # RFC 3501 7.1: "\*" in PERMANENTFLAGS means new keywords may be created.
+        self.can_keyword = b"\\*" in permanent or DONE_KEYWORD in permanent
+
+    def close(self) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.logout()
+        except Exception:  # a dead connection cannot log out; nothing is lost
+            with contextlib.suppress(Exception):
+                self.client.shutdown()
+        self.client = None
+
+    def uids_after(self, last_uid: int) -> list[int]:
+        """UIDs above ``last_uid``, ascending."""
+        try:
+            # RFC 3501 6.4.8: "n:*" always includes the highest UID, even when
+            # it is below n, so filter the answer.
+            uids = self.client.search(["UID", f"{last_uid + 1}:*"])
+        except (OSError, IMAPClientError) as exc:
+            raise self._fail("search failed", exc) from exc
+        return sorted(int(u) for u in uids if int(u) > last_uid)
+
+    def fetch(self, uids: Sequence[int], batch_size: int) -> Iterator[FetchedMessage]:
+        """The raw bytes of ``uids`` (BODY.PEEK[]: does not set \\Seen), in batches."""
+        for start in range(0, len(uids), batch_size):
+            batch = list(uids[start : start + batch_size])
+            try:
+                data = self.client.fetch(batch, [b"BODY.PEEK[]", b"INTERNALDATE"])
+            except (OSError, IMAPClientError) as exc:
+                raise self._fail("fetch failed", exc) from exc
+            for uid in batch:
+                item = data.get(uid)
+                if item is None:
+                    continue  # expunged between SEARCH and FETCH
+                raw = item.get(b"BODY[]") or b""
+                yield FetchedMessage(
+                    uid=uid, raw=bytes(raw), internal_date=item.get(b"INTERNALDATE")
+                )
+
+    def mark_done(self, uids: Sequence[int]) -> None:
+        """Flag ``uids`` as handled; a failure here loses nothing (cosmetic)."""
+        if not uids:
+            return
+        flags = [SEEN, DONE_KEYWORD] if self.can_keyword else [SEEN]
+        try:
+            self.client.add_flags(list(uids), flags, silent=True)
+        except (OSError, IMAPClientError) as exc:
+            raise self._fail("cannot set flags", exc) from exc
+
+    def unflagged_below(self, last_uid: int) -> list[int]:
+        """Handled UIDs (≤ last_uid) still missing our keyword, e.g. after a crash."""
+        if not self.can_keyword or last_uid < 1:
+            return []
+        try:
+            uids = self.client.search(["UID", f"1:{last_uid}", "UNKEYWORD", DONE_KEYWORD])
+        except (TimeoutError, OSError, IMAPClientError) as exc:
+            raise self._fail("search failed", exc) from exc
+        return sorted(int(u) for u in uids)

@@ -1,0 +1,290 @@
+"""Raw RFC 5322 bytes → one immutable :class:`InboundMail` value (no I/O).
+
+mail-parser (on top of the standard library's ``email`` package) does the MIME
+work: transfer encodings, charsets, RFC 2047/2231 names and attachments. This
+module normalises its answer into plain typed values the rest of the pipeline
+can rely on:
+
+* every string is valid Unicode (undecodable bytes become U+FFFD, never an
+  exception);
+* addresses are lower-cased addr-specs; Message-IDs keep their angle brackets
+  (``<id@host>``) so they compare exactly as they appear in References;
+* ``text`` is the readable body: the first text/plain part, or, for HTML-only
+  mail, the HTML turned into text with no tags and no script or style content.
+
+:func:`parse_inbound` raises :class:`~mailcase.errors.MessageError` only when
+the bytes cannot be read as a message at all; the caller quarantines it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.header import decode_header, make_header
+from email.utils import getaddresses, parsedate_to_datetime
+from html.parser import HTMLParser
+from types import MappingProxyType
+from typing import Any
+
+import mailparser
+
+from mailcase.errors import MessageError
+
+_MSGID_RE = re.compile(r"<[^<>\s]+>")
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One attachment. ``filename`` is the sender's name for it: data, never a path."""
+
+    filename: str
+    content_type: str
+    payload: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.payload).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMail:
+    """Everything the pipeline needs to know about one received message."""
+
+    sender: str  # the customer: From, or Reply-To for web-form senders; "" when absent
+    sender_name: str
+    from_address: str  # the From header's address, whatever ``sender`` became
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    reply_to: tuple[str, ...]
+    subject: str
+    message_id: str | None  # "<id@host>", or None when the message has none
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    date: datetime | None  # timezone-aware (UTC when the header had none)
+    text: str
+    attachments: tuple[Attachment, ...]
+    headers: Mapping[str, tuple[str, ...]]  # lower-cased name → decoded values
+    content_type: str  # top-level MIME type, lower-cased, e.g. "multipart/report"
+    raw_sha256: str
+    size: int
+    defects: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str:
+        """The first value of header ``name`` (case-insensitive), or ""."""
+        values = self.headers.get(name.lower(), ())
+        return values[0] if values else ""
+
+    @property
+    def thread_ids(self) -> tuple[str, ...]:
+        """Message-IDs this message answers: In-Reply-To first, then References."""
+        seen: dict[str, None] = dict.fromkeys(self.in_reply_to)
+        seen.update(dict.fromkeys(reversed(self.references)))
+        return tuple(seen)
+
+    @property
+    def dedup_key(self) -> str:
+        """The identity of this message across mailboxes (Message-ID, else raw hash)."""
+        return self.message_id or f"sha256:{self.raw_sha256}"
+
+
+def parse_inbound(raw: bytes, *, web_form_senders: Iterable[str] = ()) -> InboundMail:
+    """Parse ``raw`` into an :class:`InboundMail`.
+
+    Guarantees: never raises for bad charsets or encodings (they are replaced);
+    raises :class:`MessageError` when mail-parser cannot parse the bytes at all.
+    """
+    try:
+        parsed = mailparser.parse_from_bytes(raw)
+        message = parsed.message
+    except Exception as exc:  # mail-parser raises many types for broken input
+        raise MessageError(f"cannot parse message: {type(exc).__name__}: {exc}") from exc
+    if message is None:
+        raise MessageError("cannot parse message: no content")
+
+    headers = _collect_headers(message)
+    from_pairs = _addresses(headers.get("from", ()))
+    from_address = from_pairs[0][1] if from_pairs else ""
+    sender_name = from_pairs[0][0] if from_pairs else ""
+    reply_to = tuple(addr for _, addr in _addresses(headers.get("reply-to", ())))
+    sender = from_address
+    web_form = {s.lower() for s in web_form_senders}
+    if from_address in web_form and reply_to:
+        # A web form relays the customer's words; the customer is whoever it
+        # names in Reply-To (django-helpdesk and Zammad treat form mail alike).
+        sender, sender_name = reply_to[0], ""
+
+    return InboundMail(
+        sender=sender,
+        sender_name=sender_name,
+        from_address=from_address,
+        to=tuple(addr for _, addr in _addresses(headers.get("to", ()))),
+        cc=tuple(addr for _, addr in _addresses(headers.get("cc", ()))),
+        reply_to=reply_to,
+        subject=_one_line(headers.get("subject", ("",))[0]),
+        message_id=_first_msgid(headers.get("message-id", ())),
+        in_reply_to=_msgids(headers.get("in-reply-to", ())),
+        references=_msgids(headers.get("references", ())),
+        date=_date(headers.get("date", ())),
+        text=_body_text(parsed),
+        attachments=tuple(_attachments(parsed)),
+        headers=MappingProxyType(headers),
+        content_type=str(message.get_content_type()).lower(),
+        raw_sha256=hashlib.sha256(raw).hexdigest(),
+        size=len(raw),
+        defects=tuple(sorted(str(c) for c in (parsed.defects_categories or ()))),
+    )
+
+
+def _decode_header_value(value: Any) -> str:
+    """Decode an RFC 2047 header value into clean Unicode (never raises)."""
+    try:
+        text = str(make_header(decode_header(str(value))))
+    except Exception:
+        text = str(value)
+    return _clean(text)
+
+
+def _clean(text: str) -> str:
+    # Lone surrogates (surrogateescape of 8-bit header bytes) are not Unicode.
+    return text.encode("utf-8", "replace").decode("utf-8", "replace")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _collect_headers(message: Any) -> dict[str, tuple[str, ...]]:
+    headers: dict[str, list[str]] = {}
+    for name, value in message.items():
+        headers.setdefault(str(name).lower(), []).append(_decode_header_value(value))
+    return {name: tuple(values) for name, values in headers.items()}
+
+
+def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for name, addr in getaddresses(list(values)):
+        addr = addr.strip().lower()
+        if "@" in addr and not any(c.isspace() for c in addr):
+            pairs.append((_one_line(name), addr))
+    return pairs
+
+
+def _msgids(values: Iterable[str]) -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for value in values:
+        for msgid in _MSGID_RE.findall(value):
+            found[msgid] = None
+    return tuple(found)
+
+
+def _first_msgid(values: Iterable[str]) -> str | None:
+    ids = _msgids(values)
+    if ids:
+        return ids[0]
+    # Some mailers omit the brackets; keep a bare token rather than lose the id.
+    for value in values:
+        token = value.strip()
+        if token and " " not in token and len(token) < 500:
+            return f"<{token}>"
+    return None
+
+
+def _date(values: tuple[str, ...]) -> datetime | None:
+    if not values:
+        return None
+    try:
+        parsed = parsedate_to_datetime(values[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _body_text(parsed: Any) -> str:
+    plain = [p for p in (parsed.text_plain or []) if p and p.strip()]
+    if plain:
+        text = "\n".join(plain)
+    else:
+        html = "\n".join(p for p in (parsed.text_html or []) if p)
+        text = html_to_text(html) if html else ""
+    text = _clean(text).replace("\r\n", "\n").replace("\r", "\n")
+    return text.strip("\n")
+
+
+def _attachments(parsed: Any) -> Iterable[Attachment]:
+    for item in parsed.attachments or []:
+        payload = item.get("payload") or ""
+        if item.get("binary"):
+            try:
+                data = base64.b64decode(payload)
+            except (binascii.Error, ValueError):
+                data = str(payload).encode("utf-8", "replace")
+        else:
+            data = str(payload).encode("utf-8", "replace")
+        yield Attachment(
+            filename=_one_line(_clean(str(item.get("filename") or "attachment"))),
+            content_type=str(item.get("mail_content_type") or "application/octet-stream").lower(),
+            payload=data,
+        )
+
+
+_BLOCK_TAGS = frozenset(
+    {
+        *("address", "article", "aside", "blockquote", "br", "div", "dl", "dt", "dd"),
+        *("footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li"),
+        *("main", "nav", "ol", "p", "pre", "section", "table", "tr", "ul"),
+    }
+)
+_SKIP_TAGS = frozenset({"script", "style", "head", "title", "noscript", "template"})
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP_TAGS:
+            self.skip_depth += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+        if tag == "li":
+            self.parts.append("- ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP_TAGS:
+            self.skip_depth = max(0, self.skip_depth - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip_depth:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Readable text from HTML: no tags, no script/style content, entities decoded."""
+    extractor = _TextExtractor()
+    try:
+        extractor.feed(html)
+        extractor.close()
+    except Exception:  # HTMLParser is lenient; this is belt and braces
+        return re.sub(r"<[^>]*>", " ", html)
+    lines = [" ".join(line.split()) for line in "".join(extractor.parts).split("\n")]
+    text = "\n".join(lines)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()

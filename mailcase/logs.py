@@ -1,0 +1,54 @@
+"""structlog set-up: JSON lines when stderr is not a terminal, readable lines when it is.
+
+Events name what they are about (mailbox, uid, message_id, folio, disposition)
+and never carry passwords or message bodies: callers pass identifiers only,
+and :func:`_drop_secrets` removes any key that looks like a secret as a last
+line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = ("password", "secret", "token", "authorization")
+
+
+def _drop_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    for key in list(event):
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            event[key] = "***"
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog once for the process; logs go to stderr."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_secrets,
+            structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> Any:
+    return structlog.get_logger("mailcase").bind(**context)

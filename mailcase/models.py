@@ -1,0 +1,141 @@
+"""The database tables (SQLModel). The schema itself is owned by alembic migrations.
+
+* ``Case``: one customer report, with its folio.
+* ``FolioCounter``: the last folio number handed out per year.
+* ``LedgerEntry``: exactly one row per fetched message (mailbox, UIDVALIDITY, UID).
+* ``CaseMessage``: what was said on a case, inbound and outbound, oldest first.
+* ``StoredAttachment``: an attachment of a case message, content-addressed on disk.
+* ``Notice``: the outbox; a fully rendered message waiting for, or done with, SMTP.
+* ``Checkpoint``: per mailbox, the UIDVALIDITY and the highest UID ingested.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Column, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Disposition(StrEnum):
+    NEW_CASE = "new_case"
+    FOLLOW_UP = "follow_up"
+    DUPLICATE = "duplicate"
+    AUTO_REPLY = "auto_reply"
+    BOUNCE = "bounce"
+    BULK = "bulk"
+    QUARANTINED = "quarantined"
+
+
+class CaseStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class NoticeStatus(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"  # never sent on purpose (loop guard); kept for the record
+
+
+class Case(SQLModel, table=True):
+    __tablename__ = "cases"
+
+    id: int | None = Field(default=None, primary_key=True)
+    folio: str = Field(index=True, unique=True, max_length=40)
+    status: str = Field(default=CaseStatus.OPEN, max_length=16, index=True)
+    customer: str = Field(index=True, max_length=320)
+    customer_name: str = Field(default="", max_length=200)
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    mailbox: str = Field(max_length=64)
+    language: str = Field(default="es", max_length=8)
+    outcome: str | None = Field(default=None, max_length=16)
+    cause: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime
+    updated_at: datetime
+
+
+class FolioCounter(SQLModel, table=True):
+    __tablename__ = "folio_counters"
+
+    year: int = Field(primary_key=True)
+    last: int = 0
+
+
+class LedgerEntry(SQLModel, table=True):
+    __tablename__ = "ledger"
+    __table_args__ = (UniqueConstraint("mailbox", "uidvalidity", "uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(max_length=64, index=True)
+    # RFC 3501 UIDs and UIDVALIDITY are unsigned 32-bit: too big for a signed INTEGER.
+    uidvalidity: int = Field(sa_type=BigInteger)
+    uid: int = Field(sa_type=BigInteger)
+    message_id: str | None = Field(default=None, max_length=998)
+    dedup_key: str = Field(max_length=998, index=True)
+    disposition: str = Field(max_length=16, index=True)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
+    raw_sha256: str = Field(max_length=64)
+    size: int = 0
+    received_at: datetime | None = None  # IMAP INTERNALDATE: when the server got it
+    ingested_at: datetime
+
+
+class CaseMessage(SQLModel, table=True):
+    __tablename__ = "case_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id", index=True)
+    direction: str = Field(max_length=3)  # "in" | "out"
+    kind: str = Field(max_length=16)  # customer, agent, note, notice, unverified, system
+    from_addr: str = Field(default="", max_length=320)
+    to_addrs: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    date: datetime
+    message_id: str | None = Field(default=None, max_length=998, index=True)
+    text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    raw_sha256: str | None = Field(default=None, max_length=64)
+    ledger_id: int | None = Field(default=None, foreign_key="ledger.id")
+    notice_id: int | None = Field(default=None, foreign_key="notices.id")
+
+
+class StoredAttachment(SQLModel, table=True):
+    __tablename__ = "attachments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_message_id: int = Field(foreign_key="case_messages.id", index=True)
+    filename: str = Field(sa_column=Column(Text, nullable=False))  # data, never a path
+    content_type: str = Field(max_length=255)
+    size: int
+    sha256: str = Field(max_length=64)
+
+
+class Notice(SQLModel, table=True):
+    __tablename__ = "notices"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
+    kind: str = Field(max_length=32)  # acknowledgement, ...
+    status: str = Field(default=NoticeStatus.QUEUED, max_length=16, index=True)
+    mail_from: str = Field(max_length=320)
+    rcpt_to: str = Field(max_length=320)
+    message_id: str = Field(max_length=998, index=True)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    attempts: int = 0
+    next_attempt_at: datetime
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime
+    sent_at: datetime | None = None
+
+
+class Checkpoint(SQLModel, table=True):
+    __tablename__ = "checkpoints"
+
+    mailbox: str = Field(primary_key=True, max_length=64)
+    uidvalidity: int = Field(sa_type=BigInteger)
+    last_uid: int = Field(default=0, sa_type=BigInteger)
+    last_poll_at: datetime | None = None

@@ -1,0 +1,188 @@
+"""The outbox: notices queued with the case change, delivered over SMTP afterwards.
+
+A notice row is written in the same transaction as the case change that
+causes it, already rendered to its final bytes, so nothing is sent before that
+transaction commits and a template problem surfaces while the message is
+still being processed (where it is quarantined), not at delivery time.
+
+Delivery opens one SMTP connection per run and marks each notice as it goes:
+
+* accepted → ``sent``;
+* temporary failure (4xx, server down, time-out) → retried with exponential
+  back-off and jitter until ``smtp.retry_for_hours`` after queueing, then ``failed``;
+* permanent failure (5xx) → ``failed`` at once and recorded on the case;
+* a recipient that is one of our own addresses or an automatic one
+  (MAILER-DAEMON, noreply, …) → ``suppressed``: a last guard against mail loops.
+
+A crash between the server's acceptance and the ``sent`` mark can send that
+one notice twice; nothing else is ever sent twice.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from mailcase.classify import is_automatic_address
+from mailcase.config import Settings
+from mailcase.errors import DeliveryError, PermanentDeliveryError
+from mailcase.logs import get_logger
+from mailcase.models import CaseMessage, Notice, NoticeStatus
+from mailcase.smtp import SmtpConnection
+from mailcase.store import Store, utcnow
+
+BASE_DELAY = timedelta(minutes=1)
+MAX_DELAY = timedelta(hours=1)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Back-off after ``attempts`` failures: 1, 2, 4 … minutes, at most an hour, ±20%."""
+    delay = min(BASE_DELAY * (1 << min(max(attempts - 1, 0), 16)), MAX_DELAY)
+    return delay * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    suppressed: int = 0
+
+
+def due_notice_ids(session: Session, now: datetime, limit: int = 500) -> list[int]:
+    rows = session.exec(
+        select(Notice.id)
+        .where(Notice.status == NoticeStatus.QUEUED, col(Notice.next_attempt_at) <= now)
+        .order_by(col(Notice.id))
+        .limit(limit)
+    ).all()
+    return [int(r) for r in rows if r is not None]
+
+
+def deliver_outbox(
+    store: Store, settings: Settings, *, now: datetime | None = None
+) -> DeliveryReport:
+    """Send every due notice over one SMTP connection; return what happened."""
+    log = get_logger()
+    report = DeliveryReport()
+    now = now or utcnow()
+    with store.transaction() as session:
+        ids = due_notice_ids(session, now)
+    if not ids:
+        return report
+    never_mail = settings.own_addresses
+    try:
+        connection = SmtpConnection(settings.smtp).__enter__()
+    except DeliveryError as exc:
+        # Even a refused login is the server's or the admin's problem, not the
+        # notices': keep them queued until it is fixed or they expire.
+        log.warning("smtp_unavailable", error=str(exc), queued=len(ids))
+        for notice_id in ids:
+            _record_failure(store, settings, notice_id, exc, permanent=False, report=report)
+        return report
+    try:
+        for notice_id in ids:
+            with store.transaction() as session:
+                notice = session.get(Notice, notice_id)
+                if notice is None or notice.status != NoticeStatus.QUEUED:
+                    continue  # another delivery run took it
+                rcpt, mail_from, raw = notice.rcpt_to, notice.mail_from, notice.raw
+                if rcpt in never_mail or is_automatic_address(rcpt):
+                    notice.status = NoticeStatus.SUPPRESSED
+                    notice.last_error = "recipient is one of ours or automatic: not sent"
+                    session.add(notice)
+                    report.suppressed += 1
+                    log.warning("notice_suppressed", notice=notice_id, reason=notice.last_error)
+                    continue
+            try:
+                if connection.client is None:
+                    connection.__enter__()
+                connection.send(mail_from, rcpt, raw)
+            except DeliveryError as exc:
+                _record_failure(
+                    store,
+                    settings,
+                    notice_id,
+                    exc,
+                    permanent=isinstance(exc, PermanentDeliveryError),
+                    report=report,
+                )
+                continue
+            with store.transaction() as session:
+                notice = session.get(Notice, notice_id)
+                if notice is not None:
+                    notice.status = NoticeStatus.SENT
+                    notice.sent_at = utcnow()
+                    notice.attempts += 1
+                    notice.last_error = ""
+                    session.add(notice)
+            report.sent += 1
+            log.info(
+                "notice_sent", notice=notice_id, message_id=notice.message_id if notice else None
+            )
+    finally:
+        connection.close()
+    return report
+
+
+def _record_failure(
+    store: Store,
+    settings: Settings,
+    notice_id: int,
+    exc: DeliveryError,
+    *,
+    permanent: bool,
+    report: DeliveryReport,
+) -> None:
+    log = get_logger()
+    now = utcnow()
+    with store.transaction() as session:
+        notice = session.get(Notice, notice_id)
+        if notice is None:
+            return
+        notice.attempts += 1
+        notice.last_error = str(exc)
+        expired = now - notice.created_at > timedelta(hours=settings.smtp.retry_for_hours)
+        if permanent or expired:
+            notice.status = NoticeStatus.FAILED
+            report.failed += 1
+            if notice.case_id is not None:
+                why = "refused" if permanent else "not accepted in time"
+                session.add(
+                    CaseMessage(
+                        case_id=notice.case_id,
+                        direction="out",
+                        kind="system",
+                        to_addrs=notice.rcpt_to,
+                        subject=f"Delivery failed: {notice.kind}",
+                        date=now,
+                        text=f"The {notice.kind} to {notice.rcpt_to} was {why}: {exc}",
+                        notice_id=notice.id,
+                    )
+                )
+            log.error("notice_failed", notice=notice_id, error=str(exc), permanent=permanent)
+        else:
+            notice.next_attempt_at = now + retry_delay(notice.attempts)
+            report.deferred += 1
+            log.warning(
+                "notice_deferred", notice=notice_id, error=str(exc), attempts=notice.attempts
+            )
+        session.add(notice)
+
+
+def requeue(session: Session, notice_ids: Iterable[int]) -> int:
+    """Put failed or deferred notices back in the queue, due now; return how many."""
+    count = 0
+    for notice_id in notice_ids:
+        notice = session.get(Notice, notice_id)
+        if notice is None or notice.status == NoticeStatus.SENT:
+            continue
+        notice.status = NoticeStatus.QUEUED
+        notice.next_attempt_at = utcnow()
+        session.add(notice)
+        count += 1
+    return count

@@ -1,0 +1,197 @@
+"""Strip quoted history and signatures from a reply body (no I/O).
+
+Customers answer from Gmail, Outlook, Apple Mail and phones, in Spanish and
+English. Each client marks the start of the quoted history differently; this
+module knows the shapes below and cuts the body at the first one it finds:
+
+* an attribution line ending in ``wrote:`` / ``escribió:`` and starting with
+  ``On`` / ``El``, possibly wrapped over up to three lines (Gmail, Apple Mail,
+  Yahoo, Thunderbird);
+* an ``-----Original Message-----`` / ``-----Mensaje original-----`` marker
+  (Outlook desktop) or a forwarded-message marker (Gmail, Apple Mail);
+* an Outlook header block, ``From:``/``De:`` followed by at least two of
+  ``Sent:``/``Enviado:``/``Date:``/``Fecha:``, ``To:``/``Para:``,
+  ``Subject:``/``Asunto:``, ``Cc:`` (with or without ``*bold*`` markers),
+  together with the ``____`` or ``----`` rule Outlook and Gmail put above it.
+
+Then it drops every ``>``-quoted line, the signature after an RFC 3676
+``-- `` delimiter, and a trailing "Sent from my iPhone" style line.
+
+Everything is line-based with anchored, bounded regular expressions, so the
+cost is linear in the size of the text (a 1 MB body takes milliseconds).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+
+# Attribution lines are short; anything longer is prose that happens to end
+# in "wrote:". Bounding them also bounds the work done per candidate.
+_MAX_ATTRIBUTION_CHARS = 500
+# Gmail wraps its attribution at ~76 columns, so a long name or address pushes
+# "wrote:" onto the second or third line.
+_MAX_ATTRIBUTION_LINES = 3
+# Outlook header blocks can carry wrapped From/To/Cc values, and HTML → text
+# conversion may put a blank line between every header line.
+_HEADER_BLOCK_WINDOW = 10
+_MARKER_MAX_CHARS = 120
+
+_ATTRIBUTION_START = re.compile(r"(?:on|el)\s", re.IGNORECASE)
+_ATTRIBUTION_END = re.compile(r"(?:wrote|escribi[oó])\s*:$", re.IGNORECASE)
+
+# Outlook desktop ("-----Original Message-----", "-----Mensaje original-----"),
+# Yahoo ("----- Original Message -----"), Gmail forwards
+# ("---------- Forwarded message ---------", "Mensaje reenviado") and Apple
+# Mail forwards ("Begin forwarded message:", "Inicio del mensaje reenviado:").
+_MARKER = re.compile(
+    r"-{2,}\s*(?:original message|mensaje original|forwarded message|mensaje reenviado)\s*-{2,}"
+    r"|(?:begin forwarded message|inicio del mensaje reenviado)\s*:",
+    re.IGNORECASE,
+)
+
+# Outlook draws a line of 32 underscores above the header block; Gmail's HTML
+# <hr> becomes a run of dashes after HTML → text conversion.
+_RULE = re.compile(r"_{10,}|-{10,}")
+
+# "From:", "*De:*", "**Enviado el:**": a header name of one or two words.
+_HEADER_KEY = re.compile(r"[ \t]*\*{0,2}([^\W\d_]{1,12}(?: [^\W\d_]{1,12})?)\*{0,2}[ \t]*:")
+_BLOCK_START_KEYS = frozenset({"from", "de"})
+# Canonical name of each header Outlook (es/en) writes after From/De.
+_BLOCK_KEYS = {
+    "sent": "date",
+    "enviado": "date",
+    "enviado el": "date",  # Outlook desktop in Spanish
+    "date": "date",
+    "fecha": "date",
+    "to": "to",
+    "para": "to",
+    "subject": "subject",
+    "asunto": "subject",
+    "cc": "cc",
+    "cco": "cc",
+    "bcc": "cc",
+}
+_MIN_BLOCK_KEYS = 2
+
+# RFC 3676 section 4.3: the signature delimiter is "-- " alone on a line.
+# Many clients (and format=flowed space stuffing) lose the trailing space,
+# so a bare "--" counts too.
+_SIG_DELIMITER = "--"
+
+# Phone and app signatures the clients add below the new text. A comma or
+# other punctuation means a sentence ("Sent from my desk, is much easier"),
+# which is kept.
+_DEVICE_SIGNATURE = re.compile(
+    r"(?:sent from|sent with|enviado desde|get outlook for|obtener outlook para"
+    r"|descargar outlook para)\b[^,;:!?()<>]{0,60}\.?(?:\s*<[^<>\s]{0,200}>)?",
+    re.IGNORECASE,
+)
+
+
+def strip_quoted(text: str) -> str:
+    """The new text of a reply, without quoted history or signature.
+
+    Guarantees: never raises; the result has no surrounding whitespace and
+    its line endings are ``\\n``; it is ``""`` only when ``text`` is blank:
+    when stripping would leave nothing (a message that is only a quote or
+    only a signature) the whole ``text`` is returned, stripped; the time
+    taken is linear in ``len(text)``.
+    """
+    normalized = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = normalized.split("\n")
+    kept = lines[: _history_start(lines)]
+    kept = [line for line in kept if not _is_quoted(line)]
+    kept = _without_signature(kept)
+    kept = _without_device_signature(kept)
+    result = "\n".join(kept).strip()
+    return result or normalized.strip()
+
+
+def _is_quoted(line: str) -> bool:
+    return line.lstrip().startswith(">")
+
+
+def _history_start(lines: Sequence[str]) -> int:
+    """Index of the first line of quoted history, or ``len(lines)``."""
+    for i, line in enumerate(lines):
+        if _is_quoted(line):
+            continue
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if len(stripped) <= _MARKER_MAX_CHARS:
+            if _MARKER.fullmatch(stripped):
+                return i
+            if _RULE.fullmatch(stripped) and _rule_above_header_block(lines, i):
+                return i
+        if _is_header_block(lines, i):
+            return i
+        start = _attribution_start(lines, i)
+        if start is not None:
+            return start
+    return len(lines)
+
+
+def _header_key(line: str) -> str:
+    match = _HEADER_KEY.match(line)
+    return match.group(1).lower() if match else ""
+
+
+def _is_header_block(lines: Sequence[str], i: int) -> bool:
+    """Whether ``lines[i]`` starts an Outlook ``From:/Sent:/To:/Subject:`` block."""
+    if _header_key(lines[i]) not in _BLOCK_START_KEYS:
+        return False
+    seen = set()
+    for line in lines[i + 1 : i + 1 + _HEADER_BLOCK_WINDOW]:
+        canonical = _BLOCK_KEYS.get(_header_key(line))
+        if canonical is not None:
+            seen.add(canonical)
+    return len(seen) >= _MIN_BLOCK_KEYS
+
+
+def _rule_above_header_block(lines: Sequence[str], i: int) -> bool:
+    """Whether the rule at ``lines[i]`` is followed (blank lines aside) by a header block."""
+    for j in range(i + 1, min(len(lines), i + 4)):
+        if lines[j].strip():
+            return _is_header_block(lines, j)
+    return False
+
+
+def _attribution_start(lines: Sequence[str], i: int) -> int | None:
+    """If ``lines[i]`` ends an attribution ("… wrote:"), the index of its first line."""
+    line = lines[i].rstrip()
+    tail = unicodedata.normalize("NFC", line[-24:])
+    if not _ATTRIBUTION_END.search(tail):
+        return None
+    size = 0
+    for j in range(i, max(-1, i - _MAX_ATTRIBUTION_LINES), -1):
+        candidate = lines[j]
+        size += len(candidate)
+        if size > _MAX_ATTRIBUTION_CHARS or not candidate.strip() or _is_quoted(candidate):
+            return None
+        if _ATTRIBUTION_START.match(candidate.lstrip()):
+            # Every client puts a date or time in the attribution; requiring a
+            # digit keeps prose such as "On the other hand, Ana wrote:" as text.
+            joined = " ".join(lines[j : i + 1])
+            return j if any(c.isdigit() for c in joined) else None
+    return None
+
+
+def _without_signature(lines: list[str]) -> list[str]:
+    for i, line in enumerate(lines):
+        if line.rstrip() == _SIG_DELIMITER:
+            return lines[:i]
+    return lines
+
+
+def _without_device_signature(lines: list[str]) -> list[str]:
+    end = len(lines)
+    while end and not lines[end - 1].strip():
+        end -= 1
+    if end:
+        last = lines[end - 1].strip()
+        if len(last) <= 300 and _DEVICE_SIGNATURE.fullmatch(last):
+            end -= 1
+    return lines[:end]

@@ -1,0 +1,484 @@
+"""Use-cases: poll one mailbox, ingest one message. Wires the pure core to the adapters.
+
+Every fetched message ends in exactly one ledger row, written in the same
+transaction as the case change and the notices it causes, together with the
+mailbox's UID checkpoint. A message that makes any step raise is quarantined
+in a transaction of its own (raw bytes kept) and the poll goes on; only a
+failure to reach the mailbox or the database stops a mailbox's poll, and then
+nothing is checkpointed that was not committed, so the next poll resumes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.policy import SMTP as SMTP_POLICY
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from mailcase.blobs import BlobStore
+from mailcase.classify import Classification, MailKind, classify
+from mailcase.config import MailboxSettings, Settings
+from mailcase.errors import DatabaseError, MessageError
+from mailcase.folio import (
+    find_folios,
+    format_folio,
+    new_message_id,
+    remove_folio_tags,
+    strip_reply_prefixes,
+    tagged_subject,
+)
+from mailcase.imap import FetchedMessage, ImapMailbox
+from mailcase.inbound import InboundMail, parse_inbound
+from mailcase.logs import get_logger
+from mailcase.models import (
+    Case,
+    CaseMessage,
+    CaseStatus,
+    Checkpoint,
+    Disposition,
+    LedgerEntry,
+    Notice,
+    NoticeStatus,
+    StoredAttachment,
+)
+from mailcase.quoting import strip_quoted
+from mailcase.render import Envelope, build_message, render_body
+from mailcase.store import (
+    Store,
+    as_utc,
+    case_by_folio,
+    case_by_message_ids,
+    ledger_by_key,
+    next_folio_number,
+    utcnow,
+)
+from mailcase.triage import CaseRef, Decision, Facts, triage
+
+
+@dataclass
+class Runtime:
+    """What a use-case needs: settings and the open adapters."""
+
+    settings: Settings
+    store: Store
+    blobs: BlobStore
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        store = Store.open(settings.database.url, auto_upgrade=settings.database.upgrades_itself)
+        return cls(settings=settings, store=store, blobs=BlobStore(settings.storage.directory))
+
+
+@dataclass
+class MailboxReport:
+    mailbox: str
+    fetched: int = 0
+    dispositions: Counter[str] = field(default_factory=Counter)
+
+
+def poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
+    """Ingest every message of mailbox ``name`` above its checkpoint.
+
+    Raises :class:`~mailcase.errors.MailboxError` when the mailbox cannot be
+    read; what was committed before stays committed.
+    """
+    settings = rt.settings.mailboxes[name]
+    report = MailboxReport(mailbox=name)
+    log = get_logger(mailbox=name)
+    with ImapMailbox(name, settings) as box:
+        last_uid = _checkpoint(rt.store, name, box.uidvalidity, log)
+        uids = box.uids_after(last_uid)
+        handled: list[int] = []
+        for fetched in box.fetch(uids, rt.settings.poll.batch_size):
+            disposition = ingest_message(rt, name, box.uidvalidity, fetched)
+            report.fetched += 1
+            report.dispositions[disposition] += 1
+            handled.append(fetched.uid)
+            if len(handled) >= rt.settings.poll.batch_size:
+                box.mark_done(handled)
+                handled = []
+            if rt.stop.is_set():
+                break  # SIGTERM: the message in hand is finished; stop here
+        box.mark_done(handled)
+        # Flags lost to a crash between commit and STORE are put right here.
+        box.mark_done(box.unflagged_below(last_uid))
+        with rt.store.transaction() as session:
+            checkpoint = session.get(Checkpoint, name)
+            if checkpoint is not None:
+                checkpoint.last_poll_at = utcnow()
+                session.add(checkpoint)
+    log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions))
+    return report
+
+
+def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> int:
+    """The last UID ingested for (name, uidvalidity); a new UIDVALIDITY starts over."""
+    with store.transaction() as session:
+        checkpoint = session.get(Checkpoint, name)
+        if checkpoint is None:
+            session.add(Checkpoint(mailbox=name, uidvalidity=uidvalidity, last_uid=0))
+            return 0
+        if checkpoint.uidvalidity != uidvalidity:
+            # RFC 3501 2.3.1.1: old UIDs mean nothing now. Rescan everything;
+            # messages already ingested are recognised by their Message-ID (or
+            # content hash) and re-mapped, not ingested again.
+            log.warning("uidvalidity_changed", old=checkpoint.uidvalidity, new=uidvalidity)
+            checkpoint.uidvalidity = uidvalidity
+            checkpoint.last_uid = 0
+            session.add(checkpoint)
+            return 0
+        return checkpoint.last_uid
+
+
+def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: FetchedMessage) -> str:
+    """Process one fetched message; return its disposition. Never raises for bad mail."""
+    log = get_logger(mailbox=mailbox, uid=fetched.uid)
+    try:
+        with rt.store.transaction() as session:
+            entry = _ingest(rt, session, mailbox, uidvalidity, fetched)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # a bad message costs one message (Mailman's runner)
+        reason = _error_reason(exc)
+        log.warning("message_quarantined", disposition="quarantined", reason=reason)
+        try:
+            with rt.store.transaction() as session:
+                entry = _quarantine(rt, session, mailbox, uidvalidity, fetched, reason)
+        except SQLAlchemyError as db_exc:
+            raise DatabaseError(
+                f"cannot record message {fetched.uid} of mailbox {mailbox}: {db_exc}"
+            ) from db_exc
+    log.info(
+        "message_ingested",
+        message_id=entry.message_id,
+        disposition=entry.disposition,
+        folio=_folio_of(rt, entry.case_id),
+        reason=entry.reason or None,
+    )
+    return entry.disposition
+
+
+def _error_reason(exc: BaseException) -> str:
+    if isinstance(exc, MessageError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def _folio_of(rt: Runtime, case_id: int | None) -> str | None:
+    if case_id is None:
+        return None
+    with rt.store.transaction() as session:
+        case = session.get(Case, case_id)
+        return case.folio if case else None
+
+
+def _advance(session: Session, mailbox: str, uidvalidity: int, uid: int) -> None:
+    checkpoint = session.get(Checkpoint, mailbox)
+    if checkpoint is None:
+        checkpoint = Checkpoint(mailbox=mailbox, uidvalidity=uidvalidity, last_uid=uid)
+    elif checkpoint.uidvalidity == uidvalidity:
+        checkpoint.last_uid = max(checkpoint.last_uid, uid)
+    session.add(checkpoint)
+
+
+def _existing(session: Session, mailbox: str, uidvalidity: int, uid: int) -> LedgerEntry | None:
+    return session.exec(
+        select(LedgerEntry).where(
+            LedgerEntry.mailbox == mailbox,
+            LedgerEntry.uidvalidity == uidvalidity,
+            LedgerEntry.uid == uid,
+        )
+    ).first()
+
+
+def _quarantine(
+    rt: Runtime,
+    session: Session,
+    mailbox: str,
+    uidvalidity: int,
+    fetched: FetchedMessage,
+    reason: str,
+) -> LedgerEntry:
+    existing = _existing(session, mailbox, uidvalidity, fetched.uid)
+    if existing is not None:
+        return existing
+    sha = rt.blobs.put(fetched.raw)
+    entry = LedgerEntry(
+        mailbox=mailbox,
+        uidvalidity=uidvalidity,
+        uid=fetched.uid,
+        dedup_key=f"sha256:{sha}",
+        disposition=Disposition.QUARANTINED,
+        reason=reason,
+        raw_sha256=sha,
+        size=len(fetched.raw),
+        received_at=as_utc(fetched.internal_date),
+        ingested_at=utcnow(),
+    )
+    session.add(entry)
+    _advance(session, mailbox, uidvalidity, fetched.uid)
+    return entry
+
+
+def _ingest(
+    rt: Runtime,
+    session: Session,
+    mailbox: str,
+    uidvalidity: int,
+    fetched: FetchedMessage,
+) -> LedgerEntry:
+    existing = _existing(session, mailbox, uidvalidity, fetched.uid)
+    if existing is not None:
+        return existing  # committed before a crash lost the checkpoint's news
+    settings = rt.settings
+    raw_sha = rt.blobs.put(fetched.raw)
+    mail = parse_inbound(fetched.raw, web_form_senders=settings.web_form.senders)
+
+    earlier = ledger_by_key(session, mail.dedup_key)
+    same_box = [e for e in earlier if e.mailbox == mailbox]
+    if same_box:
+        # Seen in this mailbox before, under another UIDVALIDITY or UID (the
+        # folder was rebuilt): the same message at a new address, not new mail.
+        entry = same_box[0]
+        entry.uidvalidity, entry.uid = uidvalidity, fetched.uid
+        session.add(entry)
+        _advance(session, mailbox, uidvalidity, fetched.uid)
+        return entry
+
+    classification = classify(mail, own_addresses=settings.own_addresses)
+    facts = _facts(session, mail, earlier, settings.folio.prefix)
+    decision = triage(
+        mail,
+        classification,
+        facts,
+        own_addresses=settings.own_addresses,
+        agent_addresses=frozenset(settings.agents.addresses),
+    )
+    case_id = _apply(rt, session, mailbox, mail, raw_sha, classification, decision)
+    entry = LedgerEntry(
+        mailbox=mailbox,
+        uidvalidity=uidvalidity,
+        uid=fetched.uid,
+        message_id=mail.message_id,
+        dedup_key=mail.dedup_key,
+        disposition=decision.disposition,
+        reason=decision.reason,
+        case_id=case_id,
+        raw_sha256=raw_sha,
+        size=mail.size,
+        received_at=as_utc(fetched.internal_date),
+        ingested_at=utcnow(),
+    )
+    session.add(entry)
+    _advance(session, mailbox, uidvalidity, fetched.uid)
+    session.flush()
+    return entry
+
+
+def case_ref(case: Case) -> CaseRef:
+    assert case.id is not None
+    return CaseRef(id=case.id, folio=case.folio, customer=case.customer, status=case.status)
+
+
+def _facts(session: Session, mail: InboundMail, earlier: list[LedgerEntry], prefix: str) -> Facts:
+    duplicate_of = None
+    for entry in earlier:
+        if entry.case_id is not None:
+            case = session.get(Case, entry.case_id)
+            duplicate_of = case_ref(case) if case else None
+            break
+    referenced = case_by_message_ids(session, mail.thread_ids)
+    by_folio = []
+    for folio in find_folios(mail.subject, prefix):
+        case = case_by_folio(session, folio)
+        if case is not None:
+            by_folio.append(case_ref(case))
+    return Facts(
+        duplicate_of=duplicate_of,
+        is_duplicate=bool(earlier),
+        by_reference=case_ref(referenced) if referenced else None,
+        by_folio=tuple(by_folio),
+    )
+
+
+def _apply(
+    rt: Runtime,
+    session: Session,
+    mailbox: str,
+    mail: InboundMail,
+    raw_sha: str,
+    classification: Classification,
+    decision: Decision,
+) -> int | None:
+    """Carry out ``decision`` in ``session``; return the case id the message belongs to."""
+    if decision.disposition is Disposition.DUPLICATE:
+        return decision.case.id if decision.case else None
+    if decision.disposition is Disposition.QUARANTINED:
+        return None
+    now = utcnow()
+    if decision.open_case:
+        case = open_case(
+            rt.settings,
+            session,
+            customer=mail.sender,
+            customer_name=mail.sender_name,
+            # A stranger's copy of someone else's folio tag would mislead: drop it.
+            subject=remove_folio_tags(strip_reply_prefixes(mail.subject), rt.settings.folio.prefix),
+            mailbox=mailbox,
+            now=now,
+        )
+    elif decision.case is not None:
+        found = session.get(Case, decision.case.id)
+        if found is None:
+            return None
+        case = found
+        case.updated_at = now
+        session.add(case)
+    else:
+        return None
+    assert case.id is not None
+    kind = "customer" if classification.kind is MailKind.CUSTOMER else "system"
+    _record_inbound(rt, session, case.id, mail, raw_sha, kind)
+    if decision.acknowledge:
+        queue_acknowledgement(rt, session, case, mail)
+    return case.id
+
+
+def open_case(
+    settings: Settings,
+    session: Session,
+    *,
+    customer: str,
+    customer_name: str,
+    subject: str,
+    mailbox: str,
+    now: datetime,
+) -> Case:
+    """A new open case with the next folio of ``now``'s year (flushed, so it has an id)."""
+    number = next_folio_number(session, now.year)
+    case = Case(
+        folio=format_folio(settings.folio.prefix, now.year, number),
+        status=CaseStatus.OPEN,
+        customer=customer,
+        customer_name=customer_name,
+        subject=subject,
+        mailbox=mailbox,
+        language=settings.notices.language,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(case)
+    session.flush()
+    return case
+
+
+def _record_inbound(
+    rt: Runtime, session: Session, case_id: int, mail: InboundMail, raw_sha: str, kind: str
+) -> CaseMessage:
+    message = CaseMessage(
+        case_id=case_id,
+        direction="in",
+        kind=kind,
+        from_addr=mail.sender,
+        to_addrs=", ".join(mail.to + mail.cc),
+        subject=mail.subject,
+        date=as_utc(mail.date) or utcnow(),
+        message_id=mail.message_id,
+        text=strip_quoted(mail.text),
+        raw_sha256=raw_sha,
+    )
+    session.add(message)
+    session.flush()
+    assert message.id is not None
+    for attachment in mail.attachments:
+        session.add(
+            StoredAttachment(
+                case_message_id=message.id,
+                filename=attachment.filename,
+                content_type=attachment.content_type,
+                size=attachment.size,
+                sha256=rt.blobs.put(attachment.payload),
+            )
+        )
+    return message
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] or "localhost"
+
+
+def queue_acknowledgement(rt: Runtime, session: Session, case: Case, mail: InboundMail) -> Notice:
+    """Render the acknowledgement for a new ``case`` and queue it, in the caller's transaction."""
+    settings = rt.settings
+    box: MailboxSettings = settings.mailboxes[case.mailbox]
+    context = {
+        "folio": case.folio,
+        "customer": case.customer,
+        "customer_name": case.customer_name,
+        "subject": case.subject,
+        "mailbox_address": box.address,
+        "company": settings.company.model_dump(),
+    }
+    body = render_body(
+        "acknowledgement", case.language, context, override=settings.templates.directory
+    )
+    now = utcnow()
+    envelope = Envelope(
+        from_addr=box.address,
+        from_name=settings.company.name,
+        to_addr=case.customer,
+        subject=tagged_subject(case.folio, case.subject),
+        message_id=new_message_id(_domain(box.address)),
+        date=now,
+        in_reply_to=mail.message_id,
+        references=(*mail.references, mail.message_id) if mail.message_id else mail.references,
+        language=case.language,
+    )
+    message = build_message(envelope, body)
+    assert case.id is not None
+    notice = Notice(
+        case_id=case.id,
+        kind="acknowledgement",
+        status=NoticeStatus.QUEUED,
+        # The mailbox is the envelope sender so that bounces of our notices come
+        # back to a mailbox we read (and are classified as bounces, never answered).
+        mail_from=box.address,
+        rcpt_to=case.customer,
+        message_id=envelope.message_id,
+        raw=message.as_bytes(policy=SMTP_POLICY),
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(notice)
+    session.flush()
+    session.add(
+        CaseMessage(
+            case_id=case.id,
+            direction="out",
+            kind="notice",
+            from_addr=box.address,
+            to_addrs=case.customer,
+            subject=str(message["Subject"]),
+            date=now,
+            message_id=envelope.message_id,
+            text=body.text,
+            notice_id=notice.id,
+        )
+    )
+    return notice
+
+
+def list_quarantined(session: Session) -> list[LedgerEntry]:
+    return list(
+        session.exec(
+            select(LedgerEntry)
+            .where(LedgerEntry.disposition == Disposition.QUARANTINED)
+            .order_by(col(LedgerEntry.id))
+        ).all()
+    )

@@ -1,0 +1,95 @@
+"""The SMTP adapter: one connection per delivery run, errors sorted into retry or not.
+
+TLS is verified (``smtp.ca_file`` to trust a private CA); a failed STARTTLS is
+an error, never a fall-back to plain text.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from types import TracebackType
+
+from mailcase.config import SmtpSettings
+from mailcase.errors import DeliveryError, PermanentDeliveryError
+from mailcase.imap import tls_context
+
+
+def _classify(exc: BaseException, what: str) -> DeliveryError:
+    code = getattr(exc, "smtp_code", None)
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [c for c, _ in exc.recipients.values()]
+        code = codes[0] if codes else None
+    text = str(exc) or type(exc).__name__
+    if isinstance(code, int) and 500 <= code < 600:
+        return PermanentDeliveryError(f"{what}: {code} {text}")
+    return DeliveryError(f"{what}: {text}")
+
+
+class SmtpConnection:
+    """A logged-in SMTP session; use as a context manager around a delivery run."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self.client: smtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpConnection:
+        s = self.settings
+        where = f"SMTP server {s.host}:{s.effective_port}"
+        ca = str(s.ca_file) if s.ca_file else None
+        try:
+            if s.security == "tls":
+                self.client = smtplib.SMTP_SSL(
+                    s.host, s.effective_port, timeout=s.timeout_seconds, context=tls_context(ca)
+                )
+            else:
+                self.client = smtplib.SMTP(s.host, s.effective_port, timeout=s.timeout_seconds)
+            self.client.ehlo()
+            if s.security == "starttls":
+                self.client.starttls(context=tls_context(ca))
+                self.client.ehlo()
+            password = s.resolved_password()
+            if s.username and password is not None:
+                self.client.login(s.username, password)
+        except smtplib.SMTPAuthenticationError as exc:
+            self.close()
+            raise PermanentDeliveryError(f"{where} refused the login for {s.username}") from exc
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            self.close()
+            # Connection-level trouble is temporary, even a 5xx greeting: the
+            # notice itself was not refused.
+            raise DeliveryError(f"cannot connect to {where} ({exc or type(exc).__name__})") from exc
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.quit()
+        except (OSError, smtplib.SMTPException):
+            self.client.close()
+        self.client = None
+
+    def send(self, mail_from: str, rcpt_to: str, raw: bytes) -> None:
+        """Hand one message over; raise DeliveryError (retry) or PermanentDeliveryError."""
+        if self.client is None:
+            raise DeliveryError("SMTP connection is closed")
+        try:
+            refused = self.client.sendmail(mail_from, [rcpt_to], raw)
+        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
+            self.client.close()
+            self.client = None
+            raise DeliveryError(f"connection lost while sending ({exc})") from exc
+        except smtplib.SMTPException as exc:
+            raise _classify(exc, f"server refused the message to {rcpt_to}") from exc
+        if refused:
+            code, text = next(iter(refused.values()))
+            raise _classify(smtplib.SMTPResponseException(code, text), f"server refused {rcpt_to}")

@@ -1,0 +1,203 @@
+"""The database adapter: the only module that opens sessions and commits.
+
+:meth:`Store.transaction` is the one place where work is committed or rolled
+back (Mailman's ``database/transaction.py`` habit). The schema is created and
+upgraded by alembic (``mailcase/migrations``); :meth:`Store.open` refuses a
+database older than the code unless it may upgrade it itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from mailcase.errors import DatabaseError
+from mailcase.models import Case, CaseMessage, FolioCounter, LedgerEntry
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    path = _sqlite_path(url)
+    if path is not None:
+        # The database holds customers' mail: owner-only from the start.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            path.touch(mode=0o600)
+    try:
+        engine = sa.create_engine(url, future=True, pool_pre_ping=path is None)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise DatabaseError(f"cannot use database URL: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # pysqlite's implicit BEGIN is disabled so that "BEGIN IMMEDIATE"
+            # below takes the write lock at the start of every transaction:
+            # two writers then queue instead of failing on lock upgrade.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+class Store:
+    """Owns the engine; hands out one transaction at a time per caller."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str, *, auto_upgrade: bool) -> Store:
+        """Open ``url``; upgrade it when allowed, else refuse an out-of-date schema."""
+        store = cls(make_engine(url), url)
+        try:
+            current, head = store.revisions()
+            if current != head:
+                if not auto_upgrade:
+                    raise DatabaseError(
+                        f"database schema is at {current or 'nothing'} but this mailcase "
+                        f"needs {head}: run `mailcase db upgrade`"
+                    )
+                store.upgrade()
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot open database: {exc.__class__.__name__}: {exc}") from exc
+        return store
+
+    def revisions(self) -> tuple[str | None, str | None]:
+        """(the database's alembic revision, the code's head revision)."""
+        head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        return current, head
+
+    def upgrade(self) -> None:
+        cfg = alembic_config(self.url)
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed on normal exit, rolled back on error."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def next_folio_number(session: Session, year: int) -> int:
+    """Reserve the next folio number for ``year`` inside the caller's transaction.
+
+    The counter row is updated in place, so concurrent writers serialise on it
+    (SQLite's write lock; a row lock elsewhere); a rolled-back transaction
+    gives its number back, a committed one never repeats.
+    """
+    updated = session.execute(
+        sa.update(FolioCounter)
+        .where(col(FolioCounter.year) == year)
+        .values(last=col(FolioCounter.last) + 1)
+        .returning(col(FolioCounter.last))
+    ).scalar_one_or_none()
+    if updated is not None:
+        return int(updated)
+    session.add(FolioCounter(year=year, last=1))
+    session.flush()
+    return 1
+
+
+def case_by_folio(session: Session, folio: str) -> Case | None:
+    return session.exec(select(Case).where(Case.folio == folio)).first()
+
+
+def case_by_message_ids(session: Session, message_ids: tuple[str, ...]) -> Case | None:
+    """The case that received or sent one of ``message_ids`` (earliest id wins)."""
+    if not message_ids:
+        return None
+    rows = session.exec(
+        select(CaseMessage.message_id, CaseMessage.case_id).where(
+            col(CaseMessage.message_id).in_(message_ids)
+        )
+    ).all()
+    by_id = {mid: case_id for mid, case_id in rows}
+    for mid in message_ids:
+        if mid in by_id:
+            return session.get(Case, by_id[mid])
+    return None
+
+
+def ledger_by_key(session: Session, dedup_key: str) -> list[LedgerEntry]:
+    return list(
+        session.exec(
+            select(LedgerEntry)
+            .where(LedgerEntry.dedup_key == dedup_key)
+            .order_by(col(LedgerEntry.id))
+        ).all()
+    )
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) owner-only; tighten it if it exists."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (path.stat().st_mode & 0o777) != 0o700 and path.stat().st_uid == os.getuid():
+        path.chmod(0o700)
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware in UTC: what every datetime column stores and returns."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value`` in UTC (a naive value is taken to be UTC already)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

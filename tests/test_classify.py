@@ -1,0 +1,582 @@
+"""classify and is_automatic_address: one test per rule, rule order, corpora, properties."""
+
+from __future__ import annotations
+
+from email.header import Header
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from mailcase.classify import (
+    LOOP_HEADER,
+    Classification,
+    MailKind,
+    classify,
+    is_automatic_address,
+)
+from mailcase.errors import MessageError
+from mailcase.inbound import InboundMail, parse_inbound
+
+CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
+SISIMAI = CORPUS / "sisimai-set-of-emails"
+FLANKER = CORPUS / "flanker"
+OWN = frozenset({"soporte@rednorte.mx", "Facturas@RedNorte.mx"})
+
+BASE_HEADERS = {
+    "From": "Juan Perez <juan@correo.mx>",
+    "To": "soporte@rednorte.mx",
+    "Subject": "Sin internet desde ayer",
+    "Message-ID": "<abc123@correo.mx>",
+    "Date": "Mon, 03 Nov 2026 10:15:00 -0600",
+}
+
+
+def message(
+    headers: dict[str, str] | None = None,
+    *,
+    body: str = "Hola, no tengo servicio.\n",
+    drop: tuple[str, ...] = (),
+    web_form_senders: tuple[str, ...] = (),
+) -> InboundMail:
+    """An InboundMail parsed from a small handwritten message.
+
+    ``headers`` override or extend BASE_HEADERS; ``drop`` removes some.
+    """
+    merged = {k: v for k, v in BASE_HEADERS.items() if k not in drop}
+    merged.update(headers or {})
+    if "Content-Type" not in merged:
+        merged["Content-Type"] = "text/plain; charset=utf-8"
+    head = "".join(f"{name}: {_encoded(value)}\r\n" for name, value in merged.items())
+    raw = f"MIME-Version: 1.0\r\n{head}\r\n{body}".encode()
+    return parse_inbound(raw, web_form_senders=web_form_senders)
+
+
+def _encoded(value: str) -> str:
+    # Non-ASCII header text travels as RFC 2047 encoded words, as mail clients send it.
+    return value if value.isascii() else Header(value, "utf-8").encode()
+
+
+def report(
+    report_type: str, *, quoted: bool = False, headers: dict[str, str] | None = None
+) -> InboundMail:
+    """A multipart/report (RFC 6522) of the given report-type."""
+    value = f'"{report_type}"' if quoted else report_type
+    second = {
+        "delivery-status": "message/delivery-status",
+        "disposition-notification": "message/disposition-notification",
+        "feedback-report": "message/feedback-report",
+    }.get(report_type, "text/plain")
+    body = (
+        "--BOUNDARY\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Informe automático.\r\n"
+        "--BOUNDARY\r\n"
+        f"Content-Type: {second}\r\n\r\n"
+        "Reporting-MTA: dns; mx.rednorte.mx\r\n\r\n"
+        "--BOUNDARY--\r\n"
+    )
+    merged = {"Content-Type": f'multipart/report; report-type={value}; boundary="BOUNDARY"'}
+    merged.update(headers or {})
+    return message(merged, body=body)
+
+
+# --- one test per rule ---------------------------------------------------------
+
+RULES = [
+    # BOUNCE
+    pytest.param(
+        report("delivery-status"),
+        MailKind.BOUNCE,
+        "report-type=delivery-status",
+        id="dsn-multipart-report",
+    ),
+    pytest.param(
+        report("delivery-status", quoted=True),
+        MailKind.BOUNCE,
+        "report-type=delivery-status",
+        id="dsn-quoted-report-type",
+    ),
+    pytest.param(
+        message(
+            {"Content-Type": "message/delivery-status"},
+            body="Reporting-MTA: dns; mx.rednorte.mx\r\n\r\nFinal-Recipient: rfc822; x@y.mx\r\n",
+        ),
+        MailKind.BOUNCE,
+        "Content-Type: message/delivery-status",
+        id="dsn-top-level",
+    ),
+    pytest.param(
+        message({"Return-Path": "<>"}), MailKind.BOUNCE, "Return-Path: <>", id="null-return-path"
+    ),
+    pytest.param(
+        message({"Return-Path": ""}),
+        MailKind.BOUNCE,
+        "Return-Path: (empty)",
+        id="empty-return-path",
+    ),
+    pytest.param(
+        message({"Return-Path": "<MAILER-DAEMON@mx.rednorte.mx>"}),
+        MailKind.BOUNCE,
+        "Return-Path: <MAILER-DAEMON@mx.rednorte.mx>",
+        id="sendmail-return-path",
+    ),
+    pytest.param(
+        message({"From": "Mail Delivery System <MAILER-DAEMON@mx.correo.mx>"}),
+        MailKind.BOUNCE,
+        "From: mailer-daemon@mx.correo.mx",
+        id="from-mailer-daemon",
+    ),
+    pytest.param(
+        message({"From": "Postmaster@Correo.mx"}),
+        MailKind.BOUNCE,
+        "From: postmaster@correo.mx",
+        id="from-postmaster",
+    ),
+    pytest.param(
+        message({"From": "MAILER-DAEMON <>"}),
+        MailKind.BOUNCE,
+        "From: MAILER-DAEMON <>",
+        id="from-bare-mailer-daemon",
+    ),
+    pytest.param(
+        message({"X-Failed-Recipients": "juan@correo.mx"}),
+        MailKind.BOUNCE,
+        "X-Failed-Recipients: juan@correo.mx",
+        id="x-failed-recipients",
+    ),
+    # AUTO_REPLY
+    pytest.param(
+        message({"Auto-Submitted": "auto-replied"}),
+        MailKind.AUTO_REPLY,
+        "Auto-Submitted: auto-replied",
+        id="auto-submitted-auto-replied",
+    ),
+    pytest.param(
+        message({"Auto-Submitted": "Auto-Generated; owner-email=x@y.mx"}),
+        MailKind.AUTO_REPLY,
+        "Auto-Submitted: Auto-Generated; owner-email=x@y.mx",
+        id="auto-submitted-with-parameter",
+    ),
+    pytest.param(
+        message({"Auto-Submitted": "auto-notified (vacation)"}),
+        MailKind.AUTO_REPLY,
+        "Auto-Submitted: auto-notified (vacation)",
+        id="auto-submitted-with-comment",
+    ),
+    pytest.param(
+        message({"X-Autoreply": "yes"}), MailKind.AUTO_REPLY, "X-Autoreply: yes", id="x-autoreply"
+    ),
+    pytest.param(
+        message({"X-Autorespond": "Fuera de la oficina"}),
+        MailKind.AUTO_REPLY,
+        "X-Autorespond: Fuera de la oficina",
+        id="x-autorespond",
+    ),
+    pytest.param(
+        message({"X-Autoresponder": "1"}),
+        MailKind.AUTO_REPLY,
+        "X-Autoresponder: 1",
+        id="x-autoresponder",
+    ),
+    pytest.param(
+        message({"X-Auto-Response-Suppress": "All"}),
+        MailKind.AUTO_REPLY,
+        "X-Auto-Response-Suppress: All",
+        id="x-auto-response-suppress",
+    ),
+    pytest.param(
+        message({"X-Auto-Response-Suppress": "DR, RN, NRN, OOF, AutoReply"}),
+        MailKind.AUTO_REPLY,
+        "X-Auto-Response-Suppress: DR, RN, NRN, OOF, AutoReply",
+        id="x-auto-response-suppress-list",
+    ),
+    pytest.param(
+        message({LOOP_HEADER: "soporte@rednorte.mx"}),
+        MailKind.AUTO_REPLY,
+        f"{LOOP_HEADER}: soporte@rednorte.mx",
+        id="loop-header",
+    ),
+    pytest.param(
+        message({"From": "Soporte Red Norte <Soporte@RedNorte.mx>"}),
+        MailKind.AUTO_REPLY,
+        "own address: soporte@rednorte.mx",
+        id="own-address",
+    ),
+    pytest.param(
+        message({"From": "facturas@rednorte.mx"}),
+        MailKind.AUTO_REPLY,
+        "own address: facturas@rednorte.mx",
+        id="own-address-mixed-case-config",
+    ),
+    pytest.param(
+        report("disposition-notification"),
+        MailKind.AUTO_REPLY,
+        "report-type=disposition-notification",
+        id="mdn",
+    ),
+    pytest.param(
+        report("feedback-report"),
+        MailKind.AUTO_REPLY,
+        "report-type=feedback-report",
+        id="arf-feedback-report",
+    ),
+    pytest.param(
+        message({"Precedence": "auto_reply"}),
+        MailKind.AUTO_REPLY,
+        "Precedence: auto_reply",
+        id="precedence-auto-reply",
+    ),
+    # BULK
+    pytest.param(message({"Precedence": "bulk"}), MailKind.BULK, "Precedence: bulk", id="bulk"),
+    pytest.param(message({"Precedence": "List"}), MailKind.BULK, "Precedence: list", id="list"),
+    pytest.param(message({"Precedence": "junk"}), MailKind.BULK, "Precedence: junk", id="junk"),
+    pytest.param(
+        message({"List-Id": "Avisos Red Norte <avisos.rednorte.mx>"}),
+        MailKind.BULK,
+        "List-Id: Avisos Red Norte <avisos.rednorte.mx>",
+        id="list-id",
+    ),
+    pytest.param(
+        message({"List-Unsubscribe": "<mailto:baja@promo.mx>"}),
+        MailKind.BULK,
+        "List-Unsubscribe: <mailto:baja@promo.mx>",
+        id="list-unsubscribe",
+    ),
+]
+
+
+@pytest.mark.parametrize(("mail", "kind", "reason"), RULES)
+def test_rule(mail: InboundMail, kind: MailKind, reason: str) -> None:
+    result = classify(mail, own_addresses=OWN)
+    assert result == Classification(kind, result.reason)
+    assert reason in result.reason
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Respuesta automática: Sin internet desde ayer",
+        "RE: Respuesta automatica: [RN-2026-000123]",
+        "RESPUESTA AUTOMÁTICA",
+        "Fuera de la oficina",
+        "Fuera de la Oficina hasta el 10 de noviembre",
+        "fuera de oficina: regreso el lunes",
+        "Ausente",
+        "Ausente: Sin internet desde ayer",
+        "Vacaciones",
+        "RV: Vacaciones",
+        "Out of Office: Re: No service",
+        "Out of the office",
+        "Automatic reply: No service",
+        "Auto reply: No service",
+        "Autoreply: No service",
+        "Auto-Reply: No service",
+        "Abwesenheitsnotiz: Kein Internet",
+        "Fw: RE: Automatic reply: No service",
+        "Re[2]: Fuera de la oficina",
+        "  Re:Re: Out of office",
+    ],
+)
+def test_vacation_subject_is_auto_reply(subject: str) -> None:
+    result = classify(message({"Subject": subject}))
+    assert result.kind is MailKind.AUTO_REPLY
+    assert result.reason.startswith("Subject: starts with ")
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Sin internet desde mis vacaciones",
+        "Ausentes los técnicos en la cita",
+        "Re: Sin servicio, estoy fuera de la oficina",
+        "Automatically billed twice",
+        "Outage in my area",
+        "",
+    ],
+)
+def test_ordinary_subject_is_customer(subject: str) -> None:
+    assert classify(message({"Subject": subject})) == Classification(MailKind.CUSTOMER, "")
+
+
+@pytest.mark.parametrize("value", ["no", "No", " no ", "no; reason=human", "no (sent by a person)"])
+def test_auto_submitted_no_is_customer(value: str) -> None:
+    result = classify(message({"Auto-Submitted": value}))
+    assert result == Classification(MailKind.CUSTOMER, "")
+
+
+def test_plain_customer_mail() -> None:
+    assert classify(message(), own_addresses=OWN) == Classification(MailKind.CUSTOMER, "")
+
+
+def test_web_form_from_own_mailbox_is_the_customer() -> None:
+    # The site's contact form sends from our own mailbox with the customer in
+    # Reply-To; parse_inbound makes the customer the sender, so it is not a loop.
+    mail = message(
+        {"From": "soporte@rednorte.mx", "Reply-To": "Juan <juan@correo.mx>"},
+        web_form_senders=("soporte@rednorte.mx",),
+    )
+    assert classify(mail, own_addresses=OWN) == Classification(MailKind.CUSTOMER, "")
+
+
+# --- rule order -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mail", "kind", "reason"),
+    [
+        pytest.param(
+            report("delivery-status", headers={"List-Id": "<lista.rednorte.mx>"}),
+            MailKind.BOUNCE,
+            "report-type=delivery-status",
+            id="dsn-beats-list",
+        ),
+        pytest.param(
+            message({"Return-Path": "<>", "Auto-Submitted": "auto-replied"}),
+            MailKind.BOUNCE,
+            "Return-Path: <>",
+            id="null-return-path-beats-auto-submitted",
+        ),
+        pytest.param(
+            message({"Auto-Submitted": "auto-generated", "Precedence": "bulk"}),
+            MailKind.AUTO_REPLY,
+            "Auto-Submitted: auto-generated",
+            id="auto-submitted-beats-bulk",
+        ),
+        pytest.param(
+            message({"Precedence": "auto_reply", "List-Id": "<lista.rednorte.mx>"}),
+            MailKind.AUTO_REPLY,
+            "Precedence: auto_reply",
+            id="precedence-auto-reply-is-not-bulk",
+        ),
+        pytest.param(
+            message({"Subject": "Fuera de la oficina", "List-Unsubscribe": "<mailto:x@y.mx>"}),
+            MailKind.AUTO_REPLY,
+            "Subject: starts with",
+            id="vacation-subject-beats-list",
+        ),
+    ],
+)
+def test_rule_order(mail: InboundMail, kind: MailKind, reason: str) -> None:
+    result = classify(mail, own_addresses=OWN)
+    assert result.kind is kind
+    assert reason in result.reason
+
+
+def test_reason_is_one_short_line() -> None:
+    result = classify(message({"X-Failed-Recipients": "a@b.mx, " * 200}))
+    assert result.kind is MailKind.BOUNCE
+    assert "\n" not in result.reason
+    assert len(result.reason) <= 120
+
+
+# --- is_automatic_address ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "MAILER-DAEMON@mx.correo.mx",
+        "MAILER-DAEMON",
+        "<mailer-daemon@x.mx>",
+        "postmaster@rednorte.mx",
+        "noreply@banco.mx",
+        "no-reply@banco.mx",
+        "No_Reply@banco.mx",
+        "donotreply@cfe.mx",
+        "do-not-reply@cfe.mx",
+        "DoNotReply@cfe.mx",
+        "bounce@lists.mx",
+        "bounces@lists.mx",
+        "bounces+abc=correo.mx@lists.mx",
+        "bounce-123-456@mailer.mx",
+        "mailer@correo.mx",
+        "noreply-facturas@telmex.mx",
+    ],
+)
+def test_automatic_addresses(address: str) -> None:
+    assert is_automatic_address(address)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "juan@correo.mx",
+        "soporte@rednorte.mx",
+        "noreplyjuan@correo.mx",
+        "bouncer@club.mx",
+        "mailers@correo.mx",
+        "postmasters@x.mx",
+        "reply@x.mx",
+        "juan+noreply@correo.mx",
+        "",
+        "@",
+    ],
+)
+def test_human_addresses(address: str) -> None:
+    assert not is_automatic_address(address)
+
+
+# --- corpora -------------------------------------------------------------------
+
+
+def _eml_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.eml")) if root.is_dir() else []
+
+
+def _parse_all(paths: list[Path]) -> tuple[dict[Path, InboundMail], list[Path]]:
+    parsed: dict[Path, InboundMail] = {}
+    unreadable: list[Path] = []
+    for path in paths:
+        try:
+            parsed[path] = parse_inbound(path.read_bytes())
+        except MessageError:  # quarantined by the pipeline; not classify's concern
+            unreadable.append(path)
+    return parsed, unreadable
+
+
+def test_sisimai_bounces_are_not_customers() -> None:
+    paths = _eml_files(SISIMAI)
+    if not paths:
+        pytest.skip("sisimai corpus not present")
+    parsed, unreadable = _parse_all(paths)
+    assert len(unreadable) <= 2, f"parse_inbound refused: {unreadable}"
+    # sisimai keeps mail that is deliberately not a bounce under not/.
+    bounces = {p: m for p, m in parsed.items() if "not" not in p.relative_to(SISIMAI).parts}
+    results = {p: classify(m) for p, m in bounces.items()}
+    misses = sorted(
+        str(p.relative_to(SISIMAI))
+        for p, r in results.items()
+        if r.kind not in (MailKind.BOUNCE, MailKind.AUTO_REPLY)
+    )
+    assert len(misses) <= 0.1 * len(results), f"{len(misses)}/{len(results)} missed: {misses}"
+    for name in ("is-not-bounce-01.eml", "is-not-bounce-02.eml"):
+        path = SISIMAI / "not" / name
+        if path in parsed:
+            assert classify(parsed[path]).kind is MailKind.CUSTOMER, name
+
+
+def test_sisimai_rfc3834_auto_replies() -> None:
+    paths = sorted(SISIMAI.glob("*/rfc3834-*.eml")) if SISIMAI.is_dir() else []
+    if not paths:
+        pytest.skip("sisimai corpus not present")
+    for path in paths:
+        result = classify(parse_inbound(path.read_bytes()))
+        # Several carry Return-Path: <> as RFC 3834 section 3.3 suggests, so the
+        # bounce rule, which runs first, may claim them.
+        assert result.kind in (MailKind.AUTO_REPLY, MailKind.BOUNCE), (path.name, result)
+
+
+def test_flanker_corpus() -> None:
+    paths = _eml_files(FLANKER)
+    if not paths:
+        pytest.skip("flanker corpus not present")
+    parsed, _ = _parse_all(paths)
+    results = {p.relative_to(FLANKER).as_posix(): classify(m) for p, m in parsed.items()}
+    for name, result in results.items():
+        assert (result.kind is MailKind.CUSTOMER) == (result.reason == ""), name
+        if name.startswith("bounce/"):
+            assert result.kind is MailKind.BOUNCE, (name, result)
+        if name.startswith("complaints/"):
+            assert result.kind is MailKind.AUTO_REPLY, (name, result)
+    if "disposition-notification.eml" in results:
+        assert results["disposition-notification.eml"].kind is MailKind.AUTO_REPLY
+    if "text-only.eml" in results:
+        assert results["text-only.eml"].kind is MailKind.CUSTOMER
+
+
+# --- properties ------------------------------------------------------------------
+
+HEADER_NAMES = st.sampled_from(
+    [
+        "auto-submitted",
+        "x-autoreply",
+        "x-auto-response-suppress",
+        LOOP_HEADER.lower(),
+        "precedence",
+        "list-id",
+        "list-unsubscribe",
+        "return-path",
+        "x-failed-recipients",
+        "content-type",
+        "from",
+        "subject",
+        "x-other",
+    ]
+)
+CONTENT_TYPES = st.sampled_from(
+    ["text/plain", "multipart/report", "message/delivery-status", "multipart/mixed"]
+) | st.text(max_size=30)
+
+
+@settings(max_examples=300)
+@given(
+    subject=st.text(),
+    headers=st.dictionaries(HEADER_NAMES, st.lists(st.text(), min_size=1, max_size=3)),
+    content_type=CONTENT_TYPES,
+    sender=st.text(max_size=60),
+    own=st.frozensets(st.text(max_size=30), max_size=3),
+)
+def test_classify_any_inbound_mail_never_raises(
+    subject: str,
+    headers: dict[str, list[str]],
+    content_type: str,
+    sender: str,
+    own: frozenset[str],
+) -> None:
+    mail = InboundMail(
+        sender=sender,
+        sender_name="",
+        from_address=sender,
+        to=(),
+        cc=(),
+        reply_to=(),
+        subject=subject,
+        message_id=None,
+        in_reply_to=(),
+        references=(),
+        date=None,
+        text="",
+        attachments=(),
+        headers=MappingProxyType({k: tuple(v) for k, v in headers.items()}),
+        content_type=content_type,
+        raw_sha256="0" * 64,
+        size=0,
+    )
+    result = classify(mail, own_addresses=own)
+    assert isinstance(result.kind, MailKind)
+    assert (result.kind is MailKind.CUSTOMER) == (result.reason == "")
+    assert "\n" not in result.reason
+
+
+HEADER_TEXT = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"),
+    max_size=80,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    subject=HEADER_TEXT,
+    name=st.sampled_from(
+        ["Auto-Submitted", "Precedence", "Return-Path", "From", "Content-Type", "X-Autoreply"]
+    ),
+    value=HEADER_TEXT,
+)
+def test_classify_parsed_messages_never_raises(subject: str, name: str, value: str) -> None:
+    try:
+        mail = message({"Subject": subject, name: value})
+    except MessageError:
+        assume(False)
+        return
+    result = classify(mail, own_addresses=OWN)
+    assert isinstance(result.kind, MailKind)
+    assert (result.kind is MailKind.CUSTOMER) == (result.reason == "")
+
+
+@settings(max_examples=300)
+@given(st.text())
+def test_is_automatic_address_never_raises(address: str) -> None:
+    assert isinstance(is_automatic_address(address), bool)

@@ -1,0 +1,349 @@
+"""End to end against the real Dovecot and SMTP sink: mail in, cases and acknowledgements out."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import CONTACTO, INFO, WEB, Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Env:
+    cli: Cli
+    imap: Dovecot
+    sink: SmtpSink
+    config: Path
+    dir: Path
+
+    def deliver(self, raw: bytes, user: str = "contacto", **kw: Any) -> int:
+        return self.imap.append(user, raw, **kw)
+
+    def poll(self) -> None:
+        self.cli.poll()
+
+    def cases(self) -> list[dict[str, Any]]:
+        return self.cli.json("cases", "list")  # type: ignore[no-any-return]
+
+    def case(self, folio: str) -> dict[str, Any]:
+        return self.cli.json("cases", "show", folio)  # type: ignore[no-any-return]
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return self.cli.json("messages", "list")  # type: ignore[no-any-return]
+
+    def acks(self) -> list[EmailMessage]:
+        return [m.message for m in self.sink.messages]
+
+
+@pytest.fixture
+def env(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any) -> Env:
+    config = write_config(tmp_path, mailboxes, sink)
+    return Env(Cli(config, capsys), mailboxes, sink, config, tmp_path)
+
+
+def test_spanish_mail_opens_case_and_sends_checked_acknowledgement(env: Env) -> None:
+    raw = mail(subject="Sin señal desde ayer", body="Hola, no tengo señal. ¿Pueden revisar?")
+    env.deliver(raw)
+    env.poll()
+
+    [case] = env.cases()
+    assert case["status"] == "open"
+    assert case["customer"] == "juan.perez@example.com"
+    assert case["mailbox"] == "contacto"
+    assert case["subject"] == "Sin señal desde ayer"
+    folio = case["folio"]
+    assert folio.startswith("PLR-2026-") or folio.startswith("PLR-")
+    assert len(folio.split("-")[2]) == 6
+
+    [ack] = env.acks()
+    original_id = EmailMessage()
+    sent = env.sink.messages[0]
+    assert sent.rcpt_tos == ["juan.perez@example.com"]
+    assert sent.mail_from == CONTACTO
+    assert ack["Subject"] == f"[Folio {folio}] Sin señal desde ayer"
+    assert ack["From"].addresses[0].addr_spec == CONTACTO
+    assert ack["Auto-Submitted"] == "auto-replied"
+    assert ack["X-Auto-Response-Suppress"] == "All"
+    assert ack["X-Mailcase-Loop"]
+    inbound_id = next(m for m in env.case(folio)["messages"] if m["direction"] == "in")[
+        "message_id"
+    ]
+    assert ack["In-Reply-To"] == inbound_id
+    assert inbound_id in ack["References"]
+    assert ack["Message-ID"].endswith("@internet-plarey.com.mx>")
+    text = ack.get_body(("plain",)).get_content()
+    html = ack.get_body(("html",)).get_content()
+    assert folio in text and folio in html
+    assert "procedente" in text  # states what happens next (the written procedure)
+    assert "800 123 4567" in text  # contact channels
+    del original_id
+
+    detail = env.case(folio)
+    assert detail["outcome"] is None
+    directions = [(m["direction"], m["kind"]) for m in detail["messages"]]
+    assert directions == [("in", "customer"), ("out", "notice")]
+    assert detail["messages"][0]["text"] == "Hola, no tengo señal. ¿Pueden revisar?"
+    assert detail["messages"][1]["message_id"] == ack["Message-ID"]
+
+
+def test_iso_8859_1_quoted_printable_decodes(env: Env) -> None:
+    raw = (
+        b"From: Mar\xeda <maria@example.com>\r\nTo: contacto@internet-plarey.com.mx\r\n"
+        b"Subject: =?ISO-8859-1?Q?Aclaraci=F3n_de_cobro?=\r\nMessage-ID: <latin1@example.com>\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=ISO-8859-1\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"Me cobraron dos veces el mes de octubre. =BFPodr=EDan revisar?\r\nGracias, Mar=EDa\r\n"
+    )
+    env.deliver(raw)
+    env.poll()
+    [case] = env.cases()
+    assert case["subject"] == "Aclaración de cobro"
+    text = env.case(case["folio"])["messages"][0]["text"]
+    assert text == "Me cobraron dos veces el mes de octubre. ¿Podrían revisar?\nGracias, María"
+
+
+def test_html_only_mail_becomes_readable_text(env: Env) -> None:
+    html = (
+        "<html><head><style>p {color: red}</style><script>alert('x')</script></head>"
+        "<body><p>Mi m&oacute;dem parpadea en <b>rojo</b>.</p><p>Saludos</p></body></html>"
+    )
+    env.deliver(mail(body="", html=html))
+    env.poll()
+    [case] = env.cases()
+    text = env.case(case["folio"])["messages"][0]["text"]
+    assert "Mi módem parpadea en rojo." in text
+    assert "Saludos" in text
+    for leaked in ("<", "alert", "color: red"):
+        assert leaked not in text
+
+
+def test_attachment_with_non_ascii_name_is_stored_by_hash(env: Env) -> None:
+    photo = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    env.deliver(mail(attachments=[("fotografía del módem ñ.png", "image/png", photo)]))
+    env.poll()
+    [case] = env.cases()
+    [att] = env.case(case["folio"])["messages"][0]["attachments"]
+    digest = hashlib.sha256(photo).hexdigest()
+    assert att == {
+        "filename": "fotografía del módem ñ.png",
+        "content_type": "image/png",
+        "size": len(photo),
+        "sha256": digest,
+    }
+    stored = env.dir / "store" / digest[:2] / digest[2:4] / digest
+    assert stored.read_bytes() == photo
+
+
+def test_same_mail_in_both_mailboxes_opens_one_case(env: Env) -> None:
+    raw = mail(to=f"{CONTACTO}, {INFO}")
+    env.deliver(raw, "contacto")
+    env.deliver(raw, "info")
+    env.poll()
+    assert len(env.cases()) == 1
+    dispositions = sorted(row["disposition"] for row in env.ledger())
+    assert dispositions == ["duplicate", "new_case"]
+    assert len({row["folio"] for row in env.ledger()}) == 1
+    assert len(env.sink.messages) == 1
+
+
+def test_mail_without_message_id_in_both_mailboxes_is_one_case(env: Env) -> None:
+    raw = mail(message_id=None)
+    env.deliver(raw, "contacto")
+    env.deliver(raw, "info")
+    env.poll()
+    [case] = env.cases()
+    assert sorted(r["disposition"] for r in env.ledger()) == ["duplicate", "new_case"]
+    assert all(r["message_id"] is None for r in env.ledger())
+    assert len(env.sink.messages) == 1
+    assert case["customer"] == "juan.perez@example.com"
+
+
+@pytest.mark.parametrize(
+    ("headers", "sender", "subject", "disposition"),
+    [
+        ({"Auto-Submitted": "auto-replied"}, "juan@example.com", "Re: hola", "auto_reply"),
+        ({}, "juan@example.com", "Respuesta automática: Sin servicio", "auto_reply"),
+        ({"X-Autoreply": "yes"}, "juan@example.com", "hola", "auto_reply"),
+        ({"List-Id": "<ofertas.example.com>"}, "news@example.com", "Ofertas", "bulk"),
+        ({"Precedence": "bulk"}, "news@example.com", "Boletín", "bulk"),
+        ({}, "MAILER-DAEMON@example.com", "Undelivered Mail", "bounce"),
+    ],
+)
+def test_automatic_mail_opens_nothing_and_gets_no_notice(
+    env: Env, headers: dict[str, str], sender: str, subject: str, disposition: str
+) -> None:
+    env.deliver(mail(sender=sender, subject=subject, headers=headers))
+    env.poll()
+    assert env.cases() == []
+    [row] = env.ledger()
+    assert row["disposition"] == disposition
+    assert row["reason"]
+    assert env.sink.messages == []
+
+
+def test_delivery_status_report_is_a_bounce(env: Env) -> None:
+    raw = (
+        b"From: Mail Delivery System <mailer-daemon@mx.example.net>\r\n"
+        b"To: contacto@internet-plarey.com.mx\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        b"Message-ID: <dsn1@mx.example.net>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nNo se pudo entregar.\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.net\r\n\r\n"
+        b"Final-Recipient: rfc822; nadie@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        b"--B--\r\n"
+    )
+    env.deliver(raw)
+    env.poll()
+    assert [r["disposition"] for r in env.ledger()] == ["bounce"]
+    assert env.cases() == [] and env.sink.messages == []
+
+
+def test_web_form_mail_belongs_to_its_reply_to(env: Env) -> None:
+    env.deliver(
+        mail(
+            sender=f"Formulario web <{WEB}>",
+            subject="Contacto desde el sitio: cancelación",
+            headers={"Reply-To": "Laura Gómez <laura.gomez@example.org>"},
+            body="Nombre: Laura Gómez\nMensaje: Quiero cancelar mi servicio.",
+        )
+    )
+    env.poll()
+    [case] = env.cases()
+    assert case["customer"] == "laura.gomez@example.org"
+    assert env.sink.messages[0].rcpt_tos == ["laura.gomez@example.org"]
+
+
+def test_follow_up_by_folio_joins_case_without_new_ack(env: Env) -> None:
+    env.deliver(mail())
+    env.poll()
+    [case] = env.cases()
+    folio = case["folio"]
+    reply = mail(
+        subject=f"RE:  [folio {folio.lower()}] Sin servicio de internet",
+        body=(
+            "Sigo sin servicio.\n\n"
+            "El jue, 20 nov 2026 a las 10:30, Contacto <c@x.mx> escribió:\n"
+            "> Recibimos su mensaje"
+        ),
+    )
+    env.deliver(reply)
+    env.poll()
+    assert len(env.cases()) == 1
+    assert [r["disposition"] for r in env.ledger()] == ["new_case", "follow_up"]
+    assert len(env.sink.messages) == 1
+    messages = env.case(folio)["messages"]
+    assert messages[-1]["text"] == "Sigo sin servicio."
+
+
+def test_follow_up_by_in_reply_to_alone(env: Env) -> None:
+    env.deliver(mail())
+    env.poll()
+    [ack] = env.acks()
+    reply = mail(
+        subject="una pregunta más",  # no folio: threading headers alone
+        headers={"In-Reply-To": ack["Message-ID"]},
+        body="¿A qué hora vendrá el técnico?",
+    )
+    env.deliver(reply)
+    env.poll()
+    assert len(env.cases()) == 1
+    assert [r["disposition"] for r in env.ledger()] == ["new_case", "follow_up"]
+    assert len(env.sink.messages) == 1
+
+
+def test_stranger_with_someone_elses_folio_gets_own_case(env: Env) -> None:
+    env.deliver(mail())
+    env.poll()
+    folio = env.cases()[0]["folio"]
+    env.deliver(mail(sender="otro@example.net", subject=f"Re: [Folio {folio}] Sin servicio"))
+    env.poll()
+    cases = env.cases()
+    assert len(cases) == 2
+    stranger = next(c for c in cases if c["customer"] == "otro@example.net")
+    assert stranger["folio"] != folio
+    assert folio not in stranger["subject"]
+    ack = env.acks()[-1]
+    assert folio not in str(ack)
+
+
+def test_repoll_changes_nothing_and_seen_mail_is_ingested(env: Env) -> None:
+    env.deliver(mail(), flags=[b"\\Seen"])  # read by someone in webmail first
+    env.deliver(mail(subject="Cambio de plan"))
+    env.poll()
+    before = (env.cases(), env.ledger(), len(env.sink.messages))
+    env.poll()
+    assert (env.cases(), env.ledger(), len(env.sink.messages)) == before
+    assert len(before[0]) == 2
+    flags = env.imap.fetch_flags("contacto")
+    assert all(b"$MailcaseDone" in f and b"\\Seen" in f for f in flags.values())
+
+
+def test_uidvalidity_change_rescans_without_duplicating(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink, contacto_folder="Soporte")
+    cli = Cli(config, capsys)
+    raws = [mail(subject=f"Reporte {i}") for i in range(3)]
+    for raw in raws:
+        mailboxes.append("contacto", raw, folder="Soporte")
+    cli.poll()
+    # Rebuild the folder: same messages, new UIDVALIDITY (as after a server migration).
+    mailboxes.delete_folder("contacto", "Soporte")
+    for raw in [*raws, mail(subject="Reporte nuevo")]:
+        mailboxes.append("contacto", raw, folder="Soporte")
+    cli.poll()
+    ledger = cli.json("messages", "list")
+    assert len(cli.json("cases", "list")) == 4
+    assert len(ledger) == 4
+    assert len({r["uidvalidity"] for r in ledger}) == 1
+    assert len(sink.messages) == 4
+
+
+def test_unparseable_message_is_quarantined_and_poll_goes_on(env: Env) -> None:
+    # Nesting deeper than Python's recursion limit: the parser gives up on it.
+    depth = sys.getrecursionlimit() + 100
+    head = b"From: a@example.com\r\nTo: contacto@internet-plarey.com.mx\r\nSubject: bomb\r\n"
+    parts = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+        for i in range(depth)
+    )
+    env.deliver(head + parts)
+    env.deliver(mail(subject="Después del mensaje roto"))
+    env.poll()
+    ledger = env.ledger()
+    assert [r["disposition"] for r in ledger] == ["quarantined", "new_case"]
+    assert ledger[0]["reason"]
+    code, out, _ = env.cli("messages", "list", "--disposition", "quarantined")
+    assert code == 0 and "quarantined" in out
+
+
+def test_unreadable_mailbox_fails_poll_naming_it_but_others_go_on(env: Env) -> None:
+    env.imap.set_password("info", "cambiada")
+    env.deliver(mail())
+    code, _, err = env.cli("poll")
+    assert code == 1
+    [line] = [x for x in err.splitlines() if x.startswith("mailcase:")]  # one sentence
+    assert "mailbox info" in line and "login refused" in line
+    assert "Traceback" not in err
+    assert "info-secret" not in err
+    assert len(env.cases()) == 1  # contacto was still read
+    assert len(env.sink.messages) == 1
+
+
+def test_english_notices_by_config(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink, language="en")
+    mailboxes.append("contacto", mail(subject="No internet"))
+    Cli(config, capsys).poll()
+    text = sink.messages[0].message.get_body(("plain",)).get_content()
+    assert "We received your message" in text
