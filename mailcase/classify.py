@@ -70,8 +70,8 @@ _AUTOMATIC_LOCAL_PART = re.compile(
     re.DOTALL,
 )
 
-# Non-standard headers auto-responders add. X-Auto-Response-Suppress is what
-# Exchange and Outlook put on their own automatic mail; any value counts.
+# Non-standard headers auto-responders add. Exchange puts X-Auto-Response-Suppress
+# on its out-of-office replies and ticket systems on their notices; any value counts.
 _AUTO_REPLY_HEADERS = (
     "X-Autoreply",
     "X-Autorespond",
@@ -80,7 +80,7 @@ _AUTO_REPLY_HEADERS = (
 )
 
 _BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
-# "auto_reply" is what vacation(1) and many ticket systems write; some write a hyphen.
+# Non-standard, but some autoresponders write "Precedence: auto_reply" (or a hyphen).
 _AUTO_REPLY_PRECEDENCE = frozenset({"auto_reply", "auto-reply"})
 
 # RFC 6522: the report-type parameter of multipart/report, quoted or not.
@@ -266,8 +266,8 @@ def _bulk(mail: InboundMail) -> Classification | None:
     precedence = _precedence(mail)
     if precedence in _BULK_PRECEDENCE:
         return bulk(f"Precedence: {precedence}")
-    # RFC 2919 (List-Id) and RFC 2369 (List-Unsubscribe): mailing lists and
-    # newsletters; RFC 8058 makes List-Unsubscribe mandatory for bulk senders.
+    # RFC 2919 (List-Id) and RFC 2369 (List-Unsubscribe) mark mailing lists;
+    # newsletters and marketing senders carry List-Unsubscribe too.
     for name in ("List-Id", "List-Unsubscribe"):
         if name.lower() in mail.headers:
             return bulk(f"{name}: {_show(mail.header(name))}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -145,11 +146,22 @@ def parse_inbound(raw: bytes, *, web_form_senders: Iterable[str] = ()) -> Inboun
 
 
 def _decode_header_value(value: Any) -> str:
-    """Decode an RFC 2047 header value into clean Unicode (never raises)."""
-    try:
-        text = str(make_header(decode_header(str(value))))
-    except Exception:
-        text = str(value)
+    """Decode a raw header value (RFC 2047 words, or raw 8-bit bytes) into clean Unicode.
+
+    Never raises. Raw 8-bit headers are common (RFC 6532 allows UTF-8; older
+    clients send Latin-1): the stdlib keeps their bytes as surrogate escapes,
+    which are recovered here and decoded as UTF-8, else as Windows-1252.
+    """
+    text = str(value)
+    if any("\udc80" <= c <= "\udcff" for c in text):
+        raw = text.encode("ascii", "surrogateescape")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("cp1252", "replace")
+    # Malformed encoded words: keep the text as it came.
+    with contextlib.suppress(Exception):
+        text = str(make_header(decode_header(text)))
     return _clean(text)
 
 
@@ -164,7 +176,9 @@ def _one_line(text: str) -> str:
 
 def _collect_headers(message: Any) -> dict[str, tuple[str, ...]]:
     headers: dict[str, list[str]] = {}
-    for name, value in message.items():
+    # raw_items(): the values as they were on the wire, before compat32 turns
+    # 8-bit ones into opaque Header objects.
+    for name, value in message.raw_items():
         headers.setdefault(str(name).lower(), []).append(_decode_header_value(value))
     return {name: tuple(values) for name, values in headers.items()}
 

@@ -116,7 +116,6 @@ def build_message(envelope: Envelope, body: RenderedBody) -> EmailMessage:
         if len(refs) > 20:
             refs = refs[:1] + refs[-19:]
         msg["References"] = " ".join(refs)
-    msg["Content-Language"] = "es-MX" if envelope.language == "es" else envelope.language
     if envelope.auto_reply:
         # RFC 3834: mark it automatic so vacation responders stay quiet; Exchange
         # honours X-Auto-Response-Suppress instead.
@@ -126,4 +125,7 @@ def build_message(envelope: Envelope, body: RenderedBody) -> EmailMessage:
     msg.set_content(body.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     if body.html is not None:
         msg.add_alternative(body.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    # After the body: set_content() clears every Content-* header and
+    # add_alternative() moves them into the first part, so set earlier it was lost.
+    msg["Content-Language"] = "es-MX" if envelope.language == "es" else one_line(envelope.language)
     return msg

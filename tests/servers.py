@@ -461,7 +461,7 @@ class Dovecot:
     @contextmanager
     def client(self, user: str) -> Iterator[IMAPClient]:
         """A logged-in IMAPClient for user on the plain port; logs out on exit."""
-        # ssl=False: IMAPClient defaults to implicit TLS (WRONG_VERSION_NUMBER on port 143-style).
+        # ssl=False: IMAPClient defaults to implicit TLS (SSL WRONG_VERSION_NUMBER on this port).
         with IMAPClient(self.host, port=self.port, ssl=False, timeout=10) as imap:
             imap.login(user, self.users[user])
             yield imap
