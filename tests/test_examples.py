@@ -35,7 +35,7 @@ GOLDEN = {
         "roberto@example.net",
         "Roberto Sánchez",
         "Internet muy lento en las noches",
-        "menos de 1\u00a0Mbps",
+        "(menos de 1 Mbps)",
         MailKind.CUSTOMER,
         (),
     ),
