@@ -106,8 +106,9 @@ _VACATION_PHRASES_SOURCE = (
     "Auto respuesta",
     "Fuera de la oficina",
     "Fuera de oficina",
-    "Ausente",
-    "Vacaciones",
+    # Not "Ausente" or "Vacaciones" alone: customers of an ISP write subjects
+    # like "Vacaciones: suspender servicio", and a real responder also sends
+    # RFC 3834 headers, which catch it anyway.
     "Out of office",
     "Out of the office",
     "Automatic reply",
@@ -147,7 +148,17 @@ def classify(mail: InboundMail, *, own_addresses: frozenset[str] = frozenset()) 
     header and value or the rule that matched, and is ``""`` exactly when the
     kind is ``CUSTOMER``.
     """
-    return _bounce(mail) or _auto_reply(mail, own_addresses) or _bulk(mail) or _CUSTOMER
+    # A delivery report is a bounce whatever else it carries; after that the
+    # auto-reply headers come before the null Return-Path, because Exchange
+    # and others send out-of-office replies with "Return-Path: <>" too, and
+    # only true bounces may mark one of our notices as undeliverable.
+    return (
+        _delivery_report(mail)
+        or _auto_reply(mail, own_addresses)
+        or _bounce(mail)
+        or _bulk(mail)
+        or _CUSTOMER
+    )
 
 
 def is_automatic_address(address: str) -> bool:
@@ -185,12 +196,6 @@ def _bounce(mail: InboundMail) -> Classification | None:
     def bounce(reason: str) -> Classification:
         return Classification(MailKind.BOUNCE, reason)
 
-    # RFC 3464 DSNs travel as multipart/report; report-type=delivery-status
-    # (RFC 6522); a few MTAs send the bare message/delivery-status part.
-    if mail.content_type == "multipart/report" and _report_type(mail) == "delivery-status":
-        return bounce("Content-Type: multipart/report; report-type=delivery-status")
-    if mail.content_type == "message/delivery-status":
-        return bounce("Content-Type: message/delivery-status")
     if "return-path" in mail.headers:
         return_path = mail.header("return-path").strip()
         # RFC 5321 section 4.5.5: notifications are sent with the null
@@ -208,6 +213,18 @@ def _bounce(mail: InboundMail) -> Classification | None:
     if "x-failed-recipients" in mail.headers:
         # Exim and Gmail list the addresses that failed in this header.
         return bounce(f"X-Failed-Recipients: {_show(mail.header('x-failed-recipients'))}")
+    return None
+
+
+def _delivery_report(mail: InboundMail) -> Classification | None:
+    # RFC 3464 DSNs travel as multipart/report; report-type=delivery-status
+    # (RFC 6522); a few MTAs send the bare message/delivery-status part.
+    if mail.content_type == "multipart/report" and _report_type(mail) == "delivery-status":
+        return Classification(
+            MailKind.BOUNCE, "Content-Type: multipart/report; report-type=delivery-status"
+        )
+    if mail.content_type == "message/delivery-status":
+        return Classification(MailKind.BOUNCE, "Content-Type: message/delivery-status")
     return None
 
 

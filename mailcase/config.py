@@ -50,7 +50,9 @@ def _check_address(value: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a ValidationError's text (shown by --debug) would
+    # otherwise quote the offending table, password and all.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class _Secret(_Section):
@@ -230,6 +232,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
         frozen=True,
+        hide_input_in_errors=True,  # see _Section
         env_prefix="MAILCASE_",
         env_nested_delimiter="__",
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email.policy
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -36,7 +37,10 @@ import mailparser
 
 from mailcase.errors import MessageError
 
-_MSGID_RE = re.compile(r"<[^<>\s]+>")
+# RFC 5322 3.6.4 msg-id: printable ASCII inside angle brackets. Ids with other
+# characters cannot be echoed back in our In-Reply-To/References, so they are
+# not treated as ids at all.
+_MSGID_RE = re.compile(r"<[!-;=?-~]+>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +163,16 @@ def _decode_header_value(value: Any) -> str:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = raw.decode("cp1252", "replace")
-    # Malformed encoded words: keep the text as it came.
-    with contextlib.suppress(Exception):
+    try:
         text = str(make_header(decode_header(text)))
+    except Exception:
+        # make_header gives up on the whole value for one bad encoded word (an
+        # unknown charset such as =?x-unknown?q?...?=, bytes invalid in the
+        # declared charset, or non-ASCII text next to an encoded word), which
+        # left "=?utf-8?q?...?=" in subjects. The modern parser decodes each
+        # word on its own and replaces what it cannot read; else keep the text.
+        with contextlib.suppress(Exception):
+            text = str(email.policy.default.header_factory("x-unstructured", text))
     return _clean(text)
 
 
@@ -207,7 +218,13 @@ def _first_msgid(values: Iterable[str]) -> str | None:
     # Some mailers omit the brackets; keep a bare token rather than lose the id.
     for value in values:
         token = value.strip()
-        if token and " " not in token and len(token) < 500:
+        if (
+            token
+            and token.isascii()
+            and token.isprintable()
+            and " " not in token
+            and len(token) < 500
+        ):
             return f"<{token}>"
     return None
 

@@ -27,7 +27,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-LOOP_HEADER = "X-Mailcase-Loop"
+from mailcase.classify import LOOP_HEADER
 
 
 def shipped_templates() -> Path:

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.policy import SMTP as SMTP_POLICY
+from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -241,11 +242,11 @@ def _ingest(
     mail = parse_inbound(fetched.raw, web_form_senders=settings.web_form.senders)
 
     earlier = ledger_by_key(session, mail.dedup_key)
-    same_box = [e for e in earlier if e.mailbox == mailbox]
-    if same_box:
-        # Seen in this mailbox before, under another UIDVALIDITY or UID (the
-        # folder was rebuilt): the same message at a new address, not new mail.
-        entry = same_box[0]
+    stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
+    if stale:
+        # Seen in this mailbox under an older UIDVALIDITY (the folder was
+        # rebuilt): the same message at a new address, not new mail.
+        entry = stale[0]
         entry.uidvalidity, entry.uid = uidvalidity, fetched.uid
         session.add(entry)
         _advance(session, mailbox, uidvalidity, fetched.uid)
@@ -451,7 +452,7 @@ def queue_acknowledgement(rt: Runtime, session: Session, case: Case, mail: Inbou
         mail_from=box.address,
         rcpt_to=case.customer,
         message_id=envelope.message_id,
-        raw=message.as_bytes(policy=SMTP_POLICY),
+        raw=message.as_bytes(policy=SMTP_POLICY if case.customer.isascii() else SMTPUTF8_POLICY),
         next_attempt_at=now,
         created_at=now,
     )

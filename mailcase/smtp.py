@@ -82,14 +82,24 @@ class SmtpConnection:
         """Hand one message over; raise DeliveryError (retry) or PermanentDeliveryError."""
         if self.client is None:
             raise DeliveryError("SMTP connection is closed")
+        options: list[str] = []
+        if not (mail_from + rcpt_to).isascii():
+            # RFC 6531: a non-ASCII address needs the server's SMTPUTF8 extension.
+            if not self.client.has_extn("smtputf8"):
+                raise PermanentDeliveryError(
+                    f"the SMTP server cannot deliver to the non-ASCII address {rcpt_to}"
+                )
+            options.append("SMTPUTF8")
         try:
-            refused = self.client.sendmail(mail_from, [rcpt_to], raw)
+            refused = self.client.sendmail(mail_from, [rcpt_to], raw, mail_options=options)
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self.client.close()
             self.client = None
             raise DeliveryError(f"connection lost while sending ({exc})") from exc
         except smtplib.SMTPException as exc:
             raise _classify(exc, f"server refused the message to {rcpt_to}") from exc
+        except (UnicodeError, ValueError) as exc:
+            raise PermanentDeliveryError(f"cannot send to {rcpt_to}: {exc}") from exc
         if refused:
             code, text = next(iter(refused.values()))
             raise _classify(smtplib.SMTPResponseException(code, text), f"server refused {rcpt_to}")
