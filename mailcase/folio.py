@@ -42,8 +42,10 @@ def find_folios(subject: str, prefix: str) -> list[str]:
     return list(found)
 
 
+# The colon class was meant to hold the full-width colon (U+FF1A) that CJK
+# clients write, as in classify.py; it had lost it and held ":" twice.
 _REPLY_PREFIX = re.compile(
-    r"^\s*(?:(?:re|rv|fw|fwd|tr|aw|wg|r|enc|res|ref)\s*(?:\[\d+\])?\s*[::]\s*)+",
+    r"^\s*(?:(?:re|rv|fw|fwd|tr|aw|wg|r|enc|res|ref)\s*(?:\[\d+\])?\s*[:\uff1a]\s*)+",
     re.IGNORECASE,
 )
 

@@ -1,0 +1,78 @@
+"""``mailcase run`` as a real process: it polls on schedule and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_daemon_polls_delivers_and_exits_zero_on_signal(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, sig: signal.Signals
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    mailboxes.append("contacto", mail(subject="Primer reporte"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailcase", "--config", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        sink.wait_for(1, timeout=20)
+        # New mail while it runs is picked up by the next scheduled poll (5 s).
+        mailboxes.append("info", mail(subject="Segundo reporte", to="info@internet-plarey.com.mx"))
+        sink.wait_for(2, timeout=20)
+    finally:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    events = _events(err)
+    names = [e["event"] for e in events]
+    assert "daemon_started" in names and names[-1] == "daemon_stopped"
+    ingested = [e for e in events if e["event"] == "message_ingested"]
+    assert {e["mailbox"] for e in ingested} == {"contacto", "info"}
+    for e in ingested:
+        assert {"mailbox", "uid", "message_id", "folio", "disposition"} <= e.keys()
+    assert "contacto-secret" not in err and "Hola" not in err  # no passwords, no bodies
+    assert len(Cli(config, capsys).json("cases", "list")) == 2
+
+
+def test_daemon_keeps_running_when_a_mailbox_fails(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    mailboxes.set_password("info", "otra-clave")  # the config keeps the old one
+    mailboxes.append("contacto", mail())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailcase", "--config", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        sink.wait_for(1, timeout=20)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still running
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    failures = [e for e in _events(err) if e["event"] == "mailbox_failed"]
+    assert failures and failures[0]["mailbox"] == "info", err
+    assert "login refused" in failures[0]["error"]
