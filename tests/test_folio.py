@@ -139,7 +139,7 @@ TAG = f"[Folio {FOLIO}]"
         "RE: Sin internet",
         f"{TAG} Sin internet",
         f"RE: {TAG} Sin internet",
-        f"RE: RV: [folio plr-2026-123] Sin internet",
+        "RE: RV: [folio plr-2026-123] Sin internet",
         f"Sin internet {TAG}",
         f"{TAG} {TAG} Sin internet",
     ],

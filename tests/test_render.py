@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailcase.classify import LOOP_HEADER
 from mailcase.render import (
-    LOOP_HEADER,
     Envelope,
     RenderedBody,
     build_message,
@@ -132,9 +132,7 @@ def test_html_escapes_the_customers_name_and_subject() -> None:
 @pytest.mark.parametrize("language", ["es", "en"])
 @pytest.mark.parametrize("payload", ["{{ 7*7 }}", "{% raw %}", "{{ company.__class__ }}", "{#"])
 def test_customer_text_is_data_never_template_source(language: str, payload: str) -> None:
-    body = render_body(
-        "acknowledgement", language, context(customer_name=payload, subject=payload)
-    )
+    body = render_body("acknowledgement", language, context(customer_name=payload, subject=payload))
     assert body.html is not None
     assert payload in body.text  # rendered literally...
     assert "49" not in body.text  # ...never evaluated
@@ -201,9 +199,7 @@ def test_long_reference_chains_are_trimmed_from_the_middle() -> None:
 
 
 @pytest.mark.parametrize("field", ["subject", "from_name", "to_addr", "in_reply_to"])
-@pytest.mark.parametrize(
-    "newline", ["\r\n", "\n", "\r", "\u2028", "\u0085", "\x00"], ids=repr
-)
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r", "\u2028", "\u0085", "\x00"], ids=repr)
 def test_no_field_can_inject_a_header(field: str, newline: str) -> None:
     value = {
         "subject": "Sin internet",

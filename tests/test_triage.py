@@ -39,7 +39,10 @@ def inbound(
     return parse_inbound(raw.encode("utf-8"))
 
 
-def decide(mail: InboundMail, facts: Facts = Facts()) -> Decision:
+NO_FACTS = Facts()
+
+
+def decide(mail: InboundMail, facts: Facts = NO_FACTS) -> Decision:
     """Triage as the service does, except that classify is not told our own addresses.
 
     (The service passes them to classify too, which then calls such mail an
@@ -225,9 +228,7 @@ def test_mailer_daemon_is_never_answered_even_if_classify_missed_it() -> None:
     # own guard keeps it unanswered should a classification ever say "customer".
     mail = inbound(sender="MAILER-DAEMON@mx.example.net")
     assert decide(mail).disposition is Disposition.BOUNCE
-    decision = triage(
-        mail, Classification(MailKind.CUSTOMER, ""), Facts(), own_addresses=OWN
-    )
+    decision = triage(mail, Classification(MailKind.CUSTOMER, ""), NO_FACTS, own_addresses=OWN)
     assert decision.disposition is Disposition.NEW_CASE
     assert decision.open_case
     assert not decision.acknowledge
