@@ -27,7 +27,7 @@ def _folio_pattern(prefix: str) -> re.Pattern[str]:
     # The prefix comes from config: escape it, never splice it raw into a regex.
     sep = r"[\s_]*[-‐‑–—][\s_]*"  # ASCII and Unicode dashes some clients substitute
     return re.compile(
-        rf"(?<![A-Za-z0-9]){re.escape(prefix)}{sep}(\d{{4}}){sep}(\d{{1,9}})(?!\d)",
+        rf"(?<![A-Za-z0-9]){re.escape(prefix)}{sep}([0-9]{{4}}){sep}([0-9]{{1,9}})(?![0-9])",
         re.IGNORECASE,
     )
 
@@ -45,7 +45,7 @@ def find_folios(subject: str, prefix: str) -> list[str]:
 # The colon class was meant to hold the full-width colon (U+FF1A) that CJK
 # clients write, as in classify.py; it had lost it and held ":" twice.
 _REPLY_PREFIX = re.compile(
-    r"^\s*(?:(?:re|rv|fw|fwd|tr|aw|wg|r|enc|res|ref)\s*(?:\[\d+\])?\s*[:\uff1a]\s*)+",
+    r"^\s*(?:(?:re|rv|fw|fwd|tr|aw|wg|r|enc|res)\s*(?:\[\d+\])?\s*[:\uff1a]\s*)+",
     re.IGNORECASE,
 )
 

@@ -53,9 +53,8 @@ def test_whole_corpus_is_accounted_for(
     assert len(cases) == counts["new_case"]
     # Nothing automatic was answered.
     answered = {r.rcpt_tos[0] for r in sink.wait_for(0)}
-    automatic = {
-        c["customer"] for c in cases if c["customer"].split("@")[0] in {"mailer-daemon", "postmaster"}
-    }
+    daemons = {"mailer-daemon", "postmaster"}
+    automatic = {c["customer"] for c in cases if c["customer"].split("@")[0] in daemons}
     assert not answered & automatic
     # A second poll finds nothing new.
     cli.poll()

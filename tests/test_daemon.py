@@ -40,7 +40,7 @@ def test_daemon_polls_delivers_and_exits_zero_on_signal(
         sink.wait_for(2, timeout=20)
     finally:
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     events = _events(err)
     names = [e["event"] for e in events]
