@@ -48,5 +48,29 @@ class BlobStore:
             raise
         return digest
 
+    def put_file(self, source: Path) -> str:
+        """Move the file ``source`` into the store (hashed in chunks); return its sha256."""
+        digest = hashlib.sha256()
+        with source.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        sha = digest.hexdigest()
+        target = self.path(sha)
+        if target.exists():
+            source.unlink(missing_ok=True)
+            return sha
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        source.chmod(0o600)
+        os.replace(source, target)
+        return sha
+
+    def spool_path(self) -> Path:
+        """A fresh owner-only file name on the store's file system for streaming into."""
+        spool = self.directory / "spool"
+        spool.mkdir(exist_ok=True, mode=0o700)
+        fd, name = tempfile.mkstemp(dir=spool, prefix="msg-")
+        os.close(fd)
+        return Path(name)
+
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     msg_list.add_argument("--mailbox", help="only this mailbox")
     msg_list.add_argument("--json", action="store_true")
 
+    msg_retry = msg_actions.add_parser("retry", help="process a quarantined message again")
+    msg_retry.add_argument("uid", type=int)
+    msg_retry.add_argument("--mailbox", required=True, help="the mailbox it was fetched from")
+
+    outbox = commands.add_parser("outbox", help="notices waiting for, or done with, SMTP")
+    out_actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+    out_list = out_actions.add_parser("list", help="pending, sent and failed notices")
+    out_list.add_argument("--status", help="only this status (queued, sent, failed, suppressed)")
+    out_list.add_argument("--json", action="store_true")
+    out_retry = out_actions.add_parser("retry", help="queue failed notices again, due now")
+    which = out_retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", type=int, help="the notice id (see outbox list)")
+    which.add_argument("--all", action="store_true", help="every failed or queued notice")
+
     db = commands.add_parser("db", help="database schema").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -117,6 +131,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "run": _run,
         "cases": _cases,
         "messages": _messages,
+        "outbox": _outbox,
     }
     return handlers[args.command](args, settings)
 
@@ -265,6 +280,14 @@ def ledger_row(entry: LedgerEntry, folio: str | None) -> dict[str, Any]:
 
 
 def _messages(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "retry":
+        from mailcase.service import Runtime, retry_message
+
+        if args.mailbox not in settings.mailboxes:
+            raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
+        disposition = retry_message(Runtime.open(settings), args.mailbox, args.uid)
+        print(f"message {args.uid} of mailbox {args.mailbox}: {disposition}")
+        return EXIT_OK
     store = _open_store(settings)
     with store.transaction() as session:
         query = (
@@ -281,6 +304,55 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(items)
     else:
         _print_table(items, ["mailbox", "uid", "disposition", "folio", "message_id", "reason"])
+    return EXIT_OK
+
+
+def notice_row(notice: Notice, folio: str | None) -> dict[str, Any]:
+    return {
+        "id": notice.id,
+        "folio": folio,
+        "kind": notice.kind,
+        "status": notice.status,
+        "to": notice.rcpt_to,
+        "from": notice.mail_from,
+        "message_id": notice.message_id,
+        "attempts": notice.attempts,
+        "next_attempt_at": _iso(notice.next_attempt_at) if notice.status == "queued" else None,
+        "last_error": notice.last_error or None,
+        "created_at": _iso(notice.created_at),
+        "sent_at": _iso(notice.sent_at),
+    }
+
+
+def _outbox(args: argparse.Namespace, settings: Settings) -> int:
+    from mailcase.outbox import requeue
+
+    store = _open_store(settings)
+    with store.transaction() as session:
+        if args.action == "retry":
+            if args.all:
+                ids = session.exec(
+                    select(Notice.id).where(col(Notice.status).in_(["failed", "queued"]))
+                ).all()
+            else:
+                if session.get(Notice, args.id) is None:
+                    raise NotFoundError(f"no notice with id {args.id}")
+                ids = [args.id]
+            count = requeue(session, [i for i in ids if i is not None])
+            print(f"{count} notice(s) queued for delivery")
+            return EXIT_OK
+        query = (
+            select(Notice, Case.folio)
+            .join(Case, col(Notice.case_id) == col(Case.id), isouter=True)
+            .order_by(col(Notice.id))
+        )
+        if args.status:
+            query = query.where(Notice.status == args.status)
+        items = [notice_row(n, folio) for n, folio in session.exec(query).all()]
+    if args.json:
+        _print_json(items)
+    else:
+        _print_table(items, ["id", "status", "kind", "folio", "to", "attempts", "last_error"])
     return EXIT_OK
 
 

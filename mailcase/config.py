@@ -221,6 +221,16 @@ class CompanySettings(_Section):
     hours: str = ""
 
 
+class LimitsSettings(_Section):
+    """Guards against floods, loops and hostile input."""
+
+    max_acks_per_sender_per_hour: int = Field(default=5, ge=0)
+    max_notices_per_hour: int | None = Field(default=None, ge=0)  # None: no cap
+    max_message_bytes: int = Field(default=50_000_000, ge=10_000)
+    max_mime_parts: int = Field(default=500, ge=1)
+    max_mime_depth: int = Field(default=20, ge=1)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -248,6 +258,7 @@ class Settings(BaseSettings):
     notices: NoticesSettings = NoticesSettings()
     templates: TemplatesSettings = TemplatesSettings()
     company: CompanySettings = CompanySettings()
+    limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -28,9 +29,22 @@ SEEN = b"\\Seen"
 
 @dataclass(frozen=True, slots=True)
 class FetchedMessage:
+    """One message as fetched. For mail over the size limit, ``raw`` holds only
+    its beginning and ``spooled`` the whole message, streamed to a file."""
+
     uid: int
     raw: bytes
     internal_date: datetime | None
+    spooled: Path | None = None
+    size: int | None = None
+
+    @property
+    def full_size(self) -> int:
+        return self.size if self.size is not None else len(self.raw)
+
+
+STREAM_CHUNK = 4 * 1024 * 1024
+HEAD_BYTES = 1024 * 1024  # what is parsed of an oversized message
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -136,6 +150,49 @@ class ImapMailbox:
                 yield FetchedMessage(
                     uid=uid, raw=bytes(raw), internal_date=item.get(b"INTERNALDATE")
                 )
+
+    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of each of ``uids`` (cheap: no bodies are transferred)."""
+        result: dict[int, int] = {}
+        for start in range(0, len(uids), 1000):
+            batch = list(uids[start : start + 1000])
+            try:
+                data = self.client.fetch(batch, [b"RFC822.SIZE"])
+            except (OSError, IMAPClientError) as exc:
+                raise self._fail("fetch failed", exc) from exc
+            for uid, item in data.items():
+                result[int(uid)] = int(item.get(b"RFC822.SIZE", 0))
+        return result
+
+    def fetch_spooled(self, uid: int, size: int, spool: Path) -> FetchedMessage | None:
+        """Stream one large message to ``spool`` in partial fetches; memory stays bounded.
+
+        Returns None when the message vanished (expunged) meanwhile.
+        """
+        head = b""
+        internal_date: datetime | None = None
+        offset = 0
+        with spool.open("wb") as out:
+            while True:
+                section = f"BODY.PEEK[]<{offset}.{STREAM_CHUNK}>".encode()
+                try:
+                    data = self.client.fetch([uid], [section, b"INTERNALDATE"])
+                except (OSError, IMAPClientError) as exc:
+                    raise self._fail("fetch failed", exc) from exc
+                item = data.get(uid)
+                if item is None:
+                    return None
+                internal_date = item.get(b"INTERNALDATE", internal_date)
+                chunk = next((v for k, v in item.items() if k.startswith(b"BODY[]")), b"") or b""
+                out.write(chunk)
+                if len(head) < HEAD_BYTES:
+                    head += chunk[: HEAD_BYTES - len(head)]
+                offset += len(chunk)
+                if len(chunk) < STREAM_CHUNK:
+                    break
+        return FetchedMessage(
+            uid=uid, raw=head, internal_date=internal_date, spooled=spool, size=offset or size
+        )
 
     def mark_done(self, uids: Sequence[int]) -> None:
         """Flag ``uids`` as handled; a failure here loses nothing (cosmetic)."""

@@ -101,12 +101,27 @@ class InboundMail:
         return self.message_id or f"sha256:{self.raw_sha256}"
 
 
-def parse_inbound(raw: bytes, *, web_form_senders: Iterable[str] = ()) -> InboundMail:
+_PART_HEADER_RE = re.compile(rb"^content-type:", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_inbound(
+    raw: bytes,
+    *,
+    web_form_senders: Iterable[str] = (),
+    max_parts: int = 500,
+    max_depth: int = 20,
+) -> InboundMail:
     """Parse ``raw`` into an :class:`InboundMail`.
 
     Guarantees: never raises for bad charsets or encodings (they are replaced);
-    raises :class:`MessageError` when mail-parser cannot parse the bytes at all.
+    raises :class:`MessageError` when mail-parser cannot parse the bytes at all,
+    or when the MIME structure has more than ``max_parts`` parts or is nested
+    deeper than ``max_depth`` (hostile structures must not cost unbounded time).
     """
+    # Counted on the raw bytes before parsing, so a part bomb costs one regex scan.
+    parts = len(_PART_HEADER_RE.findall(raw))
+    if parts > max_parts:
+        raise MessageError(f"message has {parts} MIME parts, more than the limit of {max_parts}")
     try:
         parsed = mailparser.parse_from_bytes(raw)
         message = parsed.message
@@ -115,6 +130,11 @@ def parse_inbound(raw: bytes, *, web_form_senders: Iterable[str] = ()) -> Inboun
     if message is None:
         raise MessageError("cannot parse message: no content")
 
+    depth = _mime_depth(message)
+    if depth > max_depth:
+        raise MessageError(
+            f"MIME structure nested {depth} deep, more than the limit of {max_depth}"
+        )
     headers = _collect_headers(message)
     from_pairs = _addresses(headers.get("from", ()))
     from_address = from_pairs[0][1] if from_pairs else ""
@@ -147,6 +167,19 @@ def parse_inbound(raw: bytes, *, web_form_senders: Iterable[str] = ()) -> Inboun
         size=len(raw),
         defects=tuple(sorted(str(c) for c in (parsed.defects_categories or ()))),
     )
+
+
+def _mime_depth(message: Any) -> int:
+    """How deeply multiparts nest (1 for a single part), without recursion."""
+    deepest, stack = 0, [(message, 1)]
+    while stack:
+        part, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend((child, depth + 1) for child in payload)
+    return deepest
 
 
 def _decode_header_value(value: Any) -> str:

@@ -82,7 +82,9 @@ def deliver_outbox(
         # notices': keep them queued until it is fixed or they expire.
         log.warning("smtp_unavailable", error=str(exc), queued=len(ids))
         for notice_id in ids:
-            _record_failure(store, settings, notice_id, exc, permanent=False, report=report)
+            _record_failure(
+                store, settings, notice_id, exc, permanent=False, report=report, now=now
+            )
         return report
     try:
         for notice_id in ids:
@@ -110,6 +112,7 @@ def deliver_outbox(
                     exc,
                     permanent=isinstance(exc, PermanentDeliveryError),
                     report=report,
+                    now=now,
                 )
                 continue
             with store.transaction() as session:
@@ -137,9 +140,9 @@ def _record_failure(
     *,
     permanent: bool,
     report: DeliveryReport,
+    now: datetime,
 ) -> None:
     log = get_logger()
-    now = utcnow()
     with store.transaction() as session:
         notice = session.get(Notice, notice_id)
         if notice is None:

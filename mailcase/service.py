@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from mailcase.blobs import BlobStore
-from mailcase.classify import Classification, MailKind, classify
+from mailcase.classify import Classification, MailKind, classify, is_automatic_address
 from mailcase.config import MailboxSettings, Settings
-from mailcase.errors import DatabaseError, MessageError
+from mailcase.errors import DatabaseError, MessageError, NotFoundError
 from mailcase.folio import (
     find_folios,
     format_folio,
@@ -96,7 +97,7 @@ def poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
         last_uid = _checkpoint(rt.store, name, box.uidvalidity, log)
         uids = box.uids_after(last_uid)
         handled: list[int] = []
-        for fetched in box.fetch(uids, rt.settings.poll.batch_size):
+        for fetched in _fetch_planned(rt, box, uids):
             disposition = ingest_message(rt, name, box.uidvalidity, fetched)
             report.fetched += 1
             report.dispositions[disposition] += 1
@@ -116,6 +117,41 @@ def poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
                 session.add(checkpoint)
     log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions))
     return report
+
+
+BATCH_BYTES = 32 * 1024 * 1024  # at most this much message data in memory per FETCH
+
+
+def _fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[FetchedMessage]:
+    """Fetch ``uids`` in order: ordinary mail in batches bounded by count and bytes,
+    mail over ``limits.max_message_bytes`` streamed to a spool file one at a time."""
+    if not uids:
+        return
+    sizes = box.sizes(uids)
+    limit = rt.settings.limits.max_message_bytes
+    batch: list[int] = []
+    batch_bytes = 0
+
+    def flush() -> Iterator[FetchedMessage]:
+        yield from box.fetch(batch, len(batch) or 1)
+
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if size > limit:
+            yield from flush()
+            batch, batch_bytes = [], 0
+            spooled = box.fetch_spooled(uid, size, rt.blobs.spool_path())
+            if spooled is not None:
+                yield spooled
+            continue
+        if batch and (
+            len(batch) >= rt.settings.poll.batch_size or batch_bytes + size > BATCH_BYTES
+        ):
+            yield from flush()
+            batch, batch_bytes = [], 0
+        batch.append(uid)
+        batch_bytes += size
+    yield from flush()
 
 
 def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> int:
@@ -138,11 +174,16 @@ def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> int:
 
 
 def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: FetchedMessage) -> str:
-    """Process one fetched message; return its disposition. Never raises for bad mail."""
+    """Process one fetched message; return its disposition. Never raises for bad mail.
+
+    The raw bytes are stored first (idempotent, content-addressed), so even a
+    message that fails every later step is kept and can be retried.
+    """
     log = get_logger(mailbox=mailbox, uid=fetched.uid)
+    raw_sha = rt.blobs.put_file(fetched.spooled) if fetched.spooled else rt.blobs.put(fetched.raw)
     try:
         with rt.store.transaction() as session:
-            entry = _ingest(rt, session, mailbox, uidvalidity, fetched)
+            entry = _ingest(rt, session, mailbox, uidvalidity, fetched, raw_sha)
     except DatabaseError:
         raise
     except Exception as exc:  # a bad message costs one message (Mailman's runner)
@@ -150,7 +191,7 @@ def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: Fetched
         log.warning("message_quarantined", disposition="quarantined", reason=reason)
         try:
             with rt.store.transaction() as session:
-                entry = _quarantine(rt, session, mailbox, uidvalidity, fetched, reason)
+                entry = _quarantine(session, mailbox, uidvalidity, fetched, raw_sha, reason)
         except SQLAlchemyError as db_exc:
             raise DatabaseError(
                 f"cannot record message {fetched.uid} of mailbox {mailbox}: {db_exc}"
@@ -163,6 +204,27 @@ def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: Fetched
         reason=entry.reason or None,
     )
     return entry.disposition
+
+
+def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
+    """Process a quarantined message again from its stored raw bytes; return the new disposition.
+
+    Raises NotFoundError when (mailbox, uid) has no quarantined ledger row.
+    """
+    with rt.store.transaction() as session:
+        entry = session.exec(
+            select(LedgerEntry)
+            .where(LedgerEntry.mailbox == mailbox, LedgerEntry.uid == uid)
+            .order_by(col(LedgerEntry.id).desc())
+        ).first()
+        if entry is None or entry.disposition != Disposition.QUARANTINED:
+            state = "does not exist" if entry is None else f"is {entry.disposition}"
+            raise NotFoundError(f"message {uid} of mailbox {mailbox} {state}, not quarantined")
+        uidvalidity, received = entry.uidvalidity, entry.received_at
+        raw = rt.blobs.get(entry.raw_sha256)
+        session.delete(entry)
+    fetched = FetchedMessage(uid=uid, raw=raw, internal_date=received)
+    return ingest_message(rt, mailbox, uidvalidity, fetched)
 
 
 def _error_reason(exc: BaseException) -> str:
@@ -199,26 +261,25 @@ def _existing(session: Session, mailbox: str, uidvalidity: int, uid: int) -> Led
 
 
 def _quarantine(
-    rt: Runtime,
     session: Session,
     mailbox: str,
     uidvalidity: int,
     fetched: FetchedMessage,
+    raw_sha: str,
     reason: str,
 ) -> LedgerEntry:
     existing = _existing(session, mailbox, uidvalidity, fetched.uid)
     if existing is not None:
         return existing
-    sha = rt.blobs.put(fetched.raw)
     entry = LedgerEntry(
         mailbox=mailbox,
         uidvalidity=uidvalidity,
         uid=fetched.uid,
-        dedup_key=f"sha256:{sha}",
+        dedup_key=f"sha256:{raw_sha}",
         disposition=Disposition.QUARANTINED,
         reason=reason,
-        raw_sha256=sha,
-        size=len(fetched.raw),
+        raw_sha256=raw_sha,
+        size=fetched.full_size,
         received_at=as_utc(fetched.internal_date),
         ingested_at=utcnow(),
     )
@@ -227,19 +288,39 @@ def _quarantine(
     return entry
 
 
+def _parse(rt: Runtime, fetched: FetchedMessage, raw_sha: str) -> tuple[InboundMail, str]:
+    """The message, and a note for the case when it was too large to keep whole."""
+    limits = rt.settings.limits
+    mail = parse_inbound(
+        fetched.raw,
+        web_form_senders=rt.settings.web_form.senders,
+        max_parts=limits.max_mime_parts,
+        max_depth=limits.max_mime_depth,
+    )
+    if fetched.spooled is None:
+        return mail, ""
+    # Only the beginning was parsed: headers and text, never attachments.
+    mail = replace(mail, attachments=(), raw_sha256=raw_sha, size=fetched.full_size)
+    note = (
+        f"message of {fetched.full_size} bytes is over limits.max_message_bytes "
+        f"({limits.max_message_bytes}): its attachments were not stored"
+    )
+    return mail, note
+
+
 def _ingest(
     rt: Runtime,
     session: Session,
     mailbox: str,
     uidvalidity: int,
     fetched: FetchedMessage,
+    raw_sha: str,
 ) -> LedgerEntry:
     existing = _existing(session, mailbox, uidvalidity, fetched.uid)
     if existing is not None:
         return existing  # committed before a crash lost the checkpoint's news
     settings = rt.settings
-    raw_sha = rt.blobs.put(fetched.raw)
-    mail = parse_inbound(fetched.raw, web_form_senders=settings.web_form.senders)
+    mail, oversize_note = _parse(rt, fetched, raw_sha)
 
     earlier = ledger_by_key(session, mail.dedup_key)
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
@@ -261,7 +342,8 @@ def _ingest(
         own_addresses=settings.own_addresses,
         agent_addresses=frozenset(settings.agents.addresses),
     )
-    case_id = _apply(rt, session, mailbox, mail, raw_sha, classification, decision)
+    case_id = _apply(rt, session, mailbox, mail, raw_sha, classification, decision, oversize_note)
+    reasons = [r for r in (decision.reason, oversize_note) if r]
     entry = LedgerEntry(
         mailbox=mailbox,
         uidvalidity=uidvalidity,
@@ -269,7 +351,7 @@ def _ingest(
         message_id=mail.message_id,
         dedup_key=mail.dedup_key,
         disposition=decision.disposition,
-        reason=decision.reason,
+        reason="; ".join(reasons),
         case_id=case_id,
         raw_sha256=raw_sha,
         size=mail.size,
@@ -316,6 +398,7 @@ def _apply(
     raw_sha: str,
     classification: Classification,
     decision: Decision,
+    note: str = "",
 ) -> int | None:
     """Carry out ``decision`` in ``session``; return the case id the message belongs to."""
     if decision.disposition is Disposition.DUPLICATE:
@@ -346,6 +429,8 @@ def _apply(
     assert case.id is not None
     kind = "customer" if classification.kind is MailKind.CUSTOMER else "system"
     _record_inbound(rt, session, case.id, mail, raw_sha, kind)
+    if note:
+        record_system_note(session, case.id, note)
     if decision.acknowledge:
         queue_acknowledgement(rt, session, case, mail)
     return case.id
@@ -410,6 +495,63 @@ def _record_inbound(
     return message
 
 
+def record_system_note(session: Session, case_id: int, text: str) -> None:
+    """Add a note by mailcase itself to the case (never sent to anyone)."""
+    session.add(
+        CaseMessage(case_id=case_id, direction="in", kind="system", date=utcnow(), text=text)
+    )
+
+
+def _suppression(session: Session, settings: Settings, rcpt: str, kind: str) -> str:
+    """Why a notice to ``rcpt`` must not go out now ("" when it may).
+
+    Loop and flood guards (issue: never mail a loop): our own addresses and
+    automatic ones are never mailed; acknowledgements to one sender and, when
+    set, all notices are capped per hour. Cases are opened regardless.
+    """
+    if rcpt in settings.own_addresses or is_automatic_address(rcpt):
+        return "recipient is one of ours or automatic"
+    since = utcnow() - timedelta(hours=1)
+    counted = col(Notice.status) != NoticeStatus.SUPPRESSED
+    limits = settings.limits
+    if kind == "acknowledgement":
+        sent = session.exec(
+            select(func.count())
+            .select_from(Notice)
+            .where(
+                Notice.rcpt_to == rcpt,
+                Notice.kind == "acknowledgement",
+                col(Notice.created_at) >= since,
+                counted,
+            )
+        ).one()
+        if sent >= limits.max_acks_per_sender_per_hour:
+            return f"limits.max_acks_per_sender_per_hour ({limits.max_acks_per_sender_per_hour})"
+    if limits.max_notices_per_hour is not None:
+        total = session.exec(
+            select(func.count()).select_from(Notice).where(col(Notice.created_at) >= since, counted)
+        ).one()
+        if total >= limits.max_notices_per_hour:
+            return f"limits.max_notices_per_hour ({limits.max_notices_per_hour})"
+    return ""
+
+
+def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
+    # Logged once per recipient and hour: the first suppressed notice only.
+    since = utcnow() - timedelta(hours=1)
+    earlier = session.exec(
+        select(func.count())
+        .select_from(Notice)
+        .where(
+            Notice.rcpt_to == rcpt,
+            Notice.status == NoticeStatus.SUPPRESSED,
+            col(Notice.created_at) >= since,
+        )
+    ).one()
+    if not earlier:
+        get_logger().warning("notices_suppressed", recipient=rcpt, reason=reason)
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2] or "localhost"
 
@@ -443,10 +585,14 @@ def queue_acknowledgement(rt: Runtime, session: Session, case: Case, mail: Inbou
     )
     message = build_message(envelope, body)
     assert case.id is not None
+    suppressed = _suppression(session, settings, case.customer, "acknowledgement")
+    if suppressed:
+        _log_suppression(session, case.customer, suppressed)
     notice = Notice(
         case_id=case.id,
         kind="acknowledgement",
-        status=NoticeStatus.QUEUED,
+        status=NoticeStatus.SUPPRESSED if suppressed else NoticeStatus.QUEUED,
+        last_error=f"not sent: {suppressed}" if suppressed else "",
         # The mailbox is the envelope sender so that bounces of our notices come
         # back to a mailbox we read (and are classified as bounces, never answered).
         mail_from=box.address,

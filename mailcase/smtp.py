@@ -78,6 +78,11 @@ class SmtpConnection:
             self.client.close()
         self.client = None
 
+    def _drop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+
     def send(self, mail_from: str, rcpt_to: str, raw: bytes) -> None:
         """Hand one message over; raise DeliveryError (retry) or PermanentDeliveryError."""
         if self.client is None:
@@ -92,12 +97,15 @@ class SmtpConnection:
             options.append("SMTPUTF8")
         try:
             refused = self.client.sendmail(mail_from, [rcpt_to], raw, mail_options=options)
-        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
-            self.client.close()
-            self.client = None
+        except smtplib.SMTPServerDisconnected as exc:
+            self._drop()
             raise DeliveryError(f"connection lost while sending ({exc})") from exc
+        # SMTPException is an OSError: it must be looked at before plain OSError.
         except smtplib.SMTPException as exc:
             raise _classify(exc, f"server refused the message to {rcpt_to}") from exc
+        except OSError as exc:  # time-out, reset
+            self._drop()
+            raise DeliveryError(f"connection lost while sending ({exc})") from exc
         except (UnicodeError, ValueError) as exc:
             raise PermanentDeliveryError(f"cannot send to {rcpt_to}: {exc}") from exc
         if refused:

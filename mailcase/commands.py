@@ -1,0 +1,277 @@
+"""Commands an agent writes at the top of a reply to work a case by mail (no I/O).
+
+An agent (technician, customer service) answers mailcase's notification of a
+case from an ordinary mail client. The first lines of that answer may be
+commands, one per line, each starting with ``#``::
+
+    #resolver procedente
+    #área soporte-tecnico
+
+    Buenas tardes, don Juan: ya quedó su servicio...
+
+The command block is the ``#`` lines at the very top of the text (blank lines
+before and between them are allowed). The first line that does not start with
+``#`` ends it; that line and everything after it are the agent's words
+(:attr:`ParsedCommands.text`). A ``#`` line further down is ordinary text
+("te llamo a las #3"), never a command.
+
+Every ``#`` line in the block is either a :class:`Command` or a
+:class:`CommandProblem`, never both and never dropped: a typo such as
+``#ntoa`` must not be mistaken for text (it would send an internal note to the
+customer), so it is reported back to the agent instead.
+
+Spanish and English names are aliases of each other, and names and arguments
+compare case- and accent-insensitively (``#Área``, ``#AREA`` and ``#area`` are
+one command), because agents type on phones with auto-capitalisation and
+Spanish keyboards.
+
+The parser never raises and has no notion of "today": whether a visit date is
+in the past, or whether commands contradict each other (``#cerrar`` and
+``#reabrir`` together), is for the caller to decide.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import date, time
+from enum import StrEnum
+from typing import Literal
+
+
+class CommandKind(StrEnum):
+    """What a command asks mailcase to do with the case."""
+
+    NOTE = "note"  # keep the agent's text as an internal note; send nothing to the customer
+    RESOLVE = "resolve"  # resolve with an outcome (procedente / improcedente)
+    VISIT = "visit"  # tell the customer a technician's visit date (and time)
+    ROUTE = "route"  # turn the case over to another area
+    CLOSE = "close"
+    REOPEN = "reopen"
+
+
+Outcome = Literal["valid", "invalid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One well-formed command. Only the fields its ``kind`` uses are set."""
+
+    kind: CommandKind
+    outcome: Outcome | None = None  # RESOLVE only
+    visit_date: date | None = None  # VISIT only
+    visit_time: time | None = None  # VISIT only, and only when a time was written
+    area: str | None = None  # ROUTE only: lower-case ASCII letters, digits, "-" and "_"
+    line: str = ""  # the line as the agent wrote it, surrounding whitespace removed
+
+
+@dataclass(frozen=True, slots=True)
+class CommandProblem:
+    """A ``#`` line of the command block that is not a well-formed command.
+
+    ``problem`` is one of :data:`PROBLEM_CODES`; templates turn it into a sentence.
+    """
+
+    line: str  # the line as the agent wrote it, surrounding whitespace removed
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCommands:
+    """The command block of a message, split into commands, problems and the rest."""
+
+    commands: tuple[Command, ...]
+    problems: tuple[CommandProblem, ...]
+    text: str  # the lines after the command block, leading blank lines removed
+
+
+# The short codes CommandProblem.problem takes. "bad_area" is for an area name
+# with characters outside letters, digits, "-" and "_" (e.g. "soporte/redes").
+PROBLEM_CODES: tuple[str, ...] = (
+    "unknown",
+    "missing_outcome",
+    "bad_outcome",
+    "bad_date",
+    "bad_time",
+    "missing_area",
+    "bad_area",
+    "unexpected_argument",
+)
+
+# The valid forms, Spanish first, for the help footer of notices to agents.
+COMMAND_FORMS: tuple[str, ...] = (
+    "#nota / #note",
+    "#resolver procedente|improcedente / #resolve valid|invalid",
+    "#visita AAAA-MM-DD [HH:MM] / #visit YYYY-MM-DD [HH:MM]",
+    "#area NOMBRE / #route NAME",
+    "#cerrar / #close",
+    "#reabrir / #reopen",
+)
+
+# Names after folding (lower case, no accents): "#Área" → "area".
+_NAMES: dict[str, CommandKind] = {
+    "nota": CommandKind.NOTE,
+    "note": CommandKind.NOTE,
+    "resolver": CommandKind.RESOLVE,
+    "resolve": CommandKind.RESOLVE,
+    "visita": CommandKind.VISIT,
+    "visit": CommandKind.VISIT,
+    "area": CommandKind.ROUTE,
+    "route": CommandKind.ROUTE,
+    "cerrar": CommandKind.CLOSE,
+    "close": CommandKind.CLOSE,
+    "reabrir": CommandKind.REOPEN,
+    "reopen": CommandKind.REOPEN,
+}
+
+# Both vocabularies in either language: an agent who writes "#resolve
+# procedente" has made their meaning plain, and refusing it only costs a
+# round trip.
+_OUTCOMES: dict[str, Outcome] = {
+    "procedente": "valid",
+    "valid": "valid",
+    "improcedente": "invalid",
+    "invalid": "invalid",
+}
+
+# re.ASCII: \d would otherwise accept Arabic-Indic and other digits, which
+# int() reads but no agent means.
+_DATE_RE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})", re.ASCII)
+_TIME_RE = re.compile(r"(\d{1,2}):(\d{2})", re.ASCII)
+_AREA_RE = re.compile(r"[a-z0-9_-]+", re.ASCII)
+
+
+def parse_commands(text: str) -> ParsedCommands:
+    """Split ``text`` into its leading command block and the agent's words.
+
+    Guarantees, for any string:
+
+    * never raises;
+    * every ``#`` line of the block yields exactly one :class:`Command` or one
+      :class:`CommandProblem`, in the order written;
+    * ``text`` is ``"\\n".join(lines[k:])`` for ``lines = text.split("\\n")`` and
+      some ``k`` (so it is a suffix of the input); it is empty or starts with a
+      non-blank line that does not start with ``#``.
+
+    A line is blank when it is only whitespace; a line belongs to the block
+    when, leading whitespace removed, it starts with ``#``.
+    """
+    # Split on "\n" only (not str.splitlines, which also splits on \x0b, \x1c,
+    # U+2028...) so that the remaining text is an exact suffix of the input;
+    # a "\r" left by CRLF text is whitespace to strip() below.
+    lines = text.split("\n")
+    commands: list[Command] = []
+    problems: list[CommandProblem] = []
+    index = 0
+    while index < len(lines):
+        stripped = lines[index].strip()
+        if stripped.startswith("#"):
+            parsed = _parse_line(stripped)
+            if isinstance(parsed, Command):
+                commands.append(parsed)
+            else:
+                problems.append(parsed)
+        elif stripped:
+            break
+        index += 1
+    return ParsedCommands(
+        commands=tuple(commands), problems=tuple(problems), text="\n".join(lines[index:])
+    )
+
+
+def _fold(value: str) -> str:
+    """``value`` lower-cased without accents: "Área" → "area", "ÉXITO" → "exito"."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _parse_line(line: str) -> Command | CommandProblem:
+    """One ``#`` line (already stripped) → a command, or the reason it is not one."""
+    words = line[1:].split()
+    if line[1:2].isspace():
+        # "# nota" reads as a Markdown heading or a list, not as "#nota".
+        words = []
+    # A colon after the name ("#nota:", "#visita: 2026-12-03") is how many
+    # people write a label; accept it rather than bounce the message.
+    name = _fold(words[0]).removesuffix(":") if words else ""
+    kind = _NAMES.get(name)
+    if kind is None:
+        # Also "#1 en mi lista", "# nota" and a bare "#": the agent's block
+        # starts with something that looks like a command, so say so.
+        return CommandProblem(line, "unknown")
+    args = words[1:]
+    if kind is CommandKind.RESOLVE:
+        return _resolve(line, args)
+    if kind is CommandKind.VISIT:
+        return _visit(line, args)
+    if kind is CommandKind.ROUTE:
+        return _route(line, args)
+    if args:
+        # "#nota llamé al cliente" would lose the note's words: they belong on
+        # the next line, where they become the text.
+        return CommandProblem(line, "unexpected_argument")
+    return Command(kind, line=line)
+
+
+def _resolve(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return CommandProblem(line, "missing_outcome")
+    outcome = _OUTCOMES.get(_fold(args[0]))
+    if outcome is None:
+        # Includes "no procedente": the outcome must be one word, so that
+        # "no" can never be read as its opposite.
+        return CommandProblem(line, "bad_outcome")
+    if len(args) > 1:
+        return CommandProblem(line, "unexpected_argument")
+    return Command(CommandKind.RESOLVE, outcome=outcome, line=line)
+
+
+def _visit(line: str, args: list[str]) -> Command | CommandProblem:
+    visit_date = _date(args[0]) if args else None
+    if visit_date is None:
+        return CommandProblem(line, "bad_date")
+    visit_time: time | None = None
+    if len(args) > 1:
+        visit_time = _time(args[1])
+        if visit_time is None:
+            return CommandProblem(line, "bad_time")
+    if len(args) > 2:
+        # "10:30 am", "10:30 hrs": refuse rather than guess what was meant.
+        return CommandProblem(line, "unexpected_argument")
+    return Command(CommandKind.VISIT, visit_date=visit_date, visit_time=visit_time, line=line)
+
+
+def _date(word: str) -> date | None:
+    """An ISO date that exists (no 2026-02-30), or None."""
+    match = _DATE_RE.fullmatch(word)
+    if match is None:
+        return None
+    try:
+        return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    except ValueError:
+        return None
+
+
+def _time(word: str) -> time | None:
+    """A 24-hour ``H:MM``/``HH:MM`` time that exists (no 24:00, no 10:60), or None."""
+    match = _TIME_RE.fullmatch(word)
+    if match is None:
+        return None
+    try:
+        return time(int(match.group(1)), int(match.group(2)))
+    except ValueError:
+        return None
+
+
+def _route(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return CommandProblem(line, "missing_area")
+    if len(args) > 1:
+        return CommandProblem(line, "unexpected_argument")
+    # Folded like the command name, so "Soporte-Técnico" is "soporte-tecnico":
+    # area names are configuration keys, and an accent is not a different area.
+    area = _fold(args[0])
+    if not _AREA_RE.fullmatch(area):
+        return CommandProblem(line, "bad_area")
+    return Command(CommandKind.ROUTE, area=area, line=line)
