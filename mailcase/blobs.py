@@ -35,7 +35,7 @@ class BlobStore:
         target = self.path(digest)
         if target.exists():
             return digest
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._make_parents(target)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -59,7 +59,7 @@ class BlobStore:
         if target.exists():
             source.unlink(missing_ok=True)
             return sha
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._make_parents(target)
         source.chmod(0o600)
         os.replace(source, target)
         return sha
@@ -71,6 +71,13 @@ class BlobStore:
         fd, name = tempfile.mkstemp(dir=spool, prefix="msg-")
         os.close(fd)
         return Path(name)
+
+    @staticmethod
+    def _make_parents(target: Path) -> None:
+        # One level at a time: mkdir(parents=True) gives the parents the
+        # umask's mode, not 0700.
+        for directory in (target.parent.parent, target.parent):
+            directory.mkdir(exist_ok=True, mode=0o700)
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

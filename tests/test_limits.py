@@ -1,0 +1,154 @@
+"""Loops, floods, oversized and hostile mail, file permissions: against the real servers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import CONTACTO, Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+
+def cli_for(tmp_path: Path, imap: Dovecot, sink: SmtpSink, capsys: Any, extra: str = "") -> Cli:
+    return Cli(write_config(tmp_path, imap, sink, extra=extra), capsys)
+
+
+def test_acknowledgements_per_sender_are_capped_but_cases_open(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_acks_per_sender_per_hour = 2\n")
+    mailboxes.append_many("contacto", [mail(subject=f"Reporte {i}") for i in range(4)])
+    mailboxes.append("contacto", mail(sender="otra@example.com"))
+    code, _, err = cli("poll")
+    assert code == 0
+    assert len(cli.json("cases", "list")) == 5
+    rcpts = sorted(m.rcpt_tos[0] for m in sink.messages)
+    assert rcpts == ["juan.perez@example.com"] * 2 + ["otra@example.com"]
+    statuses = sorted(n["status"] for n in cli.json("outbox", "list"))
+    assert statuses == ["sent"] * 3 + ["suppressed"] * 2
+    logged = [line for line in err.splitlines() if '"notices_suppressed"' in line]
+    assert len(logged) == 1  # logged once, not per suppressed notice
+
+
+def test_total_notices_per_hour_cap(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_notices_per_hour = 3\n")
+    mailboxes.append_many("contacto", [mail(sender=f"cliente{i}@example.com") for i in range(5)])
+    cli.poll()
+    assert len(cli.json("cases", "list")) == 5
+    assert len(sink.messages) == 3
+
+
+@pytest.mark.parametrize(
+    ("sender", "headers", "disposition"),
+    [
+        (CONTACTO, {}, "auto_reply"),  # our own mailbox: never answered
+        ("soporte@internet-plarey.com.mx", {}, "auto_reply"),  # agents.notify
+        ("juan@example.com", {"X-Mailcase-Loop": CONTACTO}, "auto_reply"),  # our loop header
+    ],
+)
+def test_never_answers_itself(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    sender: str,
+    headers: dict[str, str],
+    disposition: str,
+) -> None:
+    cli = cli_for(tmp_path, mailboxes, sink, capsys)
+    mailboxes.append("contacto", mail(sender=sender, headers=headers))
+    cli.poll()
+    assert [r["disposition"] for r in cli.json("messages", "list")] == [disposition]
+    assert sink.messages == []
+
+
+def test_noreply_sender_opens_a_case_without_notice(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = cli_for(tmp_path, mailboxes, sink, capsys)
+    mailboxes.append("contacto", mail(sender="no-reply@banco.example.com", subject="Aviso"))
+    cli.poll()
+    assert len(cli.json("cases", "list")) == 1
+    assert sink.messages == []
+
+
+def test_oversized_mail_opens_its_case_without_attachments(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_message_bytes = 100000\n")
+    video = os.urandom(400_000)
+    uid = mailboxes.append(
+        "contacto",
+        mail(
+            subject="Video del módem",
+            body="Les mando el video del módem parpadeando.",
+            attachments=[("módem.mp4", "video/mp4", video)],
+        ),
+    )
+    mailboxes.append("contacto", mail(subject="Otro reporte"))
+    cli.poll()
+    ledger = cli.json("messages", "list")
+    assert [r["disposition"] for r in ledger] == ["new_case", "new_case"]
+    assert "max_message_bytes" in ledger[0]["reason"]
+    folio = ledger[0]["folio"]
+    messages = cli.json("cases", "show", folio)["messages"]
+    assert "video del módem parpadeando" in messages[0]["text"]
+    assert messages[0]["attachments"] == []
+    assert any(m["kind"] == "system" and "not stored" in m["text"] for m in messages)
+    # The whole message is kept, byte for byte as the server holds it.
+    raw = mailboxes.fetch_raw("contacto")[uid]
+    digest = hashlib.sha256(raw).hexdigest()
+    assert (tmp_path / "store" / digest[:2] / digest[2:4] / digest).stat().st_size == len(raw)
+    assert len(sink.messages) == 2
+
+
+def test_part_bomb_is_quarantined_then_retried_after_a_fix(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_mime_parts = 50\n")
+    parts = b"".join(b"--x\r\nContent-Type: text/plain\r\n\r\nparte %d\r\n" % i for i in range(80))
+    bomb = (
+        b"From: a@example.com\r\nTo: contacto@internet-plarey.com.mx\r\nSubject: muchas partes\r\n"
+        b"Message-ID: <bomb@example.com>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="x"\r\n\r\n' + parts + b"--x--\r\n"
+    )
+    uid = mailboxes.append("contacto", bomb)
+    mailboxes.append("contacto", mail())
+    cli.poll()
+    ledger = cli.json("messages", "list")
+    assert [r["disposition"] for r in ledger] == ["quarantined", "new_case"]
+    assert "MIME parts" in ledger[0]["reason"]
+    code, out, _ = cli("messages", "list", "--disposition", "quarantined")
+    assert code == 0 and str(uid) in out
+    # The admin raises the limit, then retries the message.
+    cli.config.write_text(cli.config.read_text().replace("max_mime_parts = 50", ""))
+    code, out, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 0, err
+    assert "new_case" in out
+    ledger = cli.json("messages", "list")
+    assert sorted(r["disposition"] for r in ledger) == ["new_case", "new_case"]
+    assert len(ledger) == 2
+    code, _, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 4 and "not quarantined" in err
+
+
+def test_database_and_store_are_private(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = cli_for(tmp_path, mailboxes, sink, capsys)
+    mailboxes.append("contacto", mail(attachments=[("a.pdf", "application/pdf", b"%PDF-1.4")]))
+    cli.poll()
+    assert stat.S_IMODE((tmp_path / "mailcase.db").stat().st_mode) == 0o600
+    store = tmp_path / "store"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    for path in store.rglob("*"):
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
