@@ -172,6 +172,9 @@ class StorageSettings(_Section):
 class AgentsSettings(_Section):
     addresses: list[str] = Field(default_factory=list)
     notify: str | None = None
+    # Authentication-Results headers written by these receiving servers (the
+    # authserv-id, RFC 8601) are trusted; empty: only the topmost header.
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
 
     @field_validator("addresses")
     @classmethod
@@ -182,6 +185,25 @@ class AgentsSettings(_Section):
     @classmethod
     def _notify(cls, value: str | None) -> str | None:
         return None if value is None else _check_address(value)
+
+
+class AreaSettings(_Section):
+    """An area a case can be routed to (``#area NAME``); it is notified there."""
+
+    notify: str
+    name: str = ""  # shown to people; defaults to the table key
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, value: str) -> str:
+        return _check_address(value)
+
+
+class CasesSettings(_Section):
+    reopen_days: int = Field(
+        default=30, ge=0
+    )  # a customer reply within this reopens a resolved case
+    close_after_days: int = Field(default=7, ge=1)  # resolved cases close after this without reply
 
 
 class WebFormSettings(_Section):
@@ -259,6 +281,8 @@ class Settings(BaseSettings):
     templates: TemplatesSettings = TemplatesSettings()
     company: CompanySettings = CompanySettings()
     limits: LimitsSettings = LimitsSettings()
+    cases: CasesSettings = CasesSettings()
+    areas: dict[str, AreaSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -283,12 +307,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"mailbox name {name!r} may use only letters, digits, _ . -")
         return value
 
+    @field_validator("areas")
+    @classmethod
+    def _areas(cls, value: dict[str, AreaSettings]) -> dict[str, AreaSettings]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9_-]{1,64}", name):
+                raise ValueError(f"area name {name!r} may use only a-z, 0-9, _ and -")
+        return value
+
     @property
     def own_addresses(self) -> frozenset[str]:
-        """Addresses that are mailcase itself: never answered, never mailed."""
+        """Addresses that are mailcase itself: never answered with an acknowledgement.
+
+        Notices to agents.notify and to areas go out on purpose; these
+        addresses are never treated as customers.
+        """
         own = {m.address for m in self.mailboxes.values()}
         if self.agents.notify:
             own.add(self.agents.notify)
+        own.update(area.notify for area in self.areas.values())
         return frozenset(own)
 
 

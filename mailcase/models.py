@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
 from sqlalchemy import BigInteger, Column, LargeBinary, Text, UniqueConstraint
@@ -52,10 +52,17 @@ class Case(SQLModel, table=True):
     subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     mailbox: str = Field(max_length=64)
     language: str = Field(default="es", max_length=8)
-    outcome: str | None = Field(default=None, max_length=16)
+    outcome: str | None = Field(default=None, max_length=16)  # valid | invalid
     cause: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    channel: str = Field(default="mail", max_length=16)  # mail | phone | web | visit
+    area: str | None = Field(default=None, max_length=64)
+    visit_date: date | None = None
+    visit_time: str | None = Field(default=None, max_length=5)  # "HH:MM"
     created_at: datetime
     updated_at: datetime
+    resolved_at: datetime | None = None
+    closed_at: datetime | None = None
+    last_customer_at: datetime | None = None  # the customer's latest message
 
 
 class FolioCounter(SQLModel, table=True):
@@ -114,6 +121,37 @@ class StoredAttachment(SQLModel, table=True):
     sha256: str = Field(max_length=64)
 
 
+class Participant(SQLModel, table=True):
+    """An address the customer put in Cc: it may write on the case too."""
+
+    __tablename__ = "participants"
+    __table_args__ = (UniqueConstraint("case_id", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id", index=True)
+    address: str = Field(max_length=320)
+
+
+class CaseLink(SQLModel, table=True):
+    """Case ``case_id`` is related to ``related_id`` (a follow-on or a stranger's folio)."""
+
+    __tablename__ = "case_links"
+    __table_args__ = (UniqueConstraint("case_id", "related_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="cases.id", index=True)
+    related_id: int = Field(foreign_key="cases.id", index=True)
+
+
+class KeyValue(SQLModel, table=True):
+    """Installation-wide values mailcase creates itself (e.g. the Message-ID signing key)."""
+
+    __tablename__ = "key_values"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class Notice(SQLModel, table=True):
     __tablename__ = "notices"
 
@@ -126,6 +164,7 @@ class Notice(SQLModel, table=True):
     message_id: str = Field(max_length=998, index=True)
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     attempts: int = 0
+    queued_at: datetime | None = None  # start of the retry window (requeue resets it)
     next_attempt_at: datetime
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: datetime

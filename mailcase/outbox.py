@@ -74,7 +74,8 @@ def deliver_outbox(
         ids = due_notice_ids(session, now)
     if not ids:
         return report
-    never_mail = settings.own_addresses
+    # Last guard against loops; the full policy ran when the notice was queued.
+    never_mail = {m.address for m in settings.mailboxes.values()}
     try:
         connection = SmtpConnection(settings.smtp).__enter__()
     except DeliveryError as exc:
@@ -95,7 +96,7 @@ def deliver_outbox(
                 rcpt, mail_from, raw = notice.rcpt_to, notice.mail_from, notice.raw
                 if rcpt in never_mail or is_automatic_address(rcpt):
                     notice.status = NoticeStatus.SUPPRESSED
-                    notice.last_error = "recipient is one of ours or automatic: not sent"
+                    notice.last_error = "recipient is one of our mailboxes or automatic: not sent"
                     session.add(notice)
                     report.suppressed += 1
                     log.warning("notice_suppressed", notice=notice_id, reason=notice.last_error)
@@ -149,7 +150,8 @@ def _record_failure(
             return
         notice.attempts += 1
         notice.last_error = str(exc)
-        expired = now - notice.created_at > timedelta(hours=settings.smtp.retry_for_hours)
+        window_start = notice.queued_at or notice.created_at
+        expired = now - window_start > timedelta(hours=settings.smtp.retry_for_hours)
         if permanent or expired:
             notice.status = NoticeStatus.FAILED
             report.failed += 1
@@ -185,7 +187,7 @@ def requeue(session: Session, notice_ids: Iterable[int]) -> int:
         if notice is None or notice.status == NoticeStatus.SENT:
             continue
         notice.status = NoticeStatus.QUEUED
-        notice.next_attempt_at = utcnow()
+        notice.next_attempt_at = notice.queued_at = utcnow()  # a fresh retry window
         session.add(notice)
         count += 1
     return count

@@ -93,6 +93,7 @@ class Envelope:
     references: Sequence[str] = ()
     language: str = "es"
     auto_reply: bool = True
+    reply_to: str | None = None
 
 
 def _address(name: str, addr: str) -> Address:
@@ -105,6 +106,8 @@ def build_message(envelope: Envelope, body: RenderedBody) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = _address(envelope.from_name, envelope.from_addr)
     msg["To"] = _address("", envelope.to_addr)
+    if envelope.reply_to:
+        msg["Reply-To"] = _address("", envelope.reply_to)
     msg["Subject"] = one_line(envelope.subject)
     msg["Date"] = format_datetime(envelope.date)
     msg["Message-ID"] = one_line(envelope.message_id)

@@ -14,33 +14,27 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from email.policy import SMTP as SMTP_POLICY
-from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
+from mailcase import casework
+from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore
-from mailcase.classify import Classification, MailKind, classify, is_automatic_address
-from mailcase.config import MailboxSettings, Settings
+from mailcase.casework import CaseworkError
+from mailcase.classify import classify
+from mailcase.commands import Command, CommandKind, parse_commands
+from mailcase.config import Settings
+from mailcase.dsn import parse_dsn
 from mailcase.errors import DatabaseError, MessageError, NotFoundError
-from mailcase.folio import (
-    find_folios,
-    format_folio,
-    new_message_id,
-    remove_folio_tags,
-    strip_reply_prefixes,
-    tagged_subject,
-)
+from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import FetchedMessage, ImapMailbox
 from mailcase.inbound import InboundMail, parse_inbound
 from mailcase.logs import get_logger
 from mailcase.models import (
     Case,
     CaseMessage,
-    CaseStatus,
     Checkpoint,
     Disposition,
     LedgerEntry,
@@ -48,18 +42,18 @@ from mailcase.models import (
     NoticeStatus,
     StoredAttachment,
 )
+from mailcase.msgid import case_ids_in
+from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
 from mailcase.quoting import strip_quoted
-from mailcase.render import Envelope, build_message, render_body
 from mailcase.store import (
     Store,
     as_utc,
     case_by_folio,
     case_by_message_ids,
     ledger_by_key,
-    next_folio_number,
     utcnow,
 )
-from mailcase.triage import CaseRef, Decision, Facts, triage
+from mailcase.triage import CaseRef, Decision, Facts, Role, triage
 
 
 @dataclass
@@ -334,15 +328,17 @@ def _ingest(
         return entry
 
     classification = classify(mail, own_addresses=settings.own_addresses)
-    facts = _facts(session, mail, earlier, settings.folio.prefix)
+    facts = _facts(rt, session, mail, earlier)
     decision = triage(
         mail,
         classification,
         facts,
         own_addresses=settings.own_addresses,
         agent_addresses=frozenset(settings.agents.addresses),
+        now=utcnow(),
+        reopen_days=settings.cases.reopen_days,
     )
-    case_id = _apply(rt, session, mailbox, mail, raw_sha, classification, decision, oversize_note)
+    case_id = _apply(rt, session, mailbox, mail, raw_sha, fetched.raw, decision, oversize_note)
     reasons = [r for r in (decision.reason, oversize_note) if r]
     entry = LedgerEntry(
         mailbox=mailbox,
@@ -364,29 +360,52 @@ def _ingest(
     return entry
 
 
-def case_ref(case: Case) -> CaseRef:
+def case_ref(session: Session, case: Case) -> CaseRef:
     assert case.id is not None
-    return CaseRef(id=case.id, folio=case.folio, customer=case.customer, status=case.status)
+    return CaseRef(
+        id=case.id,
+        folio=case.folio,
+        customer=case.customer,
+        status=case.status,
+        participants=casework.participants(session, case.id),
+        resolved_at=case.resolved_at,
+    )
 
 
-def _facts(session: Session, mail: InboundMail, earlier: list[LedgerEntry], prefix: str) -> Facts:
+def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
+    settings = rt.settings
     duplicate_of = None
     for entry in earlier:
         if entry.case_id is not None:
             case = session.get(Case, entry.case_id)
-            duplicate_of = case_ref(case) if case else None
+            duplicate_of = case_ref(session, case) if case else None
             break
     referenced = case_by_message_ids(session, mail.thread_ids)
     by_folio = []
-    for folio in find_folios(mail.subject, prefix):
+    for folio in find_folios(mail.subject, settings.folio.prefix):
         case = case_by_folio(session, folio)
         if case is not None:
-            by_folio.append(case_ref(case))
+            by_folio.append(case_ref(session, case))
+    signed_case = None
+    authenticated = False
+    if mail.sender in settings.agents.addresses:
+        for case_id in case_ids_in(signing_key(session), mail.thread_ids):
+            case = session.get(Case, case_id)
+            if case is not None:
+                signed_case = case_ref(session, case)
+                break
+        authenticated = sender_is_authenticated(
+            mail,
+            mail.sender,
+            trusted_authserv_ids=frozenset(settings.agents.trusted_authserv_ids),
+        )
     return Facts(
         duplicate_of=duplicate_of,
         is_duplicate=bool(earlier),
-        by_reference=case_ref(referenced) if referenced else None,
+        by_reference=case_ref(session, referenced) if referenced else None,
         by_folio=tuple(by_folio),
+        signed_case=signed_case,
+        sender_authenticated=authenticated,
     )
 
 
@@ -396,79 +415,224 @@ def _apply(
     mailbox: str,
     mail: InboundMail,
     raw_sha: str,
-    classification: Classification,
+    raw: bytes,
     decision: Decision,
     note: str = "",
 ) -> int | None:
     """Carry out ``decision`` in ``session``; return the case id the message belongs to."""
-    if decision.disposition is Disposition.DUPLICATE:
+    settings = rt.settings
+    disposition = decision.disposition
+    if disposition is Disposition.DUPLICATE:
         return decision.case.id if decision.case else None
-    if decision.disposition is Disposition.QUARANTINED:
+    if disposition is Disposition.QUARANTINED:
         return None
+    if disposition is Disposition.BOUNCE:
+        bounced = _record_bounce(rt, session, raw)
+        if bounced is not None:
+            return bounced
     now = utcnow()
     if decision.open_case:
-        case = open_case(
-            rt.settings,
+        case = casework.open_case(
+            settings,
             session,
             customer=mail.sender,
             customer_name=mail.sender_name,
             # A stranger's copy of someone else's folio tag would mislead: drop it.
-            subject=remove_folio_tags(strip_reply_prefixes(mail.subject), rt.settings.folio.prefix),
+            subject=remove_folio_tags(strip_reply_prefixes(mail.subject), settings.folio.prefix),
             mailbox=mailbox,
             now=now,
         )
-    elif decision.case is not None:
-        found = session.get(Case, decision.case.id)
-        if found is None:
-            return None
-        case = found
-        case.updated_at = now
-        session.add(case)
-    else:
+        case.last_customer_at = now
+        casework.link(session, case, decision.related)
+        casework.add_participants(session, settings, case, mail.cc)
+        _record_inbound(rt, session, case, mail, raw_sha, "customer")
+        if note:
+            casework.record(session, case, "system", note)
+        if decision.acknowledge:
+            queue_notice(
+                session,
+                settings,
+                case,
+                "acknowledgement",
+                to=case.customer,
+                in_reply_to=mail.message_id,
+                references=(*mail.references, mail.message_id)
+                if mail.message_id
+                else mail.references,
+            )
+        _notify_agents_of(session, settings, case, "new", mail)
+        return case.id
+    if decision.case is None:
         return None
-    assert case.id is not None
-    kind = "customer" if classification.kind is MailKind.CUSTOMER else "system"
-    _record_inbound(rt, session, case.id, mail, raw_sha, kind)
+    found = session.get(Case, decision.case.id)
+    if found is None:
+        return None
+    case = found
+    case.updated_at = now
+    session.add(case)
+    if disposition is not Disposition.FOLLOW_UP:  # an auto-reply or bounce naming the case
+        _record_inbound(rt, session, case, mail, raw_sha, "system")
+        return case.id
+    if decision.role is Role.AGENT:
+        _agent_message(rt, session, case, mail, raw_sha)
+    elif decision.role is Role.UNVERIFIED:
+        _record_inbound(rt, session, case, mail, raw_sha, "unverified")
+        queue_notice(
+            session,
+            settings,
+            case,
+            "unverified_agent",
+            to=mail.sender,
+            context={"claimed_from": mail.sender},
+        )
+    else:
+        _record_inbound(rt, session, case, mail, raw_sha, "customer")
+        if mail.sender == case.customer:
+            case.last_customer_at = now
+            casework.add_participants(session, settings, case, (*mail.to, *mail.cc))
+        if decision.reopen:
+            casework.reopen(session, case, by=mail.sender)
+        _notify_agents_of(
+            session, settings, case, "reopened" if decision.reopen else "update", mail
+        )
     if note:
-        record_system_note(session, case.id, note)
-    if decision.acknowledge:
-        queue_acknowledgement(rt, session, case, mail)
+        casework.record(session, case, "system", note)
     return case.id
 
 
-def open_case(
-    settings: Settings,
-    session: Session,
-    *,
-    customer: str,
-    customer_name: str,
-    subject: str,
-    mailbox: str,
-    now: datetime,
-) -> Case:
-    """A new open case with the next folio of ``now``'s year (flushed, so it has an id)."""
-    number = next_folio_number(session, now.year)
-    case = Case(
-        folio=format_folio(settings.folio.prefix, now.year, number),
-        status=CaseStatus.OPEN,
-        customer=customer,
-        customer_name=customer_name,
-        subject=subject,
-        mailbox=mailbox,
-        language=settings.notices.language,
-        created_at=now,
-        updated_at=now,
+def _notify_agents_of(
+    session: Session, settings: Settings, case: Case, reason: str, mail: InboundMail
+) -> None:
+    casework.notify_agents(
+        session,
+        settings,
+        case,
+        reason,
+        text=strip_quoted(mail.text),
+        attachments=[a.filename for a in mail.attachments],
     )
-    session.add(case)
-    session.flush()
-    return case
+
+
+def _agent_message(
+    rt: Runtime, session: Session, case: Case, mail: InboundMail, raw_sha: str
+) -> None:
+    """A verified agent wrote on ``case``: run its commands, or relay its words."""
+    settings = rt.settings
+    parsed = parse_commands(strip_quoted(mail.text))
+    by = mail.sender
+    if parsed.problems:
+        # One bad command and nothing runs: a typo such as "#ntoa" must not
+        # let an internal note reach the customer as relayed text.
+        _record_inbound(rt, session, case, mail, raw_sha, "note")
+        queue_notice(
+            session,
+            settings,
+            case,
+            "command_error",
+            to=mail.sender,
+            context={"problems": [{"line": p.line, "problem": p.problem} for p in parsed.problems]},
+            in_reply_to=mail.message_id,
+        )
+        return
+    kinds = {c.kind for c in parsed.commands}
+    text = parsed.text.strip()
+    is_note = CommandKind.NOTE in kinds or (kinds and CommandKind.RESOLVE not in kinds)
+    entry_kind = "note" if is_note else "agent"
+    _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
+    for command in parsed.commands:
+        try:
+            _run_command(session, settings, case, command, text, by)
+        except CaseworkError as exc:
+            casework.record(session, case, "system", f"{command.line}: {exc}", from_addr=by)
+            queue_notice(
+                session,
+                settings,
+                case,
+                "command_error",
+                to=mail.sender,
+                context={"problems": [{"line": command.line, "problem": "bad_area"}]},
+            )
+    if not parsed.commands and text:
+        # Written straight to the customer with the mailbox in Cc: already sent.
+        if case.customer in mail.to or case.customer in mail.cc:
+            return
+        casework.relay(session, settings, case, text, agent_name=mail.sender_name)
+
+
+def _run_command(
+    session: Session, settings: Settings, case: Case, command: Command, text: str, by: str
+) -> None:
+    kind = command.kind
+    if kind is CommandKind.RESOLVE and command.outcome is not None:
+        casework.resolve(session, settings, case, command.outcome, text, by=by, record_cause=False)
+    elif kind is CommandKind.VISIT and command.visit_date is not None:
+        hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
+        casework.schedule_visit(session, settings, case, command.visit_date, hour, by=by)
+    elif kind is CommandKind.ROUTE and command.area:
+        casework.route(session, settings, case, command.area, by=by)
+    elif kind is CommandKind.CLOSE:
+        casework.close(session, case, by=by)
+    elif kind is CommandKind.REOPEN:
+        casework.reopen(session, case, by=by)
+    # NOTE: the message itself was recorded as a note; nothing else to do.
+
+
+def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> int | None:
+    """A bounce of one of our notices: mark it failed on its case and tell the agents once."""
+    report = parse_dsn(raw)
+    for message_id in report.message_ids:
+        notice = session.exec(select(Notice).where(Notice.message_id == message_id)).first()
+        if notice is None or notice.case_id is None:
+            continue
+        case = session.get(Case, notice.case_id)
+        if case is None:
+            return None
+        failed = report.recipients[0] if report.recipients else None
+        recipient = failed.recipient if failed else notice.rcpt_to
+        status = failed.status if failed else ""
+        diagnostic = failed.diagnostic if failed else ""
+        already = notice.status == NoticeStatus.FAILED and notice.last_error.startswith("bounced")
+        notice.status = NoticeStatus.FAILED
+        notice.last_error = f"bounced: {recipient} {status} {diagnostic}".strip()
+        session.add(notice)
+        casework.record(
+            session,
+            case,
+            "system",
+            f"failed delivery of the {notice.kind} to {recipient}: {status} {diagnostic}".strip(),
+        )
+        notify = rt.settings.agents.notify
+        if notify and not already and notice.kind not in AGENT_KINDS:
+            queue_notice(
+                session,
+                rt.settings,
+                case,
+                "delivery_failed",
+                to=notify,
+                context={
+                    "recipient": recipient,
+                    "status": status,
+                    "diagnostic": diagnostic,
+                    "notice_kind": notice.kind,
+                },
+            )
+        return case.id
+    return None
 
 
 def _record_inbound(
-    rt: Runtime, session: Session, case_id: int, mail: InboundMail, raw_sha: str, kind: str
+    rt: Runtime,
+    session: Session,
+    case: Case,
+    mail: InboundMail,
+    raw_sha: str,
+    kind: str,
+    *,
+    text: str | None = None,
 ) -> CaseMessage:
+    assert case.id is not None
     message = CaseMessage(
-        case_id=case_id,
+        case_id=case.id,
         direction="in",
         kind=kind,
         from_addr=mail.sender,
@@ -476,7 +640,7 @@ def _record_inbound(
         subject=mail.subject,
         date=as_utc(mail.date) or utcnow(),
         message_id=mail.message_id,
-        text=strip_quoted(mail.text),
+        text=strip_quoted(mail.text) if text is None else text,
         raw_sha256=raw_sha,
     )
     session.add(message)
@@ -493,139 +657,3 @@ def _record_inbound(
             )
         )
     return message
-
-
-def record_system_note(session: Session, case_id: int, text: str) -> None:
-    """Add a note by mailcase itself to the case (never sent to anyone)."""
-    session.add(
-        CaseMessage(case_id=case_id, direction="in", kind="system", date=utcnow(), text=text)
-    )
-
-
-def _suppression(session: Session, settings: Settings, rcpt: str, kind: str) -> str:
-    """Why a notice to ``rcpt`` must not go out now ("" when it may).
-
-    Loop and flood guards (issue: never mail a loop): our own addresses and
-    automatic ones are never mailed; acknowledgements to one sender and, when
-    set, all notices are capped per hour. Cases are opened regardless.
-    """
-    if rcpt in settings.own_addresses or is_automatic_address(rcpt):
-        return "recipient is one of ours or automatic"
-    since = utcnow() - timedelta(hours=1)
-    counted = col(Notice.status) != NoticeStatus.SUPPRESSED
-    limits = settings.limits
-    if kind == "acknowledgement":
-        sent = session.exec(
-            select(func.count())
-            .select_from(Notice)
-            .where(
-                Notice.rcpt_to == rcpt,
-                Notice.kind == "acknowledgement",
-                col(Notice.created_at) >= since,
-                counted,
-            )
-        ).one()
-        if sent >= limits.max_acks_per_sender_per_hour:
-            return f"limits.max_acks_per_sender_per_hour ({limits.max_acks_per_sender_per_hour})"
-    if limits.max_notices_per_hour is not None:
-        total = session.exec(
-            select(func.count()).select_from(Notice).where(col(Notice.created_at) >= since, counted)
-        ).one()
-        if total >= limits.max_notices_per_hour:
-            return f"limits.max_notices_per_hour ({limits.max_notices_per_hour})"
-    return ""
-
-
-def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
-    # Logged once per recipient and hour: the first suppressed notice only.
-    since = utcnow() - timedelta(hours=1)
-    earlier = session.exec(
-        select(func.count())
-        .select_from(Notice)
-        .where(
-            Notice.rcpt_to == rcpt,
-            Notice.status == NoticeStatus.SUPPRESSED,
-            col(Notice.created_at) >= since,
-        )
-    ).one()
-    if not earlier:
-        get_logger().warning("notices_suppressed", recipient=rcpt, reason=reason)
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2] or "localhost"
-
-
-def queue_acknowledgement(rt: Runtime, session: Session, case: Case, mail: InboundMail) -> Notice:
-    """Render the acknowledgement for a new ``case`` and queue it, in the caller's transaction."""
-    settings = rt.settings
-    box: MailboxSettings = settings.mailboxes[case.mailbox]
-    context = {
-        "folio": case.folio,
-        "customer": case.customer,
-        "customer_name": case.customer_name,
-        "subject": case.subject,
-        "mailbox_address": box.address,
-        "company": settings.company.model_dump(),
-    }
-    body = render_body(
-        "acknowledgement", case.language, context, override=settings.templates.directory
-    )
-    now = utcnow()
-    envelope = Envelope(
-        from_addr=box.address,
-        from_name=settings.company.name,
-        to_addr=case.customer,
-        subject=tagged_subject(case.folio, case.subject),
-        message_id=new_message_id(_domain(box.address)),
-        date=now,
-        in_reply_to=mail.message_id,
-        references=(*mail.references, mail.message_id) if mail.message_id else mail.references,
-        language=case.language,
-    )
-    message = build_message(envelope, body)
-    assert case.id is not None
-    suppressed = _suppression(session, settings, case.customer, "acknowledgement")
-    if suppressed:
-        _log_suppression(session, case.customer, suppressed)
-    notice = Notice(
-        case_id=case.id,
-        kind="acknowledgement",
-        status=NoticeStatus.SUPPRESSED if suppressed else NoticeStatus.QUEUED,
-        last_error=f"not sent: {suppressed}" if suppressed else "",
-        # The mailbox is the envelope sender so that bounces of our notices come
-        # back to a mailbox we read (and are classified as bounces, never answered).
-        mail_from=box.address,
-        rcpt_to=case.customer,
-        message_id=envelope.message_id,
-        raw=message.as_bytes(policy=SMTP_POLICY if case.customer.isascii() else SMTPUTF8_POLICY),
-        next_attempt_at=now,
-        created_at=now,
-    )
-    session.add(notice)
-    session.flush()
-    session.add(
-        CaseMessage(
-            case_id=case.id,
-            direction="out",
-            kind="notice",
-            from_addr=box.address,
-            to_addrs=case.customer,
-            subject=str(message["Subject"]),
-            date=now,
-            message_id=envelope.message_id,
-            text=body.text,
-            notice_id=notice.id,
-        )
-    )
-    return notice
-
-
-def list_quarantined(session: Session) -> list[LedgerEntry]:
-    return list(
-        session.exec(
-            select(LedgerEntry)
-            .where(LedgerEntry.disposition == Disposition.QUARANTINED)
-            .order_by(col(LedgerEntry.id))
-        ).all()
-    )

@@ -11,18 +11,27 @@ Order of the rules, and why:
    ``duplicate`` of the first copy's case: one report, one folio.
 2. Automatic mail (auto-replies, bounces, lists) never opens a case and never
    gets a notice; when it names a known case it is recorded there.
-3. Threading headers (In-Reply-To/References naming a Message-ID the case
+3. A sender listed as an agent, writing on a known case, joins it as an agent
+   when the message proves it (it references a signed Message-ID of that
+   case's notices, or the receiving server authenticated the agent's domain);
+   without proof it is kept on the case as ``unverified`` and does nothing.
+4. Threading headers (In-Reply-To/References naming a Message-ID the case
    received or sent) join the case: they cannot be guessed from the subject.
-4. A folio in the subject joins that case when the sender belongs to it (the
-   customer, for now); someone else naming a folio opens a case of their own,
-   linked to the one they named, and learns nothing of it.
-5. Anything else from a person opens a new case with an acknowledgement,
+5. A folio in the subject joins that case when the sender belongs to it (the
+   customer or a participant); someone else naming a folio opens a case of
+   their own, linked to the one they named, and learns nothing of it.
+6. A customer's message on a ``resolved`` case within ``cases.reopen_days``
+   reopens it; on a ``closed`` case, or later, it opens a new case linked to
+   the old one (Request Tracker and Zammad behave alike).
+7. Anything else from a person opens a new case with an acknowledgement,
    unless the sender is one of our own or an automatic address.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
 
 from mailcase.classify import Classification, MailKind, is_automatic_address
 from mailcase.inbound import InboundMail
@@ -38,9 +47,18 @@ class CaseRef:
     customer: str
     status: str
     participants: frozenset[str] = frozenset()
+    resolved_at: datetime | None = None
 
     def admits(self, address: str) -> bool:
         return address == self.customer or address in self.participants
+
+
+class Role(StrEnum):
+    """Who wrote a message that joins a case."""
+
+    CUSTOMER = "customer"  # the customer or a participant
+    AGENT = "agent"  # a verified agent: commands run, words are relayed
+    UNVERIFIED = "unverified"  # claims an agent's address without proof
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +69,8 @@ class Facts:
     is_duplicate: bool = False  # an earlier copy exists (its case may be None)
     by_reference: CaseRef | None = None  # case named by In-Reply-To/References
     by_folio: tuple[CaseRef, ...] = ()  # cases named by folios in the subject
+    signed_case: CaseRef | None = None  # case of a signed Message-ID of ours it references
+    sender_authenticated: bool = False  # Authentication-Results vouch for the sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +80,9 @@ class Decision:
     open_case: bool = False  # open a new case for it
     acknowledge: bool = False  # queue an acknowledgement to the sender
     reason: str = ""
-    related: tuple[str, ...] = field(default=())  # folios it named but may not join
+    related: tuple[str, ...] = field(default=())  # folios it names but does not join
+    role: Role = Role.CUSTOMER
+    reopen: bool = False  # the case it joins was resolved and opens again
 
 
 _AUTOMATIC = {
@@ -77,6 +99,8 @@ def triage(
     *,
     own_addresses: frozenset[str] = frozenset(),
     agent_addresses: frozenset[str] = frozenset(),
+    now: datetime | None = None,
+    reopen_days: int = 30,
 ) -> Decision:
     """Decide the disposition of ``mail``; see the module docstring for the rules."""
     if facts.is_duplicate:
@@ -86,7 +110,7 @@ def triage(
             reason=f"copy of {mail.dedup_key}",
         )
 
-    known = facts.by_reference or next(iter(facts.by_folio), None)
+    known = facts.signed_case or facts.by_reference or next(iter(facts.by_folio), None)
     if classification.kind is not MailKind.CUSTOMER:
         # Recorded on a case only when a reference or a folio ties it there.
         return Decision(_AUTOMATIC[classification.kind], case=known, reason=classification.reason)
@@ -94,17 +118,57 @@ def triage(
     if not mail.sender:
         return Decision(Disposition.QUARANTINED, reason="no sender address")
 
+    if mail.sender in agent_addresses and known is not None:
+        if facts.signed_case is not None or facts.sender_authenticated:
+            proof = "reply to our notice" if facts.signed_case else "authenticated sender"
+            return Decision(
+                Disposition.FOLLOW_UP, case=known, role=Role.AGENT, reason=f"agent ({proof})"
+            )
+        return Decision(
+            Disposition.FOLLOW_UP,
+            case=known,
+            role=Role.UNVERIFIED,
+            reason="claims an agent's address without proof",
+        )
+
+    joined: CaseRef | None = None
+    why = ""
     if facts.by_reference is not None:
-        return Decision(Disposition.FOLLOW_UP, case=facts.by_reference, reason="threading headers")
-
+        joined, why = facts.by_reference, "threading headers"
     strangers: list[str] = []
-    for case in facts.by_folio:
-        if case.admits(mail.sender) or mail.sender in agent_addresses:
-            return Decision(Disposition.FOLLOW_UP, case=case, reason=f"folio {case.folio}")
-        strangers.append(case.folio)
+    if joined is None:
+        for case in facts.by_folio:
+            if case.admits(mail.sender):
+                joined, why = case, f"folio {case.folio}"
+                break
+            strangers.append(case.folio)
 
+    if joined is not None:
+        if joined.status == "open":
+            return Decision(Disposition.FOLLOW_UP, case=joined, reason=why)
+        if joined.status == "resolved" and _within(joined.resolved_at, now, reopen_days):
+            return Decision(
+                Disposition.FOLLOW_UP, case=joined, reopen=True, reason=f"{why}; reopens the case"
+            )
+        # Closed, or resolved too long ago: a new case, linked to the old one.
+        strangers = [joined.folio]
+        why = f"follows {joined.status} case {joined.folio}"
+        return _new_case(mail, own_addresses, strangers, why)
+
+    why = f"names folio of another sender: {', '.join(strangers)}" if strangers else ""
+    return _new_case(mail, own_addresses, strangers, why)
+
+
+def _within(resolved_at: datetime | None, now: datetime | None, days: int) -> bool:
+    if resolved_at is None or now is None:
+        return True
+    return now - resolved_at <= timedelta(days=days)
+
+
+def _new_case(
+    mail: InboundMail, own_addresses: frozenset[str], related: list[str], reason: str
+) -> Decision:
     quiet = mail.sender in own_addresses or is_automatic_address(mail.sender)
-    reason = f"names folio of another sender: {', '.join(strangers)}" if strangers else ""
     if quiet:
         reason = (reason + "; " if reason else "") + "sender is not answered"
     return Decision(
@@ -112,5 +176,5 @@ def triage(
         open_case=True,
         acknowledge=not quiet,
         reason=reason,
-        related=tuple(strangers),
+        related=tuple(related),
     )

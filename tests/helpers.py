@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -31,8 +32,14 @@ def write_config(
     extra: str = "",
     contacto_folder: str = "INBOX",
     language: str = "es",
+    notify: bool = False,
 ) -> Path:
-    """A mailcase.toml for the fixture servers, with its database and store under ``directory``."""
+    """A mailcase.toml for the fixture servers, with its database and store under ``directory``.
+
+    ``notify``: set ``agents.notify``, so new cases also mail the agents (off by
+    default, so tests about acknowledgements count only those).
+    """
+    notify_line = f'notify = "{NOTIFY}"' if notify else ""
     path = directory / "mailcase.toml"
     path.write_text(
         f"""
@@ -61,7 +68,7 @@ port = {sink.port}
 security = "none"
 [agents]
 addresses = ["{AGENT}"]
-notify = "{NOTIFY}"
+{notify_line}
 [web_form]
 senders = ["{WEB}"]
 [folio]
@@ -152,3 +159,95 @@ def run_process(config: Path, *args: str, timeout: float = 60) -> subprocess.Com
         timeout=timeout,
         check=False,
     )
+
+
+def json_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines in ``text`` (a process's stderr), in order.
+
+    A last line without its newline is left out: the process may be writing it (or may have
+    been killed while writing it).
+    """
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
+
+
+class DaemonProcess:
+    """``python -m mailcase --config PATH run`` as a real process; stdout+stderr go to a file.
+
+    The file is read while the daemon runs (``events()``, ``wait_for_event()``), so a test can
+    react to what it logged. As a context manager it never leaks the process: on exit a
+    daemon still running is killed and reaped.
+    """
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        with open(self.log_path, "ab") as log:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailcase", "--config", str(self.config), "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.text().splitlines()[-lines:])
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in json_events(self.text()) if name is None or e.get("event") == name]
+
+    def wait_for_event(
+        self, name: str, timeout: float = 20.0, where: Any = None, count: int = 1
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` events ``name`` (matching ``where(event)``) were logged."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events(name) if where is None or where(e)]
+            if len(found) >= count:
+                return found
+            if not self.running:
+                raise AssertionError(f"daemon exited before logging {name}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no {count} x {name} within {timeout} s (got {len(found)}):\n{self.tail()}"
+                )
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind runs in the daemon."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; return the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            message = f"daemon ignored SIGTERM for {timeout} s:\n{self.tail()}"
+            raise AssertionError(message) from None
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

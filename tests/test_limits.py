@@ -15,8 +15,15 @@ from servers import Dovecot, SmtpSink
 pytestmark = pytest.mark.integration
 
 
-def cli_for(tmp_path: Path, imap: Dovecot, sink: SmtpSink, capsys: Any, extra: str = "") -> Cli:
-    return Cli(write_config(tmp_path, imap, sink, extra=extra), capsys)
+def cli_for(
+    tmp_path: Path,
+    imap: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    extra: str = "",
+    notify: bool = False,
+) -> Cli:
+    return Cli(write_config(tmp_path, imap, sink, extra=extra, notify=notify), capsys)
 
 
 def test_acknowledgements_per_sender_are_capped_but_cases_open(
@@ -63,7 +70,7 @@ def test_never_answers_itself(
     headers: dict[str, str],
     disposition: str,
 ) -> None:
-    cli = cli_for(tmp_path, mailboxes, sink, capsys)
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, notify=True)
     mailboxes.append("contacto", mail(sender=sender, headers=headers))
     cli.poll()
     assert [r["disposition"] for r in cli.json("messages", "list")] == [disposition]

@@ -1,0 +1,291 @@
+"""What can happen to a case, in the caller's transaction: the one place for each change.
+
+Mail commands from agents (``#resolver``, ``#nota``, …), the CLI (``mailcase
+cases resolve`` …) and the pipeline all call these, so a case changes the same
+way whichever door the change came through. Each function records what
+happened on the case and queues the notices the written procedure asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from mailcase.config import Settings
+from mailcase.errors import MailcaseError
+from mailcase.folio import format_folio
+from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant
+from mailcase.notices import queue_notice
+from mailcase.store import next_folio_number, utcnow
+
+OUTCOMES = ("valid", "invalid")
+
+
+class CaseworkError(MailcaseError):
+    """A requested change does not apply to this case (e.g. an unknown area)."""
+
+
+def open_case(
+    settings: Settings,
+    session: Session,
+    *,
+    customer: str,
+    customer_name: str,
+    subject: str,
+    mailbox: str,
+    now: datetime,
+    channel: str = "mail",
+) -> Case:
+    """A new open case with the next folio of ``now``'s year (flushed, so it has an id)."""
+    number = next_folio_number(session, now.year)
+    case = Case(
+        folio=format_folio(settings.folio.prefix, now.year, number),
+        status=CaseStatus.OPEN,
+        customer=customer,
+        customer_name=customer_name,
+        subject=subject,
+        mailbox=mailbox,
+        language=settings.notices.language,
+        channel=channel,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(case)
+    session.flush()
+    return case
+
+
+def record(
+    session: Session,
+    case: Case,
+    kind: str,
+    text: str,
+    *,
+    direction: str = "in",
+    from_addr: str = "",
+    subject: str = "",
+) -> CaseMessage:
+    """Add an entry to the case's history (a note, a system message, a phone report)."""
+    assert case.id is not None
+    entry = CaseMessage(
+        case_id=case.id,
+        direction=direction,
+        kind=kind,
+        from_addr=from_addr,
+        subject=subject,
+        date=utcnow(),
+        text=text,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def link(session: Session, case: Case, related: Sequence[str]) -> None:
+    """Record that ``case`` relates to the cases with folios ``related``."""
+    assert case.id is not None
+    for folio in related:
+        other = session.exec(select(Case).where(Case.folio == folio)).first()
+        if other is not None and other.id is not None and other.id != case.id:
+            session.add(CaseLink(case_id=case.id, related_id=other.id))
+
+
+def related_folios(session: Session, case: Case) -> list[str]:
+    """Folios linked to ``case`` in either direction, oldest first."""
+    forward = select(CaseLink.related_id).where(CaseLink.case_id == case.id)
+    backward = select(CaseLink.case_id).where(CaseLink.related_id == case.id)
+    ids = set(session.exec(forward).all()) | set(session.exec(backward).all())
+    if not ids:
+        return []
+    rows = session.exec(select(Case.folio).where(col(Case.id).in_(ids)).order_by(col(Case.id)))
+    return list(rows.all())
+
+
+def add_participants(
+    session: Session, settings: Settings, case: Case, addresses: Sequence[str]
+) -> None:
+    """Let the addresses the customer put in Cc write on the case (not ours, not agents)."""
+    assert case.id is not None
+    skip = settings.own_addresses | set(settings.agents.addresses) | {case.customer}
+    existing = set(
+        session.exec(select(Participant.address).where(Participant.case_id == case.id)).all()
+    )
+    for address in dict.fromkeys(addresses):
+        if address not in skip and address not in existing:
+            session.add(Participant(case_id=case.id, address=address))
+
+
+def participants(session: Session, case_id: int) -> frozenset[str]:
+    return frozenset(
+        session.exec(select(Participant.address).where(Participant.case_id == case_id)).all()
+    )
+
+
+def notify_agents(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    reason: str,
+    *,
+    text: str = "",
+    attachments: Sequence[str] = (),
+    to: str | None = None,
+) -> None:
+    """Tell ``agents.notify`` (or ``to``) about the case: new, update, reopened or routed."""
+    rcpt = to or settings.agents.notify
+    if not rcpt:
+        return
+    queue_notice(
+        session,
+        settings,
+        case,
+        "agent_notification",
+        to=rcpt,
+        context={"reason": reason, "text": text, "attachments": list(attachments)},
+    )
+
+
+def resolve(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    outcome: str,
+    cause: str,
+    *,
+    by: str,
+    record_cause: bool = True,
+) -> None:
+    """Resolve ``case`` as upheld (``valid``) or not (``invalid``) and tell the customer why.
+
+    Step 4 of the written procedure: the customer learns the folio, whether
+    the report was upheld, the causes and, when upheld, that the failure was
+    corrected.
+    """
+    if outcome not in OUTCOMES:
+        raise CaseworkError(f"outcome must be valid or invalid, not {outcome!r}")
+    now = utcnow()
+    case.status = CaseStatus.RESOLVED
+    case.outcome = outcome
+    case.cause = cause.strip()
+    case.resolved_at = now
+    case.updated_at = now
+    session.add(case)
+    if record_cause:  # (a mail command's message is recorded by the pipeline itself)
+        record(session, case, "agent", cause.strip(), from_addr=by, subject=f"resolve {outcome}")
+    if case.customer:
+        queue_notice(
+            session,
+            settings,
+            case,
+            f"resolution_{outcome}",
+            to=case.customer,
+            context={"cause": case.cause},
+        )
+
+
+def add_note(session: Session, case: Case, text: str, *, by: str) -> None:
+    """An internal note: recorded, never sent to the customer."""
+    record(session, case, "note", text, from_addr=by)
+    case.updated_at = utcnow()
+    session.add(case)
+
+
+def schedule_visit(
+    session: Session, settings: Settings, case: Case, day: date, hour: str | None, *, by: str
+) -> None:
+    """Record a home visit and send the customer a notice with its date."""
+    case.visit_date = day
+    case.visit_time = hour
+    case.updated_at = utcnow()
+    session.add(case)
+    when = f"{day.isoformat()} {hour}" if hour else day.isoformat()
+    record(session, case, "system", f"home visit scheduled for {when}", from_addr=by)
+    if case.customer:
+        queue_notice(
+            session,
+            settings,
+            case,
+            "visit",
+            to=case.customer,
+            context={
+                "visit_date": day.isoformat(),
+                "visit_date_text": spanish_date(day)
+                if case.language == "es"
+                else english_date(day),
+                "visit_time": hour or "",
+            },
+        )
+
+
+def route(session: Session, settings: Settings, case: Case, area: str, *, by: str) -> None:
+    """Route ``case`` to ``area`` (from ``[areas]``) and notify that area."""
+    if area not in settings.areas:
+        known = ", ".join(sorted(settings.areas)) or "none configured"
+        raise CaseworkError(f"unknown area {area!r} (areas: {known})")
+    case.area = area
+    case.updated_at = utcnow()
+    session.add(case)
+    record(session, case, "system", f"routed to area {area}", from_addr=by)
+    notify_agents(session, settings, case, "routed", to=settings.areas[area].notify)
+
+
+def close(session: Session, case: Case, *, by: str) -> None:
+    """Close ``case`` (no notice); a later customer message opens a new, linked case."""
+    now = utcnow()
+    case.status = CaseStatus.CLOSED
+    case.closed_at = now
+    case.updated_at = now
+    session.add(case)
+    record(session, case, "system", "case closed", from_addr=by)
+
+
+def reopen(session: Session, case: Case, *, by: str) -> None:
+    """Open ``case`` again (its outcome and cause are kept until it is resolved again)."""
+    case.status = CaseStatus.OPEN
+    case.closed_at = None
+    case.resolved_at = None
+    case.updated_at = utcnow()
+    session.add(case)
+    record(session, case, "system", "case reopened", from_addr=by)
+
+
+def relay(session: Session, settings: Settings, case: Case, text: str, *, agent_name: str) -> None:
+    """Send an agent's words to the customer from the mailbox, in the case's thread."""
+    if case.customer:
+        queue_notice(
+            session,
+            settings,
+            case,
+            "relay",
+            to=case.customer,
+            context={"text": text, "agent_name": agent_name},
+        )
+
+
+def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:
+    """Close resolved cases with no customer reply for ``cases.close_after_days``; their folios."""
+    cutoff = now - timedelta(days=settings.cases.close_after_days)
+    stale = session.exec(
+        select(Case).where(Case.status == CaseStatus.RESOLVED, col(Case.resolved_at) <= cutoff)
+    ).all()
+    for case in stale:
+        close(session, case, by="mailcase")
+    return [c.folio for c in stale]
+
+
+_MONTHS_ES = (
+    *("enero", "febrero", "marzo", "abril", "mayo", "junio"),
+    *("julio", "agosto", "septiembre", "octubre", "noviembre", "diciembre"),
+)
+_DAYS_ES = ["lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"]
+
+
+def spanish_date(day: date) -> str:
+    """``jueves 3 de diciembre de 2026``: dates as customers in Mexico read them."""
+    return f"{_DAYS_ES[day.weekday()]} {day.day} de {_MONTHS_ES[day.month - 1]} de {day.year}"
+
+
+def english_date(day: date) -> str:
+    return day.strftime("%A, %B %-d, %Y")

@@ -1,0 +1,243 @@
+"""Queue notices: render a template, build the message, write the outbox row and the
+case's record of it, all in the caller's transaction.
+
+Who gets what (the kinds):
+
+* to the customer, from the case's mailbox: ``acknowledgement``, ``relay``
+  (an agent's words), ``resolution_valid``/``resolution_invalid``, ``visit``;
+* to agents (``agents.notify``, an area, or one agent): ``agent_notification``,
+  ``command_error``, ``unverified_agent``, ``delivery_failed``.
+
+Every notice carries a Message-ID signed for its case (:mod:`mailcase.msgid`),
+so a reply to it proves which case it answers. Customer notices thread to the
+customer's latest message; agent notices set Reply-To to the case's mailbox,
+so an agent's reply comes back to mailcase.
+
+Loop and flood guards (:func:`blocked`) decide here, before anything is
+queued: a notice that must not go out is kept as ``suppressed`` with why.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from email.policy import SMTP, SMTPUTF8
+from typing import Any
+
+from sqlmodel import Session, col, func, select
+
+from mailcase.classify import is_automatic_address
+from mailcase.commands import COMMAND_FORMS
+from mailcase.config import Settings
+from mailcase.folio import tagged_subject
+from mailcase.logs import get_logger
+from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
+from mailcase.msgid import signed_message_id
+from mailcase.render import Envelope, build_message, render_body
+from mailcase.store import utcnow
+
+CUSTOMER_KINDS = frozenset(
+    {"acknowledgement", "relay", "resolution_valid", "resolution_invalid", "visit"}
+)
+AGENT_KINDS = frozenset(
+    {"agent_notification", "command_error", "unverified_agent", "delivery_failed"}
+)
+SIGNING_KEY = "message_id_key"
+
+
+def signing_key(session: Session) -> bytes:
+    """The installation's Message-ID key: created once, kept in the database.
+
+    Kept in the database (not a file) so that every instance sharing it signs
+    and verifies alike.
+    """
+    row = session.get(KeyValue, SIGNING_KEY)
+    if row is None:
+        row = KeyValue(key=SIGNING_KEY, value=secrets.token_hex(32))
+        session.add(row)
+        session.flush()
+    return bytes.fromhex(row.value)
+
+
+def blocked(session: Session, settings: Settings, kind: str, rcpt: str) -> str:
+    """Why a ``kind`` notice to ``rcpt`` must not go out now; "" when it may.
+
+    Never to our own mailboxes or automatic addresses (MAILER-DAEMON,
+    noreply…); customer notices never to agents.notify or an area either.
+    Acknowledgements are capped per recipient and hour, and all notices per
+    hour when ``limits.max_notices_per_hour`` is set.
+    """
+    mailboxes = {m.address for m in settings.mailboxes.values()}
+    if rcpt in mailboxes or is_automatic_address(rcpt):
+        return "recipient is one of our mailboxes or an automatic address"
+    if kind in CUSTOMER_KINDS and rcpt in settings.own_addresses:
+        return "recipient is one of our own addresses"
+    since = utcnow() - timedelta(hours=1)
+    counted = col(Notice.status) != NoticeStatus.SUPPRESSED
+    limits = settings.limits
+    if kind == "acknowledgement":
+        sent = session.exec(
+            select(func.count())
+            .select_from(Notice)
+            .where(
+                Notice.rcpt_to == rcpt,
+                Notice.kind == "acknowledgement",
+                col(Notice.created_at) >= since,
+                counted,
+            )
+        ).one()
+        if sent >= limits.max_acks_per_sender_per_hour:
+            return f"limits.max_acks_per_sender_per_hour ({limits.max_acks_per_sender_per_hour})"
+    if limits.max_notices_per_hour is not None:
+        total = session.exec(
+            select(func.count()).select_from(Notice).where(col(Notice.created_at) >= since, counted)
+        ).one()
+        if total >= limits.max_notices_per_hour:
+            return f"limits.max_notices_per_hour ({limits.max_notices_per_hour})"
+    return ""
+
+
+def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
+    # Logged once per recipient and hour: the first suppressed notice only.
+    since = utcnow() - timedelta(hours=1)
+    earlier = session.exec(
+        select(func.count())
+        .select_from(Notice)
+        .where(
+            Notice.rcpt_to == rcpt,
+            Notice.status == NoticeStatus.SUPPRESSED,
+            col(Notice.created_at) >= since,
+        )
+    ).one()
+    if not earlier:
+        get_logger().warning("notices_suppressed", recipient=rcpt, reason=reason)
+
+
+def customer_thread(session: Session, case: Case) -> tuple[str | None, tuple[str, ...]]:
+    """(In-Reply-To, References) for a notice to the customer: the thread of the case."""
+    ids = [
+        mid
+        for mid in session.exec(
+            select(CaseMessage.message_id)
+            .where(
+                CaseMessage.case_id == case.id,
+                col(CaseMessage.message_id).is_not(None),
+                col(CaseMessage.kind).in_(["customer", "notice", "agent"]),
+            )
+            .order_by(col(CaseMessage.id))
+        ).all()
+        if mid
+    ]
+    last_customer = session.exec(
+        select(CaseMessage.message_id)
+        .where(
+            CaseMessage.case_id == case.id,
+            CaseMessage.kind == "customer",
+            col(CaseMessage.message_id).is_not(None),
+        )
+        .order_by(col(CaseMessage.id).desc())
+    ).first()
+    return last_customer, tuple(ids[-10:])
+
+
+def base_context(settings: Settings, case: Case) -> dict[str, Any]:
+    box = settings.mailboxes.get(case.mailbox)
+    return {
+        "folio": case.folio,
+        "customer": case.customer,
+        "customer_name": case.customer_name,
+        "subject": case.subject,
+        "mailbox": case.mailbox,
+        "mailbox_address": box.address if box else "",
+        "company": settings.company.model_dump(),
+        "commands": list(COMMAND_FORMS),
+        "reopen_days": settings.cases.reopen_days,
+        "area": case.area or "",
+    }
+
+
+def mailbox_address(settings: Settings, case: Case) -> str:
+    box = settings.mailboxes.get(case.mailbox) or next(iter(settings.mailboxes.values()))
+    return box.address
+
+
+def queue_notice(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    kind: str,
+    *,
+    to: str,
+    context: Mapping[str, Any] | None = None,
+    subject: str | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+) -> Notice:
+    """Render and queue one ``kind`` notice about ``case`` to ``to``; record it on the case.
+
+    The notice is written even when a guard blocks it (status ``suppressed``),
+    so the case shows what was not sent and why.
+    """
+    assert case.id is not None
+    sender = mailbox_address(settings, case)
+    full_context = base_context(settings, case) | dict(context or {})
+    body = render_body(kind, case.language, full_context, override=settings.templates.directory)
+    customer_facing = kind in CUSTOMER_KINDS
+    if customer_facing and in_reply_to is None and not references:
+        in_reply_to, references = customer_thread(session, case)
+    now = utcnow()
+    envelope = Envelope(
+        from_addr=sender,
+        from_name=settings.company.name,
+        to_addr=to,
+        subject=subject or tagged_subject(case.folio, case.subject),
+        message_id=signed_message_id(
+            signing_key(session), case.id, sender.rpartition("@")[2] or "localhost"
+        ),
+        date=now,
+        in_reply_to=in_reply_to,
+        references=references,
+        language=case.language,
+        # Notices to the customer are automatic replies (RFC 3834); relayed
+        # words of an agent are a person's answer, but still must not
+        # trigger vacation responders.
+        auto_reply=True,
+        reply_to=None if customer_facing else sender,
+    )
+    message = build_message(envelope, body)
+    reason = blocked(session, settings, kind, to)
+    if reason:
+        _log_suppression(session, to, reason)
+    notice = Notice(
+        case_id=case.id,
+        kind=kind,
+        status=NoticeStatus.SUPPRESSED if reason else NoticeStatus.QUEUED,
+        last_error=f"not sent: {reason}" if reason else "",
+        # The mailbox is the envelope sender so that bounces of our notices come
+        # back to a mailbox we read (and are classified as bounces, never answered).
+        mail_from=sender,
+        rcpt_to=to,
+        message_id=envelope.message_id,
+        raw=message.as_bytes(policy=SMTP if to.isascii() else SMTPUTF8),
+        queued_at=now,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(notice)
+    session.flush()
+    session.add(
+        CaseMessage(
+            case_id=case.id,
+            direction="out",
+            kind="notice",
+            from_addr=sender,
+            to_addrs=to,
+            subject=str(message["Subject"]),
+            date=now,
+            message_id=envelope.message_id,
+            text=body.text,
+            notice_id=notice.id,
+        )
+    )
+    return notice
