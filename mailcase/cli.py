@@ -9,16 +9,18 @@ named exit code from :mod:`mailcase.errors`; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from mailcase import __version__
+from mailcase.casework import related_folios
 from mailcase.config import Settings, config_path, load_settings
 from mailcase.errors import (
     EXIT_CONFIG,
@@ -66,6 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     show = cases.add_parser("show", help="one case with its messages")
     show.add_argument("folio")
     show.add_argument("--json", action="store_true")
+    opening = cases.add_parser("open", help="register a case received by phone, web or visit")
+    opening.add_argument("--customer", default="", help="the customer's mail address, if known")
+    opening.add_argument("--name", default="", help="the customer's name")
+    opening.add_argument("--channel", required=True, choices=["phone", "web", "visit", "mail"])
+    opening.add_argument("--subject", required=True)
+    opening.add_argument("--text", required=True, help="what the customer reported")
+    opening.add_argument("--mailbox", help="the mailbox whose address answers (default: the first)")
+    opening.add_argument("--json", action="store_true")
+    resolving = cases.add_parser("resolve", help="resolve a case and notify the customer")
+    resolving.add_argument("folio")
+    resolving.add_argument("--outcome", required=True, choices=["valid", "invalid"])
+    resolving.add_argument("--cause", required=True, help="the explanation of the causes")
+    noting = cases.add_parser("note", help="add an internal note")
+    noting.add_argument("folio")
+    noting.add_argument("--text", required=True)
+    visiting = cases.add_parser("visit", help="schedule a home visit and notify the customer")
+    visiting.add_argument("folio")
+    visiting.add_argument("--date", required=True, help="YYYY-MM-DD")
+    visiting.add_argument("--time", help="HH:MM")
+    routing = cases.add_parser("route", help="route a case to an area and notify it")
+    routing.add_argument("folio")
+    routing.add_argument("--area", required=True)
+    for name, text in (("close", "close a case (no notice)"), ("reopen", "open a case again")):
+        cases.add_parser(name, help=text).add_argument("folio")
 
     messages = commands.add_parser("messages", help="the ledger of fetched messages")
     msg_actions = messages.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -149,7 +175,7 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
 
 def _poll(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.outbox import deliver_outbox
-    from mailcase.service import Runtime, poll_mailbox
+    from mailcase.service import Runtime, close_stale_cases, poll_mailbox
 
     rt = Runtime.open(settings)
     failed: list[MailboxError] = []
@@ -158,6 +184,7 @@ def _poll(args: argparse.Namespace, settings: Settings) -> int:
             poll_mailbox(rt, name)
         except MailboxError as exc:
             failed.append(exc)
+    close_stale_cases(rt)
     deliver_outbox(rt.store, settings)
     for failure in failed:
         print(f"mailcase: {failure}", file=sys.stderr)
@@ -220,7 +247,21 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
         n.id: n.status for n in session.exec(select(Notice).where(Notice.case_id == case.id)).all()
     }
     detail = case_summary(case)
-    detail.update(outcome=case.outcome, cause=case.cause, customer_name=case.customer_name)
+    detail.update(
+        outcome=case.outcome,
+        cause=case.cause,
+        customer_name=case.customer_name,
+        channel=case.channel,
+        area=case.area,
+        visit=(
+            {"date": case.visit_date.isoformat(), "time": case.visit_time}
+            if case.visit_date
+            else None
+        ),
+        related=related_folios(session, case),
+        resolved_at=_iso(case.resolved_at),
+        closed_at=_iso(case.closed_at),
+    )
     detail["messages"] = [
         {
             "direction": m.direction,
@@ -239,7 +280,83 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
     return detail
 
 
+def _case_change(args: argparse.Namespace, settings: Settings) -> int:
+    """cases open/resolve/note/visit/route/close/reopen: the CLI door to casework."""
+    from mailcase import casework
+    from mailcase.notices import queue_notice
+    from mailcase.store import utcnow
+
+    by = f"cli:{getpass.getuser()}"
+    store = _open_store(settings)
+    with store.transaction() as session:
+        if args.action == "open":
+            mailbox = args.mailbox or next(iter(settings.mailboxes))
+            if mailbox not in settings.mailboxes:
+                raise NotFoundError(f"no mailbox named {mailbox} in the configuration")
+            customer = args.customer.strip().lower()
+            if customer and "@" not in customer:
+                raise MailcaseError(f"--customer {args.customer!r} is not a mail address")
+            case = casework.open_case(
+                settings,
+                session,
+                customer=customer,
+                customer_name=args.name,
+                subject=args.subject,
+                mailbox=mailbox,
+                now=utcnow(),
+                channel=args.channel,
+            )
+            casework.record(
+                session, case, "customer", args.text, from_addr=customer or by, subject=args.subject
+            )
+            if customer:
+                queue_notice(session, settings, case, "acknowledgement", to=customer)
+            casework.notify_agents(session, settings, case, "new", text=args.text)
+            folio = case.folio
+        else:
+            found = case_by_folio(session, args.folio.strip().upper())
+            if found is None:
+                raise NotFoundError(f"no case with folio {args.folio}")
+            folio = found.folio
+            if args.action == "resolve":
+                casework.resolve(session, settings, found, args.outcome, args.cause, by=by)
+            elif args.action == "note":
+                casework.add_note(session, found, args.text, by=by)
+            elif args.action == "visit":
+                day, hour = _visit_when(args.date, args.time)
+                casework.schedule_visit(session, settings, found, day, hour, by=by)
+            elif args.action == "route":
+                casework.route(session, settings, found, args.area.strip().lower(), by=by)
+            elif args.action == "close":
+                casework.close(session, found, by=by)
+            else:
+                casework.reopen(session, found, by=by)
+    if args.action == "open" and args.json:
+        _print_json({"folio": folio})
+    else:
+        print(f"{folio}: {args.action} done")
+    from mailcase.outbox import deliver_outbox
+
+    deliver_outbox(store, settings)
+    return EXIT_OK
+
+
+def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
+    try:
+        parsed = date.fromisoformat(day)
+    except ValueError as exc:
+        raise MailcaseError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
+    if hour is not None:
+        try:
+            hour = time.fromisoformat(hour).strftime("%H:%M")
+        except ValueError as exc:
+            raise MailcaseError(f"--time {hour!r} is not a time (HH:MM)") from exc
+    return parsed, hour
+
+
 def _cases(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action not in ("list", "show"):
+        return _case_change(args, settings)
     store = _open_store(settings)
     with store.transaction() as session:
         if args.action == "list":
@@ -378,7 +495,21 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def _print_case(detail: dict[str, Any]) -> None:
-    for key in ("folio", "status", "outcome", "customer", "mailbox", "subject", "created_at"):
+    keys = (
+        "folio",
+        "status",
+        "outcome",
+        "cause",
+        "area",
+        "visit",
+        "related",
+        "customer",
+        "mailbox",
+        "channel",
+        "subject",
+        "created_at",
+    )
+    for key in keys:
         print(f"{key + ':':12} {detail.get(key) if detail.get(key) is not None else '-'}")
     for m in detail["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"

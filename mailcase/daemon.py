@@ -22,7 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from mailcase.errors import DatabaseError, MailboxError
 from mailcase.logs import get_logger
 from mailcase.outbox import deliver_outbox
-from mailcase.service import Runtime, poll_mailbox
+from mailcase.service import Runtime, close_stale_cases, poll_mailbox
 from mailcase.store import utcnow
 
 MAX_BACKOFF = timedelta(minutes=15)
@@ -86,6 +86,12 @@ class Daemon:
         if report.sent or report.deferred or report.failed:
             self.log.info("outbox_delivered", **vars(report))
 
+    def close_stale(self) -> None:
+        try:
+            close_stale_cases(self.rt)
+        except Exception:
+            self.log.exception("close_stale_crashed")
+
     def run(self) -> None:
         """Run until SIGTERM or SIGINT; return after in-flight work is finished."""
         interval = self.rt.settings.poll.interval_seconds
@@ -105,6 +111,9 @@ class Daemon:
             seconds=min(interval, 30),
             id=OUTBOX_JOB,
             next_run_time=start,
+        )
+        self.scheduler.add_job(
+            self.close_stale, "interval", hours=1, id="close-stale", next_run_time=start
         )
 
         def _stop(signum: int, _frame: FrameType | None) -> None:

@@ -148,6 +148,15 @@ def _fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[F
     yield from flush()
 
 
+def close_stale_cases(rt: Runtime) -> list[str]:
+    """Close resolved cases left without a customer reply for ``cases.close_after_days``."""
+    with rt.store.transaction() as session:
+        folios = casework.close_stale_cases(session, rt.settings, utcnow())
+    if folios:
+        get_logger().info("cases_closed", folios=folios)
+    return folios
+
+
 def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> int:
     """The last UID ingested for (name, uidvalidity); a new UIDVALIDITY starts over."""
     with store.transaction() as session:

@@ -1,0 +1,356 @@
+"""Agents work cases from their mail client: against the real Dovecot and SMTP sink."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import AGENT, CONTACTO, NOTIFY, Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+CUSTOMER = "juan.perez@example.com"
+AREAS = '[areas.redes]\nnotify = "redes@internet-plarey.com.mx"\nname = "Redes"\n'
+
+
+@dataclass
+class Desk:
+    cli: Cli
+    imap: Dovecot
+    sink: SmtpSink
+    dir: Path
+
+    def deliver(self, raw: bytes) -> None:
+        self.imap.append("contacto", raw)
+        self.cli.poll()
+
+    def to(self, rcpt: str) -> list[EmailMessage]:
+        return [m.message for m in self.sink.messages if m.rcpt_tos == [rcpt]]
+
+    def last_to(self, rcpt: str) -> EmailMessage:
+        return self.to(rcpt)[-1]
+
+    def case(self, folio: str) -> dict[str, Any]:
+        return self.cli.json("cases", "show", folio)  # type: ignore[no-any-return]
+
+    def open_case(self, **kw: Any) -> str:
+        self.deliver(mail(**kw))
+        return str(self.cli.json("cases", "list")[0]["folio"])
+
+    def agent_reply(self, notice: EmailMessage, body: str, **kw: Any) -> None:
+        """Reply as the agent from a mail client: quoting the notice, threading to it."""
+        quoted = "\n".join("> " + line for line in text(notice).splitlines())
+        self.deliver(
+            mail(
+                sender=f"Ana Técnica <{AGENT}>",
+                to=kw.pop("to", str(notice["Reply-To"] or CONTACTO)),
+                subject=f"Re: {notice['Subject']}",
+                body=f"{body}\n\nEl jue, 26 nov 2026, Soporte escribió:\n{quoted}",
+                headers={
+                    "In-Reply-To": notice["Message-ID"].strip(),
+                    "References": notice["Message-ID"].strip(),
+                    **kw.pop("headers", {}),
+                },
+                **kw,
+            )
+        )
+
+
+def text(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+@pytest.fixture
+def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any) -> Desk:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS)
+    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+
+
+def test_whole_conversation_from_first_mail_to_resolution(desk: Desk) -> None:
+    folio = desk.open_case(
+        subject="Sin internet",
+        body="Desde ayer no tengo internet.",
+        attachments=[("módem.jpg", "image/jpeg", b"\xff\xd8\xff")],
+    )
+    # New case: the customer gets the acknowledgement, the agents a notification.
+    [ack] = desk.to(CUSTOMER)
+    [notification] = desk.to(NOTIFY)
+    assert folio in notification["Subject"]
+    assert notification["Reply-To"].addresses[0].addr_spec == CONTACTO
+    body = text(notification)
+    for expected in (CUSTOMER, "contacto", "Desde ayer no tengo internet.", "módem.jpg", "#nota"):
+        assert expected in body
+
+    # 1. The agent answers: relayed to the customer, new text only, threaded.
+    desk.agent_reply(notification, "Buenas tardes, mañana revisamos su línea.")
+    relayed = desk.last_to(CUSTOMER)
+    assert relayed is not ack
+    assert folio in relayed["Subject"]
+    assert relayed["From"].addresses[0].addr_spec == CONTACTO
+    relayed_text = text(relayed)
+    assert "mañana revisamos su línea" in relayed_text
+    assert "Comandos" not in relayed_text and "Desde ayer" not in relayed_text
+    customer_id = desk.case(folio)["messages"][0]["message_id"]
+    assert relayed["In-Reply-To"].strip() == customer_id
+
+    # 2. An internal note is recorded and never sent.
+    sent_before = len(desk.sink.messages)
+    desk.agent_reply(notification, "#nota\nEl cliente tiene adeudo, revisar con cobranza.")
+    assert len(desk.sink.messages) == sent_before
+    notes = [m for m in desk.case(folio)["messages"] if m["kind"] == "note"]
+    assert notes and "adeudo" in notes[-1]["text"]
+
+    # 3. Resolution upheld: the customer is told why and that it was corrected.
+    desk.agent_reply(notification, "#resolver procedente\nSe cambió el conector dañado del poste.")
+    detail = desk.case(folio)
+    assert (detail["status"], detail["outcome"]) == ("resolved", "valid")
+    assert detail["cause"] == "Se cambió el conector dañado del poste."
+    resolution = desk.last_to(CUSTOMER)
+    resolution_text = text(resolution).lower()
+    assert folio.lower() in resolution_text and "conector dañado" in resolution_text
+    assert "procedente" in resolution_text and "corregida" in resolution_text
+
+    # 4. The customer answers the resolution: the case reopens, the agents are told.
+    notices_to_agents = len(desk.to(NOTIFY))
+    desk.deliver(
+        mail(
+            subject=f"Re: {resolution['Subject']}",
+            body="Sigue fallando en las noches.",
+            headers={"In-Reply-To": resolution["Message-ID"].strip()},
+        )
+    )
+    assert desk.case(folio)["status"] == "open"
+    assert len(desk.to(NOTIFY)) == notices_to_agents + 1
+    assert "reabri" in text(desk.last_to(NOTIFY))
+
+    # 5. Resolution not upheld.
+    desk.agent_reply(
+        notification, "#resolve invalid\nLa lentitud se debe a un repetidor del cliente."
+    )
+    detail = desk.case(folio)
+    assert (detail["status"], detail["outcome"]) == ("resolved", "invalid")
+    invalid_text = text(desk.last_to(CUSTOMER)).lower()
+    assert "improcedente" in invalid_text and "corregida" not in invalid_text
+
+    kinds = [m["kind"] for m in desk.case(folio)["messages"]]
+    assert {"customer", "agent", "note", "notice"} <= set(kinds)
+    assert len(desk.cli.json("cases", "list")) == 1
+
+
+def test_forged_agent_from_without_proof_runs_nothing(desk: Desk) -> None:
+    folio = desk.open_case()
+    before = len(desk.to(CUSTOMER))
+    desk.deliver(
+        mail(
+            sender=AGENT,
+            subject=f"Re: [Folio {folio}] Sin servicio",
+            body="#cerrar\nCaso cerrado, no hay falla.",
+        )
+    )
+    detail = desk.case(folio)
+    assert detail["status"] == "open"  # the command did not run
+    assert len(desk.to(CUSTOMER)) == before  # nothing relayed
+    assert any(m["kind"] == "unverified" for m in detail["messages"])
+    warning = desk.last_to(AGENT)
+    assert folio in warning["Subject"] or folio in text(warning)
+
+
+def test_authenticated_agent_is_verified_by_a_trusted_server(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS)
+    config.write_text(
+        config.read_text().replace(
+            "[web_form]", 'trusted_authserv_ids = ["mx.internet-plarey.com.mx"]\n[web_form]'
+        )
+    )
+    d = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = d.open_case()
+    d.deliver(
+        mail(
+            sender=AGENT,
+            subject=f"[Folio {folio}] visita",
+            body="#visita 2026-12-03 10:30",
+            headers={
+                "Authentication-Results": "mx.internet-plarey.com.mx; "
+                "dkim=pass header.d=internet-plarey.com.mx; spf=pass "
+                "smtp.mailfrom=ana.tecnica@internet-plarey.com.mx"
+            },
+        )
+    )
+    assert d.case(folio)["visit"] == {"date": "2026-12-03", "time": "10:30"}
+    visit = text(d.last_to(CUSTOMER))
+    assert "2026-12-03" in visit or "3 de diciembre" in visit
+
+
+def test_stranger_with_a_known_folio_gets_a_linked_case_of_its_own(desk: Desk) -> None:
+    folio = desk.open_case(body="Mi contraseña del wifi es secreta123")
+    desk.deliver(mail(sender="extrano@example.net", subject=f"Re: [Folio {folio}] Sin servicio"))
+    cases = desk.cli.json("cases", "list")
+    assert len(cases) == 2
+    other = next(c for c in cases if c["customer"] == "extrano@example.net")
+    assert desk.case(other["folio"])["related"] == [folio]
+    for message in desk.to("extrano@example.net"):
+        assert folio not in str(message) and "secreta123" not in str(message)
+
+
+def test_commands_from_a_customer_are_ordinary_text(desk: Desk) -> None:
+    folio = desk.open_case()
+    desk.deliver(mail(subject=f"Re: [Folio {folio}]", body="#cerrar\n#resolver procedente\nya"))
+    detail = desk.case(folio)
+    assert detail["status"] == "open" and detail["outcome"] is None
+    assert detail["messages"][-1]["kind"] in ("customer", "notice")
+    assert any("#cerrar" in m["text"] for m in detail["messages"] if m["kind"] == "customer")
+
+
+def test_malformed_command_changes_nothing_and_agent_gets_the_forms(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "#visita mañana\nLlevar módem nuevo.")
+    assert desk.case(folio)["visit"] is None
+    assert len(desk.to(CUSTOMER)) == to_customer
+    error = text(desk.last_to(AGENT))
+    assert "#visita mañana" in error
+    assert "#visita AAAA-MM-DD" in error or "AAAA-MM-DD" in error
+
+
+def test_route_to_area_notifies_that_area(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "#area redes\nRevisar nodo 4.")
+    assert desk.case(folio)["area"] == "redes"
+    routed = desk.last_to("redes@internet-plarey.com.mx")
+    assert folio in routed["Subject"]
+
+
+def test_agent_writing_directly_to_customer_is_recorded_not_resent(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    before = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "Le escribo directamente.", to=f"{CUSTOMER}, {CONTACTO}")
+    assert len(desk.to(CUSTOMER)) == before
+    assert any(
+        m["kind"] == "agent" and "directamente" in m["text"] for m in desk.case(folio)["messages"]
+    )
+
+
+def test_bounce_of_a_notice_is_recorded_and_agents_told_once(desk: Desk) -> None:
+    folio = desk.open_case()
+    [ack] = desk.to(CUSTOMER)
+    agents_before = len(desk.to(NOTIFY))
+
+    def bounce(n: int) -> bytes:
+        return (
+            b"From: Mail Delivery System <mailer-daemon@mx.example.com>\r\n"
+            b"To: contacto@internet-plarey.com.mx\r\nSubject: Undelivered Mail\r\n"
+            b"Message-ID: <dsn%d@mx.example.com>\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            b"--B\r\nContent-Type: text/plain\r\n\r\nNo se pudo entregar.\r\n"
+            b"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+            b"Reporting-MTA: dns; mx.example.com\r\n\r\n"
+            b"Final-Recipient: rfc822; juan.perez@example.com\r\nAction: failed\r\n"
+            b"Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n"
+            b"--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            b"From: contacto@internet-plarey.com.mx\r\nMessage-ID: "
+            + ack["Message-ID"].strip().encode()
+            + b"\r\n\r\n--B--\r\n"
+        ) % n
+
+    desk.deliver(bounce(1))
+    desk.deliver(bounce(2))
+    ledger = desk.cli.json("messages", "list")
+    assert [r["disposition"] for r in ledger[-2:]] == ["bounce", "bounce"]
+    assert ledger[-1]["folio"] == folio
+    failed = [m for m in desk.case(folio)["messages"] if "failed delivery" in m["text"]]
+    assert failed and "juan.perez@example.com" in failed[0]["text"] and "5.1.1" in failed[0]["text"]
+    assert len(desk.to(NOTIFY)) == agents_before + 1  # told once
+    assert "mailer-daemon@mx.example.com" not in {r for m in desk.sink.messages for r in m.rcpt_tos}
+
+
+def test_reply_after_the_reopen_window_or_to_a_closed_case_opens_a_linked_case(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    config = write_config(
+        tmp_path, mailboxes, sink, notify=True, extra="[cases]\nreopen_days = 0\n"
+    )
+    d = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = d.open_case()
+    code, _, err = d.cli(
+        "cases", "resolve", folio, "--outcome", "valid", "--cause", "Cambio de módem."
+    )
+    assert code == 0, err
+    d.deliver(mail(subject=f"Re: [Folio {folio}] Sin servicio", body="Gracias, ya funciona."))
+    cases = d.cli.json("cases", "list")
+    assert len(cases) == 2
+    assert d.case(folio)["status"] == "resolved"
+    newest = cases[0]["folio"]
+    assert d.case(newest)["related"] == [folio]
+    # A closed case: the same.
+    assert d.cli("cases", "close", newest)[0] == 0
+    d.deliver(mail(subject=f"Re: [Folio {newest}]", body="Otra falla."))
+    assert len(d.cli.json("cases", "list")) == 3
+
+
+def test_phone_case_from_the_cli(desk: Desk) -> None:
+    code, out, err = desk.cli(
+        "cases", "open", "--customer", "Maria@Example.com", "--name", "María",
+        "--channel", "phone", "--subject", "Llamada: sin servicio",
+        "--text", "Llamó para reportar que no tiene servicio.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    folio = json.loads(out)["folio"]
+    detail = desk.case(folio)
+    assert detail["channel"] == "phone" and detail["customer"] == "maria@example.com"
+    ack = desk.last_to("maria@example.com")
+    assert folio in ack["Subject"]
+    # And without an address: a folio, no mail.
+    code, out, _ = desk.cli(
+        "cases", "open", "--channel", "visit", "--subject", "Visita en oficina", "--text", "x"
+    )
+    assert code == 0
+
+
+def test_cli_note_resolve_close_reopen(desk: Desk) -> None:
+    folio = desk.open_case()
+    assert desk.cli("cases", "note", folio, "--text", "Llamar el lunes")[0] == 0
+    assert (
+        desk.cli("cases", "resolve", folio, "--outcome", "invalid", "--cause", "Sin falla.")[0] == 0
+    )
+    detail = desk.case(folio)
+    assert (detail["status"], detail["outcome"], detail["cause"]) == (
+        "resolved",
+        "invalid",
+        "Sin falla.",
+    )
+    assert "improcedente" in text(desk.last_to(CUSTOMER)).lower()
+    assert desk.cli("cases", "close", folio)[0] == 0
+    assert desk.case(folio)["status"] == "closed"
+    assert desk.cli("cases", "reopen", folio)[0] == 0
+    assert desk.case(folio)["status"] == "open"
+    code, _, err = desk.cli("cases", "route", folio, "--area", "nada")
+    assert code == 1 and "unknown area" in err
+    code, _, err = desk.cli("cases", "show", "PLR-1999-000001")
+    assert code == 4
+
+
+def test_closing_job_closes_resolved_cases_after_the_quiet_period(desk: Desk) -> None:
+    folio = desk.open_case()
+    assert desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")[0] == 0
+    desk.cli.poll()
+    assert desk.case(folio)["status"] == "resolved"
+    eight_days_ago = (datetime.now(UTC) - timedelta(days=8)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(desk.dir / "mailcase.db") as db:
+        db.execute("UPDATE cases SET resolved_at = ? WHERE folio = ?", (eight_days_ago, folio))
+    db.close()
+    desk.cli.poll()
+    assert desk.case(folio)["status"] == "closed"
