@@ -226,6 +226,10 @@ class PollSettings(_Section):
 
 class NoticesSettings(_Section):
     language: Literal["es", "en"] = "es"
+    # Only mail that reached the server (IMAP INTERNALDATE) this recently is
+    # answered: a first poll of a mailbox holding years of mail opens those
+    # cases silently instead of mailing old customers.
+    max_age_hours: float = Field(default=72.0, gt=0)
 
 
 class TemplatesSettings(_Section):

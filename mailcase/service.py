@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -323,7 +324,7 @@ def _ingest(
     if existing is not None:
         return existing  # committed before a crash lost the checkpoint's news
     settings = rt.settings
-    mail, oversize_note = _parse(rt, fetched, raw_sha)
+    mail, note = _parse(rt, fetched, raw_sha)
 
     earlier = ledger_by_key(session, mail.dedup_key)
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
@@ -347,8 +348,12 @@ def _ingest(
         now=utcnow(),
         reopen_days=settings.cases.reopen_days,
     )
-    case_id = _apply(rt, session, mailbox, mail, raw_sha, fetched.raw, decision, oversize_note)
-    reasons = [r for r in (decision.reason, oversize_note) if r]
+    if _too_old(settings, fetched):
+        # Old mail met for the first time: opened and recorded, never answered.
+        decision = replace(decision, acknowledge=False, quiet=True)
+        note = "; ".join(n for n in (note, "older than notices.max_age_hours: not answered") if n)
+    case_id = _apply(rt, session, mailbox, mail, raw_sha, fetched.raw, decision, note)
+    reasons = [r for r in (decision.reason, note) if r]
     entry = LedgerEntry(
         mailbox=mailbox,
         uidvalidity=uidvalidity,
@@ -367,6 +372,13 @@ def _ingest(
     _advance(session, mailbox, uidvalidity, fetched.uid)
     session.flush()
     return entry
+
+
+def _too_old(settings: Settings, fetched: FetchedMessage) -> bool:
+    received = as_utc(fetched.internal_date)
+    if received is None:
+        return False
+    return utcnow() - received > timedelta(hours=settings.notices.max_age_hours)
 
 
 def case_ref(session: Session, case: Case) -> CaseRef:
@@ -469,7 +481,8 @@ def _apply(
                 if mail.message_id
                 else mail.references,
             )
-        _notify_agents_of(session, settings, case, "new", mail)
+        if not decision.quiet:
+            _notify_agents_of(session, settings, case, "new", mail)
         return case.id
     if decision.case is None:
         return None
@@ -481,6 +494,10 @@ def _apply(
     session.add(case)
     if disposition is not Disposition.FOLLOW_UP:  # an auto-reply or bounce naming the case
         _record_inbound(rt, session, case, mail, raw_sha, "system")
+        return case.id
+    if decision.quiet:  # old mail: kept on the case, no command runs, nobody is told
+        _record_inbound(rt, session, case, mail, raw_sha, str(decision.role))
+        casework.record(session, case, "system", note)
         return case.id
     if decision.role is Role.AGENT:
         _agent_message(rt, session, case, mail, raw_sha)

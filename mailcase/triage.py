@@ -83,6 +83,7 @@ class Decision:
     related: tuple[str, ...] = field(default=())  # folios it names but does not join
     role: Role = Role.CUSTOMER
     reopen: bool = False  # the case it joins was resolved and opens again
+    quiet: bool = False  # tell nobody (old mail met on a first poll)
 
 
 _AUTOMATIC = {

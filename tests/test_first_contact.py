@@ -1,0 +1,53 @@
+"""First contact with a mailbox full of old mail: all ingested, only recent mail answered."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import NOTIFY, Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+
+def test_only_mail_that_arrived_recently_is_answered(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = Cli(write_config(tmp_path, mailboxes, sink, notify=True), capsys)
+    now = datetime.now(UTC)
+    for days in (900, 400, 10, 4):  # years-old mail, and mail just past the 72 h window
+        mailboxes.append(
+            "contacto",
+            mail(sender=f"viejo{days}@example.com", subject=f"Reporte de hace {days} días"),
+            internal_date=now - timedelta(days=days),
+        )
+    mailboxes.append(
+        "contacto", mail(sender="nuevo@example.com"), internal_date=now - timedelta(hours=2)
+    )
+    cli.poll()
+    cases = cli.json("cases", "list")
+    assert len(cases) == 5  # everything is ingested
+    rcpts = sorted(r for m in sink.messages for r in m.rcpt_tos)
+    assert rcpts == sorted(["nuevo@example.com", NOTIFY])  # one ack, one agent notice
+    old = next(c for c in cases if c["customer"] == "viejo900@example.com")
+    texts = [m["text"] for m in cli.json("cases", "show", old["folio"])["messages"]]
+    assert any("max_age_hours" in t for t in texts)
+    ledger = cli.json("messages", "list")
+    assert sum("max_age_hours" in r["reason"] for r in ledger) == 4
+
+
+def test_window_is_configurable(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILCASE_NOTICES__MAX_AGE_HOURS", "1000")
+    cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    mailboxes.append("contacto", mail(), internal_date=datetime.now(UTC) - timedelta(days=10))
+    cli.poll()
+    assert [m.rcpt_tos for m in sink.messages] == [["juan.perez@example.com"]]
