@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("id", nargs="?", type=int, help="the notice id (see outbox list)")
     which.add_argument("--all", action="store_true", help="every failed or queued notice")
 
+    commands.add_parser("check", help="check the config, database, mailboxes and SMTP")
+    status = commands.add_parser("status", help="last polls, errors, backlog and outbox")
+    status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--offline", action="store_true", help="do not ask the mailboxes for backlog"
+    )
+
     db = commands.add_parser("db", help="database schema").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -158,6 +165,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "cases": _cases,
         "messages": _messages,
         "outbox": _outbox,
+        "check": _check,
+        "status": _status,
     }
     return handlers[args.command](args, settings)
 
@@ -175,7 +184,12 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
 
 def _poll(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.outbox import deliver_outbox
-    from mailcase.service import Runtime, close_stale_cases, poll_mailbox
+    from mailcase.service import (
+        Runtime,
+        close_stale_cases,
+        poll_mailbox,
+        record_mailbox_failure,
+    )
 
     rt = Runtime.open(settings)
     failed: list[MailboxError] = []
@@ -184,6 +198,7 @@ def _poll(args: argparse.Namespace, settings: Settings) -> int:
             poll_mailbox(rt, name)
         except MailboxError as exc:
             failed.append(exc)
+            record_mailbox_failure(rt, name, str(exc))
     close_stale_cases(rt)
     deliver_outbox(rt.store, settings)
     for failure in failed:
@@ -196,6 +211,36 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.service import Runtime
 
     run_daemon(Runtime.open(settings))
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from mailcase.health import run_checks
+
+    results = run_checks(settings)
+    rows = [{"check": "config", "result": "ok", "detail": str(config_path(args.config))}]
+    rows += [
+        {"check": r.name, "result": "ok" if r.ok else "FAILED", "detail": r.detail} for r in results
+    ]
+    _print_table(rows, ["check", "result", "detail"], width=200)
+    failures = [r for r in results if not r.ok]
+    for failure in failures:
+        print(f"mailcase: {failure.name} failed: {failure.detail}", file=sys.stderr)
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from mailcase.health import status
+
+    report = status(settings, _open_store(settings), live=not args.offline)
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    columns = ["mailbox", "last_success_at", "backlog", "consecutive_failures", "last_error"]
+    _print_table(report["mailboxes"], columns)
+    print()
+    print("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))
+    print("cases:  " + ", ".join(f"{k} {v}" for k, v in report["cases"].items()))
     return EXIT_OK
 
 
@@ -478,16 +523,16 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _cell(value: Any, width: int = 60) -> str:
+def _cell(value: Any, width: int) -> str:
     text = "" if value is None else " ".join(str(value).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def _print_table(rows: list[dict[str, Any]], columns: list[str], width: int = 60) -> None:
     if not rows:
         print("(none)")
         return
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c), width) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for r in cells:

@@ -60,6 +60,7 @@ class ImapMailbox:
         self.settings = settings
         self.client: Any = None
         self.uidvalidity = 0
+        self.message_count = 0
         self.can_keyword = False
 
     def __enter__(self) -> ImapMailbox:
@@ -110,9 +111,16 @@ class ImapMailbox:
             self.close()
             raise self._fail(f"cannot open folder {s.folder!r}", exc) from exc
         self.uidvalidity = int(info.get(b"UIDVALIDITY", 0))
+        self.message_count = int(info.get(b"EXISTS", 0))
         permanent = info.get(b"PERMANENTFLAGS", ())
         # RFC 3501 7.1: "\*" in PERMANENTFLAGS means new keywords may be created.
         self.can_keyword = b"\\*" in permanent or DONE_KEYWORD in permanent
+
+    def has_capability(self, name: str) -> bool:
+        try:
+            return bool(self.client.has_capability(name))
+        except (OSError, IMAPClientError):
+            return False
 
     def close(self) -> None:
         if self.client is None:

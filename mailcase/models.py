@@ -177,4 +177,7 @@ class Checkpoint(SQLModel, table=True):
     mailbox: str = Field(primary_key=True, max_length=64)
     uidvalidity: int = Field(sa_type=BigInteger)
     last_uid: int = Field(default=0, sa_type=BigInteger)
-    last_poll_at: datetime | None = None
+    last_poll_at: datetime | None = None  # last successful poll
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    last_error_at: datetime | None = None
+    failures: int = 0  # consecutive failed polls

@@ -109,6 +109,7 @@ def poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
             checkpoint = session.get(Checkpoint, name)
             if checkpoint is not None:
                 checkpoint.last_poll_at = utcnow()
+                checkpoint.failures = 0
                 session.add(checkpoint)
     log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions))
     return report
@@ -149,6 +150,21 @@ def _fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[F
     yield from flush()
 
 
+def record_mailbox_failure(rt: Runtime, name: str, error: str) -> None:
+    """Remember that mailbox ``name`` could not be read (for ``mailcase status``)."""
+    try:
+        with rt.store.transaction() as session:
+            checkpoint = session.get(Checkpoint, name)
+            if checkpoint is None:
+                checkpoint = Checkpoint(mailbox=name, uidvalidity=0, last_uid=0)
+            checkpoint.last_error = error
+            checkpoint.last_error_at = utcnow()
+            checkpoint.failures += 1
+            session.add(checkpoint)
+    except SQLAlchemyError:  # the failure itself is logged by the caller
+        pass
+
+
 def close_stale_cases(rt: Runtime) -> list[str]:
     """Close resolved cases left without a customer reply for ``cases.close_after_days``."""
     with rt.store.transaction() as session:
@@ -165,6 +181,10 @@ def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> int:
         if checkpoint is None:
             session.add(Checkpoint(mailbox=name, uidvalidity=uidvalidity, last_uid=0))
             return 0
+        if checkpoint.uidvalidity == 0:  # only failures were recorded so far
+            checkpoint.uidvalidity = uidvalidity
+            session.add(checkpoint)
+            return checkpoint.last_uid
         if checkpoint.uidvalidity != uidvalidity:
             # RFC 3501 2.3.1.1: old UIDs mean nothing now. Rescan everything;
             # messages already ingested are recognised by their Message-ID (or

@@ -1,0 +1,121 @@
+"""``mailcase check`` and ``mailcase status``: is everything reachable, and how is it going.
+
+``run_checks`` touches every peer the daemon needs (database, each mailbox,
+the SMTP server) and sends nothing; each check is one row with a one-line
+detail that never contains a secret. ``status`` reads what the daemon
+recorded (last successful poll, errors, outbox) and, unless told not to, asks
+each mailbox how many messages wait above the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col, func, select
+
+from mailcase.config import MailboxSettings, Settings
+from mailcase.errors import DatabaseError, DeliveryError, MailboxError
+from mailcase.imap import ImapMailbox
+from mailcase.models import Case, Checkpoint, Notice
+from mailcase.smtp import SmtpConnection
+from mailcase.store import Store, make_engine
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _guard(name: str, check: Callable[[], str]) -> CheckResult:
+    try:
+        return CheckResult(name, True, check())
+    except (MailboxError, DeliveryError, DatabaseError) as exc:
+        return CheckResult(name, False, str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        return CheckResult(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def check_database(settings: Settings) -> str:
+    """The schema revision; never upgrades (that is `db upgrade`'s or the daemon's job)."""
+    engine = make_engine(settings.database.url)
+    try:
+        probe = Store(engine, settings.database.url)
+        current, head = probe.revisions()
+    finally:
+        engine.dispose()
+    if current == head:
+        return f"schema at revision {current} (latest)"
+    if settings.database.upgrades_itself:
+        return f"schema at revision {current or 'none'}; upgrades itself to {head} at start"
+    raise DatabaseError(
+        f"schema at revision {current or 'none'} but this mailcase needs {head}: "
+        "run `mailcase db upgrade`"
+    )
+
+
+def check_mailbox(name: str, settings: MailboxSettings) -> str:
+    with ImapMailbox(name, settings) as box:
+        idle = "IDLE supported" if box.has_capability("IDLE") else "no IDLE (polling only)"
+        count = box.message_count
+    return f"logged in as {settings.login}, folder {settings.folder} ({count} messages), {idle}"
+
+
+def check_smtp(settings: Settings) -> str:
+    smtp = settings.smtp
+    with SmtpConnection(smtp):
+        pass
+    how = {"tls": "TLS", "starttls": "STARTTLS", "none": "no TLS"}[smtp.security]
+    auth = f", authenticated as {smtp.username}" if smtp.username else ""
+    return f"EHLO to {smtp.host}:{smtp.effective_port} ok, {how}{auth}; nothing sent"
+
+
+def run_checks(settings: Settings) -> list[CheckResult]:
+    """Every check, in a stable order: database, each mailbox, SMTP."""
+    results = [_guard("database", lambda: check_database(settings))]
+    for name, box in settings.mailboxes.items():
+        results.append(_guard(f"mailbox {name}", partial(check_mailbox, name, box)))
+    results.append(_guard("smtp", lambda: check_smtp(settings)))
+    return results
+
+
+def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, Any]:
+    """Per mailbox: last successful poll, errors, backlog; outbox and case counts."""
+    with store.transaction() as session:
+        checkpoints = {c.mailbox: c for c in session.exec(select(Checkpoint)).all()}
+        outbox = dict(
+            session.exec(select(Notice.status, func.count()).group_by(col(Notice.status))).all()
+        )
+        cases = dict(
+            session.exec(select(Case.status, func.count()).group_by(col(Case.status))).all()
+        )
+    mailboxes = []
+    for name, box in settings.mailboxes.items():
+        cp = checkpoints.get(name)
+        entry: dict[str, Any] = {
+            "mailbox": name,
+            "address": box.address,
+            "last_success_at": cp.last_poll_at.isoformat() if cp and cp.last_poll_at else None,
+            "last_error": (cp.last_error or None) if cp else None,
+            "last_error_at": cp.last_error_at.isoformat() if cp and cp.last_error_at else None,
+            "consecutive_failures": cp.failures if cp else 0,
+            "backlog": None,
+        }
+        if live:
+            try:
+                with ImapMailbox(name, box) as imap:
+                    same = cp is not None and cp.uidvalidity == imap.uidvalidity
+                    entry["backlog"] = len(imap.uids_after(cp.last_uid if same and cp else 0))
+            except MailboxError as exc:
+                entry["backlog_error"] = str(exc)
+        mailboxes.append(entry)
+    return {
+        "mailboxes": mailboxes,
+        "outbox": {s: int(outbox.get(s, 0)) for s in ("queued", "sent", "failed", "suppressed")},
+        "cases": {s: int(cases.get(s, 0)) for s in ("open", "resolved", "closed")},
+    }
