@@ -257,6 +257,11 @@ class LimitsSettings(_Section):
     max_mime_depth: int = Field(default=20, ge=1)
 
 
+class MetricsSettings(_Section):
+    # "host:port" for Prometheus' /metrics, e.g. "127.0.0.1:9464"; unset: not served.
+    listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -286,6 +291,7 @@ class Settings(BaseSettings):
     company: CompanySettings = CompanySettings()
     limits: LimitsSettings = LimitsSettings()
     cases: CasesSettings = CasesSettings()
+    metrics: MetricsSettings = MetricsSettings()
     areas: dict[str, AreaSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
 

@@ -25,8 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
+from mailcase import metrics
 from mailcase.classify import is_automatic_address
 from mailcase.config import Settings
 from mailcase.errors import DeliveryError, PermanentDeliveryError
@@ -67,18 +68,31 @@ def deliver_outbox(
     store: Store, settings: Settings, *, now: datetime | None = None
 ) -> DeliveryReport:
     """Send every due notice over one SMTP connection; return what happened."""
-    log = get_logger()
     report = DeliveryReport()
     now = now or utcnow()
     with store.transaction() as session:
         ids = due_notice_ids(session, now)
-    if not ids:
-        return report
+    try:
+        return _deliver(store, settings, ids, now, report) if ids else report
+    finally:
+        for outcome in ("sent", "deferred", "failed", "suppressed"):
+            if getattr(report, outcome):
+                metrics.NOTICES.labels(outcome).inc(getattr(report, outcome))
+        with store.transaction() as session:
+            queued = select(func.count()).select_from(Notice)
+            metrics.set_queued(session.exec(queued.where(Notice.status == "queued")).one())
+
+
+def _deliver(
+    store: Store, settings: Settings, ids: list[int], now: datetime, report: DeliveryReport
+) -> DeliveryReport:
+    log = get_logger()
     # Last guard against loops; the full policy ran when the notice was queued.
     never_mail = {m.address for m in settings.mailboxes.values()}
     try:
         connection = SmtpConnection(settings.smtp).__enter__()
     except DeliveryError as exc:
+        metrics.ERRORS.labels("smtp", "").inc()
         # Even a refused login is the server's or the admin's problem, not the
         # notices': keep them queued until it is fixed or they expire.
         log.warning("smtp_unavailable", error=str(exc), queued=len(ids))

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailcase import casework
+from mailcase import casework, metrics
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore
 from mailcase.casework import CaseworkError
@@ -28,7 +28,7 @@ from mailcase.classify import classify
 from mailcase.commands import Command, CommandKind, parse_commands
 from mailcase.config import Settings
 from mailcase.dsn import parse_dsn
-from mailcase.errors import DatabaseError, MessageError, NotFoundError
+from mailcase.errors import DatabaseError, MailboxError, MessageError, NotFoundError
 from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import FetchedMessage, ImapMailbox
 from mailcase.inbound import InboundMail, parse_inbound
@@ -85,6 +85,17 @@ def poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
     Raises :class:`~mailcase.errors.MailboxError` when the mailbox cannot be
     read; what was committed before stays committed.
     """
+    with metrics.POLL_SECONDS.labels(name).time():
+        try:
+            report = _poll_mailbox(rt, name)
+        except MailboxError:
+            metrics.ERRORS.labels("imap", name).inc()
+            raise
+    metrics.poll_succeeded(name)
+    return report
+
+
+def _poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
     settings = rt.settings.mailboxes[name]
     report = MailboxReport(mailbox=name)
     log = get_logger(mailbox=name)
@@ -220,6 +231,9 @@ def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: Fetched
             raise DatabaseError(
                 f"cannot record message {fetched.uid} of mailbox {mailbox}: {db_exc}"
             ) from db_exc
+    metrics.MESSAGES.labels(mailbox, entry.disposition).inc()
+    if entry.disposition == Disposition.NEW_CASE:
+        metrics.CASES_OPENED.labels(mailbox).inc()
     log.info(
         "message_ingested",
         message_id=entry.message_id,

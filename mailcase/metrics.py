@@ -1,0 +1,90 @@
+"""Prometheus metrics (prometheus-client), served by ``mailcase run`` on ``[metrics] listen``.
+
+Recording is always on and cheap (in-process counters); only the HTTP
+endpoint is optional. Metric names follow Prometheus conventions
+(``mailcase_..._total`` for counters, base units in seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MESSAGES = Counter(
+    "mailcase_messages_total",
+    "Fetched messages by mailbox and ledger disposition.",
+    ["mailbox", "disposition"],
+    registry=REGISTRY,
+)
+CASES_OPENED = Counter(
+    "mailcase_cases_opened_total", "Cases opened, by mailbox.", ["mailbox"], registry=REGISTRY
+)
+NOTICES = Counter(
+    "mailcase_notices_total",
+    "Notices by outcome of a delivery attempt (sent, deferred, failed, suppressed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+POLL_SECONDS = Histogram(
+    "mailcase_poll_duration_seconds",
+    "Duration of one poll of one mailbox.",
+    ["mailbox"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "mailcase_errors_total",
+    "Failures to reach a peer: protocol imap (per mailbox) or smtp.",
+    ["protocol", "mailbox"],
+    registry=REGISTRY,
+)
+
+_last_success: dict[str, float] = {}
+_queued: list[int] = [0]
+
+
+def poll_succeeded(mailbox: str) -> None:
+    _last_success[mailbox] = time.time()
+
+
+def set_queued(count: int) -> None:
+    _queued[0] = count
+
+
+class _Live(Collector):
+    """Values computed at scrape time: seconds since each mailbox's last good poll."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        since = GaugeMetricFamily(
+            "mailcase_seconds_since_last_successful_poll",
+            "Seconds since the last successful poll of each mailbox.",
+            labels=["mailbox"],
+        )
+        now = time.time()
+        for mailbox, at in sorted(_last_success.items()):
+            since.add_metric([mailbox], now - at)
+        yield since
+        queued = GaugeMetricFamily(
+            "mailcase_notices_queued", "Notices waiting in the outbox (at the last delivery run)."
+        )
+        queued.add_metric([], _queued[0])
+        yield queued
+
+
+REGISTRY.register(_Live())
+
+
+def serve(listen: str) -> WSGIServer:
+    """Serve /metrics on ``host:port`` in a daemon thread; ``shutdown()`` the result to stop."""
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(
+        int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY
+    )
+    return server
