@@ -13,7 +13,8 @@ import getpass
 import json
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, time
 from typing import Any
 
@@ -56,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mailcase {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("poll", help="read every mailbox once, then deliver the outbox")
+    poll = commands.add_parser("poll", help="read every mailbox once, then deliver the outbox")
+    poll.add_argument(
+        "--progress", action="store_true", help="show a progress bar per mailbox (on a terminal)"
+    )
     commands.add_parser("run", help="run the daemon (poll on a schedule, deliver notices)")
 
     cases = commands.add_parser("cases", help="list and show cases").add_subparsers(
@@ -193,17 +197,52 @@ def _poll(args: argparse.Namespace, settings: Settings) -> int:
 
     rt = Runtime.open(settings)
     failed: list[MailboxError] = []
-    for name in settings.mailboxes:
-        try:
-            poll_mailbox(rt, name)
-        except MailboxError as exc:
-            failed.append(exc)
-            record_mailbox_failure(rt, name, str(exc))
+    with _progress_bars(args.progress) as bars:
+        for name in settings.mailboxes:
+            try:
+                poll_mailbox(rt, name, bars(name) if bars else None)
+            except MailboxError as exc:
+                failed.append(exc)
+                record_mailbox_failure(rt, name, str(exc))
     close_stale_cases(rt)
     deliver_outbox(rt.store, settings)
     for failure in failed:
         print(f"mailcase: {failure}", file=sys.stderr)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+@contextmanager
+def _progress_bars(wanted: bool) -> Iterator[Callable[[str], Callable[[int, int], None]] | None]:
+    """Rich progress bars on stderr, one per mailbox; nothing when not a terminal."""
+    if not wanted or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description:>12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as progress:
+
+        def bar(name: str) -> Callable[[int, int], None]:
+            task = progress.add_task(name, total=None)
+
+            def update(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            return update
+
+        yield bar
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

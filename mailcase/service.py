@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -79,7 +79,10 @@ class MailboxReport:
     dispositions: Counter[str] = field(default_factory=Counter)
 
 
-def poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
+Progress = Callable[[int, int], None]  # (messages done, messages to do)
+
+
+def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> MailboxReport:
     """Ingest every message of mailbox ``name`` above its checkpoint.
 
     Raises :class:`~mailcase.errors.MailboxError` when the mailbox cannot be
@@ -87,7 +90,7 @@ def poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
     """
     with metrics.POLL_SECONDS.labels(name).time():
         try:
-            report = _poll_mailbox(rt, name)
+            report = _poll_mailbox(rt, name, progress)
         except MailboxError:
             metrics.ERRORS.labels("imap", name).inc()
             raise
@@ -95,17 +98,21 @@ def poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
     return report
 
 
-def _poll_mailbox(rt: Runtime, name: str) -> MailboxReport:
+def _poll_mailbox(rt: Runtime, name: str, progress: Progress | None) -> MailboxReport:
     settings = rt.settings.mailboxes[name]
     report = MailboxReport(mailbox=name)
     log = get_logger(mailbox=name)
     with ImapMailbox(name, settings) as box:
         last_uid = _checkpoint(rt.store, name, box.uidvalidity, log)
         uids = box.uids_after(last_uid)
+        if progress is not None:
+            progress(0, len(uids))
         handled: list[int] = []
         for fetched in _fetch_planned(rt, box, uids):
             disposition = ingest_message(rt, name, box.uidvalidity, fetched)
             report.fetched += 1
+            if progress is not None:
+                progress(report.fetched, len(uids))
             report.dispositions[disposition] += 1
             handled.append(fetched.uid)
             if len(handled) >= rt.settings.poll.batch_size:
