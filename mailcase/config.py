@@ -222,6 +222,8 @@ class FolioSettings(_Section):
 class PollSettings(_Section):
     interval_seconds: int = Field(default=60, ge=5)
     batch_size: int = Field(default=50, ge=1, le=1000)
+    # IMAP IDLE: None (default) uses it where the server advertises it.
+    idle: bool | None = None
 
 
 class NoticesSettings(_Section):

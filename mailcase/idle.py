@@ -1,0 +1,101 @@
+"""IMAP IDLE (RFC 2177): learn about new mail within a second instead of at the next poll.
+
+One :class:`IdleWatcher` thread per mailbox keeps its own connection in IDLE
+and calls ``on_new_mail(mailbox)`` when the server reports new messages
+(``EXISTS``); the caller then polls that mailbox as usual. The watcher never
+fetches or changes anything, so it cannot lose or duplicate mail: polling on
+``poll.interval_seconds`` stays the safety net if a notification is missed.
+
+IDLE is re-issued every 25 minutes, under the 29 minutes after which RFC 2177
+lets servers drop an idle client. A dropped connection reconnects with
+back-off (1 s doubling to 5 min); a server without IDLE ends the watcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+
+from imapclient.exceptions import IMAPClientError
+
+from mailcase.config import MailboxSettings
+from mailcase.errors import MailboxError
+from mailcase.imap import ImapMailbox
+from mailcase.logs import get_logger
+
+RENEW_SECONDS = 25 * 60
+CHECK_SECONDS = 1.0  # how often the thread looks at the stop flag while idling
+MAX_BACKOFF = 300.0
+
+
+class IdleWatcher(threading.Thread):
+    """Watches one mailbox with IDLE until ``stop`` is set."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: MailboxSettings,
+        on_new_mail: Callable[[str], None],
+        stop: threading.Event,
+        *,
+        renew_seconds: float = RENEW_SECONDS,
+    ) -> None:
+        super().__init__(name=f"idle:{name}", daemon=True)
+        self.mailbox = name
+        self.settings = settings
+        self.on_new_mail = on_new_mail
+        self.stop = stop
+        self.renew_seconds = renew_seconds
+        self.supported: bool | None = None  # known after the first login
+        self.ready = threading.Event()  # set once IDLE is running (for tests and logs)
+        self.log = get_logger(mailbox=name)
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                with ImapMailbox(self.mailbox, self.settings) as box:
+                    self.supported = box.has_capability("IDLE")
+                    if not self.supported:
+                        self.log.info("idle_unsupported")
+                        self.ready.set()
+                        return
+                    backoff = 1.0
+                    self._watch(box)
+            except (MailboxError, IMAPClientError, OSError) as exc:
+                self.ready.clear()
+                self.log.warning("idle_failed", error=str(exc), retry_in=backoff)
+            except Exception:  # never let the thread die silently
+                self.ready.clear()
+                self.log.exception("idle_crashed", retry_in=backoff)
+            if self.stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _watch(self, box: ImapMailbox) -> None:
+        client = box.client
+        while not self.stop.is_set():
+            client.idle()
+            self.ready.set()
+            started = time.monotonic()
+            new_mail = False
+            try:
+                while not self.stop.is_set() and time.monotonic() - started < self.renew_seconds:
+                    responses = client.idle_check(timeout=CHECK_SECONDS)
+                    if _reports_new_mail(responses):
+                        new_mail = True
+                        break
+            finally:
+                with contextlib.suppress(IMAPClientError, OSError):
+                    # News that arrived while IDLE was being ended comes with DONE's answer.
+                    _text, late = client.idle_done()
+                    new_mail = new_mail or _reports_new_mail(late)
+            if new_mail:
+                self.on_new_mail(self.mailbox)
+
+
+def _reports_new_mail(responses: list[tuple[object, ...]]) -> bool:
+    # RFC 3501 7.3.1: "* N EXISTS" announces the new message count.
+    return any(len(r) > 1 and r[1] == b"EXISTS" for r in responses)
