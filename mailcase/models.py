@@ -160,14 +160,14 @@ class Notice(SQLModel, table=True):
     kind: str = Field(max_length=32)  # acknowledgement, ...
     status: str = Field(default=NoticeStatus.QUEUED, max_length=16, index=True)
     mail_from: str = Field(max_length=320)
-    rcpt_to: str = Field(max_length=320)
+    rcpt_to: str = Field(max_length=320, index=True)  # per-recipient rate limits
     message_id: str = Field(max_length=998, index=True)
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     attempts: int = 0
     queued_at: datetime | None = None  # start of the retry window (requeue resets it)
     next_attempt_at: datetime
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    created_at: datetime
+    created_at: datetime = Field(index=True)
     sent_at: datetime | None = None
 
 

@@ -52,12 +52,21 @@ def signing_key(session: Session) -> bytes:
     Kept in the database (not a file) so that every instance sharing it signs
     and verifies alike.
     """
+    url = str(session.get_bind().engine.url)
+    cached = _KEYS.get(url)
+    if cached is not None:
+        return cached
     row = session.get(KeyValue, SIGNING_KEY)
     if row is None:
         row = KeyValue(key=SIGNING_KEY, value=secrets.token_hex(32))
         session.add(row)
         session.flush()
-    return bytes.fromhex(row.value)
+        return bytes.fromhex(row.value)  # cached once its transaction has surely committed
+    _KEYS[url] = bytes.fromhex(row.value)
+    return _KEYS[url]
+
+
+_KEYS: dict[str, bytes] = {}  # the key never changes once created: one read per process
 
 
 def blocked(session: Session, settings: Settings, kind: str, rcpt: str) -> str:

@@ -21,7 +21,7 @@ one notice twice; nothing else is ever sent twice.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -54,14 +54,31 @@ class DeliveryReport:
     suppressed: int = 0
 
 
-def due_notice_ids(session: Session, now: datetime, limit: int = 500) -> list[int]:
+PAGE = 500
+
+
+def due_notice_ids(session: Session, now: datetime, after: int = 0, limit: int = PAGE) -> list[int]:
+    """Ids of queued notices due at ``now`` above id ``after``, oldest first."""
     rows = session.exec(
         select(Notice.id)
-        .where(Notice.status == NoticeStatus.QUEUED, col(Notice.next_attempt_at) <= now)
+        .where(
+            Notice.status == NoticeStatus.QUEUED,
+            col(Notice.next_attempt_at) <= now,
+            col(Notice.id) > after,
+        )
         .order_by(col(Notice.id))
         .limit(limit)
     ).all()
     return [int(r) for r in rows if r is not None]
+
+
+def _pages(store: Store, now: datetime, first: list[int]) -> Iterator[int]:
+    """Every due notice id, a page at a time, each at most once per run."""
+    ids = first
+    while ids:
+        yield from ids
+        with store.transaction() as session:
+            ids = due_notice_ids(session, now, after=ids[-1])
 
 
 def deliver_outbox(
@@ -73,7 +90,7 @@ def deliver_outbox(
     with store.transaction() as session:
         ids = due_notice_ids(session, now)
     try:
-        return _deliver(store, settings, ids, now, report) if ids else report
+        return _deliver(store, settings, _pages(store, now, ids), now, report) if ids else report
     finally:
         for outcome in ("sent", "deferred", "failed", "suppressed"):
             if getattr(report, outcome):
@@ -84,7 +101,7 @@ def deliver_outbox(
 
 
 def _deliver(
-    store: Store, settings: Settings, ids: list[int], now: datetime, report: DeliveryReport
+    store: Store, settings: Settings, ids: Iterator[int], now: datetime, report: DeliveryReport
 ) -> DeliveryReport:
     log = get_logger()
     # Last guard against loops; the full policy ran when the notice was queued.
@@ -95,7 +112,7 @@ def _deliver(
         metrics.ERRORS.labels("smtp", "").inc()
         # Even a refused login is the server's or the admin's problem, not the
         # notices': keep them queued until it is fixed or they expire.
-        log.warning("smtp_unavailable", error=str(exc), queued=len(ids))
+        log.warning("smtp_unavailable", error=str(exc))
         for notice_id in ids:
             _record_failure(
                 store, settings, notice_id, exc, permanent=False, report=report, now=now

@@ -223,9 +223,13 @@ def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: Fetched
     """
     log = get_logger(mailbox=mailbox, uid=fetched.uid)
     raw_sha = rt.blobs.put_file(fetched.spooled) if fetched.spooled else rt.blobs.put(fetched.raw)
+    folio: str | None = None
     try:
         with rt.store.transaction() as session:
             entry = _ingest(rt, session, mailbox, uidvalidity, fetched, raw_sha)
+            if entry.case_id is not None:
+                case = session.get(Case, entry.case_id)
+                folio = case.folio if case else None
     except DatabaseError:
         raise
     except Exception as exc:  # a bad message costs one message (Mailman's runner)
@@ -245,7 +249,7 @@ def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: Fetched
         "message_ingested",
         message_id=entry.message_id,
         disposition=entry.disposition,
-        folio=_folio_of(rt, entry.case_id),
+        folio=folio,
         reason=entry.reason or None,
     )
     return entry.disposition
@@ -276,14 +280,6 @@ def _error_reason(exc: BaseException) -> str:
     if isinstance(exc, MessageError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"[:1000]
-
-
-def _folio_of(rt: Runtime, case_id: int | None) -> str | None:
-    if case_id is None:
-        return None
-    with rt.store.transaction() as session:
-        case = session.get(Case, case_id)
-        return case.folio if case else None
 
 
 def _advance(session: Session, mailbox: str, uidvalidity: int, uid: int) -> None:

@@ -1,0 +1,231 @@
+"""Ingest benchmark: mailcase poll as a whole process against the floor for the same work.
+
+Starts its own Dovecot and SMTP sink (tests/servers.py), loads N generated
+Spanish support mails (1-8 KB bodies, 10% with a 50 KB attachment), then:
+
+(a) runs ``mailcase poll`` as a process, timed from its start to the last
+    notice accepted by the sink (an acknowledgement and an agent notification
+    per message: 2N notices), with its peak RSS;
+(b) measures the floor for the same work: a bare imapclient fetch of the same
+    messages, mail-parser parsing each, and sending 2N already-rendered
+    notices over one SMTP connection.
+
+Prints messages per second for both and the ratio (a)/(b).
+
+    .venv/bin/python bench/ingest.py -n 1000 [--db sqlite|postgresql] [--existing-cases 1000000]
+
+Not a test: numbers go into README.md ("Benchmark").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import smtplib
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import mailparser  # noqa: E402
+from helpers import write_config  # noqa: E402
+from imapclient import IMAPClient  # noqa: E402
+from servers import Dovecot, SmtpSink  # noqa: E402
+
+WORDS = tuple(
+    "internet servicio falla módem señal lento cobro factura técnico visita domicilio antena "
+    "cable fibra router contraseña wifi reporte aclaración cancelación recibo pago desde ayer "
+    "no funciona por favor revisar gracias atentamente saludos buenas tardes colonia calle "
+    "número cliente contrato plan megas velocidad intermitente luz roja".split(" ")  # noqa: SIM905
+)
+SUBJECTS = (
+    "Sin internet", "Internet muy lento", "Aclaración de cobro", "Cancelación de servicio",
+    "Falla intermitente", "Cambio de contraseña del wifi", "Visita técnica", "Cobro duplicado",
+)  # fmt: skip
+
+
+def generate(n: int, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    mails = []
+    for i in range(n):
+        msg = EmailMessage()
+        msg["From"] = f"Cliente {i} <cliente{i}@example.com>"
+        msg["To"] = "contacto@internet-plarey.com.mx"
+        msg["Subject"] = f"{rng.choice(SUBJECTS)} ({i})"
+        msg["Date"] = format_datetime(datetime.now(UTC))
+        msg["Message-ID"] = make_msgid(idstring=str(i), domain="example.com")
+        size = rng.randint(1024, 8192)
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < size:
+            words.append(rng.choice(WORDS))
+        body = "Buenas tardes,\n\n" + " ".join(words) + "\n\nGracias.\n"
+        msg.set_content(body)
+        if i % 10 == 0:
+            msg.add_attachment(
+                rng.randbytes(50 * 1024),
+                maintype="image",
+                subtype="jpeg",
+                filename="foto del módem.jpg",
+            )
+        mails.append(msg.as_bytes())
+    return mails
+
+
+def populate(url: str, cases: int) -> None:
+    """Pre-fill the database with ``cases`` cases (each with a message and a ledger row)."""
+    import sqlalchemy as sa
+
+    from mailcase.store import Store
+
+    store = Store.open(url, auto_upgrade=True)
+    now = "2025-06-01 12:00:00+00:00"
+    step = 20_000
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO folio_counters (year, last) VALUES (2025, :n)"), {"n": cases}
+        )
+    for start in range(1, cases + 1, step):
+        ids = range(start, min(start + step, cases + 1))
+        with store.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cases (id, folio, status, customer, customer_name, subject,"
+                    " mailbox, language, channel, created_at, updated_at) VALUES (:id, :folio,"
+                    " 'closed', :customer, '', 'Reporte anterior', 'contacto', 'es', 'mail',"
+                    " :now, :now)"
+                ),
+                [
+                    {
+                        "id": i,
+                        "folio": f"PLR-2025-{i:06d}",
+                        "customer": f"antiguo{i}@example.org",
+                        "now": now,
+                    }
+                    for i in ids
+                ],
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO case_messages (case_id, direction, kind, from_addr, to_addrs,"
+                    " subject, date, message_id, text) VALUES (:id, 'in', 'customer', :customer,"
+                    " '', '', :now, :mid, 'texto')"
+                ),
+                [
+                    {
+                        "id": i,
+                        "customer": f"antiguo{i}@example.org",
+                        "now": now,
+                        "mid": f"<old{i}@example.org>",
+                    }
+                    for i in ids
+                ],
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ledger (mailbox, uidvalidity, uid, message_id, dedup_key,"
+                    " disposition, reason, case_id, raw_sha256, size, ingested_at) VALUES"
+                    " ('archivo', 1, :id, :mid, :mid, 'new_case', '', :id, '', 0, :now)"
+                ),
+                [{"id": i, "mid": f"<old{i}@example.org>", "now": now} for i in ids],
+            )
+    store.dispose()
+
+
+def run_mailcase(config: Path, sink: SmtpSink, expected: int) -> tuple[float, int]:
+    """(seconds from start until every notice was accepted and the process ended, peak RSS KiB).
+
+    ``mailcase poll`` delivers the outbox before it exits, so its exit is the
+    moment the last notice was accepted; the sink's count is checked.
+    """
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailcase", "--config", str(config), "poll"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"mailcase poll failed with exit code {proc.returncode}")
+    if len(sink.messages) != expected:
+        sys.exit(f"the sink got {len(sink.messages)} notices, expected {expected}")
+    return elapsed, usage.ru_maxrss
+
+
+def floor(imap: Dovecot, sink: SmtpSink, n: int, notices: list[bytes]) -> float:
+    """Bare fetch + parse + send of the same work, in seconds."""
+    start = time.monotonic()
+    with IMAPClient(imap.host, port=imap.port, ssl=False) as client:
+        client.login("contacto", imap.users["contacto"])
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search(["ALL"])
+        for i in range(0, len(uids), 50):
+            data = client.fetch(uids[i : i + 50], [b"BODY.PEEK[]"])
+            for item in data.values():
+                mailparser.parse_from_bytes(item[b"BODY[]"])
+    with smtplib.SMTP(sink.host, sink.port) as smtp:
+        for raw in notices:
+            smtp.sendmail("contacto@internet-plarey.com.mx", ["cliente@example.com"], raw)
+    return time.monotonic() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=1000, help="messages (default 1000)")
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--existing-cases", type=int, default=0)
+    args = parser.parse_args()
+
+    mails = generate(args.n)
+    work = Path(tempfile.mkdtemp(prefix="mailcase-bench-"))
+    with Dovecot() as imap, SmtpSink() as sink:
+        db_url = None
+        pg = None
+        if args.db == "postgresql":
+            from servers import Postgres
+
+            pg = Postgres()
+            pg.start()
+            pg.create_database("bench")
+            db_url = pg.url("bench")
+        extra = {"db_url": db_url} if db_url else {}
+        config = write_config(work, imap, sink, notify=True, **extra)
+        config.write_text(config.read_text().replace('format = "json"', 'level = "warning"'))
+        if args.existing_cases:
+            t = time.monotonic()
+            populate(db_url or f"sqlite:///{work}/mailcase.db", args.existing_cases)
+            print(f"pre-filled {args.existing_cases} cases in {time.monotonic() - t:.1f} s")
+        t = time.monotonic()
+        with imap.client("contacto") as client:
+            for raw in mails:
+                client.append("INBOX", raw)
+        print(f"loaded {args.n} messages into Dovecot in {time.monotonic() - t:.1f} s")
+
+        notice_count = 2 * args.n
+        to_last, rss = run_mailcase(config, sink, notice_count)
+        notices = [m.data for m in sink.messages[:notice_count]]
+        sink.clear()
+        base = floor(imap, sink, args.n, notices)
+        if pg is not None:
+            pg.stop()
+    rate = args.n / to_last
+    print(f"database: {args.db}, existing cases: {args.existing_cases}, messages: {args.n}")
+    print(
+        f"(a) mailcase poll: {to_last:.2f} s to the last of {notice_count} notices, "
+        f"{rate:.0f} messages/s, peak RSS {rss / 1024:.0f} MiB"
+    )
+    print(f"(b) floor (fetch + parse + send): {base:.2f} s, {args.n / base:.0f} messages/s")
+    print(f"ratio (a)/(b): {to_last / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
