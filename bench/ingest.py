@@ -40,12 +40,13 @@ from helpers import write_config  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 from servers import Dovecot, SmtpSink  # noqa: E402
 
-WORDS = tuple(
+_TEXT = (
     "internet servicio falla módem señal lento cobro factura técnico visita domicilio antena "
     "cable fibra router contraseña wifi reporte aclaración cancelación recibo pago desde ayer "
     "no funciona por favor revisar gracias atentamente saludos buenas tardes colonia calle "
-    "número cliente contrato plan megas velocidad intermitente luz roja".split(" ")  # noqa: SIM905
+    "número cliente contrato plan megas velocidad intermitente luz roja"
 )
+WORDS = tuple(_TEXT.split())
 SUBJECTS = (
     "Sin internet", "Internet muy lento", "Aclaración de cobro", "Cancelación de servicio",
     "Falla intermitente", "Cambio de contraseña del wifi", "Visita técnica", "Cobro duplicado",

@@ -8,7 +8,10 @@ Environment variables override the file, pydantic-settings style:
 ``MAILCASE_DATABASE__URL=... mailcase poll``. Secrets come from ``password``,
 ``password_file`` or, under systemd, ``password_credential`` (a name under
 ``$CREDENTIALS_DIRECTORY``, see ``LoadCredential=``); they are held as
-:class:`~pydantic.SecretStr` so they never print.
+:class:`~pydantic.SecretStr` so they never print. With ``auth = "oauth2"`` a
+mailbox or the SMTP server logs in with an OAuth2 access token instead (XOAUTH2):
+from a ``token_command``, or refreshed with ``client_id``/``refresh_token``/
+``token_url`` (see :mod:`mailcase.oauth`).
 
 :func:`load_settings` raises :class:`~mailcase.errors.ConfigError` with one
 sentence naming the key and the file; nothing else in this module exits.
@@ -19,9 +22,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -55,23 +60,89 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
+AuthMethod = Literal["password", "oauth2"]
+_PASSWORD_KEYS = ("password", "password_file", "password_credential")
+_REFRESH_KEYS = ("client_id", "client_secret", "client_secret_file", "refresh_token",
+                 "refresh_token_file", "token_url", "scope")  # fmt: skip
+_OAUTH_KEYS = ("token_command", *_REFRESH_KEYS)
+
+
 class _Secret(_Section):
-    """A server login: a password given inline, in a file, or as a systemd credential."""
+    """A server login: a password given inline, in a file, or as a systemd credential;
+    or, with ``auth = "oauth2"``, an OAuth2 access token (XOAUTH2)."""
 
     username: str | None = None
+    auth: AuthMethod = "password"
     password: SecretStr | None = None
     password_file: Path | None = None
     password_credential: str | None = None
+    # auth = "oauth2": either a command printing an access token (as mbsync's and aerc's
+    # users already have), or an RFC 6749 refresh token exchanged at token_url.
+    token_command: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None  # none for a public client
+    client_secret_file: Path | None = None
+    refresh_token: SecretStr | None = None
+    refresh_token_file: Path | None = None
+    token_url: str | None = None
+    scope: str | None = None  # sent with the refresh request when given
 
     @model_validator(mode="after")
     def _one_password_source(self) -> Self:
-        given = [
-            n
-            for n in ("password", "password_file", "password_credential")
-            if getattr(self, n) is not None
+        for group in (
+            _PASSWORD_KEYS,
+            ("client_secret", "client_secret_file"),
+            ("refresh_token", "refresh_token_file"),
+        ):
+            given = [n for n in group if getattr(self, n) is not None]
+            if len(given) > 1:
+                raise ValueError(f"give only one of {', '.join(given)}")
+        return self
+
+    @model_validator(mode="after")
+    def _auth_keys(self) -> Self:
+        given = {n for n in (*_PASSWORD_KEYS, *_OAUTH_KEYS) if getattr(self, n) is not None}
+        if self.auth == "password":
+            for key in _OAUTH_KEYS:
+                if key in given:
+                    raise ValueError(f'{key} needs auth = "oauth2"')
+            return self
+        for key in _PASSWORD_KEYS:
+            if key in given:
+                raise ValueError(f'{key} is not used with auth = "oauth2" (a token replaces it)')
+        refresh = given & set(_REFRESH_KEYS)
+        if self.token_command is not None:
+            if refresh:
+                raise ValueError(
+                    f"token_command and {', '.join(sorted(refresh))} are two ways to get a token: "
+                    "give only one"
+                )
+            try:
+                argv = shlex.split(self.token_command)
+            except ValueError as exc:
+                raise ValueError(f"token_command cannot be split into words: {exc}") from None
+            if not argv:
+                raise ValueError("token_command is empty")
+            return self
+        if not refresh:
+            raise ValueError(
+                'auth = "oauth2" needs token_command, or client_id, refresh_token '
+                "(or refresh_token_file) and token_url"
+            )
+        missing = [
+            key
+            for key, present in (
+                ("client_id", self.client_id is not None),
+                ("refresh_token", bool({"refresh_token", "refresh_token_file"} & given)),
+                ("token_url", self.token_url is not None),
+            )
+            if not present
         ]
-        if len(given) > 1:
-            raise ValueError(f"give only one of {', '.join(given)}")
+        if missing:
+            raise ValueError(f'auth = "oauth2" with a refresh token needs {", ".join(missing)}')
+        url = urlsplit(self.token_url or "")
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ValueError(f"token_url {self.token_url!r} is not an http(s) URL")
         return self
 
     def resolved_password(self) -> str | None:
@@ -90,12 +161,28 @@ class _Secret(_Section):
             return _read_secret(Path(directory) / self.password_credential)
         return None
 
+    def resolved_client_secret(self) -> str | None:
+        """The OAuth2 client secret, if any (its file read now)."""
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        if self.client_secret_file is not None:
+            return _read_secret(self.client_secret_file, "client_secret_file")
+        return None
 
-def _read_secret(path: Path) -> str:
+    def resolved_refresh_token(self) -> str | None:
+        """The configured OAuth2 refresh token (its file read now)."""
+        if self.refresh_token is not None:
+            return self.refresh_token.get_secret_value()
+        if self.refresh_token_file is not None:
+            return _read_secret(self.refresh_token_file, "refresh_token_file")
+        return None
+
+
+def _read_secret(path: Path, what: str = "password file") -> str:
     try:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
-        raise ConfigError(f"cannot read password file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def _is_loopback(host: str) -> bool:
@@ -123,6 +210,14 @@ class _Server(_Secret):
             raise ValueError(
                 f'security = "none" to non-loopback host {self.host} needs allow_insecure = true'
             )
+        # The refresh token and client secret travel to token_url: the same rule.
+        url = urlsplit(self.token_url or "")
+        cleartext = url.scheme == "http" and not _is_loopback(url.hostname or "")
+        if cleartext and not self.allow_insecure:
+            raise ValueError(
+                f"token_url {self.token_url} is plain http to a non-loopback host: use https, "
+                "or allow_insecure = true"
+            )
         return self
 
 
@@ -148,6 +243,12 @@ class MailboxSettings(_Server):
 
 class SmtpSettings(_Server):
     retry_for_hours: float = Field(default=72.0, gt=0)
+
+    @model_validator(mode="after")
+    def _oauth_user(self) -> Self:
+        if self.auth == "oauth2" and not self.username:
+            raise ValueError('auth = "oauth2" needs username (the account the token is for)')
+        return self
 
     @property
     def effective_port(self) -> int:

@@ -7,11 +7,36 @@
 * One outbox job (never two at once, so a notice cannot be sent twice by two
   runs); a poll that queued notices brings it forward.
 * SIGTERM/SIGINT: the message in hand is finished, then the process exits 0.
+
+Under systemd (``Type=notify``, see ``systemd/mailcase.service`` and
+:mod:`mailcase.sdnotify`):
+
+* ``READY=1`` is sent once the first round of polls has finished, one poll of
+  every mailbox, whether it succeeded or not. By then the configuration was
+  loaded and the database opened (the CLI does both before the daemon starts)
+  and every mailbox has had its first login. A mailbox that failed does not hold
+  the start back: it is named ``failed`` in the ``STATUS=`` sent with
+  ``READY=1`` and backs off like any failure, while the other mailboxes are
+  served. (Refusing to start would turn one changed password into a restart
+  loop that stops every mailbox.)
+* ``STATUS=`` after every poll, e.g.
+  ``last poll 12:00:03 UTC: contacto ok (3 new), info failed``.
+* ``STOPPING=1`` as soon as SIGTERM/SIGINT arrives.
+* Watchdog (``WatchdogSec=``): a scheduler job, on an executor of its own,
+  sends ``WATCHDOG=1`` every half timeout. Each poll job records when it
+  started and forgets it when it ends; while any poll has been running longer
+  than the watchdog timeout the pings are withheld, so systemd kills and
+  restarts a daemon whose poll hangs. The pings come from the scheduler's own
+  loop, so a scheduler that stopped dispatching jobs stops them too. A poll that
+  is merely slow is not a hang: ``WatchdogSec=`` must exceed the longest
+  legitimate poll.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import FrameType
@@ -22,11 +47,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from mailcase.errors import DatabaseError, MailboxError
 from mailcase.logs import get_logger
 from mailcase.outbox import deliver_outbox
+from mailcase.sdnotify import notify, watchdog_interval
 from mailcase.service import Runtime, close_stale_cases, poll_mailbox
 from mailcase.store import utcnow
 
 MAX_BACKOFF = timedelta(minutes=15)
 OUTBOX_JOB = "outbox"
+WATCHDOG_JOB = "watchdog"
+PENDING = "pending"  # a mailbox's STATUS= word until its first poll ends
 
 
 @dataclass
@@ -40,18 +68,43 @@ class Daemon:
         self.rt = rt
         self.log = get_logger()
         self.health = {name: _Health() for name in rt.settings.mailboxes}
+        # For systemd: the last poll's result per mailbox, READY=1 sent yet, and the
+        # monotonic start of every poll now running (the watchdog's evidence).
+        self.results = dict.fromkeys(rt.settings.mailboxes, PENDING)
+        self.ready = False
+        self.polls_running: dict[str, float] = {}
+        self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(len(rt.settings.mailboxes) + 1)},
+            executors={
+                "default": ThreadPoolExecutor(len(rt.settings.mailboxes) + 1),
+                # Its own thread: busy poll threads cannot delay a ping.
+                WATCHDOG_JOB: ThreadPoolExecutor(1),
+            },
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
         )
 
     def poll(self, name: str) -> None:
-        """One scheduled poll of ``name``; never raises (a job that raises is just logged)."""
+        """One scheduled poll of ``name``; never raises (a job that raises is just logged).
+
+        A poll that ran (was not skipped for back-off) is reported to systemd.
+        """
+        with self._lock:
+            self.polls_running[name] = time.monotonic()
+        try:
+            result = self._poll(name)
+        finally:
+            with self._lock:
+                del self.polls_running[name]
+        if result is not None:
+            self._report(name, result)
+
+    def _poll(self, name: str) -> str | None:
+        """Poll ``name``; return its STATUS= word, or None when skipped for back-off."""
         health = self.health[name]
         now = utcnow()
         if health.retry_at is not None and now < health.retry_at:
-            return
+            return None
         try:
             report = poll_mailbox(self.rt, name)
         except (MailboxError, DatabaseError) as exc:
@@ -65,10 +118,10 @@ class Daemon:
             self.log.error(
                 "mailbox_failed", mailbox=name, error=str(exc), retry_in=int(delay.total_seconds())
             )
-            return
+            return "failed"
         except Exception:
             self.log.exception("mailbox_poll_crashed", mailbox=name)
-            return
+            return "failed"
         if health.failures:
             self.log.info("mailbox_recovered", mailbox=name, after_failures=health.failures)
         health.failures, health.retry_at = 0, None
@@ -76,6 +129,39 @@ class Daemon:
             job = self.scheduler.get_job(OUTBOX_JOB)
             if job is not None:
                 job.modify(next_run_time=datetime.now(job.next_run_time.tzinfo))
+        return f"ok ({report.fetched} new)"
+
+    def _report(self, name: str, result: str) -> None:
+        """Send STATUS= with every mailbox's last result; READY=1 with it after the first round.
+
+        Nothing is sent once stopping: STATUS= keeps saying so, and no READY=1 follows
+        STOPPING=1.
+        """
+        with self._lock:  # held while sending, so STATUS= lines reach systemd in order
+            self.results[name] = result
+            if self.rt.stop.is_set():
+                return
+            summary = ", ".join(f"{n} {r}" for n, r in self.results.items())
+            fields = [f"STATUS=last poll {utcnow():%H:%M:%S} UTC: {summary}"]
+            became_ready = not self.ready and PENDING not in self.results.values()
+            if became_ready:
+                self.ready = True
+                fields.insert(0, "READY=1")
+            notify(*fields)
+        if became_ready:
+            failed = [n for n, r in self.results.items() if r == "failed"]
+            self.log.info("daemon_ready", failed_mailboxes=failed)
+
+    def feed_watchdog(self, timeout: float) -> None:
+        """Send WATCHDOG=1 unless a poll has been running for longer than ``timeout`` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            hung = sorted(n for n, began in self.polls_running.items() if now - began > timeout)
+        if hung:
+            # No ping: systemd's WatchdogSec= runs out and it restarts the daemon.
+            self.log.error("watchdog_withheld", mailboxes=hung, timeout=timeout)
+            return
+        notify("WATCHDOG=1")
 
     def deliver(self) -> None:
         try:
@@ -115,9 +201,22 @@ class Daemon:
         self.scheduler.add_job(
             self.close_stale, "interval", hours=1, id="close-stale", next_run_time=start
         )
+        ping_every = watchdog_interval()
+        if ping_every is not None:
+            self.scheduler.add_job(
+                self.feed_watchdog,
+                "interval",
+                seconds=ping_every,
+                args=[2 * ping_every],  # the WatchdogSec= timeout itself
+                id=WATCHDOG_JOB,
+                executor=WATCHDOG_JOB,
+                next_run_time=start,
+            )
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
-            self.log.info("stopping", signal=signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            notify("STOPPING=1", f"STATUS=stopping on {name}")
+            self.log.info("stopping", signal=name)
             self.rt.stop.set()
 
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -21,6 +21,18 @@ _MESSAGE_ID_LINE = re.compile(
 )
 
 
+_ENCODED = frozenset({"base64", "quoted-printable"})
+_RETURNED_TYPES = frozenset(
+    {
+        "message/rfc822",
+        "text/rfc822-headers",
+        "message/rfc822-headers",
+        "message/global",
+        "message/global-headers",
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FailedRecipient:
     recipient: str
@@ -44,9 +56,12 @@ def parse_dsn(raw: bytes) -> DeliveryReport:
     ids: dict[str, None] = {}
     for part in message.walk():
         ctype = part.get_content_type()
-        if ctype == "message/delivery-status":
+        # RFC 6533: bounces of SMTPUTF8 mail (Postfix, Exchange) carry
+        # message/global-delivery-status (UTF-8, possibly base64 or QP) and return
+        # message/global or message/global-headers; they were read as no report.
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
             recipients.extend(_recipients(part))
-        elif ctype in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
+        elif ctype in _RETURNED_TYPES:
             for msgid in _returned_ids(part):
                 ids[msgid] = None
     if not ids:
@@ -60,13 +75,16 @@ def parse_dsn(raw: bytes) -> DeliveryReport:
 def _recipients(part: Message) -> list[FailedRecipient]:
     payload = part.get_payload()
     blocks: list[Message] = []
-    if isinstance(payload, list):
-        blocks = [p for p in payload if isinstance(p, Message)]
+    encoded = str(part.get("Content-Transfer-Encoding", "")).strip().lower() in _ENCODED
+    if part.get_content_type() == "message/delivery-status" and not encoded:
+        # compat32 splits a plain RFC 3464 body into its per-recipient blocks.
+        blocks = [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
     else:
-        text = _payload_bytes(part)
+        # A global (RFC 6533) or transfer-encoded report: decode, then split on blank lines.
+        text = _status_bytes(part)
         blocks = [
-            email.message_from_bytes(chunk.strip() + b"\n")
-            for chunk in re.split(rb"\r?\n\r?\n", text)
+            email.message_from_string(chunk.strip().decode("utf-8", "replace") + "\n")
+            for chunk in re.split(rb"\r?\n[ \t]*\r?\n", text)
             if chunk.strip()
         ]
     found = []
@@ -98,6 +116,26 @@ def _returned_ids(part: Message) -> list[str]:
         for match in _MESSAGE_ID_LINE.finditer(text)
         for m in _MSGID_RE.findall(match.group(1))
     ]
+
+
+def _status_bytes(part: Message) -> bytes:
+    """The body of a delivery-status part, transfer-decoded.
+
+    compat32 parses every message/* part but message/delivery-status as one
+    embedded message (and an encoded delivery-status into junk blocks), so the
+    body is written back out and decoded by the part's Content-Transfer-Encoding.
+    """
+    payload = part.get_payload()
+    if not isinstance(payload, list):
+        return _payload_bytes(part)
+    try:
+        body = b"\n".join(p.as_bytes() for p in payload if isinstance(p, Message))
+    except Exception:  # writing back a broken part; belt and braces
+        return b""
+    holder = Message()
+    holder["Content-Transfer-Encoding"] = str(part.get("Content-Transfer-Encoding", "7bit"))
+    holder.set_payload(body.decode("ascii", "surrogateescape"))
+    return _payload_bytes(holder)
 
 
 def _payload_bytes(part: Message) -> bytes:

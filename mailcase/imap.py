@@ -22,6 +22,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from mailcase.config import MailboxSettings
 from mailcase.errors import MailboxError
+from mailcase.oauth import TokenError, TokenProvider, mailbox_tokens
 
 DONE_KEYWORD = b"$MailcaseDone"
 SEEN = b"\\Seen"
@@ -84,6 +85,15 @@ class ImapMailbox:
         s = self.settings
         ca = str(s.ca_file) if s.ca_file else None
         where = f"{s.host}:{s.effective_port}"
+        tokens: TokenProvider | None = None
+        token = ""
+        if s.auth == "oauth2":
+            # The token first: a 30 s token_command should not hold a connection open.
+            tokens = mailbox_tokens(self.name, s)
+            try:
+                token = tokens.token()
+            except TokenError as exc:
+                raise MailboxError(self.name, f"no OAuth2 token for {s.login} ({exc})") from exc
         try:
             self.client = imapclient.IMAPClient(
                 s.host,
@@ -97,10 +107,21 @@ class ImapMailbox:
         except (OSError, IMAPClientError, ssl.SSLError) as exc:
             self.client = None
             raise self._fail(f"cannot connect to {where}", exc) from exc
+        if tokens is not None and not self.has_capability("AUTH=XOAUTH2"):
+            self.close()
+            raise MailboxError(self.name, f"the server at {where} does not offer AUTH=XOAUTH2")
         try:
-            self.client.login(s.login, s.resolved_password() or "")
+            if tokens is not None:
+                self.client.oauth2_login(s.login, token)
+            else:
+                self.client.login(s.login, s.resolved_password() or "")
         except LoginError as exc:
             self.close()
+            if tokens is not None:
+                tokens.invalidate()  # revoked or expired early: fetch a new one next time
+                raise MailboxError(
+                    self.name, f"OAuth2 login refused for {s.login} at {where}"
+                ) from exc
             raise MailboxError(self.name, f"login refused for {s.login} at {where}") from exc
         except (OSError, IMAPClientError) as exc:
             self.close()

@@ -100,9 +100,12 @@ def strip_quoted(text: str) -> str:
     taken is linear in ``len(text)``.
     """
     normalized = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = normalized.split("\n")
+    # Quoted lines go first, then the history is looked for in what is left:
+    # looked for with them in place, an attribution or Outlook header block
+    # with ">" lines inside was missed, then found once those lines were gone,
+    # so stripping the result again cut more (tests/test_properties.py).
+    lines = [line for line in normalized.split("\n") if not _is_quoted(line)]
     kept = lines[: _history_start(lines)]
-    kept = [line for line in kept if not _is_quoted(line)]
     kept = _without_signature(kept)
     kept = _without_device_signature(kept)
     result = "\n".join(kept).strip()
@@ -212,11 +215,14 @@ def _without_signature(lines: list[str]) -> list[str]:
 
 
 def _without_device_signature(lines: list[str]) -> list[str]:
+    # Every trailing device line, not just the last one: a phone's "Enviado desde
+    # mi iPhone" above the app's "Obtener Outlook para iOS" (or two left once the
+    # quoted lines between them are dropped) must all go, or stripping the
+    # result again would remove more (found by tests/test_properties.py).
     end = len(lines)
-    while end and not lines[end - 1].strip():
-        end -= 1
-    if end:
+    while end:
         last = lines[end - 1].strip()
-        if len(last) <= 300 and _DEVICE_SIGNATURE.fullmatch(last):
-            end -= 1
+        if last and not (len(last) <= 300 and _DEVICE_SIGNATURE.fullmatch(last)):
+            break
+        end -= 1
     return lines[:end]

@@ -13,6 +13,7 @@ from types import TracebackType
 from mailcase.config import SmtpSettings
 from mailcase.errors import DeliveryError, PermanentDeliveryError
 from mailcase.imap import tls_context
+from mailcase.oauth import TokenError, TokenProvider, smtp_tokens, xoauth2_string
 
 
 def _classify(exc: BaseException, what: str) -> DeliveryError:
@@ -37,6 +38,14 @@ class SmtpConnection:
         s = self.settings
         where = f"SMTP server {s.host}:{s.effective_port}"
         ca = str(s.ca_file) if s.ca_file else None
+        tokens: TokenProvider | None = None
+        token = ""
+        if s.auth == "oauth2":
+            tokens = smtp_tokens(s)
+            try:
+                token = tokens.token()
+            except TokenError as exc:
+                raise DeliveryError(f"no OAuth2 token for {s.username} at {where} ({exc})") from exc
         try:
             if s.security == "tls":
                 self.client = smtplib.SMTP_SSL(
@@ -48,18 +57,47 @@ class SmtpConnection:
             if s.security == "starttls":
                 self.client.starttls(context=tls_context(ca))
                 self.client.ehlo()
-            password = s.resolved_password()
-            if s.username and password is not None:
-                self.client.login(s.username, password)
+            if tokens is not None:
+                self._xoauth2(s.username or "", token, where)
+            else:
+                password = s.resolved_password()
+                if s.username and password is not None:
+                    self.client.login(s.username, password)
         except smtplib.SMTPAuthenticationError as exc:
             self.close()
+            if tokens is not None:
+                tokens.invalidate()  # revoked or expired early: fetch a new one next time
+                answer = exc.smtp_error
+                if isinstance(answer, bytes):
+                    answer = answer.decode("utf-8", "replace")
+                raise PermanentDeliveryError(
+                    f"{where} refused the OAuth2 login for {s.username} ({exc.smtp_code} {answer})"
+                ) from exc
             raise PermanentDeliveryError(f"{where} refused the login for {s.username}") from exc
+        except PermanentDeliveryError:
+            self.close()
+            raise
         except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
             self.close()
             # Connection-level trouble is temporary, even a 5xx greeting: the
             # notice itself was not refused.
             raise DeliveryError(f"cannot connect to {where} ({exc or type(exc).__name__})") from exc
         return self
+
+    def _xoauth2(self, user: str, token: str, where: str) -> None:
+        assert self.client is not None
+        offered = self.client.esmtp_features.get("auth", "").upper().split()
+        if "XOAUTH2" not in offered:
+            raise PermanentDeliveryError(f"{where} does not offer AUTH XOAUTH2")
+
+        def respond(challenge: bytes | None = None) -> str:
+            # smtplib base64-encodes what this returns. The first call (no challenge)
+            # gives the RFC 4954 initial response. A refused token comes back as a 334
+            # challenge holding a JSON error (Gmail, Outlook): the client must answer
+            # with an empty line, and the server then sends its 535.
+            return xoauth2_string(user, token) if challenge is None else ""
+
+        self.client.auth("XOAUTH2", respond)
 
     def __exit__(
         self,

@@ -9,6 +9,7 @@ database older than the code unless it may upgrade it itself.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,13 +22,16 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from mailcase.errors import DatabaseError
 from mailcase.models import Case, CaseMessage, FolioCounter, LedgerEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The PostgreSQL advisory lock that serialises schema upgrades: any bigint no
+# other application on the same database uses; this one spells "mailcase".
+UPGRADE_LOCK_KEY = int.from_bytes(b"mailcase", "big")
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -81,11 +85,17 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 class Store:
-    """Owns the engine; hands out one transaction at a time per caller."""
+    """Owns the engine; hands out one transaction at a time per caller.
+
+    Its pooled connections are closed by :meth:`dispose` (or leaving a ``with``
+    block), and at the latest when the store is garbage-collected: a dropped
+    store never leaves a PostgreSQL session open behind it.
+    """
 
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
+        self._finalizer = weakref.finalize(self, engine.dispose)
 
     @classmethod
     def open(cls, url: str, *, auto_upgrade: bool) -> Store:
@@ -101,7 +111,11 @@ class Store:
                     )
                 store.upgrade()
         except SQLAlchemyError as exc:
+            store.dispose()
             raise DatabaseError(f"cannot open database: {exc.__class__.__name__}: {exc}") from exc
+        except BaseException:
+            store.dispose()
+            raise
         return store
 
     def revisions(self) -> tuple[str | None, str | None]:
@@ -112,8 +126,20 @@ class Store:
         return current, head
 
     def upgrade(self) -> None:
+        """Bring the schema to the code's head revision, in one transaction.
+
+        Safe when several processes start at once (two daemons, a daemon and a
+        ``mailcase db upgrade``): SQLite's ``BEGIN IMMEDIATE`` and PostgreSQL's
+        advisory lock let one of them migrate while the others wait, then find
+        nothing left to do.
+        """
         cfg = alembic_config(self.url)
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Held until this transaction ends. Alembic reads the current
+                # revision after the wait, in a statement of its own, so under
+                # READ COMMITTED it sees what the process before us committed.
+                pass
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
@@ -129,7 +155,14 @@ class Store:
                 raise
 
     def dispose(self) -> None:
+        """Close the pooled connections (the store can still be used: it reconnects)."""
         self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.dispose()
 
 
 def next_folio_number(session: Session, year: int) -> int:
@@ -139,16 +172,20 @@ def next_folio_number(session: Session, year: int) -> int:
     (SQLite's write lock; a row lock elsewhere); a rolled-back transaction
     gives its number back, a committed one never repeats.
     """
-    updated = session.execute(
+    bump = (
         sa.update(FolioCounter)
         .where(col(FolioCounter.year) == year)
         .values(last=col(FolioCounter.last) + 1)
         .returning(col(FolioCounter.last))
-    ).scalar_one_or_none()
+    )
+    updated = session.execute(bump).scalar_one_or_none()
     if updated is not None:
         return int(updated)
-    session.add(FolioCounter(year=year, last=1))
-    session.flush()
+    # The year's first folio. Another writer may be inserting the same row right
+    # now (PostgreSQL: nothing to lock yet): if it wins, our INSERT fails on the
+    # primary key after its commit, and the UPDATE then finds its row. The
+    # savepoint keeps the rest of the caller's transaction alive meanwhile.
+    session.execute(sa.insert(FolioCounter).values(year=year, last=1))
     return 1
 
 

@@ -33,18 +33,21 @@ def write_config(
     contacto_folder: str = "INBOX",
     language: str = "es",
     notify: bool = False,
+    db_url: str | None = None,
 ) -> Path:
     """A mailcase.toml for the fixture servers, with its database and store under ``directory``.
 
     ``notify``: set ``agents.notify``, so new cases also mail the agents (off by
     default, so tests about acknowledgements count only those).
+    ``db_url``: the database (the ``db_url`` fixture's); default a SQLite file in ``directory``.
     """
+    db_url = db_url or f"sqlite:///{directory}/mailcase.db"
     notify_line = f'notify = "{NOTIFY}"' if notify else ""
     path = directory / "mailcase.toml"
     path.write_text(
         f"""
 [database]
-url = "sqlite:///{directory}/mailcase.db"
+url = "{db_url}"
 [storage]
 directory = "{directory}/store"
 [mailboxes.contacto]

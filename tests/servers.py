@@ -1,9 +1,11 @@
-"""Throw-away mail servers on 127.0.0.1 for the tests and the demo script.
+"""Throw-away mail and database servers on 127.0.0.1 for the tests and the demo script.
 
 - `Dovecot`: a real, rootless Dovecot 2.3 IMAP server in its own directory, started with
   `dovecot -F` as a child process that we own (and reap).
 - `SmtpSink`: an in-process aiosmtpd server that records every message and can inject
   faults (temporary/permanent errors, slow DATA).
+- `Postgres`: a real PostgreSQL (Debian's package) initialised in its own directory and
+  started as a child process that we own (and reap); databases are made per test.
 
 No pytest in here: tests/conftest.py wraps these in fixtures.
 """
@@ -38,6 +40,8 @@ from string import Template
 from types import TracebackType
 from typing import Any, Self, cast
 
+import psycopg
+import psycopg.sql
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from imapclient import IMAPClient
@@ -758,3 +762,260 @@ class SmtpSink:
             self._messages.append(mail)
             self._cond.notify_all()
         return "250 2.0.0 OK: queued"
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------------
+
+# Debian's postgresql package (CI: apt-get install -y postgresql) puts the server binaries
+# here, outside PATH; pg_ctlcluster and friends are not used, so no system cluster is needed.
+POSTGRES_BIN_ROOT = Path("/usr/lib/postgresql")
+
+# A throw-away server: nothing needs to survive a crash, so skip every disk flush. The
+# rest keeps it small and quiet (the test suite opens many short-lived databases).
+_POSTGRES_SETTINGS: Mapping[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",  # each in-process CLI run has its own engine pool
+    "shared_buffers": "32MB",
+    "max_wal_size": "256MB",
+    "min_wal_size": "32MB",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "autovacuum": "off",
+    "logging_collector": "off",
+    "log_min_messages": "warning",
+    "log_min_error_statement": "panic",  # the tests provoke errors (unique violations) on purpose
+    "timezone": "UTC",
+}
+
+
+def _postgres_bindir() -> Path:
+    """The newest /usr/lib/postgresql/<major>/bin that has a server in it."""
+    found = sorted(
+        (p for p in POSTGRES_BIN_ROOT.glob("*/bin") if (p / "postgres").is_file()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1,
+    )
+    if not found:
+        raise RuntimeError(
+            f"PostgreSQL not found (no {POSTGRES_BIN_ROOT}/<version>/bin/postgres): "
+            "install Debian's postgresql (apt-get install -y postgresql)"
+        )
+    return found[-1]
+
+
+def _postgres_account() -> _Account:
+    # initdb and postgres refuse to run as root: as root (CI), use the account Debian's
+    # package creates, else nobody.
+    if os.geteuid() != 0:
+        pw = pwd.getpwuid(os.geteuid())
+    else:
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pw = pwd.getpwnam("nobody")
+    return _Account(pw.pw_name, pw.pw_uid, pw.pw_gid, grp.getgrgid(pw.pw_gid).gr_name)
+
+
+class Postgres:
+    """A throw-away PostgreSQL server on 127.0.0.1, trusting every local connection.
+
+    The cluster (initdb on first start()), its unix socket and its log live in base_dir
+    (default: a fresh directory under /dev/shm, removed by close()). The server runs as a
+    child process that we own and reap; stop()/start() and restart() keep the databases
+    and the port. Connect as ``user`` (the cluster's superuser) without a password.
+    """
+
+    def __init__(
+        self, base_dir: Path | None = None, port: int | None = None, user: str = "mailcase"
+    ) -> None:
+        self.host = HOST
+        self.port = port or free_port()
+        self.user = user
+        self._account = _postgres_account()
+        self._owns_dir = base_dir is None
+        if base_dir is None:
+            shm = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
+            base_dir = Path(tempfile.mkdtemp(prefix="mailcase-pg-", dir=shm))
+        # Short: the unix socket base_dir/.s.PGSQL.<port> must fit in sun_path (108 bytes).
+        self.base_dir = Path(base_dir).resolve()
+        self.data_dir = self.base_dir / "data"
+        self.log_path = self.base_dir / "postgres.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """initdb if needed, start the server; return once it accepts connections."""
+        if self.running:
+            raise RuntimeError(f"postgres already running (pid {self.pid})")
+        if _answers(self.host, self.port):
+            raise RuntimeError(f"{self.host}:{self.port} is already in use")
+        bindir = _postgres_bindir()
+        self._chown(self.base_dir)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(bindir)
+        settings = {
+            **_POSTGRES_SETTINGS,
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.base_dir),
+        }
+        args = [str(bindir / "postgres"), "-D", str(self.data_dir)]
+        for name, value in settings.items():
+            args += ["-c", f"{name}={value}"]
+        as_root = os.geteuid() == 0
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                # Own session: a Ctrl-C in the terminal does not reach the server, and
+                # stop(fast=True) can take its whole process group.
+                start_new_session=True,
+                user=self._account.uid if as_root else None,
+                group=self._account.gid if as_root else None,
+                extra_groups=[] if as_root else None,
+            )  # fmt: skip
+        self._wait_ready(timeout)
+
+    def stop(self, fast: bool = False) -> None:
+        """Shut down: "fast" (SIGINT: sessions ended, clean), or with fast=True "immediate"
+        (SIGQUIT: like a crash, recovered on the next start)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGQUIT if fast else signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def restart(self, fast: bool = False) -> None:
+        """Stop and start again on the same port, keeping the databases."""
+        self.stop(fast=fast)
+        self.start()
+
+    def close(self) -> None:
+        """Stop, and remove base_dir if this object created it."""
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def log_text(self) -> str:
+        """What initdb and the server wrote."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def _initdb(self, bindir: Path) -> None:
+        as_root = os.geteuid() == 0
+        with open(self.log_path, "ab") as log:
+            result = subprocess.run(
+                [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+                 "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
+                 "--no-sync", "--no-instructions"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                user=self._account.uid if as_root else None,
+                group=self._account.gid if as_root else None,
+                extra_groups=[] if as_root else None,
+                check=False,
+            )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"initdb failed with status {result.returncode} (as {self._account.name}, "
+                f"in {self.base_dir}):\n{self._log_tail()}"
+            )
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            os.chown(path, self._account.uid, self._account.gid)
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self._proc.poll()
+            if status is not None:
+                self._proc = None
+                raise RuntimeError(
+                    f"postgres exited with status {status} during start-up "
+                    f"(log {self.log_path}):\n{self._log_tail()}"
+                )
+            # Connecting is the readiness test: "the database system is starting up" until
+            # recovery is done, then the session works.
+            try:
+                with self.connect():
+                    return
+            except psycopg.OperationalError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop(fast=True)
+                raise RuntimeError(
+                    f"postgres did not accept connections on {self.host}:{self.port} "
+                    f"within {timeout} s:\n{self._log_tail()}"
+                )
+            time.sleep(0.02)
+
+    # -- databases -----------------------------------------------------------------------
+
+    def url(self, dbname: str = "postgres") -> str:
+        """The SQLAlchemy URL of ``dbname`` (psycopg 3 driver, TCP, no password)."""
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
+        """A psycopg connection in autocommit mode (as CREATE/DROP DATABASE need)."""
+        return psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname=dbname,
+            autocommit=True, connect_timeout=5,
+        )  # fmt: skip
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        """CREATE DATABASE ``name`` (a copy of ``template`` if given: it must be idle)."""
+        query = psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name))
+        if template is not None:
+            query += psycopg.sql.SQL(" TEMPLATE {}").format(psycopg.sql.Identifier(template))
+        with self.connect() as conn:
+            conn.execute(query)
+
+    def drop_database(self, name: str) -> None:
+        """DROP DATABASE ``name`` if it exists, ending any session still connected to it."""
+        query = psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            psycopg.sql.Identifier(name)
+        )
+        with self.connect() as conn:
+            conn.execute(query)
+
+    def databases(self) -> list[str]:
+        """The names of the databases, without the templates."""
+        with self.connect() as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")
+            return sorted(str(name) for (name,) in rows)

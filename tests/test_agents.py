@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -11,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from helpers import AGENT, CONTACTO, NOTIFY, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
+from sqlmodel import col
+
+from mailcase.config import load_settings
+from mailcase.models import Case
+from mailcase.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +75,8 @@ def text(message: EmailMessage) -> str:
 
 
 @pytest.fixture
-def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any) -> Desk:
-    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS)
+def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
     return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
 
 
@@ -165,9 +170,9 @@ def test_forged_agent_from_without_proof_runs_nothing(desk: Desk) -> None:
 
 
 def test_authenticated_agent_is_verified_by_a_trusted_server(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS)
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
     config.write_text(
         config.read_text().replace(
             "[web_form]", 'trusted_authserv_ids = ["mx.internet-plarey.com.mx"]\n[web_form]'
@@ -278,10 +283,10 @@ def test_bounce_of_a_notice_is_recorded_and_agents_told_once(desk: Desk) -> None
 
 
 def test_reply_after_the_reopen_window_or_to_a_closed_case_opens_a_linked_case(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
     config = write_config(
-        tmp_path, mailboxes, sink, notify=True, extra="[cases]\nreopen_days = 0\n"
+        tmp_path, mailboxes, sink, notify=True, extra="[cases]\nreopen_days = 0\n", db_url=db_url
     )
     d = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
     folio = d.open_case()
@@ -348,9 +353,13 @@ def test_closing_job_closes_resolved_cases_after_the_quiet_period(desk: Desk) ->
     assert desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")[0] == 0
     desk.cli.poll()
     assert desk.case(folio)["status"] == "resolved"
-    eight_days_ago = (datetime.now(UTC) - timedelta(days=8)).strftime("%Y-%m-%d %H:%M:%S.%f")
-    with sqlite3.connect(desk.dir / "mailcase.db") as db:
-        db.execute("UPDATE cases SET resolved_at = ? WHERE folio = ?", (eight_days_ago, folio))
-    db.close()
+    eight_days_ago = datetime.now(UTC) - timedelta(days=8)
+    # Behind mailcase's back, on whichever database the test runs.
+    store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+    with store.transaction() as session:
+        session.execute(
+            sa.update(Case).where(col(Case.folio) == folio).values(resolved_at=eight_days_ago)
+        )
+    store.dispose()
     desk.cli.poll()
     assert desk.case(folio)["status"] == "closed"

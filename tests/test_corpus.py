@@ -32,14 +32,14 @@ def corpus_files() -> list[Path]:
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus is not present")
 def test_whole_corpus_is_accounted_for(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
     files = corpus_files()
     assert len(files) > 400
     with mailboxes.client("contacto") as imap:
         for path in files:
             imap.append("INBOX", path.read_bytes())
-    config = write_config(tmp_path, mailboxes, sink)
+    config = write_config(tmp_path, mailboxes, sink, db_url=db_url)
     cli = Cli(config, capsys)
     code, _, err = cli("poll")
     assert code == 0, err

@@ -22,14 +22,24 @@ def cli_for(
     capsys: Any,
     extra: str = "",
     notify: bool = False,
+    db_url: str | None = None,
 ) -> Cli:
-    return Cli(write_config(tmp_path, imap, sink, extra=extra, notify=notify), capsys)
+    return Cli(
+        write_config(tmp_path, imap, sink, extra=extra, notify=notify, db_url=db_url), capsys
+    )
 
 
 def test_acknowledgements_per_sender_are_capped_but_cases_open(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_acks_per_sender_per_hour = 2\n")
+    cli = cli_for(
+        tmp_path,
+        mailboxes,
+        sink,
+        capsys,
+        "[limits]\nmax_acks_per_sender_per_hour = 2\n",
+        db_url=db_url,
+    )
     mailboxes.append_many("contacto", [mail(subject=f"Reporte {i}") for i in range(4)])
     mailboxes.append("contacto", mail(sender="otra@example.com"))
     code, _, err = cli("poll")
@@ -44,9 +54,11 @@ def test_acknowledgements_per_sender_are_capped_but_cases_open(
 
 
 def test_total_notices_per_hour_cap(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_notices_per_hour = 3\n")
+    cli = cli_for(
+        tmp_path, mailboxes, sink, capsys, "[limits]\nmax_notices_per_hour = 3\n", db_url=db_url
+    )
     mailboxes.append_many("contacto", [mail(sender=f"cliente{i}@example.com") for i in range(5)])
     cli.poll()
     assert len(cli.json("cases", "list")) == 5
@@ -66,11 +78,12 @@ def test_never_answers_itself(
     mailboxes: Dovecot,
     sink: SmtpSink,
     capsys: Any,
+    db_url: str,
     sender: str,
     headers: dict[str, str],
     disposition: str,
 ) -> None:
-    cli = cli_for(tmp_path, mailboxes, sink, capsys, notify=True)
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, notify=True, db_url=db_url)
     mailboxes.append("contacto", mail(sender=sender, headers=headers))
     cli.poll()
     assert [r["disposition"] for r in cli.json("messages", "list")] == [disposition]
@@ -78,9 +91,9 @@ def test_never_answers_itself(
 
 
 def test_noreply_sender_opens_a_case_without_notice(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = cli_for(tmp_path, mailboxes, sink, capsys)
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, db_url=db_url)
     mailboxes.append("contacto", mail(sender="no-reply@banco.example.com", subject="Aviso"))
     cli.poll()
     assert len(cli.json("cases", "list")) == 1
@@ -88,9 +101,11 @@ def test_noreply_sender_opens_a_case_without_notice(
 
 
 def test_oversized_mail_opens_its_case_without_attachments(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_message_bytes = 100000\n")
+    cli = cli_for(
+        tmp_path, mailboxes, sink, capsys, "[limits]\nmax_message_bytes = 100000\n", db_url=db_url
+    )
     video = os.urandom(400_000)
     uid = mailboxes.append(
         "contacto",
@@ -118,9 +133,11 @@ def test_oversized_mail_opens_its_case_without_attachments(
 
 
 def test_part_bomb_is_quarantined_then_retried_after_a_fix(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_mime_parts = 50\n")
+    cli = cli_for(
+        tmp_path, mailboxes, sink, capsys, "[limits]\nmax_mime_parts = 50\n", db_url=db_url
+    )
     parts = b"".join(b"--x\r\nContent-Type: text/plain\r\n\r\nparte %d\r\n" % i for i in range(80))
     bomb = (
         b"From: a@example.com\r\nTo: contacto@internet-plarey.com.mx\r\nSubject: muchas partes\r\n"
@@ -150,6 +167,8 @@ def test_part_bomb_is_quarantined_then_retried_after_a_fix(
 def test_database_and_store_are_private(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
+    # SQLite only: it checks the mode of the database file, and the blob store it also
+    # checks does not depend on the database.
     cli = cli_for(tmp_path, mailboxes, sink, capsys)
     mailboxes.append("contacto", mail(attachments=[("a.pdf", "application/pdf", b"%PDF-1.4")]))
     cli.poll()

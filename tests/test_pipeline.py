@@ -44,8 +44,8 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any) -> Env:
-    config = write_config(tmp_path, mailboxes, sink)
+def env(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Env:
+    config = write_config(tmp_path, mailboxes, sink, db_url=db_url)
     return Env(Cli(config, capsys), mailboxes, sink, config, tmp_path)
 
 
@@ -290,9 +290,9 @@ def test_repoll_changes_nothing_and_seen_mail_is_ingested(env: Env) -> None:
 
 
 def test_uidvalidity_change_rescans_without_duplicating(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    config = write_config(tmp_path, mailboxes, sink, contacto_folder="Soporte")
+    config = write_config(tmp_path, mailboxes, sink, contacto_folder="Soporte", db_url=db_url)
     cli = Cli(config, capsys)
     raws = [mail(subject=f"Reporte {i}") for i in range(3)]
     for raw in raws:
@@ -342,9 +342,9 @@ def test_unreadable_mailbox_fails_poll_naming_it_but_others_go_on(env: Env) -> N
 
 
 def test_english_notices_by_config(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    config = write_config(tmp_path, mailboxes, sink, language="en")
+    config = write_config(tmp_path, mailboxes, sink, language="en", db_url=db_url)
     mailboxes.append("contacto", mail(subject="No internet"))
     Cli(config, capsys).poll()
     text = sink.messages[0].message.get_body(("plain",)).get_content()

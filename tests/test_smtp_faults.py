@@ -18,8 +18,10 @@ from mailcase.store import Store, utcnow
 pytestmark = pytest.mark.integration
 
 
-def setup(tmp_path: Path, imap: Dovecot, sink: SmtpSink, capsys: Any, extra: str = "") -> Cli:
-    return Cli(write_config(tmp_path, imap, sink, extra=extra), capsys)
+def setup(
+    tmp_path: Path, imap: Dovecot, sink: SmtpSink, capsys: Any, db_url: str, extra: str = ""
+) -> Cli:
+    return Cli(write_config(tmp_path, imap, sink, extra=extra, db_url=db_url), capsys)
 
 
 def outbox(cli: Cli) -> list[dict[str, Any]]:
@@ -27,9 +29,9 @@ def outbox(cli: Cli) -> list[dict[str, Any]]:
 
 
 def test_server_down_keeps_notice_queued_then_sends_it_once(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = setup(tmp_path, mailboxes, sink, capsys)
+    cli = setup(tmp_path, mailboxes, sink, capsys, db_url)
     mailboxes.append("contacto", mail())
     sink.stop()
     try:
@@ -52,9 +54,9 @@ def test_server_down_keeps_notice_queued_then_sends_it_once(
 
 
 def test_temporary_failure_is_retried_after_back_off(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = setup(tmp_path, mailboxes, sink, capsys)
+    cli = setup(tmp_path, mailboxes, sink, capsys, db_url)
     mailboxes.append("contacto", mail())
     sink.fail_next(451, "4.3.0 Try again later")
     cli.poll()
@@ -71,9 +73,9 @@ def test_temporary_failure_is_retried_after_back_off(
 
 
 def test_permanent_failure_is_recorded_on_the_case(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = setup(tmp_path, mailboxes, sink, capsys)
+    cli = setup(tmp_path, mailboxes, sink, capsys, db_url)
     mailboxes.append("contacto", mail())
     sink.fail_next(550, "5.1.1 No such user")
     cli.poll()
@@ -91,9 +93,9 @@ def test_permanent_failure_is_recorded_on_the_case(
 
 
 def test_timeout_defers_the_notice(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = setup(tmp_path, mailboxes, sink, capsys)
+    cli = setup(tmp_path, mailboxes, sink, capsys, db_url)
     cfg = cli.config.read_text().replace(
         f"port = {sink.port}\n", f"port = {sink.port}\ntimeout_seconds = 1\n"
     )
@@ -108,9 +110,9 @@ def test_timeout_defers_the_notice(
 
 
 def test_tls_failure_defers_and_never_falls_back_to_plain_text(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = setup(tmp_path, mailboxes, sink, capsys)
+    cli = setup(tmp_path, mailboxes, sink, capsys, db_url)
     # The sink speaks plain SMTP: a TLS handshake with it fails.
     cli.config.write_text(
         cli.config.read_text().replace(
@@ -126,9 +128,9 @@ def test_tls_failure_defers_and_never_falls_back_to_plain_text(
 
 
 def test_notice_expires_after_retry_window(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = setup(tmp_path, mailboxes, sink, capsys)
+    cli = setup(tmp_path, mailboxes, sink, capsys, db_url)
     mailboxes.append("contacto", mail())
     sink.fail_next(451, "4.3.0 Try again later", count=5)
     cli.poll()
@@ -140,9 +142,9 @@ def test_notice_expires_after_retry_window(
 
 
 def test_outbox_list_shows_no_secrets(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
-    cli = setup(tmp_path, mailboxes, sink, capsys)
+    cli = setup(tmp_path, mailboxes, sink, capsys, db_url)
     mailboxes.append("contacto", mail())
     cli.poll()
     code, out, err = cli("outbox", "list", "--json")
