@@ -181,3 +181,13 @@ class Checkpoint(SQLModel, table=True):
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     last_error_at: datetime | None = None
     failures: int = 0  # consecutive failed polls
+
+
+class MailboxLease(SQLModel, table=True):
+    """Which instance polls a mailbox now; several instances may share one database."""
+
+    __tablename__ = "mailbox_leases"
+
+    mailbox: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=200)
+    expires_at: datetime

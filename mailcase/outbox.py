@@ -118,8 +118,12 @@ def _deliver(
                 store, settings, notice_id, exc, permanent=False, report=report, now=now
             )
         return report
+    claim = store.engine.dialect.name == "postgresql"
     try:
         for notice_id in ids:
+            if claim:
+                _deliver_claimed(store, settings, connection, notice_id, now, report)
+                continue
             with store.transaction() as session:
                 notice = session.get(Notice, notice_id)
                 if notice is None or notice.status != NoticeStatus.QUEUED:
@@ -162,6 +166,61 @@ def _deliver(
     finally:
         connection.close()
     return report
+
+
+def _deliver_claimed(
+    store: Store,
+    settings: Settings,
+    connection: SmtpConnection,
+    notice_id: int,
+    now: datetime,
+    report: DeliveryReport,
+) -> None:
+    """PostgreSQL, several instances: send while holding the notice's row lock.
+
+    ``FOR UPDATE SKIP LOCKED`` lets each instance claim different notices; the
+    lock is held only for this one SMTP transaction, and the row is marked in
+    the same database transaction, so a notice is sent by one instance only.
+    """
+    never_mail = {m.address for m in settings.mailboxes.values()}
+    failure: DeliveryError | None = None
+    with store.transaction() as session:
+        notice = session.exec(
+            select(Notice)
+            .where(Notice.id == notice_id, Notice.status == NoticeStatus.QUEUED)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if notice is None:
+            return  # sent, or being sent, by another instance
+        if notice.rcpt_to in never_mail or is_automatic_address(notice.rcpt_to):
+            notice.status = NoticeStatus.SUPPRESSED
+            notice.last_error = "recipient is one of our mailboxes or automatic: not sent"
+            session.add(notice)
+            report.suppressed += 1
+            return
+        try:
+            if connection.client is None:
+                connection.__enter__()
+            connection.send(notice.mail_from, notice.rcpt_to, notice.raw)
+        except DeliveryError as exc:
+            failure = exc
+        else:
+            notice.status = NoticeStatus.SENT
+            notice.sent_at = utcnow()
+            notice.attempts += 1
+            notice.last_error = ""
+            session.add(notice)
+            report.sent += 1
+    if failure is not None:
+        _record_failure(
+            store,
+            settings,
+            notice_id,
+            failure,
+            permanent=isinstance(failure, PermanentDeliveryError),
+            report=report,
+            now=now,
+        )
 
 
 def _record_failure(

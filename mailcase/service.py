@@ -17,10 +17,11 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailcase import casework, metrics
+from mailcase import casework, leases, metrics
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore
 from mailcase.casework import CaseworkError
@@ -77,6 +78,7 @@ class MailboxReport:
     mailbox: str
     fetched: int = 0
     dispositions: Counter[str] = field(default_factory=Counter)
+    skipped: bool = False  # another instance holds the mailbox's lease
 
 
 Progress = Callable[[int, int], None]  # (messages done, messages to do)
@@ -94,13 +96,17 @@ def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> Ma
         except MailboxError:
             metrics.ERRORS.labels("imap", name).inc()
             raise
-    metrics.poll_succeeded(name)
+    if not report.skipped:
+        metrics.poll_succeeded(name)
     return report
 
 
 def _poll_mailbox(rt: Runtime, name: str, progress: Progress | None) -> MailboxReport:
     settings = rt.settings.mailboxes[name]
     report = MailboxReport(mailbox=name)
+    if not leases.acquire(rt.store, name):
+        report.skipped = True  # another instance is polling it
+        return report
     log = get_logger(mailbox=name)
     with ImapMailbox(name, settings) as box:
         last_uid = _checkpoint(rt.store, name, box.uidvalidity, log)
@@ -118,6 +124,8 @@ def _poll_mailbox(rt: Runtime, name: str, progress: Progress | None) -> MailboxR
             if len(handled) >= rt.settings.poll.batch_size:
                 box.mark_done(handled)
                 handled = []
+                if not leases.acquire(rt.store, name):  # renew; lost it: stop here
+                    break
             if rt.stop.is_set():
                 break  # SIGTERM: the message in hand is finished; stop here
         box.mark_done(handled)
@@ -362,6 +370,13 @@ def _ingest(
         return existing  # committed before a crash lost the checkpoint's news
     settings = rt.settings
     mail, note = _parse(rt, fetched, raw_sha)
+    if session.get_bind().dialect.name == "postgresql":
+        # Two instances may ingest the two copies of one message (Cc to both
+        # mailboxes) at once: serialise on its identity until commit.
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": mail.dedup_key},
+        )
 
     earlier = ledger_by_key(session, mail.dedup_key)
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]

@@ -1,0 +1,60 @@
+"""Mailbox leases: with several ``mailcase run`` instances on one database, each
+mailbox is polled by one instance at a time.
+
+A lease is a row (mailbox, holder, expires_at). An instance takes a free or
+expired lease, or renews its own, in a short transaction that locks the row
+(``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's write lock serialises it
+anyway). Leases last :data:`LEASE_SECONDS` and are renewed at the start of
+every poll and after every batch, so a holder that dies hands the mailbox to
+another instance within a minute, while a long poll keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from mailcase.models import MailboxLease
+from mailcase.store import Store, utcnow
+
+LEASE_SECONDS = 60
+
+
+def instance_id() -> str:
+    """This process's name in leases: host, pid and a random tag (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+INSTANCE = instance_id()
+
+
+def acquire(store: Store, mailbox: str, holder: str = INSTANCE) -> bool:
+    """Take or renew the lease on ``mailbox`` for ``holder``; False if another instance holds it."""
+    now = utcnow()
+    try:
+        with store.transaction() as session:
+            query = select(MailboxLease).where(MailboxLease.mailbox == mailbox)
+            lease = session.exec(query.with_for_update()).first()
+            if lease is None:
+                lease = MailboxLease(mailbox=mailbox, holder=holder, expires_at=now)
+            elif lease.holder != holder and lease.expires_at > now:
+                return False
+            lease.holder = holder
+            lease.expires_at = now + timedelta(seconds=LEASE_SECONDS)
+            session.add(lease)
+    except IntegrityError:  # another instance inserted the first lease at the same moment
+        return False
+    return True
+
+
+def release(store: Store, mailbox: str, holder: str = INSTANCE) -> None:
+    """Give the lease up (on shutdown), so another instance can take over at once."""
+    with store.transaction() as session:
+        lease = session.get(MailboxLease, mailbox)
+        if lease is not None and lease.holder == holder:
+            session.delete(lease)
