@@ -1,7 +1,10 @@
 """``mailcase run``: the scheduler that polls every mailbox and delivers the outbox.
 
 * One apscheduler job per mailbox, every ``poll.interval_seconds``, at most one
-  instance at a time, missed runs coalesced into one.
+  poll of a mailbox at a time, missed runs coalesced into one.
+* With IMAP IDLE (``poll.idle``, on where the server offers it) a watcher
+  thread per mailbox polls it as soon as the server reports new mail; the
+  schedule stays as the safety net.
 * A mailbox that cannot be read is logged once per failure and backs off
   (doubling up to 15 minutes); the others go on, and the daemon never exits on it.
 * One outbox job (never two at once, so a notice cannot be sent twice by two
@@ -34,6 +37,7 @@ Under systemd (``Type=notify``, see ``systemd/mailcase.service`` and
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -44,11 +48,13 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from mailcase import leases, metrics
 from mailcase.errors import DatabaseError, MailboxError
+from mailcase.idle import IdleWatcher
 from mailcase.logs import get_logger
 from mailcase.outbox import deliver_outbox
 from mailcase.sdnotify import notify, watchdog_interval
-from mailcase.service import Runtime, close_stale_cases, poll_mailbox
+from mailcase.service import Runtime, close_stale_cases, poll_mailbox, record_mailbox_failure
 from mailcase.store import utcnow
 
 MAX_BACKOFF = timedelta(minutes=15)
@@ -74,6 +80,9 @@ class Daemon:
         self.ready = False
         self.polls_running: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.poll_locks = {name: threading.Lock() for name in rt.settings.mailboxes}
+        self.pending = {name: threading.Event() for name in rt.settings.mailboxes}
+        self.watchers: list[IdleWatcher] = []
         self.scheduler = BackgroundScheduler(
             executors={
                 "default": ThreadPoolExecutor(len(rt.settings.mailboxes) + 1),
@@ -85,10 +94,25 @@ class Daemon:
         )
 
     def poll(self, name: str) -> None:
-        """One scheduled poll of ``name``; never raises (a job that raises is just logged).
+        """Poll ``name`` now, or make the poll already running go round once more.
 
-        A poll that ran (was not skipped for back-off) is reported to systemd.
+        Called by the schedule and by the IDLE watcher. At most one poll of a
+        mailbox runs at a time: a request that arrives during a poll sets
+        ``pending`` and that poll repeats, so mail that arrived after its
+        SEARCH is not left for the next interval. Never raises.
         """
+        self.pending[name].set()
+        if not self.poll_locks[name].acquire(blocking=False):
+            return
+        try:
+            while self.pending[name].is_set() and not self.rt.stop.is_set():
+                self.pending[name].clear()
+                self._poll_once(name)
+        finally:
+            self.poll_locks[name].release()
+
+    def _poll_once(self, name: str) -> None:
+        """One poll; a poll that ran (was not skipped for back-off) is reported to systemd."""
         with self._lock:
             self.polls_running[name] = time.monotonic()
         try:
@@ -103,11 +127,15 @@ class Daemon:
         """Poll ``name``; return its STATUS= word, or None when skipped for back-off."""
         health = self.health[name]
         now = utcnow()
-        if health.retry_at is not None and now < health.retry_at:
+        interval = timedelta(seconds=self.rt.settings.poll.interval_seconds)
+        # Half an interval of slack: scheduled runs start a few milliseconds
+        # late or early, and a retry due "now" must not wait a whole interval.
+        if health.retry_at is not None and now + interval / 2 < health.retry_at:
             return None
         try:
             report = poll_mailbox(self.rt, name)
         except (MailboxError, DatabaseError) as exc:
+            record_mailbox_failure(self.rt, name, str(exc))
             health.failures += 1
             delay = min(
                 timedelta(seconds=self.rt.settings.poll.interval_seconds)
@@ -122,6 +150,8 @@ class Daemon:
         except Exception:
             self.log.exception("mailbox_poll_crashed", mailbox=name)
             return "failed"
+        if report.skipped:
+            return "held by another instance"
         if health.failures:
             self.log.info("mailbox_recovered", mailbox=name, after_failures=health.failures)
         health.failures, health.retry_at = 0, None
@@ -219,6 +249,15 @@ class Daemon:
             self.log.info("stopping", signal=name)
             self.rt.stop.set()
 
+        if self.rt.settings.metrics.listen:
+            metrics.serve(self.rt.settings.metrics.listen)
+            self.log.info("metrics_listening", listen=self.rt.settings.metrics.listen)
+        if self.rt.settings.poll.idle is not False:
+            for name, box in self.rt.settings.mailboxes.items():
+                watcher = IdleWatcher(name, box, self.poll, self.rt.stop)
+                watcher.start()
+                self.watchers.append(watcher)
+
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.log.info(
             "daemon_started", mailboxes=list(self.rt.settings.mailboxes), interval=interval
@@ -228,6 +267,11 @@ class Daemon:
             self.rt.stop.wait()
         finally:
             self.scheduler.shutdown(wait=True)
+            for watcher in self.watchers:
+                watcher.join(timeout=5)
+            for name in self.rt.settings.mailboxes:
+                with contextlib.suppress(Exception):  # best effort: leases expire anyway
+                    leases.release(self.rt.store, name)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.log.info("daemon_stopped")

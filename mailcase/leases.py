@@ -1,11 +1,11 @@
 """Mailbox leases: with several ``mailcase run`` instances on one database, each
 mailbox is polled by one instance at a time.
 
-A lease is a row (mailbox, holder, expires_at). An instance takes a free or
-expired lease, or renews its own, in a short transaction that locks the row
-(``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's write lock serialises it
-anyway). Leases last :data:`LEASE_SECONDS` and are renewed at the start of
-every poll and after every batch, so a holder that dies hands the mailbox to
+A lease is a row (mailbox, holder, expires_at). A poll takes the lease (free
+or expired) in a short transaction that locks the row (``SELECT … FOR
+UPDATE`` on PostgreSQL; SQLite's write lock serialises it anyway), renews it
+after every batch, and gives it up when it ends. Leases last
+:data:`LEASE_SECONDS`, so a holder that dies mid-poll hands the mailbox to
 another instance within a minute, while a long poll keeps it.
 """
 

@@ -10,6 +10,7 @@ nothing is checkpointed that was not committed, so the next poll resumes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from mailcase.blobs import BlobStore
 from mailcase.casework import CaseworkError
 from mailcase.classify import classify
 from mailcase.commands import Command, CommandKind, parse_commands
-from mailcase.config import Settings
+from mailcase.config import MailboxSettings, Settings
 from mailcase.dsn import parse_dsn
 from mailcase.errors import DatabaseError, MailboxError, MessageError, NotFoundError
 from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
@@ -107,6 +108,20 @@ def _poll_mailbox(rt: Runtime, name: str, progress: Progress | None) -> MailboxR
     if not leases.acquire(rt.store, name):
         report.skipped = True  # another instance is polling it
         return report
+    try:
+        return _poll_leased(rt, name, settings, report, progress)
+    finally:
+        with contextlib.suppress(SQLAlchemyError):  # it expires by itself anyway
+            leases.release(rt.store, name)
+
+
+def _poll_leased(
+    rt: Runtime,
+    name: str,
+    settings: MailboxSettings,
+    report: MailboxReport,
+    progress: Progress | None,
+) -> MailboxReport:
     log = get_logger(mailbox=name)
     with ImapMailbox(name, settings) as box:
         last_uid = _checkpoint(rt.store, name, box.uidvalidity, log)

@@ -76,3 +76,31 @@ def test_daemon_keeps_running_when_a_mailbox_fails(
     failures = [e for e in _events(err) if e["event"] == "mailbox_failed"]
     assert failures and failures[0]["mailbox"] == "info", err
     assert "login refused" in failures[0]["error"]
+
+
+def test_idle_gets_new_mail_acknowledged_within_seconds(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    # A long interval: only IDLE can explain a quick acknowledgement.
+    config.write_text(config.read_text().replace("interval_seconds = 5", "interval_seconds = 300"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailcase", "--config", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    latencies = []
+    try:
+        time.sleep(2)  # first poll done, watchers idling
+        for i in range(3):
+            sent = time.monotonic()
+            mailboxes.append("contacto", mail(sender=f"c{i}@example.com", subject=f"IDLE {i}"))
+            sink.wait_for(i + 1, timeout=15)
+            latencies.append(time.monotonic() - sent)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    # Generous for a loaded CI machine; bench/ingest.py measures the strict target.
+    assert max(latencies) < 5, latencies

@@ -1,0 +1,365 @@
+"""IMAP faults, injected for real: each mailbox fails alone, with one clear line, nothing lost.
+
+Every fault here is made on the real server or network (a closed port, a changed password, a
+deleted folder, Dovecot stopped or SIGKILLed mid-fetch, a folder rebuilt under a running
+daemon). ``mailcase poll`` runs as a real process, so the exit status and stderr checked are
+exactly what systemd or a cron job would see. After each fault is repaired, the next poll
+ingests what was missed exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    CONTACTO,
+    INFO,
+    Cli,
+    DaemonProcess,
+    json_events,
+    mail,
+    run_process,
+    write_config,
+)
+from servers import Dovecot, SmtpSink, free_port
+
+pytestmark = pytest.mark.integration
+
+DONE = b"$MailcaseDone"
+ERROR_LINE = re.compile(r"^mailcase: mailbox (contacto|info): \S")
+
+
+def _mail(*, subject: str, to: str = CONTACTO) -> bytes:
+    """A customer's message; each subject comes from its own customer, so the cap on
+    acknowledgements per sender and hour (``limits.max_acks_per_sender_per_hour``) never
+    hides a missing or repeated acknowledgement."""
+    local = re.sub(r"[^a-z0-9]+", ".", subject.lower()).strip(".")
+    return mail(sender=f"Cliente <{local}@example.com>", to=to, subject=subject)
+
+
+def _set_port(config: Path, mailbox: str, port: int) -> None:
+    """Point ``[mailboxes.<mailbox>] port`` of a write_config() file at ``port``."""
+    text = config.read_text(encoding="utf-8")
+    new, count = re.subn(
+        rf"(\[mailboxes\.{mailbox}\][^\[]*?\nport = )\d+", rf"\g<1>{port}", text, count=1
+    )
+    assert count == 1, text
+    config.write_text(new, encoding="utf-8")
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("mailcase:")]
+
+
+def _fails_alone(result: subprocess.CompletedProcess[str], mailbox: str, *secrets: str) -> str:
+    """Exit 1 with exactly one error line, naming ``mailbox``; return that line."""
+    assert result.returncode == 1, result.stderr
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"mailcase: mailbox {mailbox}: "), lines
+    assert "Traceback" not in result.stderr
+    for secret in secrets:
+        assert secret not in result.stderr and secret not in result.stdout, secret
+    return lines[0]
+
+
+def _poll_ok(config: Path) -> None:
+    result = run_process(config, "poll")
+    assert result.returncode == 0, result.stderr
+    assert _error_lines(result.stderr) == [] and "Traceback" not in result.stderr
+
+
+class Outcome:
+    """What the database and the sink hold, read through the CLI."""
+
+    def __init__(self, config: Path, capsys: Any, sink: SmtpSink) -> None:
+        self.cli = Cli(config, capsys)
+        self.sink = sink
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return self.cli.json("messages", "list")  # type: ignore[no-any-return]
+
+    def cases(self) -> list[dict[str, Any]]:
+        return self.cli.json("cases", "list")  # type: ignore[no-any-return]
+
+    def subjects(self) -> Counter[str]:
+        """How many cases each subject has (subjects are unique per test message)."""
+        return Counter(c["subject"] for c in self.cases())
+
+    def acknowledged(self) -> Counter[str]:
+        """How many acknowledgements each original subject got."""
+        return Counter(str(m.message["Subject"]).split("] ", 1)[1] for m in self.sink.messages)
+
+    def assert_exactly_once(self, *subjects: str) -> None:
+        """Exactly these subjects have a case, each one case and one acknowledgement."""
+        expected = Counter(subjects)
+        assert self.subjects() == expected
+        assert self.acknowledged() == expected
+        keys = [(r["mailbox"], r["uidvalidity"], r["uid"]) for r in self.ledger()]
+        assert len(keys) == len(set(keys))
+
+
+@pytest.fixture
+def outcome(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any) -> Outcome:
+    # The config each test writes with write_config(tmp_path, ...).
+    return Outcome(tmp_path / "mailcase.toml", capsys, sink)
+
+
+def test_connection_refused_fails_that_mailbox_alone(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, outcome: Outcome
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    closed = free_port()
+    _set_port(config, "info", closed)
+    mailboxes.append("contacto", _mail(subject="Contacto 1"))
+    mailboxes.append("info", _mail(to=INFO, subject="Info 1"))
+
+    line = _fails_alone(run_process(config, "poll"), "info")
+    assert f"127.0.0.1:{closed}" in line and "connect" in line
+    outcome.assert_exactly_once("Contacto 1")
+    assert {r["mailbox"] for r in outcome.ledger()} == {"contacto"}
+
+    _set_port(config, "info", mailboxes.port)  # repaired: info's mail was waiting
+    _poll_ok(config)
+    outcome.assert_exactly_once("Contacto 1", "Info 1")
+
+
+def test_login_refused_fails_that_mailbox_alone_without_showing_passwords(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, outcome: Outcome
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    old = mailboxes.users["info"]
+    mailboxes.set_password("info", "clave-nueva-7731")  # the config keeps the old one
+    mailboxes.append("contacto", _mail(subject="Contacto 1"))
+    mailboxes.append("info", _mail(to=INFO, subject="Info 1"))
+
+    line = _fails_alone(run_process(config, "poll"), "info", old, "clave-nueva-7731")
+    assert "login refused" in line and "info" in line
+    outcome.assert_exactly_once("Contacto 1")
+
+    mailboxes.set_password("info", old)
+    _poll_ok(config)
+    outcome.assert_exactly_once("Contacto 1", "Info 1")
+
+
+def test_vanished_folder_fails_that_mailbox_alone_naming_the_folder(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, outcome: Outcome
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink, contacto_folder="Soporte")
+    mailboxes.append("contacto", _mail(subject="Contacto 1"), folder="Soporte")
+    _poll_ok(config)
+    mailboxes.delete_folder("contacto", "Soporte")
+    mailboxes.append("info", _mail(to=INFO, subject="Info 1"))
+
+    line = _fails_alone(run_process(config, "poll"), "contacto")
+    assert "Soporte" in line
+    outcome.assert_exactly_once("Contacto 1", "Info 1")
+
+    mailboxes.append("contacto", _mail(subject="Contacto 2"), folder="Soporte")
+    _poll_ok(config)
+    outcome.assert_exactly_once("Contacto 1", "Info 1", "Contacto 2")
+
+
+def test_server_down_fails_both_mailboxes_then_everything_arrives_once(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, outcome: Outcome
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    subjects = [f"Contacto {i}" for i in range(3)]
+    mailboxes.append_many("contacto", [_mail(subject=s) for s in subjects])
+    mailboxes.append_many("info", [_mail(to=INFO, subject=f"Info {i}") for i in range(3)])
+    subjects += [f"Info {i}" for i in range(3)]
+
+    mailboxes.stop()
+    try:
+        result = run_process(config, "poll")
+    finally:
+        mailboxes.start()
+    assert result.returncode == 1, result.stderr
+    lines = _error_lines(result.stderr)
+    named = sorted(m.group(1) for x in lines if (m := ERROR_LINE.match(x)))
+    assert len(lines) == 2 and named == ["contacto", "info"], lines
+    assert "Traceback" not in result.stderr
+    assert outcome.ledger() == [] and sink.messages == []
+
+    _poll_ok(config)
+    outcome.assert_exactly_once(*subjects)
+    _poll_ok(config)  # and again: nothing more
+    outcome.assert_exactly_once(*subjects)
+
+
+def test_server_killed_mid_batch_loses_and_repeats_nothing(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, outcome: Outcome
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    contacto = [f"Contacto {i}" for i in range(150)]
+    info = [f"Info {i}" for i in range(50)]
+    uids = {
+        "contacto": mailboxes.append_many("contacto", [_mail(subject=s) for s in contacto]),
+        "info": mailboxes.append_many("info", [_mail(to=INFO, subject=s) for s in info]),
+    }
+    log = tmp_path / "poll.log"
+
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailcase", "--config", str(config), "poll"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        # Kill Dovecot (SIGKILL, whole process group) in the middle of contacto's second
+        # batch of 50: after one STORE of flags, with a FETCH answer half processed.
+        deadline = time.monotonic() + 30
+        while (
+            sum(
+                e["event"] == "message_ingested" and e["mailbox"] == "contacto"
+                for e in json_events(log.read_text(encoding="utf-8"))
+            )
+            < 60
+        ):
+            assert proc.poll() is None, log.read_text(encoding="utf-8")
+            assert time.monotonic() < deadline, log.read_text(encoding="utf-8")
+            time.sleep(0.01)
+        mailboxes.stop(fast=True)
+        mailboxes.start()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = log.read_text(encoding="utf-8")
+    assert proc.returncode in (0, 1), stderr
+    lines = _error_lines(stderr)
+    assert all(ERROR_LINE.match(x) for x in lines), lines
+    assert (proc.returncode == 1) == bool(lines), stderr
+    assert len(lines) == len(set(lines)) <= 2
+    assert "Traceback" not in stderr
+
+    _poll_ok(config)
+    outcome.assert_exactly_once(*contacto, *info)
+    ledger = outcome.ledger()
+    assert len(ledger) == len(contacto) + len(info)
+    assert {(r["mailbox"], r["uid"]) for r in ledger} == {
+        (box, uid) for box, list_ in uids.items() for uid in list_
+    }
+    assert {r["disposition"] for r in ledger} == {"new_case"}
+    for user in ("contacto", "info"):
+        flags = mailboxes.fetch_flags(user)
+        assert sorted(uid for uid, f in flags.items() if DONE not in f) == [], user
+
+
+def test_folder_rebuilt_under_running_daemon_is_not_ingested_twice(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, outcome: Outcome
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink, contacto_folder="Soporte")
+    raws = [_mail(subject=f"Reporte {i}") for i in range(3)]
+    mailboxes.append_many("contacto", raws, folder="Soporte")
+
+    with DaemonProcess(config, tmp_path / "run.log") as daemon:
+        daemon.wait_for_event(
+            "mailbox_polled", where=lambda e: e["mailbox"] == "contacto" and e["fetched"] == 3
+        )
+        sink.wait_for(3, timeout=20)
+        # A server migration: the folder is rebuilt with the same mail (new UIDVALIDITY),
+        # plus one message that is really new, while the daemon keeps polling.
+        with mailboxes.client("contacto") as imap:
+            old_validity = imap.folder_status("Soporte", ["UIDVALIDITY"])[b"UIDVALIDITY"]
+            imap.delete_folder("Soporte")
+            imap.create_folder("Soporte")
+            for raw in [*raws, _mail(subject="Reporte nuevo")]:
+                imap.append("Soporte", raw)
+            new_validity = imap.folder_status("Soporte", ["UIDVALIDITY"])[b"UIDVALIDITY"]
+        assert new_validity != old_validity
+
+        changed = daemon.wait_for_event("uidvalidity_changed", timeout=30)
+        sink.wait_for(4, timeout=30)
+        # One more complete poll of the rebuilt folder: it must find nothing new.
+        polled = len(daemon.events("mailbox_polled"))
+        daemon.wait_for_event("mailbox_polled", count=polled + 2, timeout=30)
+        assert daemon.stop() == 0, daemon.tail()
+
+    assert changed[0]["mailbox"] == "contacto"
+    assert changed[0]["new"] == new_validity
+    outcome.assert_exactly_once(*[f"Reporte {i}" for i in range(3)], "Reporte nuevo")
+    ledger = outcome.ledger()
+    assert len(ledger) == 4
+    assert {r["uidvalidity"] for r in ledger} == {new_validity}
+    assert set(mailboxes.fetch_raw("contacto", "Soporte")) == {r["uid"] for r in ledger}
+    flags = mailboxes.fetch_flags("contacto", "Soporte")
+    assert all(DONE in f for f in flags.values()), flags
+
+
+def test_daemon_rides_out_an_imap_outage_and_backs_off(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, outcome: Outcome
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    mailboxes.append("contacto", _mail(subject="Antes contacto"))
+    mailboxes.append("info", _mail(to=INFO, subject="Antes info"))
+
+    with DaemonProcess(config, tmp_path / "run.log") as daemon:
+        sink.wait_for(2, timeout=20)
+        mailboxes.stop()
+        try:
+            for name in ("contacto", "info"):
+                daemon.wait_for_event(
+                    "mailbox_failed", where=lambda e, n=name: e["mailbox"] == n, timeout=20
+                )
+        finally:
+            mailboxes.start()
+        pid = daemon.proc.pid if daemon.proc else None
+        # Mail that arrives after the outage, for the same daemon process to pick up.
+        mailboxes.append("contacto", _mail(subject="Despues contacto", to=CONTACTO))
+        mailboxes.append("info", _mail(to=INFO, subject="Despues info"))
+        sink.wait_for(4, timeout=40)
+        for name in ("contacto", "info"):
+            daemon.wait_for_event(
+                "mailbox_recovered", where=lambda e, n=name: e["mailbox"] == n, timeout=30
+            )
+        assert daemon.running and daemon.proc is not None and daemon.proc.pid == pid
+        assert daemon.stop() == 0, daemon.tail()
+        text = daemon.text()
+
+    events = json_events(text)
+    interval = 5
+    for name in ("contacto", "info"):
+        mine = [e for e in events if e.get("mailbox") == name]
+        failed = [e for e in mine if e["event"] == "mailbox_failed"]
+        recovered = [e for e in mine if e["event"] == "mailbox_recovered"]
+        assert failed and len(recovered) == 1, mine
+        assert mine.index(recovered[0]) > mine.index(failed[-1])
+        assert recovered[0]["after_failures"] == len(failed)
+        # Back-off doubles from poll.interval_seconds: 5, 10, 20 ... seconds.
+        assert [e["retry_in"] for e in failed] == [interval * 2**i for i in range(len(failed))]
+        for e in failed:
+            assert "connect" in e["error"] and name in e["error"], e
+    for secret in mailboxes.users.values():
+        assert secret not in text
+    outcome.assert_exactly_once("Antes contacto", "Antes info", "Despues contacto", "Despues info")
+
+    # Last, as it depends on timing: each retry comes when retry_in said, not a whole poll
+    # interval later (the next attempt logs mailbox_failed again, or mailbox_polled).
+    late = []
+    for name in ("contacto", "info"):
+        mine = [e for e in events if e.get("mailbox") == name and e["event"] != "message_ingested"]
+        for i, e in enumerate(mine):
+            if e["event"] != "mailbox_failed":
+                continue
+            after = next(
+                x for x in mine[i + 1 :] if x["event"] in ("mailbox_failed", "mailbox_polled")
+            )
+            gap = (_when(after) - _when(e)).total_seconds()
+            if not e["retry_in"] - 0.5 <= gap < e["retry_in"] + interval / 2:
+                late.append(f"{name}: retry_in={e['retry_in']} but retried after {gap:.2f} s")
+    assert not late, late
+
+
+def _when(event: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(event["timestamp"])
