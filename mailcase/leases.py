@@ -42,13 +42,32 @@ def acquire(store: Store, mailbox: str, holder: str = INSTANCE) -> bool:
             lease = session.exec(query.with_for_update()).first()
             if lease is None:
                 lease = MailboxLease(mailbox=mailbox, holder=holder, expires_at=now)
-            elif lease.holder != holder and lease.expires_at > now:
+            elif lease.holder != holder and lease.expires_at > now and _alive(lease.holder):
                 return False
             lease.holder = holder
             lease.expires_at = now + timedelta(seconds=LEASE_SECONDS)
             session.add(lease)
     except IntegrityError:  # another instance inserted the first lease at the same moment
         return False
+    return True
+
+
+def _alive(holder: str) -> bool:
+    """Whether ``holder`` may still be running: always, unless it is a dead process here.
+
+    A holder on this host whose process is gone (kill -9, then a restart)
+    need not be waited for: its lease is free at once.
+    """
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, under another user
+        return True
     return True
 
 

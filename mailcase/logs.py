@@ -25,6 +25,26 @@ def _drop_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
     return event
 
 
+class _Stderr:
+    """Writes each event to whatever ``sys.stderr`` is at that moment.
+
+    structlog's PrintLogger keeps the stream it was made with; a stream that is
+    replaced later (a test harness capturing output) would then be written
+    after it was closed.
+    """
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*_args: Any) -> _Stderr:
+    return _Stderr()
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog once for the process; logs go to stderr."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -45,7 +65,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
 

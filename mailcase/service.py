@@ -107,6 +107,7 @@ def _poll_mailbox(rt: Runtime, name: str, progress: Progress | None) -> MailboxR
     report = MailboxReport(mailbox=name)
     if not leases.acquire(rt.store, name):
         report.skipped = True  # another instance is polling it
+        get_logger(mailbox=name).info("mailbox_leased_elsewhere")
         return report
     try:
         return _poll_leased(rt, name, settings, report, progress)

@@ -1,0 +1,629 @@
+"""OAuth2 (XOAUTH2) logins end to end: a real Dovecot checking tokens against an
+introspection endpoint the test runs, an SMTP sink taking XOAUTH2, and the token
+sources (token_command, refresh-token grant) against a real HTTP token endpoint."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from helpers import CONTACTO, REPO, Cli, json_events, mail, write_config
+from oauth_servers import OAuthDovecot, OAuthServer, OAuthSmtpSink, parse_xoauth2
+from servers import free_port
+
+from mailcase import oauth
+from mailcase.config import MailboxSettings, SmtpSettings, load_settings
+from mailcase.errors import ConfigError, DeliveryError, MailboxError, PermanentDeliveryError
+from mailcase.imap import ImapMailbox
+from mailcase.logs import configure
+from mailcase.oauth import TokenError, TokenProvider, xoauth2_string
+from mailcase.smtp import SmtpConnection
+
+pytestmark = pytest.mark.integration
+
+SMTP_USER = "avisos@internet-plarey.com.mx"
+_scripts = itertools.count(1)
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def oauth_server() -> Iterator[OAuthServer]:
+    with OAuthServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oauth_dovecot_session(oauth_server: OAuthServer) -> Iterator[OAuthDovecot]:
+    """A Dovecot of its own (the session one has no oauth2 passdb); never skipped."""
+    server = OAuthDovecot(oauth_server.introspection_url, introspection_mode="post")
+    try:
+        server.start()
+    except Exception as exc:
+        server.close()
+        pytest.fail(f"cannot start the OAuth2 test Dovecot: {exc}", pytrace=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def oauth_sink_session() -> Iterator[OAuthSmtpSink]:
+    sink = OAuthSmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def idp(oauth_server: OAuthServer) -> OAuthServer:
+    """The identity provider, with no tokens, clients or faults."""
+    oauth_server.reset()
+    return oauth_server
+
+
+@pytest.fixture
+def imap(oauth_dovecot_session: OAuthDovecot) -> OAuthDovecot:
+    d = oauth_dovecot_session
+    if not d.running:
+        d.start()
+    d.reset_users()
+    for user in ("contacto", "info"):
+        d.clear(user)
+    return d
+
+
+@pytest.fixture
+def smtp(oauth_sink_session: OAuthSmtpSink) -> OAuthSmtpSink:
+    if not oauth_sink_session.running:
+        oauth_sink_session.start()
+    oauth_sink_session.clear()
+    return oauth_sink_session
+
+
+@pytest.fixture(autouse=True)
+def fresh_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The process-wide token cache must not carry a token or a failure time between tests.
+    monkeypatch.setattr(oauth, "_providers", {})
+
+
+@pytest.fixture(autouse=True)
+def logs_to_stderr() -> Iterator[None]:
+    # A Cli run configures structlog to print to that test's capsys stream, closed once
+    # the test ends: code called directly here would log to a closed file.
+    configure("info", "json")
+    yield
+    structlog.reset_defaults()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def token_command(tmp_path: Path, stdout: str, *, status: int = 0, stderr: str = "") -> str:
+    """A token_command value: a tiny shell script printing ``stdout``, then ``stderr``."""
+    script = tmp_path / f"token-{next(_scripts)}.sh"
+    lines = ["#!/bin/sh", f"printf '%s\\n' '{stdout}'"]
+    if stderr:
+        lines.append(f"printf '%s\\n' '{stderr}' >&2")
+    lines.append(f"exit {status}")
+    script.write_text("\n".join(lines) + "\n")
+    return f"/bin/sh {script}"
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, f"{old!r} not once in the config"
+    return text.replace(old, new)
+
+
+def oauth_config(
+    tmp_path: Path,
+    imap: OAuthDovecot,
+    smtp: OAuthSmtpSink,
+    *,
+    mailbox: str | None = None,
+    smtp_keys: str | None = None,
+) -> Path:
+    """write_config's file with mailbox contacto and/or [smtp] switched to auth = "oauth2"."""
+    path = write_config(tmp_path, imap, smtp)
+    text = path.read_text()
+    if mailbox is not None:
+        text = _replace_once(text, f'password = "{imap.users["contacto"]}"\n', "")
+        text = _replace_once(
+            text, "[mailboxes.contacto]\n", f'[mailboxes.contacto]\nauth = "oauth2"\n{mailbox}\n'
+        )
+    if smtp_keys is not None:
+        text = _replace_once(
+            text, "[smtp]\n", f'[smtp]\nauth = "oauth2"\nusername = "{SMTP_USER}"\n{smtp_keys}\n'
+        )
+    path.write_text(text)
+    return path
+
+
+def mailbox_settings(imap: OAuthDovecot, **keys: Any) -> MailboxSettings:
+    return MailboxSettings(
+        address=CONTACTO,
+        host=imap.host,
+        port=imap.port,
+        security="none",
+        username="contacto",
+        auth="oauth2",
+        **keys,
+    )
+
+
+def refresh_keys(idp: OAuthServer) -> str:
+    """Mailbox keys for a confidential client of contacto registered with the provider."""
+    refresh_token = idp.add_client("contacto", "mailcase-test", "s3cret")
+    return (
+        f'client_id = "mailcase-test"\nclient_secret = "s3cret"\n'
+        f'refresh_token = "{refresh_token}"\ntoken_url = "{idp.token_url}"'
+    )
+
+
+def plain_lines(err: str) -> list[str]:
+    """What the CLI printed for people (the JSON log lines left out)."""
+    return [line for line in err.splitlines() if line and not line.startswith("{")]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- IMAP ---------------------------------------------------------------------------------
+
+
+def test_poll_with_token_command_logs_in_with_xoauth2(
+    tmp_path: Path, imap: OAuthDovecot, smtp: OAuthSmtpSink, idp: OAuthServer, capsys: Any
+) -> None:
+    idp.grant("tok-contacto-1", "contacto")
+    command = token_command(tmp_path, "tok-contacto-1")
+    cli = Cli(oauth_config(tmp_path, imap, smtp, mailbox=f'token_command = "{command}"'), capsys)
+    imap.append("contacto", mail())
+    code, out, err = cli("poll")
+    assert code == 0, err
+    assert len(cli.json("cases", "list")) == 1
+    assert len(smtp.wait_for(1)) == 1  # the acknowledgement
+    assert idp.introspections == ["tok-contacto-1"]  # Dovecot asked the provider
+    assert "user=<contacto>, method=XOAUTH2" in imap.log_text()
+    # info still logs in with its password, on the same server
+    assert "user=<info>, method=PLAIN" in imap.log_text()
+    assert "tok-contacto-1" not in out + err + imap.log_text()
+
+
+def test_refused_token_fails_the_mailbox_alone_and_is_never_shown(
+    tmp_path: Path, imap: OAuthDovecot, smtp: OAuthSmtpSink, idp: OAuthServer, capsys: Any
+) -> None:
+    command = token_command(tmp_path, "tok-revoked-42")  # the provider does not know it
+    cli = Cli(oauth_config(tmp_path, imap, smtp, mailbox=f'token_command = "{command}"'), capsys)
+    imap.append("info", mail(to="info@internet-plarey.com.mx"))
+    code, out, err = cli("poll")
+    assert code == 1
+    assert plain_lines(err) == [
+        f"mailcase: mailbox contacto: OAuth2 login refused for contacto at 127.0.0.1:{imap.port}"
+    ]
+    assert len(cli.json("cases", "list")) == 1  # info was polled all the same
+    assert idp.introspections == ["tok-revoked-42"]
+    assert "tok-revoked-42" not in out + err + imap.log_text()
+    assert "Provided token is not valid" in imap.log_text()
+
+
+def test_refused_token_is_fetched_again_next_time(
+    imap: OAuthDovecot, idp: OAuthServer, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-old\n")
+    settings = mailbox_settings(imap, token_command=f"cat {token_file}")
+    with pytest.raises(MailboxError, match="OAuth2 login refused"):
+        ImapMailbox("contacto", settings).connect()
+    # Within the five minutes a command's token is reused: the refusal dropped it.
+    token_file.write_text("tok-new\n")
+    idp.grant("tok-new", "contacto")
+    with ImapMailbox("contacto", settings) as box:
+        assert box.uidvalidity > 0
+
+
+def test_token_command_failure_names_the_mailbox_and_hides_the_token(
+    tmp_path: Path, imap: OAuthDovecot, smtp: OAuthSmtpSink, idp: OAuthServer, capsys: Any
+) -> None:
+    # The command prints a token, then fails and repeats it on stderr.
+    command = token_command(
+        tmp_path, "tok-leaky-secret-7", status=3, stderr="refresh failed for tok-leaky-secret-7"
+    )
+    cli = Cli(oauth_config(tmp_path, imap, smtp, mailbox=f'token_command = "{command}"'), capsys)
+    code, out, err = cli("poll")
+    assert code == 1
+    assert plain_lines(err) == [
+        "mailcase: mailbox contacto: no OAuth2 token for contacto "
+        "(token_command exited with status 3: refresh failed for ***)"
+    ]
+    [event] = [e for e in json_events(err) if e["event"] == "oauth_token_failed"]
+    assert event["mailbox"] == "contacto"
+    assert "tok-leaky-secret-7" not in out + err
+    assert idp.introspections == []  # never got as far as the server
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ({"stdout": ""}, "token_command printed no token"),
+        ({"stdout": "", "status": 1, "stderr": "no account"}, "status 1: no account"),
+        ({"stdout": "two words"}, "more than one word"),
+    ],
+)
+def test_token_command_errors(
+    tmp_path: Path, imap: OAuthDovecot, script: dict[str, Any], expected: str
+) -> None:
+    settings = mailbox_settings(imap, token_command=token_command(tmp_path, **script))
+    with pytest.raises(MailboxError, match="mailbox contacto: no OAuth2 token") as info:
+        ImapMailbox("contacto", settings).connect()
+    assert expected in str(info.value)
+
+
+def test_token_command_not_found(imap: OAuthDovecot) -> None:
+    settings = mailbox_settings(imap, token_command="/nonexistent/get-token --user x")
+    with pytest.raises(MailboxError, match=r"token_command: /nonexistent/get-token not found"):
+        ImapMailbox("contacto", settings).connect()
+
+
+def test_token_command_token_is_cached(tmp_path: Path, imap: OAuthDovecot) -> None:
+    counter = tmp_path / "runs"
+    script = tmp_path / "count.sh"
+    script.write_text(f"#!/bin/sh\necho x >> {counter}\necho tok-cached\n")
+    settings = mailbox_settings(imap, token_command=f"/bin/sh {script}")
+    clock = FakeClock()
+    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
+    assert provider.token() == provider.token() == "tok-cached"
+    assert len(counter.read_text().splitlines()) == 1
+    clock.now += oauth.COMMAND_TOKEN_LIFETIME - 1
+    provider.token()
+    assert len(counter.read_text().splitlines()) == 1
+    clock.now += 1  # five minutes: its lifetime is unknown, so it is run again
+    provider.token()
+    assert len(counter.read_text().splitlines()) == 2
+
+
+def test_poll_with_refresh_token(
+    tmp_path: Path, imap: OAuthDovecot, smtp: OAuthSmtpSink, idp: OAuthServer, capsys: Any
+) -> None:
+    cli = Cli(oauth_config(tmp_path, imap, smtp, mailbox=refresh_keys(idp)), capsys)
+    imap.append("contacto", mail())
+    code, out, err = cli("poll")
+    assert code == 0, err
+    assert len(cli.json("cases", "list")) == 1
+    [request] = idp.token_requests
+    assert request.form["grant_type"] == "refresh_token"
+    assert request.form["client_id"] == "mailcase-test"
+    assert request.form["client_secret"] == "s3cret"
+    [issued] = idp.introspections  # the access token Dovecot was shown is the one issued
+    assert issued.startswith("at-") and issued not in out + err
+    assert "user=<contacto>, method=XOAUTH2" in imap.log_text()
+
+
+# -- the refresh-token grant --------------------------------------------------------------
+
+
+def test_refresh_token_is_cached_until_shortly_before_expiry(
+    imap: OAuthDovecot, idp: OAuthServer
+) -> None:
+    idp.expires_in = 2  # the margin is then 1 s: the token is reused for one second
+    refresh_token = idp.add_client("contacto", "public-client")  # a public client: no secret
+    settings = mailbox_settings(
+        imap, client_id="public-client", refresh_token=refresh_token, token_url=idp.token_url
+    )
+    provider = TokenProvider(settings, {"mailbox": "contacto"})
+    first = provider.token()
+    assert provider.token() == first
+    assert idp.token_request_count == 1
+    assert "client_secret" not in idp.token_requests[0].form
+    time.sleep(1.2)
+    second = provider.token()
+    assert second != first
+    assert idp.token_request_count == 2
+    assert provider.token() == second
+    assert idp.token_request_count == 2
+    # A connection gets its token from the process-wide provider of the mailbox (one
+    # more request), which the next connection reuses.
+    for _ in range(2):
+        with ImapMailbox("contacto", settings):
+            pass
+    assert idp.token_request_count == 3
+
+
+def test_rotated_refresh_token_replaces_the_old_one(
+    imap: OAuthDovecot, idp: OAuthServer, tmp_path: Path
+) -> None:
+    idp.rotate_refresh_token = True
+    refresh_file = tmp_path / "refresh"
+    refresh_file.write_text(idp.add_client("contacto", "c1", "sec") + "\n")
+    settings = mailbox_settings(
+        imap,
+        client_id="c1",
+        client_secret="sec",
+        refresh_token_file=refresh_file,
+        token_url=idp.token_url,
+    )
+    clock = FakeClock()
+    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
+    provider.token()
+    clock.now += 3600
+    provider.token()  # with the configured token this would be invalid_grant now
+    first, second = idp.token_requests
+    assert second.form["refresh_token"] != first.form["refresh_token"]
+    assert second.form["refresh_token"].startswith("rt-")
+
+
+def test_refresh_failure_is_logged_once_an_hour(imap: OAuthDovecot, idp: OAuthServer) -> None:
+    idp.fail_token_endpoint = (
+        400,
+        {"error": "invalid_grant", "error_description": "Token has been expired or revoked."},
+    )
+    refresh_token = idp.add_client("contacto", "c1", "sec")
+    settings = mailbox_settings(
+        imap,
+        client_id="c1",
+        client_secret="sec",
+        refresh_token=refresh_token,
+        token_url=idp.token_url,
+    )
+    clock = FakeClock()
+    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(2):
+            with pytest.raises(TokenError) as info:
+                provider.token()
+            assert str(info.value) == (
+                f"{idp.token_url} answered HTTP 400: invalid_grant "
+                "(Token has been expired or revoked.)"
+            )
+        assert idp.token_request_count == 2  # every call tries; only the log is spared
+        failed = [e for e in logs if e["event"] == "oauth_token_failed"]
+        assert len(failed) == 1
+        assert failed[0]["mailbox"] == "contacto" and failed[0]["log_level"] == "warning"
+        clock.now += 3600
+        with pytest.raises(TokenError):
+            provider.token()
+        assert len([e for e in logs if e["event"] == "oauth_token_failed"]) == 2
+        idp.fail_token_endpoint = None
+        provider.token()
+        assert [e["event"] for e in logs][-1] == "oauth_token_recovered"
+    assert refresh_token not in json.dumps(logs)
+
+
+def test_token_endpoint_unreachable(imap: OAuthDovecot) -> None:
+    settings = mailbox_settings(
+        imap,
+        client_id="c1",
+        refresh_token="rt-x",
+        token_url=f"http://127.0.0.1:{free_port()}/token",
+    )
+    with pytest.raises(MailboxError, match=r"no OAuth2 token for contacto \(cannot reach http"):
+        ImapMailbox("contacto", settings).connect()
+
+
+def test_unreadable_refresh_token_file_is_a_mailbox_error(
+    imap: OAuthDovecot, idp: OAuthServer, tmp_path: Path
+) -> None:
+    settings = mailbox_settings(
+        imap,
+        client_id="c1",
+        refresh_token_file=tmp_path / "missing",
+        token_url=idp.token_url,
+    )
+    with pytest.raises(MailboxError, match="cannot read refresh_token_file"):
+        ImapMailbox("contacto", settings).connect()
+
+
+# -- SMTP ---------------------------------------------------------------------------------
+
+
+def test_xoauth2_string() -> None:
+    raw = xoauth2_string("avisos@example.com", "ya29.tok")
+    assert raw == "user=avisos@example.com\x01auth=Bearer ya29.tok\x01\x01"
+    # What smtplib sends after "AUTH XOAUTH2 " (Google's documented example form).
+    encoded = base64.b64encode(raw.encode()).decode()
+    assert parse_xoauth2(base64.b64decode(encoded)) == ("avisos@example.com", "ya29.tok")
+
+
+def test_notice_delivered_with_smtp_xoauth2(
+    tmp_path: Path, imap: OAuthDovecot, smtp: OAuthSmtpSink, idp: OAuthServer, capsys: Any
+) -> None:
+    smtp.tokens["tok-smtp-1"] = SMTP_USER
+    command = token_command(tmp_path, "tok-smtp-1")
+    cli = Cli(oauth_config(tmp_path, imap, smtp, smtp_keys=f'token_command = "{command}"'), capsys)
+    imap.append("contacto", mail())
+    code, out, err = cli("poll")
+    assert code == 0, err
+    [received] = smtp.wait_for(1)
+    assert received.auth_login == SMTP_USER
+    assert smtp.xoauth2_attempts == [(SMTP_USER, True)]
+    assert cli.json("outbox", "list")[0]["status"] == "sent"
+    assert "tok-smtp-1" not in out + err
+
+
+def test_smtp_refused_token_fails_permanently(
+    tmp_path: Path, smtp: OAuthSmtpSink, capsys: Any
+) -> None:
+    settings = SmtpSettings(
+        host=smtp.host,
+        port=smtp.port,
+        security="none",
+        auth="oauth2",
+        username=SMTP_USER,
+        token_command=token_command(tmp_path, "tok-smtp-bad"),
+    )
+    with pytest.raises(PermanentDeliveryError) as info:
+        SmtpConnection(settings).__enter__()
+    message = str(info.value)
+    assert message.startswith(
+        f"SMTP server 127.0.0.1:{smtp.port} refused the OAuth2 login for {SMTP_USER} (535"
+    )
+    assert "tok-smtp-bad" not in message
+    # The 334 error challenge was answered (with an empty line) and the sink then said 535.
+    assert smtp.xoauth2_attempts == [(SMTP_USER, False)]
+
+
+def test_smtp_token_failure_is_temporary(tmp_path: Path, smtp: OAuthSmtpSink) -> None:
+    settings = SmtpSettings(
+        host=smtp.host,
+        port=smtp.port,
+        security="none",
+        auth="oauth2",
+        username=SMTP_USER,
+        token_command=token_command(tmp_path, "", status=2, stderr="offline"),
+    )
+    with pytest.raises(DeliveryError) as info:
+        SmtpConnection(settings).__enter__()
+    assert not isinstance(info.value, PermanentDeliveryError)
+    assert str(info.value) == (
+        f"no OAuth2 token for {SMTP_USER} at SMTP server 127.0.0.1:{smtp.port} "
+        "(token_command exited with status 2: offline)"
+    )
+    assert smtp.xoauth2_attempts == []
+
+
+def test_smtp_server_without_xoauth2(tmp_path: Path, sink: Any) -> None:
+    settings = SmtpSettings(
+        host=sink.host,
+        port=sink.port,
+        security="none",
+        auth="oauth2",
+        username=SMTP_USER,
+        token_command=token_command(tmp_path, "tok-any"),
+    )
+    with pytest.raises(PermanentDeliveryError, match="does not offer AUTH XOAUTH2"):
+        SmtpConnection(settings).__enter__()
+
+
+# -- configuration ------------------------------------------------------------------------
+
+_BASE = """
+[mailboxes.contacto]
+address = "contacto@example.com"
+host = "imap.example.com"
+{mailbox}
+[smtp]
+host = "smtp.example.com"
+{smtp}
+"""
+
+
+@pytest.mark.parametrize(
+    ("mailbox", "smtp", "message"),
+    [
+        (
+            'token_command = "get-token"',
+            "",
+            'bad value for mailboxes.contacto: token_command needs auth = "oauth2"',
+        ),
+        (
+            'auth = "oauth2"\npassword = "x"\ntoken_command = "t"',
+            "",
+            'bad value for mailboxes.contacto: password is not used with auth = "oauth2"',
+        ),
+        (
+            'auth = "oauth2"',
+            "",
+            'bad value for mailboxes.contacto: auth = "oauth2" needs token_command, or '
+            "client_id, refresh_token (or refresh_token_file) and token_url",
+        ),
+        (
+            'auth = "oauth2"\ntoken_command = "t"\nclient_id = "c"',
+            "",
+            "bad value for mailboxes.contacto: token_command and client_id are two ways",
+        ),
+        (
+            'auth = "oauth2"\nclient_id = "c"\nrefresh_token = "r"',
+            "",
+            'bad value for mailboxes.contacto: auth = "oauth2" with a refresh token needs '
+            "token_url",
+        ),
+        (
+            'auth = "oauth2"\nclient_id = "c"\nrefresh_token = "r"\n'
+            'refresh_token_file = "/f"\ntoken_url = "https://t.example/token"',
+            "",
+            "bad value for mailboxes.contacto: give only one of refresh_token, refresh_token_file",
+        ),
+        (
+            'auth = "oauth2"\nclient_id = "c"\nrefresh_token = "r"\ntoken_url = "ftp://t/x"',
+            "",
+            "bad value for mailboxes.contacto: token_url 'ftp://t/x' is not an http(s) URL",
+        ),
+        (
+            'auth = "oauth2"\nclient_id = "c"\nrefresh_token = "r"\n'
+            'token_url = "http://login.example.com/token"',
+            "",
+            "bad value for mailboxes.contacto: token_url http://login.example.com/token is "
+            "plain http",
+        ),
+        (
+            'auth = "oauth2"\ntoken_command = "get-token \'unclosed"',
+            "",
+            "bad value for mailboxes.contacto: token_command cannot be split into words",
+        ),
+        (
+            'auth = "oauth2"\ntoken_command = "   "',
+            "",
+            "bad value for mailboxes.contacto: token_command is empty",
+        ),
+        (
+            'auth = "oauth2"\ntoken_command = "t"',
+            'auth = "oauth2"\ntoken_command = "t"',
+            'bad value for smtp: auth = "oauth2" needs username',
+        ),
+        (
+            'auth = "xoauth"',
+            "",
+            "bad value for mailboxes.contacto.auth: Input should be 'password' or 'oauth2'",
+        ),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, mailbox: str, smtp: str, message: str) -> None:
+    path = tmp_path / "mailcase.toml"
+    path.write_text(_BASE.format(mailbox=mailbox, smtp=smtp))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value).startswith(message), str(info.value)
+    assert str(info.value).endswith(f"in {path}")
+
+
+def test_config_accepts_both_token_sources(tmp_path: Path) -> None:
+    path = tmp_path / "mailcase.toml"
+    path.write_text(
+        _BASE.format(
+            mailbox='auth = "oauth2"\ntoken_command = "oauth2-helper --account contacto"',
+            smtp='auth = "oauth2"\nusername = "avisos@example.com"\nclient_id = "c"\n'
+            'client_secret_file = "/etc/mailcase/client.secret"\n'
+            'refresh_token = "rt-only-in-config"\n'
+            'token_url = "https://oauth2.example.com/token"\nscope = "https://mail.example/"',
+        )
+    )
+    settings = load_settings(path)
+    assert settings.mailboxes["contacto"].auth == "oauth2"
+    assert settings.smtp.resolved_refresh_token() == "rt-only-in-config"
+    assert "rt-only-in-config" not in repr(settings.smtp)
+
+
+def test_the_commented_example_loads(tmp_path: Path) -> None:
+    text = (REPO / "config" / "mailcase.example.toml").read_text(encoding="utf-8")
+    marker = text.index("# -- OAuth2 logins")
+    # Example keys are commented out as "#key"; explanations as "# text".
+    enabled = text[:marker] + re.sub(r"(?m)^#(?=\S)", "", text[marker:])
+    path = tmp_path / "example.toml"
+    path.write_text(enabled, encoding="utf-8")
+    settings = load_settings(path)  # reads no secret file
+    ventas, soporte = settings.mailboxes["ventas"], settings.mailboxes["soporte"]
+    assert ventas.auth == soporte.auth == "oauth2"
+    assert ventas.token_command is not None
+    assert soporte.refresh_token_file == Path("/etc/mailcase/soporte.refresh")
