@@ -139,7 +139,7 @@ class Store:
                 # Held until this transaction ends. Alembic reads the current
                 # revision after the wait, in a statement of its own, so under
                 # READ COMMITTED it sees what the process before us committed.
-                pass
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(UPGRADE_LOCK_KEY)))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
@@ -185,7 +185,11 @@ def next_folio_number(session: Session, year: int) -> int:
     # now (PostgreSQL: nothing to lock yet): if it wins, our INSERT fails on the
     # primary key after its commit, and the UPDATE then finds its row. The
     # savepoint keeps the rest of the caller's transaction alive meanwhile.
-    session.execute(sa.insert(FolioCounter).values(year=year, last=1))
+    try:
+        with session.begin_nested():
+            session.execute(sa.insert(FolioCounter).values(year=year, last=1))
+    except IntegrityError:
+        return int(session.execute(bump).scalar_one())
     return 1
 
 

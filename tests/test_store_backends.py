@@ -1,0 +1,284 @@
+"""The store on SQLite and on a real PostgreSQL: concurrency, upgrades, timestamps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from helpers import Cli, mail, write_config
+from servers import Dovecot, Postgres, SmtpSink
+from sqlmodel import col, select
+
+from mailcase import notices
+from mailcase.errors import DatabaseError
+from mailcase.models import Case, FolioCounter
+from mailcase.store import Store, next_folio_number
+
+pytestmark = pytest.mark.integration
+
+YEAR = 2031
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    with Store.open(db_url, auto_upgrade=True) as opened:
+        yield opened
+
+
+@pytest.fixture
+def empty_pg(postgres: Postgres) -> Iterator[str]:
+    """The URL of a new PostgreSQL database without any schema."""
+    name = "mailcase_empty"
+    postgres.drop_database(name)
+    postgres.create_database(name)
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+def run_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(i)`` in ``count`` threads at once; their results, or the first error."""
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def target(i: int) -> None:
+        try:
+            results[i] = work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a thread is still blocked"
+    if errors:
+        raise errors[0]
+    return results
+
+
+class Background(threading.Thread):
+    """``work()`` in a thread of its own; ``outcome()`` is its result, or raises its error."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        super().__init__()
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.work()
+        except BaseException as exc:
+            self.error = exc
+
+    def outcome(self, timeout: float = 30.0) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), "the background writer is still blocked"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def make_case(folio: str, when: datetime) -> Case:
+    return Case(
+        folio=folio,
+        customer="juan.perez@example.com",
+        mailbox="contacto",
+        created_at=when,
+        updated_at=when,
+    )
+
+
+def test_timestamps_round_trip_aware_in_utc(store: Store) -> None:
+    mexico = timezone(timedelta(hours=-6))
+    created = datetime(2026, 11, 20, 10, 30, 15, 123456, tzinfo=mexico)
+    with store.transaction() as session:
+        session.add(make_case("PLR-2026-000001", created))
+    with store.transaction() as session:
+        case = session.exec(select(Case)).one()
+        assert case.created_at == created
+        assert case.created_at.tzinfo is not None
+        assert case.created_at.utcoffset() == timedelta(0)
+        assert case.created_at.hour == 16
+        # Comparisons in SQL see the same instant.
+        later = session.exec(
+            select(Case).where(col(Case.created_at) > created - timedelta(microseconds=1))
+        ).all()
+        assert len(later) == 1
+
+
+def test_concurrent_writers_get_distinct_consecutive_folios(store: Store) -> None:
+    def reserve(_: int) -> list[int]:
+        numbers = []
+        for _ in range(15):
+            with store.transaction() as session:
+                numbers.append(next_folio_number(session, YEAR))
+        return numbers
+
+    numbers = [n for batch in run_threads(6, reserve) for n in batch]
+    assert sorted(numbers) == list(range(1, 91))
+
+
+def test_rolled_back_folio_is_given_back(store: Store) -> None:
+    with store.transaction() as session:
+        assert next_folio_number(session, YEAR) == 1
+    with pytest.raises(RuntimeError), store.transaction() as session:
+        assert next_folio_number(session, YEAR) == 2
+        raise RuntimeError("the message failed")
+    with store.transaction() as session:
+        assert next_folio_number(session, YEAR) == 2
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_first_folio_of_a_year_race_on_postgresql(postgres: Postgres, db_url: str) -> None:
+    """Two writers open the year's first folio at once: no row to lock yet on PostgreSQL.
+
+    The second INSERT waits for the first transaction, fails on the primary key when it
+    commits, and the second writer takes number 2 and goes on in the same transaction.
+    (On SQLite, BEGIN IMMEDIATE already serialises whole transactions.)
+    """
+    with Store.open(db_url, auto_upgrade=False) as store:
+        first = store.transaction()
+        session = first.__enter__()
+        assert next_folio_number(session, YEAR) == 1  # INSERTed, not committed
+
+        def second_writer() -> int:
+            with store.transaction() as other:
+                number = next_folio_number(other, YEAR)
+                other.add(make_case(f"PLR-{YEAR}-{number:06d}", datetime.now(UTC)))
+                return number
+
+        second = Background(second_writer)
+        wait_until_blocked(postgres, db_url)
+        session.add(make_case(f"PLR-{YEAR}-000001", datetime.now(UTC)))
+        first.__exit__(None, None, None)  # commit
+        assert second.outcome() == 2
+        with store.transaction() as check:
+            counter = check.get(FolioCounter, YEAR)
+            assert counter is not None and counter.last == 2
+            folios = check.exec(select(Case.folio).order_by(col(Case.folio))).all()
+        assert folios == [f"PLR-{YEAR}-000001", f"PLR-{YEAR}-000002"]
+
+
+def wait_until_blocked(postgres: Postgres, db_url: str, timeout: float = 10.0) -> None:
+    """Until some session of the test database waits for a lock."""
+    dbname = sa.make_url(db_url).database
+    deadline = time.monotonic() + timeout
+    with postgres.connect() as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = "
+                "'Lock'",
+                (dbname,),
+            ).fetchone()
+            if row is not None and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the second writer never waited for the first one's row")
+
+
+def test_processes_starting_at_once_upgrade_once_on_postgresql(empty_pg: str) -> None:
+    barrier = threading.Barrier(4)
+
+    def start(_: int) -> tuple[str | None, str | None]:
+        barrier.wait()
+        with Store.open(empty_pg, auto_upgrade=True) as store:
+            return store.revisions()
+
+    revisions = run_threads(4, start)
+    current, head = revisions[0]
+    assert current == head is not None
+    assert set(revisions) == {(head, head)}
+
+
+def test_out_of_date_postgresql_database_is_refused_without_auto_upgrade(empty_pg: str) -> None:
+    with pytest.raises(DatabaseError, match="mailcase db upgrade"):
+        Store.open(empty_pg, auto_upgrade=False)
+
+
+def test_unreachable_postgresql_is_a_database_error(postgres: Postgres) -> None:
+    with pytest.raises(DatabaseError, match="cannot open database"):
+        Store.open(postgres.url("no_such_database"), auto_upgrade=False)
+
+
+def test_postgres_server_restarts_keeping_its_databases(postgres: Postgres) -> None:
+    postgres.create_database("mailcase_keep")
+    try:
+        postgres.restart(fast=True)  # immediate shutdown: crash recovery on start
+        assert "mailcase_keep" in postgres.databases()
+        engine = sa.create_engine(postgres.url("mailcase_keep"))
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT current_setting('fsync')")).scalar() == "off"
+        engine.dispose()
+    finally:
+        postgres.drop_database("mailcase_keep")
+
+
+# Known PostgreSQL-only failures in modules outside the store: strict, so that the fix
+# turns them into failures here until the marker is removed.
+OVERLONG = pytest.mark.xfail(
+    strict=True,
+    reason="PostgreSQL enforces VARCHAR lengths that SQLite ignores: inbound.py must cap "
+    "sender_name (200), addresses (320), Message-IDs (998) and content types (255)",
+)
+
+
+@pytest.mark.parametrize(
+    "db_url", ["sqlite", pytest.param("postgresql", marks=OVERLONG)], indirect=True
+)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(mail(sender="X" * 300 + " <juan@example.com>"), id="display-name"),
+        pytest.param(mail(sender="a" * 330 + "@example.com"), id="address"),
+        pytest.param(mail(message_id="<" + "m" * 1200 + "@example.com>"), id="message-id"),
+        pytest.param(
+            mail(attachments=[("a.bin", "application/" + "x" * 300, b"xx")]), id="content-type"
+        ),
+    ],
+)
+def test_overlong_header_values_still_open_a_case(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str, raw: bytes
+) -> None:
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=db_url), capsys)
+    mailboxes.append("contacto", raw)
+    cli.poll()
+    [entry] = cli.json("messages", "list")
+    assert entry["disposition"] == "new_case", entry["reason"]
+
+
+@pytest.mark.parametrize(
+    "db_url",
+    [
+        pytest.param(
+            "postgresql",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="notices.signing_key inserts the key without a savepoint: the second "
+                "of two first-ever writers fails on the primary key",
+            ),
+        )
+    ],
+    indirect=True,
+)
+def test_two_instances_create_the_signing_key_at_once(postgres: Postgres, db_url: str) -> None:
+    with Store.open(db_url, auto_upgrade=False) as store:
+        first = store.transaction()
+        key = notices.signing_key(first.__enter__())  # INSERTed, not committed
+
+        def second_instance() -> bytes:
+            with store.transaction() as session:
+                return notices.signing_key(session)
+
+        second = Background(second_instance)
+        wait_until_blocked(postgres, db_url)
+        first.__exit__(None, None, None)  # commit
+        assert second.outcome() == key
