@@ -40,6 +40,8 @@ from helpers import write_config  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 from servers import Dovecot, SmtpSink  # noqa: E402
 
+from mailcase.store import Store  # noqa: E402
+
 _TEXT = (
     "internet servicio falla módem señal lento cobro factura técnico visita domicilio antena "
     "cable fibra router contraseña wifi reporte aclaración cancelación recibo pago desde ayer "
@@ -198,6 +200,7 @@ def main() -> None:
             pg.start()
             pg.create_database("bench")
             db_url = pg.url("bench")
+            Store.open(db_url, auto_upgrade=True).dispose()  # PostgreSQL is upgraded by the admin
         extra = {"db_url": db_url} if db_url else {}
         config = write_config(work, imap, sink, notify=True, **extra)
         config.write_text(config.read_text().replace('format = "json"', 'level = "warning"'))
@@ -217,7 +220,7 @@ def main() -> None:
         sink.clear()
         base = floor(imap, sink, args.n, notices)
         if pg is not None:
-            pg.stop()
+            pg.close()
     rate = args.n / to_last
     print(f"database: {args.db}, existing cases: {args.existing_cases}, messages: {args.n}")
     print(
