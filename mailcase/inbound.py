@@ -194,7 +194,7 @@ def parse_inbound(
         text=_body_text(parsed),
         attachments=tuple(_attachments(parsed)),
         headers=MappingProxyType(headers),
-        content_type=str(message.get_content_type()).lower(),
+        content_type=_content_type(message.get_content_type()),
         raw_sha256=hashlib.sha256(raw).hexdigest(),
         size=len(raw),
         defects=tuple(sorted(str(c) for c in (parsed.defects_categories or ()))),
@@ -312,12 +312,20 @@ def _collect_headers(message: Any) -> dict[str, tuple[str, ...]]:
     return {name: tuple(values) for name, values in headers.items()}
 
 
+# Bounds on what a header may give us; beyond them a value is not an address
+# or id anyone can answer (and PostgreSQL, unlike SQLite, enforces the columns).
+MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: a path holds at most 256 octets with <>
+MAX_NAME = 200
+MAX_MSGID = 998  # RFC 5322 2.1.1: a line is at most 998 characters
+MAX_CONTENT_TYPE = 255  # RFC 6838 4.2: type and subtype names of at most 127 each
+
+
 def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
     pairs = []
     for name, addr in getaddresses(list(values)):
         addr = addr.strip().lower()
-        if "@" in addr and not any(c.isspace() for c in addr):
-            pairs.append((_one_line(name), addr))
+        if "@" in addr and not any(c.isspace() for c in addr) and len(addr) <= MAX_ADDRESS:
+            pairs.append((_one_line(name)[:MAX_NAME], addr))
     return pairs
 
 
@@ -325,8 +333,14 @@ def _msgids(values: Iterable[str]) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for value in values:
         for msgid in _MSGID_RE.findall(value):
-            found[msgid] = None
+            if len(msgid) <= MAX_MSGID:  # longer: no id (dedup falls back to the content hash)
+                found[msgid] = None
     return tuple(found)
+
+
+def _content_type(value: object) -> str:
+    text = str(value or "application/octet-stream").lower()
+    return text if len(text) <= MAX_CONTENT_TYPE else "application/octet-stream"
 
 
 def _first_msgid(values: Iterable[str]) -> str | None:
@@ -384,7 +398,7 @@ def _attachments(parsed: Any) -> Iterable[Attachment]:
             data = str(payload).encode("utf-8", "replace")
         yield Attachment(
             filename=_one_line(_clean(str(item.get("filename") or "attachment"))),
-            content_type=str(item.get("mail_content_type") or "application/octet-stream").lower(),
+            content_type=_content_type(item.get("mail_content_type")),
             payload=data,
         )
 

@@ -25,6 +25,7 @@ from datetime import timedelta
 from email.policy import SMTP, SMTPUTF8
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from mailcase.classify import is_automatic_address
@@ -58,10 +59,17 @@ def signing_key(session: Session) -> bytes:
         return cached
     row = session.get(KeyValue, SIGNING_KEY)
     if row is None:
-        row = KeyValue(key=SIGNING_KEY, value=secrets.token_hex(32))
-        session.add(row)
-        session.flush()
-        return bytes.fromhex(row.value)  # cached once its transaction has surely committed
+        candidate = KeyValue(key=SIGNING_KEY, value=secrets.token_hex(32))
+        try:
+            with session.begin_nested():  # a savepoint: losing the race must not spoil the rest
+                session.add(candidate)
+        except IntegrityError:
+            # Another instance created it first (and committed): use that one.
+            row = session.get(KeyValue, SIGNING_KEY, populate_existing=True)
+            if row is None:
+                raise
+        else:
+            return bytes.fromhex(candidate.value)  # cached once its transaction committed
     _KEYS[url] = bytes.fromhex(row.value)
     return _KEYS[url]
 
