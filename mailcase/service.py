@@ -336,20 +336,34 @@ def _quarantine(
     existing = _existing(session, mailbox, uidvalidity, fetched.uid)
     if existing is not None:
         return existing
-    entry = LedgerEntry(
-        mailbox=mailbox,
-        uidvalidity=uidvalidity,
-        uid=fetched.uid,
+    return _write_ledger(
+        session,
+        mailbox,
+        uidvalidity,
+        fetched,
         dedup_key=f"sha256:{raw_sha}",
         disposition=Disposition.QUARANTINED,
         reason=reason,
         raw_sha256=raw_sha,
         size=fetched.full_size,
+    )
+
+
+def _write_ledger(
+    session: Session, mailbox: str, uidvalidity: int, fetched: FetchedMessage, **fields: Any
+) -> LedgerEntry:
+    """The message's one ledger row, and the checkpoint moved past it, in ``session``."""
+    entry = LedgerEntry(
+        mailbox=mailbox,
+        uidvalidity=uidvalidity,
+        uid=fetched.uid,
         received_at=as_utc(fetched.internal_date),
         ingested_at=utcnow(),
+        **fields,
     )
     session.add(entry)
     _advance(session, mailbox, uidvalidity, fetched.uid)
+    session.flush()
     return entry
 
 
@@ -422,10 +436,11 @@ def _ingest(
         note = "; ".join(n for n in (note, "older than notices.max_age_hours: not answered") if n)
     case_id = _apply(rt, session, mailbox, mail, raw_sha, fetched.raw, decision, note)
     reasons = [r for r in (decision.reason, note) if r]
-    entry = LedgerEntry(
-        mailbox=mailbox,
-        uidvalidity=uidvalidity,
-        uid=fetched.uid,
+    return _write_ledger(
+        session,
+        mailbox,
+        uidvalidity,
+        fetched,
         message_id=mail.message_id,
         dedup_key=mail.dedup_key,
         disposition=decision.disposition,
@@ -433,13 +448,7 @@ def _ingest(
         case_id=case_id,
         raw_sha256=raw_sha,
         size=mail.size,
-        received_at=as_utc(fetched.internal_date),
-        ingested_at=utcnow(),
     )
-    session.add(entry)
-    _advance(session, mailbox, uidvalidity, fetched.uid)
-    session.flush()
-    return entry
 
 
 def _too_old(settings: Settings, fetched: FetchedMessage) -> bool:
