@@ -32,7 +32,8 @@ from mailcase.classify import is_automatic_address
 from mailcase.config import Settings
 from mailcase.errors import DeliveryError, PermanentDeliveryError
 from mailcase.logs import get_logger
-from mailcase.models import CaseMessage, Notice, NoticeStatus
+from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
+from mailcase.notices import CUSTOMER_KINDS, queue_notice
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store, utcnow
 
@@ -259,6 +260,7 @@ def _record_failure(
                         notice_id=notice.id,
                     )
                 )
+                _tell_agents(session, settings, notice, str(exc))
             log.error("notice_failed", notice=notice_id, error=str(exc), permanent=permanent)
         else:
             notice.next_attempt_at = now + retry_delay(notice.attempts)
@@ -267,6 +269,40 @@ def _record_failure(
                 "notice_deferred", notice=notice_id, error=str(exc), attempts=notice.attempts
             )
         session.add(notice)
+
+
+def _tell_agents(session: Session, settings: Settings, notice: Notice, error: str) -> None:
+    """Tell agents.notify, once per failed notice, that a customer was not reached.
+
+    Notices to the agents themselves are not reported (that could loop), and a
+    notice retried and failed again is not reported twice.
+    """
+    if not settings.agents.notify or notice.kind not in CUSTOMER_KINDS or notice.case_id is None:
+        return
+    already = session.exec(
+        select(func.count())
+        .select_from(CaseMessage)
+        .where(CaseMessage.notice_id == notice.id, CaseMessage.kind == "system")
+    ).one()
+    if already > 1:  # the record added just now is the first
+        return
+    case = session.get(Case, notice.case_id)
+    if case is None:
+        return
+    code = error.split(":", 1)[-1].strip()[:200]
+    queue_notice(
+        session,
+        settings,
+        case,
+        "delivery_failed",
+        to=settings.agents.notify,
+        context={
+            "recipient": notice.rcpt_to,
+            "status": code,
+            "diagnostic": error[:500],
+            "notice_kind": notice.kind,
+        },
+    )
 
 
 def requeue(session: Session, notice_ids: Iterable[int]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cli, mail, write_config
+from helpers import NOTIFY, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase.config import load_settings
@@ -155,3 +155,29 @@ def test_outbox_list_shows_no_secrets(
     assert row["status"] == "sent"
     sent = sink.messages[0]
     assert hashlib.sha256(sent.data).hexdigest()  # delivered bytes exist
+
+
+def test_permanent_failure_tells_the_agents_once(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    cli = Cli(write_config(tmp_path, mailboxes, sink, notify=True, db_url=db_url), capsys)
+    mailboxes.append("contacto", mail())
+    sink.fail_next(550, "5.1.1 No such user")  # the acknowledgement, sent first
+    cli.poll()
+    ack = next(n for n in outbox(cli) if n["kind"] == "acknowledgement")
+    assert ack["status"] == "failed"
+    cli.poll()  # the agents' notice of the failure goes out
+
+    def told() -> int:
+        return sum(
+            "No se pudo entregar el acuse de recibo" in m.message.get_body(("plain",)).get_content()
+            for m in sink.messages
+            if m.rcpt_tos == [NOTIFY]
+        )
+
+    assert told() == 1
+    sink.fail_next(550, "5.1.1 No such user")
+    assert cli("outbox", "retry", str(ack["id"]))[0] == 0
+    cli.poll()
+    cli.poll()
+    assert told() == 1  # once, however often it fails
