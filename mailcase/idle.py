@@ -81,12 +81,23 @@ class IdleWatcher(threading.Thread):
             self.ready.set()
             started = time.monotonic()
             new_mail = False
+            quick_empties = 0
             try:
                 while not self.stop.is_set() and time.monotonic() - started < self.renew_seconds:
+                    asked = time.monotonic()
                     responses = client.idle_check(timeout=CHECK_SECONDS)
                     if _reports_new_mail(responses):
                         new_mail = True
                         break
+                    # A connection the server closed reads as "nothing" at once,
+                    # again and again, instead of raising: without this check the
+                    # thread would spin on the dead socket.
+                    if not responses and time.monotonic() - asked < CHECK_SECONDS / 10:
+                        quick_empties += 1
+                        if quick_empties >= 3:
+                            raise ConnectionError("the server closed the IDLE connection")
+                    else:
+                        quick_empties = 0
             finally:
                 with contextlib.suppress(IMAPClientError, OSError):
                     # News that arrived while IDLE was being ended comes with DONE's answer.

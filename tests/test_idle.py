@@ -79,3 +79,22 @@ def test_idle_is_renewed_and_survives_a_server_restart(
         stop.set()
         watcher.join(10)
     assert not watcher.is_alive()
+
+
+def test_a_dead_idle_connection_does_not_spin(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    watcher, stop, _ = watch(tmp_path, mailboxes, sink)
+    try:
+        mailboxes.stop(fast=True)  # the server vanishes: the socket reads EOF
+        before = time.process_time()
+        time.sleep(3)
+        used = time.process_time() - before
+        # A thread spinning on the dead socket would burn most of a core here.
+        assert used < 1.0, f"{used:.2f} s of CPU in 3 s"
+        assert watcher.is_alive()  # it waits to reconnect
+    finally:
+        stop.set()
+        watcher.join(10)
+        mailboxes.start()
+    assert not watcher.is_alive()
