@@ -63,6 +63,11 @@ class IdleWatcher(threading.Thread):
                         self.ready.set()
                         return
                     backoff = 1.0
+                    # Mail that arrived before this connection selected the
+                    # folder (start-up, or while reconnecting) is never
+                    # announced to it: poll once now so it does not wait for
+                    # the next interval.
+                    self.on_new_mail(self.mailbox)
                     self._watch(box)
             except (MailboxError, IMAPClientError, OSError) as exc:
                 self.ready.clear()
