@@ -181,11 +181,41 @@ def floor(imap: Dovecot, sink: SmtpSink, n: int, notices: list[bytes]) -> float:
     return time.monotonic() - start
 
 
+def idle_latency(config: Path, imap: Dovecot, sink: SmtpSink, count: int) -> list[float]:
+    """Seconds from APPEND to the acknowledgement at the sink, with `mailcase run` on IDLE."""
+    sink.clear()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailcase", "--config", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    latencies = []
+    try:
+        time.sleep(3)  # started, first poll done, watchers idling
+        base = len(sink.messages)
+        for i in range(count):
+            msg = generate(1, seed=1000 + i)[0].replace(b"cliente0@", f"idle{i}@".encode())
+            sent = time.monotonic()
+            imap.append("contacto", msg)
+            # Each message brings an acknowledgement and an agent notification.
+            sink.wait_for(base + 2 * (i + 1), timeout=30)
+            latencies.append(time.monotonic() - sent)
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return latencies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=1000, help="messages (default 1000)")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--existing-cases", type=int, default=0)
+    parser.add_argument(
+        "--idle-latency", type=int, default=0, metavar="K",
+        help="then measure new-mail-to-acknowledgement latency for K messages under IDLE",
+    )  # fmt: skip
     args = parser.parse_args()
 
     mails = generate(args.n)
@@ -219,6 +249,7 @@ def main() -> None:
         notices = [m.data for m in sink.messages[:notice_count]]
         sink.clear()
         base = floor(imap, sink, args.n, notices)
+        latencies = idle_latency(config, imap, sink, args.idle_latency) if args.idle_latency else []
         if pg is not None:
             pg.close()
     rate = args.n / to_last
@@ -229,6 +260,13 @@ def main() -> None:
     )
     print(f"(b) floor (fetch + parse + send): {base:.2f} s, {args.n / base:.0f} messages/s")
     print(f"ratio (a)/(b): {to_last / base:.2f}")
+    if latencies:
+        ordered = sorted(latencies)
+        p95 = ordered[max(0, round(0.95 * len(ordered)) - 1)]
+        print(
+            f"IDLE: new mail to acknowledgement over {len(ordered)} messages: "
+            f"median {ordered[len(ordered) // 2]:.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -117,6 +117,12 @@ class ImapMailbox:
                 self.client.login(s.login, s.resolved_password() or "")
         except LoginError as exc:
             self.close()
+            if _unavailable(exc):
+                # RFC 5530 [UNAVAILABLE]: the server could not check the login
+                # now (e.g. it is shutting down); the credentials are not at fault.
+                raise MailboxError(
+                    self.name, f"cannot connect to {where}: server unavailable, login not checked"
+                ) from exc
             if tokens is not None:
                 tokens.invalidate()  # revoked or expired early: fetch a new one next time
                 raise MailboxError(
@@ -242,3 +248,8 @@ class ImapMailbox:
         except (TimeoutError, OSError, IMAPClientError) as exc:
             raise self._fail("search failed", exc) from exc
         return sorted(int(u) for u in uids)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    text = str(exc).upper()
+    return "[UNAVAILABLE]" in text or "TEMPORARY AUTHENTICATION FAILURE" in text
