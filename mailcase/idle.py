@@ -54,6 +54,7 @@ class IdleWatcher(threading.Thread):
 
     def run(self) -> None:
         backoff = 1.0
+        first = True
         while not self.stop.is_set():
             try:
                 with ImapMailbox(self.mailbox, self.settings) as box:
@@ -63,11 +64,13 @@ class IdleWatcher(threading.Thread):
                         self.ready.set()
                         return
                     backoff = 1.0
-                    # Mail that arrived before this connection selected the
-                    # folder (start-up, or while reconnecting) is never
-                    # announced to it: poll once now so it does not wait for
-                    # the next interval.
-                    self.on_new_mail(self.mailbox)
+                    if first:
+                        # Mail that arrived between the daemon's first poll and
+                        # this SELECT is never announced to it: poll once now
+                        # so it does not wait for the next interval. (After a
+                        # reconnect the back-off schedule decides instead.)
+                        first = False
+                        self.on_new_mail(self.mailbox)
                     self._watch(box)
             except (MailboxError, IMAPClientError, OSError) as exc:
                 self.ready.clear()

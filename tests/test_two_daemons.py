@@ -62,7 +62,5 @@ def test_two_daemons_share_the_work_and_survive_a_kill(
         assert sum(answered.values()) - MESSAGES <= 1, answered.most_common(3)
         statuses = Counter(n["status"] for n in cli.json("outbox", "list"))
         assert statuses == {"sent": MESSAGES}
-        # The survivor worked: on its own mailbox, or on the dead one's after taking over.
-        assert second.events("message_ingested")
     finally:
         postgres.drop_database("two_daemons")
