@@ -105,8 +105,6 @@ def _deliver(
     store: Store, settings: Settings, ids: Iterator[int], now: datetime, report: DeliveryReport
 ) -> DeliveryReport:
     log = get_logger()
-    # Last guard against loops; the full policy ran when the notice was queued.
-    never_mail = {m.address for m in settings.mailboxes.values()}
     try:
         connection = SmtpConnection(settings.smtp).__enter__()
     except DeliveryError as exc:
@@ -122,96 +120,55 @@ def _deliver(
     claim = store.engine.dialect.name == "postgresql"
     try:
         for notice_id in ids:
-            if claim:
-                _deliver_claimed(store, settings, connection, notice_id, now, report)
-                continue
-            with store.transaction() as session:
-                notice = session.get(Notice, notice_id)
-                if notice is None or notice.status != NoticeStatus.QUEUED:
-                    continue  # another delivery run took it
-                rcpt, mail_from, raw = notice.rcpt_to, notice.mail_from, notice.raw
-                if rcpt in never_mail or is_automatic_address(rcpt):
-                    notice.status = NoticeStatus.SUPPRESSED
-                    notice.last_error = "recipient is one of our mailboxes or automatic: not sent"
-                    session.add(notice)
-                    report.suppressed += 1
-                    log.warning("notice_suppressed", notice=notice_id, reason=notice.last_error)
-                    continue
-            try:
-                if connection.client is None:
-                    connection.__enter__()
-                connection.send(mail_from, rcpt, raw)
-            except DeliveryError as exc:
-                _record_failure(
-                    store,
-                    settings,
-                    notice_id,
-                    exc,
-                    permanent=isinstance(exc, PermanentDeliveryError),
-                    report=report,
-                    now=now,
-                )
-                continue
-            with store.transaction() as session:
-                notice = session.get(Notice, notice_id)
-                if notice is not None:
-                    notice.status = NoticeStatus.SENT
-                    notice.sent_at = utcnow()
-                    notice.attempts += 1
-                    notice.last_error = ""
-                    session.add(notice)
-            report.sent += 1
-            log.info(
-                "notice_sent", notice=notice_id, message_id=notice.message_id if notice else None
-            )
+            _deliver_one(store, settings, connection, notice_id, now, report, claim=claim)
     finally:
         connection.close()
     return report
 
 
-def _deliver_claimed(
+def _deliver_one(
     store: Store,
     settings: Settings,
     connection: SmtpConnection,
     notice_id: int,
     now: datetime,
     report: DeliveryReport,
+    *,
+    claim: bool,
 ) -> None:
-    """PostgreSQL, several instances: send while holding the notice's row lock.
+    """Deliver one queued notice and record the outcome.
 
-    ``FOR UPDATE SKIP LOCKED`` lets each instance claim different notices; the
-    lock is held only for this one SMTP transaction, and the row is marked in
-    the same database transaction, so a notice is sent by one instance only.
+    With ``claim`` (PostgreSQL, possibly several instances) the notice's row is
+    taken with ``FOR UPDATE SKIP LOCKED`` and the SMTP transaction happens
+    while that lock is held, so one instance only sends it. Without (SQLite,
+    one writer) the send happens outside the transaction, so the write lock
+    is not held while a remote server answers.
     """
-    never_mail = {m.address for m in settings.mailboxes.values()}
     failure: DeliveryError | None = None
+    envelope: tuple[str, str, bytes] | None = None
     with store.transaction() as session:
-        notice = session.exec(
-            select(Notice)
-            .where(Notice.id == notice_id, Notice.status == NoticeStatus.QUEUED)
-            .with_for_update(skip_locked=True)
-        ).first()
+        query = select(Notice).where(Notice.id == notice_id, Notice.status == NoticeStatus.QUEUED)
+        notice = session.exec(query.with_for_update(skip_locked=True) if claim else query).first()
         if notice is None:
-            return  # sent, or being sent, by another instance
-        if notice.rcpt_to in never_mail or is_automatic_address(notice.rcpt_to):
-            notice.status = NoticeStatus.SUPPRESSED
-            notice.last_error = "recipient is one of our mailboxes or automatic: not sent"
+            return  # sent, or being sent, by another run or instance
+        if _suppressed(settings, notice, report):
             session.add(notice)
-            report.suppressed += 1
             return
-        try:
-            if connection.client is None:
-                connection.__enter__()
-            connection.send(notice.mail_from, notice.rcpt_to, notice.raw)
-        except DeliveryError as exc:
-            failure = exc
+        if claim:
+            failure = _send(connection, notice.mail_from, notice.rcpt_to, notice.raw)
+            if failure is None:
+                _mark_sent(notice, report)
+                session.add(notice)
         else:
-            notice.status = NoticeStatus.SENT
-            notice.sent_at = utcnow()
-            notice.attempts += 1
-            notice.last_error = ""
-            session.add(notice)
-            report.sent += 1
+            envelope = (notice.mail_from, notice.rcpt_to, notice.raw)
+    if envelope is not None:
+        failure = _send(connection, *envelope)
+        if failure is None:
+            with store.transaction() as session:
+                sent = session.get(Notice, notice_id)
+                if sent is not None:
+                    _mark_sent(sent, report)
+                    session.add(sent)
     if failure is not None:
         _record_failure(
             store,
@@ -222,6 +179,39 @@ def _deliver_claimed(
             report=report,
             now=now,
         )
+
+
+def _suppressed(settings: Settings, notice: Notice, report: DeliveryReport) -> bool:
+    """Last guard against loops (the full policy ran at queueing): mark and say so."""
+    ours = {m.address for m in settings.mailboxes.values()}
+    if notice.rcpt_to not in ours and not is_automatic_address(notice.rcpt_to):
+        return False
+    notice.status = NoticeStatus.SUPPRESSED
+    notice.last_error = "recipient is one of our mailboxes or automatic: not sent"
+    report.suppressed += 1
+    get_logger().warning("notice_suppressed", notice=notice.id, reason=notice.last_error)
+    return True
+
+
+def _send(
+    connection: SmtpConnection, mail_from: str, rcpt: str, raw: bytes
+) -> DeliveryError | None:
+    try:
+        if connection.client is None:
+            connection.__enter__()  # reconnect after a dropped connection
+        connection.send(mail_from, rcpt, raw)
+    except DeliveryError as exc:
+        return exc
+    return None
+
+
+def _mark_sent(notice: Notice, report: DeliveryReport) -> None:
+    notice.status = NoticeStatus.SENT
+    notice.sent_at = utcnow()
+    notice.attempts += 1
+    notice.last_error = ""
+    report.sent += 1
+    get_logger().info("notice_sent", notice=notice.id, message_id=notice.message_id)
 
 
 def _record_failure(
