@@ -58,6 +58,7 @@ from mailcase.service import Runtime, close_stale_cases, poll_mailbox, record_ma
 from mailcase.store import utcnow
 
 MAX_BACKOFF = timedelta(minutes=15)
+RETRY_SLACK = timedelta(milliseconds=250)
 OUTBOX_JOB = "outbox"
 WATCHDOG_JOB = "watchdog"
 PENDING = "pending"  # a mailbox's STATUS= word until its first poll ends
@@ -126,11 +127,9 @@ class Daemon:
     def _poll(self, name: str) -> str | None:
         """Poll ``name``; return its STATUS= word, or None when skipped for back-off."""
         health = self.health[name]
-        now = utcnow()
-        interval = timedelta(seconds=self.rt.settings.poll.interval_seconds)
-        # Half an interval of slack: scheduled runs start a few milliseconds
-        # late or early, and a retry due "now" must not wait a whole interval.
-        if health.retry_at is not None and now + interval / 2 < health.retry_at:
+        # The schedule itself is moved to retry_at (below), so only an IDLE
+        # wake-up can arrive early; a little slack absorbs thread start-up.
+        if health.retry_at is not None and utcnow() + RETRY_SLACK < health.retry_at:
             return None
         try:
             report = poll_mailbox(self.rt, name)
@@ -142,7 +141,10 @@ class Daemon:
                 * 2 ** (health.failures - 1),
                 MAX_BACKOFF,
             )
-            health.retry_at = now + delay
+            # Counted from the failure, not from the attempt's start: a connect
+            # that took seconds to fail must not shorten the promised wait.
+            health.retry_at = utcnow() + delay
+            self._reschedule(name, health.retry_at)
             self.log.error(
                 "mailbox_failed", mailbox=name, error=str(exc), retry_in=int(delay.total_seconds())
             )
@@ -160,6 +162,16 @@ class Daemon:
             if job is not None:
                 job.modify(next_run_time=datetime.now(job.next_run_time.tzinfo))
         return f"ok ({report.fetched} new)"
+
+    def _reschedule(self, name: str, when: datetime) -> None:
+        """Move ``name``'s next scheduled poll to ``when``; its interval then runs from there.
+
+        APScheduler has already set the job's next run before calling it, so
+        this overrides that tick instead of racing it.
+        """
+        if self.rt.stop.is_set() or self.scheduler.get_job(f"poll:{name}") is None:
+            return
+        self.scheduler.modify_job(f"poll:{name}", next_run_time=when)
 
     def _report(self, name: str, result: str) -> None:
         """Send STATUS= with every mailbox's last result; READY=1 with it after the first round.

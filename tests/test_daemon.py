@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import Cli, mail, write_config
 from servers import Dovecot, SmtpSink
+
+from mailcase.config import load_settings
+from mailcase.daemon import Daemon
+from mailcase.service import Runtime
+from mailcase.store import utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +112,42 @@ def test_idle_gets_new_mail_acknowledged_within_seconds(
     assert proc.returncode == 0
     # Generous for a loaded CI machine; bench/ingest.py measures the strict target.
     assert max(latencies) < 5, latencies
+
+
+def test_backoff_counts_from_the_failure_and_moves_the_schedule(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    """A connect that takes seconds to fail must not shorten the announced wait."""
+    with socket.create_server(("127.0.0.1", 0)) as slow:
+        port = slow.getsockname()[1]
+
+        def hang_up_late() -> None:  # accepts, says nothing, hangs up 1.5 s later
+            conn, _ = slow.accept()
+            time.sleep(1.5)
+            conn.close()
+
+        threading.Thread(target=hang_up_late, daemon=True).start()
+        config = write_config(tmp_path, mailboxes, sink)
+        info = f'port = {mailboxes.port}\nsecurity = "none"\nusername = "info"'
+        assert info in config.read_text()
+        config.write_text(
+            config.read_text().replace(info, info.replace(str(mailboxes.port), str(port)))
+        )
+        rt = Runtime.open(load_settings(config))
+        daemon = Daemon(rt)
+        daemon.scheduler.add_job(daemon.poll, "interval", seconds=5, args=["info"], id="poll:info")
+        daemon.scheduler.start(paused=True)
+        try:
+            assert daemon._poll("info") == "failed"
+            failed_at = utcnow()
+            retry_at = daemon.health["info"].retry_at
+            assert retry_at is not None
+            # poll.interval_seconds is 5 in the test config: the first wait is 5 s from now.
+            assert retry_at >= failed_at + timedelta(seconds=4.9)
+            job = daemon.scheduler.get_job("poll:info")
+            assert job is not None and job.next_run_time == retry_at
+            # An early wake-up (IDLE) inside the wait is skipped, not another attempt.
+            assert daemon._poll("info") is None
+        finally:
+            daemon.scheduler.shutdown(wait=False)
+            rt.store.dispose()
