@@ -142,15 +142,21 @@ def populate(url: str, cases: int) -> None:
     store.dispose()
 
 
-def run_mailcase(config: Path, sink: SmtpSink, expected: int) -> tuple[float, int]:
+def run_mailcase(
+    config: Path, sink: SmtpSink, expected: int, profile: Path | None = None
+) -> tuple[float, int]:
     """(seconds from start until every notice was accepted and the process ended, peak RSS KiB).
 
     ``mailcase poll`` delivers the outbox before it exits, so its exit is the
     moment the last notice was accepted; the sink's count is checked.
     """
+    command = [sys.executable, "-m", "mailcase", "--config", str(config), "poll"]
+    if profile is not None:  # collapsed stacks, for flamegraph.pl or speedscope
+        command = ["py-spy", "record", "--format", "raw", "-r", "200", "-o", str(profile), "--"]
+        command += [sys.executable, "-m", "mailcase", "--config", str(config), "poll"]
     start = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mailcase", "--config", str(config), "poll"],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -216,6 +222,10 @@ def main() -> None:
         "--idle-latency", type=int, default=0, metavar="K",
         help="then measure new-mail-to-acknowledgement latency for K messages under IDLE",
     )  # fmt: skip
+    parser.add_argument(
+        "--profile", type=Path, metavar="FILE",
+        help="run (a) under py-spy and write its collapsed stacks to FILE (slows (a) down)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     mails = generate(args.n)
@@ -245,7 +255,7 @@ def main() -> None:
         print(f"loaded {args.n} messages into Dovecot in {time.monotonic() - t:.1f} s")
 
         notice_count = 2 * args.n
-        to_last, rss = run_mailcase(config, sink, notice_count)
+        to_last, rss = run_mailcase(config, sink, notice_count, args.profile)
         notices = [m.data for m in sink.messages[:notice_count]]
         sink.clear()
         base = floor(imap, sink, args.n, notices)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from email.policy import SMTP, SMTPUTF8
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +34,7 @@ from mailcase.folio import tagged_subject
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
-from mailcase.render import Envelope, build_message, render_body
+from mailcase.render import Envelope, build_message, one_line, render_body
 from mailcase.store import utcnow
 
 CUSTOMER_KINDS = frozenset(
@@ -236,7 +235,7 @@ def queue_notice(
         mail_from=sender,
         rcpt_to=to,
         message_id=envelope.message_id,
-        raw=message.as_bytes(policy=SMTP if to.isascii() else SMTPUTF8),
+        raw=message,
         queued_at=now,
         next_attempt_at=now,
         created_at=now,
@@ -250,7 +249,7 @@ def queue_notice(
             kind="notice",
             from_addr=sender,
             to_addrs=to,
-            subject=str(message["Subject"]),
+            subject=one_line(envelope.subject),
             date=now,
             message_id=envelope.message_id,
             text=body.text,

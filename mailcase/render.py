@@ -1,4 +1,4 @@
-"""Notices: jinja2 templates → a complete :class:`email.message.EmailMessage`.
+"""Notices: jinja2 templates → the complete message, as bytes ready for SMTP.
 
 Guarantees:
 
@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mailcase import wire
 from mailcase.classify import LOOP_HEADER
 
 
@@ -96,39 +95,39 @@ class Envelope:
     reply_to: str | None = None
 
 
-def _address(name: str, addr: str) -> Address:
-    local, _, domain = one_line(addr).rpartition("@")
-    return Address(display_name=one_line(name), username=local, domain=domain)
+def build_message(envelope: Envelope, body: RenderedBody) -> bytes:
+    """The complete message: text/plain, plus text/html as an alternative when given.
 
-
-def build_message(envelope: Envelope, body: RenderedBody) -> EmailMessage:
-    """A complete MIME message: text/plain, plus text/html as an alternative when given."""
-    msg = EmailMessage()
-    msg["From"] = _address(envelope.from_name, envelope.from_addr)
-    msg["To"] = _address("", envelope.to_addr)
+    Headers may carry raw UTF-8 (RFC 6532) only when an address needs
+    SMTPUTF8 anyway; otherwise the message is pure ASCII.
+    """
+    addresses = (envelope.from_addr, envelope.to_addr, envelope.reply_to or "")
+    utf8 = not all(a.isascii() for a in addresses)
+    headers = [
+        wire.address("From", envelope.from_name, one_line(envelope.from_addr), utf8=utf8),
+        wire.address("To", "", one_line(envelope.to_addr), utf8=utf8),
+    ]
     if envelope.reply_to:
-        msg["Reply-To"] = _address("", envelope.reply_to)
-    msg["Subject"] = one_line(envelope.subject)
-    msg["Date"] = format_datetime(envelope.date)
-    msg["Message-ID"] = one_line(envelope.message_id)
+        headers.append(wire.address("Reply-To", "", one_line(envelope.reply_to), utf8=utf8))
+    headers += [
+        wire.unstructured("Subject", one_line(envelope.subject), utf8=utf8),
+        wire.raw_header("Date", format_datetime(envelope.date)),
+        wire.identifiers("Message-ID", [one_line(envelope.message_id)], utf8=utf8),
+    ]
     if envelope.in_reply_to:
-        msg["In-Reply-To"] = one_line(envelope.in_reply_to)
+        headers.append(wire.identifiers("In-Reply-To", [one_line(envelope.in_reply_to)], utf8=utf8))
     refs = [one_line(r) for r in envelope.references if r]
     if refs:
         # RFC 5322 3.6.4: keep the thread; long chains are trimmed from the middle.
         if len(refs) > 20:
             refs = refs[:1] + refs[-19:]
-        msg["References"] = " ".join(refs)
+        headers.append(wire.identifiers("References", refs, utf8=utf8))
     if envelope.auto_reply:
         # RFC 3834: mark it automatic so vacation responders stay quiet; Exchange
         # honours X-Auto-Response-Suppress instead.
-        msg["Auto-Submitted"] = "auto-replied"
-        msg["X-Auto-Response-Suppress"] = "All"
-    msg[LOOP_HEADER] = one_line(envelope.from_addr)
-    msg.set_content(body.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    if body.html is not None:
-        msg.add_alternative(body.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    # After the body: set_content() clears every Content-* header and
-    # add_alternative() moves them into the first part, so set earlier it was lost.
-    msg["Content-Language"] = "es-MX" if envelope.language == "es" else one_line(envelope.language)
-    return msg
+        headers.append(wire.raw_header("Auto-Submitted", "auto-replied"))
+        headers.append(wire.raw_header("X-Auto-Response-Suppress", "All"))
+    headers.append(wire.unstructured(LOOP_HEADER, one_line(envelope.from_addr), utf8=utf8))
+    language = "es-MX" if envelope.language == "es" else one_line(envelope.language)
+    headers.append(wire.unstructured("Content-Language", language, utf8=utf8))
+    return wire.message("".join(headers), body.text, body.html, utf8=utf8)

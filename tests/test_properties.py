@@ -32,7 +32,6 @@ import quopri
 import re
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
-from email.policy import SMTP, SMTPUTF8
 from types import MappingProxyType
 from typing import Any
 
@@ -703,9 +702,10 @@ def _context(name: str, subject: str, text: str) -> dict[str, Any]:
     }
 
 
-def _reparse(msg: EmailMessage, to: str) -> EmailMessage:
-    # Serialised the way the outbox queues it, then read as a receiving MTA would.
-    raw = msg.as_bytes(policy=SMTP if to.isascii() else SMTPUTF8)
+def _reparse(raw: bytes, to: str) -> EmailMessage:
+    # As the outbox queues it, read as a receiving MTA would.
+    if to.isascii():
+        raw.decode("ascii")  # no SMTPUTF8 needed: pure ASCII on the wire
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed

@@ -63,9 +63,10 @@ def envelope(**changes: Any) -> Envelope:
     return Envelope(**values)
 
 
-def reparse(msg: EmailMessage) -> EmailMessage:
-    """The message as a receiving MTA sees it: serialised, then parsed back."""
-    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+def reparse(raw: bytes) -> EmailMessage:
+    """The message as a receiving MTA stores it: CRLF on the wire, local line ends on disk."""
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # bare LF is not allowed on the wire
+    parsed = email.message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 

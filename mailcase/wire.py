@@ -1,0 +1,186 @@
+"""Notices on the wire: headers and MIME bodies written straight to bytes.
+
+The standard library's ``EmailMessage`` re-parses every header it is given
+and refolds it on output; for the two notices each message brings that was a
+fifth of ingest time (see README, "Benchmark"). Notices have a fixed shape,
+so they are written here directly, to the same standards:
+
+* Every header line ends in CRLF and is folded before 78 columns where the
+  value has spaces to fold at, and never reaches RFC 5322's 998.
+* Text that is not plain printable ASCII goes into RFC 2047 encoded words
+  (UTF-8, base64, never splitting a character), unless the message is for an
+  SMTPUTF8 recipient, where RFC 6532 lets UTF-8 stand as it is. Text that
+  merely *looks* like an encoded word (``=?``) is encoded too, so a customer's
+  subject reaches the customer exactly as written.
+* Callers pass values already folded onto one line (``render.one_line``);
+  this module still refuses to emit CR, LF or NUL inside a header.
+* Bodies are UTF-8 quoted-printable with CRLF line ends; the multipart
+  boundary contains ``=_``, which quoted-printable output can never contain.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Iterable
+
+MAX_LINE = 78  # RFC 5322 2.1.1: SHOULD be no more than 78 characters
+# UTF-8 bytes per encoded word: 48 base64 characters, 60 in all, so that even
+# "Content-Language: " and one word fit in 78 columns.
+_ENCODED_CHUNK = 36
+_PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_DOT_ATOM = re.compile(rf"[{_ATEXT}]+(\.[{_ATEXT}]+)*\Z")
+# RFC 6532 3.2: with SMTPUTF8, any non-ASCII character is atext too.
+_DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(\.[{_ATEXT}\u0080-\U0010ffff]+)*\Z")
+_PHRASE_ATOMS = re.compile(rf"[{_ATEXT} ]*\Z")
+_DOMAIN_JUNK = re.compile(r"[^A-Za-z0-9.\-\u0080-\U0010ffff]")
+_FORBIDDEN = str.maketrans({"\r": " ", "\n": " ", "\x00": " "})
+
+
+def _needs_encoding(text: str, utf8: bool) -> bool:
+    if "=?" in text:
+        return True
+    if utf8:
+        return not text.isprintable()  # controls, C1, separators, format characters
+    return not _PRINTABLE.match(text)
+
+
+def encoded_words(text: str) -> list[str]:
+    """``text`` as RFC 2047 B-encoded words of at most 60 characters each."""
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for char in text:
+        width = len(char.encode("utf-8", "surrogatepass"))
+        if size + width > _ENCODED_CHUNK and chunk:
+            words.append(_word("".join(chunk)))
+            chunk, size = [], 0
+        chunk.append(char)
+        size += width
+    if chunk or not words:
+        words.append(_word("".join(chunk)))
+    return words
+
+
+def _word(text: str) -> str:
+    data = text.encode("utf-8", "replace")
+    return "=?utf-8?b?" + base64.b64encode(data).decode("ascii") + "?="
+
+
+def _fold(name: str, tokens: Iterable[str]) -> str:
+    """``Name: token token ...`` folded between tokens before 78 columns."""
+    lines: list[str] = []
+    line = name + ":"
+    for token in tokens:
+        if len(line) + 1 + len(token) > MAX_LINE and line != name + ":":
+            lines.append(line)
+            line = " " + token
+        else:
+            line += " " + token
+    lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
+
+
+def unstructured(name: str, value: str, *, utf8: bool = False) -> str:
+    """An unstructured header (Subject and the like) for ``value``."""
+    value = value.translate(_FORBIDDEN)
+    words = value.split(" ")
+    if _needs_encoding(value, utf8) or any(len(w) > MAX_LINE - len(name) - 2 for w in words):
+        # Whitespace between adjacent encoded words is not part of the text
+        # (RFC 2047 6.2), so every space travels inside a word.
+        return _fold(name, encoded_words(value))
+    return _fold(name, [w for w in words if w] if value.strip() else [""])
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def addr_spec(address: str, *, utf8: bool = False) -> str:
+    """``local@domain`` safe in a header: an odd local part quoted, junk in a domain dropped.
+
+    A customer's address comes from parsed mail and may be anything; this
+    guarantees only that it cannot break the header or add one. Without
+    ``utf8`` the caller guarantees an ASCII address (``message`` refuses others).
+    """
+    local, at, domain = address.translate(_FORBIDDEN).rpartition("@")
+    if not at:
+        local, domain = domain, ""
+    if not (_DOT_ATOM_UTF8 if utf8 else _DOT_ATOM).match(local):
+        local = _quoted(local)
+    domain = _DOMAIN_JUNK.sub("", domain)
+    return f"{local}@{domain}" if domain else local
+
+
+def address(name: str, display_name: str, addr: str, *, utf8: bool = False) -> str:
+    """An address header: ``Name: display name <addr>``, or just ``<addr>``'s spec."""
+    spec = addr_spec(addr, utf8=utf8)
+    display_name = " ".join(display_name.translate(_FORBIDDEN).split())
+    if not display_name:
+        return _fold(name, [spec])
+    if _needs_encoding(display_name, utf8):
+        return _fold(name, [*encoded_words(display_name), f"<{spec}>"])
+    if _PHRASE_ATOMS.match(display_name):
+        return _fold(name, [*display_name.split(" "), f"<{spec}>"])
+    return _fold(name, [_quoted(display_name), f"<{spec}>"])
+
+
+def identifiers(name: str, ids: Iterable[str], *, utf8: bool = False) -> str:
+    """In-Reply-To / References: msg-ids folded between ids; unusable ids are left out.
+
+    Returns "" when none is left. An id with spaces, controls, or (without
+    SMTPUTF8) non-ASCII characters is not a msg-id any receiver can match.
+    """
+    kept = [
+        i
+        for i in ids
+        if i and " " not in i and (utf8 or i.isascii()) and not _needs_encoding(i, utf8=True)
+    ]
+    return _fold(name, kept) if kept else ""
+
+
+def raw_header(name: str, value: str) -> str:
+    """A header whose value mailcase made itself (dates, MIME fields): no encoding needed."""
+    return f"{name}: {value.translate(_FORBIDDEN)}\r\n"
+
+
+def quoted_printable(text: str) -> bytes:
+    """``text`` as UTF-8 quoted-printable with CRLF line ends (RFC 2045 6.7)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    encoded = binascii.b2a_qp(text.encode("utf-8", "replace"), istext=True)
+    return encoded.replace(b"\n", b"\r\n")
+
+
+def _part(subtype: str, text: str) -> bytes:
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    ).encode("ascii") + quoted_printable(text)
+
+
+def message(headers: str, text: str, html: str | None, *, utf8: bool = False) -> bytes:
+    """``headers`` (whole lines), MIME-Version and a text body, or text and HTML alternatives.
+
+    Without ``utf8`` the result is pure ASCII (UnicodeEncodeError otherwise).
+    """
+    head = headers + "MIME-Version: 1.0\r\n"
+    encoding = "utf-8" if utf8 else "ascii"
+    if html is None:
+        return head.encode(encoding) + _part("plain", text)
+    boundary = "=_mc_" + secrets.token_hex(12)
+    head += f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
+    # RFC 2046 5.1.1: the CRLF before a delimiter belongs to it, so a part's
+    # own final line end needs one more.
+    return b"".join(
+        [
+            head.encode(encoding),
+            f"--{boundary}\r\n".encode("ascii"),
+            _part("plain", text),
+            f"\r\n--{boundary}\r\n".encode("ascii"),
+            _part("html", html),
+            f"\r\n--{boundary}--\r\n".encode("ascii"),
+        ]
+    )
