@@ -24,7 +24,9 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from mailcase import metrics
@@ -126,6 +128,26 @@ def _deliver(
     return report
 
 
+SUPPRESSED = "recipient is one of our mailboxes or automatic: not sent"
+_NOTICES = cast(sa.Table, Notice.__table__)  # type: ignore[attr-defined]
+# Built once: delivery runs these for every notice, and SQLAlchemy's ORM
+# session and statement building cost more than SQLite itself (py-spy).
+_DUE = sa.select(
+    _NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id, _NOTICES.c.raw
+).where(_NOTICES.c.id == sa.bindparam("id"), _NOTICES.c.status == NoticeStatus.QUEUED)
+_CLAIM = _DUE.with_for_update(skip_locked=True)
+_FINISH = (
+    sa.update(_NOTICES)
+    .where(_NOTICES.c.id == sa.bindparam("notice"), _NOTICES.c.status == NoticeStatus.QUEUED)
+    .values(
+        status=sa.bindparam("status"),
+        sent_at=sa.bindparam("sent_at"),
+        attempts=_NOTICES.c.attempts + sa.bindparam("tries"),
+        last_error=sa.bindparam("error"),
+    )
+)
+
+
 def _deliver_one(
     store: Store,
     settings: Settings,
@@ -145,51 +167,54 @@ def _deliver_one(
     is not held while a remote server answers.
     """
     failure: DeliveryError | None = None
-    envelope: tuple[str, str, bytes] | None = None
-    with store.transaction() as session:
-        query = select(Notice).where(Notice.id == notice_id, Notice.status == NoticeStatus.QUEUED)
-        notice = session.exec(query.with_for_update(skip_locked=True) if claim else query).first()
-        if notice is None:
+    with store.engine.begin() as conn:
+        row = conn.execute(_CLAIM if claim else _DUE, {"id": notice_id}).first()
+        if row is None:
             return  # sent, or being sent, by another run or instance
-        if _suppressed(settings, notice, report):
-            session.add(notice)
+        if _suppressed(settings, notice_id, row.rcpt_to, report):
+            _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
             return
         if claim:
-            failure = _send(connection, notice.mail_from, notice.rcpt_to, notice.raw)
+            failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
             if failure is None:
-                _mark_sent(notice, report)
-                session.add(notice)
-        else:
-            envelope = (notice.mail_from, notice.rcpt_to, notice.raw)
-    if envelope is not None:
-        failure = _send(connection, *envelope)
+                _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
+    if not claim:
+        failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
         if failure is None:
-            with store.transaction() as session:
-                sent = session.get(Notice, notice_id)
-                if sent is not None:
-                    _mark_sent(sent, report)
-                    session.add(sent)
-    if failure is not None:
-        _record_failure(
-            store,
-            settings,
-            notice_id,
-            failure,
-            permanent=isinstance(failure, PermanentDeliveryError),
-            report=report,
-            now=now,
-        )
+            with store.engine.begin() as conn:
+                _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
+    if failure is None:
+        report.sent += 1
+        get_logger().info("notice_sent", notice=notice_id, message_id=row.message_id)
+        return
+    _record_failure(
+        store,
+        settings,
+        notice_id,
+        failure,
+        permanent=isinstance(failure, PermanentDeliveryError),
+        report=report,
+        now=now,
+    )
 
 
-def _suppressed(settings: Settings, notice: Notice, report: DeliveryReport) -> bool:
-    """Last guard against loops (the full policy ran at queueing): mark and say so."""
+def _finish(
+    conn: sa.Connection, notice_id: int, status: str, *, tries: int, error: str = ""
+) -> None:
+    sent_at = utcnow() if status == NoticeStatus.SENT else None
+    conn.execute(
+        _FINISH,
+        {"notice": notice_id, "status": status, "sent_at": sent_at, "tries": tries, "error": error},
+    )
+
+
+def _suppressed(settings: Settings, notice_id: int, rcpt: str, report: DeliveryReport) -> bool:
+    """Last guard against loops (the full policy ran at queueing): count and say so."""
     ours = {m.address for m in settings.mailboxes.values()}
-    if notice.rcpt_to not in ours and not is_automatic_address(notice.rcpt_to):
+    if rcpt not in ours and not is_automatic_address(rcpt):
         return False
-    notice.status = NoticeStatus.SUPPRESSED
-    notice.last_error = "recipient is one of our mailboxes or automatic: not sent"
     report.suppressed += 1
-    get_logger().warning("notice_suppressed", notice=notice.id, reason=notice.last_error)
+    get_logger().warning("notice_suppressed", notice=notice_id, reason=SUPPRESSED)
     return True
 
 
@@ -203,15 +228,6 @@ def _send(
     except DeliveryError as exc:
         return exc
     return None
-
-
-def _mark_sent(notice: Notice, report: DeliveryReport) -> None:
-    notice.status = NoticeStatus.SENT
-    notice.sent_at = utcnow()
-    notice.attempts += 1
-    notice.last_error = ""
-    report.sent += 1
-    get_logger().info("notice_sent", notice=notice.id, message_id=notice.message_id)
 
 
 def _record_failure(
