@@ -109,11 +109,14 @@ def add_participants(
     """Let the addresses the customer put in Cc write on the case (not ours, not agents)."""
     assert case.id is not None
     skip = settings.own_addresses | set(settings.agents.addresses) | {case.customer}
+    candidates = [a for a in dict.fromkeys(addresses) if a not in skip]
+    if not candidates:  # most mail: no query at all
+        return
     existing = set(
         session.exec(select(Participant.address).where(Participant.case_id == case.id)).all()
     )
-    for address in dict.fromkeys(addresses):
-        if address not in skip and address not in existing:
+    for address in candidates:
+        if address not in existing:
             session.add(Participant(case_id=case.id, address=address))
 
 

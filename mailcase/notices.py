@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -35,7 +36,7 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
 from mailcase.render import Envelope, build_message, one_line, render_body
-from mailcase.store import utcnow
+from mailcase.store import table, utcnow
 
 CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid", "visit"}
@@ -90,28 +91,28 @@ def blocked(session: Session, settings: Settings, kind: str, rcpt: str) -> str:
     if kind in CUSTOMER_KINDS and rcpt in settings.own_addresses:
         return "recipient is one of our own addresses"
     since = utcnow() - timedelta(hours=1)
-    counted = col(Notice.status) != NoticeStatus.SUPPRESSED
     limits = settings.limits
     if kind == "acknowledgement":
-        sent = session.exec(
-            select(func.count())
-            .select_from(Notice)
-            .where(
-                Notice.rcpt_to == rcpt,
-                Notice.kind == "acknowledgement",
-                col(Notice.created_at) >= since,
-                counted,
-            )
-        ).one()
+        sent = session.execute(_ACKS_SINCE, {"rcpt": rcpt, "since": since}).scalar_one()
         if sent >= limits.max_acks_per_sender_per_hour:
             return f"limits.max_acks_per_sender_per_hour ({limits.max_acks_per_sender_per_hour})"
     if limits.max_notices_per_hour is not None:
-        total = session.exec(
-            select(func.count()).select_from(Notice).where(col(Notice.created_at) >= since, counted)
-        ).one()
+        total = session.execute(_NOTICES_SINCE, {"since": since}).scalar_one()
         if total >= limits.max_notices_per_hour:
             return f"limits.max_notices_per_hour ({limits.max_notices_per_hour})"
     return ""
+
+
+_NOTICES = table(Notice)
+_INSERT_NOTICE = sa.insert(_NOTICES).returning(_NOTICES.c.id)
+_COUNTED = sa.and_(
+    _NOTICES.c.status != NoticeStatus.SUPPRESSED,
+    _NOTICES.c.created_at >= sa.bindparam("since"),
+)
+_NOTICES_SINCE = sa.select(sa.func.count()).select_from(_NOTICES).where(_COUNTED)
+_ACKS_SINCE = _NOTICES_SINCE.where(
+    _NOTICES.c.rcpt_to == sa.bindparam("rcpt"), _NOTICES.c.kind == "acknowledgement"
+)
 
 
 def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
@@ -240,8 +241,10 @@ def queue_notice(
         next_attempt_at=now,
         created_at=now,
     )
-    session.add(notice)
-    session.flush()
+    # A Core INSERT … RETURNING: the id for the case's record without flushing
+    # the whole session (a flush per notice was a tenth of ingest time).
+    values = notice.model_dump(exclude={"id"})
+    notice.id = session.execute(_INSERT_NOTICE, values).scalar_one()
     session.add(
         CaseMessage(
             case_id=case.id,

@@ -24,7 +24,6 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
@@ -37,7 +36,7 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
 from mailcase.smtp import SmtpConnection
-from mailcase.store import Store, utcnow
+from mailcase.store import Store, table, utcnow
 
 BASE_DELAY = timedelta(minutes=1)
 MAX_DELAY = timedelta(hours=1)
@@ -129,7 +128,7 @@ def _deliver(
 
 
 SUPPRESSED = "recipient is one of our mailboxes or automatic: not sent"
-_NOTICES = cast(sa.Table, Notice.__table__)  # type: ignore[attr-defined]
+_NOTICES = table(Notice)
 # Built once: delivery runs these for every notice, and SQLAlchemy's ORM
 # session and statement building cost more than SQLite itself (py-spy).
 _DUE = sa.select(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -54,6 +55,7 @@ from mailcase.store import (
     case_by_folio,
     case_by_message_ids,
     ledger_by_key,
+    table,
     utcnow,
 )
 from mailcase.triage import CaseRef, Decision, Facts, Role, triage
@@ -306,23 +308,37 @@ def _error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
+_CHECKPOINTS = table(Checkpoint)
+_MOVE_CHECKPOINT = (
+    sa.update(_CHECKPOINTS)
+    .where(
+        _CHECKPOINTS.c.mailbox == sa.bindparam("box"),
+        _CHECKPOINTS.c.uidvalidity == sa.bindparam("validity"),
+        _CHECKPOINTS.c.last_uid < sa.bindparam("uid"),
+    )
+    .values(last_uid=sa.bindparam("uid"))
+)
+_LEDGER = table(LedgerEntry)
+_LEDGER_AT = sa.select(_LEDGER.c.id).where(
+    _LEDGER.c.mailbox == sa.bindparam("box"),
+    _LEDGER.c.uidvalidity == sa.bindparam("validity"),
+    _LEDGER.c.uid == sa.bindparam("uid"),
+)
+
+
 def _advance(session: Session, mailbox: str, uidvalidity: int, uid: int) -> None:
-    checkpoint = session.get(Checkpoint, mailbox)
-    if checkpoint is None:
-        checkpoint = Checkpoint(mailbox=mailbox, uidvalidity=uidvalidity, last_uid=uid)
-    elif checkpoint.uidvalidity == uidvalidity:
-        checkpoint.last_uid = max(checkpoint.last_uid, uid)
-    session.add(checkpoint)
+    """Move the checkpoint past ``uid`` (never back; a checkpoint of another UIDVALIDITY stays)."""
+    params = {"box": mailbox, "validity": uidvalidity, "uid": uid}
+    if session.execute(_MOVE_CHECKPOINT, params).rowcount:  # type: ignore[attr-defined]
+        return
+    if session.get(Checkpoint, mailbox) is None:  # the mailbox's first message
+        session.add(Checkpoint(mailbox=mailbox, uidvalidity=uidvalidity, last_uid=uid))
 
 
 def _existing(session: Session, mailbox: str, uidvalidity: int, uid: int) -> LedgerEntry | None:
-    return session.exec(
-        select(LedgerEntry).where(
-            LedgerEntry.mailbox == mailbox,
-            LedgerEntry.uidvalidity == uidvalidity,
-            LedgerEntry.uid == uid,
-        )
-    ).first()
+    params = {"box": mailbox, "validity": uidvalidity, "uid": uid}
+    entry_id = session.execute(_LEDGER_AT, params).scalars().first()
+    return None if entry_id is None else session.get(LedgerEntry, entry_id)
 
 
 def _quarantine(
@@ -363,7 +379,6 @@ def _write_ledger(
     )
     session.add(entry)
     _advance(session, mailbox, uidvalidity, fetched.uid)
-    session.flush()
     return entry
 
 
@@ -747,6 +762,8 @@ def _record_inbound(
         raw_sha256=raw_sha,
     )
     session.add(message)
+    if not mail.attachments:
+        return message  # flushed with the rest of the transaction
     session.flush()
     assert message.id is not None
     for attachment in mail.attachments:

@@ -36,6 +36,8 @@ _DOT_ATOM = re.compile(rf"[{_ATEXT}]+(\.[{_ATEXT}]+)*\Z")
 # RFC 6532 3.2: with SMTPUTF8, any non-ASCII character is atext too.
 _DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(\.[{_ATEXT}\u0080-\U0010ffff]+)*\Z")
 _PHRASE_ATOMS = re.compile(rf"[{_ATEXT} ]*\Z")
+_ASCII_ID = re.compile(r"[\x21-\x7e]+\Z")
+_UTF8_ID = re.compile(r"[^\x00-\x20\x7f-\x9f\s]+\Z")  # no controls, no spaces
 _DOMAIN_JUNK = re.compile(r"[^A-Za-z0-9.\-\u0080-\U0010ffff]")
 _FORBIDDEN = str.maketrans({"\r": " ", "\n": " ", "\x00": " "})
 
@@ -134,11 +136,7 @@ def identifiers(name: str, ids: Iterable[str], *, utf8: bool = False) -> str:
     Returns "" when none is left. An id with spaces, controls, or (without
     SMTPUTF8) non-ASCII characters is not a msg-id any receiver can match.
     """
-    kept = [
-        i
-        for i in ids
-        if i and " " not in i and (utf8 or i.isascii()) and not _needs_encoding(i, utf8=True)
-    ]
+    kept = [i for i in ids if i and "=?" not in i and (_UTF8_ID if utf8 else _ASCII_ID).match(i)]
     return _fold(name, kept) if kept else ""
 
 

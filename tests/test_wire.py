@@ -100,6 +100,11 @@ def test_message_ids_that_no_receiver_could_match_are_left_out() -> None:
     assert header == "References: <a@x> <d@x>\r\n"
     assert wire.identifiers("In-Reply-To", ["<b c@x>"]) == ""
     assert wire.identifiers("In-Reply-To", ["<ñ@x>"], utf8=True) == "In-Reply-To: <ñ@x>\r\n"
+    # Any character but controls and spaces, even one Unicode has not assigned yet.
+    unassigned = "<\U0001019d@x>"
+    assert (
+        wire.identifiers("In-Reply-To", [unassigned], utf8=True) == f"In-Reply-To: {unassigned}\r\n"
+    )
 
 
 def test_many_references_fold_between_ids() -> None:
