@@ -36,7 +36,7 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
 from mailcase.render import Envelope, build_message, one_line, render_body
-from mailcase.store import table, utcnow
+from mailcase.store import run, table, utcnow
 
 CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid", "visit"}
@@ -93,11 +93,11 @@ def blocked(session: Session, settings: Settings, kind: str, rcpt: str) -> str:
     since = utcnow() - timedelta(hours=1)
     limits = settings.limits
     if kind == "acknowledgement":
-        sent = session.execute(_ACKS_SINCE, {"rcpt": rcpt, "since": since}).scalar_one()
+        sent = run(session, _ACKS_SINCE, {"rcpt": rcpt, "since": since}).scalar_one()
         if sent >= limits.max_acks_per_sender_per_hour:
             return f"limits.max_acks_per_sender_per_hour ({limits.max_acks_per_sender_per_hour})"
     if limits.max_notices_per_hour is not None:
-        total = session.execute(_NOTICES_SINCE, {"since": since}).scalar_one()
+        total = run(session, _NOTICES_SINCE, {"since": since}).scalar_one()
         if total >= limits.max_notices_per_hour:
             return f"limits.max_notices_per_hour ({limits.max_notices_per_hour})"
     return ""
@@ -244,7 +244,7 @@ def queue_notice(
     # A Core INSERT … RETURNING: the id for the case's record without flushing
     # the whole session (a flush per notice was a tenth of ingest time).
     values = notice.model_dump(exclude={"id"})
-    notice.id = session.execute(_INSERT_NOTICE, values).scalar_one()
+    notice.id = run(session, _INSERT_NOTICE, values).scalar_one()
     session.add(
         CaseMessage(
             case_id=case.id,

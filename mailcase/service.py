@@ -55,6 +55,7 @@ from mailcase.store import (
     case_by_folio,
     case_by_message_ids,
     ledger_by_key,
+    run,
     table,
     utcnow,
 )
@@ -329,7 +330,7 @@ _LEDGER_AT = sa.select(_LEDGER.c.id).where(
 def _advance(session: Session, mailbox: str, uidvalidity: int, uid: int) -> None:
     """Move the checkpoint past ``uid`` (never back; a checkpoint of another UIDVALIDITY stays)."""
     params = {"box": mailbox, "validity": uidvalidity, "uid": uid}
-    if session.execute(_MOVE_CHECKPOINT, params).rowcount:  # type: ignore[attr-defined]
+    if run(session, _MOVE_CHECKPOINT, params).rowcount:
         return
     if session.get(Checkpoint, mailbox) is None:  # the mailbox's first message
         session.add(Checkpoint(mailbox=mailbox, uidvalidity=uidvalidity, last_uid=uid))
@@ -337,7 +338,7 @@ def _advance(session: Session, mailbox: str, uidvalidity: int, uid: int) -> None
 
 def _existing(session: Session, mailbox: str, uidvalidity: int, uid: int) -> LedgerEntry | None:
     params = {"box": mailbox, "validity": uidvalidity, "uid": uid}
-    entry_id = session.execute(_LEDGER_AT, params).scalars().first()
+    entry_id = run(session, _LEDGER_AT, params).scalars().first()
     return None if entry_id is None else session.get(LedgerEntry, entry_id)
 
 

@@ -175,6 +175,16 @@ def table(model: type[SQLModel]) -> sa.Table:
     return cast(sa.Table, model.__table__)  # type: ignore[attr-defined]
 
 
+def run(session: Session, statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
+    """Execute a Core ``statement`` in ``session``'s transaction, without autoflush.
+
+    The session would flush every pending object first (SQLAlchemy does so for
+    Core statements too); callers use this only where the statement does not
+    depend on objects added to the session but not yet flushed.
+    """
+    return session.connection().execute(statement, params or {})
+
+
 _COUNTERS = table(FolioCounter)
 _BUMP = (
     sa.update(_COUNTERS)
@@ -191,7 +201,7 @@ def next_folio_number(session: Session, year: int) -> int:
     (SQLite's write lock; a row lock elsewhere); a rolled-back transaction
     gives its number back, a committed one never repeats.
     """
-    updated = session.execute(_BUMP, {"y": year}).scalar_one_or_none()
+    updated = run(session, _BUMP, {"y": year}).scalar_one_or_none()
     if updated is not None:
         return int(updated)
     # The year's first folio. Another writer may be inserting the same row right
@@ -202,7 +212,7 @@ def next_folio_number(session: Session, year: int) -> int:
         with session.begin_nested():
             session.execute(sa.insert(_COUNTERS).values(year=year, last=1))
     except IntegrityError:
-        return int(session.execute(_BUMP, {"y": year}).scalar_one())
+        return int(run(session, _BUMP, {"y": year}).scalar_one())
     return 1
 
 
@@ -232,7 +242,7 @@ _LEDGER_BY_KEY = sa.select(_LEDGER.c.id).where(_LEDGER.c.dedup_key == sa.bindpar
 
 def ledger_by_key(session: Session, dedup_key: str) -> list[LedgerEntry]:
     """Earlier ledger rows of the same message, oldest first (usually none: one cheap query)."""
-    ids = session.execute(_LEDGER_BY_KEY, {"key": dedup_key}).scalars().all()
+    ids = run(session, _LEDGER_BY_KEY, {"key": dedup_key}).scalars().all()
     if not ids:
         return []
     return list(
