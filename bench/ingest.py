@@ -144,8 +144,8 @@ def populate(url: str, cases: int) -> None:
 
 def run_mailcase(
     config: Path, sink: SmtpSink, expected: int, profile: Path | None = None
-) -> tuple[float, int]:
-    """(seconds from start until every notice was accepted and the process ended, peak RSS KiB).
+) -> tuple[float, int, float]:
+    """(seconds until every notice was accepted and the process ended, peak RSS KiB, CPU seconds).
 
     ``mailcase poll`` delivers the outbox before it exits, so its exit is the
     moment the last notice was accepted; the sink's count is checked.
@@ -167,7 +167,7 @@ def run_mailcase(
         sys.exit(f"mailcase poll failed with exit code {proc.returncode}")
     if len(sink.messages) != expected:
         sys.exit(f"the sink got {len(sink.messages)} notices, expected {expected}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def floor(imap: Dovecot, sink: SmtpSink, n: int, notices: list[bytes]) -> float:
@@ -255,7 +255,7 @@ def main() -> None:
         print(f"loaded {args.n} messages into Dovecot in {time.monotonic() - t:.1f} s")
 
         notice_count = 2 * args.n
-        to_last, rss = run_mailcase(config, sink, notice_count, args.profile)
+        to_last, rss, cpu = run_mailcase(config, sink, notice_count, args.profile)
         notices = [m.data for m in sink.messages[:notice_count]]
         sink.clear()
         base = floor(imap, sink, args.n, notices)
@@ -266,7 +266,7 @@ def main() -> None:
     print(f"database: {args.db}, existing cases: {args.existing_cases}, messages: {args.n}")
     print(
         f"(a) mailcase poll: {to_last:.2f} s to the last of {notice_count} notices, "
-        f"{rate:.0f} messages/s, peak RSS {rss / 1024:.0f} MiB"
+        f"{rate:.0f} messages/s, peak RSS {rss / 1024:.0f} MiB, CPU {cpu:.2f} s"
     )
     print(f"(b) floor (fetch + parse + send): {base:.2f} s, {args.n / base:.0f} messages/s")
     print(f"ratio (a)/(b): {to_last / base:.2f}")

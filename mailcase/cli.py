@@ -187,7 +187,7 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _poll(args: argparse.Namespace, settings: Settings) -> int:
-    from mailcase.outbox import deliver_outbox
+    from mailcase.outbox import DeliveryAlongside, deliver_outbox
     from mailcase.service import (
         Runtime,
         close_stale_cases,
@@ -197,7 +197,7 @@ def _poll(args: argparse.Namespace, settings: Settings) -> int:
 
     rt = Runtime.open(settings)
     failed: list[MailboxError] = []
-    with _progress_bars(args.progress) as bars:
+    with _progress_bars(args.progress) as bars, DeliveryAlongside(rt.store, settings):
         for name in settings.mailboxes:
             try:
                 poll_mailbox(rt, name, bars(name) if bars else None)

@@ -21,6 +21,7 @@ one notice twice; nothing else is ever sent twice.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -100,6 +101,41 @@ def deliver_outbox(
         with store.transaction() as session:
             queued = select(func.count()).select_from(Notice)
             metrics.set_queued(session.exec(queued.where(Notice.status == "queued")).one())
+
+
+class DeliveryAlongside:
+    """Deliver the outbox in a thread while the caller ingests (``mailcase poll``).
+
+    Acknowledgements then go out while the rest of a large backlog is still
+    being read, and the SMTP round trips overlap ingest work instead of
+    following it. Each round is an ordinary :func:`deliver_outbox` run; on
+    exit the thread stops after its round and the caller's thread runs one
+    last round, so everything queued before exit is attempted exactly as
+    before. A failing round is logged and ends the thread, never the caller.
+    """
+
+    def __init__(self, store: Store, settings: Settings, pause: float = 0.25) -> None:
+        self.store, self.settings, self.pause = store, settings, pause
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._rounds, name="outbox", daemon=True)
+
+    def __enter__(self) -> DeliveryAlongside:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _rounds(self) -> None:
+        while not self._done.is_set():
+            try:
+                report = deliver_outbox(self.store, self.settings)
+            except Exception:
+                get_logger().exception("outbox_run_crashed")
+                return
+            if not (report.sent or report.deferred or report.failed or report.suppressed):
+                self._done.wait(self.pause)
 
 
 def _deliver(

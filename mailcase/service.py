@@ -54,6 +54,7 @@ from mailcase.store import (
     as_utc,
     case_by_folio,
     case_by_message_ids,
+    insert,
     ledger_by_key,
     run,
     table,
@@ -378,7 +379,7 @@ def _write_ledger(
         ingested_at=utcnow(),
         **fields,
     )
-    session.add(entry)
+    insert(session, entry)
     _advance(session, mailbox, uidvalidity, fetched.uid)
     return entry
 
@@ -762,10 +763,7 @@ def _record_inbound(
         text=strip_quoted(mail.text) if text is None else text,
         raw_sha256=raw_sha,
     )
-    session.add(message)
-    if not mail.attachments:
-        return message  # flushed with the rest of the transaction
-    session.flush()
+    insert(session, message)
     assert message.id is not None
     for attachment in mail.attachments:
         session.add(

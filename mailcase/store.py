@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -183,6 +183,28 @@ def run(session: Session, statement: sa.Executable, params: dict[str, Any] | Non
     depend on objects added to the session but not yet flushed.
     """
     return session.connection().execute(statement, params or {})
+
+
+_INSERTS: dict[type[SQLModel], sa.Insert] = {}
+
+
+M = TypeVar("M", bound=SQLModel)
+
+
+def insert(session: Session, row: M) -> M:
+    """INSERT ``row`` now (Core, RETURNING its id) and return it with the id set.
+
+    Cheaper than adding it to the session and flushing; the row is not tracked
+    by the session afterwards, so later changes to the object are not saved.
+    """
+    model = type(row)
+    statement = _INSERTS.get(model)
+    if statement is None:
+        rows = table(model)
+        statement = _INSERTS[model] = sa.insert(rows).returning(rows.c.id)
+    new_id = run(session, statement, row.model_dump(exclude={"id"})).scalar_one()
+    row.id = new_id
+    return row
 
 
 _COUNTERS = table(FolioCounter)
