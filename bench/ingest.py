@@ -152,7 +152,7 @@ def run_mailcase(
     """
     command = [sys.executable, "-m", "mailcase", "--config", str(config), "poll"]
     if profile is not None:  # collapsed stacks, for flamegraph.pl or speedscope
-        command = ["py-spy", "record", "--idle", "--format", "raw", "-r", "200", "-o", str(profile), "--"]
+        command = ["py-spy", "record", "--format", "raw", "-r", "200", "-o", str(profile), "--"]
         command += [sys.executable, "-m", "mailcase", "--config", str(config), "poll"]
     start = time.monotonic()
     proc = subprocess.Popen(

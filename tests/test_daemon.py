@@ -19,7 +19,8 @@ from servers import Dovecot, SmtpSink
 
 from mailcase.config import load_settings
 from mailcase.daemon import Daemon
-from mailcase.service import Runtime
+from mailcase.outbox import DeliveryAlongside
+from mailcase.service import Runtime, poll_mailbox
 from mailcase.store import utcnow
 
 pytestmark = pytest.mark.integration
@@ -151,3 +152,23 @@ def test_backoff_counts_from_the_failure_and_moves_the_schedule(
         finally:
             daemon.scheduler.shutdown(wait=False)
             rt.store.dispose()
+
+
+def test_poll_delivers_acknowledgements_while_it_still_ingests(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    """``mailcase poll`` does not hold a backlog's acknowledgements until the last message."""
+    config = write_config(tmp_path, mailboxes, sink)
+    mailboxes.append("contacto", mail(subject="Primero"))
+    rt = Runtime.open(load_settings(config))
+    try:
+        with DeliveryAlongside(rt.store, rt.settings, pause=0.05):
+            poll_mailbox(rt, "contacto")
+            # Still inside: the acknowledgement must not wait for the context to end.
+            sink.wait_for(1, timeout=10)
+            mailboxes.append("contacto", mail(subject="Segundo", sender="otra@example.com"))
+            poll_mailbox(rt, "contacto")
+            sink.wait_for(2, timeout=10)
+        assert len(sink.messages) == 2  # and nothing twice on the way out
+    finally:
+        rt.store.dispose()
