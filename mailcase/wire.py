@@ -27,6 +27,7 @@ import secrets
 from collections.abc import Iterable
 
 MAX_LINE = 78  # RFC 5322 2.1.1: SHOULD be no more than 78 characters
+MAX_ID = 900  # a folded line holds one id; RFC 5322 2.1.1's hard limit is 998
 # UTF-8 bytes per encoded word: 48 base64 characters, 60 in all, so that even
 # "Content-Language: " and one word fit in 78 columns.
 _ENCODED_CHUNK = 36
@@ -134,9 +135,11 @@ def identifiers(name: str, ids: Iterable[str], *, utf8: bool = False) -> str:
     """In-Reply-To / References: msg-ids folded between ids; unusable ids are left out.
 
     Returns "" when none is left. An id with spaces, controls, or (without
-    SMTPUTF8) non-ASCII characters is not a msg-id any receiver can match.
+    SMTPUTF8) non-ASCII characters is not a msg-id any receiver can match; one
+    longer than ``MAX_ID`` would not fit on a line of 998 with its field name.
     """
-    kept = [i for i in ids if i and "=?" not in i and (_UTF8_ID if utf8 else _ASCII_ID).match(i)]
+    pattern = _UTF8_ID if utf8 else _ASCII_ID
+    kept = [i for i in ids if 0 < len(i) <= MAX_ID and "=?" not in i and pattern.match(i)]
     return _fold(name, kept) if kept else ""
 
 

@@ -107,6 +107,13 @@ def test_message_ids_that_no_receiver_could_match_are_left_out() -> None:
     )
 
 
+def test_no_header_line_can_reach_998_characters() -> None:
+    huge_id = "<" + "x" * 990 + "@example.com>"  # inbound caps ids at 998
+    assert wire.identifiers("References", [huge_id, "<a@x>"]) == "References: <a@x>\r\n"
+    subject = wire.unstructured("Subject", "y" * 5000)
+    assert all(len(line) <= 78 for line in lines(subject))
+
+
 def test_many_references_fold_between_ids() -> None:
     refs = [f"<reference-{i}@mail.example.com>" for i in range(20)]
     header = wire.identifiers("References", refs)
