@@ -168,9 +168,10 @@ class Store:
 def table(model: type[SQLModel]) -> sa.Table:
     """``model``'s table, for Core statements on hot paths.
 
-    A Core statement run through a session skips the ORM's per-statement work
-    (entity loading, synchronisation, autoflush); the ingest path uses them
-    where it needs no objects back (py-spy: the ORM was half of poll CPU).
+    A Core statement skips the ORM's per-statement work (entity loading,
+    synchronisation) and, run with :func:`run`, the session's autoflush; the
+    ingest and delivery paths use them where they need no objects back
+    (py-spy: the ORM was half of poll CPU).
     """
     return cast(sa.Table, model.__table__)  # type: ignore[attr-defined]
 
