@@ -24,12 +24,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
-from servers import HOST, Dovecot, SmtpSink
+from servers import HOST, Dovecot, Managed, SmtpSink
 
 # --------------------------------------------------------------------------------------------
 # The authorization server
@@ -44,7 +43,7 @@ class TokenRequest:
     authorization: str | None
 
 
-class OAuthServer:
+class OAuthServer(Managed):
     """Introspection and token endpoints on 127.0.0.1, in a background thread.
 
     ``grant(token, user)`` makes an access token valid; ``add_client(...)`` registers a
@@ -85,18 +84,6 @@ class OAuthServer:
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(10)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

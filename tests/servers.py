@@ -227,7 +227,107 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-class Dovecot:
+class Managed:
+    """A test server that a ``with`` block starts and closes (``close`` is ``stop`` here)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ServerProcess(Managed):
+    """A server run as our child, in its own session, with its files under ``base_dir``.
+
+    Subclasses set ``base_dir``, ``_owns_dir`` and ``_account``, implement ``start``
+    (calling :meth:`_spawn`), ``stop`` (calling :meth:`_end`) and ``log_text``.
+    """
+
+    base_dir: Path
+    _owns_dir: bool
+    _account: _Account
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, timeout: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def stop(self, fast: bool = False) -> None:
+        raise NotImplementedError
+
+    def restart(self, fast: bool = False) -> None:
+        """Stop and start again on the same ports, keeping what the server stored."""
+        self.stop(fast=fast)
+        self.start()
+
+    def close(self) -> None:
+        """Stop, and remove base_dir if this object created it."""
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        raise NotImplementedError
+
+    def _log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def _spawn(self, args: list[str], log_path: Path) -> None:
+        """Start ``args`` with output to ``log_path``, as ``_account`` when we are root."""
+        as_root = os.geteuid() == 0
+        with open(log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                # Own session: a Ctrl-C in the terminal does not reach the server, and
+                # SIGKILL to the process group takes all of its children.
+                start_new_session=True,
+                user=self._account.uid if as_root else None,
+                group=self._account.gid if as_root else None,
+                extra_groups=[] if as_root else None,  # drop root's supplementary groups
+            )  # fmt: skip
+
+    def _end(self, sig: signal.Signals) -> None:
+        """Send ``sig`` (SIGKILL: to the whole group) and reap; SIGKILL after 15 s."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            if sig == signal.SIGKILL:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.send_signal(sig)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+class Dovecot(ServerProcess):
     """A throw-away Dovecot IMAP server on 127.0.0.1.
 
     Mail, config and logs live in base_dir (default: a fresh directory under /dev/shm,
@@ -259,17 +359,8 @@ class Dovecot:
         self.base_dir = Path(base_dir).resolve()
         # Self-signed, written by start(): pass as cafile to ssl.create_default_context().
         self.ca_file = self.base_dir / "tls" / "cert.pem" if tls else None
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout: float = 15.0) -> None:
         """Write the config and start `dovecot -F`; return once port greets with `* OK`."""
@@ -282,61 +373,17 @@ class Dovecot:
             if port is not None and _answers(self.host, port):
                 raise RuntimeError(f"{self.host}:{port} is already in use")
         self._render()
-        as_root = os.geteuid() == 0
-        if as_root:
+        if os.geteuid() == 0:
             self._check_reachable()
-        with open(self.base_dir / "log" / "stdout.log", "ab") as out:
-            self._proc = subprocess.Popen(
-                [binary, "-F", "-c", str(self.base_dir / "dovecot.conf")],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.base_dir,
-                # Own session: SIGKILL to the process group takes all of Dovecot's children,
-                # and a Ctrl-C in the terminal does not reach them.
-                start_new_session=True,
-                user=self._account.uid if as_root else None,
-                group=self._account.gid if as_root else None,
-                extra_groups=[] if as_root else None,  # drop root's supplementary groups
-            )  # fmt: skip
+        self._spawn(
+            [binary, "-F", "-c", str(self.base_dir / "dovecot.conf")],
+            self.base_dir / "log" / "stdout.log",
+        )
         self._wait_ready(timeout)
 
     def stop(self, fast: bool = False) -> None:
         """SIGTERM the master and wait (about 1 s), or with fast=True SIGKILL the process group."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            if fast:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def restart(self, fast: bool = False) -> None:
-        """Stop and start again on the same ports, keeping mail and passwords."""
-        self.stop(fast=fast)
-        self.start()
-
-    def close(self) -> None:
-        """Stop, and remove base_dir if this object created it."""
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._end(signal.SIGKILL if fast else signal.SIGTERM)
 
     def log_text(self) -> str:
         """Dovecot's log, plus anything the master printed before its log was open."""
@@ -345,9 +392,6 @@ class Dovecot:
             with suppress(FileNotFoundError):
                 parts.append((self.base_dir / "log" / name).read_text(errors="replace"))
         return "".join(parts)
-
-    def _log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def _render(self) -> None:
         for sub in ("run", "state", "log", "mail"):
@@ -623,7 +667,7 @@ class _Controller(Controller):
             await asyncio.sleep(0.01)
 
 
-class SmtpSink:
+class SmtpSink(Managed):
     """aiosmtpd on 127.0.0.1 in a background thread, recording every accepted message."""
 
     def __init__(
@@ -686,18 +730,6 @@ class SmtpSink:
             return
         asyncio.run_coroutine_threadsafe(controller.abort_sessions(), controller.loop).result(10)
         controller.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def messages(self) -> list[ReceivedMail]:
@@ -819,7 +851,7 @@ def _postgres_account() -> _Account:
     return _Account(pw.pw_name, pw.pw_uid, pw.pw_gid, grp.getgrgid(pw.pw_gid).gr_name)
 
 
-class Postgres:
+class Postgres(ServerProcess):
     """A throw-away PostgreSQL server on 127.0.0.1, trusting every local connection.
 
     The cluster (initdb on first start()), its unix socket and its log live in base_dir
@@ -843,17 +875,8 @@ class Postgres:
         self.base_dir = Path(base_dir).resolve()
         self.data_dir = self.base_dir / "data"
         self.log_path = self.base_dir / "postgres.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout: float = 30.0) -> None:
         """initdb if needed, start the server; return once it accepts connections."""
@@ -874,56 +897,13 @@ class Postgres:
         args = [str(bindir / "postgres"), "-D", str(self.data_dir)]
         for name, value in settings.items():
             args += ["-c", f"{name}={value}"]
-        as_root = os.geteuid() == 0
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.base_dir,
-                # Own session: a Ctrl-C in the terminal does not reach the server, and
-                # stop(fast=True) can take its whole process group.
-                start_new_session=True,
-                user=self._account.uid if as_root else None,
-                group=self._account.gid if as_root else None,
-                extra_groups=[] if as_root else None,
-            )  # fmt: skip
+        self._spawn(args, self.log_path)
         self._wait_ready(timeout)
 
     def stop(self, fast: bool = False) -> None:
         """Shut down: "fast" (SIGINT: sessions ended, clean), or with fast=True "immediate"
         (SIGQUIT: like a crash, recovered on the next start)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT if fast else signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def restart(self, fast: bool = False) -> None:
-        """Stop and start again on the same port, keeping the databases."""
-        self.stop(fast=fast)
-        self.start()
-
-    def close(self) -> None:
-        """Stop, and remove base_dir if this object created it."""
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._end(signal.SIGQUIT if fast else signal.SIGINT)
 
     def log_text(self) -> str:
         """What initdb and the server wrote."""
@@ -931,9 +911,6 @@ class Postgres:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def _log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def _initdb(self, bindir: Path) -> None:
         as_root = os.geteuid() == 0
