@@ -14,6 +14,7 @@ from typing import Any
 
 from servers import Dovecot, SmtpSink
 
+from mailcase.classify import LOOP_HEADER
 from mailcase.cli import main
 
 CONTACTO = "contacto@internet-plarey.com.mx"
@@ -22,6 +23,35 @@ AGENT = "ana.tecnica@internet-plarey.com.mx"
 NOTIFY = "soporte@internet-plarey.com.mx"
 WEB = "web@internet-plarey.com.mx"
 REPO = Path(__file__).resolve().parents[1]
+
+# For rendering tests: a folio, the company block of the templates' context,
+# and the headers every notice to a customer carries.
+FOLIO = "PLR-2026-000123"
+COMPANY = {
+    "name": "Internet Plarey",
+    "phone": "800 123 4567",
+    "email": "contacto@internet-plarey.com.mx",
+    "website": "https://internet-plarey.com.mx",
+    "address": "Av. Juárez 1, Centro",
+    "hours": "Lunes a sábado de 9:00 a 19:00",
+}
+NOTICE_HEADERS = sorted(
+    [
+        "auto-submitted",
+        "content-language",
+        "content-type",
+        "date",
+        "from",
+        "in-reply-to",
+        "message-id",
+        "mime-version",
+        "references",
+        "subject",
+        "to",
+        "x-auto-response-suppress",
+        LOOP_HEADER.lower(),
+    ]
+)
 
 
 def write_config(

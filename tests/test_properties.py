@@ -35,6 +35,7 @@ from email.message import EmailMessage
 from types import MappingProxyType
 from typing import Any
 
+from helpers import COMPANY, FOLIO, NOTICE_HEADERS
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -661,33 +662,6 @@ HOSTILE = st.lists(
     max_size=8,
 ).map("".join)
 
-COMPANY = {
-    "name": "Internet Plarey",
-    "phone": "800 123 4567",
-    "email": "contacto@internet-plarey.com.mx",
-    "website": "https://internet-plarey.com.mx",
-    "address": "Av. Juárez 1, Centro",
-    "hours": "Lunes a sábado de 9:00 a 19:00",
-}
-FOLIO = "PLR-2026-000123"
-EXPECTED_HEADERS = sorted(
-    [
-        "auto-submitted",
-        "content-language",
-        "content-type",
-        "date",
-        "from",
-        "in-reply-to",
-        "message-id",
-        "mime-version",
-        "references",
-        "subject",
-        "to",
-        "x-auto-response-suppress",
-        LOOP_HEADER.lower(),
-    ]
-)
-
 
 def _context(name: str, subject: str, text: str) -> dict[str, Any]:
     return {
@@ -766,7 +740,7 @@ def test_acknowledgement_of_any_customer_strings(
         language=language,
     )
     msg = _reparse(build_message(envelope, body), to)
-    assert sorted(k.lower() for k in msg) == EXPECTED_HEADERS
+    assert sorted(k.lower() for k in msg) == NOTICE_HEADERS
     assert msg.get_all("Bcc") is None
     assert len(msg.get_all("Subject") or []) == 1
     # The customer reads exactly what was rendered (line endings aside).
@@ -801,7 +775,7 @@ def test_relayed_text_is_data_and_escaped(language: str, text: str, agent: str) 
         "juan.perez@example.com",
     )
     headers = {k.lower() for k in msg}
-    assert headers <= set(EXPECTED_HEADERS)
+    assert headers <= set(NOTICE_HEADERS)
     assert "bcc" not in headers
     assert _normalized(_part(msg, "plain")) == _normalized(body.text)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import jinja2
 import pytest
+from helpers import FOLIO, NOTICE_HEADERS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +24,6 @@ from mailcase.render import (
     shipped_templates,
 )
 
-FOLIO = "PLR-2026-000123"
 PHONE = "800 123 4567"
 INJECTION = "x\r\nBcc: evil@example.com"
 
@@ -264,29 +264,12 @@ def test_an_unknown_language_is_an_error_not_an_empty_notice() -> None:
 # st.text() never draws lone surrogates (U+D800..U+DFFF): they are not Unicode
 # scalar values, cannot be encoded by the email package, and parse_inbound never
 # produces them (it replaces them), so no customer string can contain one.
-EXPECTED_HEADERS = sorted(
-    [
-        "auto-submitted",
-        "content-language",
-        "content-type",
-        "date",
-        "from",
-        "in-reply-to",
-        "message-id",
-        "mime-version",
-        "references",
-        "subject",
-        "to",
-        "x-auto-response-suppress",
-        LOOP_HEADER.lower(),
-    ]
-)
 
 
 @given(name=st.text(), subject=st.text())
 def test_no_customer_string_adds_a_header_or_breaks_the_message(name: str, subject: str) -> None:
     msg = reparse(build_message(envelope(from_name=name, subject=subject), BODY))
-    assert sorted(k.lower() for k in msg) == EXPECTED_HEADERS
+    assert sorted(k.lower() for k in msg) == NOTICE_HEADERS
     # The subject survives, folded onto one line.
     assert msg["Subject"] == " ".join(subject.replace("\x00", " ").split())
     # The display name too, but Python's encoded-word folding of long names may

@@ -6,24 +6,16 @@ from typing import Any
 
 import jinja2
 import pytest
+from helpers import COMPANY, FOLIO
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mailcase.commands import COMMAND_FORMS, PROBLEM_CODES
 from mailcase.render import render_body, shipped_templates
 
-FOLIO = "PLR-2026-000123"
 EVIL = "<script>alert(1)</script>"
 LANGUAGES = ("es", "en")
 
-COMPANY = {
-    "name": "Internet Plarey",
-    "phone": "800 123 4567",
-    "email": "contacto@internet-plarey.com.mx",
-    "website": "https://internet-plarey.com.mx",
-    "address": "Av. Juárez 1, Centro",
-    "hours": "Lunes a sábado de 9:00 a 19:00",
-}
 NO_CONTACT = {"name": "", "phone": "", "email": "", "website": "", "address": "", "hours": ""}
 
 # The context each kind takes: every key here is required (a missing one is an
