@@ -198,22 +198,31 @@ def _deliver_one(
     With ``claim`` (PostgreSQL, possibly several instances) the notice's row is
     taken with ``FOR UPDATE SKIP LOCKED`` and the SMTP transaction happens
     while that lock is held, so one instance only sends it. Without (SQLite,
-    one writer) the send happens outside the transaction, so the write lock
-    is not held while a remote server answers.
+    one writer) the notice is read without the write lock (Store.reading) and
+    sent outside any transaction, so neither waits for ingest nor holds the
+    lock while a remote server answers.
     """
     failure: DeliveryError | None = None
-    with store.engine.begin() as conn:
-        row = conn.execute(_CLAIM if claim else _DUE, {"id": notice_id}).first()
-        if row is None:
-            return  # sent, or being sent, by another run or instance
-        if _suppressed(settings, notice_id, row.rcpt_to, report):
-            _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
-            return
-        if claim:
+    if claim:
+        with store.engine.begin() as conn:
+            row = conn.execute(_CLAIM, {"id": notice_id}).first()
+            if row is None:
+                return  # sent, or being sent, by another instance
+            if _suppressed(settings, notice_id, row.rcpt_to, report):
+                _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
+                return
             failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
             if failure is None:
                 _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
-    if not claim:
+    else:
+        with store.reading() as conn:
+            row = conn.execute(_DUE, {"id": notice_id}).first()
+        if row is None:
+            return  # sent by an earlier run
+        if _suppressed(settings, notice_id, row.rcpt_to, report):
+            with store.engine.begin() as conn:
+                _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
+            return
         failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
         if failure is None:
             with store.engine.begin() as conn:

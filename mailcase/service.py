@@ -253,8 +253,11 @@ def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: Fetched
     raw_sha = rt.blobs.put_file(fetched.spooled) if fetched.spooled else rt.blobs.put(fetched.raw)
     folio: str | None = None
     try:
+        # Parsed before the transaction: the write lock (SQLite) is then held
+        # for the database work only, and delivery can commit in between.
+        parsed = _parse(rt, fetched, raw_sha)
         with rt.store.transaction() as session:
-            entry = _ingest(rt, session, mailbox, uidvalidity, fetched, raw_sha)
+            entry = _ingest(rt, session, mailbox, uidvalidity, fetched, raw_sha, parsed)
             if entry.case_id is not None:
                 case = session.get(Case, entry.case_id)
                 folio = case.folio if case else None
@@ -411,12 +414,13 @@ def _ingest(
     uidvalidity: int,
     fetched: FetchedMessage,
     raw_sha: str,
+    parsed: tuple[InboundMail, str],
 ) -> LedgerEntry:
     existing = _existing(session, mailbox, uidvalidity, fetched.uid)
     if existing is not None:
         return existing  # committed before a crash lost the checkpoint's news
     settings = rt.settings
-    mail, note = _parse(rt, fetched, raw_sha)
+    mail, note = parsed
     if session.get_bind().dialect.name == "postgresql":
         # Two instances may ingest the two copies of one message (Cc to both
         # mailboxes) at once: serialise on its identity until commit.

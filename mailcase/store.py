@@ -43,6 +43,9 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+READ_ONLY = "mailcase_read_only"  # execution option: see Store.reading
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
     path = _sqlite_path(url)
@@ -72,7 +75,10 @@ def make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reader (Store.reading) needs no write lock: in WAL mode its
+            # deferred transaction reads a snapshot while a writer goes on.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -153,6 +159,18 @@ class Store:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        """A Core connection in a read-only transaction: on SQLite it takes no write lock.
+
+        For reads that must not queue behind a writer (delivery reading the
+        next notice while ingest holds the lock); nothing written here is kept.
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
 
     def dispose(self) -> None:
         """Close the pooled connections (the store can still be used: it reconnects)."""
