@@ -17,10 +17,14 @@ the top). So results count only from a server we trust:
   every header whose authserv-id is one of them counts. RFC 8601 section 5
   requires such a server to delete headers that claim its own authserv-id
   before adding its own, so a forged one does not survive;
-* without it, only the topmost header counts: the last server to handle the
-  message, our receiving server, added it after every header the sender
-  could have written. This is a fallback with a known gap: if our server
-  adds no Authentication-Results at all, the topmost one is the sender's.
+* with ``trust_topmost`` instead (for a server that writes no authserv-id,
+  such as Microsoft 365), only the topmost header counts: the last server to
+  handle the message, our receiving server, added it after every header the
+  sender could have written. This has a known gap: if our server adds no
+  Authentication-Results at all, the topmost one is the sender's. So it is
+  an admin's explicit choice (``agents.trust_topmost_authentication_results``);
+* with neither, no header counts: an agent proves itself by replying to a
+  signed notice (:mod:`mailcase.msgid`).
 
 Results are per domain, never per mailbox: a pass proves the message left the
 domain's own servers, not which of its users wrote it. A domain check is also
@@ -58,7 +62,10 @@ class _Result:
 
 
 def authenticated_domains(
-    headers: Sequence[str], *, trusted_authserv_ids: frozenset[str] = frozenset()
+    headers: Sequence[str],
+    *,
+    trusted_authserv_ids: frozenset[str] = frozenset(),
+    trust_topmost: bool = False,
 ) -> frozenset[tuple[str, str]]:
     """The ``(method, domain)`` pairs that passed, per the trusted headers.
 
@@ -73,10 +80,12 @@ def authenticated_domains(
     trusted.discard("")
     if trusted:
         chosen: Sequence[str] = headers
-    else:
+    elif trust_topmost:
         # No list of trusted servers: believe only the header the receiving
         # server prepended last; every header below it may be the sender's.
         chosen = headers[:1]
+    else:
+        return frozenset()
     found: set[tuple[str, str]] = set()
     for header in chosen:
         authserv_id, results = _parse_header(header)
@@ -94,7 +103,11 @@ def authenticated_domains(
 
 
 def sender_is_authenticated(
-    mail: InboundMail, address: str, *, trusted_authserv_ids: frozenset[str] = frozenset()
+    mail: InboundMail,
+    address: str,
+    *,
+    trusted_authserv_ids: frozenset[str] = frozenset(),
+    trust_topmost: bool = False,
 ) -> bool:
     """True when ``mail`` comes from ``address``'s domain, as our server verified.
 
@@ -110,7 +123,9 @@ def sender_is_authenticated(
         return False
     domain = _normalise_domain(domain)
     headers = mail.headers.get("authentication-results", ())
-    passed = authenticated_domains(headers, trusted_authserv_ids=trusted_authserv_ids)
+    passed = authenticated_domains(
+        headers, trusted_authserv_ids=trusted_authserv_ids, trust_topmost=trust_topmost
+    )
     return any(d == domain for _, d in passed)
 
 

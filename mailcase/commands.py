@@ -87,7 +87,9 @@ class ParsedCommands:
 
 
 # The short codes CommandProblem.problem takes. "bad_area" is for an area name
-# with characters outside letters, digits, "-" and "_" (e.g. "soporte/redes").
+# with characters outside letters, digits, "-" and "_" (e.g. "soporte/redes");
+# "unknown_area" (a well-formed name not in [areas], CONFIG_PROBLEM_CODES) is
+# found by the service, which knows the configuration, and reported alike.
 PROBLEM_CODES: tuple[str, ...] = (
     "unknown",
     "missing_outcome",
@@ -98,6 +100,8 @@ PROBLEM_CODES: tuple[str, ...] = (
     "bad_area",
     "unexpected_argument",
 )
+# Codes the service adds, knowing the configuration: an area not in [areas].
+CONFIG_PROBLEM_CODES: tuple[str, ...] = ("unknown_area",)
 
 # The valid forms, Spanish first, for the help footer of notices to agents.
 COMMAND_FORMS: tuple[str, ...] = (

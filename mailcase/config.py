@@ -152,13 +152,7 @@ class _Secret(_Section):
         if self.password_file is not None:
             return _read_secret(self.password_file)
         if self.password_credential is not None:
-            directory = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not directory:
-                raise ConfigError(
-                    f"password_credential {self.password_credential!r} needs "
-                    "$CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
-                )
-            return _read_secret(Path(directory) / self.password_credential)
+            return _read_secret(_credential("password_credential", self.password_credential))
         return None
 
     def resolved_client_secret(self) -> str | None:
@@ -176,6 +170,14 @@ class _Secret(_Section):
         if self.refresh_token_file is not None:
             return _read_secret(self.refresh_token_file, "refresh_token_file")
         return None
+
+
+def _credential(key: str, name: str) -> Path:
+    """The file of systemd credential ``name`` (``LoadCredential=``), named by ``key`` on error."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(f"{key} {name!r} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+    return Path(directory) / name
 
 
 def _read_secret(path: Path, what: str = "password file") -> str:
@@ -270,12 +272,48 @@ class StorageSettings(_Section):
     directory: Path = Path("/var/lib/mailcase/store")
 
 
+_SIGNING_KEYS = ("signing_secret", "signing_secret_file", "signing_secret_credential")
+
+
 class AgentsSettings(_Section):
     addresses: list[str] = Field(default_factory=list)
     notify: str | None = None
     # Authentication-Results headers written by these receiving servers (the
-    # authserv-id, RFC 8601) are trusted; empty: only the topmost header.
+    # authserv-id, RFC 8601) are trusted; empty: none, unless
+    # trust_topmost_authentication_results (for servers that write no
+    # authserv-id, such as Microsoft 365).
     trusted_authserv_ids: list[str] = Field(default_factory=list)
+    trust_topmost_authentication_results: bool = False
+    # The HMAC secret of the Message-IDs of notices to agents (mailcase.msgid).
+    # Unset: a random one generated once and kept in the database.
+    signing_secret: SecretStr | None = Field(default=None, min_length=16)
+    signing_secret_file: Path | None = None
+    signing_secret_credential: str | None = None
+
+    @model_validator(mode="after")
+    def _one_signing_source(self) -> Self:
+        given = [n for n in _SIGNING_KEYS if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        return self
+
+    def resolved_signing_secret(self) -> bytes | None:
+        """The configured Message-ID secret (its file read now), or None when unset.
+
+        Raises ConfigError for an unreadable file or one with fewer than 16 characters.
+        """
+        if self.signing_secret is not None:
+            return self.signing_secret.get_secret_value().encode()
+        if self.signing_secret_file is not None:
+            path = self.signing_secret_file
+        elif self.signing_secret_credential is not None:
+            path = _credential("agents.signing_secret_credential", self.signing_secret_credential)
+        else:
+            return None
+        secret = _read_secret(path, "agents.signing_secret file")
+        if len(secret) < 16:
+            raise ConfigError(f"agents.signing_secret file {path} holds fewer than 16 characters")
+        return secret.encode()
 
     @field_validator("addresses")
     @classmethod

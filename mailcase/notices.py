@@ -8,10 +8,11 @@ Who gets what (the kinds):
 * to agents (``agents.notify``, an area, or one agent): ``agent_notification``,
   ``command_error``, ``unverified_agent``, ``delivery_failed``.
 
-Every notice carries a Message-ID signed for its case (:mod:`mailcase.msgid`),
-so a reply to it proves which case it answers. Customer notices thread to the
-customer's latest message; agent notices set Reply-To to the case's mailbox,
-so an agent's reply comes back to mailcase.
+Every notice to agents carries a Message-ID signed for its case
+(:mod:`mailcase.msgid`), so an agent's reply to it proves which case it
+answers; customer notices carry unsigned ids (a customer must hold no proof).
+Customer notices thread to the customer's latest message; agent notices set
+Reply-To to the case's mailbox, so an agent's reply comes back to mailcase.
 
 Loop and flood guards (:func:`blocked`) decide here, before anything is
 queued: a notice that must not go out is kept as ``suppressed`` with why.
@@ -31,7 +32,7 @@ from sqlmodel import Session, col, func, select
 from mailcase.classify import is_automatic_address
 from mailcase.commands import COMMAND_FORMS
 from mailcase.config import Settings
-from mailcase.folio import tagged_subject
+from mailcase.folio import new_message_id, tagged_subject
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
@@ -47,12 +48,25 @@ AGENT_KINDS = frozenset(
 SIGNING_KEY = "message_id_key"
 
 
-def signing_key(session: Session) -> bytes:
-    """The installation's Message-ID key: created once, kept in the database.
+def signing_key(session: Session, settings: Settings) -> bytes:
+    """The key of the Message-IDs of notices to agents (:mod:`mailcase.msgid`).
 
-    Kept in the database (not a file) so that every instance sharing it signs
-    and verifies alike.
+    ``agents.signing_secret`` (or its file or systemd credential) when set,
+    read once per process; otherwise a random key created once and kept in the
+    database, so that every instance sharing it signs and verifies alike.
+    Changing the secret invalidates the ids of notices already sent: agents
+    answering those are then believed only on a DKIM/SPF pass.
     """
+    agents = settings.agents
+    source = agents.signing_secret_file or agents.signing_secret_credential
+    if agents.signing_secret is not None or source is None:
+        configured = agents.resolved_signing_secret()
+    else:
+        configured = _CONFIGURED.get(str(source))
+        if configured is None:
+            configured = _CONFIGURED[str(source)] = agents.resolved_signing_secret()
+    if configured is not None:
+        return configured
     url = str(session.get_bind().engine.url)
     cached = _KEYS.get(url)
     if cached is not None:
@@ -72,6 +86,9 @@ def signing_key(session: Session) -> bytes:
             return bytes.fromhex(candidate.value)  # cached once its transaction committed
     _KEYS[url] = bytes.fromhex(row.value)
     return _KEYS[url]
+
+
+_CONFIGURED: dict[str, bytes | None] = {}  # secret files and credentials, read once
 
 
 _KEYS: dict[str, bytes] = {}  # the key never changes once created: one read per process
@@ -131,15 +148,26 @@ def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
 
 
 def customer_thread(session: Session, case: Case) -> tuple[str | None, tuple[str, ...]]:
-    """(In-Reply-To, References) for a notice to the customer: the thread of the case."""
+    """(In-Reply-To, References) for a notice to the customer: the thread of the case.
+
+    Only what the customer has seen: their own messages and the notices sent to
+    them. Agents' messages and notices to agents stay out (a signed id is an
+    agent's proof, see :func:`_message_id`).
+    """
     ids = [
         mid
         for mid in session.exec(
             select(CaseMessage.message_id)
+            .outerjoin(Notice, col(Notice.id) == col(CaseMessage.notice_id))
             .where(
                 CaseMessage.case_id == case.id,
                 col(CaseMessage.message_id).is_not(None),
-                col(CaseMessage.kind).in_(["customer", "notice", "agent"]),
+                sa.or_(
+                    col(CaseMessage.kind) == "customer",
+                    sa.and_(
+                        col(CaseMessage.kind) == "notice", col(Notice.kind).in_(CUSTOMER_KINDS)
+                    ),
+                ),
             )
             .order_by(col(CaseMessage.id))
         ).all()
@@ -178,6 +206,21 @@ def mailbox_address(settings: Settings, case: Case) -> str:
     return box.address
 
 
+def _message_id(
+    session: Session, settings: Settings, case_id: int, sender: str, customer_facing: bool
+) -> str:
+    """A new Message-ID for a notice; signed only when it goes to agents.
+
+    A signed id is an agent's proof (:mod:`mailcase.msgid`), so it never goes
+    to a customer: the customer would hold the proof of its own case. Customer
+    notices get an unsigned random id that still threads replies (by lookup).
+    """
+    domain = sender.rpartition("@")[2] or "localhost"
+    if customer_facing:
+        return new_message_id(domain)
+    return signed_message_id(signing_key(session, settings), case_id, domain)
+
+
 def queue_notice(
     session: Session,
     settings: Settings,
@@ -208,9 +251,7 @@ def queue_notice(
         from_name=settings.company.name,
         to_addr=to,
         subject=subject or tagged_subject(case.folio, case.subject),
-        message_id=signed_message_id(
-            signing_key(session), case.id, sender.rpartition("@")[2] or "localhost"
-        ),
+        message_id=_message_id(session, settings, case.id, sender, customer_facing),
         date=now,
         in_reply_to=in_reply_to,
         references=references,

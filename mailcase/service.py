@@ -26,7 +26,6 @@ from sqlmodel import Session, col, select
 from mailcase import casework, leases, metrics
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore
-from mailcase.casework import CaseworkError
 from mailcase.classify import classify
 from mailcase.commands import Command, CommandKind, parse_commands
 from mailcase.config import MailboxSettings, Settings
@@ -508,7 +507,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     signed_case = None
     authenticated = False
     if mail.sender in settings.agents.addresses:
-        for case_id in case_ids_in(signing_key(session), mail.thread_ids):
+        for case_id in case_ids_in(signing_key(session, settings), mail.thread_ids):
             case = session.get(Case, case_id)
             if case is not None:
                 signed_case = case_ref(session, case)
@@ -517,6 +516,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
             mail,
             mail.sender,
             trusted_authserv_ids=frozenset(settings.agents.trusted_authserv_ids),
+            trust_topmost=settings.agents.trust_topmost_authentication_results,
         )
     return Facts(
         duplicate_of=duplicate_of,
@@ -613,7 +613,7 @@ def _apply(
         _record_inbound(rt, session, case, mail, raw_sha, "customer")
         if mail.sender == case.customer:
             case.last_customer_at = now
-            casework.add_participants(session, settings, case, (*mail.to, *mail.cc))
+            casework.add_participants(session, settings, case, mail.cc)
         if decision.reopen:
             casework.reopen(session, case, by=mail.sender)
         _notify_agents_of(
@@ -644,9 +644,16 @@ def _agent_message(
     settings = rt.settings
     parsed = parse_commands(strip_quoted(mail.text))
     by = mail.sender
-    if parsed.problems:
+    problems = [{"line": p.line, "problem": p.problem} for p in parsed.problems]
+    problems += [
+        {"line": c.line, "problem": "unknown_area"}
+        for c in parsed.commands
+        if c.kind is CommandKind.ROUTE and c.area not in settings.areas
+    ]
+    if problems:
         # One bad command and nothing runs: a typo such as "#ntoa" must not
-        # let an internal note reach the customer as relayed text.
+        # let an internal note reach the customer as relayed text, and a
+        # misspelt area must not leave the resolution above it half done.
         _record_inbound(rt, session, case, mail, raw_sha, "note")
         queue_notice(
             session,
@@ -654,7 +661,7 @@ def _agent_message(
             case,
             "command_error",
             to=mail.sender,
-            context={"problems": [{"line": p.line, "problem": p.problem} for p in parsed.problems]},
+            context={"problems": problems, "areas": sorted(settings.areas)},
             in_reply_to=mail.message_id,
         )
         return
@@ -664,18 +671,7 @@ def _agent_message(
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     for command in parsed.commands:
-        try:
-            _run_command(session, settings, case, command, text, by)
-        except CaseworkError as exc:
-            casework.record(session, case, "system", f"{command.line}: {exc}", from_addr=by)
-            queue_notice(
-                session,
-                settings,
-                case,
-                "command_error",
-                to=mail.sender,
-                context={"problems": [{"line": command.line, "problem": "bad_area"}]},
-            )
+        _run_command(session, settings, case, command, text, by)
     if not parsed.commands and text:
         # Written straight to the customer with the mailbox in Cc: already sent.
         if case.customer in mail.to or case.customer in mail.cc:

@@ -17,6 +17,7 @@ from sqlmodel import col
 
 from mailcase.config import load_settings
 from mailcase.models import Case
+from mailcase.msgid import verify_message_id
 from mailcase.store import Store
 
 pytestmark = pytest.mark.integration
@@ -169,6 +170,51 @@ def test_forged_agent_from_without_proof_runs_nothing(desk: Desk) -> None:
     assert folio in warning["Subject"] or folio in text(warning)
 
 
+def test_a_customer_holding_our_notices_cannot_pass_as_an_agent(desk: Desk) -> None:
+    # The customer keeps everything we sent: the acknowledgement and an agent's
+    # relayed answer (whose References carry the whole visible thread). None of
+    # those ids may prove "agent": a forged From replying to them runs nothing.
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "Revisamos su línea mañana.")
+    ack, relayed = desk.to(CUSTOMER)
+    seen = " ".join(str(m[h] or "") for m in (ack, relayed) for h in ("Message-ID", "References"))
+    assert notification["Message-ID"].strip() not in seen  # no agent proof leaks
+    for notice in (ack, relayed):
+        desk.deliver(
+            mail(
+                sender=AGENT,
+                subject=f"Re: {notice['Subject']}",
+                body="#resolver procedente\nYa quedó.",
+                headers={
+                    "In-Reply-To": notice["Message-ID"].strip(),
+                    "References": f"{notice['References'] or ''} {notice['Message-ID']}".strip(),
+                },
+            )
+        )
+    detail = desk.case(folio)
+    assert (detail["status"], detail["outcome"]) == ("open", None)
+    assert [m["kind"] for m in detail["messages"]].count("unverified") == 2
+    assert len(desk.to(CUSTOMER)) == 2  # no resolution notice
+
+
+def test_signing_secret_from_config_signs_the_notices_to_agents(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    secret = "un-secreto-de-prueba-largo"
+    config = write_config(tmp_path, mailboxes, sink, notify=True, db_url=db_url)
+    config.write_text(
+        config.read_text().replace("[web_form]", f'signing_secret = "{secret}"\n[web_form]')
+    )
+    d = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    d.open_case()
+    [notification] = d.to(NOTIFY)
+    [ack] = d.to(CUSTOMER)
+    assert verify_message_id(secret.encode(), notification["Message-ID"]) is not None
+    assert verify_message_id(secret.encode(), ack["Message-ID"]) is None  # customers get no proof
+    assert secret not in capsys.readouterr().out
+
+
 def test_authenticated_agent_is_verified_by_a_trusted_server(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
@@ -227,6 +273,62 @@ def test_malformed_command_changes_nothing_and_agent_gets_the_forms(desk: Desk) 
     error = text(desk.last_to(AGENT))
     assert "#visita mañana" in error
     assert "#visita AAAA-MM-DD" in error or "AAAA-MM-DD" in error
+
+
+def test_unknown_area_or_command_runs_nothing_else_and_says_why(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "#resolver procedente\n#area nada\nSe cambió el módem.")
+    detail = desk.case(folio)
+    assert (detail["status"], detail["outcome"], detail["area"]) == ("open", None, None)
+    assert len(desk.to(CUSTOMER)) == to_customer
+    error = text(desk.last_to(AGENT))
+    assert "#area nada" in error and "redes" in error  # names the configured areas
+    desk.agent_reply(notification, "#ntoa\nEl cliente tiene adeudo.")
+    assert len(desk.to(CUSTOMER)) == to_customer  # a typo never relays a note
+    assert "#ntoa" in text(desk.last_to(AGENT))
+
+
+def test_english_commands_by_mail(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "#note\nCheck the node.")
+    assert len(desk.to(CUSTOMER)) == to_customer
+    desk.agent_reply(notification, "#route redes\nNode 4.")
+    assert desk.case(folio)["area"] == "redes"
+    assert folio in desk.last_to("redes@internet-plarey.com.mx")["Subject"]
+    desk.agent_reply(notification, "#visit 2026-12-03 10:30")
+    assert "2026-12-03" in str(desk.case(folio)["visit"])
+    assert len(desk.to(CUSTOMER)) == to_customer + 1  # the visit notice
+    desk.agent_reply(notification, "#close")
+    assert desk.case(folio)["status"] == "closed"
+    desk.agent_reply(notification, "#reopen")
+    assert desk.case(folio)["status"] == "open"
+    assert len(desk.to(CUSTOMER)) == to_customer + 1
+    kinds = [m["kind"] for m in desk.case(folio)["messages"]]
+    assert kinds.count("note") >= 4 and "unverified" not in kinds
+
+
+def test_participants_are_whom_the_customer_put_in_cc(desk: Desk) -> None:
+    folio = desk.open_case()
+    desk.deliver(
+        mail(
+            subject=f"Re: [Folio {folio}] Sin servicio de internet",
+            to=f"{CONTACTO}, vecino@example.net",
+            body="Le escribo también a mi vecino.",
+            headers={"Cc": "hermana@example.net"},
+        )
+    )
+    for writer in ("hermana@example.net", "vecino@example.net"):
+        desk.deliver(mail(sender=writer, subject=f"Re: [Folio {folio}] Sin servicio de internet"))
+    cases = desk.cli.json("cases", "list")
+    customers = sorted(c["customer"] for c in cases)
+    # The Cc'd sister joined the case; the neighbour in To opened a case of their own.
+    assert customers == [CUSTOMER, "vecino@example.net"]
+    senders = [m["from"] for m in desk.case(folio)["messages"] if m["direction"] == "in"]
+    assert "hermana@example.net" in " ".join(senders)
 
 
 def test_route_to_area_notifies_that_area(desk: Desk) -> None:

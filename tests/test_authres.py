@@ -69,16 +69,16 @@ def all_three(domain: str = DOMAIN) -> frozenset[tuple[str, str]]:
 
 
 def test_gmail_header() -> None:
-    assert authenticated_domains([GMAIL]) == all_three()
-    assert sender_is_authenticated(mail(GMAIL), AGENT)
+    assert authenticated_domains([GMAIL], trust_topmost=True) == all_three()
+    assert sender_is_authenticated(mail(GMAIL), AGENT, trust_topmost=True)
     assert sender_is_authenticated(
         mail(GMAIL), AGENT, trusted_authserv_ids=frozenset({"mx.google.com"})
     )
 
 
 def test_microsoft_365_header_without_an_authserv_id() -> None:
-    assert authenticated_domains([MICROSOFT_365]) == all_three()
-    assert sender_is_authenticated(mail(MICROSOFT_365), AGENT)
+    assert authenticated_domains([MICROSOFT_365], trust_topmost=True) == all_three()
+    assert sender_is_authenticated(mail(MICROSOFT_365), AGENT, trust_topmost=True)
 
 
 def test_microsoft_365_header_is_not_trusted_by_name_because_it_has_none() -> None:
@@ -91,16 +91,16 @@ def test_postfix_milters_each_add_a_header_and_the_trusted_list_reads_them_all()
     trusted = frozenset({OUR_MX})
     assert authenticated_domains(headers, trusted_authserv_ids=trusted) == all_three()
     # Without the list only the topmost (OpenDMARC's) is believed.
-    assert authenticated_domains(headers) == frozenset({("dmarc", DOMAIN)})
+    assert authenticated_domains(headers, trust_topmost=True) == frozenset({("dmarc", DOMAIN)})
 
 
 def test_opendkim_header_reads_header_d_and_header_i() -> None:
-    assert authenticated_domains([OPENDKIM]) == frozenset({("dkim", DOMAIN)})
+    assert authenticated_domains([OPENDKIM], trust_topmost=True) == frozenset({("dkim", DOMAIN)})
 
 
 def test_a_semicolon_inside_a_comment_does_not_split_results() -> None:
     # policyd-spf's trailing comment holds "client-ip=...; helo=...": not results.
-    assert authenticated_domains([POLICYD_SPF]) == frozenset({("spf", DOMAIN)})
+    assert authenticated_domains([POLICYD_SPF], trust_topmost=True) == frozenset({("spf", DOMAIN)})
 
 
 # --- whom to believe -----------------------------------------------------------------
@@ -108,8 +108,8 @@ def test_a_semicolon_inside_a_comment_does_not_split_results() -> None:
 
 def test_a_forged_header_below_the_receivers_is_ignored() -> None:
     receiver = f"{OUR_MX}; dkim=none; spf=softfail smtp.mailfrom={AGENT}"
-    assert authenticated_domains([receiver, FORGED]) == frozenset()
-    assert not sender_is_authenticated(mail(receiver, FORGED), AGENT)
+    assert authenticated_domains([receiver, FORGED], trust_topmost=True) == frozenset()
+    assert not sender_is_authenticated(mail(receiver, FORGED), AGENT, trust_topmost=True)
 
 
 def test_the_trusted_list_ignores_other_servers_wherever_they_are() -> None:
@@ -122,7 +122,7 @@ def test_the_trusted_list_ignores_other_servers_wherever_they_are() -> None:
     only_forged = mail(forged_elsewhere)
     assert not sender_is_authenticated(only_forged, AGENT, trusted_authserv_ids=trusted)
     # The same header is believed without a list, because it is the topmost.
-    assert sender_is_authenticated(only_forged, AGENT)
+    assert sender_is_authenticated(only_forged, AGENT, trust_topmost=True)
 
 
 def test_trusted_ids_compare_without_case_or_trailing_dot() -> None:
@@ -134,8 +134,8 @@ def test_trusted_ids_compare_without_case_or_trailing_dot() -> None:
 
 
 def test_no_header_means_not_authenticated() -> None:
-    assert authenticated_domains([]) == frozenset()
-    assert not sender_is_authenticated(mail(), AGENT)
+    assert authenticated_domains([], trust_topmost=True) == frozenset()
+    assert not sender_is_authenticated(mail(), AGENT, trust_topmost=True)
 
 
 # --- what a result proves -------------------------------------------------------------
@@ -143,41 +143,41 @@ def test_no_header_means_not_authenticated() -> None:
 
 def test_dkim_fail_does_not_count() -> None:
     header = f"{OUR_MX}; dkim=fail (bad signature) header.d={DOMAIN}"
-    assert authenticated_domains([header]) == frozenset()
-    assert not sender_is_authenticated(mail(header), AGENT)
+    assert authenticated_domains([header], trust_topmost=True) == frozenset()
+    assert not sender_is_authenticated(mail(header), AGENT, trust_topmost=True)
 
 
 def test_softfail_neutral_and_temperror_do_not_count() -> None:
     for result in ("softfail", "neutral", "none", "temperror", "permerror", "policy", "passed"):
         header = f"{OUR_MX}; spf={result} smtp.mailfrom={AGENT}"
-        assert authenticated_domains([header]) == frozenset(), result
+        assert authenticated_domains([header], trust_topmost=True) == frozenset(), result
 
 
 def test_a_pass_for_another_domain_does_not_count() -> None:
     header = f"{OUR_MX}; dkim=pass header.d=gmail.com; spf=pass smtp.mailfrom=x@gmail.com"
-    assert authenticated_domains([header]) == frozenset(
+    assert authenticated_domains([header], trust_topmost=True) == frozenset(
         {("dkim", "gmail.com"), ("spf", "gmail.com")}
     )
-    assert not sender_is_authenticated(mail(header), AGENT)
+    assert not sender_is_authenticated(mail(header), AGENT, trust_topmost=True)
 
 
 def test_a_subdomain_does_not_vouch_for_its_parent_nor_the_parent_for_it() -> None:
     sub = f"{OUR_MX}; dkim=pass header.d=mail.{DOMAIN}; spf=pass smtp.mailfrom=bounce@mail.{DOMAIN}"
-    assert not sender_is_authenticated(mail(sub), AGENT)
+    assert not sender_is_authenticated(mail(sub), AGENT, trust_topmost=True)
     parent = f"{OUR_MX}; dkim=pass header.d={DOMAIN}"
     assert not sender_is_authenticated(
-        mail(parent, sender=f"ana@soporte.{DOMAIN}"), f"ana@soporte.{DOMAIN}"
+        mail(parent, sender=f"ana@soporte.{DOMAIN}"), f"ana@soporte.{DOMAIN}", trust_topmost=True
     )
 
 
 def test_a_lookalike_domain_does_not_count() -> None:
     header = f"{OUR_MX}; dkim=pass header.d=evil-{DOMAIN}; dkim=pass header.d={DOMAIN}.evil.example"
-    assert not sender_is_authenticated(mail(header), AGENT)
+    assert not sender_is_authenticated(mail(header), AGENT, trust_topmost=True)
 
 
 def test_spf_helo_is_not_the_sender() -> None:
     header = f"{OUR_MX}; spf=pass smtp.helo=smtp.{DOMAIN}"
-    assert authenticated_domains([header]) == frozenset()
+    assert authenticated_domains([header], trust_topmost=True) == frozenset()
 
 
 def test_the_address_must_be_the_from_address() -> None:
@@ -186,15 +186,17 @@ def test_the_address_must_be_the_from_address() -> None:
     # Reply-To could be anyone typing an agent's address into the form.
     web = mail(header, sender=f"web@{DOMAIN}", reply_to=AGENT)
     assert web.sender == AGENT
-    assert not sender_is_authenticated(web, AGENT)
-    assert not sender_is_authenticated(mail(header), f"luis@{DOMAIN}")
-    assert sender_is_authenticated(mail(header), "Ana.Tecnica@Internet-Plarey.com.mx")
+    assert not sender_is_authenticated(web, AGENT, trust_topmost=True)
+    assert not sender_is_authenticated(mail(header), f"luis@{DOMAIN}", trust_topmost=True)
+    assert sender_is_authenticated(
+        mail(header), "Ana.Tecnica@Internet-Plarey.com.mx", trust_topmost=True
+    )
 
 
 def test_an_address_without_a_domain_is_never_authenticated() -> None:
     header = f"{OUR_MX}; dkim=pass header.d={DOMAIN}"
     for address in ("", "ana", "ana@", f"@{DOMAIN}"):
-        assert not sender_is_authenticated(mail(header), address)
+        assert not sender_is_authenticated(mail(header), address, trust_topmost=True)
 
 
 # --- syntax ---------------------------------------------------------------------------
@@ -204,7 +206,9 @@ def test_names_and_results_are_case_insensitive_and_domains_lower_cased() -> Non
     header = (
         f"{OUR_MX}; DKIM=PASS Header.D=Internet-Plarey.COM.MX.; SPF=Pass SMTP.MailFrom=X@{DOMAIN}"
     )
-    assert authenticated_domains([header]) == frozenset({("dkim", DOMAIN), ("spf", DOMAIN)})
+    assert authenticated_domains([header], trust_topmost=True) == frozenset(
+        {("dkim", DOMAIN), ("spf", DOMAIN)}
+    )
 
 
 def test_quoted_strings_versions_and_spacing() -> None:
@@ -212,26 +216,28 @@ def test_quoted_strings_versions_and_spacing() -> None:
         f'"{OUR_MX}" 1; dkim/1 = pass reason="good; (really)" header.d = {DOMAIN}'
         f' ; spf=pass smtp.mailfrom="ana tecnica"@{DOMAIN}'
     )
-    assert authenticated_domains([header]) == frozenset({("dkim", DOMAIN), ("spf", DOMAIN)})
+    assert authenticated_domains([header], trust_topmost=True) == frozenset(
+        {("dkim", DOMAIN), ("spf", DOMAIN)}
+    )
 
 
 def test_a_pass_inside_a_comment_is_not_a_pass() -> None:
     header = f"{OUR_MX}; dkim=fail (dkim=pass header.d={DOMAIN}) header.d={DOMAIN}"
-    assert authenticated_domains([header]) == frozenset()
+    assert authenticated_domains([header], trust_topmost=True) == frozenset()
 
 
 def test_nested_and_escaped_comments() -> None:
     header = f"{OUR_MX}; dkim=pass (a (nested \\) comment) here) header.d={DOMAIN}"
-    assert authenticated_domains([header]) == frozenset({("dkim", DOMAIN)})
+    assert authenticated_domains([header], trust_topmost=True) == frozenset({("dkim", DOMAIN)})
 
 
 def test_base64_signature_values_do_not_confuse_the_parser() -> None:
     header = f"{OUR_MX}; dkim=pass header.b=ab/+cd== header.d={DOMAIN}"
-    assert authenticated_domains([header]) == frozenset({("dkim", DOMAIN)})
+    assert authenticated_domains([header], trust_topmost=True) == frozenset({("dkim", DOMAIN)})
 
 
 def test_no_result_header() -> None:
-    assert authenticated_domains([f"{OUR_MX} 1; none"]) == frozenset()
+    assert authenticated_domains([f"{OUR_MX} 1; none"], trust_topmost=True) == frozenset()
 
 
 @given(st.lists(st.text(max_size=300), max_size=4), st.frozensets(st.text(max_size=30), max_size=3))
@@ -243,10 +249,22 @@ def test_never_raises_and_only_the_topmost_counts_without_a_list(
 ) -> None:
     found = authenticated_domains(headers, trusted_authserv_ids=trusted)
     assert all(method in {"dkim", "spf", "dmarc"} and domain for method, domain in found)
-    assert authenticated_domains(headers) == authenticated_domains(headers[:1])
+    assert authenticated_domains(headers, trust_topmost=True) == authenticated_domains(
+        headers[:1], trust_topmost=True
+    )
+    assert authenticated_domains(headers) == frozenset()  # no trusted server: none counts
+
+
+def test_by_default_no_header_is_believed() -> None:
+    # With no trusted server named, a header the sender wrote itself (the
+    # only one when our server adds none) must not make an agent.
+    assert authenticated_domains([FORGED]) == frozenset()
+    assert authenticated_domains([GMAIL]) == frozenset()
+    assert not sender_is_authenticated(mail(FORGED), AGENT)
+    assert sender_is_authenticated(mail(FORGED), AGENT, trust_topmost=True)
 
 
 @given(st.text(max_size=300), st.text(max_size=60))
 def test_sender_check_never_raises(header: str, address: str) -> None:
     message = mail(" ".join(header.split()) or "x")
-    assert isinstance(sender_is_authenticated(message, address), bool)
+    assert isinstance(sender_is_authenticated(message, address, trust_topmost=True), bool)

@@ -366,3 +366,35 @@ def test_cli_with_debug_shows_the_traceback_but_not_the_password(tmp_path: Path)
     assert "Traceback" in result.stderr
     assert "missing required key mailboxes.contacto.host" in result.stderr.splitlines()[-1]
     assert PASSWORD not in result.stderr
+
+
+NOTIFY_LINE = 'notify = "soporte@internet-plarey.com.mx"'
+
+
+def test_signing_secret_inline_file_or_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inline = "s" * 16
+    agents = load_settings(
+        write(tmp_path, edit(NOTIFY_LINE, f'{NOTIFY_LINE}\nsigning_secret = "{inline}"'))
+    ).agents
+    assert agents.resolved_signing_secret() == inline.encode()
+    assert inline not in repr(agents)
+    (tmp_path / "key").write_text("f" * 20 + "\n", encoding="utf-8")
+    text = edit(NOTIFY_LINE, f'{NOTIFY_LINE}\nsigning_secret_file = "{tmp_path}/key"')
+    assert load_settings(write(tmp_path, text)).agents.resolved_signing_secret() == b"f" * 20
+    text = edit(NOTIFY_LINE, f'{NOTIFY_LINE}\nsigning_secret_credential = "key"')
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert load_settings(write(tmp_path, text)).agents.resolved_signing_secret() == b"f" * 20
+    assert load_settings(write(tmp_path, ISSUE_CONFIG)).agents.resolved_signing_secret() is None
+
+
+def test_a_short_or_doubled_signing_secret_is_refused(tmp_path: Path) -> None:
+    short = load_error(tmp_path, edit(NOTIFY_LINE, f'{NOTIFY_LINE}\nsigning_secret = "corto"'))
+    assert "agents.signing_secret" in short
+    both = f'{NOTIFY_LINE}\nsigning_secret = "{"s" * 16}"\nsigning_secret_file = "/x"'
+    assert "signing_secret_file" in load_error(tmp_path, edit(NOTIFY_LINE, both))
+    (tmp_path / "key").write_text("corto\n", encoding="utf-8")
+    text = edit(NOTIFY_LINE, f'{NOTIFY_LINE}\nsigning_secret_file = "{tmp_path}/key"')
+    with pytest.raises(ConfigError, match="fewer than 16"):
+        load_settings(write(tmp_path, text)).agents.resolved_signing_secret()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ from servers import Dovecot, Postgres, SmtpSink
 from sqlmodel import col, select
 
 from mailcase import notices
+from mailcase.config import AgentsSettings
 from mailcase.errors import DatabaseError
 from mailcase.models import Case, FolioCounter
 from mailcase.store import Store, next_folio_number
@@ -255,15 +257,19 @@ def test_overlong_header_values_still_open_a_case(
     assert entry["disposition"] == disposition, entry["reason"]
 
 
+# No agents.signing_secret: the key is the database's (all that signing_key reads).
+SETTINGS: Any = types.SimpleNamespace(agents=AgentsSettings())
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_two_instances_create_the_signing_key_at_once(postgres: Postgres, db_url: str) -> None:
     with Store.open(db_url, auto_upgrade=False) as store:
         first = store.transaction()
-        key = notices.signing_key(first.__enter__())  # INSERTed, not committed
+        key = notices.signing_key(first.__enter__(), SETTINGS)  # INSERTed, not committed
 
         def second_instance() -> bytes:
             with store.transaction() as session:
-                return notices.signing_key(session)
+                return notices.signing_key(session, SETTINGS)
 
         second = Background(second_instance)
         wait_until_blocked(postgres, db_url)

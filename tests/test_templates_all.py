@@ -10,7 +10,7 @@ from helpers import COMPANY, FOLIO
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailcase.commands import COMMAND_FORMS, PROBLEM_CODES
+from mailcase.commands import COMMAND_FORMS, CONFIG_PROBLEM_CODES, PROBLEM_CODES
 from mailcase.render import render_body, shipped_templates
 
 EVIL = "<script>alert(1)</script>"
@@ -272,18 +272,19 @@ def test_agent_notification_shows_the_case_and_how_to_use_commands(language: str
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_command_error_explains_every_problem_code(language: str) -> None:
-    problems = [{"line": f"#line-{code}", "problem": code} for code in PROBLEM_CODES]
+    codes = PROBLEM_CODES + CONFIG_PROBLEM_CODES
+    problems = [{"line": f"#line-{code}", "problem": code} for code in codes]
     body = render_body("command_error", language, context("command_error", problems=problems))
     fallback = {"es": "no se pudo interpretar.", "en": "could not be understood."}[language]
     assert fallback not in body.text
     sentences = []
-    for code in PROBLEM_CODES:
+    for code in codes:
         after = body.text.split(f"  #line-{code}\n", 1)[1]
         sentence = after.split("\n", 1)[0].strip()
         assert sentence.startswith("→ ")
         assert code not in sentence
         sentences.append(sentence)
-    assert len(set(sentences)) == len(PROBLEM_CODES)
+    assert len(set(sentences)) == len(codes)
     for form in COMMAND_FORMS:
         assert form in body.text
     odd = render_body(
@@ -292,6 +293,13 @@ def test_command_error_explains_every_problem_code(language: str) -> None:
         context("command_error", problems=[{"line": "#x", "problem": "new_code"}]),
     )
     assert fallback in odd.text
+    areas = ["redes", "cobranza"]
+    listed = {"es": "Áreas disponibles: redes, cobranza", "en": "Areas: redes, cobranza"}[language]
+    unknown = [{"line": "#area nada", "problem": "unknown_area"}]
+    ctx = context("command_error", problems=unknown, areas=areas)
+    assert listed in render_body("command_error", language, ctx).text
+    ctx = context("command_error", problems=[{"line": "#foo", "problem": "unknown"}], areas=areas)
+    assert listed not in render_body("command_error", language, ctx).text
 
 
 def test_visit_without_time_or_human_date() -> None:
