@@ -43,13 +43,14 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from mailcase import leases, metrics
-from mailcase.errors import DatabaseError, MailboxError
+from mailcase.errors import ConfigError, DatabaseError, MailboxError
 from mailcase.idle import IdleWatcher
 from mailcase.logs import get_logger
 from mailcase.outbox import deliver_outbox
@@ -124,6 +125,11 @@ class Daemon:
         if result is not None:
             self._report(name, result)
 
+    def _held_for(self, name: str) -> float:
+        """Seconds until ``name``'s next retry while its polls fail (0 when healthy)."""
+        retry_at = self.health[name].retry_at
+        return 0.0 if retry_at is None else max((retry_at - utcnow()).total_seconds(), 0.0)
+
     def _poll(self, name: str) -> str | None:
         """Poll ``name``; return its STATUS= word, or None when skipped for back-off."""
         health = self.health[name]
@@ -133,7 +139,9 @@ class Daemon:
             return None
         try:
             report = poll_mailbox(self.rt, name)
-        except (MailboxError, DatabaseError) as exc:
+        # ConfigError: a password file or credential that became unreadable
+        # after start-up fails that mailbox, with back-off, like a refused login.
+        except (MailboxError, DatabaseError, ConfigError) as exc:
             record_mailbox_failure(self.rt, name, str(exc))
             health.failures += 1
             delay = min(
@@ -266,7 +274,9 @@ class Daemon:
             self.log.info("metrics_listening", listen=self.rt.settings.metrics.listen)
         if self.rt.settings.poll.idle is not False:
             for name, box in self.rt.settings.mailboxes.items():
-                watcher = IdleWatcher(name, box, self.poll, self.rt.stop)
+                watcher = IdleWatcher(
+                    name, box, self.poll, self.rt.stop, hold=partial(self._held_for, name)
+                )
                 watcher.start()
                 self.watchers.append(watcher)
 

@@ -8,7 +8,11 @@ fetches or changes anything, so it cannot lose or duplicate mail: polling on
 
 IDLE is re-issued every 25 minutes, under the 29 minutes after which RFC 2177
 lets servers drop an idle client. A dropped connection reconnects with
-back-off (1 s doubling to 5 min); a server without IDLE ends the watcher.
+back-off (1 s doubling to 5 min), and never before the mailbox's own retry
+time while its polls are failing (``hold``), so an outage costs no extra
+logins. One outage logs one ``idle_failed`` (its first failure) and one
+``idle_resumed``; the mailbox's ``mailbox_failed`` events carry the rest. A
+server without IDLE ends the watcher.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable
 from imapclient.exceptions import IMAPClientError
 
 from mailcase.config import MailboxSettings
-from mailcase.errors import MailboxError
+from mailcase.errors import ConfigError, MailboxError
 from mailcase.imap import ImapMailbox
 from mailcase.logs import get_logger
 
@@ -41,6 +45,7 @@ class IdleWatcher(threading.Thread):
         stop: threading.Event,
         *,
         renew_seconds: float = RENEW_SECONDS,
+        hold: Callable[[], float] = lambda: 0.0,
     ) -> None:
         super().__init__(name=f"idle:{name}", daemon=True)
         self.mailbox = name
@@ -48,6 +53,7 @@ class IdleWatcher(threading.Thread):
         self.on_new_mail = on_new_mail
         self.stop = stop
         self.renew_seconds = renew_seconds
+        self.hold = hold  # seconds until the mailbox's next retry while its polls fail
         self.supported: bool | None = None  # known after the first login
         self.ready = threading.Event()  # set once IDLE is running (for tests and logs)
         self.log = get_logger(mailbox=name)
@@ -55,7 +61,9 @@ class IdleWatcher(threading.Thread):
     def run(self) -> None:
         backoff = 1.0
         first = True
+        failing = False
         while not self.stop.is_set():
+            wait = backoff
             try:
                 with ImapMailbox(self.mailbox, self.settings) as box:
                     self.supported = box.has_capability("IDLE")
@@ -64,6 +72,9 @@ class IdleWatcher(threading.Thread):
                         self.ready.set()
                         return
                     backoff = 1.0
+                    if failing:
+                        failing = False
+                        self.log.info("idle_resumed")
                     if first:
                         # Mail that arrived between the daemon's first poll and
                         # this SELECT is never announced to it: poll once now
@@ -72,13 +83,19 @@ class IdleWatcher(threading.Thread):
                         first = False
                         self.on_new_mail(self.mailbox)
                     self._watch(box)
-            except (MailboxError, IMAPClientError, OSError) as exc:
+            except (MailboxError, ConfigError, IMAPClientError, OSError) as exc:
                 self.ready.clear()
-                self.log.warning("idle_failed", error=str(exc), retry_in=backoff)
+                wait = max(backoff, self.hold())
+                if not failing:
+                    self.log.warning("idle_failed", error=str(exc), retry_in=round(wait, 1))
+                failing = True
             except Exception:  # never let the thread die silently
                 self.ready.clear()
-                self.log.exception("idle_crashed", retry_in=backoff)
-            if self.stop.wait(backoff):
+                wait = max(backoff, self.hold())
+                if not failing:
+                    self.log.exception("idle_crashed", retry_in=round(wait, 1))
+                failing = True
+            if self.stop.wait(wait):
                 break
             backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -92,6 +109,11 @@ class IdleWatcher(threading.Thread):
             quick_empties = 0
             try:
                 while not self.stop.is_set() and time.monotonic() - started < self.renew_seconds:
+                    if self.hold() > 0:
+                        # The mailbox's polls are failing: this connection may be
+                        # half-open (a server that died without closing it reads
+                        # as quiet forever), so drop it and reconnect with them.
+                        raise ConnectionError("the mailbox cannot be polled: IDLE reconnects")
                     asked = time.monotonic()
                     responses = client.idle_check(timeout=CHECK_SECONDS)
                     if _reports_new_mail(responses):

@@ -339,6 +339,10 @@ def test_daemon_rides_out_an_imap_outage_and_backs_off(
         # Back-off doubles from poll.interval_seconds: 5, 10, 20 ... seconds.
         assert [e["retry_in"] for e in failed] == [interval * 2**i for i in range(len(failed))]
         assert "connect" in failed[0]["error"], failed[0]  # the server is down
+        # The IDLE watcher reports the outage once and its end once; it does not
+        # add an event (or a login) per reconnect attempt.
+        idle = [e["event"] for e in mine if e["event"].startswith("idle_")]
+        assert idle == ["idle_failed", "idle_resumed"], idle
         for e in failed:
             # A retry that lands while Dovecot restarts may meet its greeting
             # before its auth process is up: the login is refused that once.
