@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from mailcase import __version__
 from mailcase.casework import related_folios
-from mailcase.config import Settings, config_path, load_settings
+from mailcase.config import Settings, check_secrets, config_path, load_settings
 from mailcase.errors import (
     EXIT_CONFIG,
     EXIT_DATABASE,
@@ -149,8 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, EXIT_FAILURE)
     except KeyboardInterrupt:
         return EXIT_FAILURE
-    except BrokenPipeError:  # `mailcase cases list | head`
-        return EXIT_OK
+    except OSError as exc:  # a file or directory the admin must fix; named in the message
+        if isinstance(exc, BrokenPipeError):  # `mailcase cases list | head`
+            return EXIT_OK
+        return _fail(args, exc, EXIT_FAILURE)
 
 
 def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
@@ -163,6 +165,8 @@ def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "db":
         return _db(args, settings)
+    if args.command in ("poll", "run"):
+        check_secrets(settings)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "poll": _poll,
         "run": _run,

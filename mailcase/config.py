@@ -480,6 +480,37 @@ class Settings(BaseSettings):
         return frozenset(own)
 
 
+def check_secrets(settings: Settings) -> None:
+    """Read every secret file and credential now; raise ConfigError naming the key if one fails.
+
+    Secrets are read again at each login (a rotated password is picked up),
+    but ``run`` and ``poll`` check them at start-up so that a missing file
+    stops the program with exit 2 instead of failing every poll.
+    """
+    servers: list[tuple[str, _Secret]] = [
+        (f"mailboxes.{n}", m) for n, m in settings.mailboxes.items()
+    ]
+    servers.append(("smtp", settings.smtp))
+    for prefix, server in servers:
+        for keys, read in (
+            (_PASSWORD_KEYS, server.resolved_password),
+            (("client_secret", "client_secret_file"), server.resolved_client_secret),
+            (("refresh_token", "refresh_token_file"), server.resolved_refresh_token),
+        ):
+            _check_secret(prefix, server, keys, read)
+    _check_secret("agents", settings.agents, _SIGNING_KEYS, settings.agents.resolved_signing_secret)
+
+
+def _check_secret(prefix: str, section: BaseModel, keys: tuple[str, ...], read: Any) -> None:
+    given = next((k for k in keys if getattr(section, k, None) is not None), None)
+    if given is None:
+        return
+    try:
+        read()
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}.{given}: {exc}") from None
+
+
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
     """The file to read: the explicit path, else $MAILCASE_CONFIG, else the default."""
     if explicit:

@@ -30,7 +30,7 @@ from mailcase.classify import classify
 from mailcase.commands import Command, CommandKind, parse_commands
 from mailcase.config import MailboxSettings, Settings
 from mailcase.dsn import parse_dsn
-from mailcase.errors import DatabaseError, MailboxError, MessageError, NotFoundError
+from mailcase.errors import ConfigError, DatabaseError, MailboxError, MessageError, NotFoundError
 from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import FetchedMessage, ImapMailbox
 from mailcase.inbound import InboundMail, parse_inbound
@@ -74,7 +74,15 @@ class Runtime:
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
         store = Store.open(settings.database.url, auto_upgrade=settings.database.upgrades_itself)
-        return cls(settings=settings, store=store, blobs=BlobStore(settings.storage.directory))
+        directory = settings.storage.directory
+        try:
+            blobs = BlobStore(directory)
+        except OSError as exc:
+            store.dispose()
+            raise ConfigError(
+                f"storage.directory {directory} cannot be used: {exc.strerror or exc}"
+            ) from exc
+        return cls(settings=settings, store=store, blobs=blobs)
 
 
 @dataclass

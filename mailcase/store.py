@@ -51,9 +51,14 @@ def make_engine(url: str) -> Engine:
     path = _sqlite_path(url)
     if path is not None:
         # The database holds customers' mail: owner-only from the start.
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            path.touch(mode=0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.exists():
+                path.touch(mode=0o600)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create the database file {path} (database.url): {exc.strerror or exc}"
+            ) from exc
     try:
         engine = sa.create_engine(url, future=True, pool_pre_ping=path is None)
     except (SQLAlchemyError, ImportError) as exc:
