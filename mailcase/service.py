@@ -364,12 +364,21 @@ def _quarantine(
     existing = _existing(session, mailbox, uidvalidity, fetched.uid)
     if existing is not None:
         return existing
+    key = f"sha256:{raw_sha}"
+    for entry in ledger_by_key(session, key):
+        if entry.mailbox == mailbox and entry.uidvalidity != uidvalidity:
+            # Quarantined before the folder was rebuilt: the same message at a
+            # new address (as _ingest does for parsed mail), not a second one.
+            entry.uidvalidity, entry.uid, entry.reason = uidvalidity, fetched.uid, reason
+            session.add(entry)
+            _advance(session, mailbox, uidvalidity, fetched.uid)
+            return entry
     return _write_ledger(
         session,
         mailbox,
         uidvalidity,
         fetched,
-        dedup_key=f"sha256:{raw_sha}",
+        dedup_key=key,
         disposition=Disposition.QUARANTINED,
         reason=reason,
         raw_sha256=raw_sha,

@@ -295,6 +295,7 @@ def test_uidvalidity_change_rescans_without_duplicating(
     config = write_config(tmp_path, mailboxes, sink, contacto_folder="Soporte", db_url=db_url)
     cli = Cli(config, capsys)
     raws = [mail(subject=f"Reporte {i}") for i in range(3)]
+    raws.append(_parser_bomb())  # quarantined: it must not get a second row either
     for raw in raws:
         mailboxes.append("contacto", raw, folder="Soporte")
     cli.poll()
@@ -305,12 +306,13 @@ def test_uidvalidity_change_rescans_without_duplicating(
     cli.poll()
     ledger = cli.json("messages", "list")
     assert len(cli.json("cases", "list")) == 4
-    assert len(ledger) == 4
+    assert len(ledger) == 5
+    assert sorted(r["disposition"] for r in ledger).count("quarantined") == 1
     assert len({r["uidvalidity"] for r in ledger}) == 1
     assert len(sink.messages) == 4
 
 
-def test_unparseable_message_is_quarantined_and_poll_goes_on(env: Env) -> None:
+def _parser_bomb() -> bytes:
     # Nesting deeper than Python's recursion limit: the parser gives up on it.
     depth = sys.getrecursionlimit() + 100
     head = b"From: a@example.com\r\nTo: contacto@internet-plarey.com.mx\r\nSubject: bomb\r\n"
@@ -318,7 +320,11 @@ def test_unparseable_message_is_quarantined_and_poll_goes_on(env: Env) -> None:
         b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
         for i in range(depth)
     )
-    env.deliver(head + parts)
+    return head + parts
+
+
+def test_unparseable_message_is_quarantined_and_poll_goes_on(env: Env) -> None:
+    env.deliver(_parser_bomb())
     env.deliver(mail(subject="Después del mensaje roto"))
     env.poll()
     ledger = env.ledger()
