@@ -172,3 +172,71 @@ def test_poll_delivers_acknowledgements_while_it_still_ingests(
         assert len(sink.messages) == 2  # and nothing twice on the way out
     finally:
         rt.store.dispose()
+
+
+def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    total = 200
+    config = write_config(tmp_path, mailboxes, sink)
+    with mailboxes.client("contacto") as client:
+        for i in range(total):
+            client.append("INBOX", mail(subject=f"Reporte {i}", sender=f"cliente{i}@example.com"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailcase", "--config", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the first message is in; the poll is mid-batch
+        if '"message_ingested"' in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    cli = Cli(config, capsys)
+    stopped_at = len(cli.json("messages", "list"))
+    # It stopped after the message in hand instead of reading the whole backlog,
+    # and what it did take is complete: a case per ledger row.
+    assert 1 <= stopped_at < total
+    assert len(cli.json("cases", "list")) == stopped_at
+    cli.poll()  # the rest, exactly once
+    assert len(cli.json("messages", "list")) == total
+    assert len(cli.json("cases", "list")) == total
+    assert len(sink.messages) == total
+
+
+def test_a_mailbox_is_polled_once_at_a_time_and_requests_meanwhile_coalesce(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The schedule and the IDLE watcher both call Daemon.poll; _poll is
+    # replaced by a slow stand-in that records overlap (the real one is
+    # covered by the tests above): this checks the concurrency rule only.
+    rt = Runtime.open(load_settings(write_config(tmp_path, mailboxes, sink)))
+    daemon = Daemon(rt)
+    running, overlap, runs = [0], [0], []
+    lock = threading.Lock()
+
+    def slow_poll(name: str) -> str:
+        with lock:
+            running[0] += 1
+            overlap[0] = max(overlap[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+            runs.append(name)
+        return "ok"
+
+    monkeypatch.setattr(daemon, "_poll", slow_poll)
+    monkeypatch.setattr(daemon, "_report", lambda name, result: None)
+    callers = [threading.Thread(target=daemon.poll, args=("contacto",)) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+        time.sleep(0.02)
+    for caller in callers:
+        caller.join(timeout=10)
+    rt.store.dispose()
+    assert overlap[0] == 1
+    # The first call polls; the five that came during it make one more round.
+    assert runs == ["contacto", "contacto"]
