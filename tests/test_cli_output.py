@@ -1,0 +1,116 @@
+"""What the CLI prints: the public --json fields, the filters, the readable tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
+
+
+@pytest.fixture
+def cli(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Cli:
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=db_url), capsys)
+    mailboxes.append("contacto", mail(subject="Sin señal", body="No hay señal desde ayer."))
+    mailboxes.append(
+        "info",
+        mail(
+            sender="Ana Ruiz <ana.ruiz@example.com>",
+            to="info@internet-plarey.com.mx",
+            subject="Cobro duplicado",
+            attachments=[("recibo.pdf", "application/pdf", b"%PDF-1.4 recibo")],
+        ),
+    )
+    cli.poll()
+    return cli
+
+
+def test_json_fields_of_cases_and_messages(cli: Cli) -> None:
+    cases = cli.json("cases", "list")
+    assert len(cases) == 2
+    for case in cases:
+        assert {"folio", "status", "customer", "subject", "mailbox", "created_at"} <= case.keys()
+        assert _is_time(case["created_at"])
+    for entry in cli.json("messages", "list"):
+        assert {"mailbox", "uid", "message_id", "disposition", "folio", "reason"} <= entry.keys()
+        assert _is_time(entry["received_at"]) and entry["disposition"] == "new_case"
+    billing = next(c for c in cases if c["customer"] == "ana.ruiz@example.com")
+    detail = cli.json("cases", "show", billing["folio"])
+    assert detail["outcome"] is None
+    inbound, ack = detail["messages"]
+    assert (inbound["direction"], ack["direction"]) == ("in", "out")
+    for message in (inbound, ack):
+        assert {
+            "from",
+            "to",
+            "subject",
+            "date",
+            "message_id",
+            "text",
+            "attachments",
+        } <= message.keys()
+        assert _is_time(message["date"]) and message["message_id"].startswith("<")
+    assert "ana.ruiz@example.com" in inbound["from"] and "info@" in inbound["to"]
+    assert inbound["subject"] == "Cobro duplicado" and billing["folio"] in ack["subject"]
+    [attachment] = inbound["attachments"]
+    assert (
+        attachment["filename"] == "recibo.pdf" and attachment["content_type"] == "application/pdf"
+    )
+    assert attachment["size"] == len(b"%PDF-1.4 recibo") and len(attachment["sha256"]) == 64
+
+
+def test_cases_list_filters_by_status(cli: Cli) -> None:
+    first, second = cli.json("cases", "list")
+    code, _, err = cli(
+        "cases", "resolve", first["folio"], "--outcome", "valid", "--cause", "Se cambió el módem."
+    )
+    assert code == 0, err
+    assert [c["folio"] for c in cli.json("cases", "list", "--status", "resolved")] == [
+        first["folio"]
+    ]
+    assert [c["folio"] for c in cli.json("cases", "list", "--status", "open")] == [second["folio"]]
+    assert cli.json("cases", "list", "--status", "closed") == []
+
+
+def test_readable_tables(cli: Cli) -> None:
+    code, out, _ = cli("cases", "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    for column in ("FOLIO", "STATUS", "CUSTOMER", "SUBJECT"):
+        assert column in header.upper()
+    cases = cli.json("cases", "list")
+    assert len([r for r in rows if "PLR-" in r]) == len(cases) == 2
+    folio = cases[0]["folio"]
+    code, out, _ = cli("cases", "show", folio)
+    assert code == 0 and folio in out and cases[0]["subject"] in out and "open" in out
+    assert not out.lstrip().startswith("{")  # a table, not JSON
+
+
+def test_templates_directory_overrides_the_shipped_acknowledgement(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    override = tmp_path / "mis-plantillas"
+    (override / "es").mkdir(parents=True)
+    (override / "es" / "acknowledgement.txt.j2").write_text(
+        "Plantilla propia. Su folio es {{ folio }}.\n", encoding="utf-8"
+    )
+    config = write_config(tmp_path, mailboxes, sink)
+    config.write_text(config.read_text() + f'\n[templates]\ndirectory = "{override}"\n')
+    mailboxes.append("contacto", mail())
+    Cli(config, capsys).poll()
+    [ack] = sink.messages
+    body = ack.message.get_body(("plain",))
+    assert body is not None
+    text = str(body.get_content())
+    assert text.startswith("Plantilla propia. Su folio es PLR-")
+    html = ack.message.get_body(("html",))
+    assert html is not None  # the HTML part still comes from the shipped template
