@@ -1,4 +1,10 @@
-"""structlog set-up: JSON lines when stderr is not a terminal, readable lines when it is.
+"""structlog set-up: readable lines on a terminal, JSON lines otherwise.
+
+Logs go to stderr, so that stdout carries only a command's output (``--json``
+stays parseable). ``format = "auto"`` writes readable lines only when both
+stdout and stderr are terminals: JSON when stdout is not one (a service, a
+pipe, a redirect, as the issue asks) and also when stderr alone is redirected
+to a file, where lines are meant for tools.
 
 Events name what they are about (mailbox, uid, message_id, folio, disposition)
 and never carry passwords or message bodies: callers pass identifiers only,
@@ -45,9 +51,14 @@ def _stderr_logger(*_args: Any) -> _Stderr:
     return _Stderr()
 
 
+def _terminal() -> bool:
+    """Whether a person is watching: both stdout and stderr are terminals."""
+    return all(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog once for the process; logs go to stderr."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    use_json = fmt == "json" or (fmt == "auto" and not _terminal())
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
