@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from mailcase.classify import is_automatic_address
 from mailcase.commands import COMMAND_FORMS
@@ -94,6 +94,9 @@ _CONFIGURED: dict[str, bytes | None] = {}  # secret files and credentials, read 
 _KEYS: dict[str, bytes] = {}  # the key never changes once created: one read per process
 
 
+_TOTAL_CAP = "limits.max_notices_per_hour"  # how blocked()'s reason for the total cap starts
+
+
 def blocked(session: Session, settings: Settings, kind: str, rcpt: str) -> str:
     """Why a ``kind`` notice to ``rcpt`` must not go out now; "" when it may.
 
@@ -116,7 +119,7 @@ def blocked(session: Session, settings: Settings, kind: str, rcpt: str) -> str:
     if limits.max_notices_per_hour is not None:
         total = run(session, _NOTICES_SINCE, {"since": since}).scalar_one()
         if total >= limits.max_notices_per_hour:
-            return f"limits.max_notices_per_hour ({limits.max_notices_per_hour})"
+            return f"{_TOTAL_CAP} ({limits.max_notices_per_hour})"
     return ""
 
 
@@ -131,19 +134,35 @@ _ACKS_SINCE = _NOTICES_SINCE.where(
 )
 
 
+_SUPPRESSED_SINCE = (
+    sa.select(_NOTICES.c.id)
+    .where(
+        _NOTICES.c.status == NoticeStatus.SUPPRESSED,
+        _NOTICES.c.created_at >= sa.bindparam("since"),
+        _NOTICES.c.last_error == sa.bindparam("error"),
+    )
+    .limit(1)
+)
+_SUPPRESSED_TO_SINCE = _SUPPRESSED_SINCE.where(_NOTICES.c.rcpt_to == sa.bindparam("rcpt"))
+
+
 def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
-    # Logged once per recipient and hour: the first suppressed notice only.
-    since = utcnow() - timedelta(hours=1)
-    earlier = session.exec(
-        select(func.count())
-        .select_from(Notice)
-        .where(
-            Notice.rcpt_to == rcpt,
-            Notice.status == NoticeStatus.SUPPRESSED,
-            col(Notice.created_at) >= since,
-        )
-    ).one()
-    if not earlier:
+    """Log ``notices_suppressed`` for a notice about to be stored as suppressed, once an hour.
+
+    Once: not when a notice suppressed for the same reason was stored in the last
+    hour, so a flood is logged as it starts and again after a quiet hour. The total
+    cap (``limits.max_notices_per_hour``) is one event for all recipients, not one
+    per customer of the flood; every other reason (a recipient's acknowledgement
+    cap, a loop guard) is one event per recipient.
+    """
+    # last_error as queue_notice stores it; equality keeps the query on the
+    # indexed status and created_at, stopping at the first match.
+    params = {"since": utcnow() - timedelta(hours=1), "error": f"not sent: {reason}"}
+    if reason.startswith(_TOTAL_CAP):
+        if run(session, _SUPPRESSED_SINCE, params).first() is None:
+            get_logger().warning("notices_suppressed", recipient="*", reason=reason)
+        return
+    if run(session, _SUPPRESSED_TO_SINCE, params | {"rcpt": rcpt}).first() is None:
         get_logger().warning("notices_suppressed", recipient=rcpt, reason=reason)
 
 

@@ -266,9 +266,7 @@ def _send(
     connection: SmtpConnection, mail_from: str, rcpt: str, raw: bytes
 ) -> DeliveryError | None:
     try:
-        if connection.client is None:
-            connection.__enter__()  # reconnect after a dropped connection
-        connection.send(mail_from, rcpt, raw)
+        connection.send(mail_from, rcpt, raw)  # connects again if the server hung up
     except DeliveryError as exc:
         return exc
     return None

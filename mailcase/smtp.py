@@ -1,7 +1,8 @@
 """The SMTP adapter: one connection per delivery run, errors sorted into retry or not.
 
 TLS is verified (``smtp.ca_file`` to trust a private CA); a failed STARTTLS is
-an error, never a fall-back to plain text.
+an error, never a fall-back to plain text. When the server hangs up during a
+run (a 421, a reset, a time-out), the next message connects again, once.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ class SmtpConnection:
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
         self.client: smtplib.SMTP | None = None
+        self._lost = False  # the server hung up: the next send connects again
+        self._unreachable: DeliveryError | None = None  # that reconnection failed
 
     def __enter__(self) -> SmtpConnection:
+        """Connect and log in; raise DeliveryError (retry) or PermanentDeliveryError."""
         s = self.settings
         where = f"SMTP server {s.host}:{s.effective_port}"
         ca = str(s.ca_file) if s.ca_file else None
@@ -120,11 +124,34 @@ class SmtpConnection:
         if self.client is not None:
             self.client.close()
         self.client = None
+        self._lost = True
+
+    def _reconnect(self) -> None:
+        if self._unreachable is not None:
+            # Once per run: a server that hung up and then refused a new connection
+            # is not asked again for every notice left in the run.
+            raise DeliveryError(str(self._unreachable))
+        try:
+            self.__enter__()
+        except DeliveryError as exc:
+            self._unreachable = exc
+            # Even a refused login is the server's problem, not this notice's:
+            # temporary, as when the connection at the start of a run fails.
+            raise DeliveryError(str(exc)) from exc
+        self._lost = False
 
     def send(self, mail_from: str, rcpt_to: str, raw: bytes) -> None:
-        """Hand one message over; raise DeliveryError (retry) or PermanentDeliveryError."""
+        """Hand one message over; raise DeliveryError (retry) or PermanentDeliveryError.
+
+        After the server hung up on an earlier message (a 421, a reset, a time-out)
+        this connects again first. If that fails, this and every later send on this
+        connection raise DeliveryError without trying; nothing is sent twice.
+        """
         if self.client is None:
-            raise DeliveryError("SMTP connection is closed")
+            if not self._lost:
+                raise DeliveryError("SMTP connection is closed")
+            self._reconnect()
+            assert self.client is not None
         options: list[str] = []
         if not (mail_from + rcpt_to).isascii():
             # RFC 6531: a non-ASCII address needs the server's SMTPUTF8 extension.
@@ -140,6 +167,10 @@ class SmtpConnection:
             raise DeliveryError(f"connection lost while sending ({exc})") from exc
         # SMTPException is an OSError: it must be looked at before plain OSError.
         except smtplib.SMTPException as exc:
+            if self.client.sock is None:
+                # smtplib closed its socket: the server answered 421, "closing
+                # transmission channel" (RFC 5321 3.8), at MAIL, RCPT or DATA.
+                self._drop()
             raise _classify(exc, f"server refused the message to {rcpt_to}") from exc
         except OSError as exc:  # time-out, reset
             self._drop()

@@ -64,15 +64,30 @@ def write_config(
     language: str = "es",
     notify: bool = False,
     db_url: str | None = None,
+    contacto_security: str = "none",
+    contacto_ca_file: Path | None = None,
+    smtp_security: str = "none",
+    smtp_ca_file: Path | None = None,
+    smtp_extra: str = "",
 ) -> Path:
     """A mailcase.toml for the fixture servers, with its database and store under ``directory``.
 
     ``notify``: set ``agents.notify``, so new cases also mail the agents (off by
     default, so tests about acknowledgements count only those).
     ``db_url``: the database (the ``db_url`` fixture's); default a SQLite file in ``directory``.
+    ``contacto_security``: "tls" reads the contacto mailbox over Dovecot's IMAPS port
+    (``dovecot.ssl_port``); ``contacto_ca_file`` is that mailbox's ``ca_file``.
+    ``smtp_security``/``smtp_ca_file``: the same keys of ``[smtp]``; ``smtp_extra`` is
+    more lines for ``[smtp]`` (e.g. ``retry_for_hours = 2``).
     """
     db_url = db_url or f"sqlite:///{directory}/mailcase.db"
     notify_line = f'notify = "{NOTIFY}"' if notify else ""
+    contacto_port = dovecot.ssl_port if contacto_security == "tls" else dovecot.port
+    # Lines added only when asked for: with the defaults the file is as it always was, so
+    # tests that edit it by replacing known lines keep working.
+    contacto_ca = f'\nca_file = "{contacto_ca_file}"' if contacto_ca_file else ""
+    smtp_lines = f'\nca_file = "{smtp_ca_file}"' if smtp_ca_file else ""
+    smtp_lines += f"\n{smtp_extra.strip()}" if smtp_extra.strip() else ""
     path = directory / "mailcase.toml"
     path.write_text(
         f"""
@@ -83,8 +98,8 @@ directory = "{directory}/store"
 [mailboxes.contacto]
 address = "{CONTACTO}"
 host = "127.0.0.1"
-port = {dovecot.port}
-security = "none"
+port = {contacto_port}
+security = "{contacto_security}"{contacto_ca}
 username = "contacto"
 password = "{dovecot.users["contacto"]}"
 folder = "{contacto_folder}"
@@ -98,7 +113,7 @@ password = "{dovecot.users["info"]}"
 [smtp]
 host = "127.0.0.1"
 port = {sink.port}
-security = "none"
+security = "{smtp_security}"{smtp_lines}
 [agents]
 addresses = ["{AGENT}"]
 {notify_line}

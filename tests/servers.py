@@ -620,7 +620,7 @@ class ReceivedMail:
     mail_options: list[str] = field(default_factory=list)  # e.g. ["SMTPUTF8", "BODY=8BITMIME"]
     auth_login: str | None = None
     auth_password: str | None = None
-    tls: bool = False  # STARTTLS was used
+    tls: bool = False  # TLS was used (STARTTLS or implicit)
 
     @property
     def message(self) -> EmailMessage:
@@ -677,10 +677,15 @@ class SmtpSink(Managed):
         auth: bool = False,
         tls_cert: Path | str | None = None,
         tls_key: Path | str | None = None,
+        implicit_tls: bool = False,
     ) -> None:
         self.host = HOST
         self.port = port or free_port()
         self.auth = auth
+        # implicit_tls: TLS from the first byte (port 465 style, RFC 8314) instead of STARTTLS.
+        self.implicit_tls = implicit_tls
+        if implicit_tls and tls_cert is None:
+            raise ValueError("implicit_tls needs tls_cert and tls_key")
         self._tls_context: ssl.SSLContext | None = None
         if tls_cert is not None:
             self._tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -689,6 +694,7 @@ class SmtpSink(Managed):
         self._messages: list[ReceivedMail] = []
         self._faults: list[str] = []
         self._hangs: list[float] = []
+        self._drops: list[str] = []  # "MAIL" or "DATA": answer 421 there and hang up
         self._controller: _Controller | None = None
 
     @property
@@ -708,7 +714,9 @@ class SmtpSink(Managed):
         }
         if self.auth:
             kwargs.update(authenticator=_accept_any, auth_require_tls=False)
-        if self._tls_context is not None:
+        if self._tls_context is not None and self.implicit_tls:
+            kwargs.update(ssl_context=self._tls_context)
+        elif self._tls_context is not None:
             kwargs.update(tls_context=self._tls_context, require_starttls=False)
         # A new Controller each time: stop() closes its event loop for good.
         controller = _Controller(self, **kwargs)
@@ -737,11 +745,12 @@ class SmtpSink(Managed):
             return list(self._messages)
 
     def clear(self) -> None:
-        """Forget received messages and pending fail_next()/hang() requests."""
+        """Forget received messages and pending fail_next()/hang()/drop_next() requests."""
         with self._cond:
             self._messages.clear()
             self._faults.clear()
             self._hangs.clear()
+            self._drops.clear()
 
     def fail_next(self, code: int, text: str, count: int = 1) -> None:
         """Answer the next `count` transactions' DATA with `code text` (e.g. 451, 550).
@@ -752,6 +761,33 @@ class SmtpSink(Managed):
             raise ValueError(f"not an SMTP error code: {code}")
         with self._cond:
             self._faults.extend([f"{code} {text}"] * count)
+
+    def drop_next(self, at: str = "DATA", count: int = 1) -> None:
+        """Answer the next `count` MAIL (or DATA) commands with 421 and close the connection.
+
+        What a server shutting down does (RFC 5321 3.8). smtplib closes its socket on a 421
+        and raises SMTPSenderRefused (at MAIL) or SMTPDataError (at DATA) with code 421.
+        """
+        if at not in ("MAIL", "DATA"):
+            raise ValueError(f"drop_next at MAIL or DATA, not {at!r}")
+        with self._cond:
+            self._drops.extend([at] * count)
+
+    def _take_drop(self, at: str) -> bool:
+        with self._cond:
+            if at in self._drops:
+                self._drops.remove(at)
+                return True
+            return False
+
+    @staticmethod
+    def _hang_up(server: SMTP) -> str:
+        # Closed after the reply is written: aiosmtpd pushes the returned status first, and
+        # a transport's close() flushes what is buffered before closing the socket.
+        transport = server.transport
+        if transport is not None:
+            asyncio.get_running_loop().call_soon(transport.close)
+        return "421 4.3.2 Service shutting down, closing transmission channel"
 
     def hang(self, seconds: float, count: int = 1) -> None:
         """Sleep `seconds` before answering the next `count` DATA commands.
@@ -771,8 +807,25 @@ class SmtpSink(Managed):
                 )
             return list(self._messages)
 
-    # aiosmtpd handler hook (this object is the handler); runs on the sink's event loop.
+    # aiosmtpd handler hooks (this object is the handler); they run on the sink's event loop.
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self._take_drop("MAIL"):
+            return self._hang_up(server)
+        # What aiosmtpd does when there is no hook.
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._take_drop("DATA"):
+            return self._hang_up(server)
         with self._cond:
             delay = self._hangs.pop(0) if self._hangs else 0.0
             fault = self._faults.pop(0) if self._faults else None
@@ -788,7 +841,12 @@ class SmtpSink(Managed):
             mail_options=list(envelope.mail_options),
             auth_login=auth.login.decode("utf-8", "replace") if auth else None,
             auth_password=auth.password.decode("utf-8", "replace") if auth else None,
-            tls=session.ssl is not None,
+            # session.ssl is set by STARTTLS only; implicit TLS shows on the transport.
+            tls=session.ssl is not None
+            or (
+                server.transport is not None
+                and server.transport.get_extra_info("ssl_object") is not None
+            ),
         )
         with self._cond:
             self._messages.append(mail)

@@ -398,3 +398,12 @@ def test_a_short_or_doubled_signing_secret_is_refused(tmp_path: Path) -> None:
     text = edit(NOTIFY_LINE, f'{NOTIFY_LINE}\nsigning_secret_file = "{tmp_path}/key"')
     with pytest.raises(ConfigError, match="fewer than 16"):
         load_settings(write(tmp_path, text)).agents.resolved_signing_secret()
+
+
+def test_defaults_of_the_limits_and_the_smtp_retry_window(tmp_path: Path) -> None:
+    # ISSUE_CONFIG sets none of these: what an admin gets without asking.
+    settings = load_settings(write(tmp_path, ISSUE_CONFIG))
+    assert settings.limits.max_message_bytes == 50_000_000  # 50 MB
+    assert settings.limits.max_acks_per_sender_per_hour == 5
+    assert settings.limits.max_notices_per_hour is None  # no total cap unless set
+    assert settings.smtp.retry_for_hours == 72

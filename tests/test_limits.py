@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CONTACTO, Cli, mail, write_config
+from helpers import CONTACTO, Cli, json_events, mail, write_config
 from servers import Dovecot, SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -60,9 +60,26 @@ def test_total_notices_per_hour_cap(
         tmp_path, mailboxes, sink, capsys, "[limits]\nmax_notices_per_hour = 3\n", db_url=db_url
     )
     mailboxes.append_many("contacto", [mail(sender=f"cliente{i}@example.com") for i in range(5)])
-    cli.poll()
+    code, _, err = cli("poll")
+    assert code == 0, err
     assert len(cli.json("cases", "list")) == 5
     assert len(sink.messages) == 3
+    notices = cli.json("outbox", "list")
+    assert sorted(n["status"] for n in notices) == ["sent"] * 3 + ["suppressed"] * 2
+    suppressed = [n for n in notices if n["status"] == "suppressed"]
+    assert all("limits.max_notices_per_hour (3)" in n["last_error"] for n in suppressed)
+    assert len({n["to"] for n in suppressed}) == 2  # two recipients, yet one event
+    logged = [e for e in json_events(err) if e.get("event") == "notices_suppressed"]
+    assert len(logged) == 1 and "max_notices_per_hour" in logged[0]["reason"]
+    # Still the same hour: more suppressed notices, no new event.
+    mailboxes.append_many("contacto", [mail(sender=f"otro{i}@example.com") for i in range(2)])
+    code, _, err = cli("poll")
+    assert code == 0, err
+    assert len(cli.json("cases", "list")) == 7
+    assert len(sink.messages) == 3
+    statuses = sorted(n["status"] for n in cli.json("outbox", "list"))
+    assert statuses == ["sent"] * 3 + ["suppressed"] * 4
+    assert [e for e in json_events(err) if e.get("event") == "notices_suppressed"] == []
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,11 @@ import pytest
 from helpers import NOTIFY, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 
-from mailcase.config import load_settings
-from mailcase.outbox import deliver_outbox
+from mailcase.config import SmtpSettings, load_settings
+from mailcase.errors import DeliveryError, PermanentDeliveryError
+from mailcase.outbox import deliver_outbox, retry_delay
+from mailcase.service import Runtime, poll_mailbox
+from mailcase.smtp import SmtpConnection
 from mailcase.store import Store, utcnow
 
 pytestmark = pytest.mark.integration
@@ -181,3 +184,136 @@ def test_permanent_failure_tells_the_agents_once(
     cli.poll()
     cli.poll()
     assert told() == 1  # once, however often it fails
+
+
+@pytest.mark.parametrize("at", ["MAIL", "DATA"])
+def test_421_defers_that_notice_and_the_run_goes_on_over_a_new_connection(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str, at: str
+) -> None:
+    cli = setup(tmp_path, mailboxes, sink, capsys, db_url)
+    senders = [f"cliente{i}@example.com" for i in range(4)]
+    mailboxes.append_many("contacto", [mail(sender=s) for s in senders])
+    settings = load_settings(cli.config)
+    rt = Runtime.open(settings)
+    try:
+        poll_mailbox(rt, "contacto")  # ingest only: the four acknowledgements wait in one run
+        # smtplib closes its socket on a 421: the next notice must not find a dead client.
+        sink.drop_next(at=at)
+        report = deliver_outbox(rt.store, settings)
+        assert (report.sent, report.deferred, report.failed) == (3, 1, 0)
+        assert sorted(m.rcpt_tos[0] for m in sink.messages) == senders[1:]
+        [dropped] = [n for n in outbox(cli) if n["status"] == "queued"]
+        assert dropped["to"] == senders[0] and "421" in dropped["last_error"]
+        assert dropped["attempts"] == 1 and dropped["next_attempt_at"] is not None
+        # Back-off: not due at once; due after it; never sent again.
+        assert deliver_outbox(rt.store, settings).sent == 0
+        assert deliver_outbox(rt.store, settings, now=utcnow() + timedelta(minutes=2)).sent == 1
+        assert deliver_outbox(rt.store, settings, now=utcnow() + timedelta(hours=2)).sent == 0
+    finally:
+        rt.store.dispose()
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == sorted(senders)
+    assert {n["status"] for n in outbox(cli)} == {"sent"}
+
+
+def test_after_a_hang_up_the_connection_is_tried_again_once(sink: SmtpSink) -> None:
+    raw = mail(sender="contacto@internet-plarey.com.mx", to="cliente@example.com")
+    settings = SmtpSettings(host=sink.host, port=sink.port, security="none", timeout_seconds=5)
+    with SmtpConnection(settings) as connection:
+        sink.drop_next(at="MAIL")
+        with pytest.raises(DeliveryError, match="421") as refused:
+            connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+        assert not isinstance(refused.value, PermanentDeliveryError)
+        sink.stop()  # the server went away after its 421
+        with pytest.raises(DeliveryError, match="cannot connect") as down:
+            connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+        assert not isinstance(down.value, PermanentDeliveryError)
+        sink.start()
+        # Back already, but this run asked once: the rest waits for the next run.
+        with pytest.raises(DeliveryError, match="cannot connect"):
+            connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+        assert sink.messages == []
+    with SmtpConnection(settings) as connection:  # the next run
+        connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+    assert len(sink.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize(
+    ("attempts", "minutes"),
+    [(0, 1), (1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 32), (7, 60), (8, 60), (1000, 60)],
+)
+def test_retry_delay_doubles_up_to_an_hour_with_a_fifth_of_jitter(
+    attempts: int, minutes: int
+) -> None:
+    base = timedelta(minutes=minutes)
+    draws = [retry_delay(attempts) for _ in range(2000)]
+    assert all(base * 0.8 <= d <= base * 1.2 for d in draws)
+    # Jitter, spread over the whole band: 2000 draws from a uniform ±20% reach its ends.
+    assert min(draws) < base * 0.82 and max(draws) > base * 1.18
+    assert len(set(draws)) > 1900
+
+
+def test_notice_is_retried_inside_a_configured_window_then_failed(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    config = write_config(
+        tmp_path, mailboxes, sink, db_url=db_url, smtp_extra="retry_for_hours = 2"
+    )
+    cli = Cli(config, capsys)
+    settings = load_settings(config)
+    assert settings.smtp.retry_for_hours == 2
+    mailboxes.append("contacto", mail())
+    sink.fail_next(451, "4.3.0 Try again later", count=10)
+    cli.poll()
+    [row] = outbox(cli)
+    assert (row["status"], row["attempts"]) == ("queued", 1)
+    store = Store.open(settings.database.url, auto_upgrade=False)
+    try:
+        start = utcnow()
+        # Inside the two hours: tried again and deferred again, not failed.
+        for hours, attempts in ((1, 2), (1.9, 3)):
+            report = deliver_outbox(store, settings, now=start + timedelta(hours=hours))
+            assert (report.deferred, report.failed) == (1, 0)
+            [row] = outbox(cli)
+            assert (row["status"], row["attempts"]) == ("queued", attempts)
+        # Past them: the next failure is the last.
+        report = deliver_outbox(store, settings, now=start + timedelta(hours=2, minutes=5))
+        assert (report.deferred, report.failed) == (0, 1)
+        [row] = outbox(cli)
+        assert (row["status"], row["attempts"]) == ("failed", 4)
+        assert deliver_outbox(store, settings, now=start + timedelta(hours=5)).failed == 0
+    finally:
+        store.dispose()
+    assert sink.messages == []
+
+
+def test_outbox_list_prints_a_readable_table_without_secrets(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    smtp_login = 'username = "relay@internet-plarey.com.mx"\npassword = "relay-secret-5521"'
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=db_url, smtp_extra=smtp_login), capsys)
+    mailboxes.append("contacto", mail(sender="uno@example.com", subject="Mi clave es 1234"))
+    mailboxes.append("contacto", mail(sender="dos@example.com"))
+    sink.fail_next(451, "4.3.0 Try again later")  # the first acknowledgement waits
+    cli.poll()
+    code, out, err = cli("outbox", "list")
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split() == ["ID", "STATUS", "KIND", "FOLIO", "TO", "ATTEMPTS", "LAST_ERROR"]
+    rows = {n["to"]: n for n in cli.json("outbox", "list")}
+    assert len(lines) == len(rows) == 2
+    for line, to, status in zip(
+        lines, ["uno@example.com", "dos@example.com"], ["queued", "sent"], strict=True
+    ):
+        row = rows[to]
+        assert line.split()[:6] == [
+            str(row["id"]),
+            status,
+            "acknowledgement",
+            row["folio"],
+            to,
+            "1",
+        ]
+    assert "451" in lines[0]
+    # Neither a password of the config nor the notice's text (it quotes the subject).
+    for secret in ("contacto-secret", "info-secret", "relay-secret-5521", "clave es 1234"):
+        assert secret not in out + err
