@@ -486,12 +486,17 @@ def ledger_row(entry: LedgerEntry, folio: str | None) -> dict[str, Any]:
 
 def _messages(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "retry":
+        from mailcase.outbox import deliver_outbox
         from mailcase.service import Runtime, retry_message
 
         if args.mailbox not in settings.mailboxes:
             raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
-        disposition = retry_message(Runtime.open(settings), args.mailbox, args.uid)
+        rt = Runtime.open(settings)
+        disposition = retry_message(rt, args.mailbox, args.uid)
         print(f"message {args.uid} of mailbox {args.mailbox}: {disposition}")
+        # As after a poll: what the message caused (its acknowledgement) goes out
+        # now, not at the next poll; what cannot be sent stays queued.
+        deliver_outbox(rt.store, settings)
         return EXIT_OK
     store = _open_store(settings)
     with store.transaction() as session:

@@ -5,8 +5,8 @@ work: transfer encodings, charsets, RFC 2047/2231 names and attachments. This
 module normalises its answer into plain typed values the rest of the pipeline
 can rely on:
 
-* every string is valid Unicode (undecodable bytes become U+FFFD, never an
-  exception);
+* every string is valid Unicode that both databases can store (undecodable
+  bytes and NUL become U+FFFD, never an exception);
 * addresses are lower-cased addr-specs; Message-IDs keep their angle brackets
   (``<id@host>``) so they compare exactly as they appear in References;
 * ``text`` is the readable body: the first text/plain part, or, for HTML-only
@@ -295,8 +295,11 @@ def _decode_header_value(value: Any) -> str:
 
 
 def _clean(text: str) -> str:
-    # Lone surrogates (surrogateescape of 8-bit header bytes) are not Unicode.
-    return text.encode("utf-8", "replace").decode("utf-8", "replace")
+    # Lone surrogates (surrogateescape of 8-bit header bytes) are not Unicode. A NUL
+    # (a raw byte, =00 in an encoded word, %00 in an RFC 2231 file name) is, but
+    # PostgreSQL text cannot hold it: the whole message was quarantined there.
+    text = text.encode("utf-8", "replace").decode("utf-8", "replace")
+    return text.replace("\x00", "\ufffd")
 
 
 def _one_line(text: str) -> str:
@@ -340,7 +343,9 @@ def _msgids(values: Iterable[str]) -> tuple[str, ...]:
 
 def _content_type(value: object) -> str:
     text = str(value or "application/octet-stream").lower()
-    return text if len(text) <= MAX_CONTENT_TYPE else "application/octet-stream"
+    # A control character (a NUL above all, which PostgreSQL cannot store) makes no type.
+    ok = len(text) <= MAX_CONTENT_TYPE and text.isprintable()
+    return text if ok else "application/octet-stream"
 
 
 def _first_msgid(values: Iterable[str]) -> str | None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -299,3 +300,37 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+@dataclass
+class Env:
+    """A mailcase config on the fixture servers, driven through the CLI in-process."""
+
+    cli: Cli
+    imap: Dovecot
+    sink: SmtpSink
+    config: Path
+    dir: Path
+
+    @property
+    def store(self) -> Path:
+        """The storage directory ``write_config`` sets (raw messages and attachments)."""
+        return self.dir / "store"
+
+    def deliver(self, raw: bytes, user: str = "contacto", **kw: Any) -> int:
+        return self.imap.append(user, raw, **kw)
+
+    def poll(self) -> None:
+        self.cli.poll()
+
+    def cases(self) -> list[dict[str, Any]]:
+        return self.cli.json("cases", "list")  # type: ignore[no-any-return]
+
+    def case(self, folio: str) -> dict[str, Any]:
+        return self.cli.json("cases", "show", folio)  # type: ignore[no-any-return]
+
+    def ledger(self, *args: str) -> list[dict[str, Any]]:
+        return self.cli.json("messages", "list", *args)  # type: ignore[no-any-return]
+
+    def acks(self) -> list[EmailMessage]:
+        return [m.message for m in self.sink.messages]

@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CONTACTO, INFO, WEB, Cli, mail, write_config
+from helpers import CONTACTO, INFO, WEB, Cli, Env, mail, write_config
 from servers import Dovecot, SmtpSink
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Env:
-    cli: Cli
-    imap: Dovecot
-    sink: SmtpSink
-    config: Path
-    dir: Path
-
-    def deliver(self, raw: bytes, user: str = "contacto", **kw: Any) -> int:
-        return self.imap.append(user, raw, **kw)
-
-    def poll(self) -> None:
-        self.cli.poll()
-
-    def cases(self) -> list[dict[str, Any]]:
-        return self.cli.json("cases", "list")  # type: ignore[no-any-return]
-
-    def case(self, folio: str) -> dict[str, Any]:
-        return self.cli.json("cases", "show", folio)  # type: ignore[no-any-return]
-
-    def ledger(self) -> list[dict[str, Any]]:
-        return self.cli.json("messages", "list")  # type: ignore[no-any-return]
-
-    def acks(self) -> list[EmailMessage]:
-        return [m.message for m in self.sink.messages]
 
 
 @pytest.fixture
