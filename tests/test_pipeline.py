@@ -163,10 +163,18 @@ def test_automatic_mail_opens_nothing_and_gets_no_notice(
     assert env.sink.messages == []
 
 
-def test_delivery_status_report_is_a_bounce(env: Env) -> None:
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "Mail Delivery System <mailer-daemon@mx.example.net>",
+        # The report alone decides: some servers sign bounces with an ordinary address.
+        "Avisos del servidor <avisos@mx.example.net>",
+    ],
+)
+def test_delivery_status_report_is_a_bounce(env: Env, sender: str) -> None:
     raw = (
-        b"From: Mail Delivery System <mailer-daemon@mx.example.net>\r\n"
-        b"To: contacto@internet-plarey.com.mx\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"From: {sender}\r\n".encode()
+        + b"To: contacto@internet-plarey.com.mx\r\nSubject: Undelivered Mail Returned to Sender\r\n"
         b"Message-ID: <dsn1@mx.example.net>\r\nMIME-Version: 1.0\r\n"
         b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
         b"--B\r\nContent-Type: text/plain\r\n\r\nNo se pudo entregar.\r\n"
