@@ -73,6 +73,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
             {"line": "#visita 2026-02-30", "problem": "bad_date"},
         ],
         "commands": list(COMMAND_FORMS),
+        "company": COMPANY,
     },
     "unverified_agent": {
         "folio": FOLIO,
@@ -86,6 +87,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "status": "5.1.1",
         "diagnostic": "smtp; 550 5.1.1 <juan.perez@example.com>: user unknown",
         "notice_kind": "resolution_valid",
+        "company": COMPANY,
     },
 }
 # visit_date_text is a nicety the caller may give; relay does not greet (the
@@ -341,6 +343,15 @@ def test_delivery_failed_names_the_notice_the_recipient_and_the_reason(language:
     assert "resolution_valid" not in text  # shown as words, not as the code
     odd = render_body("delivery_failed", language, context("delivery_failed", notice_kind="x_y"))
     assert "x_y" in odd.text
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("kind", [*SAMPLES, "acknowledgement"])
+def test_every_notice_names_the_company_and_how_to_reach_it(kind: str, language: str) -> None:
+    ctx = context(kind) if kind in SAMPLES else {**context("relay"), "subject": "x"}
+    text = render_body(kind, language, ctx).text
+    for detail in ("name", "phone", "website", "address"):
+        assert COMPANY[detail] in text, (kind, detail)
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
