@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, CONTACTO, NOTIFY, Cli, mail, write_config
+from helpers import AGENT, CONTACTO, NOTIFY, Cli, DaemonProcess, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import col
 
@@ -450,7 +451,8 @@ def test_cli_note_resolve_close_reopen(desk: Desk) -> None:
     assert code == 4
 
 
-def test_closing_job_closes_resolved_cases_after_the_quiet_period(desk: Desk) -> None:
+@pytest.mark.parametrize("runner", ["poll", "daemon"])
+def test_closing_job_closes_resolved_cases_after_the_quiet_period(desk: Desk, runner: str) -> None:
     folio = desk.open_case()
     assert desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")[0] == 0
     desk.cli.poll()
@@ -463,5 +465,12 @@ def test_closing_job_closes_resolved_cases_after_the_quiet_period(desk: Desk) ->
             sa.update(Case).where(col(Case.folio) == folio).values(resolved_at=eight_days_ago)
         )
     store.dispose()
-    desk.cli.poll()
+    if runner == "poll":
+        desk.cli.poll()
+    else:  # the daemon's own scheduled job (hourly, and once at start)
+        with DaemonProcess(desk.cli.config, desk.dir / "run.log") as daemon:
+            deadline = time.monotonic() + 20
+            while desk.case(folio)["status"] != "closed" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert daemon.stop() == 0, daemon.tail()
     assert desk.case(folio)["status"] == "closed"
