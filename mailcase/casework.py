@@ -38,10 +38,14 @@ def open_case(
     now: datetime,
     channel: str = "mail",
 ) -> Case:
-    """A new open case with the next folio of ``now``'s year (flushed, so it has an id)."""
-    number = next_folio_number(session, now.year)
+    """A new open case with the next folio of ``now``'s year (flushed, so it has an id).
+
+    The year is ``now``'s in ``folio.timezone`` (the business's calendar).
+    """
+    year = settings.folio.year(now)
+    number = next_folio_number(session, year)
     case = Case(
-        folio=format_folio(settings.folio.prefix, now.year, number),
+        folio=format_folio(settings.folio.prefix, year, number),
         status=CaseStatus.OPEN,
         customer=customer,
         customer_name=customer_name,

@@ -24,9 +24,11 @@ import os
 import re
 import shlex
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -356,6 +358,24 @@ class WebFormSettings(_Section):
 
 class FolioSettings(_Section):
     prefix: str = Field(default="PLR", pattern=r"^[A-Z][A-Z0-9]{0,9}$")
+    # The folio's year is the business's calendar year: mail written at 19:00
+    # on 31 December in Mexico City is a report of that year, not of the next.
+    timezone: str = "America/Mexico_City"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name such as America/Mexico_City)"
+            ) from None
+        return value
+
+    def year(self, moment: datetime) -> int:
+        """The calendar year of ``moment`` (aware) in the business's time zone."""
+        return moment.astimezone(ZoneInfo(self.timezone)).year
 
 
 class PollSettings(_Section):

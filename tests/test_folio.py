@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from mailcase.config import FolioSettings, Settings
 from mailcase.folio import (
     find_folios,
     format_folio,
@@ -218,3 +223,37 @@ def test_tagged_subject_has_exactly_one_tag(subject: str) -> None:
     rest = tagged.removeprefix(TAG).strip()
     assert remove_folio_tags(rest, "PLR") == rest
     assert tagged_subject(FOLIO, tagged) == tagged
+
+
+# --- the folio's year --------------------------------------------------------------------
+
+
+def test_the_folio_year_is_the_business_calendar_year(tmp_path: Path) -> None:
+    from mailcase.casework import open_case
+    from mailcase.store import Store
+
+    settings = Settings.model_validate(
+        {
+            "mailboxes": {"contacto": {"address": "contacto@x.mx", "host": "127.0.0.1"}},
+            "smtp": {"host": "127.0.0.1"},
+            "database": {"url": f"sqlite:///{tmp_path}/mailcase.db"},
+        }
+    )
+    assert settings.folio.timezone == "America/Mexico_City"
+    # 19:30 on 31 December in Mexico City is already 2027 in UTC.
+    new_years_eve = datetime(2027, 1, 1, 1, 30, tzinfo=UTC)
+    assert settings.folio.year(new_years_eve) == 2026
+    assert settings.folio.year(datetime(2027, 1, 1, 6, 30, tzinfo=UTC)) == 2027
+    with Store.open(settings.database.url, auto_upgrade=True) as store, store.transaction() as s:
+        kw = {"customer": "a@b.mx", "customer_name": "", "subject": "x", "mailbox": "contacto"}
+        case = open_case(settings, s, now=new_years_eve, **kw)
+        assert case.folio == "PLR-2026-000001"
+        case = open_case(settings, s, now=datetime(2027, 1, 1, 6, 30, tzinfo=UTC), **kw)
+        assert case.folio == "PLR-2027-000001"
+    utc = settings.model_copy(update={"folio": FolioSettings(timezone="UTC")})
+    assert utc.folio.year(new_years_eve) == 2027
+
+
+def test_an_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(ValidationError, match="unknown time zone"):
+        FolioSettings(timezone="America/Ciudad_Gotica")
