@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     outbox = commands.add_parser("outbox", help="notices waiting for, or done with, SMTP")
     out_actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
     out_list = out_actions.add_parser("list", help="pending, sent and failed notices")
-    out_list.add_argument("--status", help="only this status (queued, sent, failed, suppressed)")
+    out_list.add_argument(
+        "--status", help="only this status (queued, also 'pending'; sent, failed, suppressed)"
+    )
     out_list.add_argument("--json", action="store_true")
     out_retry = out_actions.add_parser("retry", help="queue failed notices again, due now")
     which = out_retry.add_mutually_exclusive_group(required=True)
@@ -557,7 +559,9 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
             .order_by(col(Notice.id))
         )
         if args.status:
-            query = query.where(Notice.status == args.status)
+            # "pending" is what the issue and people call a queued notice.
+            status = "queued" if args.status == "pending" else args.status
+            query = query.where(Notice.status == status)
         items = [notice_row(n, folio) for n, folio in session.exec(query).all()]
     if args.json:
         _print_json(items)

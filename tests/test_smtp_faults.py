@@ -44,6 +44,8 @@ def test_server_down_keeps_notice_queued_then_sends_it_once(
         assert row["status"] == "queued" and row["attempts"] == 1
         assert "cannot connect" in row["last_error"]
         assert row["next_attempt_at"] is not None
+        assert cli.json("outbox", "list", "--status", "pending") == [row]  # queued, by name
+        assert cli.json("outbox", "list", "--status", "sent") == []
     finally:
         sink.start()
     cli.poll()  # not due yet: back-off
