@@ -23,6 +23,7 @@ class BlobStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         ensure_private_dir(directory)
+        self._made: set[Path] = set()  # fan-out directories known to exist (a mkdir is a syscall)
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
@@ -74,12 +75,14 @@ class BlobStore:
         os.close(fd)
         return Path(name)
 
-    @staticmethod
-    def _make_parents(target: Path) -> None:
+    def _make_parents(self, target: Path) -> None:
+        if target.parent in self._made:
+            return
         # One level at a time: mkdir(parents=True) gives the parents the
         # umask's mode, not 0700.
         for directory in (target.parent.parent, target.parent):
             directory.mkdir(exist_ok=True, mode=0o700)
+        self._made.add(target.parent)
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

@@ -37,6 +37,7 @@ def open_case(
     mailbox: str,
     now: datetime,
     channel: str = "mail",
+    last_customer_at: datetime | None = None,
 ) -> Case:
     """A new open case with the next folio of ``now``'s year (flushed, so it has an id).
 
@@ -55,6 +56,8 @@ def open_case(
         channel=channel,
         created_at=now,
         updated_at=now,
+        # Given here, not set after: a change after the flush is one more UPDATE.
+        last_customer_at=last_customer_at,
     )
     session.add(case)
     session.flush()

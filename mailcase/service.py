@@ -577,8 +577,8 @@ def _apply(
             subject=remove_folio_tags(strip_reply_prefixes(mail.subject), settings.folio.prefix),
             mailbox=mailbox,
             now=now,
+            last_customer_at=now,
         )
-        case.last_customer_at = now
         casework.link(session, case, decision.related)
         casework.add_participants(session, settings, case, mail.cc)
         _record_inbound(rt, session, case, mail, raw_sha, "customer")
