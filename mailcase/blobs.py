@@ -79,9 +79,13 @@ class BlobStore:
         if target.parent in self._made:
             return
         # One level at a time: mkdir(parents=True) gives the parents the
-        # umask's mode, not 0700.
-        for directory in (target.parent.parent, target.parent):
-            directory.mkdir(exist_ok=True, mode=0o700)
+        # umask's mode, not 0700. The first level (256 directories) soon
+        # exists, so it is made only when the second level's mkdir says so.
+        try:
+            target.parent.mkdir(exist_ok=True, mode=0o700)
+        except FileNotFoundError:
+            target.parent.parent.mkdir(exist_ok=True, mode=0o700)
+            target.parent.mkdir(exist_ok=True, mode=0o700)
         self._made.add(target.parent)
 
     def get(self, sha256: str) -> bytes:

@@ -204,7 +204,7 @@ def _deliver_one(
     """
     failure: DeliveryError | None = None
     if claim:
-        with store.engine.begin() as conn:
+        with store.writing() as conn:
             row = conn.execute(_CLAIM, {"id": notice_id}).first()
             if row is None:
                 return  # sent, or being sent, by another instance
@@ -220,12 +220,12 @@ def _deliver_one(
         if row is None:
             return  # sent by an earlier run
         if _suppressed(settings, notice_id, row.rcpt_to, report):
-            with store.engine.begin() as conn:
+            with store.writing() as conn:
                 _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
             return
         failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
         if failure is None:
-            with store.engine.begin() as conn:
+            with store.writing() as conn:
                 _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
     if failure is None:
         report.sent += 1

@@ -9,6 +9,7 @@ database older than the code unless it may upgrade it itself.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,6 +108,21 @@ class Store:
         self.engine = engine
         self.url = url
         self._finalizer = weakref.finalize(self, engine.dispose)
+        # SQLite has one writer. Threads of this process queue here, and the
+        # next one starts as soon as a transaction ends; behind SQLite's own
+        # busy handler they sleep 1, 2, 5, 10 ms... and miss the short gaps
+        # between ingest's transactions (delivery starved during a poll).
+        self._writer: threading.RLock | None = (
+            threading.RLock() if engine.dialect.name == "sqlite" else None
+        )
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if self._writer is None:
+            yield
+            return
+        with self._writer:
+            yield
 
     @classmethod
     def open(cls, url: str, *, auto_upgrade: bool) -> Store:
@@ -157,13 +173,19 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work is committed on normal exit, rolled back on error."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        with self._writing(), Session(self.engine, expire_on_commit=False) as session:
             try:
                 yield session
                 session.commit()
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def writing(self) -> Iterator[sa.Connection]:
+        """A Core connection in a write transaction, committed on normal exit."""
+        with self._writing(), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def reading(self) -> Iterator[sa.Connection]:
