@@ -275,3 +275,15 @@ def test_two_instances_create_the_signing_key_at_once(postgres: Postgres, db_url
         wait_until_blocked(postgres, db_url)
         first.__exit__(None, None, None)  # commit
         assert second.outcome() == key
+
+
+def test_schema_head_is_alembics_head() -> None:
+    # Store.open compares databases with SCHEMA_HEAD so that commands need not
+    # import alembic; a new migration must move it.
+    from alembic.script import ScriptDirectory
+
+    from mailcase.store import SCHEMA_HEAD, alembic_config
+
+    assert (
+        ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() == SCHEMA_HEAD
+    )
