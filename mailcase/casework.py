@@ -18,7 +18,7 @@ from mailcase.errors import MailcaseError
 from mailcase.folio import format_folio
 from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant
 from mailcase.notices import queue_notice
-from mailcase.store import next_folio_number, utcnow
+from mailcase.store import insert, next_folio_number, utcnow
 
 OUTCOMES = ("valid", "invalid")
 
@@ -39,7 +39,7 @@ def open_case(
     channel: str = "mail",
     last_customer_at: datetime | None = None,
 ) -> Case:
-    """A new open case with the next folio of ``now``'s year (flushed, so it has an id).
+    """A new open case with the next folio of ``now``'s year, inserted (so it has an id).
 
     The year is ``now``'s in ``folio.timezone`` (the business's calendar).
     """
@@ -56,12 +56,11 @@ def open_case(
         channel=channel,
         created_at=now,
         updated_at=now,
-        # Given here, not set after: a change after the flush is one more UPDATE.
         last_customer_at=last_customer_at,
     )
-    session.add(case)
-    session.flush()
-    return case
+    # A Core INSERT, not session.add + flush (a unit of work for one row). The
+    # object is not tracked: later changes to it must go through session.add.
+    return insert(session, case)
 
 
 def record(

@@ -266,8 +266,9 @@ def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: Fetched
         with rt.store.transaction() as session:
             entry = _ingest(rt, session, mailbox, uidvalidity, fetched, raw_sha, parsed)
             if entry.case_id is not None:
-                case = session.get(Case, entry.case_id)
-                folio = case.folio if case else None
+                # A Core read: the new case's object is usually gone from the
+                # session's (weak) identity map by now, and an ORM get reloads it.
+                folio = run(session, _FOLIO_OF, {"id": entry.case_id}).scalar()
     except DatabaseError:
         raise
     except Exception as exc:  # a bad message costs one message (Mailman's runner)
@@ -320,6 +321,8 @@ def _error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
+_CASES = table(Case)
+_FOLIO_OF = sa.select(_CASES.c.folio).where(_CASES.c.id == sa.bindparam("id"))
 _CHECKPOINTS = table(Checkpoint)
 _MOVE_CHECKPOINT = (
     sa.update(_CHECKPOINTS)
