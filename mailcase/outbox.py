@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
@@ -156,11 +157,36 @@ def _deliver(
         return report
     claim = store.engine.dialect.name == "postgresql"
     try:
-        for notice_id in ids:
-            _deliver_one(store, settings, connection, notice_id, now, report, claim=claim)
+        if claim:
+            for notice_id in ids:
+                _deliver_one(store, settings, connection, notice_id, now, report, claim=True)
+        else:
+            # One read per chunk instead of one transaction per notice.
+            for chunk in _chunks(ids, READ_CHUNK):
+                with store.reading() as conn:
+                    rows = {r.id: r for r in conn.execute(_DUE_MANY, {"ids": chunk})}
+                for notice_id in chunk:
+                    _deliver_one(
+                        store, settings, connection, notice_id, now, report,
+                        claim=False, row=rows.get(notice_id),
+                    )  # fmt: skip
     finally:
         connection.close()
     return report
+
+
+READ_CHUNK = 50
+
+
+def _chunks(ids: Iterator[int], size: int) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    for notice_id in ids:
+        chunk.append(notice_id)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 SUPPRESSED = "recipient is one of our mailboxes or automatic: not sent"
@@ -171,6 +197,12 @@ _DUE = sa.select(
     _NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id, _NOTICES.c.raw
 ).where(_NOTICES.c.id == sa.bindparam("id"), _NOTICES.c.status == NoticeStatus.QUEUED)
 _CLAIM = _DUE.with_for_update(skip_locked=True)
+_DUE_MANY = sa.select(
+    _NOTICES.c.id, _NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id, _NOTICES.c.raw
+).where(
+    _NOTICES.c.id.in_(sa.bindparam("ids", expanding=True)),
+    _NOTICES.c.status == NoticeStatus.QUEUED,
+)
 _FINISH = (
     sa.update(_NOTICES)
     .where(_NOTICES.c.id == sa.bindparam("notice"), _NOTICES.c.status == NoticeStatus.QUEUED)
@@ -192,15 +224,17 @@ def _deliver_one(
     report: DeliveryReport,
     *,
     claim: bool,
+    row: Any = None,  # an sa.Row of _DUE_MANY, or None
 ) -> None:
     """Deliver one queued notice and record the outcome.
 
     With ``claim`` (PostgreSQL, possibly several instances) the notice's row is
     taken with ``FOR UPDATE SKIP LOCKED`` and the SMTP transaction happens
     while that lock is held, so one instance only sends it. Without (SQLite,
-    one writer) the notice is read without the write lock (Store.reading) and
-    sent outside any transaction, so neither waits for ingest nor holds the
-    lock while a remote server answers.
+    one writer) the caller has read ``row`` without the write lock
+    (Store.reading; None: no longer queued) and it is sent outside any
+    transaction, so neither waits for ingest nor holds the lock while a
+    remote server answers.
     """
     failure: DeliveryError | None = None
     if claim:
@@ -215,8 +249,6 @@ def _deliver_one(
             if failure is None:
                 _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
     else:
-        with store.reading() as conn:
-            row = conn.execute(_DUE, {"id": notice_id}).first()
         if row is None:
             return  # sent by an earlier run
         if _suppressed(settings, notice_id, row.rcpt_to, report):
