@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import tomllib
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -521,7 +522,10 @@ def check_secrets(settings: Settings) -> None:
     _check_secret("agents", settings.agents, _SIGNING_KEYS, settings.agents.resolved_signing_secret)
 
 
-def _check_secret(prefix: str, section: BaseModel, keys: tuple[str, ...], read: Any) -> None:
+def _check_secret(
+    prefix: str, section: BaseModel, keys: tuple[str, ...], read: Callable[[], object]
+) -> None:
+    """Call ``read`` when one of ``keys`` is set; its ConfigError is re-raised naming the key."""
     given = next((k for k in keys if getattr(section, k, None) is not None), None)
     if given is None:
         return
