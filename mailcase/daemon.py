@@ -83,6 +83,8 @@ class Daemon:
         self.polls_running: dict[str, float] = {}
         self._lock = threading.Lock()
         self.poll_locks = {name: threading.Lock() for name in rt.settings.mailboxes}
+        self._deliver_lock = threading.Lock()
+        self._deliver_pending = threading.Event()
         self.pending = {name: threading.Event() for name in rt.settings.mailboxes}
         self.watchers: list[IdleWatcher] = []
         self.scheduler = BackgroundScheduler(
@@ -166,10 +168,20 @@ class Daemon:
             self.log.info("mailbox_recovered", mailbox=name, after_failures=health.failures)
         health.failures, health.retry_at = 0, None
         if report.dispositions.get("new_case") and not self.rt.stop.is_set():
-            job = self.scheduler.get_job(OUTBOX_JOB)
-            if job is not None:
-                job.modify(next_run_time=datetime.now(job.next_run_time.tzinfo))
+            self.request_delivery()
         return f"ok ({report.fetched} new)"
+
+    def request_delivery(self) -> None:
+        """Deliver the outbox now: start a run, or make the run in progress go round again.
+
+        A run already past its query for due notices would not see the new
+        ones, and the scheduler skips a second instance of the job: without
+        the repeat they waited for the next interval (seen: 4.8 s under IDLE).
+        """
+        self._deliver_pending.set()
+        job = self.scheduler.get_job(OUTBOX_JOB)
+        if job is not None and not self._deliver_lock.locked():
+            job.modify(next_run_time=datetime.now(job.next_run_time.tzinfo))
 
     def _reschedule(self, name: str, when: datetime) -> None:
         """Move ``name``'s next scheduled poll to ``when``; its interval then runs from there.
@@ -214,6 +226,20 @@ class Daemon:
         notify("WATCHDOG=1")
 
     def deliver(self) -> None:
+        """Run the outbox until no request is pending; at most one run at a time. Never raises."""
+        self._deliver_pending.set()
+        while self._deliver_lock.acquire(blocking=False):
+            try:
+                while self._deliver_pending.is_set():
+                    self._deliver_pending.clear()
+                    self._deliver_once()
+            finally:
+                self._deliver_lock.release()
+            # A request that came between the last check and the release.
+            if not self._deliver_pending.is_set():
+                return
+
+    def _deliver_once(self) -> None:
         try:
             report = deliver_outbox(self.rt.store, self.rt.settings)
         except Exception:

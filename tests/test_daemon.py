@@ -240,3 +240,35 @@ def test_a_mailbox_is_polled_once_at_a_time_and_requests_meanwhile_coalesce(
     assert overlap[0] == 1
     # The first call polls; the five that came during it make one more round.
     assert runs == ["contacto", "contacto"]
+
+
+def test_a_delivery_requested_during_a_run_makes_it_go_round_again(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A poll that opened cases while the outbox run was past its query for due
+    # notices: the scheduler skips a second instance of the job, so without the
+    # repeat those acknowledgements waited for the next interval (4.8 s seen
+    # under IDLE). deliver_outbox is a slow stand-in that counts its runs.
+    rt = Runtime.open(load_settings(write_config(tmp_path, mailboxes, sink)))
+    daemon = Daemon(rt)
+    runs: list[float] = []
+    started = threading.Event()
+
+    def slow_delivery(store: Any, settings: Any) -> Any:
+        runs.append(time.monotonic())
+        started.set()
+        time.sleep(0.3)
+        from mailcase.outbox import DeliveryReport
+
+        return DeliveryReport()
+
+    monkeypatch.setattr("mailcase.daemon.deliver_outbox", slow_delivery)
+    scheduled = threading.Thread(target=daemon.deliver)  # the interval tick
+    scheduled.start()
+    assert started.wait(5)
+    daemon.request_delivery()  # a poll's new cases, while the run is under way
+    scheduled.join(timeout=10)
+    rt.store.dispose()
+    assert len(runs) == 2
+    daemon.deliver()  # nothing pending: one run, and it returns
+    assert len(runs) == 3
