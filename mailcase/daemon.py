@@ -41,6 +41,7 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -65,6 +66,44 @@ WATCHDOG_JOB = "watchdog"
 PENDING = "pending"  # a mailbox's STATUS= word until its first poll ends
 
 
+class _Coalesced:
+    """Runs ``work`` on request, one run at a time; requests during a run make it go round again.
+
+    The schedule, IDLE and other polls ask for the same work (a mailbox's
+    poll, an outbox run). A run already past its query would not see what a
+    request during it was about, and APScheduler skips a second instance of a
+    job: so a request never waits behind a run, it marks it to repeat. Runs
+    stop repeating once ``go_on`` says so.
+    """
+
+    def __init__(self, work: Callable[[], None], go_on: Callable[[], bool]) -> None:
+        self._work, self._go_on = work, go_on
+        self._lock = threading.Lock()
+        self._pending = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    def ask(self) -> None:
+        """Make the run in progress (or the next one) go round once more."""
+        self._pending.set()
+
+    def run(self) -> None:
+        """Run now, or leave it to the run in progress. Never blocks on another run."""
+        self._pending.set()
+        while self._lock.acquire(blocking=False):
+            try:
+                while self._pending.is_set() and self._go_on():
+                    self._pending.clear()
+                    self._work()
+            finally:
+                self._lock.release()
+            # A request that came between the last check and the release.
+            if not self._pending.is_set() or not self._go_on():
+                return
+
+
 @dataclass
 class _Health:
     failures: int = 0
@@ -82,10 +121,12 @@ class Daemon:
         self.ready = False
         self.polls_running: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.poll_locks = {name: threading.Lock() for name in rt.settings.mailboxes}
-        self._deliver_lock = threading.Lock()
-        self._deliver_pending = threading.Event()
-        self.pending = {name: threading.Event() for name in rt.settings.mailboxes}
+        self._polls = {
+            name: _Coalesced(partial(self._poll_once, name), self._running)
+            for name in rt.settings.mailboxes
+        }
+        # A delivery asked for while stopping still runs: notices go out.
+        self._delivery = _Coalesced(self._deliver_once, lambda: True)
         self.watchers: list[IdleWatcher] = []
         self.scheduler = BackgroundScheduler(
             executors={
@@ -97,6 +138,9 @@ class Daemon:
             timezone="UTC",
         )
 
+    def _running(self) -> bool:
+        return not self.rt.stop.is_set()
+
     def poll(self, name: str) -> None:
         """Poll ``name`` now, or make the poll already running go round once more.
 
@@ -105,15 +149,7 @@ class Daemon:
         ``pending`` and that poll repeats, so mail that arrived after its
         SEARCH is not left for the next interval. Never raises.
         """
-        self.pending[name].set()
-        if not self.poll_locks[name].acquire(blocking=False):
-            return
-        try:
-            while self.pending[name].is_set() and not self.rt.stop.is_set():
-                self.pending[name].clear()
-                self._poll_once(name)
-        finally:
-            self.poll_locks[name].release()
+        self._polls[name].run()
 
     def _poll_once(self, name: str) -> None:
         """One poll; a poll that ran (was not skipped for back-off) is reported to systemd."""
@@ -178,9 +214,9 @@ class Daemon:
         ones, and the scheduler skips a second instance of the job: without
         the repeat they waited for the next interval (seen: 4.8 s under IDLE).
         """
-        self._deliver_pending.set()
+        self._delivery.ask()
         job = self.scheduler.get_job(OUTBOX_JOB)
-        if job is not None and not self._deliver_lock.locked():
+        if job is not None and not self._delivery.running:
             job.modify(next_run_time=datetime.now(job.next_run_time.tzinfo))
 
     def _reschedule(self, name: str, when: datetime) -> None:
@@ -227,17 +263,7 @@ class Daemon:
 
     def deliver(self) -> None:
         """Run the outbox until no request is pending; at most one run at a time. Never raises."""
-        self._deliver_pending.set()
-        while self._deliver_lock.acquire(blocking=False):
-            try:
-                while self._deliver_pending.is_set():
-                    self._deliver_pending.clear()
-                    self._deliver_once()
-            finally:
-                self._deliver_lock.release()
-            # A request that came between the last check and the release.
-            if not self._deliver_pending.is_set():
-                return
+        self._delivery.run()
 
     def _deliver_once(self) -> None:
         try:
