@@ -65,6 +65,8 @@ class _Section(BaseModel):
 
 AuthMethod = Literal["password", "oauth2"]
 _PASSWORD_KEYS = ("password", "password_file", "password_credential")
+_CLIENT_SECRET_KEYS = ("client_secret", "client_secret_file")
+_REFRESH_TOKEN_KEYS = ("refresh_token", "refresh_token_file")
 _REFRESH_KEYS = ("client_id", "client_secret", "client_secret_file", "refresh_token",
                  "refresh_token_file", "token_url", "scope")  # fmt: skip
 _OAUTH_KEYS = ("token_command", *_REFRESH_KEYS)
@@ -92,11 +94,7 @@ class _Secret(_Section):
 
     @model_validator(mode="after")
     def _one_password_source(self) -> Self:
-        for group in (
-            _PASSWORD_KEYS,
-            ("client_secret", "client_secret_file"),
-            ("refresh_token", "refresh_token_file"),
-        ):
+        for group in (_PASSWORD_KEYS, _CLIENT_SECRET_KEYS, _REFRESH_TOKEN_KEYS):
             given = [n for n in group if getattr(self, n) is not None]
             if len(given) > 1:
                 raise ValueError(f"give only one of {', '.join(given)}")
@@ -515,8 +513,8 @@ def check_secrets(settings: Settings) -> None:
     for prefix, server in servers:
         for keys, read in (
             (_PASSWORD_KEYS, server.resolved_password),
-            (("client_secret", "client_secret_file"), server.resolved_client_secret),
-            (("refresh_token", "refresh_token_file"), server.resolved_refresh_token),
+            (_CLIENT_SECRET_KEYS, server.resolved_client_secret),
+            (_REFRESH_TOKEN_KEYS, server.resolved_refresh_token),
         ):
             _check_secret(prefix, server, keys, read)
     _check_secret("agents", settings.agents, _SIGNING_KEYS, settings.agents.resolved_signing_secret)

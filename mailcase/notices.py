@@ -59,12 +59,12 @@ def signing_key(session: Session, settings: Settings) -> bytes:
     """
     agents = settings.agents
     source = agents.signing_secret_file or agents.signing_secret_credential
-    if agents.signing_secret is not None or source is None:
-        configured = agents.resolved_signing_secret()
+    if source is None:
+        configured = agents.resolved_signing_secret()  # inline, or unset: nothing to read
     else:
-        configured = _CONFIGURED.get(str(source))
-        if configured is None:
-            configured = _CONFIGURED[str(source)] = agents.resolved_signing_secret()
+        if str(source) not in _CONFIGURED:
+            _CONFIGURED[str(source)] = agents.resolved_signing_secret()
+        configured = _CONFIGURED[str(source)]
     if configured is not None:
         return configured
     url = str(session.get_bind().engine.url)

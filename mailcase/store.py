@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -117,17 +117,9 @@ class Store:
         # next one starts as soon as a transaction ends; behind SQLite's own
         # busy handler they sleep 1, 2, 5, 10 ms... and miss the short gaps
         # between ingest's transactions (delivery starved during a poll).
-        self._writer: threading.RLock | None = (
-            threading.RLock() if engine.dialect.name == "sqlite" else None
+        self._writer: AbstractContextManager[Any] = (
+            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
         )
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        if self._writer is None:
-            yield
-            return
-        with self._writer:
-            yield
 
     @classmethod
     def open(cls, url: str, *, auto_upgrade: bool) -> Store:
@@ -181,7 +173,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work is committed on normal exit, rolled back on error."""
-        with self._writing(), Session(self.engine, expire_on_commit=False) as session:
+        with self._writer, Session(self.engine, expire_on_commit=False) as session:
             try:
                 yield session
                 session.commit()
@@ -192,7 +184,7 @@ class Store:
     @contextmanager
     def writing(self) -> Iterator[sa.Connection]:
         """A Core connection in a write transaction, committed on normal exit."""
-        with self._writing(), self.engine.begin() as conn:
+        with self._writer, self.engine.begin() as conn:
             yield conn
 
     @contextmanager
