@@ -30,6 +30,9 @@ from mailcase.imap import ImapMailbox
 from mailcase.logs import get_logger
 
 RENEW_SECONDS = 25 * 60
+# What a server outage, a refused login or an unreadable password file raise:
+# logged as a failure; anything else is a bug and logged with its traceback.
+_EXPECTED = (MailboxError, ConfigError, IMAPClientError, OSError)
 CHECK_SECONDS = 1.0  # how often the thread looks at the stop flag while idling
 MAX_BACKOFF = 300.0
 
@@ -83,17 +86,14 @@ class IdleWatcher(threading.Thread):
                         first = False
                         self.on_new_mail(self.mailbox)
                     self._watch(box)
-            except (MailboxError, ConfigError, IMAPClientError, OSError) as exc:
+            except Exception as exc:  # never let the thread die silently
                 self.ready.clear()
                 wait = max(backoff, self.hold())
-                if not failing:
-                    self.log.warning("idle_failed", error=str(exc), retry_in=round(wait, 1))
-                failing = True
-            except Exception:  # never let the thread die silently
-                self.ready.clear()
-                wait = max(backoff, self.hold())
-                if not failing:
-                    self.log.exception("idle_crashed", retry_in=round(wait, 1))
+                if not failing:  # one event per outage
+                    if isinstance(exc, _EXPECTED):
+                        self.log.warning("idle_failed", error=str(exc), retry_in=round(wait, 1))
+                    else:
+                        self.log.exception("idle_crashed", retry_in=round(wait, 1))
                 failing = True
             if self.stop.wait(wait):
                 break
