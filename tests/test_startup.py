@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import run_process, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase.errors import EXIT_CONFIG, EXIT_DATABASE
 
 pytestmark = pytest.mark.integration
-
-
-def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILCASE_", "CREDENTIALS"))}
-    return subprocess.run(
-        [sys.executable, "-m", "mailcase", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -45,7 +31,7 @@ def test_a_missing_password_file_stops_poll_and_run_naming_the_key(
     config.write_text(
         text.replace(f'password = "{password}"', 'password_file = "/nonexistent/info.pw"')
     )
-    result = run(config, command)  # `run` would otherwise keep failing every poll
+    result = run_process(config, command)  # `run` would otherwise keep failing every poll
     assert result.returncode == EXIT_CONFIG
     line = one_line(result)
     assert (
@@ -65,7 +51,7 @@ def test_an_unusable_storage_directory_is_one_line_naming_the_key(
     config.write_text(
         text.replace(f'directory = "{tmp_path}/store"', f'directory = "{blocker}/store"')
     )
-    result = run(config, "poll")
+    result = run_process(config, "poll")
     assert result.returncode == EXIT_CONFIG
     line = one_line(result)
     assert line.startswith(f"mailcase: storage.directory {blocker / 'store'} cannot be used")
@@ -78,6 +64,6 @@ def test_an_uncreatable_database_file_is_one_line_naming_it(
     blocker.write_text("not a directory")
     config = write_config(tmp_path, mailboxes, sink, db_url=f"sqlite:///{blocker}/mailcase.db")
     for args in (("poll",), ("cases", "list")):
-        result = run(config, *args)
+        result = run_process(config, *args)
         assert result.returncode == EXIT_DATABASE, result.stderr
         assert f"{blocker}/mailcase.db" in one_line(result)
