@@ -36,8 +36,9 @@ from mailcase.folio import new_message_id, tagged_subject
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
+from mailcase.prepared import Prepared
 from mailcase.render import Envelope, build_message, one_line, render_body
-from mailcase.store import insert, run, table, utcnow
+from mailcase.store import insert_values, run, table, utcnow
 
 CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid", "visit"}
@@ -128,9 +129,12 @@ _COUNTED = sa.and_(
     _NOTICES.c.status != NoticeStatus.SUPPRESSED,
     _NOTICES.c.created_at >= sa.bindparam("since"),
 )
-_NOTICES_SINCE = sa.select(sa.func.count()).select_from(_NOTICES).where(_COUNTED)
-_ACKS_SINCE = _NOTICES_SINCE.where(
-    _NOTICES.c.rcpt_to == sa.bindparam("rcpt"), _NOTICES.c.kind == "acknowledgement"
+_COUNT_SINCE = sa.select(sa.func.count()).select_from(_NOTICES).where(_COUNTED)
+_NOTICES_SINCE = Prepared(_COUNT_SINCE)
+_ACKS_SINCE = Prepared(
+    _COUNT_SINCE.where(
+        _NOTICES.c.rcpt_to == sa.bindparam("rcpt"), _NOTICES.c.kind == "acknowledgement"
+    )
 )
 
 
@@ -143,7 +147,8 @@ _SUPPRESSED_SINCE = (
     )
     .limit(1)
 )
-_SUPPRESSED_TO_SINCE = _SUPPRESSED_SINCE.where(_NOTICES.c.rcpt_to == sa.bindparam("rcpt"))
+_SUPPRESSED_TO_SINCE = Prepared(_SUPPRESSED_SINCE.where(_NOTICES.c.rcpt_to == sa.bindparam("rcpt")))
+_SUPPRESSED_ANY_SINCE = Prepared(_SUPPRESSED_SINCE)
 
 
 def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
@@ -159,7 +164,7 @@ def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
     # indexed status and created_at, stopping at the first match.
     params = {"since": utcnow() - timedelta(hours=1), "error": f"not sent: {reason}"}
     if reason.startswith(_TOTAL_CAP):
-        if run(session, _SUPPRESSED_SINCE, params).first() is None:
+        if run(session, _SUPPRESSED_ANY_SINCE, params).first() is None:
             get_logger().warning("notices_suppressed", recipient="*", reason=reason)
         return
     if run(session, _SUPPRESSED_TO_SINCE, params | {"rcpt": rcpt}).first() is None:
@@ -251,11 +256,11 @@ def queue_notice(
     subject: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
-) -> Notice:
+) -> int:
     """Render and queue one ``kind`` notice about ``case`` to ``to``; record it on the case.
 
-    The notice is written even when a guard blocks it (status ``suppressed``),
-    so the case shows what was not sent and why.
+    Returns the notice's id. The notice is written even when a guard blocks it
+    (status ``suppressed``), so the case shows what was not sent and why.
     """
     assert case.id is not None
     sender = mailbox_address(settings, case)
@@ -285,7 +290,11 @@ def queue_notice(
     reason = blocked(session, settings, kind, to)
     if reason:
         _log_suppression(session, to, reason)
-    notice = Notice(
+    # Rows without objects (insert_values): building the two SQLModel objects
+    # cost as much as their INSERTs (py-spy).
+    notice_id = insert_values(
+        session,
+        Notice,
         case_id=case.id,
         kind=kind,
         status=NoticeStatus.SUPPRESSED if reason else NoticeStatus.QUEUED,
@@ -300,22 +309,18 @@ def queue_notice(
         next_attempt_at=now,
         created_at=now,
     )
-    # Core INSERTs: the id for the case's record without flushing the whole
-    # session (a flush per notice was a tenth of ingest time).
-    insert(session, notice)
-    insert(
+    insert_values(
         session,
-        CaseMessage(
-            case_id=case.id,
-            direction="out",
-            kind="notice",
-            from_addr=sender,
-            to_addrs=to,
-            subject=one_line(envelope.subject),
-            date=now,
-            message_id=envelope.message_id,
-            text=body.text,
-            notice_id=notice.id,
-        ),
+        CaseMessage,
+        case_id=case.id,
+        direction="out",
+        kind="notice",
+        from_addr=sender,
+        to_addrs=to,
+        subject=one_line(envelope.subject),
+        date=now,
+        message_id=envelope.message_id,
+        text=body.text,
+        notice_id=notice_id,
     )
-    return notice
+    return notice_id

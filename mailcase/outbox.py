@@ -37,6 +37,7 @@ from mailcase.errors import DeliveryError, PermanentDeliveryError
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
+from mailcase.prepared import Prepared
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store, table, utcnow
 
@@ -203,7 +204,7 @@ _DUE_MANY = sa.select(
     _NOTICES.c.id.in_(sa.bindparam("ids", expanding=True)),
     _NOTICES.c.status == NoticeStatus.QUEUED,
 )
-_FINISH = (
+_FINISH = Prepared(
     sa.update(_NOTICES)
     .where(_NOTICES.c.id == sa.bindparam("notice"), _NOTICES.c.status == NoticeStatus.QUEUED)
     .values(
@@ -278,8 +279,8 @@ def _finish(
     conn: sa.Connection, notice_id: int, status: str, *, tries: int, error: str = ""
 ) -> None:
     sent_at = utcnow() if status == NoticeStatus.SENT else None
-    conn.execute(
-        _FINISH,
+    _FINISH.execute(
+        conn,
         {"notice": notice_id, "status": status, "sent_at": sent_at, "tries": tries, "error": error},
     )
 

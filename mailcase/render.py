@@ -14,6 +14,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,14 +69,39 @@ class RenderedBody:
 def render_body(
     kind: str, language: str, context: Mapping[str, Any], *, override: Path | None = None
 ) -> RenderedBody:
-    """Render ``kind``'s text (required) and HTML (optional) templates for ``language``."""
+    """Render ``kind``'s text (required) and HTML (optional) templates for ``language``.
+
+    An edited template is used from the next notice on (jinja2 checks the
+    file's time); a new HTML template where there was none, within
+    :data:`MISSING_RECHECK_SECONDS`.
+    """
     env = _environment(override)
     text = env.get_template(f"{language}/{kind}.txt.j2").render(context)
-    try:
-        html_template = env.get_template(f"{language}/{kind}.html.j2")
-    except jinja2.TemplateNotFound:
+    html_template = _html_template(env, f"{language}/{kind}.html.j2")
+    if html_template is None:
         return RenderedBody(text=text, html=None)
     return RenderedBody(text=text, html=html_template.render(context))
+
+
+MISSING_RECHECK_SECONDS = 5.0
+# (environment, name) -> when the template was last found missing. Looking for
+# a file that is not there, in every loader, on every notice (most agent
+# notices have no HTML part) was a tenth of rendering time.
+_MISSING: dict[tuple[jinja2.Environment, str], float] = {}
+
+
+def _html_template(env: jinja2.Environment, name: str) -> jinja2.Template | None:
+    key = (env, name)
+    missing_since = _MISSING.get(key)
+    if missing_since is not None and time.monotonic() - missing_since < MISSING_RECHECK_SECONDS:
+        return None
+    try:
+        template = env.get_template(name)
+    except jinja2.TemplateNotFound:
+        _MISSING[key] = time.monotonic()
+        return None
+    _MISSING.pop(key, None)
+    return template
 
 
 @dataclass(frozen=True, slots=True)

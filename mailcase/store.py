@@ -24,6 +24,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from mailcase.errors import DatabaseError
 from mailcase.models import Case, CaseMessage, FolioCounter, LedgerEntry
+from mailcase.prepared import Prepared
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -221,40 +222,92 @@ def table(model: type[SQLModel]) -> sa.Table:
     return cast(sa.Table, model.__table__)  # type: ignore[attr-defined]
 
 
-def run(session: Session, statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
+def run(
+    session: Session, statement: sa.Executable | Prepared, params: dict[str, Any] | None = None
+) -> Any:
     """Execute a Core ``statement`` in ``session``'s transaction, without autoflush.
 
     The session would flush every pending object first (SQLAlchemy does so for
     Core statements too); callers use this only where the statement does not
-    depend on objects added to the session but not yet flushed.
+    depend on objects added to the session but not yet flushed. A
+    :class:`~mailcase.prepared.Prepared` statement runs on the driver's cursor
+    and returns a :class:`~mailcase.prepared.DriverResult`.
     """
-    return session.connection().execute(statement, params or {})
+    if isinstance(statement, Prepared):
+        return statement.execute(_connection(session), params or {})
+    return _connection(session).execute(statement, params or {})
 
 
-_INSERTS: dict[type[SQLModel], sa.Insert] = {}
+_CONNECTION = "mailcase_connection"
+
+
+def _connection(session: Session) -> sa.Connection:
+    """``session.connection()``, kept until the session's transaction ends.
+
+    Asking the session costs more than a prepared INSERT (py-spy); the
+    connection cannot change within one transaction.
+    """
+    conn = session.info.get(_CONNECTION)
+    if conn is None:
+        conn = session.info[_CONNECTION] = session.connection()
+    return cast(sa.Connection, conn)
+
+
+@sa.event.listens_for(Session, "after_transaction_end")
+def _forget_connection(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the outermost one: its connection goes back to the pool
+        session.info.pop(_CONNECTION, None)
+
+
+_INSERTS: dict[type[SQLModel], Prepared] = {}
+_DEFAULTS: dict[type[SQLModel], dict[str, Any]] = {}
 
 
 M = TypeVar("M", bound=SQLModel)
 
 
+def _insert_statement(model: type[SQLModel]) -> Prepared:
+    statement = _INSERTS.get(model)
+    if statement is None:
+        rows = table(model)
+        statement = _INSERTS[model] = Prepared(sa.insert(rows).returning(rows.c.id))
+    return statement
+
+
 def insert(session: Session, row: M) -> M:
-    """INSERT ``row`` now (Core, RETURNING its id) and return it with the id set.
+    """INSERT ``row`` now (RETURNING its id) and return it with the id set.
 
     Cheaper than adding it to the session and flushing; the row is not tracked
     by the session afterwards, so later changes to the object are not saved.
     """
-    model = type(row)
-    statement = _INSERTS.get(model)
-    if statement is None:
-        rows = table(model)
-        statement = _INSERTS[model] = sa.insert(rows).returning(rows.c.id)
-    new_id = run(session, statement, row.model_dump(exclude={"id"})).scalar_one()
-    row.id = new_id
+    new_id = run(session, _insert_statement(type(row)), row.model_dump(exclude={"id"}))
+    row.id = new_id.scalar_one()
     return row
 
 
+def insert_values(session: Session, model: type[SQLModel], **values: Any) -> int:
+    """INSERT a ``model`` row from ``values`` (the model's defaults for the rest); its id.
+
+    For rows the caller needs no object of: building a SQLModel object costs
+    as much as the INSERT itself. Values are not validated: the caller passes
+    the types the columns hold.
+    """
+    defaults = _DEFAULTS.get(model)
+    if defaults is None:
+        defaults = _DEFAULTS[model] = {
+            name: field.get_default(call_default_factory=True)
+            for name, field in model.model_fields.items()
+            if name != "id" and not field.is_required()
+        }
+    row = defaults | values
+    missing = set(model.model_fields) - {"id"} - set(row)
+    if missing:
+        raise TypeError(f"{model.__name__} needs {', '.join(sorted(missing))}")
+    return int(run(session, _insert_statement(model), row).scalar_one())
+
+
 _COUNTERS = table(FolioCounter)
-_BUMP = (
+_BUMP = Prepared(
     sa.update(_COUNTERS)
     .where(_COUNTERS.c.year == sa.bindparam("y"))
     .values(last=_COUNTERS.c.last + 1)
@@ -305,7 +358,7 @@ def case_by_message_ids(session: Session, message_ids: tuple[str, ...]) -> Case 
 
 
 _LEDGER = table(LedgerEntry)
-_LEDGER_BY_KEY = sa.select(_LEDGER.c.id).where(_LEDGER.c.dedup_key == sa.bindparam("key"))
+_LEDGER_BY_KEY = Prepared(sa.select(_LEDGER.c.id).where(_LEDGER.c.dedup_key == sa.bindparam("key")))
 
 
 def ledger_by_key(session: Session, dedup_key: str) -> list[LedgerEntry]:
