@@ -382,6 +382,9 @@ class PollSettings(_Section):
     batch_size: int = Field(default=50, ge=1, le=1000)
     # IMAP IDLE: None (default) uses it where the server advertises it.
     idle: bool | None = None
+    # A backlog is parsed in a second process alongside the database work
+    # (mailcase.parsing); false keeps all work in the one process.
+    parse_process: bool = True
 
 
 class NoticesSettings(_Section):

@@ -33,7 +33,7 @@ from mailcase.dsn import parse_dsn
 from mailcase.errors import ConfigError, DatabaseError, MailboxError, MessageError, NotFoundError
 from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import FetchedMessage, ImapMailbox
-from mailcase.inbound import InboundMail, parse_inbound
+from mailcase.inbound import InboundMail
 from mailcase.logs import get_logger
 from mailcase.models import (
     Case,
@@ -47,6 +47,8 @@ from mailcase.models import (
 )
 from mailcase.msgid import case_ids_in
 from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
+from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
+from mailcase.prepared import Prepared
 from mailcase.quoting import strip_quoted
 from mailcase.store import (
     Store,
@@ -54,6 +56,7 @@ from mailcase.store import (
     case_by_folio,
     case_by_message_ids,
     insert,
+    insert_values,
     ledger_by_key,
     run,
     table,
@@ -141,20 +144,8 @@ def _poll_leased(
         if progress is not None:
             progress(0, len(uids))
         handled: list[int] = []
-        for fetched in _fetch_planned(rt, box, uids):
-            disposition = ingest_message(rt, name, box.uidvalidity, fetched)
-            report.fetched += 1
-            if progress is not None:
-                progress(report.fetched, len(uids))
-            report.dispositions[disposition] += 1
-            handled.append(fetched.uid)
-            if len(handled) >= rt.settings.poll.batch_size:
-                box.mark_done(handled)
-                handled = []
-                if not leases.acquire(rt.store, name):  # renew; lost it: stop here
-                    break
-            if rt.stop.is_set():
-                break  # SIGTERM: the message in hand is finished; stop here
+        with _parser_for(rt, len(uids), log) as parser:
+            _ingest_all(rt, name, box, uids, report, progress, parser, handled)
         box.mark_done(handled)
         # Flags lost to a crash between commit and STORE are put right here.
         box.mark_done(box.unflagged_below(last_uid))
@@ -166,6 +157,60 @@ def _poll_leased(
                 session.add(checkpoint)
     log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions))
     return report
+
+
+def _parser_for(
+    rt: Runtime, backlog: int, log: Any
+) -> contextlib.AbstractContextManager[ParserProcess | None]:
+    """A child process to parse a backlog in (mailcase.parsing), or None: parse here."""
+    if not (rt.settings.poll.parse_process and worth_a_process(backlog)):
+        return contextlib.nullcontext()
+    try:
+        return ParserProcess(parse_options(rt.settings))
+    except OSError as exc:
+        log.warning("parser_process_unavailable", error=str(exc))
+        return contextlib.nullcontext()
+
+
+def _ingest_all(
+    rt: Runtime,
+    name: str,
+    box: ImapMailbox,
+    uids: list[int],
+    report: MailboxReport,
+    progress: Progress | None,
+    parser: ParserProcess | None,
+    handled: list[int],
+) -> None:
+    """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done."""
+    fetched_messages = _fetch_planned(rt, box, uids)
+    for fetched, parsed in parse_ahead(fetched_messages, _raw_of, parser):
+        disposition = ingest_message(rt, name, box.uidvalidity, fetched, parsed)
+        report.fetched += 1
+        if progress is not None:
+            progress(report.fetched, len(uids))
+        report.dispositions[disposition] += 1
+        handled.append(fetched.uid)
+        if len(handled) >= rt.settings.poll.batch_size:
+            box.mark_done(handled)
+            handled.clear()
+            if not leases.acquire(rt.store, name):  # renew; lost it: stop here
+                return
+        if rt.stop.is_set():
+            return  # SIGTERM: the message in hand is finished; stop here
+
+
+def _raw_of(fetched: FetchedMessage) -> bytes:
+    return fetched.raw
+
+
+def parse_options(settings: Settings) -> ParseOptions:
+    limits = settings.limits
+    return ParseOptions(
+        web_form_senders=tuple(settings.web_form.senders),
+        max_parts=limits.max_mime_parts,
+        max_depth=limits.max_mime_depth,
+    )
 
 
 BATCH_BYTES = 32 * 1024 * 1024  # at most this much message data in memory per FETCH
@@ -250,11 +295,18 @@ def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> int:
         return checkpoint.last_uid
 
 
-def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: FetchedMessage) -> str:
+def ingest_message(
+    rt: Runtime,
+    mailbox: str,
+    uidvalidity: int,
+    fetched: FetchedMessage,
+    parsed: Parsed | None = None,
+) -> str:
     """Process one fetched message; return its disposition. Never raises for bad mail.
 
     The raw bytes are stored first (idempotent, content-addressed), so even a
-    message that fails every later step is kept and can be retried.
+    message that fails every later step is kept and can be retried. ``parsed``
+    is its parse already done (mailcase.parsing), or None: parsed here.
     """
     log = get_logger(mailbox=mailbox, uid=fetched.uid)
     raw_sha = rt.blobs.put_file(fetched.spooled) if fetched.spooled else rt.blobs.put(fetched.raw)
@@ -262,9 +314,9 @@ def ingest_message(rt: Runtime, mailbox: str, uidvalidity: int, fetched: Fetched
     try:
         # Parsed before the transaction: the write lock (SQLite) is then held
         # for the database work only, and delivery can commit in between.
-        parsed = _parse(rt, fetched, raw_sha)
+        mail_and_note = _parse(rt, fetched, raw_sha, parsed)
         with rt.store.transaction() as session:
-            entry = _ingest(rt, session, mailbox, uidvalidity, fetched, raw_sha, parsed)
+            entry = _ingest(rt, session, mailbox, uidvalidity, fetched, raw_sha, mail_and_note)
             if entry.case_id is not None:
                 # A Core read: the new case's object is usually gone from the
                 # session's (weak) identity map by now, and an ORM get reloads it.
@@ -322,9 +374,9 @@ def _error_reason(exc: BaseException) -> str:
 
 
 _CASES = table(Case)
-_FOLIO_OF = sa.select(_CASES.c.folio).where(_CASES.c.id == sa.bindparam("id"))
+_FOLIO_OF = Prepared(sa.select(_CASES.c.folio).where(_CASES.c.id == sa.bindparam("id")))
 _CHECKPOINTS = table(Checkpoint)
-_MOVE_CHECKPOINT = (
+_MOVE_CHECKPOINT = Prepared(
     sa.update(_CHECKPOINTS)
     .where(
         _CHECKPOINTS.c.mailbox == sa.bindparam("box"),
@@ -334,10 +386,12 @@ _MOVE_CHECKPOINT = (
     .values(last_uid=sa.bindparam("uid"))
 )
 _LEDGER = table(LedgerEntry)
-_LEDGER_AT = sa.select(_LEDGER.c.id).where(
-    _LEDGER.c.mailbox == sa.bindparam("box"),
-    _LEDGER.c.uidvalidity == sa.bindparam("validity"),
-    _LEDGER.c.uid == sa.bindparam("uid"),
+_LEDGER_AT = Prepared(
+    sa.select(_LEDGER.c.id).where(
+        _LEDGER.c.mailbox == sa.bindparam("box"),
+        _LEDGER.c.uidvalidity == sa.bindparam("validity"),
+        _LEDGER.c.uid == sa.bindparam("uid"),
+    )
 )
 
 
@@ -406,15 +460,20 @@ def _write_ledger(
     return entry
 
 
-def _parse(rt: Runtime, fetched: FetchedMessage, raw_sha: str) -> tuple[InboundMail, str]:
-    """The message, and a note for the case when it was too large to keep whole."""
+def _parse(
+    rt: Runtime, fetched: FetchedMessage, raw_sha: str, parsed: Parsed | None
+) -> tuple[InboundMail, str]:
+    """The message, and a note for the case when it was too large to keep whole.
+
+    Raises what parsing raised (here, or in the parser process: ``parsed``).
+    """
     limits = rt.settings.limits
-    mail = parse_inbound(
-        fetched.raw,
-        web_form_senders=rt.settings.web_form.senders,
-        max_parts=limits.max_mime_parts,
-        max_depth=limits.max_mime_depth,
-    )
+    if parsed is None:
+        mail = parse_options(rt.settings).parse(fetched.raw)
+    elif isinstance(parsed, BaseException):
+        raise parsed
+    else:
+        mail = parsed
     if fetched.spooled is None:
         return mail, ""
     # Only the beginning was parsed: headers and text, never attachments.
@@ -769,9 +828,12 @@ def _record_inbound(
     kind: str,
     *,
     text: str | None = None,
-) -> CaseMessage:
+) -> int:
+    """Record ``mail`` on ``case`` as a ``kind`` message, with its attachments; its id."""
     assert case.id is not None
-    message = CaseMessage(
+    message_id = insert_values(
+        session,
+        CaseMessage,
         case_id=case.id,
         direction="in",
         kind=kind,
@@ -783,16 +845,14 @@ def _record_inbound(
         text=strip_quoted(mail.text) if text is None else text,
         raw_sha256=raw_sha,
     )
-    insert(session, message)
-    assert message.id is not None
     for attachment in mail.attachments:
         session.add(
             StoredAttachment(
-                case_message_id=message.id,
+                case_message_id=message_id,
                 filename=attachment.filename,
                 content_type=attachment.content_type,
                 size=attachment.size,
                 sha256=rt.blobs.put(attachment.payload),
             )
         )
-    return message
+    return message_id
