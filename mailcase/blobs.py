@@ -14,7 +14,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from mailcase.store import ensure_private_dir
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) owner-only; tighten it if it exists."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (path.stat().st_mode & 0o777) != 0o700 and path.stat().st_uid == os.getuid():
+        path.chmod(0o700)
 
 
 class BlobStore:

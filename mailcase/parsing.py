@@ -8,9 +8,12 @@ process (``python -m mailcase.parsing``) while this one writes the current
 one: the work of two cores, in the order the messages were fetched.
 
 The child imports the parser alone (about 20 MB, a tenth of a second) and
-reads length-prefixed frames on stdin: first the parse options, then one raw
-message per frame; it answers each, in order, with the pickled
-:class:`~mailcase.inbound.InboundMail` or the exception. It ignores SIGINT and
+reads length-prefixed frames on stdin: first the parse options and the blob
+directory, then one raw message per frame; it answers each, in order, with
+the pickled :class:`~mailcase.inbound.InboundMail` or the exception. It also
+writes the message and its attachments to the blob store, as the poll process
+would: content-addressed and idempotent, so the poll process's own writes
+then find them there (and redo any the child could not write). It ignores SIGINT and
 SIGTERM (a stopping daemon finishes the message in hand, which may be waiting
 for its parse) and ends when its stdin closes, that is, with its parent.
 
@@ -34,10 +37,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from queue import SimpleQueue
 from types import MappingProxyType
 from typing import IO, Any, TypeVar
 
+from mailcase.blobs import BlobStore
 from mailcase.errors import MessageError
 from mailcase.inbound import InboundMail, parse_inbound
 
@@ -92,12 +97,12 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
 class _Child:
     """One child process, fed by a thread of its own (so neither side blocks on a full pipe)."""
 
-    def __init__(self, command: Sequence[str], options: ParseOptions) -> None:
+    def __init__(self, command: Sequence[str], options: ParseOptions, blobs: Path | None) -> None:
         self.process = subprocess.Popen(
             list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self._outgoing: SimpleQueue[bytes | None] = SimpleQueue()
-        self._outgoing.put(pickle.dumps(options))
+        self._outgoing.put(pickle.dumps((options, blobs)))
         self._feeder = threading.Thread(target=self._feed, name="parser-feed", daemon=True)
         self._feeder.start()
 
@@ -113,8 +118,8 @@ class _Child:
             with contextlib.suppress(OSError):
                 stdin.close()
 
-    def send(self, raw: bytes) -> None:
-        self._outgoing.put(raw)
+    def send(self, raw: bytes, keep: bool) -> None:
+        self._outgoing.put(pickle.dumps((raw, keep)))
 
     def receive(self) -> Parsed | None:
         """The next answer, or None when the child is gone."""
@@ -143,22 +148,33 @@ _COMMAND = (sys.executable, "-m", "mailcase.parsing")
 
 
 class ParserProcess:
-    """Parses messages in a child process, answering in the order they were sent."""
+    """Parses messages in a child process, answering in the order they were sent.
 
-    def __init__(self, options: ParseOptions, *, command: Sequence[str] | None = None) -> None:
+    With ``blobs`` (the storage directory) the child also stores each message
+    sent with ``keep`` and its attachments (:class:`~mailcase.blobs.BlobStore`).
+    """
+
+    def __init__(
+        self,
+        options: ParseOptions,
+        *,
+        blobs: Path | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
         self.options = options
+        self.blobs = blobs
         self._command = tuple(command or _COMMAND)
-        self._child = _Child(self._command, options)
-        self._waiting: deque[bytes] = deque()  # sent, not answered yet, oldest first
+        self._child = _Child(self._command, options, blobs)
+        self._waiting: deque[tuple[bytes, bool]] = deque()  # sent, not answered, oldest first
         self._deaths = 0  # of children while the oldest waiting message was at the head
 
     @property
     def pid(self) -> int:
         return self._child.process.pid
 
-    def send(self, raw: bytes) -> None:
-        self._waiting.append(raw)
-        self._child.send(raw)
+    def send(self, raw: bytes, keep: bool = True) -> None:
+        self._waiting.append((raw, keep))
+        self._child.send(raw, keep)
 
     def receive(self) -> Parsed:
         """The outcome for the oldest message sent and not yet received."""
@@ -175,16 +191,16 @@ class ParserProcess:
             if self._deaths >= 2:  # it died on this message twice: the message is the cause
                 self._deaths = 0
                 self._waiting.popleft()
-                for raw in self._waiting:
-                    self._child.send(raw)
+                for raw, keep in self._waiting:
+                    self._child.send(raw, keep)
                 return MessageError(f"the parser process died reading this message (exit {code})")
-            for raw in self._waiting:
-                self._child.send(raw)
+            for raw, keep in self._waiting:
+                self._child.send(raw, keep)
 
     def _restart(self) -> int | None:
         self._child.close()
         code = self._child.process.returncode
-        self._child = _Child(self._command, self.options)
+        self._child = _Child(self._command, self.options, self.blobs)
         return code
 
     def close(self) -> None:
@@ -199,10 +215,13 @@ class ParserProcess:
 
 def parse_ahead(
     items: Iterable[T],
-    raw_of: Callable[[T], bytes],
+    raw_of: Callable[[T], tuple[bytes, bool]],
     parser: ParserProcess | None,
 ) -> Generator[tuple[T, Parsed | None], None, None]:
     """Each of ``items`` with its parse outcome, in order; None when ``parser`` is None.
+
+    ``raw_of`` gives an item's raw bytes, and whether the child is to store
+    them (see :class:`ParserProcess`).
 
     Keeps up to :data:`WINDOW_MESSAGES` messages (and :data:`WINDOW_BYTES`)
     with the child, so it parses while the caller works on the previous one.
@@ -225,8 +244,8 @@ def parse_ahead(
             except StopIteration:
                 exhausted = True
                 break
-            raw = raw_of(item)
-            parser.send(raw)
+            raw, keep = raw_of(item)
+            parser.send(raw, keep)
             window.append((item, len(raw)))
             window_bytes += len(raw)
         if not window:
@@ -236,14 +255,27 @@ def parse_ahead(
         yield item, parser.receive()
 
 
+def _store(blobs: BlobStore | None, data: bytes) -> None:
+    if blobs is not None:
+        with contextlib.suppress(OSError):  # the poll process writes it again, and says why not
+            blobs.put(data)
+
+
 def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
-    options = _read_frame(stdin)
-    if options is None:
+    first = _read_frame(stdin)
+    if first is None:
         return
-    parse_options: ParseOptions = pickle.loads(options)  # noqa: S301 - from our parent
-    while (raw := _read_frame(stdin)) is not None:
+    parse_options, directory = pickle.loads(first)  # noqa: S301 - from our parent
+    blobs = BlobStore(directory) if directory is not None else None
+    while (frame := _read_frame(stdin)) is not None:
+        raw, keep = pickle.loads(frame)  # noqa: S301 - from our parent
+        if keep:
+            _store(blobs, raw)  # first, as the poll process does: kept even if unreadable
         try:
             mail = parse_options.parse(raw)
+            if keep:
+                for attachment in mail.attachments:
+                    _store(blobs, attachment.payload)
             answer: tuple[str, Any] = ("ok", replace(mail, headers=dict(mail.headers)))
         except Exception as exc:  # the parent decides what an error means
             answer = ("error", exc)

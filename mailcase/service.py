@@ -166,7 +166,7 @@ def _parser_for(
     if not (rt.settings.poll.parse_process and worth_a_process(backlog)):
         return contextlib.nullcontext()
     try:
-        return ParserProcess(parse_options(rt.settings))
+        return ParserProcess(parse_options(rt.settings), blobs=rt.blobs.directory)
     except OSError as exc:
         log.warning("parser_process_unavailable", error=str(exc))
         return contextlib.nullcontext()
@@ -200,8 +200,9 @@ def _ingest_all(
             return  # SIGTERM: the message in hand is finished; stop here
 
 
-def _raw_of(fetched: FetchedMessage) -> bytes:
-    return fetched.raw
+def _raw_of(fetched: FetchedMessage) -> tuple[bytes, bool]:
+    # A spooled message's raw is its beginning only: the whole is stored from the spool.
+    return fetched.raw, fetched.spooled is None
 
 
 def parse_options(settings: Settings) -> ParseOptions:

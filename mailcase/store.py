@@ -8,7 +8,6 @@ database older than the code unless it may upgrade it itself.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -389,13 +388,6 @@ def ledger_by_key(session: Session, dedup_key: str) -> list[LedgerEntry]:
             select(LedgerEntry).where(col(LedgerEntry.id).in_(ids)).order_by(col(LedgerEntry.id))
         ).all()
     )
-
-
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) owner-only; tighten it if it exists."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if (path.stat().st_mode & 0o777) != 0o700 and path.stat().st_uid == os.getuid():
-        path.chmod(0o700)
 
 
 def utcnow() -> datetime:

@@ -3,6 +3,7 @@ child dies; and a poll with a backlog parses there with the same outcome."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -17,6 +18,7 @@ from helpers import Cli, Env, mail, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase import parsing
+from mailcase.blobs import BlobStore
 from mailcase.errors import MessageError
 from mailcase.inbound import InboundMail
 from mailcase.parsing import ParseOptions, ParserProcess, parse_ahead
@@ -59,6 +61,30 @@ def test_the_child_answers_as_parsing_here_in_order() -> None:
     last = answers[4]
     assert isinstance(last, InboundMail)
     assert last.header("subject") == "Reporte 4 ñandú"  # headers readable again
+
+
+def test_the_child_stores_what_it_is_told_to_keep(tmp_path: Path) -> None:
+    """Kept: the raw message (even when it cannot be parsed) and its attachments, where the
+    poll process's BlobStore finds them; not kept (a spooled beginning): nothing."""
+    kept, unreadable, spooled = _messages(1)[0], _part_bomb(), _messages(2)[1]
+    with ParserProcess(OPTIONS, blobs=tmp_path) as parser:
+        parser.send(kept)
+        parser.send(unreadable)
+        parser.send(spooled, keep=False)
+        answers = [parser.receive() for _ in range(3)]
+    blobs = BlobStore(tmp_path)
+    first, third = answers[0], answers[2]
+    assert isinstance(first, InboundMail) and isinstance(third, InboundMail)
+    assert isinstance(answers[1], MessageError)
+    stored = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    expected = {
+        first.raw_sha256,
+        first.attachments[0].sha256,
+        hashlib.sha256(unreadable).hexdigest(),
+    }
+    assert stored == expected
+    assert blobs.get(first.attachments[0].sha256) == first.attachments[0].payload
+    assert third.attachments[0].sha256 not in stored
 
 
 def test_a_parse_error_comes_back_as_the_same_error() -> None:
@@ -111,7 +137,7 @@ def test_parse_ahead_keeps_a_bounded_window_and_stops_cleanly(
             yield raw
 
     with ParserProcess(OPTIONS) as parser:
-        outcomes = parse_ahead(source(), lambda raw: raw, parser)
+        outcomes = parse_ahead(source(), lambda raw: (raw, True), parser)
         item, parsed = next(outcomes)
         assert item == raws[0] and parsed == OPTIONS.parse(raws[0])
         assert pulled == [0, 1, 2]  # three sent ahead, no more
@@ -122,7 +148,10 @@ def test_parse_ahead_keeps_a_bounded_window_and_stops_cleanly(
 
 
 def test_without_a_parser_items_come_with_none() -> None:
-    assert list(parse_ahead([b"a", b"b"], lambda raw: raw, None)) == [(b"a", None), (b"b", None)]
+    assert list(parse_ahead([b"a", b"b"], lambda raw: (raw, True), None)) == [
+        (b"a", None),
+        (b"b", None),
+    ]
 
 
 def test_an_exception_that_does_not_pickle_comes_back_in_words(
@@ -136,7 +165,7 @@ def test_an_exception_that_does_not_pickle_comes_back_in_words(
 
     monkeypatch.setattr(ParseOptions, "parse", failing)
     stdin = io.BytesIO()
-    for payload in (pickle.dumps(OPTIONS), b"raw"):
+    for payload in (pickle.dumps((OPTIONS, None)), pickle.dumps((b"raw", True))):
         parsing._write_frame(stdin, payload)
     stdin.seek(0)
     stdout = io.BytesIO()
