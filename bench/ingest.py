@@ -26,6 +26,7 @@ import smtplib
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -159,10 +160,28 @@ runpy.run_module("mailcase", run_name="__main__", alter_sys=True)
 """
 
 
+def _children_peak(pid: int, peaks: dict[int, int], done: threading.Event) -> None:
+    """Keep the VmHWM (KiB) of each child of ``pid`` (the parser process) until ``done``."""
+    while not done.wait(0.1):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as listing:
+                children = [int(c) for c in listing.read().split()]
+        except OSError:
+            return
+        for child in children:
+            try:
+                with open(f"/proc/{child}/status") as status:
+                    kib = next(int(x.split()[1]) for x in status if x.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                continue
+            peaks[child] = max(peaks.get(child, 0), kib)
+
+
 def run_mailcase(
     config: Path, sink: SmtpSink, expected: int, profile: Path | None = None
-) -> tuple[float, int, float]:
-    """(seconds until every notice was accepted and the process ended, peak RSS KiB, CPU seconds).
+) -> tuple[float, int, int, float]:
+    """(seconds until every notice was accepted and the process ended, peak RSS KiB of the
+    process, peak RSS KiB of its largest child (the parser process), CPU seconds of both).
 
     ``mailcase poll`` delivers the outbox before it exits, so its exit is the
     moment the last notice was accepted; the sink's count is checked.
@@ -179,14 +198,21 @@ def run_mailcase(
         stderr=subprocess.DEVNULL,
         env={**os.environ, "BENCH_PEAK_FILE": str(peak_file)},
     )
+    peaks: dict[int, int] = {}
+    done = threading.Event()
+    sampler = threading.Thread(target=_children_peak, args=(proc.pid, peaks, done), daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.monotonic() - start
+    done.set()
+    sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"mailcase poll failed with exit code {proc.returncode}")
     if len(sink.messages) != expected:
         sys.exit(f"the sink got {len(sink.messages)} notices, expected {expected}")
-    return elapsed, int(peak_file.read_text()), usage.ru_utime + usage.ru_stime
+    child_peak = max(peaks.values(), default=0)
+    return elapsed, int(peak_file.read_text()), child_peak, usage.ru_utime + usage.ru_stime
 
 
 def floor(imap: Dovecot, sink: SmtpSink, n: int, notices: list[bytes]) -> float:
@@ -259,7 +285,9 @@ def main() -> None:
             pg.start()
             pg.create_database("bench")
             db_url = pg.url("bench")
-            Store.open(db_url, auto_upgrade=True).dispose()  # PostgreSQL is upgraded by the admin
+        # The schema is created before the timed run, as `mailcase db upgrade` does at
+        # installation: (a) measures polling, not a one-time migration.
+        Store.open(db_url or f"sqlite:///{work}/mailcase.db", auto_upgrade=True).dispose()
         extra = {"db_url": db_url} if db_url else {}
         config = write_config(work, imap, sink, notify=True, **extra)
         config.write_text(config.read_text().replace('format = "json"', 'level = "warning"'))
@@ -274,10 +302,14 @@ def main() -> None:
         print(f"loaded {args.n} messages into Dovecot in {time.monotonic() - t:.1f} s")
 
         notice_count = 2 * args.n
-        to_last, rss, cpu = run_mailcase(config, sink, notice_count, args.profile)
+        to_last, rss, child_rss, cpu = run_mailcase(config, sink, notice_count, args.profile)
         notices = [m.data for m in sink.messages[:notice_count]]
-        sink.clear()
-        base = floor(imap, sink, args.n, notices)
+        # The machine's speed drifts: the floor is measured three times, the median kept.
+        floors = []
+        for _ in range(3):
+            sink.clear()
+            floors.append(floor(imap, sink, args.n, notices))
+        base = sorted(floors)[1]
         latencies = idle_latency(config, imap, sink, args.idle_latency) if args.idle_latency else []
         if pg is not None:
             pg.close()
@@ -285,9 +317,13 @@ def main() -> None:
     print(f"database: {args.db}, existing cases: {args.existing_cases}, messages: {args.n}")
     print(
         f"(a) mailcase poll: {to_last:.2f} s to the last of {notice_count} notices, "
-        f"{rate:.0f} messages/s, peak RSS {rss / 1024:.0f} MiB, CPU {cpu:.2f} s"
+        f"{rate:.0f} messages/s, peak RSS {rss / 1024:.0f} MiB "
+        f"+ {child_rss / 1024:.0f} MiB parser process, CPU {cpu:.2f} s"
     )
-    print(f"(b) floor (fetch + parse + send): {base:.2f} s, {args.n / base:.0f} messages/s")
+    print(
+        f"(b) floor (fetch + parse + send): {base:.2f} s, {args.n / base:.0f} messages/s "
+        f"(median of {', '.join(f'{f:.2f}' for f in floors)} s)"
+    )
     print(f"ratio (a)/(b): {to_last / base:.2f}")
     if latencies:
         ordered = sorted(latencies)
