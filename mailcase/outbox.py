@@ -14,8 +14,10 @@ Delivery opens one SMTP connection per run and marks each notice as it goes:
 * a recipient that is one of our own addresses or an automatic one
   (MAILER-DAEMON, noreply, …) → ``suppressed``: a last guard against mail loops.
 
-A crash between the server's acceptance and the ``sent`` mark can send that
-one notice twice; nothing else is ever sent twice.
+A crash between the server's acceptance and the ``sent`` mark can send a
+notice twice: on PostgreSQL the one being sent, on SQLite the few accepted
+while ingest was writing (at most :data:`MAX_UNMARKED`, usually one or two).
+Nothing else is ever sent twice.
 """
 
 from __future__ import annotations
@@ -158,11 +160,9 @@ def _deliver(
                 store, settings, notice_id, exc, permanent=False, report=report, now=now
             )
         return report
-    claim = store.engine.dialect.name == "postgresql"
     try:
-        if claim:
-            for notice_id in ids:
-                _deliver_one(store, settings, connection, notice_id, now, report, claim=True)
+        if store.engine.dialect.name == "postgresql":
+            _deliver_claimed(store, settings, connection, ids, now, report)
         else:
             # One read per chunk instead of one transaction per notice.
             marks = _SentMarks(store)
@@ -173,7 +173,7 @@ def _deliver(
                     for notice_id in chunk:
                         _deliver_one(
                             store, settings, connection, notice_id, now, report,
-                            claim=False, row=rows.get(notice_id), marks=marks,
+                            row=rows.get(notice_id), marks=marks,
                         )  # fmt: skip
                         marks.write(wait=len(marks.pending) >= MAX_UNMARKED)
             finally:
@@ -233,16 +233,20 @@ SUPPRESSED = "recipient is one of our mailboxes or automatic: not sent"
 _NOTICES = table(Notice)
 # Built once: delivery runs these for every notice, and SQLAlchemy's ORM
 # session and statement building cost more than SQLite itself (py-spy).
-_DUE = sa.select(
-    _NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id, _NOTICES.c.raw
-).where(_NOTICES.c.id == sa.bindparam("id"), _NOTICES.c.status == NoticeStatus.QUEUED)
-_CLAIM = _DUE.with_for_update(skip_locked=True)
 _DUE_MANY = sa.select(
     _NOTICES.c.id, _NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id, _NOTICES.c.raw
 ).where(
     _NOTICES.c.id.in_(sa.bindparam("ids", expanding=True)),
     _NOTICES.c.status == NoticeStatus.QUEUED,
 )
+_CLAIM = (
+    sa.select(
+        _NOTICES.c.id, _NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id,
+        _NOTICES.c.raw,
+    )
+    .where(_NOTICES.c.id == sa.bindparam("id"), _NOTICES.c.status == NoticeStatus.QUEUED)
+    .with_for_update(skip_locked=True)
+)  # fmt: skip
 _FINISH = Prepared(
     sa.update(_NOTICES)
     .where(_NOTICES.c.id == sa.bindparam("notice"), _NOTICES.c.status == NoticeStatus.QUEUED)
@@ -255,6 +259,51 @@ _FINISH = Prepared(
 )
 
 
+def _deliver_claimed(
+    store: Store,
+    settings: Settings,
+    connection: SmtpConnection,
+    ids: Iterator[int],
+    now: datetime,
+    report: DeliveryReport,
+) -> None:
+    """Deliver on PostgreSQL, where several instances may share the outbox.
+
+    Each notice is claimed with ``FOR UPDATE SKIP LOCKED`` and sent while its
+    row is locked, so one instance only sends it, then marked in the same
+    transaction: a crash sends at most that one twice. One connection serves
+    the whole run (a connection from the pool cost a ping, a round trip, per
+    notice).
+    """
+    log = get_logger()
+    with store.connection() as conn:
+        for notice_id in ids:
+            failure: DeliveryError | None = None
+            with conn.begin():
+                row = conn.execute(_CLAIM, {"id": notice_id}).first()
+                if row is None:
+                    continue  # sent, or being sent, by another instance
+                if _suppressed(settings, notice_id, row.rcpt_to, report):
+                    _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
+                    continue
+                failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
+                if failure is None:
+                    _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
+            if failure is None:
+                report.sent += 1
+                log.info("notice_sent", notice=notice_id, message_id=row.message_id)
+                continue
+            _record_failure(
+                store,
+                settings,
+                notice_id,
+                failure,
+                permanent=isinstance(failure, PermanentDeliveryError),
+                report=report,
+                now=now,
+            )
+
+
 def _deliver_one(
     store: Store,
     settings: Settings,
@@ -263,47 +312,26 @@ def _deliver_one(
     now: datetime,
     report: DeliveryReport,
     *,
-    claim: bool,
-    row: Any = None,  # an sa.Row of _DUE_MANY, or None
-    marks: _SentMarks | None = None,
+    row: Any,  # an sa.Row of _DUE_MANY, or None: no longer queued
+    marks: _SentMarks,
 ) -> None:
-    """Deliver one queued notice and record the outcome.
+    """Deliver one queued notice on SQLite and record the outcome.
 
-    With ``claim`` (PostgreSQL, possibly several instances) the notice's row is
-    taken with ``FOR UPDATE SKIP LOCKED`` and the SMTP transaction happens
-    while that lock is held, so one instance only sends it. Without (SQLite,
-    one writer) the caller has read ``row`` without the write lock
-    (Store.reading; None: no longer queued) and it is sent outside any
-    transaction, so neither waits for ingest nor holds the lock while a
-    remote server answers.
+    The caller has read ``row`` without the write lock (Store.reading), and
+    it is sent outside any transaction, so delivery neither waits for ingest
+    nor holds the lock while a remote server answers; ``marks`` writes the
+    sent mark when the lock is free. SQLite has one writer: no other instance
+    takes the same notice.
     """
-    failure: DeliveryError | None = None
-    if claim:
+    if row is None:
+        return  # sent by an earlier run
+    if _suppressed(settings, notice_id, row.rcpt_to, report):
         with store.writing() as conn:
-            row = conn.execute(_CLAIM, {"id": notice_id}).first()
-            if row is None:
-                return  # sent, or being sent, by another instance
-            if _suppressed(settings, notice_id, row.rcpt_to, report):
-                _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
-                return
-            failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
-            if failure is None:
-                _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
-    else:
-        if row is None:
-            return  # sent by an earlier run
-        if _suppressed(settings, notice_id, row.rcpt_to, report):
-            with store.writing() as conn:
-                _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
-            return
-        failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
-        if failure is None:
-            if marks is not None:
-                marks.add(notice_id)  # written by the caller when the database is free
-            else:
-                with store.writing() as conn:
-                    _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
+            _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
+        return
+    failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
     if failure is None:
+        marks.add(notice_id)
         report.sent += 1
         get_logger().info("notice_sent", notice=notice_id, message_id=row.message_id)
         return

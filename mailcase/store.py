@@ -188,6 +188,15 @@ class Store:
             yield conn
 
     @contextmanager
+    def connection(self) -> Iterator[sa.Connection]:
+        """A Core connection for several transactions (``with conn.begin()`` each).
+
+        Not for SQLite writes: those go through :meth:`writing` (the writer lock).
+        """
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
     def writing_if_free(self) -> Iterator[sa.Connection | None]:
         """Like :meth:`writing`, but None at once when another thread of this process
         is writing (SQLite): for work that can be done later instead of waiting."""

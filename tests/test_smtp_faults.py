@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from helpers import NOTIFY, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 
@@ -368,3 +369,40 @@ def test_delivery_goes_on_while_ingest_writes_and_marks_its_notices_later(
         assert len(sink.messages) == 4
     finally:
         rt.store.dispose()
+
+
+def test_postgresql_skips_a_notice_another_instance_holds_and_goes_on(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    postgres: Any,
+) -> None:
+    """Four acknowledgements, the second locked by another instance's transaction: the
+    other three go out at once over the run's one connection, the held one after its
+    holder lets go, and none twice."""
+    postgres.create_database("claims", template="mailcase_template")
+    try:
+        url = postgres.url("claims")
+        cli = setup(tmp_path, mailboxes, sink, capsys, url)
+        mailboxes.append_many("contacto", [mail(sender=f"c{i}@example.com") for i in range(4)])
+        settings = load_settings(cli.config)
+        rt = Runtime.open(settings)
+        try:
+            poll_mailbox(rt, "contacto")  # ingest only
+            ids = [n["id"] for n in sorted(outbox(cli), key=lambda n: n["id"])]
+            with rt.store.engine.connect() as other, other.begin():
+                other.execute(
+                    sa.text("SELECT id FROM notices WHERE id = :id FOR UPDATE"), {"id": ids[1]}
+                )
+                assert deliver_outbox(rt.store, settings).sent == 3
+            by_id = {n["id"]: n["status"] for n in outbox(cli)}
+            assert by_id == {ids[0]: "sent", ids[1]: "queued", ids[2]: "sent", ids[3]: "sent"}
+            assert deliver_outbox(rt.store, settings).sent == 1
+            assert sorted(m.rcpt_tos[0] for m in sink.messages) == [
+                f"c{i}@example.com" for i in range(4)
+            ]
+        finally:
+            rt.store.dispose()
+    finally:
+        postgres.drop_database("claims")
