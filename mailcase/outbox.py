@@ -293,15 +293,7 @@ def _deliver_claimed(
                 report.sent += 1
                 log.info("notice_sent", notice=notice_id, message_id=row.message_id)
                 continue
-            _record_failure(
-                store,
-                settings,
-                notice_id,
-                failure,
-                permanent=isinstance(failure, PermanentDeliveryError),
-                report=report,
-                now=now,
-            )
+            _delivery_failed(store, settings, notice_id, failure, report, now)
 
 
 def _deliver_one(
@@ -335,14 +327,21 @@ def _deliver_one(
         report.sent += 1
         get_logger().info("notice_sent", notice=notice_id, message_id=row.message_id)
         return
+    _delivery_failed(store, settings, notice_id, failure, report, now)
+
+
+def _delivery_failed(
+    store: Store,
+    settings: Settings,
+    notice_id: int,
+    failure: DeliveryError,
+    report: DeliveryReport,
+    now: datetime,
+) -> None:
+    """Record the server's refusal (5xx: failed) or a temporary failure (back-off)."""
+    permanent = isinstance(failure, PermanentDeliveryError)
     _record_failure(
-        store,
-        settings,
-        notice_id,
-        failure,
-        permanent=isinstance(failure, PermanentDeliveryError),
-        report=report,
-        now=now,
+        store, settings, notice_id, failure, permanent=permanent, report=report, now=now
     )
 
 
