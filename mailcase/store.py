@@ -287,6 +287,7 @@ def _forget_connection(session: Session, transaction: Any) -> None:
 
 _INSERTS: dict[type[SQLModel], Prepared] = {}
 _DEFAULTS: dict[type[SQLModel], dict[str, Any]] = {}
+_COLUMNS: dict[type[SQLModel], frozenset[str]] = {}
 
 
 M = TypeVar("M", bound=SQLModel)
@@ -325,8 +326,9 @@ def insert_values(session: Session, model: type[SQLModel], **values: Any) -> int
             for name, field in model.model_fields.items()
             if name != "id" and not field.is_required()
         }
+        _COLUMNS[model] = frozenset(model.model_fields) - {"id"}
     row = defaults | values
-    missing = set(model.model_fields) - {"id"} - set(row)
+    missing = _COLUMNS[model].difference(row)
     if missing:
         raise TypeError(f"{model.__name__} needs {', '.join(sorted(missing))}")
     return int(run(session, _insert_statement(model), row).scalar_one())
