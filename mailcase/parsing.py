@@ -18,10 +18,14 @@ SIGTERM (a stopping daemon finishes the message in hand, which may be waiting
 for its parse) and ends when its stdin closes, that is, with its parent.
 
 If the child dies (killed, out of memory, a crash in the parser), a new one
-is started and the messages not yet answered are sent again. A message at the
-head of the queue when a child died for the second time is given back as a
-:class:`~mailcase.errors.MessageError`, so the caller quarantines it and the
-poll goes on; its neighbours are parsed by the next child.
+is started and the messages not yet answered are sent again. When a child
+dies a second time with the same message at the head of the queue, a new one
+is first given a tiny plain message: if it parses that, the message at the
+head is the cause and is given back as a
+:class:`~mailcase.errors.MessageError` (the caller quarantines it, the poll
+goes on, its neighbours are parsed by the new child); if not, or if no child
+can be started, the parser process is broken (logged as
+``parser_process_unavailable``) and the caller parses everything left itself.
 """
 
 from __future__ import annotations
@@ -132,7 +136,8 @@ class _Child:
             return value  # type: ignore[no-any-return]
         return replace(value, headers=MappingProxyType(value.headers))  # type: ignore[no-any-return]
 
-    def close(self) -> None:
+    def close(self) -> int | None:
+        """Stop the child (if it still runs); its exit code."""
         self._outgoing.put(None)  # closes stdin: the child ends …
         if self.process.stdout is not None:
             self.process.stdout.close()  # … at once, if it was answering what is no longer read
@@ -142,9 +147,18 @@ class _Child:
             self.process.kill()
             self.process.wait()
         self._feeder.join(timeout=5)
+        return self.process.returncode
 
 
 _COMMAND = (sys.executable, "-m", "mailcase.parsing")
+# What a working child must parse: told apart from a message that kills it.
+_CANARY = b"From: canary@localhost\r\nSubject: canary\r\n\r\ncanary\r\n"
+
+
+def _log_broken(error: str) -> None:
+    from mailcase.logs import get_logger  # the parent only: the child stays light
+
+    get_logger().warning("parser_process_unavailable", error=error)
 
 
 class ParserProcess:
@@ -167,6 +181,7 @@ class ParserProcess:
         self._child = _Child(self._command, options, blobs)
         self._waiting: deque[tuple[bytes, bool]] = deque()  # sent, not answered, oldest first
         self._deaths = 0  # of children while the oldest waiting message was at the head
+        self.broken = False  # no child works: everything is parsed by the caller
 
     @property
     def pid(self) -> int:
@@ -174,34 +189,53 @@ class ParserProcess:
 
     def send(self, raw: bytes, keep: bool = True) -> None:
         self._waiting.append((raw, keep))
-        self._child.send(raw, keep)
+        if not self.broken:
+            self._child.send(raw, keep)
 
-    def receive(self) -> Parsed:
-        """The outcome for the oldest message sent and not yet received."""
+    def receive(self) -> Parsed | None:
+        """The outcome for the oldest message sent and not yet received.
+
+        None: parse it in this process (the parser process cannot be used).
+        """
         if not self._waiting:
             raise RuntimeError("nothing was sent")
-        while True:
+        while not self.broken:
             answer = self._child.receive()
             if answer is not None:
                 self._waiting.popleft()
                 self._deaths = 0
                 return answer
-            code = self._restart()
+            code = self._child.close()
             self._deaths += 1
-            if self._deaths >= 2:  # it died on this message twice: the message is the cause
+            if self._deaths >= 2 and self._start(canary=True):
+                # It died on this message twice, and a new child reads other mail:
+                # the message is the cause.
                 self._deaths = 0
                 self._waiting.popleft()
-                for raw, keep in self._waiting:
-                    self._child.send(raw, keep)
+                self._resend()
                 return MessageError(f"the parser process died reading this message (exit {code})")
-            for raw, keep in self._waiting:
-                self._child.send(raw, keep)
+            if self._deaths < 2 and self._start():
+                self._resend()
+        self._waiting.popleft()
+        return None
 
-    def _restart(self) -> int | None:
-        self._child.close()
-        code = self._child.process.returncode
-        self._child = _Child(self._command, self.options, self.blobs)
-        return code
+    def _start(self, *, canary: bool = False) -> bool:
+        """A new child (that parses a tiny message, with ``canary``); False: none works."""
+        try:
+            self._child = _Child(self._command, self.options, self.blobs)
+            if canary:
+                self._child.send(_CANARY, False)
+                if not isinstance(self._child.receive(), InboundMail):
+                    raise OSError(f"it cannot parse a plain message (exit {self._child.close()})")
+        except OSError as exc:
+            self.broken = True
+            _log_broken(str(exc))
+            return False
+        return True
+
+    def _resend(self) -> None:
+        for raw, keep in self._waiting:
+            self._child.send(raw, keep)
 
     def close(self) -> None:
         self._child.close()
@@ -252,7 +286,7 @@ def parse_ahead(
             return
         item, size = window.popleft()
         window_bytes -= size
-        yield item, parser.receive()
+        yield item, parser.receive()  # None once the parser process is broken
 
 
 def _store(blobs: BlobStore | None, data: bytes) -> None:

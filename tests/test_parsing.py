@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cli, Env, mail, write_config
+from helpers import Cli, Env, json_events, mail, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase import parsing
@@ -221,3 +221,40 @@ def test_a_backlog_is_parsed_in_the_child_with_the_same_outcome(
         f"cliente{i}@example.com" for i in range(5)
     ]
     assert len(sink.messages) == 5
+
+
+BROKEN = (sys.executable, "-c", "raise SystemExit(1)")  # a child that cannot even start
+
+
+def test_when_no_child_works_the_caller_parses_everything_and_nothing_is_quarantined() -> None:
+    """A child that dies at once, every time: not the messages' fault. The first message is
+    not quarantined (the canary fails too); every message comes back None: parse it here."""
+    raws = _messages(3)
+    with ParserProcess(OPTIONS, command=BROKEN) as parser:
+        for raw in raws:
+            parser.send(raw)
+        answers = [parser.receive() for _ in raws]
+        assert parser.broken
+        parser.send(raws[0])  # later messages are not sent anywhere
+        answers.append(parser.receive())
+    assert answers == [None, None, None, None]
+
+
+@pytest.mark.integration
+def test_a_poll_whose_parser_process_cannot_start_parses_in_the_poll_process(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(parsing, "MIN_BACKLOG", 2)
+    monkeypatch.setattr(parsing, "_COMMAND", BROKEN)
+    config = write_config(tmp_path, mailboxes, sink)
+    env = Env(Cli(config, capsys), mailboxes, sink, config, tmp_path)
+    env.imap.append_many("contacto", _messages(4))
+    code, _, err = env.cli("poll")
+    assert code == 0, err
+    assert Counter(r["disposition"] for r in env.ledger()) == {"new_case": 4}
+    assert len(sink.messages) == 4
+    assert [e["event"] for e in json_events(err)].count("parser_process_unavailable") == 1
