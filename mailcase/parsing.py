@@ -80,7 +80,9 @@ Parsed = InboundMail | BaseException  # a parse's outcome, as the caller raises 
 
 def worth_a_process(backlog: int) -> bool:
     """Whether a poll of ``backlog`` messages should parse in a child process."""
-    return backlog >= MIN_BACKLOG and len(os.sched_getaffinity(0)) > 1
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere the core count
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return backlog >= MIN_BACKLOG and cores > 1
 
 
 def _write_frame(stream: IO[bytes], payload: bytes) -> None:

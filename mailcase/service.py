@@ -206,6 +206,7 @@ def _raw_of(fetched: FetchedMessage) -> tuple[bytes, bool]:
 
 
 def parse_options(settings: Settings) -> ParseOptions:
+    """How ``settings`` say inbound mail is parsed (web-form senders, MIME limits)."""
     limits = settings.limits
     return ParseOptions(
         web_form_senders=tuple(settings.web_form.senders),
