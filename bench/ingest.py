@@ -163,9 +163,12 @@ runpy.run_module("mailcase", run_name="__main__", alter_sys=True)
 def _children_peak(pid: int, peaks: dict[int, int], done: threading.Event) -> None:
     """Keep the VmHWM (KiB) of each child of ``pid`` (the parser process) until ``done``."""
     while not done.wait(0.1):
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as listing:
-                children = [int(c) for c in listing.read().split()]
+        try:  # each thread's children are listed under that thread
+            children = [
+                int(c)
+                for listing in Path(f"/proc/{pid}/task").glob("*/children")
+                for c in listing.read_text().split()
+            ]
         except OSError:
             return
         for child in children:
