@@ -199,16 +199,21 @@ def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest(
         text=True,
         start_new_session=True,  # its own process group, as systemd's cgroup
     )
-    assert proc.stderr is not None
-    for line in proc.stderr:  # the first message is in; the poll is mid-batch
-        if '"message_ingested"' in line:
-            break
-    # A backlog of 200: the parser process is running too. systemd signals the whole
-    # group; the child ignores it, and ends with its parent.
-    children = _children(proc.pid)
-    assert len(children) == 1
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the first message is in; the poll is mid-batch
+            if '"message_ingested"' in line:
+                break
+        # A backlog of 200: the parser process is running too. systemd signals the whole
+        # group; the child ignores it, and ends with its parent.
+        children = _children(proc.pid)
+        assert len(children) == 1
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # a failed assertion above: leave no daemon behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 0, err
     assert '"parser_process_unavailable"' not in err
     deadline = time.monotonic() + 10
