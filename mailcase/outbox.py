@@ -14,10 +14,9 @@ Delivery opens one SMTP connection per run and marks each notice as it goes:
 * a recipient that is one of our own addresses or an automatic one
   (MAILER-DAEMON, noreply, …) → ``suppressed``: a last guard against mail loops.
 
-A crash between the server's acceptance and the ``sent`` mark can send a
-notice twice: on PostgreSQL the one being sent, on SQLite the few accepted
-while ingest was writing (at most :data:`MAX_UNMARKED`, usually one or two).
-Nothing else is ever sent twice.
+A crash between the server's acceptance and the ``sent`` mark can send that
+one notice twice; nothing else is ever sent twice (tests/test_crash.py holds
+it to at most one repeat per kill).
 """
 
 from __future__ import annotations
@@ -165,57 +164,20 @@ def _deliver(
             _deliver_claimed(store, settings, connection, ids, now, report)
         else:
             # One read per chunk instead of one transaction per notice.
-            marks = _SentMarks(store)
-            try:
-                for chunk in _chunks(ids, READ_CHUNK):
-                    with store.reading() as conn:
-                        rows = {r.id: r for r in conn.execute(_DUE_MANY, {"ids": chunk})}
-                    for notice_id in chunk:
-                        _deliver_one(
-                            store, settings, connection, notice_id, now, report,
-                            row=rows.get(notice_id), marks=marks,
-                        )  # fmt: skip
-                        marks.write(wait=len(marks.pending) >= MAX_UNMARKED)
-            finally:
-                marks.write(wait=True)
+            for chunk in _chunks(ids, READ_CHUNK):
+                with store.reading() as conn:
+                    rows = {r.id: r for r in conn.execute(_DUE_MANY, {"ids": chunk})}
+                for notice_id in chunk:
+                    _deliver_one(
+                        store, settings, connection, notice_id, now, report,
+                        row=rows.get(notice_id),
+                    )  # fmt: skip
     finally:
         connection.close()
     return report
 
 
 READ_CHUNK = 50
-MAX_UNMARKED = 20
-
-
-class _SentMarks:
-    """Notices accepted by the SMTP server and not yet marked sent (SQLite).
-
-    Marking a notice sent needs SQLite's one write lock, which ingest holds
-    for each message it writes: waiting for it after every notice was a third
-    of delivery's time during a poll (py-spy). Marks are written whenever the
-    lock is free, all at once, and waited for only when :data:`MAX_UNMARKED`
-    are pending and at the end of the run. A crash in between sends those few
-    again on the next run: delivery is at-least-once, as it always was for the
-    notice between the server's acceptance and the commit.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.pending: list[tuple[int, datetime]] = []
-
-    def add(self, notice_id: int) -> None:
-        self.pending.append((notice_id, utcnow()))
-
-    def write(self, *, wait: bool) -> None:
-        if not self.pending:
-            return
-        opened = self.store.writing() if wait else self.store.writing_if_free()
-        with opened as conn:
-            if conn is None:
-                return  # ingest is writing: later
-            for notice_id, sent_at in self.pending:
-                _finish(conn, notice_id, NoticeStatus.SENT, tries=1, sent_at=sent_at)
-        self.pending.clear()
 
 
 def _chunks(ids: Iterator[int], size: int) -> Iterator[list[int]]:
@@ -305,15 +267,14 @@ def _deliver_one(
     report: DeliveryReport,
     *,
     row: Any,  # an sa.Row of _DUE_MANY, or None: no longer queued
-    marks: _SentMarks,
 ) -> None:
     """Deliver one queued notice on SQLite and record the outcome.
 
     The caller has read ``row`` without the write lock (Store.reading), and
     it is sent outside any transaction, so delivery neither waits for ingest
-    nor holds the lock while a remote server answers; ``marks`` writes the
-    sent mark when the lock is free. SQLite has one writer: no other instance
-    takes the same notice.
+    nor holds the lock while a remote server answers. The sent mark is written
+    before the next notice goes out, so a crash repeats at most this one.
+    SQLite has one writer: no other instance takes the same notice.
     """
     if row is None:
         return  # sent by an earlier run
@@ -323,7 +284,8 @@ def _deliver_one(
         return
     failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
     if failure is None:
-        marks.add(notice_id)
+        with store.writing() as conn:
+            _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
         report.sent += 1
         get_logger().info("notice_sent", notice=notice_id, message_id=row.message_id)
         return

@@ -197,24 +197,6 @@ class Store:
             yield conn
 
     @contextmanager
-    def writing_if_free(self) -> Iterator[sa.Connection | None]:
-        """Like :meth:`writing`, but None at once when another thread of this process
-        is writing (SQLite): for work that can be done later instead of waiting."""
-        if self.engine.dialect.name != "sqlite":
-            with self.writing() as conn:
-                yield conn
-            return
-        lock = cast(threading.RLock, self._writer)
-        if not lock.acquire(blocking=False):
-            yield None
-            return
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        finally:
-            lock.release()
-
-    @contextmanager
     def reading(self) -> Iterator[sa.Connection]:
         """A Core connection in a read-only transaction: on SQLite it takes no write lock.
 
