@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
+import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 
 from mailcase.classify import LOOP_HEADER
 from mailcase.render import (
+    MISSING_RECHECK_SECONDS,
     Envelope,
     RenderedBody,
     build_message,
@@ -283,3 +286,25 @@ def test_any_customer_string_renders_literally(name: str, subject: str) -> None:
     body = render_body("acknowledgement", "es", context(customer_name=name, subject=subject))
     assert name in body.text
     assert subject in body.text
+
+
+def test_an_edited_template_applies_at_once_and_a_new_html_one_within_the_recheck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing HTML template is not looked for on every notice: one added later is used
+    once MISSING_RECHECK_SECONDS have passed. An edit to an existing one applies at once."""
+    text = tmp_path / "es" / "aviso.txt.j2"
+    text.parent.mkdir()
+    text.write_text("Aviso {{ folio }}\n", encoding="utf-8")
+    assert render_body("aviso", "es", context(), override=tmp_path).html is None
+
+    (tmp_path / "es" / "aviso.html.j2").write_text("<p>{{ folio }}</p>\n", encoding="utf-8")
+    text.write_text("Aviso nuevo {{ folio }}\n", encoding="utf-8")
+    os.utime(text, (1, 1))  # a different time from the first version's, whatever the clock
+    body = render_body("aviso", "es", context(), override=tmp_path)
+    assert (body.text, body.html) == (f"Aviso nuevo {FOLIO}\n", None)
+
+    later = time.monotonic() + MISSING_RECHECK_SECONDS + 1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    body = render_body("aviso", "es", context(), override=tmp_path)
+    assert body.html == f"<p>{FOLIO}</p>\n"
