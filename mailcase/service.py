@@ -19,7 +19,6 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -318,10 +317,10 @@ def ingest_message(
         # for the database work only, and delivery can commit in between.
         mail_and_note = _parse(rt, fetched, raw_sha, parsed)
         with rt.store.transaction() as session:
-            entry = _ingest(rt, session, mailbox, uidvalidity, fetched, raw_sha, mail_and_note)
-            if entry.case_id is not None:
-                # A Core read: the new case's object is usually gone from the
-                # session's (weak) identity map by now, and an ORM get reloads it.
+            entry, folio = _ingest(
+                rt, session, mailbox, uidvalidity, fetched, raw_sha, mail_and_note
+            )
+            if folio is None and entry.case_id is not None:  # a message met again
                 folio = run(session, _FOLIO_OF, {"id": entry.case_id}).scalar()
     except DatabaseError:
         raise
@@ -397,6 +396,15 @@ _LEDGER_AT = Prepared(
 )
 
 
+# One round trip for both (PostgreSQL): the lookup, and the lock _existing describes.
+_LEDGER_AT_LOCKING = Prepared(
+    sa.select(
+        _LEDGER_AT.statement.scalar_subquery(),  # type: ignore[attr-defined]
+        sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(sa.bindparam("key"), 0)),
+    )
+)
+
+
 def _advance(session: Session, mailbox: str, uidvalidity: int, uid: int) -> None:
     """Move the checkpoint past ``uid`` (never back; a checkpoint of another UIDVALIDITY stays)."""
     params = {"box": mailbox, "validity": uidvalidity, "uid": uid}
@@ -406,9 +414,22 @@ def _advance(session: Session, mailbox: str, uidvalidity: int, uid: int) -> None
         session.add(Checkpoint(mailbox=mailbox, uidvalidity=uidvalidity, last_uid=uid))
 
 
-def _existing(session: Session, mailbox: str, uidvalidity: int, uid: int) -> LedgerEntry | None:
+def _existing(
+    session: Session, mailbox: str, uidvalidity: int, uid: int, dedup_key: str | None = None
+) -> LedgerEntry | None:
+    """The ledger row of message ``uid`` if it was ingested already.
+
+    With a ``dedup_key``, on PostgreSQL, the same statement takes the
+    transaction's advisory lock on it: two instances may ingest the two copies of one message (Cc
+    to both mailboxes) at once, and they serialise on its identity until
+    commit. Whatever is read about that identity is read in later statements,
+    which see what the lock's previous holder committed (READ COMMITTED).
+    """
     params = {"box": mailbox, "validity": uidvalidity, "uid": uid}
-    entry_id = run(session, _LEDGER_AT, params).scalars().first()
+    if dedup_key is not None and session.get_bind().dialect.name == "postgresql":
+        entry_id = run(session, _LEDGER_AT_LOCKING, params | {"key": dedup_key}).scalar()
+    else:
+        entry_id = run(session, _LEDGER_AT, params).scalar()
     return None if entry_id is None else session.get(LedgerEntry, entry_id)
 
 
@@ -495,19 +516,13 @@ def _ingest(
     fetched: FetchedMessage,
     raw_sha: str,
     parsed: tuple[InboundMail, str],
-) -> LedgerEntry:
-    existing = _existing(session, mailbox, uidvalidity, fetched.uid)
-    if existing is not None:
-        return existing  # committed before a crash lost the checkpoint's news
-    settings = rt.settings
+) -> tuple[LedgerEntry, str | None]:
+    """Record the message in ``session``: its ledger row, and its case's folio if known."""
     mail, note = parsed
-    if session.get_bind().dialect.name == "postgresql":
-        # Two instances may ingest the two copies of one message (Cc to both
-        # mailboxes) at once: serialise on its identity until commit.
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": mail.dedup_key},
-        )
+    existing = _existing(session, mailbox, uidvalidity, fetched.uid, mail.dedup_key)
+    if existing is not None:
+        return existing, None  # committed before a crash lost the checkpoint's news
+    settings = rt.settings
 
     earlier = ledger_by_key(session, mail.dedup_key)
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
@@ -518,7 +533,7 @@ def _ingest(
         entry.uidvalidity, entry.uid = uidvalidity, fetched.uid
         session.add(entry)
         _advance(session, mailbox, uidvalidity, fetched.uid)
-        return entry
+        return entry, None
 
     classification = classify(mail, own_addresses=settings.own_addresses)
     facts = _facts(rt, session, mail, earlier)
@@ -535,9 +550,9 @@ def _ingest(
         # Old mail met for the first time: opened and recorded, never answered.
         decision = replace(decision, acknowledge=False, quiet=True)
         note = "; ".join(n for n in (note, "older than notices.max_age_hours: not answered") if n)
-    case_id = _apply(rt, session, mailbox, mail, raw_sha, fetched.raw, decision, note)
+    case = _apply(rt, session, mailbox, mail, raw_sha, fetched.raw, decision, note)
     reasons = [r for r in (decision.reason, note) if r]
-    return _write_ledger(
+    entry = _write_ledger(
         session,
         mailbox,
         uidvalidity,
@@ -546,10 +561,11 @@ def _ingest(
         dedup_key=mail.dedup_key,
         disposition=decision.disposition,
         reason="; ".join(reasons),
-        case_id=case_id,
+        case_id=case.id if case else None,
         raw_sha256=raw_sha,
         size=mail.size,
     )
+    return entry, case.folio if case else None
 
 
 def _too_old(settings: Settings, fetched: FetchedMessage) -> bool:
@@ -618,12 +634,12 @@ def _apply(
     raw: bytes,
     decision: Decision,
     note: str = "",
-) -> int | None:
-    """Carry out ``decision`` in ``session``; return the case id the message belongs to."""
+) -> Case | CaseRef | None:
+    """Carry out ``decision`` in ``session``; return the case the message belongs to."""
     settings = rt.settings
     disposition = decision.disposition
     if disposition is Disposition.DUPLICATE:
-        return decision.case.id if decision.case else None
+        return decision.case
     if disposition is Disposition.QUARANTINED:
         return None
     if disposition is Disposition.BOUNCE:
@@ -662,7 +678,7 @@ def _apply(
             )
         if not decision.quiet:
             _notify_agents_of(session, settings, case, "new", mail)
-        return case.id
+        return case
     if decision.case is None:
         return None
     found = session.get(Case, decision.case.id)
@@ -673,11 +689,11 @@ def _apply(
     session.add(case)
     if disposition is not Disposition.FOLLOW_UP:  # an auto-reply or bounce naming the case
         _record_inbound(rt, session, case, mail, raw_sha, "system")
-        return case.id
+        return case
     if decision.quiet:  # old mail: kept on the case, no command runs, nobody is told
         _record_inbound(rt, session, case, mail, raw_sha, str(decision.role))
         casework.record(session, case, "system", note)
-        return case.id
+        return case
     if decision.role is Role.AGENT:
         _agent_message(rt, session, case, mail, raw_sha)
     elif decision.role is Role.UNVERIFIED:
@@ -702,7 +718,7 @@ def _apply(
         )
     if note:
         casework.record(session, case, "system", note)
-    return case.id
+    return case
 
 
 def _notify_agents_of(
@@ -778,7 +794,7 @@ def _run_command(
     # NOTE: the message itself was recorded as a note; nothing else to do.
 
 
-def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> int | None:
+def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> Case | None:
     """A bounce of one of our notices: mark it failed on its case and tell the agents once."""
     report = parse_dsn(raw)
     for message_id in report.message_ids:
@@ -817,7 +833,7 @@ def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> int | None:
                     "notice_kind": notice.kind,
                 },
             )
-        return case.id
+        return case
     return None
 
 

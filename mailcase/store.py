@@ -9,6 +9,7 @@ database older than the code unless it may upgrade it itself.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -64,9 +65,11 @@ def make_engine(url: str) -> Engine:
                 f"cannot create the database file {path} (database.url): {exc.strerror or exc}"
             ) from exc
     try:
-        engine = sa.create_engine(url, future=True, pool_pre_ping=path is None)
+        engine = sa.create_engine(url, future=True)
     except (SQLAlchemyError, ImportError) as exc:
         raise DatabaseError(f"cannot use database URL: {exc}") from exc
+    if path is None:
+        _ping_idle_connections(engine)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
@@ -99,6 +102,36 @@ def alembic_config(url: str) -> AlembicConfig:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+# A pooled server connection idle for longer than this is pinged before use.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a pooled connection before use when it sat idle, not on every checkout.
+
+    ``pool_pre_ping`` pings on every checkout: one round trip more per ingested
+    message, for connections used a millisecond earlier. A server restarted
+    in the last second is then met by a statement instead; its disconnect
+    error invalidates the pool, and the next poll reconnects.
+    """
+
+    @sa.event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["mailcase_idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("mailcase_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return  # just connected, or just used
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool discards this connection and checks out another (SQLAlchemy's
+            # "pessimistic disconnect handling" recipe).
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
 class Store:

@@ -60,7 +60,9 @@ def test_daemon_polls_delivers_and_exits_zero_on_signal(
     for e in ingested:
         assert {"mailbox", "uid", "message_id", "folio", "disposition"} <= e.keys()
     assert "contacto-secret" not in err and "Hola" not in err  # no passwords, no bodies
-    assert len(Cli(config, capsys).json("cases", "list")) == 2
+    cases = Cli(config, capsys).json("cases", "list")
+    assert len(cases) == 2
+    assert {e["folio"] for e in ingested} == {c["folio"] for c in cases}
 
 
 def test_daemon_keeps_running_when_a_mailbox_fails(

@@ -16,9 +16,11 @@ from helpers import Cli, mail, write_config
 from servers import Dovecot, Postgres, SmtpSink
 from sqlmodel import col, select
 
-from mailcase import notices
-from mailcase.config import AgentsSettings
+from mailcase import notices, service
+from mailcase import store as store_module
+from mailcase.config import AgentsSettings, load_settings
 from mailcase.errors import DatabaseError
+from mailcase.imap import FetchedMessage
 from mailcase.models import Case, FolioCounter
 from mailcase.store import Store, next_folio_number
 
@@ -224,6 +226,37 @@ def test_postgres_server_restarts_keeping_its_databases(postgres: Postgres) -> N
         postgres.drop_database("mailcase_keep")
 
 
+def _count_cases(store: Store) -> int:
+    with store.transaction() as session:
+        return len(session.exec(select(Case.id)).all())
+
+
+def test_a_connection_idle_across_a_server_restart_is_replaced(
+    postgres: Postgres, empty_pg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PING_AFTER_IDLE_SECONDS", 0.2)
+    with Store.open(empty_pg, auto_upgrade=True) as opened:
+        assert _count_cases(opened) == 0  # a pooled connection now
+        postgres.restart()  # a clean shutdown: an immediate one may lose the schema (no fsync)
+        time.sleep(0.3)
+        # Pinged before use: the dead connection is replaced, the transaction works.
+        assert _count_cases(opened) == 0
+
+
+def test_a_connection_used_just_before_a_restart_fails_once_then_reconnects(
+    postgres: Postgres, empty_pg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No ping within the idle window (consecutive messages of a poll): the statement
+    # meets the dead connection, and its disconnect error empties the pool.
+    monkeypatch.setattr(store_module, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    with Store.open(empty_pg, auto_upgrade=True) as opened:
+        assert _count_cases(opened) == 0
+        postgres.restart()
+        with pytest.raises(sa.exc.OperationalError):
+            _count_cases(opened)
+        assert _count_cases(opened) == 0
+
+
 @pytest.mark.parametrize(
     ("raw", "disposition"),
     [
@@ -287,3 +320,50 @@ def test_schema_head_is_alembics_head() -> None:
     assert (
         ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() == SCHEMA_HEAD
     )
+
+
+def test_copies_of_one_message_ingested_at_once_on_postgresql_open_one_case(
+    tmp_path: Path,
+    empty_pg: str,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two instances, each polling one of the two mailboxes a Cc reached: the second
+    # copy waits on the first's advisory lock, then sees its ledger row.
+    Store.open(empty_pg, auto_upgrade=True).dispose()
+    config = write_config(tmp_path, mailboxes, sink, db_url=empty_pg)
+    rt = service.Runtime.open(load_settings(config))
+    raw = mail(subject="Copia a las dos")
+    first_inside, release = threading.Event(), threading.Event()
+    write_ledger = service._write_ledger
+
+    def held_open(session: Any, mailbox: str, *args: Any, **kwargs: Any) -> Any:
+        if mailbox == "contacto":  # the first copy stops before its commit
+            first_inside.set()
+            assert release.wait(10)
+        return write_ledger(session, mailbox, *args, **kwargs)
+
+    monkeypatch.setattr(service, "_write_ledger", held_open)
+    results: dict[str, str] = {}
+
+    def ingest(mailbox: str) -> None:
+        results[mailbox] = service.ingest_message(rt, mailbox, 1, FetchedMessage(1, raw, None))
+
+    try:
+        first = threading.Thread(target=ingest, args=("contacto",))
+        first.start()
+        assert first_inside.wait(10)
+        second = threading.Thread(target=ingest, args=("info",))
+        second.start()
+        second.join(0.5)
+        assert second.is_alive()  # waiting on the lock, not ingesting beside the first
+        release.set()
+        first.join(10)
+        second.join(10)
+        assert results == {"contacto": "new_case", "info": "duplicate"}
+        with rt.store.transaction() as session:
+            assert len(session.exec(select(Case.id)).all()) == 1
+    finally:
+        release.set()
+        rt.store.dispose()
