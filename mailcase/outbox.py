@@ -201,14 +201,11 @@ _DUE_MANY = sa.select(
     _NOTICES.c.id.in_(sa.bindparam("ids", expanding=True)),
     _NOTICES.c.status == NoticeStatus.QUEUED,
 )
-_CLAIM = (
-    sa.select(
-        _NOTICES.c.id, _NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id,
-        _NOTICES.c.raw,
-    )
+_CLAIM = Prepared(
+    sa.select(_NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id, _NOTICES.c.raw)
     .where(_NOTICES.c.id == sa.bindparam("id"), _NOTICES.c.status == NoticeStatus.QUEUED)
     .with_for_update(skip_locked=True)
-)  # fmt: skip
+)
 _FINISH = Prepared(
     sa.update(_NOTICES)
     .where(_NOTICES.c.id == sa.bindparam("notice"), _NOTICES.c.status == NoticeStatus.QUEUED)
@@ -242,18 +239,19 @@ def _deliver_claimed(
         for notice_id in ids:
             failure: DeliveryError | None = None
             with conn.begin():
-                row = conn.execute(_CLAIM, {"id": notice_id}).first()
+                row = _CLAIM.execute(conn, {"id": notice_id}).first()
                 if row is None:
                     continue  # sent, or being sent, by another instance
-                if _suppressed(settings, notice_id, row.rcpt_to, report):
+                mail_from, rcpt_to, message_id, raw = row
+                if _suppressed(settings, notice_id, rcpt_to, report):
                     _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
                     continue
-                failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
+                failure = _send(connection, mail_from, rcpt_to, raw)
                 if failure is None:
                     _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
             if failure is None:
                 report.sent += 1
-                log.info("notice_sent", notice=notice_id, message_id=row.message_id)
+                log.info("notice_sent", notice=notice_id, message_id=message_id)
                 continue
             _delivery_failed(store, settings, notice_id, failure, report, now)
 
