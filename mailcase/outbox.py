@@ -16,7 +16,10 @@ Delivery opens one SMTP connection per run and marks each notice as it goes:
 
 A crash between the server's acceptance and the ``sent`` mark can send that
 one notice twice; nothing else is ever sent twice (tests/test_crash.py holds
-it to at most one repeat per kill).
+it to at most one repeat per kill). On SQLite the mark is first a record in
+the sent log (mailcase.sentlog), which needs no wait for ingest's write lock,
+and reaches the notices table when the lock is free, at the latest when the
+delivery run ends; until then ``outbox list`` shows the notice as queued.
 """
 
 from __future__ import annotations
@@ -95,17 +98,41 @@ def deliver_outbox(
     """Send every due notice over one SMTP connection; return what happened."""
     report = DeliveryReport()
     now = now or utcnow()
+    fold_sent_log(store)  # what an earlier run sent is not due any more
     with store.reading() as conn:
         ids = due_notice_ids(conn, now)
     try:
         return _deliver(store, settings, _pages(store, now, ids), now, report) if ids else report
     finally:
+        fold_sent_log(store)
         for outcome in ("sent", "deferred", "failed", "suppressed"):
             if getattr(report, outcome):
                 metrics.NOTICES.labels(outcome).inc(getattr(report, outcome))
         with store.reading() as conn:
             queued = select(func.count()).select_from(Notice)
             metrics.set_queued(conn.execute(queued.where(Notice.status == "queued")).scalar_one())
+
+
+def fold_sent_log(store: Store, *, wait: bool = True) -> int:
+    """Mark sent in the notices table what delivery recorded in the sent log; how many.
+
+    SQLite only (mailcase.sentlog). With ``wait=False`` it returns 0 at once
+    when another thread holds the write lock. Records are forgotten only after
+    the marks are committed; a notice no longer queued keeps its status.
+    """
+    sent_log = store.sent_log
+    if sent_log is None:
+        return 0
+    if wait and not sent_log.pending():
+        return 0  # the usual case: no need to queue for the write lock
+    with store.writing() if wait else store.writing_if_free() as conn:
+        if conn is None:
+            return 0
+        records = sent_log.pending()
+        for notice_id, sent_at in records:
+            _finish(conn, notice_id, NoticeStatus.SENT, tries=1, sent_at=sent_at)
+    sent_log.forget([notice_id for notice_id, _ in records])
+    return len(records)
 
 
 class DeliveryAlongside:
@@ -270,9 +297,11 @@ def _deliver_one(
 
     The caller has read ``row`` without the write lock (Store.reading), and
     it is sent outside any transaction, so delivery neither waits for ingest
-    nor holds the lock while a remote server answers. The sent mark is written
-    before the next notice goes out, so a crash repeats at most this one.
-    SQLite has one writer: no other instance takes the same notice.
+    nor holds the lock while a remote server answers. The notice is recorded
+    in the sent log (mailcase.sentlog) before the next one goes out, so a
+    crash repeats at most this one; the log is folded into the notices table
+    when the write lock is free. SQLite has one writer: no other instance
+    takes the same notice.
     """
     if row is None:
         return  # sent by an earlier run
@@ -282,8 +311,14 @@ def _deliver_one(
         return
     failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
     if failure is None:
-        with store.writing() as conn:
-            _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
+        if store.sent_log is None:  # an in-memory database: no file to keep a log beside
+            with store.writing() as conn:
+                _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
+        else:
+            # Recorded before the next notice goes out, without waiting for ingest's
+            # write lock; marked in the notices table when the lock is free.
+            store.sent_log.append(notice_id, utcnow())
+            fold_sent_log(store, wait=False)
         report.sent += 1
         get_logger().info("notice_sent", notice=notice_id, message_id=row.message_id)
         return

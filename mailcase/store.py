@@ -25,6 +25,7 @@ from sqlmodel import Session, SQLModel, col, select
 from mailcase.errors import DatabaseError
 from mailcase.models import Case, CaseMessage, FolioCounter, LedgerEntry
 from mailcase.prepared import Prepared
+from mailcase.sentlog import SentLog
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -145,14 +146,17 @@ class Store:
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
+        # The database file, when it is one (SQLite on disk); None otherwise.
+        self.sqlite_path = _sqlite_path(url)
+        # Delivery's record of accepted notices, beside that file (mailcase.sentlog).
+        self.sent_log = SentLog.beside(self.sqlite_path) if self.sqlite_path else None
         self._finalizer = weakref.finalize(self, engine.dispose)
         # SQLite has one writer. Threads of this process queue here, and the
         # next one starts as soon as a transaction ends; behind SQLite's own
         # busy handler they sleep 1, 2, 5, 10 ms... and miss the short gaps
         # between ingest's transactions (delivery starved during a poll).
-        self._writer: AbstractContextManager[Any] = (
-            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
-        )
+        self._writer_lock = threading.RLock() if engine.dialect.name == "sqlite" else None
+        self._writer: AbstractContextManager[Any] = self._writer_lock or nullcontext()
 
     @classmethod
     def open(cls, url: str, *, auto_upgrade: bool) -> Store:
@@ -221,6 +225,23 @@ class Store:
             yield conn
 
     @contextmanager
+    def writing_if_free(self) -> Iterator[sa.Connection | None]:
+        """Like :meth:`writing`, or None at once when another thread of this process writes."""
+        lock = self._writer_lock
+        if lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        if not lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            lock.release()
+
+    @contextmanager
     def connection(self) -> Iterator[sa.Connection]:
         """A Core connection for several transactions (``with conn.begin()`` each).
 
@@ -244,6 +265,8 @@ class Store:
     def dispose(self) -> None:
         """Close the pooled connections (the store can still be used: it reconnects)."""
         self.engine.dispose()
+        if self.sent_log is not None:
+            self.sent_log.close()
 
     def __enter__(self) -> Store:
         return self

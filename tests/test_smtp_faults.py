@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -324,26 +324,40 @@ def test_outbox_list_prints_a_readable_table_without_secrets(
         assert secret not in out + err
 
 
-def test_delivery_reads_without_the_write_lock_and_marks_each_notice_before_the_next(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+def test_delivery_sends_while_ingest_writes_and_records_each_notice_before_the_next(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, monkeypatch: Any
 ) -> None:
     """SQLite: while another thread holds the write lock (ingest writing a message),
-    delivery reads what is due and sends the first notice, then waits to mark it sent
-    before sending the next: a crash can repeat at most one notice."""
+    delivery reads what is due and sends every notice, each recorded in the sent log
+    before the next goes out (a crash can repeat at most one); the notices table gets
+    the marks once the lock is free, and nothing is sent twice."""
     cli = setup(tmp_path, mailboxes, sink, capsys, f"sqlite:///{tmp_path}/mailcase.db")
     mailboxes.append_many("contacto", [mail(sender=f"c{i}@example.com") for i in range(4)])
     settings = load_settings(cli.config)
     rt = Runtime.open(settings)
+    sent_log = rt.store.sent_log
+    assert sent_log is not None
+    recorded_before_each_send: list[int] = []
+    send = SmtpConnection.send
+
+    def watched_send(self: SmtpConnection, *args: Any) -> None:
+        recorded_before_each_send.append(len(sent_log.pending()))
+        send(self, *args)
+
+    monkeypatch.setattr(SmtpConnection, "send", watched_send)
     held = threading.Event()
-    seen_under_lock: list[int] = []
+    under_lock: list[Any] = []
 
     def ingest_writing() -> None:
         with rt.store.writing():
             held.set()
-            deadline = time.monotonic() + 2
-            while len(sink.messages) < 2 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 5
+            while len(sink.messages) < 4 and time.monotonic() < deadline:
                 time.sleep(0.02)
-            seen_under_lock.append(len(sink.messages))
+            time.sleep(0.1)  # the last record is written after the server's answer
+            with rt.store.reading() as conn:
+                statuses = conn.execute(sa.text("SELECT status FROM notices")).scalars().all()
+            under_lock.append((len(sink.messages), len(sent_log.pending()), statuses))
 
     try:
         poll_mailbox(rt, "contacto")  # ingest only
@@ -352,11 +366,38 @@ def test_delivery_reads_without_the_write_lock_and_marks_each_notice_before_the_
         held.wait(5)
         report = deliver_outbox(rt.store, settings)
         holder.join()
-        assert seen_under_lock == [1]
+        # All four out while the lock was held, none yet marked in the notices table.
+        assert under_lock == [(4, 4, ["queued"] * 4)]
+        assert recorded_before_each_send == [0, 1, 2, 3]
         assert report.sent == 4
         assert [n["status"] for n in outbox(cli)] == ["sent"] * 4
+        assert sent_log.pending() == []
         assert deliver_outbox(rt.store, settings).sent == 0  # none sent twice
         assert len(sink.messages) == 4
+    finally:
+        rt.store.dispose()
+
+
+def test_notices_recorded_in_the_sent_log_before_a_crash_are_not_sent_again(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    """A crash after the sent log's record and before the fold: the next run marks the
+    notice sent from the record, and sends only the others."""
+    cli = setup(tmp_path, mailboxes, sink, capsys, f"sqlite:///{tmp_path}/mailcase.db")
+    mailboxes.append_many("contacto", [mail(sender=f"c{i}@example.com") for i in range(3)])
+    settings = load_settings(cli.config)
+    rt = Runtime.open(settings)
+    try:
+        poll_mailbox(rt, "contacto")  # ingest only
+        first = min(n["id"] for n in outbox(cli))
+        assert rt.store.sent_log is not None
+        rt.store.sent_log.append(first, datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC))
+        rt.store.dispose()  # the "crashed" process is gone; its record stays on disk
+        assert deliver_outbox(rt.store, settings).sent == 2
+        assert sorted(m.rcpt_tos[0] for m in sink.messages) == ["c1@example.com", "c2@example.com"]
+        by_id = {n["id"]: n for n in outbox(cli)}
+        assert {n["status"] for n in by_id.values()} == {"sent"}
+        assert by_id[first]["sent_at"].startswith("2031-01-02")
     finally:
         rt.store.dispose()
 
