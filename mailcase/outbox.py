@@ -16,10 +16,11 @@ Delivery opens one SMTP connection per run and marks each notice as it goes:
 
 A crash between the server's acceptance and the ``sent`` mark can send that
 one notice twice; nothing else is ever sent twice (tests/test_crash.py holds
-it to at most one repeat per kill). On SQLite the mark is first a record in
-the sent log (mailcase.sentlog), which needs no wait for ingest's write lock,
-and reaches the notices table when the lock is free, at the latest when the
-delivery run ends; until then ``outbox list`` shows the notice as queued.
+it to at most one repeat per kill). On SQLite, while ingest holds the write
+lock, the mark is first a record in the sent log (mailcase.sentlog), which
+needs no wait, and reaches the notices table with the next mark made while
+the lock is free, at the latest when the delivery run ends; until then
+``outbox list`` shows the notice as queued.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
 from mailcase.prepared import Prepared
+from mailcase.sentlog import SentLog
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store, table, utcnow
 
@@ -113,26 +115,58 @@ def deliver_outbox(
             metrics.set_queued(conn.execute(queued.where(Notice.status == "queued")).scalar_one())
 
 
-def fold_sent_log(store: Store, *, wait: bool = True) -> int:
+def fold_sent_log(store: Store) -> int:
     """Mark sent in the notices table what delivery recorded in the sent log; how many.
 
-    SQLite only (mailcase.sentlog). With ``wait=False`` it returns 0 at once
-    when another thread holds the write lock. Records are forgotten only after
-    the marks are committed; a notice no longer queued keeps its status.
+    SQLite only (mailcase.sentlog); waits for the write lock when there is
+    something to fold. Records are forgotten only after the marks are
+    committed, so a crash in between folds them again (harmlessly).
     """
     sent_log = store.sent_log
     if sent_log is None:
         return 0
-    if wait and not sent_log.pending():
+    if not sent_log.pending():
         return 0  # the usual case: no need to queue for the write lock
-    with store.writing() if wait else store.writing_if_free() as conn:
-        if conn is None:
-            return 0
-        records = sent_log.pending()
-        for notice_id, sent_at in records:
-            _finish(conn, notice_id, NoticeStatus.SENT, tries=1, sent_at=sent_at)
-    sent_log.forget([notice_id for notice_id, _ in records])
-    return len(records)
+    with store.writing() as conn:
+        folded = _fold_into(conn, sent_log)
+    sent_log.forget(folded)
+    return len(folded)
+
+
+def _fold_into(conn: sa.Connection, sent_log: SentLog) -> list[int]:
+    """Mark sent in ``conn``'s transaction what ``sent_log`` holds; the notices' ids.
+
+    A notice no longer queued keeps its status (a bounce may have failed it).
+    The caller forgets the records once the transaction is committed.
+    """
+    records = sent_log.pending()
+    for notice_id, sent_at in records:
+        _finish(conn, notice_id, NoticeStatus.SENT, tries=1, sent_at=sent_at)
+    return [notice_id for notice_id, _ in records]
+
+
+def _mark_sent(store: Store, notice_id: int) -> None:
+    """Mark a notice sent (SQLite), durably, before the next one goes out.
+
+    In the notices table when the write lock is free (with whatever this
+    process recorded in the sent log meanwhile); else in the sent log, at
+    once, without waiting for ingest's transaction to end.
+    """
+    sent_log = store.sent_log
+    if sent_log is None:  # an in-memory database: no file to keep a log beside
+        with store.writing() as conn:
+            _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
+        return
+    folded: list[int] = []
+    with store.writing_if_free() as free:
+        if free is not None:
+            _finish(free, notice_id, NoticeStatus.SENT, tries=1)
+            if sent_log.has_own_records:
+                folded = _fold_into(free, sent_log)
+    if free is None:
+        sent_log.append(notice_id, utcnow())
+    elif folded:
+        sent_log.forget(folded)
 
 
 class DeliveryAlongside:
@@ -297,11 +331,10 @@ def _deliver_one(
 
     The caller has read ``row`` without the write lock (Store.reading), and
     it is sent outside any transaction, so delivery neither waits for ingest
-    nor holds the lock while a remote server answers. The notice is recorded
-    in the sent log (mailcase.sentlog) before the next one goes out, so a
-    crash repeats at most this one; the log is folded into the notices table
-    when the write lock is free. SQLite has one writer: no other instance
-    takes the same notice.
+    nor holds the lock while a remote server answers. It is marked sent
+    before the next one goes out (:func:`_mark_sent`), so a crash repeats at
+    most this one. SQLite has one writer: no other instance takes the same
+    notice.
     """
     if row is None:
         return  # sent by an earlier run
@@ -311,14 +344,7 @@ def _deliver_one(
         return
     failure = _send(connection, row.mail_from, row.rcpt_to, row.raw)
     if failure is None:
-        if store.sent_log is None:  # an in-memory database: no file to keep a log beside
-            with store.writing() as conn:
-                _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
-        else:
-            # Recorded before the next notice goes out, without waiting for ingest's
-            # write lock; marked in the notices table when the lock is free.
-            store.sent_log.append(notice_id, utcnow())
-            fold_sent_log(store, wait=False)
+        _mark_sent(store, notice_id)
         report.sent += 1
         get_logger().info("notice_sent", notice=notice_id, message_id=row.message_id)
         return

@@ -7,12 +7,13 @@ delivery mark about one notice per ingested message while ingest queued two:
 during a large poll the outbox fell behind (bench/ingest.py: 800 of 2,000
 notices out when ingest ended, the rest two seconds later).
 
-So on SQLite, delivery records each accepted notice in a small database of
-its own (``<database>-sent``: one table, written only by delivery and by the
-fold), committed before the next notice goes out, and never waits for ingest.
-The outbox folds these records into the notices table (mailcase.outbox) at
-the start and end of every delivery run, and in between whenever the write
-lock is free; a record is deleted only after the notices table's commit. A
+So on SQLite, when another thread holds the write lock, delivery records the
+accepted notice in a small database of its own (``<database>-sent``: one
+table, written only by delivery), committed before the next notice goes out,
+and does not wait for ingest. The outbox folds these records into the
+notices table (mailcase.outbox) with the next mark made while the lock is
+free, and at the start and end of every delivery run; a record is deleted
+only after the notices table's commit. A
 crash between the two leaves the record, and the next run folds it before it
 reads what is due: nothing recorded here is ever sent again. Folds are
 idempotent (a notice is marked only while queued), so two processes folding
@@ -41,6 +42,7 @@ class SentLog:
         self.path = path
         self._lock = threading.Lock()  # one connection, shared by this process's threads
         self._conn: sqlite3.Connection | None = None
+        self._own = 0  # records this process appended and has not forgotten
 
     @classmethod
     def beside(cls, database: Path) -> SentLog:
@@ -69,6 +71,12 @@ class SentLog:
             self._connection().execute(
                 "INSERT OR REPLACE INTO sent VALUES (?, ?)", (notice_id, sent_at.isoformat())
             )
+            self._own += 1
+
+    @property
+    def has_own_records(self) -> bool:
+        """Whether this process recorded notices it has not yet forgotten (no I/O)."""
+        return self._own > 0
 
     def pending(self) -> list[tuple[int, datetime]]:
         """Every record not yet folded, oldest notice first."""
@@ -93,6 +101,7 @@ class SentLog:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            self._own = max(0, self._own - len(notice_ids))
 
     def close(self) -> None:
         with self._lock:

@@ -4,10 +4,16 @@ name, and never appear from a read alone."""
 from __future__ import annotations
 
 import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from mailcase import outbox
+from mailcase.models import Notice, NoticeStatus
 from mailcase.sentlog import SentLog
+from mailcase.store import Store, table
 
 WHEN = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
@@ -53,3 +59,63 @@ def test_a_notice_recorded_twice_is_one_record(tmp_path: Path) -> None:
     log.append(5, WHEN + timedelta(minutes=1))
     assert log.pending() == [(5, WHEN + timedelta(minutes=1))]
     log.close()
+
+
+def _queued_notices(store: Store, count: int) -> list[int]:
+    notices = table(Notice)
+    with store.writing() as conn:
+        return [
+            conn.execute(
+                sa.insert(notices).returning(notices.c.id),
+                {
+                    "kind": "acknowledgement",
+                    "status": NoticeStatus.QUEUED,
+                    "mail_from": "contacto@example.mx",
+                    "rcpt_to": f"c{i}@example.com",
+                    "message_id": f"<n{i}@example.mx>",
+                    "raw": b"raw",
+                    "queued_at": WHEN,
+                    "next_attempt_at": WHEN,
+                    "created_at": WHEN,
+                },
+            ).scalar_one()
+            for i in range(count)
+        ]
+
+
+def _statuses(store: Store) -> list[str]:
+    with store.reading() as conn:
+        return list(conn.execute(sa.text("SELECT status FROM notices ORDER BY id")).scalars())
+
+
+def test_a_mark_goes_to_the_table_when_the_lock_is_free_and_to_the_log_when_not(
+    tmp_path: Path,
+) -> None:
+    with Store.open(f"sqlite:///{tmp_path}/mailcase.db", auto_upgrade=True) as store:
+        first, second, third = _queued_notices(store, 3)
+        sent_log = store.sent_log
+        assert sent_log is not None
+        outbox._mark_sent(store, first)  # nobody writing: straight into the table
+        assert _statuses(store) == ["sent", "queued", "queued"]
+        assert not sent_log.path.exists()
+        held, release = threading.Event(), threading.Event()
+
+        def ingest_writing() -> None:
+            with store.writing():
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=ingest_writing)
+        holder.start()
+        try:
+            assert held.wait(10)
+            outbox._mark_sent(store, second)  # returns at once, recorded in the log
+            assert [n for n, _ in sent_log.pending()] == [second]
+            assert _statuses(store) == ["sent", "queued", "queued"]
+        finally:
+            release.set()
+            holder.join()
+        # The next mark with the lock free takes the recorded one along.
+        outbox._mark_sent(store, third)
+        assert _statuses(store) == ["sent", "sent", "sent"]
+        assert sent_log.pending() == []
