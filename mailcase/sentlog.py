@@ -13,11 +13,10 @@ table, written only by delivery), committed before the next notice goes out,
 and does not wait for ingest. The outbox folds these records into the
 notices table (mailcase.outbox) with the next mark made while the lock is
 free, and at the start and end of every delivery run; a record is deleted
-only after the notices table's commit. A
-crash between the two leaves the record, and the next run folds it before it
-reads what is due: nothing recorded here is ever sent again. Folds are
-idempotent (a notice is marked only while queued), so two processes folding
-at once do no harm.
+only after the notices table's commit. A crash between the two leaves the
+record, and the next run folds it before it reads what is due: nothing
+recorded here is ever sent again. Folds are idempotent (a notice is marked
+only while queued), so two processes folding at once do no harm.
 
 Losing this file loses at most the records not yet folded: those notices go
 out again. It holds notice ids and times only.

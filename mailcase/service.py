@@ -420,10 +420,11 @@ def _existing(
     """The ledger row of message ``uid`` if it was ingested already.
 
     With a ``dedup_key``, on PostgreSQL, the same statement takes the
-    transaction's advisory lock on it: two instances may ingest the two copies of one message (Cc
-    to both mailboxes) at once, and they serialise on its identity until
-    commit. Whatever is read about that identity is read in later statements,
-    which see what the lock's previous holder committed (READ COMMITTED).
+    transaction's advisory lock on it: two instances may ingest the two
+    copies of one message (Cc to both mailboxes) at once, and they serialise
+    on its identity until commit. Whatever is read about that identity is
+    read in later statements, which see what the lock's previous holder
+    committed (READ COMMITTED).
     """
     params = {"box": mailbox, "validity": uidvalidity, "uid": uid}
     if dedup_key is not None and session.get_bind().dialect.name == "postgresql":
