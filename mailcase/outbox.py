@@ -38,7 +38,7 @@ from sqlmodel import Session, col, func, select
 from mailcase import metrics
 from mailcase.classify import is_automatic_address
 from mailcase.config import Settings
-from mailcase.errors import DeliveryError, PermanentDeliveryError
+from mailcase.errors import DatabaseError, DeliveryError, PermanentDeliveryError
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
@@ -163,10 +163,21 @@ def _mark_sent(store: Store, notice_id: int) -> None:
             _finish(free, notice_id, NoticeStatus.SENT, tries=1)
             if sent_log.has_own_records:
                 folded = _fold_into(free, sent_log)
-    if free is None:
-        sent_log.append(notice_id, utcnow())
-    elif folded:
-        sent_log.forget(folded)
+    if free is not None:
+        if folded:
+            sent_log.forget(folded)
+        return
+    if not sent_log.unusable:
+        try:
+            sent_log.append(notice_id, utcnow())
+            return
+        except DatabaseError as exc:
+            # Given up for this process: marks wait for the lock, as they did
+            # before there was a log.
+            sent_log.unusable = True
+            get_logger().warning("sent_log_unavailable", error=str(exc))
+    with store.writing() as conn:
+        _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
 
 
 class DeliveryAlongside:

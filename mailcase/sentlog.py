@@ -19,7 +19,11 @@ recorded here is ever sent again. Folds are idempotent (a notice is marked
 only while queued), so two processes folding at once do no harm.
 
 Losing this file loses at most the records not yet folded: those notices go
-out again. It holds notice ids and times only.
+out again. It holds notice ids and times only. A log that cannot be written
+(its directory not writable, say) is given up for the process: marks then
+wait for the write lock as before (mailcase.outbox). One that exists but
+cannot be read stops delivery runs with an error naming it, rather than
+send again what it may hold.
 """
 
 from __future__ import annotations
@@ -27,9 +31,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
+
+from mailcase.errors import DatabaseError
+
+T = TypeVar("T")
 
 SUFFIX = "-sent"
 
@@ -42,6 +51,7 @@ class SentLog:
         self._lock = threading.Lock()  # one connection, shared by this process's threads
         self._conn: sqlite3.Connection | None = None
         self._own = 0  # records this process appended and has not forgotten
+        self.unusable = False  # set by the outbox when an append failed: not tried again
 
     @classmethod
     def beside(cls, database: Path) -> SentLog:
@@ -64,13 +74,27 @@ class SentLog:
             self._conn = conn
         return self._conn
 
-    def append(self, notice_id: int, sent_at: datetime) -> None:
-        """Record that ``notice_id`` was accepted at ``sent_at``; committed on return."""
+    def _guarded(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` on the log's connection, one thread at a time; errors name the file."""
         with self._lock:
-            self._connection().execute(
+            try:
+                return work(self._connection())
+            except (sqlite3.Error, OSError) as exc:
+                raise DatabaseError(f"cannot use the sent log {self.path}: {exc}") from exc
+
+    def append(self, notice_id: int, sent_at: datetime) -> None:
+        """Record that ``notice_id`` was accepted at ``sent_at``; committed on return.
+
+        Raises :class:`~mailcase.errors.DatabaseError` when the log cannot be written.
+        """
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT OR REPLACE INTO sent VALUES (?, ?)", (notice_id, sent_at.isoformat())
             )
             self._own += 1
+
+        self._guarded(insert)
 
     @property
     def has_own_records(self) -> bool:
@@ -81,19 +105,20 @@ class SentLog:
         """Every record not yet folded, oldest notice first."""
         if self._conn is None and not self.path.exists():
             return []  # nothing was ever recorded: no file created by a read
-        with self._lock:
-            rows = self._connection().execute(
-                "SELECT notice_id, sent_at FROM sent ORDER BY notice_id"
-            )
+
+        def select(conn: sqlite3.Connection) -> list[tuple[int, datetime]]:
+            rows = conn.execute("SELECT notice_id, sent_at FROM sent ORDER BY notice_id")
             return [(int(n), datetime.fromisoformat(at)) for n, at in rows]
+
+        return self._guarded(select)
 
     def forget(self, notice_ids: Sequence[int]) -> None:
         """Delete the records of ``notice_ids`` (folded, their marks committed)."""
         if not notice_ids:
             return
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")  # one commit for all (autocommit otherwise)
             try:
                 conn.executemany("DELETE FROM sent WHERE notice_id = ?", [(n,) for n in notice_ids])
                 conn.execute("COMMIT")
@@ -101,6 +126,8 @@ class SentLog:
                 conn.execute("ROLLBACK")
                 raise
             self._own = max(0, self._own - len(notice_ids))
+
+        self._guarded(delete)
 
     def close(self) -> None:
         with self._lock:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
+import structlog
+from helpers import write_config
+from servers import Dovecot, SmtpSink
 
 from mailcase import outbox
+from mailcase.config import load_settings
+from mailcase.errors import DatabaseError
 from mailcase.models import Notice, NoticeStatus
 from mailcase.sentlog import SentLog
 from mailcase.store import Store, table
@@ -88,6 +96,26 @@ def _statuses(store: Store) -> list[str]:
         return list(conn.execute(sa.text("SELECT status FROM notices ORDER BY id")).scalars())
 
 
+@contextmanager
+def _writing_elsewhere(store: Store) -> Iterator[None]:
+    """Another thread holds the write lock (ingest writing a message) inside the block."""
+    held, release = threading.Event(), threading.Event()
+
+    def ingest_writing() -> None:
+        with store.writing():
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=ingest_writing)
+    holder.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_a_mark_goes_to_the_table_when_the_lock_is_free_and_to_the_log_when_not(
     tmp_path: Path,
 ) -> None:
@@ -98,24 +126,44 @@ def test_a_mark_goes_to_the_table_when_the_lock_is_free_and_to_the_log_when_not(
         outbox._mark_sent(store, first)  # nobody writing: straight into the table
         assert _statuses(store) == ["sent", "queued", "queued"]
         assert not sent_log.path.exists()
-        held, release = threading.Event(), threading.Event()
-
-        def ingest_writing() -> None:
-            with store.writing():
-                held.set()
-                release.wait(10)
-
-        holder = threading.Thread(target=ingest_writing)
-        holder.start()
-        try:
-            assert held.wait(10)
+        with _writing_elsewhere(store):
             outbox._mark_sent(store, second)  # returns at once, recorded in the log
             assert [n for n, _ in sent_log.pending()] == [second]
             assert _statuses(store) == ["sent", "queued", "queued"]
-        finally:
-            release.set()
-            holder.join()
         # The next mark with the lock free takes the recorded one along.
         outbox._mark_sent(store, third)
         assert _statuses(store) == ["sent", "sent", "sent"]
         assert sent_log.pending() == []
+
+
+def test_a_log_that_cannot_be_written_gives_way_to_waiting_for_the_lock(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path}/mailcase.db", auto_upgrade=True) as store:
+        first, second = _queued_notices(store, 2)
+        (tmp_path / "file").write_text("")
+        store.sent_log = SentLog(tmp_path / "file" / "mailcase.db-sent")  # not a directory
+        marking = threading.Thread(target=outbox._mark_sent, args=(store, first))
+        with structlog.testing.capture_logs() as logs:
+            with _writing_elsewhere(store):
+                marking.start()
+                marking.join(0.3)
+                assert marking.is_alive()  # no log to write to: it waits for the lock
+            marking.join(10)
+            outbox._mark_sent(store, second)
+        assert _statuses(store) == ["sent", "sent"]
+        warnings = [e for e in logs if e["event"] == "sent_log_unavailable"]
+        assert len(warnings) == 1 and "file/mailcase.db-sent" in warnings[0]["error"]
+
+
+@pytest.mark.integration
+def test_a_log_that_cannot_be_read_stops_delivery_naming_it(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    settings = load_settings(write_config(tmp_path, mailboxes, sink))
+    with Store.open(settings.database.url, auto_upgrade=True) as store:
+        _queued_notices(store, 1)
+        assert store.sent_log is not None
+        store.sent_log.path.write_bytes(b"not a database" * 100)
+        with pytest.raises(DatabaseError, match=r"cannot use the sent log .*mailcase\.db-sent"):
+            outbox.deliver_outbox(store, settings)
+        assert _statuses(store) == ["queued"]  # nothing sent that the log may hold
+        assert sink.messages == []
