@@ -43,7 +43,6 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
 from mailcase.prepared import Prepared
-from mailcase.sentlog import SentLog
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store, table, utcnow
 
@@ -125,21 +124,22 @@ def fold_sent_log(store: Store) -> int:
     sent_log = store.sent_log
     if sent_log is None:
         return 0
-    if not sent_log.pending():
+    records = sent_log.pending()
+    if not records:
         return 0  # the usual case: no need to queue for the write lock
     with store.writing() as conn:
-        folded = _fold_into(conn, sent_log)
+        # A record appended meanwhile stays for the next fold.
+        folded = _fold_into(conn, records)
     sent_log.forget(folded)
     return len(folded)
 
 
-def _fold_into(conn: sa.Connection, sent_log: SentLog) -> list[int]:
-    """Mark sent in ``conn``'s transaction what ``sent_log`` holds; the notices' ids.
+def _fold_into(conn: sa.Connection, records: list[tuple[int, datetime]]) -> list[int]:
+    """Mark sent in ``conn``'s transaction the sent log's ``records``; the notices' ids.
 
     A notice no longer queued keeps its status (a bounce may have failed it).
     The caller forgets the records once the transaction is committed.
     """
-    records = sent_log.pending()
     for notice_id, sent_at in records:
         _finish(conn, notice_id, NoticeStatus.SENT, tries=1, sent_at=sent_at)
     return [notice_id for notice_id, _ in records]
@@ -162,7 +162,7 @@ def _mark_sent(store: Store, notice_id: int) -> None:
         if free is not None:
             _finish(free, notice_id, NoticeStatus.SENT, tries=1)
             if sent_log.has_own_records:
-                folded = _fold_into(free, sent_log)
+                folded = _fold_into(free, sent_log.pending())
     if free is not None:
         if folded:
             sent_log.forget(folded)

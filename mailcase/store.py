@@ -146,10 +146,10 @@ class Store:
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
-        # The database file, when it is one (SQLite on disk); None otherwise.
-        self.sqlite_path = _sqlite_path(url)
-        # Delivery's record of accepted notices, beside that file (mailcase.sentlog).
-        self.sent_log = SentLog.beside(self.sqlite_path) if self.sqlite_path else None
+        # Delivery's record of accepted notices, beside the database file when
+        # there is one (SQLite on disk; mailcase.sentlog).
+        database_file = _sqlite_path(url)
+        self.sent_log = SentLog.beside(database_file) if database_file else None
         self._finalizer = weakref.finalize(self, engine.dispose)
         # SQLite has one writer. Threads of this process queue here, and the
         # next one starts as soon as a transaction ends; behind SQLite's own
@@ -228,18 +228,15 @@ class Store:
     def writing_if_free(self) -> Iterator[sa.Connection | None]:
         """Like :meth:`writing`, or None at once when another thread of this process writes."""
         lock = self._writer_lock
-        if lock is None:
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        if not lock.acquire(blocking=False):
+        if lock is not None and not lock.acquire(blocking=False):
             yield None
             return
         try:
             with self.engine.begin() as conn:
                 yield conn
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     @contextmanager
     def connection(self) -> Iterator[sa.Connection]:
