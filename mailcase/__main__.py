@@ -1,5 +1,5 @@
 """``python -m mailcase`` runs the command-line interface."""
 
-from mailcase.cli import main
+from mailcase.cli import entry
 
-raise SystemExit(main())
+entry()
