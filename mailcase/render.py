@@ -71,36 +71,42 @@ def render_body(
 ) -> RenderedBody:
     """Render ``kind``'s text (required) and HTML (optional) templates for ``language``.
 
-    An edited template is used from the next notice on (jinja2 checks the
-    file's time); a new HTML template where there was none, within
-    :data:`MISSING_RECHECK_SECONDS`.
+    An edited template, or a new HTML template where there was none, is used
+    within :data:`TEMPLATE_RECHECK_SECONDS`.
     """
     env = _environment(override)
-    text = env.get_template(f"{language}/{kind}.txt.j2").render(context)
-    html_template = _html_template(env, f"{language}/{kind}.html.j2")
+    name = f"{language}/{kind}.txt.j2"
+    text_template = _template(env, name)
+    if text_template is None:
+        raise jinja2.TemplateNotFound(name)
+    text = text_template.render(context)
+    html_template = _template(env, f"{language}/{kind}.html.j2")
     if html_template is None:
         return RenderedBody(text=text, html=None)
     return RenderedBody(text=text, html=html_template.render(context))
 
 
-MISSING_RECHECK_SECONDS = 5.0
-# (environment, name) -> when the template was last found missing. Looking for
-# a file that is not there, in every loader, on every notice (most agent
-# notices have no HTML part) was a tenth of rendering time.
-_MISSING: dict[tuple[jinja2.Environment, str], float] = {}
+TEMPLATE_RECHECK_SECONDS = 2.0
+# (environment, name) -> (when it was looked up, the template or None if missing).
+# jinja2 compares a template file's time on every lookup, and looking for a file
+# that is not there means a stat in every loader (most agent notices have no
+# HTML part): together a tenth of rendering time, twice per ingested message.
+_LOOKED_UP: dict[tuple[jinja2.Environment, str], tuple[float, jinja2.Template | None]] = {}
 
 
-def _html_template(env: jinja2.Environment, name: str) -> jinja2.Template | None:
+def _template(env: jinja2.Environment, name: str) -> jinja2.Template | None:
+    """``name`` from ``env`` (None when no loader has it), looked up again once it is
+    :data:`TEMPLATE_RECHECK_SECONDS` old."""
     key = (env, name)
-    missing_since = _MISSING.get(key)
-    if missing_since is not None and time.monotonic() - missing_since < MISSING_RECHECK_SECONDS:
-        return None
+    now = time.monotonic()
+    known = _LOOKED_UP.get(key)
+    if known is not None and now - known[0] < TEMPLATE_RECHECK_SECONDS:
+        return known[1]
     try:
-        template = env.get_template(name)
+        template: jinja2.Template | None = env.get_template(name)
     except jinja2.TemplateNotFound:
-        _MISSING[key] = time.monotonic()
-        return None
-    _MISSING.pop(key, None)
+        template = None
+    _LOOKED_UP[key] = (now, template)
     return template
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from mailcase.classify import LOOP_HEADER
 from mailcase.render import (
-    MISSING_RECHECK_SECONDS,
+    TEMPLATE_RECHECK_SECONDS,
     Envelope,
     RenderedBody,
     build_message,
@@ -288,11 +288,11 @@ def test_any_customer_string_renders_literally(name: str, subject: str) -> None:
     assert subject in body.text
 
 
-def test_an_edited_template_applies_at_once_and_a_new_html_one_within_the_recheck(
+def test_an_edited_or_new_template_applies_within_the_recheck(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A missing HTML template is not looked for on every notice: one added later is used
-    once MISSING_RECHECK_SECONDS have passed. An edit to an existing one applies at once."""
+    """Templates are not looked up on every notice: an edit, or an HTML template added
+    where there was none, is used once TEMPLATE_RECHECK_SECONDS have passed."""
     text = tmp_path / "es" / "aviso.txt.j2"
     text.parent.mkdir()
     text.write_text("Aviso {{ folio }}\n", encoding="utf-8")
@@ -302,9 +302,9 @@ def test_an_edited_template_applies_at_once_and_a_new_html_one_within_the_rechec
     text.write_text("Aviso nuevo {{ folio }}\n", encoding="utf-8")
     os.utime(text, (1, 1))  # a different time from the first version's, whatever the clock
     body = render_body("aviso", "es", context(), override=tmp_path)
-    assert (body.text, body.html) == (f"Aviso nuevo {FOLIO}\n", None)
+    assert (body.text, body.html) == (f"Aviso {FOLIO}\n", None)  # not looked up again yet
 
-    later = time.monotonic() + MISSING_RECHECK_SECONDS + 1
+    later = time.monotonic() + TEMPLATE_RECHECK_SECONDS + 1
     monkeypatch.setattr(time, "monotonic", lambda: later)
     body = render_body("aviso", "es", context(), override=tmp_path)
-    assert body.html == f"<p>{FOLIO}</p>\n"
+    assert (body.text, body.html) == (f"Aviso nuevo {FOLIO}\n", f"<p>{FOLIO}</p>\n")
