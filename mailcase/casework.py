@@ -18,7 +18,7 @@ from mailcase.errors import MailcaseError
 from mailcase.folio import format_folio
 from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant
 from mailcase.notices import queue_notice
-from mailcase.store import insert, next_folio_number, utcnow
+from mailcase.store import insert_row, next_folio_number, utcnow
 
 OUTCOMES = ("valid", "invalid")
 
@@ -45,7 +45,11 @@ def open_case(
     """
     year = settings.folio.year(now)
     number = next_folio_number(session, year)
-    case = Case(
+    # A Core INSERT, not session.add + flush (a unit of work for one row). The
+    # case comes back detached: later changes to it go through session.add.
+    return insert_row(
+        session,
+        Case,
         folio=format_folio(settings.folio.prefix, year, number),
         status=CaseStatus.OPEN,
         customer=customer,
@@ -58,9 +62,6 @@ def open_case(
         updated_at=now,
         last_customer_at=last_customer_at,
     )
-    # A Core INSERT, not session.add + flush (a unit of work for one row). The
-    # object is not tracked: later changes to it must go through session.add.
-    return insert(session, case)
 
 
 def record(

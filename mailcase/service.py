@@ -54,7 +54,7 @@ from mailcase.store import (
     as_utc,
     case_by_folio,
     case_by_message_ids,
-    insert,
+    insert_row,
     insert_values,
     ledger_by_key,
     run,
@@ -471,7 +471,9 @@ def _write_ledger(
     session: Session, mailbox: str, uidvalidity: int, fetched: FetchedMessage, **fields: Any
 ) -> LedgerEntry:
     """The message's one ledger row, and the checkpoint moved past it, in ``session``."""
-    entry = LedgerEntry(
+    entry = insert_row(
+        session,
+        LedgerEntry,
         mailbox=mailbox,
         uidvalidity=uidvalidity,
         uid=fetched.uid,
@@ -479,7 +481,6 @@ def _write_ledger(
         ingested_at=utcnow(),
         **fields,
     )
-    insert(session, entry)
     _advance(session, mailbox, uidvalidity, fetched.uid)
     return entry
 

@@ -30,12 +30,12 @@ import pytest
 from helpers import Cli, Env, mail, write_config
 from servers import HOST, Dovecot, SmtpSink
 
-from mailcase import casework, service
+from mailcase import casework, render, service
 from mailcase.config import LimitsSettings
 from mailcase.errors import MessageError
 from mailcase.inbound import parse_inbound
 from mailcase.models import Case
-from mailcase.store import insert
+from mailcase.store import insert_row
 
 integration = pytest.mark.integration
 
@@ -166,11 +166,16 @@ FIXED_ACKNOWLEDGEMENT = "Hola, {{ customer_name or 'cliente' }}:\nFolio {{ folio
 @integration
 @pytest.mark.parametrize("broken", sorted(BROKEN_ACKNOWLEDGEMENTS))
 def test_failing_admin_template_quarantines_one_message_until_fixed(
-    make_env: MakeEnv, tmp_path: Path, broken: str
+    make_env: MakeEnv, tmp_path: Path, broken: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Poll 1: 2 cases and 2 acknowledgements, the poison quarantined with the template's error.
     The admin fixes the template; retry: 3 cases; next poll: the 3rd acknowledgement, so 1 per
-    case, and the poison's is rendered from the fixed template."""
+    case, and the poison's is rendered from the fixed template.
+
+    The Cli runs in this process, which has looked the templates up already; the admin's
+    `mailcase messages retry` is a process of its own. Templates are looked up every time here.
+    """
+    monkeypatch.setattr(render, "TEMPLATE_RECHECK_SECONDS", 0.0)
     source, error = BROKEN_ACKNOWLEDGEMENTS[broken]
     override = tmp_path / "templates"
     template = override / "es" / "acknowledgement.txt.j2"
@@ -248,7 +253,7 @@ def test_database_constraint_failure_quarantines_one_message_until_fixed(
     def open_case_violating_folio(settings: Any, session: Any, **kwargs: Any) -> Case:
         case = real_open_case(settings, session, **kwargs)
         if kwargs["customer"] == POISON:
-            insert(session, Case(**case.model_dump(exclude={"id"})))  # UNIQUE (folio)
+            insert_row(session, Case, **case.model_dump(exclude={"id"}))  # UNIQUE (folio)
         return case
 
     uids = _deliver_good_poison_good(env)

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from mailcase.models import Case, LedgerEntry, Notice, NoticeStatus
 from mailcase.prepared import Prepared
-from mailcase.store import Store, insert, insert_values, run, table
+from mailcase.store import Store, insert_row, insert_values, run, table
 
 pytestmark = pytest.mark.integration
 
@@ -120,9 +120,14 @@ def test_what_it_cannot_run_is_refused_at_first_use(
 def test_insert_values_fills_the_model_defaults_and_names_what_is_missing(store: Store) -> None:
     with store.transaction() as session:
         assert isinstance(session, Session)
-        case = insert(
+        case = insert_row(
             session,
-            Case(folio="PLR-2031-1", customer="a@b", mailbox="m", created_at=WHEN, updated_at=WHEN),
+            Case,
+            folio="PLR-2031-1",
+            customer="a@b",
+            mailbox="m",
+            created_at=WHEN,
+            updated_at=WHEN,
         )
         ledger_id = insert_values(
             session,
@@ -145,6 +150,28 @@ def test_insert_values_fills_the_model_defaults_and_names_what_is_missing(store:
         assert (entry.uidvalidity, entry.case_id) == (2**32 - 1, case.id)
         found = run(session, Prepared(sa.select(CASES.c.folio)), {}).scalar_one()
         assert found == "PLR-2031-1"
+
+
+def test_insert_row_returns_the_row_as_loaded_and_detached(store: Store) -> None:
+    """The object insert_row builds is the one a query would load, and session.add of it
+    after a change saves the change (an UPDATE, not a second INSERT)."""
+    with store.transaction() as session:
+        case = insert_row(
+            session, Case, folio="PLR-2031-7", customer="a@b", mailbox="m",
+            created_at=WHEN, updated_at=WHEN,
+        )  # fmt: skip
+    assert sa.inspect(case).detached and case.id is not None
+    with store.transaction() as session:
+        loaded = session.get(Case, case.id)
+        assert loaded is not None
+        assert loaded.model_dump() == case.model_dump()
+        assert loaded.model_fields_set == case.model_fields_set
+    with store.transaction() as session:
+        case.area = "soporte"
+        session.add(case)
+    with store.transaction() as session:
+        cases = session.exec(select(Case)).all()
+        assert [(c.id, c.area) for c in cases] == [(case.id, "soporte")]
 
 
 def test_a_session_used_for_two_transactions_runs_on_its_current_connection(
