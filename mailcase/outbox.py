@@ -43,6 +43,7 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
 from mailcase.prepared import Prepared
+from mailcase.sentlog import SentLog
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store, table, utcnow
 
@@ -145,39 +146,44 @@ def _fold_into(conn: sa.Connection, records: list[tuple[int, datetime]]) -> list
     return [notice_id for notice_id, _ in records]
 
 
+FOLD_EVERY = 50  # records of this process in the sent log that are folded at once
+
+
 def _mark_sent(store: Store, notice_id: int) -> None:
     """Mark a notice sent (SQLite), durably, before the next one goes out.
 
-    In the notices table when the write lock is free (with whatever this
-    process recorded in the sent log meanwhile); else in the sent log, at
-    once, without waiting for ingest's transaction to end.
+    In the sent log: a commit of one small row, without waiting for ingest's
+    write lock (21 µs, where an UPDATE of the notices table in a transaction
+    of its own took ten times that). Once :data:`FOLD_EVERY` records of this
+    process wait and the write lock is free, they are folded into the notices
+    table in one transaction; the rest at the end of the run. Without a log
+    (an in-memory database, or a log that cannot be written), in the notices
+    table at once.
     """
     sent_log = store.sent_log
-    if sent_log is None:  # an in-memory database: no file to keep a log beside
-        with store.writing() as conn:
-            _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
-        return
-    folded: list[int] = []
-    with store.writing_if_free() as free:
-        if free is not None:
-            _finish(free, notice_id, NoticeStatus.SENT, tries=1)
-            if sent_log.has_own_records:
-                folded = _fold_into(free, sent_log.pending())
-    if free is not None:
-        if folded:
-            sent_log.forget(folded)
-        return
-    if not sent_log.unusable:
+    if sent_log is not None and not sent_log.unusable:
         try:
             sent_log.append(notice_id, utcnow())
-            return
         except DatabaseError as exc:
             # Given up for this process: marks wait for the lock, as they did
             # before there was a log.
             sent_log.unusable = True
             get_logger().warning("sent_log_unavailable", error=str(exc))
+        else:
+            if sent_log.own_records >= FOLD_EVERY:
+                _fold_if_free(store, sent_log)
+            return
     with store.writing() as conn:
         _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
+
+
+def _fold_if_free(store: Store, sent_log: SentLog) -> None:
+    """Fold the sent log into the notices table now, unless another thread writes."""
+    folded: list[int] = []
+    with store.writing_if_free() as free:
+        if free is not None:
+            folded = _fold_into(free, sent_log.pending())
+    sent_log.forget(folded)
 
 
 class DeliveryAlongside:

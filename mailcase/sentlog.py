@@ -7,13 +7,13 @@ delivery mark about one notice per ingested message while ingest queued two:
 during a large poll the outbox fell behind (bench/ingest.py: 800 of 2,000
 notices out when ingest ended, the rest two seconds later).
 
-So on SQLite, when another thread holds the write lock, delivery records the
-accepted notice in a small database of its own (``<database>-sent``: one
-table, written only by delivery), committed before the next notice goes out,
-and does not wait for ingest. The outbox folds these records into the
-notices table (mailcase.outbox) with the next mark made while the lock is
-free, and at the start and end of every delivery run; a record is deleted
-only after the notices table's commit. A crash between the two leaves the
+So on SQLite delivery records each accepted notice in a small database of
+its own (``<database>-sent``: one table, written only by delivery),
+committed before the next notice goes out, and does not wait for ingest.
+The outbox folds these records into the notices table (mailcase.outbox) in
+one transaction once a batch has gathered and the write lock is free, and at
+the start and end of every delivery run; a record is deleted only after the
+notices table's commit. A crash between the two leaves the
 record, and the next run folds it before it reads what is due: nothing
 recorded here is ever sent again. Folds are idempotent (a notice is marked
 only while queued), so two processes folding at once do no harm.
@@ -97,9 +97,9 @@ class SentLog:
         self._guarded(insert)
 
     @property
-    def has_own_records(self) -> bool:
-        """Whether this process recorded notices it has not yet forgotten (no I/O)."""
-        return self._own > 0
+    def own_records(self) -> int:
+        """How many notices this process recorded and has not yet forgotten (no I/O)."""
+        return self._own
 
     def pending(self) -> list[tuple[int, datetime]]:
         """Every record not yet folded, oldest notice first."""

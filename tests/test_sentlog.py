@@ -116,23 +116,27 @@ def _writing_elsewhere(store: Store) -> Iterator[None]:
         holder.join()
 
 
-def test_a_mark_goes_to_the_table_when_the_lock_is_free_and_to_the_log_when_not(
-    tmp_path: Path,
+def test_marks_go_to_the_log_and_are_folded_in_batches_when_the_lock_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(outbox, "FOLD_EVERY", 2)
     with Store.open(f"sqlite:///{tmp_path}/mailcase.db", auto_upgrade=True) as store:
-        first, second, third = _queued_notices(store, 3)
+        first, second, third, fourth = _queued_notices(store, 4)
         sent_log = store.sent_log
         assert sent_log is not None
-        outbox._mark_sent(store, first)  # nobody writing: straight into the table
-        assert _statuses(store) == ["sent", "queued", "queued"]
-        assert not sent_log.path.exists()
+        outbox._mark_sent(store, first)  # recorded, not yet folded: one is not a batch
+        assert [n for n, _ in sent_log.pending()] == [first]
+        assert _statuses(store) == ["queued"] * 4
         with _writing_elsewhere(store):
-            outbox._mark_sent(store, second)  # returns at once, recorded in the log
-            assert [n for n, _ in sent_log.pending()] == [second]
-            assert _statuses(store) == ["sent", "queued", "queued"]
-        # The next mark with the lock free takes the recorded one along.
-        outbox._mark_sent(store, third)
-        assert _statuses(store) == ["sent", "sent", "sent"]
+            outbox._mark_sent(store, second)  # a batch, but ingest writes: returns at once
+            assert [n for n, _ in sent_log.pending()] == [first, second]
+            assert _statuses(store) == ["queued"] * 4
+        outbox._mark_sent(store, third)  # the lock is free: the batch is folded
+        assert _statuses(store) == ["sent", "sent", "sent", "queued"]
+        assert sent_log.pending() == []
+        outbox._mark_sent(store, fourth)
+        assert outbox.fold_sent_log(store) == 1  # what is left, at the end of a run
+        assert _statuses(store) == ["sent"] * 4
         assert sent_log.pending() == []
 
 
