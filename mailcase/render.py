@@ -14,6 +14,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ def _environment(override: Path | None) -> jinja2.Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        # Files are compared with what was compiled in _recheck, every
+        # TEMPLATE_RECHECK_SECONDS, not on every lookup (includes too).
+        auto_reload=False,
     )
 
 
@@ -87,27 +91,38 @@ def render_body(
 
 
 TEMPLATE_RECHECK_SECONDS = 2.0
-# (environment, name) -> (when it was looked up, the template or None if missing).
-# jinja2 compares a template file's time on every lookup, and looking for a file
-# that is not there means a stat in every loader (most agent notices have no
-# HTML part): together a tenth of rendering time, twice per ingested message.
-_LOOKED_UP: dict[tuple[jinja2.Environment, str], tuple[float, jinja2.Template | None]] = {}
+# jinja2 compared a template file's time on every lookup, includes too, and
+# looking for a file that is not there costs a stat in every loader (most
+# agent notices have no HTML part): together a tenth of rendering time.
+_CHECKED: dict[jinja2.Environment, float] = {}  # when its files were last compared
+_MISSING: set[tuple[jinja2.Environment, str]] = set()  # looked for and not found since
 
 
 def _template(env: jinja2.Environment, name: str) -> jinja2.Template | None:
-    """``name`` from ``env`` (None when no loader has it), looked up again once it is
-    :data:`TEMPLATE_RECHECK_SECONDS` old."""
+    """``name`` from ``env``, or None when no loader has it."""
+    _recheck(env)
     key = (env, name)
-    now = time.monotonic()
-    known = _LOOKED_UP.get(key)
-    if known is not None and now - known[0] < TEMPLATE_RECHECK_SECONDS:
-        return known[1]
+    if key in _MISSING:
+        return None
     try:
-        template: jinja2.Template | None = env.get_template(name)
+        return env.get_template(name)
     except jinja2.TemplateNotFound:
-        template = None
-    _LOOKED_UP[key] = (now, template)
-    return template
+        _MISSING.add(key)
+        return None
+
+
+def _recheck(env: jinja2.Environment) -> None:
+    """Every :data:`TEMPLATE_RECHECK_SECONDS`: forget ``env``'s compiled templates if
+    any file changed, and which templates were missing."""
+    now = time.monotonic()
+    if now - _CHECKED.get(env, -math.inf) < TEMPLATE_RECHECK_SECONDS:
+        return
+    _CHECKED[env] = now
+    cache = env.cache
+    if cache is not None and not all(t.is_up_to_date for t in list(cache.values())):
+        cache.clear()
+    for key in [k for k in list(_MISSING) if k[0] is env]:
+        _MISSING.discard(key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,3 +308,22 @@ def test_an_edited_or_new_template_applies_within_the_recheck(
     monkeypatch.setattr(time, "monotonic", lambda: later)
     body = render_body("aviso", "es", context(), override=tmp_path)
     assert (body.text, body.html) == (f"Aviso nuevo {FOLIO}\n", f"<p>{FOLIO}</p>\n")
+
+
+def test_an_edited_include_applies_within_the_recheck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An included template is compared with its file like the one including it."""
+    (tmp_path / "es").mkdir()
+    (tmp_path / "es" / "aviso.txt.j2").write_text(
+        'Aviso {{ folio }}\n{% include "es/_pie.txt.j2" %}', encoding="utf-8"
+    )
+    footer = tmp_path / "es" / "_pie.txt.j2"
+    footer.write_text("Pie viejo\n", encoding="utf-8")
+    assert render_body("aviso", "es", context(), override=tmp_path).text.endswith("Pie viejo\n")
+
+    footer.write_text("Pie nuevo\n", encoding="utf-8")
+    os.utime(footer, (1, 1))
+    later = time.monotonic() + TEMPLATE_RECHECK_SECONDS + 1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert render_body("aviso", "es", context(), override=tmp_path).text.endswith("Pie nuevo\n")
