@@ -242,6 +242,28 @@ def test_after_a_hang_up_the_connection_is_tried_again_once(sink: SmtpSink) -> N
     assert len(sink.wait_for(1)) == 1
 
 
+def test_one_connection_sends_after_a_refusal_and_to_a_utf8_address(sink: SmtpSink) -> None:
+    """A refused message is RSET and the next goes out on the same connection; a non-ASCII
+    address goes out with SMTPUTF8 and SIZE; an address that would break the command line is
+    refused before anything is sent."""
+    raw = mail(sender="contacto@internet-plarey.com.mx", to="cliente@example.com")
+    settings = SmtpSettings(host=sink.host, port=sink.port, security="none", timeout_seconds=5)
+    with SmtpConnection(settings) as connection:
+        sink.fail_next(550, "5.7.1 no")
+        with pytest.raises(PermanentDeliveryError, match="550"):
+            connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+        connection.send("contacto@internet-plarey.com.mx", "josé@ejemplo.es", raw)
+        for bad in ("x@y.com>\r\nRCPT TO:<z@y.com", "<x@y.com>", "x@y.com\x00"):
+            with pytest.raises(PermanentDeliveryError, match="not a mail address"):
+                connection.send("contacto@internet-plarey.com.mx", bad, raw)
+        connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+    utf8, plain = sink.wait_for(2)
+    assert (utf8.rcpt_tos, plain.rcpt_tos) == (["josé@ejemplo.es"], ["cliente@example.com"])
+    assert "SMTPUTF8" in utf8.mail_options and f"SIZE={len(raw)}" in utf8.mail_options
+    assert "SMTPUTF8" not in plain.mail_options
+    assert utf8.mail_from == plain.mail_from == "contacto@internet-plarey.com.mx"
+
+
 @pytest.mark.parametrize(
     ("attempts", "minutes"),
     [(0, 1), (1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 32), (7, 60), (8, 60), (1000, 60)],
