@@ -35,11 +35,14 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _DOT_ATOM = re.compile(rf"[{_ATEXT}]+(\.[{_ATEXT}]+)*\Z")
 # RFC 6532 3.2: with SMTPUTF8, any non-ASCII character is atext too.
-_DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(\.[{_ATEXT}\u0080-\U0010ffff]+)*\Z")
+# (The non-ASCII range written as a negated class: as a range next to others it
+# cost 7 ms to compile, at every start.)
+_UATEXT = rf"(?:[{_ATEXT}]|[^\x00-\x7f])"
+_DOT_ATOM_UTF8 = re.compile(rf"{_UATEXT}+(?:\.{_UATEXT}+)*\Z")
 _PHRASE_ATOMS = re.compile(rf"[{_ATEXT} ]*\Z")
 _ASCII_ID = re.compile(r"[\x21-\x7e]+\Z")
 _UTF8_ID = re.compile(r"[^\x00-\x20\x7f-\x9f\s]+\Z")  # no controls, no spaces
-_DOMAIN_JUNK = re.compile(r"[^A-Za-z0-9.\-\u0080-\U0010ffff]")
+_DOMAIN_JUNK = re.compile(r"[\x00-,/:-@\[-`{-\x7f]")  # ASCII but letters, digits, "." and "-"
 _FORBIDDEN = str.maketrans({"\r": " ", "\n": " ", "\x00": " "})
 
 

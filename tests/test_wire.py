@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import string
 from email.message import EmailMessage
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -185,3 +187,19 @@ def test_any_subject_and_name_survive_and_add_no_header(
     name_read = msg["From"].addresses[0].display_name
     name_read = name_read.encode("utf-8", "surrogateescape").decode("utf-8")
     assert "".join(name_read.split()) == "".join(display.split())
+
+
+_ATEXT_CHARS = set(string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-")
+_SAMPLE = [chr(c) for c in range(0x250)] + ["\u2028", "ñ", "€", "\U0001f600", "\U0010fffd"]
+
+
+@pytest.mark.parametrize("char", _SAMPLE)
+def test_utf8_address_characters_follow_rfc_6532(char: str) -> None:
+    """With SMTPUTF8, any non-ASCII character is atext and may stand in a domain; an ASCII
+    one only where RFC 5322 allows it (else the local part is quoted, the domain drops it)."""
+    if char in '@."\\\r\n\x00':
+        return  # structure, quoting and line breaks: tested above
+    keeps = not char.isascii() or char.isalnum() or char == "-"
+    assert wire.addr_spec(f"x@a{char}b.mx", utf8=True) == (f"x@a{char}b.mx" if keeps else "x@ab.mx")
+    atext = not char.isascii() or char in _ATEXT_CHARS
+    assert wire.addr_spec(f"a{char}b@x.mx", utf8=True).startswith('"') is not atext
