@@ -34,8 +34,6 @@ from html.parser import HTMLParser
 from types import MappingProxyType
 from typing import Any
 
-import mailparser
-
 from mailcase.errors import MessageError
 
 # RFC 5322 3.6.4 msg-id: printable ASCII inside angle brackets. Ids with other
@@ -231,6 +229,10 @@ def _read_body(message: Any) -> Any:
     Call it after the headers were collected: when mail-parser fails, it is
     tried again on ``message`` stripped of every header but the MIME ones.
     """
+    # Imported here: a poll that parses in a child process (mailcase.parsing)
+    # never needs it, and its import is 25 ms of the command's start.
+    import mailparser
+
     if message.is_multipart() and message.epilogue is None:
         # mail-parser 4.8 reads the epilogue when a part lacks its start boundary
         # and fails on None ("'NoneType' object has no attribute 'index'"): mail
