@@ -100,7 +100,7 @@ class InboundMail:
         return self.message_id or f"sha256:{self.raw_sha256}"
 
 
-_PART_HEADER_RE = re.compile(rb"^content-type:", re.IGNORECASE | re.MULTILINE)
+_PART_HEADER = b"content-type:"  # at the start of a line, in any case
 
 # The stdlib's MIME-parameter and address parsers (which mail-parser calls) take
 # time quadratic in the length of one header field: a 200 KB Content-Type of
@@ -111,7 +111,9 @@ _PART_HEADER_RE = re.compile(rb"^content-type:", re.IGNORECASE | re.MULTILINE)
 # refused before parsing when a field of its top-level header section is longer
 # than max_field_bytes, or a Content-Type or Content-Disposition field of any
 # part longer than max_mime_field_bytes.
-_MIME_FIELD_RE = re.compile(rb"content-(?:type|disposition)[ \t]*:", re.IGNORECASE)
+# Searched for in the lowercased message: with re.IGNORECASE the scans of a
+# message with an attachment took 0.25 ms, a fifth of its parse.
+_MIME_FIELD_RE = re.compile(rb"content-(?:type|disposition)[ \t]*:")
 _LINE_BREAK = rb"(?:\r\n|\r(?!\n)|\n)"  # CRLF, LF or a lone CR (old Mac mail)
 _FIELD_END_RE = re.compile(_LINE_BREAK + rb"(?![ \t])")  # a line break that does not fold
 _HEADER_END_RE = re.compile(_LINE_BREAK * 2)
@@ -136,11 +138,12 @@ def parse_inbound(
     ``max_mime_field_bytes``), because hostile structures must not cost
     unbounded time.
     """
-    # Counted on the raw bytes before parsing, so a part bomb costs one regex scan.
-    parts = len(_PART_HEADER_RE.findall(raw))
+    # Counted on the raw bytes before parsing, so a part bomb costs one scan.
+    lowered = raw.lower()
+    parts = lowered.count(b"\n" + _PART_HEADER) + lowered.startswith(_PART_HEADER)
     if parts > max_parts:
         raise MessageError(f"message has {parts} MIME parts, more than the limit of {max_parts}")
-    longest, longest_mime = _longest_fields(raw)
+    longest, longest_mime = _longest_fields(raw, lowered)
     if longest > max_field_bytes:
         raise MessageError(
             f"a header field of {longest} bytes, more than the limit of {max_field_bytes}"
@@ -199,14 +202,17 @@ def parse_inbound(
     )
 
 
-def _longest_fields(raw: bytes) -> tuple[int, int]:
+def _longest_fields(raw: bytes, lowered: bytes) -> tuple[int, int]:
     """Bytes in the longest (unfolded) field of the top-level header section, and in
-    the longest Content-Type or Content-Disposition field anywhere; linear in ``len(raw)``."""
+    the longest Content-Type or Content-Disposition field anywhere; linear in ``len(raw)``.
+
+    ``lowered`` is ``raw.lower()`` (the same length: bytes are lowered one for one).
+    """
     end = _HEADER_END_RE.search(raw)
     head = raw[: end.start()] if end else raw
     longest = max((len(field) for field in _FIELD_END_RE.split(head)), default=0)
     longest_mime = pos = 0
-    while (match := _MIME_FIELD_RE.search(raw, pos)) is not None:
+    while (match := _MIME_FIELD_RE.search(lowered, pos)) is not None:
         start = match.start()
         if start and raw[start - 1] not in b"\r\n":  # not at the start of a line
             pos = match.end()
