@@ -16,11 +16,11 @@ Delivery opens one SMTP connection per run and marks each notice as it goes:
 
 A crash between the server's acceptance and the ``sent`` mark can send that
 one notice twice; nothing else is ever sent twice (tests/test_crash.py holds
-it to at most one repeat per kill). On SQLite, while ingest holds the write
-lock, the mark is first a record in the sent log (mailcase.sentlog), which
-needs no wait, and reaches the notices table with the next mark made while
-the lock is free, at the latest when the delivery run ends; until then
-``outbox list`` shows the notice as queued.
+it to at most one repeat per kill). On SQLite the mark is first a record in
+the sent log (mailcase.sentlog), which needs no wait for ingest's write lock,
+and reaches the notices table with the next :data:`FOLD_EVERY` when the lock
+is free, at the latest when the delivery run ends; until then ``outbox list``
+shows the notice as queued.
 """
 
 from __future__ import annotations
