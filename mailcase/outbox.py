@@ -43,7 +43,6 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
 from mailcase.prepared import Prepared
-from mailcase.sentlog import SentLog
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store, table, utcnow
 
@@ -115,12 +114,13 @@ def deliver_outbox(
             metrics.set_queued(conn.execute(queued.where(Notice.status == "queued")).scalar_one())
 
 
-def fold_sent_log(store: Store) -> int:
+def fold_sent_log(store: Store, *, wait: bool = True) -> int:
     """Mark sent in the notices table what delivery recorded in the sent log; how many.
 
-    SQLite only (mailcase.sentlog); waits for the write lock when there is
-    something to fold. Records are forgotten only after the marks are
-    committed, so a crash in between folds them again (harmlessly).
+    SQLite only (mailcase.sentlog). When there is something to fold it waits
+    for the write lock, or with ``wait=False`` folds nothing while another
+    thread of this process writes. Records are forgotten only after the marks
+    are committed, so a crash in between folds them again (harmlessly).
     """
     sent_log = store.sent_log
     if sent_log is None:
@@ -128,9 +128,11 @@ def fold_sent_log(store: Store) -> int:
     records = sent_log.pending()
     if not records:
         return 0  # the usual case: no need to queue for the write lock
-    with store.writing() as conn:
-        # A record appended meanwhile stays for the next fold.
-        folded = _fold_into(conn, records)
+    folded: list[int] = []
+    with store.writing() if wait else store.writing_if_free() as conn:
+        if conn is not None:
+            # A record appended meanwhile stays for the next fold.
+            folded = _fold_into(conn, records)
     sent_log.forget(folded)
     return len(folded)
 
@@ -171,19 +173,10 @@ def _mark_sent(store: Store, notice_id: int) -> None:
             get_logger().warning("sent_log_unavailable", error=str(exc))
         else:
             if sent_log.own_records >= FOLD_EVERY:
-                _fold_if_free(store, sent_log)
+                fold_sent_log(store, wait=False)
             return
     with store.writing() as conn:
         _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
-
-
-def _fold_if_free(store: Store, sent_log: SentLog) -> None:
-    """Fold the sent log into the notices table now, unless another thread writes."""
-    folded: list[int] = []
-    with store.writing_if_free() as free:
-        if free is not None:
-            folded = _fold_into(free, sent_log.pending())
-    sent_log.forget(folded)
 
 
 class DeliveryAlongside:
