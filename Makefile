@@ -19,5 +19,6 @@ demo:
 # The ingest benchmark (README "Benchmark"); N=1000 by default: make bench N=10000
 N ?= 1000
 DB ?= sqlite
+REPEAT ?= 3
 bench: setup
-	$(PY) bench/ingest.py -n $(N) --db $(DB)
+	$(PY) bench/ingest.py -n $(N) --db $(DB) --repeat $(REPEAT)

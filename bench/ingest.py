@@ -10,9 +10,13 @@ Spanish support mails (1-8 KB bodies, 10% with a 50 KB attachment), then:
     messages, mail-parser parsing each, and sending 2N already-rendered
     notices over one SMTP connection.
 
-Prints messages per second for both and the ratio (a)/(b).
+(a) and (b) alternate ``--repeat`` times (3 by default), each (a) on a copy
+of the same fresh (or pre-filled) database, since the machine's speed drifts
+within minutes. Prints each run, then the medians: messages per second for
+both, and the median of the runs' ratios (a)/(b).
 
     .venv/bin/python bench/ingest.py -n 1000 [--db sqlite|postgresql] [--existing-cases 1000000]
+        [--repeat K]
 
 Not a test: numbers go into README.md ("Benchmark").
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -140,6 +145,16 @@ def populate(url: str, cases: int) -> None:
                 ),
                 [{"id": i, "mid": f"<old{i}@example.org>", "now": now} for i in ids],
             )
+    if store.engine.dialect.name == "postgresql":
+        # The cases were given their ids: the sequences must start after them.
+        with store.engine.begin() as conn:
+            for name in ("cases", "case_messages", "ledger"):
+                conn.execute(
+                    sa.text(
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'),"
+                        f" (SELECT max(id) FROM {name}))"
+                    )
+                )
     store.dispose()
 
 
@@ -292,11 +307,21 @@ def idle_latency(config: Path, imap: Dovecot, sink: SmtpSink, count: int) -> lis
     return latencies
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=1000, help="messages (default 1000)")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--existing-cases", type=int, default=0)
+    parser.add_argument(
+        "--repeat", type=int, default=3, metavar="K",
+        help="pairs of (a) and (b) run one after the other; the medians are kept (default 3)",
+    )  # fmt: skip
     parser.add_argument(
         "--idle-latency", type=int, default=0, metavar="K",
         help="then measure new-mail-to-acknowledgement latency for K messages under IDLE",
@@ -306,29 +331,50 @@ def main() -> None:
         help="run (a) under py-spy and write its collapsed stacks to FILE (slows (a) down)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     mails = generate(args.n)
     work = Path(tempfile.mkdtemp(prefix="mailcase-bench-"))
     with Dovecot() as imap, SmtpSink() as sink:
-        db_url = None
         pg = None
         if args.db == "postgresql":
             from servers import Postgres
 
             pg = Postgres()
             pg.start()
-            pg.create_database("bench")
-            db_url = pg.url("bench")
-        # The schema is created before the timed run, as `mailcase db upgrade` does at
-        # installation: (a) measures polling, not a one-time migration.
-        Store.open(db_url or f"sqlite:///{work}/mailcase.db", auto_upgrade=True).dispose()
-        extra = {"db_url": db_url} if db_url else {}
-        config = write_config(work, imap, sink, notify=True, **extra)
-        config.write_text(config.read_text().replace('format = "json"', 'level = "warning"'))
+
+        # Each (a) starts from the same database: the schema created, as `mailcase db
+        # upgrade` does at installation ((a) measures polling, not a one-time migration),
+        # and pre-filled once; every run polls a copy of it.
+        template = work / "template"
+        template.mkdir()
+        if pg is not None:
+            pg.create_database("template_bench")
+            template_url = pg.url("template_bench")
+        else:
+            template_url = f"sqlite:///{template}/mailcase.db"
+        Store.open(template_url, auto_upgrade=True).dispose()
         if args.existing_cases:
             t = time.monotonic()
-            populate(db_url or f"sqlite:///{work}/mailcase.db", args.existing_cases)
+            populate(template_url, args.existing_cases)
             print(f"pre-filled {args.existing_cases} cases in {time.monotonic() - t:.1f} s")
+
+        def fresh_config(run: int) -> Path:
+            directory = work / f"run{run}"
+            directory.mkdir()
+            if pg is not None:
+                pg.create_database(f"bench{run}", template="template_bench")
+                extra = {"db_url": pg.url(f"bench{run}")}
+            else:
+                # The database and any write-ahead log left beside it.
+                for part in template.glob("mailcase.db*"):
+                    shutil.copyfile(part, directory / part.name)
+                extra = {}
+            config = write_config(directory, imap, sink, notify=True, **extra)
+            config.write_text(config.read_text().replace('format = "json"', 'level = "warning"'))
+            return config
+
         t = time.monotonic()
         with imap.client("contacto") as client:
             for raw in mails:
@@ -337,42 +383,58 @@ def main() -> None:
 
         notice_count = 2 * args.n
         servers = {"Dovecot": imap.pid} | ({"PostgreSQL": pg.pid} if pg is not None else {})
-        before = {name: _tree_cpu(pid) for name, pid in servers.items() if pid is not None}
-        sink_before = _process_cpu()
-        to_last, rss, child_rss, cpu = run_mailcase(config, sink, notice_count, args.profile)
-        # Where else the two cores went during (a): the servers, and this process
-        # (the SMTP sink's thread, and the RSS sampler).
-        others = {name: _tree_cpu(servers[name]) - cpu0 for name, cpu0 in before.items()}
-        others["sink"] = _process_cpu() - sink_before
-        notices = [m.data for m in sink.messages[:notice_count]]
-        # The machine's speed drifts: the floor is measured three times, the median kept.
-        floors = []
-        for _ in range(3):
+        cores = len(os.sched_getaffinity(0))
+        # The machine's speed drifts by a third within minutes: (a) and (b) alternate,
+        # so that each ratio compares runs made close together, and the medians are kept.
+        runs: list[tuple[float, float]] = []
+        rss_peaks: list[tuple[int, int]] = []
+        config = work
+        for run in range(args.repeat):
+            config = fresh_config(run)
             sink.clear()
-            floors.append(floor(imap, sink, args.n, notices))
-        base, base_sending = sorted(floors)[1]
+            before = {name: _tree_cpu(pid) for name, pid in servers.items() if pid is not None}
+            sink_before = _process_cpu()
+            profile = args.profile if run == 0 else None
+            to_last, rss, child_rss, cpu = run_mailcase(config, sink, notice_count, profile)
+            # Where else the two cores went during (a): the servers, and this process
+            # (the SMTP sink's thread, and the RSS sampler).
+            others = {name: _tree_cpu(servers[name]) - cpu0 for name, cpu0 in before.items()}
+            others["sink"] = _process_cpu() - sink_before
+            notices = [m.data for m in sink.messages[:notice_count]]
+            sink.clear()
+            base, base_sending = floor(imap, sink, args.n, notices)
+            runs.append((to_last, base))
+            rss_peaks.append((rss, child_rss))
+            # Everything that ran during (a) shares the machine's cores: however well the
+            # work overlaps, (a) cannot take less than all of its CPU spread over them.
+            spent = cpu + sum(others.values())
+            print(
+                f"run {run + 1}: (a) {to_last:.2f} s, CPU {cpu:.2f} s, peak RSS "
+                f"{rss / 1024:.0f} + {child_rss / 1024:.0f} MiB; CPU meanwhile: "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in others.items())
+                + f"; CPU of all {spent:.2f} s on {cores} cores, so (a) >= {spent / cores:.2f} s"
+                f"; (b) {base:.2f} s ({base_sending:.2f} s sending); ratio {to_last / base:.2f}"
+            )
         latencies = idle_latency(config, imap, sink, args.idle_latency) if args.idle_latency else []
         if pg is not None:
             pg.close()
-    rate = args.n / to_last
+    polled = _median([a for a, _ in runs])
+    base = _median([b for _, b in runs])
+    ratios = sorted(a / b for a, b in runs)
+    rss, child_rss = max(rss_peaks, key=sum)
     print(f"database: {args.db}, existing cases: {args.existing_cases}, messages: {args.n}")
     print(
-        f"(a) mailcase poll: {to_last:.2f} s to the last of {notice_count} notices, "
-        f"{rate:.0f} messages/s, peak RSS {rss / 1024:.0f} MiB "
-        f"+ {child_rss / 1024:.0f} MiB parser process, CPU {cpu:.2f} s"
+        f"(a) mailcase poll: {polled:.2f} s to the last of {notice_count} notices "
+        f"(median of {len(runs)}), {args.n / polled:.0f} messages/s, "
+        f"peak RSS {rss / 1024:.0f} MiB + {child_rss / 1024:.0f} MiB parser process"
     )
-    print("    CPU meanwhile: " + ", ".join(f"{k} {v:.2f} s" for k, v in others.items()))
-    # Everything that ran during (a) shares the machine's cores: however well the
-    # work overlaps, (a) cannot take less than all of its CPU spread over them.
-    cores = len(os.sched_getaffinity(0))
-    spent = cpu + sum(others.values())
-    print(f"    CPU of all: {spent:.2f} s on {cores} cores, so (a) >= {spent / cores:.2f} s")
     print(
-        f"(b) floor (fetch + parse + send): {base:.2f} s, {args.n / base:.0f} messages/s "
-        f"(median of {', '.join(f'{f:.2f}' for f, _ in floors)} s; "
-        f"of the median, {base_sending:.2f} s sending)"
+        f"(b) floor (fetch + parse + send): {base:.2f} s (median), {args.n / base:.0f} messages/s"
     )
-    print(f"ratio (a)/(b): {to_last / base:.2f}")
+    print(
+        f"ratio (a)/(b): {_median(ratios):.2f} "
+        f"(median of the runs' ratios {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
     if latencies:
         ordered = sorted(latencies)
         p95 = ordered[max(0, round(0.95 * len(ordered)) - 1)]
