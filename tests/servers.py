@@ -916,12 +916,20 @@ class Postgres(ServerProcess):
     (default: a fresh directory under /dev/shm, removed by close()). The server runs as a
     child process that we own and reap; stop()/start() and restart() keep the databases
     and the port. Connect as ``user`` (the cluster's superuser) without a password.
+    ``settings`` override the throw-away server settings (``-c name=value``).
     """
 
     def __init__(
-        self, base_dir: Path | None = None, port: int | None = None, user: str = "mailcase"
+        self,
+        base_dir: Path | None = None,
+        port: int | None = None,
+        user: str = "mailcase",
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.host = HOST
+        # Server settings over the throw-away ones (bench/ingest.py: the server's own
+        # defaults, to measure PostgreSQL as installed).
+        self.settings = {**_POSTGRES_SETTINGS, **(settings or {})}
         self.port = port or free_port()
         self.user = user
         self._account = _postgres_account()
@@ -947,7 +955,7 @@ class Postgres(ServerProcess):
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bindir)
         settings = {
-            **_POSTGRES_SETTINGS,
+            **self.settings,
             "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.base_dir),
