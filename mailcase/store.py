@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, select
 
+from mailcase.checkpoint import BACKSTOP_PAGES, Checkpointer
 from mailcase.errors import DatabaseError
 from mailcase.models import Case, CaseMessage, FolioCounter, LedgerEntry
 from mailcase.prepared import Prepared
@@ -84,6 +85,9 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            # Checkpoints run in the store's own thread (mailcase.checkpoint);
+            # a writer runs one only past this backstop.
+            cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -150,7 +154,9 @@ class Store:
         # there is one (SQLite on disk; mailcase.sentlog).
         database_file = _sqlite_path(url)
         self.sent_log = SentLog.beside(database_file) if database_file else None
-        self._finalizer = weakref.finalize(self, engine.dispose)
+        # SQLite's log is copied back into the database file beside the writers.
+        self.checkpointer = Checkpointer(database_file) if database_file else None
+        self._finalizer = weakref.finalize(self, _release, engine, self.checkpointer)
         # SQLite has one writer. Threads of this process queue here, and the
         # next one starts as soon as a transaction ends; behind SQLite's own
         # busy handler they sleep 1, 2, 5, 10 ms... and miss the short gaps
@@ -217,12 +223,14 @@ class Store:
             except BaseException:
                 session.rollback()
                 raise
+        self._written()
 
     @contextmanager
     def writing(self) -> Iterator[sa.Connection]:
         """A Core connection in a write transaction, committed on normal exit."""
         with self._writer, self.engine.begin() as conn:
             yield conn
+        self._written()
 
     @contextmanager
     def writing_if_free(self) -> Iterator[sa.Connection | None]:
@@ -237,6 +245,12 @@ class Store:
         finally:
             if lock is not None:
                 lock.release()
+        self._written()
+
+    def _written(self) -> None:
+        """A write transaction was committed: let the checkpointer know (SQLite)."""
+        if self.checkpointer is not None:
+            self.checkpointer.poke()
 
     @contextmanager
     def connection(self) -> Iterator[sa.Connection]:
@@ -261,6 +275,8 @@ class Store:
 
     def dispose(self) -> None:
         """Close the pooled connections (the store can still be used: it reconnects)."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()  # before the pool: the last connection checkpoints
         self.engine.dispose()
         if self.sent_log is not None:
             self.sent_log.close()
@@ -270,6 +286,13 @@ class Store:
 
     def __exit__(self, *exc_info: object) -> None:
         self.dispose()
+
+
+def _release(engine: Engine, checkpointer: Checkpointer | None) -> None:
+    """What a store dropped without :meth:`Store.dispose` still owns."""
+    if checkpointer is not None:
+        checkpointer.close()
+    engine.dispose()
 
 
 def table(model: type[SQLModel]) -> sa.Table:
