@@ -57,6 +57,12 @@ class Checkpointer:
                     self._thread.start()
         self._wanted.set()
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def close(self) -> None:
         """Stop the thread (after the checkpoint it may be running); a later poke starts another."""
         with self._lock:
@@ -65,6 +71,10 @@ class Checkpointer:
                 return
             self._stopping.set()
             self._wanted.set()
+            if thread is threading.current_thread():
+                # A store's finalizer run by the garbage collector in this very
+                # thread: it stops after this pass, and cannot wait for itself.
+                return
             thread.join()
             self._thread = None
             self._stopping.clear()

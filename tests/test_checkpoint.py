@@ -4,9 +4,9 @@ stops with the store, and a checkpointer that cannot work only says so."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -40,10 +40,6 @@ def _in_database_file(database: Path, key: str, scratch: Path) -> bool:
     return bool(rows)
 
 
-def _threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "sqlite-checkpoint"]
-
-
 def test_a_committed_write_reaches_the_database_file_without_a_writer_checkpoint(
     tmp_path: Path,
 ) -> None:
@@ -71,21 +67,33 @@ def test_dispose_stops_the_thread_and_a_later_write_starts_another(tmp_path: Pat
     store = Store.open(f"sqlite:///{tmp_path / 'mailcase.db'}", auto_upgrade=True)
     checkpointer = store.checkpointer
     assert checkpointer is not None
-    before = len(_threads())
     try:
+        assert not checkpointer.running  # reads alone start no thread
         _write(store, "one")
-        assert len(_threads()) == before + 1
+        assert checkpointer.running
         store.dispose()
-        assert len(_threads()) == before
+        assert not checkpointer.running
         passes = checkpointer.passes
         _write(store, "two")  # a disposed store reconnects, and so does its checkpointer
+        assert checkpointer.running
         deadline = time.monotonic() + 10
         while checkpointer.passes == passes:
             assert time.monotonic() < deadline, "no checkpoint after the store was used again"
             time.sleep(0.05)
     finally:
         store.dispose()
-    assert len(_threads()) == before
+    assert not checkpointer.running
+
+
+def test_a_store_dropped_without_dispose_stops_its_thread(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'mailcase.db'}", auto_upgrade=True)
+    checkpointer = store.checkpointer
+    assert checkpointer is not None
+    _write(store, "one")
+    assert checkpointer.running
+    del store
+    gc.collect()
+    assert not checkpointer.running
 
 
 def test_a_store_without_a_database_file_has_no_checkpointer() -> None:
