@@ -82,7 +82,7 @@ class Checkpointer:
 
     def _run(self) -> None:
         try:
-            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            connection = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
             self._failed(exc)
             return
