@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import smtplib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -320,12 +321,6 @@ def idle_latency(config: Path, imap: Dovecot, sink: SmtpSink, count: int) -> lis
     return latencies
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=1000, help="messages (default 1000)")
@@ -431,8 +426,8 @@ def main() -> None:
         latencies = idle_latency(config, imap, sink, args.idle_latency) if args.idle_latency else []
         if pg is not None:
             pg.close()
-    polled = _median([a for a, _ in runs])
-    base = _median([b for _, b in runs])
+    polled = statistics.median([a for a, _ in runs])
+    base = statistics.median([b for _, b in runs])
     ratios = sorted(a / b for a, b in runs)
     rss, child_rss = max(rss_peaks, key=sum)
     print(f"database: {args.db}, existing cases: {args.existing_cases}, messages: {args.n}")
@@ -445,7 +440,7 @@ def main() -> None:
         f"(b) floor (fetch + parse + send): {base:.2f} s (median), {args.n / base:.0f} messages/s"
     )
     print(
-        f"ratio (a)/(b): {_median(ratios):.2f} "
+        f"ratio (a)/(b): {statistics.median(ratios):.2f} "
         f"(median of the runs' ratios {', '.join(f'{r:.2f}' for r in ratios)})"
     )
     if latencies:

@@ -275,9 +275,7 @@ class Store:
 
     def dispose(self) -> None:
         """Close the pooled connections (the store can still be used: it reconnects)."""
-        if self.checkpointer is not None:
-            self.checkpointer.close()  # before the pool: the last connection checkpoints
-        self.engine.dispose()
+        _release(self.engine, self.checkpointer)
         if self.sent_log is not None:
             self.sent_log.close()
 
@@ -289,9 +287,10 @@ class Store:
 
 
 def _release(engine: Engine, checkpointer: Checkpointer | None) -> None:
-    """What a store dropped without :meth:`Store.dispose` still owns."""
+    """Stop ``checkpointer`` and close ``engine``'s pooled connections (:meth:`Store.dispose`,
+    or a store dropped without it)."""
     if checkpointer is not None:
-        checkpointer.close()
+        checkpointer.close()  # before the pool: its last connection checkpoints
     engine.dispose()
 
 
