@@ -43,11 +43,12 @@ def test_two_daemons_share_the_work_and_survive_a_kill(
         ):  # both started by the with statement
             sink.wait_for(MESSAGES // 4, timeout=60)
             first.kill()  # midway, with no clean-up of any kind
+            # Wait on the outbox, not the sink: a notice the sink accepted just before
+            # the kill was never marked (its transaction rolled back with the dead
+            # connection), so the survivor must still send it once more.
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if len({m.message["In-Reply-To"] for m in sink.messages}) >= MESSAGES:
-                    break
-                time.sleep(0.2)
+            while time.monotonic() < deadline and not all_sent(cli):
+                time.sleep(0.5)
             assert second.running
             assert second.stop() == 0
         ledger = cli.json("messages", "list")
@@ -64,3 +65,9 @@ def test_two_daemons_share_the_work_and_survive_a_kill(
         assert statuses == {"sent": MESSAGES}
     finally:
         postgres.drop_database("two_daemons")
+
+
+def all_sent(cli: Cli) -> bool:
+    """Every message has its notice and all of them are marked sent."""
+    statuses = Counter(n["status"] for n in cli.json("outbox", "list"))
+    return statuses == {"sent": MESSAGES}
