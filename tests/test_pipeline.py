@@ -242,6 +242,35 @@ def test_follow_up_by_in_reply_to_alone(env: Env) -> None:
     assert len(env.sink.messages) == 1
 
 
+def test_auto_reply_to_a_notice_is_kept_on_its_case_and_answered_by_nothing(env: Env) -> None:
+    # The customer's out-of-office answer to our resolution notice: common, and a loop risk.
+    env.deliver(mail())
+    env.poll()
+    [case] = env.cases()
+    folio = case["folio"]
+    code, _, err = env.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")
+    assert code == 0, err
+    env.poll()  # delivers the resolution notice
+    notice = env.acks()[-1]
+    sent_before = len(env.sink.messages)
+    env.deliver(
+        mail(
+            subject=f"Respuesta automática: {notice['Subject']}",
+            headers={"Auto-Submitted": "auto-replied", "In-Reply-To": notice["Message-ID"]},
+            body="Estoy de vacaciones hasta el lunes 30.",
+        )
+    )
+    env.poll()
+    assert len(env.cases()) == 1
+    assert [r["disposition"] for r in env.ledger()] == ["new_case", "auto_reply"]
+    assert len(env.sink.messages) == sent_before  # no acknowledgement, no agent notification
+    shown = env.case(folio)
+    assert shown["status"] == "resolved"  # an auto-reply reopens nothing
+    last = shown["messages"][-1]
+    assert (last["direction"], last["kind"]) == ("in", "system")
+    assert "vacaciones" in last["text"]
+
+
 def test_stranger_with_someone_elses_folio_gets_own_case(env: Env) -> None:
     env.deliver(mail())
     env.poll()
