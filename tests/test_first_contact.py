@@ -51,3 +51,27 @@ def test_window_is_configurable(
     mailboxes.append("contacto", mail(), internal_date=datetime.now(UTC) - timedelta(days=10))
     cli.poll()
     assert [m.rcpt_tos for m in sink.messages] == [["juan.perez@example.com"]]
+
+
+def test_an_old_thread_is_kept_whole_and_tells_nobody(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # A reply in the old backlog joins its case quietly: no acknowledgement, no agent notice.
+    cli = Cli(write_config(tmp_path, mailboxes, sink, notify=True), capsys)
+    long_ago = datetime.now(UTC) - timedelta(days=300)
+    first = mail(subject="Sin servicio", message_id="<viejo-1@example.com>")
+    reply = mail(
+        subject="Re: Sin servicio",
+        headers={"In-Reply-To": "<viejo-1@example.com>"},
+        body="Sigue sin funcionar el módem.",
+    )
+    mailboxes.append("contacto", first, internal_date=long_ago)
+    mailboxes.append("contacto", reply, internal_date=long_ago + timedelta(hours=5))
+    cli.poll()
+    [case] = cli.json("cases", "list")
+    assert [r["disposition"] for r in cli.json("messages", "list")] == ["new_case", "follow_up"]
+    assert sink.messages == []
+    messages = cli.json("cases", "show", case["folio"])["messages"]
+    follow_up = next(m for m in messages if "módem" in (m["text"] or ""))
+    assert (follow_up["direction"], follow_up["kind"]) == ("in", "customer")
+    assert sum("max_age_hours" in (m["text"] or "") for m in messages) == 2
