@@ -117,6 +117,28 @@ def test_noreply_sender_opens_a_case_without_notice(
     assert sink.messages == []
 
 
+def test_a_suppressed_notice_queued_again_by_hand_is_still_not_sent(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    # `outbox retry` takes any notice not sent; delivery's own guard keeps the loop shut.
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, db_url=db_url)
+    mailboxes.append("contacto", mail(sender="no-reply@banco.example.com", subject="Aviso"))
+    cli.poll()
+    [case] = cli.json("cases", "list")  # opened, and not answered
+    code, _, err = cli("cases", "resolve", case["folio"], "--outcome", "valid", "--cause", "Listo.")
+    assert code == 0, err
+    [notice] = cli.json("outbox", "list")  # the resolution notice, stopped at queueing
+    assert notice["status"] == "suppressed"
+    code, out, err = cli("outbox", "retry", str(notice["id"]))
+    assert (code, out.strip()) == (0, "1 notice(s) queued for delivery"), err
+    code, _, err = cli("poll")
+    assert code == 0, err
+    assert sink.messages == []
+    [again] = cli.json("outbox", "list")
+    assert again["status"] == "suppressed"
+    assert "notice_suppressed" in err
+
+
 def test_oversized_mail_opens_its_case_without_attachments(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
 ) -> None:
