@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import date, datetime, time
+from datetime import date, datetime
 from typing import Any, NoReturn
 
 from sqlmodel import Session, col, select
@@ -452,16 +452,18 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
-    try:
-        parsed = date.fromisoformat(day)
-    except ValueError as exc:
-        raise MailcaseError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
-    if hour is not None:
-        try:
-            hour = time.fromisoformat(hour).strftime("%H:%M")
-        except ValueError as exc:
-            raise MailcaseError(f"--time {hour!r} is not a time (HH:MM)") from exc
-    return parsed, hour
+    """``--date`` and ``--time`` read as the mail command ``#visita`` reads them."""
+    from mailcase.commands import parse_date, parse_time
+
+    parsed = parse_date(day.strip())
+    if parsed is None:
+        raise MailcaseError(f"--date {day!r} is not a date (YYYY-MM-DD)")
+    if hour is None:
+        return parsed, None
+    clock = parse_time(hour.strip())
+    if clock is None:
+        raise MailcaseError(f"--time {hour!r} is not a time (HH:MM)")
+    return parsed, clock.strftime("%H:%M")
 
 
 def _cases(args: argparse.Namespace, settings: Settings) -> int:

@@ -232,12 +232,12 @@ def _resolve(line: str, args: list[str]) -> Command | CommandProblem:
 
 
 def _visit(line: str, args: list[str]) -> Command | CommandProblem:
-    visit_date = _date(args[0]) if args else None
+    visit_date = parse_date(args[0]) if args else None
     if visit_date is None:
         return CommandProblem(line, "bad_date")
     visit_time: time | None = None
     if len(args) > 1:
-        visit_time = _time(args[1])
+        visit_time = parse_time(args[1])
         if visit_time is None:
             return CommandProblem(line, "bad_time")
     if len(args) > 2:
@@ -246,8 +246,8 @@ def _visit(line: str, args: list[str]) -> Command | CommandProblem:
     return Command(CommandKind.VISIT, visit_date=visit_date, visit_time=visit_time, line=line)
 
 
-def _date(word: str) -> date | None:
-    """An ISO date that exists (no 2026-02-30), or None."""
+def parse_date(word: str) -> date | None:
+    """An ISO date that exists (no 2026-02-30), or None (also for ``cases visit --date``)."""
     match = _DATE_RE.fullmatch(word)
     if match is None:
         return None
@@ -257,7 +257,7 @@ def _date(word: str) -> date | None:
         return None
 
 
-def _time(word: str) -> time | None:
+def parse_time(word: str) -> time | None:
     """A 24-hour ``H:MM``/``HH:MM`` time that exists (no 24:00, no 10:60), or None."""
     match = _TIME_RE.fullmatch(word)
     if match is None:

@@ -451,6 +451,23 @@ def test_cli_note_resolve_close_reopen(desk: Desk) -> None:
     assert code == 4
 
 
+def test_cli_visit_tells_the_customer_and_refuses_a_bad_date(desk: Desk) -> None:
+    folio = desk.open_case()
+    code, _, err = desk.cli("cases", "visit", folio, "--date", "3/12/2026")
+    assert code == 1 and err.strip().endswith("--date '3/12/2026' is not a date (YYYY-MM-DD)")
+    code, _, err = desk.cli("cases", "visit", folio, "--date", "2026-12-03", "--time", "25:00")
+    assert code == 1 and "--time '25:00' is not a time (HH:MM)" in err
+    code, _, err = desk.cli("cases", "visit", folio, "--date", "2026-02-30")
+    assert code == 1 and "is not a date" in err  # a day that does not exist
+    assert desk.case(folio)["visit"] is None  # nothing half-done
+    # As the mail command #visita reads it: one-digit hours are fine.
+    assert desk.cli("cases", "visit", folio, "--date", "2026-12-03", "--time", "9:30")[0] == 0
+    assert desk.case(folio)["visit"] == {"date": "2026-12-03", "time": "09:30"}
+    notice = desk.last_to(CUSTOMER)
+    assert folio in notice["Subject"]
+    assert "3 de diciembre de 2026" in text(notice) and "09:30" in text(notice)
+
+
 @pytest.mark.parametrize("runner", ["poll", "daemon"])
 def test_closing_job_closes_resolved_cases_after_the_quiet_period(desk: Desk, runner: str) -> None:
     folio = desk.open_case()
