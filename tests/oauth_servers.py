@@ -58,7 +58,8 @@ class OAuthServer(Managed):
         self.refresh_tokens: dict[str, tuple[str, str | None, str]] = {}
         self.expires_in: int | None = 3600
         self.rotate_refresh_token = False
-        self.fail_token_endpoint: tuple[int, dict[str, Any]] | None = None
+        # The token endpoint's next answers instead of its own: a JSON value, or raw bytes.
+        self.fail_token_endpoint: tuple[int, Any] | None = None
         self.introspections: list[str] = []  # the tokens Dovecot asked about
         self.token_requests: list[TokenRequest] = []
         self._httpd: ThreadingHTTPServer | None = None
@@ -146,7 +147,7 @@ class OAuthServer(Managed):
             return {"active": False}  # RFC 7662 2.2: nothing else for an unknown token
         return {"active": True, "username": user, "token_type": "Bearer", "scope": "mail"}
 
-    def _token(self, form: dict[str, str], authorization: str | None) -> tuple[int, dict[str, Any]]:
+    def _token(self, form: dict[str, str], authorization: str | None) -> tuple[int, Any]:
         with self._lock:
             self.token_requests.append(TokenRequest(dict(form), authorization))
             if self.fail_token_endpoint is not None:
@@ -184,8 +185,8 @@ def _make_handler(server: OAuthServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length).decode("utf-8", "replace")
             return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
-        def _answer(self, status: int, payload: dict[str, Any]) -> None:
-            body = json.dumps(payload).encode()
+        def _answer(self, status: int, payload: Any) -> None:
+            body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -401,6 +401,54 @@ def test_refresh_failure_is_logged_once_an_hour(imap: OAuthDovecot, idp: OAuthSe
     assert refresh_token not in json.dumps(logs)
 
 
+@pytest.mark.parametrize(
+    ("status", "payload", "problem"),
+    [
+        (200, b"<html>Mantenimiento</html>", "did not answer JSON"),
+        (200, ["at-1"], "did not answer a JSON object"),
+        (200, {"token_type": "Bearer"}, "has no access_token"),
+        (200, {"access_token": "at-1\r\nX-Inyectado: si"}, "is not a bearer token"),
+        (502, b"Bad Gateway", "answered HTTP 502"),  # no RFC 6749 error in the body
+    ],
+)
+def test_a_token_endpoint_answering_nonsense_is_one_clear_error(
+    imap: OAuthDovecot, idp: OAuthServer, status: int, payload: Any, problem: str
+) -> None:
+    refresh_token = idp.add_client("contacto", "c1", "sec")
+    idp.fail_token_endpoint = (status, payload)
+    settings = mailbox_settings(
+        imap, client_id="c1", client_secret="sec", refresh_token=refresh_token,
+        token_url=idp.token_url,
+    )  # fmt: skip
+    with pytest.raises(TokenError) as info:
+        TokenProvider(settings, {"mailbox": "contacto"}).token()
+    message = str(info.value)
+    assert problem in message and idp.token_url.split("?")[0] in message
+    assert "\n" not in message and refresh_token not in message
+
+
+@pytest.mark.parametrize(("expires_in", "cached_for"), [("3600", 3540.0), ("pronto", 240.0)])
+def test_expires_in_as_a_string_is_read_or_defaulted(
+    imap: OAuthDovecot, idp: OAuthServer, expires_in: str, cached_for: float
+) -> None:
+    # Older Microsoft endpoints send expires_in as a string; nonsense gets the default 300 s.
+    refresh_token = idp.add_client("contacto", "c1", "sec")
+    idp.fail_token_endpoint = (200, {"access_token": "at-fijo", "expires_in": expires_in})
+    settings = mailbox_settings(
+        imap, client_id="c1", client_secret="sec", refresh_token=refresh_token,
+        token_url=idp.token_url,
+    )  # fmt: skip
+    clock = FakeClock()
+    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
+    assert provider.token() == "at-fijo"
+    clock.now += cached_for - 1
+    provider.token()
+    assert idp.token_request_count == 1
+    clock.now += 2
+    provider.token()
+    assert idp.token_request_count == 2
+
+
 def test_token_endpoint_unreachable(imap: OAuthDovecot) -> None:
     settings = mailbox_settings(
         imap,
