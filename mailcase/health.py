@@ -22,7 +22,7 @@ from mailcase.errors import DatabaseError, DeliveryError, MailboxError
 from mailcase.imap import ImapMailbox
 from mailcase.models import Case, Checkpoint, Notice
 from mailcase.smtp import SmtpConnection
-from mailcase.store import Store, make_engine
+from mailcase.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +43,7 @@ def _guard(name: str, check: Callable[[], str]) -> CheckResult:
 
 def check_database(settings: Settings) -> str:
     """The schema revision; never upgrades (that is `db upgrade`'s or the daemon's job)."""
-    engine = make_engine(settings.database.url)
-    try:
-        probe = Store(engine, settings.database.url)
-        current, head = probe.revisions()
-    finally:
-        engine.dispose()
+    current, head = Store.schema_state(settings.database.url)
     if current == head:
         return f"schema at revision {current} (latest)"
     if settings.database.upgrades_itself:

@@ -185,6 +185,18 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def schema_state(cls, url: str) -> tuple[str | None, str | None]:
+        """``url``'s revisions as :meth:`revisions` gives them, read without upgrading
+        or refusing an out-of-date schema (``db current``, ``check``)."""
+        store = cls(make_engine(url), url)
+        try:
+            return store.revisions()
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot open database: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            store.dispose()
+
     def revisions(self) -> tuple[str | None, str | None]:
         """(the database's alembic revision, the code's head revision :data:`SCHEMA_HEAD`)."""
         with self.engine.connect() as conn:

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from helpers import Cli, mail, write_config
-from servers import Dovecot, SmtpSink, free_port
+from servers import Dovecot, Postgres, SmtpSink, free_port
+
+from mailcase.store import SCHEMA_HEAD
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +68,34 @@ def test_status_reports_polls_errors_backlog_and_outbox(
     assert offline["mailboxes"][0]["backlog"] is None
     code, out, _ = cli("status")
     assert code == 0 and "contacto" in out and "outbox: queued 0, sent 1" in out
+
+
+def test_check_and_db_current_show_a_database_not_yet_upgraded_and_leave_it_so(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, postgres: Postgres
+) -> None:
+    # SQLite upgrades itself at start (database.auto_upgrade's default): only said, not done.
+    (tmp_path / "lite").mkdir()
+    cli = Cli(write_config(tmp_path / "lite", mailboxes, sink), capsys)
+    code, out, err = cli("check")
+    assert code == 0, out + err
+    [row] = [line for line in out.splitlines() if line.startswith("database")]
+    assert " ok " in row and "schema at revision none; upgrades itself to" in row
+    code, out, err = cli("db", "current")
+    expected = f"database revision none: needs upgrade to {SCHEMA_HEAD}"
+    assert (code, out.strip()) == (0, expected), err
+    assert cli("db", "upgrade")[1].strip() == f"database is at revision {SCHEMA_HEAD} (latest)"
+    assert cli("db", "current")[1].strip() == f"database revision {SCHEMA_HEAD}: up to date"
+    # PostgreSQL is upgraded by the admin: a failure that says what to run.
+    postgres.create_database("not_upgraded")
+    try:
+        url = postgres.url("not_upgraded")
+        (tmp_path / "pg").mkdir()
+        cli = Cli(write_config(tmp_path / "pg", mailboxes, sink, db_url=url), capsys)
+        code, out, err = cli("check")
+        assert code == 1
+        [failure] = [line for line in err.splitlines() if line.startswith("mailcase:")]
+        assert failure.startswith("mailcase: database failed")
+        assert failure.endswith("run `mailcase db upgrade`")
+        assert cli("db", "current")[1].strip() == expected  # shown, not refused
+    finally:
+        postgres.drop_database("not_upgraded")
