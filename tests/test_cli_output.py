@@ -114,3 +114,45 @@ def test_templates_directory_overrides_the_shipped_acknowledgement(
     assert text.startswith("Plantilla propia. Su folio es PLR-")
     html = ack.message.get_body(("html",))
     assert html is not None  # the HTML part still comes from the shipped template
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["cases", "open", "--channel", "phone", "--mailbox", "ventas", "--subject", "x",
+          "--text", "y"], 4, "no mailbox named ventas in the configuration"),
+        (["cases", "open", "--channel", "phone", "--customer", "juan", "--subject", "x",
+          "--text", "y"], 1, "--customer 'juan' is not a mail address"),
+        (["cases", "note", "PLR-1999-000001", "--text", "x"], 4,
+         "no case with folio PLR-1999-000001"),
+        (["messages", "retry", "1", "--mailbox", "ventas"], 4,
+         "no mailbox named ventas in the configuration"),
+        (["messages", "retry", "{uid}", "--mailbox", "contacto"], 4,
+         "message {uid} of mailbox contacto is new_case, not quarantined"),
+        (["outbox", "retry", "99"], 4, "no notice with id 99"),
+    ],
+)  # fmt: skip
+def test_a_refused_command_is_one_line_naming_what_failed(
+    cli: Cli, args: list[str], code: int, message: str
+) -> None:
+    uid = str(next(r["uid"] for r in cli.json("messages", "list") if r["mailbox"] == "contacto"))
+    before = cli.json("cases", "list"), cli.json("outbox", "list")
+    got, out, err = cli(*(a.format(uid=uid) for a in args))
+    assert got == code
+    assert err.splitlines() == [f"mailcase: {message.format(uid=uid)}"]
+    assert out == ""
+    assert (cli.json("cases", "list"), cli.json("outbox", "list")) == before  # nothing done
+
+
+def test_a_usage_error_exits_2_with_one_line(cli: Cli, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli("cases", "frobnicate")
+    assert exited.value.code == 2  # EXIT_CONFIG: restarting will not help
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("mailcase: argument ACTION: invalid choice: 'frobnicate' (choose from")
+
+
+def test_outbox_retry_all_takes_failed_and_queued_notices(cli: Cli) -> None:
+    assert cli("outbox", "retry", "--all")[1].strip() == "0 notice(s) queued for delivery"
+    code, out, _ = cli("outbox", "list", "--status", "failed")
+    assert (code, out.strip()) == (0, "(none)")
