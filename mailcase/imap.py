@@ -22,6 +22,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from mailcase.config import MailboxSettings
 from mailcase.errors import MailboxError
+from mailcase.logs import get_logger
 from mailcase.oauth import TokenError, TokenProvider, mailbox_tokens
 
 DONE_KEYWORD = b"$MailcaseDone"
@@ -179,12 +180,21 @@ class ImapMailbox:
                 raise self._fail("fetch failed", exc) from exc
             for uid in batch:
                 item = data.get(uid)
-                if item is None:
-                    continue  # expunged between SEARCH and FETCH
-                raw = item.get(b"BODY[]") or b""
+                raw = None if item is None else item.get(b"BODY[]")
+                if raw is None:
+                    self._vanished(uid)
+                    continue
                 yield FetchedMessage(
                     uid=uid, raw=bytes(raw), internal_date=item.get(b"INTERNALDATE")
                 )
+
+    def _vanished(self, uid: int) -> None:
+        # Expunged by another session (an agent's mail client) since our SEARCH.
+        # RFC 2180 4.1.3 lets the server leave it out of the FETCH answer or
+        # answer it with NIL: Dovecot sends "BODY[] NIL" (and a 1970 INTERNALDATE)
+        # with "OK [EXPUNGEISSUED]". Not a message, so not ingested: nothing to
+        # keep and nothing to flag. An empty literal ("{0}") is a message.
+        get_logger(mailbox=self.name, uid=uid).info("message_vanished")
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE of each of ``uids`` (cheap: no bodies are transferred)."""
@@ -202,7 +212,7 @@ class ImapMailbox:
     def fetch_spooled(self, uid: int, size: int, spool: Path) -> FetchedMessage | None:
         """Stream one large message to ``spool`` in partial fetches; memory stays bounded.
 
-        Returns None when the message vanished (expunged) meanwhile.
+        Returns None, and removes ``spool``, when the message vanished (expunged) meanwhile.
         """
         head = b""
         internal_date: datetime | None = None
@@ -215,10 +225,15 @@ class ImapMailbox:
                 except (OSError, IMAPClientError) as exc:
                     raise self._fail("fetch failed", exc) from exc
                 item = data.get(uid)
-                if item is None:
+                chunk = None
+                if item is not None:
+                    internal_date = item.get(b"INTERNALDATE", internal_date)
+                    chunk = next((v for k, v in item.items() if k.startswith(b"BODY[]")), None)
+                if chunk is None:
+                    out.close()
+                    spool.unlink(missing_ok=True)
+                    self._vanished(uid)
                     return None
-                internal_date = item.get(b"INTERNALDATE", internal_date)
-                chunk = next((v for k, v in item.items() if k.startswith(b"BODY[]")), b"") or b""
                 out.write(chunk)
                 if len(head) < HEAD_BYTES:
                     head += chunk[: HEAD_BYTES - len(head)]

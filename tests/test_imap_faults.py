@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from helpers import (
     CONTACTO,
     INFO,
@@ -30,6 +31,9 @@ from helpers import (
     write_config,
 )
 from servers import Dovecot, SmtpSink, free_port
+
+from mailcase.config import load_settings
+from mailcase.imap import ImapMailbox
 
 pytestmark = pytest.mark.integration
 
@@ -371,3 +375,27 @@ def test_daemon_rides_out_an_imap_outage_and_backs_off(
 
 def _when(event: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(event["timestamp"])
+
+
+def test_mail_expunged_between_search_and_fetch_is_skipped(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    # An agent's mail client deletes a message while a poll is between its SEARCH and FETCH:
+    # Dovecot answers "BODY[] NIL". Not a message: it must not reach the ledger as one.
+    settings = load_settings(write_config(tmp_path, mailboxes, sink)).mailboxes["contacto"]
+    uids = mailboxes.append_many("contacto", [_mail(subject=f"Mensaje {i}") for i in range(3)])
+    with ImapMailbox("contacto", settings) as box, structlog.testing.capture_logs() as logs:
+        assert box.uids_after(0) == uids
+        with mailboxes.client("contacto") as other:
+            other.select_folder("INBOX")
+            other.delete_messages([uids[1]])
+            other.expunge()
+        assert [m.uid for m in box.fetch(uids, 50)] == [uids[0], uids[2]]
+        spool = tmp_path / "spool"
+        spool.touch()
+        assert box.fetch_spooled(uids[1], 1000, spool) is None
+        assert not spool.exists()  # no partial file left in the spool
+        kept = box.fetch_spooled(uids[2], 1000, tmp_path / "spool2")
+        assert kept is not None and kept.raw.startswith(b"From:")
+    vanished = [e for e in logs if e["event"] == "message_vanished"]
+    assert [(e["mailbox"], e["uid"]) for e in vanished] == [("contacto", uids[1])] * 2
