@@ -340,9 +340,13 @@ class Dovecot(ServerProcess):
         users: Mapping[str, str] | None = None,
         tls: bool = False,
         port: int | None = None,
+        capabilities: str | None = None,
     ) -> None:
         self.host = HOST
         self.port = port or free_port()
+        # What the server advertises after login instead of its own list (imap_capability):
+        # to play a server without IDLE, say.
+        self.capabilities = capabilities
         self.ssl_port: int | None = free_port() if tls else None
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
         for user, password in self.users.items():
@@ -408,6 +412,8 @@ class Dovecot(ServerProcess):
             dir=self.base_dir, user=self._account.name, group=self._account.group,
             uid=self._account.uid, gid=self._account.gid,
         )  # fmt: skip
+        if self.capabilities is not None:
+            conf += f"imap_capability = {self.capabilities}\n"
         (self.base_dir / "dovecot.conf").write_text(conf)
         for user in self.users:
             (self.base_dir / "mail" / user).mkdir(exist_ok=True)

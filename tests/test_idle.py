@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import mail, write_config
+import structlog
+from helpers import Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase.config import load_settings
@@ -100,3 +102,33 @@ def test_a_dead_idle_connection_does_not_spin(
         watcher.join(10)
         mailboxes.start()
     assert not watcher.is_alive()
+
+
+# Dovecot 2.3's own list after login, without IDLE.
+NO_IDLE = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT THREAD=REFERENCES MULTIAPPEND UNSELECT "
+    "CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE ESEARCH LITERAL+ MOVE"
+)
+
+
+def test_a_server_without_idle_is_polled_only(tmp_path: Path, sink: SmtpSink, capsys: Any) -> None:
+    with Dovecot(capabilities=NO_IDLE) as imap:
+        config = write_config(tmp_path, imap, sink)
+        settings = load_settings(config)
+        seen: list[str] = []
+        watcher = IdleWatcher(
+            "contacto", settings.mailboxes["contacto"], seen.append, threading.Event()
+        )
+        with structlog.testing.capture_logs() as logs:
+            watcher.start()
+            watcher.join(10)
+        assert not watcher.is_alive() and watcher.supported is False
+        assert [e["event"] for e in logs] == ["idle_unsupported"]
+        assert seen == []
+        cli = Cli(config, capsys)
+        code, out, err = cli("check")
+        assert code == 0, out + err
+        assert "no IDLE (polling only)" in out
+        imap.append("contacto", mail())
+        cli.poll()  # polling is all it needs
+        assert len(cli.json("cases", "list")) == 1 and len(sink.messages) == 1
