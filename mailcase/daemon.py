@@ -49,6 +49,7 @@ from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailcase import leases, metrics
 from mailcase.errors import ConfigError, DatabaseError, MailboxError
@@ -57,7 +58,7 @@ from mailcase.logs import get_logger
 from mailcase.outbox import deliver_outbox
 from mailcase.sdnotify import notify, watchdog_interval
 from mailcase.service import Runtime, close_stale_cases, poll_mailbox, record_mailbox_failure
-from mailcase.store import utcnow
+from mailcase.store import error_text, is_unavailable, utcnow
 
 MAX_BACKOFF = timedelta(minutes=15)
 RETRY_SLACK = timedelta(milliseconds=250)
@@ -268,6 +269,14 @@ class Daemon:
     def _deliver_once(self) -> None:
         try:
             report = deliver_outbox(self.rt.store, self.rt.settings)
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                self.log.exception("outbox_run_crashed")
+                return
+            # The database is down or restarting: the notices wait in it, and the
+            # next run (at most 30 s away) tries again. One line, not a traceback.
+            self.log.warning("outbox_run_failed", error=error_text(exc))
+            return
         except Exception:
             self.log.exception("outbox_run_crashed")
             return

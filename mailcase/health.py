@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, func, select
 
 from mailcase.config import MailboxSettings, Settings
-from mailcase.errors import DatabaseError, DeliveryError, MailboxError
+from mailcase.errors import ConfigError, DatabaseError, DeliveryError, MailboxError
 from mailcase.imap import ImapMailbox
 from mailcase.models import Case, Checkpoint, Notice
 from mailcase.smtp import SmtpConnection
@@ -35,7 +35,7 @@ class CheckResult:
 def _guard(name: str, check: Callable[[], str]) -> CheckResult:
     try:
         return CheckResult(name, True, check())
-    except (MailboxError, DeliveryError, DatabaseError) as exc:
+    except (MailboxError, DeliveryError, DatabaseError, ConfigError) as exc:
         return CheckResult(name, False, str(exc))
     except (OSError, SQLAlchemyError) as exc:
         return CheckResult(name, False, f"{type(exc).__name__}: {exc}")

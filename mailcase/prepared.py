@@ -124,6 +124,7 @@ class Prepared:
                 args,
                 exc,
                 dialect.loaded_dbapi.Error,
+                hide_parameters=conn.engine.hide_parameters,  # as execute() would
                 connection_invalidated=invalidated,
                 dialect=dialect,
             ) from exc

@@ -54,8 +54,10 @@ from mailcase.store import (
     as_utc,
     case_by_folio,
     case_by_message_ids,
+    error_text,
     insert_row,
     insert_values,
+    is_unavailable,
     ledger_by_key,
     run,
     table,
@@ -102,7 +104,8 @@ def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> Ma
     """Ingest every message of mailbox ``name`` above its checkpoint.
 
     Raises :class:`~mailcase.errors.MailboxError` when the mailbox cannot be
-    read; what was committed before stays committed.
+    read, :class:`~mailcase.errors.DatabaseError` when the database cannot be
+    used; what was committed before stays committed.
     """
     with metrics.POLL_SECONDS.labels(name).time():
         try:
@@ -110,6 +113,10 @@ def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> Ma
         except MailboxError:
             metrics.ERRORS.labels("imap", name).inc()
             raise
+        except SQLAlchemyError as exc:  # the lease, the checkpoint: one line, not a traceback
+            raise DatabaseError(
+                f"database error while polling mailbox {name}: {error_text(exc)}"
+            ) from exc
     if not report.skipped:
         metrics.poll_succeeded(name)
     return report
@@ -325,6 +332,15 @@ def ingest_message(
     except DatabaseError:
         raise
     except Exception as exc:  # a bad message costs one message (Mailman's runner)
+        if isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
+            # The database went away (a restart, a dropped connection), not the
+            # message: quarantining it would blame good mail, and would succeed
+            # as soon as the server is back. The poll fails instead; the
+            # message is read again by the next one.
+            raise DatabaseError(
+                f"database unavailable while ingesting message {fetched.uid} of mailbox "
+                f"{mailbox}: {error_text(exc)}"
+            ) from exc
         reason = _error_reason(exc)
         log.warning("message_quarantined", disposition="quarantined", reason=reason)
         try:
@@ -332,7 +348,7 @@ def ingest_message(
                 entry = _quarantine(session, mailbox, uidvalidity, fetched, raw_sha, reason)
         except SQLAlchemyError as db_exc:
             raise DatabaseError(
-                f"cannot record message {fetched.uid} of mailbox {mailbox}: {db_exc}"
+                f"cannot record message {fetched.uid} of mailbox {mailbox}: {error_text(db_exc)}"
             ) from db_exc
     metrics.MESSAGES.labels(mailbox, entry.disposition).inc()
     if entry.disposition == Disposition.NEW_CASE:
@@ -371,6 +387,8 @@ def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
 def _error_reason(exc: BaseException) -> str:
     if isinstance(exc, MessageError):
         return str(exc)
+    if isinstance(exc, SQLAlchemyError):  # the database's words, not SQLAlchemy's SQL dump
+        return f"{type(exc).__name__}: {error_text(exc)}"
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 

@@ -8,6 +8,7 @@ database older than the code unless it may upgrade it itself.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import weakref
@@ -23,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, select
 
 from mailcase.checkpoint import BACKSTOP_PAGES, Checkpointer
-from mailcase.errors import DatabaseError
+from mailcase.errors import ConfigError, DatabaseError
 from mailcase.models import Case, CaseMessage, FolioCounter, LedgerEntry
 from mailcase.prepared import Prepared
 from mailcase.sentlog import SentLog
@@ -53,9 +54,60 @@ def _sqlite_path(url: str) -> Path | None:
 READ_ONLY = "mailcase_read_only"  # execution option: see Store.reading
 
 
+# SQLite's errors that are about the database file, not about what is written.
+_SQLITE_UNAVAILABLE = (
+    "database is locked",
+    "disk i/o error",
+    "database or disk is full",
+    "unable to open database file",
+    "readonly database",
+)
+
+
+def is_unavailable(exc: SQLAlchemyError) -> bool:
+    """Whether ``exc`` says the database cannot be used now (down, restarting, a
+    dropped connection, a full disk), as opposed to a problem with what was written.
+
+    Conservative on purpose: a message whose content makes the database fail
+    must still be quarantined, or it would stop its mailbox at every poll. So
+    PostgreSQL's "operational" errors count only in the SQLSTATE classes of
+    connections (08), operator intervention (57P: shutdown, restart) and
+    resources (53: disk full, out of memory, too many connections), not, say,
+    54 (a value over an index's limit).
+    """
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.Error):
+        words = str(orig).lower()
+        return isinstance(orig, sqlite3.OperationalError) and any(
+            w in words for w in _SQLITE_UNAVAILABLE
+        )
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(("08", "57P", "53"))
+    return True  # no SQLSTATE: the driver could not reach the server at all
+
+
+def error_text(exc: SQLAlchemyError) -> str:
+    """One line for people: the driver's own words, without SQLAlchemy's SQL and link."""
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
-    path = _sqlite_path(url)
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout.
+
+    Raises ConfigError for a URL that cannot be used (a typo: a port that is
+    not a number, an unknown driver), since restarting will not help; its
+    message names no part of the URL, so no password.
+    """
+    try:
+        path = _sqlite_path(url)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise ConfigError(f"database.url cannot be used: {exc}") from exc
     if path is not None:
         # The database holds customers' mail: owner-only from the start.
         try:
@@ -67,9 +119,11 @@ def make_engine(url: str) -> Engine:
                 f"cannot create the database file {path} (database.url): {exc.strerror or exc}"
             ) from exc
     try:
-        engine = sa.create_engine(url, future=True)
-    except (SQLAlchemyError, ImportError) as exc:
-        raise DatabaseError(f"cannot use database URL: {exc}") from exc
+        # hide_parameters: a failed statement's values (customers' mail, the
+        # signing key) stay out of error messages and so out of the logs.
+        engine = sa.create_engine(url, future=True, hide_parameters=True)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise ConfigError(f"database.url cannot be used: {exc}") from exc
     if path is None:
         _ping_idle_connections(engine)
     if engine.dialect.name == "sqlite":

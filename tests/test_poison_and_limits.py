@@ -261,6 +261,9 @@ def test_database_constraint_failure_quarantines_one_message_until_fixed(
         patch.setattr(casework, "open_case", open_case_violating_folio)
         env.cli.poll()
     _assert_poison_alone_quarantined(env, uids, "IntegrityError", "folio")
+    [quarantined] = env.ledger("--disposition", "quarantined")
+    # The database's words in one line: not SQLAlchemy's statement, parameters and link.
+    assert "INSERT" not in quarantined["reason"] and "sqlalche.me" not in quarantined["reason"]
     assert sorted(_folio_number(c["folio"]) for c in env.cases()) == [1, 2]
 
     retry(env, uids[1])

@@ -367,3 +367,60 @@ def test_copies_of_one_message_ingested_at_once_on_postgresql_open_one_case(
     finally:
         release.set()
         rt.store.dispose()
+
+
+def test_a_connection_dropped_mid_ingest_fails_the_poll_and_quarantines_nothing(
+    tmp_path: Path, empty_pg: str, postgres: Postgres
+) -> None:
+    # PostgreSQL ends a session under ingest (a restart, a failover, an admin's
+    # pg_terminate_backend). The message is good: it must be read again by the next
+    # poll, not quarantined as if its content were at fault.
+    Store.open(empty_pg, auto_upgrade=True).dispose()
+    servers = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
+    sink = types.SimpleNamespace(host="127.0.0.1", port=3)
+    rt = service.Runtime.open(load_settings(write_config(tmp_path, servers, sink, db_url=empty_pg)))
+
+    def fetched(uid: int) -> FetchedMessage:
+        raw = mail(sender=f"cliente{uid}@example.com")
+        return FetchedMessage(uid=uid, raw=raw, internal_date=datetime.now(UTC))
+
+    try:
+        assert service.ingest_message(rt, "contacto", 1, fetched(1)) == "new_case"
+        with postgres.connect() as admin:  # every session of that database, ours included
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (empty_pg.rsplit("/", 1)[1],),
+            )
+        with pytest.raises(DatabaseError) as failed:
+            service.ingest_message(rt, "contacto", 1, fetched(2))
+        message = str(failed.value)
+        assert message.startswith("database unavailable while ingesting message 2 of mailbox")
+        assert "\n" not in message and "sqlalche.me" not in message
+        with rt.store.reading() as conn:
+            ledger = conn.execute(sa.text("SELECT uid, disposition FROM ledger")).all()
+        assert [tuple(r) for r in ledger] == [(1, "new_case")]
+        assert service.ingest_message(rt, "contacto", 1, fetched(2)) == "new_case"  # read again
+    finally:
+        rt.store.dispose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://mailcase:s3cr3t@db.example.net:54x2/mailcase",  # a typo in the port
+        "postgresql+psycopg3://mailcase:s3cr3t@db.example.net/mailcase",  # no such driver
+    ],
+)
+def test_a_database_url_that_cannot_be_used_is_a_config_error_without_its_password(
+    tmp_path: Path, capsys: Any, url: str
+) -> None:
+    servers = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
+    sink = types.SimpleNamespace(host="127.0.0.1", port=3)
+    code, out, err = Cli(write_config(tmp_path, servers, sink, db_url=url), capsys)("db", "current")
+    assert code == 2  # EXIT_CONFIG: systemd does not restart it (RestartPreventExitStatus)
+    assert err.startswith("mailcase: database.url cannot be used: ") and err.count("\n") == 1
+    assert "s3cr3t" not in out + err
+    code, out, err = Cli(tmp_path / "mailcase.toml", capsys)("check")
+    assert code == 1 and "mailcase: database failed: database.url cannot be used: " in err
+    assert "s3cr3t" not in out + err
