@@ -100,7 +100,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/mailcase.db"
         return
-    server: Postgres = request.getfixturevalue("postgres")
+    yield from _fresh_pg_database(request.getfixturevalue("postgres"))
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> Iterator[str]:
+    """Like ``db_url``, on PostgreSQL only (a test about PostgreSQL itself)."""
+    yield from _fresh_pg_database(postgres)
+
+
+def _fresh_pg_database(server: Postgres) -> Iterator[str]:
     if not server.running:  # an earlier test stopped it (outage simulation)
         server.start()
     name = f"mailcase_test_{next(_pg_names)}"

@@ -302,33 +302,33 @@ def test_a_delivery_requested_during_a_run_makes_it_go_round_again(
 
 
 def test_daemon_rides_out_a_postgresql_restart(
-    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, postgres: Postgres, capsys: Any
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    postgres: Postgres,
+    pg_url: str,
+    capsys: Any,
 ) -> None:
     # `apt upgrade` restarts PostgreSQL under a running daemon: its pooled connections die.
-    postgres.create_database("restarted")
-    try:
-        config = write_config(tmp_path, mailboxes, sink, db_url=postgres.url("restarted"))
-        cli = Cli(config, capsys)
-        assert cli("db", "upgrade")[0] == 0
-        with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
-            mailboxes.append("contacto", mail(sender="antes@example.com"))
-            sink.wait_for(1, timeout=20)
-            postgres.restart()
-            mailboxes.append("contacto", mail(sender="despues@example.com"))
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not any(
-                m.rcpt_tos == ["despues@example.com"] for m in sink.messages
-            ):
-                time.sleep(0.2)
-            assert daemon.running
-            assert daemon.stop() == 0
-            log = daemon.text()
-        answered = [m.rcpt_tos[0] for m in sink.messages]
-        assert answered.count("despues@example.com") == 1
-        # A notice sent as the server went down may go once more: its mark was lost with it.
-        assert 1 <= answered.count("antes@example.com") <= 2
-        assert [r["disposition"] for r in cli.json("messages", "list")] == ["new_case"] * 2
-        # Expected trouble is one line: no traceback, nothing quarantined.
-        assert "Traceback" not in log and "crashed" not in log
-    finally:
-        postgres.drop_database("restarted")
+    config = write_config(tmp_path, mailboxes, sink, db_url=pg_url)
+    with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
+        mailboxes.append("contacto", mail(sender="antes@example.com"))
+        sink.wait_for(1, timeout=20)
+        postgres.restart()
+        mailboxes.append("contacto", mail(sender="despues@example.com"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            m.rcpt_tos == ["despues@example.com"] for m in sink.messages
+        ):
+            time.sleep(0.2)
+        assert daemon.running
+        assert daemon.stop() == 0
+        log = daemon.text()
+    answered = [m.rcpt_tos[0] for m in sink.messages]
+    assert answered.count("despues@example.com") == 1
+    # A notice sent as the server went down may go once more: its mark was lost with it.
+    assert 1 <= answered.count("antes@example.com") <= 2
+    ledger = Cli(config, capsys).json("messages", "list")
+    assert [r["disposition"] for r in ledger] == ["new_case"] * 2
+    # Expected trouble is one line: no traceback, nothing quarantined.
+    assert "Traceback" not in log and "crashed" not in log
