@@ -233,7 +233,7 @@ class Store:
                 store.upgrade()
         except SQLAlchemyError as exc:
             store.dispose()
-            raise DatabaseError(f"cannot open database: {exc.__class__.__name__}: {exc}") from exc
+            raise DatabaseError(f"cannot open database: {error_text(exc)}") from exc
         except BaseException:
             store.dispose()
             raise
@@ -247,7 +247,7 @@ class Store:
         try:
             return store.revisions()
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"cannot open database: {exc.__class__.__name__}: {exc}") from exc
+            raise DatabaseError(f"cannot open database: {error_text(exc)}") from exc
         finally:
             store.dispose()
 

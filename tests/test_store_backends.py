@@ -209,8 +209,11 @@ def test_out_of_date_postgresql_database_is_refused_without_auto_upgrade(empty_p
 
 
 def test_unreachable_postgresql_is_a_database_error(postgres: Postgres) -> None:
-    with pytest.raises(DatabaseError, match="cannot open database"):
+    with pytest.raises(DatabaseError, match="cannot open database") as failed:
         Store.open(postgres.url("no_such_database"), auto_upgrade=False)
+    # The server's words on one line, naming the database; no SQLAlchemy link.
+    assert 'database "no_such_database" does not exist' in str(failed.value)
+    assert "\n" not in str(failed.value) and "sqlalche.me" not in str(failed.value)
 
 
 def test_postgres_server_restarts_keeping_its_databases(postgres: Postgres) -> None:
