@@ -185,6 +185,42 @@ def test_a_bad_value_is_named(tmp_path: Path, old: str, new: str, key: str) -> N
     assert message.startswith(f"bad value for {key}: ")
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ("[mailboxes.contacto]", "[mailboxes.\"contacto principal\"]",
+         "mailbox name 'contacto principal' may use only letters, digits, _ . -"),
+        ("[poll]", '[areas.Redes]\nnotify = "redes@internet-plarey.com.mx"\n\n[poll]',
+         "area name 'Redes' may use only a-z, 0-9, _ and -"),
+    ],
+)  # fmt: skip
+def test_a_bad_table_name_is_named(tmp_path: Path, old: str, new: str, words: str) -> None:
+    assert words in load_error(tmp_path, edit(old, new))
+
+
+def test_a_config_without_mailboxes_is_refused(tmp_path: Path) -> None:
+    start = ISSUE_CONFIG.index("[mailboxes.contacto]")
+    end = ISSUE_CONFIG.index("[smtp]")
+    message = load_error(tmp_path, ISSUE_CONFIG[:start] + "[mailboxes]\n" + ISSUE_CONFIG[end:])
+    assert "at least one [mailboxes.NAME] table is required" in message
+
+
+def test_an_unreadable_config_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, ISSUE_CONFIG)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):  # root reads anything: make it a directory instead
+            path.chmod(0o600)
+            path.unlink()
+            path.mkdir()
+        with pytest.raises(ConfigError) as info:
+            load_settings(path)
+    finally:
+        if path.is_file():
+            path.chmod(0o600)
+    assert str(info.value).startswith(f"cannot read config file {path}: ")
+
+
 def test_invalid_toml_and_missing_files_are_config_errors(tmp_path: Path) -> None:
     message = load_error(tmp_path, ISSUE_CONFIG + "\n[poll\n")
     assert "not valid TOML" in message
