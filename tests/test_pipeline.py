@@ -366,3 +366,17 @@ def test_english_notices_by_config(
     Cli(config, capsys).poll()
     text = sink.messages[0].message.get_body(("plain",)).get_content()
     assert "We received your message" in text
+
+
+def test_english_visit_notice_writes_the_date_in_english(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = Cli(write_config(tmp_path, mailboxes, sink, language="en"), capsys)
+    mailboxes.append("contacto", mail(subject="No internet"))
+    cli.poll()
+    [case] = cli.json("cases", "list")
+    code, _, err = cli("cases", "visit", case["folio"], "--date", "2026-12-03", "--time", "10:00")
+    assert code == 0, err
+    visit = sink.messages[-1].message.get_body(("plain",)).get_content()
+    assert "Thursday, December 3, 2026" in visit and "10:00" in visit
+    assert "jueves" not in visit
