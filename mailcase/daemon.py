@@ -49,16 +49,15 @@ from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy.exc import SQLAlchemyError
 
 from mailcase import leases, metrics
 from mailcase.errors import ConfigError, DatabaseError, MailboxError
 from mailcase.idle import IdleWatcher
 from mailcase.logs import get_logger
-from mailcase.outbox import deliver_outbox
+from mailcase.outbox import deliver_outbox, log_run_failure
 from mailcase.sdnotify import notify, watchdog_interval
 from mailcase.service import Runtime, close_stale_cases, poll_mailbox, record_mailbox_failure
-from mailcase.store import error_text, is_unavailable, utcnow
+from mailcase.store import utcnow
 
 MAX_BACKOFF = timedelta(minutes=15)
 RETRY_SLACK = timedelta(milliseconds=250)
@@ -269,16 +268,8 @@ class Daemon:
     def _deliver_once(self) -> None:
         try:
             report = deliver_outbox(self.rt.store, self.rt.settings)
-        except SQLAlchemyError as exc:
-            if not is_unavailable(exc):
-                self.log.exception("outbox_run_crashed")
-                return
-            # The database is down or restarting: the notices wait in it, and the
-            # next run (at most 30 s away) tries again. One line, not a traceback.
-            self.log.warning("outbox_run_failed", error=error_text(exc))
-            return
-        except Exception:
-            self.log.exception("outbox_run_crashed")
+        except Exception as exc:  # the next run (at most 30 s away) tries again
+            log_run_failure(exc)
             return
         if report.sent or report.deferred or report.failed:
             self.log.info("outbox_delivered", **vars(report))

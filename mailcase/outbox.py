@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
 from mailcase import metrics
@@ -44,7 +45,7 @@ from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
 from mailcase.prepared import Prepared
 from mailcase.smtp import SmtpConnection
-from mailcase.store import Store, table, utcnow
+from mailcase.store import Store, error_text, is_unavailable, table, utcnow
 
 BASE_DELAY = timedelta(minutes=1)
 MAX_DELAY = timedelta(hours=1)
@@ -179,6 +180,19 @@ def _mark_sent(store: Store, notice_id: int) -> None:
         _finish(conn, notice_id, NoticeStatus.SENT, tries=1)
 
 
+def log_run_failure(exc: Exception) -> None:
+    """Log a delivery run that raised ``exc``; call it in the ``except`` block.
+
+    A database that is down or restarting is expected trouble: one line
+    (``outbox_run_failed``), and the notices wait in it for the next run.
+    Anything else is a bug: ``outbox_run_crashed`` with its traceback.
+    """
+    if isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
+        get_logger().warning("outbox_run_failed", error=error_text(exc))
+    else:
+        get_logger().exception("outbox_run_crashed")
+
+
 class DeliveryAlongside:
     """Deliver the outbox in a thread while the caller ingests (``mailcase poll``).
 
@@ -207,8 +221,8 @@ class DeliveryAlongside:
         while not self._done.is_set():
             try:
                 report = deliver_outbox(self.store, self.settings)
-            except Exception:
-                get_logger().exception("outbox_run_crashed")
+            except Exception as exc:
+                log_run_failure(exc)
                 return
             if not (report.sent or report.deferred or report.failed or report.suppressed):
                 self._done.wait(self.pause)

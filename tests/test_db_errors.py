@@ -8,7 +8,9 @@ import sqlite3
 import psycopg
 import pytest
 import sqlalchemy as sa
+import structlog
 
+from mailcase.outbox import log_run_failure
 from mailcase.store import error_text, is_unavailable
 
 
@@ -67,3 +69,18 @@ def test_error_text_is_the_database_words_on_one_line() -> None:
         "FATAL: the database system is shutting down"
     )
     assert len(error_text(wrapped(sqlite3.OperationalError("x" * 1000)))) == 300
+
+
+def test_a_delivery_run_failing_on_the_database_is_one_line_and_a_bug_keeps_its_traceback() -> None:
+    unavailable = wrapped(psycopg.errors.lookup("57P01")("terminating connection"))
+    with structlog.testing.capture_logs() as logs:
+        for exc in (unavailable, RuntimeError("a bug")):
+            try:
+                raise exc
+            except Exception as caught:
+                log_run_failure(caught)
+    failed, crashed = logs
+    assert failed == {
+        "event": "outbox_run_failed", "error": "terminating connection", "log_level": "warning",
+    }  # fmt: skip
+    assert crashed["event"] == "outbox_run_crashed" and crashed["exc_info"] is True
