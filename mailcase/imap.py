@@ -103,6 +103,10 @@ class ImapMailbox:
                 ssl_context=tls_context(ca) if s.security == "tls" else None,
                 timeout=s.timeout_seconds,
             )
+            # INTERNALDATE with the server's zone: imapclient would otherwise turn
+            # it into this host's local time without a zone, which the store reads
+            # as UTC (six hours off on a host in America/Mexico_City).
+            self.client.normalise_times = False
             if s.security == "starttls":
                 self.client.starttls(tls_context(ca))
         except (OSError, IMAPClientError, ssl.SSLError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,29 @@ def test_an_old_thread_is_kept_whole_and_tells_nobody(
     follow_up = next(m for m in messages if "módem" in (m["text"] or ""))
     assert (follow_up["direction"], follow_up["kind"]) == ("in", "customer")
     assert sum("max_age_hours" in (m["text"] or "") for m in messages) == 2
+
+
+def test_arrival_times_are_right_whatever_the_hosts_time_zone(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server in Mexico runs with TZ=America/Mexico_City. imapclient hands INTERNALDATE
+    # over in the host's local time without a zone unless told not to: read as UTC, every
+    # arrival was six hours early, and mail 67 hours old counted as past the 72-hour window.
+    monkeypatch.setenv("TZ", "America/Mexico_City")
+    time.tzset()
+    try:
+        cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+        arrived = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=67)
+        mailboxes.append("contacto", mail(), internal_date=arrived)
+        cli.poll()
+        [row] = cli.json("messages", "list")
+        assert datetime.fromisoformat(row["received_at"]) == arrived
+        assert "max_age_hours" not in row["reason"]
+        assert [m.rcpt_tos for m in sink.messages] == [["juan.perez@example.com"]]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
