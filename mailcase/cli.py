@@ -391,13 +391,21 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
     return detail
 
 
+def _operator() -> str:
+    """Who ran the command, for the case's record: the login name, else the uid."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no $USER and no passwd entry (a container's arbitrary uid)
+        return f"uid {os.getuid()}"
+
+
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/close/reopen: the CLI door to casework."""
     from mailcase import casework
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
 
-    by = f"cli:{getpass.getuser()}"
+    by = f"cli:{_operator()}"
     store = _open_store(settings)
     with store.transaction() as session:
         if args.action == "open":

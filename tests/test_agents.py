@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -426,6 +427,24 @@ def test_phone_case_from_the_cli(desk: Desk) -> None:
         "cases", "open", "--channel", "visit", "--subject", "Visita en oficina", "--text", "x"
     )
     assert code == 0
+
+
+def test_a_cli_change_by_a_user_without_a_name_is_recorded_by_uid(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A container's arbitrary uid: no $USER and no passwd entry; getpass.getuser() fails.
+    folio = desk.open_case()
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr("pwd.getpwuid", no_entry)
+    code, _, err = desk.cli("cases", "note", folio, "--text", "Llamar el lunes")
+    assert code == 0, err
+    note = [m for m in desk.case(folio)["messages"] if m["kind"] == "note"][-1]
+    assert note["from"] == f"cli:uid {os.getuid()}"
 
 
 def test_cli_note_resolve_close_reopen(desk: Desk) -> None:
