@@ -24,6 +24,7 @@ import contextlib
 import email
 import email.policy
 import hashlib
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,14 @@ from types import MappingProxyType
 from typing import Any
 
 from mailcase.errors import MessageError
+
+# mail-parser logs its opinion of each message's parts at WARNING and ERROR
+# ("Email content 'calendar' not handled", "Failed decoding header part: …"),
+# quoting headers and file names: message content, which mailcase's logs never
+# carry, and nothing an admin can act on (a message that cannot be read is
+# quarantined with its reason). Silenced here, where mail-parser is used, so
+# that the parser process (mailcase.parsing) is silent too.
+logging.getLogger("mailparser").setLevel(logging.CRITICAL + 1)
 
 # RFC 5322 3.6.4 msg-id: printable ASCII inside angle brackets. Ids with other
 # characters cannot be echoed back in our In-Reply-To/References, so they are

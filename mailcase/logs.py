@@ -10,6 +10,16 @@ Events name what they are about (mailbox, uid, message_id, folio, disposition)
 and never carry passwords or message bodies: callers pass identifiers only,
 and :func:`_drop_secrets` removes any key that looks like a secret as a last
 line of defence.
+
+Other libraries log through the standard ``logging`` module (APScheduler,
+SQLAlchemy, psycopg, imapclient, and Python's warnings). Their records at
+WARNING and above come out as events of the same form, with the library's
+logger name in ``logger``, instead of plain text between the JSON lines (a
+log shipper reading the journal as JSON would stop at those). Below WARNING
+they are dropped, whatever ``log.level`` says: imapclient's and SQLAlchemy's
+debug records carry protocol lines, message bodies and SQL parameters.
+mail-parser is silenced in :mod:`mailcase.inbound`: its records describe the
+message's parts and quote its headers and file names.
 """
 
 from __future__ import annotations
@@ -56,23 +66,65 @@ def _terminal() -> bool:
     return all(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
 
 
+def _strip_event(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """A library's message without the newline some end with (``warnings`` does)."""
+    if isinstance(event.get("event"), str):
+        event["event"] = event["event"].strip()
+    return event
+
+
+class _StderrHandler(logging.Handler):
+    """A ``logging`` handler writing to whatever ``sys.stderr`` is at that moment (see _Stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _Stderr().msg(self.format(record))
+        except Exception:  # logging's own contract: a failed record never stops the program
+            self.handleError(record)
+
+
+# Other libraries' records at or above this level are shown; below, never (module docstring).
+THIRD_PARTY_LEVEL = logging.WARNING
+
+
+def _bridge_stdlib(renderer: Any, pre_chain: list[Any]) -> None:
+    """Send the ``logging`` module's records through ``renderer`` (replacing an earlier bridge)."""
+    handler = _StderrHandler(THIRD_PARTY_LEVEL)  # also for a library that lowers its own level
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, _strip_event, *pre_chain],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(THIRD_PARTY_LEVEL)
+    logging.captureWarnings(True)  # warnings.warn(...) as a "py.warnings" event
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog once for the process; logs go to stderr."""
+    """Configure structlog once for the process; logs go to stderr.
+
+    Records of the ``logging`` module at WARNING and above are rendered the
+    same way (module docstring).
+    """
     use_json = fmt == "json" or (fmt == "auto" and not _terminal())
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    chain: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_secrets,
+        structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
+    ]
+    _bridge_stdlib(renderer, chain)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _drop_secrets,
-            structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
-            renderer,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *chain, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),

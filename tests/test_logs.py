@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import mail, write_config
+from helpers import CONTACTO, mail, run_process, write_config
 from servers import Dovecot, SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -66,3 +67,44 @@ def test_auto_format_follows_the_terminals(
     lines = [line for line in err.splitlines() if "message_ingested" in line]
     assert len(lines) == 1, err
     assert lines[0].lstrip().startswith("{") is json_lines, lines[0]
+
+
+def calendar_mail(i: int) -> bytes:
+    """A customer's mail with an invitation in it (mail-parser warns it does not handle it)."""
+    return f"""From: c{i}@example.com
+To: {CONTACTO}
+Subject: Cita {i}
+Message-ID: <cita-{i}@example.com>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b"
+
+--b
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: 8bit
+
+¿Me confirman la visita?
+--b
+Content-Type: text/calendar; charset=utf-8
+
+BEGIN:VCALENDAR
+SUMMARY:Visita tecnica
+END:VCALENDAR
+--b--
+""".encode()
+
+
+@pytest.mark.parametrize("backlog", [1, 60], ids=["in-process", "parser-process"])
+def test_every_line_a_poll_writes_is_json(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, backlog: int
+) -> None:
+    """mail-parser's own warnings (from either process) never come out as plain text."""
+    config = write_config(tmp_path, mailboxes, sink)
+    mailboxes.append_many("contacto", [calendar_mail(i) for i in range(backlog)])
+    result = run_process(config, "poll")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert sum('"message_ingested"' in line for line in lines) == backlog
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+    assert "not handled" not in result.stderr
+    assert "Visita tecnica" not in result.stderr
