@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -239,7 +240,11 @@ def _process_cpu() -> float:
 
 
 def run_mailcase(
-    config: Path, sink: SmtpSink, expected: int, profile: Path | None = None
+    config: Path,
+    sink: SmtpSink,
+    expected: int,
+    profile: Path | None = None,
+    profile_options: Sequence[str] = (),
 ) -> tuple[float, int, int, float]:
     """(seconds until every notice was accepted and the process ended, peak RSS KiB of the
     process, peak RSS KiB of its largest child (the parser process), CPU seconds of both).
@@ -249,7 +254,8 @@ def run_mailcase(
     """
     command = [sys.executable, "-c", _MEASURED, "--config", str(config), "poll"]
     if profile is not None:  # collapsed stacks, for flamegraph.pl or speedscope
-        command = ["py-spy", "record", "--format", "raw", "-r", "200", "-o", str(profile), "--"]
+        command = ["py-spy", "record", "--format", "raw", "-r", "200", *profile_options]
+        command += ["-o", str(profile), "--"]
         command += [sys.executable, "-c", _MEASURED, "--config", str(config), "poll"]
     peak_file = config.parent / "peak-rss"
     start = time.monotonic()
@@ -338,6 +344,11 @@ def main() -> None:
         "--profile", type=Path, metavar="FILE",
         help="run (a) under py-spy and write its collapsed stacks to FILE (slows (a) down)",
     )  # fmt: skip
+    parser.add_argument(
+        "--profile-options", default="", metavar="OPTIONS",
+        help="more py-spy record options for --profile: --profile-options=--gil (CPU), "
+        "--profile-options='--idle --threads'",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -403,7 +414,9 @@ def main() -> None:
             before = {name: _tree_cpu(pid) for name, pid in servers.items() if pid is not None}
             sink_before = _process_cpu()
             profile = args.profile if run == 0 else None
-            to_last, rss, child_rss, cpu = run_mailcase(config, sink, notice_count, profile)
+            to_last, rss, child_rss, cpu = run_mailcase(
+                config, sink, notice_count, profile, args.profile_options.split()
+            )
             # Where else the two cores went during (a): the servers, and this process
             # (the SMTP sink's thread, and the RSS sampler).
             others = {name: _tree_cpu(servers[name]) - cpu0 for name, cpu0 in before.items()}
