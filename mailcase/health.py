@@ -33,10 +33,13 @@ class CheckResult:
 
 
 def _guard(name: str, check: Callable[[], str]) -> CheckResult:
+    """``check``'s detail, or its failure's; the row already names the check, the detail never."""
     try:
         return CheckResult(name, True, check())
     except (MailboxError, DeliveryError, DatabaseError, ConfigError) as exc:
-        return CheckResult(name, False, str(exc))
+        # A mailbox's errors start with its name ("mailbox info: login refused"),
+        # which the row and `mailcase: mailbox info failed: ...` already say.
+        return CheckResult(name, False, str(exc).removeprefix(f"{name}: "))
     except (OSError, SQLAlchemyError) as exc:
         return CheckResult(name, False, f"{type(exc).__name__}: {exc}")
 

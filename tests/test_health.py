@@ -42,6 +42,9 @@ def test_check_names_each_failure_on_its_own_line(
     failures = [line for line in err.splitlines() if line.startswith("mailcase:")]
     assert len(failures) == 2
     assert any("mailbox info" in f and "login refused" in f for f in failures)
+    assert all(f.count("mailbox info") <= 1 for f in failures), failures  # named once
+    info_row = next(line for line in out.splitlines() if line.startswith("mailbox info"))
+    assert info_row.count("mailbox info") == 1, info_row
     assert any(f.startswith("mailcase: smtp failed") for f in failures)
     assert "FAILED" in out and "info-secret" not in out + err and "otra" not in out + err
 
