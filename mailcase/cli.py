@@ -4,6 +4,8 @@ Global options come before the command: ``mailcase --config PATH --debug poll``.
 Errors are one line on stderr naming what failed (mailbox, key, file) and a
 named exit code from :mod:`mailcase.errors`; ``--debug`` adds the traceback.
 ``--json`` output is for machines: stable keys, ISO 8601 UTC dates, no secrets.
+Tables are for people: times to the minute in the business's time zone
+(``folio.timezone``, America/Mexico_City by default), with its abbreviation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date, datetime
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
@@ -303,7 +306,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(report)
         return EXIT_OK
     columns = ["mailbox", "last_success_at", "backlog", "consecutive_failures", "last_error"]
-    _print_table(report["mailboxes"], columns)
+    _print_table(report["mailboxes"], columns, zone=_zone(settings))
     print()
     print("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))
     print("cases:  " + ", ".join(f"{k} {v}" for k, v in report["cases"].items()))
@@ -488,9 +491,8 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
             if args.json:
                 _print_json(items)
             else:
-                _print_table(
-                    items, ["folio", "status", "customer", "mailbox", "created_at", "subject"]
-                )
+                columns = ["folio", "status", "customer", "mailbox", "created_at", "subject"]
+                _print_table(items, columns, zone=_zone(settings))
             return EXIT_OK
         case = case_by_folio(session, args.folio.strip().upper())
         if case is None:
@@ -499,7 +501,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(detail)
     else:
-        _print_case(detail)
+        _print_case(detail, _zone(settings))
     return EXIT_OK
 
 
@@ -606,23 +608,47 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _zone(settings: Settings) -> ZoneInfo:
+    return ZoneInfo(settings.folio.timezone)
+
+
+def _local(value: str | None, zone: ZoneInfo | None) -> str | None:
+    """An ISO 8601 time as ``--json`` gives it, as a person reads it: ``2026-11-27 07:03 CST``."""
+    if value is None or zone is None:
+        return value
+    return datetime.fromisoformat(value).astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
 def _cell(value: Any, width: int) -> str:
     text = "" if value is None else " ".join(str(value).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _print_table(rows: list[dict[str, Any]], columns: list[str], width: int = 60) -> None:
+def _print_table(
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    width: int = 60,
+    *,
+    zone: ZoneInfo | None = None,
+) -> None:
+    """``rows`` as a table; with a ``zone``, the ``*_at`` columns in its local time."""
     if not rows:
         print("(none)")
         return
-    cells = [[_cell(row.get(c), width) for c in columns] for row in rows]
+    cells = [
+        [
+            _cell(_local(row.get(c), zone) if c.endswith("_at") else row.get(c), width)
+            for c in columns
+        ]
+        for row in rows
+    ]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _print_case(detail: dict[str, Any]) -> None:
+def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
     keys = (
         "folio",
         "status",
@@ -636,12 +662,15 @@ def _print_case(detail: dict[str, Any]) -> None:
         "channel",
         "subject",
         "created_at",
+        "resolved_at",
+        "closed_at",
     )
     for key in keys:
-        print(f"{key + ':':12} {detail.get(key) if detail.get(key) is not None else '-'}")
+        value = _local(detail.get(key), zone) if key.endswith("_at") else detail.get(key)
+        print(f"{key + ':':12} {value if value is not None else '-'}")
     for m in detail["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
-        print(f"\n{arrow} {m['date']}  {m['kind']}  {m['from']} → {m['to']}")
+        print(f"\n{arrow} {_local(m['date'], zone)}  {m['kind']}  {m['from']} → {m['to']}")
         print(f"   {m['subject']}")
         for line in (m["text"] or "").splitlines()[:40]:
             print(f"   | {line}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from helpers import Cli, mail, write_config
@@ -93,6 +94,30 @@ def test_readable_tables(cli: Cli) -> None:
     code, out, _ = cli("cases", "show", folio)
     assert code == 0 and folio in out and cases[0]["subject"] in out and "open" in out
     assert not out.lstrip().startswith("{")  # a table, not JSON
+
+
+def test_tables_show_times_in_the_business_time_zone(cli: Cli) -> None:
+    # --json keeps UTC for machines; people in Mexico read their own clock.
+    mexico = ZoneInfo("America/Mexico_City")
+
+    def local(iso: str) -> str:
+        return datetime.fromisoformat(iso).astimezone(mexico).strftime("%Y-%m-%d %H:%M CST")
+
+    cases = cli.json("cases", "list")
+    assert datetime.fromisoformat(cases[0]["created_at"]).utcoffset() == timedelta(0)
+    _, out, _ = cli("cases", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    for case in cases:
+        assert f"  {local(case['created_at'])}  " in rows[case["folio"]]
+    detail = cli.json("cases", "show", cases[0]["folio"])
+    _, out, _ = cli("cases", "show", cases[0]["folio"])
+    assert f"created_at:  {local(detail['created_at'])}\n" in out
+    inbound = detail["messages"][0]
+    assert f"<- {local(inbound['date'])}  customer  " in out
+    assert "+00:00" not in out
+    _, out, _ = cli("status", "--offline")
+    (contacto,) = [line for line in out.splitlines() if line.startswith("contacto ")]
+    assert " CST " in contacto and "+00:00" not in out
 
 
 def test_templates_directory_overrides_the_shipped_acknowledgement(
