@@ -13,13 +13,14 @@ line of defence.
 
 Other libraries log through the standard ``logging`` module (APScheduler,
 SQLAlchemy, psycopg, imapclient, and Python's warnings). Their records at
-WARNING and above come out as events of the same form, with the library's
-logger name in ``logger``, instead of plain text between the JSON lines (a
-log shipper reading the journal as JSON would stop at those). Below WARNING
-they are dropped, whatever ``log.level`` says: imapclient's and SQLAlchemy's
-debug records carry protocol lines, message bodies and SQL parameters.
-mail-parser is silenced in :mod:`mailcase.inbound`: its records describe the
-message's parts and quote its headers and file names.
+WARNING and above (at ``log.level``, when that is higher) come out as events
+of the same form, with the library's logger name in ``logger``, instead of
+plain text between the JSON lines (a log shipper reading the journal as JSON
+would stop at those). Below WARNING they are dropped, whatever ``log.level``
+says: imapclient's and SQLAlchemy's debug records carry protocol lines,
+message bodies and SQL parameters. mail-parser is silenced in
+:mod:`mailcase.inbound`: its records describe the message's parts and quote
+its headers and file names.
 """
 
 from __future__ import annotations
@@ -87,9 +88,12 @@ class _StderrHandler(logging.Handler):
 THIRD_PARTY_LEVEL = logging.WARNING
 
 
-def _bridge_stdlib(renderer: Any, pre_chain: list[Any]) -> None:
-    """Send the ``logging`` module's records through ``renderer`` (replacing an earlier bridge)."""
-    handler = _StderrHandler(THIRD_PARTY_LEVEL)  # also for a library that lowers its own level
+def _bridge_stdlib(renderer: Any, pre_chain: list[Any], level: int) -> None:
+    """Send the ``logging`` module's records at ``level`` or above through ``renderer``.
+
+    Replaces the bridge of an earlier call.
+    """
+    handler = _StderrHandler(level)  # the handler's level too: a library may lower its own
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, _strip_event, *pre_chain],
@@ -100,16 +104,17 @@ def _bridge_stdlib(renderer: Any, pre_chain: list[Any]) -> None:
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(THIRD_PARTY_LEVEL)
+    root.setLevel(level)
     logging.captureWarnings(True)  # warnings.warn(...) as a "py.warnings" event
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog once for the process; logs go to stderr.
 
-    Records of the ``logging`` module at WARNING and above are rendered the
-    same way (module docstring).
+    Records of the ``logging`` module at WARNING and above (at ``level``, when
+    that is higher) are rendered the same way (module docstring).
     """
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     use_json = fmt == "json" or (fmt == "auto" and not _terminal())
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -122,12 +127,10 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         _drop_secrets,
         structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
     ]
-    _bridge_stdlib(renderer, chain)
+    _bridge_stdlib(renderer, chain, max(threshold, THIRD_PARTY_LEVEL))
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *chain, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

@@ -39,15 +39,20 @@ END:VCALENDAR
 
 
 @pytest.fixture
-def bridged() -> Iterator[None]:
-    """logs.configure as the CLI calls it; the root logger and warnings are put back after."""
+def restore_logging() -> Iterator[None]:
+    """The root logger and warnings are put back after the test (logs.configure changes them)."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    logs.configure("debug", "json")
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.captureWarnings(False)
+
+
+@pytest.fixture
+def bridged(restore_logging: None) -> None:
+    """logs.configure as the CLI calls it with --debug."""
+    logs.configure("debug", "json")
 
 
 def _events(text: str) -> list[dict[str, Any]]:
@@ -96,3 +101,11 @@ def test_mail_parser_says_nothing_about_a_message(
     assert "necesito una cita" in mail.text
     assert not [r for r in caplog.records if r.name.startswith("mailparser")]
     assert capsys.readouterr().err == ""
+
+
+def test_a_quieter_log_level_quiets_libraries_too(restore_logging: None, capsys: Any) -> None:
+    logs.configure("error", "json")
+    logging.getLogger("apscheduler.scheduler").warning("Run time of job was missed")
+    logging.getLogger("apscheduler.executors").error("Error running job")
+    (event,) = _events(capsys.readouterr().err)
+    assert event["event"] == "Error running job"
