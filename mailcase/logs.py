@@ -18,7 +18,8 @@ of the same form, with the library's logger name in ``logger``, instead of
 plain text between the JSON lines (a log shipper reading the journal as JSON
 would stop at those). Below WARNING they are dropped, whatever ``log.level``
 says: imapclient's and SQLAlchemy's debug records carry protocol lines,
-message bodies and SQL parameters. mail-parser is silenced in
+message bodies and SQL parameters. A library's exception is one line
+(``error``) unless ``--debug`` asks for tracebacks. mail-parser is silenced in
 :mod:`mailcase.inbound`: its records describe the message's parts and quote
 its headers and file names.
 """
@@ -74,6 +75,20 @@ def _strip_event(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> A
     return event
 
 
+def _exception_in_one_line(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """A library's exception as ``error``: its type and words on one line, no traceback.
+
+    SQLAlchemy's pool logs "Exception during reset or similar" with a traceback
+    when the database drops a connection: expected trouble, which mailcase
+    reports in one line of its own. Under ``--debug`` the traceback is kept.
+    """
+    exc_info = event.pop("exc_info", None)
+    exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+    if isinstance(exc, BaseException):
+        event["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return event
+
+
 class _StderrHandler(logging.Handler):
     """A ``logging`` handler writing to whatever ``sys.stderr`` is at that moment (see _Stderr)."""
 
@@ -88,15 +103,18 @@ class _StderrHandler(logging.Handler):
 THIRD_PARTY_LEVEL = logging.WARNING
 
 
-def _bridge_stdlib(renderer: Any, pre_chain: list[Any], level: int) -> None:
+def _bridge_stdlib(renderer: Any, pre_chain: list[Any], level: int, *, tracebacks: bool) -> None:
     """Send the ``logging`` module's records at ``level`` or above through ``renderer``.
 
     Replaces the bridge of an earlier call.
     """
     handler = _StderrHandler(level)  # the handler's level too: a library may lower its own
+    ours = [structlog.stdlib.add_logger_name, _strip_event]
+    if not tracebacks:
+        ours.append(_exception_in_one_line)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, _strip_event, *pre_chain],
+            foreign_pre_chain=[*ours, *pre_chain],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
@@ -127,7 +145,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         _drop_secrets,
         structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
     ]
-    _bridge_stdlib(renderer, chain, max(threshold, THIRD_PARTY_LEVEL))
+    _bridge_stdlib(
+        renderer, chain, max(threshold, THIRD_PARTY_LEVEL), tracebacks=threshold <= logging.DEBUG
+    )
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *chain, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),

@@ -109,3 +109,27 @@ def test_a_quieter_log_level_quiets_libraries_too(restore_logging: None, capsys:
     logging.getLogger("apscheduler.executors").error("Error running job")
     (event,) = _events(capsys.readouterr().err)
     assert event["event"] == "Error running job"
+
+
+def _log_a_failed_reset() -> None:
+    try:
+        raise ConnectionError("server closed the connection\nunexpectedly")
+    except ConnectionError:
+        logging.getLogger("sqlalchemy.pool.impl.QueuePool").error(
+            "Exception during reset or similar", exc_info=True
+        )
+
+
+def test_a_library_exception_is_one_line_without_debug(restore_logging: None, capsys: Any) -> None:
+    logs.configure("info", "json")
+    _log_a_failed_reset()
+    err = capsys.readouterr().err
+    (event,) = _events(err)
+    assert event["error"] == "ConnectionError: server closed the connection unexpectedly"
+    assert "exception" not in event and "Traceback" not in err
+
+
+def test_debug_keeps_a_library_exception_traceback(bridged: None, capsys: Any) -> None:
+    _log_a_failed_reset()
+    (event,) = _events(capsys.readouterr().err)
+    assert event["exception"].startswith("Traceback (most recent call last)")
