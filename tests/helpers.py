@@ -213,11 +213,16 @@ def run_process(config: Path, *args: str, timeout: float = 60) -> subprocess.Com
 def json_events(text: str) -> list[dict[str, Any]]:
     """The JSON log lines in ``text`` (a process's stderr), in order.
 
+    Every other line must be the command's own one-line error (``mailcase: ...``): anything
+    else (a library's plain-text warning, a stray traceback) fails the test that reads it.
     A last line without its newline is left out: the process may be writing it (or may have
     been killed while writing it).
     """
     complete = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
+    lines = [line for line in complete.splitlines() if line.strip()]
+    stray = [line for line in lines if not line.startswith(("{", "mailcase: "))]
+    assert not stray, f"not a JSON log line: {stray[0]!r}"
+    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 class DaemonProcess:

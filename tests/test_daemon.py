@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cli, DaemonProcess, mail, write_config
+from helpers import Cli, DaemonProcess, json_events, mail, write_config
 from servers import Dovecot, Postgres, SmtpSink
 
 from mailcase.config import load_settings
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 def _events(stderr: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return json_events(stderr)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
