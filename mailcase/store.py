@@ -226,10 +226,12 @@ class Store:
             current, head = store.revisions()
             if current != head:
                 if not auto_upgrade:
-                    raise DatabaseError(
-                        f"database schema is at {current or 'nothing'} but this mailcase "
-                        f"needs {head}: run `mailcase db upgrade`"
+                    state = (
+                        "has no mailcase tables yet (a new database)"
+                        if current is None
+                        else f"schema is at revision {current} but this mailcase needs {head}"
                     )
+                    raise DatabaseError(f"database {state}: run `mailcase db upgrade`")
                 store.upgrade()
         except SQLAlchemyError as exc:
             store.dispose()

@@ -22,7 +22,7 @@ from mailcase.config import AgentsSettings, load_settings
 from mailcase.errors import DatabaseError
 from mailcase.imap import FetchedMessage
 from mailcase.models import Case, FolioCounter
-from mailcase.store import Store, next_folio_number
+from mailcase.store import SCHEMA_HEAD, Store, alembic_config, next_folio_number
 
 pytestmark = pytest.mark.integration
 
@@ -204,8 +204,11 @@ def test_processes_starting_at_once_upgrade_once_on_postgresql(empty_pg: str) ->
 
 
 def test_out_of_date_postgresql_database_is_refused_without_auto_upgrade(empty_pg: str) -> None:
-    with pytest.raises(DatabaseError, match="mailcase db upgrade"):
+    with pytest.raises(DatabaseError, match="mailcase db upgrade") as refused:
         Store.open(empty_pg, auto_upgrade=False)
+    assert str(refused.value) == (
+        "database has no mailcase tables yet (a new database): run `mailcase db upgrade`"
+    )
 
 
 def test_unreachable_postgresql_is_a_database_error(postgres: Postgres) -> None:
@@ -427,3 +430,16 @@ def test_a_database_url_that_cannot_be_used_is_a_config_error_without_its_passwo
     code, out, err = Cli(tmp_path / "mailcase.toml", capsys)("check")
     assert code == 1 and "mailcase: database failed: database.url cannot be used: " in err
     assert "s3cr3t" not in out + err
+
+
+def test_an_older_schema_is_refused_naming_both_revisions(tmp_path: Path) -> None:
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0004")
+    with pytest.raises(DatabaseError) as refused:
+        Store.open(url, auto_upgrade=False)
+    assert str(refused.value) == (
+        f"database schema is at revision 0004 but this mailcase needs {SCHEMA_HEAD}: "
+        "run `mailcase db upgrade`"
+    )
