@@ -23,7 +23,7 @@ Under systemd (``Type=notify``, see ``systemd/mailcase.service`` and
   served. (Refusing to start would turn one changed password into a restart
   loop that stops every mailbox.)
 * ``STATUS=`` after every poll, e.g.
-  ``last poll 12:00:03 UTC: contacto ok (3 new), info failed``.
+  ``last poll 12:00:03 CST: contacto ok (3 new), info failed``.
 * ``STOPPING=1`` as soon as SIGTERM/SIGINT arrives.
 * Watchdog (``WatchdogSec=``): a scheduler job, on an executor of its own,
   sends ``WATCHDOG=1`` every half timeout. Each poll job records when it
@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from types import FrameType
+from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -128,6 +129,7 @@ class Daemon:
         # A delivery asked for while stopping still runs: notices go out.
         self._delivery = _Coalesced(self._deliver_once, lambda: True)
         self.watchers: list[IdleWatcher] = []
+        self._zone = ZoneInfo(rt.settings.folio.timezone)
         self.scheduler = BackgroundScheduler(
             executors={
                 "default": ThreadPoolExecutor(len(rt.settings.mailboxes) + 1),
@@ -240,7 +242,9 @@ class Daemon:
             if self.rt.stop.is_set():
                 return
             summary = ", ".join(f"{n} {r}" for n, r in self.results.items())
-            fields = [f"STATUS=last poll {utcnow():%H:%M:%S} UTC: {summary}"]
+            # The business's clock, as the command line's tables show it.
+            now = datetime.now(self._zone)
+            fields = [f"STATUS=last poll {now:%H:%M:%S %Z}: {summary}"]
             became_ready = not self.ready and PENDING not in self.results.values()
             if became_ready:
                 self.ready = True

@@ -96,8 +96,8 @@ def fields(datagram: str) -> dict[str, str]:
 
 
 def test_notify_sends_the_fields_as_one_datagram(notify_socket: NotifySocket) -> None:
-    assert notify("READY=1", "STATUS=last poll 12:00:03 UTC: contacto ok (3 new)") is True
-    assert notify_socket.recv() == "READY=1\nSTATUS=last poll 12:00:03 UTC: contacto ok (3 new)"
+    assert notify("READY=1", "STATUS=last poll 12:00:03 CST: contacto ok (3 new)") is True
+    assert notify_socket.recv() == "READY=1\nSTATUS=last poll 12:00:03 CST: contacto ok (3 new)"
     assert notify("WATCHDOG=1") is True
     assert notify_socket.recv() == "WATCHDOG=1"
 
@@ -202,7 +202,9 @@ def test_daemon_speaks_sd_notify(
         assert ready["STATUS"].startswith("last poll ")
         # Both mailboxes polled; the IDLE watcher's first-connect poll may
         # already have replaced contacto's "(1 new)" with "(0 new)".
-        assert re.search(r" UTC: contacto ok \([01] new\), info ok \(0 new\)$", ready["STATUS"])
+        assert re.search(
+            r" [0-9:]{8} CST: contacto ok \([01] new\), info ok \(0 new\)$", ready["STATUS"]
+        )
         assert not any("READY=1" in d for d in notify_socket.received[:ready_at])
 
         _wait_for_pings(notify_socket, 3, after=ready_at, timeout=5)
@@ -253,7 +255,7 @@ def test_a_hung_poll_withholds_the_watchdog_pings(
 
             silent.close()  # the hung connection is reset: the poll fails and ends
             ready = fields(notify_socket.received[notify_socket.wait_for("READY=1")])
-            assert ready["STATUS"].endswith("UTC: contacto ok (0 new), info failed")
+            assert ready["STATUS"].endswith(" CST: contacto ok (0 new), info failed")
             _wait_for_pings(notify_socket, 2, after=len(notify_socket.received), timeout=5)
             assert daemon.stop() == 0, daemon.tail()
     finally:
