@@ -548,7 +548,8 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(items)
     else:
-        _print_table(items, ["mailbox", "uid", "disposition", "folio", "message_id", "reason"])
+        columns = ["mailbox", "uid", "received_at", "disposition", "folio", "message_id", "reason"]
+        _print_table(items, columns, zone=_zone(settings))
     return EXIT_OK
 
 
@@ -599,7 +600,17 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(items)
     else:
-        _print_table(items, ["id", "status", "kind", "folio", "to", "attempts", "last_error"])
+        columns = [
+            "id",
+            "status",
+            "kind",
+            "folio",
+            "to",
+            "attempts",
+            "next_attempt_at",
+            "last_error",
+        ]
+        _print_table(items, columns, zone=_zone(settings))
     return EXIT_OK
 
 

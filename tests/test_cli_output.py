@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from helpers import Cli, mail, write_config
-from servers import Dovecot, SmtpSink
+from servers import Dovecot, SmtpSink, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -118,6 +118,10 @@ def test_tables_show_times_in_the_business_time_zone(cli: Cli) -> None:
     _, out, _ = cli("status", "--offline")
     (contacto,) = [line for line in out.splitlines() if line.startswith("contacto ")]
     assert " CST " in contacto and "+00:00" not in out
+    (entry, *_) = cli.json("messages", "list")
+    _, out, _ = cli("messages", "list")
+    assert out.splitlines()[0].split()[:3] == ["MAILBOX", "UID", "RECEIVED_AT"]
+    assert f"  {local(entry['received_at'])}  " in out.splitlines()[1]
 
 
 def test_templates_directory_overrides_the_shipped_acknowledgement(
@@ -181,3 +185,22 @@ def test_outbox_retry_all_takes_failed_and_queued_notices(cli: Cli) -> None:
     assert cli("outbox", "retry", "--all")[1].strip() == "0 notice(s) queued for delivery"
     code, out, _ = cli("outbox", "list", "--status", "failed")
     assert (code, out.strip()) == (0, "(none)")
+
+
+def test_outbox_table_shows_when_a_queued_notice_is_tried_again(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    config.write_text(config.read_text().replace(f"port = {sink.port}", f"port = {free_port()}"))
+    cli = Cli(config, capsys)
+    mailboxes.append("contacto", mail())
+    cli.poll()  # the SMTP server refuses connections: the acknowledgement waits
+    (notice,) = cli.json("outbox", "list")
+    assert notice["status"] == "queued" and notice["next_attempt_at"]
+    when = datetime.fromisoformat(notice["next_attempt_at"]).astimezone(
+        ZoneInfo("America/Mexico_City")
+    )
+    _, out, _ = cli("outbox", "list")
+    header, row = out.splitlines()
+    assert "NEXT_ATTEMPT_AT" in header.split()
+    assert f"  {when:%Y-%m-%d %H:%M} CST  " in row
