@@ -13,7 +13,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from servers import Dovecot, SmtpSink
+from servers import Dovecot, SmtpSink, free_port
 
 from mailcase.classify import LOOP_HEADER
 from mailcase.cli import main
@@ -137,6 +137,13 @@ format = "json"
         encoding="utf-8",
     )
     return path
+
+
+def point_smtp_at_a_closed_port(config: Path, sink: SmtpSink) -> None:
+    """Make ``config``'s SMTP server one that refuses every connection."""
+    text = config.read_text()
+    assert f"port = {sink.port}" in text
+    config.write_text(text.replace(f"port = {sink.port}", f"port = {free_port()}"))
 
 
 def mail(

@@ -8,8 +8,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import Cli, mail, write_config
-from servers import Dovecot, SmtpSink, free_port
+from helpers import Cli, mail, point_smtp_at_a_closed_port, write_config
+from servers import Dovecot, SmtpSink
 
 pytestmark = pytest.mark.integration
 
@@ -191,7 +191,7 @@ def test_outbox_table_shows_when_a_queued_notice_is_tried_again(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
     config = write_config(tmp_path, mailboxes, sink)
-    config.write_text(config.read_text().replace(f"port = {sink.port}", f"port = {free_port()}"))
+    point_smtp_at_a_closed_port(config, sink)
     cli = Cli(config, capsys)
     mailboxes.append("contacto", mail())
     cli.poll()  # the SMTP server refuses connections: the acknowledgement waits

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cli, mail, write_config
-from servers import Dovecot, Postgres, SmtpSink, free_port
+from helpers import Cli, mail, point_smtp_at_a_closed_port, write_config
+from servers import Dovecot, Postgres, SmtpSink
 
 from mailcase.store import SCHEMA_HEAD
 
@@ -34,7 +34,7 @@ def test_check_names_each_failure_on_its_own_line(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
     config = write_config(tmp_path, mailboxes, sink)
-    config.write_text(config.read_text().replace(f"port = {sink.port}", f"port = {free_port()}"))
+    point_smtp_at_a_closed_port(config, sink)
     cli = Cli(config, capsys)
     mailboxes.set_password("info", "otra")
     code, out, err = cli("check")
