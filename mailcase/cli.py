@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = cases.add_parser("list", help="list cases, newest first")
     listing.add_argument("--status", help="only cases with this status (open, resolved, closed)")
+    listing.add_argument(
+        "--customer", metavar="EMAIL", help="only this customer's cases (a caller's address)"
+    )
+    listing.add_argument("--limit", type=_positive, metavar="N", help="only the newest N cases")
     listing.add_argument("--json", action="store_true")
     show = cases.add_parser("show", help="one case with its messages")
     show.add_argument("folio")
@@ -487,6 +491,11 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
             query = select(Case).order_by(col(Case.created_at).desc(), col(Case.id).desc())
             if args.status:
                 query = query.where(Case.status == args.status)
+            if args.customer:
+                # Stored as parsed: lowercased (mailcase.inbound).
+                query = query.where(Case.customer == args.customer.strip().lower())
+            if args.limit:
+                query = query.limit(args.limit)
             items = [case_summary(c) for c in session.exec(query).all()]
             if args.json:
                 _print_json(items)
@@ -617,6 +626,17 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
 def _print_json(value: Any) -> None:
     json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
+
+
+def _positive(text: str) -> int:
+    """argparse's type for a count: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _zone(settings: Settings) -> ZoneInfo:

@@ -82,6 +82,25 @@ def test_cases_list_filters_by_status(cli: Cli) -> None:
     assert cli.json("cases", "list", "--status", "closed") == []
 
 
+def test_cases_list_finds_a_customers_cases_and_the_newest_few(cli: Cli) -> None:
+    newest, _ = cli.json("cases", "list")
+    assert newest["customer"] == "ana.ruiz@example.com"
+    # A caller spells their address as they like.
+    found = cli.json("cases", "list", "--customer", " Ana.Ruiz@Example.COM ")
+    assert [c["folio"] for c in found] == [newest["folio"]]
+    assert cli.json("cases", "list", "--customer", "nadie@example.com") == []
+    assert [c["folio"] for c in cli.json("cases", "list", "--limit", "1")] == [newest["folio"]]
+    assert len(cli.json("cases", "list", "--limit", "5")) == 2
+
+
+def test_a_bad_limit_is_a_usage_error(cli: Cli, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli("cases", "list", "--limit", "0")
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == "mailcase: argument --limit: '0' is not a whole number of at least 1"
+
+
 def test_readable_tables(cli: Cli) -> None:
     code, out, _ = cli("cases", "list")
     assert code == 0
