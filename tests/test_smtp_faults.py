@@ -325,7 +325,9 @@ def test_outbox_list_prints_a_readable_table_without_secrets(
     code, out, err = cli("outbox", "list")
     assert code == 0, err
     header, *lines = out.splitlines()
-    assert header.split() == ["ID", "STATUS", "KIND", "FOLIO", "TO", "ATTEMPTS", "LAST_ERROR"]
+    assert header.split() == [
+        "ID", "STATUS", "KIND", "FOLIO", "TO", "ATTEMPTS", "NEXT_ATTEMPT_AT", "LAST_ERROR"
+    ]  # fmt: skip
     rows = {n["to"]: n for n in cli.json("outbox", "list")}
     assert len(lines) == len(rows) == 2
     for line, to, status in zip(
