@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     msg_list = msg_actions.add_parser("list", help="every fetched message and its disposition")
     msg_list.add_argument("--disposition", help="only this disposition (e.g. quarantined)")
     msg_list.add_argument("--mailbox", help="only this mailbox")
+    msg_list.add_argument(
+        "--limit", type=_positive, metavar="N", help="only the last N messages fetched"
+    )
     msg_list.add_argument("--json", action="store_true")
 
     msg_retry = msg_actions.add_parser("retry", help="process a quarantined message again")
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     out_list.add_argument(
         "--status", help="only this status (queued, also 'pending'; sent, failed, suppressed)"
     )
+    out_list.add_argument("--limit", type=_positive, metavar="N", help="only the last N notices")
     out_list.add_argument("--json", action="store_true")
     out_retry = out_actions.add_parser("retry", help="queue failed notices again, due now")
     which = out_retry.add_mutually_exclusive_group(required=True)
@@ -547,13 +551,14 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
         query = (
             select(LedgerEntry, Case.folio)
             .join(Case, col(LedgerEntry.case_id) == col(Case.id), isouter=True)
-            .order_by(col(LedgerEntry.id))
+            .order_by(col(LedgerEntry.id).desc())
         )
         if args.disposition:
             query = query.where(LedgerEntry.disposition == args.disposition)
         if args.mailbox:
             query = query.where(LedgerEntry.mailbox == args.mailbox)
-        items = [ledger_row(entry, folio) for entry, folio in session.exec(query).all()]
+        rows = _last(session.exec(query.limit(args.limit)).all())
+        items = [ledger_row(entry, folio) for entry, folio in rows]
     if args.json:
         _print_json(items)
     else:
@@ -599,13 +604,14 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
         query = (
             select(Notice, Case.folio)
             .join(Case, col(Notice.case_id) == col(Case.id), isouter=True)
-            .order_by(col(Notice.id))
+            .order_by(col(Notice.id).desc())
         )
         if args.status:
             # "pending" is what the issue and people call a queued notice.
             status = "queued" if args.status == "pending" else args.status
             query = query.where(Notice.status == status)
-        items = [notice_row(n, folio) for n, folio in session.exec(query).all()]
+        rows = _last(session.exec(query.limit(args.limit)).all())
+        items = [notice_row(n, folio) for n, folio in rows]
     if args.json:
         _print_json(items)
     else:
@@ -626,6 +632,14 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
 def _print_json(value: Any) -> None:
     json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
+
+
+T = TypeVar("T")
+
+
+def _last(newest_first: Sequence[T]) -> list[T]:
+    """Rows read newest first (so that ``--limit`` keeps the last ones), in the order they came."""
+    return list(reversed(newest_first))
 
 
 def _positive(text: str) -> int:

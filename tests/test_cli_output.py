@@ -93,6 +93,14 @@ def test_cases_list_finds_a_customers_cases_and_the_newest_few(cli: Cli) -> None
     assert len(cli.json("cases", "list", "--limit", "5")) == 2
 
 
+def test_messages_and_outbox_lists_keep_the_last_n_in_their_order(cli: Cli) -> None:
+    for command in (("messages", "list"), ("outbox", "list")):
+        everything = cli.json(*command)
+        assert len(everything) == 2
+        assert cli.json(*command, "--limit", "1") == everything[-1:]
+        assert cli.json(*command, "--limit", "2") == everything
+
+
 def test_a_bad_limit_is_a_usage_error(cli: Cli, capsys: Any) -> None:
     with pytest.raises(SystemExit) as exited:
         cli("cases", "list", "--limit", "0")
