@@ -318,6 +318,11 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     print()
     print("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))
     print("cases:  " + ", ".join(f"{k} {v}" for k, v in report["cases"].items()))
+    if report["quarantined"]:
+        print(
+            f"quarantined: {report['quarantined']} message(s) wait for a person "
+            "(mailcase messages list --disposition quarantined)"
+        )
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ from sqlmodel import col, func, select
 from mailcase.config import MailboxSettings, Settings
 from mailcase.errors import ConfigError, DatabaseError, DeliveryError, MailboxError
 from mailcase.imap import ImapMailbox
-from mailcase.models import Case, Checkpoint, Notice
+from mailcase.models import Case, Checkpoint, Disposition, LedgerEntry, Notice
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store
 
@@ -83,7 +83,8 @@ def run_checks(settings: Settings) -> list[CheckResult]:
 
 
 def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, Any]:
-    """Per mailbox: last successful poll, errors, backlog; outbox and case counts."""
+    """Per mailbox: last successful poll, errors, backlog; outbox and case counts, and how
+    many messages are quarantined."""
     with store.transaction() as session:
         checkpoints = {c.mailbox: c for c in session.exec(select(Checkpoint)).all()}
         outbox = dict(
@@ -92,6 +93,9 @@ def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, 
         cases = dict(
             session.exec(select(Case.status, func.count()).group_by(col(Case.status))).all()
         )
+        quarantined = session.exec(
+            select(func.count()).where(LedgerEntry.disposition == Disposition.QUARANTINED)
+        ).one()
     mailboxes = []
     for name, box in settings.mailboxes.items():
         cp = checkpoints.get(name)
@@ -116,4 +120,6 @@ def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, 
         "mailboxes": mailboxes,
         "outbox": {s: int(outbox.get(s, 0)) for s in ("queued", "sent", "failed", "suppressed")},
         "cases": {s: int(cases.get(s, 0)) for s in ("open", "resolved", "closed")},
+        # Kept, not lost, but waiting for a person: `messages list --disposition quarantined`.
+        "quarantined": int(quarantined),
     }

@@ -71,6 +71,24 @@ def test_status_reports_polls_errors_backlog_and_outbox(
     assert offline["mailboxes"][0]["backlog"] is None
     code, out, _ = cli("status")
     assert code == 0 and "contacto" in out and "outbox: queued 0, sent 1" in out
+    assert report["quarantined"] == 0 and "quarantined:" not in out
+
+
+def test_status_says_when_quarantined_mail_waits_for_a_person(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # Depth 1: a message with an attachment (multipart/mixed, depth 2) is refused.
+    cli = Cli(write_config(tmp_path, mailboxes, sink, extra="[limits]\nmax_mime_depth = 1"), capsys)
+    mailboxes.append("contacto", mail(attachments=[("foto.jpg", "image/jpeg", b"\xff\xd8")]))
+    mailboxes.append("contacto", mail(sender="otra@example.com"))
+    cli.poll()
+    assert cli.json("status", "--offline")["quarantined"] == 1
+    code, out, _ = cli("status", "--offline")
+    assert code == 0
+    assert (
+        "quarantined: 1 message(s) wait for a person "
+        "(mailcase messages list --disposition quarantined)"
+    ) in out.splitlines()
 
 
 def test_check_and_db_current_show_a_database_not_yet_upgraded_and_leave_it_so(
