@@ -720,7 +720,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         print(f"{key + ':':12} {value if value is not None else '-'}")
     for m in detail["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
-        print(f"\n{arrow} {_local(m['date'], zone)}  {m['kind']}  {m['from']} → {m['to']}")
+        print(f"\n{arrow} {_local(m['date'], zone) or '-'}  {m['kind']}  {m['from']} → {m['to']}")
         print(f"   {m['subject']}")
         for line in (m["text"] or "").splitlines()[:40]:
             print(f"   | {line}")
