@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--customer", metavar="EMAIL", help="only this customer's cases (a caller's address)"
     )
+    listing.add_argument("--area", help="only cases routed to this area (see [areas])")
     listing.add_argument("--limit", type=_positive, metavar="N", help="only the newest N cases")
     listing.add_argument("--json", action="store_true")
     show = cases.add_parser("show", help="one case with its messages")
@@ -341,6 +342,7 @@ def case_summary(case: Case) -> dict[str, Any]:
         "customer": case.customer,
         "subject": case.subject,
         "mailbox": case.mailbox,
+        "area": case.area,
         "created_at": _iso(case.created_at),
         "updated_at": _iso(case.updated_at),
     }
@@ -503,6 +505,10 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
             if args.customer:
                 # Stored as parsed: lowercased (mailcase.inbound).
                 query = query.where(Case.customer == args.customer.strip().lower())
+            if args.area:
+                if args.area not in settings.areas:
+                    raise NotFoundError(f"no area named {args.area} in the configuration")
+                query = query.where(Case.area == args.area)
             if args.limit:
                 query = query.limit(args.limit)
             items = [case_summary(c) for c in session.exec(query).all()]

@@ -231,3 +231,20 @@ def test_outbox_table_shows_when_a_queued_notice_is_tried_again(
     header, row = out.splitlines()
     assert "NEXT_ATTEMPT_AT" in header.split()
     assert f"  {when:%Y-%m-%d %H:%M} CST  " in row
+
+
+def test_cases_list_finds_an_areas_cases(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    areas = '[areas.redes]\nnotify = "redes@internet-plarey.com.mx"\nname = "Redes"\n'
+    cli = Cli(write_config(tmp_path, mailboxes, sink, extra=areas), capsys)
+    mailboxes.append("contacto", mail(sender="uno@example.com", subject="Poste caído"))
+    mailboxes.append("contacto", mail(sender="dos@example.com", subject="Factura"))
+    cli.poll()
+    pole = next(c for c in cli.json("cases", "list") if c["customer"] == "uno@example.com")
+    assert pole["area"] is None
+    assert cli("cases", "route", pole["folio"], "--area", "redes")[0] == 0
+    routed = cli.json("cases", "list", "--area", "redes")
+    assert [(c["folio"], c["area"]) for c in routed] == [(pole["folio"], "redes")]
+    code, _, err = cli("cases", "list", "--area", "ventas")
+    assert code == 4 and err.strip() == "mailcase: no area named ventas in the configuration"
