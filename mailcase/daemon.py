@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from mailcase import leases, metrics
+from mailcase import __version__, leases, metrics
 from mailcase.errors import ConfigError, DatabaseError, MailboxError
 from mailcase.idle import IdleWatcher
 from mailcase.logs import get_logger
@@ -338,7 +338,11 @@ class Daemon:
 
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.log.info(
-            "daemon_started", mailboxes=list(self.rt.settings.mailboxes), interval=interval
+            "daemon_started",
+            version=__version__,  # which code a journal's lines came from, across upgrades
+            database=self.rt.store.engine.dialect.name,  # never the URL: it may hold a password
+            mailboxes=list(self.rt.settings.mailboxes),
+            interval=interval,
         )
         self.scheduler.start()
         try:

@@ -17,6 +17,7 @@ import pytest
 from helpers import Cli, DaemonProcess, json_events, mail, write_config
 from servers import Dovecot, Postgres, SmtpSink
 
+import mailcase
 from mailcase.config import load_settings
 from mailcase.daemon import Daemon
 from mailcase.outbox import DeliveryAlongside
@@ -54,6 +55,9 @@ def test_daemon_polls_delivers_and_exits_zero_on_signal(
     events = _events(err)
     names = [e["event"] for e in events]
     assert "daemon_started" in names and names[-1] == "daemon_stopped"
+    (started,) = [e for e in events if e["event"] == "daemon_started"]
+    assert started["version"] == mailcase.__version__ and started["database"] == "sqlite"
+    assert started["mailboxes"] == ["contacto", "info"]
     ingested = [e for e in events if e["event"] == "message_ingested"]
     assert {e["mailbox"] for e in ingested} == {"contacto", "info"}
     for e in ingested:
