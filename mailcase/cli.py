@@ -722,7 +722,13 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "closed_at",
     )
     for key in keys:
-        value = _local(detail.get(key), zone) if key.endswith("_at") else detail.get(key)
+        value = detail.get(key)
+        if key.endswith("_at"):
+            value = _local(value, zone)
+        elif key == "visit" and value:
+            value = " ".join(filter(None, (value["date"], value["time"])))
+        elif key == "related":
+            value = ", ".join(value or ()) or None
         print(f"{key + ':':12} {value if value is not None else '-'}")
     for m in detail["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
@@ -731,7 +737,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         for line in (m["text"] or "").splitlines()[:40]:
             print(f"   | {line}")
         for att in m["attachments"]:
-            print(f"   [adjunto] {att['filename']} ({att['content_type']}, {att['size']} bytes)")
+            print(f"   [attachment] {att['filename']} ({att['content_type']}, {att['size']} bytes)")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,29 @@ def test_readable_tables(cli: Cli) -> None:
     assert not out.lstrip().startswith("{")  # a table, not JSON
 
 
+def test_case_show_reads_as_text(cli: Cli, mailboxes: Dovecot) -> None:
+    billing = next(c for c in cli.json("cases", "list") if c["customer"] == "ana.ruiz@example.com")
+    folio = billing["folio"]
+    assert cli("cases", "visit", folio, "--date", "2026-12-03", "--time", "9:30")[0] == 0
+    _, out, _ = cli("cases", "show", folio)
+    assert "\nvisit:       2026-12-03 09:30\n" in out
+    assert "\nrelated:     -\n" in out
+    assert "\n   [attachment] recibo.pdf (application/pdf, 15 bytes)\n" in out
+    # A reply to a closed case opens a new case linked to it.
+    assert cli("cases", "close", folio)[0] == 0
+    reply = mail(
+        sender="Ana Ruiz <ana.ruiz@example.com>",
+        to="info@internet-plarey.com.mx",
+        subject=f"Re: [Folio {folio}] Cobro duplicado",
+    )
+    mailboxes.append("info", reply)
+    cli.poll()
+    newest = cli.json("cases", "list")[0]
+    assert newest["folio"] != folio
+    _, out, _ = cli("cases", "show", newest["folio"])
+    assert f"\nrelated:     {folio}\n" in out
+
+
 def test_tables_show_times_in_the_business_time_zone(cli: Cli) -> None:
     # --json keeps UTC for machines; people in Mexico read their own clock.
     mexico = ZoneInfo("America/Mexico_City")
