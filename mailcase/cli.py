@@ -315,7 +315,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(report)
         return EXIT_OK
     columns = ["mailbox", "last_success_at", "backlog", "consecutive_failures", "last_error"]
-    _print_table(report["mailboxes"], columns, zone=_zone(settings))
+    _print_table(report["mailboxes"], columns, zone=settings.folio.zone)
     print()
     print("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))
     print("cases:  " + ", ".join(f"{k} {v}" for k, v in report["cases"].items()))
@@ -516,7 +516,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                 _print_json(items)
             else:
                 columns = ["folio", "status", "customer", "mailbox", "created_at", "subject"]
-                _print_table(items, columns, zone=_zone(settings))
+                _print_table(items, columns, zone=settings.folio.zone)
             return EXIT_OK
         case = case_by_folio(session, args.folio.strip().upper())
         if case is None:
@@ -525,7 +525,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(detail)
     else:
-        _print_case(detail, _zone(settings))
+        _print_case(detail, settings.folio.zone)
     return EXIT_OK
 
 
@@ -574,7 +574,7 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(items)
     else:
         columns = ["mailbox", "uid", "received_at", "disposition", "folio", "message_id", "reason"]
-        _print_table(items, columns, zone=_zone(settings))
+        _print_table(items, columns, zone=settings.folio.zone)
     return EXIT_OK
 
 
@@ -636,7 +636,7 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
             "next_attempt_at",
             "last_error",
         ]
-        _print_table(items, columns, zone=_zone(settings))
+        _print_table(items, columns, zone=settings.folio.zone)
     return EXIT_OK
 
 
@@ -662,10 +662,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
-
-
-def _zone(settings: Settings) -> ZoneInfo:
-    return ZoneInfo(settings.folio.timezone)
 
 
 def _local(value: str | None, zone: ZoneInfo | None) -> str | None:

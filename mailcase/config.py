@@ -372,9 +372,14 @@ class FolioSettings(_Section):
             ) from None
         return value
 
+    @property
+    def zone(self) -> ZoneInfo:
+        """The business's time zone: its calendar (folio years) and its clock (what people read)."""
+        return ZoneInfo(self.timezone)  # zoneinfo caches it: cheap to ask again
+
     def year(self, moment: datetime) -> int:
         """The calendar year of ``moment`` (aware) in the business's time zone."""
-        return moment.astimezone(ZoneInfo(self.timezone)).year
+        return moment.astimezone(self.zone).year
 
 
 class PollSettings(_Section):

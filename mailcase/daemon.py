@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from types import FrameType
-from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -129,7 +128,6 @@ class Daemon:
         # A delivery asked for while stopping still runs: notices go out.
         self._delivery = _Coalesced(self._deliver_once, lambda: True)
         self.watchers: list[IdleWatcher] = []
-        self._zone = ZoneInfo(rt.settings.folio.timezone)
         self.scheduler = BackgroundScheduler(
             executors={
                 "default": ThreadPoolExecutor(len(rt.settings.mailboxes) + 1),
@@ -243,7 +241,7 @@ class Daemon:
                 return
             summary = ", ".join(f"{n} {r}" for n, r in self.results.items())
             # The business's clock, as the command line's tables show it.
-            now = datetime.now(self._zone)
+            now = datetime.now(self.rt.settings.folio.zone)
             fields = [f"STATUS=last poll {now:%H:%M:%S %Z}: {summary}"]
             became_ready = not self.ready and PENDING not in self.results.values()
             if became_ready:
