@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
-from mailcase import metrics
+from mailcase import metrics, runlock
 from mailcase.classify import is_automatic_address
 from mailcase.config import Settings
 from mailcase.errors import DatabaseError, DeliveryError, PermanentDeliveryError
@@ -63,6 +63,7 @@ class DeliveryReport:
     deferred: int = 0
     failed: int = 0
     suppressed: int = 0
+    busy: bool = False  # another process was delivering: this run sent nothing (SQLite)
 
 
 PAGE = 500
@@ -97,9 +98,24 @@ def _pages(store: Store, now: datetime, first: list[int]) -> Iterator[int]:
 def deliver_outbox(
     store: Store, settings: Settings, *, now: datetime | None = None
 ) -> DeliveryReport:
-    """Send every due notice over one SMTP connection; return what happened."""
+    """Send every due notice over one SMTP connection; return what happened.
+
+    On SQLite one process delivers at a time (mailcase.runlock): when another
+    holds the outbox for longer than a few seconds, this run sends nothing,
+    logs ``outbox_busy`` and says so in :attr:`DeliveryReport.busy`; the run
+    in progress sends what is due, new notices included.
+    """
+    if store.delivery_lock is None:
+        return _deliver_due(store, settings, now or utcnow())
+    with runlock.held(store.delivery_lock) as taken:
+        if not taken:
+            get_logger().info("outbox_busy", lock=str(store.delivery_lock))
+            return DeliveryReport(busy=True)
+        return _deliver_due(store, settings, now or utcnow())
+
+
+def _deliver_due(store: Store, settings: Settings, now: datetime) -> DeliveryReport:
     report = DeliveryReport()
-    now = now or utcnow()
     fold_sent_log(store)  # what an earlier run sent is not due any more
     with store.reading() as conn:
         ids = due_notice_ids(conn, now)

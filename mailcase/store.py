@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, select
 
+from mailcase import runlock
 from mailcase.checkpoint import BACKSTOP_PAGES, Checkpointer
 from mailcase.errors import ConfigError, DatabaseError
 from mailcase.models import Case, CaseMessage, FolioCounter, LedgerEntry
@@ -208,6 +209,8 @@ class Store:
         # there is one (SQLite on disk; mailcase.sentlog).
         database_file = _sqlite_path(url)
         self.sent_log = SentLog.beside(database_file) if database_file else None
+        # One delivery run at a time across processes (mailcase.runlock).
+        self.delivery_lock = runlock.beside(database_file) if database_file else None
         # SQLite's log is copied back into the database file beside the writers.
         self.checkpointer = Checkpointer(database_file) if database_file else None
         self._finalizer = weakref.finalize(self, _release, engine, self.checkpointer)
