@@ -6,7 +6,9 @@ module knows the shapes below and cuts the body at the first one it finds:
 
 * an attribution line ending in ``wrote:`` / ``escribió:`` and starting with
   ``On`` / ``El``, possibly wrapped over up to three lines (Gmail, Apple Mail,
-  Yahoo, Thunderbird);
+  Yahoo, Thunderbird), that names an address or a time of day, or that only
+  ``>``-quoted lines follow (customer prose such as "El 20 de noviembre el
+  técnico me escribió:" is kept);
 * an ``-----Original Message-----`` / ``-----Mensaje original-----`` marker
   (Outlook desktop) or a forwarded-message marker (Gmail, Apple Mail);
 * an Outlook header block, ``From:``/``De:`` followed by at least two of
@@ -41,6 +43,13 @@ _MARKER_MAX_CHARS = 120
 
 _ATTRIBUTION_START = re.compile(r"(?:on|el)\s", re.IGNORECASE)
 _ATTRIBUTION_END = re.compile(r"(?:wrote|escribi[oó])\s*:$", re.IGNORECASE)
+# What a client's attribution names besides the date. Gmail and Apple Mail
+# write the sender's address ("Juan <juan@example.com>", wrapped by Gmail as
+# "<\njuan@example.com>"; "&lt;…&gt;" after a careless HTML → text); Gmail,
+# Apple Mail, Yahoo, Thunderbird, Outlook mobile and mutt write the time
+# ("a las 10:12", "at 10:12\u202fAM", "10:12:33 AM CST", "at 2:47").
+_ATTRIBUTION_ADDRESS = re.compile(r"[\w.+'-]@[\w-]+\.\w")
+_ATTRIBUTION_TIME = re.compile(r"(?<!\d)(?:[01]?\d|2[0-3]):[0-5]\d(?!\d)")
 
 # Outlook desktop ("-----Original Message-----", "-----Mensaje original-----"),
 # Yahoo ("----- Original Message -----"), Gmail forwards
@@ -96,28 +105,65 @@ def strip_quoted(text: str) -> str:
     Guarantees: never raises; the result has no surrounding whitespace and
     its line endings are ``\\n``; it is ``""`` only when ``text`` is blank:
     when stripping would leave nothing (a message that is only a quote or
-    only a signature) the whole ``text`` is returned, stripped; the time
-    taken is linear in ``len(text)``.
+    only a signature) the whole ``text`` is returned, stripped, so that a
+    customer's words are never lost; the time taken is linear in ``len(text)``.
     """
-    normalized = text.replace("\r\n", "\n").replace("\r", "\n")
+    return new_text(text) or _normalized(text).strip()
+
+
+def new_text(text: str) -> str:
+    """What :func:`strip_quoted` keeps, but ``""`` when that would be nothing.
+
+    For agents' replies, which are relayed to the customer: a reply that is
+    only the quoted notice (sent by mistake, or carrying only an attachment)
+    must not send the internal notice to the customer. Same guarantees
+    otherwise.
+    """
+    normalized = _normalized(text)
     # Quoted lines go first, then the history is looked for in what is left:
     # looked for with them in place, an attribution or Outlook header block
     # with ">" lines inside was missed, then found once those lines were gone,
     # so stripping the result again cut more (tests/test_properties.py).
-    lines = [line for line in normalized.split("\n") if not _is_quoted(line)]
-    kept = lines[: _history_start(lines)]
+    lines, before_final_quote = _unquoted_lines(normalized.split("\n"))
+    kept = lines[: _history_start(lines, before_final_quote)]
     kept = _without_signature(kept)
     kept = _without_device_signature(kept)
-    result = "\n".join(kept).strip()
-    return result or normalized.strip()
+    return "\n".join(kept).strip()
+
+
+def _normalized(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _is_quoted(line: str) -> bool:
     return line.lstrip().startswith(">")
 
 
-def _history_start(lines: Sequence[str]) -> int:
-    """Index of the first line of quoted history, or ``len(lines)``."""
+def _unquoted_lines(lines: Sequence[str]) -> tuple[list[str], int | None]:
+    """The lines that are not ``>``-quoted, and the index among them of the
+    last non-blank one when ``>``-quoted lines (and blank ones) are all that
+    follow it in ``lines``, else ``None``.
+    """
+    unquoted: list[str] = []
+    last_text: int | None = None
+    quoted_after_last_text = False
+    for line in lines:
+        if _is_quoted(line):
+            quoted_after_last_text = True
+            continue
+        if line.strip():
+            last_text = len(unquoted)
+            quoted_after_last_text = False
+        unquoted.append(line)
+    return unquoted, last_text if quoted_after_last_text else None
+
+
+def _history_start(lines: Sequence[str], before_final_quote: int | None) -> int:
+    """Index of the first line of quoted history, or ``len(lines)``.
+
+    ``before_final_quote`` is the index of the line that only ``>``-quoted
+    lines followed in the original text, if any (see ``_unquoted_lines``).
+    """
     header_names = _HeaderNames(lines)
     for i, line in enumerate(lines):
         if _is_quoted(line):
@@ -132,7 +178,7 @@ def _history_start(lines: Sequence[str]) -> int:
                 return i
         if _is_header_block(header_names, i):
             return i
-        start = _attribution_start(lines, i)
+        start = _attribution_start(lines, i, introduces_final_quote=i == before_final_quote)
         if start is not None:
             return start
     return len(lines)
@@ -185,8 +231,11 @@ def _rule_above_header_block(names: _HeaderNames, i: int) -> bool:
     return False
 
 
-def _attribution_start(lines: Sequence[str], i: int) -> int | None:
-    """If ``lines[i]`` ends an attribution ("… wrote:"), the index of its first line."""
+def _attribution_start(lines: Sequence[str], i: int, *, introduces_final_quote: bool) -> int | None:
+    """If ``lines[i]`` ends an attribution ("… wrote:"), the index of its first line.
+
+    ``introduces_final_quote``: only ``>``-quoted lines followed ``lines[i]``.
+    """
     line = lines[i].rstrip()
     if not line.endswith(":"):
         return None
@@ -200,11 +249,34 @@ def _attribution_start(lines: Sequence[str], i: int) -> int | None:
         if size > _MAX_ATTRIBUTION_CHARS or not candidate.strip() or _is_quoted(candidate):
             return None
         if _ATTRIBUTION_START.match(candidate.lstrip()):
-            # Every client puts a date or time in the attribution; requiring a
-            # digit keeps prose such as "On the other hand, Ana wrote:" as text.
             joined = " ".join(lines[j : i + 1])
-            return j if any(c.isdigit() for c in joined) else None
+            return j if _is_client_attribution(joined, introduces_final_quote) else None
     return None
+
+
+def _is_client_attribution(joined: str, introduces_final_quote: bool) -> bool:
+    """Whether an "On …/El … wrote:/escribió:" line was written by a mail client."""
+    # Every client puts a date in the attribution; requiring a digit keeps
+    # prose such as "On the other hand, Ana wrote:" as text.
+    if not any(c.isdigit() for c in joined):
+        return False
+    # A date is not enough: customers write "El 20 de noviembre el técnico me
+    # escribió:" and then the complaint, which must reach the agents. So the
+    # line must also carry what a client adds to the date and people do not
+    # write in prose: the sender's address or the time of day (Thunderbird's
+    # "El 25/11/26 a las 10:12, Juan escribió:" has no address). Clients that
+    # write neither (Alpine: "On Wed, 25 Nov 2026, Juan wrote:") are still
+    # recognised when nothing but ">"-quoted lines follows: cutting there then
+    # drops only the attribution itself, never the customer's own words. An
+    # attribution whose quote is not ">"-marked ("On Nov 26, 2013 you wrote:"
+    # and then the old text) is kept: showing agents some history is better
+    # than hiding a complaint. Prose naming an address or a time ("El lunes a
+    # las 10:30 el técnico me escribió:") is still cut.
+    return (
+        introduces_final_quote
+        or _ATTRIBUTION_ADDRESS.search(joined) is not None
+        or _ATTRIBUTION_TIME.search(joined) is not None
+    )
 
 
 def _without_signature(lines: list[str]) -> list[str]:
