@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from mailcase.commands import Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
 from mailcase.folio import format_folio
@@ -25,6 +26,110 @@ OUTCOMES = ("valid", "invalid")
 
 class CaseworkError(MailcaseError):
     """A requested change does not apply to this case (e.g. an unknown area)."""
+
+
+# Why a change is refused, as short codes: the command line says it in a
+# sentence (CaseworkError), a reply by mail gets it back in a command_error
+# notice (templates/*/command_error.txt.j2).
+CASE_PROBLEM_CODES: tuple[str, ...] = (
+    "case_closed",  # resolve, visit or route on a closed case: reopen it first
+    "missing_cause",  # a resolution without the causes the customer must be told
+    "visit_in_past",  # a visit before now, in the business's time zone
+    "repeated",  # the same command twice in one reply
+    "conflict",  # #cerrar with #reabrir, or #nota with #resolver, in one reply
+)
+
+
+def resolve_problem(status: str, cause: str) -> str | None:
+    """Why a case in ``status`` cannot be resolved with ``cause``, or ``None``.
+
+    A closed case is reopened first (as Request Tracker and Zammad ask), so
+    that a late resolution is a decision, not a slip; and the written
+    procedure tells the customer the causes, so they are required.
+    """
+    if status == CaseStatus.CLOSED:
+        return "case_closed"
+    if not cause.strip():
+        return "missing_cause"
+    return None
+
+
+def visit_problem(status: str, day: date, hour: str | None, now_local: datetime) -> str | None:
+    """Why a visit on ``day`` at ``hour`` ("HH:MM") cannot be scheduled, or ``None``.
+
+    ``now_local`` is now in the business's time zone: a visit before it (a
+    typo in the year, say) would tell the customer a date that has passed.
+    """
+    if status == CaseStatus.CLOSED:
+        return "case_closed"
+    today = now_local.date()
+    if day < today or (day == today and hour is not None and hour < now_local.strftime("%H:%M")):
+        return "visit_in_past"
+    return None
+
+
+def route_problem(status: str) -> str | None:
+    """Why a case in ``status`` cannot be routed to an area, or ``None``."""
+    return "case_closed" if status == CaseStatus.CLOSED else None
+
+
+def command_problems(
+    commands: Sequence[Command], text: str, status: str, now_local: datetime
+) -> list[tuple[str, str]]:
+    """``(line, code)`` for each command of one reply that cannot run; ``[]`` when all can.
+
+    The commands are checked in order, each against the case as the ones
+    before it leave it (``#reabrir`` then ``#resolver`` on a closed case is
+    fine). One reply holds each command once; ``#cerrar`` with ``#reabrir``
+    contradict each other, and so do ``#nota`` and ``#resolver``: the text
+    below the commands would be both an internal note and the causes sent to
+    the customer. ``text`` is the reply's words below the commands.
+    """
+    problems: list[tuple[str, str]] = []
+    seen: set[CommandKind] = set()
+    opposite = {
+        CommandKind.CLOSE: CommandKind.REOPEN,
+        CommandKind.REOPEN: CommandKind.CLOSE,
+        CommandKind.NOTE: CommandKind.RESOLVE,
+        CommandKind.RESOLVE: CommandKind.NOTE,
+    }
+    for command in commands:
+        kind = command.kind
+        problem: str | None = None
+        if kind in seen:
+            problem = "repeated"
+        elif opposite.get(kind) in seen:
+            problem = "conflict"
+        elif kind is CommandKind.RESOLVE:
+            problem = resolve_problem(status, text)
+        elif kind is CommandKind.VISIT and command.visit_date is not None:
+            hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
+            problem = visit_problem(status, command.visit_date, hour, now_local)
+        elif kind is CommandKind.ROUTE:
+            problem = route_problem(status)
+        seen.add(kind)
+        if problem is not None:
+            problems.append((command.line, problem))
+            continue
+        if kind is CommandKind.CLOSE:
+            status = CaseStatus.CLOSED
+        elif kind is CommandKind.REOPEN:
+            status = CaseStatus.OPEN
+        elif kind is CommandKind.RESOLVE:
+            status = CaseStatus.RESOLVED
+    return problems
+
+
+_REFUSALS = {
+    "case_closed": "case {folio} is closed: reopen it first (mailcase cases reopen {folio})",
+    "missing_cause": "resolving case {folio} needs the causes (--cause): the customer is told them",
+    "visit_in_past": "the visit {when} for case {folio} is in the past (now {now})",
+}
+
+
+def _refuse(problem: str | None, case: Case, **details: str) -> None:
+    if problem is not None:
+        raise CaseworkError(_REFUSALS[problem].format(folio=case.folio, **details))
 
 
 def open_case(
@@ -171,10 +276,12 @@ def resolve(
 
     Step 4 of the written procedure: the customer learns the folio, whether
     the report was upheld, the causes and, when upheld, that the failure was
-    corrected.
+    corrected. Refused (:class:`CaseworkError`) on a closed case and without
+    causes (:func:`resolve_problem`).
     """
     if outcome not in OUTCOMES:
         raise CaseworkError(f"outcome must be valid or invalid, not {outcome!r}")
+    _refuse(resolve_problem(case.status, cause), case)
     now = utcnow()
     case.status = CaseStatus.RESOLVED
     case.outcome = outcome
@@ -205,7 +312,18 @@ def add_note(session: Session, case: Case, text: str, *, by: str) -> None:
 def schedule_visit(
     session: Session, settings: Settings, case: Case, day: date, hour: str | None, *, by: str
 ) -> None:
-    """Record a home visit and send the customer a notice with its date."""
+    """Record a home visit and send the customer a notice with its date.
+
+    Refused (:class:`CaseworkError`) on a closed case and for a time already
+    past in the business's time zone (``folio.timezone``).
+    """
+    now_local = utcnow().astimezone(settings.folio.zone)
+    _refuse(
+        visit_problem(case.status, day, hour, now_local),
+        case,
+        when=f"{day.isoformat()} {hour}" if hour else day.isoformat(),
+        now=now_local.strftime("%Y-%m-%d %H:%M %Z"),
+    )
     case.visit_date = day
     case.visit_time = hour
     case.updated_at = utcnow()
@@ -234,6 +352,7 @@ def route(session: Session, settings: Settings, case: Case, area: str, *, by: st
     if area not in settings.areas:
         known = ", ".join(sorted(settings.areas)) or "none configured"
         raise CaseworkError(f"unknown area {area!r} (areas: {known})")
+    _refuse(route_problem(case.status), case)
     case.area = area
     case.updated_at = utcnow()
     session.add(case)

@@ -6,7 +6,9 @@ Who gets what (the kinds):
 * to the customer, from the case's mailbox: ``acknowledgement``, ``relay``
   (an agent's words), ``resolution_valid``/``resolution_invalid``, ``visit``;
 * to agents (``agents.notify``, an area, or one agent): ``agent_notification``,
-  ``command_error``, ``unverified_agent``, ``delivery_failed``.
+  ``command_error``, ``unverified_agent``, ``delivery_failed``, ``not_relayed``
+  (an agent's reply that reached the customer without its attachments, or
+  not at all).
 
 Every notice to agents carries a Message-ID signed for its case
 (:mod:`mailcase.msgid`), so an agent's reply to it proves which case it
@@ -44,7 +46,7 @@ CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid", "visit"}
 )
 AGENT_KINDS = frozenset(
-    {"agent_notification", "command_error", "unverified_agent", "delivery_failed"}
+    {"agent_notification", "command_error", "unverified_agent", "delivery_failed", "not_relayed"}
 )
 SIGNING_KEY = "message_id_key"
 

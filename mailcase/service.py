@@ -48,7 +48,7 @@ from mailcase.msgid import case_ids_in
 from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
-from mailcase.quoting import strip_quoted
+from mailcase.quoting import new_text, strip_quoted
 from mailcase.store import (
     Store,
     as_utc,
@@ -759,7 +759,9 @@ def _agent_message(
 ) -> None:
     """A verified agent wrote on ``case``: run its commands, or relay its words."""
     settings = rt.settings
-    parsed = parse_commands(strip_quoted(mail.text))
+    # Only what the agent wrote: a reply that is nothing but the quoted notice
+    # must not relay the internal notice to the customer.
+    parsed = parse_commands(new_text(mail.text))
     by = mail.sender
     problems = [{"line": p.line, "problem": p.problem} for p in parsed.problems]
     problems += [
@@ -767,6 +769,14 @@ def _agent_message(
         for c in parsed.commands
         if c.kind is CommandKind.ROUTE and c.area not in settings.areas
     ]
+    if not problems:  # what the case's state and the reply's other commands forbid
+        now_local = utcnow().astimezone(settings.folio.zone)
+        problems += [
+            {"line": line, "problem": code}
+            for line, code in casework.command_problems(
+                parsed.commands, parsed.text, case.status, now_local
+            )
+        ]
     if problems:
         # One bad command and nothing runs: a typo such as "#ntoa" must not
         # let an internal note reach the customer as relayed text, and a
@@ -789,11 +799,27 @@ def _agent_message(
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     for command in parsed.commands:
         _run_command(session, settings, case, command, text, by)
-    if not parsed.commands and text:
-        # Written straight to the customer with the mailbox in Cc: already sent.
-        if case.customer in mail.to or case.customer in mail.cc:
-            return
+    if parsed.commands:
+        return
+    # Written straight to the customer with the mailbox in Cc: already sent.
+    if case.customer and (case.customer in mail.to or case.customer in mail.cc):
+        return
+    attachments = [a.filename for a in mail.attachments]
+    reason = "no_text" if not text else "no_customer" if not case.customer else ""
+    if not reason:
         casework.relay(session, settings, case, text, agent_name=mail.sender_name)
+        # Attachments are kept on the case, not passed on (see README, "For agents").
+        reason = "attachments" if attachments else ""
+    if reason:  # the agent learns what did not reach the customer
+        queue_notice(
+            session,
+            settings,
+            case,
+            "not_relayed",
+            to=mail.sender,
+            context={"reason": reason, "attachments": attachments},
+            in_reply_to=mail.message_id,
+        )
 
 
 def _run_command(

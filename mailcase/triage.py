@@ -20,9 +20,12 @@ Order of the rules, and why:
 5. A folio in the subject joins that case when the sender belongs to it (the
    customer or a participant); someone else naming a folio opens a case of
    their own, linked to the one they named, and learns nothing of it.
-6. A customer's message on a ``resolved`` case within ``cases.reopen_days``
-   reopens it; on a ``closed`` case, or later, it opens a new case linked to
-   the old one (Request Tracker and Zammad behave alike).
+6. A customer's message within ``cases.reopen_days`` of the case's
+   resolution reopens it, whether it is still ``resolved`` or has closed
+   since (by itself after ``cases.close_after_days``, or by an agent): the
+   resolution notice promises that window. On a case closed without a
+   resolution, or later, it opens a new case linked to the old one
+   (OTRS/Znuny and Zammad reopen closed tickets on a follow-up alike).
 7. Anything else from a person opens a new case with an acknowledgement,
    unless the sender is one of our own or an automatic address.
 """
@@ -147,11 +150,14 @@ def triage(
     if joined is not None:
         if joined.status == "open":
             return Decision(Disposition.FOLLOW_UP, case=joined, reason=why)
-        if joined.status == "resolved" and _within(joined.resolved_at, now, reopen_days):
+        resolved = joined.status == "resolved" or (
+            joined.status == "closed" and joined.resolved_at is not None
+        )
+        if resolved and _within(joined.resolved_at, now, reopen_days):
             return Decision(
                 Disposition.FOLLOW_UP, case=joined, reopen=True, reason=f"{why}; reopens the case"
             )
-        # Closed, or resolved too long ago: a new case, linked to the old one.
+        # Closed unresolved, or resolved too long ago: a new case, linked to the old one.
         strangers = [joined.folio]
         why = f"follows {joined.status} case {joined.folio}"
         return _new_case(mail, own_addresses, strangers, why)

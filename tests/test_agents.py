@@ -232,7 +232,7 @@ def test_authenticated_agent_is_verified_by_a_trusted_server(
         mail(
             sender=AGENT,
             subject=f"[Folio {folio}] visita",
-            body="#visita 2026-12-03 10:30",
+            body="#visita 2099-12-03 10:30",
             headers={
                 "Authentication-Results": "mx.internet-plarey.com.mx; "
                 "dkim=pass header.d=internet-plarey.com.mx; spf=pass "
@@ -240,9 +240,9 @@ def test_authenticated_agent_is_verified_by_a_trusted_server(
             },
         )
     )
-    assert d.case(folio)["visit"] == {"date": "2026-12-03", "time": "10:30"}
+    assert d.case(folio)["visit"] == {"date": "2099-12-03", "time": "10:30"}
     visit = text(d.last_to(CUSTOMER))
-    assert "2026-12-03" in visit or "3 de diciembre" in visit
+    assert "2099-12-03" in visit or "3 de diciembre" in visit
 
 
 def test_stranger_with_a_known_folio_gets_a_linked_case_of_its_own(desk: Desk) -> None:
@@ -301,8 +301,8 @@ def test_english_commands_by_mail(desk: Desk) -> None:
     desk.agent_reply(notification, "#route redes\nNode 4.")
     assert desk.case(folio)["area"] == "redes"
     assert folio in desk.last_to("redes@internet-plarey.com.mx")["Subject"]
-    desk.agent_reply(notification, "#visit 2026-12-03 10:30")
-    assert "2026-12-03" in str(desk.case(folio)["visit"])
+    desk.agent_reply(notification, "#visit 2099-12-03 10:30")
+    assert "2099-12-03" in str(desk.case(folio)["visit"])
     assert len(desk.to(CUSTOMER)) == to_customer + 1  # the visit notice
     desk.agent_reply(notification, "#close")
     assert desk.case(folio)["status"] == "closed"
@@ -474,17 +474,17 @@ def test_cli_visit_tells_the_customer_and_refuses_a_bad_date(desk: Desk) -> None
     folio = desk.open_case()
     code, _, err = desk.cli("cases", "visit", folio, "--date", "3/12/2026")
     assert code == 1 and err.strip().endswith("--date '3/12/2026' is not a date (YYYY-MM-DD)")
-    code, _, err = desk.cli("cases", "visit", folio, "--date", "2026-12-03", "--time", "25:00")
+    code, _, err = desk.cli("cases", "visit", folio, "--date", "2099-12-03", "--time", "25:00")
     assert code == 1 and "--time '25:00' is not a time (HH:MM)" in err
     code, _, err = desk.cli("cases", "visit", folio, "--date", "2026-02-30")
     assert code == 1 and "is not a date" in err  # a day that does not exist
     assert desk.case(folio)["visit"] is None  # nothing half-done
     # As the mail command #visita reads it: one-digit hours are fine.
-    assert desk.cli("cases", "visit", folio, "--date", "2026-12-03", "--time", "9:30")[0] == 0
-    assert desk.case(folio)["visit"] == {"date": "2026-12-03", "time": "09:30"}
+    assert desk.cli("cases", "visit", folio, "--date", "2099-12-03", "--time", "9:30")[0] == 0
+    assert desk.case(folio)["visit"] == {"date": "2099-12-03", "time": "09:30"}
     notice = desk.last_to(CUSTOMER)
     assert folio in notice["Subject"]
-    assert "3 de diciembre de 2026" in text(notice) and "09:30" in text(notice)
+    assert "3 de diciembre de 2099" in text(notice) and "09:30" in text(notice)
 
 
 @pytest.mark.parametrize("runner", ["poll", "daemon"])
@@ -510,3 +510,124 @@ def test_closing_job_closes_resolved_cases_after_the_quiet_period(desk: Desk, ru
                 time.sleep(0.2)
             assert daemon.stop() == 0, daemon.tail()
     assert desk.case(folio)["status"] == "closed"
+
+
+def test_a_reply_with_nothing_new_relays_nothing_and_tells_the_agent(desk: Desk) -> None:
+    # Sent by mistake, or to pass on a file: the quote of the internal notice must
+    # never reach the customer.
+    desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "")
+    assert len(desk.to(CUSTOMER)) == to_customer
+    told = text(desk.last_to(AGENT))
+    assert "no traía texto nuevo" in told and "no se envió nada al cliente" in told
+    desk.agent_reply(
+        notification, "", attachments=[("recibo.pdf", "application/pdf", b"%PDF-1.4")]
+    )
+    assert len(desk.to(CUSTOMER)) == to_customer
+    assert "Adjuntos no enviados: recibo.pdf" in text(desk.last_to(AGENT))
+
+
+def test_attachments_of_a_relayed_reply_are_named_back_to_the_agent(desk: Desk) -> None:
+    desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(
+        notification,
+        "Le envío su recibo corregido.",
+        attachments=[("recibo.pdf", "application/pdf", b"%PDF-1.4")],
+    )
+    assert "Le envío su recibo corregido." in text(desk.last_to(CUSTOMER))
+    told = text(desk.last_to(AGENT))
+    assert "se envió al cliente, pero sus adjuntos no" in told
+    assert "recibo.pdf" in told and CUSTOMER in told
+
+
+def test_a_reply_on_a_case_without_a_customer_address_tells_the_agent(desk: Desk) -> None:
+    code, out, err = desk.cli(
+        "cases", "open", "--channel", "phone", "--subject", "Llamada: sin servicio",
+        "--text", "Llamó sin dejar correo.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    folio = json.loads(out)["folio"]
+    notification = desk.last_to(NOTIFY)
+    assert folio in notification["Subject"]
+    desk.agent_reply(notification, "Mañana pasamos a revisar.")
+    told = text(desk.last_to(AGENT))
+    assert "no tiene correo del cliente" in told
+    assert [m["kind"] for m in desk.case(folio)["messages"]][-2:] == ["agent", "notice"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "line", "sentence"),
+    [
+        # A note's text would go to the customer as the causes.
+        ("#resolver procedente\n#nota\nEl cliente tiene adeudo.", "#nota", "contradice"),
+        ("#resolver procedente\n#resolver improcedente\nSe cambió.", "#resolver improcedente",
+         "una sola vez"),
+        ("#cerrar\n#reabrir", "#reabrir", "contradice"),
+        ("#resolver procedente", "#resolver procedente", "faltan las causas"),
+        ("#visita 2001-01-01 10:00", "#visita 2001-01-01 10:00", "ya pasaron"),
+    ],
+)  # fmt: skip
+def test_commands_that_cannot_apply_run_nothing_and_say_why(
+    desk: Desk, reply: str, line: str, sentence: str
+) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, reply)
+    detail = desk.case(folio)
+    assert (detail["status"], detail["outcome"], detail["visit"]) == ("open", None, None)
+    assert len(desk.to(CUSTOMER)) == to_customer
+    error = text(desk.last_to(AGENT))
+    assert f"  {line}\n    → " in error and sentence in error
+
+
+def test_a_closed_case_is_reopened_before_it_is_resolved_again(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "#cerrar")
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "#resolver improcedente\nNo hubo falla.")
+    assert desk.case(folio)["status"] == "closed"
+    assert len(desk.to(CUSTOMER)) == to_customer
+    assert "escriba #reabrir" in text(desk.last_to(AGENT))
+    desk.agent_reply(notification, "#reabrir\n#resolver improcedente\nNo hubo falla.")
+    assert desk.case(folio)["status"] == "resolved"
+    assert "improcedente" in text(desk.last_to(CUSTOMER)).lower()
+    # The command line refuses the same, with one sentence.
+    assert desk.cli("cases", "close", folio)[0] == 0
+    for args in (
+        ("resolve", folio, "--outcome", "valid", "--cause", "Listo."),
+        ("visit", folio, "--date", "2099-12-03"),
+        ("route", folio, "--area", "redes"),
+    ):
+        code, _, err = desk.cli("cases", *args)
+        assert code == 1, err
+        assert err.strip() == (
+            f"mailcase: case {folio} is closed: reopen it first (mailcase cases reopen {folio})"
+        )
+    assert len(desk.to(CUSTOMER)) == to_customer + 1
+
+
+def test_the_cli_refuses_a_resolution_without_causes_and_a_past_visit(desk: Desk) -> None:
+    folio = desk.open_case()
+    code, _, err = desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "  ")
+    assert code == 1 and "needs the causes (--cause)" in err
+    code, _, err = desk.cli("cases", "visit", folio, "--date", "2026-01-05", "--time", "10:00")
+    assert code == 1 and "the visit 2026-01-05 10:00 for case" in err and "is in the past" in err
+    detail = desk.case(folio)
+    assert (detail["status"], detail["visit"]) == ("open", None)
+
+
+def test_a_reply_within_the_window_reopens_a_case_that_closed_since(desk: Desk) -> None:
+    # The resolution notice promises cases.reopen_days (30); the case closes by itself
+    # after cases.close_after_days (7), or an agent closes it.
+    folio = desk.open_case()
+    assert desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")[0] == 0
+    assert desk.cli("cases", "close", folio)[0] == 0
+    desk.deliver(mail(subject=f"Re: [Folio {folio}] Sin servicio", body="Volvió a fallar."))
+    assert len(desk.cli.json("cases", "list")) == 1
+    assert desk.case(folio)["status"] == "open"
+    assert "Volvió a fallar." in text(desk.last_to(NOTIFY))

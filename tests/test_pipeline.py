@@ -375,8 +375,8 @@ def test_english_visit_notice_writes_the_date_in_english(
     mailboxes.append("contacto", mail(subject="No internet"))
     cli.poll()
     [case] = cli.json("cases", "list")
-    code, _, err = cli("cases", "visit", case["folio"], "--date", "2026-12-03", "--time", "10:00")
+    code, _, err = cli("cases", "visit", case["folio"], "--date", "2099-12-03", "--time", "10:00")
     assert code == 0, err
     visit = sink.messages[-1].message.get_body(("plain",)).get_content()
-    assert "Thursday, December 3, 2026" in visit and "10:00" in visit
+    assert "Thursday, December 3, 2099" in visit and "10:00" in visit
     assert "jueves" not in visit

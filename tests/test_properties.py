@@ -511,20 +511,23 @@ def test_triage_decisions_are_consistent(
     if not sender:
         assert decision.disposition is Disposition.QUARANTINED
         return
-    # Only a resolved case reopens, and only by a follow-up.
+    # Only a case that was resolved (and may have closed since) reopens, and only by a
+    # follow-up within the window.
     if decision.reopen:
         assert decision.disposition is Disposition.FOLLOW_UP
-        assert decision.case is not None and decision.case.status == "resolved"
+        assert decision.case is not None and decision.case.status in ("resolved", "closed")
+        assert decision.case.status == "resolved" or decision.case.resolved_at is not None
     # Only a configured agent with proof acts as an agent.
     if decision.role is Role.AGENT:
         assert sender == AGENT_ADDRESS
         assert facts.signed_case is not None or facts.sender_authenticated
-    # A follow-up joins a case that is named, and that is not closed.
+    # A follow-up joins a case that is named, and that is not closed (unless it reopens it).
     if decision.disposition is Disposition.FOLLOW_UP:
         named = [facts.signed_case, facts.by_reference, *facts.by_folio]
         assert decision.case in named
         if decision.role is Role.CUSTOMER:
-            assert decision.case is not None and decision.case.status != "closed"
+            assert decision.case is not None
+            assert decision.case.status != "closed" or decision.reopen
             assert decision.case == facts.by_reference or decision.case.admits(sender)
 
 

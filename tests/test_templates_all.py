@@ -10,6 +10,7 @@ from helpers import COMPANY, FOLIO
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailcase.casework import CASE_PROBLEM_CODES
 from mailcase.commands import COMMAND_FORMS, CONFIG_PROBLEM_CODES, PROBLEM_CODES
 from mailcase.render import render_body, shipped_templates
 
@@ -81,6 +82,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "subject": "Re: [Folio PLR-2026-000123] Sin servicio",
         "company": COMPANY,
     },
+    "not_relayed": {
+        "folio": FOLIO,
+        "reason": "attachments",
+        "attachments": ["recibo.pdf", "foto.jpg"],
+        "customer": "juan.perez@example.com",
+        "mailbox_address": "contacto@internet-plarey.com.mx",
+        "company": COMPANY,
+    },
     "delivery_failed": {
         "folio": FOLIO,
         "recipient": "juan.perez@example.com",
@@ -94,7 +103,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
 # agent writes their own greeting), so customer_name is accepted but unused.
 OPTIONAL = {"visit": {"visit_date_text"}, "relay": {"customer_name"}}
 CUSTOMER_FACING = ("relay", "resolution_valid", "resolution_invalid", "visit")
-AGENT_ONLY = ("agent_notification", "command_error", "unverified_agent", "delivery_failed")
+AGENT_ONLY = (
+    "agent_notification",
+    "command_error",
+    "unverified_agent",
+    "delivery_failed",
+    "not_relayed",
+)
 
 
 def context(kind: str, **changes: Any) -> dict[str, Any]:
@@ -274,7 +289,7 @@ def test_agent_notification_shows_the_case_and_how_to_use_commands(language: str
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_command_error_explains_every_problem_code(language: str) -> None:
-    codes = PROBLEM_CODES + CONFIG_PROBLEM_CODES
+    codes = PROBLEM_CODES + CONFIG_PROBLEM_CODES + CASE_PROBLEM_CODES
     problems = [{"line": f"#line-{code}", "problem": code} for code in codes]
     body = render_body("command_error", language, context("command_error", problems=problems))
     fallback = {"es": "no se pudo interpretar.", "en": "could not be understood."}[language]
