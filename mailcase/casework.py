@@ -247,8 +247,13 @@ def notify_agents(
     text: str = "",
     attachments: Sequence[str] = (),
     to: str | None = None,
+    note: str = "",
 ) -> None:
-    """Tell ``agents.notify`` (or ``to``) about the case: new, update, reopened or routed."""
+    """Tell ``agents.notify`` (or ``to``) about the case: new, update, reopened or routed.
+
+    ``text`` is the customer's words; ``note`` what the agent who routed the
+    case wrote for the area.
+    """
     rcpt = to or settings.agents.notify
     if not rcpt:
         return
@@ -258,7 +263,12 @@ def notify_agents(
         case,
         "agent_notification",
         to=rcpt,
-        context={"reason": reason, "text": text, "attachments": list(attachments)},
+        context={
+            "reason": reason,
+            "text": text,
+            "attachments": list(attachments),
+            "note": note.strip(),
+        },
     )
 
 
@@ -347,8 +357,14 @@ def schedule_visit(
         )
 
 
-def route(session: Session, settings: Settings, case: Case, area: str, *, by: str) -> None:
-    """Route ``case`` to ``area`` (from ``[areas]``) and notify that area."""
+def route(
+    session: Session, settings: Settings, case: Case, area: str, *, by: str, note: str = ""
+) -> None:
+    """Route ``case`` to ``area`` (from ``[areas]``) and notify that area.
+
+    The area's notice carries the customer's last message and the routing
+    agent's ``note``: the area must be able to answer from it alone.
+    """
     if area not in settings.areas:
         known = ", ".join(sorted(settings.areas)) or "none configured"
         raise CaseworkError(f"unknown area {area!r} (areas: {known})")
@@ -357,7 +373,15 @@ def route(session: Session, settings: Settings, case: Case, area: str, *, by: st
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", f"routed to area {area}", from_addr=by)
-    notify_agents(session, settings, case, "routed", to=settings.areas[area].notify)
+    last = session.exec(
+        select(CaseMessage.text)
+        .where(CaseMessage.case_id == case.id, CaseMessage.kind == "customer")
+        .order_by(col(CaseMessage.id).desc())
+    ).first()
+    notify_agents(
+        session, settings, case, "routed", text=last or "", to=settings.areas[area].notify,
+        note=note,
+    )  # fmt: skip
 
 
 def close(session: Session, case: Case, *, by: str) -> None:

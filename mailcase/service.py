@@ -832,7 +832,7 @@ def _run_command(
         hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
         casework.schedule_visit(session, settings, case, command.visit_date, hour, by=by)
     elif kind is CommandKind.ROUTE and command.area:
-        casework.route(session, settings, case, command.area, by=by)
+        casework.route(session, settings, case, command.area, by=by, note=text)
     elif kind is CommandKind.CLOSE:
         casework.close(session, case, by=by)
     elif kind is CommandKind.REOPEN:

@@ -340,6 +340,11 @@ def test_route_to_area_notifies_that_area(desk: Desk) -> None:
     assert desk.case(folio)["area"] == "redes"
     routed = desk.last_to("redes@internet-plarey.com.mx")
     assert folio in routed["Subject"]
+    # The area can answer from the notice alone: the complaint and why it was routed.
+    body = text(routed)
+    assert "al área redes" in body
+    assert "Nota de quien lo turnó:\nRevisar nodo 4.\n" in body
+    assert "desde ayer no tengo internet" in body.split("Mensaje del cliente:", 1)[1]
 
 
 def test_agent_writing_directly_to_customer_is_recorded_not_resent(desk: Desk) -> None:
@@ -522,9 +527,7 @@ def test_a_reply_with_nothing_new_relays_nothing_and_tells_the_agent(desk: Desk)
     assert len(desk.to(CUSTOMER)) == to_customer
     told = text(desk.last_to(AGENT))
     assert "no traía texto nuevo" in told and "no se envió nada al cliente" in told
-    desk.agent_reply(
-        notification, "", attachments=[("recibo.pdf", "application/pdf", b"%PDF-1.4")]
-    )
+    desk.agent_reply(notification, "", attachments=[("recibo.pdf", "application/pdf", b"%PDF-1.4")])
     assert len(desk.to(CUSTOMER)) == to_customer
     assert "Adjuntos no enviados: recibo.pdf" in text(desk.last_to(AGENT))
 

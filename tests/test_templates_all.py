@@ -34,6 +34,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "area": "",
         "commands": list(COMMAND_FORMS),
         "reason": "new",
+        "note": "",
         "company": COMPANY,
     },
     "relay": {
