@@ -7,10 +7,16 @@ can rely on:
 
 * every string is valid Unicode that both databases can store (undecodable
   bytes and NUL become U+FFFD, never an exception);
-* addresses are lower-cased addr-specs; Message-IDs keep their angle brackets
-  (``<id@host>``) so they compare exactly as they appear in References;
-* ``text`` is the readable body: the first text/plain part, or, for HTML-only
-  mail, the HTML turned into text with no tags and no script or style content.
+* addresses are lower-cased addr-specs, never taken from an RFC 2047 encoded
+  word; Message-IDs keep their angle brackets (``<id@host>``) so they compare
+  exactly as they appear in References, and an empty one (``<>``) is none;
+* ``text`` is the readable body of the message itself (never of a message
+  attached to it): its text/plain parts, or, for HTML-only mail, the HTML
+  turned into text with no tags and no script or style content; decoded here
+  (not by mail-parser) by the charset rules of the WHATWG Encoding Standard
+  that mail clients follow (iso-8859-1 and us-ascii labels mean windows-1252);
+* every attachment is kept, a part without a file name under a generated one
+  (``attachment-1.jpg``).
 
 :func:`parse_inbound` raises :class:`~mailcase.errors.MessageError` only when
 the bytes cannot be read as a message at all; the caller quarantines it.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import contextlib
 import email
 import email.policy
@@ -30,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
+from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
 from types import MappingProxyType
@@ -173,15 +181,18 @@ def parse_inbound(
         raise MessageError(
             f"MIME structure nested {depth} deep, more than the limit of {max_depth}"
         )
-    headers = _collect_headers(message)
+    headers, address_fields = _collect_headers(message)
     try:
+        # Before mail-parser reads the parts: it must see the names given to unnamed ones.
+        plain_parts, html_parts = _sort_parts(message)
         parsed = _read_body(message)
+        text = _body_text(plain_parts, html_parts)
     except Exception as exc:  # mail-parser raises many types for broken input
         raise MessageError(f"cannot parse message: {type(exc).__name__}: {exc}") from exc
-    from_pairs = _addresses(headers.get("from", ()))
+    from_pairs = _addresses(address_fields.get("from", ()))
     from_address = from_pairs[0][1] if from_pairs else ""
     sender_name = from_pairs[0][0] if from_pairs else ""
-    reply_to = tuple(addr for _, addr in _addresses(headers.get("reply-to", ())))
+    reply_to = tuple(addr for _, addr in _addresses(address_fields.get("reply-to", ())))
     sender = from_address
     web_form = {s.lower() for s in web_form_senders}
     if from_address in web_form and reply_to:
@@ -193,15 +204,15 @@ def parse_inbound(
         sender=sender,
         sender_name=sender_name,
         from_address=from_address,
-        to=tuple(addr for _, addr in _addresses(headers.get("to", ()))),
-        cc=tuple(addr for _, addr in _addresses(headers.get("cc", ()))),
+        to=tuple(addr for _, addr in _addresses(address_fields.get("to", ()))),
+        cc=tuple(addr for _, addr in _addresses(address_fields.get("cc", ()))),
         reply_to=reply_to,
         subject=_one_line(headers.get("subject", ("",))[0]),
         message_id=_first_msgid(headers.get("message-id", ())),
         in_reply_to=_msgids(headers.get("in-reply-to", ())),
         references=_msgids(headers.get("references", ())),
         date=_date(headers.get("date", ())),
-        text=_body_text(parsed),
+        text=text,
         attachments=tuple(_attachments(parsed)),
         headers=MappingProxyType(headers),
         content_type=_content_type(message.get_content_type()),
@@ -284,22 +295,100 @@ def _mime_depth(message: Any) -> int:
     return deepest
 
 
-def _decode_header_value(value: Any) -> str:
-    """Decode a raw header value (RFC 2047 words, or raw 8-bit bytes) into clean Unicode.
+# WHATWG Encoding Standard (section 4.2, "Names and labels"): every label of
+# windows-1252. Browsers and mail clients decode text so labelled as
+# windows-1252, because Windows mailers label their curly quotes, dashes and
+# euro signs (bytes 0x80-0x9F) as iso-8859-1 or us-ascii; read as Latin-1 those
+# bytes are invisible C1 controls. iso-8859-15 is not among them: it differs
+# from windows-1252 in other positions too (0xA4 is the euro sign).
+_WINDOWS_1252_LABELS = frozenset(
+    {
+        *("ansi_x3.4-1968", "ascii", "cp1252", "cp819", "csisolatin1", "ibm819"),
+        *("iso-8859-1", "iso-ir-100", "iso8859-1", "iso88591", "iso_8859-1"),
+        *("iso_8859-1:1987", "l1", "latin1", "us-ascii", "windows-1252", "x-cp1252"),
+    }
+)
+# Of those, the labels that promise 7-bit text. 8-bit text under them (or under
+# no label at all) is whatever the sender's machine wrote: UTF-8 when it decodes
+# as such (an invalid UTF-8 sequence in Latin text is very unlikely), else
+# windows-1252, the rule raw 8-bit headers follow too.
+_ASCII_LABELS = frozenset({"ansi_x3.4-1968", "ascii", "us-ascii"})
+# windows-1252 as the WHATWG defines it: the five bytes Python's cp1252 leaves
+# undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) are the C1 controls of the same
+# number, so decoding never fails.
+_WINDOWS_1252_TABLE = "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in range(256))
 
-    Never raises. Raw 8-bit headers are common (RFC 6532 allows UTF-8; older
-    clients send Latin-1): the stdlib keeps their bytes as surrogate escapes,
-    which are recovered here and decoded as UTF-8, else as Windows-1252.
+
+def _windows_1252(data: bytes) -> str:
+    """``data`` as WHATWG windows-1252; never raises."""
+    return codecs.charmap_decode(data, "strict", _WINDOWS_1252_TABLE)[0]
+
+
+def _utf8_else_windows_1252(data: bytes) -> str:
+    """``data`` as UTF-8 when it is valid UTF-8, else as windows-1252; never raises."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _windows_1252(data)
+
+
+def _decode_text(data: bytes, charset: str | None) -> str:
+    """Text bytes labelled ``charset`` (None: no label) as Unicode; never raises.
+
+    Unlabelled and ASCII-labelled bytes: UTF-8, else windows-1252. Every other
+    WHATWG label of windows-1252: windows-1252. Any other charset Python knows:
+    that charset; bytes invalid in it are UTF-8 when they decode as such (mail
+    converted to UTF-8 keeps its old label), else that charset with U+FFFD for
+    what it cannot read. An unknown or unusable label: as if there were none.
+    The result may hold lone surrogates or NUL (``_clean`` removes them).
+    """
+    label = (charset or "").strip().lower()
+    if not label or label in _ASCII_LABELS:
+        return _utf8_else_windows_1252(data)
+    if label in _WINDOWS_1252_LABELS:
+        return _windows_1252(data)
+    try:
+        return data.decode(label)
+    except UnicodeDecodeError:
+        with contextlib.suppress(UnicodeDecodeError):
+            return data.decode("utf-8")
+        return data.decode(label, "replace")
+    except (LookupError, ValueError):
+        # Unknown name, a non-text codec ("base64"), a NUL in the name, or a codec
+        # that refuses to decode at all ("undefined" raises a bare UnicodeError).
+        return _utf8_else_windows_1252(data)
+
+
+def _recover_8bit(value: Any) -> str:
+    """A raw header value as Unicode, its raw 8-bit bytes decoded; encoded words untouched.
+
+    Raw 8-bit headers are common (RFC 6532 allows UTF-8; older clients send
+    Latin-1): the stdlib keeps their bytes as surrogate escapes, which are
+    recovered here and decoded as UTF-8, else as windows-1252.
     """
     text = str(value)
     if any("\udc80" <= c <= "\udcff" for c in text):
-        raw = text.encode("ascii", "surrogateescape")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("cp1252", "replace")
+        text = _utf8_else_windows_1252(text.encode("ascii", "surrogateescape"))
+    return text
+
+
+def _decode_words(text: str) -> str:
+    """``text`` with its RFC 2047 encoded words decoded; never raises."""
     try:
-        text = str(make_header(decode_header(text)))
+        words = decode_header(text)
+        if len(words) > 1 or words[0][1] is not None:  # else: no encoded word at all
+            # Encoded words labelled with a windows-1252 label are decoded by the
+            # WHATWG rule, as bodies are (_decode_text); handed on as Unicode. A
+            # non-ASCII charset name keeps make_header's spacing between words.
+            words = [
+                (_decode_text(data, charset), "utf-8")
+                if isinstance(data, bytes)
+                and charset in _WINDOWS_1252_LABELS
+                and not data.isascii()
+                else (data, charset)
+                for data, charset in words
+            ]
+            text = str(make_header(words))
     except Exception:
         # make_header gives up on the whole value for one bad encoded word (an
         # unknown charset such as =?x-unknown?q?...?=, bytes invalid in the
@@ -308,7 +397,7 @@ def _decode_header_value(value: Any) -> str:
         # word on its own and replaces what it cannot read; else keep the text.
         with contextlib.suppress(Exception):
             text = str(email.policy.default.header_factory("x-unstructured", text))
-    return _clean(text)
+    return text
 
 
 def _clean(text: str) -> str:
@@ -323,13 +412,38 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _collect_headers(message: Any) -> dict[str, tuple[str, ...]]:
+# RFC 5322 3.6.2 and 3.6.3 address fields, and their Resent- forms (3.6.6).
+_ADDRESS_FIELDS = frozenset(
+    {
+        *("from", "sender", "reply-to", "to", "cc", "bcc"),
+        *("resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc"),
+    }
+)
+
+
+def _collect_headers(
+    message: Message,
+) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """Every header, decoded; and the address fields, with their encoded words undecoded.
+
+    The first mapping is lower-cased name -> decoded values (``InboundMail.headers``).
+    The second holds only the fields of ``_ADDRESS_FIELDS``, their raw 8-bit bytes
+    decoded but their RFC 2047 encoded words left as they are, for :func:`_addresses`.
+    """
     headers: dict[str, list[str]] = {}
+    address_fields: dict[str, list[str]] = {}
     # raw_items(): the values as they were on the wire, before compat32 turns
     # 8-bit ones into opaque Header objects.
     for name, value in message.raw_items():
-        headers.setdefault(str(name).lower(), []).append(_decode_header_value(value))
-    return {name: tuple(values) for name, values in headers.items()}
+        key = str(name).lower()
+        text = _recover_8bit(value)
+        headers.setdefault(key, []).append(_clean(_decode_words(text)))
+        if key in _ADDRESS_FIELDS:
+            address_fields.setdefault(key, []).append(text)
+    return (
+        {name: tuple(values) for name, values in headers.items()},
+        {name: tuple(values) for name, values in address_fields.items()},
+    )
 
 
 # Bounds on what a header may give us; beyond them a value is not an address
@@ -341,11 +455,20 @@ MAX_CONTENT_TYPE = 255  # RFC 6838 4.2: type and subtype names of at most 127 ea
 
 
 def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
+    """(display name, addr-spec) pairs of address field values with encoded words undecoded.
+
+    Guarantees: each addr-spec is lower-cased, holds an "@" and no space, and is
+    at most MAX_ADDRESS long, exactly as written in the field: RFC 2047 section 5
+    forbids encoded words in an addr-spec, so the field is parsed before any is
+    decoded (decoding first let ``From: =?utf-8?q?Ana_=3Cana=40x=2Ecom=3E=2C?=
+    <mallory@y.com>`` name ana@x.com as its sender). Only the display names are
+    decoded, into one line of at most MAX_NAME characters.
+    """
     pairs = []
     for name, addr in getaddresses(list(values)):
-        addr = addr.strip().lower()
+        addr = _clean(addr).strip().lower()
         if "@" in addr and not any(c.isspace() for c in addr) and len(addr) <= MAX_ADDRESS:
-            pairs.append((_one_line(name)[:MAX_NAME], addr))
+            pairs.append((_one_line(_clean(_decode_words(name)))[:MAX_NAME], addr))
     return pairs
 
 
@@ -366,21 +489,35 @@ def _content_type(value: object) -> str:
 
 
 def _first_msgid(values: Iterable[str]) -> str | None:
-    ids = _msgids(values)
+    """The message's own id as ``<id>``, or None when it has no usable one.
+
+    Guarantees: the id is ``<``, printable ASCII without spaces or angle brackets
+    holding at least one letter or digit, then ``>``. ``<>``, ``< >``, ``<<>>``
+    and the like are no id (dedup then falls back to the content hash): taken as
+    one, every such message was a duplicate of the first. Ids without an "@"
+    are kept: Exchange and other real mailers write ``<0000ff00-2222-...>``.
+    """
+    ids = [msgid for msgid in _msgids(values) if _usable_msgid(msgid[1:-1])]
     if ids:
         return ids[0]
     # Some mailers omit the brackets; keep a bare token rather than lose the id.
     for value in values:
         token = value.strip()
         if (
-            token
-            and token.isascii()
+            token.isascii()
             and token.isprintable()
             and " " not in token
             and len(token) < 500
+            and _usable_msgid(token)
         ):
             return f"<{token}>"
     return None
+
+
+def _usable_msgid(inner: str) -> bool:
+    # No bracket inside (a "<>" token became "<<>>"), and at least one letter or
+    # digit: "<>", "<@>" or "<.>" are placeholders that many senders share.
+    return "<" not in inner and ">" not in inner and any(c.isalnum() for c in inner)
 
 
 def _date(values: tuple[str, ...]) -> datetime | None:
@@ -397,15 +534,118 @@ def _date(values: tuple[str, ...]) -> datetime | None:
     return parsed
 
 
-def _body_text(parsed: Any) -> str:
-    plain = [p for p in (parsed.text_plain or []) if p and p.strip()]
+_BODY_TYPES = frozenset({"text/plain", "text/html"})
+# Extensions for generated attachment names, by content type. A fixed table:
+# mimetypes.guess_extension would read /etc/mime.types (I/O, and a different
+# answer on every system).
+_EXTENSIONS = MappingProxyType(
+    {
+        **{"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif"},
+        **{"image/webp": ".webp", "image/heic": ".heic", "image/bmp": ".bmp"},
+        **{"image/tiff": ".tif", "application/pdf": ".pdf", "application/zip": ".zip"},
+        **{"application/msword": ".doc", "application/vnd.ms-excel": ".xls"},
+        **{
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
+        },
+        **{"text/plain": ".txt", "text/html": ".html", "text/csv": ".csv"},
+        **{"text/calendar": ".ics", "application/ics": ".ics", "text/rtf": ".rtf"},
+        **{"application/rtf": ".rtf", "audio/mpeg": ".mp3", "video/mp4": ".mp4"},
+        **{"message/rfc822": ".eml", "message/global": ".eml"},
+        **{"application/pgp-signature": ".asc", "application/pkcs7-signature": ".p7s"},
+    }
+)
+
+
+def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
+    """The text/plain and the text/html parts of ``message``'s own body, in order.
+
+    Also names every other leaf part that has no file name (and no Content-ID,
+    by which mail-parser names inline images) ``attachment-N.ext``, N counting
+    from 1 in the message's part order, the extension from its content type
+    where known, and marks it ``Content-Disposition: attachment``, so that
+    mail-parser keeps it as an attachment: it drops unnamed parts that are not
+    text (a photo or a PDF sent without a name), and names unnamed text
+    attachments at random. Never looks inside a message/* part (an attached
+    message is one attachment: its text is not this message's body).
+    """
+    plain: list[Message] = []
+    html: list[Message] = []
+    generated = 0
+    stack: list[tuple[Message, bool]] = [(message, False)]
+    while stack:
+        part, in_attachment = stack.pop()
+        content_type = part.get_content_type()
+        maintype = content_type.partition("/")[0]
+        disposition = part.get_content_disposition()
+        named = bool(part.get_filename())
+        payload = part.get_payload()
+        if maintype == "multipart" and isinstance(payload, list):
+            # RFC 2183 section 2.9: a container's disposition covers its parts. The
+            # text of an attached multipart is not the body (mail-parser's rule).
+            in_attachment = in_attachment or (
+                disposition not in (None, "inline") or (named and disposition != "inline")
+            )
+            stack.extend(
+                (child, in_attachment) for child in reversed(payload) if isinstance(child, Message)
+            )
+            if disposition != "attachment" or named:
+                continue  # else mail-parser keeps the whole of it: name it below
+        elif (
+            content_type in _BODY_TYPES
+            and not in_attachment
+            and disposition != "attachment"
+            and (not named or disposition == "inline")
+        ):
+            # mail-parser's body parts, as it picks them. A named text part is
+            # body text only when inline (Apple Mail); mail-parser keeps it as
+            # an attachment too.
+            (plain if content_type == "text/plain" else html).append(part)
+            continue
+        elif maintype == "message" and disposition != "attachment":
+            # Forwarded mail (message/rfc822), a bounce's report and returned
+            # message: mail-parser keeps a message part (a container to it) only
+            # when its disposition is "attachment", and else drops it.
+            if named:
+                _set_disposition_type(part, "attachment")
+                continue
+        elif named or (part.get("content-id") and content_type not in _BODY_TYPES):
+            continue  # mail-parser keeps it under its own name, or its Content-ID
+        generated += 1
+        name = f"attachment-{generated}{_EXTENSIONS.get(content_type, '')}"
+        del part["content-disposition"]
+        part["Content-Disposition"] = f'attachment; filename="{name}"'
+    return plain, html
+
+
+def _set_disposition_type(part: Message, disposition: str) -> None:
+    """Make ``disposition`` the disposition type of ``part``, its parameters kept as written."""
+    for name, value in part.raw_items():
+        if name.lower() == "content-disposition":
+            _, semicolon, params = str(value).partition(";")
+            part.replace_header(name, disposition + semicolon + params)
+            return
+    part["Content-Disposition"] = disposition
+
+
+def _body_text(plain_parts: Iterable[Message], html_parts: Iterable[Message]) -> str:
+    """The readable text of the body: its text/plain parts, else its HTML as text."""
+    plain = [t for t in map(_part_text, plain_parts) if t.strip()]
     if plain:
         text = "\n".join(plain)
     else:
-        html = "\n".join(p for p in (parsed.text_html or []) if p)
+        html = "\n".join(t for t in map(_part_text, html_parts) if t)
         text = html_to_text(html) if html else ""
     text = _clean(text).replace("\r\n", "\n").replace("\r", "\n")
     return text.strip("\n")
+
+
+def _part_text(part: Message) -> str:
+    """A text part's content, transfer encoding and charset decoded (see _decode_text)."""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes) or not data:
+        return ""
+    return _decode_text(data, part.get_content_charset())
 
 
 def _attachments(parsed: Any) -> Iterable[Attachment]:
