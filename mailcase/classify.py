@@ -4,16 +4,20 @@ A help desk that answers bounces, out-of-office replies or newsletters talks to
 machines, and two help desks answering each other loop forever. The rules run
 in a fixed order and the first that matches decides:
 
-1. ``BOUNCE``: a delivery-status report (RFC 3464), a null ``Return-Path``
-   (RFC 5321 section 4.5.5), mail from ``MAILER-DAEMON`` or ``postmaster``, or
-   Exim's and Gmail's ``X-Failed-Recipients``.
+1. ``BOUNCE``: a delivery-status report (RFC 3464), mail from ``MAILER-DAEMON``
+   or ``postmaster``, or Exim's and Gmail's ``X-Failed-Recipients``. These win
+   over ``Auto-Submitted``: Exim and Gmail put ``Auto-Submitted: auto-replied``
+   on their bounces too.
 2. ``AUTO_REPLY``: ``Auto-Submitted`` other than ``no`` (RFC 3834), the
    ``X-Autoreply``/``X-Autorespond``/``X-Autoresponder``/``X-Auto-Response-Suppress``
    headers, our own loop header or our own address, any other
    ``multipart/report`` (read receipts per RFC 8098, abuse reports per
    RFC 5965), ``Precedence: auto_reply``, or a vacation subject.
-3. ``BULK``: ``Precedence: bulk|list|junk`` or RFC 2369/2919 list headers.
-4. ``CUSTOMER`` otherwise.
+3. ``BOUNCE`` again for a null ``Return-Path`` (RFC 5321 section 4.5.5) with
+   none of the above: out-of-office replies travel with the null path too
+   (RFC 3834 section 3.3), so it is weaker evidence than rule 2's headers.
+4. ``BULK``: ``Precedence: bulk|list|junk`` or RFC 2369/2919 list headers.
+5. ``CUSTOMER`` otherwise.
 
 Every decision carries a ``reason`` naming the header or rule, for the log.
 """
@@ -144,18 +148,22 @@ def classify(mail: InboundMail, *, own_addresses: frozenset[str] = frozenset()) 
     treated as an auto-reply, so mailcase never answers itself.
 
     Guarantees: never raises for any :class:`InboundMail`; the first matching
-    rule (bounce, then auto-reply, then bulk) decides; ``reason`` names the
-    header and value or the rule that matched, and is ``""`` exactly when the
-    kind is ``CUSTOMER``.
+    rule (bounce evidence, then auto-reply, then a null Return-Path, then bulk)
+    decides; ``reason`` names the header and value or the rule that matched,
+    and is ``""`` exactly when the kind is ``CUSTOMER``.
     """
-    # A delivery report is a bounce whatever else it carries; after that the
-    # auto-reply headers come before the null Return-Path, because Exchange
-    # and others send out-of-office replies with "Return-Path: <>" too, and
-    # only true bounces may mark one of our notices as undeliverable.
+    # A delivery report, a MAILER-DAEMON/postmaster sender or X-Failed-Recipients
+    # is a bounce whatever else it carries: Exim and Gmail add
+    # "Auto-Submitted: auto-replied" to their plain-text bounces, and read as
+    # auto-replies they never marked our notice as undeliverable. The null
+    # Return-Path comes after the auto-reply headers, because Exchange and
+    # others send out-of-office replies with "Return-Path: <>" too, and only
+    # true bounces may mark one of our notices as undeliverable.
     return (
         _delivery_report(mail)
+        or _bounce_sender(mail)
         or _auto_reply(mail, own_addresses)
-        or _bounce(mail)
+        or _null_return_path(mail)
         or _bulk(mail)
         or _CUSTOMER
     )
@@ -192,19 +200,12 @@ def _report_type(mail: InboundMail) -> str:
     return match.group(1).lower() if match else ""
 
 
-def _bounce(mail: InboundMail) -> Classification | None:
+def _bounce_sender(mail: InboundMail) -> Classification | None:
+    """Bounce evidence that no auto-responder carries: the bounce sender, X-Failed-Recipients."""
+
     def bounce(reason: str) -> Classification:
         return Classification(MailKind.BOUNCE, reason)
 
-    if "return-path" in mail.headers:
-        return_path = mail.header("return-path").strip()
-        # RFC 5321 section 4.5.5: notifications are sent with the null
-        # reverse-path, which the delivering MTA records as "Return-Path: <>".
-        # GMX records it as an empty value; sendmail writes <MAILER-DAEMON>.
-        if _NULL_PATH.fullmatch(return_path):
-            return bounce(f"Return-Path: {return_path or '(empty)'}")
-        if _local_part(return_path) == "mailer-daemon":
-            return bounce(f"Return-Path: {_show(return_path)}")
     for field, address in (("From", mail.from_address), ("Sender", mail.sender)):
         if address and _local_part(address) in _BOUNCE_LOCAL_PARTS:
             return bounce(f"{field}: {_show(address)}")
@@ -213,6 +214,22 @@ def _bounce(mail: InboundMail) -> Classification | None:
     if "x-failed-recipients" in mail.headers:
         # Exim and Gmail list the addresses that failed in this header.
         return bounce(f"X-Failed-Recipients: {_show(mail.header('x-failed-recipients'))}")
+    return None
+
+
+def _null_return_path(mail: InboundMail) -> Classification | None:
+    """The null reverse-path: a bounce unless an auto-reply header said otherwise first."""
+    if "return-path" not in mail.headers:
+        return None
+    return_path = mail.header("return-path").strip()
+    # RFC 5321 section 4.5.5: notifications are sent with the null
+    # reverse-path, which the delivering MTA records as "Return-Path: <>".
+    # GMX records it as an empty value; sendmail writes <MAILER-DAEMON>, its
+    # spelling of the same null path, so it is no stronger than "<>".
+    if _NULL_PATH.fullmatch(return_path):
+        return Classification(MailKind.BOUNCE, f"Return-Path: {return_path or '(empty)'}")
+    if _local_part(return_path) == "mailer-daemon":
+        return Classification(MailKind.BOUNCE, f"Return-Path: {_show(return_path)}")
     return None
 
 

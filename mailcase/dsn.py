@@ -5,6 +5,11 @@ No I/O. Used when a bounce comes back for one of our notices: the report's
 the returned ``message/rfc822`` or ``text/rfc822-headers`` part carries the
 Message-ID of the notice that bounced. Never raises on malformed reports: what
 cannot be read is simply not reported.
+
+Not every report is a failure (RFC 3464 section 2.3.3): ``Action: failed`` is;
+``delayed`` is a warning from an MTA that keeps trying; ``delivered``,
+``relayed`` and ``expanded`` are successes. :attr:`DeliveryReport.is_failure`
+says which it is.
 """
 
 from __future__ import annotations
@@ -33,26 +38,75 @@ _RETURNED_TYPES = frozenset(
 )
 
 
+# RFC 3464 section 2.3.3: the five action-values and what each means for the sender.
+_FAILED = "failed"
+_DELAYED = "delayed"
+_SUCCESS_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
+_ACTIONS = frozenset({_FAILED, _DELAYED}) | _SUCCESS_ACTIONS
+_ACTION_WORD = re.compile(r"[a-z]+")
+
+
 @dataclass(frozen=True, slots=True)
-class FailedRecipient:
-    recipient: str
+class RecipientStatus:
+    """One per-recipient block of a report: who, what the MTA did, and why."""
+
+    recipient: str  # the address, lower-cased, without the "rfc822;" type
+    action: str  # one of the five RFC 3464 action-values, lower-case
     status: str  # e.g. "5.1.1"
-    diagnostic: str
+    diagnostic: str  # one line, at most 500 characters
+
+    @property
+    def failed(self) -> bool:
+        """Whether the MTA gave up on this recipient (``Action: failed``)."""
+        return self.action == _FAILED
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryReport:
-    recipients: tuple[FailedRecipient, ...]
+    """What a report says: every recipient block it carries, and the returned message's ids."""
+
+    statuses: tuple[RecipientStatus, ...]  # in report order; unknown actions left out
     message_ids: tuple[str, ...]  # Message-IDs of the returned message, as "<id>"
+
+    @property
+    def recipients(self) -> tuple[RecipientStatus, ...]:
+        """The recipients not delivered: failed, or delayed and still being tried."""
+        return tuple(s for s in self.statuses if s.action in (_FAILED, _DELAYED))
+
+    @property
+    def failed(self) -> tuple[RecipientStatus, ...]:
+        """The recipients the MTA gave up on (``Action: failed``)."""
+        return tuple(s for s in self.statuses if s.failed)
+
+    @property
+    def worst(self) -> RecipientStatus | None:
+        """The status that matters most: the first failure, else the first delay, else any."""
+        for wanted in (_FAILED, _DELAYED):
+            for status in self.statuses:
+                if status.action == wanted:
+                    return status
+        return self.statuses[0] if self.statuses else None
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the report is a failure, for a message already classified as a bounce.
+
+        True when a recipient failed, and when no per-recipient status could be
+        read at all: plain-text bounces (Exim, qmail, Gmail's text bounces) say
+        so only in prose. False for a report whose every status is a delay
+        (RFC 3464 section 2.3.3: a warning, the MTA keeps trying) or a success
+        (``delivered``, ``relayed``, ``expanded``).
+        """
+        return bool(self.failed) or not self.statuses
 
 
 def parse_dsn(raw: bytes) -> DeliveryReport:
-    """The failed recipients and the returned message's Message-IDs found in ``raw``."""
+    """Every recipient status and the returned message's Message-IDs found in ``raw``."""
     try:
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
     except Exception:  # the stdlib parser is lenient; belt and braces
         return DeliveryReport((), ())
-    recipients: list[FailedRecipient] = []
+    recipients: list[RecipientStatus] = []
     ids: dict[str, None] = {}
     for part in message.walk():
         ctype = part.get_content_type()
@@ -72,7 +126,7 @@ def parse_dsn(raw: bytes) -> DeliveryReport:
     return DeliveryReport(tuple(recipients), tuple(ids))
 
 
-def _recipients(part: Message) -> list[FailedRecipient]:
+def _recipients(part: Message) -> list[RecipientStatus]:
     payload = part.get_payload()
     blocks: list[Message] = []
     encoded = str(part.get("Content-Transfer-Encoding", "")).strip().lower() in _ENCODED
@@ -92,17 +146,30 @@ def _recipients(part: Message) -> list[FailedRecipient]:
         recipient = str(block.get("Final-Recipient") or block.get("Original-Recipient") or "")
         if not recipient:
             continue
-        action = str(block.get("Action") or "failed").strip().lower()
-        if action not in ("failed", "delayed"):
+        action = _action(str(block.get("Action") or _FAILED))
+        if action not in _ACTIONS:
             continue
         found.append(
-            FailedRecipient(
+            RecipientStatus(
                 recipient=recipient.split(";", 1)[-1].strip().lower(),
+                action=action,
                 status=str(block.get("Status") or "").strip(),
                 diagnostic=" ".join(str(block.get("Diagnostic-Code") or "").split())[:500],
             )
         )
     return found
+
+
+def _action(value: str) -> str:
+    """The action-value of an ``Action`` field, lower-case ("" when there is none).
+
+    RFC 3464 section 2.3.3 allows only the bare keyword, but some MTAs add a
+    comment after it ("failed (mailbox full)"); the first word decides. The
+    caller reads a block without ``Action`` (a required field) as a failure:
+    the message it came in was classified as a bounce.
+    """
+    match = _ACTION_WORD.match(value.strip().lower())
+    return match.group(0) if match else ""
 
 
 def _returned_ids(part: Message) -> list[str]:

@@ -841,7 +841,17 @@ def _run_command(
 
 
 def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> Case | None:
-    """A bounce of one of our notices: mark it failed on its case and tell the agents once."""
+    """A delivery report on one of our notices, recorded on its case; that case, or None.
+
+    A failure (a recipient with RFC 3464 ``Action: failed``, or a bounce with no
+    per-recipient status at all, as Exim, qmail and Gmail write them) marks the
+    notice failed, notes it on the case and tells the agents once. A delay
+    (``Action: delayed``) or a success (``delivered``, ``relayed``, ``expanded``)
+    leaves the notice as it is and tells nobody: it is only noted on the case
+    as a system message, so whoever wonders why the customer has not seen the
+    acknowledgement can read that it is late. No report opens a case or is
+    answered; a report naming none of our notices returns None.
+    """
     report = parse_dsn(raw)
     for message_id in report.message_ids:
         notice = session.exec(select(Notice).where(Notice.message_id == message_id)).first()
@@ -850,7 +860,22 @@ def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> Case | None:
         case = session.get(Case, notice.case_id)
         if case is None:
             return None
-        failed = report.recipients[0] if report.recipients else None
+        worst = report.worst
+        if not report.is_failure and worst is not None:
+            # RFC 3464 section 2.3.3: "delayed" is a warning from an MTA that keeps
+            # trying, and the other actions are successes; if it gives up later,
+            # its "failed" report marks the notice then.
+            later = "; the sending server keeps trying" if worst.action == "delayed" else ""
+            casework.record(
+                session,
+                case,
+                "system",
+                f"delivery of the {notice.kind} to {worst.recipient} {worst.action}: "
+                f"{worst.status} {worst.diagnostic}".strip()
+                + later,
+            )
+            return case
+        failed = worst if worst is not None and worst.failed else None
         recipient = failed.recipient if failed else notice.rcpt_to
         status = failed.status if failed else ""
         diagnostic = failed.diagnostic if failed else ""

@@ -405,7 +405,8 @@ def test_auto_submitted_outranks_everything_but_a_delivery_report(
     )
     result = classify(mail, own_addresses=frozenset({sender}))
     if result.kind is MailKind.BOUNCE:
-        # Only an RFC 3464 report is a bounce before it is an auto-reply.
+        # Only bounce evidence is a bounce before it is an auto-reply: here an RFC 3464
+        # report (these headers never hold a MAILER-DAEMON sender or X-Failed-Recipients).
         assert content_type in ("multipart/report", "message/delivery-status")
         assert result.reason.startswith("Content-Type: ")
     else:
@@ -894,12 +895,13 @@ def delivery_reports(draw: st.DrawFn) -> tuple[bytes, list[tuple[str, str, str, 
 
 @HEAVY
 @given(delivery_reports())
-def test_parse_dsn_reads_every_failed_recipient_and_the_returned_id(
+def test_parse_dsn_reads_every_failed_or_delayed_recipient_and_the_returned_id(
     generated: tuple[bytes, list[tuple[str, str, str, str]], str],
 ) -> None:
     raw, recipients, msgid = generated
     report = parse_dsn(raw)
     assert report.message_ids == (msgid,)
+    # .recipients: failed or delayed (only a failure marks a notice failed: .is_failure)
     failed = [r for r in recipients if r[1].lower() in ("failed", "delayed")]
     assert [(r.recipient, r.status) for r in report.recipients] == [
         (rcpt, status) for rcpt, _, status, _ in failed
