@@ -27,7 +27,13 @@ from sqlmodel import Session, col, select
 
 from mailcase import __version__
 from mailcase.casework import related_folios
-from mailcase.config import Settings, check_secrets, config_path, load_settings
+from mailcase.config import (
+    Settings,
+    check_ca_files,
+    check_secrets,
+    config_path,
+    load_settings,
+)
 from mailcase.errors import (
     EXIT_CONFIG,
     EXIT_DATABASE,
@@ -201,6 +207,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _db(args, settings)
     if args.command in ("poll", "run"):
         check_secrets(settings)
+        check_ca_files(settings)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "poll": _poll,
         "run": _run,
@@ -236,15 +243,26 @@ def _poll(args: argparse.Namespace, settings: Settings) -> int:
 
     rt = Runtime.open(settings)
     failed: list[MailboxError] = []
+    skipped: list[str] = []
     with _progress_bars(args.progress) as bars, DeliveryAlongside(rt.store, settings):
         for name in settings.mailboxes:
             try:
-                poll_mailbox(rt, name, bars(name) if bars else None)
+                report = poll_mailbox(rt, name, bars(name) if bars else None)
             except MailboxError as exc:
                 failed.append(exc)
                 record_mailbox_failure(rt, name, str(exc))
+            else:
+                if report.skipped:
+                    skipped.append(name)
     close_stale_cases(rt)
     deliver_outbox(rt.store, settings)
+    # A mailbox another instance is reading is not a failure of this host (exit 0),
+    # but it was not read here: said, so that a cron job's mail or a person sees it.
+    for name in skipped:
+        print(
+            f"mailcase: mailbox {name} skipped: another instance is polling it (lease held)",
+            file=sys.stderr,
+        )
     for failure in failed:
         print(f"mailcase: {failure}", file=sys.stderr)
     return EXIT_FAILURE if failed else EXIT_OK
@@ -315,6 +333,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(report)
         return EXIT_OK
     columns = ["mailbox", "last_success_at", "backlog", "consecutive_failures", "last_error"]
+    if any(m.get("backlog_error") for m in report["mailboxes"]):
+        # Why the backlog is blank: the mailbox could not be asked just now.
+        columns.append("backlog_error")
     _print_table(report["mailboxes"], columns, zone=settings.folio.zone)
     print()
     print("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))

@@ -23,6 +23,7 @@ import ipaddress
 import os
 import re
 import shlex
+import ssl
 import tomllib
 from collections.abc import Callable
 from datetime import datetime
@@ -40,7 +41,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from mailcase.errors import ConfigError
 
@@ -143,7 +149,21 @@ class _Secret(_Section):
             raise ValueError(f'auth = "oauth2" with a refresh token needs {", ".join(missing)}')
         url = urlsplit(self.token_url or "")
         if url.scheme not in ("https", "http") or not url.hostname:
-            raise ValueError(f"token_url {self.token_url!r} is not an http(s) URL")
+            raise ValueError(f"token_url {safe_url(self.token_url or '')!r} is not an http(s) URL")
+        if url.username is not None or url.password is not None:
+            # urllib would take "user:pass@host" for the host and quote it in its errors;
+            # the client's credentials belong in client_id and client_secret.
+            raise ValueError(
+                f"token_url {safe_url(self.token_url or '')} must not carry a user name or "
+                "password (use client_id and client_secret)"
+            )
+        try:
+            url.port  # noqa: B018 (urlsplit checks the port only when asked for it)
+        except ValueError:
+            raise ValueError(
+                f"token_url {safe_url(self.token_url or '')} has a port that is not a number "
+                "from 1 to 65535"
+            ) from None
         return self
 
     def resolved_password(self) -> str | None:
@@ -173,6 +193,23 @@ class _Secret(_Section):
         return None
 
 
+def safe_url(url: str) -> str:
+    """``url`` as it may be shown: scheme, host, port and path only.
+
+    A token_url can carry a credential in its userinfo (``https://user:pass@host/``)
+    or its query (``?client_secret=...``); neither may reach an error message or a log.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range: not shown (it could be a secret)
+        port = None
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+
+
 def _credential(key: str, name: str) -> Path:
     """The file of systemd credential ``name`` (``LoadCredential=``), named by ``key`` on error."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -186,6 +223,9 @@ def _read_secret(path: Path, what: str = "password file") -> str:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        # Not the bytes: they are (part of) the secret.
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start + 1})") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -218,8 +258,8 @@ class _Server(_Secret):
         cleartext = url.scheme == "http" and not _is_loopback(url.hostname or "")
         if cleartext and not self.allow_insecure:
             raise ValueError(
-                f"token_url {self.token_url} is plain http to a non-loopback host: use https, "
-                "or allow_insecure = true"
+                f"token_url {safe_url(self.token_url or '')} is plain http to a non-loopback "
+                "host: use https, or allow_insecure = true"
             )
         return self
 
@@ -366,7 +406,9 @@ class FolioSettings(_Section):
     def _timezone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        # OSError: a name that is a directory of the tz database ("America") or a
+        # file zoneinfo cannot open; ValueError: a file that is not a TZif zone.
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(
                 f"unknown time zone {value!r} (an IANA name such as America/Mexico_City)"
             ) from None
@@ -428,6 +470,15 @@ class LimitsSettings(_Section):
 class MetricsSettings(_Section):
     # "host:port" for Prometheus' /metrics, e.g. "127.0.0.1:9464"; unset: not served.
     listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$")
+
+    @field_validator("listen")
+    @classmethod
+    def _port(cls, value: str | None) -> str | None:
+        # The pattern allows five digits; a port above 65535 made the daemon crash
+        # with OverflowError when it bound the socket.
+        if value is not None and not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError(f"the port of {value!r} is not from 1 to 65535")
+        return value
 
 
 class LogSettings(_Section):
@@ -541,6 +592,37 @@ def _check_secret(
         raise ConfigError(f"{prefix}.{given}: {exc}") from None
 
 
+def tls_context(ca_file: Path | None, key: str) -> ssl.SSLContext:
+    """A verifying TLS context; ``ca_file`` (config key ``key``) replaces the system store.
+
+    Raises ConfigError naming the key and the file when it cannot be read or holds no
+    certificate: that is the admin's to fix, not an outage to retry with back-off.
+    """
+    try:
+        return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except ssl.SSLError as exc:  # before OSError: it is one
+        raise ConfigError(
+            f"{key} {ca_file}: not a PEM file of CA certificates ({exc.reason or exc})"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{key} {ca_file}: {exc.strerror or exc}") from exc
+
+
+def check_ca_files(settings: Settings) -> None:
+    """Load every ``ca_file`` that TLS will use; raise ConfigError naming the first bad one.
+
+    ``run`` and ``poll`` call it at start-up, so that a mistyped path exits 2 instead
+    of failing every poll as if the server were down.
+    """
+    servers: list[tuple[str, _Server]] = [
+        (f"mailboxes.{n}", m) for n, m in settings.mailboxes.items()
+    ]
+    servers.append(("smtp", settings.smtp))
+    for prefix, server in servers:
+        if server.ca_file is not None and server.security != "none":
+            tls_context(server.ca_file, f"{prefix}.ca_file")
+
+
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
     """The file to read: the explicit path, else $MAILCASE_CONFIG, else the default."""
     if explicit:
@@ -560,10 +642,56 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (a Latin-1 file from an old editor)
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start + 1}): save it as UTF-8"
+        ) from None
     try:
         return Settings(**data)
+    except SettingsError as exc:
+        # pydantic-settings reads a list or a table from the environment as JSON and
+        # says only which field failed; the value is not shown (it may be a secret).
+        raise ConfigError(
+            f"environment variable {_variable_of(str(exc))} is not valid JSON "
+            '(a list or table from the environment is written as JSON: ["a@example.com"])'
+        ) from exc
     except ValidationError as exc:
-        raise ConfigError(f"{describe_validation_error(exc)} in {path}") from exc
+        variable = _variable_at(exc.errors(include_url=False)[0]["loc"])
+        # The variable is named first: it is what to fix; the file is what it overrides.
+        where = f"environment variable {variable} (overriding {path})" if variable else str(path)
+        raise ConfigError(f"{describe_validation_error(exc)} in {where}") from exc
+
+
+_PREFIX = "MAILCASE_"
+_DELIMITER = "__"
+
+
+def _variable_at(loc: tuple[int | str, ...]) -> str | None:
+    """The MAILCASE_* variable that set the value at ``loc``, if one did (it overrides the file).
+
+    ``("poll", "idle")`` comes from ``MAILCASE_POLL__IDLE``, or from ``MAILCASE_POLL`` given
+    as a JSON table; names are matched without regard to case, as pydantic-settings does.
+    """
+    names = {name.upper(): name for name in os.environ}
+    for depth in range(len(loc), 0, -1):
+        wanted = _PREFIX + _DELIMITER.join(str(p) for p in loc[:depth]).upper()
+        if wanted in names:
+            return names[wanted]
+    return None
+
+
+def _variable_of(message: str) -> str:
+    """The MAILCASE_* variables behind a SettingsError, which names only the field."""
+    field = re.search(r'field "([^"]+)"', message)
+    if field is None:
+        return f"{_PREFIX}*"
+    top = (_PREFIX + field.group(1)).upper()
+    found = sorted(
+        name
+        for name in os.environ
+        if name.upper() == top or name.upper().startswith(top + _DELIMITER)
+    )
+    return ", ".join(found) or top
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -324,6 +324,8 @@ class Daemon:
             self.rt.stop.set()
 
         if self.rt.settings.metrics.listen:
+            # Before the scheduler starts: an address that cannot be bound raises
+            # ConfigError, and the process exits 2 with nothing left running.
             metrics.serve(self.rt.settings.metrics.listen)
             self.log.info("metrics_listening", listen=self.rt.settings.metrics.listen)
         if self.rt.settings.poll.idle is not False:

@@ -9,6 +9,7 @@ each mailbox how many messages wait above the checkpoint.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, func, select
 
-from mailcase.config import MailboxSettings, Settings
+from mailcase.config import MailboxSettings, Settings, check_secrets
 from mailcase.errors import ConfigError, DatabaseError, DeliveryError, MailboxError
 from mailcase.imap import ImapMailbox
 from mailcase.models import Case, Checkpoint, Disposition, LedgerEntry, Notice
@@ -57,6 +58,36 @@ def check_database(settings: Settings) -> str:
     )
 
 
+def check_secret_files(settings: Settings) -> str:
+    """Every secret file and credential is readable now (as ``run`` and ``poll`` require)."""
+    check_secrets(settings)
+    return "every secret file and credential is readable"
+
+
+def check_storage(settings: Settings) -> str:
+    """``storage.directory`` is a writable directory, or can be created at start.
+
+    Creates nothing (``run`` does): it looks for the directory, else its nearest
+    existing parent, as ``run`` would find them.
+    """
+    directory = settings.storage.directory
+    key = f"storage.directory {directory}"
+    if directory.exists():
+        if not directory.is_dir():
+            raise ConfigError(f"{key} is not a directory")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key} is not writable by this user")
+        return f"{directory} is a writable directory"
+    parent = directory.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{key} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} cannot be created: {parent} is not writable by this user")
+    return f"{directory} does not exist yet; it is created at start"
+
+
 def check_mailbox(name: str, settings: MailboxSettings) -> str:
     with ImapMailbox(name, settings) as box:
         idle = "IDLE supported" if box.has_capability("IDLE") else "no IDLE (polling only)"
@@ -74,8 +105,12 @@ def check_smtp(settings: Settings) -> str:
 
 
 def run_checks(settings: Settings) -> list[CheckResult]:
-    """Every check, in a stable order: database, each mailbox, SMTP."""
-    results = [_guard("database", lambda: check_database(settings))]
+    """Every check, in a stable order: secrets, database, storage, each mailbox, SMTP."""
+    results = [
+        _guard("secrets", lambda: check_secret_files(settings)),
+        _guard("database", lambda: check_database(settings)),
+        _guard("storage", lambda: check_storage(settings)),
+    ]
     for name, box in settings.mailboxes.items():
         results.append(_guard(f"mailbox {name}", partial(check_mailbox, name, box)))
     results.append(_guard("smtp", lambda: check_smtp(settings)))
@@ -113,7 +148,9 @@ def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, 
                 with ImapMailbox(name, box) as imap:
                     same = cp is not None and cp.uidvalidity == imap.uidvalidity
                     entry["backlog"] = len(imap.uids_after(cp.last_uid if same and cp else 0))
-            except MailboxError as exc:
+            # ConfigError: a ca_file or password file that cannot be read; the table
+            # shows it, as it does an unreachable server.
+            except (MailboxError, ConfigError) as exc:
                 entry["backlog_error"] = str(exc)
         mailboxes.append(entry)
     return {

@@ -20,7 +20,7 @@ from typing import Any
 import imapclient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from mailcase.config import MailboxSettings
+from mailcase.config import MailboxSettings, tls_context
 from mailcase.errors import MailboxError
 from mailcase.logs import get_logger
 from mailcase.oauth import TokenError, TokenProvider, mailbox_tokens
@@ -47,11 +47,6 @@ class FetchedMessage:
 
 STREAM_CHUNK = 4 * 1024 * 1024
 HEAD_BYTES = 1024 * 1024  # what is parsed of an oversized message
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """A verifying TLS context; ``ca_file`` replaces the system store when given."""
-    return ssl.create_default_context(cafile=ca_file)
 
 
 class ImapMailbox:
@@ -84,8 +79,13 @@ class ImapMailbox:
     def connect(self) -> None:
         """Connect, log in and select the folder; raise MailboxError naming the step."""
         s = self.settings
-        ca = str(s.ca_file) if s.ca_file else None
         where = f"{s.host}:{s.effective_port}"
+        # Before connecting: a missing or bad ca_file raises ConfigError naming the key
+        # and the file (the daemon backs off on it, `check` shows it, `poll` exits 2),
+        # not "cannot connect" as if the server were down.
+        context = None
+        if s.security != "none":
+            context = tls_context(s.ca_file, f"mailboxes.{self.name}.ca_file")
         tokens: TokenProvider | None = None
         token = ""
         if s.auth == "oauth2":
@@ -100,7 +100,7 @@ class ImapMailbox:
                 s.host,
                 port=s.effective_port,
                 ssl=s.security == "tls",
-                ssl_context=tls_context(ca) if s.security == "tls" else None,
+                ssl_context=context if s.security == "tls" else None,
                 timeout=s.timeout_seconds,
             )
             # INTERNALDATE with the server's zone: imapclient would otherwise turn
@@ -108,7 +108,7 @@ class ImapMailbox:
             # as UTC (six hours off on a host in America/Mexico_City).
             self.client.normalise_times = False
             if s.security == "starttls":
-                self.client.starttls(tls_context(ca))
+                self.client.starttls(context)
         except (OSError, IMAPClientError, ssl.SSLError) as exc:
             self.client = None
             raise self._fail(f"cannot connect to {where}", exc) from exc
@@ -119,7 +119,7 @@ class ImapMailbox:
             if tokens is not None:
                 self.client.oauth2_login(s.login, token)
             else:
-                self.client.login(s.login, s.resolved_password() or "")
+                self._password_login(s.login, s.resolved_password() or "", where)
         except LoginError as exc:
             self.close()
             if _unavailable(exc):
@@ -147,6 +147,26 @@ class ImapMailbox:
         permanent = info.get(b"PERMANENTFLAGS", ())
         # RFC 3501 7.1: "\*" in PERMANENTFLAGS means new keywords may be created.
         self.can_keyword = b"\\*" in permanent or DONE_KEYWORD in permanent
+
+    def _password_login(self, login: str, password: str, where: str) -> None:
+        """LOGIN, or AUTHENTICATE PLAIN for a user name or password that is not ASCII.
+
+        imaplib sends LOGIN's arguments as ASCII (a UnicodeEncodeError otherwise), and
+        RFC 3501 leaves their charset undefined; SASL PLAIN (RFC 4616) is defined as
+        UTF-8 and imaplib encodes it so. A server without AUTH=PLAIN cannot be given
+        such a password: that is a login failure of this mailbox, which backs off.
+        """
+        if (login + password).isascii():
+            self.client.login(login, password)
+        elif self.has_capability("AUTH=PLAIN"):
+            self.client.plain_login(login, password)
+        else:
+            self.close()
+            raise MailboxError(
+                self.name,
+                f"cannot log in as {login} at {where}: the password is not ASCII and the "
+                "server does not offer AUTH=PLAIN, which would carry it as UTF-8",
+            )
 
     def has_capability(self, name: str) -> bool:
         try:

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mailcase.errors import ConfigError
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 MESSAGES = Counter(
@@ -82,9 +84,20 @@ REGISTRY.register(_Live())
 
 
 def serve(listen: str) -> WSGIServer:
-    """Serve /metrics on ``host:port`` in a daemon thread; ``shutdown()`` the result to stop."""
+    """Serve /metrics on ``host:port`` in a daemon thread; ``shutdown()`` the result to stop.
+
+    Raises ConfigError naming ``metrics.listen`` when the address cannot be bound (in
+    use, not this host's, a name that does not resolve): restarting will not help.
+    """
     host, _, port = listen.rpartition(":")
-    server, _thread = start_http_server(
-        int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY
-    )
+    try:
+        server, _thread = start_http_server(
+            int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY
+        )
+    except OSError as exc:  # socket.gaierror too
+        raise ConfigError(
+            f"metrics.listen {listen}: cannot listen there ({exc.strerror or exc})"
+        ) from exc
+    except OverflowError as exc:  # a port the config check let through; it does not
+        raise ConfigError(f"metrics.listen {listen}: the port is out of range") from exc
     return server

@@ -33,9 +33,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-from mailcase.config import MailboxSettings, SmtpSettings
+from mailcase.config import MailboxSettings, SmtpSettings, safe_url
 from mailcase.errors import ConfigError, MailcaseError
 from mailcase.logs import get_logger
 
@@ -180,9 +180,8 @@ def _lifetime(value: Any) -> float:
 
 
 def _where(url: str) -> str:
-    """The endpoint without its query (which could carry a credential)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    """The endpoint as it may be shown: no userinfo, no query (either could carry a credential)."""
+    return safe_url(url)
 
 
 def _trim(text: str) -> str:
@@ -216,6 +215,9 @@ def _post_form(url: str, form: Mapping[str, str]) -> dict[str, Any]:
         raise TokenError(f"{where} answered HTTP {exc.code}{detail}") from None
     except urllib.error.URLError as exc:
         raise TokenError(f"cannot reach {where} ({exc.reason})") from None
+    except http.client.InvalidURL:
+        # Its text quotes the URL's host and port part, which may hold a credential.
+        raise TokenError(f"cannot reach {where} (not a usable URL)") from None
     except (OSError, http.client.HTTPException) as exc:
         raise TokenError(f"cannot reach {where} ({exc or type(exc).__name__})") from None
     try:

@@ -7,15 +7,15 @@ run (a 421, a reset, a time-out), the next message connects again, once.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 import smtplib
 import ssl
 from types import TracebackType
 
-from mailcase.config import SmtpSettings
-from mailcase.errors import DeliveryError, PermanentDeliveryError
-from mailcase.imap import tls_context
+from mailcase.config import SmtpSettings, tls_context
+from mailcase.errors import ConfigError, DeliveryError, PermanentDeliveryError
 from mailcase.oauth import TokenError, TokenProvider, smtp_tokens, xoauth2_string
 
 
@@ -43,7 +43,15 @@ class SmtpConnection:
         """Connect and log in; raise DeliveryError (retry) or PermanentDeliveryError."""
         s = self.settings
         where = f"SMTP server {s.host}:{s.effective_port}"
-        ca = str(s.ca_file) if s.ca_file else None
+        context = None
+        if s.security != "none":
+            try:
+                context = tls_context(s.ca_file, "smtp.ca_file")
+            except ConfigError as exc:
+                # Named as the admin's mistake ("smtp.ca_file /x: No such file or
+                # directory"); a DeliveryError so that notices stay queued until it is
+                # fixed. `run` and `poll` refuse to start with it (config.check_ca_files).
+                raise DeliveryError(str(exc)) from exc
         tokens: TokenProvider | None = None
         token = ""
         if s.auth == "oauth2":
@@ -55,20 +63,23 @@ class SmtpConnection:
         try:
             if s.security == "tls":
                 self.client = smtplib.SMTP_SSL(
-                    s.host, s.effective_port, timeout=s.timeout_seconds, context=tls_context(ca)
+                    s.host, s.effective_port, timeout=s.timeout_seconds, context=context
                 )
             else:
                 self.client = smtplib.SMTP(s.host, s.effective_port, timeout=s.timeout_seconds)
             self.client.ehlo()
             if s.security == "starttls":
-                self.client.starttls(context=tls_context(ca))
+                self.client.starttls(context=context)
                 self.client.ehlo()
             if tokens is not None:
                 self._xoauth2(s.username or "", token, where)
             else:
                 password = s.resolved_password()
                 if s.username and password is not None:
-                    self.client.login(s.username, password)
+                    if (s.username + password).isascii():
+                        self.client.login(s.username, password)
+                    else:
+                        self._utf8_login(s.username, password, where)
         except smtplib.SMTPAuthenticationError as exc:
             self.close()
             if tokens is not None:
@@ -89,6 +100,35 @@ class SmtpConnection:
             # notice itself was not refused.
             raise DeliveryError(f"cannot connect to {where} ({exc or type(exc).__name__})") from exc
         return self
+
+    def _utf8_login(self, user: str, password: str, where: str) -> None:
+        """AUTH PLAIN (or LOGIN) with a user name or password that is not ASCII, as UTF-8.
+
+        smtplib encodes what it base64-encodes as ASCII (a UnicodeEncodeError); RFC 4616
+        defines PLAIN's fields as UTF-8, and LOGIN's base64 carries bytes as well.
+        Raises SMTPAuthenticationError when refused, as ``smtplib.SMTP.login`` does.
+        """
+        assert self.client is not None
+        offered = self.client.esmtp_features.get("auth", "").upper().split()
+
+        def b64(text: str) -> str:
+            return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+        if "PLAIN" in offered:
+            code, answer = self.client.docmd("AUTH", "PLAIN " + b64(f"\0{user}\0{password}"))
+        elif "LOGIN" in offered:
+            code, answer = self.client.docmd("AUTH", "LOGIN")
+            for step in (user, password):
+                if code != 334:
+                    break
+                code, answer = self.client.docmd(b64(step))
+        else:
+            raise PermanentDeliveryError(
+                f"{where} offers neither AUTH PLAIN nor AUTH LOGIN, which a password that is "
+                "not ASCII needs"
+            )
+        if code not in (235, 503):  # 503: already authenticated (as smtplib accepts)
+            raise smtplib.SMTPAuthenticationError(code, answer)
 
     def _xoauth2(self, user: str, token: str, where: str) -> None:
         assert self.client is not None

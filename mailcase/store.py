@@ -105,6 +105,16 @@ def make_engine(url: str) -> Engine:
     not a number, an unknown driver), since restarting will not help; its
     message names no part of the URL, so no password.
     """
+    # "user:Hunter@2024@host": SQLAlchemy splits at the first "@", so the rest of the
+    # password becomes the host and the driver's "cannot resolve" error quotes it.
+    # Two "@" before the path (the host part) mean one of them belongs to the password.
+    authority = url.partition("://")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    if authority.count("@") > 1:
+        raise ConfigError(
+            "database.url has an '@' in its user name or password: percent-encode it as %40"
+        )
     try:
         path = _sqlite_path(url)
     except (SQLAlchemyError, ValueError) as exc:

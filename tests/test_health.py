@@ -23,7 +23,15 @@ def test_check_passes_with_every_peer_up_and_sends_nothing(
     lines = out.splitlines()
     assert lines[0].split() == ["CHECK", "RESULT", "DETAIL"]
     rows = {line.split("  ")[0].strip(): line for line in lines[1:]}
-    assert set(rows) == {"config", "database", "mailbox contacto", "mailbox info", "smtp"}
+    assert set(rows) == {
+        "config",
+        "secrets",
+        "database",
+        "storage",
+        "mailbox contacto",
+        "mailbox info",
+        "smtp",
+    }
     assert all(" ok " in row for row in rows.values())
     assert "IDLE supported" in rows["mailbox contacto"]
     assert sink.messages == []
