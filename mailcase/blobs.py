@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from mailcase.errors import StorageError
+
 
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) owner-only; tighten it if it exists."""
@@ -36,13 +38,21 @@ class BlobStore:
         return self.directory / sha256[:2] / sha256[2:4] / sha256
 
     def put(self, data: bytes) -> str:
-        """Store ``data``; return its sha256. Safe to call again with the same data."""
+        """Store ``data``; return its sha256. Safe to call again with the same data.
+
+        Raises :class:`~mailcase.errors.StorageError` naming the directory when
+        it cannot be written (a full disk, a read-only mount, permissions): the
+        store failed, not the message, so the caller must not quarantine it.
+        """
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
         if target.exists():
             return digest
-        self._make_parents(target)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            self._make_parents(target)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        except OSError as exc:
+            raise self._failed(exc) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 # No fsync: it cost ~4 ms a message, and the database the blob
@@ -51,32 +61,48 @@ class BlobStore:
                 # cache keeps both.
                 fh.write(data)
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._failed(exc) from exc
             raise
         return digest
 
     def put_file(self, source: Path) -> str:
-        """Move the file ``source`` into the store (hashed in chunks); return its sha256."""
-        digest = hashlib.sha256()
-        with source.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        sha = digest.hexdigest()
-        target = self.path(sha)
-        if target.exists():
-            source.unlink(missing_ok=True)
-            return sha
-        self._make_parents(target)
-        source.chmod(0o600)
-        os.replace(source, target)
+        """Move the file ``source`` into the store (hashed in chunks); return its sha256.
+
+        Raises :class:`~mailcase.errors.StorageError` as :meth:`put` does.
+        """
+        try:
+            digest = hashlib.sha256()
+            with source.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            sha = digest.hexdigest()
+            target = self.path(sha)
+            if target.exists():
+                source.unlink(missing_ok=True)
+                return sha
+            self._make_parents(target)
+            source.chmod(0o600)
+            os.replace(source, target)
+        except OSError as exc:
+            raise self._failed(exc) from exc
         return sha
+
+    def _failed(self, exc: OSError) -> StorageError:
+        return StorageError(
+            f"cannot write to the store {self.directory} (storage.directory): {exc.strerror or exc}"
+        )
 
     def spool_path(self) -> Path:
         """A fresh owner-only file name on the store's file system for streaming into."""
         spool = self.directory / "spool"
-        spool.mkdir(exist_ok=True, mode=0o700)
-        fd, name = tempfile.mkstemp(dir=spool, prefix="msg-")
+        try:
+            spool.mkdir(exist_ok=True, mode=0o700)
+            fd, name = tempfile.mkstemp(dir=spool, prefix="msg-")
+        except OSError as exc:
+            raise self._failed(exc) from exc
         os.close(fd)
         return Path(name)
 

@@ -37,6 +37,10 @@ class DatabaseError(MailcaseError):
     """The database cannot be opened, or its schema is not the code's."""
 
 
+class StorageError(MailcaseError):
+    """The blob store (``storage.directory``) cannot be written: full, read-only, denied."""
+
+
 class MailboxError(MailcaseError):
     """One mailbox could not be read; carries the mailbox name."""
 

@@ -47,7 +47,7 @@ from types import MappingProxyType
 from typing import IO, Any, TypeVar
 
 from mailcase.blobs import BlobStore
-from mailcase.errors import MessageError
+from mailcase.errors import MessageError, StorageError
 from mailcase.inbound import InboundMail, parse_inbound
 
 MIN_BACKLOG = 50  # fewer messages are parsed in this process: not worth a child
@@ -293,7 +293,8 @@ def parse_ahead(
 
 def _store(blobs: BlobStore | None, data: bytes) -> None:
     if blobs is not None:
-        with contextlib.suppress(OSError):  # the poll process writes it again, and says why not
+        # The poll process writes it again, and says why not.
+        with contextlib.suppress(OSError, StorageError):
             blobs.put(data)
 
 

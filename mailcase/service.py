@@ -29,7 +29,14 @@ from mailcase.classify import classify
 from mailcase.commands import Command, CommandKind, parse_commands
 from mailcase.config import MailboxSettings, Settings
 from mailcase.dsn import parse_dsn
-from mailcase.errors import ConfigError, DatabaseError, MailboxError, MessageError, NotFoundError
+from mailcase.errors import (
+    ConfigError,
+    DatabaseError,
+    MailboxError,
+    MessageError,
+    NotFoundError,
+    StorageError,
+)
 from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import FetchedMessage, ImapMailbox
 from mailcase.inbound import InboundMail
@@ -242,7 +249,11 @@ def _fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[F
         if size > limit:
             yield from flush()
             batch, batch_bytes = [], 0
-            spooled = box.fetch_spooled(uid, size, rt.blobs.spool_path())
+            try:
+                spool = rt.blobs.spool_path()
+            except StorageError as exc:
+                raise _not_stored(box.name, uid, exc) from exc
+            spooled = box.fetch_spooled(uid, size, spool)
             if spooled is not None:
                 yield spooled
             continue
@@ -317,7 +328,12 @@ def ingest_message(
     is its parse already done (mailcase.parsing), or None: parsed here.
     """
     log = get_logger(mailbox=mailbox, uid=fetched.uid)
-    raw_sha = rt.blobs.put_file(fetched.spooled) if fetched.spooled else rt.blobs.put(fetched.raw)
+    try:
+        raw_sha = (
+            rt.blobs.put_file(fetched.spooled) if fetched.spooled else rt.blobs.put(fetched.raw)
+        )
+    except StorageError as exc:
+        raise _not_stored(mailbox, fetched.uid, exc) from exc
     folio: str | None = None
     try:
         # Parsed before the transaction: the write lock (SQLite) is then held
@@ -331,6 +347,8 @@ def ingest_message(
                 folio = run(session, _FOLIO_OF, {"id": entry.case_id}).scalar()
     except DatabaseError:
         raise
+    except StorageError as exc:
+        raise _not_stored(mailbox, fetched.uid, exc) from exc
     except Exception as exc:  # a bad message costs one message (Mailman's runner)
         if isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
             # The database went away (a restart, a dropped connection), not the
@@ -382,6 +400,16 @@ def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
         session.delete(entry)
     fetched = FetchedMessage(uid=uid, raw=raw, internal_date=received)
     return ingest_message(rt, mailbox, uidvalidity, fetched)
+
+
+def _not_stored(mailbox: str, uid: int, exc: StorageError) -> MailboxError:
+    """The store is full or unwritable: the mailbox's poll fails, as for a database outage.
+
+    Quarantining the message would blame good mail and need a person to retry
+    it; failing the poll leaves it above the checkpoint, unflagged, so the
+    next poll (with back-off in the daemon) reads it again once there is room.
+    """
+    return MailboxError(mailbox, f"message {uid} not ingested, read again by the next poll: {exc}")
 
 
 def _error_reason(exc: BaseException) -> str:

@@ -1,0 +1,74 @@
+"""A store that cannot be written fails the poll; it never quarantines good mail."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+from mailcase import blobs
+from mailcase.blobs import BlobStore
+from mailcase.errors import StorageError
+
+
+def test_a_store_that_cannot_be_written_raises_storage_error_naming_it(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    data = b"attachment bytes"
+    digest = hashlib.sha256(data).hexdigest()
+    # A real OSError, root or not: the fan-out directory's place is taken by a file.
+    (store.directory / digest[:2]).write_bytes(b"")
+    with pytest.raises(StorageError) as raised:
+        store.put(data)
+    assert str(raised.value).startswith(f"cannot write to the store {store.directory} ")
+    assert "(storage.directory)" in str(raised.value)
+    spooled = tmp_path / "big.eml"
+    spooled.write_bytes(data)
+    with pytest.raises(StorageError):
+        store.put_file(spooled)
+
+
+def test_a_full_store_fails_the_poll_and_the_next_poll_ingests_the_message(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    mailboxes.append(
+        "contacto", mail(attachments=[("recibo.pdf", "application/pdf", b"%PDF-1.4 " * 1000)])
+    )
+    real_mkstemp = blobs.tempfile.mkstemp
+    raw_written: list[str] = []
+
+    def full_after_the_raw_message(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        # The raw message fits; its attachment does not (the reviewer's 300 KB tmpfs).
+        if raw_written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raw_written.append("raw")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(blobs.tempfile, "mkstemp", full_after_the_raw_message)
+    code, _, err = cli("poll")
+    assert code == 1
+    [line] = [x for x in err.splitlines() if not x.startswith("{")]  # JSON lines are the log
+    # The UID: the session's Dovecot numbers every message appended to the folder.
+    assert re.match(r"mailcase: mailbox contacto: message \d+ not ingested, read again", line)
+    assert line.endswith("(storage.directory): No space left on device")
+    assert cli.json("messages", "list") == []  # not quarantined: nothing recorded
+    assert cli.json("cases", "list") == []
+    [contacto] = [b for b in cli.json("status")["mailboxes"] if b["mailbox"] == "contacto"]
+    assert "No space left on device" in contacto["last_error"]
+
+    monkeypatch.setattr(blobs.tempfile, "mkstemp", real_mkstemp)  # room again
+    cli.poll()
+    [entry] = cli.json("messages", "list")
+    assert entry["disposition"] == "new_case"
+    [case] = cli.json("cases", "list")
+    assert [m.rcpt_tos for m in sink.messages] == [[case["customer"]]]
