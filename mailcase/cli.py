@@ -493,10 +493,30 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"folio": folio})
     else:
         print(f"{folio}: {args.action} done")
-    from mailcase.outbox import deliver_outbox
-
-    deliver_outbox(store, settings)
+    _deliver_after_commit(store, settings)
     return EXIT_OK
+
+
+def _deliver_after_commit(store: Store, settings: Settings) -> None:
+    """Send what a command just queued; what cannot be sent now stays queued.
+
+    The command's change is committed by then. A delivery that cannot even
+    start (an SMTP password given as a systemd credential, which only the
+    service's processes have; the database gone) must not make it look
+    failed: the admin would run it again and open a second case. One line
+    says why, and the daemon sends the notices.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mailcase.outbox import deliver_outbox
+    from mailcase.store import error_text
+
+    try:
+        deliver_outbox(store, settings)
+    except MailcaseError as exc:
+        print(f"mailcase: notices stay queued for the daemon: {exc}", file=sys.stderr)
+    except SQLAlchemyError as exc:
+        print(f"mailcase: notices stay queued for the daemon: {error_text(exc)}", file=sys.stderr)
 
 
 def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
@@ -566,7 +586,6 @@ def ledger_row(entry: LedgerEntry, folio: str | None) -> dict[str, Any]:
 
 def _messages(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "retry":
-        from mailcase.outbox import deliver_outbox
         from mailcase.service import Runtime, retry_message
 
         if args.mailbox not in settings.mailboxes:
@@ -576,7 +595,7 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
         print(f"message {args.uid} of mailbox {args.mailbox}: {disposition}")
         # As after a poll: what the message caused (its acknowledgement) goes out
         # now, not at the next poll; what cannot be sent stays queued.
-        deliver_outbox(rt.store, settings)
+        _deliver_after_commit(rt.store, settings)
         return EXIT_OK
     store = _open_store(settings)
     with store.transaction() as session:

@@ -60,6 +60,9 @@ class SmtpConnection:
                 token = tokens.token()
             except TokenError as exc:
                 raise DeliveryError(f"no OAuth2 token for {s.username} at {where} ({exc})") from exc
+        # Read before connecting: a password file or credential that cannot be read
+        # (ConfigError) then leaves no connection open behind it.
+        password = None if tokens is not None else s.resolved_password()
         try:
             if s.security == "tls":
                 self.client = smtplib.SMTP_SSL(
@@ -74,7 +77,6 @@ class SmtpConnection:
             if tokens is not None:
                 self._xoauth2(s.username or "", token, where)
             else:
-                password = s.resolved_password()
                 if s.username and password is not None:
                     if (s.username + password).isascii():
                         self.client.login(s.username, password)
@@ -99,6 +101,9 @@ class SmtpConnection:
             # Connection-level trouble is temporary, even a 5xx greeting: the
             # notice itself was not refused.
             raise DeliveryError(f"cannot connect to {where} ({exc or type(exc).__name__})") from exc
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def _utf8_login(self, user: str, password: str, where: str) -> None:

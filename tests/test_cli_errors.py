@@ -132,3 +132,36 @@ def test_status_table_shows_why_a_backlog_is_unknown(
     assert header.split()[-1] == "BACKLOG_ERROR"
     info = next(row for row in rows if row.startswith("info"))
     assert info.endswith(f"mailbox info: login refused for info at 127.0.0.1:{mailboxes.port}")
+
+
+# --- a command's change is committed before its notices go out -------------------------------
+
+
+def test_a_command_whose_notices_cannot_go_out_now_still_succeeds(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The README's SMTP password as a systemd credential: an admin's shell has no
+    # $CREDENTIALS_DIRECTORY. Reported as a failure, the command would be run again,
+    # opening a second case.
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    config = write_config(
+        tmp_path, mailboxes, sink,
+        smtp_extra='username = "contacto"\npassword_credential = "smtp.pw"',
+    )  # fmt: skip
+    cli = Cli(config, capsys)
+    code, out, err = cli(
+        "cases", "open", "--channel", "phone", "--customer", "juan@example.com",
+        "--subject", "Llamada", "--text", "Sin servicio.",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "PLR-2026-000001: open done"
+    [line] = error_lines(err)
+    assert line.startswith("mailcase: notices stay queued for the daemon: ")
+    assert "smtp.pw" in line and "CREDENTIALS_DIRECTORY" in line
+    assert [n["status"] for n in cli.json("outbox", "list")] == ["queued"]
+    assert len(cli.json("cases", "list")) == 1
+    assert sink.messages == []

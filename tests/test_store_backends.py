@@ -443,3 +443,46 @@ def test_an_older_schema_is_refused_naming_both_revisions(tmp_path: Path) -> Non
         f"database schema is at revision 0004 but this mailcase needs {SCHEMA_HEAD}: "
         "run `mailcase db upgrade`"
     )
+
+
+def test_cases_resolved_or_closed_before_0002_get_their_times(tmp_path: Path) -> None:
+    # Without them such a case never closed by itself and any late reply reopened it.
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0001")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for n, (status, outcome) in enumerate(
+            [("resolved", "valid"), ("closed", "invalid"), ("closed", None), ("open", None)], 1
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cases (id, folio, status, customer, customer_name, subject,"
+                    " mailbox, language, outcome, created_at, updated_at) VALUES (:n,"
+                    " :folio, :status, 'juan@example.com', '', 'x', 'contacto', 'es', :outcome,"
+                    " '2025-06-01 10:00:00.000000', :updated)"
+                ),
+                {
+                    "n": n,
+                    "folio": f"PLR-2025-{n:06d}",
+                    "status": status,
+                    "outcome": outcome,
+                    "updated": f"2025-06-0{n + 1} 10:00:00.000000",
+                },
+            )
+    engine.dispose()
+    Store.open(url, auto_upgrade=True).dispose()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT status, resolved_at, closed_at FROM cases ORDER BY id")
+        ).all()
+    engine.dispose()
+    assert [(s, r is not None, c is not None) for s, r, c in rows] == [
+        ("resolved", True, False),
+        ("closed", True, True),
+        ("closed", False, True),  # closed without a resolution: a reply opens a new case
+        ("open", False, False),
+    ]
+    assert rows[0][1] == "2025-06-02 10:00:00.000000"  # its last change
