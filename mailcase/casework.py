@@ -420,8 +420,15 @@ def relay(session: Session, settings: Settings, case: Case, text: str, *, agent_
 def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:
     """Close resolved cases with no customer reply for ``cases.close_after_days``; their folios."""
     cutoff = now - timedelta(days=settings.cases.close_after_days)
+    # FOR UPDATE (PostgreSQL): a customer's reply that reopens one of them meanwhile
+    # waits for this transaction, or, committed first, takes the case out of the
+    # selection; either way the reopening is not overwritten by the closing.
     stale = session.exec(
-        select(Case).where(Case.status == CaseStatus.RESOLVED, col(Case.resolved_at) <= cutoff)
+        select(Case)
+        .where(Case.status == CaseStatus.RESOLVED, col(Case.resolved_at) <= cutoff)
+        .order_by(col(Case.id))  # one lock order for every instance: no deadlock
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).all()
     for case in stale:
         close(session, case, by="mailcase")

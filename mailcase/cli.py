@@ -472,7 +472,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             casework.notify_agents(session, settings, case, "new", text=args.text)
             folio = case.folio
         else:
-            found = case_by_folio(session, args.folio.strip().upper())
+            found = case_by_folio(session, args.folio.strip().upper(), for_update=True)
             if found is None:
                 raise NotFoundError(f"no case with folio {args.folio}")
             folio = found.folio

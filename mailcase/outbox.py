@@ -304,7 +304,12 @@ _DUE_MANY = sa.select(
 )
 _CLAIM = Prepared(
     sa.select(_NOTICES.c.mail_from, _NOTICES.c.rcpt_to, _NOTICES.c.message_id, _NOTICES.c.raw)
-    .where(_NOTICES.c.id == sa.bindparam("id"), _NOTICES.c.status == NoticeStatus.QUEUED)
+    .where(
+        _NOTICES.c.id == sa.bindparam("id"),
+        _NOTICES.c.status == NoticeStatus.QUEUED,
+        # Still due: another instance may have deferred it since this run listed it.
+        _NOTICES.c.next_attempt_at <= sa.bindparam("now"),
+    )
     .with_for_update(skip_locked=True)
 )
 _FINISH = Prepared(
@@ -340,7 +345,7 @@ def _deliver_claimed(
         for notice_id in ids:
             failure: DeliveryError | None = None
             with conn.begin():
-                row = _CLAIM.execute(conn, {"id": notice_id}).first()
+                row = _CLAIM.execute(conn, {"id": notice_id, "now": now}).first()
                 if row is None:
                     continue  # sent, or being sent, by another instance
                 mail_from, rcpt_to, message_id, raw = row
@@ -455,8 +460,10 @@ def _record_failure(
 ) -> None:
     log = get_logger()
     with store.transaction() as session:
-        notice = session.get(Notice, notice_id)
-        if notice is None:
+        # Locked, and read as committed (PostgreSQL): another instance may have sent
+        # it since this one's attempt, which must then not mark it failed or deferred.
+        notice = session.get(Notice, notice_id, with_for_update=True, populate_existing=True)
+        if notice is None or notice.status != NoticeStatus.QUEUED:
             return
         notice.attempts += 1
         notice.last_error = str(exc)

@@ -320,12 +320,16 @@ def ingest_message(
     uidvalidity: int,
     fetched: FetchedMessage,
     parsed: Parsed | None = None,
+    *,
+    retry: bool = False,
 ) -> str:
     """Process one fetched message; return its disposition. Never raises for bad mail.
 
     The raw bytes are stored first (idempotent, content-addressed), so even a
     message that fails every later step is kept and can be retried. ``parsed``
     is its parse already done (mailcase.parsing), or None: parsed here.
+    ``retry``: its ledger row is quarantined, and is replaced in the same
+    transaction as the new one is written (:func:`retry_message`).
     """
     log = get_logger(mailbox=mailbox, uid=fetched.uid)
     try:
@@ -341,7 +345,7 @@ def ingest_message(
         mail_and_note = _parse(rt, fetched, raw_sha, parsed)
         with rt.store.transaction() as session:
             entry, folio = _ingest(
-                rt, session, mailbox, uidvalidity, fetched, raw_sha, mail_and_note
+                rt, session, mailbox, uidvalidity, fetched, raw_sha, mail_and_note, retry=retry
             )
             if folio is None and entry.case_id is not None:  # a message met again
                 folio = run(session, _FOLIO_OF, {"id": entry.case_id}).scalar()
@@ -384,7 +388,10 @@ def ingest_message(
 def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
     """Process a quarantined message again from its stored raw bytes; return the new disposition.
 
-    Raises NotFoundError when (mailbox, uid) has no quarantined ledger row.
+    Raises NotFoundError when (mailbox, uid) has no quarantined ledger row. The
+    quarantined row is replaced in the transaction that writes the new one: a
+    retry that fails (the database or the store unavailable, a kill) leaves
+    it quarantined, to be retried again, never without a row.
     """
     with rt.store.transaction() as session:
         entry = session.exec(
@@ -397,9 +404,8 @@ def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
             raise NotFoundError(f"message {uid} of mailbox {mailbox} {state}, not quarantined")
         uidvalidity, received = entry.uidvalidity, entry.received_at
         raw = rt.blobs.get(entry.raw_sha256)
-        session.delete(entry)
     fetched = FetchedMessage(uid=uid, raw=raw, internal_date=received)
-    return ingest_message(rt, mailbox, uidvalidity, fetched)
+    return ingest_message(rt, mailbox, uidvalidity, fetched, retry=True)
 
 
 def _not_stored(mailbox: str, uid: int, exc: StorageError) -> MailboxError:
@@ -490,6 +496,9 @@ def _quarantine(
 ) -> LedgerEntry:
     existing = _existing(session, mailbox, uidvalidity, fetched.uid)
     if existing is not None:
+        if existing.disposition == Disposition.QUARANTINED and existing.reason != reason:
+            existing.reason = reason  # a retry that failed again: its latest error
+            session.add(existing)
         return existing
     key = f"sha256:{raw_sha}"
     for entry in ledger_by_key(session, key):
@@ -564,11 +573,20 @@ def _ingest(
     fetched: FetchedMessage,
     raw_sha: str,
     parsed: tuple[InboundMail, str],
+    *,
+    retry: bool = False,
 ) -> tuple[LedgerEntry, str | None]:
-    """Record the message in ``session``: its ledger row, and its case's folio if known."""
+    """Record the message in ``session``: its ledger row, and its case's folio if known.
+
+    With ``retry``, a quarantined ledger row of the message is deleted in this
+    transaction, so that it is replaced, or kept if the transaction fails.
+    """
     mail, note = parsed
     existing = _existing(session, mailbox, uidvalidity, fetched.uid, mail.dedup_key)
-    if existing is not None:
+    if existing is not None and retry and existing.disposition == Disposition.QUARANTINED:
+        session.delete(existing)
+        session.flush()
+    elif existing is not None:
         return existing, None  # committed before a crash lost the checkpoint's news
     settings = rt.settings
 
@@ -729,7 +747,9 @@ def _apply(
         return case
     if decision.case is None:
         return None
-    found = session.get(Case, decision.case.id)
+    # Locked (PostgreSQL): a change another instance or an agent's command commits
+    # meanwhile is read, then built on, never overwritten by this one.
+    found = session.get(Case, decision.case.id, with_for_update=True, populate_existing=True)
     if found is None:
         return None
     case = found

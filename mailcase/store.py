@@ -519,8 +519,17 @@ def next_folio_number(session: Session, year: int) -> int:
     return 1
 
 
-def case_by_folio(session: Session, folio: str) -> Case | None:
-    return session.exec(select(Case).where(Case.folio == folio)).first()
+def case_by_folio(session: Session, folio: str, *, for_update: bool = False) -> Case | None:
+    """The case with ``folio``; with ``for_update``, its row locked until the transaction ends.
+
+    Lock a case that is about to change (PostgreSQL ``FOR UPDATE``; SQLite's
+    transactions already take the one write lock): another instance's change
+    committed meanwhile is then read, not overwritten.
+    """
+    query = select(Case).where(Case.folio == folio)
+    if for_update:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.exec(query).first()
 
 
 def case_by_message_ids(session: Session, message_ids: tuple[str, ...]) -> Case | None:

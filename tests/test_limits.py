@@ -203,6 +203,46 @@ def test_part_bomb_is_quarantined_then_retried_after_a_fix(
     assert code == 4 and "not quarantined" in err
 
 
+def test_a_retry_that_fails_leaves_the_message_quarantined(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The quarantined row was deleted in a transaction of its own, before the message
+    # was ingested again: a retry that failed then left no row, below the checkpoint,
+    # and the message was lost for good.
+    from mailcase import service
+    from mailcase.errors import DatabaseError
+
+    cli = cli_for(
+        tmp_path, mailboxes, sink, capsys, "[limits]\nmax_mime_parts = 2\n", db_url=db_url
+    )
+    uid = mailboxes.append(
+        "contacto",
+        mail(attachments=[("a.pdf", "application/pdf", b"%PDF"), ("b.txt", "text/plain", b"b")]),
+    )
+    cli.poll()
+    assert [r["disposition"] for r in cli.json("messages", "list")] == ["quarantined"]
+    cli.config.write_text(cli.config.read_text().replace("max_mime_parts = 2", ""))
+
+    def database_gone(*args: Any, **kwargs: Any) -> Any:
+        raise DatabaseError("database unavailable while ingesting (the test's outage)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(service, "_ingest", database_gone)
+        code, _, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 3 and "the test's outage" in err
+    [entry] = cli.json("messages", "list")
+    assert (entry["uid"], entry["disposition"]) == (uid, "quarantined")
+    code, out, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 0 and out.strip() == f"message {uid} of mailbox contacto: new_case", err
+    [entry] = cli.json("messages", "list")
+    assert entry["disposition"] == "new_case"
+
+
 def test_database_and_store_are_private(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
