@@ -263,6 +263,7 @@ def notify_agents(
         case,
         "agent_notification",
         to=rcpt,
+        new_case=reason == "new",
         context={
             "reason": reason,
             "text": text,

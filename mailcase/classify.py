@@ -83,6 +83,9 @@ _AUTO_REPLY_HEADERS = (
     "X-Auto-Response-Suppress",
 )
 
+# Loop markers of scripts and list managers (see _auto_reply).
+_LOOP_MARKERS = ("X-Loop", "X-No-Loop")
+
 _BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
 # Non-standard, but some autoresponders write "Precedence: auto_reply" (or a hyphen).
 _AUTO_REPLY_PRECEDENCE = frozenset({"auto_reply", "auto-reply"})
@@ -272,9 +275,16 @@ def _auto_reply(mail: InboundMail, own_addresses: Iterable[str]) -> Classificati
             return auto_reply(f"{name}: {_show(mail.header(name))}")
     if LOOP_HEADER.lower() in mail.headers:
         return auto_reply(f"{LOOP_HEADER}: {_show(mail.header(LOOP_HEADER))}")
+    own = {a.strip().lower() for a in own_addresses}
+    # procmail's autoreply recipe (formail -r -A "X-Loop: ...") and similar scripts
+    # mark their answers with X-Loop alone; Zammad and OTRS take it as automatic
+    # mail. Only on an answer to one of our notices, though: a customer's own
+    # forwarding rule adds X-Loop to a message that must still open a case.
+    for name in _LOOP_MARKERS:
+        if name.lower() in mail.headers and _answers_our_notice(mail, own):
+            return auto_reply(f"{name}: {_show(mail.header(name))} on a reply to our notice")
     # Compare the customer parse_inbound settled on, not the raw From: a web
     # form may send from one of our own mailboxes on behalf of a customer.
-    own = {a.strip().lower() for a in own_addresses}
     if mail.sender and mail.sender in own:
         return auto_reply(f"own address: {_show(mail.sender)}")
     # Any other report is machine-generated too: read receipts (RFC 8098,
@@ -291,6 +301,17 @@ def _auto_reply(mail: InboundMail, own_addresses: Iterable[str]) -> Classificati
     if phrase:
         return auto_reply(f"Subject: starts with {phrase!r}")
     return None
+
+
+def _answers_our_notice(mail: InboundMail, own_addresses: Iterable[str]) -> bool:
+    """Whether ``mail`` replies to one of our notices: it names a Message-ID we
+    make (``<mc.…@domain>``, mailcase.folio and mailcase.msgid) at one of our
+    mailboxes' domains."""
+    domains = {a.rpartition("@")[2] for a in own_addresses if "@" in a}
+    return any(
+        msgid.startswith("<mc.") and msgid[:-1].rpartition("@")[2].lower() in domains
+        for msgid in (*mail.in_reply_to, *mail.references)
+    )
 
 
 def _bulk(mail: InboundMail) -> Classification | None:

@@ -461,6 +461,11 @@ class LimitsSettings(_Section):
     """Guards against floods, loops and hostile input."""
 
     max_acks_per_sender_per_hour: int = Field(default=5, ge=0)
+    # Loop breakers (RFC 3834 section 2): a responder with no automatic-mail header
+    # answering the agents' list, or an agent's and a customer's responders answering
+    # each other through the case, are cut off per case and hour.
+    max_agent_notices_per_case_per_hour: int = Field(default=10, ge=1)
+    max_relays_per_case_per_hour: int = Field(default=20, ge=1)
     max_notices_per_hour: int | None = Field(default=None, ge=0)  # None: no cap
     max_message_bytes: int = Field(default=50_000_000, ge=10_000)
     max_mime_parts: int = Field(default=500, ge=1)

@@ -100,13 +100,17 @@ _KEYS: dict[str, bytes] = {}  # the key never changes once created: one read per
 _TOTAL_CAP = "limits.max_notices_per_hour"  # how blocked()'s reason for the total cap starts
 
 
-def blocked(session: Session, settings: Settings, kind: str, rcpt: str) -> str:
-    """Why a ``kind`` notice to ``rcpt`` must not go out now; "" when it may.
+def blocked(
+    session: Session, settings: Settings, kind: str, rcpt: str, case_id: int | None = None
+) -> str:
+    """Why a ``kind`` notice to ``rcpt`` about case ``case_id`` must not go out now; "" if it may.
 
     Never to our own mailboxes or automatic addresses (MAILER-DAEMON,
     noreply…); customer notices never to agents.notify or an area either.
-    Acknowledgements are capped per recipient and hour, and all notices per
-    hour when ``limits.max_notices_per_hour`` is set.
+    Acknowledgements are capped per recipient and hour; agent notifications
+    and relays per case and hour (loop breakers); the notice telling an agent
+    that a message claimed their address goes once per address and hour; and
+    all notices per hour when ``limits.max_notices_per_hour`` is set.
     """
     mailboxes = {m.address for m in settings.mailboxes.values()}
     if rcpt in mailboxes or is_automatic_address(rcpt):
@@ -119,6 +123,22 @@ def blocked(session: Session, settings: Settings, kind: str, rcpt: str) -> str:
         sent = run(session, _ACKS_SINCE, {"rcpt": rcpt, "since": since}).scalar_one()
         if sent >= limits.max_acks_per_sender_per_hour:
             return f"limits.max_acks_per_sender_per_hour ({limits.max_acks_per_sender_per_hour})"
+    per_case = {
+        "agent_notification": (
+            "limits.max_agent_notices_per_case_per_hour",
+            limits.max_agent_notices_per_case_per_hour,
+        ),
+        "relay": ("limits.max_relays_per_case_per_hour", limits.max_relays_per_case_per_hour),
+    }
+    if kind in per_case and case_id is not None:
+        key, cap = per_case[kind]
+        params = {"case": case_id, "kind": kind, "since": since}
+        if run(session, _CASE_KIND_SINCE, params).scalar_one() >= cap:
+            return f"{key} ({cap})"
+    if kind == "unverified_agent":
+        params = {"rcpt": rcpt, "kind": kind, "since": since}
+        if run(session, _TO_KIND_SINCE, params).scalar_one() >= 1:
+            return "one unverified_agent notice per address and hour"
     if limits.max_notices_per_hour is not None:
         total = run(session, _NOTICES_SINCE, {"since": since}).scalar_one()
         if total >= limits.max_notices_per_hour:
@@ -136,6 +156,16 @@ _NOTICES_SINCE = Prepared(_COUNT_SINCE)
 _ACKS_SINCE = Prepared(
     _COUNT_SINCE.where(
         _NOTICES.c.rcpt_to == sa.bindparam("rcpt"), _NOTICES.c.kind == "acknowledgement"
+    )
+)
+_CASE_KIND_SINCE = Prepared(
+    _COUNT_SINCE.where(
+        _NOTICES.c.case_id == sa.bindparam("case"), _NOTICES.c.kind == sa.bindparam("kind")
+    )
+)
+_TO_KIND_SINCE = Prepared(
+    _COUNT_SINCE.where(
+        _NOTICES.c.rcpt_to == sa.bindparam("rcpt"), _NOTICES.c.kind == sa.bindparam("kind")
     )
 )
 
@@ -258,11 +288,14 @@ def queue_notice(
     subject: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
+    new_case: bool = False,
 ) -> int:
     """Render and queue one ``kind`` notice about ``case`` to ``to``; record it on the case.
 
     Returns the notice's id. The notice is written even when a guard blocks it
     (status ``suppressed``), so the case shows what was not sent and why.
+    ``new_case``: the case was opened in this transaction, so it has no notices
+    to count against the per-case caps (one query fewer per new case).
     """
     assert case.id is not None
     sender = mailbox_address(settings, case)
@@ -289,7 +322,7 @@ def queue_notice(
         reply_to=None if customer_facing else sender,
     )
     message = build_message(envelope, body)
-    reason = blocked(session, settings, kind, to)
+    reason = blocked(session, settings, kind, to, None if new_case else case.id)
     if reason:
         _log_suppression(session, to, reason)
     # Rows without objects (insert_values): building the two SQLModel objects
