@@ -55,10 +55,24 @@ def strip_reply_prefixes(subject: str) -> str:
     return _REPLY_PREFIX.sub("", subject).strip()
 
 
+# How much of a sender's subject our notices repeat. Anyone can write to the
+# support address, and an acknowledgement repeating a 17 KB subject of links
+# would carry a spammer's text from the provider's own mailbox (backscatter).
+SUBJECT_ECHO_CHARS = 120
+
+
+def clip(text: str, limit: int = SUBJECT_ECHO_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in "…" when cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def tagged_subject(folio: str, subject: str) -> str:
-    """``[Folio X] subject``, without doubling a tag the subject already carries."""
+    """``[Folio X] subject``, without doubling a tag the subject already carries.
+
+    The subject is clipped to :data:`SUBJECT_ECHO_CHARS`.
+    """
     bare = remove_folio_tags(strip_reply_prefixes(subject), folio.split("-", 1)[0])
-    return f"[Folio {folio}] {bare}".rstrip()
+    return f"[Folio {folio}] {clip(bare)}".rstrip()
 
 
 def remove_folio_tags(subject: str, prefix: str) -> str:

@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 from mailcase.classify import is_automatic_address
 from mailcase.commands import COMMAND_FORMS
 from mailcase.config import Settings
-from mailcase.folio import new_message_id, tagged_subject
+from mailcase.folio import clip, new_message_id, tagged_subject
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
@@ -246,8 +246,8 @@ def base_context(settings: Settings, case: Case) -> dict[str, Any]:
     return {
         "folio": case.folio,
         "customer": case.customer,
-        "customer_name": case.customer_name,
-        "subject": case.subject,
+        "customer_name": echoable_name(case.customer_name),
+        "subject": clip(case.subject),
         "mailbox": case.mailbox,
         "mailbox_address": box.address if box else "",
         "company": settings.company.model_dump(),
@@ -255,6 +255,23 @@ def base_context(settings: Settings, case: Case) -> dict[str, Any]:
         "reopen_days": settings.cases.reopen_days,
         "area": case.area or "",
     }
+
+
+_NAME_ECHO_CHARS = 60
+_NOT_A_NAME = ("://", "www.", "@", "http")
+
+
+def echoable_name(name: str) -> str:
+    """The sender's display name if our notices may greet them by it, else "".
+
+    A name is whatever the sender wrote: "Felicidades! cobre su premio en
+    http://…" would be repeated to whoever the From names. A long name, or one
+    with a link or an address in it, is left out (the greeting has no name).
+    """
+    lowered = name.lower()
+    if len(name) > _NAME_ECHO_CHARS or any(mark in lowered for mark in _NOT_A_NAME):
+        return ""
+    return name
 
 
 def mailbox_address(settings: Settings, case: Case) -> str:
