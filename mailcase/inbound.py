@@ -466,10 +466,30 @@ def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
     """
     pairs = []
     for name, addr in getaddresses(list(values)):
-        addr = _clean(addr).strip().lower()
+        addr = _canonical_address(_clean(addr).strip().lower())
         if "@" in addr and not any(c.isspace() for c in addr) and len(addr) <= MAX_ADDRESS:
             pairs.append((_one_line(_clean(_decode_words(name)))[:MAX_NAME], addr))
     return pairs
+
+
+# RFC 5322 3.2.3 dot-atom text: a local part that needs no quotes.
+_DOT_ATOM = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def _canonical_address(addr: str) -> str:
+    """One spelling for one mailbox: ``"juan"@x.com.`` is ``juan@x.com``.
+
+    A quoted local part that needs no quotes (RFC 5321 4.1.2: the same
+    mailbox) loses them, and the domain its root dot. Otherwise a forger
+    could vary the spelling of one victim's address past the per-sender cap
+    on acknowledgements, and one customer's cases would be split.
+    """
+    local, at, domain = addr.rpartition("@")
+    if not at:
+        return addr
+    if len(local) > 2 and local[0] == local[-1] == '"' and _DOT_ATOM.fullmatch(local[1:-1]):
+        local = local[1:-1]
+    return f"{local}@{domain.rstrip('.')}"
 
 
 def _msgids(values: Iterable[str]) -> tuple[str, ...]:

@@ -53,3 +53,17 @@ def test_a_spammers_subject_and_name_are_not_relayed_by_the_acknowledgement(
     # The case keeps everything the customer wrote.
     [case] = cli.json("cases", "list")
     assert cli.json("cases", "show", case["folio"])["subject"] == " ".join(subject.split())
+
+
+def test_one_mailbox_is_one_address_however_it_is_spelt() -> None:
+    # Each spelling counted apart, a forger sent six acknowledgements past a cap of five.
+    from mailcase.inbound import parse_inbound
+
+    def sender(from_field: str) -> str:
+        raw = f"From: {from_field}\r\nTo: contacto@x.mx\r\nSubject: hola\r\n\r\nhola\r\n"
+        return parse_inbound(raw.encode()).sender
+
+    assert sender('"victim"@gmail.com') == "victim@gmail.com"
+    assert sender("Victim <victim@Gmail.com.>") == "victim@gmail.com"
+    assert sender('"a.b"@example.com') == "a.b@example.com"
+    assert sender('"a..b"@example.com') == '"a..b"@example.com'  # needs them
