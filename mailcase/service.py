@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -197,6 +198,7 @@ def _ingest_all(
 ) -> None:
     """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done."""
     fetched_messages = _fetch_planned(rt, box, uids)
+    renewed = time.monotonic()  # the caller took the lease just before
     for fetched, parsed in parse_ahead(fetched_messages, _raw_of, parser):
         disposition = ingest_message(rt, name, box.uidvalidity, fetched, parsed)
         report.fetched += 1
@@ -204,11 +206,17 @@ def _ingest_all(
             progress(report.fetched, len(uids))
         report.dispositions[disposition] += 1
         handled.append(fetched.uid)
-        if len(handled) >= rt.settings.poll.batch_size:
-            box.mark_done(handled)
-            handled.clear()
+        full = len(handled) >= rt.settings.poll.batch_size
+        # Renewed after every batch, and on time when messages come slowly (a large
+        # one, a slow server): a lease left to expire mid-poll lets another
+        # instance poll the mailbox alongside.
+        if full or time.monotonic() - renewed >= leases.RENEW_SECONDS:
+            if full:
+                box.mark_done(handled)
+                handled.clear()
             if not leases.acquire(rt.store, name):  # renew; lost it: stop here
                 return
+            renewed = time.monotonic()
         if rt.stop.is_set():
             return  # SIGTERM: the message in hand is finished; stop here
 

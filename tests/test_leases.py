@@ -7,6 +7,9 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mailcase import leases
 from mailcase.models import MailboxLease
@@ -46,7 +49,59 @@ def test_lease_of_a_dead_process_on_this_host_is_free_at_once(tmp_path: Path) ->
     s = store(tmp_path)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    assert leases.acquire(s, "contacto", f"{HERE}:{gone.stdout.strip()}:x")
+    dead = f"{HERE}:{gone.stdout.strip()}:x:{leases.PID_NAMESPACE}"
+    assert leases.acquire(s, "contacto", dead)
     assert leases.acquire(s, "contacto", leases.INSTANCE)
     # A live process on this host keeps its lease.
-    assert not leases.acquire(s, "contacto", f"{HERE}:1:init")
+    assert not leases.acquire(s, "contacto", f"{HERE}:1:init:{leases.PID_NAMESPACE}")
+
+
+def test_a_pid_from_another_namespace_proves_nothing(tmp_path: Path) -> None:
+    # Two containers with one host name: the other's PID is not in this process list.
+    s = store(tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = gone.stdout.strip()
+    assert leases.PID_NAMESPACE  # Linux
+    assert leases.acquire(s, "contacto", f"{HERE}:{pid}:x:1")
+    assert not leases.acquire(s, "contacto", leases.INSTANCE)
+    leases.release(s, "contacto", f"{HERE}:{pid}:x:1")
+    # A holder written before the namespace was part of it: waited for as well.
+    assert leases.acquire(s, "contacto", f"{HERE}:{pid}:x")
+    assert not leases.acquire(s, "contacto", leases.INSTANCE)
+
+
+def test_the_database_clock_decides_on_postgresql(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Host B's clock runs 61 s ahead of host A's: by its own clock A's lease is over.
+    s = Store.open(pg_url, auto_upgrade=False)
+    try:
+        assert leases.acquire(s, "contacto", "host-a:100:a:1")
+        monkeypatch.setattr(leases, "utcnow", lambda: utcnow() + timedelta(seconds=61))
+        assert not leases.acquire(s, "contacto", "host-b:200:b:1")
+    finally:
+        s.dispose()
+
+
+def test_a_slow_poll_renews_its_lease_on_time(
+    tmp_path: Path, mailboxes: Any, sink: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Renewed only every poll.batch_size messages, a lease ran out under slow messages
+    # and a second instance polled the mailbox alongside.
+    from helpers import Cli, mail, write_config
+
+    for i in range(3):
+        mailboxes.append("contacto", mail(subject=f"Falla {i}"))
+    renewals: list[str] = []
+    real = leases.acquire
+
+    def counted(store: Store, mailbox: str, holder: str = leases.INSTANCE) -> bool:
+        renewals.append(mailbox)
+        return real(store, mailbox, holder)
+
+    monkeypatch.setattr(leases, "acquire", counted)
+    monkeypatch.setattr(leases, "RENEW_SECONDS", 0.0)  # every message is "slow"
+    Cli(write_config(tmp_path, mailboxes, sink), capsys).poll()
+    # contacto: taken, then renewed after each of its three messages; info: taken.
+    assert renewals.count("contacto") == 4 and renewals.count("info") == 1
