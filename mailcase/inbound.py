@@ -98,6 +98,9 @@ class InboundMail:
     raw_sha256: str
     size: int
     defects: tuple[str, ...] = ()
+    # Without a Message-ID: the hash of the message without the header fields each
+    # delivery adds (_content_sha256); "" when it has an id.
+    content_sha256: str = ""
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (case-insensitive), or ""."""
@@ -113,8 +116,21 @@ class InboundMail:
 
     @property
     def dedup_key(self) -> str:
-        """The identity of this message across mailboxes (Message-ID, else raw hash)."""
-        return self.message_id or f"sha256:{self.raw_sha256}"
+        """The identity of this message across mailboxes.
+
+        Its Message-ID; without one, the hash of its content without the trace
+        fields each delivery adds (``content:…``), so that the copies delivered
+        to contacto@ and info@ are one message; ``sha256:`` of the raw bytes
+        for mail parsed before that hash existed.
+        """
+        if self.message_id:
+            return self.message_id
+        return f"content:{self.content_sha256}" if self.content_sha256 else self.raw_key
+
+    @property
+    def raw_key(self) -> str:
+        """``sha256:`` of the raw bytes: the identity once given to mail without a Message-ID."""
+        return f"sha256:{self.raw_sha256}"
 
 
 _PART_HEADER = b"content-type:"  # at the start of a line, in any case
@@ -189,6 +205,7 @@ def parse_inbound(
         text = _body_text(plain_parts, html_parts)
     except Exception as exc:  # mail-parser raises many types for broken input
         raise MessageError(f"cannot parse message: {type(exc).__name__}: {exc}") from exc
+    message_id = _first_msgid(headers.get("message-id", ()))
     from_pairs = _addresses(address_fields.get("from", ()))
     from_address = from_pairs[0][1] if from_pairs else ""
     sender_name = from_pairs[0][0] if from_pairs else ""
@@ -208,7 +225,7 @@ def parse_inbound(
         cc=tuple(addr for _, addr in _addresses(address_fields.get("cc", ()))),
         reply_to=reply_to,
         subject=_one_line(headers.get("subject", ("",))[0]),
-        message_id=_first_msgid(headers.get("message-id", ())),
+        message_id=message_id,
         in_reply_to=_msgids(headers.get("in-reply-to", ())),
         references=_msgids(headers.get("references", ())),
         date=_date(headers.get("date", ())),
@@ -217,6 +234,7 @@ def parse_inbound(
         headers=MappingProxyType(headers),
         content_type=_content_type(message.get_content_type()),
         raw_sha256=hashlib.sha256(raw).hexdigest(),
+        content_sha256="" if message_id else _content_sha256(raw),
         size=len(raw),
         defects=tuple(sorted(str(c) for c in (parsed.defects_categories or ()))),
     )
@@ -470,6 +488,39 @@ def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
         if "@" in addr and not any(c.isspace() for c in addr) and len(addr) <= MAX_ADDRESS:
             pairs.append((_one_line(_clean(_decode_words(name)))[:MAX_NAME], addr))
     return pairs
+
+
+# Header fields that the servers on the way add to each delivered copy (RFC 5321
+# 4.4 trace fields, the delivery agent's, and the filters'), not the sender.
+_TRACE_FIELDS = frozenset(
+    {
+        *(b"received", b"return-path", b"delivered-to", b"x-original-to", b"envelope-to"),
+        *(b"x-envelope-to", b"x-envelope-from", b"x-delivered-to", b"x-received"),
+        *(b"authentication-results", b"received-spf", b"x-greylist", b"x-forwarded-to"),
+        *(b"x-original-authentication-results", b"dkim-filter", b"x-mailcase-loop"),
+    }
+)
+_TRACE_PREFIXES = (b"arc-", b"x-spam", b"x-virus", b"x-rspamd", b"x-ms-exchange-organization")
+
+
+def _content_sha256(raw: bytes) -> str:
+    """sha256 of ``raw`` without its trace fields, line ends as LF; never raises.
+
+    Two copies of one message without a Message-ID, delivered to two of our
+    mailboxes, differ only in what each delivery added on top of the header.
+    """
+    data = raw.replace(b"\r\n", b"\n")
+    head, sep, body = data.partition(b"\n\n")
+    digest = hashlib.sha256()
+    keep = True
+    for line in head.split(b"\n"):
+        if line[:1] not in (b" ", b"\t"):  # a new field; else a continuation line
+            name = line.partition(b":")[0].strip().lower()
+            keep = name not in _TRACE_FIELDS and not name.startswith(_TRACE_PREFIXES)
+        if keep:
+            digest.update(line + b"\n")
+    digest.update(sep + body)
+    return digest.hexdigest()
 
 
 # RFC 5322 3.2.3 dot-atom text: a local part that needs no quotes.

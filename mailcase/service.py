@@ -599,6 +599,9 @@ def _ingest(
     settings = rt.settings
 
     earlier = ledger_by_key(session, mail.dedup_key)
+    if not earlier and mail.message_id is None:
+        # Ingested before content keys existed, under the raw bytes' hash.
+        earlier = ledger_by_key(session, mail.raw_key)
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
     if stale:
         # Seen in this mailbox under an older UIDVALIDITY (the folder was

@@ -1,0 +1,84 @@
+"""Copies of one message without a Message-ID, delivered to two mailboxes, are one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Cli, write_config
+from servers import Dovecot, SmtpSink
+
+from mailcase.inbound import parse_inbound
+
+MESSAGE = (
+    b"From: Juan Perez <juan@example.com>\r\n"
+    b"To: contacto@internet-plarey.com.mx, info@internet-plarey.com.mx\r\n"
+    b"Subject: Sin servicio\r\nDate: Fri, 27 Nov 2026 09:00:00 -0600\r\n\r\n"
+    b"No tengo internet desde ayer.\r\n"
+)
+
+
+def delivered(to: str, hop: str) -> bytes:
+    """``MESSAGE`` as delivered to ``to``: what the receiving servers add on top."""
+    return (
+        f"Return-Path: <juan@example.com>\r\nDelivered-To: {to}\r\n"
+        f"Received: from mx.internet-plarey.com.mx by imap ({hop}) with LMTP\r\n"
+        f"\tfor <{to}>; Fri, 27 Nov 2026 09:00:0{len(hop)} -0600\r\n"
+        "Authentication-Results: mx.internet-plarey.com.mx; spf=pass\r\n"
+        "X-Spam-Score: 0.1\r\n"
+    ).encode() + MESSAGE
+
+
+def test_the_copies_share_their_identity_and_other_mail_does_not() -> None:
+    contacto = parse_inbound(delivered("contacto@internet-plarey.com.mx", "a"))
+    info = parse_inbound(delivered("info@internet-plarey.com.mx", "bb"))
+    assert contacto.message_id is None and contacto.raw_sha256 != info.raw_sha256
+    assert contacto.dedup_key == info.dedup_key
+    assert contacto.dedup_key.startswith("content:")
+    other = parse_inbound(MESSAGE.replace(b"desde ayer", b"desde hoy"))
+    assert other.dedup_key != contacto.dedup_key
+    with_id = parse_inbound(b"Message-ID: <x@example.com>\r\n" + MESSAGE)
+    assert with_id.dedup_key == "<x@example.com>"
+
+
+@pytest.mark.integration
+def test_copies_in_both_mailboxes_open_one_case(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=db_url), capsys)
+    mailboxes.append("contacto", delivered("contacto@internet-plarey.com.mx", "a"))
+    mailboxes.append("info", delivered("info@internet-plarey.com.mx", "bb"))
+    cli.poll()
+    assert len(cli.json("cases", "list")) == 1
+    dispositions = sorted(e["disposition"] for e in cli.json("messages", "list"))
+    assert dispositions == ["duplicate", "new_case"]
+    assert len(sink.messages) == 1  # one acknowledgement
+
+
+def test_mail_keyed_by_its_raw_hash_before_an_upgrade_is_still_recognised(
+    tmp_path: Path,
+) -> None:
+    # A folder rebuilt (new UIDVALIDITY) after the upgrade: its messages are met again.
+    import types
+
+    import sqlalchemy as sa
+
+    from mailcase import service
+    from mailcase.config import load_settings
+    from mailcase.imap import FetchedMessage
+    from mailcase.models import LedgerEntry
+    from mailcase.store import utcnow
+
+    servers = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
+    config = write_config(tmp_path, servers, types.SimpleNamespace(port=3))  # type: ignore[arg-type]
+    rt = service.Runtime.open(load_settings(config))
+    raw = delivered("contacto@internet-plarey.com.mx", "a")
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, raw, utcnow())) == "new_case"
+    with rt.store.transaction() as session:  # as an older mailcase keyed it
+        session.execute(sa.update(LedgerEntry).values(dedup_key=parse_inbound(raw).raw_key))
+    assert service.ingest_message(rt, "contacto", 2, FetchedMessage(1, raw, utcnow())) == "new_case"
+    with rt.store.transaction() as session:
+        rows = session.execute(sa.text("SELECT uidvalidity FROM ledger")).all()
+    assert rows == [(2,)]  # the same row, moved to the new UIDVALIDITY: no second case
+    rt.store.dispose()
