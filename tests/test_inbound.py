@@ -281,12 +281,14 @@ def test_dedup_key_is_the_message_id() -> None:
     assert parse(head() + "\nx\n").dedup_key == "<m1@example.com>"
 
 
-def test_dedup_key_falls_back_to_the_sha256_of_the_raw_bytes() -> None:
+def test_dedup_key_falls_back_to_the_content_without_trace_fields() -> None:
     raw = (head(Message_ID="") + "\nsin identificador\n").encode()
     mail = parse_inbound(raw)
     assert mail.message_id is None
     assert mail.raw_sha256 == hashlib.sha256(raw).hexdigest()
-    assert mail.dedup_key == f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    assert mail.raw_key == f"sha256:{mail.raw_sha256}"  # the key before content keys
+    assert mail.dedup_key.startswith("content:") and mail.dedup_key != mail.raw_key
+    assert parse_inbound(b"Received: by mx\n" + raw).dedup_key == mail.dedup_key
     assert mail.size == len(raw)
     # Another byte, another key.
     assert parse_inbound(raw + b"\n").dedup_key != mail.dedup_key

@@ -97,7 +97,7 @@ def test_an_unusable_message_id_is_none_and_dedup_uses_the_content(value: str) -
 
     first, second = parse_inbound(message(b"Ana")), parse_inbound(message(b"Beto"))
     assert first.message_id is None
-    assert first.dedup_key.startswith("sha256:")
+    assert first.dedup_key.startswith("content:")
     assert first.dedup_key != second.dedup_key
 
 
