@@ -52,7 +52,7 @@ class BlobStore:
             self._make_parents(target)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         except OSError as exc:
-            raise self._failed(exc) from exc
+            raise self.failed(exc) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 # No fsync: it cost ~4 ms a message, and the database the blob
@@ -64,7 +64,7 @@ class BlobStore:
         except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
             if isinstance(exc, OSError):
-                raise self._failed(exc) from exc
+                raise self.failed(exc) from exc
             raise
         return digest
 
@@ -87,10 +87,11 @@ class BlobStore:
             source.chmod(0o600)
             os.replace(source, target)
         except OSError as exc:
-            raise self._failed(exc) from exc
+            raise self.failed(exc) from exc
         return sha
 
-    def _failed(self, exc: OSError) -> StorageError:
+    def failed(self, exc: OSError) -> StorageError:
+        """The StorageError naming this store for ``exc`` (a write to it that failed)."""
         return StorageError(
             f"cannot write to the store {self.directory} (storage.directory): {exc.strerror or exc}"
         )
@@ -102,7 +103,7 @@ class BlobStore:
             spool.mkdir(exist_ok=True, mode=0o700)
             fd, name = tempfile.mkstemp(dir=spool, prefix="msg-")
         except OSError as exc:
-            raise self._failed(exc) from exc
+            raise self.failed(exc) from exc
         os.close(fd)
         return Path(name)
 

@@ -17,7 +17,15 @@ from mailcase.commands import Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
 from mailcase.folio import format_folio
-from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant
+from mailcase.models import (
+    Case,
+    CaseLink,
+    CaseMessage,
+    CaseStatus,
+    Notice,
+    NoticeStatus,
+    Participant,
+)
 from mailcase.notices import queue_notice
 from mailcase.store import insert_row, next_folio_number, utcnow
 
@@ -386,7 +394,11 @@ def route(
 
 
 def close(session: Session, case: Case, *, by: str) -> None:
-    """Close ``case`` (no notice); a later customer message opens a new, linked case."""
+    """Close ``case`` (no notice).
+
+    A later customer message reopens it within ``cases.reopen_days`` of its
+    resolution, else opens a new, linked case (mailcase.triage, rule 6).
+    """
     now = utcnow()
     case.status = CaseStatus.CLOSED
     case.closed_at = now
@@ -405,17 +417,24 @@ def reopen(session: Session, case: Case, *, by: str) -> None:
     record(session, case, "system", "case reopened", from_addr=by)
 
 
-def relay(session: Session, settings: Settings, case: Case, text: str, *, agent_name: str) -> None:
-    """Send an agent's words to the customer from the mailbox, in the case's thread."""
-    if case.customer:
-        queue_notice(
-            session,
-            settings,
-            case,
-            "relay",
-            to=case.customer,
-            context={"text": text, "agent_name": agent_name},
-        )
+def relay(session: Session, settings: Settings, case: Case, text: str, *, agent_name: str) -> bool:
+    """Send an agent's words to the customer from the mailbox, in the case's thread.
+
+    Returns whether they go out: False without a customer address, or when a
+    guard held the notice (``limits.max_relays_per_case_per_hour``, a loop).
+    """
+    if not case.customer:
+        return False
+    notice_id = queue_notice(
+        session,
+        settings,
+        case,
+        "relay",
+        to=case.customer,
+        context={"text": text, "agent_name": agent_name},
+    )
+    status = session.exec(select(Notice.status).where(Notice.id == notice_id)).one()
+    return status != NoticeStatus.SUPPRESSED
 
 
 def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:

@@ -512,7 +512,11 @@ def _deliver_after_commit(store: Store, settings: Settings) -> None:
     from mailcase.store import error_text
 
     try:
-        deliver_outbox(store, settings)
+        if deliver_outbox(store, settings).busy:
+            print(
+                "mailcase: another mailcase process is delivering: the notices are queued for it",
+                file=sys.stderr,
+            )
     except MailcaseError as exc:
         print(f"mailcase: notices stay queued for the daemon: {exc}", file=sys.stderr)
     except SQLAlchemyError as exc:

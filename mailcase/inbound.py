@@ -66,6 +66,9 @@ class Attachment:
     filename: str
     content_type: str
     payload: bytes = field(repr=False)
+    # Shown within the HTML (a Content-ID, not marked "attachment"): a signature's
+    # logo, say, rather than a file the sender meant to send.
+    inline: bool = False
 
     @property
     def size(self) -> int:
@@ -370,7 +373,10 @@ def _decode_text(data: bytes, charset: str | None) -> str:
     except UnicodeDecodeError:
         with contextlib.suppress(UnicodeDecodeError):
             return data.decode("utf-8")
-        return data.decode(label, "replace")
+        # Some codecs refuse "replace" too ("idna", "punycode": a bare UnicodeError).
+        with contextlib.suppress(UnicodeError, LookupError, ValueError):
+            return data.decode(label, "replace")
+        return _utf8_else_windows_1252(data)
     except (LookupError, ValueError):
         # Unknown name, a non-text codec ("base64"), a NUL in the name, or a codec
         # that refuses to decode at all ("undefined" raises a bare UnicodeError).
@@ -650,7 +656,9 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
         maintype = content_type.partition("/")[0]
         disposition = part.get_content_disposition()
         named = bool(part.get_filename())
-        payload = part.get_payload()
+        # Only a container's payload is read here: a leaf's get_payload() decodes 8-bit
+        # text by its charset, which some codecs refuse outright ("idna").
+        payload = part.get_payload() if part.is_multipart() else None
         if maintype == "multipart" and isinstance(payload, list):
             # RFC 2183 section 2.9: a container's disposition covers its parts. The
             # text of an attached multipart is not the body (mail-parser's rule).
@@ -729,10 +737,12 @@ def _attachments(parsed: Any) -> Iterable[Attachment]:
                 data = str(payload).encode("utf-8", "replace")
         else:
             data = str(payload).encode("utf-8", "replace")
+        disposition = str(item.get("content-disposition") or "").lower()
         yield Attachment(
             filename=_one_line(_clean(str(item.get("filename") or "attachment"))),
             content_type=_content_type(item.get("mail_content_type")),
             payload=data,
+            inline=bool(item.get("content-id")) and not disposition.startswith("attachment"),
         )
 
 

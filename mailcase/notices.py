@@ -123,11 +123,15 @@ def blocked(
         sent = run(session, _ACKS_SINCE, {"rcpt": rcpt, "since": since}).scalar_one()
         if sent >= limits.max_acks_per_sender_per_hour:
             return f"limits.max_acks_per_sender_per_hour ({limits.max_acks_per_sender_per_hour})"
+    agent_cap = (
+        "limits.max_agent_notices_per_case_per_hour",
+        limits.max_agent_notices_per_case_per_hour,
+    )
     per_case = {
-        "agent_notification": (
-            "limits.max_agent_notices_per_case_per_hour",
-            limits.max_agent_notices_per_case_per_hour,
-        ),
+        # Each kind counted on its own: answers to our answers to an agent, too.
+        "agent_notification": agent_cap,
+        "not_relayed": agent_cap,
+        "command_error": agent_cap,
         "relay": ("limits.max_relays_per_case_per_hour", limits.max_relays_per_case_per_hour),
     }
     if kind in per_case and case_id is not None:

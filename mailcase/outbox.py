@@ -87,12 +87,17 @@ def due_notice_ids(
 
 
 def _pages(store: Store, now: datetime, first: list[int]) -> Iterator[int]:
-    """Every due notice id, a page at a time, each at most once per run."""
+    """Every due notice id, a page at a time, each at most once per run.
+
+    Each page is read as due by the clock then (or ``now``, if later): a notice
+    queued while the run goes on (by another process, which found the run's
+    lock held) is sent by this run, not left for the next.
+    """
     ids = first
     while ids:
         yield from ids
         with store.reading() as conn:  # reads never wait for ingest's write lock
-            ids = due_notice_ids(conn, now, after=ids[-1])
+            ids = due_notice_ids(conn, max(now, utcnow()), after=ids[-1])
 
 
 def deliver_outbox(

@@ -261,7 +261,14 @@ def _fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[F
                 spool = rt.blobs.spool_path()
             except StorageError as exc:
                 raise _not_stored(box.name, uid, exc) from exc
-            spooled = box.fetch_spooled(uid, size, spool)
+            try:
+                spooled = box.fetch_spooled(uid, size, spool)
+            except OSError as exc:  # the store's disk filled while the message streamed in
+                spool.unlink(missing_ok=True)
+                raise _not_stored(box.name, uid, rt.blobs.failed(exc)) from exc
+            except MailboxError:  # the server failed: no half-written spool file left behind
+                spool.unlink(missing_ok=True)
+                raise
             if spooled is not None:
                 yield spooled
             continue
@@ -863,12 +870,15 @@ def _agent_message(
     # Written straight to the customer with the mailbox in Cc: already sent.
     if case.customer and (case.customer in mail.to or case.customer in mail.cc):
         return
-    attachments = [a.filename for a in mail.attachments]
+    # Not a signature's logo: what the agent attached.
+    attachments = [a.filename for a in mail.attachments if not a.inline]
     reason = "no_text" if not text else "no_customer" if not case.customer else ""
     if not reason:
-        casework.relay(session, settings, case, text, agent_name=mail.sender_name)
-        # Attachments are kept on the case, not passed on (see README, "For agents").
-        reason = "attachments" if attachments else ""
+        if casework.relay(session, settings, case, text, agent_name=mail.sender_name):
+            # Attachments are kept on the case, not passed on (see README, "For agents").
+            reason = "attachments" if attachments else ""
+        else:
+            reason = "held"  # limits.max_relays_per_case_per_hour: a loop, most likely
     if reason:  # the agent learns what did not reach the customer
         queue_notice(
             session,

@@ -85,3 +85,32 @@ def test_a_run_that_finds_the_outbox_held_sends_nothing_and_says_so(
 def test_postgresql_needs_no_lock_file(pg_url: str) -> None:
     with Store.open(pg_url, auto_upgrade=False) as store:
         assert store.delivery_lock is None
+
+
+def test_a_run_in_progress_sends_what_is_queued_meanwhile(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    # Another process, finding the run's lock held, leaves its notices to the run:
+    # they became due after the run started, and must not wait for the next run.
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from mailcase.models import Notice
+    from mailcase.outbox import _pages
+    from mailcase.store import utcnow
+
+    config = write_config(tmp_path, mailboxes, sink)
+    point_smtp_at_a_closed_port(config, sink)
+    _queue_phone_cases(config, 2)
+    settings = load_settings(config)
+    started = utcnow() - timedelta(minutes=5)
+    with Store.open(settings.database.url, auto_upgrade=False) as store:
+        with store.transaction() as session:
+            ids = sorted(n for n in session.exec(sa.select(Notice.id)).scalars() if n)
+            due = {ids[0]: started - timedelta(minutes=1), ids[1]: utcnow()}  # queued later
+            for notice_id, at in due.items():
+                session.execute(
+                    sa.update(Notice).where(Notice.id == notice_id).values(next_attempt_at=at)
+                )
+        assert list(_pages(store, started, [ids[0]])) == ids

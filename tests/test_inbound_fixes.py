@@ -276,3 +276,32 @@ def test_a_message_that_only_forwards_another_has_no_text_of_its_own() -> None:
     mail = parse_inbound(raw)
     assert mail.text == ""
     assert [a.filename for a in mail.attachments] == ["attachment-1.eml"]
+
+
+def test_an_inline_image_is_marked_inline_and_a_file_is_not() -> None:
+    # A signature's logo (multipart/related, shown by Content-ID) is not a file the
+    # sender meant to send: an agent's reply is not said to have lost it.
+    raw = (
+        b"From: ana@x.com\r\nTo: b@y.com\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n--m\r\n'
+        b'Content-Type: multipart/related; boundary="r"\r\n\r\n--r\r\n'
+        b'Content-Type: text/html\r\n\r\n<p>Listo <img src="cid:logo1"></p>\r\n--r\r\n'
+        b"Content-Type: image/png\r\nContent-ID: <logo1>\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--r--\r\n--m\r\n"
+        b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="r.pdf"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--m--\r\n"
+    )
+    mail = parse_inbound(raw)
+    assert {(a.content_type, a.inline) for a in mail.attachments} == {
+        ("image/png", True),
+        ("application/pdf", False),
+    }
+
+
+def test_a_charset_whose_codec_refuses_replace_still_decodes() -> None:
+    # "idna" raises a bare UnicodeError even with errors="replace".
+    raw = (
+        b"From: a@x.com\r\nTo: b@y.com\r\nSubject: s\r\n"
+        b"Content-Type: text/plain; charset=idna\r\n\r\nNo tengo se\xf1al\r\n"
+    )
+    assert parse_inbound(raw).text == "No tengo señal"

@@ -83,3 +83,30 @@ def test_an_agents_auto_reply_is_not_relayed_to_the_customer(
     assert sink.messages == []
     [entry] = [e for e in cli.json("messages", "list") if e["disposition"] != "new_case"]
     assert entry["disposition"] == "auto_reply"
+
+
+def test_a_held_relay_is_said_to_be_held_and_those_notices_are_capped_too(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    extra = "[limits]\nmax_relays_per_case_per_hour = 1\nmax_agent_notices_per_case_per_hour = 2\n"
+    cli = Cli(write_config(tmp_path, mailboxes, sink, notify=True, extra=extra), capsys)
+    mailboxes.append("contacto", mail())
+    cli.poll()
+    [notification] = [m.message for m in sink.messages if m.rcpt_tos == [NOTIFY]]
+    customer = next(m.rcpt_tos for m in sink.messages if m.rcpt_tos != [NOTIFY])
+    told: list[str] = []
+    for i in range(4):  # a responder with no header, answering the notification again
+        sink.clear()
+        reply = auto_answer(notification, AGENT, {}).replace(
+            b"Estoy fuera de la oficina", f"Respuesta {i}".encode()
+        )
+        mailboxes.append("contacto", reply)
+        cli.poll()
+        assert [m.rcpt_tos for m in sink.messages if m.rcpt_tos == customer] == (
+            [customer] if i == 0 else []
+        )
+        told += [str(m.message.get_body(("plain",)).get_content()) for m in sink.messages
+                 if m.rcpt_tos == [AGENT]]  # fmt: skip
+    # Held from the second on, and said so (not "sent"); the notices saying so are capped.
+    assert len(told) == 2
+    assert all("no se envió al cliente" in t and "ciclo" in t for t in told)

@@ -72,3 +72,29 @@ def test_a_full_store_fails_the_poll_and_the_next_poll_ingests_the_message(
     assert entry["disposition"] == "new_case"
     [case] = cli.json("cases", "list")
     assert [m.rcpt_tos for m in sink.messages] == [[case["customer"]]]
+
+
+def test_a_disk_that_fills_while_a_large_message_streams_in_fails_the_poll(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailcase.imap import ImapMailbox
+
+    config = write_config(tmp_path, mailboxes, sink, extra="[limits]\nmax_message_bytes = 10000\n")
+    cli = Cli(config, capsys)
+    mailboxes.append("contacto", mail(body="x" * 20000))  # streamed to a spool file
+
+    def disk_full(self: ImapMailbox, uid: int, size: int, spool: Path) -> Any:
+        spool.write_bytes(b"half a message")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ImapMailbox, "fetch_spooled", disk_full)
+    code, _, err = cli("poll")
+    assert code == 1 and "Traceback" not in err
+    [line] = [x for x in err.splitlines() if not x.startswith("{")]
+    assert line.endswith("(storage.directory): No space left on device")
+    assert list((tmp_path / "store" / "spool").iterdir()) == []  # no half file left
+    assert cli.json("messages", "list") == []

@@ -486,3 +486,29 @@ def test_cases_resolved_or_closed_before_0002_get_their_times(tmp_path: Path) ->
         ("open", False, False),
     ]
     assert rows[0][1] == "2025-06-02 10:00:00.000000"  # its last change
+
+
+def test_0006_leaves_a_case_reopened_and_closed_unresolved_since_0002(tmp_path: Path) -> None:
+    # Reopening clears resolved_at and keeps the outcome; closing sets closed_at.
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0005")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO cases (id, folio, status, customer, customer_name, subject, mailbox,"
+                " language, outcome, channel, created_at, updated_at, closed_at) VALUES (1,"
+                " 'PLR-2026-000001', 'closed', 'juan@example.com', '', 'x', 'contacto', 'es',"
+                " 'valid', 'mail', '2026-06-01 10:00:00.000000', '2026-06-09 10:00:00.000000',"
+                " '2026-06-09 10:00:00.000000')"
+            )
+        )
+    engine.dispose()
+    Store.open(url, auto_upgrade=True).dispose()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        resolved_at = conn.execute(sa.text("SELECT resolved_at FROM cases")).scalar()
+    engine.dispose()
+    assert resolved_at is None  # a reply opens a new, linked case, as for any unresolved one

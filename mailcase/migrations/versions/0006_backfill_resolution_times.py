@@ -23,9 +23,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # closed_at IS NULL: a case closed since 0002 has its closing time, and one
+    # without resolved_at then was reopened (which clears it, keeping the outcome)
+    # and closed unresolved: it must not count as resolved.
     op.execute(
         "UPDATE cases SET resolved_at = updated_at WHERE resolved_at IS NULL"
-        " AND (status = 'resolved' OR (status = 'closed' AND outcome IS NOT NULL))"
+        " AND (status = 'resolved' OR (status = 'closed' AND outcome IS NOT NULL"
+        " AND closed_at IS NULL))"
     )
     op.execute(
         "UPDATE cases SET closed_at = updated_at WHERE closed_at IS NULL AND status = 'closed'"
