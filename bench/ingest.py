@@ -24,6 +24,7 @@ Not a test: numbers go into README.md ("Benchmark").
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import random
 import shutil
@@ -355,6 +356,8 @@ def main() -> None:
 
     mails = generate(args.n)
     work = Path(tempfile.mkdtemp(prefix="mailcase-bench-"))
+    # Databases, stores and configs of every run: 100 MB and more at 10,000 messages.
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     with Dovecot() as imap, SmtpSink() as sink:
         pg = None
         if args.db == "postgresql":
