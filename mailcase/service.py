@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from mailcase import casework, leases, metrics
@@ -378,6 +378,15 @@ def ingest_message(
                 f"database unavailable while ingesting message {fetched.uid} of mailbox "
                 f"{mailbox}: {error_text(exc)}"
             ) from exc
+        if isinstance(exc, IntegrityError):
+            # Another poll of this mailbox committed the message first (two instances
+            # overlapping for a moment, or a poll next to the daemon's): not a bad
+            # message, and not ingested twice either; its row is the other poll's.
+            with rt.store.transaction() as session:
+                other = _existing(session, mailbox, uidvalidity, fetched.uid)
+            if other is not None:
+                log.info("message_ingested_elsewhere", disposition=other.disposition)
+                return str(other.disposition)
         reason = _error_reason(exc)
         log.warning("message_quarantined", disposition="quarantined", reason=reason)
         try:

@@ -82,3 +82,40 @@ def test_mail_keyed_by_its_raw_hash_before_an_upgrade_is_still_recognised(
         rows = session.execute(sa.text("SELECT uidvalidity FROM ledger")).all()
     assert rows == [(2,)]  # the same row, moved to the new UIDVALIDITY: no second case
     rt.store.dispose()
+
+
+def test_a_message_another_poll_committed_first_is_not_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # Two polls of one mailbox overlapping for a moment: the second's INSERT of the
+    # ledger row fails on its unique key. That is not a bad message.
+    import types
+
+    import sqlalchemy as sa
+
+    from mailcase import service
+    from mailcase.config import load_settings
+    from mailcase.imap import FetchedMessage
+    from mailcase.store import utcnow
+
+    servers = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
+    config = write_config(tmp_path, servers, types.SimpleNamespace(port=3))  # type: ignore[arg-type]
+    rt = service.Runtime.open(load_settings(config))
+    raw = delivered("contacto@internet-plarey.com.mx", "a")
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, raw, utcnow())) == "new_case"
+    real = service._existing
+    calls: list[int] = []
+
+    def not_yet_seen(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)  # the first look: before the other poll's commit
+        return None if len(calls) == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_existing", not_yet_seen)
+    capsys.readouterr()
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, raw, utcnow())) == "new_case"
+    logged = "".join(capsys.readouterr())
+    assert "message_ingested_elsewhere" in logged and "message_quarantined" not in logged
+    with rt.store.transaction() as session:
+        rows = session.execute(sa.text("SELECT disposition FROM ledger")).all()
+    assert rows == [("new_case",)]
+    rt.store.dispose()
