@@ -17,15 +17,7 @@ from mailcase.commands import Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
 from mailcase.folio import format_folio
-from mailcase.models import (
-    Case,
-    CaseLink,
-    CaseMessage,
-    CaseStatus,
-    Notice,
-    NoticeStatus,
-    Participant,
-)
+from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant
 from mailcase.notices import queue_notice
 from mailcase.store import insert_row, next_folio_number, utcnow
 
@@ -425,7 +417,7 @@ def relay(session: Session, settings: Settings, case: Case, text: str, *, agent_
     """
     if not case.customer:
         return False
-    notice_id = queue_notice(
+    queued = queue_notice(
         session,
         settings,
         case,
@@ -433,8 +425,7 @@ def relay(session: Session, settings: Settings, case: Case, text: str, *, agent_
         to=case.customer,
         context={"text": text, "agent_name": agent_name},
     )
-    status = session.exec(select(Notice.status).where(Notice.id == notice_id)).one()
-    return status != NoticeStatus.SUPPRESSED
+    return not queued.held
 
 
 def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:

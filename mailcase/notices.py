@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -100,6 +101,16 @@ _KEYS: dict[str, bytes] = {}  # the key never changes once created: one read per
 _TOTAL_CAP = "limits.max_notices_per_hour"  # how blocked()'s reason for the total cap starts
 
 
+# Loop breakers: kinds capped per case and hour, each counted on its own, and the
+# [limits] key of their cap (answers to our answers to an agent count too).
+_PER_CASE_CAPS = {
+    "agent_notification": "max_agent_notices_per_case_per_hour",
+    "not_relayed": "max_agent_notices_per_case_per_hour",
+    "command_error": "max_agent_notices_per_case_per_hour",
+    "relay": "max_relays_per_case_per_hour",
+}
+
+
 def blocked(
     session: Session, settings: Settings, kind: str, rcpt: str, case_id: int | None = None
 ) -> str:
@@ -123,22 +134,12 @@ def blocked(
         sent = run(session, _ACKS_SINCE, {"rcpt": rcpt, "since": since}).scalar_one()
         if sent >= limits.max_acks_per_sender_per_hour:
             return f"limits.max_acks_per_sender_per_hour ({limits.max_acks_per_sender_per_hour})"
-    agent_cap = (
-        "limits.max_agent_notices_per_case_per_hour",
-        limits.max_agent_notices_per_case_per_hour,
-    )
-    per_case = {
-        # Each kind counted on its own: answers to our answers to an agent, too.
-        "agent_notification": agent_cap,
-        "not_relayed": agent_cap,
-        "command_error": agent_cap,
-        "relay": ("limits.max_relays_per_case_per_hour", limits.max_relays_per_case_per_hour),
-    }
-    if kind in per_case and case_id is not None:
-        key, cap = per_case[kind]
+    key = _PER_CASE_CAPS.get(kind)
+    if key is not None and case_id is not None:
+        cap = getattr(limits, key)
         params = {"case": case_id, "kind": kind, "since": since}
         if run(session, _CASE_KIND_SINCE, params).scalar_one() >= cap:
-            return f"{key} ({cap})"
+            return f"limits.{key} ({cap})"
     if kind == "unverified_agent":
         params = {"rcpt": rcpt, "kind": kind, "since": since}
         if run(session, _TO_KIND_SINCE, params).scalar_one() >= 1:
@@ -298,6 +299,14 @@ def _message_id(
     return signed_message_id(signing_key(session, settings), case_id, domain)
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A notice written to the outbox: its id, and why a guard held it ("" when queued)."""
+
+    id: int
+    held: str
+
+
 def queue_notice(
     session: Session,
     settings: Settings,
@@ -310,11 +319,12 @@ def queue_notice(
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
     new_case: bool = False,
-) -> int:
+) -> Queued:
     """Render and queue one ``kind`` notice about ``case`` to ``to``; record it on the case.
 
-    Returns the notice's id. The notice is written even when a guard blocks it
-    (status ``suppressed``), so the case shows what was not sent and why.
+    Returns the notice's id and why a guard held it ("" when queued). The
+    notice is written even when held (status ``suppressed``), so the case
+    shows what was not sent and why.
     ``new_case``: the case was opened in this transaction, so it has no notices
     to count against the per-case caps (one query fewer per new case).
     """
@@ -379,4 +389,4 @@ def queue_notice(
         text=body.text,
         notice_id=notice_id,
     )
-    return notice_id
+    return Queued(notice_id, reason)

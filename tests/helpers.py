@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -137,6 +138,20 @@ format = "json"
         encoding="utf-8",
     )
     return path
+
+
+def offline_runtime(directory: Path, db_url: str | None = None) -> Any:
+    """A ``service.Runtime`` on a config in ``directory`` whose servers are never contacted.
+
+    For tests of ingest and casework on the database alone (ports 1 to 3: nothing
+    listens there); ``db_url`` as for :func:`write_config`.
+    """
+    from mailcase import service
+    from mailcase.config import load_settings
+
+    servers: Any = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
+    config = write_config(directory, servers, types.SimpleNamespace(port=3), db_url=db_url)  # type: ignore[arg-type]
+    return service.Runtime.open(load_settings(config))
 
 
 def point_smtp_at_a_closed_port(config: Path, sink: SmtpSink) -> None:

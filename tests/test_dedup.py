@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cli, write_config
+from helpers import Cli, offline_runtime, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase.inbound import parse_inbound
@@ -60,19 +60,15 @@ def test_mail_keyed_by_its_raw_hash_before_an_upgrade_is_still_recognised(
     tmp_path: Path,
 ) -> None:
     # A folder rebuilt (new UIDVALIDITY) after the upgrade: its messages are met again.
-    import types
 
     import sqlalchemy as sa
 
     from mailcase import service
-    from mailcase.config import load_settings
     from mailcase.imap import FetchedMessage
     from mailcase.models import LedgerEntry
     from mailcase.store import utcnow
 
-    servers = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
-    config = write_config(tmp_path, servers, types.SimpleNamespace(port=3))  # type: ignore[arg-type]
-    rt = service.Runtime.open(load_settings(config))
+    rt = offline_runtime(tmp_path)
     raw = delivered("contacto@internet-plarey.com.mx", "a")
     assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, raw, utcnow())) == "new_case"
     with rt.store.transaction() as session:  # as an older mailcase keyed it
@@ -89,18 +85,14 @@ def test_a_message_another_poll_committed_first_is_not_quarantined(
 ) -> None:
     # Two polls of one mailbox overlapping for a moment: the second's INSERT of the
     # ledger row fails on its unique key. That is not a bad message.
-    import types
 
     import sqlalchemy as sa
 
     from mailcase import service
-    from mailcase.config import load_settings
     from mailcase.imap import FetchedMessage
     from mailcase.store import utcnow
 
-    servers = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
-    config = write_config(tmp_path, servers, types.SimpleNamespace(port=3))  # type: ignore[arg-type]
-    rt = service.Runtime.open(load_settings(config))
+    rt = offline_runtime(tmp_path)
     raw = delivered("contacto@internet-plarey.com.mx", "a")
     assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, raw, utcnow())) == "new_case"
     real = service._existing

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import threading
-import types
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import mail, write_config
+from helpers import mail, offline_runtime
 from sqlmodel import select
 
 from mailcase import casework, service
 from mailcase.casework import CaseworkError
-from mailcase.config import load_settings
 from mailcase.imap import FetchedMessage
 from mailcase.models import Case
 from mailcase.store import case_by_folio, utcnow
@@ -24,10 +22,7 @@ pytestmark = pytest.mark.integration
 
 def runtime(tmp_path: Path, pg_url: str) -> service.Runtime:
     # No server is contacted: ingest_message and casework work on the database only.
-    dovecot = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
-    sink = types.SimpleNamespace(port=3)
-    config = write_config(tmp_path, dovecot, sink, db_url=pg_url)  # type: ignore[arg-type]
-    return service.Runtime.open(load_settings(config))
+    return offline_runtime(tmp_path, pg_url)  # type: ignore[no-any-return]
 
 
 def open_case(rt: service.Runtime) -> str:
