@@ -66,13 +66,39 @@ def clip(text: str, limit: int = SUBJECT_ECHO_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+# A link, or a bare domain ("bit.ly/premio", "premios-plarey.com"): what a
+# spammer forging a victim's From wants our acknowledgement to carry to them.
+_LINK = re.compile(
+    r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)\S*"  # scheme:// or www.
+    r"|[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}\b(?:/\S*)?",  # a dotted name ending in letters
+    re.IGNORECASE,
+)
+LINK_MASK = "[…]"
+
+
+def has_link(text: str) -> bool:
+    """Whether ``text`` holds a link or anything shaped like a domain name."""
+    return _LINK.search(text) is not None
+
+
+def echoable_subject(subject: str) -> str:
+    """``subject`` as our notices may repeat it: links and domains masked, then clipped.
+
+    Sender-supplied text reaches whoever the From names, who may not have
+    written it (backscatter); a subject such as "Falla en mi módem" is kept
+    whole. The case keeps the subject as written; only the echo is masked.
+    """
+    # Cut first: the mask's search is not linear in a pathological subject.
+    return clip(_LINK.sub(LINK_MASK, subject[: 4 * SUBJECT_ECHO_CHARS]))
+
+
 def tagged_subject(folio: str, subject: str) -> str:
     """``[Folio X] subject``, without doubling a tag the subject already carries.
 
-    The subject is clipped to :data:`SUBJECT_ECHO_CHARS`.
+    The subject is repeated as :func:`echoable_subject` allows.
     """
     bare = remove_folio_tags(strip_reply_prefixes(subject), folio.split("-", 1)[0])
-    return f"[Folio {folio}] {clip(bare)}".rstrip()
+    return f"[Folio {folio}] {echoable_subject(bare)}".rstrip()
 
 
 def remove_folio_tags(subject: str, prefix: str) -> str:

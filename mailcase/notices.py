@@ -35,7 +35,7 @@ from sqlmodel import Session, col, select
 from mailcase.classify import is_automatic_address
 from mailcase.commands import COMMAND_FORMS
 from mailcase.config import Settings
-from mailcase.folio import clip, new_message_id, tagged_subject
+from mailcase.folio import echoable_subject, has_link, new_message_id, tagged_subject
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
@@ -252,7 +252,7 @@ def base_context(settings: Settings, case: Case) -> dict[str, Any]:
         "folio": case.folio,
         "customer": case.customer,
         "customer_name": echoable_name(case.customer_name),
-        "subject": clip(case.subject),
+        "subject": echoable_subject(case.subject),
         "mailbox": case.mailbox,
         "mailbox_address": box.address if box else "",
         "company": settings.company.model_dump(),
@@ -263,7 +263,7 @@ def base_context(settings: Settings, case: Case) -> dict[str, Any]:
 
 
 _NAME_ECHO_CHARS = 60
-_NOT_A_NAME = ("://", "www.", "@", "http")
+_NOT_A_NAME = ("@", "/", "http")
 
 
 def echoable_name(name: str) -> str:
@@ -271,10 +271,15 @@ def echoable_name(name: str) -> str:
 
     A name is whatever the sender wrote: "Felicidades! cobre su premio en
     http://…" would be repeated to whoever the From names. A long name, or one
-    with a link or an address in it, is left out (the greeting has no name).
+    with a link, a domain ("bit.ly", "premios.com"), an address or a slash in
+    it, is left out (the greeting then has no name).
     """
     lowered = name.lower()
-    if len(name) > _NAME_ECHO_CHARS or any(mark in lowered for mark in _NOT_A_NAME):
+    if (
+        len(name) > _NAME_ECHO_CHARS
+        or any(mark in lowered for mark in _NOT_A_NAME)
+        or has_link(name)
+    ):
         return ""
     return name
 
