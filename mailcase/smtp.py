@@ -18,6 +18,8 @@ from mailcase.config import SmtpSettings, tls_context
 from mailcase.errors import ConfigError, DeliveryError, PermanentDeliveryError
 from mailcase.oauth import TokenError, TokenProvider, smtp_tokens, xoauth2_string
 
+_SESSION_REFUSALS = frozenset({503, 530})
+
 
 def _classify(exc: BaseException, what: str) -> DeliveryError:
     code = getattr(exc, "smtp_code", None)
@@ -25,6 +27,11 @@ def _classify(exc: BaseException, what: str) -> DeliveryError:
         codes = [c for c, _ in exc.recipients.values()]
         code = codes[0] if codes else None
     text = str(exc) or type(exc).__name__
+    if code in _SESSION_REFUSALS:
+        # Refused for the session, not for this notice (RFC 5321 503 "bad sequence of
+        # commands", RFC 4954 530 "authentication required"): every notice would fail
+        # the same way, so they wait, and back off, until the admin or server is fixed.
+        return DeliveryError(f"{what}: {code} {text}")
     if isinstance(code, int) and 500 <= code < 600:
         return PermanentDeliveryError(f"{what}: {code} {text}")
     return DeliveryError(f"{what}: {text}")
@@ -70,10 +77,10 @@ class SmtpConnection:
                 )
             else:
                 self.client = smtplib.SMTP(s.host, s.effective_port, timeout=s.timeout_seconds)
-            self.client.ehlo()
+            _greet(self.client)
             if s.security == "starttls":
                 self.client.starttls(context=context)
-                self.client.ehlo()
+                _greet(self.client)
             if tokens is not None:
                 self._xoauth2(s.username or "", token, where)
             else:
@@ -257,10 +264,33 @@ def _transaction(
     if code not in (250, 251):
         _abandon(client, code)
         raise smtplib.SMTPRecipientsRefused({rcpt_to: (code, answer)})
-    code, answer = client.data(raw)
+    try:
+        code, answer = client.data(raw)
+    except smtplib.SMTPDataError as exc:
+        # Refused at the DATA command itself (a policy service's 451): smtplib raises
+        # without the RSET, and the server still holds MAIL and RCPT, so the next
+        # notice's MAIL would get "503 nested MAIL command", a permanent failure.
+        _abandon(client, exc.smtp_code)
+        raise
     if code != 250:
         _abandon(client, code)
         raise smtplib.SMTPDataError(code, answer)
+
+
+def _greet(client: smtplib.SMTP) -> None:
+    """EHLO, or HELO when the server does not know EHLO (RFC 5321 4.1.4, 3.2).
+
+    smtplib's ``ehlo`` returns a refusal instead of raising, and records it, so
+    its later ``ehlo_or_helo_if_needed`` believes the greeting done and no HELO
+    is ever sent: every MAIL would get "503 send HELO first", permanently.
+    Raises SMTPHeloError when HELO is refused too.
+    """
+    code, _ = client.ehlo()
+    if 200 <= code < 300:
+        return
+    code, answer = client.helo()
+    if not 200 <= code < 300:
+        raise smtplib.SMTPHeloError(code, answer)
 
 
 def _abandon(client: smtplib.SMTP, code: int) -> None:

@@ -657,7 +657,7 @@ class _Controller(Controller):
         self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
     def factory(self) -> SMTP:
-        smtp = SMTP(self.handler, **self.SMTP_kwargs)  # what Controller.factory() does
+        smtp = _SinkSMTP(self.handler, **self.SMTP_kwargs)  # what Controller.factory() does
         self.sessions.add(smtp)
         return smtp
 
@@ -671,6 +671,29 @@ class _Controller(Controller):
         deadline = time.monotonic() + 2
         while any(s.transport is not None for s in self.sessions) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+
+
+class _SinkSMTP(SMTP):
+    """aiosmtpd's session, answering EHLO or the DATA command itself as the sink was asked.
+
+    aiosmtpd's handler hooks see DATA only once the message has been read; a server
+    refusing the DATA command (a policy service's 451 at Postfix's DATA restriction)
+    answers before its 354, and then keeps the sender and recipient, as Postfix does.
+    """
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        reply = cast(SmtpSink, self.event_handler)._take_refusal("EHLO")
+        if reply is not None:
+            await self.push(reply)
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        reply = cast(SmtpSink, self.event_handler)._take_refusal("DATA")
+        if reply is not None:
+            await self.push(reply)
+            return
+        await super().smtp_DATA(arg)
 
 
 class SmtpSink(Managed):
@@ -701,6 +724,7 @@ class SmtpSink(Managed):
         self._faults: list[str] = []
         self._hangs: list[float] = []
         self._drops: list[str] = []  # "MAIL" or "DATA": answer 421 there and hang up
+        self._refusals: list[tuple[str, str]] = []  # (command, reply) for refuse_next()
         self._controller: _Controller | None = None
 
     @property
@@ -757,6 +781,7 @@ class SmtpSink(Managed):
             self._faults.clear()
             self._hangs.clear()
             self._drops.clear()
+            self._refusals.clear()
 
     def fail_next(self, code: int, text: str, count: int = 1) -> None:
         """Answer the next `count` transactions' DATA with `code text` (e.g. 451, 550).
@@ -778,6 +803,26 @@ class SmtpSink(Managed):
             raise ValueError(f"drop_next at MAIL or DATA, not {at!r}")
         with self._cond:
             self._drops.extend([at] * count)
+
+    def refuse_next(self, at: str, reply: str) -> None:
+        """Answer the next ``at`` command (EHLO, MAIL, or DATA before its 354) with ``reply``.
+
+        The connection stays open: e.g. ``refuse_next("DATA", "451 4.7.1 try later")``, or
+        ``refuse_next("EHLO", "502 5.5.2 command not recognized")`` for a server that only
+        knows HELO.
+        """
+        if at not in ("EHLO", "MAIL", "DATA"):
+            raise ValueError(f"refuse_next at EHLO, MAIL or DATA, not {at!r}")
+        with self._cond:
+            self._refusals.append((at, reply))
+
+    def _take_refusal(self, at: str) -> str | None:
+        with self._cond:
+            for index, (command, reply) in enumerate(self._refusals):
+                if command == at:
+                    del self._refusals[index]
+                    return reply
+            return None
 
     def _take_drop(self, at: str) -> bool:
         with self._cond:
@@ -824,6 +869,9 @@ class SmtpSink(Managed):
     ) -> str:
         if self._take_drop("MAIL"):
             return self._hang_up(server)
+        refusal = self._take_refusal("MAIL")
+        if refusal is not None:
+            return refusal
         # What aiosmtpd does when there is no hook.
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)

@@ -461,3 +461,49 @@ def test_postgresql_skips_a_notice_another_instance_holds_and_goes_on(
             rt.store.dispose()
     finally:
         postgres.drop_database("claims")
+
+
+@pytest.mark.parametrize("reply", ["451 4.7.1 Data command rejected: try later", "554 5.7.1 no"])
+def test_a_refused_data_command_is_reset_and_the_next_notice_goes_out(
+    sink: SmtpSink, reply: str
+) -> None:
+    """A server refusing the DATA command itself (a policy service, before its 354) keeps
+    MAIL and RCPT: without RSET the next notice's MAIL got "503 nested MAIL command"."""
+    raw = mail(sender="contacto@internet-plarey.com.mx", to="cliente@example.com")
+    settings = SmtpSettings(host=sink.host, port=sink.port, security="none", timeout_seconds=5)
+    with SmtpConnection(settings) as connection:
+        sink.refuse_next("DATA", reply)
+        with pytest.raises(DeliveryError, match=reply.split()[0]) as refused:
+            connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+        assert isinstance(refused.value, PermanentDeliveryError) == reply.startswith("5")
+        connection.send("contacto@internet-plarey.com.mx", "otro@example.com", raw)
+    [sent] = sink.wait_for(1)
+    assert sent.rcpt_tos == ["otro@example.com"]
+
+
+def test_a_server_that_refuses_ehlo_is_greeted_with_helo(sink: SmtpSink) -> None:
+    raw = mail(sender="contacto@internet-plarey.com.mx", to="cliente@example.com")
+    settings = SmtpSettings(host=sink.host, port=sink.port, security="none", timeout_seconds=5)
+    sink.refuse_next("EHLO", "502 5.5.2 Error: command not recognized")
+    with SmtpConnection(settings) as connection:
+        connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+    [sent] = sink.wait_for(1)
+    assert sent.rcpt_tos == ["cliente@example.com"]
+
+
+@pytest.mark.parametrize(
+    "reply", ["530 5.7.0 Authentication required", "503 5.5.1 Error: send HELO/EHLO first"]
+)
+def test_a_refusal_of_the_session_keeps_the_notice_queued(sink: SmtpSink, reply: str) -> None:
+    """A 530 or 503 at MAIL is about the session (a missing smtp.username), not the
+    notice: failing it would fail every notice and tell the agents about each one."""
+    raw = mail(sender="contacto@internet-plarey.com.mx", to="cliente@example.com")
+    settings = SmtpSettings(host=sink.host, port=sink.port, security="none", timeout_seconds=5)
+    with SmtpConnection(settings) as connection:
+        sink.refuse_next("MAIL", reply)
+        with pytest.raises(DeliveryError, match=reply.split()[0]) as refused:
+            connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+        assert not isinstance(refused.value, PermanentDeliveryError)
+        sink.fail_next(550, "5.1.1 no such user")  # a refusal of the notice stays permanent
+        with pytest.raises(PermanentDeliveryError, match="550"):
+            connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
