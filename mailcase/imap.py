@@ -18,7 +18,13 @@ from types import TracebackType
 from typing import Any
 
 import imapclient
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import (
+    IllegalStateError,
+    IMAPClientAbortError,
+    IMAPClientError,
+    LoginError,
+    ProtocolError,
+)
 
 from mailcase.config import MailboxSettings, tls_context
 from mailcase.errors import MailboxError
@@ -39,6 +45,8 @@ class FetchedMessage:
     internal_date: datetime | None
     spooled: Path | None = None
     size: int | None = None
+    # The server refused to return it (its answer): not mail, a message to quarantine.
+    unreadable: str | None = None
 
     @property
     def full_size(self) -> int:
@@ -201,7 +209,13 @@ class ImapMailbox:
             try:
                 data = self.client.fetch(batch, [b"BODY.PEEK[]", b"INTERNALDATE"])
             except (OSError, IMAPClientError) as exc:
-                raise self._fail("fetch failed", exc) from exc
+                self._after_refusal(exc)
+                # One message the server cannot read fails the whole batch, poll after
+                # poll: Gmail answers NO ("Some messages could not be FETCHed"), Dovecot
+                # BYE ("FETCH failed: Internal error occurred") for a damaged mail file.
+                # The batch is fetched again one message at a time.
+                yield from self._fetch_each(batch)
+                continue
             for uid in batch:
                 item = data.get(uid)
                 raw = None if item is None else item.get(b"BODY[]")
@@ -211,6 +225,62 @@ class ImapMailbox:
                 yield FetchedMessage(
                     uid=uid, raw=bytes(raw), internal_date=item.get(b"INTERNALDATE")
                 )
+
+    def _fetch_each(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
+        """Fetch ``uids`` one by one; one the server refuses comes back ``unreadable``."""
+        for uid in uids:
+            try:
+                data = self.client.fetch([uid], [b"BODY.PEEK[]", b"INTERNALDATE"])
+            except (OSError, IMAPClientError) as exc:
+                self._after_refusal(exc)
+                yield self._unreadable(uid, exc)
+                continue
+            item = data.get(uid)
+            raw = None if item is None else item.get(b"BODY[]")
+            if raw is None:
+                self._vanished(uid)
+                continue
+            yield FetchedMessage(uid=uid, raw=bytes(raw), internal_date=item.get(b"INTERNALDATE"))
+
+    def _after_refusal(self, exc: BaseException) -> None:
+        """Go on after a failed FETCH if the server refused it, else raise MailboxError.
+
+        Reconnects when the server ended the session over it (Dovecot's BYE); a
+        server that is down, or a folder rebuilt meanwhile, fails the poll as before.
+        """
+        if not self._refused(exc):
+            raise self._fail("fetch failed", exc) from exc
+        if isinstance(exc, IMAPClientAbortError):
+            validity = self.uidvalidity
+            self.close()
+            self.connect()
+            if self.uidvalidity != validity:
+                raise MailboxError(
+                    self.name, f"folder {self.settings.folder!r} was rebuilt during the poll"
+                ) from exc
+
+    def _refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the server's answer to a command: a NO or BAD (imaplib's
+        ``error``), or a BYE that ended the session over it (its ``abort``).
+
+        Not a connection that dropped, a socket error or a time-out (the network or
+        the server is down), nor a response imapclient could not parse.
+        """
+        if not isinstance(exc, IMAPClientError) or isinstance(
+            exc, ProtocolError | IllegalStateError
+        ):
+            return False
+        if isinstance(exc, IMAPClientAbortError):
+            # imaplib raises abort for a BYE and keeps the BYE among the untagged
+            # responses; for a dropped connection ("socket error: EOF") there is none.
+            imap = getattr(self.client, "_imap", None)
+            return imap is not None and bool(imap.untagged_responses.get("BYE"))
+        return True
+
+    def _unreadable(self, uid: int, exc: BaseException) -> FetchedMessage:
+        answer = str(exc) or type(exc).__name__
+        get_logger(mailbox=self.name, uid=uid).warning("message_unreadable", error=answer)
+        return FetchedMessage(uid=uid, raw=b"", internal_date=None, unreadable=answer)
 
     def _vanished(self, uid: int) -> None:
         # Expunged by another session (an agent's mail client) since our SEARCH.
@@ -228,7 +298,15 @@ class ImapMailbox:
             try:
                 data = self.client.fetch(batch, [b"RFC822.SIZE"])
             except (OSError, IMAPClientError) as exc:
-                raise self._fail("fetch failed", exc) from exc
+                self._after_refusal(exc)
+                # A message whose size the server cannot tell (it must read a damaged
+                # file for it) is left out; fetching it then says what is wrong.
+                data = {}
+                for uid in batch:
+                    try:
+                        data.update(self.client.fetch([uid], [b"RFC822.SIZE"]))
+                    except (OSError, IMAPClientError) as single:
+                        self._after_refusal(single)
             for uid, item in data.items():
                 result[int(uid)] = int(item.get(b"RFC822.SIZE", 0))
         return result
@@ -238,6 +316,19 @@ class ImapMailbox:
 
         Returns None, and removes ``spool``, when the message vanished (expunged) meanwhile.
         """
+        try:
+            return self._stream(uid, size, spool)
+        except IMAPClientError as exc:
+            spool.unlink(missing_ok=True)
+            self._after_refusal(exc)
+        try:  # once more: a session the server ended midway is not yet a bad message
+            return self._stream(uid, size, spool)
+        except IMAPClientError as exc:
+            spool.unlink(missing_ok=True)
+            self._after_refusal(exc)
+            return self._unreadable(uid, exc)
+
+    def _stream(self, uid: int, size: int, spool: Path) -> FetchedMessage | None:
         head = b""
         internal_date: datetime | None = None
         offset = 0
@@ -246,7 +337,7 @@ class ImapMailbox:
                 section = f"BODY.PEEK[]<{offset}.{STREAM_CHUNK}>".encode()
                 try:
                     data = self.client.fetch([uid], [section, b"INTERNALDATE"])
-                except (OSError, IMAPClientError) as exc:
+                except OSError as exc:  # the network; an OSError writing the spool is the disk's
                     raise self._fail("fetch failed", exc) from exc
                 item = data.get(uid)
                 chunk = None

@@ -11,6 +11,7 @@ nothing is checkpointed that was not committed, so the next poll resumes.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections import Counter
@@ -39,7 +40,7 @@ from mailcase.errors import (
     StorageError,
 )
 from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
-from mailcase.imap import FetchedMessage, ImapMailbox
+from mailcase.imap import HEAD_BYTES, FetchedMessage, ImapMailbox
 from mailcase.inbound import InboundMail
 from mailcase.logs import get_logger
 from mailcase.models import (
@@ -162,7 +163,7 @@ def _poll_leased(
             _ingest_all(rt, name, box, uids, report, progress, parser, handled)
         box.mark_done(handled)
         # Flags lost to a crash between commit and STORE are put right here.
-        box.mark_done(box.unflagged_below(last_uid))
+        box.mark_done(_not_quarantined(rt, name, box.uidvalidity, box.unflagged_below(last_uid)))
         with rt.store.transaction() as session:
             checkpoint = session.get(Checkpoint, name)
             if checkpoint is not None:
@@ -205,7 +206,9 @@ def _ingest_all(
         if progress is not None:
             progress(report.fetched, len(uids))
         report.dispositions[disposition] += 1
-        handled.append(fetched.uid)
+        if disposition != Disposition.QUARANTINED:
+            # Left unread on the server: in webmail it stands out as not dealt with.
+            handled.append(fetched.uid)
         full = len(handled) >= rt.settings.poll.batch_size
         # Renewed after every batch, and on time when messages come slowly (a large
         # one, a slow server): a lease left to expire mid-poll lets another
@@ -219,6 +222,26 @@ def _ingest_all(
             renewed = time.monotonic()
         if rt.stop.is_set():
             return  # SIGTERM: the message in hand is finished; stop here
+
+
+def _not_quarantined(rt: Runtime, name: str, uidvalidity: int, uids: list[int]) -> list[int]:
+    """``uids`` without those of quarantined messages (which stay unflagged)."""
+    if not uids:
+        return uids
+    quarantined: set[int] = set()
+    with rt.store.reading() as conn:
+        for start in range(0, len(uids), 500):
+            quarantined.update(
+                conn.execute(
+                    sa.select(_LEDGER.c.uid).where(
+                        _LEDGER.c.mailbox == name,
+                        _LEDGER.c.uidvalidity == uidvalidity,
+                        _LEDGER.c.disposition == Disposition.QUARANTINED,
+                        _LEDGER.c.uid.in_(uids[start : start + 500]),
+                    )
+                ).scalars()
+            )
+    return [uid for uid in uids if uid not in quarantined]
 
 
 def _raw_of(fetched: FetchedMessage) -> tuple[bytes, bool]:
@@ -353,6 +376,8 @@ def ingest_message(
         )
     except StorageError as exc:
         raise _not_stored(mailbox, fetched.uid, exc) from exc
+    if fetched.unreadable is not None:
+        return _quarantine_unreadable(rt, mailbox, uidvalidity, fetched, raw_sha, log)
     folio: str | None = None
     try:
         # Parsed before the transaction: the write lock (SQLite) is then held
@@ -409,6 +434,43 @@ def ingest_message(
     return entry.disposition
 
 
+UNREADABLE = "the IMAP server could not return it"
+
+
+def _quarantine_unreadable(
+    rt: Runtime, mailbox: str, uidvalidity: int, fetched: FetchedMessage, raw_sha: str, log: Any
+) -> str:
+    """Record a message the server refused to return: quarantined, the poll goes on.
+
+    Its own identity (``unreadable:`` and its address), not its empty content's,
+    so that two such messages stay two rows. ``messages retry`` fetches it again.
+    """
+    reason = f"{UNREADABLE} ({fetched.unreadable}); `mailcase messages retry` fetches it again"
+    log.warning("message_quarantined", disposition="quarantined", reason=reason)
+    try:
+        with rt.store.transaction() as session:
+            existing = _existing(session, mailbox, uidvalidity, fetched.uid)
+            if existing is not None:
+                return str(existing.disposition)
+            _write_ledger(
+                session,
+                mailbox,
+                uidvalidity,
+                fetched,
+                dedup_key=f"unreadable:{mailbox}:{uidvalidity}:{fetched.uid}",
+                disposition=Disposition.QUARANTINED,
+                reason=reason,
+                raw_sha256=raw_sha,
+                size=0,
+            )
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot record message {fetched.uid} of mailbox {mailbox}: {error_text(exc)}"
+        ) from exc
+    metrics.MESSAGES.labels(mailbox, Disposition.QUARANTINED).inc()
+    return str(Disposition.QUARANTINED)
+
+
 def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
     """Process a quarantined message again from its stored raw bytes; return the new disposition.
 
@@ -427,9 +489,55 @@ def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
             state = "does not exist" if entry is None else f"is {entry.disposition}"
             raise NotFoundError(f"message {uid} of mailbox {mailbox} {state}, not quarantined")
         uidvalidity, received = entry.uidvalidity, entry.received_at
-        raw = rt.blobs.get(entry.raw_sha256)
-    fetched = FetchedMessage(uid=uid, raw=raw, internal_date=received)
-    return ingest_message(rt, mailbox, uidvalidity, fetched, retry=True)
+        size, raw_sha, reason = entry.size, entry.raw_sha256, entry.reason
+    if reason.startswith(UNREADABLE):
+        fetched = _fetch_again(rt, mailbox, uidvalidity, uid)
+    elif size > rt.settings.limits.max_message_bytes:
+        fetched = _spooled_copy(rt, mailbox, uid, raw_sha, size, received)
+    else:
+        fetched = FetchedMessage(uid=uid, raw=rt.blobs.get(raw_sha), internal_date=received)
+    try:
+        return ingest_message(rt, mailbox, uidvalidity, fetched, retry=True)
+    finally:
+        if fetched.spooled is not None:  # consumed when stored; left when that failed
+            fetched.spooled.unlink(missing_ok=True)
+
+
+def _fetch_again(rt: Runtime, mailbox: str, uidvalidity: int, uid: int) -> FetchedMessage:
+    """Message ``uid`` fetched from the server again (it refused it the last time)."""
+    box_settings = rt.settings.mailboxes.get(mailbox)
+    if box_settings is None:
+        raise NotFoundError(f"mailbox {mailbox} is no longer configured: message {uid} stays")
+    with ImapMailbox(mailbox, box_settings) as box:
+        if box.uidvalidity != uidvalidity:
+            raise NotFoundError(
+                f"mailbox {mailbox} was rebuilt (UIDVALIDITY {box.uidvalidity}): message {uid} "
+                "is no longer at that address"
+            )
+        fetched = next(_fetch_planned(rt, box, [uid]), None)
+    if fetched is None:
+        raise NotFoundError(f"message {uid} of mailbox {mailbox} is no longer on the server")
+    return fetched
+
+
+def _spooled_copy(
+    rt: Runtime, mailbox: str, uid: int, raw_sha: str, size: int, received: Any
+) -> FetchedMessage:
+    """A stored message over ``limits.max_message_bytes``, handled as a poll handles it:
+    its beginning parsed, the whole kept, its attachments not unpacked (memory stays bounded)."""
+    source = rt.blobs.path(raw_sha)
+    try:
+        spool = rt.blobs.spool_path()
+    except StorageError as exc:
+        raise _not_stored(mailbox, uid, exc) from exc
+    try:
+        shutil.copyfile(source, spool)
+        with source.open("rb") as raw:
+            head = raw.read(HEAD_BYTES)
+    except OSError as exc:
+        spool.unlink(missing_ok=True)
+        raise _not_stored(mailbox, uid, rt.blobs.failed(exc)) from exc
+    return FetchedMessage(uid=uid, raw=head, internal_date=received, spooled=spool, size=size)
 
 
 def _not_stored(mailbox: str, uid: int, exc: StorageError) -> MailboxError:

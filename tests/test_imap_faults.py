@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -399,3 +400,75 @@ def test_mail_expunged_between_search_and_fetch_is_skipped(
         assert kept is not None and kept.raw.startswith(b"From:")
     vanished = [e for e in logs if e["event"] == "message_vanished"]
     assert [(e["mailbox"], e["uid"]) for e in vanished] == [("contacto", uids[1])] * 2
+
+
+def _damage(mailboxes: Dovecot, user: str, needle: bytes) -> Path:
+    """Make the mail file holding ``needle`` unreadable to Dovecot (a damaged file on disk:
+    Dovecot answers the FETCH with "NO Internal error occurred")."""
+    with mailboxes.client(user) as client:
+        client.select_folder("INBOX")  # Dovecot moves new/ to cur/: no file moves under us
+    cur = mailboxes.base_dir / "mail" / user / "Maildir" / "cur"
+    for _ in range(20):  # a file Dovecot renames (its flags) while we look is looked for again
+        with suppress(FileNotFoundError):
+            [path] = [p for p in cur.iterdir() if needle in p.read_bytes()]
+            path.chmod(0)
+            return path
+        time.sleep(0.05)
+    raise AssertionError(f"no mail file holds {needle!r}")
+
+
+def test_a_message_the_server_cannot_return_is_quarantined_and_the_rest_ingested(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # One NO for the batch had failed every poll of the mailbox: nothing ingested, for good.
+    cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    subjects = [f"Falla numero {i}" for i in range(4)]
+    uids = mailboxes.append_many("contacto", [_mail(subject=s) for s in subjects])
+    damaged = _damage(mailboxes, "contacto", b"Falla numero 1")
+    cli.poll()
+    acknowledged = {m.rcpt_tos[0] for m in sink.wait_for(3)}
+    assert acknowledged == {f"falla.numero.{i}@example.com" for i in (0, 2, 3)}
+    rows = {m["uid"]: m for m in cli.json("messages", "list")}
+    assert [rows[u]["disposition"] for u in uids] == [
+        "new_case",
+        "quarantined",
+        "new_case",
+        "new_case",
+    ]
+    assert "could not return it" in rows[uids[1]]["reason"]
+    cli.poll()  # the checkpoint moved past it: no second quarantine, nothing twice
+    assert len(cli.json("messages", "list")) == 4 and len(sink.messages) == 3
+    # Left unread on the server, so that it stands out in webmail; the others are done.
+    flags = mailboxes.fetch_flags("contacto")
+    assert [uid for uid in uids if DONE not in flags[uid]] == [uids[1]]
+    assert b"\\Seen" not in flags[uids[1]]
+    # Repaired on the server: `messages retry` fetches it again.
+    damaged.chmod(0o600)
+    code, out, err = cli("messages", "retry", str(uids[1]), "--mailbox", "contacto")
+    assert code == 0, err
+    assert "new_case" in out
+    assert sink.wait_for(4)[-1].rcpt_tos == ["falla.numero.1@example.com"]
+    assert {m["disposition"] for m in cli.json("messages", "list")} == {"new_case"}
+    cli.poll()  # and flagged done by the next poll
+    assert all(DONE in f for f in mailboxes.fetch_flags("contacto").values())
+
+
+def test_a_large_message_the_server_cannot_return_is_quarantined_too(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    extra = "[limits]\nmax_message_bytes = 10000\n"
+    cli = Cli(write_config(tmp_path, mailboxes, sink, extra=extra), capsys)
+    body = "El módem no enciende. " * 1000  # over max_message_bytes: streamed to the spool
+    uids = mailboxes.append_many(
+        "contacto",
+        [
+            mail(sender="ana@example.com", subject="Grande uno", body=body),
+            mail(sender="beto@example.com", subject="Grande dos", body=body),
+        ],
+    )
+    _damage(mailboxes, "contacto", b"Grande uno")
+    cli.poll()
+    rows = {m["uid"]: m for m in cli.json("messages", "list")}
+    assert rows[uids[0]]["disposition"] == "quarantined"
+    assert rows[uids[1]]["disposition"] == "new_case"
+    assert not list((tmp_path / "store" / "spool").glob("*"))  # no half-written spool file
