@@ -743,3 +743,40 @@ def test_connection_dropped_mid_fetch_fails_the_mailbox_then_everything_arrives_
     assert len(env.sink.messages) == 30
     flags = mailboxes.fetch_flags("contacto")
     assert sorted(uid for uid, f in flags.items() if b"$MailcaseDone" in f) == uids
+
+
+def _untyped_parts(count: int, line_end: bytes = b"\r\n") -> bytes:
+    """A multipart message whose ``count`` parts carry only a Content-Disposition: each is
+    text/plain by default (RFC 2045 5.2), and none has a Content-Type line to count."""
+    parts = b"".join(
+        b"--sep%sContent-Disposition: attachment; filename=f%d.txt%s%sx%s"
+        % (line_end, i, line_end, line_end, line_end)
+        for i in range(count)
+    )
+    head = (
+        b"From: juan.perez@example.com%(n)sSubject: Partes%(n)sMIME-Version: 1.0%(n)s"
+        b'Content-Type: multipart/mixed; boundary="sep"%(n)s%(n)s'
+    ) % {b"n": line_end}
+    return head + parts + b"--sep--" + line_end
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\r"], ids=["crlf", "lone-cr"])
+def test_parts_without_a_content_type_count_towards_the_limit(line_end: bytes) -> None:
+    # Counted by Content-Type lines only, 2,000 such parts (stored as 2,000 files and rows)
+    # passed a limit of 500; so did typed parts whose lines end in a lone CR.
+    with pytest.raises(MessageError, match=r"message has 2\d\d\d MIME parts"):
+        parse_inbound(_untyped_parts(2000, line_end), max_parts=500)
+    typed = _untyped_parts(600, line_end).replace(
+        b"Content-Disposition", b"Content-Type: text/plain" + line_end + b"Content-Disposition"
+    )
+    with pytest.raises(MessageError, match="MIME parts"):
+        parse_inbound(typed, max_parts=500)
+    # Under the limit: read, every part an attachment.
+    assert len(parse_inbound(_untyped_parts(20, line_end), max_parts=500).attachments) == 20
+
+
+def test_lines_that_only_look_like_delimiters_are_not_parts() -> None:
+    """A text with many lines starting "--" (a pasted log's rulers, signatures) is one part."""
+    body = "\r\n".join(["-- ", "----------", "--sep", "--otra cosa"] * 300)
+    raw = mail(body=body)
+    assert parse_inbound(raw, max_parts=500).text.count("----------") == 300
