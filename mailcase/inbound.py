@@ -135,6 +135,26 @@ class InboundMail:
         """``sha256:`` of the raw bytes: the identity once given to mail without a Message-ID."""
         return f"sha256:{self.raw_sha256}"
 
+    @property
+    def origin(self) -> tuple[str, datetime | None]:
+        """Who wrote it and when (From, Date): what every copy of one message shares."""
+        return self.from_address, self.date
+
+
+def origin_of(head: bytes) -> tuple[str, datetime | None]:
+    """:attr:`InboundMail.origin` of the message whose raw bytes begin with ``head``.
+
+    Reads the header section only, as :func:`parse_inbound` reads it; never raises.
+    """
+    try:
+        message = email.message_from_bytes(head.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0])
+        _, address_fields = _collect_headers(message)
+        pairs = _addresses(address_fields.get("from", ()))
+        dates = tuple(_recover_8bit(v) for k, v in message.raw_items() if k.lower() == "date")
+        return (pairs[0][1] if pairs else ""), _date(dates)
+    except Exception:  # a damaged header: an origin that matches nothing
+        return "", None
+
 
 _PART_HEADER = b"content-type:"  # at the start of a line, in any case
 

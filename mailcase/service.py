@@ -41,7 +41,7 @@ from mailcase.errors import (
 )
 from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import HEAD_BYTES, FetchedMessage, ImapMailbox
-from mailcase.inbound import InboundMail
+from mailcase.inbound import InboundMail, origin_of
 from mailcase.logs import get_logger
 from mailcase.models import (
     Case,
@@ -726,6 +726,8 @@ def _ingest(
     if not earlier and mail.message_id is None:
         # Ingested before content keys existed, under the raw bytes' hash.
         earlier = ledger_by_key(session, mail.raw_key)
+    if earlier and mail.message_id is not None:
+        earlier = _copies_among(rt, mail, earlier)
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
     if stale:
         # Seen in this mailbox under an older UIDVALIDITY (the folder was
@@ -767,6 +769,32 @@ def _ingest(
         size=mail.size,
     )
     return entry, case.folio if case else None
+
+
+def _copies_among(rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry]) -> list[LedgerEntry]:
+    """The rows of ``earlier`` (same Message-ID as ``mail``) that are copies of it.
+
+    A Message-ID should be unique (RFC 5322 3.6.4), but some devices, web
+    forms and scripts send every message under one fixed id: another sender's
+    report must not be dropped as a "duplicate". A copy (Cc to contacto@ and
+    info@, a second delivery) has the same From and Date; a row whose stored
+    message cannot be read is taken as a copy, as before this check.
+    """
+    copies = []
+    for entry in earlier[-_ORIGINS_COMPARED:]:
+        try:
+            with rt.blobs.path(entry.raw_sha256).open("rb") as raw:
+                head = raw.read(_ORIGIN_BYTES)
+        except OSError:
+            copies.append(entry)
+            continue
+        if origin_of(head) == mail.origin:
+            copies.append(entry)
+    return copies
+
+
+_ORIGINS_COMPARED = 20  # the latest rows under one id: a fixed id is reused without end
+_ORIGIN_BYTES = 64 * 1024  # a header section, and more than enough of it
 
 
 def _too_old(settings: Settings, fetched: FetchedMessage) -> bool:

@@ -111,3 +111,26 @@ def test_a_message_another_poll_committed_first_is_not_quarantined(
         rows = session.execute(sa.text("SELECT disposition FROM ledger")).all()
     assert rows == [("new_case",)]
     rt.store.dispose()
+
+
+def test_another_senders_mail_under_a_reused_message_id_is_not_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    """Devices and web forms that send every message under one fixed Message-ID exist: a
+    second customer's report under it was dropped as a "duplicate" of the first's case."""
+    from mailcase import service
+    from mailcase.imap import FetchedMessage
+    from mailcase.store import utcnow
+
+    rt = offline_runtime(tmp_path)
+    fixed = b"Message-ID: <1@localhost>\r\n"
+    ana = fixed + MESSAGE
+    beto = fixed + MESSAGE.replace(b"Juan Perez <juan@example.com>", b"Beto <beto@example.org>")
+    later = fixed + MESSAGE.replace(b"09:00:00", b"11:30:00")  # Juan again, another day
+    copy = b"Delivered-To: info@internet-plarey.com.mx\r\n" + ana  # Cc'd to info@
+    ingest = service.ingest_message
+    assert ingest(rt, "contacto", 1, FetchedMessage(1, ana, utcnow())) == "new_case"
+    assert ingest(rt, "contacto", 1, FetchedMessage(2, beto, utcnow())) == "new_case"
+    assert ingest(rt, "contacto", 1, FetchedMessage(3, later, utcnow())) != "duplicate"
+    assert ingest(rt, "info", 1, FetchedMessage(1, copy, utcnow())) == "duplicate"
+    rt.store.dispose()
