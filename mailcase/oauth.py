@@ -5,12 +5,15 @@ access token from one of two sources:
 
 * ``token_command``: a program printing an access token, as mbsync's
   ``PassCmd`` and aerc's ``source-cred-cmd`` users already have. It runs
-  without a shell (``shlex.split``), for at most 30 s; its stdout, stripped, is
+  without a shell (``shlex.split``), in a process group of its own, for at
+  most 30 s, after which the whole group is killed; its stdout, stripped, is
   the token. Its lifetime is unknown, so the token is reused for five minutes.
 * a refresh token: the RFC 6749 section 6 ``refresh_token`` grant is POSTed to
   ``token_url`` and the answer's ``access_token`` is reused until shortly
   before its ``expires_in``. A new ``refresh_token`` in the answer (rotation)
-  replaces the configured one in memory.
+  replaces the configured one in memory; ``refresh_token_file`` is read again
+  at every refresh and, when its content changed, wins (see
+  :class:`TokenProvider`).
 
 :class:`TokenProvider` holds one account's token; :func:`mailbox_tokens` and
 :func:`smtp_tokens` hand out the process-wide provider of an account, so the
@@ -22,10 +25,13 @@ as ``oauth_token_failed`` at most once an hour per account, naming it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import threading
 import time
@@ -59,6 +65,11 @@ class TokenError(MailcaseError):
     """No access token could be had; the text says why and never holds a secret."""
 
 
+class _GrantRefused(TokenError):
+    """The token endpoint answered ``invalid_grant`` (RFC 6749 5.2): the refresh token
+    sent is expired, revoked or unknown."""
+
+
 def xoauth2_string(user: str, token: str) -> str:
     """The SASL XOAUTH2 initial client response (Google's and Microsoft's format).
 
@@ -73,6 +84,20 @@ class TokenProvider:
 
     ``log_context`` names the account in the ``oauth_token_failed`` event (e.g.
     ``{"mailbox": "contacto"}``); ``clock`` is a monotonic clock in seconds.
+
+    The refresh token: ``refresh_token_file`` is read at every refresh, as
+    ``client_secret_file`` and ``password_file`` are at every login, so an admin
+    who replaces a revoked refresh token in the file needs no restart. A refresh
+    token the provider rotated in (a ``refresh_token`` in its answer) is used
+    from memory instead of the file's, until the file's content changes: then
+    the file wins. When the endpoint answers ``invalid_grant`` to a rotated
+    token, the one in memory is dropped and the file's (or the configured
+    ``refresh_token``) is tried once, in the same call; a token that the file
+    still holds is not retried until the next call.
+
+    After a failure, the next success logs ``oauth_token_recovered``, and the
+    next failure after that is logged as ``oauth_token_failed`` at once: the
+    hourly limit spares only the repeats of one outage.
     """
 
     def __init__(
@@ -90,7 +115,10 @@ class TokenProvider:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._valid_until = 0.0
-        self._refresh_token: str | None = None  # the latest one: providers may rotate it
+        # What refresh_token_file (or refresh_token) held when last read, and the refresh
+        # token to send: that one, or the latest a provider rotated in.
+        self._configured_refresh_token: str | None = None
+        self._refresh_token: str | None = None
         self._last_failure_log: float | None = None
         self._failing = False
 
@@ -108,6 +136,8 @@ class TokenProvider:
                 raise
             if self._failing:
                 self._failing = False
+                # A new outage is news even within the hour of the last one's log.
+                self._last_failure_log = None
                 get_logger(**self._log_context).info("oauth_token_recovered")
             self._token = token
             # Counted from the request, not the answer: fetching took time too.
@@ -137,18 +167,34 @@ class TokenProvider:
 
     def _refresh(self) -> tuple[str, float]:
         s = self.settings
-        assert s.token_url is not None and s.client_id is not None  # config guarantees it
         try:
-            if self._refresh_token is None:
-                self._refresh_token = s.resolved_refresh_token()
+            configured = s.resolved_refresh_token()
             client_secret = s.resolved_client_secret()
         except ConfigError as exc:
             raise TokenError(str(exc)) from exc
-        if not self._refresh_token:
+        if configured != self._configured_refresh_token:
+            # First read, or the admin wrote a new one: it beats a rotated one in memory.
+            self._configured_refresh_token = self._refresh_token = configured
+        sent = self._refresh_token
+        if not sent:
             raise TokenError("the refresh token is empty")
+        try:
+            return self._grant(sent, client_secret)
+        except _GrantRefused:
+            if sent == configured or not configured:
+                raise
+            # A rotated token was refused (revoked, or lost to a rotation the answer of
+            # which never arrived): fall back on the configured one, once.
+            self._refresh_token = configured
+            return self._grant(configured, client_secret)
+
+    def _grant(self, refresh_token: str, client_secret: str | None) -> tuple[str, float]:
+        """Exchange ``refresh_token`` for an access token; keep a rotated refresh token."""
+        s = self.settings
+        assert s.token_url is not None and s.client_id is not None  # config guarantees it
         form = {
             "grant_type": "refresh_token",
-            "refresh_token": self._refresh_token,
+            "refresh_token": refresh_token,
             "client_id": s.client_id,
         }
         # RFC 6749 2.3.1 allows the client credentials in the body; Google's and
@@ -207,12 +253,13 @@ def _post_form(url: str, form: Mapping[str, str]) -> dict[str, Any]:
             body = response.read(_MAX_ANSWER_BYTES)
     except urllib.error.HTTPError as exc:
         try:
-            detail = _oauth_error(exc.read(_MAX_ANSWER_BYTES))
+            error, detail = _oauth_error(exc.read(_MAX_ANSWER_BYTES))
         except (OSError, http.client.HTTPException):
-            detail = ""
+            error, detail = None, ""
         finally:
             exc.close()
-        raise TokenError(f"{where} answered HTTP {exc.code}{detail}") from None
+        refused = _GrantRefused if error == "invalid_grant" else TokenError
+        raise refused(f"{where} answered HTTP {exc.code}{detail}") from None
     except urllib.error.URLError as exc:
         raise TokenError(f"cannot reach {where} ({exc.reason})") from None
     except http.client.InvalidURL:
@@ -229,52 +276,76 @@ def _post_form(url: str, form: Mapping[str, str]) -> dict[str, Any]:
     return answer
 
 
-def _oauth_error(body: bytes) -> str:
-    """``: invalid_grant (description)`` from an RFC 6749 5.2 error answer, else ``""``."""
+def _oauth_error(body: bytes) -> tuple[str | None, str]:
+    """The ``error`` code of an RFC 6749 5.2 error answer and its text for people,
+    ``: invalid_grant (description)``; ``(None, "")`` for any other body."""
     try:
         answer = json.loads(body)
     except ValueError:
-        return ""
+        return None, ""
     if not isinstance(answer, dict) or not isinstance(answer.get("error"), str):
-        return ""
-    text = f": {answer['error']}"
+        return None, ""
+    error: str = answer["error"]
+    text = f": {error}"
     description = answer.get("error_description")
     if isinstance(description, str) and description.strip():
         text += f" ({_trim(description)})"
-    return text
+    return error, text
 
 
 # -- token_command ------------------------------------------------------------------------
 
 
 def _run_token_command(command: str) -> str:
+    """The token ``command`` printed; TokenError if it failed or ran out of time.
+
+    When it returns or raises, the command has been reaped, and after a timeout
+    nothing it started in its process group is left running.
+    """
     argv = shlex.split(command)  # the config checked that it splits into words
     try:
-        result = subprocess.run(
+        # A session of its own: at the timeout the whole group is killed, not only the
+        # command; a wrapper script's children (a "helper | jq" pipeline) would otherwise
+        # outlive it, one more set every poll while the helper hangs.
+        process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise TokenError(f"token_command: {argv[0]} not found") from None
-    except subprocess.TimeoutExpired:
-        raise TokenError(f"token_command did not finish within {COMMAND_TIMEOUT:g} s") from None
     except OSError as exc:
         raise TokenError(f"cannot run token_command {argv[0]} ({exc.strerror})") from None
-    out = result.stdout.decode("utf-8", "replace").strip()
-    if result.returncode != 0:
-        message = f"token_command exited with status {result.returncode}"
-        err = _stderr_line(result.stderr, out)
+    with process:  # closes the pipes and reaps the command on the way out
+        try:
+            stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            raise TokenError(f"token_command did not finish within {COMMAND_TIMEOUT:g} s") from None
+        except BaseException:
+            _kill_group(process)
+            raise
+    out = stdout.decode("utf-8", "replace").strip()
+    if process.returncode != 0:
+        message = f"token_command exited with status {process.returncode}"
+        err = _stderr_line(stderr, out)
         raise TokenError(f"{message}: {err}" if err else message)
     if not out:
-        err = _stderr_line(result.stderr, out)
+        err = _stderr_line(stderr, out)
         message = "token_command printed no token"
         raise TokenError(f"{message}: {err}" if err else message)
     if not _TOKEN_RE.fullmatch(out):
         raise TokenError("token_command printed more than one word (expected only the token)")
     return out
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group ``process`` leads (its pid is the group's id)."""
+    # The command is not reaped yet, so its pid, the group's id, cannot have been reused.
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _stderr_line(stderr: bytes, stdout: str) -> str:

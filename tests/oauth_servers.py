@@ -114,12 +114,28 @@ class OAuthServer(Managed):
         with self._lock:
             self.access_tokens.pop(token, None)
 
-    def add_client(self, user: str, client_id: str, client_secret: str | None = None) -> str:
-        """Register a client for ``user``; return a new refresh token for it."""
-        refresh_token = "rt-" + secrets.token_urlsafe(16)
+    def add_client(
+        self,
+        user: str,
+        client_id: str,
+        client_secret: str | None = None,
+        *,
+        refresh_token: str | None = None,
+    ) -> str:
+        """Register a client for ``user``; return its refresh token (a new one unless given:
+        giving one makes a revoked or rotated-out refresh token valid again)."""
+        if refresh_token is None:
+            refresh_token = "rt-" + secrets.token_urlsafe(16)
         with self._lock:
             self.refresh_tokens[refresh_token] = (client_id, client_secret, user)
         return refresh_token
+
+    def revoke_refresh_tokens(self) -> list[str]:
+        """Make every refresh token invalid (``invalid_grant``); return those there were."""
+        with self._lock:
+            revoked = list(self.refresh_tokens)
+            self.refresh_tokens.clear()
+        return revoked
 
     def reset(self) -> None:
         """Forget tokens, clients, counters and injected failures."""

@@ -5,9 +5,13 @@ sources (token_command, refresh-token grant) against a real HTTP token endpoint.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
+import os
 import re
+import select
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -471,6 +475,191 @@ def test_unreadable_refresh_token_file_is_a_mailbox_error(
     )
     with pytest.raises(MailboxError, match="cannot read refresh_token_file"):
         ImapMailbox("contacto", settings).connect()
+
+
+# -- a replaced refresh_token_file, a hanging token_command, a second outage ---------------
+
+
+def provider_settings(**keys: Any) -> MailboxSettings:
+    """An oauth2 mailbox on loopback, for tests of the TokenProvider alone (no login)."""
+    return MailboxSettings(
+        address=CONTACTO,
+        host="127.0.0.1",
+        security="none",
+        username="contacto",
+        auth="oauth2",
+        **keys,
+    )
+
+
+def sent_refresh_tokens(idp: OAuthServer) -> list[str]:
+    return [request.form["refresh_token"] for request in idp.token_requests]
+
+
+def test_a_replaced_refresh_token_file_is_read_at_the_next_refresh(
+    idp: OAuthServer, tmp_path: Path
+) -> None:
+    refresh_file = tmp_path / "refresh"
+    old = idp.add_client("contacto", "c1", "sec")
+    refresh_file.write_text(old + "\n")
+    settings = provider_settings(
+        client_id="c1", client_secret="sec", refresh_token_file=refresh_file,
+        token_url=idp.token_url,
+    )  # fmt: skip
+    clock = FakeClock()
+    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
+    provider.token()
+    # The user changed the password at the provider (which revokes the refresh token);
+    # the admin consents again and writes the new refresh token over the old file.
+    idp.revoke_refresh_tokens()
+    new = idp.add_client("contacto", "c1", "sec")
+    refresh_file.write_text(new + "\n")
+    clock.now += 3600
+    assert provider.token().startswith("at-")
+    assert sent_refresh_tokens(idp) == [old, new]
+
+
+def test_a_changed_refresh_token_file_wins_over_a_rotated_token(
+    idp: OAuthServer, tmp_path: Path
+) -> None:
+    idp.rotate_refresh_token = True
+    refresh_file = tmp_path / "refresh"
+    first = idp.add_client("contacto", "c1", "sec")
+    refresh_file.write_text(first + "\n")
+    settings = provider_settings(
+        client_id="c1", client_secret="sec", refresh_token_file=refresh_file,
+        token_url=idp.token_url,
+    )  # fmt: skip
+    clock = FakeClock()
+    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
+    provider.token()
+    [rotated] = idp.refresh_tokens  # the provider's answer replaced the file's token
+    clock.now += 3600
+    provider.token()  # the file is unchanged: the rotated token is the one sent
+    [rotated_again] = idp.refresh_tokens
+    # The admin revoked the app's sessions, consented again and wrote the new token.
+    idp.revoke_refresh_tokens()
+    written = idp.add_client("contacto", "c1", "sec")
+    refresh_file.write_text(written + "\n")
+    clock.now += 3600
+    provider.token()
+    assert sent_refresh_tokens(idp) == [first, rotated, written]
+    assert rotated_again != written
+
+
+def test_a_refused_rotated_token_falls_back_on_the_file_once_per_call(
+    idp: OAuthServer, tmp_path: Path
+) -> None:
+    idp.rotate_refresh_token = True
+    refresh_file = tmp_path / "refresh"
+    configured = idp.add_client("contacto", "c1", "sec")
+    refresh_file.write_text(configured + "\n")
+    settings = provider_settings(
+        client_id="c1", client_secret="sec", refresh_token_file=refresh_file,
+        token_url=idp.token_url,
+    )  # fmt: skip
+    clock = FakeClock()
+    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
+    provider.token()
+    # The rotated token is revoked, the file's is still good (Microsoft's old refresh
+    # tokens stay valid after a rotation): the file's is tried in the same call.
+    [rotated] = idp.revoke_refresh_tokens()
+    idp.add_client("contacto", "c1", "sec", refresh_token=configured)
+    clock.now += 3600
+    assert provider.token().startswith("at-")
+    assert sent_refresh_tokens(idp) == [configured, rotated, configured]
+    # Everything revoked: the rotated token, then the file's, once each; later calls
+    # send only the file's, one request a call.
+    [rotated] = idp.revoke_refresh_tokens()
+    clock.now += 3600
+    for expected in ([rotated, configured], [configured], [configured]):
+        before = idp.token_request_count
+        with pytest.raises(TokenError, match="invalid_grant"):
+            provider.token()
+        assert sent_refresh_tokens(idp)[before:] == expected
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _wait_until_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait for each process to end (pidfd: no polling); return those still running."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def test_a_hanging_token_command_is_killed_with_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(oauth, "COMMAND_TIMEOUT", 1.5)
+    pid_file = tmp_path / "pids"
+    script = tmp_path / "hang.sh"
+    # A helper wrapped in a script: a background child, and a pipeline that never ends.
+    script.write_text(
+        "#!/bin/sh\n"
+        f"sleep 300 & echo $! >> {pid_file}\n"
+        f"sh -c 'echo $$ >> {pid_file}; exec sleep 300' "
+        f"| sh -c 'echo $$ >> {pid_file}; exec cat'\n"
+    )
+    provider = TokenProvider(
+        provider_settings(token_command=f"/bin/sh {script}"), {"mailbox": "contacto"}
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(TokenError) as info:
+            provider.token()
+        assert str(info.value) == "token_command did not finish within 1.5 s"
+        assert time.monotonic() - started < 30  # nothing held it to the children's 300 s
+        pids = [int(line) for line in pid_file.read_text().split()]
+        assert len(pids) == 3
+        assert _wait_until_gone(pids, timeout=10) == []
+    finally:
+        # Without the fix they would run for five minutes: end those this test started.
+        for line in pid_file.read_text().split() if pid_file.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line), signal.SIGKILL)
+
+
+def test_a_new_outage_after_recovery_is_logged_at_once(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"  # the command fails while it is missing
+    settings = provider_settings(token_command=f"cat {token_file}")
+    clock = FakeClock()
+    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(TokenError):
+            provider.token()
+        clock.now += 600
+        token_file.write_text("tok-1\n")
+        assert provider.token() == "tok-1"
+        # The token's five minutes are over and the command fails again: a new outage,
+        # 15 minutes after the first one was logged.
+        clock.now += oauth.COMMAND_TOKEN_LIFETIME
+        token_file.unlink()
+        with pytest.raises(TokenError):
+            provider.token()
+        clock.now += 600  # the same outage goes on: not logged again within the hour
+        with pytest.raises(TokenError):
+            provider.token()
+    assert [e["event"] for e in logs] == [
+        "oauth_token_failed",
+        "oauth_token_recovered",
+        "oauth_token_failed",
+    ]
 
 
 # -- SMTP ---------------------------------------------------------------------------------
