@@ -22,6 +22,7 @@ from imapclient.exceptions import (
     IllegalStateError,
     IMAPClientAbortError,
     IMAPClientError,
+    IMAPClientReadOnlyError,
     LoginError,
     ProtocolError,
 )
@@ -67,6 +68,7 @@ class ImapMailbox:
         self.uidvalidity = 0
         self.message_count = 0
         self.can_keyword = False
+        self.read_only = False  # selected with EXAMINE: nothing is flagged
 
     def __enter__(self) -> ImapMailbox:
         self.connect()
@@ -145,8 +147,16 @@ class ImapMailbox:
         except (OSError, IMAPClientError) as exc:
             self.close()
             raise self._fail(f"login failed at {where}", exc) from exc
+        self.read_only = False
         try:
-            info = self.client.select_folder(s.folder)
+            try:
+                info = self.client.select_folder(s.folder)
+            except IMAPClientReadOnlyError:
+                # The server answered [READ-ONLY] (a shared folder with read rights only,
+                # RFC 4314 ACLs; a read-only store): ingestion needs no write, only
+                # the UID checkpoint, so it is opened with EXAMINE and never flagged.
+                info = self.client.select_folder(s.folder, readonly=True)
+                self.read_only = True
         except (OSError, IMAPClientError) as exc:
             self.close()
             raise self._fail(f"cannot open folder {s.folder!r}", exc) from exc
@@ -154,7 +164,9 @@ class ImapMailbox:
         self.message_count = int(info.get(b"EXISTS", 0))
         permanent = info.get(b"PERMANENTFLAGS", ())
         # RFC 3501 7.1: "\*" in PERMANENTFLAGS means new keywords may be created.
-        self.can_keyword = b"\\*" in permanent or DONE_KEYWORD in permanent
+        self.can_keyword = not self.read_only and (
+            b"\\*" in permanent or DONE_KEYWORD in permanent
+        )
 
     def _password_login(self, login: str, password: str, where: str) -> None:
         """LOGIN, or AUTHENTICATE PLAIN for a user name or password that is not ASCII.
@@ -361,7 +373,7 @@ class ImapMailbox:
 
     def mark_done(self, uids: Sequence[int]) -> None:
         """Flag ``uids`` as handled; a failure here loses nothing (cosmetic)."""
-        if not uids:
+        if not uids or self.read_only:
             return
         flags = [SEEN, DONE_KEYWORD] if self.can_keyword else [SEEN]
         try:

@@ -472,3 +472,29 @@ def test_a_large_message_the_server_cannot_return_is_quarantined_too(
     assert rows[uids[0]]["disposition"] == "quarantined"
     assert rows[uids[1]]["disposition"] == "new_case"
     assert not list((tmp_path / "store" / "spool").glob("*"))  # no half-written spool file
+
+
+def test_a_read_only_folder_is_read_and_left_unflagged(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # A folder shared with read rights only answers SELECT with [READ-ONLY]: mailcase
+    # refused it ("is not writable") and never read a message of it.
+    mailboxes.create_folder("contacto", "Compartida")
+    for i in range(3):
+        mailboxes.append("contacto", _mail(subject=f"Compartida {i}"), folder="Compartida")
+    folder = mailboxes.base_dir / "mail" / "contacto" / "Maildir" / ".Compartida"
+    writable = {p: p.stat().st_mode for p in (folder, folder / "cur", folder / "new", folder / "tmp")}
+    for path in writable:
+        path.chmod(0o555)
+    try:
+        config = write_config(tmp_path, mailboxes, sink, contacto_folder="Compartida")
+        cli = Cli(config, capsys)
+        cli.poll()
+        assert len(sink.wait_for(3)) == 3
+        cli.poll()  # nothing twice: the checkpoint, not flags, says what was read
+        assert len(sink.messages) == 3 and len(cli.json("cases", "list")) == 3
+    finally:
+        for path, mode in writable.items():
+            path.chmod(mode)
+    flags = mailboxes.fetch_flags("contacto", folder="Compartida")
+    assert all(DONE not in f for f in flags.values())
