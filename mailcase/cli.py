@@ -23,7 +23,7 @@ from datetime import date, datetime
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from mailcase import __version__
 from mailcase.casework import related_folios
@@ -47,7 +47,16 @@ from mailcase.errors import (
     NotFoundError,
 )
 from mailcase.logs import configure
-from mailcase.models import Case, CaseMessage, LedgerEntry, Notice, StoredAttachment
+from mailcase.models import (
+    Case,
+    CaseMessage,
+    CaseStatus,
+    Disposition,
+    LedgerEntry,
+    Notice,
+    NoticeStatus,
+    StoredAttachment,
+)
 from mailcase.store import Store, case_by_folio
 
 
@@ -78,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION"
     )
     listing = cases.add_parser("list", help="list cases, newest first")
-    listing.add_argument("--status", help="only cases with this status (open, resolved, closed)")
+    listing.add_argument(
+        "--status", choices=[s.value for s in CaseStatus], help="only cases with this status"
+    )
     listing.add_argument(
         "--customer", metavar="EMAIL", help="only this customer's cases (a caller's address)"
     )
@@ -116,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     messages = commands.add_parser("messages", help="the ledger of fetched messages")
     msg_actions = messages.add_subparsers(dest="action", required=True, metavar="ACTION")
     msg_list = msg_actions.add_parser("list", help="every fetched message and its disposition")
-    msg_list.add_argument("--disposition", help="only this disposition (e.g. quarantined)")
+    msg_list.add_argument(
+        "--disposition",
+        choices=[d.value for d in Disposition],
+        help="only this disposition (e.g. quarantined)",
+    )
     msg_list.add_argument("--mailbox", help="only this mailbox")
     msg_list.add_argument(
         "--limit", type=_positive, metavar="N", help="only the last N messages fetched"
@@ -131,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     out_actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
     out_list = out_actions.add_parser("list", help="pending, sent and failed notices")
     out_list.add_argument(
-        "--status", help="only this status (queued, also 'pending'; sent, failed, suppressed)"
+        "--status",
+        # "pending" is what the issue and people call a queued notice.
+        choices=[*(s.value for s in NoticeStatus), "pending"],
+        help="only this status ('pending' is queued)",
     )
     out_list.add_argument("--limit", type=_positive, metavar="N", help="only the last N notices")
     out_list.add_argument("--json", action="store_true")
@@ -225,7 +243,8 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
         current, _ = Store.open(settings.database.url, auto_upgrade=True).revisions()
         print(f"database is at revision {current} (latest)")
         return EXIT_OK
-    # `db current` shows an out-of-date schema instead of refusing it, as `run` does.
+    # `db current` shows an out-of-date schema instead of refusing it, as `run` does;
+    # a missing SQLite file or a schema newer than the code is refused all the same.
     current, head = Store.schema_state(settings.database.url)
     state = "up to date" if current == head else f"needs upgrade to {head}"
     print(f"database revision {current or 'none'}: {state}")
@@ -328,7 +347,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.health import status
 
-    report = status(settings, _open_store(settings), live=not args.offline)
+    report = status(settings, _open_store(settings, create=False), live=not args.offline)
     if args.json:
         _print_json(report)
         return EXIT_OK
@@ -352,8 +371,21 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _open_store(settings: Settings) -> Store:
-    return Store.open(settings.database.url, auto_upgrade=settings.database.upgrades_itself)
+def _open_store(settings: Settings, *, create: bool) -> Store:
+    """The configured database, upgraded when ``database.auto_upgrade`` allows it.
+
+    Which commands may create a missing SQLite database (and its directories):
+    those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
+    open/resolve/note/visit/route/close/reopen``, ``messages retry`` and
+    ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
+    ``check``, ``status``, ``cases list/show``, ``messages list`` and ``outbox
+    list``, refuse a missing file with a sentence naming its path: run as root
+    before the service started, they would leave a database the service user
+    cannot open, and after a typo in ``database.url`` an empty one.
+    """
+    return Store.open(
+        settings.database.url, auto_upgrade=settings.database.upgrades_itself, create=create
+    )
 
 
 def case_summary(case: Case) -> dict[str, Any]:
@@ -445,7 +477,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.store import utcnow
 
     by = f"cli:{_operator()}"
-    store = _open_store(settings)
+    store = _open_store(settings, create=True)
+    watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -470,12 +503,12 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             if customer:
                 queue_notice(session, settings, case, "acknowledgement", to=customer)
             casework.notify_agents(session, settings, case, "new", text=args.text)
-            folio = case.folio
+            folio, case_id = case.folio, case.id
         else:
             found = case_by_folio(session, args.folio.strip().upper(), for_update=True)
             if found is None:
                 raise NotFoundError(f"no case with folio {args.folio}")
-            folio = found.folio
+            folio, case_id = found.folio, found.id
             if args.action == "resolve":
                 casework.resolve(session, settings, found, args.outcome, args.cause, by=by)
             elif args.action == "note":
@@ -493,18 +526,28 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"folio": folio})
     else:
         print(f"{folio}: {args.action} done")
-    _deliver_after_commit(store, settings)
+    _deliver_after_commit(store, settings, after=watermark, case_id=case_id)
     return EXIT_OK
 
 
-def _deliver_after_commit(store: Store, settings: Settings) -> None:
+def _last_notice_id(store: Store) -> int:
+    """The highest notice id so far (0 for none)."""
+    with store.reading() as conn:
+        return int(conn.execute(select(func.max(Notice.id))).scalar() or 0)
+
+
+def _deliver_after_commit(
+    store: Store, settings: Settings, *, after: int, case_id: int | None = None
+) -> None:
     """Send what a command just queued; what cannot be sent now stays queued.
 
     The command's change is committed by then. A delivery that cannot even
     start (an SMTP password given as a systemd credential, which only the
     service's processes have; the database gone) must not make it look
     failed: the admin would run it again and open a second case. One line
-    says why, and the daemon sends the notices.
+    says why, and the daemon sends the notices. So does a notice of the
+    command's (id above ``after``, of case ``case_id`` when given) that the
+    SMTP server did not take: deferred (it stays queued) or refused.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -512,15 +555,45 @@ def _deliver_after_commit(store: Store, settings: Settings) -> None:
     from mailcase.store import error_text
 
     try:
-        if deliver_outbox(store, settings).busy:
+        report = deliver_outbox(store, settings)
+        if report.busy:
             print(
                 "mailcase: another mailcase process is delivering: the notices are queued for it",
                 file=sys.stderr,
             )
+        elif report.deferred or report.failed:
+            for line in _unsent_notices(store, after, case_id):
+                print(f"mailcase: {line}", file=sys.stderr)
     except MailcaseError as exc:
         print(f"mailcase: notices stay queued for the daemon: {exc}", file=sys.stderr)
     except SQLAlchemyError as exc:
         print(f"mailcase: notices stay queued for the daemon: {error_text(exc)}", file=sys.stderr)
+
+
+def _unsent_notices(store: Store, after: int, case_id: int | None) -> list[str]:
+    """One line per reason for the notices above id ``after`` (of ``case_id``) not sent."""
+    query = select(Notice.status, Notice.last_error, Notice.rcpt_to).where(
+        col(Notice.id) > after,
+        col(Notice.status).in_([NoticeStatus.QUEUED, NoticeStatus.FAILED]),
+    )
+    if case_id is not None:
+        query = query.where(Notice.case_id == case_id)
+    with store.reading() as conn:
+        notices = conn.execute(query.order_by(col(Notice.id))).all()
+    # Several notices (the customer's, the agents') usually share one reason: SMTP down.
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for status, last_error, rcpt_to in notices:
+        reasons.setdefault((status, last_error or "not attempted yet"), []).append(rcpt_to)
+    lines = []
+    for (status, error), recipients in reasons.items():
+        whom = "the notice to " if len(recipients) == 1 else "the notices to "
+        whom += ", ".join(recipients)
+        if status == NoticeStatus.QUEUED:
+            verb = "is" if len(recipients) == 1 else "are"
+            lines.append(f"{whom} {verb} queued, not sent yet: {error}")
+        else:
+            lines.append(f"{whom} could not be sent: {error}")
+    return lines
 
 
 def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
@@ -541,7 +614,7 @@ def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
 def _cases(args: argparse.Namespace, settings: Settings) -> int:
     if args.action not in ("list", "show"):
         return _case_change(args, settings)
-    store = _open_store(settings)
+    store = _open_store(settings, create=False)
     with store.transaction() as session:
         if args.action == "list":
             query = select(Case).order_by(col(Case.created_at).desc(), col(Case.id).desc())
@@ -595,13 +668,14 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
         if args.mailbox not in settings.mailboxes:
             raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
         rt = Runtime.open(settings)
+        watermark = _last_notice_id(rt.store)
         disposition = retry_message(rt, args.mailbox, args.uid)
         print(f"message {args.uid} of mailbox {args.mailbox}: {disposition}")
         # As after a poll: what the message caused (its acknowledgement) goes out
         # now, not at the next poll; what cannot be sent stays queued.
-        _deliver_after_commit(rt.store, settings)
+        _deliver_after_commit(rt.store, settings, after=watermark)
         return EXIT_OK
-    store = _open_store(settings)
+    store = _open_store(settings, create=False)
     with store.transaction() as session:
         query = (
             select(LedgerEntry, Case.folio)
@@ -642,7 +716,7 @@ def notice_row(notice: Notice, folio: str | None) -> dict[str, Any]:
 def _outbox(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.outbox import requeue
 
-    store = _open_store(settings)
+    store = _open_store(settings, create=args.action == "retry")
     with store.transaction() as session:
         if args.action == "retry":
             if args.all:
@@ -662,8 +736,7 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
             .order_by(col(Notice.id).desc())
         )
         if args.status:
-            # "pending" is what the issue and people call a queued notice.
-            status = "queued" if args.status == "pending" else args.status
+            status = NoticeStatus.QUEUED if args.status == "pending" else args.status
             query = query.where(Notice.status == status)
         rows = _last(session.exec(query.limit(args.limit)).all())
         items = [notice_row(n, folio) for n, folio in rows]

@@ -46,7 +46,8 @@ def _guard(name: str, check: Callable[[], str]) -> CheckResult:
 
 
 def check_database(settings: Settings) -> str:
-    """The schema revision; never upgrades (that is `db upgrade`'s or the daemon's job)."""
+    """The schema revision; never creates or upgrades the database (`db upgrade`'s or the
+    daemon's job). A missing SQLite file and a schema newer than the code fail the check."""
     current, head = Store.schema_state(settings.database.url)
     if current == head:
         return f"schema at revision {current} (latest)"

@@ -3,7 +3,8 @@
 :meth:`Store.transaction` is the one place where work is committed or rolled
 back (Mailman's ``database/transaction.py`` habit). The schema is created and
 upgraded by alembic (``mailcase/migrations``); :meth:`Store.open` refuses a
-database older than the code unless it may upgrade it itself.
+database older than the code unless it may upgrade it itself, and always one
+newer than the code (a release rolled back, another host upgraded first).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # without importing alembic (a tenth of a second of every command's start);
 # a test checks that it is alembic's head.
 SCHEMA_HEAD = "0006"
+
 # The PostgreSQL advisory lock that serialises schema upgrades: any bigint no
 # other application on the same database uses; this one spells "mailcase".
 UPGRADE_LOCK_KEY = int.from_bytes(b"mailcase", "big")
@@ -98,8 +100,14 @@ def error_text(exc: SQLAlchemyError) -> str:
     return text if len(text) <= 300 else text[:299] + "…"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = True) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout.
+
+    With ``create``, a missing SQLite file (and its directories) is created,
+    owner-only; without it, a missing file is a DatabaseError naming its path
+    and nothing is created (read-only commands: a typo in the path, or a
+    command run by root before the service, must not leave an empty database
+    behind).
 
     Raises ConfigError for a URL that cannot be used (a typo: a port that is
     not a number, an unknown driver), since restarting will not help; its
@@ -119,7 +127,11 @@ def make_engine(url: str) -> Engine:
         path = _sqlite_path(url)
     except (SQLAlchemyError, ValueError) as exc:
         raise ConfigError(f"database.url cannot be used: {exc}") from exc
-    if path is not None:
+    if path is not None and not create and not path.exists():
+        raise DatabaseError(
+            f"no database at {path}: run `mailcase db upgrade` or start the service first"
+        )
+    if path is not None and create:
         # The database holds customers' mail: owner-only from the start.
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -163,6 +175,30 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def known_revisions() -> frozenset[str]:
+    """Every schema revision this mailcase's migrations define (reads them with alembic)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    return frozenset(revision.revision for revision in script.walk_revisions())
+
+
+def refuse_unknown_revision(current: str | None) -> None:
+    """Raise DatabaseError when ``current`` is not a revision of this code's migrations.
+
+    Such a schema is newer than the code (a release rolled back, another host
+    of a shared PostgreSQL upgraded first): reading or writing it could go
+    wrong, and alembic cannot upgrade from a revision it does not know.
+    Alembic is imported only for a database that is not at :data:`SCHEMA_HEAD`.
+    """
+    if current is None or current == SCHEMA_HEAD or current in known_revisions():
+        return
+    raise DatabaseError(
+        f"the database schema is at revision {current}, newer than this mailcase"
+        f" ({SCHEMA_HEAD}): install the mailcase that upgraded it"
+    )
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -232,9 +268,14 @@ class Store:
         self._writer: AbstractContextManager[Any] = self._writer_lock or nullcontext()
 
     @classmethod
-    def open(cls, url: str, *, auto_upgrade: bool) -> Store:
-        """Open ``url``; upgrade it when allowed, else refuse an out-of-date schema."""
-        store = cls(make_engine(url), url)
+    def open(cls, url: str, *, auto_upgrade: bool, create: bool = True) -> Store:
+        """Open ``url``; upgrade it when allowed, else refuse an out-of-date schema.
+
+        A schema newer than the code is always refused (DatabaseError), never
+        upgraded. Without ``create`` a missing SQLite file is refused instead of
+        created (:func:`make_engine`).
+        """
+        store = cls(make_engine(url, create=create), url)
         try:
             current, head = store.revisions()
             if current != head:
@@ -256,9 +297,13 @@ class Store:
 
     @classmethod
     def schema_state(cls, url: str) -> tuple[str | None, str | None]:
-        """``url``'s revisions as :meth:`revisions` gives them, read without upgrading
-        or refusing an out-of-date schema (``db current``, ``check``)."""
-        store = cls(make_engine(url), url)
+        """``url``'s revisions as :meth:`revisions` gives them, read without creating,
+        upgrading or refusing an out-of-date schema (``db current``, ``check``).
+
+        Raises DatabaseError, as :meth:`open` does, for a missing SQLite file
+        and for a schema newer than the code.
+        """
+        store = cls(make_engine(url, create=False), url)
         try:
             return store.revisions()
         except SQLAlchemyError as exc:
@@ -267,11 +312,14 @@ class Store:
             store.dispose()
 
     def revisions(self) -> tuple[str | None, str | None]:
-        """(the database's alembic revision, the code's head revision :data:`SCHEMA_HEAD`)."""
+        """(the database's alembic revision, the code's head revision :data:`SCHEMA_HEAD`).
+
+        Raises DatabaseError when the database's revision is not one of the
+        code's (:func:`refuse_unknown_revision`).
+        """
         with self.engine.connect() as conn:
-            if not sa.inspect(conn).has_table("alembic_version"):
-                return None, SCHEMA_HEAD
-            current = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            current = _revision(conn)
+        refuse_unknown_revision(current)
         return current, SCHEMA_HEAD
 
     def upgrade(self) -> None:
@@ -280,7 +328,8 @@ class Store:
         Safe when several processes start at once (two daemons, a daemon and a
         ``mailcase db upgrade``): SQLite's ``BEGIN IMMEDIATE`` and PostgreSQL's
         advisory lock let one of them migrate while the others wait, then find
-        nothing left to do.
+        nothing left to do. A schema newer than the code is refused
+        (DatabaseError) and left as it is.
         """
         from alembic import command
 
@@ -291,6 +340,9 @@ class Store:
                 # revision after the wait, in a statement of its own, so under
                 # READ COMMITTED it sees what the process before us committed.
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(UPGRADE_LOCK_KEY)))
+            # Read again under the lock: another host may have upgraded the schema
+            # past this code since it was opened; alembic would fail on it.
+            refuse_unknown_revision(_revision(conn))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
@@ -365,6 +417,14 @@ class Store:
 
     def __exit__(self, *exc_info: object) -> None:
         self.dispose()
+
+
+def _revision(conn: sa.Connection) -> str | None:
+    """The alembic revision of ``conn``'s database; None when it has no mailcase tables."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    current = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return None if current is None else str(current)
 
 
 def _release(engine: Engine, checkpointer: Checkpointer | None) -> None:

@@ -34,6 +34,7 @@ def test_a_non_ascii_imap_password_logs_in(
     mailboxes.append("contacto", mail())  # the fixture's own client logs in with LOGIN: first
     mailboxes.set_password("contacto", UTF8_PASSWORD)
     cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    assert cli("db", "upgrade")[0] == 0  # `check` reads the database, never creates it
     code, out, err = cli("check")
     assert code == 0, out + err
     code, _, err = cli("poll")

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from helpers import Cli, mail, point_smtp_at_a_closed_port, write_config
 from servers import Dovecot, Postgres, SmtpSink
 
-from mailcase.store import SCHEMA_HEAD
+from mailcase.store import SCHEMA_HEAD, alembic_config
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +19,7 @@ def test_check_passes_with_every_peer_up_and_sends_nothing(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
     cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    assert cli("db", "upgrade")[0] == 0  # `check` reads the database, never creates it
     code, out, err = cli("check")
     assert code == 0, out + err
     lines = out.splitlines()
@@ -44,6 +46,7 @@ def test_check_names_each_failure_on_its_own_line(
     config = write_config(tmp_path, mailboxes, sink)
     point_smtp_at_a_closed_port(config, sink)
     cli = Cli(config, capsys)
+    assert cli("db", "upgrade")[0] == 0
     mailboxes.set_password("info", "otra")
     code, out, err = cli("check")
     assert code == 1
@@ -105,15 +108,16 @@ def test_check_and_db_current_show_a_database_not_yet_upgraded_and_leave_it_so(
     # SQLite upgrades itself at start (database.auto_upgrade's default): only said, not done.
     (tmp_path / "lite").mkdir()
     cli = Cli(write_config(tmp_path / "lite", mailboxes, sink), capsys)
+    command.upgrade(alembic_config(f"sqlite:///{tmp_path / 'lite' / 'mailcase.db'}"), "0005")
     code, out, err = cli("check")
     assert code == 0, out + err
     [row] = [line for line in out.splitlines() if line.startswith("database")]
-    assert " ok " in row and "schema at revision none; upgrades itself to" in row
-    code, out, err = cli("db", "current")
-    expected = f"database revision none: needs upgrade to {SCHEMA_HEAD}"
-    assert (code, out.strip()) == (0, expected), err
+    assert " ok " in row and f"schema at revision 0005; upgrades itself to {SCHEMA_HEAD}" in row
+    code, out, err = cli("db", "current")  # and `check` left it so
+    assert (code, out.strip()) == (0, f"database revision 0005: needs upgrade to {SCHEMA_HEAD}")
     assert cli("db", "upgrade")[1].strip() == f"database is at revision {SCHEMA_HEAD} (latest)"
     assert cli("db", "current")[1].strip() == f"database revision {SCHEMA_HEAD}: up to date"
+    expected = f"database revision none: needs upgrade to {SCHEMA_HEAD}"
     # PostgreSQL is upgraded by the admin: a failure that says what to run.
     postgres.create_database("not_upgraded")
     try:

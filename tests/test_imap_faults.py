@@ -483,7 +483,8 @@ def test_a_read_only_folder_is_read_and_left_unflagged(
     for i in range(3):
         mailboxes.append("contacto", _mail(subject=f"Compartida {i}"), folder="Compartida")
     folder = mailboxes.base_dir / "mail" / "contacto" / "Maildir" / ".Compartida"
-    writable = {p: p.stat().st_mode for p in (folder, folder / "cur", folder / "new", folder / "tmp")}
+    dirs = (folder, folder / "cur", folder / "new", folder / "tmp")
+    writable = {p: p.stat().st_mode for p in dirs}
     for path in writable:
         path.chmod(0o555)
     try:
