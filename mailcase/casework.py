@@ -248,11 +248,13 @@ def notify_agents(
     attachments: Sequence[str] = (),
     to: str | None = None,
     note: str = "",
+    sender: str = "",
 ) -> None:
     """Tell ``agents.notify`` (or ``to``) about the case: new, update, reopened or routed.
 
     ``text`` is the customer's words; ``note`` what the agent who routed the
-    case wrote for the area.
+    case wrote for the area; ``sender`` who wrote ``text``, named in the
+    notice when it is not the case's customer (a participant in Cc).
     """
     rcpt = to or settings.agents.notify
     if not rcpt:
@@ -269,6 +271,7 @@ def notify_agents(
             "text": text,
             "attachments": list(attachments),
             "note": note.strip(),
+            "other_sender": sender if sender and sender != case.customer else "",
         },
     )
 

@@ -479,6 +479,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     by = f"cli:{_operator()}"
     store = _open_store(settings, create=True)
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
+    has_customer = True
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -509,6 +510,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             if found is None:
                 raise NotFoundError(f"no case with folio {args.folio}")
             folio, case_id = found.folio, found.id
+            has_customer = bool(found.customer)
             if args.action == "resolve":
                 casework.resolve(session, settings, found, args.outcome, args.cause, by=by)
             elif args.action == "note":
@@ -526,6 +528,13 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"folio": folio})
     else:
         print(f"{folio}: {args.action} done")
+    if args.action in ("resolve", "visit") and not has_customer:
+        # A phone case: no notice was queued, and the customer must still be told.
+        print(
+            f"mailcase: case {folio} has no customer mail address: the customer was not "
+            f"told of the {'resolution' if args.action == 'resolve' else 'visit'}; call them",
+            file=sys.stderr,
+        )
     _deliver_after_commit(store, settings, after=watermark, case_id=case_id)
     return EXIT_OK
 

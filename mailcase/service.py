@@ -39,7 +39,7 @@ from mailcase.errors import (
     NotFoundError,
     StorageError,
 )
-from mailcase.folio import find_folios, remove_folio_tags, strip_reply_prefixes
+from mailcase.folio import echoable_subject, find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import HEAD_BYTES, FetchedMessage, ImapMailbox
 from mailcase.inbound import InboundMail, origin_of
 from mailcase.logs import get_logger
@@ -935,7 +935,8 @@ def _apply(
             case,
             "unverified_agent",
             to=mail.sender,
-            context={"claimed_from": mail.sender},
+            # The message's own subject, not the case's: the agent looks for that one.
+            context={"claimed_from": mail.sender, "subject": echoable_subject(mail.subject)},
         )
     else:
         _record_inbound(rt, session, case, mail, raw_sha, "customer")
@@ -962,6 +963,7 @@ def _notify_agents_of(
         reason,
         text=strip_quoted(mail.text),
         attachments=[a.filename for a in mail.attachments],
+        sender=mail.sender,
     )
 
 
@@ -1011,6 +1013,18 @@ def _agent_message(
     for command in parsed.commands:
         _run_command(session, settings, case, command, text, by)
     if parsed.commands:
+        untold = [c.kind.value for c in parsed.commands if c.kind in _CUSTOMER_IS_TOLD]
+        if untold and not case.customer:
+            # A phone case: the resolution or visit reached nobody; the agent must call.
+            queue_notice(
+                session,
+                settings,
+                case,
+                "not_relayed",
+                to=mail.sender,
+                context={"reason": "no_customer", "untold": untold, "attachments": []},
+                in_reply_to=mail.message_id,
+            )
         return
     # Written straight to the customer with the mailbox in Cc: already sent.
     if case.customer and (case.customer in mail.to or case.customer in mail.cc):
@@ -1031,9 +1045,13 @@ def _agent_message(
             case,
             "not_relayed",
             to=mail.sender,
-            context={"reason": reason, "attachments": attachments},
+            context={"reason": reason, "attachments": attachments, "untold": []},
             in_reply_to=mail.message_id,
         )
+
+
+# Commands whose outcome the customer is sent (when the case has an address).
+_CUSTOMER_IS_TOLD = frozenset({CommandKind.RESOLVE, CommandKind.VISIT})
 
 
 def _run_command(

@@ -170,6 +170,8 @@ def test_forged_agent_from_without_proof_runs_nothing(desk: Desk) -> None:
     assert any(m["kind"] == "unverified" for m in detail["messages"])
     warning = desk.last_to(AGENT)
     assert folio in warning["Subject"] or folio in text(warning)
+    # It names the message the agent is to look for: its own subject, not the case's.
+    assert f"Re: [Folio {folio}] Sin servicio»" in text(warning)
 
 
 def test_a_customer_holding_our_notices_cannot_pass_as_an_agent(desk: Desk) -> None:
@@ -331,6 +333,10 @@ def test_participants_are_whom_the_customer_put_in_cc(desk: Desk) -> None:
     assert customers == [CUSTOMER, "vecino@example.net"]
     senders = [m["from"] for m in desk.case(folio)["messages"] if m["direction"] == "in"]
     assert "hermana@example.net" in " ".join(senders)
+    # The agents are told who wrote: the sister is not the customer.
+    [told] = [text(m) for m in desk.to(NOTIFY) if "hermana@example.net" in text(m)]
+    assert "hermana@example.net (participante, no es el cliente) escribió de nuevo" in told
+    assert "Mensaje del participante:" in told and "El cliente escribió" not in told
 
 
 def test_route_to_area_notifies_that_area(desk: Desk) -> None:
@@ -555,10 +561,34 @@ def test_a_reply_on_a_case_without_a_customer_address_tells_the_agent(desk: Desk
     folio = json.loads(out)["folio"]
     notification = desk.last_to(NOTIFY)
     assert folio in notification["Subject"]
+    assert "(sin correo: registrado por teléfono o en persona)" in text(notification)
     desk.agent_reply(notification, "Mañana pasamos a revisar.")
     told = text(desk.last_to(AGENT))
     assert "no tiene correo del cliente" in told
     assert [m["kind"] for m in desk.case(folio)["messages"]][-2:] == ["agent", "notice"]
+
+
+def test_a_resolution_or_visit_on_a_phone_case_tells_the_agent_to_call(desk: Desk) -> None:
+    # Resolved with causes "for the customer", the case told nobody, and the agent was not told.
+    code, out, err = desk.cli(
+        "cases", "open", "--channel", "phone", "--subject", "Llamada: sin servicio",
+        "--text", "Llamó sin dejar correo.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    folio = json.loads(out)["folio"]
+    notification = desk.last_to(NOTIFY)
+    desk.agent_reply(notification, "#resolver procedente\nSe cambió el módem dañado.")
+    assert desk.case(folio)["status"] == "resolved"
+    told = text(desk.last_to(AGENT))
+    assert "no tiene correo del cliente" in told
+    assert "la resolución quedó registrada en el caso, pero no se le avisó" in told
+    assert "por teléfono" in told
+    # The command line says it too, on a case changed from an admin's shell.
+    code, out, err = desk.cli("cases", "reopen", folio)
+    assert code == 0, err
+    code, out, err = desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "x")
+    assert code == 0, err
+    assert "has no customer mail address: the customer was not told of the resolution" in err
 
 
 @pytest.mark.parametrize(

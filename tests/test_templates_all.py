@@ -35,6 +35,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "commands": list(COMMAND_FORMS),
         "reason": "new",
         "note": "",
+        "other_sender": "",
         "company": COMPANY,
     },
     "relay": {
@@ -87,6 +88,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "folio": FOLIO,
         "reason": "attachments",
         "attachments": ["recibo.pdf", "foto.jpg"],
+        "untold": [],
         "customer": "juan.perez@example.com",
         "mailbox_address": "contacto@internet-plarey.com.mx",
         "company": COMPANY,
@@ -102,7 +104,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
 }
 # visit_date_text is a nicety the caller may give; relay does not greet (the
 # agent writes their own greeting), so customer_name is accepted but unused.
-OPTIONAL = {"visit": {"visit_date_text"}, "relay": {"customer_name"}}
+OPTIONAL = {
+    "visit": {"visit_date_text"},
+    "relay": {"customer_name"},
+    "not_relayed": {"untold"},  # read only when the reason is no_customer
+}
 CUSTOMER_FACING = ("relay", "resolution_valid", "resolution_invalid", "visit")
 AGENT_ONLY = (
     "agent_notification",
