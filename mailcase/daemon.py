@@ -9,7 +9,15 @@
   (doubling up to 15 minutes); the others go on, and the daemon never exits on it.
 * One outbox job (never two at once, so a notice cannot be sent twice by two
   runs); a poll that queued notices brings it forward.
-* SIGTERM/SIGINT: the message in hand is finished, then the process exits 0.
+* SIGTERM/SIGINT: the message in hand is finished (whichever thread polls it:
+  the schedule's or an IDLE watcher's, waited for up to :data:`STOP_GRACE`
+  seconds), the notice being sent is finished and the rest of the outbox stays
+  queued for the next run; then the process exits 0.
+* SIGHUP (a closed terminal, ``kill -HUP``, a log rotation script) is logged
+  as ``sighup_ignored`` and changes nothing: without a handler it would kill
+  the daemon mid-message, and systemd counts death by SIGHUP as a clean exit,
+  so ``Restart=on-failure`` would not bring it back. A new configuration or
+  new templates need a restart.
 
 Under systemd (``Type=notify``, see ``systemd/mailcase.service`` and
 :mod:`mailcase.sdnotify`):
@@ -49,21 +57,28 @@ from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col, select
 
 from mailcase import __version__, leases, metrics
 from mailcase.errors import ConfigError, DatabaseError, MailboxError
 from mailcase.idle import IdleWatcher
 from mailcase.logs import get_logger
+from mailcase.models import Checkpoint
 from mailcase.outbox import deliver_outbox, log_run_failure
 from mailcase.sdnotify import notify, watchdog_interval
 from mailcase.service import Runtime, close_stale_cases, poll_mailbox, record_mailbox_failure
-from mailcase.store import utcnow
+from mailcase.store import as_utc, error_text, is_unavailable, utcnow
 
 MAX_BACKOFF = timedelta(minutes=15)
 RETRY_SLACK = timedelta(milliseconds=250)
 OUTBOX_JOB = "outbox"
 WATCHDOG_JOB = "watchdog"
 PENDING = "pending"  # a mailbox's STATUS= word until its first poll ends
+# How long a stop waits for the polls in progress to finish their message: well
+# under systemd's TimeoutStopSec= (2 min in systemd/mailcase.service), after
+# which the whole process would be SIGKILLed mid-transaction.
+STOP_GRACE = 90.0
 
 
 class _Coalesced:
@@ -89,6 +104,13 @@ class _Coalesced:
         """Make the run in progress (or the next one) go round once more."""
         self._pending.set()
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the run in progress to end; whether none runs now."""
+        if not self._lock.acquire(timeout=max(timeout, 0.0)):
+            return False
+        self._lock.release()
+        return True
+
     def run(self) -> None:
         """Run now, or leave it to the run in progress. Never blocks on another run."""
         self._pending.set()
@@ -108,6 +130,9 @@ class _Coalesced:
 class _Health:
     failures: int = 0
     retry_at: datetime | None = None
+    # Whether the last failure was the mailbox's (IMAP, its credentials) rather
+    # than the database's: only then is an IDLE connection to it suspect.
+    mailbox_at_fault: bool = False
 
 
 class Daemon:
@@ -125,8 +150,8 @@ class Daemon:
             name: _Coalesced(partial(self._poll_once, name), self._running)
             for name in rt.settings.mailboxes
         }
-        # A delivery asked for while stopping still runs: notices go out.
-        self._delivery = _Coalesced(self._deliver_once, lambda: True)
+        # Stopping ends delivery too: the rest stays queued for the next start.
+        self._delivery = _Coalesced(self._deliver_once, self._running)
         self.watchers: list[IdleWatcher] = []
         self.scheduler = BackgroundScheduler(
             executors={
@@ -164,9 +189,18 @@ class Daemon:
             self._report(name, result)
 
     def _held_for(self, name: str) -> float:
-        """Seconds until ``name``'s next retry while its polls fail (0 when healthy)."""
-        retry_at = self.health[name].retry_at
-        return 0.0 if retry_at is None else max((retry_at - utcnow()).total_seconds(), 0.0)
+        """Seconds until ``name``'s next retry while its polls fail for the mailbox's sake.
+
+        0 when healthy, and 0 while only the database fails: the IDLE watcher
+        drops and re-opens its connection while this is positive, and an IMAP
+        connection that works would then log idle_failed/idle_resumed over
+        and over for an outage that is not the mailbox's.
+        """
+        health = self.health[name]
+        retry_at = health.retry_at
+        if retry_at is None or not health.mailbox_at_fault:
+            return 0.0
+        return max((retry_at - utcnow()).total_seconds(), 0.0)
 
     def _poll(self, name: str) -> str | None:
         """Poll ``name``; return its STATUS= word, or None when skipped for back-off."""
@@ -190,6 +224,7 @@ class Daemon:
             # Counted from the failure, not from the attempt's start: a connect
             # that took seconds to fail must not shorten the promised wait.
             health.retry_at = utcnow() + delay
+            health.mailbox_at_fault = not isinstance(exc, DatabaseError)
             self._reschedule(name, health.retry_at)
             self.log.error(
                 "mailbox_failed", mailbox=name, error=str(exc), retry_in=int(delay.total_seconds())
@@ -202,7 +237,7 @@ class Daemon:
             return "held by another instance"
         if health.failures:
             self.log.info("mailbox_recovered", mailbox=name, after_failures=health.failures)
-        health.failures, health.retry_at = 0, None
+        health.failures, health.retry_at, health.mailbox_at_fault = 0, None, False
         if report.dispositions.get("new_case") and not self.rt.stop.is_set():
             self.request_delivery()
         return f"ok ({report.fetched} new)"
@@ -269,18 +304,67 @@ class Daemon:
 
     def _deliver_once(self) -> None:
         try:
-            report = deliver_outbox(self.rt.store, self.rt.settings)
+            # SIGTERM ends the run after the notice in hand (seen: 120 queued
+            # notices to a slow server kept a stopping daemon up for a minute,
+            # past TimeoutStopSec=, so systemd SIGKILLed it mid-transaction).
+            report = deliver_outbox(self.rt.store, self.rt.settings, stop=self.rt.stop)
         except Exception as exc:  # the next run (at most 30 s away) tries again
             log_run_failure(exc)
             return
-        if report.sent or report.deferred or report.failed:
+        if report.sent or report.deferred or report.failed or report.stopped:
             self.log.info("outbox_delivered", **vars(report))
 
     def close_stale(self) -> None:
+        """Close stale cases; never raises. A database that is down is one line, not a traceback."""
         try:
             close_stale_cases(self.rt)
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                self.log.exception("close_stale_crashed")
+                return
+            # Expected trouble, like outbox_run_failed: the next hourly run tries again.
+            self.log.warning("close_stale_failed", error=error_text(exc))
         except Exception:
             self.log.exception("close_stale_crashed")
+
+    def seed_metrics(self) -> None:
+        """Give every mailbox that ever polled successfully its last success from the database.
+
+        Otherwise ``mailcase_seconds_since_last_successful_poll`` has no series for
+        a mailbox until it succeeds in this process: one broken across a restart
+        would vanish from the dashboard instead of showing a growing value.
+        Best effort: a database that cannot be read leaves the series to the polls.
+        """
+        names = list(self.rt.settings.mailboxes)
+        query = select(Checkpoint.mailbox, Checkpoint.last_poll_at).where(
+            col(Checkpoint.mailbox).in_(names)
+        )
+        try:
+            with self.rt.store.reading() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            self.log.warning("metrics_seed_failed", error=error_text(exc))
+            return
+        for mailbox, last_poll_at in rows:
+            at = as_utc(last_poll_at)
+            if at is not None:
+                metrics.seed_last_success(mailbox, at.timestamp())
+
+    def _finish_polls(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for every poll in progress to end; log those that did not.
+
+        The scheduler's shutdown waits for its own jobs, but an IDLE watcher
+        polls on its own thread: without this, leases were released and the
+        process exited while its message was half done.
+        """
+        deadline = time.monotonic() + grace
+        unfinished = [
+            name
+            for name, poll in self._polls.items()
+            if not poll.wait_idle(deadline - time.monotonic())
+        ]
+        if unfinished:
+            self.log.warning("polls_abandoned", mailboxes=unfinished, grace=grace)
 
     def run(self) -> None:
         """Run until SIGTERM or SIGINT; return after in-flight work is finished."""
@@ -323,6 +407,12 @@ class Daemon:
             self.log.info("stopping", signal=name)
             self.rt.stop.set()
 
+        def _hangup(_signum: int, _frame: FrameType | None) -> None:
+            # Not a reload: the settings are read once, by the CLI, and polls in
+            # progress hold them. Said so that whoever sent it knows to restart.
+            self.log.warning("sighup_ignored", hint="restart mailcase to apply a new configuration")
+
+        self.seed_metrics()  # before the first scrape can come
         if self.rt.settings.metrics.listen:
             # Before the scheduler starts: an address that cannot be bound raises
             # ConfigError, and the process exits 2 with nothing left running.
@@ -336,7 +426,8 @@ class Daemon:
                 watcher.start()
                 self.watchers.append(watcher)
 
-        previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        handlers = {signal.SIGTERM: _stop, signal.SIGINT: _stop, signal.SIGHUP: _hangup}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         self.log.info(
             "daemon_started",
             version=__version__,  # which code a journal's lines came from, across upgrades
@@ -349,6 +440,8 @@ class Daemon:
             self.rt.stop.wait()
         finally:
             self.scheduler.shutdown(wait=True)
+            # Before the leases go: an IDLE watcher may be polling on its own thread.
+            self._finish_polls(STOP_GRACE)
             for watcher in self.watchers:
                 watcher.join(timeout=5)
             for name in self.rt.settings.mailboxes:

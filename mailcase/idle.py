@@ -11,8 +11,10 @@ lets servers drop an idle client. A dropped connection reconnects with
 back-off (1 s doubling to 5 min), and never before the mailbox's own retry
 time while its polls are failing (``hold``), so an outage costs no extra
 logins. One outage logs one ``idle_failed`` (its first failure) and one
-``idle_resumed``; the mailbox's ``mailbox_failed`` events carry the rest. A
-server without IDLE ends the watcher.
+``idle_resumed``; the mailbox's ``mailbox_failed`` events carry the rest. An
+outage of the database alone is not the mailbox's: the daemon's ``hold``
+stays 0 then, and the IDLE connection is kept. A server without IDLE ends
+the watcher.
 """
 
 from __future__ import annotations

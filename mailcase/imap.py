@@ -164,9 +164,7 @@ class ImapMailbox:
         self.message_count = int(info.get(b"EXISTS", 0))
         permanent = info.get(b"PERMANENTFLAGS", ())
         # RFC 3501 7.1: "\*" in PERMANENTFLAGS means new keywords may be created.
-        self.can_keyword = not self.read_only and (
-            b"\\*" in permanent or DONE_KEYWORD in permanent
-        )
+        self.can_keyword = not self.read_only and (b"\\*" in permanent or DONE_KEYWORD in permanent)
 
     def _password_login(self, login: str, password: str, where: str) -> None:
         """LOGIN, or AUTHENTICATE PLAIN for a user name or password that is not ASCII.

@@ -56,6 +56,18 @@ def poll_succeeded(mailbox: str) -> None:
     _last_success[mailbox] = time.time()
 
 
+def seed_last_success(mailbox: str, at: float) -> None:
+    """Take ``at`` (a Unix time: the database's last successful poll) as ``mailbox``'s
+    last success, unless this process has already seen a later one.
+
+    The daemon calls it at start, so a mailbox that stays broken across a
+    restart keeps a growing ``mailcase_seconds_since_last_successful_poll``
+    instead of no series at all.
+    """
+    if at > _last_success.get(mailbox, float("-inf")):
+        _last_success[mailbox] = at
+
+
 def set_queued(count: int) -> None:
     _queued[0] = count
 

@@ -21,6 +21,10 @@ the sent log (mailcase.sentlog), which needs no wait for ingest's write lock,
 and reaches the notices table with the next :data:`FOLD_EVERY` when the lock
 is free, at the latest when the delivery run ends; until then ``outbox list``
 shows the notice as queued.
+
+A run given a ``stop`` event (the daemon's, set by SIGTERM) checks it before
+each notice and leaves the rest queued for the next run, so stopping waits
+for one SMTP transaction at most, not for a whole backlog.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class DeliveryReport:
     failed: int = 0
     suppressed: int = 0
     busy: bool = False  # another process was delivering: this run sent nothing (SQLite)
+    stopped: bool = False  # the run was asked to stop; what it did not reach stays queued
 
 
 PAGE = 500
@@ -101,7 +106,11 @@ def _pages(store: Store, now: datetime, first: list[int]) -> Iterator[int]:
 
 
 def deliver_outbox(
-    store: Store, settings: Settings, *, now: datetime | None = None
+    store: Store,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    stop: threading.Event | None = None,
 ) -> DeliveryReport:
     """Send every due notice over one SMTP connection; return what happened.
 
@@ -109,23 +118,32 @@ def deliver_outbox(
     holds the outbox for longer than a few seconds, this run sends nothing,
     logs ``outbox_busy`` and says so in :attr:`DeliveryReport.busy`; the run
     in progress sends what is due, new notices included.
+
+    Once ``stop`` is set no further notice is started: the one being sent is
+    finished and recorded, the rest stay queued as they were (not attempted,
+    no back-off), and :attr:`DeliveryReport.stopped` says so. The sent log is
+    folded all the same.
     """
     if store.delivery_lock is None:
-        return _deliver_due(store, settings, now or utcnow())
+        return _deliver_due(store, settings, now or utcnow(), stop)
     with runlock.held(store.delivery_lock) as taken:
         if not taken:
             get_logger().info("outbox_busy", lock=str(store.delivery_lock))
             return DeliveryReport(busy=True)
-        return _deliver_due(store, settings, now or utcnow())
+        return _deliver_due(store, settings, now or utcnow(), stop)
 
 
-def _deliver_due(store: Store, settings: Settings, now: datetime) -> DeliveryReport:
+def _deliver_due(
+    store: Store, settings: Settings, now: datetime, stop: threading.Event | None
+) -> DeliveryReport:
     report = DeliveryReport()
     fold_sent_log(store)  # what an earlier run sent is not due any more
     with store.reading() as conn:
         ids = due_notice_ids(conn, now)
     try:
-        return _deliver(store, settings, _pages(store, now, ids), now, report) if ids else report
+        if not ids:
+            return report
+        return _deliver(store, settings, _pages(store, now, ids), now, report, stop)
     finally:
         fold_sent_log(store)
         for outcome in ("sent", "deferred", "failed", "suppressed"):
@@ -134,6 +152,17 @@ def _deliver_due(store: Store, settings: Settings, now: datetime) -> DeliveryRep
         with store.reading() as conn:
             queued = select(func.count()).select_from(Notice)
             metrics.set_queued(conn.execute(queued.where(Notice.status == "queued")).scalar_one())
+
+
+def _until(
+    stop: threading.Event | None, ids: Iterator[int], report: DeliveryReport
+) -> Iterator[int]:
+    """``ids`` until ``stop`` is set; checked as each one is taken, so just before it is sent."""
+    for notice_id in ids:
+        if stop is not None and stop.is_set():
+            report.stopped = True
+            return
+        yield notice_id
 
 
 def fold_sent_log(store: Store, *, wait: bool = True) -> int:
@@ -205,10 +234,15 @@ def log_run_failure(exc: Exception) -> None:
     """Log a delivery run that raised ``exc``; call it in the ``except`` block.
 
     A database that is down or restarting is expected trouble: one line
-    (``outbox_run_failed``), and the notices wait in it for the next run.
-    Anything else is a bug: ``outbox_run_crashed`` with its traceback.
+    (``outbox_run_failed``), and the notices wait in it for the next run. So
+    is a :class:`~mailcase.errors.DatabaseError` (a sent log that cannot be
+    read): one line at error level, whose sentence names the file and what to
+    do. Anything else is a bug: ``outbox_run_crashed`` with its traceback.
     """
-    if isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
+    if isinstance(exc, DatabaseError):
+        # Needs a person, but a traceback would hide the sentence that says what to do.
+        get_logger().error("outbox_run_failed", error=str(exc))
+    elif isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
         get_logger().warning("outbox_run_failed", error=error_text(exc))
     else:
         get_logger().exception("outbox_run_crashed")
@@ -250,9 +284,15 @@ class DeliveryAlongside:
 
 
 def _deliver(
-    store: Store, settings: Settings, ids: Iterator[int], now: datetime, report: DeliveryReport
+    store: Store,
+    settings: Settings,
+    ids: Iterator[int],
+    now: datetime,
+    report: DeliveryReport,
+    stop: threading.Event | None = None,
 ) -> DeliveryReport:
     log = get_logger()
+    ids = _until(stop, ids, report)
     try:
         connection = SmtpConnection(settings.smtp).__enter__()
     except DeliveryError as exc:
@@ -273,7 +313,8 @@ def _deliver(
             for chunk in _chunks(ids, READ_CHUNK):
                 with store.reading() as conn:
                     rows = {r.id: r for r in conn.execute(_DUE_MANY, {"ids": chunk})}
-                for notice_id in chunk:
+                # The chunk was taken ahead of sending: ask _until again before each.
+                for notice_id in _until(stop, iter(chunk), report):
                     _deliver_one(
                         store, settings, connection, notice_id, now, report,
                         row=rows.get(notice_id),

@@ -22,8 +22,9 @@ Losing this file loses at most the records not yet folded: those notices go
 out again. It holds notice ids and times only. A log that cannot be written
 (its directory not writable, say) is given up for the process: marks then
 wait for the write lock as before (mailcase.outbox). One that exists but
-cannot be read stops delivery runs with an error naming it, rather than
-send again what it may hold.
+cannot be read stops delivery runs with an error naming it and what to do
+(make it readable, or move a damaged one aside and accept that the notices
+it recorded may go out again), rather than send again what it may hold.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ from mailcase.errors import DatabaseError
 T = TypeVar("T")
 
 SUFFIX = "-sent"
+# Said when the log cannot be read: delivery stops until a person acts, so the
+# error says what to do and what it costs (seen: a run crashing every 30 s
+# with a traceback and no hint).
+UNREADABLE_REMEDY = (
+    " (make it readable by mailcase, or if it is damaged move it aside:"
+    " notices it recorded as sent may then be sent again)"
+)
 
 
 class SentLog:
@@ -74,13 +82,16 @@ class SentLog:
             self._conn = conn
         return self._conn
 
-    def _guarded(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """``work`` on the log's connection, one thread at a time; errors name the file."""
+    def _guarded(self, work: Callable[[sqlite3.Connection], T], remedy: str = "") -> T:
+        """``work`` on the log's connection, one thread at a time; errors name the file.
+
+        ``remedy``, when given, ends the error's sentence: what a person should do.
+        """
         with self._lock:
             try:
                 return work(self._connection())
             except (sqlite3.Error, OSError) as exc:
-                raise DatabaseError(f"cannot use the sent log {self.path}: {exc}") from exc
+                raise DatabaseError(f"cannot use the sent log {self.path}: {exc}{remedy}") from exc
 
     def append(self, notice_id: int, sent_at: datetime) -> None:
         """Record that ``notice_id`` was accepted at ``sent_at``; committed on return.
@@ -102,7 +113,11 @@ class SentLog:
         return self._own
 
     def pending(self) -> list[tuple[int, datetime]]:
-        """Every record not yet folded, oldest notice first."""
+        """Every record not yet folded, oldest notice first.
+
+        Raises :class:`~mailcase.errors.DatabaseError` naming the file and the
+        remedy when the log exists but cannot be read.
+        """
         if self._conn is None and not self.path.exists():
             return []  # nothing was ever recorded: no file created by a read
 
@@ -110,7 +125,7 @@ class SentLog:
             rows = conn.execute("SELECT notice_id, sent_at FROM sent ORDER BY notice_id")
             return [(int(n), datetime.fromisoformat(at)) for n, at in rows]
 
-        return self._guarded(select)
+        return self._guarded(select, UNREADABLE_REMEDY)
 
     def forget(self, notice_ids: Sequence[int]) -> None:
         """Delete the records of ``notice_ids`` (folded, their marks committed)."""

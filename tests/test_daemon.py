@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from helpers import Cli, DaemonProcess, json_events, mail, write_config
 from servers import Dovecot, Postgres, SmtpSink
 
@@ -284,7 +285,7 @@ def test_a_delivery_requested_during_a_run_makes_it_go_round_again(
     runs: list[float] = []
     started = threading.Event()
 
-    def slow_delivery(store: Any, settings: Any) -> Any:
+    def slow_delivery(store: Any, settings: Any, **_options: Any) -> Any:
         runs.append(time.monotonic())
         started.set()
         time.sleep(0.3)
@@ -335,3 +336,20 @@ def test_daemon_rides_out_a_postgresql_restart(
     assert [r["disposition"] for r in ledger] == ["new_case"] * 2
     # Expected trouble is one line: no traceback, nothing quarantined.
     assert "Traceback" not in log and "crashed" not in log
+
+
+def test_closing_stale_cases_with_the_database_down_is_one_line(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, postgres: Postgres, pg_url: str
+) -> None:
+    # Expected trouble, like outbox_run_failed and mailbox_failed: no traceback.
+    rt = Runtime.open(load_settings(write_config(tmp_path, mailboxes, sink, db_url=pg_url)))
+    daemon = Daemon(rt)
+    postgres.stop(fast=True)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            daemon.close_stale()
+    finally:
+        postgres.start()
+        rt.store.dispose()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("close_stale_failed", "warning")]
+    assert "exc_info" not in logs[0] and logs[0]["error"]

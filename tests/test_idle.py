@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import structlog
-from helpers import Cli, mail, write_config
-from servers import Dovecot, SmtpSink
+from helpers import Cli, DaemonProcess, mail, write_config
+from servers import Dovecot, Postgres, SmtpSink
 
 from mailcase.config import load_settings
 from mailcase.idle import IdleWatcher
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def watch(
-    tmp_path: Path, imap: Dovecot, sink: SmtpSink, **kw: float
+    tmp_path: Path, imap: Dovecot, sink: SmtpSink, **kw: Any
 ) -> tuple[IdleWatcher, threading.Event, list[float]]:
     settings = load_settings(write_config(tmp_path, imap, sink))
     seen: list[float] = []
@@ -126,9 +126,32 @@ def test_a_server_without_idle_is_polled_only(tmp_path: Path, sink: SmtpSink, ca
         assert [e["event"] for e in logs] == ["idle_unsupported"]
         assert seen == []
         cli = Cli(config, capsys)
-        code, out, err = cli("check")
-        assert code == 0, out + err
-        assert "no IDLE (polling only)" in out
         imap.append("contacto", mail())
         cli.poll()  # polling is all it needs
         assert len(cli.json("cases", "list")) == 1 and len(sink.messages) == 1
+        # After the poll: `check` wants the database the first poll created.
+        code, out, err = cli("check")
+        assert code == 0, out + err
+        assert "no IDLE (polling only)" in out
+
+
+def test_a_database_outage_keeps_the_idle_connection(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, postgres: Postgres, pg_url: str
+) -> None:
+    # The watcher drops its connection while the mailbox's polls fail (it may be
+    # half-open); when only the database failed, that turned one outage into an
+    # idle_failed/idle_resumed pair at every retry, for a healthy IMAP connection.
+    config = write_config(tmp_path, mailboxes, sink, db_url=pg_url)
+    with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
+        daemon.wait_for_event("daemon_ready", timeout=30)
+        postgres.stop(fast=True)
+        try:
+            # The first failure and the retry after its back-off (5 s): the watcher
+            # looks at the hold every second, so it had its chances to drop.
+            daemon.wait_for_event(
+                "mailbox_failed", timeout=60, where=lambda e: e["mailbox"] == "contacto", count=2
+            )
+        finally:
+            postgres.start()
+        assert daemon.events("idle_failed") == [] and daemon.events("idle_resumed") == []
+        assert daemon.stop() == 0

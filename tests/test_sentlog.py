@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import structlog
-from helpers import write_config
+from helpers import json_events, mail, run_process, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase import outbox
 from mailcase.config import load_settings
+from mailcase.daemon import Daemon
 from mailcase.errors import DatabaseError
 from mailcase.models import Notice, NoticeStatus
 from mailcase.sentlog import SentLog
+from mailcase.service import Runtime
 from mailcase.store import Store, table
 
 WHEN = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -167,7 +169,38 @@ def test_a_log_that_cannot_be_read_stops_delivery_naming_it(
         _queued_notices(store, 1)
         assert store.sent_log is not None
         store.sent_log.path.write_bytes(b"not a database" * 100)
-        with pytest.raises(DatabaseError, match=r"cannot use the sent log .*mailcase\.db-sent"):
+        with pytest.raises(
+            DatabaseError, match=r"cannot use the sent log .*mailcase\.db-sent.*move it aside"
+        ):
             outbox.deliver_outbox(store, settings)
         assert _statuses(store) == ["queued"]  # nothing sent that the log may hold
         assert sink.messages == []
+
+
+@pytest.mark.integration
+def test_a_damaged_log_is_one_line_that_says_what_to_do(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    # Seen: every delivery run logged outbox_run_crashed with a traceback, every
+    # 30 s, and nothing said what to do about the file.
+    config = write_config(tmp_path, mailboxes, sink)
+    (tmp_path / "mailcase.db-sent").write_bytes(b"SQLite format 3\x00" + bytes(range(200)))
+    rt = Runtime.open(load_settings(config))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            Daemon(rt)._deliver_once()  # one of the daemon's delivery runs
+    finally:
+        rt.store.dispose()
+    [failure] = logs
+    assert (failure["event"], failure["log_level"]) == ("outbox_run_failed", "error")
+    assert "exc_info" not in failure
+    assert str(tmp_path / "mailcase.db-sent") in failure["error"]
+    assert "move it aside" in failure["error"] and "sent again" in failure["error"]
+    # `mailcase poll` (its delivery thread, then its last round): the same, no traceback.
+    mailboxes.append("contacto", mail())
+    result = run_process(config, "poll")
+    assert "Traceback" not in result.stderr
+    events = json_events(result.stderr)  # every other line is the command's one-line error
+    assert "outbox_run_crashed" not in [e["event"] for e in events]
+    assert "move it aside" in result.stderr
+    assert sink.messages == []  # nothing sent that the log may hold

@@ -88,6 +88,8 @@ def test_unit_runs_the_daemon_as_a_notify_service() -> None:
     assert service["NotifyAccess"] == ["main"]
     assert service["WatchdogSec"], "a watchdog is configured"
     assert service["Restart"] == ["on-failure"]
+    # Death by SIGHUP counts as clean to systemd: it must still restart.
+    assert "SIGHUP" in " ".join(service["RestartForceExitStatus"]).split()
     prevented = " ".join(service["RestartPreventExitStatus"]).split()
     assert str(EXIT_CONFIG) in prevented  # a config error is not retried
     assert service["StateDirectory"] == ["mailcase"]
