@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from mailcase import metrics
 from mailcase.classify import is_automatic_address
 from mailcase.commands import COMMAND_FORMS
 from mailcase.config import Settings
@@ -208,6 +209,26 @@ def _log_suppression(session: Session, rcpt: str, reason: str) -> None:
         get_logger().warning("notices_suppressed", recipient=rcpt, reason=reason)
 
 
+def agent_thread(session: Session, case: Case) -> tuple[str | None, tuple[str, ...]]:
+    """(In-Reply-To, References) for a notification to the agents: their earlier ones.
+
+    The case's earlier ``agent_notification`` notices, the latest ten, so that
+    the agents' mail clients show a case's updates as one conversation. Their
+    ids are signed, which is fine here: these notices go to agents only.
+    """
+    ids = tuple(
+        mid
+        for mid in session.exec(
+            select(Notice.message_id)
+            .where(Notice.case_id == case.id, Notice.kind == "agent_notification")
+            .order_by(col(Notice.id).desc())
+            .limit(10)
+        ).all()
+        if mid
+    )[::-1]
+    return (ids[-1] if ids else None), ids
+
+
 def customer_thread(session: Session, case: Case) -> tuple[str | None, tuple[str, ...]]:
     """(In-Reply-To, References) for a notice to the customer: the thread of the case.
 
@@ -340,6 +361,10 @@ def queue_notice(
     customer_facing = kind in CUSTOMER_KINDS
     if customer_facing and in_reply_to is None and not references:
         in_reply_to, references = customer_thread(session, case)
+    elif kind == "agent_notification" and not new_case and in_reply_to is None:
+        # Without them Thunderbird (which threads by references only) showed
+        # every update of a case as a conversation of its own.
+        in_reply_to, references = agent_thread(session, case)
     now = utcnow()
     envelope = Envelope(
         from_addr=sender,
@@ -361,6 +386,9 @@ def queue_notice(
     reason = blocked(session, settings, kind, to, None if new_case else case.id)
     if reason:
         _log_suppression(session, to, reason)
+        # Counted here: a held notice never reaches delivery, where the rest are
+        # counted. (A transaction rolled back after this overcounts by one.)
+        metrics.NOTICES.labels("suppressed").inc()
     # Rows without objects (insert_values): building the two SQLModel objects
     # cost as much as their INSERTs (py-spy).
     notice_id = insert_values(

@@ -664,3 +664,18 @@ def test_a_reply_within_the_window_reopens_a_case_that_closed_since(desk: Desk) 
     assert len(desk.cli.json("cases", "list")) == 1
     assert desk.case(folio)["status"] == "open"
     assert "Volvió a fallar." in text(desk.last_to(NOTIFY))
+
+
+def test_a_cases_notifications_to_the_agents_are_one_thread(desk: Desk) -> None:
+    # Thunderbird threads by References only: each update was a conversation of its own.
+    folio = desk.open_case()
+    for body in ("Sigo sin servicio.", "Ya volvió, gracias."):
+        desk.deliver(mail(subject=f"Re: [Folio {folio}] Sin servicio de internet", body=body))
+    first, second, third = desk.to(NOTIFY)
+    assert first["In-Reply-To"] is None
+    assert second["In-Reply-To"].strip() == first["Message-ID"].strip()
+    assert third["In-Reply-To"].strip() == second["Message-ID"].strip()
+    assert third["References"].split() == [
+        first["Message-ID"].strip(),
+        second["Message-ID"].strip(),
+    ]

@@ -42,6 +42,7 @@ def test_acknowledgements_per_sender_are_capped_but_cases_open(
     )
     mailboxes.append_many("contacto", [mail(subject=f"Reporte {i}") for i in range(4)])
     mailboxes.append("contacto", mail(sender="otra@example.com"))
+    suppressed = _suppressed_metric()
     code, _, err = cli("poll")
     assert code == 0
     assert len(cli.json("cases", "list")) == 5
@@ -51,6 +52,15 @@ def test_acknowledgements_per_sender_are_capped_but_cases_open(
     assert statuses == ["sent"] * 3 + ["suppressed"] * 2
     logged = [line for line in err.splitlines() if '"notices_suppressed"' in line]
     assert len(logged) == 1  # logged once, not per suppressed notice
+    # Counted for monitoring: an alert on suppressed notices is how a loop is caught.
+    assert _suppressed_metric() == suppressed + 2
+
+
+def _suppressed_metric() -> float:
+    from mailcase import metrics
+
+    value = metrics.REGISTRY.get_sample_value("mailcase_notices_total", {"outcome": "suppressed"})
+    return value or 0.0
 
 
 def test_total_notices_per_hour_cap(
