@@ -9,12 +9,17 @@ re-processing a message after a crash idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from mailcase.errors import StorageError
+
+# Older than this, a spool file is no poll's any more (see BlobStore.sweep_spool).
+SPOOL_MAX_AGE = 3600.0
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -46,7 +51,7 @@ class BlobStore:
         """
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
-        if target.exists():
+        if _holds(target, len(data)):
             return digest
         try:
             self._make_parents(target)
@@ -80,7 +85,7 @@ class BlobStore:
                     digest.update(chunk)
             sha = digest.hexdigest()
             target = self.path(sha)
-            if target.exists():
+            if _holds(target, source.stat().st_size):
                 source.unlink(missing_ok=True)
                 return sha
             self._make_parents(target)
@@ -95,6 +100,24 @@ class BlobStore:
         return StorageError(
             f"cannot write to the store {self.directory} (storage.directory): {exc.strerror or exc}"
         )
+
+    def sweep_spool(self, older_than: float = SPOOL_MAX_AGE) -> int:
+        """Remove spool files older than ``older_than`` seconds; how many.
+
+        A spool file lives while one large message is fetched and stored; one
+        left behind (a poll stopped or killed with messages read ahead) holds a
+        customer's whole message, and nothing else would ever remove it. Files
+        of a poll running now in another process are younger than the limit.
+        """
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            cutoff = time.time() - older_than
+            for path in (self.directory / "spool").iterdir():
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+        return removed
 
     def spool_path(self) -> Path:
         """A fresh owner-only file name on the store's file system for streaming into."""
@@ -122,3 +145,15 @@ class BlobStore:
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
+
+
+def _holds(target: Path, size: int) -> bool:
+    """Whether ``target`` is there with ``size`` bytes: a blob already stored.
+
+    Not just there: after a power cut a blob renamed into place may be empty
+    (its data was never flushed); storing the same content again repairs it.
+    """
+    try:
+        return target.stat().st_size == size
+    except OSError:  # not there (or its directory is not): written, or that fails
+        return False

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -90,6 +91,7 @@ class Runtime:
         directory = settings.storage.directory
         try:
             blobs = BlobStore(directory)
+            blobs.sweep_spool()
         except OSError as exc:
             store.dispose()
             raise ConfigError(
@@ -197,8 +199,31 @@ def _ingest_all(
     parser: ParserProcess | None,
     handled: list[int],
 ) -> None:
-    """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done."""
-    fetched_messages = _fetch_planned(rt, box, uids)
+    """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done.
+
+    Messages read ahead but not ingested (a stop, a lost lease, a failure) are
+    read again by the next poll; their spool files are removed here.
+    """
+    spooled: list[Path] = []
+    try:
+        _ingest_each(rt, name, box, uids, report, progress, parser, handled, spooled)
+    finally:
+        for path in spooled:  # stored ones were moved into the store already
+            path.unlink(missing_ok=True)
+
+
+def _ingest_each(
+    rt: Runtime,
+    name: str,
+    box: ImapMailbox,
+    uids: list[int],
+    report: MailboxReport,
+    progress: Progress | None,
+    parser: ParserProcess | None,
+    handled: list[int],
+    spooled: list[Path],
+) -> None:
+    fetched_messages = _noting_spools(_fetch_planned(rt, box, uids), spooled)
     renewed = time.monotonic()  # the caller took the lease just before
     for fetched, parsed in parse_ahead(fetched_messages, _raw_of, parser):
         disposition = ingest_message(rt, name, box.uidvalidity, fetched, parsed)
@@ -222,6 +247,15 @@ def _ingest_all(
             renewed = time.monotonic()
         if rt.stop.is_set():
             return  # SIGTERM: the message in hand is finished; stop here
+
+
+def _noting_spools(
+    fetched: Iterator[FetchedMessage], spooled: list[Path]
+) -> Iterator[FetchedMessage]:
+    for message in fetched:
+        if message.spooled is not None:
+            spooled.append(message.spooled)
+        yield message
 
 
 def _not_quarantined(rt: Runtime, name: str, uidvalidity: int, uids: list[int]) -> list[int]:

@@ -98,3 +98,62 @@ def test_a_disk_that_fills_while_a_large_message_streams_in_fails_the_poll(
     assert line.endswith("(storage.directory): No space left on device")
     assert list((tmp_path / "store" / "spool").iterdir()) == []  # no half file left
     assert cli.json("messages", "list") == []
+
+
+def test_messages_read_ahead_leave_no_spool_file_when_a_poll_stops(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A poll stopped (SIGTERM, a lost lease) after its first message had streamed the next
+    # ones to the spool already: each was a customer's whole message, kept for good.
+    from mailcase import service
+    from mailcase.config import load_settings
+
+    config = write_config(tmp_path, mailboxes, sink, extra="[limits]\nmax_message_bytes = 10000\n")
+    mailboxes.append_many(
+        "contacto", [mail(sender=f"c{i}@example.com", body="x" * 20000) for i in range(5)]
+    )
+    rt = service.Runtime.open(load_settings(config))
+    real = service.ingest_message
+
+    def stop_after_the_first(*args: Any, **kwargs: Any) -> str:
+        rt.stop.set()  # as SIGTERM does: the message in hand is finished, then the poll ends
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "ingest_message", stop_after_the_first)
+    # Read ahead, as a poll of a backlog does: the parser process gets a window of messages.
+    monkeypatch.setattr(service, "worth_a_process", lambda backlog: True)
+    try:
+        report = service.poll_mailbox(rt, "contacto")
+    finally:
+        rt.store.dispose()
+    assert report.fetched == 1
+    assert list((tmp_path / "store" / "spool").iterdir()) == []
+
+
+def test_old_spool_files_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = BlobStore(tmp_path / "store")
+    old, live = store.spool_path(), store.spool_path()
+    hour_ago = time.time() - blobs.SPOOL_MAX_AGE - 60
+    os.utime(old, (hour_ago, hour_ago))
+    assert store.sweep_spool() == 1
+    assert not old.exists() and live.exists()  # another process may be streaming into it
+
+
+def test_an_empty_blob_left_by_a_power_cut_is_written_again(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    sha = store.put(b"mensaje completo")
+    store.path(sha).write_bytes(b"")  # renamed into place, its data never flushed
+    assert store.put(b"mensaje completo") == sha
+    assert store.get(sha) == b"mensaje completo"
+    spool = tmp_path / "grande"
+    spool.write_bytes(b"otro mensaje")
+    sha2 = store.put_file(spool)
+    store.path(sha2).write_bytes(b"")
+    spool.write_bytes(b"otro mensaje")
+    assert store.put_file(spool) == sha2 and store.get(sha2) == b"otro mensaje"
