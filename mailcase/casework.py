@@ -35,6 +35,7 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "case_closed",  # resolve, visit or route on a closed case: reopen it first
     "missing_cause",  # a resolution without the causes the customer must be told
     "visit_in_past",  # a visit before now, in the business's time zone
+    "visit_hours",  # a visit time outside VISIT_HOURS ("4:30" meant 16:30, most likely)
     "repeated",  # the same command twice in one reply
     "conflict",  # #cerrar with #reabrir, or #nota with #resolver, in one reply
 )
@@ -54,14 +55,22 @@ def resolve_problem(status: str, cause: str) -> str | None:
     return None
 
 
+# When technicians visit homes. An hour outside is a mistake, not a plan: agents
+# write "4:30" for the afternoon, which would tell the customer 4:30 a.m.
+VISIT_HOURS = ("07:00", "21:00")
+
+
 def visit_problem(status: str, day: date, hour: str | None, now_local: datetime) -> str | None:
     """Why a visit on ``day`` at ``hour`` ("HH:MM") cannot be scheduled, or ``None``.
 
     ``now_local`` is now in the business's time zone: a visit before it (a
     typo in the year, say) would tell the customer a date that has passed.
+    A time outside :data:`VISIT_HOURS` is refused too.
     """
     if status == CaseStatus.CLOSED:
         return "case_closed"
+    if hour is not None and not VISIT_HOURS[0] <= hour <= VISIT_HOURS[1]:
+        return "visit_hours"
     today = now_local.date()
     if day < today or (day == today and hour is not None and hour < now_local.strftime("%H:%M")):
         return "visit_in_past"
@@ -124,6 +133,8 @@ _REFUSALS = {
     "case_closed": "case {folio} is closed: reopen it first (mailcase cases reopen {folio})",
     "missing_cause": "resolving case {folio} needs the causes (--cause): the customer is told them",
     "visit_in_past": "the visit {when} for case {folio} is in the past (now {now})",
+    "visit_hours": "the visit time {when} for case {folio} is outside visiting hours "
+    "(07:00 to 21:00): write it in 24-hour time, e.g. 16:30",
 }
 
 
@@ -338,6 +349,9 @@ def schedule_visit(
         when=f"{day.isoformat()} {hour}" if hour else day.isoformat(),
         now=now_local.strftime("%Y-%m-%d %H:%M %Z"),
     )
+    previous = _visit_text(case.visit_date, case.visit_time, case.language)
+    if previous == _visit_text(day, hour, case.language):
+        previous = ""  # the same visit again: nothing to cancel
     case.visit_date = day
     case.visit_time = hour
     case.updated_at = utcnow()
@@ -357,8 +371,19 @@ def schedule_visit(
                 if case.language == "es"
                 else english_date(day),
                 "visit_time": hour or "",
+                # A visit scheduled again: the customer is told the old one is off.
+                "previous_visit": previous,
             },
         )
+
+
+def _visit_text(day: date | None, hour: str | None, language: str) -> str:
+    """A visit as the customer was told it ("lunes 30 de noviembre de 2026 a las 10:00")."""
+    if day is None:
+        return ""
+    if language == "es":
+        return spanish_date(day) + (f" a las {hour}" if hour else "")
+    return english_date(day) + (f" at {hour}" if hour else "")
 
 
 def route(

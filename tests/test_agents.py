@@ -498,6 +498,30 @@ def test_cli_visit_tells_the_customer_and_refuses_a_bad_date(desk: Desk) -> None
     assert "3 de diciembre de 2099" in text(notice) and "09:30" in text(notice)
 
 
+def test_a_visit_scheduled_again_cancels_the_first_and_odd_hours_are_refused(
+    desk: Desk,
+) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "#visita 2099-11-30 10:00")
+    first = text(desk.last_to(CUSTOMER))
+    assert "programamos una visita técnica" in first and "cancelada" not in first
+    # "4:30" for the afternoon would have told the customer 4:30 in the morning.
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "#visita 2099-12-01 4:30")
+    assert len(desk.to(CUSTOMER)) == to_customer
+    assert "fuera del horario de visitas" in text(desk.last_to(AGENT))
+    code, _, err = desk.cli("cases", "visit", folio, "--date", "2099-12-01", "--time", "4:30")
+    assert code == 1 and "outside visiting hours" in err
+    # Moved: the customer is told the first visit is off, not that there are two.
+    desk.agent_reply(notification, "#visita 2099-12-01 16:30")
+    second = text(desk.last_to(CUSTOMER))
+    assert "Cambiamos la visita técnica" in second
+    assert "la del lunes 30 de noviembre de 2099 a las 10:00 queda cancelada" in second
+    assert "1 de diciembre de 2099" in second and "16:30" in second
+    assert desk.case(folio)["visit"] == {"date": "2099-12-01", "time": "16:30"}
+
+
 @pytest.mark.parametrize("runner", ["poll", "daemon"])
 def test_closing_job_closes_resolved_cases_after_the_quiet_period(desk: Desk, runner: str) -> None:
     folio = desk.open_case()

@@ -67,6 +67,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "visit_date": "2026-12-03",
         "visit_date_text": "jueves 3 de diciembre de 2026",
         "visit_time": "10:30",
+        "previous_visit": "",
         "company": COMPANY,
     },
     "command_error": {
@@ -105,7 +106,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 # visit_date_text is a nicety the caller may give; relay does not greet (the
 # agent writes their own greeting), so customer_name is accepted but unused.
 OPTIONAL = {
-    "visit": {"visit_date_text"},
+    "visit": {"visit_date_text", "previous_visit"},
     "relay": {"customer_name"},
     "not_relayed": {"untold"},  # read only when the reason is no_customer
 }
