@@ -280,7 +280,22 @@ def base_context(settings: Settings, case: Case) -> dict[str, Any]:
         "commands": list(COMMAND_FORMS),
         "reopen_days": settings.cases.reopen_days,
         "area": case.area or "",
+        "area_name": _area_name(settings, case.area),
+        # What agents may write after #area: each key, with its name when it has one.
+        "areas": [_area_name(settings, key, with_key=True) for key in sorted(settings.areas)],
+        "area_keys": sorted(settings.areas),
     }
+
+
+def _area_name(settings: Settings, key: str | None, *, with_key: bool = False) -> str:
+    """How people see area ``key``: its configured name ("redes (Redes y nodos)")."""
+    if not key:
+        return ""
+    area = settings.areas.get(key)
+    name = area.name if area is not None else ""
+    if not name or name == key:
+        return key
+    return f"{key} ({name})" if with_key else name
 
 
 _NAME_ECHO_CHARS = 60

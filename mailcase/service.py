@@ -1035,7 +1035,13 @@ def _agent_message(
             case,
             "command_error",
             to=mail.sender,
-            context={"problems": problems, "areas": sorted(settings.areas)},
+            context={
+                "problems": problems,
+                # The areas are listed when a line about one went wrong.
+                "about_areas": any(
+                    str(p["line"]).lower().startswith(("#area", "#route")) for p in problems
+                ),
+            },
             in_reply_to=mail.message_id,
         )
         return

@@ -348,7 +348,13 @@ def test_route_to_area_notifies_that_area(desk: Desk) -> None:
     assert folio in routed["Subject"]
     # The area can answer from the notice alone: the complaint and why it was routed.
     body = text(routed)
-    assert "al área redes" in body
+    assert "al área Redes." in body  # the area's name, as [areas.redes] gives it
+    # Every notice to agents says what #area takes.
+    assert "Áreas para #area: redes (Redes)" in body
+    # A line about an area that went wrong lists them too.
+    desk.agent_reply(notification, "#area Redes y nodos")
+    error = text(desk.last_to(AGENT))
+    assert "lleva algo de más" in error and "Áreas disponibles: redes (Redes)" in error
     assert "Nota de quien lo turnó:\nRevisar nodo 4.\n" in body
     assert "desde ayer no tengo internet" in body.split("Mensaje del cliente:", 1)[1]
 

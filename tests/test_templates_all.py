@@ -32,6 +32,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "text": "Desde ayer no tengo internet.\nYa reinicié el módem.",
         "attachments": ["foto-modem.jpg", "recibo.pdf"],
         "area": "",
+        "area_name": "",
+        "areas": ["redes (Redes y nodos)", "facturacion"],
         "commands": list(COMMAND_FORMS),
         "reason": "new",
         "note": "",
@@ -77,6 +79,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
             {"line": "#visita 2026-02-30", "problem": "bad_date"},
         ],
         "commands": list(COMMAND_FORMS),
+        "areas": ["redes (Redes y nodos)", "facturacion"],
+        "area_keys": ["facturacion", "redes"],
+        "about_areas": True,
         "company": COMPANY,
     },
     "unverified_agent": {
@@ -109,6 +114,7 @@ OPTIONAL = {
     "visit": {"visit_date_text", "previous_visit"},
     "relay": {"customer_name"},
     "not_relayed": {"untold"},  # read only when the reason is no_customer
+    "agent_notification": {"area"},  # read only when the reason is routed
 }
 CUSTOMER_FACING = ("relay", "resolution_valid", "resolution_invalid", "visit")
 AGENT_ONLY = (
@@ -266,7 +272,7 @@ def test_agent_notification_first_line_follows_the_reason(language: str) -> None
 
     new = first_line(reason="new")
     reopened = first_line(reason="reopened")
-    routed = first_line(reason="routed", area="redes")
+    routed = first_line(reason="routed", area="redes", area_name="redes")
     assert len({new, reopened, routed}) == 3
     assert all(FOLIO in line for line in (new, reopened, routed))
     assert "redes" in routed
@@ -321,9 +327,14 @@ def test_command_error_explains_every_problem_code(language: str) -> None:
     areas = ["redes", "cobranza"]
     listed = {"es": "Áreas disponibles: redes, cobranza", "en": "Areas: redes, cobranza"}[language]
     unknown = [{"line": "#area nada", "problem": "unknown_area"}]
-    ctx = context("command_error", problems=unknown, areas=areas)
+    ctx = context("command_error", problems=unknown, areas=areas, about_areas=True)
     assert listed in render_body("command_error", language, ctx).text
-    ctx = context("command_error", problems=[{"line": "#foo", "problem": "unknown"}], areas=areas)
+    ctx = context(
+        "command_error",
+        problems=[{"line": "#foo", "problem": "unknown"}],
+        areas=areas,
+        about_areas=False,
+    )
     assert listed not in render_body("command_error", language, ctx).text
 
 
