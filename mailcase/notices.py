@@ -43,6 +43,7 @@ from mailcase.msgid import signed_message_id
 from mailcase.prepared import Prepared
 from mailcase.render import Envelope, build_message, one_line, render_body
 from mailcase.store import insert_values, run, table, utcnow
+from mailcase.wire import ascii_domain
 
 CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid", "visit"}
@@ -370,6 +371,7 @@ def queue_notice(
     to count against the per-case caps (one query fewer per new case).
     """
     assert case.id is not None
+    to = ascii_domain(to)
     sender = mailbox_address(settings, case)
     full_context = base_context(settings, case) | dict(context or {})
     body = render_body(kind, case.language, full_context, override=settings.templates.directory)

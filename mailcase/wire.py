@@ -121,6 +121,22 @@ def addr_spec(address: str, *, utf8: bool = False) -> str:
     return f"{local}@{domain}" if domain else local
 
 
+def ascii_domain(address: str) -> str:
+    """``address`` with a non-ASCII domain in its ASCII form (IDNA, RFC 5891), when
+    its local part is ASCII: ``juan@telefonía.mx`` → ``juan@xn--telefona-w0a.mx``.
+
+    Such an address then needs no SMTPUTF8 (RFC 6531), which many relays lack;
+    the same mailbox either way. Anything else is returned as it is.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or address.isascii() or not local.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:  # not a valid IDN: left to SMTPUTF8, or refused there
+        return address
+
+
 def address(name: str, display_name: str, addr: str, *, utf8: bool = False) -> str:
     """An address header: ``Name: display name <addr>``, or just ``<addr>``'s spec."""
     spec = addr_spec(addr, utf8=utf8)

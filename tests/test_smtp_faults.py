@@ -507,3 +507,20 @@ def test_a_refusal_of_the_session_keeps_the_notice_queued(sink: SmtpSink, reply:
         sink.fail_next(550, "5.1.1 no such user")  # a refusal of the notice stays permanent
         with pytest.raises(PermanentDeliveryError, match="550"):
             connection.send("contacto@internet-plarey.com.mx", "cliente@example.com", raw)
+
+
+def test_a_non_ascii_domain_goes_out_in_its_ascii_form(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    """Only the domain is non-ASCII: its IDNA form is the same mailbox and needs no SMTPUTF8,
+    which many relays lack (they refused the notice for good)."""
+    cli = setup(tmp_path, mailboxes, sink, capsys, f"sqlite:///{tmp_path}/mailcase.db")
+    code, _, err = cli(
+        "cases", "open", "--channel", "phone", "--customer", "juan@telefonía-señal.mx",
+        "--subject", "Sin servicio", "--text", "Llamó por teléfono.",
+    )  # fmt: skip
+    assert code == 0, err
+    [ack] = sink.wait_for(1)
+    assert ack.rcpt_tos == ["juan@xn--telefona-seal-2ib8d.mx"]
+    assert "SMTPUTF8" not in ack.mail_options
+    assert ack.data.isascii() and "juan@xn--telefona-seal-2ib8d.mx" in str(ack.message["To"])
