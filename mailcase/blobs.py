@@ -38,9 +38,14 @@ class BlobStore:
         self._made: set[Path] = set()  # fan-out directories known to exist (a mkdir is a syscall)
 
     def path(self, sha256: str) -> Path:
+        return self.path_in(self.directory, sha256)
+
+    @staticmethod
+    def path_in(directory: Path, sha256: str) -> Path:
+        """Where the blob ``sha256`` is kept in a store at ``directory`` (nothing created)."""
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise ValueError("not a sha256 hex digest")
-        return self.directory / sha256[:2] / sha256[2:4] / sha256
+        return directory / sha256[:2] / sha256[2:4] / sha256
 
     def put(self, data: bytes) -> str:
         """Store ``data``; return its sha256. Safe to call again with the same data.

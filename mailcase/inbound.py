@@ -141,13 +141,31 @@ class InboundMail:
         return self.from_address, self.date
 
 
+def header_summary(head: bytes) -> dict[str, str]:
+    """From, To, Subject, Date and Message-ID of the message whose raw bytes begin
+    with ``head``, decoded for people ("" for a field it lacks); never raises."""
+    try:
+        message = email.message_from_bytes(_header_section(head))
+        headers, _ = _collect_headers(message)
+    except Exception:  # a header too damaged even for that: nothing to show
+        return {}
+    return {
+        name: _one_line(headers.get(name, ("",))[0])
+        for name in ("from", "to", "subject", "date", "message-id")
+    }
+
+
+def _header_section(head: bytes) -> bytes:
+    return head.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+
+
 def origin_of(head: bytes) -> tuple[str, datetime | None]:
     """:attr:`InboundMail.origin` of the message whose raw bytes begin with ``head``.
 
     Reads the header section only, as :func:`parse_inbound` reads it; never raises.
     """
     try:
-        message = email.message_from_bytes(head.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0])
+        message = email.message_from_bytes(_header_section(head))
         _, address_fields = _collect_headers(message)
         pairs = _addresses(address_fields.get("from", ()))
         dates = tuple(_recover_8bit(v) for k, v in message.raw_items() if k.lower() == "date")

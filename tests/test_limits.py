@@ -201,6 +201,16 @@ def test_part_bomb_is_quarantined_then_retried_after_a_fix(
     assert "MIME parts" in ledger[0]["reason"]
     code, out, _ = cli("messages", "list", "--disposition", "quarantined")
     assert code == 0 and str(uid) in out
+    # Who sent it and what about, without a mail client: its headers and its stored file.
+    shown = cli.json("messages", "show", str(uid), "--mailbox", "contacto")
+    assert (shown["from"], shown["subject"]) == ("a@example.com", "muchas partes")
+    assert shown["header_message_id"] == "<bomb@example.com>"
+    assert shown["disposition"] == "quarantined" and "MIME parts" in shown["reason"]
+    assert Path(shown["raw_path"]).read_bytes() == bomb
+    code, out, _ = cli("messages", "show", str(uid), "--mailbox", "contacto")
+    assert code == 0 and "muchas partes" in out and shown["raw_path"] in out
+    code, _, err = cli("messages", "show", "999", "--mailbox", "contacto")
+    assert code == 4 and err.strip() == "mailcase: no message 999 of mailbox contacto in the ledger"
     # The admin raises the limit, then retries the message.
     cli.config.write_text(cli.config.read_text().replace("max_mime_parts = 50", ""))
     code, out, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
