@@ -281,6 +281,7 @@ def base_context(settings: Settings, case: Case) -> dict[str, Any]:
         "commands": list(COMMAND_FORMS),
         "reopen_days": settings.cases.reopen_days,
         "area": case.area or "",
+        "channel": case.channel,  # how the report came: mail, phone, web or visit
         "area_name": _area_name(settings, case.area),
         # What agents may write after #area: each key, with its name when it has one.
         "areas": [_area_name(settings, key, with_key=True) for key in sorted(settings.areas)],

@@ -389,12 +389,33 @@ def test_every_notice_names_the_company_and_how_to_reach_it(kind: str, language:
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-@pytest.mark.parametrize("kind", sorted(SAMPLES))
+@pytest.mark.parametrize("kind", [*sorted(SAMPLES), "acknowledgement"])
 def test_no_contact_details_and_no_company_name_still_read_well(kind: str, language: str) -> None:
-    ctx = context(kind)
+    ctx = context(kind) if kind in SAMPLES else {**context("relay"), "subject": "x"}
     if "company" in ctx:
         ctx["company"] = NO_CONTACT
     body = render_body(kind, language, ctx)
     for part in (body.text, body.html or ""):
         assert "Otros medios" not in part and "Other ways" not in part
         assert " de \n" not in part and " de <" not in part and " de  " not in part
+
+
+@pytest.mark.parametrize(
+    ("language", "by_mail", "by_phone"),
+    [
+        ("es", "Recibimos su mensaje «Sin servicio»", "Registramos su reporte «Sin servicio»"),
+        (
+            "en",
+            'We received your message "Sin servicio"',
+            'We registered your report "Sin servicio"',
+        ),
+    ],
+)
+def test_an_acknowledgement_of_a_phone_call_does_not_speak_of_a_message(
+    language: str, by_mail: str, by_phone: str
+) -> None:
+    ctx = {**context("relay"), "subject": "Sin servicio"}
+    for channel, expected in (("mail", by_mail), ("phone", by_phone), ("visit", by_phone)):
+        body = render_body("acknowledgement", language, {**ctx, "channel": channel})
+        lead = expected.split(" «")[0].split(' "')[0]  # the HTML part quotes the subject its way
+        assert expected in body.text and lead in (body.html or "")
