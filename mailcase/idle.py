@@ -71,7 +71,9 @@ class IdleWatcher(threading.Thread):
             wait = backoff
             try:
                 with ImapMailbox(self.mailbox, self.settings) as box:
-                    self.supported = box.has_capability("IDLE")
+                    # Asked of the connection itself: ImapMailbox.has_capability says
+                    # "no" for a connection that failed, which would end IDLE for good.
+                    self.supported = bool(box.client.has_capability("IDLE"))
                     if not self.supported:
                         self.log.info("idle_unsupported")
                         self.ready.set()

@@ -155,3 +155,45 @@ def test_a_database_outage_keeps_the_idle_connection(
             postgres.start()
         assert daemon.events("idle_failed") == [] and daemon.events("idle_resumed") == []
         assert daemon.stop() == 0
+
+
+def test_a_connection_lost_while_asking_for_idle_is_retried_not_taken_as_no_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failure while the capabilities were read ended the IDLE thread for good, as if
+    the server had no IDLE: the mailbox then waited for the scheduled polls."""
+    import threading
+
+    from mailcase import idle
+    from mailcase.config import MailboxSettings
+
+    answers: list[bool | Exception] = [OSError("connection reset by peer"), False]
+
+    class Client:
+        def has_capability(self, name: str) -> bool:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    class Box:
+        def __init__(self, *args: object) -> None:
+            self.client = Client()
+
+        def has_capability(self, name: str) -> bool:  # as ImapMailbox's: "no" on a failure
+            try:
+                return self.client.has_capability(name)
+            except OSError:
+                return False
+
+        def __enter__(self) -> Box:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(idle, "ImapMailbox", Box)
+    settings = MailboxSettings(address="contacto@example.com", host="127.0.0.1")
+    watcher = idle.IdleWatcher("contacto", settings, lambda name: None, threading.Event())
+    watcher.run()  # the first answer fails, the thread retries, the second says no IDLE
+    assert answers == [] and watcher.supported is False
