@@ -349,7 +349,15 @@ def schedule_visit(
         when=f"{day.isoformat()} {hour}" if hour else day.isoformat(),
         now=now_local.strftime("%Y-%m-%d %H:%M %Z"),
     )
-    previous = _visit_text(case.visit_date, case.visit_time, case.language)
+    previous = ""
+    if (
+        case.visit_date is not None
+        and visit_problem(CaseStatus.OPEN, case.visit_date, case.visit_time, now_local)
+        != "visit_in_past"
+    ):
+        # Still ahead: this one replaces it. One that took place (a second visit
+        # after a repair that did not hold) is not cancelled.
+        previous = _visit_text(case.visit_date, case.visit_time, case.language)
     if previous == _visit_text(day, hour, case.language):
         previous = ""  # the same visit again: nothing to cancel
     case.visit_date = day

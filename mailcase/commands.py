@@ -190,6 +190,14 @@ def _fold(value: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
+def command_kind(line: str) -> CommandKind | None:
+    """The command a ``#`` line names, however it is spelt ("#Área x" → ROUTE), or None."""
+    words = line[1:].split()
+    if not words or line[1:2].isspace():
+        return None
+    return _NAMES.get(_fold(words[0]).removesuffix(":"))
+
+
 def _parse_line(line: str) -> Command | CommandProblem:
     """One ``#`` line (already stripped) → a command, or the reason it is not one."""
     words = line[1:].split()

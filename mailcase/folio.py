@@ -69,36 +69,59 @@ def clip(text: str, limit: int = SUBJECT_ECHO_CHARS) -> str:
 # A link, or a bare domain ("bit.ly/premio", "premios-plarey.com"): what a
 # spammer forging a victim's From wants our acknowledgement to carry to them.
 _LINK = re.compile(
-    r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)\S*"  # scheme:// or www.
-    r"|[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}\b(?:/\S*)?",  # a dotted name ending in letters
+    r"(?P<url>(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)\S*)"  # scheme:// or www.
+    r"|[\w-]+(?:\.[\w-]+)*\.(?P<tld>[a-z]{2,})\b(?:/\S*)?",  # a dotted name ending in letters
     re.IGNORECASE,
+)
+# Endings of file names, not of domains: "factura.pdf" and "CFDI A123.xml" are
+# what customers write about. (.zip and .mov are both, and stay masked.)
+_FILE_ENDINGS = frozenset(
+    {
+        *("pdf", "xml", "txt", "rtf", "csv", "js"),
+        *("jpg", "jpeg", "png", "gif", "heic", "webp", "bmp", "tif", "tiff"),
+        *("doc", "docx", "xls", "xlsx", "ppt", "pptx", "odt", "ods"),
+        *("rar", "mp3", "mp4", "wav", "ogg"),
+    }
 )
 LINK_MASK = "[…]"
 
 
+def _is_link(match: re.Match[str]) -> bool:
+    if match.group("url"):
+        return True
+    tld = match.group("tld")
+    # "Ma.Guadalupe", "ayer.Favor": a capitalised word after a missing space is
+    # a name or a sentence, not a domain (which mail clients write in one case).
+    return tld.lower() not in _FILE_ENDINGS and (tld.islower() or tld.isupper())
+
+
 def has_link(text: str) -> bool:
     """Whether ``text`` holds a link or anything shaped like a domain name."""
-    return _LINK.search(text) is not None
+    return any(_is_link(m) for m in _LINK.finditer(text))
 
 
 def echoable_subject(subject: str) -> str:
-    """``subject`` as our notices may repeat it: links and domains masked, then clipped.
+    """``subject`` as our notices to customers may repeat it: links and domains
+    masked, then clipped.
 
     Sender-supplied text reaches whoever the From names, who may not have
-    written it (backscatter); a subject such as "Falla en mi módem" is kept
-    whole. The case keeps the subject as written; only the echo is masked.
+    written it (backscatter); a subject such as "Falla en mi módem" or "No abre
+    factura.pdf" is kept whole. The case keeps the subject as written; only
+    the echo is masked.
     """
     # Cut first: the mask's search is not linear in a pathological subject.
-    return clip(_LINK.sub(LINK_MASK, subject[: 4 * SUBJECT_ECHO_CHARS]))
+    text = subject[: 4 * SUBJECT_ECHO_CHARS]
+    return clip(_LINK.sub(lambda m: LINK_MASK if _is_link(m) else m.group(0), text))
 
 
-def tagged_subject(folio: str, subject: str) -> str:
+def tagged_subject(folio: str, subject: str, *, mask: bool = True) -> str:
     """``[Folio X] subject``, without doubling a tag the subject already carries.
 
-    The subject is repeated as :func:`echoable_subject` allows.
+    The subject is repeated as :func:`echoable_subject` allows; with ``mask``
+    false (notices to agents, who may see the links) only clipped.
     """
     bare = remove_folio_tags(strip_reply_prefixes(subject), folio.split("-", 1)[0])
-    return f"[Folio {folio}] {echoable_subject(bare)}".rstrip()
+    return f"[Folio {folio}] {echoable_subject(bare) if mask else clip(bare)}".rstrip()
 
 
 def remove_folio_tags(subject: str, prefix: str) -> str:

@@ -36,7 +36,7 @@ from mailcase import metrics
 from mailcase.classify import is_automatic_address
 from mailcase.commands import COMMAND_FORMS
 from mailcase.config import Settings
-from mailcase.folio import echoable_subject, has_link, new_message_id, tagged_subject
+from mailcase.folio import clip, echoable_subject, has_link, new_message_id, tagged_subject
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
@@ -375,6 +375,10 @@ def queue_notice(
     to = ascii_domain(to)
     sender = mailbox_address(settings, case)
     full_context = base_context(settings, case) | dict(context or {})
+    to_agents = kind in AGENT_KINDS
+    if to_agents and "subject" not in (context or {}):
+        # Agents are not a stranger's backscatter target: they see the subject whole.
+        full_context["subject"] = clip(case.subject)
     body = render_body(kind, case.language, full_context, override=settings.templates.directory)
     customer_facing = kind in CUSTOMER_KINDS
     if customer_facing and in_reply_to is None and not references:
@@ -388,7 +392,7 @@ def queue_notice(
         from_addr=sender,
         from_name=settings.company.name,
         to_addr=to,
-        subject=subject or tagged_subject(case.folio, case.subject),
+        subject=subject or tagged_subject(case.folio, case.subject, mask=not to_agents),
         message_id=_message_id(session, settings, case.id, sender, customer_facing),
         date=now,
         in_reply_to=in_reply_to,

@@ -29,7 +29,7 @@ from mailcase import casework, leases, metrics
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore
 from mailcase.classify import classify
-from mailcase.commands import Command, CommandKind, parse_commands
+from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
 from mailcase.dsn import parse_dsn
 from mailcase.errors import (
@@ -297,6 +297,33 @@ BATCH_BYTES = 32 * 1024 * 1024  # at most this much message data in memory per F
 
 
 def _fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[FetchedMessage]:
+    """Fetch ``uids`` in order (see :func:`_fetch_in_order`), holding back messages the
+    server refused until one after them comes back.
+
+    A message refused while a later one is returned is the message's fault (a
+    damaged file): it goes on, to be quarantined. When nothing after it comes
+    back, the server may be what is failing (an outage of its storage): the
+    poll fails with the server's answer instead, and the next poll, after the
+    usual back-off, fetches those messages again. Nothing is quarantined for a
+    fault of the server's, and one damaged message never blocks the mail after it.
+    """
+    refused: list[FetchedMessage] = []
+    for fetched in _fetch_in_order(rt, box, uids):
+        if fetched.unreadable is not None:
+            refused.append(fetched)
+            continue
+        yield from refused
+        refused.clear()
+        yield fetched
+    if refused:
+        raise MailboxError(
+            box.name,
+            f"fetch failed: the server could not return message {refused[0].uid} "
+            f"({refused[0].unreadable})",
+        )
+
+
+def _fetch_in_order(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[FetchedMessage]:
     """Fetch ``uids`` in order: ordinary mail in batches bounded by count and bytes,
     mail over ``limits.max_message_bytes`` streamed to a spool file one at a time."""
     if not uids:
@@ -817,8 +844,7 @@ def _copies_among(rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry]) ->
     copies = []
     for entry in earlier[-_ORIGINS_COMPARED:]:
         try:
-            with rt.blobs.path(entry.raw_sha256).open("rb") as raw:
-                head = raw.read(_ORIGIN_BYTES)
+            head = _header_bytes(rt.blobs.path(entry.raw_sha256))
         except OSError:
             copies.append(entry)
             continue
@@ -828,7 +854,19 @@ def _copies_among(rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry]) ->
 
 
 _ORIGINS_COMPARED = 20  # the latest rows under one id: a fixed id is reused without end
-_ORIGIN_BYTES = 64 * 1024  # a header section, and more than enough of it
+
+
+def _header_bytes(path: Path) -> bytes:
+    """The beginning of the stored message at ``path``, through its header section
+    (read 64 KB at a time; at most the 1 MB a large message's parse reads)."""
+    head = b""
+    with path.open("rb") as raw:
+        while len(head) < HEAD_BYTES:
+            chunk = raw.read(64 * 1024)
+            head += chunk
+            if not chunk or b"\r\n\r\n" in head or b"\n\n" in head:
+                break
+    return head
 
 
 def _too_old(settings: Settings, fetched: FetchedMessage) -> bool:
@@ -1039,7 +1077,7 @@ def _agent_message(
                 "problems": problems,
                 # The areas are listed when a line about one went wrong.
                 "about_areas": any(
-                    str(p["line"]).lower().startswith(("#area", "#route")) for p in problems
+                    command_kind(str(p["line"])) is CommandKind.ROUTE for p in problems
                 ),
             },
             in_reply_to=mail.message_id,

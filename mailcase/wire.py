@@ -123,16 +123,21 @@ def addr_spec(address: str, *, utf8: bool = False) -> str:
 
 def ascii_domain(address: str) -> str:
     """``address`` with a non-ASCII domain in its ASCII form (IDNA, RFC 5891), when
-    its local part is ASCII: ``juan@telefonía.mx`` → ``juan@xn--telefona-w0a.mx``.
+    its local part is ASCII: ``juan@telefonía.mx`` → ``juan@xn--telefona-i2a.mx``.
 
     Such an address then needs no SMTPUTF8 (RFC 6531), which many relays lack;
-    the same mailbox either way. Anything else is returned as it is.
+    the same mailbox either way. Anything else is returned as it is, and so is
+    a domain that Python's codec (IDNA 2003) would map to another name than
+    IDNA 2008 does: "straße.de" would become "strasse.de", another domain.
     """
     local, at, domain = address.rpartition("@")
     if not at or address.isascii() or not local.isascii():
         return address
     try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
+        ascii_form = domain.encode("idna")
+        if ascii_form.decode("idna").lower() != domain.lower():
+            return address
+        return f"{local}@{ascii_form.decode('ascii')}"
     except UnicodeError:  # not a valid IDN: left to SMTPUTF8, or refused there
         return address
 

@@ -30,7 +30,7 @@ def test_subjects_are_clipped_and_names_with_links_left_out() -> None:
         "//premio.example",  # what an unquoted "... en http://premio.example" parses to
     ):
         assert echoable_name(spam) == ""
-    for name in ("J.R.R. Tolkien", "María S.A. de C.V.", "Ma. Guadalupe"):
+    for name in ("J.R.R. Tolkien", "María S.A. de C.V.", "Ma. Guadalupe", "Ma.Guadalupe Ruiz"):
         assert echoable_name(name) == name
 
 
@@ -45,6 +45,11 @@ def test_subjects_are_clipped_and_names_with_links_left_out() -> None:
         ("Falla en mi módem. Urgente", "Falla en mi módem. Urgente"),
         ("Sin internet desde el 20.11.2026 (v2.0)", "Sin internet desde el 20.11.2026 (v2.0)"),
         ("Cambio de plan a 50 Mb/s", "Cambio de plan a 50 Mb/s"),
+        # File names and a missing space are not domains.
+        ("No abre factura.pdf ni CFDI A123.xml", "No abre factura.pdf ni CFDI A123.xml"),
+        ("Sin internet desde ayer.Favor de revisar", "Sin internet desde ayer.Favor de revisar"),
+        ("PREMIOS.COM le regala", "[…] le regala"),
+        ("Descargue premio.zip", "Descargue […]"),  # .zip is a domain ending too
     ],
 )
 def test_links_and_domains_in_an_echoed_subject_are_masked(subject: str, echo: str) -> None:

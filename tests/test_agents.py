@@ -6,7 +6,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -355,6 +355,9 @@ def test_route_to_area_notifies_that_area(desk: Desk) -> None:
     desk.agent_reply(notification, "#area Redes y nodos")
     error = text(desk.last_to(AGENT))
     assert "lleva algo de más" in error and "Áreas disponibles: redes (Redes)" in error
+    desk.agent_reply(notification, "#Área ventas")  # accented, as agents may write it
+    error = text(desk.last_to(AGENT))
+    assert "no hay un área con ese nombre" in error and "Áreas disponibles: redes" in error
     assert "Nota de quien lo turnó:\nRevisar nodo 4.\n" in body
     assert "desde ayer no tengo internet" in body.split("Mensaje del cliente:", 1)[1]
 
@@ -526,6 +529,14 @@ def test_a_visit_scheduled_again_cancels_the_first_and_odd_hours_are_refused(
     assert "la del lunes 30 de noviembre de 2099 a las 10:00 queda cancelada" in second
     assert "1 de diciembre de 2099" in second and "16:30" in second
     assert desk.case(folio)["visit"] == {"date": "2099-12-01", "time": "16:30"}
+    # A visit that took place is not "cancelled" by a second one (the repair did not hold).
+    store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+    with store.transaction() as session:
+        session.execute(sa.update(Case).values(visit_date=date(2020, 1, 6)))
+    store.dispose()
+    desk.agent_reply(notification, "#visita 2099-12-02 10:00")
+    third = text(desk.last_to(CUSTOMER))
+    assert "programamos una visita técnica" in third and "cancelada" not in third
 
 
 @pytest.mark.parametrize("runner", ["poll", "daemon"])
@@ -709,3 +720,15 @@ def test_a_cases_notifications_to_the_agents_are_one_thread(desk: Desk) -> None:
         first["Message-ID"].strip(),
         second["Message-ID"].strip(),
     ]
+
+
+def test_agents_see_a_subject_whole_while_the_customer_sees_its_links_masked(
+    desk: Desk,
+) -> None:
+    folio = desk.open_case(subject="No abre www.portal-plarey.mx ni factura.pdf")
+    ack = desk.last_to(CUSTOMER)
+    assert "[…] ni factura.pdf" in str(ack["Subject"]) and "portal-plarey" not in text(ack)
+    notification = desk.last_to(NOTIFY)
+    assert "www.portal-plarey.mx ni factura.pdf" in str(notification["Subject"])
+    assert "Asunto:   No abre www.portal-plarey.mx ni factura.pdf" in text(notification)
+    assert folio in str(notification["Subject"])

@@ -134,3 +134,20 @@ def test_another_senders_mail_under_a_reused_message_id_is_not_a_duplicate(
     assert ingest(rt, "contacto", 1, FetchedMessage(3, later, utcnow())) != "duplicate"
     assert ingest(rt, "info", 1, FetchedMessage(1, copy, utcnow())) == "duplicate"
     rt.store.dispose()
+
+
+def test_a_copy_whose_from_comes_after_a_long_header_is_still_a_copy(tmp_path: Path) -> None:
+    # Only the first 64 KB were read back: the From after two long fields was not seen,
+    # and the copy in info@ opened a second case with a second acknowledgement.
+    from mailcase import service
+    from mailcase.imap import FetchedMessage
+    from mailcase.store import utcnow
+
+    rt = offline_runtime(tmp_path)
+    long = "".join(f"X-Relleno-{i}: {'a' * 40_000}\r\n" for i in range(2)).encode()
+    raw = b"Message-ID: <largo@example.com>\r\n" + long + MESSAGE
+    copy = b"Delivered-To: info@internet-plarey.com.mx\r\n" + raw
+    ingest = service.ingest_message
+    assert ingest(rt, "contacto", 1, FetchedMessage(1, raw, utcnow())) == "new_case"
+    assert ingest(rt, "info", 1, FetchedMessage(1, copy, utcnow())) == "duplicate"
+    rt.store.dispose()

@@ -499,3 +499,21 @@ def test_a_read_only_folder_is_read_and_left_unflagged(
             path.chmod(mode)
     flags = mailboxes.fetch_flags("contacto", folder="Compartida")
     assert all(DONE not in f for f in flags.values())
+
+
+def test_a_server_that_cannot_return_any_message_fails_the_poll_and_quarantines_none(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # A fault of the server's (its storage unreadable for a while) is not the messages':
+    # quarantined, each would have waited for an admin's `messages retry`.
+    cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    mailboxes.append_many("contacto", [_mail(subject=f"Corte {i}") for i in range(3)])
+    damaged = [_damage(mailboxes, "contacto", f"Corte {i}".encode()) for i in range(3)]
+    code, _, err = cli("poll")
+    assert code == 1 and "mailbox contacto: fetch failed: the server could not return" in err
+    assert cli.json("messages", "list") == []
+    for path in damaged:  # the server is repaired
+        path.chmod(0o600)
+    cli.poll()
+    assert {m["disposition"] for m in cli.json("messages", "list")} == {"new_case"}
+    assert len(sink.wait_for(3)) == 3

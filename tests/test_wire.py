@@ -203,3 +203,13 @@ def test_utf8_address_characters_follow_rfc_6532(char: str) -> None:
     assert wire.addr_spec(f"x@a{char}b.mx", utf8=True) == (f"x@a{char}b.mx" if keeps else "x@ab.mx")
     atext = not char.isascii() or char in _ATEXT_CHARS
     assert wire.addr_spec(f"a{char}b@x.mx", utf8=True).startswith('"') is not atext
+
+
+def test_a_non_ascii_domain_is_given_in_its_ascii_form_only_when_it_is_the_same_name() -> None:
+    from mailcase.wire import ascii_domain
+
+    assert ascii_domain("juan@telefonía-señal.mx") == "juan@xn--telefona-seal-2ib8d.mx"
+    assert ascii_domain("juan@example.com") == "juan@example.com"
+    assert ascii_domain("josé@ejemplo.es") == "josé@ejemplo.es"  # a local part needs SMTPUTF8
+    # IDNA 2003 (Python's codec) maps ß to ss: another domain than IDNA 2008's.
+    assert ascii_domain("ana@straße.de") == "ana@straße.de"
