@@ -145,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     msg_show.add_argument("--mailbox", required=True, help="the mailbox it was fetched from")
     msg_show.add_argument("--json", action="store_true")
     msg_retry = msg_actions.add_parser("retry", help="process a quarantined message again")
-    msg_retry.add_argument("uid", type=int)
-    msg_retry.add_argument("--mailbox", required=True, help="the mailbox it was fetched from")
+    retried = msg_retry.add_mutually_exclusive_group(required=True)
+    retried.add_argument("uid", nargs="?", type=int, help="the message's UID (with --mailbox)")
+    retried.add_argument(
+        "--all", action="store_true", help="every quarantined message (of --mailbox, if given)"
+    )
+    msg_retry.add_argument("--mailbox", help="the mailbox it was fetched from")
 
     outbox = commands.add_parser("outbox", help="notices waiting for, or done with, SMTP")
     out_actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -678,18 +682,7 @@ def ledger_row(entry: LedgerEntry, folio: str | None) -> dict[str, Any]:
 
 def _messages(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "retry":
-        from mailcase.service import Runtime, retry_message
-
-        if args.mailbox not in settings.mailboxes:
-            raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
-        rt = Runtime.open(settings)
-        watermark = _last_notice_id(rt.store)
-        disposition = retry_message(rt, args.mailbox, args.uid)
-        print(f"message {args.uid} of mailbox {args.mailbox}: {disposition}")
-        # As after a poll: what the message caused (its acknowledgement) goes out
-        # now, not at the next poll; what cannot be sent stays queued.
-        _deliver_after_commit(rt.store, settings, after=watermark)
-        return EXIT_OK
+        return _messages_retry(args, settings)
     if args.action == "show":
         return _message_show(args, settings)
     store = _open_store(settings, create=False)
@@ -711,6 +704,37 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
         columns = ["mailbox", "uid", "received_at", "disposition", "folio", "message_id", "reason"]
         _print_table(items, columns, zone=settings.folio.zone)
     return EXIT_OK
+
+
+def _messages_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """``messages retry UID --mailbox M``, or ``--all``: every quarantined message, oldest
+    first; one that fails again stays quarantined (and is said), the rest go on."""
+    from mailcase.service import Runtime, quarantined_messages, retry_message
+
+    if args.mailbox is not None and args.mailbox not in settings.mailboxes:
+        raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
+    if not args.all and args.mailbox is None:
+        raise MailcaseError("messages retry UID needs --mailbox: the mailbox it was fetched from")
+    rt = Runtime.open(settings)
+    watermark = _last_notice_id(rt.store)
+    targets = quarantined_messages(rt, args.mailbox) if args.all else [(args.mailbox, args.uid)]
+    failed = 0
+    for mailbox, uid in targets:
+        try:
+            disposition = retry_message(rt, mailbox, uid)
+        except MailcaseError as exc:
+            if not args.all:
+                raise
+            failed += 1  # stays quarantined; the others are still tried
+            print(f"mailcase: message {uid} of mailbox {mailbox}: {exc}", file=sys.stderr)
+            continue
+        print(f"message {uid} of mailbox {mailbox}: {disposition}")
+    if args.all and not targets:
+        print("no quarantined messages")
+    # As after a poll: what the messages caused (their acknowledgements) goes out
+    # now, not at the next poll; what cannot be sent stays queued.
+    _deliver_after_commit(rt.store, settings, after=watermark)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _message_show(args: argparse.Namespace, settings: Settings) -> int:

@@ -532,6 +532,19 @@ def _quarantine_unreadable(
     return str(Disposition.QUARANTINED)
 
 
+def quarantined_messages(rt: Runtime, mailbox: str | None = None) -> list[tuple[str, int]]:
+    """(mailbox, UID) of every quarantined message (of ``mailbox``), oldest first."""
+    query = (
+        sa.select(_LEDGER.c.mailbox, _LEDGER.c.uid)
+        .where(_LEDGER.c.disposition == Disposition.QUARANTINED)
+        .order_by(_LEDGER.c.id)
+    )
+    if mailbox is not None:
+        query = query.where(_LEDGER.c.mailbox == mailbox)
+    with rt.store.reading() as conn:
+        return [(str(box), int(uid)) for box, uid in conn.execute(query)]
+
+
 def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
     """Process a quarantined message again from its stored raw bytes; return the new disposition.
 

@@ -277,3 +277,33 @@ def test_database_and_store_are_private(
     for path in store.rglob("*"):
         expected = 0o700 if path.is_dir() else 0o600
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_every_quarantined_message_is_retried_at_once(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # After a fix (here: a limit raised), the admin retried message by message, by UID.
+    cli = cli_for(tmp_path, mailboxes, sink, capsys, "[limits]\nmax_mime_parts = 50\n")
+    parts = b"".join(b"--x\r\nContent-Type: text/plain\r\n\r\nparte %d\r\n" % i for i in range(80))
+
+    def bomb(sender: bytes) -> bytes:
+        return (
+            b"From: " + sender + b"\r\nTo: contacto@internet-plarey.com.mx\r\n"
+            b"Subject: muchas partes\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="x"\r\n\r\n' + parts + b"--x--\r\n"
+        )
+
+    mailboxes.append_many("contacto", [bomb(b"a@example.com"), mail(), bomb(b"b@example.com")])
+    cli.poll()
+    quarantined = cli.json("messages", "list", "--disposition", "quarantined")
+    assert len(quarantined) == 2
+    code, _, err = cli("messages", "retry", str(quarantined[0]["uid"]))
+    assert code == 1 and "needs --mailbox" in err
+    cli.config.write_text(cli.config.read_text().replace("max_mime_parts = 50", ""))
+    code, out, err = cli("messages", "retry", "--all")
+    assert code == 0, err
+    assert out.count(": new_case") == 2
+    assert {r["disposition"] for r in cli.json("messages", "list")} == {"new_case"}
+    assert sorted(m.rcpt_tos[0] for m in sink.wait_for(3))[:2] == ["a@example.com", "b@example.com"]
+    code, out, _ = cli("messages", "retry", "--all", "--mailbox", "contacto")
+    assert code == 0 and "no quarantined messages" in out
