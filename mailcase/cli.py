@@ -40,11 +40,13 @@ from mailcase.errors import (
     EXIT_FAILURE,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_SCHEMA,
     ConfigError,
     DatabaseError,
     MailboxError,
     MailcaseError,
     NotFoundError,
+    SchemaTooNewError,
 )
 from mailcase.logs import configure
 from mailcase.models import (
@@ -209,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, settings)
     except ConfigError as exc:
         return _fail(args, exc, EXIT_CONFIG)
+    except SchemaTooNewError as exc:  # before DatabaseError, of which it is one
+        return _fail(args, exc, EXIT_SCHEMA)
     except DatabaseError as exc:
         return _fail(args, exc, EXIT_DATABASE)
     except NotFoundError as exc:

@@ -23,6 +23,7 @@ EXIT_FAILURE = 1  # a mailbox could not be read, a command failed
 EXIT_CONFIG = 2  # bad configuration or usage: restarting will not help
 EXIT_DATABASE = 3  # the database cannot be opened or needs `db upgrade`
 EXIT_NOT_FOUND = 4  # a folio or message named on the command line does not exist
+EXIT_SCHEMA = 5  # the database's schema is newer than this mailcase: restarting will not help
 
 
 class MailcaseError(Exception):
@@ -35,6 +36,10 @@ class ConfigError(MailcaseError):
 
 class DatabaseError(MailcaseError):
     """The database cannot be opened, or its schema is not the code's."""
+
+
+class SchemaTooNewError(DatabaseError):
+    """The database's schema is at a revision this mailcase does not know (a newer one)."""
 
 
 class StorageError(MailcaseError):

@@ -26,7 +26,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from mailcase import runlock
 from mailcase.checkpoint import BACKSTOP_PAGES, Checkpointer
-from mailcase.errors import ConfigError, DatabaseError
+from mailcase.errors import ConfigError, DatabaseError, SchemaTooNewError
 from mailcase.models import Case, CaseMessage, FolioCounter, LedgerEntry
 from mailcase.prepared import Prepared
 from mailcase.sentlog import SentLog
@@ -195,7 +195,7 @@ def refuse_unknown_revision(current: str | None) -> None:
     """
     if current is None or current == SCHEMA_HEAD or current in known_revisions():
         return
-    raise DatabaseError(
+    raise SchemaTooNewError(
         f"the database schema is at revision {current}, newer than this mailcase"
         f" ({SCHEMA_HEAD}): install the mailcase that upgraded it"
     )

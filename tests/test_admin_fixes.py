@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from helpers import Cli, mail, point_smtp_at_a_closed_port, run_process, write_config
 from servers import Dovecot, SmtpSink
 
-from mailcase.errors import EXIT_CONFIG, EXIT_DATABASE, DatabaseError
+from mailcase.errors import EXIT_CONFIG, EXIT_DATABASE, EXIT_SCHEMA, DatabaseError
 from mailcase.store import SCHEMA_HEAD, Store
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def test_every_command_refuses_a_schema_newer_than_the_code_and_leaves_it(
         ["outbox", "list"],
     ):
         code, out, err = cli(*command)
-        assert (code, _error_lines(err)) == (EXIT_DATABASE, [f"mailcase: {sentence}"]), command
+        assert (code, _error_lines(err)) == (EXIT_SCHEMA, [f"mailcase: {sentence}"]), command
         assert out == "", command
     code, out, err = cli("check")
     assert code == 1
@@ -73,7 +73,7 @@ def test_every_command_refuses_a_schema_newer_than_the_code_and_leaves_it(
     assert f"mailcase: database failed: {sentence}" in _error_lines(err)
     # The daemon as systemd runs it: the same sentence and exit code, not a traceback.
     daemon = run_process(config, "run")
-    assert daemon.returncode == EXIT_DATABASE
+    assert daemon.returncode == EXIT_SCHEMA
     assert _error_lines(daemon.stderr) == [f"mailcase: {sentence}"]
     assert _revision(db_url) == NEWER  # never handed to alembic
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from mailcase.errors import EXIT_CONFIG
+from mailcase.errors import EXIT_CONFIG, EXIT_SCHEMA
 
 UNIT = REPO / "systemd" / "mailcase.service"
 MAX_EXPOSURE = 2.0
@@ -92,6 +92,7 @@ def test_unit_runs_the_daemon_as_a_notify_service() -> None:
     assert "SIGHUP" in " ".join(service["RestartForceExitStatus"]).split()
     prevented = " ".join(service["RestartPreventExitStatus"]).split()
     assert str(EXIT_CONFIG) in prevented  # a config error is not retried
+    assert str(EXIT_SCHEMA) in prevented  # nor a schema newer than the code: a restart cannot help
     assert service["StateDirectory"] == ["mailcase"]
     assert service["ConfigurationDirectory"] == ["mailcase"]
     # Passwords arrive as credentials, named in the config by password_credential.
