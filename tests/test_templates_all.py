@@ -419,3 +419,12 @@ def test_an_acknowledgement_of_a_phone_call_does_not_speak_of_a_message(
         body = render_body("acknowledgement", language, {**ctx, "channel": channel})
         lead = expected.split(" «")[0].split(' "')[0]  # the HTML part quotes the subject its way
         assert expected in body.text and lead in (body.html or "")
+        assert f"(folio):\n\n    {FOLIO}\n" in body.text or f"folio:\n\n    {FOLIO}\n" in body.text
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("previous", ["", "lunes 30 de noviembre de 2099 a las 10:00"])
+def test_a_visit_notice_keeps_its_layout(language: str, previous: str) -> None:
+    text = render_body("visit", language, context("visit", previous_visit=previous)).text
+    date_label = {"es": "Fecha", "en": "Date"}[language]
+    assert f":\n\n    {date_label}: " in text  # a blank line before the date, as before
