@@ -69,11 +69,11 @@ def visit_problem(status: str, day: date, hour: str | None, now_local: datetime)
     """
     if status == CaseStatus.CLOSED:
         return "case_closed"
-    if hour is not None and not VISIT_HOURS[0] <= hour <= VISIT_HOURS[1]:
-        return "visit_hours"
     today = now_local.date()
     if day < today or (day == today and hour is not None and hour < now_local.strftime("%H:%M")):
         return "visit_in_past"
+    if hour is not None and not VISIT_HOURS[0] <= hour <= VISIT_HOURS[1]:
+        return "visit_hours"
     return None
 
 

@@ -73,6 +73,22 @@ def test_a_visit_is_never_in_the_past(day: date, hour: str | None, past: bool) -
     assert (visit_problem("open", day, hour, NOW) == "visit_in_past") is past
 
 
+@pytest.mark.parametrize(
+    ("day", "hour", "problem"),
+    [
+        (date(2026, 11, 28), "04:30", "visit_hours"),  # "4:30" meant the afternoon
+        (date(2026, 11, 28), "21:30", "visit_hours"),
+        (date(2026, 11, 28), "07:00", None),
+        (date(2026, 11, 28), "21:00", None),
+        # Past first: an early visit from before the hours existed is one that took place
+        # (rescheduling does not call it cancelled).
+        (date(2026, 11, 20), "04:30", "visit_in_past"),
+    ],
+)
+def test_visiting_hours(day: date, hour: str, problem: str | None) -> None:
+    assert visit_problem("open", day, hour, NOW) == problem
+
+
 # Triage: the resolution notice promises that a reply within cases.reopen_days reopens.
 RESOLVED_AT = datetime(2026, 11, 1, tzinfo=UTC)
 
