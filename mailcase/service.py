@@ -202,56 +202,43 @@ def _ingest_all(
     """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done.
 
     Messages read ahead but not ingested (a stop, a lost lease, a failure) are
-    read again by the next poll; their spool files are removed here.
+    read again by the next poll; their spool files are removed on the way out.
     """
     spooled: list[Path] = []
+    fetched_messages = _noting_spools(_fetch_planned(rt, box, uids), spooled)
     try:
-        _ingest_each(rt, name, box, uids, report, progress, parser, handled, spooled)
+        renewed = time.monotonic()  # the caller took the lease just before
+        for fetched, parsed in parse_ahead(fetched_messages, _raw_of, parser):
+            disposition = ingest_message(rt, name, box.uidvalidity, fetched, parsed)
+            report.fetched += 1
+            if progress is not None:
+                progress(report.fetched, len(uids))
+            report.dispositions[disposition] += 1
+            if disposition != Disposition.QUARANTINED:
+                # Left unread on the server: in webmail it stands out as not dealt with.
+                handled.append(fetched.uid)
+            full = len(handled) >= rt.settings.poll.batch_size
+            # Renewed after every batch, and on time when messages come slowly (a large
+            # one, a slow server): a lease left to expire mid-poll lets another
+            # instance poll the mailbox alongside.
+            if full or time.monotonic() - renewed >= leases.RENEW_SECONDS:
+                if full:
+                    box.mark_done(handled)
+                    handled.clear()
+                if not leases.acquire(rt.store, name):  # renew; lost it: stop here
+                    return
+                renewed = time.monotonic()
+            if rt.stop.is_set():
+                return  # SIGTERM: the message in hand is finished; stop here
     finally:
         for path in spooled:  # stored ones were moved into the store already
             path.unlink(missing_ok=True)
 
 
-def _ingest_each(
-    rt: Runtime,
-    name: str,
-    box: ImapMailbox,
-    uids: list[int],
-    report: MailboxReport,
-    progress: Progress | None,
-    parser: ParserProcess | None,
-    handled: list[int],
-    spooled: list[Path],
-) -> None:
-    fetched_messages = _noting_spools(_fetch_planned(rt, box, uids), spooled)
-    renewed = time.monotonic()  # the caller took the lease just before
-    for fetched, parsed in parse_ahead(fetched_messages, _raw_of, parser):
-        disposition = ingest_message(rt, name, box.uidvalidity, fetched, parsed)
-        report.fetched += 1
-        if progress is not None:
-            progress(report.fetched, len(uids))
-        report.dispositions[disposition] += 1
-        if disposition != Disposition.QUARANTINED:
-            # Left unread on the server: in webmail it stands out as not dealt with.
-            handled.append(fetched.uid)
-        full = len(handled) >= rt.settings.poll.batch_size
-        # Renewed after every batch, and on time when messages come slowly (a large
-        # one, a slow server): a lease left to expire mid-poll lets another
-        # instance poll the mailbox alongside.
-        if full or time.monotonic() - renewed >= leases.RENEW_SECONDS:
-            if full:
-                box.mark_done(handled)
-                handled.clear()
-            if not leases.acquire(rt.store, name):  # renew; lost it: stop here
-                return
-            renewed = time.monotonic()
-        if rt.stop.is_set():
-            return  # SIGTERM: the message in hand is finished; stop here
-
-
 def _noting_spools(
     fetched: Iterator[FetchedMessage], spooled: list[Path]
 ) -> Iterator[FetchedMessage]:
+    """``fetched``, each spool file noted in ``spooled`` as it comes."""
     for message in fetched:
         if message.spooled is not None:
             spooled.append(message.spooled)
