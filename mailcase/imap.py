@@ -54,6 +54,7 @@ class FetchedMessage:
         return self.size if self.size is not None else len(self.raw)
 
 
+_MESSAGE_ITEMS = [b"BODY.PEEK[]", b"INTERNALDATE"]  # PEEK: fetching does not set \Seen
 STREAM_CHUNK = 4 * 1024 * 1024
 HEAD_BYTES = 1024 * 1024  # what is parsed of an oversized message
 
@@ -217,7 +218,7 @@ class ImapMailbox:
         for start in range(0, len(uids), batch_size):
             batch = list(uids[start : start + batch_size])
             try:
-                data = self.client.fetch(batch, [b"BODY.PEEK[]", b"INTERNALDATE"])
+                data = self.client.fetch(batch, _MESSAGE_ITEMS)
             except (OSError, IMAPClientError) as exc:
                 self._after_refusal(exc)
                 # One message the server cannot read fails the whole batch, poll after
@@ -226,28 +227,24 @@ class ImapMailbox:
                 # The batch is fetched again one message at a time.
                 yield from self._fetch_each(batch)
                 continue
-            for uid in batch:
-                item = data.get(uid)
-                raw = None if item is None else item.get(b"BODY[]")
-                if raw is None:
-                    self._vanished(uid)
-                    continue
-                yield FetchedMessage(
-                    uid=uid, raw=bytes(raw), internal_date=item.get(b"INTERNALDATE")
-                )
+            yield from self._messages_in(batch, data)
 
     def _fetch_each(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
         """Fetch ``uids`` one by one; one the server refuses comes back ``unreadable``."""
         for uid in uids:
             try:
-                data = self.client.fetch([uid], [b"BODY.PEEK[]", b"INTERNALDATE"])
+                data = self.client.fetch([uid], _MESSAGE_ITEMS)
             except (OSError, IMAPClientError) as exc:
                 self._after_refusal(exc)
                 yield self._unreadable(uid, exc)
                 continue
+            yield from self._messages_in([uid], data)
+
+    def _messages_in(self, uids: Sequence[int], data: dict[int, Any]) -> Iterator[FetchedMessage]:
+        """The messages of ``uids`` in a FETCH answer; one left out or NIL has vanished."""
+        for uid in uids:
             item = data.get(uid)
-            raw = None if item is None else item.get(b"BODY[]")
-            if raw is None:
+            if item is None or (raw := item.get(b"BODY[]")) is None:
                 self._vanished(uid)
                 continue
             yield FetchedMessage(uid=uid, raw=bytes(raw), internal_date=item.get(b"INTERNALDATE"))
