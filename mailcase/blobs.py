@@ -162,3 +162,19 @@ def _holds(target: Path, size: int) -> bool:
         return target.stat().st_size == size
     except OSError:  # not there (or its directory is not): written, or that fails
         return False
+
+
+HEADER_LIMIT = 1024 * 1024  # as much as a large message's parse reads (imap.HEAD_BYTES)
+
+
+def read_header(path: Path) -> bytes:
+    """The beginning of the stored message at ``path``, through its header section:
+    read 64 KB at a time, at most :data:`HEADER_LIMIT`. Raises OSError as ``open`` does."""
+    head = b""
+    with path.open("rb") as raw:
+        while len(head) < HEADER_LIMIT:
+            chunk = raw.read(64 * 1024)
+            head += chunk
+            if not chunk or b"\r\n\r\n" in head or b"\n\n" in head:
+                break
+    return head

@@ -744,7 +744,7 @@ def _messages_retry(args: argparse.Namespace, settings: Settings) -> int:
 def _message_show(args: argparse.Namespace, settings: Settings) -> int:
     """``messages show UID --mailbox M``: what an admin needs to judge a quarantined
     message without a mail client: who sent it, its subject, and its stored file."""
-    from mailcase.blobs import BlobStore
+    from mailcase.blobs import BlobStore, read_header
     from mailcase.inbound import header_summary
 
     store = _open_store(settings, create=False)
@@ -761,8 +761,7 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
         item = ledger_row(entry, folio)
     path = BlobStore.path_in(settings.storage.directory, entry.raw_sha256)
     try:
-        with path.open("rb") as raw:
-            head = raw.read(64 * 1024)
+        head = read_header(path)
     except OSError as exc:
         head = b""
         item["stored"] = f"cannot be read: {exc.strerror or exc}"

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 
 from mailcase import casework, leases, metrics
 from mailcase.authres import sender_is_authenticated
-from mailcase.blobs import BlobStore
+from mailcase.blobs import BlobStore, read_header
 from mailcase.classify import classify
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
@@ -844,7 +844,7 @@ def _copies_among(rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry]) ->
     copies = []
     for entry in earlier[-_ORIGINS_COMPARED:]:
         try:
-            head = _header_bytes(rt.blobs.path(entry.raw_sha256))
+            head = read_header(rt.blobs.path(entry.raw_sha256))
         except OSError:
             copies.append(entry)
             continue
@@ -854,19 +854,6 @@ def _copies_among(rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry]) ->
 
 
 _ORIGINS_COMPARED = 20  # the latest rows under one id: a fixed id is reused without end
-
-
-def _header_bytes(path: Path) -> bytes:
-    """The beginning of the stored message at ``path``, through its header section
-    (read 64 KB at a time; at most the 1 MB a large message's parse reads)."""
-    head = b""
-    with path.open("rb") as raw:
-        while len(head) < HEAD_BYTES:
-            chunk = raw.read(64 * 1024)
-            head += chunk
-            if not chunk or b"\r\n\r\n" in head or b"\n\n" in head:
-                break
-    return head
 
 
 def _too_old(settings: Settings, fetched: FetchedMessage) -> bool:
