@@ -375,9 +375,7 @@ def schedule_visit(
             to=case.customer,
             context={
                 "visit_date": day.isoformat(),
-                "visit_date_text": spanish_date(day)
-                if case.language == "es"
-                else english_date(day),
+                "visit_date_text": _visit_text(day, None, case.language),
                 "visit_time": hour or "",
                 # A visit scheduled again: the customer is told the old one is off.
                 "previous_visit": previous,

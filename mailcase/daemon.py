@@ -16,8 +16,8 @@
 * SIGHUP (a closed terminal, ``kill -HUP``, a log rotation script) is logged
   as ``sighup_ignored`` and changes nothing: without a handler it would kill
   the daemon mid-message, and systemd counts death by SIGHUP as a clean exit,
-  so ``Restart=on-failure`` would not bring it back. A new configuration or
-  new templates need a restart.
+  so ``Restart=on-failure`` would not bring it back. A new configuration
+  needs a restart (templates are re-read on their own).
 
 Under systemd (``Type=notify``, see ``systemd/mailcase.service`` and
 :mod:`mailcase.sdnotify`):

@@ -268,13 +268,16 @@ def customer_thread(session: Session, case: Case) -> tuple[str | None, tuple[str
     return last_customer, tuple(ids[-10:])
 
 
-def base_context(settings: Settings, case: Case) -> dict[str, Any]:
+def base_context(settings: Settings, case: Case, *, to_agents: bool = False) -> dict[str, Any]:
+    """What every template may use. ``to_agents``: the subject as written (clipped);
+    otherwise as a stranger's text may be repeated (:func:`echoable_subject`)."""
     box = settings.mailboxes.get(case.mailbox)
     return {
         "folio": case.folio,
         "customer": case.customer,
         "customer_name": echoable_name(case.customer_name),
-        "subject": echoable_subject(case.subject),
+        # Agents are not a stranger's backscatter target: they see the subject whole.
+        "subject": clip(case.subject) if to_agents else echoable_subject(case.subject),
         "mailbox": case.mailbox,
         "mailbox_address": box.address if box else "",
         "company": settings.company.model_dump(),
@@ -374,11 +377,8 @@ def queue_notice(
     assert case.id is not None
     to = ascii_domain(to)
     sender = mailbox_address(settings, case)
-    full_context = base_context(settings, case) | dict(context or {})
     to_agents = kind in AGENT_KINDS
-    if to_agents and "subject" not in (context or {}):
-        # Agents are not a stranger's backscatter target: they see the subject whole.
-        full_context["subject"] = clip(case.subject)
+    full_context = base_context(settings, case, to_agents=to_agents) | dict(context or {})
     body = render_body(kind, case.language, full_context, override=settings.templates.directory)
     customer_facing = kind in CUSTOMER_KINDS
     if customer_facing and in_reply_to is None and not references:
