@@ -496,12 +496,12 @@ def sent_refresh_tokens(idp: OAuthServer) -> list[str]:
     return [request.form["refresh_token"] for request in idp.token_requests]
 
 
-def test_a_replaced_refresh_token_file_is_read_at_the_next_refresh(
-    idp: OAuthServer, tmp_path: Path
-) -> None:
-    refresh_file = tmp_path / "refresh"
-    old = idp.add_client("contacto", "c1", "sec")
-    refresh_file.write_text(old + "\n")
+def file_provider(
+    idp: OAuthServer, refresh_file: Path, token: str
+) -> tuple[TokenProvider, FakeClock]:
+    """A provider reading its refresh token ``token`` from ``refresh_file``, after its
+    first refresh (on a fake clock)."""
+    refresh_file.write_text(token + "\n")
     settings = provider_settings(
         client_id="c1", client_secret="sec", refresh_token_file=refresh_file,
         token_url=idp.token_url,
@@ -509,6 +509,15 @@ def test_a_replaced_refresh_token_file_is_read_at_the_next_refresh(
     clock = FakeClock()
     provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
     provider.token()
+    return provider, clock
+
+
+def test_a_replaced_refresh_token_file_is_read_at_the_next_refresh(
+    idp: OAuthServer, tmp_path: Path
+) -> None:
+    refresh_file = tmp_path / "refresh"
+    old = idp.add_client("contacto", "c1", "sec")
+    provider, clock = file_provider(idp, refresh_file, old)
     # The user changed the password at the provider (which revokes the refresh token);
     # the admin consents again and writes the new refresh token over the old file.
     idp.revoke_refresh_tokens()
@@ -525,14 +534,7 @@ def test_a_changed_refresh_token_file_wins_over_a_rotated_token(
     idp.rotate_refresh_token = True
     refresh_file = tmp_path / "refresh"
     first = idp.add_client("contacto", "c1", "sec")
-    refresh_file.write_text(first + "\n")
-    settings = provider_settings(
-        client_id="c1", client_secret="sec", refresh_token_file=refresh_file,
-        token_url=idp.token_url,
-    )  # fmt: skip
-    clock = FakeClock()
-    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
-    provider.token()
+    provider, clock = file_provider(idp, refresh_file, first)
     [rotated] = idp.refresh_tokens  # the provider's answer replaced the file's token
     clock.now += 3600
     provider.token()  # the file is unchanged: the rotated token is the one sent
@@ -553,14 +555,7 @@ def test_a_refused_rotated_token_falls_back_on_the_file_once_per_call(
     idp.rotate_refresh_token = True
     refresh_file = tmp_path / "refresh"
     configured = idp.add_client("contacto", "c1", "sec")
-    refresh_file.write_text(configured + "\n")
-    settings = provider_settings(
-        client_id="c1", client_secret="sec", refresh_token_file=refresh_file,
-        token_url=idp.token_url,
-    )  # fmt: skip
-    clock = FakeClock()
-    provider = TokenProvider(settings, {"mailbox": "contacto"}, clock=clock)
-    provider.token()
+    provider, clock = file_provider(idp, refresh_file, configured)
     # The rotated token is revoked, the file's is still good (Microsoft's old refresh
     # tokens stay valid after a rotation): the file's is tried in the same call.
     [rotated] = idp.revoke_refresh_tokens()
