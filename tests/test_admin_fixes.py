@@ -42,6 +42,20 @@ def _error_lines(err: str) -> list[str]:
 # --- a schema newer than the code -------------------------------------------------------------
 
 
+def _assert_refused(cli: Cli, code: int, sentence: str, commands: list[list[str]]) -> None:
+    """Each of ``commands`` exits ``code`` with ``sentence`` alone; ``check`` fails its
+    database row with it."""
+    for command in commands:
+        got, out, err = cli(*command)
+        assert (got, _error_lines(err)) == (code, [f"mailcase: {sentence}"]), command
+        assert out == "", command
+    got, out, err = cli("check")
+    assert got == 1
+    [row] = [line for line in out.splitlines() if line.startswith("database")]
+    assert "FAILED" in row and sentence in row
+    assert f"mailcase: database failed: {sentence}" in _error_lines(err)
+
+
 def test_every_command_refuses_a_schema_newer_than_the_code_and_leaves_it(
     tmp_path: Path, db_url: str, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
@@ -54,23 +68,20 @@ def test_every_command_refuses_a_schema_newer_than_the_code_and_leaves_it(
         f"the database schema is at revision {NEWER}, newer than this mailcase ({SCHEMA_HEAD}):"
         " install the mailcase that upgraded it"
     )
-    for command in (
-        ["poll"],
-        ["db", "upgrade"],
-        ["db", "current"],
-        ["status", "--offline"],
-        ["cases", "list"],
-        ["messages", "list"],
-        ["outbox", "list"],
-    ):
-        code, out, err = cli(*command)
-        assert (code, _error_lines(err)) == (EXIT_SCHEMA, [f"mailcase: {sentence}"]), command
-        assert out == "", command
-    code, out, err = cli("check")
-    assert code == 1
-    [row] = [line for line in out.splitlines() if line.startswith("database")]
-    assert "FAILED" in row and sentence in row
-    assert f"mailcase: database failed: {sentence}" in _error_lines(err)
+    _assert_refused(
+        cli,
+        EXIT_SCHEMA,
+        sentence,
+        [
+            ["poll"],
+            ["db", "upgrade"],
+            ["db", "current"],
+            ["status", "--offline"],
+            ["cases", "list"],
+            ["messages", "list"],
+            ["outbox", "list"],
+        ],
+    )
     # The daemon as systemd runs it: the same sentence and exit code, not a traceback.
     daemon = run_process(config, "run")
     assert daemon.returncode == EXIT_SCHEMA
@@ -101,24 +112,21 @@ def test_read_only_commands_refuse_a_missing_sqlite_database_and_create_nothing(
     config = write_config(tmp_path, mailboxes, sink, db_url=f"sqlite:///{database}")
     cli = Cli(config, capsys)
     sentence = f"no database at {database}: run `mailcase db upgrade` or start the service first"
-    for command in (
-        ["db", "current"],
-        ["status", "--offline"],
-        ["cases", "list"],
-        ["cases", "show", "PLR-2026-000001"],
-        ["messages", "list"],
-        ["outbox", "list"],
-    ):
-        code, out, err = cli(*command)
-        assert (code, _error_lines(err)) == (EXIT_DATABASE, [f"mailcase: {sentence}"]), command
-        assert out == "", command
-    code, out, err = cli("check")
-    assert code == 1
-    [row] = [line for line in out.splitlines() if line.startswith("database")]
-    assert "FAILED" in row and sentence in row
-    assert f"mailcase: database failed: {sentence}" in _error_lines(err)
+    _assert_refused(
+        cli,
+        EXIT_DATABASE,
+        sentence,
+        [
+            ["db", "current"],
+            ["status", "--offline"],
+            ["cases", "list"],
+            ["cases", "show", "PLR-2026-000001"],
+            ["messages", "list"],
+            ["outbox", "list"],
+        ],
+    )
     assert not state.exists()  # no file, no directory
-    code, out, err = cli("db", "upgrade")
+    code, _, err = cli("db", "upgrade")
     assert code == 0, err
     assert database.is_file()
     assert cli("cases", "list") == (0, "(none)\n", "")

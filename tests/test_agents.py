@@ -52,6 +52,15 @@ class Desk:
         self.deliver(mail(**kw))
         return str(self.cli.json("cases", "list")[0]["folio"])
 
+    def open_phone_case(self) -> str:
+        """A case registered by phone, with no customer address; its folio."""
+        code, out, err = self.cli(
+            "cases", "open", "--channel", "phone", "--subject", "Llamada: sin servicio",
+            "--text", "Llamó sin dejar correo.", "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        return str(json.loads(out)["folio"])
+
     def agent_reply(self, notice: EmailMessage, body: str, **kw: Any) -> None:
         """Reply as the agent from a mail client: quoting the notice, threading to it."""
         quoted = "\n".join("> " + line for line in text(notice).splitlines())
@@ -594,12 +603,7 @@ def test_attachments_of_a_relayed_reply_are_named_back_to_the_agent(desk: Desk) 
 
 
 def test_a_reply_on_a_case_without_a_customer_address_tells_the_agent(desk: Desk) -> None:
-    code, out, err = desk.cli(
-        "cases", "open", "--channel", "phone", "--subject", "Llamada: sin servicio",
-        "--text", "Llamó sin dejar correo.", "--json",
-    )  # fmt: skip
-    assert code == 0, err
-    folio = json.loads(out)["folio"]
+    folio = desk.open_phone_case()
     notification = desk.last_to(NOTIFY)
     assert folio in notification["Subject"]
     assert "(sin correo: registrado por teléfono o en persona)" in text(notification)
@@ -611,12 +615,7 @@ def test_a_reply_on_a_case_without_a_customer_address_tells_the_agent(desk: Desk
 
 def test_a_resolution_or_visit_on_a_phone_case_tells_the_agent_to_call(desk: Desk) -> None:
     # Resolved with causes "for the customer", the case told nobody, and the agent was not told.
-    code, out, err = desk.cli(
-        "cases", "open", "--channel", "phone", "--subject", "Llamada: sin servicio",
-        "--text", "Llamó sin dejar correo.", "--json",
-    )  # fmt: skip
-    assert code == 0, err
-    folio = json.loads(out)["folio"]
+    folio = desk.open_phone_case()
     notification = desk.last_to(NOTIFY)
     desk.agent_reply(notification, "#resolver procedente\nSe cambió el módem dañado.")
     assert desk.case(folio)["status"] == "resolved"
@@ -625,9 +624,9 @@ def test_a_resolution_or_visit_on_a_phone_case_tells_the_agent_to_call(desk: Des
     assert "la resolución quedó registrada en el caso, pero no se le avisó" in told
     assert "por teléfono" in told
     # The command line says it too, on a case changed from an admin's shell.
-    code, out, err = desk.cli("cases", "reopen", folio)
+    code, _, err = desk.cli("cases", "reopen", folio)
     assert code == 0, err
-    code, out, err = desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "x")
+    code, _, err = desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "x")
     assert code == 0, err
     assert "has no customer mail address: the customer was not told of the resolution" in err
 
