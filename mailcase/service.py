@@ -1081,15 +1081,7 @@ def _agent_message(
         untold = [c.kind.value for c in parsed.commands if c.kind in _CUSTOMER_IS_TOLD]
         if untold and not case.customer:
             # A phone case: the resolution or visit reached nobody; the agent must call.
-            queue_notice(
-                session,
-                settings,
-                case,
-                "not_relayed",
-                to=mail.sender,
-                context={"reason": "no_customer", "untold": untold, "attachments": []},
-                in_reply_to=mail.message_id,
-            )
+            _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
         return
     # Written straight to the customer with the mailbox in Cc: already sent.
     if case.customer and (case.customer in mail.to or case.customer in mail.cc):
@@ -1104,15 +1096,29 @@ def _agent_message(
         else:
             reason = "held"  # limits.max_relays_per_case_per_hour: a loop, most likely
     if reason:  # the agent learns what did not reach the customer
-        queue_notice(
-            session,
-            settings,
-            case,
-            "not_relayed",
-            to=mail.sender,
-            context={"reason": reason, "attachments": attachments, "untold": []},
-            in_reply_to=mail.message_id,
-        )
+        _not_relayed(session, settings, case, mail, reason, attachments=attachments)
+
+
+def _not_relayed(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    reason: str,
+    *,
+    attachments: list[str] | None = None,
+    untold: list[str] | None = None,
+) -> None:
+    """Tell the agent who wrote ``mail`` what did not reach the customer, and why."""
+    queue_notice(
+        session,
+        settings,
+        case,
+        "not_relayed",
+        to=mail.sender,
+        context={"reason": reason, "attachments": attachments or [], "untold": untold or []},
+        in_reply_to=mail.message_id,
+    )
 
 
 # Commands whose outcome the customer is sent (when the case has an address).
