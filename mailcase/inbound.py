@@ -428,11 +428,27 @@ def _utf8_else_windows_1252(data: bytes) -> str:
         return _windows_1252(data)
 
 
+# WHATWG labels of UTF-8.
+_UTF8_LABELS = frozenset({"unicode-1-1-utf-8", "unicode11utf8", "unicode20utf8", "utf-8", "utf8"})
+_MEND_UTF8 = "mailcase-windows-1252"
+
+
+def _windows_1252_for_invalid_utf8(error: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: bytes that are not UTF-8 read as windows-1252 instead."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return _windows_1252(error.object[error.start : error.end]), error.end
+
+
+codecs.register_error(_MEND_UTF8, _windows_1252_for_invalid_utf8)
+
+
 def _decode_text(data: bytes, charset: str | None) -> str:
     """Text bytes labelled ``charset`` (None: no label) as Unicode; never raises.
 
     Unlabelled and ASCII-labelled bytes: UTF-8, else windows-1252. Every other
-    WHATWG label of windows-1252: windows-1252. Any other charset Python knows:
+    WHATWG label of windows-1252: windows-1252. A UTF-8 label: UTF-8, each
+    invalid byte sequence read as windows-1252. Any other charset Python knows:
     that charset; bytes invalid in it are UTF-8 when they decode as such (mail
     converted to UTF-8 keeps its old label), else that charset with U+FFFD for
     what it cannot read. An unknown or unusable label: as if there were none.
@@ -443,6 +459,12 @@ def _decode_text(data: bytes, charset: str | None) -> str:
         return _utf8_else_windows_1252(data)
     if label in _WINDOWS_1252_LABELS:
         return _windows_1252(data)
+    if label in _UTF8_LABELS:
+        # Labelled UTF-8 but written in windows-1252 (older Outlook, forms, a
+        # signature pasted from another program): "señal" arrived as "se\ufffdal".
+        # Each byte sequence that is not UTF-8 is read as windows-1252, so the
+        # valid UTF-8 around it is kept (the WHATWG decoder would replace it).
+        return data.decode("utf-8", _MEND_UTF8)
     try:
         return data.decode(label)
     except UnicodeDecodeError:
@@ -466,9 +488,12 @@ def _recover_8bit(value: Any) -> str:
     recovered here and decoded as UTF-8, else as windows-1252.
     """
     text = str(value)
-    if any("\udc80" <= c <= "\udcff" for c in text):
+    if _has_8bit(text):
         text = _utf8_else_windows_1252(text.encode("ascii", "surrogateescape"))
     return text
+
+
+_MENDED_WORD_LABELS = _WINDOWS_1252_LABELS | _UTF8_LABELS
 
 
 def _decode_words(text: str) -> str:
@@ -476,14 +501,12 @@ def _decode_words(text: str) -> str:
     try:
         words = decode_header(text)
         if len(words) > 1 or words[0][1] is not None:  # else: no encoded word at all
-            # Encoded words labelled with a windows-1252 label are decoded by the
-            # WHATWG rule, as bodies are (_decode_text); handed on as Unicode. A
+            # Encoded words labelled with a windows-1252 or a UTF-8 label are
+            # decoded as bodies are (_decode_text); handed on as Unicode. A
             # non-ASCII charset name keeps make_header's spacing between words.
             words = [
                 (_decode_text(data, charset), "utf-8")
-                if isinstance(data, bytes)
-                and charset in _WINDOWS_1252_LABELS
-                and not data.isascii()
+                if isinstance(data, bytes) and charset in _MENDED_WORD_LABELS and not data.isascii()
                 else (data, charset)
                 for data, charset in words
             ]
@@ -729,6 +752,7 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
         part, in_attachment = stack.pop()
         content_type = part.get_content_type()
         maintype = content_type.partition("/")[0]
+        _recover_8bit_params(part)
         disposition = part.get_content_disposition()
         named = bool(part.get_filename())
         # Only a container's payload is read here: a leaf's get_payload() decodes 8-bit
@@ -770,6 +794,23 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
         del part["content-disposition"]
         part["Content-Disposition"] = f'attachment; filename="{name}"'
     return plain, html
+
+
+def _recover_8bit_params(part: Message) -> None:
+    """Decode raw 8-bit bytes in ``part``'s Content-Type and Content-Disposition fields.
+
+    A file name written in raw 8-bit ("recibo_se\\xf1al.pdf", not RFC 2231) is
+    common from older mailers; the stdlib would hand it on with U+FFFD for
+    each such byte. The fields are rewritten as :func:`_recover_8bit` reads them.
+    """
+    for name, value in part.raw_items():
+        if name.lower() in ("content-type", "content-disposition") and _has_8bit(value):
+            part.replace_header(name, _recover_8bit(value))
+
+
+def _has_8bit(text: str) -> bool:
+    """Whether ``text`` holds raw 8-bit bytes (surrogate escapes, as the stdlib keeps them)."""
+    return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def _set_disposition_type(part: Message, disposition: str) -> None:

@@ -1,5 +1,6 @@
 """parse_inbound: spoofed addresses in encoded words, unusable Message-IDs, windows-1252
-text under Latin-1 and ASCII labels, unnamed attachments, forwarded mail's text."""
+text under Latin-1, ASCII and UTF-8 labels, unnamed attachments and raw 8-bit file names,
+forwarded mail's text."""
 
 from __future__ import annotations
 
@@ -185,6 +186,35 @@ def test_a_base64_unlabelled_latin1_body_keeps_its_accents() -> None:
     assert parse_inbound(raw).text == ACCENTED
 
 
+@pytest.mark.parametrize("charset", [b"utf-8", b"UTF-8", b'"utf8"'])
+def test_a_utf8_labelled_windows_1252_body_keeps_its_accents(charset: bytes) -> None:
+    body = (ACCENTED + " – €").encode("cp1252")
+    mail = parse_inbound(plain(body, b"text/plain; charset=" + charset))
+    assert mail.text == ACCENTED + " – €"
+
+
+def test_utf8_text_with_a_windows_1252_signature_keeps_both() -> None:
+    # Only the bytes that are not UTF-8 are read as windows-1252.
+    body = "Sin señal desde ayer.\n".encode() + "-- \nJosé Núñez".encode("cp1252")
+    mail = parse_inbound(plain(body))
+    assert mail.text == "Sin señal desde ayer.\n-- \nJosé Núñez"
+
+
+def test_utf8_labelled_encoded_words_with_windows_1252_bytes_keep_their_accents() -> None:
+    raw = (
+        b"From: =?UTF-8?Q?Jos=E9?= <j@example.com>\r\n"
+        b"Subject: =?utf-8?q?Se=F1al_ca=EDda?= =?utf-8?q?_en_Le=C3=B3n?=\r\n\r\nx\r\n"
+    )
+    mail = parse_inbound(raw)
+    assert (mail.subject, mail.sender_name) == ("Señal caída en León", "José")
+
+
+def test_valid_utf8_under_a_utf8_label_is_untouched() -> None:
+    # "Ã©" and "Â" are valid UTF-8 of their own: nothing is re-read.
+    text = "Ã© Â¿ año 😀"
+    assert parse_inbound(plain(text.encode())).text == text
+
+
 # --- 5. unnamed attachments are kept under a generated name ---------------------------------
 
 
@@ -239,6 +269,32 @@ def test_named_attachments_keep_their_names_and_do_not_count() -> None:
         "modem.jpg",
         "attachment-1.jpg",
     ]
+
+
+@pytest.mark.parametrize(
+    ("encoded", "name"),
+    [("cp1252", "recibo de señal – año.pdf"), ("utf-8", "recibo de señal – año.pdf")],
+)
+def test_raw_8bit_file_names_keep_their_accents(encoded: str, name: str) -> None:
+    raw_name = name.encode(encoded)
+    raw = mixed(
+        TEXT_PART,
+        b'Content-Type: application/pdf; name="' + raw_name + b'"\r\n'
+        b'Content-Disposition: attachment; filename="' + raw_name + b'"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(PDF),
+    )
+    mail = parse_inbound(raw)
+    assert [(a.filename, a.payload) for a in mail.attachments] == [(name, PDF)]
+    assert mail.text == "Foto del modem"
+
+
+def test_a_raw_8bit_name_only_in_content_type_keeps_its_accents() -> None:
+    raw = mixed(
+        TEXT_PART,
+        b'Content-Type: image/jpeg; name="m\xf3dem.jpg"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(JPEG),
+    )
+    assert [a.filename for a in parse_inbound(raw).attachments] == ["módem.jpg"]
 
 
 # --- 6. the case text is the message's own body, never a forwarded message's ----------------
