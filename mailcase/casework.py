@@ -20,6 +20,7 @@ from mailcase.folio import format_folio
 from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant
 from mailcase.notices import queue_notice
 from mailcase.store import insert_row, next_folio_number, utcnow
+from mailcase.wire import FileAttachment
 
 OUTCOMES = ("valid", "invalid")
 
@@ -443,8 +444,16 @@ def reopen(session: Session, case: Case, *, by: str) -> None:
     record(session, case, "system", "case reopened", from_addr=by)
 
 
-def relay(session: Session, settings: Settings, case: Case, text: str, *, agent_name: str) -> bool:
-    """Send an agent's words to the customer from the mailbox, in the case's thread.
+def relay(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    text: str,
+    *,
+    agent_name: str,
+    attachments: Sequence[FileAttachment] = (),
+) -> bool:
+    """Send an agent's words and files to the customer from the mailbox, in the case's thread.
 
     Returns whether they go out: False without a customer address, or when a
     guard held the notice (``limits.max_relays_per_case_per_hour``, a loop).
@@ -458,6 +467,7 @@ def relay(session: Session, settings: Settings, case: Case, text: str, *, agent_
         "relay",
         to=case.customer,
         context={"text": text, "agent_name": agent_name},
+        attachments=attachments,
     )
     return not queued.held
 

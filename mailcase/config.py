@@ -440,6 +440,9 @@ class NoticesSettings(_Section):
     # answered: a first poll of a mailbox holding years of mail opens those
     # cases silently instead of mailing old customers.
     max_age_hours: float = Field(default=72.0, gt=0)
+    # What an agent attaches to a reply goes on to the customer with the words,
+    # up to this many bytes in all per reply (0: attachments stay on the case).
+    max_relayed_attachment_bytes: int = Field(default=10_000_000, ge=0)
 
 
 class TemplatesSettings(_Section):

@@ -43,7 +43,7 @@ from mailcase.msgid import signed_message_id
 from mailcase.prepared import Prepared
 from mailcase.render import Envelope, build_message, one_line, render_body
 from mailcase.store import insert_values, run, table, utcnow
-from mailcase.wire import ascii_domain
+from mailcase.wire import FileAttachment, ascii_domain
 
 CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid", "visit"}
@@ -365,6 +365,7 @@ def queue_notice(
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
     new_case: bool = False,
+    attachments: Sequence[FileAttachment] = (),
 ) -> Queued:
     """Render and queue one ``kind`` notice about ``case`` to ``to``; record it on the case.
 
@@ -373,6 +374,7 @@ def queue_notice(
     shows what was not sent and why.
     ``new_case``: the case was opened in this transaction, so it has no notices
     to count against the per-case caps (one query fewer per new case).
+    ``attachments`` are sent after the text (they are already on the case).
     """
     assert case.id is not None
     to = ascii_domain(to)
@@ -404,7 +406,7 @@ def queue_notice(
         auto_reply=True,
         reply_to=None if customer_facing else sender,
     )
-    message = build_message(envelope, body)
+    message = build_message(envelope, body, attachments)
     reason = blocked(session, settings, kind, to, None if new_case else case.id)
     if reason:
         _log_suppression(session, to, reason)

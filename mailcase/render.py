@@ -142,8 +142,11 @@ class Envelope:
     reply_to: str | None = None
 
 
-def build_message(envelope: Envelope, body: RenderedBody) -> bytes:
-    """The complete message: text/plain, plus text/html as an alternative when given.
+def build_message(
+    envelope: Envelope, body: RenderedBody, attachments: Sequence[wire.FileAttachment] = ()
+) -> bytes:
+    """The complete message: text/plain, plus text/html as an alternative when given,
+    and ``attachments`` after them (multipart/mixed).
 
     Headers may carry raw UTF-8 (RFC 6532) only when an address needs
     SMTPUTF8 anyway; otherwise the message is pure ASCII.
@@ -177,4 +180,4 @@ def build_message(envelope: Envelope, body: RenderedBody) -> bytes:
     headers.append(wire.unstructured(LOOP_HEADER, one_line(envelope.from_addr), utf8=utf8))
     language = "es-MX" if envelope.language == "es" else one_line(envelope.language)
     headers.append(wire.unstructured("Content-Language", language, utf8=utf8))
-    return wire.message("".join(headers), body.text, body.html, utf8=utf8)
+    return wire.message("".join(headers), body.text, body.html, utf8=utf8, attachments=attachments)

@@ -42,7 +42,7 @@ from mailcase.errors import (
 )
 from mailcase.folio import echoable_subject, find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import HEAD_BYTES, FetchedMessage, ImapMailbox
-from mailcase.inbound import InboundMail, origin_of
+from mailcase.inbound import Attachment, InboundMail, origin_of
 from mailcase.logs import get_logger
 from mailcase.models import (
     Case,
@@ -74,6 +74,7 @@ from mailcase.store import (
     utcnow,
 )
 from mailcase.triage import CaseRef, Decision, Facts, Role, triage
+from mailcase.wire import FileAttachment
 
 
 @dataclass
@@ -1087,16 +1088,36 @@ def _agent_message(
     if case.customer and (case.customer in mail.to or case.customer in mail.cc):
         return
     # Not a signature's logo: what the agent attached.
-    attachments = [a.filename for a in mail.attachments if not a.inline]
+    attached = [a for a in mail.attachments if not a.inline]
+    attachments = [a.filename for a in attached]
     reason = "no_text" if not text else "no_customer" if not case.customer else ""
     if not reason:
-        if casework.relay(session, settings, case, text, agent_name=mail.sender_name):
-            # Attachments are kept on the case, not passed on (see README, "For agents").
-            reason = "attachments" if attachments else ""
+        sent, kept = _relayable(attached, settings.notices.max_relayed_attachment_bytes)
+        if casework.relay(
+            session, settings, case, text, agent_name=mail.sender_name, attachments=sent
+        ):
+            reason, attachments = ("attachments", kept) if kept else ("", [])
         else:
             reason = "held"  # limits.max_relays_per_case_per_hour: a loop, most likely
     if reason:  # the agent learns what did not reach the customer
         _not_relayed(session, settings, case, mail, reason, attachments=attachments)
+
+
+def _relayable(attached: list[Attachment], limit: int) -> tuple[list[FileAttachment], list[str]]:
+    """The agent's files that go on to the customer, in order, while they fit in ``limit``
+    bytes together (``notices.max_relayed_attachment_bytes``); and the names of the rest."""
+    sent: list[FileAttachment] = []
+    kept: list[str] = []
+    total = 0
+    for attachment in attached:
+        if total + attachment.size <= limit:
+            total += attachment.size
+            sent.append(
+                FileAttachment(attachment.filename, attachment.content_type, attachment.payload)
+            )
+        else:
+            kept.append(attachment.filename)
+    return sent, kept
 
 
 def _not_relayed(
@@ -1116,9 +1137,19 @@ def _not_relayed(
         case,
         "not_relayed",
         to=mail.sender,
-        context={"reason": reason, "attachments": attachments or [], "untold": untold or []},
+        context={
+            "reason": reason,
+            "attachments": attachments or [],
+            "untold": untold or [],
+            "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
+        },
         in_reply_to=mail.message_id,
     )
+
+
+def _megabytes(size: int) -> str:
+    """``size`` bytes for people: "10 MB", "2.5 MB" ("" for 0)."""
+    return f"{size / 1_000_000:.3g} MB" if size else ""
 
 
 # Commands whose outcome the customer is sent (when the case has an address).

@@ -24,7 +24,8 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 MAX_LINE = 78  # RFC 5322 2.1.1: SHOULD be no more than 78 characters
 MAX_ID = 900  # a folded line holds one id; RFC 5322 2.1.1's hard limit is 998
@@ -186,22 +187,78 @@ def _part(subtype: str, text: str) -> bytes:
     ).encode("ascii") + quoted_printable(text)
 
 
-def message(headers: str, text: str, html: str | None, *, utf8: bool = False) -> bytes:
-    """``headers`` (whole lines), MIME-Version and a text body, or text and HTML alternatives.
+@dataclass(frozen=True, slots=True)
+class FileAttachment:
+    """A file sent with a notice: the sender's file name, its MIME type and its bytes."""
 
-    Without ``utf8`` the result is pure ASCII (UnicodeEncodeError otherwise).
-    """
-    head = headers + "MIME-Version: 1.0\r\n"
-    encoding = "utf-8" if utf8 else "ascii"
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+_MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+\Z")
+_QUOTABLE_NAME = re.compile(r"[\x20-\x7e]+\Z")
+# RFC 2231 attr-char: what may stand in an extended value without a %XX escape.
+_ATTR_CHAR = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~"
+)
+MAX_FILENAME = 200  # characters; longer names keep their ending (".pdf")
+_NAME_CHUNK = 50  # characters of a percent-encoded name per continuation line
+
+
+def _safe_filename(name: str) -> str:
+    """``name`` as a file name to send: one line, no path, at most MAX_FILENAME characters."""
+    name = "".join(c for c in name if c.isprintable()).replace("/", "_").replace("\\", "_")
+    name = name.strip().strip(".") or "adjunto"
+    if len(name) > MAX_FILENAME:
+        stem, dot, ending = name.rpartition(".")
+        ending = dot + ending if stem and len(ending) <= 10 else ""
+        name = name[: MAX_FILENAME - len(ending)] + ending
+    return name
+
+
+def _name_params(param: str, name: str) -> str:
+    """``param="name"`` on a folded line of its own, or its RFC 2231 form (UTF-8, in
+    numbered sections) for other names; every line shorter than 78 characters."""
+    if _QUOTABLE_NAME.match(name) and '"' not in name and "\\" not in name and len(name) <= 60:
+        return f';\r\n {param}="{name}"'
+    encoded = "".join(chr(b) if b in _ATTR_CHAR else f"%{b:02X}" for b in name.encode("utf-8"))
+    chunks: list[str] = []
+    while encoded:
+        cut = min(_NAME_CHUNK, len(encoded))
+        # Never split a %XX escape between two lines.
+        if "%" in encoded[max(cut - 2, 0) : cut]:
+            cut = encoded.rindex("%", 0, cut)
+        chunks.append(encoded[:cut])
+        encoded = encoded[cut:]
+    chunks[0] = "utf-8''" + chunks[0]
+    # RFC 2231 section 3: numbered sections, each on a folded line of its own.
+    return "".join(f";\r\n {param}*{i}*={chunk}" for i, chunk in enumerate(chunks))
+
+
+def _attachment_part(attachment: FileAttachment) -> bytes:
+    content_type = attachment.content_type.strip().lower()
+    if not _MIME_TYPE.match(content_type):
+        content_type = "application/octet-stream"
+    name = _safe_filename(attachment.filename)
+    head = (
+        f"Content-Type: {content_type}{_name_params('name', name)}\r\n"
+        f"Content-Disposition: attachment{_name_params('filename', name)}\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    )
+    return head.encode("ascii") + base64.encodebytes(attachment.data).replace(b"\n", b"\r\n")
+
+
+def _body(text: str, html: str | None) -> bytes:
+    """The body entity (its Content-* lines, a blank line, its content): text, or text and HTML."""
     if html is None:
-        return head.encode(encoding) + _part("plain", text)
+        return _part("plain", text)
     boundary = "=_mc_" + secrets.token_hex(12)
-    head += f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
     # RFC 2046 5.1.1: the CRLF before a delimiter belongs to it, so a part's
     # own final line end needs one more.
     return b"".join(
         [
-            head.encode(encoding),
+            f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'.encode(),
             f"--{boundary}\r\n".encode("ascii"),
             _part("plain", text),
             f"\r\n--{boundary}\r\n".encode("ascii"),
@@ -209,3 +266,28 @@ def message(headers: str, text: str, html: str | None, *, utf8: bool = False) ->
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     )
+
+
+def message(
+    headers: str,
+    text: str,
+    html: str | None,
+    *,
+    utf8: bool = False,
+    attachments: Sequence[FileAttachment] = (),
+) -> bytes:
+    """``headers`` (whole lines), MIME-Version and a text body, or text and HTML alternatives.
+
+    With ``attachments``, a multipart/mixed message: that body first, then each
+    file in base64 under its name (RFC 2231 for a name that is not plain ASCII).
+    Without ``utf8`` the result is pure ASCII (UnicodeEncodeError otherwise).
+    """
+    head = (headers + "MIME-Version: 1.0\r\n").encode("utf-8" if utf8 else "ascii")
+    if not attachments:
+        return head + _body(text, html)
+    boundary = "=_mc_" + secrets.token_hex(12)
+    parts = [head, f'Content-Type: multipart/mixed;\r\n boundary="{boundary}"\r\n\r\n'.encode()]
+    for entity in (_body(text, html), *map(_attachment_part, attachments)):
+        parts += [f"--{boundary}\r\n".encode("ascii"), entity, b"\r\n"]
+    parts.append(f"--{boundary}--\r\n".encode("ascii"))
+    return b"".join(parts)

@@ -588,18 +588,78 @@ def test_a_reply_with_nothing_new_relays_nothing_and_tells_the_agent(desk: Desk)
     assert "Adjuntos no enviados: recibo.pdf" in text(desk.last_to(AGENT))
 
 
-def test_attachments_of_a_relayed_reply_are_named_back_to_the_agent(desk: Desk) -> None:
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4
+
+
+def test_an_agents_attachments_go_to_the_customer_with_the_reply(desk: Desk) -> None:
+    # Zammad, FreeScout and Request Tracker pass an agent's files on; an agent had to
+    # write to the customer a second time, outside the case, to send a receipt.
     desk.open_case()
     [notification] = desk.to(NOTIFY)
+    to_agent = len(desk.to(AGENT))
     desk.agent_reply(
         notification,
         "Le envío su recibo corregido.",
-        attachments=[("recibo.pdf", "application/pdf", b"%PDF-1.4")],
+        attachments=[
+            ("recibo de señal.pdf", "application/pdf", PDF),
+            ("a.txt", "text/plain", b"x"),
+        ],
     )
-    assert "Le envío su recibo corregido." in text(desk.last_to(CUSTOMER))
+    relay = desk.last_to(CUSTOMER)
+    assert "Le envío su recibo corregido." in text(relay)
+    files = [
+        (p.get_filename(), p.get_content_type(), p.get_content()) for p in relay.iter_attachments()
+    ]
+    assert files == [
+        ("recibo de señal.pdf", "application/pdf", PDF),
+        ("a.txt", "text/plain", "x"),
+    ]
+    assert len(desk.to(AGENT)) == to_agent  # nothing to report back
+
+
+def relay_limited_desk(limit: int, *args: Any) -> Desk:
+    """The ``desk`` fixture's set-up, with ``notices.max_relayed_attachment_bytes = limit``."""
+    tmp_path, mailboxes, sink, capsys, db_url = args
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
+    limited = f"[notices]\nmax_relayed_attachment_bytes = {limit}\n"
+    config.write_text(config.read_text().replace("[notices]\n", limited))
+    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+
+
+def test_attachments_over_the_relay_limit_stay_on_the_case_and_are_named_back(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    desk = relay_limited_desk(2000, tmp_path, mailboxes, sink, capsys, db_url)
+    desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    big = ("fotos.zip", "application/zip", b"z" * 1500)
+    desk.agent_reply(
+        notification,
+        "Le envío su recibo corregido.",
+        attachments=[("recibo.pdf", "application/pdf", PDF), big, ("nota.txt", "text/plain", b"y")],
+    )
+    relay = desk.last_to(CUSTOMER)
+    assert "Le envío su recibo corregido." in text(relay)
+    # In order, while they fit: the zip would take the two past 2,000 bytes; the note fits.
+    assert [p.get_filename() for p in relay.iter_attachments()] == ["recibo.pdf", "nota.txt"]
     told = text(desk.last_to(AGENT))
-    assert "se envió al cliente, pero sus adjuntos no" in told
-    assert "recibo.pdf" in told and CUSTOMER in told
+    assert "se envió al cliente, pero este adjunto no: pasa del límite de 0.002 MB" in told
+    assert "Adjuntos no enviados: fotos.zip" in told and CUSTOMER in told
+
+
+def test_with_no_relay_allowance_attachments_stay_on_the_case(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    desk = relay_limited_desk(0, tmp_path, mailboxes, sink, capsys, db_url)
+    desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(
+        notification, "Le envío su recibo.", attachments=[("recibo.pdf", "application/pdf", PDF)]
+    )
+    assert list(desk.last_to(CUSTOMER).iter_attachments()) == []
+    told = text(desk.last_to(AGENT))
+    assert "está configurado para no reenviar adjuntos" in told
+    assert "Adjuntos no enviados: recibo.pdf" in told
 
 
 def test_a_reply_on_a_case_without_a_customer_address_tells_the_agent(desk: Desk) -> None:

@@ -94,6 +94,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "folio": FOLIO,
         "reason": "attachments",
         "attachments": ["recibo.pdf", "foto.jpg"],
+        "attachment_limit": "10 MB",
         "untold": [],
         "customer": "juan.perez@example.com",
         "mailbox_address": "contacto@internet-plarey.com.mx",

@@ -213,3 +213,55 @@ def test_a_non_ascii_domain_is_given_in_its_ascii_form_only_when_it_is_the_same_
     assert ascii_domain("josé@ejemplo.es") == "josé@ejemplo.es"  # a local part needs SMTPUTF8
     # IDNA 2003 (Python's codec) maps ß to ss: another domain than IDNA 2008's.
     assert ascii_domain("ana@straße.de") == "ana@straße.de"
+
+
+# --- attachments (an agent's files relayed to the customer) ---------------------------------
+
+HEAD = "From: a@example.com\r\nTo: b@example.com\r\nSubject: x\r\n"
+DATA = bytes(range(256)) * 5
+
+
+def attached(*names: str, html: str | None = "<p>Hola</p>") -> EmailMessage:
+    files = [wire.FileAttachment(name, "application/pdf", DATA) for name in names]
+    raw = wire.message(HEAD, "Hola\n", html, attachments=files)
+    assert raw.isascii()
+    assert max(map(len, raw.split(b"\r\n"))) <= wire.MAX_LINE
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("html", [None, "<p>Hola</p>"])
+def test_attachments_follow_the_body_in_a_mixed_message(html: str | None) -> None:
+    message = attached("recibo.pdf", "foto.pdf", html=html)
+    assert message.get_content_type() == "multipart/mixed"
+    body = message.get_body(("plain",))
+    assert body is not None and body.get_content().replace("\r\n", "\n") == "Hola\n"
+    files = [(p.get_filename(), p.get_content()) for p in message.iter_attachments()]
+    assert files == [("recibo.pdf", DATA), ("foto.pdf", DATA)]
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_any_file_name_arrives_as_one_safe_line(name: str) -> None:
+    [part] = attached(name).iter_attachments()
+    got = part.get_filename()
+    assert got and got.isprintable() and "/" not in got and "\\" not in got
+    assert len(got) <= wire.MAX_FILENAME
+
+
+def test_a_spanish_name_arrives_whole_and_a_long_one_keeps_its_ending() -> None:
+    long = "recibo de señal – año 2026 " + "ñ" * 300 + ".pdf"
+    parts = list(attached("recibo de señal – año.pdf", long, "../../etc/passwd").iter_attachments())
+    names = [p.get_filename() for p in parts]
+    assert names[0] == "recibo de señal – año.pdf"
+    assert (
+        names[1] is not None and names[1].endswith("ñ.pdf") and len(names[1]) == wire.MAX_FILENAME
+    )
+    assert names[2] == "_.._etc_passwd"
+
+
+def test_a_content_type_that_is_not_one_is_sent_as_octet_stream() -> None:
+    bad = wire.FileAttachment("a.bin", "text/plain\r\nBcc: x@example.com", b"x")
+    raw = wire.message(HEAD, "Hola", None, attachments=[bad])
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    [part] = message.iter_attachments()  # type: ignore[attr-defined]
+    assert part.get_content_type() == "application/octet-stream"
+    assert b"Bcc" not in raw
