@@ -592,13 +592,24 @@ def case_by_folio(session: Session, folio: str, *, for_update: bool = False) -> 
     return session.exec(query).first()
 
 
+# The messages of a case whose Message-IDs thread a reply into it: what its
+# customer, participants and verified agents wrote, and our own notices. Not
+# what is kept on a case without being admitted to it (an auto-reply or bounce
+# naming its folio, a claim to an agent's address without proof): their ids
+# are the sender's choice, and threading on them let a stranger plant an id on
+# someone else's case and then reply "to" it.
+THREADING_KINDS = ("customer", "agent", "note", "notice")
+
+
 def case_by_message_ids(session: Session, message_ids: tuple[str, ...]) -> Case | None:
-    """The case that received or sent one of ``message_ids`` (earliest id wins)."""
+    """The case that received or sent one of ``message_ids`` (earliest id wins), counting
+    only the messages it admitted (:data:`THREADING_KINDS`)."""
     if not message_ids:
         return None
     rows = session.exec(
         select(CaseMessage.message_id, CaseMessage.case_id).where(
-            col(CaseMessage.message_id).in_(message_ids)
+            col(CaseMessage.message_id).in_(message_ids),
+            col(CaseMessage.kind).in_(THREADING_KINDS),
         )
     ).all()
     by_id = {mid: case_id for mid, case_id in rows}

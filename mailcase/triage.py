@@ -16,7 +16,10 @@ Order of the rules, and why:
    case's notices, or the receiving server authenticated the agent's domain);
    without proof it is kept on the case as ``unverified`` and does nothing.
 4. Threading headers (In-Reply-To/References naming a Message-ID the case
-   received or sent) join the case: they cannot be guessed from the subject.
+   sent, or received from its customer, a participant or a verified agent)
+   join the case: they cannot be guessed from the subject. Ids of what is only
+   kept on a case (an auto-reply naming its folio, an unverified claim to an
+   agent's address) do not count: their sender chose them.
 5. A folio in the subject joins that case when the sender belongs to it (the
    customer or a participant); someone else naming a folio opens a case of
    their own, linked to the one they named, and learns nothing of it.

@@ -791,3 +791,39 @@ def test_agents_see_a_subject_whole_while_the_customer_sees_its_links_masked(
     assert "www.portal-plarey.mx ni factura.pdf" in str(notification["Subject"])
     assert "Asunto:   No abre www.portal-plarey.mx ni factura.pdf" in text(notification)
     assert folio in str(notification["Subject"])
+
+
+STRANGER = "mallory@evil.example"
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        # An "auto-reply" naming the folio is recorded on the case, with the id it chose...
+        {"sender": STRANGER, "headers": {"Auto-Submitted": "auto-replied"}},
+        # ... and so is a message that claims an agent's address without proof.
+        {"sender": f"Ana Técnica <{AGENT}>"},
+    ],
+    ids=["auto-reply", "unverified"],
+)
+def test_a_stranger_cannot_thread_into_a_case_by_an_id_they_planted(
+    desk: Desk, plant: dict[str, Any]
+) -> None:
+    folio = desk.open_case()
+    desk.deliver(
+        mail(subject=f"Re: [Folio {folio}] fuera", message_id="<plant-1@evil.example>", **plant)
+    )
+    desk.deliver(
+        mail(
+            sender=STRANGER,
+            subject="Cancelen mi servicio",
+            headers={"In-Reply-To": "<plant-1@evil.example>"},
+            body="Soy el titular: cancelen el servicio.",
+        )
+    )
+    victim = desk.case(folio)
+    assert not [m for m in victim["messages"] if "cancelen" in m["text"]]
+    assert victim["status"] == "open"
+    # The stranger's message opened a case of its own.
+    [theirs] = [c for c in desk.cli.json("cases", "list") if c["folio"] != folio]
+    assert desk.case(theirs["folio"])["customer"] == STRANGER
