@@ -14,7 +14,9 @@ mailbox that sent the notice or with a renamed domain, while the proof does not.
 
 A Message-ID is no secret once sent: anyone who received the notice (or a
 forward of it) holds the id. It proves "saw our notice of case N", not "is
-agent X"; combine it with :mod:`mailcase.authres` for the sender.
+agent X"; combine it with :mod:`mailcase.authres` for the sender. An id seen
+going to, or coming from, someone who is not an agent is no proof from then
+on (the service keeps such ids; see ``service._note_exposed``).
 """
 
 from __future__ import annotations
@@ -91,15 +93,19 @@ def verify_message_id(key: bytes, message_id: str) -> int | None:
     return int(case_text)
 
 
-def case_ids_in(key: bytes, message_ids: Iterable[str]) -> tuple[int, ...]:
-    """The case ids of the verified ids in ``message_ids``: in order, each once.
+def proofs_in(key: bytes, message_ids: Iterable[str]) -> tuple[tuple[int, str], ...]:
+    """``(case id, proof)`` of each verified id in ``message_ids``: in order, each proof once.
 
-    Guarantees: only ids :func:`verify_message_id` accepts contribute; never
-    raises for any string.
+    The proof (``"{case_id}.{nonce}"``) names a signed id whatever the domain
+    it is written with, since the domain is not signed: an id known to have
+    reached someone else is refused by its proof. Guarantees: only ids
+    :func:`verify_message_id` accepts contribute; never raises for any string.
     """
-    found: dict[int, None] = {}
+    found: dict[str, int] = {}
     for message_id in message_ids:
         case_id = verify_message_id(key, message_id)
         if case_id is not None:
-            found[case_id] = None
-    return tuple(found)
+            match = _SIGNED_RE.fullmatch(message_id.strip())
+            assert match is not None  # verified above
+            found.setdefault(f"{match.group(1)}.{match.group(2)}", case_id)
+    return tuple((case_id, proof) for proof, case_id in found.items())

@@ -11,6 +11,7 @@ nothing is checkpointed that was not committed, so the next poll resumes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import threading
 import time
@@ -49,12 +50,13 @@ from mailcase.models import (
     CaseMessage,
     Checkpoint,
     Disposition,
+    KeyValue,
     LedgerEntry,
     Notice,
     NoticeStatus,
     StoredAttachment,
 )
-from mailcase.msgid import case_ids_in
+from mailcase.msgid import proofs_in
 from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
@@ -802,6 +804,8 @@ def _ingest(
 
     classification = classify(mail, own_addresses=settings.own_addresses)
     facts = _facts(rt, session, mail, earlier)
+    if mail.thread_ids:
+        _note_exposed(session, settings, mail)
     decision = triage(
         mail,
         classification,
@@ -893,7 +897,9 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     signed_case = None
     authenticated = False
     if mail.sender in settings.agents.addresses:
-        for case_id in case_ids_in(signing_key(session, settings), mail.thread_ids):
+        for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
+            if session.get(KeyValue, _exposure_key(proof)) is not None:
+                continue  # seen in someone else's hands: no proof any more
             case = session.get(Case, case_id)
             if case is not None:
                 signed_case = case_ref(session, case)
@@ -912,6 +918,41 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
         signed_case=signed_case,
         sender_authenticated=authenticated,
     )
+
+
+def _exposure_key(proof: str) -> str:
+    """The key_values row that marks a signed Message-ID's ``proof`` as exposed."""
+    return "exposed-id:" + hashlib.sha256(proof.encode("ascii")).hexdigest()[:48]
+
+
+def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> None:
+    """Mark the signed ids ``mail`` references as no proof any more, when someone who
+    is not an agent holds them.
+
+    The id of a notice to agents proves its holder saw that notice (mailcase.msgid).
+    An agent who writes to the customer, with the mailbox in copy, by replying to
+    the notice hands the customer that id in References: the customer could then
+    write as the agent, commands included. So an id is exposed when an agent's
+    message referencing it also goes to someone else, and when anyone but an
+    agent sends it back. This message itself is judged as before (its id was a
+    proof until now). What never passes through a mailbox is not seen here: an
+    agent who forwards a notice outside, with no copy to us (the README says so).
+    """
+    agents = frozenset(settings.agents.addresses)
+    insiders = agents | settings.own_addresses
+    outsiders = {a for a in (*mail.to, *mail.cc) if a not in insiders}
+    if mail.sender in agents and not outsiders:
+        return
+    for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
+        key = _exposure_key(proof)
+        if session.get(KeyValue, key) is not None:
+            continue
+        try:
+            with session.begin_nested():  # another instance may mark it at the same time
+                session.add(KeyValue(key=key, value=f"case {case_id} at {utcnow().isoformat()}"))
+        except IntegrityError:
+            pass
+        get_logger().info("signed_id_exposed", case_id=case_id)
 
 
 def _apply(
@@ -989,6 +1030,15 @@ def _apply(
         _agent_message(rt, session, case, mail, raw_sha)
     elif decision.role is Role.UNVERIFIED:
         _record_inbound(rt, session, case, mail, raw_sha, "unverified")
+        if case.customer and (case.customer in mail.to or case.customer in mail.cc):
+            # What an agent writing to the customer from the customer's own mail,
+            # the mailbox in copy, looks like: kept, but no forgery warning.
+            return case
+        key = signing_key(session, settings)
+        exposed = any(
+            session.get(KeyValue, _exposure_key(proof)) is not None
+            for _, proof in proofs_in(key, mail.thread_ids)
+        )
         queue_notice(
             session,
             settings,
@@ -996,7 +1046,11 @@ def _apply(
             "unverified_agent",
             to=mail.sender,
             # The message's own subject, not the case's: the agent looks for that one.
-            context={"claimed_from": mail.sender, "subject": echoable_subject(mail.subject)},
+            context={
+                "claimed_from": mail.sender,
+                "subject": echoable_subject(mail.subject),
+                "exposed": exposed,
+            },
         )
     else:
         _record_inbound(rt, session, case, mail, raw_sha, "customer")

@@ -11,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mailcase.inbound import parse_inbound
-from mailcase.msgid import case_ids_in, signed_message_id, verify_message_id
+from mailcase.msgid import proofs_in, signed_message_id, verify_message_id
 
 KEY = b"k" * 32
 OTHER_KEY = b"j" * 32
@@ -148,17 +148,18 @@ def test_the_id_survives_a_reply_chain_as_inbound_parses_it() -> None:
         "\r\n#cerrar\r\n"
     ).encode()
     reply = parse_inbound(raw)
-    assert case_ids_in(KEY, reply.thread_ids) == (77, 78)
+    assert [case_id for case_id, _ in proofs_in(KEY, reply.thread_ids)] == [77, 78]
 
 
-def test_case_ids_in_keeps_order_drops_duplicates_and_forgeries() -> None:
-    a = signed_message_id(KEY, 3, DOMAIN)
-    b = signed_message_id(KEY, 1, DOMAIN)
-    a_again = signed_message_id(KEY, 3, "example.com")
+def test_proofs_in_keeps_order_drops_forgeries_and_names_an_id_whatever_its_domain() -> None:
+    a = signed_message_id(KEY, 3, DOMAIN, nonce="aa")
+    b = signed_message_id(KEY, 1, DOMAIN, nonce="bb")
+    a_elsewhere = signed_message_id(KEY, 3, "example.com", nonce="aa")  # the same proof
+    a_later = signed_message_id(KEY, 3, DOMAIN, nonce="cc")  # another notice of case 3
     forged = signed_message_id(OTHER_KEY, 2, DOMAIN)
-    ids = ["<x@example.com>", a, forged, b, a_again, "garbage"]
-    assert case_ids_in(KEY, ids) == (3, 1)
-    assert case_ids_in(KEY, []) == ()
+    ids = ["<x@example.com>", a, forged, b, a_elsewhere, a_later, "garbage"]
+    assert proofs_in(KEY, ids) == ((3, "3.aa"), (1, "1.bb"), (3, "3.cc"))
+    assert proofs_in(KEY, []) == ()
 
 
 @given(st.text())
@@ -166,11 +167,11 @@ def test_case_ids_in_keeps_order_drops_duplicates_and_forgeries() -> None:
 @example("<mc." + "1" * 5000 + ".a.000000000000000000000000@x>")
 def test_garbage_never_raises_and_never_verifies(text: str) -> None:
     assert verify_message_id(KEY, text) is None
-    assert case_ids_in(KEY, [text, text]) == ()
+    assert proofs_in(KEY, [text, text]) == ()
 
 
 @given(st.integers(min_value=0, max_value=10**18 - 1), st.binary(min_size=1, max_size=64))
 def test_every_case_id_and_key_round_trip(case_id: int, key: bytes) -> None:
     message_id = signed_message_id(key, case_id, DOMAIN)
     assert verify_message_id(key, message_id) == case_id
-    assert case_ids_in(key, [message_id]) == (case_id,)
+    assert [c for c, _ in proofs_in(key, [message_id])] == [case_id]

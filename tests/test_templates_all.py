@@ -88,6 +88,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "folio": FOLIO,
         "claimed_from": "ana.tecnica@internet-plarey.com.mx",
         "subject": "Re: [Folio PLR-2026-000123] Sin servicio",
+        "exposed": False,
         "company": COMPANY,
     },
     "not_relayed": {

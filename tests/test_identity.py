@@ -1,0 +1,72 @@
+"""Who may act on a case: an agent's proof (a signed notice id) stops being one
+once it is seen in other hands, and an agent writing to the customer directly is
+not taken for a forger."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+
+from helpers import AGENT, CONTACTO, NOTIFY, mail
+from test_agents import CUSTOMER, Desk, desk, text
+
+__all__ = ["desk"]  # the fixture, shared with test_agents
+
+
+def forged_by_customer(notification: EmailMessage, body: str) -> bytes:
+    """The customer writing as the agent, with the notice's id they were handed."""
+    notice_id = notification["Message-ID"].strip()
+    return mail(
+        sender=f"Ana Técnica <{AGENT}>",
+        subject=f"Re: {notification['Subject']}",
+        body=body,
+        headers={"In-Reply-To": notice_id, "References": notice_id},
+    )
+
+
+def test_a_customer_handed_the_notice_id_cannot_act_as_the_agent(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    # As the README suggests for some cases: written to the customer by replying to
+    # the notice, the mailbox in copy. The customer's copy carries the notice's id.
+    desk.agent_reply(notification, "Le escribo directamente.", to=f"{CUSTOMER}, {CONTACTO}")
+    assert desk.case(folio)["messages"][-1]["kind"] == "agent"  # still the agent's proof
+    desk.deliver(forged_by_customer(notification, "#resolver procedente\nSe bonifican 3 meses."))
+    case = desk.case(folio)
+    assert case["status"] == "open" and case["outcome"] is None
+    assert case["messages"][-2]["kind"] == "unverified"
+    warning = desk.last_to(AGENT)
+    assert "también llegó a alguien que no es agente" in text(warning)
+    # The real agent answers the warning, which is a proof of its own.
+    desk.agent_reply(warning, "#resolver procedente\nSe cambió el módem dañado.")
+    assert desk.case(folio)["status"] == "resolved"
+
+
+def test_a_notice_id_sent_back_by_someone_else_is_no_proof_afterwards(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    notice_id = notification["Message-ID"].strip()
+    # The customer's reply to a mail the agent sent them outside the case.
+    desk.deliver(mail(body="Gracias, quedo atento.", headers={"References": notice_id}))
+    desk.agent_reply(notification, "#cerrar")
+    assert desk.case(folio)["status"] == "open"
+    assert desk.case(folio)["messages"][-2]["kind"] == "unverified"
+
+
+def test_an_agent_writing_to_the_customer_from_the_customers_mail_gets_no_forgery_warning(
+    desk: Desk,
+) -> None:
+    folio = desk.open_case()
+    [ack] = desk.to(CUSTOMER)
+    to_agent = len(desk.to(AGENT))
+    # Replying to the customer's own thread: no signed id, no authenticated sender.
+    desk.deliver(
+        mail(
+            sender=f"Ana Técnica <{AGENT}>",
+            to=CUSTOMER,
+            subject=f"Re: {ack['Subject']}",
+            body="Mañana pasamos a revisar su módem.",
+            headers={"Cc": CONTACTO, "In-Reply-To": ack["Message-ID"].strip()},
+        )
+    )
+    assert desk.case(folio)["messages"][-1]["kind"] == "unverified"
+    assert len(desk.to(AGENT)) == to_agent
