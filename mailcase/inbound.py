@@ -706,6 +706,12 @@ def _date(values: tuple[str, ...]) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
+    try:
+        # "31 Dec 9999 23:00 -0500" parses, but is past datetime.max in UTC, where
+        # it is stored: the OverflowError quarantined the customer's message.
+        parsed.astimezone(UTC)
+    except OverflowError:
+        return None
     return parsed
 
 

@@ -1,0 +1,39 @@
+"""Dates that customers' clocks and mail servers get wrong must cost nothing: a lying
+Date header is no date, never a quarantined report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from helpers import mail, offline_runtime
+
+from mailcase import service
+from mailcase.imap import FetchedMessage
+from mailcase.inbound import parse_inbound
+
+ORIGINAL = b"Date: Fri, 20 Nov 2026 10:30:00 +0000\n"
+
+
+def dated(value: str, sender: str = "juan.perez@example.com") -> bytes:
+    raw = mail(sender=sender)
+    assert ORIGINAL in raw
+    return raw.replace(ORIGINAL, f"Date: {value}\n".encode())
+
+
+def test_a_date_past_the_last_representable_one_in_utc_is_no_date() -> None:
+    assert parse_inbound(dated("Fri, 31 Dec 9999 23:00:00 -0500")).date is None
+
+
+def test_a_far_but_representable_date_is_kept() -> None:
+    assert parse_inbound(dated("Fri, 31 Dec 9999 23:00:00 +0000")).date == datetime(
+        9999, 12, 31, 23, 0, tzinfo=UTC
+    )
+
+
+def test_a_message_with_a_date_out_of_range_opens_its_case(tmp_path: Path) -> None:
+    rt = offline_runtime(tmp_path)
+    raw = dated("Fri, 31 Dec 9999 23:00:00 -0500")
+    fetched = FetchedMessage(uid=1, raw=raw, internal_date=datetime.now(UTC))
+    assert service.ingest_message(rt, "contacto", 1, fetched) == "new_case"
+    rt.store.dispose()
