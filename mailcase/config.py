@@ -436,9 +436,9 @@ class PollSettings(_Section):
 
 class NoticesSettings(_Section):
     language: Literal["es", "en"] = "es"
-    # Only mail that reached the server (IMAP INTERNALDATE) this recently is
-    # answered: a first poll of a mailbox holding years of mail opens those
-    # cases silently instead of mailing old customers.
+    # Until a first poll of a mailbox completes, only mail that reached the
+    # server (IMAP INTERNALDATE) this recently is answered: a mailbox holding
+    # years of mail opens those cases silently instead of mailing old customers.
     max_age_hours: float = Field(default=72.0, gt=0)
     # What an agent attaches to a reply goes on to the customer with the words,
     # up to this many bytes in all per reply (0: attachments stay on the case).

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from mailcase.msgid import proofs_in
 from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
-from mailcase.quoting import new_text, strip_quoted
+from mailcase.quoting import agent_text, strip_quoted
 from mailcase.store import (
     Store,
     as_utc,
@@ -159,13 +159,13 @@ def _poll_leased(
 ) -> MailboxReport:
     log = get_logger(mailbox=name)
     with ImapMailbox(name, settings) as box:
-        last_uid = _checkpoint(rt.store, name, box.uidvalidity, log)
+        last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log)
         uids = box.uids_after(last_uid)
         if progress is not None:
             progress(0, len(uids))
         handled: list[int] = []
         with _parser_for(rt, len(uids), log) as parser:
-            _ingest_all(rt, name, box, uids, report, progress, parser, handled)
+            _ingest_all(rt, name, box, uids, report, progress, parser, handled, first_contact)
         box.mark_done(handled)
         # Flags lost to a crash between commit and STORE are put right here.
         box.mark_done(_not_quarantined(rt, name, box.uidvalidity, box.unflagged_below(last_uid)))
@@ -201,6 +201,7 @@ def _ingest_all(
     progress: Progress | None,
     parser: ParserProcess | None,
     handled: list[int],
+    first_contact: bool,
 ) -> None:
     """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done.
 
@@ -212,7 +213,9 @@ def _ingest_all(
     try:
         renewed = time.monotonic()  # the caller took the lease just before
         for fetched, parsed in parse_ahead(fetched_messages, _raw_of, parser):
-            disposition = ingest_message(rt, name, box.uidvalidity, fetched, parsed)
+            disposition = ingest_message(
+                rt, name, box.uidvalidity, fetched, parsed, first_contact=first_contact
+            )
             report.fetched += 1
             if progress is not None:
                 progress(report.fetched, len(uids))
@@ -380,17 +383,19 @@ def close_stale_cases(rt: Runtime) -> list[str]:
     return folios
 
 
-def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> int:
-    """The last UID ingested for (name, uidvalidity); a new UIDVALIDITY starts over."""
+def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> tuple[int, bool]:
+    """The last UID ingested for (name, uidvalidity), a new UIDVALIDITY starting over; and
+    whether this is the first contact with the mailbox: no poll of it has completed yet."""
     with store.transaction() as session:
         checkpoint = session.get(Checkpoint, name)
         if checkpoint is None:
             session.add(Checkpoint(mailbox=name, uidvalidity=uidvalidity, last_uid=0))
-            return 0
+            return 0, True
+        first_contact = checkpoint.last_poll_at is None
         if checkpoint.uidvalidity == 0:  # only failures were recorded so far
             checkpoint.uidvalidity = uidvalidity
             session.add(checkpoint)
-            return checkpoint.last_uid
+            return checkpoint.last_uid, first_contact
         if checkpoint.uidvalidity != uidvalidity:
             # RFC 3501 2.3.1.1: old UIDs mean nothing now. Rescan everything;
             # messages already ingested are recognised by their Message-ID (or
@@ -399,8 +404,8 @@ def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> int:
             checkpoint.uidvalidity = uidvalidity
             checkpoint.last_uid = 0
             session.add(checkpoint)
-            return 0
-        return checkpoint.last_uid
+            return 0, first_contact
+        return checkpoint.last_uid, first_contact
 
 
 def ingest_message(
@@ -411,6 +416,7 @@ def ingest_message(
     parsed: Parsed | None = None,
     *,
     retry: bool = False,
+    first_contact: bool = False,
 ) -> str:
     """Process one fetched message; return its disposition. Never raises for bad mail.
 
@@ -419,6 +425,11 @@ def ingest_message(
     is its parse already done (mailcase.parsing), or None: parsed here.
     ``retry``: its ledger row is quarantined, and is replaced in the same
     transaction as the new one is written (:func:`retry_message`).
+    ``first_contact``: no poll of the mailbox has completed yet, so mail that
+    reached the server before ``notices.max_age_hours`` is a backlog from before
+    mailcase: its cases open silently. Afterwards old mail is still answered
+    (mail moved out of a junk folder keeps its arrival time; so does mail
+    that waited out an outage).
     """
     log = get_logger(mailbox=mailbox, uid=fetched.uid)
     try:
@@ -436,7 +447,15 @@ def ingest_message(
         mail_and_note = _parse(rt, fetched, raw_sha, parsed)
         with rt.store.transaction() as session:
             entry, folio = _ingest(
-                rt, session, mailbox, uidvalidity, fetched, raw_sha, mail_and_note, retry=retry
+                rt,
+                session,
+                mailbox,
+                uidvalidity,
+                fetched,
+                raw_sha,
+                mail_and_note,
+                retry=retry,
+                first_contact=first_contact,
             )
             if folio is None and entry.case_id is not None:  # a message met again
                 folio = run(session, _FOLIO_OF, {"id": entry.case_id}).scalar()
@@ -771,15 +790,22 @@ def _ingest(
     parsed: tuple[InboundMail, str],
     *,
     retry: bool = False,
+    first_contact: bool = False,
 ) -> tuple[LedgerEntry, str | None]:
     """Record the message in ``session``: its ledger row, and its case's folio if known.
 
     With ``retry``, a quarantined ledger row of the message is deleted in this
     transaction, so that it is replaced, or kept if the transaction fails.
+    ``first_contact``: see :func:`ingest_message`.
     """
     mail, note = parsed
     existing = _existing(session, mailbox, uidvalidity, fetched.uid, mail.dedup_key)
+    # Old mail is left unanswered on a first contact (see ingest_message), and on a
+    # retry as it was when first met: a message of a first contact's backlog stays
+    # unanswered, one quarantined last week is answered now.
+    age_gate, met_at = first_contact, utcnow()
     if existing is not None and retry and existing.disposition == Disposition.QUARANTINED:
+        age_gate, met_at = True, as_utc(existing.ingested_at) or met_at
         session.delete(existing)
         session.flush()
     elif existing is not None:
@@ -815,7 +841,7 @@ def _ingest(
         now=utcnow(),
         reopen_days=settings.cases.reopen_days,
     )
-    if _too_old(settings, fetched):
+    if age_gate and _too_old(settings, fetched, met_at):
         # Old mail met for the first time: opened and recorded, never answered.
         decision = replace(decision, acknowledge=False, quiet=True)
         note = "; ".join(n for n in (note, "older than notices.max_age_hours: not answered") if n)
@@ -861,11 +887,13 @@ def _copies_among(rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry]) ->
 _ORIGINS_COMPARED = 20  # the latest rows under one id: a fixed id is reused without end
 
 
-def _too_old(settings: Settings, fetched: FetchedMessage) -> bool:
+def _too_old(settings: Settings, fetched: FetchedMessage, met_at: datetime) -> bool:
+    """Whether ``fetched`` had been on the server longer than ``notices.max_age_hours``
+    when mailcase first met it (``met_at``)."""
     received = as_utc(fetched.internal_date)
     if received is None:
         return False
-    return utcnow() - received > timedelta(hours=settings.notices.max_age_hours)
+    return met_at - received > timedelta(hours=settings.notices.max_age_hours)
 
 
 def case_ref(session: Session, case: Case) -> CaseRef:
@@ -1087,8 +1115,11 @@ def _agent_message(
     """A verified agent wrote on ``case``: run its commands, or relay its words."""
     settings = rt.settings
     # Only what the agent wrote: a reply that is nothing but the quoted notice
-    # must not relay the internal notice to the customer.
-    parsed = parse_commands(new_text(mail.text))
+    # must not relay the internal notice to the customer. An HTML-only reply
+    # is cut where its markup starts the quote, which no attribution wording
+    # can hide (inbound.html_texts).
+    written = agent_text(mail.text if mail.text_above_quote is None else mail.text_above_quote)
+    parsed = parse_commands(written.text)
     by = mail.sender
     problems = [{"line": p.line, "problem": p.problem} for p in parsed.problems]
     problems += [
@@ -1096,6 +1127,8 @@ def _agent_message(
         for c in parsed.commands
         if c.kind is CommandKind.ROUTE and c.area not in settings.areas
     ]
+    if written.notice_line:  # our notice is in the text, and where it starts is unknown
+        problems.append({"line": written.notice_line, "problem": "quoted_notice"})
     if not problems:  # what the case's state and the reply's other commands forbid
         now_local = utcnow().astimezone(settings.folio.zone)
         problems += [

@@ -102,3 +102,74 @@ def test_arrival_times_are_right_whatever_the_hosts_time_zone(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_after_the_first_contact_old_mail_is_answered_and_agents_told(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # Mail an agent moves out of Junk days later keeps its arrival time (IMAP's
+    # INTERNALDATE), and so does mail that waited out an outage: it is a report
+    # of a customer like any other, not a backlog from before mailcase.
+    cli = Cli(write_config(tmp_path, mailboxes, sink, notify=True), capsys)
+    cli.poll()  # the first contact: an empty mailbox
+    four_days_ago = datetime.now(UTC) - timedelta(days=4)
+    mailboxes.append("contacto", mail(sender="rescatado@example.com"), internal_date=four_days_ago)
+    cli.poll()
+    rcpts = sorted(r for m in sink.messages for r in m.rcpt_tos)
+    assert rcpts == sorted(["rescatado@example.com", NOTIFY])
+    [row] = cli.json("messages", "list")
+    assert "max_age_hours" not in row["reason"]
+
+
+def test_a_first_contact_cut_short_stays_silent_for_its_backlog(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    import sqlalchemy as sa
+
+    from mailcase.config import load_settings
+    from mailcase.store import Store
+
+    config = write_config(tmp_path, mailboxes, sink, notify=True)
+    cli = Cli(config, capsys)
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    mailboxes.append("contacto", mail(sender="viejo1@example.com"), internal_date=long_ago)
+    cli.poll()
+    # As if that first poll had stopped midway (a kill, a lost lease): no poll completed.
+    store = Store.open(load_settings(config).database.url, auto_upgrade=False)
+    with store.transaction() as session:
+        session.execute(sa.text("UPDATE checkpoints SET last_poll_at = NULL"))
+    store.dispose()
+    mailboxes.append("contacto", mail(sender="viejo2@example.com"), internal_date=long_ago)
+    cli.poll()
+    assert sink.messages == []
+    assert all("max_age_hours" in r["reason"] for r in cli.json("messages", "list"))
+
+
+def test_a_retry_answers_a_message_that_was_recent_when_first_met(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers import offline_runtime
+    from sqlmodel import select
+
+    from mailcase import service
+    from mailcase.imap import FetchedMessage
+    from mailcase.models import Notice
+
+    rt = offline_runtime(tmp_path)
+    arrived = datetime.now(UTC)
+    fetched = FetchedMessage(uid=1, raw=mail(sender="cliente@example.com"), internal_date=arrived)
+    real_apply = service._apply
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug of the release before")
+
+    monkeypatch.setattr(service, "_apply", broken)
+    assert service.ingest_message(rt, "contacto", 1, fetched, first_contact=True) == "quarantined"
+    monkeypatch.setattr(service, "_apply", real_apply)  # the fix, installed 80 hours later
+    later = arrived + timedelta(hours=80)
+    monkeypatch.setattr(service, "utcnow", lambda: later)
+    assert service.retry_message(rt, "contacto", 1) == "new_case"
+    with rt.store.transaction() as session:
+        kinds = [n.kind for n in session.exec(select(Notice)).all()]
+    rt.store.dispose()
+    assert kinds == ["acknowledgement"]
