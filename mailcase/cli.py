@@ -19,7 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -745,7 +745,7 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
     """``messages show UID --mailbox M``: what an admin needs to judge a quarantined
     message without a mail client: who sent it, its subject, and its stored file."""
     from mailcase.blobs import BlobStore, read_header
-    from mailcase.inbound import header_summary
+    from mailcase.inbound import header_summary, origin_of
 
     store = _open_store(settings, create=False)
     with store.transaction() as session:
@@ -766,11 +766,15 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
         head = b""
         item["stored"] = f"cannot be read: {exc.strerror or exc}"
     headers = header_summary(head) if head else {}
+    written = origin_of(head)[1] if head else None
     item |= {
         "from": headers.get("from", ""),
         "to": headers.get("to", ""),
         "subject": headers.get("subject", ""),
-        "date": headers.get("date", ""),
+        # As `cases show` gives a message's date (ISO 8601, UTC; null when the
+        # header is missing or not a date), and the header's own words beside it.
+        "date": written.astimezone(UTC).isoformat() if written else None,
+        "date_header": headers.get("date", ""),
         "header_message_id": headers.get("message-id", ""),
         "size": entry.size,
         "raw_sha256": entry.raw_sha256,
@@ -779,6 +783,9 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(item)
     else:
+        zone = settings.folio.zone
+        for key in ("received_at", "ingested_at", "date"):  # as every table shows times
+            item[key] = _local(item[key], zone)
         width = max(len(key) for key in item)
         for key, value in item.items():
             print(f"{key.ljust(width)}  {'' if value is None else value}")

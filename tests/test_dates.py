@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from helpers import mail, offline_runtime
+from helpers import Cli, mail, offline_runtime, write_config
+from servers import Dovecot, SmtpSink
 
 from mailcase import service
 from mailcase.imap import FetchedMessage
@@ -37,3 +39,22 @@ def test_a_message_with_a_date_out_of_range_opens_its_case(tmp_path: Path) -> No
     fetched = FetchedMessage(uid=1, raw=raw, internal_date=datetime.now(UTC))
     assert service.ingest_message(rt, "contacto", 1, fetched) == "new_case"
     rt.store.dispose()
+
+
+def test_messages_show_gives_times_as_every_other_command(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    uid = mailboxes.append("contacto", dated("Fri, 20 Nov 2026 10:30:00 -0600"))
+    cli.poll()
+    shown = cli.json("messages", "show", str(uid), "--mailbox", "contacto")
+    # --json: ISO 8601 in UTC, as `cases show` gives a message's date; the header beside it.
+    assert shown["date"] == "2026-11-20T16:30:00+00:00"
+    assert shown["date_header"] == "Fri, 20 Nov 2026 10:30:00 -0600"
+    assert datetime.fromisoformat(shown["received_at"]).tzinfo is not None
+    # For people: to the minute, in the business's time zone (America/Mexico_City).
+    code, out, _ = cli("messages", "show", str(uid), "--mailbox", "contacto")
+    assert code == 0
+    lines = {line.split()[0]: line.split(None, 1)[-1] for line in out.splitlines() if line.strip()}
+    assert lines["date"] == "2026-11-20 10:30 CST"
+    assert datetime.strptime(lines["received_at"], "%Y-%m-%d %H:%M CST")
