@@ -25,9 +25,13 @@ def format_folio(prefix: str, year: int, number: int) -> str:
 @lru_cache(maxsize=16)
 def _folio_pattern(prefix: str) -> re.Pattern[str]:
     # The prefix comes from config: escape it, never splice it raw into a regex.
-    sep = r"[\s_]*[-‐‑–—][\s_]*"  # ASCII and Unicode dashes some clients substitute
+    # A dash (ASCII, or the Unicode ones some clients substitute), or spaces: a folio
+    # read out on the phone comes back typed as "PLR 2026 000123". Written with no
+    # separator at all, the number must have its full six digits ("PLR2026000123").
+    sep = r"(?:[\s_]*[-‐‑–—][\s_]*|[\s_]+)"
     return re.compile(
-        rf"(?<![A-Za-z0-9]){re.escape(prefix)}{sep}([0-9]{{4}}){sep}([0-9]{{1,9}})(?![0-9])",
+        rf"(?<![A-Za-z0-9]){re.escape(prefix)}"
+        rf"(?:{sep}([0-9]{{4}}){sep}([0-9]{{1,9}})|([0-9]{{4}})([0-9]{{6,9}}))(?![0-9])",
         re.IGNORECASE,
     )
 
@@ -36,7 +40,7 @@ def find_folios(subject: str, prefix: str) -> list[str]:
     """Every folio of ``prefix`` in ``subject``, canonicalised, in order of appearance."""
     found: dict[str, None] = {}
     for match in _folio_pattern(prefix).finditer(subject):
-        year, number = int(match.group(1)), int(match.group(2))
+        year, number = (int(match.group(i) or match.group(i + 2)) for i in (1, 2))
         if number > 0:
             found[format_folio(prefix, year, number)] = None
     return list(found)

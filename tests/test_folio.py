@@ -61,6 +61,10 @@ def test_a_seven_digit_folio_is_found_again() -> None:
         "PLR—2026—000123",  # U+2014 em dash
         "Mi folio es PLR-2026-123, gracias",
         "(PLR-2026-000123)",
+        # Read out on the phone and typed back: spaces, or nothing at all.
+        "Re: folio PLR 2026 000123",
+        "folio plr 2026 123",
+        "Re: PLR2026000123",
     ],
 )
 def test_find_folios_tolerates_what_clients_do_to_subjects(subject: str) -> None:
@@ -81,7 +85,8 @@ def test_find_folios_returns_every_folio_canonical_in_order_without_repeats() ->
         "PLRX-2026-000001",
         "PLR-26-000001",  # the year is four digits
         "PLR-2026-000000",  # sequences start at 1
-        "PLR 2026 000001",  # no dash at all
+        "PLR2026001",  # no separator at all needs the six digits of the number
+        "PLR 2026",
         "Sin internet desde 2026",
         "",
     ],
