@@ -28,7 +28,10 @@ Order of the rules, and why:
    since (by itself after ``cases.close_after_days``, or by an agent): the
    resolution notice promises that window. On a case closed without a
    resolution, or later, it opens a new case linked to the old one
-   (OTRS/Znuny and Zammad reopen closed tickets on a follow-up alike).
+   (OTRS/Znuny and Zammad reopen closed tickets on a follow-up alike), unless
+   a folio in the subject names another case of the sender's that is open or
+   may be reopened: a reply in the thread of an old case about a newer one
+   joins the newer one.
 7. Anything else from a person opens a new case with an acknowledgement,
    unless the sender is one of our own or an automatic address.
 """
@@ -138,19 +141,20 @@ def triage(
             reason="claims an agent's address without proof",
         )
 
-    joined: CaseRef | None = None
-    why = ""
+    # The cases the message may join, headers first; a folio only for its own people.
+    candidates: list[tuple[CaseRef, str]] = []
     if facts.by_reference is not None:
-        joined, why = facts.by_reference, "threading headers"
+        candidates.append((facts.by_reference, "threading headers"))
     strangers: list[str] = []
-    if joined is None:
-        for case in facts.by_folio:
-            if case.admits(mail.sender):
-                joined, why = case, f"folio {case.folio}"
-                break
+    for case in facts.by_folio:
+        if case.admits(mail.sender):
+            candidates.append((case, f"folio {case.folio}"))
+        elif not candidates:
             strangers.append(case.folio)
 
-    if joined is not None:
+    # The first that is open or may be reopened: a reply in the thread of an old
+    # closed case whose subject names the customer's open one joins the open one.
+    for joined, why in candidates:
         if joined.status == "open":
             return Decision(Disposition.FOLLOW_UP, case=joined, reason=why)
         resolved = joined.status == "resolved" or (
@@ -160,10 +164,11 @@ def triage(
             return Decision(
                 Disposition.FOLLOW_UP, case=joined, reopen=True, reason=f"{why}; reopens the case"
             )
+    if candidates:
         # Closed unresolved, or resolved too long ago: a new case, linked to the old one.
-        strangers = [joined.folio]
+        joined = candidates[0][0]
         why = f"follows {joined.status} case {joined.folio}"
-        return _new_case(mail, own_addresses, strangers, why)
+        return _new_case(mail, own_addresses, [joined.folio], why)
 
     why = f"names folio of another sender: {', '.join(strangers)}" if strangers else ""
     return _new_case(mail, own_addresses, strangers, why)

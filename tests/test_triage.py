@@ -141,6 +141,18 @@ def test_threading_reference_wins_over_a_folio_in_the_subject() -> None:
     assert decision.case == CASE
 
 
+def test_a_folio_of_an_open_case_wins_over_headers_naming_a_closed_one() -> None:
+    # The customer answers in the thread of an old, closed case, but writes the folio
+    # of their open one in the subject: that one, not a third case.
+    old = CaseRef(id=3, folio="PLR-2026-000003", customer=CUSTOMER, status="closed")
+    mail = inbound(subject="Re: [Folio PLR-2026-000001] sigo sin internet")
+    decision = decide(mail, Facts(by_reference=old, by_folio=(CASE,)))
+    assert (decision.disposition, decision.case) == (Disposition.FOLLOW_UP, CASE)
+    # Someone else's folio does not: the old thread's rule stands.
+    decision = decide(mail, Facts(by_reference=old, by_folio=(OTHER,)))
+    assert decision.open_case and decision.related == ("PLR-2026-000003",)
+
+
 # Rule 4: a folio joins only for the customer (or an agent); others get their own case.
 
 
