@@ -36,6 +36,7 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "case_closed",  # resolve, visit or route on a closed case: reopen it first
     "missing_cause",  # a resolution without the causes the customer must be told
     "visit_in_past",  # a visit before now, in the business's time zone
+    "visit_too_far",  # more than VISIT_MAX_DAYS_AHEAD ahead: the year mistyped, most likely
     "visit_hours",  # a visit time outside VISIT_HOURS ("4:30" meant 16:30, most likely)
     "repeated",  # the same command twice in one reply
     "conflict",  # #cerrar with #reabrir, or #nota with #resolver, in one reply
@@ -59,20 +60,29 @@ def resolve_problem(status: str, cause: str) -> str | None:
 # When technicians visit homes. An hour outside is a mistake, not a plan: agents
 # write "4:30" for the afternoon, which would tell the customer 4:30 a.m.
 VISIT_HOURS = ("07:00", "21:00")
+# How far ahead a visit may be. Visits are booked days or weeks ahead; one
+# years ahead is a typo in the year (2062 for 2026) that would tell the
+# customer a date nobody will keep.
+VISIT_MAX_DAYS_AHEAD = 180
 
 
 def visit_problem(status: str, day: date, hour: str | None, now_local: datetime) -> str | None:
     """Why a visit on ``day`` at ``hour`` ("HH:MM") cannot be scheduled, or ``None``.
 
     ``now_local`` is now in the business's time zone: a visit before it (a
-    typo in the year, say) would tell the customer a date that has passed.
-    A time outside :data:`VISIT_HOURS` is refused too.
+    typo in the year, say) would tell the customer a date that has passed,
+    and one more than :data:`VISIT_MAX_DAYS_AHEAD` days after it (the same
+    typo the other way) a date nobody will keep. A time outside
+    :data:`VISIT_HOURS` is refused too.
     """
     if status == CaseStatus.CLOSED:
         return "case_closed"
     today = now_local.date()
     if day < today or (day == today and hour is not None and hour < now_local.strftime("%H:%M")):
         return "visit_in_past"
+    # Compared as a number of days: today + timedelta overflows near date.max.
+    if (day - today).days > VISIT_MAX_DAYS_AHEAD:
+        return "visit_too_far"
     if hour is not None and not VISIT_HOURS[0] <= hour <= VISIT_HOURS[1]:
         return "visit_hours"
     return None
@@ -134,6 +144,8 @@ _REFUSALS = {
     "case_closed": "case {folio} is closed: reopen it first (mailcase cases reopen {folio})",
     "missing_cause": "resolving case {folio} needs the causes (--cause): the customer is told them",
     "visit_in_past": "the visit {when} for case {folio} is in the past (now {now})",
+    "visit_too_far": "the visit {when} for case {folio} is more than "
+    f"{VISIT_MAX_DAYS_AHEAD} days ahead (now {{now}}): check the year",
     "visit_hours": "the visit time {when} for case {folio} is outside visiting hours "
     "(07:00 to 21:00): write it in 24-hour time, e.g. 16:30",
 }

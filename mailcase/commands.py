@@ -12,13 +12,18 @@ commands, one per line, each starting with ``#``::
 The command block is the ``#`` lines at the very top of the text (blank lines
 before and between them are allowed). The first line that does not start with
 ``#`` ends it; that line and everything after it are the agent's words
-(:attr:`ParsedCommands.text`). A ``#`` line further down is ordinary text
-("te llamo a las #3"), never a command.
+(:attr:`ParsedCommands.text`). Invisible format characters (a byte order mark,
+a zero-width space: Unicode category Cf, which editors and HTML mail leave at
+the start of a line) are not read as part of a line's start.
 
 Every ``#`` line in the block is either a :class:`Command` or a
 :class:`CommandProblem`, never both and never dropped: a typo such as
 ``#ntoa`` must not be mistaken for text (it would send an internal note to the
-customer), so it is reported back to the agent instead.
+customer), so it is reported back to the agent instead. A ``#`` line further
+down is ordinary text ("#1 en el servicio", a hashtag), unless it names a
+command: an agent who writes "Buenas tardes," and then ``#nota`` (or
+``#nota: el cliente debe...``) meant a note, and relaying it would send the
+note to the customer, so that line is a ``misplaced_command`` problem too.
 
 Spanish and English names are aliases of each other, and names and arguments
 compare case- and accent-insensitively (``#Área``, ``#AREA`` and ``#area`` are
@@ -63,17 +68,18 @@ class Command:
     visit_date: date | None = None  # VISIT only
     visit_time: time | None = None  # VISIT only, and only when a time was written
     area: str | None = None  # ROUTE only: lower-case ASCII letters, digits, "-" and "_"
-    line: str = ""  # the line as the agent wrote it, surrounding whitespace removed
+    line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
 @dataclass(frozen=True, slots=True)
 class CommandProblem:
-    """A ``#`` line of the command block that is not a well-formed command.
+    """A ``#`` line of the command block that is not a well-formed command, or a
+    well-formed command below the block (``misplaced_command``).
 
     ``problem`` is one of :data:`PROBLEM_CODES`; templates turn it into a sentence.
     """
 
-    line: str  # the line as the agent wrote it, surrounding whitespace removed
+    line: str  # the line as the agent wrote it, read by line_start()
     problem: str
 
 
@@ -99,9 +105,14 @@ PROBLEM_CODES: tuple[str, ...] = (
     "missing_area",
     "bad_area",
     "unexpected_argument",
+    "misplaced_command",  # a well-formed command below the first line of text
 )
 # Codes the service adds, knowing the configuration: an area not in [areas].
 CONFIG_PROBLEM_CODES: tuple[str, ...] = ("unknown_area",)
+# Codes the service adds about the reply as a whole: mailcase's own notice to
+# agents is still in the reply's text because nothing above it marks where the
+# quote starts (quoting.AgentText.notice_line), so relaying would send it.
+REPLY_PROBLEM_CODES: tuple[str, ...] = ("quoted_notice",)
 
 # The valid forms, Spanish first, for the help footer of notices to agents.
 COMMAND_FORMS: tuple[str, ...] = (
@@ -139,6 +150,12 @@ _OUTCOMES: dict[str, Outcome] = {
     "invalid": "invalid",
 }
 
+# What agents write after a time that is not 24-hour ("4:30 pm", "16:30 hrs",
+# "4:30 p. m."), folded and without dots: the time is what is wrong.
+_CLOCK_SUFFIXES = frozenset({"am", "pm", "h", "hr", "hrs", "hs", "horas"})
+# Written after the outcome as in a sentence ("#resolver procedente.").
+_TRAILING_PUNCTUATION = ".:,;"
+
 # re.ASCII: \d would otherwise accept Arabic-Indic and other digits, which
 # int() reads but no agent means.
 _DATE_RE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})", re.ASCII)
@@ -154,12 +171,16 @@ def parse_commands(text: str) -> ParsedCommands:
     * never raises;
     * every ``#`` line of the block yields exactly one :class:`Command` or one
       :class:`CommandProblem`, in the order written;
+    * every line of ``text`` that names a command (:func:`command_kind`) yields
+      one ``misplaced_command`` problem, after those of the block; no other
+      line of ``text`` yields anything;
     * ``text`` is ``"\\n".join(lines[k:])`` for ``lines = text.split("\\n")`` and
       some ``k`` (so it is a suffix of the input); it is empty or starts with a
-      non-blank line that does not start with ``#``.
+      non-blank line that does not start with ``#``, both read by
+      :func:`line_start`.
 
-    A line is blank when it is only whitespace; a line belongs to the block
-    when, leading whitespace removed, it starts with ``#``.
+    A line is blank when :func:`line_start` leaves nothing of it; a line
+    belongs to the block when what it leaves starts with ``#``.
     """
     # Split on "\n" only (not str.splitlines, which also splits on \x0b, \x1c,
     # U+2028...) so that the remaining text is an exact suffix of the input;
@@ -169,7 +190,7 @@ def parse_commands(text: str) -> ParsedCommands:
     problems: list[CommandProblem] = []
     index = 0
     while index < len(lines):
-        stripped = lines[index].strip()
+        stripped = line_start(lines[index])
         if stripped.startswith("#"):
             parsed = _parse_line(stripped)
             if isinstance(parsed, Command):
@@ -179,9 +200,36 @@ def parse_commands(text: str) -> ParsedCommands:
         elif stripped:
             break
         index += 1
+    for line in lines[index + 1 :]:
+        stripped = line_start(line)
+        # A line that names a command, well-formed or not ("#nota: el cliente
+        # debe..."): "#1 en el servicio" or "#SomosPLR" is text the agent means
+        # the customer to read, a note is not.
+        if stripped.startswith("#") and command_kind(stripped) is not None:
+            problems.append(CommandProblem(stripped, "misplaced_command"))
     return ParsedCommands(
         commands=tuple(commands), problems=tuple(problems), text="\n".join(lines[index:])
     )
+
+
+def line_start(line: str) -> str:
+    """``line`` without surrounding whitespace nor the format characters before it.
+
+    Format characters (Unicode category Cf: U+FEFF, U+200B, U+2060, bidi
+    marks, soft hyphens) are invisible: a line the agent sees as ``#nota`` is
+    read as ``#nota`` whatever the editor or the HTML put before it.
+    """
+    stripped = line.strip()
+    start = 0
+    while start < len(stripped) and (
+        stripped[start].isspace() or unicodedata.category(stripped[start]) == "Cf"
+    ):
+        start += 1
+    return stripped[start:]
+
+
+def _without_format_characters(value: str) -> str:
+    return "".join(c for c in value if unicodedata.category(c) != "Cf")
 
 
 def _fold(value: str) -> str:
@@ -192,15 +240,16 @@ def _fold(value: str) -> str:
 
 def command_kind(line: str) -> CommandKind | None:
     """The command a ``#`` line names, however it is spelt ("#Área x" → ROUTE), or None."""
-    words = line[1:].split()
+    words = _without_format_characters(line[1:]).split()
     if not words or line[1:2].isspace():
         return None
     return _NAMES.get(_fold(words[0]).removesuffix(":"))
 
 
 def _parse_line(line: str) -> Command | CommandProblem:
-    """One ``#`` line (already stripped) → a command, or the reason it is not one."""
-    words = line[1:].split()
+    """One ``#`` line (read by :func:`line_start`) → a command, or the reason it is not one."""
+    # Invisible characters inside the line ("#nota\u200b") are not part of any word.
+    words = _without_format_characters(line[1:]).split()
     if line[1:2].isspace():
         # "# nota" reads as a Markdown heading or a list, not as "#nota".
         words = []
@@ -229,7 +278,7 @@ def _parse_line(line: str) -> Command | CommandProblem:
 def _resolve(line: str, args: list[str]) -> Command | CommandProblem:
     if not args:
         return CommandProblem(line, "missing_outcome")
-    outcome = _OUTCOMES.get(_fold(args[0]))
+    outcome = _OUTCOMES.get(_fold(args[0]).rstrip(_TRAILING_PUNCTUATION))
     if outcome is None:
         # Includes "no procedente": the outcome must be one word, so that
         # "no" can never be read as its opposite.
@@ -249,7 +298,10 @@ def _visit(line: str, args: list[str]) -> Command | CommandProblem:
         if visit_time is None:
             return CommandProblem(line, "bad_time")
     if len(args) > 2:
-        # "10:30 am", "10:30 hrs": refuse rather than guess what was meant.
+        # "4:30 pm", "16:30 hrs": refuse rather than guess what was meant, and
+        # say it is the time (24-hour HH:MM) that is wrong.
+        if _fold("".join(args[2:])).replace(".", "") in _CLOCK_SUFFIXES:
+            return CommandProblem(line, "bad_time")
         return CommandProblem(line, "unexpected_argument")
     return Command(CommandKind.VISIT, visit_date=visit_date, visit_time=visit_time, line=line)
 
@@ -280,7 +332,9 @@ def _route(line: str, args: list[str]) -> Command | CommandProblem:
     if not args:
         return CommandProblem(line, "missing_area")
     if len(args) > 1:
-        return CommandProblem(line, "unexpected_argument")
+        # "#area soporte técnico": a name with a space, which bad_area's
+        # sentence explains ("sin espacios"); the agent meant one area.
+        return CommandProblem(line, "bad_area")
     # Folded like the command name, so "Soporte-Técnico" is "soporte-tecnico":
     # area names are configuration keys, and an accent is not a different area.
     area = _fold(args[0])

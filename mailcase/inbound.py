@@ -15,6 +15,9 @@ can rely on:
   turned into text with no tags and no script or style content; decoded here
   (not by mail-parser) by the charset rules of the WHATWG Encoding Standard
   that mail clients follow (iso-8859-1 and us-ascii labels mean windows-1252);
+* for HTML-only mail whose HTML marks where the quoted history starts (the
+  quote elements mail clients write), ``text_above_quote`` is the text above
+  that mark, found before the markup is gone (see :func:`html_texts`);
 * every attachment is kept, a part without a file name under a generated one
   (``attachment-1.jpg``).
 
@@ -44,6 +47,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mailcase.errors import MessageError
+from mailcase.quoting import is_attribution_line
 
 # mail-parser logs its opinion of each message's parts at WARNING and ERROR
 # ("Email content 'calendar' not handled", "Failed decoding header part: …"),
@@ -104,6 +108,9 @@ class InboundMail:
     # Without a Message-ID: the hash of the message without the header fields each
     # delivery adds (_content_sha256); "" when it has an id.
     content_sha256: str = ""
+    # HTML-only mail with a client's quote element: the text above it, without
+    # the attribution line right above it; None otherwise (see html_texts).
+    text_above_quote: str | None = None
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (case-insensitive), or ""."""
@@ -245,7 +252,7 @@ def parse_inbound(
         # Before mail-parser reads the parts: it must see the names given to unnamed ones.
         plain_parts, html_parts = _sort_parts(message)
         parsed = _read_body(message)
-        text = _body_text(plain_parts, html_parts)
+        text, text_above_quote = _body_text(plain_parts, html_parts)
     except Exception as exc:  # mail-parser raises many types for broken input
         raise MessageError(f"cannot parse message: {type(exc).__name__}: {exc}") from exc
     message_id = _first_msgid(headers.get("message-id", ()))
@@ -278,6 +285,7 @@ def parse_inbound(
         content_type=_content_type(message.get_content_type()),
         raw_sha256=hashlib.sha256(raw).hexdigest(),
         content_sha256="" if message_id else _content_sha256(raw),
+        text_above_quote=text_above_quote,
         size=len(raw),
         defects=tuple(sorted(str(c) for c in (parsed.defects_categories or ()))),
     )
@@ -829,14 +837,23 @@ def _set_disposition_type(part: Message, disposition: str) -> None:
     part["Content-Disposition"] = disposition
 
 
-def _body_text(plain_parts: Iterable[Message], html_parts: Iterable[Message]) -> str:
-    """The readable text of the body: its text/plain parts, else its HTML as text."""
+def _body_text(
+    plain_parts: Iterable[Message], html_parts: Iterable[Message]
+) -> tuple[str, str | None]:
+    """The readable text of the body: its text/plain parts, else its HTML as text;
+    and, for HTML, the text above its first quote element (None when it has none,
+    and for text/plain, where the quote is found in the text: mailcase.quoting)."""
     plain = [t for t in map(_part_text, plain_parts) if t.strip()]
+    above: str | None = None
     if plain:
         text = "\n".join(plain)
     else:
         html = "\n".join(t for t in map(_part_text, html_parts) if t)
-        text = html_to_text(html) if html else ""
+        text, above = html_texts(html) if html else ("", None)
+    return _tidy(text), None if above is None else _tidy(above)
+
+
+def _tidy(text: str) -> str:
     text = _clean(text).replace("\r\n", "\n").replace("\r", "\n")
     return text.strip("\n")
 
@@ -877,14 +894,48 @@ _BLOCK_TAGS = frozenset(
 )
 _SKIP_TAGS = frozenset({"script", "style", "head", "title", "noscript", "template"})
 
+# Where mail clients start the quoted history of a reply in HTML: Apple Mail,
+# Thunderbird and most webmail quote in <blockquote type="cite">; Gmail in
+# div.gmail_quote (inside div.gmail_quote_container, with its attribution);
+# Yahoo in div.yahoo_quoted, whose id is "yahoo_quoted_…" (or "ydp…yahoo_quoted_…");
+# Thunderbird writes its attribution in div.moz-cite-prefix; Outlook on the
+# web and new Outlook put div#appendonsend above the rule and div#divRplyFwdMsg
+# (the From/Sent block) under it. A bare <blockquote> is a quote only right
+# under an attribution ("… escribió:"): Gmail's "indent" is one too.
+_QUOTE_CLASSES = frozenset(
+    {"gmail_quote", "gmail_quote_container", "yahoo_quoted", "moz-cite-prefix"}
+)
+_QUOTE_IDS = frozenset({"appendonsend", "divrplyfwdmsg"})
+_QUOTE_ID_PART = "yahoo_quoted"
+# How much text is looked at above a bare <blockquote> for its attribution:
+# an attribution is one line of at most a few hundred characters, and bounding
+# the look keeps thousands of <blockquote> linear.
+_ATTRIBUTION_LOOKBACK_PARTS = 64
+_ATTRIBUTION_LOOKBACK_CHARS = 600
+
+
+def _is_quote_element(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+    """Whether a start tag is one of the quote elements above (a bare <blockquote> aside)."""
+    values = {name: (value or "") for name, value in attrs}
+    if tag == "blockquote" and values.get("type", "").strip().lower() == "cite":
+        return True
+    if not _QUOTE_CLASSES.isdisjoint(values.get("class", "").lower().split()):
+        return True
+    element_id = values.get("id", "").strip().lower()
+    return element_id in _QUOTE_IDS or _QUOTE_ID_PART in element_id
+
 
 class _TextExtractor(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.skip_depth = 0
+        # len(parts) when the first quote element started: parts[:quote_at] is
+        # the text above the quoted history. None while there is none.
+        self.quote_at: int | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._note_quote(tag, attrs)
         if tag in _SKIP_TAGS:
             self.skip_depth += 1
         elif tag in _BLOCK_TAGS:
@@ -893,8 +944,29 @@ class _TextExtractor(HTMLParser):
             self.parts.append("- ")
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._note_quote(tag, attrs)
         if tag in _BLOCK_TAGS:
             self.parts.append("\n")
+
+    def _note_quote(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.quote_at is not None or self.skip_depth:
+            return
+        if _is_quote_element(tag, attrs) or (
+            tag == "blockquote" and is_attribution_line(self._last_line())
+        ):
+            self.quote_at = len(self.parts)
+
+    def _last_line(self) -> str:
+        """The last non-blank line of the text so far, or part of it (bounded look-back)."""
+        tail: list[str] = []
+        size = 0
+        for part in reversed(self.parts[-_ATTRIBUTION_LOOKBACK_PARTS:]):
+            tail.append(part)
+            size += len(part)
+            if size > _ATTRIBUTION_LOOKBACK_CHARS:
+                break
+        lines = "".join(reversed(tail)).rstrip().rsplit("\n", 1)
+        return lines[-1]
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIP_TAGS:
@@ -909,12 +981,36 @@ class _TextExtractor(HTMLParser):
 
 def html_to_text(html: str) -> str:
     """Readable text from HTML: no tags, no script/style content, entities decoded."""
+    return html_texts(html)[0]
+
+
+def html_texts(html: str) -> tuple[str, str | None]:
+    """:func:`html_to_text` of ``html``, and the text above its quoted history.
+
+    The second is ``None`` unless ``html`` has one of the quote elements mail
+    clients write (see ``_QUOTE_CLASSES``): then it is the text before the
+    first of them, read as :func:`html_to_text` reads it, without its last
+    line when that line is an attribution ("Internet Plarey escribió:"), in
+    any wording, since it stands right above a quote. Cut here, where the
+    markup still says where the quote starts: in the text, only the
+    attribution's wording would, and not every client's is known.
+    """
     extractor = _TextExtractor()
     try:
         extractor.feed(html)
         extractor.close()
     except Exception:  # HTMLParser is lenient; this is belt and braces
-        return re.sub(r"<[^>]*>", " ", html)
-    lines = [" ".join(line.split()) for line in "".join(extractor.parts).split("\n")]
-    text = "\n".join(lines)
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+        return re.sub(r"<[^>]*>", " ", html), None
+    text = _readable("".join(extractor.parts))
+    if extractor.quote_at is None:
+        return text, None
+    above = _readable("".join(extractor.parts[: extractor.quote_at])).split("\n")
+    if is_attribution_line(above[-1]):
+        above.pop()
+    return text, "\n".join(above).strip()
+
+
+def _readable(text: str) -> str:
+    """Each line's whitespace collapsed, at most one blank line in a row, no blank ends."""
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

@@ -5,10 +5,10 @@ English. Each client marks the start of the quoted history differently; this
 module knows the shapes below and cuts the body at the first one it finds:
 
 * an attribution line ending in ``wrote:`` / ``escribió:`` and starting with
-  ``On`` / ``El``, possibly wrapped over up to three lines (Gmail, Apple Mail,
-  Yahoo, Thunderbird), that names an address or a time of day, or that only
-  ``>``-quoted lines follow (customer prose such as "El 20 de noviembre el
-  técnico me escribió:" is kept);
+  ``On`` / ``El`` / ``En``, possibly wrapped over up to three lines (Gmail,
+  Apple Mail, Yahoo, Thunderbird), that names an address or a time of day, or
+  that only ``>``-quoted lines follow (customer prose such as "El 20 de
+  noviembre el técnico me escribió:" is kept);
 * an ``-----Original Message-----`` / ``-----Mensaje original-----`` marker
   (Outlook desktop) or a forwarded-message marker (Gmail, Apple Mail);
 * an Outlook header block, ``From:``/``De:`` followed by at least two of
@@ -18,6 +18,12 @@ module knows the shapes below and cuts the body at the first one it finds:
 
 Then it drops every ``>``-quoted line, the signature after an RFC 3676
 ``-- `` delimiter, and a trailing "Sent from my iPhone" style line.
+
+Whatever the client, mailcase's own notice to agents must never be relayed
+from an agent's reply: when the text left still holds the notice (its
+``Folio:``/``Cliente:``/``Buzón:`` block, or the line introducing its command
+help), it is cut at the quote header just above the notice, in any wording;
+when there is none, :func:`agent_text` says so and the reply is refused.
 
 Everything is line-based with anchored, bounded regular expressions, so the
 cost is linear in the size of the text: a 1 MB reply takes tens of milliseconds, and
@@ -29,6 +35,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # Attribution lines are short; anything longer is prose that happens to end
 # in "wrote:". Bounding them also bounds the work done per candidate.
@@ -41,7 +48,8 @@ _MAX_ATTRIBUTION_LINES = 3
 _HEADER_BLOCK_WINDOW = 10
 _MARKER_MAX_CHARS = 120
 
-_ATTRIBUTION_START = re.compile(r"(?:on|el)\s", re.IGNORECASE)
+# "En" is Yahoo's Spanish: "En viernes, 27 de noviembre de 2026, 10:00:00 CST, … escribió:".
+_ATTRIBUTION_START = re.compile(r"(?:on|el|en)\s", re.IGNORECASE)
 _ATTRIBUTION_END = re.compile(r"(?:wrote|escribi[oó])\s*:$", re.IGNORECASE)
 # What a client's attribution names besides the date. Gmail and Apple Mail
 # write the sender's address ("Juan <juan@example.com>", wrapped by Gmail as
@@ -99,6 +107,38 @@ _DEVICE_SIGNATURE = re.compile(
 )
 
 
+# mailcase's own notice to agents (templates/*/agent_notification.txt.j2), in
+# either language: its block of fields, "Folio:" followed by "Cliente:" and
+# "Buzón:" ("Customer:", "Mailbox:"; a "Escribió:" line may come between), and
+# the line that introduces its command help. No agent writes these, and what
+# follows them is internal: the customer's address, the mailbox, the help.
+_NOTICE_FOLIO = re.compile(r"folio\s*:\s*(\S+)", re.IGNORECASE)
+_NOTICE_FIELDS = (
+    re.compile(r"(?:cliente|customer)\s*:", re.IGNORECASE),
+    re.compile(r"(?:buz[oó]n|mailbox)\s*:", re.IGNORECASE),
+)
+_NOTICE_HELP = re.compile(
+    r"(?:c[oó]mo trabajar este caso por correo|how to work this case by mail)\s*:", re.IGNORECASE
+)
+# The fields follow "Folio:" within this many lines: three, each perhaps with a
+# blank line after it when the client's HTML put every line in a paragraph.
+_NOTICE_FIELDS_WINDOW = 6
+
+
+@dataclass(frozen=True, slots=True)
+class AgentText:
+    """What an agent wrote in a reply (:func:`new_text`), and whether the reply
+    still holds mailcase's notice to agents.
+
+    ``notice_line`` is ``""``, or a line of that notice (stripped) that could
+    not be cut away because no quote header stands above the notice: ``text``
+    then holds the notice, and the reply must not be relayed nor run.
+    """
+
+    text: str
+    notice_line: str = ""
+
+
 def strip_quoted(text: str) -> str:
     """The new text of a reply, without quoted history or signature.
 
@@ -119,6 +159,21 @@ def new_text(text: str) -> str:
     must not send the internal notice to the customer. Same guarantees
     otherwise.
     """
+    return agent_text(text).text
+
+
+def agent_text(text: str) -> AgentText:
+    """The new text of an agent's reply, as :func:`new_text`, and the line of
+    mailcase's notice to agents it still holds, if any.
+
+    Guarantees: never raises; linear in ``len(text)``; ``notice_line`` is
+    ``""`` unless a line of the notice (its ``Folio:`` block or the line that
+    introduces its help) is left in the text after the quoted history is cut
+    and no quote header (an attribution in any wording, a ``----`` or
+    ``____`` rule, a marker such as ``-----Original Message-----``) stands
+    just above the notice to cut it at. Cutting there never removes a line
+    above that header, so the agent's words are kept whole.
+    """
     normalized = _normalized(text)
     # Quoted lines go first, then the history is looked for in what is left:
     # looked for with them in place, an attribution or Outlook header block
@@ -126,9 +181,24 @@ def new_text(text: str) -> str:
     # so stripping the result again cut more (tests/test_properties.py).
     lines, before_final_quote = _unquoted_lines(normalized.split("\n"))
     kept = lines[: _history_start(lines, before_final_quote)]
+    # Before the signature is cut: the notice's help sits under its own "--".
+    kept, notice_line = _without_quoted_notice(kept)
     kept = _without_signature(kept)
     kept = _without_device_signature(kept)
-    return "\n".join(kept).strip()
+    return AgentText("\n".join(kept).strip(), notice_line)
+
+
+def is_attribution_line(line: str) -> bool:
+    """Whether ``line`` ends as a client's attribution does ("… wrote:", "… escribió:").
+
+    Only for a line known to stand right above quoted history (an HTML quote
+    element, our own notice): that is the evidence :func:`strip_quoted` looks
+    for elsewhere, so any wording counts ("Internet Plarey escribió:").
+    """
+    stripped = line.strip()
+    if not stripped.endswith(":") or len(stripped) > _MAX_ATTRIBUTION_CHARS:
+        return False
+    return _ATTRIBUTION_END.search(unicodedata.normalize("NFC", stripped[-24:])) is not None
 
 
 def _normalized(text: str) -> str:
@@ -276,6 +346,86 @@ def _is_client_attribution(joined: str, introduces_final_quote: bool) -> bool:
         introduces_final_quote
         or _ATTRIBUTION_ADDRESS.search(joined) is not None
         or _ATTRIBUTION_TIME.search(joined) is not None
+    )
+
+
+def _without_quoted_notice(lines: list[str]) -> tuple[list[str], str]:
+    """``lines`` cut at the quote header above mailcase's notice to agents, and
+    ``""``; or ``lines`` unchanged and the notice's line when there is no header
+    to cut at (see :func:`agent_text`)."""
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if len(stripped) > _MARKER_MAX_CHARS:
+            continue
+        if _NOTICE_HELP.fullmatch(stripped):
+            # The help without the notice's fields above it: the quote was cut
+            # or edited, and where it starts is anyone's guess.
+            return lines, stripped
+        folio = _NOTICE_FOLIO.fullmatch(stripped)
+        if folio and _notice_fields_follow(lines, i):
+            start = _quote_header_above(lines, i, folio.group(1))
+            return (lines, stripped) if start is None else (lines[:start], "")
+    return lines, ""
+
+
+def _notice_fields_follow(lines: Sequence[str], i: int) -> bool:
+    """Whether the notice's "Cliente:" and "Buzón:" lines follow its "Folio:" line ``i``."""
+    found = [False] * len(_NOTICE_FIELDS)
+    for line in lines[i + 1 : i + 1 + _NOTICE_FIELDS_WINDOW]:
+        stripped = line.strip()
+        for n, field in enumerate(_NOTICE_FIELDS):
+            found[n] = found[n] or field.match(stripped) is not None
+    return all(found)
+
+
+def _previous_text_line(lines: Sequence[str], i: int) -> int:
+    """Index of the last non-blank line before ``i``, or -1."""
+    i -= 1
+    while i >= 0 and not lines[i].strip():
+        i -= 1
+    return i
+
+
+def _quote_header_above(lines: Sequence[str], folio_line: int, folio: str) -> int | None:
+    """Index of the first line of the quote header just above the notice whose
+    "Folio:" line is ``folio_line``, or ``None`` when there is none.
+
+    Only the notice's own first line ("Caso nuevo: PLR-2026-000123.", which
+    names the folio) and blank lines may come between the header and the
+    "Folio:" line: looking further up would search the agent's own words, and
+    cutting at a line of theirs would send the customer half a message.
+    """
+    j = _previous_text_line(lines, folio_line)
+    if j >= 0 and folio.casefold() in lines[j].casefold():
+        j = _previous_text_line(lines, j)
+    if j < 0:
+        return None
+    stripped = lines[j].strip()
+    if is_attribution_line(stripped):
+        # Its first line, if it wrapped ("El vie, 27 nov 2026 a la(s) 10:00,\n… escribió:").
+        for k in range(j, max(-1, j - _MAX_ATTRIBUTION_LINES), -1):
+            if not lines[k].strip():
+                break
+            if _ATTRIBUTION_START.match(lines[k].lstrip()):
+                return k
+        return j
+    if _is_separator(stripped):
+        return j
+    # A header block in a language the rules do not know ("Von:", "Gesendet:",
+    # "Betreff:"): "Name:" lines up to the rule or marker a client draws above it.
+    for k in range(j, max(-1, j - _HEADER_BLOCK_WINDOW), -1):
+        candidate = lines[k].strip()
+        if _is_separator(candidate):
+            return k
+        if candidate and not _HEADER_KEY.match(candidate):
+            return None
+    return None
+
+
+def _is_separator(stripped: str) -> bool:
+    """Whether a stripped line is a rule or an "Original Message" style marker."""
+    return len(stripped) <= _MARKER_MAX_CHARS and bool(
+        _RULE.fullmatch(stripped) or _MARKER.fullmatch(stripped)
     )
 
 

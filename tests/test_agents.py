@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from helpers import AGENT, CONTACTO, NOTIFY, Cli, DaemonProcess, mail, write_con
 from servers import Dovecot, SmtpSink
 from sqlmodel import col
 
+from mailcase.casework import spanish_date
 from mailcase.config import load_settings
 from mailcase.models import Case
 from mailcase.msgid import verify_message_id
@@ -61,6 +63,22 @@ class Desk:
         assert code == 0, err
         return str(json.loads(out)["folio"])
 
+    def agent_html_reply(self, notice: EmailMessage, html: str) -> None:
+        """Reply as the agent from a client that sends HTML only, threading to ``notice``."""
+        self.deliver(
+            mail(
+                sender=f"Ana Técnica <{AGENT}>",
+                to=str(notice["Reply-To"] or CONTACTO),
+                subject=f"Re: {notice['Subject']}",
+                body="",
+                html=html,
+                headers={
+                    "In-Reply-To": notice["Message-ID"].strip(),
+                    "References": notice["Message-ID"].strip(),
+                },
+            )
+        )
+
     def agent_reply(self, notice: EmailMessage, body: str, **kw: Any) -> None:
         """Reply as the agent from a mail client: quoting the notice, threading to it."""
         quoted = "\n".join("> " + line for line in text(notice).splitlines())
@@ -78,6 +96,11 @@ class Desk:
                 **kw,
             )
         )
+
+
+def ahead(days: int) -> date:
+    """A day ``days`` from today: visits are refused in the past and over 180 days ahead."""
+    return date.today() + timedelta(days=days)
 
 
 def text(message: EmailMessage) -> str:
@@ -239,11 +262,12 @@ def test_authenticated_agent_is_verified_by_a_trusted_server(
     )
     d = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
     folio = d.open_case()
+    day = ahead(20)
     d.deliver(
         mail(
             sender=AGENT,
             subject=f"[Folio {folio}] visita",
-            body="#visita 2099-12-03 10:30",
+            body=f"#visita {day} 10:30",
             headers={
                 "Authentication-Results": "mx.internet-plarey.com.mx; "
                 "dkim=pass header.d=internet-plarey.com.mx; spf=pass "
@@ -251,9 +275,9 @@ def test_authenticated_agent_is_verified_by_a_trusted_server(
             },
         )
     )
-    assert d.case(folio)["visit"] == {"date": "2099-12-03", "time": "10:30"}
+    assert d.case(folio)["visit"] == {"date": day.isoformat(), "time": "10:30"}
     visit = text(d.last_to(CUSTOMER))
-    assert "2099-12-03" in visit or "3 de diciembre" in visit
+    assert spanish_date(day) in visit
 
 
 def test_stranger_with_a_known_folio_gets_a_linked_case_of_its_own(desk: Desk) -> None:
@@ -312,8 +336,8 @@ def test_english_commands_by_mail(desk: Desk) -> None:
     desk.agent_reply(notification, "#route redes\nNode 4.")
     assert desk.case(folio)["area"] == "redes"
     assert folio in desk.last_to("redes@internet-plarey.com.mx")["Subject"]
-    desk.agent_reply(notification, "#visit 2099-12-03 10:30")
-    assert "2099-12-03" in str(desk.case(folio)["visit"])
+    desk.agent_reply(notification, f"#visit {ahead(20)} 10:30")
+    assert ahead(20).isoformat() in str(desk.case(folio)["visit"])
     assert len(desk.to(CUSTOMER)) == to_customer + 1  # the visit notice
     desk.agent_reply(notification, "#close")
     assert desk.case(folio)["status"] == "closed"
@@ -363,7 +387,7 @@ def test_route_to_area_notifies_that_area(desk: Desk) -> None:
     # A line about an area that went wrong lists them too.
     desk.agent_reply(notification, "#area Redes y nodos")
     error = text(desk.last_to(AGENT))
-    assert "lleva algo de más" in error and "Áreas disponibles: redes (Redes)" in error
+    assert "sin espacios" in error and "Áreas disponibles: redes (Redes)" in error
     desk.agent_reply(notification, "#Área ventas")  # accented, as agents may write it
     error = text(desk.last_to(AGENT))
     assert "no hay un área con ese nombre" in error and "Áreas disponibles: redes" in error
@@ -503,17 +527,18 @@ def test_cli_visit_tells_the_customer_and_refuses_a_bad_date(desk: Desk) -> None
     folio = desk.open_case()
     code, _, err = desk.cli("cases", "visit", folio, "--date", "3/12/2026")
     assert code == 1 and err.strip().endswith("--date '3/12/2026' is not a date (YYYY-MM-DD)")
-    code, _, err = desk.cli("cases", "visit", folio, "--date", "2099-12-03", "--time", "25:00")
+    day = ahead(20)
+    code, _, err = desk.cli("cases", "visit", folio, "--date", str(day), "--time", "25:00")
     assert code == 1 and "--time '25:00' is not a time (HH:MM)" in err
     code, _, err = desk.cli("cases", "visit", folio, "--date", "2026-02-30")
     assert code == 1 and "is not a date" in err  # a day that does not exist
     assert desk.case(folio)["visit"] is None  # nothing half-done
     # As the mail command #visita reads it: one-digit hours are fine.
-    assert desk.cli("cases", "visit", folio, "--date", "2099-12-03", "--time", "9:30")[0] == 0
-    assert desk.case(folio)["visit"] == {"date": "2099-12-03", "time": "09:30"}
+    assert desk.cli("cases", "visit", folio, "--date", str(day), "--time", "9:30")[0] == 0
+    assert desk.case(folio)["visit"] == {"date": day.isoformat(), "time": "09:30"}
     notice = desk.last_to(CUSTOMER)
     assert folio in notice["Subject"]
-    assert "3 de diciembre de 2099" in text(notice) and "09:30" in text(notice)
+    assert spanish_date(day) in text(notice) and "09:30" in text(notice)
 
 
 def test_a_visit_scheduled_again_cancels_the_first_and_odd_hours_are_refused(
@@ -521,29 +546,30 @@ def test_a_visit_scheduled_again_cancels_the_first_and_odd_hours_are_refused(
 ) -> None:
     folio = desk.open_case()
     [notification] = desk.to(NOTIFY)
-    desk.agent_reply(notification, "#visita 2099-11-30 10:00")
+    first_day, second_day = ahead(10), ahead(11)
+    desk.agent_reply(notification, f"#visita {first_day} 10:00")
     first = text(desk.last_to(CUSTOMER))
     assert "programamos una visita técnica" in first and "cancelada" not in first
     # "4:30" for the afternoon would have told the customer 4:30 in the morning.
     to_customer = len(desk.to(CUSTOMER))
-    desk.agent_reply(notification, "#visita 2099-12-01 4:30")
+    desk.agent_reply(notification, f"#visita {second_day} 4:30")
     assert len(desk.to(CUSTOMER)) == to_customer
     assert "fuera del horario de visitas" in text(desk.last_to(AGENT))
-    code, _, err = desk.cli("cases", "visit", folio, "--date", "2099-12-01", "--time", "4:30")
+    code, _, err = desk.cli("cases", "visit", folio, "--date", str(second_day), "--time", "4:30")
     assert code == 1 and "outside visiting hours" in err
     # Moved: the customer is told the first visit is off, not that there are two.
-    desk.agent_reply(notification, "#visita 2099-12-01 16:30")
+    desk.agent_reply(notification, f"#visita {second_day} 16:30")
     second = text(desk.last_to(CUSTOMER))
     assert "Cambiamos la visita técnica" in second
-    assert "la del lunes 30 de noviembre de 2099 a las 10:00 queda cancelada" in second
-    assert "1 de diciembre de 2099" in second and "16:30" in second
-    assert desk.case(folio)["visit"] == {"date": "2099-12-01", "time": "16:30"}
+    assert f"la del {spanish_date(first_day)} a las 10:00 queda cancelada" in second
+    assert spanish_date(second_day) in second and "16:30" in second
+    assert desk.case(folio)["visit"] == {"date": second_day.isoformat(), "time": "16:30"}
     # A visit that took place is not "cancelled" by a second one (the repair did not hold).
     store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
     with store.transaction() as session:
         session.execute(sa.update(Case).values(visit_date=date(2020, 1, 6)))
     store.dispose()
-    desk.agent_reply(notification, "#visita 2099-12-02 10:00")
+    desk.agent_reply(notification, f"#visita {ahead(12)} 10:00")
     third = text(desk.last_to(CUSTOMER))
     assert "programamos una visita técnica" in third and "cancelada" not in third
 
@@ -701,6 +727,13 @@ def test_a_resolution_or_visit_on_a_phone_case_tells_the_agent_to_call(desk: Des
         ("#cerrar\n#reabrir", "#reabrir", "contradice"),
         ("#resolver procedente", "#resolver procedente", "faltan las causas"),
         ("#visita 2001-01-01 10:00", "#visita 2001-01-01 10:00", "ya pasaron"),
+        # The year mistyped the other way: a date nobody will keep.
+        ("#visita 2062-11-28 10:00", "#visita 2062-11-28 10:00", "más de 180 días; revise el año"),
+        # Below the greeting, the note was relayed to the customer as text.
+        ("Buenas tardes,\n#nota\nEl cliente debe 3 meses; no darle prioridad.", "#nota",
+         "los comandos van en las primeras líneas de la respuesta"),
+        ("Buenas tardes:\n\n#resolver procedente\nSe cambió el conector.",
+         "#resolver procedente", "antes de cualquier otro texto"),
     ],
 )  # fmt: skip
 def test_commands_that_cannot_apply_run_nothing_and_say_why(
@@ -752,6 +785,81 @@ def test_the_cli_refuses_a_resolution_without_causes_and_a_past_visit(desk: Desk
     assert code == 1 and "the visit 2026-01-05 10:00 for case" in err and "is in the past" in err
     detail = desk.case(folio)
     assert (detail["status"], detail["visit"]) == ("open", None)
+
+
+def test_a_visit_years_ahead_is_refused_by_the_cli_too(desk: Desk) -> None:
+    folio = desk.open_case()
+    code, _, err = desk.cli("cases", "visit", folio, "--date", "9999-12-31")
+    assert code == 1, err
+    assert f"the visit 9999-12-31 for case {folio} is more than 180 days ahead" in err
+    assert "check the year" in err
+    assert desk.case(folio)["visit"] is None
+
+
+def test_invisible_characters_and_hashtags_in_a_reply(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    to_customer = len(desk.to(CUSTOMER))
+    # A byte order mark or a zero-width space before "#nota" hid the command.
+    desk.agent_reply(notification, "\ufeff#nota\nEl cliente debe 3 meses.")
+    desk.agent_html_reply(notification, "<div>\u200b#nota</div><div>Adeudo confirmado.</div>")
+    assert len(desk.to(CUSTOMER)) == to_customer
+    notes = [m["text"] for m in desk.case(folio)["messages"] if m["kind"] == "note"]
+    assert notes[-2:] == ["El cliente debe 3 meses.", "Adeudo confirmado."]
+    # A "#" line under the greeting that is no command is the agent's text.
+    desk.agent_reply(notification, "Buenas tardes,\n#1 en atención a clientes\n#SomosPLR")
+    relayed = text(desk.last_to(CUSTOMER))
+    assert "#1 en atención a clientes\n#SomosPLR" in relayed
+
+
+def quoted_html(notice: EmailMessage) -> str:
+    """The notice as an HTML client quotes it: one line per <br>, no ">"."""
+    return "<br>".join(html.escape(line) for line in text(notice).splitlines())
+
+
+def test_a_notice_quoted_by_an_html_only_client_never_reaches_the_customer(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin internet", body="Desde ayer no tengo internet.")
+    [notification] = desk.to(NOTIFY)
+    quoted = quoted_html(notification)
+    # Yahoo: the attribution ("En viernes, …") no rule knew, in div.yahoo_quoted.
+    desk.agent_html_reply(
+        notification,
+        "<div>#resolver procedente</div><div>Se cambió el conector.</div>"
+        '<div id="yahoo_quoted_1" class="yahoo_quoted"><div><div>En viernes, 27 de noviembre '
+        "de 2026, 10:00:00 CST, Internet Plarey &lt;contacto@internet-plarey.com.mx&gt; "
+        f"escribió:</div><div><br></div><div>{quoted}</div></div></div>",
+    )
+    detail = desk.case(folio)
+    assert (detail["outcome"], detail["cause"]) == ("valid", "Se cambió el conector.")
+    resolution = text(desk.last_to(CUSTOMER))
+    for internal in ("Buzón", "Comandos", "Desde ayer", "escribió"):
+        assert internal not in resolution
+    # No quote element, and an attribution in a wording no rule knows: the notice
+    # under it is still ours, and cut there.
+    desk.agent_html_reply(
+        notification,
+        f"<div>Ya quedó su servicio.</div><div>Internet Plarey escribió:</div><div>{quoted}</div>",
+    )
+    relayed = text(desk.last_to(CUSTOMER))
+    assert "Ya quedó su servicio." in relayed
+    for internal in ("Folio:", "Buzón", "Comandos", "Desde ayer", "escribió"):
+        assert internal not in relayed
+
+
+def test_a_notice_that_cannot_be_cut_away_refuses_the_reply(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin internet", body="Desde ayer no tengo internet.")
+    [notification] = desk.to(NOTIFY)
+    to_customer = len(desk.to(CUSTOMER))
+    # Nothing marks where the quote starts: the notice follows the agent's words.
+    desk.agent_html_reply(
+        notification,
+        f"<div>#resolver procedente</div><div>Listo.</div><div>{quoted_html(notification)}</div>",
+    )
+    assert len(desk.to(CUSTOMER)) == to_customer
+    assert desk.case(folio)["outcome"] is None
+    error = text(desk.last_to(AGENT))
+    assert f"  Folio: {folio}\n    → esta línea es de la notificación citada" in error
+    assert "escriba su respuesta arriba de la cita" in error
 
 
 def test_a_reply_within_the_window_reopens_a_case_that_closed_since(desk: Desk) -> None:

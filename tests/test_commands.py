@@ -16,6 +16,8 @@ from mailcase.commands import (
     CommandKind,
     CommandProblem,
     ParsedCommands,
+    command_kind,
+    line_start,
     parse_commands,
 )
 
@@ -180,10 +182,11 @@ def test_outcome_keeps_its_meaning_whatever_the_case() -> None:
         ("#visita 2026-12-03 10", "bad_time"),
         ("#visita 2026-12-03 10.30", "bad_time"),
         ("#visita 2026-12-03 10:30am", "bad_time"),
-        ("#visita 2026-12-03 10:30 am", "unexpected_argument"),
+        ("#visita 2026-12-03 10:30 am", "bad_time"),  # the time is not 24-hour
+        ("#visita 2026-12-03 10:30 en punto", "unexpected_argument"),
         ("#area", "missing_area"),
         ("#route", "missing_area"),
-        ("#area soporte tecnico", "unexpected_argument"),
+        ("#area soporte tecnico", "bad_area"),  # a space in the name
         ("#area soporte/redes", "bad_area"),
         ("#route <script>", "bad_area"),
         ("#nota llamé al cliente", "unexpected_argument"),
@@ -209,6 +212,8 @@ def test_every_problem_code_can_occur() -> None:
         "#area",
         "#area a/b",
         "#cerrar ya",
+        "Texto.",
+        "#nota",
     ]
     parsed = parse_commands("\n".join(lines))
     assert [p.problem for p in parsed.problems] == list(PROBLEM_CODES)
@@ -261,16 +266,30 @@ def test_indented_command_lines_and_crlf_are_accepted() -> None:
     assert parsed.text == "Texto\r\n"
 
 
-def test_a_command_line_in_the_middle_of_the_text_is_not_a_command() -> None:
+def test_a_command_line_in_the_middle_of_the_text_runs_nothing_and_is_a_problem() -> None:
+    # Relayed as text, "#nota" and the note under it would reach the customer.
     message = "Buenas tardes:\n#cerrar\n#resolver procedente\nSaludos"
     parsed = parse_commands(message)
-    assert parsed == ParsedCommands(commands=(), problems=(), text=message)
+    assert parsed == ParsedCommands(
+        commands=(),
+        problems=(
+            CommandProblem("#cerrar", "misplaced_command"),
+            CommandProblem("#resolver procedente", "misplaced_command"),
+        ),
+        text=message,
+    )
+
+
+def test_a_hash_line_in_the_text_that_is_no_command_is_text() -> None:
+    message = "Buenas tardes:\n#1 en la lista de espera\n#SomosPLR"
+    assert parse_commands(message) == ParsedCommands((), (), message)
 
 
 def test_the_first_text_line_ends_the_block_even_before_more_hash_lines() -> None:
     parsed = parse_commands("#nota\nRevisado en sitio.\n#cerrar")
     assert [c.kind for c in parsed.commands] == [CommandKind.NOTE]
     assert parsed.text == "Revisado en sitio.\n#cerrar"
+    assert parsed.problems == (CommandProblem("#cerrar", "misplaced_command"),)
 
 
 def test_a_message_without_commands_is_all_text() -> None:
@@ -317,6 +336,7 @@ lines_of_text = st.lists(
 @example("\u2028#nota\x85\n\r")
 @example("#visita 9999-12-31 23:59")
 @example("#visita 0000-01-01")
+@example("\ufeff#nota\nHola\n\u200b#cerrar\n#1")
 def test_parse_never_raises_and_text_is_a_suffix_of_the_lines(text: str) -> None:
     parsed = parse_commands(text)
     lines = text.split("\n")
@@ -324,13 +344,23 @@ def test_parse_never_raises_and_text_is_a_suffix_of_the_lines(text: str) -> None
     assert parsed.text in suffixes
     # The text never starts with a blank line or a "#" line: those are the block's.
     if parsed.text:
-        first = parsed.text.split("\n", 1)[0].strip()
+        first = line_start(parsed.text.split("\n", 1)[0])
         assert first
         assert not first.startswith("#")
-    # Every "#" line of the block is accounted for exactly once.
-    block = lines[: len(lines) - len(parsed.text.split("\n"))] if parsed.text else lines
-    hash_lines = [line.strip() for line in block if line.strip().startswith("#")]
-    found = [c.line for c in parsed.commands] + [p.line for p in parsed.problems]
+    # Every "#" line of the block is accounted for exactly once, and below it
+    # only lines that name a command are, as misplaced.
+    text_lines = parsed.text.split("\n") if parsed.text else []
+    block = lines[: len(lines) - len(text_lines)]
+    hash_lines = [line_start(line) for line in block if line_start(line).startswith("#")]
+    in_block = [p for p in parsed.problems if p.problem != "misplaced_command"]
+    found = [c.line for c in parsed.commands] + [p.line for p in in_block]
     assert sorted(found) == sorted(hash_lines)
+    misplaced = [p.line for p in parsed.problems if p.problem == "misplaced_command"]
+    assert parsed.problems[len(in_block) :] == tuple(
+        CommandProblem(line, "misplaced_command") for line in misplaced
+    )
+    for line in misplaced:
+        assert line in map(line_start, text_lines[1:])
+        assert command_kind(line) is not None  # it names a command
     for problem in parsed.problems:
         assert problem.problem in PROBLEM_CODES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from datetime import date, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -375,8 +376,10 @@ def test_english_visit_notice_writes_the_date_in_english(
     mailboxes.append("contacto", mail(subject="No internet"))
     cli.poll()
     [case] = cli.json("cases", "list")
-    code, _, err = cli("cases", "visit", case["folio"], "--date", "2099-12-03", "--time", "10:00")
+    # The next Thursday at least a week ahead (a visit may be up to 180 days ahead).
+    day = date.today() + timedelta(days=7 + (3 - date.today().weekday()) % 7)
+    code, _, err = cli("cases", "visit", case["folio"], "--date", str(day), "--time", "10:00")
     assert code == 0, err
     visit = sink.messages[-1].message.get_body(("plain",)).get_content()
-    assert "Thursday, December 3, 2099" in visit and "10:00" in visit
+    assert f"Thursday, {day:%B} {day.day}, {day.year}" in visit and "10:00" in visit
     assert "jueves" not in visit

@@ -11,7 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailcase.casework import CASE_PROBLEM_CODES
-from mailcase.commands import COMMAND_FORMS, CONFIG_PROBLEM_CODES, PROBLEM_CODES
+from mailcase.commands import (
+    COMMAND_FORMS,
+    CONFIG_PROBLEM_CODES,
+    PROBLEM_CODES,
+    REPLY_PROBLEM_CODES,
+)
 from mailcase.render import render_body, shipped_templates
 
 EVIL = "<script>alert(1)</script>"
@@ -305,7 +310,7 @@ def test_agent_notification_shows_the_case_and_how_to_use_commands(language: str
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_command_error_explains_every_problem_code(language: str) -> None:
-    codes = PROBLEM_CODES + CONFIG_PROBLEM_CODES + CASE_PROBLEM_CODES
+    codes = PROBLEM_CODES + CONFIG_PROBLEM_CODES + REPLY_PROBLEM_CODES + CASE_PROBLEM_CODES
     problems = [{"line": f"#line-{code}", "problem": code} for code in codes]
     body = render_body("command_error", language, context("command_error", problems=problems))
     fallback = {"es": "no se pudo interpretar.", "en": "could not be understood."}[language]
