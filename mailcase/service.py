@@ -1098,15 +1098,23 @@ def _apply(
 def _notify_agents_of(
     session: Session, settings: Settings, case: Case, reason: str, mail: InboundMail
 ) -> None:
-    casework.notify_agents(
-        session,
-        settings,
-        case,
-        reason,
-        text=strip_quoted(mail.text),
-        attachments=[a.filename for a in mail.attachments],
-        sender=mail.sender,
-    )
+    """Tell ``agents.notify`` what ``mail`` brought to ``case``; and the case's area, which
+    must answer it (as Zammad, OTRS/Znuny and FreeScout tell a ticket's group)."""
+    recipients = [settings.agents.notify]
+    area = settings.areas.get(case.area or "")
+    if area is not None and area.notify != settings.agents.notify:
+        recipients.append(area.notify)
+    for rcpt in recipients:
+        casework.notify_agents(
+            session,
+            settings,
+            case,
+            reason,
+            text=strip_quoted(mail.text),
+            attachments=[a.filename for a in mail.attachments],
+            sender=mail.sender,
+            to=rcpt,
+        )
 
 
 def _agent_message(
