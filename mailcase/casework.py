@@ -447,10 +447,15 @@ def close(session: Session, case: Case, *, by: str) -> None:
 
 
 def reopen(session: Session, case: Case, *, by: str) -> None:
-    """Open ``case`` again (its outcome and cause are kept until it is resolved again)."""
+    """Open ``case`` again (its outcome, cause and resolution time are kept until it is
+    resolved again).
+
+    The resolution time is kept because the resolution notice promised the
+    customer ``cases.reopen_days`` from it: a "¡Gracias!" that reopens the case,
+    then an agent's ``#cerrar``, must not end that promise (mailcase.triage, rule 6).
+    """
     case.status = CaseStatus.OPEN
     case.closed_at = None
-    case.resolved_at = None
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", "case reopened", from_addr=by)

@@ -22,3 +22,20 @@ def test_the_area_a_case_was_routed_to_hears_the_customers_follow_ups(desk: Desk
     assert len(desk.to(REDES)) == 2 and folio in update["Subject"]
     assert "Ahora tampoco hay TV." in text(update)
     assert "Ahora tampoco hay TV." in text(desk.last_to(NOTIFY))  # the general list too
+
+
+def test_a_thanks_and_a_close_keep_the_reopening_window_the_resolution_promised(
+    desk: Desk,
+) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "#resolver procedente\nSe cambió el módem dañado.")
+    subject = f"Re: [Folio {folio}] Sin servicio"
+    desk.deliver(mail(subject=subject, body="¡Muchas gracias!"))  # reopens the case
+    assert desk.case(folio)["status"] == "open"
+    desk.agent_reply(desk.last_to(NOTIFY), "#cerrar")
+    assert desk.case(folio)["status"] == "closed"
+    # Days later, within cases.reopen_days of the resolution: the same folio, reopened.
+    desk.deliver(mail(subject=subject, body="Otra vez me quedé sin internet."))
+    assert desk.case(folio)["status"] == "open"
+    assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
