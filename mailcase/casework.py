@@ -314,8 +314,10 @@ def resolve(
 
     Step 4 of the written procedure: the customer learns the folio, whether
     the report was upheld, the causes and, when upheld, that the failure was
-    corrected. Refused (:class:`CaseworkError`) on a closed case and without
-    causes (:func:`resolve_problem`).
+    corrected. A home visit still ahead is cancelled, and the resolution says
+    so: the customer must not wait at home for a technician. Refused
+    (:class:`CaseworkError`) on a closed case and without causes
+    (:func:`resolve_problem`).
     """
     if outcome not in OUTCOMES:
         raise CaseworkError(f"outcome must be valid or invalid, not {outcome!r}")
@@ -327,6 +329,7 @@ def resolve(
     case.resolved_at = now
     case.updated_at = now
     session.add(case)
+    cancelled = _cancel_visit(session, settings, case, by=by)
     if record_cause:  # (a mail command's message is recorded by the pipeline itself)
         record(session, case, "agent", cause.strip(), from_addr=by, subject=f"resolve {outcome}")
     if case.customer:
@@ -336,7 +339,7 @@ def resolve(
             case,
             f"resolution_{outcome}",
             to=case.customer,
-            context={"cause": case.cause},
+            context={"cause": case.cause, "cancelled_visit": cancelled},
         )
 
 
@@ -396,6 +399,25 @@ def schedule_visit(
         )
 
 
+def _cancel_visit(session: Session, settings: Settings, case: Case, *, by: str) -> str:
+    """Cancel ``case``'s home visit if it is still ahead; the visit as the customer was
+    told it, or "" when there was none to cancel (one that took place is kept)."""
+    if case.visit_date is None:
+        return ""
+    now_local = utcnow().astimezone(settings.folio.zone)
+    if visit_problem(CaseStatus.OPEN, case.visit_date, case.visit_time, now_local) == (
+        "visit_in_past"
+    ):
+        return ""
+    cancelled = _visit_text(case.visit_date, case.visit_time, case.language)
+    when = case.visit_date.isoformat() + (f" {case.visit_time}" if case.visit_time else "")
+    case.visit_date = None
+    case.visit_time = None
+    session.add(case)
+    record(session, case, "system", f"home visit of {when} cancelled", from_addr=by)
+    return cancelled
+
+
 def _visit_text(day: date | None, hour: str | None, language: str) -> str:
     """A visit as the customer was told it ("lunes 30 de noviembre de 2026 a las 10:00")."""
     if day is None:
@@ -432,8 +454,9 @@ def route(
     )  # fmt: skip
 
 
-def close(session: Session, case: Case, *, by: str) -> None:
-    """Close ``case`` (no notice).
+def close(session: Session, settings: Settings, case: Case, *, by: str) -> None:
+    """Close ``case``. No notice, unless a home visit was still ahead: it is cancelled
+    and the customer is told (``visit_cancelled``), so that nobody waits at home.
 
     A later customer message reopens it within ``cases.reopen_days`` of its
     resolution, else opens a new, linked case (mailcase.triage, rule 6).
@@ -444,6 +467,16 @@ def close(session: Session, case: Case, *, by: str) -> None:
     case.updated_at = now
     session.add(case)
     record(session, case, "system", "case closed", from_addr=by)
+    cancelled = _cancel_visit(session, settings, case, by=by)
+    if cancelled and case.customer:
+        queue_notice(
+            session,
+            settings,
+            case,
+            "visit_cancelled",
+            to=case.customer,
+            context={"cancelled_visit": cancelled},
+        )
 
 
 def reopen(session: Session, case: Case, *, by: str) -> None:
@@ -503,7 +536,7 @@ def close_stale_cases(session: Session, settings: Settings, now: datetime) -> li
         .execution_options(populate_existing=True)
     ).all()
     for case in stale:
-        close(session, case, by="mailcase")
+        close(session, settings, case, by="mailcase")
     return [c.folio for c in stale]
 
 

@@ -535,7 +535,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "route":
                 casework.route(session, settings, found, args.area.strip().lower(), by=by)
             elif args.action == "close":
-                casework.close(session, found, by=by)
+                casework.close(session, settings, found, by=by)
             else:
                 casework.reopen(session, found, by=by)
     if args.action == "open" and args.json:

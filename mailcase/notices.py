@@ -46,7 +46,8 @@ from mailcase.store import insert_values, run, table, utcnow
 from mailcase.wire import FileAttachment, ascii_domain
 
 CUSTOMER_KINDS = frozenset(
-    {"acknowledgement", "relay", "resolution_valid", "resolution_invalid", "visit"}
+    {"acknowledgement", "relay", "resolution_valid", "resolution_invalid"}
+    | {"visit", "visit_cancelled"}
 )
 AGENT_KINDS = frozenset(
     {"agent_notification", "command_error", "unverified_agent", "delivery_failed", "not_relayed"}

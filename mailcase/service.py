@@ -1263,7 +1263,7 @@ def _run_command(
     elif kind is CommandKind.ROUTE and command.area:
         casework.route(session, settings, case, command.area, by=by, note=text)
     elif kind is CommandKind.CLOSE:
-        casework.close(session, case, by=by)
+        casework.close(session, settings, case, by=by)
     elif kind is CommandKind.REOPEN:
         casework.reopen(session, case, by=by)
     # NOTE: the message itself was recorded as a note; nothing else to do.

@@ -341,9 +341,10 @@ def test_english_commands_by_mail(desk: Desk) -> None:
     assert len(desk.to(CUSTOMER)) == to_customer + 1  # the visit notice
     desk.agent_reply(notification, "#close")
     assert desk.case(folio)["status"] == "closed"
+    assert len(desk.to(CUSTOMER)) == to_customer + 2  # the visit was ahead: it is off
     desk.agent_reply(notification, "#reopen")
     assert desk.case(folio)["status"] == "open"
-    assert len(desk.to(CUSTOMER)) == to_customer + 1
+    assert len(desk.to(CUSTOMER)) == to_customer + 2
     kinds = [m["kind"] for m in desk.case(folio)["messages"]]
     assert kinds.count("note") >= 4 and "unverified" not in kinds
 

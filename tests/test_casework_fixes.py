@@ -4,8 +4,11 @@ the resolution promised holds."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+from email.message import EmailMessage
+
 from helpers import NOTIFY, mail
-from test_agents import Desk, desk, text
+from test_agents import CUSTOMER, Desk, desk, text
 
 __all__ = ["desk"]  # the fixture, shared with test_agents
 
@@ -39,3 +42,59 @@ def test_a_thanks_and_a_close_keep_the_reopening_window_the_resolution_promised(
     desk.deliver(mail(subject=subject, body="Otra vez me quedé sin internet."))
     assert desk.case(folio)["status"] == "open"
     assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
+
+
+def _visit_in_five_days(desk: Desk) -> tuple[str, EmailMessage]:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    day = (date.today() + timedelta(days=5)).isoformat()
+    desk.agent_reply(notification, f"#visita {day} 10:00")
+    assert desk.case(folio)["visit"] == {"date": day, "time": "10:00"}
+    return folio, notification
+
+
+def test_a_resolution_cancels_a_visit_still_ahead_and_says_so(desk: Desk) -> None:
+    # Fixed remotely before the technician's day: the customer must not wait at home.
+    folio, notification = _visit_in_five_days(desk)
+    desk.agent_reply(notification, "#resolver procedente\nSe reinició el equipo de forma remota.")
+    case = desk.case(folio)
+    assert case["status"] == "resolved" and not case["visit"]
+    resolution = text(desk.last_to(CUSTOMER))
+    assert "PROCEDENTE" in resolution
+    assert "ya no es necesaria: queda cancelada" in resolution and "a las 10:00" in resolution
+
+
+def test_closing_a_case_with_a_visit_ahead_tells_the_customer_it_is_off(desk: Desk) -> None:
+    folio, notification = _visit_in_five_days(desk)
+    desk.agent_reply(notification, "#cerrar")
+    assert desk.case(folio)["status"] == "closed" and not desk.case(folio)["visit"]
+    cancelled = desk.last_to(CUSTOMER)
+    assert folio in cancelled["Subject"]
+    assert "queda cancelada" in text(cancelled) and "a las 10:00" in text(cancelled)
+
+
+def test_closing_a_case_whose_visit_took_place_tells_nobody(desk: Desk) -> None:
+    folio, notification = _visit_in_five_days(desk)
+    store_visit_in_the_past(desk, folio)
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "#cerrar")
+    assert len(desk.to(CUSTOMER)) == to_customer
+    assert desk.case(folio)["visit"]  # it took place: kept on the case
+
+
+def store_visit_in_the_past(desk: Desk, folio: str) -> None:
+    import sqlalchemy as sa
+    from sqlmodel import col
+
+    from mailcase.config import load_settings
+    from mailcase.models import Case
+    from mailcase.store import Store
+
+    store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+    with store.transaction() as session:
+        session.execute(
+            sa.update(Case)
+            .where(col(Case.folio) == folio)
+            .values(visit_date=date.today() - timedelta(days=3))
+        )
+    store.dispose()

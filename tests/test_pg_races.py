@@ -91,7 +91,7 @@ def test_a_resolution_waits_for_a_closing_and_is_then_refused(
         with rt.store.transaction() as session:
             found = case_by_folio(session, folio, for_update=True)
             assert found is not None
-            casework.close(session, found, by="cli:ana")
+            casework.close(session, rt.settings, found, by="cli:ana")
 
     closing = threading.Thread(target=close_it)
     closing.start()

@@ -57,6 +57,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "customer_name": "Juan Pérez",
         "subject": "Sin servicio de internet",
         "cause": "La lluvia dañó el conector de la antena.",
+        "cancelled_visit": "",
         "company": COMPANY,
         "reopen_days": 7,
     },
@@ -65,8 +66,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "customer_name": "Juan Pérez",
         "subject": "Sin servicio de internet",
         "cause": "El servicio funciona; el equipo del cliente tiene un virus.",
+        "cancelled_visit": "jueves 3 de diciembre de 2026 a las 10:30",
         "company": COMPANY,
         "reopen_days": 7,
+    },
+    "visit_cancelled": {
+        "folio": FOLIO,
+        "customer_name": "Juan Pérez",
+        "cancelled_visit": "jueves 3 de diciembre de 2026 a las 10:30",
+        "company": COMPANY,
     },
     "visit": {
         "folio": FOLIO,
@@ -123,7 +131,7 @@ OPTIONAL = {
     "not_relayed": {"untold"},  # read only when the reason is no_customer
     "agent_notification": {"area"},  # read only when the reason is routed
 }
-CUSTOMER_FACING = ("relay", "resolution_valid", "resolution_invalid", "visit")
+CUSTOMER_FACING = ("relay", "resolution_valid", "resolution_invalid", "visit", "visit_cancelled")
 AGENT_ONLY = (
     "agent_notification",
     "command_error",
