@@ -9,14 +9,22 @@ in a fixed order and the first that matches decides:
    over ``Auto-Submitted``: Exim and Gmail put ``Auto-Submitted: auto-replied``
    on their bounces too.
 2. ``AUTO_REPLY``: ``Auto-Submitted`` other than ``no`` (RFC 3834), the
-   ``X-Autoreply``/``X-Autorespond``/``X-Autoresponder``/``X-Auto-Response-Suppress``
-   headers, our own loop header or our own address, any other
-   ``multipart/report`` (read receipts per RFC 8098, abuse reports per
-   RFC 5965), ``Precedence: auto_reply``, or a vacation subject.
+   ``X-Autoreply``/``X-Autorespond``/``X-Autoresponder`` headers, our own
+   loop header or our own address, any other ``multipart/report`` (read
+   receipts per RFC 8098, abuse reports per RFC 5965), ``Precedence:
+   auto_reply``, or a vacation subject.
 3. ``BOUNCE`` again for a null ``Return-Path`` (RFC 5321 section 4.5.5) with
    none of the above: out-of-office replies travel with the null path too
    (RFC 3834 section 3.3), so it is weaker evidence than rule 2's headers.
-4. ``BULK``: ``Precedence: bulk|list|junk`` or RFC 2369/2919 list headers.
+4. ``BULK``: ``Precedence: bulk|list|junk``, RFC 2369/2919 list headers, or
+   the headers of list managers that write none of those (ezmlm, Mailman's
+   digests, fml).
+
+``X-Auto-Response-Suppress`` is no sign of automatic mail: it asks the
+receiver not to answer automatically, and Outlook and business tools put it
+on people's mail too (osTicket and Discourse dropped it as a sign after it
+hid customers' reports). Exchange's out-of-office replies are known by their
+``Auto-Submitted`` header and their subject.
 5. ``CUSTOMER`` otherwise.
 
 Every decision carries a ``reason`` naming the header or rule, for the log.
@@ -64,23 +72,24 @@ _REASON_VALUE_CHARS = 80
 
 # Local parts MTAs send bounces from (RFC 5321 section 4.5.5 and the
 # "MAILER-DAEMON" convention of sendmail, Postfix, Exim and Gmail).
-_BOUNCE_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster"})
+_BOUNCE_LOCAL_PARTS = frozenset(
+    {"mailer-daemon", "mailer_daemon", "postmaster", "post_master", "mail.delivery.system"}
+)
 
 # Local parts of addresses nobody reads: bounce senders, "noreply" senders,
 # VERP bounce addresses ("bounces+token@", "bounce-123@").
 _AUTOMATIC_LOCAL_PART = re.compile(
-    r"(?:mailer-?daemon|postmaster|mailer|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?)"
+    r"(?:mailer[-_]?daemon|post_?master|mailer|mail\.delivery\.system|no[-_.]?reply"
+    r"|do[-_.]?not[-_.]?reply|bounces?)"
     r"(?:[-_.].*)?",
     re.DOTALL,
 )
 
-# Non-standard headers auto-responders add. Exchange puts X-Auto-Response-Suppress
-# on its out-of-office replies and ticket systems on their notices; any value counts.
+# Non-standard headers auto-responders add; any value counts.
 _AUTO_REPLY_HEADERS = (
     "X-Autoreply",
     "X-Autorespond",
     "X-Autoresponder",
-    "X-Auto-Response-Suppress",
 )
 
 # Loop markers of scripts and list managers (see _auto_reply).
@@ -314,6 +323,12 @@ def _answers_our_notice(mail: InboundMail, own_addresses: Iterable[str]) -> bool
     )
 
 
+_LIST_HEADERS = (
+    *("List-Id", "List-Unsubscribe", "List-Post", "List-Help", "List-Subscribe"),
+    *("List-Archive", "List-Owner", "Mailing-List", "X-Mailman-Version", "X-MLServer"),
+)
+
+
 def _bulk(mail: InboundMail) -> Classification | None:
     def bulk(reason: str) -> Classification:
         return Classification(MailKind.BULK, reason)
@@ -321,9 +336,10 @@ def _bulk(mail: InboundMail) -> Classification | None:
     precedence = _precedence(mail)
     if precedence in _BULK_PRECEDENCE:
         return bulk(f"Precedence: {precedence}")
-    # RFC 2919 (List-Id) and RFC 2369 (List-Unsubscribe) mark mailing lists;
-    # newsletters and marketing senders carry List-Unsubscribe too.
-    for name in ("List-Id", "List-Unsubscribe"):
+    # RFC 2919 (List-Id) and RFC 2369 (List-Unsubscribe and its siblings) mark
+    # mailing lists; newsletters and marketing senders carry List-Unsubscribe
+    # too. Some list managers write only their own headers.
+    for name in _LIST_HEADERS:
         if name.lower() in mail.headers:
             return bulk(f"{name}: {_show(mail.header(name))}")
     return None

@@ -181,17 +181,32 @@ RULES = [
         "X-Autoresponder: 1",
         id="x-autoresponder",
     ),
+    # A request not to be answered automatically, on people's mail too (Outlook,
+    # business tools): a customer's report, not an auto-reply.
     pytest.param(
         message({"X-Auto-Response-Suppress": "All"}),
-        MailKind.AUTO_REPLY,
-        "X-Auto-Response-Suppress: All",
+        MailKind.CUSTOMER,
+        "",
         id="x-auto-response-suppress",
     ),
     pytest.param(
         message({"X-Auto-Response-Suppress": "DR, RN, NRN, OOF, AutoReply"}),
-        MailKind.AUTO_REPLY,
-        "X-Auto-Response-Suppress: DR, RN, NRN, OOF, AutoReply",
+        MailKind.CUSTOMER,
+        "",
         id="x-auto-response-suppress-list",
+    ),
+    *(
+        pytest.param(message({name: value}), MailKind.BULK, f"{name}: {value}", id=name.lower())
+        for name, value in (
+            ("List-Post", "<mailto:clientes@lists.example.mx>"),
+            ("List-Help", "<mailto:clientes-request@lists.example.mx?subject=help>"),
+            ("List-Subscribe", "<mailto:clientes-subscribe@lists.example.mx>"),
+            ("List-Archive", "<https://lists.example.mx/clientes>"),
+            ("List-Owner", "<mailto:clientes-owner@lists.example.mx>"),
+            ("Mailing-List", "contact clientes-help@lists.example.mx; run by ezmlm"),
+            ("X-Mailman-Version", "2.1.39"),
+            ("X-MLServer", "fml [fml 4.0]"),
+        )
     ),
     pytest.param(
         message({LOOP_HEADER: "soporte@rednorte.mx"}),
@@ -393,6 +408,9 @@ def test_reason_is_one_short_line() -> None:
         "bounce-123-456@mailer.mx",
         "mailer@correo.mx",
         "noreply-facturas@telmex.mx",
+        "post_master@vtext.example.com",  # Apache James
+        "Mailer_Daemon@example.net",
+        "mail.delivery.system@example.org",
     ],
 )
 def test_automatic_addresses(address: str) -> None:
