@@ -151,7 +151,8 @@ def _recipients(part: Message) -> list[RecipientStatus]:
             continue
         found.append(
             RecipientStatus(
-                recipient=recipient.split(";", 1)[-1].strip().lower(),
+                # "rfc822; <u@ci.com>": some MTAs keep the angle brackets.
+                recipient=recipient.split(";", 1)[-1].strip().strip("<>").strip().lower(),
                 action=action,
                 status=str(block.get("Status") or "").strip(),
                 diagnostic=" ".join(str(block.get("Diagnostic-Code") or "").split())[:500],

@@ -436,6 +436,32 @@ def _utf8_else_windows_1252(data: bytes) -> str:
         return _windows_1252(data)
 
 
+# WHATWG Encoding Standard, section 4.2: labels whose text is decoded with a
+# superset of the charset named, because mailers label their superset's text with
+# the older name (GBK text as gb2312, cp932 as Shift_JIS, windows-1254 as
+# iso-8859-9). Python's strict codecs of the older names refused that text.
+_SUPERSETS = MappingProxyType(
+    {
+        **dict.fromkeys(
+            ("chinese", "csgb2312", "csiso58gb231280", "gb2312", "gb_2312", "gb_2312-80"),
+            "gb18030",
+        ),
+        **dict.fromkeys(("gbk", "iso-ir-58", "x-gbk"), "gb18030"),
+        **dict.fromkeys(("big5", "big5-hkscs", "cn-big5", "csbig5", "x-x-big5"), "big5hkscs"),
+        **dict.fromkeys(
+            ("csshiftjis", "ms932", "ms_kanji", "shift-jis", "shift_jis", "sjis", "x-sjis"),
+            "cp932",
+        ),
+        **dict.fromkeys(("windows-31j",), "cp932"),
+        **dict.fromkeys(
+            ("cseuckr", "csksc56011987", "euc-kr", "iso-ir-149", "korean", "ks_c_5601-1987"),
+            "cp949",
+        ),
+        **dict.fromkeys(("ks_c_5601-1989", "ksc5601", "ksc_5601", "windows-949"), "cp949"),
+        **dict.fromkeys(("iso-8859-9", "iso8859-9", "iso88599", "latin5", "l5"), "cp1254"),
+        **dict.fromkeys(("iso-8859-11", "tis-620", "dos-874", "windows-874"), "cp874"),
+    }
+)
 # WHATWG labels of UTF-8.
 _UTF8_LABELS = frozenset({"unicode-1-1-utf-8", "unicode11utf8", "unicode20utf8", "utf-8", "utf8"})
 _MEND_UTF8 = "mailcase-windows-1252"
@@ -456,7 +482,9 @@ def _decode_text(data: bytes, charset: str | None) -> str:
 
     Unlabelled and ASCII-labelled bytes: UTF-8, else windows-1252. Every other
     WHATWG label of windows-1252: windows-1252. A UTF-8 label: UTF-8, each
-    invalid byte sequence read as windows-1252. Any other charset Python knows:
+    invalid byte sequence read as windows-1252. A label the WHATWG reads as a
+    superset (gb2312 as gb18030, Shift_JIS as cp932...): that superset. Any
+    other charset Python knows:
     that charset; bytes invalid in it are UTF-8 when they decode as such (mail
     converted to UTF-8 keeps its old label), else that charset with U+FFFD for
     what it cannot read. An unknown or unusable label: as if there were none.
@@ -467,6 +495,7 @@ def _decode_text(data: bytes, charset: str | None) -> str:
         return _utf8_else_windows_1252(data)
     if label in _WINDOWS_1252_LABELS:
         return _windows_1252(data)
+    label = _SUPERSETS.get(label, label)
     if label in _UTF8_LABELS:
         # Labelled UTF-8 but written in windows-1252 (older Outlook, forms, a
         # signature pasted from another program): "señal" arrived as "se\ufffdal".
@@ -501,7 +530,7 @@ def _recover_8bit(value: Any) -> str:
     return text
 
 
-_MENDED_WORD_LABELS = _WINDOWS_1252_LABELS | _UTF8_LABELS
+_MENDED_WORD_LABELS = _WINDOWS_1252_LABELS | _UTF8_LABELS | frozenset(_SUPERSETS)
 
 
 def _decode_words(text: str) -> str:
@@ -587,8 +616,10 @@ MAX_CONTENT_TYPE = 255  # RFC 6838 4.2: type and subtype names of at most 127 ea
 def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
     """(display name, addr-spec) pairs of address field values with encoded words undecoded.
 
-    Guarantees: each addr-spec is lower-cased, holds an "@" and no space, and is
-    at most MAX_ADDRESS long, exactly as written in the field: RFC 2047 section 5
+    Guarantees: each addr-spec is lower-cased, holds an "@" with something on
+    both sides and no space, and is at most MAX_ADDRESS long, exactly as
+    written in the field ("@example.com", what a From of two bare addresses
+    parses to, is none): RFC 2047 section 5
     forbids encoded words in an addr-spec, so the field is parsed before any is
     decoded (decoding first let ``From: =?utf-8?q?Ana_=3Cana=40x=2Ecom=3E=2C?=
     <mallory@y.com>`` name ana@x.com as its sender). Only the display names are
@@ -597,7 +628,14 @@ def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
     pairs = []
     for name, addr in getaddresses(list(values)):
         addr = _canonical_address(_clean(addr).strip().lower())
-        if "@" in addr and not any(c.isspace() for c in addr) and len(addr) <= MAX_ADDRESS:
+        local, at, domain = addr.rpartition("@")
+        if (
+            at
+            and local
+            and domain
+            and not any(c.isspace() for c in addr)
+            and len(addr) <= MAX_ADDRESS
+        ):
             pairs.append((_one_line(_clean(_decode_words(name)))[:MAX_NAME], addr))
     return pairs
 

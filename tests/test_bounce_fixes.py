@@ -310,3 +310,10 @@ def test_delay_or_success_report_leaves_the_acknowledgement_alone(
     desk.deliver(report(block("failed", "5.4.7"), returned=ack_id, n=2))
     assert desk.acknowledgement()["status"] == "failed"
     assert desk.sent_to(NOTIFY) == agents_before + 1
+
+
+def test_a_recipient_written_in_angle_brackets_is_the_bare_address() -> None:
+    # Some MTAs write "Final-Recipient: rfc822; <u@ci.com>"; the brackets reached the
+    # case, the notice's last error and the agents' notice.
+    dsn = parse_dsn(report(block("failed", "5.1.1", f"<{CUSTOMER.upper()}>")))
+    assert [r.recipient for r in dsn.failed] == [CUSTOMER]

@@ -82,6 +82,20 @@ def test_address_fields_with_raw_8bit_names_and_utf8_addresses_still_parse() -> 
     assert mail.cc == ("maria@example.com", "jose@example.com")
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"tim@powerupdev.com concierge@powerupdev.com",  # two bare addresses, no comma
+        b"<@powerupdev.com>",
+        b"<juan@>",
+    ],
+)
+def test_an_address_without_a_local_part_or_a_domain_is_no_sender(field: bytes) -> None:
+    # An acknowledgement had been queued to "@powerupdev.com".
+    mail = parse_inbound(b"From: " + field + b"\r\nSubject: x\r\n\r\nx\r\n")
+    assert mail.sender == ""
+
+
 def test_an_encoded_comma_in_a_display_name_does_not_split_the_address() -> None:
     raw = b"From: =?iso-8859-1?q?P=E9rez=2C_Juan?= <juan@example.com>\r\nSubject: x\r\n\r\nx\r\n"
     mail = parse_inbound(raw)
@@ -213,6 +227,27 @@ def test_valid_utf8_under_a_utf8_label_is_untouched() -> None:
     # "Ã©" and "Â" are valid UTF-8 of their own: nothing is re-read.
     text = "Ã© Â¿ año 😀"
     assert parse_inbound(plain(text.encode())).text == text
+
+
+@pytest.mark.parametrize(
+    ("label", "text", "codec"),
+    [
+        (b"gb2312", "这个是什么拢", "gbk"),  # GBK text under its older name
+        (b"GB2312", "鎔接", "gbk"),
+        (b"shift_jis", "①髙橋", "cp932"),  # NEC and IBM extensions
+        (b"iso-8859-9", "Şükrü €", "cp1254"),
+        (b"ks_c_5601-1987", "똠방각하", "cp949"),
+    ],
+)
+def test_labels_of_older_charsets_are_read_as_their_supersets(
+    label: bytes, text: str, codec: str
+) -> None:
+    # WHATWG Encoding Standard: what browsers and mail clients do with these labels.
+    mail = parse_inbound(plain(text.encode(codec), b"text/plain; charset=" + label))
+    assert mail.text == text
+    word = base64.b64encode(text.encode(codec))
+    raw = b"From: a@example.com\r\nSubject: =?" + label + b"?b?" + word + b"?=\r\n\r\nx\r\n"
+    assert parse_inbound(raw).subject == text
 
 
 # --- 5. unnamed attachments are kept under a generated name ---------------------------------
