@@ -17,7 +17,10 @@ module knows the shapes below and cuts the body at the first one it finds:
   together with the ``____`` or ``----`` rule Outlook and Gmail put above it.
 
 Then it drops every ``>``-quoted line, the signature after an RFC 3676
-``-- `` delimiter, and a trailing "Sent from my iPhone" style line.
+``-- `` delimiter, and a trailing "Sent from my iPhone" style line. A reply
+written below the quote (Thunderbird's and mutt's habit, and answers between
+quoted lines), whose attribution and ``>`` lines come first, keeps what
+follows them.
 
 Whatever the client, mailcase's own notice to agents must never be relayed
 from an agent's reply: when the text left still holds the notice (its
@@ -179,8 +182,16 @@ def agent_text(text: str) -> AgentText:
     # looked for with them in place, an attribution or Outlook header block
     # with ">" lines inside was missed, then found once those lines were gone,
     # so stripping the result again cut more (tests/test_properties.py).
-    lines, before_final_quote = _unquoted_lines(normalized.split("\n"))
-    kept = lines[: _history_start(lines, before_final_quote)]
+    lines, before_final_quote, quote_follows = _unquoted_lines(normalized.split("\n"))
+    start, at = _history_start(lines, before_final_quote)
+    kept = lines[:start]
+    if not any(line.strip() for line in kept) and at in quote_follows:
+        # Written below the quote (Thunderbird's and mutt's default, and answers
+        # between quoted lines): the attribution and its ">" lines come first, and
+        # the new text is what follows them. Looked for again in that text.
+        rest = lines[at + 1 :]
+        final = None if before_final_quote is None else before_final_quote - at - 1
+        kept = rest[: _history_start(rest, final if final is not None and final >= 0 else None)[0]]
     # Before the signature is cut: the notice's help sits under its own "--".
     kept, notice_line = _without_quoted_notice(kept)
     kept = _without_signature(kept)
@@ -209,27 +220,37 @@ def _is_quoted(line: str) -> bool:
     return line.lstrip().startswith(">")
 
 
-def _unquoted_lines(lines: Sequence[str]) -> tuple[list[str], int | None]:
-    """The lines that are not ``>``-quoted, and the index among them of the
-    last non-blank one when ``>``-quoted lines (and blank ones) are all that
-    follow it in ``lines``, else ``None``.
+def _unquoted_lines(lines: Sequence[str]) -> tuple[list[str], int | None, frozenset[int]]:
+    """The lines that are not ``>``-quoted; the index among them of the last
+    non-blank one when ``>``-quoted lines (and blank ones) are all that follow
+    it in ``lines``, else ``None``; and the indices of the non-blank ones that
+    ``>``-quoted lines follow (blank lines between them aside).
     """
     unquoted: list[str] = []
     last_text: int | None = None
     quoted_after_last_text = False
+    quote_follows: set[int] = set()
     for line in lines:
         if _is_quoted(line):
             quoted_after_last_text = True
+            if last_text is not None:
+                quote_follows.add(last_text)
             continue
         if line.strip():
             last_text = len(unquoted)
             quoted_after_last_text = False
         unquoted.append(line)
-    return unquoted, last_text if quoted_after_last_text else None
+    return (
+        unquoted,
+        last_text if quoted_after_last_text else None,
+        frozenset(quote_follows),
+    )
 
 
-def _history_start(lines: Sequence[str], before_final_quote: int | None) -> int:
-    """Index of the first line of quoted history, or ``len(lines)``.
+def _history_start(lines: Sequence[str], before_final_quote: int | None) -> tuple[int, int]:
+    """Index of the first line of quoted history, or ``len(lines)``; and the index of
+    the line that marks it (the last line of an attribution, a marker line), or
+    ``len(lines)``.
 
     ``before_final_quote`` is the index of the line that only ``>``-quoted
     lines followed in the original text, if any (see ``_unquoted_lines``).
@@ -243,15 +264,15 @@ def _history_start(lines: Sequence[str], before_final_quote: int | None) -> int:
             continue
         if len(stripped) <= _MARKER_MAX_CHARS:
             if _MARKER.fullmatch(stripped):
-                return i
+                return i, i
             if _RULE.fullmatch(stripped) and _rule_above_header_block(header_names, i):
-                return i
+                return i, i
         if _is_header_block(header_names, i):
-            return i
+            return i, i
         start = _attribution_start(lines, i, introduces_final_quote=i == before_final_quote)
         if start is not None:
-            return start
-    return len(lines)
+            return start, i
+    return len(lines), len(lines)
 
 
 class _HeaderNames:

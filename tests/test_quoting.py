@@ -258,6 +258,34 @@ def test_nothing_left_returns_original_stripped(text: str) -> None:
     assert strip_quoted(text) == text.strip()
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "On 04/02/2012 06:26 PM, Megan One wrote:\n> Hi \nHello",
+            "Hello",
+            id="thunderbird-below-the-quote",
+        ),
+        pytest.param(
+            "El 20/11/2026 10:00, Internet Plarey <contacto@internet-plarey.com.mx>"
+            " escribió:\n> Recibimos su mensaje y lo registramos con el folio:\n"
+            ">     PLR-2026-000001\n\nSigue sin funcionar el módem.\n\n-- \nJuan",
+            "Sigue sin funcionar el módem.",
+            id="spanish-below-the-quote-with-a-signature",
+        ),
+        pytest.param(
+            "On Fri, Nov 20, 2026 at 10:00 AM Soporte <s@x.mx> wrote:\n"
+            "> ¿Ya reinició el módem?\nSí, dos veces.\n> ¿Qué luces ve?\nSolo la roja.",
+            "Sí, dos veces.\nSolo la roja.",
+            id="answers-between-quoted-lines",
+        ),
+    ],
+)
+def test_text_written_below_the_quote_is_the_new_text(text: str, expected: str) -> None:
+    # Agents and the case had shown the attribution and every quoted line.
+    assert strip_quoted(text) == expected
+
+
 @pytest.mark.parametrize("text", ["", "   ", "\n\r\n\t"])
 def test_blank_input_gives_empty_string(text: str) -> None:
     assert strip_quoted(text) == ""
