@@ -165,14 +165,16 @@ def open_case(
     subject: str,
     mailbox: str,
     now: datetime,
+    reported_at: datetime | None = None,
     channel: str = "mail",
     last_customer_at: datetime | None = None,
 ) -> Case:
-    """A new open case with the next folio of ``now``'s year, inserted (so it has an id).
+    """A new open case with the next folio of its year, inserted (so it has an id).
 
-    The year is ``now``'s in ``folio.timezone`` (the business's calendar).
+    The year is ``reported_at``'s (when the report reached us; ``now`` when not
+    given) in ``folio.timezone``, the business's calendar.
     """
-    year = settings.folio.year(now)
+    year = settings.folio.year(reported_at or now)
     number = next_folio_number(session, year)
     # A Core INSERT, not session.add + flush (a unit of work for one row). The
     # case comes back detached: later changes to it go through session.add.

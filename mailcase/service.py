@@ -845,7 +845,7 @@ def _ingest(
         # Old mail met for the first time: opened and recorded, never answered.
         decision = replace(decision, acknowledge=False, quiet=True)
         note = "; ".join(n for n in (note, "older than notices.max_age_hours: not answered") if n)
-    case = _apply(rt, session, mailbox, mail, raw_sha, fetched.raw, decision, note)
+    case = _apply(rt, session, mailbox, mail, raw_sha, fetched, decision, note)
     reasons = [r for r in (decision.reason, note) if r]
     entry = _write_ledger(
         session,
@@ -989,7 +989,7 @@ def _apply(
     mailbox: str,
     mail: InboundMail,
     raw_sha: str,
-    raw: bytes,
+    fetched: FetchedMessage,
     decision: Decision,
     note: str = "",
 ) -> Case | CaseRef | None:
@@ -1001,11 +1001,15 @@ def _apply(
     if disposition is Disposition.QUARANTINED:
         return None
     if disposition is Disposition.BOUNCE:
-        bounced = _record_bounce(rt, session, raw)
+        bounced = _record_bounce(rt, session, fetched.raw)
         if bounced is not None:
             return bounced
     now = utcnow()
     if decision.open_case:
+        # The folio's year is the year the report reached the server, in the
+        # business's calendar: mail of 23:30 on 31 December polled after midnight
+        # (a backlog, an outage, a retry) is a report of the old year.
+        arrived = as_utc(fetched.internal_date)
         case = casework.open_case(
             settings,
             session,
@@ -1015,6 +1019,7 @@ def _apply(
             subject=remove_folio_tags(strip_reply_prefixes(mail.subject), settings.folio.prefix),
             mailbox=mailbox,
             now=now,
+            reported_at=min(arrived, now) if arrived else now,
             last_customer_at=now,
         )
         casework.link(session, case, decision.related)

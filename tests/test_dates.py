@@ -9,10 +9,12 @@ from typing import Any
 
 from helpers import Cli, mail, offline_runtime, write_config
 from servers import Dovecot, SmtpSink
+from sqlmodel import select
 
 from mailcase import service
 from mailcase.imap import FetchedMessage
 from mailcase.inbound import parse_inbound
+from mailcase.models import Case
 
 ORIGINAL = b"Date: Fri, 20 Nov 2026 10:30:00 +0000\n"
 
@@ -58,3 +60,25 @@ def test_messages_show_gives_times_as_every_other_command(
     lines = {line.split()[0]: line.split(None, 1)[-1] for line in out.splitlines() if line.strip()}
     assert lines["date"] == "2026-11-20 10:30 CST"
     assert datetime.strptime(lines["received_at"], "%Y-%m-%d %H:%M CST")
+
+
+def test_the_folio_year_is_the_year_the_report_arrived_in_the_business_calendar(
+    tmp_path: Path,
+) -> None:
+    # Written at 23:30 on 31 December in Mexico City (05:30 UTC on 1 January) and
+    # polled after midnight: a report of the old year, as folio.timezone promises.
+    rt = offline_runtime(tmp_path)
+    this_year = datetime.now(rt.settings.folio.zone).year
+    last_year = this_year - 1
+    arrived = datetime(last_year + 1, 1, 1, 5, 30, tzinfo=UTC)
+    fetched = FetchedMessage(uid=1, raw=mail(), internal_date=arrived)
+    assert service.ingest_message(rt, "contacto", 1, fetched) == "new_case"
+    # A date the server put in the future is no arrival: the year is now's.
+    future = FetchedMessage(
+        uid=2, raw=mail(sender="b@example.com"), internal_date=datetime(2999, 1, 1, tzinfo=UTC)
+    )
+    assert service.ingest_message(rt, "contacto", 1, future) == "new_case"
+    with rt.store.transaction() as session:
+        folios = sorted(session.exec(select(Case.folio)).all())
+    rt.store.dispose()
+    assert folios == sorted([f"PLR-{last_year}-000001", f"PLR-{datetime.now(UTC).year}-000001"])
