@@ -32,7 +32,7 @@ from mailcase.blobs import BlobStore, read_header
 from mailcase.classify import classify
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
-from mailcase.dsn import parse_dsn
+from mailcase.dsn import DeliveryReport, parse_dsn
 from mailcase.errors import (
     ConfigError,
     DatabaseError,
@@ -1001,7 +1001,7 @@ def _apply(
     if disposition is Disposition.QUARANTINED:
         return None
     if disposition is Disposition.BOUNCE:
-        bounced = _record_bounce(rt, session, fetched.raw)
+        bounced = _record_bounce(rt, session, fetched.raw, decision.case)
         if bounced is not None:
             return bounced
     now = utcnow()
@@ -1274,7 +1274,9 @@ def _run_command(
     # NOTE: the message itself was recorded as a note; nothing else to do.
 
 
-def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> Case | None:
+def _record_bounce(
+    rt: Runtime, session: Session, raw: bytes, named: CaseRef | None = None
+) -> Case | None:
     """A delivery report on one of our notices, recorded on its case; that case, or None.
 
     A failure (a recipient with RFC 3464 ``Action: failed``, or a bounce with no
@@ -1285,11 +1287,24 @@ def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> Case | None:
     as a system message, so whoever wonders why the customer has not seen the
     acknowledgement can read that it is late. No report opens a case or is
     answered; a report naming none of our notices returns None.
+
+    A bounce that returns no Message-ID of ours but names a case (``named``: the
+    folio in its subject, as Exchange 2003 and Domino write "Undeliverable: [Folio
+    ...]") is tied to that case's latest notice to a recipient it names.
     """
     report = parse_dsn(raw)
-    for message_id in report.message_ids:
-        notice = session.exec(select(Notice).where(Notice.message_id == message_id)).first()
-        if notice is None or notice.case_id is None:
+    notices = [
+        n
+        for n in (
+            session.exec(select(Notice).where(Notice.message_id == mid)).first()
+            for mid in report.message_ids
+        )
+        if n is not None
+    ]
+    if not notices and named is not None:
+        notices = _notices_named_in(session, named, report, raw)
+    for notice in notices:
+        if notice.case_id is None:
             continue
         case = session.get(Case, notice.case_id)
         if case is None:
@@ -1340,6 +1355,28 @@ def _record_bounce(rt: Runtime, session: Session, raw: bytes) -> Case | None:
             )
         return case
     return None
+
+
+def _notices_named_in(
+    session: Session, named: CaseRef, report: DeliveryReport, raw: bytes
+) -> list[Notice]:
+    """The latest notice of case ``named`` that went to a recipient ``report`` names
+    (or, for a report with no per-recipient status, whose address is in its text)."""
+    failed = {r.recipient for r in report.recipients}
+    lowered = raw.lower()
+    for notice in session.exec(
+        select(Notice)
+        .where(
+            Notice.case_id == named.id,
+            col(Notice.status).in_((NoticeStatus.SENT, NoticeStatus.FAILED)),
+        )
+        .order_by(col(Notice.id).desc())
+        .limit(20)
+    ).all():
+        rcpt = notice.rcpt_to.lower()
+        if rcpt in failed or (not failed and rcpt.encode("utf-8", "replace") in lowered):
+            return [notice]
+    return []
 
 
 def _record_inbound(

@@ -140,17 +140,18 @@ format = "json"
     return path
 
 
-def offline_runtime(directory: Path, db_url: str | None = None) -> Any:
+def offline_runtime(directory: Path, db_url: str | None = None, *, notify: bool = False) -> Any:
     """A ``service.Runtime`` on a config in ``directory`` whose servers are never contacted.
 
     For tests of ingest and casework on the database alone (ports 1 to 3: nothing
-    listens there); ``db_url`` as for :func:`write_config`.
+    listens there); ``db_url`` and ``notify`` as for :func:`write_config`.
     """
     from mailcase import service
     from mailcase.config import load_settings
 
     servers: Any = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
-    config = write_config(directory, servers, types.SimpleNamespace(port=3), db_url=db_url)  # type: ignore[arg-type]
+    sink: Any = types.SimpleNamespace(port=3)
+    config = write_config(directory, servers, sink, db_url=db_url, notify=notify)
     return service.Runtime.open(load_settings(config))
 
 

@@ -11,16 +11,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CONTACTO, NOTIFY, Cli, mail, write_config
+import sqlalchemy as sa
+from helpers import CONTACTO, NOTIFY, Cli, mail, offline_runtime, write_config
 from servers import Dovecot, SmtpSink
+from sqlmodel import select
 
+from mailcase import service
 from mailcase.classify import Classification, MailKind, classify
 from mailcase.dsn import parse_dsn
+from mailcase.imap import FetchedMessage
 from mailcase.inbound import InboundMail, parse_inbound
+from mailcase.models import Case, Notice
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 CUSTOMER = "juan.perez@example.com"
@@ -317,3 +323,30 @@ def test_a_recipient_written_in_angle_brackets_is_the_bare_address() -> None:
     # case, the notice's last error and the agents' notice.
     dsn = parse_dsn(report(block("failed", "5.1.1", f"<{CUSTOMER.upper()}>")))
     assert [r.recipient for r in dsn.failed] == [CUSTOMER]
+
+
+def test_a_bounce_naming_the_case_only_by_its_folio_marks_the_notice_failed(
+    tmp_path: Path,
+) -> None:
+    # Exchange 2003 and Domino return no Message-ID of the bounced message: only its
+    # subject, with the folio, and the recipient in their own words.
+    rt = offline_runtime(tmp_path, notify=True)
+    now = datetime.now(UTC)
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, mail(), now)) == "new_case"
+    with rt.store.transaction() as session:
+        folio = session.exec(select(Case.folio)).one()
+        session.execute(sa.update(Notice).values(status="sent"))  # delivered by the outbox
+    bounce = (
+        "Return-Path: <>\r\nFrom: System Administrator <postmaster@mx.example.com>\r\n"
+        f"To: {CONTACTO}\r\nSubject: Undeliverable: [Folio {folio}] Sin servicio de internet\r\n"
+        "Message-ID: <x1@mx.example.com>\r\n\r\nYour message\r\n\r\n"
+        f"  Subject: [Folio {folio}] Sin servicio de internet\r\n\r\n"
+        f"did not reach the following recipient(s):\r\n\r\n{CUSTOMER} on Thu, 26 Nov 2026\r\n"
+        "    The recipient name is not recognized\r\n"
+    ).encode()
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(2, bounce, now)) == "bounce"
+    with rt.store.transaction() as session:
+        notices = {n.kind: (n.status, n.rcpt_to) for n in session.exec(select(Notice)).all()}
+    rt.store.dispose()
+    assert notices["acknowledgement"] == ("failed", CUSTOMER)
+    assert notices["delivery_failed"] == ("queued", NOTIFY)
