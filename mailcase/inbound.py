@@ -787,10 +787,11 @@ _EXTENSIONS = MappingProxyType(
 def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
     """The text/plain and the text/html parts of ``message``'s own body, in order.
 
-    Also names every other leaf part that has no file name (and no Content-ID,
-    by which mail-parser names inline images) ``attachment-N.ext``, N counting
-    from 1 in the message's part order, the extension from its content type
-    where known, and marks it ``Content-Disposition: attachment``, so that
+    Also names every other leaf part that has no file name ``attachment-N.ext``,
+    N counting from 1 in the message's part order, the extension from its
+    content type where known, and marks it ``Content-Disposition: attachment``
+    (``inline`` for an image the HTML shows by its Content-ID, which mail-parser
+    would have named by that id), so that
     mail-parser keeps it as an attachment: it drops unnamed parts that are not
     text (a photo or a PDF sent without a name), and names unnamed text
     attachments at random. Never looks inside a message/* part (an attached
@@ -839,12 +840,15 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
             if named:
                 _set_disposition_type(part, "attachment")
                 continue
-        elif named or (part.get("content-id") and content_type not in _BODY_TYPES):
-            continue  # mail-parser keeps it under its own name, or its Content-ID
+        elif named:
+            continue  # mail-parser keeps it under its own name
         generated += 1
         name = f"attachment-{generated}{_EXTENSIONS.get(content_type, '')}"
+        # An image the HTML shows by its Content-ID stays inline (a signature's logo);
+        # mail-parser named it by the Content-ID itself ("<c024cb5b@...>").
+        shown = bool(part.get("content-id")) and disposition != "attachment"
         del part["content-disposition"]
-        part["Content-Disposition"] = f'attachment; filename="{name}"'
+        part["Content-Disposition"] = f'{"inline" if shown else "attachment"}; filename="{name}"'
     return plain, html
 
 

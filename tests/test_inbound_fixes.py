@@ -387,6 +387,9 @@ def test_an_inline_image_is_marked_inline_and_a_file_is_not() -> None:
         ("image/png", True),
         ("application/pdf", False),
     }
+    # Named as any unnamed part is, not by its Content-ID ("<logo1>" in the
+    # agents' notice).
+    assert {a.filename for a in mail.attachments} == {"attachment-1.png", "r.pdf"}
 
 
 def test_a_charset_whose_codec_refuses_replace_still_decodes() -> None:
