@@ -1054,6 +1054,10 @@ def _apply(
     session.add(case)
     if disposition is not Disposition.FOLLOW_UP:  # an auto-reply or bounce naming the case
         _record_inbound(rt, session, case, mail, raw_sha, "system")
+        if _answer_from_own_address(session, settings, case, decision, mail):
+            # A person answered our notice to agents from a shared address of ours
+            # (the agents' list, a support mailbox): nothing runs, but they learn why.
+            _not_relayed(session, settings, case, mail, "own_address", to=settings.agents.notify)
         return case
     if decision.quiet:  # old mail: kept on the case, no command runs, nobody is told
         _record_inbound(rt, session, case, mail, raw_sha, str(decision.role))
@@ -1220,6 +1224,22 @@ def _relayable(attached: list[Attachment], limit: int) -> tuple[list[FileAttachm
     return sent, kept
 
 
+def _answer_from_own_address(
+    session: Session, settings: Settings, case: Case, decision: Decision, mail: InboundMail
+) -> bool:
+    """Whether ``mail`` is a person's answer to our notice to agents about ``case``, sent
+    from one of mailcase's own addresses, with someone to tell (``agents.notify``).
+
+    Classify calls mail from our own addresses automatic (a loop guard); mail that
+    names no automatic header (those are reasons of their own) and references a
+    signed id of this case was written by someone who read the notice.
+    """
+    if not settings.agents.notify or not decision.reason.startswith("own address"):
+        return False
+    proofs = proofs_in(signing_key(session, settings), mail.thread_ids)
+    return any(case_id == case.id for case_id, _ in proofs)
+
+
 def _not_relayed(
     session: Session,
     settings: Settings,
@@ -1229,18 +1249,20 @@ def _not_relayed(
     *,
     attachments: list[str] | None = None,
     untold: list[str] | None = None,
+    to: str | None = None,
 ) -> None:
-    """Tell the agent who wrote ``mail`` what did not reach the customer, and why."""
+    """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why."""
     queue_notice(
         session,
         settings,
         case,
         "not_relayed",
-        to=mail.sender,
+        to=to or mail.sender,
         context={
             "reason": reason,
             "attachments": attachments or [],
             "untold": untold or [],
+            "own_sender": mail.sender,
             "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
         },
         in_reply_to=mail.message_id,

@@ -84,7 +84,7 @@ class Desk:
         quoted = "\n".join("> " + line for line in text(notice).splitlines())
         self.deliver(
             mail(
-                sender=f"Ana Técnica <{AGENT}>",
+                sender=kw.pop("sender", f"Ana Técnica <{AGENT}>"),
                 to=kw.pop("to", str(notice["Reply-To"] or CONTACTO)),
                 subject=f"Re: {notice['Subject']}",
                 body=f"{body}\n\nEl jue, 26 nov 2026, Soporte escribió:\n{quoted}",

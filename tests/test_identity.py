@@ -70,3 +70,18 @@ def test_an_agent_writing_to_the_customer_from_the_customers_mail_gets_no_forger
     )
     assert desk.case(folio)["messages"][-1]["kind"] == "unverified"
     assert len(desk.to(AGENT)) == to_agent
+
+
+def test_an_answer_from_the_shared_agents_address_is_kept_and_explained(desk: Desk) -> None:
+    # Agents of a small provider read notices in the shared mailbox and answer from it:
+    # mailcase's own address, which it never obeys (a loop guard). The answer used to
+    # vanish without a word.
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(notification, "#resolver procedente\nSe cambió el módem.", sender=NOTIFY)
+    assert desk.case(folio)["status"] == "open"
+    assert len(desk.to(CUSTOMER)) == to_customer
+    told = text(desk.last_to(NOTIFY))
+    assert f"desde {NOTIFY}, una dirección del propio sistema de casos" in told
+    assert "responda de nuevo desde su propio buzón" in told

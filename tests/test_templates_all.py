@@ -110,6 +110,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "attachments": ["recibo.pdf", "foto.jpg"],
         "attachment_limit": "10 MB",
         "untold": [],
+        "own_sender": "soporte@internet-plarey.com.mx",
         "customer": "juan.perez@example.com",
         "mailbox_address": "contacto@internet-plarey.com.mx",
         "company": COMPANY,
@@ -128,7 +129,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 OPTIONAL = {
     "visit": {"visit_date_text", "previous_visit"},
     "relay": {"customer_name"},
-    "not_relayed": {"untold"},  # read only when the reason is no_customer
+    "not_relayed": {"untold", "own_sender"},  # read only for their reasons
     "agent_notification": {"area"},  # read only when the reason is routed
 }
 CUSTOMER_FACING = ("relay", "resolution_valid", "resolution_invalid", "visit", "visit_cancelled")
