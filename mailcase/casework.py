@@ -40,6 +40,7 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "visit_hours",  # a visit time outside VISIT_HOURS ("4:30" meant 16:30, most likely)
     "repeated",  # the same command twice in one reply
     "conflict",  # #cerrar with #reabrir, or #nota with #resolver, in one reply
+    "after_close",  # resolve, visit or route below this reply's own #cerrar
 )
 
 
@@ -120,6 +121,10 @@ def command_problems(
             problem = "repeated"
         elif opposite.get(kind) in seen:
             problem = "conflict"
+        elif CommandKind.CLOSE in seen and kind in _NEEDS_OPEN:
+            # "#cerrar" then "#resolver" in one reply: the case is not closed, the
+            # order is wrong; "write #reabrir first" would only make a conflict.
+            problem = "after_close"
         elif kind is CommandKind.RESOLVE:
             problem = resolve_problem(status, text)
         elif kind is CommandKind.VISIT and command.visit_date is not None:
@@ -139,6 +144,8 @@ def command_problems(
             status = CaseStatus.RESOLVED
     return problems
 
+
+_NEEDS_OPEN = frozenset({CommandKind.RESOLVE, CommandKind.VISIT, CommandKind.ROUTE})
 
 _REFUSALS = {
     "case_closed": "case {folio} is closed: reopen it first (mailcase cases reopen {folio})",

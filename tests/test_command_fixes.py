@@ -452,3 +452,20 @@ def test_the_first_quote_element_is_the_cut_and_nothing_above_is_lost() -> None:
 def test_a_reply_written_under_the_quote_has_no_text_above_it() -> None:
     body = '<blockquote type="cite">cita</blockquote><div>Respuesta abajo.</div>'
     assert parse_inbound(html_reply(body)).text_above_quote == ""
+
+
+# --- 5. #cerrar above a command it should follow --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line", ["#resolver procedente", "#visita 2026-12-03 10:00", "#area redes"]
+)
+def test_a_command_below_this_replys_own_close_is_told_to_go_above_it(line: str) -> None:
+    # It used to read "the case is closed: write #reabrir first", and doing so
+    # then failed as #cerrar contradicting #reabrir.
+    parsed = parse_commands(f"#cerrar\n{line}\nSe cambió el módem.")
+    now = datetime(2026, 11, 27, 12, 0)
+    assert command_problems(parsed.commands, parsed.text, "open", now) == [(line, "after_close")]
+    # In the right order it applies.
+    parsed = parse_commands(f"{line}\n#cerrar\nSe cambió el módem.")
+    assert command_problems(parsed.commands, parsed.text, "open", now) == []
