@@ -199,6 +199,34 @@ def agent_text(text: str) -> AgentText:
     return AgentText("\n".join(kept).strip(), notice_line)
 
 
+def without_shared_ending(text: str, earlier: str, *, min_lines: int = 2) -> str:
+    """``text`` without the lines it ends with that ``earlier`` ends with too.
+
+    A signature its writer's mail client adds with no ``-- `` line above it
+    (Outlook's, most often) is learnt from the same writer's earlier message,
+    as Zammad does: the closing lines two messages share. Guarantees: only
+    when at least ``min_lines`` non-blank lines are shared, and never all of
+    ``text``'s lines; blank lines and surrounding whitespace do not count;
+    linear in the sizes of both texts.
+    """
+    mine = text.rstrip().split("\n")
+    theirs = [line.strip() for line in earlier.rstrip().split("\n")]
+    i, j, shared = len(mine) - 1, len(theirs) - 1, 0
+    while i >= 0 and j >= 0:
+        if not mine[i].strip():
+            i -= 1
+            continue
+        if not theirs[j]:
+            j -= 1
+            continue
+        if mine[i].strip() != theirs[j]:
+            break
+        shared, i, j = shared + 1, i - 1, j - 1
+    if shared < min_lines or not any(line.strip() for line in mine[: i + 1]):
+        return text
+    return "\n".join(mine[: i + 1]).rstrip()
+
+
 def is_attribution_line(line: str) -> bool:
     """Whether ``line`` ends as a client's attribution does ("… wrote:", "… escribió:").
 

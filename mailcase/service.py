@@ -60,7 +60,7 @@ from mailcase.msgid import proofs_in
 from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
-from mailcase.quoting import agent_text, strip_quoted
+from mailcase.quoting import agent_text, strip_quoted, without_shared_ending
 from mailcase.store import (
     Store,
     as_utc,
@@ -1136,7 +1136,7 @@ def _agent_message(
     # is cut where its markup starts the quote, which no attribution wording
     # can hide (inbound.html_texts).
     written = agent_text(mail.text if mail.text_above_quote is None else mail.text_above_quote)
-    parsed = parse_commands(written.text)
+    parsed = parse_commands(_without_signature_of(session, mail.sender, written.text))
     by = mail.sender
     problems = [{"line": p.line, "problem": p.problem} for p in parsed.problems]
     problems += [
@@ -1222,6 +1222,45 @@ def _relayable(attached: list[Attachment], limit: int) -> tuple[list[FileAttachm
         else:
             kept.append(attachment.filename)
     return sent, kept
+
+
+def _without_signature_of(session: Session, agent: str, text: str) -> str:
+    """``text`` without the signature ``agent``'s mail client adds (an Outlook signature
+    under ``#resolver`` had been sent to the customer as the causes).
+
+    Learnt as Zammad learns it: the closing lines ``text`` shares with the agent's
+    last message on record (quoting.without_shared_ending), kept in key_values so
+    that it is known when that last message was recorded without it.
+    """
+    key = "signature:" + hashlib.sha256(agent.encode("utf-8")).hexdigest()[:48]
+    known = session.get(KeyValue, key)
+    if known is not None and known.value:
+        # The whole of the signature learnt, not only its last line ("Saludos").
+        whole = sum(1 for line in known.value.split("\n") if line.strip())
+        cut = without_shared_ending(text, known.value, min_lines=whole)
+        if cut != text:
+            return cut
+    earlier = session.exec(
+        select(CaseMessage.text)
+        .where(
+            CaseMessage.from_addr == agent,
+            col(CaseMessage.kind).in_(("agent", "note")),
+            CaseMessage.direction == "in",
+        )
+        .order_by(col(CaseMessage.id).desc())
+        .limit(1)
+    ).first()
+    cut = without_shared_ending(text, earlier) if earlier else text
+    if cut != text:
+        signature = text[len(cut) :].strip()
+        if known is not None:
+            known.value = signature
+            session.add(known)
+        else:
+            with contextlib.suppress(IntegrityError), session.begin_nested():
+                # Another instance may learn it at the same time: either will do.
+                session.add(KeyValue(key=key, value=signature))
+    return cut
 
 
 def _answer_from_own_address(

@@ -98,3 +98,24 @@ def store_visit_in_the_past(desk: Desk, folio: str) -> None:
             .values(visit_date=date.today() - timedelta(days=3))
         )
     store.dispose()
+
+
+OUTLOOK_SIGNATURE = "Ana Técnica\nSoporte técnico | Internet Plarey\nTel. 800 123 4567 ext. 214"
+
+
+def test_an_agents_outlook_signature_is_never_the_causes_sent_to_the_customer(
+    desk: Desk,
+) -> None:
+    # Outlook adds its signature with no "-- " above it: under a bare "#resolver"
+    # it had passed as the causes, and the customer read the agent's phone extension.
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, f"Mañana lo llamamos.\n\n{OUTLOOK_SIGNATURE}")
+    desk.agent_reply(notification, f"#resolver procedente\n\n{OUTLOOK_SIGNATURE}")
+    assert desk.case(folio)["status"] == "open"
+    assert "faltan las causas" in text(desk.last_to("ana.tecnica@internet-plarey.com.mx"))
+    desk.agent_reply(
+        notification, f"#resolver procedente\nSe cambió el módem dañado.\n\n{OUTLOOK_SIGNATURE}"
+    )
+    case = desk.case(folio)
+    assert case["status"] == "resolved" and case["cause"] == "Se cambió el módem dañado."

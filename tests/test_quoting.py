@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailcase.inbound import parse_inbound
-from mailcase.quoting import strip_quoted
+from mailcase.quoting import strip_quoted, without_shared_ending
 
 CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 REPLY_CORPORA = (
@@ -463,3 +463,31 @@ def test_reply_shaped_text_keeps_only_input_lines(lines: list[str], newline: str
     normalized = text.replace("\r\n", "\n").replace("\r", "\n")
     for line in result.split("\n"):
         assert line in normalized
+
+
+SIGNATURE = "Ana Técnica\nSoporte técnico | Internet Plarey\nTel. 800 123 4567 ext. 214"
+
+
+@pytest.mark.parametrize(
+    ("text", "earlier", "expected"),
+    [
+        pytest.param(
+            f"Se cambió el módem.\n\n{SIGNATURE}",
+            f"Mañana pasamos.\n{SIGNATURE}\n",
+            "Se cambió el módem.",
+            id="an-outlook-signature-learnt",
+        ),
+        pytest.param(f"{SIGNATURE}", f"Hola.\n{SIGNATURE}", SIGNATURE, id="never-all-of-the-text"),
+        pytest.param(
+            "Revisado.\nSaludos.",
+            "Listo.\nSaludos.",
+            "Revisado.\nSaludos.",
+            id="one-line-is-not-one",
+        ),
+        pytest.param("Sin firma.", "", "Sin firma.", id="nothing-earlier"),
+    ],
+)
+def test_a_signature_is_what_two_messages_of_one_writer_end_with(
+    text: str, earlier: str, expected: str
+) -> None:
+    assert without_shared_ending(text, earlier) == expected
