@@ -199,32 +199,53 @@ def agent_text(text: str) -> AgentText:
     return AgentText("\n".join(kept).strip(), notice_line)
 
 
-def without_shared_ending(text: str, earlier: str, *, min_lines: int = 2) -> str:
-    """``text`` without the lines it ends with that ``earlier`` ends with too.
+def shared_signature(text: str, earlier: str) -> str:
+    """The signature ``text`` and ``earlier`` (one writer's messages) both end with, or "".
 
-    A signature its writer's mail client adds with no ``-- `` line above it
-    (Outlook's, most often) is learnt from the same writer's earlier message,
-    as Zammad does: the closing lines two messages share. Guarantees: only
-    when at least ``min_lines`` non-blank lines are shared, and never all of
-    ``text``'s lines; blank lines and surrounding whitespace do not count;
-    linear in the sizes of both texts.
+    A signature a mail client adds with no ``-- `` line above it (Outlook's, most
+    often) is learnt as Zammad learns it: from the closing lines two messages of
+    the same writer share. Guarantees: "" unless at least two non-blank lines
+    are shared, none of them a ``#`` line, ``earlier`` has words of its own
+    above them, and a blank line stands above them in ``earlier`` (a signature
+    is set apart; an answer sent again, corrected, is not one); blank lines and
+    surrounding whitespace do not count; linear in the sizes of both texts.
     """
-    mine = text.rstrip().split("\n")
-    theirs = [line.strip() for line in earlier.rstrip().split("\n")]
-    i, j, shared = len(mine) - 1, len(theirs) - 1, 0
-    while i >= 0 and j >= 0:
-        if not mine[i].strip():
-            i -= 1
-            continue
-        if not theirs[j]:
-            j -= 1
-            continue
-        if mine[i].strip() != theirs[j]:
-            break
-        shared, i, j = shared + 1, i - 1, j - 1
-    if shared < min_lines or not any(line.strip() for line in mine[: i + 1]):
+    mine = [line.strip() for line in text.split("\n") if line.strip()]
+    lines = earlier.split("\n")
+    theirs = [(n, line.strip()) for n, line in enumerate(lines) if line.strip()]
+    shared = 0
+    while (
+        shared < min(len(mine), len(theirs))
+        and mine[-1 - shared] == theirs[-1 - shared][1]
+        and not mine[-1 - shared].startswith("#")
+    ):
+        shared += 1
+    if shared < 2 or shared == len(theirs):
+        return ""
+    first = theirs[-shared][0]
+    if first == 0 or lines[first - 1].strip():
+        return ""
+    return "\n".join(mine[-shared:])
+
+
+def without_signature(text: str, signature: str) -> str:
+    """``text`` without ``signature`` when it ends with all of its lines; else ``text``.
+
+    Blank lines and surrounding whitespace do not count; the result may be ""
+    (a reply that is only the signature has no words of its own).
+    """
+    wanted = [line.strip() for line in signature.split("\n") if line.strip()]
+    if not wanted:
         return text
-    return "\n".join(mine[: i + 1]).rstrip()
+    lines = text.rstrip().split("\n")
+    i = len(lines) - 1
+    for line in reversed(wanted):
+        while i >= 0 and not lines[i].strip():
+            i -= 1
+        if i < 0 or lines[i].strip() != line:
+            return text
+        i -= 1
+    return "\n".join(lines[: i + 1]).rstrip()
 
 
 def is_attribution_line(line: str) -> bool:

@@ -60,7 +60,7 @@ from mailcase.msgid import proofs_in
 from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
-from mailcase.quoting import agent_text, strip_quoted, without_shared_ending
+from mailcase.quoting import agent_text, shared_signature, strip_quoted, without_signature
 from mailcase.store import (
     Store,
     as_utc,
@@ -1228,39 +1228,33 @@ def _without_signature_of(session: Session, agent: str, text: str) -> str:
     """``text`` without the signature ``agent``'s mail client adds (an Outlook signature
     under ``#resolver`` had been sent to the customer as the causes).
 
-    Learnt as Zammad learns it: the closing lines ``text`` shares with the agent's
-    last message on record (quoting.without_shared_ending), kept in key_values so
-    that it is known when that last message was recorded without it.
+    Learnt from the agent's last relayed message (quoting.shared_signature) and
+    kept in key_values, so that it is known from then on; a reply that is only
+    the signature is left with no words of its own.
     """
     key = "signature:" + hashlib.sha256(agent.encode("utf-8")).hexdigest()[:48]
     known = session.get(KeyValue, key)
-    if known is not None and known.value:
-        # The whole of the signature learnt, not only its last line ("Saludos").
-        whole = sum(1 for line in known.value.split("\n") if line.strip())
-        cut = without_shared_ending(text, known.value, min_lines=whole)
-        if cut != text:
-            return cut
     earlier = session.exec(
         select(CaseMessage.text)
         .where(
             CaseMessage.from_addr == agent,
-            col(CaseMessage.kind).in_(("agent", "note")),
+            CaseMessage.kind == "agent",  # relayed words, not a refused reply's
             CaseMessage.direction == "in",
         )
         .order_by(col(CaseMessage.id).desc())
         .limit(1)
     ).first()
-    cut = without_shared_ending(text, earlier) if earlier else text
-    if cut != text:
-        signature = text[len(cut) :].strip()
+    learnt = shared_signature(text, earlier) if earlier else ""
+    if learnt and (known is None or known.value != learnt):
         if known is not None:
-            known.value = signature
+            known.value = learnt
             session.add(known)
         else:
             with contextlib.suppress(IntegrityError), session.begin_nested():
                 # Another instance may learn it at the same time: either will do.
-                session.add(KeyValue(key=key, value=signature))
-    return cut
+                session.add(KeyValue(key=key, value=learnt))
+    signature = learnt or (known.value if known is not None else "")
+    return without_signature(text, signature) if signature else text
 
 
 def _answer_from_own_address(

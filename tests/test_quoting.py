@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailcase.inbound import parse_inbound
-from mailcase.quoting import strip_quoted, without_shared_ending
+from mailcase.quoting import shared_signature, strip_quoted, without_signature
 
 CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 REPLY_CORPORA = (
@@ -473,21 +473,37 @@ SIGNATURE = "Ana Técnica\nSoporte técnico | Internet Plarey\nTel. 800 123 4567
     [
         pytest.param(
             f"Se cambió el módem.\n\n{SIGNATURE}",
-            f"Mañana pasamos.\n{SIGNATURE}\n",
-            "Se cambió el módem.",
-            id="an-outlook-signature-learnt",
+            f"Mañana pasamos.\n\n{SIGNATURE}\n",
+            SIGNATURE,
+            id="an-outlook-signature",
         ),
-        pytest.param(f"{SIGNATURE}", f"Hola.\n{SIGNATURE}", SIGNATURE, id="never-all-of-the-text"),
         pytest.param(
-            "Revisado.\nSaludos.",
-            "Listo.\nSaludos.",
-            "Revisado.\nSaludos.",
-            id="one-line-is-not-one",
+            f"#resolver procedente\n\n{SIGNATURE}",
+            f"Mañana pasamos.\n\n{SIGNATURE}",
+            SIGNATURE,
+            id="all-the-words-but-a-command",
         ),
-        pytest.param("Sin firma.", "", "Sin firma.", id="nothing-earlier"),
+        pytest.param(
+            "Se cambió el módem.\nQuedó funcionando.",
+            "Hola.\nSe cambió el módem.\nQuedó funcionando.",
+            "",
+            id="an-answer-sent-again-is-no-signature",
+        ),
+        pytest.param("Revisado.\n\nSaludos.", "Listo.\n\nSaludos.", "", id="one-line-is-not-one"),
+        pytest.param(f"Hola.\n\n{SIGNATURE}", SIGNATURE, "", id="earlier-has-no-words-of-its-own"),
+        pytest.param(
+            "Hola.\n\n#cerrar\nSaludos.", "Adiós.\n\n#cerrar\nSaludos.", "", id="no-command"
+        ),
     ],
 )
 def test_a_signature_is_what_two_messages_of_one_writer_end_with(
     text: str, earlier: str, expected: str
 ) -> None:
-    assert without_shared_ending(text, earlier) == expected
+    assert shared_signature(text, earlier) == expected
+
+
+def test_without_signature_cuts_it_whole_or_not_at_all() -> None:
+    assert without_signature(f"Listo.\n\n{SIGNATURE}\n", SIGNATURE) == "Listo."
+    assert without_signature(f"  {SIGNATURE}  ", SIGNATURE) == ""
+    assert without_signature("Listo.\nTel. 800 123 4567 ext. 214", SIGNATURE).startswith("Listo.")
+    assert without_signature("Listo.", "") == "Listo."
