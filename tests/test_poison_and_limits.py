@@ -502,10 +502,11 @@ def test_nul_everywhere_opens_a_case_on_both_databases(make_env: MakeEnv) -> Non
     detail = env.case(case["folio"])
     assert detail["customer_name"] == "Juan\ufffdPérez"
     [inbound] = [m for m in detail["messages"] if m["direction"] == "in"]
-    # Dovecot stores a NUL of a body as the byte 0x80, not UTF-8: read, as every
-    # byte that is not UTF-8 under a UTF-8 label is, as windows-1252 ("€").
+    # Dovecot stores a NUL of a body or a MIME field as the byte 0x80: read, as
+    # every byte that is not UTF-8 under a UTF-8 label or raw in a field is, as
+    # windows-1252 ("€").
     assert inbound["text"] == "No tengo€ internet."
-    assert [(a["filename"], a["size"]) for a in inbound["attachments"]] == [("a\ufffdb.bin", 5)]
+    assert [(a["filename"], a["size"]) for a in inbound["attachments"]] == [("a€b.bin", 5)]
 
 
 # --------------------------------------------------------------------------------------------
