@@ -74,12 +74,16 @@ def visit_problem(status: str, day: date, hour: str | None, now_local: datetime)
     typo in the year, say) would tell the customer a date that has passed,
     and one more than :data:`VISIT_MAX_DAYS_AHEAD` days after it (the same
     typo the other way) a date nobody will keep. A time outside
-    :data:`VISIT_HOURS` is refused too.
+    :data:`VISIT_HOURS` is refused too, and today with no time once those
+    hours are over.
     """
     if status == CaseStatus.CLOSED:
         return "case_closed"
     today = now_local.date()
-    if day < today or (day == today and hour is not None and hour < now_local.strftime("%H:%M")):
+    # Today without a time once visiting hours are over is past too: the customer
+    # would be told to wait for a technician who comes no more today.
+    past = hour if hour is not None else VISIT_HOURS[1]
+    if day < today or (day == today and past < now_local.strftime("%H:%M")):
         return "visit_in_past"
     # Compared as a number of days: today + timedelta overflows near date.max.
     if (day - today).days > VISIT_MAX_DAYS_AHEAD:
@@ -383,8 +387,11 @@ def schedule_visit(
         # Still ahead: this one replaces it. One that took place (a second visit
         # after a repair that did not hold) is not cancelled.
         previous = _visit_text(case.visit_date, case.visit_time, case.language)
-    if previous == _visit_text(day, hour, case.language):
-        previous = ""  # the same visit again: nothing to cancel
+    if previous == _visit_text(day, hour, case.language) or (
+        case.visit_date == day and case.visit_time is None
+    ):
+        # The same visit again, or its time given now: nothing is cancelled.
+        previous = ""
     case.visit_date = day
     case.visit_time = hour
     case.updated_at = utcnow()

@@ -119,3 +119,14 @@ def test_an_agents_outlook_signature_is_never_the_causes_sent_to_the_customer(
     )
     case = desk.case(folio)
     assert case["status"] == "resolved" and case["cause"] == "Se cambió el módem dañado."
+
+
+def test_giving_the_time_of_a_visit_cancels_nothing(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    day = (date.today() + timedelta(days=5)).isoformat()
+    desk.agent_reply(notification, f"#visita {day}")
+    desk.agent_reply(notification, f"#visita {day} 10:00")
+    told = text(desk.last_to(CUSTOMER))
+    assert "cancelada" not in told and "10:00" in told
+    assert desk.case(folio)["visit"] == {"date": day, "time": "10:00"}

@@ -469,3 +469,10 @@ def test_a_command_below_this_replys_own_close_is_told_to_go_above_it(line: str)
     # In the right order it applies.
     parsed = parse_commands(f"{line}\n#cerrar\nSe cambió el módem.")
     assert command_problems(parsed.commands, parsed.text, "open", now) == []
+
+
+def test_today_without_a_time_after_visiting_hours_is_past() -> None:
+    late = datetime(2026, 11, 27, 22, 30)
+    assert visit_problem("open", date(2026, 11, 27), None, late) == "visit_in_past"
+    assert visit_problem("open", date(2026, 11, 27), None, datetime(2026, 11, 27, 20, 0)) is None
+    assert visit_problem("open", date(2026, 11, 28), None, late) is None
