@@ -800,9 +800,13 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
     plain: list[Message] = []
     html: list[Message] = []
     generated = 0
-    stack: list[tuple[Message, bool]] = [(message, False)]
+    # (part, inside an attachment, id of the multipart/alternative it is a child of)
+    stack: list[tuple[Message, bool, int | None]] = [(message, False, None)]
+    # RFC 2046 5.1.4: alternatives are the same content; two text/plain ones (the
+    # second often HTML labelled as plain) are one text, not two to join.
+    alternatives_taken: set[tuple[int, str]] = set()
     while stack:
-        part, in_attachment = stack.pop()
+        part, in_attachment, alternative = stack.pop()
         content_type = part.get_content_type()
         maintype = content_type.partition("/")[0]
         _recover_8bit_params(part)
@@ -817,8 +821,11 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
             in_attachment = in_attachment or (
                 disposition not in (None, "inline") or (named and disposition != "inline")
             )
+            parent = id(part) if content_type == "multipart/alternative" else None
             stack.extend(
-                (child, in_attachment) for child in reversed(payload) if isinstance(child, Message)
+                (child, in_attachment, parent)
+                for child in reversed(payload)
+                if isinstance(child, Message)
             )
             if disposition != "attachment" or named:
                 continue  # else mail-parser keeps the whole of it: name it below
@@ -831,6 +838,10 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
             # mail-parser's body parts, as it picks them. A named text part is
             # body text only when inline (Apple Mail); mail-parser keeps it as
             # an attachment too.
+            if alternative is not None:
+                if (alternative, content_type) in alternatives_taken:
+                    continue
+                alternatives_taken.add((alternative, content_type))
             (plain if content_type == "text/plain" else html).append(part)
             continue
         elif maintype == "message" and disposition != "attachment":

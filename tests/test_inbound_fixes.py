@@ -399,3 +399,19 @@ def test_a_charset_whose_codec_refuses_replace_still_decodes() -> None:
         b"Content-Type: text/plain; charset=idna\r\n\r\nNo tengo se\xf1al\r\n"
     )
     assert parse_inbound(raw).text == "No tengo señal"
+
+
+def test_two_plain_alternatives_are_one_text() -> None:
+    # RFC 2046 5.1.4: alternatives say the same thing; the second here is HTML
+    # labelled text/plain, and joining them showed agents the markup.
+    raw = (
+        HEAD + b'Content-Type: multipart/alternative; boundary="a"\r\n\r\n'
+        b"--a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSin se\xc3\xb1al.\r\n"
+        b"--a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        b'<div dir="ltr">Sin se\xc3\xb1al.</div>\r\n'
+        b"--a--\r\n"
+    )
+    assert parse_inbound(raw).text == "Sin señal."
+    # Plain parts of a mixed message are still all of the body.
+    mixed_body = mixed(TEXT_PART, b"Content-Type: text/plain; charset=utf-8\r\n\r\nY otra parte")
+    assert parse_inbound(mixed_body).text == "Foto del modem\nY otra parte"
