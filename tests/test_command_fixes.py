@@ -15,6 +15,7 @@ from typing import Literal
 
 import pytest
 from helpers import FOLIO
+from test_commands import only_problem
 from test_templates_all import context
 
 from mailcase.casework import command_problems, visit_problem
@@ -31,14 +32,6 @@ from mailcase.quoting import agent_text, new_text, strip_quoted
 from mailcase.render import render_body
 
 NOW = datetime(2026, 11, 27, 10, 0)  # local time in the business's zone
-
-
-def only_problem(text: str) -> str:
-    parsed = parse_commands(text)
-    assert parsed.commands == ()
-    assert len(parsed.problems) == 1
-    assert parsed.problems[0].line == text.strip()
-    return parsed.problems[0].problem
 
 
 # --- 1. commands below the greeting, and invisible characters ---------------------
