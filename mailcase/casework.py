@@ -423,7 +423,9 @@ def _cancel_visit(session: Session, settings: Settings, case: Case, *, by: str) 
     now_local = utcnow().astimezone(settings.folio.zone)
     if visit_problem(CaseStatus.OPEN, case.visit_date, case.visit_time, now_local) == (
         "visit_in_past"
-    ):
+    ) or (case.visit_time is None and case.visit_date == now_local.date()):
+        # Today with no time: the technician may have come already (a resolution
+        # in the afternoon after the morning's visit); never tell it was cancelled.
         return ""
     cancelled = _visit_text(case.visit_date, case.visit_time, case.language)
     when = case.visit_date.isoformat() + (f" {case.visit_time}" if case.visit_time else "")

@@ -857,7 +857,7 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
         name = f"attachment-{generated}{_EXTENSIONS.get(content_type, '')}"
         # An image the HTML shows by its Content-ID stays inline (a signature's logo);
         # mail-parser named it by the Content-ID itself ("<c024cb5b@...>").
-        shown = bool(part.get("content-id")) and disposition != "attachment"
+        shown = maintype == "image" and bool(part.get("content-id")) and disposition != "attachment"
         del part["content-disposition"]
         part["Content-Disposition"] = f'{"inline" if shown else "attachment"}; filename="{name}"'
     return plain, html

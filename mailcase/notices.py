@@ -140,7 +140,9 @@ def blocked(
     key = _PER_CASE_CAPS.get(kind)
     if key is not None and case_id is not None:
         cap = getattr(limits, key)
-        params = {"case": case_id, "kind": kind, "since": since}
+        # Per recipient: a routed case's updates go to the general list and to
+        # the area, and must not use up each other's allowance.
+        params = {"case": case_id, "kind": kind, "rcpt": rcpt, "since": since}
         if run(session, _CASE_KIND_SINCE, params).scalar_one() >= cap:
             return f"limits.{key} ({cap})"
     if kind == "unverified_agent":
@@ -168,7 +170,9 @@ _ACKS_SINCE = Prepared(
 )
 _CASE_KIND_SINCE = Prepared(
     _COUNT_SINCE.where(
-        _NOTICES.c.case_id == sa.bindparam("case"), _NOTICES.c.kind == sa.bindparam("kind")
+        _NOTICES.c.case_id == sa.bindparam("case"),
+        _NOTICES.c.kind == sa.bindparam("kind"),
+        _NOTICES.c.rcpt_to == sa.bindparam("rcpt"),
     )
 )
 _TO_KIND_SINCE = Prepared(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import shutil
 import threading
 import time
@@ -29,7 +30,7 @@ from sqlmodel import Session, col, select
 from mailcase import casework, leases, metrics
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore, read_header
-from mailcase.classify import classify
+from mailcase.classify import MailKind, classify
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
 from mailcase.dsn import DeliveryReport, parse_dsn
@@ -830,7 +831,9 @@ def _ingest(
 
     classification = classify(mail, own_addresses=settings.own_addresses)
     facts = _facts(rt, session, mail, earlier)
-    if mail.thread_ids:
+    if mail.thread_ids and classification.kind is MailKind.CUSTOMER:
+        # A person's mail only: a bounce or an out-of-office reply quoting a notice's
+        # id (Gmail's reports do) shows no one holds it, and runs nothing anyway.
         _note_exposed(session, settings, mail)
     decision = triage(
         mail,
@@ -926,7 +929,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     authenticated = False
     if mail.sender in settings.agents.addresses:
         for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
-            if session.get(KeyValue, _exposure_key(proof)) is not None:
+            if _exposed(session, proof):
                 continue  # seen in someone else's hands: no proof any more
             case = session.get(Case, case_id)
             if case is not None:
@@ -948,9 +951,19 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     )
 
 
-def _exposure_key(proof: str) -> str:
-    """The key_values row that marks a signed Message-ID's ``proof`` as exposed."""
-    return "exposed-id:" + hashlib.sha256(proof.encode("ascii")).hexdigest()[:48]
+def _hashed_key(kind: str, value: str) -> str:
+    """A key_values key for ``value`` (a proof, an address), within the column's 64."""
+    return f"{kind}:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:48]
+
+
+def _exposed(session: Session, proof: str) -> bool:
+    """Whether the signed Message-ID ``proof`` was seen in other hands (_note_exposed)."""
+    return session.get(KeyValue, _hashed_key("exposed-id", proof)) is not None
+
+
+def _to_customer(case: Case, mail: InboundMail) -> bool:
+    """Whether ``mail`` went to ``case``'s customer too (To or Cc)."""
+    return bool(case.customer) and (case.customer in mail.to or case.customer in mail.cc)
 
 
 def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> None:
@@ -972,9 +985,9 @@ def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> No
     if mail.sender in agents and not outsiders:
         return
     for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
-        key = _exposure_key(proof)
-        if session.get(KeyValue, key) is not None:
+        if _exposed(session, proof):
             continue
+        key = _hashed_key("exposed-id", proof)
         try:
             with session.begin_nested():  # another instance may mark it at the same time
                 session.add(KeyValue(key=key, value=f"case {case_id} at {utcnow().isoformat()}"))
@@ -1067,15 +1080,12 @@ def _apply(
         _agent_message(rt, session, case, mail, raw_sha)
     elif decision.role is Role.UNVERIFIED:
         _record_inbound(rt, session, case, mail, raw_sha, "unverified")
-        if case.customer and (case.customer in mail.to or case.customer in mail.cc):
+        if _to_customer(case, mail):
             # What an agent writing to the customer from the customer's own mail,
             # the mailbox in copy, looks like: kept, but no forgery warning.
             return case
         key = signing_key(session, settings)
-        exposed = any(
-            session.get(KeyValue, _exposure_key(proof)) is not None
-            for _, proof in proofs_in(key, mail.thread_ids)
-        )
+        exposed = any(_exposed(session, proof) for _, proof in proofs_in(key, mail.thread_ids))
         queue_notice(
             session,
             settings,
@@ -1189,39 +1199,59 @@ def _agent_message(
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
         return
     # Written straight to the customer with the mailbox in Cc: already sent.
-    if case.customer and (case.customer in mail.to or case.customer in mail.cc):
+    if _to_customer(case, mail):
         return
     # Not a signature's logo: what the agent attached.
     attached = [a for a in mail.attachments if not a.inline]
     attachments = [a.filename for a in attached]
     reason = "no_text" if not text else "no_customer" if not case.customer else ""
+    withheld: list[str] = []
     if not reason:
-        sent, kept = _relayable(attached, settings.notices.max_relayed_attachment_bytes)
+        sent, too_big, withheld = _relayable(
+            attached,
+            settings.notices.max_relayed_attachment_bytes,
+            signing_key(session, settings),
+        )
         if casework.relay(
             session, settings, case, text, agent_name=mail.sender_name, attachments=sent
         ):
+            kept = too_big + withheld
             reason, attachments = ("attachments", kept) if kept else ("", [])
         else:
-            reason = "held"  # limits.max_relays_per_case_per_hour: a loop, most likely
+            reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
     if reason:  # the agent learns what did not reach the customer
-        _not_relayed(session, settings, case, mail, reason, attachments=attachments)
+        _not_relayed(
+            session, settings, case, mail, reason, attachments=attachments, withheld=withheld
+        )
 
 
-def _relayable(attached: list[Attachment], limit: int) -> tuple[list[FileAttachment], list[str]]:
+def _relayable(
+    attached: list[Attachment], limit: int, key: bytes
+) -> tuple[list[FileAttachment], list[str], list[str]]:
     """The agent's files that go on to the customer, in order, while they fit in ``limit``
-    bytes together (``notices.max_relayed_attachment_bytes``); and the names of the rest."""
+    bytes together (``notices.max_relayed_attachment_bytes``); the names of those that
+    did not fit; and the names of those withheld (below).
+
+    Never an attached message (Outlook's "attach original message" would hand
+    the customer our notice to agents, whose signed Message-ID is an agent's
+    proof, with the command help), nor any file that holds a signed id of ours.
+    """
     sent: list[FileAttachment] = []
-    kept: list[str] = []
+    too_big: list[str] = []
+    withheld: list[str] = []
     total = 0
     for attachment in attached:
-        if total + attachment.size <= limit:
+        internal = attachment.content_type.partition("/")[0] in ("message", "multipart")
+        if internal or _holds_signed_id(attachment.payload, key):
+            withheld.append(attachment.filename)
+        elif total + attachment.size <= limit:
             total += attachment.size
             sent.append(
                 FileAttachment(attachment.filename, attachment.content_type, attachment.payload)
             )
         else:
-            kept.append(attachment.filename)
-    return sent, kept
+            too_big.append(attachment.filename)
+    return sent, too_big, withheld
 
 
 def _without_signature_of(session: Session, agent: str, text: str) -> str:
@@ -1232,7 +1262,7 @@ def _without_signature_of(session: Session, agent: str, text: str) -> str:
     kept in key_values, so that it is known from then on; a reply that is only
     the signature is left with no words of its own.
     """
-    key = "signature:" + hashlib.sha256(agent.encode("utf-8")).hexdigest()[:48]
+    key = _hashed_key("signature", agent)
     known = session.get(KeyValue, key)
     earlier = session.exec(
         select(CaseMessage.text)
@@ -1281,6 +1311,7 @@ def _not_relayed(
     reason: str,
     *,
     attachments: list[str] | None = None,
+    withheld: list[str] | None = None,
     untold: list[str] | None = None,
     to: str | None = None,
 ) -> None:
@@ -1295,6 +1326,7 @@ def _not_relayed(
             "reason": reason,
             "attachments": attachments or [],
             "untold": untold or [],
+            "withheld": withheld or [],
             "own_sender": mail.sender,
             "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
         },
@@ -1302,9 +1334,21 @@ def _not_relayed(
     )
 
 
+_SIGNED_ID = re.compile(rb"<mc\.[0-9]{1,18}\.[0-9A-Za-z]{1,64}\.[0-9a-fA-F]{24}@[^<>@\s]{1,255}>")
+
+
+def _holds_signed_id(data: bytes, key: bytes) -> bool:
+    """Whether ``data`` holds a Message-ID of ours that proves an agent (mailcase.msgid)."""
+    found = (m.decode("ascii", "replace") for m in _SIGNED_ID.findall(data))
+    return bool(proofs_in(key, found))
+
+
 def _megabytes(size: int) -> str:
-    """``size`` bytes for people: "10 MB", "2.5 MB" ("" for 0)."""
-    return f"{size / 1_000_000:.3g} MB" if size else ""
+    """``size`` bytes for people: "5 MB", "2.5 MB", "800 KB" ("" for 0)."""
+    if not size:
+        return ""
+    value, unit = (size / 1_000_000, "MB") if size >= 1_000_000 else (size / 1000, "KB")
+    return f"{value:,.1f}".removesuffix(".0") + f" {unit}"
 
 
 # Commands whose outcome the customer is sent (when the case has an address).
@@ -1415,23 +1459,37 @@ def _record_bounce(
 def _notices_named_in(
     session: Session, named: CaseRef, report: DeliveryReport, raw: bytes
 ) -> list[Notice]:
-    """The latest notice of case ``named`` that went to a recipient ``report`` names
-    (or, for a report with no per-recipient status, whose address is in its text)."""
+    """The latest notice of case ``named``, sent in the last week, that went to a
+    recipient ``report`` names (or, for a report with no per-recipient status, whose
+    address is in its text), and whose whole subject the bounce quotes.
+
+    A folio alone is public enough (a customer can show it to anyone): the subject
+    of the notice, which repeats the customer's own, is what a stranger forging a
+    bounce to mark notices failed would not know.
+    """
     failed = {r.recipient for r in report.recipients}
-    lowered = raw.lower()
-    for notice in session.exec(
-        select(Notice)
+    text = " ".join(raw.decode("utf-8", "replace").lower().split())
+    since = utcnow() - BOUNCE_WINDOW
+    rows = session.exec(
+        select(Notice, CaseMessage.subject)
+        .join(CaseMessage, col(CaseMessage.notice_id) == col(Notice.id))
         .where(
             Notice.case_id == named.id,
             col(Notice.status).in_((NoticeStatus.SENT, NoticeStatus.FAILED)),
+            col(Notice.created_at) >= since,
         )
         .order_by(col(Notice.id).desc())
         .limit(20)
-    ).all():
+    ).all()
+    for notice, subject in rows:
         rcpt = notice.rcpt_to.lower()
-        if rcpt in failed or (not failed and rcpt.encode("utf-8", "replace") in lowered):
+        named_rcpt = rcpt in failed or (not failed and rcpt in text)
+        if named_rcpt and " ".join(subject.lower().split()) in text:
             return [notice]
     return []
+
+
+BOUNCE_WINDOW = timedelta(days=7)  # a bounce comes back within minutes, retries within days
 
 
 def _record_inbound(

@@ -670,7 +670,8 @@ def test_attachments_over_the_relay_limit_stay_on_the_case_and_are_named_back(
     # In order, while they fit: the zip would take the two past 2,000 bytes; the note fits.
     assert [p.get_filename() for p in relay.iter_attachments()] == ["recibo.pdf", "nota.txt"]
     told = text(desk.last_to(AGENT))
-    assert "se envió al cliente, pero este adjunto no: pasa del límite de 0.002 MB" in told
+    assert "se envió al cliente, sin los adjuntos que se indican abajo" in told
+    assert "Pasa del límite de 2 KB por respuesta" in told
     assert "Adjuntos no enviados: fotos.zip" in told and CUSTOMER in told
 
 
@@ -685,7 +686,7 @@ def test_with_no_relay_allowance_attachments_stay_on_the_case(
     )
     assert list(desk.last_to(CUSTOMER).iter_attachments()) == []
     told = text(desk.last_to(AGENT))
-    assert "está configurado para no reenviar adjuntos" in told
+    assert "El sistema de casos está configurado para no reenviar adjuntos" in told
     assert "Adjuntos no enviados: recibo.pdf" in told
 
 

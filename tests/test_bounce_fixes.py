@@ -26,7 +26,7 @@ from mailcase.classify import Classification, MailKind, classify
 from mailcase.dsn import parse_dsn
 from mailcase.imap import FetchedMessage
 from mailcase.inbound import InboundMail, parse_inbound
-from mailcase.models import Case, Notice
+from mailcase.models import Case, CaseMessage, Notice
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 CUSTOMER = "juan.perez@example.com"
@@ -325,28 +325,37 @@ def test_a_recipient_written_in_angle_brackets_is_the_bare_address() -> None:
     assert [r.recipient for r in dsn.failed] == [CUSTOMER]
 
 
+@pytest.mark.parametrize(
+    ("quotes_subject", "failed"),
+    [(True, True), (False, False)],
+    ids=["quoting-the-notices-subject", "a-forger-knowing-only-the-folio"],
+)
 def test_a_bounce_naming_the_case_only_by_its_folio_marks_the_notice_failed(
-    tmp_path: Path,
+    tmp_path: Path, quotes_subject: bool, failed: bool
 ) -> None:
     # Exchange 2003 and Domino return no Message-ID of the bounced message: only its
-    # subject, with the folio, and the recipient in their own words.
+    # subject, with the folio, and the recipient in their own words. A stranger who
+    # knows a folio and the customer's address does not know the subject.
     rt = offline_runtime(tmp_path, notify=True)
     now = datetime.now(UTC)
     assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, mail(), now)) == "new_case"
     with rt.store.transaction() as session:
         folio = session.exec(select(Case.folio)).one()
         session.execute(sa.update(Notice).values(status="sent"))  # delivered by the outbox
+    subject = f"[Folio {folio}] Sin servicio de internet" if quotes_subject else f"Folio {folio}"
     bounce = (
         "Return-Path: <>\r\nFrom: System Administrator <postmaster@mx.example.com>\r\n"
-        f"To: {CONTACTO}\r\nSubject: Undeliverable: [Folio {folio}] Sin servicio de internet\r\n"
+        f"To: {CONTACTO}\r\nSubject: Undeliverable: {subject}\r\n"
         "Message-ID: <x1@mx.example.com>\r\n\r\nYour message\r\n\r\n"
-        f"  Subject: [Folio {folio}] Sin servicio de internet\r\n\r\n"
+        f"  Subject: {subject}\r\n\r\n"
         f"did not reach the following recipient(s):\r\n\r\n{CUSTOMER} on Thu, 26 Nov 2026\r\n"
         "    The recipient name is not recognized\r\n"
     ).encode()
     assert service.ingest_message(rt, "contacto", 1, FetchedMessage(2, bounce, now)) == "bounce"
     with rt.store.transaction() as session:
         notices = {n.kind: (n.status, n.rcpt_to) for n in session.exec(select(Notice)).all()}
+        noted = session.exec(select(CaseMessage.kind).where(CaseMessage.kind == "system")).all()
     rt.store.dispose()
-    assert notices["acknowledgement"] == ("failed", CUSTOMER)
-    assert notices["delivery_failed"] == ("queued", NOTIFY)
+    assert noted  # recorded on the case either way
+    assert notices["acknowledgement"] == ("failed" if failed else "sent", CUSTOMER)
+    assert ("delivery_failed" in notices) is failed

@@ -4,8 +4,9 @@ the resolution promised holds."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from email.message import EmailMessage
+from zoneinfo import ZoneInfo
 
 from helpers import NOTIFY, mail
 from test_agents import CUSTOMER, Desk, desk, text
@@ -75,14 +76,15 @@ def test_closing_a_case_with_a_visit_ahead_tells_the_customer_it_is_off(desk: De
 
 def test_closing_a_case_whose_visit_took_place_tells_nobody(desk: Desk) -> None:
     folio, notification = _visit_in_five_days(desk)
-    store_visit_in_the_past(desk, folio)
+    store_visit(desk, folio, date.today() - timedelta(days=3))
     to_customer = len(desk.to(CUSTOMER))
     desk.agent_reply(notification, "#cerrar")
     assert len(desk.to(CUSTOMER)) == to_customer
     assert desk.case(folio)["visit"]  # it took place: kept on the case
 
 
-def store_visit_in_the_past(desk: Desk, folio: str) -> None:
+def store_visit(desk: Desk, folio: str, day: date) -> None:
+    """Set the case's visit to ``day``, with no time, as if scheduled earlier."""
     import sqlalchemy as sa
     from sqlmodel import col
 
@@ -93,9 +95,7 @@ def store_visit_in_the_past(desk: Desk, folio: str) -> None:
     store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
     with store.transaction() as session:
         session.execute(
-            sa.update(Case)
-            .where(col(Case.folio) == folio)
-            .values(visit_date=date.today() - timedelta(days=3))
+            sa.update(Case).where(col(Case.folio) == folio).values(visit_date=day, visit_time=None)
         )
     store.dispose()
 
@@ -130,3 +130,14 @@ def test_giving_the_time_of_a_visit_cancels_nothing(desk: Desk) -> None:
     told = text(desk.last_to(CUSTOMER))
     assert "cancelada" not in told and "10:00" in told
     assert desk.case(folio)["visit"] == {"date": day, "time": "10:00"}
+
+
+def test_a_resolution_on_the_day_of_a_visit_with_no_time_cancels_nothing(desk: Desk) -> None:
+    # The technician came this morning; the agent resolves in the afternoon.
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    store_visit(desk, folio, datetime.now(ZoneInfo("America/Mexico_City")).date())
+    desk.agent_reply(notification, "#resolver procedente\nSe cambió el módem dañado.")
+    resolution = text(desk.last_to(CUSTOMER))
+    assert "PROCEDENTE" in resolution and "cancelada" not in resolution
+    assert desk.case(folio)["visit"]  # it took place: kept on the case

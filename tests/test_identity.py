@@ -85,3 +85,48 @@ def test_an_answer_from_the_shared_agents_address_is_kept_and_explained(desk: De
     told = text(desk.last_to(NOTIFY))
     assert f"desde {NOTIFY}, una dirección del propio sistema de casos" in told
     assert "responda de nuevo desde su propio buzón" in told
+
+
+def test_an_attached_notice_never_reaches_the_customer(desk: Desk) -> None:
+    # Outlook's "attach original message": the notice to agents, its signed id (an
+    # agent's proof) and the command help, would have gone to the customer as a file.
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    notice_id = notification["Message-ID"].strip()
+    note = (
+        (
+            f"From: Ana Técnica <{AGENT}>\r\nTo: {CONTACTO}\r\n"
+            f"Subject: Re: {notification['Subject']}\r\n"
+            f"In-Reply-To: {notice_id}\r\nReferences: {notice_id}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+            "--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nLe comparto el aviso.\r\n"
+            "--B\r\nContent-Type: message/rfc822\r\n\r\n"
+        ).encode()
+        + notification.as_bytes()
+        + b"\r\n--B\r\nContent-Type: text/plain\r\n"
+    )
+    note += b'Content-Disposition: attachment; filename="ids.txt"\r\n\r\n' + notice_id.encode()
+    desk.deliver(note + b"\r\n--B--\r\n")
+    relay = desk.last_to(CUSTOMER)
+    assert "Le comparto el aviso." in text(relay)
+    assert list(relay.iter_attachments()) == []
+    assert notice_id.encode() not in relay.as_bytes()
+    told = text(desk.last_to(AGENT))
+    assert "No se reenvían: attachment-1.eml, ids.txt" in told
+    assert desk.case(folio)["status"] == "open"
+
+
+def test_an_auto_reply_quoting_the_notice_id_exposes_nothing(desk: Desk) -> None:
+    # An out-of-office answer or a bounce quoting the notice's id shows nobody holds it.
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    notice_id = notification["Message-ID"].strip()
+    desk.deliver(
+        mail(
+            sender="vacaciones@example.com",
+            subject=f"Respuesta automática: {notification['Subject']}",
+            headers={"Auto-Submitted": "auto-replied", "References": notice_id},
+        )
+    )
+    desk.agent_reply(notification, "#nota\nRevisado.")
+    assert desk.case(folio)["messages"][-1]["kind"] == "note"

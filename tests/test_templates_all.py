@@ -17,6 +17,7 @@ from mailcase.commands import (
     PROBLEM_CODES,
     REPLY_PROBLEM_CODES,
 )
+from mailcase.notices import CUSTOMER_KINDS
 from mailcase.render import render_body, shipped_templates
 
 EVIL = "<script>alert(1)</script>"
@@ -107,8 +108,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "not_relayed": {
         "folio": FOLIO,
         "reason": "attachments",
-        "attachments": ["recibo.pdf", "foto.jpg"],
-        "attachment_limit": "10 MB",
+        "attachments": ["recibo.pdf", "foto.jpg", "notificacion.eml"],
+        "attachment_limit": "5 MB",
+        "withheld": ["notificacion.eml"],
         "untold": [],
         "own_sender": "soporte@internet-plarey.com.mx",
         "customer": "juan.perez@example.com",
@@ -444,3 +446,10 @@ def test_a_visit_notice_keeps_its_layout(language: str, previous: str) -> None:
     text = render_body("visit", language, context("visit", previous_visit=previous)).text
     date_label = {"es": "Fecha", "en": "Date"}[language]
     assert f":\n\n    {date_label}: " in text  # a blank line before the date, as before
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("kind", sorted(CUSTOMER_KINDS))
+def test_delivery_failed_names_every_customer_notice_in_words(language: str, kind: str) -> None:
+    text = render_body("delivery_failed", language, context("delivery_failed", notice_kind=kind))
+    assert f"«{kind}»" not in text.text and f'"{kind}"' not in text.text  # the code's fallback
