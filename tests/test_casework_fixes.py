@@ -141,3 +141,17 @@ def test_a_resolution_on_the_day_of_a_visit_with_no_time_cancels_nothing(desk: D
     resolution = text(desk.last_to(CUSTOMER))
     assert "PROCEDENTE" in resolution and "cancelada" not in resolution
     assert desk.case(folio)["visit"]  # it took place: kept on the case
+
+
+def test_the_area_and_the_general_list_each_have_their_own_per_case_allowance(
+    desk: Desk,
+) -> None:
+    # limits.max_agent_notices_per_case_per_hour (10) had counted both recipients
+    # together: five follow-ups of a routed case, and then neither heard a word.
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "#area redes\nRevisar nodo 4.")
+    for n in range(6):
+        desk.deliver(mail(subject=f"Re: [Folio {folio}] Sin servicio", body=f"Dato {n}."))
+    assert len(desk.to(NOTIFY)) == 1 + 6
+    assert len(desk.to(REDES)) == 1 + 6
