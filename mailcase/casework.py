@@ -41,6 +41,7 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "repeated",  # the same command twice in one reply
     "conflict",  # #cerrar with #reabrir, or #nota with #resolver, in one reply
     "after_close",  # resolve, visit or route below this reply's own #cerrar
+    "no_visit",  # "#visita cancelar" on a case with no visit still ahead
 )
 
 
@@ -99,7 +100,12 @@ def route_problem(status: str) -> str | None:
 
 
 def command_problems(
-    commands: Sequence[Command], text: str, status: str, now_local: datetime
+    commands: Sequence[Command],
+    text: str,
+    status: str,
+    now_local: datetime,
+    *,
+    visit_ahead: bool = False,
 ) -> list[tuple[str, str]]:
     """``(line, code)`` for each command of one reply that cannot run; ``[]`` when all can.
 
@@ -108,7 +114,9 @@ def command_problems(
     fine). One reply holds each command once; ``#cerrar`` with ``#reabrir``
     contradict each other, and so do ``#nota`` and ``#resolver``: the text
     below the commands would be both an internal note and the causes sent to
-    the customer. ``text`` is the reply's words below the commands.
+    the customer. ``text`` is the reply's words below the commands;
+    ``visit_ahead``: the case has a home visit still ahead, which
+    ``#visita cancelar`` needs.
     """
     problems: list[tuple[str, str]] = []
     seen: set[CommandKind] = set()
@@ -131,6 +139,12 @@ def command_problems(
             problem = "after_close"
         elif kind is CommandKind.RESOLVE:
             problem = resolve_problem(status, text)
+        elif kind is CommandKind.VISIT and command.cancel:
+            problem = (
+                "case_closed"
+                if status == CaseStatus.CLOSED
+                else (None if visit_ahead else "no_visit")
+            )
         elif kind is CommandKind.VISIT and command.visit_date is not None:
             hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
             problem = visit_problem(status, command.visit_date, hour, now_local)
@@ -159,6 +173,7 @@ _REFUSALS = {
     f"{VISIT_MAX_DAYS_AHEAD} days ahead (now {{now}}): check the year",
     "visit_hours": "the visit time {when} for case {folio} is outside visiting hours "
     "(07:00 to 21:00): write it in 24-hour time, e.g. 16:30",
+    "no_visit": "case {folio} has no home visit ahead to cancel",
 }
 
 
@@ -415,18 +430,50 @@ def schedule_visit(
         )
 
 
+def visit_ahead(case: Case, now_local: datetime) -> bool:
+    """Whether ``case`` has a home visit still ahead of ``now_local`` (business time).
+
+    Today with no time is not ahead: the technician may have come already (a
+    resolution in the afternoon after the morning's visit), and the customer
+    must never be told a visit that took place was cancelled.
+    """
+    if case.visit_date is None:
+        return False
+    if case.visit_time is None and case.visit_date == now_local.date():
+        return False
+    past = visit_problem(CaseStatus.OPEN, case.visit_date, case.visit_time, now_local)
+    return past != "visit_in_past"
+
+
+def cancel_visit(session: Session, settings: Settings, case: Case, *, by: str) -> None:
+    """Cancel ``case``'s home visit and tell the customer (``visit_cancelled``).
+
+    Refused (:class:`CaseworkError`) on a closed case and when no visit is
+    still ahead (:func:`visit_ahead`).
+    """
+    now_local = utcnow().astimezone(settings.folio.zone)
+    if case.status == CaseStatus.CLOSED:
+        _refuse("case_closed", case)
+    if not visit_ahead(case, now_local):
+        _refuse("no_visit", case)
+    case.updated_at = utcnow()
+    _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
+
+
+def _tell_visit_cancelled(session: Session, settings: Settings, case: Case, visit: str) -> None:
+    if visit and case.customer:
+        queue_notice(
+            session, settings, case, "visit_cancelled", to=case.customer,
+            context={"cancelled_visit": visit},
+        )  # fmt: skip
+
+
 def _cancel_visit(session: Session, settings: Settings, case: Case, *, by: str) -> str:
     """Cancel ``case``'s home visit if it is still ahead; the visit as the customer was
     told it, or "" when there was none to cancel (one that took place is kept)."""
-    if case.visit_date is None:
+    if not visit_ahead(case, utcnow().astimezone(settings.folio.zone)):
         return ""
-    now_local = utcnow().astimezone(settings.folio.zone)
-    if visit_problem(CaseStatus.OPEN, case.visit_date, case.visit_time, now_local) == (
-        "visit_in_past"
-    ) or (case.visit_time is None and case.visit_date == now_local.date()):
-        # Today with no time: the technician may have come already (a resolution
-        # in the afternoon after the morning's visit); never tell it was cancelled.
-        return ""
+    assert case.visit_date is not None  # visit_ahead
     cancelled = _visit_text(case.visit_date, case.visit_time, case.language)
     when = case.visit_date.isoformat() + (f" {case.visit_time}" if case.visit_time else "")
     case.visit_date = None
@@ -485,16 +532,7 @@ def close(session: Session, settings: Settings, case: Case, *, by: str) -> None:
     case.updated_at = now
     session.add(case)
     record(session, case, "system", "case closed", from_addr=by)
-    cancelled = _cancel_visit(session, settings, case, by=by)
-    if cancelled and case.customer:
-        queue_notice(
-            session,
-            settings,
-            case,
-            "visit_cancelled",
-            to=case.customer,
-            context={"cancelled_visit": cancelled},
-        )
+    _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
 
 
 def reopen(session: Session, case: Case, *, by: str) -> None:

@@ -116,9 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     noting = cases.add_parser("note", help="add an internal note")
     noting.add_argument("folio")
     noting.add_argument("--text", required=True)
-    visiting = cases.add_parser("visit", help="schedule a home visit and notify the customer")
+    visiting = cases.add_parser(
+        "visit", help="schedule (or cancel) a home visit and notify the customer"
+    )
     visiting.add_argument("folio")
-    visiting.add_argument("--date", required=True, help="YYYY-MM-DD")
+    when = visiting.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", help="YYYY-MM-DD")
+    when.add_argument(
+        "--cancel", action="store_true", help="cancel the visit still ahead and tell the customer"
+    )
     visiting.add_argument("--time", help="HH:MM")
     routing = cases.add_parser("route", help="route a case to an area and notify it")
     routing.add_argument("folio")
@@ -529,6 +535,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 casework.resolve(session, settings, found, args.outcome, args.cause, by=by)
             elif args.action == "note":
                 casework.add_note(session, found, args.text, by=by)
+            elif args.action == "visit" and args.cancel:
+                casework.cancel_visit(session, settings, found, by=by)
             elif args.action == "visit":
                 day, hour = _visit_when(args.date, args.time)
                 casework.schedule_visit(session, settings, found, day, hour, by=by)

@@ -67,6 +67,7 @@ class Command:
     outcome: Outcome | None = None  # RESOLVE only
     visit_date: date | None = None  # VISIT only
     visit_time: time | None = None  # VISIT only, and only when a time was written
+    cancel: bool = False  # VISIT only: "#visita cancelar" (no date then)
     area: str | None = None  # ROUTE only: lower-case ASCII letters, digits, "-" and "_"
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
@@ -118,7 +119,7 @@ REPLY_PROBLEM_CODES: tuple[str, ...] = ("quoted_notice",)
 COMMAND_FORMS: tuple[str, ...] = (
     "#nota / #note",
     "#resolver procedente|improcedente / #resolve valid|invalid",
-    "#visita AAAA-MM-DD [HH:MM] / #visit YYYY-MM-DD [HH:MM]",
+    "#visita AAAA-MM-DD [HH:MM] | cancelar / #visit YYYY-MM-DD [HH:MM] | cancel",
     "#area NOMBRE / #route NAME",
     "#cerrar / #close",
     "#reabrir / #reopen",
@@ -153,6 +154,8 @@ _OUTCOMES: dict[str, Outcome] = {
 # What agents write after a time that is not 24-hour ("4:30 pm", "16:30 hrs",
 # "4:30 p. m."), folded and without dots: the time is what is wrong.
 _CLOCK_SUFFIXES = frozenset({"am", "pm", "h", "hr", "hrs", "hs", "horas"})
+# "#visita cancelar" / "#visit cancel", as agents write it.
+_CANCEL_WORDS = frozenset({"cancelar", "cancela", "cancel", "cancelled", "canceled", "cancelada"})
 # Written after the outcome as in a sentence ("#resolver procedente.").
 _TRAILING_PUNCTUATION = ".:,;"
 
@@ -289,6 +292,10 @@ def _resolve(line: str, args: list[str]) -> Command | CommandProblem:
 
 
 def _visit(line: str, args: list[str]) -> Command | CommandProblem:
+    if args and _fold(args[0]).rstrip(".") in _CANCEL_WORDS:
+        if len(args) > 1:
+            return CommandProblem(line, "unexpected_argument")
+        return Command(CommandKind.VISIT, cancel=True, line=line)
     visit_date = parse_date(args[0]) if args else None
     if visit_date is None:
         return CommandProblem(line, "bad_date")

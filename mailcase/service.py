@@ -1161,7 +1161,11 @@ def _agent_message(
         problems += [
             {"line": line, "problem": code}
             for line, code in casework.command_problems(
-                parsed.commands, parsed.text, case.status, now_local
+                parsed.commands,
+                parsed.text,
+                case.status,
+                now_local,
+                visit_ahead=casework.visit_ahead(case, now_local),
             )
         ]
     if problems:
@@ -1361,6 +1365,8 @@ def _run_command(
     kind = command.kind
     if kind is CommandKind.RESOLVE and command.outcome is not None:
         casework.resolve(session, settings, case, command.outcome, text, by=by, record_cause=False)
+    elif kind is CommandKind.VISIT and command.cancel:
+        casework.cancel_visit(session, settings, case, by=by)
     elif kind is CommandKind.VISIT and command.visit_date is not None:
         hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
         casework.schedule_visit(session, settings, case, command.visit_date, hour, by=by)

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from zoneinfo import ZoneInfo
 
 from helpers import NOTIFY, mail
-from test_agents import CUSTOMER, Desk, desk, text
+from test_agents import AGENT, CUSTOMER, Desk, desk, text
 
 __all__ = ["desk"]  # the fixture, shared with test_agents
 
@@ -155,3 +155,23 @@ def test_the_area_and_the_general_list_each_have_their_own_per_case_allowance(
         desk.deliver(mail(subject=f"Re: [Folio {folio}] Sin servicio", body=f"Dato {n}."))
     assert len(desk.to(NOTIFY)) == 1 + 6
     assert len(desk.to(REDES)) == 1 + 6
+
+
+def test_an_agent_cancels_a_visit_by_mail_or_from_the_command_line(desk: Desk) -> None:
+    folio, notification = _visit_in_five_days(desk)
+    desk.agent_reply(notification, "#visita cancelar\nEl cliente ya no la necesita.")
+    assert not desk.case(folio)["visit"] and desk.case(folio)["status"] == "open"
+    cancelled = text(desk.last_to(CUSTOMER))
+    assert "queda cancelada" in cancelled and "a las 10:00" in cancelled
+    # Nothing left to cancel: said, by mail and on the command line.
+    desk.agent_reply(notification, "#visita cancelar")
+    assert "no tiene una visita pendiente" in text(desk.last_to(AGENT))
+    code, _, err = desk.cli("cases", "visit", folio, "--cancel")
+    assert code == 1 and err.strip() == f"mailcase: case {folio} has no home visit ahead to cancel"
+    day = (date.today() + timedelta(days=6)).isoformat()
+    assert desk.cli("cases", "visit", folio, "--date", day, "--time", "12:00")[0] == 0
+    to_customer = len(desk.to(CUSTOMER))
+    code, _, err = desk.cli("cases", "visit", folio, "--cancel")
+    assert code == 0, err
+    assert len(desk.to(CUSTOMER)) == to_customer + 1
+    assert "queda cancelada" in text(desk.last_to(CUSTOMER))

@@ -469,3 +469,22 @@ def test_today_without_a_time_after_visiting_hours_is_past() -> None:
     assert visit_problem("open", date(2026, 11, 27), None, late) == "visit_in_past"
     assert visit_problem("open", date(2026, 11, 27), None, datetime(2026, 11, 27, 20, 0)) is None
     assert visit_problem("open", date(2026, 11, 28), None, late) is None
+
+
+# --- 6. #visita cancelar -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ["#visita cancelar", "#Visita Cancelar", "#visit cancel"])
+def test_visit_cancel_parses(line: str) -> None:
+    [command] = parse_commands(f"{line}\nEl cliente ya no la necesita.").commands
+    assert (command.kind, command.cancel, command.visit_date) == (CommandKind.VISIT, True, None)
+    assert only_problem(f"{line} mañana") == "unexpected_argument"
+
+
+def test_visit_cancel_needs_a_visit_ahead_and_an_open_case() -> None:
+    commands = parse_commands("#visita cancelar").commands
+    assert command_problems(commands, "", "open", NOW, visit_ahead=True) == []
+    assert command_problems(commands, "", "open", NOW) == [("#visita cancelar", "no_visit")]
+    assert command_problems(commands, "", "closed", NOW, visit_ahead=True) == [
+        ("#visita cancelar", "case_closed")
+    ]
