@@ -174,6 +174,8 @@ _REFUSALS = {
     "visit_hours": "the visit time {when} for case {folio} is outside visiting hours "
     "(07:00 to 21:00): write it in 24-hour time, e.g. 16:30",
     "no_visit": "case {folio} has no home visit ahead to cancel",
+    "bad_participant": "{address} cannot be a participant of case {folio}: it is an address "
+    "of mailcase, an agent's, or the customer's own",
 }
 
 
@@ -282,6 +284,29 @@ def add_participants(
     for address in candidates:
         if address not in existing:
             session.add(Participant(case_id=case.id, address=address))
+
+
+def participant_problem(settings: Settings, case: Case, address: str) -> str | None:
+    """Why ``address`` cannot be made a participant of ``case``, or ``None``: one of
+    mailcase's own addresses, an agent's, or the customer's own."""
+    refused = settings.own_addresses | set(settings.agents.addresses) | {case.customer}
+    return "bad_participant" if address in refused else None
+
+
+def add_participant(
+    session: Session, settings: Settings, case: Case, address: str, *, by: str
+) -> None:
+    """Let ``address`` (another address of the customer's, a relative) write on ``case``:
+    its mail naming the folio joins the case, as mail from the customer's Cc does.
+
+    Refused (:class:`CaseworkError`) for mailcase's own addresses, an agent's and
+    the customer's own (:func:`participant_problem`).
+    """
+    _refuse(participant_problem(settings, case, address), case, address=address)
+    add_participants(session, settings, case, [address])
+    case.updated_at = utcnow()
+    session.add(case)
+    record(session, case, "system", f"participant {address} added", from_addr=by)
 
 
 def participants(session: Session, case_id: int) -> frozenset[str]:

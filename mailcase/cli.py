@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cancel", action="store_true", help="cancel the visit still ahead and tell the customer"
     )
     visiting.add_argument("--time", help="HH:MM")
+    joining = cases.add_parser(
+        "participant", help="let another address write on a case (the customer's work address)"
+    )
+    joining.add_argument("folio")
+    joining.add_argument("--add", required=True, metavar="ADDRESS")
     routing = cases.add_parser("route", help="route a case to an area and notify it")
     routing.add_argument("folio")
     routing.add_argument("--area", required=True)
@@ -540,6 +545,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "visit":
                 day, hour = _visit_when(args.date, args.time)
                 casework.schedule_visit(session, settings, found, day, hour, by=by)
+            elif args.action == "participant":
+                casework.add_participant(
+                    session, settings, found, args.add.strip().strip("<>").lower(), by=by
+                )
             elif args.action == "route":
                 casework.route(session, settings, found, args.area.strip().lower(), by=by)
             elif args.action == "close":

@@ -54,6 +54,7 @@ class CommandKind(StrEnum):
     ROUTE = "route"  # turn the case over to another area
     CLOSE = "close"
     REOPEN = "reopen"
+    PARTICIPANT = "participant"  # let another address of the customer's write on the case
 
 
 Outcome = Literal["valid", "invalid"]
@@ -68,6 +69,7 @@ class Command:
     visit_date: date | None = None  # VISIT only
     visit_time: time | None = None  # VISIT only, and only when a time was written
     cancel: bool = False  # VISIT only: "#visita cancelar" (no date then)
+    address: str | None = None  # PARTICIPANT only: lower-cased
     area: str | None = None  # ROUTE only: lower-case ASCII letters, digits, "-" and "_"
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
@@ -106,10 +108,13 @@ PROBLEM_CODES: tuple[str, ...] = (
     "missing_area",
     "bad_area",
     "unexpected_argument",
-    "misplaced_command",  # a well-formed command below the first line of text
+    "missing_address",  # "#participante" without an address
+    "bad_address",  # "#participante juan" (no domain), or more than one word
+    "misplaced_command",  # a line naming a command below the first line of text
 )
-# Codes the service adds, knowing the configuration: an area not in [areas].
-CONFIG_PROBLEM_CODES: tuple[str, ...] = ("unknown_area",)
+# Codes the service adds, knowing the configuration: an area not in [areas]; a
+# participant that is an address of mailcase, an agent's or the customer's own.
+CONFIG_PROBLEM_CODES: tuple[str, ...] = ("unknown_area", "bad_participant")
 # Codes the service adds about the reply as a whole: mailcase's own notice to
 # agents is still in the reply's text because nothing above it marks where the
 # quote starts (quoting.AgentText.notice_line), so relaying would send it.
@@ -123,6 +128,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#area NOMBRE / #route NAME",
     "#cerrar / #close",
     "#reabrir / #reopen",
+    "#participante CORREO / #participant ADDRESS",
 )
 
 # Names after folding (lower case, no accents): "#Área" → "area".
@@ -139,6 +145,8 @@ _NAMES: dict[str, CommandKind] = {
     "close": CommandKind.CLOSE,
     "reabrir": CommandKind.REOPEN,
     "reopen": CommandKind.REOPEN,
+    "participante": CommandKind.PARTICIPANT,
+    "participant": CommandKind.PARTICIPANT,
 }
 
 # Both vocabularies in either language: an agent who writes "#resolve
@@ -271,6 +279,8 @@ def _parse_line(line: str) -> Command | CommandProblem:
         return _visit(line, args)
     if kind is CommandKind.ROUTE:
         return _route(line, args)
+    if kind is CommandKind.PARTICIPANT:
+        return _participant(line, args)
     if args:
         # "#nota llamé al cliente" would lose the note's words: they belong on
         # the next line, where they become the text.
@@ -333,6 +343,18 @@ def parse_time(word: str) -> time | None:
         return time(int(match.group(1)), int(match.group(2)))
     except ValueError:
         return None
+
+
+_ADDRESS_RE = re.compile(r"[^@\s<>()\[\],;:\"]+@[a-z0-9-]+(\.[a-z0-9-]+)+", re.ASCII)
+
+
+def _participant(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return CommandProblem(line, "missing_address")
+    address = args[0].strip("<>").lower()
+    if len(args) > 1 or not _ADDRESS_RE.fullmatch(address):
+        return CommandProblem(line, "bad_address")
+    return Command(CommandKind.PARTICIPANT, address=address, line=line)
 
 
 def _route(line: str, args: list[str]) -> Command | CommandProblem:

@@ -1154,6 +1154,12 @@ def _agent_message(
         for c in parsed.commands
         if c.kind is CommandKind.ROUTE and c.area not in settings.areas
     ]
+    problems += [
+        {"line": c.line, "problem": "bad_participant"}
+        for c in parsed.commands
+        if c.kind is CommandKind.PARTICIPANT
+        and casework.participant_problem(settings, case, c.address or "")
+    ]
     if written.notice_line:  # our notice is in the text, and where it starts is unknown
         problems.append({"line": written.notice_line, "problem": "quoted_notice"})
     if not problems:  # what the case's state and the reply's other commands forbid
@@ -1372,6 +1378,8 @@ def _run_command(
         casework.schedule_visit(session, settings, case, command.visit_date, hour, by=by)
     elif kind is CommandKind.ROUTE and command.area:
         casework.route(session, settings, case, command.area, by=by, note=text)
+    elif kind is CommandKind.PARTICIPANT and command.address:
+        casework.add_participant(session, settings, case, command.address, by=by)
     elif kind is CommandKind.CLOSE:
         casework.close(session, settings, case, by=by)
     elif kind is CommandKind.REOPEN:

@@ -175,3 +175,30 @@ def test_an_agent_cancels_a_visit_by_mail_or_from_the_command_line(desk: Desk) -
     assert code == 0, err
     assert len(desk.to(CUSTOMER)) == to_customer + 1
     assert "queda cancelada" in text(desk.last_to(CUSTOMER))
+
+
+WORK = "juan.perez@empresa.example"
+
+
+def test_an_agent_lets_the_customers_work_address_write_on_the_case(desk: Desk) -> None:
+    # Every peer has a way: a customer writing from a second address had opened a
+    # new case each time, and agents could not join them.
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, f"#participante <{WORK.upper()}>\nEs su correo del trabajo.")
+    last_two = desk.case(folio)["messages"][-2:]
+    assert [m["kind"] for m in last_two] == ["note", "system"]
+    assert last_two[1]["text"] == f"participant {WORK} added"
+    subject = f"Re: [Folio {folio}] Sin servicio"
+    desk.deliver(mail(sender=f"Juan Pérez <{WORK}>", subject=subject, body="Sigo sin señal."))
+    assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
+    assert "Sigo sin señal." in text(desk.last_to(NOTIFY))
+    # Not an address of ours, an agent's or the customer's own: said, by mail and CLI.
+    desk.agent_reply(notification, f"#participante {CUSTOMER}")
+    assert "es del propio sistema de casos, de un agente o del mismo cliente" in text(
+        desk.last_to(AGENT)
+    )
+    code, _, err = desk.cli("cases", "participant", folio, "--add", NOTIFY)
+    assert code == 1 and err.startswith(f"mailcase: {NOTIFY} cannot be a participant of case")
+    code, _, err = desk.cli("cases", "participant", folio, "--add", "vecina@example.net")
+    assert code == 0, err

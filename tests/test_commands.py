@@ -195,6 +195,9 @@ def test_outcome_keeps_its_meaning_whatever_the_case() -> None:
         ("#close now", "unexpected_argument"),
         ("#reabrir por favor", "unexpected_argument"),
         ("#reopen please", "unexpected_argument"),
+        ("#participante", "missing_address"),
+        ("#participante juan", "bad_address"),
+        ("#participant a@b.mx c@d.mx", "bad_address"),
     ],
 )
 def test_malformed_lines_are_problems_not_commands(line: str, problem: str) -> None:
@@ -212,6 +215,8 @@ def test_every_problem_code_can_occur() -> None:
         "#area",
         "#area a/b",
         "#cerrar ya",
+        "#participante",
+        "#participante juan",
         "Texto.",
         "#nota",
     ]

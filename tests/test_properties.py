@@ -557,6 +557,7 @@ NAMES = {
     CommandKind.RESOLVE: ["resolver", "resolve", "Resolver"],
     CommandKind.VISIT: ["visita", "visit", "Visita:"],
     CommandKind.ROUTE: ["area", "área", "ÁREA", "route", "a\u0301rea"],
+    CommandKind.PARTICIPANT: ["participante", "participant", "Participante:"],
 }
 OUTCOMES = {
     "procedente": "valid",
@@ -588,6 +589,9 @@ def command_lines(draw: st.DrawFn) -> tuple[str, Command]:
     elif kind is CommandKind.ROUTE:
         area = draw(st.from_regex(r"[a-z0-9_-]{1,20}", fullmatch=True))
         args, expected = [area.upper() if draw(st.booleans()) else area], {"area": area}
+    elif kind is CommandKind.PARTICIPANT:
+        address = draw(st.from_regex(r"[a-z0-9._+-]{1,20}@[a-z0-9-]{1,20}\.mx", fullmatch=True))
+        args, expected = [address.upper() if draw(st.booleans()) else address], {"address": address}
     line = f"#{name}" + "".join(" " + a for a in args)
     return indent + line + trailer, Command(kind, line=line, **expected)
 
@@ -636,9 +640,10 @@ def _subsequence(needles: list[Command], haystack: list[Command]) -> bool:
 def _assert_only_its_fields(command: Command) -> None:
     kind = command.kind
     assert (command.outcome is not None) == (kind is CommandKind.RESOLVE)
-    assert (command.visit_date is not None) == (kind is CommandKind.VISIT)
+    assert (command.visit_date is not None or command.cancel) == (kind is CommandKind.VISIT)
     assert command.visit_time is None or kind is CommandKind.VISIT
     assert (command.area is not None) == (kind is CommandKind.ROUTE)
+    assert (command.address is not None) == (kind is CommandKind.PARTICIPANT)
     if command.area is not None:
         assert re.fullmatch(r"[a-z0-9_-]+", command.area)
     assert command.line == command.line.strip() and command.line.startswith("#")
