@@ -93,6 +93,11 @@ def verify_message_id(key: bytes, message_id: str) -> int | None:
     return int(case_text)
 
 
+def signed_ids_in(text: str) -> list[str]:
+    """Every string of ``text`` shaped like a signed id (unverified: see :func:`proofs_in`)."""
+    return [match.group(0) for match in _SIGNED_RE.finditer(text)]
+
+
 def proofs_in(key: bytes, message_ids: Iterable[str]) -> tuple[tuple[int, str], ...]:
     """``(case id, proof)`` of each verified id in ``message_ids``: in order, each proof once.
 

@@ -228,7 +228,7 @@ def shared_signature(text: str, earlier: str) -> str:
     return "\n".join(mine[-shared:])
 
 
-def without_signature(text: str, signature: str) -> str:
+def without_known_signature(text: str, signature: str) -> str:
     """``text`` without ``signature`` when it ends with all of its lines; else ``text``.
 
     Blank lines and surrounding whitespace do not count; the result may be ""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 import shutil
 import threading
 import time
@@ -57,17 +56,18 @@ from mailcase.models import (
     NoticeStatus,
     StoredAttachment,
 )
-from mailcase.msgid import proofs_in
+from mailcase.msgid import proofs_in, signed_ids_in
 from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
-from mailcase.quoting import agent_text, shared_signature, strip_quoted, without_signature
+from mailcase.quoting import agent_text, shared_signature, strip_quoted, without_known_signature
 from mailcase.store import (
     Store,
     as_utc,
     case_by_folio,
     case_by_message_ids,
     error_text,
+    insert_if_absent,
     insert_row,
     insert_values,
     is_unavailable,
@@ -988,11 +988,9 @@ def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> No
         if _exposed(session, proof):
             continue
         key = _hashed_key("exposed-id", proof)
-        try:
-            with session.begin_nested():  # another instance may mark it at the same time
-                session.add(KeyValue(key=key, value=f"case {case_id} at {utcnow().isoformat()}"))
-        except IntegrityError:
-            pass
+        # Another instance may mark it at the same time: either mark will do.
+        marked = f"case {case_id} at {utcnow().isoformat()}"
+        insert_if_absent(session, KeyValue(key=key, value=marked))
         get_logger().info("signed_id_exposed", case_id=case_id)
 
 
@@ -1289,12 +1287,10 @@ def _without_signature_of(session: Session, agent: str, text: str) -> str:
         if known is not None:
             known.value = learnt
             session.add(known)
-        else:
-            with contextlib.suppress(IntegrityError), session.begin_nested():
-                # Another instance may learn it at the same time: either will do.
-                session.add(KeyValue(key=key, value=learnt))
+        else:  # another instance may learn it at the same time: either will do
+            insert_if_absent(session, KeyValue(key=key, value=learnt))
     signature = learnt or (known.value if known is not None else "")
-    return without_signature(text, signature) if signature else text
+    return without_known_signature(text, signature) if signature else text
 
 
 def _answer_from_own_address(
@@ -1344,13 +1340,9 @@ def _not_relayed(
     )
 
 
-_SIGNED_ID = re.compile(rb"<mc\.[0-9]{1,18}\.[0-9A-Za-z]{1,64}\.[0-9a-fA-F]{24}@[^<>@\s]{1,255}>")
-
-
 def _holds_signed_id(data: bytes, key: bytes) -> bool:
     """Whether ``data`` holds a Message-ID of ours that proves an agent (mailcase.msgid)."""
-    found = (m.decode("ascii", "replace") for m in _SIGNED_ID.findall(data))
-    return bool(proofs_in(key, found))
+    return bool(proofs_in(key, signed_ids_in(data.decode("latin-1"))))
 
 
 def _megabytes(size: int) -> str:

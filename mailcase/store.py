@@ -579,6 +579,20 @@ def next_folio_number(session: Session, year: int) -> int:
     return 1
 
 
+def insert_if_absent(session: Session, row: SQLModel) -> bool:
+    """Insert ``row`` unless a row with its key is there already; whether it was inserted.
+
+    In a savepoint: when another instance inserts the same key at the same time,
+    losing the race costs only this row, not the caller's transaction.
+    """
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return False
+    return True
+
+
 def case_by_folio(session: Session, folio: str, *, for_update: bool = False) -> Case | None:
     """The case with ``folio``; with ``for_update``, its row locked until the transaction ends.
 

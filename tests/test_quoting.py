@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailcase.inbound import parse_inbound
-from mailcase.quoting import shared_signature, strip_quoted, without_signature
+from mailcase.quoting import shared_signature, strip_quoted, without_known_signature
 
 CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 REPLY_CORPORA = (
@@ -503,7 +503,9 @@ def test_a_signature_is_what_two_messages_of_one_writer_end_with(
 
 
 def test_without_signature_cuts_it_whole_or_not_at_all() -> None:
-    assert without_signature(f"Listo.\n\n{SIGNATURE}\n", SIGNATURE) == "Listo."
-    assert without_signature(f"  {SIGNATURE}  ", SIGNATURE) == ""
-    assert without_signature("Listo.\nTel. 800 123 4567 ext. 214", SIGNATURE).startswith("Listo.")
-    assert without_signature("Listo.", "") == "Listo."
+    assert without_known_signature(f"Listo.\n\n{SIGNATURE}\n", SIGNATURE) == "Listo."
+    assert without_known_signature(f"  {SIGNATURE}  ", SIGNATURE) == ""
+    assert without_known_signature("Listo.\nTel. 800 123 4567 ext. 214", SIGNATURE).startswith(
+        "Listo."
+    )
+    assert without_known_signature("Listo.", "") == "Listo."
