@@ -162,6 +162,13 @@ def point_smtp_at_a_closed_port(config: Path, sink: SmtpSink) -> None:
     config.write_text(text.replace(f"port = {sink.port}", f"port = {free_port()}"))
 
 
+def cli_with_smtp_down(directory: Path, dovecot: Dovecot, sink: SmtpSink, capsys: Any) -> Cli:
+    """A :class:`Cli` on a fresh config whose SMTP server refuses every connection."""
+    config = write_config(directory, dovecot, sink)
+    point_smtp_at_a_closed_port(config, sink)
+    return Cli(config, capsys)
+
+
 def mail(
     *,
     sender: str = "Juan Pérez <juan.perez@example.com>",

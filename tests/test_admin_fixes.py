@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import Cli, mail, point_smtp_at_a_closed_port, run_process, write_config
+from helpers import (
+    Cli,
+    cli_with_smtp_down,
+    mail,
+    point_smtp_at_a_closed_port,
+    run_process,
+    write_config,
+)
 from servers import Dovecot, SmtpSink
 
 from mailcase.errors import EXIT_CONFIG, EXIT_DATABASE, EXIT_SCHEMA, DatabaseError
@@ -168,9 +175,7 @@ def test_an_unknown_filter_value_is_a_usage_error(
 def test_pending_still_lists_the_queued_notices(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
-    config = write_config(tmp_path, mailboxes, sink)
-    point_smtp_at_a_closed_port(config, sink)
-    cli = Cli(config, capsys)
+    cli = cli_with_smtp_down(tmp_path, mailboxes, sink, capsys)
     mailboxes.append("contacto", mail())
     assert cli("poll")[0] == 0
     assert [n["status"] for n in cli.json("outbox", "list", "--status", "pending")] == ["queued"]

@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import Cli, mail, point_smtp_at_a_closed_port, write_config
+from helpers import Cli, cli_with_smtp_down, mail, write_config
 from servers import Dovecot, SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -242,9 +242,7 @@ def test_outbox_retry_all_takes_failed_and_queued_notices(cli: Cli) -> None:
 def test_outbox_table_shows_when_a_queued_notice_is_tried_again(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
-    config = write_config(tmp_path, mailboxes, sink)
-    point_smtp_at_a_closed_port(config, sink)
-    cli = Cli(config, capsys)
+    cli = cli_with_smtp_down(tmp_path, mailboxes, sink, capsys)
     mailboxes.append("contacto", mail())
     cli.poll()  # the SMTP server refuses connections: the acknowledgement waits
     (notice,) = cli.json("outbox", "list")

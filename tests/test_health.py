@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from helpers import Cli, mail, point_smtp_at_a_closed_port, write_config
+from helpers import Cli, cli_with_smtp_down, mail, write_config
 from servers import Dovecot, Postgres, SmtpSink
 
 from mailcase.store import SCHEMA_HEAD, alembic_config
@@ -43,9 +43,7 @@ def test_check_passes_with_every_peer_up_and_sends_nothing(
 def test_check_names_each_failure_on_its_own_line(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
-    config = write_config(tmp_path, mailboxes, sink)
-    point_smtp_at_a_closed_port(config, sink)
-    cli = Cli(config, capsys)
+    cli = cli_with_smtp_down(tmp_path, mailboxes, sink, capsys)
     assert cli("db", "upgrade")[0] == 0
     mailboxes.set_password("info", "otra")
     code, out, err = cli("check")

@@ -496,6 +496,15 @@ def sent_refresh_tokens(idp: OAuthServer) -> list[str]:
     return [request.form["refresh_token"] for request in idp.token_requests]
 
 
+def consent_again(idp: OAuthServer, refresh_file: Path) -> str:
+    """The admin revokes the app's tokens, consents again and writes the new refresh
+    token over ``refresh_file``; that token."""
+    idp.revoke_refresh_tokens()
+    token = idp.add_client("contacto", "c1", "sec")
+    refresh_file.write_text(token + "\n")
+    return token
+
+
 def file_provider(
     idp: OAuthServer, refresh_file: Path, token: str
 ) -> tuple[TokenProvider, FakeClock]:
@@ -520,9 +529,7 @@ def test_a_replaced_refresh_token_file_is_read_at_the_next_refresh(
     provider, clock = file_provider(idp, refresh_file, old)
     # The user changed the password at the provider (which revokes the refresh token);
     # the admin consents again and writes the new refresh token over the old file.
-    idp.revoke_refresh_tokens()
-    new = idp.add_client("contacto", "c1", "sec")
-    refresh_file.write_text(new + "\n")
+    new = consent_again(idp, refresh_file)
     clock.now += 3600
     assert provider.token().startswith("at-")
     assert sent_refresh_tokens(idp) == [old, new]
@@ -540,9 +547,7 @@ def test_a_changed_refresh_token_file_wins_over_a_rotated_token(
     provider.token()  # the file is unchanged: the rotated token is the one sent
     [rotated_again] = idp.refresh_tokens
     # The admin revoked the app's sessions, consented again and wrote the new token.
-    idp.revoke_refresh_tokens()
-    written = idp.add_client("contacto", "c1", "sec")
-    refresh_file.write_text(written + "\n")
+    written = consent_again(idp, refresh_file)
     clock.now += 3600
     provider.token()
     assert sent_refresh_tokens(idp) == [first, rotated, written]

@@ -502,7 +502,7 @@ def test_a_signature_is_what_two_messages_of_one_writer_end_with(
     assert shared_signature(text, earlier) == expected
 
 
-def test_without_signature_cuts_it_whole_or_not_at_all() -> None:
+def test_without_known_signature_cuts_it_whole_or_not_at_all() -> None:
     assert without_known_signature(f"Listo.\n\n{SIGNATURE}\n", SIGNATURE) == "Listo."
     assert without_known_signature(f"  {SIGNATURE}  ", SIGNATURE) == ""
     assert without_known_signature("Listo.\nTel. 800 123 4567 ext. 214", SIGNATURE).startswith(
