@@ -85,6 +85,10 @@ _AUTOMATIC_LOCAL_PART = re.compile(
     re.DOTALL,
 )
 
+# How a reason starts when the sender is one of mailcase's own addresses (the
+# service tells agents who answered from a shared address).
+OWN_ADDRESS = "own address"
+
 # Non-standard headers auto-responders add; any value counts.
 _AUTO_REPLY_HEADERS = (
     "X-Autoreply",
@@ -295,7 +299,7 @@ def _auto_reply(mail: InboundMail, own_addresses: Iterable[str]) -> Classificati
     # Compare the customer parse_inbound settled on, not the raw From: a web
     # form may send from one of our own mailboxes on behalf of a customer.
     if mail.sender and mail.sender in own:
-        return auto_reply(f"own address: {_show(mail.sender)}")
+        return auto_reply(f"{OWN_ADDRESS}: {_show(mail.sender)}")
     # Any other report is machine-generated too: read receipts (RFC 8098,
     # report-type=disposition-notification) and abuse reports (RFC 5965).
     if mail.content_type == "multipart/report":

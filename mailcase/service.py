@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 from mailcase import casework, leases, metrics
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore, read_header
-from mailcase.classify import MailKind, classify
+from mailcase.classify import OWN_ADDRESS, MailKind, classify
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
 from mailcase.dsn import DeliveryReport, parse_dsn
@@ -1303,7 +1303,7 @@ def _answer_from_own_address(
     names no automatic header (those are reasons of their own) and references a
     signed id of this case was written by someone who read the notice.
     """
-    if not settings.agents.notify or not decision.reason.startswith("own address"):
+    if not settings.agents.notify or not decision.reason.startswith(OWN_ADDRESS):
         return False
     proofs = proofs_in(signing_key(session, settings), mail.thread_ids)
     return any(case_id == case.id for case_id, _ in proofs)
