@@ -154,6 +154,43 @@ def strip_quoted(text: str) -> str:
     return new_text(text) or _normalized(text).strip()
 
 
+# Forward prefixes of the subject (es and en clients: Gmail "Fwd:", Outlook
+# "RV:"/"FW:"/"ENC:", French and German Outlook "TR:"/"WG:"). Only as the
+# first prefix: "Re: Fwd: …" answers a forward, and quotes it.
+_FORWARD_SUBJECT = re.compile(
+    r"^\s*(?:fwd?|rv|enc|tr|wg)\s*(?:\[\d+\])?\s*[:\uff1a]",
+    re.IGNORECASE,
+)
+_FORWARD_MARKER = re.compile(r"forwarded message|mensaje reenviado", re.IGNORECASE)
+
+
+def customer_text(text: str, subject: str) -> str:
+    """What a customer's message brings to the case: :func:`strip_quoted`, except
+    that a forward is kept whole.
+
+    A customer who forwards a mail ("Les reenvío el correo de la semana pasada,
+    nadie me contestó", then Gmail's "Forwarded message" block or Outlook's
+    ``De:``/``Enviado:`` block) means its text as the report: cut at the
+    forward, the case and the notice to agents held only the cover line, and
+    the report itself only the raw message (Zammad, FreeScout and RT keep a
+    forwarded body whole too). A forward is a subject that starts with a
+    forward prefix (``Fwd:``, ``RV:``, ``ENC:``, ``TR:``, ``WG:``), or a body
+    whose quoted history starts at a forwarded-message marker.
+
+    Guarantees: as :func:`strip_quoted` (never raises, linear, ``""`` only for
+    a blank text); a forward comes back stripped of surrounding whitespace,
+    with ``\n`` line endings.
+    """
+    normalized = _normalized(text)
+    if _FORWARD_SUBJECT.match(subject):
+        return normalized.strip()
+    lines, before_final_quote, _ = _unquoted_lines(normalized.split("\n"))
+    start, at = _history_start(lines, before_final_quote)
+    if at < len(lines) and at == start and _FORWARD_MARKER.search(lines[at]):
+        return normalized.strip()
+    return strip_quoted(text)
+
+
 def new_text(text: str) -> str:
     """What :func:`strip_quoted` keeps, but ``""`` when that would be nothing.
 

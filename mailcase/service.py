@@ -60,7 +60,13 @@ from mailcase.msgid import proofs_in, signed_ids_in
 from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
-from mailcase.quoting import agent_text, shared_signature, strip_quoted, without_known_signature
+from mailcase.quoting import (
+    agent_text,
+    customer_text,
+    shared_signature,
+    strip_quoted,
+    without_known_signature,
+)
 from mailcase.store import (
     Store,
     as_utc,
@@ -1127,7 +1133,7 @@ def _notify_agents_of(
             settings,
             case,
             reason,
-            text=strip_quoted(mail.text),
+            text=customer_text(mail.text, mail.subject),
             attachments=[a.filename for a in mail.attachments],
             sender=mail.sender,
             to=rcpt,
@@ -1498,6 +1504,14 @@ def _notices_named_in(
 BOUNCE_WINDOW = timedelta(days=7)  # a bounce comes back within minutes, retries within days
 
 
+def _inbound_text(mail: InboundMail, kind: str) -> str:
+    """The text a ``kind`` message keeps on its case: a customer's forward whole
+    (:func:`customer_text`), anyone else's words without quoted history."""
+    if kind == "customer":
+        return customer_text(mail.text, mail.subject)
+    return strip_quoted(mail.text)
+
+
 def _record_inbound(
     rt: Runtime,
     session: Session,
@@ -1521,7 +1535,7 @@ def _record_inbound(
         subject=mail.subject,
         date=as_utc(mail.date) or utcnow(),
         message_id=mail.message_id,
-        text=strip_quoted(mail.text) if text is None else text,
+        text=_inbound_text(mail, kind) if text is None else text,
         raw_sha256=raw_sha,
     )
     for attachment in mail.attachments:

@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailcase.inbound import parse_inbound
-from mailcase.quoting import shared_signature, strip_quoted, without_known_signature
+from mailcase.quoting import (
+    customer_text,
+    shared_signature,
+    strip_quoted,
+    without_known_signature,
+)
 
 CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 REPLY_CORPORA = (
@@ -509,3 +514,15 @@ def test_without_known_signature_cuts_it_whole_or_not_at_all() -> None:
         "Listo."
     )
     assert without_known_signature("Listo.", "") == "Listo."
+
+
+def test_customer_text_keeps_a_forward_whole_and_cuts_a_reply() -> None:
+    forward = "Les reenvío esto.\n\n---------- Forwarded message ---------\nDe: a@b.mx\n\nSin luz."
+    assert customer_text(forward, "Nadie contesta") == forward
+    outlook = "Mírenlo.\n\nDe: Pedro <p@b.mx>\nEnviado: lunes\nPara: yo\nAsunto: x\n\nSin luz.\n"
+    assert customer_text(outlook, "RV: x") == outlook.strip()
+    assert customer_text(outlook, "ENC: x") == outlook.strip()
+    # Not forwards: an answer to a forward quotes it; a reply's quote starts at its attribution.
+    assert customer_text(outlook, "Re: Fwd: x") == "Mírenlo."
+    reply = "Sigo igual.\n\nEl jue, 26 nov 2026 a las 10:00, Soporte escribió:\n> Recibimos"
+    assert customer_text(reply, "Re: [Folio PLR-2026-000001] x") == "Sigo igual."
