@@ -25,6 +25,7 @@ class Disposition(StrEnum):
     AUTO_REPLY = "auto_reply"
     BOUNCE = "bounce"
     BULK = "bulk"
+    NO_CASE = "no_case"  # an agent's mail naming no case and no customer: the agent is told
     QUARANTINED = "quarantined"
 
 

@@ -51,6 +51,7 @@ CUSTOMER_KINDS = frozenset(
 )
 AGENT_KINDS = frozenset(
     {"agent_notification", "command_error", "unverified_agent", "delivery_failed", "not_relayed"}
+    | {"no_case"}
 )
 SIGNING_KEY = "message_id_key"
 
@@ -123,7 +124,8 @@ def blocked(
     noreply…); customer notices never to agents.notify or an area either.
     Acknowledgements are capped per recipient and hour; agent notifications
     and relays per case and hour (loop breakers); the notice telling an agent
-    that a message claimed their address goes once per address and hour; and
+    that a message claimed their address, or that their mail named no case,
+    goes once per address and hour; and
     all notices per hour when ``limits.max_notices_per_hour`` is set.
     """
     mailboxes = {m.address for m in settings.mailboxes.values()}
@@ -145,10 +147,10 @@ def blocked(
         params = {"case": case_id, "kind": kind, "rcpt": rcpt, "since": since}
         if run(session, _CASE_KIND_SINCE, params).scalar_one() >= cap:
             return f"limits.{key} ({cap})"
-    if kind == "unverified_agent":
+    if kind in ("unverified_agent", "no_case"):
         params = {"rcpt": rcpt, "kind": kind, "since": since}
         if run(session, _TO_KIND_SINCE, params).scalar_one() >= 1:
-            return "one unverified_agent notice per address and hour"
+            return f"one {kind} notice per address and hour"
     if limits.max_notices_per_hour is not None:
         total = run(session, _NOTICES_SINCE, {"since": since}).scalar_one()
         if total >= limits.max_notices_per_hour:
@@ -452,3 +454,60 @@ def queue_notice(
         notice_id=notice_id,
     )
     return Queued(notice_id, reason)
+
+
+def queue_without_case(
+    session: Session, settings: Settings, kind: str, *, to: str, mailbox: str, subject: str
+) -> Queued:
+    """Render and queue one ``kind`` notice to an agent about mail that belongs to no
+    case (``no_case``): from ``mailbox``'s address, about their mail's ``subject``.
+
+    Guarded as :func:`queue_notice` is (written ``suppressed`` when held); its
+    Message-ID is unsigned, so a reply to it is no agent's proof for any case.
+    """
+    box = settings.mailboxes.get(mailbox) or next(iter(settings.mailboxes.values()))
+    language = settings.notices.language
+    context = {
+        "subject": clip(subject),
+        "mailbox_address": box.address,
+        "company": settings.company.model_dump(),
+    }
+    body = render_body(kind, language, context, override=settings.templates.directory)
+    now = utcnow()
+    envelope = Envelope(
+        from_addr=box.address,
+        from_name=settings.company.name,
+        to_addr=ascii_domain(to),
+        subject=_NO_CASE_SUBJECT[language] if kind == "no_case" else kind,
+        message_id=new_message_id(box.address.rpartition("@")[2] or "localhost"),
+        date=now,
+        language=language,
+        auto_reply=True,
+        reply_to=box.address,
+    )
+    reason = blocked(session, settings, kind, envelope.to_addr)
+    if reason:
+        _log_suppression(session, envelope.to_addr, reason)
+        metrics.NOTICES.labels("suppressed").inc()
+    notice_id = insert_values(
+        session,
+        Notice,
+        case_id=None,
+        kind=kind,
+        status=NoticeStatus.SUPPRESSED if reason else NoticeStatus.QUEUED,
+        last_error=f"not sent: {reason}" if reason else "",
+        mail_from=box.address,
+        rcpt_to=envelope.to_addr,
+        message_id=envelope.message_id,
+        raw=build_message(envelope, body),
+        queued_at=now,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    return Queued(notice_id, reason)
+
+
+_NO_CASE_SUBJECT = {
+    "es": "Su correo no nombra ningún caso",
+    "en": "Your mail names no case",
+}

@@ -191,6 +191,46 @@ def customer_text(text: str, subject: str) -> str:
     return strip_quoted(text)
 
 
+# A forwarded block's sender line: "De: Rosa Díaz <rosa@…>", "*From:* Rosa",
+# older Outlook's "From: Rosa Díaz [mailto:rosa@…]".
+_FORWARDED_FROM = re.compile(
+    r"[ \t]*\*{0,2}(?:from|de)\*{0,2}[ \t]*:\*{0,2}(.{0,300})", re.IGNORECASE
+)
+_ADDRESS = re.compile(r"[\w.+'-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
+# How far below the forward's marker its sender line may be (Gmail puts it
+# right under; HTML → text may put a blank line between every header line).
+_FORWARDED_FROM_WINDOW = 4
+
+
+def forwarded_sender(text: str) -> tuple[str, str] | None:
+    """The display name and address (lower-case) of the sender a forward in ``text``
+    names, or ``None``.
+
+    The forward is the first quoted history :func:`strip_quoted` would cut at, when
+    it is a forwarded-message marker (Gmail, Apple Mail) or a header block
+    (Outlook); its sender is the ``From:``/``De:`` line at or just below that
+    line, and must hold an address (Outlook within an organisation may write a
+    name only). Never raises; linear in ``len(text)``.
+    """
+    lines, before_final_quote, _ = _unquoted_lines(_normalized(text).split("\n"))
+    start, at = _history_start(lines, before_final_quote)
+    if at == len(lines) or at != start:  # none, or an attribution ("El … escribió:")
+        return None
+    for line in lines[at : at + 1 + _FORWARDED_FROM_WINDOW * 2]:
+        found = _FORWARDED_FROM.match(line)
+        if found is None:
+            continue
+        value = found.group(1)
+        address = _ADDRESS.search(value)
+        if address is None:
+            return None
+        name = value[: value.find("<") if "<" in value else value.find("[")]
+        if "<" not in value and "[" not in value:
+            name = ""
+        return name.strip(" \t*\"'"), address.group(0).lower()
+    return None
+
+
 def new_text(text: str) -> str:
     """What :func:`strip_quoted` keeps, but ``""`` when that would be nothing.
 

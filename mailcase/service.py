@@ -57,7 +57,7 @@ from mailcase.models import (
     StoredAttachment,
 )
 from mailcase.msgid import proofs_in, signed_ids_in
-from mailcase.notices import AGENT_KINDS, queue_notice, signing_key
+from mailcase.notices import AGENT_KINDS, queue_notice, queue_without_case, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
 from mailcase.quoting import (
@@ -1017,6 +1017,13 @@ def _apply(
         return decision.case
     if disposition is Disposition.QUARANTINED:
         return None
+    if disposition is Disposition.NO_CASE:
+        if not decision.quiet:
+            # What the agent meant cannot be guessed: they are told how to say it.
+            queue_without_case(
+                session, settings, "no_case", to=mail.sender, mailbox=mailbox, subject=mail.subject
+            )
+        return None
     if disposition is Disposition.BOUNCE:
         bounced = _record_bounce(rt, session, fetched.raw, decision.case)
         if bounced is not None:
@@ -1030,8 +1037,10 @@ def _apply(
         case = casework.open_case(
             settings,
             session,
-            customer=mail.sender,
-            customer_name=mail.sender_name,
+            # An agent who forwarded a customer's mail, or wrote to one with
+            # support in copy, opens the case for that customer (triage).
+            customer=decision.customer or mail.sender,
+            customer_name=decision.customer_name if decision.customer else mail.sender_name,
             # A stranger's copy of someone else's folio tag would mislead: drop it.
             subject=remove_folio_tags(strip_reply_prefixes(mail.subject), settings.folio.prefix),
             mailbox=mailbox,
@@ -1041,7 +1050,10 @@ def _apply(
         )
         casework.link(session, case, decision.related)
         casework.add_participants(session, settings, case, mail.cc)
-        _record_inbound(rt, session, case, mail, raw_sha, "customer")
+        # The first message is the report: a forward is kept whole, whoever sent it.
+        kind = "agent" if decision.role is Role.AGENT else "customer"
+        text = customer_text(mail.text, mail.subject)
+        _record_inbound(rt, session, case, mail, raw_sha, kind, text=text)
         if note:
             casework.record(session, case, "system", note)
         if decision.acknowledge:

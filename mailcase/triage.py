@@ -32,7 +32,16 @@ Order of the rules, and why:
    a folio in the subject names another case of the sender's that is open or
    may be reopened: a reply in the thread of an old case about a newer one
    joins the newer one.
-7. Anything else from a person opens a new case with an acknowledgement,
+7. An agent's mail that names no case opens one for the customer it is
+   about, as Zammad does ("sender is agent: the customer is the first
+   recipient"): the sender of a mail it forwards (the agent forwarded a
+   customer's mail to support), else the first address in To/Cc that is
+   neither ours, an agent's nor automatic (the agent wrote to the customer
+   with support in copy). The customer is acknowledged, and so learns the
+   folio. With no such customer nothing is opened (``no_case``) and the
+   agent is told: a case in the agent's own name, acknowledged to the agent,
+   helped nobody.
+8. Anything else from a person opens a new case with an acknowledgement,
    unless the sender is one of our own or an automatic address.
 """
 
@@ -45,6 +54,7 @@ from enum import StrEnum
 from mailcase.classify import Classification, MailKind, is_automatic_address
 from mailcase.inbound import InboundMail
 from mailcase.models import Disposition
+from mailcase.quoting import forwarded_sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,8 @@ class Decision:
     role: Role = Role.CUSTOMER
     reopen: bool = False  # the case it joins was resolved and opens again
     quiet: bool = False  # tell nobody (old mail met on a first poll)
+    customer: str = ""  # the new case's customer when not the sender (an agent wrote)
+    customer_name: str = ""
 
 
 _AUTOMATIC = {
@@ -140,6 +152,8 @@ def triage(
             role=Role.UNVERIFIED,
             reason="claims an agent's address without proof",
         )
+    if mail.sender in agent_addresses:
+        return _opened_by_agent(mail, own_addresses | agent_addresses)
 
     # The cases the message may join, headers first; a folio only for its own people.
     candidates: list[tuple[CaseRef, str]] = []
@@ -172,6 +186,38 @@ def triage(
 
     why = f"names folio of another sender: {', '.join(strangers)}" if strangers else ""
     return _new_case(mail, own_addresses, strangers, why)
+
+
+def _opened_by_agent(mail: InboundMail, insiders: frozenset[str]) -> Decision:
+    """An agent's mail that names no case: a case for the customer it is about, or none."""
+
+    def outsider(address: str) -> bool:
+        return bool(address) and address not in insiders and not is_automatic_address(address)
+
+    forwarded = forwarded_sender(mail.text)
+    if forwarded is not None and outsider(forwarded[1]):
+        name, address = forwarded
+        reason = f"agent {mail.sender} forwarded mail of {address}"
+        return Decision(
+            Disposition.NEW_CASE,
+            open_case=True,
+            acknowledge=True,
+            role=Role.AGENT,
+            reason=reason,
+            customer=address,
+            customer_name=name,
+        )
+    for address in (*mail.to, *mail.cc):
+        if outsider(address):
+            return Decision(
+                Disposition.NEW_CASE,
+                open_case=True,
+                acknowledge=True,
+                role=Role.AGENT,
+                reason=f"agent {mail.sender} wrote to {address}",
+                customer=address,
+            )
+    return Decision(Disposition.NO_CASE, role=Role.AGENT, reason="agent's mail names no case")
 
 
 def _within(resolved_at: datetime | None, now: datetime | None, days: int) -> bool:

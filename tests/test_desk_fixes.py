@@ -5,8 +5,8 @@ agents say (fourth review round)."""
 from __future__ import annotations
 
 import pytest
-from helpers import NOTIFY
-from test_agents import Desk, desk, text
+from helpers import CONTACTO, NOTIFY, mail
+from test_agents import AGENT, Desk, desk, text
 
 __all__ = ["desk"]  # the fixture, shared with test_agents
 
@@ -51,3 +51,61 @@ def test_a_forwarded_report_reaches_the_case_and_the_agents_whole(
     [stored] = desk.case(folio)["messages"][:1]
     assert REPORT in stored["text"] and "nadie me contestó" in stored["text"]
     assert REPORT in text(desk.last_to(NOTIFY))
+
+
+def test_an_agent_forwarding_a_customers_mail_opens_the_case_for_that_customer(
+    desk: Desk,
+) -> None:
+    desk.deliver(
+        mail(
+            sender=f"Ana Técnica <{AGENT}>",
+            subject="Fwd: No tengo servicio",
+            body="Ábranle caso a esta clienta.\n\n" + GMAIL_FORWARD + REPORT,
+        )
+    )
+    [case] = desk.cli.json("cases", "list")
+    shown = desk.case(case["folio"])
+    assert shown["customer"] == ROSA and shown["customer_name"] == "Rosa Díaz"
+    assert shown["messages"][0]["kind"] == "agent" and REPORT in shown["messages"][0]["text"]
+    [ack] = desk.to(ROSA)  # the customer learns the folio
+    assert case["folio"] in ack["Subject"]
+    assert desk.to(AGENT) == []  # no acknowledgement to the agent as if a customer
+    assert REPORT in text(desk.last_to(NOTIFY))
+
+
+def test_an_agent_writing_to_a_customer_with_support_in_copy_opens_the_case_for_them(
+    desk: Desk,
+) -> None:
+    desk.deliver(
+        mail(
+            sender=f"Ana Técnica <{AGENT}>",
+            to=f"Rosa Díaz <{ROSA}>",
+            headers={"Cc": CONTACTO},
+            subject="Su reporte de esta mañana",
+            body="Buenos días, Rosa: mañana pasa el técnico a revisar su antena.",
+        )
+    )
+    [case] = desk.cli.json("cases", "list")
+    assert case["customer"] == ROSA
+    assert len(desk.to(ROSA)) == 1 and desk.to(AGENT) == []
+
+
+def test_an_agents_mail_naming_no_case_and_no_customer_opens_nothing_and_says_why(
+    desk: Desk,
+) -> None:
+    for _ in range(2):  # the second one in the hour is kept, not sent
+        desk.deliver(
+            mail(
+                sender=f"Ana Técnica <{AGENT}>",
+                subject="resolver lo de Rosa",
+                body="#resolver procedente\nSe reinició la ONT.",
+            )
+        )
+    assert desk.cli.json("cases", "list") == []
+    [told] = desk.to(AGENT)
+    assert "no nombra ningún caso" in told["Subject"]
+    assert "resolver lo de Rosa" in text(told) and "no se ejecutó ningún comando" in text(told)
+    ledger = desk.cli.json("messages", "list")
+    assert [m["disposition"] for m in ledger] == ["no_case", "no_case"]
+    statuses = sorted(n["status"] for n in desk.cli.json("outbox", "list"))
+    assert statuses == ["sent", "suppressed"]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mailcase.inbound import parse_inbound
 from mailcase.quoting import (
     customer_text,
+    forwarded_sender,
     shared_signature,
     strip_quoted,
     without_known_signature,
@@ -526,3 +527,29 @@ def test_customer_text_keeps_a_forward_whole_and_cuts_a_reply() -> None:
     assert customer_text(outlook, "Re: Fwd: x") == "Mírenlo."
     reply = "Sigo igual.\n\nEl jue, 26 nov 2026 a las 10:00, Soporte escribió:\n> Recibimos"
     assert customer_text(reply, "Re: [Folio PLR-2026-000001] x") == "Sigo igual."
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Ábranle caso.\n\n---------- Forwarded message ---------\n"
+            "De: Rosa Díaz <Rosa.Diaz@hotmail.com>\nSubject: x\n\nSin internet.",
+            ("Rosa Díaz", "rosa.diaz@hotmail.com"),
+        ),
+        (  # older Outlook
+            "Mira\n\n________________________________\nFrom: Rosa Díaz [mailto:rosa@x.mx]\n"
+            "Sent: lunes\nTo: a\nSubject: b\n\nhola",
+            ("Rosa Díaz", "rosa@x.mx"),
+        ),
+        ("Begin forwarded message:\n\nFrom: rosa@x.mx\nDate: x\n\nhola", ("", "rosa@x.mx")),
+        # Outlook within an organisation writes a name only; a reply is no forward.
+        ("Mira\n\nDe: Rosa Díaz\nEnviado: lunes\nPara: a\nAsunto: b\n\nhola", None),
+        ("hola\n\nEl jue, 26 nov 2026 a las 10:00, Rosa <r@x.mx> escribió:\n> x", None),
+        ("Sin reenvío alguno.", None),
+    ],
+)
+def test_forwarded_sender_is_the_from_line_of_the_forward(
+    text: str, expected: tuple[str, str] | None
+) -> None:
+    assert forwarded_sender(text) == expected

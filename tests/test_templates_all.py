@@ -117,6 +117,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "mailbox_address": "contacto@internet-plarey.com.mx",
         "company": COMPANY,
     },
+    "no_case": {
+        "subject": "resolver lo de Rosa",
+        "mailbox_address": "contacto@internet-plarey.com.mx",
+        "company": COMPANY,
+    },
     "delivery_failed": {
         "folio": FOLIO,
         "recipient": "juan.perez@example.com",
@@ -141,6 +146,7 @@ AGENT_ONLY = (
     "unverified_agent",
     "delivery_failed",
     "not_relayed",
+    "no_case",
 )
 
 
