@@ -34,6 +34,7 @@ class CaseworkError(MailcaseError):
 # notice (templates/*/command_error.txt.j2).
 CASE_PROBLEM_CODES: tuple[str, ...] = (
     "case_closed",  # resolve, visit or route on a closed case: reopen it first
+    "case_resolved",  # resolve, visit or route on a resolved case: reopen it first
     "missing_cause",  # a resolution without the causes the customer must be told
     "visit_in_past",  # a visit before now, in the business's time zone
     "visit_too_far",  # more than VISIT_MAX_DAYS_AHEAD ahead: the year mistyped, most likely
@@ -49,11 +50,17 @@ def resolve_problem(status: str, cause: str) -> str | None:
     """Why a case in ``status`` cannot be resolved with ``cause``, or ``None``.
 
     A closed case is reopened first (as Request Tracker and Zammad ask), so
-    that a late resolution is a decision, not a slip; and the written
-    procedure tells the customer the causes, so they are required.
+    that a late resolution is a decision, not a slip; a resolved one too:
+    two agents resolving one case told the customer "procedente, la falla
+    quedó corregida" and then "improcedente" (Request Tracker's resolve
+    notice fires only on the change to resolved). A correction is
+    ``#reabrir`` then ``#resolver``. The written procedure tells the customer
+    the causes, so they are required.
     """
     if status == CaseStatus.CLOSED:
         return "case_closed"
+    if status == CaseStatus.RESOLVED:
+        return "case_resolved"
     if not cause.strip():
         return "missing_cause"
     return None
@@ -76,10 +83,14 @@ def visit_problem(status: str, day: date, hour: str | None, now_local: datetime)
     and one more than :data:`VISIT_MAX_DAYS_AHEAD` days after it (the same
     typo the other way) a date nobody will keep. A time outside
     :data:`VISIT_HOURS` is refused too, and today with no time once those
-    hours are over.
+    hours are over. A resolved case is reopened first: its resolution told the
+    customer the matter is settled, and the closing that follows would
+    cancel the visit.
     """
     if status == CaseStatus.CLOSED:
         return "case_closed"
+    if status == CaseStatus.RESOLVED:
+        return "case_resolved"
     today = now_local.date()
     # Today without a time once visiting hours are over is past too: the customer
     # would be told to wait for a technician who comes no more today.
@@ -95,8 +106,11 @@ def visit_problem(status: str, day: date, hour: str | None, now_local: datetime)
 
 
 def route_problem(status: str) -> str | None:
-    """Why a case in ``status`` cannot be routed to an area, or ``None``."""
-    return "case_closed" if status == CaseStatus.CLOSED else None
+    """Why a case in ``status`` cannot be routed to an area, or ``None``: a closed or
+    resolved case is reopened first (the area would be told of a settled case)."""
+    if status == CaseStatus.CLOSED:
+        return "case_closed"
+    return "case_resolved" if status == CaseStatus.RESOLVED else None
 
 
 def command_problems(
@@ -167,6 +181,8 @@ _NEEDS_OPEN = frozenset({CommandKind.RESOLVE, CommandKind.VISIT, CommandKind.ROU
 
 _REFUSALS = {
     "case_closed": "case {folio} is closed: reopen it first (mailcase cases reopen {folio})",
+    "case_resolved": "case {folio} is already resolved: reopen it first "
+    "(mailcase cases reopen {folio}) to change it",
     "missing_cause": "resolving case {folio} needs the causes (--cause): the customer is told them",
     "visit_in_past": "the visit {when} for case {folio} is in the past (now {now})",
     "visit_too_far": "the visit {when} for case {folio} is more than "

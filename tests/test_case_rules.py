@@ -43,8 +43,13 @@ def test_a_closed_case_is_reopened_first() -> None:
     assert problems("#reabrir\n#resolver procedente\nListo.", status="closed") == []
     # Below this reply's own #cerrar: put it above (not "reopen first", a conflict).
     assert problems("#cerrar\n#visita 2026-12-01") == [("#visita 2026-12-01", "after_close")]
-    # A resolved case may be resolved again (a correction), and visited.
-    assert problems("#resolver improcedente\nNo hubo falla.", status="resolved") == []
+    # A resolved case too: a second agent's resolution contradicted the first one
+    # the customer had read, and a visit booked after it was cancelled by the closing.
+    for reply in ("#resolver improcedente\nNo hubo falla.", "#visita 2026-12-01", "#area redes"):
+        [(_, code)] = problems(reply, status="resolved")
+        assert code == "case_resolved"
+    # A correction: reopened by the line before, then resolved again.
+    assert problems("#reabrir\n#resolver improcedente\nNo hubo falla.", status="resolved") == []
 
 
 def test_a_reply_holds_each_command_once_and_none_that_contradict() -> None:

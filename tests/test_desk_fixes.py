@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from helpers import CONTACTO, NOTIFY, mail
-from test_agents import AGENT, Desk, desk, text
+from test_agents import AGENT, CUSTOMER, Desk, desk, text
 
 __all__ = ["desk"]  # the fixture, shared with test_agents
 
@@ -109,3 +109,21 @@ def test_an_agents_mail_naming_no_case_and_no_customer_opens_nothing_and_says_wh
     assert [m["disposition"] for m in ledger] == ["no_case", "no_case"]
     statuses = sorted(n["status"] for n in desk.cli.json("outbox", "list"))
     assert statuses == ["sent", "suppressed"]
+
+
+def test_a_second_resolution_is_refused_until_the_case_is_reopened(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "#resolver procedente\nSe cambió el conector del poste.")
+    desk.agent_reply(notification, "#resolver improcedente\nLa falla es del router del cliente.")
+    [resolution] = [m for m in desk.to(CUSTOMER) if "PROCEDENTE" in text(m)]
+    assert "IMPROCEDENTE" not in text(resolution)
+    refusal = text(desk.last_to(AGENT))
+    assert "#resolver improcedente" in refusal and "ya está resuelto" in refusal
+    assert desk.case(folio)["outcome"] == "valid"
+    code, _, err = desk.cli("cases", "resolve", folio, "--outcome", "invalid", "--cause", "x")
+    assert code == 1 and "already resolved: reopen it first" in err
+    # A correction, said so: reopened, then resolved again.
+    desk.agent_reply(notification, "#reabrir\n#resolver improcedente\nEra el router del cliente.")
+    assert desk.case(folio)["outcome"] == "invalid"
+    assert "IMPROCEDENTE" in text(desk.last_to(CUSTOMER))
