@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
 import threading
 import time
@@ -166,20 +167,28 @@ def _poll_leased(
 ) -> MailboxReport:
     log = get_logger(mailbox=name)
     with ImapMailbox(name, settings) as box:
-        last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log)
+        source = _source_of(settings)
+        last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log, source)
         uids = box.uids_after(last_uid)
         if progress is not None:
             progress(0, len(uids))
         handled: list[int] = []
         with _parser_for(rt, len(uids), log) as parser:
-            _ingest_all(rt, name, box, uids, report, progress, parser, handled, first_contact)
+            complete = _ingest_all(
+                rt, name, box, uids, report, progress, parser, handled, first_contact
+            )
         box.mark_done(handled)
         # Flags lost to a crash between commit and STORE are put right here.
         box.mark_done(_not_quarantined(rt, name, box.uidvalidity, box.unflagged_below(last_uid)))
         with rt.store.transaction() as session:
             checkpoint = session.get(Checkpoint, name)
             if checkpoint is not None:
-                checkpoint.last_poll_at = utcnow()
+                # Only a poll that went through every message completes one: the
+                # first contact's silence must outlast a first poll cut short (a
+                # restart, systemd's start timeout, a lost lease), or the rest
+                # of a years-old backlog would be answered by the next poll.
+                if complete:
+                    checkpoint.last_poll_at = utcnow()
                 checkpoint.failures = 0
                 session.add(checkpoint)
     log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions))
@@ -209,8 +218,9 @@ def _ingest_all(
     parser: ParserProcess | None,
     handled: list[int],
     first_contact: bool,
-) -> None:
-    """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done.
+) -> bool:
+    """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done. Whether
+    every one was gone through (``False``: a stop or a lost lease ended it early).
 
     Messages read ahead but not ingested (a stop, a lost lease, a failure) are
     read again by the next poll; their spool files are removed on the way out.
@@ -239,10 +249,11 @@ def _ingest_all(
                     box.mark_done(handled)
                     handled.clear()
                 if not leases.acquire(rt.store, name):  # renew; lost it: stop here
-                    return
+                    return False
                 renewed = time.monotonic()
             if rt.stop.is_set():
-                return  # SIGTERM: the message in hand is finished; stop here
+                return False  # SIGTERM: the message in hand is finished; stop here
+        return True
     finally:
         for path in spooled:  # stored ones were moved into the store already
             path.unlink(missing_ok=True)
@@ -390,11 +401,40 @@ def close_stale_cases(rt: Runtime) -> list[str]:
     return folios
 
 
-def _checkpoint(store: Store, name: str, uidvalidity: int, log: Any) -> tuple[int, bool]:
+def _source_of(settings: MailboxSettings) -> str:
+    """Where a mailbox's mail comes from: server, account and folder (no secret)."""
+    return json.dumps([settings.host.lower(), settings.login, settings.folder])
+
+
+def _checkpoint(
+    store: Store, name: str, uidvalidity: int, log: Any, source: str = ""
+) -> tuple[int, bool]:
     """The last UID ingested for (name, uidvalidity), a new UIDVALIDITY starting over; and
-    whether this is the first contact with the mailbox: no poll of it has completed yet."""
+    whether this is the first contact with the mailbox: no poll of it has completed yet.
+
+    ``source`` is the server, account and folder the mailbox reads
+    (:func:`_source_of`). When the configuration points the mailbox at another
+    one, that is a first contact too: its history is mail mailcase never saw,
+    and its UIDs say nothing about the old folder's (the same UIDVALIDITY
+    would have skipped its mail). The source is kept in ``key_values``; a
+    checkpoint without one (written before it was kept) takes the current one.
+    """
     with store.transaction() as session:
         checkpoint = session.get(Checkpoint, name)
+        if source:
+            key = _hashed_key("source", name)  # mailbox names run to 64 characters
+            known = session.get(KeyValue, key)
+            if known is None:
+                insert_if_absent(session, KeyValue(key=key, value=source))
+            elif known.value != source:
+                log.warning("mailbox_source_changed", was=known.value, now=source)
+                known.value = source
+                session.add(known)
+                if checkpoint is not None:
+                    checkpoint.uidvalidity, checkpoint.last_uid = uidvalidity, 0
+                    checkpoint.last_poll_at = None
+                    session.add(checkpoint)
+                    return 0, True
         if checkpoint is None:
             session.add(Checkpoint(mailbox=name, uidvalidity=uidvalidity, last_uid=0))
             return 0, True

@@ -145,6 +145,54 @@ def test_a_first_contact_cut_short_stays_silent_for_its_backlog(
     assert all("max_age_hours" in r["reason"] for r in cli.json("messages", "list"))
 
 
+def test_a_first_poll_stopped_midway_completes_nothing(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # SIGTERM (a restart, systemd's start timeout) during the first import of a
+    # years-old mailbox: the next poll must not answer the rest of that history.
+    from mailcase import service
+    from mailcase.config import load_settings
+
+    config = write_config(tmp_path, mailboxes, sink, notify=True)
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    for n in range(4):
+        mailboxes.append("contacto", mail(sender=f"viejo{n}@example.com"), internal_date=long_ago)
+    rt = service.Runtime.open(load_settings(config))
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 2:
+            rt.stop.set()
+
+    assert service.poll_mailbox(rt, "contacto", stop_after_two).fetched == 2
+    rt.store.dispose()
+    Cli(config, capsys).poll()  # the rest of the backlog
+    assert sink.messages == []
+    rows = Cli(config, capsys).json("messages", "list")
+    assert len(rows) == 4 and all("max_age_hours" in r["reason"] for r in rows)
+
+
+def test_a_mailbox_pointed_at_another_folder_meets_it_for_the_first_time(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    cli = Cli(config, capsys)
+    cli.poll()  # INBOX read: the first contact is over
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    mailboxes.append(
+        "contacto", mail(sender="viejo@example.com"), internal_date=long_ago, folder="Soporte"
+    )
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('folder = "INBOX"', 'folder = "Soporte"'), encoding="utf-8")
+    cli.poll()
+    assert sink.messages == []  # that folder's history is not answered
+    [row] = cli.json("messages", "list")
+    assert row["disposition"] == "new_case" and "max_age_hours" in row["reason"]
+    # From then on it is an ordinary mailbox: new mail is answered.
+    mailboxes.append("contacto", mail(sender="nuevo@example.com"), folder="Soporte")
+    cli.poll()
+    assert [m.rcpt_tos for m in sink.messages] == [["nuevo@example.com"]]
+
+
 def test_a_retry_answers_a_message_that_was_recent_when_first_met(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
