@@ -4,6 +4,7 @@
 
     MailcaseError
     ├── ConfigError          bad or missing configuration: exit 2, never retried
+    │   └── TemplateError    a notice template cannot be compiled or rendered
     ├── DatabaseError        the database cannot be opened or is too old
     ├── MailboxError         one mailbox cannot be read (connect, login, folder):
     │                        that mailbox backs off, the others go on
@@ -32,6 +33,15 @@ class MailcaseError(Exception):
 
 class ConfigError(MailcaseError):
     """The configuration file is missing, unreadable or invalid."""
+
+
+class TemplateError(ConfigError):
+    """A notice template (an admin's override, most often) cannot be compiled or rendered.
+
+    The admin's to fix, not the message's: a message whose notice cannot be
+    rendered is not quarantined; the poll of its mailbox fails and reads it
+    again once the template is fixed.
+    """
 
 
 class DatabaseError(MailcaseError):

@@ -22,6 +22,7 @@ from mailcase.config import MailboxSettings, Settings, check_secrets
 from mailcase.errors import ConfigError, DatabaseError, DeliveryError, MailboxError
 from mailcase.imap import ImapMailbox
 from mailcase.models import Case, Checkpoint, Disposition, LedgerEntry, Notice
+from mailcase.render import compile_error, environment, shipped_templates
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store
 
@@ -89,6 +90,39 @@ def check_storage(settings: Settings) -> str:
     return f"{directory} does not exist yet; it is created at start"
 
 
+def check_templates(settings: Settings) -> str:
+    """``templates.directory``, when set, is a directory whose every template compiles and
+    overrides one of mailcase's; and each notice's text template compiles.
+
+    A syntax error in an override would fail every poll that needs it (the
+    message is not quarantined: :class:`~mailcase.errors.TemplateError`), and
+    a misspelt file name is never used; both are said here, naming the file.
+    """
+    directory = settings.templates.directory
+    shipped = shipped_templates()
+    known = {p.relative_to(shipped).as_posix() for p in shipped.rglob("*.j2")}
+    env = environment(directory)
+    overrides: list[str] = []
+    if directory is not None:
+        key = f"templates.directory {directory}"
+        if not directory.is_dir():
+            raise ConfigError(f"{key} is not a directory")
+        overrides = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*.j2"))
+        unknown = [name for name in overrides if name not in known]
+        if unknown:
+            raise ConfigError(
+                f"{key} holds {', '.join(unknown)}, which mailcase never uses "
+                "(the names are <language>/<kind>.txt.j2 or .html.j2, as shipped)"
+            )
+    for name in [*overrides, *sorted(known)]:
+        problem = compile_error(env, name)
+        if problem is not None:
+            raise ConfigError(problem)
+    if not overrides:
+        return "the shipped templates"
+    return f"{len(overrides)} of {directory} override the shipped ones, and compile"
+
+
 def check_mailbox(name: str, settings: MailboxSettings) -> str:
     with ImapMailbox(name, settings) as box:
         idle = "IDLE supported" if box.has_capability("IDLE") else "no IDLE (polling only)"
@@ -106,11 +140,13 @@ def check_smtp(settings: Settings) -> str:
 
 
 def run_checks(settings: Settings) -> list[CheckResult]:
-    """Every check, in a stable order: secrets, database, storage, each mailbox, SMTP."""
+    """Every check, in a stable order: secrets, database, storage, templates, each
+    mailbox, SMTP."""
     results = [
         _guard("secrets", lambda: check_secret_files(settings)),
         _guard("database", lambda: check_database(settings)),
         _guard("storage", lambda: check_storage(settings)),
+        _guard("templates", lambda: check_templates(settings)),
     ]
     for name, box in settings.mailboxes.items():
         results.append(_guard(f"mailbox {name}", partial(check_mailbox, name, box)))

@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import meta
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailcase import wire
 from mailcase.classify import LOOP_HEADER
+from mailcase.errors import MessageError, TemplateError
 
 
 def shipped_templates() -> Path:
@@ -76,18 +79,83 @@ def render_body(
     """Render ``kind``'s text (required) and HTML (optional) templates for ``language``.
 
     An edited template, or a new HTML template where there was none, is used
-    within :data:`TEMPLATE_RECHECK_SECONDS`.
+    within :data:`TEMPLATE_RECHECK_SECONDS`. Raises
+    :class:`~mailcase.errors.TemplateError`, one sentence naming the file, when
+    a template cannot be compiled (a typo in an override), and
+    :class:`~mailcase.errors.MessageError` when it fails on this context
+    (:func:`_render`).
     """
     env = _environment(override)
     name = f"{language}/{kind}.txt.j2"
     text_template = _template(env, name)
     if text_template is None:
-        raise jinja2.TemplateNotFound(name)
-    text = text_template.render(context)
+        raise TemplateError(f"template {name} is missing")
+    text = _render(text_template, context)
     html_template = _template(env, f"{language}/{kind}.html.j2")
     if html_template is None:
         return RenderedBody(text=text, html=None)
-    return RenderedBody(text=text, html=html_template.render(context))
+    return RenderedBody(text=text, html=_render(html_template, context))
+
+
+def _render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+    """``template`` rendered with ``context``.
+
+    A template that cannot work for anyone (a syntax error in a file it
+    includes, an include that is missing, a name no notice has, a reach for
+    Python's internals that the sandbox stops) raises
+    :class:`~mailcase.errors.TemplateError`; one that fails on this data
+    (an override's ``customer_name.split()[1]`` for a customer without a
+    name) raises :class:`~mailcase.errors.MessageError`: that message is
+    quarantined, the others are answered.
+    """
+    filename = template.filename or template.name
+    try:
+        return template.render(context)
+    except (jinja2.TemplateSyntaxError, jinja2.TemplateNotFound, SecurityError) as exc:
+        raise TemplateError(f"template {filename} cannot be used: {exc}") from exc
+    except Exception as exc:
+        unknown = (
+            _unknown_names(template, context) if isinstance(exc, jinja2.UndefinedError) else []
+        )
+        if unknown:  # "{{ follio }}": no notice has it, so none can be rendered
+            raise TemplateError(
+                f"template {filename} uses {', '.join(unknown)}, which this notice does not have"
+            ) from exc
+        raise MessageError(
+            f"template {filename} failed on this message: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _unknown_names(template: jinja2.Template, context: Mapping[str, Any]) -> list[str]:
+    """The names ``template``'s own source uses that are neither in ``context`` nor
+    set by the template itself (its includes are not looked at)."""
+    env = template.environment
+    if env.loader is None or template.name is None:
+        return []
+    try:
+        source = env.loader.get_source(env, template.name)[0]
+        used = meta.find_undeclared_variables(env.parse(source))
+    except jinja2.TemplateError:
+        return []
+    return sorted(name for name in used if name not in context and name not in env.globals)
+
+
+def compile_error(env: jinja2.Environment, name: str) -> str | None:
+    """Why template ``name`` of ``env`` cannot be compiled (one sentence naming its
+    file and line), or ``None``."""
+    try:
+        env.get_template(name)
+    except jinja2.TemplateSyntaxError as exc:
+        return f"template {exc.filename or name} line {exc.lineno}: {exc.message}"
+    except jinja2.TemplateError as exc:
+        return f"template {name}: {exc}"
+    return None
+
+
+def environment(override: Path | None) -> jinja2.Environment:
+    """A fresh templates' environment, as notices are rendered in: ``override`` first,
+    then the shipped templates; nothing compiled yet (for checks of the files as they are)."""
+    return _environment.__wrapped__(override)
 
 
 TEMPLATE_RECHECK_SECONDS = 2.0
@@ -109,6 +177,9 @@ def _template(env: jinja2.Environment, name: str) -> jinja2.Template | None:
     except jinja2.TemplateNotFound:
         _MISSING.add(key)
         return None
+    except jinja2.TemplateError as exc:
+        reason = compile_error(env, name) or f"template {name} cannot be compiled"
+        raise TemplateError(reason) from exc
 
 
 def _recheck(env: jinja2.Environment) -> None:

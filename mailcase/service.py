@@ -41,6 +41,7 @@ from mailcase.errors import (
     MessageError,
     NotFoundError,
     StorageError,
+    TemplateError,
 )
 from mailcase.folio import echoable_subject, find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import HEAD_BYTES, FetchedMessage, ImapMailbox
@@ -510,6 +511,12 @@ def ingest_message(
         raise
     except StorageError as exc:
         raise _not_stored(mailbox, fetched.uid, exc) from exc
+    except TemplateError as exc:
+        # A template the admin broke, not the message: quarantining would blame
+        # every message until it is fixed, and need each retried by hand.
+        raise MailboxError(
+            mailbox, f"message {fetched.uid} not ingested, read again by the next poll: {exc}"
+        ) from exc
     except Exception as exc:  # a bad message costs one message (Mailman's runner)
         if isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
             # The database went away (a restart, a dropped connection), not the

@@ -30,6 +30,7 @@ def test_check_passes_with_every_peer_up_and_sends_nothing(
         "secrets",
         "database",
         "storage",
+        "templates",
         "mailbox contacto",
         "mailbox info",
         "smtp",
