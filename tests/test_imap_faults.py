@@ -34,7 +34,7 @@ from helpers import (
 from servers import Dovecot, SmtpSink, free_port
 
 from mailcase.config import load_settings
-from mailcase.imap import ImapMailbox
+from mailcase.imap import ImapMailbox, uid_ranges
 
 pytestmark = pytest.mark.integration
 
@@ -517,3 +517,38 @@ def test_a_server_that_cannot_return_any_message_fails_the_poll_and_quarantines_
     cli.poll()
     assert {m["disposition"] for m in cli.json("messages", "list")} == {"new_case"}
     assert len(sink.wait_for(3)) == 3
+
+
+def test_flags_for_a_large_folder_go_in_ranges_the_server_accepts(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    # The crash repair flags every unflagged UID of a folder at once: 20,000 UIDs as one
+    # list made a 64 KB line that Dovecot refused, and every poll of the mailbox failed.
+    settings = load_settings(write_config(tmp_path, mailboxes, sink)).mailboxes["contacto"]
+    [uid] = mailboxes.append_many("contacto", [_mail(subject="Mensaje")])
+    with ImapMailbox("contacto", settings) as box:
+        box.mark_done([uid, *range(uid + 2, uid + 40_002, 2)])  # 20,001 UIDs, no two adjacent
+    with mailboxes.client("contacto") as other:
+        other.select_folder("INBOX", readonly=True)
+        assert b"\\Seen" in other.get_flags([uid])[uid]
+
+
+def test_a_store_the_server_refuses_is_logged_and_the_poll_goes_on(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    from imapclient.exceptions import IMAPClientError
+
+    settings = load_settings(write_config(tmp_path, mailboxes, sink)).mailboxes["contacto"]
+    with ImapMailbox("contacto", settings) as box, structlog.testing.capture_logs() as logs:
+
+        def refuse(*args: Any, **kwargs: Any) -> None:  # an ACL that allows reading only
+            raise IMAPClientError("UID STORE failed: NO [NOPERM] Permission denied")
+
+        box.client.add_flags = refuse  # type: ignore[method-assign]
+        box.mark_done([1, 2, 3])
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["flags_not_set"]
+
+
+def test_uid_ranges_are_sorted_and_joined() -> None:
+    assert uid_ranges([7, 1, 2, 3, 5, 9, 8, 3]) == ["1:3", "5", "7:9"]
+    assert uid_ranges([]) == []
