@@ -617,11 +617,17 @@ def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
     it quarantined, to be retried again, never without a row.
     """
     with rt.store.transaction() as session:
-        entry = session.exec(
-            select(LedgerEntry)
-            .where(LedgerEntry.mailbox == mailbox, LedgerEntry.uid == uid)
-            .order_by(col(LedgerEntry.id).desc())
-        ).first()
+        rows = select(LedgerEntry).where(LedgerEntry.mailbox == mailbox, LedgerEntry.uid == uid)
+        # The quarantined row first: after the folder was rebuilt (a new UIDVALIDITY)
+        # a newer row may hold the same UID, and must not hide it for good.
+        entry = (
+            session.exec(
+                rows.where(LedgerEntry.disposition == Disposition.QUARANTINED).order_by(
+                    col(LedgerEntry.id).desc()
+                )
+            ).first()
+            or session.exec(rows.order_by(col(LedgerEntry.id).desc())).first()
+        )
         if entry is None or entry.disposition != Disposition.QUARANTINED:
             state = "does not exist" if entry is None else f"is {entry.disposition}"
             raise NotFoundError(f"message {uid} of mailbox {mailbox} {state}, not quarantined")
@@ -632,12 +638,28 @@ def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
     elif size > rt.settings.limits.max_message_bytes:
         fetched = _spooled_copy(rt, mailbox, uid, raw_sha, size, received)
     else:
-        fetched = FetchedMessage(uid=uid, raw=rt.blobs.get(raw_sha), internal_date=received)
+        fetched = _stored_copy(rt, mailbox, uidvalidity, uid, raw_sha, received)
     try:
         return ingest_message(rt, mailbox, uidvalidity, fetched, retry=True)
     finally:
         if fetched.spooled is not None:  # consumed when stored; left when that failed
             fetched.spooled.unlink(missing_ok=True)
+
+
+def _stored_copy(
+    rt: Runtime, mailbox: str, uidvalidity: int, uid: int, raw_sha: str, received: Any
+) -> FetchedMessage:
+    """The quarantined message from its stored bytes; from the server again when they are
+    gone (a store restored from an older backup). Raises a MailcaseError naming the
+    message when neither has it, so that ``retry --all`` goes on with the others."""
+    try:
+        return FetchedMessage(uid=uid, raw=rt.blobs.get(raw_sha), internal_date=received)
+    except OSError as exc:
+        lost = f"its stored copy {rt.blobs.path(raw_sha)} cannot be read ({exc.strerror or exc})"
+    try:
+        return _fetch_again(rt, mailbox, uidvalidity, uid)
+    except (NotFoundError, MailboxError) as exc:
+        raise NotFoundError(f"message {uid} of mailbox {mailbox}: {lost}, and {exc}") from exc
 
 
 def _fetch_again(rt: Runtime, mailbox: str, uidvalidity: int, uid: int) -> FetchedMessage:
@@ -873,9 +895,12 @@ def _ingest(
     if earlier and mail.message_id is not None:
         earlier = _copies_among(rt, mail, earlier)
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
-    if stale:
+    if stale and not retry:
         # Seen in this mailbox under an older UIDVALIDITY (the folder was
-        # rebuilt): the same message at a new address, not new mail.
+        # rebuilt): the same message at a new address, not new mail. (Not on a
+        # retry: the quarantined row retried is the one at the old address, and
+        # the row "under another UIDVALIDITY" is its copy in the rebuilt folder,
+        # which must keep its address: the retried one is its duplicate.)
         entry = stale[0]
         entry.uidvalidity, entry.uid = uidvalidity, fetched.uid
         session.add(entry)

@@ -1,0 +1,87 @@
+"""`messages retry` when the ground moved: the folder rebuilt, the stored copy lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+LIMITED = "[limits]\nmax_mime_parts = 3\n"
+
+
+def _photos(n: int) -> bytes:
+    files = [(f"f{i}.png", "image/png", b"x" * 10 + bytes([i, n])) for i in range(5)]
+    return mail(sender=f"c{n}@example.com", subject=f"Fotos {n}", attachments=files)
+
+
+def _quarantined(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, raws: list[bytes], **kw: Any
+) -> tuple[Path, Cli, list[int]]:
+    """``raws`` quarantined (too many parts), then the limit raised."""
+    config = write_config(tmp_path, mailboxes, sink, extra=LIMITED, **kw)
+    folder = kw.get("contacto_folder", "INBOX")
+    uids = mailboxes.append_many("contacto", raws, folder=folder)
+    cli = Cli(config, capsys)
+    cli.poll()
+    assert [r["disposition"] for r in cli.json("messages", "list")] == ["quarantined"] * len(raws)
+    config.write_text(config.read_text().replace("max_mime_parts = 3", "max_mime_parts = 500"))
+    return config, cli, uids
+
+
+def test_a_quarantined_message_stays_retryable_after_the_folder_is_rebuilt(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    with mailboxes.client("contacto") as imap:
+        imap.create_folder("Soporte")
+    photos = _photos(0)
+    _, cli, [uid] = _quarantined(
+        tmp_path, mailboxes, sink, capsys, [photos], contacto_folder="Soporte"
+    )
+    with mailboxes.client("contacto") as imap:  # a server migration: new UIDVALIDITY
+        imap.delete_folder("Soporte")
+        imap.create_folder("Soporte")
+    mailboxes.append("contacto", photos, folder="Soporte")
+    cli.poll()  # the copy in the rebuilt folder opens the case, under the same UID
+    first, second = cli.json("messages", "list")
+    assert first["uidvalidity"] != second["uidvalidity"]
+    code, out, err = cli("messages", "retry", "--all")
+    assert code == 0, err
+    assert out.strip() == f"message {uid} of mailbox contacto: duplicate"
+    rows = cli.json("messages", "list")
+    # Each row keeps its own address: the copy in the rebuilt folder was not moved onto
+    # the old UIDVALIDITY by the retry of the old one.
+    assert {(r["disposition"], r["uidvalidity"]) for r in rows} == {
+        ("duplicate", first["uidvalidity"]),
+        ("new_case", second["uidvalidity"]),
+    }
+    assert len(cli.json("cases", "list")) == 1 and len(sink.messages) == 1
+
+
+def test_retry_all_goes_on_past_a_message_whose_stored_copy_is_lost(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    _, cli, uids = _quarantined(tmp_path, mailboxes, sink, capsys, [_photos(n) for n in range(3)])
+    for uid in uids[:2]:  # a store restored from an older backup
+        shown = cli.json("messages", "show", str(uid), "--mailbox", "contacto")
+        Path(shown["raw_path"]).unlink()
+    with mailboxes.client("contacto") as imap:  # the first one is gone from the server too
+        imap.select_folder("INBOX")
+        imap.delete_messages([uids[0]])
+        imap.expunge()
+    code, out, err = cli("messages", "retry", "--all")
+    assert code == 1
+    # The second is fetched from the server again; the third from its stored copy.
+    assert out.splitlines() == [
+        f"message {uids[1]} of mailbox contacto: new_case",
+        f"message {uids[2]} of mailbox contacto: new_case",
+    ]
+    [line] = [line for line in err.splitlines() if line.startswith("mailcase:")]
+    assert f"message {uids[0]}" in line and "cannot be read" in line
+    assert "no longer on the server" in line and "Traceback" not in err
+    [row] = cli.json("messages", "list", "--disposition", "quarantined")
+    assert row["uid"] == uids[0]
