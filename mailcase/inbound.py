@@ -1050,7 +1050,7 @@ def html_texts(html: str) -> tuple[str, str | None]:
     """
     extractor = _TextExtractor()
     try:
-        extractor.feed(html)
+        extractor.feed(_without_unclosed_tags(html))
         extractor.close()
     except Exception:  # HTMLParser is lenient; this is belt and braces
         return re.sub(r"<[^>]*>", " ", html), None
@@ -1061,6 +1061,28 @@ def html_texts(html: str) -> tuple[str, str | None]:
     if is_attribution_line(above[-1]):
         above.pop()
     return text, "\n".join(above).strip()
+
+
+# A "<" with no ">" before the next "<" (or the end) cannot open a tag. Python's
+# HTMLParser looks for the end of each such "<" to the end of the text: quadratic
+# (CVE-2025-6069, fixed in CPython 3.11.13; Debian 12 ships 3.11.2), so 120 KB of
+# "<a " took three minutes, and a poll past the watchdog got the daemon restarted
+# to read the same message again. [^<>]* stops at the next "<" or ">": linear.
+_UNCLOSED_TAG = re.compile(r"<(?=[^<>]*(?:<|\Z))")
+# Real mail has a few ("a < b" in text, a comment holding a tag); each costs the
+# parser one scan of the text. Rewritten only beyond this, so that markup as
+# mail clients write it is read as written.
+_UNCLOSED_TAGS_TOLERATED = 10
+
+
+def _without_unclosed_tags(html: str) -> str:
+    """``html``, its ``<`` that cannot open a tag written ``&lt;`` when there are
+    more than :data:`_UNCLOSED_TAGS_TOLERATED`: then linear to parse, whatever the
+    Python. Linear itself."""
+    for found, _ in enumerate(_UNCLOSED_TAG.finditer(html), start=1):
+        if found > _UNCLOSED_TAGS_TOLERATED:
+            return _UNCLOSED_TAG.sub("&lt;", html)
+    return html
 
 
 def _readable(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from mailcase.errors import MessageError
-from mailcase.inbound import InboundMail, html_to_text, parse_inbound
+from mailcase.inbound import InboundMail, html_texts, html_to_text, parse_inbound
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 NOT_MAIL = {"SOURCE.md", "README.md"}
@@ -384,3 +385,21 @@ def test_every_corpus_file_parses_or_is_refused_with_message_error() -> None:
             assert item.startswith("<") and item.endswith(">"), path
     # Refusing is for bytes that are not a message at all, not an easy way out.
     assert parsed > len(files) * 0.9
+
+
+def test_html_with_thousands_of_unclosed_tags_is_read_in_linear_time() -> None:
+    # Python's HTMLParser looks for the end of every "<" to the end of the text
+    # (CVE-2025-6069, quadratic before CPython 3.11.13): 120 KB of "<a " took three
+    # minutes. A "<" that cannot open a tag is text; beyond a few it is written so.
+    for pattern in ("<a ", "<a b=", "<!--", "</"):
+        start = time.perf_counter()
+        text, _ = html_texts(f"<p>Sin servicio</p>{pattern * 40_000}")
+        assert time.perf_counter() - start < 5, pattern  # minutes without the rewrite
+        assert text.startswith("Sin servicio")
+
+
+def test_a_few_stray_angle_brackets_leave_the_markup_as_written() -> None:
+    html = "<p>3 < 4</p><!-- <b>oculto</b> --><p>fin</p>"
+    assert html_texts(html)[0] == "3 < 4\n\nfin"  # the comment is markup
+    # Beyond the tolerance, every "<" that cannot open a tag is text: the comment too.
+    assert "<!-- oculto -->" in html_texts(html + "<x " * 11)[0]
