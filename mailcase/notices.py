@@ -457,7 +457,14 @@ def queue_notice(
 
 
 def queue_without_case(
-    session: Session, settings: Settings, kind: str, *, to: str, mailbox: str, subject: str
+    session: Session,
+    settings: Settings,
+    kind: str,
+    *,
+    to: str,
+    mailbox: str,
+    subject: str,
+    context: Mapping[str, Any] | None = None,
 ) -> Queued:
     """Render and queue one ``kind`` notice to an agent about mail that belongs to no
     case (``no_case``): from ``mailbox``'s address, about their mail's ``subject``.
@@ -467,12 +474,13 @@ def queue_without_case(
     """
     box = settings.mailboxes.get(mailbox) or next(iter(settings.mailboxes.values()))
     language = settings.notices.language
-    context = {
+    full_context = {
         "subject": clip(subject),
         "mailbox_address": box.address,
         "company": settings.company.model_dump(),
+        **(context or {}),
     }
-    body = render_body(kind, language, context, override=settings.templates.directory)
+    body = render_body(kind, language, full_context, override=settings.templates.directory)
     now = utcnow()
     envelope = Envelope(
         from_addr=box.address,

@@ -1093,7 +1093,13 @@ def _apply(
         if not decision.quiet:
             # What the agent meant cannot be guessed: they are told how to say it.
             queue_without_case(
-                session, settings, "no_case", to=mail.sender, mailbox=mailbox, subject=mail.subject
+                session,
+                settings,
+                "no_case",
+                to=mail.sender,
+                mailbox=mailbox,
+                subject=mail.subject,
+                context={"unverified": decision.role is Role.UNVERIFIED},
             )
         return None
     if disposition is Disposition.BOUNCE:

@@ -38,9 +38,11 @@ Order of the rules, and why:
    customer's mail to support), else the first address in To/Cc that is
    neither ours, an agent's nor automatic (the agent wrote to the customer
    with support in copy). The customer is acknowledged, and so learns the
-   folio. With no such customer nothing is opened (``no_case``) and the
-   agent is told: a case in the agent's own name, acknowledged to the agent,
-   helped nobody.
+   folio. Only when the receiving server authenticated the sender
+   (``agents.trusted_authserv_ids``): anyone can write an agent's From. With
+   no such customer, or no such proof, nothing is opened (``no_case``) and
+   the agent is told: a case in the agent's own name, acknowledged to the
+   agent, helped nobody.
 8. Anything else from a person opens a new case with an acknowledgement,
    unless the sender is one of our own or an automatic address.
 """
@@ -153,6 +155,15 @@ def triage(
             reason="claims an agent's address without proof",
         )
     if mail.sender in agent_addresses:
+        if not facts.sender_authenticated:
+            # Anyone can write an agent's From: a forged one must not open cases for
+            # third parties and have them acknowledged (backscatter that passes the
+            # victims' DMARC, ours being the domain forged).
+            return Decision(
+                Disposition.NO_CASE,
+                role=Role.UNVERIFIED,
+                reason="claims an agent's address without proof; names no case",
+            )
         return _opened_by_agent(mail, own_addresses | agent_addresses)
 
     # The cases the message may join, headers first; a folio only for its own people.

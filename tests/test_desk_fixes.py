@@ -11,6 +11,24 @@ from test_agents import AGENT, CUSTOMER, Desk, desk, text
 __all__ = ["desk"]  # the fixture, shared with test_agents
 
 ROSA = "rosa.diaz@hotmail.com"
+TRUSTED = "mx.internet-plarey.com.mx"
+# What the receiving server writes for mail it authenticated (agents.trusted_authserv_ids).
+AUTHENTICATED = {
+    "Authentication-Results": f"{TRUSTED}; dkim=pass header.d=internet-plarey.com.mx; "
+    f"spf=pass smtp.mailfrom={AGENT}"
+}
+
+
+def trusting(desk: Desk) -> Desk:
+    """``desk`` with its receiving server's Authentication-Results trusted."""
+    config = desk.cli.config
+    text_ = config.read_text()
+    if "trusted_authserv_ids" not in text_:
+        trust = f'trusted_authserv_ids = ["{TRUSTED}"]\n[web_form]'
+        config.write_text(text_.replace("[web_form]", trust))
+    return desk
+
+
 REPORT = "Desde el sábado no tengo internet en Calle Pino 12, col. Centro. Contrato 7788."
 
 GMAIL_FORWARD = (
@@ -56,11 +74,12 @@ def test_a_forwarded_report_reaches_the_case_and_the_agents_whole(
 def test_an_agent_forwarding_a_customers_mail_opens_the_case_for_that_customer(
     desk: Desk,
 ) -> None:
-    desk.deliver(
+    trusting(desk).deliver(
         mail(
             sender=f"Ana Técnica <{AGENT}>",
             subject="Fwd: No tengo servicio",
             body="Ábranle caso a esta clienta.\n\n" + GMAIL_FORWARD + REPORT,
+            headers=AUTHENTICATED,
         )
     )
     [case] = desk.cli.json("cases", "list")
@@ -76,11 +95,11 @@ def test_an_agent_forwarding_a_customers_mail_opens_the_case_for_that_customer(
 def test_an_agent_writing_to_a_customer_with_support_in_copy_opens_the_case_for_them(
     desk: Desk,
 ) -> None:
-    desk.deliver(
+    trusting(desk).deliver(
         mail(
             sender=f"Ana Técnica <{AGENT}>",
             to=f"Rosa Díaz <{ROSA}>",
-            headers={"Cc": CONTACTO},
+            headers={"Cc": CONTACTO, **AUTHENTICATED},
             subject="Su reporte de esta mañana",
             body="Buenos días, Rosa: mañana pasa el técnico a revisar su antena.",
         )
@@ -94,11 +113,12 @@ def test_an_agents_mail_naming_no_case_and_no_customer_opens_nothing_and_says_wh
     desk: Desk,
 ) -> None:
     for _ in range(2):  # the second one in the hour is kept, not sent
-        desk.deliver(
+        trusting(desk).deliver(
             mail(
                 sender=f"Ana Técnica <{AGENT}>",
                 subject="resolver lo de Rosa",
                 body="#resolver procedente\nSe reinició la ONT.",
+                headers=AUTHENTICATED,
             )
         )
     assert desk.cli.json("cases", "list") == []
@@ -109,6 +129,27 @@ def test_an_agents_mail_naming_no_case_and_no_customer_opens_nothing_and_says_wh
     assert [m["disposition"] for m in ledger] == ["no_case", "no_case"]
     statuses = sorted(n["status"] for n in desk.cli.json("outbox", "list"))
     assert statuses == ["sent", "suppressed"]
+
+
+def test_a_mail_only_claiming_an_agents_address_opens_no_case_for_anyone(desk: Desk) -> None:
+    # Anyone can write an agent's From: a forged forward, or a forged mail with a
+    # victim in copy, must not get third parties acknowledged.
+    desk.deliver(
+        mail(
+            sender=f"Ana Técnica <{AGENT}>",
+            subject="Fwd: No tengo servicio",
+            body="Ábranle caso.\n\n" + GMAIL_FORWARD + REPORT,
+        )
+    )
+    desk.deliver(
+        mail(sender=AGENT, to=f"Víctima <{ROSA}>", headers={"Cc": CONTACTO}, subject="Hola")
+    )
+    assert desk.cli.json("cases", "list") == [] and desk.to(ROSA) == []
+    [told] = desk.to(AGENT)  # once in the hour
+    assert "No pudimos comprobar que usted lo haya enviado" in text(told)
+    assert "trusted_authserv_ids" in text(told)
+    ledger = desk.cli.json("messages", "list")
+    assert [m["disposition"] for m in ledger] == ["no_case", "no_case"]
 
 
 def test_a_second_resolution_is_refused_until_the_case_is_reopened(desk: Desk) -> None:

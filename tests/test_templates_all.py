@@ -119,6 +119,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "company": COMPANY,
     },
     "no_case": {
+        "unverified": False,
         "subject": "resolver lo de Rosa",
         "mailbox_address": "contacto@internet-plarey.com.mx",
         "company": COMPANY,
