@@ -63,6 +63,9 @@ logging.getLogger("mailparser").setLevel(logging.CRITICAL + 1)
 _MSGID_RE = re.compile(r"<[!-;=?-~]+>")
 
 
+MAX_THREAD_IDS = 100
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
     """One attachment. ``filename`` is the sender's name for it: data, never a path."""
@@ -119,10 +122,17 @@ class InboundMail:
 
     @property
     def thread_ids(self) -> tuple[str, ...]:
-        """Message-IDs this message answers: In-Reply-To first, then References."""
+        """Message-IDs this message answers: In-Reply-To first, then References from
+        the newest; at most :data:`MAX_THREAD_IDS` of them.
+
+        A conversation's last ids are the ones that tie it to a case (clients trim
+        References from the front, RFC 5322 3.6.4); a message of 70,000 ids made a
+        lookup PostgreSQL refuses (65,535 parameters), failing its mailbox's
+        every poll.
+        """
         seen: dict[str, None] = dict.fromkeys(self.in_reply_to)
         seen.update(dict.fromkeys(reversed(self.references)))
-        return tuple(seen)
+        return tuple(seen)[:MAX_THREAD_IDS]
 
     @property
     def dedup_key(self) -> str:

@@ -359,3 +359,52 @@ def test_a_bounce_naming_the_case_only_by_its_folio_marks_the_notice_failed(
     assert noted  # recorded on the case either way
     assert notices["acknowledgement"] == ("failed" if failed else "sent", CUSTOMER)
     assert ("delivery_failed" in notices) is failed
+
+
+def _statements(rt: Any) -> list[str]:
+    """The SQL statements ``rt``'s database runs from now on, as they run."""
+    seen: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(rt.store.engine, "before_cursor_execute", note)
+    return seen
+
+
+def test_a_forged_bounce_folding_thousands_of_ids_costs_one_lookup(
+    tmp_path: Path, db_url: str
+) -> None:
+    # One SELECT per id: 100,000 ids took half a minute on PostgreSQL, holding the
+    # mailbox; a real report returns one message and names a few ids at most.
+    rt = offline_runtime(tmp_path, db_url, notify=True)
+    now = datetime.now(UTC)
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, mail(), now)) == "new_case"
+    ids = "\r\n ".join(f"<f{n}@forged.example>" for n in range(20_000))
+    bounce = (
+        "Return-Path: <>\r\nFrom: MAILER-DAEMON@mx.example.com\r\n"
+        f"To: {CONTACTO}\r\nSubject: Undelivered Mail\r\nMessage-ID: <x2@mx.example.com>\r\n\r\n"
+        f"The original message:\r\n\r\nMessage-ID: {ids}\r\n"
+    ).encode()
+    seen = _statements(rt)
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(2, bounce, now)) == "bounce"
+    rt.store.dispose()
+    lookups = [s for s in seen if "FROM notices" in s and "message_id" in s]
+    assert len(lookups) <= 2, len(lookups)
+
+
+def test_thousands_of_references_are_looked_up_as_the_last_hundred(
+    tmp_path: Path, db_url: str
+) -> None:
+    # 70,000 References made one lookup of 70,000 parameters, which PostgreSQL refuses:
+    # the message failed its mailbox's every poll, as if the database were down.
+    rt = offline_runtime(tmp_path, db_url, notify=True)
+    now = datetime.now(UTC)
+    refs = [f"<r{n}@forged.example>" for n in range(70_000)]
+    # Each field under limits.max_field_bytes; nothing limits how many there are.
+    fields = ["\r\n ".join(refs[n : n + 2000]) for n in range(0, 70_000, 2000)]
+    raw = "".join(f"References: {value}\r\n" for value in fields).encode() + mail()
+    assert len(parse_inbound(raw).references) == 70_000
+    assert len(parse_inbound(raw).thread_ids) == 100
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, raw, now)) == "new_case"
+    rt.store.dispose()
