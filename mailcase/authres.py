@@ -14,9 +14,14 @@ the top). So results count only from a server we trust:
 
 * with ``trusted_authserv_ids`` (recommended: the authserv-id our own MX or
   mailbox provider writes, e.g. ``mx.google.com`` or ``mail.internet-plarey.com.mx``),
-  every header whose authserv-id is one of them counts. RFC 8601 section 5
+  headers whose authserv-id is one of them count. RFC 8601 section 5
   requires such a server to delete headers that claim its own authserv-id
-  before adding its own, so a forged one does not survive;
+  before adding its own, so a forged one does not survive; but not every
+  server does (OpenDKIM's removal has had bugs, CVE-2022-48521), so a forged
+  one below the real one must not outvote it: for each method, the topmost
+  trusted header that gives results for it decides (each milter of a Postfix
+  writes its own header: OpenDKIM dkim, OpenDMARC dmarc), and nothing below
+  a trusted header that records a failure counts;
 * with ``trust_topmost`` instead (for a server that writes no authserv-id,
   such as Microsoft 365), only the topmost header counts: the last server to
   handle the message, our receiving server, added it after every header the
@@ -50,6 +55,12 @@ _DOMAIN_PROPERTIES: dict[str, tuple[str, ...]] = {
     "spf": ("smtp.mailfrom",),  # the envelope sender checked (RFC 7208 2.4)
     "dmarc": ("header.from",),  # the From domain DMARC aligned (RFC 7489)
 }
+
+
+# Results that say the check was made and failed (RFC 8601 2.7; RFC 7208 2.6).
+# Not "none" nor "neutral": no signature, or a domain without a DMARC policy, is
+# how most mail arrives, and says nothing against a pass of another method.
+_FAILURES = frozenset({"fail", "softfail", "permerror", "policy"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +98,23 @@ def authenticated_domains(
     else:
         return frozenset()
     found: set[tuple[str, str]] = set()
+    decided: set[str] = set()  # methods a header above already gave results for
     for header in chosen:
         authserv_id, results = _parse_header(header)
         if trusted and _normalise_domain(authserv_id) not in trusted:
             continue
+        here = {r.method for r in results if r.method in _DOMAIN_PROPERTIES}
         for result in results:
-            if result.result != "pass" or result.method not in _DOMAIN_PROPERTIES:
+            if result.method not in here - decided or result.result != "pass":
                 continue
             for prop in _DOMAIN_PROPERTIES[result.method]:
                 for value in result.properties.get(prop, ()):
                     domain = _domain_of(value)
                     if domain:
                         found.add((result.method, domain))
+        decided |= here
+        if any(r.result in _FAILURES for r in results if r.method in here):
+            break  # what a server we trust found failing, nothing below can pass
     return frozenset(found)
 
 

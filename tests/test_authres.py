@@ -112,6 +112,23 @@ def test_a_forged_header_below_the_receivers_is_ignored() -> None:
     assert not sender_is_authenticated(mail(receiver, FORGED), AGENT, trust_topmost=True)
 
 
+def test_a_forged_header_claiming_our_servers_id_does_not_outvote_its_real_one() -> None:
+    # RFC 8601 5 asks our server to delete headers that claim its id; when it does not
+    # (OpenDKIM's removal has had bugs), the forged pass below its real results must
+    # not count: per method the topmost header decides, and nothing below a failure.
+    trusted = frozenset({OUR_MX})
+    real = f"{OUR_MX}; dkim=none; spf=fail smtp.mailfrom={AGENT}; dmarc=fail header.from={DOMAIN}"
+    forged = f"{OUR_MX}; dkim=pass header.d={DOMAIN}; spf=pass smtp.mailfrom={AGENT}"
+    assert authenticated_domains([real, forged], trusted_authserv_ids=trusted) == frozenset()
+    assert not sender_is_authenticated(mail(real, forged), AGENT, trusted_authserv_ids=trusted)
+    # No failure above: "dkim=none" decides dkim; a method the header above did not
+    # check is read from the next trusted one, as each Postfix milter writes its own.
+    unsigned = f"{OUR_MX}; dkim=none"
+    assert authenticated_domains([unsigned, forged], trusted_authserv_ids=trusted) == frozenset(
+        {("spf", DOMAIN)}
+    )
+
+
 def test_the_trusted_list_ignores_other_servers_wherever_they_are() -> None:
     forged_elsewhere = f"mx.attacker.example; dkim=pass header.d={DOMAIN}"
     trusted = frozenset({"mx.google.com"})
