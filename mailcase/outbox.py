@@ -30,6 +30,7 @@ for one SMTP transaction at most, not for a whole backlog.
 from __future__ import annotations
 
 import random
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -543,6 +544,9 @@ def _record_failure(
         session.add(notice)
 
 
+_STATUS = re.compile(r"(?<![\d.])[245]\.\d{1,3}\.\d{1,3}(?![\d.])")
+
+
 def _tell_agents(session: Session, settings: Settings, notice: Notice, error: str) -> None:
     """Tell agents.notify, once per failed notice, that a customer was not reached.
 
@@ -561,7 +565,11 @@ def _tell_agents(session: Session, settings: Settings, notice: Notice, error: st
     case = session.get(Case, notice.case_id)
     if case is None:
         return
-    code = error.split(":", 1)[-1].strip()[:200]
+    # "server refused the message to X: 550 5.1.1 <x>: User unknown": the server's
+    # reply after the first ": ", and its status (RFC 3463 enhanced, else the code).
+    diagnostic = error.split(": ", 1)[-1].strip()
+    status = _STATUS.search(diagnostic)
+    code = status.group(0) if status else diagnostic[:3]
     queue_notice(
         session,
         settings,
@@ -571,7 +579,7 @@ def _tell_agents(session: Session, settings: Settings, notice: Notice, error: st
         context={
             "recipient": notice.rcpt_to,
             "status": code,
-            "diagnostic": error[:500],
+            "diagnostic": diagnostic[:500],
             "notice_kind": notice.kind,
         },
     )

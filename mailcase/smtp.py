@@ -19,22 +19,44 @@ from mailcase.errors import ConfigError, DeliveryError, PermanentDeliveryError
 from mailcase.oauth import TokenError, TokenProvider, smtp_tokens, xoauth2_string
 
 _SESSION_REFUSALS = frozenset({503, 530})
+DATA_DONE_TIMEOUT = 600.0  # seconds for the reply to the end of a message (RFC 5321)
 
 
 def _classify(exc: BaseException, what: str) -> DeliveryError:
-    code = getattr(exc, "smtp_code", None)
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = [c for c, _ in exc.recipients.values()]
-        code = codes[0] if codes else None
-    text = str(exc) or type(exc).__name__
+    """``what`` failed with ``exc``: permanent for a 5xx reply, else worth retrying.
+
+    The text is the server's reply as it wrote it ("550 5.1.1 <juan@…>: User
+    unknown"), never a Python tuple or bytes literal: it is shown to agents.
+    """
+    code, answer = _reply_of(exc)
+    if code is None:
+        return DeliveryError(f"{what}: {exc or type(exc).__name__}")
+    text = f"{code} {answer}".strip()
     if code in _SESSION_REFUSALS:
         # Refused for the session, not for this notice (RFC 5321 503 "bad sequence of
         # commands", RFC 4954 530 "authentication required"): every notice would fail
         # the same way, so they wait, and back off, until the admin or server is fixed.
-        return DeliveryError(f"{what}: {code} {text}")
-    if isinstance(code, int) and 500 <= code < 600:
-        return PermanentDeliveryError(f"{what}: {code} {text}")
+        return DeliveryError(f"{what}: {text}")
+    if 500 <= code < 600:
+        return PermanentDeliveryError(f"{what}: {text}")
     return DeliveryError(f"{what}: {text}")
+
+
+def _reply_of(exc: BaseException) -> tuple[int | None, str]:
+    """The SMTP reply code and text an smtplib exception carries, or (None, "")."""
+    code: object
+    answer: object
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        replies = list(exc.recipients.values())
+        if not replies:
+            return None, ""
+        code, answer = replies[0]
+    else:
+        code, answer = getattr(exc, "smtp_code", None), getattr(exc, "smtp_error", b"")
+    if not isinstance(code, int):
+        return None, ""
+    text = answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
+    return code, " ".join(text.split())
 
 
 class SmtpConnection:
@@ -264,6 +286,13 @@ def _transaction(
     if code not in (250, 251):
         _abandon(client, code)
         raise smtplib.SMTPRecipientsRefused({rcpt_to: (code, answer)})
+    # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the reply to the final dot. A
+    # server that already took the message but answers late (a content scanner on a
+    # relayed attachment) was timed out after smtp.timeout_seconds, and the notice
+    # sent again on every retry; Postfix's smtp_data_done_timeout is 600 s too.
+    sock = client.sock
+    if sock is not None:
+        sock.settimeout(max(sock.gettimeout() or 0.0, DATA_DONE_TIMEOUT))
     try:
         code, answer = client.data(raw)
     except smtplib.SMTPDataError as exc:
@@ -272,6 +301,9 @@ def _transaction(
         # notice's MAIL would get "503 nested MAIL command", a permanent failure.
         _abandon(client, exc.smtp_code)
         raise
+    finally:
+        if client.sock is not None and sock is client.sock:
+            client.sock.settimeout(client.timeout)
     if code != 250:
         _abandon(client, code)
         raise smtplib.SMTPDataError(code, answer)
