@@ -15,6 +15,7 @@ import atexit
 import getpass
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,68 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_CONFIG, f"mailcase: {message}\n")
 
 
+class UsageError(MailcaseError):
+    """An option's value that is not what it must be (``--date mañana``), or options that
+    do not go together (``messages retry UID`` without ``--mailbox``): exit 2, as
+    argparse's own usage errors, before anything is done."""
+
+
+_NAMED_ADDRESS = re.compile(r"[^<>]*<([^<>]*)>")  # "Juan Pérez <juan@example.com>"
+
+
+def _mail_address(option: str, text: str) -> str:
+    """The address in ``text`` (an ``option``'s value), lower-cased: a bare address, or
+    the one in "Name <address>". UsageError for anything else.
+
+    The address is checked as the mail command ``#participante`` checks it
+    (:mod:`mailcase.commands`), so the command line and mail accept the same ones.
+    """
+    from mailcase.commands import CommandKind, parse_commands
+
+    value = text.strip()
+    named = _NAMED_ADDRESS.fullmatch(value)
+    address = named.group(1).strip() if named else value
+    # One line only: a line break would end the command and start its text.
+    parsed = parse_commands(f"#participante {address}") if address.isprintable() else None
+    found = parsed.commands if parsed is not None and not parsed.text else ()
+    if len(found) != 1 or found[0].kind != CommandKind.PARTICIPANT or not found[0].address:
+        raise UsageError(
+            f"{option} {text!r} is not a mail address "
+            '(juan@example.com, or "Juan <juan@example.com>")'
+        )
+    return found[0].address
+
+
+def _outcome(text: str) -> str:
+    """argparse's type for ``--outcome``: valid/invalid, or the mail command's
+    procedente/improcedente (read as ``#resolver`` reads them: any case, accents)."""
+    from mailcase.commands import CommandKind, parse_commands
+
+    parsed = parse_commands(f"#resolver {text}") if text.isprintable() else None
+    found = parsed.commands if parsed is not None and not parsed.text else ()
+    if len(found) != 1 or found[0].kind != CommandKind.RESOLVE or found[0].outcome is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an outcome (valid or procedente; invalid or improcedente)"
+        )
+    return found[0].outcome
+
+
+def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
+    """``--date`` and ``--time`` read as the mail command ``#visita`` reads them; UsageError
+    for a value it would not take."""
+    from mailcase.commands import parse_date, parse_time
+
+    parsed = parse_date(day.strip())
+    if parsed is None:
+        raise UsageError(f"--date {day!r} is not a date (YYYY-MM-DD)")
+    if hour is None:
+        return parsed, None
+    clock = parse_time(hour.strip())
+    if clock is None:
+        raise UsageError(f"--time {hour!r} is not a time (HH:MM)")
+    return parsed, clock.strftime("%H:%M")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mailcase", description="Support mail in, tracked cases out.")
     parser.add_argument(
@@ -111,7 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     opening.add_argument("--json", action="store_true")
     resolving = cases.add_parser("resolve", help="resolve a case and notify the customer")
     resolving.add_argument("folio")
-    resolving.add_argument("--outcome", required=True, choices=["valid", "invalid"])
+    resolving.add_argument(
+        "--outcome",
+        required=True,
+        type=_outcome,
+        metavar="valid|invalid",
+        help="also procedente|improcedente, as in the mail command #resolver",
+    )
     resolving.add_argument("--cause", required=True, help="the explanation of the causes")
     noting = cases.add_parser("note", help="add an internal note")
     noting.add_argument("folio")
@@ -130,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         "participant", help="let another address write on a case (the customer's work address)"
     )
     joining.add_argument("folio")
-    joining.add_argument("--add", required=True, metavar="ADDRESS")
+    joining.add_argument(
+        "--add", required=True, metavar="ADDRESS", help='an address, or "Name <address>"'
+    )
     routing = cases.add_parser("route", help="route a case to an area and notify it")
     routing.add_argument("folio")
     routing.add_argument("--area", required=True)
@@ -228,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, EXIT_DATABASE)
     except NotFoundError as exc:
         return _fail(args, exc, EXIT_NOT_FOUND)
+    except UsageError as exc:
+        return _fail(args, exc, EXIT_CONFIG)
     except MailcaseError as exc:
         return _fail(args, exc, EXIT_FAILURE)
     except KeyboardInterrupt:
@@ -502,6 +575,20 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.store import utcnow
 
     by = f"cli:{_operator()}"
+    # What the options say is checked before the database is opened (or created).
+    customer = participant = ""
+    visit: tuple[date, str | None] | None = None
+    if args.action == "open":
+        # Looser than _mail_address: a customer's domain may be non-ASCII
+        # (juan@telefonía-señal.mx goes out in its IDNA form), which #participante refuses.
+        named = _NAMED_ADDRESS.fullmatch(args.customer.strip())
+        customer = (named.group(1) if named else args.customer).strip().lower()
+        if customer and ("@" not in customer or any(c.isspace() for c in customer)):
+            raise UsageError(f"--customer {args.customer!r} is not a mail address")
+    elif args.action == "participant":
+        participant = _mail_address("--add", args.add)
+    elif args.action == "visit" and not args.cancel:
+        visit = _visit_when(args.date, args.time)
     store = _open_store(settings, create=True)
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
     has_customer = True
@@ -510,9 +597,6 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             mailbox = args.mailbox or next(iter(settings.mailboxes))
             if mailbox not in settings.mailboxes:
                 raise NotFoundError(f"no mailbox named {mailbox} in the configuration")
-            customer = args.customer.strip().lower()
-            if customer and "@" not in customer:
-                raise MailcaseError(f"--customer {args.customer!r} is not a mail address")
             case = casework.open_case(
                 settings,
                 session,
@@ -543,12 +627,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "visit" and args.cancel:
                 casework.cancel_visit(session, settings, found, by=by)
             elif args.action == "visit":
-                day, hour = _visit_when(args.date, args.time)
-                casework.schedule_visit(session, settings, found, day, hour, by=by)
+                assert visit is not None  # read above, for this action
+                casework.schedule_visit(session, settings, found, *visit, by=by)
             elif args.action == "participant":
-                casework.add_participant(
-                    session, settings, found, args.add.strip().strip("<>").lower(), by=by
-                )
+                casework.add_participant(session, settings, found, participant, by=by)
             elif args.action == "route":
                 casework.route(session, settings, found, args.area.strip().lower(), by=by)
             elif args.action == "close":
@@ -636,21 +718,6 @@ def _unsent_notices(store: Store, after: int, case_id: int | None) -> list[str]:
     return lines
 
 
-def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
-    """``--date`` and ``--time`` read as the mail command ``#visita`` reads them."""
-    from mailcase.commands import parse_date, parse_time
-
-    parsed = parse_date(day.strip())
-    if parsed is None:
-        raise MailcaseError(f"--date {day!r} is not a date (YYYY-MM-DD)")
-    if hour is None:
-        return parsed, None
-    clock = parse_time(hour.strip())
-    if clock is None:
-        raise MailcaseError(f"--time {hour!r} is not a time (HH:MM)")
-    return parsed, clock.strftime("%H:%M")
-
-
 def _cases(args: argparse.Namespace, settings: Settings) -> int:
     if args.action not in ("list", "show"):
         return _case_change(args, settings)
@@ -673,7 +740,15 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
             if args.json:
                 _print_json(items)
             else:
-                columns = ["folio", "status", "customer", "mailbox", "created_at", "subject"]
+                columns = [
+                    "folio",
+                    "status",
+                    "customer",
+                    "mailbox",
+                    "area",
+                    "created_at",
+                    "subject",
+                ]
                 _print_table(items, columns, zone=settings.folio.zone)
             return EXIT_OK
         case = case_by_folio(session, args.folio.strip().upper())
@@ -735,7 +810,7 @@ def _messages_retry(args: argparse.Namespace, settings: Settings) -> int:
     if args.mailbox is not None and args.mailbox not in settings.mailboxes:
         raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
     if not args.all and args.mailbox is None:
-        raise MailcaseError("messages retry UID needs --mailbox: the mailbox it was fetched from")
+        raise UsageError("messages retry UID needs --mailbox: the mailbox it was fetched from")
     rt = Runtime.open(settings)
     watermark = _last_notice_id(rt.store)
     targets = quarantined_messages(rt, args.mailbox) if args.all else [(args.mailbox, args.uid)]
@@ -930,6 +1005,10 @@ def _print_table(
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
+# Lines of each message's text that ``cases show`` prints (``--json`` gives all).
+SHOWN_LINES = 40
+
+
 def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
     keys = (
         "folio",
@@ -940,6 +1019,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "visit",
         "related",
         "customer",
+        "name",  # customer_name: all a phone case may have of its customer
         "mailbox",
         "channel",
         "subject",
@@ -948,7 +1028,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "closed_at",
     )
     for key in keys:
-        value = detail.get(key)
+        value = detail.get("customer_name" if key == "name" else key) or None
         if key.endswith("_at"):
             value = _local(value, zone)
         elif key == "visit" and value:
@@ -960,8 +1040,15 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         arrow = "<-" if m["direction"] == "in" else "->"
         print(f"\n{arrow} {_local(m['date'], zone) or '-'}  {m['kind']}  {m['from']} → {m['to']}")
         print(f"   {m['subject']}")
-        for line in (m["text"] or "").splitlines()[:40]:
+        lines = (m["text"] or "").splitlines()
+        for line in lines[:SHOWN_LINES]:
             print(f"   | {line}")
+        if len(lines) > SHOWN_LINES:
+            # Said, not silent: a reader must not take the cut for the end of the message.
+            print(
+                f"   | [… {len(lines) - SHOWN_LINES} more lines: "
+                f"mailcase cases show {detail['folio']} --json has the whole text]"
+            )
         for att in m["attachments"]:
             print(f"   [attachment] {att['filename']} ({att['content_type']}, {att['size']} bytes)")
 

@@ -5,7 +5,8 @@ Where the file comes from: ``--config PATH``, else ``$MAILCASE_CONFIG``, else
 ``config/mailcase.example.toml`` (a test loads that file).
 
 Environment variables override the file, pydantic-settings style:
-``MAILCASE_DATABASE__URL=... mailcase poll``. Secrets come from ``password``,
+``MAILCASE_DATABASE__URL=... mailcase poll``. Relative paths are relative to the
+config file's directory (:func:`load_settings`). Secrets come from ``password``,
 ``password_file`` or, under systemd, ``password_credential`` (a name under
 ``$CREDENTIALS_DIRECTORY``, see ``LoadCredential=``); they are held as
 :class:`~pydantic.SecretStr` so they never print. With ``auth = "oauth2"`` a
@@ -28,7 +29,7 @@ import tomllib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -245,6 +246,26 @@ class _Server(_Secret):
     allow_insecure: bool = False  # permit security = "none" to a non-loopback host
     timeout_seconds: float = Field(default=60.0, gt=0)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        """A name the resolver can be asked for (or an IP address), unchanged.
+
+        Python encodes a host name with the "idna" codec before resolving it, and a
+        mistyped one (``imap..example.net``, a label over 63 characters) raised
+        UnicodeError out of every poll and command instead of a sentence naming the key.
+        """
+        if any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not a host name: it contains a space")
+        try:
+            value.encode("idna")
+        except UnicodeError:
+            raise ValueError(
+                f"{value!r} is not a host name (an empty label, as in 'imap..example.net', "
+                "or one longer than 63 characters)"
+            ) from None
+        return value
+
     @model_validator(mode="after")
     def _refuse_cleartext(self) -> Self:
         # Passwords in clear over a network are refused unless the admin says
@@ -291,6 +312,19 @@ class SmtpSettings(_Server):
     def _oauth_user(self) -> Self:
         if self.auth == "oauth2" and not self.username:
             raise ValueError('auth = "oauth2" needs username (the account the token is for)')
+        return self
+
+    @model_validator(mode="after")
+    def _password_user(self) -> Self:
+        # SMTP AUTH is attempted only with a user name (mailcase.smtp): a password
+        # without one was never sent, and every notice then failed "530 Authentication
+        # required" with nothing pointing at the missing key.
+        given = next((k for k in _PASSWORD_KEYS if getattr(self, k) is not None), None)
+        if given is not None and not self.username:
+            raise ValueError(
+                f"{given} is used only with a user name: set smtp.username "
+                "(the account to log in as)"
+            )
         return self
 
     @property
@@ -536,14 +570,25 @@ class Settings(BaseSettings):
         # The environment overrides the file (the file arrives as init kwargs).
         return (env_settings, init_settings)
 
+    @field_validator("mailboxes", mode="before")
+    @classmethod
+    def _mailbox_names(cls, value: Any) -> Any:
+        # Names are lower case because pydantic-settings reads the NAME of
+        # MAILCASE_MAILBOXES__NAME__KEY in lower case: an override of [mailboxes.Soporte]
+        # made a second, incomplete mailbox "soporte". load_settings checks the file's
+        # names first (naming the file); what is left here is a name from the
+        # environment, checked before the tables so that its error comes first.
+        for name in value if isinstance(value, dict) else ():
+            problem = _mailbox_name_problem(str(name))
+            if problem:
+                raise ValueError(problem)
+        return value
+
     @field_validator("mailboxes")
     @classmethod
     def _mailboxes(cls, value: dict[str, MailboxSettings]) -> dict[str, MailboxSettings]:
         if not value:
             raise ValueError("at least one [mailboxes.NAME] table is required")
-        for name in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-                raise ValueError(f"mailbox name {name!r} may use only letters, digits, _ . -")
         return value
 
     @field_validator("areas")
@@ -566,6 +611,16 @@ class Settings(BaseSettings):
             own.add(self.agents.notify)
         own.update(area.notify for area in self.areas.values())
         return frozenset(own)
+
+
+def _mailbox_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a mailbox, or None."""
+    if re.fullmatch(r"[a-z0-9_.-]{1,64}", name):
+        return None
+    return (
+        f"mailbox name {name!r} may use only lower-case a-z, 0-9, _ . and - "
+        "(environment variables name mailboxes in lower case)"
+    )
 
 
 def check_secrets(settings: Settings) -> None:
@@ -642,7 +697,16 @@ def config_path(explicit: str | os.PathLike[str] | None) -> Path:
 
 
 def load_settings(path: Path) -> Settings:
-    """Read and validate ``path``; raise :class:`ConfigError` naming the key on any problem."""
+    """Read and validate ``path``; raise :class:`ConfigError` naming the key on any problem.
+
+    Every relative path in the settings (the file of a ``sqlite:///`` ``database.url``,
+    ``storage.directory``, ``templates.directory``, ``password_file``, ``ca_file`` and
+    the other ``*_file`` keys), whether written in the file or set from the environment,
+    is taken relative to the directory of the config file, as nginx and Dovecot read
+    theirs, never to the current directory: the service (started in ``/``) and an
+    operator running ``mailcase cases ...`` from their home directory then use the same
+    database. Absolute paths, and the defaults (all absolute), are kept as they are.
+    """
     try:
         with path.open("rb") as fh:
             data: dict[str, Any] = tomllib.load(fh)
@@ -656,8 +720,16 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(
             f"config file {path} is not UTF-8 text (byte {exc.start + 1}): save it as UTF-8"
         ) from None
+    mailboxes = data.get("mailboxes")
+    for name in mailboxes if isinstance(mailboxes, dict) else ():
+        problem = _mailbox_name_problem(name)
+        if problem:
+            # Before the environment is merged in: a MAILCASE_MAILBOXES__... variable
+            # meant for this table would be read as another mailbox, and its error
+            # would hide this one.
+            raise ConfigError(f"bad value for mailboxes.{name}: {problem} in {path}")
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except SettingsError as exc:
         # pydantic-settings reads a list or a table from the environment as JSON and
         # says only which field failed; the value is not shown (it may be a secret).
@@ -666,10 +738,87 @@ def load_settings(path: Path) -> Settings:
             '(a list or table from the environment is written as JSON: ["a@example.com"])'
         ) from exc
     except ValidationError as exc:
-        variable = _variable_at(exc.errors(include_url=False)[0]["loc"])
+        first = exc.errors(include_url=False)[0]
+        variable = _variable_at(first["loc"])
+        if (
+            variable is None
+            and first["type"] == "missing"
+            and not _in_file(data, first["loc"][:-1])
+        ):
+            # A table that only the environment gives (MAILCASE_MAILBOXES__SOPORT__PASSWORD,
+            # a mistyped mailbox name): the keys it lacks are not the file's to fix.
+            variable = _variable_at(first["loc"][:-1])
         # The variable is named first: it is what to fix; the file is what it overrides.
-        where = f"environment variable {variable} (overriding {path})" if variable else str(path)
+        plural = "s" if variable and "," in variable else ""
+        where = (
+            f"environment variable{plural} {variable} (overriding {path})"
+            if variable
+            else str(path)
+        )
         raise ConfigError(f"{describe_validation_error(exc)} in {where}") from exc
+    # absolute(), not resolve(): a config file reached through a symbolic link
+    # reads its neighbours where the link is, as the admin sees the directory.
+    return _anchored(settings, path.absolute().parent)
+
+
+def _in_file(data: dict[str, Any], loc: tuple[int | str, ...]) -> bool:
+    """Whether the file's ``data`` has a value at ``loc`` (a table, a key)."""
+    value: Any = data
+    for part in loc:
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _anchored(model: M, base: Path) -> M:
+    """``model`` with every relative :class:`~pathlib.Path` in it (nested tables and
+    tables of tables included) and a relative SQLite ``database.url`` made absolute
+    under ``base``; the same object when nothing is relative."""
+    update: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path) and not value.is_absolute():
+            update[name] = base / value
+        elif isinstance(value, BaseModel):
+            anchored = _anchored(value, base)
+            if anchored is not value:
+                update[name] = anchored
+        elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+            tables = {k: _anchored(v, base) for k, v in value.items()}
+            if any(tables[k] is not value[k] for k in value):
+                update[name] = tables
+    if isinstance(model, DatabaseSettings):
+        url = _anchored_sqlite_url(model.url, base)
+        if url != model.url:
+            update["url"] = url
+    # model_copy does not validate again: the values were validated, and only made absolute.
+    return model.model_copy(update=update) if update else model
+
+
+def _anchored_sqlite_url(url: str, base: Path) -> str:
+    """``url`` with a relative SQLite file (``sqlite:///mailcase.db``) under ``base``.
+
+    Any other URL is returned as it is: in-memory SQLite, an SQLite URI
+    (``file:...?uri=true``), another database, and one SQLAlchemy cannot read
+    (:func:`mailcase.store.make_engine` reports that one, naming the key).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if database.startswith("file:") or Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
 
 
 _PREFIX = "MAILCASE_"
@@ -677,17 +826,23 @@ _DELIMITER = "__"
 
 
 def _variable_at(loc: tuple[int | str, ...]) -> str | None:
-    """The MAILCASE_* variable that set the value at ``loc``, if one did (it overrides the file).
+    """The MAILCASE_* variables that set the value at ``loc``, if any did (they override
+    the file), comma-separated.
 
     ``("poll", "idle")`` comes from ``MAILCASE_POLL__IDLE``, or from ``MAILCASE_POLL`` given
     as a JSON table; names are matched without regard to case, as pydantic-settings does.
+    When a rule of a whole table fails (``("mailboxes", "info")``: security = "none" to a
+    host that is not loopback), every variable setting a key under that table is named
+    (``MAILCASE_MAILBOXES__INFO__HOST``): one of them is likely what broke the rule.
     """
     names = {name.upper(): name for name in os.environ}
     for depth in range(len(loc), 0, -1):
         wanted = _PREFIX + _DELIMITER.join(str(p) for p in loc[:depth]).upper()
         if wanted in names:
             return names[wanted]
-    return None
+    table = _PREFIX + _DELIMITER.join(str(p) for p in loc).upper() + _DELIMITER
+    under = sorted(names[upper] for upper in names if loc and upper.startswith(table))
+    return ", ".join(under) or None
 
 
 def _variable_of(message: str) -> str:

@@ -19,7 +19,9 @@ plain text between the JSON lines (a log shipper reading the journal as JSON
 would stop at those). Below WARNING they are dropped, whatever ``log.level``
 says: imapclient's and SQLAlchemy's debug records carry protocol lines,
 message bodies and SQL parameters. A library's exception is one line
-(``error``) unless ``--debug`` asks for tracebacks. mail-parser is silenced in
+(``error``) unless ``--debug`` asks for tracebacks. APScheduler's warning that a
+tick was skipped because the mailbox's poll still runs is dropped: one poll per
+mailbox at a time is intended (:class:`_SkippedTick`). mail-parser is silenced in
 :mod:`mailcase.inbound`: its records describe the message's parts and quote
 its headers and file names.
 """
@@ -103,6 +105,28 @@ class _StderrHandler(logging.Handler):
 THIRD_PARTY_LEVEL = logging.WARNING
 
 
+class _SkippedTick(logging.Filter):
+    """Drops APScheduler's "Execution of job ... skipped: maximum number of running
+    instances reached": at most one poll per mailbox runs at a time on purpose
+    (``max_instances = 1`` in :mod:`mailcase.daemon`), so a poll longer than
+    ``poll.interval_seconds`` made one WARNING per tick of something intended.
+    APScheduler's other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Execution of job")
+            and "maximum number of running instances reached" in record.msg
+        )
+
+
+def _drop_skipped_ticks() -> None:
+    """Install :class:`_SkippedTick` on APScheduler's scheduler logger, once."""
+    scheduler = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(f, _SkippedTick) for f in scheduler.filters):
+        scheduler.addFilter(_SkippedTick())
+
+
 def _bridge_stdlib(renderer: Any, pre_chain: list[Any], level: int, *, tracebacks: bool) -> None:
     """Send the ``logging`` module's records at ``level`` or above through ``renderer``.
 
@@ -124,6 +148,7 @@ def _bridge_stdlib(renderer: Any, pre_chain: list[Any], level: int, *, traceback
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)  # warnings.warn(...) as a "py.warnings" event
+    _drop_skipped_ticks()
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:

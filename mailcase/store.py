@@ -315,9 +315,10 @@ class Store:
         """(the database's alembic revision, the code's head revision :data:`SCHEMA_HEAD`).
 
         Raises DatabaseError when the database's revision is not one of the
-        code's (:func:`refuse_unknown_revision`).
+        code's (:func:`refuse_unknown_revision`), and ConfigError when the driver
+        refuses ``database.url``'s connection options (:func:`_connect`).
         """
-        with self.engine.connect() as conn:
+        with _connect(self.engine, self.url) as conn:
             current = _revision(conn)
         refuse_unknown_revision(current)
         return current, SCHEMA_HEAD
@@ -417,6 +418,34 @@ class Store:
 
     def __exit__(self, *exc_info: object) -> None:
         self.dispose()
+
+
+def _connect(engine: Engine, url: str) -> sa.Connection:
+    """A connection of ``engine``; ConfigError naming ``database.url`` when the driver
+    refuses the URL's options before it even tries to connect.
+
+    psycopg checks a conninfo string itself (``?bogus=1``: "invalid connection option";
+    ``?connect_timeout=x``: "bad value") and raises ProgrammingError; SQLAlchemy raises
+    ArgumentError for arguments its dialect cannot take. Both are the admin's to fix:
+    as DatabaseError (exit 3) systemd restarted the service for ever. The message names
+    no password, neither the URL's nor one given as ``?password=``.
+    """
+    try:
+        return engine.connect()
+    except (sa.exc.ProgrammingError, sa.exc.ArgumentError) as exc:
+        text = error_text(exc)
+        try:
+            parsed = sa.make_url(url)
+        except (SQLAlchemyError, ValueError):  # make_engine read it: not expected
+            secrets: list[str] = []
+        else:
+            given = parsed.query.get("password") or ()  # a str, or a tuple when repeated
+            secrets = [str(parsed.password or ""), *([given] if isinstance(given, str) else given)]
+        for secret in filter(None, secrets):
+            text = text.replace(secret, "***")
+        raise ConfigError(
+            f"database.url has a connection option the driver refuses: {text}"
+        ) from None
 
 
 def _revision(conn: sa.Connection) -> str | None:

@@ -527,12 +527,12 @@ def test_cli_note_resolve_close_reopen(desk: Desk) -> None:
 def test_cli_visit_tells_the_customer_and_refuses_a_bad_date(desk: Desk) -> None:
     folio = desk.open_case()
     code, _, err = desk.cli("cases", "visit", folio, "--date", "3/12/2026")
-    assert code == 1 and err.strip().endswith("--date '3/12/2026' is not a date (YYYY-MM-DD)")
+    assert code == 2 and err.strip().endswith("--date '3/12/2026' is not a date (YYYY-MM-DD)")
     day = ahead(20)
     code, _, err = desk.cli("cases", "visit", folio, "--date", str(day), "--time", "25:00")
-    assert code == 1 and "--time '25:00' is not a time (HH:MM)" in err
+    assert code == 2 and "--time '25:00' is not a time (HH:MM)" in err
     code, _, err = desk.cli("cases", "visit", folio, "--date", "2026-02-30")
-    assert code == 1 and "is not a date" in err  # a day that does not exist
+    assert code == 2 and "is not a date" in err  # a day that does not exist
     assert desk.case(folio)["visit"] is None  # nothing half-done
     # As the mail command #visita reads it: one-digit hours are fine.
     assert desk.cli("cases", "visit", folio, "--date", str(day), "--time", "9:30")[0] == 0

@@ -203,7 +203,7 @@ def test_templates_directory_overrides_the_shipped_acknowledgement(
         (["cases", "open", "--channel", "phone", "--mailbox", "ventas", "--subject", "x",
           "--text", "y"], 4, "no mailbox named ventas in the configuration"),
         (["cases", "open", "--channel", "phone", "--customer", "juan", "--subject", "x",
-          "--text", "y"], 1, "--customer 'juan' is not a mail address"),
+          "--text", "y"], 2, "--customer 'juan' is not a mail address"),
         (["cases", "note", "PLR-1999-000001", "--text", "x"], 4,
          "no case with folio PLR-1999-000001"),
         (["messages", "retry", "1", "--mailbox", "ventas"], 4,

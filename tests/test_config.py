@@ -93,11 +93,11 @@ def edit(old: str, new: str) -> str:
 
 
 def test_the_example_file_loads() -> None:
-    # Its password_file paths do not exist here: loading must not read them.
+    # Its credentials do not exist here: loading must not read them.
     settings = load_settings(EXAMPLE)
     assert set(settings.mailboxes) == {"contacto", "info"}
-    assert settings.mailboxes["info"].password_file == Path("/etc/mailcase/info.pw")
-    assert settings.smtp.password_file == Path("/etc/mailcase/smtp.pw")
+    assert settings.mailboxes["info"].password_credential == "info.pw"
+    assert settings.smtp.password_credential == "smtp.pw"
     assert settings.folio.prefix == "PLR"
     assert settings.notices.language == "es"
     assert settings.company.name == "Internet Plarey"
@@ -189,7 +189,7 @@ def test_a_bad_value_is_named(tmp_path: Path, old: str, new: str, key: str) -> N
     ("old", "new", "words"),
     [
         ("[mailboxes.contacto]", "[mailboxes.\"contacto principal\"]",
-         "mailbox name 'contacto principal' may use only letters, digits, _ . -"),
+         "mailbox name 'contacto principal' may use only lower-case a-z, 0-9, _ . and -"),
         ("[poll]", '[areas.Redes]\nnotify = "redes@internet-plarey.com.mx"\n\n[poll]',
          "area name 'Redes' may use only a-z, 0-9, _ and -"),
     ],

@@ -298,7 +298,7 @@ def test_every_quarantined_message_is_retried_at_once(
     quarantined = cli.json("messages", "list", "--disposition", "quarantined")
     assert len(quarantined) == 2
     code, _, err = cli("messages", "retry", str(quarantined[0]["uid"]))
-    assert code == 1 and "needs --mailbox" in err
+    assert code == 2 and "needs --mailbox" in err
     cli.config.write_text(cli.config.read_text().replace("max_mime_parts = 50", ""))
     code, out, err = cli("messages", "retry", "--all")
     assert code == 0, err
