@@ -880,7 +880,7 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
             item[key] = _local(item[key], zone)
         width = max(len(key) for key in item)
         for key, value in item.items():
-            print(f"{key.ljust(width)}  {'' if value is None else value}")
+            print(visible(f"{key.ljust(width)}  {'' if value is None else value}"))
     return EXIT_OK
 
 
@@ -976,8 +976,20 @@ def _local(value: str | None, zone: ZoneInfo | None) -> str | None:
     return datetime.fromisoformat(value).astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
 
 
+# C0 and C1 control characters but tab and newline: what a terminal obeys. A
+# customer's subject, text, file name or address may hold ESC sequences that
+# retitle the window, clear the screen or hide text when an admin lists cases.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character but tab and newline shown as ``\\xNN``:
+    safe to print on a terminal (as git and less show them)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _cell(value: Any, width: int) -> str:
-    text = "" if value is None else " ".join(str(value).split())
+    text = "" if value is None else visible(" ".join(str(value).split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -1035,14 +1047,18 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
             value = " ".join(filter(None, (value["date"], value["time"])))
         elif key == "related":
             value = ", ".join(value or ()) or None
-        print(f"{key + ':':12} {value if value is not None else '-'}")
+        print(visible(f"{key + ':':12} {value if value is not None else '-'}"))
     for m in detail["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
-        print(f"\n{arrow} {_local(m['date'], zone) or '-'}  {m['kind']}  {m['from']} → {m['to']}")
-        print(f"   {m['subject']}")
+        print(
+            visible(
+                f"\n{arrow} {_local(m['date'], zone) or '-'}  {m['kind']}  {m['from']} → {m['to']}"
+            )
+        )
+        print(visible(f"   {m['subject']}"))
         lines = (m["text"] or "").splitlines()
         for line in lines[:SHOWN_LINES]:
-            print(f"   | {line}")
+            print(visible(f"   | {line}"))
         if len(lines) > SHOWN_LINES:
             # Said, not silent: a reader must not take the cut for the end of the message.
             print(
@@ -1050,7 +1066,8 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
                 f"mailcase cases show {detail['folio']} --json has the whole text]"
             )
         for att in m["attachments"]:
-            print(f"   [attachment] {att['filename']} ({att['content_type']}, {att['size']} bytes)")
+            kind, size = att["content_type"], att["size"]
+            print(visible(f"   [attachment] {att['filename']} ({kind}, {size} bytes)"))
 
 
 if __name__ == "__main__":

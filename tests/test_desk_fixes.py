@@ -168,3 +168,19 @@ def test_a_second_resolution_is_refused_until_the_case_is_reopened(desk: Desk) -
     desk.agent_reply(notification, "#reabrir\n#resolver improcedente\nEra el router del cliente.")
     assert desk.case(folio)["outcome"] == "invalid"
     assert "IMPROCEDENTE" in text(desk.last_to(CUSTOMER))
+
+
+def test_control_characters_from_a_customer_never_reach_the_admins_terminal(desk: Desk) -> None:
+    # An ESC sequence in a subject retitled the window, cleared the screen and hid text
+    # when an admin ran `cases list`; the stored case keeps the text as it came.
+    hostile = "Falla\x1b]0;pwned\x07\x1b[2J\x1b[8mOCULTO\x1b[0m"
+    folio = desk.open_case(
+        subject=hostile,
+        body=f"Hola {hostile}",
+        attachments=[(f"foto{chr(27)}[2J.jpg", "image/jpeg", b"\xff\xd8\xff")],
+    )
+    for args in (("cases", "list"), ("cases", "show", folio)):
+        code, out, _ = desk.cli(*args)
+        assert code == 0 and "\x1b" not in out and "\x07" not in out
+        assert "\\x1b]0;pwned\\x07" in out
+    assert "\x1b" in desk.case(folio)["subject"]  # --json: escaped by JSON, whole
