@@ -64,6 +64,31 @@ def _check_address(value: str) -> str:
     return value
 
 
+def _own_address(value: str) -> str:
+    """An address mailcase sends from or to on its own behalf, ASCII only.
+
+    It becomes the notices' envelope sender, From, loop header and Message-ID
+    domain: with a non-ASCII domain (``contacto@telefonía.mx``) every message
+    to the mailbox was quarantined (no Message-ID domain could be made), and
+    every notice needed SMTPUTF8, which many relays lack. The admin is told
+    the ASCII (IDNA) form to write instead.
+    """
+    value = _check_address(value)
+    if value.isascii():
+        return value
+    local, _, domain = value.rpartition("@")
+    try:
+        suggestion = f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        suggestion = ""
+    if not local.isascii() or not suggestion:
+        raise ValueError(f"{value!r} must be an ASCII address: mailcase sends from it")
+    raise ValueError(
+        f"{value!r} must be written with its domain in ASCII form: {suggestion!r} "
+        "(mailcase sends from it, and many relays take ASCII only)"
+    )
+
+
 class _Section(BaseModel):
     # hide_input_in_errors: a ValidationError's text (shown by --debug) would
     # otherwise quote the offending table, password and all.
@@ -294,7 +319,7 @@ class MailboxSettings(_Server):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        return _check_address(value)
+        return _own_address(value)
 
     @property
     def effective_port(self) -> int:
@@ -398,7 +423,7 @@ class AgentsSettings(_Section):
     @field_validator("notify")
     @classmethod
     def _notify(cls, value: str | None) -> str | None:
-        return None if value is None else _check_address(value)
+        return None if value is None else _own_address(value)
 
 
 class AreaSettings(_Section):
@@ -410,7 +435,7 @@ class AreaSettings(_Section):
     @field_validator("notify")
     @classmethod
     def _notify(cls, value: str) -> str:
-        return _check_address(value)
+        return _own_address(value)
 
 
 class CasesSettings(_Section):

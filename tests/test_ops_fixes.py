@@ -481,3 +481,21 @@ def test_resolve_refuses_an_outcome_the_mail_commands_do_not_know(cli: Cli) -> N
     code, err = exit_code(cli, "cases", "resolve", folio, "--outcome", "upheld", "--cause", "x")
     assert code == EXIT_CONFIG
     assert "'upheld' is not an outcome" in err
+
+
+@pytest.mark.parametrize("key", ["address", "notify"])
+def test_an_own_address_with_a_non_ascii_domain_is_refused_with_its_ascii_form(
+    tmp_path: Path, key: str
+) -> None:
+    # Every message to contacto@telefonía.mx was quarantined (no Message-ID domain could
+    # be made of it), and every notice needed SMTPUTF8.
+    config = tmp_path / "mailcase.toml"
+    address = "contacto@telefonía.mx" if key == "address" else "soporte@telefonía.mx"
+    text = EXAMPLE.read_text(encoding="utf-8")
+    if key == "address":
+        text = text.replace('"contacto@internet-plarey.com.mx"', f'"{address}"', 1)
+    else:
+        text = text.replace('notify = "soporte@internet-plarey.com.mx"', f'notify = "{address}"')
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"xn--telefona-i2a\.mx"):
+        load_settings(config)
