@@ -144,7 +144,17 @@ def _deliver_due(
     try:
         if not ids:
             return report
-        return _deliver(store, settings, _pages(store, now, ids), now, report, stop)
+        handed: list[int] = []
+        _deliver(store, settings, _noted(_pages(store, now, ids), handed), now, report, stop)
+        if report.failed and handed and not report.stopped:
+            # A refusal queues an alert to the agents (_tell_agents) after the last
+            # page was read (SQLite reads a chunk ahead): sent by this run, not left
+            # for the next one, which for a `mailcase poll` from cron is an hour away.
+            with store.reading() as conn:
+                more = due_notice_ids(conn, max(now, utcnow()), after=handed[-1])
+            if more:
+                _deliver(store, settings, iter(more), now, report, stop)
+        return report
     finally:
         fold_sent_log(store)
         for outcome in ("sent", "deferred", "failed", "suppressed"):
@@ -153,6 +163,13 @@ def _deliver_due(
         with store.reading() as conn:
             queued = select(func.count()).select_from(Notice)
             metrics.set_queued(conn.execute(queued.where(Notice.status == "queued")).scalar_one())
+
+
+def _noted(ids: Iterator[int], handed: list[int]) -> Iterator[int]:
+    """``ids``, the last one handed out kept in ``handed[-1]``."""
+    for notice_id in ids:
+        handed[:] = [notice_id]
+        yield notice_id
 
 
 def _until(
@@ -392,7 +409,10 @@ def _deliver_claimed(
         for notice_id in ids:
             failure: DeliveryError | None = None
             with conn.begin():
-                row = _CLAIM.execute(conn, {"id": notice_id, "now": now}).first()
+                # Due by the clock now: a notice queued since the run began (the
+                # agents' alert of a refusal it met) is due too.
+                due = max(now, utcnow())
+                row = _CLAIM.execute(conn, {"id": notice_id, "now": due}).first()
                 if row is None:
                     continue  # sent, or being sent, by another instance
                 mail_from, rcpt_to, message_id, raw = row
