@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from mailcase.commands import Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
-from mailcase.folio import format_folio
+from mailcase.folio import format_folio, has_link
 from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant
 from mailcase.notices import queue_notice
 from mailcase.store import insert_row, next_folio_number, utcnow
@@ -607,13 +607,18 @@ def relay(
     """
     if not case.customer:
         return False
+    # The reply goes "from the support address": an agent's display name that holds
+    # their address ("ana@…" <ana@…>, "Ana (ana@…)") would hand it to the customer,
+    # who would then write to the agent directly, outside the case. Signed with the
+    # company's name alone then, as Zammad signs with the agent's name only.
+    name = agent_name if "@" not in agent_name and not has_link(agent_name) else ""
     queued = queue_notice(
         session,
         settings,
         case,
         "relay",
         to=case.customer,
-        context={"text": text, "agent_name": agent_name},
+        context={"text": text, "agent_name": name},
         attachments=attachments,
     )
     return not queued.held

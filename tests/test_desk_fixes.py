@@ -184,3 +184,15 @@ def test_control_characters_from_a_customer_never_reach_the_admins_terminal(desk
         assert code == 0 and "\x1b" not in out and "\x07" not in out
         assert "\\x1b]0;pwned\\x07" in out
     assert "\x1b" in desk.case(folio)["subject"]  # --json: escaped by JSON, whole
+
+
+@pytest.mark.parametrize(
+    "sender", [f'"{AGENT}" <{AGENT}>', f'"Ana ({AGENT})" <{AGENT}>', f"Ana Técnica <{AGENT}>"]
+)
+def test_a_relayed_reply_is_signed_without_the_agents_address(desk: Desk, sender: str) -> None:
+    desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "Ya quedó su servicio, don Juan.", sender=sender)
+    relay = text(desk.last_to(CUSTOMER))
+    assert "Ya quedó su servicio" in relay and AGENT not in relay
+    assert ("Ana Técnica" in relay) is sender.startswith("Ana Técnica")
