@@ -342,12 +342,16 @@ def notify_agents(
     to: str | None = None,
     note: str = "",
     sender: str = "",
+    related: Sequence[str] = (),
 ) -> None:
     """Tell ``agents.notify`` (or ``to``) about the case: new, update, reopened or routed.
 
     ``text`` is the customer's words; ``note`` what the agent who routed the
     case wrote for the area; ``sender`` who wrote ``text``, named in the
-    notice when it is not the case's customer (a participant in Cc).
+    notice when it is not the case's customer (a participant in Cc, or the
+    agent who opened the case for the customer); ``related`` the folios the
+    message named but does not belong to (its sender's older case, or someone
+    else's), so that an agent working from mail can tell a follow-up apart.
     """
     rcpt = to or settings.agents.notify
     if not rcpt:
@@ -365,6 +369,9 @@ def notify_agents(
             "attachments": list(attachments),
             "note": note.strip(),
             "other_sender": sender if sender and sender != case.customer else "",
+            # An agent opened the case for the customer (a forward, a mail in copy).
+            "by_agent": sender in settings.agents.addresses,
+            "related": list(related),
         },
     )
 

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -1147,7 +1147,7 @@ def _apply(
                 else mail.references,
             )
         if not decision.quiet:
-            _notify_agents_of(session, settings, case, "new", mail)
+            _notify_agents_of(session, settings, case, "new", mail, related=decision.related)
         return case
     if decision.case is None:
         return None
@@ -1209,7 +1209,13 @@ def _apply(
 
 
 def _notify_agents_of(
-    session: Session, settings: Settings, case: Case, reason: str, mail: InboundMail
+    session: Session,
+    settings: Settings,
+    case: Case,
+    reason: str,
+    mail: InboundMail,
+    *,
+    related: Sequence[str] = (),
 ) -> None:
     """Tell ``agents.notify`` what ``mail`` brought to ``case``; and the case's area, which
     must answer it (as Zammad, OTRS/Znuny and FreeScout tell a ticket's group)."""
@@ -1227,6 +1233,7 @@ def _notify_agents_of(
             attachments=[a.filename for a in mail.attachments],
             sender=mail.sender,
             to=rcpt,
+            related=related,
         )
 
 

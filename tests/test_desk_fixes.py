@@ -196,3 +196,26 @@ def test_a_relayed_reply_is_signed_without_the_agents_address(desk: Desk, sender
     relay = text(desk.last_to(CUSTOMER))
     assert "Ya quedó su servicio" in relay and AGENT not in relay
     assert ("Ana Técnica" in relay) is sender.startswith("Ana Técnica")
+
+
+def test_the_agents_notice_names_the_folio_a_new_case_is_related_to(desk: Desk) -> None:
+    folio = desk.open_case()
+    # The customer's wife, from her own address, in the thread of his case.
+    desk.deliver(mail(sender=f"Rosa Díaz <{ROSA}>", subject=f"RE: [Folio {folio}] Sin servicio"))
+    notice = text(desk.last_to(NOTIFY))
+    assert "Caso nuevo" in notice and f"Relacionado con: {folio}" in notice
+
+
+def test_the_agents_notice_of_a_case_an_agent_opened_calls_the_agent_an_agent(
+    desk: Desk,
+) -> None:
+    trusting(desk).deliver(
+        mail(
+            sender=f"Ana Técnica <{AGENT}>",
+            subject="Fwd: No tengo servicio",
+            body="Ábranle caso.\n\n" + GMAIL_FORWARD + REPORT,
+            headers=AUTHENTICATED,
+        )
+    )
+    notice = text(desk.last_to(NOTIFY))
+    assert f"Escribió: {AGENT} (agente)" in notice and "no es el cliente" not in notice

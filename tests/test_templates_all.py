@@ -45,6 +45,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "reason": "new",
         "note": "",
         "other_sender": "",
+        "by_agent": False,
+        "related": [],
         "company": COMPANY,
     },
     "relay": {
