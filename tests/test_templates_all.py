@@ -465,3 +465,15 @@ def test_a_visit_notice_keeps_its_layout(language: str, previous: str) -> None:
 def test_delivery_failed_names_every_customer_notice_in_words(language: str, kind: str) -> None:
     text = render_body("delivery_failed", language, context("delivery_failed", notice_kind=kind))
     assert f"«{kind}»" not in text.text and f'"{kind}"' not in text.text  # the code's fallback
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_customer_notices_do_not_take_every_report_for_a_technical_fault(language: str) -> None:
+    # A billing complaint resolved "procedente" read "Nuestro técnico revisó su servicio",
+    # and a cancellation was promised "El técnico verificará la causa de la falla".
+    acknowledgement = {**context("relay"), "subject": "Cobro duplicado"}
+    for kind, ctx in (("acknowledgement", acknowledgement), ("resolution_valid", None)):
+        body = render_body(kind, language, ctx or context(kind))
+        for part in (body.text, body.html or ""):
+            assert "técnico" not in part and "technician" not in part, kind
+            assert "normalidad" not in part and "normally" not in part, kind
