@@ -392,14 +392,14 @@ def test_unverified_agent_says_nothing_was_done_and_how_to_act(language: str) ->
             "ningún comando",
             "nada al cliente",
             "responda desde su propio buzón",
-            "no a\nuna copia del acuse",  # the customer's acknowledgement has the folio too
+            "no a una copia del acuse",  # the customer's acknowledgement has the folio too
         ),
         "en": (
             "unverified",
             "no command",
             "nothing was sent",
             "reply from your own mailbox",
-            "not to a\ncopy of the acknowledgement",
+            "not to a copy of the acknowledgement",
         ),
     }[language]
     for phrase in expected:
