@@ -275,6 +275,9 @@ def customer_thread(session: Session, case: Case) -> tuple[str | None, tuple[str
     return last_customer, tuple(ids[-10:])
 
 
+_AGENT_SUBJECT_CHARS = 300
+
+
 def base_context(settings: Settings, case: Case, *, to_agents: bool = False) -> dict[str, Any]:
     """What every template may use. ``to_agents``: the subject as written (clipped);
     otherwise as a stranger's text may be repeated (:func:`echoable_subject`)."""
@@ -282,9 +285,13 @@ def base_context(settings: Settings, case: Case, *, to_agents: bool = False) -> 
     return {
         "folio": case.folio,
         "customer": case.customer,
-        "customer_name": echoable_name(case.customer_name),
-        # Agents are not a stranger's backscatter target: they see the subject whole.
-        "subject": clip(case.subject) if to_agents else echoable_subject(case.subject),
+        # Agents are not a stranger's backscatter target: they see the name and the
+        # subject as written (a subject up to a screen line and a half; the case keeps
+        # it whole), where a customer's notice repeats only what cannot carry a link.
+        "customer_name": case.customer_name if to_agents else echoable_name(case.customer_name),
+        "subject": clip(case.subject, _AGENT_SUBJECT_CHARS)
+        if to_agents
+        else echoable_subject(case.subject),
         "mailbox": case.mailbox,
         "mailbox_address": box.address if box else "",
         "company": settings.company.model_dump(),

@@ -219,3 +219,12 @@ def test_the_agents_notice_of_a_case_an_agent_opened_calls_the_agent_an_agent(
     )
     notice = text(desk.last_to(NOTIFY))
     assert f"Escribió: {AGENT} (agente)" in notice and "no es el cliente" not in notice
+
+
+def test_agents_see_the_customers_name_and_a_long_subject_as_written(desk: Desk) -> None:
+    subject = "Sin servicio desde el sábado " + "y el módem parpadea en rojo " * 6
+    desk.open_case(sender="Juan Pérez (ventas.com.mx) <juan.perez@example.com>", subject=subject)
+    notice = text(desk.last_to(NOTIFY))
+    assert "Juan Pérez (ventas.com.mx)" in notice  # a domain in it: kept from the customer
+    assert " ".join(subject.split()) in " ".join(notice.split())
+    assert "Juan Pérez" not in text(desk.last_to(CUSTOMER))
