@@ -343,6 +343,8 @@ def notify_agents(
     note: str = "",
     sender: str = "",
     related: Sequence[str] = (),
+    files: Sequence[FileAttachment] = (),
+    not_attached: Sequence[str] = (),
 ) -> None:
     """Tell ``agents.notify`` (or ``to``) about the case: new, update, reopened or routed.
 
@@ -351,7 +353,9 @@ def notify_agents(
     notice when it is not the case's customer (a participant in Cc, or the
     agent who opened the case for the customer); ``related`` the folios the
     message named but does not belong to (its sender's older case, or someone
-    else's), so that an agent working from mail can tell a follow-up apart.
+    else's), so that an agent working from mail can tell a follow-up apart;
+    ``files`` the customer's files that go with the notice (the names in
+    ``attachments`` the others, ``not_attached``, stay on the case).
     """
     rcpt = to or settings.agents.notify
     if not rcpt:
@@ -372,7 +376,10 @@ def notify_agents(
             # An agent opened the case for the customer (a forward, a mail in copy).
             "by_agent": sender in settings.agents.addresses,
             "related": list(related),
+            # Of ``attachments``, those too large to go with the notice.
+            "not_attached": list(not_attached),
         },
+        attachments=files,
     )
 
 

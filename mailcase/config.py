@@ -504,6 +504,10 @@ class NoticesSettings(_Section):
     # Base64 makes them a third larger: 5 MB is a message under 7 MB, within
     # the 10 MB that Postfix and many providers accept by default.
     max_relayed_attachment_bytes: int = Field(default=5_000_000, ge=0)
+    # And what a customer attaches (the photos the acknowledgement asks for) goes
+    # to agents.notify and the area with the notice, up to this many bytes in all
+    # (0: the notice names the files; they stay on the case), as RT's do.
+    max_agent_attachment_bytes: int = Field(default=5_000_000, ge=0)
 
 
 class TemplatesSettings(_Section):

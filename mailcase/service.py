@@ -1223,6 +1223,7 @@ def _notify_agents_of(
     area = settings.areas.get(case.area or "")
     if area is not None and area.notify != settings.agents.notify:
         recipients.append(area.notify)
+    files, left = _for_agents(mail.attachments, settings.notices.max_agent_attachment_bytes)
     for rcpt in recipients:
         casework.notify_agents(
             session,
@@ -1231,6 +1232,8 @@ def _notify_agents_of(
             reason,
             text=customer_text(mail.text, mail.subject),
             attachments=[a.filename for a in mail.attachments],
+            files=files,
+            not_attached=left,
             sender=mail.sender,
             to=rcpt,
             related=related,
@@ -1334,6 +1337,26 @@ def _agent_message(
         _not_relayed(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld
         )
+
+
+def _for_agents(
+    attached: Sequence[Attachment], limit: int
+) -> tuple[list[FileAttachment], list[str]]:
+    """A customer's files that go to the agents with the notice, in order, while they
+    fit in ``limit`` bytes together (``notices.max_agent_attachment_bytes``); and the
+    names of those that did not (they stay on the case)."""
+    files: list[FileAttachment] = []
+    left: list[str] = []
+    total = 0
+    for attachment in attached:
+        if total + attachment.size <= limit:
+            total += attachment.size
+            files.append(
+                FileAttachment(attachment.filename, attachment.content_type, attachment.payload)
+            )
+        else:
+            left.append(attachment.filename)
+    return files, left
 
 
 def _relayable(

@@ -228,3 +228,23 @@ def test_agents_see_the_customers_name_and_a_long_subject_as_written(desk: Desk)
     assert "Juan Pérez (ventas.com.mx)" in notice  # a domain in it: kept from the customer
     assert " ".join(subject.split()) in " ".join(notice.split())
     assert "Juan Pérez" not in text(desk.last_to(CUSTOMER))
+
+
+def test_the_customers_photos_go_to_the_agents_with_the_notice(desk: Desk) -> None:
+    # The acknowledgement asks for photographs; agents working from mail never saw them.
+    photo = b"\xff\xd8\xff" + bytes(range(256)) * 40
+    config = desk.cli.config
+    limit = "[notices]\nmax_agent_attachment_bytes = 20000"
+    config.write_text(config.read_text().replace("[notices]", limit))
+    desk.open_case(
+        attachments=[
+            ("módem.jpg", "image/jpeg", photo),
+            ("video.mp4", "video/mp4", b"\x00" * 15_000),  # over what is left of the limit
+        ]
+    )
+    notice = desk.last_to(NOTIFY)
+    files = {part.get_filename(): part.get_content() for part in notice.iter_attachments()}
+    assert files == {"módem.jpg": photo}
+    body = " ".join(text(notice).split())
+    assert "Adjuntos: módem.jpg, video.mp4" in body
+    assert "(sin adjuntar, por su tamaño: video.mp4; quedan en el caso)" in body

@@ -47,6 +47,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "other_sender": "",
         "by_agent": False,
         "related": [],
+        "not_attached": [],
         "company": COMPANY,
     },
     "relay": {
