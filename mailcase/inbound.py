@@ -663,6 +663,12 @@ _TRACE_FIELDS = frozenset(
 _TRACE_PREFIXES = (b"arc-", b"x-spam", b"x-virus", b"x-rspamd", b"x-ms-exchange-organization")
 
 
+def content_digest(raw: bytes) -> str:
+    """What two copies of one message share whatever their deliveries added: the
+    sha256 of ``raw`` without its trace fields (line ends as LF); never raises."""
+    return _content_sha256(raw)
+
+
 def _content_sha256(raw: bytes) -> str:
     """sha256 of ``raw`` without its trace fields, line ends as LF; never raises.
 

@@ -45,7 +45,7 @@ from mailcase.errors import (
 )
 from mailcase.folio import echoable_subject, find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import HEAD_BYTES, FetchedMessage, ImapMailbox
-from mailcase.inbound import Attachment, InboundMail, origin_of
+from mailcase.inbound import Attachment, InboundMail, content_digest, origin_of
 from mailcase.logs import get_logger
 from mailcase.models import (
     Case,
@@ -893,7 +893,7 @@ def _ingest(
         # Ingested before content keys existed, under the raw bytes' hash.
         earlier = ledger_by_key(session, mail.raw_key)
     if earlier and mail.message_id is not None:
-        earlier = _copies_among(rt, mail, earlier)
+        earlier = _copies_among(rt, mail, earlier, None if fetched.spooled else fetched.raw)
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
     if stale and not retry:
         # Seen in this mailbox under an older UIDVALIDITY (the folder was
@@ -944,14 +944,19 @@ def _ingest(
     return entry, case.folio if case else None
 
 
-def _copies_among(rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry]) -> list[LedgerEntry]:
+def _copies_among(
+    rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry], raw: bytes | None = None
+) -> list[LedgerEntry]:
     """The rows of ``earlier`` (same Message-ID as ``mail``) that are copies of it.
 
     A Message-ID should be unique (RFC 5322 3.6.4), but some devices, web
     forms and scripts send every message under one fixed id: another sender's
     report must not be dropped as a "duplicate". A copy (Cc to contacto@ and
     info@, a second delivery) has the same From and Date; a row whose stored
-    message cannot be read is taken as a copy, as before this check.
+    message cannot be read is taken as a copy, as before this check. Without
+    a Date (an alarm panel's "Nodo 4 caído", then "Nodo 9 caído", under one
+    id) From alone tells nothing apart: the content (``raw``, trace fields
+    aside) must match too.
     """
     copies = []
     for entry in earlier[-_ORIGINS_COMPARED:]:
@@ -960,8 +965,17 @@ def _copies_among(rt: Runtime, mail: InboundMail, earlier: list[LedgerEntry]) ->
         except OSError:
             copies.append(entry)
             continue
-        if origin_of(head) == mail.origin:
-            copies.append(entry)
+        if origin_of(head) != mail.origin:
+            continue
+        if mail.date is None and raw is not None:
+            try:
+                theirs = rt.blobs.get(entry.raw_sha256)
+            except OSError:
+                copies.append(entry)
+                continue
+            if content_digest(theirs) != content_digest(raw):
+                continue
+        copies.append(entry)
     return copies
 
 

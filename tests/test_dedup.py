@@ -151,3 +151,24 @@ def test_a_copy_whose_from_comes_after_a_long_header_is_still_a_copy(tmp_path: P
     assert ingest(rt, "contacto", 1, FetchedMessage(1, raw, utcnow())) == "new_case"
     assert ingest(rt, "info", 1, FetchedMessage(1, copy, utcnow())) == "duplicate"
     rt.store.dispose()
+
+
+def test_two_reports_under_one_fixed_id_without_a_date_are_not_one(tmp_path: Path) -> None:
+    # An alarm panel sends every message under one id and no Date: From alone matched,
+    # and "Nodo 9 caído" was dropped as a duplicate of "Nodo 4 caído".
+    from mailcase import service
+    from mailcase.imap import FetchedMessage
+    from mailcase.store import utcnow
+
+    rt = offline_runtime(tmp_path)
+    undated = b"Message-ID: <alerta@router>\r\n" + MESSAGE.replace(
+        b"Date: Fri, 27 Nov 2026 09:00:00 -0600\r\n", b""
+    )
+    assert b"Date:" not in undated
+    node9 = undated.replace(b"No tengo internet desde ayer.", b"Nodo 9 sin enlace.")
+    copy = b"Delivered-To: info@internet-plarey.com.mx\r\n" + undated  # Cc'd to info@
+    ingest = service.ingest_message
+    assert ingest(rt, "contacto", 1, FetchedMessage(1, undated, utcnow())) == "new_case"
+    assert ingest(rt, "contacto", 1, FetchedMessage(2, node9, utcnow())) == "new_case"
+    assert ingest(rt, "info", 1, FetchedMessage(1, copy, utcnow())) == "duplicate"
+    rt.store.dispose()
