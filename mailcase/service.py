@@ -1003,6 +1003,9 @@ def case_ref(session: Session, case: Case) -> CaseRef:
     )
 
 
+_FOLIOS_IN_TEXT = 3  # folios of a message's text looked up: a list of fifty is no report
+
+
 def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
     settings = rt.settings
     duplicate_of = None
@@ -1017,6 +1020,14 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
         case = case_by_folio(session, folio)
         if case is not None:
             by_folio.append(case_ref(session, case))
+    in_text = []
+    if not by_folio and not referenced:
+        # "…mi reporte con folio PLR-2026-000001, sigo sin servicio" under a new subject.
+        named = find_folios(customer_text(mail.text, mail.subject), settings.folio.prefix)
+        for folio in named[:_FOLIOS_IN_TEXT]:
+            case = case_by_folio(session, folio)
+            if case is not None:
+                in_text.append(case_ref(session, case))
     signed_case = None
     authenticated = False
     if mail.sender in settings.agents.addresses:
@@ -1038,6 +1049,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
         is_duplicate=bool(earlier),
         by_reference=case_ref(session, referenced) if referenced else None,
         by_folio=tuple(by_folio),
+        in_text=tuple(in_text),
         signed_case=signed_case,
         sender_authenticated=authenticated,
     )

@@ -22,7 +22,9 @@ Order of the rules, and why:
    agent's address) do not count: their sender chose them.
 5. A folio in the subject joins that case when the sender belongs to it (the
    customer or a participant); someone else naming a folio opens a case of
-   their own, linked to the one they named, and learns nothing of it.
+   their own, linked to the one they named, and learns nothing of it. A
+   folio of the sender's own named only in the text links the new case to
+   it (agents see it), without joining.
 6. A customer's message within ``cases.reopen_days`` of the case's
    resolution reopens it, whether it is still ``resolved`` or has closed
    since (by itself after ``cases.close_after_days``, or by an agent): the
@@ -90,6 +92,7 @@ class Facts:
     is_duplicate: bool = False  # an earlier copy exists (its case may be None)
     by_reference: CaseRef | None = None  # case named by In-Reply-To/References
     by_folio: tuple[CaseRef, ...] = ()  # cases named by folios in the subject
+    in_text: tuple[CaseRef, ...] = ()  # cases named by folios in the text (none in the subject)
     signed_case: CaseRef | None = None  # case of a signed Message-ID of ours it references
     sender_authenticated: bool = False  # Authentication-Results vouch for the sender
 
@@ -196,7 +199,13 @@ def triage(
         return _new_case(mail, own_addresses, [joined.folio], why)
 
     why = f"names folio of another sender: {', '.join(strangers)}" if strangers else ""
-    return _new_case(mail, own_addresses, strangers, why)
+    # A folio of the sender's own in the text of a new mail ("mi reporte con folio
+    # …, sigo sin servicio"): linked, so that agents see it; not joined (Zammad can
+    # join by the body, off by default): a new matter may name an old report.
+    own = [c.folio for c in facts.in_text if c.admits(mail.sender)]
+    if own:
+        why = "; ".join(w for w in (why, f"names folio {', '.join(own)} in its text") if w)
+    return _new_case(mail, own_addresses, [*strangers, *own], why)
 
 
 def _opened_by_agent(mail: InboundMail, insiders: frozenset[str]) -> Decision:

@@ -248,3 +248,17 @@ def test_the_customers_photos_go_to_the_agents_with_the_notice(desk: Desk) -> No
     body = " ".join(text(notice).split())
     assert "Adjuntos: módem.jpg, video.mp4" in body
     assert "(sin adjuntar, por su tamaño: video.mp4; quedan en el caso)" in body
+
+
+def test_a_folio_named_in_the_text_of_a_new_mail_is_linked_for_the_agents(desk: Desk) -> None:
+    folio = desk.open_case()
+    desk.deliver(
+        mail(subject="Seguimiento", body=f"Mi reporte con folio {folio}: sigo sin servicio.")
+    )
+    newest = desk.cli.json("cases", "list")[0]
+    assert newest["folio"] != folio
+    assert desk.case(newest["folio"])["related"] == [folio]
+    assert f"Relacionado con: {folio}" in text(desk.last_to(NOTIFY))
+    # Someone else's folio in a text is not linked: it tells nothing about the case.
+    desk.deliver(mail(sender=ROSA, subject="Hola", body=f"Vi el folio {folio} en la tele."))
+    assert desk.case(desk.cli.json("cases", "list")[0]["folio"])["related"] == []
