@@ -1091,13 +1091,45 @@ _UNCLOSED_TAG = re.compile(r"<(?=[^<>]*(?:<|\Z))")
 _UNCLOSED_TAGS_TOLERATED = 10
 
 
+# Comments and marked sections end at a string of their own, which HTMLParser
+# looks for to the end of the text from each one left open ("<!--x>" repeated:
+# 480 KB took 50 s): "-->" for a comment, "]>" for Outlook's "<![if …]>",
+# "]]>" for the others ("<![CDATA[").
+_SECTION_OPENER = re.compile(r"<!--|<!\[\s*(?:(if|else|endif)\b)?", re.IGNORECASE)
+
+
 def _without_unclosed_tags(html: str) -> str:
-    """``html``, its ``<`` that cannot open a tag written ``&lt;`` when there are
-    more than :data:`_UNCLOSED_TAGS_TOLERATED`: then linear to parse, whatever the
-    Python. Linear itself."""
+    """``html``, its ``<`` that cannot open a tag, and its comments and marked sections
+    that nothing closes, written ``&lt;`` when there are more than
+    :data:`_UNCLOSED_TAGS_TOLERATED` of either: then linear to parse, whatever
+    the Python. Linear itself."""
+    html = _without_unclosed_sections(html)
     for found, _ in enumerate(_UNCLOSED_TAG.finditer(html), start=1):
         if found > _UNCLOSED_TAGS_TOLERATED:
             return _UNCLOSED_TAG.sub("&lt;", html)
+    return html
+
+
+def _without_unclosed_sections(html: str) -> str:
+    """``html``, its comments and marked sections with no end after them written
+    ``&lt;`` when there are more than :data:`_UNCLOSED_TAGS_TOLERATED`.
+
+    One is open when it starts after the last end of its kind in the text:
+    the parser's search from it would then run to the end.
+    """
+    ends = {"--": html.rfind("-->"), "ms": html.rfind("]>"), "cdata": html.rfind("]]>")}
+
+    def is_open(match: re.Match[str]) -> bool:
+        kind = "--" if match.group().startswith("<!--") else "ms" if match.group(1) else "cdata"
+        return match.start() >= ends[kind]
+
+    unclosed = 0
+    for match in _SECTION_OPENER.finditer(html):
+        unclosed += is_open(match)
+        if unclosed > _UNCLOSED_TAGS_TOLERATED:
+            return _SECTION_OPENER.sub(
+                lambda m: "&lt;" + m.group()[1:] if is_open(m) else m.group(), html
+            )
     return html
 
 

@@ -390,12 +390,20 @@ def test_every_corpus_file_parses_or_is_refused_with_message_error() -> None:
 def test_html_with_thousands_of_unclosed_tags_is_read_in_linear_time() -> None:
     # Python's HTMLParser looks for the end of every "<" to the end of the text
     # (CVE-2025-6069, quadratic before CPython 3.11.13): 120 KB of "<a " took three
-    # minutes. A "<" that cannot open a tag is text; beyond a few it is written so.
-    for pattern in ("<a ", "<a b=", "<!--", "</"):
+    # minutes, 480 KB of "<!--x>" 50 s. A "<" that cannot open a tag, or a comment or
+    # marked section nothing closes, is text; beyond a few it is written so.
+    for pattern in ("<a ", "<a b=", "<!--", "</", "<!--x>", "<![CDATA[x>", "<![if x>"):
         start = time.perf_counter()
         text, _ = html_texts(f"<p>Sin servicio</p>{pattern * 40_000}")
         assert time.perf_counter() - start < 5, pattern  # minutes without the rewrite
         assert text.startswith("Sin servicio")
+
+
+def test_outlooks_conditional_comments_and_sections_are_markup_however_many() -> None:
+    html = "<p>a</p><!--[if gte mso 9]><xml>x</xml><![endif]-->" + (
+        "<![if !supportLists]>1.<![endif]> item " * 20
+    )
+    assert html_texts(html)[0] == "a\n" + " ".join(["1. item"] * 20)
 
 
 def test_a_few_stray_angle_brackets_leave_the_markup_as_written() -> None:
