@@ -481,8 +481,11 @@ def queue_without_case(
     """
     box = settings.mailboxes.get(mailbox) or next(iter(settings.mailboxes.values()))
     language = settings.notices.language
+    unverified = bool((context or {}).get("unverified"))
     full_context = {
-        "subject": clip(subject),
+        # An unverified sender (a forged agent's From) chose this subject: repeated as
+        # a stranger's is, so that the support address carries no link of theirs.
+        "subject": echoable_subject(subject) if unverified else clip(subject),
         "mailbox_address": box.address,
         "company": settings.company.model_dump(),
         **(context or {}),

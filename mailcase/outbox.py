@@ -589,7 +589,8 @@ def _tell_agents(session: Session, settings: Settings, notice: Notice, error: st
     # reply after the first ": ", and its status (RFC 3463 enhanced, else the code).
     diagnostic = error.split(": ", 1)[-1].strip()
     status = _STATUS.search(diagnostic)
-    code = status.group(0) if status else diagnostic[:3]
+    # No reply code at all ("connection lost while sending"): none is shown.
+    code = status.group(0) if status else (diagnostic[:3] if diagnostic[:3].isdigit() else "")
     queue_notice(
         session,
         settings,

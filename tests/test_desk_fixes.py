@@ -262,3 +262,13 @@ def test_a_folio_named_in_the_text_of_a_new_mail_is_linked_for_the_agents(desk: 
     # Someone else's folio in a text is not linked: it tells nothing about the case.
     desk.deliver(mail(sender=ROSA, subject="Hola", body=f"Vi el folio {folio} en la tele."))
     assert desk.case(desk.cli.json("cases", "list")[0]["folio"])["related"] == []
+
+
+def test_a_forged_agents_subject_reaches_the_agent_masked(desk: Desk) -> None:
+    # The no_case notice goes from the support address to the real agent: a forger's
+    # link in its subject would look like our own (and passes DMARC: it is ours).
+    desk.deliver(
+        mail(sender=AGENT, subject="Su buzón expira hoy: renueve en https://plarey.example/login")
+    )
+    told = text(desk.last_to(AGENT))
+    assert "renueve en […]" in told and "plarey.example" not in told

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import NOTIFY, Cli, mail, write_config
+from helpers import NOTIFY, Cli, mail, offline_runtime, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase.config import SmtpSettings, load_settings
@@ -536,3 +536,47 @@ def test_a_non_ascii_domain_goes_out_in_its_ascii_form(
     assert ack.rcpt_tos == ["juan@xn--telefona-seal-2ib8d.mx"]
     assert "SMTPUTF8" not in ack.mail_options
     assert ack.data.isascii() and "juan@xn--telefona-seal-2ib8d.mx" in str(ack.message["To"])
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        ("connection lost while sending (timed out)", "(sin código)"),
+        (
+            "server refused the message to x@example.com: 550 5.1.1 <x@example.com>: Unknown",
+            "5.1.1",
+        ),
+        ("server refused the message to x@example.com: 554 Rejected", "554"),
+    ],
+)
+def test_the_agents_alert_shows_a_status_only_when_the_server_gave_one(
+    tmp_path: Path, error: str, status: str
+) -> None:
+    # Without a reply code the alert showed the error's first three letters ("con").
+    import email
+    from email import policy
+
+    from sqlmodel import select
+
+    from mailcase import casework
+    from mailcase.models import Notice
+    from mailcase.notices import queue_notice
+    from mailcase.outbox import _tell_agents
+    from mailcase.store import utcnow
+
+    rt = offline_runtime(tmp_path, notify=True)
+    with rt.store.transaction() as session:
+        case = casework.open_case(
+            rt.settings, session, customer="x@example.com", customer_name="X",
+            subject="s", mailbox="contacto", now=utcnow(),
+        )  # fmt: skip
+        queued = queue_notice(session, rt.settings, case, "acknowledgement", to="x@example.com")
+        notice = session.get(Notice, queued.id)
+        assert notice is not None
+        _tell_agents(session, rt.settings, notice, error)
+        alert = session.exec(select(Notice).where(Notice.kind == "delivery_failed")).one()
+    rt.store.dispose()
+    body = email.message_from_bytes(alert.raw, policy=policy.default).get_body(("plain",))
+    assert body is not None
+    [line] = [x for x in body.get_content().splitlines() if x.startswith("Estado")]
+    assert line.split(":", 1)[1].strip() == status
