@@ -403,8 +403,32 @@ def close_stale_cases(rt: Runtime) -> list[str]:
 
 
 def _source_of(settings: MailboxSettings) -> str:
-    """Where a mailbox's mail comes from: server, account and folder (no secret)."""
-    return json.dumps([settings.host.lower(), settings.login, settings.folder])
+    """Where a mailbox's mail comes from: account and folder (no secret).
+
+    Not the host: one server under another name (``localhost`` for
+    ``127.0.0.1``, a CNAME) must not re-read a folder of years; a folder moved
+    to another server gets a new UIDVALIDITY there, which rescans it anyway.
+    ``INBOX`` is one folder in any case (RFC 3501 5.1).
+    """
+    folder = "INBOX" if settings.folder.upper() == "INBOX" else settings.folder
+    return json.dumps([settings.login, folder])
+
+
+def _retire_rows_at(session: Session, mailbox: str, uidvalidity: int) -> None:
+    """Move ``mailbox``'s ledger rows under ``uidvalidity`` aside, to a UIDVALIDITY no
+    folder has (below every one the mailbox's rows hold, and below zero).
+
+    They belong to the folder the mailbox read before; the new one may have
+    the same UIDVALIDITY (Dovecot gives accounts made in the same second the
+    same one), and its messages would have been taken for those rows, ingested
+    already, and never opened a case.
+    """
+    rows = _LEDGER.c.mailbox == mailbox
+    lowest = run(session, sa.select(sa.func.min(_LEDGER.c.uidvalidity)).where(rows)).scalar()
+    aside = min(lowest or 0, 0) - 1
+    session.execute(
+        sa.update(_LEDGER).where(rows, _LEDGER.c.uidvalidity == uidvalidity).values(uidvalidity=aside)
+    )
 
 
 def _checkpoint(
@@ -431,6 +455,7 @@ def _checkpoint(
                 log.warning("mailbox_source_changed", was=known.value, now=source)
                 known.value = source
                 session.add(known)
+                _retire_rows_at(session, name, uidvalidity)
                 if checkpoint is not None:
                     checkpoint.uidvalidity, checkpoint.last_uid = uidvalidity, 0
                     checkpoint.last_poll_at = None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import NOTIFY, Cli, mail, write_config
+from helpers import NOTIFY, Cli, mail, offline_runtime, write_config
 from servers import Dovecot, SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -221,3 +221,43 @@ def test_a_retry_answers_a_message_that_was_recent_when_first_met(
         kinds = [n.kind for n in session.exec(select(Notice)).all()]
     rt.store.dispose()
     assert kinds == ["acknowledgement"]
+
+
+def test_a_new_source_with_the_same_uidvalidity_does_not_inherit_the_old_rows(
+    tmp_path: Path,
+) -> None:
+    # Dovecot gives accounts made in the same second the same UIDVALIDITY: pointed at
+    # one, the mailbox took its UIDs 1 and 2 for the old folder's, ingested already.
+    import structlog
+
+    from mailcase import service
+    from mailcase.imap import FetchedMessage
+    from mailcase.store import utcnow
+
+    rt = offline_runtime(tmp_path)
+    log = structlog.get_logger()
+    assert service._checkpoint(rt.store, "contacto", 7, log, '["contacto", "INBOX"]') == (0, True)
+    assert service.ingest_message(rt, "contacto", 7, FetchedMessage(1, mail(), utcnow()))
+    # The configuration now reads another account, whose folder has UIDVALIDITY 7 too.
+    assert service._checkpoint(rt.store, "contacto", 7, log, '["info", "INBOX"]') == (0, True)
+    with rt.store.transaction() as session:
+        assert service._existing(session, "contacto", 7, 1) is None
+    other = mail(sender="otra@example.com")
+    assert service.ingest_message(rt, "contacto", 7, FetchedMessage(1, other, utcnow())) == (
+        "new_case"
+    )
+    rt.store.dispose()
+
+
+def test_the_same_server_under_another_name_is_not_read_again(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink)
+    cli = Cli(config, capsys)
+    mailboxes.append("contacto", mail())
+    cli.poll()
+    text = config.read_text().replace('host = "127.0.0.1"', 'host = "localhost"', 1)
+    config.write_text(text.replace('folder = "INBOX"', 'folder = "inbox"', 1))
+    code, _, err = cli("poll")
+    assert code == 0 and "mailbox_source_changed" not in err
+    assert len(cli.json("messages", "list")) == 1
