@@ -420,8 +420,11 @@ def queue_notice(
         auto_reply=True,
         reply_to=None if customer_facing else sender,
     )
-    message = build_message(envelope, body, attachments)
     reason = blocked(session, settings, kind, to, None if new_case else case.id)
+    # A held notice is kept to show what was not sent, without the files: a
+    # customer's photos, attached to every notice a loop breaker holds, would
+    # fill the database with copies nobody receives.
+    message = build_message(envelope, body, () if reason else attachments)
     if reason:
         _log_suppression(session, to, reason)
         # Counted here: a held notice never reaches delivery, where the rest are

@@ -272,3 +272,24 @@ def test_a_forged_agents_subject_reaches_the_agent_masked(desk: Desk) -> None:
     )
     told = text(desk.last_to(AGENT))
     assert "renueve en […]" in told and "plarey.example" not in told
+
+
+def test_a_held_notice_to_agents_keeps_no_copy_of_the_customers_files(desk: Desk) -> None:
+    import sqlalchemy as sa
+
+    from mailcase.config import load_settings
+    from mailcase.store import Store
+
+    photo = ("foto.jpg", "image/jpeg", b"\xff\xd8\xff" + b"x" * 30_000)
+    folio = desk.open_case()
+    for n in range(11):  # limits.max_agent_notices_per_case_per_hour: 10
+        desk.deliver(mail(subject=f"Re: [Folio {folio}] Sin servicio", attachments=[photo]))
+    store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+    with store.transaction() as session:
+        rows = session.execute(
+            sa.text("SELECT status, length(raw) FROM notices WHERE kind = 'agent_notification'")
+        ).all()
+    store.dispose()
+    held = [size for status, size in rows if status == "suppressed"]
+    sent = [size for status, size in rows if status == "sent"]
+    assert held and max(held) < 10_000 < min(sent[1:])  # the first one had no file
