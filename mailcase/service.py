@@ -427,7 +427,9 @@ def _retire_rows_at(session: Session, mailbox: str, uidvalidity: int) -> None:
     lowest = run(session, sa.select(sa.func.min(_LEDGER.c.uidvalidity)).where(rows)).scalar()
     aside = min(lowest or 0, 0) - 1
     session.execute(
-        sa.update(_LEDGER).where(rows, _LEDGER.c.uidvalidity == uidvalidity).values(uidvalidity=aside)
+        sa.update(_LEDGER)
+        .where(rows, _LEDGER.c.uidvalidity == uidvalidity)
+        .values(uidvalidity=aside)
     )
 
 

@@ -282,7 +282,7 @@ def test_a_held_notice_to_agents_keeps_no_copy_of_the_customers_files(desk: Desk
 
     photo = ("foto.jpg", "image/jpeg", b"\xff\xd8\xff" + b"x" * 30_000)
     folio = desk.open_case()
-    for n in range(11):  # limits.max_agent_notices_per_case_per_hour: 10
+    for _ in range(11):  # limits.max_agent_notices_per_case_per_hour: 10
         desk.deliver(mail(subject=f"Re: [Folio {folio}] Sin servicio", attachments=[photo]))
     store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
     with store.transaction() as session:
