@@ -1276,7 +1276,8 @@ def _notify_agents_of(
     area = settings.areas.get(case.area or "")
     if area is not None and area.notify != settings.agents.notify:
         recipients.append(area.notify)
-    files, left = _for_agents(mail.attachments, settings.notices.max_agent_attachment_bytes)
+    # The customer's files go along while they fit (RT's notifications carry them).
+    files, left = _fitting(mail.attachments, settings.notices.max_agent_attachment_bytes)
     for rcpt in recipients:
         casework.notify_agents(
             session,
@@ -1392,12 +1393,11 @@ def _agent_message(
         )
 
 
-def _for_agents(
+def _fitting(
     attached: Sequence[Attachment], limit: int
 ) -> tuple[list[FileAttachment], list[str]]:
-    """A customer's files that go to the agents with the notice, in order, while they
-    fit in ``limit`` bytes together (``notices.max_agent_attachment_bytes``); and the
-    names of those that did not (they stay on the case)."""
+    """Of ``attached``, in order, the files that fit in ``limit`` bytes together, and the
+    names of those that did not."""
     files: list[FileAttachment] = []
     left: list[str] = []
     total = 0
@@ -1423,21 +1423,15 @@ def _relayable(
     the customer our notice to agents, whose signed Message-ID is an agent's
     proof, with the command help), nor any file that holds a signed id of ours.
     """
-    sent: list[FileAttachment] = []
-    too_big: list[str] = []
+    passed: list[Attachment] = []
     withheld: list[str] = []
-    total = 0
     for attachment in attached:
         internal = attachment.content_type.partition("/")[0] in ("message", "multipart")
         if internal or _holds_signed_id(attachment.payload, key):
             withheld.append(attachment.filename)
-        elif total + attachment.size <= limit:
-            total += attachment.size
-            sent.append(
-                FileAttachment(attachment.filename, attachment.content_type, attachment.payload)
-            )
         else:
-            too_big.append(attachment.filename)
+            passed.append(attachment)
+    sent, too_big = _fitting(passed, limit)
     return sent, too_big, withheld
 
 

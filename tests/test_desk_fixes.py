@@ -71,9 +71,8 @@ def test_a_forwarded_report_reaches_the_case_and_the_agents_whole(
     assert REPORT in text(desk.last_to(NOTIFY))
 
 
-def test_an_agent_forwarding_a_customers_mail_opens_the_case_for_that_customer(
-    desk: Desk,
-) -> None:
+def _agent_forwards_rosas_report(desk: Desk) -> None:
+    """Ana, authenticated by the receiving server, forwards Rosa's mail to support."""
     trusting(desk).deliver(
         mail(
             sender=f"Ana Técnica <{AGENT}>",
@@ -82,6 +81,12 @@ def test_an_agent_forwarding_a_customers_mail_opens_the_case_for_that_customer(
             headers=AUTHENTICATED,
         )
     )
+
+
+def test_an_agent_forwarding_a_customers_mail_opens_the_case_for_that_customer(
+    desk: Desk,
+) -> None:
+    _agent_forwards_rosas_report(desk)
     [case] = desk.cli.json("cases", "list")
     shown = desk.case(case["folio"])
     assert shown["customer"] == ROSA and shown["customer_name"] == "Rosa Díaz"
@@ -209,14 +214,7 @@ def test_the_agents_notice_names_the_folio_a_new_case_is_related_to(desk: Desk) 
 def test_the_agents_notice_of_a_case_an_agent_opened_calls_the_agent_an_agent(
     desk: Desk,
 ) -> None:
-    trusting(desk).deliver(
-        mail(
-            sender=f"Ana Técnica <{AGENT}>",
-            subject="Fwd: No tengo servicio",
-            body="Ábranle caso.\n\n" + GMAIL_FORWARD + REPORT,
-            headers=AUTHENTICATED,
-        )
-    )
+    _agent_forwards_rosas_report(desk)
     notice = text(desk.last_to(NOTIFY))
     assert f"Escribió: {AGENT} (agente)" in notice and "no es el cliente" not in notice
 

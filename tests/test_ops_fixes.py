@@ -9,17 +9,19 @@ import os
 import re
 import threading
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import Cli, write_config
+from test_log_bridge import restore_logging
 
 from mailcase import logs
 from mailcase.config import _variable_at, load_settings
 from mailcase.errors import EXIT_CONFIG, ConfigError
 from mailcase.store import Store
+
+__all__ = ["restore_logging"]  # the fixture, shared with test_log_bridge
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "mailcase.example.toml"
@@ -400,14 +402,6 @@ def test_db_current_with_a_refused_option_exits_2(
 # --- 8: APScheduler's skipped ticks -----------------------------------------------------------
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.captureWarnings(False)
 
 
 def test_a_tick_skipped_during_a_long_poll_is_not_logged(
