@@ -1393,9 +1393,7 @@ def _agent_message(
         )
 
 
-def _fitting(
-    attached: Sequence[Attachment], limit: int
-) -> tuple[list[FileAttachment], list[str]]:
+def _fitting(attached: Sequence[Attachment], limit: int) -> tuple[list[FileAttachment], list[str]]:
     """Of ``attached``, in order, the files that fit in ``limit`` bytes together, and the
     names of those that did not."""
     files: list[FileAttachment] = []

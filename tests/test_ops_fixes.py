@@ -402,8 +402,6 @@ def test_db_current_with_a_refused_option_exits_2(
 # --- 8: APScheduler's skipped ticks -----------------------------------------------------------
 
 
-
-
 def test_a_tick_skipped_during_a_long_poll_is_not_logged(
     restore_logging: None, capsys: Any
 ) -> None:
