@@ -902,6 +902,7 @@ def _ingest(
     ``first_contact``: see :func:`ingest_message`.
     """
     mail, note = parsed
+    mail = _web_form_vouched(rt.settings, mail)
     existing = _existing(session, mailbox, uidvalidity, fetched.uid, mail.dedup_key)
     # Old mail is left unanswered on a first contact (see ingest_message), and on a
     # retry as it was when first met: a message of a first contact's backlog stays
@@ -969,6 +970,24 @@ def _ingest(
         size=mail.size,
     )
     return entry, case.folio if case else None
+
+
+def _web_form_vouched(settings: Settings, mail: InboundMail) -> InboundMail:
+    """``mail``, speaking for the customer its Reply-To names only when a web form of
+    ours sent it: with ``agents.trusted_authserv_ids`` set, the receiving server must
+    have authenticated the form's domain; otherwise it is the form's own mail.
+
+    Anyone can write the form's From, and with it speak as any customer on their
+    case ("cancelen mi reporte"); a forged From of the customer's own domain would
+    fail that domain's DMARC, the form's does not. Without trusted servers
+    nothing can be checked, and form mail is taken at its word, as before.
+    """
+    trusted = settings.agents.trusted_authserv_ids
+    if not trusted or mail.sender == mail.from_address or not mail.from_address:
+        return mail
+    if sender_is_authenticated(mail, mail.from_address, trusted_authserv_ids=frozenset(trusted)):
+        return mail
+    return replace(mail, sender=mail.from_address, sender_name="")
 
 
 def _copies_among(

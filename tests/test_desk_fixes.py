@@ -291,3 +291,25 @@ def test_a_held_notice_to_agents_keeps_no_copy_of_the_customers_files(desk: Desk
     held = [size for status, size in rows if status == "suppressed"]
     sent = [size for status, size in rows if status == "sent"]
     assert held and max(held) < 10_000 < min(sent[1:])  # the first one had no file
+
+
+def test_web_form_mail_speaks_for_its_customer_only_when_the_server_vouches_for_it(
+    desk: Desk,
+) -> None:
+    from helpers import WEB
+
+    trusting(desk)
+    form = {"Reply-To": f"Rosa Díaz <{ROSA}>"}
+    # Anyone can write the form's From: unauthenticated, it is the form's own mail.
+    desk.deliver(mail(sender=WEB, subject="Cancelen mi reporte", headers=form))
+    assert [c["customer"] for c in desk.cli.json("cases", "list")] == [WEB]
+    domain = WEB.rpartition("@")[2]
+    vouched = f"{TRUSTED}; dkim=pass header.d={domain}; spf=pass smtp.mailfrom={WEB}"
+    desk.deliver(
+        mail(
+            sender=WEB,
+            subject="Formulario: sin servicio",
+            headers={**form, "Authentication-Results": vouched},
+        )
+    )
+    assert desk.cli.json("cases", "list")[0]["customer"] == ROSA
