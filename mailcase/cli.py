@@ -235,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="every quarantined message (of --mailbox, if given)"
     )
     msg_retry.add_argument("--mailbox", help="the mailbox it was fetched from")
+    msg_dismiss = msg_actions.add_parser(
+        "dismiss", help="set a quarantined message aside for good (kept, not waiting any more)"
+    )
+    msg_dismiss.add_argument("uid", type=int, help="the message's UID")
+    msg_dismiss.add_argument("--mailbox", required=True, help="the mailbox it was fetched from")
+    msg_dismiss.add_argument("--reason", default="", help="why, kept in the ledger")
 
     outbox = commands.add_parser("outbox", help="notices waiting for, or done with, SMTP")
     out_actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -779,6 +785,8 @@ def ledger_row(entry: LedgerEntry, folio: str | None) -> dict[str, Any]:
 def _messages(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "retry":
         return _messages_retry(args, settings)
+    if args.action == "dismiss":
+        return _messages_dismiss(args, settings)
     if args.action == "show":
         return _message_show(args, settings)
     store = _open_store(settings, create=False)
@@ -799,6 +807,21 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
     else:
         columns = ["mailbox", "uid", "received_at", "disposition", "folio", "message_id", "reason"]
         _print_table(items, columns, zone=settings.folio.zone)
+    return EXIT_OK
+
+
+def _messages_dismiss(args: argparse.Namespace, settings: Settings) -> int:
+    """``messages dismiss UID --mailbox M``: a quarantined message set aside for good."""
+    from mailcase.service import Runtime, dismiss_message
+
+    if args.mailbox not in settings.mailboxes:
+        raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
+    rt = Runtime.open(settings)
+    try:
+        dismiss_message(rt, args.mailbox, args.uid, by=f"cli:{_operator()}", why=args.reason)
+    finally:
+        rt.store.dispose()
+    print(f"message {args.uid} of mailbox {args.mailbox}: dismissed")
     return EXIT_OK
 
 

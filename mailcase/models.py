@@ -27,6 +27,7 @@ class Disposition(StrEnum):
     BULK = "bulk"
     NO_CASE = "no_case"  # an agent's mail naming no case and no customer: the agent is told
     QUARANTINED = "quarantined"
+    DISMISSED = "dismissed"  # a quarantined message a person set aside (messages dismiss)
 
 
 class CaseStatus(StrEnum):

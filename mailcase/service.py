@@ -635,6 +635,41 @@ def quarantined_messages(rt: Runtime, mailbox: str | None = None) -> list[tuple[
         return [(str(box), int(uid)) for box, uid in conn.execute(query)]
 
 
+def dismiss_message(rt: Runtime, mailbox: str, uid: int, *, by: str, why: str = "") -> None:
+    """Set a quarantined message aside for good (``dismissed``): one that can be fetched
+    no more (its folder rebuilt, its stored copy lost) or that needs no case.
+
+    Its row, raw bytes and reason are kept, the person and ``why`` added to the
+    reason; it no longer counts as waiting for a person. Raises NotFoundError
+    when (mailbox, uid) has no quarantined row.
+    """
+    with rt.store.transaction() as session:
+        entry = _quarantined_row(session, mailbox, uid)
+        entry.disposition = Disposition.DISMISSED
+        said = f"dismissed by {by}" + (f": {why.strip()}" if why.strip() else "")
+        entry.reason = f"{entry.reason}; {said}"[:2000]
+        session.add(entry)
+
+
+def _quarantined_row(session: Session, mailbox: str, uid: int) -> LedgerEntry:
+    """The quarantined ledger row of (mailbox, uid); else NotFoundError saying its state."""
+    rows = select(LedgerEntry).where(LedgerEntry.mailbox == mailbox, LedgerEntry.uid == uid)
+    # The quarantined row first: after the folder was rebuilt (a new UIDVALIDITY)
+    # a newer row may hold the same UID, and must not hide it for good.
+    entry = (
+        session.exec(
+            rows.where(LedgerEntry.disposition == Disposition.QUARANTINED).order_by(
+                col(LedgerEntry.id).desc()
+            )
+        ).first()
+        or session.exec(rows.order_by(col(LedgerEntry.id).desc())).first()
+    )
+    if entry is None or entry.disposition != Disposition.QUARANTINED:
+        state = "does not exist" if entry is None else f"is {entry.disposition}"
+        raise NotFoundError(f"message {uid} of mailbox {mailbox} {state}, not quarantined")
+    return entry
+
+
 def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
     """Process a quarantined message again from its stored raw bytes; return the new disposition.
 
@@ -644,20 +679,7 @@ def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
     it quarantined, to be retried again, never without a row.
     """
     with rt.store.transaction() as session:
-        rows = select(LedgerEntry).where(LedgerEntry.mailbox == mailbox, LedgerEntry.uid == uid)
-        # The quarantined row first: after the folder was rebuilt (a new UIDVALIDITY)
-        # a newer row may hold the same UID, and must not hide it for good.
-        entry = (
-            session.exec(
-                rows.where(LedgerEntry.disposition == Disposition.QUARANTINED).order_by(
-                    col(LedgerEntry.id).desc()
-                )
-            ).first()
-            or session.exec(rows.order_by(col(LedgerEntry.id).desc())).first()
-        )
-        if entry is None or entry.disposition != Disposition.QUARANTINED:
-            state = "does not exist" if entry is None else f"is {entry.disposition}"
-            raise NotFoundError(f"message {uid} of mailbox {mailbox} {state}, not quarantined")
+        entry = _quarantined_row(session, mailbox, uid)
         uidvalidity, received = entry.uidvalidity, entry.received_at
         size, raw_sha, reason = entry.size, entry.raw_sha256, entry.reason
     if reason.startswith(UNREADABLE):

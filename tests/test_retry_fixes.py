@@ -85,3 +85,21 @@ def test_retry_all_goes_on_past_a_message_whose_stored_copy_is_lost(
     assert "no longer on the server" in line and "Traceback" not in err
     [row] = cli.json("messages", "list", "--disposition", "quarantined")
     assert row["uid"] == uids[0]
+
+
+def test_a_quarantined_message_nothing_can_bring_back_can_be_dismissed(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    _, cli, [uid] = _quarantined(tmp_path, mailboxes, sink, capsys, [_photos(0)])
+    code, out, err = cli(
+        "messages", "dismiss", str(uid), "--mailbox", "contacto", "--reason", "spam"
+    )
+    assert code == 0 and out.strip() == f"message {uid} of mailbox contacto: dismissed", err
+    [row] = cli.json("messages", "list")
+    assert row["disposition"] == "dismissed" and row["reason"].endswith(": spam")
+    assert "MIME parts" in row["reason"] and "dismissed by cli:" in row["reason"]
+    assert cli.json("status", "--offline")["quarantined"] == 0  # not waiting for anyone
+    code, _, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 4 and "is dismissed, not quarantined" in err
+    code, _, err = cli("messages", "dismiss", str(uid), "--mailbox", "contacto")
+    assert code == 4 and "is dismissed" in err
