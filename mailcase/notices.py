@@ -51,7 +51,7 @@ CUSTOMER_KINDS = frozenset(
 )
 AGENT_KINDS = frozenset(
     {"agent_notification", "command_error", "unverified_agent", "delivery_failed", "not_relayed"}
-    | {"no_case"}
+    | {"no_case", "quarantined"}
 )
 SIGNING_KEY = "message_id_key"
 
@@ -115,6 +115,9 @@ _PER_CASE_CAPS = {
 }
 
 
+_QUARANTINED_PER_HOUR = 10
+
+
 def blocked(
     session: Session, settings: Settings, kind: str, rcpt: str, case_id: int | None = None
 ) -> str:
@@ -125,7 +128,8 @@ def blocked(
     Acknowledgements are capped per recipient and hour; agent notifications
     and relays per case and hour (loop breakers); the notice telling an agent
     that a message claimed their address, or that their mail named no case,
-    goes once per address and hour; and
+    goes once per address and hour; the notices of quarantined mail ten an
+    hour; and
     all notices per hour when ``limits.max_notices_per_hour`` is set.
     """
     mailboxes = {m.address for m in settings.mailboxes.values()}
@@ -147,6 +151,11 @@ def blocked(
         params = {"case": case_id, "kind": kind, "rcpt": rcpt, "since": since}
         if run(session, _CASE_KIND_SINCE, params).scalar_one() >= cap:
             return f"limits.{key} ({cap})"
+    if kind == "quarantined":
+        # A flood of broken mail (spam, a loop) must not become a flood of notices.
+        params = {"rcpt": rcpt, "kind": kind, "since": since}
+        if run(session, _TO_KIND_SINCE, params).scalar_one() >= _QUARANTINED_PER_HOUR:
+            return f"{_QUARANTINED_PER_HOUR} quarantined notices per hour"
     if kind in ("unverified_agent", "no_case"):
         params = {"rcpt": rcpt, "kind": kind, "since": since}
         if run(session, _TO_KIND_SINCE, params).scalar_one() >= 1:
@@ -476,19 +485,21 @@ def queue_without_case(
     subject: str,
     context: Mapping[str, Any] | None = None,
 ) -> Queued:
-    """Render and queue one ``kind`` notice to an agent about mail that belongs to no
-    case (``no_case``): from ``mailbox``'s address, about their mail's ``subject``.
+    """Render and queue one ``kind`` notice to agents about mail that belongs to no
+    case (``no_case``: an agent's; ``quarantined``: anyone's, that could not be
+    processed): from ``mailbox``'s address, about that mail's ``subject``.
 
     Guarded as :func:`queue_notice` is (written ``suppressed`` when held); its
     Message-ID is unsigned, so a reply to it is no agent's proof for any case.
     """
     box = settings.mailboxes.get(mailbox) or next(iter(settings.mailboxes.values()))
     language = settings.notices.language
-    unverified = bool((context or {}).get("unverified"))
+    # An unverified sender (a forged agent's From), or a stranger whose mail was
+    # quarantined, chose this subject: repeated as a stranger's is, so that the
+    # support address carries no link of theirs.
+    stranger = bool((context or {}).get("unverified")) or kind == "quarantined"
     full_context = {
-        # An unverified sender (a forged agent's From) chose this subject: repeated as
-        # a stranger's is, so that the support address carries no link of theirs.
-        "subject": echoable_subject(subject) if unverified else clip(subject),
+        "subject": echoable_subject(subject) if stranger else clip(subject),
         "mailbox_address": box.address,
         "company": settings.company.model_dump(),
         **(context or {}),
@@ -499,7 +510,7 @@ def queue_without_case(
         from_addr=box.address,
         from_name=settings.company.name,
         to_addr=ascii_domain(to),
-        subject=_NO_CASE_SUBJECT[language] if kind == "no_case" else kind,
+        subject=_CASELESS_SUBJECTS[kind][language].format(**full_context),
         message_id=new_message_id(box.address.rpartition("@")[2] or "localhost"),
         date=now,
         language=language,
@@ -528,7 +539,13 @@ def queue_without_case(
     return Queued(notice_id, reason)
 
 
-_NO_CASE_SUBJECT = {
-    "es": "Su correo no nombra ningún caso",
-    "en": "Your mail names no case",
+_CASELESS_SUBJECTS = {
+    "no_case": {
+        "es": "Su correo no nombra ningún caso",
+        "en": "Your mail names no case",
+    },
+    "quarantined": {
+        "es": "Correo en cuarentena: «{subject}»",
+        "en": 'Mail quarantined: "{subject}"',
+    },
 }

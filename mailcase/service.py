@@ -38,6 +38,7 @@ from mailcase.errors import (
     ConfigError,
     DatabaseError,
     MailboxError,
+    MailcaseError,
     MessageError,
     NotFoundError,
     StorageError,
@@ -45,7 +46,7 @@ from mailcase.errors import (
 )
 from mailcase.folio import echoable_subject, find_folios, remove_folio_tags, strip_reply_prefixes
 from mailcase.imap import HEAD_BYTES, FetchedMessage, ImapMailbox
-from mailcase.inbound import Attachment, InboundMail, content_digest, origin_of
+from mailcase.inbound import Attachment, InboundMail, content_digest, header_summary, origin_of
 from mailcase.logs import get_logger
 from mailcase.models import (
     Case,
@@ -567,7 +568,17 @@ def ingest_message(
         log.warning("message_quarantined", disposition="quarantined", reason=reason)
         try:
             with rt.store.transaction() as session:
-                entry = _quarantine(session, mailbox, uidvalidity, fetched, raw_sha, reason)
+                entry = _quarantine(
+                    session,
+                    mailbox,
+                    uidvalidity,
+                    fetched,
+                    raw_sha,
+                    reason,
+                    first_time=lambda: _tell_quarantined(
+                        rt.settings, session, mailbox, fetched, reason
+                    ),
+                )
         except SQLAlchemyError as db_exc:
             raise DatabaseError(
                 f"cannot record message {fetched.uid} of mailbox {mailbox}: {error_text(db_exc)}"
@@ -826,6 +837,40 @@ def _existing(
     return None if entry_id is None else session.get(LedgerEntry, entry_id)
 
 
+def _tell_quarantined(
+    settings: Settings, session: Session, mailbox: str, fetched: FetchedMessage, reason: str
+) -> None:
+    """Tell ``agents.notify`` that ``fetched`` was quarantined: its sender, subject and
+    why, and what to do (ten such notices an hour at most).
+
+    A customer whose mail cannot be processed gets no acknowledgement; without
+    this nobody heard of it until an admin looked at ``status`` or the ledger
+    (Zammad lists such mail to its admins; here agents are the ones told).
+    """
+    if not settings.agents.notify:
+        return
+    head = header_summary(fetched.raw)
+    try:
+        queue_without_case(
+            session,
+            settings,
+            "quarantined",
+            to=settings.agents.notify,
+            mailbox=mailbox,
+            subject=head.get("subject", ""),
+            context={
+                "sender": head.get("from", ""),
+                "mailbox": mailbox,
+                "uid": fetched.uid,
+                "reason": reason[:500],
+            },
+        )
+    except MailcaseError as exc:  # a broken override template must not lose the row
+        get_logger(mailbox=mailbox, uid=fetched.uid).warning(
+            "quarantine_notice_failed", error=str(exc)
+        )
+
+
 def _quarantine(
     session: Session,
     mailbox: str,
@@ -833,7 +878,12 @@ def _quarantine(
     fetched: FetchedMessage,
     raw_sha: str,
     reason: str,
+    *,
+    first_time: Callable[[], None] | None = None,
 ) -> LedgerEntry:
+    """The message's quarantined ledger row, written in ``session``: a new one, or its
+    row already there (a retry that failed again, a folder rebuilt). ``first_time``
+    is called when the row is new: the message was never quarantined before."""
     existing = _existing(session, mailbox, uidvalidity, fetched.uid)
     if existing is not None:
         if existing.disposition == Disposition.QUARANTINED and existing.reason != reason:
@@ -849,7 +899,7 @@ def _quarantine(
             session.add(entry)
             _advance(session, mailbox, uidvalidity, fetched.uid)
             return entry
-    return _write_ledger(
+    entry = _write_ledger(
         session,
         mailbox,
         uidvalidity,
@@ -860,6 +910,9 @@ def _quarantine(
         raw_sha256=raw_sha,
         size=fetched.full_size,
     )
+    if first_time is not None:
+        first_time()
+    return entry
 
 
 def _write_ledger(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cli, mail, write_config
+from helpers import NOTIFY, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -103,3 +103,42 @@ def test_a_quarantined_message_nothing_can_bring_back_can_be_dismissed(
     assert code == 4 and "is dismissed, not quarantined" in err
     code, _, err = cli("messages", "dismiss", str(uid), "--mailbox", "contacto")
     assert code == 4 and "is dismissed" in err
+
+
+def test_the_agents_are_told_once_of_a_message_quarantined(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # A customer whose mail cannot be processed gets no acknowledgement; nobody heard
+    # of it until an admin looked at `status` or the ledger.
+    _, cli, [uid] = _quarantined(tmp_path, mailboxes, sink, capsys, [_photos(0)], notify=True)
+    [told] = [m.message for m in sink.messages if m.rcpt_tos == [NOTIFY]]
+    assert told["Subject"] == "Correo en cuarentena: «Fotos 0»"
+    body = " ".join(told.get_body(("plain",)).get_content().split())
+    assert "c0@example.com" in body and "more than the limit of 3" in body
+    assert f"mailcase messages show {uid} --mailbox contacto" in body
+    # Met again (a retry that fails again): not told twice.
+    cli.config.write_text(
+        cli.config.read_text().replace("max_mime_parts = 500", "max_mime_parts = 3")
+    )
+    _, out, _ = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert out.strip() == f"message {uid} of mailbox contacto: quarantined"
+    assert len([m for m in sink.messages if m.rcpt_tos == [NOTIFY]]) == 1
+
+
+def test_notices_of_quarantined_mail_are_capped_per_hour(tmp_path: Path) -> None:
+    from helpers import offline_runtime
+
+    from mailcase.notices import queue_without_case
+
+    rt = offline_runtime(tmp_path, notify=True)
+    context = {"sender": "x@example.com", "mailbox": "contacto", "uid": 1, "reason": "r"}
+    with rt.store.transaction() as session:
+        held = [
+            queue_without_case(
+                session, rt.settings, "quarantined", to=NOTIFY, mailbox="contacto",
+                subject="spam", context=context,
+            ).held
+            for _ in range(11)
+        ]  # fmt: skip
+    rt.store.dispose()
+    assert [bool(h) for h in held] == [False] * 10 + [True]

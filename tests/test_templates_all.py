@@ -121,6 +121,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "mailbox_address": "contacto@internet-plarey.com.mx",
         "company": COMPANY,
     },
+    "quarantined": {
+        "subject": "Fotos del módem",
+        "sender": "Juan Pérez <juan.perez@example.com>",
+        "mailbox": "contacto",
+        "mailbox_address": "contacto@internet-plarey.com.mx",
+        "uid": 7,
+        "reason": "message has 7 MIME parts, more than the limit of 3",
+        "company": COMPANY,
+    },
     "no_case": {
         "unverified": False,
         "subject": "resolver lo de Rosa",
@@ -152,6 +161,7 @@ AGENT_ONLY = (
     "delivery_failed",
     "not_relayed",
     "no_case",
+    "quarantined",
 )
 
 
