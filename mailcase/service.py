@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -859,7 +860,9 @@ def _tell_quarantined(
             mailbox=mailbox,
             subject=head.get("subject", ""),
             context={
-                "sender": head.get("from", ""),
+                # The address alone: a display name is the sender's free text, and a
+                # link in it would reach agents as if from the support address.
+                "sender": parseaddr(head.get("from", ""))[1],
                 "mailbox": mailbox,
                 "uid": fetched.uid,
                 "reason": reason[:500],

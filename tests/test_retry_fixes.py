@@ -14,9 +14,10 @@ pytestmark = pytest.mark.integration
 LIMITED = "[limits]\nmax_mime_parts = 3\n"
 
 
-def _photos(n: int) -> bytes:
+def _photos(n: int, name: str = "") -> bytes:
     files = [(f"f{i}.png", "image/png", b"x" * 10 + bytes([i, n])) for i in range(5)]
-    return mail(sender=f"c{n}@example.com", subject=f"Fotos {n}", attachments=files)
+    sender = f'"{name}" <c{n}@example.com>' if name else f"c{n}@example.com"
+    return mail(sender=sender, subject=f"Fotos {n}", attachments=files)
 
 
 def _quarantined(
@@ -110,11 +111,13 @@ def test_the_agents_are_told_once_of_a_message_quarantined(
 ) -> None:
     # A customer whose mail cannot be processed gets no acknowledgement; nobody heard
     # of it until an admin looked at `status` or the ledger.
-    _, cli, [uid] = _quarantined(tmp_path, mailboxes, sink, capsys, [_photos(0)], notify=True)
+    spam = _photos(0, name="Gane en premios-plarey.example")
+    _, cli, [uid] = _quarantined(tmp_path, mailboxes, sink, capsys, [spam], notify=True)
     [told] = [m.message for m in sink.messages if m.rcpt_tos == [NOTIFY]]
     assert told["Subject"] == "Correo en cuarentena: «Fotos 0»"
     body = " ".join(told.get_body(("plain",)).get_content().split())
-    assert "c0@example.com" in body and "more than the limit of 3" in body
+    assert "De: c0@example.com Asunto:" in body and "more than the limit of 3" in body
+    assert "premios-plarey" not in body  # the sender's display name is free text
     assert f"mailcase messages show {uid} --mailbox contacto" in body
     # Met again (a retry that fails again): not told twice.
     cli.config.write_text(
