@@ -109,7 +109,7 @@ class InboundMail:
     size: int
     defects: tuple[str, ...] = ()
     # Without a Message-ID: the hash of the message without the header fields each
-    # delivery adds (_content_sha256); "" when it has an id.
+    # delivery adds (content_digest); "" when it has an id.
     content_sha256: str = ""
     # HTML-only mail with a client's quote element: the text above it, without
     # the attribution line right above it; None otherwise (see html_texts).
@@ -294,7 +294,7 @@ def parse_inbound(
         headers=MappingProxyType(headers),
         content_type=_content_type(message.get_content_type()),
         raw_sha256=hashlib.sha256(raw).hexdigest(),
-        content_sha256="" if message_id else _content_sha256(raw),
+        content_sha256="" if message_id else content_digest(raw),
         text_above_quote=text_above_quote,
         size=len(raw),
         defects=tuple(sorted(str(c) for c in (parsed.defects_categories or ()))),
@@ -664,16 +664,11 @@ _TRACE_PREFIXES = (b"arc-", b"x-spam", b"x-virus", b"x-rspamd", b"x-ms-exchange-
 
 
 def content_digest(raw: bytes) -> str:
-    """What two copies of one message share whatever their deliveries added: the
-    sha256 of ``raw`` without its trace fields (line ends as LF); never raises."""
-    return _content_sha256(raw)
-
-
-def _content_sha256(raw: bytes) -> str:
     """sha256 of ``raw`` without its trace fields, line ends as LF; never raises.
 
-    Two copies of one message without a Message-ID, delivered to two of our
-    mailboxes, differ only in what each delivery added on top of the header.
+    What two copies of one message share whatever their deliveries added: two
+    copies without a Message-ID, delivered to two of our mailboxes, differ only
+    in what each delivery added on top of the header.
     """
     data = raw.replace(b"\r\n", b"\n")
     head, sep, body = data.partition(b"\n\n")

@@ -115,7 +115,10 @@ _PER_CASE_CAPS = {
 }
 
 
-_QUARANTINED_PER_HOUR = 10
+# Kinds capped per recipient and hour, whatever the case: what a stranger's mail
+# can make us send to an agent (a claim to their address, a forged "no case"
+# mail), and a flood of broken mail (spam, a loop) told to agents.notify.
+_PER_ADDRESS_CAPS = {"unverified_agent": 1, "no_case": 1, "quarantined": 10}
 
 
 def blocked(
@@ -151,15 +154,13 @@ def blocked(
         params = {"case": case_id, "kind": kind, "rcpt": rcpt, "since": since}
         if run(session, _CASE_KIND_SINCE, params).scalar_one() >= cap:
             return f"limits.{key} ({cap})"
-    if kind == "quarantined":
-        # A flood of broken mail (spam, a loop) must not become a flood of notices.
+    per_address = _PER_ADDRESS_CAPS.get(kind)
+    if per_address is not None:
         params = {"rcpt": rcpt, "kind": kind, "since": since}
-        if run(session, _TO_KIND_SINCE, params).scalar_one() >= _QUARANTINED_PER_HOUR:
-            return f"{_QUARANTINED_PER_HOUR} quarantined notices per hour"
-    if kind in ("unverified_agent", "no_case"):
-        params = {"rcpt": rcpt, "kind": kind, "since": since}
-        if run(session, _TO_KIND_SINCE, params).scalar_one() >= 1:
-            return f"one {kind} notice per address and hour"
+        if run(session, _TO_KIND_SINCE, params).scalar_one() >= per_address:
+            if per_address == 1:
+                return f"one {kind} notice per address and hour"
+            return f"{per_address} {kind} notices per hour"
     if limits.max_notices_per_hour is not None:
         total = run(session, _NOTICES_SINCE, {"since": since}).scalar_one()
         if total >= limits.max_notices_per_hour:

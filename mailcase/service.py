@@ -441,11 +441,11 @@ def _checkpoint(
     """The last UID ingested for (name, uidvalidity), a new UIDVALIDITY starting over; and
     whether this is the first contact with the mailbox: no poll of it has completed yet.
 
-    ``source`` is the server, account and folder the mailbox reads
-    (:func:`_source_of`). When the configuration points the mailbox at another
-    one, that is a first contact too: its history is mail mailcase never saw,
-    and its UIDs say nothing about the old folder's (the same UIDVALIDITY
-    would have skipped its mail). The source is kept in ``key_values``; a
+    ``source`` is the account and folder the mailbox reads (:func:`_source_of`).
+    When the configuration points the mailbox at another one, that is a first
+    contact too: its history is mail mailcase never saw, and its UIDs say
+    nothing about the old folder's (the old rows under the same UIDVALIDITY are
+    moved aside, :func:`_retire_rows_at`). The source is kept in ``key_values``; a
     checkpoint without one (written before it was kept) takes the current one.
     """
     with store.transaction() as session:
@@ -1145,8 +1145,9 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
         if case is not None:
             by_folio.append(case_ref(session, case))
     in_text = []
-    if not by_folio and not referenced:
-        # "…mi reporte con folio PLR-2026-000001, sigo sin servicio" under a new subject.
+    # "…mi reporte con folio PLR-2026-000001, sigo sin servicio" under a new subject;
+    # the quote cut off (customer_text) only when the text names a folio at all.
+    if not by_folio and not referenced and find_folios(mail.text, settings.folio.prefix):
         named = find_folios(customer_text(mail.text, mail.subject), settings.folio.prefix)
         for folio in named[:_FOLIOS_IN_TEXT]:
             case = case_by_folio(session, folio)
@@ -1297,7 +1298,7 @@ def _apply(
                 else mail.references,
             )
         if not decision.quiet:
-            _notify_agents_of(session, settings, case, "new", mail, related=decision.related)
+            _notify_agents_of(session, settings, case, "new", mail, text, related=decision.related)
         return case
     if decision.case is None:
         return None
@@ -1344,15 +1345,15 @@ def _apply(
             },
         )
     else:
-        _record_inbound(rt, session, case, mail, raw_sha, "customer")
+        text = customer_text(mail.text, mail.subject)
+        _record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
         if mail.sender == case.customer:
             case.last_customer_at = now
             casework.add_participants(session, settings, case, mail.cc)
         if decision.reopen:
             casework.reopen(session, case, by=mail.sender)
-        _notify_agents_of(
-            session, settings, case, "reopened" if decision.reopen else "update", mail
-        )
+        reason = "reopened" if decision.reopen else "update"
+        _notify_agents_of(session, settings, case, reason, mail, text)
     if note:
         casework.record(session, case, "system", note)
     return case
@@ -1364,11 +1365,13 @@ def _notify_agents_of(
     case: Case,
     reason: str,
     mail: InboundMail,
+    text: str,
     *,
     related: Sequence[str] = (),
 ) -> None:
-    """Tell ``agents.notify`` what ``mail`` brought to ``case``; and the case's area, which
-    must answer it (as Zammad, OTRS/Znuny and FreeScout tell a ticket's group)."""
+    """Tell ``agents.notify`` what ``mail`` brought to ``case`` (``text``: its words, as
+    the case keeps them); and the case's area, which must answer it (as Zammad,
+    OTRS/Znuny and FreeScout tell a ticket's group)."""
     recipients = [settings.agents.notify]
     area = settings.areas.get(case.area or "")
     if area is not None and area.notify != settings.agents.notify:
@@ -1381,7 +1384,7 @@ def _notify_agents_of(
             settings,
             case,
             reason,
-            text=customer_text(mail.text, mail.subject),
+            text=text,
             attachments=[a.filename for a in mail.attachments],
             files=files,
             not_attached=left,
@@ -1673,8 +1676,12 @@ def _record_bounce(
     # "bounce" folding 100,000 ids into its Message-ID field cost one SELECT each
     # (half a minute on PostgreSQL), and on PostgreSQL an IN list is capped too.
     wanted = list(dict.fromkeys(report.message_ids))[:_BOUNCE_IDS_LOOKED_UP]
-    found = session.exec(select(Notice).where(col(Notice.message_id).in_(wanted))).all()
-    by_id = {n.message_id: n for n in found} if wanted else {}
+    found = (
+        session.exec(select(Notice).where(col(Notice.message_id).in_(wanted))).all()
+        if wanted
+        else []
+    )
+    by_id = {n.message_id: n for n in found}
     notices = [by_id[mid] for mid in wanted if mid in by_id]
     if not notices and named is not None:
         notices = _notices_named_in(session, named, report, raw)
