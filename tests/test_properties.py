@@ -740,6 +740,7 @@ def _never_evaluated(inputs: list[str], output: str) -> None:
     ),
 )
 @example(language="es", name="{{7*7}}", subject="<script>x</script>\u2028Bcc: a@b", to_local="a")
+@example(language="es", name="", subject="", to_local="=?")  # found by a CI run
 def test_acknowledgement_of_any_customer_strings(
     language: str, name: str, subject: str, to_local: str
 ) -> None:
@@ -767,7 +768,11 @@ def test_acknowledgement_of_any_customer_strings(
         language=language,
     )
     msg = _reparse(build_message(envelope, body), to)
-    assert sorted(k.lower() for k in msg) == NOTICE_HEADERS
+    expected = NOTICE_HEADERS
+    if "=?" in to_local:
+        # wire.identifiers leaves out an id a decoder could read as an encoded word.
+        expected = [h for h in NOTICE_HEADERS if h not in ("in-reply-to", "references")]
+    assert sorted(k.lower() for k in msg) == expected
     assert msg.get_all("Bcc") is None
     assert len(msg.get_all("Subject") or []) == 1
     # The customer reads exactly what was rendered (line endings aside).
