@@ -42,6 +42,8 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "repeated",  # the same command twice in one reply
     "conflict",  # #cerrar with #reabrir, or #nota with #resolver, in one reply
     "after_close",  # resolve, visit or route below this reply's own #cerrar
+    "after_resolve",  # route (or a visit's cancel) below this reply's own #resolver
+    "settles_visit",  # #visita with #resolver or #cerrar in one reply: they would cancel it
     "no_visit",  # "#visita cancelar" on a case with no visit still ahead
 )
 
@@ -128,12 +130,17 @@ def command_problems(
     fine). One reply holds each command once; ``#cerrar`` with ``#reabrir``
     contradict each other, and so do ``#nota`` and ``#resolver``: the text
     below the commands would be both an internal note and the causes sent to
-    the customer. ``text`` is the reply's words below the commands;
-    ``visit_ahead``: the case has a home visit still ahead, which
+    the customer. A visit booked with ``#resolver`` or ``#cerrar`` in one
+    reply, in either order, would tell the customer of a visit and of its
+    cancellation at once (``settles_visit``); ``#area`` below the reply's own
+    ``#resolver`` is out of order (``after_resolve``: the agent is told to
+    write it above, not to reopen a case nobody resolved yet). ``text`` is the
+    reply's words below the commands; ``visit_ahead``: the case has a home visit still ahead, which
     ``#visita cancelar`` needs.
     """
     problems: list[tuple[str, str]] = []
     seen: set[CommandKind] = set()
+    booked = False  # a visit scheduled by this reply
     opposite = {
         CommandKind.CLOSE: CommandKind.REOPEN,
         CommandKind.REOPEN: CommandKind.CLOSE,
@@ -147,10 +154,16 @@ def command_problems(
             problem = "repeated"
         elif opposite.get(kind) in seen:
             problem = "conflict"
+        elif (booked and kind in _SETTLES) or (
+            kind is CommandKind.VISIT and not command.cancel and seen & _SETTLES
+        ):
+            problem = "settles_visit"
         elif CommandKind.CLOSE in seen and kind in _NEEDS_OPEN:
             # "#cerrar" then "#resolver" in one reply: the case is not closed, the
             # order is wrong; "write #reabrir first" would only make a conflict.
             problem = "after_close"
+        elif CommandKind.RESOLVE in seen and kind in _NEEDS_OPEN:
+            problem = "after_resolve"
         elif kind is CommandKind.RESOLVE:
             problem = resolve_problem(status, text)
         elif kind is CommandKind.VISIT and command.cancel:
@@ -168,6 +181,7 @@ def command_problems(
         if problem is not None:
             problems.append((command.line, problem))
             continue
+        booked = booked or (kind is CommandKind.VISIT and not command.cancel)
         if kind is CommandKind.CLOSE:
             status = CaseStatus.CLOSED
         elif kind is CommandKind.REOPEN:
@@ -177,6 +191,22 @@ def command_problems(
     return problems
 
 
+def untold_changes(commands: Sequence[Command], *, visit_cancelled: bool) -> list[str]:
+    """What ``commands`` changed that a customer with a mail address would have been sent:
+    "resolve", "visit" (a visit booked or moved) and "visit_cancelled" (a visit still
+    ahead cancelled by ``#visita cancelar``, ``#resolver`` or ``#cerrar``). On a phone
+    case nobody was told them, and the agent must call."""
+    kinds = {c.kind for c in commands}
+    booked = any(c.kind is CommandKind.VISIT and not c.cancel for c in commands)
+    untold = ["resolve"] if CommandKind.RESOLVE in kinds else []
+    if booked:
+        untold.append("visit")
+    elif visit_cancelled:
+        untold.append("visit_cancelled")
+    return untold
+
+
+_SETTLES = frozenset({CommandKind.RESOLVE, CommandKind.CLOSE})  # each cancels a visit ahead
 _NEEDS_OPEN = frozenset({CommandKind.RESOLVE, CommandKind.VISIT, CommandKind.ROUTE})
 
 _REFUSALS = {
@@ -449,13 +479,10 @@ def schedule_visit(
         now=now_local.strftime("%Y-%m-%d %H:%M %Z"),
     )
     previous = ""
-    if (
-        case.visit_date is not None
-        and visit_problem(CaseStatus.OPEN, case.visit_date, case.visit_time, now_local)
-        != "visit_in_past"
-    ):
+    if visit_ahead(case, now_local):
         # Still ahead: this one replaces it. One that took place (a second visit
-        # after a repair that did not hold) is not cancelled.
+        # after a repair that did not hold, today's with no time included) is not
+        # cancelled.
         previous = _visit_text(case.visit_date, case.visit_time, case.language)
     if previous == _visit_text(day, hour, case.language) or (
         case.visit_date == day and case.visit_time is None

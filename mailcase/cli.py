@@ -597,7 +597,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         visit = _visit_when(args.date, args.time)
     store = _open_store(settings, create=True)
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
-    has_customer = True
+    has_customer, visit_cancelled = True, False
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -626,6 +626,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 raise NotFoundError(f"no case with folio {args.folio}")
             folio, case_id = found.folio, found.id
             has_customer = bool(found.customer)
+            now_local = utcnow().astimezone(settings.folio.zone)
+            visit_was_ahead = casework.visit_ahead(found, now_local)
             if args.action == "resolve":
                 casework.resolve(session, settings, found, args.outcome, args.cause, by=by)
             elif args.action == "note":
@@ -643,15 +645,22 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 casework.close(session, settings, found, by=by)
             else:
                 casework.reopen(session, found, by=by)
+            visit_cancelled = visit_was_ahead and not casework.visit_ahead(found, now_local)
     if args.action == "open" and args.json:
         _print_json({"folio": folio})
     else:
         print(f"{folio}: {args.action} done")
-    if args.action in ("resolve", "visit") and not has_customer:
-        # A phone case: no notice was queued, and the customer must still be told.
+    untold = [
+        *(["resolution"] if args.action == "resolve" else []),
+        *(["visit"] if args.action == "visit" and not args.cancel else []),
+        *(["cancelled visit"] if visit_cancelled else []),
+    ]
+    if untold and not has_customer:
+        # A phone case: no notice was queued, and the customer must still be told
+        # (a visit cancelled by resolving or closing too: nobody must wait at home).
         print(
             f"mailcase: case {folio} has no customer mail address: the customer was not "
-            f"told of the {'resolution' if args.action == 'resolve' else 'visit'}; call them",
+            f"told of the {' and the '.join(untold)}; call them",
             file=sys.stderr,
         )
     _deliver_after_commit(store, settings, after=watermark, case_id=case_id)

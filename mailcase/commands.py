@@ -254,7 +254,7 @@ def command_kind(line: str) -> CommandKind | None:
     words = _without_format_characters(line[1:]).split()
     if not words or line[1:2].isspace():
         return None
-    return _NAMES.get(_fold(words[0]).removesuffix(":"))
+    return _NAMES.get(_fold(words[0]).rstrip(_TRAILING_PUNCTUATION))
 
 
 def _parse_line(line: str) -> Command | CommandProblem:
@@ -265,8 +265,9 @@ def _parse_line(line: str) -> Command | CommandProblem:
         # "# nota" reads as a Markdown heading or a list, not as "#nota".
         words = []
     # A colon after the name ("#nota:", "#visita: 2026-12-03") is how many
-    # people write a label; accept it rather than bounce the message.
-    name = _fold(words[0]).removesuffix(":") if words else ""
+    # people write a label, and a period ends "#cerrar." as a sentence; accept
+    # them rather than bounce the message.
+    name = _fold(words[0]).rstrip(_TRAILING_PUNCTUATION) if words else ""
     kind = _NAMES.get(name)
     if kind is None:
         # Also "#1 en mi lista", "# nota" and a bare "#": the agent's block
@@ -348,10 +349,21 @@ def parse_time(word: str) -> time | None:
 _ADDRESS_RE = re.compile(r"[^@\s<>()\[\],;:\"]+@[a-z0-9-]+(\.[a-z0-9-]+)+", re.ASCII)
 
 
+# Outlook's text part writes a typed address as the link it made of it:
+# "juan@x.mx<mailto:juan@x.mx>", or with a space before the link.
+_MAILTO_RE = re.compile(r"^<?(?:mailto:)?([^<>\s]+)>?\s*<mailto:([^<>\s]+)>$", re.IGNORECASE)
+
+
 def _participant(line: str, args: list[str]) -> Command | CommandProblem:
     if not args:
         return CommandProblem(line, "missing_address")
+    written = " ".join(args)
+    linked = _MAILTO_RE.fullmatch(written)
+    if linked and linked.group(1).lower() == linked.group(2).lower():
+        args = [linked.group(1)]
     address = args[0].strip("<>").lower()
+    if address.startswith("mailto:"):
+        address = address.removeprefix("mailto:")
     if len(args) > 1 or not _ADDRESS_RE.fullmatch(address):
         return CommandProblem(line, "bad_address")
     return Command(CommandKind.PARTICIPANT, address=address, line=line)

@@ -1292,6 +1292,9 @@ def _apply(
                 case,
                 "acknowledgement",
                 to=case.customer,
+                # Opened by an agent (a forward, or a mail to the customer): the
+                # customer wrote no message to support, and is not told one came.
+                context={"opened_by_agent": decision.role is Role.AGENT},
                 in_reply_to=mail.message_id,
                 references=(*mail.references, mail.message_id)
                 if mail.message_id
@@ -1458,10 +1461,15 @@ def _agent_message(
     is_note = CommandKind.NOTE in kinds or (kinds and CommandKind.RESOLVE not in kinds)
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
+    now_local = utcnow().astimezone(settings.folio.zone)
+    visit_was_ahead = casework.visit_ahead(case, now_local)
     for command in parsed.commands:
         _run_command(session, settings, case, command, text, by)
     if parsed.commands:
-        untold = [c.kind.value for c in parsed.commands if c.kind in _CUSTOMER_IS_TOLD]
+        untold = casework.untold_changes(
+            parsed.commands,
+            visit_cancelled=visit_was_ahead and not casework.visit_ahead(case, now_local),
+        )
         if untold and not case.customer:
             # A phone case: the resolution or visit reached nobody; the agent must call.
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
@@ -1622,10 +1630,6 @@ def _megabytes(size: int) -> str:
         return ""
     value, unit = (size / 1_000_000, "MB") if size >= 1_000_000 else (size / 1000, "KB")
     return f"{value:,.1f}".removesuffix(".0") + f" {unit}"
-
-
-# Commands whose outcome the customer is sent (when the case has an address).
-_CUSTOMER_IS_TOLD = frozenset({CommandKind.RESOLVE, CommandKind.VISIT})
 
 
 def _run_command(

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.utils import getaddresses
 from enum import StrEnum
 
 from mailcase.classify import Classification, MailKind, is_automatic_address
@@ -236,8 +237,18 @@ def _opened_by_agent(mail: InboundMail, insiders: frozenset[str]) -> Decision:
                 role=Role.AGENT,
                 reason=f"agent {mail.sender} wrote to {address}",
                 customer=address,
+                customer_name=_name_written_for(mail, address),
             )
     return Decision(Disposition.NO_CASE, role=Role.AGENT, reason="agent's mail names no case")
+
+
+def _name_written_for(mail: InboundMail, address: str) -> str:
+    """The display name ``mail``'s To or Cc gives ``address`` ("Rosa Díaz" <rosa@…>), or ""."""
+    fields = (*mail.headers.get("to", ()), *mail.headers.get("cc", ()))
+    for name, written in getaddresses(fields):
+        if written.strip().lower() == address:
+            return name.strip()
+    return ""
 
 
 def _within(resolved_at: datetime | None, now: datetime | None, days: int) -> bool:

@@ -42,7 +42,9 @@ def test_a_closed_case_is_reopened_first() -> None:
     # In order: reopened by the line before, then resolved.
     assert problems("#reabrir\n#resolver procedente\nListo.", status="closed") == []
     # Below this reply's own #cerrar: put it above (not "reopen first", a conflict).
-    assert problems("#cerrar\n#visita 2026-12-01") == [("#visita 2026-12-01", "after_close")]
+    assert problems("#cerrar\n#area redes") == [("#area redes", "after_close")]
+    # A visit with #cerrar, in either order: the close would cancel it.
+    assert problems("#cerrar\n#visita 2026-12-01") == [("#visita 2026-12-01", "settles_visit")]
     # A resolved case too: a second agent's resolution contradicted the first one
     # the customer had read, and a visit booked after it was cancelled by the closing.
     for reply in ("#resolver improcedente\nNo hubo falla.", "#visita 2026-12-01", "#area redes"):

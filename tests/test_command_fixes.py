@@ -450,9 +450,7 @@ def test_a_reply_written_under_the_quote_has_no_text_above_it() -> None:
 # --- 5. #cerrar above a command it should follow --------------------------------------
 
 
-@pytest.mark.parametrize(
-    "line", ["#resolver procedente", "#visita 2026-12-03 10:00", "#area redes"]
-)
+@pytest.mark.parametrize("line", ["#resolver procedente", "#area redes"])
 def test_a_command_below_this_replys_own_close_is_told_to_go_above_it(line: str) -> None:
     # It used to read "the case is closed: write #reabrir first", and doing so
     # then failed as #cerrar contradicting #reabrir.
@@ -462,6 +460,20 @@ def test_a_command_below_this_replys_own_close_is_told_to_go_above_it(line: str)
     # In the right order it applies.
     parsed = parse_commands(f"{line}\n#cerrar\nSe cambió el módem.")
     assert command_problems(parsed.commands, parsed.text, "open", now) == []
+
+
+def test_a_visit_and_a_close_in_one_reply_are_refused_in_either_order() -> None:
+    # Closing cancels the visit: the customer would get both notices at once.
+    # (Fifth review round: "#visita" above "#cerrar", as after_close advised, went through.)
+    now = datetime(2026, 11, 27, 12, 0)
+    for reply, line in (
+        ("#cerrar\n#visita 2026-12-03 10:00", "#visita 2026-12-03 10:00"),
+        ("#visita 2026-12-03 10:00\n#cerrar", "#cerrar"),
+    ):
+        parsed = parse_commands(reply)
+        assert command_problems(parsed.commands, parsed.text, "open", now) == [
+            (line, "settles_visit")
+        ]
 
 
 def test_today_without_a_time_after_visiting_hours_is_past() -> None:
