@@ -135,6 +135,20 @@ class _Health:
     mailbox_at_fault: bool = False
 
 
+def backoff_delay(interval_seconds: float, failures: int) -> timedelta:
+    """The wait after ``failures`` failed polls in a row: the interval doubled per
+    failure, at most :data:`MAX_BACKOFF`, for any number of failures.
+
+    The exponent is capped before multiplying: ``timedelta * 2 ** 41`` overflows,
+    which after about 42 failures (nine hours of an outage) ended the back-off and
+    had the mailbox polled at every interval again, one refused login a minute.
+    """
+    # 2**10 seconds already pass MAX_BACKOFF, whatever the interval (at least 1 s).
+    doublings = min(max(failures - 1, 0), 10)
+    base = min(interval_seconds, MAX_BACKOFF.total_seconds())
+    return min(timedelta(seconds=base) * (1 << doublings), MAX_BACKOFF)
+
+
 class Daemon:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -216,11 +230,7 @@ class Daemon:
         except (MailboxError, DatabaseError, ConfigError) as exc:
             record_mailbox_failure(self.rt, name, str(exc))
             health.failures += 1
-            delay = min(
-                timedelta(seconds=self.rt.settings.poll.interval_seconds)
-                * 2 ** (health.failures - 1),
-                MAX_BACKOFF,
-            )
+            delay = backoff_delay(self.rt.settings.poll.interval_seconds, health.failures)
             # Counted from the failure, not from the attempt's start: a connect
             # that took seconds to fail must not shorten the promised wait.
             health.retry_at = utcnow() + delay

@@ -8,7 +8,8 @@ fetches or changes anything, so it cannot lose or duplicate mail: polling on
 
 IDLE is re-issued every 25 minutes, under the 29 minutes after which RFC 2177
 lets servers drop an idle client. A dropped connection reconnects with
-back-off (1 s doubling to 5 min), and never before the mailbox's own retry
+back-off (1 s doubling to 5 min; back to 1 s only after IDLE worked for a
+minute, not at a mere login), and never before the mailbox's own retry
 time while its polls are failing (``hold``), so an outage costs no extra
 logins. One outage logs one ``idle_failed`` (its first failure) and one
 ``idle_resumed``; the mailbox's ``mailbox_failed`` events carry the rest. An
@@ -37,6 +38,7 @@ RENEW_SECONDS = 25 * 60
 _EXPECTED = (MailboxError, ConfigError, IMAPClientError, OSError)
 CHECK_SECONDS = 1.0  # how often the thread looks at the stop flag while idling
 MAX_BACKOFF = 300.0
+HEALTHY_SECONDS = 60.0  # of working IDLE before a new outage's back-off starts at 1 s again
 
 
 class IdleWatcher(threading.Thread):
@@ -62,13 +64,13 @@ class IdleWatcher(threading.Thread):
         self.supported: bool | None = None  # known after the first login
         self.ready = threading.Event()  # set once IDLE is running (for tests and logs)
         self.log = get_logger(mailbox=name)
+        self._backoff = 1.0  # seconds before the next reconnect after a failure
+        self._failing = False  # an outage is being reported (idle_failed logged)
 
     def run(self) -> None:
-        backoff = 1.0
         first = True
-        failing = False
         while not self.stop.is_set():
-            wait = backoff
+            wait = self._backoff
             try:
                 with ImapMailbox(self.mailbox, self.settings) as box:
                     # Asked of the connection itself: ImapMailbox.has_capability says
@@ -78,10 +80,6 @@ class IdleWatcher(threading.Thread):
                         self.log.info("idle_unsupported")
                         self.ready.set()
                         return
-                    backoff = 1.0
-                    if failing:
-                        failing = False
-                        self.log.info("idle_resumed")
                     if first:
                         # Mail that arrived between the daemon's first poll and
                         # this SELECT is never announced to it: poll once now
@@ -92,22 +90,36 @@ class IdleWatcher(threading.Thread):
                     self._watch(box)
             except Exception as exc:  # never let the thread die silently
                 self.ready.clear()
-                wait = max(backoff, self.hold())
-                if not failing:  # one event per outage
+                wait = max(self._backoff, self.hold())
+                if not self._failing:  # one event per outage
                     if isinstance(exc, _EXPECTED):
                         self.log.warning("idle_failed", error=str(exc), retry_in=round(wait, 1))
                     else:
                         self.log.exception("idle_crashed", retry_in=round(wait, 1))
-                failing = True
+                self._failing = True
             if self.stop.wait(wait):
                 break
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    def _idling(self, since: float) -> None:
+        """IDLE answered as it should (a wait, or news) since ``since``.
+
+        A login alone proves nothing: a server that refuses IDLE (``NO [LIMIT]``)
+        or drops it at once accepted the login too, and resetting the back-off
+        there had the watcher log in again every second, for ever. The back-off
+        starts again from 1 s only after :data:`HEALTHY_SECONDS` of working IDLE.
+        """
+        if time.monotonic() - since >= HEALTHY_SECONDS:
+            self._backoff = 1.0
 
     def _watch(self, box: ImapMailbox) -> None:
         client = box.client
         while not self.stop.is_set():
-            client.idle()
+            client.idle()  # raises when the server refuses IDLE
             self.ready.set()
+            if self._failing:  # the server accepted IDLE: the outage is over
+                self._failing = False
+                self.log.info("idle_resumed")
             started = time.monotonic()
             new_mail = False
             quick_empties = 0
@@ -121,6 +133,7 @@ class IdleWatcher(threading.Thread):
                     asked = time.monotonic()
                     responses = client.idle_check(timeout=CHECK_SECONDS)
                     if _reports_new_mail(responses):
+                        self._idling(started)
                         new_mail = True
                         break
                     # A connection the server closed reads as "nothing" at once,
@@ -132,6 +145,7 @@ class IdleWatcher(threading.Thread):
                             raise ConnectionError("the server closed the IDLE connection")
                     else:
                         quick_empties = 0
+                        self._idling(started)
             finally:
                 with contextlib.suppress(IMAPClientError, OSError):
                     # News that arrived while IDLE was being ended comes with DONE's answer.

@@ -1025,7 +1025,10 @@ def _ingest(
         facts,
         own_addresses=settings.own_addresses,
         agent_addresses=frozenset(settings.agents.addresses),
-        now=utcnow(),
+        # The reopen window is judged at the message's arrival on the server, as
+        # the folio's year is: a reply of day 29 read on day 31 (the daemon down
+        # over a holiday, a retry) reopens the case the resolution promised it would.
+        now=_arrival(fetched, met_at),
         reopen_days=settings.cases.reopen_days,
     )
     if age_gate and _too_old(settings, fetched, met_at):
@@ -1104,6 +1107,13 @@ def _copies_among(
 
 
 _ORIGINS_COMPARED = 20  # the latest rows under one id: a fixed id is reused without end
+
+
+def _arrival(fetched: FetchedMessage, met_at: datetime) -> datetime:
+    """When ``fetched`` reached the server (INTERNALDATE), never later than ``met_at``,
+    when mailcase first met it; ``met_at`` when the server gave no date."""
+    arrived = as_utc(fetched.internal_date)
+    return min(arrived, met_at) if arrived else met_at
 
 
 def _too_old(settings: Settings, fetched: FetchedMessage, met_at: datetime) -> bool:
