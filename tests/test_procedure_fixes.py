@@ -18,11 +18,13 @@ from helpers import CONTACTO, mail
 from test_agents import AGENT, CUSTOMER, NOTIFY, Desk, ahead, desk, text
 from test_case_rules import problems
 from test_desk_fixes import AUTHENTICATED, ROSA, trusting
+from test_templates_all import context as template_context
 
 from mailcase import casework
 from mailcase.commands import CommandKind, parse_commands
 from mailcase.config import load_settings
 from mailcase.models import Case
+from mailcase.render import render_body
 from mailcase.store import Store
 
 __all__ = ["desk"]
@@ -150,3 +152,37 @@ def test_a_case_an_agent_opened_is_not_acknowledged_as_the_customers_message(
     assert "Registramos su reporte «Su reporte de esta mañana»" in body
     # Greeted by the name the agent wrote.
     assert body.startswith("Hola, Rosa Díaz:")
+
+
+# --- What the notices say ---
+
+
+@pytest.mark.parametrize("language", ["es", "en"])
+def test_the_quarantine_notice_gives_the_commands_and_warns_against_a_second_folio(
+    language: str,
+) -> None:
+    # Registering it by hand and then retrying it gave the customer two folios.
+    body = render_body("quarantined", language, template_context("quarantined")).text
+    assert "mailcase messages retry 7 --mailbox contacto" in body
+    assert "mailcase messages dismiss 7 --mailbox contacto" in body
+    assert "sudo -u mailcase" in body
+    assert ("segundo folio" if language == "es" else "second folio") in body
+
+
+@pytest.mark.parametrize("language", ["es", "en"])
+def test_the_phone_notice_names_each_thing_the_customer_was_not_told(language: str) -> None:
+    def told(*untold: str) -> str:
+        ctx = template_context("not_relayed", reason="no_customer", untold=list(untold))
+        return render_body("not_relayed", language, ctx).text.split("\n\n", 1)[0]
+
+    if language == "es":
+        assert "la cancelación de la visita que tenía programada quedó registrada" in told(
+            "visit_cancelled"
+        )
+        assert "la resolución y la cancelación de la visita" in told("resolve", "visit_cancelled")
+        assert "quedaron registradas en el caso, pero no se le avisaron" in told("resolve", "visit")
+    else:
+        assert "the cancellation of the visit they had scheduled was recorded" in told(
+            "visit_cancelled"
+        )
+        assert "the resolution and the visit were recorded" in told("resolve", "visit")
