@@ -556,7 +556,9 @@ def _record_failure(
                 _tell_agents(session, settings, notice, str(exc))
             log.error("notice_failed", notice=notice_id, error=str(exc), permanent=permanent)
         else:
-            notice.next_attempt_at = now + retry_delay(notice.attempts)
+            # From the failure, not from the run's start: in a run longer than the
+            # delay (a slow server, a large backlog) the notice was due again at once.
+            notice.next_attempt_at = max(now, utcnow()) + retry_delay(notice.attempts)
             report.deferred += 1
             log.warning(
                 "notice_deferred", notice=notice_id, error=str(exc), attempts=notice.attempts

@@ -21,7 +21,8 @@ from mailcase.config import MailboxSettings
 from mailcase.daemon import MAX_BACKOFF, Daemon, backoff_delay
 from mailcase.idle import IdleWatcher
 from mailcase.imap import FetchedMessage
-from mailcase.models import Case
+from mailcase.models import Case, Notice
+from mailcase.outbox import deliver_outbox
 
 
 def test_the_back_off_never_overflows() -> None:
@@ -136,5 +137,28 @@ def test_a_reply_that_arrived_within_the_reopen_window_reopens(tmp_path: Path) -
         assert service.ingest_message(rt, "contacto", 1, fetched) == "follow_up"
         with rt.store.transaction() as session:
             assert len(session.exec(select(Case)).all()) == 1
+    finally:
+        rt.store.dispose()
+
+
+def test_a_deferred_notice_waits_from_its_failure_not_from_the_runs_start(
+    tmp_path: Path,
+) -> None:
+    rt = offline_runtime(tmp_path)  # SMTP on a closed port: every attempt fails, temporarily
+    fetched = FetchedMessage(uid=1, raw=mail(), internal_date=datetime.now(UTC))
+    assert service.ingest_message(rt, "contacto", 1, fetched) == "new_case"
+    try:
+        # A run that started half an hour ago (a slow server, a large backlog).
+        started = datetime.now(UTC) - timedelta(minutes=30)
+        with rt.store.transaction() as session:
+            for notice in session.exec(select(Notice)).all():
+                notice.next_attempt_at = started - timedelta(minutes=1)
+                session.add(notice)
+        report = deliver_outbox(rt.store, rt.settings, now=started)
+        assert report.deferred >= 1
+        with rt.store.transaction() as session:
+            waits = [n.next_attempt_at for n in session.exec(select(Notice)).all()]
+        # Counted from run start, each was due again at once (1 minute after it).
+        assert all(w is not None and w > datetime.now(UTC) for w in waits), waits
     finally:
         rt.store.dispose()
