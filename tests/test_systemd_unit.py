@@ -97,3 +97,14 @@ def test_unit_runs_the_daemon_as_a_notify_service() -> None:
     assert service["ConfigurationDirectory"] == ["mailcase"]
     # Passwords arrive as credentials, named in the config by password_credential.
     assert any(c.startswith("contacto.pw:") for c in service["LoadCredential"])
+
+
+def test_the_daemon_starts_after_the_network_and_the_clock() -> None:
+    # Folio years, reopen windows and visit checks read the wall clock.
+    unit = [
+        line.partition("=")[2].split()
+        for line in UNIT.read_text(encoding="utf-8").splitlines()
+        if line.startswith("After=")
+    ]
+    after = {target for targets in unit for target in targets}
+    assert {"network-online.target", "time-sync.target"} <= after
