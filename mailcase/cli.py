@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
 from mailcase import __version__
@@ -49,6 +50,7 @@ from mailcase.errors import (
     NotFoundError,
     SchemaTooNewError,
 )
+from mailcase.inbound import MAX_ADDRESS, MAX_NAME
 from mailcase.logs import configure
 from mailcase.models import (
     Case,
@@ -60,7 +62,7 @@ from mailcase.models import (
     NoticeStatus,
     StoredAttachment,
 )
-from mailcase.store import Store, case_by_folio
+from mailcase.store import Store, case_by_folio, error_text, failure_text, is_unavailable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +92,7 @@ def _mail_address(option: str, text: str) -> str:
     value = text.strip()
     named = _NAMED_ADDRESS.fullmatch(value)
     address = named.group(1).strip() if named else value
+    _refuse_long_address(option, address)
     # One line only: a line break would end the command and start its text.
     parsed = parse_commands(f"#participante {address}") if address.isprintable() else None
     found = parsed.commands if parsed is not None and not parsed.text else ()
@@ -99,6 +102,17 @@ def _mail_address(option: str, text: str) -> str:
             '(juan@example.com, or "Juan <juan@example.com>")'
         )
     return found[0].address
+
+
+def _refuse_long_address(option: str, address: str) -> None:
+    """UsageError when ``address`` is longer than any mail address can be (RFC 5321
+    4.5.3.1.3: :data:`~mailcase.inbound.MAX_ADDRESS`); PostgreSQL refused it as a
+    value too long for its column, with a traceback."""
+    if len(address) > MAX_ADDRESS:
+        raise UsageError(
+            f"{option} is {len(address)} characters long: a mail address has at most "
+            f"{MAX_ADDRESS} (RFC 5321)"
+        )
 
 
 def _outcome(text: str) -> str:
@@ -293,8 +307,10 @@ def entry() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    url = ""  # the database's, once the configuration is read
     try:
         settings = load_settings(config_path(args.config))
+        url = settings.database.url
         configure("debug" if args.debug else settings.log.level, settings.log.format)
         return _dispatch(args, settings)
     except ConfigError as exc:
@@ -309,6 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, EXIT_CONFIG)
     except MailcaseError as exc:
         return _fail(args, exc, EXIT_FAILURE)
+    except SQLAlchemyError as exc:
+        # Met after the store was opened (Store.open words its own failures): the
+        # server restarted under the command, the disk filled. The driver's words
+        # only: no SQL, no parameters (hide_parameters), no URL.
+        if is_unavailable(exc):
+            text = failure_text(url, exc)  # a read-only SQLite file: whose, and what to do
+            return _fail(args, exc, EXIT_DATABASE, f"database unavailable: {text}")
+        return _fail(args, exc, EXIT_FAILURE, f"database error: {error_text(exc)}")
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except OSError as exc:  # a file or directory the admin must fix; named in the message
@@ -317,10 +341,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, EXIT_FAILURE)
 
 
-def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+def _fail(
+    args: argparse.Namespace, exc: BaseException, code: int, message: str | None = None
+) -> int:
+    """Say ``message`` (else ``exc``) in one line on stderr, the traceback too with
+    ``--debug``; ``code``."""
     if args.debug:
         traceback.print_exc()
-    print(f"mailcase: {exc}", file=sys.stderr)
+    print(f"mailcase: {exc if message is None else message}", file=sys.stderr)
     return code
 
 
@@ -377,8 +405,18 @@ def _poll(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 if report.skipped:
                     skipped.append(name)
-    close_stale_cases(rt)
-    deliver_outbox(rt.store, settings)
+    try:
+        # A database failure here (a restart after the mailboxes were read) ends the
+        # command in main, one line and exit 3; what the mailboxes gave is said first.
+        close_stale_cases(rt)
+        deliver_outbox(rt.store, settings)
+    finally:
+        _say_mailbox_trouble(skipped, failed)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _say_mailbox_trouble(skipped: list[str], failed: list[MailboxError]) -> None:
+    """One line on stderr per mailbox that a poll skipped or could not read."""
     # A mailbox another instance is reading is not a failure of this host (exit 0),
     # but it was not read here: said, so that a cron job's mail or a person sees it.
     for name in skipped:
@@ -388,7 +426,6 @@ def _poll(args: argparse.Namespace, settings: Settings) -> int:
         )
     for failure in failed:
         print(f"mailcase: {failure}", file=sys.stderr)
-    return EXIT_FAILURE if failed else EXIT_OK
 
 
 @contextmanager
@@ -434,18 +471,32 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from mailcase.health import run_checks
+    from mailcase.health import CheckResult, config_file_warning, run_checks
 
-    results = run_checks(settings)
-    rows = [{"check": "config", "result": "ok", "detail": str(config_path(args.config))}]
-    rows += [
-        {"check": r.name, "result": "ok" if r.ok else "FAILED", "detail": r.detail} for r in results
+    config = config_path(args.config)
+    config_warning = config_file_warning(config.absolute())
+    results = [
+        CheckResult("config", True, config_warning or str(config), warning=bool(config_warning)),
+        *run_checks(settings),
     ]
-    _print_table(rows, ["check", "result", "detail"], width=200)
+    rows = [
+        {"check": r.name, "result": _check_result(r.ok, r.warning), "detail": r.detail}
+        for r in results
+    ]
+    # Details whole: a warning is said only here (a failure on stderr as well).
+    _print_table(rows, ["check", "result", "detail"], width=2000)
     failures = [r for r in results if not r.ok]
     for failure in failures:
         print(f"mailcase: {failure.name} failed: {failure.detail}", file=sys.stderr)
     return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _check_result(ok: bool, warning: bool) -> str:
+    """A row's result: a warning (a secret readable by every local user) does not fail
+    the check (see health._mode_warning), and is said in the row."""
+    if not ok:
+        return "FAILED"
+    return "ok (warning)" if warning else "ok"
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -589,8 +640,14 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         # (juan@telefonía-señal.mx goes out in its IDNA form), which #participante refuses.
         named = _NAMED_ADDRESS.fullmatch(args.customer.strip())
         customer = (named.group(1) if named else args.customer).strip().lower()
+        _refuse_long_address("--customer", customer)
         if customer and ("@" not in customer or any(c.isspace() for c in customer)):
             raise UsageError(f"--customer {args.customer!r} is not a mail address")
+        if len(args.name) > MAX_NAME:  # the column's length (Case.customer_name)
+            raise UsageError(
+                f"--name is {len(args.name)} characters long: a customer's name has at most "
+                f"{MAX_NAME}"
+            )
     elif args.action == "participant":
         participant = _mail_address("--add", args.add)
     elif args.action == "visit" and not args.cancel:
@@ -737,7 +794,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
     if args.action not in ("list", "show"):
         return _case_change(args, settings)
     store = _open_store(settings, create=False)
-    with store.transaction() as session:
+    with store.read_session() as session:
         if args.action == "list":
             query = select(Case).order_by(col(Case.created_at).desc(), col(Case.id).desc())
             if args.status:
@@ -799,7 +856,7 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "show":
         return _message_show(args, settings)
     store = _open_store(settings, create=False)
-    with store.transaction() as session:
+    with store.read_session() as session:
         query = (
             select(LedgerEntry, Case.folio)
             .join(Case, col(LedgerEntry.case_id) == col(Case.id), isouter=True)
@@ -872,7 +929,7 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.inbound import header_summary, origin_of
 
     store = _open_store(settings, create=False)
-    with store.transaction() as session:
+    with store.read_session() as session:
         row = session.exec(
             select(LedgerEntry, Case.folio)
             .join(Case, col(LedgerEntry.case_id) == col(Case.id), isouter=True)
@@ -937,7 +994,8 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.outbox import requeue
 
     store = _open_store(settings, create=args.action == "retry")
-    with store.transaction() as session:
+    # `outbox list` reads only: no write lock (see Store.read_session).
+    with store.transaction() if args.action == "retry" else store.read_session() as session:
         if args.action == "retry":
             if args.all:
                 ids = session.exec(

@@ -44,6 +44,8 @@ from datetime import date, time
 from enum import StrEnum
 from typing import Literal
 
+from mailcase.inbound import MAX_ADDRESS
+
 
 class CommandKind(StrEnum):
     """What a command asks mailcase to do with the case."""
@@ -364,7 +366,10 @@ def _participant(line: str, args: list[str]) -> Command | CommandProblem:
     address = args[0].strip("<>").lower()
     if address.startswith("mailto:"):
         address = address.removeprefix("mailto:")
-    if len(args) > 1 or not _ADDRESS_RE.fullmatch(address):
+    # Longer than RFC 5321 allows (4.5.3.1.3): no server delivers to it, and
+    # PostgreSQL refused it for its column, which quarantined the agent's mail.
+    too_long = len(address) > MAX_ADDRESS
+    if len(args) > 1 or too_long or not _ADDRESS_RE.fullmatch(address):
         return CommandProblem(line, "bad_address")
     return Command(CommandKind.PARTICIPANT, address=address, line=line)
 

@@ -89,6 +89,17 @@ def _own_address(value: str) -> str:
     )
 
 
+# Upper bounds of the durations. TOML and the environment accept inf, nan and 1e300
+# for a float, and any integer: each of them overflowed timedelta (or a socket's
+# timeout) at the first use, which quarantined every message of a first poll
+# (max_age_hours = inf) or crashed every delivery run (retry_for_hours = inf).
+# Far above any real setting, far below an overflow.
+MAX_HOURS = 87_600  # ten years
+MAX_DAYS = 3_650  # ten years
+MAX_INTERVAL_SECONDS = 86_400  # a day between polls
+MAX_TIMEOUT_SECONDS = 3_600  # an hour for one network operation
+
+
 class _Section(BaseModel):
     # hide_input_in_errors: a ValidationError's text (shown by --debug) would
     # otherwise quote the offending table, password and all.
@@ -269,7 +280,7 @@ class _Server(_Secret):
     security: Security = "tls"
     ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
     allow_insecure: bool = False  # permit security = "none" to a non-loopback host
-    timeout_seconds: float = Field(default=60.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)
 
     @field_validator("host")
     @classmethod
@@ -331,7 +342,7 @@ class MailboxSettings(_Server):
 
 
 class SmtpSettings(_Server):
-    retry_for_hours: float = Field(default=72.0, gt=0)
+    retry_for_hours: float = Field(default=72.0, gt=0, le=MAX_HOURS, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _oauth_user(self) -> Self:
@@ -439,10 +450,10 @@ class AreaSettings(_Section):
 
 
 class CasesSettings(_Section):
-    reopen_days: int = Field(
-        default=30, ge=0
-    )  # a customer reply within this reopens a resolved case
-    close_after_days: int = Field(default=7, ge=1)  # resolved cases close after this without reply
+    # A customer reply within this reopens a resolved case.
+    reopen_days: int = Field(default=30, ge=0, le=MAX_DAYS)
+    # Resolved cases close after this without a reply.
+    close_after_days: int = Field(default=7, ge=1, le=MAX_DAYS)
 
 
 class WebFormSettings(_Section):
@@ -484,7 +495,7 @@ class FolioSettings(_Section):
 
 
 class PollSettings(_Section):
-    interval_seconds: int = Field(default=60, ge=5)
+    interval_seconds: int = Field(default=60, ge=5, le=MAX_INTERVAL_SECONDS)
     batch_size: int = Field(default=50, ge=1, le=1000)
     # IMAP IDLE: None (default) uses it where the server advertises it.
     idle: bool | None = None
@@ -498,7 +509,7 @@ class NoticesSettings(_Section):
     # Until a first poll of a mailbox completes, only mail that reached the
     # server (IMAP INTERNALDATE) this recently is answered: a mailbox holding
     # years of mail opens those cases silently instead of mailing old customers.
-    max_age_hours: float = Field(default=72.0, gt=0)
+    max_age_hours: float = Field(default=72.0, gt=0, le=MAX_HOURS, allow_inf_nan=False)
     # What an agent attaches to a reply goes on to the customer with the words,
     # up to this many bytes in all per reply (0: attachments stay on the case).
     # Base64 makes them a third larger: 5 MB is a message under 7 MB, within

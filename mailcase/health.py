@@ -10,11 +10,15 @@ each mailbox how many messages wait above the checkpoint.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import stat
+import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, func, select
 
@@ -29,9 +33,13 @@ from mailcase.store import Store
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
+    """One row of ``mailcase check``. A ``warning`` is ok (the exit status stays 0) but
+    worth a person's look: printed as WARNING, and on stderr."""
+
     name: str
     ok: bool
     detail: str
+    warning: bool = False
 
 
 def _guard(name: str, check: Callable[[], str]) -> CheckResult:
@@ -64,6 +72,89 @@ def check_secret_files(settings: Settings) -> str:
     """Every secret file and credential is readable now (as ``run`` and ``poll`` require)."""
     check_secrets(settings)
     return "every secret file and credential is readable"
+
+
+# Keys whose value in the config file is a secret (the file is then as secret as it).
+_INLINE_SECRET_KEYS = frozenset({"password", "client_secret", "refresh_token", "signing_secret"})
+
+
+def config_file_warning(config: Path) -> str | None:
+    """A sentence when the config file may be written by every local user (``o+w``: they
+    could point mailcase at their own servers), or read by every one while it holds a
+    secret inline (a password, client secret, refresh token, signing secret, or the
+    database's password in ``database.url``); else None. See :func:`_mode_warning`."""
+    return _mode_warning("config file", config, readable_matters=_holds_inline_secret(config))
+
+
+def secret_file_warnings(settings: Settings) -> list[str]:
+    """A sentence per ``password_file``, ``client_secret_file``, ``refresh_token_file`` and
+    ``agents.signing_secret_file`` that every local user may read or write. systemd
+    credentials are systemd's to guard."""
+    found = (_mode_warning(key, path) for key, path in _secret_files(settings))
+    return [warning for warning in found if warning is not None]
+
+
+def _mode_warning(what: str, path: Path, *, readable_matters: bool = True) -> str | None:
+    """Why ``path`` is open to every local user, with the remedy; None when it is not.
+
+    A warning, not a failure, by choice: fetchmail and msmtp refuse such a file
+    and OpenSSH such a key, but ``run`` and ``poll`` start with them (an upgrade
+    must not stop a working service), and ``check`` says what ``run`` would do:
+    its row stays "ok", marked "(warning)", and the exit status 0. A file that
+    cannot be looked at is the ``secrets`` row's failure, not a warning here.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    readable = readable_matters and bool(mode & stat.S_IROTH)
+    writable = bool(mode & stat.S_IWOTH)
+    if not (readable or writable):
+        return None
+    how = " and ".join(word for word, on in (("readable", readable), ("writable", writable)) if on)
+    return (
+        f"{what} {path} is {how} by every local user (mode {mode:04o}): "
+        f"chmod 0640 {path}, owned by root, group mailcase"
+    )
+
+
+def _secret_files(settings: Settings) -> Iterator[tuple[str, Path]]:
+    """(the key, its file) for every configured secret file."""
+    sections: list[tuple[str, Any]] = [(f"mailboxes.{n}", m) for n, m in settings.mailboxes.items()]
+    sections += [("smtp", settings.smtp), ("agents", settings.agents)]
+    keys = ("password_file", "client_secret_file", "refresh_token_file", "signing_secret_file")
+    for prefix, section in sections:
+        for key in keys:
+            path = getattr(section, key, None)
+            if path is not None:
+                yield f"{prefix}.{key}", path
+
+
+def _holds_inline_secret(config: Path) -> bool:
+    """Whether the config file itself holds a secret (not one from the environment)."""
+    try:
+        with config.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
+    database = data.get("database")
+    url = database.get("url") if isinstance(database, dict) else None
+    if isinstance(url, str):
+        try:
+            if sa.make_url(url).password:
+                return True
+        except (SQLAlchemyError, ValueError):
+            pass  # make_engine says what is wrong with it
+    return _has_secret_key(data)
+
+
+def _has_secret_key(table: dict[str, Any]) -> bool:
+    for key, value in table.items():
+        if key in _INLINE_SECRET_KEYS and value:
+            return True
+        if isinstance(value, dict) and _has_secret_key(value):
+            return True
+    return False
 
 
 def check_storage(settings: Settings) -> str:
@@ -141,9 +232,9 @@ def check_smtp(settings: Settings) -> str:
 
 def run_checks(settings: Settings) -> list[CheckResult]:
     """Every check, in a stable order: secrets, database, storage, templates, each
-    mailbox, SMTP."""
+    mailbox, SMTP. The secrets row warns of secret files every local user may read."""
     results = [
-        _guard("secrets", lambda: check_secret_files(settings)),
+        _secrets_row(settings),
         _guard("database", lambda: check_database(settings)),
         _guard("storage", lambda: check_storage(settings)),
         _guard("templates", lambda: check_templates(settings)),
@@ -154,10 +245,19 @@ def run_checks(settings: Settings) -> list[CheckResult]:
     return results
 
 
+def _secrets_row(settings: Settings) -> CheckResult:
+    """The ``secrets`` row: readable secrets, with a warning per file open to all users."""
+    row = _guard("secrets", lambda: check_secret_files(settings))
+    warnings = secret_file_warnings(settings) if row.ok else []
+    if not warnings:
+        return row
+    return CheckResult(row.name, True, "; ".join(warnings), warning=True)  # all readable
+
+
 def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, Any]:
     """Per mailbox: last successful poll, errors, backlog; outbox and case counts, and how
-    many messages are quarantined."""
-    with store.transaction() as session:
+    many messages are quarantined. Reads only: no write lock (:meth:`Store.read_session`)."""
+    with store.read_session() as session:
         checkpoints = {c.mailbox: c for c in session.exec(select(Checkpoint)).all()}
         outbox = dict(
             session.exec(select(Notice.status, func.count()).group_by(col(Notice.status))).all()

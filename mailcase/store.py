@@ -9,6 +9,9 @@ newer than the code (a release rolled back, another host upgraded first).
 
 from __future__ import annotations
 
+import os
+import pwd
+import re
 import sqlite3
 import threading
 import time
@@ -98,6 +101,78 @@ def error_text(exc: SQLAlchemyError) -> str:
     """One line for people: the driver's own words, without SQLAlchemy's SQL and link."""
     text = " ".join(str(getattr(exc, "orig", None) or exc).split())
     return text if len(text) <= 300 else text[:299] + "…"
+
+
+def failure_text(url: str, exc: SQLAlchemyError) -> str:
+    """The driver's words (:func:`error_text`) and, for an SQLite database, its file; when
+    this user may not read or write it (or the directory SQLite writes its ``-wal`` and
+    ``-shm`` files in), who owns it and what to do.
+
+    SQLite itself says only "unable to open database file" or "attempt to write a
+    readonly database": seen after ``sudo mailcase db upgrade`` left a file that
+    root owns, which the service user then cannot open or write.
+    """
+    text = error_text(exc)
+    try:
+        path = _sqlite_path(url)
+    except (SQLAlchemyError, ValueError):
+        path = None
+    if path is None:
+        return text
+    problem = _access_problem(path)
+    return f"{text} ({path})" + (f"; {problem}" if problem else "")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (a container's)
+        return f"uid {uid}"
+
+
+def _access_problem(path: Path) -> str | None:
+    """Why this process's user cannot use the SQLite file ``path`` (and its directory and
+    ``-wal``/``-shm`` files), with the remedy; None when the permissions allow it."""
+    directory = path.parent
+    me = _user_name(os.geteuid())
+    remedy = (
+        "run mailcase as the service user (sudo -u mailcase mailcase ...), "
+        "or give the files to it (chown mailcase: {})"
+    )
+    if not os.access(directory, os.X_OK):
+        owner = _owner(directory)
+        return (
+            f"its directory {directory} (owned by {owner}) cannot be entered by this user "
+            f"({me}): " + remedy.format(directory)
+        )
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if not candidate.exists():
+            continue
+        lacks = [
+            word
+            for word, mode in (("readable", os.R_OK), ("writable", os.W_OK))
+            if not os.access(candidate, mode)
+        ]
+        if lacks:
+            return (
+                f"{candidate} (owned by {_owner(candidate)}) is not {' or '.join(lacks)} "
+                f"by this user ({me}): " + remedy.format(candidate)
+            )
+    if not os.access(directory, os.W_OK):
+        # SQLite creates the -wal and -shm files beside the database (WAL mode).
+        return (
+            f"its directory {directory} (owned by {_owner(directory)}) is not writable by "
+            f"this user ({me}), and SQLite writes {path.name}-wal and -shm there: "
+            + remedy.format(directory)
+        )
+    return None
+
+
+def _owner(path: Path) -> str:
+    try:
+        return _user_name(path.stat().st_uid)
+    except OSError:
+        return "another user"
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:
@@ -289,7 +364,7 @@ class Store:
                 store.upgrade()
         except SQLAlchemyError as exc:
             store.dispose()
-            raise DatabaseError(f"cannot open database: {error_text(exc)}") from exc
+            raise DatabaseError(f"cannot open database: {failure_text(url, exc)}") from exc
         except BaseException:
             store.dispose()
             raise
@@ -307,7 +382,7 @@ class Store:
         try:
             return store.revisions()
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"cannot open database: {error_text(exc)}") from exc
+            raise DatabaseError(f"cannot open database: {failure_text(url, exc)}") from exc
         finally:
             store.dispose()
 
@@ -319,6 +394,10 @@ class Store:
         refuses ``database.url``'s connection options (:func:`_connect`).
         """
         with _connect(self.engine, self.url) as conn:
+            # Read-only (no BEGIN IMMEDIATE on SQLite): a read-only command, or a
+            # daemon starting, must not wait for an admin's sqlite3 shell holding
+            # the write lock. Store.upgrade reads the revision again under the lock.
+            conn.execution_options(**{READ_ONLY: True})
             current = _revision(conn)
         refuse_unknown_revision(current)
         return current, SCHEMA_HEAD
@@ -407,6 +486,14 @@ class Store:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reads only, in a :meth:`reading` transaction: on SQLite it takes
+        no write lock, so listing and showing go on while another process writes (or an
+        admin's ``sqlite3`` shell holds the lock). For the read-only commands."""
+        with self.reading() as conn, Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+
     def dispose(self) -> None:
         """Close the pooled connections (the store can still be used: it reconnects)."""
         _release(self.engine, self.checkpointer)
@@ -426,13 +513,17 @@ def _connect(engine: Engine, url: str) -> sa.Connection:
 
     psycopg checks a conninfo string itself (``?bogus=1``: "invalid connection option";
     ``?connect_timeout=x``: "bad value") and raises ProgrammingError; SQLAlchemy raises
-    ArgumentError for arguments its dialect cannot take. Both are the admin's to fix:
+    ArgumentError for arguments its dialect cannot take; libpq refuses a value it reads
+    itself (``?sslmode=verify-ful``, ``?port=99999``) with OperationalError
+    (:func:`_refused_option`). All are the admin's to fix:
     as DatabaseError (exit 3) systemd restarted the service for ever. The message names
     no password, neither the URL's nor one given as ``?password=``.
     """
     try:
         return engine.connect()
-    except (sa.exc.ProgrammingError, sa.exc.ArgumentError) as exc:
+    except (sa.exc.ProgrammingError, sa.exc.ArgumentError, sa.exc.OperationalError) as exc:
+        if isinstance(exc, sa.exc.OperationalError) and not _refused_option(exc):
+            raise
         text = error_text(exc)
         try:
             parsed = sa.make_url(url)
@@ -446,6 +537,18 @@ def _connect(engine: Engine, url: str) -> sa.Connection:
         raise ConfigError(
             f"database.url has a connection option the driver refuses: {text}"
         ) from None
+
+
+# libpq checks the values of some connection options (sslmode, port, gssencmode,
+# target_session_attrs...) only when it starts connecting; psycopg then raises
+# OperationalError "connection is bad: invalid sslmode value: ...". Other "connection
+# is bad" errors (a Unix socket that is not there) are the server's, not the URL's.
+_LIBPQ_REFUSED = re.compile(r"connection is bad: (invalid |could not match )")
+
+
+def _refused_option(exc: sa.exc.OperationalError) -> bool:
+    """Whether ``exc`` is libpq refusing a connection option's value (a typo in the URL)."""
+    return bool(_LIBPQ_REFUSED.match(str(getattr(exc, "orig", "") or "")))
 
 
 def _revision(conn: sa.Connection) -> str | None:

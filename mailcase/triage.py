@@ -252,9 +252,15 @@ def _name_written_for(mail: InboundMail, address: str) -> str:
 
 
 def _within(resolved_at: datetime | None, now: datetime | None, days: int) -> bool:
+    """Whether mail that arrived at ``now`` is within ``days`` of the resolution.
+
+    ``reopen_days = 0`` never reopens. (``now`` is the arrival on the server, whose
+    INTERNALDATE has whole seconds: a reply in the resolution's own second would
+    otherwise read as arriving before it.)
+    """
     if resolved_at is None or now is None:
         return True
-    return now - resolved_at <= timedelta(days=days)
+    return days > 0 and now - resolved_at <= timedelta(days=days)
 
 
 def _new_case(
