@@ -6,9 +6,13 @@ module knows the shapes below and cuts the body at the first one it finds:
 
 * an attribution line ending in ``wrote:`` / ``escribió:`` and starting with
   ``On`` / ``El`` / ``En``, possibly wrapped over up to three lines (Gmail,
-  Apple Mail, Yahoo, Thunderbird), that names an address or a time of day, or
-  that only ``>``-quoted lines follow (customer prose such as "El 20 de
-  noviembre el técnico me escribió:" is kept);
+  Apple Mail, Yahoo, Thunderbird), that names an address or a time of day and
+  has ``>``-quoted lines under it, or that only ``>``-quoted lines follow, or
+  that, with no ``>`` lines (HTML turned into text, Yahoo's text/plain), has a
+  client's whole shape: a time of day and an ``<address>``, or a date with its
+  year, the time, a comma and a capitalised name (prose such as "El 20 de
+  noviembre el técnico me escribió:" or "El lunes a las 10:00 nuestro técnico
+  le escribió:" is kept);
 * an ``-----Original Message-----`` / ``-----Mensaje original-----`` marker
   (Outlook desktop) or a forwarded-message marker (Gmail, Apple Mail);
 * an Outlook header block, ``From:``/``De:`` followed by at least two of
@@ -17,10 +21,12 @@ module knows the shapes below and cuts the body at the first one it finds:
   together with the ``____`` or ``----`` rule Outlook and Gmail put above it.
 
 Then it drops every ``>``-quoted line, the signature after an RFC 3676
-``-- `` delimiter, and a trailing "Sent from my iPhone" style line. A reply
-written below the quote (Thunderbird's and mutt's habit, and answers between
-quoted lines), whose attribution and ``>`` lines come first, keeps what
-follows them.
+``-- `` delimiter, and a trailing "Sent from my iPhone" style line. Text
+written below or between the ``>`` lines of a quote that starts at an
+attribution (Thunderbird's and mutt's habit, answers under each quoted
+question, with or without a line above the quote) is kept after the text
+above the quote; each part loses its own signature, so a signature above the
+quote (Gmail puts it there) does not take the answers below with it.
 
 Whatever the client, mailcase's own notice to agents must never be relayed
 from an agent's reply: when the text left still holds the notice (its
@@ -39,6 +45,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Attribution lines are short; anything longer is prose that happens to end
 # in "wrote:". Bounding them also bounds the work done per candidate.
@@ -61,6 +68,16 @@ _ATTRIBUTION_END = re.compile(r"(?:wrote|escribi[oó])\s*:$", re.IGNORECASE)
 # ("a las 10:12", "at 10:12\u202fAM", "10:12:33 AM CST", "at 2:47").
 _ATTRIBUTION_ADDRESS = re.compile(r"[\w.+'-]@[\w-]+\.\w")
 _ATTRIBUTION_TIME = re.compile(r"(?<!\d)(?:[01]?\d|2[0-3]):[0-5]\d(?!\d)")
+# "<juan@example.com>", Gmail's "(<juan@…>)" and wrapped "<\njuan@…>", "&lt;juan@…&gt;".
+_ATTRIBUTION_BRACKETED_ADDRESS = re.compile(r"(?:<|&lt;)\s?[\w.+'-]{1,64}@[\w-]+\.\w")
+# A client's date has its year ("27 nov 2026", "25/11/26"); its time is followed
+# (after seconds, "AM", "a. m." or a zone) by a comma and the sender's name.
+_ATTRIBUTION_YEAR = re.compile(r"(?<!\d)(?:(?:19|20)\d\d|\d{1,2}/\d{1,2}/\d{2,4})(?!\d)")
+_NAME_WORD = r"[A-Z\u00c0-\u00de0-9][\w.'&-]*"
+_ATTRIBUTION_TAIL = re.compile(
+    rf"(?<!\d)(?:[01]?\d|2[0-3]):[0-5]\d(?!\d)[^,]{{0,16}},\s*{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,7}}"
+    r"\s+(?i:wrote|escribi[oó])\s*:\s*$"
+)
 
 # Outlook desktop ("-----Original Message-----", "-----Mensaje original-----"),
 # Yahoo ("----- Original Message -----"), Gmail forwards
@@ -100,14 +117,41 @@ _MIN_BLOCK_KEYS = 2
 # Many clients and editors trim trailing whitespace, so a bare "--" counts too.
 _SIG_DELIMITER = "--"
 
-# Phone and app signatures the clients add below the new text. A comma or
-# other punctuation means a sentence ("Sent from my desk, is much easier"),
-# which is kept.
+# Phone and app signatures the clients add below the new text: "Sent from my
+# iPhone", "Enviado desde mi smartphone Samsung Galaxy.", "Enviado desde Yahoo
+# Mail para Android", "Obtener Outlook para iOS". Only a known device after
+# "my"/"mi", or a known app, followed by model words (capitalised, with a digit,
+# or a device word such as "phone" or "móvil"): a customer's sentence that starts
+# the same way ("Enviado desde el celular de mi esposa porque no hay internet",
+# "Sent from my desk, is much easier") is kept.
+_DEVICE_WORDS = (
+    r"iphone|ipad|ipod|apple|samsung|galaxy|huawei|honor|motorola|moto|xiaomi|redmi|poco"
+    r"|oppo|realme|vivo|nokia|lg|sony|xperia|pixel|oneplus|blackberry|android|alcatel|zte"
+    r"|lenovo|wiko|verizon|sprint|t-mobile|at&t|telcel|movistar|tablet|tableta"
+    r"|tel[eé]fono|celular|m[oó]vil|smartphone|dispositivo|phone|mobile|device|cellphone"
+)
+_APP_WORDS = (
+    r"outlook|yahoo|correo|mail|gmail|aol|proton|protonmail|bluemail|spark|typeapp|samsung"
+    r"|huawei|android|blackberry|windows"
+)
+# A word that may follow: capitalised or with a digit ("Galaxy", "S23", "5G"), or
+# one of these, lower-case in the signatures clients write.
+_MODEL_WORD = (
+    r"(?:(?-i:[A-Z0-9\u00c1\u00c9\u00cd\u00d3\u00da\u00d1])[\w&+-]*"
+    r"|(?:phone|smartphone|device|mobile|tablet|tel[eé]fono|celular|m[oó]vil|dispositivo"
+    r"|tableta|inteligente|app|mail|email|secure|lite|pro|plus|max|ultra|mini|for|para|on"
+    r"|en|de|iphone|ipad|ios)(?!\w))"
+)
 _DEVICE_SIGNATURE = re.compile(
-    r"(?:sent from|sent with|enviado desde|get outlook for|obtener outlook para"
-    r"|descargar outlook para)\b[^,;:!?()<>]{0,60}\.?(?:\s*<[^<>\s]{0,200}>)?",
+    rf"(?:sent (?:from|with|via)|enviado (?:desde|con))\s+"
+    rf"(?:(?:my|mi)\s+(?:{_DEVICE_WORDS})|(?:{_APP_WORDS}))(?!\w)"
+    rf"(?:\s+{_MODEL_WORD}){{0,6}}\s*\.?"
+    r"|(?:get|obtener|descargar) outlook (?:for|para) (?:ios|android)",
     re.IGNORECASE,
 )
+# The link an app's signature carries ("Obtener Outlook para iOS<https://aka.ms/…>",
+# "Enviado desde Correo<https://go.microsoft.com/…> para Windows").
+_SIGNATURE_LINK = re.compile(r"<[^<>\s]{0,200}>")
 
 
 # mailcase's own notice to agents (templates/*/agent_notification.txt.j2), in
@@ -162,6 +206,10 @@ _FORWARD_SUBJECT = re.compile(
     re.IGNORECASE,
 )
 _FORWARD_MARKER = re.compile(r"forwarded message|mensaje reenviado", re.IGNORECASE)
+# Reply prefixes of the subject, as mailcase.folio strips them: "Re:", Outlook's
+# "RE:"/"RES:" (es, pt), German "AW:", Italian "R:". Only as the first prefix:
+# "Fwd: Re: …" forwards.
+_REPLY_SUBJECT = re.compile(r"^\s*(?:re|res|aw|r)\s*(?:\[\d+\])?\s*[:\uff1a]", re.IGNORECASE)
 
 
 def customer_text(text: str, subject: str) -> str:
@@ -174,8 +222,12 @@ def customer_text(text: str, subject: str) -> str:
     forward, the case and the notice to agents held only the cover line, and
     the report itself only the raw message (Zammad, FreeScout and RT keep a
     forwarded body whole too). A forward is a subject that starts with a
-    forward prefix (``Fwd:``, ``RV:``, ``ENC:``, ``TR:``, ``WG:``), or a body
-    whose quoted history starts at a forwarded-message marker.
+    forward prefix (``Fwd:``, ``RV:``, ``ENC:``, ``TR:``, ``WG:``), a body
+    whose quoted history starts at a forwarded-message marker, or one whose
+    quoted history starts at a header block (``De:``/``Para:``/``Asunto:``)
+    under a subject with no reply prefix (``Re:``, ``RE:``, ``RES:``, ``AW:``,
+    ``R:``): an Outlook forward whose subject was edited, or a letter with a
+    memo heading.
 
     Guarantees: as :func:`strip_quoted` (never raises, linear, ``""`` only for
     a blank text); a forward comes back stripped of surrounding whitespace,
@@ -184,10 +236,19 @@ def customer_text(text: str, subject: str) -> str:
     normalized = _normalized(text)
     if _FORWARD_SUBJECT.match(subject):
         return normalized.strip()
-    lines, before_final_quote, _ = _unquoted_lines(normalized.split("\n"))
-    start, at = _history_start(lines, before_final_quote)
-    if at < len(lines) and at == start and _FORWARD_MARKER.search(lines[at]):
-        return normalized.strip()
+    lines, before_final_quote, quote_follows = _unquoted_lines(normalized.split("\n"))
+    history = _history_start(lines, before_final_quote, quote_follows)
+    if history.at < len(lines) and not history.attribution:
+        if _FORWARD_MARKER.search(lines[history.at]):
+            return normalized.strip()
+        if not _REPLY_SUBJECT.match(subject):
+            # A header block (Outlook's De:/Enviado:/Para:/Asunto:, with or without
+            # its rule) in a message that answers nothing: a forward whose subject
+            # was edited ("URGENTE: sigo sin servicio" over Outlook's forward, which
+            # writes no marker), or a letter with a memo heading ("De: Juan Pérez,
+            # contrato 55321 / Para: … / Asunto: Queja"). Either way the report is
+            # below it; a reply's quote comes with "RE:"/"Re:" in the subject.
+            return normalized.strip()
     return strip_quoted(text)
 
 
@@ -212,9 +273,10 @@ def forwarded_sender(text: str) -> tuple[str, str] | None:
     line, and must hold an address (Outlook within an organisation may write a
     name only). Never raises; linear in ``len(text)``.
     """
-    lines, before_final_quote, _ = _unquoted_lines(_normalized(text).split("\n"))
-    start, at = _history_start(lines, before_final_quote)
-    if at == len(lines) or at != start:  # none, or an attribution ("El … escribió:")
+    lines, before_final_quote, quote_follows = _unquoted_lines(_normalized(text).split("\n"))
+    history = _history_start(lines, before_final_quote, quote_follows)
+    at = history.at
+    if at == len(lines) or history.attribution:  # none, or "El … escribió:"
         return None
     for line in lines[at : at + 1 + _FORWARDED_FROM_WINDOW * 2]:
         found = _FORWARDED_FROM.match(line)
@@ -252,7 +314,9 @@ def agent_text(text: str) -> AgentText:
     and no quote header (an attribution in any wording, a ``----`` or
     ``____`` rule, a marker such as ``-----Original Message-----``) stands
     just above the notice to cut it at. Cutting there never removes a line
-    above that header, so the agent's words are kept whole.
+    above that header, so the agent's words are kept whole. Text written
+    between or below the ``>`` lines of a quote that starts at an attribution
+    is kept too, after the text above it.
     """
     normalized = _normalized(text)
     # Quoted lines go first, then the history is looked for in what is left:
@@ -260,20 +324,72 @@ def agent_text(text: str) -> AgentText:
     # with ">" lines inside was missed, then found once those lines were gone,
     # so stripping the result again cut more (tests/test_properties.py).
     lines, before_final_quote, quote_follows = _unquoted_lines(normalized.split("\n"))
-    start, at = _history_start(lines, before_final_quote)
-    kept = lines[:start]
-    if not any(line.strip() for line in kept) and at in quote_follows:
-        # Written below the quote (Thunderbird's and mutt's default, and answers
-        # between quoted lines): the attribution and its ">" lines come first, and
-        # the new text is what follows them. Looked for again in that text.
-        rest = lines[at + 1 :]
-        final = None if before_final_quote is None else before_final_quote - at - 1
-        kept = rest[: _history_start(rest, final if final is not None and final >= 0 else None)[0]]
-    # Before the signature is cut: the notice's help sits under its own "--".
-    kept, notice_line = _without_quoted_notice(kept)
-    kept = _without_signature(kept)
-    kept = _without_device_signature(kept)
-    return AgentText("\n".join(kept).strip(), notice_line)
+    history = _history_start(lines, before_final_quote, quote_follows)
+    above, notice_line = _without_quoted_notice(lines[: history.start])
+    if notice_line or len(above) < history.start:
+        # The notice, or the quote header above it, is in the text above: what
+        # follows is the notice's, never the agent's.
+        return AgentText(_joined(_signed_off(above)), notice_line)
+    below, notice_line = _without_quoted_notice(
+        _below_quote(lines, history, before_final_quote, quote_follows)
+    )
+    above_text, below_text = _joined(_signed_off(above)), _joined(_signed_off(below))
+    if not below_text or not above_text:
+        return AgentText(above_text or below_text, notice_line)
+    both = f"{above_text}\n\n{below_text}"
+    if not notice_line and _reads_as_quoted(both.split("\n")):
+        # Side by side, the two parts read as the start of another quote (an
+        # Outlook "De:" line above, its "Para:"/"Asunto:" lines below): a second
+        # look would cut there, so keep what a second look keeps.
+        return AgentText(above_text, "")
+    return AgentText(both, notice_line)
+
+
+def _reads_as_quoted(lines: list[str]) -> bool:
+    """Whether ``lines`` (no ``>`` lines among them) hold quoted history or the notice."""
+    if _history_start(lines, None, frozenset()).at < len(lines):
+        return True
+    kept, notice_line = _without_quoted_notice(lines)
+    return bool(notice_line) or len(kept) < len(lines)
+
+
+def _below_quote(
+    lines: Sequence[str],
+    history: _History,
+    before_final_quote: int | None,
+    quote_follows: frozenset[int],
+) -> list[str]:
+    """The lines written between and below the ``>`` lines of the quote that
+    ``history`` starts, up to the next quoted history; none unless ``>``
+    lines follow its mark and it is an attribution or nothing is written above it.
+
+    Written below the quote (Thunderbird's and mutt's default) or between its
+    lines (answers under each question, often after "les contesto abajo" above
+    the quote): the text is what follows the attribution's ">" lines. A header
+    block or marker quotes the whole history with no ">" (Outlook), so what
+    follows it is history, unless nothing is written above it.
+    """
+    at = history.at
+    if at not in quote_follows:
+        return []
+    if not history.attribution and any(line.strip() for line in lines[: history.start]):
+        return []
+    rest = lines[at + 1 :]
+    # Looked for again in the rest: its lines' indices are shifted by at + 1.
+    final = None if before_final_quote is None or before_final_quote <= at else before_final_quote
+    follows = frozenset(i - at - 1 for i in quote_follows if i > at)
+    return list(
+        rest[: _history_start(rest, None if final is None else final - at - 1, follows).start]
+    )
+
+
+def _signed_off(lines: list[str]) -> list[str]:
+    """``lines`` without the signature and the device signature that end them."""
+    return _without_device_signature(_without_signature(lines))
+
+
+def _joined(lines: Sequence[str]) -> str:
+    return "\n".join(lines).strip()
 
 
 def shared_signature(text: str, earlier: str) -> str:
@@ -373,13 +489,22 @@ def _unquoted_lines(lines: Sequence[str]) -> tuple[list[str], int | None, frozen
     )
 
 
-def _history_start(lines: Sequence[str], before_final_quote: int | None) -> tuple[int, int]:
-    """Index of the first line of quoted history, or ``len(lines)``; and the index of
-    the line that marks it (the last line of an attribution, a marker line), or
-    ``len(lines)``.
+class _History(NamedTuple):
+    """Where the quoted history of a list of lines starts (see :func:`_history_start`)."""
+
+    start: int  # its first line, or len(lines)
+    at: int  # the line that marks it (an attribution's last line, a marker), or len(lines)
+    attribution: bool  # marked by an "On …/El … wrote:/escribió:" attribution
+
+
+def _history_start(
+    lines: Sequence[str], before_final_quote: int | None, quote_follows: frozenset[int]
+) -> _History:
+    """Where the quoted history of ``lines`` (``>``-quoted lines removed) starts.
 
     ``before_final_quote`` is the index of the line that only ``>``-quoted
-    lines followed in the original text, if any (see ``_unquoted_lines``).
+    lines followed in the original text, if any, and ``quote_follows`` the
+    indices of the lines ``>``-quoted lines followed (see ``_unquoted_lines``).
     """
     header_names = _HeaderNames(lines)
     for i, line in enumerate(lines):
@@ -390,15 +515,17 @@ def _history_start(lines: Sequence[str], before_final_quote: int | None) -> tupl
             continue
         if len(stripped) <= _MARKER_MAX_CHARS:
             if _MARKER.fullmatch(stripped):
-                return i, i
+                return _History(i, i, attribution=False)
             if _RULE.fullmatch(stripped) and _rule_above_header_block(header_names, i):
-                return i, i
+                return _History(i, i, attribution=False)
         if _is_header_block(header_names, i):
-            return i, i
-        start = _attribution_start(lines, i, introduces_final_quote=i == before_final_quote)
+            return _History(i, i, attribution=False)
+        start = _attribution_start(
+            lines, i, introduces_final_quote=i == before_final_quote, quoted=i in quote_follows
+        )
         if start is not None:
-            return start, i
-    return len(lines), len(lines)
+            return _History(start, i, attribution=True)
+    return _History(len(lines), len(lines), attribution=False)
 
 
 class _HeaderNames:
@@ -448,10 +575,13 @@ def _rule_above_header_block(names: _HeaderNames, i: int) -> bool:
     return False
 
 
-def _attribution_start(lines: Sequence[str], i: int, *, introduces_final_quote: bool) -> int | None:
+def _attribution_start(
+    lines: Sequence[str], i: int, *, introduces_final_quote: bool, quoted: bool
+) -> int | None:
     """If ``lines[i]`` ends an attribution ("… wrote:"), the index of its first line.
 
-    ``introduces_final_quote``: only ``>``-quoted lines followed ``lines[i]``.
+    ``introduces_final_quote``: only ``>``-quoted lines followed ``lines[i]``;
+    ``quoted``: ``>``-quoted lines followed it (blank lines aside).
     """
     line = lines[i].rstrip()
     if not line.endswith(":"):
@@ -467,33 +597,52 @@ def _attribution_start(lines: Sequence[str], i: int, *, introduces_final_quote: 
             return None
         if _ATTRIBUTION_START.match(candidate.lstrip()):
             joined = " ".join(lines[j : i + 1])
-            return j if _is_client_attribution(joined, introduces_final_quote) else None
+            client = _is_client_attribution(
+                joined, introduces_final_quote=introduces_final_quote, quoted=quoted
+            )
+            return j if client else None
     return None
 
 
-def _is_client_attribution(joined: str, introduces_final_quote: bool) -> bool:
+def _is_client_attribution(joined: str, *, introduces_final_quote: bool, quoted: bool) -> bool:
     """Whether an "On …/El … wrote:/escribió:" line was written by a mail client."""
     # Every client puts a date in the attribution; requiring a digit keeps
     # prose such as "On the other hand, Ana wrote:" as text.
     if not any(c.isdigit() for c in joined):
         return False
-    # A date is not enough: customers write "El 20 de noviembre el técnico me
-    # escribió:" and then the complaint, which must reach the agents. So the
-    # line must also carry what a client adds to the date and people do not
-    # write in prose: the sender's address or the time of day (Thunderbird's
-    # "El 25/11/26 a las 10:12, Juan escribió:" has no address). Clients that
-    # write neither (Alpine: "On Wed, 25 Nov 2026, Juan wrote:") are still
-    # recognised when nothing but ">"-quoted lines follows: cutting there then
-    # drops only the attribution itself, never the customer's own words. An
-    # attribution whose quote is not ">"-marked ("On Nov 26, 2013 you wrote:"
-    # and then the old text) is kept: showing agents some history is better
-    # than hiding a complaint. Prose naming an address or a time ("El lunes a
-    # las 10:30 el técnico me escribió:") is still cut.
-    return (
-        introduces_final_quote
-        or _ATTRIBUTION_ADDRESS.search(joined) is not None
-        or _ATTRIBUTION_TIME.search(joined) is not None
-    )
+    # A date is not enough, nor a time: customers write "El 20 de noviembre el
+    # técnico me escribió:", agents "El lunes a las 10:00 nuestro técnico le
+    # escribió:", and then the complaint or the answer, which must reach the
+    # agents or the customer. What proves a client wrote the line is what follows
+    # it: in text/plain, Gmail, Apple Mail, Yahoo, Thunderbird and mutt put the
+    # quote under it as ">" lines. Then the line must still carry what a client
+    # adds to the date, the sender's address or the time of day (Thunderbird's
+    # "El 25/11/26 a las 10:12, Juan escribió:" has no address), since customers
+    # quote with ">" too ("On Nov 20 your agent wrote:\n> we will credit you");
+    # or nothing but ">" lines may follow it (Alpine: "On Wed, 25 Nov 2026, Juan
+    # wrote:"), and cutting there drops only the line itself.
+    if introduces_final_quote:
+        return True
+    named = _ATTRIBUTION_ADDRESS.search(joined) is not None
+    timed = _ATTRIBUTION_TIME.search(joined) is not None
+    if quoted:
+        return named or timed
+    # Without ">" lines (HTML → text, where the quote lost its markup; Yahoo's
+    # text/plain), only the whole shape of a client's attribution counts: a time
+    # of day and an address in angle brackets, as Gmail, Apple Mail, Yahoo and
+    # Outlook mobile write it ("…a las 10:00, Internet Plarey <contacto@…>
+    # escribió:"), or a date with its year, the time, a comma and a capitalised
+    # name ("En vie., 27 nov. 2026 a las 10:00, Internet Plarey escribió:").
+    # People do not write "<address>" in prose, nor the year of last Monday;
+    # an attribution short of that ("On Nov 26, 2013 you wrote:" and the old
+    # text) is kept: showing agents some history is better than hiding a
+    # complaint.
+    if not timed:
+        return False
+    if _ATTRIBUTION_BRACKETED_ADDRESS.search(joined) is not None:
+        return True
+    joined = unicodedata.normalize("NFC", joined)
+    return _ATTRIBUTION_YEAR.search(joined) is not None and bool(_ATTRIBUTION_TAIL.search(joined))
 
 
 def _without_quoted_notice(lines: list[str]) -> tuple[list[str], str]:
@@ -591,7 +740,9 @@ def _without_device_signature(lines: list[str]) -> list[str]:
     end = len(lines)
     while end:
         last = lines[end - 1].strip()
-        if last and not (len(last) <= 300 and _DEVICE_SIGNATURE.fullmatch(last)):
+        if last and not (
+            len(last) <= 300 and _DEVICE_SIGNATURE.fullmatch(_SIGNATURE_LINK.sub("", last))
+        ):
             break
         end -= 1
     return lines[:end]
