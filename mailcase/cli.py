@@ -62,7 +62,15 @@ from mailcase.models import (
     NoticeStatus,
     StoredAttachment,
 )
-from mailcase.store import Store, case_by_folio, error_text, failure_text, is_unavailable
+from mailcase.store import (
+    Store,
+    case_by_folio,
+    error_text,
+    failure_text,
+    is_unavailable,
+    sqlite_path,
+    user_name,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -352,7 +360,51 @@ def _fail(
     return code
 
 
+def _writes(args: argparse.Namespace) -> bool:
+    """Whether the command may create or change files of the state (the database, its
+    companions, the message store)."""
+    command: str = args.command
+    if command in ("poll", "run"):
+        return True
+    action: str = getattr(args, "action", "")
+    read_only = {"db": ("current",), "cases": ("list", "show"), "messages": ("list", "show")}
+    if command in read_only:
+        return action not in read_only[command]
+    return command == "outbox" and action == "retry"
+
+
+def _refuse_root_over_service_files(settings: Settings) -> None:
+    """UsageError when root runs a command that writes, while the state belongs to another
+    user (the service's).
+
+    What root creates there (the message store's folders, the database's ``-wal``
+    and ``-shm``, the delivery lock) the service cannot write afterwards, and its
+    polls fail on them much later, far from the cause. Nextcloud's ``occ`` refuses
+    the same way. Root may run everything when root owns the state.
+    """
+    if os.geteuid() != 0:
+        return
+    database = sqlite_path(settings.database.url)
+    candidates = [settings.storage.directory]
+    if database is not None:
+        candidates += [database, database.parent]
+    for path in candidates:
+        try:
+            owner = path.stat().st_uid
+        except OSError:
+            continue
+        if owner != 0:
+            user = user_name(owner)
+            raise UsageError(
+                f"{path} belongs to {user}: run this command as that user "
+                f"(sudo -u {user} mailcase ...); as root it would leave files there "
+                "that the service cannot write"
+            )
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if _writes(args):
+        _refuse_root_over_service_files(settings)
     if args.command == "db":
         return _db(args, settings)
     if args.command in ("poll", "run"):

@@ -48,7 +48,7 @@ SCHEMA_HEAD = "0006"
 UPGRADE_LOCK_KEY = int.from_bytes(b"mailcase", "big")
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
@@ -114,7 +114,7 @@ def failure_text(url: str, exc: SQLAlchemyError) -> str:
     """
     text = error_text(exc)
     try:
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
     except (SQLAlchemyError, ValueError):
         path = None
     if path is None:
@@ -123,7 +123,7 @@ def failure_text(url: str, exc: SQLAlchemyError) -> str:
     return f"{text} ({path})" + (f"; {problem}" if problem else "")
 
 
-def _user_name(uid: int) -> str:
+def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:  # a uid without a passwd entry (a container's)
@@ -134,7 +134,7 @@ def _access_problem(path: Path) -> str | None:
     """Why this process's user cannot use the SQLite file ``path`` (and its directory and
     ``-wal``/``-shm`` files), with the remedy; None when the permissions allow it."""
     directory = path.parent
-    me = _user_name(os.geteuid())
+    me = user_name(os.geteuid())
     remedy = (
         "run mailcase as the service user (sudo -u mailcase mailcase ...), "
         "or give the files to it (chown mailcase: {})"
@@ -170,7 +170,7 @@ def _access_problem(path: Path) -> str | None:
 
 def _owner(path: Path) -> str:
     try:
-        return _user_name(path.stat().st_uid)
+        return user_name(path.stat().st_uid)
     except OSError:
         return "another user"
 
@@ -199,7 +199,7 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
             "database.url has an '@' in its user name or password: percent-encode it as %40"
         )
     try:
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
     except (SQLAlchemyError, ValueError) as exc:
         raise ConfigError(f"database.url cannot be used: {exc}") from exc
     if path is not None and not create and not path.exists():
@@ -328,7 +328,7 @@ class Store:
         self.url = url
         # Delivery's record of accepted notices, beside the database file when
         # there is one (SQLite on disk; mailcase.sentlog).
-        database_file = _sqlite_path(url)
+        database_file = sqlite_path(url)
         self.sent_log = SentLog.beside(database_file) if database_file else None
         # One delivery run at a time across processes (mailcase.runlock).
         self.delivery_lock = runlock.beside(database_file) if database_file else None
