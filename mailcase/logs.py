@@ -162,7 +162,11 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # plain_traceback: structlog's default with rich installed prints every frame's
+        # local variables, and those hold passwords, tokens and customers' mail.
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     chain: list[Any] = [
         structlog.processors.add_log_level,

@@ -108,3 +108,27 @@ def test_every_line_a_poll_writes_is_json(
         assert isinstance(json.loads(line), dict), line
     assert "not handled" not in result.stderr
     assert "Visita tecnica" not in result.stderr
+
+
+def _crash_with_secrets_in_scope() -> None:
+    password = "S3cret-SMTP-2026"  # a frame's locals, as smtp.py's hold the password
+    raise RuntimeError(f"bad AUTH answer ({len(password)} characters sent)")
+
+
+def test_a_crash_logged_for_people_shows_no_frame_variables(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # structlog's console renderer, with rich installed, printed every frame's locals.
+    from mailcase.logs import configure, get_logger
+
+    configure("info", "console")
+    try:
+        try:
+            _crash_with_secrets_in_scope()
+        except RuntimeError:
+            get_logger().exception("outbox_run_crashed")
+        err = capsys.readouterr().err
+    finally:
+        configure("info", "json")
+    assert "outbox_run_crashed" in err and "Traceback" in err and "bad AUTH answer" in err
+    assert "S3cret-SMTP-2026" not in err
