@@ -60,7 +60,10 @@ class BlobStore:
             return digest
         try:
             self._make_parents(target)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            # Written in the spool, renamed into place (one file system): a write
+            # cut short by a kill leaves the customer's message where sweep_spool
+            # removes it, not in a blob folder nothing ever looks at again.
+            fd, tmp = tempfile.mkstemp(dir=self._spool(), prefix=".tmp-")
         except OSError as exc:
             raise self.failed(exc) from exc
         try:
@@ -126,14 +129,20 @@ class BlobStore:
 
     def spool_path(self) -> Path:
         """A fresh owner-only file name on the store's file system for streaming into."""
-        spool = self.directory / "spool"
         try:
-            spool.mkdir(exist_ok=True, mode=0o700)
-            fd, name = tempfile.mkstemp(dir=spool, prefix="msg-")
+            fd, name = tempfile.mkstemp(dir=self._spool(), prefix="msg-")
         except OSError as exc:
             raise self.failed(exc) from exc
         os.close(fd)
         return Path(name)
+
+    def _spool(self) -> Path:
+        """The spool directory (owner-only), made once per process; OSError if it cannot be."""
+        spool = self.directory / "spool"
+        if spool not in self._made:
+            spool.mkdir(exist_ok=True, mode=0o700)
+            self._made.add(spool)
+        return spool
 
     def _make_parents(self, target: Path) -> None:
         if target.parent in self._made:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +160,22 @@ def test_an_empty_blob_left_by_a_power_cut_is_written_again(tmp_path: Path) -> N
     store.path(sha2).write_bytes(b"")
     spool.write_bytes(b"otro mensaje")
     assert store.put_file(spool) == sha2 and store.get(sha2) == b"otro mensaje"
+
+
+def test_a_blob_write_killed_midway_leaves_nothing_the_sweep_misses(tmp_path: Path) -> None:
+    # SIGKILL between the write and the rename: the customer's message was left
+    # as ab/cd/.tmp-* in the store, where no sweep ever looked.
+    child = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from mailcase import blobs\n"
+        "blobs.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "blobs.BlobStore(Path(sys.argv[1])).put(b'Calle Reforma 12, sin servicio')\n"
+    )
+    store = tmp_path / "store"
+    done = subprocess.run([sys.executable, "-c", child, str(store)], check=False)
+    assert done.returncode == -signal.SIGKILL
+    left = [p for p in store.rglob("*") if p.is_file()]
+    assert left and all(p.parent == store / "spool" for p in left), left
+    assert BlobStore(store).sweep_spool(older_than=0) == len(left)
+    assert not [p for p in store.rglob("*") if p.is_file()]
