@@ -372,6 +372,24 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:////var/lib/mailcase/mailcase.db"
     auto_upgrade: bool | None = None  # None: yes for SQLite, no for other databases
 
+    @field_validator("url")
+    @classmethod
+    def _no_sqlite_uri(cls, url: str) -> str:
+        """An SQLite URI (``sqlite:///file:/path?uri=true``) is refused: the files mailcase
+        keeps beside the database (the sent log, the delivery lock) are named from its
+        path, and a URI read as a relative path put them, and an empty decoy database,
+        under whatever directory a command ran in (two commands, two locks); SQLite
+        created the real file readable by all."""
+        head, _, rest = url.partition("://")
+        if head.split("+")[0] == "sqlite" and (
+            rest.lstrip("/").startswith("file:") or "uri=true" in rest.lower()
+        ):
+            raise ValueError(
+                "an SQLite URI is not supported: give the file's path, "
+                "e.g. sqlite:////var/lib/mailcase/mailcase.db"
+            )
+        return url
+
     @property
     def upgrades_itself(self) -> bool:
         if self.auto_upgrade is not None:
@@ -842,8 +860,7 @@ def _anchored(model: M, base: Path) -> M:
 def _anchored_sqlite_url(url: str, base: Path) -> str:
     """``url`` with a relative SQLite file (``sqlite:///mailcase.db``) under ``base``.
 
-    Any other URL is returned as it is: in-memory SQLite, an SQLite URI
-    (``file:...?uri=true``), another database, and one SQLAlchemy cannot read
+    Any other URL is returned as it is: in-memory SQLite, another database, and one SQLAlchemy cannot read
     (:func:`mailcase.store.make_engine` reports that one, naming the key).
     """
     from sqlalchemy.engine import make_url

@@ -9,6 +9,7 @@ newer than the code (a release rolled back, another host upgraded first).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -175,6 +176,20 @@ def _owner(path: Path) -> str:
         return "another user"
 
 
+def _owner_only(database: Path) -> None:
+    """Take group and others' rights off the SQLite database and its companions that this
+    user owns: a copy restored under an admin's umask (``cp backup mailcase.db``) was
+    left readable by every local user, with every customer's mail and the key that
+    proves agents. Files of another owner are left alone (a read-only command may
+    run as another user); a failure is not an error."""
+    for companion in ("", "-wal", "-shm", "-sent", "-sent-wal", "-sent-shm"):
+        file = Path(f"{database}{companion}")
+        with contextlib.suppress(OSError):
+            info = file.stat()
+            if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+                file.chmod(info.st_mode & 0o700)
+
+
 def make_engine(url: str, *, create: bool = True) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout.
 
@@ -216,6 +231,8 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
             raise DatabaseError(
                 f"cannot create the database file {path} (database.url): {exc.strerror or exc}"
             ) from exc
+    if path is not None:
+        _owner_only(path)
     try:
         # hide_parameters: a failed statement's values (customers' mail, the
         # signing key) stay out of error messages and so out of the logs.

@@ -172,12 +172,22 @@ def test_a_relative_path_from_the_environment_is_relative_to_the_config_file_too
         "sqlite:////var/lib/mailcase/mailcase.db",
         "sqlite:///:memory:",
         "sqlite://",
-        "sqlite:///file:mc.db?mode=ro&uri=true",
         "postgresql+psycopg://mailcase:pw@db.example.net/mailcase",
     ],
 )
 def test_other_database_urls_are_kept_as_written(tmp_path: Path, url: str) -> None:
     assert load_settings(offline_config(tmp_path, db_url=url)).database.url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///file:mc.db?mode=ro&uri=true", "sqlite:///file:/var/lib/mc.db?uri=true"]
+)
+def test_an_sqlite_uri_is_a_config_error(tmp_path: Path, url: str) -> None:
+    # Read as a relative path "file:/...": the sent log, the delivery lock and an
+    # empty decoy database went under the command's working directory, and SQLite
+    # created the real file readable by all (fifth review round).
+    with pytest.raises(ConfigError, match="SQLite URI is not supported"):
+        load_settings(offline_config(tmp_path, db_url=url))
 
 
 def test_absolute_paths_and_the_defaults_are_kept(tmp_path: Path) -> None:

@@ -179,3 +179,18 @@ def test_a_blob_write_killed_midway_leaves_nothing_the_sweep_misses(tmp_path: Pa
     assert left and all(p.parent == store / "spool" for p in left), left
     assert BlobStore(store).sweep_spool(older_than=0) == len(left)
     assert not [p for p in store.rglob("*") if p.is_file()]
+
+
+def test_a_database_restored_readable_by_all_is_made_owner_only(tmp_path: Path) -> None:
+    # `cp backup mailcase.db` under an admin's umask 022 left it 0644: every local
+    # user could read every customer's mail and the key that proves agents.
+    from mailcase.store import Store
+
+    url = f"sqlite:///{tmp_path}/mailcase.db"
+    Store.open(url, auto_upgrade=True).dispose()
+    files = [tmp_path / "mailcase.db", tmp_path / "mailcase.db-sent"]
+    files[1].write_bytes(b"")
+    for file in files:
+        file.chmod(0o644)
+    Store.open(url, auto_upgrade=True).dispose()
+    assert [oct(f.stat().st_mode & 0o777) for f in files] == ["0o600", "0o600"]
