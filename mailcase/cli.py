@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("run", help="run the daemon (poll on a schedule, deliver notices)")
 
-    cases = commands.add_parser("cases", help="list and show cases").add_subparsers(
+    cases = commands.add_parser("cases", help="list, show, open and work cases").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
     listing = cases.add_parser("list", help="list cases, newest first")
@@ -358,6 +358,11 @@ def _fail(
         traceback.print_exc()
     print(f"mailcase: {exc if message is None else message}", file=sys.stderr)
     return code
+
+
+def _unknown_area(area: str, settings: Settings) -> str:
+    known = ", ".join(sorted(settings.areas)) or "none configured"
+    return f"no area named {area!r} in the configuration (areas: {known})"
 
 
 def _writes(args: argparse.Namespace) -> bool:
@@ -685,7 +690,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
 
     by = f"cli:{_operator()}"
     # What the options say is checked before the database is opened (or created).
-    customer = participant = ""
+    customer = participant = area = ""
     visit: tuple[date, str | None] | None = None
     if args.action == "open":
         # Looser than _mail_address: a customer's domain may be non-ASCII
@@ -704,6 +709,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         participant = _mail_address("--add", args.add)
     elif args.action == "visit" and not args.cancel:
         visit = _visit_when(args.date, args.time)
+    elif args.action == "route":
+        area = args.area.strip().lower()
+        if area not in settings.areas:
+            raise UsageError(_unknown_area(args.area, settings))
     store = _open_store(settings, create=True)
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
     has_customer, visit_cancelled = True, False
@@ -749,7 +758,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "participant":
                 casework.add_participant(session, settings, found, participant, by=by)
             elif args.action == "route":
-                casework.route(session, settings, found, args.area.strip().lower(), by=by)
+                casework.route(session, settings, found, area, by=by)
             elif args.action == "close":
                 casework.close(session, settings, found, by=by)
             else:
@@ -856,7 +865,9 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                 query = query.where(Case.customer == args.customer.strip().lower())
             if args.area:
                 if args.area not in settings.areas:
-                    raise NotFoundError(f"no area named {args.area} in the configuration")
+                    # Usage (exit 2), as for `cases route`: exit 4 is a folio or
+                    # message that does not exist.
+                    raise UsageError(_unknown_area(args.area, settings))
                 query = query.where(Case.area == args.area)
             if args.limit:
                 query = query.limit(args.limit)

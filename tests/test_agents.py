@@ -519,7 +519,8 @@ def test_cli_note_resolve_close_reopen(desk: Desk) -> None:
     assert desk.cli("cases", "reopen", folio)[0] == 0
     assert desk.case(folio)["status"] == "open"
     code, _, err = desk.cli("cases", "route", folio, "--area", "nada")
-    assert code == 1 and "unknown area" in err
+    # A usage error (2), as for `cases list --area`, before anything is opened.
+    assert code == 2 and "no area named 'nada' in the configuration (areas: redes)" in err
     code, _, err = desk.cli("cases", "show", "PLR-1999-000001")
     assert code == 4
 

@@ -270,4 +270,6 @@ def test_cases_list_finds_an_areas_cases(
     routed = cli.json("cases", "list", "--area", "redes")
     assert [(c["folio"], c["area"]) for c in routed] == [(pole["folio"], "redes")]
     code, _, err = cli("cases", "list", "--area", "ventas")
-    assert code == 4 and err.strip() == "mailcase: no area named ventas in the configuration"
+    # Exit 2, a usage error: 4 is a folio or message that does not exist.
+    assert code == 2
+    assert err.strip() == "mailcase: no area named 'ventas' in the configuration (areas: redes)"
