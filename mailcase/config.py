@@ -860,8 +860,9 @@ def _anchored(model: M, base: Path) -> M:
 def _anchored_sqlite_url(url: str, base: Path) -> str:
     """``url`` with a relative SQLite file (``sqlite:///mailcase.db``) under ``base``.
 
-    Any other URL is returned as it is: in-memory SQLite, another database, and one SQLAlchemy cannot read
-    (:func:`mailcase.store.make_engine` reports that one, naming the key).
+    Any other URL is returned as it is: in-memory SQLite, another database, and one
+    SQLAlchemy cannot read (:func:`mailcase.store.make_engine` reports that one,
+    naming the key).
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
