@@ -31,7 +31,9 @@ Under systemd (``Type=notify``, see ``systemd/mailcase.service`` and
   served. (Refusing to start would turn one changed password into a restart
   loop that stops every mailbox.)
 * ``STATUS=`` after every poll, e.g.
-  ``last poll 12:00:03 CST: contacto ok (3 new), info failed``.
+  ``last poll 12:00:03 CST: contacto ok (3 new), info failed``; messages
+  already in the ledger (a folder rebuilt under a new UIDVALIDITY) are not
+  new: ``contacto ok (0 new, 120 remapped)``.
 * ``STOPPING=1`` as soon as SIGTERM/SIGINT arrives.
 * Watchdog (``WatchdogSec=``): a scheduler job, on an executor of its own,
   sends ``WATCHDOG=1`` every half timeout. Each poll job records when it
@@ -61,7 +63,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
 from mailcase import __version__, leases, metrics
-from mailcase.errors import ConfigError, DatabaseError, MailboxError
+from mailcase.errors import ConfigError, DatabaseError, MailboxError, TemplateError
 from mailcase.idle import IdleWatcher
 from mailcase.logs import get_logger
 from mailcase.models import Checkpoint
@@ -149,6 +151,15 @@ def backoff_delay(interval_seconds: float, failures: int) -> timedelta:
     return min(timedelta(seconds=base) * (1 << doublings), MAX_BACKOFF)
 
 
+def _mailbox_at_fault(exc: Exception) -> bool:
+    """Whether a failed poll's ``exc`` is the mailbox's (its server, login, folder,
+    credentials), not the database's, a template's or ``storage.directory``'s:
+    only then is an IDLE connection to it suspect."""
+    if isinstance(exc, MailboxError):
+        return exc.component == "imap"
+    return not isinstance(exc, (DatabaseError, TemplateError))
+
+
 class Daemon:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -234,7 +245,7 @@ class Daemon:
             # Counted from the failure, not from the attempt's start: a connect
             # that took seconds to fail must not shorten the promised wait.
             health.retry_at = utcnow() + delay
-            health.mailbox_at_fault = not isinstance(exc, DatabaseError)
+            health.mailbox_at_fault = _mailbox_at_fault(exc)
             self._reschedule(name, health.retry_at)
             self.log.error(
                 "mailbox_failed", mailbox=name, error=str(exc), retry_in=int(delay.total_seconds())
@@ -250,7 +261,9 @@ class Daemon:
         health.failures, health.retry_at, health.mailbox_at_fault = 0, None, False
         if report.dispositions.get("new_case") and not self.rt.stop.is_set():
             self.request_delivery()
-        return f"ok ({report.fetched} new)"
+        # A rebuilt folder's messages, met again at new UIDs, are not new mail.
+        remapped = f", {report.remapped} remapped" if report.remapped else ""
+        return f"ok ({report.new} new{remapped})"
 
     def request_delivery(self) -> None:
         """Deliver the outbox now: start a run, or make the run in progress go round again.
@@ -338,27 +351,34 @@ class Daemon:
             self.log.exception("close_stale_crashed")
 
     def seed_metrics(self) -> None:
-        """Give every mailbox that ever polled successfully its last success from the database.
+        """Give every configured mailbox a ``mailcase_seconds_since_last_successful_poll``
+        series from the start: its last success from the database, or, for a mailbox
+        that never polled successfully, the moment of this call (the daemon's start).
 
-        Otherwise ``mailcase_seconds_since_last_successful_poll`` has no series for
-        a mailbox until it succeeds in this process: one broken across a restart
-        would vanish from the dashboard instead of showing a growing value.
-        Best effort: a database that cannot be read leaves the series to the polls.
+        Otherwise a mailbox had no series until it succeeded in this process: one
+        broken across a restart vanished from the dashboard instead of showing a
+        growing value, and one never read (a mistyped password from day one) never
+        fired an alert on "too long". The daemon's start is chosen because nothing
+        earlier is known of a mailbox never read; its value therefore begins again
+        at 0 on a restart (``mailcase status`` keeps its consecutive failures).
+        Best effort: a database that cannot be read counts every mailbox from the
+        start, and the next successful poll of each corrects it.
         """
+        started = time.time()
         names = list(self.rt.settings.mailboxes)
         query = select(Checkpoint.mailbox, Checkpoint.last_poll_at).where(
             col(Checkpoint.mailbox).in_(names)
         )
+        rows: list[tuple[str, datetime | None]] = []
         try:
             with self.rt.store.reading() as conn:
-                rows = conn.execute(query).all()
+                rows = [(str(box), at) for box, at in conn.execute(query)]
         except SQLAlchemyError as exc:
             self.log.warning("metrics_seed_failed", error=error_text(exc))
-            return
-        for mailbox, last_poll_at in rows:
-            at = as_utc(last_poll_at)
-            if at is not None:
-                metrics.seed_last_success(mailbox, at.timestamp())
+        last_success = {box: as_utc(at) for box, at in rows}
+        for mailbox in names:
+            at = last_success.get(mailbox)
+            metrics.seed_last_success(mailbox, at.timestamp() if at is not None else started)
 
     def _finish_polls(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for every poll in progress to end; log those that did not.

@@ -4,10 +4,14 @@
 
     MailcaseError
     ├── ConfigError          bad or missing configuration: exit 2, never retried
-    │   └── TemplateError    a notice template cannot be compiled or rendered
+    │   ├── TemplateError    a notice template cannot be compiled or rendered
+    │   └── SecretError      the SMTP password file or credential cannot be read
+    │                        when a delivery run needs it: notices stay queued
     ├── DatabaseError        the database cannot be opened or is too old
-    ├── MailboxError         one mailbox cannot be read (connect, login, folder):
-    │                        that mailbox backs off, the others go on
+    ├── MailboxError         one mailbox cannot be read (connect, login, folder; or
+    │                        a message of it cannot be ingested for a template or
+    │                        storage.directory, its ``component``): that mailbox
+    │                        backs off, the others go on
     ├── DeliveryError        SMTP delivery of one notice failed
     │   └── PermanentDeliveryError   5xx: do not retry
     └── MessageError         one message cannot be processed: it is quarantined
@@ -44,6 +48,17 @@ class TemplateError(ConfigError):
     """
 
 
+class SecretError(ConfigError):
+    """The SMTP password file or credential cannot be read when a delivery run logs in:
+    removed or rotated away after start-up, or an admin's shell without systemd's
+    ``$CREDENTIALS_DIRECTORY``. Its text names the file or credential, never a secret.
+
+    The admin's to fix, and neither the server's nor the notices' fault: the run
+    ends, and every notice stays queued as it was (no attempt recorded, no
+    back-off), for a process that can read it.
+    """
+
+
 class DatabaseError(MailcaseError):
     """The database cannot be opened, or its schema is not the code's."""
 
@@ -57,11 +72,18 @@ class StorageError(MailcaseError):
 
 
 class MailboxError(MailcaseError):
-    """One mailbox could not be read; carries the mailbox name."""
+    """One mailbox could not be read; carries the mailbox name, and its ``component``:
+    what failed, as ``mailcase_errors_total`` labels it.
 
-    def __init__(self, mailbox: str, message: str) -> None:
+    ``imap`` (the default): the server, the login, the folder. ``template``: a
+    notice template the admin broke. ``storage``: ``storage.directory`` cannot
+    be written. Only the first is the IMAP server's doing.
+    """
+
+    def __init__(self, mailbox: str, message: str, *, component: str = "imap") -> None:
         super().__init__(f"mailbox {mailbox}: {message}")
         self.mailbox = mailbox
+        self.component = component
 
 
 class DeliveryError(MailcaseError):

@@ -43,7 +43,8 @@ POLL_SECONDS = Histogram(
 )
 ERRORS = Counter(
     "mailcase_errors_total",
-    "Failures to reach a peer: protocol imap (per mailbox) or smtp.",
+    "Failures by what failed: imap (a mailbox's server, login or folder), smtp, "
+    "template (a notice template, per mailbox) or storage (storage.directory, per mailbox).",
     ["protocol", "mailbox"],
     registry=REGISTRY,
 )
@@ -57,12 +58,13 @@ def poll_succeeded(mailbox: str) -> None:
 
 
 def seed_last_success(mailbox: str, at: float) -> None:
-    """Take ``at`` (a Unix time: the database's last successful poll) as ``mailbox``'s
-    last success, unless this process has already seen a later one.
+    """Take ``at`` (a Unix time: the database's last successful poll, or the daemon's
+    start for a mailbox that never polled successfully) as ``mailbox``'s last
+    success, unless this process has already seen a later one.
 
-    The daemon calls it at start, so a mailbox that stays broken across a
-    restart keeps a growing ``mailcase_seconds_since_last_successful_poll``
-    instead of no series at all.
+    The daemon calls it at start for every configured mailbox, so one that stays
+    broken across a restart, or was never read at all, keeps a growing
+    ``mailcase_seconds_since_last_successful_poll`` instead of no series.
     """
     if at > _last_success.get(mailbox, float("-inf")):
         _last_success[mailbox] = at
@@ -73,12 +75,14 @@ def set_queued(count: int) -> None:
 
 
 class _Live(Collector):
-    """Values computed at scrape time: seconds since each mailbox's last good poll."""
+    """Values computed at scrape time: seconds since each mailbox's last good poll (every
+    mailbox the daemon seeded or saw succeed), and the outbox's queue."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         since = GaugeMetricFamily(
             "mailcase_seconds_since_last_successful_poll",
-            "Seconds since the last successful poll of each mailbox.",
+            "Seconds since the last successful poll of each mailbox "
+            "(since the daemon started, for one never polled successfully).",
             labels=["mailbox"],
         )
         now = time.time()

@@ -44,7 +44,7 @@ from sqlmodel import Session, col, func, select
 from mailcase import metrics, runlock
 from mailcase.classify import is_automatic_address
 from mailcase.config import Settings
-from mailcase.errors import DatabaseError, DeliveryError, PermanentDeliveryError
+from mailcase.errors import DatabaseError, DeliveryError, PermanentDeliveryError, SecretError
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
@@ -124,6 +124,10 @@ def deliver_outbox(
     finished and recorded, the rest stay queued as they were (not attempted,
     no back-off), and :attr:`DeliveryReport.stopped` says so. The sent log is
     folded all the same.
+
+    Raises :class:`~mailcase.errors.SecretError` (counted as an SMTP error) when
+    the SMTP password file or credential cannot be read: the notices not sent
+    yet stay queued as they were.
     """
     if store.delivery_lock is None:
         return _deliver_due(store, settings, now or utcnow(), stop)
@@ -255,9 +259,14 @@ def log_run_failure(exc: Exception) -> None:
     (``outbox_run_failed``), and the notices wait in it for the next run. So
     is a :class:`~mailcase.errors.DatabaseError` (a sent log that cannot be
     read): one line at error level, whose sentence names the file and what to
-    do. Anything else is a bug: ``outbox_run_crashed`` with its traceback.
+    do; and so is a :class:`~mailcase.errors.SecretError` (the SMTP password
+    file or credential cannot be read), as ``smtp_unavailable``. Anything else
+    is a bug: ``outbox_run_crashed`` with its traceback.
     """
-    if isinstance(exc, DatabaseError):
+    if isinstance(exc, SecretError):
+        # The notices are untouched, queued for the run that can log in.
+        get_logger().error("smtp_unavailable", error=str(exc))
+    elif isinstance(exc, DatabaseError):
         # Needs a person, but a traceback would hide the sentence that says what to do.
         get_logger().error("outbox_run_failed", error=str(exc))
     elif isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
@@ -313,6 +322,9 @@ def _deliver(
     ids = _until(stop, ids, report)
     try:
         connection = SmtpConnection(settings.smtp).__enter__()
+    except SecretError:
+        metrics.ERRORS.labels("smtp", "").inc()
+        raise  # logged by the caller (log_run_failure) or said by the CLI
     except DeliveryError as exc:
         metrics.ERRORS.labels("smtp", "").inc()
         # Even a refused login is the server's or the admin's problem, not the
@@ -337,6 +349,9 @@ def _deliver(
                         store, settings, connection, notice_id, now, report,
                         row=rows.get(notice_id),
                     )  # fmt: skip
+    except SecretError:  # connecting again after the server hung up
+        metrics.ERRORS.labels("smtp", "").inc()
+        raise
     finally:
         connection.close()
     return report
@@ -508,9 +523,16 @@ def _suppressed(settings: Settings, notice_id: int, rcpt: str, report: DeliveryR
 def _send(
     connection: SmtpConnection, mail_from: str, rcpt: str, raw: bytes
 ) -> DeliveryError | None:
+    """Send one notice; the failure, or None. A server that hung up and then refused
+    the new connection is counted and logged (``smtp_unavailable``) once per run, as
+    a failed connection at the run's start is."""
+    reachable = connection.unreachable is None
     try:
         connection.send(mail_from, rcpt, raw)  # connects again if the server hung up
     except DeliveryError as exc:
+        if reachable and connection.unreachable is not None:
+            metrics.ERRORS.labels("smtp", "").inc()
+            get_logger().warning("smtp_unavailable", error=str(connection.unreachable))
         return exc
     return None
 

@@ -116,13 +116,25 @@ class Runtime:
 
 @dataclass
 class MailboxReport:
+    """What one poll of a mailbox did. Every fetched message is counted once: under
+    its ledger disposition when it is new to the ledger, else in ``remapped``."""
+
     mailbox: str
     fetched: int = 0
     dispositions: Counter[str] = field(default_factory=Counter)
+    # Messages whose ledger row was there already: a rebuilt folder's (new UIDVALIDITY),
+    # met at their new UIDs, or ones committed before a crash lost the checkpoint.
+    remapped: int = 0
     skipped: bool = False  # another instance holds the mailbox's lease
+
+    @property
+    def new(self) -> int:
+        """Fetched messages that were new to the ledger."""
+        return self.fetched - self.remapped
 
 
 Progress = Callable[[int, int], None]  # (messages done, messages to do)
+_Address = tuple[int, int]  # (UIDVALIDITY, UID) of a ledger row
 
 
 def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> MailboxReport:
@@ -135,8 +147,8 @@ def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> Ma
     with metrics.POLL_SECONDS.labels(name).time():
         try:
             report = _poll_mailbox(rt, name, progress)
-        except MailboxError:
-            metrics.ERRORS.labels("imap", name).inc()
+        except (MailboxError, ConfigError) as exc:
+            metrics.ERRORS.labels(_failed_component(exc), name).inc()
             raise
         except SQLAlchemyError as exc:  # the lease, the checkpoint: one line, not a traceback
             raise DatabaseError(
@@ -145,6 +157,16 @@ def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> Ma
     if not report.skipped:
         metrics.poll_succeeded(name)
     return report
+
+
+def _failed_component(exc: MailboxError | ConfigError) -> str:
+    """What a failed poll's ``exc`` blames, as ``mailcase_errors_total`` labels it: the
+    :class:`MailboxError`'s component, ``template`` for a template that escaped
+    unwrapped, and ``imap`` for any other ConfigError: a password file or credential
+    of the mailbox's login that became unreadable after start-up."""
+    if isinstance(exc, MailboxError):
+        return exc.component
+    return "template" if isinstance(exc, TemplateError) else "imap"
 
 
 def _poll_mailbox(rt: Runtime, name: str, progress: Progress | None) -> MailboxReport:
@@ -194,7 +216,8 @@ def _poll_leased(
                     checkpoint.last_poll_at = utcnow()
                 checkpoint.failures = 0
                 session.add(checkpoint)
-    log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions))
+    again = {"remapped": report.remapped} if report.remapped else {}
+    log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions), **again)
     return report
 
 
@@ -234,12 +257,17 @@ def _ingest_all(
         renewed = time.monotonic()  # the caller took the lease just before
         for fetched, parsed in parse_ahead(fetched_messages, _raw_of, parser):
             disposition = ingest_message(
-                rt, name, box.uidvalidity, fetched, parsed, first_contact=first_contact
+                rt,
+                name,
+                box.uidvalidity,
+                fetched,
+                parsed,
+                first_contact=first_contact,
+                report=report,
             )
             report.fetched += 1
             if progress is not None:
                 progress(report.fetched, len(uids))
-            report.dispositions[disposition] += 1
             if disposition != Disposition.QUARANTINED:
                 # Left unread on the server: in webmail it stands out as not dealt with.
                 handled.append(fetched.uid)
@@ -494,6 +522,7 @@ def ingest_message(
     *,
     retry: bool = False,
     first_contact: bool = False,
+    report: MailboxReport | None = None,
 ) -> str:
     """Process one fetched message; return its disposition. Never raises for bad mail.
 
@@ -507,6 +536,13 @@ def ingest_message(
     mailcase: its cases open silently. Afterwards old mail is still answered
     (mail moved out of a junk folder keeps its arrival time; so does mail
     that waited out an outage).
+
+    A message whose ledger row was there already (its folder rebuilt under a
+    new UIDVALIDITY, or committed before a crash lost the checkpoint's news)
+    keeps that row, moved to its new address: it is logged as
+    ``message_remapped``, counted in ``report.remapped``, and not in the
+    messages or cases metrics, which counted it when it was new. Any other
+    message is counted in ``report.dispositions`` (``report``: the poll's).
     """
     log = get_logger(mailbox=mailbox, uid=fetched.uid)
     try:
@@ -516,14 +552,15 @@ def ingest_message(
     except StorageError as exc:
         raise _not_stored(mailbox, fetched.uid, exc) from exc
     if fetched.unreadable is not None:
-        return _quarantine_unreadable(rt, mailbox, uidvalidity, fetched, raw_sha, log)
+        return _quarantine_unreadable(rt, mailbox, uidvalidity, fetched, raw_sha, log, report)
     folio: str | None = None
+    remapped_from: _Address | None = None
     try:
         # Parsed before the transaction: the write lock (SQLite) is then held
         # for the database work only, and delivery can commit in between.
         mail_and_note = _parse(rt, fetched, raw_sha, parsed)
         with rt.store.transaction() as session:
-            entry, folio = _ingest(
+            entry, folio, remapped_from = _ingest(
                 rt,
                 session,
                 mailbox,
@@ -544,7 +581,9 @@ def ingest_message(
         # A template the admin broke, not the message: quarantining would blame
         # every message until it is fixed, and need each retried by hand.
         raise MailboxError(
-            mailbox, f"message {fetched.uid} not ingested, read again by the next poll: {exc}"
+            mailbox,
+            f"message {fetched.uid} not ingested, read again by the next poll: {exc}",
+            component="template",
         ) from exc
     except Exception as exc:  # a bad message costs one message (Mailman's runner)
         if isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
@@ -564,12 +603,13 @@ def ingest_message(
                 other = _existing(session, mailbox, uidvalidity, fetched.uid)
             if other is not None:
                 log.info("message_ingested_elsewhere", disposition=other.disposition)
+                _count(report, other.disposition)
                 return str(other.disposition)
         reason = _error_reason(exc)
         log.warning("message_quarantined", disposition="quarantined", reason=reason)
         try:
             with rt.store.transaction() as session:
-                entry = _quarantine(
+                entry, remapped_from = _quarantine(
                     session,
                     mailbox,
                     uidvalidity,
@@ -584,6 +624,11 @@ def ingest_message(
             raise DatabaseError(
                 f"cannot record message {fetched.uid} of mailbox {mailbox}: {error_text(db_exc)}"
             ) from db_exc
+    if remapped_from is not None and not retry:
+        # Not new mail: counted when it was (a retry that failed again is counted
+        # as its first quarantine was).
+        _remapped(log, report, entry, remapped_from, folio)
+        return entry.disposition
     metrics.MESSAGES.labels(mailbox, entry.disposition).inc()
     if entry.disposition == Disposition.NEW_CASE:
         metrics.CASES_OPENED.labels(mailbox).inc()
@@ -594,14 +639,47 @@ def ingest_message(
         folio=folio,
         reason=entry.reason or None,
     )
+    _count(report, entry.disposition)
     return entry.disposition
+
+
+def _count(report: MailboxReport | None, disposition: str) -> None:
+    """Count a message new to the ledger in the poll's ``report`` (if any)."""
+    if report is not None:
+        report.dispositions[disposition] += 1
+
+
+def _remapped(
+    log: Any,
+    report: MailboxReport | None,
+    entry: LedgerEntry,
+    was: _Address,
+    folio: str | None = None,
+) -> None:
+    """Log and count a message whose ledger row was there already, at address ``was``."""
+    log.info(
+        "message_remapped",
+        message_id=entry.message_id,
+        disposition=entry.disposition,
+        folio=folio,
+        old_uidvalidity=was[0],
+        old_uid=was[1],
+    )
+    if report is not None:
+        report.remapped += 1
 
 
 UNREADABLE = "the IMAP server could not return it"
 
 
 def _quarantine_unreadable(
-    rt: Runtime, mailbox: str, uidvalidity: int, fetched: FetchedMessage, raw_sha: str, log: Any
+    rt: Runtime,
+    mailbox: str,
+    uidvalidity: int,
+    fetched: FetchedMessage,
+    raw_sha: str,
+    log: Any,
+    report: MailboxReport | None = None,
 ) -> str:
     """Record a message the server refused to return: quarantined, the poll goes on.
 
@@ -613,7 +691,8 @@ def _quarantine_unreadable(
     try:
         with rt.store.transaction() as session:
             existing = _existing(session, mailbox, uidvalidity, fetched.uid)
-            if existing is not None:
+            if existing is not None:  # recorded before a crash lost the checkpoint
+                _remapped(log, report, existing, (uidvalidity, fetched.uid))
                 return str(existing.disposition)
             _write_ledger(
                 session,
@@ -631,6 +710,7 @@ def _quarantine_unreadable(
             f"cannot record message {fetched.uid} of mailbox {mailbox}: {error_text(exc)}"
         ) from exc
     metrics.MESSAGES.labels(mailbox, Disposition.QUARANTINED).inc()
+    _count(report, Disposition.QUARANTINED)
     return str(Disposition.QUARANTINED)
 
 
@@ -767,7 +847,11 @@ def _not_stored(mailbox: str, uid: int, exc: StorageError) -> MailboxError:
     it; failing the poll leaves it above the checkpoint, unflagged, so the
     next poll (with back-off in the daemon) reads it again once there is room.
     """
-    return MailboxError(mailbox, f"message {uid} not ingested, read again by the next poll: {exc}")
+    return MailboxError(
+        mailbox,
+        f"message {uid} not ingested, read again by the next poll: {exc}",
+        component="storage",
+    )
 
 
 def _error_reason(exc: BaseException) -> str:
@@ -883,25 +967,27 @@ def _quarantine(
     reason: str,
     *,
     first_time: Callable[[], None] | None = None,
-) -> LedgerEntry:
+) -> tuple[LedgerEntry, _Address | None]:
     """The message's quarantined ledger row, written in ``session``: a new one, or its
-    row already there (a retry that failed again, a folder rebuilt). ``first_time``
-    is called when the row is new: the message was never quarantined before."""
+    row already there (a retry that failed again, a folder rebuilt), with the address
+    that row had (else None). ``first_time`` is called when the row is new: the
+    message was never quarantined before."""
     existing = _existing(session, mailbox, uidvalidity, fetched.uid)
     if existing is not None:
         if existing.disposition == Disposition.QUARANTINED and existing.reason != reason:
             existing.reason = reason  # a retry that failed again: its latest error
             session.add(existing)
-        return existing
+        return existing, (uidvalidity, fetched.uid)
     key = f"sha256:{raw_sha}"
     for entry in ledger_by_key(session, key):
         if entry.mailbox == mailbox and entry.uidvalidity != uidvalidity:
             # Quarantined before the folder was rebuilt: the same message at a
             # new address (as _ingest does for parsed mail), not a second one.
+            was = (entry.uidvalidity, entry.uid)
             entry.uidvalidity, entry.uid, entry.reason = uidvalidity, fetched.uid, reason
             session.add(entry)
             _advance(session, mailbox, uidvalidity, fetched.uid)
-            return entry
+            return entry, was
     entry = _write_ledger(
         session,
         mailbox,
@@ -915,7 +1001,7 @@ def _quarantine(
     )
     if first_time is not None:
         first_time()
-    return entry
+    return entry, None
 
 
 def _write_ledger(
@@ -972,8 +1058,9 @@ def _ingest(
     *,
     retry: bool = False,
     first_contact: bool = False,
-) -> tuple[LedgerEntry, str | None]:
-    """Record the message in ``session``: its ledger row, and its case's folio if known.
+) -> tuple[LedgerEntry, str | None, _Address | None]:
+    """Record the message in ``session``: its ledger row, its case's folio if known, and
+    the address its row had when the message was in the ledger already (else None).
 
     With ``retry``, a quarantined ledger row of the message is deleted in this
     transaction, so that it is replaced, or kept if the transaction fails.
@@ -990,8 +1077,8 @@ def _ingest(
         age_gate, met_at = True, as_utc(existing.ingested_at) or met_at
         session.delete(existing)
         session.flush()
-    elif existing is not None:
-        return existing, None  # committed before a crash lost the checkpoint's news
+    elif existing is not None:  # committed before a crash lost the checkpoint's news
+        return existing, None, (uidvalidity, fetched.uid)
     settings = rt.settings
 
     earlier = ledger_by_key(session, mail.dedup_key)
@@ -1008,10 +1095,11 @@ def _ingest(
         # the row "under another UIDVALIDITY" is its copy in the rebuilt folder,
         # which must keep its address: the retried one is its duplicate.)
         entry = stale[0]
+        was = (entry.uidvalidity, entry.uid)
         entry.uidvalidity, entry.uid = uidvalidity, fetched.uid
         session.add(entry)
         _advance(session, mailbox, uidvalidity, fetched.uid)
-        return entry, None
+        return entry, None, was
 
     classification = classify(mail, own_addresses=settings.own_addresses)
     facts = _facts(rt, session, mail, earlier)
@@ -1050,7 +1138,7 @@ def _ingest(
         raw_sha256=raw_sha,
         size=mail.size,
     )
-    return entry, case.folio if case else None
+    return entry, case.folio if case else None, None
 
 
 def _web_form_vouched(settings: Settings, mail: InboundMail) -> InboundMail:

@@ -15,7 +15,7 @@ import ssl
 from types import TracebackType
 
 from mailcase.config import SmtpSettings, tls_context
-from mailcase.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from mailcase.errors import ConfigError, DeliveryError, PermanentDeliveryError, SecretError
 from mailcase.oauth import TokenError, TokenProvider, smtp_tokens, xoauth2_string
 
 _SESSION_REFUSALS = frozenset({503, 530})
@@ -69,7 +69,9 @@ class SmtpConnection:
         self._unreachable: DeliveryError | None = None  # that reconnection failed
 
     def __enter__(self) -> SmtpConnection:
-        """Connect and log in; raise DeliveryError (retry) or PermanentDeliveryError."""
+        """Connect and log in; raise DeliveryError (retry) or PermanentDeliveryError,
+        or SecretError when the password file or credential cannot be read (also
+        when connecting again during a run: it ends the run)."""
         s = self.settings
         where = f"SMTP server {s.host}:{s.effective_port}"
         context = None
@@ -90,8 +92,15 @@ class SmtpConnection:
             except TokenError as exc:
                 raise DeliveryError(f"no OAuth2 token for {s.username} at {where} ({exc})") from exc
         # Read before connecting: a password file or credential that cannot be read
-        # (ConfigError) then leaves no connection open behind it.
-        password = None if tokens is not None else s.resolved_password()
+        # then leaves no connection open behind it.
+        try:
+            password = None if tokens is not None else s.resolved_password()
+        except ConfigError as exc:
+            # Unreadable after start-up (a file rotated away), or in an admin's shell
+            # (no $CREDENTIALS_DIRECTORY): not a DeliveryError, which would back off
+            # every due notice for a fault of this process's. The sentence names the
+            # file or credential, never its content.
+            raise SecretError(f"{where}: {exc}") from exc
         try:
             if s.security == "tls":
                 self.client = smtplib.SMTP_SSL(
@@ -195,6 +204,11 @@ class SmtpConnection:
         except (OSError, smtplib.SMTPException):
             self.client.close()
         self.client = None
+
+    @property
+    def unreachable(self) -> DeliveryError | None:
+        """Why connecting again failed after the server hung up during this run, or None."""
+        return self._unreachable
 
     def _drop(self) -> None:
         if self.client is not None:
