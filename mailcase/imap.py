@@ -106,6 +106,9 @@ class ImapMailbox:
                 token = tokens.token()
             except TokenError as exc:
                 raise MailboxError(self.name, f"no OAuth2 token for {s.login} ({exc})") from exc
+        # Read before connecting, too: an unreadable password file or credential
+        # (ConfigError) then leaves no connection open behind it.
+        password = "" if tokens is not None else s.resolved_password() or ""
         try:
             self.client = imapclient.IMAPClient(
                 s.host,
@@ -130,7 +133,7 @@ class ImapMailbox:
             if tokens is not None:
                 self.client.oauth2_login(s.login, token)
             else:
-                self._password_login(s.login, s.resolved_password() or "", where)
+                self._password_login(s.login, password, where)
         except LoginError as exc:
             self.close()
             if _unavailable(exc):

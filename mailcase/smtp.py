@@ -139,6 +139,14 @@ class SmtpConnection:
             # Connection-level trouble is temporary, even a 5xx greeting: the
             # notice itself was not refused.
             raise DeliveryError(f"cannot connect to {where} ({exc or type(exc).__name__})") from exc
+        except ValueError as exc:
+            # smtplib decodes the server's AUTH challenge (CRAM-MD5's base64) without
+            # a guard: binascii.Error, a ValueError, crashed every delivery run with
+            # a traceback and left the notices with no error to show.
+            self.close()
+            raise DeliveryError(
+                f"cannot log in to {where}: its answer to AUTH could not be read ({exc})"
+            ) from exc
         except BaseException:
             self.close()
             raise

@@ -580,3 +580,51 @@ def test_the_agents_alert_shows_a_status_only_when_the_server_gave_one(
     assert body is not None
     [line] = [x for x in body.get_content().splitlines() if x.startswith("Estado")]
     assert line.split(":", 1)[1].strip() == status
+
+
+def test_an_auth_challenge_that_cannot_be_decoded_is_a_delivery_error() -> None:
+    # "334 abc" is not base64: smtplib's CRAM-MD5 raised binascii.Error, which
+    # crashed every delivery run with a traceback (seen: a broken relay).
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection, connection.makefile("rwb") as stream:
+
+            def say(line: str) -> None:
+                stream.write(line.encode() + b"\r\n")
+                stream.flush()
+
+            say("220 relay ESMTP")
+            for raw in stream:
+                command = raw.decode().strip().upper()
+                if command.startswith("EHLO"):
+                    say("250-relay")
+                    say("250 AUTH CRAM-MD5")
+                elif command.startswith("AUTH"):
+                    say("334 abc")
+                elif command.startswith("QUIT"):
+                    say("221 bye")
+                    return
+                else:
+                    say("500 no")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    settings = SmtpSettings.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": server.getsockname()[1],
+            "security": "none",
+            "username": "soporte",
+            "password": "S3cret",
+        }
+    )
+    try:
+        with pytest.raises(DeliveryError, match="its answer to AUTH could not be read"):
+            SmtpConnection(settings).__enter__()
+    finally:
+        thread.join(5)
+        server.close()
