@@ -34,7 +34,7 @@ from mailcase.blobs import BlobStore, read_header
 from mailcase.classify import OWN_ADDRESS, MailKind, classify
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
-from mailcase.dsn import DeliveryReport, parse_dsn
+from mailcase.dsn import DeliveryReport, parse_dsn, readable_text
 from mailcase.errors import (
     ConfigError,
     DatabaseError,
@@ -1853,7 +1853,7 @@ def _notices_named_in(
     bounce to mark notices failed would not know.
     """
     failed = {r.recipient for r in report.recipients}
-    text = " ".join(raw.decode("utf-8", "replace").lower().split())
+    text = readable_text(raw)  # subjects with accents are encoded in the bounce
     since = utcnow() - BOUNCE_WINDOW
     rows = session.exec(
         select(Notice, CaseMessage.subject)

@@ -408,3 +408,54 @@ def test_thousands_of_references_are_looked_up_as_the_last_hundred(
     assert len(parse_inbound(raw).thread_ids) == 100
     assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, raw, now)) == "new_case"
     rt.store.dispose()
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Sin servicio de internet",
+        "Sin señal en el módem",
+        "Can’t connect",
+        "No internet " + "since yesterday at noon " * 6,  # clipped with "…"
+    ],
+)
+def test_a_bounce_naming_only_an_encoded_subject_finds_its_notice(
+    tmp_path: Path, subject: str
+) -> None:
+    # Exchange 2003 / Domino style: no Message-ID, the subject quoted RFC 2047-encoded
+    # and in a quoted-printable body. Matched against the raw bytes, a subject with one
+    # accent never matched: the acknowledgement stayed "sent", nobody was told.
+    import email.header
+    import quopri
+
+    rt = offline_runtime(tmp_path, notify=True)
+    customer = "juan.perez@example.com"
+    now = datetime.now(UTC)
+    fetched = FetchedMessage(1, mail(subject=subject), now)
+    assert service.ingest_message(rt, "contacto", 1, fetched) == "new_case"
+    with rt.store.transaction() as session:
+        session.execute(sa.update(Notice).values(status="sent"))
+        sent = session.exec(select(CaseMessage.subject).where(CaseMessage.kind == "notice")).first()
+    assert sent is not None
+    body = (
+        f"Your message\r\n\r\n  To: {customer}\r\n  Subject: {sent}\r\n\r\n"
+        f"did not reach the following recipient(s):\r\n\r\n{customer}\r\n"
+        "    The recipient name is not recognized\r\n"
+    )
+    bounce = (
+        "Return-Path: <>\r\nFrom: System Administrator <postmaster@mx.example.com>\r\n"
+        f"To: {CONTACTO}\r\n"
+        f"Subject: {email.header.Header('Undeliverable: ' + sent, 'utf-8').encode()}\r\n"
+        "Message-ID: <ndr-1@mx.example.com>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + quopri.encodestring(body.encode("utf-8")).decode()
+    ).encode()
+    try:
+        assert service.ingest_message(rt, "contacto", 1, FetchedMessage(2, bounce, now)) == "bounce"
+        with rt.store.transaction() as session:
+            statuses = {n.kind: n.status for n in session.exec(select(Notice)).all()}
+    finally:
+        rt.store.dispose()
+    assert statuses["acknowledgement"] == "failed", statuses
+    assert "delivery_failed" in statuses
