@@ -934,10 +934,7 @@ def _attachments(parsed: Any) -> Iterable[Attachment]:
     for item in parsed.attachments or []:
         payload = item.get("payload") or ""
         if item.get("binary"):
-            try:
-                data = base64.b64decode(payload)
-            except (binascii.Error, ValueError):
-                data = str(payload).encode("utf-8", "replace")
+            data = _from_base64(str(payload))
         else:
             data = str(payload).encode("utf-8", "replace")
         disposition = str(item.get("content-disposition") or "").lower()
@@ -947,6 +944,25 @@ def _attachments(parsed: Any) -> Iterable[Attachment]:
             payload=data,
             inline=bool(item.get("content-id")) and not disposition.startswith("attachment"),
         )
+
+
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+
+
+def _from_base64(payload: str) -> bytes:
+    """The bytes of a part's base64 text, padding restored when the sender left it off.
+
+    Some mailers (and mail cut short on the way) end base64 without its "="
+    padding; ``b64decode`` refused it, and the base64 text itself was stored as
+    the "photo", which nothing could open. The stdlib's own decoder pads too.
+    """
+    clean = _NOT_BASE64.sub("", payload)
+    if len(clean) % 4 == 1:  # a lone last character carries no whole byte
+        clean = clean[:-1]
+    try:
+        return base64.b64decode(clean + "=" * (-len(clean) % 4))
+    except (binascii.Error, ValueError):
+        return payload.encode("utf-8", "replace")
 
 
 _BLOCK_TAGS = frozenset(

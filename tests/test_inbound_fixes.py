@@ -415,3 +415,24 @@ def test_two_plain_alternatives_are_one_text() -> None:
     # Plain parts of a mixed message are still all of the body.
     mixed_body = mixed(TEXT_PART, b"Content-Type: text/plain; charset=utf-8\r\n\r\nY otra parte")
     assert parse_inbound(mixed_body).text == "Foto del modem\nY otra parte"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 7], ids=["padded", "no-pad-1", "no-pad-2", "cut-short"])
+def test_base64_without_its_padding_is_decoded_not_stored_as_text(cut: int) -> None:
+    # b64decode refused it and the base64 text was stored as the "photo".
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+    encoded = base64.b64encode(jpeg).decode()
+    body = encoded.rstrip("=") if cut in (1, 2) else encoded[: len(encoded) - cut]
+    raw = (
+        "From: juan@example.com\r\nTo: contacto@example.com\r\nSubject: foto\r\n"
+        "Message-ID: <pad@example.com>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nfoto del módem\r\n"
+        '--B\r\nContent-Type: image/jpeg; name="foto.jpg"\r\n'
+        'Content-Disposition: attachment; filename="foto.jpg"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n" + body + "\r\n--B--\r\n"
+    ).encode()
+    [photo] = parse_inbound(raw).attachments
+    assert photo.payload.startswith(b"\xff\xd8\xff")
+    if cut in (0, 1, 2):
+        assert photo.payload == jpeg
