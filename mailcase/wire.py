@@ -236,13 +236,41 @@ def _name_params(param: str, name: str) -> str:
     return "".join(f";\r\n {param}*{i}*={chunk}" for i, chunk in enumerate(chunks))
 
 
+_WORD_BYTES = 42  # of a name per RFC 2047 word: 56 base64 characters, a line under 78
+
+
+def _type_name(name: str) -> str:
+    """Content-Type's ``name=`` for ``name``: quoted as it is when it may be, else as RFC
+    2047 encoded words inside the quotes, one per folded line.
+
+    Not RFC 2231 there: Outlook (desktop on POP/IMAP) does not read it and showed
+    "Untitled attachment" (ATT00001) for any name with an accent or over 60
+    characters. Encoded words in the quoted ``name`` are what Thunderbird, Gmail and
+    Outlook itself write; Content-Disposition keeps the standard RFC 2231
+    ``filename*``, which the other clients prefer.
+    """
+    if _QUOTABLE_NAME.match(name) and '"' not in name and "\\" not in name and len(name) <= 60:
+        return f';\r\n name="{name}"'
+    chunks: list[bytes] = []
+    chunk = b""
+    for char in name:  # never splitting a character's UTF-8 bytes between two words
+        encoded = char.encode("utf-8")
+        if len(chunk) + len(encoded) > _WORD_BYTES:
+            chunks.append(chunk)
+            chunk = b""
+        chunk += encoded
+    chunks.append(chunk)
+    encoded_words = [f"=?utf-8?B?{base64.b64encode(c).decode('ascii')}?=" for c in chunks]
+    return ';\r\n name="' + "\r\n ".join(encoded_words) + '"'
+
+
 def _attachment_part(attachment: FileAttachment) -> bytes:
     content_type = attachment.content_type.strip().lower()
     if not _MIME_TYPE.match(content_type):
         content_type = "application/octet-stream"
     name = _safe_filename(attachment.filename)
     head = (
-        f"Content-Type: {content_type}{_name_params('name', name)}\r\n"
+        f"Content-Type: {content_type}{_type_name(name)}\r\n"
         f"Content-Disposition: attachment{_name_params('filename', name)}\r\n"
         "Content-Transfer-Encoding: base64\r\n\r\n"
     )

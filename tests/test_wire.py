@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import string
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -265,3 +267,27 @@ def test_a_content_type_that_is_not_one_is_sent_as_octet_stream() -> None:
     [part] = message.iter_attachments()  # type: ignore[attr-defined]
     assert part.get_content_type() == "application/octet-stream"
     assert b"Bcc" not in raw
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "foto módem (1).jpg",
+        "Estado de cuenta de noviembre 2026 del contrato 55321 a nombre de Juan.pdf",
+        "recibo de señal – año 2026 " + "ñ" * 150 + ".pdf",
+    ],
+)
+def test_content_type_names_a_file_as_outlook_reads_it(name: str) -> None:
+    # Outlook does not read RFC 2231: with `name*0*=utf-8''…` alone it showed
+    # "Untitled attachment" (ATT00001). The name goes as RFC 2047 words in quotes.
+    raw = wire.message(
+        HEAD, "Hola", None, attachments=[wire.FileAttachment(name, "image/jpeg", DATA)]
+    )
+    assert max(map(len, raw.split(b"\r\n"))) <= wire.MAX_LINE
+    parts: Any = email.message_from_bytes(raw, policy=email.policy.compat32).get_payload()
+    part = parts[1]
+    assert "name*" not in part["Content-Type"]
+    written = " ".join(str(part.get_param("name")).split())
+    decoded = str(email.header.make_header(email.header.decode_header(written)))
+    assert decoded == wire._safe_filename(name)
+    assert part.get_filename() == wire._safe_filename(name)  # Content-Disposition's, RFC 2231
