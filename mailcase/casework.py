@@ -13,11 +13,12 @@ from datetime import date, datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from mailcase.blobs import BlobStore
 from mailcase.commands import Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
 from mailcase.folio import format_folio, has_link
-from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant
+from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant, StoredAttachment
 from mailcase.notices import queue_notice
 from mailcase.store import insert_row, next_folio_number, utcnow
 from mailcase.wire import FileAttachment
@@ -591,14 +592,51 @@ def route(
     session.add(case)
     record(session, case, "system", f"routed to area {area}", from_addr=by)
     last = session.exec(
-        select(CaseMessage.text)
+        select(CaseMessage.id, CaseMessage.text)
         .where(CaseMessage.case_id == case.id, CaseMessage.kind == "customer")
         .order_by(col(CaseMessage.id).desc())
     ).first()
+    stored = (
+        session.exec(
+            select(StoredAttachment)
+            .where(StoredAttachment.case_message_id == last[0])
+            .order_by(col(StoredAttachment.id))
+        ).all()
+        if last
+        else []
+    )
+    # The photos go along, as with the general list's notice: the area must be able to
+    # answer from its notice alone, and had neither the files nor their names.
+    files, left = stored_files(settings, stored)
     notify_agents(
-        session, settings, case, "routed", text=last or "", to=settings.areas[area].notify,
-        note=note,
+        session, settings, case, "routed", text=last[1] if last else "",
+        to=settings.areas[area].notify, note=note,
+        attachments=[a.filename for a in stored], files=files, not_attached=left,
     )  # fmt: skip
+
+
+def stored_files(
+    settings: Settings, stored: Sequence[StoredAttachment]
+) -> tuple[list[FileAttachment], list[str]]:
+    """Of the case's ``stored`` files, in order, those that fit together in
+    ``notices.max_agent_attachment_bytes`` read from the store, and the names of the
+    others (too big, or no longer readable: named as kept on the case)."""
+    blobs = BlobStore(settings.storage.directory)
+    files: list[FileAttachment] = []
+    left: list[str] = []
+    total = 0
+    for attachment in stored:
+        if total + attachment.size > settings.notices.max_agent_attachment_bytes:
+            left.append(attachment.filename)
+            continue
+        try:
+            data = blobs.get(attachment.sha256)
+        except (OSError, ValueError):
+            left.append(attachment.filename)
+            continue
+        total += attachment.size
+        files.append(FileAttachment(attachment.filename, attachment.content_type, data))
+    return files, left
 
 
 def close(session: Session, settings: Settings, case: Case, *, by: str) -> None:
