@@ -409,6 +409,8 @@ def notify_agents(
             "related": list(related),
             # Of ``attachments``, those too large to go with the notice.
             "not_attached": list(not_attached),
+            # notices.max_agent_attachment_bytes = 0: names only, by the admin's choice.
+            "attaching": settings.notices.max_agent_attachment_bytes > 0,
         },
         attachments=files,
     )

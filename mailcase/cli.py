@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -186,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     show = cases.add_parser("show", help="one case with its messages")
     show.add_argument("folio")
     show.add_argument("--json", action="store_true")
+    saving = cases.add_parser(
+        "attachment", help="write one of a case's files (numbered as cases show lists them)"
+    )
+    saving.add_argument("folio")
+    saving.add_argument("number", type=_positive, metavar="N")
+    saving.add_argument(
+        "--output", metavar="FILE", help="where to write it (default: stdout, not a terminal)"
+    )
     opening = cases.add_parser("open", help="register a case received by phone, web or visit")
     opening.add_argument("--customer", default="", help="the customer's mail address, if known")
     opening.add_argument("--name", default="", help="the customer's name")
@@ -372,7 +381,11 @@ def _writes(args: argparse.Namespace) -> bool:
     if command in ("poll", "run"):
         return True
     action: str = getattr(args, "action", "")
-    read_only = {"db": ("current",), "cases": ("list", "show"), "messages": ("list", "show")}
+    read_only = {
+        "db": ("current",),
+        "cases": ("list", "show", "attachment"),
+        "messages": ("list", "show"),
+    }
     if command in read_only:
         return action not in read_only[command]
     return command == "outbox" and action == "retry"
@@ -674,6 +687,45 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
     return detail
 
 
+def _case_attachment(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the case's N-th file (1-based, in the order `cases show` lists them) to
+    ``--output`` (created owner-only, never over an existing file) or to stdout.
+
+    Agents' notices name the files that did not fit as "kept on the case": this is
+    how one gets them back, as a helpdesk's web interface would offer a download.
+    """
+    from mailcase.blobs import BlobStore
+
+    target: Path | None = Path(args.output) if args.output else None
+    if target is None and sys.stdout.isatty():
+        raise UsageError("give --output FILE: the attachment is not for a terminal")
+    store = _open_store(settings, create=False)
+    with store.read_session() as session:
+        case = case_by_folio(session, args.folio.strip().upper())
+        if case is None:
+            raise NotFoundError(f"no case with folio {args.folio}")
+        stored = session.exec(
+            select(StoredAttachment)
+            .join(CaseMessage, col(CaseMessage.id) == col(StoredAttachment.case_message_id))
+            .where(CaseMessage.case_id == case.id)
+            .order_by(col(CaseMessage.id), col(StoredAttachment.id))
+        ).all()
+    if args.number > len(stored):
+        raise NotFoundError(f"case {case.folio} has {len(stored)} attachment(s), not {args.number}")
+    attachment = stored[args.number - 1]
+    data = BlobStore(settings.storage.directory).get(attachment.sha256)
+    if target is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return EXIT_OK
+    # O_EXCL: an existing file is the admin's, not ours to replace.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    print(visible(f"{target}: {attachment.filename} ({attachment.size} bytes)"), file=sys.stderr)
+    return EXIT_OK
+
+
 def _operator() -> str:
     """Who ran the command, for the case's record: the login name, else the uid."""
     try:
@@ -852,6 +904,8 @@ def _unsent_notices(store: Store, after: int, case_id: int | None) -> list[str]:
 
 
 def _cases(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "attachment":
+        return _case_attachment(args, settings)
     if args.action not in ("list", "show"):
         return _case_change(args, settings)
     store = _open_store(settings, create=False)
@@ -1201,6 +1255,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         elif key == "related":
             value = ", ".join(value or ()) or None
         print(visible(f"{key + ':':12} {value if value is not None else '-'}"))
+    number = 0
     for m in detail["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
         print(
@@ -1219,8 +1274,9 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
                 f"mailcase cases show {detail['folio']} --json has the whole text]"
             )
         for att in m["attachments"]:
+            number += 1  # as `mailcase cases attachment FOLIO N` takes it
             kind, size = att["content_type"], att["size"]
-            print(visible(f"   [attachment] {att['filename']} ({kind}, {size} bytes)"))
+            print(visible(f"   [attachment {number}] {att['filename']} ({kind}, {size} bytes)"))
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def test_case_show_reads_as_text(cli: Cli, mailboxes: Dovecot) -> None:
     _, out, _ = cli("cases", "show", folio)
     assert f"\nvisit:       {day} 09:30\n" in out
     assert "\nrelated:     -\n" in out
-    assert "\n   [attachment] recibo.pdf (application/pdf, 15 bytes)\n" in out
+    assert "\n   [attachment 1] recibo.pdf (application/pdf, 15 bytes)\n" in out
     # A reply to a closed case opens a new case linked to it.
     assert cli("cases", "close", folio)[0] == 0
     reply = mail(

@@ -48,6 +48,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "by_agent": False,
         "related": [],
         "not_attached": [],
+        "attaching": True,
         "company": COMPANY,
     },
     "relay": {
@@ -151,7 +152,7 @@ OPTIONAL = {
     "visit": {"visit_date_text", "previous_visit"},
     "relay": {"customer_name"},
     "not_relayed": {"untold", "own_sender"},  # read only for their reasons
-    "agent_notification": {"area"},  # read only when the reason is routed
+    "agent_notification": {"area", "attaching"},  # read only when routed, or files left out
 }
 CUSTOMER_FACING = ("relay", "resolution_valid", "resolution_invalid", "visit", "visit_cancelled")
 AGENT_ONLY = (
