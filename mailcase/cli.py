@@ -1187,12 +1187,16 @@ def _local(value: str | None, zone: ZoneInfo | None) -> str | None:
 # customer's subject, text, file name or address may hold ESC sequences that
 # retitle the window, clear the screen or hide text when an admin lists cases.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Bidirectional overrides and isolates: "factura\u202efdp.exe" shows as "facturaexe.pdf".
+_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def visible(text: str) -> str:
-    """``text`` with every control character but tab and newline shown as ``\\xNN``:
-    safe to print on a terminal (as git and less show them)."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """``text`` with every control character but tab and newline shown as ``\\xNN``, and
+    every bidirectional override as ``\\uNNNN``: safe to print on a terminal (as git
+    and less show them), and read in the order it is written."""
+    text = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _cell(value: Any, width: int) -> str:

@@ -939,13 +939,17 @@ def _attachments(parsed: Any) -> Iterable[Attachment]:
             data = str(payload).encode("utf-8", "replace")
         disposition = str(item.get("content-disposition") or "").lower()
         yield Attachment(
-            filename=_one_line(_clean(str(item.get("filename") or "attachment"))),
+            # Without bidirectional overrides: "factura\u202efdp.exe" reads as
+            # "facturaexe.pdf" wherever the name is shown (a known lure).
+            filename=_BIDI.sub("", _one_line(_clean(str(item.get("filename") or "attachment"))))
+            or "attachment",
             content_type=_content_type(item.get("mail_content_type")),
             payload=data,
             inline=bool(item.get("content-id")) and not disposition.startswith("attachment"),
         )
 
 
+_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 
 

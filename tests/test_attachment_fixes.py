@@ -68,3 +68,23 @@ def test_the_notice_says_how_to_get_the_files_left_out(language: str) -> None:
         body = render_body("agent_notification", language, ctx).text
         assert why[language] in body
         assert "mailcase cases attachment PLR-2026-000123 N" in body
+
+
+def test_a_bidirectional_override_cannot_disguise_a_file_name() -> None:
+    # "factura\u202efdp.exe" displays as "facturaexe.pdf": in the case, the agents'
+    # notice ("Adjuntos:") and on the admin's terminal.
+    from mailcase.cli import visible
+    from mailcase.inbound import parse_inbound
+
+    raw = (
+        "From: juan@example.com\r\nTo: contacto@example.com\r\nSubject: factura\r\n"
+        "Message-ID: <bidi@example.com>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nla factura\r\n"
+        "--B\r\nContent-Type: application/octet-stream\r\n"
+        "Content-Disposition: attachment; filename*=utf-8''factura%E2%80%AEfdp.exe\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n--B--\r\n"
+    ).encode()
+    [file] = parse_inbound(raw).attachments
+    assert file.filename == "facturafdp.exe"
+    assert visible("factura\u202efdp.exe") == "factura\\u202efdp.exe"
