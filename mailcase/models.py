@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -45,6 +45,8 @@ class NoticeStatus(StrEnum):
 
 class Case(SQLModel, table=True):
     __tablename__ = "cases"
+    # `cases list`, newest first: without it every listing read and sorted every case.
+    __table_args__ = (Index("ix_cases_created_at_id", "created_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     folio: str = Field(index=True, unique=True, max_length=40)
@@ -96,6 +98,8 @@ class LedgerEntry(SQLModel, table=True):
 
 class CaseMessage(SQLModel, table=True):
     __tablename__ = "case_messages"
+    # An agent's last relayed message (their signature is learnt from it).
+    __table_args__ = (Index("ix_case_messages_from_addr_kind_id", "from_addr", "kind", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="cases.id", index=True)
@@ -109,7 +113,8 @@ class CaseMessage(SQLModel, table=True):
     text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     raw_sha256: str | None = Field(default=None, max_length=64)
     ledger_id: int | None = Field(default=None, foreign_key="ledger.id")
-    notice_id: int | None = Field(default=None, foreign_key="notices.id")
+    # A bounce's notice, and whether agents were told of a refusal, looked up by it.
+    notice_id: int | None = Field(default=None, foreign_key="notices.id", index=True)
 
 
 class StoredAttachment(SQLModel, table=True):
@@ -156,13 +161,16 @@ class KeyValue(SQLModel, table=True):
 
 class Notice(SQLModel, table=True):
     __tablename__ = "notices"
+    # The per-recipient caps count one kind to one address in the last hour; on
+    # rcpt_to alone SQLite read every notice ever sent to agents.notify.
+    __table_args__ = (Index("ix_notices_rcpt_to_kind_created_at", "rcpt_to", "kind", "created_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
     kind: str = Field(max_length=32)  # acknowledgement, ...
     status: str = Field(default=NoticeStatus.QUEUED, max_length=16, index=True)
     mail_from: str = Field(max_length=320)
-    rcpt_to: str = Field(max_length=320, index=True)  # per-recipient rate limits
+    rcpt_to: str = Field(max_length=320)  # per-recipient rate limits (index above)
     message_id: str = Field(max_length=998, index=True)
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     attempts: int = 0
