@@ -16,14 +16,22 @@ logins. One outage logs one ``idle_failed`` (its first failure) and one
 outage of the database alone is not the mailbox's: the daemon's ``hold``
 stays 0 then, and the IDLE connection is kept. A server without IDLE ends
 the watcher.
+
+Each IDLE is preceded by a NOOP, whose answer carries what the server had
+pending (flag changes the poll's own connection made; an ``EXISTS`` there is
+new mail). Untagged data that still comes before IDLE's ``+`` is read, not
+taken for a refusal. A connection whose IDLE failed is dropped, not logged
+out of (a server still in IDLE would not answer the LOGOUT).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from imapclient.exceptions import IMAPClientError
 
@@ -87,7 +95,13 @@ class IdleWatcher(threading.Thread):
                         # reconnect the back-off schedule decides instead.)
                         first = False
                         self.on_new_mail(self.mailbox)
-                    self._watch(box)
+                    try:
+                        self._watch(box)
+                    except BaseException:
+                        # The session may still be in IDLE: a LOGOUT would go
+                        # unanswered until timeout_seconds (a minute, by default).
+                        box.drop()
+                        raise
             except Exception as exc:  # never let the thread die silently
                 self.ready.clear()
                 wait = max(self._backoff, self.hold())
@@ -115,16 +129,25 @@ class IdleWatcher(threading.Thread):
     def _watch(self, box: ImapMailbox) -> None:
         client = box.client
         while not self.stop.is_set():
-            client.idle()  # raises when the server refuses IDLE
+            # What the server had pending comes with the NOOP's answer, not before
+            # IDLE's "+" (where iCloud sends it). New mail in it is news already.
+            _text, pending = client.noop()
+            if _reports_new_mail(pending):
+                self.on_new_mail(self.mailbox)
+                continue
+            new_mail = _start_idle(client)  # raises when the server refuses IDLE
             self.ready.set()
             if self._failing:  # the server accepted IDLE: the outage is over
                 self._failing = False
                 self.log.info("idle_resumed")
             started = time.monotonic()
-            new_mail = False
             quick_empties = 0
             try:
-                while not self.stop.is_set() and time.monotonic() - started < self.renew_seconds:
+                while (
+                    not new_mail
+                    and not self.stop.is_set()
+                    and time.monotonic() - started < self.renew_seconds
+                ):
                     if self.hold() > 0:
                         # The mailbox's polls are failing: this connection may be
                         # half-open (a server that died without closing it reads
@@ -153,6 +176,34 @@ class IdleWatcher(threading.Thread):
                     new_mail = new_mail or _reports_new_mail(late)
             if new_mail:
                 self.on_new_mail(self.mailbox)
+
+
+_EXISTS_LINE = re.compile(rb"\* \d+ EXISTS\b", re.IGNORECASE)
+
+
+def _start_idle(client: Any) -> bool:
+    """Send IDLE and wait for its ``+`` continuation; return whether untagged data that
+    came before it announced new mail (``EXISTS``). Raises IMAPClientError when the
+    server refuses IDLE (a tagged NO or BAD).
+
+    imapclient's ``idle()`` takes any line before the ``+`` for a refusal, but RFC
+    3501 5.3 lets a server send untagged data at any time, and iCloud sends
+    pending FETCH FLAGS there: IDLE then failed after every new mail, and the
+    EXISTS that came with it was lost. This does what ``idle()`` does through
+    the same imaplib calls, reading such lines instead; ``idle_check`` and
+    ``idle_done`` work on the IDLE it started.
+    """
+    imap = client._imap
+    tag = imap._command("IDLE")
+    client._idle_tag = tag  # the command idle_done() ends
+    new_mail = False
+    while True:
+        line = imap._get_response()  # None for the continuation
+        if line is None:
+            return new_mail
+        if imap.tagged_commands.get(tag):
+            raise IMAPClientError(f"IDLE refused: {line!r}")
+        new_mail = new_mail or _EXISTS_LINE.match(line) is not None
 
 
 def _reports_new_mail(responses: list[tuple[object, ...]]) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -206,8 +206,22 @@ class ImapMailbox:
                 self.client.shutdown()
         self.client = None
 
+    def drop(self) -> None:
+        """Close the connection without LOGOUT: for a session in a state where the server
+        would not answer one (IDLE not ended), which would wait out ``timeout_seconds``."""
+        if self.client is None:
+            return
+        with contextlib.suppress(Exception):
+            self.client.shutdown()
+        self.client = None
+
     def uids_after(self, last_uid: int) -> list[int]:
         """UIDs above ``last_uid``, ascending."""
+        if self.message_count == 0:
+            # SELECT said the folder is empty: nothing to search. Proton Mail Bridge
+            # answers a UID SEARCH in an empty folder with NO ("no such message"),
+            # which failed every poll of a folder that agents keep empty.
+            return []
         try:
             # RFC 3501 6.4.8: "n:*" always includes the highest UID, even when
             # it is below n, so filter the answer.
@@ -216,8 +230,18 @@ class ImapMailbox:
             raise self._fail("search failed", exc) from exc
         return sorted(int(u) for u in uids if int(u) > last_uid)
 
-    def fetch(self, uids: Sequence[int], batch_size: int) -> Iterator[FetchedMessage]:
-        """The raw bytes of ``uids`` (BODY.PEEK[]: does not set \\Seen), in batches."""
+    def fetch(
+        self, uids: Sequence[int], batch_size: int, sizes: Mapping[int, int] | None = None
+    ) -> Iterator[FetchedMessage]:
+        """The raw bytes of ``uids`` (BODY.PEEK[]: does not set \\Seen), in batches.
+
+        Each UID comes back once, in order, unless it no longer exists (expunged
+        meanwhile: logged ``message_vanished``, not yielded). One the server does
+        not return although it still exists comes back ``unreadable``; so does one
+        returned empty although ``sizes`` (its RFC822.SIZE) says it is not. A
+        temporary refusal (:data:`TEMPORARY_CODES`) raises MailboxError.
+        """
+        known = sizes or {}
         for start in range(0, len(uids), batch_size):
             batch = list(uids[start : start + batch_size])
             try:
@@ -227,30 +251,86 @@ class ImapMailbox:
                 # One message the server cannot read fails the whole batch, poll after
                 # poll: Gmail answers NO ("Some messages could not be FETCHed"), Dovecot
                 # BYE ("FETCH failed: Internal error occurred") for a damaged mail file.
-                # The batch is fetched again one message at a time.
-                yield from self._fetch_each(batch)
+                # The batch is fetched again one message at a time: the mail before
+                # the one refused is ingested, and a temporary refusal names it.
+                yield from self._fetch_each(batch, known)
                 continue
-            yield from self._messages_in(batch, data)
+            yield from self._messages_in(batch, data, known)
 
-    def _fetch_each(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
+    def _fetch_each(
+        self, uids: Sequence[int], sizes: Mapping[int, int]
+    ) -> Iterator[FetchedMessage]:
         """Fetch ``uids`` one by one; one the server refuses comes back ``unreadable``."""
         for uid in uids:
             try:
                 data = self.client.fetch([uid], _MESSAGE_ITEMS)
             except (OSError, IMAPClientError) as exc:
                 self._after_refusal(exc)
-                yield self._unreadable(uid, exc)
+                refused = self._refused_message(uid, exc)
+                if refused is not None:
+                    yield refused
                 continue
-            yield from self._messages_in([uid], data)
+            yield from self._messages_in([uid], data, sizes)
 
-    def _messages_in(self, uids: Sequence[int], data: dict[int, Any]) -> Iterator[FetchedMessage]:
-        """The messages of ``uids`` in a FETCH answer; one left out or NIL has vanished."""
+    def _messages_in(
+        self, uids: Sequence[int], data: dict[int, Any], sizes: Mapping[int, int]
+    ) -> Iterator[FetchedMessage]:
+        """The messages of ``uids`` in a FETCH answer, in order (see :meth:`fetch`)."""
+        missing = {u for u in uids if data.get(u) is None or data[u].get(b"BODY[]") is None}
+        # RFC 3501 6.4.8 allows no data only for a UID that does not exist, but
+        # servers leave out mail they cannot read (1&1 answered "OK" alone for an
+        # existing message): one SEARCH tells the two apart before any is skipped.
+        there = self._still_there(sorted(missing))
         for uid in uids:
-            item = data.get(uid)
-            if item is None or (raw := item.get(b"BODY[]")) is None:
-                self._vanished(uid)
+            if uid in missing:
+                if uid in there:
+                    yield self._unreadable(uid, "the server answered the FETCH without it")
+                else:
+                    self._vanished(uid)
                 continue
-            yield FetchedMessage(uid=uid, raw=bytes(raw), internal_date=item.get(b"INTERNALDATE"))
+            item = data[uid]
+            raw = bytes(item[b"BODY[]"])
+            if not raw and sizes.get(uid, 0) > 0:
+                # An empty literal ("BODY[] {0}") for a message the server sized
+                # above 0 bytes: a store that lost or cannot read the file
+                # (imapsync #280), not an empty message. Empty against non-empty
+                # only: Exchange's RFC822.SIZE is an estimate.
+                yield self._unreadable(
+                    uid, f"the server returned it empty, its size being {sizes[uid]} bytes"
+                )
+                continue
+            yield FetchedMessage(uid=uid, raw=raw, internal_date=item.get(b"INTERNALDATE"))
+
+    def _still_there(self, uids: Sequence[int]) -> set[int]:
+        """Which of ``uids`` the folder still holds (one UID SEARCH); MailboxError if it fails."""
+        if not uids:
+            return set()
+        try:
+            found = self.client.search(["UID", ",".join(uid_ranges(uids))])
+        except (OSError, IMAPClientError) as exc:
+            raise self._fail("search failed", exc) from exc
+        return {int(u) for u in found} & set(uids)
+
+    def _refused_message(self, uid: int, exc: BaseException) -> FetchedMessage | None:
+        """What the server's refusal ``exc`` to FETCH ``uid`` means: None when the message
+        is gone (expunged meanwhile), else the message ``unreadable``.
+
+        A temporary refusal (RFC 5530 [UNAVAILABLE], Yahoo's [TEMPFAIL], ...) raises
+        MailboxError: the poll fails and backs off, nothing is checkpointed past
+        the message, and the next poll reads it again. Quarantined, a good
+        message would have waited for a person, and its sender for an answer.
+        """
+        answer = str(exc) or type(exc).__name__
+        if _temporary(answer):
+            raise MailboxError(
+                self.name,
+                f"fetch of message {uid} refused for now ({answer}); the next poll reads it again",
+            ) from exc
+        # RFC 5530 [EXPUNGEISSUED] (RFC 2180 4.1.2): another session expunged it.
+        if "[EXPUNGEISSUED]" in answer.upper() or uid not in self._still_there([uid]):
+            self._vanished(uid)
+            return None
+        return self._unreadable(uid, answer)
 
     def _after_refusal(self, exc: BaseException) -> None:
         """Go on after a failed FETCH if the server refused it, else raise MailboxError.
@@ -287,17 +367,16 @@ class ImapMailbox:
             return imap is not None and bool(imap.untagged_responses.get("BYE"))
         return True
 
-    def _unreadable(self, uid: int, exc: BaseException) -> FetchedMessage:
-        answer = str(exc) or type(exc).__name__
+    def _unreadable(self, uid: int, answer: str) -> FetchedMessage:
         get_logger(mailbox=self.name, uid=uid).warning("message_unreadable", error=answer)
         return FetchedMessage(uid=uid, raw=b"", internal_date=None, unreadable=answer)
 
     def _vanished(self, uid: int) -> None:
-        # Expunged by another session (an agent's mail client) since our SEARCH.
-        # RFC 2180 4.1.3 lets the server leave it out of the FETCH answer or
-        # answer it with NIL: Dovecot sends "BODY[] NIL" (and a 1970 INTERNALDATE)
-        # with "OK [EXPUNGEISSUED]". Not a message, so not ingested: nothing to
-        # keep and nothing to flag. An empty literal ("{0}") is a message.
+        # Expunged by another session (an agent's mail client) since our SEARCH,
+        # as a UID SEARCH confirmed. RFC 2180 4.1.3 lets the server leave it out
+        # of the FETCH answer or answer it with NIL: Dovecot sends "BODY[] NIL"
+        # (and a 1970 INTERNALDATE) with "OK [EXPUNGEISSUED]". Not a message, so
+        # not ingested: nothing to keep and nothing to flag.
         get_logger(mailbox=self.name, uid=uid).info("message_vanished")
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
@@ -336,7 +415,7 @@ class ImapMailbox:
         except IMAPClientError as exc:
             spool.unlink(missing_ok=True)
             self._after_refusal(exc)
-            return self._unreadable(uid, exc)
+            return self._refused_message(uid, exc)
 
     def _stream(self, uid: int, size: int, spool: Path) -> FetchedMessage | None:
         head = b""
@@ -354,11 +433,10 @@ class ImapMailbox:
                 if item is not None:
                     internal_date = item.get(b"INTERNALDATE", internal_date)
                     chunk = next((v for k, v in item.items() if k.startswith(b"BODY[]")), None)
-                if chunk is None:
+                if chunk is None or (offset == 0 and not chunk):
                     out.close()
                     spool.unlink(missing_ok=True)
-                    self._vanished(uid)
-                    return None
+                    return self._not_streamed(uid, size, empty=chunk is not None)
                 out.write(chunk)
                 if len(head) < HEAD_BYTES:
                     head += chunk[: HEAD_BYTES - len(head)]
@@ -368,6 +446,18 @@ class ImapMailbox:
         return FetchedMessage(
             uid=uid, raw=head, internal_date=internal_date, spooled=spool, size=offset or size
         )
+
+    def _not_streamed(self, uid: int, size: int, *, empty: bool) -> FetchedMessage | None:
+        """A large message the server answered with no data (None when it is gone) or an
+        empty first chunk (unreadable: it is over the size limit, so not empty)."""
+        if empty:
+            return self._unreadable(
+                uid, f"the server returned it empty, its size being {size} bytes"
+            )
+        if uid in self._still_there([uid]):
+            return self._unreadable(uid, "the server answered the FETCH without it")
+        self._vanished(uid)
+        return None
 
     def mark_done(self, uids: Sequence[int]) -> None:
         """Flag ``uids`` as handled; a failure here loses nothing (cosmetic).
@@ -397,8 +487,8 @@ class ImapMailbox:
 
     def unflagged_below(self, last_uid: int) -> list[int]:
         """Handled UIDs (≤ last_uid) still missing our keyword, e.g. after a crash."""
-        if not self.can_keyword or last_uid < 1:
-            return []
+        if not self.can_keyword or last_uid < 1 or self.message_count == 0:
+            return []  # an empty folder is not searched: see uids_after
         try:
             uids = self.client.search(["UID", f"1:{last_uid}", "UNKEYWORD", DONE_KEYWORD])
         except (TimeoutError, OSError, IMAPClientError) as exc:
@@ -422,6 +512,21 @@ def uid_ranges(uids: Sequence[int]) -> list[str]:
         ranges.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
         i = j + 1
     return ranges
+
+
+# RFC 5530 response codes (and Yahoo's [TEMPFAIL]) saying a refusal is for now, not for
+# good. Not [SERVERBUG]: the server failed on this message (Dovecot's code for its
+# internal errors, which a damaged mail file causes); taken for "for now", one such
+# message would block every later one of the folder, poll after poll. It is
+# quarantined instead (service._fetch_planned fails the poll when nothing after it
+# comes back either: the server failing as a whole).
+TEMPORARY_CODES = ("[UNAVAILABLE]", "[TEMPFAIL]", "[LIMIT]", "[INUSE]")
+
+
+def _temporary(answer: str) -> bool:
+    """Whether the server's ``answer`` refuses for now: the same command may work later."""
+    upper = answer.upper()
+    return any(code in upper for code in TEMPORARY_CODES)
 
 
 def _unavailable(exc: BaseException) -> bool:

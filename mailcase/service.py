@@ -204,7 +204,7 @@ def _poll_leased(
             )
         box.mark_done(handled)
         # Flags lost to a crash between commit and STORE are put right here.
-        box.mark_done(_not_quarantined(rt, name, box.uidvalidity, box.unflagged_below(last_uid)))
+        box.mark_done(_handled_among(rt, name, box.uidvalidity, box.unflagged_below(last_uid)))
         with rt.store.transaction() as session:
             checkpoint = session.get(Checkpoint, name)
             if checkpoint is not None:
@@ -300,24 +300,27 @@ def _noting_spools(
         yield message
 
 
-def _not_quarantined(rt: Runtime, name: str, uidvalidity: int, uids: list[int]) -> list[int]:
-    """``uids`` without those of quarantined messages (which stay unflagged)."""
+def _handled_among(rt: Runtime, name: str, uidvalidity: int, uids: list[int]) -> list[int]:
+    """Those of ``uids`` with a ledger row at (``name``, ``uidvalidity``) that is not
+    quarantined: the messages mailcase handled. Quarantined ones stay unflagged, and so
+    does one with no row at all: below the checkpoint without having been ingested (a
+    server that left it out of a FETCH), it must not look handled in webmail."""
     if not uids:
         return uids
-    quarantined: set[int] = set()
+    handled: set[int] = set()
     with rt.store.reading() as conn:
         for start in range(0, len(uids), 500):
-            quarantined.update(
+            handled.update(
                 conn.execute(
                     sa.select(_LEDGER.c.uid).where(
                         _LEDGER.c.mailbox == name,
                         _LEDGER.c.uidvalidity == uidvalidity,
-                        _LEDGER.c.disposition == Disposition.QUARANTINED,
+                        _LEDGER.c.disposition != Disposition.QUARANTINED,
                         _LEDGER.c.uid.in_(uids[start : start + 500]),
                     )
                 ).scalars()
             )
-    return [uid for uid in uids if uid not in quarantined]
+    return [uid for uid in uids if uid in handled]
 
 
 def _raw_of(fetched: FetchedMessage) -> tuple[bytes, bool]:
@@ -376,7 +379,8 @@ def _fetch_in_order(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[
     batch_bytes = 0
 
     def flush() -> Iterator[FetchedMessage]:
-        yield from box.fetch(batch, len(batch) or 1)
+        # The sizes let an empty answer for a message that is not empty be told apart.
+        yield from box.fetch(batch, len(batch) or 1, sizes)
 
     for uid in uids:
         size = sizes.get(uid, 0)
@@ -681,7 +685,8 @@ def _quarantine_unreadable(
     log: Any,
     report: MailboxReport | None = None,
 ) -> str:
-    """Record a message the server refused to return: quarantined, the poll goes on.
+    """Record a message the server refused to return: quarantined, the poll goes on,
+    and ``agents.notify`` told as of any quarantined message (:func:`_tell_quarantined`).
 
     Its own identity (``unreadable:`` and its address), not its empty content's,
     so that two such messages stay two rows. ``messages retry`` fetches it again.
@@ -705,6 +710,7 @@ def _quarantine_unreadable(
                 raw_sha256=raw_sha,
                 size=0,
             )
+            _tell_quarantined(rt.settings, session, mailbox, fetched, reason)
     except SQLAlchemyError as exc:
         raise DatabaseError(
             f"cannot record message {fetched.uid} of mailbox {mailbox}: {error_text(exc)}"

@@ -77,14 +77,14 @@ def test_a_bidirectional_override_cannot_disguise_a_file_name() -> None:
     from mailcase.inbound import parse_inbound
 
     raw = (
-        "From: juan@example.com\r\nTo: contacto@example.com\r\nSubject: factura\r\n"
-        "Message-ID: <bidi@example.com>\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
-        "--B\r\nContent-Type: text/plain\r\n\r\nla factura\r\n"
-        "--B\r\nContent-Type: application/octet-stream\r\n"
-        "Content-Disposition: attachment; filename*=utf-8''factura%E2%80%AEfdp.exe\r\n"
-        "Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n--B--\r\n"
-    ).encode()
+        b"From: juan@example.com\r\nTo: contacto@example.com\r\nSubject: factura\r\n"
+        b"Message-ID: <bidi@example.com>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nla factura\r\n"
+        b"--B\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename*=utf-8''factura%E2%80%AEfdp.exe\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n--B--\r\n"
+    )
     [file] = parse_inbound(raw).attachments
     assert file.filename == "facturafdp.exe"
     assert visible("factura\u202efdp.exe") == "factura\\u202efdp.exe"
