@@ -76,6 +76,9 @@ class Attachment:
     # Shown within the HTML (a Content-ID, not marked "attachment"): a signature's
     # logo, say, rather than a file the sender meant to send.
     inline: bool = False
+    # A file of a message attached to this one (mail-parser lists those too): part
+    # of that message, which is never relayed to a customer whole or in pieces.
+    in_message: bool = False
 
     @property
     def size(self) -> int:
@@ -290,7 +293,7 @@ def parse_inbound(
         references=_msgids(headers.get("references", ())),
         date=_date(headers.get("date", ())),
         text=text,
-        attachments=tuple(_attachments(parsed)),
+        attachments=tuple(_attachments(parsed, _files_of_attached_messages(message))),
         headers=MappingProxyType(headers),
         content_type=_content_type(message.get_content_type()),
         raw_sha256=hashlib.sha256(raw).hexdigest(),
@@ -930,7 +933,26 @@ def _part_text(part: Message) -> str:
     return _decode_text(data, part.get_content_charset())
 
 
-def _attachments(parsed: Any) -> Iterable[Attachment]:
+def _files_of_attached_messages(message: Message) -> frozenset[str]:
+    """The sha256 digests of the leaf parts inside ``message``'s attached messages
+    (message/rfc822 and the like, at any depth): files that belong to them."""
+    digests: set[str] = set()
+    for part in message.walk():
+        if part is message or part.get_content_maintype() != "message":
+            continue
+        for inner in part.walk():
+            if inner is part or inner.is_multipart():
+                continue
+            with contextlib.suppress(Exception):  # a broken part: not a file to match
+                data = inner.get_payload(decode=True)
+                if isinstance(data, bytes) and data:
+                    digests.add(hashlib.sha256(data).hexdigest())
+    return frozenset(digests)
+
+
+def _attachments(parsed: Any, inner: frozenset[str] = frozenset()) -> Iterable[Attachment]:
+    """mail-parser's attachments as :class:`Attachment`; ``inner``: the digests of the
+    files inside attached messages (:func:`_files_of_attached_messages`)."""
     for item in parsed.attachments or []:
         payload = item.get("payload") or ""
         if item.get("binary"):
@@ -946,6 +968,7 @@ def _attachments(parsed: Any) -> Iterable[Attachment]:
             content_type=_content_type(item.get("mail_content_type")),
             payload=data,
             inline=bool(item.get("content-id")) and not disposition.startswith("attachment"),
+            in_message=bool(inner) and hashlib.sha256(data).hexdigest() in inner,
         )
 
 

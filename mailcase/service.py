@@ -1581,8 +1581,10 @@ def _agent_message(
     # Written straight to the customer with the mailbox in Cc: already sent.
     if _to_customer(case, mail):
         return
-    # Not a signature's logo: what the agent attached.
-    attached = [a for a in mail.attachments if not a.inline]
+    # What the agent attached, not a signature's logo. Apple Mail (and a screenshot
+    # pasted in Outlook or Gmail) puts a photo in the HTML as an inline image: one
+    # that large is a photo, and went nowhere, with nobody told.
+    attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
     attachments = [a.filename for a in attached]
     reason = "no_text" if not text else "no_customer" if not case.customer else ""
     withheld: list[str] = []
@@ -1603,6 +1605,16 @@ def _agent_message(
         _not_relayed(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld
         )
+
+
+INLINE_PHOTO_BYTES = 64 * 1024  # an inline image this large is a photo, not a logo
+
+
+def _inline_photo(attachment: Attachment) -> bool:
+    """Whether an inline image is a picture the agent meant to send (at least
+    :data:`INLINE_PHOTO_BYTES`; a signature's logo is a few kilobytes, and it
+    would otherwise go to the customer with every reply)."""
+    return attachment.content_type.startswith("image/") and attachment.size >= INLINE_PHOTO_BYTES
 
 
 def _fitting(attached: Sequence[Attachment], limit: int) -> tuple[list[FileAttachment], list[str]]:
@@ -1631,12 +1643,17 @@ def _relayable(
 
     Never an attached message (Outlook's "attach original message" would hand
     the customer our notice to agents, whose signed Message-ID is an agent's
-    proof, with the command help), nor any file that holds a signed id of ours.
+    proof, with the command help), nor a file inside one (an internal mail's
+    ``clientes_afectados.csv`` went out while the mail itself was withheld), nor
+    any file that holds a signed id of ours.
     """
     passed: list[Attachment] = []
     withheld: list[str] = []
     for attachment in attached:
-        internal = attachment.content_type.partition("/")[0] in ("message", "multipart")
+        internal = attachment.in_message or attachment.content_type.partition("/")[0] in (
+            "message",
+            "multipart",
+        )
         if internal or _holds_signed_id(attachment.payload, key):
             withheld.append(attachment.filename)
         else:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_agents import NOTIFY, Desk, desk, text
+from helpers import CONTACTO
+from test_agents import AGENT, CUSTOMER, NOTIFY, Desk, desk, text
 from test_templates_all import context as template_context
 
 from mailcase.render import render_body
@@ -88,3 +91,76 @@ def test_a_bidirectional_override_cannot_disguise_a_file_name() -> None:
     [file] = parse_inbound(raw).attachments
     assert file.filename == "facturafdp.exe"
     assert visible("factura\u202efdp.exe") == "factura\\u202efdp.exe"
+
+
+def _reply_to(notice: Any, body: str) -> str:
+    """The head of an agent's reply to ``notice`` (verified by its signed id)."""
+    return (
+        f"From: Ana Técnica <{AGENT}>\r\nTo: {CONTACTO}\r\nSubject: Re: {notice['Subject']}\r\n"
+        f"Message-ID: <{abs(hash(body))}@internet-plarey.com.mx>\r\n"
+        f"In-Reply-To: {notice['Message-ID']}\r\nReferences: {notice['Message-ID']}\r\n"
+        "MIME-Version: 1.0\r\n"
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.encodebytes(data).decode().replace("\n", "\r\n")
+
+
+def test_a_photo_an_agent_sends_from_apple_mail_reaches_the_customer(desk: Desk) -> None:
+    # Apple Mail puts an attached image in the HTML (inline, with a Content-ID): it
+    # was dropped as if it were a signature's logo, and nobody was told.
+    desk.open_case(subject="Sin internet", body="No tengo internet.")
+    [notice] = desk.to(NOTIFY)
+    photo = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 300  # 75 KB
+    logo = b"\x89PNG\r\n\x1a\n" + bytes(200)
+    raw = (
+        _reply_to(notice, "apple")
+        + 'Content-Type: multipart/related; type="text/html"; boundary="REL"\r\n\r\n'
+        "--REL\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        "<div>Así deben verse las luces del módem.</div>"
+        '<img src="cid:photo@apple"><img src="cid:logo@apple">\r\n'
+        "--REL\r\nContent-Transfer-Encoding: base64\r\n"
+        "Content-Disposition: inline; filename=IMG_0042.jpeg\r\n"
+        'Content-Type: image/jpeg; name="IMG_0042.jpeg"\r\nContent-Id: <photo@apple>\r\n\r\n'
+        + _b64(photo)
+        + "\r\n--REL\r\nContent-Transfer-Encoding: base64\r\n"
+        "Content-Disposition: inline; filename=logo.png\r\n"
+        'Content-Type: image/png; name="logo.png"\r\nContent-Id: <logo@apple>\r\n\r\n'
+        + _b64(logo)
+        + "\r\n--REL--\r\n"
+    )
+    desk.deliver(raw.encode())
+    relayed = desk.last_to(CUSTOMER)
+    files = [(p.get_filename(), p.get_content()) for p in relayed.iter_attachments()]
+    assert files == [("IMG_0042.jpeg", photo)]  # the photo; not the signature's logo
+
+
+def test_no_file_of_a_message_an_agent_attaches_reaches_the_customer(desk: Desk) -> None:
+    # The attached message was withheld, and the file inside it went out.
+    desk.open_case(subject="Sin internet", body="No tengo internet.")
+    [notice] = desk.to(NOTIFY)
+    inner = (
+        "From: noc@internet-plarey.com.mx\r\nTo: soporte@internet-plarey.com.mx\r\n"
+        "Subject: Corte zona centro\r\n"
+        'Content-Type: multipart/mixed; boundary="IN"\r\n\r\n'
+        "--IN\r\nContent-Type: text/plain\r\n\r\nInterno: no reenviar.\r\n"
+        '--IN\r\nContent-Type: text/csv; name="clientes_afectados.csv"\r\n'
+        'Content-Disposition: attachment; filename="clientes_afectados.csv"\r\n\r\n'
+        "contrato,nombre,telefono\r\n55321,Maria Lopez,5551234567\r\n--IN--\r\n"
+    )
+    raw = (
+        _reply_to(notice, "eml") + 'Content-Type: multipart/mixed; boundary="OUT"\r\n\r\n'
+        "--OUT\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Hay un corte en su zona; queda resuelto hoy.\r\n"
+        "--OUT\r\nContent-Type: message/rfc822\r\n"
+        'Content-Disposition: attachment; filename="Corte zona centro.eml"\r\n\r\n'
+        + inner
+        + "--OUT--\r\n"
+    )
+    desk.deliver(raw.encode())
+    relayed = desk.last_to(CUSTOMER)
+    assert "queda resuelto hoy" in text(relayed)
+    assert [p.get_filename() for p in relayed.iter_attachments()] == []
+    told = text(desk.last_to(AGENT))
+    assert "clientes_afectados.csv" in told and "Corte zona centro.eml" in told
