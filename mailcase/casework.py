@@ -8,7 +8,7 @@ happened on the case and queues the notices the written procedure asks for.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 
 from sqlmodel import Session, col, select
@@ -376,6 +376,7 @@ def notify_agents(
     related: Sequence[str] = (),
     files: Sequence[FileAttachment] = (),
     not_attached: Sequence[str] = (),
+    unstored: Mapping[str, object] | None = None,
 ) -> None:
     """Tell ``agents.notify`` (or ``to``) about the case: new, update, reopened or routed.
 
@@ -411,6 +412,8 @@ def notify_agents(
             "not_attached": list(not_attached),
             # notices.max_agent_attachment_bytes = 0: names only, by the admin's choice.
             "attaching": settings.notices.max_agent_attachment_bytes > 0,
+            # Over limits.max_message_bytes: its files were not kept ({} otherwise).
+            "unstored": dict(unstored or {}),
         },
         attachments=files,
     )

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -1405,7 +1405,10 @@ def _apply(
                 else mail.references,
             )
         if not decision.quiet:
-            _notify_agents_of(session, settings, case, "new", mail, text, related=decision.related)
+            _notify_agents_of(
+                session, settings, case, "new", mail, text, related=decision.related,
+                unstored=_unstored(mailbox, fetched),
+            )  # fmt: skip
         return case
     if decision.case is None:
         return None
@@ -1460,7 +1463,9 @@ def _apply(
         if decision.reopen:
             casework.reopen(session, case, by=mail.sender)
         reason = "reopened" if decision.reopen else "update"
-        _notify_agents_of(session, settings, case, reason, mail, text)
+        _notify_agents_of(
+            session, settings, case, reason, mail, text, unstored=_unstored(mailbox, fetched)
+        )
     if note:
         casework.record(session, case, "system", note)
     return case
@@ -1475,10 +1480,13 @@ def _notify_agents_of(
     text: str,
     *,
     related: Sequence[str] = (),
+    unstored: Mapping[str, object] | None = None,
 ) -> None:
     """Tell ``agents.notify`` what ``mail`` brought to ``case`` (``text``: its words, as
     the case keeps them); and the case's area, which must answer it (as Zammad,
-    OTRS/Znuny and FreeScout tell a ticket's group)."""
+    OTRS/Znuny and FreeScout tell a ticket's group). ``unstored``: the message was
+    over ``limits.max_message_bytes`` and its attachments were not kept
+    (:func:`_unstored`)."""
     recipients = [settings.agents.notify]
     area = settings.areas.get(case.area or "")
     if area is not None and area.notify != settings.agents.notify:
@@ -1498,6 +1506,7 @@ def _notify_agents_of(
             sender=mail.sender,
             to=rcpt,
             related=related,
+            unstored=unstored,
         )
 
 
@@ -1743,6 +1752,18 @@ def _not_relayed(
 def _holds_signed_id(data: bytes, key: bytes) -> bool:
     """Whether ``data`` holds a Message-ID of ours that proves an agent (mailcase.msgid)."""
     return bool(proofs_in(key, signed_ids_in(data.decode("latin-1"))))
+
+
+def _unstored(mailbox: str, fetched: FetchedMessage) -> dict[str, object]:
+    """For the agents' notice of a message too large to keep its attachments (only its
+    beginning was parsed): its size, and where the whole of it is; {} otherwise.
+
+    The case had a system note; the agents, who must ask the customer for the
+    photos or open the message, were not told the message had any.
+    """
+    if fetched.spooled is None:
+        return {}
+    return {"size": _megabytes(fetched.full_size), "uid": fetched.uid, "mailbox": mailbox}
 
 
 def _megabytes(size: int) -> str:

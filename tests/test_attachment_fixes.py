@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CONTACTO
+from helpers import CONTACTO, Cli, write_config
+from servers import Dovecot, SmtpSink
 from test_agents import AGENT, CUSTOMER, NOTIFY, Desk, desk, text
 from test_templates_all import context as template_context
 
@@ -164,3 +165,24 @@ def test_no_file_of_a_message_an_agent_attaches_reaches_the_customer(desk: Desk)
     assert [p.get_filename() for p in relayed.iter_attachments()] == []
     told = text(desk.last_to(AGENT))
     assert "clientes_afectados.csv" in told and "Corte zona centro.eml" in told
+
+
+def test_agents_are_told_when_a_message_was_too_large_to_keep_its_files(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    # Only the case had a note: the agents' notice showed no attachment at all, and
+    # nobody asked the customer for the photos.
+    config = write_config(
+        tmp_path, mailboxes, sink, notify=True, db_url=db_url,
+        extra="[limits]\nmax_message_bytes = 20000\n",
+    )  # fmt: skip
+    big = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    big.open_case(
+        subject="Fotos del módem",
+        body="Les mando las fotos.",
+        attachments=[("IMG_1.jpg", "image/jpeg", JPEG * 10)],
+    )
+    notice = text(big.last_to(NOTIFY))
+    assert "Adjuntos: no se guardaron" in notice
+    [uid] = [m["uid"] for m in big.cli.json("messages", "list")]
+    assert f"mailcase messages show {uid} --mailbox contacto" in notice

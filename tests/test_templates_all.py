@@ -49,6 +49,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "related": [],
         "not_attached": [],
         "attaching": True,
+        "unstored": {},
         "company": COMPANY,
     },
     "relay": {
