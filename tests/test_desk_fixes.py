@@ -245,7 +245,10 @@ def test_the_customers_photos_go_to_the_agents_with_the_notice(desk: Desk) -> No
     assert files == {"módem.jpg": photo}
     body = " ".join(text(notice).split())
     assert "Adjuntos: módem.jpg, video.mp4" in body
-    assert "(sin adjuntar, por su tamaño: video.mp4; quedan en el caso)" in body
+    assert (
+        "(sin adjuntar, por su tamaño: video.mp4; se obtienen con «mailcase cases attachment"
+        in body
+    )
 
 
 def test_a_folio_named_in_the_text_of_a_new_mail_is_linked_for_the_agents(desk: Desk) -> None:
