@@ -97,9 +97,8 @@ def test_an_agent_forwarding_a_customers_mail_opens_the_case_for_that_customer(
     assert REPORT in text(desk.last_to(NOTIFY))
 
 
-def test_an_agent_writing_to_a_customer_with_support_in_copy_opens_the_case_for_them(
-    desk: Desk,
-) -> None:
+def agent_writes_to_rosa(desk: Desk) -> None:
+    """An authenticated agent writes to the customer Rosa with support in Cc."""
     trusting(desk).deliver(
         mail(
             sender=f"Ana Técnica <{AGENT}>",
@@ -109,6 +108,12 @@ def test_an_agent_writing_to_a_customer_with_support_in_copy_opens_the_case_for_
             body="Buenos días, Rosa: mañana pasa el técnico a revisar su antena.",
         )
     )
+
+
+def test_an_agent_writing_to_a_customer_with_support_in_copy_opens_the_case_for_them(
+    desk: Desk,
+) -> None:
+    agent_writes_to_rosa(desk)
     [case] = desk.cli.json("cases", "list")
     assert case["customer"] == ROSA
     assert len(desk.to(ROSA)) == 1 and desk.to(AGENT) == []

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import smtplib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import structlog
 from helpers import Cli, mail, write_config
 from prometheus_client import generate_latest
 from servers import Dovecot, SmtpSink
+from test_pipeline import _parser_bomb
 
 from mailcase import blobs, metrics, smtp
 from mailcase.config import load_settings
@@ -48,17 +48,6 @@ def runtime(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink) -> Iterator[Runt
         yield rt
     finally:
         rt.store.dispose()
-
-
-def _parser_bomb() -> bytes:
-    # Nesting deeper than Python's recursion limit: quarantined (as in test_pipeline).
-    depth = sys.getrecursionlimit() + 100
-    head = b"From: a@example.com\r\nTo: contacto@internet-plarey.com.mx\r\nSubject: bomb\r\n"
-    parts = b"".join(
-        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
-        for i in range(depth)
-    )
-    return head + parts
 
 
 # -- 1. a rebuilt folder: re-mapped, not new ------------------------------------------------

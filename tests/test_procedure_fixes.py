@@ -14,10 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from helpers import CONTACTO, mail
 from test_agents import AGENT, CUSTOMER, NOTIFY, Desk, ahead, desk, text
 from test_case_rules import problems
-from test_desk_fixes import AUTHENTICATED, ROSA, trusting
+from test_desk_fixes import ROSA, agent_writes_to_rosa
 from test_templates_all import context as template_context
 
 from mailcase import casework
@@ -137,15 +136,7 @@ def test_a_visit_today_with_no_time_is_not_cancelled_by_the_next(desk: Desk) -> 
 def test_a_case_an_agent_opened_is_not_acknowledged_as_the_customers_message(
     desk: Desk,
 ) -> None:
-    trusting(desk).deliver(
-        mail(
-            sender=f"Ana Técnica <{AGENT}>",
-            to=f"Rosa Díaz <{ROSA}>",
-            headers={"Cc": CONTACTO, **AUTHENTICATED},
-            subject="Su reporte de esta mañana",
-            body="Buenos días, Rosa: mañana pasa el técnico a revisar su antena.",
-        )
-    )
+    agent_writes_to_rosa(desk)
     [ack] = desk.to(ROSA)
     body = text(ack)
     assert "Recibimos su mensaje" not in body
