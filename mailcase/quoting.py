@@ -323,10 +323,15 @@ def agent_text(text: str) -> AgentText:
     # looked for with them in place, an attribution or Outlook header block
     # with ">" lines inside was missed, then found once those lines were gone,
     # so stripping the result again cut more (tests/test_properties.py).
-    lines, before_final_quote, quote_follows = _unquoted_lines(normalized.split("\n"))
+    raw_lines = normalized.split("\n")
+    lines, before_final_quote, quote_follows = _unquoted_lines(raw_lines)
     history = _history_start(lines, before_final_quote, quote_follows)
     above, notice_line = _without_quoted_notice(lines[: history.start])
-    if notice_line or len(above) < history.start:
+    if notice_line or len(above) < history.start or _quotes_the_notice(raw_lines):
+        # Also when the ">" quote is mailcase's notice: nothing below it is the
+        # agent's. A client that wraps a long quoted line leaves its rest without
+        # ">" ("ragged quoting"), and a piece of the notice (its routing note,
+        # internal) read as an answer written between the quoted lines.
         # The notice, or the quote header above it, is in the text above: what
         # follows is the notice's, never the agent's.
         return AgentText(_joined(_signed_off(above)), notice_line)
@@ -343,6 +348,36 @@ def agent_text(text: str) -> AgentText:
         # look would cut there, so keep what a second look keeps.
         return AgentText(above_text, "")
     return AgentText(both, notice_line)
+
+
+_WRAP_WIDTH = 60  # a quoted line this long, cut mid-sentence, was wrapped by the client
+_SENTENCE_END = (".", "!", "?", ":", ";", "…", ")", '"', "»")
+
+
+def _wrapped_from(previous: str, line: str) -> bool:
+    """Whether ``line``, with no ``>`` of its own, is the rest of the quoted line
+    ``previous`` that the replier's client wrapped ("ragged quoting": Outlook's plain
+    text, mutt, K-9): right under a long quoted line that stops mid-sentence.
+
+    Read as the reply's own words, such a piece of the quote (of the notice's
+    internal routing note, say) went to the customer.
+    """
+    if not line.strip() or not _is_quoted(previous) or _is_quoted(line):
+        return False
+    quoted = previous.rstrip()
+    return len(quoted) >= _WRAP_WIDTH and not quoted.endswith(_SENTENCE_END)
+
+
+_QUOTE_MARKS = re.compile(r"^\s*(?:>\s?)+")
+
+
+def _quotes_the_notice(lines: Sequence[str]) -> bool:
+    """Whether the ``>``-quoted ones among ``lines`` hold mailcase's notice to agents."""
+    quoted = [_QUOTE_MARKS.sub("", line) for line in lines if _is_quoted(line)]
+    if not quoted:
+        return False
+    kept, notice_line = _without_quoted_notice(quoted)
+    return bool(notice_line) or len(kept) < len(quoted)
 
 
 def _reads_as_quoted(lines: list[str]) -> bool:
@@ -472,8 +507,11 @@ def _unquoted_lines(lines: Sequence[str]) -> tuple[list[str], int | None, frozen
     last_text: int | None = None
     quoted_after_last_text = False
     quote_follows: set[int] = set()
+    previous = ""
     for line in lines:
-        if _is_quoted(line):
+        wrapped = _wrapped_from(previous, line)
+        previous = line
+        if _is_quoted(line) or wrapped:
             quoted_after_last_text = True
             if last_text is not None:
                 quote_follows.add(last_text)

@@ -349,3 +349,42 @@ def test_an_agents_prose_naming_a_time_reaches_the_customer(tmp_path: Path) -> N
     assert len(relayed) == 1
     assert "sucursal Centro" in relayed[0]
     assert "Cliente:" not in relayed[0]
+
+
+def test_a_quoted_line_the_client_wrapped_is_not_the_agents_text() -> None:
+    # Ragged quoting (Outlook's plain text, mutt, K-9): the rest of a long quoted
+    # line loses its ">". Read as an answer between the quoted lines, a piece of
+    # the notice's internal routing note went to the customer (own-diff review).
+    reply = (
+        "Ya quedó su servicio, disculpe la molestia.\n\n"
+        "El mar, 25 nov 2026 a las 10:12, Soporte <contacto@plarey.mx> escribió:\n"
+        "> El cliente escribió de nuevo en el caso PLR-2026-000042.\n>\n"
+        "> Nota de quien lo turnó:\n"
+        "> Cliente moroso, no ofrecer bonificación aunque la pida; si insiste\n"
+        "escalar a gerencia.\n>\n> Mensaje del cliente:\n> sigo sin internet\n"
+    )
+    assert agent_text(reply).text == "Ya quedó su servicio, disculpe la molestia."
+    # A short answer under a short question is still an answer.
+    inline = (
+        "Hola, les contesto abajo.\n\n"
+        "El mar, 25 nov 2026 a las 10:12, Soporte <contacto@plarey.mx> escribió:\n"
+        "> ¿Qué luces tiene el módem?\nSolo la roja de LOS.\n> ¿Ya lo reinició?\nSí, dos veces.\n"
+    )
+    assert agent_text(inline).text == (
+        "Hola, les contesto abajo.\n\nSolo la roja de LOS.\nSí, dos veces."
+    )
+
+
+def test_nothing_below_a_quoted_notice_is_the_agents_text() -> None:
+    # Agents write above the notice; what sits among its quoted lines is the notice's.
+    reply = (
+        "Listo, quedó resuelto.\n\n"
+        "El mar, 25 nov 2026 a las 10:12, Soporte <contacto@plarey.mx> escribió:\n"
+        "> Caso nuevo: PLR-2026-000042.\n>\n"
+        "> Folio:    PLR-2026-000042\n"
+        "> Cliente:  Juan Pérez <juan.perez@example.com>\n"
+        "> Buzón:    contacto (contacto@plarey.mx)\n"
+        "fragmento de una línea larga\n"
+        "> Asunto:   Sin servicio\n"
+    )
+    assert agent_text(reply).text == "Listo, quedó resuelto."
