@@ -397,6 +397,14 @@ def _writes(args: argparse.Namespace) -> bool:
     return command == "outbox" and action == "retry"
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else its nearest ancestor that does."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return path
+
+
 def _refuse_root_over_service_files(settings: Settings) -> None:
     """UsageError when root runs a command that writes, while the state belongs to another
     user (the service's).
@@ -412,7 +420,10 @@ def _refuse_root_over_service_files(settings: Settings) -> None:
     candidates = [settings.storage.directory]
     if database is not None:
         candidates += [database, database.parent]
-    for path in candidates:
+    for wanted in candidates:
+        # A path not made yet is judged by the directory it would be made in: on
+        # PostgreSQL, before the service's first start, root made the store itself.
+        path = _nearest_existing(wanted)
         try:
             owner = path.stat().st_uid
         except OSError:
@@ -1121,19 +1132,31 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
             if args.all:
                 # Not every failure ever: years of bounced acknowledgements would go
                 # out again to addresses that refused them (fifth review round).
+                # From the start of its last retry window (a notice retried by ID
+                # after a long outage failed recently, though made long ago).
                 since = utcnow() - timedelta(days=RETRY_ALL_DAYS)
+                window = sa.func.coalesce(col(Notice.queued_at), col(Notice.created_at))
+                failed = sa.and_(
+                    col(Notice.status) == NoticeStatus.FAILED,
+                    sa.not_(col(Notice.last_error).startswith("bounced")),
+                )
                 ids = session.exec(
                     select(Notice.id).where(
                         sa.or_(
                             col(Notice.status) == NoticeStatus.QUEUED,
-                            sa.and_(
-                                col(Notice.status) == NoticeStatus.FAILED,
-                                col(Notice.created_at) >= since,
-                                sa.not_(col(Notice.last_error).startswith("bounced")),
-                            ),
+                            sa.and_(failed, window >= since),
                         )
                     )
                 ).all()
+                older = session.exec(
+                    select(sa.func.count()).select_from(Notice).where(failed, window < since)
+                ).one()
+                if older:
+                    print(
+                        f"mailcase: {older} failed notice(s) older than {RETRY_ALL_DAYS} days "
+                        "left out: `mailcase outbox retry ID` for each one to send",
+                        file=sys.stderr,
+                    )
             else:
                 if session.get(Notice, args.id) is None:
                     raise NotFoundError(f"no notice with id {args.id}")

@@ -519,8 +519,10 @@ def uid_ranges(uids: Sequence[int]) -> list[str]:
 # internal errors, which a damaged mail file causes); taken for "for now", one such
 # message would block every later one of the folder, poll after poll. It is
 # quarantined instead (service._fetch_planned fails the poll when nothing after it
-# comes back either: the server failing as a whole).
-TEMPORARY_CODES = ("[UNAVAILABLE]", "[TEMPFAIL]", "[LIMIT]", "[INUSE]")
+# comes back either: the server failing as a whole). Nor [LIMIT]: "ran up against an
+# implementation limit" (RFC 5530) gives the same answer for that message every
+# time, and the folder would never get past it.
+TEMPORARY_CODES = ("[UNAVAILABLE]", "[TEMPFAIL]", "[INUSE]")
 
 
 def _temporary(answer: str) -> bool:

@@ -84,6 +84,12 @@ def test_retry_all_leaves_old_and_bounced_failures_alone(cli: Cli, tmp_path: Pat
         conn.execute(
             sa.update(notices)
             .where(notices.c.id == ids[1])
+            .values(**failed, created_at=old, queued_at=old, last_error="timed out")
+        )
+        # Made long ago, retried by ID after a long outage, failed again this week.
+        conn.execute(
+            sa.update(notices)
+            .where(notices.c.id == ids[4])
             .values(**failed, created_at=old, last_error="timed out")
         )
         conn.execute(
@@ -93,8 +99,9 @@ def test_retry_all_leaves_old_and_bounced_failures_alone(cli: Cli, tmp_path: Pat
         )
         conn.execute(sa.update(notices).where(notices.c.id == ids[3]).values(status="queued"))
     engine.dispose()
-    code, out, _ = cli("outbox", "retry", "--all")
-    # The recent failure and the waiting one; not last year's, nor the bounced address.
-    assert code == 0 and out.strip() == "2 notice(s) queued for delivery"
+    code, out, err = cli("outbox", "retry", "--all")
+    # The recent failures and the waiting one; not last year's, nor the bounced address.
+    assert code == 0 and out.strip() == "3 notice(s) queued for delivery"
+    assert "1 failed notice(s) older than 7 days left out" in err
     code, out, _ = cli("outbox", "retry", str(ids[1]))
     assert code == 0 and out.strip() == "1 notice(s) queued for delivery"

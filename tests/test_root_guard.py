@@ -61,3 +61,20 @@ def test_root_is_told_to_run_as_the_owner_of_the_state(tmp_path: Path, capsys: A
     assert err.count("\n") == 1
     # Reading is harmless.
     assert cli("cases", "list")[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play root and to chown")
+def test_a_state_directory_not_made_yet_is_judged_by_its_parent(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # PostgreSQL before the service's first start: no store yet, and root made it.
+    state = tmp_path / "var-lib-mailcase"
+    state.mkdir()
+    os.chown(state, NOBODY, NOBODY)
+    servers: Any = types.SimpleNamespace(port=1, ssl_port=2, users={"contacto": "x", "info": "y"})
+    config = write_config(tmp_path, servers, types.SimpleNamespace(port=3))
+    text = config.read_text()
+    config.write_text(text.replace(f'"{tmp_path}/store"', f'"{state}/store"'))
+    code, _, err = Cli(config, capsys)("poll")
+    assert code == 2 and f"{state} belongs to nobody" in err
+    assert not (state / "store").exists()
