@@ -128,11 +128,15 @@ class IdleWatcher(threading.Thread):
 
     def _watch(self, box: ImapMailbox) -> None:
         client = box.client
+        known = box.message_count  # the folder's size as SELECT gave it
         while not self.stop.is_set():
             # What the server had pending comes with the NOOP's answer, not before
-            # IDLE's "+" (where iCloud sends it). New mail in it is news already.
+            # IDLE's "+" (where iCloud sends it). New mail in it is news already;
+            # an EXISTS that repeats the count the watcher knows is not (a server may
+            # send one with every NOOP, and each would have been a poll, for ever).
             _text, pending = client.noop()
-            if _reports_new_mail(pending):
+            grown, known = _grown(pending, known)
+            if grown:
                 self.on_new_mail(self.mailbox)
                 continue
             new_mail = _start_idle(client)  # raises when the server refuses IDLE
@@ -204,6 +208,21 @@ def _start_idle(client: Any) -> bool:
         if imap.tagged_commands.get(tag):
             raise IMAPClientError(f"IDLE refused: {line!r}")
         new_mail = new_mail or _EXISTS_LINE.match(line) is not None
+
+
+def _grown(responses: list[tuple[object, ...]], known: int) -> tuple[bool, int]:
+    """Whether ``responses`` announce more messages than ``known`` (``* N EXISTS``
+    beyond it, each ``* N EXPUNGE`` taking one off first), and the count they leave."""
+    grown = False
+    for response in responses:
+        if len(response) < 2 or not isinstance(response[0], int):
+            continue
+        if response[1] == b"EXPUNGE":
+            known = max(known - 1, 0)
+        elif response[1] == b"EXISTS":
+            grown = grown or response[0] > known
+            known = response[0]
+    return grown, known
 
 
 def _reports_new_mail(responses: list[tuple[object, ...]]) -> bool:

@@ -162,3 +162,69 @@ def test_a_deferred_notice_waits_from_its_failure_not_from_the_runs_start(
         assert all(w is not None and w > datetime.now(UTC) for w in waits), waits
     finally:
         rt.store.dispose()
+
+
+class _RepeatsExists(socketserver.StreamRequestHandler):
+    """A server that repeats the folder's unchanged count with every NOOP (RFC 3501
+    lets a server send EXISTS at any time) and then idles quietly."""
+
+    def handle(self) -> None:
+        out = self.wfile
+        out.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+        for line in self.rfile:
+            tag, _, rest = line.decode().rstrip("\r\n").partition(" ")
+            command = rest.split(" ", 1)[0].upper()
+            if command == "CAPABILITY":
+                out.write(b"* CAPABILITY IMAP4rev1 IDLE\r\n%s OK done\r\n" % tag.encode())
+            elif command in ("SELECT", "EXAMINE"):
+                out.write(
+                    b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* FLAGS (\\Seen)\r\n"
+                    b"%s OK [READ-WRITE] selected\r\n" % tag.encode()
+                )
+            elif command == "LOGIN":
+                out.write(b"%s OK [CAPABILITY IMAP4rev1 IDLE] in\r\n" % tag.encode())
+            elif command == "NOOP":
+                out.write(b"* 3 EXISTS\r\n%s OK NOOP done\r\n" % tag.encode())
+            elif command == "IDLE":
+                out.write(b"+ idling\r\n")
+                out.flush()
+                if self.rfile.readline().strip().upper() != b"DONE":
+                    return
+                out.write(b"%s OK IDLE done\r\n" % tag.encode())
+            elif command == "LOGOUT":
+                out.write(b"* BYE bye\r\n%s OK bye\r\n" % tag.encode())
+                return
+            else:
+                out.write(b"%s OK\r\n" % tag.encode())
+            out.flush()
+
+
+def test_an_exists_that_repeats_the_count_is_no_news() -> None:
+    # Each NOOP before IDLE answered "* 3 EXISTS": taken for new mail, a poll, and
+    # the next NOOP again, for ever (own-diff review).
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _RepeatsExists)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = MailboxSettings.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": server.server_address[1],
+            "security": "none",
+            "username": "contacto",
+            "password": "x",
+            "address": "contacto@example.com",
+        }
+    )
+    polls: list[str] = []
+    stop = threading.Event()
+    watcher = IdleWatcher("contacto", settings, polls.append, stop)
+    watcher.start()
+    try:
+        assert watcher.ready.wait(5)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        watcher.join(5)
+        server.shutdown()
+        server.server_close()
+    assert polls == ["contacto"]  # the one poll on connecting; no news since
