@@ -956,6 +956,8 @@ def _tell_quarantined(
                 "mailbox": mailbox,
                 "uid": fetched.uid,
                 "reason": reason[:500],
+                # The server did not return it: nothing is kept, a retry asks again.
+                "stored": fetched.unreadable is None,
             },
         )
     except MailcaseError as exc:  # a broken override template must not lose the row

@@ -134,7 +134,13 @@ def test_notices_of_quarantined_mail_are_capped_per_hour(tmp_path: Path) -> None
     from mailcase.notices import queue_without_case
 
     rt = offline_runtime(tmp_path, notify=True)
-    context = {"sender": "x@example.com", "mailbox": "contacto", "uid": 1, "reason": "r"}
+    context = {
+        "sender": "x@example.com",
+        "mailbox": "contacto",
+        "uid": 1,
+        "reason": "r",
+        "stored": True,
+    }
     with rt.store.transaction() as session:
         held = [
             queue_without_case(

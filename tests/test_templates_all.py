@@ -130,6 +130,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "mailbox_address": "contacto@internet-plarey.com.mx",
         "uid": 7,
         "reason": "message has 7 MIME parts, more than the limit of 3",
+        "stored": True,
         "company": COMPANY,
     },
     "no_case": {
