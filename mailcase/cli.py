@@ -53,7 +53,7 @@ from mailcase.errors import (
     NotFoundError,
     SchemaTooNewError,
 )
-from mailcase.inbound import MAX_ADDRESS, MAX_NAME
+from mailcase.inbound import BIDI_CONTROLS, MAX_ADDRESS, MAX_NAME
 from mailcase.logs import configure
 from mailcase.models import (
     Case,
@@ -1263,8 +1263,6 @@ def _local(value: str | None, zone: ZoneInfo | None) -> str | None:
 # customer's subject, text, file name or address may hold ESC sequences that
 # retitle the window, clear the screen or hide text when an admin lists cases.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# Bidirectional overrides and isolates: "factura\u202efdp.exe" shows as "facturaexe.pdf".
-_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def visible(text: str) -> str:
@@ -1272,7 +1270,7 @@ def visible(text: str) -> str:
     every bidirectional override as ``\\uNNNN``: safe to print on a terminal (as git
     and less show them), and read in the order it is written."""
     text = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return BIDI_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _cell(value: Any, width: int) -> str:

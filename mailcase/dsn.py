@@ -14,7 +14,6 @@ says which it is.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import email
 import email.header
@@ -22,6 +21,8 @@ import email.policy
 import re
 from dataclasses import dataclass
 from email.message import Message
+
+from mailcase.inbound import decode_text
 
 _MSGID_RE = re.compile(rb"<[!-;=?-~]+>")
 _MESSAGE_ID_LINE = re.compile(
@@ -237,7 +238,8 @@ def readable_text(raw: bytes) -> str:
             ctype = part.get_content_type()
             if part.get_content_maintype() != "text" and ctype not in _HEADER_TYPES:
                 continue
-            text = _decoded(_payload_bytes(part), part.get_content_charset())
+            # Read as bodies are read (labels that lie, windows-1252 in UTF-8...).
+            text = decode_text(_payload_bytes(part), part.get_content_charset())
             pieces.append(text)
             if ctype in _HEADER_TYPES:
                 returned = email.message_from_string(text, policy=email.policy.compat32)
@@ -253,11 +255,3 @@ def _subjects(part: Message) -> list[str]:
         with contextlib.suppress(Exception):
             found.append(str(email.header.make_header(email.header.decode_header(str(value)))))
     return found
-
-
-def _decoded(body: bytes, charset: str | None) -> str:
-    try:
-        codecs.lookup(charset or "utf-8")
-    except LookupError:
-        charset = "utf-8"
-    return body.decode(charset or "utf-8", "replace")

@@ -490,7 +490,7 @@ def _windows_1252_for_invalid_utf8(error: UnicodeError) -> tuple[str, int]:
 codecs.register_error(_MEND_UTF8, _windows_1252_for_invalid_utf8)
 
 
-def _decode_text(data: bytes, charset: str | None) -> str:
+def decode_text(data: bytes, charset: str | None) -> str:
     """Text bytes labelled ``charset`` (None: no label) as Unicode; never raises.
 
     Unlabelled and ASCII-labelled bytes: UTF-8, else windows-1252. Every other
@@ -552,10 +552,10 @@ def _decode_words(text: str) -> str:
         words = decode_header(text)
         if len(words) > 1 or words[0][1] is not None:  # else: no encoded word at all
             # Encoded words labelled with a windows-1252 or a UTF-8 label are
-            # decoded as bodies are (_decode_text); handed on as Unicode. A
+            # decoded as bodies are (decode_text); handed on as Unicode. A
             # non-ASCII charset name keeps make_header's spacing between words.
             words = [
-                (_decode_text(data, charset), "utf-8")
+                (decode_text(data, charset), "utf-8")
                 if isinstance(data, bytes) and charset in _MENDED_WORD_LABELS and not data.isascii()
                 else (data, charset)
                 for data, charset in words
@@ -926,11 +926,11 @@ def _tidy(text: str) -> str:
 
 
 def _part_text(part: Message) -> str:
-    """A text part's content, transfer encoding and charset decoded (see _decode_text)."""
+    """A text part's content, transfer encoding and charset decoded (see decode_text)."""
     data = part.get_payload(decode=True)
     if not isinstance(data, bytes) or not data:
         return ""
-    return _decode_text(data, part.get_content_charset())
+    return decode_text(data, part.get_content_charset())
 
 
 def _files_of_attached_messages(message: Message) -> frozenset[str]:
@@ -963,7 +963,9 @@ def _attachments(parsed: Any, inner: frozenset[str] = frozenset()) -> Iterable[A
         yield Attachment(
             # Without bidirectional overrides: "factura\u202efdp.exe" reads as
             # "facturaexe.pdf" wherever the name is shown (a known lure).
-            filename=_BIDI.sub("", _one_line(_clean(str(item.get("filename") or "attachment"))))
+            filename=BIDI_CONTROLS.sub(
+                "", _one_line(_clean(str(item.get("filename") or "attachment")))
+            )
             or "attachment",
             content_type=_content_type(item.get("mail_content_type")),
             payload=data,
@@ -972,7 +974,8 @@ def _attachments(parsed: Any, inner: frozenset[str] = frozenset()) -> Iterable[A
         )
 
 
-_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Bidirectional overrides and isolates: "factura\u202efdp.exe" shows as "facturaexe.pdf".
+BIDI_CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 
 
