@@ -9,6 +9,8 @@ from __future__ import annotations
 import socketserver
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,11 @@ def test_a_mailbox_failing_all_night_keeps_its_back_off(tmp_path: Path) -> None:
 # --- IDLE against a server that accepts the login and refuses IDLE ---
 
 
-class _RefusesIdle(socketserver.StreamRequestHandler):
-    logins: list[float]
+class _FakeImap(socketserver.StreamRequestHandler):
+    """A small IMAP server for behaviours Dovecot cannot be set to show: a folder of
+    ``exists`` messages, and IDLE and NOOP answered as a subclass says."""
+
+    exists = 0
 
     def handle(self) -> None:
         out = self.wfile
@@ -64,16 +69,16 @@ class _RefusesIdle(socketserver.StreamRequestHandler):
             if command == "CAPABILITY":
                 out.write(b"* CAPABILITY IMAP4rev1 IDLE\r\n%s OK done\r\n" % tag.encode())
             elif command == "LOGIN":
-                self.logins.append(time.monotonic())
+                self.logged_in()
                 out.write(b"%s OK [CAPABILITY IMAP4rev1 IDLE] in\r\n" % tag.encode())
             elif command in ("SELECT", "EXAMINE"):
                 out.write(
-                    b"* 0 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* FLAGS (\\Seen)\r\n"
-                    b"%s OK [READ-WRITE] selected\r\n" % tag.encode()
+                    b"* %d EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* FLAGS (\\Seen)\r\n"
+                    b"%s OK [READ-WRITE] selected\r\n" % (self.exists, tag.encode())
                 )
-            elif command == "IDLE":
-                # Seen from providers that cap IDLE sessions per account.
-                out.write(b"%s NO [LIMIT] too many IDLE sessions\r\n" % tag.encode())
+            elif command in ("IDLE", "NOOP"):
+                if not self.answer(command, tag.encode()):
+                    return
             elif command == "LOGOUT":
                 out.write(b"* BYE bye\r\n%s OK bye\r\n" % tag.encode())
                 return
@@ -81,10 +86,18 @@ class _RefusesIdle(socketserver.StreamRequestHandler):
                 out.write(b"%s OK\r\n" % tag.encode())
             out.flush()
 
+    def logged_in(self) -> None:
+        """Called at each login."""
 
-def test_idle_refused_after_login_backs_off(caplog: Any) -> None:
-    logins: list[float] = []
-    handler = type("Handler", (_RefusesIdle,), {"logins": logins})
+    def answer(self, command: str, tag: bytes) -> bool:
+        """Answer IDLE or NOOP; False ends the session."""
+        self.wfile.write(b"%s OK\r\n" % tag)
+        return True
+
+
+@contextmanager
+def _watching(handler: type[_FakeImap], on_new_mail: Callable[[str], None]) -> Iterator[Any]:
+    """An IdleWatcher of a mailbox on a server run by ``handler``, stopped afterwards."""
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -99,15 +112,32 @@ def test_idle_refused_after_login_backs_off(caplog: Any) -> None:
         }
     )
     stop = threading.Event()
-    watcher = IdleWatcher("contacto", settings, lambda _name: None, stop)
+    watcher = IdleWatcher("contacto", settings, on_new_mail, stop)
     watcher.start()
     try:
-        time.sleep(6.5)
+        yield watcher
     finally:
         stop.set()
         watcher.join(5)
         server.shutdown()
         server.server_close()
+
+
+def test_idle_refused_after_login_backs_off() -> None:
+    logins: list[float] = []
+
+    class RefusesIdle(_FakeImap):
+        def logged_in(self) -> None:
+            logins.append(time.monotonic())
+
+        def answer(self, command: str, tag: bytes) -> bool:
+            if command == "IDLE":  # seen from providers that cap IDLE sessions per account
+                self.wfile.write(b"%s NO [LIMIT] too many IDLE sessions\r\n" % tag)
+                return True
+            return super().answer(command, tag)
+
+    with _watching(RefusesIdle, lambda _name: None) as watcher:
+        time.sleep(6.5)
     # Logins at 0, 1, 3 s (then 7): the back-off doubles. It was reset by every
     # login, so the watcher logged in once a second, for ever.
     assert 2 <= len(logins) <= 4, logins
@@ -164,67 +194,29 @@ def test_a_deferred_notice_waits_from_its_failure_not_from_the_runs_start(
         rt.store.dispose()
 
 
-class _RepeatsExists(socketserver.StreamRequestHandler):
-    """A server that repeats the folder's unchanged count with every NOOP (RFC 3501
-    lets a server send EXISTS at any time) and then idles quietly."""
+class _RepeatsExists(_FakeImap):
+    """Repeats the folder's unchanged count with every NOOP (RFC 3501 lets a server
+    send EXISTS at any time), then idles quietly."""
 
-    def handle(self) -> None:
-        out = self.wfile
-        out.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
-        for line in self.rfile:
-            tag, _, rest = line.decode().rstrip("\r\n").partition(" ")
-            command = rest.split(" ", 1)[0].upper()
-            if command == "CAPABILITY":
-                out.write(b"* CAPABILITY IMAP4rev1 IDLE\r\n%s OK done\r\n" % tag.encode())
-            elif command in ("SELECT", "EXAMINE"):
-                out.write(
-                    b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* FLAGS (\\Seen)\r\n"
-                    b"%s OK [READ-WRITE] selected\r\n" % tag.encode()
-                )
-            elif command == "LOGIN":
-                out.write(b"%s OK [CAPABILITY IMAP4rev1 IDLE] in\r\n" % tag.encode())
-            elif command == "NOOP":
-                out.write(b"* 3 EXISTS\r\n%s OK NOOP done\r\n" % tag.encode())
-            elif command == "IDLE":
-                out.write(b"+ idling\r\n")
-                out.flush()
-                if self.rfile.readline().strip().upper() != b"DONE":
-                    return
-                out.write(b"%s OK IDLE done\r\n" % tag.encode())
-            elif command == "LOGOUT":
-                out.write(b"* BYE bye\r\n%s OK bye\r\n" % tag.encode())
-                return
-            else:
-                out.write(b"%s OK\r\n" % tag.encode())
-            out.flush()
+    exists = 3
+
+    def answer(self, command: str, tag: bytes) -> bool:
+        if command == "NOOP":
+            self.wfile.write(b"* 3 EXISTS\r\n%s OK NOOP done\r\n" % tag)
+            return True
+        self.wfile.write(b"+ idling\r\n")
+        self.wfile.flush()
+        if self.rfile.readline().strip().upper() != b"DONE":
+            return False
+        self.wfile.write(b"%s OK IDLE done\r\n" % tag)
+        return True
 
 
 def test_an_exists_that_repeats_the_count_is_no_news() -> None:
     # Each NOOP before IDLE answered "* 3 EXISTS": taken for new mail, a poll, and
     # the next NOOP again, for ever (own-diff review).
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _RepeatsExists)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    settings = MailboxSettings.model_validate(
-        {
-            "host": "127.0.0.1",
-            "port": server.server_address[1],
-            "security": "none",
-            "username": "contacto",
-            "password": "x",
-            "address": "contacto@example.com",
-        }
-    )
     polls: list[str] = []
-    stop = threading.Event()
-    watcher = IdleWatcher("contacto", settings, polls.append, stop)
-    watcher.start()
-    try:
+    with _watching(_RepeatsExists, polls.append) as watcher:
         assert watcher.ready.wait(5)
         time.sleep(1.5)
-    finally:
-        stop.set()
-        watcher.join(5)
-        server.shutdown()
-        server.server_close()
     assert polls == ["contacto"]  # the one poll on connecting; no news since
