@@ -362,23 +362,31 @@ def test_which_refusals_are_temporary(answer: str, temporary: bool) -> None:
 # --- an empty literal for a message that is not empty (imapsync #280) -----------------
 
 
+def _answered_empty(uid: int, answer: bytes) -> tuple[Any, dict[str, bool]]:
+    """A proxy rule answering the FETCH of ``uid``'s body with ``answer`` (formatted with
+    the UID and the tag) while ``glitch["on"]``; the rule and its switch."""
+    glitch = {"on": True}
+
+    def rule(number: int, line: bytes) -> Answer | None:
+        tag = _body_fetch(line, uid)
+        if tag and glitch["on"]:
+            return Answer(instead=answer % (uid, tag))
+        return None
+
+    return rule, glitch
+
+
 def test_an_empty_answer_for_a_message_that_is_not_empty_is_fetched_again_by_retry(
     proxied: Any, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
     # "BODY[] {0}" for a 5 KB message was taken for the whole message: quarantined as
     # "no sender address", its empty copy stored, and `messages retry` read that copy.
     uids = mailboxes.append_many("contacto", _customers(3, body="x" * 5000))
-    glitch = {"on": True}
-
-    def rule(number: int, line: bytes) -> Answer | None:
-        tag = _body_fetch(line, uids[1])
-        if tag and glitch["on"]:
-            return Answer(
-                instead=b'* 2 FETCH (UID %d INTERNALDATE "28-Nov-2026 00:00:00 +0000" '
-                b"BODY[] {0}\r\n)\r\n%s OK Fetch completed.\r\n" % (uids[1], tag)
-            )
-        return None
-
+    rule, glitch = _answered_empty(
+        uids[1],
+        b'* 2 FETCH (UID %d INTERNALDATE "28-Nov-2026 00:00:00 +0000" '
+        b"BODY[] {0}\r\n)\r\n%s OK Fetch completed.\r\n",
+    )
     config, _ = proxied(rule, poll="batch_size = 1\n")
     cli = Cli(config, capsys)
     cli.poll()
@@ -396,16 +404,9 @@ def test_an_empty_answer_for_a_large_message_is_not_the_message(
 ) -> None:
     # The same over limits.max_message_bytes, where the message is streamed in parts.
     uids = mailboxes.append_many("contacto", _customers(3, body="y" * 20000))
-    glitch = {"on": True}
-
-    def rule(number: int, line: bytes) -> Answer | None:
-        tag = _body_fetch(line, uids[1])
-        if tag and glitch["on"]:
-            return Answer(
-                instead=b"* 2 FETCH (UID %d BODY[]<0> {0}\r\n)\r\n%s OK done\r\n" % (uids[1], tag)
-            )
-        return None
-
+    rule, glitch = _answered_empty(
+        uids[1], b"* 2 FETCH (UID %d BODY[]<0> {0}\r\n)\r\n%s OK done\r\n"
+    )
     config, _ = proxied(rule, extra="[limits]\nmax_message_bytes = 10000\n")
     cli = Cli(config, capsys)
     cli.poll()
