@@ -197,14 +197,23 @@ def untold_changes(commands: Sequence[Command], *, visit_cancelled: bool) -> lis
     "resolve", "visit" (a visit booked or moved) and "visit_cancelled" (a visit still
     ahead cancelled by ``#visita cancelar``, ``#resolver`` or ``#cerrar``). On a phone
     case nobody was told them, and the agent must call."""
-    kinds = {c.kind for c in commands}
-    booked = any(c.kind is CommandKind.VISIT and not c.cancel for c in commands)
-    untold = ["resolve"] if CommandKind.RESOLVE in kinds else []
+    return untold(
+        resolved=any(c.kind is CommandKind.RESOLVE for c in commands),
+        booked=any(c.kind is CommandKind.VISIT and not c.cancel for c in commands),
+        visit_cancelled=visit_cancelled,
+    )
+
+
+def untold(*, resolved: bool, booked: bool, visit_cancelled: bool) -> list[str]:
+    """The changes a phone customer was not told, by mail command or command line alike:
+    "resolve", "visit" (booked or moved; what to tell, not the one it replaced) and
+    "visit_cancelled"."""
+    changes = ["resolve"] if resolved else []
     if booked:
-        untold.append("visit")
+        changes.append("visit")
     elif visit_cancelled:
-        untold.append("visit_cancelled")
-    return untold
+        changes.append("visit_cancelled")
+    return changes
 
 
 _SETTLES = frozenset({CommandKind.RESOLVE, CommandKind.CLOSE})  # each cancels a visit ahead

@@ -837,10 +837,14 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"folio": folio})
     else:
         print(f"{folio}: {args.action} done")
+    words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
     untold = [
-        *(["resolution"] if args.action == "resolve" else []),
-        *(["visit"] if args.action == "visit" and not args.cancel else []),
-        *(["cancelled visit"] if visit_cancelled else []),
+        words[change]
+        for change in casework.untold(
+            resolved=args.action == "resolve",
+            booked=args.action == "visit" and not args.cancel,
+            visit_cancelled=visit_cancelled,
+        )
     ]
     if untold and not has_customer:
         # A phone case: no notice was queued, and the customer must still be told
