@@ -8,8 +8,9 @@ happened on the case and queues the notices the written procedure asks for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
+from functools import partial
 
 from sqlmodel import Session, col, select
 
@@ -629,28 +630,40 @@ def route(
     )  # fmt: skip
 
 
-def stored_files(
-    settings: Settings, stored: Sequence[StoredAttachment]
-) -> tuple[list[FileAttachment], list[str]]:
-    """Of the case's ``stored`` files, in order, those that fit together in
-    ``notices.max_agent_attachment_bytes`` read from the store, and the names of the
-    others (too big, or no longer readable: named as kept on the case)."""
-    blobs = BlobStore(settings.storage.directory)
+# A file that may go with a notice: its name, type, size, and how to read its bytes.
+Candidate = tuple[str, str, int, Callable[[], bytes]]
+
+
+def fitting(candidates: Iterable[Candidate], limit: int) -> tuple[list[FileAttachment], list[str]]:
+    """Of ``candidates``, in order, the files that fit together in ``limit`` bytes, read;
+    and the names of the others (too big, or no longer readable: kept on the case)."""
     files: list[FileAttachment] = []
     left: list[str] = []
     total = 0
-    for attachment in stored:
-        if total + attachment.size > settings.notices.max_agent_attachment_bytes:
-            left.append(attachment.filename)
+    for name, content_type, size, read in candidates:
+        if total + size > limit:
+            left.append(name)
             continue
         try:
-            data = blobs.get(attachment.sha256)
-        except (OSError, ValueError):
-            left.append(attachment.filename)
+            data = read()
+        except (OSError, ValueError):  # a stored copy lost, or its name not a digest
+            left.append(name)
             continue
-        total += attachment.size
-        files.append(FileAttachment(attachment.filename, attachment.content_type, data))
+        total += size
+        files.append(FileAttachment(name, content_type, data))
     return files, left
+
+
+def stored_files(
+    settings: Settings, stored: Sequence[StoredAttachment]
+) -> tuple[list[FileAttachment], list[str]]:
+    """:func:`fitting` for the case's ``stored`` files, read from the store, within
+    ``notices.max_agent_attachment_bytes``."""
+    blobs = BlobStore(settings.storage.directory)
+    candidates = [
+        (a.filename, a.content_type, a.size, partial(blobs.get, a.sha256)) for a in stored
+    ]
+    return fitting(candidates, settings.notices.max_agent_attachment_bytes)
 
 
 def close(session: Session, settings: Settings, case: Case, *, by: str) -> None:

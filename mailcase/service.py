@@ -1630,19 +1630,11 @@ def _inline_photo(attachment: Attachment) -> bool:
 
 def _fitting(attached: Sequence[Attachment], limit: int) -> tuple[list[FileAttachment], list[str]]:
     """Of ``attached``, in order, the files that fit in ``limit`` bytes together, and the
-    names of those that did not."""
-    files: list[FileAttachment] = []
-    left: list[str] = []
-    total = 0
-    for attachment in attached:
-        if total + attachment.size <= limit:
-            total += attachment.size
-            files.append(
-                FileAttachment(attachment.filename, attachment.content_type, attachment.payload)
-            )
-        else:
-            left.append(attachment.filename)
-    return files, left
+    names of those that did not (:func:`casework.fitting`)."""
+    candidates = [
+        (a.filename, a.content_type, a.size, lambda data=a.payload: data) for a in attached
+    ]
+    return casework.fitting(candidates, limit)
 
 
 def _relayable(
