@@ -9,9 +9,11 @@
     │                        when a delivery run needs it: notices stay queued
     ├── DatabaseError        the database cannot be opened or is too old
     ├── MailboxError         one mailbox cannot be read (connect, login, folder; or
-    │                        a message of it cannot be ingested for a template or
-    │                        storage.directory, its ``component``): that mailbox
-    │                        backs off, the others go on
+    │   │                    a message of it cannot be ingested for a template or
+    │   │                    storage.directory, its ``component``): that mailbox
+    │   │                    backs off, the others go on
+    │   └── RefusedForNow    the server refused one message for now (RFC 5530
+    │                        [UNAVAILABLE]): the poll backs off and reads it again
     ├── DeliveryError        SMTP delivery of one notice failed
     │   └── PermanentDeliveryError   5xx: do not retry
     └── MessageError         one message cannot be processed: it is quarantined
@@ -84,6 +86,17 @@ class MailboxError(MailcaseError):
         super().__init__(f"mailbox {mailbox}: {message}")
         self.mailbox = mailbox
         self.component = component
+
+
+class RefusedForNow(MailboxError):
+    """The server refused to return message ``uid`` of folder ``uidvalidity`` for now
+    (RFC 5530 [UNAVAILABLE], Yahoo's [TEMPFAIL]): the poll stops there and backs
+    off; the message is read again by the next poll."""
+
+    def __init__(self, mailbox: str, message: str, *, uid: int, uidvalidity: int) -> None:
+        super().__init__(mailbox, message)
+        self.uid = uid
+        self.uidvalidity = uidvalidity
 
 
 class DeliveryError(MailcaseError):

@@ -28,7 +28,7 @@ from imapclient.exceptions import (
 )
 
 from mailcase.config import MailboxSettings, tls_context
-from mailcase.errors import MailboxError
+from mailcase.errors import MailboxError, RefusedForNow
 from mailcase.logs import get_logger
 from mailcase.oauth import TokenError, TokenProvider, mailbox_tokens
 
@@ -70,6 +70,9 @@ class ImapMailbox:
         self.message_count = 0
         self.can_keyword = False
         self.read_only = False  # selected with EXAMINE: nothing is flagged
+        # UIDs whose temporary refusals have lasted too long (service.REFUSED_GIVE_UP):
+        # one more refusal makes them unreadable (quarantined) instead of failing the poll.
+        self.give_up: frozenset[int] = frozenset()
 
     def __enter__(self) -> ImapMailbox:
         self.connect()
@@ -316,15 +319,23 @@ class ImapMailbox:
         is gone (expunged meanwhile), else the message ``unreadable``.
 
         A temporary refusal (RFC 5530 [UNAVAILABLE], Yahoo's [TEMPFAIL], ...) raises
-        MailboxError: the poll fails and backs off, nothing is checkpointed past
+        RefusedForNow: the poll fails and backs off, nothing is checkpointed past
         the message, and the next poll reads it again. Quarantined, a good
-        message would have waited for a person, and its sender for an answer.
+        message would have waited for a person, and its sender for an answer;
+        one in :attr:`give_up` (refused for a day already) is quarantined all
+        the same, so that the mail after it is read.
         """
         answer = str(exc) or type(exc).__name__
         if _temporary(answer):
-            raise MailboxError(
+            if uid in self.give_up:
+                # Refused for now poll after poll: the folder's later mail must not
+                # wait on it for good. Quarantined, `messages retry` reads it again.
+                return self._unreadable(uid, f"refused for now, poll after poll ({answer})")
+            raise RefusedForNow(
                 self.name,
                 f"fetch of message {uid} refused for now ({answer}); the next poll reads it again",
+                uid=uid,
+                uidvalidity=self.uidvalidity,
             ) from exc
         # RFC 5530 [EXPUNGEISSUED] (RFC 2180 4.1.2): another session expunged it.
         if "[EXPUNGEISSUED]" in answer.upper() or uid not in self._still_there([uid]):

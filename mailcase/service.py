@@ -42,6 +42,7 @@ from mailcase.errors import (
     MailcaseError,
     MessageError,
     NotFoundError,
+    RefusedForNow,
     StorageError,
     TemplateError,
 )
@@ -149,6 +150,8 @@ def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> Ma
             report = _poll_mailbox(rt, name, progress)
         except (MailboxError, ConfigError) as exc:
             metrics.ERRORS.labels(_failed_component(exc), name).inc()
+            if isinstance(exc, RefusedForNow):
+                _note_refusal(rt, name, exc)
             raise
         except SQLAlchemyError as exc:  # the lease, the checkpoint: one line, not a traceback
             raise DatabaseError(
@@ -194,6 +197,7 @@ def _poll_leased(
     with ImapMailbox(name, settings) as box:
         source = _source_of(settings)
         last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log, source)
+        box.give_up = _refused_too_long(rt.store, name, box.uidvalidity)
         uids = box.uids_after(last_uid)
         if progress is not None:
             progress(0, len(uids))
@@ -216,9 +220,57 @@ def _poll_leased(
                     checkpoint.last_poll_at = utcnow()
                 checkpoint.failures = 0
                 session.add(checkpoint)
+            refusal = session.get(KeyValue, _hashed_key("refused", name))
+            if refusal is not None:  # the poll got past it
+                session.delete(refusal)
     again = {"remapped": report.remapped} if report.remapped else {}
     log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions), **again)
     return report
+
+
+# How long one message may be refused "for now" (RFC 5530 [UNAVAILABLE]) poll after
+# poll before it is quarantined, so that the mail after it is read: a day outlasts a
+# server's busy spell or maintenance; a message still refused after it is the
+# server's lasting fault with that one message, for a person to look at (quarantined
+# with the agents told; `mailcase messages retry` fetches it again).
+REFUSED_GIVE_UP = timedelta(hours=24)
+
+
+def _note_refusal(rt: Runtime, name: str, exc: RefusedForNow) -> None:
+    """Remember since when mailbox ``name``'s message ``exc.uid`` has been refused for
+    now; the time of its first refusal is kept while the same message is refused."""
+    key = _hashed_key("refused", name)
+    value = f"{exc.uidvalidity} {exc.uid}"
+    try:
+        with rt.store.transaction() as session:
+            known = session.get(KeyValue, key)
+            if known is not None and known.value.rsplit(" ", 1)[0] == value:
+                return
+            since = f"{value} {utcnow().isoformat()}"
+            if known is None:
+                insert_if_absent(session, KeyValue(key=key, value=since))
+            else:
+                known.value = since
+                session.add(known)
+    except SQLAlchemyError:  # the failure itself is logged by the caller
+        pass
+
+
+def _refused_too_long(store: Store, name: str, uidvalidity: int) -> frozenset[int]:
+    """The message of mailbox ``name`` (folder ``uidvalidity``) refused for now for
+    :data:`REFUSED_GIVE_UP` or longer, if any (see :attr:`ImapMailbox.give_up`)."""
+    with store.read_session() as session:
+        known = session.get(KeyValue, _hashed_key("refused", name))
+    if known is None:
+        return frozenset()
+    try:
+        validity, uid, since = known.value.split(" ", 2)
+        refused_for = utcnow() - datetime.fromisoformat(since)  # written aware, in UTC
+        if int(validity) != uidvalidity or refused_for < REFUSED_GIVE_UP:
+            return frozenset()
+        return frozenset({int(uid)})
+    except (ValueError, TypeError):  # not ours: written again at the next refusal
+        return frozenset()
 
 
 def _parser_for(
@@ -354,7 +406,7 @@ def _fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[F
     """
     refused: list[FetchedMessage] = []
     for fetched in _fetch_in_order(rt, box, uids):
-        if fetched.unreadable is not None:
+        if fetched.unreadable is not None and fetched.uid not in box.give_up:
             refused.append(fetched)
             continue
         yield from refused

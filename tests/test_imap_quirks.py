@@ -283,6 +283,87 @@ def test_a_temporary_refusal_fails_the_poll_and_the_next_poll_reads_the_message(
     assert _quarantine_notices(sink, uids[1]) == []
 
 
+@pytest.mark.parametrize("stuck", [1, 2], ids=["mail-after-it", "last-in-the-folder"])
+def test_a_message_refused_for_now_for_a_day_is_quarantined_so_later_mail_is_read(
+    proxied: Any, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, stuck: int
+) -> None:
+    # A message the server refused "for now" poll after poll held back every later
+    # message of the folder for good: no case, no acknowledgement, and no way for an
+    # admin to get past it but deleting the customer's mail on the server.
+    from datetime import timedelta
+
+    from mailcase import service
+    from mailcase.models import KeyValue
+    from mailcase.store import Store, utcnow
+
+    uids = mailboxes.append_many("contacto", _customers(3))
+
+    def rule(number: int, line: bytes) -> Answer | None:
+        tag = _body_fetch(line, uids[stuck])
+        return Answer(instead=tag + b" NO [UNAVAILABLE] Server busy\r\n") if tag else None
+
+    config, _ = proxied(rule)
+    cli = Cli(config, capsys)
+    for _ in range(2):  # within the day: the poll fails and reads it again
+        status, _, err = cli("poll")
+        assert status == 1 and "refused for now" in err
+        assert set(_ledger(cli)) == set(uids[:stuck])
+    store = Store.open(load_settings(config).database.url, auto_upgrade=False)
+    try:
+        with store.transaction() as session:
+            (refusal,) = [
+                kv for kv in session.exec(service.select(KeyValue)) if kv.key.startswith("refused:")
+            ]
+            validity, uid, since = refusal.value.split(" ")
+            assert int(uid) == uids[stuck]
+            # The first refusal's time is kept: the second poll did not start the day over.
+            assert utcnow() - service.datetime.fromisoformat(since) < timedelta(minutes=5)
+            refusal.value = f"{validity} {uid} {(utcnow() - timedelta(hours=25)).isoformat()}"
+            session.add(refusal)
+    finally:
+        store.dispose()
+    cli.poll()
+    rows = _ledger(cli)
+    assert {u: r["disposition"] for u, r in rows.items()} == {
+        u: "quarantined" if u == uids[stuck] else "new_case" for u in uids
+    }
+    assert "refused for now, poll after poll" in rows[uids[stuck]]["reason"]
+    assert len(_quarantine_notices(sink, uids[stuck])) == 1
+    acked = {m.rcpt_tos[0] for m in sink.messages if m.rcpt_tos != [NOTIFY]}
+    assert acked == {f"cliente{i}@example.com" for i in range(3) if i != stuck}
+
+
+def test_a_refusal_for_now_is_forgotten_once_a_poll_gets_past_it(
+    proxied: Any, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # A message refused yesterday and read today must not count towards a later refusal.
+    from mailcase import service
+    from mailcase.models import KeyValue
+    from mailcase.store import Store
+
+    uids = mailboxes.append_many("contacto", _customers(2))
+    glitch = {"on": True}
+
+    def rule(number: int, line: bytes) -> Answer | None:
+        tag = _body_fetch(line, uids[1])
+        if tag and glitch["on"]:
+            return Answer(instead=tag + b" NO [UNAVAILABLE] Server busy\r\n")
+        return None
+
+    config, _ = proxied(rule)
+    cli = Cli(config, capsys)
+    assert cli("poll")[0] == 1
+    glitch["on"] = False
+    cli.poll()
+    store = Store.open(load_settings(config).database.url, auto_upgrade=False)
+    try:
+        with store.read_session() as session:
+            keys = [kv.key for kv in session.exec(service.select(KeyValue))]
+    finally:
+        store.dispose()
+    assert not [k for k in keys if k.startswith("refused:")]
+
+
 @pytest.mark.parametrize(
     "answer",
     [
