@@ -30,7 +30,8 @@ CASES_OPENED = Counter(
 )
 NOTICES = Counter(
     "mailcase_notices_total",
-    "Notices by outcome of a delivery attempt (sent, deferred, failed, suppressed).",
+    "Notices by outcome: of a delivery attempt (sent, deferred, failed, suppressed), or "
+    "bounced (refused after it was sent, by a delivery report that came back).",
     ["outcome"],
     registry=REGISTRY,
 )

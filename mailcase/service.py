@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -1903,6 +1904,14 @@ def _record_bounce(
         status = failed.status if failed else ""
         diagnostic = failed.diagnostic if failed else ""
         already = notice.status == NoticeStatus.FAILED and notice.last_error.startswith("bounced")
+        if not already:
+            # Counted once committed: a poll that fails after this reads the bounce again.
+            event.listen(
+                session,
+                "after_commit",
+                lambda _session: metrics.NOTICES.labels("bounced").inc(),
+                once=True,
+            )
         notice.status = NoticeStatus.FAILED
         notice.last_error = f"bounced: {recipient} {status} {diagnostic}".strip()
         session.add(notice)

@@ -293,6 +293,25 @@ def test_exim_bounce_of_the_acknowledgement_marks_it_failed_and_tells_agents(
     assert len(desk.cli.json("cases", "list")) == 1
 
 
+def _bounced_count() -> float:
+    from mailcase import metrics
+
+    value = metrics.REGISTRY.get_sample_value("mailcase_notices_total", {"outcome": "bounced"})
+    return value or 0.0
+
+
+@pytest.mark.integration
+def test_a_bounced_notice_is_counted_once_in_the_notices_metric(desk: Desk) -> None:
+    # A notice a bounce marked failed was in `status` but in no metric: an alert on
+    # notices_total could not see customers who never got their folio.
+    _folio, ack_id = open_case(desk)
+    before = _bounced_count()
+    desk.deliver(exim_bounce(ack_id))
+    assert _bounced_count() == before + 1
+    desk.deliver(exim_bounce(ack_id).replace(b"E1P1ceB", b"E2P2ceB"))  # the MTA's second try
+    assert _bounced_count() == before + 1
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(("action", "status"), [("delayed", "4.4.7"), ("relayed", "2.0.0")])
 def test_delay_or_success_report_leaves_the_acknowledgement_alone(
