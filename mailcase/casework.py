@@ -522,6 +522,7 @@ def schedule_visit(
                 "visit_date": day.isoformat(),
                 "visit_date_text": _visit_text(day, None, case.language),
                 "visit_time": hour or "",
+                "visit_time_text": clock_text(hour, case.language) if hour else "",
                 # A visit scheduled again: the customer is told the old one is off.
                 "previous_visit": previous,
             },
@@ -587,7 +588,17 @@ def _visit_text(day: date | None, hour: str | None, language: str) -> str:
         return ""
     if language == "es":
         return spanish_date(day) + (f" a las {hour}" if hour else "")
-    return english_date(day) + (f" at {hour}" if hour else "")
+    return english_date(day) + (f" at {clock_text(hour, language)}" if hour else "")
+
+
+def clock_text(hour: str, language: str) -> str:
+    """A visit's time (``HH:MM``, 24-hour) as the customer reads it: ``16:30`` in
+    Spanish (the written usage in Mexico, as on a bill or an appointment), ``4:30 PM``
+    in English (en-US, where the 24-hour clock reads as military time)."""
+    if language == "es":
+        return hour
+    hours, minutes = (int(part) for part in hour.split(":"))
+    return f"{hours % 12 or 12}:{minutes:02d} {'AM' if hours < 12 else 'PM'}"
 
 
 def route(

@@ -381,5 +381,28 @@ def test_english_visit_notice_writes_the_date_in_english(
     code, _, err = cli("cases", "visit", case["folio"], "--date", str(day), "--time", "10:00")
     assert code == 0, err
     visit = sink.messages[-1].message.get_body(("plain",)).get_content()
-    assert f"Thursday, {day:%B} {day.day}, {day.year}" in visit and "10:00" in visit
+    assert f"Thursday, {day:%B} {day.day}, {day.year}" in visit and "10:00 AM" in visit
     assert "jueves" not in visit
+    # Moved to the afternoon: in en-US a 24-hour "16:30" reads as military time.
+    code, _, err = cli("cases", "visit", case["folio"], "--date", str(day), "--time", "16:30")
+    assert code == 0, err
+    moved = sink.messages[-1].message
+    text = moved.get_body(("plain",)).get_content()
+    assert "Time: 4:30 PM" in text and "16:30" not in text
+    assert f"the visit on Thursday, {day:%B} {day.day}, {day.year} at 10:00 AM is" in text
+    html = moved.get_body(("html",)).get_content()
+    assert "4:30 PM" in html and "16:30" not in html
+
+
+@pytest.mark.parametrize(
+    ("hour", "english", "spanish"),
+    [("00:05", "12:05 AM", "00:05"), ("09:30", "9:30 AM", "09:30"), ("12:00", "12:00 PM", "12:00"),
+     ("23:59", "11:59 PM", "23:59")],
+)  # fmt: skip
+def test_visit_times_read_as_each_language_writes_them(
+    hour: str, english: str, spanish: str
+) -> None:
+    from mailcase.casework import clock_text
+
+    assert clock_text(hour, "en") == english
+    assert clock_text(hour, "es") == spanish

@@ -89,6 +89,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "visit_date": "2026-12-03",
         "visit_date_text": "jueves 3 de diciembre de 2026",
         "visit_time": "10:30",
+        "visit_time_text": "10:30",
         "previous_visit": "",
         "company": COMPANY,
     },
@@ -151,7 +152,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 # visit_date_text is a nicety the caller may give; relay does not greet (the
 # agent writes their own greeting), so customer_name is accepted but unused.
 OPTIONAL = {
-    "visit": {"visit_date_text", "previous_visit"},
+    "visit": {"visit_date_text", "visit_time_text", "previous_visit"},
     "relay": {"customer_name"},
     "not_relayed": {"untold", "own_sender"},  # read only for their reasons
     "agent_notification": {"area", "attaching"},  # read only when routed, or files left out
