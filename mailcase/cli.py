@@ -32,6 +32,7 @@ from sqlmodel import Session, col, func, select
 
 from mailcase import __version__
 from mailcase.casework import related_folios
+from mailcase.commands import area_key
 from mailcase.config import (
     Settings,
     check_ca_files,
@@ -53,7 +54,7 @@ from mailcase.errors import (
     NotFoundError,
     SchemaTooNewError,
 )
-from mailcase.inbound import BIDI_CONTROLS, MAX_ADDRESS, MAX_NAME
+from mailcase.inbound import BIDI_CONTROLS, MAX_ADDRESS, MAX_NAME, canonical_address
 from mailcase.logs import configure
 from mailcase.models import (
     Case,
@@ -114,6 +115,34 @@ def _mail_address(option: str, text: str) -> str:
             '(juan@example.com, or "Juan <juan@example.com>")'
         )
     return found[0].address
+
+
+def _folio(text: str, settings: Settings) -> str:
+    """The folio a command-line argument names, read as the mail path reads one in a
+    subject (:func:`mailcase.folio.find_folios`): ``PLR 2026 123``, ``plr-2026-000123.``
+    and ``[Folio PLR-2026-000123]`` are ``PLR-2026-000123``. Anything else is returned
+    upper-cased, to be reported as no such case."""
+    from mailcase.folio import find_folios
+
+    found = find_folios(text, settings.folio.prefix)
+    return found[0] if len(found) == 1 else text.strip().upper()
+
+
+def _customer_address(text: str) -> str:
+    """The customer address in ``text`` (``--customer``: bare, or "Name <address>"), spelt
+    as a message's sender is (:func:`mailcase.inbound.canonical_address`), so that the
+    customer's own mail finds the case; "" for none. UsageError for anything else.
+
+    Looser than :func:`_mail_address`: a customer's domain may be non-ASCII
+    (juan@telefonía-señal.mx goes out in its IDNA form), which #participante refuses.
+    """
+    named = _NAMED_ADDRESS.fullmatch(text.strip())
+    customer = canonical_address((named.group(1) if named else text).strip().lower())
+    _refuse_long_address("--customer", customer)
+    local, at, domain = customer.rpartition("@")
+    if customer and (not (at and local and domain) or any(c.isspace() for c in customer)):
+        raise UsageError(f"--customer {text!r} is not a mail address")
+    return customer
 
 
 def _refuse_long_address(option: str, address: str) -> None:
@@ -718,7 +747,7 @@ def _case_attachment(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("give --output FILE: the attachment is not for a terminal")
     store = _open_store(settings, create=False)
     with store.read_session() as session:
-        case = case_by_folio(session, args.folio.strip().upper())
+        case = case_by_folio(session, _folio(args.folio, settings))
         if case is None:
             raise NotFoundError(f"no case with folio {args.folio}")
         stored = session.exec(
@@ -762,13 +791,13 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     customer = participant = area = ""
     visit: tuple[date, str | None] | None = None
     if args.action == "open":
-        # Looser than _mail_address: a customer's domain may be non-ASCII
-        # (juan@telefonía-señal.mx goes out in its IDNA form), which #participante refuses.
-        named = _NAMED_ADDRESS.fullmatch(args.customer.strip())
-        customer = (named.group(1) if named else args.customer).strip().lower()
-        _refuse_long_address("--customer", customer)
-        if customer and ("@" not in customer or any(c.isspace() for c in customer)):
-            raise UsageError(f"--customer {args.customer!r} is not a mail address")
+        customer = _customer_address(args.customer)
+        if customer in settings.agents.addresses or customer in settings.own_addresses:
+            # As a case an agent opens by mail (triage): the acknowledgement would go to
+            # the help desk itself, and its replies would read as an agent's.
+            raise UsageError(
+                f"--customer {customer} is an agent's or one of our own addresses, not a customer's"
+            )
         if len(args.name) > MAX_NAME:  # the column's length (Case.customer_name)
             raise UsageError(
                 f"--name is {len(args.name)} characters long: a customer's name has at most "
@@ -779,7 +808,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     elif args.action == "visit" and not args.cancel:
         visit = _visit_when(args.date, args.time)
     elif args.action == "route":
-        area = args.area.strip().lower()
+        area = area_key(args.area)
         if area not in settings.areas:
             raise UsageError(_unknown_area(args.area, settings))
     store = _open_store(settings, create=True)
@@ -808,7 +837,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             casework.notify_agents(session, settings, case, "new", text=args.text)
             folio, case_id = case.folio, case.id
         else:
-            found = case_by_folio(session, args.folio.strip().upper(), for_update=True)
+            found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
             if found is None:
                 raise NotFoundError(f"no case with folio {args.folio}")
             folio, case_id = found.folio, found.id
@@ -936,14 +965,14 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
             if args.status:
                 query = query.where(Case.status == args.status)
             if args.customer:
-                # Stored as parsed: lowercased (mailcase.inbound).
-                query = query.where(Case.customer == args.customer.strip().lower())
+                # Spelt as stored (mailcase.inbound.canonical_address).
+                query = query.where(Case.customer == _customer_address(args.customer))
             if args.area:
-                if args.area not in settings.areas:
+                if area_key(args.area) not in settings.areas:
                     # Usage (exit 2), as for `cases route`: exit 4 is a folio or
                     # message that does not exist.
                     raise UsageError(_unknown_area(args.area, settings))
-                query = query.where(Case.area == args.area)
+                query = query.where(Case.area == area_key(args.area))
             items = [case_summary(c) for c in reversed(_limited(session, query, args, "cases"))]
             if args.json:
                 _print_json(items)
@@ -959,7 +988,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                 ]
                 _print_table(items, columns, zone=settings.folio.zone)
             return EXIT_OK
-        case = case_by_folio(session, args.folio.strip().upper())
+        case = case_by_folio(session, _folio(args.folio, settings))
         if case is None:
             raise NotFoundError(f"no case with folio {args.folio}")
         detail = case_detail(session, case)

@@ -251,6 +251,14 @@ def _fold(value: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
+def area_key(name: str) -> str:
+    """The ``[areas]`` key an agent means by ``name``, however it is spelt: folded like a
+    command's name, so "Soporte-Técnico" is "soporte-tecnico" (area names are
+    configuration keys, and an accent is not a different area). ``#area`` and the
+    command line's ``--area`` both read names so."""
+    return _fold(name.strip())
+
+
 def command_kind(line: str) -> CommandKind | None:
     """The command a ``#`` line names, however it is spelt ("#Área x" → ROUTE), or None."""
     words = _without_format_characters(line[1:]).split()
@@ -381,9 +389,7 @@ def _route(line: str, args: list[str]) -> Command | CommandProblem:
         # "#area soporte técnico": a name with a space, which bad_area's
         # sentence explains ("sin espacios"); the agent meant one area.
         return CommandProblem(line, "bad_area")
-    # Folded like the command name, so "Soporte-Técnico" is "soporte-tecnico":
-    # area names are configuration keys, and an accent is not a different area.
-    area = _fold(args[0])
+    area = area_key(args[0])
     if not _AREA_RE.fullmatch(area):
         return CommandProblem(line, "bad_area")
     return Command(CommandKind.ROUTE, area=area, line=line)

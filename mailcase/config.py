@@ -50,6 +50,7 @@ from pydantic_settings import (
 )
 
 from mailcase.errors import ConfigError
+from mailcase.wire import ascii_domain
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailcase/mailcase.toml")
 
@@ -58,10 +59,14 @@ _ADDRESS_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 
 def _check_address(value: str) -> str:
+    """``value`` as a mail address spelt as a message's sender is spelt
+    (:func:`mailcase.inbound.canonical_address`: lower-cased, no root dot, a non-ASCII
+    domain in IDNA form), so that an agent's own mail is known as theirs."""
     value = value.strip().lower()
     if not _ADDRESS_RE.match(value):
         raise ValueError(f"{value!r} is not a mail address")
-    return value
+    local, _, domain = value.rpartition("@")
+    return ascii_domain(f"{local}@{domain.rstrip('.')}")
 
 
 def _own_address(value: str) -> str:
@@ -73,9 +78,9 @@ def _own_address(value: str) -> str:
     every notice needed SMTPUTF8, which many relays lack. The admin is told
     the ASCII (IDNA) form to write instead.
     """
-    value = _check_address(value)
     if value.isascii():
-        return value
+        return _check_address(value)
+    value = value.strip().lower()
     local, _, domain = value.rpartition("@")
     try:
         suggestion = f"{local}@{domain.encode('idna').decode('ascii')}"

@@ -48,6 +48,7 @@ from typing import Any
 
 from mailcase.errors import MessageError
 from mailcase.quoting import is_attribution_line
+from mailcase.wire import ascii_domain
 
 # mail-parser logs its opinion of each message's parts at WARNING and ERROR
 # ("Email content 'calendar' not handled", "Failed decoding header part: …"),
@@ -640,7 +641,7 @@ def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
     """
     pairs = []
     for name, addr in getaddresses(list(values)):
-        addr = _canonical_address(_clean(addr).strip().lower())
+        addr = canonical_address(_clean(addr).strip().lower())
         local, at, domain = addr.rpartition("@")
         if (
             at
@@ -691,8 +692,10 @@ def content_digest(raw: bytes) -> str:
 _DOT_ATOM = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
-def _canonical_address(addr: str) -> str:
-    """One spelling for one mailbox: ``"juan"@x.com.`` is ``juan@x.com``.
+def canonical_address(addr: str) -> str:
+    """One spelling for one mailbox (``addr`` lower-cased and stripped): ``"juan"@x.com.``
+    is ``juan@x.com``. Every door through which an address enters (a message's
+    fields, ``cases open --customer``, ``cases list --customer``) spells it so.
 
     A quoted local part that needs no quotes (RFC 5321 4.1.2: the same
     mailbox) loses them, and the domain its root dot. Otherwise a forger
@@ -704,7 +707,9 @@ def _canonical_address(addr: str) -> str:
         return addr
     if len(local) > 2 and local[0] == local[-1] == '"' and _DOT_ATOM.fullmatch(local[1:-1]):
         local = local[1:-1]
-    return f"{local}@{domain.rstrip('.')}"
+    # A non-ASCII domain in its IDNA form (RFC 5891), the form notices go to: a
+    # customer whose client writes either spelling is one customer.
+    return ascii_domain(f"{local}@{domain.rstrip('.')}")
 
 
 def _msgids(values: Iterable[str]) -> tuple[str, ...]:

@@ -1,0 +1,69 @@
+"""customer addresses with a non-ASCII domain in their ASCII (IDNA) form
+
+Revision ID: 0008
+Revises: 0007
+
+From this release every address is stored as :func:`mailcase.inbound.canonical_address`
+spells it: a non-ASCII domain in its IDNA form (``juan@telefonía.mx`` is
+``juan@xn--telefona-i2a.mx``), the form notices were already sent to. A case
+stored with the other spelling would no longer find its customer's mail, so
+the stored ones are rewritten. Few rows qualify; the conversion is written
+here, frozen, not imported: a migration must do tomorrow what it does today.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def _ascii_form(address: str) -> str:
+    """``address`` with its domain in IDNA form, when its local part is ASCII and the
+    domain converts to itself and back (the rule of mailcase.wire.ascii_domain)."""
+    local, at, domain = address.rpartition("@")
+    if not at or address.isascii() or not local.isascii():
+        return address
+    try:
+        ascii_form = domain.encode("idna")
+        if ascii_form.decode("idna").lower() != domain.lower():
+            return address
+        return f"{local}@{ascii_form.decode('ascii')}"
+    except UnicodeError:
+        return address
+
+
+def upgrade() -> None:
+    conn = op.get_bind()
+    # Only rows with a non-ASCII byte could change; the rest of the table is not read
+    # into Python (a LIKE on a pattern cannot say "non-ASCII", so the filter is here).
+    cases = conn.execute(sa.text("SELECT id, customer FROM cases WHERE customer LIKE '%@%'"))
+    for case_id, customer in cases.fetchall():
+        ascii_form = _ascii_form(customer)
+        if ascii_form != customer:
+            conn.execute(
+                sa.text("UPDATE cases SET customer = :c WHERE id = :i"),
+                {"c": ascii_form, "i": case_id},
+            )
+    rows = conn.execute(sa.text("SELECT id, case_id, address FROM participants")).fetchall()
+    taken = {(case_id, address) for _, case_id, address in rows}
+    for row_id, case_id, address in rows:
+        ascii_form = _ascii_form(address)
+        if ascii_form == address:
+            continue
+        if (case_id, ascii_form) in taken:  # both spellings on one case: one row
+            conn.execute(sa.text("DELETE FROM participants WHERE id = :i"), {"i": row_id})
+        else:
+            conn.execute(
+                sa.text("UPDATE participants SET address = :a WHERE id = :i"),
+                {"a": ascii_form, "i": row_id},
+            )
+            taken.add((case_id, ascii_form))
+
+
+def downgrade() -> None:
+    pass  # data only: the ASCII form is the same mailbox

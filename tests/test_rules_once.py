@@ -1,0 +1,203 @@
+"""One rule for one question, whichever door a request comes through (sixth review round).
+
+The command line and the mail path each had their own way to read an address, a
+folio and an area name, and the two disagreed: a phone case opened for
+``juan.perez@example.com.`` never found its customer's mail, a folio read out on the
+phone was "no such case" on the command line, and an area's accented name routed
+by mail but not by ``cases route``. An IDN domain was one customer by mail in one
+spelling and another in the other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from helpers import AGENT, CONTACTO, Cli, mail, offline_runtime
+from sqlmodel import select
+
+from mailcase import service
+from mailcase.imap import FetchedMessage
+from mailcase.models import Case, Notice
+from mailcase.store import Store, alembic_config
+
+_uids = itertools.count(1)
+AREAS = '[areas.soporte-tecnico]\nnotify = "redes@internet-plarey.com.mx"\nname = "Soporte"\n'
+
+
+def _ingest(rt: Any, raw: bytes) -> str:
+    return service.ingest_message(rt, "contacto", 1, FetchedMessage(next(_uids), raw, None))
+
+
+def _cases(rt: Any) -> list[Case]:
+    with rt.store.read_session() as session:
+        return list(session.exec(select(Case).order_by(Case.id)).all())
+
+
+def _open(cli: Cli, customer: str) -> tuple[int, str, str]:
+    return cli(
+        *("cases", "open", "--customer", customer, "--channel", "phone"),
+        *("--subject", "Sin servicio", "--text", "Llamó: sin internet", "--json"),
+    )
+
+
+# --- addresses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "writes_from"),
+    [
+        ("juan.perez@example.com.", "juan.perez@example.com"),  # pasted from a sentence's end
+        ('"juan.perez"@example.com', "juan.perez@example.com"),
+        ("Juan Pérez <Juan.Perez@Example.com>", "juan.perez@example.com"),
+        ("juan@telefonía.mx", "juan@xn--telefona-i2a.mx"),  # an ASCII-only client's spelling
+    ],
+)
+def test_a_phone_case_finds_its_customers_mail_however_the_address_was_typed(
+    tmp_path: Path, capsys: Any, typed: str, writes_from: str
+) -> None:
+    rt = offline_runtime(tmp_path)
+    cli = Cli(tmp_path / "mailcase.toml", capsys)
+    code, out, err = _open(cli, typed)
+    assert code == 0, err
+    folio = json.loads(out)["folio"]
+    assert _cases(rt)[0].customer == writes_from
+    reply = mail(sender=f"Juan <{writes_from}>", subject=f"Folio {folio}: sigo sin servicio")
+    assert _ingest(rt, reply) == "follow_up"
+    assert len(_cases(rt)) == 1
+    assert cli.json("cases", "list", "--customer", typed)[0]["folio"] == folio
+
+
+def test_a_customer_is_one_customer_in_either_spelling_of_an_idn_domain(tmp_path: Path) -> None:
+    rt = offline_runtime(tmp_path)
+    raw = (
+        "From: Juan <juan@telefonía.mx>\r\nTo: contacto@internet-plarey.com.mx\r\n"
+        "Subject: Sin servicio\r\nMessage-ID: <idn1@example.com>\r\n"
+        "Date: Fri, 20 Nov 2026 10:30:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nSin internet desde ayer.\r\n"
+    ).encode()  # RFC 6532: UTF-8 in the header as it is
+    assert _ingest(rt, raw) == "new_case"
+    [case] = _cases(rt)
+    assert case.customer == "juan@xn--telefona-i2a.mx"
+    again = mail(sender="Juan <juan@xn--telefona-i2a.mx>", subject=f"Folio {case.folio} fotos")
+    assert _ingest(rt, again) == "follow_up"
+
+
+def test_an_agent_address_in_the_config_is_spelt_as_mail_spells_it(tmp_path: Path) -> None:
+    rt = offline_runtime(tmp_path)
+    text = (tmp_path / "mailcase.toml").read_text()
+    text = text.replace(f'addresses = ["{AGENT}"]', 'addresses = ["Tecnico@Telefonía.mx."]')
+    (tmp_path / "mailcase.toml").write_text(text)
+    from mailcase.config import load_settings
+    from mailcase.inbound import canonical_address
+
+    settings = load_settings(tmp_path / "mailcase.toml")
+    assert settings.agents.addresses == ["tecnico@xn--telefona-i2a.mx"]
+    assert canonical_address("tecnico@telefonía.mx.") in settings.agents.addresses
+    rt.store.dispose()
+
+
+@pytest.mark.parametrize("insider", [AGENT, CONTACTO])
+def test_cases_open_refuses_an_agents_or_our_own_address_as_the_customer(
+    tmp_path: Path, capsys: Any, insider: str
+) -> None:
+    # By mail an agent never becomes a customer (triage._opened_by_agent): the
+    # acknowledgement would go to the help desk, and the case's mail read as an agent's.
+    offline_runtime(tmp_path).store.dispose()
+    code, _, err = _open(Cli(tmp_path / "mailcase.toml", capsys), insider.upper())
+    assert code == 2
+    assert err.strip() == (
+        f"mailcase: --customer {insider} is an agent's or one of our own addresses, "
+        "not a customer's"
+    )
+
+
+def test_the_migration_rewrites_stored_idn_customers_in_ascii_form(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0007")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO cases (id, folio, mailbox, status, customer, customer_name, subject,"
+                " channel, language, area, created_at, updated_at) VALUES"
+                " (1, 'PLR-2026-000001', 'contacto', 'open', 'juan@telefonía.mx', '', 's',"
+                " 'mail', 'es', '', '2026-11-20 10:00:00', '2026-11-20 10:00:00'),"
+                " (2, 'PLR-2026-000002', 'contacto', 'open', 'ana@example.com', '', 's',"
+                " 'mail', 'es', '', '2026-11-20 10:00:00', '2026-11-20 10:00:00')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO participants (case_id, address) VALUES"
+                " (1, 'rosa@señal.mx'), (1, 'rosa@xn--seal-hqa.mx'), (2, 'luis@señal.mx')"
+            )
+        )
+    engine.dispose()
+    Store.open(url, auto_upgrade=True).dispose()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        customers = conn.execute(sa.text("SELECT customer FROM cases ORDER BY id")).scalars()
+        assert list(customers) == ["juan@xn--telefona-i2a.mx", "ana@example.com"]
+        participants = conn.execute(
+            sa.text("SELECT case_id, address FROM participants ORDER BY case_id, address")
+        ).all()
+    engine.dispose()
+    assert [tuple(p) for p in participants] == [
+        (1, "rosa@xn--seal-hqa.mx"),
+        (2, "luis@xn--seal-hqa.mx"),
+    ]
+
+
+# --- folios and areas on the command line ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spelling", ["PLR-2026-1", "PLR 2026 000001", "plr-2026-000001.", "[Folio PLR-2026-000001]"]
+)
+def test_the_command_line_reads_a_folio_as_mail_does(
+    tmp_path: Path, capsys: Any, spelling: str
+) -> None:
+    rt = offline_runtime(tmp_path)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    folio = case.folio
+    assert folio.endswith("-000001")
+    spelling = spelling.replace("2026", folio.split("-")[1])
+    cli = Cli(tmp_path / "mailcase.toml", capsys)
+    assert cli.json("cases", "show", spelling)["folio"] == folio
+    code, _, err = cli("cases", "note", spelling, "--text", "Llamó otra vez")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("written", ["Soporte-Técnico", "SOPORTE-TECNICO", " soporte-tecnico "])
+def test_the_command_line_reads_an_area_name_as_mail_does(
+    tmp_path: Path, capsys: Any, written: str
+) -> None:
+    rt = offline_runtime(tmp_path)
+    config = tmp_path / "mailcase.toml"
+    config.write_text(config.read_text() + AREAS)
+    rt = offline_runtime_again(tmp_path, rt)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    cli = Cli(config, capsys)
+    code, _, err = cli("cases", "route", case.folio, "--area", written)
+    assert code == 0, err
+    [listed] = cli.json("cases", "list", "--area", written)
+    assert listed["folio"] == case.folio and listed["area"] == "soporte-tecnico"
+    with rt.store.read_session() as session:
+        kinds = [n.kind for n in session.exec(select(Notice).order_by(Notice.id))]
+    assert "agent_notification" in kinds
+
+
+def offline_runtime_again(directory: Path, old: Any) -> Any:
+    """A runtime on ``directory``'s config as it is now (after an edit)."""
+    from mailcase.config import load_settings
+
+    old.store.dispose()
+    return service.Runtime.open(load_settings(directory / "mailcase.toml"))
