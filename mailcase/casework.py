@@ -480,14 +480,23 @@ def add_note(session: Session, case: Case, text: str, *, by: str) -> None:
 
 
 def schedule_visit(
-    session: Session, settings: Settings, case: Case, day: date, hour: str | None, *, by: str
+    session: Session,
+    settings: Settings,
+    case: Case,
+    day: date,
+    hour: str | None,
+    *,
+    by: str,
+    now_local: datetime | None = None,
 ) -> None:
     """Record a home visit and send the customer a notice with its date.
 
     Refused (:class:`CaseworkError`) on a closed case and for a time already
-    past in the business's time zone (``folio.timezone``).
+    past in the business's time zone (``folio.timezone``) at ``now_local``
+    (default: now): a caller that checked the visit first passes the time it
+    checked at.
     """
-    now_local = utcnow().astimezone(settings.folio.zone)
+    now_local = now_local or utcnow().astimezone(settings.folio.zone)
     _refuse(
         visit_problem(case.status, day, hour, now_local),
         case,
@@ -544,19 +553,38 @@ def visit_ahead(case: Case, now_local: datetime) -> bool:
     return past != "visit_in_past"
 
 
-def cancel_visit(session: Session, settings: Settings, case: Case, *, by: str) -> None:
+def visit_cancellable(case: Case, now_local: datetime) -> bool:
+    """Whether an agent may still call off ``case``'s home visit at ``now_local``: one
+    :func:`visit_ahead`, or today's with no time until visiting hours end (the moment
+    up to which it could be booked: the customer told "today" waits at home until then).
+    """
+    if case.visit_date is None:
+        return False
+    hour = case.visit_time
+    return visit_problem(CaseStatus.OPEN, case.visit_date, hour, now_local) != "visit_in_past"
+
+
+def cancel_visit(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    *,
+    by: str,
+    now_local: datetime | None = None,
+) -> None:
     """Cancel ``case``'s home visit and tell the customer (``visit_cancelled``).
 
-    Refused (:class:`CaseworkError`) on a closed case and when no visit is
-    still ahead (:func:`visit_ahead`).
+    Refused (:class:`CaseworkError`) on a closed case and when there is no visit
+    to call off (:func:`visit_cancellable` at ``now_local``, default now).
     """
-    now_local = utcnow().astimezone(settings.folio.zone)
+    now_local = now_local or utcnow().astimezone(settings.folio.zone)
     if case.status == CaseStatus.CLOSED:
         _refuse("case_closed", case)
-    if not visit_ahead(case, now_local):
+    if not visit_cancellable(case, now_local):
         _refuse("no_visit", case)
     case.updated_at = utcnow()
-    _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
+    cancelled = _cancel_visit(session, settings, case, by=by, explicit=now_local)
+    _tell_visit_cancelled(session, settings, case, cancelled)
 
 
 def _tell_visit_cancelled(session: Session, settings: Settings, case: Case, visit: str) -> None:
@@ -567,12 +595,27 @@ def _tell_visit_cancelled(session: Session, settings: Settings, case: Case, visi
         )  # fmt: skip
 
 
-def _cancel_visit(session: Session, settings: Settings, case: Case, *, by: str) -> str:
+def _cancel_visit(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    *,
+    by: str,
+    explicit: datetime | None = None,
+) -> str:
     """Cancel ``case``'s home visit if it is still ahead; the visit as the customer was
-    told it, or "" when there was none to cancel (one that took place is kept)."""
-    if not visit_ahead(case, utcnow().astimezone(settings.folio.zone)):
+    told it, or "" when there was none to cancel (one that took place is kept).
+
+    ``explicit``: the time an agent called it off at (:func:`visit_cancellable`).
+    Without it (a resolution, a closing) today's visit with no time is kept: the
+    technician may have come already.
+    """
+    if explicit is not None:
+        if not visit_cancellable(case, explicit):
+            return ""
+    elif not visit_ahead(case, utcnow().astimezone(settings.folio.zone)):
         return ""
-    assert case.visit_date is not None  # visit_ahead
+    assert case.visit_date is not None  # visit_ahead, visit_cancellable
     cancelled = _visit_text(case.visit_date, case.visit_time, case.language)
     when = case.visit_date.isoformat() + (f" {case.visit_time}" if case.visit_time else "")
     case.visit_date = None

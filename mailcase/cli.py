@@ -843,16 +843,18 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             folio, case_id = found.folio, found.id
             has_customer = bool(found.customer)
             now_local = utcnow().astimezone(settings.folio.zone)
-            visit_was_ahead = casework.visit_ahead(found, now_local)
+            visit_was_ahead = casework.visit_cancellable(found, now_local)
             if args.action == "resolve":
                 casework.resolve(session, settings, found, args.outcome, args.cause, by=by)
             elif args.action == "note":
                 casework.add_note(session, found, args.text, by=by)
             elif args.action == "visit" and args.cancel:
-                casework.cancel_visit(session, settings, found, by=by)
+                casework.cancel_visit(session, settings, found, by=by, now_local=now_local)
             elif args.action == "visit":
                 assert visit is not None  # read above, for this action
-                casework.schedule_visit(session, settings, found, *visit, by=by)
+                casework.schedule_visit(
+                    session, settings, found, *visit, by=by, now_local=now_local
+                )
             elif args.action == "participant":
                 casework.add_participant(session, settings, found, participant, by=by)
             elif args.action == "route":
@@ -861,7 +863,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 casework.close(session, settings, found, by=by)
             else:
                 casework.reopen(session, found, by=by)
-            visit_cancelled = visit_was_ahead and not casework.visit_ahead(found, now_local)
+            visit_cancelled = visit_was_ahead and not casework.visit_cancellable(found, now_local)
     if args.action == "open" and args.json:
         _print_json({"folio": folio})
     else:

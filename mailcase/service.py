@@ -88,7 +88,7 @@ from mailcase.store import (
     table,
     utcnow,
 )
-from mailcase.triage import CaseRef, Decision, Facts, Role, triage
+from mailcase.triage import CaseRef, Decision, Facts, Role, takes_replies, triage
 from mailcase.wire import FileAttachment
 
 
@@ -1591,8 +1591,10 @@ def _agent_message(
     ]
     if written.notice_line:  # our notice is in the text, and where it starts is unknown
         problems.append({"line": written.notice_line, "problem": "quoted_notice"})
+    # One clock for the whole reply: a visit checked at 09:59:59 and booked at
+    # 10:00:00 was refused inside the transaction, and the reply quarantined.
+    now_local = utcnow().astimezone(settings.folio.zone)
     if not problems:  # what the case's state and the reply's other commands forbid
-        now_local = utcnow().astimezone(settings.folio.zone)
         problems += [
             {"line": line, "problem": code}
             for line, code in casework.command_problems(
@@ -1600,7 +1602,7 @@ def _agent_message(
                 parsed.text,
                 case.status,
                 now_local,
-                visit_ahead=casework.visit_ahead(case, now_local),
+                visit_ahead=casework.visit_cancellable(case, now_local),
             )
         ]
     if problems:
@@ -1629,14 +1631,13 @@ def _agent_message(
     is_note = CommandKind.NOTE in kinds or (kinds and CommandKind.RESOLVE not in kinds)
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
-    now_local = utcnow().astimezone(settings.folio.zone)
-    visit_was_ahead = casework.visit_ahead(case, now_local)
+    visit_was_ahead = casework.visit_cancellable(case, now_local)
     for command in parsed.commands:
-        _run_command(session, settings, case, command, text, by)
+        _run_command(session, settings, case, command, text, by, now_local)
     if parsed.commands:
         untold = casework.untold_changes(
             parsed.commands,
-            visit_cancelled=visit_was_ahead and not casework.visit_ahead(case, now_local),
+            visit_cancelled=visit_was_ahead and not casework.visit_cancellable(case, now_local),
         )
         if untold and not case.customer:
             # A phone case: the resolution or visit reached nobody; the agent must call.
@@ -1650,7 +1651,19 @@ def _agent_message(
     # that large is a photo, and went nowhere, with nobody told.
     attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
     attachments = [a.filename for a in attached]
-    reason = "no_text" if not text else "no_customer" if not case.customer else ""
+    reason = (
+        "no_text"
+        if not text
+        else "no_customer"
+        if not case.customer
+        # The customer's answer to it would open a new case (triage: a closed case
+        # takes no more mail), far from the question the agent asked.
+        else "closed"
+        if not takes_replies(
+            case.status, as_utc(case.resolved_at), utcnow(), settings.cases.reopen_days
+        )
+        else ""
+    )
     withheld: list[str] = []
     if not reason:
         sent, too_big, withheld = _relayable(
@@ -1822,16 +1835,26 @@ def _megabytes(size: int) -> str:
 
 
 def _run_command(
-    session: Session, settings: Settings, case: Case, command: Command, text: str, by: str
+    session: Session,
+    settings: Settings,
+    case: Case,
+    command: Command,
+    text: str,
+    by: str,
+    now_local: datetime,
 ) -> None:
+    """Carry out one checked ``command`` (:func:`casework.command_problems` at ``now_local``,
+    the time the visit checks are made at again, so that they cannot disagree)."""
     kind = command.kind
     if kind is CommandKind.RESOLVE and command.outcome is not None:
         casework.resolve(session, settings, case, command.outcome, text, by=by, record_cause=False)
     elif kind is CommandKind.VISIT and command.cancel:
-        casework.cancel_visit(session, settings, case, by=by)
+        casework.cancel_visit(session, settings, case, by=by, now_local=now_local)
     elif kind is CommandKind.VISIT and command.visit_date is not None:
         hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
-        casework.schedule_visit(session, settings, case, command.visit_date, hour, by=by)
+        casework.schedule_visit(
+            session, settings, case, command.visit_date, hour, by=by, now_local=now_local
+        )
     elif kind is CommandKind.ROUTE and command.area:
         casework.route(session, settings, case, command.area, by=by, note=text)
     elif kind is CommandKind.PARTICIPANT and command.address:

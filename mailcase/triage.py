@@ -186,10 +186,7 @@ def triage(
     for joined, why in candidates:
         if joined.status == "open":
             return Decision(Disposition.FOLLOW_UP, case=joined, reason=why)
-        resolved = joined.status == "resolved" or (
-            joined.status == "closed" and joined.resolved_at is not None
-        )
-        if resolved and _within(joined.resolved_at, now, reopen_days):
+        if takes_replies(joined.status, joined.resolved_at, now, reopen_days):
             return Decision(
                 Disposition.FOLLOW_UP, case=joined, reopen=True, reason=f"{why}; reopens the case"
             )
@@ -249,6 +246,18 @@ def _name_written_for(mail: InboundMail, address: str) -> str:
         if written.strip().lower() == address:
             return name.strip()
     return ""
+
+
+def takes_replies(
+    status: str, resolved_at: datetime | None, now: datetime | None, reopen_days: int
+) -> bool:
+    """Whether a customer's reply arriving at ``now`` joins a case in ``status``: an open
+    one, or one resolved (closed after its resolution, too) within ``reopen_days``,
+    which the reply reopens. Any other reply opens a new case, linked to this one."""
+    if status == "open":
+        return True
+    resolved = status == "resolved" or (status == "closed" and resolved_at is not None)
+    return resolved and _within(resolved_at, now, reopen_days)
 
 
 def _within(resolved_at: datetime | None, now: datetime | None, days: int) -> bool:

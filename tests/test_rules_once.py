@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.policy import default
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import sqlalchemy as sa
@@ -201,3 +205,122 @@ def offline_runtime_again(directory: Path, old: Any) -> Any:
 
     old.store.dispose()
     return service.Runtime.open(load_settings(directory / "mailcase.toml"))
+
+
+# --- visits and closed cases: one rule for each question ------------------------------
+
+MORNING = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 10:00 in Mexico City (UTC-6)
+
+
+def _agent_reply(rt: Any, folio: str, body: str) -> bytes:
+    with rt.store.read_session() as session:
+        signed = session.exec(
+            select(Notice.message_id).where(Notice.kind == "agent_notification")
+        ).first()
+    return mail(
+        sender=f"Ana <{AGENT}>",
+        subject=f"Re: [Folio {folio}] Sin servicio",
+        body=body,
+        headers={"In-Reply-To": str(signed)},
+    )
+
+
+def _kinds(rt: Any) -> list[str]:
+    with rt.store.read_session() as session:
+        return [n.kind for n in session.exec(select(Notice).order_by(Notice.id))]
+
+
+def test_a_visit_booked_for_today_without_a_time_can_be_called_off(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # Booked at 10:00 as "hoy", it could not be cancelled at 10:01 ("no home visit
+    # ahead"): scheduling took it for ahead until visiting hours end, cancelling never.
+    rt = offline_runtime(tmp_path)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    cli = Cli(tmp_path / "mailcase.toml", capsys)
+    with (
+        mock.patch("mailcase.casework.utcnow", return_value=MORNING),
+        mock.patch("mailcase.store.utcnow", return_value=MORNING),  # the CLI's clock
+    ):
+        assert cli("cases", "visit", case.folio, "--date", "2026-11-20")[0] == 0
+        code, _, err = cli("cases", "visit", case.folio, "--cancel")
+    assert code == 0, err
+    assert _kinds(rt)[-2:] == ["visit", "visit_cancelled"]
+    assert _cases(rt)[0].visit_date is None
+
+
+def test_a_resolution_keeps_todays_visit_without_a_time(tmp_path: Path, capsys: Any) -> None:
+    # The technician may have come this morning: the customer is not told it is off.
+    rt = offline_runtime(tmp_path)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    cli = Cli(tmp_path / "mailcase.toml", capsys)
+    with (
+        mock.patch("mailcase.casework.utcnow", return_value=MORNING),
+        mock.patch("mailcase.store.utcnow", return_value=MORNING),  # the CLI's clock
+    ):
+        assert cli("cases", "visit", case.folio, "--date", "2026-11-20")[0] == 0
+        resolved = cli("cases", "resolve", case.folio, "--outcome", "valid", "--cause", "Módem.")
+    assert resolved[0] == 0, resolved[2]
+    assert "visit_cancelled" not in _kinds(rt)
+    assert _cases(rt)[0].visit_date is not None
+
+
+def test_a_visit_is_checked_and_booked_at_one_time(tmp_path: Path) -> None:
+    # Checked at 09:59:59.9 and booked at 10:00:00.0, a 09:59 visit passed the check and
+    # failed the booking inside the transaction: the agent's whole reply was quarantined.
+    checked = datetime(2026, 11, 20, 15, 59, 59, 900000, tzinfo=UTC)
+    later = datetime(2026, 11, 20, 16, 0, 0, tzinfo=UTC)
+    rt = offline_runtime(tmp_path, notify=True)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    reply = _agent_reply(rt, case.folio, "#visita 2026-11-20 09:59\n\nPasamos enseguida.")
+    with (
+        mock.patch("mailcase.service.utcnow", return_value=checked),
+        mock.patch("mailcase.casework.utcnow", return_value=later),
+    ):
+        assert _ingest(rt, reply) == "follow_up"
+    assert _cases(rt)[0].visit_time == "09:59"
+    assert "visit" in _kinds(rt)
+
+
+def test_an_agents_words_on_a_closed_case_are_held_with_the_agent_told(tmp_path: Path) -> None:
+    # Relayed, the customer's answer to them opened a new case with a new folio (a
+    # closed case takes no more mail), far from the agent's question.
+    rt = offline_runtime(tmp_path, notify=True)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    with rt.store.transaction() as session:
+        from mailcase import casework
+
+        stored = session.get(Case, case.id)
+        assert stored is not None
+        casework.close(session, rt.settings, stored, by="test")
+    reply = _agent_reply(rt, case.folio, "Don Juan, ¿sigue sin servicio? Responda este correo.")
+    assert _ingest(rt, reply) == "follow_up"
+    with rt.store.read_session() as session:
+        notices = list(session.exec(select(Notice).order_by(Notice.id)))
+    assert "relay" not in [n.kind for n in notices]
+    [held] = [n for n in notices if n.kind == "not_relayed"]
+    assert held.rcpt_to == AGENT
+    body = message_from_bytes(held.raw, policy=default).get_body(("plain",))
+    text = body.get_content() if body is not None else ""
+    assert "está cerrado" in text and "#reabrir" in text
+
+
+def test_an_agents_words_on_a_case_closed_after_its_resolution_still_go(tmp_path: Path) -> None:
+    # Within cases.reopen_days of the resolution the customer's answer reopens the case.
+    rt = offline_runtime(tmp_path, notify=True)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    with rt.store.transaction() as session:
+        from mailcase import casework
+
+        stored = session.get(Case, case.id)
+        assert stored is not None
+        casework.resolve(session, rt.settings, stored, "valid", "Se cambió el módem.", by="t")
+        casework.close(session, rt.settings, stored, by="test")
+    reply = _agent_reply(rt, case.folio, "Don Juan, ¿todo bien con el módem nuevo?")
+    assert _ingest(rt, reply) == "follow_up"
+    assert "relay" in _kinds(rt)
