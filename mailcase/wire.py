@@ -265,10 +265,23 @@ def _type_name(name: str) -> str:
 
 
 def _attachment_part(attachment: FileAttachment) -> bytes:
+    """The file's MIME part: its bytes in base64 under its name, and its type where
+    base64 may carry it (an attached message or multipart as application/octet-stream).
+    """
     content_type = attachment.content_type.strip().lower()
-    if not _MIME_TYPE.match(content_type):
-        content_type = "application/octet-stream"
     name = _safe_filename(attachment.filename)
+    if content_type == "message/rfc822" and not name.lower().endswith(".eml"):
+        # Sent as application/octet-stream below, a forwarded mail is opened by its
+        # file name alone, and ".eml" is the name mail clients and desktops open
+        # as a mail; a subject as its name ("Pago $499.00") or none would not be.
+        name = _safe_filename(name + ".eml")
+    if not _MIME_TYPE.match(content_type) or content_type.startswith(("message/", "multipart/")):
+        # RFC 2046 5.2.1: message/* allows only 7bit, 8bit or binary, and RFC 2045 6.4
+        # forbids base64 for multipart/* (which would need its boundary too). A
+        # customer's forwarded mail may hold 8-bit text and lines past 998, so
+        # its bytes travel in base64 as a file. Sent as message/rfc822 in base64,
+        # a reader parsed the base64 text as the mail: no From, no Subject.
+        content_type = "application/octet-stream"
     head = (
         f"Content-Type: {content_type}{_type_name(name)}\r\n"
         f"Content-Disposition: attachment{_name_params('filename', name)}\r\n"
@@ -307,7 +320,8 @@ def message(
     """``headers`` (whole lines), MIME-Version and a text body, or text and HTML alternatives.
 
     With ``attachments``, a multipart/mixed message: that body first, then each
-    file in base64 under its name (RFC 2231 for a name that is not plain ASCII).
+    file in base64 under its name (RFC 2231 for a name that is not plain ASCII);
+    an attached message (named ``.eml``) or multipart as application/octet-stream.
     Without ``utf8`` the result is pure ASCII (UnicodeEncodeError otherwise).
     """
     head = (headers + "MIME-Version: 1.0\r\n").encode("utf-8" if utf8 else "ascii")
