@@ -329,7 +329,9 @@ def related_folios(session: Session, case: Case) -> list[str]:
 def add_participants(
     session: Session, settings: Settings, case: Case, addresses: Sequence[str]
 ) -> None:
-    """Let the addresses the customer put in Cc write on the case (not ours, not agents)."""
+    """Let the addresses the customer put in Cc write on the case (not ours, not agents):
+    the first :data:`MAX_NEW_PARTICIPANTS` new ones of one message, and no more once
+    the case has :data:`MAX_PARTICIPANTS`."""
     assert case.id is not None
     skip = settings.own_addresses | set(settings.agents.addresses) | {case.customer}
     candidates = [a for a in dict.fromkeys(addresses) if a not in skip]
@@ -338,9 +340,16 @@ def add_participants(
     existing = set(
         session.exec(select(Participant.address).where(Participant.case_id == case.id)).all()
     )
-    for address in candidates:
-        if address not in existing:
-            session.add(Participant(case_id=case.id, address=address))
+    room = min(MAX_NEW_PARTICIPANTS, MAX_PARTICIPANTS - len(existing))
+    for address in [a for a in candidates if a not in existing][: max(room, 0)]:
+        session.add(Participant(case_id=case.id, address=address))
+
+
+# A stranger writing with the customer's folio and a Cc of thousands made each a
+# participant, and every later message of the case loaded them all. A household or
+# an office copies a few people; #participante adds any beyond these.
+MAX_NEW_PARTICIPANTS = 20
+MAX_PARTICIPANTS = 100
 
 
 def participant_problem(settings: Settings, case: Case, address: str) -> str | None:
