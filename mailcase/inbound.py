@@ -243,12 +243,6 @@ def parse_inbound(
     parts = _count_parts(lowered)
     if parts > max_parts:
         raise MessageError(f"message has {parts} MIME parts, more than the limit of {max_parts}")
-    end = _HEADER_END_RE.search(raw, 0, MAX_HEADER_BYTES + 4)
-    if end is None and len(raw) > MAX_HEADER_BYTES:
-        # Short fields, repeated: 44 MB of "Cc:" lines made 1.6 million participants
-        # in six minutes and 4.8 GB (sixth review round). Real mail's header sections
-        # are a few kilobytes; a long Received chain, tens.
-        raise MessageError(f"a header section longer than the limit of {MAX_HEADER_BYTES} bytes")
     longest, longest_mime = _longest_fields(raw, lowered)
     if longest > max_field_bytes:
         raise MessageError(
@@ -259,6 +253,12 @@ def parse_inbound(
             f"a Content-Type or Content-Disposition field of {longest_mime} bytes, "
             f"more than the limit of {max_mime_field_bytes}"
         )
+    end = _HEADER_END_RE.search(raw, 0, MAX_HEADER_BYTES + 4)
+    if end is None and len(raw) > MAX_HEADER_BYTES:
+        # Short fields, repeated: 44 MB of "Cc:" lines made 1.6 million participants
+        # in six minutes and 4.8 GB (sixth review round). Real mail's header sections
+        # are a few kilobytes; a long Received chain, tens.
+        raise MessageError(f"a header section longer than the limit of {MAX_HEADER_BYTES} bytes")
     try:
         # What mailparser.parse_from_bytes does, in two steps (see _read_body).
         message = email.message_from_bytes(raw)
