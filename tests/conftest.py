@@ -7,6 +7,7 @@ Project-specific fixtures (config builders etc.) belong in tests/helpers.py, not
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,15 @@ import pytest
 from servers import Dovecot, Postgres, SmtpSink
 
 from mailcase.store import Store
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let SIGTERM (``timeout``, a cancelled CI job) end the run as Ctrl-C does: through the
+    fixtures' teardown, which stops the session's Dovecot and PostgreSQL and removes
+    their /dev/shm directories. Python's default for SIGTERM ends the process at once,
+    and the servers, started in sessions of their own, lived on."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
 
 # The users every test starts from; mailboxes resets passwords and mail to this.
 MAIL_USERS = ("contacto", "info")
