@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import getpass
+import io
 import json
 import os
 import re
@@ -286,12 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     msg_show = msg_actions.add_parser(
         "show", help="one message: its ledger row, headers and stored file"
     )
-    msg_show.add_argument("uid", type=int)
+    msg_show.add_argument("uid", type=_row_id)
     msg_show.add_argument("--mailbox", required=True, help="the mailbox it was fetched from")
     msg_show.add_argument("--json", action="store_true")
     msg_retry = msg_actions.add_parser("retry", help="process a quarantined message again")
     retried = msg_retry.add_mutually_exclusive_group(required=True)
-    retried.add_argument("uid", nargs="?", type=int, help="the message's UID (with --mailbox)")
+    retried.add_argument("uid", nargs="?", type=_row_id, help="the message's UID (with --mailbox)")
     retried.add_argument(
         "--all", action="store_true", help="every quarantined message (of --mailbox, if given)"
     )
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     msg_dismiss = msg_actions.add_parser(
         "dismiss", help="set a quarantined message aside for good (kept, not waiting any more)"
     )
-    msg_dismiss.add_argument("uid", type=int, help="the message's UID")
+    msg_dismiss.add_argument("uid", type=_row_id, help="the message's UID")
     msg_dismiss.add_argument("--mailbox", required=True, help="the mailbox it was fetched from")
     msg_dismiss.add_argument("--reason", default="", help="why, kept in the ledger")
 
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     out_list.add_argument("--json", action="store_true")
     out_retry = out_actions.add_parser("retry", help="queue failed notices again, due now")
     which = out_retry.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", type=int, help="the notice id (see outbox list)")
+    which.add_argument("id", nargs="?", type=_row_id, help="the notice id (see outbox list)")
     which.add_argument(
         "--all",
         action="store_true",
@@ -352,12 +353,28 @@ def entry() -> NoReturn:
     code = main()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        # None: started with the stream closed (`mailcase cases list >&-`).
         with suppress(OSError, ValueError):  # a closed pipe (`mailcase cases list | head`)
-            stream.flush()
+            if stream is not None:
+                stream.flush()
     os._exit(code)
 
 
+def _tolerant_streams() -> None:
+    """Make stdout and stderr print what their encoding lacks as ``?`` instead of failing.
+
+    Under a locale whose charset is not UTF-8 (es_MX.ISO-8859-1) Python encodes the
+    streams in it, and the tables' "→" and "…", or a customer's emoji, raised
+    UnicodeEncodeError after half a table was printed.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            with suppress(ValueError, io.UnsupportedOperation):  # closed, or not reconfigurable
+                stream.reconfigure(errors="replace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_streams()
     args = build_parser().parse_args(argv)
     url = ""  # the database's, once the configuration is read
     try:
@@ -764,12 +781,34 @@ def _case_attachment(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return EXIT_OK
-    # O_EXCL: an existing file is the admin's, not ours to replace.
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
+    _write_new_file(target, data)
     print(visible(f"{target}: {attachment.filename} ({attachment.size} bytes)"), file=sys.stderr)
     return EXIT_OK
+
+
+def _write_new_file(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target``, a file this call creates (mode 0600), or leave none.
+
+    UsageError for a directory or an existing file (an existing file is the admin's,
+    not ours to replace: O_EXCL); OSError naming the file when it cannot be written.
+    A write that fails (a full disk: ENOSPC) removes the part written: a truncated
+    file looked like the attachment and made the retry fail as "File exists".
+    """
+    if target.is_dir():
+        raise UsageError(f"--output {target} is a directory: give a file name")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"--output {target} exists: mailcase never writes over a file") from None
+    except OSError as exc:
+        raise OSError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    except OSError as exc:
+        with suppress(OSError):
+            target.unlink()
+        raise OSError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
 
 def _operator() -> str:
@@ -1032,7 +1071,23 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
         if args.disposition:
             query = query.where(LedgerEntry.disposition == args.disposition)
         if args.mailbox:
-            query = query.where(LedgerEntry.mailbox == args.mailbox)
+            # Mailbox names are lower case (config.py); "Contacto" listed nothing, exit 0.
+            mailbox = args.mailbox.strip().lower()
+            if (
+                mailbox not in settings.mailboxes
+                and session.exec(
+                    select(LedgerEntry.id).where(LedgerEntry.mailbox == mailbox).limit(1)
+                ).first()
+                is None
+            ):
+                # Usage (exit 2), as `cases list --area`. A mailbox taken out of the
+                # configuration still lists what was fetched from it.
+                known = ", ".join(sorted(settings.mailboxes)) or "none configured"
+                raise UsageError(
+                    f"no mailbox named {args.mailbox!r} in the configuration or the ledger "
+                    f"(mailboxes: {known})"
+                )
+            query = query.where(LedgerEntry.mailbox == mailbox)
         rows = _limited(session, query, args, "messages")
         items = [ledger_row(entry, folio) for entry, folio in rows]
     if args.json:
@@ -1108,6 +1163,8 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
         entry, folio = row
         item = ledger_row(entry, folio)
     path = BlobStore.path_in(settings.storage.directory, entry.raw_sha256)
+    # Always in --json (null: the stored file was read), so a script need not test for it.
+    item["stored"] = None
     try:
         head = read_header(path)
     except OSError as exc:
@@ -1134,6 +1191,8 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
         zone = settings.folio.zone
         for key in ("received_at", "ingested_at", "date"):  # as every table shows times
             item[key] = _local(item[key], zone)
+        if item["stored"] is None:  # the table says only what went wrong
+            del item["stored"]
         width = max(len(key) for key in item)
         for key, value in item.items():
             print(visible(f"{key.ljust(width)}  {'' if value is None else value}"))
@@ -1229,8 +1288,8 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
-    sys.stdout.write("\n")
+    # print(), not json.dump: with stdout closed (`>&-`, sys.stdout is None) it prints nothing.
+    print(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 T = TypeVar("T")
@@ -1249,7 +1308,7 @@ def _listing_limits(parser: argparse.ArgumentParser, rows: str, which: str) -> N
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--limit",
-        type=_positive,
+        type=_limit,
         metavar="N",
         help=f"only the {which} N {rows} (default {DEFAULT_LIMIT})",
     )
@@ -1276,6 +1335,10 @@ def _last(newest_first: Sequence[T]) -> list[T]:
     return list(reversed(newest_first))
 
 
+MAX_LIMIT = 10**9  # `--limit`: more rows than any listing prints, far below SQLite's 2**63
+MAX_ROW_ID = 2**63 - 1  # the largest integer SQLite and PostgreSQL's BIGINT hold
+
+
 def _positive(text: str) -> int:
     """argparse's type for a count: a whole number of at least 1."""
     try:
@@ -1284,6 +1347,31 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _limit(text: str) -> int:
+    """argparse's type for ``--limit``: a whole number from 1 to :data:`MAX_LIMIT`.
+
+    A number the database cannot hold (``--limit 9223372036854775807``) ended the
+    command with an OverflowError traceback."""
+    value = _positive(text)
+    if value > MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_LIMIT}")
+    return value
+
+
+def _row_id(text: str) -> int:
+    """argparse's type for a message's UID or a notice's id: a whole number from 1 to
+    :data:`MAX_ROW_ID`, the largest the database holds (an IMAP UID is at most 2**32 - 1,
+    RFC 3501). Larger ended the command with an OverflowError traceback; a number in
+    range that names nothing is the command's "no message"/"no notice", exit 4."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_ROW_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_ROW_ID}")
     return value
 
 

@@ -279,6 +279,9 @@ def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, 
             "last_error_at": cp.last_error_at.isoformat() if cp and cp.last_error_at else None,
             "consecutive_failures": cp.failures if cp else 0,
             "backlog": None,
+            # Always there (null when the mailbox answered, or was not asked), so a
+            # script reading --json need not test for the key.
+            "backlog_error": None,
         }
         if live:
             try:

@@ -116,6 +116,14 @@ class SmtpConnection:
                 self._xoauth2(s.username or "", token, where)
             else:
                 if s.username and password is not None:
+                    if not self.client.has_extn("auth"):
+                        # smtplib's SMTPNotSupportedError read as "cannot connect", retried
+                        # for retry_for_hours. Postfix on 587 offers AUTH only after
+                        # STARTTLS (smtpd_tls_auth_only): security = "none" never logs in.
+                        raise PermanentDeliveryError(
+                            f'{where} offers no AUTH on this connection (set security = "starttls" '
+                            'or "tls")'
+                        )
                     if (s.username + password).isascii():
                         self.client.login(s.username, password)
                     else:

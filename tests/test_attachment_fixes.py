@@ -55,7 +55,7 @@ def test_files_kept_on_the_case_can_be_had_back_by_their_number(desk: Desk, tmp_
     assert code == 0, err
     assert target.read_bytes() == JPEG and oct(target.stat().st_mode & 0o777) == "0o600"
     # Never over an existing file; a number the case does not have is "not found".
-    assert desk.cli("cases", "attachment", folio, "2", "--output", str(target))[0] == 1
+    assert desk.cli("cases", "attachment", folio, "2", "--output", str(target))[0] == 2
     code, _, err = desk.cli("cases", "attachment", folio, "3", "--output", str(tmp_path / "x"))
     assert code == 4 and "has 2 attachment(s), not 3" in err
 
