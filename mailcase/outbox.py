@@ -403,6 +403,9 @@ _FINISH = Prepared(
 )
 
 
+_NO_IDLE_TIMEOUT = "SET LOCAL idle_in_transaction_session_timeout = 0"
+
+
 def _deliver_claimed(
     store: Store,
     settings: Settings,
@@ -415,15 +418,22 @@ def _deliver_claimed(
 
     Each notice is claimed with ``FOR UPDATE SKIP LOCKED`` and sent while its
     row is locked, so one instance only sends it, then marked in the same
-    transaction: a crash sends at most that one twice. One connection serves
-    the whole run (a connection from the pool cost a ping, a round trip, per
-    notice).
+    transaction: a crash sends at most that one twice. The server's
+    ``idle_in_transaction_session_timeout`` is off in that transaction. One
+    connection serves the whole run (a connection from the pool cost a ping, a
+    round trip, per notice).
     """
     log = get_logger()
     with store.connection() as conn:
         for notice_id in ids:
             failure: DeliveryError | None = None
             with conn.begin():
+                # The row stays locked while the SMTP server answers, which may take
+                # longer than a DBA's idle_in_transaction_session_timeout (a server
+                # scanning DATA): the session was killed after the mail was accepted,
+                # and the notice went out again at every run. A prepared statement
+                # cannot carry a second one: its own round trip.
+                conn.exec_driver_sql(_NO_IDLE_TIMEOUT)
                 # Due by the clock now: a notice queued since the run began (the
                 # agents' alert of a refusal it met) is due too.
                 due = max(now, utcnow())

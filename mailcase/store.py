@@ -71,28 +71,49 @@ _SQLITE_UNAVAILABLE = (
 )
 
 
+# PostgreSQL errors that a DBA's settings or another session cause, whatever the
+# message: a statement_timeout or lock_timeout met behind maintenance (CREATE INDEX,
+# VACUUM FULL, an admin's LOCK TABLE), a deadlock or serialization failure with
+# another instance, a database turned read-only (a hot standby after a failover).
+# Quarantining the message for them lost good mail for good; the poll backs off and
+# reads it again instead.
+_PG_NOT_THE_MESSAGE = frozenset(
+    {
+        "57014",  # query_canceled: statement_timeout
+        "55P03",  # lock_not_available: lock_timeout
+        "40P01",  # deadlock_detected
+        "40001",  # serialization_failure
+        "25006",  # read_only_sql_transaction
+    }
+)
+
+
 def is_unavailable(exc: SQLAlchemyError) -> bool:
     """Whether ``exc`` says the database cannot be used now (down, restarting, a
     dropped connection, a full disk), as opposed to a problem with what was written.
 
     Conservative on purpose: a message whose content makes the database fail
     must still be quarantined, or it would stop its mailbox at every poll. So
-    PostgreSQL's "operational" errors count only in the SQLSTATE classes of
-    connections (08), operator intervention (57P: shutdown, restart) and
-    resources (53: disk full, out of memory, too many connections), not, say,
-    54 (a value over an index's limit).
+    PostgreSQL's errors count only in the SQLSTATE classes of connections (08),
+    operator intervention (57P: shutdown, restart) and resources (53: disk
+    full, out of memory, too many connections), and the few of
+    :data:`_PG_NOT_THE_MESSAGE` that the server's settings or other sessions
+    cause; not, say, 54 (a value over an index's limit).
     """
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    # psycopg raises a read-only transaction (25006) as InternalError: asked of any class.
+    if isinstance(exc, sa.exc.DBAPIError) and sqlstate in _PG_NOT_THE_MESSAGE:
+        return True
     if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
         return False
-    orig = getattr(exc, "orig", None)
     if isinstance(orig, sqlite3.Error):
         words = str(orig).lower()
         return isinstance(orig, sqlite3.OperationalError) and any(
             w in words for w in _SQLITE_UNAVAILABLE
         )
-    sqlstate = getattr(orig, "sqlstate", None)
     if isinstance(sqlstate, str):
         return sqlstate.startswith(("08", "57P", "53"))
     return True  # no SQLSTATE: the driver could not reach the server at all
@@ -241,6 +262,8 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         raise ConfigError(f"database.url cannot be used: {exc}") from exc
     if path is None:
         _ping_idle_connections(engine)
+    if engine.dialect.name == "postgresql":
+        _session_settings(engine)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
@@ -267,6 +290,45 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _session_settings(engine: Engine) -> None:
+    """Every PostgreSQL connection of ``engine`` talks UTF-8 and gets dates as ISO 8601,
+    whatever the database's or the role's defaults; the admin's own ``options`` (in the
+    URL, else ``PGOPTIONS``) are kept, ours last.
+
+    Asked for when connecting (libpq's ``client_encoding`` and ``options``), so it costs
+    no round trip. A client encoding left to the database's default (SQL_ASCII, LATIN1)
+    crashed every command or quarantined every mail with an emoji; psycopg cannot read
+    a timestamp in any DateStyle but ISO (NotImplementedError at every poll after
+    ``ALTER DATABASE ... SET DateStyle = 'SQL, DMY'``).
+    """
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _connect_settings(_dialect: Any, _record: Any, _cargs: Any, cparams: Any) -> None:
+        cparams["client_encoding"] = "utf8"
+        # libpq takes the URL's options instead of PGOPTIONS, not both: merged by hand.
+        given = cparams.get("options", os.environ.get("PGOPTIONS", ""))
+        cparams["options"] = f"{given} -c DateStyle=ISO".strip()
+
+
+def _refuse_other_encodings(conn: sa.Connection, url: str) -> None:
+    """Raise ConfigError when ``conn``'s PostgreSQL database does not store UTF-8.
+
+    SQL_ASCII stores bytes without checking them, LATIN1 and the like cannot store
+    an emoji: customers' mail would be lost or garbled. Only a new database fixes
+    it, so the service must not restart for ever (exit 2, not 3).
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    encoding = conn.exec_driver_sql("SHOW server_encoding").scalar()
+    if encoding != "UTF8":
+        name = sa.make_url(url).database
+        raise ConfigError(
+            f"the PostgreSQL database {name} stores text as {encoding}, which cannot hold"
+            " every customer's mail: create it with ENCODING 'UTF8' TEMPLATE template0"
+            " and point database.url at it"
+        )
 
 
 def known_revisions() -> frozenset[str]:
@@ -408,13 +470,15 @@ class Store:
 
         Raises DatabaseError when the database's revision is not one of the
         code's (:func:`refuse_unknown_revision`), and ConfigError when the driver
-        refuses ``database.url``'s connection options (:func:`_connect`).
+        refuses ``database.url``'s connection options (:func:`_connect`) or a
+        PostgreSQL database does not store UTF-8 (:func:`_refuse_other_encodings`).
         """
         with _connect(self.engine, self.url) as conn:
             # Read-only (no BEGIN IMMEDIATE on SQLite): a read-only command, or a
             # daemon starting, must not wait for an admin's sqlite3 shell holding
             # the write lock. Store.upgrade reads the revision again under the lock.
             conn.execution_options(**{READ_ONLY: True})
+            _refuse_other_encodings(conn, self.url)
             current = _revision(conn)
         refuse_unknown_revision(current)
         return current, SCHEMA_HEAD

@@ -1,0 +1,185 @@
+"""PostgreSQL settings a DBA may set on the database (or the cluster it was created on):
+idle_in_transaction_session_timeout, statement_timeout and a held lock, a read-only
+database, a non-UTF-8 encoding, a non-ISO DateStyle. Each must cost at most a poll's
+back-off, never a repeated acknowledgement, a quarantined message or a crash loop."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+import structlog
+from helpers import Cli, mail, write_config
+from servers import Dovecot, Postgres, SmtpSink
+
+from mailcase.config import load_settings
+from mailcase.daemon import Daemon
+from mailcase.outbox import log_run_failure
+from mailcase.service import Runtime
+from mailcase.store import is_unavailable, make_engine
+
+
+def _set_on_database(postgres: Postgres, url: str, setting: str) -> None:
+    """ALTER DATABASE ... SET ``setting``: what a DBA does; new sessions get it."""
+    with postgres.connect() as conn:
+        conn.execute(f"ALTER DATABASE {sa.make_url(url).database} SET {setting}")
+
+
+def _wrapped(orig: Exception) -> sa.exc.DBAPIError:
+    """``orig`` as SQLAlchemy raises it from a statement (OperationalError, InternalError…)."""
+    return sa.exc.DBAPIError.instance(
+        "UPDATE cases SET state = %(state)s", {}, orig, psycopg.Error, hide_parameters=True
+    )
+
+
+# What the server's settings and other sessions raise, whatever the message.
+_NOT_THE_MESSAGE = [
+    psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+    psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"),
+    psycopg.errors.DeadlockDetected("deadlock detected"),
+    psycopg.errors.SerializationFailure("could not serialize access"),
+    psycopg.errors.ReadOnlySqlTransaction("cannot execute UPDATE in a read-only transaction"),
+]
+
+
+@pytest.mark.parametrize("orig", _NOT_THE_MESSAGE, ids=lambda e: type(e).__name__)
+def test_timeouts_locks_and_a_read_only_database_are_the_database_not_the_message(
+    orig: Exception,
+) -> None:
+    exc = _wrapped(orig)
+    assert is_unavailable(exc)
+    with structlog.testing.capture_logs() as logs:
+        try:
+            raise exc
+        except Exception as caught:
+            log_run_failure(caught)
+    assert [(e["event"], e["log_level"]) for e in logs] == [("outbox_run_failed", "warning")]
+
+
+def test_closing_stale_cases_behind_a_statement_timeout_is_one_line(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, pg_url: str, monkeypatch: Any
+) -> None:
+    rt = Runtime.open(load_settings(write_config(tmp_path, mailboxes, sink, db_url=pg_url)))
+
+    def canceled(_rt: Runtime) -> None:
+        raise _wrapped(psycopg.errors.QueryCanceled("canceling statement due to statement timeout"))
+
+    monkeypatch.setattr("mailcase.daemon.close_stale_cases", canceled)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            Daemon(rt).close_stale()
+    finally:
+        rt.store.dispose()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("close_stale_failed", "warning")]
+    assert "exc_info" not in logs[0]
+
+
+def test_a_slow_smtp_server_outlasting_idle_in_transaction_timeout_gets_one_ack(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    postgres: Postgres,
+    pg_url: str,
+    capsys: Any,
+) -> None:
+    # The claim's row lock is held while the server answers DATA: the server killed
+    # the session after the mail was accepted, and every run sent it again.
+    _set_on_database(postgres, pg_url, "idle_in_transaction_session_timeout = '1s'")
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=pg_url), capsys)
+    mailboxes.append("contacto", mail(sender="juan@example.com", subject="Sin internet"))
+    sink.hang(2, count=10)  # a server scanning DATA (an antivirus milter)
+    cli.poll()
+    cli.poll()  # a second run must find nothing due
+    assert Counter(m.rcpt_tos[0] for m in sink.messages)["juan@example.com"] == 1
+    assert [n["status"] for n in cli.json("outbox", "list")] == ["sent"]
+
+
+def test_a_statement_timeout_behind_a_held_lock_does_not_quarantine(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    postgres: Postgres,
+    pg_url: str,
+    capsys: Any,
+) -> None:
+    _set_on_database(postgres, pg_url, "statement_timeout = '1s'")
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=pg_url), capsys)
+    mailboxes.append("contacto", mail(sender="juan@example.com", subject="Sin internet"))
+    locker = postgres.connect(sa.make_url(pg_url).database or "")
+    try:
+        locker.autocommit = False
+        locker.execute("SET statement_timeout = 0")
+        locker.execute("LOCK TABLE cases IN SHARE MODE")  # what CREATE INDEX ON cases holds
+        released = threading.Timer(3, locker.commit)
+        released.start()
+        code, _, err = cli("poll")
+        released.join()
+    finally:
+        locker.close()
+    assert code != 0 and "statement timeout" in err and "Traceback" not in err
+    cli.poll()  # the lock is gone: the same message is read again
+    ledger = cli.json("messages", "list")
+    assert [r["disposition"] for r in ledger] == ["new_case"]
+
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+def test_a_database_that_does_not_store_utf8_is_refused_with_a_sentence(
+    encoding: str,
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    postgres: Postgres,
+    capsys: Any,
+) -> None:
+    name = f"round6_{encoding.lower()}"
+    postgres.drop_database(name)
+    with postgres.connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    try:
+        cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=postgres.url(name)), capsys)
+        for command in (("db", "upgrade"), ("poll",)):
+            code, _, err = cli(*command)
+            # Exit 2: systemd does not restart it for ever (RestartPreventExitStatus=2 5).
+            assert code == 2, err
+            assert name in err and "ENCODING 'UTF8' TEMPLATE template0" in err
+            assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        postgres.drop_database(name)
+
+
+@pytest.mark.parametrize("datestyle", ["SQL, DMY", "German"])
+def test_a_non_iso_datestyle_on_the_database_does_not_break_polls(
+    datestyle: str,
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    postgres: Postgres,
+    pg_url: str,
+    capsys: Any,
+) -> None:
+    _set_on_database(postgres, pg_url, f"DateStyle = '{datestyle}'")
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=pg_url), capsys)
+    mailboxes.append("contacto", mail(sender="juan@example.com", subject="Sin internet"))
+    cli.poll()
+    assert len(cli.json("cases", "list")) == 1 and len(sink.messages) == 1
+
+
+def test_the_admins_libpq_options_are_kept_beside_ours(postgres: Postgres, pg_url: str) -> None:
+    _set_on_database(postgres, pg_url, "DateStyle = 'German'")
+    url = sa.make_url(pg_url).update_query_dict({"options": "-c application_name=from_url"})
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with engine.connect() as conn:
+            shown = [conn.exec_driver_sql(f"SHOW {name}").scalar() for name in
+                     ("application_name", "DateStyle", "client_encoding")]  # fmt: skip
+    finally:
+        engine.dispose()
+    assert shown[0] == "from_url" and shown[1].startswith("ISO") and shown[2] == "UTF8"
