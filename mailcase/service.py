@@ -225,7 +225,11 @@ def _poll_leased(
             if refusal is not None:  # the poll got past it
                 session.delete(refusal)
     again = {"remapped": report.remapped} if report.remapped else {}
-    log.info("mailbox_polled", fetched=report.fetched, **dict(report.dispositions), **again)
+    # An empty poll is the daemon's heartbeat, every interval per mailbox (2,880 lines
+    # a day with two mailboxes): debug, as fetchmail and getmail keep it quiet.
+    # STATUS= and the seconds-since metric say it is alive.
+    emit = log.info if report.fetched else log.debug
+    emit("mailbox_polled", fetched=report.fetched, **dict(report.dispositions), **again)
     return report
 
 

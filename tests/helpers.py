@@ -140,6 +140,13 @@ format = "json"
     return path
 
 
+def debug_log(config: Path) -> None:
+    """Set ``log.level = "debug"`` in ``config`` (as :func:`write_config` writes it)."""
+    text = config.read_text(encoding="utf-8")
+    assert '[log]\nformat = "json"' in text
+    config.write_text(text.replace("[log]\n", '[log]\nlevel = "debug"\n', 1), encoding="utf-8")
+
+
 def offline_runtime(directory: Path, db_url: str | None = None, *, notify: bool = False) -> Any:
     """A ``service.Runtime`` on a config in ``directory`` whose servers are never contacted.
 

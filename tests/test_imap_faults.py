@@ -26,6 +26,7 @@ from helpers import (
     INFO,
     Cli,
     DaemonProcess,
+    debug_log,
     json_events,
     mail,
     run_process,
@@ -265,6 +266,7 @@ def test_folder_rebuilt_under_running_daemon_is_not_ingested_twice(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, outcome: Outcome
 ) -> None:
     config = write_config(tmp_path, mailboxes, sink, contacto_folder="Soporte")
+    debug_log(config)  # empty polls, the heartbeat waited for below, are logged at debug
     raws = [_mail(subject=f"Reporte {i}") for i in range(3)]
     mailboxes.append_many("contacto", raws, folder="Soporte")
 

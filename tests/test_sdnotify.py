@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from helpers import INFO, DaemonProcess, mail, write_config
+from helpers import INFO, DaemonProcess, debug_log, mail, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase.sdnotify import notify, watchdog_interval
@@ -193,6 +193,7 @@ def test_daemon_speaks_sd_notify(
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # WatchdogSec=2s: a ping every second
     config = write_config(tmp_path, mailboxes, sink)
+    debug_log(config)  # info's empty poll is logged at debug
     mailboxes.append("contacto", mail(subject="Sin servicio"))
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
         ready_at = notify_socket.wait_for("READY=1")
