@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from types import FrameType
 
@@ -310,6 +310,28 @@ class Daemon:
             failed = [n for n, r in self.results.items() if r == "failed"]
             self.log.info("daemon_ready", failed_mailboxes=failed)
 
+    def _after_a_clock_step(self, offset: float) -> float:
+        """Put the schedule right when the wall clock was stepped back since ``offset`` (its
+        lead over the monotonic clock then); the lead now.
+
+        APScheduler 3 waits for each job's next run time by the wall clock: set back
+        an hour, every poll, delivery run and watchdog ping waited an hour (systemd
+        then killed the daemon for a missed watchdog). Every job runs now instead,
+        and each back-off keeps the wait it had left.
+        """
+        now_offset = _wall_minus_monotonic()
+        step = now_offset - offset
+        if step < -CLOCK_STEP_SECONDS:
+            self.log.warning("clock_stepped_back", seconds=round(-step))
+            now = datetime.now(UTC)
+            for job in self.scheduler.get_jobs():
+                self.scheduler.modify_job(job.id, next_run_time=now)
+            for health in self.health.values():
+                retry_at = health.retry_at
+                if retry_at is not None:
+                    health.retry_at = retry_at + timedelta(seconds=step)
+        return now_offset
+
     def feed_watchdog(self, timeout: float) -> None:
         """Send WATCHDOG=1 unless a poll has been running for longer than ``timeout`` seconds."""
         now = time.monotonic()
@@ -467,7 +489,9 @@ class Daemon:
         )
         self.scheduler.start()
         try:
-            self.rt.stop.wait()
+            offset = _wall_minus_monotonic()
+            while not self.rt.stop.wait(CLOCK_CHECK_SECONDS):
+                offset = self._after_a_clock_step(offset)
         finally:
             self.scheduler.shutdown(wait=True)
             # Before the leases go: an IDLE watcher may be polling on its own thread.
@@ -480,6 +504,17 @@ class Daemon:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.log.info("daemon_stopped")
+
+
+# How often the main thread compares the wall clock with the monotonic one, and the
+# step back it acts on (NTP slews small errors; a step is an admin's `date -s`, a
+# virtual machine restored from a snapshot, or chrony's first sync after a bad RTC).
+CLOCK_CHECK_SECONDS = 5.0
+CLOCK_STEP_SECONDS = 5.0
+
+
+def _wall_minus_monotonic() -> float:
+    return datetime.now(UTC).timestamp() - time.monotonic()
 
 
 def run_daemon(rt: Runtime) -> None:

@@ -78,6 +78,15 @@ class IdleWatcher(threading.Thread):
     def run(self) -> None:
         first = True
         while not self.stop.is_set():
+            held = self.hold()
+            if held > 0:
+                # The mailbox's polls still fail for the mailbox's sake (their retry
+                # moves later with each): connecting now logged idle_resumed and then,
+                # at the first look at the hold, idle_failed again, and kept IDLE off
+                # for the back-off after the mailbox had recovered.
+                if self.stop.wait(min(held, MAX_BACKOFF)):
+                    break
+                continue
             wait = self._backoff
             try:
                 with ImapMailbox(self.mailbox, self.settings) as box:
