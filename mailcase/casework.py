@@ -729,13 +729,17 @@ def stored_files(
     return fitting(candidates, settings.notices.max_agent_attachment_bytes)
 
 
-def close(session: Session, settings: Settings, case: Case, *, by: str) -> None:
-    """Close ``case``. No notice, unless a home visit was still ahead: it is cancelled
-    and the customer is told (``visit_cancelled``), so that nobody waits at home.
+def close(session: Session, settings: Settings, case: Case, *, by: str) -> bool:
+    """Close ``case``; False, and nothing changed, when it is closed already (its closing
+    time and history stay as they were: RT answers "That is already the current
+    value"). No notice, unless a home visit was still ahead: it is cancelled and the
+    customer is told (``visit_cancelled``), so that nobody waits at home.
 
     A later customer message reopens it within ``cases.reopen_days`` of its
     resolution, else opens a new, linked case (mailcase.triage, rule 6).
     """
+    if case.status == CaseStatus.CLOSED:
+        return False
     now = utcnow()
     case.status = CaseStatus.CLOSED
     case.closed_at = now
@@ -743,21 +747,25 @@ def close(session: Session, settings: Settings, case: Case, *, by: str) -> None:
     session.add(case)
     record(session, case, "system", "case closed", from_addr=by)
     _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
+    return True
 
 
-def reopen(session: Session, case: Case, *, by: str) -> None:
+def reopen(session: Session, case: Case, *, by: str) -> bool:
     """Open ``case`` again (its outcome, cause and resolution time are kept until it is
-    resolved again).
+    resolved again); False, and nothing changed, when it is open already.
 
     The resolution time is kept because the resolution notice promised the
     customer ``cases.reopen_days`` from it: a "¡Gracias!" that reopens the case,
     then an agent's ``#cerrar``, must not end that promise (mailcase.triage, rule 6).
     """
+    if case.status == CaseStatus.OPEN:
+        return False
     case.status = CaseStatus.OPEN
     case.closed_at = None
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", "case reopened", from_addr=by)
+    return True
 
 
 def relay(

@@ -852,7 +852,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(_unknown_area(args.area, settings))
     store = _open_store(settings, create=True)
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
-    has_customer, visit_cancelled = True, False
+    has_customer, visit_cancelled, changed = True, False, True
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -899,12 +899,14 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "route":
                 casework.route(session, settings, found, area, by=by)
             elif args.action == "close":
-                casework.close(session, settings, found, by=by)
+                changed = casework.close(session, settings, found, by=by)
             else:
-                casework.reopen(session, found, by=by)
+                changed = casework.reopen(session, found, by=by)
             visit_cancelled = visit_was_ahead and not casework.visit_cancellable(found, now_local)
     if args.action == "open" and args.json:
         _print_json({"folio": folio})
+    elif not changed:  # closed or open already: nothing was recorded
+        print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
     else:
         print(f"{folio}: {args.action} done")
     words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}

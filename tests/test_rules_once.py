@@ -324,3 +324,21 @@ def test_an_agents_words_on_a_case_closed_after_its_resolution_still_go(tmp_path
     reply = _agent_reply(rt, case.folio, "Don Juan, ¿todo bien con el módem nuevo?")
     assert _ingest(rt, reply) == "follow_up"
     assert "relay" in _kinds(rt)
+
+
+def test_closing_a_closed_case_or_reopening_an_open_one_changes_nothing(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # Both "succeeded": the history read "case reopened, case closed, case closed" for
+    # changes that never happened, and the second close moved the closing time.
+    rt = offline_runtime(tmp_path)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    cli = Cli(tmp_path / "mailcase.toml", capsys)
+    assert cli("cases", "reopen", case.folio)[:2] == (0, f"{case.folio}: already open\n")
+    assert cli("cases", "close", case.folio)[:2] == (0, f"{case.folio}: close done\n")
+    closed_at = _cases(rt)[0].closed_at
+    assert cli("cases", "close", case.folio)[:2] == (0, f"{case.folio}: already closed\n")
+    assert _cases(rt)[0].closed_at == closed_at
+    texts = [m["text"] for m in cli.json("cases", "show", case.folio)["messages"]]
+    assert [t for t in texts if t.startswith("case ")] == ["case closed"]
