@@ -265,6 +265,8 @@ def test_a_folio_named_in_the_text_of_a_new_mail_is_linked_for_the_agents(desk: 
     assert newest["folio"] != folio
     assert desk.case(newest["folio"])["related"] == [folio]
     assert f"Relacionado con: {folio}" in text(desk.last_to(NOTIFY))
+    # The reason admins read in `messages list`.
+    assert desk.cli.json("messages", "list")[-1]["reason"] == f"names folio {folio} in its text"
     # Someone else's folio in a text is not linked: it tells nothing about the case.
     desk.deliver(mail(sender=ROSA, subject="Hola", body=f"Vi el folio {folio} en la tele."))
     assert desk.case(desk.cli.json("cases", "list")[0]["folio"])["related"] == []

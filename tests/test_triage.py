@@ -251,6 +251,10 @@ def test_a_stranger_from_our_own_address_naming_a_folio_is_related_and_not_answe
     assert decision.disposition is Disposition.NEW_CASE
     assert decision.related == ("PLR-2026-000001",)
     assert not decision.acknowledge
+    # What admins read in `messages list`: why, and why nobody was answered.
+    assert decision.reason == (
+        "names folio of another sender: PLR-2026-000001; sender is not answered"
+    )
 
 
 # No sender at all: nobody to open a case for, nobody to answer.
