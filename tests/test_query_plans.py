@@ -21,7 +21,7 @@ PLANS = {
     # notices.blocked(): per-address caps (quarantined, no_case, unverified_agent).
     "SELECT count(*) FROM notices WHERE status != 'suppressed' AND created_at >= ?"
     " AND rcpt_to = ? AND kind = ?": "ix_notices_rcpt_to_kind_created_at",
-    # service._notices_named_in(): a bounce that names its case by the subject.
+    # bounces._notices_named_in(): a bounce that names its case by the subject.
     "SELECT notices.id, case_messages.subject FROM notices JOIN case_messages"
     " ON case_messages.notice_id = notices.id WHERE case_messages.notice_id = ?": (
         "ix_case_messages_notice_id"
