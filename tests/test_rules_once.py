@@ -285,18 +285,27 @@ def test_a_visit_is_checked_and_booked_at_one_time(tmp_path: Path) -> None:
     assert "visit" in _kinds(rt)
 
 
-def test_an_agents_words_on_a_closed_case_are_held_with_the_agent_told(tmp_path: Path) -> None:
-    # Relayed, the customer's answer to them opened a new case with a new folio (a
-    # closed case takes no more mail), far from the agent's question.
-    rt = offline_runtime(tmp_path, notify=True)
+def _closed_case(directory: Path, *, resolved: bool) -> tuple[Any, Case]:
+    """A runtime whose one case (a customer's report) is closed, after a resolution or
+    not; the runtime and the case."""
+    from mailcase import casework
+
+    rt = offline_runtime(directory, notify=True)
     _ingest(rt, mail())
     [case] = _cases(rt)
     with rt.store.transaction() as session:
-        from mailcase import casework
-
         stored = session.get(Case, case.id)
         assert stored is not None
+        if resolved:
+            casework.resolve(session, rt.settings, stored, "valid", "Se cambió el módem.", by="t")
         casework.close(session, rt.settings, stored, by="test")
+    return rt, case
+
+
+def test_an_agents_words_on_a_closed_case_are_held_with_the_agent_told(tmp_path: Path) -> None:
+    # Relayed, the customer's answer to them opened a new case with a new folio (a
+    # closed case takes no more mail), far from the agent's question.
+    rt, case = _closed_case(tmp_path, resolved=False)
     reply = _agent_reply(rt, case.folio, "Don Juan, ¿sigue sin servicio? Responda este correo.")
     assert _ingest(rt, reply) == "follow_up"
     with rt.store.read_session() as session:
@@ -311,16 +320,7 @@ def test_an_agents_words_on_a_closed_case_are_held_with_the_agent_told(tmp_path:
 
 def test_an_agents_words_on_a_case_closed_after_its_resolution_still_go(tmp_path: Path) -> None:
     # Within cases.reopen_days of the resolution the customer's answer reopens the case.
-    rt = offline_runtime(tmp_path, notify=True)
-    _ingest(rt, mail())
-    [case] = _cases(rt)
-    with rt.store.transaction() as session:
-        from mailcase import casework
-
-        stored = session.get(Case, case.id)
-        assert stored is not None
-        casework.resolve(session, rt.settings, stored, "valid", "Se cambió el módem.", by="t")
-        casework.close(session, rt.settings, stored, by="test")
+    rt, case = _closed_case(tmp_path, resolved=True)
     reply = _agent_reply(rt, case.folio, "Don Juan, ¿todo bien con el módem nuevo?")
     assert _ingest(rt, reply) == "follow_up"
     assert "relay" in _kinds(rt)
