@@ -369,7 +369,14 @@ def add_participant(
     the customer's own (:func:`participant_problem`).
     """
     _refuse(participant_problem(settings, case, address), case, address=address)
-    add_participants(session, settings, case, [address])
+    # Not through add_participants: its caps bound what a stranger's Cc can do, and
+    # an agent's #participante is what adds anyone beyond them.
+    assert case.id is not None
+    known = session.exec(
+        select(Participant.id).where(Participant.case_id == case.id, Participant.address == address)
+    ).first()
+    if known is None:
+        session.add(Participant(case_id=case.id, address=address))
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", f"participant {address} added", from_addr=by)

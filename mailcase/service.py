@@ -53,6 +53,7 @@ from mailcase.logs import get_logger
 from mailcase.models import (
     Case,
     CaseMessage,
+    CaseStatus,
     Checkpoint,
     Disposition,
     KeyValue,
@@ -1660,7 +1661,8 @@ def _agent_message(
         # The customer's answer to it would open a new case (triage: a closed case
         # takes no more mail), far from the question the agent asked.
         else "closed"
-        if not takes_replies(
+        if case.status == CaseStatus.CLOSED
+        and not takes_replies(
             case.status, as_utc(case.resolved_at), utcnow(), settings.cases.reopen_days
         )
         else ""

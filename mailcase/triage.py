@@ -57,7 +57,7 @@ from email.utils import getaddresses
 from enum import StrEnum
 
 from mailcase.classify import Classification, MailKind, is_automatic_address
-from mailcase.inbound import InboundMail
+from mailcase.inbound import InboundMail, canonical_address
 from mailcase.models import Disposition
 from mailcase.quoting import forwarded_sender
 
@@ -213,6 +213,10 @@ def _opened_by_agent(mail: InboundMail, insiders: frozenset[str]) -> Decision:
         return bool(address) and address not in insiders and not is_automatic_address(address)
 
     forwarded = forwarded_sender(mail.text)
+    if forwarded is not None:
+        # Spelt as a sender is (an IDN domain in ASCII form): the customer's own
+        # replies must find the case.
+        forwarded = (forwarded[0], canonical_address(forwarded[1].strip().lower()))
     if forwarded is not None and outsider(forwarded[1]):
         name, address = forwarded
         reason = f"agent {mail.sender} forwarded mail of {address}"

@@ -342,3 +342,78 @@ def test_closing_a_closed_case_or_reopening_an_open_one_changes_nothing(
     assert _cases(rt)[0].closed_at == closed_at
     texts = [m["text"] for m in cli.json("cases", "show", case.folio)["messages"]]
     assert [t for t in texts if t.startswith("case ")] == ["case closed"]
+
+
+# --- the session's own diff, reviewed -------------------------------------------------
+
+
+def _runtime_with(directory: Path, extra: str, *, notify: bool = False) -> Any:
+    """An offline runtime whose config has ``extra`` lines added (or put before
+    ``[web_form]`` when they start with a key of ``[agents]``)."""
+    offline_runtime(directory, notify=notify).store.dispose()
+    config = directory / "mailcase.toml"
+    text = config.read_text()
+    if extra.startswith("trusted_authserv_ids"):
+        text = text.replace("[web_form]", f"{extra}\n[web_form]")
+    else:
+        text += extra
+    config.write_text(text)
+    from mailcase.config import load_settings
+
+    return service.Runtime.open(load_settings(config))
+
+
+def test_a_customer_an_agent_forwarded_from_an_idn_domain_is_one_customer(
+    tmp_path: Path,
+) -> None:
+    trusted = "mx.internet-plarey.com.mx"
+    rt = _runtime_with(tmp_path, f'trusted_authserv_ids = ["{trusted}"]')
+    proof = {
+        "Authentication-Results": f"{trusted}; dkim=pass header.d=internet-plarey.com.mx;"
+        f" spf=pass smtp.mailfrom={AGENT}"
+    }
+    body = (
+        "Ábranle caso.\n\n---------- Forwarded message ---------\n"
+        "De: Juan Pérez <juan@telefonía.mx>\nDate: lun, 16 nov 2026\nSubject: Sin servicio\n"
+        "To: <contacto@internet-plarey.com.mx>\n\nSin internet desde el sábado.\n"
+    )
+    forward = mail(sender=f"Ana <{AGENT}>", subject="Fwd: Sin servicio", body=body, headers=proof)
+    assert _ingest(rt, forward) == "new_case"
+    [case] = _cases(rt)
+    assert case.customer == "juan@xn--telefona-i2a.mx"
+    reply = mail(sender="Juan <juan@xn--telefona-i2a.mx>", subject=f"Re: [Folio {case.folio}] x")
+    assert _ingest(rt, reply) == "follow_up"
+
+
+def test_participante_adds_beyond_the_cap_on_what_a_cc_adds(tmp_path: Path, capsys: Any) -> None:
+    rt = offline_runtime(tmp_path)
+    many = ", ".join(f"p{i}@example.org" for i in range(20))
+    _ingest(rt, mail(headers={"Cc": many}))
+    [case] = _cases(rt)
+    for k in range(1, 5):
+        more = ", ".join(f"p{k}-{i}@example.org" for i in range(20))
+        _ingest(rt, mail(subject=f"Folio {case.folio} más", headers={"Cc": more}))
+    cli = Cli(tmp_path / "mailcase.toml", capsys)
+    code, _, err = cli("cases", "participant", case.folio, "--add", "esposa@example.net")
+    assert code == 0, err
+    wife = mail(sender="Esposa <esposa@example.net>", subject=f"Folio {case.folio}: sigue igual")
+    assert _ingest(rt, wife) == "follow_up"
+
+
+def test_an_agents_words_on_a_resolved_case_go_whatever_the_reopen_window(
+    tmp_path: Path,
+) -> None:
+    # Held, with the agent told the case was "cerrado": it was only resolved.
+    from mailcase import casework
+
+    rt = _runtime_with(tmp_path, "\n[cases]\nreopen_days = 0\n", notify=True)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    with rt.store.transaction() as session:
+        stored = session.get(Case, case.id)
+        assert stored is not None
+        casework.resolve(session, rt.settings, stored, "valid", "Se cambió el módem.", by="t")
+    reply = _agent_reply(rt, case.folio, "Don Juan, ¿ya le funciona el módem nuevo?")
+    assert _ingest(rt, reply) == "follow_up"
+    kinds = _kinds(rt)
+    assert "relay" in kinds and "not_relayed" not in kinds
