@@ -294,22 +294,27 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
 
 def _session_settings(engine: Engine) -> None:
     """Every PostgreSQL connection of ``engine`` talks UTF-8 and gets dates as ISO 8601,
-    whatever the database's or the role's defaults; the admin's own ``options`` (in the
-    URL, else ``PGOPTIONS``) are kept, ours last.
+    whatever the database's or the role's defaults; the admin's own libpq ``options``
+    (in the URL, ``PGOPTIONS`` or a service file) are left alone.
 
-    Asked for when connecting (libpq's ``client_encoding`` and ``options``), so it costs
-    no round trip. A client encoding left to the database's default (SQL_ASCII, LATIN1)
-    crashed every command or quarantined every mail with an emoji; psycopg cannot read
-    a timestamp in any DateStyle but ISO (NotImplementedError at every poll after
-    ``ALTER DATABASE ... SET DateStyle = 'SQL, DMY'``).
+    The encoding is asked for when connecting (libpq's ``client_encoding``); the
+    DateStyle is set once per new connection (one round trip; pooled connections
+    keep it), not through ``options``, which would hide a service file's. A client
+    encoding left to the database's default (SQL_ASCII, LATIN1) crashed every
+    command or quarantined every mail with an emoji; psycopg cannot read a timestamp
+    in any DateStyle but ISO (NotImplementedError at every poll after ``ALTER
+    DATABASE ... SET DateStyle = 'SQL, DMY'``).
     """
 
     @sa.event.listens_for(engine, "do_connect")
     def _connect_settings(_dialect: Any, _record: Any, _cargs: Any, cparams: Any) -> None:
         cparams["client_encoding"] = "utf8"
-        # libpq takes the URL's options instead of PGOPTIONS, not both: merged by hand.
-        given = cparams.get("options", os.environ.get("PGOPTIONS", ""))
-        cparams["options"] = f"{given} -c DateStyle=ISO".strip()
+
+    @sa.event.listens_for(engine, "connect")
+    def _iso_dates(dbapi_connection: Any, _record: Any) -> None:
+        # A SET is undone with its transaction: committed at once.
+        dbapi_connection.execute("SET DateStyle TO ISO")
+        dbapi_connection.commit()
 
 
 def _refuse_other_encodings(conn: sa.Connection, url: str) -> None:

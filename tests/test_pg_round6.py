@@ -183,3 +183,24 @@ def test_the_admins_libpq_options_are_kept_beside_ours(postgres: Postgres, pg_ur
     finally:
         engine.dispose()
     assert shown[0] == "from_url" and shown[1].startswith("ISO") and shown[2] == "UTF8"
+
+
+def test_a_service_files_options_are_kept(
+    tmp_path: Path, postgres: Postgres, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our DateStyle went in libpq's options, which then hid those of a service file
+    # (pg_service.conf): its search_path was lost.
+    url = sa.make_url(pg_url)
+    service = tmp_path / "pg_service.conf"
+    service.write_text(
+        f"[mc]\nhost={url.host}\nport={url.port}\nuser={url.username}\ndbname={url.database}\n"
+        "options=-c search_path=mc,public\n"
+    )
+    monkeypatch.setenv("PGSERVICEFILE", str(service))
+    engine = make_engine("postgresql+psycopg:///?service=mc")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW search_path").scalar() == "mc,public"
+            assert conn.exec_driver_sql("SHOW DateStyle").scalar() == "ISO, MDY"
+    finally:
+        engine.dispose()
