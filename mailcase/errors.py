@@ -8,6 +8,8 @@
     │   └── SecretError      the SMTP password file or credential cannot be read
     │                        when a delivery run needs it: notices stay queued
     ├── DatabaseError        the database cannot be opened or is too old
+    │   └── DatabaseRefusal  it failed on one message for now (a timeout, a lock):
+    │                        the poll backs off and reads the message again
     ├── MailboxError         one mailbox cannot be read (connect, login, folder; or
     │   │                    a message of it cannot be ingested for a template or
     │   │                    storage.directory, its ``component``): that mailbox
@@ -63,6 +65,17 @@ class SecretError(ConfigError):
 
 class DatabaseError(MailcaseError):
     """The database cannot be opened, or its schema is not the code's."""
+
+
+class DatabaseRefusal(DatabaseError):
+    """The database failed while message ``uid`` of folder ``uidvalidity`` was ingested,
+    for a cause that is most often not the message's (a statement or lock timeout, a
+    deadlock): the poll stops there, and the message is read again by the next one."""
+
+    def __init__(self, message: str, *, uid: int, uidvalidity: int) -> None:
+        super().__init__(message)
+        self.uid = uid
+        self.uidvalidity = uidvalidity
 
 
 class SchemaTooNewError(DatabaseError):

@@ -38,6 +38,7 @@ from mailcase.config import MailboxSettings, Settings
 from mailcase.errors import (
     ConfigError,
     DatabaseError,
+    DatabaseRefusal,
     MailboxError,
     MailcaseError,
     MessageError,
@@ -152,6 +153,9 @@ def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> Ma
             if isinstance(exc, RefusedForNow):
                 _note_refusal(rt, name, exc)
             raise
+        except DatabaseRefusal as exc:
+            _note_refusal(rt, name, exc)
+            raise
         except SQLAlchemyError as exc:  # the lease, the checkpoint: one line, not a traceback
             raise DatabaseError(
                 f"database error while polling mailbox {name}: {error_text(exc)}"
@@ -239,9 +243,10 @@ def _poll_leased(
 REFUSED_GIVE_UP = timedelta(hours=24)
 
 
-def _note_refusal(rt: Runtime, name: str, exc: RefusedForNow) -> None:
+def _note_refusal(rt: Runtime, name: str, exc: RefusedForNow | DatabaseRefusal) -> None:
     """Remember since when mailbox ``name``'s message ``exc.uid`` has been refused for
-    now; the time of its first refusal is kept while the same message is refused."""
+    now (by the IMAP server, or by the database while it was ingested); the time of
+    its first refusal is kept while the same message is refused."""
     key = _hashed_key("refused", name)
     value = f"{exc.uidvalidity} {exc.uid}"
     try:
@@ -261,9 +266,13 @@ def _note_refusal(rt: Runtime, name: str, exc: RefusedForNow) -> None:
 
 def _refused_too_long(store: Store, name: str, uidvalidity: int) -> frozenset[int]:
     """The message of mailbox ``name`` (folder ``uidvalidity``) refused for now for
-    :data:`REFUSED_GIVE_UP` or longer, if any (see :attr:`ImapMailbox.give_up`)."""
-    with store.read_session() as session:
-        known = session.get(KeyValue, _hashed_key("refused", name))
+    :data:`REFUSED_GIVE_UP` or longer, if any (see :attr:`ImapMailbox.give_up`); none
+    when the database cannot say."""
+    try:
+        with store.read_session() as session:
+            known = session.get(KeyValue, _hashed_key("refused", name))
+    except SQLAlchemyError:
+        return frozenset()
     if known is None:
         return frozenset()
     try:
@@ -645,14 +654,22 @@ def ingest_message(
             component="template",
         ) from exc
     except Exception as exc:  # a bad message costs one message (Mailman's runner)
-        if isinstance(exc, SQLAlchemyError) and is_unavailable(exc):
+        if (
+            isinstance(exc, SQLAlchemyError)
+            and is_unavailable(exc)
+            and fetched.uid not in _refused_too_long(rt.store, mailbox, uidvalidity)
+        ):
             # The database went away (a restart, a dropped connection), not the
             # message: quarantining it would blame good mail, and would succeed
             # as soon as the server is back. The poll fails instead; the
-            # message is read again by the next one.
-            raise DatabaseError(
+            # message is read again by the next one. A message the database has
+            # failed on for REFUSED_GIVE_UP (a statement_timeout it always
+            # exceeds) is quarantined below, so that the mail after it is read.
+            raise DatabaseRefusal(
                 f"database unavailable while ingesting message {fetched.uid} of mailbox "
-                f"{mailbox}: {error_text(exc)}"
+                f"{mailbox}: {error_text(exc)}",
+                uid=fetched.uid,
+                uidvalidity=uidvalidity,
             ) from exc
         if isinstance(exc, IntegrityError):
             # Another poll of this mailbox committed the message first (two instances

@@ -204,3 +204,57 @@ def test_a_service_files_options_are_kept(
             assert conn.exec_driver_sql("SHOW DateStyle").scalar() == "ISO, MDY"
     finally:
         engine.dispose()
+
+
+def test_a_message_the_database_times_out_on_for_a_day_is_quarantined(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    postgres: Postgres,
+    pg_url: str,
+    capsys: Any,
+) -> None:
+    # A timeout is the database's for a while, not for ever: a message whose own
+    # processing always outlasts statement_timeout (here a DBA's slow audit trigger)
+    # held every later message of its mailbox back, poll after poll.
+    from datetime import timedelta
+
+    from mailcase.models import KeyValue
+    from mailcase.store import Store, utcnow
+
+    _set_on_database(postgres, pg_url, "statement_timeout = '1s'")
+    database = sa.make_url(pg_url).database or ""
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=pg_url), capsys)
+    cli.poll()  # the schema (the trigger goes on its table)
+    with postgres.connect(database) as conn:
+        conn.execute(
+            "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.text LIKE '%LENTO%' THEN PERFORM pg_sleep(2); END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER audit BEFORE INSERT ON case_messages"
+            " FOR EACH ROW EXECUTE FUNCTION audit()"
+        )
+        conn.commit()
+    mailboxes.append("contacto", mail(sender="a@example.com", subject="uno", body="LENTO"))
+    mailboxes.append("contacto", mail(sender="b@example.com", subject="dos", body="Sin internet"))
+    for _ in range(2):  # within the day: the poll fails and reads it again
+        code, _, err = cli("poll")
+        assert code == 3 and "statement timeout" in err
+        assert cli.json("messages", "list") == []
+    store = Store.open(pg_url, auto_upgrade=False)
+    try:
+        with store.transaction() as session:
+            [refusal] = [
+                kv for kv in session.exec(sa.select(KeyValue)).scalars()
+                if kv.key.startswith("refused:")
+            ]  # fmt: skip
+            validity, uid, _since = refusal.value.split(" ")
+            refusal.value = f"{validity} {uid} {(utcnow() - timedelta(hours=25)).isoformat()}"
+            session.add(refusal)
+    finally:
+        store.dispose()
+    code, _, err = cli("poll")
+    assert code == 0, err
+    rows = {r["uid"]: r["disposition"] for r in cli.json("messages", "list")}
+    assert rows == {int(uid): "quarantined", int(uid) + 1: "new_case"}
