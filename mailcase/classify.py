@@ -77,11 +77,15 @@ _BOUNCE_LOCAL_PARTS = frozenset(
 )
 
 # Local parts of addresses nobody reads: bounce senders, "noreply" senders,
-# VERP bounce addresses ("bounces+token@", "bounce-123@").
+# VERP bounce addresses ("bounces+token@", "bounce-123@"). "noreply" also after a
+# prefix (gmail-noreply@, calendar-notification-noreply@, facturacion-noreply@), as
+# Zammad's send_no_auto_response_reg_exp reads it; the other words only at the
+# start, where they cannot be part of a person's name.
 _AUTOMATIC_LOCAL_PART = re.compile(
     r"(?:mailer[-_]?daemon|post_?master|mailer|mail\.delivery\.system|no[-_.]?reply"
     r"|do[-_.]?not[-_.]?reply|bounces?)"
-    r"(?:[-_.].*)?",
+    r"(?:[-_.].*)?"
+    r"|.+[-_.](?:no[-_.]?reply|do[-_.]?not[-_.]?reply)(?:[-_.].*)?",
     re.DOTALL,
 )
 
@@ -193,8 +197,9 @@ def is_automatic_address(address: str) -> bool:
     True for the local parts MAILER-DAEMON, postmaster, mailer, noreply,
     no-reply, donotreply, do-not-reply, bounce and bounces (case-insensitive,
     ignoring a ``+tag``, and also when followed by ``-``, ``_`` or ``.`` and more,
-    as in ``noreply-facturas@`` or VERP ``bounce-123@``). Accepts a bare local
-    part, an addr-spec or ``<addr-spec>``; never raises.
+    as in ``noreply-facturas@`` or VERP ``bounce-123@``), and for the no-reply
+    words after a prefix too (``gmail-noreply@``). Accepts a bare local part, an
+    addr-spec or ``<addr-spec>``; never raises.
     """
     return bool(_AUTOMATIC_LOCAL_PART.fullmatch(_local_part(address)))
 

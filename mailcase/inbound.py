@@ -547,11 +547,14 @@ def _recover_8bit(value: Any) -> str:
 
     Raw 8-bit headers are common (RFC 6532 allows UTF-8; older clients send
     Latin-1): the stdlib keeps their bytes as surrogate escapes, which are
-    recovered here and decoded as UTF-8, else as windows-1252.
+    recovered here and decoded as UTF-8, each byte that is not part of a UTF-8
+    sequence as windows-1252. (All or nothing, one UTF-8 character cut short, as
+    Yahoo cuts long file names, made mojibake of the whole value: a customer
+    greeted as "JosÃ© RamÃ³n".)
     """
     text = str(value)
     if _has_8bit(text):
-        text = _utf8_else_windows_1252(text.encode("ascii", "surrogateescape"))
+        text = text.encode("ascii", "surrogateescape").decode("utf-8", _MEND_UTF8)
     return text
 
 
@@ -928,12 +931,40 @@ def _body_text(
     and for text/plain, where the quote is found in the text: mailcase.quoting)."""
     plain = [t for t in map(_part_text, plain_parts) if t.strip()]
     above: str | None = None
-    if plain:
-        text = "\n".join(plain)
-    else:
+    html = ""
+    if not plain or _placeholder("\n".join(plain)):
         html = "\n".join(t for t in map(_part_text, html_parts) if t)
-        text, above = html_texts(html) if html else ("", None)
+    if html:
+        text, above = html_texts(html)
+        if plain and not _placeholder("\n".join(plain), text):
+            text, above = "\n".join(plain), None
+    else:
+        text = "\n".join(plain)
     return _tidy(text), None if above is None else _tidy(above)
+
+
+_PLACEHOLDER_CHARS = 300
+_WORD_RE = re.compile(r"\w{3,}")
+
+
+def _placeholder(plain: str, html_text: str | None = None) -> bool:
+    """Whether a short ``plain`` text may be a stand-in for the HTML ("This is the body in
+    plain text for non-HTML mail clients", PHPMailer's sample AltBody, copied into web
+    forms; "This is an HTML message. Please use an HTML capable mail program"), and,
+    given the HTML's text, whether it is one: fewer than half its words are in it.
+
+    A real alternative repeats the HTML's words (an agent's "#resolver procedente ..."
+    in both parts), and keeps its plain text, where commands and quotes are read.
+    """
+    if len(plain) > _PLACEHOLDER_CHARS:
+        return False
+    if html_text is None:
+        return True
+    words = {w.casefold() for w in _WORD_RE.findall(plain)}
+    if not words:
+        return False
+    known = {w.casefold() for w in _WORD_RE.findall(html_text)}
+    return len(words & known) * 2 < len(words)
 
 
 def _tidy(text: str) -> str:
