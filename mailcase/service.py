@@ -627,20 +627,26 @@ def ingest_message(
         # Parsed before the transaction: the write lock (SQLite) is then held
         # for the database work only, and delivery can commit in between.
         mail_and_note = _parse(rt, fetched, raw_sha, parsed)
-        with rt.store.transaction() as session:
-            entry, folio, remapped_from = _ingest(
-                rt,
-                session,
-                mailbox,
-                uidvalidity,
-                fetched,
-                raw_sha,
-                mail_and_note,
-                retry=retry,
-                first_contact=first_contact,
-            )
-            if folio is None and entry.case_id is not None:  # a message met again
-                folio = run(session, _FOLIO_OF, {"id": entry.case_id}).scalar()
+        for attempt in range(_TRIAGE_ATTEMPTS):
+            try:
+                with rt.store.transaction() as session:
+                    entry, folio, remapped_from = _ingest(
+                        rt,
+                        session,
+                        mailbox,
+                        uidvalidity,
+                        fetched,
+                        raw_sha,
+                        mail_and_note,
+                        retry=retry,
+                        first_contact=first_contact,
+                    )
+                    if folio is None and entry.case_id is not None:  # a message met again
+                        folio = run(session, _FOLIO_OF, {"id": entry.case_id}).scalar()
+                break
+            except _CaseChanged:
+                if attempt == _TRIAGE_ATTEMPTS - 1:
+                    raise
     except DatabaseError:
         raise
     except StorageError as exc:
@@ -1529,6 +1535,11 @@ def _apply(
             },
         )
     else:
+        if not decision.reopen and case.status != CaseStatus.OPEN:
+            # Closed or resolved since triage read it (another session committed in
+            # between, on PostgreSQL): decided again on what is there now, or the
+            # reply would stay on a case that says the matter is finished.
+            raise _CaseChanged(case.folio)
         text = customer_text(mail.text, mail.subject)
         _record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
         if mail.sender == case.customer:
@@ -1543,6 +1554,14 @@ def _apply(
     if note:
         casework.record(session, case, "system", note)
     return case
+
+
+class _CaseChanged(Exception):
+    """The case a customer's reply was triaged onto changed status before it was locked:
+    the message's transaction is rolled back and triaged again."""
+
+
+_TRIAGE_ATTEMPTS = 3  # a case changing under every attempt: quarantined, to be retried
 
 
 def _notify_agents_of(

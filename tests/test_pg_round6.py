@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 import structlog
-from helpers import Cli, mail, write_config
+from helpers import Cli, mail, offline_runtime, write_config
 from servers import Dovecot, Postgres, SmtpSink
 
 from mailcase.config import load_settings
@@ -258,3 +258,61 @@ def test_a_message_the_database_times_out_on_for_a_day_is_quarantined(
     assert code == 0, err
     rows = {r["uid"]: r["disposition"] for r in cli.json("messages", "list")}
     assert rows == {int(uid): "quarantined", int(uid) + 1: "new_case"}
+
+
+@pytest.mark.parametrize("action", ["close", "resolve"])
+def test_a_reply_triaged_before_a_close_commits_is_decided_again(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    # Triage read the case open; an agent's close or resolve committed before the reply
+    # locked it; the reply was filed as an update on a case that says the matter is
+    # finished (races review). Decided again, it goes as it would after the change.
+    from sqlmodel import select
+
+    from mailcase import casework, service
+    from mailcase.imap import FetchedMessage
+    from mailcase.models import Case
+    from mailcase.store import case_by_folio, utcnow
+
+    rt = offline_runtime(tmp_path, pg_url, notify=True)
+    first = FetchedMessage(1, mail(sender="cliente@example.com", subject="Sin internet"), utcnow())
+    assert service.ingest_message(rt, "contacto", 1, first) == "new_case"
+    with rt.store.read_session() as session:
+        folio = session.exec(select(Case.folio)).one()
+    in_triage, go_on = threading.Event(), threading.Event()
+    real = service.triage
+
+    def slow_triage(*args: Any, **kwargs: Any) -> Any:
+        decision = real(*args, **kwargs)
+        in_triage.set()
+        assert go_on.wait(20)
+        return decision
+
+    monkeypatch.setattr(service, "triage", slow_triage)
+    reply = mail(sender="cliente@example.com", subject=f"Re: [Folio {folio}] Sin internet")
+    out: list[str] = []
+    worker = threading.Thread(
+        target=lambda: out.append(
+            service.ingest_message(rt, "contacto", 1, FetchedMessage(2, reply, utcnow()))
+        )
+    )
+    worker.start()
+    try:
+        assert in_triage.wait(20)
+        with rt.store.transaction() as session:  # what `mailcase cases close/resolve` does
+            found = case_by_folio(session, folio, for_update=True)
+            assert found is not None
+            if action == "close":
+                casework.close(session, rt.settings, found, by="cli:ana")
+            else:
+                casework.resolve(session, rt.settings, found, "valid", "Módem nuevo.", by="cli:ana")
+    finally:
+        go_on.set()
+        worker.join(20)
+    with rt.store.read_session() as session:
+        cases = {c.folio: c.status for c in session.exec(select(Case).order_by(Case.id))}
+    rt.store.dispose()
+    if action == "resolve":  # within cases.reopen_days: the reply reopens it
+        assert (out, cases) == (["follow_up"], {folio: "open"})
+    else:  # closed unresolved: a new case, linked to it
+        assert out == ["new_case"] and cases[folio] == "closed" and len(cases) == 2
