@@ -1219,9 +1219,13 @@ def notice_row(notice: Notice, folio: str | None) -> dict[str, Any]:
 
 
 def _outbox(args: argparse.Namespace, settings: Settings) -> int:
-    from mailcase.outbox import requeue
+    from mailcase.outbox import fold_sent_log, requeue
 
     store = _open_store(settings, create=args.action == "retry")
+    if args.action == "retry":
+        # What a delivery run sent and recorded in the sent log (SQLite) is not to be
+        # counted, nor put back, as waiting: it is marked sent first.
+        fold_sent_log(store)
     # `outbox list` reads only: no write lock (see Store.read_session).
     with store.transaction() if args.action == "retry" else store.read_session() as session:
         if args.action == "retry":

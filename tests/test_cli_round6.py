@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cli, mail, write_config
+from helpers import Cli, mail, offline_runtime, write_config
 from servers import Dovecot, SmtpSink
 
 from mailcase import cli as cli_module
@@ -215,3 +215,28 @@ def test_an_smtp_server_without_auth_is_a_clear_permanent_failure(
         assert "offers no AUTH on this connection" in smtp and "cannot connect" not in smtp
     finally:
         plain.stop()
+
+
+def test_outbox_retry_all_does_not_count_what_the_sent_log_says_went_out(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # Right after a delivery run, notices already sent but not yet folded from the sent
+    # log were counted as queued again ("31 notice(s) queued" when 8 had gone out).
+    from sqlmodel import select
+
+    from mailcase import service
+    from mailcase.imap import FetchedMessage
+    from mailcase.models import Notice
+    from mailcase.store import utcnow
+
+    rt = offline_runtime(tmp_path)
+    service.ingest_message(rt, "contacto", 1, FetchedMessage(1, mail(), utcnow()))
+    with rt.store.read_session() as session:
+        [ack] = session.exec(select(Notice)).all()
+    assert ack.id is not None and rt.store.sent_log is not None
+    rt.store.sent_log.append(ack.id, utcnow())  # what a delivery run records as it sends
+    rt.store.dispose()
+    cli = Cli(tmp_path / "mailcase.toml", capsys)
+    code, out, err = cli("outbox", "retry", "--all")
+    assert (code, out) == (0, "0 notice(s) queued for delivery\n"), err
+    assert [n["status"] for n in cli.json("outbox", "list")] == ["sent"]
