@@ -275,9 +275,9 @@ def parse_inbound(
     headers, address_fields = _collect_headers(message)
     try:
         # Before mail-parser reads the parts: it must see the names given to unnamed ones.
-        plain_parts, html_parts = _sort_parts(message)
+        plain_parts, html_parts, paired = _sort_parts(message)
         parsed = _read_body(message)
-        text, text_above_quote = _body_text(plain_parts, html_parts)
+        text, text_above_quote = _body_text(plain_parts, html_parts, paired=paired)
     except Exception as exc:  # mail-parser raises many types for broken input
         raise MessageError(f"cannot parse message: {type(exc).__name__}: {exc}") from exc
     message_id = _first_msgid(headers.get("message-id", ()))
@@ -547,15 +547,45 @@ def _recover_8bit(value: Any) -> str:
 
     Raw 8-bit headers are common (RFC 6532 allows UTF-8; older clients send
     Latin-1): the stdlib keeps their bytes as surrogate escapes, which are
-    recovered here and decoded as UTF-8, each byte that is not part of a UTF-8
-    sequence as windows-1252. (All or nothing, one UTF-8 character cut short, as
-    Yahoo cuts long file names, made mojibake of the whole value: a customer
-    greeted as "JosÃ© RamÃ³n".)
+    recovered here and decoded as UTF-8, else as windows-1252; and as UTF-8
+    when the one fault is a character cut short at the end of a word (Yahoo
+    cuts long file names so: read whole as windows-1252, a customer was greeted
+    as "JosÃ© RamÃ³n"). Not per byte otherwise: in windows-1252 an accented
+    capital before a quote or a no-break space ("PAGUÉ”") is a valid UTF-8 pair.
     """
     text = str(value)
-    if _has_8bit(text):
-        text = text.encode("ascii", "surrogateescape").decode("utf-8", _MEND_UTF8)
-    return text
+    if not _has_8bit(text):
+        return text
+    data = text.encode("ascii", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if _cut_short(data, exc.start):
+            return data.decode("utf-8", _MEND_UTF8)
+        return _windows_1252(data)
+
+
+def _cut_short(data: bytes, start: int) -> bool:
+    """Whether the UTF-8 fault at ``start`` of ``data`` is a character cut short (a lead
+    byte with fewer continuation bytes than it needs) at the end of ``data`` or before
+    a quote, a space or an angle bracket, with valid UTF-8 after it."""
+    lead = data[start]
+    need = 2 if 0xC2 <= lead <= 0xDF else 3 if 0xE0 <= lead <= 0xEF else 4 if lead <= 0xF4 else 0
+    if lead < 0xC2 or need == 0:
+        return False
+    end = start + 1
+    while end < len(data) and end - start < need and 0x80 <= data[end] <= 0xBF:
+        end += 1
+    if end - start >= need:
+        return False
+    rest = data[end:]
+    if rest and rest[:1] not in (b'"', b" ", b"\t", b"<", b">", b";"):
+        return False
+    try:
+        rest.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _MENDED_WORD_LABELS = _WINDOWS_1252_LABELS | _UTF8_LABELS | frozenset(_SUPERSETS)
@@ -817,8 +847,9 @@ _EXTENSIONS = MappingProxyType(
 )
 
 
-def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
-    """The text/plain and the text/html parts of ``message``'s own body, in order.
+def _sort_parts(message: Message) -> tuple[list[Message], list[Message], bool]:
+    """The text/plain and the text/html parts of ``message``'s own body, in order; and
+    whether they are one of each, alternatives of one multipart/alternative.
 
     Also names every other leaf part that has no file name ``attachment-N.ext``,
     N counting from 1 in the message's part order, the extension from its
@@ -838,6 +869,7 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
     # RFC 2046 5.1.4: alternatives are the same content; two text/plain ones (the
     # second often HTML labelled as plain) are one text, not two to join.
     alternatives_taken: set[tuple[int, str]] = set()
+    alternative_of: dict[int, int | None] = {}  # id of a body part -> its alternative's
     while stack:
         part, in_attachment, alternative = stack.pop()
         content_type = part.get_content_type()
@@ -876,6 +908,7 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
                     continue
                 alternatives_taken.add((alternative, content_type))
             (plain if content_type == "text/plain" else html).append(part)
+            alternative_of[id(part)] = alternative
             continue
         elif maintype == "message" and disposition != "attachment":
             # Forwarded mail (message/rfc822), a bounce's report and returned
@@ -893,7 +926,12 @@ def _sort_parts(message: Message) -> tuple[list[Message], list[Message]]:
         shown = maintype == "image" and bool(part.get("content-id")) and disposition != "attachment"
         del part["content-disposition"]
         part["Content-Disposition"] = f'{"inline" if shown else "attachment"}; filename="{name}"'
-    return plain, html
+    paired = (
+        len(plain) == len(html) == 1
+        and alternative_of[id(plain[0])] is not None
+        and alternative_of[id(plain[0])] == alternative_of[id(html[0])]
+    )
+    return plain, html, paired
 
 
 def _recover_8bit_params(part: Message) -> None:
@@ -924,7 +962,7 @@ def _set_disposition_type(part: Message, disposition: str) -> None:
 
 
 def _body_text(
-    plain_parts: Iterable[Message], html_parts: Iterable[Message]
+    plain_parts: Iterable[Message], html_parts: Iterable[Message], *, paired: bool = False
 ) -> tuple[str, str | None]:
     """The readable text of the body: its text/plain parts, else its HTML as text;
     and, for HTML, the text above its first quote element (None when it has none,
@@ -932,7 +970,7 @@ def _body_text(
     plain = [t for t in map(_part_text, plain_parts) if t.strip()]
     above: str | None = None
     html = ""
-    if not plain or _placeholder("\n".join(plain)):
+    if not plain or (paired and _placeholder("\n".join(plain))):
         html = "\n".join(t for t in map(_part_text, html_parts) if t)
     if html:
         text, above = html_texts(html)
@@ -945,13 +983,16 @@ def _body_text(
 
 _PLACEHOLDER_CHARS = 300
 _WORD_RE = re.compile(r"\w{3,}")
+_LINK_RE = re.compile(r"<?(?:https?://|mailto:|www\.)\S+>?", re.IGNORECASE)
 
 
 def _placeholder(plain: str, html_text: str | None = None) -> bool:
     """Whether a short ``plain`` text may be a stand-in for the HTML ("This is the body in
     plain text for non-HTML mail clients", PHPMailer's sample AltBody, copied into web
     forms; "This is an HTML message. Please use an HTML capable mail program"), and,
-    given the HTML's text, whether it is one: fewer than half its words are in it.
+    given the HTML's text, whether it is one: fewer than a fifth of its words (links
+    aside) are in it. Only for a plain part and an HTML part that are alternatives of
+    each other (:func:`_sort_parts`): an unrelated HTML part never stands in.
 
     A real alternative repeats the HTML's words (an agent's "#resolver procedente ..."
     in both parts), and keeps its plain text, where commands and quotes are read.
@@ -960,11 +1001,13 @@ def _placeholder(plain: str, html_text: str | None = None) -> bool:
         return False
     if html_text is None:
         return True
-    words = {w.casefold() for w in _WORD_RE.findall(plain)}
+    # A link's target is in the plain text ("comprobante <https://drive...>") and not
+    # in the HTML's text: its words count for neither.
+    words = {w.casefold() for w in _WORD_RE.findall(_LINK_RE.sub(" ", plain))}
     if not words:
         return False
     known = {w.casefold() for w in _WORD_RE.findall(html_text)}
-    return len(words & known) * 2 < len(words)
+    return len(words & known) * 5 < len(words)
 
 
 def _tidy(text: str) -> str:

@@ -29,10 +29,12 @@ for one SMTP transaction at most, not for a whole backlog.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -403,7 +405,26 @@ _FINISH = Prepared(
 )
 
 
-_NO_IDLE_TIMEOUT = "SET LOCAL idle_in_transaction_session_timeout = 0"
+# A notice's row stays locked while the SMTP server answers, which may take longer than
+# a DBA's idle_in_transaction_session_timeout (a server scanning DATA): the session was
+# killed after the mail was accepted, and the notice went out again at every run. Off
+# for the run's connection, and back to the server's setting when the run ends (a SET
+# LOCAL in each claim cost a round trip per notice).
+_NO_IDLE_TIMEOUT = "SET idle_in_transaction_session_timeout = 0"
+_IDLE_TIMEOUT_BACK = "RESET idle_in_transaction_session_timeout"
+
+
+@contextmanager
+def _without_idle_timeout(conn: sa.Connection) -> Iterator[None]:
+    """``conn``'s session without ``idle_in_transaction_session_timeout`` meanwhile."""
+    with conn.begin():
+        conn.exec_driver_sql(_NO_IDLE_TIMEOUT)
+    try:
+        yield
+    finally:
+        # A connection that broke is discarded by the pool, setting and all.
+        with contextlib.suppress(sa.exc.SQLAlchemyError), conn.begin():
+            conn.exec_driver_sql(_IDLE_TIMEOUT_BACK)
 
 
 def _deliver_claimed(
@@ -419,21 +440,15 @@ def _deliver_claimed(
     Each notice is claimed with ``FOR UPDATE SKIP LOCKED`` and sent while its
     row is locked, so one instance only sends it, then marked in the same
     transaction: a crash sends at most that one twice. The server's
-    ``idle_in_transaction_session_timeout`` is off in that transaction. One
+    ``idle_in_transaction_session_timeout`` is off for the run. One
     connection serves the whole run (a connection from the pool cost a ping, a
     round trip, per notice).
     """
     log = get_logger()
-    with store.connection() as conn:
+    with store.connection() as conn, _without_idle_timeout(conn):
         for notice_id in ids:
             failure: DeliveryError | None = None
             with conn.begin():
-                # The row stays locked while the SMTP server answers, which may take
-                # longer than a DBA's idle_in_transaction_session_timeout (a server
-                # scanning DATA): the session was killed after the mail was accepted,
-                # and the notice went out again at every run. A prepared statement
-                # cannot carry a second one: its own round trip.
-                conn.exec_driver_sql(_NO_IDLE_TIMEOUT)
                 # Due by the clock now: a notice queued since the run began (the
                 # agents' alert of a refusal it met) is due too.
                 due = max(now, utcnow())

@@ -244,45 +244,76 @@ REFUSED_GIVE_UP = timedelta(hours=24)
 
 
 def _note_refusal(rt: Runtime, name: str, exc: RefusedForNow | DatabaseRefusal) -> None:
-    """Remember since when mailbox ``name``'s message ``exc.uid`` has been refused for
-    now (by the IMAP server, or by the database while it was ingested); the time of
-    its first refusal is kept while the same message is refused."""
+    """Count mailbox ``name``'s refusals of message ``exc.uid`` for now (by the IMAP
+    server, or by the database while it was ingested), and keep the time of the first
+    while the same message is refused."""
     key = _hashed_key("refused", name)
-    value = f"{exc.uidvalidity} {exc.uid}"
     try:
         with rt.store.transaction() as session:
             known = session.get(KeyValue, key)
-            if known is not None and known.value.rsplit(" ", 1)[0] == value:
-                return
-            since = f"{value} {utcnow().isoformat()}"
-            if known is None:
-                insert_if_absent(session, KeyValue(key=key, value=since))
+            refusal = _Refusal.read(known.value if known is not None else "")
+            if refusal is not None and (refusal.uidvalidity, refusal.uid) == (
+                exc.uidvalidity,
+                exc.uid,
+            ):
+                refusal = replace(refusal, times=refusal.times + 1)
             else:
-                known.value = since
+                refusal = _Refusal(exc.uidvalidity, exc.uid, utcnow(), 1)
+            if known is None:
+                insert_if_absent(session, KeyValue(key=key, value=refusal.written()))
+            else:
+                known.value = refusal.written()
                 session.add(known)
     except SQLAlchemyError:  # the failure itself is logged by the caller
         pass
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """One message refused for now poll after poll: since when, and how many times."""
+
+    uidvalidity: int
+    uid: int
+    since: datetime
+    times: int
+
+    @classmethod
+    def read(cls, value: str) -> _Refusal | None:
+        """The refusal ``value`` (a key_values value) records, or None: not one of ours."""
+        try:
+            validity, uid, since, *rest = value.split(" ")
+            # Written aware, in UTC; without a count by the first release of this rule.
+            times = int(rest[0]) if rest else 1
+            return cls(int(validity), int(uid), datetime.fromisoformat(since), times)
+        except (ValueError, TypeError):
+            return None
+
+    def written(self) -> str:
+        return f"{self.uidvalidity} {self.uid} {self.since.isoformat()} {self.times}"
+
+    def given_up(self, now: datetime) -> bool:
+        """Refused long enough, and often enough: a day of polls, not a day without any
+        (a daemon stopped over a weekend after one refusal must not quarantine the
+        message at the next)."""
+        return now - self.since >= REFUSED_GIVE_UP and self.times >= REFUSED_TIMES
+
+
+REFUSED_TIMES = 10  # at the longest back-off (15 min) a day of polls is about a hundred
+
+
 def _refused_too_long(store: Store, name: str, uidvalidity: int) -> frozenset[int]:
     """The message of mailbox ``name`` (folder ``uidvalidity``) refused for now for
-    :data:`REFUSED_GIVE_UP` or longer, if any (see :attr:`ImapMailbox.give_up`); none
-    when the database cannot say."""
+    :data:`REFUSED_GIVE_UP` and at least :data:`REFUSED_TIMES` polls, if any (see
+    :attr:`ImapMailbox.give_up`); none when the database cannot say."""
     try:
         with store.read_session() as session:
             known = session.get(KeyValue, _hashed_key("refused", name))
     except SQLAlchemyError:
         return frozenset()
-    if known is None:
+    refusal = _Refusal.read(known.value) if known is not None else None
+    if refusal is None or refusal.uidvalidity != uidvalidity or not refusal.given_up(utcnow()):
         return frozenset()
-    try:
-        validity, uid, since = known.value.split(" ", 2)
-        refused_for = utcnow() - datetime.fromisoformat(since)  # written aware, in UTC
-        if int(validity) != uidvalidity or refused_for < REFUSED_GIVE_UP:
-            return frozenset()
-        return frozenset({int(uid)})
-    except (ValueError, TypeError):  # not ours: written again at the next refusal
-        return frozenset()
+    return frozenset({refusal.uid})
 
 
 def _parser_for(

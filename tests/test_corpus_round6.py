@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from email.message import EmailMessage
+
 import pytest
 from helpers import mail
 
@@ -91,3 +93,60 @@ def test_raw_utf8_cut_inside_its_last_character_keeps_the_rest() -> None:
 def test_a_latin1_header_still_reads_as_latin1() -> None:
     raw = mail(subject="x").replace(b"Subject: x", b"Subject: Sin se\xf1al en Le\xf3n")
     assert parse_inbound(raw).subject == "Sin señal en León"
+
+
+# --- the same, reviewed: what the first version of these fixes broke ---------------------
+
+
+def _alternative(plain: str, html: str) -> bytes:
+    message = EmailMessage()
+    message["From"] = "Rosa Díaz <rosa@example.com>"
+    message["To"] = "contacto@internet-plarey.com.mx"
+    message["Subject"] = "Sin servicio"
+    message["Message-ID"] = "<x1@example.com>"
+    message.set_content(plain)
+    message.add_alternative(html, subtype="html")
+    return message.as_bytes()
+
+
+def test_a_short_plain_text_keeps_the_link_its_html_shows_as_words() -> None:
+    # Gmail writes a linked phrase as "text <URL>" in the plain part; the URL's words
+    # are not in the HTML's text, and the link, the customer's evidence, was lost.
+    url = "https://drive.google.com/file/d/1AbCdEfGhIj/view?usp=drive_link"
+    plain = f"Buenas tardes, aqui esta mi comprobante de pago <{url}>\n"
+    html = (
+        f'<div dir="ltr">Buenas tardes, aqui esta mi <a href="{url}">comprobante de pago</a></div>'
+    )
+    assert url in parse_inbound(_alternative(plain, html)).text
+
+
+def test_an_unrelated_html_part_never_stands_in_for_the_plain_body() -> None:
+    message = EmailMessage()
+    message["From"] = "rosa@example.com"
+    message["To"] = "contacto@internet-plarey.com.mx"
+    message["Subject"] = "Ya pagué"
+    message.set_content("Ya pagué la mensualidad y sigo sin internet, favor de reactivar.")
+    message.make_mixed()
+    receipt = EmailMessage()
+    receipt.set_content("<p>Banco Ejemplo: transferencia SPEI 000123</p>", subtype="html")
+    message.attach(receipt)
+    assert "sigo sin internet" in parse_inbound(message.as_bytes()).text
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "Subject: \u201cYA PAGU\u00c9\u201d y sigo sin servicio",  # É before a closing quote
+        "Subject: JOS\u00c9\u00a0GARC\u00cdA",  # É before a no-break space
+    ],
+)
+def test_a_windows_1252_header_with_a_pair_that_looks_like_utf8_reads_as_windows_1252(
+    field: str,
+) -> None:
+    raw = (
+        field.encode("cp1252") + b"\r\nFrom: rosa@example.com\r\nTo: contacto@x.mx\r\n"
+        b"Message-ID: <x3@example.com>\r\n\r\nhola\r\n"
+    )
+    # (A no-break space in a subject is a space: subjects are one plain line.)
+    expected = field.removeprefix("Subject: ").replace("\xa0", " ")
+    assert parse_inbound(raw).subject == expected

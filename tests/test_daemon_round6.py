@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime, timedelta, tzinfo
@@ -26,12 +27,16 @@ def test_an_empty_poll_is_logged_at_debug_and_a_poll_with_mail_at_info(
 ) -> None:
     # Every empty poll logged an INFO line per mailbox: 2,880 lines a day of nothing.
     rt = Runtime.open(load_settings(write_config(tmp_path, mailboxes, sink)))
+    configured = structlog.get_config()
+    # Every level reaches the capture, whatever an earlier test's command configured.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
         with structlog.testing.capture_logs() as logs:
             poll_mailbox(rt, "contacto")
             mailboxes.append("contacto", mail())
             poll_mailbox(rt, "contacto")
     finally:
+        structlog.configure(**configured)
         rt.store.dispose()
     polled = [(e["log_level"], e["fetched"]) for e in logs if e["event"] == "mailbox_polled"]
     assert polled == [("debug", 0), ("info", 1)]

@@ -309,17 +309,34 @@ def test_a_message_refused_for_now_for_a_day_is_quarantined_so_later_mail_is_rea
         assert status == 1 and "refused for now" in err
         assert set(_ledger(cli)) == set(uids[:stuck])
     store = Store.open(load_settings(config).database.url, auto_upgrade=False)
-    try:
+
+    def age_refusal(times: int | None = None) -> None:
+        """Move the first refusal a day back (and set how many there were)."""
         with store.transaction() as session:
             (refusal,) = [
                 kv for kv in session.exec(service.select(KeyValue)) if kv.key.startswith("refused:")
             ]
-            validity, uid, since = refusal.value.split(" ")
+            validity, uid, _since, counted = refusal.value.split(" ")
             assert int(uid) == uids[stuck]
-            # The first refusal's time is kept: the second poll did not start the day over.
-            assert utcnow() - service.datetime.fromisoformat(since) < timedelta(minutes=5)
-            refusal.value = f"{validity} {uid} {(utcnow() - timedelta(hours=25)).isoformat()}"
+            day_ago = (utcnow() - timedelta(hours=25)).isoformat()
+            refusal.value = f"{validity} {uid} {day_ago} {times or counted}"
             session.add(refusal)
+
+    try:
+        with store.read_session() as session:
+            (refusal,) = [
+                kv for kv in session.exec(service.select(KeyValue)) if kv.key.startswith("refused:")
+            ]
+        _validity, _uid, since, counted = refusal.value.split(" ")
+        # The first refusal's time is kept, and each is counted: the second poll did
+        # not start the day over.
+        assert utcnow() - service.datetime.fromisoformat(since) < timedelta(minutes=5)
+        assert counted == "2"
+        # A day since the first, but only a few polls (a daemon stopped for the weekend
+        # after one refusal): the message is read again, not given up.
+        age_refusal()
+        assert cli("poll")[0] == 1
+        age_refusal(times=service.REFUSED_TIMES)
     finally:
         store.dispose()
     cli.poll()

@@ -220,6 +220,7 @@ def test_a_message_the_database_times_out_on_for_a_day_is_quarantined(
     from datetime import timedelta
 
     from mailcase.models import KeyValue
+    from mailcase.service import REFUSED_TIMES
     from mailcase.store import Store, utcnow
 
     _set_on_database(postgres, pg_url, "statement_timeout = '1s'")
@@ -249,8 +250,9 @@ def test_a_message_the_database_times_out_on_for_a_day_is_quarantined(
                 kv for kv in session.exec(sa.select(KeyValue)).scalars()
                 if kv.key.startswith("refused:")
             ]  # fmt: skip
-            validity, uid, _since = refusal.value.split(" ")
-            refusal.value = f"{validity} {uid} {(utcnow() - timedelta(hours=25)).isoformat()}"
+            validity, uid, _since, _times = refusal.value.split(" ")
+            day_ago = (utcnow() - timedelta(hours=25)).isoformat()
+            refusal.value = f"{validity} {uid} {day_ago} {REFUSED_TIMES}"
             session.add(refusal)
     finally:
         store.dispose()
