@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     out_list.add_argument("--json", action="store_true")
     out_retry = out_actions.add_parser("retry", help="queue failed notices again, due now")
     which = out_retry.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", type=_row_id, help="the notice id (see outbox list)")
+    which.add_argument("id", nargs="?", type=_notice_id, help="the notice id (see outbox list)")
     which.add_argument(
         "--all",
         action="store_true",
@@ -1367,18 +1367,26 @@ def _limit(text: str) -> int:
     return value
 
 
-def _row_id(text: str) -> int:
-    """argparse's type for a message's UID or a notice's id: a whole number from 1 to
-    :data:`MAX_ROW_ID`, the largest the database holds (an IMAP UID is at most 2**32 - 1,
-    RFC 3501). Larger ended the command with an OverflowError traceback; a number in
-    range that names nothing is the command's "no message"/"no notice", exit 4."""
+def _row_id(text: str, largest: int = MAX_ROW_ID) -> int:
+    """argparse's type for a message's UID: a whole number from 1 to :data:`MAX_ROW_ID`,
+    the largest the database holds (an IMAP UID is at most 2**32 - 1, RFC 3501).
+    Larger ended the command with an OverflowError traceback; a number in range that
+    names nothing is the command's "no message"/"no notice", exit 4."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= MAX_ROW_ID:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_ROW_ID}")
+    if not 1 <= value <= largest:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {largest}")
     return value
+
+
+MAX_NOTICE_ID = 2**31 - 1  # notices.id is an INTEGER: PostgreSQL refused more ("out of range")
+
+
+def _notice_id(text: str) -> int:
+    """argparse's type for a notice's id: as :func:`_row_id`, at most :data:`MAX_NOTICE_ID`."""
+    return _row_id(text, MAX_NOTICE_ID)
 
 
 def _local(value: str | None, zone: ZoneInfo | None) -> str | None:

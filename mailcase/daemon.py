@@ -508,7 +508,7 @@ class Daemon:
 
 # How often the main thread compares the wall clock with the monotonic one, and the
 # step back it acts on (NTP slews small errors; a step is an admin's `date -s`, a
-# virtual machine restored from a snapshot, or chrony's first sync after a bad RTC).
+# sync correcting a clock that ran ahead, or chrony's first sync after a bad RTC).
 CLOCK_CHECK_SECONDS = 5.0
 CLOCK_STEP_SECONDS = 5.0
 

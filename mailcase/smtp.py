@@ -117,9 +117,11 @@ class SmtpConnection:
             else:
                 if s.username and password is not None:
                     if not self.client.has_extn("auth"):
-                        # smtplib's SMTPNotSupportedError read as "cannot connect", retried
-                        # for retry_for_hours. Postfix on 587 offers AUTH only after
-                        # STARTTLS (smtpd_tls_auth_only): security = "none" never logs in.
+                        # smtplib's SMTPNotSupportedError read as "cannot connect". Postfix
+                        # on 587 offers AUTH only after STARTTLS (smtpd_tls_auth_only):
+                        # security = "none" never logs in. Said as what to change; the
+                        # notices stay queued (the connection, not they, failed) and go
+                        # out once the setting is fixed.
                         raise PermanentDeliveryError(
                             f'{where} offers no AUTH on this connection (set security = "starttls" '
                             'or "tls")'

@@ -318,3 +318,16 @@ def test_a_reply_triaged_before_a_close_commits_is_decided_again(
         assert (out, cases) == (["follow_up"], {folio: "open"})
     else:  # closed unresolved: a new case, linked to it
         assert out == ["new_case"] and cases[folio] == "closed" and len(cases) == 2
+
+
+def test_a_notice_id_beyond_the_column_is_a_usage_error(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, pg_url: str, capsys: Any
+) -> None:
+    # notices.id is an INTEGER: PostgreSQL answered "integer out of range", exit 1.
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=pg_url), capsys)
+    cli.poll()
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error
+        cli("outbox", "retry", "3000000000")
+    assert exited.value.code == 2
+    assert "is not a whole number from 1 to 2147483647" in capsys.readouterr().err
+    assert cli("outbox", "retry", "2147483647")[0] == 4  # in range, names nothing

@@ -121,8 +121,17 @@ def test_cases_open_refuses_an_agents_or_our_own_address_as_the_customer(
     )
 
 
-def test_the_migration_rewrites_stored_idn_customers_in_ascii_form(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_migration_rewrites_stored_idn_customers_in_ascii_form(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        postgres = request.getfixturevalue("postgres")
+        name = f"idn_{tmp_path.name[-12:].replace('-', '_').lower()}"
+        postgres.create_database(name)
+        url = postgres.url(name)
     command.upgrade(alembic_config(url), "0007")
     engine = sa.create_engine(url)
     with engine.begin() as conn:

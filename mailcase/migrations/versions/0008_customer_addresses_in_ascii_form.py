@@ -37,32 +37,47 @@ def _ascii_form(address: str) -> str:
         return address
 
 
+# Only an address with a character outside printable ASCII can change: the rest of a
+# large table is not read into Python. (SQLite's GLOB and PostgreSQL's regular
+# expressions say it each their own way.)
+_OUTSIDE_ASCII = {
+    "sqlite": {
+        "cases": "SELECT id, customer FROM cases WHERE customer GLOB '*[^ -~]*'",
+        "participants": "SELECT id, case_id, address FROM participants"
+        " WHERE address GLOB '*[^ -~]*'",
+    },
+    "postgresql": {
+        "cases": "SELECT id, customer FROM cases WHERE customer ~ '[^ -~]'",
+        "participants": "SELECT id, case_id, address FROM participants WHERE address ~ '[^ -~]'",
+    },
+}
+
+
 def upgrade() -> None:
     conn = op.get_bind()
-    # Only rows with a non-ASCII byte could change; the rest of the table is not read
-    # into Python (a LIKE on a pattern cannot say "non-ASCII", so the filter is here).
-    cases = conn.execute(sa.text("SELECT id, customer FROM cases WHERE customer LIKE '%@%'"))
-    for case_id, customer in cases.fetchall():
+    queries = _OUTSIDE_ASCII[conn.dialect.name]
+    for case_id, customer in conn.execute(sa.text(queries["cases"])).fetchall():
         ascii_form = _ascii_form(customer)
         if ascii_form != customer:
             conn.execute(
                 sa.text("UPDATE cases SET customer = :c WHERE id = :i"),
                 {"c": ascii_form, "i": case_id},
             )
-    rows = conn.execute(sa.text("SELECT id, case_id, address FROM participants")).fetchall()
-    taken = {(case_id, address) for _, case_id, address in rows}
-    for row_id, case_id, address in rows:
+    for row_id, case_id, address in conn.execute(sa.text(queries["participants"])).fetchall():
         ascii_form = _ascii_form(address)
         if ascii_form == address:
             continue
-        if (case_id, ascii_form) in taken:  # both spellings on one case: one row
+        taken = conn.execute(
+            sa.text("SELECT 1 FROM participants WHERE case_id = :c AND address = :a"),
+            {"c": case_id, "a": ascii_form},
+        ).first()
+        if taken is not None:  # both spellings on one case: one row
             conn.execute(sa.text("DELETE FROM participants WHERE id = :i"), {"i": row_id})
         else:
             conn.execute(
                 sa.text("UPDATE participants SET address = :a WHERE id = :i"),
                 {"a": ascii_form, "i": row_id},
             )
-            taken.add((case_id, ascii_form))
 
 
 def downgrade() -> None:
