@@ -1001,6 +1001,8 @@ def _placeholder(plain: str, html_text: str | None = None) -> bool:
         return False
     if html_text is None:
         return True
+    if not _WORD_RE.search(html_text):
+        return False  # an HTML with no words (a photo, an empty body) stands in for nothing
     # A link's target is in the plain text ("comprobante <https://drive...>") and not
     # in the HTML's text: its words count for neither.
     words = {w.casefold() for w in _WORD_RE.findall(_LINK_RE.sub(" ", plain))}
@@ -1092,7 +1094,12 @@ _BLOCK_TAGS = frozenset(
         *("main", "nav", "ol", "p", "pre", "section", "table", "tr", "ul"),
     }
 )
-_SKIP_TAGS = frozenset({"script", "style", "head", "title", "noscript", "template"})
+# Not "head": an HTML mail that never closes its <head> (browsers and mail clients
+# show the body all the same) lost every word after it. What <head> holds with text
+# is skipped by its own tag; <meta> and <link> hold none.
+_SKIP_TAGS = frozenset({"script", "style", "title", "noscript", "template"})
+_CELL_TAGS = frozenset({"td", "th"})  # a web form's "Nombre | Rosa Díaz" rows
+_SPACE_RUN = re.compile(r"\s+")
 
 # Where mail clients start the quoted history of a reply in HTML: Apple Mail,
 # Thunderbird and most webmail quote in <blockquote type="cite">; Gmail in
@@ -1126,10 +1133,18 @@ def _is_quote_element(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
 
 
 class _TextExtractor(HTMLParser):
+    """Text as a mail client shows the HTML: line breaks from blocks and <br> only (a
+    line break in the source is a space: Outlook and Thunderbird wrap their HTML at a
+    space, and a wrapped "&gt; 300 ms" then read as a quoted line and was cut), table
+    cells apart, a link's address after its words."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.skip_depth = 0
+        self.pre_depth = 0  # inside <pre>: its lines are kept as written
+        # (href, len(parts) at the <a>) of each link open now.
+        self.links: list[tuple[str, int]] = []
         # len(parts) when the first quote element started: parts[:quote_at] is
         # the text above the quoted history. None while there is none.
         self.quote_at: int | None = None
@@ -1142,6 +1157,10 @@ class _TextExtractor(HTMLParser):
             self.parts.append("\n")
         if tag == "li":
             self.parts.append("- ")
+        elif tag == "pre":
+            self.pre_depth += 1
+        elif tag == "a":
+            self.links.append((dict(attrs).get("href") or "", len(self.parts)))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._note_quote(tag, attrs)
@@ -1173,10 +1192,27 @@ class _TextExtractor(HTMLParser):
             self.skip_depth = max(0, self.skip_depth - 1)
         elif tag in _BLOCK_TAGS:
             self.parts.append("\n")
+        elif tag in _CELL_TAGS:
+            self.parts.append(" ")
+        if tag == "pre":
+            self.pre_depth = max(0, self.pre_depth - 1)
+        elif tag == "a" and self.links:
+            self._link_address(*self.links.pop())
+
+    def _link_address(self, href: str, start: int) -> None:
+        """After a link's words, its web address when they do not show it: the
+        customer's evidence (a payment receipt on Drive, a speed test) is the address."""
+        words = "".join(self.parts[start:]).strip()
+        address = href.strip()
+        if not words or not address.lower().startswith(("http://", "https://")):
+            return  # an image's link (a logo), a mailto:, an anchor
+        bare = address.split("://", 1)[1].rstrip("/").lower()
+        if bare not in words.lower():
+            self.parts.append(f" ({address})")
 
     def handle_data(self, data: str) -> None:
         if not self.skip_depth:
-            self.parts.append(data)
+            self.parts.append(data if self.pre_depth else _SPACE_RUN.sub(" ", data))
 
 
 def html_to_text(html: str) -> str:

@@ -1,0 +1,72 @@
+"""HTML turned into the text of a case, as a mail client shows it (sixth review round)."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+
+from mailcase.inbound import html_to_text, parse_inbound
+
+
+def _html_only(html: str) -> bytes:
+    message = EmailMessage()
+    message["From"] = "Rosa Díaz <rosa@example.com>"
+    message["To"] = "contacto@internet-plarey.com.mx"
+    message["Subject"] = "Sin servicio"
+    message.set_content(html, subtype="html")
+    return message.as_bytes()
+
+
+def test_a_head_never_closed_loses_nothing_of_the_body() -> None:
+    # Every word after <head> was dropped: the case had no text at all.
+    html = (
+        "<html><head><meta charset='utf-8'><title>Formulario</title><body>"
+        "<p>Sin servicio desde el lunes, contrato 55321.</p></body></html>"
+    )
+    assert parse_inbound(_html_only(html)).text == "Sin servicio desde el lunes, contrato 55321."
+
+
+def test_a_plain_text_beside_an_html_without_words_is_kept() -> None:
+    # An HTML alternative holding only the photo took the customer's words' place.
+    message = EmailMessage()
+    message["From"] = "rosa@example.com"
+    message["To"] = "contacto@internet-plarey.com.mx"
+    message["Subject"] = "Foto"
+    words = "Les envío la foto del módem. Sigo sin servicio."
+    message.set_content(words)
+    message.add_alternative("<html><body><img src='cid:foto1'></body></html>", subtype="html")
+    assert parse_inbound(message.as_bytes()).text == words
+
+
+def test_a_line_break_in_the_source_is_a_space() -> None:
+    # Outlook wraps its HTML at a space: "&gt; 300 ms" began a line of the text,
+    # read as quoted and cut, and a wrapped "#visita" refused an agent's note.
+    html = (
+        "<p class=MsoNormal>Se corta cada rato y el ping sube a\n&gt; 300 ms en las noches."
+        "\nContrato 55321.</p><p>Gracias</p>"
+    )
+    assert html_to_text(html) == (
+        "Se corta cada rato y el ping sube a > 300 ms en las noches. Contrato 55321.\n\nGracias"
+    )
+
+
+def test_preformatted_text_keeps_its_lines() -> None:
+    assert html_to_text("<pre>linea 1\nlinea 2</pre>") == "linea 1\nlinea 2"
+
+
+def test_table_cells_are_apart() -> None:
+    html = (
+        "<table><tr><th>Contrato</th><th>Teléfono</th></tr>"
+        "<tr><td>55321</td><td>5512345678</td></tr></table>"
+    )
+    assert html_to_text(html).split("\n") == ["Contrato Teléfono", "", "55321 5512345678"]
+
+
+def test_a_links_address_follows_its_words() -> None:
+    url = "https://drive.google.com/file/d/1AbCdEf/view"
+    html = (
+        f'<p>Comprobante: <a href="{url}">aquí</a>; sitio: '
+        '<a href="https://www.plarey.mx/">www.plarey.mx</a>; '
+        '<a href="mailto:rosa@example.com">escríbame</a>; '
+        '<a href="https://tracker.example/x"><img src="cid:logo"></a></p>'
+    )
+    assert html_to_text(html) == (f"Comprobante: aquí ({url}); sitio: www.plarey.mx; escríbame;")
