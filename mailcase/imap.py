@@ -70,7 +70,7 @@ class ImapMailbox:
         self.message_count = 0
         self.can_keyword = False
         self.read_only = False  # selected with EXAMINE: nothing is flagged
-        # UIDs whose temporary refusals have lasted too long (service.REFUSED_GIVE_UP):
+        # UIDs whose temporary refusals have lasted too long (mailcase.refusals):
         # one more refusal makes them unreadable (quarantined) instead of failing the poll.
         self.give_up: frozenset[int] = frozenset()
 

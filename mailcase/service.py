@@ -11,7 +11,6 @@ nothing is checkpointed that was not committed, so the next poll resumes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import threading
@@ -28,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailcase import casework, leases, metrics
+from mailcase import casework, leases, metrics, refusals
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore, read_header
 from mailcase.bounces import record_bounce
@@ -78,6 +77,7 @@ from mailcase.store import (
     case_by_folio,
     case_by_message_ids,
     error_text,
+    hashed_key,
     insert_if_absent,
     insert_row,
     insert_values,
@@ -151,10 +151,10 @@ def poll_mailbox(rt: Runtime, name: str, progress: Progress | None = None) -> Ma
         except (MailboxError, ConfigError) as exc:
             metrics.ERRORS.labels(_failed_component(exc), name).inc()
             if isinstance(exc, RefusedForNow):
-                _note_refusal(rt, name, exc)
+                refusals.note(rt.store, name, exc.uid, exc.uidvalidity)
             raise
         except DatabaseRefusal as exc:
-            _note_refusal(rt, name, exc)
+            refusals.note(rt.store, name, exc.uid, exc.uidvalidity)
             raise
         except SQLAlchemyError as exc:  # the lease, the checkpoint: one line, not a traceback
             raise DatabaseError(
@@ -200,7 +200,7 @@ def _poll_leased(
     with ImapMailbox(name, settings) as box:
         source = _source_of(settings)
         last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log, source)
-        box.give_up = _refused_too_long(rt.store, name, box.uidvalidity)
+        box.give_up = refusals.given_up(rt.store, name, box.uidvalidity)
         uids = box.uids_after(last_uid)
         if progress is not None:
             progress(0, len(uids))
@@ -223,9 +223,7 @@ def _poll_leased(
                     checkpoint.last_poll_at = utcnow()
                 checkpoint.failures = 0
                 session.add(checkpoint)
-            refusal = session.get(KeyValue, _hashed_key("refused", name))
-            if refusal is not None:  # the poll got past it
-                session.delete(refusal)
+            refusals.forget(session, name)  # the poll got past any
     again = {"remapped": report.remapped} if report.remapped else {}
     # An empty poll is the daemon's heartbeat, every interval per mailbox (2,880 lines
     # a day with two mailboxes): debug, as fetchmail and getmail keep it quiet.
@@ -233,87 +231,6 @@ def _poll_leased(
     emit = log.info if report.fetched else log.debug
     emit("mailbox_polled", fetched=report.fetched, **dict(report.dispositions), **again)
     return report
-
-
-# How long one message may be refused "for now" (RFC 5530 [UNAVAILABLE]) poll after
-# poll before it is quarantined, so that the mail after it is read: a day outlasts a
-# server's busy spell or maintenance; a message still refused after it is the
-# server's lasting fault with that one message, for a person to look at (quarantined
-# with the agents told; `mailcase messages retry` fetches it again).
-REFUSED_GIVE_UP = timedelta(hours=24)
-
-
-def _note_refusal(rt: Runtime, name: str, exc: RefusedForNow | DatabaseRefusal) -> None:
-    """Count mailbox ``name``'s refusals of message ``exc.uid`` for now (by the IMAP
-    server, or by the database while it was ingested), and keep the time of the first
-    while the same message is refused."""
-    key = _hashed_key("refused", name)
-    try:
-        with rt.store.transaction() as session:
-            known = session.get(KeyValue, key)
-            refusal = _Refusal.read(known.value if known is not None else "")
-            if refusal is not None and (refusal.uidvalidity, refusal.uid) == (
-                exc.uidvalidity,
-                exc.uid,
-            ):
-                refusal = replace(refusal, times=refusal.times + 1)
-            else:
-                refusal = _Refusal(exc.uidvalidity, exc.uid, utcnow(), 1)
-            if known is None:
-                insert_if_absent(session, KeyValue(key=key, value=refusal.written()))
-            else:
-                known.value = refusal.written()
-                session.add(known)
-    except SQLAlchemyError:  # the failure itself is logged by the caller
-        pass
-
-
-@dataclass(frozen=True)
-class _Refusal:
-    """One message refused for now poll after poll: since when, and how many times."""
-
-    uidvalidity: int
-    uid: int
-    since: datetime
-    times: int
-
-    @classmethod
-    def read(cls, value: str) -> _Refusal | None:
-        """The refusal ``value`` (a key_values value) records, or None: not one of ours."""
-        try:
-            validity, uid, since, *rest = value.split(" ")
-            # Written aware, in UTC; without a count by the first release of this rule.
-            times = int(rest[0]) if rest else 1
-            return cls(int(validity), int(uid), datetime.fromisoformat(since), times)
-        except (ValueError, TypeError):
-            return None
-
-    def written(self) -> str:
-        return f"{self.uidvalidity} {self.uid} {self.since.isoformat()} {self.times}"
-
-    def given_up(self, now: datetime) -> bool:
-        """Refused long enough, and often enough: a day of polls, not a day without any
-        (a daemon stopped over a weekend after one refusal must not quarantine the
-        message at the next)."""
-        return now - self.since >= REFUSED_GIVE_UP and self.times >= REFUSED_TIMES
-
-
-REFUSED_TIMES = 10  # at the longest back-off (15 min) a day of polls is about a hundred
-
-
-def _refused_too_long(store: Store, name: str, uidvalidity: int) -> frozenset[int]:
-    """The message of mailbox ``name`` (folder ``uidvalidity``) refused for now for
-    :data:`REFUSED_GIVE_UP` and at least :data:`REFUSED_TIMES` polls, if any (see
-    :attr:`ImapMailbox.give_up`); none when the database cannot say."""
-    try:
-        with store.read_session() as session:
-            known = session.get(KeyValue, _hashed_key("refused", name))
-    except SQLAlchemyError:
-        return frozenset()
-    refusal = _Refusal.read(known.value) if known is not None else None
-    if refusal is None or refusal.uidvalidity != uidvalidity or not refusal.given_up(utcnow()):
-        return frozenset()
-    return frozenset({refusal.uid})
 
 
 def _parser_for(
@@ -578,7 +495,7 @@ def _checkpoint(
     with store.transaction() as session:
         checkpoint = session.get(Checkpoint, name)
         if source:
-            key = _hashed_key("source", name)  # mailbox names run to 64 characters
+            key = hashed_key("source", name)  # mailbox names run to 64 characters
             known = session.get(KeyValue, key)
             if known is None:
                 insert_if_absent(session, KeyValue(key=key, value=source))
@@ -694,13 +611,13 @@ def ingest_message(
         if (
             isinstance(exc, SQLAlchemyError)
             and is_unavailable(exc)
-            and fetched.uid not in _refused_too_long(rt.store, mailbox, uidvalidity)
+            and fetched.uid not in refusals.given_up(rt.store, mailbox, uidvalidity)
         ):
             # The database went away (a restart, a dropped connection), not the
             # message: quarantining it would blame good mail, and would succeed
             # as soon as the server is back. The poll fails instead; the
             # message is read again by the next one. A message the database has
-            # failed on for REFUSED_GIVE_UP (a statement_timeout it always
+            # failed on for a day (refusals.GIVE_UP: a statement_timeout it always
             # exceeds) is quarantined below, so that the mail after it is read.
             raise DatabaseRefusal(
                 f"database unavailable while ingesting message {fetched.uid} of mailbox "
@@ -1395,14 +1312,9 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     )
 
 
-def _hashed_key(kind: str, value: str) -> str:
-    """A key_values key for ``value`` (a proof, an address), within the column's 64."""
-    return f"{kind}:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:48]
-
-
 def _exposed(session: Session, proof: str) -> bool:
     """Whether the signed Message-ID ``proof`` was seen in other hands (_note_exposed)."""
-    return session.get(KeyValue, _hashed_key("exposed-id", proof)) is not None
+    return session.get(KeyValue, hashed_key("exposed-id", proof)) is not None
 
 
 def _to_customer(case: Case, mail: InboundMail) -> bool:
@@ -1431,7 +1343,7 @@ def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> No
     for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
         if _exposed(session, proof):
             continue
-        key = _hashed_key("exposed-id", proof)
+        key = hashed_key("exposed-id", proof)
         # Another instance may mark it at the same time: either mark will do.
         marked = f"case {case_id} at {utcnow().isoformat()}"
         insert_if_absent(session, KeyValue(key=key, value=marked))
@@ -1809,7 +1721,7 @@ def _without_signature_of(session: Session, agent: str, text: str) -> str:
     kept in key_values, so that it is known from then on; a reply that is only
     the signature is left with no words of its own.
     """
-    key = _hashed_key("signature", agent)
+    key = hashed_key("signature", agent)
     known = session.get(KeyValue, key)
     earlier = session.exec(
         select(CaseMessage.text)

@@ -10,6 +10,7 @@ newer than the code (a release rolled back, another host upgraded first).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import re
@@ -865,6 +866,11 @@ def ledger_by_key(session: Session, dedup_key: str) -> list[LedgerEntry]:
             select(LedgerEntry).where(col(LedgerEntry.id).in_(ids)).order_by(col(LedgerEntry.id))
         ).all()
     )
+
+
+def hashed_key(kind: str, value: str) -> str:
+    """A key_values key for ``value`` (a proof, an address), within the column's 64."""
+    return f"{kind}:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:48]
 
 
 def utcnow() -> datetime:

@@ -292,7 +292,7 @@ def test_a_message_refused_for_now_for_a_day_is_quarantined_so_later_mail_is_rea
     # admin to get past it but deleting the customer's mail on the server.
     from datetime import timedelta
 
-    from mailcase import service
+    from mailcase import refusals, service
     from mailcase.models import KeyValue
     from mailcase.store import Store, utcnow
 
@@ -336,7 +336,7 @@ def test_a_message_refused_for_now_for_a_day_is_quarantined_so_later_mail_is_rea
         # after one refusal): the message is read again, not given up.
         age_refusal()
         assert cli("poll")[0] == 1
-        age_refusal(times=service.REFUSED_TIMES)
+        age_refusal(times=refusals.TIMES)
     finally:
         store.dispose()
     cli.poll()

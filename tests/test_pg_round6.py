@@ -220,7 +220,7 @@ def test_a_message_the_database_times_out_on_for_a_day_is_quarantined(
     from datetime import timedelta
 
     from mailcase.models import KeyValue
-    from mailcase.service import REFUSED_TIMES
+    from mailcase.refusals import TIMES as REFUSED_TIMES
     from mailcase.store import Store, utcnow
 
     _set_on_database(postgres, pg_url, "statement_timeout = '1s'")
