@@ -1099,6 +1099,14 @@ _BLOCK_TAGS = frozenset(
 # is skipped by its own tag; <meta> and <link> hold none.
 _SKIP_TAGS = frozenset({"script", "style", "title", "noscript", "template"})
 _CELL_TAGS = frozenset({"td", "th"})  # a web form's "Nombre | Rosa Díaz" rows
+# Elements with no end tag: never taken for hidden, since nothing would close them.
+_VOID_TAGS = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+    | {"track", "wbr", "param"}
+)
+# A template's preheader, the line inbox lists show beside the subject: hidden from
+# the reader (display:none, Outlook's mso-hide:all, the hidden attribute).
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|mso-hide\s*:\s*all", re.IGNORECASE)
 _SPACE_RUN = re.compile(r"\s+")
 
 # Where mail clients start the quoted history of a reply in HTML: Apple Mail,
@@ -1145,12 +1153,20 @@ class _TextExtractor(HTMLParser):
         self.pre_depth = 0  # inside <pre>: its lines are kept as written
         # (href, len(parts) at the <a>) of each link open now.
         self.links: list[tuple[str, int]] = []
+        # [tag, len(parts) at its start, open elements of that name] of each hidden
+        # element open now. Its text is dropped at its end tag: one never closed
+        # drops nothing (unclosed, it could have hidden the rest of the mail).
+        self.hidden: list[list[Any]] = []
         # len(parts) when the first quote element started: parts[:quote_at] is
         # the text above the quoted history. None while there is none.
         self.quote_at: int | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._note_quote(tag, attrs)
+        if self.hidden and tag == self.hidden[-1][0]:
+            self.hidden[-1][2] += 1
+        elif tag not in _VOID_TAGS and _hidden(attrs):
+            self.hidden.append([tag, len(self.parts), 1])
         if tag in _SKIP_TAGS:
             self.skip_depth += 1
         elif tag in _BLOCK_TAGS:
@@ -1188,6 +1204,15 @@ class _TextExtractor(HTMLParser):
         return lines[-1]
 
     def handle_endtag(self, tag: str) -> None:
+        if self.hidden and tag == self.hidden[-1][0]:
+            self.hidden[-1][2] -= 1
+            if not self.hidden[-1][2]:
+                _, start, _ = self.hidden.pop()
+                del self.parts[start:]
+                if self.quote_at is not None:
+                    self.quote_at = min(self.quote_at, start)
+                # A link opened inside it is gone with its words.
+                self.links = [(href, at) for href, at in self.links if at <= start]
         if tag in _SKIP_TAGS:
             self.skip_depth = max(0, self.skip_depth - 1)
         elif tag in _BLOCK_TAGS:
@@ -1213,6 +1238,14 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if not self.skip_depth:
             self.parts.append(data if self.pre_depth else _SPACE_RUN.sub(" ", data))
+
+
+def _hidden(attrs: list[tuple[str, str | None]]) -> bool:
+    """Whether an element with ``attrs`` is hidden from the reader."""
+    return any(
+        name == "hidden" or (name == "style" and _HIDDEN_STYLE.search(value or ""))
+        for name, value in attrs
+    )
 
 
 def html_to_text(html: str) -> str:

@@ -70,3 +70,19 @@ def test_a_links_address_follows_its_words() -> None:
         '<a href="https://tracker.example/x"><img src="cid:logo"></a></p>'
     )
     assert html_to_text(html) == (f"Comprobante: aquí ({url}); sitio: www.plarey.mx; escríbame;")
+
+
+def test_a_hidden_preheader_is_not_the_customers_text() -> None:
+    # A form template's preheader (display:none; mso-hide:all) led the case text.
+    html = (
+        '<div style="display:none;mso-hide:all">Tienes un nuevo mensaje de tu sitio web'
+        "<div>anidado</div></div><p><b>Nombre:</b> Rosa Díaz</p>"
+        "<p hidden>oculto</p><p>Sin servicio desde el lunes.</p>"
+    )
+    assert html_to_text(html) == "Nombre: Rosa Díaz\n\nSin servicio desde el lunes."
+
+
+def test_a_hidden_element_never_closed_hides_nothing() -> None:
+    # Dropped only at its end tag: unclosed, it would have hidden the rest of the mail.
+    html = '<div style="display:none">vista previa<p>Sin servicio desde el lunes.</p>'
+    assert "Sin servicio desde el lunes." in html_to_text(html)
