@@ -58,6 +58,7 @@ from mailcase.models import (
     Disposition,
     KeyValue,
     LedgerEntry,
+    Notice,
     StoredAttachment,
 )
 from mailcase.msgid import proofs_in, signed_ids_in
@@ -1609,7 +1610,10 @@ def _agent_message(
         return
     kinds = {c.kind for c in parsed.commands}
     text = parsed.text.strip()
-    is_note = CommandKind.NOTE in kinds or (kinds and CommandKind.RESOLVE not in kinds)
+    # A remark sent back to one of our side notices ("Yo no envié eso", "Enterado, se lo
+    # llevo en la visita") is for colleagues, not the customer: kept as a note.
+    side = not parsed.commands and _answers_a_side_notice(session, mail)
+    is_note = side or CommandKind.NOTE in kinds or (kinds and CommandKind.RESOLVE not in kinds)
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
@@ -1626,6 +1630,9 @@ def _agent_message(
         return
     # Written straight to the customer with the mailbox in Cc: already sent.
     if _to_customer(case, mail):
+        return
+    if side:
+        _not_relayed(session, settings, case, mail, "side_notice")
         return
     # What the agent attached, not a signature's logo. Apple Mail (and a screenshot
     # pasted in Outlook or Gmail) puts a photo in the HTML as an inline image: one
@@ -1664,6 +1671,22 @@ def _agent_message(
         _not_relayed(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld
         )
+
+
+# Notices that tell an agent about one of their own replies or a delivery: a reply to
+# one is never the customer's to read. (Not unverified_agent: when the case's
+# notification was exposed it asks for the agent's words as a reply to itself.)
+SIDE_NOTICE_KINDS = ("command_error", "not_relayed", "delivery_failed")
+
+
+def _answers_a_side_notice(session: Session, mail: InboundMail) -> bool:
+    """Whether ``mail`` answers one of our :data:`SIDE_NOTICE_KINDS` (its In-Reply-To)."""
+    if not mail.in_reply_to:
+        return False
+    kinds = session.exec(
+        select(Notice.kind).where(col(Notice.message_id).in_(mail.in_reply_to[:5]))
+    ).all()
+    return any(kind in SIDE_NOTICE_KINDS for kind in kinds)
 
 
 INLINE_PHOTO_BYTES = 64 * 1024  # an inline image this large is a photo, not a logo

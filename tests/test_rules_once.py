@@ -426,3 +426,38 @@ def test_an_agents_words_on_a_resolved_case_go_whatever_the_reopen_window(
     assert _ingest(rt, reply) == "follow_up"
     kinds = _kinds(rt)
     assert "relay" in kinds and "not_relayed" not in kinds
+
+
+def test_a_remark_sent_back_to_a_side_notice_is_a_note_not_a_relay(tmp_path: Path) -> None:
+    # "Ok, perdón. El cliente debe 3 meses, no darle servicio." answered to a command
+    # error went to the customer: every notice to agents proves an agent, and a reply
+    # without commands was relayed (agent notices review).
+    rt = offline_runtime(tmp_path, notify=True)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    _ingest(rt, _agent_reply(rt, case.folio, "#ntoa\nEl cliente debe 3 meses."))
+    with rt.store.read_session() as session:
+        error = session.exec(select(Notice).where(Notice.kind == "command_error")).one()
+    remark = mail(
+        sender=f"Ana <{AGENT}>",
+        subject=f"Re: [Folio {case.folio}] Sin servicio",
+        body="Ok, perdón. El cliente debe 3 meses, no darle servicio.",
+        headers={"In-Reply-To": error.message_id},
+    )
+    assert _ingest(rt, remark) == "follow_up"
+    with rt.store.read_session() as session:
+        notices = list(session.exec(select(Notice).order_by(Notice.id)))
+    assert "relay" not in [n.kind for n in notices]
+    held = notices[-1]
+    assert (held.kind, held.rcpt_to) == ("not_relayed", AGENT)
+    body = message_from_bytes(held.raw, policy=default).get_body(("plain",))
+    assert body is not None and "nota interna" in body.get_content()
+    # Commands in such a reply still run: the command error asks for them.
+    fixed = mail(
+        sender=f"Ana <{AGENT}>",
+        subject=f"Re: [Folio {case.folio}] Sin servicio",
+        body="#nota\nEl cliente debe 3 meses.",
+        headers={"In-Reply-To": error.message_id},
+    )
+    assert _ingest(rt, fixed) == "follow_up"
+    assert _kinds(rt)[-1] == "not_relayed"  # nothing new: a note is queued to nobody
