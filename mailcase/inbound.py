@@ -34,6 +34,7 @@ import contextlib
 import email
 import email.policy
 import hashlib
+import html as htmllib
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -1001,7 +1002,7 @@ def _placeholder(plain: str, html_text: str | None = None) -> bool:
         return False
     if html_text is None:
         return True
-    if not _WORD_RE.search(html_text):
+    if not re.search(r"\w", html_text):
         return False  # an HTML with no words (a photo, an empty body) stands in for nothing
     # A link's target is in the plain text ("comprobante <https://drive...>") and not
     # in the HTML's text: its words count for neither.
@@ -1097,7 +1098,7 @@ _BLOCK_TAGS = frozenset(
 # Not "head": an HTML mail that never closes its <head> (browsers and mail clients
 # show the body all the same) lost every word after it. What <head> holds with text
 # is skipped by its own tag; <meta> and <link> hold none.
-_SKIP_TAGS = frozenset({"script", "style", "title", "noscript", "template"})
+_SKIP_TAGS = frozenset({"script", "style", "title", "noscript", "template", "xml"})  # Word's <xml>
 _CELL_TAGS = frozenset({"td", "th"})  # a web form's "Nombre | Rosa Díaz" rows
 # Elements with no end tag: never taken for hidden, since nothing would close them.
 _VOID_TAGS = frozenset(
@@ -1108,6 +1109,7 @@ _VOID_TAGS = frozenset(
 # the reader (display:none, Outlook's mso-hide:all, the hidden attribute).
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|mso-hide\s*:\s*all", re.IGNORECASE)
 _SPACE_RUN = re.compile(r"\s+")
+_ANY_TAG = re.compile(r"<[a-zA-Z!/?]")
 
 # Where mail clients start the quoted history of a reply in HTML: Apple Mail,
 # Thunderbird and most webmail quote in <blockquote type="cite">; Gmail in
@@ -1176,6 +1178,11 @@ class _TextExtractor(HTMLParser):
         elif tag == "pre":
             self.pre_depth += 1
         elif tag == "a":
+            # Links do not nest (HTML: an <a> ends the one open, as browsers read it):
+            # kept open to the end, each one's words were joined again at every </a>
+            # (quadratic: 2.5 MB of them took minutes).
+            if self.links:
+                self._link_address(*self.links.pop())
             self.links.append((dict(attrs).get("href") or "", len(self.parts)))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -1227,13 +1234,15 @@ class _TextExtractor(HTMLParser):
     def _link_address(self, href: str, start: int) -> None:
         """After a link's words, its web address when they do not show it: the
         customer's evidence (a payment receipt on Drive, a speed test) is the address."""
-        words = "".join(self.parts[start:]).strip()
+        written = "".join(self.parts[start:])
+        words = written.strip()
         address = href.strip()
         if not words or not address.lower().startswith(("http://", "https://")):
             return  # an image's link (a logo), a mailto:, an anchor
         bare = address.split("://", 1)[1].rstrip("/").lower()
         if bare not in words.lower():
-            self.parts.append(f" ({address})")
+            # After the words, before the space that ends them ("aquí (https://…) y").
+            self.parts.append(f" ({address})" + (" " if written[-1:].isspace() else ""))
 
     def handle_data(self, data: str) -> None:
         if not self.skip_depth:
@@ -1264,6 +1273,10 @@ def html_texts(html: str) -> tuple[str, str | None]:
     markup still says where the quote starts: in the text, only the
     attribution's wording would, and not every client's is known.
     """
+    if not _ANY_TAG.search(html):
+        # Plain text labelled text/html (a hand-made PHP form's "Nombre: …" lines): its
+        # lines are all the layout it has.
+        return _readable(htmllib.unescape(html)), None
     extractor = _TextExtractor()
     try:
         extractor.feed(_without_unclosed_tags(html))

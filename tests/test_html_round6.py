@@ -86,3 +86,41 @@ def test_a_hidden_element_never_closed_hides_nothing() -> None:
     # Dropped only at its end tag: unclosed, it would have hidden the rest of the mail.
     html = '<div style="display:none">vista previa<p>Sin servicio desde el lunes.</p>'
     assert "Sin servicio desde el lunes." in html_to_text(html)
+
+
+def test_links_left_open_cost_linear_time() -> None:
+    # Each </a> joined the words of every link still open: 1.3 MB of links closed only
+    # at the end took 16 s, 2.5 MB almost two minutes (past the watchdog, a restart
+    # loop on the same message). Links do not nest: a new <a> ends the one open.
+    import time
+
+    count = 32_000
+    html = "".join(f'<a href="https://x.example/{i}">w ' for i in range(count)) + "</a>" * count
+    started = time.perf_counter()
+    text = html_to_text(html)
+    assert time.perf_counter() - started < 5
+    assert text.startswith("w (https://x.example/0) w (https://x.example/1)")
+
+
+def test_a_short_answer_in_html_beats_a_placeholder() -> None:
+    message = EmailMessage()
+    message["From"] = "rosa@example.com"
+    message["To"] = "contacto@internet-plarey.com.mx"
+    message["Subject"] = "Re: visita"
+    message.set_content("This is an HTML message. Please use an HTML capable mail program.")
+    message.add_alternative("<p>Sí</p>", subtype="html")
+    assert parse_inbound(message.as_bytes()).text == "Sí"
+
+
+def test_plain_text_labelled_html_keeps_its_lines() -> None:
+    # A hand-made PHP form sends its fields as text/html without a tag.
+    form = "Nombre: Rosa Díaz\nContrato: 55321\nMensaje: Sin internet &amp; sin tele."
+    assert (
+        html_to_text(form)
+        == "Nombre: Rosa Díaz\nContrato: 55321\nMensaje: Sin internet & sin tele."
+    )
+
+
+def test_words_xml_block_is_not_text() -> None:
+    html = "<html><head><xml><o:PixelsPerInch>96</o:PixelsPerInch></xml></head><p>Hola</p>"
+    assert html_to_text(html) == "Hola"
