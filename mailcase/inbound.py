@@ -285,13 +285,15 @@ def parse_inbound(
     from_pairs = _addresses(address_fields.get("from", ()))
     from_address = from_pairs[0][1] if from_pairs else ""
     sender_name = from_pairs[0][0] if from_pairs else ""
-    reply_to = tuple(addr for _, addr in _addresses(address_fields.get("reply-to", ())))
+    reply_to_pairs = _addresses(address_fields.get("reply-to", ()))
+    reply_to = tuple(addr for _, addr in reply_to_pairs)
     sender = from_address
     web_form = {s.lower() for s in web_form_senders}
     if from_address in web_form and reply_to:
         # A web form relays the customer's words; the customer is whoever it
-        # names in Reply-To (django-helpdesk and Zammad treat form mail alike).
-        sender, sender_name = reply_to[0], ""
+        # names in Reply-To (django-helpdesk and Zammad treat form mail alike),
+        # with the name it gives there ("Pedro Gómez <pedro@…>"), not the form's.
+        sender, sender_name = reply_to_pairs[0][1], reply_to_pairs[0][0]
 
     return InboundMail(
         sender=sender,

@@ -220,7 +220,10 @@ def test_web_form_sender_is_the_reply_to_address() -> None:
     )
     assert mail.sender == "juan.perez@example.com"
     assert mail.from_address == WEB
-    assert mail.sender_name == ""
+    # The customer's name as the form gives it in Reply-To, never the form's own
+    # ("Formulario web"): agents read "Cliente: <address>" alone, and the
+    # acknowledgement greeted nobody (agent notices review).
+    assert mail.sender_name == "Juan Perez"
     assert mail.reply_to == ("juan.perez@example.com",)
 
 

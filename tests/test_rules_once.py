@@ -461,3 +461,32 @@ def test_a_remark_sent_back_to_a_side_notice_is_a_note_not_a_relay(tmp_path: Pat
     )
     assert _ingest(rt, fixed) == "follow_up"
     assert _kinds(rt)[-1] == "not_relayed"  # nothing new: a note is queued to nobody
+
+
+def test_a_phone_cases_notification_does_not_promise_a_relay(tmp_path: Path, capsys: Any) -> None:
+    # "Una respuesta sin comandos se envía al cliente tal cual", for a case with no address.
+    rt = offline_runtime(tmp_path, notify=True)
+    cli = Cli(tmp_path / "mailcase.toml", capsys)
+    code, _, err = cli(
+        *("cases", "open", "--channel", "phone"),
+        *("--subject", "Sin servicio", "--text", "Llamó: sin internet"),
+    )
+    assert code == 0, err
+    with rt.store.read_session() as session:
+        [notice] = session.exec(select(Notice).where(Notice.kind == "agent_notification")).all()
+    body = message_from_bytes(notice.raw, policy=default).get_body(("plain",))
+    text = " ".join((body.get_content() if body is not None else "").split())
+    assert "se envía al cliente tal cual" not in text
+    assert "no se envía a nadie; al cliente hay que llamarlo" in text
+
+
+def test_a_web_forms_customer_is_greeted_by_the_name_the_form_gives(tmp_path: Path) -> None:
+    from helpers import WEB
+
+    rt = offline_runtime(tmp_path, notify=True)
+    form = mail(
+        sender=f"Formulario web <{WEB}>", headers={"Reply-To": "Pedro Gómez <pedro@example.com>"}
+    )
+    assert _ingest(rt, form) == "new_case"
+    [case] = _cases(rt)
+    assert (case.customer, case.customer_name) == ("pedro@example.com", "Pedro Gómez")
