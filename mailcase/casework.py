@@ -665,8 +665,11 @@ def route(
 ) -> None:
     """Route ``case`` to ``area`` (from ``[areas]``) and notify that area.
 
-    The area's notice carries the customer's last message and the routing
-    agent's ``note``: the area must be able to answer from it alone.
+    The area's notice carries the customer's report and latest messages (the
+    first and up to :data:`ROUTED_LATER_MESSAGES` after it, oldest first), their
+    files, and the routing agent's ``note``: the area must be able to answer
+    from it alone. (The last message alone was often "Gracias, quedo atento":
+    the address and the fault were in the report, the photo too.)
     """
     if area not in settings.areas:
         known = ", ".join(sorted(settings.areas)) or "none configured"
@@ -676,28 +679,34 @@ def route(
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", f"routed to area {area}", from_addr=by)
-    last = session.exec(
+    written = session.exec(
         select(CaseMessage.id, CaseMessage.text)
         .where(CaseMessage.case_id == case.id, CaseMessage.kind == "customer")
-        .order_by(col(CaseMessage.id).desc())
-    ).first()
+        .order_by(col(CaseMessage.id))
+    ).all()
+    chosen = [*written[:1], *written[1:][-ROUTED_LATER_MESSAGES:]]
     stored = (
         session.exec(
             select(StoredAttachment)
-            .where(StoredAttachment.case_message_id == last[0])
+            .where(col(StoredAttachment.case_message_id).in_([m[0] for m in chosen]))
             .order_by(col(StoredAttachment.id))
         ).all()
-        if last
+        if chosen
         else []
     )
     # The photos go along, as with the general list's notice: the area must be able to
     # answer from its notice alone, and had neither the files nor their names.
     files, left = stored_files(settings, stored)
     notify_agents(
-        session, settings, case, "routed", text=last[1] if last else "",
+        session, settings, case, "routed",
+        text=ROUTED_SEPARATOR.join(t.strip() for _, t in chosen if t.strip()),
         to=settings.areas[area].notify, note=note,
         attachments=[a.filename for a in stored], files=files, not_attached=left,
     )  # fmt: skip
+
+
+ROUTED_LATER_MESSAGES = 4  # of the customer's, after the report, in a routed case's notice
+ROUTED_SEPARATOR = "\n\n- - -\n\n"  # between them: language-neutral
 
 
 # A file that may go with a notice: its name, type, size, and how to read its bytes.

@@ -490,3 +490,35 @@ def test_a_web_forms_customer_is_greeted_by_the_name_the_form_gives(tmp_path: Pa
     assert _ingest(rt, form) == "new_case"
     [case] = _cases(rt)
     assert (case.customer, case.customer_name) == ("pedro@example.com", "Pedro Gómez")
+
+
+def test_an_area_gets_the_customers_report_not_only_the_last_word(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # Routed after "Gracias, quedo atento.", the area got that line alone: not the
+    # address, not the fault, not the photo (agent notices review).
+    rt = offline_runtime(tmp_path, notify=True)
+    config = tmp_path / "mailcase.toml"
+    config.write_text(config.read_text() + AREAS)
+    rt = offline_runtime_again(tmp_path, rt)
+    report = mail(
+        body="Sin internet. Calle 5 #12, col. Centro.",
+        attachments=[("modem.jpg", "image/jpeg", b"\xff\xd8foto")],
+    )
+    _ingest(rt, report)
+    [case] = _cases(rt)
+    _ingest(
+        rt, mail(subject=f"Re: [Folio {case.folio}] Sin servicio", body="Gracias, quedo atento.")
+    )
+    cli = Cli(config, capsys)
+    assert cli("cases", "route", case.folio, "--area", "soporte-tecnico")[0] == 0
+    with rt.store.read_session() as session:
+        routed = session.exec(
+            select(Notice).where(Notice.rcpt_to == "redes@internet-plarey.com.mx")
+        ).one()
+    message = message_from_bytes(routed.raw, policy=default)
+    body = message.get_body(("plain",))
+    text = body.get_content() if body is not None else ""
+    assert "Calle 5 #12, col. Centro." in text and "Gracias, quedo atento." in text
+    assert text.index("Calle 5") < text.index("Gracias")
+    assert [part.get_filename() for part in message.iter_attachments()] == ["modem.jpg"]
