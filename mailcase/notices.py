@@ -413,6 +413,12 @@ def queue_notice(
         # Without them Thunderbird (which threads by references only) showed
         # every update of a case as a conversation of its own.
         in_reply_to, references = agent_thread(session, case)
+    elif to_agents and not new_case:
+        # A side notice (a command error, a bounce, "not relayed") in the case's
+        # conversation too, after the agent's own message it answers, if any.
+        parent, thread = agent_thread(session, case)
+        in_reply_to = in_reply_to or parent
+        references = tuple(dict.fromkeys([*thread, *references, *filter(None, [in_reply_to])]))
     now = utcnow()
     envelope = Envelope(
         from_addr=sender,

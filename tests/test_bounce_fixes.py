@@ -479,3 +479,17 @@ def test_a_bounce_naming_only_an_encoded_subject_finds_its_notice(
         rt.store.dispose()
     assert statuses["acknowledgement"] == "failed", statuses
     assert "delivery_failed" in statuses
+
+
+@pytest.mark.integration
+def test_the_bounce_notice_names_the_customer_and_threads_with_the_case(desk: Desk) -> None:
+    # "No se pudo entregar el acuse de recibo del caso … a rosa@…" and nothing else, as a
+    # loose mail outside the case's conversation (agent notices review).
+    _folio, ack_id = open_case(desk)
+    [notification] = [m.message for m in desk.sink.messages if m.rcpt_tos == [NOTIFY]]
+    desk.deliver(exim_bounce(ack_id))
+    failed = [m.message for m in desk.sink.messages if m.rcpt_tos == [NOTIFY]][-1]
+    text = failed.get_body(("plain",)).get_content()
+    assert f"Cliente:     Juan Pérez <{CUSTOMER}>" in text
+    assert "Asunto:      Sin servicio de internet" in text
+    assert str(notification["Message-ID"]).strip() in str(failed["References"])

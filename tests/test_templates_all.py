@@ -146,6 +146,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "status": "5.1.1",
         "diagnostic": "smtp; 550 5.1.1 <juan.perez@example.com>: user unknown",
         "notice_kind": "resolution_valid",
+        "customer": "juan.perez@example.com",
+        "customer_name": "Juan Pérez",
+        "subject": "Sin servicio",
         "company": COMPANY,
     },
 }
