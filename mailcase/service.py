@@ -1612,7 +1612,7 @@ def _agent_message(
     text = parsed.text.strip()
     # A remark sent back to one of our side notices ("Yo no envié eso", "Enterado, se lo
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
-    side = not parsed.commands and _answers_a_side_notice(session, mail)
+    side = not parsed.commands and _answers_a_side_notice(session, settings, mail)
     is_note = side or CommandKind.NOTE in kinds or (kinds and CommandKind.RESOLVE not in kinds)
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
@@ -1674,19 +1674,34 @@ def _agent_message(
 
 
 # Notices that tell an agent about one of their own replies or a delivery: a reply to
-# one is never the customer's to read. (Not unverified_agent: when the case's
-# notification was exposed it asks for the agent's words as a reply to itself.)
+# one is never the customer's to read. The forged-mail warning (unverified_agent) is
+# one too, unless the case's notifications were exposed: then it asks for the
+# agent's words as a reply to itself, the one proof left.
 SIDE_NOTICE_KINDS = ("command_error", "not_relayed", "delivery_failed")
 
 
-def _answers_a_side_notice(session: Session, mail: InboundMail) -> bool:
-    """Whether ``mail`` answers one of our :data:`SIDE_NOTICE_KINDS` (its In-Reply-To)."""
+def _answers_a_side_notice(session: Session, settings: Settings, mail: InboundMail) -> bool:
+    """Whether ``mail`` answers one of our side notices (its In-Reply-To):
+    :data:`SIDE_NOTICE_KINDS`, or a forged-mail warning about a case whose
+    notifications still prove an agent."""
     if not mail.in_reply_to:
         return False
-    kinds = session.exec(
-        select(Notice.kind).where(col(Notice.message_id).in_(mail.in_reply_to[:5]))
+    answered = session.exec(
+        select(Notice.kind, Notice.case_id).where(col(Notice.message_id).in_(mail.in_reply_to[:5]))
     ).all()
-    return any(kind in SIDE_NOTICE_KINDS for kind in kinds)
+    for kind, case_id in answered:
+        if kind in SIDE_NOTICE_KINDS:
+            return True
+        if kind == "unverified_agent" and case_id is not None:
+            notified = session.exec(
+                select(Notice.message_id).where(
+                    Notice.case_id == case_id, Notice.kind == "agent_notification"
+                )
+            ).all()
+            proofs = proofs_in(signing_key(session, settings), notified)
+            if not any(_exposed(session, proof) for _, proof in proofs):
+                return True
+    return False
 
 
 INLINE_PHOTO_BYTES = 64 * 1024  # an inline image this large is a photo, not a logo

@@ -130,3 +130,35 @@ def test_an_auto_reply_quoting_the_notice_id_exposes_nothing(desk: Desk) -> None
     )
     desk.agent_reply(notification, "#nota\nRevisado.")
     assert desk.case(folio)["messages"][-1]["kind"] == "note"
+
+
+def test_a_remark_on_the_forged_mail_warning_reaches_the_customer_only_when_asked_for(
+    desk: Desk,
+) -> None:
+    # "Yo no envié eso, revisen quién usa mi cuenta." answered to the warning went to the
+    # customer. It is a note, unless the warning asked for the agent's words as a reply
+    # to itself (the case's notification exposed, the warning the one proof left: next).
+    folio = desk.open_case()
+    desk.deliver(mail(sender=AGENT, subject=f"Re: [Folio {folio}] Sin internet", body="#cerrar"))
+    warning = desk.last_to(AGENT)
+    assert "no pudimos comprobar" in text(warning)
+    before = len(desk.to(CUSTOMER))
+    desk.agent_reply(warning, "Yo no envié eso, revisen quién usa mi cuenta.")
+    assert len(desk.to(CUSTOMER)) == before
+    kinds = [m["kind"] for m in desk.case(folio)["messages"]]
+    assert kinds[-2:] == ["note", "notice"]  # kept, and the agent told why
+
+
+def test_words_answered_to_the_warning_of_an_exposed_case_reach_the_customer(
+    desk: Desk,
+) -> None:
+    # Exposed: the warning is where the agent's words must go, and they do.
+    desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    desk.agent_reply(notification, "Le escribo directamente.", to=f"{CUSTOMER}, {CONTACTO}")
+    desk.deliver(forged_by_customer(notification, "Soy el agente."))
+    exposed_warning = desk.last_to(AGENT)
+    assert "también llegó a alguien que no es agente" in text(exposed_warning)
+    before = len(desk.to(CUSTOMER))
+    desk.agent_reply(exposed_warning, "Don Juan, mañana pasamos a revisar su módem.")
+    assert len(desk.to(CUSTOMER)) == before + 1
