@@ -39,10 +39,10 @@ GOLDEN = {
         MailKind.CUSTOMER,
         (),
     ),
-    # Web form: the customer is the Reply-To.
+    # Web form: the customer is the Reply-To, with the name it gives there.
     "04-formulario-web.eml": (
         "laura.gomez@example.com",
-        "",
+        "Laura Gómez",
         "Solicitud de cancelación",
         "quiero cancelar mi servicio",
         MailKind.CUSTOMER,
