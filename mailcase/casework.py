@@ -486,6 +486,18 @@ def resolve(
             to=case.customer,
             context={"cause": case.cause, "cancelled_visit": cancelled},
         )
+    words = _OUTCOME_WORDS[case.language if case.language in _OUTCOME_WORDS else "en"]
+    detail = f"{words[outcome]}: {case.cause}"
+    if cancelled:
+        detail += f"\n{words['cancelled']}: {cancelled}"
+    _tell_area(session, settings, case, "resolved", detail)
+
+
+# How an area's notice of a resolution says the outcome (and a visit it cancelled).
+_OUTCOME_WORDS = {
+    "es": {"valid": "Procedente", "invalid": "Improcedente", "cancelled": "Visita cancelada"},
+    "en": {"valid": "Upheld", "invalid": "Not upheld", "cancelled": "Visit cancelled"},
+}
 
 
 def add_note(session: Session, case: Case, text: str, *, by: str) -> None:
@@ -552,6 +564,7 @@ def schedule_visit(
                 "previous_visit": previous,
             },
         )
+    _tell_area(session, settings, case, "visit", _visit_text(day, hour, case.language))
 
 
 def visit_ahead(case: Case, now_local: datetime) -> bool:
@@ -601,6 +614,8 @@ def cancel_visit(
     case.updated_at = utcnow()
     cancelled = _cancel_visit(session, settings, case, by=by, explicit=now_local)
     _tell_visit_cancelled(session, settings, case, cancelled)
+    if cancelled:
+        _tell_area(session, settings, case, "visit_cancelled", cancelled)
 
 
 def _tell_visit_cancelled(session: Session, settings: Settings, case: Case, visit: str) -> None:
@@ -609,6 +624,18 @@ def _tell_visit_cancelled(session: Session, settings: Settings, case: Case, visi
             session, settings, case, "visit_cancelled", to=case.customer,
             context={"cancelled_visit": visit},
         )  # fmt: skip
+
+
+def _tell_area(session: Session, settings: Settings, case: Case, reason: str, detail: str) -> None:
+    """Tell the area ``case`` is routed to of a change someone else may have made: a
+    visit booked or called off, the case resolved (``reason``), with its ``detail``.
+
+    The technicians who go out are there: a visit booked by customer service, or
+    cancelled by a resolution, reached nobody in the area before.
+    """
+    area = settings.areas.get(case.area) if case.area else None
+    if area is not None:
+        notify_agents(session, settings, case, reason, text=detail, to=area.notify)
 
 
 def _cancel_visit(
@@ -762,7 +789,10 @@ def close(session: Session, settings: Settings, case: Case, *, by: str) -> bool:
     case.updated_at = now
     session.add(case)
     record(session, case, "system", "case closed", from_addr=by)
-    _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
+    cancelled = _cancel_visit(session, settings, case, by=by)
+    _tell_visit_cancelled(session, settings, case, cancelled)
+    if cancelled:  # the technicians must not go out (a plain closing is no news to them)
+        _tell_area(session, settings, case, "visit_cancelled", cancelled)
     return True
 
 

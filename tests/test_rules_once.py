@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
@@ -522,3 +522,42 @@ def test_an_area_gets_the_customers_report_not_only_the_last_word(
     assert "Calle 5 #12, col. Centro." in text and "Gracias, quedo atento." in text
     assert text.index("Calle 5") < text.index("Gracias")
     assert [part.get_filename() for part in message.iter_attachments()] == ["modem.jpg"]
+
+
+def test_the_area_hears_of_visits_and_the_resolution_of_a_case_routed_to_it(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # Customer service booked the visit and resolved the case (which cancelled it): the
+    # area that sends the technician got no mail of either (agent notices review).
+    rt = offline_runtime(tmp_path, notify=True)
+    config = tmp_path / "mailcase.toml"
+    config.write_text(config.read_text() + AREAS)
+    rt = offline_runtime_again(tmp_path, rt)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    cli = Cli(config, capsys)
+    assert cli("cases", "route", case.folio, "--area", "soporte-tecnico")[0] == 0
+    day = (datetime.now(UTC) + timedelta(days=10)).date()
+    assert cli("cases", "visit", case.folio, "--date", str(day), "--time", "10:00")[0] == 0
+    code, _, err = cli("cases", "resolve", case.folio, "--outcome", "valid", "--cause", "Módem.")
+    assert code == 0, err
+
+    def area_texts() -> list[str]:
+        with rt.store.read_session() as session:
+            notices = session.exec(
+                select(Notice)
+                .where(Notice.rcpt_to == "redes@internet-plarey.com.mx")
+                .order_by(Notice.id)
+            ).all()
+        texts = []
+        for notice in notices:
+            body = message_from_bytes(notice.raw, policy=default).get_body(("plain",))
+            texts.append(body.get_content() if body is not None else "")
+        return texts
+
+    routed, visit, resolved = area_texts()
+    assert routed.startswith(f"El caso {case.folio} se turnó")
+    assert visit.startswith(f"Se programó una visita técnica para el caso {case.folio}")
+    assert "a las 10:00" in visit and "Mensaje del cliente" not in visit
+    assert resolved.startswith(f"Se resolvió el caso {case.folio}")
+    assert "Procedente: Módem." in resolved and "Visita cancelada:" in resolved
