@@ -614,16 +614,19 @@ def cancel_visit(
     case.updated_at = utcnow()
     cancelled = _cancel_visit(session, settings, case, by=by, explicit=now_local)
     _tell_visit_cancelled(session, settings, case, cancelled)
-    if cancelled:
-        _tell_area(session, settings, case, "visit_cancelled", cancelled)
 
 
 def _tell_visit_cancelled(session: Session, settings: Settings, case: Case, visit: str) -> None:
+    """Tell the customer, and the area the case is routed to, that ``visit`` (as the
+    customer was told it; "" for none) is off: nobody waits at home, no technician
+    goes out. (A plain closing, with no visit, is no news to either.)"""
     if visit and case.customer:
         queue_notice(
             session, settings, case, "visit_cancelled", to=case.customer,
             context={"cancelled_visit": visit},
         )  # fmt: skip
+    if visit:
+        _tell_area(session, settings, case, "visit_cancelled", visit)
 
 
 def _tell_area(session: Session, settings: Settings, case: Case, reason: str, detail: str) -> None:
@@ -789,10 +792,7 @@ def close(session: Session, settings: Settings, case: Case, *, by: str) -> bool:
     case.updated_at = now
     session.add(case)
     record(session, case, "system", "case closed", from_addr=by)
-    cancelled = _cancel_visit(session, settings, case, by=by)
-    _tell_visit_cancelled(session, settings, case, cancelled)
-    if cancelled:  # the technicians must not go out (a plain closing is no news to them)
-        _tell_area(session, settings, case, "visit_cancelled", cancelled)
+    _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
     return True
 
 
