@@ -43,6 +43,14 @@ def _cases(rt: Any) -> list[Case]:
         return list(session.exec(select(Case).order_by(Case.id)).all())
 
 
+def _one_case(directory: Path, *, notify: bool = False) -> tuple[Any, Case]:
+    """An offline runtime with one case, opened by a customer's mail; both."""
+    rt = offline_runtime(directory, notify=notify)
+    _ingest(rt, mail())
+    [case] = _cases(rt)
+    return rt, case
+
+
 def _open(cli: Cli, customer: str) -> tuple[int, str, str]:
     return cli(
         *("cases", "open", "--customer", customer, "--channel", "phone"),
@@ -176,9 +184,7 @@ def test_the_migration_rewrites_stored_idn_customers_in_ascii_form(
 def test_the_command_line_reads_a_folio_as_mail_does(
     tmp_path: Path, capsys: Any, spelling: str
 ) -> None:
-    rt = offline_runtime(tmp_path)
-    _ingest(rt, mail())
-    [case] = _cases(rt)
+    _rt, case = _one_case(tmp_path)
     folio = case.folio
     assert folio.endswith("-000001")
     spelling = spelling.replace("2026", folio.split("-")[1])
@@ -244,9 +250,7 @@ def test_a_visit_booked_for_today_without_a_time_can_be_called_off(
 ) -> None:
     # Booked at 10:00 as "hoy", it could not be cancelled at 10:01 ("no home visit
     # ahead"): scheduling took it for ahead until visiting hours end, cancelling never.
-    rt = offline_runtime(tmp_path)
-    _ingest(rt, mail())
-    [case] = _cases(rt)
+    rt, case = _one_case(tmp_path)
     cli = Cli(tmp_path / "mailcase.toml", capsys)
     with (
         mock.patch("mailcase.casework.utcnow", return_value=MORNING),
@@ -261,9 +265,7 @@ def test_a_visit_booked_for_today_without_a_time_can_be_called_off(
 
 def test_a_resolution_keeps_todays_visit_without_a_time(tmp_path: Path, capsys: Any) -> None:
     # The technician may have come this morning: the customer is not told it is off.
-    rt = offline_runtime(tmp_path)
-    _ingest(rt, mail())
-    [case] = _cases(rt)
+    rt, case = _one_case(tmp_path)
     cli = Cli(tmp_path / "mailcase.toml", capsys)
     with (
         mock.patch("mailcase.casework.utcnow", return_value=MORNING),
@@ -281,9 +283,7 @@ def test_a_visit_is_checked_and_booked_at_one_time(tmp_path: Path) -> None:
     # failed the booking inside the transaction: the agent's whole reply was quarantined.
     checked = datetime(2026, 11, 20, 15, 59, 59, 900000, tzinfo=UTC)
     later = datetime(2026, 11, 20, 16, 0, 0, tzinfo=UTC)
-    rt = offline_runtime(tmp_path, notify=True)
-    _ingest(rt, mail())
-    [case] = _cases(rt)
+    rt, case = _one_case(tmp_path, notify=True)
     reply = _agent_reply(rt, case.folio, "#visita 2026-11-20 09:59\n\nPasamos enseguida.")
     with (
         mock.patch("mailcase.service.utcnow", return_value=checked),
@@ -299,9 +299,7 @@ def _closed_case(directory: Path, *, resolved: bool) -> tuple[Any, Case]:
     not; the runtime and the case."""
     from mailcase import casework
 
-    rt = offline_runtime(directory, notify=True)
-    _ingest(rt, mail())
-    [case] = _cases(rt)
+    rt, case = _one_case(directory, notify=True)
     with rt.store.transaction() as session:
         stored = session.get(Case, case.id)
         assert stored is not None
@@ -340,9 +338,7 @@ def test_closing_a_closed_case_or_reopening_an_open_one_changes_nothing(
 ) -> None:
     # Both "succeeded": the history read "case reopened, case closed, case closed" for
     # changes that never happened, and the second close moved the closing time.
-    rt = offline_runtime(tmp_path)
-    _ingest(rt, mail())
-    [case] = _cases(rt)
+    rt, case = _one_case(tmp_path)
     cli = Cli(tmp_path / "mailcase.toml", capsys)
     assert cli("cases", "reopen", case.folio)[:2] == (0, f"{case.folio}: already open\n")
     assert cli("cases", "close", case.folio)[:2] == (0, f"{case.folio}: close done\n")
@@ -432,9 +428,7 @@ def test_a_remark_sent_back_to_a_side_notice_is_a_note_not_a_relay(tmp_path: Pat
     # "Ok, perdón. El cliente debe 3 meses, no darle servicio." answered to a command
     # error went to the customer: every notice to agents proves an agent, and a reply
     # without commands was relayed (agent notices review).
-    rt = offline_runtime(tmp_path, notify=True)
-    _ingest(rt, mail())
-    [case] = _cases(rt)
+    rt, case = _one_case(tmp_path, notify=True)
     _ingest(rt, _agent_reply(rt, case.folio, "#ntoa\nEl cliente debe 3 meses."))
     with rt.store.read_session() as session:
         error = session.exec(select(Notice).where(Notice.kind == "command_error")).one()
