@@ -186,6 +186,20 @@ def _customers(count: int, body: str = "Hola, desde ayer no tengo internet.") ->
     ]
 
 
+def _fetch_answered(uid: int, answer: Callable[[bytes], bytes]) -> tuple[Rule, dict[str, bool]]:
+    """A proxy rule answering the FETCH of ``uid``'s body with ``answer(tag)`` instead of
+    the server while ``glitch["on"]``; the rule and its switch ``glitch``."""
+    glitch = {"on": True}
+
+    def rule(number: int, line: bytes) -> Answer | None:
+        tag = _body_fetch(line, uid)
+        if tag and glitch["on"]:
+            return Answer(instead=answer(tag))
+        return None
+
+    return rule, glitch
+
+
 # --- a FETCH answered with no data for an existing message (1&1) ----------------------
 
 
@@ -197,13 +211,7 @@ def test_an_existing_message_left_out_of_a_fetch_is_quarantined_not_skipped(
     # repair then flagged it \Seen $MailcaseDone: no ledger row, no acknowledgement,
     # nobody told, and in webmail it looked handled.
     uids = mailboxes.append_many("contacto", _customers(3))
-    glitch = {"on": True}
-
-    def rule(number: int, line: bytes) -> Answer | None:
-        tag = _body_fetch(line, uids[1])
-        if tag and glitch["on"]:
-            return Answer(instead=tag + b" OK Fetch completed.\r\n")
-        return None
+    rule, glitch = _fetch_answered(uids[1], lambda tag: tag + b" OK Fetch completed.\r\n")
 
     config, _ = proxied(rule, poll="batch_size = 1\n")
     cli = Cli(config, capsys)
@@ -260,13 +268,8 @@ def test_a_temporary_refusal_fails_the_poll_and_the_next_poll_reads_the_message(
     # A server's refusal for now (RFC 5530 [UNAVAILABLE], Yahoo's [TEMPFAIL]) was taken
     # for a damaged message: quarantined for a person to retry, no acknowledgement.
     uids = mailboxes.append_many("contacto", _customers(3))
-    glitch = {"on": True}
-
-    def rule(number: int, line: bytes) -> Answer | None:
-        tag = _body_fetch(line, uids[1])
-        if tag and glitch["on"]:
-            return Answer(instead=tag + f" NO {code} Server busy, try again later\r\n".encode())
-        return None
+    busy = f" NO {code} Server busy, try again later\r\n".encode()
+    rule, glitch = _fetch_answered(uids[1], lambda tag: tag + busy)
 
     config, _ = proxied(rule)
     cli = Cli(config, capsys)
@@ -290,9 +293,11 @@ def test_a_message_refused_for_now_for_a_day_is_quarantined_so_later_mail_is_rea
     # A message the server refused "for now" poll after poll held back every later
     # message of the folder for good: no case, no acknowledgement, and no way for an
     # admin to get past it but deleting the customer's mail on the server.
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
-    from mailcase import refusals, service
+    from sqlmodel import select
+
+    from mailcase import refusals
     from mailcase.models import KeyValue
     from mailcase.store import Store, utcnow
 
@@ -314,7 +319,7 @@ def test_a_message_refused_for_now_for_a_day_is_quarantined_so_later_mail_is_rea
         """Move the first refusal a day back (and set how many there were)."""
         with store.transaction() as session:
             (refusal,) = [
-                kv for kv in session.exec(service.select(KeyValue)) if kv.key.startswith("refused:")
+                kv for kv in session.exec(select(KeyValue)) if kv.key.startswith("refused:")
             ]
             validity, uid, _since, counted = refusal.value.split(" ")
             assert int(uid) == uids[stuck]
@@ -325,12 +330,12 @@ def test_a_message_refused_for_now_for_a_day_is_quarantined_so_later_mail_is_rea
     try:
         with store.read_session() as session:
             (refusal,) = [
-                kv for kv in session.exec(service.select(KeyValue)) if kv.key.startswith("refused:")
+                kv for kv in session.exec(select(KeyValue)) if kv.key.startswith("refused:")
             ]
         _validity, _uid, since, counted = refusal.value.split(" ")
         # The first refusal's time is kept, and each is counted: the second poll did
         # not start the day over.
-        assert utcnow() - service.datetime.fromisoformat(since) < timedelta(minutes=5)
+        assert utcnow() - datetime.fromisoformat(since) < timedelta(minutes=5)
         assert counted == "2"
         # A day since the first, but only a few polls (a daemon stopped for the weekend
         # after one refusal): the message is read again, not given up.
@@ -354,18 +359,13 @@ def test_a_refusal_for_now_is_forgotten_once_a_poll_gets_past_it(
     proxied: Any, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
     # A message refused yesterday and read today must not count towards a later refusal.
-    from mailcase import service
+    from sqlmodel import select
+
     from mailcase.models import KeyValue
     from mailcase.store import Store
 
     uids = mailboxes.append_many("contacto", _customers(2))
-    glitch = {"on": True}
-
-    def rule(number: int, line: bytes) -> Answer | None:
-        tag = _body_fetch(line, uids[1])
-        if tag and glitch["on"]:
-            return Answer(instead=tag + b" NO [UNAVAILABLE] Server busy\r\n")
-        return None
+    rule, glitch = _fetch_answered(uids[1], lambda tag: tag + b" NO [UNAVAILABLE] Server busy\r\n")
 
     config, _ = proxied(rule)
     cli = Cli(config, capsys)
@@ -375,7 +375,7 @@ def test_a_refusal_for_now_is_forgotten_once_a_poll_gets_past_it(
     store = Store.open(load_settings(config).database.url, auto_upgrade=False)
     try:
         with store.read_session() as session:
-            keys = [kv.key for kv in session.exec(service.select(KeyValue))]
+            keys = [kv.key for kv in session.exec(select(KeyValue))]
     finally:
         store.dispose()
     assert not [k for k in keys if k.startswith("refused:")]
@@ -463,15 +463,7 @@ def test_which_refusals_are_temporary(answer: str, temporary: bool) -> None:
 def _answered_empty(uid: int, answer: bytes) -> tuple[Any, dict[str, bool]]:
     """A proxy rule answering the FETCH of ``uid``'s body with ``answer`` (formatted with
     the UID and the tag) while ``glitch["on"]``; the rule and its switch."""
-    glitch = {"on": True}
-
-    def rule(number: int, line: bytes) -> Answer | None:
-        tag = _body_fetch(line, uid)
-        if tag and glitch["on"]:
-            return Answer(instead=answer % (uid, tag))
-        return None
-
-    return rule, glitch
+    return _fetch_answered(uid, lambda tag: answer % (uid, tag))
 
 
 def test_an_empty_answer_for_a_message_that_is_not_empty_is_fetched_again_by_retry(
