@@ -12,14 +12,24 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from functools import partial
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from mailcase.blobs import BlobStore
 from mailcase.commands import Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
-from mailcase.folio import format_folio, has_link
-from mailcase.models import Case, CaseLink, CaseMessage, CaseStatus, Participant, StoredAttachment
+from mailcase.folio import format_folio, has_link, tagged_subject
+from mailcase.models import (
+    Case,
+    CaseLink,
+    CaseMessage,
+    CaseStatus,
+    LedgerEntry,
+    Notice,
+    Participant,
+    StoredAttachment,
+)
 from mailcase.notices import queue_notice
 from mailcase.store import insert_row, next_folio_number, utcnow
 from mailcase.wire import FileAttachment
@@ -233,6 +243,16 @@ _REFUSALS = {
     "no_visit": "case {folio} has no home visit ahead to cancel",
     "bad_participant": "{address} cannot be a participant of case {folio}: it is an address "
     "of mailcase, an agent's, or the customer's own",
+    "same_case": "case {folio} cannot be merged into itself",
+    "merged": "case {folio} was merged into {into} already: work on {into}",
+    "into_closed": "case {into} is closed: reopen it (mailcase cases reopen {into}) "
+    "before merging {folio} into it",
+    "into_resolved": "case {into} is already resolved: reopen it (mailcase cases reopen {into}) "
+    "before merging {folio} into it",
+    "other_customer": "cases {folio} and {into} are different customers' reports: a case "
+    "tells its own customer alone how it was resolved, so only one customer's cases merge",
+    "merge_visit": "case {folio} has a home visit ahead: cancel it (mailcase cases visit "
+    "{folio} --cancel) or merge {into} into {folio} instead",
 }
 
 
@@ -812,6 +832,150 @@ def reopen(session: Session, case: Case, *, by: str) -> bool:
     session.add(case)
     record(session, case, "system", "case reopened", from_addr=by)
     return True
+
+
+# A merged case points at the one it joined, which may itself be merged later
+# (A into B, then B into C). Merging into a merged case is refused, so there is no
+# cycle; the bound only keeps a damaged database from looping.
+_MAX_MERGE_HOPS = 20
+
+
+def merged_target(session: Session, case: Case) -> Case:
+    """The case that answers for ``case``: ``case`` itself, or the open end of the chain of
+    cases it was merged into (:func:`merge`)."""
+    hops = 0
+    while case.merged_into_id is not None and hops < _MAX_MERGE_HOPS:
+        into = session.get(Case, case.merged_into_id)
+        if into is None:
+            break
+        case, hops = into, hops + 1
+    return case
+
+
+def merge_problem(source: Case, target: Case, now_local: datetime) -> str | None:
+    """Why ``source`` cannot be merged into ``target``, or ``None``.
+
+    Either merged already: the folio answers for another case, work on that one.
+    A closed or resolved target is reopened first, as for any other change: the
+    customer of ``source`` would otherwise write on a case that says the matter is
+    settled. Two customers' cases do not merge (an outage reported by two
+    neighbours): the resolution goes to a case's own customer alone, and the
+    other would never hear it; a case without an address (a phone report) merges
+    with any. A home visit still ahead on ``source`` is cancelled or kept by
+    merging the other way: a merged case keeps no visit, and nobody must wait at
+    home for one that was silently dropped.
+    """
+    if source.id == target.id:
+        return "same_case"
+    if source.merged_into_id is not None or target.merged_into_id is not None:
+        return "merged"
+    if source.customer and target.customer and source.customer != target.customer:
+        return "other_customer"
+    if target.status == CaseStatus.CLOSED:
+        return "into_closed"
+    if target.status == CaseStatus.RESOLVED:
+        return "into_resolved"
+    if visit_cancellable(source, now_local):
+        return "merge_visit"
+    return None
+
+
+def merge(
+    session: Session,
+    settings: Settings,
+    source: Case,
+    target: Case,
+    *,
+    by: str,
+    tell_customer: bool = True,
+    now_local: datetime | None = None,
+) -> None:
+    """Merge ``source`` into ``target``: one report written twice becomes one case.
+
+    As Zammad, OTRS and Request Tracker merge tickets: every message, file,
+    notice and ledger row of ``source`` moves to ``target``; its participants
+    become ``target``'s, and its customer too when ``target`` has none (a phone
+    report); its links point at ``target``. ``source`` is closed and
+    points at ``target`` (``merged_into_id``): mail naming its folio, or replying
+    to its notices, joins ``target`` from then on (:func:`merged_target`). Both
+    histories record the merge. The customer of an open ``source`` is told the
+    folio that follows their report (``merged``), unless ``tell_customer`` is
+    False; a report already settled needs no news. Refused
+    (:class:`CaseworkError`) as :func:`merge_problem` says, in the caller's
+    transaction, with nothing changed.
+    """
+    now_local = now_local or utcnow().astimezone(settings.folio.zone)
+    problem = merge_problem(source, target, now_local)
+    if problem == "merged":
+        merged = source if source.merged_into_id is not None else target
+        _refuse(problem, merged, into=merged_target(session, merged).folio)
+    _refuse(problem, source, into=target.folio)
+    assert source.id is not None and target.id is not None
+    was_open = source.status == CaseStatus.OPEN
+    moved = {"case_id": target.id}
+    for model in (CaseMessage, LedgerEntry, Notice):
+        session.execute(sa.update(model).where(col(model.case_id) == source.id).values(moved))
+    _merge_participants(session, source, target)
+    _merge_links(session, source, target)
+    now = utcnow()
+    if not target.customer:  # a phone report without an address
+        target.customer, target.customer_name = source.customer, source.customer_name
+    if source.last_customer_at and (
+        target.last_customer_at is None or source.last_customer_at > target.last_customer_at
+    ):
+        target.last_customer_at = source.last_customer_at
+    target.area = target.area or source.area
+    target.updated_at = now
+    source.status = CaseStatus.CLOSED
+    source.closed_at = source.updated_at = now
+    source.merged_into_id = target.id
+    session.add(source)
+    session.add(target)
+    session.flush()
+    record(session, source, "system", f"case merged into {target.folio}", from_addr=by)
+    record(session, target, "system", f"case {source.folio} merged into this case", from_addr=by)
+    if tell_customer and was_open and source.customer:
+        # Under the subject the customer wrote, with the folio that follows it.
+        queue_notice(
+            session, settings, target, "merged", to=source.customer,
+            context={"merged_folio": source.folio},
+            subject=tagged_subject(target.folio, source.subject, mask=True),
+        )  # fmt: skip
+
+
+def _merge_participants(session: Session, source: Case, target: Case) -> None:
+    """The participants of ``source`` may write on ``target``, with no cap (an agent
+    decided it)."""
+    assert source.id is not None and target.id is not None
+    existing = participants(session, target.id) | {target.customer}
+    for address in sorted(participants(session, source.id) - existing):
+        session.add(Participant(case_id=target.id, address=address))
+    session.execute(sa.delete(Participant).where(col(Participant.case_id) == source.id))
+
+
+def _merge_links(session: Session, source: Case, target: Case) -> None:
+    """Links of ``source`` move to ``target`` (none to itself, none twice), and the two
+    are linked, so that ``cases show`` of either names the other."""
+    assert source.id is not None and target.id is not None
+    others = {
+        other
+        for first, second in session.exec(
+            select(CaseLink.case_id, CaseLink.related_id).where(
+                (col(CaseLink.case_id) == source.id) | (col(CaseLink.related_id) == source.id)
+            )
+        ).all()
+        for other in (first, second)
+    } - {source.id, target.id}
+    session.execute(
+        sa.delete(CaseLink).where(
+            (col(CaseLink.case_id) == source.id) | (col(CaseLink.related_id) == source.id)
+        )
+    )
+    linked = set(
+        session.exec(select(CaseLink.related_id).where(CaseLink.case_id == target.id)).all()
+    ) | set(session.exec(select(CaseLink.case_id).where(CaseLink.related_id == target.id)).all())
+    for other in [*sorted(others - linked), source.id]:
+        session.add(CaseLink(case_id=target.id, related_id=other))
 
 
 def relay(

@@ -32,7 +32,7 @@ from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
 from mailcase import __version__
-from mailcase.casework import related_folios
+from mailcase.casework import merged_target, related_folios
 from mailcase.commands import area_key
 from mailcase.config import (
     Settings,
@@ -271,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--area", required=True)
     for name, text in (("close", "close a case (no notice)"), ("reopen", "open a case again")):
         cases.add_parser(name, help=text).add_argument("folio")
+    merging = cases.add_parser(
+        "merge", help="merge a case into another of the same customer (one report written twice)"
+    )
+    merging.add_argument("folio", help="the case to merge (it is closed; its folio then answers")
+    merging.add_argument("--into", required=True, metavar="FOLIO", help="the case that stays")
+    merging.add_argument(
+        "--no-notice",
+        action="store_true",
+        help="do not tell the customer which folio follows the report",
+    )
 
     messages = commands.add_parser("messages", help="the ledger of fetched messages")
     msg_actions = messages.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -676,7 +686,9 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
     )
 
 
-def case_summary(case: Case) -> dict[str, Any]:
+def case_summary(case: Case, merged_into: str | None = None) -> dict[str, Any]:
+    """The ``cases list --json`` object of ``case``; ``merged_into``: the folio that answers
+    for a merged case (:func:`mailcase.casework.merged_target`), None for the others."""
     return {
         "folio": case.folio,
         "status": case.status,
@@ -686,6 +698,7 @@ def case_summary(case: Case) -> dict[str, Any]:
         "area": case.area,
         "created_at": _iso(case.created_at),
         "updated_at": _iso(case.updated_at),
+        "merged_into": merged_into,
     }
 
 
@@ -716,7 +729,8 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
     statuses = dict(
         session.exec(select(Notice.id, Notice.status).where(Notice.case_id == case.id)).all()
     )
-    detail = case_summary(case)
+    merged_into = merged_target(session, case).folio if case.merged_into_id else None
+    detail = case_summary(case, merged_into)
     detail.update(
         outcome=case.outcome,
         cause=case.cause,
@@ -820,7 +834,7 @@ def _operator() -> str:
 
 
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
-    """cases open/resolve/note/visit/route/close/reopen: the CLI door to casework."""
+    """cases open/resolve/note/visit/route/close/reopen/merge: the CLI door to casework."""
     from mailcase import casework
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
@@ -853,6 +867,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings, create=True)
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
     has_customer, visit_cancelled, changed = True, False, True
+    merged_into = ""
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -880,6 +895,9 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             if found is None:
                 raise NotFoundError(f"no case with folio {args.folio}")
             folio, case_id = found.folio, found.id
+            if found.merged_into_id is not None and args.action != "merge":
+                into = casework.merged_target(session, found).folio
+                raise casework.CaseworkError(f"case {folio} was merged into {into}: work on {into}")
             has_customer = bool(found.customer)
             now_local = utcnow().astimezone(settings.folio.zone)
             visit_was_ahead = casework.visit_cancellable(found, now_local)
@@ -898,6 +916,15 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 casework.add_participant(session, settings, found, participant, by=by)
             elif args.action == "route":
                 casework.route(session, settings, found, area, by=by)
+            elif args.action == "merge":
+                target = case_by_folio(session, _folio(args.into, settings), for_update=True)
+                if target is None:
+                    raise NotFoundError(f"no case with folio {args.into}")
+                casework.merge(
+                    session, settings, found, target, by=by,
+                    tell_customer=not args.no_notice, now_local=now_local,
+                )  # fmt: skip
+                merged_into, case_id = target.folio, target.id
             elif args.action == "close":
                 changed = casework.close(session, settings, found, by=by)
             else:
@@ -907,6 +934,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"folio": folio})
     elif not changed:  # closed or open already: nothing was recorded
         print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
+    elif merged_into:
+        print(f"{folio}: merged into {merged_into}")
     else:
         print(f"{folio}: {args.action} done")
     words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
@@ -1016,7 +1045,10 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                     # message that does not exist.
                     raise UsageError(_unknown_area(args.area, settings))
                 query = query.where(Case.area == area_key(args.area))
-            items = [case_summary(c) for c in reversed(_limited(session, query, args, "cases"))]
+            items = [
+                case_summary(c, merged_target(session, c).folio if c.merged_into_id else None)
+                for c in reversed(_limited(session, query, args, "cases"))
+            ]
             if args.json:
                 _print_json(items)
             else:
@@ -1447,6 +1479,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
     keys = (
         "folio",
         "status",
+        "merged_into",
         "outcome",
         "cause",
         "area",

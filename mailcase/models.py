@@ -67,6 +67,9 @@ class Case(SQLModel, table=True):
     resolved_at: datetime | None = None
     closed_at: datetime | None = None
     last_customer_at: datetime | None = None  # the customer's latest message
+    # Set when the case was merged into another (casework.merge): closed, its mail
+    # and its folio answered by that case from then on.
+    merged_into_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
 
 
 class FolioCounter(SQLModel, table=True):

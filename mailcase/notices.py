@@ -47,7 +47,7 @@ from mailcase.wire import FileAttachment, ascii_domain
 
 CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid"}
-    | {"visit", "visit_cancelled"}
+    | {"visit", "visit_cancelled", "merged"}
 )
 AGENT_KINDS = frozenset(
     {"agent_notification", "command_error", "unverified_agent", "delivery_failed", "not_relayed"}

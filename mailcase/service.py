@@ -1265,26 +1265,31 @@ _FOLIOS_IN_TEXT = 3  # folios of a message's text looked up: a list of fifty is 
 
 def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
     settings = rt.settings
+
+    def answering(case: Case | None) -> Case | None:
+        # A merged case's folio, mail and notices are answered by the case it joined.
+        return casework.merged_target(session, case) if case is not None else None
+
     duplicate_of = None
     for entry in earlier:
         if entry.case_id is not None:
-            case = session.get(Case, entry.case_id)
+            case = answering(session.get(Case, entry.case_id))
             duplicate_of = case_ref(session, case) if case else None
             break
-    referenced = case_by_message_ids(session, mail.thread_ids)
-    by_folio = []
+    referenced = answering(case_by_message_ids(session, mail.thread_ids))
+    by_folio: list[CaseRef] = []
     for folio in find_folios(mail.subject, settings.folio.prefix):
-        case = case_by_folio(session, folio)
-        if case is not None:
+        case = answering(case_by_folio(session, folio))
+        if case is not None and all(ref.id != case.id for ref in by_folio):
             by_folio.append(case_ref(session, case))
-    in_text = []
+    in_text: list[CaseRef] = []
     # "…mi reporte con folio PLR-2026-000001, sigo sin servicio" under a new subject;
     # the quote cut off (customer_text) only when the text names a folio at all.
     if not by_folio and not referenced and find_folios(mail.text, settings.folio.prefix):
         named = find_folios(customer_text(mail.text, mail.subject), settings.folio.prefix)
         for folio in named[:_FOLIOS_IN_TEXT]:
-            case = case_by_folio(session, folio)
-            if case is not None:
+            case = answering(case_by_folio(session, folio))
+            if case is not None and all(ref.id != case.id for ref in in_text):
                 in_text.append(case_ref(session, case))
     signed_case = None
     authenticated = False
@@ -1292,7 +1297,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
         for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
             if _exposed(session, proof):
                 continue  # seen in someone else's hands: no proof any more
-            case = session.get(Case, case_id)
+            case = answering(session.get(Case, case_id))
             if case is not None:
                 signed_case = case_ref(session, case)
                 break

@@ -83,6 +83,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "cancelled_visit": "jueves 3 de diciembre de 2026 a las 10:30",
         "company": COMPANY,
     },
+    "merged": {
+        "folio": FOLIO,
+        "merged_folio": "PLR-2026-000045",
+        "customer_name": "Juan Pérez",
+        "company": COMPANY,
+    },
     "visit": {
         "folio": FOLIO,
         "customer_name": "Juan Pérez",
@@ -160,7 +166,14 @@ OPTIONAL = {
     "not_relayed": {"untold", "own_sender"},  # read only for their reasons
     "agent_notification": {"area", "attaching"},  # read only when routed, or files left out
 }
-CUSTOMER_FACING = ("relay", "resolution_valid", "resolution_invalid", "visit", "visit_cancelled")
+CUSTOMER_FACING = (
+    "relay",
+    "resolution_valid",
+    "resolution_invalid",
+    "visit",
+    "visit_cancelled",
+    "merged",
+)
 AGENT_ONLY = (
     "agent_notification",
     "command_error",

@@ -1,0 +1,285 @@
+"""Merging a case into another: `mailcase cases merge FOLIO --into FOLIO`.
+
+One report written twice (a customer who writes again under a new subject, a
+phone call about a mail already in) becomes one case, as Zammad, OTRS and
+Request Tracker merge tickets. Runs on SQLite and PostgreSQL, against real
+Dovecot and SMTP servers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+JUAN = "Juan Pérez <juan.perez@example.com>"
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8
+
+
+@pytest.fixture
+def cli(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Cli:
+    return Cli(write_config(tmp_path, mailboxes, sink, db_url=db_url), capsys)
+
+
+def _write(cli: Cli, mailboxes: Dovecot, **fields: Any) -> None:
+    mailboxes.append("contacto", mail(**fields))
+    cli.poll()
+
+
+def _folios(cli: Cli) -> list[str]:
+    """Folios, oldest first."""
+    return [case["folio"] for case in reversed(cli.json("cases", "list"))]
+
+
+def _two_reports(cli: Cli, mailboxes: Dovecot) -> tuple[str, str]:
+    _write(cli, mailboxes, sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    _write(
+        cli,
+        mailboxes,
+        sender=JUAN,
+        subject="Sigo sin servicio",
+        body="Les escribí ayer, el módem sigue en rojo.",
+        attachments=[("modem.jpg", "image/jpeg", JPEG)],
+    )
+    first, second = _folios(cli)
+    return first, second
+
+
+def _to(sink: SmtpSink, address: str) -> list[Any]:
+    return [m.message for m in sink.messages if address in m.rcpt_tos]
+
+
+def test_merge_moves_the_report_and_tells_the_customer_the_folio_that_follows(
+    cli: Cli, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    first, second = _two_reports(cli, mailboxes)
+    acks = len(sink.messages)
+
+    code, out, err = cli("cases", "merge", second, "--into", first)
+
+    assert code == 0, err
+    assert out.strip() == f"{second}: merged into {first}"
+    merged = cli.json("cases", "show", second)
+    assert merged["status"] == "closed"
+    assert merged["merged_into"] == first
+    assert [m["text"] for m in merged["messages"]] == [f"case merged into {first}"]
+    kept = cli.json("cases", "show", first)
+    assert kept["status"] == "open"
+    assert kept["merged_into"] is None
+    assert kept["related"] == [second]
+    texts = [m["text"] for m in kept["messages"]]
+    assert any("módem sigue en rojo" in t for t in texts)  # the second report, moved
+    assert texts[-2] == f"case {second} merged into this case"
+    assert kept["messages"][-1]["kind"] == "notice"  # the customer's, below
+    # Its file went with it: cases attachment of the case that stays finds it.
+    assert [a["filename"] for m in kept["messages"] for a in m["attachments"]] == ["modem.jpg"]
+    assert cli("cases", "attachment", first, "1", "--output", str(cli.config.parent / "f"))[0] == 0
+    assert (cli.config.parent / "f").read_bytes() == JPEG
+    # The listing says which case answers for the merged one.
+    listed = {c["folio"]: c["merged_into"] for c in cli.json("cases", "list")}
+    assert listed == {first: None, second: first}
+    # The customer is told, under the subject they wrote, which folio follows it.
+    sink.wait_for(acks + 1)
+    [notice] = [m.message for m in sink.messages[acks:]]
+    assert notice["To"].addresses[0].addr_spec == "juan.perez@example.com"
+    assert notice["Subject"] == f"[Folio {first}] Sigo sin servicio"
+    text = notice.get_body(("plain",)).get_content()
+    assert f"Su reporte con folio {second}" in text
+    assert f"los atenderemos juntos con el folio {first}" in text
+    assert notice.get_body(("html",)) is not None
+
+
+def test_mail_naming_the_merged_folio_joins_the_case_that_stays(
+    cli: Cli, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    first, second = _two_reports(cli, mailboxes)
+    assert cli("cases", "merge", second, "--into", first, "--no-notice")[0] == 0
+    sent = len(sink.messages)
+
+    _write(
+        cli,
+        mailboxes,
+        sender=JUAN,
+        subject=f"RE: [Folio {second}] Sigo sin servicio",
+        body="Ya reinicié el módem y nada.",
+    )
+
+    assert _folios(cli) == [first, second]  # no new case
+    kept = cli.json("cases", "show", first)
+    assert kept["messages"][-1]["text"].startswith("Ya reinicié el módem y nada.")
+    assert cli.json("cases", "show", second)["messages"][-1]["kind"] == "system"
+    assert len(sink.messages) == sent  # a follow-up: no second acknowledgement, no notice
+
+
+def test_a_reply_to_a_merged_cases_acknowledgement_joins_the_case_that_stays(
+    cli: Cli, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    # Threading by headers alone (the subject rewritten by the customer's client).
+    first, second = _two_reports(cli, mailboxes)
+    [ack] = [m.message for m in sink.messages if second in str(m.message["Subject"])]
+    assert cli("cases", "merge", second, "--into", first, "--no-notice")[0] == 0
+
+    _write(
+        cli,
+        mailboxes,
+        sender=JUAN,
+        subject="Otra cosa",
+        body="Olvidé decirles que la luz LOS está en rojo.",
+        headers={"In-Reply-To": ack["Message-ID"], "References": ack["Message-ID"]},
+    )
+
+    assert _folios(cli) == [first, second]
+    assert "luz LOS" in cli.json("cases", "show", first)["messages"][-1]["text"]
+
+
+def test_a_chain_of_merges_answers_with_the_last_case(cli: Cli, mailboxes: Dovecot) -> None:
+    first, second = _two_reports(cli, mailboxes)
+    _write(cli, mailboxes, sender=JUAN, subject="Tercera vez", body="Nadie me responde.")
+    third = _folios(cli)[-1]
+    assert cli("cases", "merge", first, "--into", second, "--no-notice")[0] == 0
+    assert cli("cases", "merge", second, "--into", third, "--no-notice")[0] == 0
+
+    _write(cli, mailboxes, sender=JUAN, subject=f"Re: [Folio {first}] Sin internet", body="¿Y?")
+
+    assert len(_folios(cli)) == 3
+    assert cli.json("cases", "show", first)["merged_into"] == third
+    shown = cli.json("cases", "show", third)
+    assert shown["messages"][-1]["text"].startswith("¿Y?")
+    assert "No tengo internet." in [m["text"] for m in shown["messages"]]
+    # Work on a merged case goes to the case that answers for it, said by name.
+    code, _, err = cli("cases", "note", first, "--text", "llamé al cliente")
+    assert code == 1
+    assert f"case {first} was merged into {third}: work on {third}" in err
+
+
+def test_a_phone_report_without_an_address_takes_the_customer_of_the_mail(
+    cli: Cli, mailboxes: Dovecot
+) -> None:
+    code, out, err = cli(
+        "cases", "open", "--channel", "phone", "--name", "Juan Pérez",
+        "--subject", "Llamó: sin internet", "--text", "Sin servicio desde ayer.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    phone = json.loads(out)["folio"]
+    _write(cli, mailboxes, sender=JUAN, subject="Sin internet", body="Les llamé hace rato.")
+    by_mail = _folios(cli)[-1]
+
+    assert cli("cases", "merge", by_mail, "--into", phone)[0] == 0
+
+    assert cli.json("cases", "show", phone)["customer"] == "juan.perez@example.com"
+    # The customer now belongs to the phone case: their mail with its folio joins it.
+    _write(cli, mailboxes, sender=JUAN, subject=f"[Folio {phone}] Sin internet", body="¿Vienen?")
+    assert len(_folios(cli)) == 2
+    assert cli.json("cases", "show", phone)["messages"][-1]["text"].startswith("¿Vienen?")
+
+
+def test_participants_of_the_merged_case_may_write_on_the_case_that_stays(
+    cli: Cli, mailboxes: Dovecot
+) -> None:
+    first, second = _two_reports(cli, mailboxes)
+    assert cli("cases", "participant", second, "--add", "oficina@example.com")[0] == 0
+    assert cli("cases", "merge", second, "--into", first, "--no-notice")[0] == 0
+
+    _write(
+        cli,
+        mailboxes,
+        sender="Oficina <oficina@example.com>",
+        subject=f"Re: [Folio {first}] Sin internet",
+        body="Aquí en la oficina tampoco hay servicio.",
+    )
+
+    assert len(_folios(cli)) == 2
+    last = cli.json("cases", "show", first)["messages"][-1]
+    assert last["from"] == "oficina@example.com"
+    assert last["kind"] == "customer"
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("self", "cannot be merged into itself"),
+        ("other_customer", "are different customers' reports"),
+        ("into_closed", "is closed: reopen it"),
+        ("into_resolved", "is already resolved: reopen it"),
+        ("merged", "was merged into"),
+        ("visit", "has a home visit ahead"),
+    ],
+)
+def test_a_refused_merge_says_why_and_changes_nothing(
+    cli: Cli, mailboxes: Dovecot, sink: SmtpSink, setup: str, expected: str
+) -> None:
+    first, second = _two_reports(cli, mailboxes)
+    source, target = second, first
+    if setup == "self":
+        target = second
+    elif setup == "other_customer":
+        _write(cli, mailboxes, sender="Ana <ana@example.com>", subject="Sin luz", body="Nada.")
+        source = _folios(cli)[-1]
+    elif setup == "into_closed":
+        assert cli("cases", "close", first)[0] == 0
+    elif setup == "into_resolved":
+        assert cli("cases", "resolve", first, "--outcome", "valid", "--cause", "Antena.")[0] == 0
+    elif setup == "merged":
+        _write(cli, mailboxes, sender=JUAN, subject="Tercera", body="Hola.")
+        third = _folios(cli)[-1]
+        assert cli("cases", "merge", third, "--into", first, "--no-notice")[0] == 0
+        target = third
+    elif setup == "visit":
+        assert cli("cases", "visit", second, "--date", "2099-01-01")[0] == 1  # too far: refused
+        assert cli("cases", "visit", second, "--date", _in_days(3), "--time", "10:00")[0] == 0
+    before = {f: cli.json("cases", "show", f) for f in _folios(cli)}
+    sent = len(sink.messages)
+
+    code, out, err = cli("cases", "merge", source, "--into", target)
+
+    assert code == 1
+    assert out == ""
+    assert expected in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+    assert {f: cli.json("cases", "show", f) for f in _folios(cli)} == before
+    assert len(sink.messages) == sent
+
+
+def test_no_notice_for_a_report_already_settled_nor_when_told_not_to(
+    cli: Cli, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    first, second = _two_reports(cli, mailboxes)
+    _write(cli, mailboxes, sender=JUAN, subject="Tercera", body="Hola.")
+    third = _folios(cli)[-1]
+    assert cli("cases", "close", second)[0] == 0
+    sent = len(sink.messages)
+
+    assert cli("cases", "merge", second, "--into", first)[0] == 0  # closed: settled
+    assert cli("cases", "merge", third, "--into", first, "--no-notice")[0] == 0
+
+    assert len(sink.messages) == sent
+
+
+def test_an_unknown_target_is_not_found(cli: Cli, mailboxes: Dovecot) -> None:
+    first, _ = _two_reports(cli, mailboxes)
+    code, _, err = cli("cases", "merge", first, "--into", "PLR-2026-999999")
+    assert code == 4
+    assert "no case with folio PLR-2026-999999" in err
+
+
+def test_english_notice(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any) -> None:
+    cli = Cli(write_config(tmp_path, mailboxes, sink, language="en"), capsys)
+    first, second = _two_reports(cli, mailboxes)
+    sent = len(sink.messages)
+    assert cli("cases", "merge", second, "--into", first)[0] == 0
+    sink.wait_for(sent + 1)
+    text = sink.messages[-1].message.get_body(("plain",)).get_content()
+    assert f"we will handle them together under folio {first}" in text
+
+
+def _in_days(days: int) -> str:
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    return (datetime.now(ZoneInfo("America/Mexico_City")) + timedelta(days=days)).date().isoformat()
