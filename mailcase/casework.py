@@ -57,6 +57,12 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "after_resolve",  # route (or a visit's cancel) below this reply's own #resolver
     "settles_visit",  # #visita with #resolver or #cerrar in one reply: they would cancel it
     "no_visit",  # "#visita cancelar" on a case with no visit still ahead
+    "merge_alone",  # #fusionar with a command other than #nota in one reply
+    "same_case",  # #fusionar naming the case's own folio
+    "other_customer",  # #fusionar into another customer's case
+    "into_closed",  # #fusionar into a closed case: reopen it first
+    "into_resolved",  # #fusionar into a resolved case: reopen it first
+    "merge_visit",  # #fusionar of a case with a home visit ahead
 )
 
 
@@ -146,13 +152,18 @@ def command_problems(
     reply, in either order, would tell the customer of a visit and of its
     cancellation at once (``settles_visit``); ``#area`` below the reply's own
     ``#resolver`` is out of order (``after_resolve``: the agent is told to
-    write it above, not to reopen a case nobody resolved yet). ``text`` is the
+    write it above, not to reopen a case nobody resolved yet). ``#fusionar``
+    goes alone, or with ``#nota`` (``merge_alone``); whether its folio can be
+    merged into is the service's to check (:func:`merge_problem`). ``text`` is the
     reply's words below the commands; ``visit_ahead``: the case has a home visit still ahead, which
     ``#visita cancelar`` needs.
     """
     problems: list[tuple[str, str]] = []
     seen: set[CommandKind] = set()
     booked = False  # a visit scheduled by this reply
+    # "#fusionar" moves the case and its history: another change in the same reply
+    # would land on a case that is then closed, or read as meant for the other.
+    alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
     opposite = {
         CommandKind.CLOSE: CommandKind.REOPEN,
         CommandKind.REOPEN: CommandKind.CLOSE,
@@ -164,6 +175,8 @@ def command_problems(
         problem: str | None = None
         if kind in seen:
             problem = "repeated"
+        elif kind is CommandKind.MERGE and alongside_merge:
+            problem = "merge_alone"
         elif opposite.get(kind) in seen:
             problem = "conflict"
         elif (booked and kind in _SETTLES) or (
@@ -228,6 +241,7 @@ def untold(*, resolved: bool, booked: bool, visit_cancelled: bool) -> list[str]:
 
 
 _SETTLES = frozenset({CommandKind.RESOLVE, CommandKind.CLOSE})  # each cancels a visit ahead
+_GOES_WITH_MERGE = frozenset({CommandKind.MERGE, CommandKind.NOTE})
 _NEEDS_OPEN = frozenset({CommandKind.RESOLVE, CommandKind.VISIT, CommandKind.ROUTE})
 
 _REFUSALS = {

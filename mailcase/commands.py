@@ -57,6 +57,7 @@ class CommandKind(StrEnum):
     CLOSE = "close"
     REOPEN = "reopen"
     PARTICIPANT = "participant"  # let another address of the customer's write on the case
+    MERGE = "merge"  # merge this case into the one whose folio follows (casework.merge)
 
 
 Outcome = Literal["valid", "invalid"]
@@ -73,6 +74,7 @@ class Command:
     cancel: bool = False  # VISIT only: "#visita cancelar" (no date then)
     address: str | None = None  # PARTICIPANT only: lower-cased
     area: str | None = None  # ROUTE only: lower-case ASCII letters, digits, "-" and "_"
+    folio: str | None = None  # MERGE only: as written; the service reads it with the prefix
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
@@ -112,11 +114,13 @@ PROBLEM_CODES: tuple[str, ...] = (
     "unexpected_argument",
     "missing_address",  # "#participante" without an address
     "bad_address",  # "#participante juan" (no domain), or more than one word
+    "missing_folio",  # "#fusionar" without the folio of the case to merge into
     "misplaced_command",  # a line naming a command below the first line of text
 )
-# Codes the service adds, knowing the configuration: an area not in [areas]; a
-# participant that is an address of mailcase, an agent's or the customer's own.
-CONFIG_PROBLEM_CODES: tuple[str, ...] = ("unknown_area", "bad_participant")
+# Codes the service adds, knowing the configuration and the database: an area not
+# in [areas]; a participant that is an address of mailcase, an agent's or the
+# customer's own; a "#fusionar" naming no folio of an existing case.
+CONFIG_PROBLEM_CODES: tuple[str, ...] = ("unknown_area", "bad_participant", "unknown_folio")
 # Codes the service adds about the reply as a whole: mailcase's own notice to
 # agents is still in the reply's text because nothing above it marks where the
 # quote starts (quoting.AgentText.notice_line), so relaying would send it.
@@ -131,6 +135,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#cerrar / #close",
     "#reabrir / #reopen",
     "#participante CORREO / #participant ADDRESS",
+    "#fusionar FOLIO / #merge FOLIO",
 )
 
 # Names after folding (lower case, no accents): "#Área" → "area".
@@ -149,6 +154,8 @@ _NAMES: dict[str, CommandKind] = {
     "reopen": CommandKind.REOPEN,
     "participante": CommandKind.PARTICIPANT,
     "participant": CommandKind.PARTICIPANT,
+    "fusionar": CommandKind.MERGE,
+    "merge": CommandKind.MERGE,
 }
 
 # Both vocabularies in either language: an agent who writes "#resolve
@@ -292,6 +299,12 @@ def _parse_line(line: str) -> Command | CommandProblem:
         return _route(line, args)
     if kind is CommandKind.PARTICIPANT:
         return _participant(line, args)
+    if kind is CommandKind.MERGE:
+        # The folio as written ("PLR-2026-000123", "PLR 2026 123", "[Folio …]."):
+        # read by the service, which knows the folio prefix.
+        if not args:
+            return CommandProblem(line, "missing_folio")
+        return Command(CommandKind.MERGE, folio=" ".join(args), line=line)
     if args:
         # "#nota llamé al cliente" would lose the note's words: they belong on
         # the next line, where they become the text.

@@ -1446,6 +1446,9 @@ def _apply(
     found = session.get(Case, decision.case.id, with_for_update=True, populate_existing=True)
     if found is None:
         return None
+    if found.merged_into_id is not None:
+        # Merged since triage read it: decided again, on the case that answers for it.
+        raise _CaseChanged(found.folio)
     case = found
     case.updated_at = now
     session.add(case)
@@ -1576,11 +1579,19 @@ def _agent_message(
         if c.kind is CommandKind.PARTICIPANT
         and casework.participant_problem(settings, case, c.address or "")
     ]
-    if written.notice_line:  # our notice is in the text, and where it starts is unknown
-        problems.append({"line": written.notice_line, "problem": "quoted_notice"})
     # One clock for the whole reply: a visit checked at 09:59:59 and booked at
     # 10:00:00 was refused inside the transaction, and the reply quarantined.
     now_local = utcnow().astimezone(settings.folio.zone)
+    for c in parsed.commands:
+        if c.kind is CommandKind.MERGE:
+            into = _merge_target(session, settings, c)
+            merge_problem = (
+                casework.merge_problem(case, into, now_local) if into else "unknown_folio"
+            )
+            if merge_problem:
+                problems.append({"line": c.line, "problem": merge_problem})
+    if written.notice_line:  # our notice is in the text, and where it starts is unknown
+        problems.append({"line": written.notice_line, "problem": "quoted_notice"})
     if not problems:  # what the case's state and the reply's other commands forbid
         problems += [
             {"line": line, "problem": code}
@@ -1888,7 +1899,19 @@ def _run_command(
         casework.close(session, settings, case, by=by)
     elif kind is CommandKind.REOPEN:
         casework.reopen(session, case, by=by)
+    elif kind is CommandKind.MERGE:
+        into = _merge_target(session, settings, command)
+        assert into is not None  # checked with the reply's other commands
+        casework.merge(session, settings, case, into, by=by, now_local=now_local)
     # NOTE: the message itself was recorded as a note; nothing else to do.
+
+
+def _merge_target(session: Session, settings: Settings, command: Command) -> Case | None:
+    """The case a ``#fusionar`` names (read as a subject's folio is), locked, or None when
+    it names no folio of a case. A merged one answers with the case it joined."""
+    folios = find_folios(command.folio or "", settings.folio.prefix)
+    found = case_by_folio(session, folios[0], for_update=True) if len(folios) == 1 else None
+    return casework.merged_target(session, found) if found is not None else None
 
 
 def _inbound_text(mail: InboundMail, kind: str) -> str:

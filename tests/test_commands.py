@@ -217,6 +217,7 @@ def test_every_problem_code_can_occur() -> None:
         "#cerrar ya",
         "#participante",
         "#participante juan",
+        "#fusionar",
         "Texto.",
         "#nota",
     ]

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Cli, mail, write_config
+from helpers import AGENT, NOTIFY, Cli, mail, offline_runtime, write_config
 from servers import Dovecot, SmtpSink
+from test_agents import CUSTOMER, Desk, text
 
 pytestmark = pytest.mark.integration
 
@@ -283,3 +284,141 @@ def _in_days(days: int) -> str:
     from zoneinfo import ZoneInfo
 
     return (datetime.now(ZoneInfo("America/Mexico_City")) + timedelta(days=days)).date().isoformat()
+
+
+# -- by mail: "#fusionar FOLIO" in an agent's reply ------------------------------------
+
+
+@pytest.fixture
+def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, db_url=db_url)
+    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+
+
+def _notification(desk: Desk, folio: str) -> Any:
+    [notice] = [m for m in desk.to(NOTIFY) if folio in str(m["Subject"])][-1:]
+    return notice
+
+
+def test_an_agent_merges_by_mail(desk: Desk) -> None:
+    first = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    second = desk.open_case(sender=JUAN, subject="Sigo igual", body="El módem sigue en rojo.")
+    told = len(desk.to(CUSTOMER))
+
+    desk.agent_reply(
+        _notification(desk, second),
+        f"#fusionar {first.replace('-', ' ')}\nEscribió dos veces por lo mismo.",
+    )
+
+    merged = desk.case(second)
+    assert merged["merged_into"] == first
+    kept = desk.case(first)
+    texts = [m["text"] for m in kept["messages"]]
+    assert "El módem sigue en rojo." in texts
+    # The agent's words are a note on the case that stays, never sent to the customer.
+    [note] = [m for m in kept["messages"] if m["kind"] == "note"]
+    assert note["text"] == "Escribió dos veces por lo mismo."
+    [merged_notice] = desk.to(CUSTOMER)[told:]
+    assert f"los atenderemos juntos con el folio {first}" in text(merged_notice)
+    # The agent's later reply to the merged case's notification works on the case
+    # that stays (its signed Message-ID names the merged case).
+    desk.agent_reply(_notification(desk, second), "#nota\nLlamé al cliente.")
+    assert desk.case(first)["messages"][-1]["text"] == "Llamé al cliente."
+    assert len(desk.case(second)["messages"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "problem"),
+    [
+        ("#fusionar", "falta el folio del caso"),
+        ("#fusionar PLR-2026-999999", "no hay un caso con ese folio"),
+        ("#fusionar {second}", "ese es el folio de este mismo caso"),
+        ("#fusionar {other}", "ese caso es de otro cliente"),
+        ("#fusionar {first}\n#cerrar", "#fusionar va solo en su respuesta"),
+    ],
+)
+def test_a_merge_by_mail_that_cannot_run_is_explained(
+    desk: Desk, command: str, problem: str
+) -> None:
+    first = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    second = desk.open_case(sender=JUAN, subject="Sigo igual", body="El módem sigue en rojo.")
+    other = desk.open_case(sender="Ana <ana@example.com>", subject="Sin luz", body="Nada.")
+    notice = _notification(desk, second)
+
+    desk.agent_reply(notice, command.format(first=first, second=second, other=other))
+
+    error = desk.last_to(AGENT)
+    assert "no se aplicó" in text(error)
+    assert problem in text(error)
+    assert desk.case(second)["merged_into"] is None
+    assert desk.case(second)["status"] == "open"
+
+
+def test_an_agents_reply_triaged_before_a_merge_commits_goes_to_the_case_that_stays(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Triage read case B; `cases merge B --into A` committed before the reply locked B
+    # (PostgreSQL: another session). The agent's note must not stay on the merged,
+    # closed case, where nobody looks: it is decided again, and lands on A.
+    import threading
+
+    from sqlmodel import select
+
+    from mailcase import casework, service
+    from mailcase.imap import FetchedMessage
+    from mailcase.models import Case, CaseMessage, Notice
+    from mailcase.store import case_by_folio, utcnow
+
+    rt = offline_runtime(tmp_path, pg_url, notify=True)
+    for uid, subject in ((1, "Sin internet"), (2, "Sigo igual")):
+        raw = mail(sender=JUAN, subject=subject)
+        assert service.ingest_message(rt, "contacto", uid, FetchedMessage(uid, raw, utcnow()))
+    with rt.store.read_session() as session:
+        first, second = session.exec(select(Case.folio).order_by(Case.id)).all()
+        notice_id = session.exec(
+            select(Notice.message_id)
+            .join(Case, Case.id == Notice.case_id)  # type: ignore[arg-type]
+            .where(Case.folio == second, Notice.kind == "agent_notification")
+        ).one()
+    in_triage, go_on = threading.Event(), threading.Event()
+    real = service.triage
+
+    def slow_triage(*args: Any, **kwargs: Any) -> Any:
+        decision = real(*args, **kwargs)
+        in_triage.set()
+        assert go_on.wait(20)
+        return decision
+
+    monkeypatch.setattr(service, "triage", slow_triage)
+    reply = mail(
+        sender=f"Ana <{AGENT}>",
+        subject=f"Re: [Folio {second}] Sigo igual",
+        body="#nota\nLe llamé: es el mismo problema.",
+        headers={"In-Reply-To": notice_id, "References": notice_id},
+    )
+    out: list[str] = []
+    worker = threading.Thread(
+        target=lambda: out.append(
+            service.ingest_message(rt, "contacto", 3, FetchedMessage(3, reply, utcnow()))
+        )
+    )
+    worker.start()
+    try:
+        assert in_triage.wait(20)
+        with rt.store.transaction() as session:  # what `mailcase cases merge` does
+            source = case_by_folio(session, second, for_update=True)
+            target = case_by_folio(session, first, for_update=True)
+            assert source is not None and target is not None
+            casework.merge(session, rt.settings, source, target, by="cli:ana")
+    finally:
+        go_on.set()
+        worker.join(20)
+    with rt.store.read_session() as session:
+        notes = session.exec(
+            select(Case.folio)
+            .join(CaseMessage, CaseMessage.case_id == Case.id)  # type: ignore[arg-type]
+            .where(CaseMessage.kind == "note")
+        ).all()
+    rt.store.dispose()
+    assert out == ["follow_up"]
+    assert notes == [first]
