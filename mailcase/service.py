@@ -996,7 +996,8 @@ def _tell_quarantined(
                 "mailbox": mailbox,
                 "uid": fetched.uid,
                 "reason": why.text()[:500],
-                "reason_text": why.text(settings.notices.language)[:500],
+                # In the language queue_without_case writes the notice in: the mailbox's.
+                "reason_text": why.text(settings.language_of(mailbox))[:500],
                 # The server did not return it: nothing is kept, a retry asks again.
                 "stored": fetched.unreadable is None,
             },
