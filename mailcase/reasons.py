@@ -59,7 +59,8 @@ TEXTS: Mapping[Reason, Mapping[str, str]] = {
     },
     Reason.MIME_DEPTH: {
         "en": "MIME structure nested {depth} deep, more than the limit of {limit}",
-        "es": "una estructura MIME anidada {depth} niveles, más que el límite de {limit}",
+        "es": "una estructura MIME anidada {depth} niveles de profundidad, "
+        "más que el límite de {limit}",
     },
     Reason.UNPARSEABLE: {
         "en": "cannot parse message: {error}",
@@ -67,7 +68,8 @@ TEXTS: Mapping[Reason, Mapping[str, str]] = {
     },
     Reason.PARSER_DIED: {
         "en": "the parser process died reading this message (exit {exit})",
-        "es": "el proceso que lee los mensajes terminó de golpe al leer este (salida {exit})",
+        "es": "el proceso que lee los mensajes terminó de forma inesperada al leer este "
+        "(código de salida {exit})",
     },
     Reason.TEMPLATE_FAILED: {
         "en": "template {template} failed on this message: {error}",
@@ -82,7 +84,8 @@ TEXTS: Mapping[Reason, Mapping[str, str]] = {
     Reason.CASE_CHANGING: {
         # The exception's name, as every unexpected error is said: kept for the ledger.
         "en": "_CaseChanged: {folio}",
-        "es": "el caso {folio} cambió mientras se procesaba esta respuesta, en cada intento",
+        "es": "el caso {folio} cambió de estado mientras se procesaba esta respuesta, "
+        "en cada intento",
     },
     Reason.DATABASE: {
         "en": "{error}",

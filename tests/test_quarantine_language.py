@@ -154,7 +154,10 @@ def test_nesting_too_deep() -> None:
 
     why = _reason(nested(8), max_depth=5)
     assert why.code is Reason.MIME_DEPTH
-    assert why.text("es") == "una estructura MIME anidada 8 niveles, más que el límite de 5"
+    assert (
+        why.text("es")
+        == "una estructura MIME anidada 8 niveles de profundidad, más que el límite de 5"
+    )
 
 
 def test_a_message_the_parser_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,7 +186,7 @@ def test_a_template_that_fails_on_this_message(tmp_path: Path) -> None:
 def test_what_the_poll_quarantines_without_a_message_error() -> None:
     changing = _reason_of(_CaseChanged("PLR-2026-000001"))
     assert changing.text() == "_CaseChanged: PLR-2026-000001"
-    assert "el caso PLR-2026-000001 cambió" in changing.text("es")
+    assert "el caso PLR-2026-000001 cambió de estado" in changing.text("es")
     database = _reason_of(OperationalError("SELECT 1", {}, Exception("statement timeout")))
     assert database.code is Reason.DATABASE and database.text().startswith("OperationalError: ")
     assert database.text("es").startswith("la base de datos falló con este mensaje: ")
