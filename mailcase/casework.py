@@ -287,11 +287,13 @@ def open_case(
     reported_at: datetime | None = None,
     channel: str = "mail",
     last_customer_at: datetime | None = None,
+    language: str | None = None,
 ) -> Case:
     """A new open case with the next folio of its year, inserted (so it has an id).
 
     The year is ``reported_at``'s (when the report reached us; ``now`` when not
-    given) in ``folio.timezone``, the business's calendar.
+    given) in ``folio.timezone``, the business's calendar. Its notices are in
+    ``language``; by default, ``mailbox``'s (:meth:`Settings.language_of`).
     """
     year = settings.folio.year(reported_at or now)
     number = next_folio_number(session, year)
@@ -306,7 +308,7 @@ def open_case(
         customer_name=customer_name,
         subject=subject,
         mailbox=mailbox,
-        language=settings.notices.language,
+        language=language or settings.language_of(mailbox),
         channel=channel,
         created_at=now,
         updated_at=now,

@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     opening.add_argument("--subject", required=True)
     opening.add_argument("--text", required=True, help="what the customer reported")
     opening.add_argument("--mailbox", help="the mailbox whose address answers (default: the first)")
+    opening.add_argument(
+        "--language",
+        choices=["es", "en"],
+        help="the language of the case's notices (default: the mailbox's, else notices.language)",
+    )
     opening.add_argument("--json", action="store_true")
     resolving = cases.add_parser("resolve", help="resolve a case and notify the customer")
     resolving.add_argument("folio")
@@ -736,6 +741,7 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
         cause=case.cause,
         customer_name=case.customer_name,
         channel=case.channel,
+        language=case.language,
         area=case.area,
         visit=(
             {"date": case.visit_date.isoformat(), "time": case.visit_time}
@@ -882,6 +888,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 mailbox=mailbox,
                 now=utcnow(),
                 channel=args.channel,
+                language=args.language,
             )
             casework.record(
                 session, case, "customer", args.text, from_addr=customer or by, subject=args.subject
@@ -1489,6 +1496,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "name",  # customer_name: all a phone case may have of its customer
         "mailbox",
         "channel",
+        "language",
         "subject",
         "created_at",
         "resolved_at",

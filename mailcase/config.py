@@ -331,6 +331,9 @@ class MailboxSettings(_Server):
 
     address: str
     folder: str = "INBOX"
+    # The language of the cases opened from this mailbox, and of the notices to agents
+    # about its mail that belongs to no case; None: notices.language.
+    language: Literal["es", "en"] | None = None
 
     @field_validator("address")
     @classmethod
@@ -661,6 +664,12 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[a-z0-9_-]{1,64}", name):
                 raise ValueError(f"area name {name!r} may use only a-z, 0-9, _ and -")
         return value
+
+    def language_of(self, mailbox: str) -> Literal["es", "en"]:
+        """The notice language of ``mailbox``: its ``language``, else ``notices.language``
+        (also for a name that is not configured)."""
+        box = self.mailboxes.get(mailbox)
+        return (box.language if box is not None else None) or self.notices.language
 
     @property
     def own_addresses(self) -> frozenset[str]:

@@ -26,6 +26,10 @@ Only ``cli`` turns these into exit codes and printed sentences.
 
 from __future__ import annotations
 
+from typing import Any
+
+from mailcase.reasons import QuarantineReason, Reason, ReasonParam
+
 # Named exit codes, in one place, so systemd can use RestartPreventExitStatus=.
 EXIT_OK = 0
 EXIT_FAILURE = 1  # a mailbox could not be read, a command failed
@@ -121,7 +125,27 @@ class PermanentDeliveryError(DeliveryError):
 
 
 class MessageError(MailcaseError):
-    """One message could not be processed; it is quarantined with this reason."""
+    """One message could not be processed; it is quarantined with this reason.
+
+    ``reason`` is its code and parameters (:class:`~mailcase.reasons.QuarantineReason`);
+    the error's text is the reason in English, the ledger's words.
+    """
+
+    def __init__(self, code: Reason, /, **params: ReasonParam) -> None:
+        self.reason = QuarantineReason(code, params)
+        super().__init__(self.reason.text())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The parser process sends it pickled (mailcase.parsing); Exception's own
+        # pickling would call MessageError(text) and lose the code.
+        return (_message_error, (type(self), self.reason.code, dict(self.reason.params)))
+
+
+def _message_error(
+    cls: type[MessageError], code: Reason, params: dict[str, ReasonParam]
+) -> MessageError:
+    """``cls(code, **params)``, for unpickling."""
+    return cls(code, **params)
 
 
 class NotFoundError(MailcaseError):

@@ -49,6 +49,7 @@ from typing import Any
 
 from mailcase.errors import MessageError
 from mailcase.quoting import is_attribution_line
+from mailcase.reasons import Reason
 from mailcase.wire import ascii_domain
 
 # mail-parser logs its opinion of each message's parts at WARNING and ERROR
@@ -243,36 +244,29 @@ def parse_inbound(
     lowered = raw.lower()
     parts = _count_parts(lowered)
     if parts > max_parts:
-        raise MessageError(f"message has {parts} MIME parts, more than the limit of {max_parts}")
+        raise MessageError(Reason.MIME_PARTS, parts=parts, limit=max_parts)
     longest, longest_mime = _longest_fields(raw, lowered)
     if longest > max_field_bytes:
-        raise MessageError(
-            f"a header field of {longest} bytes, more than the limit of {max_field_bytes}"
-        )
+        raise MessageError(Reason.HEADER_FIELD, size=longest, limit=max_field_bytes)
     if longest_mime > max_mime_field_bytes:
-        raise MessageError(
-            f"a Content-Type or Content-Disposition field of {longest_mime} bytes, "
-            f"more than the limit of {max_mime_field_bytes}"
-        )
+        raise MessageError(Reason.MIME_FIELD, size=longest_mime, limit=max_mime_field_bytes)
     end = _HEADER_END_RE.search(raw, 0, MAX_HEADER_BYTES + 4)
     if end is None and len(raw) > MAX_HEADER_BYTES:
         # Short fields, repeated: 44 MB of "Cc:" lines made 1.6 million participants
         # in six minutes and 4.8 GB (sixth review round). Real mail's header sections
         # are a few kilobytes; a long Received chain, tens.
-        raise MessageError(f"a header section longer than the limit of {MAX_HEADER_BYTES} bytes")
+        raise MessageError(Reason.HEADER_SECTION, limit=MAX_HEADER_BYTES)
     try:
         # What mailparser.parse_from_bytes does, in two steps (see _read_body).
         message = email.message_from_bytes(raw)
     except Exception as exc:  # RecursionError for absurd nesting, belt and braces
-        raise MessageError(f"cannot parse message: {type(exc).__name__}: {exc}") from exc
+        raise MessageError(Reason.UNPARSEABLE, error=f"{type(exc).__name__}: {exc}") from exc
 
     depth, parts = _mime_shape(message)
     if depth > max_depth:
-        raise MessageError(
-            f"MIME structure nested {depth} deep, more than the limit of {max_depth}"
-        )
+        raise MessageError(Reason.MIME_DEPTH, depth=depth, limit=max_depth)
     if parts > max_parts:  # what the scan above could not see (the parser is lenient)
-        raise MessageError(f"message has {parts} MIME parts, more than the limit of {max_parts}")
+        raise MessageError(Reason.MIME_PARTS, parts=parts, limit=max_parts)
     headers, address_fields = _collect_headers(message)
     try:
         # Before mail-parser reads the parts: it must see the names given to unnamed ones.
@@ -280,7 +274,7 @@ def parse_inbound(
         parsed = _read_body(message)
         text, text_above_quote = _body_text(plain_parts, html_parts, paired=paired)
     except Exception as exc:  # mail-parser raises many types for broken input
-        raise MessageError(f"cannot parse message: {type(exc).__name__}: {exc}") from exc
+        raise MessageError(Reason.UNPARSEABLE, error=f"{type(exc).__name__}: {exc}") from exc
     message_id = _first_msgid(headers.get("message-id", ()))
     from_pairs = _addresses(address_fields.get("from", ()))
     from_address = from_pairs[0][1] if from_pairs else ""

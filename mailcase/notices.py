@@ -500,7 +500,7 @@ def queue_without_case(
     Message-ID is unsigned, so a reply to it is no agent's proof for any case.
     """
     box = settings.mailboxes.get(mailbox) or next(iter(settings.mailboxes.values()))
-    language = settings.notices.language
+    language = settings.language_of(mailbox)
     # An unverified sender (a forged agent's From), or a stranger whose mail was
     # quarantined, chose this subject: repeated as a stranger's is, so that the
     # support address carries no link of theirs.

@@ -49,6 +49,7 @@ from typing import IO, Any, TypeVar
 from mailcase.blobs import BlobStore
 from mailcase.errors import MessageError, StorageError
 from mailcase.inbound import InboundMail, parse_inbound
+from mailcase.reasons import Reason
 
 MIN_BACKLOG = 50  # fewer messages are parsed in this process: not worth a child
 WINDOW_MESSAGES = 32  # parsed ahead at most this many messages …
@@ -215,7 +216,7 @@ class ParserProcess:
                 self._deaths = 0
                 self._waiting.popleft()
                 self._resend()
-                return MessageError(f"the parser process died reading this message (exit {code})")
+                return MessageError(Reason.PARSER_DIED, exit=str(code))
             if self._deaths < 2 and self._start():
                 self._resend()
         self._waiting.popleft()
@@ -320,7 +321,8 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             payload = pickle.dumps(answer)
         except Exception:  # an exception that does not pickle: its words only
             bad = answer[1]
-            payload = pickle.dumps(("error", MessageError(f"{type(bad).__name__}: {bad}")))
+            error = MessageError(Reason.UNEXPECTED, error=f"{type(bad).__name__}: {bad}")
+            payload = pickle.dumps(("error", error))
         try:
             _write_frame(stdout, payload)
         except OSError:

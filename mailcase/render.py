@@ -32,6 +32,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from mailcase import wire
 from mailcase.classify import LOOP_HEADER
 from mailcase.errors import MessageError, TemplateError
+from mailcase.reasons import Reason
 
 
 def shipped_templates() -> Path:
@@ -122,7 +123,7 @@ def _render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
                 f"template {filename} uses {', '.join(unknown)}, which this notice does not have"
             ) from exc
         raise MessageError(
-            f"template {filename} failed on this message: {type(exc).__name__}: {exc}"
+            Reason.TEMPLATE_FAILED, template=str(filename), error=f"{type(exc).__name__}: {exc}"
         ) from exc
 
 

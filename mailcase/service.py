@@ -72,6 +72,7 @@ from mailcase.quoting import (
     strip_quoted,
     without_known_signature,
 )
+from mailcase.reasons import QuarantineReason, Reason
 from mailcase.store import (
     Store,
     as_utc,
@@ -636,7 +637,8 @@ def ingest_message(
                 log.info("message_ingested_elsewhere", disposition=other.disposition)
                 _count(report, other.disposition)
                 return str(other.disposition)
-        reason = _error_reason(exc)
+        why = _reason_of(exc)
+        reason = why.text()
         log.warning("message_quarantined", disposition="quarantined", reason=reason)
         try:
             with rt.store.transaction() as session:
@@ -648,7 +650,7 @@ def ingest_message(
                     raw_sha,
                     reason,
                     first_time=lambda: _tell_quarantined(
-                        rt.settings, session, mailbox, fetched, reason
+                        rt.settings, session, mailbox, fetched, why
                     ),
                 )
         except SQLAlchemyError as db_exc:
@@ -700,6 +702,7 @@ def _remapped(
         report.remapped += 1
 
 
+# How the ledger's reason for a message the server refused begins (retry fetches it again).
 UNREADABLE = "the IMAP server could not return it"
 
 
@@ -718,7 +721,8 @@ def _quarantine_unreadable(
     Its own identity (``unreadable:`` and its address), not its empty content's,
     so that two such messages stay two rows. ``messages retry`` fetches it again.
     """
-    reason = f"{UNREADABLE} ({fetched.unreadable}); `mailcase messages retry` fetches it again"
+    why = QuarantineReason(Reason.UNREADABLE, {"answer": str(fetched.unreadable)})
+    reason = why.text()
     log.warning("message_quarantined", disposition="quarantined", reason=reason)
     try:
         with rt.store.transaction() as session:
@@ -737,7 +741,7 @@ def _quarantine_unreadable(
                 raw_sha256=raw_sha,
                 size=0,
             )
-            _tell_quarantined(rt.settings, session, mailbox, fetched, reason)
+            _tell_quarantined(rt.settings, session, mailbox, fetched, why)
     except SQLAlchemyError as exc:
         raise DatabaseError(
             f"cannot record message {fetched.uid} of mailbox {mailbox}: {error_text(exc)}"
@@ -887,12 +891,16 @@ def _not_stored(mailbox: str, uid: int, exc: StorageError) -> MailboxError:
     )
 
 
-def _error_reason(exc: BaseException) -> str:
+def _reason_of(exc: BaseException) -> QuarantineReason:
+    """Why ``exc`` quarantined a message; its English text is the ledger's reason."""
     if isinstance(exc, MessageError):
-        return str(exc)
+        return exc.reason
+    if isinstance(exc, _CaseChanged):
+        return QuarantineReason(Reason.CASE_CHANGING, {"folio": str(exc)})
     if isinstance(exc, SQLAlchemyError):  # the database's words, not SQLAlchemy's SQL dump
-        return f"{type(exc).__name__}: {error_text(exc)}"
-    return f"{type(exc).__name__}: {exc}"[:1000]
+        error = f"{type(exc).__name__}: {error_text(exc)}"
+        return QuarantineReason(Reason.DATABASE, {"error": error})
+    return QuarantineReason(Reason.UNEXPECTED, {"error": f"{type(exc).__name__}: {exc}"[:1000]})
 
 
 _CASES = table(Case)
@@ -956,10 +964,15 @@ def _existing(
 
 
 def _tell_quarantined(
-    settings: Settings, session: Session, mailbox: str, fetched: FetchedMessage, reason: str
+    settings: Settings,
+    session: Session,
+    mailbox: str,
+    fetched: FetchedMessage,
+    why: QuarantineReason,
 ) -> None:
     """Tell ``agents.notify`` that ``fetched`` was quarantined: its sender, subject and
-    why, and what to do (ten such notices an hour at most).
+    why (``reason``: the ledger's English; ``reason_text``: in the notice's language),
+    and what to do (ten such notices an hour at most).
 
     A customer whose mail cannot be processed gets no acknowledgement; without
     this nobody heard of it until an admin looked at ``status`` or the ledger
@@ -982,7 +995,9 @@ def _tell_quarantined(
                 "sender": parseaddr(head.get("from", ""))[1],
                 "mailbox": mailbox,
                 "uid": fetched.uid,
-                "reason": reason[:500],
+                "reason": why.text()[:500],
+                # In the language queue_without_case writes the notice in: the mailbox's.
+                "reason_text": why.text(settings.language_of(mailbox))[:500],
                 # The server did not return it: nothing is kept, a retry asks again.
                 "stored": fetched.unreadable is None,
             },

@@ -431,7 +431,7 @@ def test_a_message_the_server_cannot_return_is_told_to_agents(
     cli.poll()
     assert _ledger(cli)[uids[1]]["disposition"] == "quarantined"
     [notice] = _quarantine_notices(sink, uids[1])
-    assert "could not return it" in notice and "(sin remitente)" in notice
+    assert "no lo pudo entregar" in notice and "(sin remitente)" in notice
     # Nothing of it is kept: the notice does not say the whole message is.
     assert "no hay copia guardada" in notice and "completo está guardado" not in notice
 

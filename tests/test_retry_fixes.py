@@ -116,7 +116,7 @@ def test_the_agents_are_told_once_of_a_message_quarantined(
     [told] = [m.message for m in sink.messages if m.rcpt_tos == [NOTIFY]]
     assert told["Subject"] == "Correo en cuarentena: «Fotos 0»"
     body = " ".join(told.get_body(("plain",)).get_content().split())
-    assert "De: c0@example.com Asunto:" in body and "more than the limit of 3" in body
+    assert "De: c0@example.com Asunto:" in body and "más que el límite de 3" in body
     assert "premios-plarey" not in body  # the sender's display name is free text
     assert f"mailcase messages show {uid} --mailbox contacto" in body
     # Met again (a retry that fails again): not told twice.
@@ -139,6 +139,7 @@ def test_notices_of_quarantined_mail_are_capped_per_hour(tmp_path: Path) -> None
         "mailbox": "contacto",
         "uid": 1,
         "reason": "r",
+        "reason_text": "r",
         "stored": True,
     }
     with rt.store.transaction() as session:

@@ -137,6 +137,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "mailbox_address": "contacto@internet-plarey.com.mx",
         "uid": 7,
         "reason": "message has 7 MIME parts, more than the limit of 3",
+        "reason_text": "el mensaje tiene 7 partes MIME, más que el límite de 3",
         "stored": True,
         "company": COMPANY,
     },
@@ -165,6 +166,8 @@ OPTIONAL = {
     "relay": {"customer_name"},
     "not_relayed": {"untold", "own_sender"},  # read only for their reasons
     "agent_notification": {"area", "attaching"},  # read only when routed, or files left out
+    # The ledger's English words, for override templates: the shipped ones say reason_text.
+    "quarantined": {"reason"},
 }
 CUSTOMER_FACING = (
     "relay",
