@@ -34,6 +34,7 @@ from mailcase.bounces import record_bounce
 from mailcase.classify import OWN_ADDRESS, MailKind, classify
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
+from mailcase.erasure import is_erased
 from mailcase.errors import (
     ConfigError,
     DatabaseError,
@@ -1263,18 +1264,25 @@ def case_ref(session: Session, case: Case) -> CaseRef:
 _FOLIOS_IN_TEXT = 3  # folios of a message's text looked up: a list of fifty is no report
 
 
+def _workable(case: Case | None) -> Case | None:
+    """``case``, or None when its customer's data was erased (mailcase.erasure): mail
+    naming it, by folio, thread or signed id, is told nothing of it and joins nothing,
+    as if it named no case (not even a link: nothing ties new mail to the erased)."""
+    return None if case is None or is_erased(case) else case
+
+
 def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
     settings = rt.settings
     duplicate_of = None
     for entry in earlier:
         if entry.case_id is not None:
-            case = session.get(Case, entry.case_id)
+            case = _workable(session.get(Case, entry.case_id))
             duplicate_of = case_ref(session, case) if case else None
             break
-    referenced = case_by_message_ids(session, mail.thread_ids)
+    referenced = _workable(case_by_message_ids(session, mail.thread_ids))
     by_folio = []
     for folio in find_folios(mail.subject, settings.folio.prefix):
-        case = case_by_folio(session, folio)
+        case = _workable(case_by_folio(session, folio))
         if case is not None:
             by_folio.append(case_ref(session, case))
     in_text = []
@@ -1283,7 +1291,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     if not by_folio and not referenced and find_folios(mail.text, settings.folio.prefix):
         named = find_folios(customer_text(mail.text, mail.subject), settings.folio.prefix)
         for folio in named[:_FOLIOS_IN_TEXT]:
-            case = case_by_folio(session, folio)
+            case = _workable(case_by_folio(session, folio))
             if case is not None:
                 in_text.append(case_ref(session, case))
     signed_case = None
@@ -1292,7 +1300,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
         for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
             if _exposed(session, proof):
                 continue  # seen in someone else's hands: no proof any more
-            case = session.get(Case, case_id)
+            case = _workable(session.get(Case, case_id))
             if case is not None:
                 signed_case = case_ref(session, case)
                 break
