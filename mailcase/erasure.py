@@ -38,13 +38,15 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from mailcase.blobs import BlobStore
+from mailcase.blobs import BlobStore, read_header
 from mailcase.errors import MailcaseError
+from mailcase.inbound import senders_of
 from mailcase.logs import get_logger
 from mailcase.models import (
     Case,
     CaseMessage,
     CaseStatus,
+    Disposition,
     LedgerEntry,
     Notice,
     NoticeStatus,
@@ -75,10 +77,14 @@ class Erasure:
     participations: tuple[str, ...] = ()  # other customers' cases the address took part in
     erased: bool = False
     files_left: tuple[str, ...] = field(default=())  # files that could not be removed
+    # Rows of theirs outside any case: fetched mail (a quarantined or bulk message)
+    # and notices about it (the agents told of a quarantined message).
+    loose_ledger: tuple[int, ...] = ()
+    loose_notices: tuple[int, ...] = ()
 
     @property
     def anything(self) -> bool:
-        return bool(self.folios or self.participations)
+        return bool(self.folios or self.participations or self.loose_ledger or self.loose_notices)
 
 
 def is_erased(case: Case) -> bool:
@@ -110,12 +116,12 @@ def erase(
         return Erasure()
     if dry_run:
         with store.read_session() as session:
-            return _survey(session, address, lock=False)[0]
+            return _survey(session, address, blob_dir, lock=False)[0]
     now = utcnow()
     with store.transaction() as session:
-        found, cases, orphans = _survey(session, address, lock=True)
+        found, cases, orphans = _survey(session, address, blob_dir, lock=True)
         if found.anything:
-            _erase_rows(session, address, cases, insiders=insiders, now=now, by=by)
+            _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
     removed_left = _remove_files(BlobStore(blob_dir), orphans)
     result = Erasure(
         folios=found.folios,
@@ -126,6 +132,8 @@ def erase(
         participations=found.participations,
         erased=found.anything,
         files_left=tuple(removed_left),
+        loose_ledger=found.loose_ledger,
+        loose_notices=found.loose_notices,
     )
     if found.anything:
         # Folios and counts only: the log must not keep what was just erased.
@@ -139,9 +147,11 @@ def erase(
     return result
 
 
-def _survey(session: Session, address: str, *, lock: bool) -> tuple[Erasure, list[Case], set[str]]:
+def _survey(
+    session: Session, address: str, blob_dir: Path, *, lock: bool
+) -> tuple[Erasure, list[Case], set[str]]:
     """What erasing ``address`` touches: the counts, its cases (locked with ``lock``) and
-    the store's files only those cases refer to. ErasureRefused as :func:`erase` says."""
+    the store's files only those rows refer to. ErasureRefused as :func:`erase` says."""
     query = select(Case).where(Case.customer == address).order_by(col(Case.id))
     if lock:
         # One lock order for every writer (as close_stale_cases): no deadlock.
@@ -170,18 +180,38 @@ def _survey(session: Session, address: str, *, lock: bool) -> tuple[Erasure, lis
             f"case(s) {waiting} of this customer still have notices in the outbox: "
             "wait for the outbox to send them (mailcase outbox list), nothing was erased"
         )
+    loose_ledger = _loose_ledger(session, address, blob_dir)
+    loose_notices = _loose_notices(session, address)
+    if loose_notices.queued:
+        raise ErasureRefused(
+            "a notice to the agents about this customer's mail is still in the outbox: "
+            "wait for the outbox to send it (mailcase outbox list), nothing was erased"
+        )
     participations = session.exec(
         select(Case.folio)
         .join(Participant, col(Participant.case_id) == col(Case.id))
         .where(Participant.address == address, col(Case.id).not_in(ids))
         .order_by(col(Case.id))
     ).all()
+    loose_shas = {sha for _, sha in loose_ledger if sha}
     if not ids:
-        return Erasure(participations=tuple(participations)), cases, set()
+        orphans = loose_shas - _kept_elsewhere(
+            session, loose_shas, [], [i for i, _ in loose_ledger]
+        )
+        found = Erasure(
+            files=len(orphans),
+            messages=len(loose_ledger),
+            ledger=len(loose_ledger),
+            notices=len(loose_notices.ids),
+            participations=tuple(participations),
+            loose_ledger=tuple(i for i, _ in loose_ledger),
+            loose_notices=loose_notices.ids,
+        )
+        return found, cases, orphans
     message_ids = list(
         session.exec(select(CaseMessage.id).where(col(CaseMessage.case_id).in_(ids))).all()
     )
-    candidates: set[str] = set()
+    candidates: set[str] = set(loose_shas)
     candidates.update(
         s
         for s in session.exec(
@@ -200,23 +230,71 @@ def _survey(session: Session, address: str, *, lock: bool) -> tuple[Erasure, lis
         ).all()
     )
     candidates.discard("")
-    orphans = candidates - _kept_elsewhere(session, candidates, ids)
+    orphans = candidates - _kept_elsewhere(session, candidates, ids, [i for i, _ in loose_ledger])
     ledger = session.exec(select(col(LedgerEntry.id)).where(col(LedgerEntry.case_id).in_(ids)))
     notices = session.exec(select(col(Notice.id)).where(col(Notice.case_id).in_(ids)))
     found = Erasure(
         folios=tuple(c.folio for c in cases),
-        messages=len(message_ids),
+        messages=len(message_ids) + len(loose_ledger),
         files=len(orphans),
-        notices=len(notices.all()),
-        ledger=len(ledger.all()),
+        notices=len(notices.all()) + len(loose_notices.ids),
+        ledger=len(ledger.all()) + len(loose_ledger),
         participations=tuple(participations),
+        loose_ledger=tuple(i for i, _ in loose_ledger),
+        loose_notices=loose_notices.ids,
     )
     return found, cases, orphans
 
 
-def _kept_elsewhere(session: Session, shas: set[str], case_ids: Sequence[int]) -> set[str]:
-    """Which of ``shas`` a row outside the cases ``case_ids`` refers to (a ledger row
-    of no case included: a quarantined copy, a bulk mail)."""
+def _loose_ledger(session: Session, address: str, blob_dir: Path) -> list[tuple[int, str]]:
+    """(id, raw sha256) of the ledger rows of no case whose stored message ``address``
+    sent (From, Sender or Reply-To): a quarantined, dismissed, bulk or automatic mail.
+
+    The ledger keeps no sender, so each stored header is read: a manual, rare command
+    can afford what the ingest path could not.
+    """
+    found = []
+    rows = session.exec(
+        select(LedgerEntry.id, LedgerEntry.raw_sha256)
+        .where(col(LedgerEntry.case_id).is_(None), LedgerEntry.raw_sha256 != "")
+        .order_by(col(LedgerEntry.id))
+    ).all()
+    for row_id, sha in rows:
+        try:
+            head = read_header(BlobStore.path_in(blob_dir, sha))
+        except (OSError, ValueError):  # the file gone, or no sha256: nothing to read
+            continue
+        if address in senders_of(head) and row_id is not None:
+            found.append((row_id, sha))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _LooseNotices:
+    ids: tuple[int, ...] = ()
+    queued: bool = False
+
+
+def _loose_notices(session: Session, address: str) -> _LooseNotices:
+    """Notices of no case whose bytes name ``address`` (the agents told of a quarantined
+    message from it, of an agent's mail about it that named no case)."""
+    wanted = address.encode("utf-8")
+    ids, queued = [], False
+    rows = session.exec(
+        select(Notice.id, Notice.status, Notice.raw).where(col(Notice.case_id).is_(None))
+    ).all()
+    for notice_id, status, raw in rows:
+        if notice_id is not None and wanted in bytes(raw).lower():
+            ids.append(notice_id)
+            queued = queued or status == NoticeStatus.QUEUED
+    return _LooseNotices(tuple(ids), queued)
+
+
+def _kept_elsewhere(
+    session: Session, shas: set[str], case_ids: Sequence[int], ledger_ids: Sequence[int]
+) -> set[str]:
+    """Which of ``shas`` a row that stays refers to: one outside the cases ``case_ids``
+    and the ledger rows ``ledger_ids`` (a ledger row of no case included)."""
     if not shas:
         return set()
     wanted = sorted(shas)
@@ -227,6 +305,7 @@ def _kept_elsewhere(session: Session, shas: set[str], case_ids: Sequence[int]) -
             select(LedgerEntry.raw_sha256).where(
                 col(LedgerEntry.raw_sha256).in_(wanted),
                 (col(LedgerEntry.case_id).is_(None)) | col(LedgerEntry.case_id).not_in(case_ids),
+                col(LedgerEntry.id).not_in(ledger_ids),
             )
         ).all()
     )
@@ -255,6 +334,7 @@ def _erase_rows(
     session: Session,
     address: str,
     cases: list[Case],
+    found: Erasure,
     *,
     insiders: frozenset[str],
     now: datetime,
@@ -299,10 +379,7 @@ def _erase_rows(
             notice.last_error = ""
             session.add(notice)
         for entry in session.exec(select(LedgerEntry).where(col(LedgerEntry.case_id).in_(ids))):
-            entry.message_id = None
-            entry.dedup_key = f"erased:{entry.id}"  # matches no message's key
-            entry.reason = ERASED_REASON
-            entry.raw_sha256 = ""
+            _erase_ledger_row(entry)
             session.add(entry)
         day = now.date().isoformat()
         for case in cases:
@@ -320,6 +397,22 @@ def _erase_rows(
                 f"the customer's personal data was erased on {day} (right of cancellation)",
                 from_addr=by,
             )
+    if found.loose_ledger:
+        for entry in session.exec(
+            select(LedgerEntry).where(col(LedgerEntry.id).in_(found.loose_ledger))
+        ):
+            _erase_ledger_row(entry)
+            # Without its stored copy a quarantined message can only be fetched again
+            # (messages retry): set aside for good instead, as `messages dismiss` does.
+            if entry.disposition == Disposition.QUARANTINED:
+                entry.disposition = Disposition.DISMISSED
+            session.add(entry)
+    if found.loose_notices:
+        for notice in session.exec(select(Notice).where(col(Notice.id).in_(found.loose_notices))):
+            notice.raw = b""
+            notice.last_error = ""
+            notice.message_id = ""
+            session.add(notice)
     # Elsewhere: the address as a participant of another customer's case, and written
     # in that case's messages (a system note adding it, its mail's sender or Cc).
     for participant in session.exec(select(Participant).where(Participant.address == address)):
@@ -330,6 +423,13 @@ def _erase_rows(
         message.text = mention.sub(FORGOTTEN, message.text)
         session.add(message)
     session.flush()
+
+
+def _erase_ledger_row(entry: LedgerEntry) -> None:
+    entry.message_id = None
+    entry.dedup_key = f"erased:{entry.id}"  # matches no message's key
+    entry.reason = ERASED_REASON
+    entry.raw_sha256 = ""
 
 
 def _mentioning(session: Session, address: str, skip: Iterable[int]) -> list[CaseMessage]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import json
+import sys
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import Cli, json_events, mail, write_config
+from helpers import NOTIFY, Cli, json_events, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import SQLModel
 
@@ -340,3 +341,41 @@ def test_ledger_rows_keep_no_message_of_theirs(desk: Desk) -> None:
     )
     assert code == 0, err
     assert json.loads(out)["stored"] == "erased"
+
+
+def _unparseable(sender: str, subject: str) -> bytes:
+    """A message nested deeper than Python's recursion limit: quarantined on arrival."""
+    depth = sys.getrecursionlimit() + 100
+    head = f"From: {sender}\r\nTo: contacto@internet-plarey.com.mx\r\nSubject: {subject}\r\n"
+    parts = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+        for i in range(depth)
+    )
+    return head.encode() + parts
+
+
+def test_their_mail_outside_any_case_is_erased_too(desk: Desk) -> None:
+    # A quarantined message (the agents were told, naming sender and subject) and a
+    # bulk one: no case holds them, only the ledger, the store and the notice.
+    desk.deliver(_unparseable(f"{NAME} <{JUAN}>", PHRASE))
+    desk.deliver(mail(sender=f"{NAME} <{JUAN}>", body=PHRASE, headers={"Precedence": "bulk"}))
+    assert [r["disposition"] for r in desk.cli.json("messages", "list")] == [
+        "quarantined",
+        "bulk",
+    ]
+    assert any(JUAN in m.get_content() for m in desk.to(NOTIFY))
+    files = _blob_files(desk)
+    code, result, err = _forget(desk)
+    assert (code, result["cases"], result["messages"], result["notices"]) == (0, [], 2, 1), err
+    assert result["files"] == 2 and result["erased"] is False
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0 and result["erased"] is True, err
+    after = _everything(desk, sent_log=True)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower()):
+        assert secret not in after, secret
+    assert len(files - _blob_files(desk)) == 2
+    # Set aside for good: without its stored copy it could only be fetched again.
+    assert [r["disposition"] for r in desk.cli.json("messages", "list")] == [
+        "dismissed",
+        "bulk",
+    ]
