@@ -19,7 +19,11 @@ otherwise, and changes nothing):
   customers sending the same PDF share one file);
 * elsewhere: the address as a participant of another customer's case (the row
   goes) and the address written in another case's messages (replaced by
-  :data:`FORGOTTEN`).
+  :data:`FORGOTTEN`);
+* its mail kept outside any case (a quarantined, bulk or automatic message
+  whose stored From, Sender or Reply-To is the address: ledger row as above,
+  a quarantined one dismissed) and the notices of no case that name the
+  address (the agents told of such a message): their bytes and Message-ID.
 
 What stays: folios, status, outcome, area, channel, mailbox, language, dates
 and the number and kind of messages and notices, and a system note saying
