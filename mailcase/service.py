@@ -1449,6 +1449,11 @@ def _apply(
     found = session.get(Case, decision.case.id, with_for_update=True, populate_existing=True)
     if found is None:
         return None
+    if is_erased(found) and decision.case.customer != found.customer:
+        # Its customer's data was erased (customers forget) after triage read the case
+        # and before this lock (PostgreSQL, another process): nothing more may be kept
+        # on it. Quarantined, not dropped: `messages retry` triages it again (a new case).
+        raise MessageError(f"case {found.folio} was erased while this message was read: retry it")
     case = found
     case.updated_at = now
     session.add(case)

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import NOTIFY, Cli, json_events, mail, write_config
+from helpers import AGENT, NOTIFY, Cli, json_events, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import SQLModel
 
+from mailcase import service
 from mailcase.classify import is_automatic_address
-from mailcase.erasure import FORGOTTEN
+from mailcase.erasure import FORGOTTEN, Erasure, erase
 from mailcase.store import Store
 
 pytestmark = pytest.mark.integration
@@ -379,3 +380,68 @@ def test_their_mail_outside_any_case_is_erased_too(desk: Desk) -> None:
         "dismissed",
         "bulk",
     ]
+
+
+def test_a_reply_met_while_its_case_is_erased_joins_nothing(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another process erases the case between triage's read and the case's lock
+    # (PostgreSQL: reads take no lock): the reply must not land on the erased case.
+    config = write_config(tmp_path, mailboxes, sink, notify=True, db_url=pg_url)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path, pg_url)
+    juan, _ = _history(desk)
+    real_facts = service._facts
+    erased: list[Erasure] = []
+
+    def facts_then_erase(rt: Any, session: Any, mail: Any, earlier: Any) -> Any:
+        found = real_facts(rt, session, mail, earlier)
+        if mail.sender == JUAN and not erased:
+            other = Store.open(pg_url, auto_upgrade=False)
+            try:
+                erased.append(
+                    erase(
+                        other, tmp_path / "store", JUAN, insiders=frozenset(), by="t", dry_run=False
+                    )
+                )
+            finally:
+                other.dispose()
+        return found
+
+    monkeypatch.setattr(service, "_facts", facts_then_erase)
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Re: [Folio {juan}] Sin internet",
+            body="Hola otra vez",
+        )
+    )
+    assert erased and erased[0].folios == (juan,)
+    assert desk.cli.json("messages", "list")[-1]["disposition"] == "quarantined"
+    old = desk.cli.json("cases", "show", juan)
+    assert old["status"] == "closed" and "Hola otra vez" not in json.dumps(old)
+    desk.ok("messages", "retry", "--all")
+    [new] = desk.cli.json("cases", "list", "--customer", JUAN)
+    assert new["folio"] != juan
+
+
+def test_an_agents_reply_to_an_old_notice_does_not_reach_the_erased_case(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    notice = desk.to(NOTIFY)[0]  # the agents' notice of Juan's new case (a signed id)
+    assert _forget(desk, "--yes")[0] == 0
+    desk.deliver(
+        mail(
+            sender=AGENT,
+            to=str(notice["From"]),
+            subject=f"Re: {notice['Subject']}",
+            body="#reabrir\nLo reviso de nuevo.",
+            headers={"In-Reply-To": notice["Message-ID"], "References": notice["Message-ID"]},
+        )
+    )
+    assert desk.cli.json("messages", "list")[-1]["disposition"] == "no_case"
+    old = desk.cli.json("cases", "show", juan)
+    assert old["status"] == "closed" and "Lo reviso" not in json.dumps(old, ensure_ascii=False)
