@@ -682,7 +682,8 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
     open/resolve/note/visit/route/close/reopen``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
     ``check``, ``status``, ``cases list/show``, ``messages list`` and ``outbox
-    list``, refuse a missing file with a sentence naming its path: run as root
+    list`` (and ``customers forget``: a missing database holds nobody's data),
+    refuse a missing file with a sentence naming its path: run as root
     before the service started, they would leave a database the service user
     cannot open, and after a typo in ``database.url`` an empty one.
     """
