@@ -364,9 +364,12 @@ def _erase_rows(
             message.from_addr = message.from_addr if worker else ""
             message.to_addrs = ""
             message.subject = ""
-            # "case closed", "routed to area soporte": the record of what happened, kept;
-            # "participant juan@… added" names someone, and goes.
-            keep_text = message.kind == "system" and "@" not in message.text
+            # "case closed", "routed to area soporte": mailcase's record of what happened,
+            # kept; "participant juan@… added" names someone, and goes, as does a mail
+            # kept as "system" (an auto-reply naming the folio: it has a raw copy).
+            keep_text = (
+                message.kind == "system" and message.raw_sha256 is None and "@" not in message.text
+            )
             message.text = message.text if keep_text else ""
             message.message_id = None
             message.raw_sha256 = None

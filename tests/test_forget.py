@@ -98,6 +98,15 @@ def _history(desk: Desk) -> tuple[str, str]:
             body=f"Sigo igual, {PHRASE} sigue ahí. Mi teléfono es 55 1234 5678.",
         )
     )
+    # An auto-reply naming the folio: kept on the case as a "system" message.
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Respuesta automática: [Folio {juan}] Sin internet",
+            body=f"{NAME} está de vacaciones con {PHRASE}.",
+            headers={"Auto-Submitted": "auto-replied"},
+        )
+    )
     desk.ok(
         "cases", "resolve", juan, "--outcome", "valid", "--cause", f"Se cambió el módem de {NAME}"
     )
@@ -176,7 +185,9 @@ def test_forgetting_leaves_nothing_of_the_customer(desk: Desk) -> None:
     assert (shown["status"], shown["outcome"], shown["channel"]) == ("closed", "valid", "mail")
     assert shown["created_at"] and shown["resolved_at"] and shown["closed_at"]
     assert "erased on" in shown["messages"][-1]["text"]
-    assert [m["kind"] for m in shown["messages"]].count("customer") == 2
+    kinds = [m["kind"] for m in shown["messages"]]
+    assert kinds.count("customer") == 2 and kinds.count("system") >= 3
+    assert "case closed" in [m["text"] for m in shown["messages"]]
     code, out, _ = desk.cli("cases", "show", juan)
     assert code == 0 and "erased on" in out
     # The audit line names folios and counts, never the address.
@@ -335,7 +346,7 @@ def test_ledger_rows_keep_no_message_of_theirs(desk: Desk) -> None:
     juan, _ = _history(desk)
     assert _forget(desk, "--yes")[0] == 0
     rows = [r for r in desk.cli.json("messages", "list") if r["folio"] == juan]
-    assert len(rows) == 2
+    assert len(rows) == 3  # the report, the follow-up, the auto-reply
     assert all(r["message_id"] is None and r["reason"].startswith("erased") for r in rows)
     code, out, err = desk.cli(
         "messages", "show", str(rows[0]["uid"]), "--mailbox", "contacto", "--json"
