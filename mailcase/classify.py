@@ -198,10 +198,20 @@ def is_automatic_address(address: str) -> bool:
     no-reply, donotreply, do-not-reply, bounce and bounces (case-insensitive,
     ignoring a ``+tag``, and also when followed by ``-``, ``_`` or ``.`` and more,
     as in ``noreply-facturas@`` or VERP ``bounce-123@``), and for the no-reply
-    words after a prefix too (``gmail-noreply@``). Accepts a bare local part, an
-    addr-spec or ``<addr-spec>``; never raises.
+    words after a prefix too (``gmail-noreply@``); and for any address in RFC
+    2606's ``.invalid`` (no mailbox can exist there: ``forgotten@invalid``
+    stands for a customer whose data was erased, mailcase.erasure). Accepts a
+    bare local part, an addr-spec or ``<addr-spec>``; never raises.
     """
-    return bool(_AUTOMATIC_LOCAL_PART.fullmatch(_local_part(address)))
+    return bool(_AUTOMATIC_LOCAL_PART.fullmatch(_local_part(address))) or _invalid_domain(address)
+
+
+def _invalid_domain(address: str) -> bool:
+    addr = address.strip().strip("<>").strip()
+    if "@" not in addr:
+        return False
+    domain = addr.rpartition("@")[2].strip().rstrip(".").lower()
+    return domain == "invalid" or domain.endswith(".invalid")
 
 
 def _local_part(address: str) -> str:

@@ -41,6 +41,7 @@ from mailcase.config import (
     config_path,
     load_settings,
 )
+from mailcase.erasure import FORGOTTEN, is_erased
 from mailcase.errors import (
     EXIT_CONFIG,
     EXIT_DATABASE,
@@ -287,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not tell the customer which folio follows the report",
     )
 
+    customers = commands.add_parser(
+        "customers", help="a customer's personal data (right of cancellation)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    forgetting = customers.add_parser(
+        "forget",
+        help="erase a customer's personal data from their closed cases (LFPDPPP cancellation)",
+    )
+    forgetting.add_argument("address", metavar="ADDRESS", help="the customer's mail address")
+    forgetting.add_argument(
+        "--yes", action="store_true", help="erase (without it: only say what would be erased)"
+    )
+    forgetting.add_argument("--json", action="store_true")
+
     messages = commands.add_parser("messages", help="the ledger of fetched messages")
     msg_actions = messages.add_subparsers(dest="action", required=True, metavar="ACTION")
     msg_list = msg_actions.add_parser("list", help="every fetched message and its disposition")
@@ -445,7 +459,7 @@ def _writes(args: argparse.Namespace) -> bool:
     """Whether the command may create or change files of the state (the database, its
     companions, the message store)."""
     command: str = args.command
-    if command in ("poll", "run"):
+    if command in ("poll", "run", "customers"):
         return True
     action: str = getattr(args, "action", "")
     read_only = {
@@ -510,6 +524,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "poll": _poll,
         "run": _run,
         "cases": _cases,
+        "customers": _customers,
         "messages": _messages,
         "outbox": _outbox,
         "check": _check,
@@ -682,7 +697,8 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
     open/resolve/note/visit/route/close/reopen``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
     ``check``, ``status``, ``cases list/show``, ``messages list`` and ``outbox
-    list``, refuse a missing file with a sentence naming its path: run as root
+    list`` (and ``customers forget``: a missing database holds nobody's data),
+    refuse a missing file with a sentence naming its path: run as root
     before the service started, they would leave a database the service user
     cannot open, and after a typo in ``database.url`` an empty one.
     """
@@ -851,6 +867,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     visit: tuple[date, str | None] | None = None
     if args.action == "open":
         customer = _customer_address(args.customer)
+        if customer == FORGOTTEN:
+            raise UsageError(f"--customer {customer} stands for a customer whose data was erased")
         if customer in settings.agents.addresses or customer in settings.own_addresses:
             # As a case an agent opens by mail (triage): the acknowledgement would go to
             # the help desk itself, and its replies would read as an agent's.
@@ -901,6 +919,12 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
             if found is None:
                 raise NotFoundError(f"no case with folio {args.folio}")
+            if is_erased(found):
+                # Kept for the statistics only: a resolution, a visit or a relay would
+                # go nowhere, and a reopened case would take nobody's mail.
+                raise UsageError(
+                    f"case {found.folio}: its customer's data was erased, it cannot change"
+                )
             folio, case_id = found.folio, found.id
             if found.merged_into_id is not None and args.action != "merge":
                 into = casework.merged_target(session, found).folio
@@ -1081,6 +1105,60 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _customers(args: argparse.Namespace, settings: Settings) -> int:
+    """``customers forget ADDRESS [--yes]``: erase what is kept of a customer's address
+    (mailcase.erasure); without ``--yes`` say what would be erased and change nothing."""
+    from mailcase.erasure import ErasureRefused, erase
+
+    address = _customer_address(args.address)
+    if not address:
+        raise UsageError("customers forget needs the customer's mail address")
+    store = _open_store(settings, create=False)
+    insiders = settings.own_addresses | frozenset(settings.agents.addresses)
+    try:
+        done = erase(
+            store,
+            settings.storage.directory,
+            address,
+            insiders=insiders,
+            by=f"cli:{_operator()}",
+            dry_run=not args.yes,
+        )
+    except ErasureRefused as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        store.dispose()
+    if args.json:
+        _print_json(
+            {
+                "cases": list(done.folios),
+                "messages": done.messages,
+                "files": done.files,
+                "notices": done.notices,
+                "erased": done.erased,
+            }
+        )
+    elif not done.anything:
+        print("nothing of that address is stored: nothing to erase")
+    else:
+        counts = f"{done.messages} message(s), {done.files} file(s), {done.notices} notice(s)"
+        folios = ", ".join(done.folios) or "none"
+        verb = "erased" if done.erased else "would erase"
+        print(f"{verb} the customer's data of {len(done.folios)} case(s): {folios} ({counts})")
+        if done.participations:
+            print(f"{verb} the address as a participant of: {', '.join(done.participations)}")
+        if not done.erased:
+            print("nothing was changed: run again with --yes to erase")
+    if done.files_left:
+        print(
+            f"mailcase: {len(done.files_left)} file(s) of the erased cases could not be removed "
+            f"from {settings.storage.directory}: remove them by hand ({done.files_left[0]} ...)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def ledger_row(entry: LedgerEntry, folio: str | None) -> dict[str, Any]:
     return {
         "mailbox": entry.mailbox,
@@ -1203,13 +1281,21 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
             raise NotFoundError(f"no message {args.uid} of mailbox {args.mailbox} in the ledger")
         entry, folio = row
         item = ledger_row(entry, folio)
-    path = BlobStore.path_in(settings.storage.directory, entry.raw_sha256)
+    # No stored copy: its customer's data was erased (mailcase.erasure).
+    path = (
+        BlobStore.path_in(settings.storage.directory, entry.raw_sha256)
+        if entry.raw_sha256
+        else None
+    )
     # Always in --json (null: the stored file was read), so a script need not test for it.
     item["stored"] = None
+    head = b""
     try:
-        head = read_header(path)
+        if path is not None:
+            head = read_header(path)
+        else:
+            item["stored"] = "erased"
     except OSError as exc:
-        head = b""
         item["stored"] = f"cannot be read: {exc.strerror or exc}"
     headers = header_summary(head) if head else {}
     written = origin_of(head)[1] if head else None
@@ -1223,8 +1309,8 @@ def _message_show(args: argparse.Namespace, settings: Settings) -> int:
         "date_header": headers.get("date", ""),
         "header_message_id": headers.get("message-id", ""),
         "size": entry.size,
-        "raw_sha256": entry.raw_sha256,
-        "raw_path": str(path),
+        "raw_sha256": entry.raw_sha256 or None,
+        "raw_path": str(path) if path is not None else None,
     }
     if args.json:
         _print_json(item)

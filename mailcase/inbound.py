@@ -178,6 +178,21 @@ def header_summary(head: bytes) -> dict[str, str]:
     }
 
 
+def senders_of(head: bytes) -> frozenset[str]:
+    """The addresses in From, Sender and Reply-To of the message whose raw bytes begin
+    with ``head``, spelt as :func:`canonical_address` spells them; never raises."""
+    try:
+        message = email.message_from_bytes(_header_section(head))
+        fields = [str(v) for k, v in message.items() if k.lower() in ("from", "sender", "reply-to")]
+        return frozenset(
+            canonical_address(addr.strip().lower())
+            for _, addr in email.utils.getaddresses(fields)
+            if "@" in addr
+        )
+    except Exception:  # a header too damaged even for that: nobody's
+        return frozenset()
+
+
 def _header_section(head: bytes) -> bytes:
     return head.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
 

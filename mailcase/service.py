@@ -34,6 +34,7 @@ from mailcase.bounces import record_bounce
 from mailcase.classify import OWN_ADDRESS, MailKind, classify
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
+from mailcase.erasure import is_erased
 from mailcase.errors import (
     ConfigError,
     DatabaseError,
@@ -1278,12 +1279,20 @@ def case_ref(session: Session, case: Case) -> CaseRef:
 _FOLIOS_IN_TEXT = 3  # folios of a message's text looked up: a list of fifty is no report
 
 
+def _workable(case: Case | None) -> Case | None:
+    """``case``, or None when its customer's data was erased (mailcase.erasure): mail
+    naming it, by folio, thread or signed id, is told nothing of it and joins nothing,
+    as if it named no case (not even a link: nothing ties new mail to the erased)."""
+    return None if case is None or is_erased(case) else case
+
+
 def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
     settings = rt.settings
 
     def answering(case: Case | None) -> Case | None:
-        # A merged case's folio, mail and notices are answered by the case it joined.
-        return casework.merged_target(session, case) if case is not None else None
+        # A merged case's folio, mail and notices are answered by the case it joined;
+        # an erased one's by none (_workable).
+        return _workable(casework.merged_target(session, case) if case is not None else None)
 
     duplicate_of = None
     for entry in earlier:
@@ -1461,8 +1470,13 @@ def _apply(
     found = session.get(Case, decision.case.id, with_for_update=True, populate_existing=True)
     if found is None:
         return None
-    if found.merged_into_id is not None:
-        # Merged since triage read it: decided again, on the case that answers for it.
+    if found.merged_into_id is not None or (
+        is_erased(found) and decision.case.customer != found.customer
+    ):
+        # Merged, or its customer's data erased (customers forget), since triage read
+        # it (PostgreSQL: another session committed in between): decided again, on the
+        # case that answers for it, or as mail naming no case (nothing more may be kept
+        # on an erased case).
         raise _CaseChanged(found.folio)
     case = found
     case.updated_at = now

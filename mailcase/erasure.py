@@ -1,0 +1,466 @@
+"""A customer's right of cancellation (LFPDPPP, "derechos ARCO"): erase what mailcase
+keeps of one address, and keep the cases as statistics.
+
+What is erased, for every case whose customer is the address (all of them
+closed or resolved, and none with a notice still queued: :func:`erase` refuses
+otherwise, and changes nothing):
+
+* the case's customer (replaced by :data:`FORGOTTEN`, an address in RFC 2606's
+  ``.invalid``, which no mail can come from or go to), name, subject and the
+  explanation of the causes;
+* every message of the case: sender, recipients, subject, text, Message-ID
+  and raw copy (a system note keeps its text when it names no address: "case
+  closed", "routed to area …"); agents' and operators' names stay as senders;
+* its stored attachments (the rows), its participants, and its notices' bytes,
+  recipient (unless an agent's or ours), Message-ID and last error;
+* its ledger rows' Message-ID, dedup key, reason and raw copy;
+* the raw messages and attachments in the message store, unless a row that
+  stays still refers to the same file (the store is content-addressed: two
+  customers sending the same PDF share one file);
+* elsewhere: the address as a participant of another customer's case (the row
+  goes) and the address written in another case's messages (replaced by
+  :data:`FORGOTTEN`);
+* its mail kept outside any case (a quarantined, bulk or automatic message
+  whose stored From, Sender or Reply-To is the address: ledger row as above,
+  a quarantined one dismissed) and the notices of no case that name the
+  address (the agents told of such a message): their bytes and Message-ID.
+
+What stays: folios, status, outcome, area, channel, mailbox, language, dates
+and the number and kind of messages and notices, and a system note saying
+when the data was erased. Erased cases are invisible to triage
+(:func:`is_erased`): mail naming one of their folios or threads opens a new
+case, linked to nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlmodel import Session, col, select
+
+from mailcase.blobs import BlobStore, read_header
+from mailcase.errors import MailcaseError
+from mailcase.inbound import senders_of
+from mailcase.logs import get_logger
+from mailcase.models import (
+    Case,
+    CaseMessage,
+    CaseStatus,
+    Disposition,
+    LedgerEntry,
+    Notice,
+    NoticeStatus,
+    Participant,
+    StoredAttachment,
+)
+from mailcase.store import Store, utcnow
+
+# RFC 2606 reserves .invalid: no mailbox there can exist, so no mail comes from it
+# and no notice reaches it (mailcase.classify treats it as an automatic address).
+FORGOTTEN = "forgotten@invalid"
+ERASED_REASON = "erased: the customer's data was cancelled"
+
+
+class ErasureRefused(MailcaseError):
+    """The address's data cannot be erased now (an open case, a queued notice)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What erasing an address touches (or touched): folios and counts, never the address."""
+
+    folios: tuple[str, ...] = ()
+    messages: int = 0  # case messages of those cases
+    files: int = 0  # files of the message store removed (not shared with a row that stays)
+    notices: int = 0  # notices of those cases
+    ledger: int = 0  # ledger rows of those cases
+    participations: tuple[str, ...] = ()  # other customers' cases the address took part in
+    erased: bool = False
+    files_left: tuple[str, ...] = field(default=())  # files that could not be removed
+    # Rows of theirs outside any case: fetched mail (a quarantined or bulk message)
+    # and notices about it (the agents told of a quarantined message).
+    loose_ledger: tuple[int, ...] = ()
+    loose_notices: tuple[int, ...] = ()
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.folios or self.participations or self.loose_ledger or self.loose_notices)
+
+
+def is_erased(case: Case) -> bool:
+    """Whether ``case``'s customer data was erased: it joins no mail any more."""
+    return case.customer == FORGOTTEN
+
+
+def erase(
+    store: Store,
+    blob_dir: Path,
+    address: str,
+    *,
+    insiders: frozenset[str],
+    by: str,
+    dry_run: bool,
+) -> Erasure:
+    """Erase what is kept of ``address`` (spelt as stored: canonical, lower case), in one
+    transaction, then remove its files from the store at ``blob_dir``; with ``dry_run``
+    only say what would be erased.
+
+    Raises :class:`ErasureRefused`, changing nothing, when one of the address's
+    cases is open or has a notice still queued. ``insiders`` are the agents' and
+    mailcase's own addresses: notices to them keep their recipient. The result's
+    ``files_left`` names files that could not be removed after the commit (the
+    database change stands; remove them by hand).
+    """
+    address = address.strip().lower()
+    if not address or address == FORGOTTEN:
+        return Erasure()
+    if dry_run:
+        with store.read_session() as session:
+            return _survey(session, address, blob_dir, lock=False)[0]
+    now = utcnow()
+    with store.transaction() as session:
+        found, cases, orphans = _survey(session, address, blob_dir, lock=True)
+        if found.anything:
+            _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
+    removed_left = _remove_files(BlobStore(blob_dir), orphans)
+    result = Erasure(
+        folios=found.folios,
+        messages=found.messages,
+        files=found.files - len(removed_left),
+        notices=found.notices,
+        ledger=found.ledger,
+        participations=found.participations,
+        erased=found.anything,
+        files_left=tuple(removed_left),
+        loose_ledger=found.loose_ledger,
+        loose_notices=found.loose_notices,
+    )
+    if found.anything:
+        # Folios and counts only: the log must not keep what was just erased.
+        get_logger().info(
+            "customer_forgotten",
+            cases=len(found.folios),
+            folios=list(found.folios),
+            participations=len(found.participations),
+            files=result.files,
+        )
+    return result
+
+
+def _survey(
+    session: Session, address: str, blob_dir: Path, *, lock: bool
+) -> tuple[Erasure, list[Case], set[str]]:
+    """What erasing ``address`` touches: the counts, its cases (locked with ``lock``) and
+    the store's files only those rows refer to. ErasureRefused as :func:`erase` says."""
+    query = select(Case).where(Case.customer == address).order_by(col(Case.id))
+    if lock:
+        # One lock order for every writer (as close_stale_cases): no deadlock.
+        query = query.with_for_update().execution_options(populate_existing=True)
+    cases = list(session.exec(query).all())
+    ids = [c.id for c in cases if c.id is not None]
+    folios = {c.id: c.folio for c in cases}
+    still_open = [c.folio for c in cases if c.status == CaseStatus.OPEN]
+    if still_open:
+        raise ErasureRefused(
+            f"case(s) {', '.join(still_open)} of this customer are still open: "
+            "resolve or close them first, nothing was erased"
+        )
+    queued = (
+        session.exec(
+            select(Notice.case_id).where(
+                col(Notice.case_id).in_(ids), Notice.status == NoticeStatus.QUEUED
+            )
+        ).all()
+        if ids
+        else []
+    )
+    if queued:
+        waiting = ", ".join(sorted({folios[c] for c in queued if c is not None}))
+        raise ErasureRefused(
+            f"case(s) {waiting} of this customer still have notices in the outbox: "
+            "wait for the outbox to send them (mailcase outbox list), nothing was erased"
+        )
+    loose_ledger = _loose_ledger(session, address, blob_dir)
+    loose_notices = _loose_notices(session, address)
+    if loose_notices.queued:
+        raise ErasureRefused(
+            "a notice to the agents about this customer's mail is still in the outbox: "
+            "wait for the outbox to send it (mailcase outbox list), nothing was erased"
+        )
+    participations = session.exec(
+        select(Case.folio)
+        .join(Participant, col(Participant.case_id) == col(Case.id))
+        .where(Participant.address == address, col(Case.id).not_in(ids))
+        .order_by(col(Case.id))
+    ).all()
+    loose_shas = {sha for _, sha in loose_ledger if sha}
+    if not ids:
+        orphans = loose_shas - _kept_elsewhere(
+            session, loose_shas, [], [i for i, _ in loose_ledger]
+        )
+        found = Erasure(
+            files=len(orphans),
+            messages=len(loose_ledger),
+            ledger=len(loose_ledger),
+            notices=len(loose_notices.ids),
+            participations=tuple(participations),
+            loose_ledger=tuple(i for i, _ in loose_ledger),
+            loose_notices=loose_notices.ids,
+        )
+        return found, cases, orphans
+    message_ids = list(
+        session.exec(select(CaseMessage.id).where(col(CaseMessage.case_id).in_(ids))).all()
+    )
+    candidates: set[str] = set(loose_shas)
+    candidates.update(
+        s
+        for s in session.exec(
+            select(CaseMessage.raw_sha256).where(col(CaseMessage.case_id).in_(ids))
+        ).all()
+        if s
+    )
+    candidates.update(
+        session.exec(select(LedgerEntry.raw_sha256).where(col(LedgerEntry.case_id).in_(ids))).all()
+    )
+    candidates.update(
+        session.exec(
+            select(StoredAttachment.sha256).where(
+                col(StoredAttachment.case_message_id).in_(message_ids)
+            )
+        ).all()
+    )
+    candidates.discard("")
+    orphans = candidates - _kept_elsewhere(session, candidates, ids, [i for i, _ in loose_ledger])
+    ledger = session.exec(select(col(LedgerEntry.id)).where(col(LedgerEntry.case_id).in_(ids)))
+    notices = session.exec(select(col(Notice.id)).where(col(Notice.case_id).in_(ids)))
+    found = Erasure(
+        folios=tuple(c.folio for c in cases),
+        messages=len(message_ids) + len(loose_ledger),
+        files=len(orphans),
+        notices=len(notices.all()) + len(loose_notices.ids),
+        ledger=len(ledger.all()) + len(loose_ledger),
+        participations=tuple(participations),
+        loose_ledger=tuple(i for i, _ in loose_ledger),
+        loose_notices=loose_notices.ids,
+    )
+    return found, cases, orphans
+
+
+def _loose_ledger(session: Session, address: str, blob_dir: Path) -> list[tuple[int, str]]:
+    """(id, raw sha256) of the ledger rows of no case whose stored message ``address``
+    sent (From, Sender or Reply-To): a quarantined, dismissed, bulk or automatic mail.
+
+    The ledger keeps no sender, so each stored header is read: a manual, rare command
+    can afford what the ingest path could not.
+    """
+    found = []
+    rows = session.exec(
+        select(LedgerEntry.id, LedgerEntry.raw_sha256)
+        .where(col(LedgerEntry.case_id).is_(None), LedgerEntry.raw_sha256 != "")
+        .order_by(col(LedgerEntry.id))
+    ).all()
+    for row_id, sha in rows:
+        try:
+            head = read_header(BlobStore.path_in(blob_dir, sha))
+        except (OSError, ValueError):  # the file gone, or no sha256: nothing to read
+            continue
+        if address in senders_of(head) and row_id is not None:
+            found.append((row_id, sha))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _LooseNotices:
+    ids: tuple[int, ...] = ()
+    queued: bool = False
+
+
+def _loose_notices(session: Session, address: str) -> _LooseNotices:
+    """Notices of no case whose bytes name ``address`` (the agents told of a quarantined
+    message from it, of an agent's mail about it that named no case)."""
+    wanted = address.encode("utf-8")
+    ids, queued = [], False
+    rows = session.exec(
+        select(Notice.id, Notice.status, Notice.raw).where(col(Notice.case_id).is_(None))
+    ).all()
+    for notice_id, status, raw in rows:
+        if notice_id is not None and wanted in bytes(raw).lower():
+            ids.append(notice_id)
+            queued = queued or status == NoticeStatus.QUEUED
+    return _LooseNotices(tuple(ids), queued)
+
+
+def _kept_elsewhere(
+    session: Session, shas: set[str], case_ids: Sequence[int], ledger_ids: Sequence[int]
+) -> set[str]:
+    """Which of ``shas`` a row that stays refers to: one outside the cases ``case_ids``
+    and the ledger rows ``ledger_ids`` (a ledger row of no case included)."""
+    if not shas:
+        return set()
+    wanted = sorted(shas)
+    kept: set[str] = set()
+    kept.update(
+        s
+        for s in session.exec(
+            select(LedgerEntry.raw_sha256).where(
+                col(LedgerEntry.raw_sha256).in_(wanted),
+                (col(LedgerEntry.case_id).is_(None)) | col(LedgerEntry.case_id).not_in(case_ids),
+                col(LedgerEntry.id).not_in(ledger_ids),
+            )
+        ).all()
+    )
+    kept.update(
+        s
+        for s in session.exec(
+            select(CaseMessage.raw_sha256).where(
+                col(CaseMessage.raw_sha256).in_(wanted), col(CaseMessage.case_id).not_in(case_ids)
+            )
+        ).all()
+        if s is not None
+    )
+    kept.update(
+        session.exec(
+            select(StoredAttachment.sha256)
+            .join(CaseMessage, col(CaseMessage.id) == col(StoredAttachment.case_message_id))
+            .where(
+                col(StoredAttachment.sha256).in_(wanted), col(CaseMessage.case_id).not_in(case_ids)
+            )
+        ).all()
+    )
+    return kept
+
+
+def _erase_rows(
+    session: Session,
+    address: str,
+    cases: list[Case],
+    found: Erasure,
+    *,
+    insiders: frozenset[str],
+    now: datetime,
+    by: str,
+) -> None:
+    """The erasure itself, in the caller's transaction (see the module docstring)."""
+    from mailcase.casework import record
+
+    ids = [c.id for c in cases if c.id is not None]
+    mention = re.compile(re.escape(address), re.IGNORECASE)
+    if ids:
+        messages = session.exec(select(CaseMessage).where(col(CaseMessage.case_id).in_(ids))).all()
+        message_ids = [m.id for m in messages]
+        for row in session.exec(
+            select(StoredAttachment).where(col(StoredAttachment.case_message_id).in_(message_ids))
+        ).all():
+            session.delete(row)
+        for message in messages:
+            # Who worked the case (an agent, an operator, mailcase) is no customer data.
+            worker = message.kind in ("agent", "note", "system") and (
+                message.from_addr in insiders or "@" not in message.from_addr
+            )
+            message.from_addr = message.from_addr if worker else ""
+            message.to_addrs = ""
+            message.subject = ""
+            # "case closed", "routed to area soporte": mailcase's record of what happened,
+            # kept; "participant juan@… added" names someone, and goes, as does a mail
+            # kept as "system" (an auto-reply naming the folio: it has a raw copy).
+            keep_text = (
+                message.kind == "system" and message.raw_sha256 is None and "@" not in message.text
+            )
+            message.text = message.text if keep_text else ""
+            message.message_id = None
+            message.raw_sha256 = None
+            session.add(message)
+        for participant in session.exec(
+            select(Participant).where(col(Participant.case_id).in_(ids))
+        ).all():
+            session.delete(participant)
+        for notice in session.exec(select(Notice).where(col(Notice.case_id).in_(ids))).all():
+            notice.raw = b""
+            notice.rcpt_to = notice.rcpt_to if notice.rcpt_to in insiders else FORGOTTEN
+            # A late delivery report naming it must not find the case again.
+            notice.message_id = ""
+            notice.last_error = ""
+            session.add(notice)
+        for entry in session.exec(select(LedgerEntry).where(col(LedgerEntry.case_id).in_(ids))):
+            _erase_ledger_row(entry)
+            session.add(entry)
+        day = now.date().isoformat()
+        for case in cases:
+            case.customer = FORGOTTEN
+            case.customer_name = ""
+            case.subject = ""
+            case.cause = None
+            case.updated_at = now
+            session.add(case)
+            session.flush()
+            record(
+                session,
+                case,
+                "system",
+                f"the customer's personal data was erased on {day} (right of cancellation)",
+                from_addr=by,
+            )
+    if found.loose_ledger:
+        for entry in session.exec(
+            select(LedgerEntry).where(col(LedgerEntry.id).in_(found.loose_ledger))
+        ):
+            _erase_ledger_row(entry)
+            # Without its stored copy a quarantined message can only be fetched again
+            # (messages retry): set aside for good instead, as `messages dismiss` does.
+            if entry.disposition == Disposition.QUARANTINED:
+                entry.disposition = Disposition.DISMISSED
+            session.add(entry)
+    if found.loose_notices:
+        for notice in session.exec(select(Notice).where(col(Notice.id).in_(found.loose_notices))):
+            notice.raw = b""
+            notice.last_error = ""
+            notice.message_id = ""
+            session.add(notice)
+    # Elsewhere: the address as a participant of another customer's case, and written
+    # in that case's messages (a system note adding it, its mail's sender or Cc).
+    for participant in session.exec(select(Participant).where(Participant.address == address)):
+        session.delete(participant)
+    for message in _mentioning(session, address, ids):
+        message.from_addr = mention.sub(FORGOTTEN, message.from_addr)
+        message.to_addrs = mention.sub(FORGOTTEN, message.to_addrs)
+        message.text = mention.sub(FORGOTTEN, message.text)
+        session.add(message)
+    session.flush()
+
+
+def _erase_ledger_row(entry: LedgerEntry) -> None:
+    entry.message_id = None
+    entry.dedup_key = f"erased:{entry.id}"  # matches no message's key
+    entry.reason = ERASED_REASON
+    entry.raw_sha256 = ""
+
+
+def _mentioning(session: Session, address: str, skip: Iterable[int]) -> list[CaseMessage]:
+    """Messages of cases other than ``skip`` whose sender, recipients or text hold ``address``."""
+    columns = (col(CaseMessage.from_addr), col(CaseMessage.to_addrs), col(CaseMessage.text))
+    query = select(CaseMessage).where(
+        # autoescape: an address's "_" is a LIKE wildcard.
+        columns[0].icontains(address, autoescape=True)
+        | columns[1].icontains(address, autoescape=True)
+        | columns[2].icontains(address, autoescape=True)
+    )
+    skipped = list(skip)
+    if skipped:
+        query = query.where(col(CaseMessage.case_id).not_in(skipped))
+    return list(session.exec(query).all())
+
+
+def _remove_files(blobs: BlobStore, shas: Iterable[str]) -> list[str]:
+    """Remove the files ``shas`` from ``blobs``; the paths that could not be removed."""
+    left = []
+    for sha in sorted(shas):
+        path = blobs.path(sha)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            left.append(str(path))
+    return left

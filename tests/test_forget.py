@@ -1,0 +1,459 @@
+"""`mailcase customers forget`: a customer's right of cancellation (LFPDPPP), against the
+real Dovecot and SMTP sink, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import json
+import sys
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from helpers import AGENT, NOTIFY, Cli, json_events, mail, write_config
+from servers import Dovecot, SmtpSink
+from sqlmodel import SQLModel
+
+from mailcase import service
+from mailcase.classify import is_automatic_address
+from mailcase.erasure import FORGOTTEN, Erasure, erase
+from mailcase.store import Store
+
+pytestmark = pytest.mark.integration
+
+JUAN = "juan.quintanilla@example.com"
+NAME = "Juan Quintanilla"
+PHRASE = "el perico azul de Tlalpan"  # only in Juan's mail
+ROSA = "rosa.quintanilla@example.com"  # in Juan's Cc: a participant of his case
+ANA = "ana.ruiz@example.com"
+SHARED = b"%PDF-1.4 contrato tipo " + bytes(range(256)) * 20  # sent by both Juan and Ana
+PRIVATE = b"\xff\xd8\xff\xe0 foto de Juan " + bytes(range(255, -1, -1)) * 20
+
+
+@dataclass
+class Desk:
+    cli: Cli
+    imap: Dovecot
+    sink: SmtpSink
+    dir: Path
+    url: str
+
+    def deliver(self, raw: bytes) -> None:
+        self.imap.append("contacto", raw)
+        self.cli.poll()
+
+    def folio_of(self, customer: str) -> str:
+        [case] = self.cli.json("cases", "list", "--customer", customer)
+        return str(case["folio"])
+
+    def ok(self, *args: str) -> str:
+        code, out, err = self.cli(*args)
+        assert code == 0, err
+        return out
+
+    def to(self, rcpt: str) -> list[EmailMessage]:
+        return [m.message for m in self.sink.messages if rcpt in m.rcpt_tos]
+
+
+@pytest.fixture
+def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, db_url=db_url)
+    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path, db_url)
+
+
+def _history(desk: Desk) -> tuple[str, str]:
+    """Juan's case (resolved and closed, a follow-up, files, a participant) and Ana's open
+    one, where Juan is a participant; their folios."""
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject="Sin internet en Quintanilla 12",
+            body=f"Hola, soy {NAME}; desde ayer no hay internet y {PHRASE} no deja de gritar.",
+            headers={"Cc": ROSA},
+            attachments=[
+                ("contrato.pdf", "application/pdf", SHARED),
+                ("foto.jpg", "image/jpeg", PRIVATE),
+            ],
+        )
+    )
+    juan = desk.folio_of(JUAN)
+    desk.deliver(
+        mail(
+            sender=f"Ana Ruiz <{ANA}>",
+            subject="Cobro doble",
+            body="Me cobraron dos veces este mes.",
+            attachments=[("contrato.pdf", "application/pdf", SHARED)],
+        )
+    )
+    ana = desk.folio_of(ANA)
+    desk.ok("cases", "participant", ana, "--add", JUAN)
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Re: [Folio {juan}] Sin internet",
+            body=f"Sigo igual, {PHRASE} sigue ahí. Mi teléfono es 55 1234 5678.",
+        )
+    )
+    # An auto-reply naming the folio: kept on the case as a "system" message.
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Respuesta automática: [Folio {juan}] Sin internet",
+            body=f"{NAME} está de vacaciones con {PHRASE}.",
+            headers={"Auto-Submitted": "auto-replied"},
+        )
+    )
+    desk.ok(
+        "cases", "resolve", juan, "--outcome", "valid", "--cause", f"Se cambió el módem de {NAME}"
+    )
+    desk.ok("cases", "close", juan)
+    return juan, ana
+
+
+def _texts(data: bytes) -> str:
+    """``data`` as text, and, when it is a message, its headers and parts decoded (a name
+    in RFC 2047, a body in quoted-printable or base64 are found too)."""
+    found = [data.decode("latin-1"), data.decode("utf-8", "replace")]
+    if b":" in data[:200]:
+        message = email.message_from_bytes(data, policy=policy.default)
+        for part in message.walk():
+            found.extend(str(v) for v in part.values())
+            if not part.is_multipart():
+                content = part.get_payload(decode=True) or b""
+                found.append(content.decode("utf-8", "replace"))
+    return "\n".join(found)
+
+
+def _everything(desk: Desk, *, sent_log: bool = False) -> str:
+    """Every text and binary column of every table and every file of the message store
+    (with ``sent_log``, SQLite delivery's record too: it changes as notices go), as text."""
+    parts = []
+    store = Store.open(desk.url, auto_upgrade=False)
+    try:
+        with store.engine.connect() as conn:
+            for table in SQLModel.metadata.tables.values():
+                for row in conn.execute(sa.select(table)):
+                    for value in row:
+                        if isinstance(value, bytes):
+                            parts.append(_texts(value))
+                        elif isinstance(value, str):
+                            parts.append(value)
+    finally:
+        store.dispose()
+    for path in sorted((desk.dir / "store").rglob("*")):
+        if path.is_file():
+            parts.append(_texts(path.read_bytes()))
+    log = desk.dir / "mailcase.db-sent"
+    if sent_log and log.exists():
+        parts.append(log.read_bytes().decode("latin-1"))
+    return "\n".join(parts).lower()
+
+
+def _blob_files(desk: Desk) -> set[str]:
+    return {
+        p.name for p in (desk.dir / "store").rglob("*") if p.is_file() and p.parent.name != "spool"
+    }
+
+
+def _forget(desk: Desk, *extra: str) -> tuple[int, dict[str, Any], str]:
+    code, out, err = desk.cli("customers", "forget", JUAN, "--json", *extra)
+    return code, (json.loads(out) if out else {}), err
+
+
+def test_forgetting_leaves_nothing_of_the_customer(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    before = _everything(desk)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower(), ROSA):
+        assert secret in before  # the search finds them where they are
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+    assert result["cases"] == [juan]
+    assert result["erased"] is True
+    assert result["messages"] >= 5 and result["notices"] >= 3 and result["files"] >= 3
+
+    after = _everything(desk, sent_log=True)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower(), ROSA, "55 1234 5678", "quintanilla"):
+        assert secret not in after, secret
+
+    # Kept for the statistics: folio, status, outcome, channel, dates; marked erased.
+    shown = desk.cli.json("cases", "show", juan)
+    assert shown["customer"] == FORGOTTEN
+    assert (shown["status"], shown["outcome"], shown["channel"]) == ("closed", "valid", "mail")
+    assert shown["created_at"] and shown["resolved_at"] and shown["closed_at"]
+    assert "erased on" in shown["messages"][-1]["text"]
+    kinds = [m["kind"] for m in shown["messages"]]
+    assert kinds.count("customer") == 2 and kinds.count("system") >= 3
+    assert "case closed" in [m["text"] for m in shown["messages"]]
+    code, out, _ = desk.cli("cases", "show", juan)
+    assert code == 0 and "erased on" in out
+    # The audit line names folios and counts, never the address.
+    [event] = [e for e in json_events(err) if e.get("event") == "customer_forgotten"]
+    assert event["folios"] == [juan] and event["cases"] == 1
+    assert JUAN not in err and "quintanilla" not in err.lower()
+
+
+def test_other_customers_and_a_shared_file_are_untouched(desk: Desk) -> None:
+    _, ana = _history(desk)
+    before = desk.cli.json("cases", "show", ana)
+    files = _blob_files(desk)
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+
+    after = desk.cli.json("cases", "show", ana)
+    # Juan no longer takes part in Ana's case; the note adding him no longer names him.
+    assert JUAN not in json.dumps(after)
+    assert [m["kind"] for m in after["messages"]] == [m["kind"] for m in before["messages"]]
+    assert after["customer"] == ANA and after["subject"] == "Cobro doble"
+    assert after["messages"][0]["text"] == before["messages"][0]["text"]
+    [pdf] = after["messages"][0]["attachments"]
+    left = _blob_files(desk)
+    assert pdf["sha256"] in left  # the file both sent stays for Ana
+    assert len(files) - len(left) == result["files"]
+    code, _, err = desk.cli("cases", "attachment", ana, "1", "--output", str(desk.dir / "c.pdf"))
+    assert code == 0, err
+    assert (desk.dir / "c.pdf").read_bytes() == SHARED
+
+
+def test_an_open_case_is_refused_and_nothing_changes(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    desk.ok("cases", "reopen", juan)
+    before = _everything(desk)
+    files = _blob_files(desk)
+    code, _, err = desk.cli("customers", "forget", JUAN, "--yes")
+    assert code == 2
+    assert juan in err and "close them first" in err
+    assert err.strip().count("\n") == 0
+    assert _everything(desk) == before and _blob_files(desk) == files
+
+
+def test_a_queued_notice_is_refused_until_the_outbox_sends_it(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    desk.sink.stop()  # the reopen and a resolution cannot be sent
+    try:
+        desk.ok("cases", "reopen", juan)
+        desk.cli("cases", "resolve", juan, "--outcome", "invalid", "--cause", "No hubo falla")
+        code, _, err = desk.cli("customers", "forget", JUAN, "--yes")
+        assert code == 2
+        assert juan in err and "outbox" in err
+    finally:
+        desk.sink.start()
+    desk.ok("outbox", "retry", "--all")  # due now
+    desk.ok("poll")  # and sent
+    assert not desk.cli.json("outbox", "list", "--status", "pending")
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+    assert result["erased"] is True
+
+
+def test_a_dry_run_says_what_and_changes_nothing(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    before = _everything(desk)
+    files = _blob_files(desk)
+    code, result, err = _forget(desk)
+    assert code == 0, err
+    assert result["cases"] == [juan] and result["erased"] is False
+    assert result["messages"] >= 5 and result["files"] >= 3
+    code, out, _ = desk.cli("customers", "forget", f"{NAME} <{JUAN.upper()}>")
+    assert code == 0
+    assert juan in out and "--yes" in out
+    assert _everything(desk) == before and _blob_files(desk) == files
+    # The same counts once done.
+    code, done, err = _forget(desk, "--yes")
+    assert {k: v for k, v in done.items() if k != "erased"} == {
+        k: v for k, v in result.items() if k != "erased"
+    }
+
+
+def test_new_mail_after_forgetting_opens_a_new_case(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    code, _, err = _forget(desk, "--yes")
+    assert code == 0, err
+    sent = len(desk.to(JUAN))
+    shown_before = desk.cli.json("cases", "show", juan)["messages"]
+    # A reply quoting the old folio and threading on an old notice: a stranger's mail.
+    old_ack = desk.to(JUAN)[0]  # the acknowledgement of the erased case
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Re: [Folio {juan}] Sin internet",
+            body="Otra vez sin servicio.",
+            headers={"In-Reply-To": old_ack["Message-ID"], "References": old_ack["Message-ID"]},
+        )
+    )
+    [new] = desk.cli.json("cases", "list", "--customer", JUAN)
+    assert new["folio"] != juan and new["status"] == "open"
+    shown = desk.cli.json("cases", "show", new["folio"])
+    assert shown["related"] == []  # nothing ties it to the erased case
+    [ack] = desk.to(JUAN)[sent:]
+    assert new["folio"] in ack["Subject"]
+    old = desk.cli.json("cases", "show", juan)
+    assert old["status"] == "closed" and len(old["messages"]) == len(shown_before)
+    assert "Otra vez" not in json.dumps(old, ensure_ascii=False)
+
+
+def test_mail_from_the_placeholder_is_never_answered(desk: Desk) -> None:
+    assert is_automatic_address(FORGOTTEN) and is_automatic_address("x@foo.invalid")
+    assert not is_automatic_address("x@invalid.example.com")
+    juan, _ = _history(desk)
+    code, _, err = _forget(desk, "--yes")
+    assert code == 0, err
+    desk.deliver(
+        mail(sender=FORGOTTEN, subject=f"Re: [Folio {juan}] hola", body="¿Qué datos tienen?")
+    )
+    assert not desk.to(FORGOTTEN)
+    old = desk.cli.json("cases", "show", juan)
+    assert "¿Qué datos tienen?" not in json.dumps(old, ensure_ascii=False)
+
+
+def test_an_erased_case_cannot_change(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    code, _, err = _forget(desk, "--yes")
+    assert code == 0, err
+    code, _, err = desk.cli("cases", "reopen", juan)
+    assert code == 2 and "erased" in err
+    code, _, err = desk.cli(
+        "cases",
+        "open",
+        "--customer",
+        FORGOTTEN,
+        "--channel",
+        "phone",
+        "--subject",
+        "x",
+        "--text",
+        "y",
+    )
+    assert code == 2
+
+
+def test_nothing_stored_is_said_and_a_second_run_changes_nothing(desk: Desk) -> None:
+    _history(desk)
+    assert _forget(desk, "--yes")[0] == 0
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+    assert result == {"cases": [], "messages": 0, "files": 0, "notices": 0, "erased": False}
+    code, out, _ = desk.cli("customers", "forget", "nadie@example.com")
+    assert code == 0 and "nothing to erase" in out
+    code, _, err = desk.cli("customers", "forget", "no es correo")
+    assert code == 2
+
+
+def test_ledger_rows_keep_no_message_of_theirs(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    assert _forget(desk, "--yes")[0] == 0
+    rows = [r for r in desk.cli.json("messages", "list") if r["folio"] == juan]
+    assert len(rows) == 3  # the report, the follow-up, the auto-reply
+    assert all(r["message_id"] is None and r["reason"].startswith("erased") for r in rows)
+    code, out, err = desk.cli(
+        "messages", "show", str(rows[0]["uid"]), "--mailbox", "contacto", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["stored"] == "erased"
+
+
+def _unparseable(sender: str, subject: str) -> bytes:
+    """A message nested deeper than Python's recursion limit: quarantined on arrival."""
+    depth = sys.getrecursionlimit() + 100
+    head = f"From: {sender}\r\nTo: contacto@internet-plarey.com.mx\r\nSubject: {subject}\r\n"
+    parts = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+        for i in range(depth)
+    )
+    return head.encode() + parts
+
+
+def test_their_mail_outside_any_case_is_erased_too(desk: Desk) -> None:
+    # A quarantined message (the agents were told, naming sender and subject) and a
+    # bulk one: no case holds them, only the ledger, the store and the notice.
+    desk.deliver(_unparseable(f"{NAME} <{JUAN}>", PHRASE))
+    desk.deliver(mail(sender=f"{NAME} <{JUAN}>", body=PHRASE, headers={"Precedence": "bulk"}))
+    assert [r["disposition"] for r in desk.cli.json("messages", "list")] == [
+        "quarantined",
+        "bulk",
+    ]
+    assert any(JUAN in m.get_content() for m in desk.to(NOTIFY))
+    files = _blob_files(desk)
+    code, result, err = _forget(desk)
+    assert (code, result["cases"], result["messages"], result["notices"]) == (0, [], 2, 1), err
+    assert result["files"] == 2 and result["erased"] is False
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0 and result["erased"] is True, err
+    after = _everything(desk, sent_log=True)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower()):
+        assert secret not in after, secret
+    assert len(files - _blob_files(desk)) == 2
+    # Set aside for good: without its stored copy it could only be fetched again.
+    assert [r["disposition"] for r in desk.cli.json("messages", "list")] == [
+        "dismissed",
+        "bulk",
+    ]
+
+
+def test_a_reply_met_while_its_case_is_erased_joins_nothing(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another process erases the case between triage's read and the case's lock
+    # (PostgreSQL: reads take no lock): the reply must not land on the erased case.
+    config = write_config(tmp_path, mailboxes, sink, notify=True, db_url=pg_url)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path, pg_url)
+    juan, _ = _history(desk)
+    real_facts = service._facts
+    erased: list[Erasure] = []
+
+    def facts_then_erase(rt: Any, session: Any, mail: Any, earlier: Any) -> Any:
+        found = real_facts(rt, session, mail, earlier)
+        if mail.sender == JUAN and not erased:
+            other = Store.open(pg_url, auto_upgrade=False)
+            try:
+                erased.append(
+                    erase(
+                        other, tmp_path / "store", JUAN, insiders=frozenset(), by="t", dry_run=False
+                    )
+                )
+            finally:
+                other.dispose()
+        return found
+
+    monkeypatch.setattr(service, "_facts", facts_then_erase)
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Re: [Folio {juan}] Sin internet",
+            body="Hola otra vez",
+        )
+    )
+    assert erased and erased[0].folios == (juan,)
+    # Decided again once the erasure is seen: the mail of a stranger, a new case.
+    assert desk.cli.json("messages", "list")[-1]["disposition"] == "new_case"
+    old = desk.cli.json("cases", "show", juan)
+    assert old["status"] == "closed" and "Hola otra vez" not in json.dumps(old)
+    [new] = desk.cli.json("cases", "list", "--customer", JUAN)
+    assert new["folio"] != juan
+    assert desk.cli.json("cases", "show", new["folio"])["related"] == []
+
+
+def test_an_agents_reply_to_an_old_notice_does_not_reach_the_erased_case(desk: Desk) -> None:
+    juan, _ = _history(desk)
+    notice = desk.to(NOTIFY)[0]  # the agents' notice of Juan's new case (a signed id)
+    assert _forget(desk, "--yes")[0] == 0
+    desk.deliver(
+        mail(
+            sender=AGENT,
+            to=str(notice["From"]),
+            subject=f"Re: {notice['Subject']}",
+            body="#reabrir\nLo reviso de nuevo.",
+            headers={"In-Reply-To": notice["Message-ID"], "References": notice["Message-ID"]},
+        )
+    )
+    assert desk.cli.json("messages", "list")[-1]["disposition"] == "no_case"
+    old = desk.cli.json("cases", "show", juan)
+    assert old["status"] == "closed" and "Lo reviso" not in json.dumps(old, ensure_ascii=False)
