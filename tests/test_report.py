@@ -471,3 +471,10 @@ def test_an_answer_the_server_refused_is_no_answer(
     answer = cli.json("report", *_around_today())["first_answer"]
 
     assert (answer["count"], answer["unanswered"]) == (0, 1)
+
+
+def test_report_is_a_read_only_command() -> None:
+    # Root may run it on the service's state (cli._refuse_root_over_service_files).
+    from mailcase.cli import _writes, build_parser
+
+    assert _writes(build_parser().parse_args(["report", "--from", "2026-10-01"])) is False
