@@ -354,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"{RETRY_ALL_DAYS} days that no bounce refused",
     )
 
+    reporting = commands.add_parser(
+        "report", help="complaint figures of the cases opened in a period (default: last month)"
+    )
+    reporting.add_argument(
+        "--from", dest="first", metavar="YYYY-MM-DD", help="first day (in folio.timezone)"
+    )
+    reporting.add_argument(
+        "--to", dest="last", metavar="YYYY-MM-DD", help="last day, included (in folio.timezone)"
+    )
+    reporting.add_argument("--json", action="store_true")
+
     commands.add_parser("check", help="check the config, database, mailboxes and SMTP")
     status = commands.add_parser("status", help="last polls, errors, backlog and outbox")
     status.add_argument("--json", action="store_true")
@@ -529,6 +540,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "outbox": _outbox,
         "check": _check,
         "status": _status,
+        "report": _report,
     }
     return handlers[args.command](args, settings)
 
@@ -685,6 +697,53 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _report_day(option: str, text: str) -> date:
+    """``--from``/``--to``: a date that exists, written YYYY-MM-DD; UsageError otherwise."""
+    from mailcase.commands import parse_date
+
+    day = parse_date(text.strip())
+    # The calendar's first and last years: a period's midnights in UTC may fall outside.
+    if day is None or not 2 <= day.year <= 9998:
+        raise UsageError(f"{option} {text!r} is not a date (YYYY-MM-DD)")
+    return day
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    """The complaint figures of the cases opened from ``--from`` to ``--to`` (both included,
+    in ``folio.timezone``); without either, the previous calendar month."""
+    from mailcase.report import Period, previous_month, report_json, report_lines
+    from mailcase.reporting import read_report
+
+    zone = settings.folio.zone
+    now = utcnow()
+    period = previous_month(now, zone)
+    first = _report_day("--from", args.first) if args.first is not None else None
+    last = _report_day("--to", args.last) if args.last is not None else None
+    if first is not None or last is not None:
+        # One end alone: --from up to today, --to from the first day of its month.
+        today = " (today)" if last is None else ""
+        last = last or now.astimezone(zone).date()
+        first = first or last.replace(day=1)
+        if first > last:
+            raise UsageError(f"--from {first} is after --to {last}{today}")
+        period = Period(first, last, zone)
+    store = _open_store(settings, create=False)
+    with store.read_session() as session:
+        report = read_report(
+            session,
+            period,
+            now=now,
+            mailboxes=tuple(settings.mailboxes),
+            areas=tuple(settings.areas),
+        )
+    if args.json:
+        _print_json(report_json(report))
+    else:
+        for line in report_lines(report):
+            print(visible(line))
+    return EXIT_OK
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -696,9 +755,9 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
     those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
     open/resolve/note/visit/route/close/reopen``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
-    ``check``, ``status``, ``cases list/show``, ``messages list`` and ``outbox
-    list`` (and ``customers forget``: a missing database holds nobody's data),
-    refuse a missing file with a sentence naming its path: run as root
+    ``check``, ``status``, ``report``, ``cases list/show``, ``messages list`` and
+    ``outbox list`` (and ``customers forget``: a missing database holds nobody's
+    data), refuse a missing file with a sentence naming its path: run as root
     before the service started, they would leave a database the service user
     cannot open, and after a typo in ``database.url`` an empty one.
     """
