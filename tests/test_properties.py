@@ -558,6 +558,7 @@ NAMES = {
     CommandKind.VISIT: ["visita", "visit", "Visita:"],
     CommandKind.ROUTE: ["area", "área", "ÁREA", "route", "a\u0301rea"],
     CommandKind.PARTICIPANT: ["participante", "participant", "Participante:"],
+    CommandKind.MERGE: ["fusionar", "merge", "Fusionar:"],
 }
 OUTCOMES = {
     "procedente": "valid",
@@ -592,6 +593,10 @@ def command_lines(draw: st.DrawFn) -> tuple[str, Command]:
     elif kind is CommandKind.PARTICIPANT:
         address = draw(st.from_regex(r"[a-z0-9._+-]{1,20}@[a-z0-9-]{1,20}\.mx", fullmatch=True))
         args, expected = [address.upper() if draw(st.booleans()) else address], {"address": address}
+    elif kind is CommandKind.MERGE:
+        # The folio as written, in one word or several ("PLR 2026 123"): read by the service.
+        args = draw(st.lists(st.from_regex(r"[A-Za-z0-9\[\]-]{1,12}", fullmatch=True), min_size=1))
+        expected = {"folio": " ".join(args)}
     line = f"#{name}" + "".join(" " + a for a in args)
     return indent + line + trailer, Command(kind, line=line, **expected)
 
@@ -644,6 +649,7 @@ def _assert_only_its_fields(command: Command) -> None:
     assert command.visit_time is None or kind is CommandKind.VISIT
     assert (command.area is not None) == (kind is CommandKind.ROUTE)
     assert (command.address is not None) == (kind is CommandKind.PARTICIPANT)
+    assert (command.folio is not None) == (kind is CommandKind.MERGE)
     if command.area is not None:
         assert re.fullmatch(r"[a-z0-9_-]+", command.area)
     assert command.line == command.line.strip() and command.line.startswith("#")
