@@ -27,11 +27,9 @@ def upgrade() -> None:
         batch_op.create_foreign_key(
             "fk_cases_merged_into_id_cases", "cases", ["merged_into_id"], ["id"]
         )
-        batch_op.create_index(batch_op.f("ix_cases_merged_into_id"), ["merged_into_id"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("cases", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_cases_merged_into_id"))
         batch_op.drop_constraint("fk_cases_merged_into_id_cases", type_="foreignkey")
         batch_op.drop_column("merged_into_id")
