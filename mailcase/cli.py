@@ -692,7 +692,7 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
 
     Which commands may create a missing SQLite database (and its directories):
     those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
-    open/resolve/note/visit/route/close/reopen``, ``messages retry`` and
+    open/resolve/note/visit/route/close/reopen/remind``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
     ``check``, ``status``, ``cases list/show``, ``messages list`` and ``outbox
     list``, refuse a missing file with a sentence naming its path: run as root
