@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from helpers import CONTACTO, NOTIFY, Cli, mail, write_config
-from servers import Dovecot, SmtpSink
+from servers import Dovecot, Postgres, SmtpSink
 from sqlmodel import col
 from test_agents import AREAS, CUSTOMER, Desk, text
 from test_config import ISSUE_CONFIG, load_error
@@ -186,6 +187,32 @@ def test_an_unanswered_customer_earns_one_reminder_per_unanswered_message(desk: 
 
 
 @pytest.mark.integration
+def test_an_agent_writing_straight_to_the_customer_answers_them(desk: Desk) -> None:
+    folio = desk.open_case()
+    [notification] = desk.to(NOTIFY)
+    assert _unanswered(desk) == [folio]
+    # From the agent's own client, to the customer with the mailbox in copy: sent by
+    # the agent's server, recorded on the case, and an answer all the same.
+    desk.agent_reply(notification, "Le escribo directamente.", to=f"{CUSTOMER}, {CONTACTO}")
+    _wait_back(desk, 30)
+    assert _unanswered(desk) == [] and _remind(desk) == []
+
+
+@pytest.mark.integration
+def test_an_english_case_is_reminded_in_english(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, language="en", db_url=db_url)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = desk.open_case(body="My internet is down.")
+    _wait_back(desk, 50)
+    assert _remind(desk) == [folio]
+    body = text(desk.last_to(NOTIFY))
+    assert f"the customer of case {folio} has been waiting 2 days and 2 hours" in body
+    assert "My internet is down." in body and "Recordatorio" not in body
+
+
+@pytest.mark.integration
 def test_only_open_cases_with_a_customer_address_are_reminded(desk: Desk) -> None:
     waiting_case = desk.open_case(sender="Rosa <rosa@example.com>", body="Sin señal.")
     closed = desk.open_case(sender="Luis <luis@example.com>")
@@ -285,3 +312,21 @@ def test_the_daemon_reminds_every_few_minutes(
     else:
         assert seen["interval"] is None
         assert _reminders(desk) == []
+
+
+@pytest.mark.integration
+def test_reminding_with_the_database_down_is_one_line(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, postgres: Postgres, pg_url: str
+) -> None:
+    # Expected trouble, as for closing stale cases: the next run tries again.
+    rt = Runtime.open(load_settings(write_config(tmp_path, mailboxes, sink, db_url=pg_url)))
+    the_daemon = daemon.Daemon(rt)
+    postgres.stop(fast=True)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            the_daemon.remind()
+    finally:
+        postgres.start()
+        rt.store.dispose()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("remind_failed", "warning")]
+    assert "exc_info" not in logs[0] and logs[0]["error"]
