@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -162,19 +161,21 @@ def case_entries(session: Session, case: Case) -> list[Entry]:
     ]
 
 
-def _candidates(cutoff: datetime | None) -> sa.Select[Any]:
-    """Open cases, never merged, with a customer address and a customer message
-    (older than ``cutoff`` when given): the ones that may be unanswered, oldest
-    wait first."""
-    query = sa.select(col(Case.id)).where(
+def _candidates(cutoff: datetime | None) -> list[sa.ColumnElement[bool]]:
+    """What the cases that may be unanswered have: open, never merged, a customer
+    address and a customer message (older than ``cutoff`` when given)."""
+    where = [
         col(Case.status) == CaseStatus.OPEN,
         col(Case.merged_into_id).is_(None),
         col(Case.customer) != "",
         col(Case.last_customer_at).is_not(None),
-    )
+    ]
     if cutoff is not None:
-        query = query.where(col(Case.last_customer_at) <= cutoff)
-    return query.order_by(col(Case.last_customer_at), col(Case.id))
+        where.append(col(Case.last_customer_at) <= cutoff)
+    return where
+
+
+_LONGEST_WAIT_FIRST = (col(Case.last_customer_at), col(Case.id))
 
 
 def unanswered_cases(session: Session) -> list[Case]:
@@ -184,13 +185,10 @@ def unanswered_cases(session: Session) -> list[Case]:
     message, then one per candidate for its messages: at 1,000,000 cases the
     cost follows the open ones, not the history.
     """
-    ids = session.execute(_candidates(None)).scalars().all()
-    found = []
-    for case_id in ids:
-        case = session.get(Case, case_id)
-        if case is not None and waiting(case_entries(session, case)) is not Waiting.ANSWERED:
-            found.append(case)
-    return found
+    candidates = session.exec(
+        select(Case).where(*_candidates(None)).order_by(*_LONGEST_WAIT_FIRST)
+    ).all()
+    return [c for c in candidates if waiting(case_entries(session, c)) is not Waiting.ANSWERED]
 
 
 def remind_unanswered(store: Store, settings: Settings, now: datetime | None = None) -> list[str]:
@@ -210,7 +208,8 @@ def remind_unanswered(store: Store, settings: Settings, now: datetime | None = N
         return []
     now = now or utcnow()
     with store.reading() as conn:
-        ids = [row[0] for row in conn.execute(_candidates(now - timedelta(hours=hours)))]
+        query = sa.select(col(Case.id)).where(*_candidates(now - timedelta(hours=hours)))
+        ids = [row[0] for row in conn.execute(query.order_by(*_LONGEST_WAIT_FIRST))]
     reminded = []
     for case_id in ids:
         with store.transaction() as session:
