@@ -422,3 +422,47 @@ def test_an_agents_reply_triaged_before_a_merge_commits_goes_to_the_case_that_st
     rt.store.dispose()
     assert out == ["follow_up"]
     assert notes == [first]
+
+
+def test_migration_0009_upgrades_a_database_with_cases(db_url: str) -> None:
+    # Every installation has cases whose messages refer to them: on SQLite the first
+    # version of 0009 copied the cases table and dropped the old one, which the store's
+    # PRAGMA foreign_keys=ON refused ("FOREIGN KEY constraint failed"): the daemon could
+    # not start after the upgrade. Migrated here through Store.open, as the daemon does.
+    import sqlalchemy as sa
+    from alembic import command
+
+    from mailcase.store import Store, alembic_config
+
+    command.upgrade(alembic_config(db_url), "0008")
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO cases (folio, mailbox, status, customer, customer_name, subject,"
+                " channel, language, created_at, updated_at) VALUES ('PLR-2026-000001',"
+                " 'contacto', 'open', 'juan@example.com', '', 's', 'mail', 'es',"
+                " '2026-11-20 10:00:00', '2026-11-20 10:00:00')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO case_messages (case_id, direction, kind, from_addr, to_addrs,"
+                " subject, date, text) SELECT id, 'in', 'customer', 'juan@example.com', '', 's',"
+                " '2026-11-20 10:00:00', 'hola' FROM cases"
+            )
+        )
+    engine.dispose()
+
+    store = Store.open(db_url, auto_upgrade=True)
+    try:
+        with store.reading() as conn:
+            rows = conn.execute(sa.text("SELECT folio, merged_into_id FROM cases")).all()
+            texts = conn.execute(sa.text("SELECT text FROM case_messages")).scalars().all()
+    finally:
+        store.dispose()
+    assert [tuple(r) for r in rows] == [("PLR-2026-000001", None)]
+    assert texts == ["hola"]
+    # And back, and up again (alembic's own connection, as `alembic downgrade` runs it).
+    command.downgrade(alembic_config(db_url), "0008")
+    command.upgrade(alembic_config(db_url), "head")
