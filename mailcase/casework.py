@@ -934,8 +934,16 @@ def merge(
     _merge_participants(session, source, target)
     _merge_links(session, source, target)
     now = utcnow()
-    if not target.customer:  # a phone report without an address
+    if not target.customer and source.customer:
+        # A phone report without an address takes the customer of the mail: their
+        # address, name, and the mailbox and language they wrote in (the English
+        # desk's customer must not be answered in Spanish from contacto@).
         target.customer, target.customer_name = source.customer, source.customer_name
+        target.mailbox, target.language = source.mailbox, source.language
+    if not source.customer:
+        # The merged report is this customer's too: `cases list --customer` finds it,
+        # and `customers forget` erases what it kept (its name, its subject).
+        source.customer = target.customer
     if source.last_customer_at and (
         target.last_customer_at is None or source.last_customer_at > target.last_customer_at
     ):

@@ -963,6 +963,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
     has_customer, visit_cancelled, changed = True, False, True
     merged_into = ""
+    target: Case | None = None
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -987,7 +988,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             casework.notify_agents(session, settings, case, "new", text=args.text)
             folio, case_id = case.folio, case.id
         else:
-            found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
+            if args.action == "merge":
+                found, target = _merge_pair(session, settings, args.folio, args.into)
+            else:
+                found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
             if found is None:
                 raise NotFoundError(f"no case with folio {args.folio}")
             if is_erased(found):
@@ -1019,9 +1023,13 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "route":
                 casework.route(session, settings, found, area, by=by)
             elif args.action == "merge":
-                target = case_by_folio(session, _folio(args.into, settings), for_update=True)
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.into}")
+                if is_erased(target):
+                    raise UsageError(
+                        f"case {target.folio}: its customer's data was erased, nothing merges "
+                        "into it"
+                    )
                 casework.merge(
                     session, settings, found, target, by=by,
                     tell_customer=not args.no_notice, now_local=now_local,
@@ -1059,6 +1067,27 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         )
     _deliver_after_commit(store, settings, after=watermark, case_id=case_id)
     return EXIT_OK
+
+
+def _merge_pair(
+    session: Session, settings: Settings, folio: str, into: str
+) -> tuple[Case | None, Case | None]:
+    """The cases ``folio`` and ``into`` name (None for one that does not exist), both
+    locked in one statement, in id order: two crossed merges (A into B and B into A at
+    once, PostgreSQL) then queue, and the second is refused as merged already, instead
+    of one failing with a deadlock."""
+    names = (_folio(folio, settings), _folio(into, settings))
+    locked = {
+        case.folio: case
+        for case in session.exec(
+            select(Case)
+            .where(col(Case.folio).in_(names))
+            .order_by(col(Case.id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+    }
+    return locked.get(names[0]), locked.get(names[1])
 
 
 def _last_notice_id(store: Store) -> int:
