@@ -1399,6 +1399,9 @@ def _apply(
     if disposition is Disposition.DUPLICATE:
         return decision.case
     if disposition is Disposition.QUARANTINED:
+        # Mail with no sender address (triage): nobody can be answered, so the agents
+        # are told, as of every other quarantined message.
+        _tell_quarantined(settings, session, mailbox, fetched, QuarantineReason(Reason.NO_SENDER))
         return None
     if disposition is Disposition.NO_CASE:
         if not decision.quiet:
