@@ -292,7 +292,8 @@ def open_case(
     """A new open case with the next folio of its year, inserted (so it has an id).
 
     The year is ``reported_at``'s (when the report reached us; ``now`` when not
-    given) in ``folio.timezone``, the business's calendar. Its notices are in
+    given) in ``folio.timezone``, the business's calendar, and so is its
+    ``created_at`` (never after ``now``). Its notices are in
     ``language``; by default, ``mailbox``'s (:meth:`Settings.language_of`).
     """
     year = settings.folio.year(reported_at or now)
@@ -310,7 +311,9 @@ def open_case(
         mailbox=mailbox,
         language=language or settings.language_of(mailbox),
         channel=channel,
-        created_at=now,
+        # When the report reached us: the report's figures (mailcase report) and the
+        # listing date a case by it, not by the poll that read it after an outage.
+        created_at=min(reported_at, now) if reported_at else now,
         updated_at=now,
         last_customer_at=last_customer_at,
     )
@@ -934,13 +937,26 @@ def merge(
     _merge_participants(session, source, target)
     _merge_links(session, source, target)
     now = utcnow()
-    if not target.customer:  # a phone report without an address
+    if not target.customer and source.customer:
+        # A phone report without an address takes the customer of the mail: their
+        # address, name, and the mailbox and language they wrote in (the English
+        # desk's customer must not be answered in Spanish from contacto@).
         target.customer, target.customer_name = source.customer, source.customer_name
+        target.mailbox, target.language = source.mailbox, source.language
+    if not source.customer:
+        # The merged report is this customer's too: `cases list --customer` finds it,
+        # and `customers forget` erases what it kept (its name, its subject).
+        source.customer = target.customer
     if source.last_customer_at and (
         target.last_customer_at is None or source.last_customer_at > target.last_customer_at
     ):
         target.last_customer_at = source.last_customer_at
     target.area = target.area or source.area
+    if target.visit_date is None and source.visit_date is not None:
+        # A visit that took place (one still ahead is refused): the case that stays
+        # made it, and the report counts it there (merged cases are left out).
+        target.visit_date, target.visit_time = source.visit_date, source.visit_time
+        source.visit_date = source.visit_time = None
     target.updated_at = now
     source.status = CaseStatus.CLOSED
     source.closed_at = source.updated_at = now

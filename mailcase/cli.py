@@ -216,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--customer", metavar="EMAIL", help="only this customer's cases (a caller's address)"
     )
     listing.add_argument("--area", help="only cases routed to this area (see [areas])")
+    listing.add_argument(
+        "--unanswered",
+        action="store_true",
+        help="only open cases whose customer's latest message has no answer yet, "
+        "the longest wait first",
+    )
     _listing_limits(listing, "cases", "newest")
     listing.add_argument("--json", action="store_true")
     show = cases.add_parser("show", help="one case with its messages")
@@ -288,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not tell the customer which folio follows the report",
     )
 
+    reminding = cases.add_parser(
+        "remind",
+        help="remind the agents of cases unanswered for escalation.unanswered_hours "
+        "(what the daemon does every few minutes)",
+    )
+    reminding.add_argument("--json", action="store_true")
     customers = commands.add_parser(
         "customers", help="a customer's personal data (right of cancellation)"
     ).add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -753,7 +765,7 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
 
     Which commands may create a missing SQLite database (and its directories):
     those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
-    open/resolve/note/visit/route/close/reopen``, ``messages retry`` and
+    open/resolve/note/visit/route/close/reopen/remind``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
     ``check``, ``status``, ``report``, ``cases list/show``, ``messages list`` and
     ``outbox list`` (and ``customers forget``: a missing database holds nobody's
@@ -951,6 +963,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
     has_customer, visit_cancelled, changed = True, False, True
     merged_into = ""
+    target: Case | None = None
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -975,7 +988,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             casework.notify_agents(session, settings, case, "new", text=args.text)
             folio, case_id = case.folio, case.id
         else:
-            found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
+            if args.action == "merge":
+                found, target = _merge_pair(session, settings, args.folio, args.into)
+            else:
+                found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
             if found is None:
                 raise NotFoundError(f"no case with folio {args.folio}")
             if is_erased(found):
@@ -1007,9 +1023,13 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "route":
                 casework.route(session, settings, found, area, by=by)
             elif args.action == "merge":
-                target = case_by_folio(session, _folio(args.into, settings), for_update=True)
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.into}")
+                if is_erased(target):
+                    raise UsageError(
+                        f"case {target.folio}: its customer's data was erased, nothing merges "
+                        "into it"
+                    )
                 casework.merge(
                     session, settings, found, target, by=by,
                     tell_customer=not args.no_notice, now_local=now_local,
@@ -1047,6 +1067,27 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         )
     _deliver_after_commit(store, settings, after=watermark, case_id=case_id)
     return EXIT_OK
+
+
+def _merge_pair(
+    session: Session, settings: Settings, folio: str, into: str
+) -> tuple[Case | None, Case | None]:
+    """The cases ``folio`` and ``into`` name (None for one that does not exist), both
+    locked in one statement, in id order: two crossed merges (A into B and B into A at
+    once, PostgreSQL) then queue, and the second is refused as merged already, instead
+    of one failing with a deadlock."""
+    names = (_folio(folio, settings), _folio(into, settings))
+    locked = {
+        case.folio: case
+        for case in session.exec(
+            select(Case)
+            .where(col(Case.folio).in_(names))
+            .order_by(col(Case.id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+    }
+    return locked.get(names[0]), locked.get(names[1])
 
 
 def _last_notice_id(store: Store) -> int:
@@ -1118,6 +1159,8 @@ def _unsent_notices(store: Store, after: int, case_id: int | None) -> list[str]:
 def _cases(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "attachment":
         return _case_attachment(args, settings)
+    if args.action == "remind":
+        return _cases_remind(args, settings)
     if args.action not in ("list", "show"):
         return _case_change(args, settings)
     store = _open_store(settings, create=False)
@@ -1135,9 +1178,13 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                     # message that does not exist.
                     raise UsageError(_unknown_area(args.area, settings))
                 query = query.where(Case.area == area_key(args.area))
+            if args.unanswered:
+                found = _unanswered(session, args)
+            else:
+                found = list(reversed(_limited(session, query, args, "cases")))
             items = [
                 case_summary(c, merged_target(session, c).folio if c.merged_into_id else None)
-                for c in reversed(_limited(session, query, args, "cases"))
+                for c in found
             ]
             if args.json:
                 _print_json(items)
@@ -1215,6 +1262,48 @@ def _customers(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _unanswered(session: Session, args: argparse.Namespace) -> list[Case]:
+    """``cases list --unanswered``: the cases unanswered now (:mod:`mailcase.reminders`),
+    the longest wait first, with the listing's other filters, within its limit (said on
+    stderr when it left some out). Reads the open cases only, never the whole history."""
+    from mailcase.reminders import unanswered_cases
+
+    customer = _customer_address(args.customer) if args.customer else ""
+    area = area_key(args.area) if args.area else ""
+    found = [
+        c
+        for c in unanswered_cases(session)
+        if (not args.status or c.status == args.status)
+        and (not customer or c.customer == customer)
+        and (not area or c.area == area)
+    ]
+    limit = len(found) if args.all else args.limit or DEFAULT_LIMIT
+    if len(found) > limit:
+        print(
+            f"mailcase: showing the {limit} longest-waiting cases; --limit N or --all for more",
+            file=sys.stderr,
+        )
+    return found[:limit]
+
+
+def _cases_remind(args: argparse.Namespace, settings: Settings) -> int:
+    """``cases remind``: the daemon's reminder check, once; prints the folios reminded
+    (nothing when none was, so that cron mails only news)."""
+    from mailcase.reminders import remind_unanswered
+
+    store = _open_store(settings, create=True)
+    watermark = _last_notice_id(store)
+    folios = remind_unanswered(store, settings)
+    if args.json:
+        _print_json(folios)
+    else:
+        for folio in folios:
+            print(folio)
+    if folios:
+        _deliver_after_commit(store, settings, after=watermark)
     return EXIT_OK
 
 

@@ -482,6 +482,12 @@ class CasesSettings(_Section):
     close_after_days: int = Field(default=7, ge=1, le=MAX_DAYS)
 
 
+class EscalationSettings(_Section):
+    # A case whose customer wrote and got no answer for this many hours (wall-clock,
+    # nights and weekends included) earns one reminder to the agents; 0: no reminders.
+    unanswered_hours: int = Field(default=24, ge=0, le=MAX_HOURS)
+
+
 class WebFormSettings(_Section):
     senders: list[str] = Field(default_factory=list)
 
@@ -620,6 +626,7 @@ class Settings(BaseSettings):
     company: CompanySettings = CompanySettings()
     limits: LimitsSettings = LimitsSettings()
     cases: CasesSettings = CasesSettings()
+    escalation: EscalationSettings = EscalationSettings()
     metrics: MetricsSettings = MetricsSettings()
     areas: dict[str, AreaSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()

@@ -9,6 +9,9 @@
   (doubling up to 15 minutes); the others go on, and the daemon never exits on it.
 * One outbox job (never two at once, so a notice cannot be sent twice by two
   runs); a poll that queued notices brings it forward.
+* Every :data:`~mailcase.reminders.CHECK_MINUTES` minutes (unless
+  ``escalation.unanswered_hours = 0``), one reminder to the agents per case whose
+  customer has waited that long for an answer (:mod:`mailcase.reminders`).
 * SIGTERM/SIGINT: the message in hand is finished (whichever thread polls it:
   the schedule's or an IDLE watcher's, waited for up to :data:`STOP_GRACE`
   seconds), the notice being sent is finished and the rest of the outbox stays
@@ -68,6 +71,7 @@ from mailcase.idle import IdleWatcher
 from mailcase.logs import get_logger
 from mailcase.models import Checkpoint
 from mailcase.outbox import deliver_outbox, log_run_failure
+from mailcase.reminders import CHECK_MINUTES, remind_unanswered
 from mailcase.sdnotify import notify, watchdog_interval
 from mailcase.service import Runtime, close_stale_cases, poll_mailbox, record_mailbox_failure
 from mailcase.store import as_utc, error_text, is_unavailable, utcnow
@@ -76,6 +80,7 @@ MAX_BACKOFF = timedelta(minutes=15)
 RETRY_SLACK = timedelta(milliseconds=250)
 OUTBOX_JOB = "outbox"
 WATCHDOG_JOB = "watchdog"
+REMIND_JOB = "remind"
 PENDING = "pending"  # a mailbox's STATUS= word until its first poll ends
 # How long a stop waits for the polls in progress to finish their message: well
 # under systemd's TimeoutStopSec= (2 min in systemd/mailcase.service), after
@@ -372,6 +377,23 @@ class Daemon:
         except Exception:
             self.log.exception("close_stale_crashed")
 
+    def remind(self) -> None:
+        """Remind the agents of cases left unanswered (:mod:`mailcase.reminders`); never
+        raises. A database that is down is one line, as for :meth:`close_stale`."""
+        try:
+            reminded = remind_unanswered(self.rt.store, self.rt.settings)
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                self.log.exception("remind_crashed")
+                return
+            self.log.warning("remind_failed", error=error_text(exc))  # the next run tries again
+            return
+        except Exception:
+            self.log.exception("remind_crashed")
+            return
+        if reminded:
+            self.request_delivery()  # not the next outbox interval: the agents are waited on
+
     def seed_metrics(self) -> None:
         """Give every configured mailbox a ``mailcase_seconds_since_last_successful_poll``
         series from the start: its last success from the database, or, for a mailbox
@@ -441,6 +463,10 @@ class Daemon:
         self.scheduler.add_job(
             self.close_stale, "interval", hours=1, id="close-stale", next_run_time=start
         )
+        if self.rt.settings.escalation.unanswered_hours:
+            self.scheduler.add_job(
+                self.remind, "interval", minutes=CHECK_MINUTES, id=REMIND_JOB, next_run_time=start
+            )
         ping_every = watchdog_interval()
         if ping_every is not None:
             self.scheduler.add_job(

@@ -161,6 +161,19 @@ def _survey(
         # One lock order for every writer (as close_stale_cases): no deadlock.
         query = query.with_for_update().execution_options(populate_existing=True)
     cases = list(session.exec(query).all())
+    # Cases merged into theirs keep what they were opened with (a phone report's name
+    # and subject as the agent typed them), with no address when merged before they
+    # had one: theirs too. Followed down every chain of merges (A into B into C).
+    seen = {c.id for c in cases}
+    frontier = set(seen)
+    while frontier:
+        merged = select(Case).where(col(Case.merged_into_id).in_(frontier)).order_by(col(Case.id))
+        if lock:
+            merged = merged.with_for_update().execution_options(populate_existing=True)
+        more = [c for c in session.exec(merged).all() if c.id not in seen]
+        cases += more
+        frontier = {c.id for c in more}
+        seen |= frontier
     ids = [c.id for c in cases if c.id is not None]
     folios = {c.id: c.folio for c in cases}
     still_open = [c.folio for c in cases if c.status == CaseStatus.OPEN]

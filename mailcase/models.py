@@ -68,8 +68,9 @@ class Case(SQLModel, table=True):
     closed_at: datetime | None = None
     last_customer_at: datetime | None = None  # the customer's latest message
     # Set when the case was merged into another (casework.merge): closed, its mail
-    # and its folio answered by that case from then on.
-    merged_into_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
+    # and its folio answered by that case from then on. Not indexed: it is read from
+    # the case's own row, never searched (an index would cost every new case a write).
+    merged_into_id: int | None = Field(default=None, foreign_key="cases.id")
 
 
 class FolioCounter(SQLModel, table=True):

@@ -8,7 +8,8 @@ Who gets what (the kinds):
 * to agents (``agents.notify``, an area, or one agent): ``agent_notification``,
   ``command_error``, ``unverified_agent``, ``delivery_failed``, ``not_relayed``
   (an agent's reply that reached the customer without its attachments, or
-  not at all).
+  not at all), ``reminder`` (a customer waiting for an answer,
+  :mod:`mailcase.reminders`).
 
 Every notice to agents carries a Message-ID signed for its case
 (:mod:`mailcase.msgid`), so an agent's reply to it proves which case it
@@ -51,7 +52,7 @@ CUSTOMER_KINDS = frozenset(
 )
 AGENT_KINDS = frozenset(
     {"agent_notification", "command_error", "unverified_agent", "delivery_failed", "not_relayed"}
-    | {"no_case", "quarantined"}
+    | {"no_case", "quarantined", "reminder"}
 )
 SIGNING_KEY = "message_id_key"
 

@@ -33,6 +33,7 @@ class Reason(StrEnum):
     CASE_CHANGING = "case_changing"  # folio
     DATABASE = "database"  # error
     UNEXPECTED = "unexpected"  # error
+    NO_SENDER = "no_sender"  # (triage: a From with a name and no address)
 
 
 # The English sentences are the ledger's, word for word as they were before the codes
@@ -94,6 +95,11 @@ TEXTS: Mapping[Reason, Mapping[str, str]] = {
     Reason.UNEXPECTED: {
         "en": "{error}",
         "es": "error inesperado: {error}",
+    },
+    Reason.NO_SENDER: {
+        "en": "no sender address",
+        "es": "el mensaje no trae la dirección de correo de quien lo envía, solo un nombre "
+        "o nada: no se le puede contestar",
     },
 }
 

@@ -54,11 +54,7 @@ def groups_statement(start: datetime, end: datetime) -> Any:
 
 
 def _unmerged(start: datetime, end: datetime) -> sa.ColumnElement[bool]:
-    # Not "merged_into_id IS NULL": SQLite, with no statistics, took that for a selective
-    # lookup on ix_cases_merged_into_id and read every unmerged case of the database
-    # instead of the period's. An expression no index holds leaves it the created_at range.
-    unmerged = func.coalesce(col(Case.merged_into_id), 0) == 0
-    return sa.and_(_in_period(start, end), unmerged)
+    return sa.and_(_in_period(start, end), col(Case.merged_into_id).is_(None))
 
 
 def resolutions_statement(start: datetime, end: datetime) -> Any:

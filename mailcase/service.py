@@ -1175,6 +1175,9 @@ def _ingest(
         decision = replace(decision, acknowledge=False, quiet=True)
         note = "; ".join(n for n in (note, "older than notices.max_age_hours: not answered") if n)
     case = _apply(rt, session, mailbox, mail, raw_sha, fetched, decision, note)
+    if isinstance(case, Case) and case.merged_into_id is not None:
+        # Its own #fusionar moved the case's history: the message's row goes with it.
+        case = casework.merged_target(session, case)
     reasons = [r for r in (decision.reason, note) if r]
     entry = _write_ledger(
         session,
@@ -1396,6 +1399,9 @@ def _apply(
     if disposition is Disposition.DUPLICATE:
         return decision.case
     if disposition is Disposition.QUARANTINED:
+        # Mail with no sender address (triage): nobody can be answered, so the agents
+        # are told, as of every other quarantined message.
+        _tell_quarantined(settings, session, mailbox, fetched, QuarantineReason(Reason.NO_SENDER))
         return None
     if disposition is Disposition.NO_CASE:
         if not decision.quiet:
@@ -1940,7 +1946,8 @@ def _merge_target(session: Session, settings: Settings, command: Command) -> Cas
     it names no folio of a case. A merged one answers with the case it joined."""
     folios = find_folios(command.folio or "", settings.folio.prefix)
     found = case_by_folio(session, folios[0], for_update=True) if len(folios) == 1 else None
-    return casework.merged_target(session, found) if found is not None else None
+    # An erased case takes nothing more: it is no case to merge into (as for mail).
+    return _workable(casework.merged_target(session, found) if found is not None else None)
 
 
 def _inbound_text(mail: InboundMail, kind: str) -> str:

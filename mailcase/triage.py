@@ -61,6 +61,10 @@ from mailcase.inbound import InboundMail, canonical_address
 from mailcase.models import Disposition
 from mailcase.quoting import forwarded_sender
 
+# Why mail with no sender address is quarantined, as the ledger says it (and as
+# mailcase.reasons.TEXTS says it in English: a test holds the two together).
+NO_SENDER_REASON = "no sender address"
+
 
 @dataclass(frozen=True, slots=True)
 class CaseRef:
@@ -144,7 +148,8 @@ def triage(
         return Decision(_AUTOMATIC[classification.kind], case=known, reason=classification.reason)
 
     if not mail.sender:
-        return Decision(Disposition.QUARANTINED, reason="no sender address")
+        # The ledger's words for it: mailcase.reasons, Reason.NO_SENDER.
+        return Decision(Disposition.QUARANTINED, reason=NO_SENDER_REASON)
 
     if mail.sender in agent_addresses and known is not None:
         if facts.signed_case is not None or facts.sender_authenticated:

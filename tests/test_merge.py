@@ -422,3 +422,196 @@ def test_an_agents_reply_triaged_before_a_merge_commits_goes_to_the_case_that_st
     rt.store.dispose()
     assert out == ["follow_up"]
     assert notes == [first]
+
+
+def test_migration_0009_upgrades_a_database_with_cases(db_url: str) -> None:
+    # Every installation has cases whose messages refer to them: on SQLite the first
+    # version of 0009 copied the cases table and dropped the old one, which the store's
+    # PRAGMA foreign_keys=ON refused ("FOREIGN KEY constraint failed"): the daemon could
+    # not start after the upgrade. Migrated here through Store.open, as the daemon does.
+    import sqlalchemy as sa
+    from alembic import command
+
+    from mailcase.store import Store, alembic_config
+
+    command.upgrade(alembic_config(db_url), "0008")
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO cases (folio, mailbox, status, customer, customer_name, subject,"
+                " channel, language, created_at, updated_at) VALUES ('PLR-2026-000001',"
+                " 'contacto', 'open', 'juan@example.com', '', 's', 'mail', 'es',"
+                " '2026-11-20 10:00:00', '2026-11-20 10:00:00')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO case_messages (case_id, direction, kind, from_addr, to_addrs,"
+                " subject, date, text) SELECT id, 'in', 'customer', 'juan@example.com', '', 's',"
+                " '2026-11-20 10:00:00', 'hola' FROM cases"
+            )
+        )
+    engine.dispose()
+
+    store = Store.open(db_url, auto_upgrade=True)
+    try:
+        with store.reading() as conn:
+            rows = conn.execute(sa.text("SELECT folio, merged_into_id FROM cases")).all()
+            texts = conn.execute(sa.text("SELECT text FROM case_messages")).scalars().all()
+    finally:
+        store.dispose()
+    assert [tuple(r) for r in rows] == [("PLR-2026-000001", None)]
+    assert texts == ["hola"]
+    # And back, and up again (alembic's own connection, as `alembic downgrade` runs it).
+    command.downgrade(alembic_config(db_url), "0008")
+    command.upgrade(alembic_config(db_url), "head")
+
+
+# -- seventh review round ---------------------------------------------------------------
+
+
+def test_the_merging_replys_own_ledger_row_goes_with_the_case(desk: Desk) -> None:
+    # Every ledger row of the merged case moved but the #fusionar mail's own, written
+    # after the merge with the case it was triaged onto: `messages list` named the
+    # merged folio for it.
+    first = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    second = desk.open_case(sender=JUAN, subject="Sigo igual", body="El módem sigue en rojo.")
+    desk.agent_reply(_notification(desk, second), f"#fusionar {first}\nDuplicado.")
+    assert desk.case(second)["merged_into"] == first
+    assert [row["folio"] for row in desk.cli.json("messages", "list")] == [first, first, first]
+
+
+def test_forgetting_the_customer_erases_a_phone_report_merged_into_their_case(
+    desk: Desk,
+) -> None:
+    # The phone report's name and subject, typed by the agent, stayed after the
+    # customer's right of cancellation: it had no address, so nothing tied it to them.
+    code, out, err = desk.cli(
+        "cases", "open", "--channel", "phone", "--name", "Juan Pérez Gómez",
+        "--subject", "Juan Pérez Gómez, Calle Hidalgo 12: sin servicio",
+        "--text", "Llamó, tel 55 1234 5678.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    phone = json.loads(out)["folio"]
+    _, mid, _ = desk.cli(
+        "cases", "open", "--channel", "phone", "--subject", "Otra llamada de Juan Pérez",
+        "--text", "Volvió a llamar.", "--json",
+    )  # fmt: skip
+    middle = json.loads(mid)["folio"]
+    mailed = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    # A chain: the first phone report into the second, which then into the mail case.
+    assert desk.cli("cases", "merge", phone, "--into", middle)[0] == 0
+    assert desk.cli("cases", "merge", middle, "--into", mailed)[0] == 0
+    assert desk.cli("cases", "close", mailed)[0] == 0
+
+    code, out, err = desk.cli("customers", "forget", "juan.perez@example.com", "--yes", "--json")
+
+    assert code == 0, err
+    assert sorted(json.loads(out)["cases"]) == sorted([phone, middle, mailed])
+    for folio in (phone, middle):
+        assert "Juan" not in json.dumps(desk.case(folio), ensure_ascii=False)
+
+
+def test_a_phone_case_takes_the_language_and_mailbox_of_the_mail_merged_into_it(
+    desk: Desk,
+) -> None:
+    # The English desk's customer was told the merge, and later the resolution, in
+    # Spanish and from contacto@: the phone case took their address only.
+    from helpers import INFO
+
+    config = desk.cli.config
+    config.write_text(
+        config.read_text().replace('username = "info"', 'username = "info"\nlanguage = "en"', 1)
+    )
+    code, out, err = desk.cli(
+        "cases", "open", "--channel", "phone", "--subject", "Call: no service",
+        "--text", "Customer called, left no address.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    phone = json.loads(out)["folio"]
+    desk.imap.append(
+        "info", mail(sender="John Smith <john@example.com>", to=INFO, subject="No internet")
+    )
+    desk.cli.poll()
+    mailed = desk.cli.json("cases", "list")[0]["folio"]
+    told = len(desk.to("john@example.com"))
+
+    assert desk.cli("cases", "merge", mailed, "--into", phone)[0] == 0
+
+    kept = desk.case(phone)
+    assert (kept["customer"], kept["language"], kept["mailbox"]) == (
+        "john@example.com", "en", "info",
+    )  # fmt: skip
+    [notice] = desk.to("john@example.com")[told:]
+    assert notice["From"].addresses[0].addr_spec == INFO
+    assert "we will handle them together" in text(notice)
+
+
+def test_nothing_merges_into_an_erased_case(desk: Desk) -> None:
+    # The refusal advised "reopen it first", which is refused for an erased case.
+    erased = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    assert desk.cli("cases", "close", erased)[0] == 0
+    assert desk.cli("customers", "forget", "juan.perez@example.com", "--yes")[0] == 0
+    other = desk.open_case(sender="Ana <ana@example.com>", subject="Sin luz", body="Nada.")
+
+    code, _, err = desk.cli("cases", "merge", other, "--into", erased)
+
+    assert code == 2
+    assert f"case {erased}: its customer's data was erased, nothing merges into it" in err
+    # By mail: as a folio of no case.
+    desk.agent_reply(_notification(desk, other), f"#fusionar {erased}")
+    assert "no hay un caso con ese folio" in text(desk.last_to(AGENT))
+    assert desk.case(other)["merged_into"] is None
+
+
+def test_crossed_merges_queue_instead_of_deadlocking(tmp_path: Path, pg_url: str) -> None:
+    # `cases merge A --into B` and `cases merge B --into A` at once locked A and B in
+    # opposite orders: PostgreSQL broke the deadlock and one command said "database
+    # unavailable: deadlock detected". Both cases are locked in id order now: the
+    # second waits for the first, then is refused as merged already.
+    import threading
+
+    from sqlmodel import select
+
+    from mailcase import casework, service
+    from mailcase import cli as cli_module
+    from mailcase.imap import FetchedMessage
+    from mailcase.models import Case
+    from mailcase.store import utcnow
+
+    rt = offline_runtime(tmp_path, pg_url)
+
+    def run(source: str, into: str, start: threading.Barrier, outcomes: list[str]) -> None:
+        start.wait(10)
+        try:
+            with rt.store.transaction() as session:
+                found, target = cli_module._merge_pair(session, rt.settings, source, into)
+                assert found is not None and target is not None
+                casework.merge(session, rt.settings, found, target, by="cli:x")
+            outcomes.append("merged")
+        except casework.CaseworkError as exc:
+            outcomes.append("refused" if "merged into" in str(exc) else str(exc))
+        except Exception as exc:  # a deadlock, most likely
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    try:
+        for round_ in range(5):
+            for uid in (2 * round_ + 1, 2 * round_ + 2):
+                raw = mail(sender=JUAN, subject=f"Reporte {uid}")
+                service.ingest_message(rt, "contacto", uid, FetchedMessage(uid, raw, utcnow()))
+            with rt.store.read_session() as session:
+                a, b = session.exec(select(Case.folio).order_by(Case.id)).all()[-2:]
+            start = threading.Barrier(2)
+            outcomes: list[str] = []
+            threads = [
+                threading.Thread(target=run, args=(*pair, start, outcomes))
+                for pair in ((a, b), (b, a))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert sorted(outcomes) == ["merged", "refused"], outcomes
+    finally:
+        rt.store.dispose()

@@ -66,6 +66,7 @@ SAMPLES: dict[Reason, tuple[dict[str, Any], str]] = {
         "OperationalError: canceling statement due to statement timeout",
     ),
     Reason.UNEXPECTED: ({"error": "KeyError: 'x'"}, "KeyError: 'x'"),
+    Reason.NO_SENDER: ({}, "no sender address"),
 }
 
 

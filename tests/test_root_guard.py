@@ -30,6 +30,8 @@ NOBODY = 65534
         (["cases", "list"], False),
         (["cases", "show", "PLR-2026-000001"], False),
         (["cases", "close", "PLR-2026-000001"], True),
+        (["cases", "remind"], True),  # queues reminders
+        (["cases", "list", "--unanswered"], False),
         (["messages", "list"], False),
         (["messages", "retry", "--all"], True),
         (["messages", "dismiss", "3", "--mailbox", "contacto"], True),

@@ -147,6 +147,23 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "mailbox_address": "contacto@internet-plarey.com.mx",
         "company": COMPANY,
     },
+    "reminder": {
+        "folio": FOLIO,
+        "customer": "juan.perez@example.com",
+        "customer_name": "Juan Pérez",
+        "mailbox": "contacto",
+        "mailbox_address": "contacto@internet-plarey.com.mx",
+        "subject": "Sin servicio de internet",
+        "area_name": "",
+        "areas": ["redes (Redes y nodos)", "facturacion"],
+        "commands": list(COMMAND_FORMS),
+        "waited_hours": 27,
+        "since": "2026-11-26 09:15",
+        "timezone": "America/Mexico_City",
+        "text": "Desde ayer no tengo internet.\nYa reinicié el módem.",
+        "unanswered_hours": 24,
+        "company": COMPANY,
+    },
     "delivery_failed": {
         "folio": FOLIO,
         "recipient": "juan.perez@example.com",
@@ -185,6 +202,7 @@ AGENT_ONLY = (
     "not_relayed",
     "no_case",
     "quarantined",
+    "reminder",
 )
 
 
@@ -518,3 +536,32 @@ def test_customer_notices_do_not_take_every_report_for_a_technical_fault(languag
         for part in (body.text, body.html or ""):
             assert "técnico" not in part and "technician" not in part, kind
             assert "normalidad" not in part and "normally" not in part, kind
+
+
+@pytest.mark.parametrize(
+    ("language", "hours", "said"),
+    [
+        ("es", 27, "desde hace 1 día y 3 horas"),
+        ("es", 24, "desde hace 1 día."),
+        ("es", 49, "desde hace 2 días y 1 hora"),
+        ("es", 5, "desde hace 5 horas"),
+        ("en", 27, "waiting 1 day and 3 hours"),
+        ("en", 1, "waiting 1 hour"),
+    ],
+)
+def test_a_reminder_says_how_long_the_customer_has_waited(
+    language: str, hours: int, said: str
+) -> None:
+    text = render_body("reminder", language, context("reminder", waited_hours=hours)).text
+    assert said in text
+    assert "Ya reinicié el módem." in text  # the customer's last message
+    # The notice's field block and help line, which quoting.agent_text cuts from a reply.
+    assert f"Folio:    {FOLIO}" in text or f"Folio:       {FOLIO}" in text
+    assert ("Cómo trabajar este caso por correo:" if language == "es" else "How to work") in text
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_delivery_failed_names_the_reminder_in_words(language: str) -> None:
+    ctx = context("delivery_failed", notice_kind="reminder")
+    text = render_body("delivery_failed", language, ctx).text
+    assert "recordatorio" in text or "reminder of a case" in text

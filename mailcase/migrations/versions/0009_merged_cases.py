@@ -18,20 +18,27 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
+_FK = "fk_cases_merged_into_id_cases"
+
 
 def upgrade() -> None:
-    # batch mode: SQLite adds a column with a REFERENCES clause only by copying the
-    # table, which alembic's batch mode does; PostgreSQL gets a plain ALTER TABLE.
-    with op.batch_alter_table("cases", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("merged_into_id", sa.Integer(), nullable=True))
-        batch_op.create_foreign_key(
-            "fk_cases_merged_into_id_cases", "cases", ["merged_into_id"], ["id"]
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite adds a column with a REFERENCES clause in place (its default is
+        # NULL). Alembic's batch mode would copy the table and DROP the old one,
+        # which fails with the store's PRAGMA foreign_keys=ON as soon as a case
+        # message, ledger row or notice refers to a case: every installation
+        # with data.
+        op.execute(
+            f"ALTER TABLE cases ADD COLUMN merged_into_id INTEGER CONSTRAINT {_FK} "
+            "REFERENCES cases (id)"
         )
-        batch_op.create_index(batch_op.f("ix_cases_merged_into_id"), ["merged_into_id"])
+        return
+    op.add_column("cases", sa.Column("merged_into_id", sa.Integer(), nullable=True))
+    op.create_foreign_key(_FK, "cases", "cases", ["merged_into_id"], ["id"])
 
 
 def downgrade() -> None:
+    # The constraint goes with its column (PostgreSQL drops it; SQLite, which drops a
+    # column that holds a constraint only by copying the table, copies it without).
     with op.batch_alter_table("cases", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_cases_merged_into_id"))
-        batch_op.drop_constraint("fk_cases_merged_into_id_cases", type_="foreignkey")
         batch_op.drop_column("merged_into_id")
