@@ -1438,7 +1438,9 @@ def _apply(
             mailbox=mailbox,
             now=now,
             reported_at=min(arrived, now) if arrived else now,
-            last_customer_at=now,
+            # The customer's wait (mailcase.reminders) counts from the same moment;
+            # old mail met on a first poll, opened silently, starts none.
+            last_customer_at=None if decision.quiet else _arrival(fetched, now),
         )
         casework.link(session, case, decision.related)
         casework.add_participants(session, settings, case, mail.cc)
@@ -1530,7 +1532,10 @@ def _apply(
         text = customer_text(mail.text, mail.subject)
         _record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
         if mail.sender == case.customer:
-            case.last_customer_at = now
+            # When it reached the server; never back before a later message already read.
+            arrived = _arrival(fetched, now)
+            last = as_utc(case.last_customer_at)
+            case.last_customer_at = max(last, arrived) if last else arrived
             casework.add_participants(session, settings, case, mail.cc)
         if decision.reopen:
             casework.reopen(session, case, by=mail.sender)
