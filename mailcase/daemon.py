@@ -10,8 +10,9 @@
 * One outbox job (never two at once, so a notice cannot be sent twice by two
   runs); a poll that queued notices brings it forward.
 * Every :data:`~mailcase.reminders.CHECK_MINUTES` minutes (unless
-  ``escalation.unanswered_hours = 0``), one reminder to the agents per case whose
-  customer has waited that long for an answer (:mod:`mailcase.reminders`).
+  ``escalation.unanswered_hours = 0``), from the end of the first round of
+  polls, one reminder to the agents per case whose customer has waited that
+  long for an answer (:mod:`mailcase.reminders`).
 * SIGTERM/SIGINT: the message in hand is finished (whichever thread polls it:
   the schedule's or an IDLE watcher's, waited for up to :data:`STOP_GRACE`
   seconds), the notice being sent is finished and the rest of the outbox stays
@@ -314,6 +315,13 @@ class Daemon:
         if became_ready:
             failed = [n for n, r in self.results.items() if r == "failed"]
             self.log.info("daemon_ready", failed_mailboxes=failed)
+            self._start_reminders()
+
+    def _start_reminders(self) -> None:
+        """Run the paused reminder job now, and every CHECK_MINUTES from now on."""
+        if self.rt.stop.is_set() or self.scheduler.get_job(REMIND_JOB) is None:
+            return
+        self.scheduler.modify_job(REMIND_JOB, next_run_time=datetime.now().astimezone())
 
     def _after_a_clock_step(self, offset: float) -> float:
         """Put the schedule right when the wall clock was stepped back since ``offset`` (its
@@ -387,6 +395,9 @@ class Daemon:
                 self.log.exception("remind_crashed")
                 return
             self.log.warning("remind_failed", error=error_text(exc))  # the next run tries again
+            return
+        except TemplateError as exc:  # an override no reminder can use: the admin's to fix
+            self.log.error("remind_failed", error=str(exc))
             return
         except Exception:
             self.log.exception("remind_crashed")
@@ -464,8 +475,10 @@ class Daemon:
             self.close_stale, "interval", hours=1, id="close-stale", next_run_time=start
         )
         if self.rt.settings.escalation.unanswered_hours:
+            # Paused until every mailbox's first poll has ended (_report): an agent's
+            # answer waiting there since before a restart is read first.
             self.scheduler.add_job(
-                self.remind, "interval", minutes=CHECK_MINUTES, id=REMIND_JOB, next_run_time=start
+                self.remind, "interval", minutes=CHECK_MINUTES, id=REMIND_JOB, next_run_time=None
             )
         ping_every = watchdog_interval()
         if ping_every is not None:

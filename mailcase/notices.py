@@ -50,6 +50,14 @@ CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid"}
     | {"visit", "visit_cancelled", "merged"}
 )
+# The customer-facing notices that answer the customer: not the automatic
+# acknowledgement, nor "merged" (it tells the customer of a duplicate the folio that
+# follows it, nothing about the matter). One rule for `mailcase report`'s first answer
+# (mailcase.reporting) and for reminders (mailcase.reminders).
+ANSWER_KINDS = tuple(sorted(CUSTOMER_KINDS - {"acknowledgement", "merged"}))
+# Held by a loop guard (suppressed) or refused by the server (failed): never reached the
+# customer, so no answer. A queued one is on its way (delivery follows within seconds).
+ANSWERED_STATUSES = (NoticeStatus.QUEUED.value, NoticeStatus.SENT.value)
 AGENT_KINDS = frozenset(
     {"agent_notification", "command_error", "unverified_agent", "delivery_failed", "not_relayed"}
     | {"no_case", "quarantined", "reminder"}

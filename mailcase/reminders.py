@@ -4,23 +4,35 @@ The ISP's written procedure has customer service and the technician follow every
 report up. A case is *unanswered* while it is open (never merged), has a
 customer mail address, and nothing answered the customer's latest message:
 
-* an answer is a customer-facing notice (:data:`ANSWER_KINDS`: a relayed reply,
-  a resolution, a visit or its cancellation, the notice of a merge) that was not
-  held by a guard, or an agent's message written straight to the customer with
-  the mailbox in copy (recorded on the case, sent by the agent's own server);
-* the acknowledgement is no answer (it is automatic), nor is an internal note
-  (Zammad's "update time" escalation counts the same way).
+* an answer is a customer-facing notice (:data:`~mailcase.notices.ANSWER_KINDS`:
+  a relayed reply, a resolution, a visit or its cancellation) queued or sent
+  (:data:`~mailcase.notices.ANSWERED_STATUSES`: one a guard held or the server
+  refused never reached the customer), or an agent's message written straight to
+  the customer with the mailbox in copy (recorded on the case, sent by the
+  agent's own server); ``mailcase report``'s first answer is the same notices;
+* the acknowledgement is no answer (it is automatic), nor is the notice of a
+  merge (it names the folio that follows, nothing of the matter), nor an internal
+  note (Zammad's "update time" escalation counts the same way).
 
 "After" is the case's own order of messages (their ids), not clocks: a notice is
 recorded on the case when it is queued, in the same order as the customer's
 mail, so no clock skew between a mail's Date and ours can misplace it.
 
 For each case unanswered for ``escalation.unanswered_hours`` (wall-clock hours
-since ``cases.last_customer_at``, nights and weekends included), ONE
+since ``cases.last_customer_at``, when the customer's latest message reached the
+mail server, nights and weekends included), ONE
 ``reminder`` notice goes to ``agents.notify`` and to the area the case is routed
 to; it is not repeated until the customer writes again and that message too
 goes unanswered for the period. The reminder notices recorded on the case are
-the memory of what was sent: no column of its own.
+the memory of what was sent: no column of its own. A reminder a guard held (an
+hourly cap) is no reminder: it is tried again an hour later.
+
+A case is reminded only once its mailbox has been read without error after the
+wait reached the period: its latest poll succeeded and completed after that
+moment. An answer the agents mailed in time, still unread in a mailbox that
+cannot be read (a server down, a password changed), is never taken for none.
+Old mail met on a first poll (opened silently) starts no wait: its case
+counts only from the customer's next message.
 
 A case registered by phone with no mail address is never unanswered (nobody can
 be answered by mail, and the customer cannot write one); a case opened with
@@ -38,15 +50,17 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from mailcase.config import Settings
+from mailcase.errors import MessageError
 from mailcase.folio import clip
 from mailcase.logs import get_logger
-from mailcase.models import Case, CaseMessage, CaseStatus, Notice, NoticeStatus
-from mailcase.notices import CUSTOMER_KINDS, queue_notice
+from mailcase.models import Case, CaseMessage, CaseStatus, Checkpoint, Notice, NoticeStatus
+from mailcase.notices import ANSWER_KINDS, ANSWERED_STATUSES, queue_notice
 from mailcase.store import Store, as_utc, table, utcnow
 
 REMINDER_KIND = "reminder"
-# Customer-facing notices that answer the customer; the acknowledgement is automatic.
-ANSWER_KINDS = CUSTOMER_KINDS - {"acknowledgement"}
+# A reminder a guard held is tried again this long after: not on every run (a new
+# held row every few minutes while an hourly cap lasts).
+HELD_RETRY = timedelta(hours=1)
 # How often the daemon looks (mailcase.daemon): a reminder goes out at most this
 # late after its period ends, and the look is one indexed query.
 CHECK_MINUTES = 5
@@ -69,14 +83,16 @@ class Entry:
     ``from_customer``: written by the case's customer from their own address
     (a participant in Cc is not the customer); ``to_customer``: the customer is
     among its To/Cc; ``notice``: the notice's kind for a ``notice`` entry;
-    ``held``: that notice was suppressed by a guard and never sent.
+    ``status``: that notice's (:class:`~mailcase.models.NoticeStatus`); ``at``:
+    when it was queued (or held).
     """
 
     kind: str
     from_customer: bool = False
     to_customer: bool = False
     notice: str = ""
-    held: bool = False
+    status: str = NoticeStatus.QUEUED.value
+    at: datetime | None = None
 
 
 def waiting(entries: Sequence[Entry]) -> Waiting:
@@ -84,39 +100,65 @@ def waiting(entries: Sequence[Entry]) -> Waiting:
     oldest first) is answered, unanswered, or unanswered and reminded.
 
     Only what comes after the customer's latest message counts; without one (a
-    case an agent opened for the customer, by forward) everything does. Pure: no
-    clock, no database.
+    case an agent opened for the customer, by forward) everything does. A
+    reminder a guard held is none. Pure: no clock, no database.
     """
-    start = 0
-    for i, entry in enumerate(entries):
-        if entry.kind == "customer" and entry.from_customer:
-            start = i + 1
     state = Waiting.WAITING
-    for entry in entries[start:]:
+    for entry in _since_customer(entries):
         if _answers(entry):
             return Waiting.ANSWERED
-        if entry.kind == "notice" and entry.notice == REMINDER_KIND:
-            # Held or not: a reminder a guard held is not tried again every few
-            # minutes (a flood of held rows while the hourly cap lasts).
+        if _is_reminder(entry) and entry.status != NoticeStatus.SUPPRESSED:
             state = Waiting.REMINDED
     return state
 
 
+def last_held(entries: Sequence[Entry]) -> datetime | None:
+    """When a guard last held a reminder of the customer's latest message in
+    ``entries`` (None if none was held). Pure."""
+    held = [
+        e.at
+        for e in _since_customer(entries)
+        if _is_reminder(e) and e.status == NoticeStatus.SUPPRESSED and e.at is not None
+    ]
+    return max(map(_utc, held), default=None)
+
+
+def _since_customer(entries: Sequence[Entry]) -> Sequence[Entry]:
+    start = 0
+    for i, entry in enumerate(entries):
+        if entry.kind == "customer" and entry.from_customer:
+            start = i + 1
+    return entries[start:]
+
+
+def _is_reminder(entry: Entry) -> bool:
+    return entry.kind == "notice" and entry.notice == REMINDER_KIND
+
+
 def _answers(entry: Entry) -> bool:
     if entry.kind == "notice":
-        return entry.notice in ANSWER_KINDS and not entry.held
+        return entry.notice in ANSWER_KINDS and entry.status in ANSWERED_STATUSES
     # Written straight to the customer with the mailbox in copy: sent by the agent.
     return entry.kind == "agent" and entry.to_customer
 
 
-def reminder_due(state: Waiting, last_customer_at: datetime, now: datetime, hours: int) -> bool:
+def reminder_due(
+    state: Waiting,
+    last_customer_at: datetime,
+    now: datetime,
+    hours: int,
+    *,
+    held_at: datetime | None = None,
+) -> bool:
     """Whether a reminder goes out now: unanswered, not reminded, and the customer's
     latest message (``last_customer_at``) at least ``hours`` old; never when
-    ``hours`` is 0 (reminders off)."""
+    ``hours`` is 0 (reminders off), nor within :data:`HELD_RETRY` of a reminder a
+    guard held (``held_at``)."""
     return (
         hours > 0
         and state is Waiting.WAITING
         and _utc(last_customer_at) <= now - timedelta(hours=hours)
+        and (held_at is None or _utc(held_at) <= now - HELD_RETRY)
     )
 
 
@@ -142,6 +184,7 @@ def case_entries(session: Session, case: Case) -> list[Entry]:
             messages.c.to_addrs,
             notices.c.kind,
             notices.c.status,
+            notices.c.created_at,
         )
         .outerjoin(notices, notices.c.id == messages.c.notice_id)
         .where(messages.c.case_id == case.id, messages.c.kind.in_(_READ_KINDS))
@@ -155,9 +198,10 @@ def case_entries(session: Session, case: Case) -> list[Entry]:
             from_customer=bool(customer) and from_addr == customer,
             to_customer=bool(customer) and customer in (a.strip() for a in to_addrs.split(",")),
             notice=notice_kind or "",
-            held=status == NoticeStatus.SUPPRESSED,
+            status=status or NoticeStatus.QUEUED.value,
+            at=created_at,
         )
-        for kind, from_addr, to_addrs, notice_kind, status in rows
+        for kind, from_addr, to_addrs, notice_kind, status, created_at in rows
     ]
 
 
@@ -193,7 +237,13 @@ def unanswered_cases(session: Session) -> list[Case]:
 
 def remind_unanswered(store: Store, settings: Settings, now: datetime | None = None) -> list[str]:
     """Queue one reminder to the agents for every case unanswered for
-    ``escalation.unanswered_hours`` and not yet reminded; the folios reminded.
+    ``escalation.unanswered_hours`` and not yet reminded; the folios whose
+    reminder was queued (not those a guard held, nor those that failed).
+
+    Only cases whose mailbox was read without error since their wait reached
+    the period (:func:`read_mailboxes`). A reminder that cannot be rendered
+    for one case (an override template failing on its data) is logged with
+    its folio and that case skipped: the others are reminded.
 
     Cost: one query on the indexed ``status`` for the open cases whose customer
     wrote before the threshold (at 1,000,000 cases, only the open ones are
@@ -207,24 +257,65 @@ def remind_unanswered(store: Store, settings: Settings, now: datetime | None = N
     if hours == 0:
         return []
     now = now or utcnow()
+    period = timedelta(hours=hours)
     with store.reading() as conn:
-        query = sa.select(col(Case.id)).where(*_candidates(now - timedelta(hours=hours)))
-        ids = [row[0] for row in conn.execute(query.order_by(*_LONGEST_WAIT_FIRST))]
+        read_at = read_mailboxes(conn, now)
+        if not read_at:
+            return []
+        # Per mailbox: the customer wrote a period before its latest good read.
+        waited = sa.or_(
+            *(
+                sa.and_(col(Case.mailbox) == box, col(Case.last_customer_at) <= at - period)
+                for box, at in read_at.items()
+            )
+        )
+        query = sa.select(col(Case.id), col(Case.folio)).where(*_candidates(None), waited)
+        rows = conn.execute(query.order_by(*_LONGEST_WAIT_FIRST)).all()
     reminded = []
-    for case_id in ids:
-        with store.transaction() as session:
-            case = session.get(Case, case_id, with_for_update=True, populate_existing=True)
-            if case is None or not _still_candidate(case):
-                continue
-            assert case.last_customer_at is not None  # _still_candidate
-            entries = case_entries(session, case)
-            if not reminder_due(waiting(entries), case.last_customer_at, now, hours):
-                continue
-            if _queue_reminders(session, settings, case, now):
-                reminded.append(case.folio)
+    for case_id, folio in rows:
+        try:
+            if _remind_case(store, settings, int(case_id or 0), now, read_at):
+                reminded.append(folio)
+        except MessageError as exc:
+            # Rolled back: nothing of this case's reminder was kept. The next run
+            # tries again (the admin's template fixed by then, or this one line).
+            get_logger().warning("reminder_failed", folio=folio, error=str(exc))
     if reminded:
         get_logger().info("cases_reminded", folios=reminded, unanswered_hours=hours)
     return reminded
+
+
+def read_mailboxes(conn: sa.Connection, now: datetime) -> dict[str, datetime]:
+    """The mailboxes whose latest poll succeeded, each with when its latest complete
+    poll ended (never after ``now``): what was in the mailbox then has been read."""
+    query = sa.select(col(Checkpoint.mailbox), col(Checkpoint.last_poll_at)).where(
+        col(Checkpoint.failures) == 0, col(Checkpoint.last_poll_at).is_not(None)
+    )
+    return {str(box): min(_utc(at), now) for box, at in conn.execute(query) if at is not None}
+
+
+def _remind_case(
+    store: Store, settings: Settings, case_id: int, now: datetime, read_at: dict[str, datetime]
+) -> bool:
+    """Remind the agents of the case ``case_id`` if still due; whether a reminder was
+    queued. A :class:`MessageError` (its reminder cannot be rendered) rolls the
+    case's transaction back."""
+    hours = settings.escalation.unanswered_hours
+    with store.transaction() as session:
+        case = session.get(Case, case_id, with_for_update=True, populate_existing=True)
+        if case is None or not _still_candidate(case) or case.mailbox not in read_at:
+            return False
+        assert case.last_customer_at is not None  # _still_candidate
+        entries = case_entries(session, case)
+        # Judged at the mailbox's latest read: a wait that ended after it may have
+        # been answered by mail not read yet.
+        state, held_at = waiting(entries), last_held(entries)
+        if not (
+            reminder_due(state, case.last_customer_at, read_at[case.mailbox], hours)
+            and reminder_due(state, case.last_customer_at, now, hours, held_at=held_at)
+        ):
+            return False
+        return _queue_reminders(session, settings, case, now)
 
 
 def _still_candidate(case: Case) -> bool:
@@ -238,7 +329,8 @@ def _still_candidate(case: Case) -> bool:
 
 
 def _queue_reminders(session: Session, settings: Settings, case: Case, now: datetime) -> bool:
-    """Queue the reminder of ``case`` to ``agents.notify`` and its area; whether any was."""
+    """Queue the reminder of ``case`` to ``agents.notify`` and its area; whether any was
+    queued (held by a guard for every recipient: not)."""
     recipients = [settings.agents.notify] if settings.agents.notify else []
     area = settings.areas.get(case.area or "")
     if area is not None and area.notify not in recipients:
@@ -255,9 +347,11 @@ def _queue_reminders(session: Session, settings: Settings, case: Case, now: date
         "text": clip(_last_customer_text(session, case), _LAST_TEXT_CHARS),
         "unanswered_hours": settings.escalation.unanswered_hours,
     }
-    for rcpt in recipients:
-        queue_notice(session, settings, case, REMINDER_KIND, to=rcpt, context=context)
-    return True
+    held = [
+        queue_notice(session, settings, case, REMINDER_KIND, to=rcpt, context=context).held
+        for rcpt in recipients
+    ]
+    return not all(held)
 
 
 def _last_customer_text(session: Session, case: Case) -> str:

@@ -16,17 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
-from mailcase.models import Case, CaseStatus, Notice, NoticeStatus
+from mailcase.models import Case, CaseStatus, Notice
+from mailcase.notices import ANSWER_KINDS, ANSWERED_STATUSES
 from mailcase.report import CaseGroup, Period, Report, build_report
 from mailcase.store import as_utc
-
-# The notices that answer a customer (mailcase.notices.CUSTOMER_KINDS) but for the two
-# that are no answer to the report: the automatic acknowledgement, and "merged" (which
-# tells the customer of a duplicate the folio that follows it, nothing about the matter).
-ANSWER_KINDS = ("relay", "resolution_valid", "resolution_invalid", "visit", "visit_cancelled")
-# Held by a loop guard (suppressed) or refused by the server (failed): never reached the
-# customer, so no answer. A queued one is on its way (delivery follows within seconds).
-ANSWERED_STATUSES = (NoticeStatus.QUEUED.value, NoticeStatus.SENT.value)
 
 
 def _in_period(start: datetime, end: datetime) -> sa.ColumnElement[bool]:

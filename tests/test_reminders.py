@@ -26,10 +26,10 @@ from test_config import ISSUE_CONFIG, load_error
 
 from mailcase import daemon
 from mailcase.config import load_settings
-from mailcase.models import Case
-from mailcase.reminders import Entry, Waiting, reminder_due, waiting
+from mailcase.models import Case, Checkpoint, Notice
+from mailcase.reminders import Entry, Waiting, last_held, reminder_due, waiting
 from mailcase.service import SIDE_NOTICE_KINDS, Runtime
-from mailcase.store import Store
+from mailcase.store import Store, as_utc
 
 REDES = "redes@internet-plarey.com.mx"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -41,6 +41,7 @@ ACK = Entry("notice", notice="acknowledgement")
 NOTIFIED = Entry("notice", notice="agent_notification")
 RELAY = Entry("notice", notice="relay")
 REMINDER = Entry("notice", notice="reminder")
+HELD_REMINDER = Entry("notice", notice="reminder", status="suppressed", at=NOW)
 
 
 @pytest.mark.parametrize(
@@ -52,8 +53,12 @@ REMINDER = Entry("notice", notice="reminder")
         # Every customer-facing notice answers, but the acknowledgement.
         ([CUSTOMER_WROTE, Entry("notice", notice="resolution_valid")], Waiting.ANSWERED),
         ([CUSTOMER_WROTE, Entry("notice", notice="visit")], Waiting.ANSWERED),
-        # A relay a loop guard held never reached the customer.
-        ([CUSTOMER_WROTE, Entry("notice", notice="relay", held=True)], Waiting.WAITING),
+        # A relay a loop guard held, or the server refused, never reached the customer.
+        ([CUSTOMER_WROTE, Entry("notice", notice="relay", status="suppressed")], Waiting.WAITING),
+        ([CUSTOMER_WROTE, Entry("notice", notice="relay", status="failed")], Waiting.WAITING),
+        ([CUSTOMER_WROTE, Entry("notice", notice="relay", status="sent")], Waiting.ANSWERED),
+        # The notice of a merge names the folio that follows: nothing of the matter.
+        ([CUSTOMER_WROTE, Entry("notice", notice="merged")], Waiting.WAITING),
         # An internal note is no answer.
         ([CUSTOMER_WROTE, Entry("note"), Entry("agent")], Waiting.WAITING),
         # An agent who wrote straight to the customer, the mailbox in copy, answered.
@@ -61,10 +66,9 @@ REMINDER = Entry("notice", notice="reminder")
         # A participant's message (not the customer's own) does not start a new wait.
         ([CUSTOMER_WROTE, RELAY, Entry("customer")], Waiting.ANSWERED),
         ([CUSTOMER_WROTE, NOTIFIED, REMINDER], Waiting.REMINDED),
-        (
-            [CUSTOMER_WROTE, REMINDER, Entry("notice", notice="reminder", held=True)],
-            Waiting.REMINDED,
-        ),
+        # A reminder a guard held is none (it is tried again later: reminder_due).
+        ([CUSTOMER_WROTE, NOTIFIED, HELD_REMINDER], Waiting.WAITING),
+        ([CUSTOMER_WROTE, REMINDER, HELD_REMINDER], Waiting.REMINDED),
         ([CUSTOMER_WROTE, REMINDER, CUSTOMER_WROTE], Waiting.WAITING),
         ([CUSTOMER_WROTE, REMINDER, RELAY], Waiting.ANSWERED),
         # A case an agent opened for the customer by writing to them: answered.
@@ -87,6 +91,17 @@ def test_a_reminder_is_due_once_the_period_is_over() -> None:
     assert not reminder_due(Waiting.WAITING, NOW - timedelta(days=9), NOW, 0)  # off
     naive = (NOW - timedelta(hours=25)).replace(tzinfo=None)  # a column read as naive UTC
     assert reminder_due(Waiting.WAITING, naive, NOW, hours)
+
+
+def test_a_held_reminder_is_tried_again_an_hour_later() -> None:
+    since = NOW - timedelta(days=2)
+    held = [CUSTOMER_WROTE, NOTIFIED, HELD_REMINDER]
+    assert last_held(held) == NOW
+    assert last_held([HELD_REMINDER, CUSTOMER_WROTE]) is None  # held for an earlier message
+    later = NOW + timedelta(minutes=59)
+    assert not reminder_due(waiting(held), since, later, 24, held_at=last_held(held))
+    later = NOW + timedelta(hours=1)
+    assert reminder_due(waiting(held), since, later, 24, held_at=last_held(held))
 
 
 def test_a_reply_to_a_reminder_is_no_side_notice() -> None:
@@ -330,3 +345,238 @@ def test_reminding_with_the_database_down_is_one_line(
         rt.store.dispose()
     assert [(e["event"], e["log_level"]) for e in logs] == [("remind_failed", "warning")]
     assert "exc_info" not in logs[0] and logs[0]["error"]
+
+
+# --- seventh review round -------------------------------------------------------------------
+
+
+def _store(desk: Desk) -> Store:
+    return Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+
+
+def _last_customer_at(desk: Desk, folio: str) -> datetime | None:
+    store = _store(desk)
+    with store.reading() as conn:
+        at = conn.execute(sa.select(Case.last_customer_at).where(Case.folio == folio)).scalar()
+    store.dispose()
+    return as_utc(at)
+
+
+@pytest.mark.integration
+def test_old_mail_met_on_a_first_poll_starts_no_wait(
+    desk: Desk, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    # Opened silently (no acknowledgement, the agents not told): a day later the agents
+    # were reminded of every case of the backlog at once.
+    now = datetime.now(UTC)
+    for n in range(3):
+        mailboxes.append(
+            "contacto",
+            mail(sender=f"viejo{n}@example.com", subject=f"Reporte viejo {n}"),
+            internal_date=now - timedelta(days=400 + n),
+        )
+    old = mail(subject="Sin servicio")
+    mailboxes.append("contacto", old, internal_date=now - timedelta(days=100))
+    desk.cli.poll()
+    assert len(desk.cli.json("cases", "list")) == 4 and sink.messages == []
+    assert _unanswered(desk) == [] and _remind(desk) == []
+    # The customer's next message starts the wait: from when it reached the server.
+    folio = desk.cli.json("cases", "list", "--customer", CUSTOMER)[0]["folio"]
+    _customer_writes(desk, folio, "¿Siguen ahí?")
+    assert _unanswered(desk) == [folio]
+    _wait_back(desk, 25)
+    assert _remind(desk) == [folio]
+
+
+@pytest.mark.integration
+def test_a_merge_notice_is_no_answer(desk: Desk) -> None:
+    # The customer is told "we attend them together under the first folio": nothing
+    # about the matter, so the case that stays still waits for an answer.
+    first = desk.open_case(subject="Sin internet", body="Desde ayer no tengo internet.")
+    second = desk.open_case(subject="Sigo sin internet", body="¿Alguien me puede ayudar?")
+    assert desk.cli("cases", "merge", second, "--into", first)[0] == 0
+    assert "los atenderemos juntos" in text(desk.last_to(CUSTOMER))
+    _wait_back(desk, 30)
+    assert _unanswered(desk) == [first]
+    assert _remind(desk) == [first]
+
+
+@pytest.mark.integration
+def test_a_relay_the_server_refused_is_no_answer(desk: Desk, sink: SmtpSink) -> None:
+    folio = desk.open_case(body="Sin internet.")
+    [notification] = desk.to(NOTIFY)
+    sink.fail_next(550, "5.7.1 message refused")
+    desk.agent_reply(notification, "Le llamamos mañana para revisar.")
+    assert [m["status"] for m in desk.cli.json("outbox", "list", "--all")].count("failed") == 1
+    _wait_back(desk, 30)
+    assert _unanswered(desk) == [folio]
+    assert _remind(desk) == [folio]
+
+
+def _poll_back(desk: Desk, hours: float) -> None:
+    """Set every mailbox's last successful poll ``hours`` back."""
+    store = _store(desk)
+    then = datetime.now(UTC) - timedelta(hours=hours)
+    with store.transaction() as session:
+        session.execute(sa.update(Checkpoint).values(last_poll_at=then))
+    store.dispose()
+
+
+@pytest.mark.integration
+def test_no_reminder_before_the_mailbox_is_read_after_the_wait(
+    desk: Desk, mailboxes: Dovecot
+) -> None:
+    # An agent's answer may sit unread in a mailbox that cannot be read: the wait is
+    # judged only once the mailbox has been read without error after it ended.
+    folio = desk.open_case()
+    _wait_back(desk, 25)  # the wait ended an hour ago ...
+    _poll_back(desk, 2)  # ... and the mailbox was last read before that
+    assert _remind(desk) == [] and _unanswered(desk) == [folio]
+    mailboxes.stop()
+    try:
+        assert desk.cli("poll")[0] != 0  # read after the wait, but the read failed
+        assert _remind(desk) == []
+    finally:
+        mailboxes.start()
+    desk.cli.poll()
+    assert _remind(desk) == [folio]
+
+
+@pytest.mark.integration
+def test_the_daemon_reminds_only_after_its_first_polls(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # The daemon restarts while the mailbox cannot be read, an agent's answer in it:
+    # its first reminder run came at the start, before any poll, and told the agents
+    # nobody had answered.
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS)
+    config.write_text(config.read_text().replace("[poll]\n", "[poll]\nidle = false\n", 1))
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    desk.open_case(body="Sin internet desde ayer.")
+    [notification] = desk.to(NOTIFY)
+    mailboxes.append("contacto", mail(
+        sender="Ana Técnica <ana.tecnica@internet-plarey.com.mx>", to=CONTACTO,
+        subject=f"Re: {notification['Subject']}", body="Hoy pasa el técnico.",
+        headers={"In-Reply-To": notification["Message-ID"].strip()},
+    ))  # fmt: skip
+    mailboxes.stop()
+    _wait_back(desk, 25)
+    rt = Runtime.open(load_settings(config))
+    the_daemon = daemon.Daemon(rt)
+    seen: dict[str, Any] = {}
+
+    def watch() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            while not the_daemon.ready and time.monotonic() < deadline:
+                time.sleep(0.05)
+            job = the_daemon.scheduler.get_job(daemon.REMIND_JOB)
+            seen["started"] = job is not None and job.next_run_time is not None
+            time.sleep(1.5)  # the first reminder run, right after the first polls
+        finally:
+            rt.stop.set()
+
+    driver = threading.Thread(target=watch, daemon=True)
+    driver.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            the_daemon.run()
+    finally:
+        driver.join(30)
+        rt.store.dispose()
+        mailboxes.start()
+    assert seen["started"]
+    assert _reminders(desk) == []
+    assert "mailbox_failed" in [e["event"] for e in logs]
+
+
+@pytest.mark.integration
+def test_a_held_reminder_is_no_reminder_and_is_tried_again_an_hour_later(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    extra = AREAS + "[limits]\nmax_notices_per_hour = 2\n"
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=extra, db_url=db_url)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = desk.open_case()  # the acknowledgement and the agents' notice: the cap is reached
+    _wait_back(desk, 25)
+    code, out, _ = desk.cli("cases", "remind")
+    assert (code, out) == (0, "")  # held: not reminded, so not printed
+    assert _unanswered(desk) == [folio] and _reminders(desk) == []
+    assert _remind(desk) == []  # not tried again on every run ...
+    statuses = [m["status"] for m in desk.cli.json("outbox", "list", "--all")]
+    assert statuses.count("suppressed") == 1
+    store = _store(desk)  # ... but an hour later, the cap free again
+    with store.transaction() as session:
+        then = datetime.now(UTC) - timedelta(minutes=61)
+        session.execute(sa.update(Notice).values(created_at=then, queued_at=then))
+    store.dispose()
+    assert _remind(desk) == [folio]
+    assert len(_reminders(desk)) == 1
+
+
+@pytest.mark.integration
+def test_the_wait_counts_from_when_the_mail_reached_the_server(
+    desk: Desk, mailboxes: Dovecot
+) -> None:
+    # The mailbox was unreadable for 30 hours: the customer waited that long, not 0.
+    desk.cli.poll()  # the first contact is over (an empty mailbox)
+    now = datetime.now(UTC)
+    mailboxes.append(
+        "contacto", mail(body="No tengo servicio."), internal_date=now - timedelta(hours=30)
+    )
+    desk.cli.poll()
+    [case] = desk.cli.json("cases", "list")
+    folio = case["folio"]
+    assert _remind(desk) == [folio]
+    at = _last_customer_at(desk, folio)
+    assert at is not None and abs(at - (now - timedelta(hours=30))) < timedelta(minutes=1)
+    # A follow-up: from its arrival too, but never back before a later message.
+    _wait_back(desk, 40)
+    subject = f"Re: [Folio {folio}] Sin servicio"
+    mailboxes.append(
+        "contacto", mail(subject=subject, body="¿Hay novedades?"),
+        internal_date=now - timedelta(hours=26),
+    )  # fmt: skip
+    mailboxes.append(
+        "contacto", mail(subject=subject, body="Sigo esperando."),
+        internal_date=now - timedelta(hours=28),
+    )  # fmt: skip
+    desk.cli.poll()
+    at = _last_customer_at(desk, folio)
+    assert at is not None and abs(at - (now - timedelta(hours=26))) < timedelta(minutes=1)
+    assert _remind(desk) == [folio]
+
+
+@pytest.mark.integration
+def test_a_reminder_that_cannot_be_rendered_costs_one_case(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    # An override failing on one case's data (render.py's own example): the case that
+    # waited longest stopped every other reminder, every run.
+    override = tmp_path / "tpl" / "es"
+    override.mkdir(parents=True)
+    shipped = (Path(__file__).resolve().parents[1] / "templates/es/reminder.txt.j2").read_text()
+    (override / "reminder.txt.j2").write_text("({{ customer_name.split()[1] }})\n" + shipped)
+    extra = f'{AREAS}[templates]\ndirectory = "{tmp_path / "tpl"}"\n'
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=extra, db_url=db_url)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    nameless = desk.open_case(sender="sinnombre@example.com", subject="Falla 1")
+    named = desk.open_case(sender="Rosa Díaz <rosa@example.com>", subject="Falla 2")
+    _wait_back(desk, 30, named)
+    _wait_back(desk, 40, nameless)  # the first in line
+    code, out, err = desk.cli("cases", "remind")
+    assert (code, out) == (0, f"{named}\n")
+    assert "reminder_failed" in err and nameless in err
+    reminded = [m for m in desk.to(NOTIFY) if "Recordatorio" in text(m)]
+    assert [named in m["Subject"] for m in reminded] == [True]
+    # The daemon's job: one line for the case, no traceback, on every run.
+    rt = Runtime.open(load_settings(config))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            daemon.Daemon(rt).remind()
+    finally:
+        rt.store.dispose()
+    assert [(e["event"], e["log_level"], e.get("folio")) for e in logs] == [
+        ("reminder_failed", "warning", nameless)
+    ]
+    assert "exc_info" not in logs[0]
