@@ -1186,6 +1186,11 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                 case_summary(c, merged_target(session, c).folio if c.merged_into_id else None)
                 for c in found
             ]
+            if args.unanswered:
+                # Since when the customer waits (their latest message's arrival), the
+                # rows' order: what a script sorting or alerting on the wait needs.
+                for item, c in zip(items, found, strict=True):
+                    item["waiting_since"] = _iso(c.last_customer_at)
             if args.json:
                 _print_json(items)
             else:

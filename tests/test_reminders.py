@@ -258,6 +258,13 @@ def test_the_longest_wait_is_listed_first(desk: Desk) -> None:
     _wait_back(desk, 2, newer)
     _wait_back(desk, 5, older)
     assert _unanswered(desk) == [older, newer]
+    # Since when each customer waits, in the JSON rows.
+    rows = desk.cli.json("cases", "list", "--unanswered")
+    waits = [datetime.fromisoformat(r["waiting_since"]) for r in rows]
+    now = datetime.now(UTC)
+    assert abs(now - waits[0] - timedelta(hours=5)) < timedelta(minutes=1)
+    assert abs(now - waits[1] - timedelta(hours=2)) < timedelta(minutes=1)
+    assert "waiting_since" not in desk.cli.json("cases", "list")[0]
     code, out, _ = desk.cli("cases", "list", "--unanswered")
     assert code == 0 and out.index(older) < out.index(newer)
     # The listing's other filters still apply.
