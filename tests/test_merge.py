@@ -438,8 +438,12 @@ def test_migration_0009_upgrades_a_database_with_cases(db_url: str) -> None:
 
     from mailcase.store import Store, alembic_config
 
-    command.upgrade(alembic_config(db_url), "0008")
+    # Up and down: the PostgreSQL test database starts at head (copied from a template).
+    command.upgrade(alembic_config(db_url), "head")
+    command.downgrade(alembic_config(db_url), "0008")
     engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0008"
     with engine.begin() as conn:
         conn.execute(
             sa.text(
