@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import AGENT, NOTIFY, Cli, mail, offline_runtime, write_config
+from helpers import AGENT, NOTIFY, Cli, mail, offline_runtime, pause_after_triage, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import CUSTOMER, Desk, text
 
@@ -384,16 +384,7 @@ def test_an_agents_reply_triaged_before_a_merge_commits_goes_to_the_case_that_st
             .join(Case, Case.id == Notice.case_id)  # type: ignore[arg-type]
             .where(Case.folio == second, Notice.kind == "agent_notification")
         ).one()
-    in_triage, go_on = threading.Event(), threading.Event()
-    real = service.triage
-
-    def slow_triage(*args: Any, **kwargs: Any) -> Any:
-        decision = real(*args, **kwargs)
-        in_triage.set()
-        assert go_on.wait(20)
-        return decision
-
-    monkeypatch.setattr(service, "triage", slow_triage)
+    in_triage, go_on = pause_after_triage(monkeypatch)
     reply = mail(
         sender=f"Ana <{AGENT}>",
         subject=f"Re: [Folio {second}] Sigo igual",
