@@ -25,6 +25,7 @@ from mailcase.models import (
     CaseLink,
     CaseMessage,
     CaseStatus,
+    CaseType,
     LedgerEntry,
     Notice,
     Participant,
@@ -470,6 +471,7 @@ def notify_agents(
             "attachments": list(attachments),
             "note": note.strip(),
             "other_sender": sender if sender and sender != case.customer else "",
+            "case_type": case.type or "",  # a CaseType value; "" when not classified yet
             # An agent opened the case for the customer (a forward, a mail in copy).
             "by_agent": sender in settings.agents.addresses,
             "related": list(related),
@@ -832,6 +834,26 @@ def close(session: Session, settings: Settings, case: Case, *, by: str) -> bool:
     session.add(case)
     record(session, case, "system", "case closed", from_addr=by)
     _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
+    return True
+
+
+def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
+    """Classify ``case`` as ``case_type`` (a :class:`~mailcase.models.CaseType` value) and
+    record "type set to X"; False, and nothing changed nor recorded, when it was that type
+    already. Any status takes it: a case is classified after it was closed too (the report
+    counts it by the period it was opened in). Nobody is told: it is bookkeeping.
+
+    Raises CaseworkError for a value that is no type.
+    """
+    if case_type not in set(CaseType):
+        known = ", ".join(CaseType)
+        raise CaseworkError(f"{case_type!r} is not a case type ({known})")
+    if case.type == case_type:
+        return False
+    case.type = case_type
+    case.updated_at = utcnow()
+    session.add(case)
+    record(session, case, "system", f"type set to {case_type}", from_addr=by)
     return True
 
 

@@ -172,6 +172,23 @@ def _outcome(text: str) -> str:
     return found[0].outcome
 
 
+_TYPE_METAVAR = "complaint|question|clarification|cancellation"
+
+
+def _case_type(text: str) -> str:
+    """argparse's type for ``--type``: a case type, in English or in the mail command's
+    Spanish (queja, consulta, aclaracion, cancelacion), read as ``#tipo`` reads it."""
+    from mailcase.commands import parse_case_type
+
+    found = parse_case_type(text) if text.isprintable() else None
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a case type (complaint or queja, question or consulta, "
+            "clarification or aclaracion, cancellation or cancelacion)"
+        )
+    return found
+
+
 def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
     """``--date`` and ``--time`` read as the mail command ``#visita`` reads them; UsageError
     for a value it would not take."""
@@ -217,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--area", help="only cases routed to this area (see [areas])")
     listing.add_argument(
+        "--type", type=_case_type, metavar=_TYPE_METAVAR, help="only cases of this type"
+    )
+    listing.add_argument(
         "--unanswered",
         action="store_true",
         help="only open cases whose customer's latest message has no answer yet, "
@@ -246,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--language",
         choices=["es", "en"],
         help="the language of the case's notices (default: the mailbox's, else notices.language)",
+    )
+    opening.add_argument(
+        "--type", type=_case_type, metavar=_TYPE_METAVAR, help="the kind of report, if known"
     )
     opening.add_argument("--json", action="store_true")
     resolving = cases.add_parser("resolve", help="resolve a case and notify the customer")
@@ -281,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     routing = cases.add_parser("route", help="route a case to an area and notify it")
     routing.add_argument("folio")
     routing.add_argument("--area", required=True)
+    typing = cases.add_parser(
+        "type", help="classify a case: complaint, question, clarification or cancellation"
+    )
+    typing.add_argument("folio")
+    typing.add_argument(
+        "--type",
+        required=True,
+        type=_case_type,
+        metavar=_TYPE_METAVAR,
+        help="also queja|consulta|aclaracion|cancelacion, as in the mail command #tipo",
+    )
     for name, text in (("close", "close a case (no notice)"), ("reopen", "open a case again")):
         cases.add_parser(name, help=text).add_argument("folio")
     merging = cases.add_parser(
@@ -788,6 +822,7 @@ def case_summary(case: Case, merged_into: str | None = None) -> dict[str, Any]:
         "subject": case.subject,
         "mailbox": case.mailbox,
         "area": case.area,
+        "type": case.type,  # null: not classified yet
         "created_at": _iso(case.created_at),
         "updated_at": _iso(case.updated_at),
         "merged_into": merged_into,
@@ -927,7 +962,7 @@ def _operator() -> str:
 
 
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
-    """cases open/resolve/note/visit/route/close/reopen/merge: the CLI door to casework."""
+    """cases open/resolve/note/visit/route/type/close/reopen/merge: the CLI door to casework."""
     from mailcase import casework
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
@@ -983,6 +1018,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             casework.record(
                 session, case, "customer", args.text, from_addr=customer or by, subject=args.subject
             )
+            if args.type:  # before the agents' notice, which shows it
+                casework.set_type(session, case, args.type, by=by)
             if customer:
                 queue_notice(session, settings, case, "acknowledgement", to=customer)
             casework.notify_agents(session, settings, case, "new", text=args.text)
@@ -1022,6 +1059,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 casework.add_participant(session, settings, found, participant, by=by)
             elif args.action == "route":
                 casework.route(session, settings, found, area, by=by)
+            elif args.action == "type":
+                changed = casework.set_type(session, found, args.type, by=by)
             elif args.action == "merge":
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.into}")
@@ -1042,8 +1081,12 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             visit_cancelled = visit_was_ahead and not casework.visit_cancellable(found, now_local)
     if args.action == "open" and args.json:
         _print_json({"folio": folio})
+    elif not changed and args.action == "type":  # that type already: nothing was recorded
+        print(f"{folio}: already of type {args.type}")
     elif not changed:  # closed or open already: nothing was recorded
         print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
+    elif args.action == "type":
+        print(f"{folio}: type set to {args.type}")
     elif merged_into:
         print(f"{folio}: merged into {merged_into}")
     else:
@@ -1178,6 +1221,8 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                     # message that does not exist.
                     raise UsageError(_unknown_area(args.area, settings))
                 query = query.where(Case.area == area_key(args.area))
+            if args.type:
+                query = query.where(Case.type == args.type)
             if args.unanswered:
                 found = _unanswered(session, args)
             else:
@@ -1284,6 +1329,7 @@ def _unanswered(session: Session, args: argparse.Namespace) -> list[Case]:
         if (not args.status or c.status == args.status)
         and (not customer or c.customer == customer)
         and (not area or c.area == area)
+        and (not args.type or c.type == args.type)
     ]
     limit = len(found) if args.all else args.limit or DEFAULT_LIMIT
     if len(found) > limit:
@@ -1729,6 +1775,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "outcome",
         "cause",
         "area",
+        "type",
         "visit",
         "related",
         "customer",

@@ -58,6 +58,7 @@ class CommandKind(StrEnum):
     REOPEN = "reopen"
     PARTICIPANT = "participant"  # let another address of the customer's write on the case
     MERGE = "merge"  # merge this case into the one whose folio follows (casework.merge)
+    TYPE = "type"  # classify the case: complaint, question, clarification or cancellation
 
 
 Outcome = Literal["valid", "invalid"]
@@ -75,6 +76,7 @@ class Command:
     address: str | None = None  # PARTICIPANT only: lower-cased
     area: str | None = None  # ROUTE only: lower-case ASCII letters, digits, "-" and "_"
     folio: str | None = None  # MERGE only: as written; the service reads it with the prefix
+    case_type: str | None = None  # TYPE only: a models.CaseType value ("complaint", …)
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
@@ -115,6 +117,8 @@ PROBLEM_CODES: tuple[str, ...] = (
     "missing_address",  # "#participante" without an address
     "bad_address",  # "#participante juan" (no domain), or more than one word
     "missing_folio",  # "#fusionar" without the folio of the case to merge into
+    "missing_type",  # "#tipo" without the kind of report
+    "bad_type",  # "#tipo reclamo": not one of the four kinds
     "misplaced_command",  # a line naming a command below the first line of text
 )
 # Codes the service adds, knowing the configuration and the database: an area not
@@ -136,6 +140,8 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#reabrir / #reopen",
     "#participante CORREO / #participant ADDRESS",
     "#fusionar FOLIO / #merge FOLIO",
+    "#tipo queja|consulta|aclaracion|cancelacion / "
+    "#type complaint|question|clarification|cancellation",
 )
 
 # Names after folding (lower case, no accents): "#Área" → "area".
@@ -156,6 +162,8 @@ _NAMES: dict[str, CommandKind] = {
     "participant": CommandKind.PARTICIPANT,
     "fusionar": CommandKind.MERGE,
     "merge": CommandKind.MERGE,
+    "tipo": CommandKind.TYPE,
+    "type": CommandKind.TYPE,
 }
 
 # Both vocabularies in either language: an agent who writes "#resolve
@@ -166,6 +174,19 @@ _OUTCOMES: dict[str, Outcome] = {
     "valid": "valid",
     "improcedente": "invalid",
     "invalid": "invalid",
+}
+
+# The kinds of report (models.CaseType), folded: both vocabularies in either
+# language, as for the outcomes.
+_TYPES: dict[str, str] = {
+    "queja": "complaint",
+    "complaint": "complaint",
+    "consulta": "question",
+    "question": "question",
+    "aclaracion": "clarification",
+    "clarification": "clarification",
+    "cancelacion": "cancellation",
+    "cancellation": "cancellation",
 }
 
 # What agents write after a time that is not 24-hour ("4:30 pm", "16:30 hrs",
@@ -299,6 +320,8 @@ def _parse_line(line: str) -> Command | CommandProblem:
         return _route(line, args)
     if kind is CommandKind.PARTICIPANT:
         return _participant(line, args)
+    if kind is CommandKind.TYPE:
+        return _type(line, args)
     if kind is CommandKind.MERGE:
         # The folio as written ("PLR-2026-000123", "PLR 2026 123", "[Folio …]."):
         # read by the service, which knows the folio prefix.
@@ -323,6 +346,25 @@ def _resolve(line: str, args: list[str]) -> Command | CommandProblem:
     if len(args) > 1:
         return CommandProblem(line, "unexpected_argument")
     return Command(CommandKind.RESOLVE, outcome=outcome, line=line)
+
+
+def parse_case_type(word: str) -> str | None:
+    """The kind of report (a ``models.CaseType`` value) ``word`` names in Spanish or English,
+    however capitalised or accented ("Aclaración" → "clarification"), or None. Also for
+    the command line's ``--type``."""
+    return _TYPES.get(_fold(word.strip()).rstrip(_TRAILING_PUNCTUATION))
+
+
+def _type(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return CommandProblem(line, "missing_type")
+    case_type = parse_case_type(args[0])
+    if case_type is None:
+        # Also "#tipo no queja": one word, so that nothing is read as its opposite.
+        return CommandProblem(line, "bad_type")
+    if len(args) > 1:
+        return CommandProblem(line, "unexpected_argument")
+    return Command(CommandKind.TYPE, case_type=case_type, line=line)
 
 
 def _visit(line: str, args: list[str]) -> Command | CommandProblem:

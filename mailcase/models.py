@@ -36,6 +36,16 @@ class CaseStatus(StrEnum):
     CLOSED = "closed"
 
 
+class CaseType(StrEnum):
+    """What kind of report a case is, as an agent classified it (``#tipo``, ``cases type``);
+    a case not classified yet has none (``cases.type`` NULL)."""
+
+    COMPLAINT = "complaint"  # queja: a failure of the service
+    QUESTION = "question"  # consulta
+    CLARIFICATION = "clarification"  # aclaración: a charge or a bill disputed
+    CANCELLATION = "cancellation"  # cancelación of the service
+
+
 class NoticeStatus(StrEnum):
     QUEUED = "queued"
     SENT = "sent"
@@ -60,6 +70,9 @@ class Case(SQLModel, table=True):
     cause: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     channel: str = Field(default="mail", max_length=16)  # mail | phone | web | visit
     area: str | None = Field(default=None, max_length=64)
+    # A CaseType; NULL: not classified yet. Not indexed: the report groups the period's
+    # cases (read by created_at) and a listing filters the newest ones.
+    type: str | None = Field(default=None, max_length=16)
     visit_date: date | None = None
     visit_time: str | None = Field(default=None, max_length=5)  # "HH:MM"
     created_at: datetime

@@ -1,7 +1,8 @@
 """The complaint figures of a period (``mailcase report``): plain rows in, a :class:`Report` out.
 
 What management and the regulators (IFT, PROFECO) ask of a provider about the
-complaints it received: how many, by which channel and mailbox, how many were
+complaints it received: how many, by which channel, mailbox and type (complaint,
+question, clarification, cancellation, as the agents classified them), how many were
 resolved and how many of those were upheld (*procedente*), how many are still
 open, and how long the customer waited for a first answer and for the
 resolution. Pure: the rows come from :mod:`mailcase.reporting` (one aggregate
@@ -24,6 +25,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 CHANNELS = ("mail", "phone", "web", "visit")  # cases.channel, in the order reports list them
+# cases.type (mailcase.models.CaseType), in the order reports list them; NULL: not classified.
+TYPES = ("complaint", "question", "clarification", "cancellation")
 OUTCOME_VALID = "valid"  # procedente: the customer's complaint was upheld
 OUTCOME_INVALID = "invalid"  # improcedente
 STATUS_OPEN = "open"
@@ -67,6 +70,7 @@ class CaseGroup:
     visit: bool  # a home visit booked (visit_date set: a cancelled visit clears it)
     has_address: bool  # a customer address to answer by mail
     count: int
+    type: str | None = None  # a TYPES value; None: not classified yet
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,9 @@ class Durations:
 class Report:
     """The figures of the cases opened in ``period`` (merged ones only in ``merged``).
 
-    ``opened == resolved + open + closed_without_resolution``; ``resolved == valid +
-    invalid``; ``first_answer.count + unanswered + no_address == opened``.
+    ``opened == resolved + open + closed_without_resolution``; ``opened ==
+    sum(by_type) + no_type``; ``resolved == valid + invalid``; ``first_answer.count +
+    unanswered + no_address == opened``.
     """
 
     period: Period
@@ -93,6 +98,8 @@ class Report:
     by_mailbox: dict[str, int]
     by_area: dict[str, int]  # routed cases per area
     no_area: int  # never routed
+    by_type: dict[str, int]  # every TYPES value, even at 0
+    no_type: int  # not classified yet
     resolved: int  # resolved, or closed after a resolution: an outcome was given
     valid: int
     invalid: int
@@ -157,7 +164,8 @@ def build_report(
     by_channel = dict.fromkeys(CHANNELS, 0)
     by_mailbox = dict.fromkeys(mailboxes, 0)
     by_area = dict.fromkeys(areas, 0)
-    opened = no_area = valid = invalid = still_open = closed = merged = 0
+    by_type = dict.fromkeys(TYPES, 0)
+    opened = no_area = no_type = valid = invalid = still_open = closed = merged = 0
     visits = no_address = 0
     for group in groups:
         if group.merged:
@@ -170,6 +178,10 @@ def build_report(
             by_area[group.area] = by_area.get(group.area, 0) + group.count
         else:
             no_area += group.count
+        if group.type:
+            by_type[group.type] = by_type.get(group.type, 0) + group.count
+        else:
+            no_type += group.count
         if group.status == STATUS_OPEN:
             still_open += group.count
         elif group.outcome == OUTCOME_VALID:
@@ -190,6 +202,8 @@ def build_report(
         by_mailbox=by_mailbox,
         by_area=by_area,
         no_area=no_area,
+        by_type=by_type,
+        no_type=no_type,
         resolved=valid + invalid,
         valid=valid,
         invalid=invalid,
@@ -236,6 +250,8 @@ def report_json(report: Report) -> dict[str, Any]:
             "by_mailbox": report.by_mailbox,
             "by_area": report.by_area,
             "no_area": report.no_area,
+            "by_type": report.by_type,
+            "no_type": report.no_type,
         },
         "resolved": {
             "total": report.resolved,
@@ -271,6 +287,8 @@ def report_lines(report: Report) -> list[str]:
         *((f"  by mailbox: {name}", str(n)) for name, n in report.by_mailbox.items()),
         *((f"  by area: {name}", str(n)) for name, n in report.by_area.items()),
         ("  by area: (none)", str(report.no_area)),
+        *((f"  by type: {name}", str(n)) for name, n in report.by_type.items()),
+        ("  by type: (not classified)", str(report.no_type)),
         ("resolved", str(report.resolved)),
         ("  valid (procedente)", str(report.valid)),
         ("  invalid (improcedente)", str(report.invalid)),

@@ -32,11 +32,12 @@ def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
 
 
 def groups_statement(start: datetime, end: datetime) -> Any:
-    """The count of the period's cases per channel, mailbox, area, state and flags."""
+    """The count of the period's cases per channel, mailbox, area, type, state and flags."""
     keys = (
         col(Case.channel),
         col(Case.mailbox),
         col(Case.area),
+        col(Case.type),
         col(Case.status),
         col(Case.outcome),
         _flag(col(Case.merged_into_id).is_not(None)).label("merged"),
@@ -98,6 +99,7 @@ def read_report(
             channel=channel,
             mailbox=mailbox,
             area=area,
+            type=kind,
             status=status,
             outcome=outcome,
             merged=bool(merged),
@@ -105,7 +107,7 @@ def read_report(
             has_address=bool(has_address),
             count=n,
         )
-        for channel, mailbox, area, status, outcome, merged, visit, has_address, n in rows
+        for channel, mailbox, area, kind, status, outcome, merged, visit, has_address, n in rows
     ]
     resolutions = [
         (_utc(created), _utc(resolved))

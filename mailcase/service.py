@@ -1939,6 +1939,8 @@ def _run_command(
         casework.close(session, settings, case, by=by)
     elif kind is CommandKind.REOPEN:
         casework.reopen(session, case, by=by)
+    elif kind is CommandKind.TYPE and command.case_type:
+        casework.set_type(session, case, command.case_type, by=by)
     elif kind is CommandKind.MERGE:
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands

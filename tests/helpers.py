@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import types
 from dataclasses import dataclass
@@ -379,3 +380,23 @@ class Env:
 
     def acks(self) -> list[EmailMessage]:
         return [m.message for m in self.sink.messages]
+
+
+def pause_after_triage(monkeypatch: Any) -> tuple[threading.Event, threading.Event]:
+    """Make ``mailcase.service.triage`` stop after deciding, until told to go on: the
+    moment another session's change can commit between triage's read and the case's
+    lock (PostgreSQL). Returns ``(in_triage, go_on)``: wait for the first, set the second.
+    """
+    from mailcase import service
+
+    in_triage, go_on = threading.Event(), threading.Event()
+    real = service.triage
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        decision = real(*args, **kwargs)
+        in_triage.set()
+        assert go_on.wait(20)
+        return decision
+
+    monkeypatch.setattr(service, "triage", paused)
+    return in_triage, go_on

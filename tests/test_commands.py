@@ -218,6 +218,8 @@ def test_every_problem_code_can_occur() -> None:
         "#participante",
         "#participante juan",
         "#fusionar",
+        "#tipo",
+        "#tipo reclamo",
         "Texto.",
         "#nota",
     ]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import AGENT, NOTIFY, Cli, mail, offline_runtime, write_config
+from helpers import AGENT, NOTIFY, Cli, mail, offline_runtime, pause_after_triage, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import CUSTOMER, Desk, text
 
@@ -169,7 +169,11 @@ def test_a_phone_report_without_an_address_takes_the_customer_of_the_mail(
     assert code == 0, err
     phone = json.loads(out)["folio"]
     _write(cli, mailboxes, sender=JUAN, subject="Sin internet", body="Les llamé hace rato.")
-    by_mail = _folios(cli)[-1]
+    # By its customer: mail is dated by its arrival, to the second (IMAP INTERNALDATE),
+    # so it may list before the phone case registered within the same second.
+    [by_mail] = [
+        c["folio"] for c in cli.json("cases", "list", "--customer", "juan.perez@example.com")
+    ]
 
     assert cli("cases", "merge", by_mail, "--into", phone)[0] == 0
 
@@ -380,16 +384,7 @@ def test_an_agents_reply_triaged_before_a_merge_commits_goes_to_the_case_that_st
             .join(Case, Case.id == Notice.case_id)  # type: ignore[arg-type]
             .where(Case.folio == second, Notice.kind == "agent_notification")
         ).one()
-    in_triage, go_on = threading.Event(), threading.Event()
-    real = service.triage
-
-    def slow_triage(*args: Any, **kwargs: Any) -> Any:
-        decision = real(*args, **kwargs)
-        in_triage.set()
-        assert go_on.wait(20)
-        return decision
-
-    monkeypatch.setattr(service, "triage", slow_triage)
+    in_triage, go_on = pause_after_triage(monkeypatch)
     reply = mail(
         sender=f"Ana <{AGENT}>",
         subject=f"Re: [Folio {second}] Sigo igual",
@@ -434,8 +429,12 @@ def test_migration_0009_upgrades_a_database_with_cases(db_url: str) -> None:
 
     from mailcase.store import Store, alembic_config
 
-    command.upgrade(alembic_config(db_url), "0008")
+    # Up and down: the PostgreSQL test database starts at head (copied from a template).
+    command.upgrade(alembic_config(db_url), "head")
+    command.downgrade(alembic_config(db_url), "0008")
     engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0008"
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -499,7 +498,8 @@ def test_forgetting_the_customer_erases_a_phone_report_merged_into_their_case(
         "--text", "Volvió a llamar.", "--json",
     )  # fmt: skip
     middle = json.loads(mid)["folio"]
-    mailed = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    desk.deliver(mail(sender=JUAN, subject="Sin internet", body="No tengo internet."))
+    [mailed] = [c["folio"] for c in desk.cli.json("cases", "list", "--customer", CUSTOMER)]
     # A chain: the first phone report into the second, which then into the mail case.
     assert desk.cli("cases", "merge", phone, "--into", middle)[0] == 0
     assert desk.cli("cases", "merge", middle, "--into", mailed)[0] == 0
@@ -534,7 +534,9 @@ def test_a_phone_case_takes_the_language_and_mailbox_of_the_mail_merged_into_it(
         "info", mail(sender="John Smith <john@example.com>", to=INFO, subject="No internet")
     )
     desk.cli.poll()
-    mailed = desk.cli.json("cases", "list")[0]["folio"]
+    [mailed] = [
+        c["folio"] for c in desk.cli.json("cases", "list", "--customer", "john@example.com")
+    ]
     told = len(desk.to("john@example.com"))
 
     assert desk.cli("cases", "merge", mailed, "--into", phone)[0] == 0

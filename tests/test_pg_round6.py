@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 import structlog
-from helpers import Cli, mail, offline_runtime, write_config
+from helpers import Cli, mail, offline_runtime, pause_after_triage, write_config
 from servers import Dovecot, Postgres, SmtpSink
 
 from mailcase.config import load_settings
@@ -281,16 +281,7 @@ def test_a_reply_triaged_before_a_close_commits_is_decided_again(
     assert service.ingest_message(rt, "contacto", 1, first) == "new_case"
     with rt.store.read_session() as session:
         folio = session.exec(select(Case.folio)).one()
-    in_triage, go_on = threading.Event(), threading.Event()
-    real = service.triage
-
-    def slow_triage(*args: Any, **kwargs: Any) -> Any:
-        decision = real(*args, **kwargs)
-        in_triage.set()
-        assert go_on.wait(20)
-        return decision
-
-    monkeypatch.setattr(service, "triage", slow_triage)
+    in_triage, go_on = pause_after_triage(monkeypatch)
     reply = mail(sender="cliente@example.com", subject=f"Re: [Folio {folio}] Sin internet")
     out: list[str] = []
     worker = threading.Thread(

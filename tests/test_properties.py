@@ -559,6 +559,17 @@ NAMES = {
     CommandKind.ROUTE: ["area", "área", "ÁREA", "route", "a\u0301rea"],
     CommandKind.PARTICIPANT: ["participante", "participant", "Participante:"],
     CommandKind.MERGE: ["fusionar", "merge", "Fusionar:"],
+    CommandKind.TYPE: ["tipo", "type", "Tipo:", "TYPE"],
+}
+TYPES = {
+    "queja": "complaint",
+    "Consulta": "question",
+    "Aclaración": "clarification",
+    "CANCELACIÓN": "cancellation",
+    "complaint": "complaint",
+    "Question": "question",
+    "clarification.": "clarification",
+    "cancellation": "cancellation",
 }
 OUTCOMES = {
     "procedente": "valid",
@@ -597,6 +608,9 @@ def command_lines(draw: st.DrawFn) -> tuple[str, Command]:
         # The folio as written, in one word or several ("PLR 2026 123"): read by the service.
         args = draw(st.lists(st.from_regex(r"[A-Za-z0-9\[\]-]{1,12}", fullmatch=True), min_size=1))
         expected = {"folio": " ".join(args)}
+    elif kind is CommandKind.TYPE:
+        word = draw(st.sampled_from(sorted(TYPES)))
+        args, expected = [word], {"case_type": TYPES[word]}
     line = f"#{name}" + "".join(" " + a for a in args)
     return indent + line + trailer, Command(kind, line=line, **expected)
 
@@ -650,6 +664,7 @@ def _assert_only_its_fields(command: Command) -> None:
     assert (command.area is not None) == (kind is CommandKind.ROUTE)
     assert (command.address is not None) == (kind is CommandKind.PARTICIPANT)
     assert (command.folio is not None) == (kind is CommandKind.MERGE)
+    assert (command.case_type is not None) == (kind is CommandKind.TYPE)
     if command.area is not None:
         assert re.fullmatch(r"[a-z0-9_-]+", command.area)
     assert command.line == command.line.strip() and command.line.startswith("#")

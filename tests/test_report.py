@@ -206,7 +206,15 @@ def test_json_keys_and_rounding() -> None:
         "timezone": "America/Mexico_City",
     }
     assert data["generated_at"] == "2026-11-28T12:00:00+00:00"
-    assert list(data["opened"]) == ["total", "by_channel", "by_mailbox", "by_area", "no_area"]
+    assert list(data["opened"]) == [
+        "total",
+        "by_channel",
+        "by_mailbox",
+        "by_area",
+        "no_area",
+        "by_type",
+        "no_type",
+    ]
     assert data["resolved"]["valid_share"] == 0.6667
     assert data["resolution_time"] == {"count": 3, "median_hours": 2.0, "p90_hours": 20.4}
     text = "\n".join(report_lines(figures))
@@ -295,6 +303,8 @@ def test_report_counts_cases_built_through_the_pipeline(
         "by_mailbox": {"contacto": 4, "info": 1},
         "by_area": {"redes": 1},
         "no_area": 4,
+        "by_type": {"complaint": 0, "question": 0, "clarification": 0, "cancellation": 0},
+        "no_type": 5,
     }
     assert data["resolved"] == {"total": 2, "valid": 1, "invalid": 1, "valid_share": 0.5}
     assert (data["open"], data["closed_without_resolution"], data["merged"]) == (2, 1, 1)

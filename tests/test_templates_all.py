@@ -46,6 +46,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "note": "",
         "other_sender": "",
         "by_agent": False,
+        "case_type": "",
         "related": [],
         "not_attached": [],
         "attaching": True,
