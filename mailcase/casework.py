@@ -974,6 +974,10 @@ def merge(
     ):
         target.last_customer_at = source.last_customer_at
     target.area = target.area or source.area
+    # Its classification too (a phone report an agent classified, merged into the
+    # customer's mail): the report counts the case that stays by type, not the merged.
+    took_type = target.type is None and source.type is not None
+    target.type = target.type or source.type
     if target.visit_date is None and source.visit_date is not None:
         # A visit that took place (one still ahead is refused): the case that stays
         # made it, and the report counts it there (merged cases are left out).
@@ -988,6 +992,8 @@ def merge(
     session.flush()
     record(session, source, "system", f"case merged into {target.folio}", from_addr=by)
     record(session, target, "system", f"case {source.folio} merged into this case", from_addr=by)
+    if took_type:
+        record(session, target, "system", f"type set to {target.type}", from_addr=by)
     if tell_customer and was_open and source.customer:
         # Under the subject the customer wrote, with the folio that follows it.
         queue_notice(

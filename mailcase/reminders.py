@@ -346,6 +346,7 @@ def _queue_reminders(session: Session, settings: Settings, case: Case, now: date
         "timezone": settings.folio.timezone,
         "text": clip(_last_customer_text(session, case), _LAST_TEXT_CHARS),
         "unanswered_hours": settings.escalation.unanswered_hours,
+        "case_type": case.type or "",  # as the case's notification shows it
     }
     held = [
         queue_notice(session, settings, case, REMINDER_KIND, to=rcpt, context=context).held

@@ -98,3 +98,14 @@ def test_a_visit_made_on_a_merged_duplicate_is_counted_on_the_case_that_stays(
     today = datetime.now(MX).date()
     figures = cli.json("report", "--from", str(today - timedelta(days=5)), "--to", str(today))
     assert figures["visits_booked"] == 1
+
+
+def test_a_reminder_shows_the_cases_type_as_its_notification_does() -> None:
+    from test_templates_all import SAMPLES
+
+    from mailcase.render import render_body
+
+    for language, line in (("es", "Tipo:     Aclaración"), ("en", "Type:        Clarification")):
+        body = render_body("reminder", language, {**SAMPLES["reminder"]}).text
+        assert line in body
+        assert ("#tipo" if language == "es" else "#type") in body

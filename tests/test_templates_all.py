@@ -164,6 +164,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "text": "Desde ayer no tengo internet.\nYa reinicié el módem.",
         "unanswered_hours": 24,
         "company": COMPANY,
+        "case_type": "clarification",
     },
     "delivery_failed": {
         "folio": FOLIO,
