@@ -34,12 +34,16 @@ case, linked to nothing.
 
 from __future__ import annotations
 
+import contextlib
+import email
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from email import policy
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from mailcase.blobs import BlobStore, read_header
@@ -295,16 +299,74 @@ class _LooseNotices:
 def _loose_notices(session: Session, address: str) -> _LooseNotices:
     """Notices of no case whose bytes name ``address`` (the agents told of a quarantined
     message from it, of an agent's mail about it that named no case)."""
-    wanted = address.encode("utf-8")
+    mention = address_pattern(address)
     ids, queued = [], False
     rows = session.exec(
         select(Notice.id, Notice.status, Notice.raw).where(col(Notice.case_id).is_(None))
     ).all()
     for notice_id, status, raw in rows:
-        if notice_id is not None and wanted in bytes(raw).lower():
+        if notice_id is not None and names(mention, bytes(raw)):
             ids.append(notice_id)
             queued = queued or status == NoticeStatus.QUEUED
     return _LooseNotices(tuple(ids), queued)
+
+
+# Characters of an address's local part (RFC 5322 atext and the dot; \w takes in the
+# letters of RFC 6532's UTF-8 ones) and of a domain: an address found with one of them
+# just before it, or one of a domain's just after it, is another address that merely
+# contains it (maria.juan@example.com, juan@example.com.mx). A dot that ends a
+# sentence ("escriba a juan@example.com.") is no domain's.
+_LOCAL_BEFORE = r"(?<![\w!#$%&'*+/=?^`{|}~.-])"
+_DOMAIN_AFTER = r"(?![\w-])(?!\.[\w-])"
+
+
+def _spellings(address: str) -> list[str]:
+    """``address`` with its domain in IDNA and, when it has one, in Unicode."""
+    spellings = [address]
+    local, _, domain = address.rpartition("@")
+    with contextlib.suppress(UnicodeError):
+        unicode_form = f"{local}@{domain.encode('ascii').decode('idna')}"
+        if unicode_form != address:
+            spellings.append(unicode_form)
+    return spellings
+
+
+def address_pattern(address: str) -> re.Pattern[str]:
+    """A pattern finding ``address`` (canonical: lower case, its domain in IDNA) as a
+    whole address in a text, in any case, its domain in either form (``xn--…`` or
+    Unicode); never inside a longer address."""
+    alternatives = "|".join(
+        re.escape(s) for s in sorted(_spellings(address), key=len, reverse=True)
+    )
+    return re.compile(f"{_LOCAL_BEFORE}(?:{alternatives}){_DOMAIN_AFTER}", re.IGNORECASE)
+
+
+def names(mention: re.Pattern[str], raw: bytes) -> bool:
+    """Whether the message ``raw`` (a notice's bytes) names the address of ``mention``:
+    in its bytes as they are, or in its headers and text parts decoded (RFC 2047,
+    quoted-printable, base64: a soft line break may cut an address in two)."""
+    if not raw:
+        return False
+    if mention.search(raw.decode("utf-8", "replace")):
+        return True
+    try:
+        message = email.message_from_bytes(raw, policy=policy.default)
+        for part in message.walk():
+            if any(mention.search(str(value)) for value in part.values()):
+                return True
+            if not part.is_multipart() and part.get_content_maintype() == "text":
+                payload = part.get_payload(decode=True)
+                if isinstance(payload, bytes):
+                    charset = part.get_content_charset() or "utf-8"
+                    try:
+                        text = payload.decode(charset, "replace")
+                    except LookupError:
+                        text = payload.decode("utf-8", "replace")
+                    if mention.search(text):
+                        return True
+    except Exception:  # a notice too damaged to parse: its bytes were searched above
+        return False
+    return False
 
 
 def _kept_elsewhere(
@@ -361,7 +423,7 @@ def _erase_rows(
     from mailcase.casework import record
 
     ids = [c.id for c in cases if c.id is not None]
-    mention = re.compile(re.escape(address), re.IGNORECASE)
+    mention = address_pattern(address)
     if ids:
         messages = session.exec(select(CaseMessage).where(col(CaseMessage.case_id).in_(ids))).all()
         message_ids = [m.id for m in messages]
@@ -453,18 +515,23 @@ def _erase_ledger_row(entry: LedgerEntry) -> None:
 
 
 def _mentioning(session: Session, address: str, skip: Iterable[int]) -> list[CaseMessage]:
-    """Messages of cases other than ``skip`` whose sender, recipients or text hold ``address``."""
+    """Messages of cases other than ``skip`` whose sender, recipients or text hold
+    ``address`` as a whole address (see :func:`address_pattern`)."""
+    mention = address_pattern(address)
     columns = (col(CaseMessage.from_addr), col(CaseMessage.to_addrs), col(CaseMessage.text))
+    # The database's "contains" only narrows the rows down (it finds the address in
+    # maria.juan@example.com too); the pattern decides. autoescape: "_" is a wildcard.
     query = select(CaseMessage).where(
-        # autoescape: an address's "_" is a LIKE wildcard.
-        columns[0].icontains(address, autoescape=True)
-        | columns[1].icontains(address, autoescape=True)
-        | columns[2].icontains(address, autoescape=True)
+        sa.or_(*(c.icontains(s, autoescape=True) for c in columns for s in _spellings(address)))
     )
     skipped = list(skip)
     if skipped:
         query = query.where(col(CaseMessage.case_id).not_in(skipped))
-    return list(session.exec(query).all())
+    return [
+        m
+        for m in session.exec(query).all()
+        if mention.search(m.from_addr) or mention.search(m.to_addrs) or mention.search(m.text)
+    ]
 
 
 def _remove_files(blobs: BlobStore, shas: Iterable[str]) -> list[str]:

@@ -457,3 +457,51 @@ def test_an_agents_reply_to_an_old_notice_does_not_reach_the_erased_case(desk: D
     assert desk.cli.json("messages", "list")[-1]["disposition"] == "no_case"
     old = desk.cli.json("cases", "show", juan)
     assert old["status"] == "closed" and "Lo reviso" not in json.dumps(old, ensure_ascii=False)
+
+
+def test_only_the_whole_address_is_erased_not_one_that_contains_it(desk: Desk) -> None:
+    # juan@example.com is written inside maria.juan@example.com and juan@example.com.mx:
+    # other people, whose case, mail and notices stay as they are.
+    short = "juan@example.com"
+    desk.deliver(mail(sender=f"Juan <{short}>", subject="Sin internet", body="hola"))
+    [juan] = desk.cli.json("cases", "list", "--customer", short)
+    desk.ok("cases", "resolve", juan["folio"], "--outcome", "valid", "--cause", "ok")
+    desk.ok("cases", "close", juan["folio"])
+    maria = "maria.juan@example.com"
+    desk.deliver(
+        mail(
+            sender=f"María Juan <{maria}>",
+            subject="Cobro doble",
+            body=f"Me cobraron dos veces. Copio a juan@example.com.mx y a {short}.",
+            headers={"Cc": "juan@example.com.mx"},
+        )
+    )
+    desk.deliver(_unparseable(f"María Juan <{maria}>", "Factura"))  # the agents are told
+    folio = desk.folio_of(maria)
+    before = desk.cli.json("cases", "show", folio)
+    notices_before = desk.cli.json("outbox", "list")
+    code, out, err = desk.cli("customers", "forget", short, "--yes", "--json")
+    assert code == 0, err
+    after = desk.cli.json("cases", "show", folio)
+    assert after["customer"] == maria
+    # Her mail loses Juan's address (written whole) and nothing else.
+    assert after["messages"][0]["text"] == (
+        f"Me cobraron dos veces. Copio a juan@example.com.mx y a {FORGOTTEN}."
+    )
+    for was, now in zip(before["messages"], after["messages"], strict=True):
+        # The agents' notification quotes her mail: the same one change there.
+        was["text"] = was["text"].replace(f"y a {short}.", f"y a {FORGOTTEN}.")
+        assert was == now
+    assert "juan@example.com.mx" in after["messages"][0]["to"]
+    # The agents' notice of her quarantined message keeps its bytes.
+    assert json.loads(out)["notices"] == len(
+        [n for n in notices_before if n["folio"] == juan["folio"]]
+    )
+    assert any(maria in m.get_content() for m in desk.to(NOTIFY))
+    store = Store.open(desk.url, auto_upgrade=False)
+    try:
+        with store.engine.connect() as conn:
+            raws = conn.execute(sa.text("select raw from notices where case_id is null")).all()
+    finally:
+        store.dispose()
+    assert raws and all(len(bytes(r)) > 0 for (r,) in raws)
