@@ -67,6 +67,7 @@ from mailcase.store import Store, utcnow
 # and no notice reaches it (mailcase.classify treats it as an automatic address).
 FORGOTTEN = "forgotten@invalid"
 ERASED_REASON = "erased: the customer's data was cancelled"
+ERASED = "erased"  # the last error of a notice no longer sent: its bytes were erased
 
 
 class ErasureRefused(MailcaseError):
@@ -89,10 +90,23 @@ class Erasure:
     # and notices about it (the agents told of a quarantined message).
     loose_ledger: tuple[int, ...] = ()
     loose_notices: tuple[int, ...] = ()
+    # Its own mail on other customers' cases (it took part in them): the messages,
+    # their ledger rows, and those cases' notices that name it (quoting its mail).
+    elsewhere_messages: tuple[int, ...] = ()
+    elsewhere_ledger: tuple[int, ...] = ()
+    elsewhere_notices: tuple[int, ...] = ()
+    elsewhere_copies: tuple[int, ...] = ()
 
     @property
     def anything(self) -> bool:
-        return bool(self.folios or self.participations or self.loose_ledger or self.loose_notices)
+        return bool(
+            self.folios
+            or self.participations
+            or self.loose_ledger
+            or self.loose_notices
+            or self.elsewhere_messages
+            or self.elsewhere_notices
+        )
 
 
 def is_erased(case: Case) -> bool:
@@ -142,6 +156,10 @@ def erase(
         files_left=tuple(removed_left),
         loose_ledger=found.loose_ledger,
         loose_notices=found.loose_notices,
+        elsewhere_messages=found.elsewhere_messages,
+        elsewhere_ledger=found.elsewhere_ledger,
+        elsewhere_notices=found.elsewhere_notices,
+        elsewhere_copies=found.elsewhere_copies,
     )
     if found.anything:
         # Folios and counts only: the log must not keep what was just erased.
@@ -209,62 +227,165 @@ def _survey(
             "wait for the outbox to send it (mailcase outbox list), nothing was erased"
         )
     participations = session.exec(
-        select(Case.folio)
+        select(Case.id, Case.folio)
         .join(Participant, col(Participant.case_id) == col(Case.id))
         .where(Participant.address == address, col(Case.id).not_in(ids))
         .order_by(col(Case.id))
     ).all()
-    loose_shas = {sha for _, sha in loose_ledger if sha}
-    if not ids:
-        orphans = loose_shas - _kept_elsewhere(
-            session, loose_shas, [], [i for i, _ in loose_ledger]
+    elsewhere = _elsewhere(session, address, ids, [i for i, _ in participations if i is not None])
+    if elsewhere.queued:
+        raise ErasureRefused(
+            f"case(s) {', '.join(elsewhere.queued)} where this customer wrote still have "
+            "notices in the outbox: wait for the outbox to send them (mailcase outbox list), "
+            "nothing was erased"
         )
-        found = Erasure(
-            files=len(orphans),
-            messages=len(loose_ledger),
-            ledger=len(loose_ledger),
-            notices=len(loose_notices.ids),
-            participations=tuple(participations),
-            loose_ledger=tuple(i for i, _ in loose_ledger),
-            loose_notices=loose_notices.ids,
+    message_ids = (
+        list(session.exec(select(CaseMessage.id).where(col(CaseMessage.case_id).in_(ids))).all())
+        if ids
+        else []
+    )
+    candidates: set[str] = {sha for _, sha in loose_ledger} | set(elsewhere.shas)
+    if ids:
+        candidates.update(
+            s
+            for s in session.exec(
+                select(CaseMessage.raw_sha256).where(col(CaseMessage.case_id).in_(ids))
+            ).all()
+            if s
         )
-        return found, cases, orphans
-    message_ids = list(
-        session.exec(select(CaseMessage.id).where(col(CaseMessage.case_id).in_(ids))).all()
+        candidates.update(
+            session.exec(
+                select(LedgerEntry.raw_sha256).where(col(LedgerEntry.case_id).in_(ids))
+            ).all()
+        )
+        candidates.update(
+            session.exec(
+                select(StoredAttachment.sha256).where(
+                    col(StoredAttachment.case_message_id).in_(message_ids)
+                )
+            ).all()
+        )
+    candidates.discard("")
+    orphans = candidates - _kept_elsewhere(
+        session,
+        candidates,
+        ids,
+        [i for i, _ in loose_ledger] + list(elsewhere.ledger),
+        elsewhere.messages,
     )
-    candidates: set[str] = set(loose_shas)
-    candidates.update(
-        s
-        for s in session.exec(
-            select(CaseMessage.raw_sha256).where(col(CaseMessage.case_id).in_(ids))
-        ).all()
-        if s
+    ledger = (
+        len(
+            session.exec(select(col(LedgerEntry.id)).where(col(LedgerEntry.case_id).in_(ids))).all()
+        )
+        if ids
+        else 0
     )
-    candidates.update(
-        session.exec(select(LedgerEntry.raw_sha256).where(col(LedgerEntry.case_id).in_(ids))).all()
+    notices = (
+        len(session.exec(select(col(Notice.id)).where(col(Notice.case_id).in_(ids))).all())
+        if ids
+        else 0
     )
-    candidates.update(
+    found = Erasure(
+        folios=tuple(c.folio for c in cases),
+        messages=len(message_ids) + len(loose_ledger) + len(elsewhere.messages),
+        files=len(orphans),
+        notices=notices + len(loose_notices.ids) + len(elsewhere.notices),
+        ledger=ledger + len(loose_ledger) + len(elsewhere.ledger),
+        participations=tuple(folio for _, folio in participations),
+        loose_ledger=tuple(i for i, _ in loose_ledger),
+        loose_notices=loose_notices.ids,
+        elsewhere_messages=elsewhere.messages,
+        elsewhere_ledger=elsewhere.ledger,
+        elsewhere_notices=elsewhere.notices,
+        elsewhere_copies=elsewhere.copies,
+    )
+    return found, cases, orphans
+
+
+@dataclass(frozen=True, slots=True)
+class _Elsewhere:
+    """The address's own mail on other customers' cases (it took part in them)."""
+
+    messages: tuple[int, ...] = ()  # its messages there
+    ledger: tuple[int, ...] = ()  # their ledger rows (a duplicate's too)
+    shas: tuple[str, ...] = ()  # their raw copies and attachments in the store
+    notices: tuple[int, ...] = ()  # those cases' notices naming it (quoting its mail)
+    copies: tuple[int, ...] = ()  # and those cases' history's copies of them
+    queued: tuple[str, ...] = ()  # folios of those with such a notice still queued
+
+
+def _elsewhere(
+    session: Session, address: str, skip: Sequence[int], took_part: Sequence[int]
+) -> _Elsewhere:
+    """What :class:`_Elsewhere` holds, for the cases other than ``skip``; ``took_part``
+    are the cases the address is a participant of."""
+    query = select(CaseMessage).where(CaseMessage.from_addr == address)
+    if skip:
+        query = query.where(col(CaseMessage.case_id).not_in(skip))
+    messages = list(session.exec(query.order_by(col(CaseMessage.id))).all())
+    if not messages and not took_part:
+        return _Elsewhere()
+    message_ids = [m.id for m in messages if m.id is not None]
+    case_ids = sorted({m.case_id for m in messages} | set(took_part))
+    shas = {m.raw_sha256 for m in messages if m.raw_sha256}
+    shas.update(
         session.exec(
             select(StoredAttachment.sha256).where(
                 col(StoredAttachment.case_message_id).in_(message_ids)
             )
         ).all()
     )
-    candidates.discard("")
-    orphans = candidates - _kept_elsewhere(session, candidates, ids, [i for i, _ in loose_ledger])
-    ledger = session.exec(select(col(LedgerEntry.id)).where(col(LedgerEntry.case_id).in_(ids)))
-    notices = session.exec(select(col(Notice.id)).where(col(Notice.case_id).in_(ids)))
-    found = Erasure(
-        folios=tuple(c.folio for c in cases),
-        messages=len(message_ids) + len(loose_ledger),
-        files=len(orphans),
-        notices=len(notices.all()) + len(loose_notices.ids),
-        ledger=len(ledger.all()) + len(loose_ledger),
-        participations=tuple(participations),
-        loose_ledger=tuple(i for i, _ in loose_ledger),
-        loose_notices=loose_notices.ids,
+    ledger = {m.ledger_id for m in messages if m.ledger_id is not None}
+    if shas:
+        # A copy of the same mail fetched again (a duplicate) is his too.
+        ledger.update(
+            i
+            for i in session.exec(
+                select(LedgerEntry.id).where(
+                    col(LedgerEntry.case_id).in_({m.case_id for m in messages}),
+                    col(LedgerEntry.raw_sha256).in_(sorted(shas)),
+                )
+            ).all()
+            if i is not None
+        )
+    if ledger:
+        shas.update(
+            s
+            for s in session.exec(
+                select(LedgerEntry.raw_sha256).where(col(LedgerEntry.id).in_(sorted(ledger)))
+            ).all()
+            if s
+        )
+    mention = address_pattern(address)
+    notices, queued = [], set()
+    for notice_id, status, raw, folio in session.exec(
+        select(Notice.id, Notice.status, Notice.raw, Case.folio)
+        .join(Case, col(Case.id) == col(Notice.case_id))
+        .where(col(Notice.case_id).in_(case_ids))
+        .order_by(col(Notice.id))
+    ).all():
+        if notice_id is not None and names(mention, bytes(raw)):
+            notices.append(notice_id)
+            if status == NoticeStatus.QUEUED:
+                queued.add(folio)
+    # The case's history keeps what each notice said (a message of kind "notice").
+    copies = [
+        m.id
+        for m in session.exec(
+            select(CaseMessage).where(
+                col(CaseMessage.case_id).in_(case_ids), CaseMessage.kind == "notice"
+            )
+        ).all()
+        if m.id is not None and mention.search(m.text)
+    ]
+    return _Elsewhere(
+        messages=tuple(message_ids),
+        copies=tuple(copies),
+        ledger=tuple(sorted(ledger)),
+        shas=tuple(sorted(shas - {""})),
+        notices=tuple(notices),
+        queued=tuple(sorted(queued)),
     )
-    return found, cases, orphans
 
 
 def _loose_ledger(session: Session, address: str, blob_dir: Path) -> list[tuple[int, str]]:
@@ -370,10 +491,15 @@ def names(mention: re.Pattern[str], raw: bytes) -> bool:
 
 
 def _kept_elsewhere(
-    session: Session, shas: set[str], case_ids: Sequence[int], ledger_ids: Sequence[int]
+    session: Session,
+    shas: set[str],
+    case_ids: Sequence[int],
+    ledger_ids: Sequence[int],
+    message_ids: Sequence[int] = (),
 ) -> set[str]:
-    """Which of ``shas`` a row that stays refers to: one outside the cases ``case_ids``
-    and the ledger rows ``ledger_ids`` (a ledger row of no case included)."""
+    """Which of ``shas`` a row that stays refers to: one outside the cases ``case_ids``,
+    the ledger rows ``ledger_ids`` (a ledger row of no case included) and the messages
+    ``message_ids`` (and their attachments)."""
     if not shas:
         return set()
     wanted = sorted(shas)
@@ -392,7 +518,9 @@ def _kept_elsewhere(
         s
         for s in session.exec(
             select(CaseMessage.raw_sha256).where(
-                col(CaseMessage.raw_sha256).in_(wanted), col(CaseMessage.case_id).not_in(case_ids)
+                col(CaseMessage.raw_sha256).in_(wanted),
+                col(CaseMessage.case_id).not_in(case_ids),
+                col(CaseMessage.id).not_in(message_ids),
             )
         ).all()
         if s is not None
@@ -402,7 +530,9 @@ def _kept_elsewhere(
             select(StoredAttachment.sha256)
             .join(CaseMessage, col(CaseMessage.id) == col(StoredAttachment.case_message_id))
             .where(
-                col(StoredAttachment.sha256).in_(wanted), col(CaseMessage.case_id).not_in(case_ids)
+                col(StoredAttachment.sha256).in_(wanted),
+                col(CaseMessage.case_id).not_in(case_ids),
+                col(CaseMessage.id).not_in(message_ids),
             )
         ).all()
     )
@@ -495,6 +625,9 @@ def _erase_rows(
             notice.last_error = ""
             notice.message_id = ""
             session.add(notice)
+    # Its own mail on another customer's case (it took part, and wrote): erased as
+    # its own cases' messages are; the case's notices quoting it lose their bytes.
+    _erase_elsewhere(session, found)
     # Elsewhere: the address as a participant of another customer's case, and written
     # in that case's messages (a system note adding it, its mail's sender or Cc).
     for participant in session.exec(select(Participant).where(Participant.address == address)):
@@ -505,6 +638,53 @@ def _erase_rows(
         message.text = mention.sub(FORGOTTEN, message.text)
         session.add(message)
     session.flush()
+
+
+def _erase_elsewhere(session: Session, found: Erasure) -> None:
+    """Erase the address's messages on other cases, their attachments' rows and ledger
+    rows, and empty those cases' notices that name it (see :class:`_Elsewhere`)."""
+    if found.elsewhere_messages:
+        ids = list(found.elsewhere_messages)
+        for row in session.exec(
+            select(StoredAttachment).where(col(StoredAttachment.case_message_id).in_(ids))
+        ).all():
+            session.delete(row)
+        for message in session.exec(select(CaseMessage).where(col(CaseMessage.id).in_(ids))):
+            message.from_addr = FORGOTTEN  # the case's history says someone wrote
+            message.to_addrs = ""
+            message.subject = ""
+            message.text = ""
+            message.message_id = None
+            message.raw_sha256 = None
+            session.add(message)
+    if found.elsewhere_ledger:
+        for entry in session.exec(
+            select(LedgerEntry).where(col(LedgerEntry.id).in_(found.elsewhere_ledger))
+        ):
+            _erase_ledger_row(entry)
+            session.add(entry)
+    if found.elsewhere_notices:
+        for notice in session.exec(
+            select(Notice).where(col(Notice.id).in_(found.elsewhere_notices))
+        ):
+            # Its Message-ID and recipient are ours and the agents': an agent's reply
+            # to it still finds the other customer's case.
+            notice.raw = b""
+            _never_again(notice)
+            session.add(notice)
+    if found.elsewhere_copies:
+        for message in session.exec(
+            select(CaseMessage).where(col(CaseMessage.id).in_(found.elsewhere_copies))
+        ):
+            message.text = ""
+            session.add(message)
+
+
+def _never_again(notice: Notice) -> None:
+    """A failed notice whose bytes were erased is never sent again (``outbox retry``)."""
+    if notice.status == NoticeStatus.FAILED:
+        notice.status = NoticeStatus.SUPPRESSED
+        notice.last_error = ERASED
 
 
 def _erase_ledger_row(entry: LedgerEntry) -> None:

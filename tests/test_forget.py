@@ -505,3 +505,32 @@ def test_only_the_whole_address_is_erased_not_one_that_contains_it(desk: Desk) -
     finally:
         store.dispose()
     assert raws and all(len(bytes(r)) > 0 for (r,) in raws)
+
+
+def test_their_mail_on_another_customers_case_is_erased_too(desk: Desk) -> None:
+    _, ana = _history(desk)
+    receipt = b"\xff\xd8\xff\xe0 recibo de Juan " + bytes(range(128)) * 30
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Re: [Folio {ana}] Cobro doble",
+            body=f"Soy el esposo de Ana, {PHRASE}; mi teléfono es 55 8765 4321.",
+            message_id="<perico-ana@example.com>",
+            attachments=[("recibo.jpg", "image/jpeg", receipt)],
+        )
+    )
+    shown = desk.cli.json("cases", "show", ana)
+    assert any(PHRASE in m["text"] for m in shown["messages"])  # and the agents were told
+    assert any(PHRASE in str(m.get_body(("plain",))) for m in desk.to(NOTIFY))
+    files = _blob_files(desk)
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+    after = _everything(desk, sent_log=True)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower(), "8765 4321", "perico-ana", "recibo"):
+        assert secret not in after, secret
+    # Ana's case keeps its history's shape and her own mail and file.
+    now = desk.cli.json("cases", "show", ana)
+    assert [m["kind"] for m in now["messages"]] == [m["kind"] for m in shown["messages"]]
+    assert now["messages"][0] == shown["messages"][0]
+    assert [m["attachments"] for m in now["messages"]].count([]) == len(now["messages"]) - 1
+    assert len(files) - len(_blob_files(desk)) == result["files"]
