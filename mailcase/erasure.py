@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import email
 import re
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +56,7 @@ from mailcase.models import (
     CaseMessage,
     CaseStatus,
     Disposition,
+    KeyValue,
     LedgerEntry,
     Notice,
     NoticeStatus,
@@ -67,6 +69,7 @@ from mailcase.store import Store, utcnow
 # and no notice reaches it (mailcase.classify treats it as an automatic address).
 FORGOTTEN = "forgotten@invalid"
 ERASED_REASON = "erased: the customer's data was cancelled"
+PENDING = "erasure:pending:"  # key_values: files an erasure committed and must remove
 ERASED = "erased"  # the last error of a notice no longer sent: its bytes were erased
 
 
@@ -131,7 +134,9 @@ def erase(
     cases is open or has a notice still queued. ``insiders`` are the agents' and
     mailcase's own addresses: notices to them keep their recipient. The result's
     ``files_left`` names files that could not be removed after the commit (the
-    database change stands; remove them by hand).
+    database change stands; each later run tries them again). The files to remove
+    are recorded in the erasure's transaction (key_values, :data:`PENDING`): when
+    the process dies before removing them, the next run removes them first.
     """
     address = address.strip().lower()
     if not address or address == FORGOTTEN:
@@ -139,12 +144,22 @@ def erase(
     if dry_run:
         with store.read_session() as session:
             return _survey(session, address, blob_dir, lock=False)[0]
+    blobs = BlobStore(blob_dir)
+    # An earlier run that died between its commit and its files' removal.
+    finish_pending_removals(store, blobs)
     now = utcnow()
+    pending = f"{PENDING}{uuid.uuid4().hex}"
     with store.transaction() as session:
         found, cases, orphans = _survey(session, address, blob_dir, lock=True)
         if found.anything:
             _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
-    removed_left = _remove_files(BlobStore(blob_dir), orphans)
+        if orphans:
+            # With the erasure, in its transaction: a crash before the files are gone
+            # leaves this record, and the next run removes them.
+            session.add(KeyValue(key=pending, value="\n".join(sorted(orphans))))
+    removed_left = _remove_files(blobs, orphans)
+    if orphans:
+        _settle(store, pending, [Path(p).name for p in removed_left])
     result = Erasure(
         folios=found.folios,
         messages=found.messages,
@@ -712,6 +727,40 @@ def _mentioning(session: Session, address: str, skip: Iterable[int]) -> list[Cas
         for m in session.exec(query).all()
         if mention.search(m.from_addr) or mention.search(m.to_addrs) or mention.search(m.text)
     ]
+
+
+def finish_pending_removals(store: Store, blobs: BlobStore) -> list[str]:
+    """Remove the files that erasures committed but did not remove (the process died
+    after its commit), unless a row refers to one again (the store is content-addressed:
+    another customer may have sent the same file since); the paths still left."""
+    with store.read_session() as session:
+        records = session.exec(
+            select(KeyValue).where(col(KeyValue.key).startswith(PENDING, autoescape=True))
+        ).all()
+        if not records:
+            return []
+        wanted = {sha for r in records for sha in r.value.split() if sha}
+        kept = _kept_elsewhere(session, wanted, [], [])
+    left: list[str] = []
+    for record in records:
+        shas = {sha for sha in record.value.split() if sha} - kept
+        still = _remove_files(blobs, shas)
+        left += still
+        _settle(store, record.key, [Path(p).name for p in still])
+    return left
+
+
+def _settle(store: Store, key: str, left: list[str]) -> None:
+    """The pending removal ``key`` done, but for the files ``left`` (tried again next time)."""
+    with store.transaction() as session:
+        record = session.get(KeyValue, key)
+        if record is None:
+            return
+        if left:
+            record.value = "\n".join(sorted(left))
+            session.add(record)
+        else:
+            session.delete(record)
 
 
 def _remove_files(blobs: BlobStore, shas: Iterable[str]) -> list[str]:

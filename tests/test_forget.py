@@ -18,7 +18,7 @@ from helpers import AGENT, NOTIFY, Cli, json_events, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import SQLModel
 
-from mailcase import service
+from mailcase import erasure, service
 from mailcase.classify import is_automatic_address
 from mailcase.erasure import FORGOTTEN, Erasure, erase
 from mailcase.store import Store
@@ -534,3 +534,53 @@ def test_their_mail_on_another_customers_case_is_erased_too(desk: Desk) -> None:
     assert now["messages"][0] == shown["messages"][0]
     assert [m["attachments"] for m in now["messages"]].count([]) == len(now["messages"]) - 1
     assert len(files) - len(_blob_files(desk)) == result["files"]
+
+
+class _Killed(BaseException):
+    """The process dies (SIGKILL, a power cut) right after the erasure's commit."""
+
+
+def test_files_a_crash_left_are_removed_by_the_next_run(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _history(desk)
+    files = _blob_files(desk)
+
+    def killed(blobs: Any, shas: Any) -> list[str]:
+        raise _Killed
+
+    monkeypatch.setattr(erasure, "_remove_files", killed)
+    store = Store.open(desk.url, auto_upgrade=False)
+    try:
+        with pytest.raises(_Killed):
+            erase(store, desk.dir / "store", JUAN, insiders=frozenset(), by="t", dry_run=False)
+    finally:
+        store.dispose()
+    monkeypatch.undo()
+    assert _blob_files(desk) == files  # committed, and not one file removed
+    # Another customer sends the same photo again meanwhile: hers now, it stays.
+    desk.deliver(
+        mail(
+            sender=f"Ana Ruiz <{ANA}>",
+            subject="La foto",
+            body="Adjunto la foto.",
+            attachments=[("foto.jpg", "image/jpeg", PRIVATE)],
+        )
+    )
+    code, _, err = desk.cli("customers", "forget", "nadie@example.com", "--yes", "--json")
+    assert code == 0, err
+    after = _everything(desk)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower()):
+        assert secret not in after, secret
+    left = _blob_files(desk)
+    assert len(files - left) >= 2
+    [hers] = [
+        c for c in desk.cli.json("cases", "list", "--customer", ANA) if c["subject"] == "La foto"
+    ]
+    [photo] = [
+        a
+        for m in desk.cli.json("cases", "show", hers["folio"])["messages"]
+        for a in m["attachments"]
+    ]
+    assert photo["sha256"] in left
+    assert "erasure:pending" not in after  # done, the record went
