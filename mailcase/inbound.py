@@ -183,7 +183,12 @@ def senders_of(head: bytes) -> frozenset[str]:
     with ``head``, spelt as :func:`canonical_address` spells them; never raises."""
     try:
         message = email.message_from_bytes(_header_section(head))
-        fields = [str(v) for k, v in message.items() if k.lower() in ("from", "sender", "reply-to")]
+        # 8-bit UTF-8 headers (RFC 6532: juan@telefonía.mx) read as parse_inbound reads them.
+        fields = [
+            _recover_8bit(v)
+            for k, v in message.raw_items()
+            if k.lower() in ("from", "sender", "reply-to")
+        ]
         return frozenset(
             canonical_address(addr.strip().lower())
             for _, addr in email.utils.getaddresses(fields)

@@ -584,3 +584,31 @@ def test_files_a_crash_left_are_removed_by_the_next_run(
     ]
     assert photo["sha256"] in left
     assert "erasure:pending" not in after  # done, the record went
+
+
+def test_loose_mail_from_a_unicode_domain_in_8bit_headers_is_found(desk: Desk) -> None:
+    # RFC 6532: the From is UTF-8 as it is, the domain not in its xn-- form; the
+    # agents' notice of the quarantined one names it in Unicode, quoted-printable.
+    idn = "juan@telefonía.mx"
+    desk.deliver(_unparseable(f"{NAME} <{idn}>", PHRASE))
+    desk.deliver(
+        (
+            f"From: {NAME} <{idn}>\r\nTo: contacto@internet-plarey.com.mx\r\n"
+            f"Subject: {PHRASE}\r\nMessage-ID: <idn-bulk@example.com>\r\nPrecedence: bulk\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            f"{PHRASE} 55 1234 5678\r\n"
+        ).encode()
+    )
+    assert [r["disposition"] for r in desk.cli.json("messages", "list")] == [
+        "quarantined",
+        "bulk",
+    ]
+    files = _blob_files(desk)
+    code, out, err = desk.cli("customers", "forget", idn, "--yes", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["messages"], result["notices"], result["files"]) == (2, 1, 2)
+    after = _everything(desk, sent_log=True)
+    for secret in (PHRASE.lower(), "telefonía", "xn--telefona-i2a", "55 1234 5678"):
+        assert secret not in after, secret
+    assert len(files - _blob_files(desk)) == 2
