@@ -70,7 +70,7 @@ from mailcase.store import Store, utcnow
 FORGOTTEN = "forgotten@invalid"
 ERASED_REASON = "erased: the customer's data was cancelled"
 PENDING = "erasure:pending:"  # key_values: files an erasure committed and must remove
-ERASED = "erased"  # the last error of a notice no longer sent: its bytes were erased
+ERASED = "erased"  # a notice no longer sent, its bytes erased (as mailcase.outbox.ERASED)
 
 
 class ErasureRefused(MailcaseError):
@@ -604,6 +604,7 @@ def _erase_rows(
             # A late delivery report naming it must not find the case again.
             notice.message_id = ""
             notice.last_error = ""
+            _never_again(notice)
             session.add(notice)
         for entry in session.exec(select(LedgerEntry).where(col(LedgerEntry.case_id).in_(ids))):
             _erase_ledger_row(entry)
@@ -639,6 +640,7 @@ def _erase_rows(
             notice.raw = b""
             notice.last_error = ""
             notice.message_id = ""
+            _never_again(notice)
             session.add(notice)
     # Its own mail on another customer's case (it took part, and wrote): erased as
     # its own cases' messages are; the case's notices quoting it lose their bytes.
@@ -696,7 +698,9 @@ def _erase_elsewhere(session: Session, found: Erasure) -> None:
 
 
 def _never_again(notice: Notice) -> None:
-    """A failed notice whose bytes were erased is never sent again (``outbox retry``)."""
+    """A failed notice whose bytes were erased is never sent again (``outbox retry``
+    would have sent the agents an empty message, and a bounced acknowledgement to
+    :data:`FORGOTTEN`): suppressed, its last error :data:`ERASED`."""
     if notice.status == NoticeStatus.FAILED:
         notice.status = NoticeStatus.SUPPRESSED
         notice.last_error = ERASED

@@ -612,3 +612,64 @@ def test_loose_mail_from_a_unicode_domain_in_8bit_headers_is_found(desk: Desk) -
     for secret in (PHRASE.lower(), "telefonía", "xn--telefona-i2a", "55 1234 5678"):
         assert secret not in after, secret
     assert len(files - _blob_files(desk)) == 2
+
+
+def _sql(desk: Desk, statement: str, **params: Any) -> None:
+    engine = sa.create_engine(desk.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement), params)
+    finally:
+        engine.dispose()
+
+
+def test_failed_notices_of_an_erased_case_are_never_sent_again(desk: Desk) -> None:
+    desk.deliver(mail(sender=f"{NAME} <{JUAN}>", subject="Sin internet", body=PHRASE))
+    juan = desk.folio_of(JUAN)
+    ack = desk.to(JUAN)[0]
+    # His mailbox was full: the acknowledgement bounced (a DSN, through poll).
+    desk.deliver(
+        (
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.com>\r\n"
+            "To: contacto@internet-plarey.com.mx\r\nSubject: Delivery Status Notification\r\n"
+            "Message-ID: <dsn1@mx.example.com>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nA report.\r\n"
+            "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+            f"Reporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822; {JUAN}\r\n"
+            "Action: failed\r\nStatus: 5.2.2\r\n\r\n"
+            "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            f"From: contacto@internet-plarey.com.mx\r\nTo: {JUAN}\r\n"
+            f"Message-ID: {ack['Message-ID']}\r\n\r\n--B--\r\n"
+        ).encode()
+    )
+    # The agents' server refused their notification (552: too big).
+    _sql(
+        desk,
+        "update notices set status='failed', last_error='552 5.3.4 too big'"
+        " where kind='agent_notification'",
+    )
+    desk.ok("cases", "resolve", juan, "--outcome", "valid", "--cause", "ok")
+    desk.ok("cases", "close", juan)
+    desk.ok("poll")
+    failed = {n["kind"] for n in desk.cli.json("outbox", "list", "--status", "failed")}
+    assert {"acknowledgement", "agent_notification"} <= failed
+    assert _forget(desk, "--yes")[0] == 0
+    assert not desk.cli.json("outbox", "list", "--status", "failed")
+    erased = [n for n in desk.cli.json("outbox", "list") if n["last_error"] == "erased"]
+    assert {n["kind"] for n in erased} >= {"acknowledgement", "agent_notification"}
+    assert all(n["status"] == "suppressed" for n in erased)
+    sent = len(desk.sink.messages)
+    assert "0 notice(s)" in desk.ok("outbox", "retry", "--all")
+    for notice in erased:  # by id neither
+        assert "0 notice(s)" in desk.ok("outbox", "retry", str(notice["id"]))
+    # A notice with no bytes that is queued all the same is never sent empty.
+    _sql(
+        desk,
+        "update notices set status='queued', next_attempt_at='2000-01-01' where id=:id",
+        id=erased[0]["id"],
+    )
+    desk.ok("poll")
+    assert len(desk.sink.messages) == sent
+    [again] = [n for n in desk.cli.json("outbox", "list") if n["id"] == erased[0]["id"]]
+    assert (again["status"], again["last_error"]) == ("suppressed", "erased")
