@@ -143,16 +143,25 @@ def erase(
         return Erasure()
     if dry_run:
         with store.read_session() as session:
-            return _survey(session, address, blob_dir, lock=False)[0]
+            scan = _scan(session, address, blob_dir)
+            return _survey(session, address, scan, lock=False)[0]
     blobs = BlobStore(blob_dir)
     # An earlier run that died between its commit and its files' removal.
     finish_pending_removals(store, blobs)
     now = utcnow()
     pending = f"{PENDING}{uuid.uuid4().hex}"
+    # The long scan reads without the write lock (SQLite has one: the daemon's
+    # writes failed "database is locked" while it read 300,000 rows); under the lock
+    # only the rows added since are scanned.
+    with store.read_session() as session:
+        first = _scan(session, address, blob_dir)
     with store.transaction() as session:
-        found, cases, orphans = _survey(session, address, blob_dir, lock=True)
+        scan = _scan(session, address, blob_dir, since=first)
+        found, cases, orphans = _survey(session, address, scan, lock=True)
         if found.anything:
-            _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
+            _erase_rows(
+                session, address, cases, found, scan.mentioning, insiders=insiders, now=now, by=by
+            )
         if orphans:
             # With the erasure, in its transaction: a crash before the files are gone
             # leaves this record, and the next run removes them.
@@ -189,7 +198,7 @@ def erase(
 
 
 def _survey(
-    session: Session, address: str, blob_dir: Path, *, lock: bool
+    session: Session, address: str, scan: _Scan, *, lock: bool
 ) -> tuple[Erasure, list[Case], set[str]]:
     """What erasing ``address`` touches: the counts, its cases (locked with ``lock``) and
     the store's files only those rows refer to. ErasureRefused as :func:`erase` says."""
@@ -234,9 +243,16 @@ def _survey(
             f"case(s) {waiting} of this customer still have notices in the outbox: "
             "wait for the outbox to send them (mailcase outbox list), nothing was erased"
         )
-    loose_ledger = _loose_ledger(session, address, blob_dir)
-    loose_notices = _loose_notices(session, address)
-    if loose_notices.queued:
+    loose_ledger = list(scan.loose_ledger)
+    loose_notices = scan.loose_notices
+    if (
+        loose_notices
+        and session.exec(
+            select(Notice.id).where(
+                col(Notice.id).in_(loose_notices), Notice.status == NoticeStatus.QUEUED
+            )
+        ).first()
+    ):
         raise ErasureRefused(
             "a notice to the agents about this customer's mail is still in the outbox: "
             "wait for the outbox to send it (mailcase outbox list), nothing was erased"
@@ -304,11 +320,11 @@ def _survey(
         folios=tuple(c.folio for c in cases),
         messages=len(message_ids) + len(loose_ledger) + len(elsewhere.messages),
         files=len(orphans),
-        notices=notices + len(loose_notices.ids) + len(elsewhere.notices),
+        notices=notices + len(loose_notices) + len(elsewhere.notices),
         ledger=ledger + len(loose_ledger) + len(elsewhere.ledger),
         participations=tuple(folio for _, folio in participations),
         loose_ledger=tuple(i for i, _ in loose_ledger),
-        loose_notices=loose_notices.ids,
+        loose_notices=loose_notices,
         elsewhere_messages=elsewhere.messages,
         elsewhere_ledger=elsewhere.ledger,
         elsewhere_notices=elsewhere.notices,
@@ -403,9 +419,66 @@ def _elsewhere(
     )
 
 
-def _loose_ledger(session: Session, address: str, blob_dir: Path) -> list[tuple[int, str]]:
-    """(id, raw sha256) of the ledger rows of no case whose stored message ``address``
-    sent (From, Sender or Reply-To): a quarantined, dismissed, bulk or automatic mail.
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """What only a scan of whole tables finds: the ledger rows of no case whose stored
+    message the address sent, the notices of no case naming it, and the messages of
+    any case naming it; with the highest id of each table the scan covered."""
+
+    loose_ledger: tuple[tuple[int, str], ...] = ()
+    loose_notices: tuple[int, ...] = ()
+    mentioning: tuple[int, ...] = ()
+    marks: tuple[int, int, int] = (0, 0, 0)  # ledger, notices, case_messages
+
+
+def _scan(session: Session, address: str, blob_dir: Path, *, since: _Scan | None = None) -> _Scan:
+    """:class:`_Scan` of ``address``; with ``since`` (an earlier scan, in another
+    transaction) only the rows added after it are scanned, and what it found is read
+    again by id (a quarantined message retried into a case since is no longer loose)."""
+    after = since.marks if since is not None else (0, 0, 0)
+    marks = (
+        session.exec(select(sa.func.max(LedgerEntry.id))).one() or 0,
+        session.exec(select(sa.func.max(Notice.id))).one() or 0,
+        session.exec(select(sa.func.max(CaseMessage.id))).one() or 0,
+    )
+    ledger = _loose_ledger(session, address, blob_dir, after[0], marks[0])
+    notices = _loose_notices(session, address, after[1], marks[1])
+    mentioning = _mentioning(session, address, after[2], marks[2])
+    if since is not None:
+        was = dict(since.loose_ledger)
+        ledger = [
+            (i, sha)
+            for i, sha in session.exec(
+                select(LedgerEntry.id, LedgerEntry.raw_sha256).where(
+                    col(LedgerEntry.id).in_(sorted(was)), col(LedgerEntry.case_id).is_(None)
+                )
+            ).all()
+            if i is not None and sha and was[i] == sha
+        ] + ledger
+        notices = [
+            i
+            for i in session.exec(
+                select(Notice.id).where(
+                    col(Notice.id).in_(since.loose_notices), col(Notice.case_id).is_(None)
+                )
+            ).all()
+            if i is not None
+        ] + notices
+        mentioning = list(since.mentioning) + mentioning
+    return _Scan(
+        loose_ledger=tuple(sorted(ledger)),
+        loose_notices=tuple(sorted(notices)),
+        mentioning=tuple(sorted(mentioning)),
+        marks=(max(marks[0], after[0]), max(marks[1], after[1]), max(marks[2], after[2])),
+    )
+
+
+def _loose_ledger(
+    session: Session, address: str, blob_dir: Path, after: int, upto: int
+) -> list[tuple[int, str]]:
+    """(id, raw sha256) of the ledger rows of no case, ids ``after`` < id <= ``upto``,
+    whose stored message ``address`` sent (From, Sender or Reply-To): a quarantined,
+    dismissed, bulk or automatic mail.
 
     The ledger keeps no sender, so each stored header is read: a manual, rare command
     can afford what the ingest path could not.
@@ -413,7 +486,12 @@ def _loose_ledger(session: Session, address: str, blob_dir: Path) -> list[tuple[
     found = []
     rows = session.exec(
         select(LedgerEntry.id, LedgerEntry.raw_sha256)
-        .where(col(LedgerEntry.case_id).is_(None), LedgerEntry.raw_sha256 != "")
+        .where(
+            col(LedgerEntry.case_id).is_(None),
+            LedgerEntry.raw_sha256 != "",
+            col(LedgerEntry.id) > after,
+            col(LedgerEntry.id) <= upto,
+        )
         .order_by(col(LedgerEntry.id))
     ).all()
     for row_id, sha in rows:
@@ -426,25 +504,17 @@ def _loose_ledger(session: Session, address: str, blob_dir: Path) -> list[tuple[
     return found
 
 
-@dataclass(frozen=True, slots=True)
-class _LooseNotices:
-    ids: tuple[int, ...] = ()
-    queued: bool = False
-
-
-def _loose_notices(session: Session, address: str) -> _LooseNotices:
-    """Notices of no case whose bytes name ``address`` (the agents told of a quarantined
-    message from it, of an agent's mail about it that named no case)."""
+def _loose_notices(session: Session, address: str, after: int, upto: int) -> list[int]:
+    """Notices of no case, ids ``after`` < id <= ``upto``, whose bytes name ``address``
+    (the agents told of a quarantined message from it, of an agent's mail about it that
+    named no case)."""
     mention = address_pattern(address)
-    ids, queued = [], False
     rows = session.exec(
-        select(Notice.id, Notice.status, Notice.raw).where(col(Notice.case_id).is_(None))
+        select(Notice.id, Notice.raw).where(
+            col(Notice.case_id).is_(None), col(Notice.id) > after, col(Notice.id) <= upto
+        )
     ).all()
-    for notice_id, status, raw in rows:
-        if notice_id is not None and names(mention, bytes(raw)):
-            ids.append(notice_id)
-            queued = queued or status == NoticeStatus.QUEUED
-    return _LooseNotices(tuple(ids), queued)
+    return [i for i, raw in rows if i is not None and names(mention, bytes(raw))]
 
 
 # Characters of an address's local part (RFC 5322 atext and the dot; \w takes in the
@@ -559,6 +629,7 @@ def _erase_rows(
     address: str,
     cases: list[Case],
     found: Erasure,
+    mentioning: Sequence[int],
     *,
     insiders: frozenset[str],
     now: datetime,
@@ -649,7 +720,11 @@ def _erase_rows(
     # in that case's messages (a system note adding it, its mail's sender or Cc).
     for participant in session.exec(select(Participant).where(Participant.address == address)):
         session.delete(participant)
-    for message in _mentioning(session, address, ids):
+    for message in session.exec(
+        select(CaseMessage).where(
+            col(CaseMessage.id).in_(mentioning), col(CaseMessage.case_id).not_in(ids)
+        )
+    ).all():
         message.from_addr = mention.sub(FORGOTTEN, message.from_addr)
         message.to_addrs = mention.sub(FORGOTTEN, message.to_addrs)
         message.text = mention.sub(FORGOTTEN, message.text)
@@ -713,23 +788,24 @@ def _erase_ledger_row(entry: LedgerEntry) -> None:
     entry.raw_sha256 = ""
 
 
-def _mentioning(session: Session, address: str, skip: Iterable[int]) -> list[CaseMessage]:
-    """Messages of cases other than ``skip`` whose sender, recipients or text hold
+def _mentioning(session: Session, address: str, after: int, upto: int) -> list[int]:
+    """Messages, ids ``after`` < id <= ``upto``, whose sender, recipients or text hold
     ``address`` as a whole address (see :func:`address_pattern`)."""
     mention = address_pattern(address)
     columns = (col(CaseMessage.from_addr), col(CaseMessage.to_addrs), col(CaseMessage.text))
     # The database's "contains" only narrows the rows down (it finds the address in
     # maria.juan@example.com too); the pattern decides. autoescape: "_" is a wildcard.
-    query = select(CaseMessage).where(
-        sa.or_(*(c.icontains(s, autoescape=True) for c in columns for s in _spellings(address)))
+    query = select(
+        CaseMessage.id, CaseMessage.from_addr, CaseMessage.to_addrs, CaseMessage.text
+    ).where(
+        col(CaseMessage.id) > after,
+        col(CaseMessage.id) <= upto,
+        sa.or_(*(c.icontains(s, autoescape=True) for c in columns for s in _spellings(address))),
     )
-    skipped = list(skip)
-    if skipped:
-        query = query.where(col(CaseMessage.case_id).not_in(skipped))
     return [
-        m
-        for m in session.exec(query).all()
-        if mention.search(m.from_addr) or mention.search(m.to_addrs) or mention.search(m.text)
+        i
+        for i, *texts in session.exec(query).all()
+        if i is not None and any(mention.search(t) for t in texts)
     ]
 
 
