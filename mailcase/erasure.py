@@ -69,6 +69,10 @@ from mailcase.store import Store, utcnow
 # and no notice reaches it (mailcase.classify treats it as an automatic address).
 FORGOTTEN = "forgotten@invalid"
 ERASED_REASON = "erased: the customer's data was cancelled"
+# The headers of mail kept outside any case that name the address's mail: it sent
+# it, or it was written to (a newsletter's To, a bounce's X-Failed-Recipients).
+LOOSE_FIELDS = ("from", "sender", "reply-to", "to", "cc", "x-failed-recipients")
+BOUNCE_READ = 1 << 20  # of a bounce kept outside any case, the part searched whole
 PENDING = "erasure:pending:"  # key_values: files an erasure committed and must remove
 ERASED = "erased"  # a notice no longer sent, its bytes erased (as mailcase.outbox.ERASED)
 
@@ -477,15 +481,17 @@ def _loose_ledger(
     session: Session, address: str, blob_dir: Path, after: int, upto: int
 ) -> list[tuple[int, str]]:
     """(id, raw sha256) of the ledger rows of no case, ids ``after`` < id <= ``upto``,
-    whose stored message ``address`` sent (From, Sender or Reply-To): a quarantined,
-    dismissed, bulk or automatic mail.
+    whose stored message names ``address`` in a header of :data:`LOOSE_FIELDS` (it
+    sent the quarantined, dismissed, bulk or automatic mail, or was written to), or
+    anywhere in a bounce's text (a delivery report of a message to it).
 
     The ledger keeps no sender, so each stored header is read: a manual, rare command
     can afford what the ingest path could not.
     """
     found = []
+    mention = address_pattern(address)
     rows = session.exec(
-        select(LedgerEntry.id, LedgerEntry.raw_sha256)
+        select(LedgerEntry.id, LedgerEntry.raw_sha256, LedgerEntry.disposition)
         .where(
             col(LedgerEntry.case_id).is_(None),
             LedgerEntry.raw_sha256 != "",
@@ -494,12 +500,22 @@ def _loose_ledger(
         )
         .order_by(col(LedgerEntry.id))
     ).all()
-    for row_id, sha in rows:
+    for row_id, sha, disposition in rows:
         try:
-            head = read_header(BlobStore.path_in(blob_dir, sha))
+            path = BlobStore.path_in(blob_dir, sha)
+            head = read_header(path)
+            if address in senders_of(head, LOOSE_FIELDS):
+                named = True
+            elif disposition == Disposition.BOUNCE:
+                # A delivery report names the recipient in its text (RFC 3464's
+                # Final-Recipient), not in a header; the address leads it.
+                with path.open("rb") as raw:
+                    named = names(mention, raw.read(BOUNCE_READ))
+            else:
+                named = False
         except (OSError, ValueError):  # the file gone, or no sha256: nothing to read
             continue
-        if address in senders_of(head) and row_id is not None:
+        if named and row_id is not None:
             found.append((row_id, sha))
     return found
 

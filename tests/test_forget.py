@@ -726,3 +726,54 @@ def test_the_scan_leaves_sqlite_free_for_the_daemon_and_sees_what_it_wrote(
     after = _everything(desk)
     for secret in (JUAN, NAME.lower(), PHRASE.lower()):
         assert secret not in after, secret
+
+
+def test_loose_mail_written_to_them_and_bounces_naming_them_are_erased(desk: Desk) -> None:
+    contacto = "contacto@internet-plarey.com.mx"
+    # A bounce of a message to him (plain, X-Failed-Recipients), a delivery report
+    # naming him only in its text (RFC 3464), a newsletter with him in Cc.
+    desk.deliver(
+        (
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.com>\r\n"
+            f"To: {contacto}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+            "Message-ID: <bounce-77@mx.example.com>\r\nAuto-Submitted: auto-replied\r\n"
+            f"X-Failed-Recipients: {JUAN}\r\n\r\n"
+            f"Delivery to the following recipient failed permanently:\r\n\r\n     {JUAN}\r\n"
+        ).encode()
+    )
+    desk.deliver(
+        (
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.com>\r\n"
+            f"To: {contacto}\r\nSubject: Delivery Status Notification\r\n"
+            "Message-ID: <dsn-78@mx.example.com>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nA report.\r\n"
+            "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+            f"Reporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822; {JUAN}\r\n"
+            "Action: failed\r\nStatus: 5.1.1\r\n\r\n--B--\r\n"
+        ).encode()
+    )
+    desk.deliver(
+        mail(
+            sender="Boletín <news@promo.example>",
+            body=f"Hola {NAME}",
+            headers={"Precedence": "bulk", "Cc": JUAN},
+        )
+    )
+    # Mail of another Juan's is not his.
+    desk.deliver(
+        mail(
+            sender="Otro <otro@promo.example>",
+            body="x",
+            headers={"Precedence": "bulk", "Cc": f"maria.{JUAN}"},
+        )
+    )
+    rows = desk.cli.json("messages", "list")
+    assert [r["folio"] for r in rows] == [None] * 4
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+    assert result["messages"] == 3
+    after = _everything(desk)
+    for secret in (JUAN, NAME.lower()):
+        assert secret not in after.replace(f"maria.{JUAN}", ""), secret
+    assert f"maria.{JUAN}" in after
