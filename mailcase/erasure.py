@@ -20,10 +20,16 @@ otherwise, and changes nothing):
 * elsewhere: the address as a participant of another customer's case (the row
   goes) and the address written in another case's messages (replaced by
   :data:`FORGOTTEN`);
-* its mail kept outside any case (a quarantined, bulk or automatic message
-  whose stored From, Sender or Reply-To is the address: ledger row as above,
-  a quarantined one dismissed) and the notices of no case that name the
-  address (the agents told of such a message): their bytes and Message-ID.
+* its own mail on another customer's case (it took part and wrote): as its
+  cases' messages, and that case's notices naming it lose their bytes;
+* its mail kept outside any case (a quarantined, bulk, automatic or bounced
+  message whose stored header of :data:`LOOSE_FIELDS` names the address, or a
+  bounce naming it in its text: ledger row as above, a quarantined one
+  dismissed) and the notices of no case that name the address (the agents
+  told of such a message): their bytes and Message-ID.
+
+The address is matched whole (:func:`address_pattern`): maria.juan@example.com
+is not juan@example.com.
 
 What stays: folios, status, outcome, area, channel, mailbox, language, dates
 and the number and kind of messages and notices, and a system note saying
