@@ -43,6 +43,8 @@ from __future__ import annotations
 import contextlib
 import email
 import re
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +81,7 @@ ERASED_REASON = "erased: the customer's data was cancelled"
 # it, or it was written to (a newsletter's To, a bounce's X-Failed-Recipients).
 LOOSE_FIELDS = ("from", "sender", "reply-to", "to", "cc", "x-failed-recipients")
 BOUNCE_READ = 1 << 20  # of a bounce kept outside any case, the part searched whole
+TRUNCATE_TRIES = 5  # SQLite's log emptied after the erasure: tries 0.1 s apart, no more
 PENDING = "erasure:pending:"  # key_values: files an erasure committed and must remove
 ERASED = "erased"  # a notice no longer sent, its bytes erased (as mailcase.outbox.ERASED)
 
@@ -179,6 +182,11 @@ def erase(
     removed_left = _remove_files(blobs, orphans)
     if orphans:
         _settle(store, pending, [Path(p).name for p in removed_left])
+    if found.anything and store.checkpointer is not None:
+        # Its own checkpoints (PASSIVE, in a thread the commit woke) stopped first:
+        # one running would make this one give up.
+        store.checkpointer.close()
+        _truncate_log(store.checkpointer.path)
     result = Erasure(
         folios=found.folios,
         messages=found.messages,
@@ -863,6 +871,26 @@ def _settle(store: Store, key: str, left: list[str]) -> None:
             session.add(record)
         else:
             session.delete(record)
+
+
+def _truncate_log(database: Path) -> None:
+    """Copy SQLite's write-ahead log into the database and empty it, if that can be done
+    at once: the log keeps the pages as they were before the erasure until they are
+    overwritten. Hardly waits (busy_timeout 0, :data:`TRUNCATE_TRIES` tries: a reader
+    in the middle of a transaction, the daemon's, makes it give up) and never raises;
+    says in the log when it gave up."""
+    busy: object = None
+    for _ in range(TRUNCATE_TRIES):
+        try:
+            with contextlib.closing(sqlite3.connect(database, timeout=0)) as conn:
+                conn.execute("PRAGMA busy_timeout=0")
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            busy = str(exc)
+        if not busy:
+            return
+        time.sleep(0.1)  # the daemon's write or read is usually over by then
+    get_logger().info("erasure_log_not_truncated", reason=str(busy))
 
 
 def _remove_files(blobs: BlobStore, shas: Iterable[str]) -> list[str]:

@@ -777,3 +777,31 @@ def test_loose_mail_written_to_them_and_bounces_naming_them_are_erased(desk: Des
     for secret in (JUAN, NAME.lower()):
         assert secret not in after.replace(f"maria.{JUAN}", ""), secret
     assert f"maria.{JUAN}" in after
+
+
+def test_sqlites_log_keeps_no_copy_while_the_daemon_runs(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # The write-ahead log keeps pages as they were until they are overwritten; the
+    # daemon's open connection keeps SQLite from removing it.
+    url = f"sqlite:///{tmp_path}/mailcase.db"
+    config = write_config(tmp_path, mailboxes, sink, notify=True, db_url=url)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path, url)
+    desk.ok("poll")
+    daemon = sqlite3.connect(tmp_path / "mailcase.db")  # `mailcase run` keeps one open
+    try:
+        daemon.execute("select count(*) from cases").fetchall()
+        desk.deliver(mail(sender=f"{NAME} <{JUAN}>", subject="Sin internet", body=PHRASE))
+        juan = desk.folio_of(JUAN)
+        desk.ok("cases", "resolve", juan, "--outcome", "valid", "--cause", "ok")
+        desk.ok("cases", "close", juan)
+        assert _forget(desk, "--yes")[0] == 0
+        for i in range(3):  # life goes on
+            desk.deliver(mail(sender=f"c{i}@example.com", subject=f"Falla {i}", body="x"))
+            daemon.execute("select count(*) from cases").fetchall()
+        log = tmp_path / "mailcase.db-wal"
+        data = log.read_bytes().lower() if log.exists() else b""
+        for secret in (JUAN, NAME.lower(), PHRASE.lower()):
+            assert secret.encode() not in data, secret
+    finally:
+        daemon.close()
