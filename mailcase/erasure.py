@@ -745,7 +745,7 @@ def _erase_rows(
             session.add(notice)
     # Its own mail on another customer's case (it took part, and wrote): erased as
     # its own cases' messages are; the case's notices quoting it lose their bytes.
-    _erase_elsewhere(session, found)
+    _erase_elsewhere(session, address, found)
     # Elsewhere: the address as a participant of another customer's case, and written
     # in that case's messages (a system note adding it, its mail's sender or Cc).
     for participant in session.exec(select(Participant).where(Participant.address == address)):
@@ -762,7 +762,7 @@ def _erase_rows(
     session.flush()
 
 
-def _erase_elsewhere(session: Session, found: Erasure) -> None:
+def _erase_elsewhere(session: Session, address: str, found: Erasure) -> None:
     """Erase the address's messages on other cases, their attachments' rows and ledger
     rows, and empty those cases' notices that name it (see :class:`_Elsewhere`)."""
     if found.elsewhere_messages:
@@ -789,9 +789,10 @@ def _erase_elsewhere(session: Session, found: Erasure) -> None:
         for notice in session.exec(
             select(Notice).where(col(Notice.id).in_(found.elsewhere_notices))
         ):
-            # Its Message-ID and recipient are ours and the agents': an agent's reply
-            # to it still finds the other customer's case.
+            # Its Message-ID is ours: an agent's reply to it still finds the other
+            # customer's case. Its recipient is the agents', or the address's own.
             notice.raw = b""
+            notice.rcpt_to = FORGOTTEN if notice.rcpt_to == address else notice.rcpt_to
             _never_again(notice)
             session.add(notice)
     if found.elsewhere_copies:

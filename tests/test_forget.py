@@ -520,6 +520,17 @@ def test_their_mail_on_another_customers_case_is_erased_too(desk: Desk) -> None:
             attachments=[("recibo.jpg", "image/jpeg", receipt)],
         )
     )
+    # A notice of her case that went to him (as a participant), sent long ago.
+    _sql(
+        desk,
+        "insert into notices (case_id, kind, status, mail_from, rcpt_to, message_id, raw,"
+        " attempts, next_attempt_at, last_error, created_at) select id, 'reply', 'sent',"
+        " 'contacto@internet-plarey.com.mx', :to, '<r@x>', :raw, 1, created_at, '', created_at"
+        " from cases where folio = :folio",
+        to=JUAN,
+        raw=f"To: {JUAN}\r\nSubject: hola\r\n\r\nHola\r\n".encode(),
+        folio=ana,
+    )
     shown = desk.cli.json("cases", "show", ana)
     assert any(PHRASE in m["text"] for m in shown["messages"])  # and the agents were told
     assert any(PHRASE in str(m.get_body(("plain",))) for m in desk.to(NOTIFY))
