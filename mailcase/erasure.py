@@ -112,6 +112,8 @@ class Erasure:
     elsewhere_ledger: tuple[int, ...] = ()
     elsewhere_notices: tuple[int, ...] = ()
     elsewhere_copies: tuple[int, ...] = ()
+    # Messages of other cases naming the address (it is replaced there).
+    mentions: tuple[int, ...] = ()
 
     @property
     def anything(self) -> bool:
@@ -122,6 +124,7 @@ class Erasure:
             or self.loose_notices
             or self.elsewhere_messages
             or self.elsewhere_notices
+            or self.mentions
         )
 
 
@@ -160,7 +163,7 @@ def erase(
             return _survey(session, address, scan, lock=False)[0]
     blobs = BlobStore(blob_dir)
     # An earlier run that died between its commit and its files' removal.
-    finish_pending_removals(store, blobs)
+    earlier_left = finish_pending_removals(store, blobs)
     now = utcnow()
     pending = f"{PENDING}{uuid.uuid4().hex}"
     # The long scan reads without the write lock (SQLite has one: the daemon's
@@ -172,9 +175,7 @@ def erase(
         scan = _scan(session, address, blob_dir, since=first)
         found, cases, orphans = _survey(session, address, scan, lock=True)
         if found.anything:
-            _erase_rows(
-                session, address, cases, found, scan.mentioning, insiders=insiders, now=now, by=by
-            )
+            _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
         if orphans:
             # With the erasure, in its transaction: a crash before the files are gone
             # leaves this record, and the next run removes them.
@@ -195,13 +196,14 @@ def erase(
         ledger=found.ledger,
         participations=found.participations,
         erased=found.anything,
-        files_left=tuple(removed_left),
+        files_left=tuple(removed_left + earlier_left),
         loose_ledger=found.loose_ledger,
         loose_notices=found.loose_notices,
         elsewhere_messages=found.elsewhere_messages,
         elsewhere_ledger=found.elsewhere_ledger,
         elsewhere_notices=found.elsewhere_notices,
         elsewhere_copies=found.elsewhere_copies,
+        mentions=found.mentions,
     )
     if found.anything:
         # Folios and counts only: the log must not keep what was just erased.
@@ -347,6 +349,15 @@ def _survey(
         elsewhere_ledger=elsewhere.ledger,
         elsewhere_notices=elsewhere.notices,
         elsewhere_copies=elsewhere.copies,
+        mentions=tuple(
+            i
+            for i in session.exec(
+                select(CaseMessage.id).where(
+                    col(CaseMessage.id).in_(scan.mentioning), col(CaseMessage.case_id).not_in(ids)
+                )
+            ).all()
+            if i is not None
+        ),
     )
     return found, cases, orphans
 
@@ -659,7 +670,6 @@ def _erase_rows(
     address: str,
     cases: list[Case],
     found: Erasure,
-    mentioning: Sequence[int],
     *,
     insiders: frozenset[str],
     now: datetime,
@@ -751,9 +761,7 @@ def _erase_rows(
     for participant in session.exec(select(Participant).where(Participant.address == address)):
         session.delete(participant)
     for message in session.exec(
-        select(CaseMessage).where(
-            col(CaseMessage.id).in_(mentioning), col(CaseMessage.case_id).not_in(ids)
-        )
+        select(CaseMessage).where(col(CaseMessage.id).in_(found.mentions))
     ).all():
         message.from_addr = mention.sub(FORGOTTEN, message.from_addr)
         message.to_addrs = mention.sub(FORGOTTEN, message.to_addrs)

@@ -816,3 +816,18 @@ def test_sqlites_log_keeps_no_copy_while_the_daemon_runs(
             assert secret.encode() not in data, secret
     finally:
         daemon.close()
+
+
+def test_an_address_only_written_in_another_customers_mail_is_replaced(desk: Desk) -> None:
+    desk.deliver(
+        mail(sender=f"Ana Ruiz <{ANA}>", subject="Cobro doble", body=f"Mi esposo es {JUAN}.")
+    )
+    ana = desk.folio_of(ANA)
+    code, result, err = _forget(desk)
+    assert code == 0 and result["erased"] is False, err
+    assert JUAN in desk.cli.json("cases", "show", ana)["messages"][0]["text"]
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0 and result["erased"] is True, err
+    shown = desk.cli.json("cases", "show", ana)
+    assert shown["messages"][0]["text"] == f"Mi esposo es {FORGOTTEN}."
+    assert shown["customer"] == ANA
