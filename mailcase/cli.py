@@ -1308,7 +1308,8 @@ def _customers(args: argparse.Namespace, settings: Settings) -> int:
     if done.files_left:
         print(
             f"mailcase: {len(done.files_left)} file(s) of the erased cases could not be removed "
-            f"from {settings.storage.directory}: remove them by hand ({done.files_left[0]} ...)",
+            f"from {settings.storage.directory} ({done.files_left[0]} ...): the next "
+            "customers forget tries them again, or remove them by hand",
             file=sys.stderr,
         )
         return EXIT_FAILURE

@@ -20,10 +20,16 @@ otherwise, and changes nothing):
 * elsewhere: the address as a participant of another customer's case (the row
   goes) and the address written in another case's messages (replaced by
   :data:`FORGOTTEN`);
-* its mail kept outside any case (a quarantined, bulk or automatic message
-  whose stored From, Sender or Reply-To is the address: ledger row as above,
-  a quarantined one dismissed) and the notices of no case that name the
-  address (the agents told of such a message): their bytes and Message-ID.
+* its own mail on another customer's case (it took part and wrote): as its
+  cases' messages, and that case's notices naming it lose their bytes;
+* its mail kept outside any case (a quarantined, bulk, automatic or bounced
+  message whose stored header of :data:`LOOSE_FIELDS` names the address, or a
+  bounce naming it in its text: ledger row as above, a quarantined one
+  dismissed) and the notices of no case that name the address (the agents
+  told of such a message): their bytes and Message-ID.
+
+The address is matched whole (:func:`address_pattern`): maria.juan@example.com
+is not juan@example.com.
 
 What stays: folios, status, outcome, area, channel, mailbox, language, dates
 and the number and kind of messages and notices, and a system note saying
@@ -34,12 +40,19 @@ case, linked to nothing.
 
 from __future__ import annotations
 
+import contextlib
+import email
 import re
+import sqlite3
+import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from email import policy
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from mailcase.blobs import BlobStore, read_header
@@ -51,6 +64,7 @@ from mailcase.models import (
     CaseMessage,
     CaseStatus,
     Disposition,
+    KeyValue,
     LedgerEntry,
     Notice,
     NoticeStatus,
@@ -63,6 +77,13 @@ from mailcase.store import Store, utcnow
 # and no notice reaches it (mailcase.classify treats it as an automatic address).
 FORGOTTEN = "forgotten@invalid"
 ERASED_REASON = "erased: the customer's data was cancelled"
+# The headers of mail kept outside any case that name the address's mail: it sent
+# it, or it was written to (a newsletter's To, a bounce's X-Failed-Recipients).
+LOOSE_FIELDS = ("from", "sender", "reply-to", "to", "cc", "x-failed-recipients")
+BOUNCE_READ = 1 << 20  # of a bounce kept outside any case, the part searched whole
+TRUNCATE_TRIES = 5  # SQLite's log emptied after the erasure: tries 0.1 s apart, no more
+PENDING = "erasure:pending:"  # key_values: files an erasure committed and must remove
+ERASED = "erased"  # a notice no longer sent, its bytes erased (as mailcase.outbox.ERASED)
 
 
 class ErasureRefused(MailcaseError):
@@ -85,10 +106,26 @@ class Erasure:
     # and notices about it (the agents told of a quarantined message).
     loose_ledger: tuple[int, ...] = ()
     loose_notices: tuple[int, ...] = ()
+    # Its own mail on other customers' cases (it took part in them): the messages,
+    # their ledger rows, and those cases' notices that name it (quoting its mail).
+    elsewhere_messages: tuple[int, ...] = ()
+    elsewhere_ledger: tuple[int, ...] = ()
+    elsewhere_notices: tuple[int, ...] = ()
+    elsewhere_copies: tuple[int, ...] = ()
+    # Messages of other cases naming the address (it is replaced there).
+    mentions: tuple[int, ...] = ()
 
     @property
     def anything(self) -> bool:
-        return bool(self.folios or self.participations or self.loose_ledger or self.loose_notices)
+        return bool(
+            self.folios
+            or self.participations
+            or self.loose_ledger
+            or self.loose_notices
+            or self.elsewhere_messages
+            or self.elsewhere_notices
+            or self.mentions
+        )
 
 
 def is_erased(case: Case) -> bool:
@@ -113,20 +150,44 @@ def erase(
     cases is open or has a notice still queued. ``insiders`` are the agents' and
     mailcase's own addresses: notices to them keep their recipient. The result's
     ``files_left`` names files that could not be removed after the commit (the
-    database change stands; remove them by hand).
+    database change stands; each later run tries them again). The files to remove
+    are recorded in the erasure's transaction (key_values, :data:`PENDING`): when
+    the process dies before removing them, the next run removes them first.
     """
     address = address.strip().lower()
     if not address or address == FORGOTTEN:
         return Erasure()
     if dry_run:
         with store.read_session() as session:
-            return _survey(session, address, blob_dir, lock=False)[0]
+            scan = _scan(session, address, blob_dir)
+            return _survey(session, address, scan, lock=False)[0]
+    blobs = BlobStore(blob_dir)
+    # An earlier run that died between its commit and its files' removal.
+    earlier_left = finish_pending_removals(store, blobs)
     now = utcnow()
+    pending = f"{PENDING}{uuid.uuid4().hex}"
+    # The long scan reads without the write lock (SQLite has one: the daemon's
+    # writes failed "database is locked" while it read 300,000 rows); under the lock
+    # only the rows added since are scanned.
+    with store.read_session() as session:
+        first = _scan(session, address, blob_dir)
     with store.transaction() as session:
-        found, cases, orphans = _survey(session, address, blob_dir, lock=True)
+        scan = _scan(session, address, blob_dir, since=first)
+        found, cases, orphans = _survey(session, address, scan, lock=True)
         if found.anything:
             _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
-    removed_left = _remove_files(BlobStore(blob_dir), orphans)
+        if orphans:
+            # With the erasure, in its transaction: a crash before the files are gone
+            # leaves this record, and the next run removes them.
+            session.add(KeyValue(key=pending, value="\n".join(sorted(orphans))))
+    removed_left = _remove_files(blobs, orphans)
+    if orphans:
+        _settle(store, pending, [Path(p).name for p in removed_left])
+    if found.anything and store.checkpointer is not None:
+        # Its own checkpoints (PASSIVE, in a thread the commit woke) stopped first:
+        # one running would make this one give up.
+        store.checkpointer.close()
+        _truncate_log(store.checkpointer.path)
     result = Erasure(
         folios=found.folios,
         messages=found.messages,
@@ -135,9 +196,14 @@ def erase(
         ledger=found.ledger,
         participations=found.participations,
         erased=found.anything,
-        files_left=tuple(removed_left),
+        files_left=tuple(removed_left + earlier_left),
         loose_ledger=found.loose_ledger,
         loose_notices=found.loose_notices,
+        elsewhere_messages=found.elsewhere_messages,
+        elsewhere_ledger=found.elsewhere_ledger,
+        elsewhere_notices=found.elsewhere_notices,
+        elsewhere_copies=found.elsewhere_copies,
+        mentions=found.mentions,
     )
     if found.anything:
         # Folios and counts only: the log must not keep what was just erased.
@@ -152,7 +218,7 @@ def erase(
 
 
 def _survey(
-    session: Session, address: str, blob_dir: Path, *, lock: bool
+    session: Session, address: str, scan: _Scan, *, lock: bool
 ) -> tuple[Erasure, list[Case], set[str]]:
     """What erasing ``address`` touches: the counts, its cases (locked with ``lock``) and
     the store's files only those rows refer to. ErasureRefused as :func:`erase` says."""
@@ -197,121 +263,369 @@ def _survey(
             f"case(s) {waiting} of this customer still have notices in the outbox: "
             "wait for the outbox to send them (mailcase outbox list), nothing was erased"
         )
-    loose_ledger = _loose_ledger(session, address, blob_dir)
-    loose_notices = _loose_notices(session, address)
-    if loose_notices.queued:
+    loose_ledger = list(scan.loose_ledger)
+    loose_notices = scan.loose_notices
+    if (
+        loose_notices
+        and session.exec(
+            select(Notice.id).where(
+                col(Notice.id).in_(loose_notices), Notice.status == NoticeStatus.QUEUED
+            )
+        ).first()
+    ):
         raise ErasureRefused(
             "a notice to the agents about this customer's mail is still in the outbox: "
             "wait for the outbox to send it (mailcase outbox list), nothing was erased"
         )
     participations = session.exec(
-        select(Case.folio)
+        select(Case.id, Case.folio)
         .join(Participant, col(Participant.case_id) == col(Case.id))
         .where(Participant.address == address, col(Case.id).not_in(ids))
         .order_by(col(Case.id))
     ).all()
-    loose_shas = {sha for _, sha in loose_ledger if sha}
-    if not ids:
-        orphans = loose_shas - _kept_elsewhere(
-            session, loose_shas, [], [i for i, _ in loose_ledger]
+    elsewhere = _elsewhere(session, address, ids, [i for i, _ in participations if i is not None])
+    if elsewhere.queued:
+        raise ErasureRefused(
+            f"case(s) {', '.join(elsewhere.queued)} where this customer wrote still have "
+            "notices in the outbox: wait for the outbox to send them (mailcase outbox list), "
+            "nothing was erased"
         )
-        found = Erasure(
-            files=len(orphans),
-            messages=len(loose_ledger),
-            ledger=len(loose_ledger),
-            notices=len(loose_notices.ids),
-            participations=tuple(participations),
-            loose_ledger=tuple(i for i, _ in loose_ledger),
-            loose_notices=loose_notices.ids,
+    message_ids = (
+        list(session.exec(select(CaseMessage.id).where(col(CaseMessage.case_id).in_(ids))).all())
+        if ids
+        else []
+    )
+    candidates: set[str] = {sha for _, sha in loose_ledger} | set(elsewhere.shas)
+    if ids:
+        candidates.update(
+            s
+            for s in session.exec(
+                select(CaseMessage.raw_sha256).where(col(CaseMessage.case_id).in_(ids))
+            ).all()
+            if s
         )
-        return found, cases, orphans
-    message_ids = list(
-        session.exec(select(CaseMessage.id).where(col(CaseMessage.case_id).in_(ids))).all()
+        candidates.update(
+            session.exec(
+                select(LedgerEntry.raw_sha256).where(col(LedgerEntry.case_id).in_(ids))
+            ).all()
+        )
+        candidates.update(
+            session.exec(
+                select(StoredAttachment.sha256).where(
+                    col(StoredAttachment.case_message_id).in_(message_ids)
+                )
+            ).all()
+        )
+    candidates.discard("")
+    orphans = candidates - _kept_elsewhere(
+        session,
+        candidates,
+        ids,
+        [i for i, _ in loose_ledger] + list(elsewhere.ledger),
+        elsewhere.messages,
     )
-    candidates: set[str] = set(loose_shas)
-    candidates.update(
-        s
-        for s in session.exec(
-            select(CaseMessage.raw_sha256).where(col(CaseMessage.case_id).in_(ids))
-        ).all()
-        if s
+    ledger = (
+        len(
+            session.exec(select(col(LedgerEntry.id)).where(col(LedgerEntry.case_id).in_(ids))).all()
+        )
+        if ids
+        else 0
     )
-    candidates.update(
-        session.exec(select(LedgerEntry.raw_sha256).where(col(LedgerEntry.case_id).in_(ids))).all()
+    notices = (
+        len(session.exec(select(col(Notice.id)).where(col(Notice.case_id).in_(ids))).all())
+        if ids
+        else 0
     )
-    candidates.update(
+    found = Erasure(
+        folios=tuple(c.folio for c in cases),
+        messages=len(message_ids) + len(loose_ledger) + len(elsewhere.messages),
+        files=len(orphans),
+        notices=notices + len(loose_notices) + len(elsewhere.notices),
+        ledger=ledger + len(loose_ledger) + len(elsewhere.ledger),
+        participations=tuple(folio for _, folio in participations),
+        loose_ledger=tuple(i for i, _ in loose_ledger),
+        loose_notices=loose_notices,
+        elsewhere_messages=elsewhere.messages,
+        elsewhere_ledger=elsewhere.ledger,
+        elsewhere_notices=elsewhere.notices,
+        elsewhere_copies=elsewhere.copies,
+        mentions=tuple(
+            i
+            for i in session.exec(
+                select(CaseMessage.id).where(
+                    col(CaseMessage.id).in_(scan.mentioning), col(CaseMessage.case_id).not_in(ids)
+                )
+            ).all()
+            if i is not None
+        ),
+    )
+    return found, cases, orphans
+
+
+@dataclass(frozen=True, slots=True)
+class _Elsewhere:
+    """The address's own mail on other customers' cases (it took part in them)."""
+
+    messages: tuple[int, ...] = ()  # its messages there
+    ledger: tuple[int, ...] = ()  # their ledger rows (a duplicate's too)
+    shas: tuple[str, ...] = ()  # their raw copies and attachments in the store
+    notices: tuple[int, ...] = ()  # those cases' notices naming it (quoting its mail)
+    copies: tuple[int, ...] = ()  # and those cases' history's copies of them
+    queued: tuple[str, ...] = ()  # folios of those with such a notice still queued
+
+
+def _elsewhere(
+    session: Session, address: str, skip: Sequence[int], took_part: Sequence[int]
+) -> _Elsewhere:
+    """What :class:`_Elsewhere` holds, for the cases other than ``skip``; ``took_part``
+    are the cases the address is a participant of."""
+    query = select(CaseMessage).where(CaseMessage.from_addr == address)
+    if skip:
+        query = query.where(col(CaseMessage.case_id).not_in(skip))
+    messages = list(session.exec(query.order_by(col(CaseMessage.id))).all())
+    if not messages and not took_part:
+        return _Elsewhere()
+    message_ids = [m.id for m in messages if m.id is not None]
+    case_ids = sorted({m.case_id for m in messages} | set(took_part))
+    shas = {m.raw_sha256 for m in messages if m.raw_sha256}
+    shas.update(
         session.exec(
             select(StoredAttachment.sha256).where(
                 col(StoredAttachment.case_message_id).in_(message_ids)
             )
         ).all()
     )
-    candidates.discard("")
-    orphans = candidates - _kept_elsewhere(session, candidates, ids, [i for i, _ in loose_ledger])
-    ledger = session.exec(select(col(LedgerEntry.id)).where(col(LedgerEntry.case_id).in_(ids)))
-    notices = session.exec(select(col(Notice.id)).where(col(Notice.case_id).in_(ids)))
-    found = Erasure(
-        folios=tuple(c.folio for c in cases),
-        messages=len(message_ids) + len(loose_ledger),
-        files=len(orphans),
-        notices=len(notices.all()) + len(loose_notices.ids),
-        ledger=len(ledger.all()) + len(loose_ledger),
-        participations=tuple(participations),
-        loose_ledger=tuple(i for i, _ in loose_ledger),
-        loose_notices=loose_notices.ids,
+    ledger = {m.ledger_id for m in messages if m.ledger_id is not None}
+    if shas:
+        # A copy of the same mail fetched again (a duplicate) is his too.
+        ledger.update(
+            i
+            for i in session.exec(
+                select(LedgerEntry.id).where(
+                    col(LedgerEntry.case_id).in_({m.case_id for m in messages}),
+                    col(LedgerEntry.raw_sha256).in_(sorted(shas)),
+                )
+            ).all()
+            if i is not None
+        )
+    if ledger:
+        shas.update(
+            s
+            for s in session.exec(
+                select(LedgerEntry.raw_sha256).where(col(LedgerEntry.id).in_(sorted(ledger)))
+            ).all()
+            if s
+        )
+    mention = address_pattern(address)
+    notices, queued = [], set()
+    for notice_id, status, raw, folio in session.exec(
+        select(Notice.id, Notice.status, Notice.raw, Case.folio)
+        .join(Case, col(Case.id) == col(Notice.case_id))
+        .where(col(Notice.case_id).in_(case_ids))
+        .order_by(col(Notice.id))
+    ).all():
+        if notice_id is not None and names(mention, bytes(raw)):
+            notices.append(notice_id)
+            if status == NoticeStatus.QUEUED:
+                queued.add(folio)
+    # The case's history keeps what each notice said (a message of kind "notice").
+    copies = [
+        m.id
+        for m in session.exec(
+            select(CaseMessage).where(
+                col(CaseMessage.case_id).in_(case_ids), CaseMessage.kind == "notice"
+            )
+        ).all()
+        if m.id is not None and mention.search(m.text)
+    ]
+    return _Elsewhere(
+        messages=tuple(message_ids),
+        copies=tuple(copies),
+        ledger=tuple(sorted(ledger)),
+        shas=tuple(sorted(shas - {""})),
+        notices=tuple(notices),
+        queued=tuple(sorted(queued)),
     )
-    return found, cases, orphans
 
 
-def _loose_ledger(session: Session, address: str, blob_dir: Path) -> list[tuple[int, str]]:
-    """(id, raw sha256) of the ledger rows of no case whose stored message ``address``
-    sent (From, Sender or Reply-To): a quarantined, dismissed, bulk or automatic mail.
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """What only a scan of whole tables finds: the ledger rows of no case whose stored
+    message the address sent, the notices of no case naming it, and the messages of
+    any case naming it; with the highest id of each table the scan covered."""
+
+    loose_ledger: tuple[tuple[int, str], ...] = ()
+    loose_notices: tuple[int, ...] = ()
+    mentioning: tuple[int, ...] = ()
+    marks: tuple[int, int, int] = (0, 0, 0)  # ledger, notices, case_messages
+
+
+def _scan(session: Session, address: str, blob_dir: Path, *, since: _Scan | None = None) -> _Scan:
+    """:class:`_Scan` of ``address``; with ``since`` (an earlier scan, in another
+    transaction) only the rows added after it are scanned, and what it found is read
+    again by id (a quarantined message retried into a case since is no longer loose)."""
+    after = since.marks if since is not None else (0, 0, 0)
+    marks = (
+        session.exec(select(sa.func.max(LedgerEntry.id))).one() or 0,
+        session.exec(select(sa.func.max(Notice.id))).one() or 0,
+        session.exec(select(sa.func.max(CaseMessage.id))).one() or 0,
+    )
+    ledger = _loose_ledger(session, address, blob_dir, after[0], marks[0])
+    notices = _loose_notices(session, address, after[1], marks[1])
+    mentioning = _mentioning(session, address, after[2], marks[2])
+    if since is not None:
+        was = dict(since.loose_ledger)
+        ledger = [
+            (i, sha)
+            for i, sha in session.exec(
+                select(LedgerEntry.id, LedgerEntry.raw_sha256).where(
+                    col(LedgerEntry.id).in_(sorted(was)), col(LedgerEntry.case_id).is_(None)
+                )
+            ).all()
+            if i is not None and sha and was[i] == sha
+        ] + ledger
+        notices = [
+            i
+            for i in session.exec(
+                select(Notice.id).where(
+                    col(Notice.id).in_(since.loose_notices), col(Notice.case_id).is_(None)
+                )
+            ).all()
+            if i is not None
+        ] + notices
+        mentioning = list(since.mentioning) + mentioning
+    return _Scan(
+        loose_ledger=tuple(sorted(ledger)),
+        loose_notices=tuple(sorted(notices)),
+        mentioning=tuple(sorted(mentioning)),
+        marks=(max(marks[0], after[0]), max(marks[1], after[1]), max(marks[2], after[2])),
+    )
+
+
+def _loose_ledger(
+    session: Session, address: str, blob_dir: Path, after: int, upto: int
+) -> list[tuple[int, str]]:
+    """(id, raw sha256) of the ledger rows of no case, ids ``after`` < id <= ``upto``,
+    whose stored message names ``address`` in a header of :data:`LOOSE_FIELDS` (it
+    sent the quarantined, dismissed, bulk or automatic mail, or was written to), or
+    anywhere in a bounce's text (a delivery report of a message to it).
 
     The ledger keeps no sender, so each stored header is read: a manual, rare command
     can afford what the ingest path could not.
     """
     found = []
+    mention = address_pattern(address)
     rows = session.exec(
-        select(LedgerEntry.id, LedgerEntry.raw_sha256)
-        .where(col(LedgerEntry.case_id).is_(None), LedgerEntry.raw_sha256 != "")
+        select(LedgerEntry.id, LedgerEntry.raw_sha256, LedgerEntry.disposition)
+        .where(
+            col(LedgerEntry.case_id).is_(None),
+            LedgerEntry.raw_sha256 != "",
+            col(LedgerEntry.id) > after,
+            col(LedgerEntry.id) <= upto,
+        )
         .order_by(col(LedgerEntry.id))
     ).all()
-    for row_id, sha in rows:
+    for row_id, sha, disposition in rows:
         try:
-            head = read_header(BlobStore.path_in(blob_dir, sha))
+            path = BlobStore.path_in(blob_dir, sha)
+            head = read_header(path)
+            if address in senders_of(head, LOOSE_FIELDS):
+                named = True
+            elif disposition == Disposition.BOUNCE:
+                # A delivery report names the recipient in its text (RFC 3464's
+                # Final-Recipient), not in a header; the address leads it.
+                with path.open("rb") as raw:
+                    named = names(mention, raw.read(BOUNCE_READ))
+            else:
+                named = False
         except (OSError, ValueError):  # the file gone, or no sha256: nothing to read
             continue
-        if address in senders_of(head) and row_id is not None:
+        if named and row_id is not None:
             found.append((row_id, sha))
     return found
 
 
-@dataclass(frozen=True, slots=True)
-class _LooseNotices:
-    ids: tuple[int, ...] = ()
-    queued: bool = False
-
-
-def _loose_notices(session: Session, address: str) -> _LooseNotices:
-    """Notices of no case whose bytes name ``address`` (the agents told of a quarantined
-    message from it, of an agent's mail about it that named no case)."""
-    wanted = address.encode("utf-8")
-    ids, queued = [], False
+def _loose_notices(session: Session, address: str, after: int, upto: int) -> list[int]:
+    """Notices of no case, ids ``after`` < id <= ``upto``, whose bytes name ``address``
+    (the agents told of a quarantined message from it, of an agent's mail about it that
+    named no case)."""
+    mention = address_pattern(address)
     rows = session.exec(
-        select(Notice.id, Notice.status, Notice.raw).where(col(Notice.case_id).is_(None))
+        select(Notice.id, Notice.raw).where(
+            col(Notice.case_id).is_(None), col(Notice.id) > after, col(Notice.id) <= upto
+        )
     ).all()
-    for notice_id, status, raw in rows:
-        if notice_id is not None and wanted in bytes(raw).lower():
-            ids.append(notice_id)
-            queued = queued or status == NoticeStatus.QUEUED
-    return _LooseNotices(tuple(ids), queued)
+    return [i for i, raw in rows if i is not None and names(mention, bytes(raw))]
+
+
+# Characters of an address's local part (RFC 5322 atext and the dot; \w takes in the
+# letters of RFC 6532's UTF-8 ones) and of a domain: an address found with one of them
+# just before it, or one of a domain's just after it, is another address that merely
+# contains it (maria.juan@example.com, juan@example.com.mx). A dot that ends a
+# sentence ("escriba a juan@example.com.") is no domain's.
+_LOCAL_BEFORE = r"(?<![\w!#$%&'*+/=?^`{|}~.-])"
+_DOMAIN_AFTER = r"(?![\w-])(?!\.[\w-])"
+
+
+def _spellings(address: str) -> list[str]:
+    """``address`` with its domain in IDNA and, when it has one, in Unicode."""
+    spellings = [address]
+    local, _, domain = address.rpartition("@")
+    with contextlib.suppress(UnicodeError):
+        unicode_form = f"{local}@{domain.encode('ascii').decode('idna')}"
+        if unicode_form != address:
+            spellings.append(unicode_form)
+    return spellings
+
+
+def address_pattern(address: str) -> re.Pattern[str]:
+    """A pattern finding ``address`` (canonical: lower case, its domain in IDNA) as a
+    whole address in a text, in any case, its domain in either form (``xn--…`` or
+    Unicode); never inside a longer address."""
+    alternatives = "|".join(
+        re.escape(s) for s in sorted(_spellings(address), key=len, reverse=True)
+    )
+    return re.compile(f"{_LOCAL_BEFORE}(?:{alternatives}){_DOMAIN_AFTER}", re.IGNORECASE)
+
+
+def names(mention: re.Pattern[str], raw: bytes) -> bool:
+    """Whether the message ``raw`` (a notice's bytes) names the address of ``mention``:
+    in its bytes as they are, or in its headers and text parts decoded (RFC 2047,
+    quoted-printable, base64: a soft line break may cut an address in two)."""
+    if not raw:
+        return False
+    if mention.search(raw.decode("utf-8", "replace")):
+        return True
+    try:
+        message = email.message_from_bytes(raw, policy=policy.default)
+        for part in message.walk():
+            if any(mention.search(str(value)) for value in part.values()):
+                return True
+            if not part.is_multipart() and part.get_content_maintype() == "text":
+                payload = part.get_payload(decode=True)
+                if isinstance(payload, bytes):
+                    charset = part.get_content_charset() or "utf-8"
+                    try:
+                        text = payload.decode(charset, "replace")
+                    except LookupError:
+                        text = payload.decode("utf-8", "replace")
+                    if mention.search(text):
+                        return True
+    except Exception:  # a notice too damaged to parse: its bytes were searched above
+        return False
+    return False
 
 
 def _kept_elsewhere(
-    session: Session, shas: set[str], case_ids: Sequence[int], ledger_ids: Sequence[int]
+    session: Session,
+    shas: set[str],
+    case_ids: Sequence[int],
+    ledger_ids: Sequence[int],
+    message_ids: Sequence[int] = (),
 ) -> set[str]:
-    """Which of ``shas`` a row that stays refers to: one outside the cases ``case_ids``
-    and the ledger rows ``ledger_ids`` (a ledger row of no case included)."""
+    """Which of ``shas`` a row that stays refers to: one outside the cases ``case_ids``,
+    the ledger rows ``ledger_ids`` (a ledger row of no case included) and the messages
+    ``message_ids`` (and their attachments)."""
     if not shas:
         return set()
     wanted = sorted(shas)
@@ -330,7 +644,9 @@ def _kept_elsewhere(
         s
         for s in session.exec(
             select(CaseMessage.raw_sha256).where(
-                col(CaseMessage.raw_sha256).in_(wanted), col(CaseMessage.case_id).not_in(case_ids)
+                col(CaseMessage.raw_sha256).in_(wanted),
+                col(CaseMessage.case_id).not_in(case_ids),
+                col(CaseMessage.id).not_in(message_ids),
             )
         ).all()
         if s is not None
@@ -340,7 +656,9 @@ def _kept_elsewhere(
             select(StoredAttachment.sha256)
             .join(CaseMessage, col(CaseMessage.id) == col(StoredAttachment.case_message_id))
             .where(
-                col(StoredAttachment.sha256).in_(wanted), col(CaseMessage.case_id).not_in(case_ids)
+                col(StoredAttachment.sha256).in_(wanted),
+                col(CaseMessage.case_id).not_in(case_ids),
+                col(CaseMessage.id).not_in(message_ids),
             )
         ).all()
     )
@@ -361,7 +679,7 @@ def _erase_rows(
     from mailcase.casework import record
 
     ids = [c.id for c in cases if c.id is not None]
-    mention = re.compile(re.escape(address), re.IGNORECASE)
+    mention = address_pattern(address)
     if ids:
         messages = session.exec(select(CaseMessage).where(col(CaseMessage.case_id).in_(ids))).all()
         message_ids = [m.id for m in messages]
@@ -397,6 +715,7 @@ def _erase_rows(
             # A late delivery report naming it must not find the case again.
             notice.message_id = ""
             notice.last_error = ""
+            _never_again(notice)
             session.add(notice)
         for entry in session.exec(select(LedgerEntry).where(col(LedgerEntry.case_id).in_(ids))):
             _erase_ledger_row(entry)
@@ -432,17 +751,73 @@ def _erase_rows(
             notice.raw = b""
             notice.last_error = ""
             notice.message_id = ""
+            _never_again(notice)
             session.add(notice)
+    # Its own mail on another customer's case (it took part, and wrote): erased as
+    # its own cases' messages are; the case's notices quoting it lose their bytes.
+    _erase_elsewhere(session, address, found)
     # Elsewhere: the address as a participant of another customer's case, and written
     # in that case's messages (a system note adding it, its mail's sender or Cc).
     for participant in session.exec(select(Participant).where(Participant.address == address)):
         session.delete(participant)
-    for message in _mentioning(session, address, ids):
+    for message in session.exec(
+        select(CaseMessage).where(col(CaseMessage.id).in_(found.mentions))
+    ).all():
         message.from_addr = mention.sub(FORGOTTEN, message.from_addr)
         message.to_addrs = mention.sub(FORGOTTEN, message.to_addrs)
         message.text = mention.sub(FORGOTTEN, message.text)
         session.add(message)
     session.flush()
+
+
+def _erase_elsewhere(session: Session, address: str, found: Erasure) -> None:
+    """Erase the address's messages on other cases, their attachments' rows and ledger
+    rows, and empty those cases' notices that name it (see :class:`_Elsewhere`)."""
+    if found.elsewhere_messages:
+        ids = list(found.elsewhere_messages)
+        for row in session.exec(
+            select(StoredAttachment).where(col(StoredAttachment.case_message_id).in_(ids))
+        ).all():
+            session.delete(row)
+        for message in session.exec(select(CaseMessage).where(col(CaseMessage.id).in_(ids))):
+            message.from_addr = FORGOTTEN  # the case's history says someone wrote
+            message.to_addrs = ""
+            message.subject = ""
+            message.text = ""
+            message.message_id = None
+            message.raw_sha256 = None
+            session.add(message)
+    if found.elsewhere_ledger:
+        for entry in session.exec(
+            select(LedgerEntry).where(col(LedgerEntry.id).in_(found.elsewhere_ledger))
+        ):
+            _erase_ledger_row(entry)
+            session.add(entry)
+    if found.elsewhere_notices:
+        for notice in session.exec(
+            select(Notice).where(col(Notice.id).in_(found.elsewhere_notices))
+        ):
+            # Its Message-ID is ours: an agent's reply to it still finds the other
+            # customer's case. Its recipient is the agents', or the address's own.
+            notice.raw = b""
+            notice.rcpt_to = FORGOTTEN if notice.rcpt_to == address else notice.rcpt_to
+            _never_again(notice)
+            session.add(notice)
+    if found.elsewhere_copies:
+        for message in session.exec(
+            select(CaseMessage).where(col(CaseMessage.id).in_(found.elsewhere_copies))
+        ):
+            message.text = ""
+            session.add(message)
+
+
+def _never_again(notice: Notice) -> None:
+    """A failed notice whose bytes were erased is never sent again (``outbox retry``
+    would have sent the agents an empty message, and a bounced acknowledgement to
+    :data:`FORGOTTEN`): suppressed, its last error :data:`ERASED`."""
+    if notice.status == NoticeStatus.FAILED:
+        notice.status = NoticeStatus.SUPPRESSED
+        notice.last_error = ERASED
 
 
 def _erase_ledger_row(entry: LedgerEntry) -> None:
@@ -452,19 +827,79 @@ def _erase_ledger_row(entry: LedgerEntry) -> None:
     entry.raw_sha256 = ""
 
 
-def _mentioning(session: Session, address: str, skip: Iterable[int]) -> list[CaseMessage]:
-    """Messages of cases other than ``skip`` whose sender, recipients or text hold ``address``."""
+def _mentioning(session: Session, address: str, after: int, upto: int) -> list[int]:
+    """Messages, ids ``after`` < id <= ``upto``, whose sender, recipients or text hold
+    ``address`` as a whole address (see :func:`address_pattern`)."""
+    mention = address_pattern(address)
     columns = (col(CaseMessage.from_addr), col(CaseMessage.to_addrs), col(CaseMessage.text))
-    query = select(CaseMessage).where(
-        # autoescape: an address's "_" is a LIKE wildcard.
-        columns[0].icontains(address, autoescape=True)
-        | columns[1].icontains(address, autoescape=True)
-        | columns[2].icontains(address, autoescape=True)
+    # The database's "contains" only narrows the rows down (it finds the address in
+    # maria.juan@example.com too); the pattern decides. autoescape: "_" is a wildcard.
+    query = select(
+        CaseMessage.id, CaseMessage.from_addr, CaseMessage.to_addrs, CaseMessage.text
+    ).where(
+        col(CaseMessage.id) > after,
+        col(CaseMessage.id) <= upto,
+        sa.or_(*(c.icontains(s, autoescape=True) for c in columns for s in _spellings(address))),
     )
-    skipped = list(skip)
-    if skipped:
-        query = query.where(col(CaseMessage.case_id).not_in(skipped))
-    return list(session.exec(query).all())
+    return [
+        i
+        for i, *texts in session.exec(query).all()
+        if i is not None and any(mention.search(t) for t in texts)
+    ]
+
+
+def finish_pending_removals(store: Store, blobs: BlobStore) -> list[str]:
+    """Remove the files that erasures committed but did not remove (the process died
+    after its commit), unless a row refers to one again (the store is content-addressed:
+    another customer may have sent the same file since); the paths still left."""
+    with store.read_session() as session:
+        records = session.exec(
+            select(KeyValue).where(col(KeyValue.key).startswith(PENDING, autoescape=True))
+        ).all()
+        if not records:
+            return []
+        wanted = {sha for r in records for sha in r.value.split() if sha}
+        kept = _kept_elsewhere(session, wanted, [], [])
+    left: list[str] = []
+    for record in records:
+        shas = {sha for sha in record.value.split() if sha} - kept
+        still = _remove_files(blobs, shas)
+        left += still
+        _settle(store, record.key, [Path(p).name for p in still])
+    return left
+
+
+def _settle(store: Store, key: str, left: list[str]) -> None:
+    """The pending removal ``key`` done, but for the files ``left`` (tried again next time)."""
+    with store.transaction() as session:
+        record = session.get(KeyValue, key)
+        if record is None:
+            return
+        if left:
+            record.value = "\n".join(sorted(left))
+            session.add(record)
+        else:
+            session.delete(record)
+
+
+def _truncate_log(database: Path) -> None:
+    """Copy SQLite's write-ahead log into the database and empty it, if that can be done
+    at once: the log keeps the pages as they were before the erasure until they are
+    overwritten. Hardly waits (busy_timeout 0, :data:`TRUNCATE_TRIES` tries: a reader
+    in the middle of a transaction, the daemon's, makes it give up) and never raises;
+    says in the log when it gave up."""
+    busy: object = None
+    for _ in range(TRUNCATE_TRIES):
+        try:
+            with contextlib.closing(sqlite3.connect(database, timeout=0)) as conn:
+                conn.execute("PRAGMA busy_timeout=0")
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            busy = str(exc)
+        if not busy:
+            return
+        time.sleep(0.1)  # the daemon's write or read is usually over by then
+    get_logger().info("erasure_log_not_truncated", reason=str(busy))
 
 
 def _remove_files(blobs: BlobStore, shas: Iterable[str]) -> list[str]:

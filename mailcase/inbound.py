@@ -178,15 +178,21 @@ def header_summary(head: bytes) -> dict[str, str]:
     }
 
 
-def senders_of(head: bytes) -> frozenset[str]:
-    """The addresses in From, Sender and Reply-To of the message whose raw bytes begin
-    with ``head``, spelt as :func:`canonical_address` spells them; never raises."""
+SENDER_FIELDS = ("from", "sender", "reply-to")
+
+
+def senders_of(head: bytes, fields: Iterable[str] = SENDER_FIELDS) -> frozenset[str]:
+    """The addresses in From, Sender and Reply-To (or the header ``fields`` named, in
+    lower case) of the message whose raw bytes begin with ``head``, spelt as
+    :func:`canonical_address` spells them; never raises."""
     try:
         message = email.message_from_bytes(_header_section(head))
-        fields = [str(v) for k, v in message.items() if k.lower() in ("from", "sender", "reply-to")]
+        # 8-bit UTF-8 headers (RFC 6532: juan@telefonía.mx) read as parse_inbound reads them.
+        wanted = frozenset(fields)
+        values = [_recover_8bit(v) for k, v in message.raw_items() if k.lower() in wanted]
         return frozenset(
             canonical_address(addr.strip().lower())
-            for _, addr in email.utils.getaddresses(fields)
+            for _, addr in email.utils.getaddresses(values)
             if "@" in addr
         )
     except Exception:  # a header too damaged even for that: nobody's

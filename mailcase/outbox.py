@@ -374,6 +374,7 @@ def _chunks(ids: Iterator[int], size: int) -> Iterator[list[int]]:
 
 
 SUPPRESSED = "recipient is one of our mailboxes or automatic: not sent"
+ERASED = "erased"  # a notice with no bytes: erased with its customer's data (mailcase.erasure)
 _NOTICES = table(Notice)
 # Built once: delivery runs these for every notice, and SQLAlchemy's ORM
 # session and statement building cost more than SQLite itself (py-spy).
@@ -456,6 +457,9 @@ def _deliver_claimed(
                 if row is None:
                     continue  # sent, or being sent, by another instance
                 mail_from, rcpt_to, message_id, raw = row
+                if not raw:  # erased with its customer's data: an empty mail otherwise
+                    _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=ERASED)
+                    continue
                 if _suppressed(settings, notice_id, rcpt_to, report):
                     _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
                     continue
@@ -490,6 +494,10 @@ def _deliver_one(
     """
     if row is None:
         return  # sent by an earlier run
+    if not row.raw:  # erased with its customer's data: an empty mail otherwise
+        with store.writing() as conn:
+            _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=ERASED)
+        return
     if _suppressed(settings, notice_id, row.rcpt_to, report):
         with store.writing() as conn:
             _finish(conn, notice_id, NoticeStatus.SUPPRESSED, tries=0, error=SUPPRESSED)
@@ -656,11 +664,13 @@ def _tell_agents(session: Session, settings: Settings, notice: Notice, error: st
 
 
 def requeue(session: Session, notice_ids: Iterable[int]) -> int:
-    """Put failed or deferred notices back in the queue, due now; return how many."""
+    """Put failed or deferred notices back in the queue, due now, but those with no bytes
+    left (erased); return how many."""
     count = 0
     for notice_id in notice_ids:
         notice = session.get(Notice, notice_id)
-        if notice is None or notice.status == NoticeStatus.SENT:
+        # No bytes: erased with its customer's data (mailcase.erasure), nothing to send.
+        if notice is None or notice.status == NoticeStatus.SENT or not notice.raw:
             continue
         notice.status = NoticeStatus.QUEUED
         notice.next_attempt_at = notice.queued_at = utcnow()  # a fresh retry window

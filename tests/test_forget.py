@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import json
+import sqlite3
 import sys
 from dataclasses import dataclass
 from email import policy
@@ -18,7 +19,7 @@ from helpers import AGENT, NOTIFY, Cli, json_events, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import SQLModel
 
-from mailcase import service
+from mailcase import erasure, service
 from mailcase.classify import is_automatic_address
 from mailcase.erasure import FORGOTTEN, Erasure, erase
 from mailcase.store import Store
@@ -457,3 +458,376 @@ def test_an_agents_reply_to_an_old_notice_does_not_reach_the_erased_case(desk: D
     assert desk.cli.json("messages", "list")[-1]["disposition"] == "no_case"
     old = desk.cli.json("cases", "show", juan)
     assert old["status"] == "closed" and "Lo reviso" not in json.dumps(old, ensure_ascii=False)
+
+
+def test_only_the_whole_address_is_erased_not_one_that_contains_it(desk: Desk) -> None:
+    # juan@example.com is written inside maria.juan@example.com and juan@example.com.mx:
+    # other people, whose case, mail and notices stay as they are.
+    short = "juan@example.com"
+    desk.deliver(mail(sender=f"Juan <{short}>", subject="Sin internet", body="hola"))
+    [juan] = desk.cli.json("cases", "list", "--customer", short)
+    desk.ok("cases", "resolve", juan["folio"], "--outcome", "valid", "--cause", "ok")
+    desk.ok("cases", "close", juan["folio"])
+    maria = "maria.juan@example.com"
+    desk.deliver(
+        mail(
+            sender=f"María Juan <{maria}>",
+            subject="Cobro doble",
+            body=f"Me cobraron dos veces. Copio a juan@example.com.mx y a {short}.",
+            headers={"Cc": "juan@example.com.mx"},
+        )
+    )
+    desk.deliver(_unparseable(f"María Juan <{maria}>", "Factura"))  # the agents are told
+    folio = desk.folio_of(maria)
+    before = desk.cli.json("cases", "show", folio)
+    notices_before = desk.cli.json("outbox", "list")
+    code, out, err = desk.cli("customers", "forget", short, "--yes", "--json")
+    assert code == 0, err
+    after = desk.cli.json("cases", "show", folio)
+    assert after["customer"] == maria
+    # Her mail loses Juan's address (written whole) and nothing else.
+    assert after["messages"][0]["text"] == (
+        f"Me cobraron dos veces. Copio a juan@example.com.mx y a {FORGOTTEN}."
+    )
+    for was, now in zip(before["messages"], after["messages"], strict=True):
+        # The agents' notification quotes her mail: the same one change there.
+        was["text"] = was["text"].replace(f"y a {short}.", f"y a {FORGOTTEN}.")
+        assert was == now
+    assert "juan@example.com.mx" in after["messages"][0]["to"]
+    # The agents' notice of her quarantined message keeps its bytes.
+    assert json.loads(out)["notices"] == len(
+        [n for n in notices_before if n["folio"] == juan["folio"]]
+    )
+    assert any(maria in m.get_content() for m in desk.to(NOTIFY))
+    store = Store.open(desk.url, auto_upgrade=False)
+    try:
+        with store.engine.connect() as conn:
+            raws = conn.execute(sa.text("select raw from notices where case_id is null")).all()
+    finally:
+        store.dispose()
+    assert raws and all(len(bytes(r)) > 0 for (r,) in raws)
+
+
+def test_their_mail_on_another_customers_case_is_erased_too(desk: Desk) -> None:
+    _, ana = _history(desk)
+    receipt = b"\xff\xd8\xff\xe0 recibo de Juan " + bytes(range(128)) * 30
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Re: [Folio {ana}] Cobro doble",
+            body=f"Soy el esposo de Ana, {PHRASE}; mi teléfono es 55 8765 4321.",
+            message_id="<perico-ana@example.com>",
+            attachments=[("recibo.jpg", "image/jpeg", receipt)],
+        )
+    )
+    # A notice of her case that went to him (as a participant), sent long ago.
+    _sql(
+        desk,
+        "insert into notices (case_id, kind, status, mail_from, rcpt_to, message_id, raw,"
+        " attempts, next_attempt_at, last_error, created_at) select id, 'reply', 'sent',"
+        " 'contacto@internet-plarey.com.mx', :to, '<r@x>', :raw, 1, created_at, '', created_at"
+        " from cases where folio = :folio",
+        to=JUAN,
+        raw=f"To: {JUAN}\r\nSubject: hola\r\n\r\nHola\r\n".encode(),
+        folio=ana,
+    )
+    shown = desk.cli.json("cases", "show", ana)
+    assert any(PHRASE in m["text"] for m in shown["messages"])  # and the agents were told
+    assert any(PHRASE in str(m.get_body(("plain",))) for m in desk.to(NOTIFY))
+    files = _blob_files(desk)
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+    after = _everything(desk, sent_log=True)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower(), "8765 4321", "perico-ana", "recibo"):
+        assert secret not in after, secret
+    # Ana's case keeps its history's shape and her own mail and file.
+    now = desk.cli.json("cases", "show", ana)
+    assert [m["kind"] for m in now["messages"]] == [m["kind"] for m in shown["messages"]]
+    assert now["messages"][0] == shown["messages"][0]
+    assert [m["attachments"] for m in now["messages"]].count([]) == len(now["messages"]) - 1
+    assert len(files) - len(_blob_files(desk)) == result["files"]
+
+
+class _Killed(BaseException):
+    """The process dies (SIGKILL, a power cut) right after the erasure's commit."""
+
+
+def test_files_a_crash_left_are_removed_by_the_next_run(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _history(desk)
+    files = _blob_files(desk)
+
+    def killed(blobs: Any, shas: Any) -> list[str]:
+        raise _Killed
+
+    monkeypatch.setattr(erasure, "_remove_files", killed)
+    store = Store.open(desk.url, auto_upgrade=False)
+    try:
+        with pytest.raises(_Killed):
+            erase(store, desk.dir / "store", JUAN, insiders=frozenset(), by="t", dry_run=False)
+    finally:
+        store.dispose()
+    monkeypatch.undo()
+    assert _blob_files(desk) == files  # committed, and not one file removed
+    # Another customer sends the same photo again meanwhile: hers now, it stays.
+    desk.deliver(
+        mail(
+            sender=f"Ana Ruiz <{ANA}>",
+            subject="La foto",
+            body="Adjunto la foto.",
+            attachments=[("foto.jpg", "image/jpeg", PRIVATE)],
+        )
+    )
+    code, _, err = desk.cli("customers", "forget", "nadie@example.com", "--yes", "--json")
+    assert code == 0, err
+    after = _everything(desk)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower()):
+        assert secret not in after, secret
+    left = _blob_files(desk)
+    assert len(files - left) >= 2
+    [hers] = [
+        c for c in desk.cli.json("cases", "list", "--customer", ANA) if c["subject"] == "La foto"
+    ]
+    [photo] = [
+        a
+        for m in desk.cli.json("cases", "show", hers["folio"])["messages"]
+        for a in m["attachments"]
+    ]
+    assert photo["sha256"] in left
+    assert "erasure:pending" not in after  # done, the record went
+
+
+def test_loose_mail_from_a_unicode_domain_in_8bit_headers_is_found(desk: Desk) -> None:
+    # RFC 6532: the From is UTF-8 as it is, the domain not in its xn-- form; the
+    # agents' notice of the quarantined one names it in Unicode, quoted-printable.
+    idn = "juan@telefonía.mx"
+    desk.deliver(_unparseable(f"{NAME} <{idn}>", PHRASE))
+    desk.deliver(
+        (
+            f"From: {NAME} <{idn}>\r\nTo: contacto@internet-plarey.com.mx\r\n"
+            f"Subject: {PHRASE}\r\nMessage-ID: <idn-bulk@example.com>\r\nPrecedence: bulk\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            f"{PHRASE} 55 1234 5678\r\n"
+        ).encode()
+    )
+    assert [r["disposition"] for r in desk.cli.json("messages", "list")] == [
+        "quarantined",
+        "bulk",
+    ]
+    files = _blob_files(desk)
+    code, out, err = desk.cli("customers", "forget", idn, "--yes", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["messages"], result["notices"], result["files"]) == (2, 1, 2)
+    after = _everything(desk, sent_log=True)
+    for secret in (PHRASE.lower(), "telefonía", "xn--telefona-i2a", "55 1234 5678"):
+        assert secret not in after, secret
+    assert len(files - _blob_files(desk)) == 2
+
+
+def _sql(desk: Desk, statement: str, **params: Any) -> None:
+    engine = sa.create_engine(desk.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement), params)
+    finally:
+        engine.dispose()
+
+
+def test_failed_notices_of_an_erased_case_are_never_sent_again(desk: Desk) -> None:
+    desk.deliver(mail(sender=f"{NAME} <{JUAN}>", subject="Sin internet", body=PHRASE))
+    juan = desk.folio_of(JUAN)
+    ack = desk.to(JUAN)[0]
+    # His mailbox was full: the acknowledgement bounced (a DSN, through poll).
+    desk.deliver(
+        (
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.com>\r\n"
+            "To: contacto@internet-plarey.com.mx\r\nSubject: Delivery Status Notification\r\n"
+            "Message-ID: <dsn1@mx.example.com>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nA report.\r\n"
+            "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+            f"Reporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822; {JUAN}\r\n"
+            "Action: failed\r\nStatus: 5.2.2\r\n\r\n"
+            "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            f"From: contacto@internet-plarey.com.mx\r\nTo: {JUAN}\r\n"
+            f"Message-ID: {ack['Message-ID']}\r\n\r\n--B--\r\n"
+        ).encode()
+    )
+    # The agents' server refused their notification (552: too big).
+    _sql(
+        desk,
+        "update notices set status='failed', last_error='552 5.3.4 too big'"
+        " where kind='agent_notification'",
+    )
+    desk.ok("cases", "resolve", juan, "--outcome", "valid", "--cause", "ok")
+    desk.ok("cases", "close", juan)
+    desk.ok("poll")
+    failed = {n["kind"] for n in desk.cli.json("outbox", "list", "--status", "failed")}
+    assert {"acknowledgement", "agent_notification"} <= failed
+    assert _forget(desk, "--yes")[0] == 0
+    assert not desk.cli.json("outbox", "list", "--status", "failed")
+    erased = [n for n in desk.cli.json("outbox", "list") if n["last_error"] == "erased"]
+    assert {n["kind"] for n in erased} >= {"acknowledgement", "agent_notification"}
+    assert all(n["status"] == "suppressed" for n in erased)
+    sent = len(desk.sink.messages)
+    assert "0 notice(s)" in desk.ok("outbox", "retry", "--all")
+    for notice in erased:  # by id neither
+        assert "0 notice(s)" in desk.ok("outbox", "retry", str(notice["id"]))
+    # A notice with no bytes that is queued all the same is never sent empty.
+    _sql(
+        desk,
+        "update notices set status='queued', next_attempt_at='2000-01-01' where id=:id",
+        id=erased[0]["id"],
+    )
+    desk.ok("poll")
+    assert len(desk.sink.messages) == sent
+    [again] = [n for n in desk.cli.json("outbox", "list") if n["id"] == erased[0]["id"]]
+    assert (again["status"], again["last_error"]) == ("suppressed", "erased")
+
+
+def test_the_scan_leaves_sqlite_free_for_the_daemon_and_sees_what_it_wrote(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SQLite has one writer: the scan of every stored header (21-68 s at 300,000 rows)
+    # held it, and the daemon's writes failed "database is locked" meanwhile.
+    url = f"sqlite:///{tmp_path}/mailcase.db"
+    desk = Desk(
+        Cli(write_config(tmp_path, mailboxes, sink, notify=True, db_url=url), capsys),
+        mailboxes,
+        sink,
+        tmp_path,
+        url,
+    )
+    desk.deliver(mail(sender=f"{NAME} <{JUAN}>", body=PHRASE, headers={"Precedence": "bulk"}))
+    daemon: list[str] = []
+    real_read_header = erasure.read_header
+
+    def read_header_while_the_daemon_writes(path: Path) -> bytes:
+        if not daemon:
+            conn = sqlite3.connect(tmp_path / "mailcase.db", timeout=0.5, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                # The agents told of another message of his, meanwhile.
+                conn.execute(
+                    "insert into notices (case_id, kind, status, mail_from, rcpt_to, message_id,"
+                    " raw, attempts, next_attempt_at, last_error, created_at) values (null,"
+                    " 'quarantined', 'sent', 'a@b.mx', 'c@b.mx', '<n@b.mx>', ?, 1,"
+                    " '2026-01-01', '', '2026-01-01')",
+                    (f"Subject: aviso\r\n\r\nDe: {NAME} <{JUAN}>\r\n".encode(),),
+                )
+                conn.execute("COMMIT")
+                daemon.append("written")
+            except sqlite3.OperationalError as exc:
+                daemon.append(str(exc))
+            finally:
+                conn.close()
+        return real_read_header(path)
+
+    monkeypatch.setattr(erasure, "read_header", read_header_while_the_daemon_writes)
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+    assert daemon == ["written"]
+    assert result["notices"] == 1  # the one written meanwhile
+    after = _everything(desk)
+    for secret in (JUAN, NAME.lower(), PHRASE.lower()):
+        assert secret not in after, secret
+
+
+def test_loose_mail_written_to_them_and_bounces_naming_them_are_erased(desk: Desk) -> None:
+    contacto = "contacto@internet-plarey.com.mx"
+    # A bounce of a message to him (plain, X-Failed-Recipients), a delivery report
+    # naming him only in its text (RFC 3464), a newsletter with him in Cc.
+    desk.deliver(
+        (
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.com>\r\n"
+            f"To: {contacto}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+            "Message-ID: <bounce-77@mx.example.com>\r\nAuto-Submitted: auto-replied\r\n"
+            f"X-Failed-Recipients: {JUAN}\r\n\r\n"
+            f"Delivery to the following recipient failed permanently:\r\n\r\n     {JUAN}\r\n"
+        ).encode()
+    )
+    desk.deliver(
+        (
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.com>\r\n"
+            f"To: {contacto}\r\nSubject: Delivery Status Notification\r\n"
+            "Message-ID: <dsn-78@mx.example.com>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nA report.\r\n"
+            "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+            f"Reporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822; {JUAN}\r\n"
+            "Action: failed\r\nStatus: 5.1.1\r\n\r\n--B--\r\n"
+        ).encode()
+    )
+    desk.deliver(
+        mail(
+            sender="Boletín <news@promo.example>",
+            body=f"Hola {NAME}",
+            headers={"Precedence": "bulk", "Cc": JUAN},
+        )
+    )
+    # Mail of another Juan's is not his.
+    desk.deliver(
+        mail(
+            sender="Otro <otro@promo.example>",
+            body="x",
+            headers={"Precedence": "bulk", "Cc": f"maria.{JUAN}"},
+        )
+    )
+    rows = desk.cli.json("messages", "list")
+    assert [r["folio"] for r in rows] == [None] * 4
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0, err
+    assert result["messages"] == 3
+    after = _everything(desk)
+    for secret in (JUAN, NAME.lower()):
+        assert secret not in after.replace(f"maria.{JUAN}", ""), secret
+    assert f"maria.{JUAN}" in after
+
+
+def test_sqlites_log_keeps_no_copy_while_the_daemon_runs(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # The write-ahead log keeps pages as they were until they are overwritten; the
+    # daemon's open connection keeps SQLite from removing it.
+    url = f"sqlite:///{tmp_path}/mailcase.db"
+    config = write_config(tmp_path, mailboxes, sink, notify=True, db_url=url)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path, url)
+    desk.ok("poll")
+    daemon = sqlite3.connect(tmp_path / "mailcase.db")  # `mailcase run` keeps one open
+    try:
+        daemon.execute("select count(*) from cases").fetchall()
+        desk.deliver(mail(sender=f"{NAME} <{JUAN}>", subject="Sin internet", body=PHRASE))
+        juan = desk.folio_of(JUAN)
+        desk.ok("cases", "resolve", juan, "--outcome", "valid", "--cause", "ok")
+        desk.ok("cases", "close", juan)
+        assert _forget(desk, "--yes")[0] == 0
+        for i in range(3):  # life goes on
+            desk.deliver(mail(sender=f"c{i}@example.com", subject=f"Falla {i}", body="x"))
+            daemon.execute("select count(*) from cases").fetchall()
+        log = tmp_path / "mailcase.db-wal"
+        data = log.read_bytes().lower() if log.exists() else b""
+        for secret in (JUAN, NAME.lower(), PHRASE.lower()):
+            assert secret.encode() not in data, secret
+    finally:
+        daemon.close()
+
+
+def test_an_address_only_written_in_another_customers_mail_is_replaced(desk: Desk) -> None:
+    desk.deliver(
+        mail(sender=f"Ana Ruiz <{ANA}>", subject="Cobro doble", body=f"Mi esposo es {JUAN}.")
+    )
+    ana = desk.folio_of(ANA)
+    code, result, err = _forget(desk)
+    assert code == 0 and result["erased"] is False, err
+    assert JUAN in desk.cli.json("cases", "show", ana)["messages"][0]["text"]
+    code, result, err = _forget(desk, "--yes")
+    assert code == 0 and result["erased"] is True, err
+    shown = desk.cli.json("cases", "show", ana)
+    assert shown["messages"][0]["text"] == f"Mi esposo es {FORGOTTEN}."
+    assert shown["customer"] == ANA
