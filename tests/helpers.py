@@ -400,3 +400,39 @@ def pause_after_triage(monkeypatch: Any) -> tuple[threading.Event, threading.Eve
 
     monkeypatch.setattr(service, "triage", paused)
     return in_triage, go_on
+
+
+def installation_at(db_url: str, revision: str) -> None:
+    """Make ``db_url`` an installation of schema ``revision`` holding one case with one
+    message (which refers to it), for a migration's test: migrated to the head, then down
+    to ``revision`` (a PostgreSQL test database is a copy of a template already at head).
+    """
+    import sqlalchemy as sa
+    from alembic import command
+
+    from mailcase.store import alembic_config
+
+    command.upgrade(alembic_config(db_url), "head")
+    command.downgrade(alembic_config(db_url), revision)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            assert version == revision
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cases (folio, mailbox, status, customer, customer_name,"
+                    " subject, channel, language, created_at, updated_at) VALUES"
+                    " ('PLR-2026-000001', 'contacto', 'open', 'juan@example.com', '', 's',"
+                    " 'mail', 'es', '2026-11-20 10:00:00', '2026-11-20 10:00:00')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO case_messages (case_id, direction, kind, from_addr, to_addrs,"
+                    " subject, date, text) SELECT id, 'in', 'customer', 'juan@example.com', '',"
+                    " 's', '2026-11-20 10:00:00', 'hola' FROM cases"
+                )
+            )
+    finally:
+        engine.dispose()

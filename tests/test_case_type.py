@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import AGENT, NOTIFY, Cli, mail, write_config
+from helpers import AGENT, NOTIFY, Cli, installation_at, mail, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import AREAS, CUSTOMER, Desk, text
 from test_templates_all import context
@@ -402,29 +402,7 @@ def test_migration_0010_upgrades_a_database_with_cases(db_url: str) -> None:
     from mailcase.store import SCHEMA_HEAD, Store, alembic_config
 
     assert SCHEMA_HEAD == "0010"
-    # The SQLite file is new (empty); the PostgreSQL database a copy of a migrated
-    # template (at head), which upgrading to 0009 would leave at head: both go to 0009.
-    command.upgrade(alembic_config(db_url), "0009")
-    command.downgrade(alembic_config(db_url), "0009")
-    engine = sa.create_engine(db_url)
-    with engine.begin() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0009"
-        conn.execute(
-            sa.text(
-                "INSERT INTO cases (folio, mailbox, status, customer, customer_name, subject,"
-                " channel, language, created_at, updated_at) VALUES ('PLR-2026-000001',"
-                " 'contacto', 'open', 'juan@example.com', '', 's', 'mail', 'es',"
-                " '2026-11-20 10:00:00', '2026-11-20 10:00:00')"
-            )
-        )
-        conn.execute(
-            sa.text(
-                "INSERT INTO case_messages (case_id, direction, kind, from_addr, to_addrs,"
-                " subject, date, text) SELECT id, 'in', 'customer', 'juan@example.com', '', 's',"
-                " '2026-11-20 10:00:00', 'hola' FROM cases"
-            )
-        )
-    engine.dispose()
+    installation_at(db_url, "0009")
 
     store = Store.open(db_url, auto_upgrade=True)
     try:

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import AGENT, NOTIFY, Cli, mail, offline_runtime, pause_after_triage, write_config
+from helpers import (
+    AGENT,
+    NOTIFY,
+    Cli,
+    installation_at,
+    mail,
+    offline_runtime,
+    pause_after_triage,
+    write_config,
+)
 from servers import Dovecot, SmtpSink
 from test_agents import CUSTOMER, Desk, text
 
@@ -429,29 +438,7 @@ def test_migration_0009_upgrades_a_database_with_cases(db_url: str) -> None:
 
     from mailcase.store import Store, alembic_config
 
-    # Up and down: the PostgreSQL test database starts at head (copied from a template).
-    command.upgrade(alembic_config(db_url), "head")
-    command.downgrade(alembic_config(db_url), "0008")
-    engine = sa.create_engine(db_url)
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0008"
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO cases (folio, mailbox, status, customer, customer_name, subject,"
-                " channel, language, created_at, updated_at) VALUES ('PLR-2026-000001',"
-                " 'contacto', 'open', 'juan@example.com', '', 's', 'mail', 'es',"
-                " '2026-11-20 10:00:00', '2026-11-20 10:00:00')"
-            )
-        )
-        conn.execute(
-            sa.text(
-                "INSERT INTO case_messages (case_id, direction, kind, from_addr, to_addrs,"
-                " subject, date, text) SELECT id, 'in', 'customer', 'juan@example.com', '', 's',"
-                " '2026-11-20 10:00:00', 'hola' FROM cases"
-            )
-        )
-    engine.dispose()
+    installation_at(db_url, "0008")
 
     store = Store.open(db_url, auto_upgrade=True)
     try:
