@@ -952,7 +952,9 @@ def merge(
         _refuse(problem, merged, into=merged_target(session, merged).folio)
     _refuse(problem, source, into=target.folio)
     assert source.id is not None and target.id is not None
-    was_open = source.status == CaseStatus.OPEN
+    # Told only a customer the merged case had of its own (not one it takes below:
+    # a phone report's subject is the agent's words, never meant for the customer).
+    tell = tell_customer and source.status == CaseStatus.OPEN and source.customer
     moved = {"case_id": target.id}
     for model in (CaseMessage, LedgerEntry, Notice):
         session.execute(sa.update(model).where(col(model.case_id) == source.id).values(moved))
@@ -994,7 +996,7 @@ def merge(
     record(session, target, "system", f"case {source.folio} merged into this case", from_addr=by)
     if took_type:
         record(session, target, "system", f"type set to {target.type}", from_addr=by)
-    if tell_customer and was_open and source.customer:
+    if tell:
         # Under the subject the customer wrote, with the folio that follows it.
         queue_notice(
             session, settings, target, "merged", to=source.customer,

@@ -193,6 +193,28 @@ def test_a_phone_report_without_an_address_takes_the_customer_of_the_mail(
     assert cli.json("cases", "show", phone)["messages"][-1]["text"].startswith("¿Vienen?")
 
 
+def test_a_phone_report_merged_into_the_mail_case_tells_the_customer_nothing(
+    cli: Cli, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    # The merged phone report takes the mail case's customer (so that erasure finds it);
+    # it had none of its own, and its subject is the agent's words: "Cliente molesto,
+    # amenaza con Profeco" went to the customer as the merge notice's subject.
+    _write(cli, mailboxes, sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    [by_mail] = [c["folio"] for c in cli.json("cases", "list")]
+    code, out, err = cli(
+        "cases", "open", "--channel", "phone", "--subject", "Cliente molesto, amenaza con Profeco",
+        "--text", "Llamó muy molesto.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    phone = json.loads(out)["folio"]
+    sent = len(sink.messages)
+
+    assert cli("cases", "merge", phone, "--into", by_mail)[0] == 0
+
+    assert len(sink.messages) == sent
+    assert cli.json("cases", "show", phone)["customer"] == "juan.perez@example.com"
+
+
 def test_participants_of_the_merged_case_may_write_on_the_case_that_stays(
     cli: Cli, mailboxes: Dovecot
 ) -> None:
