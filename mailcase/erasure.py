@@ -21,12 +21,15 @@ otherwise, and changes nothing):
   goes) and the address written in another case's messages (replaced by
   :data:`FORGOTTEN`);
 * its own mail on another customer's case (it took part and wrote): as its
-  cases' messages, and that case's notices naming it lose their bytes;
+  cases' messages, and that case's notices sent to it or quoting its words lose
+  their bytes (one that only names the address, copied by the other customer, is
+  the other customer's and stays);
 * its mail kept outside any case (a quarantined, bulk, automatic or bounced
-  message whose stored header of :data:`LOOSE_FIELDS` names the address, or a
-  bounce naming it in its text: ledger row as above, a quarantined one
-  dismissed) and the notices of no case that name the address (the agents
-  told of such a message): their bytes and Message-ID.
+  message whose stored header of :data:`LOOSE_FIELDS` names the address, one
+  that copies it in :data:`COPIED_FIELDS` unless quarantined, or a bounce naming
+  it in its text: ledger row as above, a quarantined one dismissed) and the
+  notices of no case that name the address (the agents told of such a
+  message): their bytes and Message-ID.
 
 The address is matched whole (:func:`address_pattern`): maria.juan@example.com
 is not juan@example.com.
@@ -46,7 +49,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
@@ -79,7 +82,10 @@ FORGOTTEN = "forgotten@invalid"
 ERASED_REASON = "erased: the customer's data was cancelled"
 # The headers of mail kept outside any case that name the address's mail: it sent
 # it, or it was written to (a newsletter's To, a bounce's X-Failed-Recipients).
-LOOSE_FIELDS = ("from", "sender", "reply-to", "to", "cc", "x-failed-recipients")
+LOOSE_FIELDS = ("from", "sender", "reply-to", "x-failed-recipients")
+# Mail that only copies the person is theirs too, unless it is quarantined: then it is
+# someone else's report (a neighbour's complaint in Cc), which must stay retryable.
+COPIED_FIELDS = ("to", "cc")
 BOUNCE_READ = 1 << 20  # of a bounce kept outside any case, the part searched whole
 TRUNCATE_TRIES = 5  # SQLite's log emptied after the erasure: tries 0.1 s apart, no more
 PENDING = "erasure:pending:"  # key_values: files an erasure committed and must remove
@@ -180,7 +186,7 @@ def erase(
             # With the erasure, in its transaction: a crash before the files are gone
             # leaves this record, and the next run removes them.
             session.add(KeyValue(key=pending, value="\n".join(sorted(orphans))))
-    removed_left = _remove_files(blobs, orphans)
+    removed_left = _remove_files(store, blobs, orphans)
     if orphans:
         _settle(store, pending, [Path(p).name for p in removed_left])
     if found.anything and store.checkpointer is not None:
@@ -416,19 +422,29 @@ def _elsewhere(
             ).all()
             if s
         )
-    mention = address_pattern(address)
+    # Their notices: one sent to the person, or one quoting their words (the agents
+    # told of their message on the case). A notice that only names the address (the
+    # other customer copied them) is the other customer's, as their mail is: it stays,
+    # and can still be retried.
+    snippets = _snippets(m.text for m in messages)
     notices, queued = [], set()
-    for notice_id, status, raw, folio in session.exec(
-        select(Notice.id, Notice.status, Notice.raw, Case.folio)
+    for notice_id, status, rcpt_to, raw, folio in session.execute(
+        sa.select(
+            col(Notice.id), col(Notice.status), col(Notice.rcpt_to), col(Notice.raw),
+            col(Case.folio),
+        )
         .join(Case, col(Case.id) == col(Notice.case_id))
         .where(col(Notice.case_id).in_(case_ids))
         .order_by(col(Notice.id))
-    ).all():
-        if notice_id is not None and names(mention, bytes(raw)):
+    ).all():  # fmt: skip
+        if notice_id is not None and (
+            rcpt_to == address or _quotes(snippets, _texts_of(bytes(raw)))
+        ):
             notices.append(notice_id)
             if status == NoticeStatus.QUEUED:
                 queued.add(folio)
-    # The case's history keeps what each notice said (a message of kind "notice").
+    # The case's history keeps what each notice said (a message of kind "notice"); a
+    # copy that only names the address is among the mentions (the address replaced).
     copies = [
         m.id
         for m in session.exec(
@@ -436,7 +452,7 @@ def _elsewhere(
                 col(CaseMessage.case_id).in_(case_ids), CaseMessage.kind == "notice"
             )
         ).all()
-        if m.id is not None and mention.search(m.text)
+        if m.id is not None and _quotes(snippets, [m.text])
     ]
     return _Elsewhere(
         messages=tuple(message_ids),
@@ -507,8 +523,10 @@ def _loose_ledger(
 ) -> list[tuple[int, str]]:
     """(id, raw sha256) of the ledger rows of no case, ids ``after`` < id <= ``upto``,
     whose stored message names ``address`` in a header of :data:`LOOSE_FIELDS` (it
-    sent the quarantined, dismissed, bulk or automatic mail, or was written to), or
-    anywhere in a bounce's text (a delivery report of a message to it).
+    sent the quarantined, dismissed, bulk or automatic mail, or a bounce names it), in
+    To or Cc of one that is not quarantined (someone else's quarantined report that
+    copies it stays, to be retried), or anywhere in a bounce's text (a delivery
+    report of a message to it).
 
     The ledger keeps no sender, so each stored header is read: a manual, rare command
     can afford what the ingest path could not.
@@ -529,7 +547,10 @@ def _loose_ledger(
         try:
             path = BlobStore.path_in(blob_dir, sha)
             head = read_header(path)
-            if address in senders_of(head, LOOSE_FIELDS):
+            copied = disposition != Disposition.QUARANTINED and address in senders_of(
+                head, COPIED_FIELDS
+            )
+            if copied or address in senders_of(head, LOOSE_FIELDS):
                 named = True
             elif disposition == Disposition.BOUNCE:
                 # A delivery report names the recipient in its text (RFC 3464's
@@ -592,28 +613,48 @@ def names(mention: re.Pattern[str], raw: bytes) -> bool:
     """Whether the message ``raw`` (a notice's bytes) names the address of ``mention``:
     in its bytes as they are, or in its headers and text parts decoded (RFC 2047,
     quoted-printable, base64: a soft line break may cut an address in two)."""
+    return any(mention.search(text) for text in _texts_of(raw))
+
+
+def _texts_of(raw: bytes) -> Iterator[str]:
+    """The message ``raw`` as text: its bytes as they are, then its headers and text
+    parts decoded; nothing more of a message too damaged to parse."""
     if not raw:
-        return False
-    if mention.search(raw.decode("utf-8", "replace")):
-        return True
+        return
+    yield raw.decode("utf-8", "replace")
     try:
         message = email.message_from_bytes(raw, policy=policy.default)
         for part in message.walk():
-            if any(mention.search(str(value)) for value in part.values()):
-                return True
+            yield from (str(value) for value in part.values())
             if not part.is_multipart() and part.get_content_maintype() == "text":
                 payload = part.get_payload(decode=True)
                 if isinstance(payload, bytes):
                     charset = part.get_content_charset() or "utf-8"
                     try:
-                        text = payload.decode(charset, "replace")
+                        yield payload.decode(charset, "replace")
                     except LookupError:
-                        text = payload.decode("utf-8", "replace")
-                    if mention.search(text):
-                        return True
-    except Exception:  # a notice too damaged to parse: its bytes were searched above
-        return False
-    return False
+                        yield payload.decode("utf-8", "replace")
+    except Exception:  # a notice too damaged to parse: its bytes were given above
+        return
+
+
+# How much of the person's own words marks a notice as quoting them: the first
+# characters of each of their messages (whitespace folded), when there are enough
+# to mean it (a "Gracias" is anyone's).
+_QUOTE_CHARS = 60
+_QUOTE_MIN = 20
+
+
+def _snippets(texts: Iterable[str]) -> list[str]:
+    folded = (" ".join(text.split()) for text in texts)
+    return [text[:_QUOTE_CHARS] for text in folded if len(text) >= _QUOTE_MIN]
+
+
+def _quotes(snippets: Sequence[str], texts: Iterable[str]) -> bool:
+    """Whether one of ``texts`` holds one of ``snippets`` (whitespace folded)."""
+    return bool(snippets) and any(
+        snippet in " ".join(text.split()) for text in texts for snippet in snippets
+    )
 
 
 def _kept_elsewhere(
@@ -807,6 +848,8 @@ def _erase_elsewhere(session: Session, address: str, found: Erasure) -> None:
         for message in session.exec(
             select(CaseMessage).where(col(CaseMessage.id).in_(found.elsewhere_copies))
         ):
+            # It quoted the person's own words (the agents told of their message):
+            # theirs. A copy that only names the address is among the mentions.
             message.text = ""
             session.add(message)
 
@@ -863,7 +906,7 @@ def finish_pending_removals(store: Store, blobs: BlobStore) -> list[str]:
     left: list[str] = []
     for record in records:
         shas = {sha for sha in record.value.split() if sha} - kept
-        still = _remove_files(blobs, shas)
+        still = _remove_files(store, blobs, shas)
         left += still
         _settle(store, record.key, [Path(p).name for p in still])
     return left
@@ -902,10 +945,20 @@ def _truncate_log(database: Path) -> None:
     get_logger().info("erasure_log_not_truncated", reason=str(busy))
 
 
-def _remove_files(blobs: BlobStore, shas: Iterable[str]) -> list[str]:
-    """Remove the files ``shas`` from ``blobs``; the paths that could not be removed."""
+def _remove_files(store: Store, blobs: BlobStore, shas: Iterable[str]) -> list[str]:
+    """Remove the files ``shas`` from ``blobs``, each unless a row refers to it again (read
+    right before its removal); the paths that could not be removed.
+
+    The store is content-addressed and writes a file once: mail the daemon ingested
+    meanwhile with the same file (another customer's copy of a contract) refers to the
+    one already there, which must stay. What is left is the moment between that read
+    and the unlink.
+    """
     left = []
     for sha in sorted(shas):
+        with store.read_session() as session:
+            if _kept_elsewhere(session, {sha}, [], []):
+                continue
         path = blobs.path(sha)
         try:
             path.unlink(missing_ok=True)

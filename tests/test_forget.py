@@ -21,6 +21,7 @@ from sqlmodel import SQLModel
 
 from mailcase import erasure, service
 from mailcase.classify import is_automatic_address
+from mailcase.cli import main
 from mailcase.erasure import FORGOTTEN, Erasure, erase
 from mailcase.store import Store
 
@@ -558,7 +559,7 @@ def test_files_a_crash_left_are_removed_by_the_next_run(
     _history(desk)
     files = _blob_files(desk)
 
-    def killed(blobs: Any, shas: Any) -> list[str]:
+    def killed(store: Any, blobs: Any, shas: Any) -> list[str]:
         raise _Killed
 
     monkeypatch.setattr(erasure, "_remove_files", killed)
@@ -831,3 +832,94 @@ def test_an_address_only_written_in_another_customers_mail_is_replaced(desk: Des
     shown = desk.cli.json("cases", "show", ana)
     assert shown["messages"][0]["text"] == f"Mi esposo es {FORGOTTEN}."
     assert shown["customer"] == ANA
+
+
+# -- the erasure's reach, reviewed: what is the other customers' -------------------------
+
+
+def _rows(desk: Desk, statement: str, **params: Any) -> list[tuple[Any, ...]]:
+    engine = sa.create_engine(desk.url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(statement), params)]
+    finally:
+        engine.dispose()
+
+
+def test_another_customers_mail_that_copies_them_is_hers_to_keep(desk: Desk) -> None:
+    # Ana's quarantined mail copied Juan: it was dismissed and its copy deleted (her
+    # report lost for good), and her case's failed notice to the agents, which named
+    # him, was emptied and never to be retried. Both are hers.
+    _, ana = _history(desk)
+    depth = sys.getrecursionlimit() + 100
+    desk.deliver(
+        (
+            f"From: Ana Ruiz <{ANA}>\r\nTo: contacto@internet-plarey.com.mx\r\nCc: {JUAN}\r\n"
+            "Subject: Factura de noviembre\r\nMessage-ID: <ana-q@example.com>\r\n"
+        ).encode()
+        + b"".join(
+            b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+            for i in range(depth)
+        )
+    )
+    _sql(
+        desk,
+        "update notices set status = 'failed', last_error = '550 mailbox full'"
+        " where case_id = (select id from cases where folio = :folio) and rcpt_to = :to",
+        folio=ana,
+        to=NOTIFY,
+    )
+    quarantined = "select disposition, raw_sha256, reason from ledger where case_id is null"
+    notices = (
+        "select n.status, length(n.raw), n.last_error from notices n"
+        " join cases c on c.id = n.case_id where c.folio = :folio and n.rcpt_to = :to"
+    )
+    before = (_rows(desk, quarantined), _rows(desk, notices, folio=ana, to=NOTIFY))
+    assert before[0][0][0] == "quarantined"
+
+    code, _, err = _forget(desk, "--yes")
+
+    assert code == 0, err
+    assert (_rows(desk, quarantined), _rows(desk, notices, folio=ana, to=NOTIFY)) == before
+    assert before[0][0][1] in _blob_files(desk)  # her stored copy, to retry
+
+
+def test_a_file_the_daemon_takes_meanwhile_is_not_removed(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store is content-addressed and writes a file once: Ana's mail with the same
+    # receipt, ingested between the erasure's commit and its unlink, referred to the
+    # file the erasure then removed ("No such file or directory" for her attachment).
+    receipt = b"%PDF-1.4 recibo CFE " + bytes(range(256)) * 30
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject="Sin internet",
+            attachments=[("recibo.pdf", "application/pdf", receipt)],
+        )
+    )
+    juan = desk.folio_of(JUAN)
+    desk.ok("cases", "resolve", juan, "--outcome", "valid", "--cause", "Listo.")
+    desk.ok("cases", "close", juan)
+    real = erasure._remove_files
+
+    def daemon_polls_meanwhile(*args: Any) -> list[str]:
+        desk.imap.append(
+            "contacto",
+            mail(
+                sender=f"Ana Ruiz <{ANA}>",
+                subject="Recibo",
+                attachments=[("recibo.pdf", "application/pdf", receipt)],
+            ),
+        )
+        assert main(["--config", str(desk.cli.config), "poll"]) == 0
+        return real(*args)
+
+    monkeypatch.setattr(erasure, "_remove_files", daemon_polls_meanwhile)
+    code, _, err = _forget(desk, "--yes")
+    assert code == 0, err
+    monkeypatch.setattr(erasure, "_remove_files", real)
+
+    target = desk.dir / "ana.pdf"
+    assert desk.cli("cases", "attachment", desk.folio_of(ANA), "1", "--output", str(target))[0] == 0
+    assert target.read_bytes() == receipt
