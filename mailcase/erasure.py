@@ -50,7 +50,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email import policy
 from pathlib import Path
@@ -194,22 +194,11 @@ def erase(
         # one running would make this one give up.
         store.checkpointer.close()
         _truncate_log(store.checkpointer.path)
-    result = Erasure(
-        folios=found.folios,
-        messages=found.messages,
+    result = replace(
+        found,
         files=found.files - len(removed_left),
-        notices=found.notices,
-        ledger=found.ledger,
-        participations=found.participations,
         erased=found.anything,
         files_left=tuple(removed_left + earlier_left),
-        loose_ledger=found.loose_ledger,
-        loose_notices=found.loose_notices,
-        elsewhere_messages=found.elsewhere_messages,
-        elsewhere_ledger=found.elsewhere_ledger,
-        elsewhere_notices=found.elsewhere_notices,
-        elsewhere_copies=found.elsewhere_copies,
-        mentions=found.mentions,
     )
     if found.anything:
         # Folios and counts only: the log must not keep what was just erased.

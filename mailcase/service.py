@@ -1289,24 +1289,25 @@ def _workable(case: Case | None) -> Case | None:
     return None if case is None or is_erased(case) else case
 
 
+def _answering(session: Session, case: Case | None) -> Case | None:
+    """The case that answers for ``case``: the one a merged case joined (down a chain of
+    merges), none for an erased one (:func:`_workable`), else ``case`` itself."""
+    return _workable(casework.merged_target(session, case) if case is not None else None)
+
+
 def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
     settings = rt.settings
-
-    def answering(case: Case | None) -> Case | None:
-        # A merged case's folio, mail and notices are answered by the case it joined;
-        # an erased one's by none (_workable).
-        return _workable(casework.merged_target(session, case) if case is not None else None)
 
     duplicate_of = None
     for entry in earlier:
         if entry.case_id is not None:
-            case = answering(session.get(Case, entry.case_id))
+            case = _answering(session, session.get(Case, entry.case_id))
             duplicate_of = case_ref(session, case) if case else None
             break
-    referenced = answering(case_by_message_ids(session, mail.thread_ids))
+    referenced = _answering(session, case_by_message_ids(session, mail.thread_ids))
     by_folio: list[CaseRef] = []
     for folio in find_folios(mail.subject, settings.folio.prefix):
-        case = answering(case_by_folio(session, folio))
+        case = _answering(session, case_by_folio(session, folio))
         if case is not None and all(ref.id != case.id for ref in by_folio):
             by_folio.append(case_ref(session, case))
     in_text: list[CaseRef] = []
@@ -1315,7 +1316,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     if not by_folio and not referenced and find_folios(mail.text, settings.folio.prefix):
         named = find_folios(customer_text(mail.text, mail.subject), settings.folio.prefix)
         for folio in named[:_FOLIOS_IN_TEXT]:
-            case = answering(case_by_folio(session, folio))
+            case = _answering(session, case_by_folio(session, folio))
             if case is not None and all(ref.id != case.id for ref in in_text):
                 in_text.append(case_ref(session, case))
     signed_case = None
@@ -1324,7 +1325,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
         for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
             if _exposed(session, proof):
                 continue  # seen in someone else's hands: no proof any more
-            case = answering(session.get(Case, case_id))
+            case = _answering(session, session.get(Case, case_id))
             if case is not None:
                 signed_case = case_ref(session, case)
                 break
@@ -1954,7 +1955,7 @@ def _merge_target(session: Session, settings: Settings, command: Command) -> Cas
     folios = find_folios(command.folio or "", settings.folio.prefix)
     found = case_by_folio(session, folios[0], for_update=True) if len(folios) == 1 else None
     # An erased case takes nothing more: it is no case to merge into (as for mail).
-    return _workable(casework.merged_target(session, found) if found is not None else None)
+    return _answering(session, found)
 
 
 def _inbound_text(mail: InboundMail, kind: str) -> str:
