@@ -16,7 +16,6 @@ from sqlmodel import Session, col, select
 from mailcase import casework, metrics
 from mailcase.config import Settings
 from mailcase.dsn import DeliveryReport, parse_dsn, readable_text
-from mailcase.erasure import is_erased
 from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import AGENT_KINDS, queue_notice
 from mailcase.store import utcnow
@@ -61,7 +60,9 @@ def record_bounce(
         if notice.case_id is None:
             continue
         case = session.get(Case, notice.case_id)
-        if case is None or is_erased(case):  # nothing more is recorded of an erased customer
+        if case is None or casework.is_erased(
+            case
+        ):  # nothing more is recorded of an erased customer
             return None
         worst = report.worst
         if not report.is_failure and worst is not None:

@@ -38,6 +38,17 @@ from mailcase.wire import FileAttachment
 OUTCOMES = ("valid", "invalid")
 
 
+# The customer of a case whose personal data was erased (``mailcase customers forget``,
+# mailcase.erasure). RFC 2606 reserves .invalid: no mailbox there can exist, so no mail
+# comes from it and no notice reaches it (mailcase.classify: an automatic address).
+FORGOTTEN = "forgotten@invalid"
+
+
+def is_erased(case: Case) -> bool:
+    """Whether ``case``'s customer data was erased: it joins no mail any more."""
+    return case.customer == FORGOTTEN
+
+
 class CaseworkError(MailcaseError):
     """A requested change does not apply to this case (e.g. an unknown area)."""
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
 from mailcase import __version__
-from mailcase.casework import merged_target, related_folios
+from mailcase.casework import FORGOTTEN, is_erased, merged_target, related_folios
 from mailcase.commands import area_key
 from mailcase.config import (
     Settings,
@@ -41,7 +41,6 @@ from mailcase.config import (
     config_path,
     load_settings,
 )
-from mailcase.erasure import FORGOTTEN, is_erased
 from mailcase.errors import (
     EXIT_CONFIG,
     EXIT_DATABASE,

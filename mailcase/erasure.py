@@ -37,7 +37,7 @@ is not juan@example.com.
 What stays: folios, status, outcome, area, channel, mailbox, language, dates
 and the number and kind of messages and notices, and a system note saying
 when the data was erased. Erased cases are invisible to triage
-(:func:`is_erased`): mail naming one of their folios or threads opens a new
+(:func:`mailcase.casework.is_erased`): mail naming one of their folios or threads opens a new
 case, linked to nothing.
 """
 
@@ -59,6 +59,10 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from mailcase.blobs import BlobStore, read_header
+
+# Defined with the case's rules (is_erased beside it): ingest asks it of every case it
+# meets, and need not load this module to do so.
+from mailcase.casework import FORGOTTEN
 from mailcase.errors import MailcaseError
 from mailcase.inbound import senders_of
 from mailcase.logs import get_logger
@@ -76,9 +80,6 @@ from mailcase.models import (
 )
 from mailcase.store import Store, utcnow
 
-# RFC 2606 reserves .invalid: no mailbox there can exist, so no mail comes from it
-# and no notice reaches it (mailcase.classify treats it as an automatic address).
-FORGOTTEN = "forgotten@invalid"
 ERASED_REASON = "erased: the customer's data was cancelled"
 # The headers of mail kept outside any case that name the address's mail: it sent
 # it, or it was written to (a newsletter's To, a bounce's X-Failed-Recipients).
@@ -132,11 +133,6 @@ class Erasure:
             or self.elsewhere_notices
             or self.mentions
         )
-
-
-def is_erased(case: Case) -> bool:
-    """Whether ``case``'s customer data was erased: it joins no mail any more."""
-    return case.customer == FORGOTTEN
 
 
 def erase(

@@ -34,7 +34,6 @@ from mailcase.bounces import record_bounce
 from mailcase.classify import OWN_ADDRESS, MailKind, classify
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import MailboxSettings, Settings
-from mailcase.erasure import is_erased
 from mailcase.errors import (
     ConfigError,
     DatabaseError,
@@ -1286,7 +1285,7 @@ def _workable(case: Case | None) -> Case | None:
     """``case``, or None when its customer's data was erased (mailcase.erasure): mail
     naming it, by folio, thread or signed id, is told nothing of it and joins nothing,
     as if it named no case (not even a link: nothing ties new mail to the erased)."""
-    return None if case is None or is_erased(case) else case
+    return None if case is None or casework.is_erased(case) else case
 
 
 def _answering(session: Session, case: Case | None) -> Case | None:
@@ -1480,7 +1479,7 @@ def _apply(
     if found is None:
         return None
     if found.merged_into_id is not None or (
-        is_erased(found) and decision.case.customer != found.customer
+        casework.is_erased(found) and decision.case.customer != found.customer
     ):
         # Merged, or its customer's data erased (customers forget), since triage read
         # it (PostgreSQL: another session committed in between): decided again, on the
