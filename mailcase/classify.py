@@ -15,7 +15,10 @@ in a fixed order and the first that matches decides:
    auto_reply``, or a vacation subject.
 3. ``BOUNCE`` again for a null ``Return-Path`` (RFC 5321 section 4.5.5) with
    none of the above: out-of-office replies travel with the null path too
-   (RFC 3834 section 3.3), so it is weaker evidence than rule 2's headers.
+   (RFC 3834 section 3.3), so it is weaker evidence than rule 2's headers;
+   and for mail from a no-reply address that returns a message (a
+   ``message/rfc822`` or ``text/rfc822-headers`` part): KDDI's au one net
+   returns undeliverable mail so, with no report and no bounce sender.
 4. ``BULK``: ``Precedence: bulk|list|junk``, RFC 2369/2919 list headers, or
    the headers of list managers that write none of those (ezmlm, Mailman's
    digests, fml).
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from enum import StrEnum
 
+from mailcase.dsn import RETURNED_TYPES
 from mailcase.inbound import InboundMail
 
 LOOP_HEADER = "X-Mailcase-Loop"
@@ -186,6 +190,7 @@ def classify(mail: InboundMail, *, own_addresses: frozenset[str] = frozenset()) 
         or _bounce_sender(mail)
         or _auto_reply(mail, own_addresses)
         or _null_return_path(mail)
+        or _returned_message(mail)
         or _bulk(mail)
         or _CUSTOMER
     )
@@ -263,6 +268,27 @@ def _null_return_path(mail: InboundMail) -> Classification | None:
         return Classification(MailKind.BOUNCE, f"Return-Path: {return_path or '(empty)'}")
     if _local_part(return_path) == "mailer-daemon":
         return Classification(MailKind.BOUNCE, f"Return-Path: {_show(return_path)}")
+    return None
+
+
+def _returned_message(mail: InboundMail) -> Classification | None:
+    """A no-reply sender returning a message: a bounce written without a report.
+
+    KDDI's au one net (``no-reply@…dion.ne.jp``, "メールエラー通知") returns
+    undeliverable mail as multipart/mixed with the original attached, no
+    delivery-status part, no bounce sender and no null Return-Path. Read as a
+    person's mail, it opened a case that could not be acknowledged (the sender
+    is never answered) and left our notice marked sent. Both signs are needed:
+    a no-reply sender alone is a newsletter or a shop's receipt, an attached
+    message alone a person's forward. It comes after the auto-reply rules, so a
+    no-reply responder that marks itself is never taken for a bounce, which may
+    mark one of our notices undeliverable.
+    """
+    address = mail.from_address or mail.sender
+    if not address or not is_automatic_address(address):
+        return None
+    if any(a.content_type in RETURNED_TYPES for a in mail.attachments):
+        return Classification(MailKind.BOUNCE, f"From: {_show(address)} returning a message")
     return None
 
 

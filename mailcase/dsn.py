@@ -31,7 +31,9 @@ _MESSAGE_ID_LINE = re.compile(
 
 
 _ENCODED = frozenset({"base64", "quoted-printable"})
-_RETURNED_TYPES = frozenset(
+# The parts a report returns the message in (RFC 3464 section 2, RFC 6533 for
+# internationalised mail): the whole message or its headers.
+RETURNED_TYPES = frozenset(
     {
         "message/rfc822",
         "text/rfc822-headers",
@@ -119,7 +121,7 @@ def parse_dsn(raw: bytes) -> DeliveryReport:
         # message/global or message/global-headers; they were read as no report.
         if ctype in ("message/delivery-status", "message/global-delivery-status"):
             recipients.extend(_recipients(part))
-        elif ctype in _RETURNED_TYPES:
+        elif ctype in RETURNED_TYPES:
             for msgid in _returned_ids(part):
                 ids[msgid] = None
     if not ids:

@@ -493,3 +493,46 @@ def test_the_bounce_notice_names_the_customer_and_threads_with_the_case(desk: De
     assert f"Cliente:     Juan Pérez <{CUSTOMER}>" in text
     assert "Asunto:      Sin servicio de internet" in text
     assert str(notification["Message-ID"]).strip() in str(failed["References"])
+
+
+def kddi_bounce(notice_id: str) -> bytes:
+    """A bounce as KDDI's au one net writes it: no report, no bounce sender, no null
+    Return-Path; a no-reply From and the undelivered message attached."""
+    return (
+        "Return-Path: <no-reply@x0000000000000.dion.ne.jp>\r\n"
+        f"To: <{CONTACTO}>\r\n"
+        "From: no-reply@x0000000000000.dion.ne.jp\r\n"
+        "Message-ID: <2026000000000000@nm00lds000.auone-net.jp>\r\n"
+        "Date: Fri, 20 Nov 2026 23:45:22 +0900\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="==_FF00/00000000/FFF"\r\n'
+        "Subject: =?ISO-2022-JP?B?GyRCJWEhPCVrJSgpaSE8RExDThsoQg==?=\r\n"
+        "Reply-To: no-reply@app.auone-net.jp\r\n\r\n"
+        "--==_FF00/00000000/FFF\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+        f"     Could not be delivered to: <{CUSTOMER}>\r\n"
+        "     As their mailbox is full.\r\n\r\n"
+        "--==_FF00/00000000/FFF\r\n"
+        "Content-Type: message/rfc822\r\n"
+        "Content-Description: Original message\r\n\r\n"
+        f"From: {CONTACTO}\r\nTo: {CUSTOMER}\r\n"
+        f"Subject: [Folio PLR-2026-000001] Sin servicio\r\nMessage-ID: {notice_id}\r\n"
+        "Auto-Submitted: auto-replied\r\n\r\nHola\r\n\r\n"
+        "--==_FF00/00000000/FFF--\r\n"
+    ).encode()
+
+
+@pytest.mark.integration
+def test_a_kddi_bounce_without_a_report_marks_the_acknowledgement_failed(desk: Desk) -> None:
+    # It opened a case of its own (never acknowledged: the sender is no-reply) and
+    # left the acknowledgement marked sent, so nobody knew the customer was not told.
+    folio, ack_id = open_case(desk)
+    agents_before = desk.sent_to(NOTIFY)
+    desk.deliver(kddi_bounce(ack_id))
+    last = desk.cli.json("messages", "list")[-1]
+    assert (last["disposition"], last["folio"]) == ("bounce", folio)
+    assert desk.acknowledgement()["status"] == "failed"
+    texts = desk.system_texts(folio)
+    assert any(f"failed delivery of the acknowledgement to {CUSTOMER}" in t for t in texts)
+    assert desk.sent_to(NOTIFY) == agents_before + 1
+    assert len(desk.cli.json("cases", "list")) == 1

@@ -610,3 +610,57 @@ def test_a_subject_of_marks_folding_into_spaces_is_classified_in_linear_time() -
         assert time.perf_counter() - start < 2  # 22 seconds without the bound
     subject = "Re: " + "\u00a8" * 10 + " Respuesta automática"
     assert classify(message({"Subject": subject})).kind is MailKind.AUTO_REPLY
+
+
+# --- a no-reply sender returning a message (KDDI writes no delivery report) -------
+
+
+def returned(sender: str, part_type: str = "message/rfc822", auto: bool = False) -> InboundMail:
+    """Mail from ``sender`` with a message attached as ``part_type``, as KDDI returns one."""
+    body = (
+        "--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "No se pudo entregar: el buzón está lleno.\r\n"
+        f"--B\r\nContent-Type: {part_type}\r\n\r\n"
+        "From: contacto@rednorte.mx\r\nTo: juan@correo.mx\r\n"
+        "Subject: [Folio PLR-2026-000001] Sin servicio\r\n"
+        "Message-ID: <mc.1@rednorte.mx>\r\n\r\nHola\r\n"
+        "--B--\r\n"
+    )
+    headers = {"From": sender, "Content-Type": 'multipart/mixed; boundary="B"'}
+    if auto:
+        headers["Auto-Submitted"] = "auto-replied"
+    return message(headers, body=body)
+
+
+@pytest.mark.parametrize("part_type", ["message/rfc822", "text/rfc822-headers", "message/global"])
+def test_a_no_reply_sender_returning_a_message_is_a_bounce(part_type: str) -> None:
+    result = classify(returned("no-reply@x0000.dion.ne.jp", part_type))
+    assert result == Classification(
+        MailKind.BOUNCE, "From: no-reply@x0000.dion.ne.jp returning a message"
+    )
+
+
+def test_a_person_forwarding_a_message_as_an_attachment_is_a_customer() -> None:
+    # Outlook's "forward as attachment": a person's report with the mail it is about.
+    assert classify(returned("Juan <juan@correo.mx>")).kind is MailKind.CUSTOMER
+
+
+def test_a_no_reply_sender_without_a_returned_message_is_not_a_bounce() -> None:
+    # A shop's receipt or a newsletter from noreply@ returns nothing: it must not
+    # be able to mark one of our notices undeliverable.
+    assert classify(message({"From": "noreply@tienda.mx"})).kind is MailKind.CUSTOMER
+
+
+def test_a_no_reply_responder_marking_itself_stays_an_auto_reply() -> None:
+    # A ticket system's "we got your mail" with the original attached is no bounce.
+    result = classify(returned("no-reply@helpdesk.example", auto=True))
+    assert result.kind is MailKind.AUTO_REPLY
+
+
+def test_the_kddi_bounce_of_the_corpus_is_a_bounce() -> None:
+    path = SISIMAI / "bsd" / "lhost-kddi-01.eml"
+    if not path.exists():
+        pytest.skip("sisimai corpus not present")
+    result = classify(parse_inbound(path.read_bytes()))
+    assert result.kind is MailKind.BOUNCE
+    assert result.reason.endswith("returning a message")
