@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_parser("upgrade", help="apply pending migrations")
     db.add_parser("current", help="show the schema revision")
+    backup = db.add_parser("backup", help="copy an SQLite database, while it runs, to FILE")
+    backup.add_argument("file", metavar="FILE", type=Path, help="a new file (never written over)")
     return parser
 
 
@@ -591,6 +593,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "backup":
+        from mailcase.backup import backup_database
+
+        done = backup_database(settings.database.url, args.file)
+        folded = f"; {done.folded} notices sent meanwhile marked sent in it" if done.folded else ""
+        print(
+            f"database {done.source} (revision {done.revision or 'none'}) copied to "
+            f"{done.target}: {done.size / 1e6:.1f} MB{folded}"
+        )
+        print(f"back up storage.directory ({settings.storage.directory}) after it")
+        return EXIT_OK
     if args.action == "upgrade":
         current, _ = Store.open(settings.database.url, auto_upgrade=True).revisions()
         print(f"database is at revision {current} (latest)")

@@ -207,12 +207,12 @@ def fold_sent_log(store: Store, *, wait: bool = True) -> int:
     with store.writing() if wait else store.writing_if_free() as conn:
         if conn is not None:
             # A record appended meanwhile stays for the next fold.
-            folded = _fold_into(conn, records)
+            folded = fold_into(conn, records)
     sent_log.forget(folded)
     return len(folded)
 
 
-def _fold_into(conn: sa.Connection, records: list[tuple[int, datetime]]) -> list[int]:
+def fold_into(conn: sa.Connection, records: list[tuple[int, datetime]]) -> list[int]:
     """Mark sent in ``conn``'s transaction the sent log's ``records``; the notices' ids.
 
     A notice no longer queued keeps its status (a bounce may have failed it).

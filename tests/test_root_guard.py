@@ -27,6 +27,9 @@ NOBODY = 65534
         (["run"], True),
         (["db", "upgrade"], True),
         (["db", "current"], False),
+        # Opening a WAL database makes its -wal and -shm when missing: root's would
+        # lock the service out of its own database.
+        (["db", "backup", "/tmp/copy.db"], True),
         (["cases", "list"], False),
         (["cases", "show", "PLR-2026-000001"], False),
         (["cases", "close", "PLR-2026-000001"], True),

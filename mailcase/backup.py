@@ -1,0 +1,166 @@
+"""``mailcase db backup FILE``: a consistent copy of an SQLite database, while it runs.
+
+Copying ``mailcase.db`` with ``cp`` while the daemon writes gives a damaged
+file (its write-ahead log holds the latest commits), and the database alone
+is not the whole state: notices delivery recorded in the sent log
+(:mod:`mailcase.sentlog`) and not yet folded would go out again from a
+restored copy. So the copy is made with SQLite's online backup (one read
+transaction: a snapshot of the last commit, writers go on), the sent log's
+records read after it are marked sent in the copy, and the copy is left as
+one self-contained file (rollback journal, not WAL), owner-only, verified
+with ``PRAGMA quick_check``. Restoring is copying that file back, with the
+service stopped, over the database (removing its ``-wal``, ``-shm`` and
+``-sent`` files).
+
+Not copied: ``storage.directory``, the raw messages and files the rows refer
+to. Files there are only ever added (and removed by ``customers forget``),
+named by their hash, so backing the directory up *after* the database, with
+any file-level tool, gives every file the copy refers to.
+
+PostgreSQL has its own tools (``pg_dump``); this command refuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from mailcase.errors import ConfigError, DatabaseError, StorageError
+from mailcase.sentlog import SentLog
+from mailcase.store import Store, error_text, sqlite_path
+
+
+@dataclass(frozen=True)
+class Backup:
+    """What ``db backup`` made: the copy, its size, revision, and the sent-log marks folded."""
+
+    source: Path
+    target: Path
+    size: int
+    revision: str | None
+    folded: int
+
+
+def backup_database(url: str, target: Path) -> Backup:
+    """Copy the SQLite database at ``url`` to ``target``, a new owner-only file.
+
+    Guarantees: ``target`` did not exist and is never written over; on any
+    failure it is removed again and the error names what failed; the copy
+    holds the last commit before the copy began, with every notice the sent
+    log recorded as sent marked sent; it needs no companion file. Raises
+    ConfigError for PostgreSQL or an existing ``target``, DatabaseError for a
+    database that cannot be read (missing, damaged, newer than the code),
+    StorageError when ``target`` cannot be written.
+    """
+    source = sqlite_path(url)
+    if source is None:
+        raise ConfigError(
+            "db backup copies an SQLite database; back up PostgreSQL with pg_dump"
+            " (database.url names a PostgreSQL server)"
+        )
+    # Refuses a missing file (never creates one) and a schema newer than the code.
+    revision, _ = Store.schema_state(url)
+    try:
+        # O_EXCL: a backup never replaces a file, least of all an earlier backup.
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise ConfigError(f"{target} exists: db backup never writes over a file") from None
+    except OSError as exc:
+        raise StorageError(f"cannot create backup file {target}: {exc.strerror}") from exc
+    try:
+        _copy(source, target)
+        folded = _fold_sent_log(source, target)
+        _check(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        for suffix in ("-journal", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                target.with_name(target.name + suffix).unlink()
+        raise
+    return Backup(source, target, target.stat().st_size, revision, folded)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """SQLite's online backup of ``source`` into ``target``, left in rollback-journal mode."""
+    try:
+        src = sqlite3.connect(source, timeout=30)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot read database {source}: {exc}") from exc
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            # One step (pages=-1): one read transaction, a snapshot of the last
+            # commit; in WAL mode the daemon's writers are not held up meanwhile.
+            src.backup(dst)
+            # The copy is one file: WAL is a property of the database file, and a
+            # WAL-mode copy would need its -wal beside it until closed cleanly.
+            dst.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error as exc:
+            raise _failure(exc, source, target) from exc
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _failure(exc: sqlite3.Error, source: Path, target: Path) -> Exception:
+    """The error for a failed copy: the target's (disk full, read-only) or the source's."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and (
+        "disk" in text or "readonly" in text or "write" in text
+    ):
+        return StorageError(f"cannot write backup file {target}: {text}")
+    return DatabaseError(f"cannot read database {source}: {text}")
+
+
+def _fold_sent_log(source: Path, target: Path) -> int:
+    """Mark sent in the copy the notices the sent log recorded; how many records.
+
+    Read after the copy, so that a notice recorded before the copy's snapshot
+    is never left queued in it; one recorded after is marked too, which is
+    right: it was sent. The marks are the outbox's own (a notice no longer
+    queued keeps its status).
+    """
+    from mailcase.outbox import fold_into
+
+    log_path = SentLog.beside(source).path
+    if not log_path.exists():
+        return 0  # no log yet (opening one would create it)
+    sent_log = SentLog(log_path)
+    try:
+        records = sent_log.pending()
+    finally:
+        sent_log.close()
+    if not records:
+        return 0
+    engine = sa.create_engine(f"sqlite:///{target}", poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            fold_into(conn, records)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot write backup file {target}: {error_text(exc)}") from exc
+    finally:
+        engine.dispose()
+    return len(records)
+
+
+def _check(target: Path) -> None:
+    """``PRAGMA quick_check`` of the copy: a damaged source must not pass for a backup."""
+    conn = sqlite3.connect(target)
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:  # "database disk image is malformed"
+        rows = [(str(exc),)]
+    finally:
+        conn.close()
+    if rows != [("ok",)]:
+        problem = rows[0][0] if rows else "no answer"
+        raise DatabaseError(f"the copy in {target} fails SQLite's quick_check: {problem}")
