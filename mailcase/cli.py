@@ -1246,8 +1246,15 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
             if args.unanswered:
                 # Since when the customer waits (their latest message's arrival), the
                 # rows' order: what a script sorting or alerting on the wait needs.
+                business = settings.escalation.clock == "business"
+                calendar = settings.business_calendar() if business else None
+                now = utcnow()
                 for item, c in zip(items, found, strict=True):
                     item["waiting_since"] = _iso(c.last_customer_at)
+                    if calendar is not None and c.last_customer_at is not None:
+                        # Open hours waited so far: what the reminder counts.
+                        waited = calendar.open_time(c.last_customer_at, now)
+                        item["waiting_business_hours"] = round(waited.total_seconds() / 3600, 2)
             if args.json:
                 _print_json(items)
             else:

@@ -27,7 +27,7 @@ import shlex
 import ssl
 import tomllib
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
@@ -49,6 +49,13 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from mailcase.businesshours import (
+    DEFAULT_HOURS,
+    WEEKDAYS,
+    BusinessCalendar,
+    parse_date,
+    parse_range,
+)
 from mailcase.errors import ConfigError
 from mailcase.wire import ascii_domain
 
@@ -483,9 +490,63 @@ class CasesSettings(_Section):
 
 
 class EscalationSettings(_Section):
-    # A case whose customer wrote and got no answer for this many hours (wall-clock,
-    # nights and weekends included) earns one reminder to the agents; 0: no reminders.
+    # A case whose customer wrote and got no answer for this many hours earns one
+    # reminder to the agents; 0: no reminders.
     unanswered_hours: int = Field(default=24, ge=0, le=MAX_HOURS)
+    # "wall": every hour counts, nights and weekends included; "business": only the
+    # open hours of [calendar], and no reminder goes out while the desk is closed.
+    clock: Literal["wall", "business"] = "wall"
+
+
+class HoursSettings(_Section):
+    """One opening range "HH:MM-HH:MM" a weekday; a day left out (None) is closed."""
+
+    mon: str | None = None
+    tue: str | None = None
+    wed: str | None = None
+    thu: str | None = None
+    fri: str | None = None
+    sat: str | None = None
+    sun: str | None = None
+
+    @field_validator(*WEEKDAYS)
+    @classmethod
+    def _range(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_range(value)  # its ValueError names the value; pydantic adds the key
+        return value
+
+    @model_validator(mode="after")
+    def _some_day_open(self) -> Self:
+        if not self.ranges():
+            raise ValueError("no day of the week is open (give at least one, e.g. mon)")
+        return self
+
+    def ranges(self) -> dict[str, str]:
+        """The open weekdays and their ranges, Monday first."""
+        return {day: r for day in WEEKDAYS if (r := getattr(self, day)) is not None}
+
+
+class CalendarSettings(_Section):
+    # The desk's hours in folio.timezone; used when escalation.clock = "business".
+    hours: HoursSettings = HoursSettings(**DEFAULT_HOURS)
+    holidays: list[date] = Field(default_factory=list)
+    # The rest days of the Ley Federal del Trabajo, art. 74, are closed too.
+    mexican_holidays: bool = True
+
+    @field_validator("holidays", mode="before")
+    @classmethod
+    def _holidays(cls, value: Any) -> Any:
+        # "YYYY-MM-DD" or a TOML date, nothing else: pydantic alone would take a
+        # number of seconds since 1970 for a date.
+        if not isinstance(value, list):
+            return value  # pydantic says it is not a list
+        days = []
+        for item in value:
+            if not isinstance(item, (str, date)):
+                raise ValueError(f"{item!r} is not a date YYYY-MM-DD")
+            days.append(parse_date(item))
+        return days
 
 
 class WebFormSettings(_Section):
@@ -627,6 +688,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     cases: CasesSettings = CasesSettings()
     escalation: EscalationSettings = EscalationSettings()
+    calendar: CalendarSettings = CalendarSettings()
     metrics: MetricsSettings = MetricsSettings()
     areas: dict[str, AreaSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
@@ -677,6 +739,15 @@ class Settings(BaseSettings):
         (also for a name that is not configured)."""
         box = self.mailboxes.get(mailbox)
         return (box.language if box is not None else None) or self.notices.language
+
+    def business_calendar(self) -> BusinessCalendar:
+        """The desk's open hours (``[calendar]``) in the business's time zone."""
+        return BusinessCalendar.from_text(
+            self.folio.zone,
+            self.calendar.hours.ranges(),
+            self.calendar.holidays,
+            mexican_holidays=self.calendar.mexican_holidays,
+        )
 
     @property
     def own_addresses(self) -> frozenset[str]:

@@ -12,7 +12,8 @@
 * Every :data:`~mailcase.reminders.CHECK_MINUTES` minutes (unless
   ``escalation.unanswered_hours = 0``), from the end of the first round of
   polls, one reminder to the agents per case whose customer has waited that
-  long for an answer (:mod:`mailcase.reminders`).
+  long for an answer (:mod:`mailcase.reminders`); with ``escalation.clock =
+  "business"``, open hours only, and none while the desk is closed.
 * SIGTERM/SIGINT: the message in hand is finished (whichever thread polls it:
   the schedule's or an IDLE watcher's, waited for up to :data:`STOP_GRACE`
   seconds), the notice being sent is finished and the rest of the outbox stays

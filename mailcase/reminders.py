@@ -18,9 +18,9 @@ customer mail address, and nothing answered the customer's latest message:
 recorded on the case when it is queued, in the same order as the customer's
 mail, so no clock skew between a mail's Date and ours can misplace it.
 
-For each case unanswered for ``escalation.unanswered_hours`` (wall-clock hours
-since ``cases.last_customer_at``, when the customer's latest message reached the
-mail server, nights and weekends included), ONE
+For each case unanswered for ``escalation.unanswered_hours`` since
+``cases.last_customer_at`` (when the customer's latest message reached the mail
+server), ONE
 ``reminder`` notice goes to ``agents.notify`` and to the area the case is routed
 to; it is not repeated until the customer writes again and that message too
 goes unanswered for the period. The reminder notices recorded on the case are
@@ -33,6 +33,13 @@ moment. An answer the agents mailed in time, still unread in a mailbox that
 cannot be read (a server down, a password changed), is never taken for none.
 Old mail met on a first poll (opened silently) starts no wait: its case
 counts only from the customer's next message.
+
+The hours are wall-clock hours (nights and weekends included) unless
+``escalation.clock = "business"``: then only the open hours of ``[calendar]``
+count (:mod:`mailcase.businesshours`; mail that arrives while the desk is closed
+starts waiting at the next opening), and no reminder goes out while the desk is
+closed: one whose period ran out at or after the close waits for the next opening.
+The check stays one query: its cutoff is walked back through the calendar.
 
 A case registered by phone with no mail address is never unanswered (nobody can
 be answered by mail, and the customer cannot write one); a case opened with
@@ -49,6 +56,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from mailcase.businesshours import BusinessCalendar
 from mailcase.config import Settings
 from mailcase.errors import MessageError
 from mailcase.folio import clip
@@ -149,17 +157,32 @@ def reminder_due(
     hours: int,
     *,
     held_at: datetime | None = None,
+    calendar: BusinessCalendar | None = None,
 ) -> bool:
     """Whether a reminder goes out now: unanswered, not reminded, and the customer's
-    latest message (``last_customer_at``) at least ``hours`` old; never when
-    ``hours`` is 0 (reminders off), nor within :data:`HELD_RETRY` of a reminder a
+    latest message (``last_customer_at``) at least ``hours`` old (open hours of
+    ``calendar`` when given, wall-clock hours otherwise); never when ``hours`` is 0
+    (reminders off), nor within :data:`HELD_RETRY` (wall-clock) of a reminder a
     guard held (``held_at``)."""
     return (
         hours > 0
         and state is Waiting.WAITING
-        and _utc(last_customer_at) <= now - timedelta(hours=hours)
+        and _utc(last_customer_at) <= waited_since(now, hours, calendar)
         and (held_at is None or _utc(held_at) <= now - HELD_RETRY)
     )
+
+
+def waited_since(now: datetime, hours: int, calendar: BusinessCalendar | None) -> datetime:
+    """The latest arrival that has waited ``hours`` by ``now``: ``hours`` back on the
+    wall clock, or ``hours`` of open time back through ``calendar`` (a message at or
+    before it has waited that long, one after it less)."""
+    period = timedelta(hours=hours)
+    return now - period if calendar is None else calendar.subtract(now, period)
+
+
+def business_calendar(settings: Settings) -> BusinessCalendar | None:
+    """The calendar the reminders count in: None for ``escalation.clock = "wall"``."""
+    return settings.business_calendar() if settings.escalation.clock == "business" else None
 
 
 def _utc(value: datetime) -> datetime:
@@ -257,15 +280,23 @@ def remind_unanswered(store: Store, settings: Settings, now: datetime | None = N
     if hours == 0:
         return []
     now = now or utcnow()
-    period = timedelta(hours=hours)
+    calendar = business_calendar(settings)
+    if calendar is not None and not calendar.is_open(now):
+        # Nobody is at the desk to read it: the reminder goes out at the next opening
+        # (OTRS/Znuny sends escalation notifications within working hours only too).
+        return []
     with store.reading() as conn:
         read_at = read_mailboxes(conn, now)
         if not read_at:
             return []
-        # Per mailbox: the customer wrote a period before its latest good read.
+        # Per mailbox: the customer wrote a period before its latest good read (a
+        # period of open hours is walked back through the calendar, once a mailbox).
         waited = sa.or_(
             *(
-                sa.and_(col(Case.mailbox) == box, col(Case.last_customer_at) <= at - period)
+                sa.and_(
+                    col(Case.mailbox) == box,
+                    col(Case.last_customer_at) <= waited_since(at, hours, calendar),
+                )
                 for box, at in read_at.items()
             )
         )
@@ -274,7 +305,7 @@ def remind_unanswered(store: Store, settings: Settings, now: datetime | None = N
     reminded = []
     for case_id, folio in rows:
         try:
-            if _remind_case(store, settings, int(case_id or 0), now, read_at):
+            if _remind_case(store, settings, int(case_id or 0), now, read_at, calendar):
                 reminded.append(folio)
         except MessageError as exc:
             # Rolled back: nothing of this case's reminder was kept. The next run
@@ -295,7 +326,12 @@ def read_mailboxes(conn: sa.Connection, now: datetime) -> dict[str, datetime]:
 
 
 def _remind_case(
-    store: Store, settings: Settings, case_id: int, now: datetime, read_at: dict[str, datetime]
+    store: Store,
+    settings: Settings,
+    case_id: int,
+    now: datetime,
+    read_at: dict[str, datetime],
+    calendar: BusinessCalendar | None,
 ) -> bool:
     """Remind the agents of the case ``case_id`` if still due; whether a reminder was
     queued. A :class:`MessageError` (its reminder cannot be rendered) rolls the
@@ -311,8 +347,12 @@ def _remind_case(
         # been answered by mail not read yet.
         state, held_at = waiting(entries), last_held(entries)
         if not (
-            reminder_due(state, case.last_customer_at, read_at[case.mailbox], hours)
-            and reminder_due(state, case.last_customer_at, now, hours, held_at=held_at)
+            reminder_due(
+                state, case.last_customer_at, read_at[case.mailbox], hours, calendar=calendar
+            )
+            and reminder_due(
+                state, case.last_customer_at, now, hours, held_at=held_at, calendar=calendar
+            )
         ):
             return False
         return _queue_reminders(session, settings, case, now)
@@ -346,6 +386,7 @@ def _queue_reminders(session: Session, settings: Settings, case: Case, now: date
         "timezone": settings.folio.timezone,
         "text": clip(_last_customer_text(session, case), _LAST_TEXT_CHARS),
         "unanswered_hours": settings.escalation.unanswered_hours,
+        "business_hours": settings.escalation.clock == "business",  # "24 horas hábiles"
         "case_type": case.type or "",  # as the case's notification shows it
     }
     held = [

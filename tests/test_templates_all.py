@@ -163,6 +163,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "timezone": "America/Mexico_City",
         "text": "Desde ayer no tengo internet.\nYa reinicié el módem.",
         "unanswered_hours": 24,
+        "business_hours": True,
         "company": COMPANY,
         "case_type": "clarification",
     },
