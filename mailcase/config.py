@@ -488,6 +488,13 @@ class EscalationSettings(_Section):
     unanswered_hours: int = Field(default=24, ge=0, le=MAX_HOURS)
 
 
+class RetentionSettings(_Section):
+    # Erase the personal data of a customer with no open case and no activity for this
+    # many days (mailcase.retention), once a day in the daemon; 0: never (the default:
+    # deleting data is never a default).
+    inactive_days: int = Field(default=0, ge=0, le=MAX_DAYS)
+
+
 class WebFormSettings(_Section):
     senders: list[str] = Field(default_factory=list)
 
@@ -627,6 +634,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     cases: CasesSettings = CasesSettings()
     escalation: EscalationSettings = EscalationSettings()
+    retention: RetentionSettings = RetentionSettings()
     metrics: MetricsSettings = MetricsSettings()
     areas: dict[str, AreaSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
