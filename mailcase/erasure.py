@@ -241,18 +241,19 @@ def erase_many(
     by: str,
     dry_run: bool,
     still_wanted: StillWanted | None = None,
-    batch: int = BATCH,
+    batch: int | None = None,
 ) -> Erasures:
     """Erase each of ``addresses`` as :func:`erase` erases one, skipping (never raising
     for) one that :func:`erase` would refuse or that ``still_wanted`` no longer wants.
 
     The stored messages kept outside any case are read once for all the addresses,
-    without the write lock; then ``batch`` addresses are erased per transaction, each
-    batch scanning again only the rows added since and surveying each address under
-    its lock as :func:`erase` does. A crash midway leaves every address erased whole
-    or untouched, and SQLite's write lock is free between batches. Logs nothing: the
-    caller says what it did. With ``dry_run`` nothing changes; each address is surveyed
-    alone (a file two of them share counts for neither: ``files`` is then at least).
+    without the write lock; then ``batch`` addresses (:data:`BATCH`) are erased per
+    transaction, each batch scanning again only the rows added since and surveying
+    each address under its lock as :func:`erase` does. A crash midway leaves every
+    address erased whole or untouched, and SQLite's write lock is free between
+    batches. Logs nothing: the caller says what it did. With ``dry_run`` nothing
+    changes; each address is surveyed alone (a file two of them share counts for
+    neither: ``files`` is then at least).
     """
     wanted = _Addresses(a.strip().lower() for a in addresses)
     wanted = _Addresses(a for a in wanted.addresses if a and a != FORGOTTEN)
@@ -273,7 +274,7 @@ def erase_many(
         first = _scan(session, wanted, blob_dir)
     done: list[tuple[str, Erasure]] = []
     left: list[str] = []
-    for chunk in wanted.chunks(max(1, batch)):
+    for chunk in wanted.chunks(max(1, batch or BATCH)):
         now = utcnow()
         pending = f"{PENDING}{uuid.uuid4().hex}"
         orphans: set[str] = set()
