@@ -29,8 +29,10 @@ from test_forget import (
     _rows,
     _unparseable,
 )
+from test_ops_fixes import offline_config
 
 from mailcase import daemon, erasure
+from mailcase.cli import main
 from mailcase.config import load_settings
 from mailcase.erasure import FORGOTTEN, _Addresses
 from mailcase.models import Case, LedgerEntry, Notice
@@ -407,3 +409,14 @@ def test_a_retention_shorter_than_reopening_is_said_at_start(
         rt.store.dispose()
     [warning] = [e for e in logs if e["event"] == "retention_shorter_than_reopen"]
     assert (warning["inactive_days"], warning["reopen_days"]) == (7, 30)
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "tres"])
+def test_the_days_must_be_a_positive_number(tmp_path: Path, capsys: Any, days: str) -> None:
+    config = offline_config(tmp_path)
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error, before anything
+        main(["--config", str(config), "customers", "purge", "--inactive-days", days])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--inactive-days" in err and "from 1 to" in err
+    assert "Traceback" not in err
