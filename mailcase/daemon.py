@@ -193,6 +193,8 @@ class Daemon:
                 "default": ThreadPoolExecutor(len(rt.settings.mailboxes) + 1),
                 # Its own thread: busy poll threads cannot delay a ping.
                 WATCHDOG_JOB: ThreadPoolExecutor(1),
+                # Its own too: a long first purge must not hold a poll's or delivery's.
+                PURGE_JOB: ThreadPoolExecutor(1),
             },
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
@@ -425,6 +427,7 @@ class Daemon:
                 insiders=settings.own_addresses | frozenset(settings.agents.addresses),
                 by="mailcase",
                 dry_run=False,
+                stop=self.rt.stop,  # a stop waits for the batch in hand only
             )
         except SQLAlchemyError as exc:
             if not is_unavailable(exc):
@@ -526,7 +529,14 @@ class Daemon:
         if retention:
             # Paused until the first polls have ended, as the reminders: mail waiting since
             # before a restart is read (and counted as activity) first.
-            self.scheduler.add_job(self.purge, "interval", days=1, id=PURGE_JOB, next_run_time=None)
+            self.scheduler.add_job(
+                self.purge,
+                "interval",
+                days=1,
+                id=PURGE_JOB,
+                executor=PURGE_JOB,
+                next_run_time=None,
+            )
         ping_every = watchdog_interval()
         if ping_every is not None:
             self.scheduler.add_job(

@@ -47,6 +47,7 @@ import contextlib
 import email
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -242,6 +243,7 @@ def erase_many(
     dry_run: bool,
     still_wanted: StillWanted | None = None,
     batch: int | None = None,
+    stop: threading.Event | None = None,
 ) -> Erasures:
     """Erase each of ``addresses`` as :func:`erase` erases one, skipping (never raising
     for) one that :func:`erase` would refuse or that ``still_wanted`` no longer wants.
@@ -253,7 +255,8 @@ def erase_many(
     address erased whole or untouched, and SQLite's write lock is free between
     batches. Logs nothing: the caller says what it did. With ``dry_run`` nothing
     changes; each address is surveyed alone (a file two of them share counts for
-    neither: ``files`` is then at least).
+    neither: ``files`` is then at least). Once ``stop`` is set no further batch begins
+    (the daemon stopping: the rest waits for the next run).
     """
     wanted = _Addresses(a.strip().lower() for a in addresses)
     wanted = _Addresses(a for a in wanted.addresses if a and a != FORGOTTEN)
@@ -275,6 +278,8 @@ def erase_many(
     done: list[tuple[str, Erasure]] = []
     left: list[str] = []
     for chunk in wanted.chunks(max(1, batch or BATCH)):
+        if stop is not None and stop.is_set():
+            break
         now = utcnow()
         pending = f"{PENDING}{uuid.uuid4().hex}"
         orphans: set[str] = set()

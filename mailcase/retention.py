@@ -18,6 +18,7 @@ Addresses are never logged: the ``customers_purged`` event has counts and folios
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -53,11 +54,14 @@ def purge_inactive(
     by: str,
     dry_run: bool,
     now: datetime | None = None,
+    stop: threading.Event | None = None,
 ) -> Purge:
     """Erase every customer inactive for ``inactive_days`` (see the module docstring) as
     :func:`mailcase.erasure.erase_many` does, and the mail of no case fetched that long
     ago (:func:`mailcase.erasure.erase_loose_mail`); with ``dry_run`` only say what would
-    be erased. Logs ``customers_purged`` (counts and folios) when something was erased."""
+    be erased. Logs ``customers_purged`` (counts and folios) when something was erased.
+    Once ``stop`` is set, no further batch of customers begins and the old mail of no
+    case waits for the next run."""
     if inactive_days < 1:
         raise ValueError("inactive_days must be at least 1")
     cutoff = (now or utcnow()) - timedelta(days=inactive_days)
@@ -76,8 +80,12 @@ def purge_inactive(
         by=by,
         dry_run=dry_run,
         still_wanted=still_inactive,
+        stop=stop,
     )
-    loose = erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run)
+    stopping = stop is not None and stop.is_set()
+    loose = (
+        LooseErasure() if stopping else erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run)
+    )
     if not dry_run and (customers.erased or loose.messages or loose.notices):
         # Folios and counts only: the log must not keep what was just erased.
         get_logger().info(

@@ -36,6 +36,7 @@ from mailcase.cli import main
 from mailcase.config import load_settings
 from mailcase.erasure import FORGOTTEN, _Addresses
 from mailcase.models import Case, LedgerEntry, Notice
+from mailcase.retention import purge_inactive
 from mailcase.service import Runtime
 from mailcase.store import Store
 
@@ -420,3 +421,34 @@ def test_the_days_must_be_a_positive_number(tmp_path: Path, capsys: Any, days: s
     out, err = capsys.readouterr()
     assert out == "" and "--inactive-days" in err and "from 1 to" in err
     assert "Traceback" not in err
+
+
+def test_a_stopping_daemon_waits_for_the_batch_in_hand_only(desk: Desk, monkeypatch: Any) -> None:
+    juan = _closed_case(desk, f"{NAME} <{JUAN}>", PHRASE)
+    ana = _closed_case(desk, f"Ana Ruiz <{ANA}>", "Me cobraron dos veces.")
+    _age(desk, DAYS + 1)
+    stop = threading.Event()
+    real_erase_rows = erasure._erase_rows
+
+    def stop_arrives(*args: Any, **kwargs: Any) -> None:
+        real_erase_rows(*args, **kwargs)
+        stop.set()  # SIGTERM, during the first batch
+
+    monkeypatch.setattr(erasure, "_erase_rows", stop_arrives)
+    monkeypatch.setattr(erasure, "BATCH", 1)
+    settings = load_settings(desk.cli.config)
+    store = Store.open(desk.url, auto_upgrade=False)
+    try:
+        done = purge_inactive(
+            store,
+            settings.storage.directory,
+            DAYS,
+            insiders=settings.own_addresses,
+            by="mailcase",
+            dry_run=False,
+            stop=stop,
+        )
+    finally:
+        store.dispose()
+    assert done.customers.customers == (ANA,)
+    assert (_customer(desk, ana), _customer(desk, juan)) == (FORGOTTEN, JUAN)
