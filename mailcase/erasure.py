@@ -34,6 +34,13 @@ otherwise, and changes nothing):
 The address is matched whole (:func:`address_pattern`): maria.juan@example.com
 is not juan@example.com.
 
+:func:`erase_many` erases a set of addresses so (the retention by age,
+:mod:`mailcase.retention`): the stored mail outside any case, the notices and the
+messages are read once for the whole set, then the addresses are erased in batches,
+one transaction each, skipping those :func:`erase` would refuse.
+:func:`erase_loose_mail` erases the stored copies of old mail of no case, whoever
+sent it.
+
 What stays: folios, status, outcome, area, channel, mailbox, language, dates
 and the number and kind of messages and notices, and a system note saying
 when the data was erased. Erased cases are invisible to triage
