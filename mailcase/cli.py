@@ -35,6 +35,7 @@ from mailcase import __version__
 from mailcase.casework import FORGOTTEN, is_erased, merged_target, related_folios
 from mailcase.commands import area_key
 from mailcase.config import (
+    MAX_DAYS,
     Settings,
     check_ca_files,
     check_secrets,
@@ -345,6 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes", action="store_true", help="erase (without it: only say what would be erased)"
     )
     forgetting.add_argument("--json", action="store_true")
+    purging = customers.add_parser(
+        "purge",
+        help="erase the personal data of every customer inactive for N days "
+        "(retention by age, LFPDPPP art. 11)",
+    )
+    purging.add_argument(
+        "--inactive-days",
+        type=_positive_days,
+        required=True,
+        metavar="N",
+        help="customers with no open case and no activity for N days (at least 1)",
+    )
+    purging.add_argument(
+        "--yes", action="store_true", help="erase (without it: only say what would be erased)"
+    )
+    purging.add_argument("--json", action="store_true")
 
     messages = commands.add_parser("messages", help="the ledger of fetched messages")
     msg_actions = messages.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -1280,9 +1297,23 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _positive_days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"expected a number of days from 1 to {MAX_DAYS}")
+    return days
+
+
 def _customers(args: argparse.Namespace, settings: Settings) -> int:
     """``customers forget ADDRESS [--yes]``: erase what is kept of a customer's address
-    (mailcase.erasure); without ``--yes`` say what would be erased and change nothing."""
+    (mailcase.erasure); without ``--yes`` say what would be erased and change nothing.
+    ``customers purge --inactive-days N [--yes]``: the same for every customer inactive
+    for N days (mailcase.retention)."""
+    if args.action == "purge":
+        return _purge(args, settings)
     from mailcase.erasure import ErasureRefused, erase
 
     address = _customer_address(args.address)
@@ -1329,6 +1360,76 @@ def _customers(args: argparse.Namespace, settings: Settings) -> int:
             f"mailcase: {len(done.files_left)} file(s) of the erased cases could not be removed "
             f"from {settings.storage.directory} ({done.files_left[0]} ...): the next "
             "customers forget tries them again, or remove them by hand",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _purge(args: argparse.Namespace, settings: Settings) -> int:
+    """``customers purge --inactive-days N [--yes]``: the addresses are printed (the
+    admin's record of whose data was cancelled), never logged."""
+    from mailcase.retention import purge_inactive
+
+    store = _open_store(settings, create=False)
+    try:
+        done = purge_inactive(
+            store,
+            settings.storage.directory,
+            args.inactive_days,
+            insiders=settings.own_addresses | frozenset(settings.agents.addresses),
+            by=f"cli:{_operator()}",
+            dry_run=not args.yes,
+        )
+    finally:
+        store.dispose()
+    who, loose = done.customers, done.loose
+    erased = who.erased or (args.yes and bool(loose.messages or loose.notices))
+    if args.json:
+        _print_json(
+            {
+                "customers": len(who.customers),
+                "addresses": list(who.customers),
+                "cases": list(who.folios),
+                "messages": who.messages,
+                "files": who.files,
+                "notices": who.notices,
+                "skipped": who.skipped,
+                "loose_messages": loose.messages,
+                "loose_notices": loose.notices,
+                "loose_files": loose.files,
+                "erased": erased,
+            }
+        )
+    else:
+        verb = "erased" if args.yes else "would erase"
+        if who.customers:
+            counts = f"{who.messages} message(s), {who.files} file(s), {who.notices} notice(s)"
+            print(
+                f"{verb} the data of {len(who.customers)} customer(s) inactive for "
+                f"{args.inactive_days} days: {len(who.folios)} case(s) ({counts})"
+            )
+            for address in who.customers:
+                print(f"  {address}")
+            print(f"cases: {', '.join(who.folios) or 'none'}")
+        else:
+            print(f"no customer has been inactive for {args.inactive_days} days")
+        if loose.messages or loose.notices:
+            print(
+                f"{verb} {loose.messages} message(s) of no case and {loose.notices} notice(s) "
+                f"of no case older than that ({loose.files} file(s))"
+            )
+        if who.skipped:
+            print(
+                f"{who.skipped} customer(s) skipped: an open case, a queued notice or recent mail"
+            )
+        if not args.yes and (who.customers or loose.messages or loose.notices):
+            print("nothing was changed: run again with --yes to erase")
+    if done.files_left:
+        print(
+            f"mailcase: {len(done.files_left)} file(s) of the erased data could not be removed "
+            f"from {settings.storage.directory} ({done.files_left[0]} ...): the next "
+            "customers purge or forget tries them again, or remove them by hand",
             file=sys.stderr,
         )
         return EXIT_FAILURE

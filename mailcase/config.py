@@ -549,6 +549,13 @@ class CalendarSettings(_Section):
         return days
 
 
+class RetentionSettings(_Section):
+    # Erase the personal data of a customer with no open case and no activity for this
+    # many days (mailcase.retention), once a day in the daemon; 0: never (the default:
+    # deleting data is never a default).
+    inactive_days: int = Field(default=0, ge=0, le=MAX_DAYS)
+
+
 class WebFormSettings(_Section):
     senders: list[str] = Field(default_factory=list)
 
@@ -689,6 +696,7 @@ class Settings(BaseSettings):
     cases: CasesSettings = CasesSettings()
     escalation: EscalationSettings = EscalationSettings()
     calendar: CalendarSettings = CalendarSettings()
+    retention: RetentionSettings = RetentionSettings()
     metrics: MetricsSettings = MetricsSettings()
     areas: dict[str, AreaSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()

@@ -14,6 +14,9 @@
   polls, one reminder to the agents per case whose customer has waited that
   long for an answer (:mod:`mailcase.reminders`); with ``escalation.clock =
   "business"``, open hours only, and none while the desk is closed.
+* With ``retention.inactive_days`` above 0, once after the first round of polls
+  and then once a day, the purge by age (:mod:`mailcase.retention`): one
+  ``customers_purged`` event with counts and folios, never an address.
 * SIGTERM/SIGINT: the message in hand is finished (whichever thread polls it:
   the schedule's or an IDLE watcher's, waited for up to :data:`STOP_GRACE`
   seconds), the notice being sent is finished and the rest of the outbox stays
@@ -83,6 +86,7 @@ RETRY_SLACK = timedelta(milliseconds=250)
 OUTBOX_JOB = "outbox"
 WATCHDOG_JOB = "watchdog"
 REMIND_JOB = "remind"
+PURGE_JOB = "purge"
 PENDING = "pending"  # a mailbox's STATUS= word until its first poll ends
 # How long a stop waits for the polls in progress to finish their message: well
 # under systemd's TimeoutStopSec= (2 min in systemd/mailcase.service), after
@@ -190,6 +194,8 @@ class Daemon:
                 "default": ThreadPoolExecutor(len(rt.settings.mailboxes) + 1),
                 # Its own thread: busy poll threads cannot delay a ping.
                 WATCHDOG_JOB: ThreadPoolExecutor(1),
+                # Its own too: a long first purge must not hold a poll's or delivery's.
+                PURGE_JOB: ThreadPoolExecutor(1),
             },
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
@@ -319,10 +325,11 @@ class Daemon:
             self._start_reminders()
 
     def _start_reminders(self) -> None:
-        """Run the paused reminder job now, and every CHECK_MINUTES from now on."""
-        if self.rt.stop.is_set() or self.scheduler.get_job(REMIND_JOB) is None:
-            return
-        self.scheduler.modify_job(REMIND_JOB, next_run_time=datetime.now().astimezone())
+        """Run the paused reminder and purge jobs now, and at their intervals from now on."""
+        for job in (REMIND_JOB, PURGE_JOB):
+            if self.rt.stop.is_set() or self.scheduler.get_job(job) is None:
+                continue
+            self.scheduler.modify_job(job, next_run_time=datetime.now().astimezone())
 
     def _after_a_clock_step(self, offset: float) -> float:
         """Put the schedule right when the wall clock was stepped back since ``offset`` (its
@@ -406,6 +413,36 @@ class Daemon:
         if reminded:
             self.request_delivery()  # not the next outbox interval: the agents are waited on
 
+    def purge(self) -> None:
+        """Erase the customers inactive for ``retention.inactive_days`` and the old mail
+        of no case (:mod:`mailcase.retention`, which logs what it erased); never raises.
+        A database that is down is one line, as for :meth:`close_stale`."""
+        from mailcase.retention import purge_inactive  # loads the erasure: only when used
+
+        settings = self.rt.settings
+        try:
+            done = purge_inactive(
+                self.rt.store,
+                settings.storage.directory,
+                settings.retention.inactive_days,
+                insiders=settings.own_addresses | frozenset(settings.agents.addresses),
+                by="mailcase",
+                dry_run=False,
+                stop=self.rt.stop,  # a stop waits for the batch in hand only
+            )
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                self.log.exception("purge_crashed")
+                return
+            self.log.warning("purge_failed", error=error_text(exc))  # tomorrow's run tries again
+            return
+        except Exception:
+            self.log.exception("purge_crashed")
+            return
+        if done.files_left:
+            # Paths of the message store (hashes), no address: tried again by the next run.
+            self.log.warning("purge_files_left", files=len(done.files_left))
+
     def seed_metrics(self) -> None:
         """Give every configured mailbox a ``mailcase_seconds_since_last_successful_poll``
         series from the start: its last success from the database, or, for a mailbox
@@ -480,6 +517,26 @@ class Daemon:
             # answer waiting there since before a restart is read first.
             self.scheduler.add_job(
                 self.remind, "interval", minutes=CHECK_MINUTES, id=REMIND_JOB, next_run_time=None
+            )
+        retention = self.rt.settings.retention.inactive_days
+        if 0 < retention < self.rt.settings.cases.reopen_days:
+            # Allowed (the admin may mean it) but said: a reply within cases.reopen_days
+            # of a resolution can no longer reopen a case erased meanwhile.
+            self.log.warning(
+                "retention_shorter_than_reopen",
+                inactive_days=retention,
+                reopen_days=self.rt.settings.cases.reopen_days,
+            )
+        if retention:
+            # Paused until the first polls have ended, as the reminders: mail waiting since
+            # before a restart is read (and counted as activity) first.
+            self.scheduler.add_job(
+                self.purge,
+                "interval",
+                days=1,
+                id=PURGE_JOB,
+                executor=PURGE_JOB,
+                next_run_time=None,
             )
         ping_every = watchdog_interval()
         if ping_every is not None:

@@ -34,6 +34,13 @@ otherwise, and changes nothing):
 The address is matched whole (:func:`address_pattern`): maria.juan@example.com
 is not juan@example.com.
 
+:func:`erase_many` erases a set of addresses so (the retention by age,
+:mod:`mailcase.retention`): the stored mail outside any case, the notices and the
+messages are read once for the whole set, then the addresses are erased in batches,
+one transaction each, skipping those :func:`erase` would refuse.
+:func:`erase_loose_mail` erases the stored copies of old mail of no case, whoever
+sent it.
+
 What stays: folios, status, outcome, area, channel, mailbox, language, dates
 and the number and kind of messages and notices, and a system note saying
 when the data was erased. Erased cases are invisible to triage
@@ -47,9 +54,10 @@ import contextlib
 import email
 import re
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email import policy
@@ -159,9 +167,10 @@ def erase(
     address = address.strip().lower()
     if not address or address == FORGOTTEN:
         return Erasure()
+    alone = _Addresses([address])
     if dry_run:
         with store.read_session() as session:
-            scan = _scan(session, address, blob_dir)
+            scan = _scan(session, alone, blob_dir)[address]
             return _survey(session, address, scan, lock=False)[0]
     blobs = BlobStore(blob_dir)
     # An earlier run that died between its commit and its files' removal.
@@ -172,9 +181,9 @@ def erase(
     # writes failed "database is locked" while it read 300,000 rows); under the lock
     # only the rows added since are scanned.
     with store.read_session() as session:
-        first = _scan(session, address, blob_dir)
+        first = _scan(session, alone, blob_dir)
     with store.transaction() as session:
-        scan = _scan(session, address, blob_dir, since=first)
+        scan = _scan(session, alone, blob_dir, since=first)[address]
         found, cases, orphans = _survey(session, address, scan, lock=True)
         if found.anything:
             _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
@@ -206,6 +215,246 @@ def erase(
             files=result.files,
         )
     return result
+
+
+BATCH = 50  # customers erased per transaction by erase_many
+
+
+@dataclass(frozen=True, slots=True)
+class Erasures:
+    """What erasing a set of addresses touches (or touched): how many customers, their
+    folios and counts, never an address (the caller holds those it asked for)."""
+
+    customers: tuple[str, ...] = ()  # the addresses erased (or that would be), in order
+    folios: tuple[str, ...] = ()
+    messages: int = 0
+    files: int = 0
+    notices: int = 0
+    skipped: int = 0  # refused (an open case, a queued notice) or no longer wanted
+    erased: bool = False
+    files_left: tuple[str, ...] = ()
+
+
+# Asked of each address under its transaction's lock, with what erasing it would touch:
+# whether it is still to be erased (a purge by age: has it written since it was chosen?).
+StillWanted = Callable[[Session, str, Erasure], bool]
+
+
+def erase_many(
+    store: Store,
+    blob_dir: Path,
+    addresses: Iterable[str],
+    *,
+    insiders: frozenset[str],
+    by: str,
+    dry_run: bool,
+    still_wanted: StillWanted | None = None,
+    batch: int | None = None,
+    stop: threading.Event | None = None,
+) -> Erasures:
+    """Erase each of ``addresses`` as :func:`erase` erases one, skipping (never raising
+    for) one that :func:`erase` would refuse or that ``still_wanted`` no longer wants.
+
+    The stored messages kept outside any case are read once for all the addresses,
+    without the write lock; then ``batch`` addresses (:data:`BATCH`) are erased per
+    transaction, each batch scanning again only the rows added since and surveying
+    each address under its lock as :func:`erase` does. A crash midway leaves every
+    address erased whole or untouched, and SQLite's write lock is free between
+    batches. Logs nothing: the caller says what it did. With ``dry_run`` nothing
+    changes; each address is surveyed alone (a file two of them share counts for
+    neither: ``files`` is then at least). Once ``stop`` is set no further batch begins
+    (the daemon stopping: the rest waits for the next run).
+    """
+    wanted = _Addresses(a.strip().lower() for a in addresses)
+    wanted = _Addresses(a for a in wanted.addresses if a and a != FORGOTTEN)
+    if not wanted.addresses:
+        return Erasures()
+    if dry_run:
+        with store.read_session() as session:
+            scans = _scan(session, wanted, blob_dir)
+            survey = [
+                (address, found)
+                for address, found, _, _ in _surveys(session, wanted, scans, False, still_wanted)
+            ]
+        return _tally(survey, len(wanted.addresses), erased=False)
+    blobs = BlobStore(blob_dir)
+    earlier_left = finish_pending_removals(store, blobs)
+    # The long scan, once for every address, without the write lock (see erase).
+    with store.read_session() as session:
+        first = _scan(session, wanted, blob_dir)
+    done: list[tuple[str, Erasure]] = []
+    left: list[str] = []
+    for chunk in wanted.chunks(max(1, batch or BATCH)):
+        if stop is not None and stop.is_set():
+            break
+        now = utcnow()
+        pending = f"{PENDING}{uuid.uuid4().hex}"
+        orphans: set[str] = set()
+        erased_here: list[tuple[str, Erasure]] = []
+        with store.transaction() as session:
+            since = {a: first[a] for a in chunk.addresses}
+            scans = _scan(session, chunk, blob_dir, since=since)
+            # One address after the other: each survey sees the rows the ones before it
+            # erased (a file two of them shared is no longer kept by the first).
+            for address, found, cases, files in _surveys(session, chunk, scans, True, still_wanted):
+                _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
+                orphans |= files
+                erased_here.append((address, found))
+            if orphans:
+                session.add(KeyValue(key=pending, value="\n".join(sorted(orphans))))
+        removed_left = _remove_files(store, blobs, orphans)
+        if orphans:
+            _settle(store, pending, [Path(p).name for p in removed_left])
+        left += removed_left
+        done += erased_here
+    if done and store.checkpointer is not None:
+        store.checkpointer.close()
+        _truncate_log(store.checkpointer.path)
+    result = _tally(done, len(wanted.addresses), erased=bool(done))
+    return replace(result, files=result.files - len(left), files_left=tuple(left + earlier_left))
+
+
+def _surveys(
+    session: Session,
+    wanted: _Addresses,
+    scans: Mapping[str, _Scan],
+    lock: bool,
+    still_wanted: StillWanted | None,
+) -> Iterator[tuple[str, Erasure, list[Case], set[str]]]:
+    """The survey of each address ``wanted`` that has something to erase, is not refused
+    and is still wanted; lazily, so that an erasure between two is seen by the next."""
+    for address in wanted.addresses:
+        try:
+            found, cases, orphans = _survey(session, address, scans[address], lock=lock)
+        except ErasureRefused:
+            continue
+        if found.anything and (still_wanted is None or still_wanted(session, address, found)):
+            yield address, found, cases, orphans
+
+
+def _tally(done: Sequence[tuple[str, Erasure]], asked: int, *, erased: bool) -> Erasures:
+    return Erasures(
+        customers=tuple(a for a, _ in done),
+        folios=tuple(f for _, e in done for f in e.folios),
+        messages=sum(e.messages for _, e in done),
+        files=sum(e.files for _, e in done),
+        notices=sum(e.notices for _, e in done),
+        skipped=asked - len(done),
+        erased=erased,
+    )
+
+
+LOOSE_REASON = "erased: kept longer than retention.inactive_days"
+LOOSE_BATCH = 500  # loose messages erased per transaction
+
+
+@dataclass(frozen=True, slots=True)
+class LooseErasure:
+    """Mail kept outside any case erased by age (or that would be): counts only."""
+
+    messages: int = 0  # ledger rows whose stored copy went
+    notices: int = 0  # notices of no case whose bytes went
+    files: int = 0
+    files_left: tuple[str, ...] = ()
+
+
+def erase_loose_mail(
+    store: Store, blob_dir: Path, before: datetime, *, dry_run: bool
+) -> LooseErasure:
+    """Erase the stored copies of mail kept outside any case that was fetched before
+    ``before`` (bulk, automatic replies, bounces, an agent's mail naming no case, a
+    quarantined message someone dismissed; never one still quarantined, which waits
+    for a person), as :func:`erase` erases an address's loose mail, and the bytes of
+    the notices of no case created before it that are not queued (the agents told of
+    such mail). The ledger rows stay (so the mail is never fetched again), their
+    reason :data:`LOOSE_REASON`. At most :data:`LOOSE_BATCH` rows per transaction;
+    with ``dry_run`` only counted."""
+    with store.read_session() as session:
+        ledger = [
+            i
+            for i in session.exec(
+                select(LedgerEntry.id).where(*_loose_by_age(before)).order_by(col(LedgerEntry.id))
+            ).all()
+            if i is not None
+        ]
+        notices = [
+            i
+            for i in session.exec(
+                select(Notice.id).where(*_loose_notices_by_age(before)).order_by(col(Notice.id))
+            ).all()
+            if i is not None
+        ]
+        if dry_run:
+            shas = set(
+                session.exec(
+                    select(LedgerEntry.raw_sha256).where(col(LedgerEntry.id).in_(ledger))
+                ).all()
+            )
+            files = len(shas - _kept_elsewhere(session, shas, [], ledger))
+            return LooseErasure(messages=len(ledger), notices=len(notices), files=files)
+    blobs = BlobStore(blob_dir)
+    erased = files = 0
+    left: list[str] = []
+    for start in range(0, len(ledger), LOOSE_BATCH):
+        pending = f"{PENDING}{uuid.uuid4().hex}"
+        with store.transaction() as session:
+            # Read again under the lock: retried into a case or erased meanwhile.
+            rows = session.exec(
+                select(LedgerEntry).where(
+                    col(LedgerEntry.id).in_(ledger[start : start + LOOSE_BATCH]),
+                    *_loose_by_age(before),
+                )
+            ).all()
+            ids = [r.id for r in rows if r.id is not None]
+            shas = {r.raw_sha256 for r in rows}
+            for entry in rows:
+                _erase_ledger_row(entry)
+                entry.reason = LOOSE_REASON
+                session.add(entry)
+            session.flush()
+            orphans = shas - _kept_elsewhere(session, shas, [], ids)
+            if orphans:
+                session.add(KeyValue(key=pending, value="\n".join(sorted(orphans))))
+        erased += len(ids)
+        still = _remove_files(store, blobs, orphans)
+        if orphans:
+            _settle(store, pending, [Path(p).name for p in still])
+        files += len(orphans) - len(still)
+        left += still
+    emptied = 0
+    for start in range(0, len(notices), LOOSE_BATCH):
+        with store.transaction() as session:
+            for notice in session.exec(
+                select(Notice).where(
+                    col(Notice.id).in_(notices[start : start + LOOSE_BATCH]),
+                    *_loose_notices_by_age(before),
+                )
+            ).all():
+                notice.raw = b""
+                notice.last_error = ""
+                notice.message_id = ""
+                _never_again(notice)
+                session.add(notice)
+                emptied += 1
+    return LooseErasure(messages=erased, notices=emptied, files=files, files_left=tuple(left))
+
+
+def _loose_by_age(before: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    return (
+        col(LedgerEntry.case_id).is_(None),
+        col(LedgerEntry.raw_sha256) != "",
+        col(LedgerEntry.disposition) != Disposition.QUARANTINED,
+        col(LedgerEntry.ingested_at) < before,
+    )
+
+
+def _loose_notices_by_age(before: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    return (
+        col(Notice.case_id).is_(None),
+        col(Notice.status) != NoticeStatus.QUEUED,
+        col(Notice.created_at) < before,
+        sa.func.length(col(Notice.raw)) > 0,
+    )
 
 
 def _survey(
@@ -461,63 +710,131 @@ class _Scan:
     marks: tuple[int, int, int] = (0, 0, 0)  # ledger, notices, case_messages
 
 
-def _scan(session: Session, address: str, blob_dir: Path, *, since: _Scan | None = None) -> _Scan:
-    """:class:`_Scan` of ``address``; with ``since`` (an earlier scan, in another
-    transaction) only the rows added after it are scanned, and what it found is read
+# How many addresses one query of the messages' texts looks for (the database's
+# "contains" reads every row whatever it looks for; a statement of thousands of
+# LIKEs is too deep for SQLite's parser).
+SCAN_CHUNK = 50
+
+
+class _Addresses:
+    """A set of addresses (canonical), found whole in a text by one pass of one pattern
+    (as :func:`address_pattern` finds one): reading a stored message once serves all."""
+
+    def __init__(self, addresses: Iterable[str]) -> None:
+        self.addresses = tuple(sorted(set(addresses)))
+        self.members = frozenset(self.addresses)
+        self._spelt = {s.lower(): a for a in self.addresses for s in _spellings(a)}
+        alternatives = "|".join(re.escape(s) for s in sorted(self._spelt, key=len, reverse=True))
+        self._pattern = re.compile(
+            f"{_LOCAL_BEFORE}(?:{alternatives}){_DOMAIN_AFTER}", re.IGNORECASE
+        )
+
+    def found_in(self, texts: Iterable[str]) -> set[str]:
+        """The addresses of the set that one of ``texts`` holds as a whole address."""
+        found: set[str] = set()
+        if not self.addresses:
+            return found
+        for text in texts:
+            for match in self._pattern.finditer(text):
+                spelt = match.group()
+                address = self._spelt.get(spelt.lower())
+                if address is None:  # a case folding lower() does not undo (Unicode)
+                    address = next(
+                        (a for a in self.addresses if address_pattern(a).fullmatch(spelt)), None
+                    )
+                if address is not None:
+                    found.add(address)
+            if found == self.members:
+                break
+        return found
+
+    def chunks(self, size: int) -> Iterator[_Addresses]:
+        for start in range(0, len(self.addresses), size):
+            yield _Addresses(self.addresses[start : start + size])
+
+
+def _scan(
+    session: Session,
+    wanted: _Addresses,
+    blob_dir: Path,
+    *,
+    since: Mapping[str, _Scan] | None = None,
+) -> dict[str, _Scan]:
+    """:class:`_Scan` of every address ``wanted``, each table read once for all of them
+    (the stored headers, the longest part, once whatever their number); with ``since``
+    (earlier scans of the same addresses, in another transaction, all up to the same
+    marks) only the rows added after them are scanned, and what they found is read
     again by id (a quarantined message retried into a case since is no longer loose)."""
-    after = since.marks if since is not None else (0, 0, 0)
+    after = next(iter(since.values())).marks if since else (0, 0, 0)
     marks = (
         session.exec(select(sa.func.max(LedgerEntry.id))).one() or 0,
         session.exec(select(sa.func.max(Notice.id))).one() or 0,
         session.exec(select(sa.func.max(CaseMessage.id))).one() or 0,
     )
-    ledger = _loose_ledger(session, address, blob_dir, after[0], marks[0])
-    notices = _loose_notices(session, address, after[1], marks[1])
-    mentioning = _mentioning(session, address, after[2], marks[2])
-    if since is not None:
-        was = dict(since.loose_ledger)
-        ledger = [
-            (i, sha)
+    ledger = _loose_ledger(session, wanted, blob_dir, after[0], marks[0])
+    notices = _loose_notices(session, wanted, after[1], marks[1])
+    mentioning = _mentioning(session, wanted, after[2], marks[2])
+    if since:
+        was = {i: sha for s in since.values() for i, sha in s.loose_ledger}
+        still_ledger = {
+            i
             for i, sha in session.exec(
                 select(LedgerEntry.id, LedgerEntry.raw_sha256).where(
                     col(LedgerEntry.id).in_(sorted(was)), col(LedgerEntry.case_id).is_(None)
                 )
             ).all()
             if i is not None and sha and was[i] == sha
-        ] + ledger
-        notices = [
+        }
+        still_notices = {
             i
             for i in session.exec(
                 select(Notice.id).where(
-                    col(Notice.id).in_(since.loose_notices), col(Notice.case_id).is_(None)
+                    col(Notice.id).in_(
+                        sorted({n for s in since.values() for n in s.loose_notices})
+                    ),
+                    col(Notice.case_id).is_(None),
                 )
             ).all()
             if i is not None
-        ] + notices
-        mentioning = list(since.mentioning) + mentioning
-    return _Scan(
-        loose_ledger=tuple(sorted(ledger)),
-        loose_notices=tuple(sorted(notices)),
-        mentioning=tuple(sorted(mentioning)),
-        marks=(max(marks[0], after[0]), max(marks[1], after[1]), max(marks[2], after[2])),
-    )
+        }
+        for address, earlier in since.items():
+            if address not in wanted.members:
+                continue
+            ledger[address] = [
+                row for row in earlier.loose_ledger if row[0] in still_ledger
+            ] + ledger[address]
+            notices[address] = [n for n in earlier.loose_notices if n in still_notices] + notices[
+                address
+            ]
+            mentioning[address] = list(earlier.mentioning) + mentioning[address]
+    upto = (max(marks[0], after[0]), max(marks[1], after[1]), max(marks[2], after[2]))
+    return {
+        address: _Scan(
+            loose_ledger=tuple(sorted(ledger[address])),
+            loose_notices=tuple(sorted(notices[address])),
+            mentioning=tuple(sorted(mentioning[address])),
+            marks=upto,
+        )
+        for address in wanted.addresses
+    }
 
 
 def _loose_ledger(
-    session: Session, address: str, blob_dir: Path, after: int, upto: int
-) -> list[tuple[int, str]]:
-    """(id, raw sha256) of the ledger rows of no case, ids ``after`` < id <= ``upto``,
-    whose stored message names ``address`` in a header of :data:`LOOSE_FIELDS` (it
-    sent the quarantined, dismissed, bulk or automatic mail, or a bounce names it), in
-    To or Cc of one that is not quarantined (someone else's quarantined report that
-    copies it stays, to be retried), or anywhere in a bounce's text (a delivery
-    report of a message to it).
+    session: Session, wanted: _Addresses, blob_dir: Path, after: int, upto: int
+) -> dict[str, list[tuple[int, str]]]:
+    """Per address ``wanted``: (id, raw sha256) of the ledger rows of no case, ids
+    ``after`` < id <= ``upto``, whose stored message names the address in a header of
+    :data:`LOOSE_FIELDS` (it sent the quarantined, dismissed, bulk or automatic mail,
+    or a bounce names it), in To or Cc of one that is not quarantined (someone else's
+    quarantined report that copies it stays, to be retried), or anywhere in a bounce's
+    text (a delivery report of a message to it).
 
-    The ledger keeps no sender, so each stored header is read: a manual, rare command
-    can afford what the ingest path could not.
+    The ledger keeps no sender, so each stored header is read, once for every address:
+    a manual or daily task can afford what the ingest path could not.
     """
-    found = []
-    mention = address_pattern(address)
+    found: dict[str, list[tuple[int, str]]] = {a: [] for a in wanted.addresses}
+    if not wanted.addresses:
+        return found
     rows = session.exec(
         select(LedgerEntry.id, LedgerEntry.raw_sha256, LedgerEntry.disposition)
         .where(
@@ -532,36 +849,41 @@ def _loose_ledger(
         try:
             path = BlobStore.path_in(blob_dir, sha)
             head = read_header(path)
-            copied = disposition != Disposition.QUARANTINED and address in senders_of(
-                head, COPIED_FIELDS
-            )
-            if copied or address in senders_of(head, LOOSE_FIELDS):
-                named = True
-            elif disposition == Disposition.BOUNCE:
+            named = set(senders_of(head, LOOSE_FIELDS) & wanted.members)
+            if disposition != Disposition.QUARANTINED:
+                named |= senders_of(head, COPIED_FIELDS) & wanted.members
+            if disposition == Disposition.BOUNCE and named != wanted.members:
                 # A delivery report names the recipient in its text (RFC 3464's
                 # Final-Recipient), not in a header; the address leads it.
                 with path.open("rb") as raw:
-                    named = names(mention, raw.read(BOUNCE_READ))
-            else:
-                named = False
+                    named |= wanted.found_in(_texts_of(raw.read(BOUNCE_READ)))
         except (OSError, ValueError):  # the file gone, or no sha256: nothing to read
             continue
-        if named and row_id is not None:
-            found.append((row_id, sha))
+        if row_id is not None:
+            for address in named:
+                found[address].append((row_id, sha))
     return found
 
 
-def _loose_notices(session: Session, address: str, after: int, upto: int) -> list[int]:
-    """Notices of no case, ids ``after`` < id <= ``upto``, whose bytes name ``address``
-    (the agents told of a quarantined message from it, of an agent's mail about it that
-    named no case)."""
-    mention = address_pattern(address)
+def _loose_notices(
+    session: Session, wanted: _Addresses, after: int, upto: int
+) -> dict[str, list[int]]:
+    """Per address ``wanted``: notices of no case, ids ``after`` < id <= ``upto``, whose
+    bytes name it (the agents told of a quarantined message from it, of an agent's mail
+    about it that named no case)."""
+    found: dict[str, list[int]] = {a: [] for a in wanted.addresses}
+    if not wanted.addresses:
+        return found
     rows = session.exec(
         select(Notice.id, Notice.raw).where(
             col(Notice.case_id).is_(None), col(Notice.id) > after, col(Notice.id) <= upto
         )
     ).all()
-    return [i for i, raw in rows if i is not None and names(mention, bytes(raw))]
+    for notice_id, raw in rows:
+        if notice_id is not None:
+            for address in wanted.found_in(_texts_of(bytes(raw))):
+                found[address].append(notice_id)
+    return found
 
 
 # Characters of an address's local part (RFC 5322 atext and the dot; \w takes in the
@@ -855,25 +1177,35 @@ def _erase_ledger_row(entry: LedgerEntry) -> None:
     entry.raw_sha256 = ""
 
 
-def _mentioning(session: Session, address: str, after: int, upto: int) -> list[int]:
-    """Messages, ids ``after`` < id <= ``upto``, whose sender, recipients or text hold
-    ``address`` as a whole address (see :func:`address_pattern`)."""
-    mention = address_pattern(address)
+def _mentioning(
+    session: Session, wanted: _Addresses, after: int, upto: int
+) -> dict[str, list[int]]:
+    """Per address ``wanted``: messages, ids ``after`` < id <= ``upto``, whose sender,
+    recipients or text hold it as a whole address (see :func:`address_pattern`)."""
+    found: dict[str, list[int]] = {a: [] for a in wanted.addresses}
     columns = (col(CaseMessage.from_addr), col(CaseMessage.to_addrs), col(CaseMessage.text))
-    # The database's "contains" only narrows the rows down (it finds the address in
-    # maria.juan@example.com too); the pattern decides. autoescape: "_" is a wildcard.
-    query = select(
-        CaseMessage.id, CaseMessage.from_addr, CaseMessage.to_addrs, CaseMessage.text
-    ).where(
-        col(CaseMessage.id) > after,
-        col(CaseMessage.id) <= upto,
-        sa.or_(*(c.icontains(s, autoescape=True) for c in columns for s in _spellings(address))),
-    )
-    return [
-        i
-        for i, *texts in session.exec(query).all()
-        if i is not None and any(mention.search(t) for t in texts)
-    ]
+    for chunk in wanted.chunks(SCAN_CHUNK):
+        # The database's "contains" only narrows the rows down (it finds the address in
+        # maria.juan@example.com too); the pattern decides. autoescape: "_" is a wildcard.
+        query = select(
+            CaseMessage.id, CaseMessage.from_addr, CaseMessage.to_addrs, CaseMessage.text
+        ).where(
+            col(CaseMessage.id) > after,
+            col(CaseMessage.id) <= upto,
+            sa.or_(
+                *(
+                    c.icontains(s, autoescape=True)
+                    for c in columns
+                    for a in chunk.addresses
+                    for s in _spellings(a)
+                )
+            ),
+        )
+        for message_id, *texts in session.exec(query).all():
+            if message_id is not None:
+                for address in chunk.found_in(texts):
+                    found[address].append(message_id)
+    return found
 
 
 def finish_pending_removals(store: Store, blobs: BlobStore) -> list[str]:

@@ -1,0 +1,174 @@
+"""Retention by age (LFPDPPP art. 11: personal data is deleted once it is no longer
+needed for its purpose): erase, as ``customers forget`` erases one address
+(:mod:`mailcase.erasure`), every customer no longer active, and the stored copies of
+mail of no case as old.
+
+A customer is inactive for N days when none of their cases is open and the latest of
+their activity is older than N days: the last change of any of their cases (its
+creation, an update, its resolution or closing, the customer's last message), the
+last mail fetched for one of them, the last notice of one of them, their last mail on
+another customer's case and their last mail kept outside any case. Every time is
+mailcase's own clock, never a message's Date header (a sender's clock set in 2099
+would keep them forever). A customer that ``forget`` would refuse (an open case, a
+notice still queued) is skipped, never an error; so is one whose activity turned
+recent between the choice and their batch's transaction.
+
+Addresses are never logged: the ``customers_purged`` event has counts and folios.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from mailcase.casework import FORGOTTEN
+from mailcase.erasure import Erasure, Erasures, LooseErasure, erase_loose_mail, erase_many
+from mailcase.logs import get_logger
+from mailcase.models import Case, CaseMessage, CaseStatus, LedgerEntry, Notice
+from mailcase.store import Store, as_utc, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """What a purge by age erased (or would erase)."""
+
+    customers: Erasures
+    loose: LooseErasure
+
+    @property
+    def files_left(self) -> tuple[str, ...]:
+        return self.customers.files_left + self.loose.files_left
+
+
+def purge_inactive(
+    store: Store,
+    blob_dir: Path,
+    inactive_days: int,
+    *,
+    insiders: frozenset[str],
+    by: str,
+    dry_run: bool,
+    now: datetime | None = None,
+    stop: threading.Event | None = None,
+) -> Purge:
+    """Erase every customer inactive for ``inactive_days`` (see the module docstring) as
+    :func:`mailcase.erasure.erase_many` does, and the mail of no case fetched that long
+    ago (:func:`mailcase.erasure.erase_loose_mail`); with ``dry_run`` only say what would
+    be erased. Logs ``customers_purged`` (counts and folios) when something was erased.
+    Once ``stop`` is set, no further batch of customers begins and the old mail of no
+    case waits for the next run."""
+    if inactive_days < 1:
+        raise ValueError("inactive_days must be at least 1")
+    cutoff = (now or utcnow()) - timedelta(days=inactive_days)
+    with store.read_session() as session:
+        chosen = inactive_customers(session, cutoff)
+
+    def still_inactive(session: Session, address: str, found: Erasure) -> bool:
+        # Read again under the batch's lock: a message may have come since the choice.
+        return _inactive(session, address, cutoff, found.loose_ledger)
+
+    customers = erase_many(
+        store,
+        blob_dir,
+        chosen,
+        insiders=insiders,
+        by=by,
+        dry_run=dry_run,
+        still_wanted=still_inactive,
+        stop=stop,
+    )
+    stopping = stop is not None and stop.is_set()
+    loose = (
+        LooseErasure() if stopping else erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run)
+    )
+    if not dry_run and (customers.erased or loose.messages or loose.notices):
+        # Folios and counts only: the log must not keep what was just erased.
+        get_logger().info(
+            "customers_purged",
+            inactive_days=inactive_days,
+            customers=len(customers.customers),
+            cases=len(customers.folios),
+            folios=list(customers.folios),
+            messages=customers.messages,
+            notices=customers.notices,
+            files=customers.files,
+            loose_messages=loose.messages,
+            loose_notices=loose.notices,
+            loose_files=loose.files,
+        )
+    return Purge(customers=customers, loose=loose)
+
+
+def inactive_customers(session: Session, cutoff: datetime) -> list[str]:
+    """The customers (addresses) with no open case whose activity (see the module
+    docstring) is all older than ``cutoff``, in order."""
+    open_ = sa.func.sum(sa.case((col(Case.status) == CaseStatus.OPEN, 1), else_=0))
+    rows = session.exec(
+        select(Case.customer)
+        .where(col(Case.customer) != FORGOTTEN, col(Case.customer) != "")
+        .group_by(col(Case.customer))
+        # A first cut on the cases' own row; the rest is read per customer.
+        .having(open_ == 0, sa.func.max(col(Case.updated_at)) < cutoff)
+        .order_by(col(Case.customer))
+    ).all()
+    return [address for address in rows if _inactive(session, address, cutoff, ())]
+
+
+def _inactive(
+    session: Session, address: str, cutoff: datetime, loose_ledger: tuple[int, ...]
+) -> bool:
+    """Whether ``address`` has no open case and no activity at or after ``cutoff``;
+    ``loose_ledger``: its mail kept outside any case (the erasure's scan found it)."""
+    cases = session.execute(
+        sa.select(
+            col(Case.id),
+            col(Case.status),
+            col(Case.created_at),
+            col(Case.updated_at),
+            col(Case.resolved_at),
+            col(Case.closed_at),
+            col(Case.last_customer_at),
+        ).where(col(Case.customer) == address)
+    ).all()
+    if any(status == CaseStatus.OPEN for _, status, *_ in cases):
+        return False
+    times: list[datetime | None] = [t for _, _, *stamps in cases for t in stamps]
+    ids = [i for i, *_ in cases if i is not None]
+    if ids:
+        times.append(
+            session.exec(
+                select(sa.func.max(LedgerEntry.ingested_at)).where(
+                    col(LedgerEntry.case_id).in_(ids)
+                )
+            ).one()
+        )
+        times.append(
+            session.exec(
+                select(sa.func.max(Notice.created_at)).where(col(Notice.case_id).in_(ids))
+            ).one()
+        )
+    # Their mail on other customers' cases, by when it was fetched (or recorded).
+    times.append(
+        session.exec(
+            select(sa.func.max(LedgerEntry.ingested_at))
+            .join(CaseMessage, col(CaseMessage.ledger_id) == col(LedgerEntry.id))
+            .where(CaseMessage.from_addr == address)
+        ).one()
+    )
+    if loose_ledger:
+        # A quarantined message of last week waits for a person: not to be dismissed.
+        times.append(
+            session.exec(
+                select(sa.func.max(LedgerEntry.ingested_at)).where(
+                    col(LedgerEntry.id).in_(loose_ledger)
+                )
+            ).one()
+        )
+    cut = as_utc(cutoff)
+    assert cut is not None
+    return all(t is None or (as_utc(t) or cut) < cut for t in times)
