@@ -483,6 +483,7 @@ def notify_agents(
             "note": note.strip(),
             "other_sender": sender if sender and sender != case.customer else "",
             "case_type": case.type or "",  # a CaseType value; "" when not classified yet
+            "owner": case.owner or "",  # the agent responsible; "" when nobody is
             # An agent opened the case for the customer (a forward, a mail in copy).
             "by_agent": sender in settings.agents.addresses,
             "related": list(related),
@@ -868,6 +869,38 @@ def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
     return True
 
 
+def assign(session: Session, settings: Settings, case: Case, owner: str | None, *, by: str) -> bool:
+    """Make ``owner`` (an address of ``agents.addresses``; None: nobody) the agent
+    responsible for ``case`` and record "owner set to X" (or "owner cleared"); False,
+    and nothing changed nor recorded, when it was that owner already. Any status takes
+    it, as a type does. Nobody is told: the owner reads it in the case's next notices.
+
+    Raises CaseworkError for an address that is not an agent's.
+    """
+    if owner is not None and owner not in settings.agents.addresses:
+        raise CaseworkError(f"{owner} is not one of agents.addresses")
+    if case.owner == owner:
+        return False
+    case.owner = owner
+    case.updated_at = utcnow()
+    session.add(case)
+    text = f"owner set to {owner}" if owner else "owner cleared"
+    record(session, case, "system", text, from_addr=by)
+    return True
+
+
+def assign_on_answer(session: Session, settings: Settings, case: Case, agent: str) -> bool:
+    """``agent`` answered the customer of ``case`` (a reply relayed, a resolution, a visit):
+    with ``cases.auto_assign``, an agent of ``agents.addresses``, and a case nobody owns,
+    ``agent`` becomes its owner (as FreeScout and Zammad assign a ticket to the agent who
+    takes it up); whether it did."""
+    if not settings.cases.auto_assign or case.owner is not None:
+        return False
+    if agent not in settings.agents.addresses:
+        return False
+    return assign(session, settings, case, agent, by=agent)
+
+
 def reopen(session: Session, case: Case, *, by: str) -> bool:
     """Open ``case`` again (its outcome, cause and resolution time are kept until it is
     resolved again); False, and nothing changed, when it is open already.
@@ -991,6 +1024,10 @@ def merge(
     # customer's mail): the report counts the case that stays by type, not the merged.
     took_type = target.type is None and source.type is not None
     target.type = target.type or source.type
+    # And the agent responsible, when the case that stays has none: the merged report's
+    # owner was following it up, and goes on doing so there.
+    took_owner = target.owner is None and source.owner is not None
+    target.owner = target.owner or source.owner
     if target.visit_date is None and source.visit_date is not None:
         # A visit that took place (one still ahead is refused): the case that stays
         # made it, and the report counts it there (merged cases are left out).
@@ -1007,6 +1044,8 @@ def merge(
     record(session, target, "system", f"case {source.folio} merged into this case", from_addr=by)
     if took_type:
         record(session, target, "system", f"type set to {target.type}", from_addr=by)
+    if took_owner:
+        record(session, target, "system", f"owner set to {target.owner}", from_addr=by)
     if tell:
         # Under the subject the customer wrote, with the folio that follows it.
         queue_notice(

@@ -119,6 +119,33 @@ def _mail_address(option: str, text: str) -> str:
     return found[0].address
 
 
+def _agent_address(option: str, text: str, settings: Settings) -> str:
+    """The agent ``text`` names (an address as ``#asignar`` reads one: any capitals,
+    "Name <address>"), which must be one of ``agents.addresses``; UsageError otherwise,
+    naming them."""
+    address = canonical_address(_mail_address(option, text))
+    if address not in settings.agents.addresses:
+        known = ", ".join(settings.agents.addresses) or "none configured"
+        raise UsageError(
+            f"{option} {address} is not an agent's address (agents.addresses: {known})"
+        )
+    return address
+
+
+def _owner_filter(text: str) -> str | None:
+    """``cases list --owner``: the address as stored (lower-cased, as ``#asignar`` spells
+    it), or None for "none" (the cases nobody owns). Any address is taken, an agent's or
+    not: one who left the desk (out of agents.addresses) still owns their old cases."""
+    if text.strip().lower() in ("none", "nadie"):
+        return None
+    address = canonical_address(text.strip().lower())
+    _refuse_long_address("--owner", address)
+    local, at, domain = address.rpartition("@")
+    if not (at and local and domain) or any(c.isspace() for c in address):
+        raise UsageError(f'--owner {text!r} is not a mail address (or "none")')
+    return address
+
+
 def _folio(text: str, settings: Settings) -> str:
     """The folio a command-line argument names, read as the mail path reads one in a
     subject (:func:`mailcase.folio.find_folios`): ``PLR 2026 123``, ``plr-2026-000123.``
@@ -237,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--type", type=_case_type, metavar=_TYPE_METAVAR, help="only cases of this type"
     )
     listing.add_argument(
+        "--owner",
+        metavar="ADDRESS",
+        help='only the cases this agent owns ("none": the cases nobody owns)',
+    )
+    listing.add_argument(
         "--unanswered",
         action="store_true",
         help="only open cases whose customer's latest message has no answer yet, "
@@ -315,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=_TYPE_METAVAR,
         help="also queja|consulta|aclaracion|cancelacion, as in the mail command #tipo",
     )
+    assigning = cases.add_parser(
+        "assign", help="give a case an owner, the agent responsible for it (or none)"
+    )
+    assigning.add_argument("folio")
+    whom = assigning.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--to", metavar="ADDRESS", help="an agent's address (agents.addresses)")
+    whom.add_argument("--none", action="store_true", help="nobody owns the case any more")
     for name, text in (("close", "close a case (no notice)"), ("reopen", "open a case again")):
         cases.add_parser(name, help=text).add_argument("folio")
     merging = cases.add_parser(
@@ -852,6 +891,7 @@ def case_summary(case: Case, merged_into: str | None = None) -> dict[str, Any]:
         "mailbox": case.mailbox,
         "area": case.area,
         "type": case.type,  # null: not classified yet
+        "owner": case.owner,  # null: nobody owns it
         "created_at": _iso(case.created_at),
         "updated_at": _iso(case.updated_at),
         "merged_into": merged_into,
@@ -991,7 +1031,8 @@ def _operator() -> str:
 
 
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
-    """cases open/resolve/note/visit/route/type/close/reopen/merge: the CLI door to casework."""
+    """cases open/resolve/note/visit/route/type/assign/close/reopen/merge: the CLI door to
+    casework."""
     from mailcase import casework
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
@@ -999,6 +1040,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     by = f"cli:{_operator()}"
     # What the options say is checked before the database is opened (or created).
     customer = participant = area = ""
+    owner: str | None = None
     visit: tuple[date, str | None] | None = None
     if args.action == "open":
         customer = _customer_address(args.customer)
@@ -1023,6 +1065,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         area = area_key(args.area)
         if area not in settings.areas:
             raise UsageError(_unknown_area(args.area, settings))
+    elif args.action == "assign" and not args.none:
+        owner = _agent_address("--to", args.to, settings)
     store = _open_store(settings, create=True)
     watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
     has_customer, visit_cancelled, changed = True, False, True
@@ -1090,6 +1134,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 casework.route(session, settings, found, area, by=by)
             elif args.action == "type":
                 changed = casework.set_type(session, found, args.type, by=by)
+            elif args.action == "assign":
+                # Nobody becomes the owner by running a command: the CLI has no agent
+                # identity, so no auto_assign here, only the owner --to names.
+                changed = casework.assign(session, settings, found, owner, by=by)
             elif args.action == "merge":
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.into}")
@@ -1112,10 +1160,14 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"folio": folio})
     elif not changed and args.action == "type":  # that type already: nothing was recorded
         print(f"{folio}: already of type {args.type}")
+    elif not changed and args.action == "assign":  # that owner already: nothing was recorded
+        print(f"{folio}: already owned by {owner}" if owner else f"{folio}: already unowned")
     elif not changed:  # closed or open already: nothing was recorded
         print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
     elif args.action == "type":
         print(f"{folio}: type set to {args.type}")
+    elif args.action == "assign":
+        print(f"{folio}: owner set to {owner}" if owner else f"{folio}: owner cleared")
     elif merged_into:
         print(f"{folio}: merged into {merged_into}")
     else:
@@ -1252,6 +1304,11 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                 query = query.where(Case.area == area_key(args.area))
             if args.type:
                 query = query.where(Case.type == args.type)
+            if args.owner:
+                owned = _owner_filter(args.owner)
+                query = query.where(
+                    col(Case.owner).is_(None) if owned is None else Case.owner == owned
+                )
             if args.unanswered:
                 found = _unanswered(session, args)
             else:
@@ -1281,6 +1338,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                     "customer",
                     "mailbox",
                     "area",
+                    "owner",
                     "created_at",
                     "subject",
                 ]
@@ -1444,6 +1502,7 @@ def _unanswered(session: Session, args: argparse.Namespace) -> list[Case]:
 
     customer = _customer_address(args.customer) if args.customer else ""
     area = area_key(args.area) if args.area else ""
+    owner = _owner_filter(args.owner) if args.owner else ""
     found = [
         c
         for c in unanswered_cases(session)
@@ -1451,6 +1510,7 @@ def _unanswered(session: Session, args: argparse.Namespace) -> list[Case]:
         and (not customer or c.customer == customer)
         and (not area or c.area == area)
         and (not args.type or c.type == args.type)
+        and (not args.owner or c.owner == owner)
     ]
     limit = len(found) if args.all else args.limit or DEFAULT_LIMIT
     if len(found) > limit:
@@ -1897,6 +1957,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "cause",
         "area",
         "type",
+        "owner",
         "visit",
         "related",
         "customer",

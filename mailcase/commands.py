@@ -44,7 +44,7 @@ from datetime import date, time
 from enum import StrEnum
 from typing import Literal
 
-from mailcase.inbound import MAX_ADDRESS
+from mailcase.inbound import MAX_ADDRESS, canonical_address
 
 
 class CommandKind(StrEnum):
@@ -59,6 +59,7 @@ class CommandKind(StrEnum):
     PARTICIPANT = "participant"  # let another address of the customer's write on the case
     MERGE = "merge"  # merge this case into the one whose folio follows (casework.merge)
     TYPE = "type"  # classify the case: complaint, question, clarification or cancellation
+    ASSIGN = "assign"  # give the case an owner (an agent), or take it away
 
 
 Outcome = Literal["valid", "invalid"]
@@ -77,6 +78,12 @@ class Command:
     area: str | None = None  # ROUTE only: lower-case ASCII letters, digits, "-" and "_"
     folio: str | None = None  # MERGE only: as written; the service reads it with the prefix
     case_type: str | None = None  # TYPE only: a models.CaseType value ("complaint", …)
+    # ASSIGN only, one of three: ``owner`` (the agent named, lower-cased), ``myself``
+    # ("#asignar yo": the agent who writes, whom the service knows) or ``nobody``
+    # ("#asignar nadie").
+    owner: str | None = None
+    myself: bool = False
+    nobody: bool = False
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
@@ -119,12 +126,20 @@ PROBLEM_CODES: tuple[str, ...] = (
     "missing_folio",  # "#fusionar" without the folio of the case to merge into
     "missing_type",  # "#tipo" without the kind of report
     "bad_type",  # "#tipo reclamo": not one of the four kinds
+    "missing_owner",  # "#asignar" without whom
+    "bad_owner",  # "#asignar ana" (no domain), or more than one word
     "misplaced_command",  # a line naming a command below the first line of text
 )
 # Codes the service adds, knowing the configuration and the database: an area not
 # in [areas]; a participant that is an address of mailcase, an agent's or the
-# customer's own; a "#fusionar" naming no folio of an existing case.
-CONFIG_PROBLEM_CODES: tuple[str, ...] = ("unknown_area", "bad_participant", "unknown_folio")
+# customer's own; a "#fusionar" naming no folio of an existing case; an "#asignar"
+# naming an address that is not in agents.addresses.
+CONFIG_PROBLEM_CODES: tuple[str, ...] = (
+    "unknown_area",
+    "bad_participant",
+    "unknown_folio",
+    "unknown_agent",
+)
 # Codes the service adds about the reply as a whole: mailcase's own notice to
 # agents is still in the reply's text because nothing above it marks where the
 # quote starts (quoting.AgentText.notice_line), so relaying would send it.
@@ -142,6 +157,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#fusionar FOLIO / #merge FOLIO",
     "#tipo queja|consulta|aclaracion|cancelacion / "
     "#type complaint|question|clarification|cancellation",
+    "#asignar CORREO|yo|nadie / #assign ADDRESS|me|none",
 )
 
 # Names after folding (lower case, no accents): "#Área" → "area".
@@ -164,6 +180,8 @@ _NAMES: dict[str, CommandKind] = {
     "merge": CommandKind.MERGE,
     "tipo": CommandKind.TYPE,
     "type": CommandKind.TYPE,
+    "asignar": CommandKind.ASSIGN,
+    "assign": CommandKind.ASSIGN,
 }
 
 # Both vocabularies in either language: an agent who writes "#resolve
@@ -188,6 +206,13 @@ _TYPES: dict[str, str] = {
     "cancelacion": "cancellation",
     "cancellation": "cancellation",
 }
+
+# "#asignar yo" / "#assign me", "#asignar nadie" / "#assign none", folded: both
+# vocabularies under either name, as for the outcomes.
+_MYSELF = frozenset({"yo", "mi", "me", "myself"})
+_NOBODY = frozenset({"nadie", "ninguno", "none", "nobody", "no-one", "noone"})
+# "#asignar a ana@x.mx", "#asignar a mí", "#assign to me": how the sentence is said.
+_ASSIGN_PREPOSITIONS = frozenset({"a", "to"})
 
 # What agents write after a time that is not 24-hour ("4:30 pm", "16:30 hrs",
 # "4:30 p. m."), folded and without dots: the time is what is wrong.
@@ -322,6 +347,8 @@ def _parse_line(line: str) -> Command | CommandProblem:
         return _participant(line, args)
     if kind is CommandKind.TYPE:
         return _type(line, args)
+    if kind is CommandKind.ASSIGN:
+        return _assign(line, args)
     if kind is CommandKind.MERGE:
         # The folio as written ("PLR-2026-000123", "PLR 2026 123", "[Folio …]."):
         # read by the service, which knows the folio prefix.
@@ -419,9 +446,9 @@ _ADDRESS_RE = re.compile(r"[^@\s<>()\[\],;:\"]+@[a-z0-9-]+(\.[a-z0-9-]+)+", re.A
 _MAILTO_RE = re.compile(r"^<?(?:mailto:)?([^<>\s]+)>?\s*<mailto:([^<>\s]+)>$", re.IGNORECASE)
 
 
-def _participant(line: str, args: list[str]) -> Command | CommandProblem:
-    if not args:
-        return CommandProblem(line, "missing_address")
+def _written_address(args: list[str]) -> str | None:
+    """The one address ``args`` hold, lower-cased, as agents' clients write one (bare, in
+    ``<>``, ``mailto:``, Outlook's ``x<mailto:x>``); None for anything else."""
     written = " ".join(args)
     linked = _MAILTO_RE.fullmatch(written)
     if linked and linked.group(1).lower() == linked.group(2).lower():
@@ -433,8 +460,38 @@ def _participant(line: str, args: list[str]) -> Command | CommandProblem:
     # PostgreSQL refused it for its column, which quarantined the agent's mail.
     too_long = len(address) > MAX_ADDRESS
     if len(args) > 1 or too_long or not _ADDRESS_RE.fullmatch(address):
+        return None
+    return address
+
+
+def _participant(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return CommandProblem(line, "missing_address")
+    address = _written_address(args)
+    if address is None:
         return CommandProblem(line, "bad_address")
     return Command(CommandKind.PARTICIPANT, address=address, line=line)
+
+
+def _assign(line: str, args: list[str]) -> Command | CommandProblem:
+    if len(args) > 1 and _fold(args[0]) in _ASSIGN_PREPOSITIONS:
+        args = args[1:]
+    if not args:
+        return CommandProblem(line, "missing_owner")
+    word = _fold(args[0]).rstrip(_TRAILING_PUNCTUATION)
+    if word in _MYSELF or word in _NOBODY:
+        if len(args) > 1:
+            return CommandProblem(line, "unexpected_argument")
+        return Command(
+            CommandKind.ASSIGN, myself=word in _MYSELF, nobody=word in _NOBODY, line=line
+        )
+    address = _written_address(args)
+    if address is None:
+        # Also "#asignar ana": a name is not an address, and two agents may share one.
+        return CommandProblem(line, "bad_owner")
+    # Spelt as agents.addresses and a message's sender are (lower-cased, and
+    # canonical_address), so that "#asignar Ana@Example.COM" names ana@example.com.
+    return Command(CommandKind.ASSIGN, owner=canonical_address(address), line=line)
 
 
 def _route(line: str, args: list[str]) -> Command | CommandProblem:

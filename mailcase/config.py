@@ -487,6 +487,9 @@ class CasesSettings(_Section):
     reopen_days: int = Field(default=30, ge=0, le=MAX_DAYS)
     # Resolved cases close after this without a reply.
     close_after_days: int = Field(default=7, ge=1, le=MAX_DAYS)
+    # An unowned case's owner becomes the agent whose reply by mail first answers its
+    # customer (a relayed reply, #resolver, #visita), as FreeScout and Zammad do.
+    auto_assign: bool = True
 
 
 class EscalationSettings(_Section):

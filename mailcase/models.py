@@ -73,6 +73,10 @@ class Case(SQLModel, table=True):
     # A CaseType; NULL: not classified yet. Not indexed: the report groups the period's
     # cases (read by created_at) and a listing filters the newest ones.
     type: str | None = Field(default=None, max_length=16)
+    # The agent responsible for the case (an address of agents.addresses, as spelt there);
+    # NULL: nobody yet. Not indexed, as the type: `cases list --owner` filters the
+    # newest cases, and an index would cost every assignment a write for no read.
+    owner: str | None = Field(default=None, max_length=320)
     visit_date: date | None = None
     visit_time: str | None = Field(default=None, max_length=5)  # "HH:MM"
     created_at: datetime

@@ -20,10 +20,11 @@ mail, so no clock skew between a mail's Date and ours can misplace it.
 
 For each case unanswered for ``escalation.unanswered_hours`` since
 ``cases.last_customer_at`` (when the customer's latest message reached the mail
-server), ONE
-``reminder`` notice goes to ``agents.notify`` and to the area the case is routed
-to; it is not repeated until the customer writes again and that message too
-goes unanswered for the period. The reminder notices recorded on the case are
+server; wall-clock hours, or open hours with ``escalation.clock = "business"``), ONE
+``reminder`` notice goes to ``agents.notify``, to the area the case is routed
+to and to the agent who owns it (once to each address); it is not repeated
+until the customer writes again and that message too goes unanswered for the
+period. The reminder notices recorded on the case are
 the memory of what was sent: no column of its own. A reminder a guard held (an
 hourly cap) is no reminder: it is tried again an hour later.
 
@@ -369,12 +370,18 @@ def _still_candidate(case: Case) -> bool:
 
 
 def _queue_reminders(session: Session, settings: Settings, case: Case, now: datetime) -> bool:
-    """Queue the reminder of ``case`` to ``agents.notify`` and its area; whether any was
-    queued (held by a guard for every recipient: not)."""
+    """Queue the reminder of ``case`` to ``agents.notify``, its area and its owner, once
+    to each address; whether any was queued (held by a guard for every recipient: not)."""
     recipients = [settings.agents.notify] if settings.agents.notify else []
     area = settings.areas.get(case.area or "")
     if area is not None and area.notify not in recipients:
         recipients.append(area.notify)
+    # The agent responsible hears of it in person (Zammad and OTRS/Znuny escalate to a
+    # ticket's owner): a shared list's reminder is everyone's, so nobody's. Only while
+    # still an agent: one taken out of agents.addresses has left the desk.
+    owner = case.owner
+    if owner and owner in settings.agents.addresses and owner not in recipients:
+        recipients.append(owner)
     if not recipients:
         return False
     assert case.last_customer_at is not None
@@ -388,6 +395,7 @@ def _queue_reminders(session: Session, settings: Settings, case: Case, now: date
         "unanswered_hours": settings.escalation.unanswered_hours,
         "business_hours": settings.escalation.clock == "business",  # "24 horas hábiles"
         "case_type": case.type or "",  # as the case's notification shows it
+        "owner": case.owner or "",  # as the case's notification shows it
     }
     held = [
         queue_notice(session, settings, case, REMINDER_KIND, to=rcpt, context=context).held

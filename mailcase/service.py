@@ -1619,6 +1619,15 @@ def _agent_message(
         if c.kind is CommandKind.PARTICIPANT
         and casework.participant_problem(settings, case, c.address or "")
     ]
+    # Only an agent can be responsible for a case: a typo in the address would leave it
+    # to nobody while everyone thought it was someone's.
+    problems += [
+        {"line": c.line, "problem": "unknown_agent"}
+        for c in parsed.commands
+        if c.kind is CommandKind.ASSIGN
+        and c.owner is not None
+        and c.owner not in settings.agents.addresses
+    ]
     # One clock for the whole reply: a visit checked at 09:59:59 and booked at
     # 10:00:00 was refused inside the transaction, and the reply quarantined.
     now_local = utcnow().astimezone(settings.folio.zone)
@@ -1660,6 +1669,9 @@ def _agent_message(
                 "about_areas": any(
                     command_kind(str(p["line"])) is CommandKind.ROUTE for p in problems
                 ),
+                # And the agents, when an "#asignar" named someone who is not one.
+                "agents": list(settings.agents.addresses),
+                "about_agents": any(p["problem"] == "unknown_agent" for p in problems),
             },
             in_reply_to=mail.message_id,
         )
@@ -1675,6 +1687,11 @@ def _agent_message(
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     for command in parsed.commands:
         _run_command(session, settings, case, command, text, by, now_local)
+    if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
+        # A resolution or a visit answers the customer (on a phone case the agent is
+        # told to call them): its agent follows the case up, unless the same reply
+        # said who does.
+        casework.assign_on_answer(session, settings, case, by)
     if parsed.commands:
         untold = casework.untold_changes(
             parsed.commands,
@@ -1684,8 +1701,10 @@ def _agent_message(
             # A phone case: the resolution or visit reached nobody; the agent must call.
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
         return
-    # Written straight to the customer with the mailbox in Cc: already sent.
+    # Written straight to the customer with the mailbox in Cc: already sent, and an
+    # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
+        casework.assign_on_answer(session, settings, case, by)
         return
     if side:
         _not_relayed(session, settings, case, mail, "side_notice")
@@ -1721,12 +1740,18 @@ def _agent_message(
         ):
             kept = too_big + withheld
             reason, attachments = ("attachments", kept) if kept else ("", [])
+            casework.assign_on_answer(session, settings, case, by)
         else:
             reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
     if reason:  # the agent learns what did not reach the customer
         _not_relayed(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld
         )
+
+
+# The commands that answer the customer (a resolution, a visit booked or called off):
+# with one, an agent's reply makes them the owner of a case nobody owns (auto_assign).
+_ANSWERS = frozenset({CommandKind.RESOLVE, CommandKind.VISIT})
 
 
 # Notices that tell an agent about one of their own replies or a delivery: a reply to
@@ -1941,6 +1966,10 @@ def _run_command(
         casework.reopen(session, case, by=by)
     elif kind is CommandKind.TYPE and command.case_type:
         casework.set_type(session, case, command.case_type, by=by)
+    elif kind is CommandKind.ASSIGN:
+        # "#asignar yo": the agent who wrote, verified as one (triage's Role.AGENT).
+        owner = by if command.myself else None if command.nobody else command.owner
+        casework.assign(session, settings, case, owner, by=by)
     elif kind is CommandKind.MERGE:
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands

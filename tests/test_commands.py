@@ -220,6 +220,8 @@ def test_every_problem_code_can_occur() -> None:
         "#fusionar",
         "#tipo",
         "#tipo reclamo",
+        "#asignar",
+        "#asignar ana",
         "Texto.",
         "#nota",
     ]

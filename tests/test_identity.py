@@ -29,7 +29,8 @@ def test_a_customer_handed_the_notice_id_cannot_act_as_the_agent(desk: Desk) -> 
     # As the README suggests for some cases: written to the customer by replying to
     # the notice, the mailbox in copy. The customer's copy carries the notice's id.
     desk.agent_reply(notification, "Le escribo directamente.", to=f"{CUSTOMER}, {CONTACTO}")
-    assert desk.case(folio)["messages"][-1]["kind"] == "agent"  # still the agent's proof
+    # Still the agent's proof (then the agent becoming the owner: auto_assign).
+    assert [m["kind"] for m in desk.case(folio)["messages"][-2:]] == ["agent", "system"]
     desk.deliver(forged_by_customer(notification, "#resolver procedente\nSe bonifican 3 meses."))
     case = desk.case(folio)
     assert case["status"] == "open" and case["outcome"] is None

@@ -560,6 +560,19 @@ NAMES = {
     CommandKind.PARTICIPANT: ["participante", "participant", "Participante:"],
     CommandKind.MERGE: ["fusionar", "merge", "Fusionar:"],
     CommandKind.TYPE: ["tipo", "type", "Tipo:", "TYPE"],
+    CommandKind.ASSIGN: ["asignar", "assign", "Asignar:", "ASSIGN"],
+}
+# What may follow "#asignar" besides an address, and what it means.
+WHOM = {
+    "yo": "myself",
+    "Yo": "myself",
+    "me": "myself",
+    "a mí": "myself",
+    "to me": "myself",
+    "nadie": "nobody",
+    "NADIE": "nobody",
+    "none": "nobody",
+    "Nobody.": "nobody",
 }
 TYPES = {
     "queja": "complaint",
@@ -611,6 +624,12 @@ def command_lines(draw: st.DrawFn) -> tuple[str, Command]:
     elif kind is CommandKind.TYPE:
         word = draw(st.sampled_from(sorted(TYPES)))
         args, expected = [word], {"case_type": TYPES[word]}
+    elif kind is CommandKind.ASSIGN and draw(st.booleans()):
+        words = draw(st.sampled_from(sorted(WHOM)))
+        args, expected = words.split(), {WHOM[words]: True}
+    elif kind is CommandKind.ASSIGN:
+        address = draw(st.from_regex(r"[a-z0-9._+-]{1,20}@[a-z0-9-]{1,20}\.mx", fullmatch=True))
+        args, expected = [address.upper() if draw(st.booleans()) else address], {"owner": address}
     line = f"#{name}" + "".join(" " + a for a in args)
     return indent + line + trailer, Command(kind, line=line, **expected)
 
@@ -665,6 +684,8 @@ def _assert_only_its_fields(command: Command) -> None:
     assert (command.address is not None) == (kind is CommandKind.PARTICIPANT)
     assert (command.folio is not None) == (kind is CommandKind.MERGE)
     assert (command.case_type is not None) == (kind is CommandKind.TYPE)
+    whom = (command.owner is not None, command.myself, command.nobody)
+    assert sum(whom) == (1 if kind is CommandKind.ASSIGN else 0)
     if command.area is not None:
         assert re.fullmatch(r"[a-z0-9_-]+", command.area)
     assert command.line == command.line.strip() and command.line.startswith("#")

@@ -186,7 +186,8 @@ def test_an_unanswered_customer_earns_one_reminder_per_unanswered_message(desk: 
     desk.agent_reply(reminder, "Buenas tardes, hoy pasa un técnico a revisar su línea.")
     relayed = desk.last_to(CUSTOMER)
     assert "hoy pasa un técnico" in text(relayed) and "Recordatorio" not in text(relayed)
-    assert desk.case(folio)["messages"][-2]["kind"] == "agent"
+    # The agent's words, the relay, and the agent becoming the owner (auto_assign).
+    assert [m["kind"] for m in desk.case(folio)["messages"][-3:]] == ["agent", "notice", "system"]
     _wait_back(desk, 48)
     assert _remind(desk) == [] and _unanswered(desk) == []
 

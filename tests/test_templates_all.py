@@ -47,6 +47,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "other_sender": "",
         "by_agent": False,
         "case_type": "",
+        "owner": "ana.tecnica@internet-plarey.com.mx",
         "related": [],
         "not_attached": [],
         "attaching": True,
@@ -110,6 +111,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "areas": ["redes (Redes y nodos)", "facturacion"],
         "area_keys": ["facturacion", "redes"],
         "about_areas": True,
+        "agents": ["ana.tecnica@internet-plarey.com.mx", "luis@internet-plarey.com.mx"],
+        "about_agents": True,
         "company": COMPANY,
     },
     "unverified_agent": {
@@ -166,6 +169,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "business_hours": True,
         "company": COMPANY,
         "case_type": "clarification",
+        "owner": "ana.tecnica@internet-plarey.com.mx",
     },
     "delivery_failed": {
         "folio": FOLIO,
