@@ -916,13 +916,6 @@ def address_pattern(address: str) -> re.Pattern[str]:
     return re.compile(f"{_LOCAL_BEFORE}(?:{alternatives}){_DOMAIN_AFTER}", re.IGNORECASE)
 
 
-def names(mention: re.Pattern[str], raw: bytes) -> bool:
-    """Whether the message ``raw`` (a notice's bytes) names the address of ``mention``:
-    in its bytes as they are, or in its headers and text parts decoded (RFC 2047,
-    quoted-printable, base64: a soft line break may cut an address in two)."""
-    return any(mention.search(text) for text in _texts_of(raw))
-
-
 def _texts_of(raw: bytes) -> Iterator[str]:
     """The message ``raw`` as text: its bytes as they are, then its headers and text
     parts decoded; nothing more of a message too damaged to parse."""
