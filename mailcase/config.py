@@ -480,6 +480,9 @@ class CasesSettings(_Section):
     reopen_days: int = Field(default=30, ge=0, le=MAX_DAYS)
     # Resolved cases close after this without a reply.
     close_after_days: int = Field(default=7, ge=1, le=MAX_DAYS)
+    # How long #pendiente (without a number) and `cases pending` wait for the customer's
+    # answer before closing the case unresolved; at most commands.PENDING_MAX_DAYS (90).
+    pending_days: int = Field(default=7, ge=1, le=90)
 
 
 class EscalationSettings(_Section):

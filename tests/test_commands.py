@@ -220,6 +220,7 @@ def test_every_problem_code_can_occur() -> None:
         "#fusionar",
         "#tipo",
         "#tipo reclamo",
+        "#pendiente mañana",
         "Texto.",
         "#nota",
     ]
