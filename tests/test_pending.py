@@ -368,6 +368,22 @@ def test_silence_closes_the_case_unresolved_and_tells_the_customer(desk: Desk) -
 
 
 @pytest.mark.integration
+def test_an_answer_read_after_the_deadline_but_before_the_check_keeps_the_case(
+    desk: Desk,
+) -> None:
+    # A poll reads the mailboxes first and closes stale cases at its end: the customer's
+    # answer in that poll is read first, and the case is theirs again, not closed.
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente\n{QUESTION}")
+    _expire(desk, folio)
+    told = len(desk.to(CUSTOMER))
+    _customer_writes(desk, folio, "Perdón la demora: la luz está en rojo.")
+    case = desk.case(folio)
+    assert (case["status"], case["pending_until"]) == ("open", None)
+    assert len(desk.to(CUSTOMER)) == told  # no closing notice
+
+
+@pytest.mark.integration
 def test_a_pending_case_is_never_unanswered(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     # No text below: the agent asked already (by phone, say): nothing answers the
