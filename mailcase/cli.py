@@ -842,7 +842,7 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
 
     Which commands may create a missing SQLite database (and its directories):
     those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
-    open/resolve/note/visit/route/close/reopen/remind``, ``messages retry`` and
+    open/resolve/note/visit/route/pending/close/reopen/remind``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
     ``check``, ``status``, ``report``, ``cases list/show``, ``messages list`` and
     ``outbox list`` (and ``customers forget``: a missing database holds nobody's
@@ -1006,7 +1006,8 @@ def _operator() -> str:
 
 
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
-    """cases open/resolve/note/visit/route/type/close/reopen/merge: the CLI door to casework."""
+    """cases open/resolve/note/visit/route/type/pending/close/reopen/merge: the CLI door to
+    casework."""
     from mailcase import casework
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
