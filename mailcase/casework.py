@@ -8,6 +8,7 @@ happened on the case and queues the notices the written procedure asks for.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from functools import partial
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from mailcase.blobs import BlobStore
-from mailcase.commands import Command, CommandKind
+from mailcase.commands import PENDING_MAX_DAYS, Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
 from mailcase.folio import format_folio, has_link, tagged_subject
@@ -75,6 +76,10 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "into_closed",  # #fusionar into a closed case: reopen it first
     "into_resolved",  # #fusionar into a resolved case: reopen it first
     "merge_visit",  # #fusionar of a case with a home visit ahead
+    # #pendiente with #resolver, #cerrar, #nota, #fusionar or #visita in one reply: the
+    # case would wait on the customer and be settled, or the text be both relayed and a
+    # note, or a visit (the company owes the next step) be booked on a case said to wait.
+    "pending_conflict",
 )
 
 
@@ -165,7 +170,9 @@ def command_problems(
     cancellation at once (``settles_visit``); ``#area`` below the reply's own
     ``#resolver`` is out of order (``after_resolve``: the agent is told to
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
-    goes alone, or with ``#nota`` (``merge_alone``); whether its folio can be
+    goes alone, or with ``#nota`` (``merge_alone``); ``#pendiente`` goes with none of
+    :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
+    this reply's ``#reabrir``, say). Whether ``#fusionar``'s folio can be
     merged into is the service's to check (:func:`merge_problem`). ``text`` is the
     reply's words below the commands; ``visit_ahead``: the case has a home visit still ahead, which
     ``#visita cancelar`` needs.
@@ -189,6 +196,10 @@ def command_problems(
             problem = "repeated"
         elif kind is CommandKind.MERGE and alongside_merge:
             problem = "merge_alone"
+        elif (kind is CommandKind.PENDING and seen & PENDING_CONFLICTS) or (
+            kind in PENDING_CONFLICTS and CommandKind.PENDING in seen
+        ):
+            problem = "pending_conflict"
         elif opposite.get(kind) in seen:
             problem = "conflict"
         elif (booked and kind in _SETTLES) or (
@@ -212,7 +223,7 @@ def command_problems(
         elif kind is CommandKind.VISIT and command.visit_date is not None:
             hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
             problem = visit_problem(status, command.visit_date, hour, now_local)
-        elif kind is CommandKind.ROUTE:
+        elif kind in (CommandKind.ROUTE, CommandKind.PENDING):
             problem = route_problem(status)
         seen.add(kind)
         if problem is not None:
@@ -253,6 +264,13 @@ def untold(*, resolved: bool, booked: bool, visit_cancelled: bool) -> list[str]:
 
 
 _SETTLES = frozenset({CommandKind.RESOLVE, CommandKind.CLOSE})  # each cancels a visit ahead
+# What #pendiente does not go with in one reply (command_problems): the text below it is
+# relayed, so no #nota; the case waits on the customer, so it is neither settled (#resolver,
+# #cerrar), nor moved (#fusionar), nor given a visit (#visita: the next step is ours then).
+PENDING_CONFLICTS = frozenset(
+    {CommandKind.RESOLVE, CommandKind.CLOSE, CommandKind.NOTE, CommandKind.MERGE}
+    | {CommandKind.VISIT}
+)
 _GOES_WITH_MERGE = frozenset({CommandKind.MERGE, CommandKind.NOTE})
 _NEEDS_OPEN = frozenset({CommandKind.RESOLVE, CommandKind.VISIT, CommandKind.ROUTE})
 
@@ -279,6 +297,8 @@ _REFUSALS = {
     "tells its own customer alone how it was resolved, so only one customer's cases merge",
     "merge_visit": "case {folio} has a home visit ahead: cancel it (mailcase cases visit "
     "{folio} --cancel) or merge {into} into {folio} instead",
+    "pending_days": f"case {{folio}} cannot wait {{days}} days for the customer: 1 to "
+    f"{PENDING_MAX_DAYS}",
 }
 
 
@@ -526,6 +546,7 @@ def resolve(
     case.cause = cause.strip()
     case.resolved_at = now
     case.updated_at = now
+    case.pending_until = None  # settled: nothing is waited for any more
     session.add(case)
     cancelled = _cancel_visit(session, settings, case, by=by)
     if record_cause:  # (a mail command's message is recorded by the pipeline itself)
@@ -839,14 +860,21 @@ def close(session: Session, settings: Settings, case: Case, *, by: str) -> bool:
     """
     if case.status == CaseStatus.CLOSED:
         return False
+    _close(session, settings, case, by=by, note="case closed")
+    return True
+
+
+def _close(session: Session, settings: Settings, case: Case, *, by: str, note: str) -> None:
+    """Close ``case`` (not waiting on the customer any more), recording ``note``; a home
+    visit still ahead is cancelled and the customer told."""
     now = utcnow()
     case.status = CaseStatus.CLOSED
     case.closed_at = now
     case.updated_at = now
+    case.pending_until = None
     session.add(case)
-    record(session, case, "system", "case closed", from_addr=by)
+    record(session, case, "system", note, from_addr=by)
     _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
-    return True
 
 
 def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
@@ -899,6 +927,89 @@ def assign_on_answer(session: Session, settings: Settings, case: Case, agent: st
     if agent not in settings.agents.addresses:
         return False
     return assign(session, settings, case, agent, by=agent)
+
+
+# The history's words for a wait (set_pending), read back by the closing that ends it.
+WAITING_FOR = "waiting for the customer for {days} day(s), until {until}"
+NOT_WAITING = "no longer waiting for the customer"
+_WAITING_DAYS = re.compile(r"waiting for the customer for (\d+) day")
+
+
+def pending_problem(status: str, days: int) -> str | None:
+    """Why a case in ``status`` cannot wait ``days`` days for its customer, or ``None``:
+    only an open case waits (a closed or resolved one is reopened first, as for
+    ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days."""
+    if not 1 <= days <= PENDING_MAX_DAYS:
+        return "pending_days"
+    return route_problem(status)
+
+
+def set_pending(
+    session: Session, settings: Settings, case: Case, days: int, *, by: str
+) -> datetime:
+    """Make ``case`` wait ``days`` days for its customer's answer: ``pending_until`` is now
+    plus ``days`` (a wait already set is replaced), recorded on the case; the deadline.
+
+    Nobody is told here: the question is relayed by the caller (``#pendiente``'s text).
+    Until then the agents are not reminded of the case (mailcase.reminders); at the
+    deadline it is closed unresolved and the customer told (:func:`close_stale_cases`),
+    unless the customer (or a participant) wrote meanwhile (:func:`clear_pending`), or
+    it was resolved, closed or merged. Refused (:class:`CaseworkError`) as
+    :func:`pending_problem` says.
+    """
+    _refuse(pending_problem(case.status, days), case, days=str(days))
+    now = utcnow()
+    case.pending_until = now + timedelta(days=days)
+    case.updated_at = now
+    session.add(case)
+    until = case.pending_until.astimezone(settings.folio.zone).strftime("%Y-%m-%d %H:%M %Z")
+    record(session, case, "system", WAITING_FOR.format(days=days, until=until), from_addr=by)
+    return case.pending_until
+
+
+def clear_pending(session: Session, case: Case, *, by: str, why: str = "") -> bool:
+    """``case`` waits for its customer no more (recorded, with ``why`` when given); False,
+    and nothing changed nor recorded, when it was not waiting."""
+    if case.pending_until is None:
+        return False
+    case.pending_until = None
+    case.updated_at = utcnow()
+    session.add(case)
+    record(session, case, "system", f"{NOT_WAITING}: {why}" if why else NOT_WAITING, from_addr=by)
+    return True
+
+
+def _waited_days(session: Session, settings: Settings, case: Case) -> int:
+    """How many days ``case``'s expired wait was set for: read from the latest record of it
+    (:data:`WAITING_FOR`); ``cases.pending_days`` if none is found."""
+    texts = session.exec(
+        select(CaseMessage.text)
+        .where(
+            CaseMessage.case_id == case.id,
+            CaseMessage.kind == "system",
+            col(CaseMessage.text).startswith("waiting for the customer for "),
+        )
+        .order_by(col(CaseMessage.id).desc())
+        .limit(1)
+    ).all()
+    found = _WAITING_DAYS.match(texts[0]) if texts else None
+    return int(found.group(1)) if found else settings.cases.pending_days
+
+
+def close_unanswered(session: Session, settings: Settings, case: Case) -> None:
+    """Close ``case``, whose wait for the customer passed with no word from them: closed
+    without a resolution (``mailcase report`` counts it closed without resolution), the
+    history saying why, and the customer told (``closed_no_answer``) that a reply to it
+    opens a new case linked to this one (mailcase.triage: a closed, unresolved case takes
+    no more mail) or that they can call."""
+    days = _waited_days(session, settings, case)
+    note = f"closed: no answer from the customer within {days} day{'s' if days != 1 else ''}"
+    _close(session, settings, case, by="mailcase", note=note)
+    if case.customer and not is_erased(case):
+        queue_notice(
+            session, settings, case, "closed_no_answer", to=case.customer,
+            context={"days": days},
+        )  # fmt: skip
 
 
 def reopen(session: Session, case: Case, *, by: str) -> bool:
@@ -1037,6 +1148,12 @@ def merge(
     source.status = CaseStatus.CLOSED
     source.closed_at = source.updated_at = now
     source.merged_into_id = target.id
+    # Neither waits on the customer any more: the merged case is closed, and the one that
+    # stays now holds the other report's messages, which may be the answer it waited for;
+    # an agent who still waits says so again (#pendiente) on the case that stays.
+    if target.pending_until is not None:
+        record(session, target, "system", NOT_WAITING, from_addr=by)
+    source.pending_until = target.pending_until = None
     session.add(source)
     session.add(target)
     session.flush()
@@ -1124,20 +1241,31 @@ def relay(
 
 
 def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:
-    """Close resolved cases with no customer reply for ``cases.close_after_days``; their folios."""
+    """Close resolved cases with no customer reply for ``cases.close_after_days``, and open
+    cases whose wait for the customer (``pending_until``) passed before ``now``
+    (:func:`close_unanswered`); their folios."""
     cutoff = now - timedelta(days=settings.cases.close_after_days)
-    # FOR UPDATE (PostgreSQL): a customer's reply that reopens one of them meanwhile
-    # waits for this transaction, or, committed first, takes the case out of the
-    # selection; either way the reopening is not overwritten by the closing.
+    # FOR UPDATE (PostgreSQL): a customer's reply that reopens one of them (or ends its
+    # wait) meanwhile waits for this transaction, or, committed first, takes the case
+    # out of the selection; either way the reply is not overwritten by the closing.
     stale = session.exec(
         select(Case)
-        .where(Case.status == CaseStatus.RESOLVED, col(Case.resolved_at) <= cutoff)
+        .where(
+            sa.or_(
+                sa.and_(col(Case.status) == CaseStatus.RESOLVED, col(Case.resolved_at) <= cutoff),
+                # Read by the indexed status: the open cases only, never the history.
+                sa.and_(col(Case.status) == CaseStatus.OPEN, col(Case.pending_until) <= now),
+            )
+        )
         .order_by(col(Case.id))  # one lock order for every instance: no deadlock
         .with_for_update()
         .execution_options(populate_existing=True)
     ).all()
     for case in stale:
-        close(session, settings, case, by="mailcase")
+        if case.status == CaseStatus.OPEN:
+            close_unanswered(session, settings, case)
+        else:
+            close(session, settings, case, by="mailcase")
     return [c.folio for c in stale]
 
 

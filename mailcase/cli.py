@@ -216,6 +216,18 @@ def _case_type(text: str) -> str:
     return found
 
 
+def _pending_days(text: str) -> int:
+    """argparse's type for ``cases pending --days``: 1 to 90, as ``#pendiente`` reads it."""
+    from mailcase.commands import PENDING_MAX_DAYS, parse_days
+
+    found = parse_days(text) if text.isprintable() else None
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of days from 1 to {PENDING_MAX_DAYS}"
+        )
+    return found
+
+
 def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
     """``--date`` and ``--time`` read as the mail command ``#visita`` reads them; UsageError
     for a value it would not take."""
@@ -273,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only open cases whose customer's latest message has no answer yet, "
         "the longest wait first",
+    )
+    listing.add_argument(
+        "--pending",
+        action="store_true",
+        help="only open cases waiting for the customer's answer (#pendiente, cases pending)",
     )
     _listing_limits(listing, "cases", "newest")
     listing.add_argument("--json", action="store_true")
@@ -354,6 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     whom = assigning.add_mutually_exclusive_group(required=True)
     whom.add_argument("--to", metavar="ADDRESS", help="an agent's address (agents.addresses)")
     whom.add_argument("--none", action="store_true", help="nobody owns the case any more")
+    waiting = cases.add_parser(
+        "pending",
+        help="wait for the customer's answer (as #pendiente); the case closes unresolved, "
+        "and the customer is told, when the wait passes with no word from them",
+    )
+    waiting.add_argument("folio")
+    wait = waiting.add_mutually_exclusive_group()
+    wait.add_argument(
+        "--days",
+        type=_pending_days,
+        metavar="N",
+        help="how many days (1 to 90; default: cases.pending_days)",
+    )
+    wait.add_argument("--clear", action="store_true", help="stop waiting (the case stays open)")
     for name, text in (("close", "close a case (no notice)"), ("reopen", "open a case again")):
         cases.add_parser(name, help=text).add_argument("folio")
     merging = cases.add_parser(
@@ -867,7 +898,7 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
 
     Which commands may create a missing SQLite database (and its directories):
     those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
-    open/resolve/note/visit/route/close/reopen/remind``, ``messages retry`` and
+    open/resolve/note/visit/route/pending/close/reopen/remind``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
     ``check``, ``status``, ``report``, ``cases list/show``, ``messages list`` and
     ``outbox list`` (and ``customers forget``: a missing database holds nobody's
@@ -892,6 +923,7 @@ def case_summary(case: Case, merged_into: str | None = None) -> dict[str, Any]:
         "area": case.area,
         "type": case.type,  # null: not classified yet
         "owner": case.owner,  # null: nobody owns it
+        "pending_until": _iso(case.pending_until),  # null: not waiting for the customer
         "created_at": _iso(case.created_at),
         "updated_at": _iso(case.updated_at),
         "merged_into": merged_into,
@@ -1031,8 +1063,8 @@ def _operator() -> str:
 
 
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
-    """cases open/resolve/note/visit/route/type/assign/close/reopen/merge: the CLI door to
-    casework."""
+    """cases open/resolve/note/visit/route/type/assign/pending/close/reopen/merge: the CLI
+    door to casework."""
     from mailcase import casework
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
@@ -1072,6 +1104,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     has_customer, visit_cancelled, changed = True, False, True
     merged_into = ""
     target: Case | None = None
+    deadline: datetime | None = None
+    days = 0
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -1138,6 +1172,11 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 # Nobody becomes the owner by running a command: the CLI has no agent
                 # identity, so no auto_assign here, only the owner --to names.
                 changed = casework.assign(session, settings, found, owner, by=by)
+            elif args.action == "pending" and args.clear:
+                changed = casework.clear_pending(session, found, by=by)
+            elif args.action == "pending":
+                days = args.days or settings.cases.pending_days
+                deadline = casework.set_pending(session, settings, found, days, by=by)
             elif args.action == "merge":
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.into}")
@@ -1162,6 +1201,14 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{folio}: already of type {args.type}")
     elif not changed and args.action == "assign":  # that owner already: nothing was recorded
         print(f"{folio}: already owned by {owner}" if owner else f"{folio}: already unowned")
+    elif not changed and args.action == "pending":  # --clear of a case not waiting
+        print(f"{folio}: not waiting for the customer")
+    elif args.action == "pending" and args.clear:
+        print(f"{folio}: no longer waiting for the customer")
+    elif args.action == "pending":
+        assert deadline is not None
+        until = deadline.astimezone(settings.folio.zone).strftime("%Y-%m-%d %H:%M %Z")
+        print(f"{folio}: waiting for the customer until {until} ({days} day(s))")
     elif not changed:  # closed or open already: nothing was recorded
         print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
     elif args.action == "type":
@@ -1309,6 +1356,13 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                 query = query.where(
                     col(Case.owner).is_(None) if owned is None else Case.owner == owned
                 )
+            if args.pending and args.unanswered:
+                # Disjoint by definition: a case waiting for its customer is not unanswered.
+                raise UsageError("--pending and --unanswered list different cases: give one")
+            if args.pending:
+                query = query.where(
+                    Case.status == CaseStatus.OPEN, col(Case.pending_until).is_not(None)
+                )
             if args.unanswered:
                 found = _unanswered(session, args)
             else:
@@ -1339,6 +1393,8 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                     "mailbox",
                     "area",
                     "owner",
+                    # When each closes unanswered: what a desk working the list needs.
+                    *(["pending_until"] if args.pending else []),
                     "created_at",
                     "subject",
                 ]
@@ -1932,10 +1988,7 @@ def _print_table(
         print("(none)")
         return
     cells = [
-        [
-            _cell(_local(row.get(c), zone) if c.endswith("_at") else row.get(c), width)
-            for c in columns
-        ]
+        [_cell(_local(row.get(c), zone) if _is_time(c) else row.get(c), width) for c in columns]
         for row in rows
     ]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
@@ -1948,6 +2001,11 @@ def _print_table(
 SHOWN_LINES = 40
 
 
+def _is_time(key: str) -> bool:
+    """Whether a listing's or a case's ``key`` holds a time (shown in local time)."""
+    return key.endswith("_at") or key == "pending_until"
+
+
 def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
     keys = (
         "folio",
@@ -1958,6 +2016,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "area",
         "type",
         "owner",
+        "pending_until",
         "visit",
         "related",
         "customer",
@@ -1972,7 +2031,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
     )
     for key in keys:
         value = detail.get("customer_name" if key == "name" else key) or None
-        if key.endswith("_at"):
+        if _is_time(key):
             value = _local(value, zone)
         elif key == "visit" and value:
             value = " ".join(filter(None, (value["date"], value["time"])))

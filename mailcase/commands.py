@@ -60,6 +60,9 @@ class CommandKind(StrEnum):
     MERGE = "merge"  # merge this case into the one whose folio follows (casework.merge)
     TYPE = "type"  # classify the case: complaint, question, clarification or cancellation
     ASSIGN = "assign"  # give the case an owner (an agent), or take it away
+    # Wait for the customer's answer for some days, then close the case unresolved; the
+    # text below it is relayed to the customer (the question the case waits on).
+    PENDING = "pending"
 
 
 Outcome = Literal["valid", "invalid"]
@@ -84,6 +87,7 @@ class Command:
     owner: str | None = None
     myself: bool = False
     nobody: bool = False
+    days: int | None = None  # PENDING only, when written; None: [cases] pending_days
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
@@ -128,6 +132,7 @@ PROBLEM_CODES: tuple[str, ...] = (
     "bad_type",  # "#tipo reclamo": not one of the four kinds
     "missing_owner",  # "#asignar" without whom
     "bad_owner",  # "#asignar ana" (no domain), or more than one word
+    "bad_days",  # "#pendiente mañana", "#pendiente 0", "#pendiente 120": not 1 to PENDING_MAX_DAYS
     "misplaced_command",  # a line naming a command below the first line of text
 )
 # Codes the service adds, knowing the configuration and the database: an area not
@@ -158,7 +163,12 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#tipo queja|consulta|aclaracion|cancelacion / "
     "#type complaint|question|clarification|cancellation",
     "#asignar CORREO|yo|nadie / #assign ADDRESS|me|none",
+    "#pendiente [DIAS] / #pending [DAYS]",
 )
+
+# The longest wait ``#pendiente`` takes (and ``cases pending --days``): a quarter is
+# long past any answer a customer still means to give; more is a typo.
+PENDING_MAX_DAYS = 90
 
 # Names after folding (lower case, no accents): "#Área" → "area".
 _NAMES: dict[str, CommandKind] = {
@@ -182,7 +192,12 @@ _NAMES: dict[str, CommandKind] = {
     "type": CommandKind.TYPE,
     "asignar": CommandKind.ASSIGN,
     "assign": CommandKind.ASSIGN,
+    "pendiente": CommandKind.PENDING,
+    "pending": CommandKind.PENDING,
 }
+
+# What may follow the number of days, as agents write it ("#pendiente 7 días").
+_DAY_WORDS = frozenset({"dia", "dias", "day", "days", "d"})
 
 # Both vocabularies in either language: an agent who writes "#resolve
 # procedente" has made their meaning plain, and refusing it only costs a
@@ -349,6 +364,8 @@ def _parse_line(line: str) -> Command | CommandProblem:
         return _type(line, args)
     if kind is CommandKind.ASSIGN:
         return _assign(line, args)
+    if kind is CommandKind.PENDING:
+        return _pending(line, args)
     if kind is CommandKind.MERGE:
         # The folio as written ("PLR-2026-000123", "PLR 2026 123", "[Folio …]."):
         # read by the service, which knows the folio prefix.
@@ -392,6 +409,33 @@ def _type(line: str, args: list[str]) -> Command | CommandProblem:
     if len(args) > 1:
         return CommandProblem(line, "unexpected_argument")
     return Command(CommandKind.TYPE, case_type=case_type, line=line)
+
+
+def parse_days(word: str) -> int | None:
+    """A number of days to wait for the customer, 1 to :data:`PENDING_MAX_DAYS`, written in
+    ASCII digits ("7"), or None (also for ``cases pending --days``)."""
+    word = word.strip().rstrip(_TRAILING_PUNCTUATION)
+    # isascii: int() also reads Arabic-Indic digits and "+7", which no agent means.
+    if not (word.isascii() and word.isdigit()):
+        return None
+    days = int(word)
+    return days if 1 <= days <= PENDING_MAX_DAYS else None
+
+
+def _pending(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return Command(CommandKind.PENDING, line=line)
+    days = parse_days(args[0])
+    if days is None:
+        # "#pendiente mañana", "#pendiente 0", "#pendiente 120": the question to the
+        # customer goes on the next line, and the wait is 1 to 90 days.
+        return CommandProblem(line, "bad_days")
+    rest = args[1:]
+    if rest and len(rest) == 1 and _fold(rest[0]).rstrip(_TRAILING_PUNCTUATION) in _DAY_WORDS:
+        rest = []  # "#pendiente 7 días", as people write it
+    if rest:
+        return CommandProblem(line, "unexpected_argument")
+    return Command(CommandKind.PENDING, days=days, line=line)
 
 
 def _visit(line: str, args: list[str]) -> Command | CommandProblem:

@@ -490,6 +490,9 @@ class CasesSettings(_Section):
     # An unowned case's owner becomes the agent whose reply by mail first answers its
     # customer (a relayed reply, #resolver, #visita), as FreeScout and Zammad do.
     auto_assign: bool = True
+    # How long #pendiente (without a number) and `cases pending` wait for the customer's
+    # answer before closing the case unresolved; at most commands.PENDING_MAX_DAYS (90).
+    pending_days: int = Field(default=7, ge=1, le=90)
 
 
 class EscalationSettings(_Section):

@@ -88,6 +88,10 @@ class Case(SQLModel, table=True):
     # and its folio answered by that case from then on. Not indexed: it is read from
     # the case's own row, never searched (an index would cost every new case a write).
     merged_into_id: int | None = Field(default=None, foreign_key="cases.id")
+    # Waiting for the customer (#pendiente, `cases pending`) until then: the case is
+    # closed, unresolved, when it passes with no word from them (casework.close_stale_cases).
+    # NULL: not waiting. Not indexed: the hourly check reads the open cases by status.
+    pending_until: datetime | None = None
 
 
 class FolioCounter(SQLModel, table=True):

@@ -41,6 +41,10 @@ count (:mod:`mailcase.businesshours`; mail that arrives while the desk is closed
 starts waiting at the next opening), and no reminder goes out while the desk is
 closed: one whose period ran out at or after the close waits for the next opening.
 The check stays one query: its cutoff is walked back through the calendar.
+A case waiting for its customer (``cases.pending_until`` set: an agent's
+``#pendiente`` asked them something) is never unanswered: the agents decided the
+next word is the customer's, as Zammad pauses escalation in its pending states.
+The customer's answer ends the wait, and the case counts again from it.
 
 A case registered by phone with no mail address is never unanswered (nobody can
 be answered by mail, and the customer cannot write one); a case opened with
@@ -230,11 +234,13 @@ def case_entries(session: Session, case: Case) -> list[Entry]:
 
 
 def _candidates(cutoff: datetime | None) -> list[sa.ColumnElement[bool]]:
-    """What the cases that may be unanswered have: open, never merged, a customer
-    address and a customer message (older than ``cutoff`` when given)."""
+    """What the cases that may be unanswered have: open, never merged, not waiting for
+    the customer, a customer address and a customer message (older than ``cutoff`` when
+    given)."""
     where = [
         col(Case.status) == CaseStatus.OPEN,
         col(Case.merged_into_id).is_(None),
+        col(Case.pending_until).is_(None),
         col(Case.customer) != "",
         col(Case.last_customer_at).is_not(None),
     ]
@@ -364,6 +370,7 @@ def _still_candidate(case: Case) -> bool:
     return (
         case.status == CaseStatus.OPEN
         and case.merged_into_id is None
+        and case.pending_until is None
         and bool(case.customer)
         and case.last_customer_at is not None
     )

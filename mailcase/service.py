@@ -1539,6 +1539,9 @@ def _apply(
             casework.add_participants(session, settings, case, mail.cc)
         if decision.reopen:
             casework.reopen(session, case, by=mail.sender)
+        # The customer (or a participant) answered: the case waits on them no more, and
+        # is the agents' again (reminded if nobody answers, never closed for silence).
+        casework.clear_pending(session, case, by=mail.sender, why=f"{mail.sender} wrote")
         reason = "reopened" if decision.reopen else "update"
         _notify_agents_of(
             session, settings, case, reason, mail, text, unstored=_unstored(mailbox, fetched)
@@ -1681,7 +1684,13 @@ def _agent_message(
     # A remark sent back to one of our side notices ("Yo no envié eso", "Enterado, se lo
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
     side = not parsed.commands and _answers_a_side_notice(session, settings, mail)
-    is_note = side or CommandKind.NOTE in kinds or (kinds and CommandKind.RESOLVE not in kinds)
+    # "#pendiente" relays its text as a plain reply does: the question the case waits on.
+    asks = CommandKind.PENDING in kinds and bool(text)
+    is_note = (
+        side
+        or CommandKind.NOTE in kinds
+        or (kinds and CommandKind.RESOLVE not in kinds and not asks)
+    )
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
@@ -1700,7 +1709,8 @@ def _agent_message(
         if untold and not case.customer:
             # A phone case: the resolution or visit reached nobody; the agent must call.
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
-        return
+        if not asks:
+            return
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
@@ -1970,11 +1980,15 @@ def _run_command(
         # "#asignar yo": the agent who wrote, verified as one (triage's Role.AGENT).
         owner = by if command.myself else None if command.nobody else command.owner
         casework.assign(session, settings, case, owner, by=by)
+    elif kind is CommandKind.PENDING:
+        days = command.days or settings.cases.pending_days
+        casework.set_pending(session, settings, case, days, by=by)
     elif kind is CommandKind.MERGE:
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands
         casework.merge(session, settings, case, into, by=by, now_local=now_local)
-    # NOTE: the message itself was recorded as a note; nothing else to do.
+    # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
+    # caller); nothing else to do.
 
 
 def _merge_target(session: Session, settings: Settings, command: Command) -> Case | None:

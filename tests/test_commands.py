@@ -222,6 +222,7 @@ def test_every_problem_code_can_occur() -> None:
         "#tipo reclamo",
         "#asignar",
         "#asignar ana",
+        "#pendiente mañana",
         "Texto.",
         "#nota",
     ]

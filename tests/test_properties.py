@@ -561,6 +561,7 @@ NAMES = {
     CommandKind.MERGE: ["fusionar", "merge", "Fusionar:"],
     CommandKind.TYPE: ["tipo", "type", "Tipo:", "TYPE"],
     CommandKind.ASSIGN: ["asignar", "assign", "Asignar:", "ASSIGN"],
+    CommandKind.PENDING: ["pendiente", "pending", "Pendiente:", "PENDING"],
 }
 # What may follow "#asignar" besides an address, and what it means.
 WHOM = {
@@ -630,6 +631,9 @@ def command_lines(draw: st.DrawFn) -> tuple[str, Command]:
     elif kind is CommandKind.ASSIGN:
         address = draw(st.from_regex(r"[a-z0-9._+-]{1,20}@[a-z0-9-]{1,20}\.mx", fullmatch=True))
         args, expected = [address.upper() if draw(st.booleans()) else address], {"owner": address}
+    elif kind is CommandKind.PENDING and draw(st.booleans()):
+        days = draw(st.integers(min_value=1, max_value=90))
+        args, expected = [str(days)], {"days": days}
     line = f"#{name}" + "".join(" " + a for a in args)
     return indent + line + trailer, Command(kind, line=line, **expected)
 
@@ -686,6 +690,7 @@ def _assert_only_its_fields(command: Command) -> None:
     assert (command.case_type is not None) == (kind is CommandKind.TYPE)
     whom = (command.owner is not None, command.myself, command.nobody)
     assert sum(whom) == (1 if kind is CommandKind.ASSIGN else 0)
+    assert command.days is None or kind is CommandKind.PENDING
     if command.area is not None:
         assert re.fullmatch(r"[a-z0-9_-]+", command.area)
     assert command.line == command.line.strip() and command.line.startswith("#")

@@ -91,6 +91,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "customer_name": "Juan Pérez",
         "company": COMPANY,
     },
+    "closed_no_answer": {
+        "folio": FOLIO,
+        "customer_name": "Juan Pérez",
+        "subject": "Sin servicio de internet",
+        "days": 7,
+        "company": COMPANY,
+    },
     "visit": {
         "folio": FOLIO,
         "customer_name": "Juan Pérez",
@@ -200,6 +207,7 @@ CUSTOMER_FACING = (
     "visit",
     "visit_cancelled",
     "merged",
+    "closed_no_answer",
 )
 AGENT_ONLY = (
     "agent_notification",
