@@ -47,6 +47,11 @@ _RANGE = re.compile(r"(\d{2}):(\d{2})-(\d{2}):(\d{2})")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+# No reminder goes out while the desk is closed, and the daemon checks every 5 minutes
+# (mailcase.reminders.CHECK_MINUTES): a shorter range could fall between two checks.
+SHORTEST_RANGE_MINUTES = 5
+
+
 def parse_range(text: str) -> tuple[int, int]:
     """``"HH:MM-HH:MM"`` as minutes since midnight (opening, closing); raise ValueError
     with a sentence for anything else. The closing may be ``24:00`` (midnight at the
@@ -60,6 +65,11 @@ def parse_range(text: str) -> tuple[int, int]:
     start, end = h1 * 60 + m1, h2 * 60 + m2
     if end <= start:
         raise ValueError(f"{text!r} ends before it starts (one range a day, within the day)")
+    if end - start < SHORTEST_RANGE_MINUTES:
+        raise ValueError(
+            f"{text!r} is open for less than {SHORTEST_RANGE_MINUTES} minutes, how often the"
+            " reminders are checked: they would go out only when a check fell in it"
+        )
     return start, end
 
 
@@ -162,7 +172,13 @@ class BusinessCalendar:
         span = self.hours.get(day.weekday())
         if span is None or self.is_holiday(day):
             return None
-        return self._instant(day, span[0]), self._instant(day, span[1])
+        opens, closes = self._instant(day, span[0]), self._instant(day, span[1])
+        if opens >= closes:
+            # Opening in the hour a clock skips (02:30 on Tijuana's spring-forward
+            # Sunday, read with the offset before it) and closing soon after: the
+            # range would end before it begins, and count as negative open time.
+            return None
+        return opens, closes
 
     def _instant(self, day: date, minutes: int) -> datetime:
         # Wall time of the zone, then UTC: sums on aware datetimes sharing a tzinfo

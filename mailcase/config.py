@@ -495,6 +495,10 @@ class CasesSettings(_Section):
     pending_days: int = Field(default=7, ge=1, le=90)
 
 
+# Every environment variable that overrides a key starts so (MAILCASE_DATABASE__URL).
+ENV_PREFIX = "MAILCASE_"
+
+
 class EscalationSettings(_Section):
     # A case whose customer wrote and got no answer for this many hours earns one
     # reminder to the agents; 0: no reminders.
@@ -683,7 +687,7 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         hide_input_in_errors=True,  # see _Section
-        env_prefix="MAILCASE_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
     )
 
@@ -860,6 +864,21 @@ def config_path(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
+def _seed_default_week(data: dict[str, Any]) -> None:
+    """Put the default week in ``data`` when the file gives no ``[calendar.hours]`` and
+    the environment sets a day of it: ``MAILCASE_CALENDAR__HOURS__SAT=09:00-13:00``
+    changes Saturday (the environment is merged onto the file's table), instead of
+    making a week of Saturday alone, with every weekday closed and its reminders late
+    by a week. A whole week from the environment is ``MAILCASE_CALENDAR__HOURS`` (JSON).
+    """
+    calendar = data.get("calendar", {})
+    if not isinstance(calendar, dict) or "hours" in calendar:
+        return  # the file's table is the week (or the file's error is reported)
+    prefix = f"{ENV_PREFIX}CALENDAR__HOURS__"
+    if any(name.upper().startswith(prefix) for name in os.environ):
+        data["calendar"] = {**calendar, "hours": dict(DEFAULT_HOURS)}
+
+
 def load_settings(path: Path) -> Settings:
     """Read and validate ``path``; raise :class:`ConfigError` naming the key on any problem.
 
@@ -892,6 +911,7 @@ def load_settings(path: Path) -> Settings:
             # meant for this table would be read as another mailbox, and its error
             # would hide this one.
             raise ConfigError(f"bad value for mailboxes.{name}: {problem} in {path}")
+    _seed_default_week(data)
     try:
         settings = Settings(**data)
     except SettingsError as exc:

@@ -16,6 +16,7 @@ from test_config import ISSUE_CONFIG, load_error, write
 
 from mailcase.businesshours import (
     DEFAULT_HOURS,
+    SHORTEST_RANGE_MINUTES,
     WALK_LIMIT_DAYS,
     BusinessCalendar,
     mexican_rest_days,
@@ -57,7 +58,7 @@ def desk(
     [
         ("09:00-18:00", (540, 1080)),
         ("00:00-24:00", (0, 1440)),
-        (" 07:30-07:31 ", (450, 451)),
+        (" 07:30-07:35 ", (450, 455)),
         ("23:00-23:59", (1380, 1439)),
     ],
 )
@@ -252,8 +253,8 @@ def test_open_time_is_zero_for_an_empty_or_closed_span() -> None:
     assert calendar.open_time(local(2026, 11, 28, 14), local(2026, 11, 30, 9)) == timedelta(0)
 
 
-def test_a_calendar_open_one_minute_a_week_gives_up_after_a_century() -> None:
-    calendar = desk({"sun": "12:00-12:01"}, mexican=False)
+def test_a_calendar_open_five_minutes_a_week_gives_up_after_a_century() -> None:
+    calendar = desk({"sun": "12:00-12:05"}, mexican=False)
     at = local(2026, 11, 30)
     cutoff = calendar.subtract(at, 87_600 * H)  # escalation.unanswered_hours at its highest
     assert cutoff <= at - timedelta(days=WALK_LIMIT_DAYS)  # before any mail kept
@@ -350,3 +351,39 @@ def test_a_bad_calendar_is_a_configuration_error_naming_the_key(
 ) -> None:
     message = load_error(tmp_path, ISSUE_CONFIG + "\n" + toml)
     assert key in message and why in message
+
+
+# --- eighth review round ------------------------------------------------------------------
+
+
+def test_a_range_shorter_than_the_reminders_check_is_refused(tmp_path: Path) -> None:
+    # Open 09:00-09:03 and checked every 5 minutes from 00:03:30: never reminded.
+    from mailcase.reminders import CHECK_MINUTES
+
+    assert CHECK_MINUTES <= SHORTEST_RANGE_MINUTES
+    message = load_error(tmp_path, ISSUE_CONFIG + '\n[calendar.hours]\nmon = "09:00-09:03"\n')
+    assert "calendar.hours.mon" in message and "less than 5 minutes" in message
+    assert parse_range("09:00-09:05") == (540, 545)
+
+
+def test_a_range_opening_in_the_skipped_hour_and_closing_before_it_ends_is_no_range() -> None:
+    # 8 March 2026, Tijuana: 02:00 becomes 03:00. "02:30-03:15" read 10:30Z-10:15Z, and
+    # its negative open time pushed a cutoff back by a week.
+    calendar = desk({"sun": "02:30-03:15", "mon": "09:00-18:00"}, zone=TIJUANA, mexican=False)
+    assert calendar.opening(date(2026, 3, 8)) is None
+    assert calendar.open_time(tijuana(2026, 3, 7, 12), tijuana(2026, 3, 9)) == timedelta(0)
+    # 60 minutes of this Monday, 15 of the one before: Sunday gives none (it gave
+    # minus 15, and the cutoff was 17:30).
+    monday_ten = tijuana(2026, 3, 9, 10)
+    assert calendar.subtract(monday_ten, timedelta(minutes=75)) == tijuana(2026, 3, 2, 17, 45)
+
+
+def test_one_day_from_the_environment_changes_that_day_of_the_default_week(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without [calendar.hours] in the file, MAILCASE_CALENDAR__HOURS__SAT made a week of
+    # Saturday alone: every weekday closed, reminders late by a week.
+    monkeypatch.setenv("MAILCASE_CALENDAR__HOURS__SAT", "09:00-13:00")
+    settings = load_settings(write(tmp_path, ISSUE_CONFIG))
+    hours = settings.business_calendar().hours
+    assert hours == {d: (540, 1080) for d in range(5)} | {5: (540, 780)}
