@@ -6,7 +6,7 @@ is not the whole state: notices delivery recorded in the sent log
 (:mod:`mailcase.sentlog`) and not yet folded would go out again from a
 restored copy. So the copy is made with SQLite's online backup (one read
 transaction: a snapshot of the last commit, writers go on), the sent log's
-records read after it are marked sent in the copy, and the copy is left as
+records as they stood at that snapshot are marked sent in the copy, and the copy is left as
 one self-contained file (rollback journal, not WAL), owner-only, verified
 with ``PRAGMA quick_check``. Restoring is copying that file back, with the
 service stopped, over the database (removing its ``-wal``, ``-shm`` and
@@ -26,6 +26,7 @@ import contextlib
 import os
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -75,8 +76,8 @@ def backup_database(url: str, target: Path) -> Backup:
     except OSError as exc:
         raise StorageError(f"cannot create backup file {target}: {exc.strerror}") from exc
     try:
-        _copy(source, target)
-        folded = _fold_sent_log(source, target)
+        records = _copy(source, target)
+        folded = _fold_sent_log(records, target)
         _check(target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -88,18 +89,29 @@ def backup_database(url: str, target: Path) -> Backup:
     return Backup(source, target, target.stat().st_size, revision, folded)
 
 
-def _copy(source: Path, target: Path) -> None:
-    """SQLite's online backup of ``source`` into ``target``, left in rollback-journal mode."""
+def _copy(source: Path, target: Path) -> list[tuple[int, datetime]]:
+    """SQLite's online backup of ``source`` into ``target``, left in rollback-journal
+    mode; the sent log's records as they stood at the copy's snapshot."""
     try:
-        src = sqlite3.connect(source, timeout=30)
+        src = sqlite3.connect(source, timeout=30, isolation_level=None)
     except sqlite3.Error as exc:
         raise DatabaseError(f"cannot read database {source}: {exc}") from exc
+
+    def snapshot() -> None:
+        # A read transaction pins the copy's snapshot: the backup reads through it.
+        src.execute("BEGIN")
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+    sent_log = SentLog.beside(source)
     try:
+        # Taken while the log's writers are held out (a moment): a fold committing
+        # its marks after the snapshot still has its records in the log then. Read
+        # after the copy, a fold in between had deleted them, and the copy kept
+        # those notices queued, to be sent again from a restore.
+        records = sent_log.pending_at(snapshot)
         dst = sqlite3.connect(target)
         try:
-            # One step (pages=-1): one read transaction, a snapshot of the last
-            # commit; in WAL mode the daemon's writers are not held up meanwhile.
-            src.backup(dst)
+            src.backup(dst)  # one step (pages=-1), in the snapshot; writers go on
             # The copy is one file: WAL is a property of the database file, and a
             # WAL-mode copy would need its -wal beside it until closed cleanly.
             dst.execute("PRAGMA journal_mode=DELETE")
@@ -107,8 +119,12 @@ def _copy(source: Path, target: Path) -> None:
             raise _failure(exc, source, target) from exc
         finally:
             dst.close()
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot read database {source}: {exc}") from exc
     finally:
+        sent_log.close()
         src.close()
+    return records
 
 
 def _failure(exc: sqlite3.Error, source: Path, target: Path) -> Exception:
@@ -121,24 +137,13 @@ def _failure(exc: sqlite3.Error, source: Path, target: Path) -> Exception:
     return DatabaseError(f"cannot read database {source}: {text}")
 
 
-def _fold_sent_log(source: Path, target: Path) -> int:
-    """Mark sent in the copy the notices the sent log recorded; how many records.
+def _fold_sent_log(records: list[tuple[int, datetime]], target: Path) -> int:
+    """Mark sent in the copy the notices the sent log recorded (``records``); how many.
 
-    Read after the copy, so that a notice recorded before the copy's snapshot
-    is never left queued in it; one recorded after is marked too, which is
-    right: it was sent. The marks are the outbox's own (a notice no longer
-    queued keeps its status).
+    The marks are the outbox's own (a notice no longer queued keeps its status).
     """
     from mailcase.outbox import fold_into
 
-    log_path = SentLog.beside(source).path
-    if not log_path.exists():
-        return 0  # no log yet (opening one would create it)
-    sent_log = SentLog(log_path)
-    try:
-        records = sent_log.pending()
-    finally:
-        sent_log.close()
     if not records:
         return 0
     engine = sa.create_engine(f"sqlite:///{target}", poolclass=NullPool)

@@ -16,9 +16,10 @@ in a fixed order and the first that matches decides:
 3. ``BOUNCE`` again for a null ``Return-Path`` (RFC 5321 section 4.5.5) with
    none of the above: out-of-office replies travel with the null path too
    (RFC 3834 section 3.3), so it is weaker evidence than rule 2's headers;
-   and for mail from a no-reply address that returns a message (a
-   ``message/rfc822`` or ``text/rfc822-headers`` part): KDDI's au one net
-   returns undeliverable mail so, with no report and no bounce sender.
+   and for mail from a no-reply address that returns a message of ours (a
+   ``message/rfc822`` or ``text/rfc822-headers`` part from one of our
+   addresses): KDDI's au one net returns undeliverable mail so, with no report
+   and no bounce sender.
 4. ``BULK``: ``Precedence: bulk|list|junk``, RFC 2369/2919 list headers, or
    the headers of list managers that write none of those (ezmlm, Mailman's
    digests, fml).
@@ -39,6 +40,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
 from email.utils import parseaddr
 from enum import StrEnum
 
@@ -190,7 +192,7 @@ def classify(mail: InboundMail, *, own_addresses: frozenset[str] = frozenset()) 
         or _bounce_sender(mail)
         or _auto_reply(mail, own_addresses)
         or _null_return_path(mail)
-        or _returned_message(mail)
+        or _returned_message(mail, own_addresses)
         or _bulk(mail)
         or _CUSTOMER
     )
@@ -271,25 +273,44 @@ def _null_return_path(mail: InboundMail) -> Classification | None:
     return None
 
 
-def _returned_message(mail: InboundMail) -> Classification | None:
-    """A no-reply sender returning a message: a bounce written without a report.
+def _returned_message(mail: InboundMail, own_addresses: frozenset[str]) -> Classification | None:
+    """A no-reply sender returning a message of ours: a bounce written without a report.
 
     KDDI's au one net (``no-reply@…dion.ne.jp``, "メールエラー通知") returns
     undeliverable mail as multipart/mixed with the original attached, no
     delivery-status part, no bounce sender and no null Return-Path. Read as a
     person's mail, it opened a case that could not be acknowledged (the sender
-    is never answered) and left our notice marked sent. Both signs are needed:
-    a no-reply sender alone is a newsletter or a shop's receipt, an attached
-    message alone a person's forward. It comes after the auto-reply rules, so a
-    no-reply responder that marks itself is never taken for a bounce, which may
-    mark one of our notices undeliverable.
+    is never answered) and left our notice marked sent. All three signs are
+    needed: a no-reply sender (alone, a newsletter or a shop's receipt), an
+    attached message (alone, a person's forward), and that message being ours,
+    from one of ``own_addresses`` (a web form sending from noreply@ with a
+    customer's uploaded ``.eml`` is a report; so is a partner's system
+    forwarding a third party's mail). Mail a web form relays (its customer
+    taken from Reply-To) is never one. It comes after the auto-reply rules, so
+    a no-reply responder that marks itself is never taken for a bounce, which
+    may mark one of our notices undeliverable.
     """
-    address = mail.from_address or mail.sender
-    if not address or not is_automatic_address(address):
+    address = mail.from_address
+    if not address or mail.sender != address or not is_automatic_address(address):
         return None
-    if any(a.content_type in RETURNED_TYPES for a in mail.attachments):
-        return Classification(MailKind.BOUNCE, f"From: {_show(address)} returning a message")
+    for attachment in mail.attachments:
+        if attachment.content_type in RETURNED_TYPES and _sent_by(attachment.payload) in (
+            own_addresses
+        ):
+            return Classification(MailKind.BOUNCE, f"From: {_show(address)} returning a message")
     return None
+
+
+# How much of a returned message is read for its From: its header section.
+_RETURNED_HEAD_BYTES = 65_536
+
+
+def _sent_by(message: bytes) -> str:
+    """The From address of the message (or header section) ``message``, lower-cased;
+    "" when it has none."""
+    head = BytesHeaderParser().parsebytes(message[:_RETURNED_HEAD_BYTES])
+    _, address = parseaddr(str(head.get("from") or "")[:_MAX_FROM_CHARS])
+    return address.strip().lower()
 
 
 def _delivery_report(mail: InboundMail) -> Classification | None:

@@ -127,6 +127,31 @@ class SentLog:
 
         return self._guarded(select, UNREADABLE_REMEDY)
 
+    def pending_at(self, moment: Callable[[], None]) -> list[tuple[int, datetime]]:
+        """Every record not yet folded, as the log stood when ``moment`` ran.
+
+        The log's writers (appends, and the deletions that follow a fold) are held
+        out from before ``moment`` until the records are read: a snapshot of the
+        database that ``moment`` takes agrees with them. A notice marked sent in the
+        database after the snapshot has its record here, since its record is deleted
+        only after that mark (mailcase.backup). Writers wait for ``moment`` and one
+        read, not longer. Without a log, ``moment`` runs and the answer is empty.
+        """
+        if self._conn is None and not self.path.exists():
+            moment()
+            return []
+
+        def select(conn: sqlite3.Connection) -> list[tuple[int, datetime]]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                moment()
+                rows = conn.execute("SELECT notice_id, sent_at FROM sent ORDER BY notice_id")
+                return [(int(n), datetime.fromisoformat(at)) for n, at in rows]
+            finally:
+                conn.execute("ROLLBACK")
+
+        return self._guarded(select, UNREADABLE_REMEDY)
+
     def forget(self, notice_ids: Sequence[int]) -> None:
         """Delete the records of ``notice_ids`` (folded, their marks committed)."""
         if not notice_ids:

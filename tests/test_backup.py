@@ -163,3 +163,54 @@ def test_postgresql_is_left_to_pg_dump(tmp_path: Path, capsys: Any) -> None:
     assert code == 2
     assert "back up PostgreSQL with pg_dump" in err
     assert not (tmp_path / "copy.db").exists()
+
+
+def test_a_fold_during_the_copy_leaves_no_sent_notice_queued_in_it(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daemon folds its sent log at every delivery run: marks committed to the
+    # database after the copy's snapshot, then the records deleted. Read after the
+    # copy, the log had lost them, and the copy kept those notices queued.
+    from mailcase import backup
+    from mailcase.outbox import fold_sent_log
+
+    open_case(cli, "juan@example.com")
+    [notice] = cli.json("outbox", "list")
+    database = tmp_path / "mailcase.db"
+    sent_log = SentLog.beside(database)
+    sent_log.append(int(notice["id"]), datetime(2026, 11, 28, 9, 0, tzinfo=UTC))
+    sent_log.close()
+
+    def fold_now() -> None:
+        store = Store.open(f"sqlite:///{database}", auto_upgrade=False, create=False)
+        try:
+            assert fold_sent_log(store) == 1
+        finally:
+            store.dispose()
+
+    class FoldFirst:
+        """The source connection, with the daemon's fold run as the copy ends (after
+        its snapshot, before the command reads anything more)."""
+
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.conn, name)
+
+        def backup(self, target: sqlite3.Connection) -> None:
+            self.conn.backup(target)
+            fold_now()
+
+    real_connect = sqlite3.connect
+
+    def connect(path: Any, **options: Any) -> Any:
+        conn = real_connect(path, **options)
+        return FoldFirst(conn) if Path(path) == database else conn
+
+    monkeypatch.setattr(backup.sqlite3, "connect", connect)
+    target = tmp_path / "copy.db"
+    code, _, err = cli("db", "backup", str(target))
+    assert code == 0, err
+    assert rows(database, "SELECT status FROM notices") == [("sent",)]  # the fold ran
+    assert rows(target, "SELECT status FROM notices") == [("sent",)]

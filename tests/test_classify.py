@@ -614,14 +614,24 @@ def test_a_subject_of_marks_folding_into_spaces_is_classified_in_linear_time() -
 
 # --- a no-reply sender returning a message (KDDI writes no delivery report) -------
 
+OURS = frozenset({"contacto@rednorte.mx"})
 
-def returned(sender: str, part_type: str = "message/rfc822", auto: bool = False) -> InboundMail:
-    """Mail from ``sender`` with a message attached as ``part_type``, as KDDI returns one."""
+
+def returned(
+    sender: str,
+    part_type: str = "message/rfc822",
+    auto: bool = False,
+    returned_from: str = "contacto@rednorte.mx",
+    extra: dict[str, str] | None = None,
+    web_form_senders: tuple[str, ...] = (),
+) -> InboundMail:
+    """Mail from ``sender`` with a message from ``returned_from`` attached as ``part_type``,
+    as KDDI returns one."""
     body = (
         "--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         "No se pudo entregar: el buzón está lleno.\r\n"
         f"--B\r\nContent-Type: {part_type}\r\n\r\n"
-        "From: contacto@rednorte.mx\r\nTo: juan@correo.mx\r\n"
+        f"From: {returned_from}\r\nTo: juan@correo.mx\r\n"
         "Subject: [Folio PLR-2026-000001] Sin servicio\r\n"
         "Message-ID: <mc.1@rednorte.mx>\r\n\r\nHola\r\n"
         "--B--\r\n"
@@ -629,12 +639,13 @@ def returned(sender: str, part_type: str = "message/rfc822", auto: bool = False)
     headers = {"From": sender, "Content-Type": 'multipart/mixed; boundary="B"'}
     if auto:
         headers["Auto-Submitted"] = "auto-replied"
-    return message(headers, body=body)
+    headers.update(extra or {})
+    return message(headers, body=body, web_form_senders=web_form_senders)
 
 
 @pytest.mark.parametrize("part_type", ["message/rfc822", "text/rfc822-headers", "message/global"])
-def test_a_no_reply_sender_returning_a_message_is_a_bounce(part_type: str) -> None:
-    result = classify(returned("no-reply@x0000.dion.ne.jp", part_type))
+def test_a_no_reply_sender_returning_a_message_of_ours_is_a_bounce(part_type: str) -> None:
+    result = classify(returned("no-reply@x0000.dion.ne.jp", part_type), own_addresses=OURS)
     assert result == Classification(
         MailKind.BOUNCE, "From: no-reply@x0000.dion.ne.jp returning a message"
     )
@@ -642,18 +653,39 @@ def test_a_no_reply_sender_returning_a_message_is_a_bounce(part_type: str) -> No
 
 def test_a_person_forwarding_a_message_as_an_attachment_is_a_customer() -> None:
     # Outlook's "forward as attachment": a person's report with the mail it is about.
-    assert classify(returned("Juan <juan@correo.mx>")).kind is MailKind.CUSTOMER
+    mail = returned("Juan <juan@correo.mx>")
+    assert classify(mail, own_addresses=OURS).kind is MailKind.CUSTOMER
+
+
+def test_a_no_reply_sender_returning_someone_elses_message_is_not_a_bounce() -> None:
+    # A partner's system forwarding a phishing mail it received: a report, not a bounce.
+    mail = returned("noreply@partner.example", returned_from="banco@phish.example")
+    assert classify(mail, own_addresses=OURS).kind is MailKind.CUSTOMER
+
+
+def test_a_web_forms_upload_of_our_own_mail_is_the_customers_report() -> None:
+    # A form sending from noreply@ with the customer's uploaded .eml (our acknowledgement,
+    # "I never got my folio"): it marked the acknowledgement failed and lost the report.
+    mail = returned(
+        "Formulario <noreply@rednorte.mx>",
+        extra={"Reply-To": "Laura <laura.gomez@example.org>"},
+        web_form_senders=("noreply@rednorte.mx",),
+    )
+    assert mail.sender == "laura.gomez@example.org"
+    assert classify(mail, own_addresses=OURS).kind is MailKind.CUSTOMER
 
 
 def test_a_no_reply_sender_without_a_returned_message_is_not_a_bounce() -> None:
     # A shop's receipt or a newsletter from noreply@ returns nothing: it must not
     # be able to mark one of our notices undeliverable.
-    assert classify(message({"From": "noreply@tienda.mx"})).kind is MailKind.CUSTOMER
+    assert classify(message({"From": "noreply@tienda.mx"}), own_addresses=OURS).kind is (
+        MailKind.CUSTOMER
+    )
 
 
 def test_a_no_reply_responder_marking_itself_stays_an_auto_reply() -> None:
     # A ticket system's "we got your mail" with the original attached is no bounce.
-    result = classify(returned("no-reply@helpdesk.example", auto=True))
+    result = classify(returned("no-reply@helpdesk.example", auto=True), own_addresses=OURS)
     assert result.kind is MailKind.AUTO_REPLY
 
 
@@ -661,6 +693,9 @@ def test_the_kddi_bounce_of_the_corpus_is_a_bounce() -> None:
     path = SISIMAI / "bsd" / "lhost-kddi-01.eml"
     if not path.exists():
         pytest.skip("sisimai corpus not present")
-    result = classify(parse_inbound(path.read_bytes()))
+    mail = parse_inbound(path.read_bytes())
+    # It returns shironeko@example.com's message: a bounce for that sender only.
+    result = classify(mail, own_addresses=frozenset({"shironeko@example.com"}))
     assert result.kind is MailKind.BOUNCE
     assert result.reason.endswith("returning a message")
+    assert classify(mail).kind is MailKind.CUSTOMER

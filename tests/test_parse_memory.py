@@ -12,6 +12,8 @@ import base64
 import binascii
 import email
 import os
+import subprocess
+import sys
 import tracemalloc
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
@@ -91,3 +93,16 @@ def test_base64_lines_with_missing_padding_decode_as_they_always_did(
     stripped = text.rstrip()
     text = stripped[: len(stripped) - min(unpad, stripped.count("="))] + "\n"
     assert _from_base64(text) == slow_base64(text)
+
+
+def test_a_run_of_blanks_before_a_stray_character_is_read_in_linear_time() -> None:
+    # A hostile attachment: a megabyte of blanks, then "!". The first pattern tried
+    # every split of the run (quadratic: 28 s at 78 KB, hours at a megabyte), holding
+    # the interpreter lock, so the watchdog killed the daemon, which read it again.
+    # In a process of its own: a regression is a timeout here, not a hung suite.
+    code = (
+        "from mailcase.inbound import _from_base64\n"
+        "for blanks in (' ', '\\r\\n', 'QUJD\\n'):\n"
+        "    _from_base64(blanks * 1_000_000 + '!')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
