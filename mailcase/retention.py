@@ -13,6 +13,13 @@ would keep them forever). A customer that ``forget`` would refuse (an open case,
 notice still queued) is skipped, never an error; so is one whose activity turned
 recent between the choice and their batch's transaction.
 
+Someone else's live case keeps a customer too, whatever the dates: one who is a
+participant of a case not closed (copied on a neighbour's report, they may write on
+it), who wrote on one, or whose own case was merged into one (followed down the chain
+of merges). Erasing them would rewrite that case's history while the agents work it;
+once it is closed they are purged as anyone else. Agents and mailcase's own addresses
+(``insiders``) are never customers here: they are never chosen.
+
 Addresses are never logged: the ``customers_purged`` event has counts and folios.
 """
 
@@ -26,10 +33,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from mailcase.casework import FORGOTTEN
+from mailcase.casework import FORGOTTEN, merged_target
 from mailcase.erasure import Erasure, Erasures, LooseErasure, erase_loose_mail, erase_many
 from mailcase.logs import get_logger
-from mailcase.models import Case, CaseMessage, CaseStatus, LedgerEntry, Notice
+from mailcase.models import Case, CaseMessage, CaseStatus, LedgerEntry, Notice, Participant
 from mailcase.store import Store, as_utc, utcnow
 
 
@@ -137,6 +144,8 @@ def _inactive(
     ).all()
     if any(status == CaseStatus.OPEN for _, status, *_ in cases):
         return False
+    if _on_a_live_case(session, address, [i for i, *_ in cases if i is not None]):
+        return False
     times: list[datetime | None] = [t for _, _, *stamps in cases for t in stamps]
     ids = [i for i, *_ in cases if i is not None]
     if ids:
@@ -172,3 +181,29 @@ def _inactive(
     cut = as_utc(cutoff)
     assert cut is not None
     return all(t is None or (as_utc(t) or cut) < cut for t in times)
+
+
+def _on_a_live_case(session: Session, address: str, own: list[int]) -> bool:
+    """Whether ``address`` takes part in a case that is not closed: a participant of it,
+    the sender of one of its messages, or the customer of a case (``own``) merged into
+    it, at the end of the chain of merges (:func:`mailcase.casework.merged_target`)."""
+    live = col(Case.status) != CaseStatus.CLOSED
+    if session.exec(
+        select(Participant.id)
+        .join(Case, col(Case.id) == col(Participant.case_id))
+        .where(Participant.address == address, live)
+    ).first():
+        return True
+    if session.exec(
+        select(CaseMessage.id)
+        .join(Case, col(Case.id) == col(CaseMessage.case_id))
+        .where(CaseMessage.from_addr == address, live)
+    ).first():
+        return True
+    if own:
+        merged = session.exec(
+            select(Case).where(col(Case.id).in_(own), col(Case.merged_into_id).is_not(None))
+        ).all()
+        if any(merged_target(session, case).status != CaseStatus.CLOSED for case in merged):
+            return True
+    return False

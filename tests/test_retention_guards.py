@@ -1,0 +1,177 @@
+"""Retention by age, what it must leave alone: someone else's live case, the agents and
+mailcase's own addresses; and what it says (a dry run's counts). Rows written straight
+to the database (no servers needed beyond PostgreSQL), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, col, select
+
+from mailcase.models import Case, CaseMessage, CaseStatus, Disposition, LedgerEntry, Participant
+from mailcase.retention import Purge, purge_inactive
+from mailcase.store import Store
+
+DAYS = 365
+NOW = datetime.now(UTC)
+PEDRO, ANA = "pedro@example.com", "ana@example.com"
+AGENT, OWN = "luisa@plr.mx", "contacto@plr.mx"
+INSIDERS = frozenset({AGENT, OWN, "soporte@plr.mx"})
+_serial = count(1)
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    opened = Store.open(db_url, auto_upgrade=True)
+    yield opened
+    opened.dispose()
+
+
+def _case(
+    session: Session,
+    customer: str,
+    *,
+    days: int,
+    status: CaseStatus = CaseStatus.CLOSED,
+    merged_into: int | None = None,
+) -> int:
+    then = NOW - timedelta(days=days)
+    case = Case(
+        folio=f"PLR-2026-{next(_serial):06d}",
+        status=status,
+        customer=customer,
+        customer_name=f"Nombre de {customer}",
+        subject=f"asunto de {customer}",
+        mailbox="soporte",
+        created_at=then,
+        updated_at=then,
+        closed_at=then if status == CaseStatus.CLOSED else None,
+        last_customer_at=then,
+        merged_into_id=merged_into,
+    )
+    session.add(case)
+    session.flush()
+    assert case.id is not None
+    return case.id
+
+
+def _message(
+    session: Session,
+    case_id: int,
+    sender: str,
+    text: str,
+    *,
+    days: int,
+    kind: str = "customer",
+    to: str = "",
+    sha: str = "",
+) -> int:
+    n = next(_serial)
+    entry = LedgerEntry(
+        mailbox="soporte",
+        uidvalidity=1,
+        uid=n,
+        message_id=f"<m{n}@example.com>",
+        dedup_key=f"k{n}",
+        disposition=Disposition.NEW_CASE,
+        case_id=case_id,
+        raw_sha256=sha,
+        ingested_at=NOW - timedelta(days=days),
+    )
+    session.add(entry)
+    session.flush()
+    message = CaseMessage(
+        case_id=case_id,
+        direction="in",
+        kind=kind,
+        from_addr=sender,
+        to_addrs=to,
+        subject="s",
+        date=NOW - timedelta(days=days),
+        text=text,
+        raw_sha256=sha or None,
+        ledger_id=entry.id,
+    )
+    session.add(message)
+    session.flush()
+    assert message.id is not None
+    return message.id
+
+
+def _purge(store: Store, tmp_path: Path, *, dry_run: bool) -> Purge:
+    (tmp_path / "blobs").mkdir(exist_ok=True)
+    return purge_inactive(
+        store, tmp_path / "blobs", DAYS, insiders=INSIDERS, by="test", dry_run=dry_run
+    )
+
+
+def _texts(store: Store, case_id: int) -> list[tuple[str, str, str]]:
+    with store.read_session() as session:
+        return [
+            (m.from_addr, m.to_addrs, m.text)
+            for m in session.exec(
+                select(CaseMessage)
+                .where(CaseMessage.case_id == case_id)
+                .order_by(col(CaseMessage.id))
+            ).all()
+        ]
+
+
+def test_a_participant_of_another_customers_open_case_is_kept(store: Store, tmp_path: Path) -> None:
+    with store.transaction() as session:
+        old = _case(session, PEDRO, days=DAYS + 30)
+        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30)
+        # Ana copied him yesterday (he may write on her case): he is not gone.
+        open_ = _case(session, ANA, days=1, status=CaseStatus.OPEN)
+        _message(session, open_, ANA, f"copio a mi esposo {PEDRO}", days=1, to=PEDRO)
+        session.add(Participant(case_id=open_, address=PEDRO))
+    before = _texts(store, open_)
+    for dry_run in (True, False):
+        assert _purge(store, tmp_path, dry_run=dry_run).customers.customers == ()
+    assert _texts(store, open_) == before
+    with store.read_session() as session:
+        assert session.exec(select(Participant.address)).all() == [PEDRO]
+    # Once her case is closed he is purged as anyone else (and leaves her history).
+    with store.transaction() as session:
+        case = session.get(Case, open_)
+        assert case is not None
+        case.status = CaseStatus.CLOSED
+        session.add(case)
+    assert _purge(store, tmp_path, dry_run=False).customers.customers == (PEDRO,)
+    assert PEDRO not in str(_texts(store, open_))
+
+
+def test_one_who_wrote_on_another_customers_open_case_is_kept(store: Store, tmp_path: Path) -> None:
+    with store.transaction() as session:
+        old = _case(session, PEDRO, days=DAYS + 30)
+        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30)
+        # He wrote on Ana's case long ago; it is still open (no participant row).
+        open_ = _case(session, ANA, days=DAYS + 20, status=CaseStatus.OPEN)
+        _message(session, open_, PEDRO, "Yo tampoco tengo servicio, calle Roble 12", days=DAYS + 20)
+    assert _purge(store, tmp_path, dry_run=False).customers.customers == ()
+    assert _texts(store, open_)[0][0] == PEDRO
+
+
+def test_a_case_merged_into_a_live_case_keeps_its_customer(store: Store, tmp_path: Path) -> None:
+    with store.transaction() as session:
+        # Ana's case is still open, and Pedro's report was merged into another of his
+        # that was merged into hers (an old merge, before merges kept to one customer):
+        # a chain of two, and none of his messages on her case.
+        live = _case(session, ANA, days=DAYS + 40, status=CaseStatus.OPEN)
+        middle = _case(session, PEDRO, days=DAYS + 40, merged_into=live)
+        first = _case(session, PEDRO, days=DAYS + 40, merged_into=middle)
+        _message(session, first, PEDRO, "Sin servicio, modem ZTE serie 12345", days=DAYS + 40)
+    assert _purge(store, tmp_path, dry_run=False).customers.customers == ()
+    assert _texts(store, first)[0][0] == PEDRO
+    with store.transaction() as session:
+        case = session.get(Case, live)
+        assert case is not None
+        case.status = CaseStatus.CLOSED
+        session.add(case)
+    # Closed (and as old): both go, his reports with hers.
+    assert _purge(store, tmp_path, dry_run=False).customers.customers == (ANA, PEDRO)
+    assert _texts(store, first)[0][0] == ""
