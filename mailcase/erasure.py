@@ -98,6 +98,7 @@ COPIED_FIELDS = ("to", "cc")
 BOUNCE_READ = 1 << 20  # of a bounce kept outside any case, the part searched whole
 TRUNCATE_TRIES = 5  # SQLite's log emptied after the erasure: tries 0.1 s apart, no more
 PENDING = "erasure:pending:"  # key_values: files an erasure committed and must remove
+WORKER_KINDS = ("agent", "note", "notice")  # case messages the desk wrote, never a customer
 ERASED = "erased"  # a notice no longer sent, its bytes erased (as mailcase.outbox.ERASED)
 
 
@@ -157,8 +158,8 @@ def erase(
     only say what would be erased.
 
     Raises :class:`ErasureRefused`, changing nothing, when one of the address's
-    cases is open or has a notice still queued. ``insiders`` are the agents' and
-    mailcase's own addresses: notices to them keep their recipient. The result's
+    cases is open or has a notice still queued, or when it is one of ``insiders``:
+    the agents' and mailcase's own addresses (notices to them keep their recipient). The result's
     ``files_left`` names files that could not be removed after the commit (the
     database change stands; each later run tries them again). The files to remove
     are recorded in the erasure's transaction (key_values, :data:`PENDING`): when
@@ -167,6 +168,13 @@ def erase(
     address = address.strip().lower()
     if not address or address == FORGOTTEN:
         return Erasure()
+    if address in insiders:
+        # Their answers on every customer's case are the desk's record, not their data.
+        raise ErasureRefused(
+            "that is an agent's or one of mailcase's own addresses (agents.addresses, a "
+            "mailbox, a notify address), not a customer's: remove it from the configuration "
+            "first to erase it as a customer's, nothing was erased"
+        )
     alone = _Addresses([address])
     if dry_run:
         with store.read_session() as session:
@@ -266,7 +274,8 @@ def erase_many(
     (the daemon stopping: the rest waits for the next run).
     """
     wanted = _Addresses(a.strip().lower() for a in addresses)
-    wanted = _Addresses(a for a in wanted.addresses if a and a != FORGOTTEN)
+    # An insider is refused as erase refuses it: skipped.
+    wanted = _Addresses(a for a in wanted.addresses if a and a != FORGOTTEN and a not in insiders)
     if not wanted.addresses:
         return Erasures()
     if dry_run:
@@ -619,7 +628,11 @@ def _elsewhere(
 ) -> _Elsewhere:
     """What :class:`_Elsewhere` holds, for the cases other than ``skip``; ``took_part``
     are the cases the address is a participant of."""
-    query = select(CaseMessage).where(CaseMessage.from_addr == address)
+    # The person's own mail: never a row of the desk's work (an agent's answer, a note,
+    # a notice) that happens to carry the address as its sender.
+    query = select(CaseMessage).where(
+        CaseMessage.from_addr == address, col(CaseMessage.kind).not_in(WORKER_KINDS)
+    )
     if skip:
         query = query.where(col(CaseMessage.case_id).not_in(skip))
     messages = list(session.exec(query.order_by(col(CaseMessage.id))).all())

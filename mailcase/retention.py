@@ -73,7 +73,9 @@ def purge_inactive(
         raise ValueError("inactive_days must be at least 1")
     cutoff = (now or utcnow()) - timedelta(days=inactive_days)
     with store.read_session() as session:
-        chosen = inactive_customers(session, cutoff)
+        # An agent's test mail, or mail from a mailbox of ours, once made them a case's
+        # customer: they are never one to erase everywhere.
+        chosen = [a for a in inactive_customers(session, cutoff) if a not in insiders]
 
     def still_inactive(session: Session, address: str, found: Erasure) -> bool:
         # Read again under the batch's lock: a message may have come since the choice.
@@ -184,10 +186,12 @@ def _inactive(
 
 
 def _on_a_live_case(session: Session, address: str, own: list[int]) -> bool:
-    """Whether ``address`` takes part in a case that is not closed: a participant of it,
-    the sender of one of its messages, or the customer of a case (``own``) merged into
-    it, at the end of the chain of merges (:func:`mailcase.casework.merged_target`)."""
-    live = col(Case.status) != CaseStatus.CLOSED
+    """Whether ``address`` takes part in another customer's case that is not closed: a
+    participant of it, the sender of one of its messages, or the customer of a case of
+    its own (``own``) merged into it, at the end of the chain of merges
+    (:func:`mailcase.casework.merged_target`)."""
+    # Another customer's case (theirs resolved keeps nobody: see _inactive).
+    live = sa.and_(col(Case.status) != CaseStatus.CLOSED, col(Case.id).not_in(own))
     if session.exec(
         select(Participant.id)
         .join(Case, col(Case.id) == col(Participant.case_id))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, col, select
 
+from mailcase.erasure import ErasureRefused, erase
 from mailcase.models import Case, CaseMessage, CaseStatus, Disposition, LedgerEntry, Participant
 from mailcase.retention import Purge, purge_inactive
 from mailcase.store import Store
@@ -71,6 +72,15 @@ def _message(
     sha: str = "",
 ) -> int:
     n = next(_serial)
+    if kind == "notice":  # ours, sent: never fetched
+        message = CaseMessage(
+            case_id=case_id, direction="out", kind=kind, from_addr=sender, to_addrs=to,
+            subject="s", date=NOW - timedelta(days=days), text=text,
+        )  # fmt: skip
+        session.add(message)
+        session.flush()
+        assert message.id is not None
+        return message.id
     entry = LedgerEntry(
         mailbox="soporte",
         uidvalidity=1,
@@ -175,3 +185,65 @@ def test_a_case_merged_into_a_live_case_keeps_its_customer(store: Store, tmp_pat
     # Closed (and as old): both go, his reports with hers.
     assert _purge(store, tmp_path, dry_run=False).customers.customers == (ANA, PEDRO)
     assert _texts(store, first)[0][0] == ""
+
+
+def test_an_agents_address_is_never_a_customer_to_purge(store: Store, tmp_path: Path) -> None:
+    with store.transaction() as session:
+        # The admin's first test mail, before the address was in agents.addresses.
+        test = _case(session, AGENT, days=DAYS + 100)
+        _message(session, test, AGENT, "prueba", days=DAYS + 100)
+        ana_old = _case(session, ANA, days=DAYS + 30)
+        _message(session, ana_old, ANA, "Me cobraron dos veces en octubre", days=DAYS + 30)
+        answer = "Procede la aclaración: bonificamos $349 en su próxima factura."
+        _message(session, ana_old, AGENT, answer, days=DAYS + 30, kind="agent")
+        _case(session, ANA, days=0, status=CaseStatus.OPEN)  # Ana is active
+    for dry_run in (True, False):
+        assert _purge(store, tmp_path, dry_run=dry_run).customers.customers == ()
+    assert _texts(store, ana_old)[1] == (AGENT, "", answer)
+    assert _texts(store, test)[0][2] == "prueba"
+    # customers forget refuses it, naming why, and changes nothing.
+    with pytest.raises(ErasureRefused, match="agent's or one of mailcase's own"):
+        erase(store, tmp_path / "blobs", AGENT, insiders=INSIDERS, by="t", dry_run=False)
+    assert _texts(store, test)[0][2] == "prueba"
+
+
+def test_our_own_mailbox_is_never_a_customer_to_purge(store: Store, tmp_path: Path) -> None:
+    with store.transaction() as session:
+        loop = _case(session, OWN, days=DAYS + 30)  # mail from our own mailbox
+        _message(session, loop, OWN, "prueba de envio", days=DAYS + 30)
+        ana = _case(session, ANA, days=1)  # closed yesterday
+        _message(session, ana, ANA, "Sin internet desde ayer", days=1, to=OWN)
+        _message(session, ana, OWN, "Recibimos su reporte.", days=1, kind="notice")
+    before = _texts(store, ana)
+    for dry_run in (True, False):
+        assert _purge(store, tmp_path, dry_run=dry_run).customers.customers == ()
+    assert _texts(store, ana) == before
+    assert _texts(store, loop)[0][2] == "prueba de envio"
+
+
+def test_a_customers_erasure_leaves_the_desks_rows_that_carry_their_address(
+    store: Store, tmp_path: Path
+) -> None:
+    # An address that was an agent's once (no longer in agents.addresses): forgetting
+    # it as a customer takes its own mail elsewhere, never an answer it wrote as agent.
+    with store.transaction() as session:
+        own = _case(session, PEDRO, days=DAYS + 30)
+        _message(session, own, PEDRO, "mi caso", days=DAYS + 30)
+        other = _case(session, ANA, days=DAYS + 30)
+        mine = "Yo tampoco tengo servicio, calle Roble 12, modem ZTE"
+        _message(session, other, PEDRO, mine, days=DAYS + 30)
+        answer = "Procede la aclaración: bonificamos $349 en su próxima factura."
+        _message(session, other, PEDRO, answer, days=DAYS + 30, kind="agent")
+    (tmp_path / "blobs").mkdir()
+    done = erase(store, tmp_path / "blobs", PEDRO, insiders=frozenset(), by="t", dry_run=False)
+    assert done.erased
+    texts = [text for _, _, text in _texts(store, other)]
+    assert mine not in texts and answer in texts
+
+
+def test_their_own_resolved_case_keeps_nobody(store: Store, tmp_path: Path) -> None:
+    # Resolved long ago and never closed: their own words on it are no other's case.
+    with store.transaction() as session:
+        resolved = _case(session, PEDRO, days=DAYS + 30, status=CaseStatus.RESOLVED)
+        _message(session, resolved, PEDRO, "mi caso viejo", days=DAYS + 30)
+    assert _purge(store, tmp_path, dry_run=False).customers.customers == (PEDRO,)
