@@ -10,6 +10,8 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from helpers import installation_at
 from sqlmodel import Session, col, select
 
 from mailcase.erasure import ErasureRefused, erase
@@ -247,3 +249,46 @@ def test_their_own_resolved_case_keeps_nobody(store: Store, tmp_path: Path) -> N
         resolved = _case(session, PEDRO, days=DAYS + 30, status=CaseStatus.RESOLVED)
         _message(session, resolved, PEDRO, "mi caso viejo", days=DAYS + 30)
     assert _purge(store, tmp_path, dry_run=False).customers.customers == (PEDRO,)
+
+
+# --- migration 0013 -----------------------------------------------------------------------
+
+
+def test_migration_0013_indexes_the_stored_files_hashes(db_url: str) -> None:
+    # As 0012's test: an installation with a case and a message upgrades in place,
+    # and the lookups of the rows still naming a file use the new indexes.
+    from alembic import command
+
+    from mailcase.store import SCHEMA_HEAD, alembic_config
+
+    installation_at(db_url, "0012")
+    store = Store.open(db_url, auto_upgrade=True)
+    try:
+        assert store.revisions() == (SCHEMA_HEAD, SCHEMA_HEAD) and SCHEMA_HEAD == "0013"
+        with store.reading() as conn:
+            indexes = {
+                table: {i["name"] for i in sa.inspect(conn).get_indexes(table)}
+                for table in ("ledger", "case_messages", "attachments", "cases", "participants")
+            }
+            texts = conn.execute(sa.text("SELECT text FROM case_messages")).scalars().all()
+            if conn.dialect.name == "sqlite":
+                plan = " ".join(
+                    str(row[-1])
+                    for row in conn.execute(
+                        sa.text(
+                            "EXPLAIN QUERY PLAN SELECT id FROM case_messages "
+                            "WHERE raw_sha256 IN ('a', 'b') AND case_id NOT IN (1)"
+                        )
+                    )
+                )
+                assert "ix_case_messages_raw_sha256" in plan, plan
+    finally:
+        store.dispose()
+    assert "ix_ledger_raw_sha256" in indexes["ledger"]
+    assert "ix_case_messages_raw_sha256" in indexes["case_messages"]
+    assert "ix_attachments_sha256" in indexes["attachments"]
+    assert "ix_cases_merged_into_id" in indexes["cases"]
+    assert "ix_participants_address" in indexes["participants"]
+    assert texts == ["hola"]
+    command.downgrade(alembic_config(db_url), "0012")
+    command.upgrade(alembic_config(db_url), "head")
