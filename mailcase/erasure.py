@@ -244,6 +244,10 @@ class Erasures:
     skipped: int = 0  # refused (an open case, a queued notice) or no longer wanted
     erased: bool = False
     files_left: tuple[str, ...] = ()
+    # Their rows outside any case (ledger, notices): an old one is the customer's, not
+    # also old mail of no case (erase_loose_mail's dry run leaves them out).
+    loose_ledger: tuple[int, ...] = ()
+    loose_notices: tuple[int, ...] = ()
 
 
 # Asked of each address under its transaction's lock, with what erasing it would touch:
@@ -353,6 +357,8 @@ def _tally(done: Sequence[tuple[str, Erasure]], asked: int, *, erased: bool) -> 
         notices=sum(e.notices for _, e in done),
         skipped=asked - len(done),
         erased=erased,
+        loose_ledger=tuple(sorted({i for _, e in done for i in e.loose_ledger})),
+        loose_notices=tuple(sorted({i for _, e in done for i in e.loose_notices})),
     )
 
 
@@ -371,7 +377,12 @@ class LooseErasure:
 
 
 def erase_loose_mail(
-    store: Store, blob_dir: Path, before: datetime, *, dry_run: bool
+    store: Store,
+    blob_dir: Path,
+    before: datetime,
+    *,
+    dry_run: bool,
+    theirs: Erasures | None = None,
 ) -> LooseErasure:
     """Erase the stored copies of mail kept outside any case that was fetched before
     ``before`` (bulk, automatic replies, bounces, an agent's mail naming no case, a
@@ -380,21 +391,25 @@ def erase_loose_mail(
     the notices of no case created before it that are not queued (the agents told of
     such mail). The ledger rows stay (so the mail is never fetched again), their
     reason :data:`LOOSE_REASON`. At most :data:`LOOSE_BATCH` rows per transaction;
-    with ``dry_run`` only counted."""
+    with ``dry_run`` only counted. ``theirs``: the customers erased (or to be) just
+    before, whose loose rows are theirs and not counted again here (a real run finds
+    them erased already)."""
     with store.read_session() as session:
+        skip_ledger = set(theirs.loose_ledger) if theirs else set()
+        skip_notices = set(theirs.loose_notices) if theirs else set()
         ledger = [
             i
             for i in session.exec(
                 select(LedgerEntry.id).where(*_loose_by_age(before)).order_by(col(LedgerEntry.id))
             ).all()
-            if i is not None
+            if i is not None and i not in skip_ledger
         ]
         notices = [
             i
             for i in session.exec(
                 select(Notice.id).where(*_loose_notices_by_age(before)).order_by(col(Notice.id))
             ).all()
-            if i is not None
+            if i is not None and i not in skip_notices
         ]
         if dry_run:
             shas = set(
@@ -402,7 +417,8 @@ def erase_loose_mail(
                     select(LedgerEntry.raw_sha256).where(col(LedgerEntry.id).in_(ledger))
                 ).all()
             )
-            files = len(shas - _kept_elsewhere(session, shas, [], ledger))
+            # The customers' rows go too: a file only they and these share counts here.
+            files = len(shas - _kept_elsewhere(session, shas, [], sorted(skip_ledger) + ledger))
             return LooseErasure(messages=len(ledger), notices=len(notices), files=files)
     blobs = BlobStore(blob_dir)
     erased = files = 0

@@ -93,7 +93,9 @@ def purge_inactive(
     )
     stopping = stop is not None and stop.is_set()
     loose = (
-        LooseErasure() if stopping else erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run)
+        LooseErasure()
+        if stopping
+        else erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run, theirs=customers)
     )
     if not dry_run and (customers.erased or loose.messages or loose.notices):
         # Folios and counts only: the log must not keep what was just erased.

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from helpers import installation_at
 from sqlmodel import Session, col, select
 
+from mailcase.blobs import BlobStore
 from mailcase.erasure import ErasureRefused, erase
 from mailcase.models import Case, CaseMessage, CaseStatus, Disposition, LedgerEntry, Participant
 from mailcase.retention import Purge, purge_inactive
@@ -292,3 +293,36 @@ def test_migration_0013_indexes_the_stored_files_hashes(db_url: str) -> None:
     assert texts == ["hola"]
     command.downgrade(alembic_config(db_url), "0012")
     command.upgrade(alembic_config(db_url), "head")
+
+
+def test_a_dry_run_counts_their_old_mail_of_no_case_once(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "blobs").mkdir()
+    blobs = BlobStore(tmp_path / "blobs")
+    away = blobs.put(
+        f"From: {PEDRO}\r\nTo: soporte@plr.mx\r\nSubject: fuera de oficina\r\n\r\n"
+        "Estoy de vacaciones\r\n".encode()
+    )
+    with store.transaction() as session:
+        old = _case(session, PEDRO, days=DAYS + 30)
+        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30)
+        session.add(
+            LedgerEntry(
+                mailbox="soporte",
+                uidvalidity=1,
+                uid=9999,
+                dedup_key="away",
+                disposition=Disposition.AUTO_REPLY,
+                raw_sha256=away,
+                ingested_at=NOW - timedelta(days=DAYS + 30),
+            )
+        )
+
+    def total(done: Purge) -> tuple[int, int]:
+        return (
+            done.customers.messages + done.loose.messages,
+            done.customers.files + done.loose.files,
+        )
+
+    dry = _purge(store, tmp_path, dry_run=True)
+    assert (dry.loose.messages, dry.loose.files) == (0, 0)
+    assert total(dry) == total(_purge(store, tmp_path, dry_run=False)) == (2, 1)
