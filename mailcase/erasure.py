@@ -617,17 +617,29 @@ def _survey(
         elsewhere_ledger=elsewhere.ledger,
         elsewhere_notices=elsewhere.notices,
         elsewhere_copies=elsewhere.copies,
-        mentions=tuple(
-            i
-            for i in session.exec(
-                select(CaseMessage.id).where(
-                    col(CaseMessage.id).in_(scan.mentioning), col(CaseMessage.case_id).not_in(ids)
-                )
-            ).all()
-            if i is not None
-        ),
+        mentions=_still_mentioning(session, address, scan.mentioning, ids),
     )
     return found, cases, orphans
+
+
+def _still_mentioning(
+    session: Session, address: str, found: Sequence[int], skip: Sequence[int]
+) -> tuple[int, ...]:
+    """Of the messages ``found`` naming ``address`` (an earlier scan, maybe in another
+    transaction), those outside the cases ``skip`` that still name it: another instance
+    may have erased it meanwhile (PostgreSQL), and it is then nothing to erase."""
+    if not found:
+        return ()
+    pattern = address_pattern(address)
+    return tuple(
+        i
+        for i, *texts in session.exec(
+            select(CaseMessage.id, CaseMessage.from_addr, CaseMessage.to_addrs, CaseMessage.text)
+            .where(col(CaseMessage.id).in_(found), col(CaseMessage.case_id).not_in(skip))
+            .order_by(col(CaseMessage.id))
+        ).all()
+        if i is not None and any(pattern.search(t) for t in texts)
+    )
 
 
 @dataclass(frozen=True, slots=True)

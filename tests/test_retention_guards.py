@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from helpers import installation_at
 from sqlmodel import Session, col, select
 
+from mailcase import erasure
 from mailcase.blobs import BlobStore
 from mailcase.erasure import ErasureRefused, erase
 from mailcase.models import Case, CaseMessage, CaseStatus, Disposition, LedgerEntry, Participant
@@ -185,8 +186,9 @@ def test_a_case_merged_into_a_live_case_keeps_its_customer(store: Store, tmp_pat
         assert case is not None
         case.status = CaseStatus.CLOSED
         session.add(case)
-    # Closed (and as old): both go, his reports with hers.
-    assert _purge(store, tmp_path, dry_run=False).customers.customers == (ANA, PEDRO)
+    # Closed (and as old): his reports go with hers (merged into it, they are hers too),
+    # and nothing is left to count for him.
+    assert _purge(store, tmp_path, dry_run=False).customers.customers == (ANA,)
     assert _texts(store, first)[0][0] == ""
 
 
@@ -326,3 +328,29 @@ def test_a_dry_run_counts_their_old_mail_of_no_case_once(store: Store, tmp_path:
     dry = _purge(store, tmp_path, dry_run=True)
     assert (dry.loose.messages, dry.loose.files) == (0, 0)
     assert total(dry) == total(_purge(store, tmp_path, dry_run=False)) == (2, 1)
+
+
+def test_a_customer_another_purge_erased_meanwhile_is_not_counted_again(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two instances on PostgreSQL purging at once: the second finds, under its lock,
+    # the customer the first erased after both had scanned. It must not say it erased
+    # them (nor rewrite anything): its scan's mentions no longer name them.
+    with store.transaction() as session:
+        old = _case(session, PEDRO, days=DAYS + 30)
+        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30)
+        ana = _case(session, ANA, days=DAYS + 30)
+        _message(session, ana, ANA, f"copio a {PEDRO}", days=DAYS + 30, to=PEDRO)
+    real_utcnow = erasure.utcnow
+    other: list[Purge] = []
+
+    def first_batch_starts() -> datetime:
+        if not other:  # the other instance, between this one's scan and its batch
+            monkeypatch.setattr(erasure, "utcnow", real_utcnow)
+            other.append(_purge(store, tmp_path, dry_run=False))
+        return real_utcnow()
+
+    monkeypatch.setattr(erasure, "utcnow", first_batch_starts)
+    done = _purge(store, tmp_path, dry_run=False)
+    assert other[0].customers.customers == (ANA, PEDRO)
+    assert done.customers.customers == () and not done.customers.erased
