@@ -106,6 +106,20 @@ class ErasureRefused(MailcaseError):
     """The address's data cannot be erased now (an open case, a queued notice)."""
 
 
+class _Stopped(Exception):
+    """A scan gave up half way: its ``stop`` was set (the daemon stopping)."""
+
+
+# Rows of the stored mail read between two looks at ``stop``: the scan of a large
+# first purge takes minutes, more than systemd waits for a stop (TimeoutStopSec).
+STOP_EVERY = 200
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise _Stopped
+
+
 @dataclass(frozen=True, slots=True)
 class Erasure:
     """What erasing an address touches (or touched): folios and counts, never the address."""
@@ -278,7 +292,9 @@ def erase_many(
     batches. Logs nothing: the caller says what it did. With ``dry_run`` nothing
     changes; each address is surveyed alone (a file two of them share counts for
     neither: ``files`` is then at least). Once ``stop`` is set no further batch begins
-    (the daemon stopping: the rest waits for the next run).
+    and the first scan gives up within :data:`STOP_EVERY` rows or one chunk of
+    addresses (the daemon stopping: the rest, counted as skipped, waits for the next
+    run); what was erased by then is returned.
     """
     wanted = _Addresses(a.strip().lower() for a in addresses)
     # An insider is refused as erase refuses it: skipped.
@@ -287,7 +303,10 @@ def erase_many(
         return Erasures()
     if dry_run:
         with store.read_session() as session:
-            scans = _scan(session, wanted, blob_dir)
+            try:
+                scans = _scan(session, wanted, blob_dir, stop=stop)
+            except _Stopped:
+                return Erasures(skipped=len(wanted.addresses))
             survey = [
                 (address, found)
                 for address, found, _, _ in _surveys(session, wanted, scans, False, still_wanted)
@@ -296,8 +315,11 @@ def erase_many(
     blobs = BlobStore(blob_dir)
     earlier_left = finish_pending_removals(store, blobs)
     # The long scan, once for every address, without the write lock (see erase).
-    with store.read_session() as session:
-        first = _scan(session, wanted, blob_dir)
+    try:
+        with store.read_session() as session:
+            first = _scan(session, wanted, blob_dir, stop=stop)
+    except _Stopped:
+        return Erasures(skipped=len(wanted.addresses), files_left=tuple(earlier_left))
     done: list[tuple[str, Erasure]] = []
     left: list[str] = []
     for chunk in wanted.chunks(max(1, batch or BATCH)):
@@ -383,6 +405,7 @@ def erase_loose_mail(
     *,
     dry_run: bool,
     theirs: Erasures | None = None,
+    stop: threading.Event | None = None,
 ) -> LooseErasure:
     """Erase the stored copies of mail kept outside any case that was fetched before
     ``before`` (bulk, automatic replies, bounces, an agent's mail naming no case, a
@@ -393,7 +416,7 @@ def erase_loose_mail(
     reason :data:`LOOSE_REASON`. At most :data:`LOOSE_BATCH` rows per transaction;
     with ``dry_run`` only counted. ``theirs``: the customers erased (or to be) just
     before, whose loose rows are theirs and not counted again here (a real run finds
-    them erased already)."""
+    them erased already). Once ``stop`` is set no further batch begins."""
     with store.read_session() as session:
         skip_ledger = set(theirs.loose_ledger) if theirs else set()
         skip_notices = set(theirs.loose_notices) if theirs else set()
@@ -424,6 +447,8 @@ def erase_loose_mail(
     erased = files = 0
     left: list[str] = []
     for start in range(0, len(ledger), LOOSE_BATCH):
+        if stop is not None and stop.is_set():
+            break
         pending = f"{PENDING}{uuid.uuid4().hex}"
         with store.transaction() as session:
             # Read again under the lock: retried into a case or erased meanwhile.
@@ -451,6 +476,8 @@ def erase_loose_mail(
         left += still
     emptied = 0
     for start in range(0, len(notices), LOOSE_BATCH):
+        if stop is not None and stop.is_set():
+            break
         with store.transaction() as session:
             for notice in session.exec(
                 select(Notice).where(
@@ -803,21 +830,24 @@ def _scan(
     blob_dir: Path,
     *,
     since: Mapping[str, _Scan] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, _Scan]:
     """:class:`_Scan` of every address ``wanted``, each table read once for all of them
     (the stored headers, the longest part, once whatever their number); with ``since``
     (earlier scans of the same addresses, in another transaction, all up to the same
     marks) only the rows added after them are scanned, and what they found is read
-    again by id (a quarantined message retried into a case since is no longer loose)."""
+    again by id (a quarantined message retried into a case since is no longer loose).
+    Raises :class:`_Stopped` once ``stop`` is set (looked at every :data:`STOP_EVERY`
+    rows and every chunk of addresses)."""
     after = next(iter(since.values())).marks if since else (0, 0, 0)
     marks = (
         session.exec(select(sa.func.max(LedgerEntry.id))).one() or 0,
         session.exec(select(sa.func.max(Notice.id))).one() or 0,
         session.exec(select(sa.func.max(CaseMessage.id))).one() or 0,
     )
-    ledger = _loose_ledger(session, wanted, blob_dir, after[0], marks[0])
-    notices = _loose_notices(session, wanted, after[1], marks[1])
-    mentioning = _mentioning(session, wanted, after[2], marks[2])
+    ledger = _loose_ledger(session, wanted, blob_dir, after[0], marks[0], stop)
+    notices = _loose_notices(session, wanted, after[1], marks[1], stop)
+    mentioning = _mentioning(session, wanted, after[2], marks[2], stop)
     if since:
         was = {i: sha for s in since.values() for i, sha in s.loose_ledger}
         still_ledger = {
@@ -864,7 +894,12 @@ def _scan(
 
 
 def _loose_ledger(
-    session: Session, wanted: _Addresses, blob_dir: Path, after: int, upto: int
+    session: Session,
+    wanted: _Addresses,
+    blob_dir: Path,
+    after: int,
+    upto: int,
+    stop: threading.Event | None = None,
 ) -> dict[str, list[tuple[int, str]]]:
     """Per address ``wanted``: (id, raw sha256) of the ledger rows of no case, ids
     ``after`` < id <= ``upto``, whose stored message names the address in a header of
@@ -889,7 +924,9 @@ def _loose_ledger(
         )
         .order_by(col(LedgerEntry.id))
     ).all()
-    for row_id, sha, disposition in rows:
+    for n, (row_id, sha, disposition) in enumerate(rows):
+        if n % STOP_EVERY == 0:
+            _check(stop)
         try:
             path = BlobStore.path_in(blob_dir, sha)
             head = read_header(path)
@@ -910,7 +947,11 @@ def _loose_ledger(
 
 
 def _loose_notices(
-    session: Session, wanted: _Addresses, after: int, upto: int
+    session: Session,
+    wanted: _Addresses,
+    after: int,
+    upto: int,
+    stop: threading.Event | None = None,
 ) -> dict[str, list[int]]:
     """Per address ``wanted``: notices of no case, ids ``after`` < id <= ``upto``, whose
     bytes name it (the agents told of a quarantined message from it, of an agent's mail
@@ -923,7 +964,9 @@ def _loose_notices(
             col(Notice.case_id).is_(None), col(Notice.id) > after, col(Notice.id) <= upto
         )
     ).all()
-    for notice_id, raw in rows:
+    for n, (notice_id, raw) in enumerate(rows):
+        if n % STOP_EVERY == 0:
+            _check(stop)
         if notice_id is not None:
             for address in wanted.found_in(_texts_of(bytes(raw))):
                 found[address].append(notice_id)
@@ -1215,13 +1258,18 @@ def _erase_ledger_row(entry: LedgerEntry) -> None:
 
 
 def _mentioning(
-    session: Session, wanted: _Addresses, after: int, upto: int
+    session: Session,
+    wanted: _Addresses,
+    after: int,
+    upto: int,
+    stop: threading.Event | None = None,
 ) -> dict[str, list[int]]:
     """Per address ``wanted``: messages, ids ``after`` < id <= ``upto``, whose sender,
     recipients or text hold it as a whole address (see :func:`address_pattern`)."""
     found: dict[str, list[int]] = {a: [] for a in wanted.addresses}
     columns = (col(CaseMessage.from_addr), col(CaseMessage.to_addrs), col(CaseMessage.text))
     for chunk in wanted.chunks(SCAN_CHUNK):
+        _check(stop)  # each chunk reads every message's text: seconds on a long history
         # The database's "contains" only narrows the rows down (it finds the address in
         # maria.juan@example.com too); the pattern decides. autoescape: "_" is a wildcard.
         query = select(

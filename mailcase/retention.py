@@ -67,15 +67,19 @@ def purge_inactive(
     :func:`mailcase.erasure.erase_many` does, and the mail of no case fetched that long
     ago (:func:`mailcase.erasure.erase_loose_mail`); with ``dry_run`` only say what would
     be erased. Logs ``customers_purged`` (counts and folios) when something was erased.
-    Once ``stop`` is set, no further batch of customers begins and the old mail of no
-    case waits for the next run."""
+    Once ``stop`` is set (the daemon stopping: systemd waits two minutes), the choice of
+    customers and the first scan give up within moments, no further batch of customers
+    begins and the old mail of no case waits for the next run: what was erased by then
+    is returned."""
     if inactive_days < 1:
         raise ValueError("inactive_days must be at least 1")
     cutoff = (now or utcnow()) - timedelta(days=inactive_days)
     with store.read_session() as session:
         # An agent's test mail, or mail from a mailbox of ours, once made them a case's
         # customer: they are never one to erase everywhere.
-        chosen = [a for a in inactive_customers(session, cutoff) if a not in insiders]
+        chosen = [a for a in inactive_customers(session, cutoff, stop) if a not in insiders]
+    if stop is not None and stop.is_set():
+        return Purge(customers=Erasures(skipped=len(chosen)), loose=LooseErasure())
 
     def still_inactive(session: Session, address: str, found: Erasure) -> bool:
         # Read again under the batch's lock: a message may have come since the choice.
@@ -95,7 +99,7 @@ def purge_inactive(
     loose = (
         LooseErasure()
         if stopping
-        else erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run, theirs=customers)
+        else erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run, theirs=customers, stop=stop)
     )
     if not dry_run and (customers.erased or loose.messages or loose.notices):
         # Folios and counts only: the log must not keep what was just erased.
@@ -115,9 +119,12 @@ def purge_inactive(
     return Purge(customers=customers, loose=loose)
 
 
-def inactive_customers(session: Session, cutoff: datetime) -> list[str]:
+def inactive_customers(
+    session: Session, cutoff: datetime, stop: threading.Event | None = None
+) -> list[str]:
     """The customers (addresses) with no open case whose activity (see the module
-    docstring) is all older than ``cutoff``, in order."""
+    docstring) is all older than ``cutoff``, in order; once ``stop`` is set, only those
+    found by then."""
     open_ = sa.func.sum(sa.case((col(Case.status) == CaseStatus.OPEN, 1), else_=0))
     rows = session.exec(
         select(Case.customer)
@@ -127,7 +134,13 @@ def inactive_customers(session: Session, cutoff: datetime) -> list[str]:
         .having(open_ == 0, sa.func.max(col(Case.updated_at)) < cutoff)
         .order_by(col(Case.customer))
     ).all()
-    return [address for address in rows if _inactive(session, address, cutoff, ())]
+    found = []
+    for address in rows:
+        if stop is not None and stop.is_set():
+            break
+        if _inactive(session, address, cutoff, ()):
+            found.append(address)
+    return found
 
 
 def _inactive(

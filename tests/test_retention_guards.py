@@ -4,17 +4,19 @@ to the database (no servers needed beyond PostgreSQL), on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from helpers import installation_at
 from sqlmodel import Session, col, select
 
-from mailcase import erasure
+from mailcase import erasure, retention
 from mailcase.blobs import BlobStore
 from mailcase.erasure import ErasureRefused, erase
 from mailcase.models import Case, CaseMessage, CaseStatus, Disposition, LedgerEntry, Participant
@@ -354,3 +356,58 @@ def test_a_customer_another_purge_erased_meanwhile_is_not_counted_again(
     done = _purge(store, tmp_path, dry_run=False)
     assert other[0].customers.customers == (ANA, PEDRO)
     assert done.customers.customers == () and not done.customers.erased
+
+
+def test_a_stop_ends_the_choice_and_the_first_scan_there(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daemon stopping during a large first purge: systemd waits two minutes, and
+    # the choice and the first scan (every message's text, per chunk of addresses)
+    # took four. Each gives up at its next look at the stop; nothing is erased.
+    customers = [f"cliente{n}@example.com" for n in range(3)]
+    with store.transaction() as session:
+        for address in customers:
+            case = _case(session, address, days=DAYS + 30)
+            _message(session, case, address, "mi caso viejo", days=DAYS + 30)
+    stop = threading.Event()
+    real_inactive = retention._inactive
+    chosen: list[str] = []
+
+    def stop_arrives(session: Session, address: str, *args: Any) -> bool:
+        chosen.append(address)
+        stop.set()
+        return real_inactive(session, address, *args)
+
+    monkeypatch.setattr(retention, "_inactive", stop_arrives)
+    done = purge_inactive(
+        store, tmp_path, DAYS, insiders=INSIDERS, by="t", dry_run=False, stop=stop
+    )
+    assert chosen == customers[:1] and done.customers.customers == ()
+    monkeypatch.setattr(retention, "_inactive", real_inactive)
+
+    # During the scan: after the mail of no case, before the messages' texts.
+    stop.clear()
+    real_loose = erasure._loose_ledger
+
+    def stop_in_scan(*args: Any) -> Any:
+        stop.set()
+        return real_loose(*args)
+
+    monkeypatch.setattr(erasure, "_loose_ledger", stop_in_scan)
+    monkeypatch.setattr(erasure, "SCAN_CHUNK", 1)
+    texts_read: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM case_messages" in statement and "LIKE" in statement.upper():
+            texts_read.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        done = purge_inactive(
+            store, tmp_path, DAYS, insiders=INSIDERS, by="t", dry_run=False, stop=stop
+        )
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", count)
+    assert done.customers.customers == () and texts_read == []
+    with store.read_session() as session:
+        assert sorted(session.exec(select(Case.customer)).all()) == customers
