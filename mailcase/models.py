@@ -87,7 +87,7 @@ class Case(SQLModel, table=True):
     # Set when the case was merged into another (casework.merge): closed, its mail
     # and its folio answered by that case from then on. Not indexed: it is read from
     # the case's own row, never searched (an index would cost every new case a write).
-    merged_into_id: int | None = Field(default=None, foreign_key="cases.id")
+    merged_into_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
     # Waiting for the customer (#pendiente, `cases pending`) until then: the case is
     # closed, unresolved, when it passes with no word from them (casework.close_stale_cases).
     # NULL: not waiting. Not indexed: the hourly check reads the open cases by status.
@@ -115,7 +115,8 @@ class LedgerEntry(SQLModel, table=True):
     disposition: str = Field(max_length=16, index=True)
     reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
-    raw_sha256: str = Field(max_length=64)
+    # Indexed (0013): before a stored file is removed, the rows still naming it are read.
+    raw_sha256: str = Field(max_length=64, index=True)
     size: int = 0
     received_at: datetime | None = None  # IMAP INTERNALDATE: when the server got it
     ingested_at: datetime
@@ -136,7 +137,7 @@ class CaseMessage(SQLModel, table=True):
     date: datetime
     message_id: str | None = Field(default=None, max_length=998, index=True)
     text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    raw_sha256: str | None = Field(default=None, max_length=64)
+    raw_sha256: str | None = Field(default=None, max_length=64, index=True)
     ledger_id: int | None = Field(default=None, foreign_key="ledger.id")
     # A bounce's notice, and whether agents were told of a refusal, looked up by it.
     notice_id: int | None = Field(default=None, foreign_key="notices.id", index=True)
@@ -150,7 +151,7 @@ class StoredAttachment(SQLModel, table=True):
     filename: str = Field(sa_column=Column(Text, nullable=False))  # data, never a path
     content_type: str = Field(max_length=255)
     size: int
-    sha256: str = Field(max_length=64)
+    sha256: str = Field(max_length=64, index=True)
 
 
 class Participant(SQLModel, table=True):
@@ -161,7 +162,7 @@ class Participant(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="cases.id", index=True)
-    address: str = Field(max_length=320)
+    address: str = Field(max_length=320, index=True)
 
 
 class CaseLink(SQLModel, table=True):

@@ -13,6 +13,13 @@ would keep them forever). A customer that ``forget`` would refuse (an open case,
 notice still queued) is skipped, never an error; so is one whose activity turned
 recent between the choice and their batch's transaction.
 
+Someone else's live case keeps a customer too, whatever the dates: one who is a
+participant of a case not closed (copied on a neighbour's report, they may write on
+it), who wrote on one, or whose own case was merged into one (followed down the chain
+of merges). Erasing them would rewrite that case's history while the agents work it;
+once it is closed they are purged as anyone else. Agents and mailcase's own addresses
+(``insiders``) are never customers here: they are never chosen.
+
 Addresses are never logged: the ``customers_purged`` event has counts and folios.
 """
 
@@ -26,10 +33,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from mailcase.casework import FORGOTTEN
+from mailcase.casework import FORGOTTEN, merged_target
 from mailcase.erasure import Erasure, Erasures, LooseErasure, erase_loose_mail, erase_many
 from mailcase.logs import get_logger
-from mailcase.models import Case, CaseMessage, CaseStatus, LedgerEntry, Notice
+from mailcase.models import Case, CaseMessage, CaseStatus, LedgerEntry, Notice, Participant
 from mailcase.store import Store, as_utc, utcnow
 
 
@@ -60,13 +67,19 @@ def purge_inactive(
     :func:`mailcase.erasure.erase_many` does, and the mail of no case fetched that long
     ago (:func:`mailcase.erasure.erase_loose_mail`); with ``dry_run`` only say what would
     be erased. Logs ``customers_purged`` (counts and folios) when something was erased.
-    Once ``stop`` is set, no further batch of customers begins and the old mail of no
-    case waits for the next run."""
+    Once ``stop`` is set (the daemon stopping: systemd waits two minutes), the choice of
+    customers and the first scan give up within moments, no further batch of customers
+    begins and the old mail of no case waits for the next run: what was erased by then
+    is returned."""
     if inactive_days < 1:
         raise ValueError("inactive_days must be at least 1")
     cutoff = (now or utcnow()) - timedelta(days=inactive_days)
     with store.read_session() as session:
-        chosen = inactive_customers(session, cutoff)
+        # An agent's test mail, or mail from a mailbox of ours, once made them a case's
+        # customer: they are never one to erase everywhere.
+        chosen = [a for a in inactive_customers(session, cutoff, stop) if a not in insiders]
+    if stop is not None and stop.is_set():
+        return Purge(customers=Erasures(skipped=len(chosen)), loose=LooseErasure())
 
     def still_inactive(session: Session, address: str, found: Erasure) -> bool:
         # Read again under the batch's lock: a message may have come since the choice.
@@ -84,7 +97,9 @@ def purge_inactive(
     )
     stopping = stop is not None and stop.is_set()
     loose = (
-        LooseErasure() if stopping else erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run)
+        LooseErasure()
+        if stopping
+        else erase_loose_mail(store, blob_dir, cutoff, dry_run=dry_run, theirs=customers, stop=stop)
     )
     if not dry_run and (customers.erased or loose.messages or loose.notices):
         # Folios and counts only: the log must not keep what was just erased.
@@ -104,9 +119,12 @@ def purge_inactive(
     return Purge(customers=customers, loose=loose)
 
 
-def inactive_customers(session: Session, cutoff: datetime) -> list[str]:
+def inactive_customers(
+    session: Session, cutoff: datetime, stop: threading.Event | None = None
+) -> list[str]:
     """The customers (addresses) with no open case whose activity (see the module
-    docstring) is all older than ``cutoff``, in order."""
+    docstring) is all older than ``cutoff``, in order; once ``stop`` is set, only those
+    found by then."""
     open_ = sa.func.sum(sa.case((col(Case.status) == CaseStatus.OPEN, 1), else_=0))
     rows = session.exec(
         select(Case.customer)
@@ -116,7 +134,13 @@ def inactive_customers(session: Session, cutoff: datetime) -> list[str]:
         .having(open_ == 0, sa.func.max(col(Case.updated_at)) < cutoff)
         .order_by(col(Case.customer))
     ).all()
-    return [address for address in rows if _inactive(session, address, cutoff, ())]
+    found = []
+    for address in rows:
+        if stop is not None and stop.is_set():
+            break
+        if _inactive(session, address, cutoff, ()):
+            found.append(address)
+    return found
 
 
 def _inactive(
@@ -136,6 +160,8 @@ def _inactive(
         ).where(col(Case.customer) == address)
     ).all()
     if any(status == CaseStatus.OPEN for _, status, *_ in cases):
+        return False
+    if _on_a_live_case(session, address, [i for i, *_ in cases if i is not None]):
         return False
     times: list[datetime | None] = [t for _, _, *stamps in cases for t in stamps]
     ids = [i for i, *_ in cases if i is not None]
@@ -172,3 +198,31 @@ def _inactive(
     cut = as_utc(cutoff)
     assert cut is not None
     return all(t is None or (as_utc(t) or cut) < cut for t in times)
+
+
+def _on_a_live_case(session: Session, address: str, own: list[int]) -> bool:
+    """Whether ``address`` takes part in another customer's case that is not closed: a
+    participant of it, the sender of one of its messages, or the customer of a case of
+    its own (``own``) merged into it, at the end of the chain of merges
+    (:func:`mailcase.casework.merged_target`)."""
+    # Another customer's case (theirs resolved keeps nobody: see _inactive).
+    live = sa.and_(col(Case.status) != CaseStatus.CLOSED, col(Case.id).not_in(own))
+    if session.exec(
+        select(Participant.id)
+        .join(Case, col(Case.id) == col(Participant.case_id))
+        .where(Participant.address == address, live)
+    ).first():
+        return True
+    if session.exec(
+        select(CaseMessage.id)
+        .join(Case, col(Case.id) == col(CaseMessage.case_id))
+        .where(CaseMessage.from_addr == address, live)
+    ).first():
+        return True
+    if own:
+        merged = session.exec(
+            select(Case).where(col(Case.id).in_(own), col(Case.merged_into_id).is_not(None))
+        ).all()
+        if any(merged_target(session, case).status != CaseStatus.CLOSED for case in merged):
+            return True
+    return False
