@@ -1355,6 +1355,14 @@ def _to_customer(case: Case, mail: InboundMail) -> bool:
     return bool(case.customer) and (case.customer in mail.to or case.customer in mail.cc)
 
 
+def _only_copied(settings: Settings, case: Case, mail: InboundMail) -> bool:
+    """Whether ``mail`` was addressed to others, a support mailbox only copied (Cc or
+    Bcc): someone is in its To, none of our mailboxes is, nor is ``case``'s customer a
+    recipient. A To with nobody in it (the mailbox in Bcc alone) addressed only us."""
+    mailboxes = {m.address for m in settings.mailboxes.values()}
+    return bool(mail.to) and mailboxes.isdisjoint(mail.to) and not _to_customer(case, mail)
+
+
 def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> None:
     """Mark the signed ids ``mail`` references as no proof any more, when someone who
     is not an agent holds them.
@@ -1681,13 +1689,20 @@ def _agent_message(
         return
     kinds = {c.kind for c in parsed.commands}
     text = parsed.text.strip()
+    # Words addressed to others (a colleague, a contractor, the agents' list), a support
+    # mailbox only in copy: the agent told them something, not the customer. Kept as a
+    # note, as Zammad keeps such mail as an internal article; the agent is told. Only
+    # a reply without commands: a command was typed on purpose, and runs as in any
+    # reply, with what it sends the customer (#resolver's causes, #pendiente's question).
+    copied = not parsed.commands and _only_copied(settings, case, mail)
     # A remark sent back to one of our side notices ("Yo no envié eso", "Enterado, se lo
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
-    side = not parsed.commands and _answers_a_side_notice(session, settings, mail)
+    side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
     # "#pendiente" relays its text as a plain reply does: the question the case waits on.
     asks = CommandKind.PENDING in kinds and bool(text)
     is_note = (
         side
+        or copied
         or CommandKind.NOTE in kinds
         or (kinds and CommandKind.RESOLVE not in kinds and not asks)
     )
@@ -1715,6 +1730,9 @@ def _agent_message(
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
         casework.assign_on_answer(session, settings, case, by)
+        return
+    if copied:  # nobody was answered: no owner taken either
+        _not_relayed(session, settings, case, mail, "copied")
         return
     if side:
         _not_relayed(session, settings, case, mail, "side_notice")

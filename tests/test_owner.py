@@ -359,6 +359,103 @@ def test_an_agent_writing_straight_to_the_customer_becomes_the_owner(desk: Desk)
     assert desk.case(folio)["owner"] == LUIS
 
 
+# --- words for others, the mailbox only in copy -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "sentence"),
+    [
+        ("es", "iba dirigido a otras personas, con el buzón de soporte solo en copia"),
+        ("en", "was addressed to others, with the support mailbox only in copy"),
+    ],
+)
+def test_not_relayed_says_a_message_to_others_was_kept_as_a_note(
+    language: str, sentence: str
+) -> None:
+    body = render_body("not_relayed", language, context("not_relayed", reason="copied"))
+    assert sentence in body.text
+    assert "contacto@internet-plarey.com.mx" in body.text  # where to write to the customer
+    assert ("se envió al cliente, sin" if language == "es" else "was sent to the") not in (
+        body.text
+    )
+
+
+def _kept_as_a_note(desk: Desk, folio: str, words: str) -> None:
+    """``words`` are on the case as a note, the agent was told, nobody owns the case."""
+    case = desk.case(folio)
+    assert [m["kind"] for m in case["messages"] if words in m["text"]] == ["note"]
+    assert case["owner"] is None
+    told = text(desk.last_to(AGENT))
+    assert "iba dirigido a otras personas, con el buzón de soporte solo en copia" in told
+
+
+@pytest.mark.integration
+def test_a_reply_to_a_colleague_with_the_mailbox_in_cc_is_a_note(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(
+        _notification(desk, folio), "Luis, te lo paso: es de tu zona, yo no puedo.",
+        to=LUIS_FROM, headers={"Cc": CONTACTO},
+    )  # fmt: skip
+    assert len(desk.to(CUSTOMER)) == told  # nothing relayed
+    _kept_as_a_note(desk, folio, "te lo paso")
+
+    # A reply to the notification itself, the mailbox its recipient, still goes out.
+    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
+    assert desk.case(folio)["owner"] == AGENT
+
+
+@pytest.mark.integration
+def test_a_notification_forwarded_to_a_contractor_with_the_mailbox_in_cc_is_a_note(
+    desk: Desk,
+) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    told = len(desk.to(CUSTOMER))
+    notice = _notification(desk, folio)
+    forward = "\n".join(
+        [
+            "Pedro, ¿puedes pasar hoy? Gracias.",
+            "",
+            "---------- Forwarded message ---------",
+            f"From: Soporte <{CONTACTO}>",
+            f"Subject: {notice['Subject']}",
+            "",
+            text(notice),
+        ]
+    )
+    desk.deliver(
+        mail(
+            sender=ANA, to="Pedro Técnico <pedro@contratista.example>",
+            subject=f"Fwd: {notice['Subject']}", body=forward,
+            headers={"Cc": CONTACTO, "References": notice["Message-ID"].strip()},
+        )
+    )  # fmt: skip
+    assert len(desk.to(CUSTOMER)) == told
+    _kept_as_a_note(desk, folio, "Pedro, ¿puedes pasar hoy?")
+
+
+@pytest.mark.integration
+def test_commands_in_a_mail_to_a_colleague_run(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(
+        _notification(desk, folio), f"#asignar {LUIS}\nLuis, es de tu zona.",
+        to=LUIS_FROM, headers={"Cc": CONTACTO},
+    )  # fmt: skip
+    case = desk.case(folio)
+    assert case["owner"] == LUIS  # typed on purpose: it runs
+    assert [m["kind"] for m in case["messages"] if "tu zona" in m["text"]] == ["note"]
+    assert len(desk.to(CUSTOMER)) == told
+    # A resolution typed to a colleague is a resolution: the customer gets it.
+    desk.agent_reply(
+        _notification(desk, folio), "#resolver procedente\nSe cambió el conector.",
+        to=LUIS_FROM, headers={"Cc": CONTACTO},
+    )  # fmt: skip
+    assert desk.case(folio)["status"] == "resolved"
+    assert "Se cambió el conector." in text(desk.last_to(CUSTOMER))
+
+
 @pytest.mark.integration
 def test_the_command_line_assigns_nobody_by_itself(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
