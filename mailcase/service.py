@@ -1710,7 +1710,9 @@ def _agent_message(
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     for command in parsed.commands:
-        _run_command(session, settings, case, command, text, by, now_local)
+        _run_command(
+            session, settings, case, command, text, by, now_local, note=text if is_note else ""
+        )
     if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
         # A resolution or a visit answers the customer (on a phone case the agent is
         # told to call them): its agent follows the case up, unless the same reply
@@ -1971,9 +1973,12 @@ def _run_command(
     text: str,
     by: str,
     now_local: datetime,
+    *,
+    note: str = "",
 ) -> None:
     """Carry out one checked ``command`` (:func:`casework.command_problems` at ``now_local``,
-    the time the visit checks are made at again, so that they cannot disagree)."""
+    the time the visit checks are made at again, so that they cannot disagree). ``note``:
+    the reply's text when it is kept as a note (what a new owner is shown)."""
     kind = command.kind
     if kind is CommandKind.RESOLVE and command.outcome is not None:
         casework.resolve(session, settings, case, command.outcome, text, by=by, record_cause=False)
@@ -1997,7 +2002,7 @@ def _run_command(
     elif kind is CommandKind.ASSIGN:
         # "#asignar yo": the agent who wrote, verified as one (triage's Role.AGENT).
         owner = by if command.myself else None if command.nobody else command.owner
-        casework.assign(session, settings, case, owner, by=by)
+        casework.assign(session, settings, case, owner, by=by, note=note)
     elif kind is CommandKind.PENDING:
         days = command.days or settings.cases.pending_days
         casework.set_pending(session, settings, case, days, by=by)

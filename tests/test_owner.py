@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, CONTACTO, NOTIFY, Cli, installation_at, mail, write_config
+from helpers import AGENT, CONTACTO, FOLIO, NOTIFY, Cli, installation_at, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import col
 from test_agents import AREAS, CUSTOMER, Desk, text
@@ -357,6 +357,96 @@ def test_an_agent_writing_straight_to_the_customer_becomes_the_owner(desk: Desk)
         to=f"{CUSTOMER}, {CONTACTO}",
     )  # fmt: skip
     assert desk.case(folio)["owner"] == LUIS
+
+
+# --- the new owner is told ---------------------------------------------------------------
+
+
+def _assigned(desk: Desk, rcpt: str) -> list[EmailMessage]:
+    return [m for m in desk.to(rcpt) if text(m).startswith("Le asignaron el caso")]
+
+
+@pytest.mark.parametrize(
+    ("language", "first", "noted"),
+    [
+        ("es", "Le asignaron el caso", "Nota de quien lo asignó:\nLuis, es de tu zona."),
+        ("en", "was assigned to you", "Note from whoever assigned it:\nLuis, es de tu zona."),
+    ],
+)
+def test_the_assigned_notice_shows_the_case_and_the_note(
+    language: str, first: str, noted: str
+) -> None:
+    body = render_body("assigned", language, context("assigned"))
+    assert first in body.text.splitlines()[0]
+    for shown in (FOLIO, "juan.perez@example.com", "Sin servicio de internet", noted):
+        assert shown in body.text
+    assert "Ya reinicié el módem." in body.text  # the customer's latest message
+    assert ("#asignar" if language == "es" else "#assign") in body.text  # the help
+    phone = render_body("assigned", language, context("assigned", customer="", note=""))
+    assert ("sin correo" if language == "es" else "no mail address") in phone.text
+    assert "Nota de quien" not in phone.text and "Note from" not in phone.text
+
+
+@pytest.mark.integration
+def test_an_agent_assigned_by_someone_else_is_told(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    notification = _notification(desk, folio)
+    desk.agent_reply(notification, f"#asignar {LUIS}\nLuis, es de tu zona.")
+
+    [told] = _assigned(desk, LUIS)
+    assert folio in str(told["Subject"])
+    body = text(told)
+    for shown in (f"Folio:    {folio}", CUSTOMER, "Asunto:   Sin internet", "No tengo internet."):
+        assert shown in body
+    assert f"Asignado por: {AGENT}" in body.splitlines()
+    assert "Nota de quien lo asignó:\nLuis, es de tu zona." in body
+    # In the case's thread, replyable as its notification is.
+    assert notification["Message-ID"].strip() in str(told["References"])
+    assert str(told["Reply-To"]) == CONTACTO
+    assert not any("Le asignaron" in text(m) for m in desk.to(CUSTOMER))
+
+    # Luis answers it: the customer gets his words, as from a reply to the notification.
+    desk.agent_reply(told, "Buenas tardes, hoy paso a revisar su nodo.", sender=LUIS_FROM)
+    assert "hoy paso a revisar" in text(desk.last_to(CUSTOMER))
+    assert desk.case(folio)["owner"] == LUIS
+
+    # Taking a case oneself, or clearing it, tells nobody.
+    desk.agent_reply(_notification(desk, folio), "#asignar yo\nMejor lo veo yo.")
+    desk.agent_reply(_notification(desk, folio), "#asignar nadie\nQue lo tome quien pueda.")
+    assert _assigned(desk, AGENT) == [] and len(_assigned(desk, LUIS)) == 1
+
+    # The command line tells the agent it names.
+    assert desk.cli("cases", "assign", folio, "--to", AGENT)[0] == 0
+    [by_cli] = _assigned(desk, AGENT)
+    assert "Asignado por: cli:" in text(by_cli)
+    assert "Nota de quien" not in text(by_cli)
+
+    # A closed case is followed up by nobody: its new owner is not told.
+    assert desk.cli("cases", "close", folio)[0] == 0
+    assert desk.cli("cases", "assign", folio, "--to", LUIS)[0] == 0
+    assert len(_assigned(desk, LUIS)) == 1
+
+
+@pytest.mark.integration
+def test_the_agent_who_takes_a_case_by_answering_is_not_told(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    assert desk.case(folio)["owner"] == AGENT
+    assert _assigned(desk, AGENT) == []
+
+
+@pytest.mark.integration
+def test_the_assigned_notices_are_capped_as_the_agents_notices_are(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    extra = "\n[limits]\nmax_agent_notices_per_case_per_hour = 1\n"
+    desk = _desk(tmp_path, mailboxes, sink, capsys, db_url, extra)
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    for owner in (LUIS, AGENT, LUIS, AGENT, LUIS):
+        assert desk.cli("cases", "assign", folio, "--to", owner)[0] == 0
+    assert desk.case(folio)["owner"] == LUIS
+    assert len(_assigned(desk, LUIS)) == 1  # once an hour per case, as the cap says
+    assert len(_assigned(desk, AGENT)) == 1
 
 
 # --- words for others, the mailbox only in copy -------------------------------------------
