@@ -1458,6 +1458,11 @@ def _apply(
         _record_inbound(rt, session, case, mail, raw_sha, kind, text=text)
         if note:
             casework.record(session, case, "system", note)
+        if decision.role is Role.AGENT and not decision.quiet and _to_customer(case, mail):
+            # Written to the customer, the mailbox in copy (not a forward of their mail):
+            # the agent answered them, and follows the case up as on a case already
+            # open. Before the agents' notice, which shows the owner.
+            casework.assign_on_answer(session, settings, case, mail.sender)
         if decision.acknowledge:
             queue_notice(
                 session,

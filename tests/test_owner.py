@@ -546,6 +546,55 @@ def test_commands_in_a_mail_to_a_colleague_run(desk: Desk) -> None:
     assert "Se cambió el conector." in text(desk.last_to(CUSTOMER))
 
 
+_AUTHENTICATED = {
+    "Authentication-Results": "mx.internet-plarey.com.mx; "
+    "dkim=pass header.d=internet-plarey.com.mx; spf=pass "
+    f"smtp.mailfrom={AGENT}"
+}
+
+
+def _trusting(desk: Desk) -> Desk:
+    """``desk`` with the receiving server's Authentication-Results trusted (agents may open
+    cases by mail)."""
+    config = desk.cli.config
+    trusted = 'trusted_authserv_ids = ["mx.internet-plarey.com.mx"]\n[web_form]'
+    config.write_text(config.read_text("utf-8").replace("[web_form]", trusted), "utf-8")
+    return desk
+
+
+@pytest.mark.integration
+def test_an_agent_who_opens_a_case_by_writing_to_the_customer_owns_it(desk: Desk) -> None:
+    _trusting(desk).deliver(
+        mail(
+            sender=ANA, to="Rosa <rosa@example.com>", subject="Su reporte telefónico",
+            body="Buenas tardes, le escribo por su reporte.",
+            headers={**_AUTHENTICATED, "Cc": CONTACTO},
+        )
+    )  # fmt: skip
+    [opened] = desk.cli.json("cases", "list")
+    case = desk.case(opened["folio"])
+    assert (case["customer"], case["owner"]) == ("rosa@example.com", AGENT)
+    assert _system(case) == [f"owner set to {AGENT}"]
+    notice = _notification(desk, opened["folio"])
+    assert f"Responsable: {AGENT}" in text(notice).splitlines()
+
+    # A forward of a customer's mail answers nobody: the case stays unowned.
+    forward = "\n".join(
+        [
+            "Les paso el correo de Eva.",
+            "",
+            "---------- Forwarded message ---------",
+            "From: Eva <eva@example.com>",
+            "Subject: Cobro doble",
+            "",
+            "Me cobraron dos veces.",
+        ]
+    )
+    desk.deliver(mail(sender=ANA, subject="Fwd: Cobro doble", body=forward, headers=_AUTHENTICATED))
+    [eva] = [c for c in desk.cli.json("cases", "list") if c["customer"] == "eva@example.com"]
+    assert eva["owner"] is None
+
+
 @pytest.mark.integration
 def test_the_command_line_assigns_nobody_by_itself(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
