@@ -684,6 +684,41 @@ def test_the_command_line_assigns_lists_and_shows_the_owner(cli: Cli) -> None:
     assert exited.value.code == 2
 
 
+def _age(cli: Cli, days: int) -> None:
+    """Make every case, message and notice ``days`` old (as if written then)."""
+    store = Store.open(load_settings(cli.config).database.url, auto_upgrade=False)
+    then = datetime.now(UTC) - timedelta(days=days)
+    with store.transaction() as session:
+        session.execute(sa.update(Case).values(created_at=then, updated_at=then, closed_at=then))
+        session.execute(sa.text("UPDATE case_messages SET date = :t"), {"t": then})
+        session.execute(sa.text("UPDATE notices SET created_at = :t"), {"t": then})
+    store.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "change", [("assign", "--to", AGENT), ("assign", "--none"), ("type", "--type", "complaint")]
+)
+def test_an_owner_or_a_type_is_no_activity_of_the_customer(
+    cli: Cli, change: tuple[str, ...]
+) -> None:
+    folio = _phone_case(cli, "--customer", "rosa@example.com")
+    if change[1] == "--none":
+        assert cli("cases", "assign", folio, "--to", LUIS)[0] == 0
+    assert cli("cases", "close", folio)[0] == 0
+    _age(cli, 400)
+    before = cli.json("cases", "show", folio)["updated_at"]
+    purge = ("customers", "purge", "--inactive-days", "365")
+    assert cli.json(*purge)["addresses"] == ["rosa@example.com"]
+
+    code, _, err = cli("cases", change[0], folio, *change[1:])
+    assert code == 0, err
+
+    # Retention by age still finds the customer inactive: their clock did not restart.
+    assert cli.json("cases", "show", folio)["updated_at"] == before
+    assert cli.json(*purge)["addresses"] == ["rosa@example.com"]
+
+
 @pytest.mark.integration
 def test_a_merge_keeps_the_owner_or_takes_the_merged_ones(cli: Cli) -> None:
     owned = _phone_case(cli, "--customer", "rosa@example.com")
