@@ -989,8 +989,11 @@ def assign_on_answer(session: Session, settings: Settings, case: Case, agent: st
     """``agent`` answered the customer of ``case`` (a reply relayed, a resolution, a visit):
     with ``cases.auto_assign``, an agent of ``agents.addresses``, and a case nobody owns,
     ``agent`` becomes its owner (as FreeScout and Zammad assign a ticket to the agent who
-    takes it up); whether it did."""
-    if not settings.cases.auto_assign or case.owner is not None:
+    takes it up); whether it did. An owner no longer in ``agents.addresses`` has left
+    the desk and follows nothing up: the case counts as nobody's."""
+    if not settings.cases.auto_assign:
+        return False
+    if case.owner is not None and case.owner in settings.agents.addresses:
         return False
     if agent not in settings.agents.addresses:
         return False

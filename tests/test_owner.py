@@ -325,6 +325,21 @@ def test_the_agent_whose_reply_first_answers_the_customer_owns_the_case(desk: De
 
 
 @pytest.mark.integration
+def test_a_case_whose_owner_left_the_desk_takes_the_agent_who_answers(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    assert desk.cli("cases", "assign", folio, "--to", LUIS)[0] == 0
+    # Luis left: taken out of agents.addresses. His case is nobody's now.
+    config = desk.cli.config
+    both = f'addresses = ["{AGENT}", "{LUIS}"]'
+    config.write_text(config.read_text("utf-8").replace(both, f'addresses = ["{AGENT}"]'), "utf-8")
+    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
+    case = desk.case(folio)
+    assert case["owner"] == AGENT
+    assert _system(case)[-1] == f"owner set to {AGENT}"
+
+
+@pytest.mark.integration
 def test_a_resolution_or_a_visit_by_mail_assigns_an_unowned_case(desk: Desk) -> None:
     resolved = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     desk.agent_reply(
