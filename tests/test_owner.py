@@ -20,7 +20,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, CONTACTO, FOLIO, NOTIFY, Cli, installation_at, mail, write_config
+from helpers import (
+    AGENT,
+    CONTACTO,
+    FOLIO,
+    NOTIFY,
+    Cli,
+    installation_at,
+    json_events,
+    mail,
+    write_config,
+)
 from servers import Dovecot, SmtpSink
 from sqlmodel import col
 from test_agents import AREAS, CUSTOMER, Desk, text
@@ -229,13 +239,15 @@ def test_an_agent_assigns_the_case_by_mail(desk: Desk) -> None:
 
     case = desk.case(folio)
     assert case["owner"] == LUIS
-    note, system = case["messages"][-2:]  # the reply is recorded, then what it did
+    # The reply is recorded, then what it did, then the notice telling Luis.
+    note, system, to_luis = case["messages"][-3:]
     assert (system["kind"], system["text"], system["from"]) == (
         "system",
         f"owner set to {LUIS}",
         AGENT,
     )
     assert (note["kind"], note["text"]) == ("note", "Luis conoce el nodo de esa colonia.")
+    assert (to_luis["kind"], to_luis["to"]) == ("notice", LUIS)
     assert len(desk.to(CUSTOMER)) == told  # the rest is a note: nothing relayed
     # The agents' next notice of the case names the owner.
     desk.deliver(mail(sender=JUAN, subject=f"RE: [Folio {folio}] Sin internet", body="¿Y?"))
@@ -550,7 +562,8 @@ def test_commands_in_a_mail_to_a_colleague_run(desk: Desk) -> None:
     )  # fmt: skip
     case = desk.case(folio)
     assert case["owner"] == LUIS  # typed on purpose: it runs
-    assert [m["kind"] for m in case["messages"] if "tu zona" in m["text"]] == ["note"]
+    # Kept as a note, which the notice telling Luis he owns the case shows him.
+    assert [m["kind"] for m in case["messages"] if "tu zona" in m["text"]] == ["note", "notice"]
     assert len(desk.to(CUSTOMER)) == told
     # A resolution typed to a colleague is a resolution: the customer gets it.
     desk.agent_reply(
@@ -654,14 +667,18 @@ def test_the_command_line_assigns_lists_and_shows_the_owner(cli: Cli) -> None:
     assert cli.json("cases", "show", ana_s)["owner"] is None
 
     code, out, err = cli("cases", "assign", ana_s, "--to", f"Ana <{AGENT.upper()}>")
-    assert (code, out.strip(), err) == (0, f"{ana_s}: owner set to {AGENT}", "")
+    assert (code, out.strip()) == (0, f"{ana_s}: owner set to {AGENT}")
+    # Only the log of the notice telling the agent (sent by the command): no error.
+    assert [e["event"] for e in json_events(err)] == ["notice_sent"]
     code, out, _ = cli("cases", "assign", ana_s, "--to", AGENT)
     assert (code, out.strip()) == (0, f"{ana_s}: already owned by {AGENT}")
     assert cli("cases", "assign", luis_s, "--to", LUIS)[0] == 0
     shown = cli.json("cases", "show", ana_s)
     assert shown["owner"] == AGENT
     assert [m["text"] for m in shown["messages"]].count(f"owner set to {AGENT}") == 1
-    assert shown["messages"][-1]["from"].startswith("cli:")
+    system, to_ana = shown["messages"][-2:]  # recorded, then the agent told
+    assert system["from"].startswith("cli:")
+    assert (to_ana["kind"], to_ana["to"]) == ("notice", AGENT)
 
     listed = {c["folio"]: c["owner"] for c in cli.json("cases", "list")}
     assert listed == {ana_s: AGENT, luis_s: LUIS, nobody_s: None}
