@@ -20,7 +20,7 @@ from mailcase.blobs import BlobStore
 from mailcase.commands import PENDING_MAX_DAYS, Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
-from mailcase.folio import format_folio, has_link, tagged_subject
+from mailcase.folio import clip, format_folio, has_link, tagged_subject
 from mailcase.models import (
     Case,
     CaseLink,
@@ -881,7 +881,8 @@ def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
     """Classify ``case`` as ``case_type`` (a :class:`~mailcase.models.CaseType` value) and
     record "type set to X"; False, and nothing changed nor recorded, when it was that type
     already. Any status takes it: a case is classified after it was closed too (the report
-    counts it by the period it was opened in). Nobody is told: it is bookkeeping.
+    counts it by the period it was opened in). Nobody is told: it is bookkeeping, and
+    ``updated_at`` stays as it was (retention by age reads it as the customer's activity).
 
     Raises CaseworkError for a value that is no type.
     """
@@ -891,17 +892,31 @@ def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
     if case.type == case_type:
         return False
     case.type = case_type
-    case.updated_at = utcnow()
+    # updated_at stays: it tells the customer's activity (retention by age reads it), and
+    # classifying an old closed case is bookkeeping, not their doing.
     session.add(case)
     record(session, case, "system", f"type set to {case_type}", from_addr=by)
     return True
 
 
-def assign(session: Session, settings: Settings, case: Case, owner: str | None, *, by: str) -> bool:
+def assign(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    owner: str | None,
+    *,
+    by: str,
+    note: str = "",
+) -> bool:
     """Make ``owner`` (an address of ``agents.addresses``; None: nobody) the agent
     responsible for ``case`` and record "owner set to X" (or "owner cleared"); False,
     and nothing changed nor recorded, when it was that owner already. Any status takes
-    it, as a type does. Nobody is told: the owner reads it in the case's next notices.
+    it, as a type does; neither touches ``updated_at`` (retention reads it as the
+    customer's activity).
+
+    An owner made so by someone else (``by``: another agent, the command line) is told
+    (:func:`_tell_new_owner`, with ``note``, what the one who assigned it wrote);
+    one who took the case themselves knows.
 
     Raises CaseworkError for an address that is not an agent's.
     """
@@ -910,19 +925,75 @@ def assign(session: Session, settings: Settings, case: Case, owner: str | None, 
     if case.owner == owner:
         return False
     case.owner = owner
-    case.updated_at = utcnow()
+    # updated_at stays, as for a type (set_type): who follows a case up is the desk's
+    # bookkeeping, and must not restart the customer's retention clock.
     session.add(case)
     text = f"owner set to {owner}" if owner else "owner cleared"
     record(session, case, "system", text, from_addr=by)
+    if owner is not None and owner != by:
+        _tell_new_owner(session, settings, case, owner, by=by, note=note)
     return True
+
+
+# The customer's latest message, as the new owner's notice quotes it (as a reminder does).
+_OWNER_TEXT_CHARS = 1500
+
+
+def _tell_new_owner(
+    session: Session, settings: Settings, case: Case, owner: str, *, by: str, note: str
+) -> None:
+    """Queue the ``assigned`` notice to ``owner``, whom ``by`` made responsible for ``case``
+    (as Zammad, OTRS/Znuny and FreeScout tell an agent a ticket assigned to them): the
+    case, the customer's latest message and ``note``. An agent notice like the case's
+    notification, so a reply to it works as a reply to that one. Never to an address
+    that is not an agent's, nor of mailcase's own; capped per case and hour as the
+    agents' notices are. Not for a closed case: nothing to follow up there.
+    """
+    if case.status == CaseStatus.CLOSED:
+        return
+    if owner not in settings.agents.addresses or owner in settings.own_addresses:
+        return
+    queue_notice(
+        session,
+        settings,
+        case,
+        "assigned",
+        to=owner,
+        context={
+            "owner": owner,
+            "assigned_by": by,
+            "note": note.strip(),
+            "status": case.status,
+            "case_type": case.type or "",
+            "text": clip(last_customer_text(session, case), _OWNER_TEXT_CHARS),
+        },
+    )
+
+
+def last_customer_text(session: Session, case: Case) -> str:
+    """The words of the customer's latest message on ``case`` ("" if none is kept)."""
+    text = session.exec(
+        select(CaseMessage.text)
+        .where(
+            CaseMessage.case_id == case.id,
+            CaseMessage.kind == "customer",
+            CaseMessage.from_addr == case.customer,
+        )
+        .order_by(col(CaseMessage.id).desc())
+        .limit(1)
+    ).first()
+    return (text or "").strip()
 
 
 def assign_on_answer(session: Session, settings: Settings, case: Case, agent: str) -> bool:
     """``agent`` answered the customer of ``case`` (a reply relayed, a resolution, a visit):
     with ``cases.auto_assign``, an agent of ``agents.addresses``, and a case nobody owns,
     ``agent`` becomes its owner (as FreeScout and Zammad assign a ticket to the agent who
-    takes it up); whether it did."""
-    if not settings.cases.auto_assign or case.owner is not None:
+    takes it up); whether it did. An owner no longer in ``agents.addresses`` has left
+    the desk and follows nothing up: the case counts as nobody's."""
+    if not settings.cases.auto_assign:
+        return False
+    if case.owner is not None and case.owner in settings.agents.addresses:
         return False
     if agent not in settings.agents.addresses:
         return False

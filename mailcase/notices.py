@@ -10,7 +10,8 @@ Who gets what (the kinds):
   ``command_error``, ``unverified_agent``, ``delivery_failed``, ``not_relayed``
   (an agent's reply that reached the customer without its attachments, or
   not at all), ``reminder`` (a customer waiting for an answer,
-  :mod:`mailcase.reminders`).
+  :mod:`mailcase.reminders`), ``assigned`` (to an agent made a case's owner by
+  someone else).
 
 Every notice to agents carries a Message-ID signed for its case
 (:mod:`mailcase.msgid`), so an agent's reply to it proves which case it
@@ -62,7 +63,7 @@ ANSWER_KINDS = tuple(sorted(CUSTOMER_KINDS - {"acknowledgement", "merged", "clos
 ANSWERED_STATUSES = (NoticeStatus.QUEUED.value, NoticeStatus.SENT.value)
 AGENT_KINDS = frozenset(
     {"agent_notification", "command_error", "unverified_agent", "delivery_failed", "not_relayed"}
-    | {"no_case", "quarantined", "reminder"}
+    | {"no_case", "quarantined", "reminder", "assigned"}
 )
 SIGNING_KEY = "message_id_key"
 
@@ -121,6 +122,7 @@ _TOTAL_CAP = "limits.max_notices_per_hour"  # how blocked()'s reason for the tot
 _PER_CASE_CAPS = {
     "agent_notification": "max_agent_notices_per_case_per_hour",
     "not_relayed": "max_agent_notices_per_case_per_hour",
+    "assigned": "max_agent_notices_per_case_per_hour",
     "command_error": "max_agent_notices_per_case_per_hour",
     "relay": "max_relays_per_case_per_hour",
 }

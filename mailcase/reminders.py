@@ -62,6 +62,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from mailcase.businesshours import BusinessCalendar
+from mailcase.casework import last_customer_text
 from mailcase.config import Settings
 from mailcase.errors import MessageError
 from mailcase.folio import clip
@@ -398,7 +399,7 @@ def _queue_reminders(session: Session, settings: Settings, case: Case, now: date
         "waited_hours": waited,
         "since": since.astimezone(settings.folio.zone).strftime("%Y-%m-%d %H:%M"),
         "timezone": settings.folio.timezone,
-        "text": clip(_last_customer_text(session, case), _LAST_TEXT_CHARS),
+        "text": clip(last_customer_text(session, case), _LAST_TEXT_CHARS),
         "unanswered_hours": settings.escalation.unanswered_hours,
         "business_hours": settings.escalation.clock == "business",  # "24 horas hábiles"
         "case_type": case.type or "",  # as the case's notification shows it
@@ -409,18 +410,3 @@ def _queue_reminders(session: Session, settings: Settings, case: Case, now: date
         for rcpt in recipients
     ]
     return not all(held)
-
-
-def _last_customer_text(session: Session, case: Case) -> str:
-    """The words of the customer's latest message on ``case`` ("" if none is kept)."""
-    text = session.exec(
-        select(CaseMessage.text)
-        .where(
-            CaseMessage.case_id == case.id,
-            CaseMessage.kind == "customer",
-            CaseMessage.from_addr == case.customer,
-        )
-        .order_by(col(CaseMessage.id).desc())
-        .limit(1)
-    ).first()
-    return (text or "").strip()

@@ -1355,6 +1355,14 @@ def _to_customer(case: Case, mail: InboundMail) -> bool:
     return bool(case.customer) and (case.customer in mail.to or case.customer in mail.cc)
 
 
+def _only_copied(settings: Settings, case: Case, mail: InboundMail) -> bool:
+    """Whether ``mail`` was addressed to others, a support mailbox only copied (Cc or
+    Bcc): someone is in its To, none of our mailboxes is, nor is ``case``'s customer a
+    recipient. A To with nobody in it (the mailbox in Bcc alone) addressed only us."""
+    mailboxes = {m.address for m in settings.mailboxes.values()}
+    return bool(mail.to) and mailboxes.isdisjoint(mail.to) and not _to_customer(case, mail)
+
+
 def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> None:
     """Mark the signed ids ``mail`` references as no proof any more, when someone who
     is not an agent holds them.
@@ -1450,6 +1458,11 @@ def _apply(
         _record_inbound(rt, session, case, mail, raw_sha, kind, text=text)
         if note:
             casework.record(session, case, "system", note)
+        if decision.role is Role.AGENT and not decision.quiet and _to_customer(case, mail):
+            # Written to the customer, the mailbox in copy (not a forward of their mail):
+            # the agent answered them, and follows the case up as on a case already
+            # open. Before the agents' notice, which shows the owner.
+            casework.assign_on_answer(session, settings, case, mail.sender)
         if decision.acknowledge:
             queue_notice(
                 session,
@@ -1681,13 +1694,20 @@ def _agent_message(
         return
     kinds = {c.kind for c in parsed.commands}
     text = parsed.text.strip()
+    # Words addressed to others (a colleague, a contractor, the agents' list), a support
+    # mailbox only in copy: the agent told them something, not the customer. Kept as a
+    # note, as Zammad keeps such mail as an internal article; the agent is told. Only
+    # a reply without commands: a command was typed on purpose, and runs as in any
+    # reply, with what it sends the customer (#resolver's causes, #pendiente's question).
+    copied = not parsed.commands and _only_copied(settings, case, mail)
     # A remark sent back to one of our side notices ("Yo no envié eso", "Enterado, se lo
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
-    side = not parsed.commands and _answers_a_side_notice(session, settings, mail)
+    side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
     # "#pendiente" relays its text as a plain reply does: the question the case waits on.
     asks = CommandKind.PENDING in kinds and bool(text)
     is_note = (
         side
+        or copied
         or CommandKind.NOTE in kinds
         or (kinds and CommandKind.RESOLVE not in kinds and not asks)
     )
@@ -1695,7 +1715,9 @@ def _agent_message(
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     for command in parsed.commands:
-        _run_command(session, settings, case, command, text, by, now_local)
+        _run_command(
+            session, settings, case, command, text, by, now_local, note=text if is_note else ""
+        )
     if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
         # A resolution or a visit answers the customer (on a phone case the agent is
         # told to call them): its agent follows the case up, unless the same reply
@@ -1715,6 +1737,9 @@ def _agent_message(
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
         casework.assign_on_answer(session, settings, case, by)
+        return
+    if copied:  # nobody was answered: no owner taken either
+        _not_relayed(session, settings, case, mail, "copied")
         return
     if side:
         _not_relayed(session, settings, case, mail, "side_notice")
@@ -1953,9 +1978,12 @@ def _run_command(
     text: str,
     by: str,
     now_local: datetime,
+    *,
+    note: str = "",
 ) -> None:
     """Carry out one checked ``command`` (:func:`casework.command_problems` at ``now_local``,
-    the time the visit checks are made at again, so that they cannot disagree)."""
+    the time the visit checks are made at again, so that they cannot disagree). ``note``:
+    the reply's text when it is kept as a note (what a new owner is shown)."""
     kind = command.kind
     if kind is CommandKind.RESOLVE and command.outcome is not None:
         casework.resolve(session, settings, case, command.outcome, text, by=by, record_cause=False)
@@ -1979,7 +2007,7 @@ def _run_command(
     elif kind is CommandKind.ASSIGN:
         # "#asignar yo": the agent who wrote, verified as one (triage's Role.AGENT).
         owner = by if command.myself else None if command.nobody else command.owner
-        casework.assign(session, settings, case, owner, by=by)
+        casework.assign(session, settings, case, owner, by=by, note=note)
     elif kind is CommandKind.PENDING:
         days = command.days or settings.cases.pending_days
         casework.set_pending(session, settings, case, days, by=by)

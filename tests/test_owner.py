@@ -20,7 +20,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, CONTACTO, NOTIFY, Cli, installation_at, mail, write_config
+from helpers import (
+    AGENT,
+    CONTACTO,
+    FOLIO,
+    NOTIFY,
+    Cli,
+    installation_at,
+    json_events,
+    mail,
+    write_config,
+)
 from servers import Dovecot, SmtpSink
 from sqlmodel import col
 from test_agents import AREAS, CUSTOMER, Desk, text
@@ -229,13 +239,15 @@ def test_an_agent_assigns_the_case_by_mail(desk: Desk) -> None:
 
     case = desk.case(folio)
     assert case["owner"] == LUIS
-    note, system = case["messages"][-2:]  # the reply is recorded, then what it did
+    # The reply is recorded, then what it did, then the notice telling Luis.
+    note, system, to_luis = case["messages"][-3:]
     assert (system["kind"], system["text"], system["from"]) == (
         "system",
         f"owner set to {LUIS}",
         AGENT,
     )
     assert (note["kind"], note["text"]) == ("note", "Luis conoce el nodo de esa colonia.")
+    assert (to_luis["kind"], to_luis["to"]) == ("notice", LUIS)
     assert len(desk.to(CUSTOMER)) == told  # the rest is a note: nothing relayed
     # The agents' next notice of the case names the owner.
     desk.deliver(mail(sender=JUAN, subject=f"RE: [Folio {folio}] Sin internet", body="¿Y?"))
@@ -325,6 +337,21 @@ def test_the_agent_whose_reply_first_answers_the_customer_owns_the_case(desk: De
 
 
 @pytest.mark.integration
+def test_a_case_whose_owner_left_the_desk_takes_the_agent_who_answers(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    assert desk.cli("cases", "assign", folio, "--to", LUIS)[0] == 0
+    # Luis left: taken out of agents.addresses. His case is nobody's now.
+    config = desk.cli.config
+    both = f'addresses = ["{AGENT}", "{LUIS}"]'
+    config.write_text(config.read_text("utf-8").replace(both, f'addresses = ["{AGENT}"]'), "utf-8")
+    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
+    case = desk.case(folio)
+    assert case["owner"] == AGENT
+    assert _system(case)[-1] == f"owner set to {AGENT}"
+
+
+@pytest.mark.integration
 def test_a_resolution_or_a_visit_by_mail_assigns_an_unowned_case(desk: Desk) -> None:
     resolved = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     desk.agent_reply(
@@ -357,6 +384,243 @@ def test_an_agent_writing_straight_to_the_customer_becomes_the_owner(desk: Desk)
         to=f"{CUSTOMER}, {CONTACTO}",
     )  # fmt: skip
     assert desk.case(folio)["owner"] == LUIS
+
+
+# --- the new owner is told ---------------------------------------------------------------
+
+
+def _assigned(desk: Desk, rcpt: str) -> list[EmailMessage]:
+    return [m for m in desk.to(rcpt) if text(m).startswith("Le asignaron el caso")]
+
+
+@pytest.mark.parametrize(
+    ("language", "first", "noted"),
+    [
+        ("es", "Le asignaron el caso", "Nota de quien lo asignó:\nLuis, es de tu zona."),
+        ("en", "was assigned to you", "Note from whoever assigned it:\nLuis, es de tu zona."),
+    ],
+)
+def test_the_assigned_notice_shows_the_case_and_the_note(
+    language: str, first: str, noted: str
+) -> None:
+    body = render_body("assigned", language, context("assigned"))
+    assert first in body.text.splitlines()[0]
+    for shown in (FOLIO, "juan.perez@example.com", "Sin servicio de internet", noted):
+        assert shown in body.text
+    assert "Ya reinicié el módem." in body.text  # the customer's latest message
+    assert ("#asignar" if language == "es" else "#assign") in body.text  # the help
+    phone = render_body("assigned", language, context("assigned", customer="", note=""))
+    assert ("sin correo" if language == "es" else "no mail address") in phone.text
+    assert "Nota de quien" not in phone.text and "Note from" not in phone.text
+
+
+@pytest.mark.integration
+def test_an_agent_assigned_by_someone_else_is_told(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    notification = _notification(desk, folio)
+    desk.agent_reply(notification, f"#asignar {LUIS}\nLuis, es de tu zona.")
+
+    [told] = _assigned(desk, LUIS)
+    assert folio in str(told["Subject"])
+    body = text(told)
+    for shown in (f"Folio:    {folio}", CUSTOMER, "Asunto:   Sin internet", "No tengo internet."):
+        assert shown in body
+    assert f"Asignado por: {AGENT}" in body.splitlines()
+    assert "Nota de quien lo asignó:\nLuis, es de tu zona." in body
+    # In the case's thread, replyable as its notification is.
+    assert notification["Message-ID"].strip() in str(told["References"])
+    assert str(told["Reply-To"]) == CONTACTO
+    assert not any("Le asignaron" in text(m) for m in desk.to(CUSTOMER))
+
+    # Luis answers it: the customer gets his words, as from a reply to the notification.
+    desk.agent_reply(told, "Buenas tardes, hoy paso a revisar su nodo.", sender=LUIS_FROM)
+    assert "hoy paso a revisar" in text(desk.last_to(CUSTOMER))
+    assert desk.case(folio)["owner"] == LUIS
+
+    # Taking a case oneself, or clearing it, tells nobody.
+    desk.agent_reply(_notification(desk, folio), "#asignar yo\nMejor lo veo yo.")
+    desk.agent_reply(_notification(desk, folio), "#asignar nadie\nQue lo tome quien pueda.")
+    assert _assigned(desk, AGENT) == [] and len(_assigned(desk, LUIS)) == 1
+
+    # The command line tells the agent it names.
+    assert desk.cli("cases", "assign", folio, "--to", AGENT)[0] == 0
+    [by_cli] = _assigned(desk, AGENT)
+    assert "Asignado por: cli:" in text(by_cli)
+    assert "Nota de quien" not in text(by_cli)
+
+    # A closed case is followed up by nobody: its new owner is not told.
+    assert desk.cli("cases", "close", folio)[0] == 0
+    assert desk.cli("cases", "assign", folio, "--to", LUIS)[0] == 0
+    assert len(_assigned(desk, LUIS)) == 1
+
+
+@pytest.mark.integration
+def test_the_agent_who_takes_a_case_by_answering_is_not_told(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    assert desk.case(folio)["owner"] == AGENT
+    assert _assigned(desk, AGENT) == []
+
+
+@pytest.mark.integration
+def test_the_assigned_notices_are_capped_as_the_agents_notices_are(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    extra = "\n[limits]\nmax_agent_notices_per_case_per_hour = 1\n"
+    desk = _desk(tmp_path, mailboxes, sink, capsys, db_url, extra)
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    for owner in (LUIS, AGENT, LUIS, AGENT, LUIS):
+        assert desk.cli("cases", "assign", folio, "--to", owner)[0] == 0
+    assert desk.case(folio)["owner"] == LUIS
+    assert len(_assigned(desk, LUIS)) == 1  # once an hour per case, as the cap says
+    assert len(_assigned(desk, AGENT)) == 1
+
+
+# --- words for others, the mailbox only in copy -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "sentence"),
+    [
+        ("es", "iba dirigido a otras personas, con el buzón de soporte solo en copia"),
+        ("en", "was addressed to others, with the support mailbox only in copy"),
+    ],
+)
+def test_not_relayed_says_a_message_to_others_was_kept_as_a_note(
+    language: str, sentence: str
+) -> None:
+    body = render_body("not_relayed", language, context("not_relayed", reason="copied"))
+    assert sentence in body.text
+    assert "contacto@internet-plarey.com.mx" in body.text  # where to write to the customer
+    assert ("se envió al cliente, sin" if language == "es" else "was sent to the") not in (
+        body.text
+    )
+
+
+def _kept_as_a_note(desk: Desk, folio: str, words: str) -> None:
+    """``words`` are on the case as a note, the agent was told, nobody owns the case."""
+    case = desk.case(folio)
+    assert [m["kind"] for m in case["messages"] if words in m["text"]] == ["note"]
+    assert case["owner"] is None
+    told = text(desk.last_to(AGENT))
+    assert "iba dirigido a otras personas, con el buzón de soporte solo en copia" in told
+
+
+@pytest.mark.integration
+def test_a_reply_to_a_colleague_with_the_mailbox_in_cc_is_a_note(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(
+        _notification(desk, folio), "Luis, te lo paso: es de tu zona, yo no puedo.",
+        to=LUIS_FROM, headers={"Cc": CONTACTO},
+    )  # fmt: skip
+    assert len(desk.to(CUSTOMER)) == told  # nothing relayed
+    _kept_as_a_note(desk, folio, "te lo paso")
+
+    # A reply to the notification itself, the mailbox its recipient, still goes out.
+    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
+    assert desk.case(folio)["owner"] == AGENT
+
+
+@pytest.mark.integration
+def test_a_notification_forwarded_to_a_contractor_with_the_mailbox_in_cc_is_a_note(
+    desk: Desk,
+) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    told = len(desk.to(CUSTOMER))
+    notice = _notification(desk, folio)
+    forward = "\n".join(
+        [
+            "Pedro, ¿puedes pasar hoy? Gracias.",
+            "",
+            "---------- Forwarded message ---------",
+            f"From: Soporte <{CONTACTO}>",
+            f"Subject: {notice['Subject']}",
+            "",
+            text(notice),
+        ]
+    )
+    desk.deliver(
+        mail(
+            sender=ANA, to="Pedro Técnico <pedro@contratista.example>",
+            subject=f"Fwd: {notice['Subject']}", body=forward,
+            headers={"Cc": CONTACTO, "References": notice["Message-ID"].strip()},
+        )
+    )  # fmt: skip
+    assert len(desk.to(CUSTOMER)) == told
+    _kept_as_a_note(desk, folio, "Pedro, ¿puedes pasar hoy?")
+
+
+@pytest.mark.integration
+def test_commands_in_a_mail_to_a_colleague_run(desk: Desk) -> None:
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(
+        _notification(desk, folio), f"#asignar {LUIS}\nLuis, es de tu zona.",
+        to=LUIS_FROM, headers={"Cc": CONTACTO},
+    )  # fmt: skip
+    case = desk.case(folio)
+    assert case["owner"] == LUIS  # typed on purpose: it runs
+    # Kept as a note, which the notice telling Luis he owns the case shows him.
+    assert [m["kind"] for m in case["messages"] if "tu zona" in m["text"]] == ["note", "notice"]
+    assert len(desk.to(CUSTOMER)) == told
+    # A resolution typed to a colleague is a resolution: the customer gets it.
+    desk.agent_reply(
+        _notification(desk, folio), "#resolver procedente\nSe cambió el conector.",
+        to=LUIS_FROM, headers={"Cc": CONTACTO},
+    )  # fmt: skip
+    assert desk.case(folio)["status"] == "resolved"
+    assert "Se cambió el conector." in text(desk.last_to(CUSTOMER))
+
+
+_AUTHENTICATED = {
+    "Authentication-Results": "mx.internet-plarey.com.mx; "
+    "dkim=pass header.d=internet-plarey.com.mx; spf=pass "
+    f"smtp.mailfrom={AGENT}"
+}
+
+
+def _trusting(desk: Desk) -> Desk:
+    """``desk`` with the receiving server's Authentication-Results trusted (agents may open
+    cases by mail)."""
+    config = desk.cli.config
+    trusted = 'trusted_authserv_ids = ["mx.internet-plarey.com.mx"]\n[web_form]'
+    config.write_text(config.read_text("utf-8").replace("[web_form]", trusted), "utf-8")
+    return desk
+
+
+@pytest.mark.integration
+def test_an_agent_who_opens_a_case_by_writing_to_the_customer_owns_it(desk: Desk) -> None:
+    _trusting(desk).deliver(
+        mail(
+            sender=ANA, to="Rosa <rosa@example.com>", subject="Su reporte telefónico",
+            body="Buenas tardes, le escribo por su reporte.",
+            headers={**_AUTHENTICATED, "Cc": CONTACTO},
+        )
+    )  # fmt: skip
+    [opened] = desk.cli.json("cases", "list")
+    case = desk.case(opened["folio"])
+    assert (case["customer"], case["owner"]) == ("rosa@example.com", AGENT)
+    assert _system(case) == [f"owner set to {AGENT}"]
+    notice = _notification(desk, opened["folio"])
+    assert f"Responsable: {AGENT}" in text(notice).splitlines()
+
+    # A forward of a customer's mail answers nobody: the case stays unowned.
+    forward = "\n".join(
+        [
+            "Les paso el correo de Eva.",
+            "",
+            "---------- Forwarded message ---------",
+            "From: Eva <eva@example.com>",
+            "Subject: Cobro doble",
+            "",
+            "Me cobraron dos veces.",
+        ]
+    )
+    desk.deliver(mail(sender=ANA, subject="Fwd: Cobro doble", body=forward, headers=_AUTHENTICATED))
+    [eva] = [c for c in desk.cli.json("cases", "list") if c["customer"] == "eva@example.com"]
+    assert eva["owner"] is None
 
 
 @pytest.mark.integration
@@ -403,14 +667,18 @@ def test_the_command_line_assigns_lists_and_shows_the_owner(cli: Cli) -> None:
     assert cli.json("cases", "show", ana_s)["owner"] is None
 
     code, out, err = cli("cases", "assign", ana_s, "--to", f"Ana <{AGENT.upper()}>")
-    assert (code, out.strip(), err) == (0, f"{ana_s}: owner set to {AGENT}", "")
+    assert (code, out.strip()) == (0, f"{ana_s}: owner set to {AGENT}")
+    # Only the log of the notice telling the agent (sent by the command): no error.
+    assert [e["event"] for e in json_events(err)] == ["notice_sent"]
     code, out, _ = cli("cases", "assign", ana_s, "--to", AGENT)
     assert (code, out.strip()) == (0, f"{ana_s}: already owned by {AGENT}")
     assert cli("cases", "assign", luis_s, "--to", LUIS)[0] == 0
     shown = cli.json("cases", "show", ana_s)
     assert shown["owner"] == AGENT
     assert [m["text"] for m in shown["messages"]].count(f"owner set to {AGENT}") == 1
-    assert shown["messages"][-1]["from"].startswith("cli:")
+    system, to_ana = shown["messages"][-2:]  # recorded, then the agent told
+    assert system["from"].startswith("cli:")
+    assert (to_ana["kind"], to_ana["to"]) == ("notice", AGENT)
 
     listed = {c["folio"]: c["owner"] for c in cli.json("cases", "list")}
     assert listed == {ana_s: AGENT, luis_s: LUIS, nobody_s: None}
@@ -446,6 +714,41 @@ def test_the_command_line_assigns_lists_and_shows_the_owner(cli: Cli) -> None:
     with pytest.raises(SystemExit) as exited:  # argparse: one of --to and --none
         cli("cases", "assign", nobody_s)
     assert exited.value.code == 2
+
+
+def _age(cli: Cli, days: int) -> None:
+    """Make every case, message and notice ``days`` old (as if written then)."""
+    store = Store.open(load_settings(cli.config).database.url, auto_upgrade=False)
+    then = datetime.now(UTC) - timedelta(days=days)
+    with store.transaction() as session:
+        session.execute(sa.update(Case).values(created_at=then, updated_at=then, closed_at=then))
+        session.execute(sa.text("UPDATE case_messages SET date = :t"), {"t": then})
+        session.execute(sa.text("UPDATE notices SET created_at = :t"), {"t": then})
+    store.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "change", [("assign", "--to", AGENT), ("assign", "--none"), ("type", "--type", "complaint")]
+)
+def test_an_owner_or_a_type_is_no_activity_of_the_customer(
+    cli: Cli, change: tuple[str, ...]
+) -> None:
+    folio = _phone_case(cli, "--customer", "rosa@example.com")
+    if change[1] == "--none":
+        assert cli("cases", "assign", folio, "--to", LUIS)[0] == 0
+    assert cli("cases", "close", folio)[0] == 0
+    _age(cli, 400)
+    before = cli.json("cases", "show", folio)["updated_at"]
+    purge = ("customers", "purge", "--inactive-days", "365")
+    assert cli.json(*purge)["addresses"] == ["rosa@example.com"]
+
+    code, _, err = cli("cases", change[0], folio, *change[1:])
+    assert code == 0, err
+
+    # Retention by age still finds the customer inactive: their clock did not restart.
+    assert cli.json("cases", "show", folio)["updated_at"] == before
+    assert cli.json(*purge)["addresses"] == ["rosa@example.com"]
 
 
 @pytest.mark.integration

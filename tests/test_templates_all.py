@@ -178,6 +178,24 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "case_type": "clarification",
         "owner": "ana.tecnica@internet-plarey.com.mx",
     },
+    "assigned": {
+        "folio": FOLIO,
+        "customer": "juan.perez@example.com",
+        "customer_name": "Juan Pérez",
+        "mailbox": "contacto",
+        "mailbox_address": "contacto@internet-plarey.com.mx",
+        "subject": "Sin servicio de internet",
+        "status": "open",
+        "area_name": "",
+        "areas": ["redes (Redes y nodos)", "facturacion"],
+        "commands": list(COMMAND_FORMS),
+        "case_type": "complaint",
+        "owner": "luis.soporte@internet-plarey.com.mx",
+        "assigned_by": "ana.tecnica@internet-plarey.com.mx",
+        "note": "Luis, es de tu zona.",
+        "text": "Desde ayer no tengo internet.\nYa reinicié el módem.",
+        "company": COMPANY,
+    },
     "delivery_failed": {
         "folio": FOLIO,
         "recipient": "juan.perez@example.com",
@@ -218,6 +236,7 @@ AGENT_ONLY = (
     "no_case",
     "quarantined",
     "reminder",
+    "assigned",
 )
 
 
