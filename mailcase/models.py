@@ -85,8 +85,8 @@ class Case(SQLModel, table=True):
     closed_at: datetime | None = None
     last_customer_at: datetime | None = None  # the customer's latest message
     # Set when the case was merged into another (casework.merge): closed, its mail
-    # and its folio answered by that case from then on. Not indexed: it is read from
-    # the case's own row, never searched (an index would cost every new case a write).
+    # and its folio answered by that case from then on. Indexed (0013): the erasure
+    # and the purge by age look for the cases merged into a customer's.
     merged_into_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
     # Waiting for the customer (#pendiente, `cases pending`) until then: the case is
     # closed, unresolved, when it passes with no word from them (casework.close_stale_cases).
