@@ -27,13 +27,14 @@ from mailcase.models import (
     CaseMessage,
     CaseStatus,
     CaseType,
+    Checkpoint,
     LedgerEntry,
     Notice,
     Participant,
     StoredAttachment,
 )
 from mailcase.notices import queue_notice
-from mailcase.store import insert_row, next_folio_number, utcnow
+from mailcase.store import as_utc, insert_row, next_folio_number, utcnow
 from mailcase.wire import FileAttachment
 
 OUTCOMES = ("valid", "invalid")
@@ -1240,11 +1241,35 @@ def relay(
     return not queued.held
 
 
+def mail_read_until(session: Session, settings: Settings) -> datetime | None:
+    """The moment before which every configured mailbox's mail has been read: the
+    earliest start of their latest complete polls (``checkpoints.last_poll_at``, taken at
+    the poll's SEARCH); None when a mailbox has none, or its latest poll failed.
+
+    A customer may answer to any of the company's addresses, and a mailbox that cannot
+    be read now may hold an answer that reached it in time (an IMAP outage, a daemon
+    stopped over the deadline): until it is read, nobody can say they did not answer.
+    """
+    names = list(settings.mailboxes)
+    rows = session.exec(
+        select(Checkpoint.last_poll_at, Checkpoint.failures).where(
+            col(Checkpoint.mailbox).in_(names)
+        )
+    ).all()
+    read = [as_utc(at) for at, failures in rows if not failures]
+    if len(read) < len(names) or None in read:
+        return None
+    return min(at for at in read if at is not None)
+
+
 def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:
     """Close resolved cases with no customer reply for ``cases.close_after_days``, and open
-    cases whose wait for the customer (``pending_until``) passed before ``now``
-    (:func:`close_unanswered`); their folios."""
+    cases whose wait for the customer (``pending_until``) passed before ``now`` and before
+    every mailbox was last read through (:func:`mail_read_until`: an answer that reached
+    one in time has been read, and ended the wait) (:func:`close_unanswered`); their folios."""
     cutoff = now - timedelta(days=settings.cases.close_after_days)
+    read = mail_read_until(session, settings)
+    expired = col(Case.pending_until) <= min(now, read) if read is not None else sa.false()
     # FOR UPDATE (PostgreSQL): a customer's reply that reopens one of them (or ends its
     # wait) meanwhile waits for this transaction, or, committed first, takes the case
     # out of the selection; either way the reply is not overwritten by the closing.
@@ -1254,7 +1279,7 @@ def close_stale_cases(session: Session, settings: Settings, now: datetime) -> li
             sa.or_(
                 sa.and_(col(Case.status) == CaseStatus.RESOLVED, col(Case.resolved_at) <= cutoff),
                 # Read by the indexed status: the open cases only, never the history.
-                sa.and_(col(Case.status) == CaseStatus.OPEN, col(Case.pending_until) <= now),
+                sa.and_(col(Case.status) == CaseStatus.OPEN, expired),
             )
         )
         .order_by(col(Case.id))  # one lock order for every instance: no deadlock

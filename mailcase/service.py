@@ -203,6 +203,10 @@ def _poll_leased(
         source = _source_of(settings)
         last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log, source)
         box.give_up = refusals.given_up(rt.store, name, box.uidvalidity)
+        # What reached the mailbox before this moment is in the SEARCH's answer: a
+        # complete poll records it (not its end), so that a customer's answer that
+        # arrived during a long poll is never taken as read (casework.close_stale_cases).
+        searched_at = utcnow()
         uids = box.uids_after(last_uid)
         if progress is not None:
             progress(0, len(uids))
@@ -222,7 +226,7 @@ def _poll_leased(
                 # restart, systemd's start timeout, a lost lease), or the rest
                 # of a years-old backlog would be answered by the next poll.
                 if complete:
-                    checkpoint.last_poll_at = utcnow()
+                    checkpoint.last_poll_at = searched_at
                 checkpoint.failures = 0
                 session.add(checkpoint)
             refusals.forget(session, name)  # the poll got past any

@@ -579,3 +579,101 @@ def test_an_agent_who_asks_and_takes_the_case_in_one_reply(desk: Desk) -> None:
     assert _about(_until(case), 3)
     [question] = desk.to(CUSTOMER)[told:]
     assert QUESTION in text(question) and "#asignar" not in text(question)
+
+
+# --- no close before every mailbox was read through ---------------------------------------
+
+
+def _no_answer_notices(desk: Desk) -> list[EmailMessage]:
+    return [m for m in desk.to(CUSTOMER) if "no tuvimos respuesta" in text(m)]
+
+
+def _read_before_deadline(desk: Desk, when: datetime | None = None) -> None:
+    """Make every mailbox's latest complete read start at ``when`` (default: two hours
+    ago, before the deadlines ``_expire`` sets), behind mailcase's back."""
+    from mailcase.models import Checkpoint
+
+    when = when or datetime.now(UTC) - timedelta(hours=2)
+    store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+    with store.transaction() as session:
+        session.execute(sa.update(Checkpoint).values(last_poll_at=when))
+    store.dispose()
+
+
+def _answer(folio: str) -> bytes:
+    return mail(subject=f"Re: [Folio {folio}] Sin servicio", body="La luz LOS está en rojo.")
+
+
+@pytest.mark.integration
+def test_a_mailbox_unread_since_the_deadline_holds_the_close_until_it_is_read(
+    desk: Desk,
+) -> None:
+    # The customer answered in time, to the other address of the company; that mailbox
+    # cannot be read when the deadline passes (a changed password, an IMAP outage):
+    # `mailcase poll` fails for it, and closes nothing for want of an answer.
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.imap.append("info", _answer(folio))
+    _expire(desk, folio)
+    _read_before_deadline(desk)
+    config = desk.cli.config.read_text()
+    password = f'password = "{desk.imap.users["info"]}"'
+    desk.cli.config.write_text(config.replace(password, 'password = "wrong"'))
+    code, _, err = desk.cli("poll")
+    assert code == 1 and "info" in err
+    case = desk.case(folio)
+    assert (case["status"], _until(case) is not None) == ("open", True)
+    assert not _no_answer_notices(desk)
+
+    desk.cli.config.write_text(config)
+    desk.cli.poll()  # read at last: the answer ends the wait
+    case = desk.case(folio)
+    assert (case["status"], case["pending_until"]) == ("open", None)
+    assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
+    assert not _no_answer_notices(desk)
+
+
+@pytest.mark.integration
+def test_the_check_closes_only_once_every_mailbox_was_read_after_the_deadline(
+    desk: Desk,
+) -> None:
+    # The hourly check with no poll before it (the daemon's own job): a mailbox whose
+    # latest read began before the deadline may hold the answer; read after it, none.
+    from mailcase import casework
+
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    _expire(desk, folio)
+    _read_before_deadline(desk)
+    settings = load_settings(desk.cli.config)
+    store = Store.open(settings.database.url, auto_upgrade=False)
+    try:
+        with store.transaction() as session:
+            assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == []
+        _read_before_deadline(desk, datetime.now(UTC) - timedelta(minutes=1))
+        with store.transaction() as session:
+            assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == [folio]
+    finally:
+        store.dispose()
+
+
+@pytest.mark.integration
+def test_the_daemon_reads_the_mailboxes_before_it_closes_a_case_unanswered(
+    desk: Desk, tmp_path: Path
+) -> None:
+    # The answer came while the daemon was stopped (a maintenance window, a crash):
+    # its first polls read it before the hourly check runs.
+    from helpers import DaemonProcess
+
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    _expire(desk, folio)
+    desk.imap.append("contacto", _answer(folio))
+    with DaemonProcess(desk.cli.config, tmp_path / "daemon.log") as daemon:
+        daemon.wait_for_event("daemon_ready", timeout=30)
+        daemon.wait_for_event("outbox_delivered", timeout=30)
+        daemon.stop()
+    case = desk.case(folio)
+    assert (case["status"], case["pending_until"]) == ("open", None)
+    assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
+    assert not _no_answer_notices(desk)
