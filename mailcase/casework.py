@@ -81,6 +81,9 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # case would wait on the customer and be settled, or the text be both relayed and a
     # note, or a visit (the company owes the next step) be booked on a case said to wait.
     "pending_conflict",
+    # #pendiente on a case with a home visit ahead: the next step is ours (the visit), and
+    # the wait's end would cancel it and tell the customer they did not answer.
+    "pending_visit",
 )
 
 
@@ -173,10 +176,11 @@ def command_problems(
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
     goes alone, or with ``#nota`` (``merge_alone``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
-    this reply's ``#reabrir``, say). Whether ``#fusionar``'s folio can be
-    merged into is the service's to check (:func:`merge_problem`). ``text`` is the
-    reply's words below the commands; ``visit_ahead``: the case has a home visit still ahead, which
-    ``#visita cancelar`` needs.
+    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``). Whether
+    ``#fusionar``'s folio can be merged into is the service's to check
+    (:func:`merge_problem`). ``text`` is the reply's words below the commands;
+    ``visit_ahead``: the case has a home visit still ahead, which ``#visita cancelar``
+    needs.
     """
     problems: list[tuple[str, str]] = []
     seen: set[CommandKind] = set()
@@ -224,6 +228,8 @@ def command_problems(
         elif kind is CommandKind.VISIT and command.visit_date is not None:
             hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
             problem = visit_problem(status, command.visit_date, hour, now_local)
+        elif kind is CommandKind.PENDING and visit_ahead and status == CaseStatus.OPEN:
+            problem = "pending_visit"
         elif kind in (CommandKind.ROUTE, CommandKind.PENDING):
             problem = route_problem(status)
         seen.add(kind)
@@ -300,6 +306,9 @@ _REFUSALS = {
     "{folio} --cancel) or merge {into} into {folio} instead",
     "pending_days": f"case {{folio}} cannot wait {{days}} days for the customer: 1 to "
     f"{PENDING_MAX_DAYS}",
+    "pending_visit": "case {folio} has a home visit ahead: the next step is the company's, "
+    "not the customer's; cancel it first (mailcase cases visit {folio} --cancel) to make "
+    "the case wait for the customer",
 }
 
 
@@ -623,6 +632,9 @@ def schedule_visit(
     session.add(case)
     when = f"{day.isoformat()} {hour}" if hour else day.isoformat()
     record(session, case, "system", f"home visit scheduled for {when}", from_addr=by)
+    # The next step is the company's now, as after #resolver: the wait's end would close
+    # the case "for no answer", cancel this visit and tell the customer both.
+    clear_pending(session, case, by=by, why="a home visit was booked")
     if case.customer:
         queue_notice(
             session,
@@ -936,13 +948,18 @@ NOT_WAITING = "no longer waiting for the customer"
 _WAITING_DAYS = re.compile(r"waiting for the customer for (\d+) day")
 
 
-def pending_problem(status: str, days: int) -> str | None:
+def pending_problem(status: str, days: int, *, visit_ahead: bool = False) -> str | None:
     """Why a case in ``status`` cannot wait ``days`` days for its customer, or ``None``:
     only an open case waits (a closed or resolved one is reopened first, as for
-    ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days."""
+    ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days, and not while
+    a home visit is ahead (``visit_ahead``, ``pending_visit``): the next step is the
+    company's, and the wait's end would cancel the visit."""
     if not 1 <= days <= PENDING_MAX_DAYS:
         return "pending_days"
-    return route_problem(status)
+    problem = route_problem(status)
+    if problem is None and visit_ahead:
+        return "pending_visit"
+    return problem
 
 
 def set_pending(
@@ -955,11 +972,12 @@ def set_pending(
     Until then the agents are not reminded of the case (mailcase.reminders); at the
     deadline it is closed unresolved and the customer told (:func:`close_stale_cases`),
     unless the customer (or a participant) wrote meanwhile (:func:`clear_pending`), or
-    it was resolved, closed or merged. Refused (:class:`CaseworkError`) as
-    :func:`pending_problem` says.
+    it was resolved, closed, merged or given a home visit. Refused (:class:`CaseworkError`)
+    as :func:`pending_problem` says.
     """
-    _refuse(pending_problem(case.status, days), case, days=str(days))
     now = utcnow()
+    visit = visit_cancellable(case, now.astimezone(settings.folio.zone))
+    _refuse(pending_problem(case.status, days, visit_ahead=visit), case, days=str(days))
     case.pending_until = now + timedelta(days=days)
     case.updated_at = now
     session.add(case)

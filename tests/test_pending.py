@@ -134,14 +134,26 @@ def test_pending_goes_with_type_area_participant_and_reopen() -> None:
 )
 def test_pending_conflicts_with_settling_noting_and_visits_in_either_order(other: str) -> None:
     now = datetime.now(MX)
+    cancelling = other == "#visita cancelar"  # which needs a visit ahead
     after = _commands(f"{other}\n#pendiente")
-    assert command_problems(after, QUESTION, "open", now, visit_ahead=True) == [
+    assert command_problems(after, QUESTION, "open", now, visit_ahead=cancelling) == [
         ("#pendiente", "pending_conflict")
     ]
     before = _commands(f"#pendiente\n{other}")
-    assert command_problems(before, QUESTION, "open", now, visit_ahead=True) == [
-        (other, "pending_conflict")
+    # Read before the cancelling line, #pendiente meets the visit still ahead too.
+    first = [("#pendiente", "pending_visit")] if cancelling else []
+    assert command_problems(before, QUESTION, "open", now, visit_ahead=cancelling) == [
+        *first,
+        (other, "pending_conflict"),
     ]
+
+
+def test_a_case_with_a_visit_ahead_does_not_wait() -> None:
+    # The next step is ours: the wait's end would cancel the visit and tell the customer
+    # they did not answer.
+    now = datetime.now(MX)
+    problems = command_problems(_commands("#pendiente 3"), QUESTION, "open", now, visit_ahead=True)
+    assert problems == [("#pendiente 3", "pending_visit")]
 
 
 def test_pending_and_merge_is_refused() -> None:
@@ -203,6 +215,8 @@ def test_the_closing_notice_says_why_and_how_to_come_back(
         ("es", "pending_conflict", "#pendiente no va con #resolver, #cerrar, #nota, #fusionar"),
         ("en", "bad_days", "the days to wait are a number from 1 to 90"),
         ("en", "pending_conflict", "#pending does not go with #resolve, #close, #note, #merge"),
+        ("es", "pending_visit", "este caso tiene una visita técnica pendiente: el siguiente"),
+        ("en", "pending_visit", "this case has a home visit ahead: the next step is ours"),
     ],
 )
 def test_command_error_says_what_is_wrong_with_a_wait(
@@ -677,3 +691,44 @@ def test_the_daemon_reads_the_mailboxes_before_it_closes_a_case_unanswered(
     assert (case["status"], case["pending_until"]) == ("open", None)
     assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
     assert not _no_answer_notices(desk)
+
+
+# --- a home visit is the company's next step ------------------------------------------------
+
+
+@pytest.mark.integration
+def test_booking_a_visit_ends_the_wait(desk: Desk) -> None:
+    # The customer answered by phone; the agent books the visit by mail, or on the command
+    # line: the case waits on us now, and nothing closes it (nor cancels the visit) later.
+    by_mail = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    by_cli = desk.open_case(sender="Rosa <rosa@example.com>", subject="Lento", body="Lento.")
+    desk.agent_reply(_notification(desk, by_mail), f"#pendiente 2\n{QUESTION}")
+    assert desk.cli("cases", "pending", by_cli, "--days", "2")[0] == 0
+    desk.agent_reply(_notification(desk, by_mail), f"#visita {ahead(5)} 10:00")
+    code, _, err = desk.cli("cases", "visit", by_cli, "--date", str(ahead(5)), "--time", "11:00")
+    assert code == 0, err
+    for folio in (by_mail, by_cli):
+        case = desk.case(folio)
+        assert case["pending_until"] is None, folio
+        systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+        assert systems[-1] == "no longer waiting for the customer: a home visit was booked"
+    _expire_if_set(desk, by_mail)
+    desk.cli.poll()
+    assert desk.case(by_mail)["status"] == "open"
+    assert desk.case(by_mail)["visit"] is not None
+    assert not _no_answer_notices(desk)
+
+
+@pytest.mark.integration
+def test_a_case_with_a_visit_ahead_is_refused_a_wait(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#visita {ahead(6)} 10:00")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(_notification(desk, folio), "#pendiente 2\n¿Habrá alguien en casa?")
+    assert desk.case(folio)["pending_until"] is None
+    assert len(desk.to(CUSTOMER)) == told  # nothing relayed: no command ran
+    error = text(desk.last_to(AGENT))
+    assert "este caso tiene una visita técnica pendiente" in error
+    code, _, err = desk.cli("cases", "pending", folio)
+    assert code != 0 and f"case {folio} has a home visit ahead" in err
+    assert desk.case(folio)["pending_until"] is None
