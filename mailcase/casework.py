@@ -185,6 +185,7 @@ def command_problems(
     problems: list[tuple[str, str]] = []
     seen: set[CommandKind] = set()
     booked = False  # a visit scheduled by this reply
+    asking = False  # a "#pendiente" (not "#pendiente no") seen in this reply
     # "#fusionar" moves the case and its history: another change in the same reply
     # would land on a case that is then closed, or read as meant for the other.
     alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
@@ -201,8 +202,8 @@ def command_problems(
             problem = "repeated"
         elif kind is CommandKind.MERGE and alongside_merge:
             problem = "merge_alone"
-        elif (kind is CommandKind.PENDING and seen & PENDING_CONFLICTS) or (
-            kind in PENDING_CONFLICTS and CommandKind.PENDING in seen
+        elif (kind is CommandKind.PENDING and not command.stop and seen & PENDING_CONFLICTS) or (
+            kind in PENDING_CONFLICTS and asking
         ):
             problem = "pending_conflict"
         elif opposite.get(kind) in seen:
@@ -228,11 +229,14 @@ def command_problems(
         elif kind is CommandKind.VISIT and command.visit_date is not None:
             hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
             problem = visit_problem(status, command.visit_date, hour, now_local)
+        elif kind is CommandKind.PENDING and command.stop:
+            problem = None  # a case that waits no more: any status, waiting or not
         elif kind is CommandKind.PENDING and visit_ahead and status == CaseStatus.OPEN:
             problem = "pending_visit"
         elif kind in (CommandKind.ROUTE, CommandKind.PENDING):
             problem = route_problem(status)
         seen.add(kind)
+        asking = asking or (kind is CommandKind.PENDING and not command.stop)
         if problem is not None:
             problems.append((command.line, problem))
             continue

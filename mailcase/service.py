@@ -1689,7 +1689,7 @@ def _agent_message(
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
     side = not parsed.commands and _answers_a_side_notice(session, settings, mail)
     # "#pendiente" relays its text as a plain reply does: the question the case waits on.
-    asks = CommandKind.PENDING in kinds and bool(text)
+    asks = bool(text) and any(c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands)
     is_note = (
         side
         or CommandKind.NOTE in kinds
@@ -1757,10 +1757,16 @@ def _agent_message(
             casework.assign_on_answer(session, settings, case, by)
         else:
             reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
+    # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
+    # wait for an answer to it, nor tell the customer at the deadline they gave none.
+    dropped = asks and reason in ("held", "no_customer", "closed")
+    if dropped:
+        casework.clear_pending(session, case, by=by, why="the question did not reach the customer")
     if reason:  # the agent learns what did not reach the customer
         _not_relayed(
-            session, settings, case, mail, reason, attachments=attachments, withheld=withheld
-        )
+            session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
+            pending_dropped=dropped,
+        )  # fmt: skip
 
 
 # The commands that answer the customer (a resolution, a visit booked or called off):
@@ -1904,8 +1910,10 @@ def _not_relayed(
     withheld: list[str] | None = None,
     untold: list[str] | None = None,
     to: str | None = None,
+    pending_dropped: bool = False,
 ) -> None:
-    """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why."""
+    """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why
+    (``pending_dropped``: so the case does not wait for the customer's answer to it)."""
     queue_notice(
         session,
         settings,
@@ -1917,6 +1925,7 @@ def _not_relayed(
             "attachments": attachments or [],
             "untold": untold or [],
             "withheld": withheld or [],
+            "pending_dropped": pending_dropped,
             "own_sender": mail.sender,
             "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
         },
@@ -1984,6 +1993,8 @@ def _run_command(
         # "#asignar yo": the agent who wrote, verified as one (triage's Role.AGENT).
         owner = by if command.myself else None if command.nobody else command.owner
         casework.assign(session, settings, case, owner, by=by)
+    elif kind is CommandKind.PENDING and command.stop:
+        casework.clear_pending(session, case, by=by)  # the agent's reply says why, if at all
     elif kind is CommandKind.PENDING:
         days = command.days or settings.cases.pending_days
         casework.set_pending(session, settings, case, days, by=by)

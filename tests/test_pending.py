@@ -101,7 +101,21 @@ def test_a_pending_command_below_the_text_is_misplaced() -> None:
 
 
 def test_the_help_footer_names_the_command_in_both_languages() -> None:
-    assert "#pendiente [DIAS] / #pending [DAYS]" in COMMAND_FORMS
+    assert "#pendiente [DIAS] | no / #pending [DAYS] | off" in COMMAND_FORMS
+
+
+@pytest.mark.parametrize(
+    "line", ["#pendiente no", "#pending off", "#Pendiente: No.", "#pending end"]
+)
+def test_pendiente_no_ends_the_wait(line: str) -> None:
+    parsed = parse_commands(f"{line}\nEl cliente llamó: la luz LOS está en rojo.")
+    assert parsed.problems == ()
+    assert parsed.commands == (Command(CommandKind.PENDING, stop=True, line=line),)
+
+
+def test_pendiente_no_takes_nothing_after_it() -> None:
+    parsed = parse_commands("#pendiente no gracias")
+    assert parsed.problems == (CommandProblem("#pendiente no gracias", "unexpected_argument"),)
 
 
 # --- the rules of one reply ---------------------------------------------------------------
@@ -154,6 +168,16 @@ def test_a_case_with_a_visit_ahead_does_not_wait() -> None:
     now = datetime.now(MX)
     problems = command_problems(_commands("#pendiente 3"), QUESTION, "open", now, visit_ahead=True)
     assert problems == [("#pendiente 3", "pending_visit")]
+
+
+def test_ending_a_wait_goes_with_anything_on_any_case() -> None:
+    # Nothing is relayed, nothing waits: a note, a resolution, a visit are all fine.
+    now = datetime.now(MX)
+    for other in ("#nota", "#resolver procedente", f"#visita {ahead(3)} 10:00", "#cerrar"):
+        reply = _commands(f"#pendiente no\n{other}")
+        assert command_problems(reply, QUESTION, "open", now, visit_ahead=True) == [], other
+    stop = _commands("#pending off")
+    assert command_problems(stop, "", "closed", now) == []
 
 
 def test_pending_and_merge_is_refused() -> None:
@@ -732,3 +756,65 @@ def test_a_case_with_a_visit_ahead_is_refused_a_wait(desk: Desk) -> None:
     code, _, err = desk.cli("cases", "pending", folio)
     assert code != 0 and f"case {folio} has a home visit ahead" in err
     assert desk.case(folio)["pending_until"] is None
+
+
+# --- a question that reached nobody starts no wait ------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_held_question_starts_no_wait(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    limit = "[limits]\nmax_relays_per_case_per_hour = 1\n"
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS + limit)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), "Estamos revisando su caso.")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    assert len(desk.to(CUSTOMER)) == told  # held by the relay cap
+    case = desk.case(folio)
+    assert case["pending_until"] is None
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert (
+        systems[-1] == "no longer waiting for the customer: the question did not reach the customer"
+    )
+    notice = text(desk.last_to(AGENT))
+    assert "no se envió al cliente: el caso ya tuvo muchas respuestas" in notice
+    assert "el caso no quedó esperando su respuesta (#pendiente no se aplicó)" in notice
+
+
+@pytest.mark.integration
+def test_a_phone_case_waits_only_when_asked_already_and_pendiente_no_ends_it(desk: Desk) -> None:
+    folio = desk.open_phone_case()
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    assert desk.case(folio)["pending_until"] is None  # the question reached nobody
+    notice = text(desk.last_to(AGENT))
+    assert "no tiene correo del cliente" in notice and "no quedó esperando" in notice
+    # Asked by phone: "#pendiente" with nothing below it waits, as on any case.
+    desk.agent_reply(_notification(desk, folio), "#pendiente 2")
+    assert _about(_until(desk.case(folio)), 2)
+    # The customer calls back: a note keeps the wait, "#pendiente no" ends it.
+    desk.agent_reply(_notification(desk, folio), "#nota El cliente llamó: la luz LOS está roja.")
+    assert _until(desk.case(folio)) is not None
+    desk.agent_reply(_notification(desk, folio), "#pendiente no\nLlamó: la luz LOS está roja.")
+    case = desk.case(folio)
+    assert case["pending_until"] is None
+    assert [m for m in case["messages"] if m["kind"] == "note"][-1]["text"] == (
+        "Llamó: la luz LOS está roja."
+    )
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert systems[-1] == "no longer waiting for the customer"
+    _expire_if_set(desk, folio)
+    desk.cli.poll()
+    assert desk.case(folio)["status"] == "open"
+
+
+@pytest.mark.integration
+def test_pending_off_on_a_mail_case_relays_nothing(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(_notification(desk, folio), "#pending off\nHe answered by phone.")
+    assert desk.case(folio)["pending_until"] is None
+    assert len(desk.to(CUSTOMER)) == told
