@@ -1002,6 +1002,35 @@ def clear_pending(session: Session, case: Case, *, by: str, why: str = "") -> bo
     return True
 
 
+def answered_in(session: Session, case: Case, related: Sequence[str], *, sender: str) -> list[str]:
+    """``sender`` wrote the new ``case``, naming the cases of ``related`` (folios): each of
+    those waiting for them (``sender`` is its customer or a participant) waits no more,
+    recorded with the folio the answer is on, as their reply on the case itself would
+    (:func:`clear_pending`); the folios whose wait ended. A stranger naming a folio ends
+    nothing."""
+    ended = []
+    for folio in related:
+        other = session.exec(
+            select(Case)
+            .where(Case.folio == folio)
+            .with_for_update()  # PostgreSQL: not while the hourly check closes it
+            .execution_options(populate_existing=True)
+        ).first()
+        if other is None or other.id is None or other.id == case.id:
+            continue
+        if other.pending_until is None or other.status != CaseStatus.OPEN:
+            continue
+        if sender == other.customer:
+            who = "the customer"
+        elif sender in participants(session, other.id):
+            who = sender
+        else:
+            continue
+        clear_pending(session, other, by=sender, why=f"{who} wrote, see {case.folio}")
+        ended.append(other.folio)
+    return ended
+
+
 def _waited_days(session: Session, settings: Settings, case: Case) -> int:
     """How many days ``case``'s expired wait was set for: read from the latest record of it
     (:data:`WAITING_FOR`); ``cases.pending_days`` if none is found."""

@@ -1447,6 +1447,10 @@ def _apply(
             last_customer_at=None if decision.quiet else _arrival(fetched, now),
         )
         casework.link(session, case, decision.related)
+        if not decision.quiet:
+            # The answer to a case that waits, in a new mail naming its folio: it waits no
+            # more (or it would be closed "for no answer" beside the answer's own case).
+            casework.answered_in(session, case, decision.related, sender=mail.sender)
         casework.add_participants(session, settings, case, mail.cc)
         # The first message is the report: a forward is kept whole, whoever sent it.
         kind = "agent" if decision.role is Role.AGENT else "customer"

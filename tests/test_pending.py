@@ -818,3 +818,36 @@ def test_pending_off_on_a_mail_case_relays_nothing(desk: Desk) -> None:
     desk.agent_reply(_notification(desk, folio), "#pending off\nHe answered by phone.")
     assert desk.case(folio)["pending_until"] is None
     assert len(desk.to(CUSTOMER)) == told
+
+
+# --- an answer in a new mail --------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_an_answer_in_a_new_mail_naming_the_folio_ends_the_wait(desk: Desk) -> None:
+    # Not a reply: a new mail that names the folio opens a case linked to the waiting one.
+    # The customer answered there, so the waiting case is not closed "for no answer".
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.deliver(mail(subject="Foto del módem", body=f"Sobre mi reporte {folio}: LOS en rojo."))
+    [new] = [c["folio"] for c in desk.cli.json("cases", "list") if c["folio"] != folio]
+    assert folio in desk.case(new)["related"]
+    case = desk.case(folio)
+    assert case["pending_until"] is None
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert systems[-1] == f"no longer waiting for the customer: the customer wrote, see {new}"
+    _expire_if_set(desk, folio)
+    desk.cli.poll()
+    assert desk.case(folio)["status"] == "open"
+    assert not _no_answer_notices(desk)
+
+
+@pytest.mark.integration
+def test_a_stranger_naming_the_folio_does_not_end_the_wait(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.deliver(
+        mail(sender="Rosa <rosa@example.com>", subject="Otro", body=f"Como el {folio}: sin red.")
+    )
+    assert len(desk.cli.json("cases", "list")) == 2
+    assert _until(desk.case(folio)) is not None
