@@ -1053,9 +1053,18 @@ def close_unanswered(session: Session, settings: Settings, case: Case) -> None:
     without a resolution (``mailcase report`` counts it closed without resolution), the
     history saying why, and the customer told (``closed_no_answer``) that a reply to it
     opens a new case linked to this one (mailcase.triage: a closed, unresolved case takes
-    no more mail) or that they can call."""
+    no more mail) or that they can call.
+
+    A case resolved, reopened, then closed so loses that resolution (outcome, cause,
+    ``resolved_at``): the report would count it resolved, and a reply within
+    ``cases.reopen_days`` of it would reopen it, against the notice's promise of a new
+    case. Its record in the history stays, and the closing note names it.
+    """
     days = _waited_days(session, settings, case)
     note = f"closed: no answer from the customer within {days} day{'s' if days != 1 else ''}"
+    if case.outcome is not None:
+        note += f"; the earlier resolution ({case.outcome}) no longer stands"
+    case.outcome = case.cause = case.resolved_at = None
     _close(session, settings, case, by="mailcase", note=note)
     if case.customer and not is_erased(case):
         queue_notice(

@@ -851,3 +851,42 @@ def test_a_stranger_naming_the_folio_does_not_end_the_wait(desk: Desk) -> None:
     )
     assert len(desk.cli.json("cases", "list")) == 2
     assert _until(desk.case(folio)) is not None
+
+
+# --- a no-answer close is unresolved ------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_reopened_case_closed_for_no_answer_loses_its_old_resolution(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    assert desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")[0] == 0
+    _customer_writes(desk, folio, "Sigue sin funcionar.")  # reopens it
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    _expire(desk, folio)
+    desk.cli.poll()
+    case = desk.case(folio)
+    assert (case["status"], case["outcome"], case["cause"]) == ("closed", None, None)
+    texts = [m["text"] for m in case["messages"]]
+    assert "Listo." in texts  # the resolution's record stays in the history
+    assert (
+        texts.count(
+            "closed: no answer from the customer within 2 days; "
+            "the earlier resolution (valid) no longer stands"
+        )
+        == 1
+    )
+    today = datetime.now(MX).date()
+    days = ["--from", str(today - timedelta(days=1)), "--to", str(today + timedelta(days=1))]
+    report = desk.cli.json("report", *days)
+    assert (report["closed_without_resolution"], report["resolved"]["total"]) == (1, 0)
+    # The notice promised a new case to a reply, not the old one reopened.
+    [notice] = _no_answer_notices(desk)
+    desk.deliver(
+        mail(
+            subject=f"Re: {notice['Subject']}",
+            body="Sigo sin internet.",
+            headers={"In-Reply-To": notice["Message-ID"], "References": notice["Message-ID"]},
+        )
+    )
+    assert len(desk.cli.json("cases", "list")) == 2
+    assert desk.case(folio)["status"] == "closed"
