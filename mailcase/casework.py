@@ -1048,6 +1048,31 @@ def _waited_days(session: Session, settings: Settings, case: Case) -> int:
     return int(found.group(1)) if found else settings.cases.pending_days
 
 
+# The start of close_unanswered's note, read back by closed_unanswered_at.
+CLOSED_UNANSWERED = "closed: no answer from the customer"
+
+
+def closed_unanswered_at(session: Session, case: Case) -> datetime | None:
+    """When ``case`` was closed for lack of an answer (:func:`close_unanswered`), if that
+    is why it is closed now (not reopened and closed again since); else None."""
+    if case.status != CaseStatus.CLOSED or case.closed_at is None or case.outcome is not None:
+        return None
+    latest = session.exec(
+        select(CaseMessage.text)
+        .where(
+            CaseMessage.case_id == case.id,
+            CaseMessage.kind == "system",
+            sa.or_(
+                col(CaseMessage.text).startswith(CLOSED_UNANSWERED),
+                col(CaseMessage.text).in_(("case closed", "case reopened")),
+            ),
+        )
+        .order_by(col(CaseMessage.id).desc())
+        .limit(1)
+    ).first()
+    return as_utc(case.closed_at) if latest and latest.startswith(CLOSED_UNANSWERED) else None
+
+
 def close_unanswered(session: Session, settings: Settings, case: Case) -> None:
     """Close ``case``, whose wait for the customer passed with no word from them: closed
     without a resolution (``mailcase report`` counts it closed without resolution), the
@@ -1061,7 +1086,7 @@ def close_unanswered(session: Session, settings: Settings, case: Case) -> None:
     case. Its record in the history stays, and the closing note names it.
     """
     days = _waited_days(session, settings, case)
-    note = f"closed: no answer from the customer within {days} day{'s' if days != 1 else ''}"
+    note = f"{CLOSED_UNANSWERED} within {days} day{'s' if days != 1 else ''}"
     if case.outcome is not None:
         note += f"; the earlier resolution ({case.outcome}) no longer stands"
     case.outcome = case.cause = case.resolved_at = None

@@ -1279,6 +1279,7 @@ def case_ref(session: Session, case: Case) -> CaseRef:
         status=case.status,
         participants=casework.participants(session, case.id),
         resolved_at=case.resolved_at,
+        closed_unanswered_at=casework.closed_unanswered_at(session, case),
     )
 
 

@@ -890,3 +890,59 @@ def test_a_reopened_case_closed_for_no_answer_loses_its_old_resolution(desk: Des
     )
     assert len(desk.cli.json("cases", "list")) == 2
     assert desk.case(folio)["status"] == "closed"
+
+
+# --- an answer there before the no-answer close, read after it ------------------------------
+
+
+def test_an_answer_that_arrived_before_the_no_answer_close_reopens_the_case() -> None:
+    from test_triage import AGENTS, OWN, inbound
+    from test_triage import CUSTOMER as SENDER
+
+    from mailcase.classify import classify
+    from mailcase.models import Disposition
+    from mailcase.triage import CaseRef, Facts, triage
+
+    closed = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    case = CaseRef(
+        id=1, folio="PLR-2026-000001", customer=SENDER, status="closed",
+        closed_unanswered_at=closed,
+    )  # fmt: skip
+    answer = inbound(subject="Re: [Folio PLR-2026-000001] Sin servicio")
+
+    def decide(arrived: datetime) -> Any:
+        facts = Facts(by_folio=(case,))
+        return triage(
+            answer, classify(answer), facts, own_addresses=OWN, agent_addresses=AGENTS,
+            now=arrived,
+        )  # fmt: skip
+
+    before = decide(closed - timedelta(minutes=5))
+    assert (before.disposition, before.case, before.reopen) == (Disposition.FOLLOW_UP, case, True)
+    after = decide(closed + timedelta(minutes=5))  # as the closing notice says: a new case
+    assert after.open_case and after.related == (case.folio,)
+
+
+@pytest.mark.integration
+def test_an_answer_read_after_the_no_answer_close_but_there_before_it_reopens(desk: Desk) -> None:
+    # A quarantined answer retried, say: it reached the server before the case closed.
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    question = desk.last_to(CUSTOMER)
+    _expire(desk, folio)
+    desk.cli.poll()
+    assert desk.case(folio)["status"] == "closed"
+    desk.imap.append(
+        "contacto",
+        mail(
+            subject=f"Re: {question['Subject']}",
+            body="La luz LOS está en rojo.",
+            headers={"In-Reply-To": question["Message-ID"], "References": question["Message-ID"]},
+        ),
+        internal_date=datetime.now(UTC) - timedelta(minutes=10),
+    )
+    desk.cli.poll()
+    assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
+    case = desk.case(folio)
+    assert (case["status"], case["pending_until"]) == ("open", None)
+    assert [m["text"] for m in case["messages"] if m["kind"] == "system"][-1] == "case reopened"
