@@ -27,13 +27,14 @@ from mailcase.models import (
     CaseMessage,
     CaseStatus,
     CaseType,
+    Checkpoint,
     LedgerEntry,
     Notice,
     Participant,
     StoredAttachment,
 )
 from mailcase.notices import queue_notice
-from mailcase.store import insert_row, next_folio_number, utcnow
+from mailcase.store import as_utc, insert_row, next_folio_number, utcnow
 from mailcase.wire import FileAttachment
 
 OUTCOMES = ("valid", "invalid")
@@ -80,6 +81,9 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # case would wait on the customer and be settled, or the text be both relayed and a
     # note, or a visit (the company owes the next step) be booked on a case said to wait.
     "pending_conflict",
+    # #pendiente on a case with a home visit ahead: the next step is ours (the visit), and
+    # the wait's end would cancel it and tell the customer they did not answer.
+    "pending_visit",
 )
 
 
@@ -172,14 +176,16 @@ def command_problems(
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
     goes alone, or with ``#nota`` (``merge_alone``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
-    this reply's ``#reabrir``, say). Whether ``#fusionar``'s folio can be
-    merged into is the service's to check (:func:`merge_problem`). ``text`` is the
-    reply's words below the commands; ``visit_ahead``: the case has a home visit still ahead, which
-    ``#visita cancelar`` needs.
+    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``). Whether
+    ``#fusionar``'s folio can be merged into is the service's to check
+    (:func:`merge_problem`). ``text`` is the reply's words below the commands;
+    ``visit_ahead``: the case has a home visit still ahead, which ``#visita cancelar``
+    needs.
     """
     problems: list[tuple[str, str]] = []
     seen: set[CommandKind] = set()
     booked = False  # a visit scheduled by this reply
+    asking = False  # a "#pendiente" (not "#pendiente no") seen in this reply
     # "#fusionar" moves the case and its history: another change in the same reply
     # would land on a case that is then closed, or read as meant for the other.
     alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
@@ -196,8 +202,8 @@ def command_problems(
             problem = "repeated"
         elif kind is CommandKind.MERGE and alongside_merge:
             problem = "merge_alone"
-        elif (kind is CommandKind.PENDING and seen & PENDING_CONFLICTS) or (
-            kind in PENDING_CONFLICTS and CommandKind.PENDING in seen
+        elif (kind is CommandKind.PENDING and not command.stop and seen & PENDING_CONFLICTS) or (
+            kind in PENDING_CONFLICTS and asking
         ):
             problem = "pending_conflict"
         elif opposite.get(kind) in seen:
@@ -223,9 +229,14 @@ def command_problems(
         elif kind is CommandKind.VISIT and command.visit_date is not None:
             hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
             problem = visit_problem(status, command.visit_date, hour, now_local)
+        elif kind is CommandKind.PENDING and command.stop:
+            problem = None  # a case that waits no more: any status, waiting or not
+        elif kind is CommandKind.PENDING and visit_ahead and status == CaseStatus.OPEN:
+            problem = "pending_visit"
         elif kind in (CommandKind.ROUTE, CommandKind.PENDING):
             problem = route_problem(status)
         seen.add(kind)
+        asking = asking or (kind is CommandKind.PENDING and not command.stop)
         if problem is not None:
             problems.append((command.line, problem))
             continue
@@ -299,6 +310,9 @@ _REFUSALS = {
     "{folio} --cancel) or merge {into} into {folio} instead",
     "pending_days": f"case {{folio}} cannot wait {{days}} days for the customer: 1 to "
     f"{PENDING_MAX_DAYS}",
+    "pending_visit": "case {folio} has a home visit ahead: the next step is the company's, "
+    "not the customer's; cancel it first (mailcase cases visit {folio} --cancel) to make "
+    "the case wait for the customer",
 }
 
 
@@ -622,6 +636,9 @@ def schedule_visit(
     session.add(case)
     when = f"{day.isoformat()} {hour}" if hour else day.isoformat()
     record(session, case, "system", f"home visit scheduled for {when}", from_addr=by)
+    # The next step is the company's now, as after #resolver: the wait's end would close
+    # the case "for no answer", cancel this visit and tell the customer both.
+    clear_pending(session, case, by=by, why="a home visit was booked")
     if case.customer:
         queue_notice(
             session,
@@ -1006,13 +1023,18 @@ NOT_WAITING = "no longer waiting for the customer"
 _WAITING_DAYS = re.compile(r"waiting for the customer for (\d+) day")
 
 
-def pending_problem(status: str, days: int) -> str | None:
+def pending_problem(status: str, days: int, *, visit_ahead: bool = False) -> str | None:
     """Why a case in ``status`` cannot wait ``days`` days for its customer, or ``None``:
     only an open case waits (a closed or resolved one is reopened first, as for
-    ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days."""
+    ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days, and not while
+    a home visit is ahead (``visit_ahead``, ``pending_visit``): the next step is the
+    company's, and the wait's end would cancel the visit."""
     if not 1 <= days <= PENDING_MAX_DAYS:
         return "pending_days"
-    return route_problem(status)
+    problem = route_problem(status)
+    if problem is None and visit_ahead:
+        return "pending_visit"
+    return problem
 
 
 def set_pending(
@@ -1025,11 +1047,12 @@ def set_pending(
     Until then the agents are not reminded of the case (mailcase.reminders); at the
     deadline it is closed unresolved and the customer told (:func:`close_stale_cases`),
     unless the customer (or a participant) wrote meanwhile (:func:`clear_pending`), or
-    it was resolved, closed or merged. Refused (:class:`CaseworkError`) as
-    :func:`pending_problem` says.
+    it was resolved, closed, merged or given a home visit. Refused (:class:`CaseworkError`)
+    as :func:`pending_problem` says.
     """
-    _refuse(pending_problem(case.status, days), case, days=str(days))
     now = utcnow()
+    visit = visit_cancellable(case, now.astimezone(settings.folio.zone))
+    _refuse(pending_problem(case.status, days, visit_ahead=visit), case, days=str(days))
     case.pending_until = now + timedelta(days=days)
     case.updated_at = now
     session.add(case)
@@ -1050,6 +1073,35 @@ def clear_pending(session: Session, case: Case, *, by: str, why: str = "") -> bo
     return True
 
 
+def answered_in(session: Session, case: Case, related: Sequence[str], *, sender: str) -> list[str]:
+    """``sender`` wrote the new ``case``, naming the cases of ``related`` (folios): each of
+    those waiting for them (``sender`` is its customer or a participant) waits no more,
+    recorded with the folio the answer is on, as their reply on the case itself would
+    (:func:`clear_pending`); the folios whose wait ended. A stranger naming a folio ends
+    nothing."""
+    ended = []
+    for folio in related:
+        other = session.exec(
+            select(Case)
+            .where(Case.folio == folio)
+            .with_for_update()  # PostgreSQL: not while the hourly check closes it
+            .execution_options(populate_existing=True)
+        ).first()
+        if other is None or other.id is None or other.id == case.id:
+            continue
+        if other.pending_until is None or other.status != CaseStatus.OPEN:
+            continue
+        if sender == other.customer:
+            who = "the customer"
+        elif sender in participants(session, other.id):
+            who = sender
+        else:
+            continue
+        clear_pending(session, other, by=sender, why=f"{who} wrote, see {case.folio}")
+        ended.append(other.folio)
+    return ended
+
+
 def _waited_days(session: Session, settings: Settings, case: Case) -> int:
     """How many days ``case``'s expired wait was set for: read from the latest record of it
     (:data:`WAITING_FOR`); ``cases.pending_days`` if none is found."""
@@ -1067,14 +1119,48 @@ def _waited_days(session: Session, settings: Settings, case: Case) -> int:
     return int(found.group(1)) if found else settings.cases.pending_days
 
 
+# The start of close_unanswered's note, read back by closed_unanswered_at.
+CLOSED_UNANSWERED = "closed: no answer from the customer"
+
+
+def closed_unanswered_at(session: Session, case: Case) -> datetime | None:
+    """When ``case`` was closed for lack of an answer (:func:`close_unanswered`), if that
+    is why it is closed now (not reopened and closed again since); else None."""
+    if case.status != CaseStatus.CLOSED or case.closed_at is None or case.outcome is not None:
+        return None
+    latest = session.exec(
+        select(CaseMessage.text)
+        .where(
+            CaseMessage.case_id == case.id,
+            CaseMessage.kind == "system",
+            sa.or_(
+                col(CaseMessage.text).startswith(CLOSED_UNANSWERED),
+                col(CaseMessage.text).in_(("case closed", "case reopened")),
+            ),
+        )
+        .order_by(col(CaseMessage.id).desc())
+        .limit(1)
+    ).first()
+    return as_utc(case.closed_at) if latest and latest.startswith(CLOSED_UNANSWERED) else None
+
+
 def close_unanswered(session: Session, settings: Settings, case: Case) -> None:
     """Close ``case``, whose wait for the customer passed with no word from them: closed
     without a resolution (``mailcase report`` counts it closed without resolution), the
     history saying why, and the customer told (``closed_no_answer``) that a reply to it
     opens a new case linked to this one (mailcase.triage: a closed, unresolved case takes
-    no more mail) or that they can call."""
+    no more mail) or that they can call.
+
+    A case resolved, reopened, then closed so loses that resolution (outcome, cause,
+    ``resolved_at``): the report would count it resolved, and a reply within
+    ``cases.reopen_days`` of it would reopen it, against the notice's promise of a new
+    case. Its record in the history stays, and the closing note names it.
+    """
     days = _waited_days(session, settings, case)
-    note = f"closed: no answer from the customer within {days} day{'s' if days != 1 else ''}"
+    note = f"{CLOSED_UNANSWERED} within {days} day{'s' if days != 1 else ''}"
+    if case.outcome is not None:
+        note += f"; the earlier resolution ({case.outcome}) no longer stands"
+    case.outcome = case.cause = case.resolved_at = None
     _close(session, settings, case, by="mailcase", note=note)
     if case.customer and not is_erased(case):
         queue_notice(
@@ -1311,11 +1397,35 @@ def relay(
     return not queued.held
 
 
+def mail_read_until(session: Session, settings: Settings) -> datetime | None:
+    """The moment before which every configured mailbox's mail has been read: the
+    earliest start of their latest complete polls (``checkpoints.last_poll_at``, taken at
+    the poll's SEARCH); None when a mailbox has none, or its latest poll failed.
+
+    A customer may answer to any of the company's addresses, and a mailbox that cannot
+    be read now may hold an answer that reached it in time (an IMAP outage, a daemon
+    stopped over the deadline): until it is read, nobody can say they did not answer.
+    """
+    names = list(settings.mailboxes)
+    rows = session.exec(
+        select(Checkpoint.last_poll_at, Checkpoint.failures).where(
+            col(Checkpoint.mailbox).in_(names)
+        )
+    ).all()
+    read = [as_utc(at) for at, failures in rows if not failures]
+    if len(read) < len(names) or None in read:
+        return None
+    return min(at for at in read if at is not None)
+
+
 def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:
     """Close resolved cases with no customer reply for ``cases.close_after_days``, and open
-    cases whose wait for the customer (``pending_until``) passed before ``now``
-    (:func:`close_unanswered`); their folios."""
+    cases whose wait for the customer (``pending_until``) passed before ``now`` and before
+    every mailbox was last read through (:func:`mail_read_until`: an answer that reached
+    one in time has been read, and ended the wait) (:func:`close_unanswered`); their folios."""
     cutoff = now - timedelta(days=settings.cases.close_after_days)
+    read = mail_read_until(session, settings)
+    expired = col(Case.pending_until) <= min(now, read) if read is not None else sa.false()
     # FOR UPDATE (PostgreSQL): a customer's reply that reopens one of them (or ends its
     # wait) meanwhile waits for this transaction, or, committed first, takes the case
     # out of the selection; either way the reply is not overwritten by the closing.
@@ -1325,7 +1435,7 @@ def close_stale_cases(session: Session, settings: Settings, now: datetime) -> li
             sa.or_(
                 sa.and_(col(Case.status) == CaseStatus.RESOLVED, col(Case.resolved_at) <= cutoff),
                 # Read by the indexed status: the open cases only, never the history.
-                sa.and_(col(Case.status) == CaseStatus.OPEN, col(Case.pending_until) <= now),
+                sa.and_(col(Case.status) == CaseStatus.OPEN, expired),
             )
         )
         .order_by(col(Case.id))  # one lock order for every instance: no deadlock

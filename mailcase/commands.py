@@ -88,6 +88,9 @@ class Command:
     myself: bool = False
     nobody: bool = False
     days: int | None = None  # PENDING only, when written; None: [cases] pending_days
+    # PENDING only: "#pendiente no" / "#pending off": the case waits for the customer no
+    # more (the customer answered by phone, say); no days then, and nothing is relayed.
+    stop: bool = False
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
@@ -163,7 +166,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#tipo queja|consulta|aclaracion|cancelacion / "
     "#type complaint|question|clarification|cancellation",
     "#asignar CORREO|yo|nadie / #assign ADDRESS|me|none",
-    "#pendiente [DIAS] / #pending [DAYS]",
+    "#pendiente [DIAS] | no / #pending [DAYS] | off",
 )
 
 # The longest wait ``#pendiente`` takes (and ``cases pending --days``): a quarter is
@@ -195,6 +198,9 @@ _NAMES: dict[str, CommandKind] = {
     "pendiente": CommandKind.PENDING,
     "pending": CommandKind.PENDING,
 }
+
+# "#pendiente no" / "#pending off": the wait ends, the case stays open (folded).
+_STOP_WAITING = frozenset({"no", "off", "fin", "end", "cancelar", "cancel"})
 
 # What may follow the number of days, as agents write it ("#pendiente 7 días").
 _DAY_WORDS = frozenset({"dia", "dias", "day", "days", "d"})
@@ -425,6 +431,10 @@ def parse_days(word: str) -> int | None:
 def _pending(line: str, args: list[str]) -> Command | CommandProblem:
     if not args:
         return Command(CommandKind.PENDING, line=line)
+    if _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _STOP_WAITING:
+        if len(args) > 1:
+            return CommandProblem(line, "unexpected_argument")
+        return Command(CommandKind.PENDING, stop=True, line=line)
     days = parse_days(args[0])
     if days is None:
         # "#pendiente mañana", "#pendiente 0", "#pendiente 120": the question to the

@@ -86,6 +86,7 @@ RETRY_SLACK = timedelta(milliseconds=250)
 OUTBOX_JOB = "outbox"
 WATCHDOG_JOB = "watchdog"
 REMIND_JOB = "remind"
+CLOSE_STALE_JOB = "close-stale"
 PURGE_JOB = "purge"
 PENDING = "pending"  # a mailbox's STATUS= word until its first poll ends
 # How long a stop waits for the polls in progress to finish their message: well
@@ -325,8 +326,9 @@ class Daemon:
             self._start_reminders()
 
     def _start_reminders(self) -> None:
-        """Run the paused reminder and purge jobs now, and at their intervals from now on."""
-        for job in (REMIND_JOB, PURGE_JOB):
+        """Run the paused close-stale, reminder and purge jobs now, and at their intervals
+        from now on."""
+        for job in (CLOSE_STALE_JOB, REMIND_JOB, PURGE_JOB):
             if self.rt.stop.is_set() or self.scheduler.get_job(job) is None:
                 continue
             self.scheduler.modify_job(job, next_run_time=datetime.now().astimezone())
@@ -509,8 +511,11 @@ class Daemon:
             id=OUTBOX_JOB,
             next_run_time=start,
         )
+        # Paused until every mailbox's first poll has ended, as the reminders: a customer's
+        # answer waiting there since before a restart is read before a case is closed
+        # for want of one (or a resolved one for want of a reply).
         self.scheduler.add_job(
-            self.close_stale, "interval", hours=1, id="close-stale", next_run_time=start
+            self.close_stale, "interval", hours=1, id=CLOSE_STALE_JOB, next_run_time=None
         )
         if self.rt.settings.escalation.unanswered_hours:
             # Paused until every mailbox's first poll has ended (_report): an agent's

@@ -203,6 +203,10 @@ def _poll_leased(
         source = _source_of(settings)
         last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log, source)
         box.give_up = refusals.given_up(rt.store, name, box.uidvalidity)
+        # What reached the mailbox before this moment is in the SEARCH's answer: a
+        # complete poll records it (not its end), so that a customer's answer that
+        # arrived during a long poll is never taken as read (casework.close_stale_cases).
+        searched_at = utcnow()
         uids = box.uids_after(last_uid)
         if progress is not None:
             progress(0, len(uids))
@@ -222,7 +226,7 @@ def _poll_leased(
                 # restart, systemd's start timeout, a lost lease), or the rest
                 # of a years-old backlog would be answered by the next poll.
                 if complete:
-                    checkpoint.last_poll_at = utcnow()
+                    checkpoint.last_poll_at = searched_at
                 checkpoint.failures = 0
                 session.add(checkpoint)
             refusals.forget(session, name)  # the poll got past any
@@ -1275,6 +1279,7 @@ def case_ref(session: Session, case: Case) -> CaseRef:
         status=case.status,
         participants=casework.participants(session, case.id),
         resolved_at=case.resolved_at,
+        closed_unanswered_at=casework.closed_unanswered_at(session, case),
     )
 
 
@@ -1451,6 +1456,10 @@ def _apply(
             last_customer_at=None if decision.quiet else _arrival(fetched, now),
         )
         casework.link(session, case, decision.related)
+        if not decision.quiet:
+            # The answer to a case that waits, in a new mail naming its folio: it waits no
+            # more (or it would be closed "for no answer" beside the answer's own case).
+            casework.answered_in(session, case, decision.related, sender=mail.sender)
         casework.add_participants(session, settings, case, mail.cc)
         # The first message is the report: a forward is kept whole, whoever sent it.
         kind = "agent" if decision.role is Role.AGENT else "customer"
@@ -1704,7 +1713,7 @@ def _agent_message(
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
     side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
     # "#pendiente" relays its text as a plain reply does: the question the case waits on.
-    asks = CommandKind.PENDING in kinds and bool(text)
+    asks = bool(text) and any(c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands)
     is_note = (
         side
         or copied
@@ -1778,10 +1787,16 @@ def _agent_message(
             casework.assign_on_answer(session, settings, case, by)
         else:
             reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
+    # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
+    # wait for an answer to it, nor tell the customer at the deadline they gave none.
+    dropped = asks and reason in ("held", "no_customer", "closed")
+    if dropped:
+        casework.clear_pending(session, case, by=by, why="the question did not reach the customer")
     if reason:  # the agent learns what did not reach the customer
         _not_relayed(
-            session, settings, case, mail, reason, attachments=attachments, withheld=withheld
-        )
+            session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
+            pending_dropped=dropped,
+        )  # fmt: skip
 
 
 # The commands that answer the customer (a resolution, a visit booked or called off):
@@ -1925,8 +1940,10 @@ def _not_relayed(
     withheld: list[str] | None = None,
     untold: list[str] | None = None,
     to: str | None = None,
+    pending_dropped: bool = False,
 ) -> None:
-    """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why."""
+    """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why
+    (``pending_dropped``: so the case does not wait for the customer's answer to it)."""
     queue_notice(
         session,
         settings,
@@ -1938,6 +1955,7 @@ def _not_relayed(
             "attachments": attachments or [],
             "untold": untold or [],
             "withheld": withheld or [],
+            "pending_dropped": pending_dropped,
             "own_sender": mail.sender,
             "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
         },
@@ -2008,6 +2026,8 @@ def _run_command(
         # "#asignar yo": the agent who wrote, verified as one (triage's Role.AGENT).
         owner = by if command.myself else None if command.nobody else command.owner
         casework.assign(session, settings, case, owner, by=by, note=note)
+    elif kind is CommandKind.PENDING and command.stop:
+        casework.clear_pending(session, case, by=by)  # the agent's reply says why, if at all
     elif kind is CommandKind.PENDING:
         days = command.days or settings.cases.pending_days
         casework.set_pending(session, settings, case, days, by=by)

@@ -76,6 +76,9 @@ class CaseRef:
     status: str
     participants: frozenset[str] = frozenset()
     resolved_at: datetime | None = None
+    # Closed for lack of an answer (casework.close_unanswered), at this moment: an answer
+    # that reached the server before it was read late (a quarantined message retried).
+    closed_unanswered_at: datetime | None = None
 
     def admits(self, address: str) -> bool:
         return address == self.customer or address in self.participants
@@ -194,6 +197,19 @@ def triage(
         if takes_replies(joined.status, joined.resolved_at, now, reopen_days):
             return Decision(
                 Disposition.FOLLOW_UP, case=joined, reopen=True, reason=f"{why}; reopens the case"
+            )
+        closed = joined.closed_unanswered_at
+        # Before the second it closed in: INTERNALDATE counts whole seconds, and a reply
+        # to the closing notice in that second would be read as one that came before it.
+        if closed is not None and now is not None and now < closed.replace(microsecond=0):
+            # The answer the case was closed for lacking, there before it closed: the
+            # case goes on where it was, not a new one beside it (the customer was told
+            # it closed; the agents are told it reopened).
+            return Decision(
+                Disposition.FOLLOW_UP,
+                case=joined,
+                reopen=True,
+                reason=f"{why}; answered before it closed for no answer, reopens the case",
             )
     if candidates:
         # Closed unresolved, or resolved too long ago: a new case, linked to the old one.

@@ -101,7 +101,21 @@ def test_a_pending_command_below_the_text_is_misplaced() -> None:
 
 
 def test_the_help_footer_names_the_command_in_both_languages() -> None:
-    assert "#pendiente [DIAS] / #pending [DAYS]" in COMMAND_FORMS
+    assert "#pendiente [DIAS] | no / #pending [DAYS] | off" in COMMAND_FORMS
+
+
+@pytest.mark.parametrize(
+    "line", ["#pendiente no", "#pending off", "#Pendiente: No.", "#pending end"]
+)
+def test_pendiente_no_ends_the_wait(line: str) -> None:
+    parsed = parse_commands(f"{line}\nEl cliente llamó: la luz LOS está en rojo.")
+    assert parsed.problems == ()
+    assert parsed.commands == (Command(CommandKind.PENDING, stop=True, line=line),)
+
+
+def test_pendiente_no_takes_nothing_after_it() -> None:
+    parsed = parse_commands("#pendiente no gracias")
+    assert parsed.problems == (CommandProblem("#pendiente no gracias", "unexpected_argument"),)
 
 
 # --- the rules of one reply ---------------------------------------------------------------
@@ -134,14 +148,36 @@ def test_pending_goes_with_type_area_participant_and_reopen() -> None:
 )
 def test_pending_conflicts_with_settling_noting_and_visits_in_either_order(other: str) -> None:
     now = datetime.now(MX)
+    cancelling = other == "#visita cancelar"  # which needs a visit ahead
     after = _commands(f"{other}\n#pendiente")
-    assert command_problems(after, QUESTION, "open", now, visit_ahead=True) == [
+    assert command_problems(after, QUESTION, "open", now, visit_ahead=cancelling) == [
         ("#pendiente", "pending_conflict")
     ]
     before = _commands(f"#pendiente\n{other}")
-    assert command_problems(before, QUESTION, "open", now, visit_ahead=True) == [
-        (other, "pending_conflict")
+    # Read before the cancelling line, #pendiente meets the visit still ahead too.
+    first = [("#pendiente", "pending_visit")] if cancelling else []
+    assert command_problems(before, QUESTION, "open", now, visit_ahead=cancelling) == [
+        *first,
+        (other, "pending_conflict"),
     ]
+
+
+def test_a_case_with_a_visit_ahead_does_not_wait() -> None:
+    # The next step is ours: the wait's end would cancel the visit and tell the customer
+    # they did not answer.
+    now = datetime.now(MX)
+    problems = command_problems(_commands("#pendiente 3"), QUESTION, "open", now, visit_ahead=True)
+    assert problems == [("#pendiente 3", "pending_visit")]
+
+
+def test_ending_a_wait_goes_with_anything_on_any_case() -> None:
+    # Nothing is relayed, nothing waits: a note, a resolution, a visit are all fine.
+    now = datetime.now(MX)
+    for other in ("#nota", "#resolver procedente", f"#visita {ahead(3)} 10:00", "#cerrar"):
+        reply = _commands(f"#pendiente no\n{other}")
+        assert command_problems(reply, QUESTION, "open", now, visit_ahead=True) == [], other
+    stop = _commands("#pending off")
+    assert command_problems(stop, "", "closed", now) == []
 
 
 def test_pending_and_merge_is_refused() -> None:
@@ -203,6 +239,8 @@ def test_the_closing_notice_says_why_and_how_to_come_back(
         ("es", "pending_conflict", "#pendiente no va con #resolver, #cerrar, #nota, #fusionar"),
         ("en", "bad_days", "the days to wait are a number from 1 to 90"),
         ("en", "pending_conflict", "#pending does not go with #resolve, #close, #note, #merge"),
+        ("es", "pending_visit", "este caso tiene una visita técnica pendiente: el siguiente"),
+        ("en", "pending_visit", "this case has a home visit ahead: the next step is ours"),
     ],
 )
 def test_command_error_says_what_is_wrong_with_a_wait(
@@ -579,3 +617,332 @@ def test_an_agent_who_asks_and_takes_the_case_in_one_reply(desk: Desk) -> None:
     assert _about(_until(case), 3)
     [question] = desk.to(CUSTOMER)[told:]
     assert QUESTION in text(question) and "#asignar" not in text(question)
+
+
+# --- no close before every mailbox was read through ---------------------------------------
+
+
+def _no_answer_notices(desk: Desk) -> list[EmailMessage]:
+    return [m for m in desk.to(CUSTOMER) if "no tuvimos respuesta" in text(m)]
+
+
+def _read_before_deadline(desk: Desk, when: datetime | None = None) -> None:
+    """Make every mailbox's latest complete read start at ``when`` (default: two hours
+    ago, before the deadlines ``_expire`` sets), behind mailcase's back."""
+    from mailcase.models import Checkpoint
+
+    when = when or datetime.now(UTC) - timedelta(hours=2)
+    store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+    with store.transaction() as session:
+        session.execute(sa.update(Checkpoint).values(last_poll_at=when))
+    store.dispose()
+
+
+def _answer(folio: str) -> bytes:
+    return mail(subject=f"Re: [Folio {folio}] Sin servicio", body="La luz LOS está en rojo.")
+
+
+@pytest.mark.integration
+def test_a_mailbox_unread_since_the_deadline_holds_the_close_until_it_is_read(
+    desk: Desk,
+) -> None:
+    # The customer answered in time, to the other address of the company; that mailbox
+    # cannot be read when the deadline passes (a changed password, an IMAP outage):
+    # `mailcase poll` fails for it, and closes nothing for want of an answer.
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.imap.append("info", _answer(folio))
+    _expire(desk, folio)
+    _read_before_deadline(desk)
+    config = desk.cli.config.read_text()
+    password = f'password = "{desk.imap.users["info"]}"'
+    desk.cli.config.write_text(config.replace(password, 'password = "wrong"'))
+    code, _, err = desk.cli("poll")
+    assert code == 1 and "info" in err
+    case = desk.case(folio)
+    assert (case["status"], _until(case) is not None) == ("open", True)
+    assert not _no_answer_notices(desk)
+
+    desk.cli.config.write_text(config)
+    desk.cli.poll()  # read at last: the answer ends the wait
+    case = desk.case(folio)
+    assert (case["status"], case["pending_until"]) == ("open", None)
+    assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
+    assert not _no_answer_notices(desk)
+
+
+@pytest.mark.integration
+def test_the_check_closes_only_once_every_mailbox_was_read_after_the_deadline(
+    desk: Desk,
+) -> None:
+    # The hourly check with no poll before it (the daemon's own job): a mailbox whose
+    # latest read began before the deadline may hold the answer; read after it, none.
+    from mailcase import casework
+
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    _expire(desk, folio)
+    _read_before_deadline(desk)
+    settings = load_settings(desk.cli.config)
+    store = Store.open(settings.database.url, auto_upgrade=False)
+    try:
+        with store.transaction() as session:
+            assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == []
+        _read_before_deadline(desk, datetime.now(UTC) - timedelta(minutes=1))
+        with store.transaction() as session:
+            assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == [folio]
+    finally:
+        store.dispose()
+
+
+@pytest.mark.integration
+def test_the_daemon_reads_the_mailboxes_before_it_closes_a_case_unanswered(
+    desk: Desk, tmp_path: Path
+) -> None:
+    # The answer came while the daemon was stopped (a maintenance window, a crash):
+    # its first polls read it before the hourly check runs.
+    from helpers import DaemonProcess
+
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    _expire(desk, folio)
+    desk.imap.append("contacto", _answer(folio))
+    with DaemonProcess(desk.cli.config, tmp_path / "daemon.log") as daemon:
+        daemon.wait_for_event("daemon_ready", timeout=30)
+        daemon.wait_for_event("outbox_delivered", timeout=30)
+        daemon.stop()
+    case = desk.case(folio)
+    assert (case["status"], case["pending_until"]) == ("open", None)
+    assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
+    assert not _no_answer_notices(desk)
+
+
+# --- a home visit is the company's next step ------------------------------------------------
+
+
+@pytest.mark.integration
+def test_booking_a_visit_ends_the_wait(desk: Desk) -> None:
+    # The customer answered by phone; the agent books the visit by mail, or on the command
+    # line: the case waits on us now, and nothing closes it (nor cancels the visit) later.
+    by_mail = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    by_cli = desk.open_case(sender="Rosa <rosa@example.com>", subject="Lento", body="Lento.")
+    desk.agent_reply(_notification(desk, by_mail), f"#pendiente 2\n{QUESTION}")
+    assert desk.cli("cases", "pending", by_cli, "--days", "2")[0] == 0
+    desk.agent_reply(_notification(desk, by_mail), f"#visita {ahead(5)} 10:00")
+    code, _, err = desk.cli("cases", "visit", by_cli, "--date", str(ahead(5)), "--time", "11:00")
+    assert code == 0, err
+    for folio in (by_mail, by_cli):
+        case = desk.case(folio)
+        assert case["pending_until"] is None, folio
+        systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+        assert systems[-1] == "no longer waiting for the customer: a home visit was booked"
+    _expire_if_set(desk, by_mail)
+    desk.cli.poll()
+    assert desk.case(by_mail)["status"] == "open"
+    assert desk.case(by_mail)["visit"] is not None
+    assert not _no_answer_notices(desk)
+
+
+@pytest.mark.integration
+def test_a_case_with_a_visit_ahead_is_refused_a_wait(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#visita {ahead(6)} 10:00")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(_notification(desk, folio), "#pendiente 2\n¿Habrá alguien en casa?")
+    assert desk.case(folio)["pending_until"] is None
+    assert len(desk.to(CUSTOMER)) == told  # nothing relayed: no command ran
+    error = text(desk.last_to(AGENT))
+    assert "este caso tiene una visita técnica pendiente" in error
+    code, _, err = desk.cli("cases", "pending", folio)
+    assert code != 0 and f"case {folio} has a home visit ahead" in err
+    assert desk.case(folio)["pending_until"] is None
+
+
+# --- a question that reached nobody starts no wait ------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_held_question_starts_no_wait(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    limit = "[limits]\nmax_relays_per_case_per_hour = 1\n"
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS + limit)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), "Estamos revisando su caso.")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    assert len(desk.to(CUSTOMER)) == told  # held by the relay cap
+    case = desk.case(folio)
+    assert case["pending_until"] is None
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert (
+        systems[-1] == "no longer waiting for the customer: the question did not reach the customer"
+    )
+    notice = text(desk.last_to(AGENT))
+    assert "no se envió al cliente: el caso ya tuvo muchas respuestas" in notice
+    assert "el caso no quedó esperando su respuesta (#pendiente no se aplicó)" in notice
+
+
+@pytest.mark.integration
+def test_a_phone_case_waits_only_when_asked_already_and_pendiente_no_ends_it(desk: Desk) -> None:
+    folio = desk.open_phone_case()
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    assert desk.case(folio)["pending_until"] is None  # the question reached nobody
+    notice = text(desk.last_to(AGENT))
+    assert "no tiene correo del cliente" in notice and "no quedó esperando" in notice
+    # Asked by phone: "#pendiente" with nothing below it waits, as on any case.
+    desk.agent_reply(_notification(desk, folio), "#pendiente 2")
+    assert _about(_until(desk.case(folio)), 2)
+    # The customer calls back: a note keeps the wait, "#pendiente no" ends it.
+    desk.agent_reply(_notification(desk, folio), "#nota El cliente llamó: la luz LOS está roja.")
+    assert _until(desk.case(folio)) is not None
+    desk.agent_reply(_notification(desk, folio), "#pendiente no\nLlamó: la luz LOS está roja.")
+    case = desk.case(folio)
+    assert case["pending_until"] is None
+    assert [m for m in case["messages"] if m["kind"] == "note"][-1]["text"] == (
+        "Llamó: la luz LOS está roja."
+    )
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert systems[-1] == "no longer waiting for the customer"
+    _expire_if_set(desk, folio)
+    desk.cli.poll()
+    assert desk.case(folio)["status"] == "open"
+
+
+@pytest.mark.integration
+def test_pending_off_on_a_mail_case_relays_nothing(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(_notification(desk, folio), "#pending off\nHe answered by phone.")
+    assert desk.case(folio)["pending_until"] is None
+    assert len(desk.to(CUSTOMER)) == told
+
+
+# --- an answer in a new mail --------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_an_answer_in_a_new_mail_naming_the_folio_ends_the_wait(desk: Desk) -> None:
+    # Not a reply: a new mail that names the folio opens a case linked to the waiting one.
+    # The customer answered there, so the waiting case is not closed "for no answer".
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.deliver(mail(subject="Foto del módem", body=f"Sobre mi reporte {folio}: LOS en rojo."))
+    [new] = [c["folio"] for c in desk.cli.json("cases", "list") if c["folio"] != folio]
+    assert folio in desk.case(new)["related"]
+    case = desk.case(folio)
+    assert case["pending_until"] is None
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert systems[-1] == f"no longer waiting for the customer: the customer wrote, see {new}"
+    _expire_if_set(desk, folio)
+    desk.cli.poll()
+    assert desk.case(folio)["status"] == "open"
+    assert not _no_answer_notices(desk)
+
+
+@pytest.mark.integration
+def test_a_stranger_naming_the_folio_does_not_end_the_wait(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.deliver(
+        mail(sender="Rosa <rosa@example.com>", subject="Otro", body=f"Como el {folio}: sin red.")
+    )
+    assert len(desk.cli.json("cases", "list")) == 2
+    assert _until(desk.case(folio)) is not None
+
+
+# --- a no-answer close is unresolved ------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_reopened_case_closed_for_no_answer_loses_its_old_resolution(desk: Desk) -> None:
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    assert desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")[0] == 0
+    _customer_writes(desk, folio, "Sigue sin funcionar.")  # reopens it
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    _expire(desk, folio)
+    desk.cli.poll()
+    case = desk.case(folio)
+    assert (case["status"], case["outcome"], case["cause"]) == ("closed", None, None)
+    texts = [m["text"] for m in case["messages"]]
+    assert "Listo." in texts  # the resolution's record stays in the history
+    assert (
+        texts.count(
+            "closed: no answer from the customer within 2 days; "
+            "the earlier resolution (valid) no longer stands"
+        )
+        == 1
+    )
+    today = datetime.now(MX).date()
+    days = ["--from", str(today - timedelta(days=1)), "--to", str(today + timedelta(days=1))]
+    report = desk.cli.json("report", *days)
+    assert (report["closed_without_resolution"], report["resolved"]["total"]) == (1, 0)
+    # The notice promised a new case to a reply, not the old one reopened.
+    [notice] = _no_answer_notices(desk)
+    desk.deliver(
+        mail(
+            subject=f"Re: {notice['Subject']}",
+            body="Sigo sin internet.",
+            headers={"In-Reply-To": notice["Message-ID"], "References": notice["Message-ID"]},
+        )
+    )
+    assert len(desk.cli.json("cases", "list")) == 2
+    assert desk.case(folio)["status"] == "closed"
+
+
+# --- an answer there before the no-answer close, read after it ------------------------------
+
+
+def test_an_answer_that_arrived_before_the_no_answer_close_reopens_the_case() -> None:
+    from test_triage import AGENTS, OWN, inbound
+    from test_triage import CUSTOMER as SENDER
+
+    from mailcase.classify import classify
+    from mailcase.models import Disposition
+    from mailcase.triage import CaseRef, Facts, triage
+
+    closed = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    case = CaseRef(
+        id=1, folio="PLR-2026-000001", customer=SENDER, status="closed",
+        closed_unanswered_at=closed,
+    )  # fmt: skip
+    answer = inbound(subject="Re: [Folio PLR-2026-000001] Sin servicio")
+
+    def decide(arrived: datetime) -> Any:
+        facts = Facts(by_folio=(case,))
+        return triage(
+            answer, classify(answer), facts, own_addresses=OWN, agent_addresses=AGENTS,
+            now=arrived,
+        )  # fmt: skip
+
+    before = decide(closed - timedelta(minutes=5))
+    assert (before.disposition, before.case, before.reopen) == (Disposition.FOLLOW_UP, case, True)
+    after = decide(closed + timedelta(minutes=5))  # as the closing notice says: a new case
+    assert after.open_case and after.related == (case.folio,)
+
+
+@pytest.mark.integration
+def test_an_answer_read_after_the_no_answer_close_but_there_before_it_reopens(desk: Desk) -> None:
+    # A quarantined answer retried, say: it reached the server before the case closed.
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    question = desk.last_to(CUSTOMER)
+    _expire(desk, folio)
+    desk.cli.poll()
+    assert desk.case(folio)["status"] == "closed"
+    desk.imap.append(
+        "contacto",
+        mail(
+            subject=f"Re: {question['Subject']}",
+            body="La luz LOS está en rojo.",
+            headers={"In-Reply-To": question["Message-ID"], "References": question["Message-ID"]},
+        ),
+        internal_date=datetime.now(UTC) - timedelta(minutes=10),
+    )
+    desk.cli.poll()
+    assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
+    case = desk.case(folio)
+    assert (case["status"], case["pending_until"]) == ("open", None)
+    assert [m["text"] for m in case["messages"] if m["kind"] == "system"][-1] == "case reopened"

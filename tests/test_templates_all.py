@@ -136,6 +136,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "attachment_limit": "5 MB",
         "withheld": ["notificacion.eml"],
         "untold": [],
+        "pending_dropped": False,
         "own_sender": "soporte@internet-plarey.com.mx",
         "customer": "juan.perez@example.com",
         "mailbox_address": "contacto@internet-plarey.com.mx",
