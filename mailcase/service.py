@@ -1360,12 +1360,21 @@ def _to_customer(case: Case, mail: InboundMail) -> bool:
     return bool(case.customer) and (case.customer in mail.to or case.customer in mail.cc)
 
 
-def _only_copied(settings: Settings, case: Case, mail: InboundMail) -> bool:
-    """Whether ``mail`` was addressed to others, a support mailbox only copied (Cc or
-    Bcc): someone is in its To, none of our mailboxes is, nor is ``case``'s customer a
-    recipient. A To with nobody in it (the mailbox in Bcc alone) addressed only us."""
+def _only_copied(session: Session, settings: Settings, case: Case, mail: InboundMail) -> bool:
+    """Whether ``mail`` was addressed to others with a support mailbox only in Cc: one of
+    our mailboxes is in its Cc, none in its To, and neither ``case``'s customer nor a
+    participant of it (the customer's side: a relative they copied) is a recipient.
+
+    Mail that names none of our mailboxes (an alias or an old address delivered into
+    the mailbox, a Bcc) is not taken for copied: it came to the desk all the same, and
+    was relayed before this rule existed.
+    """
     mailboxes = {m.address for m in settings.mailboxes.values()}
-    return bool(mail.to) and mailboxes.isdisjoint(mail.to) and not _to_customer(case, mail)
+    if mailboxes.isdisjoint(mail.cc) or not mailboxes.isdisjoint(mail.to):
+        return False
+    if _to_customer(case, mail) or case.id is None:
+        return False
+    return casework.participants(session, case.id).isdisjoint((*mail.to, *mail.cc))
 
 
 def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> None:
@@ -1708,7 +1717,7 @@ def _agent_message(
     # note, as Zammad keeps such mail as an internal article; the agent is told. Only
     # a reply without commands: a command was typed on purpose, and runs as in any
     # reply, with what it sends the customer (#resolver's causes, #pendiente's question).
-    copied = not parsed.commands and _only_copied(settings, case, mail)
+    copied = not parsed.commands and _only_copied(session, settings, case, mail)
     # A remark sent back to one of our side notices ("Yo no envié eso", "Enterado, se lo
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
     side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
@@ -1808,7 +1817,9 @@ _ANSWERS = frozenset({CommandKind.RESOLVE, CommandKind.VISIT})
 # one is never the customer's to read. The forged-mail warning (unverified_agent) is
 # one too, unless the case's notifications were exposed: then it asks for the
 # agent's words as a reply to itself, the one proof left.
-SIDE_NOTICE_KINDS = ("command_error", "not_relayed", "delivery_failed")
+# An assignment notice shows a colleague's note ("es cliente molesto"): its natural
+# answer, "Enterado, le llamo", is for that colleague, never the customer.
+SIDE_NOTICE_KINDS = ("command_error", "not_relayed", "delivery_failed", "assigned")
 
 
 def _answers_a_side_notice(session: Session, settings: Settings, mail: InboundMail) -> bool:

@@ -432,10 +432,17 @@ def test_an_agent_assigned_by_someone_else_is_told(desk: Desk) -> None:
     assert str(told["Reply-To"]) == CONTACTO
     assert not any("Le asignaron" in text(m) for m in desk.to(CUSTOMER))
 
-    # Luis answers it: the customer gets his words, as from a reply to the notification.
-    desk.agent_reply(told, "Buenas tardes, hoy paso a revisar su nodo.", sender=LUIS_FROM)
-    assert "hoy paso a revisar" in text(desk.last_to(CUSTOMER))
+    # Luis answers it: his words are for Ana ("Enterado, le llamo"), kept as a note, never
+    # the customer's (eighth review round: they reached the customer as the desk's reply).
+    to_customer = len(desk.to(CUSTOMER))
+    desk.agent_reply(told, "Enterado Ana, le llamo en la tarde.", sender=LUIS_FROM)
+    assert len(desk.to(CUSTOMER)) == to_customer
+    notes = [m for m in desk.case(folio)["messages"] if m["kind"] == "note"]
+    assert "Enterado Ana" in notes[-1]["text"]
     assert desk.case(folio)["owner"] == LUIS
+    # To the customer, he replies to the case's notification.
+    desk.agent_reply(_notification(desk, folio), "Hoy paso a revisar su nodo.", sender=LUIS_FROM)
+    assert "Hoy paso a revisar" in text(desk.last_to(CUSTOMER))
 
     # Taking a case oneself, or clearing it, tells nobody.
     desk.agent_reply(_notification(desk, folio), "#asignar yo\nMejor lo veo yo.")
@@ -550,6 +557,36 @@ def test_a_notification_forwarded_to_a_contractor_with_the_mailbox_in_cc_is_a_no
     )  # fmt: skip
     assert len(desk.to(CUSTOMER)) == told
     _kept_as_a_note(desk, folio, "Pedro, ¿puedes pasar hoy?")
+
+
+@pytest.mark.integration
+def test_a_reply_to_the_mailbox_under_an_alias_still_reaches_the_customer(desk: Desk) -> None:
+    # ayuda@ delivered into the same mailbox (an alias, an old address): no mailbox of
+    # ours named in To or Cc is no mail "to others", and was relayed before that rule.
+    folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
+    desk.agent_reply(
+        _notification(desk, folio), "Buenas tardes, hoy pasa un técnico.",
+        to="Soporte <ayuda@internet-plarey.com.mx>",
+    )  # fmt: skip
+    assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
+    assert desk.case(folio)["owner"] == AGENT
+
+
+@pytest.mark.integration
+def test_an_answer_to_a_participant_with_the_mailbox_in_cc_is_no_note(desk: Desk) -> None:
+    # María, whom Juan copied, is the customer's side: an answer to her is an answer.
+    maria = "maria.perez@example.com"
+    folio = desk.open_case(
+        sender=JUAN, subject="Sin internet", body="No tengo internet.", headers={"Cc": maria}
+    )
+    desk.agent_reply(
+        _notification(desk, folio), "María, hoy pasa un técnico.",
+        to=f"María <{maria}>", headers={"Cc": CONTACTO},
+    )  # fmt: skip
+    case = desk.case(folio)
+    assert next(m["kind"] for m in case["messages"] if "hoy pasa" in m["text"]) == "agent"
+    assert case["owner"] == AGENT
+    assert not any("iba dirigido a otras personas" in text(m) for m in desk.to(AGENT))
 
 
 @pytest.mark.integration
