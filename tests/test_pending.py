@@ -811,6 +811,22 @@ def test_a_phone_case_waits_only_when_asked_already_and_pendiente_no_ends_it(des
 
 
 @pytest.mark.integration
+def test_a_question_that_reaches_nobody_keeps_a_wait_already_running(desk: Desk) -> None:
+    # Asked by phone, the case waits; a later "#pendiente" with text reaches nobody (no
+    # address): it ended the running wait, and the case then never closed by itself.
+    folio = desk.open_phone_case()
+    desk.agent_reply(_notification(desk, folio), "#pendiente 5")
+    before = desk.case(folio)["pending_until"]
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    case = desk.case(folio)
+    assert case["pending_until"] == before
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert systems[-1] == (
+        "the new deadline does not stand: the question did not reach the customer"
+    )
+
+
+@pytest.mark.integration
 def test_pending_off_on_a_mail_case_relays_nothing(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
