@@ -12,6 +12,7 @@ and SMTP servers, the command line and the migration on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -640,6 +641,46 @@ def _read_before_deadline(desk: Desk, when: datetime | None = None) -> None:
 
 def _answer(folio: str) -> bytes:
     return mail(subject=f"Re: [Folio {folio}] Sin servicio", body="La luz LOS está en rojo.")
+
+
+@pytest.mark.integration
+def test_an_answer_arriving_between_select_and_search_is_not_taken_as_read(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The answer reaches an empty folder after SELECT (whose EXISTS of 0 spares the
+    # SEARCH), and the deadline passes then: the poll's read-through time was taken
+    # after that moment, the case closed "for no answer" and the answer opened a new case.
+    from mailcase import refusals
+
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    real = refusals.given_up
+    arrived: list[bool] = []
+
+    def answer_meanwhile(store: Any, name: str, uidvalidity: int) -> Any:
+        # Runs after SELECT and before the search: the moment the window is open.
+        if name == "contacto" and not arrived:
+            arrived.append(True)
+            desk.imap.append("contacto", _answer(folio))
+            time.sleep(0.01)  # the deadline falls after the poll began, and before now
+            store_ = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+            with store_.transaction() as session:
+                session.execute(
+                    sa.update(Case)
+                    .where(col(Case.folio) == folio)
+                    .values(pending_until=datetime.now(UTC))
+                )
+            store_.dispose()
+        return real(store, name, uidvalidity)
+
+    monkeypatch.setattr(refusals, "given_up", answer_meanwhile)
+    desk.cli.poll()
+    assert arrived and desk.case(folio)["status"] == "open"
+    assert _no_answer_notices(desk) == []
+    monkeypatch.setattr(refusals, "given_up", real)
+    desk.cli.poll()  # the answer is read now: the wait ends, no second case
+    assert desk.case(folio)["pending_until"] is None
+    assert len(desk.cli.json("cases", "list")) == 1
 
 
 @pytest.mark.integration
