@@ -1073,6 +1073,21 @@ def clear_pending(session: Session, case: Case, *, by: str, why: str = "") -> bo
     return True
 
 
+def restore_pending(
+    session: Session, case: Case, until: datetime | None, *, by: str, why: str
+) -> None:
+    """Put back the wait ``case`` had (``until``; None: none) before a new deadline that
+    must not stand, recorded with ``why``: a wait already running is kept as it was,
+    and without one the case waits no more (:func:`clear_pending`)."""
+    if until is None:
+        clear_pending(session, case, by=by, why=why)
+        return
+    case.pending_until = until
+    case.updated_at = utcnow()
+    session.add(case)
+    record(session, case, "system", f"the new deadline does not stand: {why}", from_addr=by)
+
+
 def answered_in(session: Session, case: Case, related: Sequence[str], *, sender: str) -> list[str]:
     """``sender`` wrote the new ``case``, naming the cases of ``related`` (folios): each of
     those waiting for them (``sender`` is its customer or a participant) waits no more,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -56,7 +56,18 @@ class NoticeStatus(StrEnum):
 class Case(SQLModel, table=True):
     __tablename__ = "cases"
     # `cases list`, newest first: without it every listing read and sorted every case.
-    __table_args__ = (Index("ix_cases_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_cases_created_at_id", "created_at", "id"),
+        # Only the merged cases (0013): the erasure looks up the cases merged into a
+        # customer's. A whole-table index took "merged_into_id IS NULL" for a way in, and
+        # `mailcase report` read every unmerged case instead of the period's.
+        Index(
+            "ix_cases_merged_into_id",
+            "merged_into_id",
+            sqlite_where=text("merged_into_id IS NOT NULL"),
+            postgresql_where=text("merged_into_id IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     folio: str = Field(index=True, unique=True, max_length=40)
@@ -85,9 +96,8 @@ class Case(SQLModel, table=True):
     closed_at: datetime | None = None
     last_customer_at: datetime | None = None  # the customer's latest message
     # Set when the case was merged into another (casework.merge): closed, its mail
-    # and its folio answered by that case from then on. Indexed (0013): the erasure
-    # and the purge by age look for the cases merged into a customer's.
-    merged_into_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
+    # and its folio answered by that case from then on. Indexed where set (0013, above).
+    merged_into_id: int | None = Field(default=None, foreign_key="cases.id")
     # Waiting for the customer (#pendiente, `cases pending`) until then: the case is
     # closed, unresolved, when it passes with no word from them (casework.close_stale_cases).
     # NULL: not waiting. Not indexed: the hourly check reads the open cases by status.

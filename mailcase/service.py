@@ -199,14 +199,16 @@ def _poll_leased(
     progress: Progress | None,
 ) -> MailboxReport:
     log = get_logger(mailbox=name)
+    # What reached the mailbox before this moment is in the poll's answer: a complete
+    # poll records it (not its end), so that a customer's answer that arrived during a
+    # long poll is never taken as read (casework.close_stale_cases). Taken before the
+    # SELECT: mail that arrives between it and the SEARCH is not in an empty folder's
+    # answer (imap.uids_after trusts SELECT's EXISTS of 0).
+    searched_at = utcnow()
     with ImapMailbox(name, settings) as box:
         source = _source_of(settings)
         last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log, source)
         box.give_up = refusals.given_up(rt.store, name, box.uidvalidity)
-        # What reached the mailbox before this moment is in the SEARCH's answer: a
-        # complete poll records it (not its end), so that a customer's answer that
-        # arrived during a long poll is never taken as read (casework.close_stale_cases).
-        searched_at = utcnow()
         uids = box.uids_after(last_uid)
         if progress is not None:
             progress(0, len(uids))
@@ -1732,6 +1734,7 @@ def _agent_message(
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
+    waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
     for command in parsed.commands:
         _run_command(
             session, settings, case, command, text, by, now_local, note=text if is_note else ""
@@ -1798,9 +1801,12 @@ def _agent_message(
             reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
     # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
     # wait for an answer to it, nor tell the customer at the deadline they gave none.
+    # A wait already running (a question that did reach them, or asked by phone) stands.
     dropped = asks and reason in ("held", "no_customer", "closed")
     if dropped:
-        casework.clear_pending(session, case, by=by, why="the question did not reach the customer")
+        casework.restore_pending(
+            session, case, waited_until, by=by, why="the question did not reach the customer"
+        )
     if reason:  # the agent learns what did not reach the customer
         _not_relayed(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld,

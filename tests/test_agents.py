@@ -47,6 +47,10 @@ class Desk:
     def last_to(self, rcpt: str) -> EmailMessage:
         return self.to(rcpt)[-1]
 
+    def notification(self, folio: str) -> EmailMessage:
+        """The latest notice to ``agents.notify`` about ``folio``: what an agent replies to."""
+        return [m for m in self.to(NOTIFY) if folio in str(m["Subject"])][-1]
+
     def case(self, folio: str) -> dict[str, Any]:
         return self.cli.json("cases", "show", folio)  # type: ignore[no-any-return]
 

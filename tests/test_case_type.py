@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import AGENT, NOTIFY, Cli, installation_at, mail, write_config
+from helpers import AGENT, Cli, installation_at, mail, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import AREAS, CUSTOMER, Desk, text
 from test_templates_all import context
@@ -223,15 +223,10 @@ def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url
     return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
 
 
-def _notification(desk: Desk, folio: str) -> Any:
-    [notice] = [m for m in desk.to(NOTIFY) if folio in str(m["Subject"])][-1:]
-    return notice
-
-
 @pytest.mark.integration
 def test_an_agent_sets_the_type_by_mail(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Cobro doble", body="Me cobraron dos veces.")
-    notice = _notification(desk, folio)
+    notice = desk.notification(folio)
     assert "Tipo:" not in text(notice)  # not classified yet: nothing guessed
     assert "#tipo queja|consulta|aclaracion|cancelacion" in text(notice)
     told = len(desk.to(CUSTOMER))
@@ -249,10 +244,10 @@ def test_an_agent_sets_the_type_by_mail(desk: Desk) -> None:
     desk.deliver(
         mail(sender=JUAN, subject=f"RE: [Folio {folio}] Cobro doble", body="¿Ya lo revisaron?")
     )
-    assert "Tipo:     Aclaración" in text(_notification(desk, folio)).splitlines()
+    assert "Tipo:     Aclaración" in text(desk.notification(folio)).splitlines()
     # The same type again changes and records nothing.
     entries = len(desk.case(folio)["messages"])
-    desk.agent_reply(_notification(desk, folio), "#type clarification\nSigue igual.")
+    desk.agent_reply(desk.notification(folio), "#type clarification\nSigue igual.")
     assert [m["kind"] for m in desk.case(folio)["messages"][entries:]] == ["note"]
 
 
@@ -260,13 +255,13 @@ def test_an_agent_sets_the_type_by_mail(desk: Desk) -> None:
 def test_the_type_goes_with_other_commands(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     desk.agent_reply(
-        _notification(desk, folio), "#tipo queja\n#area redes\nRevisar el nodo de la colonia."
+        desk.notification(folio), "#tipo queja\n#area redes\nRevisar el nodo de la colonia."
     )
     case = desk.case(folio)
     assert (case["type"], case["area"]) == ("complaint", "redes")
     told = len(desk.to(CUSTOMER))
     desk.agent_reply(
-        _notification(desk, folio),
+        desk.notification(folio),
         "#resolver procedente\n#tipo cancelacion\nSe cambió el conector del poste.",
     )
     case = desk.case(folio)
@@ -280,7 +275,7 @@ def test_a_bad_type_by_mail_runs_nothing_and_tells_the_agent(desk: Desk) -> None
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     told = len(desk.to(CUSTOMER))
 
-    desk.agent_reply(_notification(desk, folio), "#tipo reclamo\n#cerrar\nYa quedó.")
+    desk.agent_reply(desk.notification(folio), "#tipo reclamo\n#cerrar\nYa quedó.")
 
     case = desk.case(folio)
     assert (case["type"], case["status"]) == (None, "open")

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from helpers import (
     AGENT,
-    NOTIFY,
     Cli,
     installation_at,
     mail,
@@ -330,18 +329,13 @@ def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url
     return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
 
 
-def _notification(desk: Desk, folio: str) -> Any:
-    [notice] = [m for m in desk.to(NOTIFY) if folio in str(m["Subject"])][-1:]
-    return notice
-
-
 def test_an_agent_merges_by_mail(desk: Desk) -> None:
     first = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     second = desk.open_case(sender=JUAN, subject="Sigo igual", body="El módem sigue en rojo.")
     told = len(desk.to(CUSTOMER))
 
     desk.agent_reply(
-        _notification(desk, second),
+        desk.notification(second),
         f"#fusionar {first.replace('-', ' ')}\nEscribió dos veces por lo mismo.",
     )
 
@@ -357,7 +351,7 @@ def test_an_agent_merges_by_mail(desk: Desk) -> None:
     assert f"los atenderemos juntos con el folio {first}" in text(merged_notice)
     # The agent's later reply to the merged case's notification works on the case
     # that stays (its signed Message-ID names the merged case).
-    desk.agent_reply(_notification(desk, second), "#nota\nLlamé al cliente.")
+    desk.agent_reply(desk.notification(second), "#nota\nLlamé al cliente.")
     assert desk.case(first)["messages"][-1]["text"] == "Llamé al cliente."
     assert len(desk.case(second)["messages"]) == 1
 
@@ -378,7 +372,7 @@ def test_a_merge_by_mail_that_cannot_run_is_explained(
     first = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     second = desk.open_case(sender=JUAN, subject="Sigo igual", body="El módem sigue en rojo.")
     other = desk.open_case(sender="Ana <ana@example.com>", subject="Sin luz", body="Nada.")
-    notice = _notification(desk, second)
+    notice = desk.notification(second)
 
     desk.agent_reply(notice, command.format(first=first, second=second, other=other))
 
@@ -485,7 +479,7 @@ def test_the_merging_replys_own_ledger_row_goes_with_the_case(desk: Desk) -> Non
     # merged folio for it.
     first = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     second = desk.open_case(sender=JUAN, subject="Sigo igual", body="El módem sigue en rojo.")
-    desk.agent_reply(_notification(desk, second), f"#fusionar {first}\nDuplicado.")
+    desk.agent_reply(desk.notification(second), f"#fusionar {first}\nDuplicado.")
     assert desk.case(second)["merged_into"] == first
     assert [row["folio"] for row in desk.cli.json("messages", "list")] == [first, first, first]
 
@@ -571,7 +565,7 @@ def test_nothing_merges_into_an_erased_case(desk: Desk) -> None:
     assert code == 2
     assert f"case {erased}: its customer's data was erased, nothing merges into it" in err
     # By mail: as a folio of no case.
-    desk.agent_reply(_notification(desk, other), f"#fusionar {erased}")
+    desk.agent_reply(desk.notification(other), f"#fusionar {erased}")
     assert "no hay un caso con ese folio" in text(desk.last_to(AGENT))
     assert desk.case(other)["merged_into"] is None
 

@@ -218,10 +218,6 @@ def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url
     return _desk(tmp_path, mailboxes, sink, capsys, db_url)
 
 
-def _notification(desk: Desk, folio: str) -> EmailMessage:
-    return [m for m in desk.to(NOTIFY) if folio in str(m["Subject"])][-1]
-
-
 def _system(case: dict[str, Any]) -> list[str]:
     return [m["text"] for m in case["messages"] if m["kind"] == "system"]
 
@@ -229,7 +225,7 @@ def _system(case: dict[str, Any]) -> list[str]:
 @pytest.mark.integration
 def test_an_agent_assigns_the_case_by_mail(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
-    notice = _notification(desk, folio)
+    notice = desk.notification(folio)
     assert "Responsable:" not in text(notice)  # nobody owns a new case
     assert "#asignar CORREO|yo|nadie / #assign ADDRESS|me|none" in text(notice)
     assert desk.case(folio)["owner"] is None
@@ -251,17 +247,17 @@ def test_an_agent_assigns_the_case_by_mail(desk: Desk) -> None:
     assert len(desk.to(CUSTOMER)) == told  # the rest is a note: nothing relayed
     # The agents' next notice of the case names the owner.
     desk.deliver(mail(sender=JUAN, subject=f"RE: [Folio {folio}] Sin internet", body="¿Y?"))
-    assert f"Responsable: {LUIS}" in text(_notification(desk, folio)).splitlines()
+    assert f"Responsable: {LUIS}" in text(desk.notification(folio)).splitlines()
 
     # The same owner again changes and records nothing.
     entries = len(desk.case(folio)["messages"])
-    desk.agent_reply(_notification(desk, folio), f"#assign {LUIS}\nSigue con Luis.")
+    desk.agent_reply(desk.notification(folio), f"#assign {LUIS}\nSigue con Luis.")
     assert [m["kind"] for m in desk.case(folio)["messages"][entries:]] == ["note"]
 
     # "#asignar yo": the agent who writes; "#asignar nadie": nobody.
-    desk.agent_reply(_notification(desk, folio), "#asignar yo\nMejor lo veo yo.")
+    desk.agent_reply(desk.notification(folio), "#asignar yo\nMejor lo veo yo.")
     assert desk.case(folio)["owner"] == AGENT
-    desk.agent_reply(_notification(desk, folio), "#assign none\nQue lo tome quien pueda.")
+    desk.agent_reply(desk.notification(folio), "#assign none\nQue lo tome quien pueda.")
     case = desk.case(folio)
     assert case["owner"] is None
     assert _system(case)[-2:] == [f"owner set to {AGENT}", "owner cleared"]
@@ -272,7 +268,7 @@ def test_an_agent_assigns_the_case_by_mail(desk: Desk) -> None:
 def test_the_owner_goes_with_other_commands_and_on_a_closed_case(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     desk.agent_reply(
-        _notification(desk, folio),
+        desk.notification(folio),
         "#tipo queja\n#asignar luis.soporte@internet-plarey.com.mx\n#area redes\nVer nodo.",
     )
     case = desk.case(folio)
@@ -282,7 +278,7 @@ def test_the_owner_goes_with_other_commands_and_on_a_closed_case(desk: Desk) -> 
     assert f"Responsable: {LUIS}" in text(routed[-1]).splitlines()
 
     assert desk.cli("cases", "close", folio)[0] == 0
-    desk.agent_reply(_notification(desk, folio), "#asignar yo\nLo reviso aunque esté cerrado.")
+    desk.agent_reply(desk.notification(folio), "#asignar yo\nLo reviso aunque esté cerrado.")
     case = desk.case(folio)
     assert (case["status"], case["owner"]) == ("closed", AGENT)
 
@@ -292,7 +288,7 @@ def test_an_owner_who_is_no_agent_runs_nothing_and_tells_the_agent(desk: Desk) -
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     told = len(desk.to(CUSTOMER))
 
-    desk.agent_reply(_notification(desk, folio), "#asignar pedro@example.com\n#cerrar\nYa quedó.")
+    desk.agent_reply(desk.notification(folio), "#asignar pedro@example.com\n#cerrar\nYa quedó.")
 
     case = desk.case(folio)
     assert (case["owner"], case["status"]) == (None, "open")
@@ -303,7 +299,7 @@ def test_an_owner_who_is_no_agent_runs_nothing_and_tells_the_agent(desk: Desk) -
     assert f"Agentes: {AGENT}, {LUIS}" in body.splitlines()
     assert "#asignar CORREO|yo|nadie / #assign ADDRESS|me|none" in body  # the valid forms
 
-    desk.agent_reply(_notification(desk, folio), "#asignar pedro\nYa quedó.")
+    desk.agent_reply(desk.notification(folio), "#asignar pedro\nYa quedó.")
     body = text(desk.last_to(AGENT))
     assert "escriba un solo correo completo de un agente, o yo, o nadie" in body
     assert "Agentes:" not in body
@@ -317,11 +313,11 @@ def test_an_owner_who_is_no_agent_runs_nothing_and_tells_the_agent(desk: Desk) -
 def test_the_agent_whose_reply_first_answers_the_customer_owns_the_case(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     # A note answers nobody: the case stays unowned.
-    desk.agent_reply(_notification(desk, folio), "#nota\nRevisar el nodo.")
+    desk.agent_reply(desk.notification(folio), "#nota\nRevisar el nodo.")
     assert desk.case(folio)["owner"] is None
 
     desk.agent_reply(
-        _notification(desk, folio), "Buenas tardes, hoy pasa un técnico.", sender=LUIS_FROM
+        desk.notification(folio), "Buenas tardes, hoy pasa un técnico.", sender=LUIS_FROM
     )
     assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))  # relayed
     case = desk.case(folio)
@@ -330,7 +326,7 @@ def test_the_agent_whose_reply_first_answers_the_customer_owns_the_case(desk: De
     assert case["messages"][-1]["from"] == LUIS
 
     # Another agent's answer later leaves the owner as it is.
-    desk.agent_reply(_notification(desk, folio), "Complemento: llevará un módem nuevo.")
+    desk.agent_reply(desk.notification(folio), "Complemento: llevará un módem nuevo.")
     case = desk.case(folio)
     assert case["owner"] == LUIS
     assert _system(case).count(f"owner set to {AGENT}") == 0
@@ -344,7 +340,7 @@ def test_a_case_whose_owner_left_the_desk_takes_the_agent_who_answers(desk: Desk
     config = desk.cli.config
     both = f'addresses = ["{AGENT}", "{LUIS}"]'
     config.write_text(config.read_text("utf-8").replace(both, f'addresses = ["{AGENT}"]'), "utf-8")
-    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    desk.agent_reply(desk.notification(folio), "Buenas tardes, hoy pasa un técnico.")
     assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
     case = desk.case(folio)
     assert case["owner"] == AGENT
@@ -355,20 +351,20 @@ def test_a_case_whose_owner_left_the_desk_takes_the_agent_who_answers(desk: Desk
 def test_a_resolution_or_a_visit_by_mail_assigns_an_unowned_case(desk: Desk) -> None:
     resolved = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     desk.agent_reply(
-        _notification(desk, resolved), "#resolver procedente\nSe cambió el conector.",
+        desk.notification(resolved), "#resolver procedente\nSe cambió el conector.",
         sender=LUIS_FROM,
     )  # fmt: skip
     assert desk.case(resolved)["owner"] == LUIS
 
     visited = desk.open_case(sender="Rosa <rosa@example.com>", subject="Lento", body="Lento.")
     day = (datetime.now(MX) + timedelta(days=3)).date().isoformat()
-    desk.agent_reply(_notification(desk, visited), f"#visita {day} 10:00\nLlevar escalera.")
+    desk.agent_reply(desk.notification(visited), f"#visita {day} 10:00\nLlevar escalera.")
     assert desk.case(visited)["owner"] == AGENT
 
     # Said in the same reply who follows it up: that stands (nobody, here).
     cleared = desk.open_case(sender="Eva <eva@example.com>", subject="Cobro", body="Cobro.")
     desk.agent_reply(
-        _notification(desk, cleared),
+        desk.notification(cleared),
         "#asignar nadie\n#resolver improcedente\nEl cobro es correcto.",
     )
     case = desk.case(cleared)
@@ -380,7 +376,7 @@ def test_a_resolution_or_a_visit_by_mail_assigns_an_unowned_case(desk: Desk) -> 
 def test_an_agent_writing_straight_to_the_customer_becomes_the_owner(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     desk.agent_reply(
-        _notification(desk, folio), "Le escribo directamente.", sender=LUIS_FROM,
+        desk.notification(folio), "Le escribo directamente.", sender=LUIS_FROM,
         to=f"{CUSTOMER}, {CONTACTO}",
     )  # fmt: skip
     assert desk.case(folio)["owner"] == LUIS
@@ -417,7 +413,7 @@ def test_the_assigned_notice_shows_the_case_and_the_note(
 @pytest.mark.integration
 def test_an_agent_assigned_by_someone_else_is_told(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
-    notification = _notification(desk, folio)
+    notification = desk.notification(folio)
     desk.agent_reply(notification, f"#asignar {LUIS}\nLuis, es de tu zona.")
 
     [told] = _assigned(desk, LUIS)
@@ -441,12 +437,12 @@ def test_an_agent_assigned_by_someone_else_is_told(desk: Desk) -> None:
     assert "Enterado Ana" in notes[-1]["text"]
     assert desk.case(folio)["owner"] == LUIS
     # To the customer, he replies to the case's notification.
-    desk.agent_reply(_notification(desk, folio), "Hoy paso a revisar su nodo.", sender=LUIS_FROM)
+    desk.agent_reply(desk.notification(folio), "Hoy paso a revisar su nodo.", sender=LUIS_FROM)
     assert "Hoy paso a revisar" in text(desk.last_to(CUSTOMER))
 
     # Taking a case oneself, or clearing it, tells nobody.
-    desk.agent_reply(_notification(desk, folio), "#asignar yo\nMejor lo veo yo.")
-    desk.agent_reply(_notification(desk, folio), "#asignar nadie\nQue lo tome quien pueda.")
+    desk.agent_reply(desk.notification(folio), "#asignar yo\nMejor lo veo yo.")
+    desk.agent_reply(desk.notification(folio), "#asignar nadie\nQue lo tome quien pueda.")
     assert _assigned(desk, AGENT) == [] and len(_assigned(desk, LUIS)) == 1
 
     # The command line tells the agent it names.
@@ -464,7 +460,7 @@ def test_an_agent_assigned_by_someone_else_is_told(desk: Desk) -> None:
 @pytest.mark.integration
 def test_the_agent_who_takes_a_case_by_answering_is_not_told(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    desk.agent_reply(desk.notification(folio), "Buenas tardes, hoy pasa un técnico.")
     assert desk.case(folio)["owner"] == AGENT
     assert _assigned(desk, AGENT) == []
 
@@ -518,14 +514,14 @@ def test_a_reply_to_a_colleague_with_the_mailbox_in_cc_is_a_note(desk: Desk) -> 
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     told = len(desk.to(CUSTOMER))
     desk.agent_reply(
-        _notification(desk, folio), "Luis, te lo paso: es de tu zona, yo no puedo.",
+        desk.notification(folio), "Luis, te lo paso: es de tu zona, yo no puedo.",
         to=LUIS_FROM, headers={"Cc": CONTACTO},
     )  # fmt: skip
     assert len(desk.to(CUSTOMER)) == told  # nothing relayed
     _kept_as_a_note(desk, folio, "te lo paso")
 
     # A reply to the notification itself, the mailbox its recipient, still goes out.
-    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    desk.agent_reply(desk.notification(folio), "Buenas tardes, hoy pasa un técnico.")
     assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
     assert desk.case(folio)["owner"] == AGENT
 
@@ -536,7 +532,7 @@ def test_a_notification_forwarded_to_a_contractor_with_the_mailbox_in_cc_is_a_no
 ) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     told = len(desk.to(CUSTOMER))
-    notice = _notification(desk, folio)
+    notice = desk.notification(folio)
     forward = "\n".join(
         [
             "Pedro, ¿puedes pasar hoy? Gracias.",
@@ -565,7 +561,7 @@ def test_a_reply_to_the_mailbox_under_an_alias_still_reaches_the_customer(desk: 
     # ours named in To or Cc is no mail "to others", and was relayed before that rule.
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     desk.agent_reply(
-        _notification(desk, folio), "Buenas tardes, hoy pasa un técnico.",
+        desk.notification(folio), "Buenas tardes, hoy pasa un técnico.",
         to="Soporte <ayuda@internet-plarey.com.mx>",
     )  # fmt: skip
     assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
@@ -580,7 +576,7 @@ def test_an_answer_to_a_participant_with_the_mailbox_in_cc_is_no_note(desk: Desk
         sender=JUAN, subject="Sin internet", body="No tengo internet.", headers={"Cc": maria}
     )
     desk.agent_reply(
-        _notification(desk, folio), "María, hoy pasa un técnico.",
+        desk.notification(folio), "María, hoy pasa un técnico.",
         to=f"María <{maria}>", headers={"Cc": CONTACTO},
     )  # fmt: skip
     case = desk.case(folio)
@@ -594,7 +590,7 @@ def test_commands_in_a_mail_to_a_colleague_run(desk: Desk) -> None:
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     told = len(desk.to(CUSTOMER))
     desk.agent_reply(
-        _notification(desk, folio), f"#asignar {LUIS}\nLuis, es de tu zona.",
+        desk.notification(folio), f"#asignar {LUIS}\nLuis, es de tu zona.",
         to=LUIS_FROM, headers={"Cc": CONTACTO},
     )  # fmt: skip
     case = desk.case(folio)
@@ -604,7 +600,7 @@ def test_commands_in_a_mail_to_a_colleague_run(desk: Desk) -> None:
     assert len(desk.to(CUSTOMER)) == told
     # A resolution typed to a colleague is a resolution: the customer gets it.
     desk.agent_reply(
-        _notification(desk, folio), "#resolver procedente\nSe cambió el conector.",
+        desk.notification(folio), "#resolver procedente\nSe cambió el conector.",
         to=LUIS_FROM, headers={"Cc": CONTACTO},
     )  # fmt: skip
     assert desk.case(folio)["status"] == "resolved"
@@ -640,7 +636,7 @@ def test_an_agent_who_opens_a_case_by_writing_to_the_customer_owns_it(desk: Desk
     case = desk.case(opened["folio"])
     assert (case["customer"], case["owner"]) == ("rosa@example.com", AGENT)
     assert _system(case) == [f"owner set to {AGENT}"]
-    notice = _notification(desk, opened["folio"])
+    notice = desk.notification(opened["folio"])
     assert f"Responsable: {AGENT}" in text(notice).splitlines()
 
     # A forward of a customer's mail answers nobody: the case stays unowned.
@@ -674,10 +670,10 @@ def test_auto_assign_off_leaves_the_owner_to_the_agents(
 ) -> None:
     desk = _desk(tmp_path, mailboxes, sink, capsys, db_url, "\n[cases]\nauto_assign = false\n")
     folio = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), "Buenas tardes, hoy pasa un técnico.")
+    desk.agent_reply(desk.notification(folio), "Buenas tardes, hoy pasa un técnico.")
     assert "hoy pasa un técnico" in text(desk.last_to(CUSTOMER))
     assert desk.case(folio)["owner"] is None
-    desk.agent_reply(_notification(desk, folio), "#asignar yo\nLo sigo yo.")
+    desk.agent_reply(desk.notification(folio), "#asignar yo\nLo sigo yo.")
     assert desk.case(folio)["owner"] == AGENT
 
 
@@ -851,7 +847,7 @@ def test_the_reminder_of_an_unanswered_case_reaches_its_owner(desk: Desk) -> Non
     owned = desk.open_case(sender=JUAN, subject="Sin internet", body="No tengo internet.")
     unowned = desk.open_case(sender="Rosa <rosa@example.com>", subject="Lento", body="Lento.")
     # Assigned with a note: no answer to the customer, who still waits.
-    desk.agent_reply(_notification(desk, owned), f"#asignar {LUIS}\nLuis lo ve mañana.")
+    desk.agent_reply(desk.notification(owned), f"#asignar {LUIS}\nLuis lo ve mañana.")
     _wait_back(desk, 25)
 
     assert sorted(desk.cli.json("cases", "remind")) == sorted([owned, unowned])

@@ -12,6 +12,7 @@ and SMTP servers, the command line and the migration on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -260,10 +261,6 @@ def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url
     return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
 
 
-def _notification(desk: Desk, folio: str) -> EmailMessage:
-    return [m for m in desk.to(NOTIFY) if folio in str(m["Subject"])][-1]
-
-
 def _until(case: dict[str, Any]) -> datetime | None:
     value = case["pending_until"]
     return datetime.fromisoformat(value) if value else None
@@ -301,7 +298,7 @@ def test_pendiente_relays_the_question_and_makes_the_case_wait(desk: Desk) -> No
     told = len(desk.to(CUSTOMER))
 
     desk.agent_reply(
-        _notification(desk, folio),
+        desk.notification(folio),
         f"#pendiente\n#tipo queja\n\nBuenas tardes, don Juan:\n\n{QUESTION}",
         attachments=[PHOTO],
     )
@@ -325,12 +322,12 @@ def test_pendiente_relays_the_question_and_makes_the_case_wait(desk: Desk) -> No
 
     # Again, with the days and no text: a new deadline, nothing relayed, nobody told.
     told, to_agent = len(desk.to(CUSTOMER)), len(desk.to(AGENT))
-    desk.agent_reply(_notification(desk, folio), "#pending 3")
+    desk.agent_reply(desk.notification(folio), "#pending 3")
     assert _about(_until(desk.case(folio)), 3)
     assert (len(desk.to(CUSTOMER)), len(desk.to(AGENT))) == (told, to_agent)
 
     # An agent's plain reply keeps the wait.
-    desk.agent_reply(_notification(desk, folio), "Le recuerdo la foto, por favor.")
+    desk.agent_reply(desk.notification(folio), "Le recuerdo la foto, por favor.")
     assert "Le recuerdo la foto" in text(desk.last_to(CUSTOMER))
     assert _about(_until(desk.case(folio)), 3)
 
@@ -338,7 +335,7 @@ def test_pendiente_relays_the_question_and_makes_the_case_wait(desk: Desk) -> No
 @pytest.mark.integration
 def test_the_customers_answer_ends_the_wait_and_reaches_the_agents(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 5\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 5\n{QUESTION}")
     assert _until(desk.case(folio)) is not None
     notified = len(desk.to(NOTIFY))
 
@@ -355,8 +352,8 @@ def test_the_customers_answer_ends_the_wait_and_reaches_the_agents(desk: Desk) -
 @pytest.mark.integration
 def test_a_participants_answer_ends_the_wait_too(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), "#participante rosa@example.com")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), "#participante rosa@example.com")
+    desk.agent_reply(desk.notification(folio), f"#pendiente\n{QUESTION}")
     _customer_writes(desk, folio, "Soy su esposa: la luz está en rojo.", sender="rosa@example.com")
     assert desk.case(folio)["pending_until"] is None
 
@@ -365,8 +362,8 @@ def test_a_participants_answer_ends_the_wait_too(desk: Desk) -> None:
 def test_silence_closes_the_case_unresolved_and_tells_the_customer(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     other = desk.open_case(sender="Rosa <rosa@example.com>", subject="Lento", body="Va lento.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 4\n{QUESTION}")
-    desk.agent_reply(_notification(desk, other), f"#pendiente\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 4\n{QUESTION}")
+    desk.agent_reply(desk.notification(other), f"#pendiente\n{QUESTION}")
     desk.cli.poll()  # the check runs at the end of every poll: nothing has expired yet
     assert desk.case(folio)["status"] == "open"
     told = len(desk.to(CUSTOMER))
@@ -416,7 +413,7 @@ def test_an_answer_read_after_the_deadline_but_before_the_check_keeps_the_case(
     # A poll reads the mailboxes first and closes stale cases at its end: the customer's
     # answer in that poll is read first, and the case is theirs again, not closed.
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente\n{QUESTION}")
     _expire(desk, folio)
     told = len(desk.to(CUSTOMER))
     _customer_writes(desk, folio, "Perdón la demora: la luz está en rojo.")
@@ -430,7 +427,7 @@ def test_a_pending_case_is_never_unanswered(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     # No text below: the agent asked already (by phone, say): nothing answers the
     # customer's message, yet the next word is theirs.
-    desk.agent_reply(_notification(desk, folio), "#pendiente")
+    desk.agent_reply(desk.notification(folio), "#pendiente")
     store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
     then = datetime.now(UTC) - timedelta(hours=30)
     with store.transaction() as session:
@@ -449,7 +446,7 @@ def test_pendiente_with_a_conflicting_command_runs_nothing(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     told = len(desk.to(CUSTOMER))
 
-    desk.agent_reply(_notification(desk, folio), f"#pendiente\n#cerrar\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente\n#cerrar\n{QUESTION}")
 
     case = desk.case(folio)
     assert (case["status"], case["pending_until"]) == ("open", None)
@@ -463,12 +460,12 @@ def test_a_resolved_case_is_reopened_before_it_waits(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     assert desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")[0] == 0
     told = len(desk.to(CUSTOMER))
-    desk.agent_reply(_notification(desk, folio), f"#pendiente\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente\n{QUESTION}")
     assert desk.case(folio)["pending_until"] is None
     assert len(desk.to(CUSTOMER)) == told
     assert "el caso ya está resuelto" in text(desk.last_to(AGENT))
 
-    desk.agent_reply(_notification(desk, folio), f"#reabrir\n#pendiente\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#reabrir\n#pendiente\n{QUESTION}")
     case = desk.case(folio)
     assert case["status"] == "open" and _about(_until(case), 7)
     assert QUESTION in text(desk.last_to(CUSTOMER))
@@ -611,7 +608,7 @@ def test_an_agent_who_asks_and_takes_the_case_in_one_reply(desk: Desk) -> None:
     # still reaches the customer, and the agent owns the case that waits.
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     told = len(desk.to(CUSTOMER))
-    desk.agent_reply(_notification(desk, folio), f"#asignar yo\n#pendiente 3\n\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#asignar yo\n#pendiente 3\n\n{QUESTION}")
     case = desk.case(folio)
     assert case["owner"] == AGENT
     assert _about(_until(case), 3)
@@ -643,6 +640,46 @@ def _answer(folio: str) -> bytes:
 
 
 @pytest.mark.integration
+def test_an_answer_arriving_between_select_and_search_is_not_taken_as_read(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The answer reaches an empty folder after SELECT (whose EXISTS of 0 spares the
+    # SEARCH), and the deadline passes then: the poll's read-through time was taken
+    # after that moment, the case closed "for no answer" and the answer opened a new case.
+    from mailcase import refusals
+
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
+    real = refusals.given_up
+    arrived: list[bool] = []
+
+    def answer_meanwhile(store: Any, name: str, uidvalidity: int) -> Any:
+        # Runs after SELECT and before the search: the moment the window is open.
+        if name == "contacto" and not arrived:
+            arrived.append(True)
+            desk.imap.append("contacto", _answer(folio))
+            time.sleep(0.01)  # the deadline falls after the poll began, and before now
+            store_ = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+            with store_.transaction() as session:
+                session.execute(
+                    sa.update(Case)
+                    .where(col(Case.folio) == folio)
+                    .values(pending_until=datetime.now(UTC))
+                )
+            store_.dispose()
+        return real(store, name, uidvalidity)
+
+    monkeypatch.setattr(refusals, "given_up", answer_meanwhile)
+    desk.cli.poll()
+    assert arrived and desk.case(folio)["status"] == "open"
+    assert _no_answer_notices(desk) == []
+    monkeypatch.setattr(refusals, "given_up", real)
+    desk.cli.poll()  # the answer is read now: the wait ends, no second case
+    assert desk.case(folio)["pending_until"] is None
+    assert len(desk.cli.json("cases", "list")) == 1
+
+
+@pytest.mark.integration
 def test_a_mailbox_unread_since_the_deadline_holds_the_close_until_it_is_read(
     desk: Desk,
 ) -> None:
@@ -650,7 +687,7 @@ def test_a_mailbox_unread_since_the_deadline_holds_the_close_until_it_is_read(
     # cannot be read when the deadline passes (a changed password, an IMAP outage):
     # `mailcase poll` fails for it, and closes nothing for want of an answer.
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     desk.imap.append("info", _answer(folio))
     _expire(desk, folio)
     _read_before_deadline(desk)
@@ -680,7 +717,7 @@ def test_the_check_closes_only_once_every_mailbox_was_read_after_the_deadline(
     from mailcase import casework
 
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     _expire(desk, folio)
     _read_before_deadline(desk)
     settings = load_settings(desk.cli.config)
@@ -704,7 +741,7 @@ def test_the_daemon_reads_the_mailboxes_before_it_closes_a_case_unanswered(
     from helpers import DaemonProcess
 
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     _expire(desk, folio)
     desk.imap.append("contacto", _answer(folio))
     with DaemonProcess(desk.cli.config, tmp_path / "daemon.log") as daemon:
@@ -726,9 +763,9 @@ def test_booking_a_visit_ends_the_wait(desk: Desk) -> None:
     # line: the case waits on us now, and nothing closes it (nor cancels the visit) later.
     by_mail = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     by_cli = desk.open_case(sender="Rosa <rosa@example.com>", subject="Lento", body="Lento.")
-    desk.agent_reply(_notification(desk, by_mail), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(by_mail), f"#pendiente 2\n{QUESTION}")
     assert desk.cli("cases", "pending", by_cli, "--days", "2")[0] == 0
-    desk.agent_reply(_notification(desk, by_mail), f"#visita {ahead(5)} 10:00")
+    desk.agent_reply(desk.notification(by_mail), f"#visita {ahead(5)} 10:00")
     code, _, err = desk.cli("cases", "visit", by_cli, "--date", str(ahead(5)), "--time", "11:00")
     assert code == 0, err
     for folio in (by_mail, by_cli):
@@ -746,9 +783,9 @@ def test_booking_a_visit_ends_the_wait(desk: Desk) -> None:
 @pytest.mark.integration
 def test_a_case_with_a_visit_ahead_is_refused_a_wait(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#visita {ahead(6)} 10:00")
+    desk.agent_reply(desk.notification(folio), f"#visita {ahead(6)} 10:00")
     told = len(desk.to(CUSTOMER))
-    desk.agent_reply(_notification(desk, folio), "#pendiente 2\n¿Habrá alguien en casa?")
+    desk.agent_reply(desk.notification(folio), "#pendiente 2\n¿Habrá alguien en casa?")
     assert desk.case(folio)["pending_until"] is None
     assert len(desk.to(CUSTOMER)) == told  # nothing relayed: no command ran
     error = text(desk.last_to(AGENT))
@@ -769,9 +806,9 @@ def test_a_held_question_starts_no_wait(
     config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS + limit)
     desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), "Estamos revisando su caso.")
+    desk.agent_reply(desk.notification(folio), "Estamos revisando su caso.")
     told = len(desk.to(CUSTOMER))
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     assert len(desk.to(CUSTOMER)) == told  # held by the relay cap
     case = desk.case(folio)
     assert case["pending_until"] is None
@@ -787,17 +824,17 @@ def test_a_held_question_starts_no_wait(
 @pytest.mark.integration
 def test_a_phone_case_waits_only_when_asked_already_and_pendiente_no_ends_it(desk: Desk) -> None:
     folio = desk.open_phone_case()
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     assert desk.case(folio)["pending_until"] is None  # the question reached nobody
     notice = text(desk.last_to(AGENT))
     assert "no tiene correo del cliente" in notice and "no quedó esperando" in notice
     # Asked by phone: "#pendiente" with nothing below it waits, as on any case.
-    desk.agent_reply(_notification(desk, folio), "#pendiente 2")
+    desk.agent_reply(desk.notification(folio), "#pendiente 2")
     assert _about(_until(desk.case(folio)), 2)
     # The customer calls back: a note keeps the wait, "#pendiente no" ends it.
-    desk.agent_reply(_notification(desk, folio), "#nota El cliente llamó: la luz LOS está roja.")
+    desk.agent_reply(desk.notification(folio), "#nota El cliente llamó: la luz LOS está roja.")
     assert _until(desk.case(folio)) is not None
-    desk.agent_reply(_notification(desk, folio), "#pendiente no\nLlamó: la luz LOS está roja.")
+    desk.agent_reply(desk.notification(folio), "#pendiente no\nLlamó: la luz LOS está roja.")
     case = desk.case(folio)
     assert case["pending_until"] is None
     assert [m for m in case["messages"] if m["kind"] == "note"][-1]["text"] == (
@@ -811,11 +848,27 @@ def test_a_phone_case_waits_only_when_asked_already_and_pendiente_no_ends_it(des
 
 
 @pytest.mark.integration
+def test_a_question_that_reaches_nobody_keeps_a_wait_already_running(desk: Desk) -> None:
+    # Asked by phone, the case waits; a later "#pendiente" with text reaches nobody (no
+    # address): it ended the running wait, and the case then never closed by itself.
+    folio = desk.open_phone_case()
+    desk.agent_reply(desk.notification(folio), "#pendiente 5")
+    before = desk.case(folio)["pending_until"]
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
+    case = desk.case(folio)
+    assert case["pending_until"] == before
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert systems[-1] == (
+        "the new deadline does not stand: the question did not reach the customer"
+    )
+
+
+@pytest.mark.integration
 def test_pending_off_on_a_mail_case_relays_nothing(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     told = len(desk.to(CUSTOMER))
-    desk.agent_reply(_notification(desk, folio), "#pending off\nHe answered by phone.")
+    desk.agent_reply(desk.notification(folio), "#pending off\nHe answered by phone.")
     assert desk.case(folio)["pending_until"] is None
     assert len(desk.to(CUSTOMER)) == told
 
@@ -828,7 +881,7 @@ def test_an_answer_in_a_new_mail_naming_the_folio_ends_the_wait(desk: Desk) -> N
     # Not a reply: a new mail that names the folio opens a case linked to the waiting one.
     # The customer answered there, so the waiting case is not closed "for no answer".
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     desk.deliver(mail(subject="Foto del módem", body=f"Sobre mi reporte {folio}: LOS en rojo."))
     [new] = [c["folio"] for c in desk.cli.json("cases", "list") if c["folio"] != folio]
     assert folio in desk.case(new)["related"]
@@ -845,7 +898,7 @@ def test_an_answer_in_a_new_mail_naming_the_folio_ends_the_wait(desk: Desk) -> N
 @pytest.mark.integration
 def test_a_stranger_naming_the_folio_does_not_end_the_wait(desk: Desk) -> None:
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     desk.deliver(
         mail(sender="Rosa <rosa@example.com>", subject="Otro", body=f"Como el {folio}: sin red.")
     )
@@ -861,7 +914,7 @@ def test_a_reopened_case_closed_for_no_answer_loses_its_old_resolution(desk: Des
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     assert desk.cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "Listo.")[0] == 0
     _customer_writes(desk, folio, "Sigue sin funcionar.")  # reopens it
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     _expire(desk, folio)
     desk.cli.poll()
     case = desk.case(folio)
@@ -927,7 +980,7 @@ def test_an_answer_that_arrived_before_the_no_answer_close_reopens_the_case() ->
 def test_an_answer_read_after_the_no_answer_close_but_there_before_it_reopens(desk: Desk) -> None:
     # A quarantined answer retried, say: it reached the server before the case closed.
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
-    desk.agent_reply(_notification(desk, folio), f"#pendiente 2\n{QUESTION}")
+    desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
     question = desk.last_to(CUSTOMER)
     _expire(desk, folio)
     desk.cli.poll()
