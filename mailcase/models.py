@@ -125,8 +125,8 @@ class LedgerEntry(SQLModel, table=True):
     disposition: str = Field(max_length=16, index=True)
     reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
-    # Indexed (0013): before a stored file is removed, the rows still naming it are read.
-    raw_sha256: str = Field(max_length=64, index=True)
+    # Not indexed: random keys cost every ingest CPU (migration 0013 says how much).
+    raw_sha256: str = Field(max_length=64)
     size: int = 0
     received_at: datetime | None = None  # IMAP INTERNALDATE: when the server got it
     ingested_at: datetime
@@ -147,7 +147,7 @@ class CaseMessage(SQLModel, table=True):
     date: datetime
     message_id: str | None = Field(default=None, max_length=998, index=True)
     text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    raw_sha256: str | None = Field(default=None, max_length=64, index=True)
+    raw_sha256: str | None = Field(default=None, max_length=64)
     ledger_id: int | None = Field(default=None, foreign_key="ledger.id")
     # A bounce's notice, and whether agents were told of a refusal, looked up by it.
     notice_id: int | None = Field(default=None, foreign_key="notices.id", index=True)
@@ -161,7 +161,7 @@ class StoredAttachment(SQLModel, table=True):
     filename: str = Field(sa_column=Column(Text, nullable=False))  # data, never a path
     content_type: str = Field(max_length=255)
     size: int
-    sha256: str = Field(max_length=64, index=True)
+    sha256: str = Field(max_length=64)
 
 
 class Participant(SQLModel, table=True):

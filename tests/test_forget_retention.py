@@ -277,6 +277,7 @@ def test_many_customers_one_scan_whole_addresses_and_whole_batches(
 
     monkeypatch.setattr(erasure, "read_header", counted)
     monkeypatch.setattr(erasure, "BATCH", 1)  # one customer per transaction
+    monkeypatch.setattr(erasure, "SQLITE_BATCH", 1)
     erased: list[str] = []
     real_erase_rows = erasure._erase_rows
 
@@ -436,6 +437,7 @@ def test_a_stopping_daemon_waits_for_the_batch_in_hand_only(desk: Desk, monkeypa
 
     monkeypatch.setattr(erasure, "_erase_rows", stop_arrives)
     monkeypatch.setattr(erasure, "BATCH", 1)
+    monkeypatch.setattr(erasure, "SQLITE_BATCH", 1)
     settings = load_settings(desk.cli.config)
     store = Store.open(desk.url, auto_upgrade=False)
     try:

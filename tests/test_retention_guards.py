@@ -259,9 +259,9 @@ def test_their_own_resolved_case_keeps_nobody(store: Store, tmp_path: Path) -> N
 # --- migration 0013 -----------------------------------------------------------------------
 
 
-def test_migration_0013_indexes_the_stored_files_hashes(db_url: str) -> None:
-    # As 0012's test: an installation with a case and a message upgrades in place,
-    # and the lookups of the rows still naming a file use the new indexes.
+def test_migration_0013_indexes_the_erasures_lookups(db_url: str) -> None:
+    # As 0012's test: an installation with a case and a message upgrades in place. The
+    # files' hashes stay unindexed: random keys cost every ingest on SQLite (0013 says).
     from alembic import command
 
     from mailcase.store import SCHEMA_HEAD, alembic_config
@@ -276,24 +276,12 @@ def test_migration_0013_indexes_the_stored_files_hashes(db_url: str) -> None:
                 for table in ("ledger", "case_messages", "attachments", "cases", "participants")
             }
             texts = conn.execute(sa.text("SELECT text FROM case_messages")).scalars().all()
-            if conn.dialect.name == "sqlite":
-                plan = " ".join(
-                    str(row[-1])
-                    for row in conn.execute(
-                        sa.text(
-                            "EXPLAIN QUERY PLAN SELECT id FROM case_messages "
-                            "WHERE raw_sha256 IN ('a', 'b') AND case_id NOT IN (1)"
-                        )
-                    )
-                )
-                assert "ix_case_messages_raw_sha256" in plan, plan
     finally:
         store.dispose()
-    assert "ix_ledger_raw_sha256" in indexes["ledger"]
-    assert "ix_case_messages_raw_sha256" in indexes["case_messages"]
-    assert "ix_attachments_sha256" in indexes["attachments"]
     assert "ix_cases_merged_into_id" in indexes["cases"]
     assert "ix_participants_address" in indexes["participants"]
+    assert not any("sha256" in name for t in ("ledger", "case_messages", "attachments")
+                   for name in indexes[t])  # fmt: skip
     assert texts == ["hola"]
     command.downgrade(alembic_config(db_url), "0012")
     command.upgrade(alembic_config(db_url), "head")
