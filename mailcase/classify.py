@@ -44,8 +44,7 @@ from email.parser import BytesHeaderParser
 from email.utils import parseaddr
 from enum import StrEnum
 
-from mailcase.dsn import RETURNED_TYPES
-from mailcase.inbound import InboundMail
+from mailcase.inbound import RETURNED_TYPES, InboundMail
 
 LOOP_HEADER = "X-Mailcase-Loop"
 """Header mailcase puts on every notice it sends, so it can recognise its own mail."""

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
-from mailcase.inbound import decode_text
+from mailcase.inbound import RETURNED_TYPES, decode_text
 
 _MSGID_RE = re.compile(rb"<[!-;=?-~]+>")
 _MESSAGE_ID_LINE = re.compile(
@@ -31,17 +31,6 @@ _MESSAGE_ID_LINE = re.compile(
 
 
 _ENCODED = frozenset({"base64", "quoted-printable"})
-# The parts a report returns the message in (RFC 3464 section 2, RFC 6533 for
-# internationalised mail): the whole message or its headers.
-RETURNED_TYPES = frozenset(
-    {
-        "message/rfc822",
-        "text/rfc822-headers",
-        "message/rfc822-headers",
-        "message/global",
-        "message/global-headers",
-    }
-)
 
 
 # RFC 3464 section 2.3.3: the five action-values and what each means for the sender.

@@ -363,6 +363,18 @@ _BODY_HEADERS = frozenset(
 )
 
 
+# The parts a report returns the message in (RFC 3464 section 2, RFC 6533 for
+# internationalised mail): the whole message or its headers.
+RETURNED_TYPES = frozenset(
+    {
+        "message/rfc822",
+        "text/rfc822-headers",
+        "message/rfc822-headers",
+        "message/global",
+        "message/global-headers",
+    }
+)
+
 # Bytes handed to the stdlib's parser at a time (see message_from_bytes).
 _PARSE_CHUNK = 1 << 16
 
