@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
@@ -423,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purging.add_argument(
         "--inactive-days",
-        type=_positive_days,
+        type=partial(_row_id, largest=MAX_DAYS),
         required=True,
         metavar="N",
         help="customers with no open case and no activity for N days (at least 1)",
@@ -1411,16 +1412,6 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _positive_days(value: str) -> int:
-    try:
-        days = int(value)
-    except ValueError:
-        days = 0
-    if not 1 <= days <= MAX_DAYS:
-        raise argparse.ArgumentTypeError(f"expected a number of days from 1 to {MAX_DAYS}")
-    return days
-
-
 def _customers(args: argparse.Namespace, settings: Settings) -> int:
     """``customers forget ADDRESS [--yes]``: erase what is kept of a customer's address
     (mailcase.erasure); without ``--yes`` say what would be erased and change nothing.
@@ -1930,7 +1921,8 @@ def _limit(text: str) -> int:
 
 def _row_id(text: str, largest: int = MAX_ROW_ID) -> int:
     """argparse's type for a message's UID: a whole number from 1 to :data:`MAX_ROW_ID`,
-    the largest the database holds (an IMAP UID is at most 2**32 - 1, RFC 3501).
+    the largest the database holds (an IMAP UID is at most 2**32 - 1, RFC 3501); with
+    ``largest``, any whole number from 1 to it (``--inactive-days``).
     Larger ended the command with an OverflowError traceback; a number in range that
     names nothing is the command's "no message"/"no notice", exit 4."""
     try:
