@@ -34,7 +34,7 @@ from mailcase.models import (
     StoredAttachment,
 )
 from mailcase.notices import queue_notice
-from mailcase.store import as_utc, insert_row, next_folio_number, utcnow
+from mailcase.store import as_utc, case_by_folio, insert_row, next_folio_number, utcnow
 from mailcase.wire import FileAttachment
 
 OUTCOMES = ("valid", "invalid")
@@ -1096,12 +1096,8 @@ def answered_in(session: Session, case: Case, related: Sequence[str], *, sender:
     nothing."""
     ended = []
     for folio in related:
-        other = session.exec(
-            select(Case)
-            .where(Case.folio == folio)
-            .with_for_update()  # PostgreSQL: not while the hourly check closes it
-            .execution_options(populate_existing=True)
-        ).first()
+        # Locked: on PostgreSQL, not while the hourly check closes it.
+        other = case_by_folio(session, folio, for_update=True)
         if other is None or other.id is None or other.id == case.id:
             continue
         if other.pending_until is None or other.status != CaseStatus.OPEN:
