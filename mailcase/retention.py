@@ -161,10 +161,10 @@ def _inactive(
     ).all()
     if any(status == CaseStatus.OPEN for _, status, *_ in cases):
         return False
-    if _on_a_live_case(session, address, [i for i, *_ in cases if i is not None]):
+    ids = [i for i, *_ in cases if i is not None]
+    if _on_a_live_case(session, address, ids):
         return False
     times: list[datetime | None] = [t for _, _, *stamps in cases for t in stamps]
-    ids = [i for i, *_ in cases if i is not None]
     if ids:
         times.append(
             session.exec(
