@@ -1,6 +1,10 @@
 """Server fixtures: one Dovecot, one SMTP sink and one PostgreSQL per session, reset before
 each test; ``db_url`` runs a test on SQLite and on PostgreSQL.
 
+The suite runs on every core (pytest-xdist): a session is one worker's, so each worker has
+servers of its own, on free ports and in directories of its own, and no test shares a server
+with a test of another worker.
+
 Project-specific fixtures (config builders etc.) belong in tests/helpers.py, not here.
 """
 
