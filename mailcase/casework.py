@@ -34,7 +34,16 @@ from mailcase.models import (
     StoredAttachment,
 )
 from mailcase.notices import queue_notice
-from mailcase.store import as_utc, case_by_folio, insert_row, next_folio_number, utcnow
+from mailcase.prepared import Prepared
+from mailcase.store import (
+    as_utc,
+    case_by_folio,
+    insert_row,
+    next_folio_number,
+    run,
+    table,
+    utcnow,
+)
 from mailcase.wire import FileAttachment
 
 OUTCOMES = ("valid", "invalid")
@@ -473,6 +482,77 @@ def participants(session: Session, case_id: int) -> frozenset[str]:
     )
 
 
+# The agents' notice of a new case shows the customer's other reports, as Zammad's
+# and OTRS's customer panels and Request Tracker's "recent tickets" do: a third
+# report of the same failure in a month is a home visit, not another reboot.
+HISTORY_DAYS = 90
+HISTORY_SHOWN = 5
+_CASES = table(Case)
+_EARLIER_CASES = Prepared(
+    sa.select(_CASES.c.id)
+    .where(
+        _CASES.c.customer == sa.bindparam("customer"),
+        _CASES.c.id != sa.bindparam("id"),
+        _CASES.c.merged_into_id.is_(None),
+    )
+    .order_by(_CASES.c.id.desc())
+    .limit(HISTORY_SHOWN)
+)
+
+
+def customer_history(session: Session, settings: Settings, case: Case) -> dict[str, object]:
+    """The customer's other cases, for the agents' notice of ``case``: ``cases``, the
+    newest ``HISTORY_SHOWN`` (``folio``, ``status``, ``outcome``, ``type``, and
+    ``opened``, the day in ``folio.timezone``), and ``recent``, how many were opened in
+    the last ``HISTORY_DAYS`` days; ``{}`` when there is none (or no customer address).
+
+    A case merged into another is left out (it is the same report written twice), and
+    so is an erased customer's. A customer's first case costs one indexed lookup
+    (about 7 µs on SQLite); the rest is read only for a customer who wrote before.
+    """
+    if not case.customer or case.customer == FORGOTTEN or case.id is None:
+        return {}
+    # Most new cases are a customer's first: one statement on the driver's cursor
+    # (a quarter of the cost through the ORM) says so, on the ingest path.
+    ids = run(session, _EARLIER_CASES, {"customer": case.customer, "id": case.id}).scalars().all()
+    if not ids:
+        return {}
+    others = sa.and_(
+        col(Case.customer) == case.customer,
+        col(Case.id) != case.id,
+        col(Case.merged_into_id).is_(None),
+    )
+    rows = session.execute(
+        sa.select(
+            col(Case.folio),
+            col(Case.status),
+            col(Case.outcome),
+            col(Case.type),
+            col(Case.created_at),
+        )
+        .where(col(Case.id).in_(ids))
+        .order_by(col(Case.id).desc())
+    ).all()
+    since = utcnow() - timedelta(days=HISTORY_DAYS)
+    recent = session.exec(
+        select(sa.func.count()).select_from(Case).where(others, col(Case.created_at) >= since)
+    ).one()
+    zone = settings.folio.zone
+    return {
+        "recent": recent,
+        "cases": [
+            {
+                "folio": folio,
+                "status": status,
+                "outcome": outcome or "",
+                "type": type_ or "",
+                "opened": (as_utc(created) or utcnow()).astimezone(zone).strftime("%Y-%m-%d"),
+            }
+            for folio, status, outcome, type_, created in rows
+        ],
+    }
+
+
 def notify_agents(
     session: Session,
     settings: Settings,
@@ -521,6 +601,9 @@ def notify_agents(
             # An agent opened the case for the customer (a forward, a mail in copy).
             "by_agent": sender in settings.agents.addresses,
             "related": list(related),
+            # The customer's other reports, on a new case only (updates are of a case
+            # the agents know already).
+            "history": customer_history(session, settings, case) if reason == "new" else {},
             # Of ``attachments``, those too large to go with the notice.
             "not_attached": list(not_attached),
             # notices.max_agent_attachment_bytes = 0: names only, by the admin's choice.

@@ -52,6 +52,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "not_attached": [],
         "attaching": True,
         "unstored": {},
+        "history": {},
         "company": COMPANY,
     },
     "relay": {
