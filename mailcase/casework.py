@@ -1544,6 +1544,39 @@ def close_stale_cases(session: Session, settings: Settings, now: datetime) -> li
     return [c.folio for c in stale]
 
 
+def closings_waiting_for_mail(
+    session: Session, settings: Settings, now: datetime
+) -> tuple[list[str], list[str]]:
+    """The open cases whose wait for the customer passed before ``now`` but that
+    :func:`close_stale_cases` may not close yet, and the mailboxes it waits on: those
+    never read, whose latest poll failed, or whose latest complete poll started before
+    the earliest such deadline. Two empty lists when nothing waits.
+
+    Without it an admin saw cases days past their deadline still open, and nothing
+    said why (the mailbox's own failure is logged, but not what it holds up).
+    """
+    rows = session.exec(
+        select(Case.folio, Case.pending_until)
+        .where(col(Case.status) == CaseStatus.OPEN, col(Case.pending_until) <= now)
+        .order_by(col(Case.id))
+    ).all()
+    if not rows:
+        return [], []
+    earliest = min(as_utc(until) or now for _, until in rows)
+    polls = {
+        name: (as_utc(at), failures)
+        for name, at, failures in session.exec(
+            select(Checkpoint.mailbox, Checkpoint.last_poll_at, Checkpoint.failures)
+        ).all()
+    }
+    unread = []
+    for name in settings.mailboxes:
+        at, failures = polls.get(name, (None, 0))
+        if failures or at is None or at < earliest:
+            unread.append(name)
+    return [folio for folio, _ in rows], unread
+
+
 _MONTHS_ES = (
     *("enero", "febrero", "marzo", "abril", "mayo", "junio"),
     *("julio", "agosto", "septiembre", "octubre", "noviembre", "diciembre"),

@@ -448,11 +448,18 @@ def record_mailbox_failure(rt: Runtime, name: str, error: str) -> None:
 
 
 def close_stale_cases(rt: Runtime) -> list[str]:
-    """Close resolved cases left without a customer reply for ``cases.close_after_days``."""
+    """Close resolved cases left without a customer reply for ``cases.close_after_days``,
+    and cases whose wait for the customer passed once every mailbox was read through;
+    the folios closed. Cases past their wait that an unread mailbox holds open are
+    logged (``pending_close_deferred``, their folios and the mailboxes), each run."""
+    now = utcnow()
     with rt.store.transaction() as session:
-        folios = casework.close_stale_cases(session, rt.settings, utcnow())
+        folios = casework.close_stale_cases(session, rt.settings, now)
+        held, unread = casework.closings_waiting_for_mail(session, rt.settings, now)
     if folios:
         get_logger().info("cases_closed", folios=folios)
+    if held:
+        get_logger().warning("pending_close_deferred", folios=held, mailboxes=unread)
     return folios
 
 

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, NOTIFY, Cli, installation_at, mail, write_config
+from helpers import AGENT, NOTIFY, Cli, installation_at, json_events, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import col, select
 from test_agents import AREAS, CUSTOMER, Desk, ahead, text
@@ -699,9 +699,14 @@ def test_a_mailbox_unread_since_the_deadline_holds_the_close_until_it_is_read(
     case = desk.case(folio)
     assert (case["status"], _until(case) is not None) == ("open", True)
     assert not _no_answer_notices(desk)
+    # The admin is told what the unread mailbox holds up, and which mailbox it is.
+    [held] = [e for e in json_events(err) if e.get("event") == "pending_close_deferred"]
+    assert (held["folios"], held["mailboxes"], held["level"]) == ([folio], ["info"], "warning")
 
     desk.cli.config.write_text(config)
-    desk.cli.poll()  # read at last: the answer ends the wait
+    code, _, err = desk.cli("poll")  # read at last: the answer ends the wait
+    assert code == 0, err
+    assert not [e for e in json_events(err) if e.get("event") == "pending_close_deferred"]
     case = desk.case(folio)
     assert (case["status"], case["pending_until"]) == ("open", None)
     assert [c["folio"] for c in desk.cli.json("cases", "list")] == [folio]
@@ -725,9 +730,14 @@ def test_the_check_closes_only_once_every_mailbox_was_read_after_the_deadline(
     try:
         with store.transaction() as session:
             assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == []
+            # Both mailboxes' latest reads began before the deadline: both hold it open.
+            held = casework.closings_waiting_for_mail(session, settings, datetime.now(UTC))
+            assert held == ([folio], ["contacto", "info"])
         _read_before_deadline(desk, datetime.now(UTC) - timedelta(minutes=1))
         with store.transaction() as session:
             assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == [folio]
+            held = casework.closings_waiting_for_mail(session, settings, datetime.now(UTC))
+            assert held == ([], [])
     finally:
         store.dispose()
 
