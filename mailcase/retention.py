@@ -6,8 +6,13 @@ mail of no case as old.
 A customer is inactive for N days when none of their cases is open and the latest of
 their activity is older than N days: the last change of any of their cases (its
 creation, an update, its resolution or closing, the customer's last message), the
-last mail fetched for one of them, the last notice of one of them, their last mail on
-another customer's case and their last mail kept outside any case. Every time is
+last mail fetched for one of them, the last notice to them about one of them, their
+last mail on another customer's case and their last mail kept outside any case. The
+desk's own bookkeeping is no activity of theirs: an agent's mail on one of their cases
+(an ``#asignar`` or ``#tipo`` on a case closed long ago, as ``cases assign`` and
+``cases type``, which leave ``updated_at`` alone) and the notices to agents about it
+(Zammad and OTRS/Znuny likewise age a ticket by its customer's side, not by an agent's
+internal note). Every time is
 mailcase's own clock, never a message's Date header (a sender's clock set in 2099
 would keep them forever). A customer that ``forget`` would refuse (an open case, a
 notice still queued) is skipped, never an error; so is one whose activity turned
@@ -37,6 +42,7 @@ from mailcase.casework import FORGOTTEN, merged_target
 from mailcase.erasure import Erasure, Erasures, LooseErasure, erase_loose_mail, erase_many
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, CaseStatus, LedgerEntry, Notice, Participant
+from mailcase.notices import AGENT_KINDS
 from mailcase.store import Store, as_utc, utcnow
 
 
@@ -77,13 +83,15 @@ def purge_inactive(
     with store.read_session() as session:
         # An agent's test mail, or mail from a mailbox of ours, once made them a case's
         # customer: they are never one to erase everywhere.
-        chosen = [a for a in inactive_customers(session, cutoff, stop) if a not in insiders]
+        chosen = [
+            a for a in inactive_customers(session, cutoff, stop, insiders) if a not in insiders
+        ]
     if stop is not None and stop.is_set():
         return Purge(customers=Erasures(skipped=len(chosen)), loose=LooseErasure())
 
     def still_inactive(session: Session, address: str, found: Erasure) -> bool:
         # Read again under the batch's lock: a message may have come since the choice.
-        return _inactive(session, address, cutoff, found.loose_ledger)
+        return _inactive(session, address, cutoff, found.loose_ledger, insiders)
 
     customers = erase_many(
         store,
@@ -120,11 +128,14 @@ def purge_inactive(
 
 
 def inactive_customers(
-    session: Session, cutoff: datetime, stop: threading.Event | None = None
+    session: Session,
+    cutoff: datetime,
+    stop: threading.Event | None = None,
+    insiders: frozenset[str] = frozenset(),
 ) -> list[str]:
     """The customers (addresses) with no open case whose activity (see the module
-    docstring) is all older than ``cutoff``, in order; once ``stop`` is set, only those
-    found by then."""
+    docstring; ``insiders``' mail is the desk's, not theirs) is all older than
+    ``cutoff``, in order; once ``stop`` is set, only those found by then."""
     open_ = sa.func.sum(sa.case((col(Case.status) == CaseStatus.OPEN, 1), else_=0))
     rows = session.exec(
         select(Case.customer)
@@ -138,16 +149,21 @@ def inactive_customers(
     for address in rows:
         if stop is not None and stop.is_set():
             break
-        if _inactive(session, address, cutoff, ()):
+        if _inactive(session, address, cutoff, (), insiders):
             found.append(address)
     return found
 
 
 def _inactive(
-    session: Session, address: str, cutoff: datetime, loose_ledger: tuple[int, ...]
+    session: Session,
+    address: str,
+    cutoff: datetime,
+    loose_ledger: tuple[int, ...],
+    insiders: frozenset[str] = frozenset(),
 ) -> bool:
     """Whether ``address`` has no open case and no activity at or after ``cutoff``;
-    ``loose_ledger``: its mail kept outside any case (the erasure's scan found it)."""
+    ``loose_ledger``: its mail kept outside any case (the erasure's scan found it);
+    mail from ``insiders`` (agents, our own addresses) on its cases is not its activity."""
     cases = session.execute(
         sa.select(
             col(Case.id),
@@ -166,16 +182,26 @@ def _inactive(
         return False
     times: list[datetime | None] = [t for _, _, *stamps in cases for t in stamps]
     if ids:
+        desks = (
+            select(CaseMessage.id)
+            .where(
+                col(CaseMessage.ledger_id) == col(LedgerEntry.id),
+                col(CaseMessage.from_addr).in_(insiders),
+            )
+            .exists()
+        )
         times.append(
             session.exec(
                 select(sa.func.max(LedgerEntry.ingested_at)).where(
-                    col(LedgerEntry.case_id).in_(ids)
+                    col(LedgerEntry.case_id).in_(ids), ~desks if insiders else sa.true()
                 )
             ).one()
         )
         times.append(
             session.exec(
-                select(sa.func.max(Notice.created_at)).where(col(Notice.case_id).in_(ids))
+                select(sa.func.max(Notice.created_at)).where(
+                    col(Notice.case_id).in_(ids), col(Notice.kind).not_in(AGENT_KINDS)
+                )
             ).one()
         )
     # Their mail on other customers' cases, by when it was fetched (or recorded).

@@ -19,7 +19,15 @@ from sqlmodel import Session, col, select
 from mailcase import erasure, retention
 from mailcase.blobs import BlobStore
 from mailcase.erasure import ErasureRefused, erase
-from mailcase.models import Case, CaseMessage, CaseStatus, Disposition, LedgerEntry, Participant
+from mailcase.models import (
+    Case,
+    CaseMessage,
+    CaseStatus,
+    Disposition,
+    LedgerEntry,
+    Notice,
+    Participant,
+)
 from mailcase.retention import Purge, purge_inactive
 from mailcase.store import Store
 
@@ -257,6 +265,44 @@ def test_their_own_resolved_case_keeps_nobody(store: Store, tmp_path: Path) -> N
 
 
 # --- migration 0013 -----------------------------------------------------------------------
+
+
+def _notice(session: Session, case_id: int, kind: str, to: str, *, days: int) -> None:
+    then = NOW - timedelta(days=days)
+    session.add(
+        Notice(
+            case_id=case_id, kind=kind, status="sent", mail_from=OWN, rcpt_to=to,
+            message_id=f"<n{next(_serial)}@plr.mx>", raw=b"x", next_attempt_at=then,
+            created_at=then,
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("desk_kind", ["note", "agent"])
+def test_the_desks_mail_on_an_old_case_is_no_activity_of_the_customer(
+    store: Store, tmp_path: Path, desk_kind: str
+) -> None:
+    with store.transaction() as session:
+        old = _case(session, PEDRO, days=DAYS + 30)
+        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30)
+        # Yesterday an agent classified it by mail (#tipo queja), as `cases type` does
+        # from the command line, and another was told of an owner (#asignar).
+        _message(session, old, AGENT, "#tipo queja", days=1, kind=desk_kind)
+        _notice(session, old, "assigned", "soporte@plr.mx", days=1)
+        _notice(session, old, "agent_notification", "soporte@plr.mx", days=1)
+    assert _purge(store, tmp_path, dry_run=True).customers.customers == (PEDRO,)
+    # A notice to him yesterday is the conversation going on: it keeps him.
+    with store.transaction() as session:
+        _notice(session, old, "relay", PEDRO, days=1)
+    assert _purge(store, tmp_path, dry_run=True).customers.customers == ()
+
+
+def test_his_own_recent_mail_on_an_old_case_keeps_him(store: Store, tmp_path: Path) -> None:
+    with store.transaction() as session:
+        old = _case(session, PEDRO, days=DAYS + 30)
+        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30)
+        _message(session, old, PEDRO, "sigo sin servicio", days=1)  # fetched yesterday
+    assert _purge(store, tmp_path, dry_run=True).customers.customers == ()
 
 
 def test_migration_0013_indexes_the_erasures_lookups(db_url: str) -> None:
