@@ -1671,10 +1671,29 @@ def _agent_message(
         if c.kind is CommandKind.MERGE:
             into = _merge_target(session, settings, c)
             merge_problem = (
-                casework.merge_problem(case, into, now_local) if into else "unknown_folio"
+                casework.merge_problem(
+                    case,
+                    into,
+                    now_local,
+                    source_is_main=casework.is_outage_main(session, case),
+                    target_is_main=casework.is_outage_main(session, into),
+                )
+                if into
+                else "unknown_folio"
             )
             if merge_problem:
                 problems.append({"line": c.line, "problem": merge_problem})
+        elif c.kind is CommandKind.OUTAGE and not c.stop:
+            main = _merge_target(session, settings, c)
+            outage_problem = (
+                casework.outage_problem(
+                    case, main, case_is_main=casework.is_outage_main(session, case)
+                )
+                if main
+                else "unknown_folio"
+            )
+            if outage_problem:
+                problems.append({"line": c.line, "problem": outage_problem})
     if written.notice_line:  # our notice is in the text, and where it starts is unknown
         problems.append({"line": written.notice_line, "problem": "quoted_notice"})
     if not problems:  # what the case's state and the reply's other commands forbid
@@ -2052,13 +2071,20 @@ def _run_command(
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands
         casework.merge(session, settings, case, into, by=by, now_local=now_local)
+    elif kind is CommandKind.OUTAGE and command.stop:
+        casework.leave_outage(session, case, by=by)
+    elif kind is CommandKind.OUTAGE:
+        main = _merge_target(session, settings, command)
+        assert main is not None  # checked with the reply's other commands
+        casework.join_outage(session, settings, case, main, by=by)
     # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
     # caller); nothing else to do.
 
 
 def _merge_target(session: Session, settings: Settings, command: Command) -> Case | None:
-    """The case a ``#fusionar`` names (read as a subject's folio is), locked, or None when
-    it names no folio of a case. A merged one answers with the case it joined."""
+    """The case a ``#fusionar`` or ``#masivo`` names (read as a subject's folio is), locked,
+    or None when it names no folio of a case. A merged one answers with the case it
+    joined."""
     folios = find_folios(command.folio or "", settings.folio.prefix)
     found = case_by_folio(session, folios[0], for_update=True) if len(folios) == 1 else None
     # An erased case takes nothing more: it is no case to merge into (as for mail).
