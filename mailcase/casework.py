@@ -185,7 +185,8 @@ def command_problems(
     cancellation at once (``settles_visit``); ``#area`` below the reply's own
     ``#resolver`` is out of order (``after_resolve``: the agent is told to
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
-    goes alone, or with ``#nota`` (``merge_alone``); ``#pendiente`` goes with none of
+    goes alone, or with ``#nota`` (``merge_alone``); ``#masivo FOLIO`` joins an open case
+    only (``#masivo no``: any status); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
     this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``). Whether
     ``#fusionar``'s folio can be merged into is the service's to check

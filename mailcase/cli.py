@@ -926,7 +926,7 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
 
     Which commands may create a missing SQLite database (and its directories):
     those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
-    open/resolve/note/visit/route/pending/close/reopen/remind``, ``messages retry`` and
+    open/resolve/note/visit/route/pending/outage/close/reopen/remind``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
     ``check``, ``status``, ``report``, ``cases list/show``, ``messages list`` and
     ``outbox list`` (and ``customers forget``: a missing database holds nobody's
