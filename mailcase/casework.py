@@ -95,6 +95,11 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # #fusionar of two cases whose outages differ (a report of each, or a main case and
     # a report): the merged one's link or reports could not follow it.
     "merge_outage",
+    # "#masivo aviso" on a case that is no main case of an outage (no reports to tell).
+    "outage_not_main",
+    # "#masivo aviso" with #nota, #resolver or #cerrar in one reply: its text is relayed
+    # to every customer of the outage, and would also be a note, or the causes.
+    "update_conflict",
 )
 
 
@@ -186,7 +191,8 @@ def command_problems(
     ``#resolver`` is out of order (``after_resolve``: the agent is told to
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
     goes alone, or with ``#nota`` (``merge_alone``); ``#masivo FOLIO`` joins an open case
-    only (``#masivo no``: any status); ``#pendiente`` goes with none of
+    only (``#masivo no``: any status), and ``#masivo aviso`` goes with no ``#nota``,
+    ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
     this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``). Whether
     ``#fusionar``'s folio can be merged into is the service's to check
@@ -198,6 +204,7 @@ def command_problems(
     seen: set[CommandKind] = set()
     booked = False  # a visit scheduled by this reply
     asking = False  # a "#pendiente" (not "#pendiente no") seen in this reply
+    updating = False  # a "#masivo aviso" seen in this reply
     # "#fusionar" moves the case and its history: another change in the same reply
     # would land on a case that is then closed, or read as meant for the other.
     alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
@@ -213,6 +220,7 @@ def command_problems(
         # "#masivo FOLIO" joins an open case only; "#masivo no" is bookkeeping, any status.
         joins = kind is CommandKind.OUTAGE and not command.stop
         needs_open = kind in _NEEDS_OPEN or joins
+        news = kind is CommandKind.OUTAGE and command.update
         if kind in seen:
             problem = "repeated"
         elif kind is CommandKind.MERGE and alongside_merge:
@@ -221,6 +229,8 @@ def command_problems(
             kind in PENDING_CONFLICTS and asking
         ):
             problem = "pending_conflict"
+        elif (news and seen & _UPDATE_CONFLICTS) or (kind in _UPDATE_CONFLICTS and updating):
+            problem = "update_conflict"
         elif opposite.get(kind) in seen:
             problem = "conflict"
         elif (booked and kind in _SETTLES) or (
@@ -252,6 +262,7 @@ def command_problems(
             problem = route_problem(status)
         seen.add(kind)
         asking = asking or (kind is CommandKind.PENDING and not command.stop)
+        updating = updating or news
         if problem is not None:
             problems.append((command.line, problem))
             continue
@@ -299,6 +310,9 @@ PENDING_CONFLICTS = frozenset(
     | {CommandKind.VISIT, CommandKind.OUTAGE}
 )
 _GOES_WITH_MERGE = frozenset({CommandKind.MERGE, CommandKind.NOTE})
+# What "#masivo aviso" does not go with: its text is relayed to every customer of the
+# outage, so it is neither a note nor the causes of a resolution, and the case stays open.
+_UPDATE_CONFLICTS = frozenset({CommandKind.NOTE, CommandKind.RESOLVE, CommandKind.CLOSE})
 _NEEDS_OPEN = frozenset({CommandKind.RESOLVE, CommandKind.VISIT, CommandKind.ROUTE})
 
 _REFUSALS = {
@@ -1576,6 +1590,26 @@ def join_outage(
             context={"outage_folio": main.folio},
         )  # fmt: skip
     return True
+
+
+def tell_outage_reports(
+    session: Session,
+    settings: Settings,
+    main: Case,
+    text: str,
+    *,
+    agent_name: str,
+    attachments: Sequence[FileAttachment] = (),
+) -> list[str]:
+    """Relay an agent's news of the outage followed in ``main`` (``#masivo aviso``: an
+    estimated time of restoration) to the customer of each of its open reports, under
+    that report's own folio and thread, as :func:`relay` sends any reply (its guards
+    alike); the folios it went out for. ``main``'s own customer is the caller's."""
+    return [
+        report.folio
+        for report in _open_reports(session, main)
+        if relay(session, settings, report, text, agent_name=agent_name, attachments=attachments)
+    ]
 
 
 def leave_outage(session: Session, case: Case, *, by: str) -> bool:

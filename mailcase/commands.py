@@ -96,6 +96,9 @@ class Command:
     # more (the customer answered by phone, say); no days then, and nothing is relayed.
     # OUTAGE: "#masivo no" / "#outage off": the case is no report of an outage any more.
     stop: bool = False
+    # OUTAGE only: "#masivo aviso" / "#outage update" on a main case: the text below it is
+    # relayed to its customer and to each open report's (an estimated time of restoration).
+    update: bool = False
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
@@ -172,7 +175,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#type complaint|question|clarification|cancellation",
     "#asignar CORREO|yo|nadie / #assign ADDRESS|me|none",
     "#pendiente [DIAS] | no / #pending [DAYS] | off",
-    "#masivo FOLIO | no / #outage FOLIO | off",
+    "#masivo FOLIO | no | aviso / #outage FOLIO | off | update",
 )
 
 # The longest wait ``#pendiente`` takes (and ``cases pending --days``): a quarter is
@@ -209,6 +212,9 @@ _NAMES: dict[str, CommandKind] = {
 
 # "#pendiente no" / "#pending off": the wait ends, the case stays open (folded).
 _STOP_WAITING = frozenset({"no", "off", "fin", "end", "cancelar", "cancel"})
+
+# "#masivo aviso" / "#outage update": news of the outage for every customer of it (folded).
+_OUTAGE_UPDATE = frozenset({"aviso", "avisar", "update"})
 
 # What may follow the number of days, as agents write it ("#pendiente 7 días").
 _DAY_WORDS = frozenset({"dia", "dias", "day", "days", "d"})
@@ -466,6 +472,10 @@ def _outage(line: str, args: list[str]) -> Command | CommandProblem:
         if len(args) > 1:
             return CommandProblem(line, "unexpected_argument")
         return Command(CommandKind.OUTAGE, stop=True, line=line)
+    if _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _OUTAGE_UPDATE:
+        if len(args) > 1:
+            return CommandProblem(line, "unexpected_argument")
+        return Command(CommandKind.OUTAGE, update=True, line=line)
     # The main case's folio as written, read by the service as #fusionar's is.
     return Command(CommandKind.OUTAGE, folio=" ".join(args), line=line)
 

@@ -1683,6 +1683,9 @@ def _agent_message(
             )
             if merge_problem:
                 problems.append({"line": c.line, "problem": merge_problem})
+        elif c.kind is CommandKind.OUTAGE and c.update:
+            if not casework.is_outage_main(session, case):
+                problems.append({"line": c.line, "problem": "outage_not_main"})
         elif c.kind is CommandKind.OUTAGE and not c.stop:
             main = _merge_target(session, settings, c)
             outage_problem = (
@@ -1743,7 +1746,12 @@ def _agent_message(
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
     side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
     # "#pendiente" relays its text as a plain reply does: the question the case waits on.
-    asks = bool(text) and any(c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands)
+    waits = bool(text) and any(
+        c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands
+    )
+    # "#masivo aviso" too, and to every open report's customer: news of the outage.
+    news = any(c.kind is CommandKind.OUTAGE and c.update for c in parsed.commands)
+    asks = waits or (bool(text) and news)
     is_note = (
         side
         or copied
@@ -1773,6 +1781,17 @@ def _agent_message(
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
         if not asks:
             return
+    if news:
+        # Each report's customer, under their own folio; the main case's, below, as any reply.
+        attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
+        files = _relayable(
+            attached,
+            settings.notices.max_relayed_attachment_bytes,
+            signing_key(session, settings),
+        )[0]
+        casework.tell_outage_reports(
+            session, settings, case, text, agent_name=mail.sender_name, attachments=files
+        )
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
@@ -1821,7 +1840,7 @@ def _agent_message(
     # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
     # wait for an answer to it, nor tell the customer at the deadline they gave none.
     # A wait already running (a question that did reach them, or asked by phone) stands.
-    dropped = asks and reason in ("held", "no_customer", "closed")
+    dropped = waits and reason in ("held", "no_customer", "closed")
     if dropped:
         casework.restore_pending(
             session, case, waited_until, by=by, why="the question did not reach the customer"
@@ -2071,6 +2090,8 @@ def _run_command(
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands
         casework.merge(session, settings, case, into, by=by, now_local=now_local)
+    elif kind is CommandKind.OUTAGE and command.update:
+        pass  # "#masivo aviso": its text is relayed by the caller, to every customer of it
     elif kind is CommandKind.OUTAGE and command.stop:
         casework.leave_outage(session, case, by=by)
     elif kind is CommandKind.OUTAGE:

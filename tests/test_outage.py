@@ -35,6 +35,8 @@ NOW = datetime(2026, 11, 26, 10, 0, tzinfo=MX)
 MAIN = "PLR-2026-000001"
 CAUSE = "Se reparó la fibra cortada en la colonia Centro."
 
+NEWS = "Estimamos restablecer el servicio hoy a las 18:00."
+
 ANA = "ana.lopez@example.com"
 LUIS = "luis.mora@example.com"
 
@@ -76,8 +78,19 @@ def test_a_malformed_masivo_is_a_problem(line: str, problem: str) -> None:
     assert parse_commands(line).problems == (CommandProblem(line, problem),)
 
 
+@pytest.mark.parametrize("line", ["#masivo aviso", "#outage update", "#Masivo Aviso:"])
+def test_masivo_aviso_and_outage_update_read_news_of_the_outage(line: str) -> None:
+    parsed = parse_commands(f"{line}\n{NEWS}")
+    assert parsed.problems == ()
+    assert parsed.commands == (Command(CommandKind.OUTAGE, update=True, line=line),)
+    assert parsed.text == NEWS
+    assert parse_commands("#masivo aviso ya").problems == (
+        CommandProblem("#masivo aviso ya", "unexpected_argument"),
+    )
+
+
 def test_the_help_footer_lists_masivo() -> None:
-    assert "#masivo FOLIO | no / #outage FOLIO | off" in COMMAND_FORMS
+    assert "#masivo FOLIO | no | aviso / #outage FOLIO | off | update" in COMMAND_FORMS
 
 
 # --- the rules ----------------------------------------------------------------------------
@@ -102,6 +115,13 @@ def _commands(block: str) -> tuple[Command, ...]:
         (f"#pendiente\n#masivo {MAIN}", CaseStatus.OPEN, ["pending_conflict"]),
         (f"#masivo {MAIN}\n#masivo no", CaseStatus.OPEN, ["repeated"]),
         (f"#masivo {MAIN}\n#area redes\n#asignar yo", CaseStatus.OPEN, []),
+        ("#masivo aviso", CaseStatus.OPEN, []),
+        ("#masivo aviso\n#asignar yo", CaseStatus.OPEN, []),
+        ("#masivo aviso", CaseStatus.CLOSED, ["case_closed"]),
+        ("#masivo aviso\n#nota", CaseStatus.OPEN, ["update_conflict"]),
+        ("#resolver procedente\n#masivo aviso", CaseStatus.OPEN, ["update_conflict"]),
+        ("#masivo aviso\n#cerrar", CaseStatus.OPEN, ["update_conflict"]),
+        ("#masivo aviso\n#pendiente", CaseStatus.OPEN, ["pending_conflict"]),
     ],
 )
 def test_masivo_joins_an_open_case_only(block: str, status: str, codes: list[str]) -> None:
@@ -264,6 +284,30 @@ def test_a_problem_with_masivo_runs_nothing_and_tells_the_agent(desk: Desk) -> N
     assert any("ya está resuelto" in t and "#masivo" in t for t in errors)
     assert any("no hay un caso con ese folio" in t for t in errors)
     assert desk.case(ana)["outage"] is None
+
+
+@pytest.mark.integration
+def test_masivo_aviso_relays_the_news_to_every_open_reports_customer(desk: Desk) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    ana = _report(desk, f"Ana López <{ANA}>")
+    rosa = _report(desk, "Rosa <rosa@example.com>")
+    for report in (ana, rosa):
+        assert desk.cli("cases", "outage", report, "--of", main, "--no-notice")[0] == 0
+    assert desk.cli("cases", "close", rosa)[0] == 0
+
+    desk.agent_reply(desk.notification(main), f"#masivo aviso\n{NEWS}")
+
+    for folio, customer in ((main, CUSTOMER), (ana, ANA)):
+        [news] = [m for m in desk.to(customer) if NEWS in text(m)]
+        assert f"[Folio {folio}]" in str(news["Subject"])
+        assert "#masivo" not in text(news)
+    assert not any(NEWS in text(m) for m in desk.to("rosa@example.com"))  # closed: left alone
+    assert desk.case(main)["status"] == "open"
+
+    # On a case that is no main case: nothing is sent, and the agent is told why.
+    desk.agent_reply(desk.notification(ana), f"#outage update\n{NEWS} (2)")
+    assert not any(f"{NEWS} (2)" in text(m) for m in [x.message for x in desk.sink.messages])
+    assert any("no es el caso principal" in text(m) for m in desk.to(AGENT))
 
 
 # --- the command line ---------------------------------------------------------------------
