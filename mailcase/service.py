@@ -1762,8 +1762,9 @@ def _agent_message(
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
+    reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
     for command in parsed.commands:
-        _run_command(
+        reports += _run_command(
             session, settings, case, command, text, by, now_local, note=text if is_note else ""
         )
     if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
@@ -1779,6 +1780,9 @@ def _agent_message(
         if untold and not case.customer:
             # A phone case: the resolution or visit reached nobody; the agent must call.
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
+        for report in reports:
+            if not report.customer:  # a phone report of the outage: the same, under its folio
+                _not_relayed(session, settings, report, mail, "no_customer", untold=["resolve"])
         if not asks:
             return
     if news:
@@ -2053,14 +2057,17 @@ def _run_command(
     now_local: datetime,
     *,
     note: str = "",
-) -> None:
+) -> list[Case]:
     """Carry out one checked ``command`` (:func:`casework.command_problems` at ``now_local``,
     the time the visit checks are made at again, so that they cannot disagree). ``note``:
-    the reply's text when it is kept as a note (what a new owner is shown)."""
+    the reply's text when it is kept as a note (what a new owner is shown). The reports
+    of an outage a resolution of its main case resolved with it; [] for the rest."""
     kind = command.kind
     if kind is CommandKind.RESOLVE and command.outcome is not None:
-        casework.resolve(session, settings, case, command.outcome, text, by=by, record_cause=False)
-    elif kind is CommandKind.VISIT and command.cancel:
+        return casework.resolve(
+            session, settings, case, command.outcome, text, by=by, record_cause=False
+        )
+    if kind is CommandKind.VISIT and command.cancel:
         casework.cancel_visit(session, settings, case, by=by, now_local=now_local)
     elif kind is CommandKind.VISIT and command.visit_date is not None:
         hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
@@ -2100,6 +2107,7 @@ def _run_command(
         casework.join_outage(session, settings, case, main, by=by)
     # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
     # caller); nothing else to do.
+    return []
 
 
 def _merge_target(session: Session, settings: Settings, command: Command) -> Case | None:

@@ -448,6 +448,21 @@ def test_a_phone_report_resolved_with_its_outage_is_named_to_call(desk: Desk) ->
     assert desk.case(phone)["status"] == "resolved"
 
 
+@pytest.mark.integration
+def test_an_agent_resolving_by_mail_is_told_to_call_a_phone_reports_customer(desk: Desk) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    phone = desk.open_phone_case()
+    assert desk.cli("cases", "outage", phone, "--of", main)[0] == 0
+    told = len(desk.to(AGENT))
+
+    desk.agent_reply(desk.notification(main), f"#resolver procedente\n{CAUSE}")
+
+    assert desk.case(phone)["status"] == "resolved"
+    [call] = desk.to(AGENT)[told:]
+    assert phone in str(call["Subject"])
+    assert f"El caso {phone} no tiene correo del cliente" in text(call)
+
+
 # --- the migration ------------------------------------------------------------------------
 
 
