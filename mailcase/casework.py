@@ -93,6 +93,22 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # #pendiente on a case with a home visit ahead: the next step is ours (the visit), and
     # the wait's end would cancel it and tell the customer they did not answer.
     "pending_visit",
+    # #masivo naming the case's own folio, a main case that is itself a report of an
+    # outage (no chains), on a case that is the main case of an outage, or naming a main
+    # case that is closed or resolved (reopen it first).
+    "outage_same_case",
+    "outage_chain",
+    "outage_main",
+    "outage_closed",
+    "outage_resolved",
+    # #fusionar of two cases whose outages differ (a report of each, or a main case and
+    # a report): the merged one's link or reports could not follow it.
+    "merge_outage",
+    # "#masivo aviso" on a case that is no main case of an outage (no reports to tell).
+    "outage_not_main",
+    # "#masivo aviso" with #nota, #resolver or #cerrar in one reply: its text is relayed
+    # to every customer of the outage, and would also be a note, or the causes.
+    "update_conflict",
 )
 
 
@@ -183,7 +199,9 @@ def command_problems(
     cancellation at once (``settles_visit``); ``#area`` below the reply's own
     ``#resolver`` is out of order (``after_resolve``: the agent is told to
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
-    goes alone, or with ``#nota`` (``merge_alone``); ``#pendiente`` goes with none of
+    goes alone, or with ``#nota`` (``merge_alone``); ``#masivo FOLIO`` joins an open case
+    only (``#masivo no``: any status), and ``#masivo aviso`` goes with no ``#nota``,
+    ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
     this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``). Whether
     ``#fusionar``'s folio can be merged into is the service's to check
@@ -195,6 +213,7 @@ def command_problems(
     seen: set[CommandKind] = set()
     booked = False  # a visit scheduled by this reply
     asking = False  # a "#pendiente" (not "#pendiente no") seen in this reply
+    updating = False  # a "#masivo aviso" seen in this reply
     # "#fusionar" moves the case and its history: another change in the same reply
     # would land on a case that is then closed, or read as meant for the other.
     alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
@@ -207,6 +226,10 @@ def command_problems(
     for command in commands:
         kind = command.kind
         problem: str | None = None
+        # "#masivo FOLIO" joins an open case only; "#masivo no" is bookkeeping, any status.
+        joins = kind is CommandKind.OUTAGE and not command.stop
+        needs_open = kind in _NEEDS_OPEN or joins
+        news = kind is CommandKind.OUTAGE and command.update
         if kind in seen:
             problem = "repeated"
         elif kind is CommandKind.MERGE and alongside_merge:
@@ -215,17 +238,19 @@ def command_problems(
             kind in PENDING_CONFLICTS and asking
         ):
             problem = "pending_conflict"
+        elif (news and seen & _UPDATE_CONFLICTS) or (kind in _UPDATE_CONFLICTS and updating):
+            problem = "update_conflict"
         elif opposite.get(kind) in seen:
             problem = "conflict"
         elif (booked and kind in _SETTLES) or (
             kind is CommandKind.VISIT and not command.cancel and seen & _SETTLES
         ):
             problem = "settles_visit"
-        elif CommandKind.CLOSE in seen and kind in _NEEDS_OPEN:
+        elif CommandKind.CLOSE in seen and needs_open:
             # "#cerrar" then "#resolver" in one reply: the case is not closed, the
             # order is wrong; "write #reabrir first" would only make a conflict.
             problem = "after_close"
-        elif CommandKind.RESOLVE in seen and kind in _NEEDS_OPEN:
+        elif CommandKind.RESOLVE in seen and needs_open:
             problem = "after_resolve"
         elif kind is CommandKind.RESOLVE:
             problem = resolve_problem(status, text)
@@ -242,10 +267,11 @@ def command_problems(
             problem = None  # a case that waits no more: any status, waiting or not
         elif kind is CommandKind.PENDING and visit_ahead and status == CaseStatus.OPEN:
             problem = "pending_visit"
-        elif kind in (CommandKind.ROUTE, CommandKind.PENDING):
+        elif kind in (CommandKind.ROUTE, CommandKind.PENDING) or joins:
             problem = route_problem(status)
         seen.add(kind)
         asking = asking or (kind is CommandKind.PENDING and not command.stop)
+        updating = updating or news
         if problem is not None:
             problems.append((command.line, problem))
             continue
@@ -287,11 +313,15 @@ _SETTLES = frozenset({CommandKind.RESOLVE, CommandKind.CLOSE})  # each cancels a
 # What #pendiente does not go with in one reply (command_problems): the text below it is
 # relayed, so no #nota; the case waits on the customer, so it is neither settled (#resolver,
 # #cerrar), nor moved (#fusionar), nor given a visit (#visita: the next step is ours then).
+# Nor #masivo: the case's next step is the outage's repair, not the customer's answer.
 PENDING_CONFLICTS = frozenset(
     {CommandKind.RESOLVE, CommandKind.CLOSE, CommandKind.NOTE, CommandKind.MERGE}
-    | {CommandKind.VISIT}
+    | {CommandKind.VISIT, CommandKind.OUTAGE}
 )
 _GOES_WITH_MERGE = frozenset({CommandKind.MERGE, CommandKind.NOTE})
+# What "#masivo aviso" does not go with: its text is relayed to every customer of the
+# outage, so it is neither a note nor the causes of a resolution, and the case stays open.
+_UPDATE_CONFLICTS = frozenset({CommandKind.NOTE, CommandKind.RESOLVE, CommandKind.CLOSE})
 _NEEDS_OPEN = frozenset({CommandKind.RESOLVE, CommandKind.VISIT, CommandKind.ROUTE})
 
 _REFUSALS = {
@@ -322,6 +352,17 @@ _REFUSALS = {
     "pending_visit": "case {folio} has a home visit ahead: the next step is the company's, "
     "not the customer's; cancel it first (mailcase cases visit {folio} --cancel) to make "
     "the case wait for the customer",
+    "outage_same_case": "case {folio} cannot be a report of its own outage",
+    "outage_chain": "case {into} is itself a report of the outage {main}: make {folio} a "
+    "report of {main} instead",
+    "outage_main": "case {folio} is the main case of an outage (mailcase cases list --outage "
+    "{folio}): it cannot be a report of another",
+    "outage_closed": "case {into} is closed: reopen it (mailcase cases reopen {into}) before "
+    "making {folio} a report of its outage",
+    "outage_resolved": "case {into} is already resolved: reopen it (mailcase cases reopen "
+    "{into}) before making {folio} a report of its outage",
+    "merge_outage": "cases {folio} and {into} belong to different outages: take one out of its "
+    "outage first (mailcase cases outage FOLIO --clear)",
 }
 
 
@@ -624,8 +665,9 @@ def resolve(
     *,
     by: str,
     record_cause: bool = True,
-) -> None:
-    """Resolve ``case`` as upheld (``valid``) or not (``invalid``) and tell the customer why.
+) -> list[Case]:
+    """Resolve ``case`` as upheld (``valid``) or not (``invalid``) and tell the customer why;
+    the reports of its outage resolved with it (``[]`` for a case that is no main case).
 
     Step 4 of the written procedure: the customer learns the folio, whether
     the report was upheld, the causes and, when upheld, that the failure was
@@ -633,6 +675,12 @@ def resolve(
     so: the customer must not wait at home for a technician. Refused
     (:class:`CaseworkError`) on a closed case and without causes
     (:func:`resolve_problem`).
+
+    The main case of an outage resolves each of its reports still open (not resolved,
+    closed nor merged) alike, by this same function, in the caller's transaction: each
+    customer gets their own resolution under their own folio and in their own language,
+    a visit ahead is cancelled, a wait ends, and each report's history says "resolved
+    with the outage MAIN". Reports resolved or closed already are left alone.
     """
     if outcome not in OUTCOMES:
         raise CaseworkError(f"outcome must be valid or invalid, not {outcome!r}")
@@ -662,6 +710,14 @@ def resolve(
     if cancelled:
         detail += f"\n{words['cancelled']}: {cancelled}"
     _tell_area(session, settings, case, "resolved", detail)
+    # The main case of an outage: each report still open is resolved alike, by this same
+    # path (its customer's notice under its own folio and language, its visit and wait
+    # ended). Reports are never main cases (join_outage), so this goes one level deep.
+    reports = _open_reports(session, case)
+    for report in reports:
+        record(session, report, "system", f"resolved with the outage {case.folio}", from_addr=by)
+        resolve(session, settings, report, outcome, cause, by=by)
+    return reports
 
 
 # How an area's notice of a resolution says the outcome (and a visit it cancelled).
@@ -1299,7 +1355,14 @@ def merged_target(session: Session, case: Case) -> Case:
     return case
 
 
-def merge_problem(source: Case, target: Case, now_local: datetime) -> str | None:
+def merge_problem(
+    source: Case,
+    target: Case,
+    now_local: datetime,
+    *,
+    source_is_main: bool = False,
+    target_is_main: bool = False,
+) -> str | None:
     """Why ``source`` cannot be merged into ``target``, or ``None``.
 
     Either merged already: the folio answers for another case, work on that one.
@@ -1311,6 +1374,11 @@ def merge_problem(source: Case, target: Case, now_local: datetime) -> str | None
     with any. A home visit still ahead on ``source`` is cancelled or kept by
     merging the other way: a merged case keeps no visit, and nobody must wait at
     home for one that was silently dropped.
+
+    An outage follows the merge (:func:`merge`), so two cases whose outages differ do
+    not merge (``merge_outage``): a main case (``source_is_main``: it has reports) into a
+    report of an outage, a report into another outage's report or into another main
+    case (``target_is_main``). A report merged into its own main case merges.
     """
     if source.id == target.id:
         return "same_case"
@@ -1324,6 +1392,13 @@ def merge_problem(source: Case, target: Case, now_local: datetime) -> str | None
         return "into_resolved"
     if visit_cancellable(source, now_local):
         return "merge_visit"
+    if source_is_main and target.outage_id is not None:
+        return "merge_outage"
+    # A report into its own main case merges (its link is dropped); into anything else,
+    # the case that stays takes the outage, which it must be free to.
+    elsewhere = source.outage_id is not None and source.outage_id != target.id
+    if elsewhere and (target_is_main or target.outage_id not in (None, source.outage_id)):
+        return "merge_outage"
     return None
 
 
@@ -1350,9 +1425,18 @@ def merge(
     False; a report already settled needs no news. Refused
     (:class:`CaseworkError`) as :func:`merge_problem` says, in the caller's
     transaction, with nothing changed.
+
+    An outage follows the merge, as a merged ticket's links follow it in Zammad and
+    OTRS/Znuny: the reports of a main ``source`` become ``target``'s, and a report
+    ``source`` makes ``target`` a report of its outage (unless ``target`` is that
+    outage's main case).
     """
     now_local = now_local or utcnow().astimezone(settings.folio.zone)
-    problem = merge_problem(source, target, now_local)
+    problem = merge_problem(
+        source, target, now_local,
+        source_is_main=is_outage_main(session, source),
+        target_is_main=is_outage_main(session, target),
+    )  # fmt: skip
     if problem == "merged":
         merged = source if source.merged_into_id is not None else target
         _refuse(problem, merged, into=merged_target(session, merged).folio)
@@ -1405,11 +1489,23 @@ def merge(
     if target.pending_until is not None:
         record(session, target, "system", NOT_WAITING, from_addr=by)
     source.pending_until = target.pending_until = None
+    # The outage follows the merge (merge_problem refused the cases whose outages differ).
+    took_outage = source.outage_id not in (None, target.id, target.outage_id)
+    if took_outage:
+        target.outage_id = source.outage_id
+    source.outage_id = None
+    session.execute(
+        sa.update(Case).where(col(Case.outage_id) == source.id).values(outage_id=target.id)
+    )
     session.add(source)
     session.add(target)
     session.flush()
     record(session, source, "system", f"case merged into {target.folio}", from_addr=by)
     record(session, target, "system", f"case {source.folio} merged into this case", from_addr=by)
+    if took_outage:
+        main = session.get(Case, target.outage_id)
+        folio = main.folio if main is not None else "?"
+        record(session, target, "system", f"report of the outage {folio}", from_addr=by)
     if took_type:
         record(session, target, "system", f"type set to {target.type}", from_addr=by)
     if took_owner:
@@ -1456,6 +1552,162 @@ def _merge_links(session: Session, source: Case, target: Case) -> None:
     ) | set(session.exec(select(CaseLink.case_id).where(CaseLink.related_id == target.id)).all())
     for other in [*sorted(others - linked), source.id]:
         session.add(CaseLink(case_id=target.id, related_id=other))
+
+
+# --- outages: many customers' reports of one failure, followed and resolved as one ------
+#
+# A fibre cut in one neighbourhood: thirty customers write within the hour. One case, the
+# main case, follows the failure; the others are its reports (``cases.outage_id``), as
+# OTRS/Znuny ITSM's master and slave tickets, Request Tracker's parent and child links and
+# osTicket's child tickets are. Resolving the main case resolves each open report
+# (:func:`resolve`), each customer told under their own folio. Reopening the main case
+# reopens no report (their customers were told it was corrected; one whose failure is
+# back writes, and their own case reopens). Closing it without a resolution leaves its
+# reports open and linked: they are worked one by one again, and reminded as usual
+# (mailcase.reminders waits for an open main case only). A merge takes the outage along
+# (:func:`merge`). Erasing a customer's data (``customers forget``, closed cases only)
+# keeps the link, which is no personal data: the erased case is closed, so a resolution
+# of its main case leaves it alone, and an erased main case takes no reports.
+
+
+def is_outage_main(session: Session, case: Case) -> bool:
+    """Whether ``case`` is the main case of an outage: some case is a report of it."""
+    if case.id is None:
+        return False
+    found = session.exec(select(Case.id).where(col(Case.outage_id) == case.id).limit(1)).first()
+    return found is not None
+
+
+def outage_reports(session: Session, main: Case) -> list[Case]:
+    """The reports of the outage followed in ``main``, oldest first (any status)."""
+    return list(
+        session.exec(
+            select(Case).where(col(Case.outage_id) == main.id).order_by(col(Case.id))
+        ).all()
+    )
+
+
+def _open_reports(session: Session, main: Case) -> list[Case]:
+    """The reports of ``main``'s outage still open (not resolved, closed or merged), locked
+    in id order (PostgreSQL: a customer's reply reopening or closing one waits)."""
+    if main.id is None:
+        return []
+    return list(
+        session.exec(
+            select(Case)
+            .where(
+                col(Case.outage_id) == main.id,
+                col(Case.status) == CaseStatus.OPEN,
+                col(Case.merged_into_id).is_(None),
+            )
+            .order_by(col(Case.id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+    )
+
+
+def outage_problem(case: Case, main: Case, *, case_is_main: bool) -> str | None:
+    """Why ``case`` cannot be made a report of the outage followed in ``main``, or ``None``;
+    ``case``'s own status aside (an open case only: :func:`route_problem`, checked with a
+    reply's other commands, so that ``#reabrir`` above it counts).
+
+    Never a case of itself, no chains (``main`` a report of an outage, ``case`` the main
+    case of one: ``case_is_main``), and a closed or resolved ``main`` is reopened first:
+    its resolution would never reach the new report's customer.
+    """
+    if case.id == main.id:
+        return "outage_same_case"
+    if main.outage_id is not None:
+        return "outage_chain"
+    if case_is_main:
+        return "outage_main"
+    if main.status == CaseStatus.CLOSED:
+        return "outage_closed"
+    if main.status == CaseStatus.RESOLVED:
+        return "outage_resolved"
+    return None
+
+
+def join_outage(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    main: Case,
+    *,
+    by: str,
+    tell_customer: bool = True,
+) -> bool:
+    """Make ``case`` one of the reports of the outage followed in ``main``, recorded on both
+    cases, and tell its customer (``outage_joined``: their report is part of a general
+    failure worked under ``main``'s folio, and they will be told under their own when it
+    is corrected) unless ``tell_customer`` is False; False, and nothing changed, recorded
+    nor sent, when it was a report of ``main`` already. A report of another outage moves
+    to this one.
+
+    Refused (:class:`CaseworkError`) for a merged ``case`` or ``main``, a ``case`` that is
+    not open (reopen it first), and as :func:`outage_problem` says.
+    """
+    for merged in (case, main):
+        if merged.merged_into_id is not None:
+            into = merged_target(session, merged).folio
+            _refuse("merged", merged, into=into)
+    _refuse(route_problem(case.status), case)
+    if case.outage_id is not None and case.outage_id == main.id:
+        return False
+    chained = session.get(Case, main.outage_id) if main.outage_id is not None else None
+    _refuse(
+        outage_problem(case, main, case_is_main=is_outage_main(session, case)),
+        case,
+        into=main.folio,
+        main=chained.folio if chained is not None else "",
+    )
+    case.outage_id = main.id
+    case.updated_at = utcnow()
+    session.add(case)
+    record(session, case, "system", f"report of the outage {main.folio}", from_addr=by)
+    record(session, main, "system", f"case {case.folio} is a report of this outage", from_addr=by)
+    if tell_customer and case.customer and not is_erased(case):
+        queue_notice(
+            session, settings, case, "outage_joined", to=case.customer,
+            context={"outage_folio": main.folio},
+        )  # fmt: skip
+    return True
+
+
+def tell_outage_reports(
+    session: Session,
+    settings: Settings,
+    main: Case,
+    text: str,
+    *,
+    agent_name: str,
+    attachments: Sequence[FileAttachment] = (),
+) -> list[str]:
+    """Relay an agent's news of the outage followed in ``main`` (``#masivo aviso``: an
+    estimated time of restoration) to the customer of each of its open reports, under
+    that report's own folio and thread, as :func:`relay` sends any reply (its guards
+    alike); the folios it went out for. ``main``'s own customer is the caller's."""
+    return [
+        report.folio
+        for report in _open_reports(session, main)
+        if relay(session, settings, report, text, agent_name=agent_name, attachments=attachments)
+    ]
+
+
+def leave_outage(session: Session, case: Case, *, by: str) -> bool:
+    """``case`` is no report of an outage any more (recorded, naming the main case); False,
+    and nothing changed nor recorded, when it was none. Any status: bookkeeping. Nobody is
+    told: the customer's case goes on under its own folio as before."""
+    if case.outage_id is None:
+        return False
+    main = session.get(Case, case.outage_id)
+    case.outage_id = None
+    case.updated_at = utcnow()
+    session.add(case)
+    folio = main.folio if main is not None else "?"
+    record(session, case, "system", f"no longer a report of the outage {folio}", from_addr=by)
+    return True
 
 
 def relay(

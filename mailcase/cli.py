@@ -33,7 +33,13 @@ from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
 from mailcase import __version__
-from mailcase.casework import FORGOTTEN, is_erased, merged_target, related_folios
+from mailcase.casework import (
+    FORGOTTEN,
+    is_erased,
+    merged_target,
+    outage_reports,
+    related_folios,
+)
 from mailcase.commands import area_key
 from mailcase.config import (
     MAX_DAYS,
@@ -292,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only open cases waiting for the customer's answer (#pendiente, cases pending)",
     )
+    listing.add_argument(
+        "--outage",
+        metavar="FOLIO",
+        help="only the reports of the outage followed in this main case (#masivo, cases outage)",
+    )
     _listing_limits(listing, "cases", "newest")
     listing.add_argument("--json", action="store_true")
     show = cases.add_parser("show", help="one case with its messages")
@@ -388,6 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--clear", action="store_true", help="stop waiting (the case stays open)")
     for name, text in (("close", "close a case (no notice)"), ("reopen", "open a case again")):
         cases.add_parser(name, help=text).add_argument("folio")
+    outage = cases.add_parser(
+        "outage",
+        help="make a case one of the reports of an outage followed in a main case (as "
+        "#masivo): resolving the main case resolves it",
+    )
+    outage.add_argument("folio")
+    main_case = outage.add_mutually_exclusive_group(required=True)
+    main_case.add_argument("--of", metavar="MAIN", help="the main case's folio")
+    main_case.add_argument(
+        "--clear", action="store_true", help="the case is no report of an outage any more"
+    )
+    outage.add_argument(
+        "--no-notice",
+        action="store_true",
+        help="do not tell the customer their report is part of a general failure",
+    )
     merging = cases.add_parser(
         "merge", help="merge a case into another of the same customer (one report written twice)"
     )
@@ -899,7 +926,7 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
 
     Which commands may create a missing SQLite database (and its directories):
     those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
-    open/resolve/note/visit/route/pending/close/reopen/remind``, ``messages retry`` and
+    open/resolve/note/visit/route/pending/outage/close/reopen/remind``, ``messages retry`` and
     ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
     ``check``, ``status``, ``report``, ``cases list/show``, ``messages list`` and
     ``outbox list`` (and ``customers forget``: a missing database holds nobody's
@@ -912,9 +939,12 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
     )
 
 
-def case_summary(case: Case, merged_into: str | None = None) -> dict[str, Any]:
+def case_summary(
+    case: Case, merged_into: str | None = None, outage: str | None = None
+) -> dict[str, Any]:
     """The ``cases list --json`` object of ``case``; ``merged_into``: the folio that answers
-    for a merged case (:func:`mailcase.casework.merged_target`), None for the others."""
+    for a merged case (:func:`mailcase.casework.merged_target`), None for the others;
+    ``outage``: the folio of the main case of the outage it is a report of, or None."""
     return {
         "folio": case.folio,
         "status": case.status,
@@ -928,6 +958,7 @@ def case_summary(case: Case, merged_into: str | None = None) -> dict[str, Any]:
         "created_at": _iso(case.created_at),
         "updated_at": _iso(case.updated_at),
         "merged_into": merged_into,
+        "outage": outage,  # null: no report of an outage
     }
 
 
@@ -959,7 +990,7 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
         session.exec(select(Notice.id, Notice.status).where(Notice.case_id == case.id)).all()
     )
     merged_into = merged_target(session, case).folio if case.merged_into_id else None
-    detail = case_summary(case, merged_into)
+    detail = case_summary(case, merged_into, _outage_folios(session, [case]).get(case.id))
     detail.update(
         outcome=case.outcome,
         cause=case.cause,
@@ -973,6 +1004,8 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
             else None
         ),
         related=related_folios(session, case),
+        # The reports of the outage this case is the main case of ([]: none), oldest first.
+        outage_reports=[r.folio for r in outage_reports(session, case)],
         resolved_at=_iso(case.resolved_at),
         closed_at=_iso(case.closed_at),
     )
@@ -992,6 +1025,16 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
         for m in rows
     ]
     return detail
+
+
+def _outage_folios(session: Session, cases: Sequence[Case]) -> dict[int | None, str]:
+    """For those of ``cases`` that are reports of an outage: their id → the main case's
+    folio (one query for a whole listing)."""
+    mains = {c.outage_id for c in cases if c.outage_id is not None}
+    if not mains:
+        return {}
+    folios = dict(session.exec(select(Case.id, Case.folio).where(col(Case.id).in_(mains))).all())
+    return {c.id: folios[c.outage_id] for c in cases if c.outage_id in folios}
 
 
 def _case_attachment(args: argparse.Namespace, settings: Settings) -> int:
@@ -1064,8 +1107,8 @@ def _operator() -> str:
 
 
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
-    """cases open/resolve/note/visit/route/type/assign/pending/close/reopen/merge: the CLI
-    door to casework."""
+    """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge: the
+    CLI door to casework."""
     from mailcase import casework
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
@@ -1107,6 +1150,9 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     target: Case | None = None
     deadline: datetime | None = None
     days = 0
+    outage_main = ""
+    resolved_reports: list[str] = []
+    phone_reports: list[str] = []
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -1135,6 +1181,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         else:
             if args.action == "merge":
                 found, target = _merge_pair(session, settings, args.folio, args.into)
+            elif args.action == "outage" and args.of:
+                # Both locked in id order, as a merge's: a report joining while its main
+                # case is resolved (PostgreSQL) waits, and is then refused (resolved).
+                found, target = _merge_pair(session, settings, args.folio, args.of)
             else:
                 found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
             if found is None:
@@ -1153,7 +1203,11 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             now_local = utcnow().astimezone(settings.folio.zone)
             visit_was_ahead = casework.visit_cancellable(found, now_local)
             if args.action == "resolve":
-                casework.resolve(session, settings, found, args.outcome, args.cause, by=by)
+                reports = casework.resolve(
+                    session, settings, found, args.outcome, args.cause, by=by
+                )
+                resolved_reports = [r.folio for r in reports]
+                phone_reports = [r.folio for r in reports if not r.customer]
             elif args.action == "note":
                 casework.add_note(session, found, args.text, by=by)
             elif args.action == "visit" and args.cancel:
@@ -1191,6 +1245,19 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                     tell_customer=not args.no_notice, now_local=now_local,
                 )  # fmt: skip
                 merged_into, case_id = target.folio, target.id
+            elif args.action == "outage" and args.clear:
+                changed = casework.leave_outage(session, found, by=by)
+            elif args.action == "outage":
+                if target is None:
+                    raise NotFoundError(f"no case with folio {args.of}")
+                if is_erased(target):
+                    raise UsageError(
+                        f"case {target.folio}: its customer's data was erased, it follows no outage"
+                    )
+                changed = casework.join_outage(
+                    session, settings, found, target, by=by, tell_customer=not args.no_notice
+                )
+                outage_main = target.folio
             elif args.action == "close":
                 changed = casework.close(session, settings, found, by=by)
             else:
@@ -1210,6 +1277,16 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         assert deadline is not None
         until = deadline.astimezone(settings.folio.zone).strftime("%Y-%m-%d %H:%M %Z")
         print(f"{folio}: waiting for the customer until {until} ({days} day(s))")
+    elif not changed and args.action == "outage":  # as it was: nothing was recorded
+        if outage_main:
+            print(f"{folio}: already a report of the outage {outage_main}")
+        else:
+            print(f"{folio}: not a report of an outage")
+    elif args.action == "outage":
+        if outage_main:
+            print(f"{folio}: report of the outage {outage_main}")
+        else:
+            print(f"{folio}: no longer a report of an outage")
     elif not changed:  # closed or open already: nothing was recorded
         print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
     elif args.action == "type":
@@ -1220,6 +1297,17 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{folio}: merged into {merged_into}")
     else:
         print(f"{folio}: {args.action} done")
+    if resolved_reports:
+        print(
+            f"{folio}: resolved with it, the reports of its outage: {', '.join(resolved_reports)}"
+        )
+    if phone_reports:
+        # Their customers have no mail address: nobody told them the failure was corrected.
+        print(
+            f"mailcase: reports {', '.join(phone_reports)} have no customer mail address: "
+            "their customers were not told of the resolution; call them",
+            file=sys.stderr,
+        )
     words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
     untold = [
         words[change]
@@ -1364,12 +1452,23 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                 query = query.where(
                     Case.status == CaseStatus.OPEN, col(Case.pending_until).is_not(None)
                 )
+            if args.outage:
+                main = case_by_folio(session, _folio(args.outage, settings))
+                if main is None:
+                    raise NotFoundError(f"no case with folio {args.outage}")
+                query = query.where(col(Case.outage_id) == main.id)
+                args.outage_id = main.id  # for --unanswered, which filters what it reads
             if args.unanswered:
                 found = _unanswered(session, args)
             else:
                 found = list(reversed(_limited(session, query, args, "cases")))
+            outages = _outage_folios(session, found)
             items = [
-                case_summary(c, merged_target(session, c).folio if c.merged_into_id else None)
+                case_summary(
+                    c,
+                    merged_target(session, c).folio if c.merged_into_id else None,
+                    outages.get(c.id),
+                )
                 for c in found
             ]
             if args.unanswered:
@@ -1558,6 +1657,7 @@ def _unanswered(session: Session, args: argparse.Namespace) -> list[Case]:
         and (not area or c.area == area)
         and (not args.type or c.type == args.type)
         and (not args.owner or c.owner == owner)
+        and (not args.outage or c.outage_id == args.outage_id)
     ]
     limit = len(found) if args.all else args.limit or DEFAULT_LIMIT
     if len(found) > limit:
@@ -2003,6 +2103,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "folio",
         "status",
         "merged_into",
+        "outage",
         "outcome",
         "cause",
         "area",
@@ -2011,6 +2112,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "pending_until",
         "visit",
         "related",
+        "outage_reports",
         "customer",
         "name",  # customer_name: all a phone case may have of its customer
         "mailbox",
@@ -2027,7 +2129,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
             value = _local(value, zone)
         elif key == "visit" and value:
             value = " ".join(filter(None, (value["date"], value["time"])))
-        elif key == "related":
+        elif key in ("related", "outage_reports"):
             value = ", ".join(value or ()) or None
         print(visible(f"{key + ':':12} {value if value is not None else '-'}"))
     number = 0

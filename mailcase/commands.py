@@ -63,6 +63,9 @@ class CommandKind(StrEnum):
     # Wait for the customer's answer for some days, then close the case unresolved; the
     # text below it is relayed to the customer (the question the case waits on).
     PENDING = "pending"
+    # This case is one of the reports of the outage followed in the case whose folio
+    # follows (the main case): resolving that one resolves this one (casework.join_outage).
+    OUTAGE = "outage"
 
 
 Outcome = Literal["valid", "invalid"]
@@ -79,7 +82,8 @@ class Command:
     cancel: bool = False  # VISIT only: "#visita cancelar" (no date then)
     address: str | None = None  # PARTICIPANT only: lower-cased
     area: str | None = None  # ROUTE only: lower-case ASCII letters, digits, "-" and "_"
-    folio: str | None = None  # MERGE only: as written; the service reads it with the prefix
+    # MERGE and OUTAGE: as written; the service reads it with the prefix.
+    folio: str | None = None
     case_type: str | None = None  # TYPE only: a models.CaseType value ("complaint", …)
     # ASSIGN only, one of three: ``owner`` (the agent named, lower-cased), ``myself``
     # ("#asignar yo": the agent who writes, whom the service knows) or ``nobody``
@@ -88,9 +92,13 @@ class Command:
     myself: bool = False
     nobody: bool = False
     days: int | None = None  # PENDING only, when written; None: [cases] pending_days
-    # PENDING only: "#pendiente no" / "#pending off": the case waits for the customer no
+    # PENDING: "#pendiente no" / "#pending off": the case waits for the customer no
     # more (the customer answered by phone, say); no days then, and nothing is relayed.
+    # OUTAGE: "#masivo no" / "#outage off": the case is no report of an outage any more.
     stop: bool = False
+    # OUTAGE only: "#masivo aviso" / "#outage update" on a main case: the text below it is
+    # relayed to its customer and to each open report's (an estimated time of restoration).
+    update: bool = False
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
@@ -130,7 +138,7 @@ PROBLEM_CODES: tuple[str, ...] = (
     "unexpected_argument",
     "missing_address",  # "#participante" without an address
     "bad_address",  # "#participante juan" (no domain), or more than one word
-    "missing_folio",  # "#fusionar" without the folio of the case to merge into
+    "missing_folio",  # "#fusionar" or "#masivo" without a folio
     "missing_type",  # "#tipo" without the kind of report
     "bad_type",  # "#tipo reclamo": not one of the four kinds
     "missing_owner",  # "#asignar" without whom
@@ -167,6 +175,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#type complaint|question|clarification|cancellation",
     "#asignar CORREO|yo|nadie / #assign ADDRESS|me|none",
     "#pendiente [DIAS] | no / #pending [DAYS] | off",
+    "#masivo FOLIO | no | aviso / #outage FOLIO | off | update",
 )
 
 # The longest wait ``#pendiente`` takes (and ``cases pending --days``): a quarter is
@@ -197,10 +206,15 @@ _NAMES: dict[str, CommandKind] = {
     "assign": CommandKind.ASSIGN,
     "pendiente": CommandKind.PENDING,
     "pending": CommandKind.PENDING,
+    "masivo": CommandKind.OUTAGE,
+    "outage": CommandKind.OUTAGE,
 }
 
 # "#pendiente no" / "#pending off": the wait ends, the case stays open (folded).
 _STOP_WAITING = frozenset({"no", "off", "fin", "end", "cancelar", "cancel"})
+
+# "#masivo aviso" / "#outage update": news of the outage for every customer of it (folded).
+_OUTAGE_UPDATE = frozenset({"aviso", "avisar", "update"})
 
 # What may follow the number of days, as agents write it ("#pendiente 7 días").
 _DAY_WORDS = frozenset({"dia", "dias", "day", "days", "d"})
@@ -372,6 +386,8 @@ def _parse_line(line: str) -> Command | CommandProblem:
         return _assign(line, args)
     if kind is CommandKind.PENDING:
         return _pending(line, args)
+    if kind is CommandKind.OUTAGE:
+        return _outage(line, args)
     if kind is CommandKind.MERGE:
         # The folio as written ("PLR-2026-000123", "PLR 2026 123", "[Folio …]."):
         # read by the service, which knows the folio prefix.
@@ -446,6 +462,22 @@ def _pending(line: str, args: list[str]) -> Command | CommandProblem:
     if rest:
         return CommandProblem(line, "unexpected_argument")
     return Command(CommandKind.PENDING, days=days, line=line)
+
+
+def _outage(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return CommandProblem(line, "missing_folio")
+    if _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _STOP_WAITING:
+        # "#masivo no" / "#outage off", as "#pendiente no" reads.
+        if len(args) > 1:
+            return CommandProblem(line, "unexpected_argument")
+        return Command(CommandKind.OUTAGE, stop=True, line=line)
+    if _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _OUTAGE_UPDATE:
+        if len(args) > 1:
+            return CommandProblem(line, "unexpected_argument")
+        return Command(CommandKind.OUTAGE, update=True, line=line)
+    # The main case's folio as written, read by the service as #fusionar's is.
+    return Command(CommandKind.OUTAGE, folio=" ".join(args), line=line)
 
 
 def _visit(line: str, args: list[str]) -> Command | CommandProblem:

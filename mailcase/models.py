@@ -67,6 +67,14 @@ class Case(SQLModel, table=True):
             sqlite_where=text("merged_into_id IS NOT NULL"),
             postgresql_where=text("merged_into_id IS NOT NULL"),
         ),
+        # Only the reports of an outage (0014): `cases list --outage`, and resolving a main
+        # case, look up its reports; a whole-table index would cost every new case a write.
+        Index(
+            "ix_cases_outage_id",
+            "outage_id",
+            sqlite_where=text("outage_id IS NOT NULL"),
+            postgresql_where=text("outage_id IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -102,6 +110,10 @@ class Case(SQLModel, table=True):
     # closed, unresolved, when it passes with no word from them (casework.close_stale_cases).
     # NULL: not waiting. Not indexed: the hourly check reads the open cases by status.
     pending_until: datetime | None = None
+    # One of the reports of an outage followed in another case, the main case (#masivo,
+    # `cases outage`): resolving that one resolves this one (casework.resolve). NULL: not
+    # a report of an outage. Indexed where set (0014, above).
+    outage_id: int | None = Field(default=None, foreign_key="cases.id")
 
 
 class FolioCounter(SQLModel, table=True):

@@ -5,7 +5,8 @@ Who gets what (the kinds):
 
 * to the customer, from the case's mailbox: ``acknowledgement``, ``relay``
   (an agent's words), ``resolution_valid``/``resolution_invalid``, ``visit``,
-  ``closed_no_answer`` (a case closed when its wait for the customer passed);
+  ``closed_no_answer`` (a case closed when its wait for the customer passed),
+  ``outage_joined`` (their report is one of an outage's, followed in a main case);
 * to agents (``agents.notify``, an area, or one agent): ``agent_notification``,
   ``command_error``, ``unverified_agent``, ``delivery_failed``, ``not_relayed``
   (an agent's reply that reached the customer without its attachments, or
@@ -50,14 +51,18 @@ from mailcase.wire import FileAttachment, ascii_domain
 
 CUSTOMER_KINDS = frozenset(
     {"acknowledgement", "relay", "resolution_valid", "resolution_invalid"}
-    | {"visit", "visit_cancelled", "merged", "closed_no_answer"}
+    | {"visit", "visit_cancelled", "merged", "closed_no_answer", "outage_joined"}
 )
 # The customer-facing notices that answer the customer: not the automatic
 # acknowledgement, nor "merged" (it tells the customer of a duplicate the folio that
 # follows it, nothing about the matter), nor "closed_no_answer" (automatic: the case
-# closed because the customer did not answer). One rule for `mailcase report`'s first
-# answer (mailcase.reporting) and for reminders (mailcase.reminders).
-ANSWER_KINDS = tuple(sorted(CUSTOMER_KINDS - {"acknowledgement", "merged", "closed_no_answer"}))
+# closed because the customer did not answer), nor "outage_joined" (the same words to
+# every customer of an outage: the answer is the resolution that follows). One rule for
+# `mailcase report`'s first answer (mailcase.reporting) and for reminders
+# (mailcase.reminders).
+ANSWER_KINDS = tuple(
+    sorted(CUSTOMER_KINDS - {"acknowledgement", "merged", "closed_no_answer", "outage_joined"})
+)
 # Held by a loop guard (suppressed) or refused by the server (failed): never reached the
 # customer, so no answer. A queued one is on its way (delivery follows within seconds).
 ANSWERED_STATUSES = (NoticeStatus.QUEUED.value, NoticeStatus.SENT.value)

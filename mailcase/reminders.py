@@ -45,6 +45,10 @@ A case waiting for its customer (``cases.pending_until`` set: an agent's
 ``#pendiente`` asked them something) is never unanswered: the agents decided the
 next word is the customer's, as Zammad pauses escalation in its pending states.
 The customer's answer ends the wait, and the case counts again from it.
+A report of an outage (``cases.outage_id`` set: ``#masivo``, ``cases outage``) earns
+no reminder of its own while its main case is open: the main case is what is worked,
+and it is reminded as usual. Once that one is closed without a resolution, or its
+report taken out of the outage, the report counts again as any case.
 
 A case registered by phone with no mail address is never unanswered (nobody can
 be answered by mail, and the customer cannot write one); a case opened with
@@ -234,14 +238,24 @@ def case_entries(session: Session, case: Case) -> list[Entry]:
     ]
 
 
+_MAIN = table(Case).alias("main_case")
+
+
 def _candidates(cutoff: datetime | None) -> list[sa.ColumnElement[bool]]:
     """What the cases that may be unanswered have: open, never merged, not waiting for
-    the customer, a customer address and a customer message (older than ``cutoff`` when
-    given)."""
+    the customer, no report of an outage whose main case is open, a customer address and
+    a customer message (older than ``cutoff`` when given)."""
+    # Read by the main case's primary key, for the few reports among the open cases.
+    main_open = (
+        sa.select(_MAIN.c.id)
+        .where(_MAIN.c.id == col(Case.outage_id), _MAIN.c.status == CaseStatus.OPEN)
+        .exists()
+    )
     where = [
         col(Case.status) == CaseStatus.OPEN,
         col(Case.merged_into_id).is_(None),
         col(Case.pending_until).is_(None),
+        sa.or_(col(Case.outage_id).is_(None), ~main_open),
         col(Case.customer) != "",
         col(Case.last_customer_at).is_not(None),
     ]
@@ -347,7 +361,7 @@ def _remind_case(
     hours = settings.escalation.unanswered_hours
     with store.transaction() as session:
         case = session.get(Case, case_id, with_for_update=True, populate_existing=True)
-        if case is None or not _still_candidate(case) or case.mailbox not in read_at:
+        if case is None or not _still_candidate(session, case) or case.mailbox not in read_at:
             return False
         assert case.last_customer_at is not None  # _still_candidate
         entries = case_entries(session, case)
@@ -366,12 +380,14 @@ def _remind_case(
         return _queue_reminders(session, settings, case, now)
 
 
-def _still_candidate(case: Case) -> bool:
+def _still_candidate(session: Session, case: Case) -> bool:
     """What the candidate query asked, read again under the case's lock."""
+    main = session.get(Case, case.outage_id) if case.outage_id is not None else None
     return (
         case.status == CaseStatus.OPEN
         and case.merged_into_id is None
         and case.pending_until is None
+        and (main is None or main.status != CaseStatus.OPEN)
         and bool(case.customer)
         and case.last_customer_at is not None
     )

@@ -1678,10 +1678,32 @@ def _agent_message(
         if c.kind is CommandKind.MERGE:
             into = _merge_target(session, settings, c)
             merge_problem = (
-                casework.merge_problem(case, into, now_local) if into else "unknown_folio"
+                casework.merge_problem(
+                    case,
+                    into,
+                    now_local,
+                    source_is_main=casework.is_outage_main(session, case),
+                    target_is_main=casework.is_outage_main(session, into),
+                )
+                if into
+                else "unknown_folio"
             )
             if merge_problem:
                 problems.append({"line": c.line, "problem": merge_problem})
+        elif c.kind is CommandKind.OUTAGE and c.update:
+            if not casework.is_outage_main(session, case):
+                problems.append({"line": c.line, "problem": "outage_not_main"})
+        elif c.kind is CommandKind.OUTAGE and not c.stop:
+            main = _merge_target(session, settings, c)
+            outage_problem = (
+                casework.outage_problem(
+                    case, main, case_is_main=casework.is_outage_main(session, case)
+                )
+                if main
+                else "unknown_folio"
+            )
+            if outage_problem:
+                problems.append({"line": c.line, "problem": outage_problem})
     if written.notice_line:  # our notice is in the text, and where it starts is unknown
         problems.append({"line": written.notice_line, "problem": "quoted_notice"})
     if not problems:  # what the case's state and the reply's other commands forbid
@@ -1731,7 +1753,12 @@ def _agent_message(
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
     side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
     # "#pendiente" relays its text as a plain reply does: the question the case waits on.
-    asks = bool(text) and any(c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands)
+    waits = bool(text) and any(
+        c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands
+    )
+    # "#masivo aviso" too, and to every open report's customer: news of the outage.
+    news = any(c.kind is CommandKind.OUTAGE and c.update for c in parsed.commands)
+    asks = waits or (bool(text) and news)
     is_note = (
         side
         or copied
@@ -1742,8 +1769,9 @@ def _agent_message(
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
+    reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
     for command in parsed.commands:
-        _run_command(
+        reports += _run_command(
             session, settings, case, command, text, by, now_local, note=text if is_note else ""
         )
     if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
@@ -1759,8 +1787,22 @@ def _agent_message(
         if untold and not case.customer:
             # A phone case: the resolution or visit reached nobody; the agent must call.
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
+        for report in reports:
+            if not report.customer:  # a phone report of the outage: the same, under its folio
+                _not_relayed(session, settings, report, mail, "no_customer", untold=["resolve"])
         if not asks:
             return
+    if news:
+        # Each report's customer, under their own folio; the main case's, below, as any reply.
+        attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
+        files = _relayable(
+            attached,
+            settings.notices.max_relayed_attachment_bytes,
+            signing_key(session, settings),
+        )[0]
+        casework.tell_outage_reports(
+            session, settings, case, text, agent_name=mail.sender_name, attachments=files
+        )
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
@@ -1809,7 +1851,7 @@ def _agent_message(
     # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
     # wait for an answer to it, nor tell the customer at the deadline they gave none.
     # A wait already running (a question that did reach them, or asked by phone) stands.
-    dropped = asks and reason in ("held", "no_customer", "closed")
+    dropped = waits and reason in ("held", "no_customer", "closed")
     if dropped:
         casework.restore_pending(
             session, case, waited_until, by=by, why="the question did not reach the customer"
@@ -2022,14 +2064,17 @@ def _run_command(
     now_local: datetime,
     *,
     note: str = "",
-) -> None:
+) -> list[Case]:
     """Carry out one checked ``command`` (:func:`casework.command_problems` at ``now_local``,
     the time the visit checks are made at again, so that they cannot disagree). ``note``:
-    the reply's text when it is kept as a note (what a new owner is shown)."""
+    the reply's text when it is kept as a note (what a new owner is shown). The reports
+    of an outage a resolution of its main case resolved with it; [] for the rest."""
     kind = command.kind
     if kind is CommandKind.RESOLVE and command.outcome is not None:
-        casework.resolve(session, settings, case, command.outcome, text, by=by, record_cause=False)
-    elif kind is CommandKind.VISIT and command.cancel:
+        return casework.resolve(
+            session, settings, case, command.outcome, text, by=by, record_cause=False
+        )
+    if kind is CommandKind.VISIT and command.cancel:
         casework.cancel_visit(session, settings, case, by=by, now_local=now_local)
     elif kind is CommandKind.VISIT and command.visit_date is not None:
         hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
@@ -2059,13 +2104,23 @@ def _run_command(
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands
         casework.merge(session, settings, case, into, by=by, now_local=now_local)
+    elif kind is CommandKind.OUTAGE and command.update:
+        pass  # "#masivo aviso": its text is relayed by the caller, to every customer of it
+    elif kind is CommandKind.OUTAGE and command.stop:
+        casework.leave_outage(session, case, by=by)
+    elif kind is CommandKind.OUTAGE:
+        main = _merge_target(session, settings, command)
+        assert main is not None  # checked with the reply's other commands
+        casework.join_outage(session, settings, case, main, by=by)
     # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
     # caller); nothing else to do.
+    return []
 
 
 def _merge_target(session: Session, settings: Settings, command: Command) -> Case | None:
-    """The case a ``#fusionar`` names (read as a subject's folio is), locked, or None when
-    it names no folio of a case. A merged one answers with the case it joined."""
+    """The case a ``#fusionar`` or ``#masivo`` names (read as a subject's folio is), locked,
+    or None when it names no folio of a case. A merged one answers with the case it
+    joined."""
     folios = find_folios(command.folio or "", settings.folio.prefix)
     found = case_by_folio(session, folios[0], for_update=True) if len(folios) == 1 else None
     # An erased case takes nothing more: it is no case to merge into (as for mail).

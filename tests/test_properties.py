@@ -562,7 +562,10 @@ NAMES = {
     CommandKind.TYPE: ["tipo", "type", "Tipo:", "TYPE"],
     CommandKind.ASSIGN: ["asignar", "assign", "Asignar:", "ASSIGN"],
     CommandKind.PENDING: ["pendiente", "pending", "Pendiente:", "PENDING"],
+    CommandKind.OUTAGE: ["masivo", "outage", "Masivo:", "OUTAGE"],
 }
+# The words "#masivo" reads as other than a folio: "no"/"off" and "aviso"/"update".
+OUTAGE_WORDS = {"no": "stop", "Off": "stop", "aviso": "update", "Update.": "update"}
 # What may follow "#asignar" besides an address, and what it means.
 WHOM = {
     "yo": "myself",
@@ -621,6 +624,18 @@ def command_lines(draw: st.DrawFn) -> tuple[str, Command]:
     elif kind is CommandKind.MERGE:
         # The folio as written, in one word or several ("PLR 2026 123"): read by the service.
         args = draw(st.lists(st.from_regex(r"[A-Za-z0-9\[\]-]{1,12}", fullmatch=True), min_size=1))
+        expected = {"folio": " ".join(args)}
+    elif kind is CommandKind.OUTAGE and draw(st.booleans()):
+        word = draw(st.sampled_from(sorted(OUTAGE_WORDS)))
+        args, expected = [word], {OUTAGE_WORDS[word]: True}
+    elif kind is CommandKind.OUTAGE:
+        # The main case's folio as written, as #fusionar's: never one of its words.
+        words = {"no", "off", "fin", "end", "cancelar", "cancel", "aviso", "avisar", "update"}
+        args = draw(
+            st.lists(st.from_regex(r"[A-Za-z0-9\[\]-]{1,12}", fullmatch=True), min_size=1).filter(
+                lambda a: a[0].lower().rstrip(".:,;") not in words
+            )
+        )
         expected = {"folio": " ".join(args)}
     elif kind is CommandKind.TYPE:
         word = draw(st.sampled_from(sorted(TYPES)))
@@ -686,7 +701,13 @@ def _assert_only_its_fields(command: Command) -> None:
     assert command.visit_time is None or kind is CommandKind.VISIT
     assert (command.area is not None) == (kind is CommandKind.ROUTE)
     assert (command.address is not None) == (kind is CommandKind.PARTICIPANT)
-    assert (command.folio is not None) == (kind is CommandKind.MERGE)
+    outage = kind is CommandKind.OUTAGE
+    # "#masivo" names a folio, or is "#masivo no" (stop) or "#masivo aviso" (update).
+    assert (command.folio is not None) == (kind is CommandKind.MERGE) or (
+        outage and (command.folio is not None) + command.stop + command.update == 1
+    )
+    assert not command.update or outage
+    assert not command.stop or outage or kind is CommandKind.PENDING
     assert (command.case_type is not None) == (kind is CommandKind.TYPE)
     whom = (command.owner is not None, command.myself, command.nobody)
     assert sum(whom) == (1 if kind is CommandKind.ASSIGN else 0)

@@ -315,7 +315,7 @@ def test_migration_0013_indexes_the_erasures_lookups(db_url: str) -> None:
     installation_at(db_url, "0012")
     store = Store.open(db_url, auto_upgrade=True)
     try:
-        assert store.revisions() == (SCHEMA_HEAD, SCHEMA_HEAD) and SCHEMA_HEAD == "0013"
+        assert store.revisions() == (SCHEMA_HEAD, SCHEMA_HEAD) and SCHEMA_HEAD >= "0013"
         with store.reading() as conn:
             indexes = {
                 table: {i["name"] for i in sa.inspect(conn).get_indexes(table)}

@@ -92,6 +92,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "customer_name": "Juan Pérez",
         "company": COMPANY,
     },
+    "outage_joined": {
+        "folio": FOLIO,
+        "outage_folio": "PLR-2026-000045",
+        "customer_name": "Juan Pérez",
+        "subject": "Sin servicio de internet",
+        "company": COMPANY,
+    },
     "closed_no_answer": {
         "folio": FOLIO,
         "customer_name": "Juan Pérez",
@@ -228,6 +235,7 @@ CUSTOMER_FACING = (
     "visit_cancelled",
     "merged",
     "closed_no_answer",
+    "outage_joined",
 )
 AGENT_ONLY = (
     "agent_notification",
