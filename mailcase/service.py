@@ -1724,9 +1724,12 @@ def _agent_message(
         )
         return
     kinds = {c.kind for c in parsed.commands}
+    own = parsed.text.strip()
     # "#respuesta": the canned reply goes below the agent's own words, as one relayed reply
-    # (the question the case waits on, with "#pendiente").
-    text = _with_canned_reply(settings, case, parsed.commands, parsed.text.strip())
+    # (the question the case waits on, with "#pendiente"). The case keeps the agent's own
+    # words as their message (the relay notice keeps the whole text): the signature their
+    # mail client adds is learnt from the end of those (_without_signature_of).
+    text = _with_canned_reply(settings, case, parsed.commands, own)
     # Words addressed to others (a colleague, a contractor, the agents' list), a support
     # mailbox only in copy: the agent told them something, not the customer. Kept as a
     # note, as Zammad keeps such mail as an internal article; the agent is told. Only
@@ -1745,12 +1748,12 @@ def _agent_message(
         or (kinds and not kinds & _RELAYING and not asks)
     )
     entry_kind = "note" if is_note else "agent"
-    _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
+    _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
     for command in parsed.commands:
         _run_command(
-            session, settings, case, command, text, by, now_local, note=text if is_note else ""
+            session, settings, case, command, own, by, now_local, note=own if is_note else ""
         )
     if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
         # A resolution or a visit answers the customer (on a phone case the agent is

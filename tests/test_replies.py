@@ -405,8 +405,11 @@ def test_respuesta_relays_the_agents_words_then_the_canned_text(desk: Desk) -> N
     case = desk.case(folio)
     assert case["type"] == "question"
     reply = [m for m in case["messages"] if m["from"] == AGENT and m["direction"] == "in"]
-    assert reply[0]["kind"] == "agent"  # reached the customer: not a note
-    assert "Para reiniciar su módem" in reply[0]["text"]
+    # Reached the customer, so not a note; the agent's own words are their message (the
+    # signature their client adds is learnt from its end), the notice the whole text.
+    assert (reply[0]["kind"], reply[0]["text"]) == ("agent", MINE)
+    sent = [m for m in case["messages"] if m["kind"] == "notice" and m["to"] == CUSTOMER]
+    assert MINE in sent[-1]["text"] and "Para reiniciar su módem" in sent[-1]["text"]
     assert case["owner"] == AGENT  # an answer, as a plain reply is
 
     # The canned reply alone, without words of the agent's.
@@ -465,3 +468,23 @@ def test_respuesta_with_a_note_is_refused(desk: Desk) -> None:
     desk.agent_reply(desk.notification(folio), f"#nota\n#respuesta reinicio-modem\n{MINE}")
     assert len(desk.to(CUSTOMER)) == told
     assert "#respuesta no va con #nota" in text(desk.last_to(AGENT))
+
+
+@pytest.mark.integration
+def test_mailcase_check_fails_one_row_on_a_reply_that_does_not_render(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    override = tmp_path / "tpl"
+    (override / "replies" / "en").mkdir(parents=True)
+    broken = override / "replies" / "en" / "cobertura.txt.j2"
+    broken.write_text("We cover {% if %}\n", encoding="utf-8")
+    config = write_config(
+        tmp_path, mailboxes, sink, extra=f'[templates]\ndirectory = "{override}"\n'
+    )
+    cli = Cli(config, capsys)
+    assert cli("db", "upgrade")[0] == 0
+    code, out, err = cli("check")
+    assert code == 1
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and failed[0].startswith("replies")
+    assert str(broken) in failed[0] and str(broken) in err
