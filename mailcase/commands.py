@@ -140,9 +140,9 @@ PROBLEM_CODES: tuple[str, ...] = (
     "missing_owner",  # "#asignar" without whom
     "bad_owner",  # "#asignar ana" (no domain), or more than one word
     "bad_days",  # "#pendiente mañana", "#pendiente 0", "#pendiente 120": not 1 to PENDING_MAX_DAYS
-    "misplaced_command",  # a line naming a command below the first line of text
     "missing_reply",  # "#respuesta" without the canned reply's name
     "bad_reply",  # "#respuesta reinicio modem": not one name of letters, digits and "-"
+    "misplaced_command",  # a line naming a command below the first line of text
 )
 # Codes the service adds, knowing the configuration and the database: an area not
 # in [areas]; a participant that is an address of mailcase, an agent's or the
