@@ -109,6 +109,10 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # "#masivo aviso" with #nota, #resolver or #cerrar in one reply: its text is relayed
     # to every customer of the outage, and would also be a note, or the causes.
     "update_conflict",
+    # #respuesta with #nota, #resolver, #cerrar, #fusionar or #visita in one reply: the
+    # canned reply is relayed as a plain reply is, and those commands keep the text as a
+    # note, send the customer their own notice, or move the case (REPLY_CONFLICTS).
+    "reply_conflict",
 )
 
 
@@ -203,7 +207,9 @@ def command_problems(
     only (``#masivo no``: any status), and ``#masivo aviso`` goes with no ``#nota``,
     ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
-    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``). Whether
+    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``);
+    ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` (``reply_conflict``), and
+    once (``repeated``: one canned reply per reply, its text below the agent's). Whether
     ``#fusionar``'s folio can be merged into is the service's to check
     (:func:`merge_problem`). ``text`` is the reply's words below the commands;
     ``visit_ahead``: the case has a home visit still ahead, which ``#visita cancelar``
@@ -214,6 +220,7 @@ def command_problems(
     booked = False  # a visit scheduled by this reply
     asking = False  # a "#pendiente" (not "#pendiente no") seen in this reply
     updating = False  # a "#masivo aviso" seen in this reply
+    replying = False  # a "#respuesta" seen in this reply
     # "#fusionar" moves the case and its history: another change in the same reply
     # would land on a case that is then closed, or read as meant for the other.
     alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
@@ -240,6 +247,10 @@ def command_problems(
             problem = "pending_conflict"
         elif (news and seen & _UPDATE_CONFLICTS) or (kind in _UPDATE_CONFLICTS and updating):
             problem = "update_conflict"
+        elif (kind is CommandKind.REPLY and seen & REPLY_CONFLICTS) or (
+            kind in REPLY_CONFLICTS and replying
+        ):
+            problem = "reply_conflict"
         elif opposite.get(kind) in seen:
             problem = "conflict"
         elif (booked and kind in _SETTLES) or (
@@ -272,6 +283,7 @@ def command_problems(
         seen.add(kind)
         asking = asking or (kind is CommandKind.PENDING and not command.stop)
         updating = updating or news
+        replying = replying or kind is CommandKind.REPLY
         if problem is not None:
             problems.append((command.line, problem))
             continue
@@ -317,6 +329,15 @@ _SETTLES = frozenset({CommandKind.RESOLVE, CommandKind.CLOSE})  # each cancels a
 PENDING_CONFLICTS = frozenset(
     {CommandKind.RESOLVE, CommandKind.CLOSE, CommandKind.NOTE, CommandKind.MERGE}
     | {CommandKind.VISIT, CommandKind.OUTAGE}
+)
+# What "#respuesta" does not go with: a note is never sent to the customer, a resolution
+# or a visit sends its own notice (the canned text would be a second message, or be read
+# as the causes), "#cerrar" ends the case the reply would keep talking on, and
+# "#fusionar" moves the case away. "#pendiente" goes with it: the canned text is then
+# the question the case waits on.
+REPLY_CONFLICTS = frozenset(
+    {CommandKind.NOTE, CommandKind.RESOLVE, CommandKind.CLOSE, CommandKind.MERGE}
+    | {CommandKind.VISIT}
 )
 _GOES_WITH_MERGE = frozenset({CommandKind.MERGE, CommandKind.NOTE})
 # What "#masivo aviso" does not go with: its text is relayed to every customer of the

@@ -525,6 +525,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reporting.add_argument("--json", action="store_true")
 
+    canned = commands.add_parser(
+        "replies", help="the canned replies agents send with #respuesta NAME"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    canned_list = canned.add_parser(
+        "list", help="each canned reply: its languages, and whether shipped or the admin's"
+    )
+    canned_list.add_argument("--json", action="store_true")
+    canned_show = canned.add_parser(
+        "show", help="a canned reply as a customer gets it, rendered for a sample case"
+    )
+    canned_show.add_argument("name", metavar="NAME")
+    canned_show.add_argument(
+        "--language", choices=("es", "en"), help="the case's language (default notices.language)"
+    )
     commands.add_parser("check", help="check the config, database, mailboxes and SMTP")
     status = commands.add_parser("status", help="last polls, errors, backlog and outbox")
     status.add_argument("--json", action="store_true")
@@ -701,6 +715,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "messages": _messages,
         "outbox": _outbox,
         "check": _check,
+        "replies": _replies,
         "status": _status,
         "report": _report,
     }
@@ -815,6 +830,50 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from mailcase.service import Runtime
 
     run_daemon(Runtime.open(settings))
+    return EXIT_OK
+
+
+def _replies(args: argparse.Namespace, settings: Settings) -> int:
+    """``replies list``: name, languages and source of each canned reply; ``replies show``:
+    one rendered for a sample case in the language asked (the text a customer gets below
+    the agent's own), said on stderr when it exists only in the other language."""
+    from mailcase.commands import reply_key
+    from mailcase.notices import sample_context
+    from mailcase.replies import available, render_reply
+
+    override = settings.templates.directory
+    replies = available(override)
+    if args.action == "list":
+        rows: list[dict[str, Any]] = [
+            {
+                "name": r.name,
+                "languages": list(r.languages),
+                "source": r.source,
+                "sources": dict(r.sources),
+            }
+            for r in replies.values()
+        ]
+        if args.json:
+            _print_json(rows)
+        else:
+            _print_table(
+                [row | {"languages": ", ".join(row["languages"])} for row in rows],
+                ["name", "languages", "source"],
+            )
+        return EXIT_OK
+    name = reply_key(args.name)
+    language = args.language or settings.notices.language
+    rendered = render_reply(name, language, sample_context(settings, language), override=override)
+    if rendered is None:
+        known = ", ".join(replies) or "none"
+        raise NotFoundError(f"no canned reply named {args.name!r} (replies: {known})")
+    if rendered.language != language:
+        print(
+            f"mailcase: {name} has no {language} text: a case in {language} gets the "
+            f"{rendered.language} one",
+            file=sys.stderr,
+        )
+    print(rendered.text)
     return EXIT_OK
 
 

@@ -66,6 +66,9 @@ class CommandKind(StrEnum):
     # This case is one of the reports of the outage followed in the case whose folio
     # follows (the main case): resolving that one resolves this one (casework.join_outage).
     OUTAGE = "outage"
+    # Send the customer a canned reply (templates/replies/<language>/NAME.txt.j2) after
+    # the agent's own text below the commands, if any (mailcase.replies).
+    REPLY = "reply"
 
 
 Outcome = Literal["valid", "invalid"]
@@ -99,6 +102,7 @@ class Command:
     # OUTAGE only: "#masivo aviso" / "#outage update" on a main case: the text below it is
     # relayed to its customer and to each open report's (an estimated time of restoration).
     update: bool = False
+    reply: str | None = None  # REPLY only: the canned reply's name, folded (reply_key)
     line: str = ""  # the line as the agent wrote it, read by line_start()
 
 
@@ -144,6 +148,8 @@ PROBLEM_CODES: tuple[str, ...] = (
     "missing_owner",  # "#asignar" without whom
     "bad_owner",  # "#asignar ana" (no domain), or more than one word
     "bad_days",  # "#pendiente mañana", "#pendiente 0", "#pendiente 120": not 1 to PENDING_MAX_DAYS
+    "missing_reply",  # "#respuesta" without the canned reply's name
+    "bad_reply",  # "#respuesta reinicio modem": not one name of letters, digits and "-"
     "misplaced_command",  # a line naming a command below the first line of text
 )
 # Codes the service adds, knowing the configuration and the database: an area not
@@ -155,6 +161,7 @@ CONFIG_PROBLEM_CODES: tuple[str, ...] = (
     "bad_participant",
     "unknown_folio",
     "unknown_agent",
+    "unknown_reply",  # "#respuesta NOMBRE" naming no canned reply (mailcase.replies)
 )
 # Codes the service adds about the reply as a whole: mailcase's own notice to
 # agents is still in the reply's text because nothing above it marks where the
@@ -176,6 +183,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#asignar CORREO|yo|nadie / #assign ADDRESS|me|none",
     "#pendiente [DIAS] | no / #pending [DAYS] | off",
     "#masivo FOLIO | no | aviso / #outage FOLIO | off | update",
+    "#respuesta NOMBRE / #reply NAME",
 )
 
 # The longest wait ``#pendiente`` takes (and ``cases pending --days``): a quarter is
@@ -208,6 +216,8 @@ _NAMES: dict[str, CommandKind] = {
     "pending": CommandKind.PENDING,
     "masivo": CommandKind.OUTAGE,
     "outage": CommandKind.OUTAGE,
+    "respuesta": CommandKind.REPLY,
+    "reply": CommandKind.REPLY,
 }
 
 # "#pendiente no" / "#pending off": the wait ends, the case stays open (folded).
@@ -262,6 +272,8 @@ _TRAILING_PUNCTUATION = ".:,;"
 _DATE_RE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})", re.ASCII)
 _TIME_RE = re.compile(r"(\d{1,2}):(\d{2})", re.ASCII)
 _AREA_RE = re.compile(r"[a-z0-9_-]+", re.ASCII)
+# A canned reply's name, as its file is named (mailcase.replies.REPLY_NAME_RE alike).
+_REPLY_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
 
 
 def parse_commands(text: str) -> ParsedCommands:
@@ -388,6 +400,8 @@ def _parse_line(line: str) -> Command | CommandProblem:
         return _pending(line, args)
     if kind is CommandKind.OUTAGE:
         return _outage(line, args)
+    if kind is CommandKind.REPLY:
+        return _reply(line, args)
     if kind is CommandKind.MERGE:
         # The folio as written ("PLR-2026-000123", "PLR 2026 123", "[Folio …]."):
         # read by the service, which knows the folio prefix.
@@ -591,3 +605,21 @@ def _route(line: str, args: list[str]) -> Command | CommandProblem:
     if not _AREA_RE.fullmatch(area):
         return CommandProblem(line, "bad_area")
     return Command(CommandKind.ROUTE, area=area, line=line)
+
+
+def reply_key(name: str) -> str:
+    """The canned reply an agent means by ``name``, however it is spelt: folded like a
+    command's name and without a sentence's trailing punctuation, so "Reinicio-Módem."
+    is "reinicio-modem". ``#respuesta`` and ``mailcase replies show`` both read names so."""
+    return _fold(_without_format_characters(name).strip()).rstrip(_TRAILING_PUNCTUATION)
+
+
+def _reply(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return CommandProblem(line, "missing_reply")
+    name = reply_key(args[0])
+    if len(args) > 1 or not _REPLY_RE.fullmatch(name):
+        # "#respuesta reinicio modem": one name, as the file is named; the agent's own
+        # words go on the next line.
+        return CommandProblem(line, "bad_reply")
+    return Command(CommandKind.REPLY, reply=name, line=line)

@@ -26,7 +26,9 @@ from mailcase.config import MailboxSettings, Settings, check_secrets
 from mailcase.errors import ConfigError, DatabaseError, DeliveryError, MailboxError
 from mailcase.imap import ImapMailbox
 from mailcase.models import Case, Checkpoint, Disposition, LedgerEntry, Notice
+from mailcase.notices import sample_context
 from mailcase.render import compile_error, environment, shipped_templates
+from mailcase.replies import check_replies, is_reply_template
 from mailcase.smtp import SmtpConnection
 from mailcase.store import Store
 
@@ -199,19 +201,36 @@ def check_templates(settings: Settings) -> str:
         if not directory.is_dir():
             raise ConfigError(f"{key} is not a directory")
         overrides = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*.j2"))
-        unknown = [name for name in overrides if name not in known]
+        # An admin's own canned replies (replies/<language>/NAME.txt.j2) are new files, not
+        # overrides; the "replies" row renders them.
+        unknown = [n for n in overrides if n not in known and not is_reply_template(n)]
         if unknown:
             raise ConfigError(
                 f"{key} holds {', '.join(unknown)}, which mailcase never uses "
-                "(the names are <language>/<kind>.txt.j2 or .html.j2, as shipped)"
+                "(the names are <language>/<kind>.txt.j2 or .html.j2, as shipped, and "
+                "replies/<language>/NAME.txt.j2, NAME in lower-case letters, digits and -)"
             )
     for name in [*overrides, *sorted(known)]:
+        if is_reply_template(name):
+            continue  # the "replies" row's: one row per broken file
         problem = compile_error(env, name)
         if problem is not None:
             raise ConfigError(problem)
     if not overrides:
         return "the shipped templates"
     return f"{len(overrides)} of {directory} override the shipped ones, and compile"
+
+
+def check_canned_replies(settings: Settings) -> str:
+    """Every canned reply (``mailcase replies list``) renders in each of its languages for
+    a sample case (:func:`~mailcase.notices.sample_context`): an override that does not
+    compile, or uses a name a case does not have, fails every ``#respuesta`` naming it."""
+    names = check_replies(
+        settings.templates.directory, lambda language: sample_context(settings, language)
+    )
+    if not names:
+        return "no canned replies"
+    return f"{len(names)} canned replies render: {', '.join(names)}"
 
 
 def check_mailbox(name: str, settings: MailboxSettings) -> str:
@@ -231,13 +250,14 @@ def check_smtp(settings: Settings) -> str:
 
 
 def run_checks(settings: Settings) -> list[CheckResult]:
-    """Every check, in a stable order: secrets, database, storage, templates, each
-    mailbox, SMTP. The secrets row warns of secret files every local user may read."""
+    """Every check, in a stable order: secrets, database, storage, templates, canned
+    replies, each mailbox, SMTP. The secrets row warns of secret files every local user may read."""
     results = [
         _secrets_row(settings),
         _guard("database", lambda: check_database(settings)),
         _guard("storage", lambda: check_storage(settings)),
         _guard("templates", lambda: check_templates(settings)),
+        _guard("replies", lambda: check_canned_replies(settings)),
     ]
     for name, box in settings.mailboxes.items():
         results.append(_guard(f"mailbox {name}", partial(check_mailbox, name, box)))

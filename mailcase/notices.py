@@ -40,12 +40,20 @@ from mailcase import metrics
 from mailcase.classify import is_automatic_address
 from mailcase.commands import COMMAND_FORMS
 from mailcase.config import Settings
-from mailcase.folio import clip, echoable_subject, has_link, new_message_id, tagged_subject
+from mailcase.folio import (
+    clip,
+    echoable_subject,
+    format_folio,
+    has_link,
+    new_message_id,
+    tagged_subject,
+)
 from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, KeyValue, Notice, NoticeStatus
 from mailcase.msgid import signed_message_id
 from mailcase.prepared import Prepared
 from mailcase.render import Envelope, build_message, one_line, render_body
+from mailcase.replies import reply_names
 from mailcase.store import insert_values, run, table, utcnow
 from mailcase.wire import FileAttachment, ascii_domain
 
@@ -331,7 +339,27 @@ def base_context(settings: Settings, case: Case, *, to_agents: bool = False) -> 
         # What agents may write after #area: each key, with its name when it has one.
         "areas": [_area_name(settings, key, with_key=True) for key in sorted(settings.areas)],
         "area_keys": sorted(settings.areas),
+        # What agents may write after #respuesta: the canned replies' names.
+        "replies": list(reply_names(settings.templates.directory)),
     }
+
+
+def sample_context(settings: Settings, language: str) -> dict[str, Any]:
+    """:func:`base_context` of a made-up case in ``language`` (folio 123 of this year, from
+    the first mailbox, by a customer named Juan Pérez): what ``mailcase replies show``
+    and ``mailcase check`` render a canned reply with, as a customer's case would."""
+    now = utcnow()
+    case = Case(
+        folio=format_folio(settings.folio.prefix, now.year, 123),
+        customer="juan.perez@example.com",
+        customer_name="Juan Pérez",
+        subject="Sin servicio de internet" if language == "es" else "No internet service",
+        mailbox=next(iter(settings.mailboxes)),
+        language=language,
+        created_at=now,
+        updated_at=now,
+    )
+    return base_context(settings, case)
 
 
 def _area_name(settings: Settings, key: str | None, *, with_key: bool = False) -> str:

@@ -127,6 +127,35 @@ def _render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
         ) from exc
 
 
+def render_named(
+    name: str, context: Mapping[str, Any], *, override: Path | None = None, fresh: bool = False
+) -> str | None:
+    """Template ``name`` (a loader name: ``replies/es/reinicio-modem.txt.j2``) rendered
+    with ``context``, ``override`` first; None when no loader has it.
+
+    Raises as :func:`render_body` does: :class:`~mailcase.errors.TemplateError`
+    naming the file when it cannot be compiled or uses a name ``context`` lacks,
+    :class:`~mailcase.errors.MessageError` when it fails on this data. ``fresh``: from
+    the files as they are now, nothing compiled kept (for checks).
+    """
+    template = _fresh_template(environment(override), name) if fresh else None
+    if not fresh:
+        template = _template(_environment(override), name)
+    return None if template is None else _render(template, context)
+
+
+def _fresh_template(env: jinja2.Environment, name: str) -> jinja2.Template | None:
+    """``name`` from ``env`` (not kept among the environments :func:`_template` rechecks),
+    or None when no loader has it."""
+    try:
+        return env.get_template(name)
+    except jinja2.TemplateNotFound:
+        return None
+    except jinja2.TemplateError as exc:
+        reason = compile_error(env, name) or f"template {name} cannot be compiled"
+        raise TemplateError(reason) from exc
+
+
 def _unknown_names(template: jinja2.Template, context: Mapping[str, Any]) -> list[str]:
     """The names ``template``'s own source uses that are neither in ``context`` nor
     set by the template itself (its includes are not looked at)."""

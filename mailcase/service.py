@@ -62,7 +62,7 @@ from mailcase.models import (
     StoredAttachment,
 )
 from mailcase.msgid import proofs_in, signed_ids_in
-from mailcase.notices import queue_notice, queue_without_case, signing_key
+from mailcase.notices import base_context, queue_notice, queue_without_case, signing_key
 from mailcase.parsing import Parsed, ParseOptions, ParserProcess, parse_ahead, worth_a_process
 from mailcase.prepared import Prepared
 from mailcase.quoting import (
@@ -73,6 +73,7 @@ from mailcase.quoting import (
     without_known_signature,
 )
 from mailcase.reasons import QuarantineReason, Reason
+from mailcase.replies import render_reply, reply_names
 from mailcase.store import (
     Store,
     as_utc,
@@ -1704,6 +1705,14 @@ def _agent_message(
             )
             if outage_problem:
                 problems.append({"line": c.line, "problem": outage_problem})
+    # A canned reply that exists in neither language (mailcase.replies): the agent is
+    # told which ones do, in the command_error notice.
+    replies = reply_names(settings.templates.directory)
+    problems += [
+        {"line": c.line, "problem": "unknown_reply"}
+        for c in parsed.commands
+        if c.kind is CommandKind.REPLY and c.reply not in replies
+    ]
     if written.notice_line:  # our notice is in the text, and where it starts is unknown
         problems.append({"line": written.notice_line, "problem": "quoted_notice"})
     if not problems:  # what the case's state and the reply's other commands forbid
@@ -1737,12 +1746,19 @@ def _agent_message(
                 # And the agents, when an "#asignar" named someone who is not one.
                 "agents": list(settings.agents.addresses),
                 "about_agents": any(p["problem"] == "unknown_agent" for p in problems),
+                # And the canned replies, when a "#respuesta" named none of them.
+                "about_replies": any(p["problem"] == "unknown_reply" for p in problems),
             },
             in_reply_to=mail.message_id,
         )
         return
     kinds = {c.kind for c in parsed.commands}
-    text = parsed.text.strip()
+    own = parsed.text.strip()
+    # "#respuesta": the canned reply goes below the agent's own words, as one relayed reply
+    # (the question the case waits on, with "#pendiente"). The case keeps the agent's own
+    # words as their message (the relay notice keeps the whole text): the signature their
+    # mail client adds is learnt from the end of those (_without_signature_of).
+    text = _with_canned_reply(settings, case, parsed.commands, own)
     # Words addressed to others (a colleague, a contractor, the agents' list), a support
     # mailbox only in copy: the agent told them something, not the customer. Kept as a
     # note, as Zammad keeps such mail as an internal article; the agent is told. Only
@@ -1763,16 +1779,16 @@ def _agent_message(
         side
         or copied
         or CommandKind.NOTE in kinds
-        or (kinds and CommandKind.RESOLVE not in kinds and not asks)
+        or (kinds and not kinds & _RELAYING and not asks)
     )
     entry_kind = "note" if is_note else "agent"
-    _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=text)
+    _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
     reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
     for command in parsed.commands:
         reports += _run_command(
-            session, settings, case, command, text, by, now_local, note=text if is_note else ""
+            session, settings, case, command, own, by, now_local, note=own if is_note else ""
         )
     if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
         # A resolution or a visit answers the customer (on a phone case the agent is
@@ -1790,7 +1806,7 @@ def _agent_message(
         for report in reports:
             if not report.customer:  # a phone report of the outage: the same, under its folio
                 _not_relayed(session, settings, report, mail, "no_customer", untold=["resolve"])
-        if not asks:
+        if not asks and CommandKind.REPLY not in kinds:
             return
     if news:
         # Each report's customer, under their own folio; the main case's, below, as any reply.
@@ -1861,6 +1877,32 @@ def _agent_message(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
             pending_dropped=dropped,
         )  # fmt: skip
+
+
+# The commands whose reply's text reaches the customer: a resolution's causes, a canned
+# reply below the agent's words (and "#pendiente"'s question, when it has one).
+_RELAYING = frozenset({CommandKind.RESOLVE, CommandKind.REPLY})
+
+
+def _with_canned_reply(
+    settings: Settings, case: Case, commands: Sequence[Command], text: str
+) -> str:
+    """``text`` (the agent's words below the commands, stripped), followed by the canned
+    reply a ``#respuesta`` names, rendered for ``case`` in its language
+    (:func:`replies.render_reply`, which falls back to the other language only when the
+    reply lacks the case's); ``text`` alone without one. The name was checked to exist."""
+    for command in commands:
+        if command.kind is not CommandKind.REPLY or command.reply is None:
+            continue
+        rendered = render_reply(
+            command.reply,
+            case.language,
+            base_context(settings, case),
+            override=settings.templates.directory,
+        )
+        if rendered is not None:  # a file removed since the check: the agent's text alone
+            text = f"{text}\n\n{rendered.text}" if text else rendered.text
+    return text
 
 
 # The commands that answer the customer (a resolution, a visit booked or called off):
@@ -2113,7 +2155,8 @@ def _run_command(
         assert main is not None  # checked with the reply's other commands
         casework.join_outage(session, settings, case, main, by=by)
     # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
-    # caller); nothing else to do.
+    # caller); REPLY: the canned text was added to the relayed text by the caller
+    # (_with_canned_reply); nothing else to do.
     return []
 
 

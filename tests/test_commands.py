@@ -223,6 +223,8 @@ def test_every_problem_code_can_occur() -> None:
         "#asignar",
         "#asignar ana",
         "#pendiente mañana",
+        "#respuesta",
+        "#respuesta reinicio modem",
         "Texto.",
         "#nota",
     ]

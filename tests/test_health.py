@@ -31,12 +31,14 @@ def test_check_passes_with_every_peer_up_and_sends_nothing(
         "database",
         "storage",
         "templates",
+        "replies",
         "mailbox contacto",
         "mailbox info",
         "smtp",
     }
     assert all(" ok " in row for row in rows.values())
     assert "IDLE supported" in rows["mailbox contacto"]
+    assert "2 canned replies render: formas-de-pago, reinicio-modem" in rows["replies"]
     assert sink.messages == []
     assert "contacto-secret" not in out + err
 

@@ -35,6 +35,7 @@ def test_wheel_carries_default_templates_and_migrations(tmp_path: Path) -> None:
     for lang in ("es", "en"):
         assert f"mailcase/templates/{lang}/acknowledgement.txt.j2" in names
         assert f"mailcase/templates/{lang}/acknowledgement.html.j2" in names
+        assert f"mailcase/templates/replies/{lang}/reinicio-modem.txt.j2" in names
     assert "mailcase/migrations/env.py" in names
     assert "mailcase/migrations/script.py.mako" in names
     assert any(n.startswith("mailcase/migrations/versions/0001") for n in names)

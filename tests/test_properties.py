@@ -563,6 +563,7 @@ NAMES = {
     CommandKind.ASSIGN: ["asignar", "assign", "Asignar:", "ASSIGN"],
     CommandKind.PENDING: ["pendiente", "pending", "Pendiente:", "PENDING"],
     CommandKind.OUTAGE: ["masivo", "outage", "Masivo:", "OUTAGE"],
+    CommandKind.REPLY: ["respuesta", "reply", "Respuesta:", "REPLY"],
 }
 # The words "#masivo" reads as other than a folio: "no"/"off" and "aviso"/"update".
 OUTAGE_WORDS = {"no": "stop", "Off": "stop", "aviso": "update", "Update.": "update"}
@@ -649,6 +650,9 @@ def command_lines(draw: st.DrawFn) -> tuple[str, Command]:
     elif kind is CommandKind.PENDING and draw(st.booleans()):
         days = draw(st.integers(min_value=1, max_value=90))
         args, expected = [str(days)], {"days": days}
+    elif kind is CommandKind.REPLY:
+        reply = draw(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True))
+        args, expected = [reply.upper() if draw(st.booleans()) else reply], {"reply": reply}
     line = f"#{name}" + "".join(" " + a for a in args)
     return indent + line + trailer, Command(kind, line=line, **expected)
 
@@ -712,6 +716,9 @@ def _assert_only_its_fields(command: Command) -> None:
     whom = (command.owner is not None, command.myself, command.nobody)
     assert sum(whom) == (1 if kind is CommandKind.ASSIGN else 0)
     assert command.days is None or kind is CommandKind.PENDING
+    assert (command.reply is not None) == (kind is CommandKind.REPLY)
+    if command.reply is not None:
+        assert re.fullmatch(r"[a-z0-9-]+", command.reply)
     if command.area is not None:
         assert re.fullmatch(r"[a-z0-9_-]+", command.area)
     assert command.line == command.line.strip() and command.line.startswith("#")
