@@ -277,12 +277,16 @@ def test_folder_rebuilt_under_running_daemon_is_not_ingested_twice(
         sink.wait_for(3, timeout=20)
         # A server migration: the folder is rebuilt with the same mail (new UIDVALIDITY),
         # plus one message that is really new, while the daemon keeps polling.
+        # Built aside and renamed into place, as a migration tool does: appending to the
+        # folder while the polling daemon had it selected raced Dovecot's own clean-up of
+        # the deleted one ("Mailbox was deleted under us"), under load.
         with mailboxes.client("contacto") as imap:
             old_validity = imap.folder_status("Soporte", ["UIDVALIDITY"])[b"UIDVALIDITY"]
-            imap.delete_folder("Soporte")
-            imap.create_folder("Soporte")
+            imap.create_folder("Soporte-nuevo")
             for raw in [*raws, _mail(subject="Reporte nuevo")]:
-                imap.append("Soporte", raw)
+                imap.append("Soporte-nuevo", raw)
+            imap.delete_folder("Soporte")
+            imap.rename_folder("Soporte-nuevo", "Soporte")
             new_validity = imap.folder_status("Soporte", ["UIDVALIDITY"])[b"UIDVALIDITY"]
         assert new_validity != old_validity
 
