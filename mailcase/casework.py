@@ -569,10 +569,20 @@ def customer_history(session: Session, settings: Settings, case: Case) -> dict[s
     the last ``HISTORY_DAYS`` days; ``{}`` when there is none (or no customer address).
 
     A case merged into another is left out (it is the same report written twice), and
-    so is an erased customer's. A customer's first case costs one indexed lookup
-    (about 7 µs on SQLite); the rest is read only for a customer who wrote before.
+    so is an erased customer's; a case whose "customer" is a web form's own address or
+    the desk's shows none (other people's cases are filed under it). A customer's first
+    case costs one indexed lookup (about 7 µs on SQLite); the rest is read only for a
+    customer who wrote before.
     """
     if not case.customer or case.customer == FORGOTTEN or case.id is None:
+        return {}
+    if (
+        case.customer in settings.web_form.senders
+        or case.customer in settings.own_addresses
+        or case.customer in settings.agents.addresses
+    ):
+        # A web form's own address (no usable Reply-To), or the desk's: many people's
+        # cases under one address, not one customer's history.
         return {}
     # Most new cases are a customer's first: one statement on the driver's cursor
     # (a quarter of the cost through the ORM) says so, on the ingest path.
@@ -1817,20 +1827,31 @@ def close_stale_cases(session: Session, settings: Settings, now: datetime) -> li
     return [c.folio for c in stale]
 
 
+def deferral_margin(settings: Settings) -> timedelta:
+    """How long past its deadline a waiting case may stay open before that is worth a
+    warning: three poll intervals, and at least ten minutes (a poll or two late is the
+    normal course of a poll every ``poll.interval_seconds``, or a restart)."""
+    return max(timedelta(seconds=3 * settings.poll.interval_seconds), timedelta(minutes=10))
+
+
 def closings_waiting_for_mail(
     session: Session, settings: Settings, now: datetime
 ) -> tuple[list[str], list[str]]:
-    """The open cases whose wait for the customer passed before ``now`` but that
-    :func:`close_stale_cases` may not close yet, and the mailboxes it waits on: those
-    never read, whose latest poll failed, or whose latest complete poll started before
-    the earliest such deadline. Two empty lists when nothing waits.
+    """The open cases whose wait for the customer passed before ``now`` less
+    :func:`deferral_margin` but that :func:`close_stale_cases` may not close yet, and
+    the mailboxes it waits on: those never read, whose latest poll failed, or whose
+    latest complete poll started before the earliest such deadline. Two empty lists
+    when nothing waits that long.
 
     Without it an admin saw cases days past their deadline still open, and nothing
-    said why (the mailbox's own failure is logged, but not what it holds up).
+    said why (the mailbox's own failure is logged, but not what it holds up). A wait
+    that ended since the latest poll is the next poll's to settle, not news: warning of
+    it named every healthy mailbox.
     """
+    overdue = now - deferral_margin(settings)
     rows = session.exec(
         select(Case.folio, Case.pending_until)
-        .where(col(Case.status) == CaseStatus.OPEN, col(Case.pending_until) <= now)
+        .where(col(Case.status) == CaseStatus.OPEN, col(Case.pending_until) <= overdue)
         .order_by(col(Case.id))
     ).all()
     if not rows:

@@ -182,18 +182,19 @@ def _inactive(
         return False
     times: list[datetime | None] = [t for _, _, *stamps in cases for t in stamps]
     if ids:
-        desks = (
-            select(CaseMessage.id)
-            .where(
-                col(CaseMessage.ledger_id) == col(LedgerEntry.id),
-                col(CaseMessage.from_addr).in_(insiders),
-            )
-            .exists()
+        # The desk's own mail on their cases, found through the indexed case_id: a
+        # correlated lookup by ledger_id (not indexed) read every agent message ever
+        # written, once per customer (0.44 s a customer at 200,000 of them).
+        desks = select(CaseMessage.ledger_id).where(
+            col(CaseMessage.case_id).in_(ids),
+            col(CaseMessage.from_addr).in_(insiders),
+            col(CaseMessage.ledger_id).is_not(None),
         )
         times.append(
             session.exec(
                 select(sa.func.max(LedgerEntry.ingested_at)).where(
-                    col(LedgerEntry.case_id).in_(ids), ~desks if insiders else sa.true()
+                    col(LedgerEntry.case_id).in_(ids),
+                    col(LedgerEntry.id).not_in(desks) if insiders else sa.true(),
                 )
             ).one()
         )

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from helpers import mail
+from helpers import WEB, mail
 from sqlmodel import col
 from test_agents import CUSTOMER, Desk, desk, text
 from test_templates_all import context
@@ -149,3 +149,13 @@ def test_only_a_new_cases_notice_shows_the_history(desk: Desk) -> None:
     assert update["Message-ID"] != notice["Message-ID"]
     assert "Otros casos" not in text(update)
     assert first not in text(update)
+
+
+def test_a_web_forms_own_address_has_no_history(desk: Desk) -> None:
+    # The site's form sent no Reply-To: each case's "customer" is the form's address, and
+    # Laura's report is no history of Pedro's.
+    laura = _opened(desk, "Contacto: sin internet", sender=f"Formulario web <{WEB}>")
+    pedro = _opened(desk, "Contacto: cobro doble", sender=f"Formulario web <{WEB}>")
+    assert laura != pedro
+    assert _history_lines(desk, pedro) == []
+    assert laura not in text(desk.notification(pedro))

@@ -733,6 +733,10 @@ def test_the_check_closes_only_once_every_mailbox_was_read_after_the_deadline(
             # Both mailboxes' latest reads began before the deadline: both hold it open.
             held = casework.closings_waiting_for_mail(session, settings, datetime.now(UTC))
             assert held == ([folio], ["contacto", "info"])
+            # A minute after the deadline (an hour ago, _expire) the next poll may settle
+            # it yet: no warning naming healthy mailboxes.
+            soon = datetime.now(UTC) - timedelta(minutes=59)
+            assert casework.closings_waiting_for_mail(session, settings, soon) == ([], [])
         _read_before_deadline(desk, datetime.now(UTC) - timedelta(minutes=1))
         with store.transaction() as session:
             assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == [folio]
