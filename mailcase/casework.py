@@ -93,6 +93,10 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # #pendiente on a case with a home visit ahead: the next step is ours (the visit), and
     # the wait's end would cancel it and tell the customer they did not answer.
     "pending_visit",
+    # #pendiente on a report of an outage whose main case is open: its next step is the
+    # repair, and the wait's end would close it "no answer" mid-outage, leaving it out of
+    # the resolution that tells its customer the failure was corrected.
+    "pending_outage",
     # #masivo naming the case's own folio, a main case that is itself a report of an
     # outage (no chains), on a case that is the main case of an outage, or naming a main
     # case that is closed or resolved (reopen it first).
@@ -190,6 +194,7 @@ def command_problems(
     now_local: datetime,
     *,
     visit_ahead: bool = False,
+    outage_open: bool = False,
 ) -> list[tuple[str, str]]:
     """``(line, code)`` for each command of one reply that cannot run; ``[]`` when all can.
 
@@ -207,7 +212,8 @@ def command_problems(
     only (``#masivo no``: any status), and ``#masivo aviso`` goes with no ``#nota``,
     ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
-    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``);
+    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``), on no
+    report of an outage whose main case is open (``outage_open``: ``pending_outage``);
     ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` (``reply_conflict``), and
     once (``repeated``: one canned reply per reply, its text below the agent's). Whether
     ``#fusionar``'s folio can be merged into is the service's to check
@@ -278,6 +284,8 @@ def command_problems(
             problem = None  # a case that waits no more: any status, waiting or not
         elif kind is CommandKind.PENDING and visit_ahead and status == CaseStatus.OPEN:
             problem = "pending_visit"
+        elif kind is CommandKind.PENDING and outage_open and status == CaseStatus.OPEN:
+            problem = "pending_outage"
         elif kind in (CommandKind.ROUTE, CommandKind.PENDING) or joins:
             problem = route_problem(status)
         seen.add(kind)
@@ -373,6 +381,9 @@ _REFUSALS = {
     "pending_visit": "case {folio} has a home visit ahead: the next step is the company's, "
     "not the customer's; cancel it first (mailcase cases visit {folio} --cancel) to make "
     "the case wait for the customer",
+    "pending_outage": "case {folio} is a report of the outage {main}, still open: the next "
+    "step is the repair, not the customer's answer; take it out of the outage first "
+    "(mailcase cases outage {folio} --clear) to make it wait for the customer",
     "outage_same_case": "case {folio} cannot be a report of its own outage",
     "outage_chain": "case {into} is itself a report of the outage {main}: make {folio} a "
     "report of {main} instead",
@@ -1183,18 +1194,33 @@ NOT_WAITING = "no longer waiting for the customer"
 _WAITING_DAYS = re.compile(r"waiting for the customer for (\d+) day")
 
 
-def pending_problem(status: str, days: int, *, visit_ahead: bool = False) -> str | None:
+def pending_problem(
+    status: str, days: int, *, visit_ahead: bool = False, outage_open: bool = False
+) -> str | None:
     """Why a case in ``status`` cannot wait ``days`` days for its customer, or ``None``:
     only an open case waits (a closed or resolved one is reopened first, as for
     ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days, and not while
-    a home visit is ahead (``visit_ahead``, ``pending_visit``): the next step is the
-    company's, and the wait's end would cancel the visit."""
+    a home visit is ahead (``visit_ahead``, ``pending_visit``) nor while it is a report
+    of an outage whose main case is open (``outage_open``, ``pending_outage``): the next
+    step is the company's, and the wait's end would cancel the visit, or close the report
+    unanswered mid-outage, out of the resolution that tells its customer of the repair."""
     if not 1 <= days <= PENDING_MAX_DAYS:
         return "pending_days"
     problem = route_problem(status)
     if problem is None and visit_ahead:
         return "pending_visit"
+    if problem is None and outage_open:
+        return "pending_outage"
     return problem
+
+
+def open_outage_main(session: Session, case: Case) -> Case | None:
+    """The main case of the outage ``case`` is a report of, while that one is open; None
+    when ``case`` is no report, or its main case is resolved or closed."""
+    if case.outage_id is None:
+        return None
+    main = session.get(Case, case.outage_id)
+    return main if main is not None and main.status == CaseStatus.OPEN else None
 
 
 def set_pending(
@@ -1207,12 +1233,19 @@ def set_pending(
     Until then the agents are not reminded of the case (mailcase.reminders); at the
     deadline it is closed unresolved and the customer told (:func:`close_stale_cases`),
     unless the customer (or a participant) wrote meanwhile (:func:`clear_pending`), or
-    it was resolved, closed, merged or given a home visit. Refused (:class:`CaseworkError`)
+    it was resolved, closed, merged, given a home visit or made a report of an outage
+    (:func:`join_outage`). Refused (:class:`CaseworkError`)
     as :func:`pending_problem` says.
     """
     now = utcnow()
     visit = visit_cancellable(case, now.astimezone(settings.folio.zone))
-    _refuse(pending_problem(case.status, days, visit_ahead=visit), case, days=str(days))
+    main = open_outage_main(session, case)
+    _refuse(
+        pending_problem(case.status, days, visit_ahead=visit, outage_open=main is not None),
+        case,
+        days=str(days),
+        main=main.folio if main is not None else "",
+    )
     case.pending_until = now + timedelta(days=days)
     case.updated_at = now
     session.add(case)
@@ -1687,6 +1720,10 @@ def join_outage(
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", f"report of the outage {main.folio}", from_addr=by)
+    # Its next step is the repair now, as after a visit is booked: a wait left running
+    # would close it "no answer" mid-outage, and the main case's resolution would then
+    # skip it (closed), its customer never told the failure was corrected.
+    clear_pending(session, case, by=by, why=f"a report of the outage {main.folio}")
     record(session, main, "system", f"case {case.folio} is a report of this outage", from_addr=by)
     if tell_customer and case.customer and not is_erased(case):
         queue_notice(

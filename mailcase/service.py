@@ -1724,6 +1724,7 @@ def _agent_message(
                 case.status,
                 now_local,
                 visit_ahead=casework.visit_cancellable(case, now_local),
+                outage_open=casework.open_outage_main(session, case) is not None,
             )
         ]
     if problems:

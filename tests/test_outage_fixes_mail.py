@@ -1,0 +1,128 @@
+"""Mass outages, reviewed: what the agents and customers are told around ``#masivo``.
+
+A report waiting for its customer stops waiting when it joins an outage (and cannot be
+made to wait while its main case is open); ``#masivo aviso`` that reaches no report's
+customer is reported to the agent; a phone report's cancelled visit is named; the agents'
+footer and notifications say what is sent and what is an outage; the customer's
+``outage_joined`` notice gives their own folio only; the main case's history records a
+report that left. Through real Dovecot and SMTP servers, as tests/test_outage.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from helpers import AGENT, Cli, write_config
+from servers import Dovecot, SmtpSink
+from sqlmodel import col
+from test_agents import AREAS, CUSTOMER, Desk, text
+from test_templates_all import context
+
+from mailcase.casework import command_problems
+from mailcase.commands import parse_commands
+from mailcase.config import load_settings
+from mailcase.models import Case
+from mailcase.render import render_body
+from mailcase.store import Store
+
+CAUSE = "Se reparó la fibra cortada en la colonia Centro."
+NEWS = "Estimamos restablecer el servicio hoy a las 18:00."
+ANA = "ana.lopez@example.com"
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
+    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+
+
+def _report(desk: Desk, sender: str, body: str = "No tengo internet.") -> str:
+    return desk.open_case(sender=sender, subject="Sin internet", body=body)
+
+
+def _expire_wait(desk: Desk, folio: str) -> None:
+    """The case's wait for its customer, if any, ran out an hour ago."""
+    store = Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+    try:
+        with store.transaction() as session:
+            session.execute(
+                sa.update(Case)
+                .where(col(Case.folio) == folio, col(Case.pending_until).is_not(None))
+                .values(pending_until=datetime.now(UTC) - timedelta(hours=1))
+            )
+    finally:
+        store.dispose()
+
+
+# --- a report waits for nobody ------------------------------------------------------------
+
+
+def test_pendiente_on_a_report_of_an_open_outage_is_a_problem() -> None:
+    parsed = parse_commands("#pendiente 2\n¿Nos envía una foto del módem?")
+    problems = command_problems(parsed.commands, parsed.text, "open", NOW, outage_open=True)
+    assert problems == [("#pendiente 2", "pending_outage")]
+    assert command_problems(parsed.commands, parsed.text, "open", NOW) == []
+    stop = parse_commands("#pendiente no")
+    assert command_problems(stop.commands, stop.text, "open", NOW, outage_open=True) == []
+
+
+@pytest.mark.parametrize(
+    ("language", "sentence"),
+    [
+        ("es", "este caso es un reporte de una falla general que sigue abierta"),
+        ("en", "this case is a report of an outage still open"),
+    ],
+)
+def test_command_error_says_a_report_does_not_wait(language: str, sentence: str) -> None:
+    problems = [{"line": "#pendiente", "problem": "pending_outage"}]
+    body = render_body("command_error", language, context("command_error", problems=problems))
+    assert sentence in body.text
+
+
+@pytest.mark.integration
+def test_a_waiting_case_made_a_report_waits_no_more_and_is_told_of_the_repair(
+    desk: Desk,
+) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    ana = _report(desk, f"Ana López <{ANA}>")
+    desk.agent_reply(desk.notification(ana), "#pendiente 2\n¿Nos envía una foto del módem?")
+    assert desk.case(ana)["pending_until"] is not None
+
+    desk.agent_reply(desk.notification(ana), f"#masivo {main}")
+
+    case = desk.case(ana)
+    assert (case["outage"], case["pending_until"]) == (main, None)
+    assert any(
+        m["text"].startswith("no longer waiting for the customer: a report of the outage")
+        for m in case["messages"]
+    )
+    _expire_wait(desk, ana)  # nothing to expire: two days pass, the outage still worked
+    desk.cli.poll()
+    assert desk.case(ana)["status"] == "open"
+    assert not any("no tuvimos respuesta" in text(m) for m in desk.to(ANA))
+    assert desk.cli("cases", "resolve", main, "--outcome", "valid", "--cause", CAUSE)[0] == 0
+    assert any(CAUSE in text(m) for m in desk.to(ANA))
+
+
+@pytest.mark.integration
+def test_a_report_of_an_open_outage_is_not_made_to_wait(desk: Desk) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    ana = _report(desk, f"Ana López <{ANA}>")
+    assert desk.cli("cases", "outage", ana, "--of", main, "--no-notice")[0] == 0
+
+    desk.agent_reply(desk.notification(ana), "#pendiente 2\n¿Nos envía una foto del módem?")
+    code, _, err = desk.cli("cases", "pending", ana, "--days", "2")
+
+    assert desk.case(ana)["pending_until"] is None
+    assert any("falla general que sigue abierta" in text(m) for m in desk.to(AGENT))
+    assert not any("foto del módem" in text(m) for m in desk.to(ANA))
+    assert code != 0 and f"case {ana} is a report of the outage {main}, still open" in err
+    assert len(err.strip().splitlines()) == 1
+    # Out of the outage, the case waits as any other.
+    assert desk.cli("cases", "outage", ana, "--clear")[0] == 0
+    assert desk.cli("cases", "pending", ana, "--days", "2")[0] == 0
