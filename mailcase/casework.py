@@ -1741,16 +1741,26 @@ def tell_outage_reports(
     *,
     agent_name: str,
     attachments: Sequence[FileAttachment] = (),
-) -> list[str]:
+) -> list[tuple[Case, str]]:
     """Relay an agent's news of the outage followed in ``main`` (``#masivo aviso``: an
     estimated time of restoration) to the customer of each of its open reports, under
     that report's own folio and thread, as :func:`relay` sends any reply (its guards
-    alike); the folios it went out for. ``main``'s own customer is the caller's."""
-    return [
-        report.folio
-        for report in _open_reports(session, main)
-        if relay(session, settings, report, text, agent_name=agent_name, attachments=attachments)
-    ]
+    alike). ``main``'s own customer is the caller's.
+
+    Returns each open report with why the news did not reach its customer, in the words
+    of the agent's ``not_relayed`` notice: ``no_customer`` (a phone report: someone must
+    call them), ``held`` (a guard held it: ``limits.max_relays_per_case_per_hour``, a
+    loop), or ``""`` when it went out.
+    """
+    told: list[tuple[Case, str]] = []
+    for report in _open_reports(session, main):
+        if not report.customer:
+            told.append((report, "no_customer"))
+        elif relay(session, settings, report, text, agent_name=agent_name, attachments=attachments):
+            told.append((report, ""))
+        else:
+            told.append((report, "held"))
+    return told
 
 
 def leave_outage(session: Session, case: Case, *, by: str) -> bool:

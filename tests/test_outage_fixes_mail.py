@@ -126,3 +126,69 @@ def test_a_report_of_an_open_outage_is_not_made_to_wait(desk: Desk) -> None:
     # Out of the outage, the case waits as any other.
     assert desk.cli("cases", "outage", ana, "--clear")[0] == 0
     assert desk.cli("cases", "pending", ana, "--days", "2")[0] == 0
+
+
+# --- "#masivo aviso" that reaches nobody is reported ----------------------------------------
+
+
+def _with_relay_limit(desk: Desk, per_hour: int) -> None:
+    config = desk.cli.config
+    limit = f"[limits]\nmax_relays_per_case_per_hour = {per_hour}\n[notices]\n"
+    config.write_text(config.read_text().replace("[notices]\n", limit, 1))
+
+
+@pytest.mark.integration
+def test_masivo_aviso_names_each_report_whose_customer_it_did_not_reach(desk: Desk) -> None:
+    _with_relay_limit(desk, 1)
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    ana = _report(desk, f"Ana López <{ANA}>")
+    phone = desk.open_phone_case()
+    for report in (ana, phone):
+        assert desk.cli("cases", "outage", report, "--of", main, "--no-notice")[0] == 0
+    desk.agent_reply(desk.notification(ana), "Estamos revisando su línea.")  # Ana's one relay
+    told = len(desk.to(AGENT))
+
+    desk.agent_reply(desk.notification(main), f"#masivo aviso\n{NEWS}")
+
+    assert any(NEWS in text(m) for m in desk.to(CUSTOMER))
+    assert not any(NEWS in text(m) for m in desk.to(ANA))  # held: a loop, most likely
+    back = {str(m["Subject"]): text(m) for m in desk.to(AGENT)[told:]}
+    [held] = [t for s, t in back.items() if ana in s]
+    assert f"Su respuesta sobre el caso {ana} no se envió al cliente" in held
+    [call] = [t for s, t in back.items() if phone in s]
+    assert f"El caso {phone} no tiene correo del cliente" in call
+    assert not any(main in s for s in back)  # the main case's customer got it
+
+
+@pytest.mark.integration
+def test_masivo_aviso_on_a_phone_main_case_says_only_who_was_not_reached(desk: Desk) -> None:
+    ana = _report(desk, f"Ana López <{ANA}>")
+    main = desk.open_phone_case()  # the outage followed in a case the desk opened
+    phone = desk.open_phone_case()
+    for report in (ana, phone):
+        code, _, err = desk.cli("cases", "outage", report, "--of", main, "--no-notice")
+        assert code == 0, (report, main, err)
+    told = len(desk.to(AGENT))
+
+    desk.agent_reply(desk.notification(main), f"#masivo aviso\n{NEWS}")
+
+    assert any(NEWS in text(m) for m in desk.to(ANA))
+    # Not "your reply reached nobody" on the main case: it reached Ana. The phone report
+    # is named, to be called.
+    [call] = desk.to(AGENT)[told:]
+    assert phone in str(call["Subject"])
+    assert f"El caso {phone} no tiene correo del cliente" in text(call)
+
+
+@pytest.mark.integration
+def test_an_empty_masivo_aviso_tells_the_agent_nothing_was_sent(desk: Desk) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    ana = _report(desk, f"Ana López <{ANA}>")
+    assert desk.cli("cases", "outage", ana, "--of", main, "--no-notice")[0] == 0
+    sent = len(desk.sink.messages)
+
+    desk.agent_reply(desk.notification(main), "#masivo aviso")
+
+    [back] = [m.message for m in desk.sink.messages[sent:]]
+    assert back["To"] == AGENT and main in str(back["Subject"])
+    assert f"Su respuesta sobre el caso {main} no traía texto nuevo" in text(back)
