@@ -1785,6 +1785,18 @@ def _agent_message(
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
+    # The reports a resolution of this main case resolves with it, with a visit still
+    # ahead: a phone one's agent is told of that visit's cancellation too, as when it is
+    # resolved by hand (untold_changes).
+    visits_ahead = (
+        {
+            report.id
+            for report in casework.outage_reports(session, case)
+            if casework.visit_cancellable(report, now_local)
+        }
+        if CommandKind.RESOLVE in kinds
+        else set()
+    )
     waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
     reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
     for command in parsed.commands:
@@ -1806,7 +1818,15 @@ def _agent_message(
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
         for report in reports:
             if not report.customer:  # a phone report of the outage: the same, under its folio
-                _not_relayed(session, settings, report, mail, "no_customer", untold=["resolve"])
+                cancelled = report.id in visits_ahead and not casework.visit_cancellable(
+                    report, now_local
+                )
+                untold_there = casework.untold(
+                    resolved=True, booked=False, visit_cancelled=cancelled
+                )
+                _not_relayed(
+                    session, settings, report, mail, "no_customer", untold=untold_there
+                )
         if news and not text:
             # An empty "#masivo aviso" (the news written below the quote, or forgotten):
             # nothing went to anyone, and the agent is told, as for any empty reply.

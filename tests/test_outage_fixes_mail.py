@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from helpers import AGENT, Cli, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import col
-from test_agents import AREAS, CUSTOMER, Desk, text
+from test_agents import AREAS, CUSTOMER, Desk, ahead, text
 from test_templates_all import context
 
 from mailcase.casework import command_problems
@@ -192,3 +192,27 @@ def test_an_empty_masivo_aviso_tells_the_agent_nothing_was_sent(desk: Desk) -> N
     [back] = [m.message for m in desk.sink.messages[sent:]]
     assert back["To"] == AGENT and main in str(back["Subject"])
     assert f"Su respuesta sobre el caso {main} no traía texto nuevo" in text(back)
+
+
+# --- a phone report's cancelled visit -------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_phone_reports_cancelled_visit_is_named_when_its_outage_is_resolved_by_mail(
+    desk: Desk,
+) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    phone = desk.open_phone_case()
+    day = ahead(3).isoformat()
+    assert desk.cli("cases", "visit", phone, "--date", day, "--time", "10:00")[0] == 0
+    assert desk.cli("cases", "outage", phone, "--of", main)[0] == 0
+    told = len(desk.to(AGENT))
+
+    desk.agent_reply(desk.notification(main), f"#resolver procedente\n{CAUSE}")
+
+    assert desk.case(phone)["visit"] is None
+    [call] = [m for m in desk.to(AGENT)[told:] if phone in str(m["Subject"])]
+    assert (
+        "la resolución y la cancelación de la visita que tenía programada quedaron registradas"
+        in text(call)
+    )
