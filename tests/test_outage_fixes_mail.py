@@ -216,3 +216,38 @@ def test_a_phone_reports_cancelled_visit_is_named_when_its_outage_is_resolved_by
         "la resolución y la cancelación de la visita que tenía programada quedaron registradas"
         in text(call)
     )
+
+
+# --- what the agents are told ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "sent", "note"),
+    [
+        (
+            "es",
+            [
+                "#pendiente, es la pregunta que se le envía",
+                "#respuesta,\nse le envía con la respuesta predefinida",
+                "#masivo aviso, se envía al cliente de\neste caso y al de cada reporte abierto",
+            ],
+            "(#nota, #visita, #area, #tipo, #asignar, #cerrar, #reabrir, #fusionar, #masivo FOLIO)",
+        ),
+        (
+            "en",
+            [
+                "#pending, it is the question sent to them",
+                "#reply, it is sent to them with the canned reply below it",
+                "#outage update, it is sent\nto this case's customer and to the customer of each",
+            ],
+            "(#note, #visit, #route, #type, #assign, #close, #reopen, #merge,\n#outage FOLIO)",
+        ),
+    ],
+)
+def test_the_footer_says_which_commands_send_their_text(
+    language: str, sent: list[str], note: str
+) -> None:
+    footer = render_body("agent_notification", language, context("agent_notification")).text
+    for words in sent:
+        assert words in footer
+    assert note in footer
