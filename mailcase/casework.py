@@ -674,6 +674,9 @@ def notify_agents(
             # An agent opened the case for the customer (a forward, a mail in copy).
             "by_agent": sender in settings.agents.addresses,
             "related": list(related),
+            # A report of an outage: its main case's folio, the case to work ("" if none);
+            # the main case of one: how many reports it has (0 if none).
+            **_outage_context(session, case),
             # The customer's other reports, on a new case only (updates are of a case
             # the agents know already).
             "history": customer_history(session, settings, case) if reason == "new" else {},
@@ -1622,6 +1625,19 @@ def _merge_links(session: Session, source: Case, target: Case) -> None:
 # (:func:`merge`). Erasing a customer's data (``customers forget``, closed cases only)
 # keeps the link, which is no personal data: the erased case is closed, so a resolution
 # of its main case leaves it alone, and an erased main case takes no reports.
+
+
+def _outage_context(session: Session, case: Case) -> dict[str, str | int]:
+    """The agents' notification's words on the outage ``case`` belongs to: ``outage``, the
+    main case's folio when ``case`` is a report ("" otherwise), and ``outage_reports``, how
+    many reports ``case`` has as a main case (any status; 0 for none)."""
+    main = session.get(Case, case.outage_id) if case.outage_id is not None else None
+    reports = 0
+    if case.id is not None and main is None:
+        reports = session.exec(
+            select(sa.func.count()).select_from(Case).where(col(Case.outage_id) == case.id)
+        ).one()
+    return {"outage": main.folio if main is not None else "", "outage_reports": int(reports)}
 
 
 def is_outage_main(session: Session, case: Case) -> bool:

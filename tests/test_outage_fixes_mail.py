@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, Cli, write_config
+from helpers import AGENT, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import col
 from test_agents import AREAS, CUSTOMER, Desk, ahead, text
@@ -251,3 +251,60 @@ def test_the_footer_says_which_commands_send_their_text(
     for words in sent:
         assert words in footer
     assert note in footer
+
+
+@pytest.mark.parametrize(
+    ("language", "report", "main"),
+    [
+        (
+            "es",
+            "Falla general: reporte del caso PLR-2026-000045 (trabaje ese caso",
+            "Falla general: caso principal, 3 reportes",
+        ),
+        (
+            "en",
+            "Outage:   report of case PLR-2026-000045 (work that case",
+            "Outage:   main case, 3 reports",
+        ),
+    ],
+)
+def test_the_notification_says_a_case_is_a_report_or_the_main_case(
+    language: str, report: str, main: str
+) -> None:
+    def body(**changes: Any) -> str:
+        return render_body(
+            "agent_notification", language, context("agent_notification", **changes)
+        ).text
+
+    assert report in body(outage="PLR-2026-000045")
+    assert main in body(outage_reports=3)
+    assert ("1 reporte " if language == "es" else "1 report ") in body(outage_reports=1)
+    plain = body()
+    assert "Falla general:" not in plain and "Outage:" not in plain
+
+
+@pytest.mark.integration
+def test_a_reports_notification_names_its_main_case_and_the_main_case_counts_its_reports(
+    desk: Desk,
+) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    ana = _report(desk, f"Ana López <{ANA}>")
+    desk.agent_reply(desk.notification(ana), f"#masivo {main}")
+    desk.deliver(
+        mail(
+            sender=f"Ana López <{ANA}>",
+            subject=f"Re: [Folio {ana}] Sin internet",
+            body="Sigo sin servicio, ya van 6 horas.",
+        )
+    )
+    assert f"Falla general: reporte del caso {main} (trabaje ese caso" in text(
+        desk.notification(ana)
+    )
+    desk.deliver(
+        mail(
+            sender=f"Juan Pérez <{CUSTOMER}>",
+            subject=f"Re: [Folio {main}] Sin internet",
+            body="¿Y?",
+        )
+    )
+    assert "Falla general: caso principal, 1 reporte " in text(desk.notification(main))

@@ -50,6 +50,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "case_type": "",
         "owner": "ana.tecnica@internet-plarey.com.mx",
         "related": [],
+        "outage": "",
+        "outage_reports": 0,
         "not_attached": [],
         "attaching": True,
         "unstored": {},
