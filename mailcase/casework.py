@@ -1710,8 +1710,8 @@ def join_outage(
 ) -> bool:
     """Make ``case`` one of the reports of the outage followed in ``main``, recorded on both
     cases, and tell its customer (``outage_joined``: their report is part of a general
-    failure worked under ``main``'s folio, and they will be told under their own when it
-    is corrected) unless ``tell_customer`` is False; False, and nothing changed, recorded
+    failure being worked on, and they will be told under their own folio when it is
+    corrected; never ``main``'s, another customer's case) unless ``tell_customer`` is False; False, and nothing changed, recorded
     nor sent, when it was a report of ``main`` already. A report of another outage moves
     to this one.
 
@@ -1742,10 +1742,9 @@ def join_outage(
     clear_pending(session, case, by=by, why=f"a report of the outage {main.folio}")
     record(session, main, "system", f"case {case.folio} is a report of this outage", from_addr=by)
     if tell_customer and case.customer and not is_erased(case):
-        queue_notice(
-            session, settings, case, "outage_joined", to=case.customer,
-            context={"outage_folio": main.folio},
-        )  # fmt: skip
+        # Their own folio only: the main case is another customer's, and a mail naming
+        # its folio would open a third case (triage takes no other customer's folio).
+        queue_notice(session, settings, case, "outage_joined", to=case.customer)
     return True
 
 

@@ -308,3 +308,21 @@ def test_a_reports_notification_names_its_main_case_and_the_main_case_counts_its
         )
     )
     assert "Falla general: caso principal, 1 reporte " in text(desk.notification(main))
+
+
+# --- what the customer is told --------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_customer_made_a_report_is_given_their_own_folio_only(desk: Desk) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    ana = _report(desk, f"Ana López <{ANA}>")
+
+    desk.agent_reply(desk.notification(ana), f"#masivo {main}")
+
+    [joined] = [m for m in desk.to(ANA) if "falla general" in text(m)]
+    html = joined.get_body(("html",))
+    assert html is not None
+    for body in (text(joined), str(html.get_content())):
+        assert ana in body and main not in body
+    assert ana in str(joined["Subject"]) and main not in str(joined["Subject"])

@@ -97,7 +97,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "outage_joined": {
         "folio": FOLIO,
-        "outage_folio": "PLR-2026-000045",
         "customer_name": "Juan Pérez",
         "subject": "Sin servicio de internet",
         "company": COMPANY,
