@@ -1713,7 +1713,7 @@ def join_outage(
     failure being worked on, and they will be told under their own folio when it is
     corrected; never ``main``'s, another customer's case) unless ``tell_customer`` is False; False, and nothing changed, recorded
     nor sent, when it was a report of ``main`` already. A report of another outage moves
-    to this one.
+    to this one (recorded on the old main case too).
 
     Refused (:class:`CaseworkError`) for a merged ``case`` or ``main``, a ``case`` that is
     not open (reopen it first), and as :func:`outage_problem` says.
@@ -1732,10 +1732,17 @@ def join_outage(
         into=main.folio,
         main=chained.folio if chained is not None else "",
     )
+    moved_from = session.get(Case, case.outage_id) if case.outage_id is not None else None
     case.outage_id = main.id
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", f"report of the outage {main.folio}", from_addr=by)
+    if moved_from is not None:  # its old main case's history must not still count it
+        record(
+            session, moved_from, "system",
+            f"case {case.folio} is no longer a report of this outage: moved to {main.folio}",
+            from_addr=by,
+        )  # fmt: skip
     # Its next step is the repair now, as after a visit is booked: a wait left running
     # would close it "no answer" mid-outage, and the main case's resolution would then
     # skip it (closed), its customer never told the failure was corrected.
@@ -1779,9 +1786,10 @@ def tell_outage_reports(
 
 
 def leave_outage(session: Session, case: Case, *, by: str) -> bool:
-    """``case`` is no report of an outage any more (recorded, naming the main case); False,
-    and nothing changed nor recorded, when it was none. Any status: bookkeeping. Nobody is
-    told: the customer's case goes on under its own folio as before."""
+    """``case`` is no report of an outage any more (recorded on it, naming the main case,
+    and on the main case, naming it); False, and nothing changed nor recorded, when it
+    was none. Any status: bookkeeping. Nobody is told: the customer's case goes on under
+    its own folio as before."""
     if case.outage_id is None:
         return False
     main = session.get(Case, case.outage_id)
@@ -1790,6 +1798,11 @@ def leave_outage(session: Session, case: Case, *, by: str) -> bool:
     session.add(case)
     folio = main.folio if main is not None else "?"
     record(session, case, "system", f"no longer a report of the outage {folio}", from_addr=by)
+    if main is not None:  # the main case's history said it was one: it says it left, too
+        record(
+            session, main, "system", f"case {case.folio} is no longer a report of this outage",
+            from_addr=by,
+        )  # fmt: skip
     return True
 
 

@@ -1824,9 +1824,7 @@ def _agent_message(
                 untold_there = casework.untold(
                     resolved=True, booked=False, visit_cancelled=cancelled
                 )
-                _not_relayed(
-                    session, settings, report, mail, "no_customer", untold=untold_there
-                )
+                _not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
         if news and not text:
             # An empty "#masivo aviso" (the news written below the quote, or forgotten):
             # nothing went to anyone, and the agent is told, as for any empty reply.

@@ -326,3 +326,30 @@ def test_the_customer_made_a_report_is_given_their_own_folio_only(desk: Desk) ->
     for body in (text(joined), str(html.get_content())):
         assert ana in body and main not in body
     assert ana in str(joined["Subject"]) and main not in str(joined["Subject"])
+
+
+# --- the main case's history ----------------------------------------------------------------
+
+
+def _history(desk: Desk, folio: str) -> list[str]:
+    return [m["text"] for m in desk.case(folio)["messages"] if m["kind"] == "system"]
+
+
+@pytest.mark.integration
+def test_the_old_main_case_records_a_report_that_left_or_moved(desk: Desk) -> None:
+    main = _report(desk, f"Juan Pérez <{CUSTOMER}>")
+    other = _report(desk, "Luis Mora <luis.mora@example.com>")
+    ana = _report(desk, f"Ana López <{ANA}>")
+    assert desk.cli("cases", "outage", ana, "--of", main, "--no-notice")[0] == 0
+
+    assert desk.cli("cases", "outage", ana, "--of", other, "--no-notice")[0] == 0  # moves
+    assert f"case {ana} is no longer a report of this outage: moved to {other}" in _history(
+        desk, main
+    )
+
+    assert desk.cli("cases", "outage", ana, "--clear")[0] == 0
+    assert f"case {ana} is no longer a report of this outage" in _history(desk, other)
+
+    desk.agent_reply(desk.notification(ana), f"#masivo {main}")
+    desk.agent_reply(desk.notification(ana), "#masivo no")
+    assert _history(desk, main).count(f"case {ana} is no longer a report of this outage") == 1
