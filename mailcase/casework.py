@@ -1711,8 +1711,9 @@ def join_outage(
     """Make ``case`` one of the reports of the outage followed in ``main``, recorded on both
     cases, and tell its customer (``outage_joined``: their report is part of a general
     failure being worked on, and they will be told under their own folio when it is
-    corrected; never ``main``'s, another customer's case) unless ``tell_customer`` is False; False, and nothing changed, recorded
-    nor sent, when it was a report of ``main`` already. A report of another outage moves
+    corrected; never ``main``'s, another customer's case) unless ``tell_customer`` is
+    False; False, and nothing changed, recorded nor sent, when it was a report of
+    ``main`` already. A report of another outage moves
     to this one (recorded on the old main case too).
 
     Refused (:class:`CaseworkError`) for a merged ``case`` or ``main``, a ``case`` that is
