@@ -1713,8 +1713,8 @@ def join_outage(
     failure being worked on, and they will be told under their own folio when it is
     corrected; never ``main``'s, another customer's case) unless ``tell_customer`` is
     False; False, and nothing changed, recorded nor sent, when it was a report of
-    ``main`` already. A report of another outage moves
-    to this one (recorded on the old main case too).
+    ``main`` already. A report of another outage moves to this one (recorded on the old
+    main case too).
 
     Refused (:class:`CaseworkError`) for a merged ``case`` or ``main``, a ``case`` that is
     not open (reopen it first), and as :func:`outage_problem` says.
