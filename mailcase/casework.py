@@ -93,6 +93,10 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # #pendiente on a case with a home visit ahead: the next step is ours (the visit), and
     # the wait's end would cancel it and tell the customer they did not answer.
     "pending_visit",
+    # #pendiente on a report of an outage whose main case is open: its next step is the
+    # repair, and the wait's end would close it "no answer" mid-outage, leaving it out of
+    # the resolution that tells its customer the failure was corrected.
+    "pending_outage",
     # #masivo naming the case's own folio, a main case that is itself a report of an
     # outage (no chains), on a case that is the main case of an outage, or naming a main
     # case that is closed or resolved (reopen it first).
@@ -190,6 +194,7 @@ def command_problems(
     now_local: datetime,
     *,
     visit_ahead: bool = False,
+    outage_open: bool = False,
 ) -> list[tuple[str, str]]:
     """``(line, code)`` for each command of one reply that cannot run; ``[]`` when all can.
 
@@ -207,7 +212,8 @@ def command_problems(
     only (``#masivo no``: any status), and ``#masivo aviso`` goes with no ``#nota``,
     ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
-    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``);
+    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``), on no
+    report of an outage whose main case is open (``outage_open``: ``pending_outage``);
     ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` (``reply_conflict``), and
     once (``repeated``: one canned reply per reply, its text below the agent's). Whether
     ``#fusionar``'s folio can be merged into is the service's to check
@@ -278,6 +284,8 @@ def command_problems(
             problem = None  # a case that waits no more: any status, waiting or not
         elif kind is CommandKind.PENDING and visit_ahead and status == CaseStatus.OPEN:
             problem = "pending_visit"
+        elif kind is CommandKind.PENDING and outage_open and status == CaseStatus.OPEN:
+            problem = "pending_outage"
         elif kind in (CommandKind.ROUTE, CommandKind.PENDING) or joins:
             problem = route_problem(status)
         seen.add(kind)
@@ -373,6 +381,9 @@ _REFUSALS = {
     "pending_visit": "case {folio} has a home visit ahead: the next step is the company's, "
     "not the customer's; cancel it first (mailcase cases visit {folio} --cancel) to make "
     "the case wait for the customer",
+    "pending_outage": "case {folio} is a report of the outage {main}, still open: the next "
+    "step is the repair, not the customer's answer; take it out of the outage first "
+    "(mailcase cases outage {folio} --clear) to make it wait for the customer",
     "outage_same_case": "case {folio} cannot be a report of its own outage",
     "outage_chain": "case {into} is itself a report of the outage {main}: make {folio} a "
     "report of {main} instead",
@@ -673,6 +684,9 @@ def notify_agents(
             # An agent opened the case for the customer (a forward, a mail in copy).
             "by_agent": sender in settings.agents.addresses,
             "related": list(related),
+            # A report of an outage: its main case's folio, the case to work ("" if none);
+            # the main case of one: how many reports it has (0 if none).
+            **_outage_context(session, case),
             # The customer's other reports, on a new case only (updates are of a case
             # the agents know already).
             "history": customer_history(session, settings, case) if reason == "new" else {},
@@ -1193,18 +1207,33 @@ NOT_WAITING = "no longer waiting for the customer"
 _WAITING_DAYS = re.compile(r"waiting for the customer for (\d+) day")
 
 
-def pending_problem(status: str, days: int, *, visit_ahead: bool = False) -> str | None:
+def pending_problem(
+    status: str, days: int, *, visit_ahead: bool = False, outage_open: bool = False
+) -> str | None:
     """Why a case in ``status`` cannot wait ``days`` days for its customer, or ``None``:
     only an open case waits (a closed or resolved one is reopened first, as for
     ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days, and not while
-    a home visit is ahead (``visit_ahead``, ``pending_visit``): the next step is the
-    company's, and the wait's end would cancel the visit."""
+    a home visit is ahead (``visit_ahead``, ``pending_visit``) nor while it is a report
+    of an outage whose main case is open (``outage_open``, ``pending_outage``): the next
+    step is the company's, and the wait's end would cancel the visit, or close the report
+    unanswered mid-outage, out of the resolution that tells its customer of the repair."""
     if not 1 <= days <= PENDING_MAX_DAYS:
         return "pending_days"
     problem = route_problem(status)
     if problem is None and visit_ahead:
         return "pending_visit"
+    if problem is None and outage_open:
+        return "pending_outage"
     return problem
+
+
+def open_outage_main(session: Session, case: Case) -> Case | None:
+    """The main case of the outage ``case`` is a report of, while that one is open; None
+    when ``case`` is no report, or its main case is resolved or closed."""
+    if case.outage_id is None:
+        return None
+    main = session.get(Case, case.outage_id)
+    return main if main is not None and main.status == CaseStatus.OPEN else None
 
 
 def set_pending(
@@ -1217,12 +1246,19 @@ def set_pending(
     Until then the agents are not reminded of the case (mailcase.reminders); at the
     deadline it is closed unresolved and the customer told (:func:`close_stale_cases`),
     unless the customer (or a participant) wrote meanwhile (:func:`clear_pending`), or
-    it was resolved, closed, merged or given a home visit. Refused (:class:`CaseworkError`)
+    it was resolved, closed, merged, given a home visit or made a report of an outage
+    (:func:`join_outage`). Refused (:class:`CaseworkError`)
     as :func:`pending_problem` says.
     """
     now = utcnow()
     visit = visit_cancellable(case, now.astimezone(settings.folio.zone))
-    _refuse(pending_problem(case.status, days, visit_ahead=visit), case, days=str(days))
+    main = open_outage_main(session, case)
+    _refuse(
+        pending_problem(case.status, days, visit_ahead=visit, outage_open=main is not None),
+        case,
+        days=str(days),
+        main=main.folio if main is not None else "",
+    )
     case.pending_until = now + timedelta(days=days)
     case.updated_at = now
     session.add(case)
@@ -1601,6 +1637,19 @@ def _merge_links(session: Session, source: Case, target: Case) -> None:
 # of its main case leaves it alone, and an erased main case takes no reports.
 
 
+def _outage_context(session: Session, case: Case) -> dict[str, str | int]:
+    """The agents' notification's words on the outage ``case`` belongs to: ``outage``, the
+    main case's folio when ``case`` is a report ("" otherwise), and ``outage_reports``, how
+    many reports ``case`` has as a main case (any status; 0 for none)."""
+    main = session.get(Case, case.outage_id) if case.outage_id is not None else None
+    reports = 0
+    if case.id is not None and main is None:
+        reports = session.exec(
+            select(sa.func.count()).select_from(Case).where(col(Case.outage_id) == case.id)
+        ).one()
+    return {"outage": main.folio if main is not None else "", "outage_reports": int(reports)}
+
+
 def is_outage_main(session: Session, case: Case) -> bool:
     """Whether ``case`` is the main case of an outage: some case is a report of it."""
     if case.id is None:
@@ -1671,10 +1720,11 @@ def join_outage(
 ) -> bool:
     """Make ``case`` one of the reports of the outage followed in ``main``, recorded on both
     cases, and tell its customer (``outage_joined``: their report is part of a general
-    failure worked under ``main``'s folio, and they will be told under their own when it
-    is corrected) unless ``tell_customer`` is False; False, and nothing changed, recorded
-    nor sent, when it was a report of ``main`` already. A report of another outage moves
-    to this one.
+    failure being worked on, and they will be told under their own folio when it is
+    corrected; never ``main``'s, another customer's case) unless ``tell_customer`` is
+    False; False, and nothing changed, recorded nor sent, when it was a report of
+    ``main`` already. A report of another outage moves to this one (recorded on the old
+    main case too).
 
     Refused (:class:`CaseworkError`) for a merged ``case`` or ``main``, a ``case`` that is
     not open (reopen it first), and as :func:`outage_problem` says.
@@ -1693,16 +1743,26 @@ def join_outage(
         into=main.folio,
         main=chained.folio if chained is not None else "",
     )
+    moved_from = session.get(Case, case.outage_id) if case.outage_id is not None else None
     case.outage_id = main.id
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", f"report of the outage {main.folio}", from_addr=by)
+    if moved_from is not None:  # its old main case's history must not still count it
+        record(
+            session, moved_from, "system",
+            f"case {case.folio} is no longer a report of this outage: moved to {main.folio}",
+            from_addr=by,
+        )  # fmt: skip
+    # Its next step is the repair now, as after a visit is booked: a wait left running
+    # would close it "no answer" mid-outage, and the main case's resolution would then
+    # skip it (closed), its customer never told the failure was corrected.
+    clear_pending(session, case, by=by, why=f"a report of the outage {main.folio}")
     record(session, main, "system", f"case {case.folio} is a report of this outage", from_addr=by)
     if tell_customer and case.customer and not is_erased(case):
-        queue_notice(
-            session, settings, case, "outage_joined", to=case.customer,
-            context={"outage_folio": main.folio},
-        )  # fmt: skip
+        # Their own folio only: the main case is another customer's, and a mail naming
+        # its folio would open a third case (triage takes no other customer's folio).
+        queue_notice(session, settings, case, "outage_joined", to=case.customer)
     return True
 
 
@@ -1714,22 +1774,33 @@ def tell_outage_reports(
     *,
     agent_name: str,
     attachments: Sequence[FileAttachment] = (),
-) -> list[str]:
+) -> list[tuple[Case, str]]:
     """Relay an agent's news of the outage followed in ``main`` (``#masivo aviso``: an
     estimated time of restoration) to the customer of each of its open reports, under
     that report's own folio and thread, as :func:`relay` sends any reply (its guards
-    alike); the folios it went out for. ``main``'s own customer is the caller's."""
-    return [
-        report.folio
-        for report in _open_reports(session, main)
-        if relay(session, settings, report, text, agent_name=agent_name, attachments=attachments)
-    ]
+    alike). ``main``'s own customer is the caller's.
+
+    Returns each open report with why the news did not reach its customer, in the words
+    of the agent's ``not_relayed`` notice: ``no_customer`` (a phone report: someone must
+    call them), ``held`` (a guard held it: ``limits.max_relays_per_case_per_hour``, a
+    loop), or ``""`` when it went out.
+    """
+    told: list[tuple[Case, str]] = []
+    for report in _open_reports(session, main):
+        if not report.customer:
+            told.append((report, "no_customer"))
+        elif relay(session, settings, report, text, agent_name=agent_name, attachments=attachments):
+            told.append((report, ""))
+        else:
+            told.append((report, "held"))
+    return told
 
 
 def leave_outage(session: Session, case: Case, *, by: str) -> bool:
-    """``case`` is no report of an outage any more (recorded, naming the main case); False,
-    and nothing changed nor recorded, when it was none. Any status: bookkeeping. Nobody is
-    told: the customer's case goes on under its own folio as before."""
+    """``case`` is no report of an outage any more (recorded on it, naming the main case,
+    and on the main case, naming it); False, and nothing changed nor recorded, when it
+    was none. Any status: bookkeeping. Nobody is told: the customer's case goes on under
+    its own folio as before."""
     if case.outage_id is None:
         return False
     main = session.get(Case, case.outage_id)
@@ -1738,6 +1809,11 @@ def leave_outage(session: Session, case: Case, *, by: str) -> bool:
     session.add(case)
     folio = main.folio if main is not None else "?"
     record(session, case, "system", f"no longer a report of the outage {folio}", from_addr=by)
+    if main is not None:  # the main case's history said it was one: it says it left, too
+        record(
+            session, main, "system", f"case {case.folio} is no longer a report of this outage",
+            from_addr=by,
+        )  # fmt: skip
     return True
 
 

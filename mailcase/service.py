@@ -1724,6 +1724,7 @@ def _agent_message(
                 case.status,
                 now_local,
                 visit_ahead=casework.visit_cancellable(case, now_local),
+                outage_open=casework.open_outage_main(session, case) is not None,
             )
         ]
     if problems:
@@ -1784,6 +1785,18 @@ def _agent_message(
     entry_kind = "note" if is_note else "agent"
     _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
+    # The reports a resolution of this main case resolves with it, with a visit still
+    # ahead: a phone one's agent is told of that visit's cancellation too, as when it is
+    # resolved by hand (untold_changes).
+    visits_ahead = (
+        {
+            report.id
+            for report in casework.outage_reports(session, case)
+            if casework.visit_cancellable(report, now_local)
+        }
+        if CommandKind.RESOLVE in kinds
+        else set()
+    )
     waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
     reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
     for command in parsed.commands:
@@ -1805,9 +1818,25 @@ def _agent_message(
             _not_relayed(session, settings, case, mail, "no_customer", untold=untold)
         for report in reports:
             if not report.customer:  # a phone report of the outage: the same, under its folio
-                _not_relayed(session, settings, report, mail, "no_customer", untold=["resolve"])
+                cancelled = report.id in visits_ahead and not casework.visit_cancellable(
+                    report, now_local
+                )
+                untold_there = casework.untold(
+                    resolved=True, booked=False, visit_cancelled=cancelled
+                )
+                _not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
+        if news and not text:
+            # An empty "#masivo aviso" (the news written below the quote, or forgotten):
+            # nothing went to anyone, and the agent is told, as for any empty reply.
+            attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
+            _not_relayed(
+                session, settings, case, mail, "no_text",
+                attachments=[a.filename for a in attached],
+            )  # fmt: skip
+            return
         if not asks and CommandKind.REPLY not in kinds:
             return
+    reached_a_report = False
     if news:
         # Each report's customer, under their own folio; the main case's, below, as any reply.
         attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
@@ -1816,9 +1845,15 @@ def _agent_message(
             settings.notices.max_relayed_attachment_bytes,
             signing_key(session, settings),
         )[0]
-        casework.tell_outage_reports(
+        told = casework.tell_outage_reports(
             session, settings, case, text, agent_name=mail.sender_name, attachments=files
         )
+        # The agent learns, under each report's folio, whose customer the news did not
+        # reach (a phone report: call them; held: a loop, most likely), as for one case.
+        for report, why in told:
+            if why:
+                _not_relayed(session, settings, report, mail, why)
+        reached_a_report = any(not why for _, why in told)
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
@@ -1872,6 +1907,11 @@ def _agent_message(
         casework.restore_pending(
             session, case, waited_until, by=by, why="the question did not reach the customer"
         )
+    if reason == "no_customer" and reached_a_report:
+        # A main case with no customer address (the outage opened by the desk, as README
+        # suggests): the news went to the reports' customers, and "your reply reached
+        # nobody" would be false; the phone reports were named one by one above.
+        reason = ""
     if reason:  # the agent learns what did not reach the customer
         _not_relayed(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld,

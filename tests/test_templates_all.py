@@ -50,6 +50,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "case_type": "",
         "owner": "ana.tecnica@internet-plarey.com.mx",
         "related": [],
+        "outage": "",
+        "outage_reports": 0,
         "not_attached": [],
         "attaching": True,
         "unstored": {},
@@ -95,7 +97,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "outage_joined": {
         "folio": FOLIO,
-        "outage_folio": "PLR-2026-000045",
         "customer_name": "Juan Pérez",
         "subject": "Sin servicio de internet",
         "company": COMPANY,
