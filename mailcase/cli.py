@@ -80,6 +80,7 @@ from mailcase.store import (
     case_by_folio,
     error_text,
     failure_text,
+    is_deadlock,
     is_unavailable,
     sqlite_path,
     user_name,
@@ -614,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Met after the store was opened (Store.open words its own failures): the
         # server restarted under the command, the disk filled. The driver's words
         # only: no SQL, no parameters (hide_parameters), no URL.
+        if is_deadlock(exc):  # the database is fine: the command met another's change
+            return _fail(args, exc, EXIT_DATABASE, _COLLIDED)
         if is_unavailable(exc):
             text = failure_text(url, exc)  # a read-only SQLite file: whose, and what to do
             return _fail(args, exc, EXIT_DATABASE, f"database unavailable: {text}")
@@ -1165,6 +1168,26 @@ def _operator() -> str:
         return f"uid {os.getuid()}"
 
 
+# A command's transaction that PostgreSQL rolled back to end a deadlock, twice.
+_COLLIDED = (
+    "the command collided with another change to the same cases at the same moment "
+    "(a deadlock) and changed nothing: run it again"
+)
+
+
+def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
+    """:func:`_case_change`, run once more when PostgreSQL rolled its transaction back to
+    end a deadlock with another session's (an agent's mail on a report of the outage
+    being resolved): nothing was changed, printed nor sent then, and the other session
+    has its locks now. A second deadlock is reported as one (:data:`_COLLIDED`)."""
+    try:
+        return _case_change(args, settings)
+    except SQLAlchemyError as exc:
+        if not is_deadlock(exc):
+            raise
+    return _case_change(args, settings)
+
+
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge: the
     CLI door to casework."""
@@ -1392,16 +1415,18 @@ def _merge_pair(
     session: Session, settings: Settings, folio: str, into: str
 ) -> tuple[Case | None, Case | None]:
     """The cases ``folio`` and ``into`` name (None for one that does not exist), both
-    locked in one statement, in id order: two crossed merges (A into B and B into A at
+    locked in one statement, in one order: two crossed merges (A into B and B into A at
     once, PostgreSQL) then queue, and the second is refused as merged already, instead
-    of one failing with a deadlock."""
+    of one failing with a deadlock. A case that is no report of an outage first, then
+    id order: a main case before its reports, as resolving it locks them (a report
+    merged into, or made a report of, its own main case while it is resolved)."""
     names = (_folio(folio, settings), _folio(into, settings))
     locked = {
         case.folio: case
         for case in session.exec(
             select(Case)
             .where(col(Case.folio).in_(names))
-            .order_by(col(Case.id))
+            .order_by(col(Case.outage_id).is_not(None), col(Case.id))
             .with_for_update()
             .execution_options(populate_existing=True)
         ).all()
@@ -1481,7 +1506,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "remind":
         return _cases_remind(args, settings)
     if args.action not in ("list", "show"):
-        return _case_change(args, settings)
+        return _case_change_retried(args, settings)
     store = _open_store(settings, create=False)
     with store.read_session() as session:
         if args.action == "list":
