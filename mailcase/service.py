@@ -1806,6 +1806,10 @@ def _agent_message(
         # told to call them): its agent follows the case up, unless the same reply
         # said who does.
         casework.assign_on_answer(session, settings, case, by)
+        # So does each report its resolution resolved, as if resolved one by one: a
+        # customer's reply on one reopens it with nobody following it up otherwise.
+        for report in reports:
+            casework.assign_on_answer(session, settings, report, by)
     if parsed.commands:
         untold = casework.untold_changes(
             parsed.commands,

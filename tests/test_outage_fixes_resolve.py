@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from helpers import AGENT, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import AREAS, CUSTOMER, Desk, text
+from test_owner import LUIS, _two_agents
 
 from mailcase import casework, cli, service
 from mailcase.cli import main as cli_main
@@ -28,6 +29,7 @@ from mailcase.store import utcnow
 
 CAUSE = "Se reparó la fibra cortada en la colonia Centro."
 ANA = "ana.lopez@example.com"
+ROSA = "rosa@example.com"
 
 
 @pytest.fixture
@@ -282,3 +284,32 @@ def test_a_second_deadlock_is_one_sentence_saying_to_run_it_again(
     assert code == 3
     assert "collided with another change" in err and "run it again" in err
     assert "unavailable" not in err
+
+
+# --- 2. the agent resolving the main case by mail owns its reports -----------------------
+
+
+@pytest.mark.integration
+def test_reports_resolved_through_the_main_case_by_mail_take_its_agent_as_owner(
+    desk: Desk,
+) -> None:
+    _two_agents(desk.cli.config)
+    main, ana = _outage(desk)
+    rosa = desk.open_case(sender=f"Rosa <{ROSA}>", subject="Sin internet", body="z")
+    assert desk.cli("cases", "outage", rosa, "--of", main, "--no-notice")[0] == 0
+    assert desk.cli("cases", "assign", rosa, "--to", LUIS)[0] == 0
+    desk.agent_reply(desk.notification(main), f"#resolver procedente\n{CAUSE}")
+    assert desk.case(ana)["status"] == "resolved"
+    assert desk.case(main)["owner"] == desk.case(ana)["owner"] == AGENT
+    assert desk.case(rosa)["owner"] == LUIS  # owned already: kept
+    assert "owner set to " + AGENT in [m["text"] for m in desk.case(ana)["messages"]]
+
+
+@pytest.mark.integration
+def test_a_resolution_with_asignar_gives_its_reports_no_owner(desk: Desk) -> None:
+    _two_agents(desk.cli.config)
+    main, ana = _outage(desk)
+    desk.agent_reply(desk.notification(main), f"#resolver procedente\n#asignar {LUIS}\n{CAUSE}")
+    assert desk.case(main)["owner"] == LUIS
+    assert desk.case(ana)["status"] == "resolved"
+    assert desk.case(ana)["owner"] is None
