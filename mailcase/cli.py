@@ -1234,7 +1234,9 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     days = 0
     outage_main = ""
     resolved_reports: list[str] = []
-    phone_reports: list[str] = []
+    report_ids: list[int] = []  # whose notices the command sent too (a resolution's reports)
+    # The reports with no customer address, by what their customers were not told.
+    phone_reports: dict[tuple[str, ...], list[str]] = {}
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -1285,11 +1287,27 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             now_local = utcnow().astimezone(settings.folio.zone)
             visit_was_ahead = casework.visit_cancellable(found, now_local)
             if args.action == "resolve":
+                # Its reports' visits ahead, to say which the resolution cancelled (read
+                # before they are locked; the main case, locked, keeps reports from
+                # joining or leaving meanwhile).
+                visits_ahead = {
+                    r.id
+                    for r in casework.outage_reports(session, found)
+                    if casework.visit_cancellable(r, now_local)
+                }
                 reports = casework.resolve(
                     session, settings, found, args.outcome, args.cause, by=by
                 )
                 resolved_reports = [r.folio for r in reports]
-                phone_reports = [r.folio for r in reports if not r.customer]
+                report_ids = [r.id for r in reports if r.id is not None]
+                for report in (r for r in reports if not r.customer):
+                    cancelled = report.id in visits_ahead and not casework.visit_cancellable(
+                        report, now_local
+                    )
+                    changes = casework.untold(
+                        resolved=True, booked=False, visit_cancelled=cancelled
+                    )
+                    phone_reports.setdefault(tuple(changes), []).append(report.folio)
             elif args.action == "note":
                 casework.add_note(session, found, args.text, by=by)
             elif args.action == "visit" and args.cancel:
@@ -1383,14 +1401,16 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{folio}: resolved with it, the reports of its outage: {', '.join(resolved_reports)}"
         )
-    if phone_reports:
-        # Their customers have no mail address: nobody told them the failure was corrected.
+    words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
+    for missed, folios in phone_reports.items():
+        # Their customers have no mail address: nobody told them the failure was corrected,
+        # nor that the technician they wait at home for will not come.
         print(
-            f"mailcase: reports {', '.join(phone_reports)} have no customer mail address: "
-            "their customers were not told of the resolution; call them",
+            f"mailcase: reports {', '.join(folios)} have no customer mail address: their "
+            f"customers were not told of the {' and the '.join(words[c] for c in missed)}; "
+            "call them",
             file=sys.stderr,
         )
-    words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
     untold = [
         words[change]
         for change in casework.untold(
@@ -1407,7 +1427,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             f"told of the {' and the '.join(untold)}; call them",
             file=sys.stderr,
         )
-    _deliver_after_commit(store, settings, after=watermark, case_id=case_id)
+    case_ids = [case_id, *report_ids] if case_id is not None else None
+    _deliver_after_commit(store, settings, after=watermark, case_ids=case_ids)
     return EXIT_OK
 
 
@@ -1441,7 +1462,7 @@ def _last_notice_id(store: Store) -> int:
 
 
 def _deliver_after_commit(
-    store: Store, settings: Settings, *, after: int, case_id: int | None = None
+    store: Store, settings: Settings, *, after: int, case_ids: Sequence[int] | None = None
 ) -> None:
     """Send what a command just queued; what cannot be sent now stays queued.
 
@@ -1450,7 +1471,8 @@ def _deliver_after_commit(
     service's processes have; the database gone) must not make it look
     failed: the admin would run it again and open a second case. One line
     says why, and the daemon sends the notices. So does a notice of the
-    command's (id above ``after``, of case ``case_id`` when given) that the
+    command's (id above ``after``, of the cases ``case_ids`` when given: a main case's
+    resolution sends its reports' too) that the
     SMTP server did not take: deferred (it stays queued) or refused.
     """
     from sqlalchemy.exc import SQLAlchemyError
@@ -1466,7 +1488,7 @@ def _deliver_after_commit(
                 file=sys.stderr,
             )
         elif report.deferred or report.failed:
-            for line in _unsent_notices(store, after, case_id):
+            for line in _unsent_notices(store, after, case_ids):
                 print(f"mailcase: {line}", file=sys.stderr)
     except MailcaseError as exc:
         print(f"mailcase: notices stay queued for the daemon: {exc}", file=sys.stderr)
@@ -1474,14 +1496,14 @@ def _deliver_after_commit(
         print(f"mailcase: notices stay queued for the daemon: {error_text(exc)}", file=sys.stderr)
 
 
-def _unsent_notices(store: Store, after: int, case_id: int | None) -> list[str]:
-    """One line per reason for the notices above id ``after`` (of ``case_id``) not sent."""
+def _unsent_notices(store: Store, after: int, case_ids: Sequence[int] | None) -> list[str]:
+    """One line per reason for the notices above id ``after`` (of ``case_ids``) not sent."""
     query = select(Notice.status, Notice.last_error, Notice.rcpt_to).where(
         col(Notice.id) > after,
         col(Notice.status).in_([NoticeStatus.QUEUED, NoticeStatus.FAILED]),
     )
-    if case_id is not None:
-        query = query.where(Notice.case_id == case_id)
+    if case_ids is not None:
+        query = query.where(col(Notice.case_id).in_(case_ids))
     with store.reading() as conn:
         notices = conn.execute(query.order_by(col(Notice.id))).all()
     # Several notices (the customer's, the agents') usually share one reason: SMTP down.

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, Cli, mail, write_config
+from helpers import AGENT, Cli, mail, point_smtp_at_a_closed_port, write_config
 from servers import Dovecot, SmtpSink
-from test_agents import AREAS, CUSTOMER, Desk, text
+from test_agents import AREAS, CUSTOMER, Desk, ahead, text
 from test_owner import LUIS, _two_agents
 
 from mailcase import casework, cli, service
@@ -313,3 +313,46 @@ def test_a_resolution_with_asignar_gives_its_reports_no_owner(desk: Desk) -> Non
     assert desk.case(main)["owner"] == LUIS
     assert desk.case(ana)["status"] == "resolved"
     assert desk.case(ana)["owner"] is None
+
+
+# --- 3. what `cases resolve MAIN` says of its reports ------------------------------------
+
+
+def _phone_with_visit(desk: Desk) -> str:
+    phone = desk.open_phone_case()
+    code, _, err = desk.cli(
+        "cases", "visit", phone, "--date", ahead(3).isoformat(), "--time", "9:00"
+    )
+    assert code == 0, err
+    return phone
+
+
+@pytest.mark.integration
+def test_cases_resolve_main_names_the_cancelled_visits_of_its_phone_reports(desk: Desk) -> None:
+    main = desk.open_case(sender=f"Juan <{CUSTOMER}>", subject="Sin internet", body="x")
+    visited = _phone_with_visit(desk)
+    plain = desk.open_phone_case()
+    for report in (visited, plain):
+        assert desk.cli("cases", "outage", report, "--of", main)[0] == 0
+    code, _, err = desk.cli("cases", "resolve", main, "--outcome", "valid", "--cause", CAUSE)
+    assert code == 0, err
+    assert desk.case(visited)["visit"] is None
+    assert (
+        f"mailcase: reports {visited} have no customer mail address: their customers were "
+        "not told of the resolution and the cancelled visit; call them"
+    ) in err
+    assert (
+        f"mailcase: reports {plain} have no customer mail address: their customers were "
+        "not told of the resolution; call them"
+    ) in err
+
+
+@pytest.mark.integration
+def test_cases_resolve_main_names_the_unsent_notices_of_its_reports(desk: Desk) -> None:
+    main, _ = _outage(desk)
+    point_smtp_at_a_closed_port(desk.cli.config, desk.sink)
+    code, _, err = desk.cli("cases", "resolve", main, "--outcome", "valid", "--cause", CAUSE)
+    assert code == 0, err
+    unsent = [line for line in err.splitlines() if line.startswith("mailcase: the notice")]
+    assert len(unsent) == 1, err
+    assert CUSTOMER in unsent[0] and ANA in unsent[0]
