@@ -80,6 +80,7 @@ from mailcase.store import (
     case_by_folio,
     error_text,
     failure_text,
+    is_deadlock,
     is_unavailable,
     sqlite_path,
     user_name,
@@ -614,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Met after the store was opened (Store.open words its own failures): the
         # server restarted under the command, the disk filled. The driver's words
         # only: no SQL, no parameters (hide_parameters), no URL.
+        if is_deadlock(exc):  # the database is fine: the command met another's change
+            return _fail(args, exc, EXIT_DATABASE, _COLLIDED)
         if is_unavailable(exc):
             text = failure_text(url, exc)  # a read-only SQLite file: whose, and what to do
             return _fail(args, exc, EXIT_DATABASE, f"database unavailable: {text}")
@@ -1165,6 +1168,26 @@ def _operator() -> str:
         return f"uid {os.getuid()}"
 
 
+# A command's transaction that PostgreSQL rolled back to end a deadlock, twice.
+_COLLIDED = (
+    "the command collided with another change to the same cases at the same moment "
+    "(a deadlock) and changed nothing: run it again"
+)
+
+
+def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
+    """:func:`_case_change`, run once more when PostgreSQL rolled its transaction back to
+    end a deadlock with another session's (an agent's mail on a report of the outage
+    being resolved): nothing was changed, printed nor sent then, and the other session
+    has its locks now. A second deadlock is reported as one (:data:`_COLLIDED`)."""
+    try:
+        return _case_change(args, settings)
+    except SQLAlchemyError as exc:
+        if not is_deadlock(exc):
+            raise
+    return _case_change(args, settings)
+
+
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge: the
     CLI door to casework."""
@@ -1211,7 +1234,9 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     days = 0
     outage_main = ""
     resolved_reports: list[str] = []
-    phone_reports: list[str] = []
+    report_ids: list[int] = []  # whose notices the command sent too (a resolution's reports)
+    # The reports with no customer address, by what their customers were not told.
+    phone_reports: dict[tuple[str, ...], list[str]] = {}
     with store.transaction() as session:
         if args.action == "open":
             mailbox = args.mailbox or next(iter(settings.mailboxes))
@@ -1262,11 +1287,27 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             now_local = utcnow().astimezone(settings.folio.zone)
             visit_was_ahead = casework.visit_cancellable(found, now_local)
             if args.action == "resolve":
+                # Its reports' visits ahead, to say which the resolution cancelled (read
+                # before they are locked; the main case, locked, keeps reports from
+                # joining or leaving meanwhile).
+                visits_ahead = {
+                    r.id
+                    for r in casework.outage_reports(session, found)
+                    if casework.visit_cancellable(r, now_local)
+                }
                 reports = casework.resolve(
                     session, settings, found, args.outcome, args.cause, by=by
                 )
                 resolved_reports = [r.folio for r in reports]
-                phone_reports = [r.folio for r in reports if not r.customer]
+                report_ids = [r.id for r in reports if r.id is not None]
+                for report in (r for r in reports if not r.customer):
+                    cancelled = report.id in visits_ahead and not casework.visit_cancellable(
+                        report, now_local
+                    )
+                    changes = casework.untold(
+                        resolved=True, booked=False, visit_cancelled=cancelled
+                    )
+                    phone_reports.setdefault(tuple(changes), []).append(report.folio)
             elif args.action == "note":
                 casework.add_note(session, found, args.text, by=by)
             elif args.action == "visit" and args.cancel:
@@ -1360,14 +1401,16 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{folio}: resolved with it, the reports of its outage: {', '.join(resolved_reports)}"
         )
-    if phone_reports:
-        # Their customers have no mail address: nobody told them the failure was corrected.
+    words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
+    for missed, folios in phone_reports.items():
+        # Their customers have no mail address: nobody told them the failure was corrected,
+        # nor that the technician they wait at home for will not come.
         print(
-            f"mailcase: reports {', '.join(phone_reports)} have no customer mail address: "
-            "their customers were not told of the resolution; call them",
+            f"mailcase: reports {', '.join(folios)} have no customer mail address: their "
+            f"customers were not told of the {' and the '.join(words[c] for c in missed)}; "
+            "call them",
             file=sys.stderr,
         )
-    words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
     untold = [
         words[change]
         for change in casework.untold(
@@ -1384,7 +1427,8 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             f"told of the {' and the '.join(untold)}; call them",
             file=sys.stderr,
         )
-    _deliver_after_commit(store, settings, after=watermark, case_id=case_id)
+    case_ids = [case_id, *report_ids] if case_id is not None else None
+    _deliver_after_commit(store, settings, after=watermark, case_ids=case_ids)
     return EXIT_OK
 
 
@@ -1392,16 +1436,18 @@ def _merge_pair(
     session: Session, settings: Settings, folio: str, into: str
 ) -> tuple[Case | None, Case | None]:
     """The cases ``folio`` and ``into`` name (None for one that does not exist), both
-    locked in one statement, in id order: two crossed merges (A into B and B into A at
+    locked in one statement, in one order: two crossed merges (A into B and B into A at
     once, PostgreSQL) then queue, and the second is refused as merged already, instead
-    of one failing with a deadlock."""
+    of one failing with a deadlock. A case that is no report of an outage first, then
+    id order: a main case before its reports, as resolving it locks them (a report
+    merged into, or made a report of, its own main case while it is resolved)."""
     names = (_folio(folio, settings), _folio(into, settings))
     locked = {
         case.folio: case
         for case in session.exec(
             select(Case)
             .where(col(Case.folio).in_(names))
-            .order_by(col(Case.id))
+            .order_by(col(Case.outage_id).is_not(None), col(Case.id))
             .with_for_update()
             .execution_options(populate_existing=True)
         ).all()
@@ -1416,7 +1462,7 @@ def _last_notice_id(store: Store) -> int:
 
 
 def _deliver_after_commit(
-    store: Store, settings: Settings, *, after: int, case_id: int | None = None
+    store: Store, settings: Settings, *, after: int, case_ids: Sequence[int] | None = None
 ) -> None:
     """Send what a command just queued; what cannot be sent now stays queued.
 
@@ -1425,7 +1471,8 @@ def _deliver_after_commit(
     service's processes have; the database gone) must not make it look
     failed: the admin would run it again and open a second case. One line
     says why, and the daemon sends the notices. So does a notice of the
-    command's (id above ``after``, of case ``case_id`` when given) that the
+    command's (id above ``after``, of the cases ``case_ids`` when given: a main case's
+    resolution sends its reports' too) that the
     SMTP server did not take: deferred (it stays queued) or refused.
     """
     from sqlalchemy.exc import SQLAlchemyError
@@ -1441,7 +1488,7 @@ def _deliver_after_commit(
                 file=sys.stderr,
             )
         elif report.deferred or report.failed:
-            for line in _unsent_notices(store, after, case_id):
+            for line in _unsent_notices(store, after, case_ids):
                 print(f"mailcase: {line}", file=sys.stderr)
     except MailcaseError as exc:
         print(f"mailcase: notices stay queued for the daemon: {exc}", file=sys.stderr)
@@ -1449,14 +1496,14 @@ def _deliver_after_commit(
         print(f"mailcase: notices stay queued for the daemon: {error_text(exc)}", file=sys.stderr)
 
 
-def _unsent_notices(store: Store, after: int, case_id: int | None) -> list[str]:
-    """One line per reason for the notices above id ``after`` (of ``case_id``) not sent."""
+def _unsent_notices(store: Store, after: int, case_ids: Sequence[int] | None) -> list[str]:
+    """One line per reason for the notices above id ``after`` (of ``case_ids``) not sent."""
     query = select(Notice.status, Notice.last_error, Notice.rcpt_to).where(
         col(Notice.id) > after,
         col(Notice.status).in_([NoticeStatus.QUEUED, NoticeStatus.FAILED]),
     )
-    if case_id is not None:
-        query = query.where(Notice.case_id == case_id)
+    if case_ids is not None:
+        query = query.where(col(Notice.case_id).in_(case_ids))
     with store.reading() as conn:
         notices = conn.execute(query.order_by(col(Notice.id))).all()
     # Several notices (the customer's, the agents') usually share one reason: SMTP down.
@@ -1481,7 +1528,7 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "remind":
         return _cases_remind(args, settings)
     if args.action not in ("list", "show"):
-        return _case_change(args, settings)
+        return _case_change_retried(args, settings)
     store = _open_store(settings, create=False)
     with store.read_session() as session:
         if args.action == "list":

@@ -1516,6 +1516,17 @@ def _apply(
         return None
     # Locked (PostgreSQL): a change another instance or an agent's command commits
     # meanwhile is read, then built on, never overwritten by this one.
+    main_id = (
+        session.exec(select(Case.outage_id).where(Case.id == decision.case.id)).first()
+        if decision.role is Role.AGENT
+        else None
+    )
+    if main_id is not None:
+        # A report of an outage: its main case first. Resolving the main case locks it,
+        # then its reports; an agent's "#masivo MAIN" or "#fusionar MAIN" on a report
+        # locked the report, then the main case, and the two deadlocked (PostgreSQL).
+        # Main case before its reports, everywhere: the second waits for the first.
+        session.get(Case, main_id, with_for_update=True, populate_existing=True)
     found = session.get(Case, decision.case.id, with_for_update=True, populate_existing=True)
     if found is None:
         return None
@@ -1808,6 +1819,10 @@ def _agent_message(
         # told to call them): its agent follows the case up, unless the same reply
         # said who does.
         casework.assign_on_answer(session, settings, case, by)
+        # So does each report its resolution resolved, as if resolved one by one: a
+        # customer's reply on one reopens it with nobody following it up otherwise.
+        for report in reports:
+            casework.assign_on_answer(session, settings, report, by)
     if parsed.commands:
         untold = casework.untold_changes(
             parsed.commands,

@@ -89,6 +89,12 @@ _PG_NOT_THE_MESSAGE = frozenset(
 )
 
 
+def is_deadlock(exc: SQLAlchemyError) -> bool:
+    """Whether ``exc`` is PostgreSQL's deadlock (SQLSTATE 40P01): this transaction was
+    chosen to end a lock cycle with another session's, and was rolled back whole."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "40P01"
+
+
 def is_unavailable(exc: SQLAlchemyError) -> bool:
     """Whether ``exc`` says the database cannot be used now (down, restarting, a
     dropped connection, a full disk), as opposed to a problem with what was written.
