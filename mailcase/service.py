@@ -1726,6 +1726,19 @@ def _agent_message(
                 visit_ahead=casework.visit_cancellable(case, now_local),
             )
         ]
+    canned = ""
+    if not problems:
+        # "#respuesta": rendered before anything runs. An admin's file that does not render
+        # (a typo, a name no case has, Latin-1, or a failure on this case's data, such as
+        # a name's first word when there is no name) raised out of this message: every
+        # poll of the mailbox stopped on it, or the agent's reply was quarantined unsaid.
+        # The agent is told instead, and the poll goes on.
+        try:
+            canned = _canned_reply(settings, case, parsed.commands)
+        except (TemplateError, MessageError) as exc:
+            line = next(c.line for c in parsed.commands if c.kind is CommandKind.REPLY)
+            get_logger().warning("canned_reply_broken", folio=case.folio, error=str(exc))
+            problems.append({"line": line, "problem": "reply_broken"})
     if problems:
         # One bad command and nothing runs: a typo such as "#ntoa" must not
         # let an internal note reach the customer as relayed text, and a
@@ -1758,7 +1771,7 @@ def _agent_message(
     # (the question the case waits on, with "#pendiente"). The case keeps the agent's own
     # words as their message (the relay notice keeps the whole text): the signature their
     # mail client adds is learnt from the end of those (_without_signature_of).
-    text = _with_canned_reply(settings, case, parsed.commands, own)
+    text = "\n\n".join(part for part in (own, canned) if part)
     # Words addressed to others (a colleague, a contractor, the agents' list), a support
     # mailbox only in copy: the agent told them something, not the customer. Kept as a
     # note, as Zammad keeps such mail as an internal article; the agent is told. Only
@@ -1884,13 +1897,11 @@ def _agent_message(
 _RELAYING = frozenset({CommandKind.RESOLVE, CommandKind.REPLY})
 
 
-def _with_canned_reply(
-    settings: Settings, case: Case, commands: Sequence[Command], text: str
-) -> str:
-    """``text`` (the agent's words below the commands, stripped), followed by the canned
-    reply a ``#respuesta`` names, rendered for ``case`` in its language
-    (:func:`replies.render_reply`, which falls back to the other language only when the
-    reply lacks the case's); ``text`` alone without one. The name was checked to exist."""
+def _canned_reply(settings: Settings, case: Case, commands: Sequence[Command]) -> str:
+    """The canned reply a ``#respuesta`` of ``commands`` names, rendered for ``case`` in its
+    language (:func:`replies.render_reply`, which falls back to the other language only
+    when the reply lacks the case's); "" without one, or when its file was removed since
+    the name was checked. Raises as :func:`replies.render_reply` does."""
     for command in commands:
         if command.kind is not CommandKind.REPLY or command.reply is None:
             continue
@@ -1900,9 +1911,9 @@ def _with_canned_reply(
             base_context(settings, case),
             override=settings.templates.directory,
         )
-        if rendered is not None:  # a file removed since the check: the agent's text alone
-            text = f"{text}\n\n{rendered.text}" if text else rendered.text
-    return text
+        if rendered is not None:
+            return rendered.text
+    return ""
 
 
 # The commands that answer the customer (a resolution, a visit booked or called off):
@@ -2156,7 +2167,7 @@ def _run_command(
         casework.join_outage(session, settings, case, main, by=by)
     # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
     # caller); REPLY: the canned text was added to the relayed text by the caller
-    # (_with_canned_reply); nothing else to do.
+    # (_canned_reply); nothing else to do.
     return []
 
 
