@@ -1874,7 +1874,8 @@ def _agent_message(
         ):
             kept = too_big + withheld
             reason, attachments = ("attachments", kept) if kept else ("", [])
-            casework.assign_on_answer(session, settings, case, by)
+            if CommandKind.ASSIGN not in kinds:  # "#asignar nadie" keeps the case nobody's
+                casework.assign_on_answer(session, settings, case, by)
         else:
             reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
     # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
