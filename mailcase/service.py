@@ -1835,7 +1835,14 @@ def _agent_message(
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
-        casework.assign_on_answer(session, settings, case, by)
+        if CommandKind.ASSIGN not in kinds:
+            casework.assign_on_answer(session, settings, case, by)
+        # The customer has the agent's words, from the agent; the canned reply they named
+        # is only in mailcase's hands: relayed alone (it was skipped, and nobody told).
+        if canned and not casework.relay(
+            session, settings, case, canned, agent_name=mail.sender_name
+        ):
+            _not_relayed(session, settings, case, mail, "held")
         return
     if copied:  # nobody was answered: no owner taken either
         _not_relayed(session, settings, case, mail, "copied")
