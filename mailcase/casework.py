@@ -115,7 +115,9 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "update_conflict",
     # #respuesta with #nota, #resolver, #cerrar, #fusionar or #visita in one reply: the
     # canned reply is relayed as a plain reply is, and those commands keep the text as a
-    # note, send the customer their own notice, or move the case (REPLY_CONFLICTS).
+    # note, send the customer their own notice, or move the case (REPLY_CONFLICTS). Nor
+    # with "#masivo aviso": rendered for this case, it would tell every report's customer
+    # this case's folio and customer's name.
     "reply_conflict",
 )
 
@@ -214,7 +216,8 @@ def command_problems(
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
     this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``), on no
     report of an outage whose main case is open (``outage_open``: ``pending_outage``);
-    ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` (``reply_conflict``), and
+    ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` nor ``#masivo aviso``
+    (``reply_conflict``), and
     once (``repeated``: one canned reply per reply, its text below the agent's). Whether
     ``#fusionar``'s folio can be merged into is the service's to check
     (:func:`merge_problem`). ``text`` is the reply's words below the commands;
@@ -253,8 +256,12 @@ def command_problems(
             problem = "pending_conflict"
         elif (news and seen & _UPDATE_CONFLICTS) or (kind in _UPDATE_CONFLICTS and updating):
             problem = "update_conflict"
-        elif (kind is CommandKind.REPLY and seen & REPLY_CONFLICTS) or (
-            kind in REPLY_CONFLICTS and replying
+        elif (
+            (kind is CommandKind.REPLY and (seen & REPLY_CONFLICTS or updating))
+            or (kind in REPLY_CONFLICTS and replying)
+            # A canned reply is rendered for this case (its folio, its customer's name):
+            # relayed by "#masivo aviso" it would reach every report's customer with them.
+            or (news and replying)
         ):
             problem = "reply_conflict"
         elif opposite.get(kind) in seen:

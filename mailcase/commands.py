@@ -162,6 +162,7 @@ CONFIG_PROBLEM_CODES: tuple[str, ...] = (
     "unknown_folio",
     "unknown_agent",
     "unknown_reply",  # "#respuesta NOMBRE" naming no canned reply (mailcase.replies)
+    "reply_broken",  # its file does not render (for this case): the admin's to fix
 )
 # Codes the service adds about the reply as a whole: mailcase's own notice to
 # agents is still in the reply's text because nothing above it marks where the

@@ -223,10 +223,16 @@ def check_templates(settings: Settings) -> str:
 
 def check_canned_replies(settings: Settings) -> str:
     """Every canned reply (``mailcase replies list``) renders in each of its languages for
-    a sample case (:func:`~mailcase.notices.sample_context`): an override that does not
-    compile, or uses a name a case does not have, fails every ``#respuesta`` naming it."""
+    two sample cases (:func:`~mailcase.notices.sample_context`): a customer's by mail, and
+    one taken by phone with neither a name nor an address. An override that does not
+    compile, uses a name a case does not have, or fails on a case's data (a name's first
+    word when there is no name) fails every ``#respuesta`` naming it, or some of them."""
     names = check_replies(
-        settings.templates.directory, lambda language: sample_context(settings, language)
+        settings.templates.directory,
+        lambda language: (
+            sample_context(settings, language),
+            sample_context(settings, language, phone=True),
+        ),
     )
     if not names:
         return "no canned replies"

@@ -344,18 +344,21 @@ def base_context(settings: Settings, case: Case, *, to_agents: bool = False) -> 
     }
 
 
-def sample_context(settings: Settings, language: str) -> dict[str, Any]:
+def sample_context(settings: Settings, language: str, *, phone: bool = False) -> dict[str, Any]:
     """:func:`base_context` of a made-up case in ``language`` (folio 123 of this year, from
     the first mailbox, by a customer named Juan Pérez): what ``mailcase replies show``
-    and ``mailcase check`` render a canned reply with, as a customer's case would."""
+    and ``mailcase check`` render a canned reply with, as a customer's case would.
+    ``phone``: a case taken by phone, with neither a customer name nor a mail address
+    (what a template must also survive: ``customer_name.split()[0]`` does not)."""
     now = utcnow()
     case = Case(
         folio=format_folio(settings.folio.prefix, now.year, 123),
-        customer="juan.perez@example.com",
-        customer_name="Juan Pérez",
+        customer="" if phone else "juan.perez@example.com",
+        customer_name="" if phone else "Juan Pérez",
         subject="Sin servicio de internet" if language == "es" else "No internet service",
         mailbox=next(iter(settings.mailboxes)),
         language=language,
+        channel="phone" if phone else "mail",
         created_at=now,
         updated_at=now,
     )

@@ -114,6 +114,8 @@ def _render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
         return template.render(context)
     except (jinja2.TemplateSyntaxError, jinja2.TemplateNotFound, SecurityError) as exc:
         raise TemplateError(f"template {filename} cannot be used: {exc}") from exc
+    except UnicodeDecodeError as exc:  # a file it includes, saved as Latin-1
+        raise TemplateError(f"template {filename} includes a file that is not UTF-8 text") from exc
     except Exception as exc:
         unknown = (
             _unknown_names(template, context) if isinstance(exc, jinja2.UndefinedError) else []
@@ -151,7 +153,7 @@ def _fresh_template(env: jinja2.Environment, name: str) -> jinja2.Template | Non
         return env.get_template(name)
     except jinja2.TemplateNotFound:
         return None
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, UnicodeDecodeError) as exc:
         reason = compile_error(env, name) or f"template {name} cannot be compiled"
         raise TemplateError(reason) from exc
 
@@ -179,7 +181,25 @@ def compile_error(env: jinja2.Environment, name: str) -> str | None:
         return f"template {exc.filename or name} line {exc.lineno}: {exc.message}"
     except jinja2.TemplateError as exc:
         return f"template {name}: {exc}"
+    except UnicodeDecodeError:
+        # Saved as Latin-1 or Windows-1252 (Notepad, an older editor): jinja2 reads UTF-8,
+        # and its UnicodeDecodeError is no TemplateError, so it escaped as a traceback.
+        return f"template {_file_of(env, name)} is not UTF-8 text: save it as UTF-8"
     return None
+
+
+def _file_of(env: jinja2.Environment, name: str) -> str:
+    """The file template ``name`` of ``env`` is read from (the first loader having it),
+    or ``name`` itself when no file-system loader has it."""
+    loader = env.loader
+    loaders = loader.loaders if isinstance(loader, jinja2.ChoiceLoader) else [loader]
+    for one in loaders:
+        if isinstance(one, jinja2.FileSystemLoader):
+            for root in one.searchpath:
+                path = Path(root) / name
+                if path.is_file():
+                    return str(path)
+    return name
 
 
 def environment(override: Path | None) -> jinja2.Environment:
@@ -207,7 +227,7 @@ def _template(env: jinja2.Environment, name: str) -> jinja2.Template | None:
     except jinja2.TemplateNotFound:
         _MISSING.add(key)
         return None
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, UnicodeDecodeError) as exc:
         reason = compile_error(env, name) or f"template {name} cannot be compiled"
         raise TemplateError(reason) from exc
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -143,17 +143,18 @@ def render_reply(
 
 
 def check_replies(
-    override: Path | None, context_of: Callable[[str], Mapping[str, Any]]
+    override: Path | None, contexts_of: Callable[[str], Sequence[Mapping[str, Any]]]
 ) -> list[str]:
     """Render every canned reply in each of its languages, from the files as they are now,
-    with ``context_of(language)`` (a sample case's); the names rendered. Raises
+    with each of ``contexts_of(language)`` (sample cases'); the names rendered. Raises
     :class:`~mailcase.errors.TemplateError`, one sentence naming the file, for the first
     one that does not render."""
     for reply in available(override).values():
         for language in reply.languages:
             name = template_name(reply.name, language)
-            try:
-                render_named(name, context_of(language), override=override, fresh=True)
-            except MessageError as exc:  # fails on the sample's data: so it would on a case's
-                raise TemplateError(f"canned reply {name} does not render: {exc}") from exc
+            for context in contexts_of(language):
+                try:
+                    render_named(name, context, override=override, fresh=True)
+                except MessageError as exc:  # fails on a sample's data: so it would on a case's
+                    raise TemplateError(f"canned reply {name} does not render: {exc}") from exc
     return list(available(override))

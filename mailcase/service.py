@@ -1738,6 +1738,19 @@ def _agent_message(
                 outage_open=casework.open_outage_main(session, case) is not None,
             )
         ]
+    canned = ""
+    if not problems:
+        # "#respuesta": rendered before anything runs. An admin's file that does not render
+        # (a typo, a name no case has, Latin-1, or a failure on this case's data, such as
+        # a name's first word when there is no name) raised out of this message: every
+        # poll of the mailbox stopped on it, or the agent's reply was quarantined unsaid.
+        # The agent is told instead, and the poll goes on.
+        try:
+            canned = _canned_reply(settings, case, parsed.commands)
+        except (TemplateError, MessageError) as exc:
+            line = next(c.line for c in parsed.commands if c.kind is CommandKind.REPLY)
+            get_logger().warning("canned_reply_broken", folio=case.folio, error=str(exc))
+            problems.append({"line": line, "problem": "reply_broken"})
     if problems:
         # One bad command and nothing runs: a typo such as "#ntoa" must not
         # let an internal note reach the customer as relayed text, and a
@@ -1770,7 +1783,7 @@ def _agent_message(
     # (the question the case waits on, with "#pendiente"). The case keeps the agent's own
     # words as their message (the relay notice keeps the whole text): the signature their
     # mail client adds is learnt from the end of those (_without_signature_of).
-    text = _with_canned_reply(settings, case, parsed.commands, own)
+    text = "\n\n".join(part for part in (own, canned) if part)
     # Words addressed to others (a colleague, a contractor, the agents' list), a support
     # mailbox only in copy: the agent told them something, not the customer. Kept as a
     # note, as Zammad keeps such mail as an internal article; the agent is told. Only
@@ -1872,7 +1885,14 @@ def _agent_message(
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
-        casework.assign_on_answer(session, settings, case, by)
+        if CommandKind.ASSIGN not in kinds:
+            casework.assign_on_answer(session, settings, case, by)
+        # The customer has the agent's words, from the agent; the canned reply they named
+        # is only in mailcase's hands: relayed alone (it was skipped, and nobody told).
+        if canned and not casework.relay(
+            session, settings, case, canned, agent_name=mail.sender_name
+        ):
+            _not_relayed(session, settings, case, mail, "held")
         return
     if copied:  # nobody was answered: no owner taken either
         _not_relayed(session, settings, case, mail, "copied")
@@ -1911,7 +1931,8 @@ def _agent_message(
         ):
             kept = too_big + withheld
             reason, attachments = ("attachments", kept) if kept else ("", [])
-            casework.assign_on_answer(session, settings, case, by)
+            if CommandKind.ASSIGN not in kinds:  # "#asignar nadie" keeps the case nobody's
+                casework.assign_on_answer(session, settings, case, by)
         else:
             reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
     # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
@@ -1939,13 +1960,11 @@ def _agent_message(
 _RELAYING = frozenset({CommandKind.RESOLVE, CommandKind.REPLY})
 
 
-def _with_canned_reply(
-    settings: Settings, case: Case, commands: Sequence[Command], text: str
-) -> str:
-    """``text`` (the agent's words below the commands, stripped), followed by the canned
-    reply a ``#respuesta`` names, rendered for ``case`` in its language
-    (:func:`replies.render_reply`, which falls back to the other language only when the
-    reply lacks the case's); ``text`` alone without one. The name was checked to exist."""
+def _canned_reply(settings: Settings, case: Case, commands: Sequence[Command]) -> str:
+    """The canned reply a ``#respuesta`` of ``commands`` names, rendered for ``case`` in its
+    language (:func:`replies.render_reply`, which falls back to the other language only
+    when the reply lacks the case's); "" without one, or when its file was removed since
+    the name was checked. Raises as :func:`replies.render_reply` does."""
     for command in commands:
         if command.kind is not CommandKind.REPLY or command.reply is None:
             continue
@@ -1955,9 +1974,9 @@ def _with_canned_reply(
             base_context(settings, case),
             override=settings.templates.directory,
         )
-        if rendered is not None:  # a file removed since the check: the agent's text alone
-            text = f"{text}\n\n{rendered.text}" if text else rendered.text
-    return text
+        if rendered is not None:
+            return rendered.text
+    return ""
 
 
 # The commands that answer the customer (a resolution, a visit booked or called off):
@@ -2211,7 +2230,7 @@ def _run_command(
         casework.join_outage(session, settings, case, main, by=by)
     # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
     # caller); REPLY: the canned text was added to the relayed text by the caller
-    # (_with_canned_reply); nothing else to do.
+    # (_canned_reply); nothing else to do.
     return []
 
 
