@@ -1651,10 +1651,17 @@ def _outage_context(session: Session, case: Case) -> dict[str, str | int]:
     main = session.get(Case, case.outage_id) if case.outage_id is not None else None
     reports = 0
     if case.id is not None and main is None:
-        reports = session.exec(
-            select(sa.func.count()).select_from(Case).where(col(Case.outage_id) == case.id)
-        ).one()
+        # On the driver's cursor: every notice to agents asks, a new case's too (the
+        # ORM's count cost about 250 µs a message on the ingest path). A report joined
+        # earlier in this transaction is counted: flushed first, as the ORM would.
+        session.flush()
+        reports = run(session, _REPORTS_OF, {"id": case.id}).scalar() or 0
     return {"outage": main.folio if main is not None else "", "outage_reports": int(reports)}
+
+
+_REPORTS_OF = Prepared(
+    sa.select(sa.func.count()).select_from(_CASES).where(_CASES.c.outage_id == sa.bindparam("id"))
+)
 
 
 def is_outage_main(session: Session, case: Case) -> bool:
