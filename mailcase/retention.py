@@ -4,8 +4,8 @@ needed for its purpose): erase, as ``customers forget`` erases one address
 mail of no case as old.
 
 A customer is inactive for N days when none of their cases is open and the latest of
-their activity is older than N days: the last change of any of their cases (its
-creation, an update, its resolution or closing, the customer's last message), the
+their activity is older than N days: the times of their cases (opened, resolved,
+closed, the customer's last message; not ``updated_at``, which the desk moves too), the
 last mail fetched for one of them, the last notice to them about one of them, their
 last mail on another customer's case and their last mail kept outside any case. The
 desk's own bookkeeping is no activity of theirs: an agent's mail on one of their cases
@@ -34,6 +34,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -127,6 +128,21 @@ def purge_inactive(
     return Purge(customers=customers, loose=loose)
 
 
+# The times on a case's row that are the customer's side of it: opened, their latest
+# message, resolved, closed. Not updated_at: an agent's #tipo by mail moves it too.
+_STAMPS: tuple[Any, ...] = (  # the case's columns (sqlmodel's col())
+    col(Case.created_at),
+    col(Case.last_customer_at),
+    col(Case.resolved_at),
+    col(Case.closed_at),
+)
+
+
+def _before(latest: Any, cutoff: datetime) -> sa.ColumnElement[bool]:
+    """``latest`` (an aggregate, NULL when no case has that time) is before ``cutoff``."""
+    return sa.or_(latest.is_(None), latest < cutoff)
+
+
 def inactive_customers(
     session: Session,
     cutoff: datetime,
@@ -141,8 +157,9 @@ def inactive_customers(
         select(Case.customer)
         .where(col(Case.customer) != FORGOTTEN, col(Case.customer) != "")
         .group_by(col(Case.customer))
-        # A first cut on the cases' own row; the rest is read per customer.
-        .having(open_ == 0, sa.func.max(col(Case.updated_at)) < cutoff)
+        # A first cut on the cases' own row (the customer's side of it: not updated_at,
+        # which the desk's own mail moves too); the rest is read per customer.
+        .having(open_ == 0, *(_before(sa.func.max(stamp), cutoff) for stamp in _STAMPS))
         .order_by(col(Case.customer))
     ).all()
     found = []
@@ -165,15 +182,7 @@ def _inactive(
     ``loose_ledger``: its mail kept outside any case (the erasure's scan found it);
     mail from ``insiders`` (agents, our own addresses) on its cases is not its activity."""
     cases = session.execute(
-        sa.select(
-            col(Case.id),
-            col(Case.status),
-            col(Case.created_at),
-            col(Case.updated_at),
-            col(Case.resolved_at),
-            col(Case.closed_at),
-            col(Case.last_customer_at),
-        ).where(col(Case.customer) == address)
+        sa.select(col(Case.id), col(Case.status), *_STAMPS).where(col(Case.customer) == address)
     ).all()
     if any(status == CaseStatus.OPEN for _, status, *_ in cases):
         return False
@@ -182,19 +191,20 @@ def _inactive(
         return False
     times: list[datetime | None] = [t for _, _, *stamps in cases for t in stamps]
     if ids:
-        # The desk's own mail on their cases, found through the indexed case_id: a
-        # correlated lookup by ledger_id (not indexed) read every agent message ever
-        # written, once per customer (0.44 s a customer at 200,000 of them).
-        desks = select(CaseMessage.ledger_id).where(
+        # The desk's own mail on their cases: its recorded message names the stored
+        # file, as its ledger row does (ingest never sets case_messages.ledger_id), and
+        # both are found through the indexed case_id, as the erasure finds a message's
+        # copies.
+        desks = select(CaseMessage.raw_sha256).where(
             col(CaseMessage.case_id).in_(ids),
             col(CaseMessage.from_addr).in_(insiders),
-            col(CaseMessage.ledger_id).is_not(None),
+            col(CaseMessage.raw_sha256).is_not(None),
         )
         times.append(
             session.exec(
                 select(sa.func.max(LedgerEntry.ingested_at)).where(
                     col(LedgerEntry.case_id).in_(ids),
-                    col(LedgerEntry.id).not_in(desks) if insiders else sa.true(),
+                    col(LedgerEntry.raw_sha256).not_in(desks) if insiders else sa.true(),
                 )
             ).one()
         )
@@ -205,11 +215,18 @@ def _inactive(
                 )
             ).one()
         )
-    # Their mail on other customers' cases, by when it was fetched (or recorded).
+    # Their mail on other customers' cases, by when it was fetched: the ledger row of
+    # the same case and stored file as the recorded message.
     times.append(
         session.exec(
             select(sa.func.max(LedgerEntry.ingested_at))
-            .join(CaseMessage, col(CaseMessage.ledger_id) == col(LedgerEntry.id))
+            .join(
+                CaseMessage,
+                sa.and_(
+                    col(CaseMessage.case_id) == col(LedgerEntry.case_id),
+                    col(CaseMessage.raw_sha256) == col(LedgerEntry.raw_sha256),
+                ),
+            )
             .where(CaseMessage.from_addr == address)
         ).one()
     )

@@ -454,3 +454,27 @@ def test_a_stopping_daemon_waits_for_the_batch_in_hand_only(desk: Desk, monkeypa
         store.dispose()
     assert done.customers.customers == (ANA,)
     assert (_customer(desk, ana), _customer(desk, juan)) == (FORGOTTEN, JUAN)
+
+
+def test_an_agents_mail_on_an_old_closed_case_restarts_no_clock(desk: Desk) -> None:
+    # Through a real poll: an agent classifies an old closed case by mail (#tipo), as
+    # `cases type` would. The follow-up moved the case's updated_at, and its recorded
+    # message names no ledger row: neither is the customer's activity.
+    from helpers import AGENT, NOTIFY
+
+    juan = _closed_case(desk, f"{NAME} <{JUAN}>", PHRASE)
+    _age(desk, DAYS + 30)
+    [notice] = [m for m in desk.to(NOTIFY) if juan in str(m["Subject"])][:1]
+    desk.deliver(
+        mail(
+            sender=f"Ana Técnica <{AGENT}>",
+            to=str(notice["Reply-To"]),
+            subject=f"Re: {notice['Subject']}",
+            body="#tipo consulta",
+            headers={"In-Reply-To": notice["Message-ID"].strip()},
+        )
+    )
+    assert desk.cli.json("cases", "show", juan)["type"] == "question"  # it ran, today
+    code, result, err = _purge(desk)
+    assert code == 0, err
+    assert result["addresses"] == [JUAN]

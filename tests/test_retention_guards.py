@@ -84,6 +84,7 @@ def _message(
     kind: str = "customer",
     to: str = "",
     sha: str = "",
+    stored: bool = True,  # False: no stored file named (counted by the erasure otherwise)
 ) -> int:
     n = next(_serial)
     if kind == "notice":  # ours, sent: never fetched
@@ -95,6 +96,9 @@ def _message(
         session.flush()
         assert message.id is not None
         return message.id
+    # As ingestion writes them: the ledger row and the recorded message name the same
+    # stored file, and the message has no ledger_id (ingest never sets it).
+    sha = sha or (f"{n:064x}" if stored else "")
     entry = LedgerEntry(
         mailbox="soporte",
         uidvalidity=1,
@@ -118,7 +122,6 @@ def _message(
         date=NOW - timedelta(days=days),
         text=text,
         raw_sha256=sha or None,
-        ledger_id=entry.id,
     )
     session.add(message)
     session.flush()
@@ -297,6 +300,18 @@ def test_the_desks_mail_on_an_old_case_is_no_activity_of_the_customer(
     assert _purge(store, tmp_path, dry_run=True).customers.customers == ()
 
 
+def test_his_recent_mail_on_another_customers_closed_case_keeps_him(
+    store: Store, tmp_path: Path
+) -> None:
+    with store.transaction() as session:
+        old = _case(session, PEDRO, days=DAYS + 30)
+        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30)
+        # Ana's case, closed long ago; he wrote on it yesterday (fetched then).
+        hers = _case(session, ANA, days=DAYS + 30)
+        _message(session, hers, PEDRO, "¿ya quedó lo de mi vecina?", days=1)
+    assert PEDRO not in _purge(store, tmp_path, dry_run=True).customers.customers
+
+
 def test_his_own_recent_mail_on_an_old_case_keeps_him(store: Store, tmp_path: Path) -> None:
     with store.transaction() as session:
         old = _case(session, PEDRO, days=DAYS + 30)
@@ -342,7 +357,7 @@ def test_a_dry_run_counts_their_old_mail_of_no_case_once(store: Store, tmp_path:
     )
     with store.transaction() as session:
         old = _case(session, PEDRO, days=DAYS + 30)
-        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30)
+        _message(session, old, PEDRO, "mi caso viejo", days=DAYS + 30, stored=False)
         session.add(
             LedgerEntry(
                 mailbox="soporte",
