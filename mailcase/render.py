@@ -115,7 +115,13 @@ def _render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
     except (jinja2.TemplateSyntaxError, jinja2.TemplateNotFound, SecurityError) as exc:
         raise TemplateError(f"template {filename} cannot be used: {exc}") from exc
     except UnicodeDecodeError as exc:  # a file it includes, saved as Latin-1
-        raise TemplateError(f"template {filename} includes a file that is not UTF-8 text") from exc
+        raise TemplateError(
+            f"template {filename} includes a file that is not UTF-8 text (mailcase check names it)"
+        ) from exc
+    except OSError as exc:  # a file it includes that cannot be read (its mode, SELinux)
+        raise TemplateError(
+            f"template {filename} includes a file that cannot be read: {exc.strerror or exc}"
+        ) from exc
     except Exception as exc:
         unknown = (
             _unknown_names(template, context) if isinstance(exc, jinja2.UndefinedError) else []
@@ -153,7 +159,9 @@ def _fresh_template(env: jinja2.Environment, name: str) -> jinja2.Template | Non
         return env.get_template(name)
     except jinja2.TemplateNotFound:
         return None
-    except (jinja2.TemplateError, UnicodeDecodeError) as exc:
+    except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
+        # OSError: a file mailcase may not read (root's 0600, an SELinux label kept by mv)
+        # is the admin's to fix, as a syntax error is: not a message to quarantine.
         reason = compile_error(env, name) or f"template {name} cannot be compiled"
         raise TemplateError(reason) from exc
 
@@ -185,6 +193,8 @@ def compile_error(env: jinja2.Environment, name: str) -> str | None:
         # Saved as Latin-1 or Windows-1252 (Notepad, an older editor): jinja2 reads UTF-8,
         # and its UnicodeDecodeError is no TemplateError, so it escaped as a traceback.
         return f"template {_file_of(env, name)} is not UTF-8 text: save it as UTF-8"
+    except OSError as exc:
+        return f"template {_file_of(env, name)} cannot be read: {exc.strerror or exc}"
     return None
 
 
@@ -227,7 +237,9 @@ def _template(env: jinja2.Environment, name: str) -> jinja2.Template | None:
     except jinja2.TemplateNotFound:
         _MISSING.add(key)
         return None
-    except (jinja2.TemplateError, UnicodeDecodeError) as exc:
+    except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
+        # OSError: a file mailcase may not read (root's 0600, an SELinux label kept by mv)
+        # is the admin's to fix, as a syntax error is: not a message to quarantine.
         reason = compile_error(env, name) or f"template {name} cannot be compiled"
         raise TemplateError(reason) from exc
 

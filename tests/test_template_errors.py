@@ -84,3 +84,45 @@ def test_check_names_a_broken_or_misnamed_template(
 
 def _row(out: str, name: str) -> str:
     return next(line for line in out.splitlines() if line.startswith(name))
+
+
+def test_a_template_mailcase_may_not_read_is_one_sentence_naming_it(tmp_path: Path) -> None:
+    # A root-owned 0600 file, or one moved with mv that kept its SELinux label: an
+    # OSError, no TemplateError, so a poll quarantined every message it rendered for.
+    import os
+    import subprocess
+    import sys
+
+    override = tmp_path / "templates"
+    (override / "es").mkdir(parents=True)
+    template = override / "es" / "merged.txt.j2"
+    shutil.copy(shipped_templates() / "es" / "merged.txt.j2", template)
+    template.chmod(0o600)
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # root reads any file: take away the capability that lets it
+        os.chown(template, 65534, 65534)
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    else:
+        template.chmod(0)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from test_templates_all import context\n"
+        "from mailcase.errors import TemplateError\n"
+        "from mailcase.render import render_body\n"
+        "try:\n"
+        "    render_body('merged', 'es', context('merged'),"
+        " override=Path(sys.argv[1]))\n"
+        "except TemplateError as exc:\n"
+        "    print('TemplateError:', exc)\n"
+    )
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", script, str(override)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"TemplateError: template {template} cannot be read: Permission denied"
+    ), done.stdout + done.stderr
