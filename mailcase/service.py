@@ -1736,6 +1736,7 @@ def _agent_message(
                 now_local,
                 visit_ahead=casework.visit_cancellable(case, now_local),
                 outage_open=casework.open_outage_main(session, case) is not None,
+                reports_open=casework.has_open_reports(session, case),
             )
         ]
     canned = ""

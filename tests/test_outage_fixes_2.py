@@ -1,0 +1,115 @@
+"""Mass outages, reviewed again: no case of an open outage is closed "no answer", the
+agents' notification of a report says whether its main case is still worked, what
+``#masivo aviso`` could not send every report is told, and two agents moving reports
+crosswise between two outages do not fail a poll. Through real Dovecot and SMTP servers,
+as tests/test_outage.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import AGENT, Cli, write_config
+from servers import Dovecot, SmtpSink
+from test_agents import AREAS, CUSTOMER, Desk, text
+from test_outage_fixes_mail import NOW, _expire_wait
+from test_templates_all import context
+
+from mailcase.casework import command_problems
+from mailcase.commands import parse_commands
+from mailcase.render import render_body
+
+CAUSE = "Se reparó la fibra cortada en la colonia Centro."
+NEWS = "Estimamos restablecer el servicio hoy a las 18:00."
+ANA = "ana.lopez@example.com"
+
+
+@pytest.fixture
+def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
+    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+
+
+def _outage(desk: Desk) -> tuple[str, str]:
+    """A main case (Juan's) and one report of it (Ana's), nobody told."""
+    main = desk.open_case(sender=f"Juan <{CUSTOMER}>", subject="Sin internet", body="x")
+    ana = desk.open_case(sender=f"Ana <{ANA}>", subject="Sin internet", body="y")
+    assert desk.cli("cases", "outage", ana, "--of", main, "--no-notice")[0] == 0
+    return main, ana
+
+
+# --- no case of an open outage is closed "no answer" ----------------------------------------
+
+
+@pytest.mark.integration
+def test_a_report_waiting_when_its_main_case_is_reopened_is_not_closed_mid_outage(
+    desk: Desk,
+) -> None:
+    main, ana = _outage(desk)
+    assert desk.cli("cases", "close", main)[0] == 0  # closed unresolved: Ana's is hers again
+    assert desk.cli("cases", "pending", ana, "--days", "2")[0] == 0
+    assert desk.cli("cases", "reopen", main)[0] == 0  # the outage is worked again
+
+    _expire_wait(desk, ana)
+    desk.cli.poll()
+
+    assert desk.case(ana)["status"] == "open"
+    assert not any("no tuvimos respuesta" in text(m) for m in desk.to(ANA))
+    assert desk.cli("cases", "resolve", main, "--outcome", "valid", "--cause", CAUSE)[0] == 0
+    assert desk.case(ana)["status"] == "resolved"
+    assert desk.case(ana)["pending_until"] is None
+    assert any(CAUSE in text(m) for m in desk.to(ANA))
+
+
+def test_pendiente_on_a_main_case_with_open_reports_is_a_problem() -> None:
+    parsed = parse_commands("#pendiente 2\n¿Nos envía una foto del módem?")
+    problems = command_problems(parsed.commands, parsed.text, "open", NOW, reports_open=True)
+    assert problems == [("#pendiente 2", "pending_main")]
+    stop = parse_commands("#pendiente no")
+    assert command_problems(stop.commands, stop.text, "open", NOW, reports_open=True) == []
+
+
+@pytest.mark.parametrize(
+    ("language", "sentence"),
+    [
+        ("es", "este caso es el caso principal de una falla general con reportes abiertos"),
+        ("en", "this case is the main case of an outage with open reports"),
+    ],
+)
+def test_command_error_says_a_main_case_does_not_wait(language: str, sentence: str) -> None:
+    problems = [{"line": "#pendiente", "problem": "pending_main"}]
+    body = render_body("command_error", language, context("command_error", problems=problems))
+    assert sentence in body.text
+
+
+@pytest.mark.integration
+def test_a_main_case_with_open_reports_is_not_made_to_wait(desk: Desk) -> None:
+    main, ana = _outage(desk)
+
+    desk.agent_reply(desk.notification(main), "#pendiente 2\n¿Nos envía una foto del módem?")
+    code, _, err = desk.cli("cases", "pending", main, "--days", "2")
+
+    assert desk.case(main)["pending_until"] is None
+    assert any("con reportes abiertos" in text(m) for m in desk.to(AGENT))
+    assert not any("foto del módem" in text(m) for m in desk.to(CUSTOMER))
+    assert code != 0 and f"case {main} is the main case of an outage with open reports" in err
+    assert len(err.strip().splitlines()) == 1
+    # Its reports settled, it waits as any other case.
+    assert desk.cli("cases", "outage", ana, "--clear")[0] == 0
+    assert desk.cli("cases", "pending", main, "--days", "2")[0] == 0
+
+
+@pytest.mark.integration
+def test_a_waiting_case_made_a_main_case_waits_no_more(desk: Desk) -> None:
+    main = desk.open_case(sender=f"Juan <{CUSTOMER}>", subject="Sin internet", body="x")
+    ana = desk.open_case(sender=f"Ana <{ANA}>", subject="Sin internet", body="y")
+    assert desk.cli("cases", "pending", main, "--days", "2")[0] == 0
+
+    desk.agent_reply(desk.notification(ana), f"#masivo {main}")
+
+    assert desk.case(main)["pending_until"] is None
+    _expire_wait(desk, main)
+    desk.cli.poll()
+    assert desk.case(main)["status"] == "open"
