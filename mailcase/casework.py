@@ -1690,8 +1690,10 @@ def _merge_links(session: Session, source: Case, target: Case) -> None:
 
 def _outage_context(session: Session, case: Case) -> dict[str, str | int]:
     """The agents' notification's words on the outage ``case`` belongs to: ``outage``, the
-    main case's folio when ``case`` is a report ("" otherwise), and ``outage_reports``, how
-    many reports ``case`` has as a main case (any status; 0 for none)."""
+    main case's folio when ``case`` is a report ("" otherwise), ``outage_status``, that
+    main case's status ("open", "resolved", "closed"; "" when none): "work that case" is
+    said while it is open only, and ``outage_reports``, how many reports ``case`` has as
+    a main case (any status; 0 for none)."""
     main = session.get(Case, case.outage_id) if case.outage_id is not None else None
     reports = 0
     if case.id is not None and main is None:
@@ -1700,7 +1702,11 @@ def _outage_context(session: Session, case: Case) -> dict[str, str | int]:
         # earlier in this transaction is counted: flushed first, as the ORM would.
         session.flush()
         reports = run(session, _REPORTS_OF, {"id": case.id}).scalar() or 0
-    return {"outage": main.folio if main is not None else "", "outage_reports": int(reports)}
+    return {
+        "outage": main.folio if main is not None else "",
+        "outage_status": str(main.status) if main is not None else "",
+        "outage_reports": int(reports),
+    }
 
 
 _REPORTS_OF = Prepared(

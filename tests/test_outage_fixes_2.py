@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import AGENT, Cli, write_config
+from helpers import AGENT, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import AREAS, CUSTOMER, Desk, text
 from test_outage_fixes_mail import NOW, _expire_wait
@@ -113,3 +113,56 @@ def test_a_waiting_case_made_a_main_case_waits_no_more(desk: Desk) -> None:
     _expire_wait(desk, main)
     desk.cli.poll()
     assert desk.case(main)["status"] == "open"
+
+
+# --- the agents' notification of a report says whether its main case is worked --------------
+
+
+@pytest.mark.parametrize(
+    ("language", "working", "finished"),
+    [
+        (
+            "es",
+            "Falla general: reporte del caso PLR-2026-000045 (trabaje ese caso: al resolverlo",
+            "Falla general: reporte de PLR-2026-000045 ({}): trabaje este caso",
+        ),
+        (
+            "en",
+            "Outage:   report of case PLR-2026-000045 (work that case: resolving it",
+            "Outage:   report of PLR-2026-000045 ({}): work this case",
+        ),
+    ],
+)
+def test_a_reports_notification_says_work_the_main_case_only_while_it_is_open(
+    language: str, working: str, finished: str
+) -> None:
+    def body(status: str) -> str:
+        changes = {"outage": "PLR-2026-000045", "outage_status": status}
+        return render_body(
+            "agent_notification", language, context("agent_notification", **changes)
+        ).text
+
+    assert working in body("open")
+    closed, resolved = ("cerrado", "resuelto") if language == "es" else ("closed", "resolved")
+    assert finished.format(closed) in body("closed") and working not in body("closed")
+    assert finished.format(resolved) in body("resolved")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["close", "resolve"])
+def test_a_reports_notification_of_a_finished_main_case_says_work_this_one(
+    desk: Desk, how: str
+) -> None:
+    main, ana = _outage(desk)
+    if how == "close":
+        assert desk.cli("cases", "close", main)[0] == 0
+    else:
+        assert desk.cli("cases", "resolve", main, "--outcome", "valid", "--cause", CAUSE)[0] == 0
+    desk.deliver(
+        mail(sender=f"Ana <{ANA}>", subject=f"Re: [{ana}] Sin internet", body="Sigo sin servicio.")
+    )
+
+    note = text(desk.notification(ana))
+    state = "cerrado" if how == "close" else "resuelto"
+    lines = [ln for ln in note.splitlines() if ln.startswith("Falla general")]
+    assert lines == [f"Falla general: reporte de {main} ({state}): trabaje este caso"]

@@ -51,6 +51,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "owner": "ana.tecnica@internet-plarey.com.mx",
         "related": [],
         "outage": "",
+        "outage_status": "open",
         "outage_reports": 0,
         "not_attached": [],
         "attaching": True,
