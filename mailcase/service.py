@@ -1866,14 +1866,15 @@ def _agent_message(
         if not asks and CommandKind.REPLY not in kinds:
             return
     reached_a_report = False
+    news_kept: list[list[str]] = [[], []]  # the news' files left out: too big, withheld
     if news:
         # Each report's customer, under their own folio; the main case's, below, as any reply.
         attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
-        files = _relayable(
+        files, *news_kept = _relayable(
             attached,
             settings.notices.max_relayed_attachment_bytes,
             signing_key(session, settings),
-        )[0]
+        )
         told = casework.tell_outage_reports(
             session, settings, case, text, agent_name=mail.sender_name, attachments=files
         )
@@ -1949,10 +1950,16 @@ def _agent_message(
         # suggests): the news went to the reports' customers, and "your reply reached
         # nobody" would be false; the phone reports were named one by one above.
         reason = ""
+    outage_news = news and reached_a_report
+    if outage_news and not reason and (news_kept[0] or news_kept[1]):
+        # The files the news went without, to every report's customer: on a phone main
+        # case nothing else says so (its own notice is the one suppressed just above).
+        withheld = news_kept[1]
+        reason, attachments = "attachments", news_kept[0] + withheld
     if reason:  # the agent learns what did not reach the customer
         _not_relayed(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
-            pending_dropped=dropped,
+            pending_dropped=dropped, outage_news=outage_news and reason == "attachments",
         )  # fmt: skip
 
 
@@ -2124,9 +2131,12 @@ def _not_relayed(
     untold: list[str] | None = None,
     to: str | None = None,
     pending_dropped: bool = False,
+    outage_news: bool = False,
 ) -> None:
     """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why
-    (``pending_dropped``: so the case does not wait for the customer's answer to it)."""
+    (``pending_dropped``: so the case does not wait for the customer's answer to it;
+    ``outage_news``: the files left out of a ``#masivo aviso``, which every customer of
+    the outage got without them)."""
     queue_notice(
         session,
         settings,
@@ -2139,6 +2149,7 @@ def _not_relayed(
             "untold": untold or [],
             "withheld": withheld or [],
             "pending_dropped": pending_dropped,
+            "outage_news": outage_news,
             "own_sender": mail.sender,
             "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
         },

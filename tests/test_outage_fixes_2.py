@@ -166,3 +166,63 @@ def test_a_reports_notification_of_a_finished_main_case_says_work_this_one(
     state = "cerrado" if how == "close" else "resuelto"
     lines = [ln for ln in note.splitlines() if ln.startswith("Falla general")]
     assert lines == [f"Falla general: reporte de {main} ({state}): trabaje este caso"]
+
+
+# --- what "#masivo aviso" could not send every report is told -------------------------------
+
+
+def _relay_limit_bytes(desk: Desk, limit: int) -> None:
+    config = desk.cli.config
+    config.write_text(
+        config.read_text().replace(
+            "[notices]\n", f"[notices]\nmax_relayed_attachment_bytes = {limit}\n", 1
+        )
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("phone_main", [True, False])
+def test_an_avisos_file_over_the_limit_is_named_as_missing_for_every_customer(
+    desk: Desk, phone_main: bool
+) -> None:
+    _relay_limit_bytes(desk, 20_000)
+    ana = desk.open_case(sender=f"Ana <{ANA}>", subject="Sin internet", body="y")
+    if phone_main:
+        main = desk.open_phone_case()
+    else:
+        main = desk.open_case(sender=f"Juan <{CUSTOMER}>", subject="Sin internet", body="x")
+    assert desk.cli("cases", "outage", ana, "--of", main, "--no-notice")[0] == 0
+    told = len(desk.to(AGENT))
+    big = b"%PDF-1.4\n" + b"0" * 60_000
+
+    desk.agent_reply(
+        desk.notification(main),
+        f"#masivo aviso\n{NEWS}",
+        attachments=[("mapa-zona.pdf", "application/pdf", big)],
+    )
+
+    [news] = [m for m in desk.to(ANA) if NEWS in text(m)]
+    assert [p.get_filename() for p in news.iter_attachments()] == []
+    [notice] = desk.to(AGENT)[told:]
+    assert main in str(notice["Subject"])
+    body = text(notice)
+    assert "se envió a todos sus clientes" in body
+    assert "Adjuntos no enviados: mapa-zona.pdf" in body
+    assert "otro #masivo aviso" in body
+
+
+@pytest.mark.parametrize(
+    ("language", "sentence", "advice"),
+    [
+        ("es", "se envió a todos sus clientes", "envíe otro #masivo aviso"),
+        ("en", "was sent to all its customers", "send another #outage update"),
+    ],
+)
+def test_the_attachments_notice_of_an_aviso_speaks_of_every_customer(
+    language: str, sentence: str, advice: str
+) -> None:
+    ctx = context("not_relayed", outage_news=True, withheld=[], attachments=["mapa.pdf"])
+    body = render_body("not_relayed", language, ctx).text
+    assert sentence in body and advice in body
+    plain = render_body("not_relayed", language, context("not_relayed")).text
+    assert sentence not in plain and advice not in plain

@@ -150,6 +150,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "withheld": ["notificacion.eml"],
         "untold": [],
         "pending_dropped": False,
+        "outage_news": False,
         "own_sender": "soporte@internet-plarey.com.mx",
         "customer": "juan.perez@example.com",
         "mailbox_address": "contacto@internet-plarey.com.mx",
