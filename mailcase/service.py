@@ -1882,7 +1882,7 @@ def _agent_message(
         # reach (a phone report: call them; held: a loop, most likely), as for one case.
         for report, why in told:
             if why:
-                _not_relayed(session, settings, report, mail, why)
+                _not_relayed(session, settings, report, mail, why, outage_main=case.folio)
         reached_a_report = any(not why for _, why in told)
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
@@ -2132,11 +2132,14 @@ def _not_relayed(
     to: str | None = None,
     pending_dropped: bool = False,
     outage_news: bool = False,
+    outage_main: str = "",
 ) -> None:
     """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why
     (``pending_dropped``: so the case does not wait for the customer's answer to it;
     ``outage_news``: the files left out of a ``#masivo aviso``, which every customer of
-    the outage got without them)."""
+    the outage got without them; ``outage_main``: ``case`` is a report the ``#masivo aviso``
+    of that main case did not reach, the news kept on the main case only, and sending the
+    aviso again would reach every other report's customer twice)."""
     queue_notice(
         session,
         settings,
@@ -2150,6 +2153,7 @@ def _not_relayed(
             "withheld": withheld or [],
             "pending_dropped": pending_dropped,
             "outage_news": outage_news,
+            "outage_main": outage_main,
             "own_sender": mail.sender,
             "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
         },

@@ -226,3 +226,55 @@ def test_the_attachments_notice_of_an_aviso_speaks_of_every_customer(
     assert sentence in body and advice in body
     plain = render_body("not_relayed", language, context("not_relayed")).text
     assert sentence not in plain and advice not in plain
+
+
+def _with_relay_limit(desk: Desk, per_hour: int) -> None:
+    config = desk.cli.config
+    limit = f"[limits]\nmax_relays_per_case_per_hour = {per_hour}\n[notices]\n"
+    config.write_text(config.read_text().replace("[notices]\n", limit, 1))
+
+
+@pytest.mark.integration
+def test_a_reports_notice_of_an_aviso_it_missed_says_where_the_news_is_and_what_to_do(
+    desk: Desk,
+) -> None:
+    _with_relay_limit(desk, 2)
+    main = desk.open_case(sender=f"Juan <{CUSTOMER}>", subject="Sin internet", body="x")
+    ana = desk.open_case(sender=f"Ana <{ANA}>", subject="Sin internet", body="y")
+    phone = desk.open_phone_case()
+    for report in (ana, phone):
+        assert desk.cli("cases", "outage", report, "--of", main, "--no-notice")[0] == 0
+    desk.agent_reply(desk.notification(ana), "Estamos revisando su línea.")  # Ana's relays
+    desk.agent_reply(desk.notification(ana), "Seguimos revisando su línea.")
+    told = len(desk.to(AGENT))
+
+    desk.agent_reply(desk.notification(main), f"#masivo aviso\n{NEWS}")
+
+    back = {str(m["Subject"]): text(m) for m in desk.to(AGENT)[told:]}
+    [held] = [t for s, t in back.items() if ana in s]
+    [call] = [t for s, t in back.items() if phone in s]
+    assert f"El aviso quedó guardado en el caso {main}." in held
+    assert "No envíe el aviso de nuevo" in held
+    assert f"responda dentro de una hora a la notificación de este caso, {ana}" in held
+    assert "envíe su respuesta de nuevo" not in held
+    assert f"quedó guardado en el caso {main}." in call
+    assert "Llame al cliente para darle la noticia." in call
+    assert "quedó guardada en el caso." not in call
+
+
+@pytest.mark.parametrize(
+    ("language", "held", "call"),
+    [
+        ("es", "No envíe el aviso de nuevo", "Llame al cliente para darle la noticia."),
+        ("en", "Do not send the update again", "Call the customer with the news."),
+    ],
+)
+def test_not_relayed_words_a_reports_missed_aviso(language: str, held: str, call: str) -> None:
+    def body(reason: str, main: str) -> str:
+        ctx = context("not_relayed", reason=reason, outage_main=main)
+        return render_body("not_relayed", language, ctx).text
+
+    assert held in body("held", "PLR-2026-000001")
+    assert "PLR-2026-000001" in body("held", "PLR-2026-000001")
+    assert call in body("no_customer", "PLR-2026-000001")
+    assert held not in body("held", "") and call not in body("no_customer", "")
