@@ -84,6 +84,7 @@ from mailcase.store import (
     insert_if_absent,
     insert_row,
     insert_values,
+    is_deadlock,
     is_unavailable,
     ledger_by_key,
     run,
@@ -611,6 +612,14 @@ def ingest_message(
             except _CaseChanged:
                 if attempt == _TRIAGE_ATTEMPTS - 1:
                     raise
+            except SQLAlchemyError as exc:
+                # PostgreSQL ended a lock cycle with another session (two agents moving
+                # reports crosswise between two outages, say) by rolling this whole
+                # transaction back: run again at once, it takes its locks after the
+                # other's commit. Failing the poll made the message wait a poll.
+                if not is_deadlock(exc) or attempt == _TRIAGE_ATTEMPTS - 1:
+                    raise
+                log.info("message_deadlock_retried", attempt=attempt + 1)
     except DatabaseError:
         raise
     except StorageError as exc:
@@ -635,8 +644,10 @@ def ingest_message(
             # message is read again by the next one. A message the database has
             # failed on for a day (refusals.GIVE_UP: a statement_timeout it always
             # exceeds) is quarantined below, so that the mail after it is read.
+            # A deadlock at every attempt is other sessions' locks, not a database down.
+            trouble = "deadlock" if is_deadlock(exc) else "database unavailable"
             raise DatabaseRefusal(
-                f"database unavailable while ingesting message {fetched.uid} of mailbox "
+                f"{trouble} while ingesting message {fetched.uid} of mailbox "
                 f"{mailbox}: {error_text(exc)}",
                 uid=fetched.uid,
                 uidvalidity=uidvalidity,
@@ -1608,7 +1619,7 @@ class _CaseChanged(Exception):
     the message's transaction is rolled back and triaged again."""
 
 
-_TRIAGE_ATTEMPTS = 3  # a case changing under every attempt: quarantined, to be retried
+_TRIAGE_ATTEMPTS = 3  # a case changing (or a deadlock) under every attempt: given up for now
 
 
 def _notify_agents_of(

@@ -7,19 +7,28 @@ as tests/test_outage.py.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from helpers import AGENT, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import AREAS, CUSTOMER, Desk, text
 from test_outage_fixes_mail import NOW, _expire_wait
+from test_outage_fixes_resolve import _agent_raw, _race
 from test_templates_all import context
 
+from mailcase import service
 from mailcase.casework import command_problems
 from mailcase.commands import parse_commands
+from mailcase.config import load_settings
+from mailcase.errors import DatabaseRefusal
+from mailcase.imap import FetchedMessage
 from mailcase.render import render_body
+from mailcase.store import utcnow
 
 CAUSE = "Se reparó la fibra cortada en la colonia Centro."
 NEWS = "Estimamos restablecer el servicio hoy a las 18:00."
@@ -278,3 +287,80 @@ def test_not_relayed_words_a_reports_missed_aviso(language: str, held: str, call
     assert "PLR-2026-000001" in body("held", "PLR-2026-000001")
     assert call in body("no_customer", "PLR-2026-000001")
     assert held not in body("held", "") and call not in body("no_customer", "")
+
+
+# --- two agents moving reports crosswise between two outages (PostgreSQL) -------------------
+
+
+@pytest.fixture
+def pg_desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, pg_url: str) -> Desk:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=pg_url)
+    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+
+
+@pytest.mark.integration
+def test_crosswise_moves_between_two_outages_both_go_through(
+    pg_desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R1 of M1 gets "#masivo M2" while R2 of M2 gets "#masivo M1": each locks its main
+    case, its report, then the other main case, a cycle PostgreSQL ends by rolling one
+    back. That one runs again at once: no poll fails, and both moves are made."""
+    desk = pg_desk
+    m1 = desk.open_case(sender=f"Juan <{CUSTOMER}>", subject="Sin internet", body="x")
+    r1 = desk.open_case(sender=f"Ana <{ANA}>", subject="Sin internet", body="y")
+    m2 = desk.open_case(sender="Luis <luis@example.com>", subject="Sin internet", body="z")
+    r2 = desk.open_case(sender="Rosa <rosa@example.com>", subject="Sin internet", body="w")
+    assert desk.cli("cases", "outage", r1, "--of", m1, "--no-notice")[0] == 0
+    assert desk.cli("cases", "outage", r2, "--of", m2, "--no-notice")[0] == 0
+    raw1 = _agent_raw(desk.notification(r1), f"#masivo {m2}")
+    raw2 = _agent_raw(desk.notification(r2), f"#masivo {m1}")
+
+    reached, release = threading.Event(), threading.Event()
+    real = service._merge_target
+
+    def paused(session: Any, settings: Any, command: Any) -> Any:
+        if m2 in (command.folio or "") and not release.is_set():
+            reached.set()  # the first holds M1 and R1 here
+            assert release.wait(20)
+        return real(session, settings, command)
+
+    monkeypatch.setattr(service, "_merge_target", paused)
+    settings = load_settings(desk.cli.config)
+    rt1, rt2 = service.Runtime.open(settings), service.Runtime.open(settings)
+
+    def ingest(rt: Any, uid: int, raw: bytes) -> Callable[[], Any]:
+        return lambda: service.ingest_message(rt, "contacto", 1, FetchedMessage(uid, raw, utcnow()))
+
+    try:
+        results = _race(ingest(rt1, 901, raw1), ingest(rt2, 902, raw2), reached, release)
+    finally:
+        rt1.store.dispose()
+        rt2.store.dispose()
+    assert results == {"first": "follow_up", "second": "follow_up"}
+    assert (desk.case(r1)["outage"], desk.case(r2)["outage"]) == (m2, m1)
+
+
+def test_a_deadlock_at_every_attempt_says_deadlock(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    attempts: list[int] = []
+
+    def deadlocked(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        raise sa.exc.OperationalError("SELECT", {}, Deadlock("deadlock detected"))
+
+    monkeypatch.setattr(service, "_ingest", deadlocked)
+    settings = load_settings(desk.cli.config)
+    rt = service.Runtime.open(settings)
+    raw = mail(sender=f"Ana <{ANA}>", subject="Sin internet", body="y")
+    try:
+        with pytest.raises(DatabaseRefusal) as raised:
+            service.ingest_message(rt, "contacto", 1, FetchedMessage(903, raw, utcnow()))
+    finally:
+        rt.store.dispose()
+    assert str(raised.value).startswith("deadlock while ingesting message 903 of mailbox")
+    assert "unavailable" not in str(raised.value)
+    assert len(attempts) == service._TRIAGE_ATTEMPTS
