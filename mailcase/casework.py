@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 from functools import partial
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from mailcase.blobs import BlobStore
@@ -97,6 +98,9 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # repair, and the wait's end would close it "no answer" mid-outage, leaving it out of
     # the resolution that tells its customer the failure was corrected.
     "pending_outage",
+    # #pendiente on the main case of an outage with open reports: its wait's end would
+    # close it "no answer" mid-outage, and nothing would then resolve its reports.
+    "pending_main",
     # #masivo naming the case's own folio, a main case that is itself a report of an
     # outage (no chains), on a case that is the main case of an outage, or naming a main
     # case that is closed or resolved (reopen it first).
@@ -197,6 +201,7 @@ def command_problems(
     *,
     visit_ahead: bool = False,
     outage_open: bool = False,
+    reports_open: bool = False,
 ) -> list[tuple[str, str]]:
     """``(line, code)`` for each command of one reply that cannot run; ``[]`` when all can.
 
@@ -215,7 +220,8 @@ def command_problems(
     ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
     this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``), on no
-    report of an outage whose main case is open (``outage_open``: ``pending_outage``);
+    report of an outage whose main case is open (``outage_open``: ``pending_outage``),
+    nor on the main case of an outage with open reports (``reports_open``: ``pending_main``);
     ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` nor ``#masivo aviso``
     (``reply_conflict``), and
     once (``repeated``: one canned reply per reply, its text below the agent's). Whether
@@ -293,6 +299,8 @@ def command_problems(
             problem = "pending_visit"
         elif kind is CommandKind.PENDING and outage_open and status == CaseStatus.OPEN:
             problem = "pending_outage"
+        elif kind is CommandKind.PENDING and reports_open and status == CaseStatus.OPEN:
+            problem = "pending_main"
         elif kind in (CommandKind.ROUTE, CommandKind.PENDING) or joins:
             problem = route_problem(status)
         seen.add(kind)
@@ -391,6 +399,9 @@ _REFUSALS = {
     "pending_outage": "case {folio} is a report of the outage {main}, still open: the next "
     "step is the repair, not the customer's answer; take it out of the outage first "
     "(mailcase cases outage {folio} --clear) to make it wait for the customer",
+    "pending_main": "case {folio} is the main case of an outage with open reports (mailcase "
+    "cases list --outage {folio}): the next step is the repair, and its reports are "
+    "resolved with it, so it does not wait for its customer",
     "outage_same_case": "case {folio} cannot be a report of its own outage",
     "outage_chain": "case {into} is itself a report of the outage {main}: make {folio} a "
     "report of {main} instead",
@@ -1215,15 +1226,22 @@ _WAITING_DAYS = re.compile(r"waiting for the customer for (\d+) day")
 
 
 def pending_problem(
-    status: str, days: int, *, visit_ahead: bool = False, outage_open: bool = False
+    status: str,
+    days: int,
+    *,
+    visit_ahead: bool = False,
+    outage_open: bool = False,
+    reports_open: bool = False,
 ) -> str | None:
     """Why a case in ``status`` cannot wait ``days`` days for its customer, or ``None``:
     only an open case waits (a closed or resolved one is reopened first, as for
     ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days, and not while
-    a home visit is ahead (``visit_ahead``, ``pending_visit``) nor while it is a report
-    of an outage whose main case is open (``outage_open``, ``pending_outage``): the next
-    step is the company's, and the wait's end would cancel the visit, or close the report
-    unanswered mid-outage, out of the resolution that tells its customer of the repair."""
+    a home visit is ahead (``visit_ahead``, ``pending_visit``), while it is a report of
+    an outage whose main case is open (``outage_open``, ``pending_outage``), nor while it
+    is the main case of an outage with open reports (``reports_open``, ``pending_main``):
+    the next step is the company's, and the wait's end would cancel the visit, close the
+    report unanswered mid-outage, out of the resolution that tells its customer of the
+    repair, or close the main case whose resolution is its reports' own."""
     if not 1 <= days <= PENDING_MAX_DAYS:
         return "pending_days"
     problem = route_problem(status)
@@ -1231,7 +1249,26 @@ def pending_problem(
         return "pending_visit"
     if problem is None and outage_open:
         return "pending_outage"
+    if problem is None and reports_open:
+        return "pending_main"
     return problem
+
+
+def has_open_reports(session: Session, case: Case) -> bool:
+    """Whether ``case`` is the main case of an outage with a report still open (not
+    resolved, closed nor merged): one its resolution would resolve."""
+    if case.id is None:
+        return False
+    found = session.exec(
+        select(Case.id)
+        .where(
+            col(Case.outage_id) == case.id,
+            col(Case.status) == CaseStatus.OPEN,
+            col(Case.merged_into_id).is_(None),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def open_outage_main(session: Session, case: Case) -> Case | None:
@@ -1254,14 +1291,21 @@ def set_pending(
     deadline it is closed unresolved and the customer told (:func:`close_stale_cases`),
     unless the customer (or a participant) wrote meanwhile (:func:`clear_pending`), or
     it was resolved, closed, merged, given a home visit or made a report of an outage
-    (:func:`join_outage`). Refused (:class:`CaseworkError`)
+    (:func:`join_outage`); a report's wait does not end so while its main case is open.
+    Refused (:class:`CaseworkError`)
     as :func:`pending_problem` says.
     """
     now = utcnow()
     visit = visit_cancellable(case, now.astimezone(settings.folio.zone))
     main = open_outage_main(session, case)
     _refuse(
-        pending_problem(case.status, days, visit_ahead=visit, outage_open=main is not None),
+        pending_problem(
+            case.status,
+            days,
+            visit_ahead=visit,
+            outage_open=main is not None,
+            reports_open=has_open_reports(session, case),
+        ),
         case,
         days=str(days),
         main=main.folio if main is not None else "",
@@ -1646,8 +1690,10 @@ def _merge_links(session: Session, source: Case, target: Case) -> None:
 
 def _outage_context(session: Session, case: Case) -> dict[str, str | int]:
     """The agents' notification's words on the outage ``case`` belongs to: ``outage``, the
-    main case's folio when ``case`` is a report ("" otherwise), and ``outage_reports``, how
-    many reports ``case`` has as a main case (any status; 0 for none)."""
+    main case's folio when ``case`` is a report ("" otherwise), ``outage_status``, that
+    main case's status ("open", "resolved", "closed"; "" when none): "work that case" is
+    said while it is open only, and ``outage_reports``, how many reports ``case`` has as
+    a main case (any status; 0 for none)."""
     main = session.get(Case, case.outage_id) if case.outage_id is not None else None
     reports = 0
     if case.id is not None and main is None:
@@ -1656,7 +1702,11 @@ def _outage_context(session: Session, case: Case) -> dict[str, str | int]:
         # earlier in this transaction is counted: flushed first, as the ORM would.
         session.flush()
         reports = run(session, _REPORTS_OF, {"id": case.id}).scalar() or 0
-    return {"outage": main.folio if main is not None else "", "outage_reports": int(reports)}
+    return {
+        "outage": main.folio if main is not None else "",
+        "outage_status": str(main.status) if main is not None else "",
+        "outage_reports": int(reports),
+    }
 
 
 _REPORTS_OF = Prepared(
@@ -1772,6 +1822,9 @@ def join_outage(
     # would close it "no answer" mid-outage, and the main case's resolution would then
     # skip it (closed), its customer never told the failure was corrected.
     clear_pending(session, case, by=by, why=f"a report of the outage {main.folio}")
+    # The main case's, likewise: its wait's end would close it "no answer" with this
+    # report open, and nothing would then resolve the report.
+    clear_pending(session, main, by=by, why=f"the main case of an outage ({case.folio})")
     record(session, main, "system", f"case {case.folio} is a report of this outage", from_addr=by)
     if tell_customer and case.customer and not is_erased(case):
         # Their own folio only: the main case is another customer's, and a mail naming
@@ -1889,10 +1942,18 @@ def close_stale_cases(session: Session, settings: Settings, now: datetime) -> li
     """Close resolved cases with no customer reply for ``cases.close_after_days``, and open
     cases whose wait for the customer (``pending_until``) passed before ``now`` and before
     every mailbox was last read through (:func:`mail_read_until`: an answer that reached
-    one in time has been read, and ended the wait) (:func:`close_unanswered`); their folios."""
+    one in time has been read, and ended the wait) (:func:`close_unanswered`); their folios.
+
+    A report whose main case is open is not closed so (:func:`_waits_on_the_repair`): it
+    keeps waiting until the outage is resolved, which resolves it and ends the wait.
+    """
     cutoff = now - timedelta(days=settings.cases.close_after_days)
     read = mail_read_until(session, settings)
-    expired = col(Case.pending_until) <= min(now, read) if read is not None else sa.false()
+    expired = (
+        sa.and_(col(Case.pending_until) <= min(now, read), sa.not_(_waits_on_the_repair()))
+        if read is not None
+        else sa.false()
+    )
     # FOR UPDATE (PostgreSQL): a customer's reply that reopens one of them (or ends its
     # wait) meanwhile waits for this transaction, or, committed first, takes the case
     # out of the selection; either way the reply is not overwritten by the closing.
@@ -1915,6 +1976,18 @@ def close_stale_cases(session: Session, settings: Settings, now: datetime) -> li
         else:
             close(session, settings, case, by="mailcase")
     return [c.folio for c in stale]
+
+
+def _waits_on_the_repair() -> sa.ColumnElement[bool]:
+    """The cases that are reports of an outage whose main case is open. One made to wait
+    while its main case was closed, which was then reopened, would otherwise be closed
+    "no answer" mid-outage, and the resolution (open reports only) would skip it."""
+    main = aliased(Case)
+    return (
+        sa.exists()
+        .where(col(main.id) == col(Case.outage_id), col(main.status) == CaseStatus.OPEN)
+        .correlate(Case)
+    )
 
 
 def deferral_margin(settings: Settings) -> timedelta:
@@ -1941,7 +2014,11 @@ def closings_waiting_for_mail(
     overdue = now - deferral_margin(settings)
     rows = session.exec(
         select(Case.folio, Case.pending_until)
-        .where(col(Case.status) == CaseStatus.OPEN, col(Case.pending_until) <= overdue)
+        .where(
+            col(Case.status) == CaseStatus.OPEN,
+            col(Case.pending_until) <= overdue,
+            sa.not_(_waits_on_the_repair()),  # not closed by close_stale_cases: no news
+        )
         .order_by(col(Case.id))
     ).all()
     if not rows:

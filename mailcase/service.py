@@ -84,6 +84,7 @@ from mailcase.store import (
     insert_if_absent,
     insert_row,
     insert_values,
+    is_deadlock,
     is_unavailable,
     ledger_by_key,
     run,
@@ -611,6 +612,14 @@ def ingest_message(
             except _CaseChanged:
                 if attempt == _TRIAGE_ATTEMPTS - 1:
                     raise
+            except SQLAlchemyError as exc:
+                # PostgreSQL ended a lock cycle with another session (two agents moving
+                # reports crosswise between two outages, say) by rolling this whole
+                # transaction back: run again at once, it takes its locks after the
+                # other's commit. Failing the poll made the message wait a poll.
+                if not is_deadlock(exc) or attempt == _TRIAGE_ATTEMPTS - 1:
+                    raise
+                log.info("message_deadlock_retried", attempt=attempt + 1)
     except DatabaseError:
         raise
     except StorageError as exc:
@@ -635,8 +644,10 @@ def ingest_message(
             # message is read again by the next one. A message the database has
             # failed on for a day (refusals.GIVE_UP: a statement_timeout it always
             # exceeds) is quarantined below, so that the mail after it is read.
+            # A deadlock at every attempt is other sessions' locks, not a database down.
+            trouble = "deadlock" if is_deadlock(exc) else "database unavailable"
             raise DatabaseRefusal(
-                f"database unavailable while ingesting message {fetched.uid} of mailbox "
+                f"{trouble} while ingesting message {fetched.uid} of mailbox "
                 f"{mailbox}: {error_text(exc)}",
                 uid=fetched.uid,
                 uidvalidity=uidvalidity,
@@ -1608,7 +1619,7 @@ class _CaseChanged(Exception):
     the message's transaction is rolled back and triaged again."""
 
 
-_TRIAGE_ATTEMPTS = 3  # a case changing under every attempt: quarantined, to be retried
+_TRIAGE_ATTEMPTS = 3  # a case changing (or a deadlock) under every attempt: given up for now
 
 
 def _notify_agents_of(
@@ -1736,6 +1747,7 @@ def _agent_message(
                 now_local,
                 visit_ahead=casework.visit_cancellable(case, now_local),
                 outage_open=casework.open_outage_main(session, case) is not None,
+                reports_open=casework.has_open_reports(session, case),
             )
         ]
     canned = ""
@@ -1865,14 +1877,15 @@ def _agent_message(
         if not asks and CommandKind.REPLY not in kinds:
             return
     reached_a_report = False
+    news_kept: list[list[str]] = [[], []]  # the news' files left out: too big, withheld
     if news:
         # Each report's customer, under their own folio; the main case's, below, as any reply.
         attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
-        files = _relayable(
+        files, *news_kept = _relayable(
             attached,
             settings.notices.max_relayed_attachment_bytes,
             signing_key(session, settings),
-        )[0]
+        )
         told = casework.tell_outage_reports(
             session, settings, case, text, agent_name=mail.sender_name, attachments=files
         )
@@ -1880,7 +1893,7 @@ def _agent_message(
         # reach (a phone report: call them; held: a loop, most likely), as for one case.
         for report, why in told:
             if why:
-                _not_relayed(session, settings, report, mail, why)
+                _not_relayed(session, settings, report, mail, why, outage_main=case.folio)
         reached_a_report = any(not why for _, why in told)
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
@@ -1948,10 +1961,16 @@ def _agent_message(
         # suggests): the news went to the reports' customers, and "your reply reached
         # nobody" would be false; the phone reports were named one by one above.
         reason = ""
+    outage_news = news and reached_a_report
+    if outage_news and not reason and (news_kept[0] or news_kept[1]):
+        # The files the news went without, to every report's customer: on a phone main
+        # case nothing else says so (its own notice is the one suppressed just above).
+        withheld = news_kept[1]
+        reason, attachments = "attachments", news_kept[0] + withheld
     if reason:  # the agent learns what did not reach the customer
         _not_relayed(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
-            pending_dropped=dropped,
+            pending_dropped=dropped, outage_news=outage_news and reason == "attachments",
         )  # fmt: skip
 
 
@@ -2123,9 +2142,15 @@ def _not_relayed(
     untold: list[str] | None = None,
     to: str | None = None,
     pending_dropped: bool = False,
+    outage_news: bool = False,
+    outage_main: str = "",
 ) -> None:
     """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why
-    (``pending_dropped``: so the case does not wait for the customer's answer to it)."""
+    (``pending_dropped``: so the case does not wait for the customer's answer to it;
+    ``outage_news``: the files left out of a ``#masivo aviso``, which every customer of
+    the outage got without them; ``outage_main``: ``case`` is a report the ``#masivo aviso``
+    of that main case did not reach, the news kept on the main case only, and sending the
+    aviso again would reach every other report's customer twice)."""
     queue_notice(
         session,
         settings,
@@ -2138,6 +2163,8 @@ def _not_relayed(
             "untold": untold or [],
             "withheld": withheld or [],
             "pending_dropped": pending_dropped,
+            "outage_news": outage_news,
+            "outage_main": outage_main,
             "own_sender": mail.sender,
             "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
         },

@@ -154,9 +154,9 @@ def test_masivo_aviso_names_each_report_whose_customer_it_did_not_reach(desk: De
     assert not any(NEWS in text(m) for m in desk.to(ANA))  # held: a loop, most likely
     back = {str(m["Subject"]): text(m) for m in desk.to(AGENT)[told:]}
     [held] = [t for s, t in back.items() if ana in s]
-    assert f"Su respuesta sobre el caso {ana} no se envió al cliente" in held
+    assert f"no se envió al cliente del caso {ana}, uno de sus reportes" in held
     [call] = [t for s, t in back.items() if phone in s]
-    assert f"El caso {phone} no tiene correo del cliente" in call
+    assert f"El caso {phone}, reporte de la falla general del caso {main}" in call
     assert not any(main in s for s in back)  # the main case's customer got it
 
 
@@ -177,7 +177,7 @@ def test_masivo_aviso_on_a_phone_main_case_says_only_who_was_not_reached(desk: D
     # is named, to be called.
     [call] = desk.to(AGENT)[told:]
     assert phone in str(call["Subject"])
-    assert f"El caso {phone} no tiene correo del cliente" in text(call)
+    assert f"El caso {phone}, reporte de la falla general del caso {main}" in text(call)
 
 
 @pytest.mark.integration

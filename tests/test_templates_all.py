@@ -51,6 +51,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "owner": "ana.tecnica@internet-plarey.com.mx",
         "related": [],
         "outage": "",
+        "outage_status": "open",
         "outage_reports": 0,
         "not_attached": [],
         "attaching": True,
@@ -149,6 +150,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "withheld": ["notificacion.eml"],
         "untold": [],
         "pending_dropped": False,
+        "outage_news": False,
+        "outage_main": "",
         "own_sender": "soporte@internet-plarey.com.mx",
         "customer": "juan.perez@example.com",
         "mailbox_address": "contacto@internet-plarey.com.mx",
@@ -228,7 +231,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 OPTIONAL = {
     "visit": {"visit_date_text", "visit_time_text", "previous_visit"},
     "relay": {"customer_name"},
-    "not_relayed": {"untold", "own_sender"},  # read only for their reasons
+    "not_relayed": {"untold", "own_sender", "outage_main"},  # read only for their reasons
     "agent_notification": {"area", "attaching"},  # read only when routed, or files left out
     # The ledger's English words, for override templates: the shipped ones say reason_text.
     "quarantined": {"reason"},
