@@ -1905,7 +1905,9 @@ def _agent_message(
         if canned and not casework.relay(
             session, settings, case, canned, agent_name=mail.sender_name
         ):
-            _not_relayed(session, settings, case, mail, "held")
+            # Their own mail did reach the customer: only the canned reply is to send again.
+            name = next((c.reply for c in parsed.commands if c.reply), "") or ""
+            _not_relayed(session, settings, case, mail, "held", canned_only=name)
         return
     if copied:  # nobody was answered: no owner taken either
         _not_relayed(session, settings, case, mail, "copied")
@@ -2144,13 +2146,16 @@ def _not_relayed(
     pending_dropped: bool = False,
     outage_news: bool = False,
     outage_main: str = "",
+    canned_only: str = "",
 ) -> None:
     """Tell the agent who wrote ``mail`` (or ``to``) what did not reach the customer, and why
     (``pending_dropped``: so the case does not wait for the customer's answer to it;
     ``outage_news``: the files left out of a ``#masivo aviso``, which every customer of
     the outage got without them; ``outage_main``: ``case`` is a report the ``#masivo aviso``
     of that main case did not reach, the news kept on the main case only, and sending the
-    aviso again would reach every other report's customer twice)."""
+    aviso again would reach every other report's customer twice; ``canned_only``: the
+    agent wrote to the customer directly and only the canned reply of that name, which
+    mailcase relays, was held)."""
     queue_notice(
         session,
         settings,
@@ -2165,6 +2170,7 @@ def _not_relayed(
             "pending_dropped": pending_dropped,
             "outage_news": outage_news,
             "outage_main": outage_main,
+            "canned_only": canned_only,
             "own_sender": mail.sender,
             "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
         },

@@ -229,3 +229,47 @@ def test_asignar_nadie_with_respuesta_leaves_the_case_nobodys(desk: Desk) -> Non
     desk.agent_reply(desk.notification(folio), "#asignar nadie\n#respuesta reinicio-modem")
     assert len(desk.to(CUSTOMER)) == told + 1  # relayed
     assert desk.case(folio)["owner"] is None
+
+
+@pytest.mark.integration
+def test_a_held_canned_reply_sent_straight_says_only_the_canned_reply_is_missing(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # The agent's own mail reached the customer from the agent; only the canned steps,
+    # relayed by mailcase, were held. "Send your reply again" had them write twice.
+    config = write_config(
+        tmp_path, mailboxes, sink, notify=True,
+        extra=AREAS + "\n[limits]\nmax_relays_per_case_per_hour = 1\n",
+    )  # fmt: skip
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(desk.notification(folio), "Buenas tardes, ya lo revisamos.")  # the one
+    agent_told = len(desk.to(AGENT))
+    desk.agent_reply(
+        desk.notification(folio),
+        f"#respuesta reinicio-modem\n{MINE}",
+        to=CUSTOMER,
+        headers={"Cc": CONTACTO},
+    )
+    [notice] = desk.to(AGENT)[agent_told:]
+    body = text(notice)
+    assert "sí le llegó" in body and "«reinicio-modem» no se le envió" in body
+    assert "#respuesta reinicio-modem" in body and "No reenvíe su correo" in body
+
+
+@pytest.mark.parametrize(
+    ("language", "line"),
+    [
+        ("es", "la respuesta predefinida «reinicio-modem» no se le envió"),
+        ("en", 'the canned reply "reinicio-modem" was not sent'),
+    ],
+)
+def test_the_held_canned_reply_notice_in_both_languages(language: str, line: str) -> None:
+    from test_templates_all import context
+
+    from mailcase.render import render_body
+
+    body = render_body(
+        "not_relayed", language, context("not_relayed", reason="held", canned_only="reinicio-modem")
+    ).text
+    assert line in body

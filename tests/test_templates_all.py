@@ -152,6 +152,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "pending_dropped": False,
         "outage_news": False,
         "outage_main": "",
+        "canned_only": "",
         "own_sender": "soporte@internet-plarey.com.mx",
         "customer": "juan.perez@example.com",
         "mailbox_address": "contacto@internet-plarey.com.mx",
@@ -231,7 +232,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 OPTIONAL = {
     "visit": {"visit_date_text", "visit_time_text", "previous_visit"},
     "relay": {"customer_name"},
-    "not_relayed": {"untold", "own_sender", "outage_main"},  # read only for their reasons
+    "not_relayed": {"untold", "own_sender", "outage_main", "canned_only"},  # read only for their reasons
     "agent_notification": {"area", "attaching"},  # read only when routed, or files left out
     # The ledger's English words, for override templates: the shipped ones say reason_text.
     "quarantined": {"reason"},
