@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from helpers import AGENT, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import AREAS, CUSTOMER, Desk, text
+from test_outage import ANA, CAUSE, NEWS, desk
 from test_outage_fixes_mail import NOW, _expire_wait
 from test_outage_fixes_resolve import _agent_raw, _race
 from test_templates_all import context
@@ -30,15 +31,7 @@ from mailcase.imap import FetchedMessage
 from mailcase.render import render_body
 from mailcase.store import utcnow
 
-CAUSE = "Se reparó la fibra cortada en la colonia Centro."
-NEWS = "Estimamos restablecer el servicio hoy a las 18:00."
-ANA = "ana.lopez@example.com"
-
-
-@pytest.fixture
-def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
-    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
-    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+__all__ = ["desk"]  # the fixture, from test_outage
 
 
 def _outage(desk: Desk) -> tuple[str, str]:

@@ -11,15 +11,14 @@ report that left. Through real Dovecot and SMTP servers, as tests/test_outage.py
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, Cli, mail, write_config
-from servers import Dovecot, SmtpSink
+from helpers import AGENT, mail
 from sqlmodel import col
-from test_agents import AREAS, CUSTOMER, Desk, ahead, text
+from test_agents import CUSTOMER, Desk, ahead, text
+from test_outage import ANA, CAUSE, NEWS, _report, desk
 from test_templates_all import context
 
 from mailcase.casework import command_problems
@@ -29,20 +28,9 @@ from mailcase.models import Case
 from mailcase.render import render_body
 from mailcase.store import Store
 
-CAUSE = "Se reparó la fibra cortada en la colonia Centro."
-NEWS = "Estimamos restablecer el servicio hoy a las 18:00."
-ANA = "ana.lopez@example.com"
+__all__ = ["desk"]  # the fixture, from test_outage
+
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
-    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
-    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
-
-
-def _report(desk: Desk, sender: str, body: str = "No tengo internet.") -> str:
-    return desk.open_case(sender=sender, subject="Sin internet", body=body)
 
 
 def _expire_wait(desk: Desk, folio: str) -> None:

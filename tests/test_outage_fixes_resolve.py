@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from helpers import AGENT, Cli, mail, point_smtp_at_a_closed_port, write_config
 from servers import Dovecot, SmtpSink
 from test_agents import AREAS, CUSTOMER, Desk, ahead, text
+from test_outage import ANA, CAUSE, desk
 from test_owner import LUIS, _two_agents
 
 from mailcase import casework, cli, service
@@ -27,15 +28,9 @@ from mailcase.imap import FetchedMessage
 from mailcase.models import Case, Disposition
 from mailcase.store import utcnow
 
-CAUSE = "Se reparó la fibra cortada en la colonia Centro."
-ANA = "ana.lopez@example.com"
+__all__ = ["desk"]  # the fixture, from test_outage
+
 ROSA = "rosa@example.com"
-
-
-@pytest.fixture
-def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
-    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
-    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
 
 
 @pytest.fixture

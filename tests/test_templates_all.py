@@ -232,7 +232,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
 OPTIONAL = {
     "visit": {"visit_date_text", "visit_time_text", "previous_visit"},
     "relay": {"customer_name"},
-    "not_relayed": {"untold", "own_sender", "outage_main", "canned_only"},  # read only for their reasons
+    # Read only for their reasons.
+    "not_relayed": {"untold", "own_sender", "outage_main", "canned_only"},
     "agent_notification": {"area", "attaching"},  # read only when routed, or files left out
     # The ledger's English words, for override templates: the shipped ones say reason_text.
     "quarantined": {"reason"},
