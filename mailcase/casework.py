@@ -1101,7 +1101,7 @@ def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
     record "type set to X"; False, and nothing changed nor recorded, when it was that type
     already. Any status takes it: a case is classified after it was closed too (the report
     counts it by the period it was opened in). Nobody is told: it is bookkeeping, and
-    ``updated_at`` stays as it was (retention by age reads it as the customer's activity).
+    ``updated_at`` stays as it was.
 
     Raises CaseworkError for a value that is no type.
     """
@@ -1111,8 +1111,8 @@ def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
     if case.type == case_type:
         return False
     case.type = case_type
-    # updated_at stays: it tells the customer's activity (retention by age reads it), and
-    # classifying an old closed case is bookkeeping, not their doing.
+    # updated_at stays: classifying an old closed case is bookkeeping, not a change of the
+    # case (retention by age reads the customer's side of a case, never updated_at).
     session.add(case)
     record(session, case, "system", f"type set to {case_type}", from_addr=by)
     return True
@@ -1130,8 +1130,7 @@ def assign(
     """Make ``owner`` (an address of ``agents.addresses``; None: nobody) the agent
     responsible for ``case`` and record "owner set to X" (or "owner cleared"); False,
     and nothing changed nor recorded, when it was that owner already. Any status takes
-    it, as a type does; neither touches ``updated_at`` (retention reads it as the
-    customer's activity).
+    it, as a type does; neither touches ``updated_at``.
 
     An owner made so by someone else (``by``: another agent, the command line) is told
     (:func:`_tell_new_owner`, with ``note``, what the one who assigned it wrote);
@@ -1145,7 +1144,7 @@ def assign(
         return False
     case.owner = owner
     # updated_at stays, as for a type (set_type): who follows a case up is the desk's
-    # bookkeeping, and must not restart the customer's retention clock.
+    # bookkeeping.
     session.add(case)
     text = f"owner set to {owner}" if owner else "owner cleared"
     record(session, case, "system", text, from_addr=by)
