@@ -1925,16 +1925,23 @@ def mail_read_until(session: Session, settings: Settings) -> datetime | None:
     be read now may hold an answer that reached it in time (an IMAP outage, a daemon
     stopped over the deadline): until it is read, nobody can say they did not answer.
     """
-    names = list(settings.mailboxes)
+    reads = latest_reads(session, settings)
+    if not reads or None in reads.values():
+        return None
+    return min(at for at in reads.values() if at is not None)
+
+
+def latest_reads(session: Session, settings: Settings) -> dict[str, datetime | None]:
+    """Each configured mailbox's latest complete read: the start of its latest poll
+    (``checkpoints.last_poll_at``), None when it was never read or its latest poll
+    failed."""
     rows = session.exec(
-        select(Checkpoint.last_poll_at, Checkpoint.failures).where(
-            col(Checkpoint.mailbox).in_(names)
+        select(Checkpoint.mailbox, Checkpoint.last_poll_at, Checkpoint.failures).where(
+            col(Checkpoint.mailbox).in_(list(settings.mailboxes))
         )
     ).all()
-    read = [as_utc(at) for at, failures in rows if not failures]
-    if len(read) < len(names) or None in read:
-        return None
-    return min(at for at in read if at is not None)
+    polls = {name: None if failures else as_utc(at) for name, at, failures in rows}
+    return {name: polls.get(name) for name in settings.mailboxes}
 
 
 def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:
@@ -2023,17 +2030,8 @@ def closings_waiting_for_mail(
     if not rows:
         return [], []
     earliest = min(as_utc(until) or now for _, until in rows)
-    polls = {
-        name: (as_utc(at), failures)
-        for name, at, failures in session.exec(
-            select(Checkpoint.mailbox, Checkpoint.last_poll_at, Checkpoint.failures)
-        ).all()
-    }
-    unread = []
-    for name in settings.mailboxes:
-        at, failures = polls.get(name, (None, 0))
-        if failures or at is None or at < earliest:
-            unread.append(name)
+    reads = latest_reads(session, settings)
+    unread = [name for name, at in reads.items() if at is None or at < earliest]
     return [folio for folio, _ in rows], unread
 
 
