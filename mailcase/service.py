@@ -1868,24 +1868,25 @@ def _agent_message(
         if news and not text:
             # An empty "#masivo aviso" (the news written below the quote, or forgotten):
             # nothing went to anyone, and the agent is told, as for any empty reply.
-            attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
             _not_relayed(
                 session, settings, case, mail, "no_text",
-                attachments=[a.filename for a in attached],
+                attachments=[a.filename for a in _agent_files(mail)],
             )  # fmt: skip
             return
         if not asks and CommandKind.REPLY not in kinds:
             return
     reached_a_report = False
     news_kept: list[list[str]] = [[], []]  # the news' files left out: too big, withheld
+    # What the agent attached, not a signature's logo (_agent_files), and of it what may
+    # go on to a customer: judged once, for the reports' customers and the case's alike.
+    attached = _agent_files(mail)
+    relayable: tuple[list[FileAttachment], list[str], list[str]] | None = None
     if news:
         # Each report's customer, under their own folio; the main case's, below, as any reply.
-        attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
-        files, *news_kept = _relayable(
-            attached,
-            settings.notices.max_relayed_attachment_bytes,
-            signing_key(session, settings),
+        relayable = _relayable(
+            attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
         )
+        files, *news_kept = relayable
         told = casework.tell_outage_reports(
             session, settings, case, text, agent_name=mail.sender_name, attachments=files
         )
@@ -1915,10 +1916,6 @@ def _agent_message(
     if side:
         _not_relayed(session, settings, case, mail, "side_notice")
         return
-    # What the agent attached, not a signature's logo. Apple Mail (and a screenshot
-    # pasted in Outlook or Gmail) puts a photo in the HTML as an inline image: one
-    # that large is a photo, and went nowhere, with nobody told.
-    attached = [a for a in mail.attachments if not a.inline or _inline_photo(a)]
     attachments = [a.filename for a in attached]
     reason = (
         "no_text"
@@ -1936,10 +1933,8 @@ def _agent_message(
     )
     withheld: list[str] = []
     if not reason:
-        sent, too_big, withheld = _relayable(
-            attached,
-            settings.notices.max_relayed_attachment_bytes,
-            signing_key(session, settings),
+        sent, too_big, withheld = relayable or _relayable(
+            attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
         )
         if casework.relay(
             session, settings, case, text, agent_name=mail.sender_name, attachments=sent
@@ -2039,6 +2034,13 @@ def _answers_a_side_notice(session: Session, settings: Settings, mail: InboundMa
 
 
 INLINE_PHOTO_BYTES = 64 * 1024  # an inline image this large is a photo, not a logo
+
+
+def _agent_files(mail: InboundMail) -> list[Attachment]:
+    """What an agent attached to ``mail``, not a signature's logo. Apple Mail (and a
+    screenshot pasted in Outlook or Gmail) puts a photo in the HTML as an inline image:
+    one that large is a photo, and went nowhere, with nobody told."""
+    return [a for a in mail.attachments if not a.inline or _inline_photo(a)]
 
 
 def _inline_photo(attachment: Attachment) -> bool:
