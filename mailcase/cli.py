@@ -493,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     msg_dismiss.add_argument("uid", type=_row_id, help="the message's UID")
     msg_dismiss.add_argument("--mailbox", required=True, help="the mailbox it was fetched from")
     msg_dismiss.add_argument("--reason", default="", help="why, kept in the ledger")
+    msg_release = msg_actions.add_parser(
+        "release",
+        help="process a message set aside as spam as a person's mail (opens its case, answers)",
+    )
+    msg_release.add_argument("uid", type=_row_id, help="the message's UID")
+    msg_release.add_argument("--mailbox", required=True, help="the mailbox it was fetched from")
 
     outbox = commands.add_parser("outbox", help="notices waiting for, or done with, SMTP")
     out_actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -928,6 +934,11 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"quarantined: {report['quarantined']} message(s) wait for a person "
             "(mailcase messages list --disposition quarantined)"
+        )
+    if report["spam_last_7_days"]:
+        print(
+            f"spam: {report['spam_last_7_days']} message(s) set aside in the last 7 days "
+            "(mailcase messages list --disposition spam; messages release UID --mailbox M)"
         )
     return EXIT_OK
 
@@ -1811,6 +1822,8 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
         return _messages_retry(args, settings)
     if args.action == "dismiss":
         return _messages_dismiss(args, settings)
+    if args.action == "release":
+        return _messages_release(args, settings)
     if args.action == "show":
         return _message_show(args, settings)
     store = _open_store(settings, create=False)
@@ -1862,6 +1875,21 @@ def _messages_dismiss(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         rt.store.dispose()
     print(f"message {args.uid} of mailbox {args.mailbox}: dismissed")
+    return EXIT_OK
+
+
+def _messages_release(args: argparse.Namespace, settings: Settings) -> int:
+    """``messages release UID --mailbox M``: the spam filter was wrong about a message."""
+    from mailcase.service import Runtime, release_message
+
+    if args.mailbox not in settings.mailboxes:
+        raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
+    rt = Runtime.open(settings)
+    watermark = _last_notice_id(rt.store)
+    disposition = release_message(rt, args.mailbox, args.uid, by=f"cli:{_operator()}")
+    print(f"message {args.uid} of mailbox {args.mailbox}: {disposition}")
+    # Its acknowledgement goes out now, as after `messages retry`.
+    _deliver_after_commit(rt.store, settings, after=watermark)
     return EXIT_OK
 
 

@@ -575,6 +575,13 @@ class WebFormSettings(_Section):
         return [_check_address(a) for a in value]
 
 
+class SpamSettings(_Section):
+    # Mail the receiving server's spam filter marked (X-Spam-Flag: YES and its
+    # kin, mailcase.spam) opens no case and gets no answer, unless it follows a
+    # case; false: the headers are not read.
+    enabled: bool = True
+
+
 class FolioSettings(_Section):
     prefix: str = Field(default="PLR", pattern=r"^[A-Z][A-Z0-9]{0,9}$")
     # The folio's year is the business's calendar year: mail written at 19:00
@@ -697,6 +704,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings
     agents: AgentsSettings = AgentsSettings()
     web_form: WebFormSettings = WebFormSettings()
+    spam: SpamSettings = SpamSettings()
     folio: FolioSettings = FolioSettings()
     poll: PollSettings = PollSettings()
     notices: NoticesSettings = NoticesSettings()

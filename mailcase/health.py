@@ -14,6 +14,7 @@ import stat
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from mailcase.notices import sample_context
 from mailcase.render import compile_error, environment, shipped_templates
 from mailcase.replies import check_replies, is_reply_template
 from mailcase.smtp import SmtpConnection
-from mailcase.store import Store
+from mailcase.store import Store, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,9 +281,13 @@ def _secrets_row(settings: Settings) -> CheckResult:
     return CheckResult(row.name, True, "; ".join(warnings), warning=True)  # all readable
 
 
+SPAM_WINDOW = timedelta(days=7)
+
+
 def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, Any]:
-    """Per mailbox: last successful poll, errors, backlog; outbox and case counts, and how
-    many messages are quarantined. Reads only: no write lock (:meth:`Store.read_session`)."""
+    """Per mailbox: last successful poll, errors, backlog; outbox and case counts, how
+    many messages are quarantined, and how many were set aside as spam in 7 days.
+    Reads only: no write lock (:meth:`Store.read_session`)."""
     with store.read_session() as session:
         checkpoints = {c.mailbox: c for c in session.exec(select(Checkpoint)).all()}
         outbox = dict(
@@ -293,6 +298,12 @@ def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, 
         )
         quarantined = session.exec(
             select(func.count()).where(LedgerEntry.disposition == Disposition.QUARANTINED)
+        ).one()
+        spam = session.exec(
+            select(func.count()).where(
+                LedgerEntry.disposition == Disposition.SPAM,
+                col(LedgerEntry.ingested_at) >= utcnow() - SPAM_WINDOW,
+            )
         ).one()
     mailboxes = []
     for name, box in settings.mailboxes.items():
@@ -325,4 +336,7 @@ def status(settings: Settings, store: Store, *, live: bool = True) -> dict[str, 
         "cases": {s: int(cases.get(s, 0)) for s in ("open", "resolved", "closed")},
         # Kept, not lost, but waiting for a person: `messages list --disposition quarantined`.
         "quarantined": int(quarantined),
+        # What the spam filter's verdict set aside lately, for a person to look over
+        # for mistakes now and then (`messages release` undoes one).
+        "spam_last_7_days": int(spam),
     }

@@ -25,6 +25,9 @@ class Disposition(StrEnum):
     AUTO_REPLY = "auto_reply"
     BOUNCE = "bounce"
     BULK = "bulk"
+    # The receiving server's spam filter judged it spam, and it belongs to no case: no
+    # case, no answer (mailcase.spam); `messages release` processes it as a person's.
+    SPAM = "spam"
     NO_CASE = "no_case"  # an agent's mail naming no case and no customer: the agent is told
     QUARANTINED = "quarantined"
     DISMISSED = "dismissed"  # a quarantined message a person set aside (messages dismiss)

@@ -74,6 +74,7 @@ from mailcase.quoting import (
 )
 from mailcase.reasons import QuarantineReason, Reason
 from mailcase.replies import render_reply, reply_names
+from mailcase.spam import spam_verdict
 from mailcase.store import (
     Store,
     as_utc,
@@ -554,6 +555,7 @@ def ingest_message(
     parsed: Parsed | None = None,
     *,
     retry: bool = False,
+    released_by: str = "",
     first_contact: bool = False,
     report: MailboxReport | None = None,
 ) -> str:
@@ -564,6 +566,9 @@ def ingest_message(
     is its parse already done (mailcase.parsing), or None: parsed here.
     ``retry``: its ledger row is quarantined, and is replaced in the same
     transaction as the new one is written (:func:`retry_message`).
+    ``released_by``: likewise for a row set aside as ``spam``, which this person
+    released: processed as a person's mail, the filter's verdict not read
+    (:func:`release_message`).
     ``first_contact``: no poll of the mailbox has completed yet, so mail that
     reached the server before ``notices.max_age_hours`` is a backlog from before
     mailcase: its cases open silently. Afterwards old mail is still answered
@@ -604,6 +609,7 @@ def ingest_message(
                         raw_sha,
                         mail_and_note,
                         retry=retry,
+                        released_by=released_by,
                         first_contact=first_contact,
                     )
                     if folio is None and entry.case_id is not None:  # a message met again
@@ -798,30 +804,63 @@ def dismiss_message(rt: Runtime, mailbox: str, uid: int, *, by: str, why: str = 
     when (mailbox, uid) has no quarantined row.
     """
     with rt.store.transaction() as session:
-        entry = _quarantined_row(session, mailbox, uid)
+        entry = _ledger_row_in(session, mailbox, uid)
         entry.disposition = Disposition.DISMISSED
         said = f"dismissed by {by}" + (f": {why.strip()}" if why.strip() else "")
         entry.reason = f"{entry.reason}; {said}"[:2000]
         session.add(entry)
 
 
-def _quarantined_row(session: Session, mailbox: str, uid: int) -> LedgerEntry:
-    """The quarantined ledger row of (mailbox, uid); else NotFoundError saying its state."""
+def _ledger_row_in(
+    session: Session, mailbox: str, uid: int, wanted: Disposition = Disposition.QUARANTINED
+) -> LedgerEntry:
+    """The ledger row of (mailbox, uid) in disposition ``wanted`` (quarantined); else
+    NotFoundError saying its state."""
     rows = select(LedgerEntry).where(LedgerEntry.mailbox == mailbox, LedgerEntry.uid == uid)
-    # The quarantined row first: after the folder was rebuilt (a new UIDVALIDITY)
+    # The wanted row first: after the folder was rebuilt (a new UIDVALIDITY)
     # a newer row may hold the same UID, and must not hide it for good.
     entry = (
         session.exec(
-            rows.where(LedgerEntry.disposition == Disposition.QUARANTINED).order_by(
-                col(LedgerEntry.id).desc()
-            )
+            rows.where(LedgerEntry.disposition == wanted).order_by(col(LedgerEntry.id).desc())
         ).first()
         or session.exec(rows.order_by(col(LedgerEntry.id).desc())).first()
     )
-    if entry is None or entry.disposition != Disposition.QUARANTINED:
+    if entry is None or entry.disposition != wanted:
         state = "does not exist" if entry is None else f"is {entry.disposition}"
-        raise NotFoundError(f"message {uid} of mailbox {mailbox} {state}, not quarantined")
+        raise NotFoundError(f"message {uid} of mailbox {mailbox} {state}, not {wanted}")
     return entry
+
+
+def release_message(rt: Runtime, mailbox: str, uid: int, *, by: str) -> str:
+    """Process a message set aside as spam as a person's mail; return the new disposition.
+
+    The filter's verdict is not read again: the message opens its case (or joins
+    one) and is answered as it would have been when it arrived (an acknowledgement
+    unless it was old mail met on a first poll). Copies of it in other mailboxes,
+    duplicates of no case, join that case. Raises NotFoundError when (mailbox, uid)
+    has no ``spam`` row, or its stored copy was erased (``customers forget``: it is
+    not fetched again). Like :func:`retry_message`, the spam row is replaced in the
+    transaction that writes the new one; its reason, and the case's record, say
+    it was released and ``by`` whom.
+    """
+    with rt.store.transaction() as session:
+        entry = _ledger_row_in(session, mailbox, uid, Disposition.SPAM)
+        uidvalidity, received = entry.uidvalidity, entry.received_at
+        size, raw_sha = entry.size, entry.raw_sha256
+    if not raw_sha:
+        raise NotFoundError(
+            f"message {uid} of mailbox {mailbox}: its stored copy was erased (customers forget "
+            "or purge), nothing to release"
+        )
+    if size > rt.settings.limits.max_message_bytes:
+        fetched = _spooled_copy(rt, mailbox, uid, raw_sha, size, received)
+    else:
+        fetched = _stored_copy(rt, mailbox, uidvalidity, uid, raw_sha, received)
+    try:
+        return ingest_message(rt, mailbox, uidvalidity, fetched, retry=True, released_by=by)
+    finally:
+        if fetched.spooled is not None:
+            fetched.spooled.unlink(missing_ok=True)
 
 
 def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
@@ -833,7 +872,7 @@ def retry_message(rt: Runtime, mailbox: str, uid: int) -> str:
     it quarantined, to be retried again, never without a row.
     """
     with rt.store.transaction() as session:
-        entry = _quarantined_row(session, mailbox, uid)
+        entry = _ledger_row_in(session, mailbox, uid)
         uidvalidity, received = entry.uidvalidity, entry.received_at
         size, raw_sha, reason = entry.size, entry.raw_sha256, entry.reason
     if reason.startswith(UNREADABLE):
@@ -1132,14 +1171,15 @@ def _ingest(
     parsed: tuple[InboundMail, str],
     *,
     retry: bool = False,
+    released_by: str = "",
     first_contact: bool = False,
 ) -> tuple[LedgerEntry, str | None, _Address | None]:
     """Record the message in ``session``: its ledger row, its case's folio if known, and
     the address its row had when the message was in the ledger already (else None).
 
     With ``retry``, a quarantined ledger row of the message is deleted in this
-    transaction, so that it is replaced, or kept if the transaction fails.
-    ``first_contact``: see :func:`ingest_message`.
+    transaction, so that it is replaced, or kept if the transaction fails; with
+    ``released_by``, its ``spam`` row alike. ``first_contact``: see :func:`ingest_message`.
     """
     mail, note = parsed
     mail = _web_form_vouched(rt.settings, mail)
@@ -1148,10 +1188,14 @@ def _ingest(
     # retry as it was when first met: a message of a first contact's backlog stays
     # unanswered, one quarantined last week is answered now.
     age_gate, met_at = first_contact, utcnow()
-    if existing is not None and retry and existing.disposition == Disposition.QUARANTINED:
+    release = bool(released_by)
+    replaced = Disposition.SPAM if release else Disposition.QUARANTINED
+    if existing is not None and retry and existing.disposition == replaced:
         age_gate, met_at = True, as_utc(existing.ingested_at) or met_at
         session.delete(existing)
         session.flush()
+        if release:
+            note = "; ".join(n for n in (note, f"released from spam by {released_by}") if n)
     elif existing is not None:  # committed before a crash lost the checkpoint's news
         return existing, None, (uidvalidity, fetched.uid)
     settings = rt.settings
@@ -1162,6 +1206,13 @@ def _ingest(
         earlier = ledger_by_key(session, mail.raw_key)
     if earlier and mail.message_id is not None:
         earlier = _copies_among(rt, mail, earlier, None if fetched.spooled else fetched.raw)
+    # Copies of a spam mail (Cc to both mailboxes) are duplicates of no case: released,
+    # the first copy opens the case and they follow it, not the other way round.
+    copies = [e for e in earlier if e.disposition == Disposition.DUPLICATE] if release else []
+    if copies and all(e.case_id is None for e in copies) and len(copies) == len(earlier):
+        earlier = []
+    else:
+        copies = []
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
     if stale and not retry:
         # Seen in this mailbox under an older UIDVALIDITY (the folder was
@@ -1193,6 +1244,8 @@ def _ingest(
         # over a holiday, a retry) reopens the case the resolution promised it would.
         now=_arrival(fetched, met_at),
         reopen_days=settings.cases.reopen_days,
+        # Released from spam by a person (messages release): the filter was wrong.
+        spam=spam_verdict(mail) if settings.spam.enabled and not release else "",
     )
     if age_gate and _too_old(settings, fetched, met_at):
         # Old mail met for the first time: opened and recorded, never answered.
@@ -1202,6 +1255,10 @@ def _ingest(
     if isinstance(case, Case) and case.merged_into_id is not None:
         # Its own #fusionar moved the case's history: the message's row goes with it.
         case = casework.merged_target(session, case)
+    for copy in copies:
+        if case is not None:
+            copy.case_id = case.id
+            session.add(copy)
     reasons = [r for r in (decision.reason, note) if r]
     entry = _write_ledger(
         session,

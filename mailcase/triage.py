@@ -47,11 +47,21 @@ Order of the rules, and why:
    agent, helped nobody.
 8. Anything else from a person opens a new case with an acknowledgement,
    unless the sender is one of our own or an automatic address.
+
+A verdict of spam by the receiving server's filter (``spam``, read by
+:func:`mailcase.spam.spam_verdict`) turns what would open a case, or tell
+somebody something, into ``spam``: a new case (rule 8, a stranger naming a
+folio among them), mail with no sender address, and a claim to an agent's
+address that names no case. Mail that joins or follows a case (threading
+headers, a folio of the sender's own, an agent's with proof) is handled as
+if no filter had spoken, the verdict noted in its reason: a customer's reply
+is not lost to a filter's mistake (Zammad's filter recipe for
+``X-Spam-Flag`` acts on new tickets only, as this does).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import getaddresses
 from enum import StrEnum
@@ -136,8 +146,12 @@ def triage(
     agent_addresses: frozenset[str] = frozenset(),
     now: datetime | None = None,
     reopen_days: int = 30,
+    spam: str = "",
 ) -> Decision:
-    """Decide the disposition of ``mail``; see the module docstring for the rules."""
+    """Decide the disposition of ``mail``; see the module docstring for the rules.
+
+    ``spam``: the spam filter's verdict ("X-Spam-Flag: YES"), "" when it gave none.
+    """
     if facts.is_duplicate:
         return Decision(
             Disposition.DUPLICATE,
@@ -151,6 +165,8 @@ def triage(
         return Decision(_AUTOMATIC[classification.kind], case=known, reason=classification.reason)
 
     if not mail.sender:
+        if spam:  # the agents would be told of it, as of every quarantined message
+            return _spam(spam, NO_SENDER_REASON)
         # The ledger's words for it: mailcase.reasons, Reason.NO_SENDER.
         return Decision(Disposition.QUARANTINED, reason=NO_SENDER_REASON)
 
@@ -158,25 +174,30 @@ def triage(
         if facts.signed_case is not None or facts.sender_authenticated:
             proof = "reply to our notice" if facts.signed_case else "authenticated sender"
             return Decision(
-                Disposition.FOLLOW_UP, case=known, role=Role.AGENT, reason=f"agent ({proof})"
+                Disposition.FOLLOW_UP,
+                case=known,
+                role=Role.AGENT,
+                reason=_despite(spam, f"agent ({proof})"),
             )
         return Decision(
             Disposition.FOLLOW_UP,
             case=known,
             role=Role.UNVERIFIED,
-            reason="claims an agent's address without proof",
+            reason=_despite(spam, "claims an agent's address without proof"),
         )
     if mail.sender in agent_addresses:
         if not facts.sender_authenticated:
+            why = "claims an agent's address without proof; names no case"
+            if spam:  # the real agent would be told of the forgery: not for spam
+                return _spam(spam, why)
             # Anyone can write an agent's From: a forged one must not open cases for
             # third parties and have them acknowledged (backscatter that passes the
             # victims' DMARC, ours being the domain forged).
-            return Decision(
-                Disposition.NO_CASE,
-                role=Role.UNVERIFIED,
-                reason="claims an agent's address without proof; names no case",
-            )
-        return _opened_by_agent(mail, own_addresses | agent_addresses)
+            return Decision(Disposition.NO_CASE, role=Role.UNVERIFIED, reason=why)
+        # Authenticated by the receiving server: the agent's own mail, whatever a
+        # filter thought of a forward of a customer's mail.
+        decision = _opened_by_agent(mail, own_addresses | agent_addresses)
+        return replace(decision, reason=_despite(spam, decision.reason))
 
     # The cases the message may join, headers first; a folio only for its own people.
     candidates: list[tuple[CaseRef, str]] = []
@@ -192,6 +213,7 @@ def triage(
     # The first that is open or may be reopened: a reply in the thread of an old
     # closed case whose subject names the customer's open one joins the open one.
     for joined, why in candidates:
+        why = _despite(spam, why)
         if joined.status == "open":
             return Decision(Disposition.FOLLOW_UP, case=joined, reason=why)
         if takes_replies(joined.status, joined.resolved_at, now, reopen_days):
@@ -213,8 +235,9 @@ def triage(
             )
     if candidates:
         # Closed unresolved, or resolved too long ago: a new case, linked to the old one.
+        # The sender is of that case (or holds its thread): a customer, not a spammer.
         joined = candidates[0][0]
-        why = f"follows {joined.status} case {joined.folio}"
+        why = _despite(spam, f"follows {joined.status} case {joined.folio}")
         return _new_case(mail, own_addresses, [joined.folio], why)
 
     why = f"names folio of another sender: {', '.join(strangers)}" if strangers else ""
@@ -224,7 +247,21 @@ def triage(
     own = [c.folio for c in facts.in_text if c.admits(mail.sender)]
     if own:
         why = "; ".join(w for w in (why, f"names folio {', '.join(own)} in its text") if w)
+    if spam:
+        # Answered, it would be backscatter: the acknowledgement goes to whoever the
+        # spammer wrote in From.
+        return _spam(spam, why)
     return _new_case(mail, own_addresses, [*strangers, *own], why)
+
+
+def _spam(verdict: str, why: str) -> Decision:
+    """Set aside as spam: no case, nobody told (``why``: what it would have been)."""
+    return Decision(Disposition.SPAM, reason="; ".join(r for r in (verdict, why) if r))
+
+
+def _despite(verdict: str, why: str) -> str:
+    """``why``, noting a spam verdict that was set aside because the mail joins a case."""
+    return f"{why}; {verdict} set aside: it follows a case" if verdict else why
 
 
 def _opened_by_agent(mail: InboundMail, insiders: frozenset[str]) -> Decision:
