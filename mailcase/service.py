@@ -559,7 +559,8 @@ def ingest_message(
     first_contact: bool = False,
     report: MailboxReport | None = None,
 ) -> str:
-    """Process one fetched message; return its disposition. Never raises for bad mail.
+    """Process one fetched message; return its disposition. Never raises for bad mail
+    (but for a release, ``released_by``: a MailcaseError says why it stays spam).
 
     The raw bytes are stored first (idempotent, content-addressed), so even a
     message that fails every later step is kept and can be retried. ``parsed``
@@ -670,6 +671,12 @@ def ingest_message(
                 return str(other.disposition)
         why = _reason_of(exc)
         reason = why.text()
+        if released_by:
+            # Its spam row stays as it was (the transaction rolled back): the person who
+            # released it is told why, not shown "spam" as if it had worked.
+            raise MailcaseError(
+                f"message {fetched.uid} of mailbox {mailbox} stays spam: {reason}"
+            ) from exc
         log.warning("message_quarantined", disposition="quarantined", reason=reason)
         try:
             with rt.store.transaction() as session:
@@ -1191,7 +1198,10 @@ def _ingest(
     release = bool(released_by)
     replaced = Disposition.SPAM if release else Disposition.QUARANTINED
     if existing is not None and retry and existing.disposition == replaced:
-        age_gate, met_at = True, as_utc(existing.ingested_at) or met_at
+        met_at = as_utc(existing.ingested_at) or met_at
+        # Released, it is answered unless it was old mail of a first poll when met (the
+        # spam row says so): mail moved out of a junk folder keeps its arrival time.
+        age_gate = OLD_MAIL_NOTE in existing.reason if release else True
         session.delete(existing)
         session.flush()
         if release:
@@ -1206,13 +1216,14 @@ def _ingest(
         earlier = ledger_by_key(session, mail.raw_key)
     if earlier and mail.message_id is not None:
         earlier = _copies_among(rt, mail, earlier, None if fetched.spooled else fetched.raw)
-    # Copies of a spam mail (Cc to both mailboxes) are duplicates of no case: released,
-    # the first copy opens the case and they follow it, not the other way round.
-    copies = [e for e in earlier if e.disposition == Disposition.DUPLICATE] if release else []
-    if copies and all(e.case_id is None for e in copies) and len(copies) == len(earlier):
+    verdict = spam_verdict(mail) if settings.spam.enabled and not release else ""
+    # Copies of a spam mail (Cc to both mailboxes: the first set aside, the others its
+    # duplicates of no case). A copy with no verdict, released by a person or judged
+    # clean by its own mailbox's filter, opens the case, and they follow it: whichever
+    # mailbox is read first, one case.
+    copies = [] if verdict else _spam_copies(earlier, release)
+    if copies:
         earlier = []
-    else:
-        copies = []
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
     if stale and not retry:
         # Seen in this mailbox under an older UIDVALIDITY (the folder was
@@ -1245,20 +1256,18 @@ def _ingest(
         now=_arrival(fetched, met_at),
         reopen_days=settings.cases.reopen_days,
         # Released from spam by a person (messages release): the filter was wrong.
-        spam=spam_verdict(mail) if settings.spam.enabled and not release else "",
+        spam=verdict,
     )
     if age_gate and _too_old(settings, fetched, met_at):
         # Old mail met for the first time: opened and recorded, never answered.
         decision = replace(decision, acknowledge=False, quiet=True)
-        note = "; ".join(n for n in (note, "older than notices.max_age_hours: not answered") if n)
+        note = "; ".join(n for n in (note, OLD_MAIL_NOTE) if n)
     case = _apply(rt, session, mailbox, mail, raw_sha, fetched, decision, note)
     if isinstance(case, Case) and case.merged_into_id is not None:
         # Its own #fusionar moved the case's history: the message's row goes with it.
         case = casework.merged_target(session, case)
-    for copy in copies:
-        if case is not None:
-            copy.case_id = case.id
-            session.add(copy)
+    if case is not None:
+        _copies_follow(session, copies, case.id, mailbox, mail.dedup_key)
     reasons = [r for r in (decision.reason, note) if r]
     entry = _write_ledger(
         session,
@@ -1274,6 +1283,35 @@ def _ingest(
         size=mail.size,
     )
     return entry, case.folio if case else None, None
+
+
+OLD_MAIL_NOTE = "older than notices.max_age_hours: not answered"
+
+
+def _spam_copies(earlier: list[LedgerEntry], release: bool) -> list[LedgerEntry]:
+    """``earlier`` when its rows opened nothing only for a filter's verdict (the first
+    copy ``spam``, or released: deleted already; the others its duplicates), else []."""
+    caseless = all(
+        e.case_id is None and e.disposition in (Disposition.SPAM, Disposition.DUPLICATE)
+        for e in earlier
+    )
+    if caseless and (release or any(e.disposition == Disposition.SPAM for e in earlier)):
+        return earlier
+    return []
+
+
+def _copies_follow(
+    session: Session, copies: list[LedgerEntry], case_id: int | None, mailbox: str, key: str
+) -> None:
+    """Point ``copies`` (:func:`_spam_copies`) at the case a copy of theirs opened; a
+    copy set aside as spam becomes that case's duplicate."""
+    for copy in copies:
+        copy.case_id = case_id
+        if copy.disposition == Disposition.SPAM:
+            copy.disposition = Disposition.DUPLICATE
+            said = f"copy of {key}; its copy in mailbox {mailbox} was not judged spam"
+            copy.reason = f"{said} ({copy.reason})"[:2000]
+        session.add(copy)
 
 
 def _web_form_vouched(settings: Settings, mail: InboundMail) -> InboundMail:

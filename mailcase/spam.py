@@ -8,9 +8,11 @@ mail server on block lists. So a verdict of spam stops a message from opening
 a case or being answered (``triage``); it never drops mail that belongs to a
 case (a customer's reply is recorded whatever a filter thought of it).
 
-Headers read, each only in its first (topmost) occurrence: the receiving
-server adds its verdict above everything the message arrived with, so a
-lower one is the sender's side's, or forged.
+Only the topmost of these headers counts, whichever of them it is: the
+receiving server adds its verdict above everything the message arrived with,
+so a lower one is the sender's side's, a forwarder's, or forged (SpamAssassin
+writes no ``X-Spam-Flag`` on clean mail, and its ``X-Spam-Status: No`` must
+outrank a ``X-Spam-Flag: YES`` further down).
 
 * ``X-Spam-Flag: YES`` (SpamAssassin, amavis);
 * ``X-Spam-Status: Yes, score=…`` (SpamAssassin);
@@ -27,8 +29,9 @@ from __future__ import annotations
 
 from mailcase.inbound import InboundMail
 
-# The header and how its first word reads when the filter judged the mail spam.
-_VERDICT_HEADERS = ("X-Spam-Flag", "X-Spam-Status", "X-Spam")
+# Headers whose first word is "yes" when the filter judged the mail spam, by their
+# lower-cased names (InboundMail.headers) and as they are shown.
+_VERDICT_HEADERS = {name.lower(): name for name in ("X-Spam-Flag", "X-Spam-Status", "X-Spam")}
 
 # A verdict quoted in the ledger's reason: one short line.
 _SHOWN_CHARS = 60
@@ -37,14 +40,17 @@ _SHOWN_CHARS = 60
 def spam_verdict(mail: InboundMail) -> str:
     """The header that says ``mail`` is spam, as "X-Spam-Flag: YES", or "" when none does.
 
-    Guarantees: never raises; only a header's first occurrence is read; a value
-    whose first word is not "yes" (any capitals: "NO", "No, score=-1.0",
-    "undefined") is no verdict of spam.
+    Guarantees: never raises; only the topmost verdict header is read (the first
+    of them in the message); a value whose first word is not "yes" (any capitals:
+    "NO", "No, score=-1.0", "undefined") is no verdict of spam.
     """
-    for name in _VERDICT_HEADERS:
-        value = mail.header(name).strip()
-        first = value.replace(",", " ").split(maxsplit=1)[0] if value else ""
-        if first.casefold() == "yes":
-            shown = " ".join(value.split())[:_SHOWN_CHARS]
-            return f"{name}: {shown}"
-    return ""
+    # InboundMail.headers keeps the message's order of first appearance (raw_items).
+    name = next((n for n in mail.headers if n in _VERDICT_HEADERS), None)
+    if name is None:
+        return ""
+    value = mail.header(name).strip()
+    first = value.replace(",", " ").split(maxsplit=1)[0] if value else ""
+    if first.casefold() != "yes":
+        return ""
+    shown = " ".join(value.split())[:_SHOWN_CHARS]
+    return f"{_VERDICT_HEADERS[name]}: {shown}"

@@ -52,11 +52,13 @@ A verdict of spam by the receiving server's filter (``spam``, read by
 :func:`mailcase.spam.spam_verdict`) turns what would open a case, or tell
 somebody something, into ``spam``: a new case (rule 8, a stranger naming a
 folio among them), mail with no sender address, and a claim to an agent's
-address that names no case. Mail that joins or follows a case (threading
-headers, a folio of the sender's own, an agent's with proof) is handled as
-if no filter had spoken, the verdict noted in its reason: a customer's reply
-is not lost to a filter's mistake (Zammad's filter recipe for
-``X-Spam-Flag`` acts on new tickets only, as this does).
+address without proof (naming a case or not: folios are numbered in order,
+easy to guess), unless the threading headers tie it to the case. Mail that
+joins or follows a case (threading headers, a folio of the sender's own in
+the subject or the text, an agent's with proof) is handled as if no filter
+had spoken, the verdict noted in its reason: a customer's reply is not lost
+to a filter's mistake (Zammad's filter recipe for ``X-Spam-Flag`` acts on
+new tickets only, as this does).
 """
 
 from __future__ import annotations
@@ -179,11 +181,16 @@ def triage(
                 role=Role.AGENT,
                 reason=_despite(spam, f"agent ({proof})"),
             )
+        why = "claims an agent's address without proof"
+        if spam and facts.by_reference is None:
+            # Folios are numbered in order: a subject naming one is no tie to the case,
+            # and kept on it, the real agent would be told of the forgery.
+            return _spam(spam, why)
         return Decision(
             Disposition.FOLLOW_UP,
             case=known,
             role=Role.UNVERIFIED,
-            reason=_despite(spam, "claims an agent's address without proof"),
+            reason=_despite(spam, why),
         )
     if mail.sender in agent_addresses:
         if not facts.sender_authenticated:
@@ -197,7 +204,9 @@ def triage(
         # Authenticated by the receiving server: the agent's own mail, whatever a
         # filter thought of a forward of a customer's mail.
         decision = _opened_by_agent(mail, own_addresses | agent_addresses)
-        return replace(decision, reason=_despite(spam, decision.reason))
+        return replace(
+            decision, reason=_despite(spam, decision.reason, "the sender is an authenticated agent")
+        )
 
     # The cases the message may join, headers first; a folio only for its own people.
     candidates: list[tuple[CaseRef, str]] = []
@@ -247,11 +256,12 @@ def triage(
     own = [c.folio for c in facts.in_text if c.admits(mail.sender)]
     if own:
         why = "; ".join(w for w in (why, f"names folio {', '.join(own)} in its text") if w)
-    if spam:
+    if spam and not own:
         # Answered, it would be backscatter: the acknowledgement goes to whoever the
-        # spammer wrote in From.
+        # spammer wrote in From. (A customer naming a folio of their own in the text
+        # writes about their case: it is not lost to a filter's mistake.)
         return _spam(spam, why)
-    return _new_case(mail, own_addresses, [*strangers, *own], why)
+    return _new_case(mail, own_addresses, [*strangers, *own], _despite(spam, why))
 
 
 def _spam(verdict: str, why: str) -> Decision:
@@ -259,9 +269,11 @@ def _spam(verdict: str, why: str) -> Decision:
     return Decision(Disposition.SPAM, reason="; ".join(r for r in (verdict, why) if r))
 
 
-def _despite(verdict: str, why: str) -> str:
-    """``why``, noting a spam verdict that was set aside because the mail joins a case."""
-    return f"{why}; {verdict} set aside: it follows a case" if verdict else why
+def _despite(verdict: str, why: str, because: str = "it follows a case") -> str:
+    """``why``, noting a spam verdict that was set aside, ``because`` of what."""
+    if not verdict:
+        return why
+    return "; ".join(w for w in (why, f"{verdict} set aside: {because}") if w)
 
 
 def _opened_by_agent(mail: InboundMail, insiders: frozenset[str]) -> Decision:

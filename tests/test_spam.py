@@ -62,6 +62,10 @@ def test_a_filters_verdict_of_spam_is_read(headers: str, verdict: str) -> None:
         # Only the first occurrence: ours said no, the sender's side said yes.
         "X-Spam-Flag: NO\nX-Spam-Flag: YES\n",
         "X-Spam-Status: No, score=1.0\nX-Spam-Status: Yes, score=9.0\n",
+        # The topmost of the three, whichever it is: SpamAssassin writes no X-Spam-Flag
+        # on clean mail, and its "No" outranks a lower header of another name.
+        "X-Spam-Status: No, score=-1.0\nX-Spam-Flag: YES\n",
+        "X-Spam: No\nX-Spam-Status: Yes, score=9.0\n",
     ],
 )
 def test_anything_else_is_no_verdict(headers: str) -> None:
@@ -110,6 +114,35 @@ def test_spam_forging_an_agents_address_tells_the_agent_nothing() -> None:
     assert "without proof" in decision.reason
 
 
+def test_spam_forging_an_agents_address_and_naming_a_folio_is_set_aside() -> None:
+    # Folios are numbered in order: kept on the case, the real agent would be told.
+    mail = inbound(sender=AGENT, subject=f"[Folio {CASE.folio}] factura", headers=f"{FLAG}\n")
+    decision = decide(mail, Facts(by_folio=(CASE,)))
+    assert decision.disposition is Disposition.SPAM and decision.case is None
+    assert decision.reason == f"{FLAG}; claims an agent's address without proof"
+
+
+def test_an_unproven_agent_address_in_a_cases_thread_is_kept_on_it_despite_a_verdict() -> None:
+    mail = inbound(sender=AGENT, headers=f"{FLAG}\n")
+    decision = decide(mail, Facts(by_reference=CASE))
+    assert decision.disposition is Disposition.FOLLOW_UP and decision.role is Role.UNVERIFIED
+
+
+def test_a_customer_naming_their_own_folio_in_the_text_is_not_set_aside() -> None:
+    # "mi reporte con folio …": about their case, and it may answer one that waits.
+    decision = decide(inbound(headers=f"{FLAG}\n"), Facts(in_text=(CASE,)))
+    assert decision.disposition is Disposition.NEW_CASE and decision.acknowledge
+    assert decision.related == (CASE.folio,)
+    assert decision.reason == (
+        f"names folio {CASE.folio} in its text; {FLAG} set aside: it follows a case"
+    )
+
+
+def test_someone_else_naming_a_folio_in_the_text_is_set_aside() -> None:
+    mail = inbound(sender="Spammer <spam@example.net>", headers=f"{FLAG}\n")
+    assert decide(mail, Facts(in_text=(CASE,))).disposition is Disposition.SPAM
+
+
 def test_a_customers_reply_to_their_case_is_never_lost_to_a_verdict() -> None:
     mail = inbound(subject=f"Re: [Folio {CASE.folio}] Sin servicio", headers=f"{FLAG}\n")
     decision = decide(mail, Facts(by_folio=(CASE,)))
@@ -142,7 +175,7 @@ def test_an_authenticated_agents_forward_opens_the_customers_case_despite_a_verd
     mail = inbound(sender=AGENT, headers=f"{FLAG}\nCc: {CUSTOMER}\n")
     decision = decide(mail, Facts(sender_authenticated=True))
     assert decision.disposition is Disposition.NEW_CASE and decision.customer == CUSTOMER
-    assert decision.reason.endswith(f"{FLAG} set aside: it follows a case")
+    assert decision.reason.endswith(f"{FLAG} set aside: the sender is an authenticated agent")
 
 
 def test_automatic_mail_keeps_its_own_disposition() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import CONTACTO, INFO, NOTIFY, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
+
+from mailcase import casework
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +155,76 @@ def test_with_the_filter_off_spam_is_mail_like_any_other(
     [row] = cli.json("messages", "list")
     assert row["disposition"] == "new_case"
     assert any(m.rcpt_tos == [SPAMMER] for m in sink.wait_for(2))
+
+
+def test_copies_judged_differently_make_one_case_whichever_mailbox_is_read_first(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str
+) -> None:
+    # Cc to both mailboxes, one filter (per-mailbox preferences) marking it and the other
+    # not. Read first, the marked copy had made the clean one a duplicate of no case.
+    cli = _desk(tmp_path, mailboxes, sink, capsys, db_url=db_url)
+    both = {"to": f"{CONTACTO}, {INFO}", "message_id": "<cc-both@example.net>"}
+    mailboxes.append("contacto", mail(headers=FLAGGED, **both))
+    mailboxes.append("info", mail(**both))
+    cli.poll()
+    [case] = cli.json("cases", "list")
+    rows = {r["mailbox"]: r for r in cli.json("messages", "list")}
+    assert {m: (r["disposition"], r["folio"]) for m, r in rows.items()} == {
+        "contacto": ("duplicate", case["folio"]),
+        "info": ("new_case", case["folio"]),
+    }
+    assert "its copy in mailbox info was not judged spam" in rows["contacto"]["reason"]
+    assert len([m for m in sink.wait_for(2) if m.rcpt_tos == ["juan.perez@example.com"]]) == 1
+
+
+def test_mail_that_waited_on_the_server_is_answered_when_released(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # Not a first poll: mail that reached the server days before mailcase met it (moved
+    # out of a junk folder, an outage) is answered, released or never marked alike.
+    cli = _desk(tmp_path, mailboxes, sink, capsys)
+    cli.poll()  # the first poll of the mailbox, empty
+    days_ago = datetime.now(UTC) - timedelta(days=5)
+    uid = mailboxes.append("contacto", _spam(), internal_date=days_ago)
+    cli.poll()
+    code, out, err = cli("messages", "release", str(uid), "--mailbox", "contacto")
+    assert code == 0 and out.strip().endswith(": new_case"), err
+    [row] = cli.json("messages", "list")
+    assert "not answered" not in row["reason"]
+    assert any(m.rcpt_tos == [SPAMMER] for m in sink.wait_for(2))
+
+
+def test_old_mail_of_a_first_poll_stays_unanswered_when_released(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    cli = _desk(tmp_path, mailboxes, sink, capsys)
+    days_ago = datetime.now(UTC) - timedelta(days=5)
+    uid = mailboxes.append("contacto", _spam(), internal_date=days_ago)
+    cli.poll()  # the mailbox's first poll: years of mail open their cases silently
+    code, out, err = cli("messages", "release", str(uid), "--mailbox", "contacto")
+    assert code == 0 and out.strip().endswith(": new_case"), err
+    [row] = cli.json("messages", "list")
+    assert "older than notices.max_age_hours: not answered" in row["reason"]
+    assert cli.json("outbox", "list") == []
+
+
+def test_a_release_that_fails_says_so_and_leaves_the_message_spam(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, monkeypatch: Any
+) -> None:
+    cli = _desk(tmp_path, mailboxes, sink, capsys)
+    [uid] = mailboxes.append_many("contacto", [_spam()])
+    cli.poll()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(casework, "open_case", broken)
+    code, out, err = cli("messages", "release", str(uid), "--mailbox", "contacto")
+    assert (code, out) == (1, "")
+    said = f"mailcase: message {uid} of mailbox contacto stays spam: RuntimeError: boom"
+    assert err.strip() == said
+    [row] = cli.json("messages", "list")
+    assert row["disposition"] == "spam" and row["reason"] == "X-Spam-Flag: YES"
+    monkeypatch.undo()
+    code, out, err = cli("messages", "release", str(uid), "--mailbox", "contacto")
+    assert code == 0 and out.strip().endswith(": new_case"), err
