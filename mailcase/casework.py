@@ -1441,8 +1441,9 @@ def reopen(session: Session, case: Case, *, by: str) -> bool:
     resolved again); False, and nothing changed, when it is open already.
 
     The resolution time is kept because the resolution notice promised the
-    customer ``cases.reopen_days`` from it: a "¡Gracias!" that reopens the case,
-    then an agent's ``#cerrar``, must not end that promise (mailcase.triage, rule 6).
+    customer ``cases.reopen_days`` from it: a reply that reopens the case ("¡Gracias!
+    ¿Tiene garantía el módem?"), then an agent's ``#cerrar``, must not end that promise
+    (mailcase.triage, rule 6).
     """
     if case.status == CaseStatus.OPEN:
         return False

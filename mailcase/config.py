@@ -485,6 +485,9 @@ class AreaSettings(_Section):
 class CasesSettings(_Section):
     # A customer reply within this reopens a resolved case.
     reopen_days: int = Field(default=30, ge=0, le=MAX_DAYS)
+    # A reply of only thanks ("¡Muchas gracias!") to a resolved case reopens it too;
+    # false: it is kept on the case, which stays resolved, and nobody is told.
+    reopen_on_thanks: bool = False
     # Resolved cases close after this without a reply.
     close_after_days: int = Field(default=7, ge=1, le=MAX_DAYS)
     # An unowned case's owner becomes the agent whose reply by mail first answers its

@@ -74,6 +74,7 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, CaseStatus, Checkpoint, Notice, NoticeStatus
 from mailcase.notices import ANSWER_KINDS, ANSWERED_STATUSES, queue_notice
 from mailcase.store import Store, as_utc, table, utcnow
+from mailcase.thanks import NOT_REOPENED
 
 REMINDER_KIND = "reminder"
 # A reminder a guard held is tried again this long after: not on every run (a new
@@ -205,10 +206,18 @@ def _utc(value: datetime) -> datetime:
 # unverified sender's mail) never answers and never resets the wait.
 _READ_KINDS = ("customer", "agent", "notice")
 _MESSAGES, _NOTICES = table(CaseMessage), table(Notice)
+# The note that follows a customer's message of only thanks kept on a resolved case
+# (mailcase.triage, rule 6).
+_THANKS_NOTE = sa.and_(_MESSAGES.c.kind == "system", _MESSAGES.c.text == NOT_REOPENED)
 
 
 def case_entries(session: Session, case: Case) -> list[Entry]:
-    """``case``'s messages as :func:`waiting` reads them, oldest first."""
+    """``case``'s messages as :func:`waiting` reads them, oldest first.
+
+    A customer's message of only thanks kept on the case while it was resolved is
+    left out: it asked for nothing, and a case an agent reopens after it is no more
+    unanswered than it was before it.
+    """
     messages, notices = _MESSAGES, _NOTICES
     query = (
         sa.select(
@@ -220,22 +229,31 @@ def case_entries(session: Session, case: Case) -> list[Entry]:
             notices.c.created_at,
         )
         .outerjoin(notices, notices.c.id == messages.c.notice_id)
-        .where(messages.c.case_id == case.id, messages.c.kind.in_(_READ_KINDS))
+        .where(
+            messages.c.case_id == case.id,
+            sa.or_(messages.c.kind.in_(_READ_KINDS), _THANKS_NOTE),
+        )
         .order_by(messages.c.id)
     )
     rows = session.execute(query).all()
     customer = case.customer
-    return [
-        Entry(
-            kind=kind,
-            from_customer=bool(customer) and from_addr == customer,
-            to_customer=bool(customer) and customer in (a.strip() for a in to_addrs.split(",")),
-            notice=notice_kind or "",
-            status=status or NoticeStatus.QUEUED.value,
-            at=created_at,
+    entries: list[Entry] = []
+    for kind, from_addr, to_addrs, notice_kind, status, created_at in rows:
+        if kind == "system":  # the thanks note: the message just before it is the thanks
+            if entries and entries[-1].kind == "customer":
+                entries.pop()
+            continue
+        entries.append(
+            Entry(
+                kind=kind,
+                from_customer=bool(customer) and from_addr == customer,
+                to_customer=bool(customer) and customer in (a.strip() for a in to_addrs.split(",")),
+                notice=notice_kind or "",
+                status=status or NoticeStatus.QUEUED.value,
+                at=created_at,
+            )
         )
-        for kind, from_addr, to_addrs, notice_kind, status, created_at in rows
-    ]
+    return entries
 
 
 _MAIN = table(Case).alias("main_case")

@@ -92,6 +92,7 @@ from mailcase.store import (
     table,
     utcnow,
 )
+from mailcase.thanks import NOT_REOPENED
 from mailcase.triage import CaseRef, Decision, Facts, Role, takes_replies, triage
 from mailcase.wire import FileAttachment
 
@@ -1255,6 +1256,9 @@ def _ingest(
         # over a holiday, a retry) reopens the case the resolution promised it would.
         now=_arrival(fetched, met_at),
         reopen_days=settings.cases.reopen_days,
+        # A message too large to read whole (its files were not kept) is never judged
+        # only thanks: what it carried is unknown.
+        reopen_on_thanks=settings.cases.reopen_on_thanks or fetched.spooled is not None,
         # Released from spam by a person (messages release): the filter was wrong.
         spam=verdict,
     )
@@ -1681,6 +1685,16 @@ def _apply(
                 "exposed": exposed,
             },
         )
+    elif decision.thanks_only:
+        if case.status != decision.case.status:
+            # Reopened (or closed) since triage read it (PostgreSQL): decided again.
+            raise _CaseChanged(case.folio)
+        # Kept as the customer's, so that a later reply threads on it; its note tells the
+        # agents reading the case, and the reminders, that it asked for nothing. The case
+        # is not touched otherwise: no reopening, no wait started, nobody told.
+        text = customer_text(mail.text, mail.subject)
+        _record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
+        casework.record(session, case, "system", NOT_REOPENED, from_addr=mail.sender)
     else:
         if not decision.reopen and case.status != CaseStatus.OPEN:
             # Closed or resolved since triage read it (another session committed in

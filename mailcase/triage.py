@@ -33,7 +33,11 @@ Order of the rules, and why:
    (OTRS/Znuny and Zammad reopen closed tickets on a follow-up alike), unless
    a folio in the subject names another case of the sender's that is open or
    may be reopened: a reply in the thread of an old case about a newer one
-   joins the newer one.
+   joins the newer one. A reply to a resolved case (within that window) whose
+   own words are only thanks or an acknowledgement ("¡Muchas gracias!", "Ok,
+   gracias": :func:`mailcase.thanks.is_thanks_only`, with no file attached) is
+   kept on the case without reopening it, and nobody is told (Freshdesk's
+   thank-you detector), unless ``cases.reopen_on_thanks``.
 7. An agent's mail that names no case opens one for the customer it is
    about, as Zammad does ("sender is agent: the customer is the first
    recipient"): the sender of a mail it forwards (the agent forwarded a
@@ -71,7 +75,8 @@ from enum import StrEnum
 from mailcase.classify import Classification, MailKind, is_automatic_address
 from mailcase.inbound import InboundMail, canonical_address
 from mailcase.models import Disposition
-from mailcase.quoting import forwarded_sender
+from mailcase.quoting import customer_text, forwarded_sender
+from mailcase.thanks import NOT_REOPENED, is_thanks_only
 
 # Why mail with no sender address is quarantined, as the ledger says it (and as
 # mailcase.reasons.TEXTS says it in English: a test holds the two together).
@@ -127,6 +132,8 @@ class Decision:
     related: tuple[str, ...] = field(default=())  # folios it names but does not join
     role: Role = Role.CUSTOMER
     reopen: bool = False  # the case it joins was resolved and opens again
+    # Only thanks on a resolved case: kept on it, not reopened, nobody told.
+    thanks_only: bool = False
     quiet: bool = False  # tell nobody (old mail met on a first poll)
     customer: str = ""  # the new case's customer when not the sender (an agent wrote)
     customer_name: str = ""
@@ -148,11 +155,13 @@ def triage(
     agent_addresses: frozenset[str] = frozenset(),
     now: datetime | None = None,
     reopen_days: int = 30,
+    reopen_on_thanks: bool = False,
     spam: str = "",
 ) -> Decision:
     """Decide the disposition of ``mail``; see the module docstring for the rules.
 
     ``spam``: the spam filter's verdict ("X-Spam-Flag: YES"), "" when it gave none.
+    ``reopen_on_thanks``: a reply of only thanks reopens a resolved case as any other.
     """
     if facts.is_duplicate:
         return Decision(
@@ -226,6 +235,13 @@ def triage(
         if joined.status == "open":
             return Decision(Disposition.FOLLOW_UP, case=joined, reason=why)
         if takes_replies(joined.status, joined.resolved_at, now, reopen_days):
+            if not reopen_on_thanks and _only_thanks(mail):
+                return Decision(
+                    Disposition.FOLLOW_UP,
+                    case=joined,
+                    thanks_only=True,
+                    reason=f"{why}; {NOT_REOPENED}",
+                )
             return Decision(
                 Disposition.FOLLOW_UP, case=joined, reopen=True, reason=f"{why}; reopens the case"
             )
@@ -262,6 +278,14 @@ def triage(
         # writes about their case: it is not lost to a filter's mistake.)
         return _spam(spam, why)
     return _new_case(mail, own_addresses, [*strangers, *own], _despite(spam, why))
+
+
+def _only_thanks(mail: InboundMail) -> bool:
+    """Whether ``mail`` brings nothing but thanks: no file (a photo of the modem says
+    more than its words), and its own words, as the case keeps them, only thanks."""
+    if mail.attachments:
+        return False
+    return is_thanks_only(customer_text(mail.text, mail.subject), mail.sender_name, mail.sender)
 
 
 def _spam(verdict: str, why: str) -> Decision:

@@ -28,14 +28,15 @@ def test_the_area_a_case_was_routed_to_hears_the_customers_follow_ups(desk: Desk
     assert "Ahora tampoco hay TV." in text(desk.last_to(NOTIFY))  # the general list too
 
 
-def test_a_thanks_and_a_close_keep_the_reopening_window_the_resolution_promised(
+def test_a_reopening_reply_and_a_close_keep_the_reopening_window_the_resolution_promised(
     desk: Desk,
 ) -> None:
     folio = desk.open_case()
     [notification] = desk.to(NOTIFY)
     desk.agent_reply(notification, "#resolver procedente\nSe cambió el módem dañado.")
     subject = f"Re: [Folio {folio}] Sin servicio"
-    desk.deliver(mail(subject=subject, body="¡Muchas gracias!"))  # reopens the case
+    # More than thanks (thanks alone leave the case resolved): it reopens the case.
+    desk.deliver(mail(subject=subject, body="¡Muchas gracias! ¿El módem nuevo tiene garantía?"))
     assert desk.case(folio)["status"] == "open"
     desk.agent_reply(desk.last_to(NOTIFY), "#cerrar")
     assert desk.case(folio)["status"] == "closed"
