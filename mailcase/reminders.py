@@ -208,7 +208,13 @@ _READ_KINDS = ("customer", "agent", "notice")
 _MESSAGES, _NOTICES = table(CaseMessage), table(Notice)
 # The note that follows a customer's message of only thanks kept on a resolved case
 # (mailcase.triage, rule 6).
-_THANKS_NOTE = sa.and_(_MESSAGES.c.kind == "system", _MESSAGES.c.text == NOT_REOPENED)
+# Written by mailcase (no stored message: an auto-reply kept on the case as "system"
+# has one, and may say anything), from the thanks' sender.
+_THANKS_NOTE = sa.and_(
+    _MESSAGES.c.kind == "system",
+    _MESSAGES.c.text == NOT_REOPENED,
+    _MESSAGES.c.raw_sha256.is_(None),
+)
 
 
 def case_entries(session: Session, case: Case) -> list[Entry]:
@@ -238,11 +244,13 @@ def case_entries(session: Session, case: Case) -> list[Entry]:
     rows = session.execute(query).all()
     customer = case.customer
     entries: list[Entry] = []
+    last_from = ""
     for kind, from_addr, to_addrs, notice_kind, status, created_at in rows:
         if kind == "system":  # the thanks note: the message just before it is the thanks
-            if entries and entries[-1].kind == "customer":
+            if entries and entries[-1].kind == "customer" and last_from == from_addr:
                 entries.pop()
             continue
+        last_from = from_addr
         entries.append(
             Entry(
                 kind=kind,

@@ -1222,7 +1222,12 @@ def _ingest(
     # duplicates of no case). A copy with no verdict, released by a person or judged
     # clean by its own mailbox's filter, opens the case, and they follow it: whichever
     # mailbox is read first, one case.
-    copies = [] if verdict else _spam_copies(earlier, release)
+    # (Not the message itself met again in its own folder, rebuilt under a new
+    # UIDVALIDITY: its row is moved below, whatever a filter says of it now.)
+    moved = not retry and any(
+        e.mailbox == mailbox and e.uidvalidity != uidvalidity for e in earlier
+    )
+    copies = [] if verdict or moved else _spam_copies(earlier, release)
     if copies:
         earlier = []
     stale = [e for e in earlier if e.mailbox == mailbox and e.uidvalidity != uidvalidity]
@@ -1399,6 +1404,7 @@ def case_ref(session: Session, case: Case) -> CaseRef:
         status=case.status,
         participants=casework.participants(session, case.id),
         resolved_at=case.resolved_at,
+        subject=case.subject,
         closed_unanswered_at=casework.closed_unanswered_at(session, case),
     )
 

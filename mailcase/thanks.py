@@ -95,7 +95,6 @@ _COURTESY = frozenset(
         "de",
         "acuerdo",
         "verdad",
-        "nuevamente",
         "por",
         "todo",
         "todos",
@@ -128,18 +127,11 @@ _COURTESY = frozenset(
         "respuesta",
         "solucion",
         "seguimiento",
-        "tiempo",
         "paciencia",
         "hola",
         "buen",
         "buenas",
         "buenos",
-        "dia",
-        "dias",
-        "tarde",
-        "tardes",
-        "noche",
-        "noches",
         "feliz",
         "bonito",
         "bonita",
@@ -187,7 +179,6 @@ _COURTESY = frozenset(
         "your",
         "all",
         "and",
-        "again",
         "everything",
         "help",
         "support",
@@ -205,11 +196,6 @@ _COURTESY = frozenset(
         "i",
         "we",
         "have",
-        "day",
-        "weekend",
-        "morning",
-        "afternoon",
-        "evening",
         "hi",
         "hello",
         "hey",
@@ -247,6 +233,10 @@ NEVER = frozenset(
         "nada",
         "nunca",
         "otra",
+        "nuevamente",
+        "again",
+        "tarde",
+        "late",
         "vez",
         "quedo",
         "espera",
@@ -270,9 +260,28 @@ _WORDS = frozenset(_THANKS | _COURTESY)
 _QUESTION = frozenset("?¿？⸮")
 # Sarcasm or displeasure next to "gracias": read as a complaint. Faces and gestures
 # that frown, cry, roll their eyes or turn a thumb down, and ":(" ":/" ":'(" "D:".
-_DISPLEASED = frozenset("😡😠🤬😤😞😢😭😒🙄👎💢☹🙁😕😟😔😩😫😣😖🤦😑😐🖕")
-_FROWN = re.compile(r"[:;=]'?-?[(\[/\\|]|\bD:")
+# And the faces of irony: an upside-down smile, a clown, a smirk, tears of laughter,
+# and the eye-rolls typed as "¬¬" (common in Mexico) and "-_-".
+_DISPLEASED = frozenset("😡😠🤬😤😞😢😭😒🙄👎💢☹🙁😕😟😔😩😫😣😖🤦😑😐🖕🙃🤡😏😂🤣")
+_FROWN = re.compile(r"[:;=]'?-?[(\[/\\|]|\bD:|¬\s*¬|-_+-|-\.-")
 _WORD = re.compile(r"[^\W\d_]+")
+# Whole phrases whose words alone are not all allowed (matched on folded text). A
+# time of day only in a greeting: "Gracias, muy tarde" complains of the delay. "Ya
+# quedó", "ya funciona", "ya tengo internet": how customers in Mexico confirm a
+# repair, an acknowledgement only as a whole ("ya" alone is never one: "ya van tres
+# días"). "Su tiempo" only after "por".
+_GREETINGS = re.compile(
+    r"\b(?:(?:que\s+(?:tenga|tengan|tengas)\s+(?:un\s+|una\s+)?)?"
+    r"buen(?:a|o|as|os)?\s+(?:dia|dias|tarde|tardes|noche|noches|fin\s+de\s+semana)"
+    r"|good\s+(?:morning|afternoon|evening|day)"
+    r"|have\s+a\s+(?:nice|good|great)\s+(?:day|weekend|evening)"
+    r"|por\s+(?:su|tu)\s+tiempo)\b"
+)
+_FIXED = re.compile(
+    r"\bya\s+(?:quedo|funciona|sirve|jala|(?:hay|tengo|tenemos)\s+(?:servicio|internet|senal)"
+    r"|se\s+(?:arreglo|soluciono|resolvio|restablecio)|(?:it\s+)?works)\b"
+    r"|\bit\s+works\s+now\b"
+)
 # "graciaaas", "okkk", "muuuchas": a letter written three times or more is one.
 _DRAWN_OUT = re.compile(r"([^\W\d_])\1{2,}")
 
@@ -310,7 +319,39 @@ def is_thanks_only(text: str, sender_name: str, sender: str) -> bool:
 
 
 def _words(text: str) -> set[str]:
-    """The words of ``text`` folded: lower case, no accents, drawn-out letters once."""
+    """The words of ``text`` folded (lower case, no accents, drawn-out letters once), a
+    greeting phrase left out and a phrase confirming the repair read as "ok"."""
     decomposed = unicodedata.normalize("NFKD", text)
     folded = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    return set(_WORD.findall(_DRAWN_OUT.sub(r"\1", folded)))
+    folded = _DRAWN_OUT.sub(r"\1", folded)
+    folded = _FIXED.sub(" ok ", _GREETINGS.sub(" ", folded))
+    return set(_WORD.findall(folded))
+
+
+# How far below a signature delimiter a postscript is looked for, and what starts one.
+_SIGNATURE_LINES = 8
+_POSTSCRIPT = re.compile(r"\s*(?:p\.?\s?d\b|p\.?\s?s\b)", re.IGNORECASE)
+_QUOTE_START = re.compile(r"\s*(?:>|-{4,}|_{4,}|(?:de|from|enviado|sent)\s*:)", re.IGNORECASE)
+
+
+def signature_says_more(text: str) -> bool:
+    """Whether the lines below a ``--`` signature delimiter of ``text`` (a message as
+    received: the case keeps only what is above it) say more than a signature does.
+
+    True when, within a few lines below the delimiter and above any quoted history,
+    a line asks (``?``, ``¿``), starts a postscript (``PD:``, ``P.D.``, ``PS:``) or
+    holds a word of :data:`NEVER` ("Gracias\n--\nSigue sin servicio"). Digits are
+    fine there: signatures carry phone numbers. Never raises; linear in ``len(text)``.
+    """
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == "--"), None)
+    if start is None:
+        return False
+    for line in lines[start + 1 : start + 1 + _SIGNATURE_LINES]:
+        if _QUOTE_START.match(line) or line.rstrip().endswith(":"):
+            break  # the quoted history (or its attribution line) begins
+        if any(c in _QUESTION for c in line) or _POSTSCRIPT.match(line):
+            return True
+        if _words(line) & NEVER:
+            return True
+    return False

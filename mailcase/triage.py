@@ -73,10 +73,11 @@ from email.utils import getaddresses
 from enum import StrEnum
 
 from mailcase.classify import Classification, MailKind, is_automatic_address
+from mailcase.folio import echoable_subject, remove_folio_tags, strip_reply_prefixes
 from mailcase.inbound import InboundMail, canonical_address
 from mailcase.models import Disposition
 from mailcase.quoting import customer_text, forwarded_sender
-from mailcase.thanks import NOT_REOPENED, is_thanks_only
+from mailcase.thanks import NOT_REOPENED, is_thanks_only, signature_says_more
 
 # Why mail with no sender address is quarantined, as the ledger says it (and as
 # mailcase.reasons.TEXTS says it in English: a test holds the two together).
@@ -93,6 +94,7 @@ class CaseRef:
     status: str
     participants: frozenset[str] = frozenset()
     resolved_at: datetime | None = None
+    subject: str = ""  # as the case keeps it (reply prefixes and folio tags removed)
     # Closed for lack of an answer (casework.close_unanswered), at this moment: an answer
     # that reached the server before it was read late (a quarantined message retried).
     closed_unanswered_at: datetime | None = None
@@ -235,7 +237,7 @@ def triage(
         if joined.status == "open":
             return Decision(Disposition.FOLLOW_UP, case=joined, reason=why)
         if takes_replies(joined.status, joined.resolved_at, now, reopen_days):
-            if not reopen_on_thanks and _only_thanks(mail):
+            if not reopen_on_thanks and _only_thanks(mail, joined):
                 return Decision(
                     Disposition.FOLLOW_UP,
                     case=joined,
@@ -280,12 +282,24 @@ def triage(
     return _new_case(mail, own_addresses, [*strangers, *own], _despite(spam, why))
 
 
-def _only_thanks(mail: InboundMail) -> bool:
+def _only_thanks(mail: InboundMail, case: CaseRef) -> bool:
     """Whether ``mail`` brings nothing but thanks: no file (a photo of the modem says
-    more than its words), and its own words, as the case keeps them, only thanks."""
-    if mail.attachments:
+    more than its words), its subject the case's as our notices wrote it (a subject
+    rewritten, "SIGUE SIN SERVICIO", says something), nothing below a signature
+    delimiter but a signature, and its own words, as the case keeps them, only thanks."""
+    if mail.attachments or signature_says_more(mail.text):
+        return False
+    written = remove_folio_tags(strip_reply_prefixes(mail.subject), case.folio.split("-", 1)[0])
+    if written and _folded(written) not in {
+        _folded(case.subject),
+        _folded(echoable_subject(case.subject)),
+    }:
         return False
     return is_thanks_only(customer_text(mail.text, mail.subject), mail.sender_name, mail.sender)
+
+
+def _folded(subject: str) -> str:
+    return " ".join(subject.casefold().split())
 
 
 def _spam(verdict: str, why: str) -> Decision:

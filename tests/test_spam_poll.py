@@ -228,3 +228,27 @@ def test_a_release_that_fails_says_so_and_leaves_the_message_spam(
     monkeypatch.undo()
     code, out, err = cli("messages", "release", str(uid), "--mailbox", "contacto")
     assert code == 0 and out.strip().endswith(": new_case"), err
+
+
+def test_spam_met_again_in_its_rebuilt_folder_is_the_same_message(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # Its row moves to the new address, whatever a filter says of it now (the admin
+    # turned the verdicts off meanwhile): not a new case answering the spammer.
+    with mailboxes.client("contacto") as imap:
+        imap.create_folder("Soporte")
+    cli = _desk(tmp_path, mailboxes, sink, capsys, contacto_folder="Soporte")
+    raw = _spam()
+    mailboxes.append("contacto", raw, folder="Soporte")
+    cli.poll()
+    [before] = cli.json("messages", "list")
+    assert before["disposition"] == "spam"
+    cli.config.write_text(cli.config.read_text() + "\n[spam]\nenabled = false\n")
+    with mailboxes.client("contacto") as imap:  # a server migration: new UIDVALIDITY
+        imap.delete_folder("Soporte")
+        imap.create_folder("Soporte")
+    mailboxes.append("contacto", raw, folder="Soporte")
+    cli.poll()
+    [after] = cli.json("messages", "list")
+    assert after["disposition"] == "spam" and after["uidvalidity"] != before["uidvalidity"]
+    assert cli.json("cases", "list") == [] and sink.messages == []

@@ -68,6 +68,17 @@ def thanks(text: str, name: str = NAME, sender: str = CUSTOMER) -> bool:
         "Gracias. Saludos, Juan",
         "Gracias\nAtte. Juan Pérez",
         "Gracias\n\nJuan",
+        # How a repair is confirmed in Mexico, as a whole phrase; greetings with a time of day.
+        "Gracias, ya funciona",
+        "Ya quedó, muchas gracias",
+        "Gracias, ya quedó",
+        "Listo, ya tengo internet. Gracias",
+        "Ya hay servicio, gracias!",
+        "Buenas noches, gracias",
+        "Gracias por su tiempo",
+        "Que tengan buen fin de semana, gracias",
+        "Good morning, thanks!",
+        "Thanks, it works now",
     ],
 )
 def test_thanks_and_acknowledgements_are_thanks_only(text: str) -> None:
@@ -86,7 +97,6 @@ def test_thanks_and_acknowledgements_are_thanks_only(text: str) -> None:
         "No, gracias",
         "no gracias",
         "Sí, gracias",
-        "Gracias, ya funciona",
         "Gracias por nada",
         "Gracias... todavía falla",
         "Gracias, aún no hay señal",
@@ -119,6 +129,27 @@ def test_thanks_and_acknowledgements_are_thanks_only(text: str) -> None:
         # The sender's name counts only as the last line's sign-off.
         "Juan\nGracias, pero sigo igual",
         "Juan Pérez\nGracias\nsigo igual",
+        # A time of day outside a greeting says when it fails, or that it came late.
+        "Gracias, muy tarde",
+        "Ok, muy tarde",
+        "Gracias, muy tarde la solución",
+        "Perfecto, todos los días",
+        "Ok, por las noches",
+        "Ok, nuevamente",
+        "Gracias, mucho tiempo",
+        # "Ya" only in a phrase that confirms the repair.
+        "Ya quedó pero lento",
+        "Ya van tres días, gracias",
+        "Gracias, ya no funciona",
+        "Ya funciona?",
+        # Irony.
+        "Gracias ¬¬",
+        "Gracias ¬ ¬",
+        "Gracias 🙃",
+        "Excelente 🤡",
+        "Gracias -_-",
+        "Gracias 😏",
+        "Gracias 😂",
     ],
 )
 def test_anything_more_than_thanks_is_not_thanks_only(text: str) -> None:
@@ -205,6 +236,7 @@ RESOLVED = CaseRef(
     status="resolved",
     participants=frozenset({"esposa@example.com"}),
     resolved_at=NOW - timedelta(days=2),
+    subject="Sin servicio de internet",
 )
 
 
@@ -213,8 +245,9 @@ def reply(
     sender: str = f"{NAME} <{CUSTOMER}>",
     attachments: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
     headers: dict[str, str] | None = None,
+    subject: str = REPLY,
 ) -> InboundMail:
-    raw = mail(sender=sender, subject=REPLY, body=body, attachments=attachments, headers=headers)
+    raw = mail(sender=sender, subject=subject, body=body, attachments=attachments, headers=headers)
     return parse_inbound(raw)
 
 
@@ -307,3 +340,48 @@ def test_thanks_the_spam_filter_misjudged_are_kept_as_thanks() -> None:
         "folio PLR-2026-000001; X-Spam-Flag: YES set aside: it follows a case; "
         "thanks only: not reopened"
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Gracias\n-- \nJuan Pérez\nPD: sigue sin servicio desde ayer",
+        "Gracias\n\n--\nSigue sin servicio desde ayer",
+        "Gracias\n--\nJuan Pérez\n¿Cuándo vienen?",
+        "Gracias\n--\nJuan\nP.D. el módem parpadea",
+    ],
+)
+def test_more_below_a_signature_delimiter_reopens(body: str) -> None:
+    # The case keeps only what is above "--": the rest would be buried unread.
+    decision = decide(reply(body))
+    assert decision.reopen and not decision.thanks_only
+
+
+def test_a_signature_below_the_delimiter_is_only_a_signature() -> None:
+    body = "Muchas gracias\n-- \nJuan Pérez\nTel. 55 1234 5678\nCalle Morelos 12"
+    assert decide(reply(body)).thanks_only
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Re: [Folio PLR-2026-000001] SIGUE SIN SERVICIO, NO HAN VENIDO",
+        "Re: [Folio PLR-2026-000001] Otra falla",
+        "Otra falla",
+    ],
+)
+def test_a_subject_the_customer_rewrote_reopens(subject: str) -> None:
+    decision = decide(reply("Gracias.", subject=subject))
+    assert decision.reopen and not decision.thanks_only
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Re: [Folio PLR-2026-000001] Sin servicio de internet",
+        "RE: RE: [Folio PLR-2026-000001] sin servicio de INTERNET",
+        "[Folio PLR-2026-000001]",
+    ],
+)
+def test_the_subject_our_notice_wrote_is_no_news(subject: str) -> None:
+    assert decide(reply("Gracias.", subject=subject)).thanks_only

@@ -140,7 +140,8 @@ def test_thanks_triaged_before_an_agent_reopens_the_case_are_decided_again(
         casework.resolve(session, rt.settings, case, "valid", "Módem nuevo.", by="cli:ana")
         folio = case.folio
     in_triage, go_on = pause_after_triage(monkeypatch)
-    thanks = mail(sender=CUSTOMER, subject=f"Re: [Folio {folio}] Sin internet", body="¡Gracias!")
+    subject = f"Re: [Folio {folio}] Sin servicio de internet"
+    thanks = mail(sender=CUSTOMER, subject=subject, body="¡Gracias!")
     worker = threading.Thread(
         target=service.ingest_message, args=(rt, "contacto", 1, FetchedMessage(2, thanks, utcnow()))
     )
@@ -158,3 +159,41 @@ def test_thanks_triaged_before_an_agent_reopens_the_case_are_decided_again(
         reason = session.exec(select(LedgerEntry.reason).where(LedgerEntry.uid == 2)).one()
     rt.store.dispose()
     assert reason == f"folio {folio}"  # a follow-up of the open case: the agents are told
+
+
+def test_an_auto_reply_saying_the_notes_words_hides_no_complaint(tmp_path: Path) -> None:
+    # The reminders drop the customer's message a "thanks only" note follows; an
+    # auto-reply kept on the case as "system" may say those words too.
+    from datetime import UTC, datetime
+
+    from sqlmodel import select
+
+    from mailcase import casework, reminders, service
+    from mailcase.imap import FetchedMessage
+    from mailcase.models import Case, CaseMessage
+    from mailcase.thanks import NOT_REOPENED
+
+    rt = offline_runtime(tmp_path)
+    at = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(1, mail(), at)) == "new_case"
+    with rt.store.transaction() as session:
+        case = session.exec(select(Case)).one()
+        folio = case.folio
+        # An agent answered the customer (a mail to the customer, support in copy).
+        answer = casework.record(session, case, "agent", "Ya revisamos.", from_addr="ana@x")
+        answer.to_addrs = CUSTOMER
+        session.add(answer)
+    subject = f"Re: [Folio {folio}] Sin servicio de internet"
+    complaint = mail(subject=subject, body="Sigue sin servicio, ya van tres días.")
+    got = service.ingest_message(rt, "contacto", 1, FetchedMessage(2, complaint, at))
+    assert got == "follow_up"
+    auto = mail(
+        subject=f"Respuesta automática: {subject}",
+        body=NOT_REOPENED,
+        headers={"Auto-Submitted": "auto-replied"},
+    )
+    assert service.ingest_message(rt, "contacto", 1, FetchedMessage(3, auto, at)) == "auto_reply"
+    with rt.store.read_session() as session:
+        kinds = [m.kind for m in session.exec(select(CaseMessage).order_by(CaseMessage.id))]
+        assert kinds[-2:] == ["customer", "system"]
+        assert [c.folio for c in reminders.unanswered_cases(session)] == [folio]
