@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -1250,7 +1251,8 @@ def _ingest(
         # A person's mail only: a bounce or an out-of-office reply quoting a notice's
         # id (Gmail's reports do) shows no one holds it, and runs nothing anyway.
         _note_exposed(session, settings, mail)
-    decision = triage(
+    judge = partial(
+        triage,
         mail,
         classification,
         facts,
@@ -1264,23 +1266,14 @@ def _ingest(
         # A message too large to read whole (its files were not kept) is never judged
         # only thanks: what it carried is unknown.
         reopen_on_thanks=settings.cases.reopen_on_thanks or fetched.spooled is not None,
-        # Released from spam by a person (messages release): the filter was wrong.
-        spam=verdict,
     )
+    # Released from spam by a person (messages release): the filter was wrong.
+    decision = judge(spam=verdict)
     blocked = "" if verdict or release else _blocked_sender(rt, session, mail, decision)
     if blocked:
         # Triaged again with the agents' verdict, as with a filter's: what would open a case
         # is set aside, and a customer's mail following a case of theirs is not.
-        decision = triage(
-            mail,
-            classification,
-            facts,
-            own_addresses=settings.own_addresses,
-            agent_addresses=frozenset(settings.agents.addresses),
-            now=_arrival(fetched, met_at),
-            reopen_days=settings.cases.reopen_days,
-            spam=blocked,
-        )
+        decision = judge(spam=blocked)
         if copies and decision.disposition is Disposition.SPAM:
             # A copy of mail set aside already (Cc to two mailboxes): its duplicate, as a
             # copy of a filter's spam is.
