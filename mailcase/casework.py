@@ -31,6 +31,7 @@ from mailcase.models import (
     Checkpoint,
     LedgerEntry,
     Notice,
+    NoticeStatus,
     Participant,
     StoredAttachment,
 )
@@ -123,6 +124,18 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     # with "#masivo aviso": rendered for this case, it would tell every report's customer
     # this case's folio and customer's name.
     "reply_conflict",
+    # #spam with a command other than #nota in one reply: the case is set aside, and a
+    # change beside it would be made on a case nobody works any more.
+    "spam_alone",
+    # #spam on a case the customer's mail did not open (a phone, web or visit case): there
+    # is no sender to set aside, and a person called or came.
+    "spam_channel",
+    # #spam on a report of an outage (take it out first: #masivo no), or on the main case
+    # of one (its reports are customers' own: no spam).
+    "spam_outage",
+    "spam_main",
+    # #reabrir (cases reopen) on a case marked spam: "#spam no" first, in another reply.
+    "reopen_spam",
 )
 
 
@@ -202,6 +215,7 @@ def command_problems(
     visit_ahead: bool = False,
     outage_open: bool = False,
     reports_open: bool = False,
+    spam: bool = False,
 ) -> list[tuple[str, str]]:
     """``(line, code)`` for each command of one reply that cannot run; ``[]`` when all can.
 
@@ -223,7 +237,8 @@ def command_problems(
     report of an outage whose main case is open (``outage_open``: ``pending_outage``),
     nor on the main case of an outage with open reports (``reports_open``: ``pending_main``);
     ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` nor ``#masivo aviso``
-    (``reply_conflict``), and
+    (``reply_conflict``); ``#spam`` goes alone, or with ``#nota`` (``spam_alone``), and
+    ``#reabrir`` not on a case marked spam (``spam``: ``reopen_spam``); and
     once (``repeated``: one canned reply per reply, its text below the agent's). Whether
     ``#fusionar``'s folio can be merged into is the service's to check
     (:func:`merge_problem`). ``text`` is the reply's words below the commands;
@@ -239,6 +254,8 @@ def command_problems(
     # "#fusionar" moves the case and its history: another change in the same reply
     # would land on a case that is then closed, or read as meant for the other.
     alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
+    # "#spam" sets the case aside: it goes alone too, or with "#nota" (why it is spam).
+    alongside_spam = {c.kind for c in commands} - _GOES_WITH_SPAM
     opposite = {
         CommandKind.CLOSE: CommandKind.REOPEN,
         CommandKind.REOPEN: CommandKind.CLOSE,
@@ -256,6 +273,10 @@ def command_problems(
             problem = "repeated"
         elif kind is CommandKind.MERGE and alongside_merge:
             problem = "merge_alone"
+        elif kind is CommandKind.SPAM and alongside_spam:
+            problem = "spam_alone"
+        elif kind is CommandKind.REOPEN and spam:
+            problem = "reopen_spam"
         elif (kind is CommandKind.PENDING and not command.stop and seen & PENDING_CONFLICTS) or (
             kind in PENDING_CONFLICTS and asking
         ):
@@ -363,6 +384,7 @@ REPLY_CONFLICTS = frozenset(
     | {CommandKind.VISIT}
 )
 _GOES_WITH_MERGE = frozenset({CommandKind.MERGE, CommandKind.NOTE})
+_GOES_WITH_SPAM = frozenset({CommandKind.SPAM, CommandKind.NOTE})
 # What "#masivo aviso" does not go with: its text is relayed to every customer of the
 # outage, so it is neither a note nor the causes of a resolution, and the case stays open.
 _UPDATE_CONFLICTS = frozenset({CommandKind.NOTE, CommandKind.RESOLVE, CommandKind.CLOSE})
@@ -413,6 +435,14 @@ _REFUSALS = {
     "{into}) before making {folio} a report of its outage",
     "merge_outage": "cases {folio} and {into} belong to different outages: take one out of its "
     "outage first (mailcase cases outage FOLIO --clear)",
+    "spam_channel": "case {folio} was not opened by mail (channel {channel}): there is no "
+    "sender to set aside",
+    "spam_outage": "case {folio} is a report of the outage {main}: take it out of the outage "
+    "first (mailcase cases outage {folio} --clear)",
+    "spam_main": "case {folio} is the main case of an outage (mailcase cases list --outage "
+    "{folio}): its reports are customers' own; it cannot be spam",
+    "reopen_spam": "case {folio} is marked spam: undo it first (mailcase cases spam {folio} "
+    "--undo)",
 }
 
 
@@ -909,11 +939,13 @@ def cancel_visit(
     _tell_visit_cancelled(session, settings, case, cancelled)
 
 
-def _tell_visit_cancelled(session: Session, settings: Settings, case: Case, visit: str) -> None:
-    """Tell the customer, and the area the case is routed to, that ``visit`` (as the
-    customer was told it; "" for none) is off: nobody waits at home, no technician
-    goes out. (A plain closing, with no visit, is no news to either.)"""
-    if visit and case.customer:
+def _tell_visit_cancelled(
+    session: Session, settings: Settings, case: Case, visit: str, *, customer: bool = True
+) -> None:
+    """Tell the customer (unless not ``customer``), and the area the case is routed to,
+    that ``visit`` (as the customer was told it; "" for none) is off: nobody waits at
+    home, no technician goes out. (A plain closing, with no visit, is no news to either.)"""
+    if visit and case.customer and customer:
         queue_notice(
             session, settings, case, "visit_cancelled", to=case.customer,
             context={"cancelled_visit": visit},
@@ -1083,9 +1115,12 @@ def close(session: Session, settings: Settings, case: Case, *, by: str) -> bool:
     return True
 
 
-def _close(session: Session, settings: Settings, case: Case, *, by: str, note: str) -> None:
+def _close(
+    session: Session, settings: Settings, case: Case, *, by: str, note: str, tell: bool = True
+) -> None:
     """Close ``case`` (not waiting on the customer any more), recording ``note``; a home
-    visit still ahead is cancelled and the customer told."""
+    visit still ahead is cancelled and the customer told (not without ``tell``: the area
+    is told all the same, so that no technician goes out)."""
     now = utcnow()
     case.status = CaseStatus.CLOSED
     case.closed_at = now
@@ -1093,7 +1128,8 @@ def _close(session: Session, settings: Settings, case: Case, *, by: str, note: s
     case.pending_until = None
     session.add(case)
     record(session, case, "system", note, from_addr=by)
-    _tell_visit_cancelled(session, settings, case, _cancel_visit(session, settings, case, by=by))
+    cancelled = _cancel_visit(session, settings, case, by=by)
+    _tell_visit_cancelled(session, settings, case, cancelled, customer=tell)
 
 
 def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
@@ -1444,14 +1480,89 @@ def reopen(session: Session, case: Case, *, by: str) -> bool:
     customer ``cases.reopen_days`` from it: a reply that reopens the case ("¡Gracias!
     ¿Tiene garantía el módem?"), then an agent's ``#cerrar``, must not end that promise
     (mailcase.triage, rule 6).
+
+    Refused (:class:`CaseworkError`) on a case marked spam (:func:`unmark_spam` first):
+    open, it would take mail its customer's new mail is set aside from.
     """
     if case.status == CaseStatus.OPEN:
         return False
+    if case.spam_at is not None:
+        _refuse("reopen_spam", case)
     case.status = CaseStatus.OPEN
     case.closed_at = None
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", "case reopened", from_addr=by)
+    return True
+
+
+def spam_problem(case: Case, *, is_main: bool = False) -> str | None:
+    """Why ``case`` cannot be marked spam, or ``None``: only a case its customer's mail
+    opened (channel ``mail``: ``spam_channel``), and no case of an outage: a report is
+    taken out of it first (``spam_outage``), and a main case (``is_main``: it has
+    reports) is none (``spam_main``: its resolution is its reports' customers')."""
+    if case.channel != "mail":
+        return "spam_channel"
+    if case.outage_id is not None:
+        return "spam_outage"
+    return "spam_main" if is_main else None
+
+
+def mark_spam(session: Session, settings: Settings, case: Case, *, by: str) -> bool:
+    """Mark ``case`` spam the filter missed (``spam_at``), as Zendesk's, Freshdesk's and Help
+    Scout's "mark as spam" do; False, and nothing changed, when it is marked already.
+
+    Guarantees: the case is closed (``case closed``, recorded as :func:`close` does, when
+    it was not), and "marked spam by ``by``" is recorded; nothing is sent to the customer,
+    not even of a home visit still ahead, which is cancelled (its area is told: no
+    technician goes out), and their notices still queued are never sent (suppressed);
+    ``mailcase report`` counts it only as ``spam``; while it is marked, new mail of its
+    customer opens no case (mailcase.service) and mail on it is set aside
+    (mailcase.triage). Refused (:class:`CaseworkError`) as :func:`spam_problem` says.
+    """
+    main = session.get(Case, case.outage_id) if case.outage_id is not None else None
+    _refuse(
+        spam_problem(case, is_main=is_outage_main(session, case)),
+        case,
+        channel=case.channel,
+        main=main.folio if main is not None else "",
+    )
+    if case.spam_at is not None:
+        return False
+    if case.status != CaseStatus.CLOSED:
+        _close(session, settings, case, by=by, note="case closed", tell=False)
+    case.spam_at = utcnow()
+    session.add(case)
+    record(session, case, "system", f"marked spam by {by}", from_addr=by)
+    if case.customer and case.id is not None:
+        # An acknowledgement the outbox has not sent yet (SMTP down): backscatter still.
+        session.execute(
+            sa.update(Notice)
+            .where(
+                col(Notice.case_id) == case.id,
+                col(Notice.rcpt_to) == case.customer,
+                col(Notice.status) == NoticeStatus.QUEUED,
+            )
+            .values(status=NoticeStatus.SUPPRESSED, last_error=SPAM_SUPPRESSED)
+        )
+    return True
+
+
+# Why a notice to the customer of a case marked spam was never sent (outbox list).
+SPAM_SUPPRESSED = "not sent: the case was marked spam"
+
+
+def unmark_spam(session: Session, case: Case, *, by: str) -> bool:
+    """Undo :func:`mark_spam`: ``spam_at`` cleared and "spam mark removed by ``by``"
+    recorded; False, and nothing changed, when it was not marked. The case stays closed
+    (:func:`reopen` it if it is to be worked); the report counts it again, as a case
+    closed without a resolution, and its customer's new mail opens cases again.
+    Notices suppressed by the mark stay unsent."""
+    if case.spam_at is None:
+        return False
+    case.spam_at = None
+    session.add(case)
+    record(session, case, "system", f"spam mark removed by {by}", from_addr=by)
     return True
 
 

@@ -416,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not tell the customer their report is part of a general failure",
     )
+    spamming = cases.add_parser(
+        "spam",
+        help="mark a case spam the filter missed (as #spam): closed with nothing sent to the "
+        "customer, out of the report's figures, its customer's new mail set aside",
+    )
+    spamming.add_argument("folio")
+    spamming.add_argument(
+        "--undo", action="store_true", help="it is not spam (the case stays closed)"
+    )
     merging = cases.add_parser(
         "merge", help="merge a case into another of the same customer (one report written twice)"
     )
@@ -1032,6 +1041,7 @@ def case_summary(
         "updated_at": _iso(case.updated_at),
         "merged_into": merged_into,
         "outage": outage,  # null: no report of an outage
+        "spam": case.spam_at is not None,  # marked spam by an agent (#spam, cases spam)
     }
 
 
@@ -1081,6 +1091,7 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
         outage_reports=[r.folio for r in outage_reports(session, case)],
         resolved_at=_iso(case.resolved_at),
         closed_at=_iso(case.closed_at),
+        spam_at=_iso(case.spam_at),  # null: not marked spam
     )
     detail["messages"] = [
         {
@@ -1200,8 +1211,8 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
-    """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge: the
-    CLI door to casework."""
+    """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
+    the CLI door to casework."""
     from mailcase import casework
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
@@ -1371,6 +1382,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 outage_main = target.folio
             elif args.action == "close":
                 changed = casework.close(session, settings, found, by=by)
+            elif args.action == "spam" and args.undo:
+                changed = casework.unmark_spam(session, found, by=by)
+            elif args.action == "spam":
+                changed = casework.mark_spam(session, settings, found, by=by)
             else:
                 changed = casework.reopen(session, found, by=by)
             visit_cancelled = visit_was_ahead and not casework.visit_cancellable(found, now_local)
@@ -1398,6 +1413,11 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{folio}: report of the outage {outage_main}")
         else:
             print(f"{folio}: no longer a report of an outage")
+    elif args.action == "spam":
+        if args.undo:
+            print(f"{folio}: spam mark removed" if changed else f"{folio}: not marked spam")
+        else:
+            print(f"{folio}: marked spam" if changed else f"{folio}: already marked spam")
     elif not changed:  # closed or open already: nothing was recorded
         print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
     elif args.action == "type":
@@ -2256,6 +2276,7 @@ def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
         "created_at",
         "resolved_at",
         "closed_at",
+        "spam_at",
     )
     for key in keys:
         value = detail.get("customer_name" if key == "name" else key) or None

@@ -69,6 +69,10 @@ class CommandKind(StrEnum):
     # Send the customer a canned reply (templates/replies/<language>/NAME.txt.j2) after
     # the agent's own text below the commands, if any (mailcase.replies).
     REPLY = "reply"
+    # The case is spam the filter missed: closed with nothing sent to the customer, out of
+    # the report's figures, its customer's new mail set aside (casework.mark_spam).
+    # "#spam no": it is not spam after all (casework.unmark_spam).
+    SPAM = "spam"
 
 
 Outcome = Literal["valid", "invalid"]
@@ -98,6 +102,7 @@ class Command:
     # PENDING: "#pendiente no" / "#pending off": the case waits for the customer no
     # more (the customer answered by phone, say); no days then, and nothing is relayed.
     # OUTAGE: "#masivo no" / "#outage off": the case is no report of an outage any more.
+    # SPAM: "#spam no" / "#spam off": the case is not spam (the mark is undone).
     stop: bool = False
     # OUTAGE only: "#masivo aviso" / "#outage update" on a main case: the text below it is
     # relayed to its customer and to each open report's (an estimated time of restoration).
@@ -185,6 +190,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#pendiente [DIAS] | no / #pending [DAYS] | off",
     "#masivo FOLIO | no | aviso / #outage FOLIO | off | update",
     "#respuesta NOMBRE / #reply NAME",
+    "#spam [no] / #spam [off]",
 )
 
 # The longest wait ``#pendiente`` takes (and ``cases pending --days``): a quarter is
@@ -219,6 +225,8 @@ _NAMES: dict[str, CommandKind] = {
     "outage": CommandKind.OUTAGE,
     "respuesta": CommandKind.REPLY,
     "reply": CommandKind.REPLY,
+    "spam": CommandKind.SPAM,
+    "correo-basura": CommandKind.SPAM,
 }
 
 # "#pendiente no" / "#pending off": the wait ends, the case stays open (folded).
@@ -403,6 +411,8 @@ def _parse_line(line: str) -> Command | CommandProblem:
         return _outage(line, args)
     if kind is CommandKind.REPLY:
         return _reply(line, args)
+    if kind is CommandKind.SPAM:
+        return _spam(line, args)
     if kind is CommandKind.MERGE:
         # The folio as written ("PLR-2026-000123", "PLR 2026 123", "[Folio …]."):
         # read by the service, which knows the folio prefix.
@@ -493,6 +503,16 @@ def _outage(line: str, args: list[str]) -> Command | CommandProblem:
         return Command(CommandKind.OUTAGE, update=True, line=line)
     # The main case's folio as written, read by the service as #fusionar's is.
     return Command(CommandKind.OUTAGE, folio=" ".join(args), line=line)
+
+
+def _spam(line: str, args: list[str]) -> Command | CommandProblem:
+    if not args:
+        return Command(CommandKind.SPAM, line=line)
+    # "#spam no" / "#spam off", as "#pendiente no" reads; anything else is no spam mark
+    # (the agent's words go on the next line).
+    if len(args) > 1 or _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) not in _STOP_WAITING:
+        return CommandProblem(line, "unexpected_argument")
+    return Command(CommandKind.SPAM, stop=True, line=line)
 
 
 def _visit(line: str, args: list[str]) -> Command | CommandProblem:

@@ -78,6 +78,15 @@ class Case(SQLModel, table=True):
             sqlite_where=text("outage_id IS NOT NULL"),
             postgresql_where=text("outage_id IS NOT NULL"),
         ),
+        # Only the cases marked spam, by customer (0015): a message that would open a case
+        # asks whether its sender has one (service._spam_case_of); a new case costs the
+        # index nothing.
+        Index(
+            "ix_cases_spam_customer",
+            "customer",
+            sqlite_where=text("spam_at IS NOT NULL"),
+            postgresql_where=text("spam_at IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -117,6 +126,10 @@ class Case(SQLModel, table=True):
     # `cases outage`): resolving that one resolves this one (casework.resolve). NULL: not
     # a report of an outage. Indexed where set (0014, above).
     outage_id: int | None = Field(default=None, foreign_key="cases.id")
+    # When an agent marked the case spam (#spam, `cases spam`): spam the filter missed. It
+    # is closed, counted in no figure of the report but `spam`, and its customer's new mail
+    # opens no case (triage, the service). NULL: not spam. Indexed by customer where set.
+    spam_at: datetime | None = None
 
 
 class FolioCounter(SQLModel, table=True):

@@ -12,7 +12,9 @@ The rule: a case belongs to the period in which it was opened (``created_at``,
 in the business's calendar); its figures are its state when the report is
 made, so a month reported again later shows the cases resolved since.
 A case merged into another (``merged_into_id``) is a report written twice: it
-is counted in no figure, only as its own number, ``merged``.
+is counted in no figure, only as its own number, ``merged``. A case an agent marked
+spam (``spam_at``: spam the filter missed) is no complaint at all: counted in no
+figure either, only as ``spam`` (a merged one as ``merged``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class CaseGroup:
     has_address: bool  # a customer address to answer by mail
     count: int
     type: str | None = None  # a TYPES value; None: not classified yet
+    spam: bool = False  # marked spam by an agent (cases.spam_at)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ class Durations:
 
 @dataclass(frozen=True)
 class Report:
-    """The figures of the cases opened in ``period`` (merged ones only in ``merged``).
+    """The figures of the cases opened in ``period`` (merged ones only in ``merged``, those
+    marked spam only in ``spam``).
 
     ``opened == resolved + open + closed_without_resolution``; ``opened ==
     sum(by_type) + no_type``; ``resolved == valid + invalid``; ``first_answer.count +
@@ -111,6 +115,7 @@ class Report:
     no_address: int  # no address to answer by mail (a phone case): not in first_answer
     resolution: Durations
     visits: int
+    spam: int = 0  # marked spam (not merged): counted in no other figure
     upheld_share: float | None = field(init=False)  # valid / resolved
 
     def __post_init__(self) -> None:
@@ -155,21 +160,25 @@ def build_report(
 ) -> Report:
     """The figures of ``period`` from its rows.
 
-    ``groups``: the aggregate of every case opened in the period, merged ones too.
-    ``resolutions``: (created_at, resolved_at) of its resolved, unmerged cases.
-    ``first_answers``: (created_at, first answer or None) of its unmerged cases that
-    have an address. ``mailboxes`` and ``areas`` (the configured ones) are listed even
-    with no case; one met in the rows and no longer configured is listed too.
+    ``groups``: the aggregate of every case opened in the period, merged and spam ones
+    too. ``resolutions``: (created_at, resolved_at) of its resolved cases, neither merged
+    nor spam. ``first_answers``: (created_at, first answer or None) of its cases, neither
+    merged nor spam, that have an address. ``mailboxes`` and ``areas`` (the configured
+    ones) are listed even with no case; one met in the rows and no longer configured is
+    listed too.
     """
     by_channel = dict.fromkeys(CHANNELS, 0)
     by_mailbox = dict.fromkeys(mailboxes, 0)
     by_area = dict.fromkeys(areas, 0)
     by_type = dict.fromkeys(TYPES, 0)
-    opened = no_area = no_type = valid = invalid = still_open = closed = merged = 0
+    opened = no_area = no_type = valid = invalid = still_open = closed = merged = spam = 0
     visits = no_address = 0
     for group in groups:
         if group.merged:
             merged += group.count
+            continue
+        if group.spam:
+            spam += group.count
             continue
         opened += group.count
         by_channel[group.channel] = by_channel.get(group.channel, 0) + group.count
@@ -215,6 +224,7 @@ def build_report(
         no_address=no_address,
         resolution=durations(resolutions),
         visits=visits,
+        spam=spam,
     )
 
 
@@ -262,6 +272,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "open": report.open,
         "closed_without_resolution": report.closed_without_resolution,
         "merged": report.merged,
+        "spam": report.spam,
         "first_answer": {
             **_durations_json(report.first_answer),
             "unanswered": report.unanswered,
@@ -296,6 +307,7 @@ def report_lines(report: Report) -> list[str]:
         ("still open", str(report.open)),
         ("closed without resolution", str(report.closed_without_resolution)),
         ("merged into another case", str(report.merged)),
+        ("marked spam", str(report.spam)),
         ("first answer (hours): median", _one_decimal(report.first_answer.median_hours)),
         ("  90th percentile", _one_decimal(report.first_answer.p90_hours)),
         ("  cases answered", str(report.first_answer.count)),
@@ -309,7 +321,7 @@ def report_lines(report: Report) -> list[str]:
     width = max(len(label) for label, _ in rows)
     return [
         f"cases opened {report.period.first} to {report.period.last} ({zone.key}), as of {when}",
-        "merged cases are counted only as merged",
+        "merged cases are counted only as merged, spam only as spam",
         "",
         *(f"{label.ljust(width)}  {value.rjust(6)}" for label, value in rows),
     ]

@@ -41,21 +41,25 @@ def groups_statement(start: datetime, end: datetime) -> Any:
         col(Case.status),
         col(Case.outcome),
         _flag(col(Case.merged_into_id).is_not(None)).label("merged"),
+        _flag(col(Case.spam_at).is_not(None)).label("spam"),
         _flag(col(Case.visit_date).is_not(None)).label("visit"),
         _flag(col(Case.customer) != "").label("has_address"),
     )
     return sa.select(*keys, func.count().label("n")).where(_in_period(start, end)).group_by(*keys)
 
 
-def _unmerged(start: datetime, end: datetime) -> sa.ColumnElement[bool]:
-    return sa.and_(_in_period(start, end), col(Case.merged_into_id).is_(None))
+def _counted(start: datetime, end: datetime) -> sa.ColumnElement[bool]:
+    """The period's cases the figures count: neither merged nor marked spam."""
+    return sa.and_(
+        _in_period(start, end), col(Case.merged_into_id).is_(None), col(Case.spam_at).is_(None)
+    )
 
 
 def resolutions_statement(start: datetime, end: datetime) -> Any:
-    """(created_at, resolved_at) of the period's unmerged cases that were resolved (an
-    outcome given, and not reopened since: the resolved figure's cases)."""
+    """(created_at, resolved_at) of the period's counted cases (:func:`_counted`) that were
+    resolved (an outcome given, and not reopened since: the resolved figure's cases)."""
     return select(Case.created_at, Case.resolved_at).where(
-        _unmerged(start, end),
+        _counted(start, end),
         col(Case.status) != CaseStatus.OPEN.value,
         col(Case.outcome).is_not(None),
         col(Case.resolved_at).is_not(None),
@@ -63,7 +67,8 @@ def resolutions_statement(start: datetime, end: datetime) -> Any:
 
 
 def first_answers_statement(start: datetime, end: datetime) -> Any:
-    """(created_at, first answer or NULL) of the period's unmerged cases with an address.
+    """(created_at, first answer or NULL) of the period's counted cases (:func:`_counted`)
+    with an address.
 
     Only answers given after the case opened: a case that another was merged into
     holds that case's notices, some older than itself.
@@ -78,7 +83,7 @@ def first_answers_statement(start: datetime, end: datetime) -> Any:
         select(Case.created_at, func.min(Notice.created_at))
         .select_from(Case)
         .outerjoin(Notice, answer)
-        .where(_unmerged(start, end), col(Case.customer) != "")
+        .where(_counted(start, end), col(Case.customer) != "")
         .group_by(col(Case.id), col(Case.created_at))
     )
 
@@ -103,11 +108,14 @@ def read_report(
             status=status,
             outcome=outcome,
             merged=bool(merged),
+            spam=bool(spam),
             visit=bool(visit),
             has_address=bool(has_address),
             count=n,
         )
-        for channel, mailbox, area, kind, status, outcome, merged, visit, has_address, n in rows
+        for channel, mailbox, area, kind, status, outcome, merged, spam, visit, has_address, n in (
+            rows
+        )
     ]
     resolutions = [
         (_utc(created), _utc(resolved))

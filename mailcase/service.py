@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -1250,7 +1251,8 @@ def _ingest(
         # A person's mail only: a bounce or an out-of-office reply quoting a notice's
         # id (Gmail's reports do) shows no one holds it, and runs nothing anyway.
         _note_exposed(session, settings, mail)
-    decision = triage(
+    judge = partial(
+        triage,
         mail,
         classification,
         facts,
@@ -1264,9 +1266,21 @@ def _ingest(
         # A message too large to read whole (its files were not kept) is never judged
         # only thanks: what it carried is unknown.
         reopen_on_thanks=settings.cases.reopen_on_thanks or fetched.spooled is not None,
-        # Released from spam by a person (messages release): the filter was wrong.
-        spam=verdict,
     )
+    # Released from spam by a person (messages release): the filter was wrong.
+    decision = judge(spam=verdict)
+    blocked = "" if verdict or release else _blocked_sender(rt, session, mail, decision)
+    if blocked:
+        # Triaged again with the agents' verdict, as with a filter's: what would open a case
+        # is set aside, and a customer's mail following a case of theirs is not.
+        decision = judge(spam=blocked)
+        if copies and decision.disposition is Disposition.SPAM:
+            # A copy of mail set aside already (Cc to two mailboxes): its duplicate, as a
+            # copy of a filter's spam is.
+            decision, copies = (
+                Decision(Disposition.DUPLICATE, reason=f"copy of {mail.dedup_key}"),
+                [],
+            )
     if age_gate and _too_old(settings, fetched, met_at):
         # Old mail met for the first time: opened and recorded, never answered.
         decision = replace(decision, acknowledge=False, quiet=True)
@@ -1295,6 +1309,33 @@ def _ingest(
 
 
 OLD_MAIL_NOTE = "older than notices.max_age_hours: not answered"
+
+# The customer's cases marked spam (casework.mark_spam), in the partial index that holds
+# them alone (ix_cases_spam_customer): an empty index for most installations.
+_SPAM_CASE_OF = Prepared(
+    sa.select(_CASES.c.folio)
+    .where(_CASES.c.customer == sa.bindparam("customer"), _CASES.c.spam_at.is_not(None))
+    .order_by(_CASES.c.id)
+    .limit(1)
+)
+
+
+def _blocked_sender(rt: Runtime, session: Session, mail: InboundMail, decision: Decision) -> str:
+    """The verdict that sets ``mail`` aside because an agent marked a case of its sender
+    spam ("sender's case PLR-… was marked spam"), or "".
+
+    Asked only of mail ``decision`` would open a case for its sender and acknowledge
+    (never an agent's, nor one of our own or an automatic address's: those are not
+    answered), and not of a web form's own address, under which many people's cases
+    are filed: one indexed statement on the driver's cursor, in an index of the spam
+    cases alone.
+    """
+    if not (decision.open_case and decision.acknowledge and decision.role is Role.CUSTOMER):
+        return ""
+    if mail.sender in rt.settings.web_form.senders:
+        return ""
+    folio = run(session, _SPAM_CASE_OF, {"customer": mail.sender}).scalar()
+    return f"sender's case {folio} was marked spam" if folio else ""
 
 
 def _spam_copies(earlier: list[LedgerEntry], release: bool) -> list[LedgerEntry]:
@@ -1406,6 +1447,7 @@ def case_ref(session: Session, case: Case) -> CaseRef:
         resolved_at=case.resolved_at,
         subject=case.subject,
         closed_unanswered_at=casework.closed_unanswered_at(session, case),
+        spam=case.spam_at is not None,
     )
 
 
@@ -1646,8 +1688,15 @@ def _apply(
     found = session.get(Case, decision.case.id, with_for_update=True, populate_existing=True)
     if found is None:
         return None
-    if found.merged_into_id is not None or (
-        casework.is_erased(found) and decision.case.customer != found.customer
+    if (
+        found.merged_into_id is not None
+        or (casework.is_erased(found) and decision.case.customer != found.customer)
+        # Marked spam since triage read it: a customer's mail on it is set aside now.
+        or (
+            found.spam_at is not None
+            and disposition is Disposition.FOLLOW_UP
+            and decision.role is Role.CUSTOMER
+        )
     ):
         # Merged, or its customer's data erased (customers forget), since triage read
         # it (PostgreSQL: another session committed in between): decided again, on the
@@ -1828,6 +1877,12 @@ def _agent_message(
             )
             if merge_problem:
                 problems.append({"line": c.line, "problem": merge_problem})
+        elif c.kind is CommandKind.SPAM and not c.stop:
+            spam_problem = casework.spam_problem(
+                case, is_main=casework.is_outage_main(session, case)
+            )
+            if spam_problem:
+                problems.append({"line": c.line, "problem": spam_problem})
         elif c.kind is CommandKind.OUTAGE and c.update:
             if not casework.is_outage_main(session, case):
                 problems.append({"line": c.line, "problem": "outage_not_main"})
@@ -1863,6 +1918,7 @@ def _agent_message(
                 visit_ahead=casework.visit_cancellable(case, now_local),
                 outage_open=casework.open_outage_main(session, case) is not None,
                 reports_open=casework.has_open_reports(session, case),
+                spam=case.spam_at is not None,
             )
         ]
     canned = ""
@@ -2370,6 +2426,10 @@ def _run_command(
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands
         casework.merge(session, settings, case, into, by=by, now_local=now_local)
+    elif kind is CommandKind.SPAM and command.stop:
+        casework.unmark_spam(session, case, by=by)
+    elif kind is CommandKind.SPAM:
+        casework.mark_spam(session, settings, case, by=by)
     elif kind is CommandKind.OUTAGE and command.update:
         pass  # "#masivo aviso": its text is relayed by the caller, to every customer of it
     elif kind is CommandKind.OUTAGE and command.stop:

@@ -63,6 +63,13 @@ the subject or the text, an agent's with proof) is handled as if no filter
 had spoken, the verdict noted in its reason: a customer's reply is not lost
 to a filter's mistake (Zammad's filter recipe for ``X-Spam-Flag`` acts on
 new tickets only, as this does).
+
+A case an agent marked spam (``CaseRef.spam``: ``#spam``, spam the filter missed)
+takes no more mail: what follows it (threading headers, its folio in the subject) is
+``spam`` too, unless the message also names a case of the sender's that is not spam,
+which it joins as above; a folio of it in the text is no report of the sender's own.
+The service passes the sender's other new mail a verdict of its own ("sender's case
+… was marked spam"), handled as a filter's.
 """
 
 from __future__ import annotations
@@ -98,6 +105,8 @@ class CaseRef:
     # Closed for lack of an answer (casework.close_unanswered), at this moment: an answer
     # that reached the server before it was read late (a quarantined message retried).
     closed_unanswered_at: datetime | None = None
+    # Marked spam by an agent (#spam): mail following it is set aside, not recorded on it.
+    spam: bool = False
 
     def admits(self, address: str) -> bool:
         return address == self.customer or address in self.participants
@@ -229,6 +238,14 @@ def triage(
             candidates.append((case, f"folio {case.folio}"))
         elif not candidates:
             strangers.append(case.folio)
+    # A case an agent marked spam takes no more mail: what follows it (a reply to its
+    # acknowledgement) is the spammer's, set aside as a filter's verdict would be, and
+    # joins no other case either. Only when no case of the sender's that is not spam is
+    # named too: a customer is not silenced by one of their cases.
+    marked = [c for c, _ in candidates if c.spam]
+    candidates = [(c, why) for c, why in candidates if not c.spam]
+    if marked and not candidates:
+        return _spam(spam, f"follows case {marked[0].folio}, marked spam")
 
     # The first that is open or may be reopened: a reply in the thread of an old
     # closed case whose subject names the customer's open one joins the open one.
@@ -271,7 +288,8 @@ def triage(
     # A folio of the sender's own in the text of a new mail ("mi reporte con folio
     # …, sigo sin servicio"): linked, so that agents see it; not joined (Zammad can
     # join by the body, off by default): a new matter may name an old report.
-    own = [c.folio for c in facts.in_text if c.admits(mail.sender)]
+    # (A case marked spam is none: naming it is no report of the sender's.)
+    own = [c.folio for c in facts.in_text if c.admits(mail.sender) and not c.spam]
     if own:
         why = "; ".join(w for w in (why, f"names folio {', '.join(own)} in its text") if w)
     if spam and not own:

@@ -33,6 +33,11 @@ PLANS = {
     # service._without_signature_of(): the agent's last relayed message.
     "SELECT text FROM case_messages WHERE from_addr = ? AND kind = 'agent'"
     " AND direction = 'in' ORDER BY id DESC LIMIT 1": "ix_case_messages_from_addr_kind_id",
+    # service._blocked_sender(): has the sender of mail that would open a case a case
+    # marked spam? Asked of most new mail: the partial index holds the spam cases alone.
+    "SELECT folio FROM cases WHERE customer = ? AND spam_at IS NOT NULL ORDER BY id LIMIT 1": (
+        "ix_cases_spam_customer"
+    ),
     # `cases list`, newest first.
     "SELECT id FROM cases ORDER BY created_at DESC, id DESC LIMIT 50": "ix_cases_created_at_id",
 }

@@ -196,6 +196,7 @@ def test_json_keys_and_rounding() -> None:
         "open",
         "closed_without_resolution",
         "merged",
+        "spam",
         "first_answer",
         "resolution_time",
         "visits_booked",
