@@ -564,6 +564,7 @@ NAMES = {
     CommandKind.PENDING: ["pendiente", "pending", "Pendiente:", "PENDING"],
     CommandKind.OUTAGE: ["masivo", "outage", "Masivo:", "OUTAGE"],
     CommandKind.REPLY: ["respuesta", "reply", "Respuesta:", "REPLY"],
+    CommandKind.SPAM: ["spam", "SPAM", "correo-basura", "Spam:"],
 }
 # The words "#masivo" reads as other than a folio: "no"/"off" and "aviso"/"update".
 OUTAGE_WORDS = {"no": "stop", "Off": "stop", "aviso": "update", "Update.": "update"}
@@ -650,6 +651,9 @@ def command_lines(draw: st.DrawFn) -> tuple[str, Command]:
     elif kind is CommandKind.PENDING and draw(st.booleans()):
         days = draw(st.integers(min_value=1, max_value=90))
         args, expected = [str(days)], {"days": days}
+    elif kind is CommandKind.SPAM and draw(st.booleans()):
+        word = draw(st.sampled_from(["no", "off", "No.", "OFF"]))
+        args, expected = [word], {"stop": True}
     elif kind is CommandKind.REPLY:
         reply = draw(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True))
         args, expected = [reply.upper() if draw(st.booleans()) else reply], {"reply": reply}
@@ -711,7 +715,7 @@ def _assert_only_its_fields(command: Command) -> None:
         outage and (command.folio is not None) + command.stop + command.update == 1
     )
     assert not command.update or outage
-    assert not command.stop or outage or kind is CommandKind.PENDING
+    assert not command.stop or outage or kind in (CommandKind.PENDING, CommandKind.SPAM)
     assert (command.case_type is not None) == (kind is CommandKind.TYPE)
     whom = (command.owner is not None, command.myself, command.nobody)
     assert sum(whom) == (1 if kind is CommandKind.ASSIGN else 0)
