@@ -88,6 +88,8 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "into_closed",  # #fusionar into a closed case: reopen it first
     "into_resolved",  # #fusionar into a resolved case: reopen it first
     "merge_visit",  # #fusionar of a case with a home visit ahead
+    # #fusionar of a case marked spam: its sender's block would outlive any undo.
+    "merge_spam",
     # #pendiente with #resolver, #cerrar, #nota, #fusionar or #visita in one reply: the
     # case would wait on the customer and be settled, or the text be both relayed and a
     # note, or a visit (the company owes the next step) be booked on a case said to wait.
@@ -413,6 +415,8 @@ _REFUSALS = {
     "tells its own customer alone how it was resolved, so only one customer's cases merge",
     "merge_visit": "case {folio} has a home visit ahead: cancel it (mailcase cases visit "
     "{folio} --cancel) or merge {into} into {folio} instead",
+    "merge_spam": "case {folio} is marked spam: undo the mark first (mailcase cases spam "
+    "{folio} --undo) to merge it",
     "pending_days": f"case {{folio}} cannot wait {{days}} days for the customer: 1 to "
     f"{PENDING_MAX_DAYS}",
     "pending_visit": "case {folio} has a home visit ahead: the next step is the company's, "
@@ -1535,13 +1539,14 @@ def mark_spam(session: Session, settings: Settings, case: Case, *, by: str) -> b
     session.add(case)
     record(session, case, "system", f"marked spam by {by}", from_addr=by)
     if case.customer and case.id is not None:
-        # An acknowledgement the outbox has not sent yet (SMTP down): backscatter still.
+        # An acknowledgement the outbox has not sent yet (SMTP down), or failed to send
+        # (`outbox retry --all` would try it again): backscatter still.
         session.execute(
             sa.update(Notice)
             .where(
                 col(Notice.case_id) == case.id,
                 col(Notice.rcpt_to) == case.customer,
-                col(Notice.status) == NoticeStatus.QUEUED,
+                col(Notice.status).in_((NoticeStatus.QUEUED, NoticeStatus.FAILED)),
             )
             .values(status=NoticeStatus.SUPPRESSED, last_error=SPAM_SUPPRESSED)
         )
@@ -1615,6 +1620,10 @@ def merge_problem(
         return "merged"
     if source.customer and target.customer and source.customer != target.customer:
         return "other_customer"
+    if source.spam_at is not None:
+        # Merged, its mark could never be undone (a merged case takes no change), and
+        # its sender would stay blocked for good. (A target marked spam is closed.)
+        return "merge_spam"
     if target.status == CaseStatus.CLOSED:
         return "into_closed"
     if target.status == CaseStatus.RESOLVED:

@@ -190,7 +190,7 @@ COMMAND_FORMS: tuple[str, ...] = (
     "#pendiente [DIAS] | no / #pending [DAYS] | off",
     "#masivo FOLIO | no | aviso / #outage FOLIO | off | update",
     "#respuesta NOMBRE / #reply NAME",
-    "#spam [no] / #spam [off]",
+    "#spam | no (#correo-basura) / #spam | off",
 )
 
 # The longest wait ``#pendiente`` takes (and ``cases pending --days``): a quarter is

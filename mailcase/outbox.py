@@ -665,13 +665,16 @@ def _tell_agents(session: Session, settings: Settings, notice: Notice, error: st
 
 def requeue(session: Session, notice_ids: Iterable[int]) -> int:
     """Put failed or deferred notices back in the queue, due now, but those with no bytes
-    left (erased); return how many."""
+    left (erased) and those to the customer of a case marked spam; return how many."""
     count = 0
     for notice_id in notice_ids:
         notice = session.get(Notice, notice_id)
         # No bytes: erased with its customer's data (mailcase.erasure), nothing to send.
         if notice is None or notice.status == NoticeStatus.SENT or not notice.raw:
             continue
+        case = session.get(Case, notice.case_id) if notice.case_id is not None else None
+        if case is not None and case.spam_at is not None and notice.rcpt_to == case.customer:
+            continue  # #spam: whoever the spammer forged is never written to (backscatter)
         notice.status = NoticeStatus.QUEUED
         notice.next_attempt_at = notice.queued_at = utcnow()  # a fresh retry window
         session.add(notice)

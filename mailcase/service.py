@@ -2070,6 +2070,10 @@ def _agent_message(
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
     if _to_customer(case, mail):
+        if case.spam_at is not None:  # the agent wrote to the spammer; nothing more goes
+            if canned:
+                _not_relayed(session, settings, case, mail, "spam")
+            return
         if CommandKind.ASSIGN not in kinds:
             casework.assign_on_answer(session, settings, case, by)
         # The customer has the agent's words, from the agent; the canned reply they named
@@ -2093,6 +2097,10 @@ def _agent_message(
         if not text
         else "no_customer"
         if not case.customer
+        # Marked spam (#spam): its "customer" is whoever the spammer forged; a case
+        # resolved before the mark would take replies by the rule below.
+        else "spam"
+        if case.spam_at is not None
         # The customer's answer to it would open a new case (triage: a closed case
         # takes no more mail), far from the question the agent asked.
         else "closed"

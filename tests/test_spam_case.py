@@ -421,3 +421,59 @@ def test_the_spam_index_is_partial() -> None:
     [index] = [i for i in Case.__table__.indexes if i.name == "ix_cases_spam_customer"]  # type: ignore[attr-defined]
     assert str(index.dialect_options["sqlite"]["where"]) == "spam_at IS NOT NULL"
     assert str(index.dialect_options["postgresql"]["where"]) == "spam_at IS NOT NULL"
+
+
+# Third review's findings, each reproduced before its fix.
+
+
+@pytest.mark.integration
+def test_a_case_marked_spam_is_not_merged(desk: Desk) -> None:
+    # Merged, its mark could never be undone, and its sender would stay blocked for good.
+    legit = desk.open_case(sender=f"Ofertas <{SPAMMER}>", subject="Sin internet")
+    desk.deliver(_spam())
+    marked = desk.cli.json("cases", "list")[0]["folio"]
+    assert desk.cli("cases", "spam", marked)[0] == 0
+    code, out, err = desk.cli("cases", "merge", marked, "--into", legit)
+    assert (code, out) == (1, "")
+    assert f"case {marked} is marked spam: undo the mark first" in err
+    assert desk.case(marked)["merged_into"] is None
+    # By mail too: a command error, nothing merged.
+    notice = desk.notification(marked)
+    desk.agent_reply(notice, f"#fusionar {legit}")
+    assert desk.case(marked)["merged_into"] is None
+
+
+@pytest.mark.integration
+def test_an_agents_reply_on_a_case_marked_spam_reaches_nobody(desk: Desk) -> None:
+    # Resolved before the mark, the case would take replies within cases.reopen_days.
+    desk.deliver(_spam())
+    folio = desk.cli.json("cases", "list")[0]["folio"]
+    notice = desk.notification(folio)
+    code, _, err = desk.cli("cases", "resolve", folio, "--outcome", "invalid", "--cause", "No.")
+    assert code == 0, err
+    desk.agent_reply(notice, "#spam")
+    sent = len(desk.to(SPAMMER))
+    desk.agent_reply(notice, "Gracias por escribirnos, le atendemos enseguida.")
+    desk.agent_reply(notice, "#respuesta reinicio-modem")
+    assert len(desk.to(SPAMMER)) == sent
+    told = [m for m in desk.to(AGENT) if "marcado como correo basura" in text(m)]
+    assert len(told) == 2
+
+
+@pytest.mark.integration
+def test_a_failed_acknowledgement_of_a_case_marked_spam_is_never_retried(desk: Desk) -> None:
+    desk.sink.fail_next(550, "5.7.1 relay policy")
+    desk.deliver(_spam())
+    [case] = desk.cli.json("cases", "list")
+    assert desk.cli("cases", "spam", case["folio"])[0] == 0
+    [ack] = [n for n in desk.cli.json("outbox", "list") if n["kind"] == "acknowledgement"]
+    assert ack["status"] == "suppressed"
+    assert desk.cli("outbox", "retry", "--all")[0] == 0
+    code, out, _ = desk.cli("outbox", "retry", str(ack["id"]))
+    assert code == 0 and out.strip() == "0 notice(s) queued for delivery"
+    desk.cli.poll()
+    assert desk.to(SPAMMER) == []
+    # Undone, the mark no longer stands in the way of a retry.
+    assert desk.cli("cases", "spam", case["folio"], "--undo")[0] == 0
+    code, out, _ = desk.cli("outbox", "retry", str(ack["id"]))
+    assert out.strip() == "1 notice(s) queued for delivery"
