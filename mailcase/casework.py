@@ -1519,8 +1519,9 @@ def mark_spam(session: Session, settings: Settings, case: Case, *, by: str) -> b
     Guarantees: the case is closed (``case closed``, recorded as :func:`close` does, when
     it was not), and "marked spam by ``by``" is recorded; nothing is sent to the customer,
     not even of a home visit still ahead, which is cancelled (its area is told: no
-    technician goes out), and their notices still queued are never sent (suppressed);
-    ``mailcase report`` counts it only as ``spam``; while it is marked, new mail of its
+    technician goes out), and their notices still queued, or failed (``outbox retry``
+    would send them again), are never sent (suppressed); ``mailcase report`` counts it
+    only as ``spam``; while it is marked, new mail of its
     customer opens no case (mailcase.service) and mail on it is set aside
     (mailcase.triage). Refused (:class:`CaseworkError`) as :func:`spam_problem` says.
     """
