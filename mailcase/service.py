@@ -234,6 +234,9 @@ def _poll_leased(
                 # of a years-old backlog would be answered by the next poll.
                 if complete:
                     checkpoint.last_poll_at = searched_at
+                    # Now, not searched_at: the messages this poll met, after its
+                    # search, were met in the first contact.
+                    _note_first_contact_end(session, name, utcnow(), first_contact)
                 checkpoint.failures = 0
                 session.add(checkpoint)
             refusals.forget(session, name)  # the poll got past any
@@ -1195,7 +1198,8 @@ def _ingest(
     existing = _existing(session, mailbox, uidvalidity, fetched.uid, mail.dedup_key)
     # Old mail is left unanswered on a first contact (see ingest_message), and on a
     # retry as it was when first met: a message of a first contact's backlog stays
-    # unanswered, one quarantined last week is answered now.
+    # unanswered, one quarantined last week is answered now, and so is old mail met
+    # after the first contact (moved out of a junk folder, read after an outage).
     age_gate, met_at = first_contact, utcnow()
     release = bool(released_by)
     replaced = Disposition.SPAM if release else Disposition.QUARANTINED
@@ -1203,7 +1207,11 @@ def _ingest(
         met_at = as_utc(existing.ingested_at) or met_at
         # Released, it is answered unless it was old mail of a first poll when met (the
         # spam row says so): mail moved out of a junk folder keeps its arrival time.
-        age_gate = OLD_MAIL_NOTE in existing.reason if release else True
+        age_gate = (
+            OLD_MAIL_NOTE in existing.reason
+            if release
+            else _met_in_first_contact(session, mailbox, existing.ingested_at)
+        )
         session.delete(existing)
         session.flush()
         if release:
@@ -1309,6 +1317,35 @@ def _ingest(
 
 
 OLD_MAIL_NOTE = "older than notices.max_age_hours: not answered"
+
+
+def _first_contact_key(mailbox: str) -> str:
+    return hashed_key("firstpoll", mailbox)  # mailbox names run to 64 characters
+
+
+def _note_first_contact_end(
+    session: Session, mailbox: str, at: datetime, first_contact: bool
+) -> None:
+    """Remember when ``mailbox``'s first contact ended: at this complete poll when it
+    was one (a new source's first contact moves it on), and otherwise, when nothing
+    was remembered yet (an installation older than this record), no later than now."""
+    key = _first_contact_key(mailbox)
+    row = session.get(KeyValue, key)
+    if row is None:
+        insert_if_absent(session, KeyValue(key=key, value=at.isoformat()))
+    elif first_contact:
+        row.value = at.isoformat()
+        session.add(row)
+
+
+def _met_in_first_contact(session: Session, mailbox: str, met: datetime | None) -> bool:
+    """Whether a message ``mailbox`` met at ``met`` may have been met in its first contact
+    (its old mail then opened cases silently): a quarantined message retried is judged
+    as it would have been then. True when unknown (no first contact ended yet)."""
+    row = session.get(KeyValue, _first_contact_key(mailbox))
+    met = as_utc(met)
+    return row is None or met is None or met <= datetime.fromisoformat(row.value)
+
 
 # The customer's cases marked spam (casework.mark_spam), in the partial index that holds
 # them alone (ix_cases_spam_customer): an empty index for most installations.

@@ -152,3 +152,44 @@ def test_notices_of_quarantined_mail_are_capped_per_hour(tmp_path: Path) -> None
         ]  # fmt: skip
     rt.store.dispose()
     assert [bool(h) for h in held] == [False] * 10 + [True]
+
+
+def test_old_mail_met_after_the_first_contact_is_answered_when_retried(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # Mail that reached the server days before mailcase met it (an outage, mail moved out
+    # of a junk folder) is answered by a poll; quarantined first, it was not when retried.
+    from datetime import UTC, datetime, timedelta
+
+    config = write_config(tmp_path, mailboxes, sink, extra=LIMITED)
+    cli = Cli(config, capsys)
+    cli.poll()  # the mailbox's first contact: empty, over
+    days_ago = datetime.now(UTC) - timedelta(days=5)
+    uid = mailboxes.append("contacto", _photos(1), internal_date=days_ago)
+    cli.poll()
+    [row] = cli.json("messages", "list")
+    assert row["disposition"] == "quarantined"
+    config.write_text(config.read_text().replace("max_mime_parts = 3", "max_mime_parts = 500"))
+    code, out, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 0 and out.strip().endswith(": new_case"), err
+    [row] = cli.json("messages", "list")
+    assert "max_age_hours" not in row["reason"]
+    assert [m.rcpt_tos for m in sink.wait_for(1)] == [["c1@example.com"]]
+
+
+def test_old_mail_of_the_first_contact_stays_unanswered_when_retried(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    config = write_config(tmp_path, mailboxes, sink, extra=LIMITED)
+    cli = Cli(config, capsys)
+    days_ago = datetime.now(UTC) - timedelta(days=5)
+    uid = mailboxes.append("contacto", _photos(1), internal_date=days_ago)
+    cli.poll()  # the first contact: a backlog from before mailcase
+    config.write_text(config.read_text().replace("max_mime_parts = 3", "max_mime_parts = 500"))
+    code, out, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 0 and out.strip().endswith(": new_case"), err
+    [row] = cli.json("messages", "list")
+    assert "older than notices.max_age_hours: not answered" in row["reason"]
+    assert cli.json("outbox", "list") == []
