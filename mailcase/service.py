@@ -234,9 +234,7 @@ def _poll_leased(
                 # of a years-old backlog would be answered by the next poll.
                 if complete:
                     checkpoint.last_poll_at = searched_at
-                    # Now, not searched_at: the messages this poll met, after its
-                    # search, were met in the first contact.
-                    _note_first_contact_end(session, name, utcnow(), first_contact)
+                    _note_first_contact_end(session, name, first_contact, searched_at)
                 checkpoint.failures = 0
                 session.add(checkpoint)
             refusals.forget(session, name)  # the poll got past any
@@ -527,6 +525,10 @@ def _checkpoint(
                 known.value = source
                 session.add(known)
                 _retire_rows_at(session, name, uidvalidity)
+                # A first contact again: until it ends, what it meets is its backlog.
+                ended = session.get(KeyValue, _first_contact_key(name))
+                if ended is not None:
+                    session.delete(ended)
                 if checkpoint is not None:
                     checkpoint.uidvalidity, checkpoint.last_uid = uidvalidity, 0
                     checkpoint.last_poll_at = None
@@ -1324,13 +1326,15 @@ def _first_contact_key(mailbox: str) -> str:
 
 
 def _note_first_contact_end(
-    session: Session, mailbox: str, at: datetime, first_contact: bool
+    session: Session, mailbox: str, first_contact: bool, searched_at: datetime
 ) -> None:
-    """Remember when ``mailbox``'s first contact ended: at this complete poll when it
-    was one (a new source's first contact moves it on), and otherwise, when nothing
-    was remembered yet (an installation older than this record), no later than now."""
+    """Remember when ``mailbox``'s first contact ended, at a complete poll: now, when the
+    poll was one (the messages it met, after its search, were met in it); otherwise,
+    when nothing was remembered yet (an installation older than this record), before
+    this poll's search (what it met was met after the first contact)."""
     key = _first_contact_key(mailbox)
     row = session.get(KeyValue, key)
+    at = utcnow() if first_contact else searched_at
     if row is None:
         insert_if_absent(session, KeyValue(key=key, value=at.isoformat()))
     elif first_contact:

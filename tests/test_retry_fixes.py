@@ -193,3 +193,62 @@ def test_old_mail_of_the_first_contact_stays_unanswered_when_retried(
     [row] = cli.json("messages", "list")
     assert "older than notices.max_age_hours: not answered" in row["reason"]
     assert cli.json("outbox", "list") == []
+
+
+def test_a_new_folders_backlog_stays_unanswered_when_retried_mid_first_contact(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # Pointed at another folder, the mailbox meets its history for the first time: the
+    # old folder's first contact, long over, must not make that backlog answered.
+    from datetime import UTC, datetime, timedelta
+
+    from mailcase import service
+    from mailcase.config import load_settings
+
+    config = write_config(tmp_path, mailboxes, sink, extra=LIMITED)
+    cli = Cli(config, capsys)
+    cli.poll()  # INBOX: the first contact is over
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    uid = mailboxes.append("contacto", _photos(1), internal_date=long_ago, folder="Soporte")
+    old = mail(sender="viejo@example.com")
+    mailboxes.append("contacto", old, internal_date=long_ago, folder="Soporte")
+    config.write_text(config.read_text().replace('folder = "INBOX"', 'folder = "Soporte"'))
+    rt = service.Runtime.open(load_settings(config))
+
+    def stop_after_one(done: int, total: int) -> None:
+        if done == 1:
+            rt.stop.set()  # a restart in the middle of the new folder's first poll
+
+    assert service.poll_mailbox(rt, "contacto", stop_after_one).fetched == 1
+    rt.store.dispose()
+    config.write_text(config.read_text().replace("max_mime_parts = 3", "max_mime_parts = 500"))
+    code, out, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 0 and out.strip().endswith(": new_case"), err
+    row = next(r for r in cli.json("messages", "list") if r["uid"] == uid and r["folio"])
+    assert "older than notices.max_age_hours: not answered" in row["reason"]
+    assert sink.messages == []
+
+
+def test_after_an_upgrade_the_first_polls_own_quarantined_mail_is_answered_when_retried(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # No record of the first contact's end (an installation older than it): the first
+    # complete poll stands for it, and what that poll met was met after the first contact.
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    config = write_config(tmp_path, mailboxes, sink, extra=LIMITED)
+    cli = Cli(config, capsys)
+    cli.poll()
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/mailcase.db")
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM key_values WHERE key LIKE 'firstpoll:%'"))
+    engine.dispose()
+    days_ago = datetime.now(UTC) - timedelta(days=5)
+    uid = mailboxes.append("contacto", _photos(1), internal_date=days_ago)
+    cli.poll()
+    config.write_text(config.read_text().replace("max_mime_parts = 3", "max_mime_parts = 500"))
+    code, out, err = cli("messages", "retry", str(uid), "--mailbox", "contacto")
+    assert code == 0 and out.strip().endswith(": new_case"), err
+    assert [m.rcpt_tos for m in sink.wait_for(1)] == [["c1@example.com"]]
