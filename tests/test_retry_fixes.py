@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +160,6 @@ def test_old_mail_met_after_the_first_contact_is_answered_when_retried(
 ) -> None:
     # Mail that reached the server days before mailcase met it (an outage, mail moved out
     # of a junk folder) is answered by a poll; quarantined first, it was not when retried.
-    from datetime import UTC, datetime, timedelta
-
     config = write_config(tmp_path, mailboxes, sink, extra=LIMITED)
     cli = Cli(config, capsys)
     cli.poll()  # the mailbox's first contact: empty, over
@@ -180,8 +179,6 @@ def test_old_mail_met_after_the_first_contact_is_answered_when_retried(
 def test_old_mail_of_the_first_contact_stays_unanswered_when_retried(
     tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
     config = write_config(tmp_path, mailboxes, sink, extra=LIMITED)
     cli = Cli(config, capsys)
     days_ago = datetime.now(UTC) - timedelta(days=5)
@@ -200,8 +197,6 @@ def test_a_new_folders_backlog_stays_unanswered_when_retried_mid_first_contact(
 ) -> None:
     # Pointed at another folder, the mailbox meets its history for the first time: the
     # old folder's first contact, long over, must not make that backlog answered.
-    from datetime import UTC, datetime, timedelta
-
     from mailcase import service
     from mailcase.config import load_settings
 
@@ -234,8 +229,6 @@ def test_after_an_upgrade_the_first_polls_own_quarantined_mail_is_answered_when_
 ) -> None:
     # No record of the first contact's end (an installation older than it): the first
     # complete poll stands for it, and what that poll met was met after the first contact.
-    from datetime import UTC, datetime, timedelta
-
     import sqlalchemy as sa
 
     config = write_config(tmp_path, mailboxes, sink, extra=LIMITED)
