@@ -37,7 +37,6 @@ Every decision carries a ``reason`` naming the header or rule, for the log.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -45,6 +44,7 @@ from email.utils import parseaddr
 from enum import StrEnum
 
 from mailcase.inbound import RETURNED_TYPES, InboundMail
+from mailcase.textfold import fold
 
 LOOP_HEADER = "X-Mailcase-Loop"
 """Header mailcase puts on every notice it sends, so it can recognise its own mail."""
@@ -156,15 +156,9 @@ _VACATION_PHRASES_SOURCE = (
 )
 
 
-def _fold(text: str) -> str:
-    """Case- and accent-insensitive form: "Respuesta Automática" → "respuesta automatica"."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
 # Longest first, so the reason names the most specific phrase.
 _VACATION_PHRASES = tuple(
-    sorted({_fold(p) for p in _VACATION_PHRASES_SOURCE}, key=lambda p: (-len(p), p))
+    sorted({fold(p) for p in _VACATION_PHRASES_SOURCE}, key=lambda p: (-len(p), p))
 )
 
 
@@ -425,7 +419,7 @@ def _vacation_phrase(subject: str) -> str:
     64 KB subject of them made the prefix pattern's adjacent ``\\s*`` backtrack
     for 22 seconds.
     """
-    text = " ".join(_fold(subject[:_VACATION_SUBJECT_CHARS]).split())
+    text = " ".join(fold(subject[:_VACATION_SUBJECT_CHARS]).split())
     for _ in range(_MAX_SUBJECT_PREFIXES):
         match = _SUBJECT_PREFIX.match(text)
         if match is None:

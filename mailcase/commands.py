@@ -45,6 +45,7 @@ from enum import StrEnum
 from typing import Literal
 
 from mailcase.inbound import MAX_ADDRESS, canonical_address
+from mailcase.textfold import fold
 
 
 class CommandKind(StrEnum):
@@ -354,18 +355,12 @@ def _without_format_characters(value: str) -> str:
     return "".join(c for c in value if unicodedata.category(c) != "Cf")
 
 
-def _fold(value: str) -> str:
-    """``value`` lower-cased without accents: "Área" → "area", "ÉXITO" → "exito"."""
-    decomposed = unicodedata.normalize("NFKD", value)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
 def area_key(name: str) -> str:
     """The ``[areas]`` key an agent means by ``name``, however it is spelt: folded like a
     command's name, so "Soporte-Técnico" is "soporte-tecnico" (area names are
     configuration keys, and an accent is not a different area). ``#area`` and the
     command line's ``--area`` both read names so."""
-    return _fold(name.strip())
+    return fold(name.strip())
 
 
 def command_kind(line: str) -> CommandKind | None:
@@ -373,7 +368,7 @@ def command_kind(line: str) -> CommandKind | None:
     words = _without_format_characters(line[1:]).split()
     if not words or line[1:2].isspace():
         return None
-    return _NAMES.get(_fold(words[0]).rstrip(_TRAILING_PUNCTUATION))
+    return _NAMES.get(fold(words[0]).rstrip(_TRAILING_PUNCTUATION))
 
 
 def _parse_line(line: str) -> Command | CommandProblem:
@@ -386,7 +381,7 @@ def _parse_line(line: str) -> Command | CommandProblem:
     # A colon after the name ("#nota:", "#visita: 2026-12-03") is how many
     # people write a label, and a period ends "#cerrar." as a sentence; accept
     # them rather than bounce the message.
-    name = _fold(words[0]).rstrip(_TRAILING_PUNCTUATION) if words else ""
+    name = fold(words[0]).rstrip(_TRAILING_PUNCTUATION) if words else ""
     kind = _NAMES.get(name)
     if kind is None:
         # Also "#1 en mi lista", "# nota" and a bare "#": the agent's block
@@ -429,7 +424,7 @@ def _parse_line(line: str) -> Command | CommandProblem:
 def _resolve(line: str, args: list[str]) -> Command | CommandProblem:
     if not args:
         return CommandProblem(line, "missing_outcome")
-    outcome = _OUTCOMES.get(_fold(args[0]).rstrip(_TRAILING_PUNCTUATION))
+    outcome = _OUTCOMES.get(fold(args[0]).rstrip(_TRAILING_PUNCTUATION))
     if outcome is None:
         # Includes "no procedente": the outcome must be one word, so that
         # "no" can never be read as its opposite.
@@ -443,7 +438,7 @@ def parse_case_type(word: str) -> str | None:
     """The kind of report (a ``models.CaseType`` value) ``word`` names in Spanish or English,
     however capitalised or accented ("Aclaración" → "clarification"), or None. Also for
     the command line's ``--type``."""
-    return _TYPES.get(_fold(word.strip()).rstrip(_TRAILING_PUNCTUATION))
+    return _TYPES.get(fold(word.strip()).rstrip(_TRAILING_PUNCTUATION))
 
 
 def _type(line: str, args: list[str]) -> Command | CommandProblem:
@@ -472,7 +467,7 @@ def parse_days(word: str) -> int | None:
 def _pending(line: str, args: list[str]) -> Command | CommandProblem:
     if not args:
         return Command(CommandKind.PENDING, line=line)
-    if _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _STOP_WAITING:
+    if fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _STOP_WAITING:
         if len(args) > 1:
             return CommandProblem(line, "unexpected_argument")
         return Command(CommandKind.PENDING, stop=True, line=line)
@@ -482,7 +477,7 @@ def _pending(line: str, args: list[str]) -> Command | CommandProblem:
         # customer goes on the next line, and the wait is 1 to 90 days.
         return CommandProblem(line, "bad_days")
     rest = args[1:]
-    if rest and len(rest) == 1 and _fold(rest[0]).rstrip(_TRAILING_PUNCTUATION) in _DAY_WORDS:
+    if rest and len(rest) == 1 and fold(rest[0]).rstrip(_TRAILING_PUNCTUATION) in _DAY_WORDS:
         rest = []  # "#pendiente 7 días", as people write it
     if rest:
         return CommandProblem(line, "unexpected_argument")
@@ -492,12 +487,12 @@ def _pending(line: str, args: list[str]) -> Command | CommandProblem:
 def _outage(line: str, args: list[str]) -> Command | CommandProblem:
     if not args:
         return CommandProblem(line, "missing_folio")
-    if _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _STOP_WAITING:
+    if fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _STOP_WAITING:
         # "#masivo no" / "#outage off", as "#pendiente no" reads.
         if len(args) > 1:
             return CommandProblem(line, "unexpected_argument")
         return Command(CommandKind.OUTAGE, stop=True, line=line)
-    if _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _OUTAGE_UPDATE:
+    if fold(args[0]).rstrip(_TRAILING_PUNCTUATION) in _OUTAGE_UPDATE:
         if len(args) > 1:
             return CommandProblem(line, "unexpected_argument")
         return Command(CommandKind.OUTAGE, update=True, line=line)
@@ -510,13 +505,13 @@ def _spam(line: str, args: list[str]) -> Command | CommandProblem:
         return Command(CommandKind.SPAM, line=line)
     # "#spam no" / "#spam off", as "#pendiente no" reads; anything else is no spam mark
     # (the agent's words go on the next line).
-    if len(args) > 1 or _fold(args[0]).rstrip(_TRAILING_PUNCTUATION) not in _STOP_WAITING:
+    if len(args) > 1 or fold(args[0]).rstrip(_TRAILING_PUNCTUATION) not in _STOP_WAITING:
         return CommandProblem(line, "unexpected_argument")
     return Command(CommandKind.SPAM, stop=True, line=line)
 
 
 def _visit(line: str, args: list[str]) -> Command | CommandProblem:
-    if args and _fold(args[0]).rstrip(".") in _CANCEL_WORDS:
+    if args and fold(args[0]).rstrip(".") in _CANCEL_WORDS:
         if len(args) > 1:
             return CommandProblem(line, "unexpected_argument")
         return Command(CommandKind.VISIT, cancel=True, line=line)
@@ -531,7 +526,7 @@ def _visit(line: str, args: list[str]) -> Command | CommandProblem:
     if len(args) > 2:
         # "4:30 pm", "16:30 hrs": refuse rather than guess what was meant, and
         # say it is the time (24-hour HH:MM) that is wrong.
-        if _fold("".join(args[2:])).replace(".", "") in _CLOCK_SUFFIXES:
+        if fold("".join(args[2:])).replace(".", "") in _CLOCK_SUFFIXES:
             return CommandProblem(line, "bad_time")
         return CommandProblem(line, "unexpected_argument")
     return Command(CommandKind.VISIT, visit_date=visit_date, visit_time=visit_time, line=line)
@@ -595,11 +590,11 @@ def _participant(line: str, args: list[str]) -> Command | CommandProblem:
 
 
 def _assign(line: str, args: list[str]) -> Command | CommandProblem:
-    if len(args) > 1 and _fold(args[0]) in _ASSIGN_PREPOSITIONS:
+    if len(args) > 1 and fold(args[0]) in _ASSIGN_PREPOSITIONS:
         args = args[1:]
     if not args:
         return CommandProblem(line, "missing_owner")
-    word = _fold(args[0]).rstrip(_TRAILING_PUNCTUATION)
+    word = fold(args[0]).rstrip(_TRAILING_PUNCTUATION)
     if word in _MYSELF or word in _NOBODY:
         if len(args) > 1:
             return CommandProblem(line, "unexpected_argument")
@@ -632,7 +627,7 @@ def reply_key(name: str) -> str:
     """The canned reply an agent means by ``name``, however it is spelt: folded like a
     command's name and without a sentence's trailing punctuation, so "Reinicio-Módem."
     is "reinicio-modem". ``#respuesta`` and ``mailcase replies show`` both read names so."""
-    return _fold(_without_format_characters(name).strip()).rstrip(_TRAILING_PUNCTUATION)
+    return fold(_without_format_characters(name).strip()).rstrip(_TRAILING_PUNCTUATION)
 
 
 def _reply(line: str, args: list[str]) -> Command | CommandProblem:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from mailcase.textfold import fold
+
 # Own words longer than this are a message, whatever they are made of.
 MAX_CHARS = 200
 
@@ -321,9 +323,7 @@ def is_thanks_only(text: str, sender_name: str, sender: str) -> bool:
 def _words(text: str) -> set[str]:
     """The words of ``text`` folded (lower case, no accents, drawn-out letters once), a
     greeting phrase left out and a phrase confirming the repair read as "ok"."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    folded = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    folded = _DRAWN_OUT.sub(r"\1", folded)
+    folded = _DRAWN_OUT.sub(r"\1", fold(text))
     folded = _FIXED.sub(" ok ", _GREETINGS.sub(" ", folded))
     return set(_WORD.findall(folded))
 
