@@ -723,6 +723,7 @@ class SmtpSink(Managed):
         self._messages: list[ReceivedMail] = []
         self._faults: list[str] = []
         self._hangs: list[float] = []
+        self._hangs_begun = 0  # hang() delays a DATA command has begun to sleep
         self._drops: list[str] = []  # "MAIL" or "DATA": answer 421 there and hang up
         self._refusals: list[tuple[str, str]] = []  # (command, reply) for refuse_next()
         self._controller: _Controller | None = None
@@ -780,6 +781,7 @@ class SmtpSink(Managed):
             self._messages.clear()
             self._faults.clear()
             self._hangs.clear()
+            self._hangs_begun = 0
             self._drops.clear()
             self._refusals.clear()
 
@@ -849,6 +851,12 @@ class SmtpSink(Managed):
         with self._cond:
             self._hangs.extend([seconds] * count)
 
+    def wait_for_hang(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Block until ``count`` DATA commands have begun the sleep hang() asked for."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._hangs_begun >= count, timeout):
+                raise TimeoutError(f"no DATA command began to hang within {timeout} s")
+
     def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMail]:
         """Block until at least `count` messages arrived; return all of them."""
         with self._cond:
@@ -883,6 +891,9 @@ class SmtpSink(Managed):
         with self._cond:
             delay = self._hangs.pop(0) if self._hangs else 0.0
             fault = self._faults.pop(0) if self._faults else None
+            if delay:
+                self._hangs_begun += 1
+                self._cond.notify_all()
         if delay:
             await asyncio.sleep(delay)
         if fault is not None:
