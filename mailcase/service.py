@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailcase import casework, leases, metrics, refusals
+from mailcase import casemail, casework, leases, metrics, refusals
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore, read_header
 from mailcase.bounces import record_bounce
@@ -60,7 +60,6 @@ from mailcase.models import (
     KeyValue,
     LedgerEntry,
     Notice,
-    StoredAttachment,
 )
 from mailcase.msgid import proofs_in, signed_ids_in
 from mailcase.notices import base_context, queue_notice, queue_without_case, signing_key
@@ -70,7 +69,6 @@ from mailcase.quoting import (
     agent_text,
     customer_text,
     shared_signature,
-    strip_quoted,
     without_known_signature,
 )
 from mailcase.reasons import QuarantineReason, Reason
@@ -85,7 +83,6 @@ from mailcase.store import (
     hashed_key,
     insert_if_absent,
     insert_row,
-    insert_values,
     is_deadlock,
     is_unavailable,
     ledger_by_key,
@@ -1495,32 +1492,19 @@ def case_ref(session: Session, case: Case) -> CaseRef:
 _FOLIOS_IN_TEXT = 3  # folios of a message's text looked up: a list of fifty is no report
 
 
-def _workable(case: Case | None) -> Case | None:
-    """``case``, or None when its customer's data was erased (mailcase.erasure): mail
-    naming it, by folio, thread or signed id, is told nothing of it and joins nothing,
-    as if it named no case (not even a link: nothing ties new mail to the erased)."""
-    return None if case is None or casework.is_erased(case) else case
-
-
-def _answering(session: Session, case: Case | None) -> Case | None:
-    """The case that answers for ``case``: the one a merged case joined (down a chain of
-    merges), none for an erased one (:func:`_workable`), else ``case`` itself."""
-    return _workable(casework.merged_target(session, case) if case is not None else None)
-
-
 def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
     settings = rt.settings
 
     duplicate_of = None
     for entry in earlier:
         if entry.case_id is not None:
-            case = _answering(session, session.get(Case, entry.case_id))
+            case = casemail.answering(session, session.get(Case, entry.case_id))
             duplicate_of = case_ref(session, case) if case else None
             break
-    referenced = _answering(session, case_by_message_ids(session, mail.thread_ids))
+    referenced = casemail.answering(session, case_by_message_ids(session, mail.thread_ids))
     by_folio: list[CaseRef] = []
     for folio in find_folios(mail.subject, settings.folio.prefix):
-        case = _answering(session, case_by_folio(session, folio))
+        case = casemail.answering(session, case_by_folio(session, folio))
         if case is not None and all(ref.id != case.id for ref in by_folio):
             by_folio.append(case_ref(session, case))
     in_text: list[CaseRef] = []
@@ -1529,16 +1513,16 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     if not by_folio and not referenced and find_folios(mail.text, settings.folio.prefix):
         named = find_folios(customer_text(mail.text, mail.subject), settings.folio.prefix)
         for folio in named[:_FOLIOS_IN_TEXT]:
-            case = _answering(session, case_by_folio(session, folio))
+            case = casemail.answering(session, case_by_folio(session, folio))
             if case is not None and all(ref.id != case.id for ref in in_text):
                 in_text.append(case_ref(session, case))
     signed_case = None
     authenticated = False
     if mail.sender in settings.agents.addresses:
         for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
-            if _exposed(session, proof):
+            if casemail.exposed(session, proof):
                 continue  # seen in someone else's hands: no proof any more
-            case = _answering(session, session.get(Case, case_id))
+            case = casemail.answering(session, session.get(Case, case_id))
             if case is not None:
                 signed_case = case_ref(session, case)
                 break
@@ -1559,16 +1543,6 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
     )
 
 
-def _exposed(session: Session, proof: str) -> bool:
-    """Whether the signed Message-ID ``proof`` was seen in other hands (_note_exposed)."""
-    return session.get(KeyValue, hashed_key("exposed-id", proof)) is not None
-
-
-def _to_customer(case: Case, mail: InboundMail) -> bool:
-    """Whether ``mail`` went to ``case``'s customer too (To or Cc)."""
-    return bool(case.customer) and (case.customer in mail.to or case.customer in mail.cc)
-
-
 def _only_copied(session: Session, settings: Settings, case: Case, mail: InboundMail) -> bool:
     """Whether ``mail`` was addressed to others with a support mailbox only in Cc: one of
     our mailboxes is in its Cc, none in its To, and neither ``case``'s customer nor a
@@ -1581,7 +1555,7 @@ def _only_copied(session: Session, settings: Settings, case: Case, mail: Inbound
     mailboxes = {m.address for m in settings.mailboxes.values()}
     if mailboxes.isdisjoint(mail.cc) or not mailboxes.isdisjoint(mail.to):
         return False
-    if _to_customer(case, mail) or case.id is None:
+    if casemail.to_customer(case, mail) or case.id is None:
         return False
     return casework.participants(session, case.id).isdisjoint((*mail.to, *mail.cc))
 
@@ -1605,7 +1579,7 @@ def _note_exposed(session: Session, settings: Settings, mail: InboundMail) -> No
     if mail.sender in agents and not outsiders:
         return
     for case_id, proof in proofs_in(signing_key(session, settings), mail.thread_ids):
-        if _exposed(session, proof):
+        if casemail.exposed(session, proof):
             continue
         key = hashed_key("exposed-id", proof)
         # Another instance may mark it at the same time: either mark will do.
@@ -1682,10 +1656,10 @@ def _apply(
         # The first message is the report: a forward is kept whole, whoever sent it.
         kind = "agent" if decision.role is Role.AGENT else "customer"
         text = customer_text(mail.text, mail.subject)
-        _record_inbound(rt, session, case, mail, raw_sha, kind, text=text)
+        casemail.record_inbound(rt, session, case, mail, raw_sha, kind, text=text)
         if note:
             casework.record(session, case, "system", note)
-        if decision.role is Role.AGENT and not decision.quiet and _to_customer(case, mail):
+        if decision.role is Role.AGENT and not decision.quiet and casemail.to_customer(case, mail):
             # Written to the customer, the mailbox in copy (not a forward of their mail):
             # the agent answered them, and follows the case up as on a case already
             # open. Before the agents' notice, which shows the owner.
@@ -1748,26 +1722,28 @@ def _apply(
     case.updated_at = now
     session.add(case)
     if disposition is not Disposition.FOLLOW_UP:  # an auto-reply or bounce naming the case
-        _record_inbound(rt, session, case, mail, raw_sha, "system")
+        casemail.record_inbound(rt, session, case, mail, raw_sha, "system")
         if _answer_from_own_address(session, settings, case, decision, mail):
             # A person answered our notice to agents from a shared address of ours
             # (the agents' list, a support mailbox): nothing runs, but they learn why.
             _not_relayed(session, settings, case, mail, "own_address", to=settings.agents.notify)
         return case
     if decision.quiet:  # old mail: kept on the case, no command runs, nobody is told
-        _record_inbound(rt, session, case, mail, raw_sha, str(decision.role))
+        casemail.record_inbound(rt, session, case, mail, raw_sha, str(decision.role))
         casework.record(session, case, "system", note)
         return case
     if decision.role is Role.AGENT:
         _agent_message(rt, session, case, mail, raw_sha)
     elif decision.role is Role.UNVERIFIED:
-        _record_inbound(rt, session, case, mail, raw_sha, "unverified")
-        if _to_customer(case, mail):
+        casemail.record_inbound(rt, session, case, mail, raw_sha, "unverified")
+        if casemail.to_customer(case, mail):
             # What an agent writing to the customer from the customer's own mail,
             # the mailbox in copy, looks like: kept, but no forgery warning.
             return case
         key = signing_key(session, settings)
-        exposed = any(_exposed(session, proof) for _, proof in proofs_in(key, mail.thread_ids))
+        exposed = any(
+            casemail.exposed(session, proof) for _, proof in proofs_in(key, mail.thread_ids)
+        )
         queue_notice(
             session,
             settings,
@@ -1789,7 +1765,7 @@ def _apply(
         # agents reading the case, and the reminders, that it asked for nothing. The case
         # is not touched otherwise: no reopening, no wait started, nobody told.
         text = customer_text(mail.text, mail.subject)
-        _record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
+        casemail.record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
         casework.record(session, case, "system", NOT_REOPENED, from_addr=mail.sender)
     else:
         if not decision.reopen and case.status != CaseStatus.OPEN:
@@ -1798,7 +1774,7 @@ def _apply(
             # reply would stay on a case that says the matter is finished.
             raise _CaseChanged(case.folio)
         text = customer_text(mail.text, mail.subject)
-        _record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
+        casemail.record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
         if mail.sender == case.customer:
             # When it reached the server; never back before a later message already read.
             arrived = _arrival(fetched, now)
@@ -1848,7 +1824,7 @@ def _notify_agents_of(
     if area is not None and area.notify != settings.agents.notify:
         recipients.append(area.notify)
     # The customer's files go along while they fit (RT's notifications carry them).
-    files, left = _fitting(mail.attachments, settings.notices.max_agent_attachment_bytes)
+    files, left = casemail.fitting(mail.attachments, settings.notices.max_agent_attachment_bytes)
     for rcpt in recipients:
         casework.notify_agents(
             session,
@@ -1979,7 +1955,7 @@ def _agent_message(
         # One bad command and nothing runs: a typo such as "#ntoa" must not
         # let an internal note reach the customer as relayed text, and a
         # misspelt area must not leave the resolution above it half done.
-        _record_inbound(rt, session, case, mail, raw_sha, "note")
+        casemail.record_inbound(rt, session, case, mail, raw_sha, "note")
         queue_notice(
             session,
             settings,
@@ -2031,7 +2007,7 @@ def _agent_message(
         or (kinds and not kinds & _RELAYING and not asks)
     )
     entry_kind = "note" if is_note else "agent"
-    _record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
+    casemail.record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     # The reports a resolution of this main case resolves with it, with a visit still
     # ahead: a phone one's agent is told of that visit's cancellation too, as when it is
@@ -2110,7 +2086,7 @@ def _agent_message(
         reached_a_report = any(not why for _, why in told)
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
-    if _to_customer(case, mail):
+    if casemail.to_customer(case, mail):
         if case.spam_at is not None:  # the agent wrote to the spammer; nothing more goes
             if canned:
                 _not_relayed(session, settings, case, mail, "spam")
@@ -2248,7 +2224,7 @@ def _answers_a_side_notice(session: Session, settings: Settings, mail: InboundMa
                 )
             ).all()
             proofs = proofs_in(signing_key(session, settings), notified)
-            if not any(_exposed(session, proof) for _, proof in proofs):
+            if not any(casemail.exposed(session, proof) for _, proof in proofs):
                 return True
     return False
 
@@ -2268,15 +2244,6 @@ def _inline_photo(attachment: Attachment) -> bool:
     :data:`INLINE_PHOTO_BYTES`; a signature's logo is a few kilobytes, and it
     would otherwise go to the customer with every reply)."""
     return attachment.content_type.startswith("image/") and attachment.size >= INLINE_PHOTO_BYTES
-
-
-def _fitting(attached: Sequence[Attachment], limit: int) -> tuple[list[FileAttachment], list[str]]:
-    """Of ``attached``, in order, the files that fit in ``limit`` bytes together, and the
-    names of those that did not (:func:`casework.fitting`)."""
-    candidates = [
-        (a.filename, a.content_type, a.size, lambda data=a.payload: data) for a in attached
-    ]
-    return casework.fitting(candidates, limit)
 
 
 def _relayable(
@@ -2303,7 +2270,7 @@ def _relayable(
             withheld.append(attachment.filename)
         else:
             passed.append(attachment)
-    sent, too_big = _fitting(passed, limit)
+    sent, too_big = casemail.fitting(passed, limit)
     return sent, too_big, withheld
 
 
@@ -2394,7 +2361,7 @@ def _not_relayed(
             "outage_main": outage_main,
             "canned_only": canned_only,
             "own_sender": mail.sender,
-            "attachment_limit": _megabytes(settings.notices.max_relayed_attachment_bytes),
+            "attachment_limit": casemail.megabytes(settings.notices.max_relayed_attachment_bytes),
         },
         in_reply_to=mail.message_id,
     )
@@ -2414,15 +2381,7 @@ def _unstored(mailbox: str, fetched: FetchedMessage) -> dict[str, object]:
     """
     if fetched.spooled is None:
         return {}
-    return {"size": _megabytes(fetched.full_size), "uid": fetched.uid, "mailbox": mailbox}
-
-
-def _megabytes(size: int) -> str:
-    """``size`` bytes for people: "5 MB", "2.5 MB", "800 KB" ("" for 0)."""
-    if not size:
-        return ""
-    value, unit = (size / 1_000_000, "MB") if size >= 1_000_000 else (size / 1000, "KB")
-    return f"{value:,.1f}".removesuffix(".0") + f" {unit}"
+    return {"size": casemail.megabytes(fetched.full_size), "uid": fetched.uid, "mailbox": mailbox}
 
 
 def _run_command(
@@ -2500,51 +2459,4 @@ def _merge_target(session: Session, settings: Settings, command: Command) -> Cas
     folios = find_folios(command.folio or "", settings.folio.prefix)
     found = case_by_folio(session, folios[0], for_update=True) if len(folios) == 1 else None
     # An erased case takes nothing more: it is no case to merge into (as for mail).
-    return _answering(session, found)
-
-
-def _inbound_text(mail: InboundMail, kind: str) -> str:
-    """The text a ``kind`` message keeps on its case: a customer's forward whole
-    (:func:`customer_text`), anyone else's words without quoted history."""
-    if kind == "customer":
-        return customer_text(mail.text, mail.subject)
-    return strip_quoted(mail.text)
-
-
-def _record_inbound(
-    rt: Runtime,
-    session: Session,
-    case: Case,
-    mail: InboundMail,
-    raw_sha: str,
-    kind: str,
-    *,
-    text: str | None = None,
-) -> int:
-    """Record ``mail`` on ``case`` as a ``kind`` message, with its attachments; its id."""
-    assert case.id is not None
-    message_id = insert_values(
-        session,
-        CaseMessage,
-        case_id=case.id,
-        direction="in",
-        kind=kind,
-        from_addr=mail.sender,
-        to_addrs=", ".join(mail.to + mail.cc),
-        subject=mail.subject,
-        date=as_utc(mail.date) or utcnow(),
-        message_id=mail.message_id,
-        text=_inbound_text(mail, kind) if text is None else text,
-        raw_sha256=raw_sha,
-    )
-    for attachment in mail.attachments:
-        session.add(
-            StoredAttachment(
-                case_message_id=message_id,
-                filename=attachment.filename,
-                content_type=attachment.content_type,
-                size=attachment.size,
-                sha256=rt.blobs.put(attachment.payload),
-            )
-        )
-    return message_id
+    return casemail.answering(session, found)
