@@ -22,7 +22,7 @@ from test_outage_fixes_mail import NOW, _expire_wait
 from test_outage_fixes_resolve import _agent_raw, _race
 from test_templates_all import context
 
-from mailcase import service
+from mailcase import agentmail, service
 from mailcase.casework import command_problems
 from mailcase.commands import parse_commands
 from mailcase.config import load_settings
@@ -309,7 +309,7 @@ def test_crosswise_moves_between_two_outages_both_go_through(
     raw2 = _agent_raw(desk.notification(r2), f"#masivo {m1}")
 
     reached, release = threading.Event(), threading.Event()
-    real = service._merge_target
+    real = agentmail._merge_target
 
     def paused(session: Any, settings: Any, command: Any) -> Any:
         if m2 in (command.folio or "") and not release.is_set():
@@ -317,7 +317,7 @@ def test_crosswise_moves_between_two_outages_both_go_through(
             assert release.wait(20)
         return real(session, settings, command)
 
-    monkeypatch.setattr(service, "_merge_target", paused)
+    monkeypatch.setattr(agentmail, "_merge_target", paused)
     settings = load_settings(desk.cli.config)
     rt1, rt2 = service.Runtime.open(settings), service.Runtime.open(settings)
 

@@ -30,7 +30,7 @@ PLANS = {
     "SELECT count(*) FROM case_messages WHERE notice_id = ? AND kind = 'system'": (
         "ix_case_messages_notice_id"
     ),
-    # service._without_signature_of(): the agent's last relayed message.
+    # agentmail._without_signature_of(): the agent's last relayed message.
     "SELECT text FROM case_messages WHERE from_addr = ? AND kind = 'agent'"
     " AND direction = 'in' ORDER BY id DESC LIMIT 1": "ix_case_messages_from_addr_kind_id",
     # service._blocked_sender(): has the sender of mail that would open a case a case

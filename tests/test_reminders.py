@@ -25,10 +25,11 @@ from test_agents import AREAS, CUSTOMER, Desk, text
 from test_config import ISSUE_CONFIG, load_error
 
 from mailcase import daemon
+from mailcase.agentmail import SIDE_NOTICE_KINDS
 from mailcase.config import load_settings
 from mailcase.models import Case, Checkpoint, Notice
 from mailcase.reminders import Entry, Waiting, last_held, reminder_due, waiting
-from mailcase.service import SIDE_NOTICE_KINDS, Runtime
+from mailcase.service import Runtime
 from mailcase.store import Store, as_utc
 
 REDES = "redes@internet-plarey.com.mx"

@@ -287,6 +287,7 @@ def test_a_visit_is_checked_and_booked_at_one_time(tmp_path: Path) -> None:
     reply = _agent_reply(rt, case.folio, "#visita 2026-11-20 09:59\n\nPasamos enseguida.")
     with (
         mock.patch("mailcase.service.utcnow", return_value=checked),
+        mock.patch("mailcase.agentmail.utcnow", return_value=checked),
         mock.patch("mailcase.casework.utcnow", return_value=later),
     ):
         assert _ingest(rt, reply) == "follow_up"
