@@ -1885,7 +1885,8 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
 
 def _messages_dismiss(args: argparse.Namespace, settings: Settings) -> int:
     """``messages dismiss UID --mailbox M``: a quarantined message set aside for good."""
-    from mailcase.service import Runtime, dismiss_message
+    from mailcase.quarantine import dismiss_message
+    from mailcase.service import Runtime
 
     if args.mailbox not in settings.mailboxes:
         raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
@@ -1900,7 +1901,8 @@ def _messages_dismiss(args: argparse.Namespace, settings: Settings) -> int:
 
 def _messages_release(args: argparse.Namespace, settings: Settings) -> int:
     """``messages release UID --mailbox M``: the spam filter was wrong about a message."""
-    from mailcase.service import Runtime, release_message
+    from mailcase.quarantine import release_message
+    from mailcase.service import Runtime
 
     if args.mailbox not in settings.mailboxes:
         raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")
@@ -1916,7 +1918,8 @@ def _messages_release(args: argparse.Namespace, settings: Settings) -> int:
 def _messages_retry(args: argparse.Namespace, settings: Settings) -> int:
     """``messages retry UID --mailbox M``, or ``--all``: every quarantined message, oldest
     first; one that fails again stays quarantined (and is said), the rest go on."""
-    from mailcase.service import Runtime, quarantined_messages, retry_message
+    from mailcase.quarantine import quarantined_messages, retry_message
+    from mailcase.service import Runtime
 
     if args.mailbox is not None and args.mailbox not in settings.mailboxes:
         raise NotFoundError(f"no mailbox named {args.mailbox} in the configuration")

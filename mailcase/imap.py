@@ -529,7 +529,7 @@ def uid_ranges(uids: Sequence[int]) -> list[str]:
 # good. Not [SERVERBUG]: the server failed on this message (Dovecot's code for its
 # internal errors, which a damaged mail file causes); taken for "for now", one such
 # message would block every later one of the folder, poll after poll. It is
-# quarantined instead (service._fetch_planned fails the poll when nothing after it
+# quarantined instead (service.fetch_planned fails the poll when nothing after it
 # comes back either: the server failing as a whole). Nor [LIMIT]: "ran up against an
 # implementation limit" (RFC 5530) gives the same answer for that message every
 # time, and the folder would never get past it.

@@ -199,7 +199,7 @@ def test_a_retry_answers_a_message_that_was_recent_when_first_met(
     from helpers import offline_runtime
     from sqlmodel import select
 
-    from mailcase import service
+    from mailcase import quarantine, service
     from mailcase.imap import FetchedMessage
     from mailcase.models import Notice
 
@@ -216,7 +216,7 @@ def test_a_retry_answers_a_message_that_was_recent_when_first_met(
     monkeypatch.setattr(service, "_apply", real_apply)  # the fix, installed 80 hours later
     later = arrived + timedelta(hours=80)
     monkeypatch.setattr(service, "utcnow", lambda: later)
-    assert service.retry_message(rt, "contacto", 1) == "new_case"
+    assert quarantine.retry_message(rt, "contacto", 1) == "new_case"
     with rt.store.transaction() as session:
         kinds = [n.kind for n in session.exec(select(Notice)).all()]
     rt.store.dispose()
