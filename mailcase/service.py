@@ -6,6 +6,10 @@ mailbox's UID checkpoint. A message that makes any step raise is quarantined
 in a transaction of its own (raw bytes kept) and the poll goes on; only a
 failure to reach the mailbox or the database stops a mailbox's poll, and then
 nothing is checkpointed that was not committed, so the next poll resumes.
+
+What an agent's reply does on its case is mailcase.agentmail's; what a person
+does with quarantined messages afterwards (retry, release, dismiss) is
+mailcase.quarantine's, through :func:`ingest_message`.
 """
 
 from __future__ import annotations
