@@ -1,4 +1,9 @@
-"""The command line: the only module that prints or exits.
+"""The command line: the parser, the entry point and exit codes, and the small commands.
+
+The command groups' handlers live in :mod:`mailcase.cli_cases`,
+:mod:`mailcase.cli_mail` and :mod:`mailcase.cli_customers`, and what they share
+with this module in :mod:`mailcase.cli_common`; these modules are the only ones
+that print, and this one the only one that exits.
 
 Global options come before the command: ``mailcase --config PATH --debug poll``.
 Errors are one line on stderr naming what failed (mailbox, key, file) and a
