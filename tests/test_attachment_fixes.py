@@ -77,7 +77,7 @@ def test_the_notice_says_how_to_get_the_files_left_out(language: str) -> None:
 def test_a_bidirectional_override_cannot_disguise_a_file_name() -> None:
     # "factura\u202efdp.exe" displays as "facturaexe.pdf": in the case, the agents'
     # notice ("Adjuntos:") and on the admin's terminal.
-    from mailcase.cli import visible
+    from mailcase.cli_common import visible
     from mailcase.inbound import parse_inbound
 
     raw = (

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from helpers import AGENT, CONTACTO, NOTIFY, Cli, mail, write_config
 from servers import Dovecot, Postgres, SmtpSink
 
-import mailcase.cli as cli_module
+import mailcase.cli_cases as cli_cases
 from mailcase import casework, service
 from mailcase.commands import CommandKind, parse_commands
 from mailcase.config import load_settings
@@ -56,7 +56,7 @@ def test_a_case_command_meets_a_restarted_postgresql(
 ) -> None:
     cli = _offline_cli(tmp_path, capsys, pg_url)
     folio = _open_phone_case(cli)
-    real_open = cli_module._open_store
+    real_open = cli_cases._open_store
 
     def open_then_restart(*args: Any, **kwargs: Any) -> Store:
         store = real_open(*args, **kwargs)
@@ -64,7 +64,7 @@ def test_a_case_command_meets_a_restarted_postgresql(
         postgres.start()
         return store
 
-    monkeypatch.setattr(cli_module, "_open_store", open_then_restart)
+    monkeypatch.setattr(cli_cases, "_open_store", open_then_restart)
     code, _, err = cli("cases", "resolve", folio, "--outcome", "valid", "--cause", "módem")
     assert code == 3, err
     assert err.startswith("mailcase: database unavailable: ") and err.count("\n") == 1, err

@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from mailcase import service
-from mailcase.cli import DEFAULT_LIMIT
+from mailcase.cli_common import DEFAULT_LIMIT
 from mailcase.imap import FetchedMessage
 from mailcase.models import Notice
 

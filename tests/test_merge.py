@@ -579,8 +579,7 @@ def test_crossed_merges_queue_instead_of_deadlocking(tmp_path: Path, pg_url: str
 
     from sqlmodel import select
 
-    from mailcase import casework, service
-    from mailcase import cli as cli_module
+    from mailcase import casework, cli_cases, service
     from mailcase.imap import FetchedMessage
     from mailcase.models import Case
     from mailcase.store import utcnow
@@ -591,7 +590,7 @@ def test_crossed_merges_queue_instead_of_deadlocking(tmp_path: Path, pg_url: str
         start.wait(10)
         try:
             with rt.store.transaction() as session:
-                found, target = cli_module._merge_pair(session, rt.settings, source, into)
+                found, target = cli_cases._merge_pair(session, rt.settings, source, into)
                 assert found is not None and target is not None
                 casework.merge(session, rt.settings, found, target, by="cli:x")
             outcomes.append("merged")

@@ -358,7 +358,7 @@ def test_a_participant_is_taken_from_name_and_address(cli: Cli) -> None:
      ('"Pérez, Juan" <juan@example.com>', "juan@example.com")],
 )  # fmt: skip
 def test_mail_address_option(text: str, address: str) -> None:
-    from mailcase.cli import _mail_address
+    from mailcase.cli_cases import _mail_address
 
     assert _mail_address("--add", text) == address
 
@@ -369,7 +369,8 @@ def test_mail_address_option(text: str, address: str) -> None:
      "juan@example.com\n#cerrar"],
 )  # fmt: skip
 def test_mail_address_option_refuses(text: str) -> None:
-    from mailcase.cli import UsageError, _mail_address
+    from mailcase.cli_cases import _mail_address
+    from mailcase.cli_common import UsageError
 
     with pytest.raises(UsageError, match=r"^--add .* is not a mail address"):
         _mail_address("--add", text)

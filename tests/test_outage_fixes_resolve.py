@@ -21,7 +21,7 @@ from test_agents import AREAS, CUSTOMER, Desk, ahead, text
 from test_outage import ANA, CAUSE, desk
 from test_owner import LUIS, _two_agents
 
-from mailcase import casework, cli, service
+from mailcase import casework, cli_cases, service
 from mailcase.cli import main as cli_main
 from mailcase.config import load_settings
 from mailcase.imap import FetchedMessage
@@ -187,13 +187,13 @@ def test_cases_outage_of_a_report_already_of_it_waits_for_the_resolution(
     assert desk.cli("cases", "outage", ana, "--of", main, "--no-notice")[0] == 0
     reached, release, _ = _pause_resolving(monkeypatch, main)
     runs: list[str] = []
-    real = cli._case_change
+    real = cli_cases._case_change
 
     def counted(args: Any, settings: Any) -> int:
         runs.append(args.action)
         return real(args, settings)
 
-    monkeypatch.setattr(cli, "_case_change", counted)
+    monkeypatch.setattr(cli_cases, "_case_change", counted)
     config = str(desk.cli.config)
     results = _race(
         lambda: cli_main(_resolve_argv(desk, main)),

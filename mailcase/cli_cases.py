@@ -1,0 +1,789 @@
+"""The ``cases`` command group: list, show and open cases, and work them as agents do by mail.
+
+Every change goes through :mod:`mailcase.casework` in one transaction, as the
+mail commands' do, and what the options say (addresses, folios, dates, areas)
+is read as the mail commands read it and checked before the database is opened
+or created. The notices a change queued are sent once it is committed; what
+cannot be sent stays queued, and a customer without a mail address who was not
+told of a resolution or a visit is said on stderr, so that someone calls them.
+A change PostgreSQL rolled back to end a deadlock is made once more. The
+``--json`` objects (:func:`case_summary`, :func:`case_detail`) keep their keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import suppress
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from mailcase.casework import FORGOTTEN, is_erased, merged_target, outage_reports, related_folios
+from mailcase.cli_common import (
+    _NAMED_ADDRESS,
+    DEFAULT_LIMIT,
+    UsageError,
+    _customer_address,
+    _deliver_after_commit,
+    _is_time,
+    _iso,
+    _last_notice_id,
+    _limited,
+    _local,
+    _open_store,
+    _operator,
+    _print_json,
+    _print_table,
+    _refuse_long_address,
+    visible,
+)
+from mailcase.commands import area_key
+from mailcase.config import Settings
+from mailcase.errors import EXIT_OK, NotFoundError
+from mailcase.inbound import MAX_NAME, canonical_address
+from mailcase.models import Case, CaseMessage, CaseStatus, Notice, StoredAttachment
+from mailcase.store import case_by_folio, is_deadlock, utcnow
+
+
+def _mail_address(option: str, text: str) -> str:
+    """The address in ``text`` (an ``option``'s value), lower-cased: a bare address, or
+    the one in "Name <address>". UsageError for anything else.
+
+    The address is checked as the mail command ``#participante`` checks it
+    (:mod:`mailcase.commands`), so the command line and mail accept the same ones.
+    """
+    from mailcase.commands import CommandKind, parse_commands
+
+    value = text.strip()
+    named = _NAMED_ADDRESS.fullmatch(value)
+    address = named.group(1).strip() if named else value
+    _refuse_long_address(option, address)
+    # One line only: a line break would end the command and start its text.
+    parsed = parse_commands(f"#participante {address}") if address.isprintable() else None
+    found = parsed.commands if parsed is not None and not parsed.text else ()
+    if len(found) != 1 or found[0].kind != CommandKind.PARTICIPANT or not found[0].address:
+        raise UsageError(
+            f"{option} {text!r} is not a mail address "
+            '(juan@example.com, or "Juan <juan@example.com>")'
+        )
+    return found[0].address
+
+
+def _agent_address(option: str, text: str, settings: Settings) -> str:
+    """The agent ``text`` names (an address as ``#asignar`` reads one: any capitals,
+    "Name <address>"), which must be one of ``agents.addresses``; UsageError otherwise,
+    naming them."""
+    address = canonical_address(_mail_address(option, text))
+    if address not in settings.agents.addresses:
+        known = ", ".join(settings.agents.addresses) or "none configured"
+        raise UsageError(
+            f"{option} {address} is not an agent's address (agents.addresses: {known})"
+        )
+    return address
+
+
+def _owner_filter(text: str) -> str | None:
+    """``cases list --owner``: the address as stored (lower-cased, as ``#asignar`` spells
+    it), or None for "none" (the cases nobody owns). Any address is taken, an agent's or
+    not: one who left the desk (out of agents.addresses) still owns their old cases."""
+    if text.strip().lower() in ("none", "nadie"):
+        return None
+    address = canonical_address(text.strip().lower())
+    _refuse_long_address("--owner", address)
+    local, at, domain = address.rpartition("@")
+    if not (at and local and domain) or any(c.isspace() for c in address):
+        raise UsageError(f'--owner {text!r} is not a mail address (or "none")')
+    return address
+
+
+def _folio(text: str, settings: Settings) -> str:
+    """The folio a command-line argument names, read as the mail path reads one in a
+    subject (:func:`mailcase.folio.find_folios`): ``PLR 2026 123``, ``plr-2026-000123.``
+    and ``[Folio PLR-2026-000123]`` are ``PLR-2026-000123``. Anything else is returned
+    upper-cased, to be reported as no such case."""
+    from mailcase.folio import find_folios
+
+    found = find_folios(text, settings.folio.prefix)
+    return found[0] if len(found) == 1 else text.strip().upper()
+
+
+def _visit_when(day: str, hour: str | None) -> tuple[date, str | None]:
+    """``--date`` and ``--time`` read as the mail command ``#visita`` reads them; UsageError
+    for a value it would not take."""
+    from mailcase.commands import parse_date, parse_time
+
+    parsed = parse_date(day.strip())
+    if parsed is None:
+        raise UsageError(f"--date {day!r} is not a date (YYYY-MM-DD)")
+    if hour is None:
+        return parsed, None
+    clock = parse_time(hour.strip())
+    if clock is None:
+        raise UsageError(f"--time {hour!r} is not a time (HH:MM)")
+    return parsed, clock.strftime("%H:%M")
+
+
+def _unknown_area(area: str, settings: Settings) -> str:
+    known = ", ".join(sorted(settings.areas)) or "none configured"
+    return f"no area named {area!r} in the configuration (areas: {known})"
+
+
+def case_summary(
+    case: Case, merged_into: str | None = None, outage: str | None = None
+) -> dict[str, Any]:
+    """The ``cases list --json`` object of ``case``; ``merged_into``: the folio that answers
+    for a merged case (:func:`mailcase.casework.merged_target`), None for the others;
+    ``outage``: the folio of the main case of the outage it is a report of, or None."""
+    return {
+        "folio": case.folio,
+        "status": case.status,
+        "customer": case.customer,
+        "subject": case.subject,
+        "mailbox": case.mailbox,
+        "area": case.area,
+        "type": case.type,  # null: not classified yet
+        "owner": case.owner,  # null: nobody owns it
+        "pending_until": _iso(case.pending_until),  # null: not waiting for the customer
+        "created_at": _iso(case.created_at),
+        "updated_at": _iso(case.updated_at),
+        "merged_into": merged_into,
+        "outage": outage,  # null: no report of an outage
+        "spam": case.spam_at is not None,  # marked spam by an agent (#spam, cases spam)
+    }
+
+
+def case_detail(session: Session, case: Case) -> dict[str, Any]:
+    """The ``cases show --json`` object: the case and its messages, oldest first."""
+    rows = session.exec(
+        select(CaseMessage)
+        .where(CaseMessage.case_id == case.id)
+        # Recorded order, not Date headers: senders' clocks are not to be trusted.
+        .order_by(col(CaseMessage.id))
+    ).all()
+    ids = [m.id for m in rows]
+    attachments: dict[int, list[dict[str, Any]]] = {}
+    if ids:
+        for att in session.exec(
+            select(StoredAttachment)
+            .where(col(StoredAttachment.case_message_id).in_(ids))
+            .order_by(col(StoredAttachment.id))
+        ).all():
+            attachments.setdefault(att.case_message_id, []).append(
+                {
+                    "filename": att.filename,
+                    "content_type": att.content_type,
+                    "size": att.size,
+                    "sha256": att.sha256,
+                }
+            )
+    statuses = dict(
+        session.exec(select(Notice.id, Notice.status).where(Notice.case_id == case.id)).all()
+    )
+    merged_into = merged_target(session, case).folio if case.merged_into_id else None
+    detail = case_summary(case, merged_into, _outage_folios(session, [case]).get(case.id))
+    detail.update(
+        outcome=case.outcome,
+        cause=case.cause,
+        customer_name=case.customer_name,
+        channel=case.channel,
+        language=case.language,
+        area=case.area,
+        visit=(
+            {"date": case.visit_date.isoformat(), "time": case.visit_time}
+            if case.visit_date
+            else None
+        ),
+        related=related_folios(session, case),
+        # The reports of the outage this case is the main case of ([]: none), oldest first.
+        outage_reports=[r.folio for r in outage_reports(session, case)],
+        resolved_at=_iso(case.resolved_at),
+        closed_at=_iso(case.closed_at),
+        spam_at=_iso(case.spam_at),  # null: not marked spam
+    )
+    detail["messages"] = [
+        {
+            "direction": m.direction,
+            "kind": m.kind,
+            "from": m.from_addr,
+            "to": m.to_addrs,
+            "subject": m.subject,
+            "date": _iso(m.date),
+            "message_id": m.message_id,
+            "text": m.text,
+            "attachments": attachments.get(m.id or 0, []),
+            **({"delivery": statuses.get(m.notice_id)} if m.notice_id else {}),
+        }
+        for m in rows
+    ]
+    return detail
+
+
+def _outage_folios(session: Session, cases: Sequence[Case]) -> dict[int | None, str]:
+    """For those of ``cases`` that are reports of an outage: their id → the main case's
+    folio (one query for a whole listing)."""
+    mains = {c.outage_id for c in cases if c.outage_id is not None}
+    if not mains:
+        return {}
+    folios = dict(session.exec(select(Case.id, Case.folio).where(col(Case.id).in_(mains))).all())
+    return {c.id: folios[c.outage_id] for c in cases if c.outage_id in folios}
+
+
+def _case_attachment(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the case's N-th file (1-based, in the order `cases show` lists them) to
+    ``--output`` (created owner-only, never over an existing file) or to stdout.
+
+    Agents' notices name the files that did not fit as "kept on the case": this is
+    how one gets them back, as a helpdesk's web interface would offer a download.
+    """
+    from mailcase.blobs import BlobStore
+
+    target: Path | None = Path(args.output) if args.output else None
+    if target is None and sys.stdout.isatty():
+        raise UsageError("give --output FILE: the attachment is not for a terminal")
+    store = _open_store(settings, create=False)
+    with store.read_session() as session:
+        case = case_by_folio(session, _folio(args.folio, settings))
+        if case is None:
+            raise NotFoundError(f"no case with folio {args.folio}")
+        stored = session.exec(
+            select(StoredAttachment)
+            .join(CaseMessage, col(CaseMessage.id) == col(StoredAttachment.case_message_id))
+            .where(CaseMessage.case_id == case.id)
+            .order_by(col(CaseMessage.id), col(StoredAttachment.id))
+        ).all()
+    if args.number > len(stored):
+        raise NotFoundError(f"case {case.folio} has {len(stored)} attachment(s), not {args.number}")
+    attachment = stored[args.number - 1]
+    data = BlobStore(settings.storage.directory).get(attachment.sha256)
+    if target is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return EXIT_OK
+    _write_new_file(target, data)
+    print(visible(f"{target}: {attachment.filename} ({attachment.size} bytes)"), file=sys.stderr)
+    return EXIT_OK
+
+
+def _write_new_file(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target``, a file this call creates (mode 0600), or leave none.
+
+    UsageError for a directory or an existing file (an existing file is the admin's,
+    not ours to replace: O_EXCL); OSError naming the file when it cannot be written.
+    A write that fails (a full disk: ENOSPC) removes the part written: a truncated
+    file looked like the attachment and made the retry fail as "File exists".
+    """
+    if target.is_dir():
+        raise UsageError(f"--output {target} is a directory: give a file name")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"--output {target} exists: mailcase never writes over a file") from None
+    except OSError as exc:
+        raise OSError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    except OSError as exc:
+        with suppress(OSError):
+            target.unlink()
+        raise OSError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
+def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
+    """:func:`_case_change`, run once more when PostgreSQL rolled its transaction back to
+    end a deadlock with another session's (an agent's mail on a report of the outage
+    being resolved): nothing was changed, printed nor sent then, and the other session
+    has its locks now. A second deadlock is reported as one (:data:`mailcase.cli._COLLIDED`)."""
+    try:
+        return _case_change(args, settings)
+    except SQLAlchemyError as exc:
+        if not is_deadlock(exc):
+            raise
+    return _case_change(args, settings)
+
+
+def _case_change(args: argparse.Namespace, settings: Settings) -> int:
+    """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
+    the CLI door to casework."""
+    from mailcase import casework
+    from mailcase.notices import queue_notice
+    from mailcase.store import utcnow
+
+    by = f"cli:{_operator()}"
+    # What the options say is checked before the database is opened (or created).
+    customer = participant = area = ""
+    owner: str | None = None
+    visit: tuple[date, str | None] | None = None
+    if args.action == "open":
+        customer = _customer_address(args.customer)
+        if customer == FORGOTTEN:
+            raise UsageError(f"--customer {customer} stands for a customer whose data was erased")
+        if customer in settings.agents.addresses or customer in settings.own_addresses:
+            # As a case an agent opens by mail (triage): the acknowledgement would go to
+            # the help desk itself, and its replies would read as an agent's.
+            raise UsageError(
+                f"--customer {customer} is an agent's or one of our own addresses, not a customer's"
+            )
+        if len(args.name) > MAX_NAME:  # the column's length (Case.customer_name)
+            raise UsageError(
+                f"--name is {len(args.name)} characters long: a customer's name has at most "
+                f"{MAX_NAME}"
+            )
+    elif args.action == "participant":
+        participant = _mail_address("--add", args.add)
+    elif args.action == "visit" and not args.cancel:
+        visit = _visit_when(args.date, args.time)
+    elif args.action == "route":
+        area = area_key(args.area)
+        if area not in settings.areas:
+            raise UsageError(_unknown_area(args.area, settings))
+    elif args.action == "assign" and not args.none:
+        owner = _agent_address("--to", args.to, settings)
+    store = _open_store(settings, create=True)
+    watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
+    has_customer, visit_cancelled, changed = True, False, True
+    merged_into = ""
+    target: Case | None = None
+    deadline: datetime | None = None
+    days = 0
+    outage_main = ""
+    resolved_reports: list[str] = []
+    report_ids: list[int] = []  # whose notices the command sent too (a resolution's reports)
+    # The reports with no customer address, by what their customers were not told.
+    phone_reports: dict[tuple[str, ...], list[str]] = {}
+    with store.transaction() as session:
+        if args.action == "open":
+            mailbox = args.mailbox or next(iter(settings.mailboxes))
+            if mailbox not in settings.mailboxes:
+                raise NotFoundError(f"no mailbox named {mailbox} in the configuration")
+            case = casework.open_case(
+                settings,
+                session,
+                customer=customer,
+                customer_name=args.name,
+                subject=args.subject,
+                mailbox=mailbox,
+                now=utcnow(),
+                channel=args.channel,
+                language=args.language,
+            )
+            casework.record(
+                session, case, "customer", args.text, from_addr=customer or by, subject=args.subject
+            )
+            if args.type:  # before the agents' notice, which shows it
+                casework.set_type(session, case, args.type, by=by)
+            if customer:
+                queue_notice(session, settings, case, "acknowledgement", to=customer)
+            casework.notify_agents(session, settings, case, "new", text=args.text)
+            folio, case_id = case.folio, case.id
+        else:
+            if args.action == "merge":
+                found, target = _merge_pair(session, settings, args.folio, args.into)
+            elif args.action == "outage" and args.of:
+                # Both locked in id order, as a merge's: a report joining while its main
+                # case is resolved (PostgreSQL) waits, and is then refused (resolved).
+                found, target = _merge_pair(session, settings, args.folio, args.of)
+            else:
+                found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
+            if found is None:
+                raise NotFoundError(f"no case with folio {args.folio}")
+            if is_erased(found):
+                # Kept for the statistics only: a resolution, a visit or a relay would
+                # go nowhere, and a reopened case would take nobody's mail.
+                raise UsageError(
+                    f"case {found.folio}: its customer's data was erased, it cannot change"
+                )
+            folio, case_id = found.folio, found.id
+            if found.merged_into_id is not None and args.action != "merge":
+                into = casework.merged_target(session, found).folio
+                raise casework.CaseworkError(f"case {folio} was merged into {into}: work on {into}")
+            has_customer = bool(found.customer)
+            now_local = utcnow().astimezone(settings.folio.zone)
+            visit_was_ahead = casework.visit_cancellable(found, now_local)
+            if args.action == "resolve":
+                # Its reports' visits ahead, to say which the resolution cancelled (read
+                # before they are locked; the main case, locked, keeps reports from
+                # joining or leaving meanwhile).
+                visits_ahead = {
+                    r.id
+                    for r in casework.outage_reports(session, found)
+                    if casework.visit_cancellable(r, now_local)
+                }
+                reports = casework.resolve(
+                    session, settings, found, args.outcome, args.cause, by=by
+                )
+                resolved_reports = [r.folio for r in reports]
+                report_ids = [r.id for r in reports if r.id is not None]
+                for report in (r for r in reports if not r.customer):
+                    cancelled = report.id in visits_ahead and not casework.visit_cancellable(
+                        report, now_local
+                    )
+                    changes = casework.untold(
+                        resolved=True, booked=False, visit_cancelled=cancelled
+                    )
+                    phone_reports.setdefault(tuple(changes), []).append(report.folio)
+            elif args.action == "note":
+                casework.add_note(session, found, args.text, by=by)
+            elif args.action == "visit" and args.cancel:
+                casework.cancel_visit(session, settings, found, by=by, now_local=now_local)
+            elif args.action == "visit":
+                assert visit is not None  # read above, for this action
+                casework.schedule_visit(
+                    session, settings, found, *visit, by=by, now_local=now_local
+                )
+            elif args.action == "participant":
+                casework.add_participant(session, settings, found, participant, by=by)
+            elif args.action == "route":
+                casework.route(session, settings, found, area, by=by)
+            elif args.action == "type":
+                changed = casework.set_type(session, found, args.type, by=by)
+            elif args.action == "assign":
+                # Nobody becomes the owner by running a command: the CLI has no agent
+                # identity, so no auto_assign here, only the owner --to names.
+                changed = casework.assign(session, settings, found, owner, by=by)
+            elif args.action == "pending" and args.clear:
+                changed = casework.clear_pending(session, found, by=by)
+            elif args.action == "pending":
+                days = args.days or settings.cases.pending_days
+                deadline = casework.set_pending(session, settings, found, days, by=by)
+            elif args.action == "merge":
+                if target is None:
+                    raise NotFoundError(f"no case with folio {args.into}")
+                if is_erased(target):
+                    raise UsageError(
+                        f"case {target.folio}: its customer's data was erased, nothing merges "
+                        "into it"
+                    )
+                casework.merge(
+                    session, settings, found, target, by=by,
+                    tell_customer=not args.no_notice, now_local=now_local,
+                )  # fmt: skip
+                merged_into, case_id = target.folio, target.id
+            elif args.action == "outage" and args.clear:
+                changed = casework.leave_outage(session, found, by=by)
+            elif args.action == "outage":
+                if target is None:
+                    raise NotFoundError(f"no case with folio {args.of}")
+                if is_erased(target):
+                    raise UsageError(
+                        f"case {target.folio}: its customer's data was erased, it follows no outage"
+                    )
+                changed = casework.join_outage(
+                    session, settings, found, target, by=by, tell_customer=not args.no_notice
+                )
+                outage_main = target.folio
+            elif args.action == "close":
+                changed = casework.close(session, settings, found, by=by)
+            elif args.action == "spam" and args.undo:
+                changed = casework.unmark_spam(session, found, by=by)
+            elif args.action == "spam":
+                changed = casework.mark_spam(session, settings, found, by=by)
+            else:
+                changed = casework.reopen(session, found, by=by)
+            visit_cancelled = visit_was_ahead and not casework.visit_cancellable(found, now_local)
+    if args.action == "open" and args.json:
+        _print_json({"folio": folio})
+    elif not changed and args.action == "type":  # that type already: nothing was recorded
+        print(f"{folio}: already of type {args.type}")
+    elif not changed and args.action == "assign":  # that owner already: nothing was recorded
+        print(f"{folio}: already owned by {owner}" if owner else f"{folio}: already unowned")
+    elif not changed and args.action == "pending":  # --clear of a case not waiting
+        print(f"{folio}: not waiting for the customer")
+    elif args.action == "pending" and args.clear:
+        print(f"{folio}: no longer waiting for the customer")
+    elif args.action == "pending":
+        assert deadline is not None
+        until = deadline.astimezone(settings.folio.zone).strftime("%Y-%m-%d %H:%M %Z")
+        print(f"{folio}: waiting for the customer until {until} ({days} day(s))")
+    elif not changed and args.action == "outage":  # as it was: nothing was recorded
+        if outage_main:
+            print(f"{folio}: already a report of the outage {outage_main}")
+        else:
+            print(f"{folio}: not a report of an outage")
+    elif args.action == "outage":
+        if outage_main:
+            print(f"{folio}: report of the outage {outage_main}")
+        else:
+            print(f"{folio}: no longer a report of an outage")
+    elif args.action == "spam":
+        if args.undo:
+            print(f"{folio}: spam mark removed" if changed else f"{folio}: not marked spam")
+        else:
+            print(f"{folio}: marked spam" if changed else f"{folio}: already marked spam")
+    elif not changed:  # closed or open already: nothing was recorded
+        print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
+    elif args.action == "type":
+        print(f"{folio}: type set to {args.type}")
+    elif args.action == "assign":
+        print(f"{folio}: owner set to {owner}" if owner else f"{folio}: owner cleared")
+    elif merged_into:
+        print(f"{folio}: merged into {merged_into}")
+    else:
+        print(f"{folio}: {args.action} done")
+    if resolved_reports:
+        print(
+            f"{folio}: resolved with it, the reports of its outage: {', '.join(resolved_reports)}"
+        )
+    words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
+    for missed, folios in phone_reports.items():
+        # Their customers have no mail address: nobody told them the failure was corrected,
+        # nor that the technician they wait at home for will not come.
+        print(
+            f"mailcase: reports {', '.join(folios)} have no customer mail address: their "
+            f"customers were not told of the {' and the '.join(words[c] for c in missed)}; "
+            "call them",
+            file=sys.stderr,
+        )
+    untold = [
+        words[change]
+        for change in casework.untold(
+            resolved=args.action == "resolve",
+            booked=args.action == "visit" and not args.cancel,
+            visit_cancelled=visit_cancelled,
+        )
+    ]
+    if untold and not has_customer:
+        # A phone case: no notice was queued, and the customer must still be told
+        # (a visit cancelled by resolving or closing too: nobody must wait at home).
+        print(
+            f"mailcase: case {folio} has no customer mail address: the customer was not "
+            f"told of the {' and the '.join(untold)}; call them",
+            file=sys.stderr,
+        )
+    case_ids = [case_id, *report_ids] if case_id is not None else None
+    _deliver_after_commit(store, settings, after=watermark, case_ids=case_ids)
+    return EXIT_OK
+
+
+def _merge_pair(
+    session: Session, settings: Settings, folio: str, into: str
+) -> tuple[Case | None, Case | None]:
+    """The cases ``folio`` and ``into`` name (None for one that does not exist), both
+    locked in one statement, in one order: two crossed merges (A into B and B into A at
+    once, PostgreSQL) then queue, and the second is refused as merged already, instead
+    of one failing with a deadlock. A case that is no report of an outage first, then
+    id order: a main case before its reports, as resolving it locks them (a report
+    merged into, or made a report of, its own main case while it is resolved)."""
+    names = (_folio(folio, settings), _folio(into, settings))
+    locked = {
+        case.folio: case
+        for case in session.exec(
+            select(Case)
+            .where(col(Case.folio).in_(names))
+            .order_by(col(Case.outage_id).is_not(None), col(Case.id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+    }
+    return locked.get(names[0]), locked.get(names[1])
+
+
+def _cases(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "attachment":
+        return _case_attachment(args, settings)
+    if args.action == "remind":
+        return _cases_remind(args, settings)
+    if args.action not in ("list", "show"):
+        return _case_change_retried(args, settings)
+    store = _open_store(settings, create=False)
+    with store.read_session() as session:
+        if args.action == "list":
+            query = select(Case).order_by(col(Case.created_at).desc(), col(Case.id).desc())
+            if args.status:
+                query = query.where(Case.status == args.status)
+            if args.customer:
+                # Spelt as stored (mailcase.inbound.canonical_address).
+                query = query.where(Case.customer == _customer_address(args.customer))
+            if args.area:
+                if area_key(args.area) not in settings.areas:
+                    # Usage (exit 2), as for `cases route`: exit 4 is a folio or
+                    # message that does not exist.
+                    raise UsageError(_unknown_area(args.area, settings))
+                query = query.where(Case.area == area_key(args.area))
+            if args.type:
+                query = query.where(Case.type == args.type)
+            if args.owner:
+                owned = _owner_filter(args.owner)
+                query = query.where(
+                    col(Case.owner).is_(None) if owned is None else Case.owner == owned
+                )
+            if args.pending and args.unanswered:
+                # Disjoint by definition: a case waiting for its customer is not unanswered.
+                raise UsageError("--pending and --unanswered list different cases: give one")
+            if args.pending:
+                query = query.where(
+                    Case.status == CaseStatus.OPEN, col(Case.pending_until).is_not(None)
+                )
+            if args.outage:
+                main = case_by_folio(session, _folio(args.outage, settings))
+                if main is None:
+                    raise NotFoundError(f"no case with folio {args.outage}")
+                query = query.where(col(Case.outage_id) == main.id)
+                args.outage_id = main.id  # for --unanswered, which filters what it reads
+            if args.unanswered:
+                found = _unanswered(session, args)
+            else:
+                found = list(reversed(_limited(session, query, args, "cases")))
+            outages = _outage_folios(session, found)
+            items = [
+                case_summary(
+                    c,
+                    merged_target(session, c).folio if c.merged_into_id else None,
+                    outages.get(c.id),
+                )
+                for c in found
+            ]
+            if args.unanswered:
+                # Since when the customer waits (their latest message's arrival), the
+                # rows' order: what a script sorting or alerting on the wait needs.
+                business = settings.escalation.clock == "business"
+                calendar = settings.business_calendar() if business else None
+                now = utcnow()
+                for item, c in zip(items, found, strict=True):
+                    item["waiting_since"] = _iso(c.last_customer_at)
+                    if calendar is not None and c.last_customer_at is not None:
+                        # Open hours waited so far: what the reminder counts.
+                        waited = calendar.open_time(c.last_customer_at, now)
+                        item["waiting_business_hours"] = round(waited.total_seconds() / 3600, 2)
+            if args.json:
+                _print_json(items)
+            else:
+                columns = [
+                    "folio",
+                    "status",
+                    "customer",
+                    "mailbox",
+                    "area",
+                    "owner",
+                    # When each closes unanswered: what a desk working the list needs.
+                    *(["pending_until"] if args.pending else []),
+                    "created_at",
+                    "subject",
+                ]
+                _print_table(items, columns, zone=settings.folio.zone)
+            return EXIT_OK
+        case = case_by_folio(session, _folio(args.folio, settings))
+        if case is None:
+            raise NotFoundError(f"no case with folio {args.folio}")
+        detail = case_detail(session, case)
+    if args.json:
+        _print_json(detail)
+    else:
+        _print_case(detail, settings.folio.zone)
+    return EXIT_OK
+
+
+def _unanswered(session: Session, args: argparse.Namespace) -> list[Case]:
+    """``cases list --unanswered``: the cases unanswered now (:mod:`mailcase.reminders`),
+    the longest wait first, with the listing's other filters, within its limit (said on
+    stderr when it left some out). Reads the open cases only, never the whole history."""
+    from mailcase.reminders import unanswered_cases
+
+    customer = _customer_address(args.customer) if args.customer else ""
+    area = area_key(args.area) if args.area else ""
+    owner = _owner_filter(args.owner) if args.owner else ""
+    found = [
+        c
+        for c in unanswered_cases(session)
+        if (not args.status or c.status == args.status)
+        and (not customer or c.customer == customer)
+        and (not area or c.area == area)
+        and (not args.type or c.type == args.type)
+        and (not args.owner or c.owner == owner)
+        and (not args.outage or c.outage_id == args.outage_id)
+    ]
+    limit = len(found) if args.all else args.limit or DEFAULT_LIMIT
+    if len(found) > limit:
+        print(
+            f"mailcase: showing the {limit} longest-waiting cases; --limit N or --all for more",
+            file=sys.stderr,
+        )
+    return found[:limit]
+
+
+def _cases_remind(args: argparse.Namespace, settings: Settings) -> int:
+    """``cases remind``: the daemon's reminder check, once; prints the folios reminded
+    (nothing when none was, so that cron mails only news)."""
+    from mailcase.reminders import remind_unanswered
+
+    store = _open_store(settings, create=True)
+    watermark = _last_notice_id(store)
+    folios = remind_unanswered(store, settings)
+    if args.json:
+        _print_json(folios)
+    else:
+        for folio in folios:
+            print(folio)
+    if folios:
+        _deliver_after_commit(store, settings, after=watermark)
+    return EXIT_OK
+
+
+# Lines of each message's text that ``cases show`` prints (``--json`` gives all).
+SHOWN_LINES = 40
+
+
+def _print_case(detail: dict[str, Any], zone: ZoneInfo) -> None:
+    keys = (
+        "folio",
+        "status",
+        "merged_into",
+        "outage",
+        "outcome",
+        "cause",
+        "area",
+        "type",
+        "owner",
+        "pending_until",
+        "visit",
+        "related",
+        "outage_reports",
+        "customer",
+        "name",  # customer_name: all a phone case may have of its customer
+        "mailbox",
+        "channel",
+        "language",
+        "subject",
+        "created_at",
+        "resolved_at",
+        "closed_at",
+        "spam_at",
+    )
+    for key in keys:
+        value = detail.get("customer_name" if key == "name" else key) or None
+        if _is_time(key):
+            value = _local(value, zone)
+        elif key == "visit" and value:
+            value = " ".join(filter(None, (value["date"], value["time"])))
+        elif key in ("related", "outage_reports"):
+            value = ", ".join(value or ()) or None
+        print(visible(f"{key + ':':12} {value if value is not None else '-'}"))
+    number = 0
+    for m in detail["messages"]:
+        arrow = "<-" if m["direction"] == "in" else "->"
+        print(
+            visible(
+                f"\n{arrow} {_local(m['date'], zone) or '-'}  {m['kind']}  {m['from']} → {m['to']}"
+            )
+        )
+        print(visible(f"   {m['subject']}"))
+        lines = (m["text"] or "").splitlines()
+        for line in lines[:SHOWN_LINES]:
+            print(visible(f"   | {line}"))
+        if len(lines) > SHOWN_LINES:
+            # Said, not silent: a reader must not take the cut for the end of the message.
+            print(
+                f"   | [… {len(lines) - SHOWN_LINES} more lines: "
+                f"mailcase cases show {detail['folio']} --json has the whole text]"
+            )
+        for att in m["attachments"]:
+            number += 1  # as `mailcase cases attachment FOLIO N` takes it
+            kind, size = att["content_type"], att["size"]
+            print(visible(f"   [attachment {number}] {att['filename']} ({kind}, {size} bytes)"))
