@@ -37,7 +37,6 @@ from mailcase.casework import (
     FORGOTTEN,
     is_erased,
     merged_target,
-    outage_reports,
     related_folios,
 )
 from mailcase.commands import area_key
@@ -75,6 +74,7 @@ from mailcase.models import (
     NoticeStatus,
     StoredAttachment,
 )
+from mailcase.outages import outage_reports
 from mailcase.store import (
     Store,
     case_by_folio,
@@ -1213,7 +1213,7 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
     the CLI door to casework."""
-    from mailcase import casework
+    from mailcase import casework, outages
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
 
@@ -1314,7 +1314,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 # joining or leaving meanwhile).
                 visits_ahead = {
                     r.id
-                    for r in casework.outage_reports(session, found)
+                    for r in outages.outage_reports(session, found)
                     if casework.visit_cancellable(r, now_local)
                 }
                 reports = casework.resolve(
@@ -1368,7 +1368,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 )  # fmt: skip
                 merged_into, case_id = target.folio, target.id
             elif args.action == "outage" and args.clear:
-                changed = casework.leave_outage(session, found, by=by)
+                changed = outages.leave_outage(session, found, by=by)
             elif args.action == "outage":
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.of}")
@@ -1376,7 +1376,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                     raise UsageError(
                         f"case {target.folio}: its customer's data was erased, it follows no outage"
                     )
-                changed = casework.join_outage(
+                changed = outages.join_outage(
                     session, settings, found, target, by=by, tell_customer=not args.no_notice
                 )
                 outage_main = target.folio

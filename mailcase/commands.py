@@ -65,7 +65,7 @@ class CommandKind(StrEnum):
     # text below it is relayed to the customer (the question the case waits on).
     PENDING = "pending"
     # This case is one of the reports of the outage followed in the case whose folio
-    # follows (the main case): resolving that one resolves this one (casework.join_outage).
+    # follows (the main case): resolving that one resolves this one (outages.join_outage).
     OUTAGE = "outage"
     # Send the customer a canned reply (templates/replies/<language>/NAME.txt.j2) after
     # the agent's own text below the commands, if any (mailcase.replies).

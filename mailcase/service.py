@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailcase import casework, leases, metrics, refusals
+from mailcase import casework, leases, metrics, outages, refusals
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore, read_header
 from mailcase.bounces import record_bounce
@@ -1930,7 +1930,7 @@ def _agent_message(
         elif c.kind is CommandKind.OUTAGE and not c.stop:
             main = _merge_target(session, settings, c)
             outage_problem = (
-                casework.outage_problem(
+                outages.outage_problem(
                     case, main, case_is_main=casework.is_outage_main(session, case)
                 )
                 if main
@@ -2039,7 +2039,7 @@ def _agent_message(
     visits_ahead = (
         {
             report.id
-            for report in casework.outage_reports(session, case)
+            for report in outages.outage_reports(session, case)
             if casework.visit_cancellable(report, now_local)
         }
         if CommandKind.RESOLVE in kinds
@@ -2099,7 +2099,7 @@ def _agent_message(
             attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
         )
         files, *news_kept = relayable
-        told = casework.tell_outage_reports(
+        told = outages.tell_outage_reports(
             session, settings, case, text, agent_name=mail.sender_name, attachments=files
         )
         # The agent learns, under each report's folio, whose customer the news did not
@@ -2482,11 +2482,11 @@ def _run_command(
     elif kind is CommandKind.OUTAGE and command.update:
         pass  # "#masivo aviso": its text is relayed by the caller, to every customer of it
     elif kind is CommandKind.OUTAGE and command.stop:
-        casework.leave_outage(session, case, by=by)
+        outages.leave_outage(session, case, by=by)
     elif kind is CommandKind.OUTAGE:
         main = _merge_target(session, settings, command)
         assert main is not None  # checked with the reply's other commands
-        casework.join_outage(session, settings, case, main, by=by)
+        outages.join_outage(session, settings, case, main, by=by)
     # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
     # caller); REPLY: the canned text was added to the relayed text by the caller
     # (_canned_reply); nothing else to do.
