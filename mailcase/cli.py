@@ -36,7 +36,6 @@ from mailcase import __version__
 from mailcase.casework import (
     FORGOTTEN,
     is_erased,
-    merged_target,
     related_folios,
 )
 from mailcase.commands import area_key
@@ -64,6 +63,7 @@ from mailcase.errors import (
 )
 from mailcase.inbound import BIDI_CONTROLS, MAX_ADDRESS, MAX_NAME, canonical_address
 from mailcase.logs import configure
+from mailcase.merging import merged_target
 from mailcase.models import (
     Case,
     CaseMessage,
@@ -1213,7 +1213,7 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
     the CLI door to casework."""
-    from mailcase import casework, outages
+    from mailcase import casework, merging, outages
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
 
@@ -1303,7 +1303,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 )
             folio, case_id = found.folio, found.id
             if found.merged_into_id is not None and args.action != "merge":
-                into = casework.merged_target(session, found).folio
+                into = merging.merged_target(session, found).folio
                 raise casework.CaseworkError(f"case {folio} was merged into {into}: work on {into}")
             has_customer = bool(found.customer)
             now_local = utcnow().astimezone(settings.folio.zone)
@@ -1362,7 +1362,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                         f"case {target.folio}: its customer's data was erased, nothing merges "
                         "into it"
                     )
-                casework.merge(
+                merging.merge(
                     session, settings, found, target, by=by,
                     tell_customer=not args.no_notice, now_local=now_local,
                 )  # fmt: skip

@@ -58,7 +58,7 @@ class CommandKind(StrEnum):
     CLOSE = "close"
     REOPEN = "reopen"
     PARTICIPANT = "participant"  # let another address of the customer's write on the case
-    MERGE = "merge"  # merge this case into the one whose folio follows (casework.merge)
+    MERGE = "merge"  # merge this case into the one whose folio follows (merging.merge)
     TYPE = "type"  # classify the case: complaint, question, clarification or cancellation
     ASSIGN = "assign"  # give the case an owner (an agent), or take it away
     # Wait for the customer's answer for some days, then close the case unresolved; the

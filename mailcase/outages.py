@@ -33,7 +33,6 @@ from mailcase.casework import (
     clear_pending,
     is_erased,
     is_outage_main,
-    merged_target,
     open_reports,
     record,
     refuse,
@@ -41,6 +40,7 @@ from mailcase.casework import (
     route_problem,
 )
 from mailcase.config import Settings
+from mailcase.merging import merged_target
 from mailcase.models import Case, CaseStatus
 from mailcase.notices import queue_notice
 from mailcase.store import utcnow

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailcase import casework, leases, metrics, outages, refusals
+from mailcase import casework, leases, merging, metrics, outages, refusals
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore, read_header
 from mailcase.bounces import record_bounce
@@ -1298,7 +1298,7 @@ def _ingest(
     case = _apply(rt, session, mailbox, mail, raw_sha, fetched, decision, note)
     if isinstance(case, Case) and case.merged_into_id is not None:
         # Its own #fusionar moved the case's history: the message's row goes with it.
-        case = casework.merged_target(session, case)
+        case = merging.merged_target(session, case)
     if case is not None:
         _copies_follow(session, copies, case.id, mailbox, mail.dedup_key)
     reasons = [r for r in (decision.reason, note) if r]
@@ -1505,7 +1505,7 @@ def _workable(case: Case | None) -> Case | None:
 def _answering(session: Session, case: Case | None) -> Case | None:
     """The case that answers for ``case``: the one a merged case joined (down a chain of
     merges), none for an erased one (:func:`_workable`), else ``case`` itself."""
-    return _workable(casework.merged_target(session, case) if case is not None else None)
+    return _workable(merging.merged_target(session, case) if case is not None else None)
 
 
 def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
@@ -1906,7 +1906,7 @@ def _agent_message(
         if c.kind is CommandKind.MERGE:
             into = _merge_target(session, settings, c)
             merge_problem = (
-                casework.merge_problem(
+                merging.merge_problem(
                     case,
                     into,
                     now_local,
@@ -2474,7 +2474,7 @@ def _run_command(
     elif kind is CommandKind.MERGE:
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands
-        casework.merge(session, settings, case, into, by=by, now_local=now_local)
+        merging.merge(session, settings, case, into, by=by, now_local=now_local)
     elif kind is CommandKind.SPAM and command.stop:
         casework.unmark_spam(session, case, by=by)
     elif kind is CommandKind.SPAM:
