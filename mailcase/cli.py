@@ -1213,7 +1213,7 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
     the CLI door to casework."""
-    from mailcase import casework, merging, outages
+    from mailcase import casework, merging, outages, waits
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
 
@@ -1353,7 +1353,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 changed = casework.clear_pending(session, found, by=by)
             elif args.action == "pending":
                 days = args.days or settings.cases.pending_days
-                deadline = casework.set_pending(session, settings, found, days, by=by)
+                deadline = waits.set_pending(session, settings, found, days, by=by)
             elif args.action == "merge":
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.into}")

@@ -56,6 +56,32 @@ def outage_reports(session: Session, main: Case) -> list[Case]:
     )
 
 
+def has_open_reports(session: Session, case: Case) -> bool:
+    """Whether ``case`` is the main case of an outage with a report still open (not
+    resolved, closed nor merged): one its resolution would resolve."""
+    if case.id is None:
+        return False
+    found = session.exec(
+        select(Case.id)
+        .where(
+            col(Case.outage_id) == case.id,
+            col(Case.status) == CaseStatus.OPEN,
+            col(Case.merged_into_id).is_(None),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def open_outage_main(session: Session, case: Case) -> Case | None:
+    """The main case of the outage ``case`` is a report of, while that one is open; None
+    when ``case`` is no report, or its main case is resolved or closed."""
+    if case.outage_id is None:
+        return None
+    main = session.get(Case, case.outage_id)
+    return main if main is not None and main.status == CaseStatus.OPEN else None
+
+
 def outage_problem(case: Case, main: Case, *, case_is_main: bool) -> str | None:
     """Why ``case`` cannot be made a report of the outage followed in ``main``, or ``None``;
     ``case``'s own status aside (an open case only: :func:`route_problem`, checked with a

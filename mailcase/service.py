@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailcase import casework, leases, merging, metrics, outages, refusals
+from mailcase import casework, leases, merging, metrics, outages, refusals, waits
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore, read_header
 from mailcase.bounces import record_bounce
@@ -95,6 +95,7 @@ from mailcase.store import (
 )
 from mailcase.thanks import NOT_REOPENED
 from mailcase.triage import CaseRef, Decision, Facts, Role, takes_replies, triage
+from mailcase.waits import restore_pending  # by name: _agent_message has a local `waits`
 from mailcase.wire import FileAttachment
 
 
@@ -460,8 +461,8 @@ def close_stale_cases(rt: Runtime) -> list[str]:
     logged (``pending_close_deferred``, their folios and the mailboxes), each run."""
     now = utcnow()
     with rt.store.transaction() as session:
-        folios = casework.close_stale_cases(session, rt.settings, now)
-        held, unread = casework.closings_waiting_for_mail(session, rt.settings, now)
+        folios = waits.close_stale_cases(session, rt.settings, now)
+        held, unread = waits.closings_waiting_for_mail(session, rt.settings, now)
     if folios:
         get_logger().info("cases_closed", folios=folios)
     if held:
@@ -1487,7 +1488,7 @@ def case_ref(session: Session, case: Case) -> CaseRef:
         participants=casework.participants(session, case.id),
         resolved_at=case.resolved_at,
         subject=case.subject,
-        closed_unanswered_at=casework.closed_unanswered_at(session, case),
+        closed_unanswered_at=waits.closed_unanswered_at(session, case),
         spam=case.spam_at is not None,
     )
 
@@ -1957,8 +1958,8 @@ def _agent_message(
                 case.status,
                 now_local,
                 visit_ahead=casework.visit_cancellable(case, now_local),
-                outage_open=casework.open_outage_main(session, case) is not None,
-                reports_open=casework.has_open_reports(session, case),
+                outage_open=outages.open_outage_main(session, case) is not None,
+                reports_open=outages.has_open_reports(session, case),
                 spam=case.spam_at is not None,
             )
         ]
@@ -2170,7 +2171,7 @@ def _agent_message(
     # A wait already running (a question that did reach them, or asked by phone) stands.
     dropped = waits and reason in ("held", "no_customer", "closed")
     if dropped:
-        casework.restore_pending(
+        restore_pending(
             session, case, waited_until, by=by, why="the question did not reach the customer"
         )
     if reason == "no_customer" and reached_a_report:
@@ -2470,7 +2471,7 @@ def _run_command(
         casework.clear_pending(session, case, by=by)  # the agent's reply says why, if at all
     elif kind is CommandKind.PENDING:
         days = command.days or settings.cases.pending_days
-        casework.set_pending(session, settings, case, days, by=by)
+        waits.set_pending(session, settings, case, days, by=by)
     elif kind is CommandKind.MERGE:
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands
