@@ -4,6 +4,10 @@ Mail commands from agents (``#resolver``, ``#nota``, …), the CLI (``mailcase
 cases resolve`` …) and the pipeline all call these, so a case changes the same
 way whichever door the change came through. Each function records what
 happened on the case and queues the notices the written procedure asks for.
+
+Merging two cases (mailcase.merging), the outages (mailcase.outages) and the waits
+for the customer with the closing of stale cases (mailcase.waits) are modules of
+their own, built on this one: it imports none of them.
 """
 
 from __future__ import annotations
