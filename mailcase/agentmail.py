@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
-from mailcase import casemail, casework
+from mailcase import casemail, casework, merging, outages, waits
 from mailcase.classify import OWN_ADDRESS
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import Settings
@@ -98,7 +98,7 @@ def agent_message(
         if c.kind is CommandKind.MERGE:
             into = _merge_target(session, settings, c)
             merge_problem = (
-                casework.merge_problem(
+                merging.merge_problem(
                     case,
                     into,
                     now_local,
@@ -122,7 +122,7 @@ def agent_message(
         elif c.kind is CommandKind.OUTAGE and not c.stop:
             main = _merge_target(session, settings, c)
             outage_problem = (
-                casework.outage_problem(
+                outages.outage_problem(
                     case, main, case_is_main=casework.is_outage_main(session, case)
                 )
                 if main
@@ -149,8 +149,8 @@ def agent_message(
                 case.status,
                 now_local,
                 visit_ahead=casework.visit_cancellable(case, now_local),
-                outage_open=casework.open_outage_main(session, case) is not None,
-                reports_open=casework.has_open_reports(session, case),
+                outage_open=outages.open_outage_main(session, case) is not None,
+                reports_open=outages.has_open_reports(session, case),
                 spam=case.spam_at is not None,
             )
         ]
@@ -210,12 +210,12 @@ def agent_message(
     # llevo en la visita") is for colleagues, not the customer: kept as a note.
     side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
     # "#pendiente" relays its text as a plain reply does: the question the case waits on.
-    waits = bool(text) and any(
+    asks_to_wait = bool(text) and any(
         c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands
     )
     # "#masivo aviso" too, and to every open report's customer: news of the outage.
     news = any(c.kind is CommandKind.OUTAGE and c.update for c in parsed.commands)
-    asks = waits or (bool(text) and news)
+    asks = asks_to_wait or (bool(text) and news)
     is_note = (
         side
         or copied
@@ -231,7 +231,7 @@ def agent_message(
     visits_ahead = (
         {
             report.id
-            for report in casework.outage_reports(session, case)
+            for report in outages.outage_reports(session, case)
             if casework.visit_cancellable(report, now_local)
         }
         if CommandKind.RESOLVE in kinds
@@ -291,7 +291,7 @@ def agent_message(
             attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
         )
         files, *news_kept = relayable
-        told = casework.tell_outage_reports(
+        told = outages.tell_outage_reports(
             session, settings, case, text, agent_name=mail.sender_name, attachments=files
         )
         # The agent learns, under each report's folio, whose customer the news did not
@@ -360,9 +360,9 @@ def agent_message(
     # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
     # wait for an answer to it, nor tell the customer at the deadline they gave none.
     # A wait already running (a question that did reach them, or asked by phone) stands.
-    dropped = waits and reason in ("held", "no_customer", "closed")
+    dropped = asks_to_wait and reason in ("held", "no_customer", "closed")
     if dropped:
-        casework.restore_pending(
+        waits.restore_pending(
             session, case, waited_until, by=by, why="the question did not reach the customer"
         )
     if reason == "no_customer" and reached_a_report:
@@ -633,11 +633,11 @@ def _run_command(
         casework.clear_pending(session, case, by=by)  # the agent's reply says why, if at all
     elif kind is CommandKind.PENDING:
         days = command.days or settings.cases.pending_days
-        casework.set_pending(session, settings, case, days, by=by)
+        waits.set_pending(session, settings, case, days, by=by)
     elif kind is CommandKind.MERGE:
         into = _merge_target(session, settings, command)
         assert into is not None  # checked with the reply's other commands
-        casework.merge(session, settings, case, into, by=by, now_local=now_local)
+        merging.merge(session, settings, case, into, by=by, now_local=now_local)
     elif kind is CommandKind.SPAM and command.stop:
         casework.unmark_spam(session, case, by=by)
     elif kind is CommandKind.SPAM:
@@ -645,11 +645,11 @@ def _run_command(
     elif kind is CommandKind.OUTAGE and command.update:
         pass  # "#masivo aviso": its text is relayed by the caller, to every customer of it
     elif kind is CommandKind.OUTAGE and command.stop:
-        casework.leave_outage(session, case, by=by)
+        outages.leave_outage(session, case, by=by)
     elif kind is CommandKind.OUTAGE:
         main = _merge_target(session, settings, command)
         assert main is not None  # checked with the reply's other commands
-        casework.join_outage(session, settings, case, main, by=by)
+        outages.join_outage(session, settings, case, main, by=by)
     # NOTE: the message itself was recorded as a note (relayed, for #pendiente, by the
     # caller); REPLY: the canned text was added to the relayed text by the caller
     # (_canned_reply); nothing else to do.

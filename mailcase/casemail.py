@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 
-from mailcase import casework
+from mailcase import casework, merging
 from mailcase.inbound import Attachment, InboundMail
 from mailcase.models import Case, CaseMessage, KeyValue, StoredAttachment
 from mailcase.quoting import customer_text, strip_quoted
@@ -38,7 +38,7 @@ def _workable(case: Case | None) -> Case | None:
 def answering(session: Session, case: Case | None) -> Case | None:
     """The case that answers for ``case``: the one a merged case joined (down a chain of
     merges), none for an erased one (:func:`_workable`), else ``case`` itself."""
-    return _workable(casework.merged_target(session, case) if case is not None else None)
+    return _workable(merging.merged_target(session, case) if case is not None else None)
 
 
 def exposed(session: Session, proof: str) -> bool:

@@ -4,32 +4,32 @@ Mail commands from agents (``#resolver``, ``#nota``, …), the CLI (``mailcase
 cases resolve`` …) and the pipeline all call these, so a case changes the same
 way whichever door the change came through. Each function records what
 happened on the case and queues the notices the written procedure asks for.
+
+Merging two cases (mailcase.merging), the outages (mailcase.outages) and the waits
+for the customer with the closing of stale cases (mailcase.waits) are modules of
+their own, built on this one: it imports none of them.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from functools import partial
 
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from mailcase.blobs import BlobStore
 from mailcase.commands import PENDING_MAX_DAYS, Command, CommandKind
 from mailcase.config import Settings
 from mailcase.errors import MailcaseError
-from mailcase.folio import clip, format_folio, has_link, tagged_subject
+from mailcase.folio import clip, format_folio, has_link
 from mailcase.models import (
     Case,
     CaseLink,
     CaseMessage,
     CaseStatus,
     CaseType,
-    Checkpoint,
-    LedgerEntry,
     Notice,
     NoticeStatus,
     Participant,
@@ -243,7 +243,7 @@ def command_problems(
     ``#reabrir`` not on a case marked spam (``spam``: ``reopen_spam``); and
     once (``repeated``: one canned reply per reply, its text below the agent's). Whether
     ``#fusionar``'s folio can be merged into is the service's to check
-    (:func:`merge_problem`). ``text`` is the reply's words below the commands;
+    (:func:`mailcase.merging.merge_problem`). ``text`` is the reply's words below the commands;
     ``visit_ahead``: the case has a home visit still ahead, which ``#visita cancelar``
     needs.
     """
@@ -450,7 +450,7 @@ _REFUSALS = {
 }
 
 
-def _refuse(problem: str | None, case: Case, **details: str) -> None:
+def refuse(problem: str | None, case: Case, **details: str) -> None:
     if problem is not None:
         raise CaseworkError(_REFUSALS[problem].format(folio=case.folio, **details))
 
@@ -587,7 +587,7 @@ def add_participant(
     Refused (:class:`CaseworkError`) for mailcase's own addresses, an agent's and
     the customer's own (:func:`participant_problem`).
     """
-    _refuse(participant_problem(settings, case, address), case, address=address)
+    refuse(participant_problem(settings, case, address), case, address=address)
     # Not through add_participants: its caps bound what a stranger's Cc can do, and
     # an agent's #participante is what adds anyone beyond them.
     assert case.id is not None
@@ -781,7 +781,7 @@ def resolve(
     """
     if outcome not in OUTCOMES:
         raise CaseworkError(f"outcome must be valid or invalid, not {outcome!r}")
-    _refuse(resolve_problem(case.status, cause), case)
+    refuse(resolve_problem(case.status, cause), case)
     now = utcnow()
     case.status = CaseStatus.RESOLVED
     case.outcome = outcome
@@ -809,8 +809,8 @@ def resolve(
     _tell_area(session, settings, case, "resolved", detail)
     # The main case of an outage: each report still open is resolved alike, by this same
     # path (its customer's notice under its own folio and language, its visit and wait
-    # ended). Reports are never main cases (join_outage), so this goes one level deep.
-    reports = _open_reports(session, case)
+    # ended). Reports are never main cases (outages.join_outage), so this goes one level deep.
+    reports = open_reports(session, case)
     for report in reports:
         record(session, report, "system", f"resolved with the outage {case.folio}", from_addr=by)
         resolve(session, settings, report, outcome, cause, by=by)
@@ -849,7 +849,7 @@ def schedule_visit(
     checked at.
     """
     now_local = now_local or utcnow().astimezone(settings.folio.zone)
-    _refuse(
+    refuse(
         visit_problem(case.status, day, hour, now_local),
         case,
         when=f"{day.isoformat()} {hour}" if hour else day.isoformat(),
@@ -935,9 +935,9 @@ def cancel_visit(
     """
     now_local = now_local or utcnow().astimezone(settings.folio.zone)
     if case.status == CaseStatus.CLOSED:
-        _refuse("case_closed", case)
+        refuse("case_closed", case)
     if not visit_cancellable(case, now_local):
-        _refuse("no_visit", case)
+        refuse("no_visit", case)
     case.updated_at = utcnow()
     cancelled = _cancel_visit(session, settings, case, by=by, explicit=now_local)
     _tell_visit_cancelled(session, settings, case, cancelled)
@@ -1033,7 +1033,7 @@ def route(
     if area not in settings.areas:
         known = ", ".join(sorted(settings.areas)) or "none configured"
         raise CaseworkError(f"unknown area {area!r} (areas: {known})")
-    _refuse(route_problem(case.status), case)
+    refuse(route_problem(case.status), case)
     case.area = area
     case.updated_at = utcnow()
     session.add(case)
@@ -1115,11 +1115,11 @@ def close(session: Session, settings: Settings, case: Case, *, by: str) -> bool:
     """
     if case.status == CaseStatus.CLOSED:
         return False
-    _close(session, settings, case, by=by, note="case closed")
+    close_with_note(session, settings, case, by=by, note="case closed")
     return True
 
 
-def _close(
+def close_with_note(
     session: Session, settings: Settings, case: Case, *, by: str, note: str, tell: bool = True
 ) -> None:
     """Close ``case`` (not waiting on the customer any more), recording ``note``; a home
@@ -1258,103 +1258,8 @@ def assign_on_answer(session: Session, settings: Settings, case: Case, agent: st
     return assign(session, settings, case, agent, by=agent)
 
 
-# The history's words for a wait (set_pending), read back by the closing that ends it.
-WAITING_FOR = "waiting for the customer for {days} day(s), until {until}"
+# The history's words for a wait that ended (clear_pending; mailcase.waits sets one).
 NOT_WAITING = "no longer waiting for the customer"
-_WAITING_DAYS = re.compile(r"waiting for the customer for (\d+) day")
-
-
-def pending_problem(
-    status: str,
-    days: int,
-    *,
-    visit_ahead: bool = False,
-    outage_open: bool = False,
-    reports_open: bool = False,
-) -> str | None:
-    """Why a case in ``status`` cannot wait ``days`` days for its customer, or ``None``:
-    only an open case waits (a closed or resolved one is reopened first, as for
-    ``#area``), for 1 to :data:`~mailcase.commands.PENDING_MAX_DAYS` days, and not while
-    a home visit is ahead (``visit_ahead``, ``pending_visit``), while it is a report of
-    an outage whose main case is open (``outage_open``, ``pending_outage``), nor while it
-    is the main case of an outage with open reports (``reports_open``, ``pending_main``):
-    the next step is the company's, and the wait's end would cancel the visit, close the
-    report unanswered mid-outage, out of the resolution that tells its customer of the
-    repair, or close the main case whose resolution is its reports' own."""
-    if not 1 <= days <= PENDING_MAX_DAYS:
-        return "pending_days"
-    problem = route_problem(status)
-    if problem is None and visit_ahead:
-        return "pending_visit"
-    if problem is None and outage_open:
-        return "pending_outage"
-    if problem is None and reports_open:
-        return "pending_main"
-    return problem
-
-
-def has_open_reports(session: Session, case: Case) -> bool:
-    """Whether ``case`` is the main case of an outage with a report still open (not
-    resolved, closed nor merged): one its resolution would resolve."""
-    if case.id is None:
-        return False
-    found = session.exec(
-        select(Case.id)
-        .where(
-            col(Case.outage_id) == case.id,
-            col(Case.status) == CaseStatus.OPEN,
-            col(Case.merged_into_id).is_(None),
-        )
-        .limit(1)
-    ).first()
-    return found is not None
-
-
-def open_outage_main(session: Session, case: Case) -> Case | None:
-    """The main case of the outage ``case`` is a report of, while that one is open; None
-    when ``case`` is no report, or its main case is resolved or closed."""
-    if case.outage_id is None:
-        return None
-    main = session.get(Case, case.outage_id)
-    return main if main is not None and main.status == CaseStatus.OPEN else None
-
-
-def set_pending(
-    session: Session, settings: Settings, case: Case, days: int, *, by: str
-) -> datetime:
-    """Make ``case`` wait ``days`` days for its customer's answer: ``pending_until`` is now
-    plus ``days`` (a wait already set is replaced), recorded on the case; the deadline.
-
-    Nobody is told here: the question is relayed by the caller (``#pendiente``'s text).
-    Until then the agents are not reminded of the case (mailcase.reminders); at the
-    deadline it is closed unresolved and the customer told (:func:`close_stale_cases`),
-    unless the customer (or a participant) wrote meanwhile (:func:`clear_pending`), or
-    it was resolved, closed, merged, given a home visit or made a report of an outage
-    (:func:`join_outage`); a report's wait does not end so while its main case is open.
-    Refused (:class:`CaseworkError`)
-    as :func:`pending_problem` says.
-    """
-    now = utcnow()
-    visit = visit_cancellable(case, now.astimezone(settings.folio.zone))
-    main = open_outage_main(session, case)
-    _refuse(
-        pending_problem(
-            case.status,
-            days,
-            visit_ahead=visit,
-            outage_open=main is not None,
-            reports_open=has_open_reports(session, case),
-        ),
-        case,
-        days=str(days),
-        main=main.folio if main is not None else "",
-    )
-    case.pending_until = now + timedelta(days=days)
-    case.updated_at = now
-    session.add(case)
-    until = case.pending_until.astimezone(settings.folio.zone).strftime("%Y-%m-%d %H:%M %Z")
-    record(session, case, "system", WAITING_FOR.format(days=days, until=until), from_addr=by)
-    return case.pending_until
 
 
 def clear_pending(session: Session, case: Case, *, by: str, why: str = "") -> bool:
@@ -1367,21 +1272,6 @@ def clear_pending(session: Session, case: Case, *, by: str, why: str = "") -> bo
     session.add(case)
     record(session, case, "system", f"{NOT_WAITING}: {why}" if why else NOT_WAITING, from_addr=by)
     return True
-
-
-def restore_pending(
-    session: Session, case: Case, until: datetime | None, *, by: str, why: str
-) -> None:
-    """Put back the wait ``case`` had (``until``; None: none) before a new deadline that
-    must not stand, recorded with ``why``: a wait already running is kept as it was,
-    and without one the case waits no more (:func:`clear_pending`)."""
-    if until is None:
-        clear_pending(session, case, by=by, why=why)
-        return
-    case.pending_until = until
-    case.updated_at = utcnow()
-    session.add(case)
-    record(session, case, "system", f"the new deadline does not stand: {why}", from_addr=by)
 
 
 def answered_in(session: Session, case: Case, related: Sequence[str], *, sender: str) -> list[str]:
@@ -1409,73 +1299,6 @@ def answered_in(session: Session, case: Case, related: Sequence[str], *, sender:
     return ended
 
 
-def _waited_days(session: Session, settings: Settings, case: Case) -> int:
-    """How many days ``case``'s expired wait was set for: read from the latest record of it
-    (:data:`WAITING_FOR`); ``cases.pending_days`` if none is found."""
-    texts = session.exec(
-        select(CaseMessage.text)
-        .where(
-            CaseMessage.case_id == case.id,
-            CaseMessage.kind == "system",
-            col(CaseMessage.text).startswith("waiting for the customer for "),
-        )
-        .order_by(col(CaseMessage.id).desc())
-        .limit(1)
-    ).all()
-    found = _WAITING_DAYS.match(texts[0]) if texts else None
-    return int(found.group(1)) if found else settings.cases.pending_days
-
-
-# The start of close_unanswered's note, read back by closed_unanswered_at.
-CLOSED_UNANSWERED = "closed: no answer from the customer"
-
-
-def closed_unanswered_at(session: Session, case: Case) -> datetime | None:
-    """When ``case`` was closed for lack of an answer (:func:`close_unanswered`), if that
-    is why it is closed now (not reopened and closed again since); else None."""
-    if case.status != CaseStatus.CLOSED or case.closed_at is None or case.outcome is not None:
-        return None
-    latest = session.exec(
-        select(CaseMessage.text)
-        .where(
-            CaseMessage.case_id == case.id,
-            CaseMessage.kind == "system",
-            sa.or_(
-                col(CaseMessage.text).startswith(CLOSED_UNANSWERED),
-                col(CaseMessage.text).in_(("case closed", "case reopened")),
-            ),
-        )
-        .order_by(col(CaseMessage.id).desc())
-        .limit(1)
-    ).first()
-    return as_utc(case.closed_at) if latest and latest.startswith(CLOSED_UNANSWERED) else None
-
-
-def close_unanswered(session: Session, settings: Settings, case: Case) -> None:
-    """Close ``case``, whose wait for the customer passed with no word from them: closed
-    without a resolution (``mailcase report`` counts it closed without resolution), the
-    history saying why, and the customer told (``closed_no_answer``) that a reply to it
-    opens a new case linked to this one (mailcase.triage: a closed, unresolved case takes
-    no more mail) or that they can call.
-
-    A case resolved, reopened, then closed so loses that resolution (outcome, cause,
-    ``resolved_at``): the report would count it resolved, and a reply within
-    ``cases.reopen_days`` of it would reopen it, against the notice's promise of a new
-    case. Its record in the history stays, and the closing note names it.
-    """
-    days = _waited_days(session, settings, case)
-    note = f"{CLOSED_UNANSWERED} within {days} day{'s' if days != 1 else ''}"
-    if case.outcome is not None:
-        note += f"; the earlier resolution ({case.outcome}) no longer stands"
-    case.outcome = case.cause = case.resolved_at = None
-    _close(session, settings, case, by="mailcase", note=note)
-    if case.customer and not is_erased(case):
-        queue_notice(
-            session, settings, case, "closed_no_answer", to=case.customer,
-            context={"days": days},
-        )  # fmt: skip
-
-
 def reopen(session: Session, case: Case, *, by: str) -> bool:
     """Open ``case`` again (its outcome, cause and resolution time are kept until it is
     resolved again); False, and nothing changed, when it is open already.
@@ -1491,7 +1314,7 @@ def reopen(session: Session, case: Case, *, by: str) -> bool:
     if case.status == CaseStatus.OPEN:
         return False
     if case.spam_at is not None:
-        _refuse("reopen_spam", case)
+        refuse("reopen_spam", case)
     case.status = CaseStatus.OPEN
     case.closed_at = None
     case.updated_at = utcnow()
@@ -1526,7 +1349,7 @@ def mark_spam(session: Session, settings: Settings, case: Case, *, by: str) -> b
     (mailcase.triage). Refused (:class:`CaseworkError`) as :func:`spam_problem` says.
     """
     main = session.get(Case, case.outage_id) if case.outage_id is not None else None
-    _refuse(
+    refuse(
         spam_problem(case, is_main=is_outage_main(session, case)),
         case,
         channel=case.channel,
@@ -1535,7 +1358,7 @@ def mark_spam(session: Session, settings: Settings, case: Case, *, by: str) -> b
     if case.spam_at is not None:
         return False
     if case.status != CaseStatus.CLOSED:
-        _close(session, settings, case, by=by, note="case closed", tell=False)
+        close_with_note(session, settings, case, by=by, note="case closed", tell=False)
     case.spam_at = utcnow()
     session.add(case)
     record(session, case, "system", f"marked spam by {by}", from_addr=by)
@@ -1572,241 +1395,12 @@ def unmark_spam(session: Session, case: Case, *, by: str) -> bool:
     return True
 
 
-# A merged case points at the one it joined, which may itself be merged later
-# (A into B, then B into C). Merging into a merged case is refused, so there is no
-# cycle; the bound only keeps a damaged database from looping.
-_MAX_MERGE_HOPS = 20
-
-
-def merged_target(session: Session, case: Case) -> Case:
-    """The case that answers for ``case``: ``case`` itself, or the open end of the chain of
-    cases it was merged into (:func:`merge`)."""
-    hops = 0
-    while case.merged_into_id is not None and hops < _MAX_MERGE_HOPS:
-        into = session.get(Case, case.merged_into_id)
-        if into is None:
-            break
-        case, hops = into, hops + 1
-    return case
-
-
-def merge_problem(
-    source: Case,
-    target: Case,
-    now_local: datetime,
-    *,
-    source_is_main: bool = False,
-    target_is_main: bool = False,
-) -> str | None:
-    """Why ``source`` cannot be merged into ``target``, or ``None``.
-
-    Either merged already: the folio answers for another case, work on that one.
-    A closed or resolved target is reopened first, as for any other change: the
-    customer of ``source`` would otherwise write on a case that says the matter is
-    settled. Two customers' cases do not merge (an outage reported by two
-    neighbours): the resolution goes to a case's own customer alone, and the
-    other would never hear it; a case without an address (a phone report) merges
-    with any. A home visit still ahead on ``source`` is cancelled or kept by
-    merging the other way: a merged case keeps no visit, and nobody must wait at
-    home for one that was silently dropped.
-
-    An outage follows the merge (:func:`merge`), so two cases whose outages differ do
-    not merge (``merge_outage``): a main case (``source_is_main``: it has reports) into a
-    report of an outage, a report into another outage's report or into another main
-    case (``target_is_main``). A report merged into its own main case merges.
-    """
-    if source.id == target.id:
-        return "same_case"
-    if source.merged_into_id is not None or target.merged_into_id is not None:
-        return "merged"
-    if source.customer and target.customer and source.customer != target.customer:
-        return "other_customer"
-    if source.spam_at is not None:
-        # Merged, its mark could never be undone (a merged case takes no change), and
-        # its sender would stay blocked for good. (A target marked spam is closed.)
-        return "merge_spam"
-    if target.status == CaseStatus.CLOSED:
-        return "into_closed"
-    if target.status == CaseStatus.RESOLVED:
-        return "into_resolved"
-    if visit_cancellable(source, now_local):
-        return "merge_visit"
-    if source_is_main and target.outage_id is not None:
-        return "merge_outage"
-    # A report into its own main case merges (its link is dropped); into anything else,
-    # the case that stays takes the outage, which it must be free to.
-    elsewhere = source.outage_id is not None and source.outage_id != target.id
-    if elsewhere and (target_is_main or target.outage_id not in (None, source.outage_id)):
-        return "merge_outage"
-    return None
-
-
-def merge(
-    session: Session,
-    settings: Settings,
-    source: Case,
-    target: Case,
-    *,
-    by: str,
-    tell_customer: bool = True,
-    now_local: datetime | None = None,
-) -> None:
-    """Merge ``source`` into ``target``: one report written twice becomes one case.
-
-    As Zammad, OTRS and Request Tracker merge tickets: every message, file,
-    notice and ledger row of ``source`` moves to ``target``; its participants
-    become ``target``'s, and its customer too when ``target`` has none (a phone
-    report); its links point at ``target``. ``source`` is closed and
-    points at ``target`` (``merged_into_id``): mail naming its folio, or replying
-    to its notices, joins ``target`` from then on (:func:`merged_target`). Both
-    histories record the merge. The customer of an open ``source`` is told the
-    folio that follows their report (``merged``), unless ``tell_customer`` is
-    False; a report already settled needs no news. Refused
-    (:class:`CaseworkError`) as :func:`merge_problem` says, in the caller's
-    transaction, with nothing changed.
-
-    An outage follows the merge, as a merged ticket's links follow it in Zammad and
-    OTRS/Znuny: the reports of a main ``source`` become ``target``'s, and a report
-    ``source`` makes ``target`` a report of its outage (unless ``target`` is that
-    outage's main case).
-    """
-    now_local = now_local or utcnow().astimezone(settings.folio.zone)
-    problem = merge_problem(
-        source, target, now_local,
-        source_is_main=is_outage_main(session, source),
-        target_is_main=is_outage_main(session, target),
-    )  # fmt: skip
-    if problem == "merged":
-        merged = source if source.merged_into_id is not None else target
-        _refuse(problem, merged, into=merged_target(session, merged).folio)
-    _refuse(problem, source, into=target.folio)
-    assert source.id is not None and target.id is not None
-    # Told only a customer the merged case had of its own (not one it takes below:
-    # a phone report's subject is the agent's words, never meant for the customer).
-    tell = tell_customer and source.status == CaseStatus.OPEN and source.customer
-    moved = {"case_id": target.id}
-    for model in (CaseMessage, LedgerEntry, Notice):
-        session.execute(sa.update(model).where(col(model.case_id) == source.id).values(moved))
-    _merge_participants(session, source, target)
-    _merge_links(session, source, target)
-    now = utcnow()
-    if not target.customer and source.customer:
-        # A phone report without an address takes the customer of the mail: their
-        # address, name, and the mailbox and language they wrote in (the English
-        # desk's customer must not be answered in Spanish from contacto@).
-        target.customer, target.customer_name = source.customer, source.customer_name
-        target.mailbox, target.language = source.mailbox, source.language
-    if not source.customer:
-        # The merged report is this customer's too: `cases list --customer` finds it,
-        # and `customers forget` erases what it kept (its name, its subject).
-        source.customer = target.customer
-    if source.last_customer_at and (
-        target.last_customer_at is None or source.last_customer_at > target.last_customer_at
-    ):
-        target.last_customer_at = source.last_customer_at
-    target.area = target.area or source.area
-    # Its classification too (a phone report an agent classified, merged into the
-    # customer's mail): the report counts the case that stays by type, not the merged.
-    took_type = target.type is None and source.type is not None
-    target.type = target.type or source.type
-    # And the agent responsible, when the case that stays has none: the merged report's
-    # owner was following it up, and goes on doing so there.
-    took_owner = target.owner is None and source.owner is not None
-    target.owner = target.owner or source.owner
-    if target.visit_date is None and source.visit_date is not None:
-        # A visit that took place (one still ahead is refused): the case that stays
-        # made it, and the report counts it there (merged cases are left out).
-        target.visit_date, target.visit_time = source.visit_date, source.visit_time
-        source.visit_date = source.visit_time = None
-    target.updated_at = now
-    source.status = CaseStatus.CLOSED
-    source.closed_at = source.updated_at = now
-    source.merged_into_id = target.id
-    # Neither waits on the customer any more: the merged case is closed, and the one that
-    # stays now holds the other report's messages, which may be the answer it waited for;
-    # an agent who still waits says so again (#pendiente) on the case that stays.
-    if target.pending_until is not None:
-        record(session, target, "system", NOT_WAITING, from_addr=by)
-    source.pending_until = target.pending_until = None
-    # The outage follows the merge (merge_problem refused the cases whose outages differ).
-    took_outage = source.outage_id not in (None, target.id, target.outage_id)
-    if took_outage:
-        target.outage_id = source.outage_id
-    source.outage_id = None
-    session.execute(
-        sa.update(Case).where(col(Case.outage_id) == source.id).values(outage_id=target.id)
-    )
-    session.add(source)
-    session.add(target)
-    session.flush()
-    record(session, source, "system", f"case merged into {target.folio}", from_addr=by)
-    record(session, target, "system", f"case {source.folio} merged into this case", from_addr=by)
-    if took_outage:
-        main = session.get(Case, target.outage_id)
-        folio = main.folio if main is not None else "?"
-        record(session, target, "system", f"report of the outage {folio}", from_addr=by)
-    if took_type:
-        record(session, target, "system", f"type set to {target.type}", from_addr=by)
-    if took_owner:
-        record(session, target, "system", f"owner set to {target.owner}", from_addr=by)
-    if tell:
-        # Under the subject the customer wrote, with the folio that follows it.
-        queue_notice(
-            session, settings, target, "merged", to=source.customer,
-            context={"merged_folio": source.folio},
-            subject=tagged_subject(target.folio, source.subject, mask=True),
-        )  # fmt: skip
-
-
-def _merge_participants(session: Session, source: Case, target: Case) -> None:
-    """The participants of ``source`` may write on ``target``, with no cap (an agent
-    decided it)."""
-    assert source.id is not None and target.id is not None
-    existing = participants(session, target.id) | {target.customer}
-    for address in sorted(participants(session, source.id) - existing):
-        session.add(Participant(case_id=target.id, address=address))
-    session.execute(sa.delete(Participant).where(col(Participant.case_id) == source.id))
-
-
-def _merge_links(session: Session, source: Case, target: Case) -> None:
-    """Links of ``source`` move to ``target`` (none to itself, none twice), and the two
-    are linked, so that ``cases show`` of either names the other."""
-    assert source.id is not None and target.id is not None
-    others = {
-        other
-        for first, second in session.exec(
-            select(CaseLink.case_id, CaseLink.related_id).where(
-                (col(CaseLink.case_id) == source.id) | (col(CaseLink.related_id) == source.id)
-            )
-        ).all()
-        for other in (first, second)
-    } - {source.id, target.id}
-    session.execute(
-        sa.delete(CaseLink).where(
-            (col(CaseLink.case_id) == source.id) | (col(CaseLink.related_id) == source.id)
-        )
-    )
-    linked = set(
-        session.exec(select(CaseLink.related_id).where(CaseLink.case_id == target.id)).all()
-    ) | set(session.exec(select(CaseLink.case_id).where(CaseLink.related_id == target.id)).all())
-    for other in [*sorted(others - linked), source.id]:
-        session.add(CaseLink(case_id=target.id, related_id=other))
-
-
-# --- outages: many customers' reports of one failure, followed and resolved as one ------
+# --- outages (mailcase.outages): what this module's own changes need of them -----------
 #
-# A fibre cut in one neighbourhood: thirty customers write within the hour. One case, the
-# main case, follows the failure; the others are its reports (``cases.outage_id``), as
-# OTRS/Znuny ITSM's master and slave tickets, Request Tracker's parent and child links and
-# osTicket's child tickets are. Resolving the main case resolves each open report
-# (:func:`resolve`), each customer told under their own folio. Reopening the main case
-# reopens no report (their customers were told it was corrected; one whose failure is
-# back writes, and their own case reopens). Closing it without a resolution leaves its
-# reports open and linked: they are worked one by one again, and reminded as usual
-# (mailcase.reminders waits for an open main case only). A merge takes the outage along
-# (:func:`merge`). Erasing a customer's data (``customers forget``, closed cases only)
-# keeps the link, which is no personal data: the erased case is closed, so a resolution
-# of its main case leaves it alone, and an erased main case takes no reports.
+# A main case's resolution resolves its open reports (:func:`resolve`), no case of an
+# outage is marked spam (:func:`mark_spam`), and the agents' notice names the outage
+# (:func:`notify_agents`). Joining, leaving and telling an outage's reports are
+# mailcase.outages', which builds on these: this module imports nothing of it.
 
 
 def _outage_context(session: Session, case: Case) -> dict[str, str | int]:
@@ -1843,16 +1437,7 @@ def is_outage_main(session: Session, case: Case) -> bool:
     return found is not None
 
 
-def outage_reports(session: Session, main: Case) -> list[Case]:
-    """The reports of the outage followed in ``main``, oldest first (any status)."""
-    return list(
-        session.exec(
-            select(Case).where(col(Case.outage_id) == main.id).order_by(col(Case.id))
-        ).all()
-    )
-
-
-def _open_reports(session: Session, main: Case) -> list[Case]:
+def open_reports(session: Session, main: Case) -> list[Case]:
     """The reports of ``main``'s outage still open (not resolved, closed or merged), locked
     in id order (PostgreSQL: a customer's reply reopening or closing one waits)."""
     if main.id is None:
@@ -1870,139 +1455,6 @@ def _open_reports(session: Session, main: Case) -> list[Case]:
             .execution_options(populate_existing=True)
         ).all()
     )
-
-
-def outage_problem(case: Case, main: Case, *, case_is_main: bool) -> str | None:
-    """Why ``case`` cannot be made a report of the outage followed in ``main``, or ``None``;
-    ``case``'s own status aside (an open case only: :func:`route_problem`, checked with a
-    reply's other commands, so that ``#reabrir`` above it counts).
-
-    Never a case of itself, no chains (``main`` a report of an outage, ``case`` the main
-    case of one: ``case_is_main``), and a closed or resolved ``main`` is reopened first:
-    its resolution would never reach the new report's customer.
-    """
-    if case.id == main.id:
-        return "outage_same_case"
-    if main.outage_id is not None:
-        return "outage_chain"
-    if case_is_main:
-        return "outage_main"
-    if main.status == CaseStatus.CLOSED:
-        return "outage_closed"
-    if main.status == CaseStatus.RESOLVED:
-        return "outage_resolved"
-    return None
-
-
-def join_outage(
-    session: Session,
-    settings: Settings,
-    case: Case,
-    main: Case,
-    *,
-    by: str,
-    tell_customer: bool = True,
-) -> bool:
-    """Make ``case`` one of the reports of the outage followed in ``main``, recorded on both
-    cases, and tell its customer (``outage_joined``: their report is part of a general
-    failure being worked on, and they will be told under their own folio when it is
-    corrected; never ``main``'s, another customer's case) unless ``tell_customer`` is
-    False; False, and nothing changed, recorded nor sent, when it was a report of
-    ``main`` already. A report of another outage moves to this one (recorded on the old
-    main case too).
-
-    Refused (:class:`CaseworkError`) for a merged ``case`` or ``main``, a ``case`` that is
-    not open (reopen it first), and as :func:`outage_problem` says.
-    """
-    for merged in (case, main):
-        if merged.merged_into_id is not None:
-            into = merged_target(session, merged).folio
-            _refuse("merged", merged, into=into)
-    _refuse(route_problem(case.status), case)
-    if case.outage_id is not None and case.outage_id == main.id:
-        return False
-    chained = session.get(Case, main.outage_id) if main.outage_id is not None else None
-    _refuse(
-        outage_problem(case, main, case_is_main=is_outage_main(session, case)),
-        case,
-        into=main.folio,
-        main=chained.folio if chained is not None else "",
-    )
-    moved_from = session.get(Case, case.outage_id) if case.outage_id is not None else None
-    case.outage_id = main.id
-    case.updated_at = utcnow()
-    session.add(case)
-    record(session, case, "system", f"report of the outage {main.folio}", from_addr=by)
-    if moved_from is not None:  # its old main case's history must not still count it
-        record(
-            session, moved_from, "system",
-            f"case {case.folio} is no longer a report of this outage: moved to {main.folio}",
-            from_addr=by,
-        )  # fmt: skip
-    # Its next step is the repair now, as after a visit is booked: a wait left running
-    # would close it "no answer" mid-outage, and the main case's resolution would then
-    # skip it (closed), its customer never told the failure was corrected.
-    clear_pending(session, case, by=by, why=f"a report of the outage {main.folio}")
-    # The main case's, likewise: its wait's end would close it "no answer" with this
-    # report open, and nothing would then resolve the report.
-    clear_pending(session, main, by=by, why=f"the main case of an outage ({case.folio})")
-    record(session, main, "system", f"case {case.folio} is a report of this outage", from_addr=by)
-    if tell_customer and case.customer and not is_erased(case):
-        # Their own folio only: the main case is another customer's, and a mail naming
-        # its folio would open a third case (triage takes no other customer's folio).
-        queue_notice(session, settings, case, "outage_joined", to=case.customer)
-    return True
-
-
-def tell_outage_reports(
-    session: Session,
-    settings: Settings,
-    main: Case,
-    text: str,
-    *,
-    agent_name: str,
-    attachments: Sequence[FileAttachment] = (),
-) -> list[tuple[Case, str]]:
-    """Relay an agent's news of the outage followed in ``main`` (``#masivo aviso``: an
-    estimated time of restoration) to the customer of each of its open reports, under
-    that report's own folio and thread, as :func:`relay` sends any reply (its guards
-    alike). ``main``'s own customer is the caller's.
-
-    Returns each open report with why the news did not reach its customer, in the words
-    of the agent's ``not_relayed`` notice: ``no_customer`` (a phone report: someone must
-    call them), ``held`` (a guard held it: ``limits.max_relays_per_case_per_hour``, a
-    loop), or ``""`` when it went out.
-    """
-    told: list[tuple[Case, str]] = []
-    for report in _open_reports(session, main):
-        if not report.customer:
-            told.append((report, "no_customer"))
-        elif relay(session, settings, report, text, agent_name=agent_name, attachments=attachments):
-            told.append((report, ""))
-        else:
-            told.append((report, "held"))
-    return told
-
-
-def leave_outage(session: Session, case: Case, *, by: str) -> bool:
-    """``case`` is no report of an outage any more (recorded on it, naming the main case,
-    and on the main case, naming it); False, and nothing changed nor recorded, when it
-    was none. Any status: bookkeeping. Nobody is told: the customer's case goes on under
-    its own folio as before."""
-    if case.outage_id is None:
-        return False
-    main = session.get(Case, case.outage_id)
-    case.outage_id = None
-    case.updated_at = utcnow()
-    session.add(case)
-    folio = main.folio if main is not None else "?"
-    record(session, case, "system", f"no longer a report of the outage {folio}", from_addr=by)
-    if main is not None:  # the main case's history said it was one: it says it left, too
-        record(
-            session, main, "system", f"case {case.folio} is no longer a report of this outage",
-            from_addr=by,
-        )  # fmt: skip
-    return True
 
 
 def relay(
@@ -2036,125 +1488,6 @@ def relay(
         attachments=attachments,
     )
     return not queued.held
-
-
-def mail_read_until(session: Session, settings: Settings) -> datetime | None:
-    """The moment before which every configured mailbox's mail has been read: the
-    earliest start of their latest complete polls (``checkpoints.last_poll_at``, taken at
-    the poll's SEARCH); None when a mailbox has none, or its latest poll failed.
-
-    A customer may answer to any of the company's addresses, and a mailbox that cannot
-    be read now may hold an answer that reached it in time (an IMAP outage, a daemon
-    stopped over the deadline): until it is read, nobody can say they did not answer.
-    """
-    reads = latest_reads(session, settings)
-    if not reads or None in reads.values():
-        return None
-    return min(at for at in reads.values() if at is not None)
-
-
-def latest_reads(session: Session, settings: Settings) -> dict[str, datetime | None]:
-    """Each configured mailbox's latest complete read: the start of its latest poll
-    (``checkpoints.last_poll_at``), None when it was never read or its latest poll
-    failed."""
-    rows = session.exec(
-        select(Checkpoint.mailbox, Checkpoint.last_poll_at, Checkpoint.failures).where(
-            col(Checkpoint.mailbox).in_(list(settings.mailboxes))
-        )
-    ).all()
-    polls = {name: None if failures else as_utc(at) for name, at, failures in rows}
-    return {name: polls.get(name) for name in settings.mailboxes}
-
-
-def close_stale_cases(session: Session, settings: Settings, now: datetime) -> list[str]:
-    """Close resolved cases with no customer reply for ``cases.close_after_days``, and open
-    cases whose wait for the customer (``pending_until``) passed before ``now`` and before
-    every mailbox was last read through (:func:`mail_read_until`: an answer that reached
-    one in time has been read, and ended the wait) (:func:`close_unanswered`); their folios.
-
-    A report whose main case is open is not closed so (:func:`_waits_on_the_repair`): it
-    keeps waiting until the outage is resolved, which resolves it and ends the wait.
-    """
-    cutoff = now - timedelta(days=settings.cases.close_after_days)
-    read = mail_read_until(session, settings)
-    expired = (
-        sa.and_(col(Case.pending_until) <= min(now, read), sa.not_(_waits_on_the_repair()))
-        if read is not None
-        else sa.false()
-    )
-    # FOR UPDATE (PostgreSQL): a customer's reply that reopens one of them (or ends its
-    # wait) meanwhile waits for this transaction, or, committed first, takes the case
-    # out of the selection; either way the reply is not overwritten by the closing.
-    stale = session.exec(
-        select(Case)
-        .where(
-            sa.or_(
-                sa.and_(col(Case.status) == CaseStatus.RESOLVED, col(Case.resolved_at) <= cutoff),
-                # Read by the indexed status: the open cases only, never the history.
-                sa.and_(col(Case.status) == CaseStatus.OPEN, expired),
-            )
-        )
-        .order_by(col(Case.id))  # one lock order for every instance: no deadlock
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).all()
-    for case in stale:
-        if case.status == CaseStatus.OPEN:
-            close_unanswered(session, settings, case)
-        else:
-            close(session, settings, case, by="mailcase")
-    return [c.folio for c in stale]
-
-
-def _waits_on_the_repair() -> sa.ColumnElement[bool]:
-    """The cases that are reports of an outage whose main case is open. One made to wait
-    while its main case was closed, which was then reopened, would otherwise be closed
-    "no answer" mid-outage, and the resolution (open reports only) would skip it."""
-    main = aliased(Case)
-    return (
-        sa.exists()
-        .where(col(main.id) == col(Case.outage_id), col(main.status) == CaseStatus.OPEN)
-        .correlate(Case)
-    )
-
-
-def deferral_margin(settings: Settings) -> timedelta:
-    """How long past its deadline a waiting case may stay open before that is worth a
-    warning: three poll intervals, and at least ten minutes (a poll or two late is the
-    normal course of a poll every ``poll.interval_seconds``, or a restart)."""
-    return max(timedelta(seconds=3 * settings.poll.interval_seconds), timedelta(minutes=10))
-
-
-def closings_waiting_for_mail(
-    session: Session, settings: Settings, now: datetime
-) -> tuple[list[str], list[str]]:
-    """The open cases whose wait for the customer passed before ``now`` less
-    :func:`deferral_margin` but that :func:`close_stale_cases` may not close yet, and
-    the mailboxes it waits on: those never read, whose latest poll failed, or whose
-    latest complete poll started before the earliest such deadline. Two empty lists
-    when nothing waits that long.
-
-    Without it an admin saw cases days past their deadline still open, and nothing
-    said why (the mailbox's own failure is logged, but not what it holds up). A wait
-    that ended since the latest poll is the next poll's to settle, not news: warning of
-    it named every healthy mailbox.
-    """
-    overdue = now - deferral_margin(settings)
-    rows = session.exec(
-        select(Case.folio, Case.pending_until)
-        .where(
-            col(Case.status) == CaseStatus.OPEN,
-            col(Case.pending_until) <= overdue,
-            sa.not_(_waits_on_the_repair()),  # not closed by close_stale_cases: no news
-        )
-        .order_by(col(Case.id))
-    ).all()
-    if not rows:
-        return [], []
-    earliest = min(as_utc(until) or now for _, until in rows)
-    reads = latest_reads(session, settings)
-    unread = [name for name, at in reads.items() if at is None or at < earliest]
-    return [folio for folio, _ in rows], unread
 
 
 _MONTHS_ES = (

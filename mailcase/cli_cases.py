@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from mailcase.casework import FORGOTTEN, is_erased, merged_target, outage_reports, related_folios
+from mailcase.casework import FORGOTTEN, is_erased, related_folios
 from mailcase.cli_common import (
     _NAMED_ADDRESS,
     DEFAULT_LIMIT,
@@ -48,7 +48,9 @@ from mailcase.commands import area_key
 from mailcase.config import Settings
 from mailcase.errors import EXIT_OK, NotFoundError
 from mailcase.inbound import MAX_NAME, canonical_address
+from mailcase.merging import merged_target
 from mailcase.models import Case, CaseMessage, CaseStatus, Notice, StoredAttachment
+from mailcase.outages import outage_reports
 from mailcase.store import case_by_folio, is_deadlock, utcnow
 
 
@@ -139,7 +141,7 @@ def case_summary(
     case: Case, merged_into: str | None = None, outage: str | None = None
 ) -> dict[str, Any]:
     """The ``cases list --json`` object of ``case``; ``merged_into``: the folio that answers
-    for a merged case (:func:`mailcase.casework.merged_target`), None for the others;
+    for a merged case (:func:`mailcase.merging.merged_target`), None for the others;
     ``outage``: the folio of the main case of the outage it is a report of, or None."""
     return {
         "folio": case.folio,
@@ -312,7 +314,7 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
     the CLI door to casework."""
-    from mailcase import casework
+    from mailcase import casework, merging, outages, waits
     from mailcase.notices import queue_notice
     from mailcase.store import utcnow
 
@@ -402,7 +404,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 )
             folio, case_id = found.folio, found.id
             if found.merged_into_id is not None and args.action != "merge":
-                into = casework.merged_target(session, found).folio
+                into = merging.merged_target(session, found).folio
                 raise casework.CaseworkError(f"case {folio} was merged into {into}: work on {into}")
             has_customer = bool(found.customer)
             now_local = utcnow().astimezone(settings.folio.zone)
@@ -413,7 +415,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 # joining or leaving meanwhile).
                 visits_ahead = {
                     r.id
-                    for r in casework.outage_reports(session, found)
+                    for r in outages.outage_reports(session, found)
                     if casework.visit_cancellable(r, now_local)
                 }
                 reports = casework.resolve(
@@ -452,7 +454,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 changed = casework.clear_pending(session, found, by=by)
             elif args.action == "pending":
                 days = args.days or settings.cases.pending_days
-                deadline = casework.set_pending(session, settings, found, days, by=by)
+                deadline = waits.set_pending(session, settings, found, days, by=by)
             elif args.action == "merge":
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.into}")
@@ -461,13 +463,13 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                         f"case {target.folio}: its customer's data was erased, nothing merges "
                         "into it"
                     )
-                casework.merge(
+                merging.merge(
                     session, settings, found, target, by=by,
                     tell_customer=not args.no_notice, now_local=now_local,
                 )  # fmt: skip
                 merged_into, case_id = target.folio, target.id
             elif args.action == "outage" and args.clear:
-                changed = casework.leave_outage(session, found, by=by)
+                changed = outages.leave_outage(session, found, by=by)
             elif args.action == "outage":
                 if target is None:
                     raise NotFoundError(f"no case with folio {args.of}")
@@ -475,7 +477,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                     raise UsageError(
                         f"case {target.folio}: its customer's data was erased, it follows no outage"
                     )
-                changed = casework.join_outage(
+                changed = outages.join_outage(
                     session, settings, found, target, by=by, tell_customer=not args.no_notice
                 )
                 outage_main = target.folio

@@ -58,14 +58,14 @@ class CommandKind(StrEnum):
     CLOSE = "close"
     REOPEN = "reopen"
     PARTICIPANT = "participant"  # let another address of the customer's write on the case
-    MERGE = "merge"  # merge this case into the one whose folio follows (casework.merge)
+    MERGE = "merge"  # merge this case into the one whose folio follows (merging.merge)
     TYPE = "type"  # classify the case: complaint, question, clarification or cancellation
     ASSIGN = "assign"  # give the case an owner (an agent), or take it away
     # Wait for the customer's answer for some days, then close the case unresolved; the
     # text below it is relayed to the customer (the question the case waits on).
     PENDING = "pending"
     # This case is one of the reports of the outage followed in the case whose folio
-    # follows (the main case): resolving that one resolves this one (casework.join_outage).
+    # follows (the main case): resolving that one resolves this one (outages.join_outage).
     OUTAGE = "outage"
     # Send the customer a canned reply (templates/replies/<language>/NAME.txt.j2) after
     # the agent's own text below the commands, if any (mailcase.replies).

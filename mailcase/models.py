@@ -115,11 +115,11 @@ class Case(SQLModel, table=True):
     resolved_at: datetime | None = None
     closed_at: datetime | None = None
     last_customer_at: datetime | None = None  # the customer's latest message
-    # Set when the case was merged into another (casework.merge): closed, its mail
+    # Set when the case was merged into another (merging.merge): closed, its mail
     # and its folio answered by that case from then on. Indexed where set (0013, above).
     merged_into_id: int | None = Field(default=None, foreign_key="cases.id")
     # Waiting for the customer (#pendiente, `cases pending`) until then: the case is
-    # closed, unresolved, when it passes with no word from them (casework.close_stale_cases).
+    # closed, unresolved, when it passes with no word from them (waits.close_stale_cases).
     # NULL: not waiting. Not indexed: the hourly check reads the open cases by status.
     pending_until: datetime | None = None
     # One of the reports of an outage followed in another case, the main case (#masivo,

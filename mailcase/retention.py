@@ -39,9 +39,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from mailcase.casework import FORGOTTEN, merged_target
+from mailcase.casework import FORGOTTEN
 from mailcase.erasure import Erasure, Erasures, LooseErasure, erase_loose_mail, erase_many
 from mailcase.logs import get_logger
+from mailcase.merging import merged_target
 from mailcase.models import Case, CaseMessage, CaseStatus, LedgerEntry, Notice, Participant
 from mailcase.notices import AGENT_KINDS
 from mailcase.store import Store, as_utc, utcnow
@@ -248,7 +249,7 @@ def _on_a_live_case(session: Session, address: str, own: list[int]) -> bool:
     """Whether ``address`` takes part in another customer's case that is not closed: a
     participant of it, the sender of one of its messages, or the customer of a case of
     its own (``own``) merged into it, at the end of the chain of merges
-    (:func:`mailcase.casework.merged_target`)."""
+    (:func:`mailcase.merging.merged_target`)."""
     # Another customer's case (theirs resolved keeps nobody: see _inactive).
     live = sa.and_(col(Case.status) != CaseStatus.CLOSED, col(Case.id).not_in(own))
     if session.exec(

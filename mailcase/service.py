@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, select
 
-from mailcase import agentmail, casemail, casework, leases, metrics, refusals
+from mailcase import agentmail, casemail, casework, leases, merging, metrics, refusals, waits
 from mailcase.authres import sender_is_authenticated
 from mailcase.blobs import BlobStore, read_header
 from mailcase.bounces import record_bounce
@@ -197,7 +197,7 @@ def _poll_leased(
     log = get_logger(mailbox=name)
     # What reached the mailbox before this moment is in the poll's answer: a complete
     # poll records it (not its end), so that a customer's answer that arrived during a
-    # long poll is never taken as read (casework.close_stale_cases). Taken before the
+    # long poll is never taken as read (waits.close_stale_cases). Taken before the
     # SELECT: mail that arrives between it and the SEARCH is not in an empty folder's
     # answer (imap.uids_after trusts SELECT's EXISTS of 0).
     searched_at = utcnow()
@@ -451,8 +451,8 @@ def close_stale_cases(rt: Runtime) -> list[str]:
     logged (``pending_close_deferred``, their folios and the mailboxes), each run."""
     now = utcnow()
     with rt.store.transaction() as session:
-        folios = casework.close_stale_cases(session, rt.settings, now)
-        held, unread = casework.closings_waiting_for_mail(session, rt.settings, now)
+        folios = waits.close_stale_cases(session, rt.settings, now)
+        held, unread = waits.closings_waiting_for_mail(session, rt.settings, now)
     if folios:
         get_logger().info("cases_closed", folios=folios)
     if held:
@@ -1130,7 +1130,7 @@ def _ingest(
     case = _apply(rt, session, mailbox, mail, raw_sha, fetched, decision, note)
     if isinstance(case, Case) and case.merged_into_id is not None:
         # Its own #fusionar moved the case's history: the message's row goes with it.
-        case = casework.merged_target(session, case)
+        case = merging.merged_target(session, case)
     if case is not None:
         _copies_follow(session, copies, case.id, mailbox, mail.dedup_key)
     reasons = [r for r in (decision.reason, note) if r]
@@ -1319,7 +1319,7 @@ def case_ref(session: Session, case: Case) -> CaseRef:
         participants=casework.participants(session, case.id),
         resolved_at=case.resolved_at,
         subject=case.subject,
-        closed_unanswered_at=casework.closed_unanswered_at(session, case),
+        closed_unanswered_at=waits.closed_unanswered_at(session, case),
         spam=case.spam_at is not None,
     )
 

@@ -102,7 +102,7 @@ class CaseRef:
     participants: frozenset[str] = frozenset()
     resolved_at: datetime | None = None
     subject: str = ""  # as the case keeps it (reply prefixes and folio tags removed)
-    # Closed for lack of an answer (casework.close_unanswered), at this moment: an answer
+    # Closed for lack of an answer (waits.close_unanswered), at this moment: an answer
     # that reached the server before it was read late (a quarantined message retried).
     closed_unanswered_at: datetime | None = None
     # Marked spam by an agent (#spam): mail following it is set aside, not recorded on it.

@@ -393,7 +393,7 @@ def test_an_agents_reply_triaged_before_a_merge_commits_goes_to_the_case_that_st
 
     from sqlmodel import select
 
-    from mailcase import casework, service
+    from mailcase import merging, service
     from mailcase.imap import FetchedMessage
     from mailcase.models import Case, CaseMessage, Notice
     from mailcase.store import case_by_folio, utcnow
@@ -429,7 +429,7 @@ def test_an_agents_reply_triaged_before_a_merge_commits_goes_to_the_case_that_st
             source = case_by_folio(session, second, for_update=True)
             target = case_by_folio(session, first, for_update=True)
             assert source is not None and target is not None
-            casework.merge(session, rt.settings, source, target, by="cli:ana")
+            merging.merge(session, rt.settings, source, target, by="cli:ana")
     finally:
         go_on.set()
         worker.join(20)
@@ -579,7 +579,7 @@ def test_crossed_merges_queue_instead_of_deadlocking(tmp_path: Path, pg_url: str
 
     from sqlmodel import select
 
-    from mailcase import casework, cli_cases, service
+    from mailcase import casework, cli_cases, merging, service
     from mailcase.imap import FetchedMessage
     from mailcase.models import Case
     from mailcase.store import utcnow
@@ -592,7 +592,7 @@ def test_crossed_merges_queue_instead_of_deadlocking(tmp_path: Path, pg_url: str
             with rt.store.transaction() as session:
                 found, target = cli_cases._merge_pair(session, rt.settings, source, into)
                 assert found is not None and target is not None
-                casework.merge(session, rt.settings, found, target, by="cli:x")
+                merging.merge(session, rt.settings, found, target, by="cli:x")
             outcomes.append("merged")
         except casework.CaseworkError as exc:
             outcomes.append("refused" if "merged into" in str(exc) else str(exc))

@@ -24,9 +24,11 @@ from servers import Dovecot, SmtpSink
 from test_agents import AREAS, CUSTOMER, Desk, ahead, text
 from test_templates_all import context
 
-from mailcase.casework import command_problems, merge_problem, outage_problem
+from mailcase.casework import command_problems
 from mailcase.commands import COMMAND_FORMS, Command, CommandKind, CommandProblem, parse_commands
+from mailcase.merging import merge_problem
 from mailcase.models import Case, CaseStatus
+from mailcase.outages import outage_problem
 from mailcase.render import render_body
 from mailcase.store import Store
 

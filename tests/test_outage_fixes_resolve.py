@@ -77,7 +77,7 @@ def _pause_resolving(
     the second event is set (the first time only); the list counts the attempts."""
     reached, release = threading.Event(), threading.Event()
     attempts: list[str] = []
-    real = casework._open_reports
+    real = casework.open_reports
 
     def paused(session: Any, case: Case) -> list[Case]:
         if case.folio == main:
@@ -87,7 +87,7 @@ def _pause_resolving(
                 assert release.wait(20)
         return real(session, case)
 
-    monkeypatch.setattr(casework, "_open_reports", paused)
+    monkeypatch.setattr(casework, "open_reports", paused)
     return reached, release, attempts
 
 

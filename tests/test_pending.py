@@ -719,7 +719,7 @@ def test_the_check_closes_only_once_every_mailbox_was_read_after_the_deadline(
 ) -> None:
     # The hourly check with no poll before it (the daemon's own job): a mailbox whose
     # latest read began before the deadline may hold the answer; read after it, none.
-    from mailcase import casework
+    from mailcase import waits
 
     folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
     desk.agent_reply(desk.notification(folio), f"#pendiente 2\n{QUESTION}")
@@ -729,18 +729,18 @@ def test_the_check_closes_only_once_every_mailbox_was_read_after_the_deadline(
     store = Store.open(settings.database.url, auto_upgrade=False)
     try:
         with store.transaction() as session:
-            assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == []
+            assert waits.close_stale_cases(session, settings, datetime.now(UTC)) == []
             # Both mailboxes' latest reads began before the deadline: both hold it open.
-            held = casework.closings_waiting_for_mail(session, settings, datetime.now(UTC))
+            held = waits.closings_waiting_for_mail(session, settings, datetime.now(UTC))
             assert held == ([folio], ["contacto", "info"])
             # A minute after the deadline (an hour ago, _expire) the next poll may settle
             # it yet: no warning naming healthy mailboxes.
             soon = datetime.now(UTC) - timedelta(minutes=59)
-            assert casework.closings_waiting_for_mail(session, settings, soon) == ([], [])
+            assert waits.closings_waiting_for_mail(session, settings, soon) == ([], [])
         _read_before_deadline(desk, datetime.now(UTC) - timedelta(minutes=1))
         with store.transaction() as session:
-            assert casework.close_stale_cases(session, settings, datetime.now(UTC)) == [folio]
-            held = casework.closings_waiting_for_mail(session, settings, datetime.now(UTC))
+            assert waits.close_stale_cases(session, settings, datetime.now(UTC)) == [folio]
+            held = waits.closings_waiting_for_mail(session, settings, datetime.now(UTC))
             assert held == ([], [])
     finally:
         store.dispose()

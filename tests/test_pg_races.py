@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from helpers import mail, offline_runtime
 from sqlmodel import select
 
-from mailcase import casework, service
+from mailcase import casework, service, waits
 from mailcase.casework import CaseworkError
 from mailcase.imap import FetchedMessage
 from mailcase.models import Case
@@ -32,17 +33,19 @@ def open_case(rt: service.Runtime) -> str:
         return session.exec(select(Case.folio)).one()
 
 
-def pause_in(monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[threading.Event, threading.Event]:
-    """Make ``casework.<name>`` wait, inside its transaction, until released."""
+def pause_in(
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str
+) -> tuple[threading.Event, threading.Event]:
+    """Make ``<module>.<name>`` wait, inside its transaction, until released."""
     reached, release = threading.Event(), threading.Event()
-    real = getattr(casework, name)
+    real = getattr(module, name)
 
     def paused(*args: Any, **kwargs: Any) -> Any:
         reached.set()
         assert release.wait(20)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(casework, name, paused)
+    monkeypatch.setattr(module, name, paused)
     return reached, release
 
 
@@ -55,7 +58,8 @@ def test_the_closing_job_does_not_overwrite_a_reply_that_reopens(
         case = session.exec(select(Case)).one()
         casework.resolve(session, rt.settings, case, "valid", "Se cambió el módem.", by="cli:x")
         case.resolved_at = utcnow() - timedelta(days=8)  # due for cases.close_after_days (7)
-    reached, release = pause_in(monkeypatch, "close")
+    # The closing job's own call of casework.close (mailcase.waits.close_stale_cases).
+    reached, release = pause_in(monkeypatch, waits, "close")
     job = threading.Thread(target=service.close_stale_cases, args=(rt,))
     job.start()
     assert reached.wait(20)  # the job has selected the case and is about to close it
@@ -85,7 +89,7 @@ def test_a_resolution_waits_for_a_closing_and_is_then_refused(
 ) -> None:
     rt = runtime(tmp_path, pg_url)
     folio = open_case(rt)
-    reached, release = pause_in(monkeypatch, "close")
+    reached, release = pause_in(monkeypatch, casework, "close")
 
     def close_it() -> None:
         with rt.store.transaction() as session:
