@@ -316,7 +316,6 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     the CLI door to casework."""
     from mailcase import casework, merging, outages, waits
     from mailcase.notices import queue_notice
-    from mailcase.store import utcnow
 
     by = f"cli:{_operator()}"
     # What the options say is checked before the database is opened (or created).

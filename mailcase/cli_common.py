@@ -51,7 +51,7 @@ def _customer_address(text: str) -> str:
     as a message's sender is (:func:`mailcase.inbound.canonical_address`), so that the
     customer's own mail finds the case; "" for none. UsageError for anything else.
 
-    Looser than :func:`_mail_address`: a customer's domain may be non-ASCII
+    Looser than :func:`mailcase.cli_cases._mail_address`: a customer's domain may be non-ASCII
     (juan@telefonía-señal.mx goes out in its IDNA form), which #participante refuses.
     """
     named = _NAMED_ADDRESS.fullmatch(text.strip())
@@ -82,9 +82,11 @@ def _open_store(settings: Settings, *, create: bool) -> Store:
     """The configured database, upgraded when ``database.auto_upgrade`` allows it.
 
     Which commands may create a missing SQLite database (and its directories):
-    those that write to it, ``run``, ``poll``, ``db upgrade``, ``cases
-    open/resolve/note/visit/route/pending/outage/close/reopen/remind``, ``messages retry`` and
-    ``outbox retry`` (``create=True``). The read-only ones, ``db current``,
+    those that write to it, ``run``, ``poll``, ``db upgrade``, every ``cases`` change
+    (``open``, ``resolve``, ``note``, ``visit``, ``route``, ``type``, ``assign``,
+    ``participant``, ``pending``, ``outage``, ``merge``, ``spam``, ``close``, ``reopen``),
+    ``cases remind``, ``messages retry/release/dismiss`` and ``outbox retry``
+    (``create=True``, or through ``service.Runtime``). The read-only ones, ``db current``,
     ``check``, ``status``, ``report``, ``cases list/show``, ``messages list`` and
     ``outbox list`` (and ``customers forget``: a missing database holds nobody's
     data), refuse a missing file with a sentence naming its path: run as root

@@ -564,10 +564,10 @@ def ingest_message(
     message that fails every later step is kept and can be retried. ``parsed``
     is its parse already done (mailcase.parsing), or None: parsed here.
     ``retry``: its ledger row is quarantined, and is replaced in the same
-    transaction as the new one is written (:func:`retry_message`).
+    transaction as the new one is written (:func:`mailcase.quarantine.retry_message`).
     ``released_by``: likewise for a row set aside as ``spam``, which this person
     released: processed as a person's mail, the filter's verdict not read
-    (:func:`release_message`).
+    (:func:`mailcase.quarantine.release_message`).
     ``first_contact``: no poll of the mailbox has completed yet, so mail that
     reached the server before ``notices.max_age_hours`` is a backlog from before
     mailcase: its cases open silently. Afterwards old mail is still answered
