@@ -254,7 +254,7 @@ def test_a_visit_booked_for_today_without_a_time_can_be_called_off(
     cli = Cli(tmp_path / "mailcase.toml", capsys)
     with (
         mock.patch("mailcase.casework.utcnow", return_value=MORNING),
-        mock.patch("mailcase.store.utcnow", return_value=MORNING),  # the CLI's clock
+        mock.patch("mailcase.cli_cases.utcnow", return_value=MORNING),  # the CLI's clock
     ):
         assert cli("cases", "visit", case.folio, "--date", "2026-11-20")[0] == 0
         code, _, err = cli("cases", "visit", case.folio, "--cancel")
@@ -269,7 +269,7 @@ def test_a_resolution_keeps_todays_visit_without_a_time(tmp_path: Path, capsys: 
     cli = Cli(tmp_path / "mailcase.toml", capsys)
     with (
         mock.patch("mailcase.casework.utcnow", return_value=MORNING),
-        mock.patch("mailcase.store.utcnow", return_value=MORNING),  # the CLI's clock
+        mock.patch("mailcase.cli_cases.utcnow", return_value=MORNING),  # the CLI's clock
     ):
         assert cli("cases", "visit", case.folio, "--date", "2026-11-20")[0] == 0
         resolved = cli("cases", "resolve", case.folio, "--outcome", "valid", "--cause", "Módem.")
