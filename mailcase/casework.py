@@ -7,7 +7,9 @@ happened on the case and queues the notices the written procedure asks for.
 
 Merging two cases (mailcase.merging), the outages (mailcase.outages) and the waits
 for the customer with the closing of stale cases (mailcase.waits) are modules of
-their own, built on this one: it imports none of them.
+their own, built on this one: it imports none of them. A home visit's dates (which
+may be booked, which are still ahead, how one reads) are mailcase.visitdates', which
+this module builds on.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ from mailcase.store import (
     run,
     table,
     utcnow,
+)
+from mailcase.visitdates import (
+    VISIT_MAX_DAYS_AHEAD,
+    clock_text,
+    visit_ahead,
+    visit_cancellable,
+    visit_problem,
+    visit_text,
 )
 from mailcase.wire import FileAttachment
 
@@ -158,45 +168,6 @@ def resolve_problem(status: str, cause: str) -> str | None:
         return "case_resolved"
     if not cause.strip():
         return "missing_cause"
-    return None
-
-
-# When technicians visit homes. An hour outside is a mistake, not a plan: agents
-# write "4:30" for the afternoon, which would tell the customer 4:30 a.m.
-VISIT_HOURS = ("07:00", "21:00")
-# How far ahead a visit may be. Visits are booked days or weeks ahead; one
-# years ahead is a typo in the year (2062 for 2026) that would tell the
-# customer a date nobody will keep.
-VISIT_MAX_DAYS_AHEAD = 180
-
-
-def visit_problem(status: str, day: date, hour: str | None, now_local: datetime) -> str | None:
-    """Why a visit on ``day`` at ``hour`` ("HH:MM") cannot be scheduled, or ``None``.
-
-    ``now_local`` is now in the business's time zone: a visit before it (a
-    typo in the year, say) would tell the customer a date that has passed,
-    and one more than :data:`VISIT_MAX_DAYS_AHEAD` days after it (the same
-    typo the other way) a date nobody will keep. A time outside
-    :data:`VISIT_HOURS` is refused too, and today with no time once those
-    hours are over. A resolved case is reopened first: its resolution told the
-    customer the matter is settled, and the closing that follows would
-    cancel the visit.
-    """
-    if status == CaseStatus.CLOSED:
-        return "case_closed"
-    if status == CaseStatus.RESOLVED:
-        return "case_resolved"
-    today = now_local.date()
-    # Today without a time once visiting hours are over is past too: the customer
-    # would be told to wait for a technician who comes no more today.
-    past = hour if hour is not None else VISIT_HOURS[1]
-    if day < today or (day == today and past < now_local.strftime("%H:%M")):
-        return "visit_in_past"
-    # Compared as a number of days: today + timedelta overflows near date.max.
-    if (day - today).days > VISIT_MAX_DAYS_AHEAD:
-        return "visit_too_far"
-    if hour is not None and not VISIT_HOURS[0] <= hour <= VISIT_HOURS[1]:
-        return "visit_hours"
     return None
 
 
@@ -860,8 +831,8 @@ def schedule_visit(
         # Still ahead: this one replaces it. One that took place (a second visit
         # after a repair that did not hold, today's with no time included) is not
         # cancelled.
-        previous = _visit_text(case.visit_date, case.visit_time, case.language)
-    if previous == _visit_text(day, hour, case.language) or (
+        previous = visit_text(case.visit_date, case.visit_time, case.language)
+    if previous == visit_text(day, hour, case.language) or (
         case.visit_date == day and case.visit_time is None
     ):
         # The same visit again, or its time given now: nothing is cancelled.
@@ -884,40 +855,14 @@ def schedule_visit(
             to=case.customer,
             context={
                 "visit_date": day.isoformat(),
-                "visit_date_text": _visit_text(day, None, case.language),
+                "visit_date_text": visit_text(day, None, case.language),
                 "visit_time": hour or "",
                 "visit_time_text": clock_text(hour, case.language) if hour else "",
                 # A visit scheduled again: the customer is told the old one is off.
                 "previous_visit": previous,
             },
         )
-    _tell_area(session, settings, case, "visit", _visit_text(day, hour, case.language))
-
-
-def visit_ahead(case: Case, now_local: datetime) -> bool:
-    """Whether ``case`` has a home visit still ahead of ``now_local`` (business time).
-
-    Today with no time is not ahead: the technician may have come already (a
-    resolution in the afternoon after the morning's visit), and the customer
-    must never be told a visit that took place was cancelled.
-    """
-    if case.visit_date is None:
-        return False
-    if case.visit_time is None and case.visit_date == now_local.date():
-        return False
-    past = visit_problem(CaseStatus.OPEN, case.visit_date, case.visit_time, now_local)
-    return past != "visit_in_past"
-
-
-def visit_cancellable(case: Case, now_local: datetime) -> bool:
-    """Whether an agent may still call off ``case``'s home visit at ``now_local``: one
-    :func:`visit_ahead`, or today's with no time until visiting hours end (the moment
-    up to which it could be booked: the customer told "today" waits at home until then).
-    """
-    if case.visit_date is None:
-        return False
-    hour = case.visit_time
-    return visit_problem(CaseStatus.OPEN, case.visit_date, hour, now_local) != "visit_in_past"
+    _tell_area(session, settings, case, "visit", visit_text(day, hour, case.language))
 
 
 def cancel_visit(
@@ -981,9 +926,9 @@ def _cancel_visit(
     """Cancel ``case``'s home visit if it is still ahead; the visit as the customer was
     told it, or "" when there was none to cancel (one that took place is kept).
 
-    ``explicit``: the time an agent called it off at (:func:`visit_cancellable`).
-    Without it (a resolution, a closing) today's visit with no time is kept: the
-    technician may have come already.
+    ``explicit``: the time an agent called it off at
+    (:func:`~mailcase.visitdates.visit_cancellable`). Without it (a resolution, a
+    closing) today's visit with no time is kept: the technician may have come already.
     """
     if explicit is not None:
         if not visit_cancellable(case, explicit):
@@ -991,32 +936,13 @@ def _cancel_visit(
     elif not visit_ahead(case, utcnow().astimezone(settings.folio.zone)):
         return ""
     assert case.visit_date is not None  # visit_ahead, visit_cancellable
-    cancelled = _visit_text(case.visit_date, case.visit_time, case.language)
+    cancelled = visit_text(case.visit_date, case.visit_time, case.language)
     when = case.visit_date.isoformat() + (f" {case.visit_time}" if case.visit_time else "")
     case.visit_date = None
     case.visit_time = None
     session.add(case)
     record(session, case, "system", f"home visit of {when} cancelled", from_addr=by)
     return cancelled
-
-
-def _visit_text(day: date | None, hour: str | None, language: str) -> str:
-    """A visit as the customer was told it ("lunes 30 de noviembre de 2026 a las 10:00")."""
-    if day is None:
-        return ""
-    if language == "es":
-        return spanish_date(day) + (f" a las {hour}" if hour else "")
-    return english_date(day) + (f" at {clock_text(hour, language)}" if hour else "")
-
-
-def clock_text(hour: str, language: str) -> str:
-    """A visit's time (``HH:MM``, 24-hour) as the customer reads it: ``16:30`` in
-    Spanish (the written usage in Mexico, as on a bill or an appointment), ``4:30 PM``
-    in English (en-US, where the 24-hour clock reads as military time)."""
-    if language == "es":
-        return hour
-    hours, minutes = (int(part) for part in hour.split(":"))
-    return f"{hours % 12 or 12}:{minutes:02d} {'AM' if hours < 12 else 'PM'}"
 
 
 def route(
@@ -1488,19 +1414,3 @@ def relay(
         attachments=attachments,
     )
     return not queued.held
-
-
-_MONTHS_ES = (
-    *("enero", "febrero", "marzo", "abril", "mayo", "junio"),
-    *("julio", "agosto", "septiembre", "octubre", "noviembre", "diciembre"),
-)
-_DAYS_ES = ["lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"]
-
-
-def spanish_date(day: date) -> str:
-    """``jueves 3 de diciembre de 2026``: dates as customers in Mexico read them."""
-    return f"{_DAYS_ES[day.weekday()]} {day.day} de {_MONTHS_ES[day.month - 1]} de {day.year}"
-
-
-def english_date(day: date) -> str:
-    return day.strftime("%A, %B %-d, %Y")
