@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
-from mailcase import casemail, casework, merging, outages, visitdates, waits
+from mailcase import casemail, casework, merging, outages, visitdates, visits, waits
 from mailcase.classify import OWN_ADDRESS
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import Settings
@@ -609,10 +609,10 @@ def _run_command(
             session, settings, case, command.outcome, text, by=by, record_cause=False
         )
     if kind is CommandKind.VISIT and command.cancel:
-        casework.cancel_visit(session, settings, case, by=by, now_local=now_local)
+        visits.cancel_visit(session, settings, case, by=by, now_local=now_local)
     elif kind is CommandKind.VISIT and command.visit_date is not None:
         hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
-        casework.schedule_visit(
+        visits.schedule_visit(
             session, settings, case, command.visit_date, hour, by=by, now_local=now_local
         )
     elif kind is CommandKind.ROUTE and command.area:

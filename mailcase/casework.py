@@ -5,17 +5,18 @@ cases resolve`` …) and the pipeline all call these, so a case changes the same
 way whichever door the change came through. Each function records what
 happened on the case and queues the notices the written procedure asks for.
 
-Merging two cases (mailcase.merging), the outages (mailcase.outages) and the waits
-for the customer with the closing of stale cases (mailcase.waits) are modules of
-their own, built on this one: it imports none of them. A home visit's dates (which
-may be booked, which are still ahead, how one reads) are mailcase.visitdates', which
-this module builds on.
+Merging two cases (mailcase.merging), the outages (mailcase.outages), the waits
+for the customer with the closing of stale cases (mailcase.waits) and booking or
+calling off a home visit (mailcase.visits) are modules of their own, built on this
+one: it imports none of them. A resolution and a closing cancel a visit still ahead
+here (:func:`cancel_visit_if_ahead`), by the dates' rules of mailcase.visitdates,
+which this module builds on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 import sqlalchemy as sa
@@ -50,7 +51,6 @@ from mailcase.store import (
 )
 from mailcase.visitdates import (
     VISIT_MAX_DAYS_AHEAD,
-    clock_text,
     visit_ahead,
     visit_cancellable,
     visit_problem,
@@ -761,7 +761,7 @@ def resolve(
     case.updated_at = now
     case.pending_until = None  # settled: nothing is waited for any more
     session.add(case)
-    cancelled = _cancel_visit(session, settings, case, by=by)
+    cancelled = cancel_visit_if_ahead(session, settings, case, by=by)
     if record_cause:  # (a mail command's message is recorded by the pipeline itself)
         record(session, case, "agent", cause.strip(), from_addr=by, subject=f"resolve {outcome}")
     if case.customer:
@@ -777,7 +777,7 @@ def resolve(
     detail = f"{words[outcome]}: {case.cause}"
     if cancelled:
         detail += f"\n{words['cancelled']}: {cancelled}"
-    _tell_area(session, settings, case, "resolved", detail)
+    tell_area(session, settings, case, "resolved", detail)
     # The main case of an outage: each report still open is resolved alike, by this same
     # path (its customer's notice under its own folio and language, its visit and wait
     # ended). Reports are never main cases (outages.join_outage), so this goes one level deep.
@@ -802,93 +802,7 @@ def add_note(session: Session, case: Case, text: str, *, by: str) -> None:
     session.add(case)
 
 
-def schedule_visit(
-    session: Session,
-    settings: Settings,
-    case: Case,
-    day: date,
-    hour: str | None,
-    *,
-    by: str,
-    now_local: datetime | None = None,
-) -> None:
-    """Record a home visit and send the customer a notice with its date.
-
-    Refused (:class:`CaseworkError`) on a closed case and for a time already
-    past in the business's time zone (``folio.timezone``) at ``now_local``
-    (default: now): a caller that checked the visit first passes the time it
-    checked at.
-    """
-    now_local = now_local or utcnow().astimezone(settings.folio.zone)
-    refuse(
-        visit_problem(case.status, day, hour, now_local),
-        case,
-        when=f"{day.isoformat()} {hour}" if hour else day.isoformat(),
-        now=now_local.strftime("%Y-%m-%d %H:%M %Z"),
-    )
-    previous = ""
-    if visit_ahead(case, now_local):
-        # Still ahead: this one replaces it. One that took place (a second visit
-        # after a repair that did not hold, today's with no time included) is not
-        # cancelled.
-        previous = visit_text(case.visit_date, case.visit_time, case.language)
-    if previous == visit_text(day, hour, case.language) or (
-        case.visit_date == day and case.visit_time is None
-    ):
-        # The same visit again, or its time given now: nothing is cancelled.
-        previous = ""
-    case.visit_date = day
-    case.visit_time = hour
-    case.updated_at = utcnow()
-    session.add(case)
-    when = f"{day.isoformat()} {hour}" if hour else day.isoformat()
-    record(session, case, "system", f"home visit scheduled for {when}", from_addr=by)
-    # The next step is the company's now, as after #resolver: the wait's end would close
-    # the case "for no answer", cancel this visit and tell the customer both.
-    clear_pending(session, case, by=by, why="a home visit was booked")
-    if case.customer:
-        queue_notice(
-            session,
-            settings,
-            case,
-            "visit",
-            to=case.customer,
-            context={
-                "visit_date": day.isoformat(),
-                "visit_date_text": visit_text(day, None, case.language),
-                "visit_time": hour or "",
-                "visit_time_text": clock_text(hour, case.language) if hour else "",
-                # A visit scheduled again: the customer is told the old one is off.
-                "previous_visit": previous,
-            },
-        )
-    _tell_area(session, settings, case, "visit", visit_text(day, hour, case.language))
-
-
-def cancel_visit(
-    session: Session,
-    settings: Settings,
-    case: Case,
-    *,
-    by: str,
-    now_local: datetime | None = None,
-) -> None:
-    """Cancel ``case``'s home visit and tell the customer (``visit_cancelled``).
-
-    Refused (:class:`CaseworkError`) on a closed case and when there is no visit
-    to call off (:func:`visit_cancellable` at ``now_local``, default now).
-    """
-    now_local = now_local or utcnow().astimezone(settings.folio.zone)
-    if case.status == CaseStatus.CLOSED:
-        refuse("case_closed", case)
-    if not visit_cancellable(case, now_local):
-        refuse("no_visit", case)
-    case.updated_at = utcnow()
-    cancelled = _cancel_visit(session, settings, case, by=by, explicit=now_local)
-    _tell_visit_cancelled(session, settings, case, cancelled)
-
-
-def _tell_visit_cancelled(
+def tell_visit_cancelled(
     session: Session, settings: Settings, case: Case, visit: str, *, customer: bool = True
 ) -> None:
     """Tell the customer (unless not ``customer``), and the area the case is routed to,
@@ -900,10 +814,10 @@ def _tell_visit_cancelled(
             context={"cancelled_visit": visit},
         )  # fmt: skip
     if visit:
-        _tell_area(session, settings, case, "visit_cancelled", visit)
+        tell_area(session, settings, case, "visit_cancelled", visit)
 
 
-def _tell_area(session: Session, settings: Settings, case: Case, reason: str, detail: str) -> None:
+def tell_area(session: Session, settings: Settings, case: Case, reason: str, detail: str) -> None:
     """Tell the area ``case`` is routed to of a change someone else may have made: a
     visit booked or called off, the case resolved (``reason``), with its ``detail``.
 
@@ -915,7 +829,7 @@ def _tell_area(session: Session, settings: Settings, case: Case, reason: str, de
         notify_agents(session, settings, case, reason, text=detail, to=area.notify)
 
 
-def _cancel_visit(
+def cancel_visit_if_ahead(
     session: Session,
     settings: Settings,
     case: Case,
@@ -1058,8 +972,8 @@ def close_with_note(
     case.pending_until = None
     session.add(case)
     record(session, case, "system", note, from_addr=by)
-    cancelled = _cancel_visit(session, settings, case, by=by)
-    _tell_visit_cancelled(session, settings, case, cancelled, customer=tell)
+    cancelled = cancel_visit_if_ahead(session, settings, case, by=by)
+    tell_visit_cancelled(session, settings, case, cancelled, customer=tell)
 
 
 def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:

@@ -314,7 +314,7 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
     the CLI door to casework."""
-    from mailcase import casework, merging, outages, visitdates, waits
+    from mailcase import casework, merging, outages, visitdates, visits, waits
     from mailcase.notices import queue_notice
 
     by = f"cli:{_operator()}"
@@ -433,12 +433,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "note":
                 casework.add_note(session, found, args.text, by=by)
             elif args.action == "visit" and args.cancel:
-                casework.cancel_visit(session, settings, found, by=by, now_local=now_local)
+                visits.cancel_visit(session, settings, found, by=by, now_local=now_local)
             elif args.action == "visit":
                 assert visit is not None  # read above, for this action
-                casework.schedule_visit(
-                    session, settings, found, *visit, by=by, now_local=now_local
-                )
+                visits.schedule_visit(session, settings, found, *visit, by=by, now_local=now_local)
             elif args.action == "participant":
                 casework.add_participant(session, settings, found, participant, by=by)
             elif args.action == "route":

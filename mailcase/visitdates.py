@@ -9,9 +9,9 @@ whether an agent may still call it off; :func:`visit_text` and :func:`clock_text
 a visit as its customer is told it, in Spanish (es-MX) or English. Pure: every answer
 is read from its arguments, ``now_local`` being now in the business's time zone.
 
-mailcase.casework (a visit booked, called off, or cancelled by a resolution or a
-closing; the commands of one reply checked) builds on this module, which imports
-nothing of it.
+mailcase.casework (a visit cancelled by a resolution or a closing, the commands of one
+reply checked) and mailcase.visits (a visit booked or called off) build on this module,
+which imports neither.
 """
 
 from __future__ import annotations
