@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
-from mailcase import casemail, casework, merging, outages, waits
+from mailcase import casemail, casework, merging, outages, visitdates, visits, waits
 from mailcase.classify import OWN_ADDRESS
 from mailcase.commands import Command, CommandKind, command_kind, parse_commands
 from mailcase.config import Settings
@@ -148,7 +148,7 @@ def agent_message(
                 parsed.text,
                 case.status,
                 now_local,
-                visit_ahead=casework.visit_cancellable(case, now_local),
+                visit_ahead=visitdates.visit_cancellable(case, now_local),
                 outage_open=outages.open_outage_main(session, case) is not None,
                 reports_open=outages.has_open_reports(session, case),
                 spam=case.spam_at is not None,
@@ -224,7 +224,7 @@ def agent_message(
     )
     entry_kind = "note" if is_note else "agent"
     casemail.record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
-    visit_was_ahead = casework.visit_cancellable(case, now_local)
+    visit_was_ahead = visitdates.visit_cancellable(case, now_local)
     # The reports a resolution of this main case resolves with it, with a visit still
     # ahead: a phone one's agent is told of that visit's cancellation too, as when it is
     # resolved by hand (untold_changes).
@@ -232,7 +232,7 @@ def agent_message(
         {
             report.id
             for report in outages.outage_reports(session, case)
-            if casework.visit_cancellable(report, now_local)
+            if visitdates.visit_cancellable(report, now_local)
         }
         if CommandKind.RESOLVE in kinds
         else set()
@@ -255,14 +255,14 @@ def agent_message(
     if parsed.commands:
         untold = casework.untold_changes(
             parsed.commands,
-            visit_cancelled=visit_was_ahead and not casework.visit_cancellable(case, now_local),
+            visit_cancelled=visit_was_ahead and not visitdates.visit_cancellable(case, now_local),
         )
         if untold and not case.customer:
             # A phone case: the resolution or visit reached nobody; the agent must call.
             not_relayed(session, settings, case, mail, "no_customer", untold=untold)
         for report in reports:
             if not report.customer:  # a phone report of the outage: the same, under its folio
-                cancelled = report.id in visits_ahead and not casework.visit_cancellable(
+                cancelled = report.id in visits_ahead and not visitdates.visit_cancellable(
                     report, now_local
                 )
                 untold_there = casework.untold(
@@ -609,10 +609,10 @@ def _run_command(
             session, settings, case, command.outcome, text, by=by, record_cause=False
         )
     if kind is CommandKind.VISIT and command.cancel:
-        casework.cancel_visit(session, settings, case, by=by, now_local=now_local)
+        visits.cancel_visit(session, settings, case, by=by, now_local=now_local)
     elif kind is CommandKind.VISIT and command.visit_date is not None:
         hour = command.visit_time.strftime("%H:%M") if command.visit_time else None
-        casework.schedule_visit(
+        visits.schedule_visit(
             session, settings, case, command.visit_date, hour, by=by, now_local=now_local
         )
     elif kind is CommandKind.ROUTE and command.area:

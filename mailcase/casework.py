@@ -5,15 +5,18 @@ cases resolve`` …) and the pipeline all call these, so a case changes the same
 way whichever door the change came through. Each function records what
 happened on the case and queues the notices the written procedure asks for.
 
-Merging two cases (mailcase.merging), the outages (mailcase.outages) and the waits
-for the customer with the closing of stale cases (mailcase.waits) are modules of
-their own, built on this one: it imports none of them.
+Merging two cases (mailcase.merging), the outages (mailcase.outages), the waits
+for the customer with the closing of stale cases (mailcase.waits) and booking or
+calling off a home visit (mailcase.visits) are modules of their own, built on this
+one: it imports none of them. A resolution and a closing cancel a visit still ahead
+here (:func:`cancel_visit_if_ahead`), by the dates' rules of mailcase.visitdates,
+which this module builds on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 import sqlalchemy as sa
@@ -45,6 +48,13 @@ from mailcase.store import (
     run,
     table,
     utcnow,
+)
+from mailcase.visitdates import (
+    VISIT_MAX_DAYS_AHEAD,
+    visit_ahead,
+    visit_cancellable,
+    visit_problem,
+    visit_text,
 )
 from mailcase.wire import FileAttachment
 
@@ -158,45 +168,6 @@ def resolve_problem(status: str, cause: str) -> str | None:
         return "case_resolved"
     if not cause.strip():
         return "missing_cause"
-    return None
-
-
-# When technicians visit homes. An hour outside is a mistake, not a plan: agents
-# write "4:30" for the afternoon, which would tell the customer 4:30 a.m.
-VISIT_HOURS = ("07:00", "21:00")
-# How far ahead a visit may be. Visits are booked days or weeks ahead; one
-# years ahead is a typo in the year (2062 for 2026) that would tell the
-# customer a date nobody will keep.
-VISIT_MAX_DAYS_AHEAD = 180
-
-
-def visit_problem(status: str, day: date, hour: str | None, now_local: datetime) -> str | None:
-    """Why a visit on ``day`` at ``hour`` ("HH:MM") cannot be scheduled, or ``None``.
-
-    ``now_local`` is now in the business's time zone: a visit before it (a
-    typo in the year, say) would tell the customer a date that has passed,
-    and one more than :data:`VISIT_MAX_DAYS_AHEAD` days after it (the same
-    typo the other way) a date nobody will keep. A time outside
-    :data:`VISIT_HOURS` is refused too, and today with no time once those
-    hours are over. A resolved case is reopened first: its resolution told the
-    customer the matter is settled, and the closing that follows would
-    cancel the visit.
-    """
-    if status == CaseStatus.CLOSED:
-        return "case_closed"
-    if status == CaseStatus.RESOLVED:
-        return "case_resolved"
-    today = now_local.date()
-    # Today without a time once visiting hours are over is past too: the customer
-    # would be told to wait for a technician who comes no more today.
-    past = hour if hour is not None else VISIT_HOURS[1]
-    if day < today or (day == today and past < now_local.strftime("%H:%M")):
-        return "visit_in_past"
-    # Compared as a number of days: today + timedelta overflows near date.max.
-    if (day - today).days > VISIT_MAX_DAYS_AHEAD:
-        return "visit_too_far"
-    if hour is not None and not VISIT_HOURS[0] <= hour <= VISIT_HOURS[1]:
-        return "visit_hours"
     return None
 
 
@@ -790,7 +761,7 @@ def resolve(
     case.updated_at = now
     case.pending_until = None  # settled: nothing is waited for any more
     session.add(case)
-    cancelled = _cancel_visit(session, settings, case, by=by)
+    cancelled = cancel_visit_if_ahead(session, settings, case, by=by)
     if record_cause:  # (a mail command's message is recorded by the pipeline itself)
         record(session, case, "agent", cause.strip(), from_addr=by, subject=f"resolve {outcome}")
     if case.customer:
@@ -806,7 +777,7 @@ def resolve(
     detail = f"{words[outcome]}: {case.cause}"
     if cancelled:
         detail += f"\n{words['cancelled']}: {cancelled}"
-    _tell_area(session, settings, case, "resolved", detail)
+    tell_area(session, settings, case, "resolved", detail)
     # The main case of an outage: each report still open is resolved alike, by this same
     # path (its customer's notice under its own folio and language, its visit and wait
     # ended). Reports are never main cases (outages.join_outage), so this goes one level deep.
@@ -831,119 +802,7 @@ def add_note(session: Session, case: Case, text: str, *, by: str) -> None:
     session.add(case)
 
 
-def schedule_visit(
-    session: Session,
-    settings: Settings,
-    case: Case,
-    day: date,
-    hour: str | None,
-    *,
-    by: str,
-    now_local: datetime | None = None,
-) -> None:
-    """Record a home visit and send the customer a notice with its date.
-
-    Refused (:class:`CaseworkError`) on a closed case and for a time already
-    past in the business's time zone (``folio.timezone``) at ``now_local``
-    (default: now): a caller that checked the visit first passes the time it
-    checked at.
-    """
-    now_local = now_local or utcnow().astimezone(settings.folio.zone)
-    refuse(
-        visit_problem(case.status, day, hour, now_local),
-        case,
-        when=f"{day.isoformat()} {hour}" if hour else day.isoformat(),
-        now=now_local.strftime("%Y-%m-%d %H:%M %Z"),
-    )
-    previous = ""
-    if visit_ahead(case, now_local):
-        # Still ahead: this one replaces it. One that took place (a second visit
-        # after a repair that did not hold, today's with no time included) is not
-        # cancelled.
-        previous = _visit_text(case.visit_date, case.visit_time, case.language)
-    if previous == _visit_text(day, hour, case.language) or (
-        case.visit_date == day and case.visit_time is None
-    ):
-        # The same visit again, or its time given now: nothing is cancelled.
-        previous = ""
-    case.visit_date = day
-    case.visit_time = hour
-    case.updated_at = utcnow()
-    session.add(case)
-    when = f"{day.isoformat()} {hour}" if hour else day.isoformat()
-    record(session, case, "system", f"home visit scheduled for {when}", from_addr=by)
-    # The next step is the company's now, as after #resolver: the wait's end would close
-    # the case "for no answer", cancel this visit and tell the customer both.
-    clear_pending(session, case, by=by, why="a home visit was booked")
-    if case.customer:
-        queue_notice(
-            session,
-            settings,
-            case,
-            "visit",
-            to=case.customer,
-            context={
-                "visit_date": day.isoformat(),
-                "visit_date_text": _visit_text(day, None, case.language),
-                "visit_time": hour or "",
-                "visit_time_text": clock_text(hour, case.language) if hour else "",
-                # A visit scheduled again: the customer is told the old one is off.
-                "previous_visit": previous,
-            },
-        )
-    _tell_area(session, settings, case, "visit", _visit_text(day, hour, case.language))
-
-
-def visit_ahead(case: Case, now_local: datetime) -> bool:
-    """Whether ``case`` has a home visit still ahead of ``now_local`` (business time).
-
-    Today with no time is not ahead: the technician may have come already (a
-    resolution in the afternoon after the morning's visit), and the customer
-    must never be told a visit that took place was cancelled.
-    """
-    if case.visit_date is None:
-        return False
-    if case.visit_time is None and case.visit_date == now_local.date():
-        return False
-    past = visit_problem(CaseStatus.OPEN, case.visit_date, case.visit_time, now_local)
-    return past != "visit_in_past"
-
-
-def visit_cancellable(case: Case, now_local: datetime) -> bool:
-    """Whether an agent may still call off ``case``'s home visit at ``now_local``: one
-    :func:`visit_ahead`, or today's with no time until visiting hours end (the moment
-    up to which it could be booked: the customer told "today" waits at home until then).
-    """
-    if case.visit_date is None:
-        return False
-    hour = case.visit_time
-    return visit_problem(CaseStatus.OPEN, case.visit_date, hour, now_local) != "visit_in_past"
-
-
-def cancel_visit(
-    session: Session,
-    settings: Settings,
-    case: Case,
-    *,
-    by: str,
-    now_local: datetime | None = None,
-) -> None:
-    """Cancel ``case``'s home visit and tell the customer (``visit_cancelled``).
-
-    Refused (:class:`CaseworkError`) on a closed case and when there is no visit
-    to call off (:func:`visit_cancellable` at ``now_local``, default now).
-    """
-    now_local = now_local or utcnow().astimezone(settings.folio.zone)
-    if case.status == CaseStatus.CLOSED:
-        refuse("case_closed", case)
-    if not visit_cancellable(case, now_local):
-        refuse("no_visit", case)
-    case.updated_at = utcnow()
-    cancelled = _cancel_visit(session, settings, case, by=by, explicit=now_local)
-    _tell_visit_cancelled(session, settings, case, cancelled)
-
-
-def _tell_visit_cancelled(
+def tell_visit_cancelled(
     session: Session, settings: Settings, case: Case, visit: str, *, customer: bool = True
 ) -> None:
     """Tell the customer (unless not ``customer``), and the area the case is routed to,
@@ -955,10 +814,10 @@ def _tell_visit_cancelled(
             context={"cancelled_visit": visit},
         )  # fmt: skip
     if visit:
-        _tell_area(session, settings, case, "visit_cancelled", visit)
+        tell_area(session, settings, case, "visit_cancelled", visit)
 
 
-def _tell_area(session: Session, settings: Settings, case: Case, reason: str, detail: str) -> None:
+def tell_area(session: Session, settings: Settings, case: Case, reason: str, detail: str) -> None:
     """Tell the area ``case`` is routed to of a change someone else may have made: a
     visit booked or called off, the case resolved (``reason``), with its ``detail``.
 
@@ -970,7 +829,7 @@ def _tell_area(session: Session, settings: Settings, case: Case, reason: str, de
         notify_agents(session, settings, case, reason, text=detail, to=area.notify)
 
 
-def _cancel_visit(
+def cancel_visit_if_ahead(
     session: Session,
     settings: Settings,
     case: Case,
@@ -981,9 +840,9 @@ def _cancel_visit(
     """Cancel ``case``'s home visit if it is still ahead; the visit as the customer was
     told it, or "" when there was none to cancel (one that took place is kept).
 
-    ``explicit``: the time an agent called it off at (:func:`visit_cancellable`).
-    Without it (a resolution, a closing) today's visit with no time is kept: the
-    technician may have come already.
+    ``explicit``: the time an agent called it off at
+    (:func:`~mailcase.visitdates.visit_cancellable`). Without it (a resolution, a
+    closing) today's visit with no time is kept: the technician may have come already.
     """
     if explicit is not None:
         if not visit_cancellable(case, explicit):
@@ -991,32 +850,13 @@ def _cancel_visit(
     elif not visit_ahead(case, utcnow().astimezone(settings.folio.zone)):
         return ""
     assert case.visit_date is not None  # visit_ahead, visit_cancellable
-    cancelled = _visit_text(case.visit_date, case.visit_time, case.language)
+    cancelled = visit_text(case.visit_date, case.visit_time, case.language)
     when = case.visit_date.isoformat() + (f" {case.visit_time}" if case.visit_time else "")
     case.visit_date = None
     case.visit_time = None
     session.add(case)
     record(session, case, "system", f"home visit of {when} cancelled", from_addr=by)
     return cancelled
-
-
-def _visit_text(day: date | None, hour: str | None, language: str) -> str:
-    """A visit as the customer was told it ("lunes 30 de noviembre de 2026 a las 10:00")."""
-    if day is None:
-        return ""
-    if language == "es":
-        return spanish_date(day) + (f" a las {hour}" if hour else "")
-    return english_date(day) + (f" at {clock_text(hour, language)}" if hour else "")
-
-
-def clock_text(hour: str, language: str) -> str:
-    """A visit's time (``HH:MM``, 24-hour) as the customer reads it: ``16:30`` in
-    Spanish (the written usage in Mexico, as on a bill or an appointment), ``4:30 PM``
-    in English (en-US, where the 24-hour clock reads as military time)."""
-    if language == "es":
-        return hour
-    hours, minutes = (int(part) for part in hour.split(":"))
-    return f"{hours % 12 or 12}:{minutes:02d} {'AM' if hours < 12 else 'PM'}"
 
 
 def route(
@@ -1132,8 +972,8 @@ def close_with_note(
     case.pending_until = None
     session.add(case)
     record(session, case, "system", note, from_addr=by)
-    cancelled = _cancel_visit(session, settings, case, by=by)
-    _tell_visit_cancelled(session, settings, case, cancelled, customer=tell)
+    cancelled = cancel_visit_if_ahead(session, settings, case, by=by)
+    tell_visit_cancelled(session, settings, case, cancelled, customer=tell)
 
 
 def set_type(session: Session, case: Case, case_type: str, *, by: str) -> bool:
@@ -1488,19 +1328,3 @@ def relay(
         attachments=attachments,
     )
     return not queued.held
-
-
-_MONTHS_ES = (
-    *("enero", "febrero", "marzo", "abril", "mayo", "junio"),
-    *("julio", "agosto", "septiembre", "octubre", "noviembre", "diciembre"),
-)
-_DAYS_ES = ["lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"]
-
-
-def spanish_date(day: date) -> str:
-    """``jueves 3 de diciembre de 2026``: dates as customers in Mexico read them."""
-    return f"{_DAYS_ES[day.weekday()]} {day.day} de {_MONTHS_ES[day.month - 1]} de {day.year}"
-
-
-def english_date(day: date) -> str:
-    return day.strftime("%A, %B %-d, %Y")

@@ -314,7 +314,7 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
     the CLI door to casework."""
-    from mailcase import casework, merging, outages, waits
+    from mailcase import casework, merging, outages, visitdates, visits, waits
     from mailcase.notices import queue_notice
 
     by = f"cli:{_operator()}"
@@ -407,7 +407,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 raise casework.CaseworkError(f"case {folio} was merged into {into}: work on {into}")
             has_customer = bool(found.customer)
             now_local = utcnow().astimezone(settings.folio.zone)
-            visit_was_ahead = casework.visit_cancellable(found, now_local)
+            visit_was_ahead = visitdates.visit_cancellable(found, now_local)
             if args.action == "resolve":
                 # Its reports' visits ahead, to say which the resolution cancelled (read
                 # before they are locked; the main case, locked, keeps reports from
@@ -415,7 +415,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 visits_ahead = {
                     r.id
                     for r in outages.outage_reports(session, found)
-                    if casework.visit_cancellable(r, now_local)
+                    if visitdates.visit_cancellable(r, now_local)
                 }
                 reports = casework.resolve(
                     session, settings, found, args.outcome, args.cause, by=by
@@ -423,7 +423,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 resolved_reports = [r.folio for r in reports]
                 report_ids = [r.id for r in reports if r.id is not None]
                 for report in (r for r in reports if not r.customer):
-                    cancelled = report.id in visits_ahead and not casework.visit_cancellable(
+                    cancelled = report.id in visits_ahead and not visitdates.visit_cancellable(
                         report, now_local
                     )
                     changes = casework.untold(
@@ -433,12 +433,10 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
             elif args.action == "note":
                 casework.add_note(session, found, args.text, by=by)
             elif args.action == "visit" and args.cancel:
-                casework.cancel_visit(session, settings, found, by=by, now_local=now_local)
+                visits.cancel_visit(session, settings, found, by=by, now_local=now_local)
             elif args.action == "visit":
                 assert visit is not None  # read above, for this action
-                casework.schedule_visit(
-                    session, settings, found, *visit, by=by, now_local=now_local
-                )
+                visits.schedule_visit(session, settings, found, *visit, by=by, now_local=now_local)
             elif args.action == "participant":
                 casework.add_participant(session, settings, found, participant, by=by)
             elif args.action == "route":
@@ -488,7 +486,7 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 changed = casework.mark_spam(session, settings, found, by=by)
             else:
                 changed = casework.reopen(session, found, by=by)
-            visit_cancelled = visit_was_ahead and not casework.visit_cancellable(found, now_local)
+            visit_cancelled = visit_was_ahead and not visitdates.visit_cancellable(found, now_local)
     if args.action == "open" and args.json:
         _print_json({"folio": folio})
     elif not changed and args.action == "type":  # that type already: nothing was recorded

@@ -23,7 +23,6 @@ from mailcase.casework import (
     participants,
     record,
     refuse,
-    visit_cancellable,
 )
 from mailcase.config import Settings
 from mailcase.folio import tagged_subject
@@ -38,6 +37,7 @@ from mailcase.models import (
 )
 from mailcase.notices import queue_notice
 from mailcase.store import utcnow
+from mailcase.visitdates import visit_cancellable
 
 # A merged case points at the one it joined, which may itself be merged later
 # (A into B, then B into C). Merging into a merged case is refused, so there is no

@@ -30,7 +30,6 @@ from mailcase.casework import (
     record,
     refuse,
     route_problem,
-    visit_cancellable,
 )
 from mailcase.commands import PENDING_MAX_DAYS
 from mailcase.config import Settings
@@ -38,6 +37,7 @@ from mailcase.models import Case, CaseMessage, CaseStatus, Checkpoint
 from mailcase.notices import queue_notice
 from mailcase.outages import has_open_reports, open_outage_main
 from mailcase.store import as_utc, utcnow
+from mailcase.visitdates import visit_cancellable
 
 # The history's words for a wait (set_pending), read back by the closing that ends it.
 WAITING_FOR = "waiting for the customer for {days} day(s), until {until}"

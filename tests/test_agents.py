@@ -18,11 +18,11 @@ from helpers import AGENT, CONTACTO, NOTIFY, Cli, DaemonProcess, mail, write_con
 from servers import Dovecot, SmtpSink
 from sqlmodel import col
 
-from mailcase.casework import spanish_date
 from mailcase.config import load_settings
 from mailcase.models import Case
 from mailcase.msgid import verify_message_id
 from mailcase.store import Store
+from mailcase.visitdates import spanish_date
 
 pytestmark = pytest.mark.integration
 

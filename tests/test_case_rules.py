@@ -7,11 +7,12 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from test_triage import CASE, inbound
 
-from mailcase.casework import command_problems, resolve_problem, visit_problem
+from mailcase.casework import command_problems, resolve_problem
 from mailcase.classify import classify
 from mailcase.commands import parse_commands
 from mailcase.models import Disposition
 from mailcase.triage import Facts, triage
+from mailcase.visitdates import visit_problem
 
 NOW = datetime(2026, 11, 27, 10, 0)  # local time in the business's zone
 

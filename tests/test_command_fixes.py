@@ -18,7 +18,7 @@ from helpers import FOLIO
 from test_commands import only_problem
 from test_templates_all import context
 
-from mailcase.casework import command_problems, visit_problem
+from mailcase.casework import command_problems
 from mailcase.commands import (
     PROBLEM_CODES,
     Command,
@@ -30,6 +30,7 @@ from mailcase.commands import (
 from mailcase.inbound import html_to_text, parse_inbound
 from mailcase.quoting import agent_text, new_text, strip_quoted
 from mailcase.render import render_body
+from mailcase.visitdates import visit_problem
 
 NOW = datetime(2026, 11, 27, 10, 0)  # local time in the business's zone
 

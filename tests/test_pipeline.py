@@ -402,7 +402,7 @@ def test_english_visit_notice_writes_the_date_in_english(
 def test_visit_times_read_as_each_language_writes_them(
     hour: str, english: str, spanish: str
 ) -> None:
-    from mailcase.casework import clock_text
+    from mailcase.visitdates import clock_text
 
     assert clock_text(hour, "en") == english
     assert clock_text(hour, "es") == spanish

@@ -289,6 +289,7 @@ def test_a_visit_is_checked_and_booked_at_one_time(tmp_path: Path) -> None:
         mock.patch("mailcase.service.utcnow", return_value=checked),
         mock.patch("mailcase.agentmail.utcnow", return_value=checked),
         mock.patch("mailcase.casework.utcnow", return_value=later),
+        mock.patch("mailcase.visits.utcnow", return_value=later),
     ):
         assert _ingest(rt, reply) == "follow_up"
     assert _cases(rt)[0].visit_time == "09:59"
