@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from mailcase import casework, merging, outages, waits
 from mailcase.casework import FORGOTTEN, is_erased, related_folios
 from mailcase.cli_common import (
     _NAMED_ADDRESS,
@@ -50,6 +51,7 @@ from mailcase.errors import EXIT_OK, NotFoundError
 from mailcase.inbound import MAX_NAME, canonical_address
 from mailcase.merging import merged_target
 from mailcase.models import Case, CaseMessage, CaseStatus, Notice, StoredAttachment
+from mailcase.notices import queue_notice
 from mailcase.outages import outage_reports
 from mailcase.store import case_by_folio, is_deadlock, utcnow
 
@@ -314,9 +316,6 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
     """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
     the CLI door to casework."""
-    from mailcase import casework, merging, outages, waits
-    from mailcase.notices import queue_notice
-
     by = f"cli:{_operator()}"
     # What the options say is checked before the database is opened (or created).
     customer = participant = area = ""
