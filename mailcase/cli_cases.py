@@ -3,7 +3,9 @@
 Every change goes through :mod:`mailcase.casework` in one transaction, as the
 mail commands' do, and what the options say (addresses, folios, dates, areas)
 is read as the mail commands read it and checked before the database is opened
-or created. The notices a change queued are sent once it is committed; what
+or created; each action that changes a case is a class of its own
+(:data:`_CHANGES`), in which that check, the change and what is printed of it
+read together. The notices a change queued are sent once it is committed; what
 cannot be sent stays queued, and a customer without a mail address who was not
 told of a resolution or a visit is said on stderr, so that someone calls them.
 A change PostgreSQL rolled back to end a deadlock is made once more. The
@@ -25,6 +27,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from mailcase import casework, merging, outages, visitdates, visits, waits
 from mailcase.casework import FORGOTTEN, is_erased, related_folios
 from mailcase.cli_common import (
     _NAMED_ADDRESS,
@@ -50,6 +53,7 @@ from mailcase.errors import EXIT_OK, NotFoundError
 from mailcase.inbound import MAX_NAME, canonical_address
 from mailcase.merging import merged_target
 from mailcase.models import Case, CaseMessage, CaseStatus, Notice, StoredAttachment
+from mailcase.notices import queue_notice
 from mailcase.outages import outage_reports
 from mailcase.store import case_by_folio, is_deadlock, utcnow
 
@@ -312,17 +316,108 @@ def _case_change_retried(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _case_change(args: argparse.Namespace, settings: Settings) -> int:
-    """cases open/resolve/note/visit/route/type/assign/pending/outage/close/reopen/merge/spam:
-    the CLI door to casework."""
-    from mailcase import casework, merging, outages, visitdates, visits, waits
-    from mailcase.notices import queue_notice
-
+    """cases open/resolve/note/visit/participant/route/type/assign/pending/merge/outage/close/
+    spam/reopen: the CLI door to casework. What each action does of its own (its options,
+    its change, what is said of it) is its class in :data:`_CHANGES`; here is what they
+    share: the database, the one transaction, the customer to call, the notices sent."""
     by = f"cli:{_operator()}"
     # What the options say is checked before the database is opened (or created).
-    customer = participant = area = ""
-    owner: str | None = None
-    visit: tuple[date, str | None] | None = None
-    if args.action == "open":
+    change = _CHANGES[args.action](args, settings)
+    store = _open_store(settings, create=True)
+    watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
+    with store.transaction() as session:
+        change.make(session, by)
+    change.say()
+    untold = [
+        _UNTOLD_WORDS[c]
+        for c in casework.untold(
+            resolved=change.resolves, booked=change.books, visit_cancelled=change.visit_cancelled
+        )
+    ]
+    if untold and not change.has_customer:
+        # A phone case: no notice was queued, and the customer must still be told
+        # (a visit cancelled by resolving or closing too: nobody must wait at home).
+        print(
+            f"mailcase: case {change.folio} has no customer mail address: the customer was not "
+            f"told of the {' and the '.join(untold)}; call them",
+            file=sys.stderr,
+        )
+    case_ids = [change.case_id, *change.report_ids] if change.case_id is not None else None
+    _deliver_after_commit(store, settings, after=watermark, case_ids=case_ids)
+    return EXIT_OK
+
+
+# casework.untold's changes as the lines that say whom to call name them.
+_UNTOLD_WORDS = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
+
+
+class _CaseChange:
+    """One ``cases`` action that changes a case (:data:`_CHANGES`), its three parts together:
+    the constructor reads its options and checks them before the database is opened (or
+    created); :meth:`apply` makes the change in the command's transaction, on the case
+    locked; :meth:`say` prints what was done, once that is committed (nothing is said of a
+    change rolled back). :meth:`make` is what every action on a case does around its
+    change; ``open``, which makes a case instead, has its own."""
+
+    # What casework.untold counts of the action: a resolution, a visit booked (or moved).
+    resolves = False
+    books = False
+    takes_merged = False  # True: it works on a case merged into another (merge)
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        self.args, self.settings = args, settings
+        self.folio = ""
+        self.case_id: int | None = None  # whose notices the command sends
+        # Whose notices the command sent too (a resolution's reports).
+        self.report_ids: list[int] = []
+        self.changed = True  # False: it was so already, and nothing was recorded
+        self.has_customer = True
+        self.visit_cancelled = False
+
+    def lock(self, session: Session) -> Case | None:
+        """The case the command names, locked (None: there is none)."""
+        return case_by_folio(session, _folio(self.args.folio, self.settings), for_update=True)
+
+    def make(self, session: Session, by: str) -> None:
+        """Lock the case, refuse one that cannot change, :meth:`apply` the change."""
+        found = self.lock(session)
+        if found is None:
+            raise NotFoundError(f"no case with folio {self.args.folio}")
+        if is_erased(found):
+            # Kept for the statistics only: a resolution, a visit or a relay would
+            # go nowhere, and a reopened case would take nobody's mail.
+            raise UsageError(
+                f"case {found.folio}: its customer's data was erased, it cannot change"
+            )
+        self.folio, self.case_id = found.folio, found.id
+        if found.merged_into_id is not None and not self.takes_merged:
+            into = merging.merged_target(session, found).folio
+            raise casework.CaseworkError(
+                f"case {self.folio} was merged into {into}: work on {into}"
+            )
+        self.has_customer = bool(found.customer)
+        now_local = utcnow().astimezone(self.settings.folio.zone)
+        visit_was_ahead = visitdates.visit_cancellable(found, now_local)
+        self.apply(session, found, by, now_local)
+        self.visit_cancelled = visit_was_ahead and not visitdates.visit_cancellable(
+            found, now_local
+        )
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        """Change ``case`` (locked); :attr:`changed` False when it was so already."""
+        raise NotImplementedError
+
+    def say(self) -> None:
+        """Print what was done."""
+        print(f"{self.folio}: {self.args.action} done")
+
+
+class _Open(_CaseChange):
+    """``cases open``: a case received by phone, web or visit; the customer (if they have
+    a mail address) and the agents are told."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        super().__init__(args, settings)
         customer = _customer_address(args.customer)
         if customer == FORGOTTEN:
             raise UsageError(f"--customer {customer} stands for a customer whose data was erased")
@@ -337,228 +432,346 @@ def _case_change(args: argparse.Namespace, settings: Settings) -> int:
                 f"--name is {len(args.name)} characters long: a customer's name has at most "
                 f"{MAX_NAME}"
             )
-    elif args.action == "participant":
-        participant = _mail_address("--add", args.add)
-    elif args.action == "visit" and not args.cancel:
-        visit = _visit_when(args.date, args.time)
-    elif args.action == "route":
-        area = area_key(args.area)
-        if area not in settings.areas:
+        self.customer = customer
+
+    def make(self, session: Session, by: str) -> None:
+        args, settings, customer = self.args, self.settings, self.customer
+        mailbox = args.mailbox or next(iter(settings.mailboxes))
+        if mailbox not in settings.mailboxes:
+            raise NotFoundError(f"no mailbox named {mailbox} in the configuration")
+        case = casework.open_case(
+            settings,
+            session,
+            customer=customer,
+            customer_name=args.name,
+            subject=args.subject,
+            mailbox=mailbox,
+            now=utcnow(),
+            channel=args.channel,
+            language=args.language,
+        )
+        casework.record(
+            session, case, "customer", args.text, from_addr=customer or by, subject=args.subject
+        )
+        if args.type:  # before the agents' notice, which shows it
+            casework.set_type(session, case, args.type, by=by)
+        if customer:
+            queue_notice(session, settings, case, "acknowledgement", to=customer)
+        casework.notify_agents(session, settings, case, "new", text=args.text)
+        self.folio, self.case_id = case.folio, case.id
+
+    def say(self) -> None:
+        if self.args.json:
+            _print_json({"folio": self.folio})
+        else:
+            super().say()
+
+
+class _Resolve(_CaseChange):
+    """``cases resolve``: the customer is told, and so are those of the reports of the
+    outage the case is the main case of, resolved with it."""
+
+    resolves = True
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        super().__init__(args, settings)
+        self.resolved_reports: list[str] = []
+        # The reports with no customer address, by what their customers were not told.
+        self.phone_reports: dict[tuple[str, ...], list[str]] = {}
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        # Its reports' visits ahead, to say which the resolution cancelled (read
+        # before they are locked; the main case, locked, keeps reports from
+        # joining or leaving meanwhile).
+        visits_ahead = {
+            r.id
+            for r in outages.outage_reports(session, case)
+            if visitdates.visit_cancellable(r, now_local)
+        }
+        reports = casework.resolve(
+            session, self.settings, case, self.args.outcome, self.args.cause, by=by
+        )
+        self.resolved_reports = [r.folio for r in reports]
+        self.report_ids = [r.id for r in reports if r.id is not None]
+        for report in (r for r in reports if not r.customer):
+            cancelled = report.id in visits_ahead and not visitdates.visit_cancellable(
+                report, now_local
+            )
+            changes = casework.untold(resolved=True, booked=False, visit_cancelled=cancelled)
+            self.phone_reports.setdefault(tuple(changes), []).append(report.folio)
+
+    def say(self) -> None:
+        super().say()
+        folio = self.folio
+        if self.resolved_reports:
+            print(
+                f"{folio}: resolved with it, the reports of its outage: "
+                f"{', '.join(self.resolved_reports)}"
+            )
+        for missed, folios in self.phone_reports.items():
+            # Their customers have no mail address: nobody told them the failure was corrected,
+            # nor that the technician they wait at home for will not come.
+            words = " and the ".join(_UNTOLD_WORDS[c] for c in missed)
+            print(
+                f"mailcase: reports {', '.join(folios)} have no customer mail address: their "
+                f"customers were not told of the {words}; call them",
+                file=sys.stderr,
+            )
+
+
+class _Note(_CaseChange):
+    """``cases note``: an internal note, which nobody is sent."""
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        casework.add_note(session, case, self.args.text, by=by)
+
+
+class _Visit(_CaseChange):
+    """``cases visit``: a home visit booked (or moved), or the one ahead cancelled
+    (``--cancel``); the customer is told."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        super().__init__(args, settings)
+        self.books = not args.cancel
+        self.visit: tuple[date, str | None] | None = (
+            None if args.cancel else _visit_when(args.date, args.time)
+        )
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        if self.args.cancel:
+            visits.cancel_visit(session, self.settings, case, by=by, now_local=now_local)
+        else:
+            assert self.visit is not None  # read by the constructor, without --cancel
+            visits.schedule_visit(
+                session, self.settings, case, *self.visit, by=by, now_local=now_local
+            )
+
+
+class _AddParticipant(_CaseChange):
+    """``cases participant``: another address may write on the case."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        super().__init__(args, settings)
+        self.participant = _mail_address("--add", args.add)
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        casework.add_participant(session, self.settings, case, self.participant, by=by)
+
+
+class _Route(_CaseChange):
+    """``cases route``: the case goes to an area, which is told."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        super().__init__(args, settings)
+        self.area = area_key(args.area)
+        if self.area not in settings.areas:
             raise UsageError(_unknown_area(args.area, settings))
-    elif args.action == "assign" and not args.none:
-        owner = _agent_address("--to", args.to, settings)
-    store = _open_store(settings, create=True)
-    watermark = _last_notice_id(store)  # the notices above it are the ones this command queues
-    has_customer, visit_cancelled, changed = True, False, True
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        casework.route(session, self.settings, case, self.area, by=by)
+
+
+class _SetType(_CaseChange):
+    """``cases type``: the kind of report the case is."""
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        self.changed = casework.set_type(session, case, self.args.type, by=by)
+
+    def say(self) -> None:
+        if not self.changed:  # that type already: nothing was recorded
+            print(f"{self.folio}: already of type {self.args.type}")
+        else:
+            print(f"{self.folio}: type set to {self.args.type}")
+
+
+class _Assign(_CaseChange):
+    """``cases assign``: the agent who owns the case (``--to``), or nobody (``--none``)."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        super().__init__(args, settings)
+        self.owner: str | None = None if args.none else _agent_address("--to", args.to, settings)
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        # Nobody becomes the owner by running a command: the CLI has no agent
+        # identity, so no auto_assign here, only the owner --to names.
+        self.changed = casework.assign(session, self.settings, case, self.owner, by=by)
+
+    def say(self) -> None:
+        folio, owner = self.folio, self.owner
+        if not self.changed:  # that owner already: nothing was recorded
+            print(f"{folio}: already owned by {owner}" if owner else f"{folio}: already unowned")
+        else:
+            print(f"{folio}: owner set to {owner}" if owner else f"{folio}: owner cleared")
+
+
+class _Pending(_CaseChange):
+    """``cases pending``: the case waits for its customer's answer (``--days``), or no
+    longer does (``--clear``)."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        super().__init__(args, settings)
+        self.days = 0
+        self.deadline: datetime | None = None
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        if self.args.clear:
+            self.changed = casework.clear_pending(session, case, by=by)
+        else:
+            self.days = self.args.days or self.settings.cases.pending_days
+            self.deadline = waits.set_pending(session, self.settings, case, self.days, by=by)
+
+    def say(self) -> None:
+        folio = self.folio
+        if not self.changed:  # --clear of a case not waiting
+            print(f"{folio}: not waiting for the customer")
+        elif self.args.clear:
+            print(f"{folio}: no longer waiting for the customer")
+        else:
+            assert self.deadline is not None
+            zone = self.settings.folio.zone
+            until = self.deadline.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+            print(f"{folio}: waiting for the customer until {until} ({self.days} day(s))")
+
+
+class _Merge(_CaseChange):
+    """``cases merge``: the case is merged into another of the same customer (``--into``),
+    whose folio answers for it from then on; the notices sent are that case's."""
+
+    takes_merged = True
+    target: Case | None = None  # the case --into names, locked with this one
     merged_into = ""
-    target: Case | None = None
-    deadline: datetime | None = None
-    days = 0
+
+    def lock(self, session: Session) -> Case | None:
+        found, self.target = _merge_pair(session, self.settings, self.args.folio, self.args.into)
+        return found
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        target = self.target
+        if target is None:
+            raise NotFoundError(f"no case with folio {self.args.into}")
+        if is_erased(target):
+            raise UsageError(
+                f"case {target.folio}: its customer's data was erased, nothing merges into it"
+            )
+        merging.merge(
+            session,
+            self.settings,
+            case,
+            target,
+            by=by,
+            tell_customer=not self.args.no_notice,
+            now_local=now_local,
+        )
+        self.merged_into, self.case_id = target.folio, target.id
+
+    def say(self) -> None:
+        print(f"{self.folio}: merged into {self.merged_into}")
+
+
+class _Outage(_CaseChange):
+    """``cases outage``: the case is made a report of the outage followed in a main case
+    (``--of``), or no report of an outage any more (``--clear``)."""
+
+    target: Case | None = None  # the main case --of names, locked with this one
     outage_main = ""
-    resolved_reports: list[str] = []
-    report_ids: list[int] = []  # whose notices the command sent too (a resolution's reports)
-    # The reports with no customer address, by what their customers were not told.
-    phone_reports: dict[tuple[str, ...], list[str]] = {}
-    with store.transaction() as session:
-        if args.action == "open":
-            mailbox = args.mailbox or next(iter(settings.mailboxes))
-            if mailbox not in settings.mailboxes:
-                raise NotFoundError(f"no mailbox named {mailbox} in the configuration")
-            case = casework.open_case(
-                settings,
-                session,
-                customer=customer,
-                customer_name=args.name,
-                subject=args.subject,
-                mailbox=mailbox,
-                now=utcnow(),
-                channel=args.channel,
-                language=args.language,
+
+    def lock(self, session: Session) -> Case | None:
+        if not self.args.of:
+            return super().lock(session)
+        # Both locked in id order, as a merge's: a report joining while its main
+        # case is resolved (PostgreSQL) waits, and is then refused (resolved).
+        found, self.target = _merge_pair(session, self.settings, self.args.folio, self.args.of)
+        return found
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        if self.args.clear:
+            self.changed = outages.leave_outage(session, case, by=by)
+            return
+        target = self.target
+        if target is None:
+            raise NotFoundError(f"no case with folio {self.args.of}")
+        if is_erased(target):
+            raise UsageError(
+                f"case {target.folio}: its customer's data was erased, it follows no outage"
             )
-            casework.record(
-                session, case, "customer", args.text, from_addr=customer or by, subject=args.subject
-            )
-            if args.type:  # before the agents' notice, which shows it
-                casework.set_type(session, case, args.type, by=by)
-            if customer:
-                queue_notice(session, settings, case, "acknowledgement", to=customer)
-            casework.notify_agents(session, settings, case, "new", text=args.text)
-            folio, case_id = case.folio, case.id
-        else:
-            if args.action == "merge":
-                found, target = _merge_pair(session, settings, args.folio, args.into)
-            elif args.action == "outage" and args.of:
-                # Both locked in id order, as a merge's: a report joining while its main
-                # case is resolved (PostgreSQL) waits, and is then refused (resolved).
-                found, target = _merge_pair(session, settings, args.folio, args.of)
+        self.changed = outages.join_outage(
+            session, self.settings, case, target, by=by, tell_customer=not self.args.no_notice
+        )
+        self.outage_main = target.folio
+
+    def say(self) -> None:
+        folio, outage_main = self.folio, self.outage_main
+        if not self.changed:  # as it was: nothing was recorded
+            if outage_main:
+                print(f"{folio}: already a report of the outage {outage_main}")
             else:
-                found = case_by_folio(session, _folio(args.folio, settings), for_update=True)
-            if found is None:
-                raise NotFoundError(f"no case with folio {args.folio}")
-            if is_erased(found):
-                # Kept for the statistics only: a resolution, a visit or a relay would
-                # go nowhere, and a reopened case would take nobody's mail.
-                raise UsageError(
-                    f"case {found.folio}: its customer's data was erased, it cannot change"
-                )
-            folio, case_id = found.folio, found.id
-            if found.merged_into_id is not None and args.action != "merge":
-                into = merging.merged_target(session, found).folio
-                raise casework.CaseworkError(f"case {folio} was merged into {into}: work on {into}")
-            has_customer = bool(found.customer)
-            now_local = utcnow().astimezone(settings.folio.zone)
-            visit_was_ahead = visitdates.visit_cancellable(found, now_local)
-            if args.action == "resolve":
-                # Its reports' visits ahead, to say which the resolution cancelled (read
-                # before they are locked; the main case, locked, keeps reports from
-                # joining or leaving meanwhile).
-                visits_ahead = {
-                    r.id
-                    for r in outages.outage_reports(session, found)
-                    if visitdates.visit_cancellable(r, now_local)
-                }
-                reports = casework.resolve(
-                    session, settings, found, args.outcome, args.cause, by=by
-                )
-                resolved_reports = [r.folio for r in reports]
-                report_ids = [r.id for r in reports if r.id is not None]
-                for report in (r for r in reports if not r.customer):
-                    cancelled = report.id in visits_ahead and not visitdates.visit_cancellable(
-                        report, now_local
-                    )
-                    changes = casework.untold(
-                        resolved=True, booked=False, visit_cancelled=cancelled
-                    )
-                    phone_reports.setdefault(tuple(changes), []).append(report.folio)
-            elif args.action == "note":
-                casework.add_note(session, found, args.text, by=by)
-            elif args.action == "visit" and args.cancel:
-                visits.cancel_visit(session, settings, found, by=by, now_local=now_local)
-            elif args.action == "visit":
-                assert visit is not None  # read above, for this action
-                visits.schedule_visit(session, settings, found, *visit, by=by, now_local=now_local)
-            elif args.action == "participant":
-                casework.add_participant(session, settings, found, participant, by=by)
-            elif args.action == "route":
-                casework.route(session, settings, found, area, by=by)
-            elif args.action == "type":
-                changed = casework.set_type(session, found, args.type, by=by)
-            elif args.action == "assign":
-                # Nobody becomes the owner by running a command: the CLI has no agent
-                # identity, so no auto_assign here, only the owner --to names.
-                changed = casework.assign(session, settings, found, owner, by=by)
-            elif args.action == "pending" and args.clear:
-                changed = casework.clear_pending(session, found, by=by)
-            elif args.action == "pending":
-                days = args.days or settings.cases.pending_days
-                deadline = waits.set_pending(session, settings, found, days, by=by)
-            elif args.action == "merge":
-                if target is None:
-                    raise NotFoundError(f"no case with folio {args.into}")
-                if is_erased(target):
-                    raise UsageError(
-                        f"case {target.folio}: its customer's data was erased, nothing merges "
-                        "into it"
-                    )
-                merging.merge(
-                    session, settings, found, target, by=by,
-                    tell_customer=not args.no_notice, now_local=now_local,
-                )  # fmt: skip
-                merged_into, case_id = target.folio, target.id
-            elif args.action == "outage" and args.clear:
-                changed = outages.leave_outage(session, found, by=by)
-            elif args.action == "outage":
-                if target is None:
-                    raise NotFoundError(f"no case with folio {args.of}")
-                if is_erased(target):
-                    raise UsageError(
-                        f"case {target.folio}: its customer's data was erased, it follows no outage"
-                    )
-                changed = outages.join_outage(
-                    session, settings, found, target, by=by, tell_customer=not args.no_notice
-                )
-                outage_main = target.folio
-            elif args.action == "close":
-                changed = casework.close(session, settings, found, by=by)
-            elif args.action == "spam" and args.undo:
-                changed = casework.unmark_spam(session, found, by=by)
-            elif args.action == "spam":
-                changed = casework.mark_spam(session, settings, found, by=by)
-            else:
-                changed = casework.reopen(session, found, by=by)
-            visit_cancelled = visit_was_ahead and not visitdates.visit_cancellable(found, now_local)
-    if args.action == "open" and args.json:
-        _print_json({"folio": folio})
-    elif not changed and args.action == "type":  # that type already: nothing was recorded
-        print(f"{folio}: already of type {args.type}")
-    elif not changed and args.action == "assign":  # that owner already: nothing was recorded
-        print(f"{folio}: already owned by {owner}" if owner else f"{folio}: already unowned")
-    elif not changed and args.action == "pending":  # --clear of a case not waiting
-        print(f"{folio}: not waiting for the customer")
-    elif args.action == "pending" and args.clear:
-        print(f"{folio}: no longer waiting for the customer")
-    elif args.action == "pending":
-        assert deadline is not None
-        until = deadline.astimezone(settings.folio.zone).strftime("%Y-%m-%d %H:%M %Z")
-        print(f"{folio}: waiting for the customer until {until} ({days} day(s))")
-    elif not changed and args.action == "outage":  # as it was: nothing was recorded
-        if outage_main:
-            print(f"{folio}: already a report of the outage {outage_main}")
-        else:
-            print(f"{folio}: not a report of an outage")
-    elif args.action == "outage":
-        if outage_main:
+                print(f"{folio}: not a report of an outage")
+        elif outage_main:
             print(f"{folio}: report of the outage {outage_main}")
         else:
             print(f"{folio}: no longer a report of an outage")
-    elif args.action == "spam":
-        if args.undo:
+
+
+class _Close(_CaseChange):
+    """``cases close``: closed, with no notice (but for a visit ahead it cancels)."""
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        self.changed = casework.close(session, self.settings, case, by=by)
+
+    def say(self) -> None:
+        if not self.changed:  # closed already: nothing was recorded
+            print(f"{self.folio}: already closed")
+        else:
+            super().say()
+
+
+class _Spam(_CaseChange):
+    """``cases spam``: the case is marked spam the filter missed, or not (``--undo``)."""
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        if self.args.undo:
+            self.changed = casework.unmark_spam(session, case, by=by)
+        else:
+            self.changed = casework.mark_spam(session, self.settings, case, by=by)
+
+    def say(self) -> None:
+        folio, changed = self.folio, self.changed
+        if self.args.undo:
             print(f"{folio}: spam mark removed" if changed else f"{folio}: not marked spam")
         else:
             print(f"{folio}: marked spam" if changed else f"{folio}: already marked spam")
-    elif not changed:  # closed or open already: nothing was recorded
-        print(f"{folio}: already {'closed' if args.action == 'close' else 'open'}")
-    elif args.action == "type":
-        print(f"{folio}: type set to {args.type}")
-    elif args.action == "assign":
-        print(f"{folio}: owner set to {owner}" if owner else f"{folio}: owner cleared")
-    elif merged_into:
-        print(f"{folio}: merged into {merged_into}")
-    else:
-        print(f"{folio}: {args.action} done")
-    if resolved_reports:
-        print(
-            f"{folio}: resolved with it, the reports of its outage: {', '.join(resolved_reports)}"
-        )
-    words = {"resolve": "resolution", "visit": "visit", "visit_cancelled": "cancelled visit"}
-    for missed, folios in phone_reports.items():
-        # Their customers have no mail address: nobody told them the failure was corrected,
-        # nor that the technician they wait at home for will not come.
-        print(
-            f"mailcase: reports {', '.join(folios)} have no customer mail address: their "
-            f"customers were not told of the {' and the '.join(words[c] for c in missed)}; "
-            "call them",
-            file=sys.stderr,
-        )
-    untold = [
-        words[change]
-        for change in casework.untold(
-            resolved=args.action == "resolve",
-            booked=args.action == "visit" and not args.cancel,
-            visit_cancelled=visit_cancelled,
-        )
-    ]
-    if untold and not has_customer:
-        # A phone case: no notice was queued, and the customer must still be told
-        # (a visit cancelled by resolving or closing too: nobody must wait at home).
-        print(
-            f"mailcase: case {folio} has no customer mail address: the customer was not "
-            f"told of the {' and the '.join(untold)}; call them",
-            file=sys.stderr,
-        )
-    case_ids = [case_id, *report_ids] if case_id is not None else None
-    _deliver_after_commit(store, settings, after=watermark, case_ids=case_ids)
-    return EXIT_OK
+
+
+class _Reopen(_CaseChange):
+    """``cases reopen``: the case is open again."""
+
+    def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
+        self.changed = casework.reopen(session, case, by=by)
+
+    def say(self) -> None:
+        if not self.changed:  # open already: nothing was recorded
+            print(f"{self.folio}: already open")
+        else:
+            super().say()
+
+
+# The ``cases`` actions that change a case (build_parser names them), by name.
+_CHANGES: dict[str, type[_CaseChange]] = {
+    "open": _Open,
+    "resolve": _Resolve,
+    "note": _Note,
+    "visit": _Visit,
+    "participant": _AddParticipant,
+    "route": _Route,
+    "type": _SetType,
+    "assign": _Assign,
+    "pending": _Pending,
+    "merge": _Merge,
+    "outage": _Outage,
+    "close": _Close,
+    "spam": _Spam,
+    "reopen": _Reopen,
+}
 
 
 def _merge_pair(
