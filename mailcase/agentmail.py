@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from mailcase import casemail, casework, merging, outages, waits
 from mailcase.classify import OWN_ADDRESS
-from mailcase.commands import Command, CommandKind, command_kind, parse_commands
+from mailcase.commands import Command, CommandKind, ParsedCommands, command_kind, parse_commands
 from mailcase.config import Settings
 from mailcase.errors import MessageError, TemplateError
 from mailcase.folio import find_folios
@@ -31,7 +31,7 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, CaseStatus, KeyValue, Notice
 from mailcase.msgid import proofs_in, signed_ids_in
 from mailcase.notices import base_context, queue_notice, signing_key
-from mailcase.quoting import agent_text, shared_signature, without_known_signature
+from mailcase.quoting import AgentText, agent_text, shared_signature, without_known_signature
 from mailcase.replies import render_reply, reply_names
 from mailcase.store import as_utc, case_by_folio, hashed_key, insert_if_absent, utcnow
 from mailcase.triage import Decision, takes_replies
@@ -63,135 +63,17 @@ def agent_message(
 ) -> None:
     """A verified agent wrote on ``case``: run its commands, or relay its words."""
     settings = rt.settings
-    # Only what the agent wrote: a reply that is nothing but the quoted notice
-    # must not relay the internal notice to the customer. An HTML-only reply
-    # is cut where its markup starts the quote, which no attribution wording
-    # can hide (inbound.html_texts).
-    written = agent_text(mail.text if mail.text_above_quote is None else mail.text_above_quote)
-    parsed = parse_commands(_without_signature_of(session, mail.sender, written.text))
+    written, parsed = _what_the_agent_wrote(session, mail)
     by = mail.sender
-    problems = [{"line": p.line, "problem": p.problem} for p in parsed.problems]
-    problems += [
-        {"line": c.line, "problem": "unknown_area"}
-        for c in parsed.commands
-        if c.kind is CommandKind.ROUTE and c.area not in settings.areas
-    ]
-    problems += [
-        {"line": c.line, "problem": "bad_participant"}
-        for c in parsed.commands
-        if c.kind is CommandKind.PARTICIPANT
-        and casework.participant_problem(settings, case, c.address or "")
-    ]
-    # Only an agent can be responsible for a case: a typo in the address would leave it
-    # to nobody while everyone thought it was someone's.
-    problems += [
-        {"line": c.line, "problem": "unknown_agent"}
-        for c in parsed.commands
-        if c.kind is CommandKind.ASSIGN
-        and c.owner is not None
-        and c.owner not in settings.agents.addresses
-    ]
     # One clock for the whole reply: a visit checked at 09:59:59 and booked at
     # 10:00:00 was refused inside the transaction, and the reply quarantined.
     now_local = utcnow().astimezone(settings.folio.zone)
-    for c in parsed.commands:
-        if c.kind is CommandKind.MERGE:
-            into = _merge_target(session, settings, c)
-            merge_problem = (
-                merging.merge_problem(
-                    case,
-                    into,
-                    now_local,
-                    source_is_main=casework.is_outage_main(session, case),
-                    target_is_main=casework.is_outage_main(session, into),
-                )
-                if into
-                else "unknown_folio"
-            )
-            if merge_problem:
-                problems.append({"line": c.line, "problem": merge_problem})
-        elif c.kind is CommandKind.SPAM and not c.stop:
-            spam_problem = casework.spam_problem(
-                case, is_main=casework.is_outage_main(session, case)
-            )
-            if spam_problem:
-                problems.append({"line": c.line, "problem": spam_problem})
-        elif c.kind is CommandKind.OUTAGE and c.update:
-            if not casework.is_outage_main(session, case):
-                problems.append({"line": c.line, "problem": "outage_not_main"})
-        elif c.kind is CommandKind.OUTAGE and not c.stop:
-            main = _merge_target(session, settings, c)
-            outage_problem = (
-                outages.outage_problem(
-                    case, main, case_is_main=casework.is_outage_main(session, case)
-                )
-                if main
-                else "unknown_folio"
-            )
-            if outage_problem:
-                problems.append({"line": c.line, "problem": outage_problem})
-    # A canned reply that exists in neither language (mailcase.replies): the agent is
-    # told which ones do, in the command_error notice.
-    replies = reply_names(settings.templates.directory)
-    problems += [
-        {"line": c.line, "problem": "unknown_reply"}
-        for c in parsed.commands
-        if c.kind is CommandKind.REPLY and c.reply not in replies
-    ]
-    if written.notice_line:  # our notice is in the text, and where it starts is unknown
-        problems.append({"line": written.notice_line, "problem": "quoted_notice"})
-    if not problems:  # what the case's state and the reply's other commands forbid
-        problems += [
-            {"line": line, "problem": code}
-            for line, code in casework.command_problems(
-                parsed.commands,
-                parsed.text,
-                case.status,
-                now_local,
-                visit_ahead=casework.visit_cancellable(case, now_local),
-                outage_open=outages.open_outage_main(session, case) is not None,
-                reports_open=outages.has_open_reports(session, case),
-                spam=case.spam_at is not None,
-            )
-        ]
+    problems = _problems(session, settings, case, written, parsed, now_local)
     canned = ""
     if not problems:
-        # "#respuesta": rendered before anything runs. An admin's file that does not render
-        # (a typo, a name no case has, Latin-1, or a failure on this case's data, such as
-        # a name's first word when there is no name) raised out of this message: every
-        # poll of the mailbox stopped on it, or the agent's reply was quarantined unsaid.
-        # The agent is told instead, and the poll goes on.
-        try:
-            canned = _canned_reply(settings, case, parsed.commands)
-        except (TemplateError, MessageError) as exc:
-            line = next(c.line for c in parsed.commands if c.kind is CommandKind.REPLY)
-            get_logger().warning("canned_reply_broken", folio=case.folio, error=str(exc))
-            problems.append({"line": line, "problem": "reply_broken"})
+        canned, problems = _rendered_canned_reply(settings, case, parsed.commands)
     if problems:
-        # One bad command and nothing runs: a typo such as "#ntoa" must not
-        # let an internal note reach the customer as relayed text, and a
-        # misspelt area must not leave the resolution above it half done.
-        casemail.record_inbound(rt, session, case, mail, raw_sha, "note")
-        queue_notice(
-            session,
-            settings,
-            case,
-            "command_error",
-            to=mail.sender,
-            context={
-                "problems": problems,
-                # The areas are listed when a line about one went wrong.
-                "about_areas": any(
-                    command_kind(str(p["line"])) is CommandKind.ROUTE for p in problems
-                ),
-                # And the agents, when an "#asignar" named someone who is not one.
-                "agents": list(settings.agents.addresses),
-                "about_agents": any(p["problem"] == "unknown_agent" for p in problems),
-                # And the canned replies, when a "#respuesta" named none of them.
-                "about_replies": any(p["problem"] == "unknown_reply" for p in problems),
-            },
-            in_reply_to=mail.message_id,
-        )
+        _refuse(rt, session, case, mail, raw_sha, problems)
         return
     kinds = {c.kind for c in parsed.commands}
     own = parsed.text.strip()
@@ -381,6 +263,175 @@ def agent_message(
             session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
             pending_dropped=dropped, outage_news=outage_news and reason == "attachments",
         )  # fmt: skip
+
+
+def _what_the_agent_wrote(session: Session, mail: InboundMail) -> tuple[AgentText, ParsedCommands]:
+    """The new text of the agent's ``mail`` (:func:`quoting.agent_text`, with the line of
+    our notice it still holds) and the commands parsed from it, read without the
+    signature the agent's mail client adds (learnt and kept as :func:`_without_signature_of`
+    does: the only write here)."""
+    # Only what the agent wrote: a reply that is nothing but the quoted notice
+    # must not relay the internal notice to the customer. An HTML-only reply
+    # is cut where its markup starts the quote, which no attribution wording
+    # can hide (inbound.html_texts).
+    written = agent_text(mail.text if mail.text_above_quote is None else mail.text_above_quote)
+    return written, parse_commands(_without_signature_of(session, mail.sender, written.text))
+
+
+def _problems(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    written: AgentText,
+    parsed: ParsedCommands,
+    now_local: datetime,
+) -> list[dict[str, str]]:
+    """What keeps the agent's reply on ``case`` from running, each problem with the line it
+    is about, in the order the agent is told them; [] when every command may run.
+
+    Every command is checked here, before any of them runs, at ``now_local`` (the time
+    they run at); nothing is changed (the cases a ``#fusionar`` or ``#masivo`` names are
+    locked, as for running). A ``#respuesta``'s file is rendered after these pass
+    (:func:`_rendered_canned_reply`).
+    """
+    problems = [{"line": p.line, "problem": p.problem} for p in parsed.problems]
+    problems += [
+        {"line": c.line, "problem": "unknown_area"}
+        for c in parsed.commands
+        if c.kind is CommandKind.ROUTE and c.area not in settings.areas
+    ]
+    problems += [
+        {"line": c.line, "problem": "bad_participant"}
+        for c in parsed.commands
+        if c.kind is CommandKind.PARTICIPANT
+        and casework.participant_problem(settings, case, c.address or "")
+    ]
+    # Only an agent can be responsible for a case: a typo in the address would leave it
+    # to nobody while everyone thought it was someone's.
+    problems += [
+        {"line": c.line, "problem": "unknown_agent"}
+        for c in parsed.commands
+        if c.kind is CommandKind.ASSIGN
+        and c.owner is not None
+        and c.owner not in settings.agents.addresses
+    ]
+    for c in parsed.commands:
+        if c.kind is CommandKind.MERGE:
+            into = _merge_target(session, settings, c)
+            merge_problem = (
+                merging.merge_problem(
+                    case,
+                    into,
+                    now_local,
+                    source_is_main=casework.is_outage_main(session, case),
+                    target_is_main=casework.is_outage_main(session, into),
+                )
+                if into
+                else "unknown_folio"
+            )
+            if merge_problem:
+                problems.append({"line": c.line, "problem": merge_problem})
+        elif c.kind is CommandKind.SPAM and not c.stop:
+            spam_problem = casework.spam_problem(
+                case, is_main=casework.is_outage_main(session, case)
+            )
+            if spam_problem:
+                problems.append({"line": c.line, "problem": spam_problem})
+        elif c.kind is CommandKind.OUTAGE and c.update:
+            if not casework.is_outage_main(session, case):
+                problems.append({"line": c.line, "problem": "outage_not_main"})
+        elif c.kind is CommandKind.OUTAGE and not c.stop:
+            main = _merge_target(session, settings, c)
+            outage_problem = (
+                outages.outage_problem(
+                    case, main, case_is_main=casework.is_outage_main(session, case)
+                )
+                if main
+                else "unknown_folio"
+            )
+            if outage_problem:
+                problems.append({"line": c.line, "problem": outage_problem})
+    # A canned reply that exists in neither language (mailcase.replies): the agent is
+    # told which ones do, in the command_error notice.
+    replies = reply_names(settings.templates.directory)
+    problems += [
+        {"line": c.line, "problem": "unknown_reply"}
+        for c in parsed.commands
+        if c.kind is CommandKind.REPLY and c.reply not in replies
+    ]
+    if written.notice_line:  # our notice is in the text, and where it starts is unknown
+        problems.append({"line": written.notice_line, "problem": "quoted_notice"})
+    if not problems:  # what the case's state and the reply's other commands forbid
+        problems += [
+            {"line": line, "problem": code}
+            for line, code in casework.command_problems(
+                parsed.commands,
+                parsed.text,
+                case.status,
+                now_local,
+                visit_ahead=casework.visit_cancellable(case, now_local),
+                outage_open=outages.open_outage_main(session, case) is not None,
+                reports_open=outages.has_open_reports(session, case),
+                spam=case.spam_at is not None,
+            )
+        ]
+    return problems
+
+
+def _rendered_canned_reply(
+    settings: Settings, case: Case, commands: Sequence[Command]
+) -> tuple[str, list[dict[str, str]]]:
+    """The canned reply a ``#respuesta`` of ``commands`` names, rendered for ``case``
+    (:func:`_canned_reply`: "" without one), and no problem; or "" and the
+    ``reply_broken`` problem of that line when its file does not render (logged as
+    ``canned_reply_broken``): a file that does not render stops nothing else."""
+    # "#respuesta": rendered before anything runs. An admin's file that does not render
+    # (a typo, a name no case has, Latin-1, or a failure on this case's data, such as
+    # a name's first word when there is no name) raised out of this message: every
+    # poll of the mailbox stopped on it, or the agent's reply was quarantined unsaid.
+    # The agent is told instead, and the poll goes on.
+    try:
+        return _canned_reply(settings, case, commands), []
+    except (TemplateError, MessageError) as exc:
+        line = next(c.line for c in commands if c.kind is CommandKind.REPLY)
+        get_logger().warning("canned_reply_broken", folio=case.folio, error=str(exc))
+        return "", [{"line": line, "problem": "reply_broken"}]
+
+
+def _refuse(
+    rt: Runtime,
+    session: Session,
+    case: Case,
+    mail: InboundMail,
+    raw_sha: str,
+    problems: list[dict[str, str]],
+) -> None:
+    """Keep the agent's ``mail`` on ``case`` as a note, and tell the agent its ``problems``
+    (a ``command_error`` notice): none of its commands runs, none of its words reaches
+    the customer."""
+    settings = rt.settings
+    # One bad command and nothing runs: a typo such as "#ntoa" must not
+    # let an internal note reach the customer as relayed text, and a
+    # misspelt area must not leave the resolution above it half done.
+    casemail.record_inbound(rt, session, case, mail, raw_sha, "note")
+    queue_notice(
+        session,
+        settings,
+        case,
+        "command_error",
+        to=mail.sender,
+        context={
+            "problems": problems,
+            # The areas are listed when a line about one went wrong.
+            "about_areas": any(command_kind(str(p["line"])) is CommandKind.ROUTE for p in problems),
+            # And the agents, when an "#asignar" named someone who is not one.
+            "agents": list(settings.agents.addresses),
+            "about_agents": any(p["problem"] == "unknown_agent" for p in problems),
+            # And the canned replies, when a "#respuesta" named none of them.
+            "about_replies": any(p["problem"] == "unknown_reply" for p in problems),
+        },
+        in_reply_to=mail.message_id,
+    )
 
 
 # The commands whose reply's text reaches the customer: a resolution's causes, a canned
