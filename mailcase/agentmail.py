@@ -15,6 +15,7 @@ and why, the agent is told (``not_relayed``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -75,37 +76,9 @@ def agent_message(
     if problems:
         _refuse(rt, session, case, mail, raw_sha, problems)
         return
-    kinds = {c.kind for c in parsed.commands}
-    own = parsed.text.strip()
-    # "#respuesta": the canned reply goes below the agent's own words, as one relayed reply
-    # (the question the case waits on, with "#pendiente"). The case keeps the agent's own
-    # words as their message (the relay notice keeps the whole text): the signature their
-    # mail client adds is learnt from the end of those (_without_signature_of).
-    text = "\n\n".join(part for part in (own, canned) if part)
-    # Words addressed to others (a colleague, a contractor, the agents' list), a support
-    # mailbox only in copy: the agent told them something, not the customer. Kept as a
-    # note, as Zammad keeps such mail as an internal article; the agent is told. Only
-    # a reply without commands: a command was typed on purpose, and runs as in any
-    # reply, with what it sends the customer (#resolver's causes, #pendiente's question).
-    copied = not parsed.commands and _only_copied(session, settings, case, mail)
-    # A remark sent back to one of our side notices ("Yo no envié eso", "Enterado, se lo
-    # llevo en la visita") is for colleagues, not the customer: kept as a note.
-    side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
-    # "#pendiente" relays its text as a plain reply does: the question the case waits on.
-    asks_to_wait = bool(text) and any(
-        c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands
-    )
-    # "#masivo aviso" too, and to every open report's customer: news of the outage.
-    news = any(c.kind is CommandKind.OUTAGE and c.update for c in parsed.commands)
-    asks = asks_to_wait or (bool(text) and news)
-    is_note = (
-        side
-        or copied
-        or CommandKind.NOTE in kinds
-        or (kinds and not kinds & _RELAYING and not asks)
-    )
-    entry_kind = "note" if is_note else "agent"
-    casemail.record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
+    reply = _where_the_words_go(session, settings, case, mail, parsed, canned, now_local)
+    entry_kind = "note" if reply.is_note else "agent"
+    casemail.record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=reply.own)
     visit_was_ahead = casework.visit_cancellable(case, now_local)
     # The reports a resolution of this main case resolves with it, with a visit still
     # ahead: a phone one's agent is told of that visit's cancellation too, as when it is
@@ -116,16 +89,23 @@ def agent_message(
             for report in outages.outage_reports(session, case)
             if casework.visit_cancellable(report, now_local)
         }
-        if CommandKind.RESOLVE in kinds
+        if CommandKind.RESOLVE in reply.kinds
         else set()
     )
     waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
     reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
-    for command in parsed.commands:
+    for command in reply.commands:
         reports += _run_command(
-            session, settings, case, command, own, by, now_local, note=own if is_note else ""
+            session,
+            settings,
+            case,
+            command,
+            reply.own,
+            by,
+            now_local,
+            note=reply.own if reply.is_note else "",
         )
-    if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
+    if reply.kinds & _ANSWERS and CommandKind.ASSIGN not in reply.kinds:
         # A resolution or a visit answers the customer (on a phone case the agent is
         # told to call them): its agent follows the case up, unless the same reply
         # said who does.
@@ -134,9 +114,9 @@ def agent_message(
         # customer's reply on one reopens it with nobody following it up otherwise.
         for report in reports:
             casework.assign_on_answer(session, settings, report, by)
-    if parsed.commands:
+    if reply.commands:
         untold = casework.untold_changes(
-            parsed.commands,
+            reply.commands,
             visit_cancelled=visit_was_ahead and not casework.visit_cancellable(case, now_local),
         )
         if untold and not case.customer:
@@ -151,7 +131,7 @@ def agent_message(
                     resolved=True, booked=False, visit_cancelled=cancelled
                 )
                 not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
-        if news and not text:
+        if reply.news and not reply.text:
             # An empty "#masivo aviso" (the news written below the quote, or forgotten):
             # nothing went to anyone, and the agent is told, as for any empty reply.
             not_relayed(
@@ -159,7 +139,7 @@ def agent_message(
                 attachments=[a.filename for a in _agent_files(mail)],
             )  # fmt: skip
             return
-        if not asks and CommandKind.REPLY not in kinds:
+        if not reply.asks and CommandKind.REPLY not in reply.kinds:
             return
     reached_a_report = False
     news_kept: list[list[str]] = [[], []]  # the news' files left out: too big, withheld
@@ -167,14 +147,14 @@ def agent_message(
     # go on to a customer: judged once, for the reports' customers and the case's alike.
     attached = _agent_files(mail)
     relayable: tuple[list[FileAttachment], list[str], list[str]] | None = None
-    if news:
+    if reply.news:
         # Each report's customer, under their own folio; the main case's, below, as any reply.
         relayable = _relayable(
             attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
         )
         files, *news_kept = relayable
         told = outages.tell_outage_reports(
-            session, settings, case, text, agent_name=mail.sender_name, attachments=files
+            session, settings, case, reply.text, agent_name=mail.sender_name, attachments=files
         )
         # The agent learns, under each report's folio, whose customer the news did not
         # reach (a phone report: call them; held: a loop, most likely), as for one case.
@@ -186,30 +166,30 @@ def agent_message(
     # answer all the same (the reminders count it as one).
     if casemail.to_customer(case, mail):
         if case.spam_at is not None:  # the agent wrote to the spammer; nothing more goes
-            if canned:
+            if reply.canned:
                 not_relayed(session, settings, case, mail, "spam")
             return
-        if CommandKind.ASSIGN not in kinds:
+        if CommandKind.ASSIGN not in reply.kinds:
             casework.assign_on_answer(session, settings, case, by)
         # The customer has the agent's words, from the agent; the canned reply they named
         # is only in mailcase's hands: relayed alone (it was skipped, and nobody told).
-        if canned and not casework.relay(
-            session, settings, case, canned, agent_name=mail.sender_name
+        if reply.canned and not casework.relay(
+            session, settings, case, reply.canned, agent_name=mail.sender_name
         ):
             # Their own mail did reach the customer: only the canned reply is to send again.
-            name = next((c.reply for c in parsed.commands if c.reply), "") or ""
+            name = next((c.reply for c in reply.commands if c.reply), "") or ""
             not_relayed(session, settings, case, mail, "held", canned_only=name)
         return
-    if copied:  # nobody was answered: no owner taken either
+    if reply.copied:  # nobody was answered: no owner taken either
         not_relayed(session, settings, case, mail, "copied")
         return
-    if side:
+    if reply.side:
         not_relayed(session, settings, case, mail, "side_notice")
         return
     attachments = [a.filename for a in attached]
     reason = (
         "no_text"
-        if not text
+        if not reply.text
         else "no_customer"
         if not case.customer
         # Marked spam (#spam): its "customer" is whoever the spammer forged; a case
@@ -231,18 +211,18 @@ def agent_message(
             attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
         )
         if casework.relay(
-            session, settings, case, text, agent_name=mail.sender_name, attachments=sent
+            session, settings, case, reply.text, agent_name=mail.sender_name, attachments=sent
         ):
             kept = too_big + withheld
             reason, attachments = ("attachments", kept) if kept else ("", [])
-            if CommandKind.ASSIGN not in kinds:  # "#asignar nadie" keeps the case nobody's
+            if CommandKind.ASSIGN not in reply.kinds:  # "#asignar nadie" keeps the case nobody's
                 casework.assign_on_answer(session, settings, case, by)
         else:
             reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
     # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
     # wait for an answer to it, nor tell the customer at the deadline they gave none.
     # A wait already running (a question that did reach them, or asked by phone) stands.
-    dropped = asks_to_wait and reason in ("held", "no_customer", "closed")
+    dropped = reply.asks_to_wait and reason in ("held", "no_customer", "closed")
     if dropped:
         waits.restore_pending(
             session, case, waited_until, by=by, why="the question did not reach the customer"
@@ -252,7 +232,7 @@ def agent_message(
         # suggests): the news went to the reports' customers, and "your reply reached
         # nobody" would be false; the phone reports were named one by one above.
         reason = ""
-    outage_news = news and reached_a_report
+    outage_news = reply.news and reached_a_report
     if outage_news and not reason and (news_kept[0] or news_kept[1]):
         # The files the news went without, to every report's customer: on a phone main
         # case nothing else says so (its own notice is the one suppressed just above).
@@ -431,6 +411,82 @@ def _refuse(
             "about_replies": any(p["problem"] == "unknown_reply" for p in problems),
         },
         in_reply_to=mail.message_id,
+    )
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """An agent's reply whose commands all passed their checks, and where its words go
+    (:func:`_where_the_words_go`): what the steps after the checks share."""
+
+    commands: tuple[Command, ...]
+    kinds: frozenset[CommandKind]
+    own: str  # the agent's own words: what the case keeps as their message
+    canned: str  # the canned reply a "#respuesta" named, rendered; "" without one
+    text: str  # what is relayed: the agent's own words, then the canned reply
+    now_local: datetime  # one clock for the whole reply
+    copied: bool  # addressed to others, with a support mailbox only in copy
+    side: bool  # a remark sent back to one of our side notices
+    asks_to_wait: bool  # "#pendiente" with a question to relay
+    news: bool  # "#masivo aviso": news of the outage, for every report's customer too
+    asks: bool  # a question or news to relay, whatever the other commands
+    is_note: bool  # kept as a note on the case, not as the agent's answer
+
+
+def _where_the_words_go(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    parsed: ParsedCommands,
+    canned: str,
+    now_local: datetime,
+) -> _Reply:
+    """The checked reply ``parsed`` from the agent's ``mail`` on ``case``, with what is to be
+    relayed and whether its words are a note (for colleagues), an answer to the customer,
+    or neither (commands only). Changes nothing."""
+    kinds = frozenset(c.kind for c in parsed.commands)
+    own = parsed.text.strip()
+    # "#respuesta": the canned reply goes below the agent's own words, as one relayed reply
+    # (the question the case waits on, with "#pendiente"). The case keeps the agent's own
+    # words as their message (the relay notice keeps the whole text): the signature their
+    # mail client adds is learnt from the end of those (_without_signature_of).
+    text = "\n\n".join(part for part in (own, canned) if part)
+    # Words addressed to others (a colleague, a contractor, the agents' list), a support
+    # mailbox only in copy: the agent told them something, not the customer. Kept as a
+    # note, as Zammad keeps such mail as an internal article; the agent is told. Only
+    # a reply without commands: a command was typed on purpose, and runs as in any
+    # reply, with what it sends the customer (#resolver's causes, #pendiente's question).
+    copied = not parsed.commands and _only_copied(session, settings, case, mail)
+    # A remark sent back to one of our side notices ("Yo no envié eso", "Enterado, se lo
+    # llevo en la visita") is for colleagues, not the customer: kept as a note.
+    side = not parsed.commands and not copied and _answers_a_side_notice(session, settings, mail)
+    # "#pendiente" relays its text as a plain reply does: the question the case waits on.
+    asks_to_wait = bool(text) and any(
+        c.kind is CommandKind.PENDING and not c.stop for c in parsed.commands
+    )
+    # "#masivo aviso" too, and to every open report's customer: news of the outage.
+    news = any(c.kind is CommandKind.OUTAGE and c.update for c in parsed.commands)
+    asks = asks_to_wait or (bool(text) and news)
+    is_note = bool(
+        side
+        or copied
+        or CommandKind.NOTE in kinds
+        or (kinds and not kinds & _RELAYING and not asks)
+    )
+    return _Reply(
+        commands=parsed.commands,
+        kinds=kinds,
+        own=own,
+        canned=canned,
+        text=text,
+        now_local=now_local,
+        copied=copied,
+        side=side,
+        asks_to_wait=asks_to_wait,
+        news=news,
+        asks=asks,
+        is_note=is_note,
     )
 
 
