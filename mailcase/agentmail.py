@@ -79,58 +79,9 @@ def agent_message(
     reply = _where_the_words_go(session, settings, case, mail, parsed, canned, now_local)
     entry_kind = "note" if reply.is_note else "agent"
     casemail.record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=reply.own)
-    visit_was_ahead = casework.visit_cancellable(case, now_local)
-    # The reports a resolution of this main case resolves with it, with a visit still
-    # ahead: a phone one's agent is told of that visit's cancellation too, as when it is
-    # resolved by hand (untold_changes).
-    visits_ahead = (
-        {
-            report.id
-            for report in outages.outage_reports(session, case)
-            if casework.visit_cancellable(report, now_local)
-        }
-        if CommandKind.RESOLVE in reply.kinds
-        else set()
-    )
     waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
-    reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
-    for command in reply.commands:
-        reports += _run_command(
-            session,
-            settings,
-            case,
-            command,
-            reply.own,
-            by,
-            now_local,
-            note=reply.own if reply.is_note else "",
-        )
-    if reply.kinds & _ANSWERS and CommandKind.ASSIGN not in reply.kinds:
-        # A resolution or a visit answers the customer (on a phone case the agent is
-        # told to call them): its agent follows the case up, unless the same reply
-        # said who does.
-        casework.assign_on_answer(session, settings, case, by)
-        # So does each report its resolution resolved, as if resolved one by one: a
-        # customer's reply on one reopens it with nobody following it up otherwise.
-        for report in reports:
-            casework.assign_on_answer(session, settings, report, by)
+    _run_commands(session, settings, case, mail, reply)
     if reply.commands:
-        untold = casework.untold_changes(
-            reply.commands,
-            visit_cancelled=visit_was_ahead and not casework.visit_cancellable(case, now_local),
-        )
-        if untold and not case.customer:
-            # A phone case: the resolution or visit reached nobody; the agent must call.
-            not_relayed(session, settings, case, mail, "no_customer", untold=untold)
-        for report in reports:
-            if not report.customer:  # a phone report of the outage: the same, under its folio
-                cancelled = report.id in visits_ahead and not casework.visit_cancellable(
-                    report, now_local
-                )
-                untold_there = casework.untold(
-                    resolved=True, booked=False, visit_cancelled=cancelled
-                )
-                not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
         if reply.news and not reply.text:
             # An empty "#masivo aviso" (the news written below the quote, or forgotten):
             # nothing went to anyone, and the agent is told, as for any empty reply.
@@ -488,6 +439,89 @@ def _where_the_words_go(
         asks=asks,
         is_note=is_note,
     )
+
+
+def _run_commands(
+    session: Session, settings: Settings, case: Case, mail: InboundMail, reply: _Reply
+) -> None:
+    """Carry out every command of the checked ``reply`` on ``case``, in order
+    (:func:`_run_command`, at ``reply.now_local``). A resolution or a visit makes the agent
+    who wrote ``mail`` follow up the case, and each report the resolution resolved with
+    it, unless the reply said who does; then the agent is told what no customer was told
+    (:func:`_tell_untold_changes`)."""
+    by = mail.sender
+    now_local = reply.now_local
+    visit_was_ahead = casework.visit_cancellable(case, now_local)
+    # The reports a resolution of this main case resolves with it, with a visit still
+    # ahead: a phone one's agent is told of that visit's cancellation too, as when it is
+    # resolved by hand (untold_changes).
+    visits_ahead = (
+        {
+            report.id
+            for report in outages.outage_reports(session, case)
+            if casework.visit_cancellable(report, now_local)
+        }
+        if CommandKind.RESOLVE in reply.kinds
+        else set()
+    )
+    reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
+    for command in reply.commands:
+        reports += _run_command(
+            session,
+            settings,
+            case,
+            command,
+            reply.own,
+            by,
+            now_local,
+            note=reply.own if reply.is_note else "",
+        )
+    if reply.kinds & _ANSWERS and CommandKind.ASSIGN not in reply.kinds:
+        # A resolution or a visit answers the customer (on a phone case the agent is
+        # told to call them): its agent follows the case up, unless the same reply
+        # said who does.
+        casework.assign_on_answer(session, settings, case, by)
+        # So does each report its resolution resolved, as if resolved one by one: a
+        # customer's reply on one reopens it with nobody following it up otherwise.
+        for report in reports:
+            casework.assign_on_answer(session, settings, report, by)
+    if reply.commands:
+        _tell_untold_changes(
+            session, settings, case, mail, reply, reports, visit_was_ahead, visits_ahead
+        )
+
+
+def _tell_untold_changes(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    reply: _Reply,
+    reports: list[Case],
+    visit_was_ahead: bool,
+    visits_ahead: set[int | None],
+) -> None:
+    """Tell the agent who wrote ``mail`` (``not_relayed``, ``no_customer``) which changes the
+    commands of ``reply`` made that reached nobody: on ``case`` when it has no customer
+    address (a phone case: the agent must call), and under the folio of each of the
+    ``reports`` its resolution resolved that has none. ``visit_was_ahead`` and
+    ``visits_ahead``: the visits still ahead before the commands ran, on ``case`` and
+    on those reports."""
+    now_local = reply.now_local
+    untold = casework.untold_changes(
+        reply.commands,
+        visit_cancelled=visit_was_ahead and not casework.visit_cancellable(case, now_local),
+    )
+    if untold and not case.customer:
+        # A phone case: the resolution or visit reached nobody; the agent must call.
+        not_relayed(session, settings, case, mail, "no_customer", untold=untold)
+    for report in reports:
+        if not report.customer:  # a phone report of the outage: the same, under its folio
+            cancelled = report.id in visits_ahead and not casework.visit_cancellable(
+                report, now_local
+            )
+            untold_there = casework.untold(resolved=True, booked=False, visit_cancelled=cancelled)
+            not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
 
 
 # The commands whose reply's text reaches the customer: a resolution's causes, a canned
