@@ -65,7 +65,6 @@ def agent_message(
     """A verified agent wrote on ``case``: run its commands, or relay its words."""
     settings = rt.settings
     written, parsed = _what_the_agent_wrote(session, mail)
-    by = mail.sender
     # One clock for the whole reply: a visit checked at 09:59:59 and booked at
     # 10:00:00 was refused inside the transaction, and the reply quarantined.
     now_local = utcnow().astimezone(settings.folio.zone)
@@ -92,108 +91,7 @@ def agent_message(
             return
         if not reply.asks and CommandKind.REPLY not in reply.kinds:
             return
-    reached_a_report = False
-    news_kept: list[list[str]] = [[], []]  # the news' files left out: too big, withheld
-    # What the agent attached, not a signature's logo (_agent_files), and of it what may
-    # go on to a customer: judged once, for the reports' customers and the case's alike.
-    attached = _agent_files(mail)
-    relayable: tuple[list[FileAttachment], list[str], list[str]] | None = None
-    if reply.news:
-        # Each report's customer, under their own folio; the main case's, below, as any reply.
-        relayable = _relayable(
-            attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
-        )
-        files, *news_kept = relayable
-        told = outages.tell_outage_reports(
-            session, settings, case, reply.text, agent_name=mail.sender_name, attachments=files
-        )
-        # The agent learns, under each report's folio, whose customer the news did not
-        # reach (a phone report: call them; held: a loop, most likely), as for one case.
-        for report, why in told:
-            if why:
-                not_relayed(session, settings, report, mail, why, outage_main=case.folio)
-        reached_a_report = any(not why for _, why in told)
-    # Written straight to the customer with the mailbox in Cc: already sent, and an
-    # answer all the same (the reminders count it as one).
-    if casemail.to_customer(case, mail):
-        if case.spam_at is not None:  # the agent wrote to the spammer; nothing more goes
-            if reply.canned:
-                not_relayed(session, settings, case, mail, "spam")
-            return
-        if CommandKind.ASSIGN not in reply.kinds:
-            casework.assign_on_answer(session, settings, case, by)
-        # The customer has the agent's words, from the agent; the canned reply they named
-        # is only in mailcase's hands: relayed alone (it was skipped, and nobody told).
-        if reply.canned and not casework.relay(
-            session, settings, case, reply.canned, agent_name=mail.sender_name
-        ):
-            # Their own mail did reach the customer: only the canned reply is to send again.
-            name = next((c.reply for c in reply.commands if c.reply), "") or ""
-            not_relayed(session, settings, case, mail, "held", canned_only=name)
-        return
-    if reply.copied:  # nobody was answered: no owner taken either
-        not_relayed(session, settings, case, mail, "copied")
-        return
-    if reply.side:
-        not_relayed(session, settings, case, mail, "side_notice")
-        return
-    attachments = [a.filename for a in attached]
-    reason = (
-        "no_text"
-        if not reply.text
-        else "no_customer"
-        if not case.customer
-        # Marked spam (#spam): its "customer" is whoever the spammer forged; a case
-        # resolved before the mark would take replies by the rule below.
-        else "spam"
-        if case.spam_at is not None
-        # The customer's answer to it would open a new case (triage: a closed case
-        # takes no more mail), far from the question the agent asked.
-        else "closed"
-        if case.status == CaseStatus.CLOSED
-        and not takes_replies(
-            case.status, as_utc(case.resolved_at), utcnow(), settings.cases.reopen_days
-        )
-        else ""
-    )
-    withheld: list[str] = []
-    if not reason:
-        sent, too_big, withheld = relayable or _relayable(
-            attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
-        )
-        if casework.relay(
-            session, settings, case, reply.text, agent_name=mail.sender_name, attachments=sent
-        ):
-            kept = too_big + withheld
-            reason, attachments = ("attachments", kept) if kept else ("", [])
-            if CommandKind.ASSIGN not in reply.kinds:  # "#asignar nadie" keeps the case nobody's
-                casework.assign_on_answer(session, settings, case, by)
-        else:
-            reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
-    # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
-    # wait for an answer to it, nor tell the customer at the deadline they gave none.
-    # A wait already running (a question that did reach them, or asked by phone) stands.
-    dropped = reply.asks_to_wait and reason in ("held", "no_customer", "closed")
-    if dropped:
-        waits.restore_pending(
-            session, case, waited_until, by=by, why="the question did not reach the customer"
-        )
-    if reason == "no_customer" and reached_a_report:
-        # A main case with no customer address (the outage opened by the desk, as README
-        # suggests): the news went to the reports' customers, and "your reply reached
-        # nobody" would be false; the phone reports were named one by one above.
-        reason = ""
-    outage_news = reply.news and reached_a_report
-    if outage_news and not reason and (news_kept[0] or news_kept[1]):
-        # The files the news went without, to every report's customer: on a phone main
-        # case nothing else says so (its own notice is the one suppressed just above).
-        withheld = news_kept[1]
-        reason, attachments = "attachments", news_kept[0] + withheld
-    if reason:  # the agent learns what did not reach the customer
-        not_relayed(
-            session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
-            pending_dropped=dropped, outage_news=outage_news and reason == "attachments",
-        )  # fmt: skip
+    _relay(session, settings, case, mail, reply, waited_until)
 
 
 def _what_the_agent_wrote(session: Session, mail: InboundMail) -> tuple[AgentText, ParsedCommands]:
@@ -522,6 +420,178 @@ def _tell_untold_changes(
             )
             untold_there = casework.untold(resolved=True, booked=False, visit_cancelled=cancelled)
             not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
+
+
+def _relay(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    reply: _Reply,
+    waited_until: datetime | None,
+) -> None:
+    """Send the words of ``reply`` on to whoever they are for: a ``#masivo aviso``'s news to
+    every open report's customer of the outage whose main case ``case`` is; the words and
+    the files that may go on to ``case``'s customer, or only the canned reply when the
+    agent's ``mail`` went to them already; nothing when it was meant for others (copied,
+    or an answer to a side notice). A ``#pendiente`` whose question reached nobody puts
+    the case's wait back to ``waited_until``. The agent is told what did not reach a
+    customer, and why (:func:`not_relayed`)."""
+    by = mail.sender
+    reached_a_report = False
+    news_kept: list[list[str]] = [[], []]  # the news' files left out: too big, withheld
+    # What the agent attached, not a signature's logo (_agent_files), and of it what may
+    # go on to a customer: judged once, for the reports' customers and the case's alike.
+    attached = _agent_files(mail)
+    relayable: tuple[list[FileAttachment], list[str], list[str]] | None = None
+    if reply.news:
+        # Each report's customer, under their own folio; the main case's, below, as any reply.
+        relayable, reached_a_report = _send_outage_news(
+            session, settings, case, mail, reply.text, attached
+        )
+        _, *news_kept = relayable
+    # Written straight to the customer with the mailbox in Cc: already sent, and an
+    # answer all the same (the reminders count it as one).
+    if casemail.to_customer(case, mail):
+        _after_mail_to_customer(session, settings, case, mail, reply)
+        return
+    if reply.copied:  # nobody was answered: no owner taken either
+        not_relayed(session, settings, case, mail, "copied")
+        return
+    if reply.side:
+        not_relayed(session, settings, case, mail, "side_notice")
+        return
+    reason, attachments, withheld = _relay_to_customer(
+        session, settings, case, mail, reply, attached, relayable
+    )
+    # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
+    # wait for an answer to it, nor tell the customer at the deadline they gave none.
+    # A wait already running (a question that did reach them, or asked by phone) stands.
+    dropped = reply.asks_to_wait and reason in ("held", "no_customer", "closed")
+    if dropped:
+        waits.restore_pending(
+            session, case, waited_until, by=by, why="the question did not reach the customer"
+        )
+    if reason == "no_customer" and reached_a_report:
+        # A main case with no customer address (the outage opened by the desk, as README
+        # suggests): the news went to the reports' customers, and "your reply reached
+        # nobody" would be false; the phone reports were named one by one above.
+        reason = ""
+    outage_news = reply.news and reached_a_report
+    if outage_news and not reason and (news_kept[0] or news_kept[1]):
+        # The files the news went without, to every report's customer: on a phone main
+        # case nothing else says so (its own notice is the one suppressed just above).
+        withheld = news_kept[1]
+        reason, attachments = "attachments", news_kept[0] + withheld
+    if reason:  # the agent learns what did not reach the customer
+        not_relayed(
+            session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
+            pending_dropped=dropped, outage_news=outage_news and reason == "attachments",
+        )  # fmt: skip
+
+
+def _send_outage_news(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    text: str,
+    attached: list[Attachment],
+) -> tuple[tuple[list[FileAttachment], list[str], list[str]], bool]:
+    """Send ``text``, a ``#masivo aviso`` on the main case ``case``, with those of the agent's
+    ``attached`` files that may go on, to each open report's customer, under the report's
+    folio; tell the agent under each report's folio whose customer it did not reach. The
+    files judged (:func:`_relayable`: sent, too big, withheld), and whether the news
+    reached a report's customer."""
+    relayable = _relayable(
+        attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
+    )
+    files = relayable[0]
+    told = outages.tell_outage_reports(
+        session, settings, case, text, agent_name=mail.sender_name, attachments=files
+    )
+    # The agent learns, under each report's folio, whose customer the news did not
+    # reach (a phone report: call them; held: a loop, most likely), as for one case.
+    for report, why in told:
+        if why:
+            not_relayed(session, settings, report, mail, why, outage_main=case.folio)
+    return relayable, any(not why for _, why in told)
+
+
+def _after_mail_to_customer(
+    session: Session, settings: Settings, case: Case, mail: InboundMail, reply: _Reply
+) -> None:
+    """The agent's ``mail`` went to ``case``'s customer directly (the mailbox in Cc): the
+    agent follows the case up, unless the reply said who does, and the canned reply it
+    named is relayed alone; nothing more goes to a case marked spam. The agent is told
+    when that canned reply did not go (``not_relayed``: spam, held)."""
+    by = mail.sender
+    if case.spam_at is not None:  # the agent wrote to the spammer; nothing more goes
+        if reply.canned:
+            not_relayed(session, settings, case, mail, "spam")
+        return
+    if CommandKind.ASSIGN not in reply.kinds:
+        casework.assign_on_answer(session, settings, case, by)
+    # The customer has the agent's words, from the agent; the canned reply they named
+    # is only in mailcase's hands: relayed alone (it was skipped, and nobody told).
+    if reply.canned and not casework.relay(
+        session, settings, case, reply.canned, agent_name=mail.sender_name
+    ):
+        # Their own mail did reach the customer: only the canned reply is to send again.
+        name = next((c.reply for c in reply.commands if c.reply), "") or ""
+        not_relayed(session, settings, case, mail, "held", canned_only=name)
+
+
+def _relay_to_customer(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    reply: _Reply,
+    attached: list[Attachment],
+    relayable: tuple[list[FileAttachment], list[str], list[str]] | None,
+) -> tuple[str, list[str], list[str]]:
+    """Relay the text of ``reply`` to ``case``'s customer with those of the agent's
+    ``attached`` files that may go on (``relayable``: as judged for the outage's news
+    already), when there is text and a customer to take it; the agent who wrote ``mail``
+    then follows the case up, unless the reply said who does. What did not reach the
+    customer: the reason ("" when all did), the files to name, and of those the ones
+    withheld."""
+    by = mail.sender
+    attachments = [a.filename for a in attached]
+    reason = (
+        "no_text"
+        if not reply.text
+        else "no_customer"
+        if not case.customer
+        # Marked spam (#spam): its "customer" is whoever the spammer forged; a case
+        # resolved before the mark would take replies by the rule below.
+        else "spam"
+        if case.spam_at is not None
+        # The customer's answer to it would open a new case (triage: a closed case
+        # takes no more mail), far from the question the agent asked.
+        else "closed"
+        if case.status == CaseStatus.CLOSED
+        and not takes_replies(
+            case.status, as_utc(case.resolved_at), utcnow(), settings.cases.reopen_days
+        )
+        else ""
+    )
+    withheld: list[str] = []
+    if not reason:
+        sent, too_big, withheld = relayable or _relayable(
+            attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
+        )
+        if casework.relay(
+            session, settings, case, reply.text, agent_name=mail.sender_name, attachments=sent
+        ):
+            kept = too_big + withheld
+            reason, attachments = ("attachments", kept) if kept else ("", [])
+            if CommandKind.ASSIGN not in reply.kinds:  # "#asignar nadie" keeps the case nobody's
+                casework.assign_on_answer(session, settings, case, by)
+        else:
+            reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
+    return reason, attachments, withheld
 
 
 # The commands whose reply's text reaches the customer: a resolution's causes, a canned
