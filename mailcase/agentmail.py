@@ -293,7 +293,7 @@ def _where_the_words_go(
 ) -> _Reply:
     """The checked reply ``parsed`` from the agent's ``mail`` on ``case``, with what is to be
     relayed and whether its words are a note (for colleagues), an answer to the customer,
-    or neither (commands only). Changes nothing."""
+    or neither (commands only)."""
     kinds = frozenset(c.kind for c in parsed.commands)
     own = parsed.text.strip()
     # "#respuesta": the canned reply goes below the agent's own words, as one relayed reply
