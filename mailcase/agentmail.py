@@ -15,6 +15,7 @@ and why, the agent is told (``not_relayed``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from mailcase import casemail, casework, merging, outages, visitdates, visits, waits
 from mailcase.classify import OWN_ADDRESS
-from mailcase.commands import Command, CommandKind, command_kind, parse_commands
+from mailcase.commands import Command, CommandKind, ParsedCommands, command_kind, parse_commands
 from mailcase.config import Settings
 from mailcase.errors import MessageError, TemplateError
 from mailcase.folio import find_folios
@@ -31,7 +32,7 @@ from mailcase.logs import get_logger
 from mailcase.models import Case, CaseMessage, CaseStatus, KeyValue, Notice
 from mailcase.msgid import proofs_in, signed_ids_in
 from mailcase.notices import base_context, queue_notice, signing_key
-from mailcase.quoting import agent_text, shared_signature, without_known_signature
+from mailcase.quoting import AgentText, agent_text, shared_signature, without_known_signature
 from mailcase.replies import render_reply, reply_names
 from mailcase.store import as_utc, case_by_folio, hashed_key, insert_if_absent, utcnow
 from mailcase.triage import Decision, takes_replies
@@ -63,13 +64,65 @@ def agent_message(
 ) -> None:
     """A verified agent wrote on ``case``: run its commands, or relay its words."""
     settings = rt.settings
+    written, parsed = _what_the_agent_wrote(session, mail)
+    # One clock for the whole reply: a visit checked at 09:59:59 and booked at
+    # 10:00:00 was refused inside the transaction, and the reply quarantined.
+    now_local = utcnow().astimezone(settings.folio.zone)
+    problems = _problems(session, settings, case, written, parsed, now_local)
+    canned = ""
+    if not problems:
+        canned, problems = _rendered_canned_reply(settings, case, parsed.commands)
+    if problems:
+        _refuse(rt, session, case, mail, raw_sha, problems)
+        return
+    reply = _where_the_words_go(session, settings, case, mail, parsed, canned, now_local)
+    entry_kind = "note" if reply.is_note else "agent"
+    casemail.record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=reply.own)
+    waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
+    _run_commands(session, settings, case, mail, reply)
+    if reply.commands:
+        if reply.news and not reply.text:
+            # An empty "#masivo aviso" (the news written below the quote, or forgotten):
+            # nothing went to anyone, and the agent is told, as for any empty reply.
+            not_relayed(
+                session, settings, case, mail, "no_text",
+                attachments=[a.filename for a in _agent_files(mail)],
+            )  # fmt: skip
+            return
+        if not reply.asks and CommandKind.REPLY not in reply.kinds:
+            return
+    _relay(session, settings, case, mail, reply, waited_until)
+
+
+def _what_the_agent_wrote(session: Session, mail: InboundMail) -> tuple[AgentText, ParsedCommands]:
+    """The new text of the agent's ``mail`` (:func:`quoting.agent_text`, with the line of
+    our notice it still holds) and the commands parsed from it, read without the
+    signature the agent's mail client adds (learnt and kept as :func:`_without_signature_of`
+    does: the only write here)."""
     # Only what the agent wrote: a reply that is nothing but the quoted notice
     # must not relay the internal notice to the customer. An HTML-only reply
     # is cut where its markup starts the quote, which no attribution wording
     # can hide (inbound.html_texts).
     written = agent_text(mail.text if mail.text_above_quote is None else mail.text_above_quote)
-    parsed = parse_commands(_without_signature_of(session, mail.sender, written.text))
-    by = mail.sender
+    return written, parse_commands(_without_signature_of(session, mail.sender, written.text))
+
+
+def _problems(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    written: AgentText,
+    parsed: ParsedCommands,
+    now_local: datetime,
+) -> list[dict[str, str]]:
+    """What keeps the agent's reply on ``case`` from running, each problem with the line it
+    is about, in the order the agent is told them; [] when every command may run.
+
+    Every command is checked here, before any of them runs, at ``now_local`` (the time
+    they run at); nothing is changed (the cases a ``#fusionar`` or ``#masivo`` names are
+    locked, as for running). A ``#respuesta``'s file is rendered after these pass
+    (:func:`_rendered_canned_reply`).
+    """
     problems = [{"line": p.line, "problem": p.problem} for p in parsed.problems]
     problems += [
         {"line": c.line, "problem": "unknown_area"}
@@ -91,9 +144,6 @@ def agent_message(
         and c.owner is not None
         and c.owner not in settings.agents.addresses
     ]
-    # One clock for the whole reply: a visit checked at 09:59:59 and booked at
-    # 10:00:00 was refused inside the transaction, and the reply quarantined.
-    now_local = utcnow().astimezone(settings.folio.zone)
     for c in parsed.commands:
         if c.kind is CommandKind.MERGE:
             into = _merge_target(session, settings, c)
@@ -154,46 +204,97 @@ def agent_message(
                 spam=case.spam_at is not None,
             )
         ]
-    canned = ""
-    if not problems:
-        # "#respuesta": rendered before anything runs. An admin's file that does not render
-        # (a typo, a name no case has, Latin-1, or a failure on this case's data, such as
-        # a name's first word when there is no name) raised out of this message: every
-        # poll of the mailbox stopped on it, or the agent's reply was quarantined unsaid.
-        # The agent is told instead, and the poll goes on.
-        try:
-            canned = _canned_reply(settings, case, parsed.commands)
-        except (TemplateError, MessageError) as exc:
-            line = next(c.line for c in parsed.commands if c.kind is CommandKind.REPLY)
-            get_logger().warning("canned_reply_broken", folio=case.folio, error=str(exc))
-            problems.append({"line": line, "problem": "reply_broken"})
-    if problems:
-        # One bad command and nothing runs: a typo such as "#ntoa" must not
-        # let an internal note reach the customer as relayed text, and a
-        # misspelt area must not leave the resolution above it half done.
-        casemail.record_inbound(rt, session, case, mail, raw_sha, "note")
-        queue_notice(
-            session,
-            settings,
-            case,
-            "command_error",
-            to=mail.sender,
-            context={
-                "problems": problems,
-                # The areas are listed when a line about one went wrong.
-                "about_areas": any(
-                    command_kind(str(p["line"])) is CommandKind.ROUTE for p in problems
-                ),
-                # And the agents, when an "#asignar" named someone who is not one.
-                "agents": list(settings.agents.addresses),
-                "about_agents": any(p["problem"] == "unknown_agent" for p in problems),
-                # And the canned replies, when a "#respuesta" named none of them.
-                "about_replies": any(p["problem"] == "unknown_reply" for p in problems),
-            },
-            in_reply_to=mail.message_id,
-        )
-        return
-    kinds = {c.kind for c in parsed.commands}
+    return problems
+
+
+def _rendered_canned_reply(
+    settings: Settings, case: Case, commands: Sequence[Command]
+) -> tuple[str, list[dict[str, str]]]:
+    """The canned reply a ``#respuesta`` of ``commands`` names, rendered for ``case``
+    (:func:`_canned_reply`: "" without one), and no problem; or "" and the
+    ``reply_broken`` problem of that line when its file does not render (logged as
+    ``canned_reply_broken``): a file that does not render stops nothing else."""
+    # "#respuesta": rendered before anything runs. An admin's file that does not render
+    # (a typo, a name no case has, Latin-1, or a failure on this case's data, such as
+    # a name's first word when there is no name) raised out of this message: every
+    # poll of the mailbox stopped on it, or the agent's reply was quarantined unsaid.
+    # The agent is told instead, and the poll goes on.
+    try:
+        return _canned_reply(settings, case, commands), []
+    except (TemplateError, MessageError) as exc:
+        line = next(c.line for c in commands if c.kind is CommandKind.REPLY)
+        get_logger().warning("canned_reply_broken", folio=case.folio, error=str(exc))
+        return "", [{"line": line, "problem": "reply_broken"}]
+
+
+def _refuse(
+    rt: Runtime,
+    session: Session,
+    case: Case,
+    mail: InboundMail,
+    raw_sha: str,
+    problems: list[dict[str, str]],
+) -> None:
+    """Keep the agent's ``mail`` on ``case`` as a note, and tell the agent its ``problems``
+    (a ``command_error`` notice): none of its commands runs, none of its words reaches
+    the customer."""
+    settings = rt.settings
+    # One bad command and nothing runs: a typo such as "#ntoa" must not
+    # let an internal note reach the customer as relayed text, and a
+    # misspelt area must not leave the resolution above it half done.
+    casemail.record_inbound(rt, session, case, mail, raw_sha, "note")
+    queue_notice(
+        session,
+        settings,
+        case,
+        "command_error",
+        to=mail.sender,
+        context={
+            "problems": problems,
+            # The areas are listed when a line about one went wrong.
+            "about_areas": any(command_kind(str(p["line"])) is CommandKind.ROUTE for p in problems),
+            # And the agents, when an "#asignar" named someone who is not one.
+            "agents": list(settings.agents.addresses),
+            "about_agents": any(p["problem"] == "unknown_agent" for p in problems),
+            # And the canned replies, when a "#respuesta" named none of them.
+            "about_replies": any(p["problem"] == "unknown_reply" for p in problems),
+        },
+        in_reply_to=mail.message_id,
+    )
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """An agent's reply whose commands all passed their checks, and where its words go
+    (:func:`_where_the_words_go`): what the steps after the checks share."""
+
+    commands: tuple[Command, ...]
+    kinds: frozenset[CommandKind]
+    own: str  # the agent's own words: what the case keeps as their message
+    canned: str  # the canned reply a "#respuesta" named, rendered; "" without one
+    text: str  # what is relayed: the agent's own words, then the canned reply
+    now_local: datetime  # one clock for the whole reply
+    copied: bool  # addressed to others, with a support mailbox only in copy
+    side: bool  # a remark sent back to one of our side notices
+    asks_to_wait: bool  # "#pendiente" with a question to relay
+    news: bool  # "#masivo aviso": news of the outage, for every report's customer too
+    asks: bool  # a question or news to relay, whatever the other commands
+    is_note: bool  # kept as a note on the case, not as the agent's answer
+
+
+def _where_the_words_go(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    parsed: ParsedCommands,
+    canned: str,
+    now_local: datetime,
+) -> _Reply:
+    """The checked reply ``parsed`` from the agent's ``mail`` on ``case``, with what is to be
+    relayed and whether its words are a note (for colleagues), an answer to the customer,
+    or neither (commands only)."""
+    kinds = frozenset(c.kind for c in parsed.commands)
     own = parsed.text.strip()
     # "#respuesta": the canned reply goes below the agent's own words, as one relayed reply
     # (the question the case waits on, with "#pendiente"). The case keeps the agent's own
@@ -216,14 +317,38 @@ def agent_message(
     # "#masivo aviso" too, and to every open report's customer: news of the outage.
     news = any(c.kind is CommandKind.OUTAGE and c.update for c in parsed.commands)
     asks = asks_to_wait or (bool(text) and news)
-    is_note = (
+    is_note = bool(
         side
         or copied
         or CommandKind.NOTE in kinds
         or (kinds and not kinds & _RELAYING and not asks)
     )
-    entry_kind = "note" if is_note else "agent"
-    casemail.record_inbound(rt, session, case, mail, raw_sha, entry_kind, text=own)
+    return _Reply(
+        commands=parsed.commands,
+        kinds=kinds,
+        own=own,
+        canned=canned,
+        text=text,
+        now_local=now_local,
+        copied=copied,
+        side=side,
+        asks_to_wait=asks_to_wait,
+        news=news,
+        asks=asks,
+        is_note=is_note,
+    )
+
+
+def _run_commands(
+    session: Session, settings: Settings, case: Case, mail: InboundMail, reply: _Reply
+) -> None:
+    """Carry out every command of the checked ``reply`` on ``case``, in order
+    (:func:`_run_command`, at ``reply.now_local``). A resolution or a visit makes the agent
+    who wrote ``mail`` follow up the case, and each report the resolution resolved with
+    it, unless the reply said who does; then the agent is told what no customer was told
+    (:func:`_tell_untold_changes`)."""
+    by = mail.sender
+    now_local = reply.now_local
     visit_was_ahead = visitdates.visit_cancellable(case, now_local)
     # The reports a resolution of this main case resolves with it, with a visit still
     # ahead: a phone one's agent is told of that visit's cancellation too, as when it is
@@ -234,16 +359,22 @@ def agent_message(
             for report in outages.outage_reports(session, case)
             if visitdates.visit_cancellable(report, now_local)
         }
-        if CommandKind.RESOLVE in kinds
+        if CommandKind.RESOLVE in reply.kinds
         else set()
     )
-    waited_until = case.pending_until  # put back if #pendiente's question reaches nobody
     reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
-    for command in parsed.commands:
+    for command in reply.commands:
         reports += _run_command(
-            session, settings, case, command, own, by, now_local, note=own if is_note else ""
+            session,
+            settings,
+            case,
+            command,
+            reply.own,
+            by,
+            now_local,
+            note=reply.own if reply.is_note else "",
         )
-    if kinds & _ANSWERS and CommandKind.ASSIGN not in kinds:
+    if reply.kinds & _ANSWERS and CommandKind.ASSIGN not in reply.kinds:
         # A resolution or a visit answers the customer (on a phone case the agent is
         # told to call them): its agent follows the case up, unless the same reply
         # said who does.
@@ -252,82 +383,185 @@ def agent_message(
         # customer's reply on one reopens it with nobody following it up otherwise.
         for report in reports:
             casework.assign_on_answer(session, settings, report, by)
-    if parsed.commands:
-        untold = casework.untold_changes(
-            parsed.commands,
-            visit_cancelled=visit_was_ahead and not visitdates.visit_cancellable(case, now_local),
+    if reply.commands:
+        _tell_untold_changes(
+            session, settings, case, mail, reply, reports, visit_was_ahead, visits_ahead
         )
-        if untold and not case.customer:
-            # A phone case: the resolution or visit reached nobody; the agent must call.
-            not_relayed(session, settings, case, mail, "no_customer", untold=untold)
-        for report in reports:
-            if not report.customer:  # a phone report of the outage: the same, under its folio
-                cancelled = report.id in visits_ahead and not visitdates.visit_cancellable(
-                    report, now_local
-                )
-                untold_there = casework.untold(
-                    resolved=True, booked=False, visit_cancelled=cancelled
-                )
-                not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
-        if news and not text:
-            # An empty "#masivo aviso" (the news written below the quote, or forgotten):
-            # nothing went to anyone, and the agent is told, as for any empty reply.
-            not_relayed(
-                session, settings, case, mail, "no_text",
-                attachments=[a.filename for a in _agent_files(mail)],
-            )  # fmt: skip
-            return
-        if not asks and CommandKind.REPLY not in kinds:
-            return
+
+
+def _tell_untold_changes(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    reply: _Reply,
+    reports: list[Case],
+    visit_was_ahead: bool,
+    visits_ahead: set[int | None],
+) -> None:
+    """Tell the agent who wrote ``mail`` (``not_relayed``, ``no_customer``) which changes the
+    commands of ``reply`` made that reached nobody: on ``case`` when it has no customer
+    address (a phone case: the agent must call), and under the folio of each of the
+    ``reports`` its resolution resolved that has none. ``visit_was_ahead`` and
+    ``visits_ahead``: the visits still ahead before the commands ran, on ``case`` and
+    on those reports."""
+    now_local = reply.now_local
+    untold = casework.untold_changes(
+        reply.commands,
+        visit_cancelled=visit_was_ahead and not visitdates.visit_cancellable(case, now_local),
+    )
+    if untold and not case.customer:
+        # A phone case: the resolution or visit reached nobody; the agent must call.
+        not_relayed(session, settings, case, mail, "no_customer", untold=untold)
+    for report in reports:
+        if not report.customer:  # a phone report of the outage: the same, under its folio
+            cancelled = report.id in visits_ahead and not visitdates.visit_cancellable(
+                report, now_local
+            )
+            untold_there = casework.untold(resolved=True, booked=False, visit_cancelled=cancelled)
+            not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
+
+
+def _relay(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    reply: _Reply,
+    waited_until: datetime | None,
+) -> None:
+    """Send the words of ``reply`` on to whoever they are for: a ``#masivo aviso``'s news to
+    every open report's customer of the outage whose main case ``case`` is; the words and
+    the files that may go on to ``case``'s customer, or only the canned reply when the
+    agent's ``mail`` went to them already; nothing when it was meant for others (copied,
+    or an answer to a side notice). A ``#pendiente`` whose question reached nobody puts
+    the case's wait back to ``waited_until``. The agent is told what did not reach a
+    customer, and why (:func:`not_relayed`)."""
+    by = mail.sender
     reached_a_report = False
     news_kept: list[list[str]] = [[], []]  # the news' files left out: too big, withheld
     # What the agent attached, not a signature's logo (_agent_files), and of it what may
     # go on to a customer: judged once, for the reports' customers and the case's alike.
     attached = _agent_files(mail)
     relayable: tuple[list[FileAttachment], list[str], list[str]] | None = None
-    if news:
+    if reply.news:
         # Each report's customer, under their own folio; the main case's, below, as any reply.
-        relayable = _relayable(
-            attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
+        relayable, reached_a_report = _send_outage_news(
+            session, settings, case, mail, reply.text, attached
         )
-        files, *news_kept = relayable
-        told = outages.tell_outage_reports(
-            session, settings, case, text, agent_name=mail.sender_name, attachments=files
-        )
-        # The agent learns, under each report's folio, whose customer the news did not
-        # reach (a phone report: call them; held: a loop, most likely), as for one case.
-        for report, why in told:
-            if why:
-                not_relayed(session, settings, report, mail, why, outage_main=case.folio)
-        reached_a_report = any(not why for _, why in told)
+        _, *news_kept = relayable
     # Written straight to the customer with the mailbox in Cc: already sent, and an
     # answer all the same (the reminders count it as one).
     if casemail.to_customer(case, mail):
-        if case.spam_at is not None:  # the agent wrote to the spammer; nothing more goes
-            if canned:
-                not_relayed(session, settings, case, mail, "spam")
-            return
-        if CommandKind.ASSIGN not in kinds:
-            casework.assign_on_answer(session, settings, case, by)
-        # The customer has the agent's words, from the agent; the canned reply they named
-        # is only in mailcase's hands: relayed alone (it was skipped, and nobody told).
-        if canned and not casework.relay(
-            session, settings, case, canned, agent_name=mail.sender_name
-        ):
-            # Their own mail did reach the customer: only the canned reply is to send again.
-            name = next((c.reply for c in parsed.commands if c.reply), "") or ""
-            not_relayed(session, settings, case, mail, "held", canned_only=name)
+        _after_mail_to_customer(session, settings, case, mail, reply)
         return
-    if copied:  # nobody was answered: no owner taken either
+    if reply.copied:  # nobody was answered: no owner taken either
         not_relayed(session, settings, case, mail, "copied")
         return
-    if side:
+    if reply.side:
         not_relayed(session, settings, case, mail, "side_notice")
         return
+    reason, attachments, withheld = _relay_to_customer(
+        session, settings, case, mail, reply, attached, relayable
+    )
+    # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
+    # wait for an answer to it, nor tell the customer at the deadline they gave none.
+    # A wait already running (a question that did reach them, or asked by phone) stands.
+    dropped = reply.asks_to_wait and reason in ("held", "no_customer", "closed")
+    if dropped:
+        waits.restore_pending(
+            session, case, waited_until, by=by, why="the question did not reach the customer"
+        )
+    if reason == "no_customer" and reached_a_report:
+        # A main case with no customer address (the outage opened by the desk, as README
+        # suggests): the news went to the reports' customers, and "your reply reached
+        # nobody" would be false; the phone reports were named one by one above.
+        reason = ""
+    outage_news = reply.news and reached_a_report
+    if outage_news and not reason and (news_kept[0] or news_kept[1]):
+        # The files the news went without, to every report's customer: on a phone main
+        # case nothing else says so (its own notice is the one suppressed just above).
+        withheld = news_kept[1]
+        reason, attachments = "attachments", news_kept[0] + withheld
+    if reason:  # the agent learns what did not reach the customer
+        not_relayed(
+            session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
+            pending_dropped=dropped, outage_news=outage_news and reason == "attachments",
+        )  # fmt: skip
+
+
+def _send_outage_news(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    text: str,
+    attached: list[Attachment],
+) -> tuple[tuple[list[FileAttachment], list[str], list[str]], bool]:
+    """Send ``text``, a ``#masivo aviso`` on the main case ``case``, with those of the agent's
+    ``attached`` files that may go on, to each open report's customer, under the report's
+    folio; tell the agent under each report's folio whose customer it did not reach. The
+    files judged (:func:`_relayable`: sent, too big, withheld), and whether the news
+    reached a report's customer."""
+    relayable = _relayable(
+        attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
+    )
+    files = relayable[0]
+    told = outages.tell_outage_reports(
+        session, settings, case, text, agent_name=mail.sender_name, attachments=files
+    )
+    # The agent learns, under each report's folio, whose customer the news did not
+    # reach (a phone report: call them; held: a loop, most likely), as for one case.
+    for report, why in told:
+        if why:
+            not_relayed(session, settings, report, mail, why, outage_main=case.folio)
+    return relayable, any(not why for _, why in told)
+
+
+def _after_mail_to_customer(
+    session: Session, settings: Settings, case: Case, mail: InboundMail, reply: _Reply
+) -> None:
+    """The agent's ``mail`` went to ``case``'s customer directly (the mailbox in Cc): the
+    agent follows the case up, unless the reply said who does, and the canned reply it
+    named is relayed alone; nothing more goes to a case marked spam. The agent is told
+    when that canned reply did not go (``not_relayed``: spam, held)."""
+    by = mail.sender
+    if case.spam_at is not None:  # the agent wrote to the spammer; nothing more goes
+        if reply.canned:
+            not_relayed(session, settings, case, mail, "spam")
+        return
+    if CommandKind.ASSIGN not in reply.kinds:
+        casework.assign_on_answer(session, settings, case, by)
+    # The customer has the agent's words, from the agent; the canned reply they named
+    # is only in mailcase's hands: relayed alone (it was skipped, and nobody told).
+    if reply.canned and not casework.relay(
+        session, settings, case, reply.canned, agent_name=mail.sender_name
+    ):
+        # Their own mail did reach the customer: only the canned reply is to send again.
+        name = next((c.reply for c in reply.commands if c.reply), "") or ""
+        not_relayed(session, settings, case, mail, "held", canned_only=name)
+
+
+def _relay_to_customer(
+    session: Session,
+    settings: Settings,
+    case: Case,
+    mail: InboundMail,
+    reply: _Reply,
+    attached: list[Attachment],
+    relayable: tuple[list[FileAttachment], list[str], list[str]] | None,
+) -> tuple[str, list[str], list[str]]:
+    """Relay the text of ``reply`` to ``case``'s customer with those of the agent's
+    ``attached`` files that may go on (``relayable``: as judged for the outage's news
+    already), when there is text and a customer to take it; the agent who wrote ``mail``
+    then follows the case up, unless the reply said who does. What did not reach the
+    customer: the reason ("" when all did), the files to name, and of those the ones
+    withheld."""
+    by = mail.sender
     attachments = [a.filename for a in attached]
     reason = (
         "no_text"
-        if not text
+        if not reply.text
         else "no_customer"
         if not case.customer
         # Marked spam (#spam): its "customer" is whoever the spammer forged; a case
@@ -349,38 +583,15 @@ def agent_message(
             attached, settings.notices.max_relayed_attachment_bytes, signing_key(session, settings)
         )
         if casework.relay(
-            session, settings, case, text, agent_name=mail.sender_name, attachments=sent
+            session, settings, case, reply.text, agent_name=mail.sender_name, attachments=sent
         ):
             kept = too_big + withheld
             reason, attachments = ("attachments", kept) if kept else ("", [])
-            if CommandKind.ASSIGN not in kinds:  # "#asignar nadie" keeps the case nobody's
+            if CommandKind.ASSIGN not in reply.kinds:  # "#asignar nadie" keeps the case nobody's
                 casework.assign_on_answer(session, settings, case, by)
         else:
             reason, withheld = "held", []  # max_relays_per_case_per_hour: a loop, most likely
-    # "#pendiente"'s question that reached nobody (held, a phone case): the case must not
-    # wait for an answer to it, nor tell the customer at the deadline they gave none.
-    # A wait already running (a question that did reach them, or asked by phone) stands.
-    dropped = asks_to_wait and reason in ("held", "no_customer", "closed")
-    if dropped:
-        waits.restore_pending(
-            session, case, waited_until, by=by, why="the question did not reach the customer"
-        )
-    if reason == "no_customer" and reached_a_report:
-        # A main case with no customer address (the outage opened by the desk, as README
-        # suggests): the news went to the reports' customers, and "your reply reached
-        # nobody" would be false; the phone reports were named one by one above.
-        reason = ""
-    outage_news = news and reached_a_report
-    if outage_news and not reason and (news_kept[0] or news_kept[1]):
-        # The files the news went without, to every report's customer: on a phone main
-        # case nothing else says so (its own notice is the one suppressed just above).
-        withheld = news_kept[1]
-        reason, attachments = "attachments", news_kept[0] + withheld
-    if reason:  # the agent learns what did not reach the customer
-        not_relayed(
-            session, settings, case, mail, reason, attachments=attachments, withheld=withheld,
-            pending_dropped=dropped, outage_news=outage_news and reason == "attachments",
-        )  # fmt: skip
+    return reason, attachments, withheld
 
 
 # The commands whose reply's text reaches the customer: a resolution's causes, a canned
