@@ -646,13 +646,7 @@ class _Merge(_CaseChange):
         return found
 
     def apply(self, session: Session, case: Case, by: str, now_local: datetime) -> None:
-        target = self.target
-        if target is None:
-            raise NotFoundError(f"no case with folio {self.args.into}")
-        if is_erased(target):
-            raise UsageError(
-                f"case {target.folio}: its customer's data was erased, nothing merges into it"
-            )
+        target = _other_case(self.target, self.args.into, "nothing merges into it")
         merging.merge(
             session,
             self.settings,
@@ -687,13 +681,7 @@ class _Outage(_CaseChange):
         if self.args.clear:
             self.changed = outages.leave_outage(session, case, by=by)
             return
-        target = self.target
-        if target is None:
-            raise NotFoundError(f"no case with folio {self.args.of}")
-        if is_erased(target):
-            raise UsageError(
-                f"case {target.folio}: its customer's data was erased, it follows no outage"
-            )
+        target = _other_case(self.target, self.args.of, "it follows no outage")
         self.changed = outages.join_outage(
             session, self.settings, case, target, by=by, tell_customer=not self.args.no_notice
         )
@@ -772,6 +760,17 @@ _CHANGES: dict[str, type[_CaseChange]] = {
     "spam": _Spam,
     "reopen": _Reopen,
 }
+
+
+def _other_case(target: Case | None, named: str, erased: str) -> Case:
+    """The second case a merge (``--into``) or an outage (``--of``) names, as locked with
+    the first; refused when there is no case ``named``, or when its customer's data was
+    erased (``erased`` says what the command cannot do with it)."""
+    if target is None:
+        raise NotFoundError(f"no case with folio {named}")
+    if is_erased(target):
+        raise UsageError(f"case {target.folio}: its customer's data was erased, {erased}")
+    return target
 
 
 def _merge_pair(
