@@ -18,7 +18,7 @@ from typing import Any
 from helpers import mail, offline_runtime
 from sqlmodel import select
 
-from mailcase import casework, service
+from mailcase import casework, daemon, service
 from mailcase.config import MailboxSettings
 from mailcase.daemon import MAX_BACKOFF, Daemon, backoff_delay
 from mailcase.idle import IdleWatcher
@@ -220,3 +220,32 @@ def test_an_exists_that_repeats_the_count_is_no_news() -> None:
         assert watcher.ready.wait(5)
         time.sleep(1.5)
     assert polls == ["contacto"]  # the one poll on connecting; no news since
+
+
+def test_a_clock_stepped_back_before_ready_leaves_the_paused_jobs_paused(
+    tmp_path: Path,
+) -> None:
+    # Every job was given next_run_time=now, and modify_job resumes a paused one: a step
+    # during the first round (chrony's first sync at boot) started the purge, close-stale
+    # and the reminders before the mail waiting since before the restart was read.
+    rt = offline_runtime(tmp_path)
+    the_daemon = Daemon(rt)
+    scheduler = the_daemon.scheduler
+    scheduler.start(paused=True)  # holds the jobs; runs none
+    later = datetime.now(UTC) + timedelta(hours=1)  # where a step back leaves them
+    paused = [daemon.CLOSE_STALE_JOB, daemon.REMIND_JOB, daemon.PURGE_JOB]
+    scheduled = ["poll:contacto", "poll:info", daemon.OUTBOX_JOB, daemon.WATCHDOG_JOB]
+    try:
+        for job in paused:
+            scheduler.add_job(print, "interval", hours=1, id=job, next_run_time=None)
+        for job in scheduled:
+            scheduler.add_job(print, "interval", hours=1, id=job, next_run_time=later)
+        # The wall clock now 60 s behind where it was against the monotonic clock.
+        the_daemon._after_a_clock_step(daemon._wall_minus_monotonic() + 60)
+        for job in paused:
+            assert scheduler.get_job(job).next_run_time is None, job
+        for job in scheduled:
+            assert scheduler.get_job(job).next_run_time <= datetime.now(UTC), job
+    finally:
+        scheduler.shutdown(wait=False)
+        rt.store.dispose()
