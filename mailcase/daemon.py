@@ -339,8 +339,9 @@ class Daemon:
 
         APScheduler 3 waits for each job's next run time by the wall clock: set back
         an hour, every poll, delivery run and watchdog ping waited an hour (systemd
-        then killed the daemon for a missed watchdog). Every job runs now instead,
-        and each back-off keeps the wait it had left.
+        then killed the daemon for a missed watchdog). Every scheduled job runs now
+        instead, and each back-off keeps the wait it had left. A paused job (no next
+        run time: close-stale, reminders and purge before READY=1) stays paused.
         """
         now_offset = _wall_minus_monotonic()
         step = now_offset - offset
@@ -348,7 +349,11 @@ class Daemon:
             self.log.warning("clock_stepped_back", seconds=round(-step))
             now = datetime.now(UTC)
             for job in self.scheduler.get_jobs():
-                self.scheduler.modify_job(job.id, next_run_time=now)
+                # modify_job would resume a paused job: a step during the first round
+                # (chrony's first sync at boot) started the purge, close-stale and the
+                # reminders before a customer's or agent's waiting mail was read.
+                if job.next_run_time is not None:
+                    self.scheduler.modify_job(job.id, next_run_time=now)
             for health in self.health.values():
                 retry_at = health.retry_at
                 if retry_at is not None:

@@ -5,8 +5,9 @@
     MailcaseError
     ├── ConfigError          bad or missing configuration: exit 2, never retried
     │   ├── TemplateError    a notice template cannot be compiled or rendered
-    │   └── SecretError      the SMTP password file or credential cannot be read
-    │                        when a delivery run needs it: notices stay queued
+    │   └── SecretError      the SMTP password file or credential (or OAuth2 secret
+    │                        file) cannot be read when a delivery run needs it:
+    │                        notices stay queued
     ├── DatabaseError        the database cannot be opened or is too old
     │   └── DatabaseRefusal  it failed on one message for now (a timeout, a lock):
     │                        the poll backs off and reads the message again
@@ -57,8 +58,9 @@ class TemplateError(ConfigError):
 
 
 class SecretError(ConfigError):
-    """The SMTP password file or credential cannot be read when a delivery run logs in:
-    removed or rotated away after start-up, or an admin's shell without systemd's
+    """The SMTP password file or credential, or its OAuth2 ``refresh_token_file`` or
+    ``client_secret_file``, cannot be read when a delivery run logs in: removed or
+    rotated away after start-up, or an admin's shell without systemd's
     ``$CREDENTIALS_DIRECTORY``. Its text names the file or credential, never a secret.
 
     The admin's to fix, and neither the server's nor the notices' fault: the run

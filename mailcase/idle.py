@@ -137,7 +137,11 @@ class IdleWatcher(threading.Thread):
 
     def _watch(self, box: ImapMailbox) -> None:
         client = box.client
-        known = box.message_count  # the folder's size as SELECT gave it
+        # The folder's size as SELECT gave it, then as every EXISTS and EXPUNGE since
+        # (NOOP's, IDLE's, DONE's) left it: counted from NOOPs alone it stayed above the
+        # truth after agents moved mail away during IDLE, and a NOOP's "* 9 EXISTS" (new
+        # mail) under a stale 10 was no news: that mail waited a whole poll interval.
+        known = box.message_count
         while not self.stop.is_set():
             # What the server had pending comes with the NOOP's answer, not before
             # IDLE's "+" (where iCloud sends it). New mail in it is news already;
@@ -148,7 +152,9 @@ class IdleWatcher(threading.Thread):
             if grown:
                 self.on_new_mail(self.mailbox)
                 continue
-            new_mail = _start_idle(client)  # raises when the server refuses IDLE
+            early = _start_idle(client)  # raises when the server refuses IDLE
+            known = _grown(early, known)[1]
+            new_mail = _reports_new_mail(early)
             self.ready.set()
             if self._failing:  # the server accepted IDLE: the outage is over
                 self._failing = False
@@ -168,6 +174,7 @@ class IdleWatcher(threading.Thread):
                         raise ConnectionError("the mailbox cannot be polled: IDLE reconnects")
                     asked = time.monotonic()
                     responses = client.idle_check(timeout=CHECK_SECONDS)
+                    known = _grown(responses, known)[1]
                     if _reports_new_mail(responses):
                         self._idling(started)
                         new_mail = True
@@ -186,18 +193,20 @@ class IdleWatcher(threading.Thread):
                 with contextlib.suppress(IMAPClientError, OSError):
                     # News that arrived while IDLE was being ended comes with DONE's answer.
                     _text, late = client.idle_done()
+                    known = _grown(late, known)[1]
                     new_mail = new_mail or _reports_new_mail(late)
             if new_mail:
                 self.on_new_mail(self.mailbox)
 
 
-_EXISTS_LINE = re.compile(rb"\* \d+ EXISTS\b", re.IGNORECASE)
+_COUNT_LINE = re.compile(rb"\* (\d+) (EXISTS|EXPUNGE)\b", re.IGNORECASE)
 
 
-def _start_idle(client: Any) -> bool:
-    """Send IDLE and wait for its ``+`` continuation; return whether untagged data that
-    came before it announced new mail (``EXISTS``). Raises IMAPClientError when the
-    server refuses IDLE (a tagged NO or BAD).
+def _start_idle(client: Any) -> list[tuple[object, ...]]:
+    """Send IDLE and wait for its ``+`` continuation; return the ``EXISTS`` and
+    ``EXPUNGE`` responses of the untagged data that came before it, parsed as
+    ``idle_check`` parses them. Raises IMAPClientError when the server refuses IDLE
+    (a tagged NO or BAD).
 
     imapclient's ``idle()`` takes any line before the ``+`` for a refusal, but RFC
     3501 5.3 lets a server send untagged data at any time, and iCloud sends
@@ -209,14 +218,15 @@ def _start_idle(client: Any) -> bool:
     imap = client._imap
     tag = imap._command("IDLE")
     client._idle_tag = tag  # the command idle_done() ends
-    new_mail = False
+    counts: list[tuple[object, ...]] = []
     while True:
         line = imap._get_response()  # None for the continuation
         if line is None:
-            return new_mail
+            return counts
         if imap.tagged_commands.get(tag):
             raise IMAPClientError(f"IDLE refused: {line!r}")
-        new_mail = new_mail or _EXISTS_LINE.match(line) is not None
+        if match := _COUNT_LINE.match(line):
+            counts.append((int(match[1]), match[2].upper()))
 
 
 def _grown(responses: list[tuple[object, ...]], known: int) -> tuple[bool, int]:

@@ -129,8 +129,8 @@ def deliver_outbox(
     folded all the same.
 
     Raises :class:`~mailcase.errors.SecretError` (counted as an SMTP error) when
-    the SMTP password file or credential cannot be read: the notices not sent
-    yet stay queued as they were.
+    the SMTP password file or credential (or an OAuth2 secret file) cannot be
+    read: the notices not sent yet stay queued as they were.
     """
     if store.delivery_lock is None:
         return _deliver_due(store, settings, now or utcnow(), stop)
@@ -263,8 +263,9 @@ def log_run_failure(exc: Exception) -> None:
     is a :class:`~mailcase.errors.DatabaseError` (a sent log that cannot be
     read): one line at error level, whose sentence names the file and what to
     do; and so is a :class:`~mailcase.errors.SecretError` (the SMTP password
-    file or credential cannot be read), as ``smtp_unavailable``. Anything else
-    is a bug: ``outbox_run_crashed`` with its traceback.
+    file or credential, or an OAuth2 secret file, cannot be read), as
+    ``smtp_unavailable``. Anything else is a bug: ``outbox_run_crashed`` with
+    its traceback.
     """
     if isinstance(exc, SecretError):
         # The notices are untouched, queued for the run that can log in.

@@ -70,8 +70,9 @@ class SmtpConnection:
 
     def __enter__(self) -> SmtpConnection:
         """Connect and log in; raise DeliveryError (retry) or PermanentDeliveryError,
-        or SecretError when the password file or credential cannot be read (also
-        when connecting again during a run: it ends the run)."""
+        or SecretError when the password file or credential, or the OAuth2
+        refresh_token_file or client_secret_file, cannot be read (also when
+        connecting again during a run: it ends the run)."""
         s = self.settings
         where = f"SMTP server {s.host}:{s.effective_port}"
         context = None
@@ -90,6 +91,11 @@ class SmtpConnection:
             try:
                 token = tokens.token()
             except TokenError as exc:
+                if isinstance(exc.__cause__, ConfigError):
+                    # refresh_token_file or client_secret_file unreadable: this process's
+                    # fault, as a password file's (below), not the server's; as a
+                    # DeliveryError it used up every due notice's attempts until FAILED.
+                    raise SecretError(f"{where}: {exc}") from exc
                 raise DeliveryError(f"no OAuth2 token for {s.username} at {where} ({exc})") from exc
         # Read before connecting: a password file or credential that cannot be read
         # then leaves no connection open behind it.

@@ -197,3 +197,37 @@ def test_a_connection_lost_while_asking_for_idle_is_retried_not_taken_as_no_idle
     watcher = idle.IdleWatcher("contacto", settings, lambda name: None, threading.Event())
     watcher.run()  # the first answer fails, the thread retries, the second says no IDLE
     assert answers == [] and watcher.supported is False
+
+
+def test_mail_after_messages_were_moved_away_during_idle_is_noticed(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink
+) -> None:
+    # The watcher's count of the folder ignored IDLE's EXPUNGEs: after 3 of 10 were moved
+    # away, the NOOP's "* 9 EXISTS" for mail that came during the poll was not above the
+    # stale 10, and that mail waited for the next scheduled poll.
+    uids = mailboxes.append_many("contacto", [mail(subject=f"Viejo {i}") for i in range(10)])
+    settings = load_settings(write_config(tmp_path, mailboxes, sink))
+    polls: list[float] = []
+
+    def poll(_name: str) -> None:
+        polls.append(time.monotonic())
+        if len(polls) == 2:  # the poll for the first new mail: a second one arrives
+            mailboxes.append("contacto", mail(subject="Segundo durante el sondeo"))
+
+    stop = threading.Event()
+    watcher = IdleWatcher("contacto", settings.mailboxes["contacto"], poll, stop)
+    watcher.start()
+    try:
+        assert watcher.ready.wait(10)
+        assert len(polls) == 1  # on connecting
+        with mailboxes.client("contacto") as imap:  # an agent moves 3 away
+            imap.select_folder("INBOX")
+            imap.delete_messages(uids[:3])
+            imap.expunge()
+        time.sleep(0.5)  # the EXPUNGEs reach the watcher during IDLE
+        mailboxes.append("contacto", mail(subject="Nuevo"))
+        wait_for(polls, 3)
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert len(polls) == 3, polls

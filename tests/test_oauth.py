@@ -14,21 +14,32 @@ import select
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import structlog
 from helpers import CONTACTO, REPO, Cli, json_events, mail, write_config
 from oauth_servers import OAuthDovecot, OAuthServer, OAuthSmtpSink, parse_xoauth2
 from servers import free_port
 
-from mailcase import oauth
+from mailcase import oauth, service
 from mailcase.config import MailboxSettings, SmtpSettings, load_settings
-from mailcase.errors import ConfigError, DeliveryError, MailboxError, PermanentDeliveryError
-from mailcase.imap import ImapMailbox
+from mailcase.errors import (
+    ConfigError,
+    DeliveryError,
+    MailboxError,
+    PermanentDeliveryError,
+    SecretError,
+)
+from mailcase.imap import FetchedMessage, ImapMailbox
 from mailcase.logs import configure
+from mailcase.models import Notice
 from mailcase.oauth import TokenError, TokenProvider, xoauth2_string
+from mailcase.outbox import deliver_outbox
+from mailcase.service import Runtime
 from mailcase.smtp import SmtpConnection
 
 pytestmark = pytest.mark.integration
@@ -727,6 +738,37 @@ def test_smtp_token_failure_is_temporary(tmp_path: Path, smtp: OAuthSmtpSink) ->
         f"no OAuth2 token for {SMTP_USER} at SMTP server 127.0.0.1:{smtp.port} "
         "(token_command exited with status 2: offline)"
     )
+    assert smtp.xoauth2_attempts == []
+
+
+@pytest.mark.parametrize("key", ["refresh_token_file", "client_secret_file"])
+def test_an_unreadable_smtp_secret_file_leaves_the_notices_untouched(
+    tmp_path: Path, imap: OAuthDovecot, smtp: OAuthSmtpSink, key: str
+) -> None:
+    # As a DeliveryError it recorded an attempt on every due notice and, after
+    # smtp.retry_for_hours, failed them all, though no server had refused anything.
+    secret = tmp_path / "smtp.secret"
+    secret.write_text("s3cret-smtp\n")
+    keys = (
+        f'client_id = "mailcase-test"\n{key} = "{secret}"\n'
+        f'token_url = "http://127.0.0.1:{free_port()}/token"'
+    )
+    if key != "refresh_token_file":
+        keys += '\nrefresh_token = "rt-smtp"'
+    rt = Runtime.open(load_settings(oauth_config(tmp_path, imap, smtp, smtp_keys=keys)))
+    try:
+        fetched = FetchedMessage(uid=1, raw=mail(), internal_date=datetime.now(UTC))
+        assert service.ingest_message(rt, "contacto", 1, fetched) == "new_case"
+        secret.unlink()  # rotated away after start-up
+        with pytest.raises(SecretError, match=f"cannot read {key} {secret}"):
+            SmtpConnection(rt.settings.smtp).__enter__()
+        with pytest.raises(SecretError):
+            deliver_outbox(rt.store, rt.settings)
+        with rt.store.reading() as conn:
+            notices = conn.execute(sa.select(Notice.status, Notice.attempts)).all()
+    finally:
+        rt.store.dispose()
+    assert [tuple(n) for n in notices] == [("queued", 0)]
     assert smtp.xoauth2_attempts == []
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from helpers import mail, offline_runtime
 from sqlmodel import select
 
-from mailcase import casework, service
+from mailcase import casework, daemon, service
 from mailcase.config import MailboxSettings
 from mailcase.daemon import MAX_BACKOFF, Daemon, backoff_delay
 from mailcase.idle import IdleWatcher
@@ -220,3 +220,80 @@ def test_an_exists_that_repeats_the_count_is_no_news() -> None:
         assert watcher.ready.wait(5)
         time.sleep(1.5)
     assert polls == ["contacto"]  # the one poll on connecting; no news since
+
+
+class _MovedAwayThenNewMail(_FakeImap):
+    """A folder of 10; during the first IDLE agents move 3 away (EXPUNGE) and a mail
+    arrives (``* 8 EXISTS``); a second arrives during the poll that follows, so the
+    next NOOP answers ``* 9 EXISTS``. Quiet after that."""
+
+    exists = 10
+
+    def setup(self) -> None:
+        super().setup()
+        self.idles = self.noops = 0
+
+    def answer(self, command: str, tag: bytes) -> bool:
+        if command == "NOOP":
+            self.noops += 1
+            news = b"* 9 EXISTS\r\n" if self.noops == 2 else b""
+            self.wfile.write(news + b"%s OK NOOP done\r\n" % tag)
+            return True
+        self.idles += 1
+        self.wfile.write(b"+ idling\r\n")
+        self.wfile.flush()
+        if self.idles == 1:
+            time.sleep(0.2)
+            self.wfile.write(b"* 10 EXPUNGE\r\n* 9 EXPUNGE\r\n* 8 EXPUNGE\r\n")
+            self.wfile.flush()
+            time.sleep(0.2)
+            self.wfile.write(b"* 8 EXISTS\r\n")
+            self.wfile.flush()
+        if self.rfile.readline().strip().upper() != b"DONE":
+            return False
+        self.wfile.write(b"%s OK IDLE done\r\n" % tag)
+        return True
+
+
+def test_mail_after_messages_were_moved_away_during_idle_is_news() -> None:
+    # The watcher counted the folder from SELECT and NOOPs only: after 3 of 10 were
+    # expunged during IDLE, the NOOP's "* 9 EXISTS" was not above the stale 10, and
+    # that mail waited a whole poll interval.
+    polls: list[str] = []
+    with _watching(_MovedAwayThenNewMail, polls.append) as watcher:
+        assert watcher.ready.wait(5)
+        deadline = time.monotonic() + 3
+        while len(polls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    # On connecting, for the EXISTS during IDLE, and for the NOOP's EXISTS.
+    assert polls == ["contacto"] * 3
+
+
+def test_a_clock_stepped_back_before_ready_leaves_the_paused_jobs_paused(
+    tmp_path: Path,
+) -> None:
+    # Every job was given next_run_time=now, and modify_job resumes a paused one: a step
+    # during the first round (chrony's first sync at boot) started the purge, close-stale
+    # and the reminders before the mail waiting since before the restart was read.
+    rt = offline_runtime(tmp_path)
+    the_daemon = Daemon(rt)
+    scheduler = the_daemon.scheduler
+    scheduler.start(paused=True)  # holds the jobs; runs none
+    later = datetime.now(UTC) + timedelta(hours=1)  # where a step back leaves them
+    paused = [daemon.CLOSE_STALE_JOB, daemon.REMIND_JOB, daemon.PURGE_JOB]
+    scheduled = ["poll:contacto", "poll:info", daemon.OUTBOX_JOB, daemon.WATCHDOG_JOB]
+    try:
+        for job in paused:
+            scheduler.add_job(print, "interval", hours=1, id=job, next_run_time=None)
+        for job in scheduled:
+            scheduler.add_job(print, "interval", hours=1, id=job, next_run_time=later)
+        # The wall clock now 60 s behind where it was against the monotonic clock.
+        the_daemon._after_a_clock_step(daemon._wall_minus_monotonic() + 60)
+        for job in paused:
+            assert scheduler.get_job(job).next_run_time is None, job
+        for job in scheduled:
+            assert scheduler.get_job(job).next_run_time <= datetime.now(UTC), job
+    finally:
+        scheduler.shutdown(wait=False)
+        rt.store.dispose()
