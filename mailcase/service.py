@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from email.utils import parseaddr
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -901,8 +900,11 @@ def _tell_quarantined(
             subject=head.get("subject", ""),
             context={
                 # The address alone: a display name is the sender's free text, and a
-                # link in it would reach agents as if from the support address.
-                "sender": parseaddr(head.get("from", ""))[1],
+                # link in it would reach agents as if from the support address. Read
+                # from the raw field as ingest reads it (never from an encoded word,
+                # which named ana@x.com for "=?utf-8?q?ana=40x=2Ecom?= <mallory@y.com>"),
+                # and never raising: the notice must not cost the ledger its row.
+                "sender": origin_of(fetched.raw)[0],
                 "mailbox": mailbox,
                 "uid": fetched.uid,
                 "reason": why.text()[:500],
