@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import email
 import email.policy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from helpers import CONTACTO, mail, offline_runtime
 from sqlmodel import select
 
@@ -16,7 +19,7 @@ from mailcase import service
 from mailcase.errors import MessageError
 from mailcase.imap import FetchedMessage
 from mailcase.inbound import parse_inbound
-from mailcase.models import Checkpoint, LedgerEntry, Notice
+from mailcase.models import Case, CaseLink, Checkpoint, LedgerEntry, Notice
 from mailcase.reasons import Reason
 from mailcase.store import utcnow
 
@@ -127,5 +130,58 @@ def test_the_quarantine_notice_names_the_address_of_the_raw_from(
         [notice] = _quarantine_notices(rt)
         [line] = [x for x in notice.splitlines() if x.startswith("De:")]
         assert line.split() == ["De:", named]
+    finally:
+        rt.store.dispose()
+
+
+# --- A subject of folios ---
+
+
+@contextmanager
+def _statements(rt: Any) -> Iterator[list[str]]:
+    """The SQL statements run on ``rt``'s database while the block runs."""
+    seen: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    engine = rt.store.engine
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+
+
+def test_a_subject_naming_fifty_cases_links_and_locks_only_a_few(
+    tmp_path: Path, db_url: str
+) -> None:
+    rt = offline_runtime(tmp_path, db_url)
+    try:
+        for uid in range(1, 51):
+            raw = _raw(f"cliente{uid}@example.com")
+            assert service.ingest_message(rt, "contacto", 1, FetchedMessage(uid, raw, utcnow()))
+        with rt.store.transaction() as session:
+            folios = list(session.exec(select(Case.folio).order_by(Case.id)))
+        assert len(folios) == 50
+
+        def stranger(uid: int, subject: str) -> list[str]:
+            raw = _raw("extrano@example.net", subject)
+            with _statements(rt) as seen:
+                got = service.ingest_message(rt, "contacto", 1, FetchedMessage(uid, raw, utcnow()))
+            assert got == "new_case"
+            return seen
+
+        one = stranger(51, f"Sobre {folios[0]}")
+        fifty = stranger(52, "Sobre " + " ".join(folios))
+        with rt.store.transaction() as session:
+            newest = session.exec(select(Case).order_by(sa.desc(Case.id))).first()
+            assert newest is not None
+            links = session.exec(select(CaseLink).where(CaseLink.case_id == newest.id)).all()
+        assert len(links) == service._FOLIOS_IN_SUBJECT
+        # Each folio looked up costs a few statements, not fifty of them.
+        assert len(fifty) - len(one) < 12 * service._FOLIOS_IN_SUBJECT
+        # A stranger's folios end nobody's wait: no case of theirs is locked.
+        assert not [s for s in fifty if "FOR UPDATE" in s and "cases.folio" in s]
     finally:
         rt.store.dispose()
