@@ -761,8 +761,14 @@ def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
             and not any(c.isspace() for c in addr)
             and len(addr) <= MAX_ADDRESS
         ):
-            pairs.append((_one_line(_clean(_decode_words(name)))[:MAX_NAME], addr))
+            pairs.append((display_name(_clean(_decode_words(name))), addr))
     return pairs
+
+
+def display_name(name: str) -> str:
+    """``name`` as mailcase keeps a person's name: one line of at most MAX_NAME characters
+    (the length of the columns that hold it, which PostgreSQL enforces)."""
+    return _one_line(name)[:MAX_NAME]
 
 
 # Header fields that the servers on the way add to each delivered copy (RFC 5321

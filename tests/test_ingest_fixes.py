@@ -14,14 +14,23 @@ import pytest
 import sqlalchemy as sa
 from helpers import CONTACTO, mail, offline_runtime
 from sqlmodel import select
+from test_agents import Desk, desk
+from test_desk_fixes import (
+    GMAIL_FORWARD,
+    ROSA,
+    _agent_forwards_rosas_report,
+    agent_writes_to_rosa,
+)
 
 from mailcase import service
 from mailcase.errors import MessageError
 from mailcase.imap import FetchedMessage
-from mailcase.inbound import parse_inbound
+from mailcase.inbound import MAX_NAME, parse_inbound
 from mailcase.models import Case, CaseLink, Checkpoint, LedgerEntry, Notice
 from mailcase.reasons import Reason
 from mailcase.store import utcnow
+
+__all__ = ["desk"]  # the fixture, shared with test_agents
 
 NESTED = "Juan " + "(" * 600 + " <juan@x.com>"
 
@@ -185,3 +194,23 @@ def test_a_subject_naming_fifty_cases_links_and_locks_only_a_few(
         assert not [s for s in fifty if "FOR UPDATE" in s and "cases.folio" in s]
     finally:
         rt.store.dispose()
+
+
+# --- Names longer than the column that keeps them ---
+
+LONG_NAME = "Rosa " + "D" * 254  # 259 characters; cases.customer_name holds 200
+
+
+def test_an_agent_forwarding_mail_from_a_long_name_opens_the_case(desk: Desk) -> None:
+    # A "De:" line may hold 300 characters (mailcase.quoting).
+    _agent_forwards_rosas_report(desk, GMAIL_FORWARD.replace("Rosa Díaz", LONG_NAME))
+    [case] = desk.cli.json("cases", "list")
+    shown = desk.case(case["folio"])
+    assert shown["customer"] == ROSA and shown["customer_name"] == LONG_NAME[:MAX_NAME]
+
+
+def test_an_agent_writing_to_a_long_name_opens_the_case(desk: Desk) -> None:
+    agent_writes_to_rosa(desk, name=LONG_NAME)
+    [case] = desk.cli.json("cases", "list")
+    shown = desk.case(case["folio"])
+    assert shown["customer"] == ROSA and shown["customer_name"] == LONG_NAME[:MAX_NAME]
