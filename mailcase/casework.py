@@ -1122,21 +1122,29 @@ def answered_in(session: Session, case: Case, related: Sequence[str], *, sender:
     nothing."""
     ended = []
     for folio in related:
-        # Locked: on PostgreSQL, not while the hourly check closes it.
+        # Read first, unlocked: a stranger naming folios locks nobody's case. Then
+        # locked and read again: on PostgreSQL, not while the hourly check closes it.
+        if _answerer(session, case_by_folio(session, folio), case, sender) is None:
+            continue
         other = case_by_folio(session, folio, for_update=True)
-        if other is None or other.id is None or other.id == case.id:
-            continue
-        if other.pending_until is None or other.status != CaseStatus.OPEN:
-            continue
-        if sender == other.customer:
-            who = "the customer"
-        elif sender in participants(session, other.id):
-            who = sender
-        else:
+        who = _answerer(session, other, case, sender)
+        if other is None or who is None:
             continue
         clear_pending(session, other, by=sender, why=f"{who} wrote, see {case.folio}")
         ended.append(other.folio)
     return ended
+
+
+def _answerer(session: Session, other: Case | None, case: Case, sender: str) -> str | None:
+    """Who ``sender`` is to ``other`` ("the customer", else their address as a
+    participant) when their new ``case`` ends the wait of ``other``; None when it ends none."""
+    if other is None or other.id is None or other.id == case.id:
+        return None
+    if other.pending_until is None or other.status != CaseStatus.OPEN:
+        return None
+    if sender == other.customer:
+        return "the customer"
+    return sender if sender in participants(session, other.id) else None
 
 
 def reopen(session: Session, case: Case, *, by: str) -> bool:

@@ -260,7 +260,8 @@ def parse_inbound(
     deeper than ``max_depth``, or a header field is longer than
     ``max_field_bytes`` (a Content-Type or Content-Disposition field:
     ``max_mime_field_bytes``), because hostile structures must not cost
-    unbounded time.
+    unbounded time; and when an address field nests parentheses deeper than the
+    stdlib's address parser can recurse.
     """
     # Counted on the raw bytes before parsing, so a part bomb costs one scan.
     lowered = raw.lower()
@@ -299,10 +300,10 @@ def parse_inbound(
     except Exception as exc:  # mail-parser raises many types for broken input
         raise MessageError(Reason.UNPARSEABLE, error=f"{type(exc).__name__}: {exc}") from exc
     message_id = _first_msgid(headers.get("message-id", ()))
-    from_pairs = _addresses(address_fields.get("from", ()))
+    from_pairs = _addresses_of(address_fields, "from")
     from_address = from_pairs[0][1] if from_pairs else ""
     sender_name = from_pairs[0][0] if from_pairs else ""
-    reply_to_pairs = _addresses(address_fields.get("reply-to", ()))
+    reply_to_pairs = _addresses_of(address_fields, "reply-to")
     reply_to = tuple(addr for _, addr in reply_to_pairs)
     sender = from_address
     web_form = {s.lower() for s in web_form_senders}
@@ -316,8 +317,8 @@ def parse_inbound(
         sender=sender,
         sender_name=sender_name,
         from_address=from_address,
-        to=tuple(addr for _, addr in _addresses(address_fields.get("to", ())))[:MAX_RECIPIENTS],
-        cc=tuple(addr for _, addr in _addresses(address_fields.get("cc", ())))[:MAX_RECIPIENTS],
+        to=tuple(addr for _, addr in _addresses_of(address_fields, "to"))[:MAX_RECIPIENTS],
+        cc=tuple(addr for _, addr in _addresses_of(address_fields, "cc"))[:MAX_RECIPIENTS],
         reply_to=reply_to,
         subject=_one_line(headers.get("subject", ("",))[0]),
         message_id=message_id,
@@ -724,6 +725,19 @@ MAX_MSGID = 998  # RFC 5322 2.1.1: a line is at most 998 characters
 MAX_CONTENT_TYPE = 255  # RFC 6838 4.2: type and subtype names of at most 127 each
 
 
+def _addresses_of(fields: Mapping[str, tuple[str, ...]], name: str) -> list[tuple[str, str]]:
+    """:func:`_addresses` of the address field ``name`` (lower case) of ``fields``.
+
+    Raises :class:`MessageError` for a field the stdlib's address parser cannot
+    follow: it recurses once per "(" of a comment, so ``Juan ((((…`` with a few
+    hundred of them raises RecursionError (the message is quarantined, and says why).
+    """
+    try:
+        return _addresses(fields.get(name, ()))
+    except RecursionError as exc:
+        raise MessageError(Reason.ADDRESS_NESTING, field=name.title()) from exc
+
+
 def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
     """(display name, addr-spec) pairs of address field values with encoded words undecoded.
 
@@ -747,8 +761,14 @@ def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
             and not any(c.isspace() for c in addr)
             and len(addr) <= MAX_ADDRESS
         ):
-            pairs.append((_one_line(_clean(_decode_words(name)))[:MAX_NAME], addr))
+            pairs.append((display_name(_clean(_decode_words(name))), addr))
     return pairs
+
+
+def display_name(name: str) -> str:
+    """``name`` as mailcase keeps a person's name: one line of at most MAX_NAME characters
+    (the length of the columns that hold it, which PostgreSQL enforces)."""
+    return _one_line(name)[:MAX_NAME]
 
 
 # Header fields that the servers on the way add to each delivered copy (RFC 5321

@@ -34,6 +34,7 @@ class Reason(StrEnum):
     DATABASE = "database"  # error
     UNEXPECTED = "unexpected"  # error
     NO_SENDER = "no_sender"  # (triage: a From with a name and no address)
+    ADDRESS_NESTING = "address_nesting"  # field
 
 
 # The English sentences are the ledger's, word for word as they were before the codes
@@ -100,6 +101,11 @@ TEXTS: Mapping[Reason, Mapping[str, str]] = {
         "en": "no sender address",
         "es": "el mensaje no trae la dirección de correo de quien lo envía, solo un nombre "
         "o nada: no se le puede contestar",
+    },
+    Reason.ADDRESS_NESTING: {
+        "en": "the {field} field nests parentheses too deeply to read its addresses",
+        "es": "el campo {field} anida paréntesis a tanta profundidad que no se pueden leer "
+        "sus direcciones",
     },
 }
 

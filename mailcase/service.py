@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from email.utils import parseaddr
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -901,8 +900,11 @@ def _tell_quarantined(
             subject=head.get("subject", ""),
             context={
                 # The address alone: a display name is the sender's free text, and a
-                # link in it would reach agents as if from the support address.
-                "sender": parseaddr(head.get("from", ""))[1],
+                # link in it would reach agents as if from the support address. Read
+                # from the raw field as ingest reads it (never from an encoded word,
+                # which named ana@x.com for "=?utf-8?q?ana=40x=2Ecom?= <mallory@y.com>"),
+                # and never raising: the notice must not cost the ledger its row.
+                "sender": origin_of(fetched.raw)[0],
                 "mailbox": mailbox,
                 "uid": fetched.uid,
                 "reason": why.text()[:500],
@@ -1325,6 +1327,11 @@ def case_ref(session: Session, case: Case) -> CaseRef:
 
 
 _FOLIOS_IN_TEXT = 3  # folios of a message's text looked up: a list of fifty is no report
+# Folios of a subject looked up, in the order written. A person names one case, two or
+# three when writing about duplicates ("PLR-2026-000101 y PLR-2026-000102"); each costs
+# statements, and the cases a stranger names are linked to the new case, so a 64 KB
+# subject of folios must not name thousands of them.
+_FOLIOS_IN_SUBJECT = 5
 
 
 def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[LedgerEntry]) -> Facts:
@@ -1338,7 +1345,7 @@ def _facts(rt: Runtime, session: Session, mail: InboundMail, earlier: list[Ledge
             break
     referenced = casemail.answering(session, case_by_message_ids(session, mail.thread_ids))
     by_folio: list[CaseRef] = []
-    for folio in find_folios(mail.subject, settings.folio.prefix):
+    for folio in find_folios(mail.subject, settings.folio.prefix)[:_FOLIOS_IN_SUBJECT]:
         case = casemail.answering(session, case_by_folio(session, folio))
         if case is not None and all(ref.id != case.id for ref in by_folio):
             by_folio.append(case_ref(session, case))

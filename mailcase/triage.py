@@ -81,7 +81,7 @@ from enum import StrEnum
 
 from mailcase.classify import Classification, MailKind, is_automatic_address
 from mailcase.folio import echoable_subject, remove_folio_tags, strip_reply_prefixes
-from mailcase.inbound import InboundMail, canonical_address
+from mailcase.inbound import InboundMail, canonical_address, display_name
 from mailcase.models import Disposition
 from mailcase.quoting import customer_text, forwarded_sender
 from mailcase.thanks import NOT_REOPENED, is_thanks_only, signature_says_more
@@ -353,7 +353,8 @@ def _opened_by_agent(mail: InboundMail, insiders: frozenset[str]) -> Decision:
             role=Role.AGENT,
             reason=reason,
             customer=address,
-            customer_name=name,
+            # A "De:" line may be 300 characters, the name's column holds 200.
+            customer_name=display_name(name),
         )
     for address in (*mail.to, *mail.cc):
         if outsider(address):
@@ -370,11 +371,12 @@ def _opened_by_agent(mail: InboundMail, insiders: frozenset[str]) -> Decision:
 
 
 def _name_written_for(mail: InboundMail, address: str) -> str:
-    """The display name ``mail``'s To or Cc gives ``address`` ("Rosa Díaz" <rosa@…>), or ""."""
+    """The display name ``mail``'s To or Cc gives ``address`` ("Rosa Díaz" <rosa@…>), or "";
+    one line of at most MAX_NAME characters, as :attr:`InboundMail.sender_name` is."""
     fields = (*mail.headers.get("to", ()), *mail.headers.get("cc", ()))
     for name, written in getaddresses(fields):
         if written.strip().lower() == address:
-            return name.strip()
+            return display_name(name)  # kept as the sender's name is
     return ""
 
 

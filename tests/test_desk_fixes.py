@@ -71,13 +71,14 @@ def test_a_forwarded_report_reaches_the_case_and_the_agents_whole(
     assert REPORT in text(desk.last_to(NOTIFY))
 
 
-def _agent_forwards_rosas_report(desk: Desk) -> None:
-    """Ana, authenticated by the receiving server, forwards Rosa's mail to support."""
+def _agent_forwards_rosas_report(desk: Desk, forward: str = GMAIL_FORWARD) -> None:
+    """Ana, authenticated by the receiving server, forwards Rosa's mail (``forward``:
+    the forward's header block) to support."""
     trusting(desk).deliver(
         mail(
             sender=f"Ana Técnica <{AGENT}>",
             subject="Fwd: No tengo servicio",
-            body="Ábranle caso a esta clienta.\n\n" + GMAIL_FORWARD + REPORT,
+            body="Ábranle caso a esta clienta.\n\n" + forward + REPORT,
             headers=AUTHENTICATED,
         )
     )
@@ -97,12 +98,12 @@ def test_an_agent_forwarding_a_customers_mail_opens_the_case_for_that_customer(
     assert REPORT in text(desk.last_to(NOTIFY))
 
 
-def agent_writes_to_rosa(desk: Desk) -> None:
-    """An authenticated agent writes to the customer Rosa with support in Cc."""
+def agent_writes_to_rosa(desk: Desk, name: str = "Rosa Díaz") -> None:
+    """An authenticated agent writes to the customer Rosa (To: ``name``) with support in Cc."""
     trusting(desk).deliver(
         mail(
             sender=f"Ana Técnica <{AGENT}>",
-            to=f"Rosa Díaz <{ROSA}>",
+            to=f'"{name}" <{ROSA}>',
             headers={"Cc": CONTACTO, **AUTHENTICATED},
             subject="Su reporte de esta mañana",
             body="Buenos días, Rosa: mañana pasa el técnico a revisar su antena.",

@@ -67,6 +67,10 @@ SAMPLES: dict[Reason, tuple[dict[str, Any], str]] = {
     ),
     Reason.UNEXPECTED: ({"error": "KeyError: 'x'"}, "KeyError: 'x'"),
     Reason.NO_SENDER: ({}, "no sender address"),
+    Reason.ADDRESS_NESTING: (
+        {"field": "From"},
+        "the From field nests parentheses too deeply to read its addresses",
+    ),
 }
 
 
