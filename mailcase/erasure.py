@@ -21,7 +21,8 @@ otherwise, and changes nothing):
   goes) and the address written in another case's messages (replaced by
   :data:`FORGOTTEN`);
 * its own mail on another customer's case (it took part and wrote): as its
-  cases' messages, and that case's notices sent to it or quoting its words lose
+  cases' messages, and that case's notices sent to it or about its mail (one
+  written before migration 0016, which names no message: quoting its words) lose
   their bytes (one that only names the address, copied by the other customer, is
   the other customer's and stays);
 * its mail kept outside any case (a quarantined, bulk, automatic or bounced
@@ -681,7 +682,7 @@ class _Elsewhere:
     messages: tuple[int, ...] = ()  # its messages there
     ledger: tuple[int, ...] = ()  # their ledger rows (a duplicate's too)
     shas: tuple[str, ...] = ()  # their raw copies and attachments in the store
-    notices: tuple[int, ...] = ()  # those cases' notices naming it (quoting its mail)
+    notices: tuple[int, ...] = ()  # those cases' notices to it or about its mail
     copies: tuple[int, ...] = ()  # and those cases' history's copies of them
     queued: tuple[str, ...] = ()  # folios of those with such a notice still queued
 
@@ -732,29 +733,42 @@ def _elsewhere(
             ).all()
             if s
         )
-    # Their notices: one sent to the person, or one quoting their words (the agents
-    # told of their message on the case). A notice that only names the address (the
-    # other customer copied them) is the other customer's, as their mail is: it stays,
-    # and can still be retried.
+    # Their notices: one sent to the person, or one about their message (the agents
+    # told of it on the case: notices.about_message_id, whatever it quotes: a photo
+    # with no words). One naming no message (written before migration 0016, or about
+    # none: a routing) is theirs when it quotes their words. A notice that only names
+    # the address (the other customer copied them) is the other customer's, as their
+    # mail is: it stays, and can still be retried.
     snippets = _snippets(m.text for m in messages)
+    theirs = set(message_ids)
     notices, queued = [], set()
-    for notice_id, status, rcpt_to, raw, folio in session.execute(
+    about_theirs: set[int] = set()  # notices about one of their messages
+    about_others: set[int] = set()  # and about someone else's
+    for notice_id, status, rcpt_to, raw, about, folio in session.execute(
         sa.select(
             col(Notice.id), col(Notice.status), col(Notice.rcpt_to), col(Notice.raw),
-            col(Case.folio),
+            col(Notice.about_message_id), col(Case.folio),
         )
         .join(Case, col(Case.id) == col(Notice.case_id))
         .where(col(Notice.case_id).in_(case_ids))
         .order_by(col(Notice.id))
     ).all():  # fmt: skip
-        if notice_id is not None and (
-            rcpt_to == address or _quotes(snippets, _texts_of(bytes(raw)))
+        if notice_id is None:
+            continue
+        if about is not None:
+            (about_theirs if about in theirs else about_others).add(notice_id)
+        if (
+            rcpt_to == address
+            or notice_id in about_theirs
+            or (about is None and _quotes(snippets, _texts_of(bytes(raw))))
         ):
             notices.append(notice_id)
             if status == NoticeStatus.QUEUED:
                 queued.add(folio)
-    # The case's history keeps what each notice said (a message of kind "notice"); a
-    # copy that only names the address is among the mentions (the address replaced).
+    # The case's history keeps what each notice said (a message of kind "notice"): the
+    # copy of one about their message is theirs, and one of a notice naming no message
+    # that quotes them; a copy that only names the address is among the mentions (the
+    # address replaced).
     copies = [
         m.id
         for m in session.exec(
@@ -762,7 +776,11 @@ def _elsewhere(
                 col(CaseMessage.case_id).in_(case_ids), CaseMessage.kind == "notice"
             )
         ).all()
-        if m.id is not None and _quotes(snippets, [m.text])
+        if m.id is not None
+        and (
+            m.notice_id in about_theirs
+            or (m.notice_id not in about_others and _quotes(snippets, [m.text]))
+        )
     ]
     return _Elsewhere(
         messages=tuple(message_ids),
