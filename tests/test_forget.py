@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 from helpers import (
     AGENT,
+    CONTACTO,
+    INFO,
     NOTIFY,
     Cli,
     installation_at,
@@ -989,6 +991,56 @@ def test_a_notice_from_before_notices_named_their_message_is_still_found_by_its_
     after = _everything(desk)
     for secret in (JUAN, PHRASE.lower(), "8765 4321"):
         assert secret not in after, secret
+
+
+def _delivered_to(box: str, raw: bytes) -> bytes:
+    """``raw`` as the receiving server delivered it to ``box``: a trace field on top, so
+    that each mailbox's copy has bytes (and a stored file) of its own."""
+    return f"Delivered-To: {box}\r\n".encode() + raw
+
+
+def test_the_copy_of_their_mail_in_a_second_mailbox_is_erased_too(desk: Desk) -> None:
+    # Juan answered Ana's case to contacto@ and info@: the second copy is the case's
+    # "duplicate" ledger row, with bytes of its own. It kept his Message-ID and its stored
+    # file (the whole message, his attachment in it) after he was forgotten.
+    _, ana = _history(desk)
+    receipt = b"\xff\xd8\xff\xe0 recibo copiado de Juan " + bytes(range(128)) * 30
+    shared_id = "<copia-en-dos-buzones@example.com>"
+    for sender, body in ((f"{NAME} <{JUAN}>", "Adjunto el recibo."), (f"Ana <{ANA}>", "Ya pagué.")):
+        # Ana's own mail reuses his Message-ID (a device sending every message under one
+        # id): its rows are hers, and stay.
+        raw = mail(
+            sender=sender,
+            to=f"{CONTACTO}, {INFO}",
+            subject=f"Re: [Folio {ana}] Cobro doble",
+            body=body,
+            message_id=shared_id,
+            attachments=[("recibo.jpg", "image/jpeg", receipt)] if ANA not in sender else [],
+        )
+        desk.imap.append("contacto", _delivered_to(CONTACTO, raw))
+        desk.imap.append("info", _delivered_to(INFO, raw))
+        desk.cli.poll()
+    rows = (
+        "select l.id, l.disposition, l.message_id, l.raw_sha256 from ledger l"
+        " join cases c on c.id = l.case_id where c.folio = :folio order by l.id"
+    )
+    before = [r for r in _rows(desk, rows, folio=ana) if r[2] == shared_id]
+    assert [r[1] for r in before] == ["follow_up", "duplicate", "follow_up", "duplicate"]
+    juans, anas = before[:2], before[2:]
+    assert len({r[3] for r in before}) == 4
+    assert {r[3] for r in before} <= _blob_files(desk)
+
+    code, _, err = _forget(desk, "--yes")
+
+    assert code == 0, err
+    after = {r[0]: r for r in _rows(desk, rows, folio=ana)}
+    for row_id, *_ in juans:
+        assert (after[row_id][2], after[row_id][3]) == (None, "")
+    assert [after[r[0]] for r in anas] == anas
+    files = _blob_files(desk)
+    assert not {r[3] for r in juans} & files
+    assert {r[3] for r in anas} <= files
+    assert "recibo copiado de juan" not in _everything(desk)
 
 
 def test_migration_0016_upgrades_a_database_with_notices(db_url: str) -> None:
