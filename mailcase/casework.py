@@ -674,6 +674,7 @@ def notify_agents(
     files: Sequence[FileAttachment] = (),
     not_attached: Sequence[str] = (),
     unstored: Mapping[str, object] | None = None,
+    about: int | None = None,
 ) -> None:
     """Tell ``agents.notify`` (or ``to``) about the case: new, update, reopened or routed.
 
@@ -684,7 +685,9 @@ def notify_agents(
     message named but does not belong to (its sender's older case, or someone
     else's), so that an agent working from mail can tell a follow-up apart;
     ``files`` the customer's files that go with the notice (the names in
-    ``attachments`` the others, ``not_attached``, stay on the case).
+    ``attachments`` the others, ``not_attached``, stay on the case); ``about`` the
+    case message that brought ``text`` (the erasure of its sender's mail finds the
+    notice by it).
     """
     rcpt = to or settings.agents.notify
     if not rcpt:
@@ -721,6 +724,7 @@ def notify_agents(
             "unstored": dict(unstored or {}),
         },
         attachments=files,
+        about=about,
     )
 
 

@@ -21,9 +21,11 @@ otherwise, and changes nothing):
   goes) and the address written in another case's messages (replaced by
   :data:`FORGOTTEN`);
 * its own mail on another customer's case (it took part and wrote): as its
-  cases' messages, and that case's notices sent to it or quoting its words lose
-  their bytes (one that only names the address, copied by the other customer, is
-  the other customer's and stays);
+  cases' messages (its ledger rows, the copy that reached a second mailbox of
+  ours too: :func:`_copies_in_other_mailboxes`), and that case's notices sent to
+  it or about its mail (one written before migration 0016, which names no
+  message: quoting its words) lose their bytes (one that only names the address,
+  copied by the other customer, is the other customer's and stays);
 * its mail kept outside any case (a quarantined, bulk, automatic or bounced
   message whose stored header of :data:`LOOSE_FIELDS` names the address, one
   that copies it in :data:`COPIED_FIELDS` unless quarantined, or a bounce naming
@@ -193,7 +195,7 @@ def erase(
     if dry_run:
         with store.read_session() as session:
             scan = _scan(session, alone, blob_dir)[address]
-            return _survey(session, address, scan, lock=False)[0]
+            return _survey(session, address, scan, blob_dir, lock=False)[0]
     blobs = BlobStore(blob_dir)
     # An earlier run that died between its commit and its files' removal.
     earlier_left = finish_pending_removals(store, blobs)
@@ -206,7 +208,7 @@ def erase(
         first = _scan(session, alone, blob_dir)
     with store.transaction() as session:
         scan = _scan(session, alone, blob_dir, since=first)[address]
-        found, cases, orphans = _survey(session, address, scan, lock=True)
+        found, cases, orphans = _survey(session, address, scan, blob_dir, lock=True)
         if found.anything:
             _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
         if orphans:
@@ -313,7 +315,9 @@ def erase_many(
                 return Erasures(skipped=len(wanted.addresses))
             survey = [
                 (address, found)
-                for address, found, _, _ in _surveys(session, wanted, scans, False, still_wanted)
+                for address, found, _, _ in _surveys(
+                    session, wanted, scans, blob_dir, False, still_wanted
+                )
             ]
         return _tally(survey, len(wanted.addresses), erased=False)
     blobs = BlobStore(blob_dir)
@@ -339,7 +343,8 @@ def erase_many(
             scans = _scan(session, chunk, blob_dir, since=since)
             # One address after the other: each survey sees the rows the ones before it
             # erased (a file two of them shared is no longer kept by the first).
-            for address, found, cases, files in _surveys(session, chunk, scans, True, still_wanted):
+            surveys = _surveys(session, chunk, scans, blob_dir, True, still_wanted)
+            for address, found, cases, files in surveys:
                 _erase_rows(session, address, cases, found, insiders=insiders, now=now, by=by)
                 orphans |= files
                 erased_here.append((address, found))
@@ -361,6 +366,7 @@ def _surveys(
     session: Session,
     wanted: _Addresses,
     scans: Mapping[str, _Scan],
+    blob_dir: Path,
     lock: bool,
     still_wanted: StillWanted | None,
 ) -> Iterator[tuple[str, Erasure, list[Case], set[str]]]:
@@ -368,7 +374,7 @@ def _surveys(
     and is still wanted; lazily, so that an erasure between two is seen by the next."""
     for address in wanted.addresses:
         try:
-            found, cases, orphans = _survey(session, address, scans[address], lock=lock)
+            found, cases, orphans = _survey(session, address, scans[address], blob_dir, lock=lock)
         except ErasureRefused:
             continue
         if found.anything and (still_wanted is None or still_wanted(session, address, found)):
@@ -518,10 +524,11 @@ def _loose_notices_by_age(before: datetime) -> tuple[sa.ColumnElement[bool], ...
 
 
 def _survey(
-    session: Session, address: str, scan: _Scan, *, lock: bool
+    session: Session, address: str, scan: _Scan, blob_dir: Path, *, lock: bool
 ) -> tuple[Erasure, list[Case], set[str]]:
     """What erasing ``address`` touches: the counts, its cases (locked with ``lock``) and
-    the store's files only those rows refer to. ErasureRefused as :func:`erase` says."""
+    the store's files (at ``blob_dir``) only those rows refer to. ErasureRefused as
+    :func:`erase` says."""
     query = select(Case).where(Case.customer == address).order_by(col(Case.id))
     if lock:
         # One lock order for every writer (as close_stale_cases): no deadlock.
@@ -583,7 +590,9 @@ def _survey(
         .where(Participant.address == address, col(Case.id).not_in(ids))
         .order_by(col(Case.id))
     ).all()
-    elsewhere = _elsewhere(session, address, ids, [i for i, _ in participations if i is not None])
+    elsewhere = _elsewhere(
+        session, address, ids, [i for i, _ in participations if i is not None], blob_dir
+    )
     if elsewhere.queued:
         raise ErasureRefused(
             f"case(s) {', '.join(elsewhere.queued)} where this customer wrote still have "
@@ -681,16 +690,20 @@ class _Elsewhere:
     messages: tuple[int, ...] = ()  # its messages there
     ledger: tuple[int, ...] = ()  # their ledger rows (a duplicate's too)
     shas: tuple[str, ...] = ()  # their raw copies and attachments in the store
-    notices: tuple[int, ...] = ()  # those cases' notices naming it (quoting its mail)
+    notices: tuple[int, ...] = ()  # those cases' notices to it or about its mail
     copies: tuple[int, ...] = ()  # and those cases' history's copies of them
     queued: tuple[str, ...] = ()  # folios of those with such a notice still queued
 
 
 def _elsewhere(
-    session: Session, address: str, skip: Sequence[int], took_part: Sequence[int]
+    session: Session,
+    address: str,
+    skip: Sequence[int],
+    took_part: Sequence[int],
+    blob_dir: Path,
 ) -> _Elsewhere:
     """What :class:`_Elsewhere` holds, for the cases other than ``skip``; ``took_part``
-    are the cases the address is a participant of."""
+    are the cases the address is a participant of; ``blob_dir`` the message store."""
     # The person's own mail: never a row of the desk's work (an agent's answer, a note,
     # a notice) that happens to carry the address as its sender.
     query = select(CaseMessage).where(
@@ -724,6 +737,7 @@ def _elsewhere(
             ).all()
             if i is not None
         )
+    ledger |= _copies_in_other_mailboxes(session, address, messages, ledger, blob_dir)
     if ledger:
         shas.update(
             s
@@ -732,29 +746,42 @@ def _elsewhere(
             ).all()
             if s
         )
-    # Their notices: one sent to the person, or one quoting their words (the agents
-    # told of their message on the case). A notice that only names the address (the
-    # other customer copied them) is the other customer's, as their mail is: it stays,
-    # and can still be retried.
+    # Their notices: one sent to the person, or one about their message (the agents
+    # told of it on the case: notices.about_message_id, whatever it quotes: a photo
+    # with no words). One naming no message (written before migration 0016, or about
+    # none: a routing) is theirs when it quotes their words. A notice that only names
+    # the address (the other customer copied them) is the other customer's, as their
+    # mail is: it stays, and can still be retried.
     snippets = _snippets(m.text for m in messages)
+    theirs = set(message_ids)
     notices, queued = [], set()
-    for notice_id, status, rcpt_to, raw, folio in session.execute(
+    about_theirs: set[int] = set()  # notices about one of their messages
+    about_others: set[int] = set()  # and about someone else's
+    for notice_id, status, rcpt_to, raw, about, folio in session.execute(
         sa.select(
             col(Notice.id), col(Notice.status), col(Notice.rcpt_to), col(Notice.raw),
-            col(Case.folio),
+            col(Notice.about_message_id), col(Case.folio),
         )
         .join(Case, col(Case.id) == col(Notice.case_id))
         .where(col(Notice.case_id).in_(case_ids))
         .order_by(col(Notice.id))
     ).all():  # fmt: skip
-        if notice_id is not None and (
-            rcpt_to == address or _quotes(snippets, _texts_of(bytes(raw)))
+        if notice_id is None:
+            continue
+        if about is not None:
+            (about_theirs if about in theirs else about_others).add(notice_id)
+        if (
+            rcpt_to == address
+            or notice_id in about_theirs
+            or (about is None and _quotes(snippets, _texts_of(bytes(raw))))
         ):
             notices.append(notice_id)
             if status == NoticeStatus.QUEUED:
                 queued.add(folio)
-    # The case's history keeps what each notice said (a message of kind "notice"); a
-    # copy that only names the address is among the mentions (the address replaced).
+    # The case's history keeps what each notice said (a message of kind "notice"): the
+    # copy of one about their message is theirs, and one of a notice naming no message
+    # that quotes them; a copy that only names the address is among the mentions (the
+    # address replaced).
     copies = [
         m.id
         for m in session.exec(
@@ -762,7 +789,11 @@ def _elsewhere(
                 col(CaseMessage.case_id).in_(case_ids), CaseMessage.kind == "notice"
             )
         ).all()
-        if m.id is not None and _quotes(snippets, [m.text])
+        if m.id is not None
+        and (
+            m.notice_id in about_theirs
+            or (m.notice_id not in about_others and _quotes(snippets, [m.text]))
+        )
     ]
     return _Elsewhere(
         messages=tuple(message_ids),
@@ -772,6 +803,50 @@ def _elsewhere(
         notices=tuple(notices),
         queued=tuple(sorted(queued)),
     )
+
+
+def _copies_in_other_mailboxes(
+    session: Session,
+    address: str,
+    messages: Sequence[CaseMessage],
+    ledger: set[int],
+    blob_dir: Path,
+) -> set[int]:
+    """The ``duplicate`` ledger rows of ``messages`` (the address's own mail on other
+    customers' cases), on their cases, other than ``ledger`` (their rows found already):
+    the copy that reached a second mailbox of ours (Cc to contacto@ and ventas@).
+
+    Such a copy has bytes of its own (its Delivered-To, its Received), so neither the
+    message's file nor its row's: it is found by the message's dedup key (its
+    Message-ID, or its content's hash), and taken only when its stored From, Sender or
+    Reply-To is the address, so that a Message-ID another sender reused (a device that
+    sends every message under one id) takes no row of theirs.
+    """
+    keys = {m.message_id for m in messages if m.message_id}
+    if ledger:
+        keys.update(
+            session.exec(
+                select(LedgerEntry.dedup_key).where(col(LedgerEntry.id).in_(sorted(ledger)))
+            ).all()
+        )
+    if not keys:
+        return set()
+    found: set[int] = set()
+    for row_id, sha in session.exec(
+        select(LedgerEntry.id, LedgerEntry.raw_sha256).where(
+            col(LedgerEntry.case_id).in_(sorted({m.case_id for m in messages})),
+            LedgerEntry.disposition == Disposition.DUPLICATE,
+            col(LedgerEntry.dedup_key).in_(sorted(keys)),
+            col(LedgerEntry.id).not_in(sorted(ledger)),
+        )
+    ).all():
+        try:
+            head = read_header(BlobStore.path_in(blob_dir, sha))
+        except (OSError, ValueError):  # its file gone (or erased): nothing says whose it is
+            continue
+        if row_id is not None and address in senders_of(head):
+            found.add(row_id)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,17 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -243,6 +253,22 @@ class Notice(SQLModel, table=True):
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: datetime = Field(index=True)
     sent_at: datetime | None = None
+    # The customer's (or participant's) message an agents' notice tells of (0016): the
+    # erasure of that person's mail takes the notice by it, whatever it quotes. NULL for
+    # a notice about no one message, and for those written before. Not indexed: the
+    # erasure looks among the notices of the message's case (by case_id). use_alter: a
+    # case message refers to its notice too (notice_id), and SQLAlchemy cannot order
+    # the two tables otherwise (it warns; the tests take warnings for errors).
+    about_message_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer,
+            ForeignKey(
+                "case_messages.id", name="fk_notices_about_message_id_case_messages", use_alter=True
+            ),
+            nullable=True,
+        ),
+    )
 
 
 class Checkpoint(SQLModel, table=True):

@@ -439,6 +439,7 @@ def queue_notice(
     references: Sequence[str] = (),
     new_case: bool = False,
     attachments: Sequence[FileAttachment] = (),
+    about: int | None = None,
 ) -> Queued:
     """Render and queue one ``kind`` notice about ``case`` to ``to``; record it on the case.
 
@@ -448,6 +449,7 @@ def queue_notice(
     ``new_case``: the case was opened in this transaction, so it has no notices
     to count against the per-case caps (one query fewer per new case).
     ``attachments`` are sent after the text (they are already on the case).
+    ``about``: the case message the notice tells of (``notices.about_message_id``).
     """
     assert case.id is not None
     to = ascii_domain(to)
@@ -513,6 +515,7 @@ def queue_notice(
         queued_at=now,
         next_attempt_at=now,
         created_at=now,
+        about_message_id=about,
     )
     insert_values(
         session,

@@ -1481,7 +1481,7 @@ def _apply(
         # The first message is the report: a forward is kept whole, whoever sent it.
         kind = "agent" if decision.role is Role.AGENT else "customer"
         text = customer_text(mail.text, mail.subject)
-        casemail.record_inbound(rt, session, case, mail, raw_sha, kind, text=text)
+        about = casemail.record_inbound(rt, session, case, mail, raw_sha, kind, text=text)
         if note:
             casework.record(session, case, "system", note)
         if decision.role is Role.AGENT and not decision.quiet and casemail.to_customer(case, mail):
@@ -1506,7 +1506,7 @@ def _apply(
             )
         if not decision.quiet:
             _notify_agents_of(
-                session, settings, case, "new", mail, text, related=decision.related,
+                session, settings, case, "new", mail, text, about, related=decision.related,
                 unstored=_unstored(mailbox, fetched),
             )  # fmt: skip
         return case
@@ -1601,7 +1601,7 @@ def _apply(
             # reply would stay on a case that says the matter is finished.
             raise _CaseChanged(case.folio)
         text = customer_text(mail.text, mail.subject)
-        casemail.record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
+        about = casemail.record_inbound(rt, session, case, mail, raw_sha, "customer", text=text)
         if mail.sender == case.customer:
             # When it reached the server; never back before a later message already read.
             arrived = _arrival(fetched, now)
@@ -1615,7 +1615,7 @@ def _apply(
         casework.clear_pending(session, case, by=mail.sender, why=f"{mail.sender} wrote")
         reason = "reopened" if decision.reopen else "update"
         _notify_agents_of(
-            session, settings, case, reason, mail, text, unstored=_unstored(mailbox, fetched)
+            session, settings, case, reason, mail, text, about, unstored=_unstored(mailbox, fetched)
         )
     if note:
         casework.record(session, case, "system", note)
@@ -1637,15 +1637,16 @@ def _notify_agents_of(
     reason: str,
     mail: InboundMail,
     text: str,
+    about: int,
     *,
     related: Sequence[str] = (),
     unstored: Mapping[str, object] | None = None,
 ) -> None:
     """Tell ``agents.notify`` what ``mail`` brought to ``case`` (``text``: its words, as
-    the case keeps them); and the case's area, which must answer it (as Zammad,
-    OTRS/Znuny and FreeScout tell a ticket's group). ``unstored``: the message was
-    over ``limits.max_message_bytes`` and its attachments were not kept
-    (:func:`_unstored`)."""
+    the case keeps them in its message ``about``); and the case's area, which must
+    answer it (as Zammad, OTRS/Znuny and FreeScout tell a ticket's group).
+    ``unstored``: the message was over ``limits.max_message_bytes`` and its attachments
+    were not kept (:func:`_unstored`)."""
     recipients = [settings.agents.notify]
     area = settings.areas.get(case.area or "")
     if area is not None and area.notify != settings.agents.notify:
@@ -1666,6 +1667,7 @@ def _notify_agents_of(
             to=rcpt,
             related=related,
             unstored=unstored,
+            about=about,
         )
 
 

@@ -15,7 +15,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import AGENT, NOTIFY, Cli, json_events, mail, write_config
+from helpers import (
+    AGENT,
+    CONTACTO,
+    INFO,
+    NOTIFY,
+    Cli,
+    installation_at,
+    json_events,
+    mail,
+    write_config,
+)
 from servers import Dovecot, SmtpSink
 from sqlmodel import SQLModel
 
@@ -923,3 +933,146 @@ def test_a_file_the_daemon_takes_meanwhile_is_not_removed(
     target = desk.dir / "ana.pdf"
     assert desk.cli("cases", "attachment", desk.folio_of(ANA), "1", "--output", str(target))[0] == 0
     assert target.read_bytes() == receipt
+
+
+# -- the erasure's reach, reviewed again: notices and copies of their mail elsewhere ------
+
+
+def test_the_agents_notice_of_their_wordless_mail_on_another_case_loses_its_bytes(
+    desk: Desk,
+) -> None:
+    # Juan wrote on Ana's case with no words of his own, only a photo: the agents' notice
+    # ("Escribió: juan…", the photo attached) quoted nothing the erasure could recognise,
+    # and kept his address and the photo's bytes.
+    _, ana = _history(desk)
+    photo = b"\xff\xd8\xff\xe0 foto del poste caido " + bytes(range(64)) * 30
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Re: [Folio {ana}] Cobro doble",
+            body="",
+            attachments=[("poste.jpg", "image/jpeg", photo)],
+        )
+    )
+    about = (
+        "select n.id, n.raw from notices n join cases c on c.id = n.case_id"
+        " where c.folio = :folio and n.kind = 'agent_notification' order by n.id"
+    )
+    before = _rows(desk, about, folio=ana)
+    assert b"poste.jpg" in bytes(before[-1][1]) and JUAN.encode() in bytes(before[-1][1])
+
+    code, _, err = _forget(desk, "--yes")
+
+    assert code == 0, err
+    after = dict(_rows(desk, about, folio=ana))
+    assert bytes(after[before[-1][0]]) == b""
+    assert bytes(after[before[0][0]]) == bytes(before[0][1])  # Ana's own report's notice
+    everything = _everything(desk)
+    for secret in (JUAN, "foto del poste caido", "poste.jpg"):
+        assert secret not in everything, secret
+
+
+def test_a_notice_from_before_notices_named_their_message_is_still_found_by_its_quote(
+    desk: Desk,
+) -> None:
+    # Notices written before migration 0016 name no message: the erasure still takes the
+    # ones quoting the person's words.
+    _, ana = _history(desk)
+    desk.deliver(
+        mail(
+            sender=f"{NAME} <{JUAN}>",
+            subject=f"Re: [Folio {ana}] Cobro doble",
+            body=f"Soy el esposo de Ana, {PHRASE}; mi teléfono es 55 8765 4321.",
+        )
+    )
+    _sql(desk, "update notices set about_message_id = null")
+    code, _, err = _forget(desk, "--yes")
+    assert code == 0, err
+    after = _everything(desk)
+    for secret in (JUAN, PHRASE.lower(), "8765 4321"):
+        assert secret not in after, secret
+
+
+def _delivered_to(box: str, raw: bytes) -> bytes:
+    """``raw`` as the receiving server delivered it to ``box``: a trace field on top, so
+    that each mailbox's copy has bytes (and a stored file) of its own."""
+    return f"Delivered-To: {box}\r\n".encode() + raw
+
+
+def test_the_copy_of_their_mail_in_a_second_mailbox_is_erased_too(desk: Desk) -> None:
+    # Juan answered Ana's case to contacto@ and info@: the second copy is the case's
+    # "duplicate" ledger row, with bytes of its own. It kept his Message-ID and its stored
+    # file (the whole message, his attachment in it) after he was forgotten.
+    _, ana = _history(desk)
+    receipt = b"\xff\xd8\xff\xe0 recibo copiado de Juan " + bytes(range(128)) * 30
+    shared_id = "<copia-en-dos-buzones@example.com>"
+    for sender, body in ((f"{NAME} <{JUAN}>", "Adjunto el recibo."), (f"Ana <{ANA}>", "Ya pagué.")):
+        # Ana's own mail reuses his Message-ID (a device sending every message under one
+        # id): its rows are hers, and stay.
+        raw = mail(
+            sender=sender,
+            to=f"{CONTACTO}, {INFO}",
+            subject=f"Re: [Folio {ana}] Cobro doble",
+            body=body,
+            message_id=shared_id,
+            attachments=[("recibo.jpg", "image/jpeg", receipt)] if ANA not in sender else [],
+        )
+        desk.imap.append("contacto", _delivered_to(CONTACTO, raw))
+        desk.imap.append("info", _delivered_to(INFO, raw))
+        desk.cli.poll()
+    rows = (
+        "select l.id, l.disposition, l.message_id, l.raw_sha256 from ledger l"
+        " join cases c on c.id = l.case_id where c.folio = :folio order by l.id"
+    )
+    before = [r for r in _rows(desk, rows, folio=ana) if r[2] == shared_id]
+    assert [r[1] for r in before] == ["follow_up", "duplicate", "follow_up", "duplicate"]
+    juans, anas = before[:2], before[2:]
+    assert len({r[3] for r in before}) == 4
+    assert {r[3] for r in before} <= _blob_files(desk)
+
+    code, _, err = _forget(desk, "--yes")
+
+    assert code == 0, err
+    after = {r[0]: r for r in _rows(desk, rows, folio=ana)}
+    for row_id, *_ in juans:
+        assert (after[row_id][2], after[row_id][3]) == (None, "")
+    assert [after[r[0]] for r in anas] == anas
+    files = _blob_files(desk)
+    assert not {r[3] for r in juans} & files
+    assert {r[3] for r in anas} <= files
+    assert "recibo copiado de juan" not in _everything(desk)
+
+
+def test_migration_0016_upgrades_a_database_with_notices(db_url: str) -> None:
+    # In place on both backends: a notice its case's message refers to (notice_id), as
+    # every installation has, names no message after the upgrade.
+    from alembic import command
+
+    from mailcase.store import SCHEMA_HEAD, alembic_config
+
+    installation_at(db_url, "0015")
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO notices (case_id, kind, status, mail_from, rcpt_to, message_id,"
+                    " raw, attempts, next_attempt_at, last_error, created_at) SELECT id,"
+                    " 'agent_notification', 'sent', 'contacto@x', 'soporte@x', '<n@x>', :raw, 1,"
+                    " created_at, '', created_at FROM cases"
+                ),
+                {"raw": b"Subject: hola\r\n\r\nhola\r\n"},
+            )
+            conn.execute(sa.text("UPDATE case_messages SET notice_id = (SELECT id FROM notices)"))
+        store = Store.open(db_url, auto_upgrade=True)
+        try:
+            assert store.revisions() == (SCHEMA_HEAD, SCHEMA_HEAD)
+        finally:
+            store.dispose()
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT kind, about_message_id FROM notices")).all()
+        assert [tuple(r) for r in rows] == [("agent_notification", None)]
+    finally:
+        engine.dispose()
+    command.downgrade(alembic_config(db_url), "0015")
+    command.upgrade(alembic_config(db_url), "head")
