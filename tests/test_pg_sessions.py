@@ -3,14 +3,18 @@ ended by the server, so that its locks do not hold up the instance that took ove
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
-from servers import Postgres
+from helpers import Cli, mail, write_config
+from servers import Dovecot, Postgres, SmtpSink
 
-from mailcase import leases, outbox, store
+from mailcase import erasure, leases, outbox, store
 from mailcase.store import Store
 
 KEY = 424242  # an advisory lock, as ingest takes per message
@@ -116,3 +120,30 @@ def test_a_long_scan_turns_the_timeout_off_for_its_transaction_only(pg_url: str)
             assert _idle_timeout(conn) == "1min"
     finally:
         s.dispose()
+
+
+def test_forgetting_a_customer_reads_stored_files_past_the_timeout(
+    tmp_path: Path,
+    mailboxes: Dovecot,
+    sink: SmtpSink,
+    pg_url: str,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The erasure's scan reads every stored header of mail outside any case between two
+    # statements of one read: minutes on a big store, longer than the idle timeout.
+    monkeypatch.setattr(store, "IDLE_IN_TRANSACTION_SECONDS", 1)
+    cli = Cli(write_config(tmp_path, mailboxes, sink, db_url=pg_url), capsys)
+    juan = "juan@example.com"
+    mailboxes.append("contacto", mail(sender=juan, headers={"Precedence": "bulk"}))
+    cli.poll()
+    read_header = erasure.read_header
+
+    def slow(path: Path) -> Any:
+        time.sleep(2)
+        return read_header(path)
+
+    monkeypatch.setattr(erasure, "read_header", slow)
+    code, out, err = cli("customers", "forget", juan, "--yes", "--json")
+    assert code == 0, err
+    assert json.loads(out)["messages"] == 1
