@@ -88,7 +88,7 @@ from mailcase.models import (
     Participant,
     StoredAttachment,
 )
-from mailcase.store import Store, utcnow
+from mailcase.store import Store, no_idle_timeout_here, utcnow
 
 ERASED_REASON = "erased: the customer's data was cancelled"
 # The headers of mail kept outside any case that name the address's mail: it sent
@@ -920,6 +920,11 @@ def _scan(
     Raises :class:`_Stopped` once ``stop`` is set (looked at every :data:`STOP_EVERY`
     rows and every chunk of addresses)."""
     after = next(iter(since.values())).marks if since else (0, 0, 0)
+    if since is None:
+        # A whole scan reads every stored header between two statements: longer than
+        # PostgreSQL's idle timeout for a transaction (mailcase.store) on a big store.
+        # Its reading transaction holds no lock an ingest waits for.
+        no_idle_timeout_here(session)
     marks = (
         session.exec(select(sa.func.max(LedgerEntry.id))).one() or 0,
         session.exec(select(sa.func.max(Notice.id))).one() or 0,

@@ -53,7 +53,7 @@ from mailcase.models import Case, CaseMessage, Notice, NoticeStatus
 from mailcase.notices import CUSTOMER_KINDS, queue_notice
 from mailcase.prepared import Prepared
 from mailcase.smtp import SmtpConnection
-from mailcase.store import Store, error_text, is_unavailable, table, utcnow
+from mailcase.store import Store, error_text, idle_timeout_back, is_unavailable, table, utcnow
 
 BASE_DELAY = timedelta(minutes=1)
 MAX_DELAY = timedelta(hours=1)
@@ -426,10 +426,11 @@ _FINISH = Prepared(
 # A notice's row stays locked while the SMTP server answers, which may take longer than
 # a DBA's idle_in_transaction_session_timeout (a server scanning DATA): the session was
 # killed after the mail was accepted, and the notice went out again at every run. Off
-# for the run's connection, and back to the server's setting when the run ends (a SET
-# LOCAL in each claim cost a round trip per notice).
+# for the run's connection, and back to what a new connection gets when the run ends
+# (a SET LOCAL in each claim cost a round trip per notice). A dead instance's claimed
+# row then stays locked until TCP keepalive ends its session; the other instances skip
+# it meanwhile (SKIP LOCKED), so that notice alone waits.
 _NO_IDLE_TIMEOUT = "SET idle_in_transaction_session_timeout = 0"
-_IDLE_TIMEOUT_BACK = "RESET idle_in_transaction_session_timeout"
 
 
 @contextmanager
@@ -442,7 +443,7 @@ def _without_idle_timeout(conn: sa.Connection) -> Iterator[None]:
     finally:
         # A connection that broke is discarded by the pool, setting and all.
         with contextlib.suppress(sa.exc.SQLAlchemyError), conn.begin():
-            conn.exec_driver_sql(_IDLE_TIMEOUT_BACK)
+            idle_timeout_back(conn)  # not RESET alone: that left the pool's connection without one
 
 
 def _deliver_claimed(

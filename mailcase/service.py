@@ -180,10 +180,35 @@ def _poll_mailbox(rt: Runtime, name: str, progress: Progress | None) -> MailboxR
         get_logger(mailbox=name).info("mailbox_leased_elsewhere")
         return report
     try:
-        return _poll_leased(rt, name, settings, report, progress)
+        return _poll_leased(rt, name, settings, report, progress, _Lease(rt, name))
+    except _LeaseLost:  # before a message was read: another instance polls it now
+        report.skipped = True
+        get_logger(mailbox=name).info("mailbox_leased_elsewhere")
+        return report
     finally:
         with contextlib.suppress(SQLAlchemyError):  # it expires by itself anyway
             leases.release(rt.store, name)
+
+
+class _LeaseLost(Exception):
+    """Another instance took the mailbox's lease during this poll (which stops)."""
+
+
+class _Lease:
+    """A poll's hold on its mailbox's lease (:mod:`mailcase.leases`), taken just before."""
+
+    def __init__(self, rt: Runtime, name: str) -> None:
+        self._rt, self._name = rt, name
+        self._renewed = time.monotonic()
+
+    def keep(self, *, now: bool = False) -> None:
+        """Renew the lease when :data:`~mailcase.leases.RENEW_SECONDS` have passed since
+        it was last renewed (or ``now``); raises :class:`_LeaseLost` when another
+        instance holds it."""
+        if now or time.monotonic() - self._renewed >= leases.RENEW_SECONDS:
+            if not leases.acquire(self._rt.store, self._name):
+                raise _LeaseLost(self._name)
+            self._renewed = time.monotonic()
 
 
 def _poll_leased(
@@ -192,6 +217,7 @@ def _poll_leased(
     settings: MailboxSettings,
     report: MailboxReport,
     progress: Progress | None,
+    lease: _Lease,
 ) -> MailboxReport:
     log = get_logger(mailbox=name)
     # What reached the mailbox before this moment is in the poll's answer: a complete
@@ -200,17 +226,21 @@ def _poll_leased(
     # SELECT: mail that arrives between it and the SEARCH is not in an empty folder's
     # answer (imap.uids_after trusts SELECT's EXISTS of 0).
     searched_at = utcnow()
+    # The lease is renewed between the steps before the first message too: a slow
+    # login, SELECT or SEARCH let it run out, and another instance polled alongside.
     with ImapMailbox(name, settings) as box:
+        lease.keep()
         source = _source_of(settings)
         last_uid, first_contact = _checkpoint(rt.store, name, box.uidvalidity, log, source)
         box.give_up = refusals.given_up(rt.store, name, box.uidvalidity)
         uids = box.uids_after(last_uid)
+        lease.keep()
         if progress is not None:
             progress(0, len(uids))
         handled: list[int] = []
         with _parser_for(rt, len(uids), log) as parser:
             complete = _ingest_all(
-                rt, name, box, uids, report, progress, parser, handled, first_contact
+                rt, name, box, uids, report, progress, parser, handled, first_contact, lease
             )
         box.mark_done(handled)
         # Flags lost to a crash between commit and STORE are put right here.
@@ -260,6 +290,7 @@ def _ingest_all(
     parser: ParserProcess | None,
     handled: list[int],
     first_contact: bool,
+    lease: _Lease,
 ) -> bool:
     """Ingest ``uids`` in order; ``handled`` collects the UIDs to flag as done. Whether
     every one was gone through (``False``: a stop or a lost lease ended it early).
@@ -268,9 +299,8 @@ def _ingest_all(
     read again by the next poll; their spool files are removed on the way out.
     """
     spooled: list[Path] = []
-    fetched_messages = _noting_spools(fetch_planned(rt, box, uids), spooled)
+    fetched_messages = _noting_spools(fetch_planned(rt, box, uids, lease.keep), spooled)
     try:
-        renewed = time.monotonic()  # the caller took the lease just before
         for fetched, parsed in parse_ahead(fetched_messages, _raw_of, parser):
             disposition = ingest_message(
                 rt,
@@ -291,16 +321,15 @@ def _ingest_all(
             # Renewed after every batch, and on time when messages come slowly (a large
             # one, a slow server): a lease left to expire mid-poll lets another
             # instance poll the mailbox alongside.
-            if full or time.monotonic() - renewed >= leases.RENEW_SECONDS:
-                if full:
-                    box.mark_done(handled)
-                    handled.clear()
-                if not leases.acquire(rt.store, name):  # renew; lost it: stop here
-                    return False
-                renewed = time.monotonic()
+            if full:
+                box.mark_done(handled)
+                handled.clear()
+            lease.keep(now=full)
             if rt.stop.is_set():
                 return False  # SIGTERM: the message in hand is finished; stop here
         return True
+    except _LeaseLost:  # renewing it failed: stop here
+        return False
     finally:
         for path in spooled:  # stored ones were moved into the store already
             path.unlink(missing_ok=True)
@@ -357,9 +386,12 @@ def parse_options(settings: Settings) -> ParseOptions:
 BATCH_BYTES = 32 * 1024 * 1024  # at most this much message data in memory per FETCH
 
 
-def fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[FetchedMessage]:
+def fetch_planned(
+    rt: Runtime, box: ImapMailbox, uids: list[int], keep: Callable[[], None] = lambda: None
+) -> Iterator[FetchedMessage]:
     """Fetch ``uids`` in order (see :func:`_fetch_in_order`), holding back messages the
-    server refused until one after them comes back.
+    server refused until one after them comes back. ``keep`` is called before each
+    FETCH (a poll renews its lease there, :meth:`_Lease.keep`).
 
     A message refused while a later one is returned is the message's fault (a
     damaged file): it goes on, to be quarantined. When nothing after it comes
@@ -369,7 +401,7 @@ def fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[Fe
     fault of the server's, and one damaged message never blocks the mail after it.
     """
     refused: list[FetchedMessage] = []
-    for fetched in _fetch_in_order(rt, box, uids):
+    for fetched in _fetch_in_order(rt, box, uids, keep):
         if fetched.unreadable is not None and fetched.uid not in box.give_up:
             refused.append(fetched)
             continue
@@ -384,17 +416,21 @@ def fetch_planned(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[Fe
         )
 
 
-def _fetch_in_order(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[FetchedMessage]:
+def _fetch_in_order(
+    rt: Runtime, box: ImapMailbox, uids: list[int], keep: Callable[[], None]
+) -> Iterator[FetchedMessage]:
     """Fetch ``uids`` in order: ordinary mail in batches bounded by count and bytes,
-    mail over ``limits.max_message_bytes`` streamed to a spool file one at a time."""
+    mail over ``limits.max_message_bytes`` streamed to a spool file one at a time;
+    ``keep`` is called before each FETCH."""
     if not uids:
         return
-    sizes = box.sizes(uids)
+    sizes = box.sizes(uids)  # one FETCH of every size: long over a large backlog
     limit = rt.settings.limits.max_message_bytes
     batch: list[int] = []
     batch_bytes = 0
 
     def flush() -> Iterator[FetchedMessage]:
+        keep()
         # The sizes let an empty answer for a message that is not empty be told apart.
         yield from box.fetch(batch, len(batch) or 1, sizes)
 
@@ -403,6 +439,7 @@ def _fetch_in_order(rt: Runtime, box: ImapMailbox, uids: list[int]) -> Iterator[
         if size > limit:
             yield from flush()
             batch, batch_bytes = [], 0
+            keep()
             try:
                 spool = rt.blobs.spool_path()
             except StorageError as exc:

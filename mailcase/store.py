@@ -299,18 +299,79 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
     return engine
 
 
+# A transaction of an instance whose host died (power, network) keeps its locks (a
+# message's advisory lock, the mailbox's checkpoint row) while PostgreSQL keeps its
+# session, idle in transaction, until TCP keepalive notices: two hours with the
+# kernel's defaults. The instance that took the mailbox's lease over (a minute later)
+# waited behind them until the watchdog killed it, and again after every restart. The
+# server ends such a session after this long idle in a transaction, which frees its
+# locks: at most the lease's length (mailcase.leases.LEASE_SECONDS; leases imports this
+# module). No transaction of ours sits idle that long between statements: parsing and
+# IMAP happen outside them, rendering and writing a message's files take moments, a
+# delivery run (SMTP inside its claim) turns it off (mailcase.outbox), and so does the
+# erasure's scan of the stored files (mailcase.erasure). An admin's own setting (not 0)
+# is left alone.
+IDLE_IN_TRANSACTION_SECONDS = 60
+_IDLE_TIMEOUT = "idle_in_transaction_session_timeout"
+# A dead host's session is also found by TCP keepalive sooner than the kernel's two
+# hours: probes after 30 s of silence, every 10 s, 3 unanswered (about a minute). For a
+# delivery run's connection, without the idle timeout (a claimed notice stays locked
+# meanwhile), and for any session idle in a transaction under an admin's longer
+# timeout. An admin's shorter setting is kept; a Unix socket ignores them.
+_KEEPALIVES = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3}
+
+
+def _our_idle_timeout() -> str:
+    """SQL (a SELECT's column): the session's idle-in-transaction timeout set to
+    :data:`IDLE_IN_TRANSACTION_SECONDS` unless the server's, database's or role's
+    setting gives one (is not 0)."""
+    return (
+        f"CASE WHEN current_setting('{_IDLE_TIMEOUT}') = '0' THEN "
+        f"set_config('{_IDLE_TIMEOUT}', '{int(IDLE_IN_TRANSACTION_SECONDS)}s', false) END"
+    )
+
+
+def _our_keepalives() -> str:
+    """SQL (a SELECT's columns): the session's TCP keepalives no longer than
+    :data:`_KEEPALIVES` (0, the kernel's default, counts as longer)."""
+    return ", ".join(
+        f"set_config('{name}', least(nullif(current_setting('{name}')::int, 0), {seconds})"
+        "::text, false)"
+        for name, seconds in _KEEPALIVES.items()
+    )
+
+
+def idle_timeout_back(conn: sa.Connection) -> None:
+    """``conn``'s PostgreSQL session back to the idle-in-transaction timeout a new
+    connection gets (the admin's, else :data:`IDLE_IN_TRANSACTION_SECONDS`), in the
+    transaction in progress."""
+    conn.exec_driver_sql(f"RESET {_IDLE_TIMEOUT}")
+    conn.exec_driver_sql(f"SELECT {_our_idle_timeout()}")
+
+
+def no_idle_timeout_here(session: Session) -> None:
+    """On PostgreSQL, no idle-in-transaction timeout until ``session``'s transaction
+    ends (``SET LOCAL``): for a read that works on each row at length between its
+    statements (reading stored files), and holds no lock that an ingest waits for."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text(f"SET LOCAL {_IDLE_TIMEOUT} = 0"))
+
+
 def _session_settings(engine: Engine) -> None:
-    """Every PostgreSQL connection of ``engine`` talks UTF-8 and gets dates as ISO 8601,
-    whatever the database's or the role's defaults; the admin's own libpq ``options``
-    (in the URL, ``PGOPTIONS`` or a service file) are left alone.
+    """Every PostgreSQL connection of ``engine`` talks UTF-8, gets dates as ISO 8601, is
+    ended by the server after :data:`IDLE_IN_TRANSACTION_SECONDS` idle in a
+    transaction and probed by TCP keepalive within a minute of silence, whatever the
+    database's or the role's defaults (but an admin's own idle timeout, and shorter
+    keepalives, which are kept); the admin's own libpq ``options`` (in the URL,
+    ``PGOPTIONS`` or a service file) are left alone.
 
     The encoding is asked for when connecting (libpq's ``client_encoding``); the
-    DateStyle is set once per new connection (one round trip; pooled connections
-    keep it), not through ``options``, which would hide a service file's. A client
-    encoding left to the database's default (SQL_ASCII, LATIN1) crashed every
-    command or quarantined every mail with an emoji; psycopg cannot read a timestamp
-    in any DateStyle but ISO (NotImplementedError at every poll after ``ALTER
-    DATABASE ... SET DateStyle = 'SQL, DMY'``).
+    DateStyle, the timeout and the keepalives are set once per new connection (one
+    round trip; pooled connections keep them), not through ``options``, which would
+    hide a service file's. A client encoding left to the database's default
+    (SQL_ASCII, LATIN1) crashed every command or quarantined every mail with an emoji;
+    psycopg cannot read a timestamp in any DateStyle but ISO (NotImplementedError at
+    every poll after ``ALTER DATABASE ... SET DateStyle = 'SQL, DMY'``).
     """
 
     @sa.event.listens_for(engine, "do_connect")
@@ -320,7 +381,10 @@ def _session_settings(engine: Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def _iso_dates(dbapi_connection: Any, _record: Any) -> None:
         # A SET is undone with its transaction: committed at once.
-        dbapi_connection.execute("SET DateStyle TO ISO")
+        dbapi_connection.execute(
+            f"SELECT set_config('DateStyle', 'ISO', false), {_our_idle_timeout()}, "
+            + _our_keepalives()
+        )
         dbapi_connection.commit()
 
 

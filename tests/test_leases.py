@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -103,5 +104,70 @@ def test_a_slow_poll_renews_its_lease_on_time(
     monkeypatch.setattr(leases, "acquire", counted)
     monkeypatch.setattr(leases, "RENEW_SECONDS", 0.0)  # every message is "slow"
     Cli(write_config(tmp_path, mailboxes, sink), capsys).poll()
-    # contacto: taken, then renewed after each of its three messages; info: taken.
-    assert renewals.count("contacto") == 4 and renewals.count("info") == 1
+    # contacto: taken, then renewed after the login and SELECT, after the SEARCH, before
+    # the FETCH and after each of its three messages; info: taken, then renewed after
+    # the login and SELECT and after the SEARCH (nothing to fetch).
+    assert renewals.count("contacto") == 7 and renewals.count("info") == 3
+
+
+def test_a_slow_search_and_fetch_of_sizes_keep_the_lease(
+    tmp_path: Path, mailboxes: Any, sink: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease was renewed only between ingested messages: a SEARCH and a FETCH of the
+    # sizes (a large backlog) outlasted it, and another instance polled the same mailbox.
+    from helpers import Cli, mail, write_config
+
+    from mailcase.imap import ImapMailbox
+
+    mailboxes.append("contacto", mail(subject="Falla"))
+    monkeypatch.setattr(leases, "LEASE_SECONDS", 3)
+    monkeypatch.setattr(leases, "RENEW_SECONDS", 1.0)
+    search, sizes = ImapMailbox.uids_after, ImapMailbox.sizes
+    taken: list[bool] = []
+
+    def slow_search(box: ImapMailbox, last_uid: int) -> list[int]:
+        if box.name == "contacto":
+            time.sleep(2)
+        return search(box, last_uid)
+
+    def slow_sizes(box: ImapMailbox, uids: Any) -> dict[int, int]:
+        time.sleep(2)
+        # Another instance, 4 s after this poll took a 3 s lease:
+        with Store.open(f"sqlite:///{tmp_path}/mailcase.db", auto_upgrade=False) as other:
+            taken.append(leases.acquire(other, "contacto", "otro-host:2:b:1"))
+        return sizes(box, uids)
+
+    monkeypatch.setattr(ImapMailbox, "uids_after", slow_search)
+    monkeypatch.setattr(ImapMailbox, "sizes", slow_sizes)
+    cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    cli.poll()
+    assert taken == [False]
+    assert [r["disposition"] for r in cli.json("messages", "list")] == ["new_case"]
+
+
+def test_a_lease_lost_before_the_first_fetch_ends_the_poll_there(
+    tmp_path: Path, mailboxes: Any, sink: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers import Cli, mail, write_config
+
+    from mailcase.imap import ImapMailbox
+
+    mailboxes.append("contacto", mail(subject="Falla"))
+    monkeypatch.setattr(leases, "RENEW_SECONDS", 0.0)
+    search = ImapMailbox.uids_after
+
+    def taken_meanwhile(box: ImapMailbox, last_uid: int) -> list[int]:
+        if box.name == "contacto":  # another instance took it over (this one seemed dead)
+            other = Store.open(f"sqlite:///{tmp_path}/mailcase.db", auto_upgrade=False)
+            with other, other.transaction() as session:
+                lease = session.get(MailboxLease, "contacto")
+                assert lease is not None
+                lease.holder = "otro-host:2:b:1"
+                session.add(lease)
+        return search(box, last_uid)
+
+    monkeypatch.setattr(ImapMailbox, "uids_after", taken_meanwhile)
+    cli = Cli(write_config(tmp_path, mailboxes, sink), capsys)
+    cli.poll()
+    assert cli.json("messages", "list") == []  # the other instance reads it
+    assert not sink.messages
