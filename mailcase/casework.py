@@ -90,6 +90,9 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "conflict",  # #cerrar with #reabrir, or #nota with #resolver, in one reply
     "after_close",  # resolve, visit or route below this reply's own #cerrar
     "after_resolve",  # route (or a visit's cancel) below this reply's own #resolver
+    # #cerrar below this reply's own "#masivo FOLIO": the customer is told they will hear
+    # when the failure is corrected, and the main case's resolution skips closed reports.
+    "close_after_join",
     "settles_visit",  # #visita with #resolver or #cerrar in one reply: they would cancel it
     "no_visit",  # "#visita cancelar" on a case with no visit still ahead
     "merge_alone",  # #fusionar with a command other than #nota in one reply
@@ -203,7 +206,8 @@ def command_problems(
     ``#resolver`` is out of order (``after_resolve``: the agent is told to
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
     goes alone, or with ``#nota`` (``merge_alone``); ``#masivo FOLIO`` joins an open case
-    only (``#masivo no``: any status), and ``#masivo aviso`` goes with no ``#nota``,
+    only (``#masivo no``: any status), and no ``#cerrar`` comes below it
+    (``close_after_join``: its customer was just told they will hear of the repair), and ``#masivo aviso`` goes with no ``#nota``,
     ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
     :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
     this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``), on no
@@ -224,6 +228,7 @@ def command_problems(
     asking = False  # a "#pendiente" (not "#pendiente no") seen in this reply
     updating = False  # a "#masivo aviso" seen in this reply
     replying = False  # a "#respuesta" seen in this reply
+    joined = False  # a "#masivo FOLIO" (not "no" nor "aviso") seen in this reply
     # "#fusionar" moves the case and its history: another change in the same reply
     # would land on a case that is then closed, or read as meant for the other.
     alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
@@ -270,6 +275,10 @@ def command_problems(
             kind is CommandKind.VISIT and not command.cancel and seen & _SETTLES
         ):
             problem = "settles_visit"
+        elif kind is CommandKind.CLOSE and joined:
+            # The join tells the customer they will hear when the failure is corrected;
+            # closed, the report is skipped by the main case's resolution: never told.
+            problem = "close_after_join"
         elif CommandKind.CLOSE in seen and needs_open:
             # "#cerrar" then "#resolver" in one reply: the case is not closed, the
             # order is wrong; "write #reabrir first" would only make a conflict.
@@ -301,6 +310,7 @@ def command_problems(
         asking = asking or (kind is CommandKind.PENDING and not command.stop)
         updating = updating or news
         replying = replying or kind is CommandKind.REPLY
+        joined = joined or (joins and not news)
         if problem is not None:
             problems.append((command.line, problem))
             continue

@@ -1,0 +1,70 @@
+"""What agents do by mail, reviewed: a resolution's files, a join closed in the same
+reply, a merge into a phone case, a wait put back, and a report moved between
+outages. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from helpers import AGENT, Cli, mail, write_config
+from servers import Dovecot, SmtpSink
+from sqlmodel import col, select
+from test_agents import AREAS, CUSTOMER, Desk, text
+
+from mailcase.casework import command_problems
+from mailcase.commands import parse_commands
+from mailcase.config import load_settings
+from mailcase.models import Case, Notice
+from mailcase.store import Store
+
+MX = ZoneInfo("America/Mexico_City")
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=MX)
+ANA = "ana.lopez@example.com"
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4
+CAUSE = "Se cambió el módem dañado."
+
+
+@pytest.fixture
+def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
+    return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+
+
+def _store(desk: Desk) -> Store:
+    return Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
+
+
+# --- #cerrar below #masivo FOLIO ----------------------------------------------------------
+
+
+def test_close_below_a_join_is_refused() -> None:
+    # The join told the customer they would hear when the failure is corrected; closed,
+    # the report was skipped by the main case's resolution, and they never did.
+    parsed = parse_commands("#masivo PLR-2026-000001\n#cerrar")
+    assert command_problems(parsed.commands, "", "open", NOW) == [("#cerrar", "close_after_join")]
+    # "#masivo no" is bookkeeping, and goes with "#cerrar".
+    parsed = parse_commands("#masivo no\n#cerrar")
+    assert command_problems(parsed.commands, "", "open", NOW) == []
+
+
+@pytest.mark.integration
+def test_a_join_then_close_by_mail_changes_nothing_and_tells_the_agent(desk: Desk) -> None:
+    main = desk.open_case(subject="Sin internet", body="No tengo internet.")
+    ana = desk.open_case(sender=f"Ana López <{ANA}>", subject="Sin internet", body="Nada.")
+    told = len(desk.to(ANA))
+
+    desk.agent_reply(desk.notification(ana), f"#masivo {main}\n#cerrar")
+
+    case = desk.case(ana)
+    assert (case["status"], case["outage"]) == ("open", None)
+    assert desk.case(main)["outage_reports"] == []
+    assert len(desk.to(ANA)) == told  # no outage_joined
+    error = text(desk.last_to(AGENT))
+    assert "No se ejecutó ningún comando" in error
+    assert "#cerrar no va después de #masivo en la misma respuesta" in error
