@@ -68,3 +68,25 @@ def test_a_join_then_close_by_mail_changes_nothing_and_tells_the_agent(desk: Des
     error = text(desk.last_to(AGENT))
     assert "No se ejecutó ningún comando" in error
     assert "#cerrar no va después de #masivo en la misma respuesta" in error
+
+
+# --- a report moved from one main case to another -------------------------------------------
+
+
+def _joined(desk: Desk, rcpt: str) -> int:
+    return len([m for m in desk.to(rcpt) if "forma parte de una falla general" in text(m)])
+
+
+@pytest.mark.integration
+def test_a_report_moved_to_another_main_case_is_not_told_twice(desk: Desk) -> None:
+    first = desk.open_case(subject="Sin internet", body="No tengo internet.")
+    second = desk.open_case(sender="Luis <luis.mora@example.com>", subject="Sin luz", body="Nada.")
+    ana = desk.open_case(sender=f"Ana López <{ANA}>", subject="Sin internet", body="Nada.")
+
+    assert desk.cli("cases", "outage", ana, "--of", first)[0] == 0
+    desk.agent_reply(desk.notification(ana), f"#masivo {second}")
+
+    assert desk.case(ana)["outage"] == second
+    assert _joined(desk, ANA) == 1
+    history = [m["text"] for m in desk.case(first)["messages"]]
+    assert f"case {ana} is no longer a report of this outage: moved to {second}" in history
