@@ -470,7 +470,12 @@ def _relay(
     dropped = reply.asks_to_wait and reason in ("held", "no_customer", "closed")
     if dropped:
         waits.restore_pending(
-            session, case, waited_until, by=by, why="the question did not reach the customer"
+            session,
+            settings,
+            case,
+            waited_until,
+            by=by,
+            why="the question did not reach the customer",
         )
     if reason == "no_customer" and reached_a_report:
         # A main case with no customer address (the outage opened by the desk, as README

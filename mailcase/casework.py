@@ -206,11 +206,12 @@ def command_problems(
     ``#resolver`` is out of order (``after_resolve``: the agent is told to
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
     goes alone, or with ``#nota`` (``merge_alone``); ``#masivo FOLIO`` joins an open case
-    only (``#masivo no``: any status), and no ``#cerrar`` comes below it
-    (``close_after_join``: its customer was just told they will hear of the repair), and ``#masivo aviso`` goes with no ``#nota``,
-    ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
-    :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
-    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``), on no
+    only (``#masivo no``: any status), with no ``#cerrar`` below it (``close_after_join``:
+    its customer was just told they will hear of the repair), and ``#masivo aviso`` goes
+    with no ``#nota``, ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente``
+    goes with none of :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an
+    open case (after this reply's ``#reabrir``, say) with no home visit ahead
+    (``pending_visit``), on no
     report of an outage whose main case is open (``outage_open``: ``pending_outage``),
     nor on the main case of an outage with open reports (``reports_open``: ``pending_main``);
     ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` nor ``#masivo aviso``

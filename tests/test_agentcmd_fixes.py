@@ -16,6 +16,7 @@ from helpers import AGENT, Cli, mail, write_config
 from servers import Dovecot, SmtpSink
 from sqlmodel import col, select
 from test_agents import AREAS, CUSTOMER, Desk, text
+from test_pending import _expire
 
 from mailcase.casework import command_problems
 from mailcase.commands import parse_commands
@@ -90,3 +91,35 @@ def test_a_report_moved_to_another_main_case_is_not_told_twice(desk: Desk) -> No
     assert _joined(desk, ANA) == 1
     history = [m["text"] for m in desk.case(first)["messages"]]
     assert f"case {ana} is no longer a report of this outage: moved to {second}" in history
+
+
+# --- a wait put back, then closed at its deadline -------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_wait_put_back_is_closed_with_its_own_days(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    # "#pendiente 7" reached the customer; "#pendiente 3", held by the relay cap, put the
+    # 7-day deadline back, but the closing read the 3 days of the latest record: "no
+    # tuvimos respuesta en 3 días" to a customer who had waited 7.
+    limit = "[limits]\nmax_relays_per_case_per_hour = 1\n"
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS + limit)
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = desk.open_case(subject="Sin servicio", body="No tengo internet.")
+    desk.agent_reply(desk.notification(folio), "#pendiente 7\n¿Qué luces tiene el módem?")
+    waited = desk.case(folio)["pending_until"]
+    told = len(desk.to(CUSTOMER))
+    desk.agent_reply(desk.notification(folio), "#pendiente 3\n¿Ya reinició el módem?")
+    assert len(desk.to(CUSTOMER)) == told  # held by the relay cap
+    assert desk.case(folio)["pending_until"] == waited
+
+    _expire(desk, folio)
+    desk.cli.poll()
+
+    case = desk.case(folio)
+    assert case["status"] == "closed"
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert "closed: no answer from the customer within 7 days" in systems
+    closing = text(desk.last_to(CUSTOMER))
+    assert "no tuvimos respuesta en 7 días" in closing
