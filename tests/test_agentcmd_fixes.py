@@ -123,3 +123,36 @@ def test_a_wait_put_back_is_closed_with_its_own_days(
     assert "closed: no answer from the customer within 7 days" in systems
     closing = text(desk.last_to(CUSTOMER))
     assert "no tuvimos respuesta en 7 días" in closing
+
+
+# --- a mail case merged into a phone case ---------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_phone_case_that_takes_the_customer_takes_their_subject(desk: Desk) -> None:
+    # It took the customer's address, name, mailbox and language, but kept the agent's
+    # internal subject: every notice to the customer from then on showed it.
+    internal = "Cliente molesto, amenaza con Profeco"
+    code, out, err = desk.cli(
+        "cases", "open", "--channel", "phone", "--subject", internal,
+        "--text", "Llamó muy molesto.", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    phone = json.loads(out)["folio"]
+    desk.open_case(subject="Sin internet", body="No tengo internet.")
+    # By its customer: mail is dated by its arrival, to the second, so it may list
+    # before the phone case opened within the same second.
+    [by_mail] = [c["folio"] for c in desk.cli.json("cases", "list", "--customer", CUSTOMER)]
+
+    assert desk.cli("cases", "merge", by_mail, "--into", phone)[0] == 0
+    code, _, err = desk.cli("cases", "resolve", phone, "--outcome", "valid", "--cause", CAUSE)
+    assert code == 0, err
+
+    [resolution] = [m for m in desk.to(CUSTOMER) if CAUSE in text(m)]
+    assert f"[Folio {phone}]" in str(resolution["Subject"])
+    assert "Sin internet" in str(resolution["Subject"])
+    assert internal not in str(resolution["Subject"]) and internal not in text(resolution)
+    case = desk.case(phone)
+    assert case["subject"] == "Sin internet"
+    systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
+    assert f"subject taken from {by_mail}: Sin internet (was: {internal})" in systems
