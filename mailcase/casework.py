@@ -744,9 +744,11 @@ def resolve(
     *,
     by: str,
     record_cause: bool = True,
+    attachments: Sequence[FileAttachment] = (),
 ) -> list[Case]:
-    """Resolve ``case`` as upheld (``valid``) or not (``invalid``) and tell the customer why;
-    the reports of its outage resolved with it (``[]`` for a case that is no main case).
+    """Resolve ``case`` as upheld (``valid``) or not (``invalid``) and tell the customer why,
+    with ``attachments`` (the files an agent's ``#resolver`` reply may pass on); the reports
+    of its outage resolved with it (``[]`` for a case that is no main case).
 
     Step 4 of the written procedure: the customer learns the folio, whether
     the report was upheld, the causes and, when upheld, that the failure was
@@ -783,6 +785,7 @@ def resolve(
             f"resolution_{outcome}",
             to=case.customer,
             context={"cause": case.cause, "cancelled_visit": cancelled},
+            attachments=attachments,
         )
     words = _OUTCOME_WORDS[case.language if case.language in _OUTCOME_WORDS else "en"]
     detail = f"{words[outcome]}: {case.cause}"

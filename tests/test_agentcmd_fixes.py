@@ -5,24 +5,19 @@ outages. Each test failed before its fix."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import sqlalchemy as sa
-from helpers import AGENT, Cli, mail, write_config
+from helpers import AGENT, Cli, write_config
 from servers import Dovecot, SmtpSink
-from sqlmodel import col, select
 from test_agents import AREAS, CUSTOMER, Desk, text
 from test_pending import _expire
 
 from mailcase.casework import command_problems
 from mailcase.commands import parse_commands
-from mailcase.config import load_settings
-from mailcase.models import Case, Notice
-from mailcase.store import Store
 
 MX = ZoneInfo("America/Mexico_City")
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=MX)
@@ -35,10 +30,6 @@ CAUSE = "Se cambió el módem dañado."
 def desk(tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any, db_url: str) -> Desk:
     config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS, db_url=db_url)
     return Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
-
-
-def _store(desk: Desk) -> Store:
-    return Store.open(load_settings(desk.cli.config).database.url, auto_upgrade=False)
 
 
 # --- #cerrar below #masivo FOLIO ----------------------------------------------------------
@@ -156,3 +147,47 @@ def test_a_phone_case_that_takes_the_customer_takes_their_subject(desk: Desk) ->
     assert case["subject"] == "Sin internet"
     systems = [m["text"] for m in case["messages"] if m["kind"] == "system"]
     assert f"subject taken from {by_mail}: Sin internet (was: {internal})" in systems
+
+
+# --- files attached to a #resolver reply ----------------------------------------------------
+
+
+@pytest.mark.integration
+def test_files_attached_to_a_resolution_go_to_the_customer_with_it(desk: Desk) -> None:
+    # No reply is relayed with "#resolver" (its words are the causes): its files reached
+    # nobody, and the agent was not told.
+    folio = desk.open_case(subject="Sin internet", body="No tengo internet.")
+    to_agent = len(desk.to(AGENT))
+    desk.agent_reply(
+        desk.notification(folio),
+        f"#resolver procedente\n{CAUSE}",
+        attachments=[("reporte técnico.pdf", "application/pdf", PDF)],
+    )
+    assert desk.case(folio)["status"] == "resolved"
+    [resolution] = [m for m in desk.to(CUSTOMER) if CAUSE in text(m)]
+    files = [(p.get_filename(), p.get_content()) for p in resolution.iter_attachments()]
+    assert files == [("reporte técnico.pdf", PDF)]
+    assert len(desk.to(AGENT)) == to_agent  # nothing to report back
+
+
+@pytest.mark.integration
+def test_a_resolutions_file_over_the_relay_limit_is_named_to_the_agent(
+    tmp_path: Path, mailboxes: Dovecot, sink: SmtpSink, capsys: Any
+) -> None:
+    config = write_config(tmp_path, mailboxes, sink, notify=True, extra=AREAS)
+    limited = "[notices]\nmax_relayed_attachment_bytes = 2000\n"
+    config.write_text(config.read_text().replace("[notices]\n", limited))
+    desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path)
+    folio = desk.open_case(subject="Sin internet", body="No tengo internet.")
+    desk.agent_reply(
+        desk.notification(folio),
+        f"#resolver procedente\n{CAUSE}",
+        attachments=[
+            ("recibo.pdf", "application/pdf", PDF),
+            ("fotos.zip", "application/zip", b"z" * 1500),
+        ],
+    )
+    [resolution] = [m for m in desk.to(CUSTOMER) if CAUSE in text(m)]
+    assert [p.get_filename() for p in resolution.iter_attachments()] == ["recibo.pdf"]
+    told = text(desk.last_to(AGENT))
+    assert "Adjuntos no enviados: fotos.zip" in told
