@@ -362,6 +362,14 @@ def _run_commands(
         if CommandKind.RESOLVE in reply.kinds
         else set()
     )
+    # "#resolver": the reply's words are the causes, sent in the resolution, and nothing
+    # else is relayed (agent_message); the files the agent attached go with it, or were
+    # dropped with nobody told.
+    files, too_big, withheld = (
+        _resolution_files(session, settings, case, mail)
+        if CommandKind.RESOLVE in reply.kinds
+        else ([], [], [])
+    )
     reports: list[Case] = []  # of the outage this case is the main case of, resolved with it
     for command in reply.commands:
         reports += _run_command(
@@ -373,7 +381,13 @@ def _run_commands(
             by,
             now_local,
             note=reply.own if reply.is_note else "",
+            files=files,
         )
+    if too_big or withheld:  # the agent learns which files the resolution went without
+        not_relayed(
+            session, settings, case, mail, "attachments",
+            attachments=too_big + withheld, withheld=withheld,
+        )  # fmt: skip
     if reply.kinds & _ANSWERS and CommandKind.ASSIGN not in reply.kinds:
         # A resolution or a visit answers the customer (on a phone case the agent is
         # told to call them): its agent follows the case up, unless the same reply
@@ -420,6 +434,22 @@ def _tell_untold_changes(
             )
             untold_there = casework.untold(resolved=True, booked=False, visit_cancelled=cancelled)
             not_relayed(session, settings, report, mail, "no_customer", untold=untold_there)
+
+
+def _resolution_files(
+    session: Session, settings: Settings, case: Case, mail: InboundMail
+) -> tuple[list[FileAttachment], list[str], list[str]]:
+    """The files of the agent's ``mail`` that go to ``case``'s customer with its resolution,
+    those too big and those withheld, as a reply's are judged (:func:`_relayable`); none,
+    and none to name, when there is no customer to send them to (a phone case: the agent
+    is told to call), or when the agent wrote to the customer directly (they have them)."""
+    if not case.customer or casemail.to_customer(case, mail):
+        return [], [], []
+    return _relayable(
+        _agent_files(mail),
+        settings.notices.max_relayed_attachment_bytes,
+        signing_key(session, settings),
+    )
 
 
 def _relay(
@@ -470,7 +500,12 @@ def _relay(
     dropped = reply.asks_to_wait and reason in ("held", "no_customer", "closed")
     if dropped:
         waits.restore_pending(
-            session, case, waited_until, by=by, why="the question did not reach the customer"
+            session,
+            settings,
+            case,
+            waited_until,
+            by=by,
+            why="the question did not reach the customer",
         )
     if reason == "no_customer" and reached_a_report:
         # A main case with no customer address (the outage opened by the desk, as README
@@ -809,16 +844,19 @@ def _run_command(
     now_local: datetime,
     *,
     note: str = "",
+    files: Sequence[FileAttachment] = (),
 ) -> list[Case]:
     """Carry out one checked ``command`` (:func:`casework.command_problems` at ``now_local``,
     the time the visit checks are made at again, so that they cannot disagree). ``note``:
-    the reply's text when it is kept as a note (what a new owner is shown). The reports
-    of an outage a resolution of its main case resolved with it; [] for the rest."""
+    the reply's text when it is kept as a note (what a new owner is shown); ``files``: what
+    a resolution sends its customer with the causes. The reports of an outage a resolution
+    of its main case resolved with it; [] for the rest."""
     kind = command.kind
     if kind is CommandKind.RESOLVE and command.outcome is not None:
         return casework.resolve(
-            session, settings, case, command.outcome, text, by=by, record_cause=False
-        )
+            session, settings, case, command.outcome, text,
+            by=by, record_cause=False, attachments=files,
+        )  # fmt: skip
     if kind is CommandKind.VISIT and command.cancel:
         visits.cancel_visit(session, settings, case, by=by, now_local=now_local)
     elif kind is CommandKind.VISIT and command.visit_date is not None:

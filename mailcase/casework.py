@@ -90,6 +90,9 @@ CASE_PROBLEM_CODES: tuple[str, ...] = (
     "conflict",  # #cerrar with #reabrir, or #nota with #resolver, in one reply
     "after_close",  # resolve, visit or route below this reply's own #cerrar
     "after_resolve",  # route (or a visit's cancel) below this reply's own #resolver
+    # #cerrar below this reply's own "#masivo FOLIO": the customer is told they will hear
+    # when the failure is corrected, and the main case's resolution skips closed reports.
+    "close_after_join",
     "settles_visit",  # #visita with #resolver or #cerrar in one reply: they would cancel it
     "no_visit",  # "#visita cancelar" on a case with no visit still ahead
     "merge_alone",  # #fusionar with a command other than #nota in one reply
@@ -203,10 +206,12 @@ def command_problems(
     ``#resolver`` is out of order (``after_resolve``: the agent is told to
     write it above, not to reopen a case nobody resolved yet). ``#fusionar``
     goes alone, or with ``#nota`` (``merge_alone``); ``#masivo FOLIO`` joins an open case
-    only (``#masivo no``: any status), and ``#masivo aviso`` goes with no ``#nota``,
-    ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente`` goes with none of
-    :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an open case (after
-    this reply's ``#reabrir``, say) with no home visit ahead (``pending_visit``), on no
+    only (``#masivo no``: any status), with no ``#cerrar`` below it (``close_after_join``:
+    its customer was just told they will hear of the repair), and ``#masivo aviso`` goes
+    with no ``#nota``, ``#resolver`` nor ``#cerrar`` (``update_conflict``); ``#pendiente``
+    goes with none of :data:`PENDING_CONFLICTS` (``pending_conflict``), and only on an
+    open case (after this reply's ``#reabrir``, say) with no home visit ahead
+    (``pending_visit``), on no
     report of an outage whose main case is open (``outage_open``: ``pending_outage``),
     nor on the main case of an outage with open reports (``reports_open``: ``pending_main``);
     ``#respuesta`` goes with none of :data:`REPLY_CONFLICTS` nor ``#masivo aviso``
@@ -224,6 +229,7 @@ def command_problems(
     asking = False  # a "#pendiente" (not "#pendiente no") seen in this reply
     updating = False  # a "#masivo aviso" seen in this reply
     replying = False  # a "#respuesta" seen in this reply
+    joined = False  # a "#masivo FOLIO" (not "no" nor "aviso") seen in this reply
     # "#fusionar" moves the case and its history: another change in the same reply
     # would land on a case that is then closed, or read as meant for the other.
     alongside_merge = {c.kind for c in commands} - _GOES_WITH_MERGE
@@ -270,6 +276,10 @@ def command_problems(
             kind is CommandKind.VISIT and not command.cancel and seen & _SETTLES
         ):
             problem = "settles_visit"
+        elif kind is CommandKind.CLOSE and joined:
+            # The join tells the customer they will hear when the failure is corrected;
+            # closed, the report is skipped by the main case's resolution: never told.
+            problem = "close_after_join"
         elif CommandKind.CLOSE in seen and needs_open:
             # "#cerrar" then "#resolver" in one reply: the case is not closed, the
             # order is wrong; "write #reabrir first" would only make a conflict.
@@ -301,6 +311,7 @@ def command_problems(
         asking = asking or (kind is CommandKind.PENDING and not command.stop)
         updating = updating or news
         replying = replying or kind is CommandKind.REPLY
+        joined = joined or (joins and not news)
         if problem is not None:
             problems.append((command.line, problem))
             continue
@@ -737,9 +748,11 @@ def resolve(
     *,
     by: str,
     record_cause: bool = True,
+    attachments: Sequence[FileAttachment] = (),
 ) -> list[Case]:
-    """Resolve ``case`` as upheld (``valid``) or not (``invalid``) and tell the customer why;
-    the reports of its outage resolved with it (``[]`` for a case that is no main case).
+    """Resolve ``case`` as upheld (``valid``) or not (``invalid``) and tell the customer why,
+    with ``attachments`` (the files an agent's ``#resolver`` reply may pass on); the reports
+    of its outage resolved with it (``[]`` for a case that is no main case).
 
     Step 4 of the written procedure: the customer learns the folio, whether
     the report was upheld, the causes and, when upheld, that the failure was
@@ -776,6 +789,7 @@ def resolve(
             f"resolution_{outcome}",
             to=case.customer,
             context={"cause": case.cause, "cancelled_visit": cancelled},
+            attachments=attachments,
         )
     words = _OUTCOME_WORDS[case.language if case.language in _OUTCOME_WORDS else "en"]
     detail = f"{words[outcome]}: {case.cause}"

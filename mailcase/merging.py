@@ -123,7 +123,8 @@ def merge(
     As Zammad, OTRS and Request Tracker merge tickets: every message, file,
     notice and ledger row of ``source`` moves to ``target``; its participants
     become ``target``'s, and its customer too when ``target`` has none (a phone
-    report); its links point at ``target``. ``source`` is closed and
+    report), with the subject they wrote (recorded, with the one it replaces); its
+    links point at ``target``. ``source`` is closed and
     points at ``target`` (``merged_into_id``): mail naming its folio, or replying
     to its notices, joins ``target`` from then on (:func:`merged_target`). Both
     histories record the merge. The customer of an open ``source`` is told the
@@ -157,12 +158,16 @@ def merge(
     _merge_participants(session, source, target)
     _merge_links(session, source, target)
     now = utcnow()
+    took_subject: str | None = None  # the subject a phone report gave up, if it did
     if not target.customer and source.customer:
         # A phone report without an address takes the customer of the mail: their
         # address, name, and the mailbox and language they wrote in (the English
         # desk's customer must not be answered in Spanish from contacto@).
         target.customer, target.customer_name = source.customer, source.customer_name
         target.mailbox, target.language = source.mailbox, source.language
+        # And the subject they wrote: the phone report's is the agent's words, and every
+        # notice to the customer from now on (relays, resolution, visit) would show it.
+        took_subject, target.subject = target.subject, source.subject
     if not source.customer:
         # The merged report is this customer's too: `cases list --customer` finds it,
         # and `customers forget` erases what it kept (its name, its subject).
@@ -212,6 +217,12 @@ def merge(
         main = session.get(Case, target.outage_id)
         folio = main.folio if main is not None else "?"
         record(session, target, "system", f"report of the outage {folio}", from_addr=by)
+    if took_subject is not None:
+        record(
+            session, target, "system",
+            f"subject taken from {source.folio}: {target.subject} (was: {took_subject})",
+            from_addr=by,
+        )  # fmt: skip
     if took_type:
         record(session, target, "system", f"type set to {target.type}", from_addr=by)
     if took_owner:

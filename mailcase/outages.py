@@ -119,7 +119,7 @@ def join_outage(
     corrected; never ``main``'s, another customer's case) unless ``tell_customer`` is
     False; False, and nothing changed, recorded nor sent, when it was a report of
     ``main`` already. A report of another outage moves to this one (recorded on the old
-    main case too).
+    main case too), its customer not told again.
 
     Refused (:class:`CaseworkError`) for a merged ``case`` or ``main``, a ``case`` that is
     not open (reopen it first), and as :func:`outage_problem` says.
@@ -157,7 +157,9 @@ def join_outage(
     # report open, and nothing would then resolve the report.
     clear_pending(session, main, by=by, why=f"the main case of an outage ({case.folio})")
     record(session, main, "system", f"case {case.folio} is a report of this outage", from_addr=by)
-    if tell_customer and case.customer and not is_erased(case):
+    # A report moved from another main case was told already: the same failure, from
+    # the customer's side, and the same words again would read as a second one.
+    if tell_customer and moved_from is None and case.customer and not is_erased(case):
         # Their own folio only: the main case is another customer's, and a mail naming
         # its folio would open a third case (triage takes no other customer's folio).
         queue_notice(session, settings, case, "outage_joined", to=case.customer)

@@ -106,29 +106,54 @@ def set_pending(
     case.pending_until = now + timedelta(days=days)
     case.updated_at = now
     session.add(case)
-    until = case.pending_until.astimezone(settings.folio.zone).strftime("%Y-%m-%d %H:%M %Z")
-    record(session, case, "system", WAITING_FOR.format(days=days, until=until), from_addr=by)
+    record(session, case, "system", _waiting_for(settings, days, case.pending_until), from_addr=by)
     return case.pending_until
 
 
+def _waiting_for(settings: Settings, days: int, until: datetime) -> str:
+    """The history's record of a wait of ``days`` days until ``until`` (:data:`WAITING_FOR`),
+    the deadline in the business's time zone."""
+    # (as_utc: a deadline read back from SQLite is naive, and UTC.)
+    local = (as_utc(until) or until).astimezone(settings.folio.zone)
+    return WAITING_FOR.format(days=days, until=local.strftime("%Y-%m-%d %H:%M %Z"))
+
+
 def restore_pending(
-    session: Session, case: Case, until: datetime | None, *, by: str, why: str
+    session: Session,
+    settings: Settings,
+    case: Case,
+    until: datetime | None,
+    *,
+    by: str,
+    why: str,
 ) -> None:
-    """Put back the wait ``case`` had (``until``; None: none) before a new deadline that
-    must not stand, recorded with ``why``: a wait already running is kept as it was,
-    and without one the case waits no more (:func:`clear_pending`)."""
+    """Put back the wait ``case`` had (``until``; None: none) before the new deadline
+    :func:`set_pending` just recorded, which must not stand, recorded with ``why``: a
+    wait already running is kept as it was, recorded again with its own days
+    (:data:`WAITING_FOR`, which the closing at its deadline reads), and without one the
+    case waits no more (:func:`clear_pending`)."""
     if until is None:
         clear_pending(session, case, by=by, why=why)
         return
+    # The latest record is the new wait's; the one before it, the wait put back. Without
+    # recording it again, the closing told the customer the new wait's days.
+    days = _recorded_waits(session, settings, case, 2)[-1]
     case.pending_until = until
     case.updated_at = utcnow()
     session.add(case)
     record(session, case, "system", f"the new deadline does not stand: {why}", from_addr=by)
+    record(session, case, "system", _waiting_for(settings, days, until), from_addr=by)
 
 
 def _waited_days(session: Session, settings: Settings, case: Case) -> int:
     """How many days ``case``'s expired wait was set for: read from the latest record of it
     (:data:`WAITING_FOR`); ``cases.pending_days`` if none is found."""
+    return _recorded_waits(session, settings, case, 1)[0]
+
+
+def _recorded_waits(session: Session, settings: Settings, case: Case, count: int) -> list[int]:
+    """The days of ``case``'s latest ``count`` waits, latest first, read from their records
+    (:data:`WAITING_FOR`); ``cases.pending_days`` for each one not found."""
     texts = session.exec(
         select(CaseMessage.text)
         .where(
@@ -137,10 +162,11 @@ def _waited_days(session: Session, settings: Settings, case: Case) -> int:
             col(CaseMessage.text).startswith("waiting for the customer for "),
         )
         .order_by(col(CaseMessage.id).desc())
-        .limit(1)
+        .limit(count)
     ).all()
-    found = _WAITING_DAYS.match(texts[0]) if texts else None
-    return int(found.group(1)) if found else settings.cases.pending_days
+    found = [_WAITING_DAYS.match(text) for text in texts]
+    days = [int(match.group(1)) if match else settings.cases.pending_days for match in found]
+    return days + [settings.cases.pending_days] * (count - len(days))
 
 
 # The start of close_unanswered's note, read back by closed_unanswered_at.
