@@ -13,9 +13,15 @@ service stopped, over the database (removing its ``-wal``, ``-shm`` and
 ``-sent`` files).
 
 Not copied: ``storage.directory``, the raw messages and files the rows refer
-to. Files there are only ever added (and removed by ``customers forget``),
-named by their hash, so backing the directory up *after* the database, with
-any file-level tool, gives every file the copy refers to.
+to. Files there are named by their hash and added by ingest; only erasures
+remove any: ``customers forget``, ``customers purge`` and the daemon's daily
+purge (``retention.inactive_days``), each the files of what it erased (and those
+an earlier erasure left). Backing the directory up *after* the database, with
+any file-level tool, gives every file the copy refers to, unless an erasure ran
+in between: it removed files of rows the copy still has. That is the admin's to
+avoid (README, "Backup and restore"); this command does not: it ends before the
+directory is copied. Hard links to the copy's files would need the backup on the
+store's file system, and a full copy of them doubles the backup.
 
 PostgreSQL has its own tools (``pg_dump``); this command refuses it.
 """

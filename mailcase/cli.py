@@ -620,7 +620,10 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
             f"database {done.source} (revision {done.revision or 'none'}) copied to "
             f"{done.target}: {done.size / 1e6:.1f} MB{folded}"
         )
-        print(f"back up storage.directory ({settings.storage.directory}) after it")
+        print(
+            f"back up storage.directory ({settings.storage.directory}) after it, with no "
+            "erasure in between (customers forget or purge, the daemon's purge)"
+        )
         return EXIT_OK
     if args.action == "upgrade":
         current, _ = Store.open(settings.database.url, auto_upgrade=True).revisions()

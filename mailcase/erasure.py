@@ -88,7 +88,7 @@ from mailcase.models import (
     Participant,
     StoredAttachment,
 )
-from mailcase.store import Store, no_idle_timeout_here, utcnow
+from mailcase.store import BLOB_REMOVAL_LOCK_KEY, Store, no_idle_timeout_here, utcnow
 
 ERASED_REASON = "erased: the customer's data was cancelled"
 # The headers of mail kept outside any case that name the address's mail: it sent
@@ -1433,22 +1433,32 @@ def _truncate_log(database: Path) -> None:
 
 
 def _remove_files(store: Store, blobs: BlobStore, shas: Iterable[str]) -> list[str]:
-    """Remove the files ``shas`` from ``blobs``, each unless a row refers to it again (read
-    right before its removal); the paths that could not be removed.
+    """Remove the files ``shas`` from ``blobs``, but those a row refers to again; the paths
+    that could not be removed.
 
-    The store is content-addressed and writes a file once: mail the daemon ingested
-    meanwhile with the same file (another customer's copy of a contract) refers to the
-    one already there, which must stay. What is left is the moment between that read
-    and the unlink.
+    The store is content-addressed and writes a file once: mail ingested meanwhile
+    with the same file (another customer's copy of a contract) refers to the one
+    already there, which must stay. So the rows are read again, and the files
+    unlinked, in one transaction that excludes ingest's: on SQLite it holds the write
+    lock; on PostgreSQL :data:`~mailcase.store.BLOB_REMOVAL_LOCK_KEY` exclusive, which
+    each ingest transaction takes shared (:func:`mailcase.service._existing`). Mail
+    committed before is seen here and keeps its files; mail ingested after finds
+    its file gone, under its own lock, and writes it again
+    (:func:`mailcase.service._still_stored`, and its attachments' ``put``).
     """
+    wanted = set(shas)
+    if not wanted:
+        return []
     left = []
-    for sha in sorted(shas):
-        with store.read_session() as session:
-            if _kept_elsewhere(session, {sha}, [], []):
-                continue
-        path = blobs.path(sha)
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:
-            left.append(str(path))
+    with store.transaction() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(sa.select(sa.func.pg_advisory_xact_lock(BLOB_REMOVAL_LOCK_KEY)))
+        # On SQLite this first statement takes the write lock (BEGIN IMMEDIATE).
+        kept = _kept_elsewhere(session, wanted, [], [])
+        for sha in sorted(wanted - kept):
+            path = blobs.path(sha)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                left.append(str(path))
     return left

@@ -69,6 +69,7 @@ from mailcase.quoting import (
 from mailcase.reasons import QuarantineReason, Reason
 from mailcase.spam import spam_verdict
 from mailcase.store import (
+    BLOB_REMOVAL_LOCK_KEY,
     Store,
     as_utc,
     case_by_folio,
@@ -649,6 +650,7 @@ def ingest_message(
                     )
                     if folio is None and entry.case_id is not None:  # a message met again
                         folio = run(session, _FOLIO_OF, {"id": entry.case_id}).scalar()
+                    _still_stored(rt, fetched, raw_sha)
                 break
             except _CaseChanged:
                 if attempt == _TRIAGE_ATTEMPTS - 1:
@@ -714,6 +716,8 @@ def ingest_message(
         log.warning("message_quarantined", disposition="quarantined", reason=reason)
         try:
             with rt.store.transaction() as session:
+                _hold_files(session)
+                _still_stored(rt, fetched, raw_sha)
                 entry, remapped_from = _quarantine(
                     session,
                     mailbox,
@@ -729,6 +733,8 @@ def ingest_message(
             raise DatabaseError(
                 f"cannot record message {fetched.uid} of mailbox {mailbox}: {error_text(db_exc)}"
             ) from db_exc
+        except StorageError as exc:
+            raise not_stored(mailbox, fetched.uid, exc) from exc
     if remapped_from is not None and not retry:
         # Not new mail: counted when it was (a retry that failed again is counted
         # as its first quarantine was).
@@ -823,6 +829,37 @@ def _quarantine_unreadable(
     return str(Disposition.QUARANTINED)
 
 
+def _hold_files(session: Session) -> None:
+    """Begin ``session``'s transaction so that no file is removed from the store until it
+    ends, as :func:`_existing` does on ingest's own path: SQLite's write lock, taken
+    as the transaction begins; on PostgreSQL :data:`BLOB_REMOVAL_LOCK_KEY` shared."""
+    conn = session.connection()  # SQLite: BEGIN IMMEDIATE (mailcase.store)
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock_shared(BLOB_REMOVAL_LOCK_KEY)))
+
+
+def _still_stored(rt: Runtime, fetched: FetchedMessage, raw_sha: str) -> None:
+    """Make sure the message's stored copy ``raw_sha`` is there; called in the
+    transaction that records the message, under the lock that keeps files from being
+    removed (:func:`_existing`, :func:`_hold_files`), so it stays until the
+    transaction's rows refer to it.
+
+    Stored before the transaction, it may have been removed since: an erasure removed
+    the same file (another customer's copy, this customer's earlier one) between the
+    two, and writing it again was a no-op. Written again from the bytes held; a
+    message streamed to the store (over limits.max_message_bytes) has none left, and
+    raises StorageError: the poll fails, and the next one fetches it again. The
+    attachments need nothing here: :func:`mailcase.casemail.record_inbound` stores
+    them in the transaction, under the lock.
+    """
+    path = rt.blobs.path(raw_sha)
+    if path.exists():
+        return
+    if fetched.spooled is not None:
+        raise StorageError(f"its stored copy {path} was removed by an erasure meanwhile")
+    rt.blobs.put(fetched.raw)
+
+
 def not_stored(mailbox: str, uid: int, exc: StorageError) -> MailboxError:
     """The store is full or unwritable: the mailbox's poll fails, as for a database outage.
 
@@ -871,9 +908,12 @@ _LEDGER_AT = Prepared(
 )
 
 
-# One round trip for both (PostgreSQL): the lookup, and the lock _existing describes.
+# One round trip for all three (PostgreSQL): the lookup, and the locks _existing
+# describes. The shared lock on file removal comes first: a transaction waiting for it
+# (behind a removal) then holds no message's lock another ingest could be waiting for.
 _LEDGER_AT_LOCKING = Prepared(
     sa.select(
+        sa.func.pg_advisory_xact_lock_shared(BLOB_REMOVAL_LOCK_KEY),
         _LEDGER_AT.statement.scalar_subquery(),  # type: ignore[attr-defined]
         sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(sa.bindparam("key"), 0)),
     )
@@ -899,11 +939,13 @@ def _existing(
     copies of one message (Cc to both mailboxes) at once, and they serialise
     on its identity until commit. Whatever is read about that identity is
     read in later statements, which see what the lock's previous holder
-    committed (READ COMMITTED).
+    committed (READ COMMITTED). It also takes :data:`BLOB_REMOVAL_LOCK_KEY`
+    shared, until commit: no file is removed from the store meanwhile
+    (SQLite: the transaction's write lock, taken by its first statement).
     """
     params = {"box": mailbox, "validity": uidvalidity, "uid": uid}
     if dedup_key is not None and session.get_bind().dialect.name == "postgresql":
-        entry_id = run(session, _LEDGER_AT_LOCKING, params | {"key": dedup_key}).scalar()
+        entry_id = run(session, _LEDGER_AT_LOCKING, params | {"key": dedup_key}).first()[1]
     else:
         entry_id = run(session, _LEDGER_AT, params).scalar()
     return None if entry_id is None else session.get(LedgerEntry, entry_id)

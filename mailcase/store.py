@@ -48,6 +48,10 @@ SCHEMA_HEAD = "0016"
 # The PostgreSQL advisory lock that serialises schema upgrades: any bigint no
 # other application on the same database uses; this one spells "mailcase".
 UPGRADE_LOCK_KEY = int.from_bytes(b"mailcase", "big")
+# The PostgreSQL advisory lock between removing files from the message store and
+# ingest: taken shared by each ingest transaction, exclusive by a removal (see
+# mailcase.erasure._remove_files). SQLite's one write lock does the same there.
+BLOB_REMOVAL_LOCK_KEY = int.from_bytes(b"mc:blobs", "big")
 
 
 def sqlite_path(url: str) -> Path | None:

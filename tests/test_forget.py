@@ -7,6 +7,7 @@ import email
 import json
 import sqlite3
 import sys
+import threading
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -419,22 +420,33 @@ def test_a_reply_met_while_its_case_is_erased_joins_nothing(
     desk = Desk(Cli(config, capsys), mailboxes, sink, tmp_path, pg_url)
     juan, _ = _history(desk)
     real_facts = service._facts
+    real_remove = erasure._remove_files
     erased: list[Erasure] = []
+    committed = threading.Event()
+
+    def remove_after_commit(*args: Any) -> list[str]:
+        committed.set()  # its files wait for the ingest transaction's lock (shared)
+        return real_remove(*args)
+
+    def erase_elsewhere() -> None:
+        other = Store.open(pg_url, auto_upgrade=False)
+        try:
+            erased.append(
+                erase(other, tmp_path / "store", JUAN, insiders=frozenset(), by="t", dry_run=False)
+            )
+        finally:
+            other.dispose()
+
+    eraser = threading.Thread(target=erase_elsewhere)
 
     def facts_then_erase(rt: Any, session: Any, mail: Any, earlier: Any) -> Any:
         found = real_facts(rt, session, mail, earlier)
-        if mail.sender == JUAN and not erased:
-            other = Store.open(pg_url, auto_upgrade=False)
-            try:
-                erased.append(
-                    erase(
-                        other, tmp_path / "store", JUAN, insiders=frozenset(), by="t", dry_run=False
-                    )
-                )
-            finally:
-                other.dispose()
+        if mail.sender == JUAN and not eraser.is_alive() and not erased:
+            eraser.start()
+            assert committed.wait(30)  # the erasure committed
         return found
 
+    monkeypatch.setattr(erasure, "_remove_files", remove_after_commit)
     monkeypatch.setattr(service, "_facts", facts_then_erase)
     desk.deliver(
         mail(
@@ -443,6 +455,7 @@ def test_a_reply_met_while_its_case_is_erased_joins_nothing(
             body="Hola otra vez",
         )
     )
+    eraser.join(30)
     assert erased and erased[0].folios == (juan,)
     # Decided again once the erasure is seen: the mail of a stranger, a new case.
     assert desk.cli.json("messages", "list")[-1]["disposition"] == "new_case"
