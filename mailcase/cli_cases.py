@@ -43,7 +43,7 @@ from mailcase.cli_common import (
     _open_store,
     _operator,
     _print_json,
-    _print_table,
+    _print_listing,
     _refuse_long_address,
     visible,
 )
@@ -863,22 +863,19 @@ def _cases(args: argparse.Namespace, settings: Settings) -> int:
                         # Open hours waited so far: what the reminder counts.
                         waited = calendar.open_time(c.last_customer_at, now)
                         item["waiting_business_hours"] = round(waited.total_seconds() / 3600, 2)
-            if args.json:
-                _print_json(items)
-            else:
-                columns = [
-                    "folio",
-                    "status",
-                    "customer",
-                    "mailbox",
-                    "area",
-                    "owner",
-                    # When each closes unanswered: what a desk working the list needs.
-                    *(["pending_until"] if args.pending else []),
-                    "created_at",
-                    "subject",
-                ]
-                _print_table(items, columns, zone=settings.folio.zone)
+            columns = [
+                "folio",
+                "status",
+                "customer",
+                "mailbox",
+                "area",
+                "owner",
+                # When each closes unanswered: what a desk working the list needs.
+                *(["pending_until"] if args.pending else []),
+                "created_at",
+                "subject",
+            ]
+            _print_listing(items, columns, args, settings.folio.zone)
             return EXIT_OK
         case = case_by_folio(session, _folio(args.folio, settings))
         if case is None:

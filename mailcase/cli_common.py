@@ -230,6 +230,17 @@ def _cell(value: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _print_listing(
+    rows: list[dict[str, Any]], columns: list[str], args: argparse.Namespace, zone: ZoneInfo
+) -> None:
+    """A listing's ``rows``: as JSON with ``--json`` (every field), else as a table of
+    ``columns`` with times in ``zone``."""
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, columns, zone=zone)
+
+
 def _print_table(
     rows: list[dict[str, Any]],
     columns: list[str],

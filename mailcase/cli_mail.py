@@ -31,7 +31,7 @@ from mailcase.cli_common import (
     _open_store,
     _operator,
     _print_json,
-    _print_table,
+    _print_listing,
     visible,
 )
 from mailcase.config import Settings
@@ -92,11 +92,8 @@ def _messages(args: argparse.Namespace, settings: Settings) -> int:
             query = query.where(LedgerEntry.mailbox == mailbox)
         rows = _limited(session, query, args, "messages")
         items = [ledger_row(entry, folio) for entry, folio in rows]
-    if args.json:
-        _print_json(items)
-    else:
-        columns = ["mailbox", "uid", "received_at", "disposition", "folio", "message_id", "reason"]
-        _print_table(items, columns, zone=settings.folio.zone)
+    columns = ["mailbox", "uid", "received_at", "disposition", "folio", "message_id", "reason"]
+    _print_listing(items, columns, args, settings.folio.zone)
     return EXIT_OK
 
 
@@ -305,18 +302,6 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
             query = query.where(Notice.status == status)
         rows = _limited(session, query, args, "notices")
         items = [notice_row(n, folio) for n, folio in rows]
-    if args.json:
-        _print_json(items)
-    else:
-        columns = [
-            "id",
-            "status",
-            "kind",
-            "folio",
-            "to",
-            "attempts",
-            "next_attempt_at",
-            "last_error",
-        ]
-        _print_table(items, columns, zone=settings.folio.zone)
+    columns = ["id", "status", "kind", "folio", "to", "attempts", "next_attempt_at", "last_error"]
+    _print_listing(items, columns, args, settings.folio.zone)
     return EXIT_OK
